@@ -1,0 +1,9 @@
+//! Wire types shared by the taos host, the app and the agent sidecar.
+//!
+//! Plain serde data, no I/O. With the `openapi` feature every type also derives its OpenAPI schema,
+//! so the host's generated document and the clients agree by construction.
+
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod ops;

@@ -1,0 +1,317 @@
+//! Paired devices: one-time pairing tokens, short-lived access tokens, rotating refresh tokens.
+//!
+//! A refresh token works once. Presenting a used one means two parties hold the device's
+//! credentials (one of them stole it), so the whole device is revoked: both must pair again.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use sqlx::Row;
+use taos_pin::SpkiPin;
+use taos_proto::auth::{Device, DeviceTokens, PairingPayload};
+use uuid::Uuid;
+
+use super::{hash_token, new_secret, AuthError, ACCESS_TOKEN_PREFIX, REFRESH_TOKEN_PREFIX};
+use crate::db::{from_ms, now_ms, Db};
+
+pub const PAIRING_TOKEN_TTL_MS: i64 = 5 * 60 * 1000;
+pub const ACCESS_TOKEN_TTL_SECS: u64 = 15 * 60;
+pub const REFRESH_TOKEN_TTL_MS: i64 = 90 * 24 * 3600 * 1000;
+const TOUCH_INTERVAL_MS: i64 = 60 * 1000;
+pub const MAX_DEVICE_NAME_CHARS: usize = 100;
+pub const MAX_PLATFORM_CHARS: usize = 32;
+/// A pairing token is a few hundred bytes; anything far larger is not one.
+const MAX_PAIRING_TOKEN_BYTES: usize = 4096;
+
+/// Makes a single-use pairing token that expires in five minutes. Only the secret's hash is kept.
+pub async fn create_pairing_token(
+    db: &Db,
+    host_name: &str,
+    addresses: Vec<String>,
+    pin: &SpkiPin,
+    created_by: &str,
+) -> Result<(String, PairingPayload), AuthError> {
+    let secret = new_secret("");
+    let now = now_ms();
+    let expires_at = now + PAIRING_TOKEN_TTL_MS;
+    sqlx::query("DELETE FROM pairing_tokens WHERE expires_at < ?")
+        .bind(now)
+        .execute(db)
+        .await?;
+    sqlx::query(
+        "INSERT INTO pairing_tokens (secret_hash, created_at, expires_at, created_by) VALUES (?, ?, ?, ?)",
+    )
+    .bind(hash_token(&secret))
+    .bind(now)
+    .bind(expires_at)
+    .bind(created_by)
+    .execute(db)
+    .await?;
+    let payload = PairingPayload {
+        v: 1,
+        host_name: host_name.to_string(),
+        addresses,
+        spki_sha256: pin.to_base64(),
+        secret,
+        expires_at: from_ms(expires_at),
+    };
+    let json = serde_json::to_vec(&payload).map_err(|e| AuthError::BadInput(e.to_string()))?;
+    Ok((URL_SAFE_NO_PAD.encode(json), payload))
+}
+
+/// Reads a pairing token's payload; `None` if it is not one.
+pub fn decode_pairing_token(token: &str) -> Option<PairingPayload> {
+    let token = token.trim();
+    if token.len() > MAX_PAIRING_TOKEN_BYTES {
+        return None;
+    }
+    let json = URL_SAFE_NO_PAD.decode(token).ok()?;
+    let payload: PairingPayload = serde_json::from_slice(&json).ok()?;
+    (payload.v == 1).then_some(payload)
+}
+
+fn validate_device_fields(device_name: &str, platform: &str) -> Result<(), AuthError> {
+    let name = device_name.trim();
+    if name.is_empty()
+        || name.chars().count() > MAX_DEVICE_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(AuthError::BadInput(format!(
+            "device_name must be 1-{MAX_DEVICE_NAME_CHARS} printable characters"
+        )));
+    }
+    let platform_ok = !platform.is_empty()
+        && platform.len() <= MAX_PLATFORM_CHARS
+        && platform
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
+    if !platform_ok {
+        return Err(AuthError::BadInput(format!(
+            "platform must be 1-{MAX_PLATFORM_CHARS} characters of a-z, 0-9, '-' or '_'"
+        )));
+    }
+    Ok(())
+}
+
+async fn issue_tokens(
+    tx: &mut sqlx::SqliteConnection,
+    device_id: Uuid,
+) -> Result<DeviceTokens, AuthError> {
+    let access_token = new_secret(ACCESS_TOKEN_PREFIX);
+    let refresh_token = new_secret(REFRESH_TOKEN_PREFIX);
+    let now = now_ms();
+    let insert = "INSERT INTO device_tokens (token_hash, device_id, kind, created_at, expires_at) \
+                  VALUES (?, ?, ?, ?, ?)";
+    sqlx::query(insert)
+        .bind(hash_token(&access_token))
+        .bind(device_id.to_string())
+        .bind("access")
+        .bind(now)
+        .bind(now + (ACCESS_TOKEN_TTL_SECS as i64) * 1000)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(insert)
+        .bind(hash_token(&refresh_token))
+        .bind(device_id.to_string())
+        .bind("refresh")
+        .bind(now)
+        .bind(now + REFRESH_TOKEN_TTL_MS)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM device_tokens WHERE device_id = ? AND expires_at < ?")
+        .bind(device_id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    Ok(DeviceTokens {
+        device_id,
+        access_token,
+        refresh_token,
+        expires_in: ACCESS_TOKEN_TTL_SECS,
+    })
+}
+
+/// Exchanges a pairing token for a new device and its first tokens.
+/// A used, expired, unknown or malformed token is `InvalidToken`.
+pub async fn pair(
+    db: &Db,
+    token: &str,
+    device_name: &str,
+    platform: &str,
+) -> Result<DeviceTokens, AuthError> {
+    validate_device_fields(device_name, platform)?;
+    let payload = decode_pairing_token(token).ok_or(AuthError::InvalidToken)?;
+    let now = now_ms();
+    let mut tx = db.begin().await?;
+    // Claiming the token is one conditional write, so two devices racing with one token can't
+    // both win.
+    let claimed = sqlx::query(
+        "UPDATE pairing_tokens SET used_at = ? \
+         WHERE secret_hash = ? AND used_at IS NULL AND expires_at > ?",
+    )
+    .bind(now)
+    .bind(hash_token(&payload.secret))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if claimed.rows_affected() != 1 {
+        return Err(AuthError::InvalidToken);
+    }
+    let device_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO devices (id, name, platform, created_at, last_seen_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(device_id.to_string())
+    .bind(device_name.trim())
+    .bind(platform)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let tokens = issue_tokens(&mut tx, device_id).await?;
+    tx.commit().await?;
+    Ok(tokens)
+}
+
+/// Rotates a refresh token: the old one stops working; reusing it revokes the device.
+pub async fn refresh(db: &Db, refresh_token: &str) -> Result<DeviceTokens, AuthError> {
+    if !refresh_token.starts_with(REFRESH_TOKEN_PREFIX) || refresh_token.len() > 128 {
+        return Err(AuthError::InvalidToken);
+    }
+    let token_hash = hash_token(refresh_token);
+    let now = now_ms();
+    let mut tx = db.begin().await?;
+    // Writing first takes SQLite's write lock at once, so concurrent refreshes serialize here.
+    let claimed = sqlx::query(
+        "UPDATE device_tokens SET used_at = ? \
+         WHERE token_hash = ? AND kind = 'refresh' AND used_at IS NULL AND expires_at > ? \
+           AND device_id IN (SELECT id FROM devices WHERE revoked_at IS NULL) \
+         RETURNING device_id",
+    )
+    .bind(now)
+    .bind(&token_hash)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = claimed {
+        let device_id: String = row.try_get("device_id")?;
+        let device_id = Uuid::parse_str(&device_id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let tokens = issue_tokens(&mut tx, device_id).await?;
+        tx.commit().await?;
+        return Ok(tokens);
+    }
+    let reused = sqlx::query(
+        "SELECT device_id FROM device_tokens WHERE token_hash = ? AND kind = 'refresh' AND used_at IS NOT NULL",
+    )
+    .bind(&token_hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = reused {
+        let device_id: String = row.try_get("device_id")?;
+        tracing::warn!(%device_id, "refresh token reuse detected; revoking the device");
+        revoke_in(&mut tx, &device_id, now).await?;
+        tx.commit().await?;
+    }
+    Err(AuthError::InvalidToken)
+}
+
+async fn revoke_in(
+    tx: &mut sqlx::SqliteConnection,
+    device_id: &str,
+    now: i64,
+) -> Result<bool, AuthError> {
+    let updated =
+        sqlx::query("UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(now)
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
+    sqlx::query("DELETE FROM device_tokens WHERE device_id = ?")
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Revokes a device at once: its tokens are deleted, so its next request gets 401.
+pub async fn revoke(db: &Db, device_id: Uuid) -> Result<(), AuthError> {
+    let mut tx = db.begin().await?;
+    let found = revoke_in(&mut tx, &device_id.to_string(), now_ms()).await?;
+    tx.commit().await?;
+    if found {
+        Ok(())
+    } else {
+        Err(AuthError::NotFound)
+    }
+}
+
+/// The device behind a live access token, refreshing its last-seen time at most once a minute.
+pub async fn authenticate_access(db: &Db, access_token: &str) -> Result<Option<Uuid>, AuthError> {
+    let now = now_ms();
+    let row = sqlx::query(
+        "SELECT t.device_id, d.last_seen_at FROM device_tokens t JOIN devices d ON d.id = t.device_id \
+         WHERE t.token_hash = ? AND t.kind = 'access' AND t.expires_at > ? AND d.revoked_at IS NULL",
+    )
+    .bind(hash_token(access_token))
+    .bind(now)
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let device_id: String = row.try_get("device_id")?;
+    let last_seen: Option<i64> = row.try_get("last_seen_at")?;
+    if last_seen.is_none_or(|t| now - t > TOUCH_INTERVAL_MS) {
+        sqlx::query("UPDATE devices SET last_seen_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(&device_id)
+            .execute(db)
+            .await?;
+    }
+    Ok(Some(
+        Uuid::parse_str(&device_id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+    ))
+}
+
+/// Devices that are still paired, newest first.
+pub async fn list(db: &Db) -> Result<Vec<Device>, AuthError> {
+    let rows = sqlx::query(
+        "SELECT id, name, platform, created_at, last_seen_at FROM devices \
+         WHERE revoked_at IS NULL ORDER BY created_at DESC",
+    )
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            Ok(Device {
+                id: Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                name: row.try_get("name")?,
+                platform: row.try_get("platform")?,
+                created_at: from_ms(row.try_get("created_at")?),
+                last_seen_at: row.try_get::<Option<i64>, _>("last_seen_at")?.map(from_ms),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_not_a_pairing_token() {
+        assert!(decode_pairing_token("").is_none());
+        assert!(decode_pairing_token("not base64 !!").is_none());
+        assert!(decode_pairing_token(&URL_SAFE_NO_PAD.encode(b"{\"v\":2}")).is_none());
+        assert!(decode_pairing_token(&"A".repeat(10_000)).is_none());
+    }
+
+    #[test]
+    fn device_fields() {
+        assert!(validate_device_fields("Jay's phone", "android").is_ok());
+        assert!(validate_device_fields("", "android").is_err());
+        assert!(validate_device_fields("x\u{0}y", "android").is_err());
+        assert!(validate_device_fields("phone", "Android OS").is_err());
+        assert!(validate_device_fields("phone", "../etc").is_err());
+    }
+}

@@ -1,0 +1,174 @@
+//! User accounts. The first one is the owner, made by first-run setup or `taos-host user create`.
+
+use sqlx::Row;
+use taos_proto::auth::User;
+use uuid::Uuid;
+
+use super::{password, AuthError};
+use crate::db::{from_ms, now_ms, Db};
+
+pub const MAX_USERNAME_CHARS: usize = 64;
+
+pub fn validate_username(username: &str) -> Result<(), AuthError> {
+    let ok_chars = username
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let starts_ok = username
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    if username.is_empty() || username.len() > MAX_USERNAME_CHARS || !ok_chars || !starts_ok {
+        return Err(AuthError::BadInput(format!(
+            "username must be 1-{MAX_USERNAME_CHARS} characters of letters, digits, '.', '_' or \
+             '-', starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<User, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    Ok(User {
+        id: Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        username: row.try_get("username")?,
+        is_owner: row.try_get("is_owner")?,
+        created_at: from_ms(row.try_get("created_at")?),
+    })
+}
+
+pub async fn count(db: &Db) -> Result<i64, AuthError> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(db)
+        .await?)
+}
+
+pub async fn get(db: &Db, id: Uuid) -> Result<Option<User>, AuthError> {
+    let row = sqlx::query("SELECT id, username, is_owner, created_at FROM users WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(db)
+        .await?;
+    Ok(row.as_ref().map(user_from_row).transpose()?)
+}
+
+/// First-run setup: creates the owner only while there is no user at all. The check and the
+/// insert are one statement, so two racing setup requests can't both succeed.
+pub async fn setup_owner(db: &Db, username: &str, password_text: &str) -> Result<User, AuthError> {
+    validate_username(username)?;
+    password::validate(password_text)?;
+    if count(db).await? > 0 {
+        return Err(AuthError::AlreadyConfigured);
+    }
+    let hash = password::hash_blocking(password_text.to_string()).await?;
+    let id = Uuid::new_v4();
+    let inserted = sqlx::query(
+        "INSERT INTO users (id, username, password_hash, is_owner, created_at) \
+         SELECT ?, ?, ?, 1, ? WHERE NOT EXISTS (SELECT 1 FROM users)",
+    )
+    .bind(id.to_string())
+    .bind(username)
+    .bind(hash)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(AuthError::AlreadyConfigured);
+    }
+    get(db, id).await?.ok_or(AuthError::NotFound)
+}
+
+/// Creates a user from the CLI. The first user becomes the owner.
+pub async fn create(db: &Db, username: &str, password_text: &str) -> Result<User, AuthError> {
+    validate_username(username)?;
+    password::validate(password_text)?;
+    let hash = password::hash_blocking(password_text.to_string()).await?;
+    let id = Uuid::new_v4();
+    let result = sqlx::query(
+        "INSERT INTO users (id, username, password_hash, is_owner, created_at) \
+         VALUES (?, ?, ?, NOT EXISTS (SELECT 1 FROM users), ?)",
+    )
+    .bind(id.to_string())
+    .bind(username)
+    .bind(hash)
+    .bind(now_ms())
+    .execute(db)
+    .await;
+    match result {
+        Ok(_) => get(db, id).await?.ok_or(AuthError::NotFound),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(AuthError::BadInput(
+            format!("user {username} already exists"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sets a new password and signs the user out everywhere.
+pub async fn reset_password(
+    db: &Db,
+    username: &str,
+    password_text: &str,
+) -> Result<User, AuthError> {
+    password::validate(password_text)?;
+    let hash = password::hash_blocking(password_text.to_string()).await?;
+    let mut tx = db.begin().await?;
+    let row = sqlx::query(
+        "UPDATE users SET password_hash = ? WHERE username = ? \
+         RETURNING id, username, is_owner, created_at",
+    )
+    .bind(hash)
+    .bind(username)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(AuthError::NotFound)?;
+    let user = user_from_row(&row)?;
+    sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+        .bind(user.id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(user)
+}
+
+/// Checks a username and password. Unknown users cost the same time as wrong passwords and get
+/// the same error, so the answer says nothing about which usernames exist.
+pub async fn authenticate(db: &Db, username: &str, password_text: &str) -> Result<User, AuthError> {
+    if password_text.len() > password::MAX_PASSWORD_BYTES || username.len() > MAX_USERNAME_CHARS {
+        return Err(AuthError::InvalidCredentials);
+    }
+    let row = sqlx::query(
+        "SELECT id, username, is_owner, created_at, password_hash FROM users WHERE username = ?",
+    )
+    .bind(username)
+    .fetch_optional(db)
+    .await?;
+    let stored_hash = match &row {
+        Some(r) => r.try_get::<String, _>("password_hash")?,
+        None => password::dummy_hash().to_string(),
+    };
+    let ok = password::verify_blocking(password_text.to_string(), stored_hash).await;
+    match row {
+        Some(r) if ok => {
+            let user = user_from_row(&r)?;
+            sqlx::query("UPDATE users SET last_login_at = ? WHERE id = ?")
+                .bind(now_ms())
+                .bind(user.id.to_string())
+                .execute(db)
+                .await?;
+            Ok(user)
+        }
+        _ => Err(AuthError::InvalidCredentials),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        assert!(validate_username("owner").is_ok());
+        assert!(validate_username("jay.l-2_x").is_ok());
+        for bad in ["", "-x", ".x", "a b", "a/b", "a\0b", "ü", &"a".repeat(65)] {
+            assert!(validate_username(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! `taos.toml`: the host's one config file, plus `TAOS_<SECTION>__<KEY>` environment overrides.
+//!
+//! The file is written with commented defaults on first run. Unknown keys, in the file or in the
+//! environment, are an error that names the key: a typo must never silently fall back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+
+pub const CONFIG_FILE: &str = "taos.toml";
+pub const ENV_PREFIX: &str = "TAOS_";
+
+/// The file written on first run. A unit test checks it parses to `Config::default()`.
+pub const DEFAULT_TEMPLATE: &str = r#"# taos host configuration. Written with the defaults on first run; edit freely.
+# Every key can be overridden by an environment variable TAOS_<SECTION>__<KEY>,
+# e.g. TAOS_SERVER__BIND=127.0.0.1:7443. Unknown keys are an error.
+# `taos-host config check` validates this file; `taos-host config set server.bind 127.0.0.1:7443`
+# changes one key safely.
+
+[server]
+# Public listener for people (browser and app). TLS with this host's self-signed key.
+bind = "0.0.0.0:6969"
+# Agent listener for agents in containers (reached through incus proxy devices).
+# Plain HTTP, so it must stay on a loopback address.
+agent_bind = "127.0.0.1:6970"
+# Serve the public listener without TLS. Refused unless `bind` is a loopback address.
+insecure_http = false
+# Largest request body accepted, in bytes.
+max_body_bytes = 1048576
+# Name used in pairing tokens and the certificate; empty means this machine's host name.
+host_name = ""
+
+[log]
+# "human" or "json".
+format = "human"
+# A tracing filter such as "info" or "taos_host=debug,info". RUST_LOG overrides it.
+level = "info"
+"#;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    pub agent_bind: SocketAddr,
+    pub insecure_http: bool,
+    pub max_body_bytes: u64,
+    pub host_name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 6969)),
+            agent_bind: SocketAddr::from(([127, 0, 0, 1], 6970)),
+            insecure_http: false,
+            max_body_bytes: 1024 * 1024,
+            host_name: String::new(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("unknown config key `{0}` (known keys: {1})")]
+    UnknownKey(String, String),
+    #[error("invalid value for `{key}`: {message}")]
+    BadValue { key: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Checks rules that cross keys or that serde can't express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.insecure_http && !s.bind.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "[server] insecure_http = true is only allowed when [server] bind is a loopback \
+                 address, but bind is {}. Plain HTTP on a network address would send passwords \
+                 and tokens in the clear. Use bind = \"127.0.0.1:{}\" or turn insecure_http off.",
+                s.bind,
+                s.bind.port()
+            )));
+        }
+        if !s.agent_bind.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "[server] agent_bind must be a loopback address (it is plain HTTP and agents reach \
+                 it through incus proxy devices), but it is {}",
+                s.agent_bind
+            )));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&s.max_body_bytes) {
+            return Err(ConfigError::Invalid(
+                "[server] max_body_bytes must be between 1024 and 67108864".to_string(),
+            ));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(ConfigError::Invalid("[log] level must not be empty".to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// `section.key` → the type of its default value, for typing env overrides and `config set`.
+fn known_keys() -> Vec<(String, toml::Value)> {
+    let table = toml::Value::try_from(Config::default()).expect("default config serializes");
+    let mut keys = Vec::new();
+    if let toml::Value::Table(sections) = table {
+        for (section, values) in sections {
+            if let toml::Value::Table(values) = values {
+                for (key, value) in values {
+                    keys.push((format!("{section}.{key}"), value));
+                }
+            }
+        }
+    }
+    keys
+}
+
+fn known_keys_list() -> String {
+    known_keys()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Converts a text value to the TOML type the key's default has.
+fn typed_value(key: &str, raw: &str) -> Result<toml::Value, ConfigError> {
+    let default = known_keys()
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .ok_or_else(|| ConfigError::UnknownKey(key.to_string(), known_keys_list()))?;
+    let bad = |message: &str| ConfigError::BadValue {
+        key: key.to_string(),
+        message: message.to_string(),
+    };
+    match default {
+        toml::Value::Boolean(_) => match raw.trim() {
+            "true" | "1" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
+            "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
+            _ => Err(bad("expected true or false")),
+        },
+        toml::Value::Integer(_) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| bad("expected an integer")),
+        _ => Ok(toml::Value::String(raw.to_string())),
+    }
+}
+
+/// Parses config text and applies `TAOS_<SECTION>__<KEY>` overrides from `env`.
+pub fn parse(
+    path: &Path,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let parse_err = |message: String| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let Some((section, key)) = rest.split_once("__") else {
+            continue; // TAOS_DATA_DIR and friends are not config keys.
+        };
+        let dotted = format!("{}.{}", section.to_lowercase(), key.to_lowercase());
+        let value = typed_value(&dotted, &raw).map_err(|e| ConfigError::Env {
+            var: var.clone(),
+            message: e.to_string(),
+        })?;
+        let section_table = table
+            .entry(section.to_lowercase())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match section_table {
+            toml::Value::Table(t) => {
+                t.insert(key.to_lowercase(), value);
+            }
+            _ => {
+                return Err(parse_err(format!(
+                    "`{}` must be a table",
+                    section.to_lowercase()
+                )))
+            }
+        }
+    }
+    let config: Config = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| parse_err(e.message().to_string()))?;
+    config.validate()?;
+    Ok(config)
+}
+
+pub fn config_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(CONFIG_FILE)
+}
+
+/// Loads `taos.toml` from the data dir, writing the commented defaults first if it is missing.
+pub fn load_or_init(data_dir: &Path) -> Result<Config, ConfigError> {
+    let path = config_path(data_dir);
+    let io = |source| ConfigError::Io {
+        path: path.clone(),
+        source,
+    };
+    fsutil::remove_stale_temps(&path);
+    match fsutil::create_new_atomic(&path, DEFAULT_TEMPLATE.as_bytes()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(e)),
+    }
+    let text = std::fs::read_to_string(&path).map_err(io)?;
+    parse(&path, &text, std::env::vars())
+}
+
+/// Sets one `section.key` in the file, keeping its comments, and writes it atomically.
+/// The result must be a valid config (without env overrides) or nothing is written.
+pub fn set_key(data_dir: &Path, dotted_key: &str, raw_value: &str) -> Result<(), ConfigError> {
+    let path = config_path(data_dir);
+    let io = |source| ConfigError::Io {
+        path: path.clone(),
+        source,
+    };
+    let value = typed_value(dotted_key, raw_value)?;
+    let (section, key) = dotted_key
+        .split_once('.')
+        .ok_or_else(|| ConfigError::UnknownKey(dotted_key.to_string(), known_keys_list()))?;
+    let text = std::fs::read_to_string(&path).map_err(io)?;
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    let edit_value = match value {
+        toml::Value::Boolean(b) => toml_edit::value(b),
+        toml::Value::Integer(i) => toml_edit::value(i),
+        toml::Value::String(s) => toml_edit::value(s),
+        _ => return Err(ConfigError::Invalid("unsupported value type".to_string())),
+    };
+    if !doc.contains_table(section) {
+        doc.insert(section, toml_edit::Item::Table(toml_edit::Table::new()));
+    }
+    doc[section][key] = edit_value;
+    let new_text = doc.to_string();
+    parse(&path, &new_text, std::iter::empty())?;
+    fsutil::write_atomic(&path, new_text.as_bytes()).map_err(io)
+}
+
+/// The data dir: `--data-dir`/`TAOS_DATA_DIR`, else `/var/lib/taos` for root, else
+/// `$XDG_DATA_HOME/taos` (or `~/.local/share/taos`).
+pub fn default_data_dir() -> PathBuf {
+    if crate::sys::is_root() {
+        return PathBuf::from("/var/lib/taos");
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("taos");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".local/share/taos")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> PathBuf {
+        PathBuf::from("taos.toml")
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn template_is_the_defaults() {
+        let config = parse(&p(), DEFAULT_TEMPLATE, env(&[])).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn env_overrides_apply_with_types() {
+        let config = parse(
+            &p(),
+            DEFAULT_TEMPLATE,
+            env(&[
+                ("TAOS_SERVER__BIND", "127.0.0.1:7443"),
+                ("TAOS_SERVER__INSECURE_HTTP", "true"),
+                ("TAOS_SERVER__MAX_BODY_BYTES", "4096"),
+                ("TAOS_DATA_DIR", "/ignored"),
+                ("HOME", "/ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.server.bind.to_string(), "127.0.0.1:7443");
+        assert!(config.server.insecure_http);
+        assert_eq!(config.server.max_body_bytes, 4096);
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let err = parse(&p(), "[server]\nbindd = \"1.2.3.4:1\"\n", env(&[])).unwrap_err();
+        assert!(err.to_string().contains("bindd"), "{err}");
+        let err = parse(&p(), "[serverr]\n", env(&[])).unwrap_err();
+        assert!(err.to_string().contains("serverr"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        let err = parse(&p(), "", env(&[("TAOS_SERVER__BINDD", "x")])).unwrap_err();
+        assert!(err.to_string().contains("TAOS_SERVER__BINDD"), "{err}");
+        let err = parse(&p(), "", env(&[("TAOS_SERVER__INSECURE_HTTP", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("true or false"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_are_refused() {
+        assert!(parse(&p(), "[server]\nbind = 12\n", env(&[])).is_err());
+        assert!(parse(&p(), "[server]\nbind = \"not an address\"\n", env(&[])).is_err());
+        assert!(parse(&p(), "[log]\nformat = \"xml\"\n", env(&[])).is_err());
+    }
+
+    #[test]
+    fn insecure_http_needs_loopback() {
+        let err = parse(&p(), "[server]\ninsecure_http = true\n", env(&[])).unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
+        let ok = parse(
+            &p(),
+            "[server]\ninsecure_http = true\nbind = \"127.0.0.1:8080\"\n",
+            env(&[]),
+        );
+        assert!(ok.is_ok());
+        let ok6 = parse(
+            &p(),
+            "[server]\ninsecure_http = true\nbind = \"[::1]:8080\"\n",
+            env(&[]),
+        );
+        assert!(ok6.is_ok());
+    }
+
+    #[test]
+    fn agent_bind_must_be_loopback() {
+        let err = parse(&p(), "[server]\nagent_bind = \"0.0.0.0:6970\"\n", env(&[])).unwrap_err();
+        assert!(err.to_string().contains("agent_bind"), "{err}");
+    }
+
+    #[test]
+    fn set_key_keeps_comments_and_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        load_or_init(dir.path()).unwrap();
+        set_key(dir.path(), "server.bind", "127.0.0.1:7443").unwrap();
+        let text = std::fs::read_to_string(config_path(dir.path())).unwrap();
+        assert!(text.contains("# Public listener"));
+        assert!(text.contains("bind = \"127.0.0.1:7443\""));
+        assert!(set_key(dir.path(), "server.nope", "1").is_err());
+        assert!(set_key(dir.path(), "server.insecure_http", "maybe").is_err());
+        // Valid type but an invalid combination: nothing written.
+        set_key(dir.path(), "server.bind", "0.0.0.0:7443").unwrap();
+        assert!(set_key(dir.path(), "server.insecure_http", "true").is_err());
+        let after = std::fs::read_to_string(config_path(dir.path())).unwrap();
+        assert!(after.contains("insecure_http = false"));
+        assert_eq!(fsutil::mode_of(&config_path(dir.path())).unwrap(), 0o600);
+    }
+}

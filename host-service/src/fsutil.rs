@@ -1,0 +1,183 @@
+//! Files that must never be half-written or readable by others.
+//!
+//! Every secret or state file is created 0600 from its first byte (never chmod-ed afterwards, so
+//! there is no window where another user could open it), and replaced atomically: write a temp
+//! file in the same directory, fsync it, rename it over the target, fsync the directory.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Test-only fault injection: when this variable names the file being written, the writer stops
+/// after the temp file is durable and before the rename, and waits to be killed. It lets a test
+/// prove that a crash at the worst moment leaves the old file intact.
+pub const PAUSE_BEFORE_RENAME_ENV: &str = "TAOS_TEST_PAUSE_BEFORE_RENAME";
+
+/// Creates `dir` (and parents) as 0700, or tightens an existing one to 0700.
+pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)?;
+    let mode = fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode != PRIVATE_DIR_MODE {
+        fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR_MODE))?;
+    }
+    Ok(())
+}
+
+fn temp_path_for(target: &Path) -> io::Result<PathBuf> {
+    let name = target
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?
+        .to_string_lossy();
+    let nonce: u64 = rand::random();
+    Ok(target.with_file_name(format!(".{name}.tmp-{}-{nonce:016x}", std::process::id())))
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// fsync a directory so a rename or create inside it survives power loss.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Atomically replaces `target` with `contents`, mode 0600.
+pub fn write_atomic(target: &Path, contents: &[u8]) -> io::Result<()> {
+    let temp = temp_path_for(target)?;
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(PRIVATE_FILE_MODE)
+            .open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        drop(file);
+        pause_before_rename_if_asked(target);
+        fs::rename(&temp, target)?;
+        sync_dir(parent_dir(target))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Creates `target` with `contents`, mode 0600, failing with `AlreadyExists` if it is there.
+/// Atomic like [`write_atomic`]: readers see no file or the whole file, never a prefix.
+pub fn create_new_atomic(target: &Path, contents: &[u8]) -> io::Result<()> {
+    let temp = temp_path_for(target)?;
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(PRIVATE_FILE_MODE)
+            .open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        drop(file);
+        // link() fails if the target exists, unlike rename(), so two racing creators can't both win.
+        fs::hard_link(&temp, target)?;
+        fs::remove_file(&temp)?;
+        sync_dir(parent_dir(target))
+    })();
+    let _ = fs::remove_file(&temp);
+    result
+}
+
+/// Creates an empty 0600 file if none exists (for files another library then opens, like SQLite's).
+pub fn touch_private(target: &Path) -> io::Result<()> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(target)
+    {
+        Ok(_) => sync_dir(parent_dir(target)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes temp files a crash left behind next to `target`.
+pub fn remove_stale_temps(target: &Path) {
+    let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = fs::read_dir(parent_dir(target)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn pause_before_rename_if_asked(target: &Path) {
+    let Some(wanted) = std::env::var_os(PAUSE_BEFORE_RENAME_ENV) else {
+        return;
+    };
+    if Path::new(&wanted) == target {
+        eprintln!("fault injection: paused before rename of {}", target.display());
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+/// The permission bits of a path, for checks and tests.
+pub fn mode_of(path: &Path) -> io::Result<u32> {
+    Ok(fs::metadata(path)?.permissions().mode() & 0o777)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_is_private_and_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("file.toml");
+        write_atomic(&target, b"one").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"one");
+        assert_eq!(mode_of(&target).unwrap(), 0o600);
+        write_atomic(&target, b"two").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"two");
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp files left behind");
+    }
+
+    #[test]
+    fn create_new_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("token");
+        create_new_atomic(&target, b"first").unwrap();
+        let err = create_new_atomic(&target, b"second").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&target).unwrap(), b"first");
+        assert_eq!(mode_of(&target).unwrap(), 0o600);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn private_dir_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_private_dir(&data).unwrap();
+        assert_eq!(mode_of(&data).unwrap(), 0o700);
+    }
+}

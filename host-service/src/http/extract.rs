@@ -1,0 +1,254 @@
+//! Extractors: JSON, query and path that answer with our error body (400, not axum's 422), the
+//! client address, and `Auth`, which decides who is calling.
+
+use std::net::SocketAddr;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::sessions::{CSRF_HEADER, SESSION_COOKIE};
+use crate::auth::{
+    devices, local_token, secrets_equal, sessions, Principal, ACCESS_TOKEN_PREFIX,
+    LOCAL_TOKEN_PREFIX,
+};
+
+/// The TCP peer of a connection, attached by the listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// JSON body. Malformed JSON or wrong types → 400 `invalid_json`; too large → 413.
+pub struct Json<T>(pub T);
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is larger than the host accepts",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ),
+        _ => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            rejection.body_text(),
+        ),
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Query string → 400 `invalid_query` on bad input.
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|r: QueryRejection| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text())
+            })
+    }
+}
+
+/// Path parameters → 400 `invalid_path` on bad input.
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|r: PathRejection| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", r.body_text())
+            })
+    }
+}
+
+pub fn client_addr(parts: &Parts) -> Option<SocketAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|ConnectInfo(ClientAddr(addr))| *addr)
+}
+
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+fn changes_state(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Decides the principal. `Ok(None)` means the request carried no credentials at all; invalid
+/// credentials are an error, never silently anonymous.
+pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<Principal>, ApiError> {
+    if let Some(token) = bearer(&parts.headers) {
+        if token.starts_with(LOCAL_TOKEN_PREFIX) {
+            let local = client_addr(parts).is_some_and(|a| local_token::is_local_client(a.ip()));
+            if local && secrets_equal(token, &state.local_token) {
+                return Ok(Some(Principal::LocalAdmin));
+            }
+            return Err(ApiError::unauthorized());
+        }
+        if token.starts_with(ACCESS_TOKEN_PREFIX) {
+            return match devices::authenticate_access(&state.db, token).await? {
+                Some(device_id) => Ok(Some(Principal::Device { device_id })),
+                None => Err(ApiError::unauthorized()),
+            };
+        }
+        return Err(ApiError::unauthorized());
+    }
+    if let Some(token) = cookie(&parts.headers, SESSION_COOKIE) {
+        let Some(session) = sessions::lookup(&state.db, token).await? else {
+            return Err(ApiError::unauthorized());
+        };
+        if changes_state(&parts.method) {
+            let sent = parts
+                .headers
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !secrets_equal(sent, &session.csrf_token) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "csrf_failed",
+                    "missing or wrong X-CSRF-Token header",
+                ));
+            }
+        }
+        return Ok(Some(session.principal));
+    }
+    Ok(None)
+}
+
+/// An authenticated caller; rejects with 401 (or 403 for a failed CSRF check).
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match authenticate(parts, state).await? {
+            Some(principal) => Ok(Auth(principal)),
+            None => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+/// The caller if any, for routes that answer everyone (like `/api/auth/status`).
+pub struct MaybeAuth(pub Option<Principal>);
+
+impl FromRequestParts<AppState> for MaybeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(MaybeAuth(authenticate(parts, state).await.ok().flatten()))
+    }
+}
+
+/// The owner (signed in) or the local admin; other principals get 403.
+pub struct OwnerOrAdmin(pub Principal);
+
+impl FromRequestParts<AppState> for OwnerOrAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Auth(principal) = Auth::from_request_parts(parts, state).await?;
+        if principal.is_owner_or_admin() {
+            Ok(OwnerOrAdmin(principal))
+        } else {
+            Err(ApiError::forbidden(
+                "only the owner or the local admin may do this",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn cookies_and_bearer_are_parsed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; taos_session=abc; taos_csrf=x"),
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer  tok "),
+        );
+        assert_eq!(cookie(&headers, "taos_session"), Some("abc"));
+        assert_eq!(cookie(&headers, "taos"), None);
+        assert_eq!(bearer(&headers), Some("tok"));
+    }
+}

@@ -1,0 +1,240 @@
+//! The HTTP surface: state, routers and middleware. Handlers are thin: parse, authorize, call
+//! one domain function, map its result.
+
+pub mod auth;
+pub mod devices;
+pub mod error;
+pub mod extract;
+pub mod notifications;
+pub mod ops;
+
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use taos_pin::SpkiPin;
+use tokio::sync::watch;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::auth::ratelimit::LoginLimiter;
+use crate::config::Config;
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::notify::EventHub;
+use error::ApiError;
+
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+pub struct AppInner {
+    pub db: Db,
+    pub config: Config,
+    pub data_dir: PathBuf,
+    pub pin: SpkiPin,
+    pub local_token: String,
+    pub host_name: String,
+    /// `host:port` strings put in pairing tokens.
+    pub pairing_addresses: Vec<String>,
+    pub login_limiter: LoginLimiter,
+    pub hub: EventHub,
+    pub metrics: Metrics,
+    /// Subsystem → status, refreshed in the background so `/api/health` costs no I/O.
+    pub health: RwLock<BTreeMap<String, String>>,
+    pub started_at: Instant,
+    /// Flips to true when the host begins shutting down; long-lived streams end on it.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    pub fn new(inner: AppInner) -> Self {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "taos host API",
+        description = "The taos agent host. Every route needs a session cookie (with X-CSRF-Token \
+                       on state-changing requests), a device access token, or the local admin \
+                       token from loopback, except those marked with an empty security requirement."
+    ),
+    modifiers(&SecuritySchemes),
+    security(("session_cookie" = []), ("bearer" = []))
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "session_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
+                crate::auth::sessions::SESSION_COOKIE,
+            ))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A device access token (taos_at_…) or, from loopback only, the local \
+                         admin token (taos_lt_…)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The public API: every route, with its OpenAPI operation.
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(ops::routes())
+        .merge(auth::routes())
+        .merge(devices::routes())
+        .merge(notifications::routes())
+}
+
+/// The generated OpenAPI document, built once.
+pub fn openapi_json() -> &'static str {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let (_, doc) = api_routes().split_for_parts();
+        doc.to_pretty_json().unwrap_or_default()
+    })
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+async fn count_response(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .record_response(response.status().as_u16(), started);
+    response
+}
+
+/// Middleware shared by both listeners: request ids, tracing, body limit, safe headers.
+fn common_layers(router: Router, state: &AppState) -> Router {
+    let trace = TraceLayer::new_for_http().make_span_with(|request: &Request| {
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info_span!(
+            "request",
+            method = %request.method(),
+            path = %request.uri().path(),
+            request_id = %request_id,
+        )
+    });
+    router
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(state.config.server.max_body_bytes).unwrap_or(usize::MAX),
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), count_response))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+}
+
+/// The public listener's app: people, over TLS.
+pub fn public_app(state: AppState) -> Router {
+    let (router, _) = api_routes().split_for_parts();
+    let router = router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone());
+    common_layers(router, &state)
+}
+
+/// The agent listener's app. Agents arrive with the conversation work; until then it only
+/// answers health, so its bind and port are exercised from day one.
+pub fn agent_app(state: AppState) -> Router {
+    let router = Router::new()
+        .route("/api/health", axum::routing::get(ops::health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone());
+    common_layers(router, &state)
+}
+
+/// Keeps the health map current: checks the database every few seconds.
+pub fn spawn_health_checker(state: AppState) {
+    tokio::spawn(async move {
+        let mut shutdown = state.shutdown.clone();
+        loop {
+            let db_status = match sqlx::query_scalar::<_, i64>("SELECT 1")
+                .fetch_one(&state.db)
+                .await
+            {
+                Ok(_) => "ok".to_string(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "database health check failed");
+                    "unreachable".to_string()
+                }
+            };
+            if let Ok(mut map) = state.health.write() {
+                map.insert("database".to_string(), db_status);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+}

@@ -1,0 +1,70 @@
+//! Health, the OpenAPI document, and Prometheus metrics.
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::extract::State;
+use taos_proto::error::ErrorBody;
+use taos_proto::ops::Health;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{Auth, Json, OwnerOrAdmin};
+use super::AppState;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(openapi))
+        .routes(routes!(metrics))
+}
+
+/// Liveness and subsystem status. Needs no credentials.
+#[utoipa::path(get, path = "/api/health", tag = "ops", security(()),
+    responses((status = 200, description = "The host is up", body = Health)))]
+pub async fn health(State(state): State<AppState>) -> Json<Health> {
+    let subsystems = state
+        .health
+        .read()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    let all_ok = subsystems.values().all(|v| v == "ok" || v == "disabled");
+    Json(Health {
+        status: if all_ok { "ok" } else { "degraded" }.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        subsystems,
+    })
+}
+
+/// This document: OpenAPI 3.1, generated from the code.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "ops",
+    responses(
+        (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object),
+        (status = 401, description = "No credentials", body = ErrorBody)))]
+async fn openapi(_auth: Auth) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi_json(),
+    )
+}
+
+/// Prometheus metrics (text exposition format). Owner or local admin only.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner or local admin", body = ErrorBody)))]
+async fn metrics(_auth: OwnerOrAdmin, State(state): State<AppState>) -> impl IntoResponse {
+    let subscribers = state.hub.subscriber_count() as f64;
+    let body = state.metrics.render(
+        state.started_at,
+        &[(
+            "taos_event_stream_clients",
+            "Clients connected to GET /api/events.",
+            subscribers,
+        )],
+    );
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+}

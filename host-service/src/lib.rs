@@ -1,0 +1,16 @@
+//! taos-host: the agent host daemon and its admin CLI.
+//!
+//! One module per concern; each owns its tables and domain logic. `http` is the only module that
+//! knows axum, and its handlers stay thin.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod fsutil;
+pub mod http;
+pub mod metrics;
+pub mod notify;
+pub mod qr;
+pub mod server;
+pub mod sys;
+pub mod tls;

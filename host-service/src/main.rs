@@ -1,0 +1,201 @@
+//! `taos-host`: run the host (`serve`) and administer it from the machine it runs on.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use taos_host::config::{self, LogFormat};
+use taos_host::{auth, qr, server, tls};
+
+#[derive(Parser)]
+#[command(name = "taos-host", version, about = "The taos agent host")]
+struct Cli {
+    /// Data directory (config, database, TLS key, traces). Default: /var/lib/taos as root,
+    /// else $XDG_DATA_HOME/taos.
+    #[arg(long, env = "TAOS_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host: HTTPS API for people, HTTP API for agents on loopback.
+    Serve,
+    /// Print a one-time pairing token (valid 5 minutes) and its QR code, for the app.
+    Pair {
+        /// Print only the token.
+        #[arg(long)]
+        token_only: bool,
+    },
+    /// Print the SPKI pin of the host's TLS key (`sha256/<base64>`).
+    Fingerprint,
+    /// Manage user accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Check or change taos.toml.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; the first one becomes the owner.
+    Create {
+        username: String,
+        /// Read the password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a new password and sign the user out everywhere.
+    ResetPassword {
+        username: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate taos.toml plus TAOS_* overrides and print the effective config.
+    Check,
+    /// Set one key (e.g. `server.bind 127.0.0.1:7443`), keeping comments; atomic.
+    Set { key: String, value: String },
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    let first = rpassword::prompt_password("Password (at least 10 characters): ")?;
+    let second = rpassword::prompt_password("Again: ")?;
+    anyhow::ensure!(first == second, "the passwords differ");
+    Ok(first)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli.data_dir.unwrap_or_else(config::default_data_dir);
+    match cli.command {
+        Command::Serve => {
+            let opened = server::open(&data_dir).await?;
+            init_logging(opened.config.log.format, &opened.config.log.level);
+            server::serve(opened).await
+        }
+        Command::Pair { token_only } => {
+            let opened = server::open(&data_dir).await?;
+            let (token, payload) = auth::devices::create_pairing_token(
+                &opened.db,
+                &server::host_name(&opened.config),
+                server::pairing_addresses(opened.config.server.bind),
+                &opened.identity.pin,
+                "cli",
+            )
+            .await?;
+            if token_only {
+                println!("{token}");
+            } else {
+                println!("{}", qr::terminal(&token)?);
+                println!("Pairing token (single use, expires {}):\n{token}\n", payload.expires_at);
+                println!("Host:        {}", payload.host_name);
+                println!("Addresses:   {}", payload.addresses.join(", "));
+                println!("Fingerprint: {}", opened.identity.pin);
+            }
+            Ok(())
+        }
+        Command::Fingerprint => match tls::read_pin(&data_dir)? {
+            Some(pin) => {
+                println!("{pin}");
+                Ok(())
+            }
+            None => anyhow::bail!(
+                "no TLS key in {} yet; run `taos-host serve` once to make it",
+                data_dir.display()
+            ),
+        },
+        Command::User { command } => {
+            let opened = server::open(&data_dir).await?;
+            match command {
+                UserCommand::Create {
+                    username,
+                    password_stdin,
+                } => {
+                    let password = read_password(password_stdin)?;
+                    let user = auth::users::create(&opened.db, &username, &password).await?;
+                    let role = if user.is_owner { "owner" } else { "user" };
+                    println!("created {role} {}", user.username);
+                }
+                UserCommand::ResetPassword {
+                    username,
+                    password_stdin,
+                } => {
+                    let password = read_password(password_stdin)?;
+                    auth::users::reset_password(&opened.db, &username, &password)
+                        .await
+                        .map_err(|e| match e {
+                            auth::AuthError::NotFound => anyhow::anyhow!("no user {username}"),
+                            e => e.into(),
+                        })?;
+                    println!("password reset for {username}; their sessions were ended");
+                }
+            }
+            opened.db.close().await;
+            Ok(())
+        }
+        Command::Config { command } => match command {
+            ConfigCommand::Check => {
+                let config = config::load_or_init(&data_dir)?;
+                println!(
+                    "# {} is valid; effective config:\n{}",
+                    config::config_path(&data_dir).display(),
+                    toml::to_string(&config)?
+                );
+                Ok(())
+            }
+            ConfigCommand::Set { key, value } => {
+                config::load_or_init(&data_dir)?;
+                config::set_key(&data_dir, &key, &value)?;
+                println!("set {key} = {value}");
+                Ok(())
+            }
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("taos-host: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("taos-host: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Small facts about the machine the host runs on.
+
+use std::net::IpAddr;
+
+/// Whether the process runs as root (decides the default data dir).
+pub fn is_root() -> bool {
+    // /proc/self is owned by the process's effective uid.
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// This machine's host name, or `taos` if it can't be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "taos".to_string())
+}
+
+/// The machine's own interface addresses, non-loopback first, link-local IPv6 left out (they
+/// need a zone id to be dialled, which a pairing token can't carry usefully).
+pub fn interface_addresses() -> Vec<IpAddr> {
+    let mut addrs: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .map(|list| list.into_iter().map(|i| i.ip()).collect())
+        .unwrap_or_default();
+    addrs.retain(|ip| match ip {
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+        IpAddr::V4(_) => true,
+    });
+    addrs.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6()));
+    addrs.dedup();
+    addrs
+}
+
+/// Resident set size of this process in bytes, from /proc/self/status (in kB there, so no
+/// page-size guess: Raspberry Pi 5 kernels use 16 KiB pages).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
