@@ -40,7 +40,7 @@ format = "human"
 level = "info"
 "#;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -69,15 +69,6 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {
@@ -146,7 +137,9 @@ impl Config {
             ));
         }
         if self.log.level.trim().is_empty() {
-            return Err(ConfigError::Invalid("[log] level must not be empty".to_string()));
+            return Err(ConfigError::Invalid(
+                "[log] level must not be empty".to_string(),
+            ));
         }
         Ok(())
     }
@@ -281,12 +274,12 @@ pub fn set_key(data_dir: &Path, dotted_key: &str, raw_value: &str) -> Result<(),
         .split_once('.')
         .ok_or_else(|| ConfigError::UnknownKey(dotted_key.to_string(), known_keys_list()))?;
     let text = std::fs::read_to_string(&path).map_err(io)?;
-    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
-        ConfigError::Parse {
-            path: path.clone(),
-            message: e.to_string(),
-        }
-    })?;
+    let mut doc: toml_edit::DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
     let edit_value = match value {
         toml::Value::Boolean(b) => toml_edit::value(b),
         toml::Value::Integer(i) => toml_edit::value(i),

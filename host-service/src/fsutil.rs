@@ -130,7 +130,10 @@ fn pause_before_rename_if_asked(target: &Path) {
         return;
     };
     if Path::new(&wanted) == target {
-        eprintln!("fault injection: paused before rename of {}", target.display());
+        eprintln!(
+            "fault injection: paused before rename of {}",
+            target.display()
+        );
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }

@@ -116,7 +116,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{token}");
             } else {
                 println!("{}", qr::terminal(&token)?);
-                println!("Pairing token (single use, expires {}):\n{token}\n", payload.expires_at);
+                println!(
+                    "Pairing token (single use, expires {}):\n{token}\n",
+                    payload.expires_at
+                );
                 println!("Host:        {}", payload.host_name);
                 println!("Addresses:   {}", payload.addresses.join(", "));
                 println!("Fingerprint: {}", opened.identity.pin);
@@ -184,7 +187,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("taos-host: cannot start the runtime: {e}");

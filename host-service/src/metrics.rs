@@ -38,7 +38,10 @@ impl Metrics {
         let _ = writeln!(out, "# HELP taos_build_info Host build information.");
         let _ = writeln!(out, "# TYPE taos_build_info gauge");
         let _ = writeln!(out, "taos_build_info{{version=\"{version}\"}} 1");
-        let _ = writeln!(out, "# HELP taos_http_responses_total HTTP responses by status class.");
+        let _ = writeln!(
+            out,
+            "# HELP taos_http_responses_total HTTP responses by status class."
+        );
         let _ = writeln!(out, "# TYPE taos_http_responses_total counter");
         let mut total = 0;
         for (i, counter) in self.responses.iter().enumerate() {
@@ -61,7 +64,10 @@ impl Metrics {
             self.duration_micros_sum.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "taos_http_request_duration_seconds_count {total}");
-        let _ = writeln!(out, "# HELP taos_logins_failed_total Failed password logins.");
+        let _ = writeln!(
+            out,
+            "# HELP taos_logins_failed_total Failed password logins."
+        );
         let _ = writeln!(out, "# TYPE taos_logins_failed_total counter");
         let _ = writeln!(
             out,
@@ -78,7 +84,10 @@ impl Metrics {
             "taos_logins_rate_limited_total {}",
             self.logins_rate_limited.load(Ordering::Relaxed)
         );
-        let _ = writeln!(out, "# HELP taos_uptime_seconds Seconds since the host started.");
+        let _ = writeln!(
+            out,
+            "# HELP taos_uptime_seconds Seconds since the host started."
+        );
         let _ = writeln!(out, "# TYPE taos_uptime_seconds gauge");
         let _ = writeln!(
             out,

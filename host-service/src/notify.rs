@@ -137,7 +137,11 @@ impl EventHub {
     }
 
     /// Events with id greater than `after`, oldest first, at most `limit`.
-    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<HostEvent>, NotifyError> {
+    pub async fn events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<HostEvent>, NotifyError> {
         let rows = sqlx::query(
             "SELECT id, created_at, kind, data FROM host_events WHERE id > ? ORDER BY id LIMIT ?",
         )
@@ -153,10 +157,11 @@ impl EventHub {
         let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(id) FROM host_events")
             .fetch_one(&self.db)
             .await?;
-        let newest: i64 =
-            sqlx::query_scalar("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'host_events'), 0)")
-                .fetch_one(&self.db)
-                .await?;
+        let newest: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'host_events'), 0)",
+        )
+        .fetch_one(&self.db)
+        .await?;
         Ok((oldest, newest))
     }
 }
@@ -167,7 +172,9 @@ fn validate(new: &NewNotification, source: &str) -> Result<(), NotifyError> {
         return bad(format!("title must be 1-{MAX_TITLE_CHARS} characters"));
     }
     if new.message.chars().count() > MAX_MESSAGE_CHARS {
-        return bad(format!("message must be at most {MAX_MESSAGE_CHARS} characters"));
+        return bad(format!(
+            "message must be at most {MAX_MESSAGE_CHARS} characters"
+        ));
     }
     let source_ok = !source.is_empty()
         && source.len() <= MAX_SOURCE_CHARS
@@ -246,7 +253,11 @@ pub async fn get(db: &Db, id: i64) -> Result<Option<Notification>, NotifyError> 
 }
 
 /// Newest first.
-pub async fn list(db: &Db, unread_only: bool, limit: i64) -> Result<Vec<Notification>, NotifyError> {
+pub async fn list(
+    db: &Db,
+    unread_only: bool,
+    limit: i64,
+) -> Result<Vec<Notification>, NotifyError> {
     if !(1..=MAX_LIST_LIMIT).contains(&limit) {
         return Err(NotifyError::BadInput(format!(
             "limit must be between 1 and {MAX_LIST_LIMIT}"

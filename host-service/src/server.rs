@@ -164,11 +164,7 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<Opened> {
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
     let config = crate::config::load_or_init(data_dir)?;
     let db = db::open(data_dir).await?;
-    let identity = tls::load_or_create(
-        data_dir,
-        &host_name(&config),
-        &sys::interface_addresses(),
-    )?;
+    let identity = tls::load_or_create(data_dir, &host_name(&config), &sys::interface_addresses())?;
     Ok(Opened {
         data_dir: data_dir.to_path_buf(),
         config,
@@ -248,8 +244,8 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
             let _ = rx.wait_for(|stopping| *stopping).await;
         }
     };
-    let public_app = http::public_app(state.clone())
-        .into_make_service_with_connect_info::<ClientAddr>();
+    let public_app =
+        http::public_app(state.clone()).into_make_service_with_connect_info::<ClientAddr>();
     let public = if state.config.server.insecure_http {
         tracing::warn!("serving the public listener WITHOUT TLS (insecure_http, loopback only)");
         tokio::spawn(

@@ -1,1 +1,384 @@
+//! taos test kit: starts the real `taos-host` binary on ephemeral ports with a temp data dir and
+//! talks to it the way the app does, over TLS pinned to the host's key.
+//!
+//! Tests get the binary path from cargo (`env!("CARGO_BIN_EXE_taos-host")`), so `cargo test`
+//! always runs against a freshly built host.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, COOKIE};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{json, Value};
+use taos_pin::SpkiPin;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const OWNER: &str = "owner";
+pub const OWNER_PASSWORD: &str = "correct horse battery";
+
+/// A running host. Killed when dropped.
+pub struct Host {
+    child: Option<Child>,
+    /// Kept so the data dir lives as long as the host.
+    _temp: Option<tempfile::TempDir>,
+    pub bin: PathBuf,
+    pub data_dir: PathBuf,
+    pub public_url: String,
+    pub agent_url: String,
+    pub pin: SpkiPin,
+    pub stderr_log: PathBuf,
+}
+
+/// How to start a host.
+#[derive(Default, Clone)]
+pub struct HostOptions {
+    /// Use this data dir instead of a fresh temp dir (to restart a host on its old data).
+    pub data_dir: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Host {
+    /// Starts a host on a fresh temp data dir, listening on 127.0.0.1 ephemeral ports.
+    pub async fn start(bin: &str) -> Host {
+        Self::start_with(bin, HostOptions::default())
+            .await
+            .expect("host starts")
+    }
+
+    pub async fn start_with(bin: &str, options: HostOptions) -> anyhow::Result<Host> {
+        let (temp, data_dir) = match options.data_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let temp = tempfile::tempdir()?;
+                let dir = temp.path().join("data");
+                (Some(temp), dir)
+            }
+        };
+        let stderr_log = data_dir
+            .parent()
+            .unwrap_or(Path::new("/tmp"))
+            .join(format!("host-{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_log)?;
+        let mut command = Command::new(bin);
+        command
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("serve")
+            .env("TAOS_SERVER__BIND", "127.0.0.1:0")
+            .env("TAOS_SERVER__AGENT_BIND", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
+        for (k, v) in &options.env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().context("spawn taos-host")?;
+        let stdout = child.stdout.take().context("host stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if line.starts_with("taos-host ready ") {
+                    return Ok::<_, anyhow::Error>(line);
+                }
+            }
+            bail!("host exited before it was ready")
+        })
+        .await;
+        let line = match ready {
+            Ok(Ok(line)) => line,
+            other => {
+                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                bail!("host did not become ready ({other:?}); its log:\n{log}");
+            }
+        };
+        // Keep draining stdout so the host never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let fields: HashMap<&str, &str> = line
+            .split_whitespace()
+            .filter_map(|f| f.split_once('='))
+            .collect();
+        Ok(Host {
+            child: Some(child),
+            _temp: temp,
+            bin: PathBuf::from(bin),
+            public_url: fields["public"].to_string(),
+            agent_url: fields["agent"].to_string(),
+            pin: SpkiPin::parse(fields["fingerprint"])?,
+            data_dir,
+            stderr_log,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.public_url)
+    }
+
+    pub fn agent_url(&self, path: &str) -> String {
+        format!("{}{path}", self.agent_url)
+    }
+
+    /// A client that trusts exactly this host's key.
+    pub fn client(&self) -> reqwest::Client {
+        pinned_client(self.pin)
+    }
+
+    pub fn local_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("local-token"))
+            .expect("local token")
+            .trim()
+            .to_string()
+    }
+
+    /// A request authenticated with the local admin token.
+    pub fn admin(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client()
+            .request(method, self.url(path))
+            .bearer_auth(self.local_token())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// SIGTERM, then wait for exit; returns the exit code.
+    pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        let pid = self.pid().context("host already gone")?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        let mut child = self.child.take().context("no child")?;
+        let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await??;
+        Ok(status.code())
+    }
+
+    /// SIGKILL: a crash, as far as the host can tell.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Creates the owner through first-run setup and returns a signed-in session.
+    pub async fn setup_owner(&self) -> Session {
+        let response = self
+            .client()
+            .post(self.url("/api/auth/setup"))
+            .json(&json!({"username": OWNER, "password": OWNER_PASSWORD}))
+            .send()
+            .await
+            .expect("setup request");
+        assert_eq!(response.status(), StatusCode::CREATED, "setup");
+        Session::from_response(self, response).await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Response {
+        self.client()
+            .post(self.url("/api/auth/login"))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await
+            .expect("login request")
+    }
+
+    /// Pairs a new device; returns its tokens JSON.
+    pub async fn pair_device(&self, name: &str) -> Value {
+        let token = self
+            .admin(Method::POST, "/api/devices/pairing-tokens")
+            .send()
+            .await
+            .expect("pairing token")
+            .json::<Value>()
+            .await
+            .expect("pairing token json")["token"]
+            .as_str()
+            .expect("token string")
+            .to_string();
+        let response = self
+            .client()
+            .post(self.url("/api/devices/pair"))
+            .json(&json!({"token": token, "device_name": name, "platform": "linux"}))
+            .send()
+            .await
+            .expect("pair");
+        assert_eq!(response.status(), StatusCode::CREATED, "pair");
+        response.json().await.expect("pair json")
+    }
+
+    /// Runs a `taos-host` CLI command against this host's data dir.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(&self.bin)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .output()
+            .expect("run taos-host")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// A reqwest client whose only trust is the pinned key.
+pub fn pinned_client(pin: SpkiPin) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(taos_pin::pinned_client_config(pin))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A client that trusts no certificate at all, like a browser that has not been told about
+/// the host: it must fail against the self-signed host.
+pub fn unpinned_client() -> reqwest::Client {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// A browser session: the cookies setup or login set, and the CSRF token.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub session_cookie: String,
+    pub csrf_token: String,
+    pub client: reqwest::Client,
+    pub base: String,
+}
+
+impl Session {
+    pub async fn from_response(host: &Host, response: Response) -> Session {
+        let cookies = set_cookies(response.headers());
+        let body: Value = response.json().await.expect("login json");
+        Session {
+            session_cookie: cookies
+                .get("taos_session")
+                .expect("taos_session cookie")
+                .0
+                .clone(),
+            csrf_token: body["csrf_token"].as_str().expect("csrf_token").to_string(),
+            client: host.client(),
+            base: host.public_url.clone(),
+        }
+    }
+
+    /// A request with the session cookie and the CSRF header.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.request_without_csrf(method, path)
+            .header("x-csrf-token", &self.csrf_token)
+    }
+
+    /// A request with the session cookie but no CSRF header.
+    pub fn request_without_csrf(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .header(COOKIE, format!("taos_session={}", self.session_cookie))
+    }
+}
+
+/// `Set-Cookie` headers as name → (value, attributes lowercased).
+pub fn set_cookies(headers: &HeaderMap) -> HashMap<String, (String, Vec<String>)> {
+    headers
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| {
+            let mut parts = v.split(';').map(str::trim);
+            let (name, value) = parts.next()?.split_once('=')?;
+            let attrs = parts.map(|a| a.to_ascii_lowercase()).collect();
+            Some((name.to_string(), (value.to_string(), attrs)))
+        })
+        .collect()
+}
+
+pub fn bearer(token: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("Bearer {token}")).expect("header")
+}
+
+pub fn auth_header(token: &str) -> (reqwest::header::HeaderName, HeaderValue) {
+    (AUTHORIZATION, bearer(token))
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Reads server-sent events from a streaming response.
+pub struct SseReader {
+    stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+}
+
+impl SseReader {
+    pub fn new(response: Response) -> SseReader {
+        SseReader {
+            stream: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments such as keep-alives are skipped), or `None` when the stream
+    /// ends or `wait` passes.
+    pub async fn next(&mut self, wait: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent::default();
+                let mut data_lines = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event.event = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data_lines.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                    }
+                }
+                if event.id.is_none() && event.event.is_none() && data_lines.is_empty() {
+                    continue; // a comment block
+                }
+                event.data = data_lines.join("\n");
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.stream.next()).await;
+            match chunk {
+                Ok(Some(Ok(bytes))) => self
+                    .buffer
+                    .push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// A client for plain-HTTP listeners (the agent listener, loopback `insecure_http`).
+pub fn http_client() -> reqwest::Client {
+    unpinned_client()
+}

@@ -83,8 +83,17 @@ impl std::fmt::Display for PinError {
 
 impl std::error::Error for PinError {}
 
-/// Reads one DER TLV at the start of `input`: returns (tag, whole TLV, content, rest).
-fn read_tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), PinError> {
+/// One DER element read off the front of a byte slice.
+struct Tlv<'a> {
+    tag: u8,
+    /// Tag, length and content together.
+    whole: &'a [u8],
+    content: &'a [u8],
+    rest: &'a [u8],
+}
+
+/// Reads one DER TLV at the start of `input`.
+fn read_tlv(input: &[u8]) -> Result<Tlv<'_>, PinError> {
     let bad = PinError::MalformedCertificate;
     let (&tag, after_tag) = input.split_first().ok_or(bad.clone())?;
     let (&first_len, after_len_byte) = after_tag.split_first().ok_or(bad.clone())?;
@@ -105,7 +114,12 @@ fn read_tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), PinError> {
     }
     let header_len = input.len() - after_len.len();
     let whole = &input[..header_len + len];
-    Ok((tag, whole, &after_len[..len], &after_len[len..]))
+    Ok(Tlv {
+        tag,
+        whole,
+        content: &after_len[..len],
+        rest: &after_len[len..],
+    })
 }
 
 const SEQUENCE: u8 = 0x30;
@@ -116,29 +130,28 @@ const VERSION_TAG: u8 = 0xa0;
 /// Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber,
 /// signature, issuer, validity, subject, subjectPublicKeyInfo, ... }, ... }
 pub fn spki_of_certificate(cert_der: &[u8]) -> Result<&[u8], PinError> {
-    let (tag, _, cert, _) = read_tlv(cert_der)?;
-    if tag != SEQUENCE {
+    let cert = read_tlv(cert_der)?;
+    if cert.tag != SEQUENCE {
         return Err(PinError::MalformedCertificate);
     }
-    let (tag, _, tbs, _) = read_tlv(cert)?;
-    if tag != SEQUENCE {
+    let tbs = read_tlv(cert.content)?;
+    if tbs.tag != SEQUENCE {
         return Err(PinError::MalformedCertificate);
     }
-    let mut rest = tbs;
-    let (tag, _, _, after) = read_tlv(rest)?;
-    if tag == VERSION_TAG {
-        rest = after;
+    let mut rest = tbs.content;
+    let first = read_tlv(rest)?;
+    if first.tag == VERSION_TAG {
+        rest = first.rest;
     }
     // serialNumber, signature, issuer, validity, subject
     for _ in 0..5 {
-        let (_, _, _, after) = read_tlv(rest)?;
-        rest = after;
+        rest = read_tlv(rest)?.rest;
     }
-    let (tag, spki, _, _) = read_tlv(rest)?;
-    if tag != SEQUENCE {
+    let spki = read_tlv(rest)?;
+    if spki.tag != SEQUENCE {
         return Err(PinError::MalformedCertificate);
     }
-    Ok(spki)
+    Ok(spki.whole)
 }
 
 /// A rustls verifier that accepts a server only if its certificate carries the pinned key, and

@@ -194,7 +194,8 @@ pub async fn refresh(db: &Db, refresh_token: &str) -> Result<DeviceTokens, AuthE
     .await?;
     if let Some(row) = claimed {
         let device_id: String = row.try_get("device_id")?;
-        let device_id = Uuid::parse_str(&device_id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let device_id =
+            Uuid::parse_str(&device_id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         let tokens = issue_tokens(&mut tx, device_id).await?;
         tx.commit().await?;
         return Ok(tokens);

@@ -23,7 +23,10 @@ impl LoginLimiter {
         let Some(times) = map.get_mut(&addr) else {
             return Ok(());
         };
-        while times.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+        {
             times.pop_front();
         }
         if times.len() >= MAX_FAILURES {
@@ -37,7 +40,11 @@ impl LoginLimiter {
     pub fn record_failure(&self, addr: IpAddr, now: Instant) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_TRACKED && !map.contains_key(&addr) {
-            map.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < WINDOW));
+            map.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < WINDOW)
+            });
         }
         if map.len() >= MAX_TRACKED && !map.contains_key(&addr) {
             return;
@@ -71,7 +78,10 @@ mod tests {
         }
         let wait = limiter.check(a, t0 + Duration::from_secs(10)).unwrap_err();
         assert_eq!(wait, Duration::from_secs(50));
-        assert!(limiter.check(b, t0).is_ok(), "other addresses are unaffected");
+        assert!(
+            limiter.check(b, t0).is_ok(),
+            "other addresses are unaffected"
+        );
         assert!(limiter.check(a, t0 + Duration::from_secs(61)).is_ok());
     }
 

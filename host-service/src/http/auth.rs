@@ -5,7 +5,9 @@ use std::time::Instant;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use taos_proto::auth::{AuthStatus, Credentials, DeviceTokens, LoginResponse, RefreshRequest, User};
+use taos_proto::auth::{
+    AuthStatus, Credentials, DeviceTokens, LoginResponse, RefreshRequest, User,
+};
 use taos_proto::error::ErrorBody;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -58,7 +60,10 @@ fn signed_in(status: StatusCode, user: User, session: sessions::NewSession) -> R
 /// Whether an owner exists, and who is calling. Needs no credentials.
 #[utoipa::path(get, path = "/api/auth/status", tag = "auth", security(()),
     responses((status = 200, description = "Setup and sign-in state", body = AuthStatus)))]
-async fn status(State(state): State<AppState>, MaybeAuth(principal): MaybeAuth) -> Result<Json<AuthStatus>, ApiError> {
+async fn status(
+    State(state): State<AppState>,
+    MaybeAuth(principal): MaybeAuth,
+) -> Result<Json<AuthStatus>, ApiError> {
     let configured = users::count(&state.db).await? > 0;
     let user = match &principal {
         Some(Principal::User { user_id, .. }) => users::get(&state.db, *user_id).await?,
@@ -78,7 +83,10 @@ async fn status(State(state): State<AppState>, MaybeAuth(principal): MaybeAuth) 
         (status = 201, description = "Owner created and signed in; cookies set", body = LoginResponse),
         (status = 400, description = "Bad username or password shorter than 10 characters", body = ErrorBody),
         (status = 409, description = "Already configured", body = ErrorBody)))]
-async fn setup(State(state): State<AppState>, Json(body): Json<Credentials>) -> Result<Response, ApiError> {
+async fn setup(
+    State(state): State<AppState>,
+    Json(body): Json<Credentials>,
+) -> Result<Response, ApiError> {
     let user = users::setup_owner(&state.db, &body.username, &body.password).await?;
     tracing::info!(username = %user.username, "owner account created");
     let session = sessions::create(&state.db, user.id).await?;
@@ -127,7 +135,11 @@ async fn login(
         (status = 204, description = "Signed out"),
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 403, description = "Missing X-CSRF-Token", body = ErrorBody)))]
-async fn logout(_auth: Auth, State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn logout(
+    _auth: Auth,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if let Some(token) = cookie(&headers, SESSION_COOKIE) {
         sessions::revoke(&state.db, token).await?;
     }
@@ -148,6 +160,11 @@ async fn logout(_auth: Auth, State(state): State<AppState>, headers: HeaderMap) 
     responses(
         (status = 200, description = "New access and refresh tokens", body = DeviceTokens),
         (status = 401, description = "Unknown, used or expired refresh token", body = ErrorBody)))]
-async fn refresh(State(state): State<AppState>, Json(body): Json<RefreshRequest>) -> Result<Json<DeviceTokens>, ApiError> {
-    Ok(Json(devices::refresh(&state.db, &body.refresh_token).await?))
+async fn refresh(
+    State(state): State<AppState>,
+    Json(body): Json<RefreshRequest>,
+) -> Result<Json<DeviceTokens>, ApiError> {
+    Ok(Json(
+        devices::refresh(&state.db, &body.refresh_token).await?,
+    ))
 }

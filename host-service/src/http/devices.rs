@@ -73,7 +73,10 @@ async fn pair(
     responses(
         (status = 200, description = "Paired devices", body = Vec<Device>),
         (status = 401, description = "No credentials", body = ErrorBody)))]
-async fn list_devices(_auth: Auth, State(state): State<AppState>) -> Result<Json<Vec<Device>>, ApiError> {
+async fn list_devices(
+    _auth: Auth,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<Device>>, ApiError> {
     Ok(Json(devices::list(&state.db).await?))
 }
 

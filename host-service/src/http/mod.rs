@@ -170,7 +170,10 @@ fn common_layers(router: Router, state: &AppState) -> Router {
         .layer(DefaultBodyLimit::max(
             usize::try_from(state.config.server.max_body_bytes).unwrap_or(usize::MAX),
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), count_response))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_response,
+        ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),

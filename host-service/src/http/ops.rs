@@ -1,8 +1,8 @@
 //! Health, the OpenAPI document, and Prometheus metrics.
 
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::extract::State;
 use taos_proto::error::ErrorBody;
 use taos_proto::ops::Health;
 use utoipa_axum::router::OpenApiRouter;
@@ -22,11 +22,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/api/health", tag = "ops", security(()),
     responses((status = 200, description = "The host is up", body = Health)))]
 pub async fn health(State(state): State<AppState>) -> Json<Health> {
-    let subsystems = state
-        .health
-        .read()
-        .map(|m| m.clone())
-        .unwrap_or_default();
+    let subsystems = state.health.read().map(|m| m.clone()).unwrap_or_default();
     let all_ok = subsystems.values().all(|v| v == "ok" || v == "disabled");
     Json(Health {
         status: if all_ok { "ok" } else { "degraded" }.to_string(),
@@ -64,7 +60,10 @@ async fn metrics(_auth: OwnerOrAdmin, State(state): State<AppState>) -> impl Int
         )],
     );
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
 }

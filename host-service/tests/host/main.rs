@@ -1,1 +1,17 @@
+//! Integration tests: the real `taos-host` binary, a temp data dir, a pinned TLS client.
+//! One test binary (modules below) keeps link time down.
 
+mod auth;
+mod devices;
+mod events;
+mod files;
+mod input;
+mod ops;
+mod routes;
+mod tls;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_taos-host");
+
+pub async fn start() -> taos_e2e::Host {
+    taos_e2e::Host::start(BIN).await
+}

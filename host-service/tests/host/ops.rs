@@ -1,0 +1,106 @@
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::start;
+
+#[tokio::test]
+async fn health_reports_version_and_subsystems_on_both_listeners() {
+    let host = start().await;
+    let health: Value = host
+        .client()
+        .get(host.url("/api/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(health["subsystems"]["database"], "ok");
+    let agent: Value = taos_e2e::http_client()
+        .get(host.agent_url("/api/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agent["status"], "ok");
+    // The agent listener serves nothing for people.
+    let other = taos_e2e::http_client()
+        .get(host.agent_url("/api/devices"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let host = start().await;
+    let r = host
+        .client()
+        .get(host.url("/api/health"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("x-request-id"));
+    let r = host
+        .client()
+        .get(host.url("/api/devices"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn metrics_are_for_the_owner_and_local_admin() {
+    let host = start().await;
+    let r = host.admin(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("taos_http_responses_total{class=\"2xx\"}"),
+        "{text}"
+    );
+    assert!(text.contains("taos_process_resident_memory_bytes"));
+    let device = host.pair_device("phone").await;
+    let r = host
+        .client()
+        .get(host.url("/metrics"))
+        .bearer_auth(device["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = host
+        .client()
+        .get(host.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn sigterm_drains_open_streams_and_exits_cleanly() {
+    let mut host = start().await;
+    let stream = host.admin(Method::GET, "/api/events").send().await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let started = std::time::Instant::now();
+    let code = host.terminate().await.unwrap();
+    assert_eq!(code, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "an open SSE stream must not hold shutdown"
+    );
+    drop(stream);
+}

@@ -1,0 +1,79 @@
+use reqwest::StatusCode;
+use serde_json::Value;
+use taos_e2e::{pinned_client, unpinned_client};
+use taos_pin::SpkiPin;
+
+use crate::start;
+
+#[tokio::test]
+async fn pinned_client_connects_with_tls13_and_unpinned_client_fails() {
+    let host = start().await;
+    let response = host
+        .client()
+        .get(host.url("/api/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["subsystems"]["tls"], "ok");
+
+    let err = unpinned_client()
+        .get(host.url("/api/health"))
+        .send()
+        .await
+        .expect_err("a client that does not pin must not trust the self-signed host");
+    assert!(err.is_connect() || err.is_request(), "{err:?}");
+
+    let wrong = SpkiPin::of_spki(b"some other key");
+    assert!(pinned_client(wrong)
+        .get(host.url("/api/health"))
+        .send()
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn fingerprint_command_prints_the_served_pin() {
+    let mut host = start().await;
+    let out = host.cli(&["fingerprint"]);
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(SpkiPin::parse(printed.trim()).unwrap(), host.pin);
+    assert!(printed.starts_with("sha256/"));
+
+    // The key survives a restart, so paired apps keep working.
+    host.terminate().await.unwrap();
+    let again = taos_e2e::Host::start_with(
+        crate::BIN,
+        taos_e2e::HostOptions {
+            data_dir: Some(host.data_dir.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.pin, host.pin);
+}
+
+#[tokio::test]
+async fn tls12_only_clients_are_refused() {
+    let host = start().await;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = std::sync::Arc::new(taos_pin::PinnedServerVerifier::new(
+        host.pin,
+        provider.clone(),
+    ));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .build()
+        .unwrap();
+    assert!(client.get(host.url("/api/health")).send().await.is_err());
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine, skipping what is already there.
+# Today that is the Rust toolchain's components; incus, LiteLLM and Chromium join as the
+# issues that need them land.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+if ! command -v cargo >/dev/null; then
+    log "cargo is missing; install Rust (rustup) first"
+    exit 1
+fi
+for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+        log "adding rust component $component"
+        rustup component add "$component"
+    fi
+done

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: provisioning, formatting, lints, unit and integration tests.
+# Integration tests start the real taos-host binary on ephemeral loopback ports.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+"$REPO_ROOT/scripts/provision.sh"
+log "cargo fmt --check"
+cargo fmt --all --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test"
+cargo test --workspace --locked
