@@ -14,3 +14,4 @@ pub mod qr;
 pub mod server;
 pub mod sys;
 pub mod tls;
+pub mod trace;

@@ -31,6 +31,8 @@ enum Command {
     },
     /// Print the SPKI pin of the host's TLS key (`sha256/<base64>`).
     Fingerprint,
+    /// Print the OpenAPI 3.1 document of the public API.
+    Openapi,
     /// Manage user accounts.
     User {
         #[command(subcommand)]
@@ -124,6 +126,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("Addresses:   {}", payload.addresses.join(", "));
                 println!("Fingerprint: {}", opened.identity.pin);
             }
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", taos_host::http::openapi_json());
             Ok(())
         }
         Command::Fingerprint => match tls::read_pin(&data_dir)? {

@@ -7,3 +7,4 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod ops;
+pub mod trace;

@@ -241,3 +241,22 @@ pub fn spawn_health_checker(state: AppState) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    /// docs/openapi.json is the generated document, committed so it can be read without running
+    /// the host. Regenerate with `UPDATE_OPENAPI=1 cargo test -p taos-host openapi`.
+    #[test]
+    fn committed_openapi_document_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+        let generated = format!("{}\n", super::openapi_json());
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, &generated).expect("write docs/openapi.json");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/openapi.json is stale; run UPDATE_OPENAPI=1 cargo test -p taos-host openapi"
+        );
+    }
+}

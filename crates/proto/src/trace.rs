@@ -1,0 +1,1 @@
+//! Trace envelope v1 (being written).

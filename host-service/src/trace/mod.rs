@@ -1,0 +1,1 @@
+//! Per-agent trace store (being written; see docs/architecture.md once it lands).
