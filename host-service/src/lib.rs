@@ -3,7 +3,10 @@
 //! One module per concern; each owns its tables and domain logic. `http` is the only module that
 //! knows axum, and its handlers stay thin.
 
+pub mod agents;
 pub mod auth;
+pub mod bridge;
+pub mod chat;
 pub mod config;
 pub mod db;
 pub mod fsutil;

@@ -173,6 +173,24 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<Opened> {
     })
 }
 
+/// Seals trace buckets older than two hours, every ten minutes.
+fn spawn_trace_sealer(state: AppState) {
+    tokio::spawn(async move {
+        let mut shutdown = state.shutdown.clone();
+        loop {
+            match state.traces.seal_old_buckets(chrono::Utc::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(buckets = n, "sealed old trace buckets"),
+                Err(e) => tracing::warn!(error = %e, "sealing trace buckets failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
@@ -212,8 +230,12 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     } else {
         "ok"
     };
+    let traces = crate::trace::TraceStore::open(data_dir.join("trace"))?;
     let state = AppState::new(AppInner {
         hub: EventHub::new(db.clone()),
+        chat: crate::chat::Chat::new(db.clone()),
+        bridge: crate::bridge::Bridge::new(db.clone(), traces.clone()),
+        traces,
         db,
         pin: identity.pin,
         local_token,
@@ -231,6 +253,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         config,
     });
     http::spawn_health_checker(state.clone());
+    spawn_trace_sealer(state.clone());
 
     let scheme = if state.config.server.insecure_http {
         "http"
@@ -294,6 +317,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
+    state.traces.shutdown().await;
     state.db.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -382,3 +382,206 @@ impl SseReader {
 pub fn http_client() -> reqwest::Client {
     unpinned_client()
 }
+
+/// An agent as the tests play it: the bridge stream and replies on the agent listener.
+#[derive(Clone)]
+pub struct AgentClient {
+    pub slug: String,
+    pub token: String,
+    pub base: String,
+    client: reqwest::Client,
+}
+
+impl AgentClient {
+    /// Creates an external agent through the public API and returns its client.
+    pub async fn create(host: &Host, name: &str) -> (AgentClient, Value) {
+        let response = host
+            .admin(Method::POST, "/api/agents")
+            .json(&json!({"name": name}))
+            .send()
+            .await
+            .expect("create agent");
+        assert_eq!(response.status(), StatusCode::CREATED, "create agent");
+        let body: Value = response.json().await.expect("agent json");
+        let client = AgentClient {
+            slug: body["agent"]["slug"].as_str().expect("slug").to_string(),
+            token: body["agent_token"].as_str().expect("token").to_string(),
+            base: host.agent_url.clone(),
+            client: http_client(),
+        };
+        (client, body["agent"].clone())
+    }
+
+    pub fn with_token(&self, token: &str) -> AgentClient {
+        AgentClient {
+            token: token.to_string(),
+            ..self.clone()
+        }
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// Opens the bridge stream for `slug` (normally its own).
+    pub async fn events_for(&self, slug: &str, last_event_id: Option<&str>) -> Response {
+        let mut request = self.request(
+            Method::GET,
+            &format!("/api/openclaw/sessions/{slug}/events"),
+        );
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        request.send().await.expect("bridge stream")
+    }
+
+    pub async fn events(&self, last_event_id: Option<&str>) -> SseReader {
+        let response = self.events_for(&self.slug.clone(), last_event_id).await;
+        assert_eq!(response.status(), StatusCode::OK, "bridge stream");
+        SseReader::new(response)
+    }
+
+    pub async fn reply(&self, body: Value) -> Response {
+        self.request(
+            Method::POST,
+            &format!("/api/openclaw/sessions/{}/reply", self.slug),
+        )
+        .json(&body)
+        .send()
+        .await
+        .expect("reply")
+    }
+}
+
+type TlsWs =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket chat client over TLS pinned to the host's key.
+pub struct WsClient {
+    stream: TlsWs,
+}
+
+impl WsClient {
+    /// Connects with `Authorization: Bearer <token>`.
+    pub async fn connect(host: &Host, token: &str) -> anyhow::Result<WsClient> {
+        Self::connect_with(
+            host,
+            vec![("authorization".into(), format!("Bearer {token}"))],
+        )
+        .await
+    }
+
+    /// Connects with extra handshake headers (cookies, subprotocols, origins).
+    pub async fn connect_with(
+        host: &Host,
+        headers: Vec<(String, String)>,
+    ) -> anyhow::Result<WsClient> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let authority = host.public_url.trim_start_matches("https://").to_string();
+        let mut config = taos_pin::pinned_client_config(host.pin);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(&authority).await?;
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost")?.to_owned(),
+                tcp,
+            )
+            .await?;
+        let mut request = format!("wss://{authority}/api/chat/ws").into_client_request()?;
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes())?,
+                HeaderValue::from_str(&value)?,
+            );
+        }
+        let (stream, _) = tokio_tungstenite::client_async(request, tls).await?;
+        Ok(WsClient { stream })
+    }
+
+    pub async fn send(&mut self, event: Value) {
+        use futures_util::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                event.to_string().into(),
+            ))
+            .await
+            .expect("ws send");
+    }
+
+    /// The next JSON event, or `None` on close or timeout.
+    pub async fn next(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()??;
+            match frame.ok()? {
+                tokio_tungstenite::tungstenite::Message::Text(text) => {
+                    return serde_json::from_str(text.as_str()).ok()
+                }
+                tokio_tungstenite::tungstenite::Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next event of `kind`, skipping others.
+    pub async fn next_of(&mut self, kind: &str, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next(left).await?;
+            if event["type"] == kind {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Subscribes and returns the events replayed before `subscribed`.
+    pub async fn subscribe(&mut self, channel_id: &str, after_seq: Option<i64>) -> Vec<Value> {
+        let mut request = json!({"type": "subscribe", "channel_id": channel_id});
+        if let Some(seq) = after_seq {
+            request["after_seq"] = json!(seq);
+        }
+        self.send(request).await;
+        let mut replayed = Vec::new();
+        loop {
+            let event = self
+                .next(Duration::from_secs(10))
+                .await
+                .expect("subscribe answer");
+            if event["type"] == "subscribed" {
+                return replayed;
+            }
+            assert_ne!(event["type"], "error", "subscribe failed: {event}");
+            replayed.push(event);
+        }
+    }
+}
+
+/// Polls an agent's trace until `check` passes or 10 s go by.
+pub async fn wait_for_trace(
+    host: &Host,
+    slug: &str,
+    query: &str,
+    check: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body: Value = host
+            .admin(Method::GET, &format!("/api/agents/{slug}/trace{query}"))
+            .send()
+            .await
+            .expect("trace")
+            .json()
+            .await
+            .expect("trace json");
+        let events = body["events"].as_array().cloned().unwrap_or_default();
+        if check(&events) || tokio::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

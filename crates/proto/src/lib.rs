@@ -3,7 +3,10 @@
 //! Plain serde data, no I/O. With the `openapi` feature every type also derives its OpenAPI schema,
 //! so the host's generated document and the clients agree by construction.
 
+pub mod agents;
 pub mod auth;
+pub mod bridge;
+pub mod chat;
 pub mod error;
 pub mod events;
 pub mod ops;

@@ -1,1 +1,188 @@
-//! Trace envelope v1 (being written).
+//! Trace envelope v1: what agents report about their own work (messages, LLM calls, tool calls,
+//! errors), stored per agent by the host and read back by the app.
+//!
+//! `NewTraceEvent` is what an agent posts; the host fills the missing `id`, `created_at` and
+//! `agent_name` and stores a `TraceEvent`. Kinds are a closed set so a typo in an agent is an
+//! error at the door instead of an event nobody can filter for.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The envelope version this crate reads and writes.
+pub const TRACE_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum TraceKind {
+    MessageIn,
+    MessageOut,
+    LlmCall,
+    ToolCall,
+    ToolResult,
+    Reasoning,
+    Error,
+    Lifecycle,
+}
+
+impl TraceKind {
+    pub const ALL: [TraceKind; 8] = [
+        TraceKind::MessageIn,
+        TraceKind::MessageOut,
+        TraceKind::LlmCall,
+        TraceKind::ToolCall,
+        TraceKind::ToolResult,
+        TraceKind::Reasoning,
+        TraceKind::Error,
+        TraceKind::Lifecycle,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceKind::MessageIn => "message_in",
+            TraceKind::MessageOut => "message_out",
+            TraceKind::LlmCall => "llm_call",
+            TraceKind::ToolCall => "tool_call",
+            TraceKind::ToolResult => "tool_result",
+            TraceKind::Reasoning => "reasoning",
+            TraceKind::Error => "error",
+            TraceKind::Lifecycle => "lifecycle",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TraceKind> {
+        TraceKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+fn schema_version() -> u32 {
+    TRACE_SCHEMA_VERSION
+}
+
+/// One stored trace event, as returned by `GET /api/agents/{name}/trace`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TraceEvent {
+    /// Envelope version, 1.
+    #[serde(default = "schema_version")]
+    pub v: u32,
+    pub id: String,
+    /// Groups the events of one piece of work (e.g. one incoming message and everything it caused).
+    pub trace_id: Option<String>,
+    pub parent_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub agent_name: String,
+    pub kind: TraceKind,
+    pub channel_id: Option<String>,
+    pub thread_id: Option<String>,
+    pub backend_name: Option<String>,
+    pub model: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub tokens_in: Option<i64>,
+    pub tokens_out: Option<i64>,
+    pub cost_usd: Option<f64>,
+    pub error: Option<String>,
+    /// Kind-specific details; always a JSON object.
+    #[serde(default = "empty_object")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: serde_json::Value,
+}
+
+/// Body of `POST /api/trace` (one event). The host fills what is missing: `id` (a UUIDv7),
+/// `created_at` (now), `agent_name` (the calling agent), `v` (1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewTraceEvent {
+    #[serde(default)]
+    pub v: Option<u32>,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    #[serde(default)]
+    pub parent_id: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub agent_name: Option<String>,
+    pub kind: TraceKind,
+    #[serde(default)]
+    pub channel_id: Option<String>,
+    #[serde(default)]
+    pub thread_id: Option<String>,
+    #[serde(default)]
+    pub backend_name: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub duration_ms: Option<i64>,
+    #[serde(default)]
+    pub tokens_in: Option<i64>,
+    #[serde(default)]
+    pub tokens_out: Option<i64>,
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default = "empty_object")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: serde_json::Value,
+}
+
+/// Several events in one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TraceBatch {
+    pub events: Vec<NewTraceEvent>,
+}
+
+/// Answer to a trace post, sent only once the events are durable. `ids` are in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TraceAck {
+    pub ids: Vec<String>,
+    pub agent_name: String,
+    pub schema_version: u32,
+}
+
+/// Answer to a trace read: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TraceList {
+    pub agent_name: String,
+    pub schema_version: u32,
+    pub events: Vec<TraceEvent>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_and_unknown_is_rejected() {
+        for kind in TraceKind::ALL {
+            assert_eq!(TraceKind::parse(kind.as_str()), Some(kind));
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+        }
+        assert_eq!(TraceKind::parse("llm-call"), None);
+        let err = serde_json::from_str::<NewTraceEvent>(r#"{"kind":"telepathy"}"#);
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn new_event_defaults_and_rejects_unknown_fields() {
+        let new: NewTraceEvent = serde_json::from_str(r#"{"kind":"llm_call"}"#).unwrap();
+        assert_eq!(new.kind, TraceKind::LlmCall);
+        assert_eq!(new.id, None);
+        assert_eq!(new.payload, serde_json::json!({}));
+        let err = serde_json::from_str::<NewTraceEvent>(r#"{"kind":"error","colour":"red"}"#);
+        assert!(err.is_err());
+    }
+}

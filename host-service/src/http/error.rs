@@ -117,3 +117,54 @@ impl From<NotifyError> for ApiError {
         }
     }
 }
+
+impl From<crate::chat::ChatError> for ApiError {
+    fn from(e: crate::chat::ChatError) -> Self {
+        use crate::chat::ChatError;
+        match e {
+            ChatError::BadInput(m) => ApiError::bad_request(m),
+            ChatError::NotFound(m) => ApiError::not_found(m),
+            ChatError::Forbidden(m) => ApiError::forbidden(m),
+            ChatError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ (ChatError::Db(_) | ChatError::Decode(_)) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<crate::agents::AgentError> for ApiError {
+    fn from(e: crate::agents::AgentError) -> Self {
+        use crate::agents::AgentError;
+        match e {
+            AgentError::BadInput(m) => ApiError::bad_request(m),
+            AgentError::NotFound => ApiError::not_found("no such agent"),
+            e @ (AgentError::Db(_) | AgentError::Decode(_)) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<crate::bridge::BridgeError> for ApiError {
+    fn from(e: crate::bridge::BridgeError) -> Self {
+        use crate::bridge::BridgeError;
+        match e {
+            BridgeError::BadInput(m) => ApiError::bad_request(m),
+            BridgeError::UnknownTrace => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_trace",
+                "this trace_id was never delivered to this agent",
+            ),
+            BridgeError::Chat(e) => e.into(),
+            e @ (BridgeError::Db(_) | BridgeError::Decode(_)) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<crate::trace::TraceError> for ApiError {
+    fn from(e: crate::trace::TraceError) -> Self {
+        use crate::trace::TraceError;
+        match e {
+            TraceError::BadSlug => ApiError::bad_request("not a valid agent name"),
+            TraceError::BadInput(m) => ApiError::bad_request(m),
+            e => ApiError::internal(e),
+        }
+    }
+}

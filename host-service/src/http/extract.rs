@@ -126,11 +126,46 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim());
+    }
+    // Browsers can't set headers on a WebSocket; they offer `bearer.<token>` as a subprotocol.
+    headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("bearer."))
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// A cookie-authenticated WebSocket must come from our own origin: browsers attach cookies to
+/// cross-site WebSocket handshakes, and CSRF tokens can't ride on them.
+fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true; // not a browser
+    };
+    // HTTP/2 carries the host in the URI's authority instead of a Host header.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let origin_host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .unwrap_or_default();
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
 }
 
 fn changes_state(method: &Method) -> bool {
@@ -160,6 +195,13 @@ pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<Prin
         let Some(session) = sessions::lookup(&state.db, token).await? else {
             return Err(ApiError::unauthorized());
         };
+        if is_websocket_upgrade(&parts.headers) && !same_origin(&parts.headers, &parts.uri) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "bad_origin",
+                "WebSocket from another origin",
+            ));
+        }
         if changes_state(&parts.method) {
             let sent = parts
                 .headers
@@ -229,6 +271,68 @@ impl FromRequestParts<AppState> for OwnerOrAdmin {
             ))
         }
     }
+}
+
+/// An agent, authenticated by its agent token on the agent listener. Nothing else is accepted
+/// there: user sessions, device tokens and the local token all get 401.
+pub struct AgentAuth(pub crate::agents::AgentRecord);
+
+impl FromRequestParts<AppState> for AgentAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or_else(ApiError::unauthorized)?;
+        match crate::agents::authenticate(&state.db, token).await? {
+            Some(agent) => Ok(AgentAuth(agent)),
+            None => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+impl AgentAuth {
+    /// Agents may only touch their own resources: another agent's slug is 403.
+    pub fn require_self(&self, slug: &str) -> Result<(), ApiError> {
+        if self.0.slug == slug {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "an agent token is valid only for its own agent",
+            ))
+        }
+    }
+}
+
+/// The chat member id a human principal writes as: a signed-in user is themselves; the owner's
+/// devices and the local admin act as the owner.
+pub async fn human_member(state: &AppState, principal: &Principal) -> Result<String, ApiError> {
+    if let Principal::User { username, .. } = principal {
+        return Ok(crate::chat::user_member(username));
+    }
+    let owner: Option<String> = sqlx::query_scalar(
+        "SELECT username FROM users WHERE is_owner = 1 ORDER BY created_at LIMIT 1",
+    )
+    .fetch_optional(&state.db)
+    .await
+    .map_err(ApiError::internal)?;
+    owner
+        .map(|name| crate::chat::user_member(&name))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "owner_required",
+                "create the owner account first",
+            )
+        })
 }
 
 #[cfg(test)]

@@ -1,12 +1,17 @@
 //! The HTTP surface: state, routers and middleware. Handlers are thin: parse, authorize, call
 //! one domain function, map its result.
 
+pub mod agent_api;
+pub mod agents;
 pub mod auth;
+pub mod chat;
 pub mod devices;
 pub mod error;
 pub mod extract;
 pub mod notifications;
 pub mod ops;
+pub mod trace;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
@@ -52,6 +57,9 @@ pub struct AppInner {
     pub pairing_addresses: Vec<String>,
     pub login_limiter: LoginLimiter,
     pub hub: EventHub,
+    pub chat: crate::chat::Chat,
+    pub bridge: crate::bridge::Bridge,
+    pub traces: crate::trace::TraceStore,
     pub metrics: Metrics,
     /// Subsystem → status, refreshed in the background so `/api/health` costs no I/O.
     pub health: RwLock<BTreeMap<String, String>>,
@@ -119,6 +127,10 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(auth::routes())
         .merge(devices::routes())
         .merge(notifications::routes())
+        .merge(agents::routes())
+        .merge(chat::routes())
+        .merge(ws::routes())
+        .merge(trace::routes())
 }
 
 /// The generated OpenAPI document, built once.
@@ -205,11 +217,21 @@ pub fn public_app(state: AppState) -> Router {
     common_layers(router, &state)
 }
 
-/// The agent listener's app. Agents arrive with the conversation work; until then it only
-/// answers health, so its bind and port are exercised from day one.
+/// The agent listener's app: agents only, by agent token.
 pub fn agent_app(state: AppState) -> Router {
+    use axum::routing::{get, post};
     let router = Router::new()
-        .route("/api/health", axum::routing::get(ops::health))
+        .route("/api/health", get(ops::health))
+        .route(
+            "/api/openclaw/sessions/{agent}/events",
+            get(agent_api::events),
+        )
+        .route(
+            "/api/openclaw/sessions/{agent}/reply",
+            post(agent_api::reply),
+        )
+        .route("/api/trace", post(agent_api::trace_one))
+        .route("/api/trace/batch", post(agent_api::trace_batch))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());

@@ -2,6 +2,8 @@
 //! One test binary (modules below) keeps link time down.
 
 mod auth;
+mod chat;
+mod conversation;
 mod devices;
 mod events;
 mod files;

@@ -26,7 +26,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Starts the host on `data_dir`, returns (ms to first 200, child).
+/// Starts the host on `data_dir`, returns (ms to first 200, child). The caller stops the child.
+#[allow(clippy::zombie_processes)] // the child is returned and waited for by `stop`
 async fn start(bin: &str, data_dir: &std::path::Path) -> (f64, std::process::Child, u16) {
     let port = free_port();
     let agent_port = free_port();
@@ -38,7 +39,7 @@ async fn start(bin: &str, data_dir: &std::path::Path) -> (f64, std::process::Chi
         .expect("client");
     let url = format!("https://127.0.0.1:{port}/api/health");
     let started = Instant::now();
-    let child = Command::new(bin)
+    let mut child = Command::new(bin)
         .arg("--data-dir")
         .arg(data_dir)
         .arg("serve")
@@ -55,7 +56,11 @@ async fn start(bin: &str, data_dir: &std::path::Path) -> (f64, std::process::Chi
                 return (started.elapsed().as_secs_f64() * 1000.0, child, port);
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "host never became ready");
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("host never became ready");
+        }
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
 }
@@ -120,7 +125,12 @@ fn insecure_tls() -> rustls::ClientConfig {
             c: &rustls::pki_types::CertificateDer<'_>,
             d: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
         }
         fn verify_tls13_signature(
             &self,
@@ -128,7 +138,12 @@ fn insecure_tls() -> rustls::ClientConfig {
             c: &rustls::pki_types::CertificateDer<'_>,
             d: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()

@@ -1,0 +1,75 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum AgentKind {
+    /// A process running anywhere that connects through the bridge with its agent token.
+    External,
+    /// An agent the host runs in an incus container.
+    Container,
+}
+
+/// An agent as people see it. Never carries a secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Agent {
+    pub id: Uuid,
+    pub slug: String,
+    pub display_name: String,
+    pub emoji: String,
+    pub color: String,
+    pub kind: AgentKind,
+    /// e.g. `ready`, later `deploying`, `running`, `stopped`, `archived`.
+    pub status: String,
+    pub model: Option<String>,
+    pub fallback_models: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub paused: bool,
+    /// Whether the agent's bridge stream is connected right now.
+    pub connected: bool,
+    /// The DM channel between the owner and this agent.
+    pub dm_channel_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewAgent {
+    /// Display name; the slug is made from it.
+    pub name: String,
+    #[serde(default)]
+    pub emoji: Option<String>,
+    #[serde(default)]
+    pub color: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub fallback_models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AgentPatch {
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub emoji: Option<String>,
+    #[serde(default)]
+    pub color: Option<String>,
+    /// A paused agent's deliveries wait in its outbox.
+    #[serde(default)]
+    pub paused: Option<bool>,
+}
+
+/// Answer to creating an agent or rotating its token: the token is shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentWithToken {
+    pub agent: Agent,
+    /// `taos_ag_…`, valid only on the agent listener and only for this agent.
+    pub agent_token: String,
+}

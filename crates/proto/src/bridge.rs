@@ -1,0 +1,80 @@
+//! The agent bridge: what the host sends an agent and what the agent sends back.
+//! Paths and shapes are kept from TinyAgentOS so openclaw integrations work unchanged.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One line of context given with a delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ContextMessage {
+    pub author_id: String,
+    pub author_type: crate::chat::AuthorType,
+    pub content: String,
+}
+
+/// `event: user_message` on the bridge stream; the SSE `id:` is `delivery_seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UserMessageDelivery {
+    /// The chat message id.
+    pub id: String,
+    /// Echo this in every reply about this message.
+    pub trace_id: String,
+    pub delivery_seq: i64,
+    pub channel_id: String,
+    /// Who wrote it: `user:<name>` or an agent slug.
+    pub from: String,
+    pub text: String,
+    pub created_at: DateTime<Utc>,
+    pub hops_since_user: u32,
+    /// True when the agent was named or it is a DM: it should answer.
+    pub force_respond: bool,
+    pub context: Vec<ContextMessage>,
+    pub thread_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyKind {
+    Delta,
+    Final,
+    Error,
+    ToolCall,
+    ToolResult,
+    Reasoning,
+}
+
+/// `POST /api/openclaw/sessions/{agent}/reply`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Reply {
+    pub kind: ReplyKind,
+    pub trace_id: String,
+    #[serde(default)]
+    pub channel_id: Option<String>,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub tool: Option<String>,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub args: Option<serde_json::Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub result: Option<serde_json::Value>,
+    #[serde(default)]
+    pub success: Option<bool>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReplyAccepted {
+    pub accepted: bool,
+    /// The chat message this reply created or updated, if any.
+    pub message_id: Option<String>,
+}

@@ -1,0 +1,273 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelType {
+    Dm,
+    Group,
+    Topic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseMode {
+    /// Agents answer when named (`@slug`, `@all`); in a DM, always.
+    #[default]
+    Quiet,
+    /// Every agent member gets every user message (subject to cooldown).
+    Lively,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ChannelSettings {
+    pub response_mode: ResponseMode,
+    /// How far agent-to-agent replies may chain after a user message, 1-10.
+    pub max_hops: u32,
+    /// An agent not named in a message is addressed at most once per this many seconds, 0-60.
+    pub cooldown_seconds: u32,
+}
+
+impl Default for ChannelSettings {
+    fn default() -> Self {
+        ChannelSettings {
+            response_mode: ResponseMode::Quiet,
+            max_hops: 3,
+            cooldown_seconds: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Channel {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ChannelType,
+    /// Agent slugs and `user:<username>` ids.
+    pub members: Vec<String>,
+    pub settings: ChannelSettings,
+    pub created_at: DateTime<Utc>,
+    /// The newest sequence number in this channel.
+    pub last_seq: i64,
+    pub archived: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewChannel {
+    pub name: String,
+    #[serde(rename = "type", default = "default_channel_type")]
+    pub kind: ChannelType,
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub settings: Option<ChannelSettingsPatch>,
+}
+
+fn default_channel_type() -> ChannelType {
+    ChannelType::Group
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSettingsPatch {
+    #[serde(default)]
+    pub response_mode: Option<ResponseMode>,
+    #[serde(default)]
+    pub max_hops: Option<u32>,
+    #[serde(default)]
+    pub cooldown_seconds: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ChannelPatch {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub archived: Option<bool>,
+    #[serde(default)]
+    pub settings: Option<ChannelSettingsPatch>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum MemberAction {
+    Add,
+    Remove,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MemberChange {
+    pub action: MemberAction,
+    /// An agent slug or `user:<username>`.
+    pub member: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorType {
+    User,
+    Agent,
+    System,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum MessageState {
+    Pending,
+    Streaming,
+    Complete,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Message {
+    pub id: String,
+    pub channel_id: String,
+    /// The sequence number of this message's latest visible change.
+    pub seq: i64,
+    pub author_id: String,
+    pub author_type: AuthorType,
+    /// Empty once deleted.
+    pub content: String,
+    pub content_type: String,
+    pub thread_id: Option<String>,
+    pub state: MessageState,
+    pub client_id: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub edited_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    pub channel_id: String,
+    pub content: String,
+    /// Client-made id: re-sending the same one returns the existing message.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub thread_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MessageEdit {
+    pub content: String,
+}
+
+/// What the WebSocket sends. Every event but `message_delta`, `typing`, `ack` and `error` has
+/// the channel's `seq`; `message` carries a message's full current state (also when a
+/// streaming reply completes), so clients upsert by id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerEvent {
+    Message {
+        channel_id: String,
+        seq: i64,
+        message: Message,
+    },
+    MessageEdit {
+        channel_id: String,
+        seq: i64,
+        message_id: String,
+        content: String,
+        edited_at: DateTime<Utc>,
+    },
+    MessageState {
+        channel_id: String,
+        seq: i64,
+        message_id: String,
+        state: MessageState,
+    },
+    MessageDelete {
+        channel_id: String,
+        seq: i64,
+        message_id: String,
+        deleted_at: DateTime<Utc>,
+    },
+    MessageDelta {
+        channel_id: String,
+        message_id: String,
+        delta: String,
+    },
+    Typing {
+        channel_id: String,
+        member: String,
+    },
+    /// Sent after a subscribe's replay: everything up to `last_seq` has been sent.
+    Subscribed {
+        channel_id: String,
+        last_seq: i64,
+    },
+    /// Answer to a `message` sent over the socket.
+    Ack {
+        channel_id: String,
+        client_id: Option<String>,
+        message_id: String,
+        seq: i64,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+impl ServerEvent {
+    pub fn seq(&self) -> Option<i64> {
+        match self {
+            ServerEvent::Message { seq, .. }
+            | ServerEvent::MessageEdit { seq, .. }
+            | ServerEvent::MessageState { seq, .. }
+            | ServerEvent::MessageDelete { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
+}
+
+/// What a WebSocket client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientEvent {
+    Subscribe {
+        channel_id: String,
+        #[serde(default)]
+        after_seq: Option<i64>,
+    },
+    Unsubscribe {
+        channel_id: String,
+    },
+    Message {
+        channel_id: String,
+        content: String,
+        #[serde(default)]
+        client_id: Option<String>,
+        #[serde(default)]
+        thread_id: Option<String>,
+    },
+    Typing {
+        channel_id: String,
+    },
+}

@@ -1,0 +1,339 @@
+//! Agents: records, slugs, and agent tokens.
+//!
+//! An agent token (`taos_ag_…`) is the agent's only credential. It is shown once, stored as a
+//! hash, accepted only on the agent listener, and only for that agent's own resources.
+
+use sqlx::Row;
+use taos_proto::agents::{Agent, AgentKind, AgentPatch, NewAgent};
+use uuid::Uuid;
+
+use crate::auth::{hash_token, new_secret};
+use crate::db::{from_ms, now_ms, Db};
+
+pub const AGENT_TOKEN_PREFIX: &str = "taos_ag_";
+/// incus instance names are at most 63 characters and agent containers are `taos-<slug>`.
+pub const MAX_SLUG_LEN: usize = 58;
+pub const MAX_NAME_CHARS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("no such agent")]
+    NotFound,
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("bad stored data: {0}")]
+    Decode(String),
+}
+
+/// Whether `slug` is a valid agent slug. Runs before a slug touches a path or a container name.
+pub fn is_valid_slug(slug: &str) -> bool {
+    let bytes = slug.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_SLUG_LEN
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// Lowercase; runs of anything else become one `-`; trimmed; cut to fit.
+pub fn slugify(name: &str) -> String {
+    let mut slug = String::new();
+    let mut dash = false;
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            if dash && !slug.is_empty() {
+                slug.push('-');
+            }
+            dash = false;
+            slug.push(c);
+        } else {
+            dash = true;
+        }
+    }
+    // Leave room for a "-NN" collision suffix.
+    slug.truncate(MAX_SLUG_LEN - 4);
+    slug.trim_end_matches('-').to_string()
+}
+
+fn validate_display(name: &str, emoji: &str, color: &str) -> Result<(), AgentError> {
+    let bad = |m: &str| Err(AgentError::BadInput(m.to_string()));
+    if name.trim().is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return bad("name must be 1-64 printable characters");
+    }
+    if emoji.chars().count() > 16 || emoji.chars().any(char::is_control) {
+        return bad("emoji must be at most 16 characters");
+    }
+    let color_ok = color.is_empty()
+        || (color.len() == 7
+            && color.starts_with('#')
+            && color[1..].chars().all(|c| c.is_ascii_hexdigit()));
+    if !color_ok {
+        return bad("color must be #rrggbb");
+    }
+    Ok(())
+}
+
+fn validate_model(model: &str) -> Result<(), AgentError> {
+    if model.is_empty()
+        || model.len() > 200
+        || model.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(AgentError::BadInput(
+            "model names are 1-200 characters without spaces".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// The internal view of an agent, with what the bridge needs.
+#[derive(Debug, Clone)]
+pub struct AgentRecord {
+    pub id: Uuid,
+    pub slug: String,
+    pub display_name: String,
+    pub emoji: String,
+    pub color: String,
+    pub kind: AgentKind,
+    pub status: String,
+    pub model: Option<String>,
+    pub fallback_models: Vec<String>,
+    pub created_at: i64,
+    pub paused: bool,
+}
+
+impl AgentRecord {
+    pub fn to_api(&self, connected: bool, dm_channel_id: Option<String>) -> Agent {
+        Agent {
+            id: self.id,
+            slug: self.slug.clone(),
+            display_name: self.display_name.clone(),
+            emoji: self.emoji.clone(),
+            color: self.color.clone(),
+            kind: self.kind,
+            status: self.status.clone(),
+            model: self.model.clone(),
+            fallback_models: self.fallback_models.clone(),
+            created_at: from_ms(self.created_at),
+            paused: self.paused,
+            connected,
+            dm_channel_id,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, slug, display_name, emoji, color, kind, status, model, \
+                       fallback_models, created_at, paused";
+
+fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, AgentError> {
+    let id: String = row.try_get("id")?;
+    let kind: String = row.try_get("kind")?;
+    let fallback: String = row.try_get("fallback_models")?;
+    Ok(AgentRecord {
+        id: Uuid::parse_str(&id).map_err(|e| AgentError::Decode(e.to_string()))?,
+        slug: row.try_get("slug")?,
+        display_name: row.try_get("display_name")?,
+        emoji: row.try_get("emoji")?,
+        color: row.try_get("color")?,
+        kind: if kind == "container" {
+            AgentKind::Container
+        } else {
+            AgentKind::External
+        },
+        status: row.try_get("status")?,
+        model: row.try_get("model")?,
+        fallback_models: serde_json::from_str(&fallback)
+            .map_err(|e| AgentError::Decode(e.to_string()))?,
+        created_at: row.try_get("created_at")?,
+        paused: row.try_get("paused")?,
+    })
+}
+
+/// Creates an external agent with a fresh token. Returns the record and the token (shown once).
+/// The caller creates the agent's DM channel in the same transaction.
+pub async fn create(
+    tx: &mut sqlx::SqliteConnection,
+    new: &NewAgent,
+) -> Result<(AgentRecord, String), AgentError> {
+    let emoji = new.emoji.clone().unwrap_or_default();
+    let color = new.color.clone().unwrap_or_default();
+    validate_display(&new.name, &emoji, &color)?;
+    if let Some(model) = &new.model {
+        validate_model(model)?;
+    }
+    let fallback = new.fallback_models.clone().unwrap_or_default();
+    if fallback.len() > 8 {
+        return Err(AgentError::BadInput(
+            "at most 8 fallback models".to_string(),
+        ));
+    }
+    for model in &fallback {
+        validate_model(model)?;
+    }
+    let base = slugify(&new.name);
+    if base.is_empty() {
+        return Err(AgentError::BadInput(
+            "name must contain a letter or digit (it becomes the agent's slug)".to_string(),
+        ));
+    }
+    let mut slug = base.clone();
+    let mut n = 2;
+    while sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM agents WHERE slug = ?")
+        .bind(&slug)
+        .fetch_one(&mut *tx)
+        .await?
+        > 0
+    {
+        slug = format!("{base}-{n}");
+        n += 1;
+    }
+    let token = new_secret(AGENT_TOKEN_PREFIX);
+    let id = Uuid::new_v4();
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO agents (id, slug, display_name, emoji, color, kind, status, model, \
+         fallback_models, created_at, token_hash) VALUES (?, ?, ?, ?, ?, 'external', 'ready', ?, ?, ?, ?)",
+    )
+    .bind(id.to_string())
+    .bind(&slug)
+    .bind(new.name.trim())
+    .bind(&emoji)
+    .bind(&color)
+    .bind(&new.model)
+    .bind(serde_json::to_string(&fallback).unwrap_or_else(|_| "[]".into()))
+    .bind(now)
+    .bind(hash_token(&token))
+    .execute(&mut *tx)
+    .await?;
+    let record = AgentRecord {
+        id,
+        slug,
+        display_name: new.name.trim().to_string(),
+        emoji,
+        color,
+        kind: AgentKind::External,
+        status: "ready".to_string(),
+        model: new.model.clone(),
+        fallback_models: fallback,
+        created_at: now,
+        paused: false,
+    };
+    Ok((record, token))
+}
+
+pub async fn list(db: &Db) -> Result<Vec<AgentRecord>, AgentError> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM agents ORDER BY created_at"))
+        .fetch_all(db)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn get_by_slug(db: &Db, slug: &str) -> Result<AgentRecord, AgentError> {
+    if !is_valid_slug(slug) {
+        return Err(AgentError::NotFound);
+    }
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM agents WHERE slug = ?"))
+        .bind(slug)
+        .fetch_optional(db)
+        .await?
+        .ok_or(AgentError::NotFound)?;
+    from_row(&row)
+}
+
+pub async fn get_by_id(db: &Db, id: Uuid) -> Result<AgentRecord, AgentError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM agents WHERE id = ?"))
+        .bind(id.to_string())
+        .fetch_optional(db)
+        .await?
+        .ok_or(AgentError::NotFound)?;
+    from_row(&row)
+}
+
+/// The agent a token belongs to, if any.
+pub async fn authenticate(db: &Db, token: &str) -> Result<Option<AgentRecord>, AgentError> {
+    if !token.starts_with(AGENT_TOKEN_PREFIX) || token.len() > 128 {
+        return Ok(None);
+    }
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM agents WHERE token_hash = ?"
+    ))
+    .bind(hash_token(token))
+    .fetch_optional(db)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+pub async fn update(db: &Db, slug: &str, patch: &AgentPatch) -> Result<AgentRecord, AgentError> {
+    let current = get_by_slug(db, slug).await?;
+    let name = patch
+        .display_name
+        .clone()
+        .unwrap_or(current.display_name.clone());
+    let emoji = patch.emoji.clone().unwrap_or(current.emoji.clone());
+    let color = patch.color.clone().unwrap_or(current.color.clone());
+    validate_display(&name, &emoji, &color)?;
+    let paused = patch.paused.unwrap_or(current.paused);
+    sqlx::query(
+        "UPDATE agents SET display_name = ?, emoji = ?, color = ?, paused = ? WHERE id = ?",
+    )
+    .bind(name.trim())
+    .bind(&emoji)
+    .bind(&color)
+    .bind(paused)
+    .bind(current.id.to_string())
+    .execute(db)
+    .await?;
+    get_by_slug(db, slug).await
+}
+
+/// Replaces the agent's token; the old one stops working at once.
+pub async fn rotate_token(db: &Db, slug: &str) -> Result<(AgentRecord, String), AgentError> {
+    let agent = get_by_slug(db, slug).await?;
+    let token = new_secret(AGENT_TOKEN_PREFIX);
+    sqlx::query("UPDATE agents SET token_hash = ? WHERE id = ?")
+        .bind(hash_token(&token))
+        .bind(agent.id.to_string())
+        .execute(db)
+        .await?;
+    Ok((agent, token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_made_from_names() {
+        assert_eq!(slugify("Research Helper"), "research-helper");
+        assert_eq!(slugify("  Ünïcode!! Bot  "), "n-code-bot");
+        assert_eq!(slugify("a--b__c"), "a-b-c");
+        assert_eq!(slugify("!!!"), "");
+        assert!(slugify(&"x".repeat(100)).len() <= MAX_SLUG_LEN - 4);
+        assert!(is_valid_slug(&slugify("Research Helper")));
+    }
+
+    #[test]
+    fn slug_validation_rejects_path_tricks() {
+        for bad in [
+            "",
+            "..",
+            ".",
+            "a/b",
+            "%2e%2e",
+            "a\0b",
+            "A",
+            "-a",
+            "a b",
+            &"a".repeat(59),
+        ] {
+            assert!(!is_valid_slug(bad), "{bad:?}");
+        }
+        assert!(is_valid_slug("a"));
+        assert!(is_valid_slug(&"a".repeat(58)));
+    }
+}

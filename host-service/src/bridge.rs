@@ -1,0 +1,603 @@
+//! The agent bridge: routing user messages to agents through a durable per-agent outbox, and
+//! turning agents' replies back into chat messages and traces.
+//!
+//! A delivery is stored (with the agent's next delivery sequence number) before any stream
+//! sees it. Streams send deliveries after the client's `Last-Event-ID`; one without it gets
+//! every delivery the agent has not answered yet. Only the newest stream per agent is live.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+use taos_proto::bridge::{ContextMessage, Reply, ReplyAccepted, ReplyKind, UserMessageDelivery};
+use taos_proto::chat::{AuthorType, Message, MessageState};
+use taos_proto::trace::{TraceEvent, TraceKind};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::agents::{self, AgentRecord};
+use crate::chat::{router, Chat, ChatError, Post, USER_MEMBER_PREFIX};
+use crate::db::{from_ms, now_ms, Db};
+use crate::trace::TraceStore;
+
+/// How many earlier messages travel with a delivery.
+pub const CONTEXT_MESSAGES: i64 = 20;
+pub const PAGE: i64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("this trace_id was never delivered to this agent")]
+    UnknownTrace,
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("bad stored data: {0}")]
+    Decode(String),
+}
+
+impl From<agents::AgentError> for BridgeError {
+    fn from(e: agents::AgentError) -> Self {
+        BridgeError::Chat(e.into())
+    }
+}
+
+/// A stored delivery, ready to send.
+#[derive(Debug, Clone)]
+pub struct StoredDelivery {
+    pub seq: i64,
+    pub payload: UserMessageDelivery,
+}
+
+struct AgentLive {
+    /// Bumped on every new delivery or pause change, to wake the agent's stream.
+    wake: watch::Sender<u64>,
+    /// The id of the newest stream; older streams end when they see it change.
+    generation: u64,
+    connected: bool,
+}
+
+pub struct Bridge {
+    db: Db,
+    traces: TraceStore,
+    live: Mutex<HashMap<Uuid, AgentLive>>,
+    /// Streaming text so far, per (agent, trace_id), for a `final` without content.
+    buffers: Mutex<HashMap<(Uuid, String), String>>,
+    /// Replies from one agent are handled one at a time, so a placeholder is made once.
+    reply_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    cooldowns: router::Cooldowns,
+    /// (channel, agent) pairs already told "queued", until the agent connects or resumes.
+    notices: Mutex<HashSet<(String, Uuid)>>,
+}
+
+impl Bridge {
+    pub fn new(db: Db, traces: TraceStore) -> Self {
+        Bridge {
+            db,
+            traces,
+            live: Mutex::new(HashMap::new()),
+            buffers: Mutex::new(HashMap::new()),
+            reply_locks: Mutex::new(HashMap::new()),
+            cooldowns: router::Cooldowns::default(),
+            notices: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn with_live<T>(&self, agent: Uuid, f: impl FnOnce(&mut AgentLive) -> T) -> T {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = live.entry(agent).or_insert_with(|| AgentLive {
+            wake: watch::channel(0).0,
+            generation: 0,
+            connected: false,
+        });
+        f(entry)
+    }
+
+    pub fn is_connected(&self, agent: Uuid) -> bool {
+        self.with_live(agent, |l| l.connected)
+    }
+
+    /// Wakes the agent's stream (new delivery, or pause state changed).
+    pub fn wake(&self, agent: Uuid) {
+        self.with_live(agent, |l| l.wake.send_modify(|n| *n += 1));
+    }
+
+    /// Registers a new stream for the agent; any older stream ends.
+    pub fn subscribe(&self, agent: Uuid) -> (u64, watch::Receiver<u64>) {
+        let (generation, rx) = self.with_live(agent, |l| {
+            l.generation += 1;
+            l.connected = true;
+            l.wake.send_modify(|n| *n += 1);
+            (l.generation, l.wake.subscribe())
+        });
+        self.clear_notices(agent);
+        (generation, rx)
+    }
+
+    pub fn is_current(&self, agent: Uuid, generation: u64) -> bool {
+        self.with_live(agent, |l| l.generation == generation)
+    }
+
+    /// A stream ended; the agent is disconnected unless a newer stream took over.
+    pub fn unsubscribe(&self, agent: Uuid, generation: u64) {
+        self.with_live(agent, |l| {
+            if l.generation == generation {
+                l.connected = false;
+            }
+        });
+    }
+
+    pub fn clear_notices(&self, agent: Uuid) {
+        let mut notices = self.notices.lock().unwrap_or_else(|p| p.into_inner());
+        notices.retain(|(_, a)| *a != agent);
+    }
+
+    /// Where a stream without `Last-Event-ID` starts: just before the oldest unanswered
+    /// delivery, or at the newest delivery if all are answered.
+    pub async fn resume_point(&self, agent: Uuid) -> Result<i64, BridgeError> {
+        let oldest_unanswered: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(seq) FROM deliveries WHERE agent_id = ? AND answered_at IS NULL",
+        )
+        .bind(agent.to_string())
+        .fetch_one(&self.db)
+        .await?;
+        if let Some(seq) = oldest_unanswered {
+            return Ok(seq - 1);
+        }
+        Ok(
+            sqlx::query_scalar("SELECT delivery_seq FROM agents WHERE id = ?")
+                .bind(agent.to_string())
+                .fetch_optional(&self.db)
+                .await?
+                .unwrap_or(0),
+        )
+    }
+
+    pub async fn deliveries_after(
+        &self,
+        agent: Uuid,
+        after: i64,
+    ) -> Result<Vec<StoredDelivery>, BridgeError> {
+        let rows = sqlx::query(
+            "SELECT seq, payload FROM deliveries WHERE agent_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(agent.to_string())
+        .bind(after)
+        .bind(PAGE)
+        .fetch_all(&self.db)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let payload: String = row.try_get("payload")?;
+                Ok(StoredDelivery {
+                    seq: row.try_get("seq")?,
+                    payload: serde_json::from_str(&payload)
+                        .map_err(|e| BridgeError::Decode(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
+    fn trace(&self, slug: &str, event: TraceEvent) {
+        let traces = self.traces.clone();
+        let slug = slug.to_string();
+        // The trace store has its own zero-loss fallbacks; a chat reply must not wait on it.
+        tokio::spawn(async move {
+            if let Err(e) = traces.append(&slug, vec![event]).await {
+                tracing::error!(agent = %slug, error = %e, "trace write failed");
+            }
+        });
+    }
+
+    /// Sends a message on to the agents that should get it. Deliveries are stored before this
+    /// returns. `hops_since_user` is the message's own hop count (0 for a user message).
+    pub async fn route(
+        &self,
+        chat: &Chat,
+        message: &Message,
+        hops_since_user: u32,
+    ) -> Result<(), BridgeError> {
+        let channel = chat.channel(&message.channel_id).await?;
+        if !router::may_route(message.author_type, hops_since_user, &channel.settings) {
+            return Ok(());
+        }
+        let agent_members: Vec<String> = channel
+            .members
+            .iter()
+            .filter(|m| !m.starts_with(USER_MEMBER_PREFIX))
+            .cloned()
+            .collect();
+        let recipients = router::candidates(
+            channel.kind,
+            &channel.settings,
+            &agent_members,
+            &message.author_id,
+            &message.content,
+        );
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        let cooldown = Duration::from_secs(u64::from(channel.settings.cooldown_seconds));
+        let context: Vec<ContextMessage> = chat
+            .recent(&message.channel_id, CONTEXT_MESSAGES + 1)
+            .await?
+            .into_iter()
+            .filter(|m| m.id != message.id)
+            .map(|m| ContextMessage {
+                author_id: m.author_id,
+                author_type: m.author_type,
+                content: m.content,
+            })
+            .collect();
+        for recipient in recipients {
+            let agent = match agents::get_by_slug(&self.db, &recipient.slug).await {
+                Ok(agent) => agent,
+                Err(agents::AgentError::NotFound) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if !self.cooldowns.try_address(
+                &channel.id,
+                &agent.slug,
+                recipient.forced,
+                cooldown,
+                Instant::now(),
+            ) {
+                continue;
+            }
+            self.enqueue(
+                &agent,
+                message,
+                hops_since_user + 1,
+                recipient.forced,
+                context.clone(),
+            )
+            .await?;
+            if agent.paused || !self.is_connected(agent.id) {
+                self.notice_once(chat, &channel.id, &agent).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn notice_once(
+        &self,
+        chat: &Chat,
+        channel_id: &str,
+        agent: &AgentRecord,
+    ) -> Result<(), BridgeError> {
+        let first = {
+            let mut notices = self.notices.lock().unwrap_or_else(|p| p.into_inner());
+            notices.insert((channel_id.to_string(), agent.id))
+        };
+        if !first {
+            return Ok(());
+        }
+        let text = if agent.paused {
+            format!(
+                "{} is paused; messages for it are queued until it resumes.",
+                agent.display_name
+            )
+        } else {
+            format!(
+                "{} is not connected; messages for it are queued until it connects.",
+                agent.display_name
+            )
+        };
+        chat.post(Post {
+            channel_id,
+            author_id: "system",
+            author_type: AuthorType::System,
+            content: &text,
+            client_id: None,
+            thread_id: None,
+            state: MessageState::Complete,
+            metadata: serde_json::json!({"notice": "agent_queued", "agent": agent.slug}),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Stores one delivery and wakes the agent's stream.
+    async fn enqueue(
+        &self,
+        agent: &AgentRecord,
+        message: &Message,
+        hops_since_user: u32,
+        force_respond: bool,
+        context: Vec<ContextMessage>,
+    ) -> Result<(), BridgeError> {
+        let mut tx = self.db.begin().await?;
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE agents SET delivery_seq = delivery_seq + 1 WHERE id = ? RETURNING delivery_seq",
+        )
+        .bind(agent.id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let payload = UserMessageDelivery {
+            id: message.id.clone(),
+            trace_id: message.id.clone(),
+            delivery_seq: seq,
+            channel_id: message.channel_id.clone(),
+            from: message.author_id.clone(),
+            text: message.content.clone(),
+            created_at: message.created_at,
+            hops_since_user,
+            force_respond,
+            context,
+            thread_id: message.thread_id.clone(),
+        };
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO deliveries (agent_id, seq, trace_id, message_id, channel_id, \
+             hops_since_user, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(agent.id.to_string())
+        .bind(seq)
+        .bind(&payload.trace_id)
+        .bind(&message.id)
+        .bind(&message.channel_id)
+        .bind(i64::from(hops_since_user))
+        .bind(serde_json::to_string(&payload).map_err(|e| BridgeError::Decode(e.to_string()))?)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            // Already delivered to this agent (same trace id): don't send it twice.
+            return Ok(());
+        }
+        tx.commit().await?;
+        self.wake(agent.id);
+        let mut event = new_event(
+            &agent.slug,
+            TraceKind::MessageIn,
+            &message.id,
+            &message.channel_id,
+        );
+        event.thread_id = message.thread_id.clone();
+        event.payload = serde_json::json!({
+            "from": message.author_id,
+            "text": message.content,
+            "message_id": message.id,
+            "delivery_seq": seq,
+            "hops_since_user": hops_since_user,
+        });
+        self.trace(&agent.slug, event);
+        Ok(())
+    }
+
+    fn reply_lock(&self, agent: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.reply_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(agent).or_default().clone()
+    }
+
+    /// Handles one reply from an agent about a delivery.
+    pub async fn reply(
+        &self,
+        chat: &Chat,
+        agent: &AgentRecord,
+        reply: Reply,
+    ) -> Result<ReplyAccepted, BridgeError> {
+        let lock = self.reply_lock(agent.id);
+        let _serial = lock.lock().await;
+        let row = sqlx::query(
+            "SELECT channel_id, hops_since_user, reply_message_id, answered_at FROM deliveries \
+             WHERE agent_id = ? AND trace_id = ?",
+        )
+        .bind(agent.id.to_string())
+        .bind(&reply.trace_id)
+        .fetch_optional(&self.db)
+        .await?
+        .ok_or(BridgeError::UnknownTrace)?;
+        let channel_id: String = row.try_get("channel_id")?;
+        let hops: i64 = row.try_get("hops_since_user")?;
+        let hops = u32::try_from(hops).unwrap_or(0);
+        let placeholder: Option<String> = row.try_get("reply_message_id")?;
+        let answered: Option<i64> = row.try_get("answered_at")?;
+        if let Some(given) = &reply.channel_id {
+            if *given != channel_id {
+                return Err(BridgeError::BadInput(
+                    "channel_id differs from the delivery's channel".into(),
+                ));
+            }
+        }
+        let key = (agent.id, reply.trace_id.clone());
+        let mut event = new_event(
+            &agent.slug,
+            TraceKind::Reasoning,
+            &reply.trace_id,
+            &channel_id,
+        );
+        match reply.kind {
+            ReplyKind::Delta => {
+                if answered.is_some() {
+                    return Err(BridgeError::BadInput(
+                        "this delivery was already answered".into(),
+                    ));
+                }
+                let delta = reply
+                    .content
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| BridgeError::BadInput("a delta needs content".into()))?;
+                let message_id = match placeholder {
+                    Some(id) => id,
+                    None => {
+                        let (message, _) = chat
+                            .post(Post {
+                                channel_id: &channel_id,
+                                author_id: &agent.slug,
+                                author_type: AuthorType::Agent,
+                                content: "",
+                                client_id: None,
+                                thread_id: None,
+                                state: MessageState::Streaming,
+                                metadata: serde_json::json!({"trace_id": reply.trace_id, "hops_since_user": hops}),
+                            })
+                            .await?;
+                        self.set_reply_message(agent.id, &reply.trace_id, &message.id)
+                            .await?;
+                        message.id
+                    }
+                };
+                {
+                    let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+                    let buffer = buffers.entry(key).or_default();
+                    if buffer.len() + delta.len() > crate::chat::MAX_CONTENT_CHARS * 4 {
+                        return Err(BridgeError::BadInput("reply is too long".into()));
+                    }
+                    buffer.push_str(&delta);
+                }
+                chat.delta(&channel_id, &message_id, &delta);
+                Ok(ReplyAccepted {
+                    accepted: true,
+                    message_id: Some(message_id),
+                })
+            }
+            ReplyKind::Final => {
+                if answered.is_some() {
+                    return Err(BridgeError::BadInput(
+                        "this delivery was already answered".into(),
+                    ));
+                }
+                let buffered = {
+                    let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+                    buffers.remove(&key)
+                };
+                let content = reply
+                    .content
+                    .filter(|c| !c.trim().is_empty())
+                    .or(buffered)
+                    .filter(|c| !c.trim().is_empty())
+                    .ok_or_else(|| BridgeError::BadInput("a final reply needs content".into()))?;
+                let message = match placeholder {
+                    Some(id) => chat.complete(&id, &content).await?,
+                    None => {
+                        chat.post(Post {
+                            channel_id: &channel_id,
+                            author_id: &agent.slug,
+                            author_type: AuthorType::Agent,
+                            content: &content,
+                            client_id: None,
+                            thread_id: None,
+                            state: MessageState::Complete,
+                            metadata: serde_json::json!({"trace_id": reply.trace_id, "hops_since_user": hops}),
+                        })
+                        .await?
+                        .0
+                    }
+                };
+                self.mark_answered(agent.id, &reply.trace_id).await?;
+                event.kind = TraceKind::MessageOut;
+                event.payload = serde_json::json!({"content": content, "message_id": message.id});
+                self.trace(&agent.slug, event);
+                // Agents hear each other in groups, within the hop limit.
+                self.route(chat, &message, hops).await?;
+                Ok(ReplyAccepted {
+                    accepted: true,
+                    message_id: Some(message.id),
+                })
+            }
+            ReplyKind::Error => {
+                let text = reply.error.or(reply.content).unwrap_or_default();
+                if let Some(id) = &placeholder {
+                    chat.set_state(id, MessageState::Error).await?;
+                }
+                self.buffers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                self.mark_answered(agent.id, &reply.trace_id).await?;
+                event.kind = TraceKind::Error;
+                event.error = Some(text.clone());
+                event.payload = serde_json::json!({"stage": "agent", "message": text});
+                self.trace(&agent.slug, event);
+                Ok(ReplyAccepted {
+                    accepted: true,
+                    message_id: placeholder,
+                })
+            }
+            ReplyKind::ToolCall => {
+                event.kind = TraceKind::ToolCall;
+                event.payload =
+                    serde_json::json!({"tool": reply.tool, "args": reply.args, "caller": "agent"});
+                self.trace(&agent.slug, event);
+                Ok(ReplyAccepted {
+                    accepted: true,
+                    message_id: None,
+                })
+            }
+            ReplyKind::ToolResult => {
+                event.kind = TraceKind::ToolResult;
+                event.payload = serde_json::json!({
+                    "tool": reply.tool,
+                    "result": reply.result,
+                    "success": reply.success.unwrap_or(true),
+                });
+                self.trace(&agent.slug, event);
+                Ok(ReplyAccepted {
+                    accepted: true,
+                    message_id: None,
+                })
+            }
+            ReplyKind::Reasoning => {
+                event.payload = serde_json::json!({"text": reply.content.unwrap_or_default()});
+                self.trace(&agent.slug, event);
+                Ok(ReplyAccepted {
+                    accepted: true,
+                    message_id: None,
+                })
+            }
+        }
+    }
+
+    async fn set_reply_message(
+        &self,
+        agent: Uuid,
+        trace_id: &str,
+        message_id: &str,
+    ) -> Result<(), BridgeError> {
+        sqlx::query(
+            "UPDATE deliveries SET reply_message_id = ? WHERE agent_id = ? AND trace_id = ?",
+        )
+        .bind(message_id)
+        .bind(agent.to_string())
+        .bind(trace_id)
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_answered(&self, agent: Uuid, trace_id: &str) -> Result<(), BridgeError> {
+        sqlx::query("UPDATE deliveries SET answered_at = ? WHERE agent_id = ? AND trace_id = ?")
+            .bind(now_ms())
+            .bind(agent.to_string())
+            .bind(trace_id)
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A trace event from the host about an agent, stamped now.
+pub fn new_event(slug: &str, kind: TraceKind, trace_id: &str, channel_id: &str) -> TraceEvent {
+    TraceEvent {
+        v: 1,
+        id: Uuid::now_v7().simple().to_string(),
+        trace_id: Some(trace_id.to_string()),
+        parent_id: None,
+        created_at: from_ms(now_ms()),
+        agent_name: slug.to_string(),
+        kind,
+        channel_id: Some(channel_id.to_string()),
+        thread_id: None,
+        backend_name: None,
+        model: None,
+        duration_ms: None,
+        tokens_in: None,
+        tokens_out: None,
+        cost_usd: None,
+        error: None,
+        payload: serde_json::json!({}),
+    }
+}

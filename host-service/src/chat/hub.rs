@@ -1,0 +1,65 @@
+//! Live fan-out of chat events, one broadcast channel per chat channel.
+//!
+//! Broadcasting never waits for a receiver: a client too slow to keep up lags its receiver and
+//! is dropped by its connection task (it reconnects and catches up with `after_seq`), so one
+//! slow phone can't stall everyone else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use taos_proto::chat::ServerEvent;
+use tokio::sync::broadcast;
+
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// An event as sent to clients: serialized once, whatever the number of subscribers.
+#[derive(Debug)]
+pub struct Published {
+    /// The channel seq, for events that have one (replay de-duplication uses it).
+    pub seq: Option<i64>,
+    pub json: String,
+}
+
+#[derive(Default)]
+pub struct ChatHub {
+    channels: Mutex<HashMap<String, broadcast::Sender<Arc<Published>>>>,
+    /// Serializes writers per channel so events reach subscribers in seq order.
+    write_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl ChatHub {
+    pub fn subscribe(&self, channel_id: &str) -> broadcast::Receiver<Arc<Published>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels
+            .entry(channel_id.to_string())
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe()
+    }
+
+    pub fn publish(&self, channel_id: &str, event: ServerEvent) {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = channels.get(channel_id) {
+            let published = Published {
+                seq: event.seq(),
+                json: serde_json::to_string(&event).unwrap_or_default(),
+            };
+            if sender.send(Arc::new(published)).is_err() {
+                // Nobody listens any more; forget the channel so the map doesn't grow forever.
+                channels.remove(channel_id);
+            }
+        }
+    }
+
+    pub fn write_lock(&self, channel_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.write_locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.len() > 10_000 {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        locks.entry(channel_id.to_string()).or_default().clone()
+    }
+
+    pub fn forget(&self, channel_id: &str) {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels.remove(channel_id);
+    }
+}

@@ -1,0 +1,771 @@
+//! Chat: channels, members and messages, with one sequence number per channel.
+//!
+//! Every change a client can see (new message, edit, state change, delete) takes the channel's
+//! next `seq` inside the same transaction that makes the change, and stamps the message's
+//! `seq`. A client that was away asks for `after_seq` and gets exactly what changed. Writers to
+//! one channel are serialized and publish after commit, so live events arrive in seq order.
+
+pub mod hub;
+pub mod router;
+
+use sqlx::Row;
+use taos_proto::chat::{
+    AuthorType, Channel, ChannelPatch, ChannelSettings, ChannelSettingsPatch, ChannelType,
+    MemberAction, Message, MessageState, NewChannel, ServerEvent,
+};
+use uuid::Uuid;
+
+use crate::agents;
+use crate::db::{from_ms, now_ms, Db};
+use hub::ChatHub;
+
+pub const MAX_CONTENT_CHARS: usize = 32_000;
+pub const MAX_CHANNEL_NAME_CHARS: usize = 100;
+pub const MAX_PAGE: i64 = 500;
+pub const USER_MEMBER_PREFIX: &str = "user:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("bad stored data: {0}")]
+    Decode(String),
+}
+
+impl From<agents::AgentError> for ChatError {
+    fn from(e: agents::AgentError) -> Self {
+        match e {
+            agents::AgentError::NotFound => ChatError::NotFound("no such agent"),
+            agents::AgentError::BadInput(m) => ChatError::BadInput(m),
+            agents::AgentError::Db(e) => ChatError::Db(e),
+            agents::AgentError::Decode(m) => ChatError::Decode(m),
+        }
+    }
+}
+
+/// The chat member id of a person.
+pub fn user_member(username: &str) -> String {
+    format!("{USER_MEMBER_PREFIX}{username}")
+}
+
+fn json_decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ChatError> {
+    serde_json::from_str(text).map_err(|e| ChatError::Decode(e.to_string()))
+}
+
+fn validate_settings(
+    base: ChannelSettings,
+    patch: Option<&ChannelSettingsPatch>,
+) -> Result<ChannelSettings, ChatError> {
+    let Some(patch) = patch else {
+        return Ok(base);
+    };
+    let mut s = base;
+    if let Some(mode) = patch.response_mode {
+        s.response_mode = mode;
+    }
+    if let Some(hops) = patch.max_hops {
+        if !(1..=10).contains(&hops) {
+            return Err(ChatError::BadInput(
+                "max_hops must be between 1 and 10".into(),
+            ));
+        }
+        s.max_hops = hops;
+    }
+    if let Some(cd) = patch.cooldown_seconds {
+        if cd > 60 {
+            return Err(ChatError::BadInput(
+                "cooldown_seconds must be between 0 and 60".into(),
+            ));
+        }
+        s.cooldown_seconds = cd;
+    }
+    Ok(s)
+}
+
+fn validate_channel_name(name: &str) -> Result<(), ChatError> {
+    if name.trim().is_empty()
+        || name.chars().count() > MAX_CHANNEL_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(ChatError::BadInput(format!(
+            "name must be 1-{MAX_CHANNEL_NAME_CHARS} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_client_id(client_id: &str) -> Result<(), ChatError> {
+    let ok = !client_id.is_empty()
+        && client_id.len() <= 64
+        && client_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ChatError::BadInput(
+            "client_id must be 1-64 characters of letters, digits, '-' or '_'".into(),
+        ))
+    }
+}
+
+fn validate_content(content: &str) -> Result<(), ChatError> {
+    if content.trim().is_empty() {
+        return Err(ChatError::BadInput("content must not be empty".into()));
+    }
+    if content.chars().count() > MAX_CONTENT_CHARS {
+        return Err(ChatError::BadInput(format!(
+            "content must be at most {MAX_CONTENT_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+const MESSAGE_COLUMNS: &str =
+    "id, channel_id, seq, author_id, author_type, content, content_type, \
+     thread_id, state, client_id, metadata, created_at, edited_at, deleted_at";
+
+fn author_type_str(t: AuthorType) -> &'static str {
+    match t {
+        AuthorType::User => "user",
+        AuthorType::Agent => "agent",
+        AuthorType::System => "system",
+    }
+}
+
+fn state_str(s: MessageState) -> &'static str {
+    match s {
+        MessageState::Pending => "pending",
+        MessageState::Streaming => "streaming",
+        MessageState::Complete => "complete",
+        MessageState::Error => "error",
+    }
+}
+
+fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Message, ChatError> {
+    let author_type: String = row.try_get("author_type")?;
+    let state: String = row.try_get("state")?;
+    let metadata: String = row.try_get("metadata")?;
+    Ok(Message {
+        id: row.try_get("id")?,
+        channel_id: row.try_get("channel_id")?,
+        seq: row.try_get("seq")?,
+        author_id: row.try_get("author_id")?,
+        author_type: json_decode(&format!("\"{author_type}\""))?,
+        content: row.try_get("content")?,
+        content_type: row.try_get("content_type")?,
+        thread_id: row.try_get("thread_id")?,
+        state: json_decode(&format!("\"{state}\""))?,
+        client_id: row.try_get("client_id")?,
+        metadata: json_decode(&metadata)?,
+        created_at: from_ms(row.try_get("created_at")?),
+        edited_at: row.try_get::<Option<i64>, _>("edited_at")?.map(from_ms),
+        deleted_at: row.try_get::<Option<i64>, _>("deleted_at")?.map(from_ms),
+    })
+}
+
+/// What a new message needs.
+pub struct Post<'a> {
+    pub channel_id: &'a str,
+    pub author_id: &'a str,
+    pub author_type: AuthorType,
+    pub content: &'a str,
+    pub client_id: Option<&'a str>,
+    pub thread_id: Option<&'a str>,
+    pub state: MessageState,
+    pub metadata: serde_json::Value,
+}
+
+/// The chat store plus its live hub.
+pub struct Chat {
+    db: Db,
+    pub hub: ChatHub,
+}
+
+impl Chat {
+    pub fn new(db: Db) -> Self {
+        Chat {
+            db,
+            hub: ChatHub::default(),
+        }
+    }
+
+    async fn members(&self, channel_id: &str) -> Result<Vec<String>, ChatError> {
+        Ok(sqlx::query_scalar(
+            "SELECT member FROM channel_members WHERE channel_id = ? ORDER BY added_at, member",
+        )
+        .bind(channel_id)
+        .fetch_all(&self.db)
+        .await?)
+    }
+
+    pub async fn channel(&self, id: &str) -> Result<Channel, ChatError> {
+        let row = sqlx::query(
+            "SELECT id, name, type, settings, created_at, last_seq, archived FROM channels WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await?
+        .ok_or(ChatError::NotFound("no such channel"))?;
+        let kind: String = row.try_get("type")?;
+        let settings: String = row.try_get("settings")?;
+        Ok(Channel {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            kind: json_decode(&format!("\"{kind}\""))?,
+            members: self.members(id).await?,
+            settings: json_decode(&settings)?,
+            created_at: from_ms(row.try_get("created_at")?),
+            last_seq: row.try_get("last_seq")?,
+            archived: row.try_get("archived")?,
+        })
+    }
+
+    /// Checks that a member id names an existing agent or user.
+    async fn check_member_exists(&self, member: &str) -> Result<(), ChatError> {
+        if let Some(username) = member.strip_prefix(USER_MEMBER_PREFIX) {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE username = ?")
+                .bind(username)
+                .fetch_one(&self.db)
+                .await?;
+            if n == 0 {
+                return Err(ChatError::BadInput(format!("unknown user {username}")));
+            }
+            return Ok(());
+        }
+        match agents::get_by_slug(&self.db, member).await {
+            Ok(_) => Ok(()),
+            Err(agents::AgentError::NotFound) => {
+                Err(ChatError::BadInput(format!("unknown agent {member:?}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn create_channel(
+        &self,
+        new: &NewChannel,
+        creator: &str,
+    ) -> Result<Channel, ChatError> {
+        validate_channel_name(&new.name)?;
+        let settings = validate_settings(ChannelSettings::default(), new.settings.as_ref())?;
+        let mut members = vec![creator.to_string()];
+        for m in &new.members {
+            self.check_member_exists(m).await?;
+            if !members.contains(m) {
+                members.push(m.clone());
+            }
+        }
+        if members.len() > 200 {
+            return Err(ChatError::BadInput("at most 200 members".into()));
+        }
+        let id = Uuid::now_v7().to_string();
+        let mut tx = self.db.begin().await?;
+        insert_channel(
+            &mut tx,
+            &id,
+            new.name.trim(),
+            new.kind,
+            &settings,
+            None,
+            &members,
+        )
+        .await?;
+        tx.commit().await?;
+        self.channel(&id).await
+    }
+
+    pub async fn list_channels(
+        &self,
+        archived: Option<bool>,
+        member: Option<&str>,
+    ) -> Result<Vec<Channel>, ChatError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM channels c WHERE (? IS NULL OR archived = ?) \
+             AND (? IS NULL OR EXISTS (SELECT 1 FROM channel_members m WHERE m.channel_id = c.id AND m.member = ?)) \
+             ORDER BY created_at, id",
+        )
+        .bind(archived)
+        .bind(archived)
+        .bind(member)
+        .bind(member)
+        .fetch_all(&self.db)
+        .await?;
+        let mut channels = Vec::with_capacity(ids.len());
+        for id in ids {
+            channels.push(self.channel(&id).await?);
+        }
+        Ok(channels)
+    }
+
+    pub async fn update_channel(
+        &self,
+        id: &str,
+        patch: &ChannelPatch,
+    ) -> Result<Channel, ChatError> {
+        let current = self.channel(id).await?;
+        let name = patch.name.clone().unwrap_or(current.name.clone());
+        validate_channel_name(&name)?;
+        let settings = validate_settings(current.settings.clone(), patch.settings.as_ref())?;
+        let archived = patch.archived.unwrap_or(current.archived);
+        sqlx::query("UPDATE channels SET name = ?, settings = ?, archived = ? WHERE id = ?")
+            .bind(name.trim())
+            .bind(serde_json::to_string(&settings).unwrap_or_default())
+            .bind(archived)
+            .bind(id)
+            .execute(&self.db)
+            .await?;
+        self.channel(id).await
+    }
+
+    /// Deletes the channel and all its messages (and its undelivered bridge deliveries).
+    pub async fn delete_channel(&self, id: &str) -> Result<(), ChatError> {
+        let lock = self.hub.write_lock(id);
+        let _serial = lock.lock().await;
+        let mut tx = self.db.begin().await?;
+        sqlx::query("DELETE FROM deliveries WHERE channel_id = ? AND answered_at IS NULL")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query("DELETE FROM channels WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(ChatError::NotFound("no such channel"));
+        }
+        tx.commit().await?;
+        self.hub.forget(id);
+        Ok(())
+    }
+
+    pub async fn change_member(
+        &self,
+        id: &str,
+        action: MemberAction,
+        member: &str,
+    ) -> Result<Channel, ChatError> {
+        let channel = self.channel(id).await?;
+        match action {
+            MemberAction::Add => {
+                self.check_member_exists(member).await?;
+                if channel.kind == ChannelType::Dm {
+                    return Err(ChatError::BadInput("a DM's members can't change".into()));
+                }
+                sqlx::query(
+                    "INSERT OR IGNORE INTO channel_members (channel_id, member, added_at) VALUES (?, ?, ?)",
+                )
+                .bind(id)
+                .bind(member)
+                .bind(now_ms())
+                .execute(&self.db)
+                .await?;
+            }
+            MemberAction::Remove => {
+                if channel.kind == ChannelType::Dm {
+                    return Err(ChatError::BadInput("a DM's members can't change".into()));
+                }
+                let removed =
+                    sqlx::query("DELETE FROM channel_members WHERE channel_id = ? AND member = ?")
+                        .bind(id)
+                        .bind(member)
+                        .execute(&self.db)
+                        .await?;
+                if removed.rows_affected() == 0 {
+                    return Err(ChatError::BadInput(format!("{member} is not a member")));
+                }
+            }
+        }
+        self.channel(id).await
+    }
+
+    pub async fn message(&self, id: &str) -> Result<Message, ChatError> {
+        let row = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await?
+        .ok_or(ChatError::NotFound("no such message"))?;
+        message_from_row(&row)
+    }
+
+    /// With `after_seq`: every message changed after it, in seq order (deletes as tombstones).
+    /// Otherwise the newest `limit` messages created before `before_seq` (if given), oldest first.
+    pub async fn messages(
+        &self,
+        channel_id: &str,
+        after_seq: Option<i64>,
+        before_seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Message>, ChatError> {
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ChatError::BadInput(format!(
+                "limit must be between 1 and {MAX_PAGE}"
+            )));
+        }
+        self.channel(channel_id).await?;
+        let rows = if let Some(after) = after_seq {
+            sqlx::query(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+            ))
+            .bind(channel_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.db)
+            .await?
+        } else {
+            let mut rows = sqlx::query(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND created_seq < ? \
+                 ORDER BY created_seq DESC LIMIT ?"
+            ))
+            .bind(channel_id)
+            .bind(before_seq.unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(&self.db)
+            .await?;
+            rows.reverse();
+            rows
+        };
+        rows.iter().map(message_from_row).collect()
+    }
+
+    /// The last `n` visible messages of a channel, oldest first (context for agents).
+    pub async fn recent(&self, channel_id: &str, n: i64) -> Result<Vec<Message>, ChatError> {
+        let mut rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND deleted_at IS NULL \
+             AND author_type != 'system' ORDER BY created_seq DESC LIMIT ?"
+        ))
+        .bind(channel_id)
+        .bind(n)
+        .fetch_all(&self.db)
+        .await?;
+        rows.reverse();
+        rows.iter().map(message_from_row).collect()
+    }
+
+    /// Posts a message. Returns it and whether it is new (`false`: the same `client_id` was
+    /// already posted by this author, and that message is returned instead).
+    pub async fn post(&self, post: Post<'_>) -> Result<(Message, bool), ChatError> {
+        // A streaming placeholder starts empty and fills in with deltas.
+        if post.state != MessageState::Streaming {
+            validate_content(post.content)?;
+        }
+        if let Some(cid) = post.client_id {
+            validate_client_id(cid)?;
+        }
+        let channel = self.channel(post.channel_id).await?;
+        if channel.archived {
+            return Err(ChatError::Conflict("the channel is archived".into()));
+        }
+        if post.author_type != AuthorType::System
+            && !channel.members.iter().any(|m| m == post.author_id)
+        {
+            return Err(ChatError::Forbidden(format!(
+                "{} is not a member of this channel",
+                post.author_id
+            )));
+        }
+        let lock = self.hub.write_lock(post.channel_id);
+        let _serial = lock.lock().await;
+        if let Some(cid) = post.client_id {
+            let existing = sqlx::query(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND author_id = ? AND client_id = ?"
+            ))
+            .bind(post.channel_id)
+            .bind(post.author_id)
+            .bind(cid)
+            .fetch_optional(&self.db)
+            .await?;
+            if let Some(row) = existing {
+                return Ok((message_from_row(&row)?, false));
+            }
+        }
+        if let Some(thread) = post.thread_id {
+            let parent: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE id = ? AND channel_id = ?")
+                    .bind(thread)
+                    .bind(post.channel_id)
+                    .fetch_one(&self.db)
+                    .await?;
+            if parent == 0 {
+                return Err(ChatError::BadInput(
+                    "thread_id is not a message in this channel".into(),
+                ));
+            }
+        }
+        let mut tx = self.db.begin().await?;
+        let seq = next_seq(&mut tx, post.channel_id).await?;
+        let id = Uuid::now_v7().to_string();
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO messages (id, channel_id, seq, created_seq, author_id, author_type, content, \
+             thread_id, state, client_id, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(post.channel_id)
+        .bind(seq)
+        .bind(seq)
+        .bind(post.author_id)
+        .bind(author_type_str(post.author_type))
+        .bind(post.content)
+        .bind(post.thread_id)
+        .bind(state_str(post.state))
+        .bind(post.client_id)
+        .bind(post.metadata.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let message = self.message(&id).await?;
+        self.hub.publish(
+            post.channel_id,
+            ServerEvent::Message {
+                channel_id: post.channel_id.to_string(),
+                seq,
+                message: message.clone(),
+            },
+        );
+        Ok((message, true))
+    }
+
+    /// Edits a message's content (author only).
+    pub async fn edit(&self, id: &str, editor: &str, content: &str) -> Result<Message, ChatError> {
+        validate_content(content)?;
+        let message = self.message(id).await?;
+        if message.deleted_at.is_some() {
+            return Err(ChatError::NotFound("no such message"));
+        }
+        if message.author_id != editor {
+            return Err(ChatError::Forbidden(
+                "only the author can edit a message".into(),
+            ));
+        }
+        let lock = self.hub.write_lock(&message.channel_id);
+        let _serial = lock.lock().await;
+        let mut tx = self.db.begin().await?;
+        let seq = next_seq(&mut tx, &message.channel_id).await?;
+        let now = now_ms();
+        sqlx::query("UPDATE messages SET content = ?, edited_at = ?, seq = ? WHERE id = ?")
+            .bind(content)
+            .bind(now)
+            .bind(seq)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.hub.publish(
+            &message.channel_id,
+            ServerEvent::MessageEdit {
+                channel_id: message.channel_id.clone(),
+                seq,
+                message_id: id.to_string(),
+                content: content.to_string(),
+                edited_at: from_ms(now),
+            },
+        );
+        self.message(id).await
+    }
+
+    /// Soft-deletes a message (author, or the owner): the row stays as a tombstone without content.
+    pub async fn delete(
+        &self,
+        id: &str,
+        actor: &str,
+        actor_is_owner: bool,
+    ) -> Result<(), ChatError> {
+        let message = self.message(id).await?;
+        if message.deleted_at.is_some() {
+            return Err(ChatError::NotFound("no such message"));
+        }
+        if message.author_id != actor && !actor_is_owner {
+            return Err(ChatError::Forbidden(
+                "only the author or the owner can delete a message".into(),
+            ));
+        }
+        let lock = self.hub.write_lock(&message.channel_id);
+        let _serial = lock.lock().await;
+        let mut tx = self.db.begin().await?;
+        let seq = next_seq(&mut tx, &message.channel_id).await?;
+        let now = now_ms();
+        sqlx::query("UPDATE messages SET content = '', deleted_at = ?, seq = ? WHERE id = ?")
+            .bind(now)
+            .bind(seq)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.hub.publish(
+            &message.channel_id,
+            ServerEvent::MessageDelete {
+                channel_id: message.channel_id.clone(),
+                seq,
+                message_id: id.to_string(),
+                deleted_at: from_ms(now),
+            },
+        );
+        Ok(())
+    }
+
+    /// Completes a (streaming or new) agent message with its full content: one seq, and a
+    /// `message` event with the whole message so clients that missed deltas get it all.
+    pub async fn complete(&self, id: &str, content: &str) -> Result<Message, ChatError> {
+        let message = self.message(id).await?;
+        let lock = self.hub.write_lock(&message.channel_id);
+        let _serial = lock.lock().await;
+        let mut tx = self.db.begin().await?;
+        let seq = next_seq(&mut tx, &message.channel_id).await?;
+        sqlx::query("UPDATE messages SET content = ?, state = 'complete', seq = ? WHERE id = ?")
+            .bind(content)
+            .bind(seq)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let message = self.message(id).await?;
+        self.hub.publish(
+            &message.channel_id,
+            ServerEvent::Message {
+                channel_id: message.channel_id.clone(),
+                seq,
+                message: message.clone(),
+            },
+        );
+        Ok(message)
+    }
+
+    pub async fn set_state(&self, id: &str, state: MessageState) -> Result<(), ChatError> {
+        let message = self.message(id).await?;
+        let lock = self.hub.write_lock(&message.channel_id);
+        let _serial = lock.lock().await;
+        let mut tx = self.db.begin().await?;
+        let seq = next_seq(&mut tx, &message.channel_id).await?;
+        sqlx::query("UPDATE messages SET state = ?, seq = ? WHERE id = ?")
+            .bind(state_str(state))
+            .bind(seq)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.hub.publish(
+            &message.channel_id,
+            ServerEvent::MessageState {
+                channel_id: message.channel_id.clone(),
+                seq,
+                message_id: id.to_string(),
+                state,
+            },
+        );
+        Ok(())
+    }
+
+    /// An ephemeral streaming fragment: broadcast, not stored, no seq.
+    pub fn delta(&self, channel_id: &str, message_id: &str, delta: &str) {
+        self.hub.publish(
+            channel_id,
+            ServerEvent::MessageDelta {
+                channel_id: channel_id.to_string(),
+                message_id: message_id.to_string(),
+                delta: delta.to_string(),
+            },
+        );
+    }
+
+    pub fn typing(&self, channel_id: &str, member: &str) {
+        self.hub.publish(
+            channel_id,
+            ServerEvent::Typing {
+                channel_id: channel_id.to_string(),
+                member: member.to_string(),
+            },
+        );
+    }
+
+    /// The DM channel of an agent, if it has one.
+    pub async fn dm_of(&self, agent_id: Uuid) -> Result<Option<String>, ChatError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM channels WHERE dm_agent_id = ? LIMIT 1")
+                .bind(agent_id.to_string())
+                .fetch_optional(&self.db)
+                .await?,
+        )
+    }
+}
+
+async fn next_seq(tx: &mut sqlx::SqliteConnection, channel_id: &str) -> Result<i64, ChatError> {
+    sqlx::query_scalar(
+        "UPDATE channels SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq",
+    )
+    .bind(channel_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ChatError::NotFound("no such channel"))
+}
+
+/// Inserts a channel and its members inside a caller's transaction.
+pub async fn insert_channel(
+    tx: &mut sqlx::SqliteConnection,
+    id: &str,
+    name: &str,
+    kind: ChannelType,
+    settings: &ChannelSettings,
+    dm_agent_id: Option<Uuid>,
+    members: &[String],
+) -> Result<(), ChatError> {
+    let now = now_ms();
+    let kind_text = match kind {
+        ChannelType::Dm => "dm",
+        ChannelType::Group => "group",
+        ChannelType::Topic => "topic",
+    };
+    sqlx::query(
+        "INSERT INTO channels (id, name, type, settings, created_at, dm_agent_id) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(kind_text)
+    .bind(serde_json::to_string(settings).unwrap_or_default())
+    .bind(now)
+    .bind(dm_agent_id.map(|u| u.to_string()))
+    .execute(&mut *tx)
+    .await?;
+    for (i, member) in members.iter().enumerate() {
+        sqlx::query(
+            "INSERT OR IGNORE INTO channel_members (channel_id, member, added_at) VALUES (?, ?, ?)",
+        )
+        .bind(id)
+        .bind(member)
+        .bind(now + i as i64)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Creates an agent's DM channel with the owner, inside the agent-creating transaction.
+pub async fn create_dm(
+    tx: &mut sqlx::SqliteConnection,
+    agent: &agents::AgentRecord,
+    owner_member: &str,
+) -> Result<String, ChatError> {
+    let id = Uuid::now_v7().to_string();
+    insert_channel(
+        tx,
+        &id,
+        &agent.display_name,
+        ChannelType::Dm,
+        &ChannelSettings::default(),
+        Some(agent.id),
+        &[owner_member.to_string(), agent.slug.clone()],
+    )
+    .await?;
+    Ok(id)
+}

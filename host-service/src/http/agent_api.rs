@@ -1,0 +1,146 @@
+//! The agent listener's API: the bridge stream, replies, and trace ingest. Every route takes
+//! only an agent token, valid only for that agent's own resources.
+//! Paths are TinyAgentOS's, so existing openclaw integrations work unchanged.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use taos_proto::bridge::{Reply, ReplyAccepted};
+use taos_proto::trace::{NewTraceEvent, TraceAck, TraceBatch};
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use super::extract::{AgentAuth, Json, Path};
+use super::AppState;
+use crate::agents::AgentRecord;
+
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `GET /api/openclaw/sessions/{agent}/events`: the agent's deliveries as SSE. `id:` is the
+/// delivery seq; reconnect with `Last-Event-ID` to get exactly the ones after it. Without it,
+/// every delivery not yet answered is sent. A newer stream for the same agent ends this one.
+pub async fn events(
+    auth: AgentAuth,
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    auth.require_self(&agent)?;
+    let record = auth.0;
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a delivery seq"))?,
+        ),
+        None => None,
+    };
+    let cursor = match last_event_id {
+        Some(id) => id,
+        None => state.bridge.resume_point(record.id).await?,
+    };
+    let (generation, wake) = state.bridge.subscribe(record.id);
+    tracing::info!(agent = %record.slug, cursor, "bridge stream connected");
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    tokio::spawn(pump(state.clone(), record, generation, wake, tx, cursor));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|event| (Ok(event), rx))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+async fn pump(
+    state: AppState,
+    agent: AgentRecord,
+    generation: u64,
+    mut wake: tokio::sync::watch::Receiver<u64>,
+    tx: mpsc::Sender<Event>,
+    mut cursor: i64,
+) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        if !state.bridge.is_current(agent.id, generation) {
+            break; // a newer stream took over
+        }
+        wake.borrow_and_update();
+        let paused = crate::agents::get_by_id(&state.db, agent.id)
+            .await
+            .map(|a| a.paused)
+            .unwrap_or(true);
+        if !paused {
+            loop {
+                let batch = match state.bridge.deliveries_after(agent.id, cursor).await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        tracing::error!(agent = %agent.slug, error = %e, "reading deliveries failed");
+                        state.bridge.unsubscribe(agent.id, generation);
+                        return;
+                    }
+                };
+                let full = batch.len() as i64 == crate::bridge::PAGE;
+                for delivery in batch {
+                    let event = Event::default()
+                        .id(delivery.seq.to_string())
+                        .event("user_message")
+                        .json_data(&delivery.payload)
+                        .unwrap_or_else(|_| Event::default().comment("unencodable delivery"));
+                    if tx.send(event).await.is_err() {
+                        state.bridge.unsubscribe(agent.id, generation);
+                        return;
+                    }
+                    cursor = delivery.seq;
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            changed = wake.changed() => if changed.is_err() { break },
+            _ = tx.closed() => break,
+            _ = shutdown.changed() => break,
+        }
+    }
+    state.bridge.unsubscribe(agent.id, generation);
+    tracing::info!(agent = %agent.slug, "bridge stream ended");
+}
+
+/// `POST /api/openclaw/sessions/{agent}/reply` → 202.
+pub async fn reply(
+    auth: AgentAuth,
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    Json(body): Json<Reply>,
+) -> Result<(StatusCode, Json<ReplyAccepted>), ApiError> {
+    auth.require_self(&agent)?;
+    let accepted = state.bridge.reply(&state.chat, &auth.0, body).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// `POST /api/trace`: one event; `agent_name` is forced to the calling agent.
+pub async fn trace_one(
+    auth: AgentAuth,
+    State(state): State<AppState>,
+    Json(event): Json<NewTraceEvent>,
+) -> Result<Json<TraceAck>, ApiError> {
+    Ok(Json(
+        super::trace::ingest(&state, Some(&auth.0), vec![event]).await?,
+    ))
+}
+
+/// `POST /api/trace/batch {events: [...]}`.
+pub async fn trace_batch(
+    auth: AgentAuth,
+    State(state): State<AppState>,
+    Json(batch): Json<TraceBatch>,
+) -> Result<Json<TraceAck>, ApiError> {
+    Ok(Json(
+        super::trace::ingest(&state, Some(&auth.0), batch.events).await?,
+    ))
+}

@@ -1,0 +1,211 @@
+//! `/api/agents/*`: agent records, agent tokens, and reading an agent's trace.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use taos_proto::agents::{Agent, AgentPatch, AgentWithToken, NewAgent};
+use taos_proto::error::ErrorBody;
+use taos_proto::trace::{TraceKind, TraceList};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::ApiError;
+use super::extract::{human_member, Auth, Json, Path, Query};
+use super::AppState;
+use crate::agents::{self, AgentRecord};
+use crate::trace::{self, TraceQuery};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_agents, create_agent))
+        .routes(routes!(get_agent, patch_agent))
+        .routes(routes!(rotate_token))
+        .routes(routes!(agent_trace))
+}
+
+async fn to_api(state: &AppState, record: &AgentRecord) -> Result<Agent, ApiError> {
+    let dm = state.chat.dm_of(record.id).await?;
+    Ok(record.to_api(state.bridge.is_connected(record.id), dm))
+}
+
+/// Agents, oldest first. Never includes a secret.
+#[utoipa::path(get, path = "/api/agents", tag = "agents",
+    responses((status = 200, description = "All agents", body = Vec<Agent>),
+        (status = 401, description = "No credentials", body = ErrorBody)))]
+async fn list_agents(
+    _auth: Auth,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<Agent>>, ApiError> {
+    let mut out = Vec::new();
+    for record in agents::list(&state.db).await? {
+        out.push(to_api(&state, &record).await?);
+    }
+    Ok(Json(out))
+}
+
+/// Creates an external agent (it connects through the bridge with the returned token) and its
+/// DM channel with the owner. The token is shown only here.
+#[utoipa::path(post, path = "/api/agents", tag = "agents", request_body = NewAgent,
+    responses((status = 201, description = "The agent and its token", body = AgentWithToken),
+        (status = 400, description = "Bad name, emoji, color or model", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 409, description = "No owner account yet", body = ErrorBody)))]
+async fn create_agent(
+    Auth(principal): Auth,
+    State(state): State<AppState>,
+    Json(body): Json<NewAgent>,
+) -> Result<(StatusCode, Json<AgentWithToken>), ApiError> {
+    let owner = human_member(&state, &principal).await?;
+    let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
+    let (record, token) = agents::create(&mut tx, &body).await?;
+    crate::chat::create_dm(&mut tx, &record, &owner).await?;
+    tx.commit().await.map_err(ApiError::internal)?;
+    tracing::info!(agent = %record.slug, "agent created");
+    let agent = to_api(&state, &record).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AgentWithToken {
+            agent,
+            agent_token: token,
+        }),
+    ))
+}
+
+/// One agent.
+#[utoipa::path(get, path = "/api/agents/{slug}", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug")),
+    responses((status = 200, description = "The agent", body = Agent),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody)))]
+async fn get_agent(
+    _auth: Auth,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<Agent>, ApiError> {
+    let record = agents::get_by_slug(&state.db, &slug).await?;
+    Ok(Json(to_api(&state, &record).await?))
+}
+
+/// Changes display name, emoji, color, or pauses/resumes the agent.
+#[utoipa::path(patch, path = "/api/agents/{slug}", tag = "agents", request_body = AgentPatch,
+    params(("slug" = String, Path, description = "Agent slug")),
+    responses((status = 200, description = "The agent", body = Agent),
+        (status = 400, description = "Bad value", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody)))]
+async fn patch_agent(
+    _auth: Auth,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    Json(patch): Json<AgentPatch>,
+) -> Result<Json<Agent>, ApiError> {
+    let before = agents::get_by_slug(&state.db, &slug).await?;
+    let record = agents::update(&state.db, &slug, &patch).await?;
+    if before.paused != record.paused {
+        if !record.paused {
+            state.bridge.clear_notices(record.id);
+        }
+        state.bridge.wake(record.id);
+        let _ = state
+            .hub
+            .publish(
+                "agent.status",
+                serde_json::json!({"slug": record.slug, "paused": record.paused}),
+            )
+            .await;
+    }
+    Ok(Json(to_api(&state, &record).await?))
+}
+
+/// Issues a new agent token; the old one stops working at once.
+#[utoipa::path(post, path = "/api/agents/{slug}/token/rotate", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug")),
+    responses((status = 200, description = "The agent and its new token", body = AgentWithToken),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody)))]
+async fn rotate_token(
+    _auth: Auth,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<AgentWithToken>, ApiError> {
+    let (record, token) = agents::rotate_token(&state.db, &slug).await?;
+    tracing::info!(agent = %record.slug, "agent token rotated");
+    let agent = to_api(&state, &record).await?;
+    Ok(Json(AgentWithToken {
+        agent,
+        agent_token: token,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct TraceParams {
+    kind: Option<String>,
+    channel_id: Option<String>,
+    trace_id: Option<String>,
+    /// Epoch seconds or RFC 3339, inclusive.
+    since: Option<String>,
+    /// Epoch seconds or RFC 3339, inclusive.
+    until: Option<String>,
+    /// 1-1000, default 100.
+    limit: Option<usize>,
+}
+
+impl TraceParams {
+    fn to_query(&self) -> Result<TraceQuery, ApiError> {
+        let time = |name: &str, v: &Option<String>| -> Result<_, ApiError> {
+            v.as_deref()
+                .map(|t| {
+                    trace::parse_time(t).ok_or_else(|| {
+                        ApiError::bad_request(format!("{name} must be epoch seconds or RFC 3339"))
+                    })
+                })
+                .transpose()
+        };
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+        }
+        let kind = self
+            .kind
+            .as_deref()
+            .map(|k| {
+                TraceKind::parse(k)
+                    .ok_or_else(|| ApiError::bad_request(format!("unknown kind {k:?}")))
+            })
+            .transpose()?;
+        Ok(TraceQuery {
+            kind,
+            channel_id: self.channel_id.clone(),
+            trace_id: self.trace_id.clone(),
+            since: time("since", &self.since)?,
+            until: time("until", &self.until)?,
+            limit,
+        })
+    }
+}
+
+/// An agent's trace, newest first, merged from its hourly buckets.
+#[utoipa::path(get, path = "/api/agents/{slug}/trace", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug"), TraceParams),
+    responses((status = 200, description = "Trace events, newest first", body = TraceList),
+        (status = 400, description = "Bad filter", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody)))]
+async fn agent_trace(
+    _auth: Auth,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    Query(params): Query<TraceParams>,
+) -> Result<Json<TraceList>, ApiError> {
+    trace::validate_slug(&slug)?;
+    let query = params.to_query()?;
+    let agent = agents::get_by_slug(&state.db, &slug).await?;
+    let events = state.traces.list(&agent.slug, &query).await?;
+    Ok(Json(TraceList {
+        agent_name: agent.slug,
+        schema_version: 1,
+        events,
+    }))
+}

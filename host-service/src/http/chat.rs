@@ -1,0 +1,264 @@
+//! `/api/chat/*`: channels, members and messages over HTTP. The WebSocket is in `ws`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use taos_proto::chat::{
+    AuthorType, Channel, ChannelPatch, MemberChange, Message, MessageEdit, MessageState,
+    NewChannel, NewMessage,
+};
+use taos_proto::error::ErrorBody;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::ApiError;
+use super::extract::{human_member, Auth, Json, Path, Query};
+use super::AppState;
+use crate::auth::Principal;
+use crate::chat::Post;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_channels, create_channel))
+        .routes(routes!(get_channel, patch_channel, delete_channel))
+        .routes(routes!(change_member))
+        .routes(routes!(post_message))
+        .routes(routes!(list_messages))
+        .routes(routes!(edit_message, delete_message))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ChannelFilter {
+    archived: Option<bool>,
+    /// An agent slug or `user:<username>`.
+    member: Option<String>,
+}
+
+/// Channels, oldest first.
+#[utoipa::path(get, path = "/api/chat/channels", tag = "chat", params(ChannelFilter),
+    responses((status = 200, description = "Channels", body = Vec<Channel>),
+        (status = 401, description = "No credentials", body = ErrorBody)))]
+async fn list_channels(
+    _auth: Auth,
+    State(state): State<AppState>,
+    Query(f): Query<ChannelFilter>,
+) -> Result<Json<Vec<Channel>>, ApiError> {
+    Ok(Json(
+        state
+            .chat
+            .list_channels(f.archived, f.member.as_deref())
+            .await?,
+    ))
+}
+
+/// Creates a channel; the caller is its first member.
+#[utoipa::path(post, path = "/api/chat/channels", tag = "chat", request_body = NewChannel,
+    responses((status = 201, description = "The channel", body = Channel),
+        (status = 400, description = "Bad name, settings or unknown member", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody)))]
+async fn create_channel(
+    Auth(principal): Auth,
+    State(state): State<AppState>,
+    Json(body): Json<NewChannel>,
+) -> Result<(StatusCode, Json<Channel>), ApiError> {
+    if body.kind == taos_proto::chat::ChannelType::Dm {
+        return Err(ApiError::bad_request(
+            "DM channels are made with their agent",
+        ));
+    }
+    let creator = human_member(&state, &principal).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(state.chat.create_channel(&body, &creator).await?),
+    ))
+}
+
+/// One channel.
+#[utoipa::path(get, path = "/api/chat/channels/{id}", tag = "chat",
+    params(("id" = String, Path, description = "Channel id")),
+    responses((status = 200, description = "The channel", body = Channel),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody)))]
+async fn get_channel(
+    _auth: Auth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Channel>, ApiError> {
+    Ok(Json(state.chat.channel(&id).await?))
+}
+
+/// Renames, archives, or changes settings (`response_mode` quiet|lively, `max_hops` 1-10,
+/// `cooldown_seconds` 0-60).
+#[utoipa::path(patch, path = "/api/chat/channels/{id}", tag = "chat", request_body = ChannelPatch,
+    params(("id" = String, Path, description = "Channel id")),
+    responses((status = 200, description = "The channel", body = Channel),
+        (status = 400, description = "Bad value", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody)))]
+async fn patch_channel(
+    _auth: Auth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(patch): Json<ChannelPatch>,
+) -> Result<Json<Channel>, ApiError> {
+    Ok(Json(state.chat.update_channel(&id, &patch).await?))
+}
+
+/// Deletes the channel and every message in it.
+#[utoipa::path(delete, path = "/api/chat/channels/{id}", tag = "chat",
+    params(("id" = String, Path, description = "Channel id")),
+    responses((status = 204, description = "Deleted with its messages"),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody)))]
+async fn delete_channel(
+    _auth: Auth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.chat.delete_channel(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Adds or removes a member (an agent slug or `user:<username>`).
+#[utoipa::path(post, path = "/api/chat/channels/{id}/members", tag = "chat", request_body = MemberChange,
+    params(("id" = String, Path, description = "Channel id")),
+    responses((status = 200, description = "The channel", body = Channel),
+        (status = 400, description = "Unknown agent or user, or a DM", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody)))]
+async fn change_member(
+    _auth: Auth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(change): Json<MemberChange>,
+) -> Result<Json<Channel>, ApiError> {
+    Ok(Json(
+        state
+            .chat
+            .change_member(&id, change.action, &change.member)
+            .await?,
+    ))
+}
+
+/// Posts a message as the caller and routes it to the agents that should get it. Re-sending
+/// the same `client_id` returns the existing message with 200 instead of a duplicate.
+#[utoipa::path(post, path = "/api/chat/messages", tag = "chat", request_body = NewMessage,
+    responses((status = 201, description = "Posted", body = Message),
+        (status = 200, description = "Already posted with this client_id", body = Message),
+        (status = 400, description = "Empty or too long content, bad client_id", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not a member of the channel", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody),
+        (status = 409, description = "Channel archived", body = ErrorBody)))]
+async fn post_message(
+    Auth(principal): Auth,
+    State(state): State<AppState>,
+    Json(body): Json<NewMessage>,
+) -> Result<(StatusCode, Json<Message>), ApiError> {
+    let author = human_member(&state, &principal).await?;
+    let (message, created) = post_as_user(&state, &author, &body).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(message)))
+}
+
+/// Stores a user's message and routes it (shared by HTTP and the WebSocket).
+pub(super) async fn post_as_user(
+    state: &AppState,
+    author: &str,
+    body: &NewMessage,
+) -> Result<(Message, bool), ApiError> {
+    let (message, created) = state
+        .chat
+        .post(Post {
+            channel_id: &body.channel_id,
+            author_id: author,
+            author_type: AuthorType::User,
+            content: &body.content,
+            client_id: body.client_id.as_deref(),
+            thread_id: body.thread_id.as_deref(),
+            state: MessageState::Complete,
+            metadata: serde_json::json!({}),
+        })
+        .await?;
+    if created {
+        state.bridge.route(&state.chat, &message, 0).await?;
+    }
+    Ok((message, created))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct MessageParams {
+    /// Every message changed after this seq, in seq order, deletes as tombstones.
+    after_seq: Option<i64>,
+    /// History: messages created before this seq.
+    before_seq: Option<i64>,
+    /// 1-500, default 100.
+    limit: Option<i64>,
+}
+
+/// A channel's messages: catch-up with `after_seq`, or history pages with `before_seq`.
+#[utoipa::path(get, path = "/api/chat/channels/{id}/messages", tag = "chat",
+    params(("id" = String, Path, description = "Channel id"), MessageParams),
+    responses((status = 200, description = "Messages in seq order", body = Vec<Message>),
+        (status = 400, description = "Bad limit", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such channel", body = ErrorBody)))]
+async fn list_messages(
+    _auth: Auth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<MessageParams>,
+) -> Result<Json<Vec<Message>>, ApiError> {
+    Ok(Json(
+        state
+            .chat
+            .messages(&id, p.after_seq, p.before_seq, p.limit.unwrap_or(100))
+            .await?,
+    ))
+}
+
+/// Edits a message (its author only).
+#[utoipa::path(patch, path = "/api/chat/messages/{id}", tag = "chat", request_body = MessageEdit,
+    params(("id" = String, Path, description = "Message id")),
+    responses((status = 200, description = "The edited message", body = Message),
+        (status = 400, description = "Empty content", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the author", body = ErrorBody),
+        (status = 404, description = "No such message", body = ErrorBody)))]
+async fn edit_message(
+    Auth(principal): Auth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<MessageEdit>,
+) -> Result<Json<Message>, ApiError> {
+    let editor = human_member(&state, &principal).await?;
+    Ok(Json(state.chat.edit(&id, &editor, &body.content).await?))
+}
+
+/// Deletes a message (its author, or the owner). It stays as a tombstone for catch-up.
+#[utoipa::path(delete, path = "/api/chat/messages/{id}", tag = "chat",
+    params(("id" = String, Path, description = "Message id")),
+    responses((status = 204, description = "Deleted"),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the author or the owner", body = ErrorBody),
+        (status = 404, description = "No such message", body = ErrorBody)))]
+async fn delete_message(
+    Auth(principal): Auth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let actor = human_member(&state, &principal).await?;
+    let is_owner = matches!(
+        principal,
+        Principal::User { is_owner: true, .. } | Principal::Device { .. } | Principal::LocalAdmin
+    );
+    state.chat.delete(&id, &actor, is_owner).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,366 @@
+//! One hour of one agent: file names, opening the SQLite file, inserting, querying, sealing.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, Executor, Row, SqliteConnection};
+use taos_proto::trace::{TraceEvent, TraceKind};
+
+use super::{TraceError, TraceQuery, SEAL_AFTER_HOURS};
+use crate::fsutil;
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const SEALED_MODE: u32 = 0o400;
+
+const SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS trace_events (
+    id TEXT PRIMARY KEY,
+    v INTEGER NOT NULL DEFAULT 1,
+    created_at_ms INTEGER NOT NULL,
+    trace_id TEXT,
+    parent_id TEXT,
+    agent_name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    channel_id TEXT,
+    thread_id TEXT,
+    backend_name TEXT,
+    model TEXT,
+    duration_ms INTEGER,
+    tokens_in INTEGER,
+    tokens_out INTEGER,
+    cost_usd REAL,
+    error TEXT,
+    payload TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS trace_events_created ON trace_events (created_at_ms);
+CREATE INDEX IF NOT EXISTS trace_events_trace ON trace_events (trace_id);
+CREATE INDEX IF NOT EXISTS trace_events_kind ON trace_events (kind, created_at_ms);
+";
+
+const COLUMNS: &str = "id, v, created_at_ms, trace_id, parent_id, agent_name, kind, channel_id, \
+     thread_id, backend_name, model, duration_ms, tokens_in, tokens_out, cost_usd, error, payload";
+
+/// The bucket an event at `t` belongs to, e.g. `2026-11-27T10`.
+pub fn bucket_name(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H").to_string()
+}
+
+/// Start of a bucket's hour, or `None` if `name` is not exactly a bucket name.
+pub(super) fn bucket_start(name: &str) -> Option<DateTime<Utc>> {
+    let start = NaiveDateTime::parse_from_str(&format!("{name}:00"), "%Y-%m-%dT%H:%M")
+        .ok()?
+        .and_utc();
+    (bucket_name(start) == name).then_some(start)
+}
+
+pub(super) fn db_path(dir: &Path, bucket: &str) -> PathBuf {
+    dir.join(format!("{bucket}.db"))
+}
+
+pub(super) fn jsonl_path(dir: &Path, bucket: &str) -> PathBuf {
+    dir.join(format!("{bucket}.jsonl"))
+}
+
+pub(super) fn late_path(dir: &Path, bucket: &str) -> PathBuf {
+    dir.join(format!("{bucket}.late.jsonl"))
+}
+
+/// The bucket a file in an agent directory holds data for (`.db`, `.jsonl` or `.late.jsonl`);
+/// SQLite's `-wal`/`-shm` files and anything else are not buckets.
+pub(super) fn bucket_of_file(file_name: &str) -> Option<(&str, bool)> {
+    let (bucket, is_db) = if let Some(b) = file_name.strip_suffix(".late.jsonl") {
+        (b, false)
+    } else if let Some(b) = file_name.strip_suffix(".jsonl") {
+        (b, false)
+    } else if let Some(b) = file_name.strip_suffix(".db") {
+        (b, true)
+    } else {
+        return None;
+    };
+    bucket_start(bucket).map(|_| (bucket, is_db))
+}
+
+/// True if `path` is a regular file with no write bit set. Root ignores permission bits, so a
+/// failing write cannot be the test.
+pub(super) fn is_sealed(path: &Path) -> bool {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => meta.is_file() && meta.permissions().mode() & 0o222 == 0,
+        Err(_) => false,
+    }
+}
+
+/// Unsealed bucket databases in `dir` whose hour ended more than [`SEAL_AFTER_HOURS`] before `now`.
+pub(super) fn sealable(dir: &Path, now: DateTime<Utc>) -> io::Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut buckets = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some((bucket, true)) = name.to_str().and_then(bucket_of_file) else {
+            continue;
+        };
+        let Some(start) = bucket_start(bucket) else {
+            continue;
+        };
+        let ended = start + TimeDelta::hours(1);
+        if ended + TimeDelta::hours(SEAL_AFTER_HOURS) < now
+            && entry.file_type()?.is_file()
+            && !is_sealed(&entry.path())
+        {
+            buckets.push(bucket.to_string());
+        }
+    }
+    buckets.sort();
+    Ok(buckets)
+}
+
+/// Opens a bucket for writing, creating it (0600) and its table if needed.
+pub(super) async fn open_for_write(
+    dir: &Path,
+    bucket: &str,
+) -> Result<SqliteConnection, TraceError> {
+    fsutil::ensure_private_dir(dir)?;
+    let path = db_path(dir, bucket);
+    // Created by us so it is 0600 from the first byte; SQLite gives -wal and -shm the same mode.
+    fsutil::touch_private(&path)?;
+    let mut conn = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(false)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL in WAL mode fsyncs every commit: acknowledged means on disk.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(BUSY_TIMEOUT)
+        .connect()
+        .await?;
+    // Plain `execute` of a &str runs every statement in it (and, unlike `raw_sql`, keeps the
+    // writer's future `Send`).
+    if let Err(e) = conn.execute(SCHEMA).await {
+        let _ = conn.close().await;
+        return Err(e.into());
+    }
+    Ok(conn)
+}
+
+/// Opens a bucket for reading. Sealed files are opened immutable so SQLite creates no -wal/-shm
+/// next to a file that must not change.
+pub(super) async fn open_for_read(
+    path: &Path,
+    sealed: bool,
+) -> Result<SqliteConnection, TraceError> {
+    let conn = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .create_if_missing(false)
+        .immutable(sealed)
+        .busy_timeout(BUSY_TIMEOUT)
+        .connect()
+        .await?;
+    Ok(conn)
+}
+
+/// Rows per INSERT statement. Each statement is a round trip to sqlx's SQLite worker thread, which
+/// costs more than the row itself; 32 rows x 17 columns stays far below SQLite's variable limit.
+const ROWS_PER_INSERT: usize = 32;
+
+fn insert_sql(rows: usize) -> String {
+    let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    let values = vec![row; rows].join(", ");
+    format!("INSERT OR IGNORE INTO trace_events ({COLUMNS}) VALUES {values}")
+}
+
+/// Inserts `events` in one transaction; ids already present are left alone.
+pub(super) async fn insert(
+    conn: &mut SqliteConnection,
+    events: &[TraceEvent],
+) -> Result<(), TraceError> {
+    // At most two distinct statements per call (full chunks and the remainder), both cached.
+    let full_sql = insert_sql(ROWS_PER_INSERT);
+    let mut tx = conn.begin().await?;
+    for chunk in events.chunks(ROWS_PER_INSERT) {
+        let partial_sql;
+        let sql = if chunk.len() == ROWS_PER_INSERT {
+            &full_sql
+        } else {
+            partial_sql = insert_sql(chunk.len());
+            &partial_sql
+        };
+        let mut query = sqlx::query(sql);
+        for event in chunk {
+            query = query
+                .bind(&event.id)
+                .bind(i64::from(event.v))
+                .bind(event.created_at.timestamp_millis())
+                .bind(&event.trace_id)
+                .bind(&event.parent_id)
+                .bind(&event.agent_name)
+                .bind(event.kind.as_str())
+                .bind(&event.channel_id)
+                .bind(&event.thread_id)
+                .bind(&event.backend_name)
+                .bind(&event.model)
+                .bind(event.duration_ms)
+                .bind(event.tokens_in)
+                .bind(event.tokens_out)
+                .bind(event.cost_usd)
+                .bind(&event.error)
+                .bind(event.payload.to_string());
+        }
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Events matching `query`, newest first, at most `limit`.
+pub(super) async fn query(
+    conn: &mut SqliteConnection,
+    query: &TraceQuery,
+    limit: usize,
+) -> Result<Vec<TraceEvent>, TraceError> {
+    let mut sql = format!("SELECT {COLUMNS} FROM trace_events WHERE 1 = 1");
+    if query.kind.is_some() {
+        sql.push_str(" AND kind = ?");
+    }
+    if query.channel_id.is_some() {
+        sql.push_str(" AND channel_id = ?");
+    }
+    if query.trace_id.is_some() {
+        sql.push_str(" AND trace_id = ?");
+    }
+    if query.since.is_some() {
+        sql.push_str(" AND created_at_ms >= ?");
+    }
+    if query.until.is_some() {
+        sql.push_str(" AND created_at_ms <= ?");
+    }
+    sql.push_str(" ORDER BY created_at_ms DESC, id DESC LIMIT ?");
+    let mut q = sqlx::query(&sql);
+    if let Some(kind) = query.kind {
+        q = q.bind(kind.as_str());
+    }
+    if let Some(channel_id) = &query.channel_id {
+        q = q.bind(channel_id);
+    }
+    if let Some(trace_id) = &query.trace_id {
+        q = q.bind(trace_id);
+    }
+    if let Some(since) = query.since {
+        q = q.bind(since_ms(since));
+    }
+    if let Some(until) = query.until {
+        // timestamp_millis rounds down, which is right for an inclusive upper bound.
+        q = q.bind(until.timestamp_millis());
+    }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = q.bind(limit).fetch_all(&mut *conn).await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// Stored times are whole milliseconds, so an inclusive lower bound rounds up.
+fn since_ms(since: DateTime<Utc>) -> i64 {
+    let ms = since.timestamp_millis();
+    if DateTime::from_timestamp_millis(ms) == Some(since) {
+        ms
+    } else {
+        ms.saturating_add(1)
+    }
+}
+
+pub(super) async fn contains_id(conn: &mut SqliteConnection, id: &str) -> Result<bool, TraceError> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM trace_events WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(found.is_some())
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<TraceEvent, TraceError> {
+    let kind_text: String = row.try_get("kind")?;
+    let kind = TraceKind::parse(&kind_text).ok_or_else(|| {
+        TraceError::BadInput(format!("stored event has unknown kind {kind_text:?}"))
+    })?;
+    let created_at_ms: i64 = row.try_get("created_at_ms")?;
+    let created_at = DateTime::from_timestamp_millis(created_at_ms)
+        .ok_or_else(|| TraceError::BadInput("stored event has an invalid time".into()))?;
+    let payload_text: String = row.try_get("payload")?;
+    let payload = serde_json::from_str(&payload_text)
+        .map_err(|e| TraceError::BadInput(format!("stored event has an invalid payload: {e}")))?;
+    let v: i64 = row.try_get("v")?;
+    Ok(TraceEvent {
+        v: u32::try_from(v).unwrap_or(0),
+        id: row.try_get("id")?,
+        trace_id: row.try_get("trace_id")?,
+        parent_id: row.try_get("parent_id")?,
+        created_at,
+        agent_name: row.try_get("agent_name")?,
+        kind,
+        channel_id: row.try_get("channel_id")?,
+        thread_id: row.try_get("thread_id")?,
+        backend_name: row.try_get("backend_name")?,
+        model: row.try_get("model")?,
+        duration_ms: row.try_get("duration_ms")?,
+        tokens_in: row.try_get("tokens_in")?,
+        tokens_out: row.try_get("tokens_out")?,
+        cost_usd: row.try_get("cost_usd")?,
+        error: row.try_get("error")?,
+        payload,
+    })
+}
+
+/// Seals one bucket: everything moved from the WAL into the main file, rollback journal mode (so
+/// readers need no -wal/-shm), then the database and its `.jsonl` made 0400. The caller must hold
+/// no connection to it. On any failure nothing is chmod-ed, so the next attempt starts over.
+pub(super) async fn seal(dir: &Path, bucket: &str) -> Result<(), TraceError> {
+    let path = db_path(dir, bucket);
+    let mut conn = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(false)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(BUSY_TIMEOUT)
+        .connect()
+        .await?;
+    let result = finish_journal(&mut conn).await;
+    let closed = conn.close().await;
+    result?;
+    closed?;
+
+    fs::File::open(&path)?.sync_all()?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(SEALED_MODE))?;
+    let jsonl = jsonl_path(dir, bucket);
+    if fs::symlink_metadata(&jsonl).is_ok_and(|m| m.is_file()) {
+        fs::set_permissions(&jsonl, fs::Permissions::from_mode(SEALED_MODE))?;
+    }
+    fsutil::sync_dir(dir)?;
+    Ok(())
+}
+
+async fn finish_journal(conn: &mut SqliteConnection) -> Result<(), TraceError> {
+    let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(&mut *conn)
+        .await?;
+    if busy != 0 {
+        return Err(
+            io::Error::new(io::ErrorKind::WouldBlock, "checkpoint blocked by a reader").into(),
+        );
+    }
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode=DELETE")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !mode.eq_ignore_ascii_case("delete") {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("journal mode is still {mode}"),
+        )
+        .into());
+    }
+    Ok(())
+}

@@ -1,0 +1,677 @@
+use std::fs;
+use std::path::Path;
+use std::time::Instant;
+
+use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
+use serde_json::json;
+use taos_proto::trace::{TraceEvent, TraceKind};
+
+use super::bucket::{db_path, jsonl_path, late_path};
+use super::*;
+use crate::fsutil::mode_of;
+
+const SLUG: &str = "scout";
+
+fn event(id: &str, kind: TraceKind, at: DateTime<Utc>) -> TraceEvent {
+    TraceEvent {
+        v: 1,
+        id: id.to_string(),
+        trace_id: None,
+        parent_id: None,
+        created_at: at,
+        agent_name: SLUG.to_string(),
+        kind,
+        channel_id: None,
+        thread_id: None,
+        backend_name: None,
+        model: None,
+        duration_ms: None,
+        tokens_in: None,
+        tokens_out: None,
+        cost_usd: None,
+        error: None,
+        payload: json!({}),
+    }
+}
+
+/// Start of the current UTC hour. Tests write near now so the writer's own periodic sealing
+/// (which uses the real clock) never seals their buckets behind their back.
+fn this_hour() -> DateTime<Utc> {
+    Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap()
+}
+
+fn query(limit: usize) -> TraceQuery {
+    TraceQuery {
+        limit,
+        ..TraceQuery::default()
+    }
+}
+
+fn ids(events: &[TraceEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.id.as_str()).collect()
+}
+
+fn store() -> (tempfile::TempDir, TraceStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TraceStore::open(dir.path().join("trace")).unwrap();
+    (dir, store)
+}
+
+async fn count_rows(path: &Path) -> i64 {
+    let mut conn = bucket::open_for_read(path, bucket::is_sealed(path))
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT COUNT(*) FROM trace_events")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+fn jsonl_ids(path: &Path) -> Vec<String> {
+    jsonl::read(path)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
+#[test]
+fn bucket_names_are_utc_hours() {
+    let t = Utc.with_ymd_and_hms(2026, 11, 27, 10, 59, 59).unwrap() + TimeDelta::milliseconds(999);
+    assert_eq!(bucket_name(t), "2026-11-27T10");
+    assert_eq!(bucket_name(t + TimeDelta::milliseconds(1)), "2026-11-27T11");
+    assert_eq!(
+        bucket::bucket_start("2026-11-27T10"),
+        Some(Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 0).unwrap())
+    );
+    assert_eq!(bucket::bucket_start("2026-11-27T1"), None);
+    assert_eq!(bucket::bucket_start("2026-11-27T24"), None);
+    assert_eq!(
+        bucket::bucket_of_file("2026-11-27T10.late.jsonl"),
+        Some(("2026-11-27T10", false))
+    );
+    assert_eq!(
+        bucket::bucket_of_file("2026-11-27T10.db"),
+        Some(("2026-11-27T10", true))
+    );
+    assert_eq!(bucket::bucket_of_file("2026-11-27T10.db-wal"), None);
+}
+
+#[test]
+fn parse_time_accepts_epoch_and_rfc3339() {
+    let base = Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 0).unwrap();
+    assert_eq!(parse_time("1795773600"), Some(base));
+    assert_eq!(
+        parse_time("1795773600.25"),
+        Some(base + TimeDelta::milliseconds(250))
+    );
+    assert_eq!(parse_time("2026-11-27T10:00:00Z"), Some(base));
+    assert_eq!(parse_time("2026-11-27T12:00:00+02:00"), Some(base));
+    assert_eq!(
+        parse_time("2026-11-27T10:00:00.5Z"),
+        Some(base + TimeDelta::milliseconds(500))
+    );
+    for bad in ["", "abc", "1e9", "-5", "1.", ".5", "12:00", "NaN", "inf"] {
+        assert_eq!(parse_time(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn slug_rules() {
+    for good in [
+        "a",
+        "scout",
+        "agent-1",
+        "0",
+        "a-",
+        &"a".repeat(MAX_SLUG_LEN),
+    ] {
+        assert!(validate_slug(good).is_ok(), "{good:?}");
+    }
+    let too_long = "a".repeat(MAX_SLUG_LEN + 1);
+    for bad in [
+        "", "..", ".", "../x", "a/b", "/abs", "%2e%2e", "a\0b", "A", "Scout", "-a", "a_b", "a.b",
+        "a b", "é", &too_long,
+    ] {
+        assert!(
+            matches!(validate_slug(bad), Err(TraceError::BadSlug)),
+            "{bad:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn slug_path_tricks_touch_nothing() {
+    let (dir, store) = store();
+    let too_long = "a".repeat(59);
+    for bad in [
+        "..", ".", "../x", "a/b", "%2e%2e", "a\0b", "A", "", &too_long,
+    ] {
+        let mut e = event("x", TraceKind::Lifecycle, Utc::now());
+        e.agent_name = bad.to_string();
+        let appended = store.append(bad, vec![e]).await;
+        assert!(matches!(appended, Err(TraceError::BadSlug)), "{bad:?}");
+        let listed = store.list(bad, &query(10)).await;
+        assert!(matches!(listed, Err(TraceError::BadSlug)), "{bad:?}");
+    }
+    // Only the (empty) store root exists, nothing beside or inside it.
+    let outside: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(outside, vec!["trace"]);
+    assert_eq!(fs::read_dir(store.root()).unwrap().count(), 0);
+    assert_eq!(store.seal_old_buckets(Utc::now()).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn events_route_by_their_own_hour() {
+    let (_dir, store) = store();
+    let hour = this_hour();
+    let before = hour - TimeDelta::milliseconds(1);
+    let (early, late) = (bucket_name(before), bucket_name(hour));
+    assert_ne!(early, late);
+
+    store
+        .append(
+            SLUG,
+            vec![
+                event("a", TraceKind::MessageIn, before),
+                event("b", TraceKind::MessageOut, hour),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let agent = store.root().join(SLUG);
+    assert_eq!(count_rows(&db_path(&agent, &early)).await, 1);
+    assert_eq!(count_rows(&db_path(&agent, &late)).await, 1);
+    let listed = store.list(SLUG, &query(10)).await.unwrap();
+    assert_eq!(ids(&listed), ["b", "a"]);
+    assert_eq!(listed[1].created_at, before);
+    assert_eq!(listed[0].created_at, hour);
+    assert_eq!(listed[0].kind, TraceKind::MessageOut);
+    assert_eq!(listed[0].agent_name, SLUG);
+}
+
+#[tokio::test]
+async fn full_event_round_trips() {
+    let (_dir, store) = store();
+    let mut e = event(
+        "full",
+        TraceKind::LlmCall,
+        this_hour() + TimeDelta::microseconds(1500),
+    );
+    e.trace_id = Some("t1".into());
+    e.parent_id = Some("p1".into());
+    e.channel_id = Some("c1".into());
+    e.thread_id = Some("th".into());
+    e.backend_name = Some("openai".into());
+    e.model = Some("gpt".into());
+    e.duration_ms = Some(1234);
+    e.tokens_in = Some(10);
+    e.tokens_out = Some(20);
+    e.cost_usd = Some(0.0125);
+    e.error = Some("none".into());
+    e.payload = json!({"prompt": "hi", "n": [1, 2]});
+    store.append(SLUG, vec![e.clone()]).await.unwrap();
+    let listed = store.list(SLUG, &query(1)).await.unwrap();
+    // Stored with millisecond precision.
+    e.created_at = this_hour() + TimeDelta::milliseconds(1);
+    assert_eq!(listed, vec![e]);
+}
+
+#[tokio::test]
+async fn bad_events_are_refused() {
+    let (_dir, store) = store();
+    let mut other = event("x", TraceKind::Error, Utc::now());
+    other.agent_name = "someone-else".into();
+    let mut array = event("y", TraceKind::Error, Utc::now());
+    array.payload = json!([1]);
+    let mut version = event("z", TraceKind::Error, Utc::now());
+    version.v = 2;
+    let empty_id = event("", TraceKind::Error, Utc::now());
+    for e in [other, array, version, empty_id] {
+        let result = store.append(SLUG, vec![e]).await;
+        assert!(matches!(result, Err(TraceError::BadInput(_))), "{result:?}");
+    }
+    assert!(store.list(SLUG, &query(10)).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_agent_has_empty_trace() {
+    let (_dir, store) = store();
+    assert!(store.list("nobody", &query(10)).await.unwrap().is_empty());
+    assert!(!store.root().join("nobody").exists());
+}
+
+#[tokio::test]
+async fn append_is_idempotent_by_id() {
+    let (_dir, store) = store();
+    let at = this_hour() + TimeDelta::seconds(5);
+    let mut first = event("same", TraceKind::ToolCall, at);
+    first.payload = json!({"copy": 1});
+    let mut second = first.clone();
+    second.payload = json!({"copy": 2});
+    store.append(SLUG, vec![first]).await.unwrap();
+    store
+        .append(SLUG, vec![second.clone(), second])
+        .await
+        .unwrap();
+
+    let listed = store.list(SLUG, &query(10)).await.unwrap();
+    assert_eq!(ids(&listed), ["same"]);
+    assert_eq!(listed[0].payload, json!({"copy": 1}));
+    let db = db_path(&store.root().join(SLUG), &bucket_name(at));
+    assert_eq!(count_rows(&db).await, 1);
+}
+
+#[tokio::test]
+async fn filters_and_limit() {
+    let (_dir, store) = store();
+    let base = Utc::now().duration_trunc(TimeDelta::seconds(1)).unwrap() - TimeDelta::minutes(90);
+    let mut events = Vec::new();
+    for i in 0..10 {
+        let kind = if i % 2 == 0 {
+            TraceKind::LlmCall
+        } else {
+            TraceKind::ToolCall
+        };
+        let mut e = event(&format!("e{i}"), kind, base + TimeDelta::minutes(10 * i));
+        e.channel_id = Some(if i < 5 { "c-a" } else { "c-b" }.into());
+        e.trace_id = Some(format!("t{}", i / 3));
+        events.push(e);
+    }
+    store.append(SLUG, events).await.unwrap();
+
+    let all = store.list(SLUG, &query(100)).await.unwrap();
+    assert_eq!(
+        ids(&all),
+        ["e9", "e8", "e7", "e6", "e5", "e4", "e3", "e2", "e1", "e0"]
+    );
+
+    let q = TraceQuery {
+        kind: Some(TraceKind::ToolCall),
+        ..query(100)
+    };
+    assert_eq!(
+        ids(&store.list(SLUG, &q).await.unwrap()),
+        ["e9", "e7", "e5", "e3", "e1"]
+    );
+
+    let q = TraceQuery {
+        channel_id: Some("c-a".into()),
+        kind: Some(TraceKind::LlmCall),
+        ..query(100)
+    };
+    assert_eq!(
+        ids(&store.list(SLUG, &q).await.unwrap()),
+        ["e4", "e2", "e0"]
+    );
+
+    let q = TraceQuery {
+        trace_id: Some("t1".into()),
+        ..query(100)
+    };
+    assert_eq!(
+        ids(&store.list(SLUG, &q).await.unwrap()),
+        ["e5", "e4", "e3"]
+    );
+
+    // Both bounds inclusive, exactly on event times.
+    let q = TraceQuery {
+        since: Some(base + TimeDelta::minutes(20)),
+        until: Some(base + TimeDelta::minutes(50)),
+        ..query(100)
+    };
+    assert_eq!(
+        ids(&store.list(SLUG, &q).await.unwrap()),
+        ["e5", "e4", "e3", "e2"]
+    );
+    // A bound a hair past an event excludes it.
+    let q = TraceQuery {
+        since: Some(base + TimeDelta::minutes(20) + TimeDelta::microseconds(1)),
+        until: Some(base + TimeDelta::minutes(50) - TimeDelta::microseconds(1)),
+        ..query(100)
+    };
+    assert_eq!(ids(&store.list(SLUG, &q).await.unwrap()), ["e4", "e3"]);
+
+    assert_eq!(
+        ids(&store.list(SLUG, &query(3)).await.unwrap()),
+        ["e9", "e8", "e7"]
+    );
+    // Out-of-range limits are clamped, not trusted.
+    assert_eq!(store.list(SLUG, &query(0)).await.unwrap().len(), 1);
+    let q = TraceQuery {
+        since: Some(base + TimeDelta::minutes(30)),
+        ..query(2)
+    };
+    assert_eq!(ids(&store.list(SLUG, &q).await.unwrap()), ["e9", "e8"]);
+    let q = TraceQuery {
+        until: Some(base + TimeDelta::minutes(30)),
+        ..query(2)
+    };
+    assert_eq!(ids(&store.list(SLUG, &q).await.unwrap()), ["e3", "e2"]);
+}
+
+#[tokio::test]
+async fn old_buckets_are_sealed_and_late_events_kept() {
+    let (_dir, store) = store();
+    let hour = this_hour();
+    let name = bucket_name(hour);
+    let agent = store.root().join(SLUG);
+    store
+        .append(
+            SLUG,
+            vec![
+                event("old-1", TraceKind::MessageIn, hour + TimeDelta::minutes(1)),
+                event("old-2", TraceKind::MessageOut, hour + TimeDelta::minutes(2)),
+            ],
+        )
+        .await
+        .unwrap();
+    // A JSONL side file of the same hour is sealed with it.
+    jsonl::append(
+        &jsonl_path(&agent, &name),
+        &[event(
+            "side",
+            TraceKind::Error,
+            hour + TimeDelta::minutes(3),
+        )],
+    )
+    .unwrap();
+
+    // Exactly two hours after the hour ended is not yet "more than two hours".
+    let edge = hour + TimeDelta::hours(3);
+    assert_eq!(store.seal_old_buckets(edge).await.unwrap(), 0);
+    assert_eq!(mode_of(&db_path(&agent, &name)).unwrap(), 0o600);
+
+    let later = hour + TimeDelta::hours(4);
+    assert_eq!(store.seal_old_buckets(later).await.unwrap(), 1);
+    let db = db_path(&agent, &name);
+    assert_eq!(mode_of(&db).unwrap(), 0o400);
+    assert_eq!(mode_of(&jsonl_path(&agent, &name)).unwrap(), 0o400);
+    assert!(!agent.join(format!("{name}.db-wal")).exists());
+    assert_eq!(count_rows(&db).await, 2);
+    let db_bytes = fs::read(&db).unwrap();
+    assert_eq!(store.seal_old_buckets(later).await.unwrap(), 0);
+
+    // We run as root in CI, where a write to the 0400 file would succeed; the store must still
+    // route by mode and leave the sealed file alone.
+    store
+        .append(
+            SLUG,
+            vec![
+                event("late-1", TraceKind::ToolCall, hour + TimeDelta::minutes(30)),
+                event("old-1", TraceKind::MessageIn, hour + TimeDelta::minutes(1)),
+            ],
+        )
+        .await
+        .unwrap();
+    let late = late_path(&agent, &name);
+    assert_eq!(jsonl_ids(&late), ["late-1", "old-1"]);
+    assert_eq!(mode_of(&late).unwrap(), 0o600);
+    assert_eq!(
+        fs::read(&db).unwrap(),
+        db_bytes,
+        "sealed database unchanged"
+    );
+    assert!(!agent.join(format!("{name}.db-wal")).exists());
+    assert!(!agent.join(format!("{name}.db-shm")).exists());
+
+    let listed = store.list(SLUG, &query(10)).await.unwrap();
+    assert_eq!(ids(&listed), ["late-1", "side", "old-2", "old-1"]);
+    assert!(
+        !agent.join(format!("{name}.db-wal")).exists(),
+        "reader made no WAL"
+    );
+}
+
+#[tokio::test]
+async fn garbage_database_falls_back_to_jsonl() {
+    let (_dir, store) = store();
+    let hour = this_hour();
+    let name = bucket_name(hour);
+    let agent = store.root().join(SLUG);
+    fsutil::ensure_private_dir(&agent).unwrap();
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 13) as u8).collect();
+    fs::write(db_path(&agent, &name), &garbage).unwrap();
+
+    store
+        .append(
+            SLUG,
+            vec![event("g1", TraceKind::Error, hour + TimeDelta::seconds(1))],
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            SLUG,
+            vec![event("g2", TraceKind::Error, hour + TimeDelta::seconds(2))],
+        )
+        .await
+        .unwrap();
+
+    let side = jsonl_path(&agent, &name);
+    assert_eq!(jsonl_ids(&side), ["g1", "g2"]);
+    assert_eq!(mode_of(&side).unwrap(), 0o600);
+    assert_eq!(fs::read(db_path(&agent, &name)).unwrap(), garbage);
+    let listed = store.list(SLUG, &query(10)).await.unwrap();
+    assert_eq!(ids(&listed), ["g2", "g1"]);
+}
+
+#[tokio::test]
+async fn directory_in_place_of_database_falls_back_to_jsonl() {
+    let (_dir, store) = store();
+    let hour = this_hour();
+    let name = bucket_name(hour);
+    let agent = store.root().join(SLUG);
+    fs::create_dir_all(db_path(&agent, &name)).unwrap();
+
+    store
+        .append(SLUG, vec![event("d1", TraceKind::Reasoning, hour)])
+        .await
+        .unwrap();
+    assert_eq!(jsonl_ids(&jsonl_path(&agent, &name)), ["d1"]);
+    assert_eq!(ids(&store.list(SLUG, &query(10)).await.unwrap()), ["d1"]);
+    // Never sealed as if it were a database file.
+    assert_eq!(
+        store
+            .seal_old_buckets(hour + TimeDelta::hours(10))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn database_corrupted_after_use_falls_back_to_jsonl() {
+    let (_dir, store) = store();
+    let hour = this_hour();
+    let name = bucket_name(hour);
+    let agent = store.root().join(SLUG);
+    store
+        .append(SLUG, vec![event("before", TraceKind::Lifecycle, hour)])
+        .await
+        .unwrap();
+    // Close the writer's connection so the damage is seen on the next open.
+    store.shutdown().await;
+    let db = db_path(&agent, &name);
+    fs::write(&db, vec![0xA5u8; 8192]).unwrap();
+
+    store
+        .append(
+            SLUG,
+            vec![event(
+                "after",
+                TraceKind::Lifecycle,
+                hour + TimeDelta::seconds(1),
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(jsonl_ids(&jsonl_path(&agent, &name)), ["after"]);
+    let listed = store.list(SLUG, &query(10)).await.unwrap();
+    assert_eq!(ids(&listed), ["after"]);
+}
+
+#[tokio::test]
+async fn merge_prefers_database_then_jsonl_then_late() {
+    let (_dir, store) = store();
+    let hour = this_hour();
+    let name = bucket_name(hour);
+    let agent = store.root().join(SLUG);
+    let at = |s| hour + TimeDelta::seconds(s);
+
+    let mut in_db = event("one", TraceKind::LlmCall, at(1));
+    in_db.payload = json!({"from": "db"});
+    store.append(SLUG, vec![in_db]).await.unwrap();
+
+    let mut one_jsonl = event("one", TraceKind::LlmCall, at(1));
+    one_jsonl.payload = json!({"from": "jsonl"});
+    let mut two_jsonl = event("two", TraceKind::LlmCall, at(2));
+    two_jsonl.payload = json!({"from": "jsonl"});
+    jsonl::append(&jsonl_path(&agent, &name), &[one_jsonl, two_jsonl]).unwrap();
+
+    let mut one_late = event("one", TraceKind::LlmCall, at(1));
+    one_late.payload = json!({"from": "late"});
+    let mut two_late = event("two", TraceKind::LlmCall, at(2));
+    two_late.payload = json!({"from": "late"});
+    let mut three_late = event("three", TraceKind::LlmCall, at(3));
+    three_late.payload = json!({"from": "late"});
+    jsonl::append(&late_path(&agent, &name), &[one_late, two_late, three_late]).unwrap();
+
+    let listed = store.list(SLUG, &query(10)).await.unwrap();
+    assert_eq!(ids(&listed), ["three", "two", "one"]);
+    let from: Vec<_> = listed.iter().map(|e| e.payload["from"].clone()).collect();
+    assert_eq!(from, [json!("late"), json!("jsonl"), json!("db")]);
+
+    // The database copy wins even when a filter or the limit kept it out of the fetched page:
+    // the JSONL copy of "one" must not sneak in under a filter only it matches.
+    let mut disguised = event("one", TraceKind::Error, at(1));
+    disguised.payload = json!({"from": "jsonl"});
+    jsonl::append(&jsonl_path(&agent, &name), &[disguised]).unwrap();
+    let q = TraceQuery {
+        kind: Some(TraceKind::Error),
+        ..query(10)
+    };
+    assert!(store.list(SLUG, &q).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn torn_jsonl_line_does_not_swallow_the_next_event() {
+    let (_dir, store) = store();
+    let hour = this_hour();
+    let name = bucket_name(hour);
+    let agent = store.root().join(SLUG);
+    fsutil::ensure_private_dir(&agent).unwrap();
+    let side = jsonl_path(&agent, &name);
+    fs::write(&side, b"{\"v\":1,\"id\":\"torn").unwrap();
+    jsonl::append(&side, &[event("whole", TraceKind::Error, hour)]).unwrap();
+    assert_eq!(jsonl_ids(&side), ["whole"]);
+    assert_eq!(ids(&store.list(SLUG, &query(10)).await.unwrap()), ["whole"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_appends_are_all_kept() {
+    let (_dir, store) = store();
+    let base = this_hour();
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let e = event(
+                &format!("c{i:03}"),
+                TraceKind::ToolResult,
+                base + TimeDelta::milliseconds(i),
+            );
+            store.append(SLUG, vec![e]).await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let listed = store.list(SLUG, &query(1000)).await.unwrap();
+    assert_eq!(listed.len(), 300);
+    let expected: Vec<String> = (0..300).rev().map(|i| format!("c{i:03}")).collect();
+    assert_eq!(ids(&listed), expected);
+}
+
+#[tokio::test]
+async fn files_and_directories_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("trace");
+    fs::create_dir(&root).unwrap();
+    fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let store = TraceStore::open(root.clone()).unwrap();
+    assert_eq!(mode_of(&root).unwrap(), 0o700);
+
+    let hour = this_hour();
+    let name = bucket_name(hour);
+    store
+        .append(SLUG, vec![event("m1", TraceKind::Lifecycle, hour)])
+        .await
+        .unwrap();
+    let agent = root.join(SLUG);
+    assert_eq!(mode_of(&agent).unwrap(), 0o700);
+    assert_eq!(mode_of(&db_path(&agent, &name)).unwrap(), 0o600);
+    let wal = agent.join(format!("{name}.db-wal"));
+    assert!(wal.exists(), "writer keeps the bucket open in WAL mode");
+    assert_eq!(mode_of(&wal).unwrap(), 0o600);
+    for entry in fs::read_dir(&agent).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode_of(&path).unwrap(), 0o600, "{}", path.display());
+    }
+}
+
+/// Rough speed check, not an assertion: `cargo test -p taos-host --lib trace::tests::throughput
+/// -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput() {
+    let (_dir, store) = store();
+    let base = this_hour();
+    let make = move |i: usize| {
+        let mut e = event(
+            &format!("b{i:06}"),
+            TraceKind::LlmCall,
+            base + TimeDelta::milliseconds(i as i64 % 1000),
+        );
+        e.channel_id = Some("channel".into());
+        e.payload = json!({"prompt": "a short prompt", "i": i});
+        e
+    };
+
+    let start = Instant::now();
+    for chunk in 0..40 {
+        let batch: Vec<_> = (chunk * 500..(chunk + 1) * 500).map(make).collect();
+        store.append(SLUG, batch).await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("batches of 500: {:.0} events/s", 20_000.0 / secs);
+
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..100 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                let mut e = make(100_000 + t * 50 + i);
+                e.id = format!("s{t:03}-{i:03}");
+                store.append(SLUG, vec![e]).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "100 tasks x 50 single appends: {:.0} events/s",
+        5_000.0 / secs
+    );
+    assert_eq!(
+        count_rows(&db_path(&store.root().join(SLUG), &bucket_name(base))).await,
+        25_000
+    );
+}

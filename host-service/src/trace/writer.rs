@@ -1,0 +1,329 @@
+//! The per-agent writer task: the only code that writes an agent's trace files.
+//!
+//! It takes everything queued (up to a cap), writes it with one transaction per bucket, and only
+//! then answers each request. Under load many requests share one fsync; an idle agent costs a
+//! parked task and at most [`OPEN_BUCKETS`] open files, and the task retires after
+//! [`IDLE_RETIRE`] without work. Sealing runs here too, so it never races a write to the same file.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, SqliteConnection};
+use taos_proto::trace::TraceEvent;
+use tokio::sync::{mpsc, oneshot};
+
+use super::bucket::{self, bucket_name};
+use super::{jsonl, lock, Inner, TraceError};
+
+/// Queued requests per agent before `append` waits (backpressure).
+const QUEUE: usize = 1024;
+/// Most events committed in one round; bounds how long the first request in a round waits.
+const MAX_ROUND_EVENTS: usize = 5000;
+/// Bucket databases kept open between rounds (normally this hour and the previous one).
+const OPEN_BUCKETS: usize = 2;
+/// After SQLite refused a bucket, how long its writes go straight to JSONL before trying again.
+const RETRY_BROKEN: Duration = Duration::from_secs(30);
+const IDLE_RETIRE: Duration = Duration::from_secs(600);
+const SEAL_CHECK_EVERY: Duration = Duration::from_secs(600);
+
+pub(super) enum Command {
+    Append {
+        events: Vec<TraceEvent>,
+        reply: oneshot::Sender<Result<(), TraceError>>,
+    },
+    Seal {
+        now: DateTime<Utc>,
+        reply: oneshot::Sender<usize>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+struct AppendRequest {
+    events: Vec<TraceEvent>,
+    reply: oneshot::Sender<Result<(), TraceError>>,
+}
+
+enum Bucket {
+    Open(SqliteConnection),
+    /// SQLite refused this bucket at this instant.
+    Broken(Instant),
+}
+
+struct Writer {
+    store: Weak<Inner>,
+    slug: String,
+    dir: PathBuf,
+    buckets: BTreeMap<String, Bucket>,
+    last_seal_check: Option<Instant>,
+}
+
+pub(super) fn spawn(store: Weak<Inner>, slug: String, dir: PathBuf) -> mpsc::Sender<Command> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let writer = Writer {
+        store,
+        slug,
+        dir,
+        buckets: BTreeMap::new(),
+        last_seal_check: None,
+    };
+    tokio::spawn(writer.run(rx));
+    tx
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        loop {
+            let first = match tokio::time::timeout(IDLE_RETIRE, rx.recv()).await {
+                Ok(Some(command)) => command,
+                // Every handle to the store is gone.
+                Ok(None) => break,
+                Err(_) => {
+                    self.retire(&mut rx);
+                    break;
+                }
+            };
+            let mut round = vec![first];
+            let mut events = round_size(&round[0]);
+            while events < MAX_ROUND_EVENTS {
+                match rx.try_recv() {
+                    Ok(command) => {
+                        events += round_size(&command);
+                        round.push(command);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Some(reply) = self.handle(round).await {
+                rx.close();
+                self.finish(&mut rx).await;
+                let _ = reply.send(());
+                return;
+            }
+            self.close_extra_buckets().await;
+            if self
+                .last_seal_check
+                .is_none_or(|t| t.elapsed() >= SEAL_CHECK_EVERY)
+            {
+                self.seal_old(Utc::now()).await;
+            }
+        }
+        self.finish(&mut rx).await;
+    }
+
+    /// Leaves the store's writer map, so the next append starts a fresh writer, and stops taking
+    /// commands. Anything sent before the close is still handled by `finish`.
+    fn retire(&mut self, rx: &mut mpsc::Receiver<Command>) {
+        rx.close();
+        let Some(store) = self.store.upgrade() else {
+            return;
+        };
+        let mut writers = lock(&store.writers);
+        // Only our own (now closed) sender is removed, never a successor's.
+        if writers.get(&self.slug).is_some_and(|tx| tx.is_closed()) {
+            writers.remove(&self.slug);
+        }
+    }
+
+    /// Handles what is left in a closed channel, then closes every bucket.
+    async fn finish(&mut self, rx: &mut mpsc::Receiver<Command>) {
+        let mut rest = Vec::new();
+        while let Ok(command) = rx.try_recv() {
+            rest.push(command);
+        }
+        let shutdown = self.handle(rest).await;
+        self.close_buckets(0).await;
+        if let Some(reply) = shutdown {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Runs a round in order; consecutive appends share their commits. Returns the shutdown reply
+    /// if the round asked to stop.
+    async fn handle(&mut self, round: Vec<Command>) -> Option<oneshot::Sender<()>> {
+        let mut appends = Vec::new();
+        let mut shutdown = None;
+        for command in round {
+            match command {
+                Command::Append { events, reply } => appends.push(AppendRequest { events, reply }),
+                Command::Seal { now, reply } => {
+                    self.append_all(std::mem::take(&mut appends)).await;
+                    let sealed = self.seal_old(now).await;
+                    let _ = reply.send(sealed);
+                }
+                Command::Shutdown { reply } => shutdown = Some(reply),
+            }
+        }
+        self.append_all(appends).await;
+        shutdown
+    }
+
+    async fn append_all(&mut self, requests: Vec<AppendRequest>) {
+        if requests.is_empty() {
+            return;
+        }
+        // bucket -> (indexes of the requests with events in it, those events)
+        let mut by_bucket: BTreeMap<String, (Vec<usize>, Vec<TraceEvent>)> = BTreeMap::new();
+        let mut replies = Vec::with_capacity(requests.len());
+        for (index, request) in requests.into_iter().enumerate() {
+            for event in request.events {
+                let (owners, events) = by_bucket.entry(bucket_name(event.created_at)).or_default();
+                if owners.last() != Some(&index) {
+                    owners.push(index);
+                }
+                events.push(event);
+            }
+            replies.push((request.reply, None::<io::Error>));
+        }
+        for (name, (owners, events)) in &by_bucket {
+            if let Err(e) = self.write_bucket(name, events).await {
+                for &owner in owners {
+                    replies[owner].1 = Some(io::Error::new(e.kind(), e.to_string()));
+                }
+            }
+        }
+        for (reply, failure) in replies {
+            let _ = reply.send(match failure {
+                None => Ok(()),
+                Some(e) => Err(TraceError::Io(e)),
+            });
+        }
+    }
+
+    /// Makes `events` durable somewhere in bucket `name`: its database, else its `.jsonl`; or its
+    /// `.late.jsonl` if it is sealed. Fails only if none of that worked.
+    async fn write_bucket(&mut self, name: &str, events: &[TraceEvent]) -> io::Result<()> {
+        let db = bucket::db_path(&self.dir, name);
+        let side = if !self.buckets.contains_key(name) && bucket::is_sealed(&db) {
+            bucket::late_path(&self.dir, name)
+        } else {
+            match self.write_db(name, events).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(
+                        slug = self.slug,
+                        bucket = name,
+                        count = events.len(),
+                        "trace database refused events, writing them to JSONL: {e}"
+                    );
+                    bucket::jsonl_path(&self.dir, name)
+                }
+            }
+        };
+        let owned = events.to_vec();
+        let path = side.clone();
+        let written = tokio::task::spawn_blocking(move || jsonl::append(&path, &owned))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r);
+        if let Err(e) = &written {
+            tracing::error!(
+                slug = self.slug,
+                path = %side.display(),
+                count = events.len(),
+                "trace events lost: {e}"
+            );
+        }
+        written
+    }
+
+    async fn write_db(&mut self, name: &str, events: &[TraceEvent]) -> Result<(), TraceError> {
+        let conn = match self.buckets.remove(name) {
+            Some(Bucket::Open(conn)) => conn,
+            Some(Bucket::Broken(at)) if at.elapsed() < RETRY_BROKEN => {
+                self.buckets.insert(name.to_string(), Bucket::Broken(at));
+                return Err(io::Error::other("bucket database failed recently").into());
+            }
+            Some(Bucket::Broken(_)) | None => match bucket::open_for_write(&self.dir, name).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    self.buckets
+                        .insert(name.to_string(), Bucket::Broken(Instant::now()));
+                    return Err(e);
+                }
+            },
+        };
+        let mut conn = conn;
+        match bucket::insert(&mut conn, events).await {
+            Ok(()) => {
+                self.buckets.insert(name.to_string(), Bucket::Open(conn));
+                Ok(())
+            }
+            Err(e) => {
+                // The connection may be in any state now; drop it and reopen after a pause.
+                let _ = conn.close().await;
+                self.buckets
+                    .insert(name.to_string(), Bucket::Broken(Instant::now()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps the newest [`OPEN_BUCKETS`] databases open and forgets failures that are old enough
+    /// to retry.
+    async fn close_extra_buckets(&mut self) {
+        self.buckets
+            .retain(|_, b| !matches!(b, Bucket::Broken(at) if at.elapsed() >= RETRY_BROKEN));
+        self.close_buckets(OPEN_BUCKETS).await;
+    }
+
+    /// Closes all but the newest `keep` open databases.
+    async fn close_buckets(&mut self, keep: usize) {
+        let open: Vec<String> = self
+            .buckets
+            .iter()
+            .filter(|(_, b)| matches!(b, Bucket::Open(_)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let excess = open.len().saturating_sub(keep);
+        for name in open.into_iter().take(excess) {
+            if let Some(Bucket::Open(conn)) = self.buckets.remove(&name) {
+                close(conn, &self.slug, &name).await;
+            }
+        }
+    }
+
+    async fn seal_old(&mut self, now: DateTime<Utc>) -> usize {
+        self.last_seal_check = Some(Instant::now());
+        let names = match bucket::sealable(&self.dir, now) {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(slug = self.slug, "cannot scan trace buckets: {e}");
+                return 0;
+            }
+        };
+        let mut sealed = 0;
+        for name in names {
+            if let Some(Bucket::Open(conn)) = self.buckets.remove(&name) {
+                close(conn, &self.slug, &name).await;
+            }
+            match bucket::seal(&self.dir, &name).await {
+                Ok(()) => sealed += 1,
+                Err(e) => tracing::warn!(
+                    slug = self.slug,
+                    bucket = name,
+                    "cannot seal trace bucket, will retry: {e}"
+                ),
+            }
+        }
+        sealed
+    }
+}
+
+fn round_size(command: &Command) -> usize {
+    match command {
+        Command::Append { events, .. } => events.len(),
+        Command::Seal { .. } | Command::Shutdown { .. } => 1,
+    }
+}
+
+async fn close(conn: SqliteConnection, slug: &str, name: &str) {
+    if let Err(e) = conn.close().await {
+        tracing::warn!(slug, bucket = name, "closing trace bucket: {e}");
+    }
+}
