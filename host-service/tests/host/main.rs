@@ -11,6 +11,7 @@ mod input;
 mod ops;
 mod routes;
 mod tls;
+mod traces;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_taos-host");
 

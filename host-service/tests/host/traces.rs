@@ -1,0 +1,169 @@
+//! Traces over HTTP: ingest from agents and the owner, reads with filters, crash safety.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use taos_e2e::{AgentClient, Host, HostOptions};
+
+use crate::{start, BIN};
+
+#[tokio::test]
+async fn every_acknowledged_event_survives_a_sigkill() {
+    let mut host = start().await;
+    host.setup_owner().await;
+    let (agent, _) = AgentClient::create(&host, "Crashy").await;
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    const GROUPS: usize = 100; // 100 trace ids × 100 events = 10 000 events
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let agent = agent.clone();
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            for group in (worker..GROUPS).step_by(8) {
+                let events: Vec<Value> = (0..100)
+                    .map(|i| json!({"id": format!("e-{group}-{i}"), "trace_id": format!("t-{group}"), "kind": "tool_call", "payload": {"tool": "x", "i": i}}))
+                    .collect();
+                let result = if worker % 2 == 0 {
+                    agent.request(Method::POST, "/api/trace/batch").json(&json!({"events": events})).send().await
+                } else {
+                    // Odd workers post one event at a time.
+                    let mut last = None;
+                    for event in events {
+                        let id = event["id"].as_str().unwrap().to_string();
+                        match agent.request(Method::POST, "/api/trace").json(&event).send().await {
+                            Ok(r) if r.status() == StatusCode::OK => {
+                                acked.lock().unwrap().insert(id);
+                            }
+                            _ => return,
+                        }
+                        last = Some(());
+                    }
+                    let _ = last;
+                    continue;
+                };
+                match result {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let ack: Value = r.json().await.unwrap();
+                        let mut set = acked.lock().unwrap();
+                        for id in ack["ids"].as_array().unwrap() {
+                            set.insert(id.as_str().unwrap().to_string());
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    // Kill the host mid-stream, once a good share has been acknowledged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 3000 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    host.kill9().await;
+    for task in tasks {
+        let _ = task.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 3000, "the crash came mid-stream: {}", acked.len());
+    assert!(acked.len() < GROUPS * 100, "the crash came before the end");
+
+    let restarted = Host::start_with(BIN, HostOptions { data_dir: Some(host.data_dir.clone()), ..Default::default() }).await.unwrap();
+    let mut found = HashSet::new();
+    for group in 0..GROUPS {
+        let body: Value = restarted
+            .admin(Method::GET, &format!("/api/agents/crashy/trace?trace_id=t-{group}&limit=1000"))
+            .send().await.unwrap().json().await.unwrap();
+        for e in body["events"].as_array().unwrap() {
+            assert!(found.insert(e["id"].as_str().unwrap().to_string()), "no duplicates after restart");
+        }
+    }
+    let lost: Vec<&String> = acked.difference(&found).collect();
+    assert!(lost.is_empty(), "{} acknowledged events lost, e.g. {:?}", lost.len(), lost.iter().take(5).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn trace_reads_filter_limit_and_refuse_path_tricks() {
+    let host = start().await;
+    host.setup_owner().await;
+    let (agent, _) = AgentClient::create(&host, "Tracer").await;
+    let events: Vec<Value> = (0..30)
+        .map(|i| json!({
+            "id": format!("ev-{i:02}"),
+            "kind": if i % 3 == 0 { "llm_call" } else { "tool_call" },
+            "channel_id": if i < 10 { "c1" } else { "c2" },
+            // Two minutes apart from 10:30, so they span the 10:00 and 11:00 buckets.
+            "created_at": (chrono::DateTime::parse_from_rfc3339("2026-01-01T10:30:00Z").unwrap()
+                + chrono::Duration::minutes(2 * i)).to_rfc3339(),
+            "payload": {}
+        }))
+        .collect();
+    let r = agent.request(Method::POST, "/api/trace/batch").json(&json!({"events": events})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Idempotent by id.
+    let again = agent.request(Method::POST, "/api/trace/batch").json(&json!({"events": events})).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+
+    let get = |q: &str| {
+        let request = host.admin(Method::GET, &format!("/api/agents/tracer/trace{q}"));
+        async move { request.send().await.unwrap() }
+    };
+    let all: Value = get("?limit=1000").await.json().await.unwrap();
+    assert_eq!(all["schema_version"], 1);
+    assert_eq!(all["agent_name"], "tracer");
+    let ids: Vec<&str> = all["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 30);
+    assert_eq!(ids[0], "ev-29", "newest first, across the 10:00 and 11:00 buckets");
+    let llm: Value = get("?kind=llm_call").await.json().await.unwrap();
+    assert_eq!(llm["events"].as_array().unwrap().len(), 10);
+    let c1: Value = get("?channel_id=c1&limit=5").await.json().await.unwrap();
+    assert_eq!(c1["events"].as_array().unwrap().len(), 5);
+    let window: Value = get("?since=2026-01-01T10:58:00Z&until=2026-01-01T11:01:00Z").await.json().await.unwrap();
+    let w: Vec<&str> = window["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(w, ["ev-15", "ev-14"], "inclusive window across the hour boundary");
+    let epoch = chrono::DateTime::parse_from_rfc3339("2026-01-01T11:27:00Z").unwrap().timestamp();
+    let since_epoch: Value = get(&format!("?since={epoch}")).await.json().await.unwrap();
+    assert_eq!(since_epoch["events"].as_array().unwrap().len(), 1);
+
+    for bad in ["?limit=0", "?limit=1001", "?kind=dream", "?since=yesterday"] {
+        assert_eq!(get(bad).await.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    for path in ["/api/agents/..%2F..%2Fetc/trace", "/api/agents/%2e%2e/trace", "/api/agents/a%00b/trace", "/api/agents/Tracer/trace"] {
+        // Clients may normalise dot segments before sending (then another route refuses it);
+        // either way the answer is a 4xx, never a trace.
+        let r = host.admin(Method::GET, path).send().await.unwrap();
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+    }
+    assert_eq!(host.admin(Method::GET, "/api/agents/nobody/trace").send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    let outside: Vec<_> = std::fs::read_dir(host.data_dir.join("trace")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(outside, vec![std::ffi::OsString::from("tracer")], "nothing but the agent's own folder");
+
+    // Unknown kinds and bad bodies are 400 and store nothing.
+    for body in [json!({"kind": "dream"}), json!({"kind": "error", "payload": [1]}), json!({"kind": "error", "id": "../x"}), json!({"kind": "error", "v": 2})] {
+        let r = agent.request(Method::POST, "/api/trace").json(&body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+    }
+    let after: Value = get("?limit=1000").await.json().await.unwrap();
+    assert_eq!(after["events"].as_array().unwrap().len(), 30);
+}
+
+#[tokio::test]
+async fn the_owner_posts_traces_for_existing_agents_only() {
+    let host = start().await;
+    host.setup_owner().await;
+    AgentClient::create(&host, "Known").await;
+    let ok = host.admin(Method::POST, "/api/trace").json(&json!({"agent_name": "known", "kind": "lifecycle", "payload": {"event": "note"}})).send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    for name in ["unknown", "../etc", "Known", ""] {
+        let r = host.admin(Method::POST, "/api/trace").json(&json!({"agent_name": name, "kind": "lifecycle"})).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{name:?}");
+    }
+    let missing = host.admin(Method::POST, "/api/trace").json(&json!({"kind": "lifecycle"})).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    let device = host.pair_device("phone").await;
+    let by_device = host.client().post(host.url("/api/trace")).bearer_auth(device["access_token"].as_str().unwrap())
+        .json(&json!({"agent_name": "known", "kind": "lifecycle"})).send().await.unwrap();
+    assert_eq!(by_device.status(), StatusCode::FORBIDDEN);
+}
