@@ -70,6 +70,7 @@ CREATE TABLE deliveries (
     trace_id         TEXT NOT NULL,
     message_id       TEXT NOT NULL,
     channel_id       TEXT NOT NULL,
+    thread_id        TEXT,
     hops_since_user  INTEGER NOT NULL,
     payload          TEXT NOT NULL,
     created_at       INTEGER NOT NULL,

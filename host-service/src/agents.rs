@@ -175,6 +175,11 @@ pub async fn create(
     for model in &fallback {
         validate_model(model)?;
     }
+    // Take SQLite's write lock first: concurrent creators then queue (busy timeout) instead
+    // of picking the same free slug from stale snapshots and failing on commit.
+    sqlx::query("UPDATE agents SET delivery_seq = delivery_seq WHERE 0")
+        .execute(&mut *tx)
+        .await?;
     let base = slugify(&new.name);
     if base.is_empty() {
         return Err(AgentError::BadInput(

@@ -24,6 +24,10 @@ use crate::trace::TraceStore;
 /// How many earlier messages travel with a delivery.
 pub const CONTEXT_MESSAGES: i64 = 20;
 pub const PAGE: i64 = 100;
+/// A stream without `Last-Event-ID` gets at most this many unanswered deliveries…
+pub const MAX_UNANSWERED: i64 = 1000;
+/// …from at most this long ago.
+pub const UNANSWERED_RESEND_MS: i64 = 24 * 3600 * 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -45,11 +49,28 @@ impl From<agents::AgentError> for BridgeError {
     }
 }
 
+/// What a reply needs to know about the delivery it answers.
+struct Delivered {
+    channel_id: String,
+    thread_id: Option<String>,
+    hops: u32,
+    placeholder: Option<String>,
+    answered: bool,
+}
+
 /// A stored delivery, ready to send.
 #[derive(Debug, Clone)]
 pub struct StoredDelivery {
     pub seq: i64,
     pub payload: UserMessageDelivery,
+}
+
+#[derive(Default)]
+struct StreamBuffer {
+    text: String,
+    /// False when the host restarted mid-stream: earlier deltas were lost with the process,
+    /// so the text here is only the tail and can't stand in for the whole reply.
+    from_start: bool,
 }
 
 struct AgentLive {
@@ -65,7 +86,9 @@ pub struct Bridge {
     traces: TraceStore,
     live: Mutex<HashMap<Uuid, AgentLive>>,
     /// Streaming text so far, per (agent, trace_id), for a `final` without content.
-    buffers: Mutex<HashMap<(Uuid, String), String>>,
+    buffers: Mutex<HashMap<(Uuid, String), StreamBuffer>>,
+    /// Routing of one channel's messages is serialized, so deliveries keep chat order.
+    route_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Replies from one agent are handled one at a time, so a placeholder is made once.
     reply_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     cooldowns: router::Cooldowns,
@@ -80,6 +103,7 @@ impl Bridge {
             traces,
             live: Mutex::new(HashMap::new()),
             buffers: Mutex::new(HashMap::new()),
+            route_locks: Mutex::new(HashMap::new()),
             reply_locks: Mutex::new(HashMap::new()),
             cooldowns: router::Cooldowns::default(),
             notices: Mutex::new(HashSet::new()),
@@ -117,6 +141,25 @@ impl Bridge {
         (generation, rx)
     }
 
+    /// Ends the agent's current stream (after its token was rotated: the old holder must not
+    /// keep receiving).
+    pub fn kick(&self, agent: Uuid) {
+        self.with_live(agent, |l| {
+            l.generation += 1;
+            l.connected = false;
+            l.wake.send_modify(|n| *n += 1);
+        });
+    }
+
+    /// Held across "store a message, route it" so one channel's deliveries keep chat order.
+    pub fn route_lock(&self, channel_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.route_locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.len() > 10_000 {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        locks.entry(channel_id.to_string()).or_default().clone()
+    }
+
     pub fn is_current(&self, agent: Uuid, generation: u64) -> bool {
         self.with_live(agent, |l| l.generation == generation)
     }
@@ -135,18 +178,8 @@ impl Bridge {
         notices.retain(|(_, a)| *a != agent);
     }
 
-    /// Where a stream without `Last-Event-ID` starts: just before the oldest unanswered
-    /// delivery, or at the newest delivery if all are answered.
-    pub async fn resume_point(&self, agent: Uuid) -> Result<i64, BridgeError> {
-        let oldest_unanswered: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(seq) FROM deliveries WHERE agent_id = ? AND answered_at IS NULL",
-        )
-        .bind(agent.to_string())
-        .fetch_one(&self.db)
-        .await?;
-        if let Some(seq) = oldest_unanswered {
-            return Ok(seq - 1);
-        }
+    /// The newest delivery sequence number given to the agent (0 if none).
+    pub async fn last_delivery_seq(&self, agent: Uuid) -> Result<i64, BridgeError> {
         Ok(
             sqlx::query_scalar("SELECT delivery_seq FROM agents WHERE id = ?")
                 .bind(agent.to_string())
@@ -154,6 +187,27 @@ impl Bridge {
                 .await?
                 .unwrap_or(0),
         )
+    }
+
+    /// What a stream without `Last-Event-ID` starts with: deliveries up to `upto` that the
+    /// agent has not answered, from the last day, oldest first. (A delivery an agent chose not
+    /// to answer, in a lively channel, stops coming back after a day.)
+    pub async fn unanswered(
+        &self,
+        agent: Uuid,
+        upto: i64,
+    ) -> Result<Vec<StoredDelivery>, BridgeError> {
+        let rows = sqlx::query(
+            "SELECT seq, payload FROM deliveries WHERE agent_id = ? AND seq <= ? \
+             AND answered_at IS NULL AND created_at > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(agent.to_string())
+        .bind(upto)
+        .bind(now_ms() - UNANSWERED_RESEND_MS)
+        .bind(MAX_UNANSWERED)
+        .fetch_all(&self.db)
+        .await?;
+        rows.iter().map(stored_from_row).collect()
     }
 
     pub async fn deliveries_after(
@@ -169,16 +223,7 @@ impl Bridge {
         .bind(PAGE)
         .fetch_all(&self.db)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let payload: String = row.try_get("payload")?;
-                Ok(StoredDelivery {
-                    seq: row.try_get("seq")?,
-                    payload: serde_json::from_str(&payload)
-                        .map_err(|e| BridgeError::Decode(e.to_string()))?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_from_row).collect()
     }
 
     fn trace(&self, slug: &str, event: TraceEvent) {
@@ -247,15 +292,16 @@ impl Bridge {
             ) {
                 continue;
             }
-            self.enqueue(
-                &agent,
-                message,
-                hops_since_user + 1,
-                recipient.forced,
-                context.clone(),
-            )
-            .await?;
-            if agent.paused || !self.is_connected(agent.id) {
+            let queued = self
+                .enqueue(
+                    &agent,
+                    message,
+                    hops_since_user + 1,
+                    recipient.forced,
+                    context.clone(),
+                )
+                .await?;
+            if queued && (agent.paused || !self.is_connected(agent.id)) {
                 self.notice_once(chat, &channel.id, &agent).await?;
             }
         }
@@ -300,7 +346,7 @@ impl Bridge {
         Ok(())
     }
 
-    /// Stores one delivery and wakes the agent's stream.
+    /// Stores one delivery and wakes the agent's stream. False if this agent already had it.
     async fn enqueue(
         &self,
         agent: &AgentRecord,
@@ -308,7 +354,7 @@ impl Bridge {
         hops_since_user: u32,
         force_respond: bool,
         context: Vec<ContextMessage>,
-    ) -> Result<(), BridgeError> {
+    ) -> Result<bool, BridgeError> {
         let mut tx = self.db.begin().await?;
         let seq: i64 = sqlx::query_scalar(
             "UPDATE agents SET delivery_seq = delivery_seq + 1 WHERE id = ? RETURNING delivery_seq",
@@ -331,21 +377,23 @@ impl Bridge {
         };
         let inserted = sqlx::query(
             "INSERT OR IGNORE INTO deliveries (agent_id, seq, trace_id, message_id, channel_id, \
-             hops_since_user, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             thread_id, hops_since_user, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(agent.id.to_string())
         .bind(seq)
         .bind(&payload.trace_id)
         .bind(&message.id)
         .bind(&message.channel_id)
+        .bind(&message.thread_id)
         .bind(i64::from(hops_since_user))
         .bind(serde_json::to_string(&payload).map_err(|e| BridgeError::Decode(e.to_string()))?)
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
-            // Already delivered to this agent (same trace id): don't send it twice.
-            return Ok(());
+            // Already delivered to this agent (same trace id): don't send it twice. Dropping
+            // the transaction rolls the delivery_seq bump back.
+            return Ok(false);
         }
         tx.commit().await?;
         self.wake(agent.id);
@@ -364,7 +412,7 @@ impl Bridge {
             "hops_since_user": hops_since_user,
         });
         self.trace(&agent.slug, event);
-        Ok(())
+        Ok(true)
     }
 
     fn reply_lock(&self, agent: Uuid) -> Arc<tokio::sync::Mutex<()>> {
@@ -382,173 +430,245 @@ impl Bridge {
         let lock = self.reply_lock(agent.id);
         let _serial = lock.lock().await;
         let row = sqlx::query(
-            "SELECT channel_id, hops_since_user, reply_message_id, answered_at FROM deliveries \
-             WHERE agent_id = ? AND trace_id = ?",
+            "SELECT channel_id, thread_id, hops_since_user, reply_message_id, answered_at \
+             FROM deliveries WHERE agent_id = ? AND trace_id = ?",
         )
         .bind(agent.id.to_string())
         .bind(&reply.trace_id)
         .fetch_optional(&self.db)
         .await?
         .ok_or(BridgeError::UnknownTrace)?;
-        let channel_id: String = row.try_get("channel_id")?;
-        let hops: i64 = row.try_get("hops_since_user")?;
-        let hops = u32::try_from(hops).unwrap_or(0);
-        let placeholder: Option<String> = row.try_get("reply_message_id")?;
-        let answered: Option<i64> = row.try_get("answered_at")?;
+        let delivery = Delivered {
+            channel_id: row.try_get("channel_id")?,
+            thread_id: row.try_get("thread_id")?,
+            hops: u32::try_from(row.try_get::<i64, _>("hops_since_user")?).unwrap_or(0),
+            placeholder: row.try_get("reply_message_id")?,
+            answered: row.try_get::<Option<i64>, _>("answered_at")?.is_some(),
+        };
         if let Some(given) = &reply.channel_id {
-            if *given != channel_id {
+            if *given != delivery.channel_id {
                 return Err(BridgeError::BadInput(
                     "channel_id differs from the delivery's channel".into(),
                 ));
             }
         }
-        let key = (agent.id, reply.trace_id.clone());
-        let mut event = new_event(
-            &agent.slug,
-            TraceKind::Reasoning,
-            &reply.trace_id,
-            &channel_id,
+        let trace_id = reply.trace_id.clone();
+        let answers = matches!(
+            reply.kind,
+            ReplyKind::Delta | ReplyKind::Final | ReplyKind::Error
         );
-        match reply.kind {
-            ReplyKind::Delta => {
-                if answered.is_some() {
-                    return Err(BridgeError::BadInput(
-                        "this delivery was already answered".into(),
-                    ));
-                }
-                let delta = reply
-                    .content
-                    .filter(|c| !c.is_empty())
-                    .ok_or_else(|| BridgeError::BadInput("a delta needs content".into()))?;
-                let message_id = match placeholder {
-                    Some(id) => id,
-                    None => {
-                        let (message, _) = chat
-                            .post(Post {
-                                channel_id: &channel_id,
-                                author_id: &agent.slug,
-                                author_type: AuthorType::Agent,
-                                content: "",
-                                client_id: None,
-                                thread_id: None,
-                                state: MessageState::Streaming,
-                                metadata: serde_json::json!({"trace_id": reply.trace_id, "hops_since_user": hops}),
-                            })
-                            .await?;
-                        self.set_reply_message(agent.id, &reply.trace_id, &message.id)
-                            .await?;
-                        message.id
+        if answers && delivery.answered {
+            return Err(BridgeError::BadInput(
+                "this delivery was already answered".into(),
+            ));
+        }
+        let result = match reply.kind {
+            ReplyKind::Delta => self.delta(chat, agent, &reply, &delivery).await,
+            ReplyKind::Final => self.finish(chat, agent, reply, &delivery).await,
+            ReplyKind::Error => self.fail(chat, agent, reply, &delivery).await,
+            ReplyKind::ToolCall | ReplyKind::ToolResult | ReplyKind::Reasoning => {
+                let mut event = new_event(
+                    &agent.slug,
+                    TraceKind::Reasoning,
+                    &reply.trace_id,
+                    &delivery.channel_id,
+                );
+                match reply.kind {
+                    ReplyKind::ToolCall => {
+                        event.kind = TraceKind::ToolCall;
+                        event.payload = serde_json::json!({"tool": reply.tool, "args": reply.args, "caller": "agent"});
                     }
-                };
-                {
-                    let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-                    let buffer = buffers.entry(key).or_default();
-                    if buffer.len() + delta.len() > crate::chat::MAX_CONTENT_CHARS * 4 {
-                        return Err(BridgeError::BadInput("reply is too long".into()));
+                    ReplyKind::ToolResult => {
+                        event.kind = TraceKind::ToolResult;
+                        event.payload = serde_json::json!({
+                            "tool": reply.tool,
+                            "result": reply.result,
+                            "success": reply.success.unwrap_or(true),
+                        });
                     }
-                    buffer.push_str(&delta);
-                }
-                chat.delta(&channel_id, &message_id, &delta);
-                Ok(ReplyAccepted {
-                    accepted: true,
-                    message_id: Some(message_id),
-                })
-            }
-            ReplyKind::Final => {
-                if answered.is_some() {
-                    return Err(BridgeError::BadInput(
-                        "this delivery was already answered".into(),
-                    ));
-                }
-                let buffered = {
-                    let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-                    buffers.remove(&key)
-                };
-                let content = reply
-                    .content
-                    .filter(|c| !c.trim().is_empty())
-                    .or(buffered)
-                    .filter(|c| !c.trim().is_empty())
-                    .ok_or_else(|| BridgeError::BadInput("a final reply needs content".into()))?;
-                let message = match placeholder {
-                    Some(id) => chat.complete(&id, &content).await?,
-                    None => {
-                        chat.post(Post {
-                            channel_id: &channel_id,
-                            author_id: &agent.slug,
-                            author_type: AuthorType::Agent,
-                            content: &content,
-                            client_id: None,
-                            thread_id: None,
-                            state: MessageState::Complete,
-                            metadata: serde_json::json!({"trace_id": reply.trace_id, "hops_since_user": hops}),
-                        })
-                        .await?
-                        .0
+                    _ => {
+                        event.payload =
+                            serde_json::json!({"text": reply.content.unwrap_or_default()})
                     }
-                };
-                self.mark_answered(agent.id, &reply.trace_id).await?;
-                event.kind = TraceKind::MessageOut;
-                event.payload = serde_json::json!({"content": content, "message_id": message.id});
-                self.trace(&agent.slug, event);
-                // Agents hear each other in groups, within the hop limit.
-                self.route(chat, &message, hops).await?;
-                Ok(ReplyAccepted {
-                    accepted: true,
-                    message_id: Some(message.id),
-                })
-            }
-            ReplyKind::Error => {
-                let text = reply.error.or(reply.content).unwrap_or_default();
-                if let Some(id) = &placeholder {
-                    chat.set_state(id, MessageState::Error).await?;
                 }
-                self.buffers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&key);
-                self.mark_answered(agent.id, &reply.trace_id).await?;
-                event.kind = TraceKind::Error;
-                event.error = Some(text.clone());
-                event.payload = serde_json::json!({"stage": "agent", "message": text});
-                self.trace(&agent.slug, event);
-                Ok(ReplyAccepted {
-                    accepted: true,
-                    message_id: placeholder,
-                })
-            }
-            ReplyKind::ToolCall => {
-                event.kind = TraceKind::ToolCall;
-                event.payload =
-                    serde_json::json!({"tool": reply.tool, "args": reply.args, "caller": "agent"});
                 self.trace(&agent.slug, event);
                 Ok(ReplyAccepted {
                     accepted: true,
                     message_id: None,
                 })
             }
-            ReplyKind::ToolResult => {
-                event.kind = TraceKind::ToolResult;
-                event.payload = serde_json::json!({
-                    "tool": reply.tool,
-                    "result": reply.result,
-                    "success": reply.success.unwrap_or(true),
-                });
-                self.trace(&agent.slug, event);
-                Ok(ReplyAccepted {
-                    accepted: true,
-                    message_id: None,
-                })
-            }
-            ReplyKind::Reasoning => {
-                event.payload = serde_json::json!({"text": reply.content.unwrap_or_default()});
-                self.trace(&agent.slug, event);
-                Ok(ReplyAccepted {
-                    accepted: true,
-                    message_id: None,
-                })
+        };
+        // A reply that can never land (the agent left the channel, it was archived or its
+        // message deleted) settles the delivery, so it isn't resent on every reconnect.
+        if answers {
+            if let Err(BridgeError::Chat(
+                ChatError::Forbidden(_) | ChatError::Conflict(_) | ChatError::NotFound(_),
+            )) = &result
+            {
+                self.forget_buffer(agent.id, &trace_id);
+                self.mark_answered(agent.id, &trace_id).await?;
             }
         }
+        result
+    }
+
+    fn forget_buffer(&self, agent: Uuid, trace_id: &str) -> Option<StreamBuffer> {
+        let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        buffers.remove(&(agent, trace_id.to_string()))
+    }
+
+    async fn delta(
+        &self,
+        chat: &Chat,
+        agent: &AgentRecord,
+        reply: &Reply,
+        delivery: &Delivered,
+    ) -> Result<ReplyAccepted, BridgeError> {
+        let delta = reply
+            .content
+            .clone()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| BridgeError::BadInput("a delta needs content".into()))?;
+        let key = (agent.id, reply.trace_id.clone());
+        let message_id = match &delivery.placeholder {
+            Some(id) => id.clone(),
+            None => {
+                let (message, _) = chat
+                    .post(Post {
+                        channel_id: &delivery.channel_id,
+                        author_id: &agent.slug,
+                        author_type: AuthorType::Agent,
+                        content: "",
+                        client_id: None,
+                        thread_id: delivery.thread_id.as_deref(),
+                        state: MessageState::Streaming,
+                        metadata: serde_json::json!({"trace_id": reply.trace_id, "hops_since_user": delivery.hops}),
+                    })
+                    .await?;
+                self.set_reply_message(agent.id, &reply.trace_id, &message.id)
+                    .await?;
+                let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+                buffers.insert(
+                    key.clone(),
+                    StreamBuffer {
+                        text: String::new(),
+                        from_start: true,
+                    },
+                );
+                message.id
+            }
+        };
+        {
+            let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+            // No buffer for an existing placeholder: the host restarted mid-stream.
+            let buffer = buffers.entry(key).or_default();
+            if buffer.text.chars().count() + delta.chars().count() > crate::chat::MAX_CONTENT_CHARS
+            {
+                return Err(BridgeError::BadInput(
+                    "the reply is longer than a message may be".into(),
+                ));
+            }
+            buffer.text.push_str(&delta);
+        }
+        chat.delta(&delivery.channel_id, &message_id, &delta);
+        Ok(ReplyAccepted {
+            accepted: true,
+            message_id: Some(message_id),
+        })
+    }
+
+    async fn finish(
+        &self,
+        chat: &Chat,
+        agent: &AgentRecord,
+        reply: Reply,
+        delivery: &Delivered,
+    ) -> Result<ReplyAccepted, BridgeError> {
+        let buffered = {
+            let buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+            buffers
+                .get(&(agent.id, reply.trace_id.clone()))
+                .map(|b| (b.text.clone(), b.from_start))
+        };
+        let content = match reply.content.filter(|c| !c.trim().is_empty()) {
+            Some(content) => content,
+            None => match buffered {
+                Some((text, true)) if !text.trim().is_empty() => text,
+                Some((_, false)) => {
+                    return Err(BridgeError::BadInput(
+                        "the host restarted during this stream and lost its start; send the \
+                         whole reply as the final's content"
+                            .into(),
+                    ))
+                }
+                _ => return Err(BridgeError::BadInput("a final reply needs content".into())),
+            },
+        };
+        // Routing of this channel stays in order with user posts.
+        let route_lock = self.route_lock(&delivery.channel_id);
+        let _routing = route_lock.lock().await;
+        let message = match &delivery.placeholder {
+            Some(id) => chat.complete(id, &content).await?,
+            None => {
+                chat.post(Post {
+                    channel_id: &delivery.channel_id,
+                    author_id: &agent.slug,
+                    author_type: AuthorType::Agent,
+                    content: &content,
+                    client_id: None,
+                    thread_id: delivery.thread_id.as_deref(),
+                    state: MessageState::Complete,
+                    metadata: serde_json::json!({"trace_id": reply.trace_id, "hops_since_user": delivery.hops}),
+                })
+                .await?
+                .0
+            }
+        };
+        self.forget_buffer(agent.id, &reply.trace_id);
+        self.mark_answered(agent.id, &reply.trace_id).await?;
+        let mut event = new_event(
+            &agent.slug,
+            TraceKind::MessageOut,
+            &reply.trace_id,
+            &delivery.channel_id,
+        );
+        event.thread_id = delivery.thread_id.clone();
+        event.payload = serde_json::json!({"content": content, "message_id": message.id});
+        self.trace(&agent.slug, event);
+        // Agents hear each other in groups, within the hop limit.
+        self.route(chat, &message, delivery.hops).await?;
+        Ok(ReplyAccepted {
+            accepted: true,
+            message_id: Some(message.id),
+        })
+    }
+
+    async fn fail(
+        &self,
+        chat: &Chat,
+        agent: &AgentRecord,
+        reply: Reply,
+        delivery: &Delivered,
+    ) -> Result<ReplyAccepted, BridgeError> {
+        let text = reply.error.or(reply.content).unwrap_or_default();
+        if let Some(id) = &delivery.placeholder {
+            chat.set_state(id, MessageState::Error).await?;
+        }
+        self.forget_buffer(agent.id, &reply.trace_id);
+        self.mark_answered(agent.id, &reply.trace_id).await?;
+        let mut event = new_event(
+            &agent.slug,
+            TraceKind::Error,
+            &reply.trace_id,
+            &delivery.channel_id,
+        );
+        event.error = Some(text.clone());
+        event.payload = serde_json::json!({"stage": "agent", "message": text});
+        self.trace(&agent.slug, event);
+        Ok(ReplyAccepted {
+            accepted: true,
+            message_id: delivery.placeholder.clone(),
+        })
     }
 
     async fn set_reply_message(
@@ -577,6 +697,14 @@ impl Bridge {
             .await?;
         Ok(())
     }
+}
+
+fn stored_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredDelivery, BridgeError> {
+    let payload: String = row.try_get("payload")?;
+    Ok(StoredDelivery {
+        seq: row.try_get("seq")?,
+        payload: serde_json::from_str(&payload).map_err(|e| BridgeError::Decode(e.to_string()))?,
+    })
 }
 
 /// A trace event from the host about an agent, stamped now.

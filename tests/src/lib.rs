@@ -412,6 +412,14 @@ impl AgentClient {
         (client, body["agent"].clone())
     }
 
+    /// The same agent talking to another agent listener (a restarted host).
+    pub fn with_base(&self, base: &str) -> AgentClient {
+        AgentClient {
+            base: base.to_string(),
+            ..self.clone()
+        }
+    }
+
     pub fn with_token(&self, token: &str) -> AgentClient {
         AgentClient {
             token: token.to_string(),

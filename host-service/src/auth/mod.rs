@@ -45,6 +45,17 @@ impl Principal {
         )
     }
 
+    /// Full control of the host's agents and chats: the owner, the owner's paired devices, and
+    /// the local admin. Other users see only the channels they are members of.
+    pub fn acts_as_owner(&self) -> bool {
+        matches!(
+            self,
+            Principal::User { is_owner: true, .. }
+                | Principal::Device { .. }
+                | Principal::LocalAdmin
+        )
+    }
+
     /// A short label for logs and `created_by` columns.
     pub fn label(&self) -> String {
         match self {

@@ -30,6 +30,10 @@ pub struct ChatHub {
 impl ChatHub {
     pub fn subscribe(&self, channel_id: &str) -> broadcast::Receiver<Arc<Published>> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if !channels.contains_key(channel_id) {
+            // Drop channels nobody listens to any more before adding one.
+            channels.retain(|_, sender| sender.receiver_count() > 0);
+        }
         channels
             .entry(channel_id.to_string())
             .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)

@@ -554,13 +554,19 @@ impl Chat {
         let mut tx = self.db.begin().await?;
         let seq = next_seq(&mut tx, &message.channel_id).await?;
         let now = now_ms();
-        sqlx::query("UPDATE messages SET content = ?, edited_at = ?, seq = ? WHERE id = ?")
-            .bind(content)
-            .bind(now)
-            .bind(seq)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        // Checked under the channel lock, so an edit racing a delete can't undo it.
+        let updated = sqlx::query(
+            "UPDATE messages SET content = ?, edited_at = ?, seq = ? WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(content)
+        .bind(now)
+        .bind(seq)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(ChatError::NotFound("no such message"));
+        }
         tx.commit().await?;
         self.hub.publish(
             &message.channel_id,
@@ -596,12 +602,17 @@ impl Chat {
         let mut tx = self.db.begin().await?;
         let seq = next_seq(&mut tx, &message.channel_id).await?;
         let now = now_ms();
-        sqlx::query("UPDATE messages SET content = '', deleted_at = ?, seq = ? WHERE id = ?")
-            .bind(now)
-            .bind(seq)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let updated = sqlx::query(
+            "UPDATE messages SET content = '', deleted_at = ?, seq = ? WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(seq)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(ChatError::NotFound("no such message"));
+        }
         tx.commit().await?;
         self.hub.publish(
             &message.channel_id,
@@ -618,17 +629,24 @@ impl Chat {
     /// Completes a (streaming or new) agent message with its full content: one seq, and a
     /// `message` event with the whole message so clients that missed deltas get it all.
     pub async fn complete(&self, id: &str, content: &str) -> Result<Message, ChatError> {
+        validate_content(content)?;
         let message = self.message(id).await?;
         let lock = self.hub.write_lock(&message.channel_id);
         let _serial = lock.lock().await;
         let mut tx = self.db.begin().await?;
         let seq = next_seq(&mut tx, &message.channel_id).await?;
-        sqlx::query("UPDATE messages SET content = ?, state = 'complete', seq = ? WHERE id = ?")
-            .bind(content)
-            .bind(seq)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        // A message deleted while it streamed stays deleted.
+        let updated = sqlx::query(
+            "UPDATE messages SET content = ?, state = 'complete', seq = ? WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(content)
+        .bind(seq)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(ChatError::NotFound("the message was deleted"));
+        }
         tx.commit().await?;
         let message = self.message(id).await?;
         self.hub.publish(
@@ -648,12 +666,17 @@ impl Chat {
         let _serial = lock.lock().await;
         let mut tx = self.db.begin().await?;
         let seq = next_seq(&mut tx, &message.channel_id).await?;
-        sqlx::query("UPDATE messages SET state = ?, seq = ? WHERE id = ?")
-            .bind(state_str(state))
-            .bind(seq)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let updated = sqlx::query(
+            "UPDATE messages SET state = ?, seq = ? WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(state_str(state))
+        .bind(seq)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(ChatError::NotFound("the message was deleted"));
+        }
         tx.commit().await?;
         self.hub.publish(
             &message.channel_id,

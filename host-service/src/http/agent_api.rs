@@ -41,14 +41,25 @@ pub async fn events(
         ),
         None => None,
     };
-    let cursor = match last_event_id {
-        Some(id) => id,
-        None => state.bridge.resume_point(record.id).await?,
+    let newest = state.bridge.last_delivery_seq(record.id).await?;
+    // An id the host never gave (say, after a restore from backup) can't be trusted to skip
+    // anything: treat it like no id at all.
+    let (backlog, cursor) = match last_event_id {
+        Some(id) if id <= newest => (Vec::new(), id),
+        _ => (state.bridge.unanswered(record.id, newest).await?, newest),
     };
     let (generation, wake) = state.bridge.subscribe(record.id);
-    tracing::info!(agent = %record.slug, cursor, "bridge stream connected");
+    tracing::info!(agent = %record.slug, cursor, backlog = backlog.len(), "bridge stream connected");
     let (tx, rx) = mpsc::channel::<Event>(64);
-    tokio::spawn(pump(state.clone(), record, generation, wake, tx, cursor));
+    tokio::spawn(pump(
+        state.clone(),
+        record,
+        generation,
+        wake,
+        tx,
+        backlog,
+        cursor,
+    ));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|event| (Ok(event), rx))
     });
@@ -61,19 +72,30 @@ async fn pump(
     generation: u64,
     mut wake: tokio::sync::watch::Receiver<u64>,
     tx: mpsc::Sender<Event>,
+    mut backlog: Vec<crate::bridge::StoredDelivery>,
     mut cursor: i64,
 ) {
     let mut shutdown = state.shutdown.clone();
     loop {
+        // Consume the wake before checking the generation, so a wake that announces a newer
+        // stream is never swallowed by this one.
+        wake.borrow_and_update();
         if !state.bridge.is_current(agent.id, generation) {
             break; // a newer stream took over
         }
-        wake.borrow_and_update();
         let paused = crate::agents::get_by_id(&state.db, agent.id)
             .await
             .map(|a| a.paused)
             .unwrap_or(true);
         if !paused {
+            for delivery in std::mem::take(&mut backlog) {
+                if !state.bridge.is_current(agent.id, generation)
+                    || tx.send(to_event(&delivery)).await.is_err()
+                {
+                    state.bridge.unsubscribe(agent.id, generation);
+                    return;
+                }
+            }
             loop {
                 let batch = match state.bridge.deliveries_after(agent.id, cursor).await {
                     Ok(batch) => batch,
@@ -85,12 +107,10 @@ async fn pump(
                 };
                 let full = batch.len() as i64 == crate::bridge::PAGE;
                 for delivery in batch {
-                    let event = Event::default()
-                        .id(delivery.seq.to_string())
-                        .event("user_message")
-                        .json_data(&delivery.payload)
-                        .unwrap_or_else(|_| Event::default().comment("unencodable delivery"));
-                    if tx.send(event).await.is_err() {
+                    if !state.bridge.is_current(agent.id, generation) {
+                        return;
+                    }
+                    if tx.send(to_event(&delivery)).await.is_err() {
                         state.bridge.unsubscribe(agent.id, generation);
                         return;
                     }
@@ -109,6 +129,14 @@ async fn pump(
     }
     state.bridge.unsubscribe(agent.id, generation);
     tracing::info!(agent = %agent.slug, "bridge stream ended");
+}
+
+fn to_event(delivery: &crate::bridge::StoredDelivery) -> Event {
+    Event::default()
+        .id(delivery.seq.to_string())
+        .event("user_message")
+        .json_data(&delivery.payload)
+        .unwrap_or_else(|_| Event::default().comment("unencodable delivery"))
 }
 
 /// `POST /api/openclaw/sessions/{agent}/reply` → 202.

@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{human_member, Auth, Json, Path, Query};
+use super::extract::{human_member, Auth, Json, OwnerLike, Path, Query};
 use super::AppState;
 use crate::agents::{self, AgentRecord};
 use crate::trace::{self, TraceQuery};
@@ -52,15 +52,23 @@ async fn list_agents(
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 409, description = "No owner account yet", body = ErrorBody)))]
 async fn create_agent(
-    Auth(principal): Auth,
+    OwnerLike(principal): OwnerLike,
     State(state): State<AppState>,
     Json(body): Json<NewAgent>,
 ) -> Result<(StatusCode, Json<AgentWithToken>), ApiError> {
     let owner = human_member(&state, &principal).await?;
-    let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
-    let (record, token) = agents::create(&mut tx, &body).await?;
-    crate::chat::create_dm(&mut tx, &record, &owner).await?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    // Two creations with the same name race for the same slug; the loser retries with the
+    // next free one.
+    let mut attempt = 0;
+    let (record, token) = loop {
+        attempt += 1;
+        match create_with_dm(&state, &body, &owner).await {
+            Err(ApiError { status, .. }) if status == StatusCode::CONFLICT && attempt < 5 => {
+                continue
+            }
+            other => break other?,
+        }
+    };
     tracing::info!(agent = %record.slug, "agent created");
     let agent = to_api(&state, &record).await?;
     Ok((
@@ -70,6 +78,36 @@ async fn create_agent(
             agent_token: token,
         }),
     ))
+}
+
+async fn create_with_dm(
+    state: &AppState,
+    body: &NewAgent,
+    owner: &str,
+) -> Result<(AgentRecord, String), ApiError> {
+    let retryable = |e: &sqlx::Error| match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || db.message().contains("locked")
+                || db.message().contains("busy")
+        }
+        _ => false,
+    };
+    let conflict = || ApiError::new(StatusCode::CONFLICT, "conflict", "agent name race; retry");
+    let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
+    let (record, token) = match agents::create(&mut tx, body).await {
+        Err(agents::AgentError::Db(e)) if retryable(&e) => return Err(conflict()),
+        other => other?,
+    };
+    match crate::chat::create_dm(&mut tx, &record, owner).await {
+        Err(crate::chat::ChatError::Db(e)) if retryable(&e) => return Err(conflict()),
+        other => other?,
+    };
+    match tx.commit().await {
+        Err(e) if retryable(&e) => Err(conflict()),
+        Err(e) => Err(ApiError::internal(e)),
+        Ok(()) => Ok((record, token)),
+    }
 }
 
 /// One agent.
@@ -95,7 +133,7 @@ async fn get_agent(
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody)))]
 async fn patch_agent(
-    _auth: Auth,
+    _auth: OwnerLike,
     State(state): State<AppState>,
     Path(slug): Path<String>,
     Json(patch): Json<AgentPatch>,
@@ -125,11 +163,13 @@ async fn patch_agent(
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody)))]
 async fn rotate_token(
-    _auth: Auth,
+    _auth: OwnerLike,
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Json<AgentWithToken>, ApiError> {
     let (record, token) = agents::rotate_token(&state.db, &slug).await?;
+    // Whoever holds the old token loses the stream they already have open, too.
+    state.bridge.kick(record.id);
     tracing::info!(agent = %record.slug, "agent token rotated");
     let agent = to_api(&state, &record).await?;
     Ok(Json(AgentWithToken {
@@ -194,7 +234,7 @@ impl TraceParams {
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody)))]
 async fn agent_trace(
-    _auth: Auth,
+    _auth: OwnerLike,
     State(state): State<AppState>,
     Path(slug): Path<String>,
     Query(params): Query<TraceParams>,

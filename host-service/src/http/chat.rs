@@ -41,16 +41,36 @@ struct ChannelFilter {
     responses((status = 200, description = "Channels", body = Vec<Channel>),
         (status = 401, description = "No credentials", body = ErrorBody)))]
 async fn list_channels(
-    _auth: Auth,
+    Auth(principal): Auth,
     State(state): State<AppState>,
     Query(f): Query<ChannelFilter>,
 ) -> Result<Json<Vec<Channel>>, ApiError> {
-    Ok(Json(
-        state
-            .chat
-            .list_channels(f.archived, f.member.as_deref())
-            .await?,
-    ))
+    let mut channels = state
+        .chat
+        .list_channels(f.archived, f.member.as_deref())
+        .await?;
+    if !principal.acts_as_owner() {
+        let me = human_member(&state, &principal).await?;
+        channels.retain(|c| c.members.contains(&me));
+    }
+    Ok(Json(channels))
+}
+
+/// The channel, if this principal may see it: the owner sees every channel, other users only
+/// those they are members of (the rest look like they don't exist).
+pub(super) async fn visible_channel(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<Channel, ApiError> {
+    let channel = state.chat.channel(id).await?;
+    if !principal.acts_as_owner() {
+        let me = human_member(state, principal).await?;
+        if !channel.members.contains(&me) {
+            return Err(ApiError::not_found("no such channel"));
+        }
+    }
+    Ok(channel)
 }
 
 /// Creates a channel; the caller is its first member.
@@ -82,11 +102,11 @@ async fn create_channel(
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 404, description = "No such channel", body = ErrorBody)))]
 async fn get_channel(
-    _auth: Auth,
+    Auth(principal): Auth,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Channel>, ApiError> {
-    Ok(Json(state.chat.channel(&id).await?))
+    Ok(Json(visible_channel(&state, &principal, &id).await?))
 }
 
 /// Renames, archives, or changes settings (`response_mode` quiet|lively, `max_hops` 1-10,
@@ -98,11 +118,12 @@ async fn get_channel(
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 404, description = "No such channel", body = ErrorBody)))]
 async fn patch_channel(
-    _auth: Auth,
+    Auth(principal): Auth,
     State(state): State<AppState>,
     Path(id): Path<String>,
     Json(patch): Json<ChannelPatch>,
 ) -> Result<Json<Channel>, ApiError> {
+    visible_channel(&state, &principal, &id).await?;
     Ok(Json(state.chat.update_channel(&id, &patch).await?))
 }
 
@@ -113,10 +134,11 @@ async fn patch_channel(
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 404, description = "No such channel", body = ErrorBody)))]
 async fn delete_channel(
-    _auth: Auth,
+    Auth(principal): Auth,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    visible_channel(&state, &principal, &id).await?;
     state.chat.delete_channel(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -129,11 +151,12 @@ async fn delete_channel(
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 404, description = "No such channel", body = ErrorBody)))]
 async fn change_member(
-    _auth: Auth,
+    Auth(principal): Auth,
     State(state): State<AppState>,
     Path(id): Path<String>,
     Json(change): Json<MemberChange>,
 ) -> Result<Json<Channel>, ApiError> {
+    visible_channel(&state, &principal, &id).await?;
     Ok(Json(
         state
             .chat
@@ -173,6 +196,9 @@ pub(super) async fn post_as_user(
     author: &str,
     body: &NewMessage,
 ) -> Result<(Message, bool), ApiError> {
+    // Store and route under the channel's route lock, so agents get messages in chat order.
+    let route_lock = state.bridge.route_lock(&body.channel_id);
+    let _routing = route_lock.lock().await;
     let (message, created) = state
         .chat
         .post(Post {
@@ -186,9 +212,9 @@ pub(super) async fn post_as_user(
             metadata: serde_json::json!({}),
         })
         .await?;
-    if created {
-        state.bridge.route(&state.chat, &message, 0).await?;
-    }
+    // Also on a re-send: if routing failed the first time, the retry finishes it. Deliveries
+    // are idempotent per agent, so nobody gets the message twice.
+    state.bridge.route(&state.chat, &message, 0).await?;
     Ok((message, created))
 }
 
@@ -211,11 +237,12 @@ struct MessageParams {
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 404, description = "No such channel", body = ErrorBody)))]
 async fn list_messages(
-    _auth: Auth,
+    Auth(principal): Auth,
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(p): Query<MessageParams>,
 ) -> Result<Json<Vec<Message>>, ApiError> {
+    visible_channel(&state, &principal, &id).await?;
     Ok(Json(
         state
             .chat
@@ -255,10 +282,9 @@ async fn delete_message(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let actor = human_member(&state, &principal).await?;
-    let is_owner = matches!(
-        principal,
-        Principal::User { is_owner: true, .. } | Principal::Device { .. } | Principal::LocalAdmin
-    );
-    state.chat.delete(&id, &actor, is_owner).await?;
+    state
+        .chat
+        .delete(&id, &actor, principal.acts_as_owner())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

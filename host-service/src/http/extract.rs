@@ -273,6 +273,25 @@ impl FromRequestParts<AppState> for OwnerOrAdmin {
     }
 }
 
+/// The owner, their devices, or the local admin; other users get 403.
+pub struct OwnerLike(pub Principal);
+
+impl FromRequestParts<AppState> for OwnerLike {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Auth(principal) = Auth::from_request_parts(parts, state).await?;
+        if principal.acts_as_owner() {
+            Ok(OwnerLike(principal))
+        } else {
+            Err(ApiError::forbidden("only the owner may manage agents"))
+        }
+    }
+}
+
 /// An agent, authenticated by its agent token on the agent listener. Nothing else is accepted
 /// there: user sessions, device tokens and the local token all get 401.
 pub struct AgentAuth(pub crate::agents::AgentRecord);

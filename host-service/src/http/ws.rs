@@ -23,6 +23,7 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{human_member, Auth};
 use super::AppState;
+use crate::auth::Principal;
 use crate::chat::hub::Published;
 
 pub const PROTOCOL: &str = "taos.v1";
@@ -32,6 +33,7 @@ const PONG_TIMEOUT: Duration = Duration::from_secs(60);
 const REPLAY_PAGE: i64 = 500;
 const CLOSE_TOO_SLOW: u16 = 4008;
 const MAX_FRAME_BYTES: usize = 256 * 1024;
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(chat_ws))
@@ -52,7 +54,12 @@ async fn chat_ws(
     Ok(ws
         .protocols([PROTOCOL])
         .max_message_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| run(state, member, socket)))
+        // tungstenite's default 128 KiB buffers per socket would cost 128 MiB for 1000
+        // phones; chat frames are small and the outbox already bounds what is queued.
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(SOCKET_BUFFER_BYTES)
+        .max_write_buffer_size(MAX_FRAME_BYTES * 4)
+        .on_upgrade(move |socket| run(state, principal, member, socket)))
 }
 
 fn encode(event: &ServerEvent) -> WsMessage {
@@ -68,13 +75,14 @@ fn error_event(code: &str, message: impl Into<String>) -> WsMessage {
 
 struct Connection {
     state: AppState,
+    principal: Principal,
     member: String,
     out: mpsc::Sender<WsMessage>,
     too_slow: Arc<Notify>,
     subscriptions: HashMap<String, JoinHandle<()>>,
 }
 
-async fn run(state: AppState, member: String, socket: WebSocket) {
+async fn run(state: AppState, principal: Principal, member: String, socket: WebSocket) {
     let (mut sink, mut incoming) = socket.split();
     let (out, mut out_rx) = mpsc::channel::<WsMessage>(OUTBOX);
     let writer = tokio::spawn(async move {
@@ -88,6 +96,7 @@ async fn run(state: AppState, member: String, socket: WebSocket) {
     });
     let mut conn = Connection {
         state: state.clone(),
+        principal,
         member,
         out: out.clone(),
         too_slow: Arc::new(Notify::new()),
@@ -210,6 +219,12 @@ impl Connection {
     async fn subscribe(&mut self, channel_id: String, after_seq: Option<i64>) {
         if let Some(old) = self.subscriptions.remove(&channel_id) {
             old.abort();
+        }
+        // Check access before touching the hub, so made-up ids can't grow it.
+        if let Err(e) =
+            super::chat::visible_channel(&self.state, &self.principal, &channel_id).await
+        {
+            return self.send(error_event(e.code, e.message)).await;
         }
         // Subscribe before reading the backlog so nothing falls between the two.
         let live = self.state.chat.hub.subscribe(&channel_id);

@@ -1,7 +1,9 @@
 //! Integration tests: the real `taos-host` binary, a temp data dir, a pinned TLS client.
 //! One test binary (modules below) keeps link time down.
 
+mod access;
 mod auth;
+mod bridge_edges;
 mod chat;
 mod conversation;
 mod devices;

@@ -67,21 +67,49 @@ async fn every_acknowledged_event_survives_a_sigkill() {
         let _ = task.await;
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 3000, "the crash came mid-stream: {}", acked.len());
+    assert!(
+        acked.len() >= 3000,
+        "the crash came mid-stream: {}",
+        acked.len()
+    );
     assert!(acked.len() < GROUPS * 100, "the crash came before the end");
 
-    let restarted = Host::start_with(BIN, HostOptions { data_dir: Some(host.data_dir.clone()), ..Default::default() }).await.unwrap();
+    let restarted = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(host.data_dir.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let mut found = HashSet::new();
     for group in 0..GROUPS {
         let body: Value = restarted
-            .admin(Method::GET, &format!("/api/agents/crashy/trace?trace_id=t-{group}&limit=1000"))
-            .send().await.unwrap().json().await.unwrap();
+            .admin(
+                Method::GET,
+                &format!("/api/agents/crashy/trace?trace_id=t-{group}&limit=1000"),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         for e in body["events"].as_array().unwrap() {
-            assert!(found.insert(e["id"].as_str().unwrap().to_string()), "no duplicates after restart");
+            assert!(
+                found.insert(e["id"].as_str().unwrap().to_string()),
+                "no duplicates after restart"
+            );
         }
     }
     let lost: Vec<&String> = acked.difference(&found).collect();
-    assert!(lost.is_empty(), "{} acknowledged events lost, e.g. {:?}", lost.len(), lost.iter().take(5).collect::<Vec<_>>());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events lost, e.g. {:?}",
+        lost.len(),
+        lost.iter().take(5).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -90,20 +118,32 @@ async fn trace_reads_filter_limit_and_refuse_path_tricks() {
     host.setup_owner().await;
     let (agent, _) = AgentClient::create(&host, "Tracer").await;
     let events: Vec<Value> = (0..30)
-        .map(|i| json!({
-            "id": format!("ev-{i:02}"),
-            "kind": if i % 3 == 0 { "llm_call" } else { "tool_call" },
-            "channel_id": if i < 10 { "c1" } else { "c2" },
-            // Two minutes apart from 10:30, so they span the 10:00 and 11:00 buckets.
-            "created_at": (chrono::DateTime::parse_from_rfc3339("2026-01-01T10:30:00Z").unwrap()
-                + chrono::Duration::minutes(2 * i)).to_rfc3339(),
-            "payload": {}
-        }))
+        .map(|i| {
+            json!({
+                "id": format!("ev-{i:02}"),
+                "kind": if i % 3 == 0 { "llm_call" } else { "tool_call" },
+                "channel_id": if i < 10 { "c1" } else { "c2" },
+                // Two minutes apart from 10:30, so they span the 10:00 and 11:00 buckets.
+                "created_at": (chrono::DateTime::parse_from_rfc3339("2026-01-01T10:30:00Z").unwrap()
+                    + chrono::Duration::minutes(2 * i)).to_rfc3339(),
+                "payload": {}
+            })
+        })
         .collect();
-    let r = agent.request(Method::POST, "/api/trace/batch").json(&json!({"events": events})).send().await.unwrap();
+    let r = agent
+        .request(Method::POST, "/api/trace/batch")
+        .json(&json!({"events": events}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // Idempotent by id.
-    let again = agent.request(Method::POST, "/api/trace/batch").json(&json!({"events": events})).send().await.unwrap();
+    let again = agent
+        .request(Method::POST, "/api/trace/batch")
+        .json(&json!({"events": events}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), StatusCode::OK);
 
     let get = |q: &str| {
@@ -113,36 +153,89 @@ async fn trace_reads_filter_limit_and_refuse_path_tricks() {
     let all: Value = get("?limit=1000").await.json().await.unwrap();
     assert_eq!(all["schema_version"], 1);
     assert_eq!(all["agent_name"], "tracer");
-    let ids: Vec<&str> = all["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = all["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), 30);
-    assert_eq!(ids[0], "ev-29", "newest first, across the 10:00 and 11:00 buckets");
+    assert_eq!(
+        ids[0], "ev-29",
+        "newest first, across the 10:00 and 11:00 buckets"
+    );
     let llm: Value = get("?kind=llm_call").await.json().await.unwrap();
     assert_eq!(llm["events"].as_array().unwrap().len(), 10);
     let c1: Value = get("?channel_id=c1&limit=5").await.json().await.unwrap();
     assert_eq!(c1["events"].as_array().unwrap().len(), 5);
-    let window: Value = get("?since=2026-01-01T10:58:00Z&until=2026-01-01T11:01:00Z").await.json().await.unwrap();
-    let w: Vec<&str> = window["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
-    assert_eq!(w, ["ev-15", "ev-14"], "inclusive window across the hour boundary");
-    let epoch = chrono::DateTime::parse_from_rfc3339("2026-01-01T11:27:00Z").unwrap().timestamp();
+    let window: Value = get("?since=2026-01-01T10:58:00Z&until=2026-01-01T11:01:00Z")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let w: Vec<&str> = window["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        w,
+        ["ev-15", "ev-14"],
+        "inclusive window across the hour boundary"
+    );
+    let epoch = chrono::DateTime::parse_from_rfc3339("2026-01-01T11:27:00Z")
+        .unwrap()
+        .timestamp();
     let since_epoch: Value = get(&format!("?since={epoch}")).await.json().await.unwrap();
     assert_eq!(since_epoch["events"].as_array().unwrap().len(), 1);
 
     for bad in ["?limit=0", "?limit=1001", "?kind=dream", "?since=yesterday"] {
         assert_eq!(get(bad).await.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
-    for path in ["/api/agents/..%2F..%2Fetc/trace", "/api/agents/%2e%2e/trace", "/api/agents/a%00b/trace", "/api/agents/Tracer/trace"] {
+    for path in [
+        "/api/agents/..%2F..%2Fetc/trace",
+        "/api/agents/%2e%2e/trace",
+        "/api/agents/a%00b/trace",
+        "/api/agents/Tracer/trace",
+    ] {
         // Clients may normalise dot segments before sending (then another route refuses it);
         // either way the answer is a 4xx, never a trace.
         let r = host.admin(Method::GET, path).send().await.unwrap();
         assert!(r.status().is_client_error(), "{path}: {}", r.status());
     }
-    assert_eq!(host.admin(Method::GET, "/api/agents/nobody/trace").send().await.unwrap().status(), StatusCode::NOT_FOUND);
-    let outside: Vec<_> = std::fs::read_dir(host.data_dir.join("trace")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(outside, vec![std::ffi::OsString::from("tracer")], "nothing but the agent's own folder");
+    assert_eq!(
+        host.admin(Method::GET, "/api/agents/nobody/trace")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let outside: Vec<_> = std::fs::read_dir(host.data_dir.join("trace"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        outside,
+        vec![std::ffi::OsString::from("tracer")],
+        "nothing but the agent's own folder"
+    );
 
     // Unknown kinds and bad bodies are 400 and store nothing.
-    for body in [json!({"kind": "dream"}), json!({"kind": "error", "payload": [1]}), json!({"kind": "error", "id": "../x"}), json!({"kind": "error", "v": 2})] {
-        let r = agent.request(Method::POST, "/api/trace").json(&body).send().await.unwrap();
+    for body in [
+        json!({"kind": "dream"}),
+        json!({"kind": "error", "payload": [1]}),
+        json!({"kind": "error", "id": "../x"}),
+        json!({"kind": "error", "v": 2}),
+    ] {
+        let r = agent
+            .request(Method::POST, "/api/trace")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
     }
     let after: Value = get("?limit=1000").await.json().await.unwrap();
@@ -154,16 +247,37 @@ async fn the_owner_posts_traces_for_existing_agents_only() {
     let host = start().await;
     host.setup_owner().await;
     AgentClient::create(&host, "Known").await;
-    let ok = host.admin(Method::POST, "/api/trace").json(&json!({"agent_name": "known", "kind": "lifecycle", "payload": {"event": "note"}})).send().await.unwrap();
+    let ok = host
+        .admin(Method::POST, "/api/trace")
+        .json(&json!({"agent_name": "known", "kind": "lifecycle", "payload": {"event": "note"}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
     for name in ["unknown", "../etc", "Known", ""] {
-        let r = host.admin(Method::POST, "/api/trace").json(&json!({"agent_name": name, "kind": "lifecycle"})).send().await.unwrap();
+        let r = host
+            .admin(Method::POST, "/api/trace")
+            .json(&json!({"agent_name": name, "kind": "lifecycle"}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{name:?}");
     }
-    let missing = host.admin(Method::POST, "/api/trace").json(&json!({"kind": "lifecycle"})).send().await.unwrap();
+    let missing = host
+        .admin(Method::POST, "/api/trace")
+        .json(&json!({"kind": "lifecycle"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
     let device = host.pair_device("phone").await;
-    let by_device = host.client().post(host.url("/api/trace")).bearer_auth(device["access_token"].as_str().unwrap())
-        .json(&json!({"agent_name": "known", "kind": "lifecycle"})).send().await.unwrap();
+    let by_device = host
+        .client()
+        .post(host.url("/api/trace"))
+        .bearer_auth(device["access_token"].as_str().unwrap())
+        .json(&json!({"agent_name": "known", "kind": "lifecycle"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(by_device.status(), StatusCode::FORBIDDEN);
 }
