@@ -10,7 +10,7 @@ cd "$REPO_ROOT"
 
 apt_install wrk
 log "building release binaries"
-cargo build --release --locked -p taos-host -p taos-e2e --bin taos-host --bin taos-bench
+cargo build --release --locked -p taos-host -p taos-e2e --bin taos-host --bin taos-bench --bin taos-load
 BIN="$CARGO_TARGET_DIR/release/taos-host"
 
 log "startup and idle memory"
@@ -34,7 +34,12 @@ P99=$(echo "$WRK_OUT" | awk '$1=="99%" {print $2}')
 LOADED_RSS=$(awk '/VmRSS/ {print $2}' "/proc/$HOST_PID/status")
 kill "$HOST_PID"; wait "$HOST_PID" 2>/dev/null || true
 
+log "conversation core load (traces, bridge, WebSocket fan-out)"
+LOAD_JSON="$("$CARGO_TARGET_DIR/release/taos-load" "$BIN")"
+echo "$LOAD_JSON"
+
 json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$STARTUP_JSON" "$1"; }
+load() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$LOAD_JSON" "$1"; }
 READY=$(json ready_ms_median); READY_MAX=$(json ready_ms_max)
 COLD=$(json ready_ms_first_run_median); COLD_MAX=$(json ready_ms_first_run_max)
 IDLE_KIB=$(json idle_rss_kib_max)
