@@ -11,6 +11,9 @@ use crate::auth::{hash_token, new_secret};
 use crate::db::{from_ms, now_ms, Db};
 
 pub const AGENT_TOKEN_PREFIX: &str = "taos_ag_";
+/// The agent's key for the LLM gateway. Separate from the bridge token, so a framework that
+/// only needs models never holds the bridge credential.
+pub const LLM_KEY_PREFIX: &str = "taos_llm_";
 /// incus instance names are at most 63 characters and agent containers are `taos-<slug>`.
 pub const MAX_SLUG_LEN: usize = 58;
 pub const MAX_NAME_CHARS: usize = 64;
@@ -159,7 +162,7 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, AgentError> {
 pub async fn create(
     tx: &mut sqlx::SqliteConnection,
     new: &NewAgent,
-) -> Result<(AgentRecord, String), AgentError> {
+) -> Result<(AgentRecord, String, String), AgentError> {
     let emoji = new.emoji.clone().unwrap_or_default();
     let color = new.color.clone().unwrap_or_default();
     validate_display(&new.name, &emoji, &color)?;
@@ -198,11 +201,13 @@ pub async fn create(
         n += 1;
     }
     let token = new_secret(AGENT_TOKEN_PREFIX);
+    let llm_key = new_secret(LLM_KEY_PREFIX);
     let id = Uuid::new_v4();
     let now = now_ms();
     sqlx::query(
         "INSERT INTO agents (id, slug, display_name, emoji, color, kind, status, model, \
-         fallback_models, created_at, token_hash) VALUES (?, ?, ?, ?, ?, 'external', 'ready', ?, ?, ?, ?)",
+         fallback_models, created_at, token_hash, llm_key_hash) \
+         VALUES (?, ?, ?, ?, ?, 'external', 'ready', ?, ?, ?, ?, ?)",
     )
     .bind(id.to_string())
     .bind(&slug)
@@ -213,6 +218,7 @@ pub async fn create(
     .bind(serde_json::to_string(&fallback).unwrap_or_else(|_| "[]".into()))
     .bind(now)
     .bind(hash_token(&token))
+    .bind(hash_token(&llm_key))
     .execute(&mut *tx)
     .await?;
     let record = AgentRecord {
@@ -228,7 +234,7 @@ pub async fn create(
         created_at: now,
         paused: false,
     };
-    Ok((record, token))
+    Ok((record, token, llm_key))
 }
 
 pub async fn list(db: &Db) -> Result<Vec<AgentRecord>, AgentError> {
@@ -283,17 +289,66 @@ pub async fn update(db: &Db, slug: &str, patch: &AgentPatch) -> Result<AgentReco
     let color = patch.color.clone().unwrap_or(current.color.clone());
     validate_display(&name, &emoji, &color)?;
     let paused = patch.paused.unwrap_or(current.paused);
+    let model = match &patch.model {
+        Some(m) if m.is_empty() => None,
+        Some(m) => {
+            validate_model(m)?;
+            Some(m.clone())
+        }
+        None => current.model.clone(),
+    };
+    let fallback = patch
+        .fallback_models
+        .clone()
+        .unwrap_or(current.fallback_models.clone());
+    if fallback.len() > 8 {
+        return Err(AgentError::BadInput(
+            "at most 8 fallback models".to_string(),
+        ));
+    }
+    for m in &fallback {
+        validate_model(m)?;
+    }
     sqlx::query(
-        "UPDATE agents SET display_name = ?, emoji = ?, color = ?, paused = ? WHERE id = ?",
+        "UPDATE agents SET display_name = ?, emoji = ?, color = ?, paused = ?, model = ?, \
+         fallback_models = ? WHERE id = ?",
     )
     .bind(name.trim())
     .bind(&emoji)
     .bind(&color)
     .bind(paused)
+    .bind(&model)
+    .bind(serde_json::to_string(&fallback).unwrap_or_else(|_| "[]".into()))
     .bind(current.id.to_string())
     .execute(db)
     .await?;
     get_by_slug(db, slug).await
+}
+
+/// The agent an LLM key belongs to, if any.
+pub async fn authenticate_llm(db: &Db, key: &str) -> Result<Option<AgentRecord>, AgentError> {
+    if !key.starts_with(LLM_KEY_PREFIX) || key.len() > 128 {
+        return Ok(None);
+    }
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM agents WHERE llm_key_hash = ?"
+    ))
+    .bind(hash_token(key))
+    .fetch_optional(db)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Replaces the agent's LLM key; the old one stops working at once.
+pub async fn rotate_llm_key(db: &Db, slug: &str) -> Result<String, AgentError> {
+    let agent = get_by_slug(db, slug).await?;
+    let key = new_secret(LLM_KEY_PREFIX);
+    sqlx::query("UPDATE agents SET llm_key_hash = ? WHERE id = ?")
+        .bind(hash_token(&key))
+        .bind(agent.id.to_string())
+        .execute(db)
+        .await?;
+    Ok(key)
 }
 
 /// Replaces the agent's token; the old one stops working at once.

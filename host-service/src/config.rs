@@ -33,6 +33,16 @@ max_body_bytes = 1048576
 # Name used in pairing tokens and the certificate; empty means this machine's host name.
 host_name = ""
 
+[llm]
+# The LiteLLM executable. Empty: `litellm` on PATH, else /opt/taos/litellm/bin/litellm.
+litellm_bin = ""
+# Port LiteLLM listens on (on 127.0.0.1). 0 picks a free one at start.
+litellm_port = 0
+# How much of each prompt and answer the llm_call trace keeps, in bytes.
+trace_content_bytes = 4096
+# How long discovered provider model lists are cached, in seconds.
+models_cache_seconds = 300
+
 [log]
 # "human" or "json".
 format = "human"
@@ -44,7 +54,28 @@ level = "info"
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
+    pub llm: LlmConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    pub litellm_bin: String,
+    pub litellm_port: u16,
+    pub trace_content_bytes: u64,
+    pub models_cache_seconds: u64,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            litellm_bin: String::new(),
+            litellm_port: 0,
+            trace_content_bytes: 4096,
+            models_cache_seconds: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -231,8 +231,19 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         "ok"
     };
     let traces = crate::trace::TraceStore::open(data_dir.join("trace"))?;
+    let litellm_bin = crate::llm::supervisor::find_litellm(&config.llm.litellm_bin);
+    let supervisor =
+        crate::llm::supervisor::Supervisor::new(&data_dir, litellm_bin, config.llm.litellm_port)?;
+    let llm = crate::llm::Llm::new(
+        db.clone(),
+        supervisor.clone(),
+        crate::secrets::SecretBox::load_or_create(&data_dir)?,
+        Duration::from_secs(config.llm.models_cache_seconds),
+        usize::try_from(config.llm.trace_content_bytes).unwrap_or(4096),
+    );
     let state = AppState::new(AppInner {
-        hub: EventHub::new(db.clone()),
+        hub: Arc::new(EventHub::new(db.clone())),
+        llm,
         chat: crate::chat::Chat::new(db.clone()),
         bridge: crate::bridge::Bridge::new(db.clone(), traces.clone()),
         traces,
@@ -254,6 +265,8 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     });
     http::spawn_health_checker(state.clone());
     spawn_trace_sealer(state.clone());
+    supervisor.spawn(state.shutdown.clone());
+    state.llm.reload().await?;
 
     let scheme = if state.config.server.insecure_http {
         "http"

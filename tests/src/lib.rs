@@ -18,6 +18,8 @@ use taos_pin::SpkiPin;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod fake_llm;
+
 pub const OWNER: &str = "owner";
 pub const OWNER_PASSWORD: &str = "correct horse battery";
 

@@ -63,6 +63,11 @@ pub struct AgentPatch {
     /// A paused agent's deliveries wait in its outbox.
     #[serde(default)]
     pub paused: Option<bool>,
+    /// Must be a model some provider serves.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub fallback_models: Option<Vec<String>>,
 }
 
 /// Answer to creating an agent or rotating its token: the token is shown this once.
@@ -72,4 +77,8 @@ pub struct AgentWithToken {
     pub agent: Agent,
     /// `taos_ag_…`, valid only on the agent listener and only for this agent.
     pub agent_token: String,
+    /// `taos_llm_…`, the agent's key for the LLM gateway (`/v1` on the agent listener). Only
+    /// when the agent is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_key: Option<String>,
 }

@@ -9,5 +9,6 @@ pub mod bridge;
 pub mod chat;
 pub mod error;
 pub mod events;
+pub mod llm;
 pub mod ops;
 pub mod trace;

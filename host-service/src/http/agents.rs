@@ -60,7 +60,7 @@ async fn create_agent(
     // Two creations with the same name race for the same slug; the loser retries with the
     // next free one.
     let mut attempt = 0;
-    let (record, token) = loop {
+    let (record, token, llm_key) = loop {
         attempt += 1;
         match create_with_dm(&state, &body, &owner).await {
             Err(ApiError { status, .. }) if status == StatusCode::CONFLICT && attempt < 5 => {
@@ -76,6 +76,7 @@ async fn create_agent(
         Json(AgentWithToken {
             agent,
             agent_token: token,
+            llm_key: Some(llm_key),
         }),
     ))
 }
@@ -84,7 +85,7 @@ async fn create_with_dm(
     state: &AppState,
     body: &NewAgent,
     owner: &str,
-) -> Result<(AgentRecord, String), ApiError> {
+) -> Result<(AgentRecord, String, String), ApiError> {
     let retryable = |e: &sqlx::Error| match e {
         sqlx::Error::Database(db) => {
             db.is_unique_violation()
@@ -95,7 +96,7 @@ async fn create_with_dm(
     };
     let conflict = || ApiError::new(StatusCode::CONFLICT, "conflict", "agent name race; retry");
     let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
-    let (record, token) = match agents::create(&mut tx, body).await {
+    let (record, token, llm_key) = match agents::create(&mut tx, body).await {
         Err(agents::AgentError::Db(e)) if retryable(&e) => return Err(conflict()),
         other => other?,
     };
@@ -106,7 +107,7 @@ async fn create_with_dm(
     match tx.commit().await {
         Err(e) if retryable(&e) => Err(conflict()),
         Err(e) => Err(ApiError::internal(e)),
-        Ok(()) => Ok((record, token)),
+        Ok(()) => Ok((record, token, llm_key)),
     }
 }
 
@@ -139,6 +140,37 @@ async fn patch_agent(
     Json(patch): Json<AgentPatch>,
 ) -> Result<Json<Agent>, ApiError> {
     let before = agents::get_by_slug(&state.db, &slug).await?;
+    // Models must be ones a provider serves; the gateway follows the change at once.
+    let wanted: Vec<&String> = patch
+        .model
+        .iter()
+        .filter(|m| !m.is_empty())
+        .chain(patch.fallback_models.iter().flatten())
+        .collect();
+    if !wanted.is_empty() {
+        let available: Vec<String> = state
+            .llm
+            .models()
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        if let Some(unknown) = wanted.iter().find(|m| !available.contains(m)) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_model",
+                format!(
+                    "no provider serves {unknown:?}; available: {}",
+                    if available.is_empty() {
+                        "none (add a provider)".to_string()
+                    } else {
+                        available.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
     let record = agents::update(&state.db, &slug, &patch).await?;
     if before.paused != record.paused {
         if !record.paused {
@@ -175,6 +207,7 @@ async fn rotate_token(
     Ok(Json(AgentWithToken {
         agent,
         agent_token: token,
+        llm_key: None,
     }))
 }
 

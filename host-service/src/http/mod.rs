@@ -8,6 +8,8 @@ pub mod chat;
 pub mod devices;
 pub mod error;
 pub mod extract;
+pub mod gateway;
+pub mod llm;
 pub mod notifications;
 pub mod ops;
 pub mod trace;
@@ -56,7 +58,8 @@ pub struct AppInner {
     /// `host:port` strings put in pairing tokens.
     pub pairing_addresses: Vec<String>,
     pub login_limiter: LoginLimiter,
-    pub hub: EventHub,
+    pub hub: Arc<EventHub>,
+    pub llm: crate::llm::Llm,
     pub chat: crate::chat::Chat,
     pub bridge: crate::bridge::Bridge,
     pub traces: crate::trace::TraceStore,
@@ -131,6 +134,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(chat::routes())
         .merge(ws::routes())
         .merge(trace::routes())
+        .merge(llm::routes())
 }
 
 /// The generated OpenAPI document, built once.
@@ -232,6 +236,14 @@ pub fn agent_app(state: AppState) -> Router {
         )
         .route("/api/trace", post(agent_api::trace_one))
         .route("/api/trace/batch", post(agent_api::trace_batch))
+        .route("/api/openclaw/bootstrap", get(gateway::bootstrap))
+        // OpenAI-compatible gateway; also without /v1 for clients whose base URL lacks it.
+        .route("/v1/chat/completions", post(gateway::chat_completions))
+        .route("/v1/embeddings", post(gateway::embeddings))
+        .route("/v1/models", get(gateway::models))
+        .route("/chat/completions", post(gateway::chat_completions))
+        .route("/embeddings", post(gateway::embeddings))
+        .route("/models", get(gateway::models))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());

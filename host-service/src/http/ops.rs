@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use taos_proto::error::ErrorBody;
+use taos_proto::llm::LlmState;
 use taos_proto::ops::Health;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -22,8 +23,23 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/api/health", tag = "ops", security(()),
     responses((status = 200, description = "The host is up", body = Health)))]
 pub async fn health(State(state): State<AppState>) -> Json<Health> {
-    let subsystems = state.health.read().map(|m| m.clone()).unwrap_or_default();
-    let all_ok = subsystems.values().all(|v| v == "ok" || v == "disabled");
+    let mut subsystems = state.health.read().map(|m| m.clone()).unwrap_or_default();
+    let llm = state.llm.supervisor.status();
+    let llm_text = match llm.state {
+        LlmState::Ready => "ok".to_string(),
+        // Not installed, or no provider yet: the host works, agents just can't call models.
+        LlmState::Unavailable => format!(
+            "disabled: {}",
+            llm.last_error.unwrap_or_else(|| "unavailable".into())
+        ),
+        LlmState::Starting => "starting".to_string(),
+        LlmState::Restarting => "restarting".to_string(),
+        LlmState::Failed => "failed".to_string(),
+    };
+    subsystems.insert("llm".to_string(), llm_text);
+    let all_ok = subsystems
+        .values()
+        .all(|v| v == "ok" || v.starts_with("disabled"));
     Json(Health {
         status: if all_ok { "ok" } else { "degraded" }.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),

@@ -10,6 +10,7 @@ mod devices;
 mod events;
 mod files;
 mod input;
+mod llm;
 mod ops;
 mod routes;
 mod tls;

@@ -1,0 +1,276 @@
+//! The agent listener's LLM gateway (`/v1/…`, OpenAI-compatible, by the agent's LLM key) and
+//! the openclaw bootstrap document.
+
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::extract::{AgentAuth, Query};
+use super::AppState;
+use crate::agents::{self, AgentRecord};
+use crate::llm::gateway::{self, CallContext, GatewayError, Outcome};
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+/// An agent by its LLM key (`taos_llm_…`).
+pub struct LlmAuth(pub AgentRecord);
+
+impl FromRequestParts<AppState> for LlmAuth {
+    type Rejection = GatewayError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized =
+            || GatewayError::new(401, "invalid_api_key", "missing or invalid API key");
+        let key = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
+            .ok_or_else(unauthorized)?;
+        match agents::authenticate_llm(&state.db, key).await {
+            Ok(Some(agent)) => Ok(LlmAuth(agent)),
+            Ok(None) => Err(unauthorized()),
+            Err(e) => {
+                tracing::error!(error = %e, "LLM key lookup failed");
+                Err(GatewayError::new(500, "internal_error", "internal error"))
+            }
+        }
+    }
+}
+
+fn context(state: &AppState, agent: AgentRecord, headers: &HeaderMap) -> CallContext {
+    let trace_id = headers
+        .get("x-taos-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| {
+            !t.is_empty()
+                && t.len() <= 128
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        })
+        .map(String::from);
+    CallContext {
+        db: state.db.clone(),
+        hub: state.hub.clone(),
+        traces: state.traces.clone(),
+        agent,
+        trace_id,
+        trace_content_bytes: state.llm.trace_content_bytes,
+    }
+}
+
+/// `POST /v1/chat/completions` (also `/chat/completions`).
+pub async fn chat_completions(
+    LlmAuth(agent): LlmAuth,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    forward(state, agent, headers, body, "/v1/chat/completions").await
+}
+
+/// `POST /v1/embeddings` (also `/embeddings`).
+pub async fn embeddings(
+    LlmAuth(agent): LlmAuth,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    forward(state, agent, headers, body, "/v1/embeddings").await
+}
+
+async fn forward(
+    state: AppState,
+    agent: AgentRecord,
+    headers: HeaderMap,
+    body: Bytes,
+    path: &str,
+) -> Response {
+    let started = Instant::now();
+    let Ok(mut request) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return GatewayError::new(
+            400,
+            "invalid_request_error",
+            "the body must be a JSON object",
+        )
+        .into_response();
+    };
+    if !request.is_object() {
+        return GatewayError::new(
+            400,
+            "invalid_request_error",
+            "the body must be a JSON object",
+        )
+        .into_response();
+    }
+    let ctx = context(&state, agent, &headers);
+    let model = match gateway::admit(&ctx, &request).await {
+        Ok(model) => model,
+        Err(e) => return e.into_response(),
+    };
+    let stream = request
+        .get("stream")
+        .and_then(|s| s.as_bool())
+        .unwrap_or(false);
+    if stream {
+        // Ask for usage in the last chunk, so streamed calls are accounted too.
+        request["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    let upstream = state
+        .llm
+        .client
+        .post(format!("{}{path}", state.llm.supervisor.base_url()))
+        .bearer_auth(state.llm.supervisor.master_key())
+        .json(&request)
+        .send()
+        .await;
+    let mut outcome = Outcome {
+        model,
+        ..Default::default()
+    };
+    let response = match upstream {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!(error = %e, state = ?state.llm.supervisor.state(), "LiteLLM unreachable");
+            let err = GatewayError::new(
+                503,
+                "llm_unavailable",
+                format!(
+                    "the LLM service is not available right now ({:?}); see /api/llm/status",
+                    state.llm.supervisor.state()
+                ),
+            );
+            outcome.status = 503;
+            outcome.error = Some(err.message.clone());
+            tokio::spawn(async move { gateway::finish(&ctx, &request, outcome, started).await });
+            return err.into_response();
+        }
+    };
+    outcome.status = response.status().as_u16();
+    outcome.reported_cost = response
+        .headers()
+        .get("x-litellm-response-cost")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or_else(|| header::HeaderValue::from_static("application/json"));
+    if stream && status.is_success() {
+        let body = gateway::passthrough(response.bytes_stream(), ctx, request, outcome, started);
+        return Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(Body::from_stream(body))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    let bytes = match response.bytes().await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            outcome.status = 502;
+            outcome.error = Some("the LLM service broke off its answer".into());
+            tokio::spawn(async move { gateway::finish(&ctx, &request, outcome, started).await });
+            return GatewayError::new(
+                502,
+                "upstream_error",
+                "the LLM service broke off its answer",
+            )
+            .into_response();
+        }
+    };
+    gateway::read_completion(&bytes, &mut outcome);
+    tokio::spawn(async move { gateway::finish(&ctx, &request, outcome, started).await });
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(bytes))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `GET /v1/models`: only the models this agent may use.
+pub async fn models(LlmAuth(agent): LlmAuth) -> axum::Json<serde_json::Value> {
+    let data: Vec<serde_json::Value> = gateway::allowed_models(&agent)
+        .into_iter()
+        .map(
+            |id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "taos"}),
+        )
+        .collect();
+    axum::Json(serde_json::json!({"object": "list", "data": data}))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BootstrapParams {
+    agent: Option<String>,
+}
+
+/// `GET /api/openclaw/bootstrap?agent=<slug>`: the TinyAgentOS bootstrap document, with the
+/// agent's own token (never an admin one) as `channel.auth_bearer`.
+pub async fn bootstrap(
+    auth: AgentAuth,
+    State(_state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<BootstrapParams>,
+) -> Result<axum::Json<serde_json::Value>, super::error::ApiError> {
+    let slug = params
+        .agent
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| super::error::ApiError::bad_request("agent query parameter required"))?;
+    auth.require_self(&slug)?;
+    let agent = auth.0;
+    // The address the agent used to reach us is the one its framework should use too.
+    let base = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| format!("http://{h}"))
+        .unwrap_or_else(|| "http://127.0.0.1:6970".to_string());
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .map(|(_, t)| t.trim().to_string())
+        .unwrap_or_default();
+    let primary = agent.model.clone().unwrap_or_default();
+    let models: Vec<serde_json::Value> = gateway::allowed_models(&agent)
+        .into_iter()
+        .filter(|m| !m.is_empty())
+        .map(|m| serde_json::json!({"id": m, "name": m, "contextWindow": 128000, "maxTokens": 16384, "input": ["text"], "reasoning": false}))
+        .collect();
+    Ok(axum::Json(serde_json::json!({
+        "schema_version": 1,
+        "agent_name": agent.slug,
+        "session_id": agent.slug,
+        "models": {"providers": {"litellm": {
+            "api": "openai-completions",
+            "baseUrl": "http://127.0.0.1:4000",
+            "apiKey": "${LITELLM_API_KEY}",
+            "models": models,
+        }}},
+        "agents": {"defaults": {"model": {"primary": if primary.is_empty() { String::new() } else { format!("litellm/{primary}") }}}},
+        "channel": {
+            "provider": "taos",
+            "events_url": format!("{base}/api/openclaw/sessions/{}/events", agent.slug),
+            "reply_url": format!("{base}/api/openclaw/sessions/{}/reply", agent.slug),
+            "auth_bearer": token,
+        },
+        "memory": null,
+        "skills_mcp_url": null,
+    })))
+}

@@ -1,0 +1,510 @@
+//! Runs LiteLLM as a child process: generated config, random master key, readiness polling,
+//! restart with backoff when it dies, validated restarts when the catalog changes.
+//!
+//! LiteLLM listens on 127.0.0.1 only. Its config names provider keys as `os.environ/NAME`, and
+//! the keys themselves reach it only through its environment, which starts empty: nothing of
+//! the host's own environment leaks into it.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use taos_proto::llm::{LlmState, LlmStatus};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::{fsutil, sys};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(240);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const LOG_LIMIT_BYTES: u64 = 1024 * 1024;
+const LOG_TAIL_LINES: usize = 40;
+
+/// What LiteLLM should be running: its config and the secrets for its environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub config: serde_json::Value,
+    pub env: Vec<(String, String)>,
+    pub models: Vec<String>,
+}
+
+#[derive(Debug)]
+struct StatusData {
+    state: LlmState,
+    version: Option<String>,
+    models: Vec<String>,
+    last_error: Option<String>,
+    log_tail: VecDeque<String>,
+}
+
+struct Inner {
+    bin: Option<PathBuf>,
+    dir: PathBuf,
+    port: u16,
+    master_key: String,
+    status: Mutex<StatusData>,
+    desired: watch::Sender<Option<Desired>>,
+}
+
+/// A handle to the supervisor; cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+/// Finds LiteLLM: the configured path, else `litellm` on PATH, else the default venv.
+pub fn find_litellm(configured: &str) -> Option<PathBuf> {
+    if !configured.trim().is_empty() {
+        let path = PathBuf::from(configured.trim());
+        return path.is_file().then_some(path);
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("litellm");
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    let default = PathBuf::from("/opt/taos/litellm/bin/litellm");
+    default.is_file().then_some(default)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The master key for LiteLLM: random, made once, 0600.
+fn load_or_create_master_key(dir: &Path) -> std::io::Result<String> {
+    let path = dir.join("master-key");
+    let fresh = crate::auth::new_secret("sk-taos-");
+    match fsutil::create_new_atomic(&path, fresh.as_bytes()) {
+        Ok(()) => Ok(fresh),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)?.trim().to_string())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Supervisor {
+    /// Prepares the supervisor (files, key, port) without starting anything.
+    pub fn new(data_dir: &Path, bin: Option<PathBuf>, port: u16) -> std::io::Result<Supervisor> {
+        let dir = data_dir.join("llm");
+        fsutil::ensure_private_dir(&dir)?;
+        fsutil::ensure_private_dir(&dir.join("home"))?;
+        let master_key = load_or_create_master_key(&dir)?;
+        let port = if port == 0 { free_port()? } else { port };
+        let state = LlmState::Unavailable;
+        let last_error = match &bin {
+            Some(_) => Some("no models yet: add a provider".to_string()),
+            None => Some(
+                "LiteLLM is not installed (run scripts/dev-litellm.sh or set [llm] litellm_bin)"
+                    .to_string(),
+            ),
+        };
+        Ok(Supervisor {
+            inner: Arc::new(Inner {
+                bin,
+                dir,
+                port,
+                master_key,
+                status: Mutex::new(StatusData {
+                    state,
+                    version: None,
+                    models: Vec::new(),
+                    last_error,
+                    log_tail: VecDeque::new(),
+                }),
+                desired: watch::channel(None).0,
+            }),
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.inner.port)
+    }
+
+    pub fn master_key(&self) -> &str {
+        &self.inner.master_key
+    }
+
+    pub fn installed(&self) -> bool {
+        self.inner.bin.is_some()
+    }
+
+    pub fn status(&self) -> LlmStatus {
+        let s = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
+        LlmStatus {
+            state: s.state,
+            version: s.version.clone(),
+            models: s.models.clone(),
+            last_error: s.last_error.clone(),
+            log_tail: s.log_tail.iter().cloned().collect(),
+        }
+    }
+
+    pub fn state(&self) -> LlmState {
+        self.inner
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state
+    }
+
+    fn set_state(&self, state: LlmState, error: Option<String>) {
+        let mut s = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
+        if s.state != state {
+            tracing::info!(from = ?s.state, to = ?state, "LiteLLM state");
+        }
+        s.state = state;
+        if error.is_some() || state == LlmState::Ready {
+            s.last_error = error;
+        }
+    }
+
+    /// Asks for a new configuration. Nothing restarts unless it differs from what runs.
+    pub fn apply(&self, desired: Desired) {
+        self.inner.desired.send_if_modified(|current| {
+            if current.as_ref() == Some(&desired) {
+                false
+            } else {
+                *current = Some(desired);
+                true
+            }
+        });
+    }
+
+    /// Runs until `shutdown` flips; then stops LiteLLM.
+    pub fn spawn(&self, shutdown: watch::Receiver<bool>) {
+        let me = self.clone();
+        tokio::spawn(async move { me.run(shutdown).await });
+    }
+
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut desired_rx = self.inner.desired.subscribe();
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let desired = desired_rx.borrow_and_update().clone();
+            let Some(bin) = self.inner.bin.clone() else {
+                // Not installed: report it and wait for nothing but shutdown.
+                let _ = shutdown.changed().await;
+                return;
+            };
+            let Some(desired) = desired.filter(|d| !d.models.is_empty()) else {
+                self.set_state(
+                    LlmState::Unavailable,
+                    Some("no models yet: add a provider".into()),
+                );
+                self.set_models(Vec::new());
+                tokio::select! {
+                    _ = desired_rx.changed() => continue,
+                    _ = shutdown.changed() => return,
+                }
+            };
+            let starting = if self.state() == LlmState::Ready || self.state() == LlmState::Failed {
+                LlmState::Restarting
+            } else {
+                LlmState::Starting
+            };
+            self.set_state(starting, None);
+            let mut child = match self.start(&bin, &desired).await {
+                Ok(child) => child,
+                Err(e) => {
+                    self.set_state(LlmState::Failed, Some(format!("cannot start LiteLLM: {e}")));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = desired_rx.changed() => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            // Wait for readiness, or for it to die, or for a newer config.
+            let ready = tokio::select! {
+                ready = self.wait_ready(&mut child) => ready,
+                _ = desired_rx.changed() => { self.stop(&mut child).await; continue }
+                _ = shutdown.changed() => { self.stop(&mut child).await; return }
+            };
+            if let Err(e) = ready {
+                self.stop(&mut child).await;
+                self.set_state(LlmState::Failed, Some(e));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            self.set_models(desired.models.clone());
+            self.set_state(LlmState::Ready, None);
+            backoff = Duration::from_secs(1);
+            self.fetch_version(&bin);
+            // Serve until it dies, the catalog really changes, or the host stops.
+            loop {
+                tokio::select! {
+                    exit = child.wait() => {
+                        let why = match exit {
+                            Ok(status) => format!("LiteLLM exited ({status})"),
+                            Err(e) => format!("LiteLLM vanished: {e}"),
+                        };
+                        tracing::warn!("{why}; restarting");
+                        self.set_state(LlmState::Restarting, Some(why));
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        break;
+                    }
+                    changed = desired_rx.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let next = desired_rx.borrow_and_update().clone();
+                        let Some(next) = next else { continue };
+                        if next == desired {
+                            continue;
+                        }
+                        if !next.models.is_empty() {
+                            if let Err(e) = self.validate(&bin, &next).await {
+                                tracing::warn!(error = %e, "new LiteLLM config refused; keeping the running one");
+                                self.set_state(LlmState::Ready, None);
+                                self.set_error(format!("new config refused: {e}"));
+                                continue;
+                            }
+                        }
+                        tracing::info!("LLM catalog changed; restarting LiteLLM");
+                        self.set_state(LlmState::Restarting, None);
+                        self.stop(&mut child).await;
+                        break;
+                    }
+                    _ = shutdown.changed() => {
+                        self.stop(&mut child).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_models(&self, models: Vec<String>) {
+        self.inner
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .models = models;
+    }
+
+    fn set_error(&self, error: String) {
+        self.inner
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(error);
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.inner.dir.join("litellm.json")
+    }
+
+    fn command(&self, bin: &Path, config: &Path, desired: &Desired) -> Command {
+        let mut command = Command::new(bin);
+        command
+            .arg("--config")
+            .arg(config)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", self.inner.dir.join("home"))
+            .env("LANG", "C.UTF-8")
+            .env("PYTHONUNBUFFERED", "1")
+            // Without it LiteLLM tries to download its cost map at every start.
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            .env("TAOS_LITELLM_MASTER_KEY", &self.inner.master_key)
+            .envs(desired.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        sys::die_with_parent(&mut command);
+        command
+    }
+
+    async fn start(&self, bin: &Path, desired: &Desired) -> std::io::Result<Child> {
+        let path = self.config_path();
+        let text = serde_json::to_vec_pretty(&desired.config)?;
+        fsutil::write_atomic(&path, &text)?;
+        let mut command = self.command(bin, &path, desired);
+        command
+            .arg("--host")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg(self.inner.port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn()?;
+        tracing::info!(
+            port = self.inner.port,
+            models = desired.models.len(),
+            "starting LiteLLM"
+        );
+        if let Some(out) = child.stdout.take() {
+            self.pump_log(out);
+        }
+        if let Some(err) = child.stderr.take() {
+            self.pump_log(err);
+        }
+        Ok(child)
+    }
+
+    /// Copies LiteLLM's output to a size-capped log file and keeps its tail in memory.
+    fn pump_log(&self, stream: impl AsyncRead + Unpin + Send + 'static) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let path = me.inner.dir.join("litellm.log");
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                {
+                    let mut s = me.inner.status.lock().unwrap_or_else(|p| p.into_inner());
+                    if s.log_tail.len() >= LOG_TAIL_LINES {
+                        s.log_tail.pop_front();
+                    }
+                    s.log_tail.push_back(line.chars().take(500).collect());
+                }
+                append_capped(&path, &line);
+            }
+        });
+    }
+
+    async fn wait_ready(&self, child: &mut Child) -> Result<(), String> {
+        let client = plain_client();
+        let url = format!("{}/health/readiness", self.base_url());
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let tail = self.status().log_tail.join("\n");
+                return Err(format!("LiteLLM exited during start ({status}): {tail}"));
+            }
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err("LiteLLM did not become ready in time".into());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// `litellm --config X --validate_config`, on a candidate file.
+    async fn validate(&self, bin: &Path, desired: &Desired) -> Result<(), String> {
+        let candidate = self.inner.dir.join("litellm.candidate.json");
+        let text = serde_json::to_vec_pretty(&desired.config).map_err(|e| e.to_string())?;
+        fsutil::write_atomic(&candidate, &text).map_err(|e| e.to_string())?;
+        let mut command = self.command(bin, &candidate, desired);
+        command
+            .arg("--validate_config")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let output = tokio::time::timeout(Duration::from_secs(120), command.output()).await;
+        let _ = std::fs::remove_file(&candidate);
+        match output {
+            Ok(Ok(out)) if out.status.success() => Ok(()),
+            Ok(Ok(out)) => {
+                let text = String::from_utf8_lossy(&out.stdout).to_string()
+                    + &String::from_utf8_lossy(&out.stderr);
+                Err(text.lines().last().unwrap_or("invalid").to_string())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("validation timed out".into()),
+        }
+    }
+
+    async fn stop(&self, child: &mut Child) {
+        if let Some(pid) = child.id() {
+            sys::terminate(pid);
+            if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tracing::warn!("LiteLLM ignored SIGTERM; killing it");
+        }
+        let _ = child.kill().await;
+    }
+
+    fn fetch_version(&self, bin: &Path) {
+        if self.status().version.is_some() {
+            return;
+        }
+        let me = self.clone();
+        let bin = bin.to_path_buf();
+        tokio::spawn(async move {
+            let out = Command::new(&bin)
+                .arg("--version")
+                .env_clear()
+                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                .env("HOME", me.inner.dir.join("home"))
+                .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+                .output()
+                .await;
+            if let Ok(out) = out {
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                let version = text
+                    .split_whitespace()
+                    .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+                    .map(String::from);
+                me.inner
+                    .status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .version = version;
+            }
+        });
+    }
+}
+
+/// Appends a line to the log, moving it to `.1` once it passes the size cap.
+fn append_capped(path: &Path, line: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > LOG_LIMIT_BYTES) {
+        let _ = std::fs::rename(path, path.with_extension("log.1"));
+    }
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(fsutil::PRIVATE_FILE_MODE)
+        .open(path)
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}
+
+/// An HTTP client for loopback services (no TLS involved, but reqwest wants a config).
+pub fn plain_client() -> reqwest::Client {
+    ensure_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_default()
+}
+
+/// reqwest is built without a default TLS provider; install ring once for the process.
+pub fn ensure_crypto_provider() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

@@ -1,0 +1,705 @@
+//! The LLM path against real LiteLLM (installed by scripts/dev-litellm.sh) in front of the fake
+//! upstream. LiteLLM takes seconds to start and ~300 MB, so tests that run it take turns.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use taos_e2e::fake_llm::{FakeLlm, COMPLETION_TOKENS, PROMPT_TOKENS, REPLY};
+use taos_e2e::{wait_for_trace, AgentClient, Host, HostOptions};
+
+use crate::{start, BIN};
+
+/// One LiteLLM at a time.
+static LITELLM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const SECRET: &str = "upstream-secret-Zq81xW";
+
+pub async fn without_litellm() -> Host {
+    Host::start_with(
+        BIN,
+        HostOptions {
+            env: vec![(
+                "TAOS_LLM__LITELLM_BIN".into(),
+                "/nonexistent/litellm".into(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits until LiteLLM serves exactly these models.
+pub async fn wait_ready(host: &Host, models: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let status: Value = host
+            .admin(Method::GET, "/api/llm/status")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let have: Vec<&str> = status["models"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        if status["state"] == "ready" && have == models {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "LiteLLM never became ready: {status}"
+        );
+        assert_ne!(status["state"], "failed", "LiteLLM failed: {status}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Adds the fake upstream as a provider (models discovered) and gives it prices.
+pub async fn add_fake_provider(host: &Host, fake: &FakeLlm) -> Value {
+    let r = host
+        .admin(Method::POST, "/api/providers")
+        .json(&json!({"name": "fake", "type": "openai-compatible", "url": fake.url(), "api_key": SECRET}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(SECRET), "the key never comes back");
+    let provider: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(provider["has_api_key"], true);
+    let ids: Vec<&str> = provider["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["fake-gpt", "fake-other"],
+        "discovered from <url>/models"
+    );
+    // $1000 / $2000 per million tokens: a call (10 in, 5 out) costs exactly $0.02.
+    let priced = host
+        .admin(Method::PATCH, "/api/providers/fake")
+        .json(&json!({"models": [{"id": "fake-gpt", "input_usd_per_mtok": 1000.0, "output_usd_per_mtok": 2000.0}, {"id": "fake-other"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(priced.status(), StatusCode::OK);
+    priced.json().await.unwrap()
+}
+
+pub fn gateway(host: &Host, key: &str, path: &str) -> reqwest::RequestBuilder {
+    taos_e2e::http_client()
+        .post(format!("{}{path}", host.agent_url))
+        .bearer_auth(key)
+}
+
+fn data_dir_contains(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    hits.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    hits
+}
+
+#[tokio::test]
+async fn the_gateway_enforces_models_and_budgets_and_records_every_call() {
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
+    let host = start().await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+
+    let created: Value = host
+        .admin(Method::POST, "/api/agents")
+        .json(&json!({"name": "Thinker"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["llm_key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("taos_llm_"));
+    let unknown_model = host
+        .admin(Method::PATCH, "/api/agents/thinker")
+        .json(&json!({"model": "gpt-99"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown_model.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        unknown_model.text().await.unwrap().contains("fake-gpt"),
+        "the error lists what is available"
+    );
+    let set = host
+        .admin(Method::PATCH, "/api/agents/thinker")
+        .json(&json!({"model": "fake-gpt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    let budget = host
+        .admin(Method::PUT, "/api/agents/thinker/budget")
+        .json(&json!({"limit_usd": 0.05, "period": "day"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(budget.status(), StatusCode::OK);
+
+    let ask = |model: &str, stream: bool| json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    // Unknown key, forbidden model.
+    let r = gateway(&host, "taos_llm_nope", "/v1/chat/completions")
+        .json(&ask("fake-gpt", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.json::<Value>().await.unwrap()["error"]["message"].is_string(),
+        "OpenAI-style error body"
+    );
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&ask("fake-other", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["type"],
+        "model_not_allowed"
+    );
+    let models: Value = taos_e2e::http_client()
+        .get(format!("{}/v1/models", host.agent_url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"].as_array().unwrap().len(), 1);
+    assert_eq!(models["data"][0]["id"], "fake-gpt");
+
+    // Call 1: non-streamed, $0.02 (40 %).
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .header("x-taos-trace-id", "trace-1")
+        .json(&ask("fake-gpt", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], REPLY);
+    // Call 2: streamed, chunk by chunk, $0.04 (80 %: crosses 50 and 80).
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .header("x-taos-trace-id", "trace-2")
+        .json(&ask("fake-gpt", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = r.text().await.unwrap();
+    let pieces: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(pieces, REPLY);
+    assert!(text.contains("[DONE]"));
+    // Call 3: $0.06, past 100 %.
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&ask("fake-gpt", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // The three thresholds, each announced once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alerts = loop {
+        let list: Vec<Value> = host
+            .admin(Method::GET, "/api/notifications")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let alerts: Vec<i64> = list
+            .iter()
+            .filter(|n| n["source"] == "llm.budget")
+            .map(|n| n["data"]["threshold"].as_i64().unwrap())
+            .collect();
+        if alerts.len() >= 3 || Instant::now() > deadline {
+            break alerts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut sorted = alerts.clone();
+    sorted.sort();
+    assert_eq!(sorted, [50, 80, 100], "{alerts:?}");
+    // Over budget: refused until the owner raises the limit.
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&ask("fake-gpt", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["type"],
+        "budget_exceeded"
+    );
+    host.admin(Method::PUT, "/api/agents/thinker/budget")
+        .json(&json!({"limit_usd": 10.0, "period": "day"}))
+        .send()
+        .await
+        .unwrap();
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&ask("fake-gpt", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let usage: Value = host
+        .admin(Method::GET, "/api/agents/thinker/usage")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = &usage["rows"].as_array().unwrap()[0];
+    assert_eq!(row["model"], "fake-gpt");
+    assert_eq!(row["requests"], 4);
+    assert_eq!(row["tokens_in"], 4 * PROMPT_TOKENS);
+    assert_eq!(row["tokens_out"], 4 * COMPLETION_TOKENS);
+    assert!(
+        (usage["period_spend_usd"].as_f64().unwrap() - 0.08).abs() < 1e-9,
+        "{usage}"
+    );
+
+    // Every call is an llm_call trace; the streamed one too, with its usage.
+    let traces = wait_for_trace(&host, "thinker", "?trace_id=trace-2", |e| !e.is_empty()).await;
+    let call = &traces[0];
+    assert_eq!(call["kind"], "llm_call");
+    assert_eq!(call["model"], "fake-gpt");
+    assert_eq!(call["backend_name"], "fake");
+    assert_eq!(call["tokens_in"], PROMPT_TOKENS);
+    assert_eq!(call["tokens_out"], COMPLETION_TOKENS);
+    assert!(call["duration_ms"].as_i64().unwrap() >= 0);
+    assert_eq!(call["payload"]["status"], "success");
+    assert_eq!(call["payload"]["response"], REPLY);
+
+    // Embeddings go through the same checks.
+    let r = gateway(&host, &key, "/v1/embeddings")
+        .json(&json!({"model": "fake-gpt", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // The provider key is in no response, no file of the data dir, no log.
+    let listed = host
+        .admin(Method::GET, "/api/providers")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!listed.contains(SECRET));
+    assert_eq!(
+        data_dir_contains(&host.data_dir, SECRET),
+        Vec::<String>::new()
+    );
+    let log = std::fs::read_to_string(&host.stderr_log).unwrap_or_default();
+    assert!(!log.contains(SECRET));
+    assert!(
+        fake.state
+            .unauthorized
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0,
+        "LiteLLM sent the real key upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_litellm_gives_a_quick_503_and_comes_back() {
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
+    let host = start().await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let created: Value = host
+        .admin(Method::POST, "/api/agents")
+        .json(&json!({"name": "Survivor"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["llm_key"].as_str().unwrap().to_string();
+    host.admin(Method::PATCH, "/api/agents/survivor")
+        .json(&json!({"model": "fake-gpt"}))
+        .send()
+        .await
+        .unwrap();
+    let ask = json!({"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        gateway(&host, &key, "/v1/chat/completions")
+            .json(&ask)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    let config = host.data_dir.join("llm/litellm.json").display().to_string();
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (text.contains(&config) && !text.contains("--validate_config"))
+                .then(|| e.file_name().to_string_lossy().to_string())
+        })
+        .expect("the LiteLLM process");
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&ask)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "quick, not a hang: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["type"],
+        "llm_unavailable"
+    );
+
+    // The supervisor restarts it; no host restart needed.
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = gateway(&host, &key, "/v1/chat/completions")
+            .json(&ask)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "calls never recovered: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn without_litellm_the_host_runs_and_says_so() {
+    let host = without_litellm().await;
+    host.setup_owner().await;
+    let status: Value = host
+        .admin(Method::GET, "/api/llm/status")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "unavailable");
+    assert!(status["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("not installed"));
+    let health: Value = host
+        .client()
+        .get(host.url("/api/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(health["subsystems"]["llm"]
+        .as_str()
+        .unwrap()
+        .contains("not installed"));
+    assert_eq!(health["status"], "ok", "the host itself is fine");
+    let created: Value = host
+        .admin(Method::POST, "/api/agents")
+        .json(&json!({"name": "Lonely", "model": "fake-gpt"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let r = gateway(
+        &host,
+        created["llm_key"].as_str().unwrap(),
+        "/v1/chat/completions",
+    )
+    .json(&json!({"model": "fake-gpt", "messages": []}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn providers_are_validated_and_owner_only() {
+    let host = without_litellm().await;
+    host.setup_owner().await;
+    let fake = FakeLlm::start("", &["m1"]).await;
+    let cases = [
+        (
+            json!({"name": "x", "type": "martian"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "Bad Name", "type": "openai-compatible", "url": fake.url()}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "type": "openai-compatible"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "type": "openai-compatible", "url": "ftp://127.0.0.1/"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "type": "openai-compatible", "url": "http://127.0.0.1:1/v1"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "type": "openai-compatible", "url": fake.url(), "models": [{"id": "a b"}]}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (body, status) in cases {
+        let r = host
+            .admin(Method::POST, "/api/providers")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{body}");
+    }
+    let ok = host
+        .admin(Method::POST, "/api/providers")
+        .json(&json!({"name": "local", "type": "openai-compatible", "url": fake.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::CREATED);
+    let dup = host
+        .admin(Method::POST, "/api/providers")
+        .json(&json!({"name": "local", "type": "openai-compatible", "url": fake.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dup.status(), StatusCode::CONFLICT);
+    let cloud = host.admin(Method::POST, "/api/providers").json(&json!({"name": "cloud", "type": "openai", "api_key": "sk-x", "models": [{"id": "gpt-4o"}]})).send().await.unwrap();
+    let cloud: Value = cloud.json().await.unwrap();
+    assert_eq!(
+        cloud["url"], "https://api.openai.com/v1",
+        "known cloud URLs are filled in"
+    );
+    let models: Vec<Value> = host
+        .admin(Method::GET, "/api/providers/models")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["m1", "gpt-4o"]);
+
+    let reachable: Value = host
+        .admin(Method::POST, "/api/providers/test")
+        .json(&json!({"type": "openai-compatible", "url": fake.url()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reachable["reachable"], true);
+    assert_eq!(reachable["models"], json!(["m1"]));
+    let unreachable: Value = host
+        .admin(Method::POST, "/api/providers/test")
+        .json(&json!({"type": "openai-compatible", "url": "http://127.0.0.1:1/v1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unreachable["reachable"], false);
+
+    assert_eq!(
+        host.admin(Method::PATCH, "/api/providers/nope")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        host.admin(Method::DELETE, "/api/providers/cloud")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        host.admin(Method::DELETE, "/api/providers/cloud")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // Budgets: validated.
+    AgentClient::create(&host, "Spender").await;
+    for body in [
+        json!({"limit_usd": -1, "period": "day"}),
+        json!({"limit_usd": 1, "period": "week"}),
+    ] {
+        let r = host
+            .admin(Method::PUT, "/api/agents/spender/budget")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+    }
+    let device = host.pair_device("phone").await;
+    let by_device = host
+        .client()
+        .get(host.url("/api/providers"))
+        .bearer_auth(device["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        by_device.status(),
+        StatusCode::OK,
+        "the owner's devices act for the owner"
+    );
+}
+
+#[tokio::test]
+async fn bootstrap_keeps_the_taos_shape_with_the_agents_own_token() {
+    let host = without_litellm().await;
+    host.setup_owner().await;
+    let (agent, _) = AgentClient::create(&host, "Claw").await;
+    let (other, _) = AgentClient::create(&host, "Other").await;
+    let r = agent
+        .request(Method::GET, "/api/openclaw/bootstrap?agent=claw")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["schema_version"], 1);
+    assert_eq!(doc["agent_name"], "claw");
+    let litellm = &doc["models"]["providers"]["litellm"];
+    assert_eq!(litellm["api"], "openai-completions");
+    assert_eq!(litellm["baseUrl"], "http://127.0.0.1:4000");
+    assert_eq!(litellm["apiKey"], "${LITELLM_API_KEY}");
+    assert!(doc["channel"]["events_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/api/openclaw/sessions/claw/events"));
+    assert!(doc["channel"]["reply_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/api/openclaw/sessions/claw/reply"));
+    assert_eq!(
+        doc["channel"]["auth_bearer"],
+        agent.token.as_str(),
+        "its own token, never an admin one"
+    );
+    assert!(!doc.to_string().contains(&host.local_token()));
+    assert_eq!(
+        other
+            .request(Method::GET, "/api/openclaw/bootstrap?agent=claw")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        agent
+            .request(Method::GET, "/api/openclaw/bootstrap")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        agent
+            .with_token(&host.local_token())
+            .request(Method::GET, "/api/openclaw/bootstrap?agent=claw")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
