@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a fresh machine, skipping what is already there.
-# Today that is the Rust toolchain's components; incus, LiteLLM and Chromium join as the
-# issues that need them land.
+# Installs what the tests need on a fresh machine, skipping what is already there: the Rust
+# toolchain's components and LiteLLM. incus and Chromium join as the issues that need them land.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -15,3 +14,6 @@ for component in rustfmt clippy; do
         rustup component add "$component"
     fi
 done
+
+# LiteLLM for the LLM gateway tests (skipped when already installed).
+"$(dirname "$0")/dev-litellm.sh"
