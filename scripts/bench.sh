@@ -10,7 +10,7 @@ cd "$REPO_ROOT"
 
 apt_install wrk
 log "building release binaries"
-cargo build --release --locked -p taos-host -p taos-e2e --bin taos-host --bin taos-bench --bin taos-load
+cargo build --release --locked -p taos-host -p taos-e2e --bin taos-host --bin taos-bench --bin taos-load --bin taos-llm-bench
 BIN="$CARGO_TARGET_DIR/release/taos-host"
 
 log "startup and idle memory"
@@ -37,6 +37,12 @@ kill "$HOST_PID"; wait "$HOST_PID" 2>/dev/null || true
 log "conversation core load (traces, bridge, WebSocket fan-out)"
 LOAD_JSON="$("$CARGO_TARGET_DIR/release/taos-load" "$BIN")"
 echo "$LOAD_JSON"
+
+log "LLM gateway overhead (real LiteLLM, fake upstream)"
+"$REPO_ROOT/scripts/dev-litellm.sh"
+LLM_JSON="$("$CARGO_TARGET_DIR/release/taos-llm-bench" "$BIN" 10000)"
+echo "$LLM_JSON"
+llm() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$LLM_JSON" "$1"; }
 
 json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$STARTUP_JSON" "$1"; }
 load() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$LOAD_JSON" "$1"; }
