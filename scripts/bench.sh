@@ -73,5 +73,34 @@ request rate is a floor, not a ceiling.
 
 How: \`taos-bench\` (tests/src/bin) starts the binary on fresh ports, polls \`/api/health\` every
 0.5 ms and reads \`VmRSS\` from \`/proc\`; wrk drives TLS 1.3 keep-alive connections.
+
+## Conversation core (issue 3)
+
+| what | result | target | |
+|---|---|---|---|
+| trace ingest, batch endpoint (100 000 events, batches of 500, 4 clients) | $(load trace_batch_events_per_s) events/s | > 20 000 | $(verdict "$(load trace_batch_events_per_s) > 20000") |
+| trace ingest, single POSTs (10 000 events, 64 clients) | $(load trace_single_events_per_s) events/s | > 3 000 | $(verdict "$(load trace_single_events_per_s) > 3000") |
+| user message POST → agent SSE delivery (300 messages) | p50 $(load delivery_ms_p50) ms, p99 $(load delivery_ms_p99) ms | p99 < 5 ms | $(verdict "$(load delivery_ms_p99) < 5") |
+| agent reply delta POST → WebSocket client (300 deltas) | p50 $(load delta_ms_p50) ms, p99 $(load delta_ms_p99) ms | p99 < 5 ms | $(verdict "$(load delta_ms_p99) < 5") |
+| message POST → all of 500 WebSocket clients in one channel (30 messages) | p50 $(load broadcast_500_ms_p50) ms, p99 $(load broadcast_500_ms_p99) ms | p99 < 50 ms | $(verdict "$(load broadcast_500_ms_p99) < 50") |
+| host RSS with those 500 clients connected | $(load rss_mib_with_500_clients) MiB (before they connected: $(load rss_mib_before_clients) MiB) | < 60 MiB | $(verdict "$(load rss_mib_with_500_clients) < 60") |
+
+How: \`taos-load\` (tests/src/bin) drives a release host through the real APIs: agent-listener
+trace posts over plain HTTP on loopback, chat posts and WebSockets over TLS pinned to the host
+key, the bridge stream as an agent reads it. Latencies include the POST's own handling (two
+fsynced SQLite commits per chat message): every write is durable (\`synchronous=FULL\`).
+
+## LLM gateway (issue 4)
+
+| what | result | target | |
+|---|---|---|---|
+| non-streamed call, p50 (200 calls each, interleaved) | gateway $(llm gateway_p50_ms) ms vs LiteLLM direct $(llm direct_p50_ms) ms: $(llm added_p50_ms) ms added | < 1 ms added | $(verdict "$(llm added_p50_ms) < 1") |
+| streamed call, time to first chunk, p50 | gateway $(llm gateway_first_chunk_p50_ms) ms vs direct $(llm direct_first_chunk_p50_ms) ms: $(llm added_first_chunk_ms) ms added | < 2 ms added | $(verdict "$(llm added_first_chunk_ms) < 2") |
+| host RSS across $(llm calls) gateway calls (16 at a time) | $(llm rss_mib_before) → $(llm rss_mib_after) MiB ($(llm rss_growth_mib) MiB) | within 5 MiB | $(verdict "abs($(llm rss_growth_mib)) < 5") |
+
+How: \`taos-llm-bench\` (tests/src/bin) runs the fake OpenAI-compatible upstream in process,
+starts a release host that supervises real LiteLLM, and calls LiteLLM both directly (master key)
+and through the gateway (agent LLM key: model and budget checks, usage and trace recording).
+LiteLLM itself adds about 20 ms per call; the gateway's share is what the table shows.
 MD
 log "wrote docs/benchmarks.md"
