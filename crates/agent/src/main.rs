@@ -1,1 +1,78 @@
-fn main() {}
+//! `taos-agent`: configured by environment only (see `taos_agent::config`). Exit codes: 0 after
+//! SIGTERM/SIGINT, 2 for a configuration error, 1 when it cannot start.
+
+use std::process::ExitCode;
+
+use taos_agent::shutdown::{self, ShutdownTrigger};
+use taos_agent::{Config, CONFIG_EXIT_CODE};
+use tokio::signal::unix::{signal, SignalKind};
+
+fn main() -> ExitCode {
+    init_logging();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            // Plain stderr rather than the log, so RUST_LOG=off cannot hide a setup mistake.
+            eprintln!("taos-agent: configuration error: {e}");
+            return ExitCode::from(CONFIG_EXIT_CODE);
+        }
+    };
+    // One thread is plenty: the sidecar waits on the network, and agent machines are small.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let (trigger, shutdown) = shutdown::channel();
+        if let Err(e) = watch_signals(trigger) {
+            tracing::error!("could not install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+        match taos_agent::run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Triggers shutdown on the first SIGTERM or SIGINT. Handlers are installed before this
+/// returns, so a signal arriving right after start is not lost.
+fn watch_signals(trigger: ShutdownTrigger) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{name} received; stopping");
+        trigger.trigger();
+        // Keep the trigger alive (dropping it also means stop) and absorb further signals so
+        // they do not kill the process mid-cleanup.
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+    });
+    Ok(())
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

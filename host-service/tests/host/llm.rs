@@ -54,7 +54,10 @@ pub async fn wait_ready(host: &Host, models: &[&str]) -> Value {
         );
         assert_ne!(status["state"], "failed", "LiteLLM failed: {status}");
         let error = status["last_error"].as_str().unwrap_or_default();
-        assert!(!error.contains("not installed"), "LiteLLM is missing: run scripts/dev-litellm.sh (scripts/test.sh does)");
+        assert!(
+            !error.contains("not installed"),
+            "LiteLLM is missing: run scripts/dev-litellm.sh (scripts/test.sh does)"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -34,8 +34,13 @@ fn rss_mib(pid: u32) -> f64 {
 fn litellm_port(host: &Host) -> u16 {
     let config = host.data_dir.join("llm/litellm.json").display().to_string();
     for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> = String::from_utf8_lossy(&cmdline).split('\0').map(String::from).collect();
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .map(String::from)
+            .collect();
         if args.iter().any(|a| a == &config) {
             if let Some(i) = args.iter().position(|a| a == "--port") {
                 return args[i + 1].parse().expect("port");
@@ -48,7 +53,13 @@ fn litellm_port(host: &Host) -> u16 {
 /// (total ms, ms to first body chunk)
 async fn timed(client: &reqwest::Client, url: &str, key: &str, body: &Value) -> (f64, f64) {
     let started = Instant::now();
-    let response = client.post(url).bearer_auth(key).json(body).send().await.expect("call");
+    let response = client
+        .post(url)
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("call");
     assert!(response.status().is_success(), "{}", response.status());
     let mut stream = response.bytes_stream();
     let mut first = None;
@@ -56,13 +67,21 @@ async fn timed(client: &reqwest::Client, url: &str, key: &str, body: &Value) -> 
         chunk.expect("chunk");
         first.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1000.0);
     }
-    (started.elapsed().as_secs_f64() * 1000.0, first.unwrap_or(0.0))
+    (
+        started.elapsed().as_secs_f64() * 1000.0,
+        first.unwrap_or(0.0),
+    )
 }
 
 #[tokio::main]
 async fn main() {
-    let bin = std::env::args().nth(1).expect("usage: taos-llm-bench <taos-host> [calls]");
-    let calls: usize = std::env::args().nth(2).and_then(|c| c.parse().ok()).unwrap_or(10_000);
+    let bin = std::env::args()
+        .nth(1)
+        .expect("usage: taos-llm-bench <taos-host> [calls]");
+    let calls: usize = std::env::args()
+        .nth(2)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(10_000);
     let fake = FakeLlm::start("bench-key", &["fake-gpt"]).await;
     let host = Host::start(&bin).await;
     host.setup_owner().await;
@@ -70,17 +89,41 @@ async fn main() {
     assert!(r.status().is_success());
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let status: Value = host.admin(Method::GET, "/api/llm/status").send().await.expect("status").json().await.expect("json");
+        let status: Value = host
+            .admin(Method::GET, "/api/llm/status")
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
         if status["state"] == "ready" {
             break;
         }
-        assert!(Instant::now() < deadline, "LiteLLM never became ready: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "LiteLLM never became ready: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let agent: Value = host.admin(Method::POST, "/api/agents").json(&json!({"name": "Bench", "model": "fake-gpt"})).send().await.expect("agent").json().await.expect("json");
+    let agent: Value = host
+        .admin(Method::POST, "/api/agents")
+        .json(&json!({"name": "Bench", "model": "fake-gpt"}))
+        .send()
+        .await
+        .expect("agent")
+        .json()
+        .await
+        .expect("json");
     let key = agent["llm_key"].as_str().expect("key").to_string();
-    let master = std::fs::read_to_string(host.data_dir.join("llm/master-key")).expect("master key").trim().to_string();
-    let direct = format!("http://127.0.0.1:{}/v1/chat/completions", litellm_port(&host));
+    let master = std::fs::read_to_string(host.data_dir.join("llm/master-key"))
+        .expect("master key")
+        .trim()
+        .to_string();
+    let direct = format!(
+        "http://127.0.0.1:{}/v1/chat/completions",
+        litellm_port(&host)
+    );
     let gateway = format!("{}/v1/chat/completions", host.agent_url);
     let client = taos_e2e::http_client();
     let plain = json!({"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]});
@@ -105,10 +148,22 @@ async fn main() {
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..16 {
-        let (client, gateway, key, body, done) = (client.clone(), gateway.clone(), key.clone(), plain.clone(), done.clone());
+        let (client, gateway, key, body, done) = (
+            client.clone(),
+            gateway.clone(),
+            key.clone(),
+            plain.clone(),
+            done.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             while done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < calls {
-                let r = client.post(&gateway).bearer_auth(&key).json(&body).send().await.expect("call");
+                let r = client
+                    .post(&gateway)
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("call");
                 assert!(r.status().is_success(), "{}", r.status());
                 let _ = r.bytes().await;
             }

@@ -1,0 +1,332 @@
+//! Configuration, read only from the environment: the host starts the container with these
+//! variables set, and there is no config file to drift out of date inside the container.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Exit code for a configuration error, so a supervisor can tell "fix the setup" from a crash.
+pub const CONFIG_EXIT_CODE: u8 = 2;
+
+pub const ENV_BRIDGE_URL: &str = "TAOS_BRIDGE_URL";
+pub const ENV_AGENT_NAME: &str = "TAOS_AGENT_NAME";
+pub const ENV_AGENT_TOKEN: &str = "TAOS_AGENT_TOKEN";
+pub const ENV_OPENAI_BASE_URL: &str = "OPENAI_BASE_URL";
+pub const ENV_OPENAI_API_KEY: &str = "OPENAI_API_KEY";
+pub const ENV_MODEL: &str = "TAOS_MODEL";
+pub const ENV_FALLBACK_MODELS: &str = "TAOS_FALLBACK_MODELS";
+pub const ENV_SYSTEM_PROMPT: &str = "TAOS_SYSTEM_PROMPT";
+pub const ENV_AGENT_MODE: &str = "TAOS_AGENT_MODE";
+
+/// Same rule as the host's agent slugs; checked because the name goes into URL paths.
+const MAX_SLUG_LEN: usize = 58;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    // The reason never repeats the value: it may be a token pasted into the wrong variable.
+    #[error("{name} is not valid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// A value that must never reach a log line. `Debug` prints a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The raw value, for the one place that needs it: an Authorization header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// How the agent produces its answers. Only `direct` exists; `openclaw` will come later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Answer each message with one chat completion from the LLM gateway.
+    Direct,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+        }
+    }
+}
+
+/// Delays and limits. Not configurable from the environment; tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// First reconnect delay after the bridge stream drops; doubles up to `backoff_max`.
+    pub backoff_start: Duration,
+    pub backoff_max: Duration,
+    /// Delay before retrying after the host refuses the stream (401/403/other 4xx). Slow on
+    /// purpose: a token rotation in progress fixes itself; a wrong token needs a restart.
+    pub refused_retry: Duration,
+    pub connect_timeout: Duration,
+    /// Longest silence tolerated on the bridge stream. The host sends a keep-alive every 15 s,
+    /// so three missed ones mean the connection is dead even if TCP has not noticed.
+    pub stream_idle_timeout: Duration,
+    /// Longest silence tolerated from the model; local models on small machines can be slow
+    /// to produce their first token.
+    pub llm_idle_timeout: Duration,
+    /// Whole-request limit for replies and traces.
+    pub request_timeout: Duration,
+    /// Streamed text is sent to the host at most this often, to avoid one request per token.
+    pub delta_flush: Duration,
+    /// On SIGTERM, how long the reply in progress may take before it is abandoned.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            backoff_start: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            refused_retry: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            stream_idle_timeout: Duration::from_secs(45),
+            llm_idle_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+            delta_flush: Duration::from_millis(30),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The host's agent listener, without a trailing slash.
+    pub bridge_url: String,
+    pub agent_name: String,
+    pub agent_token: Secret,
+    /// The LLM gateway's OpenAI-compatible base (ends in `/v1`), without a trailing slash.
+    pub openai_base_url: String,
+    pub openai_api_key: Secret,
+    /// The primary model first, then the fallbacks in order, without duplicates.
+    pub models: Vec<String>,
+    pub system_prompt: Option<String>,
+    pub mode: Mode,
+    pub timings: Timings,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `get`, so tests need not touch the process environment.
+    /// Empty values count as unset.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let optional = |name: &str| {
+            get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let required = |name: &'static str| optional(name).ok_or(ConfigError::Missing(name));
+
+        let bridge_url = http_url(ENV_BRIDGE_URL, &required(ENV_BRIDGE_URL)?)?;
+        let agent_name = required(ENV_AGENT_NAME)?;
+        if !is_valid_slug(&agent_name) {
+            return Err(ConfigError::Invalid {
+                name: ENV_AGENT_NAME,
+                reason: "an agent slug is lowercase letters, digits and '-'".to_string(),
+            });
+        }
+        let agent_token = Secret::new(required(ENV_AGENT_TOKEN)?);
+        let openai_base_url = http_url(ENV_OPENAI_BASE_URL, &required(ENV_OPENAI_BASE_URL)?)?;
+        let openai_api_key = Secret::new(required(ENV_OPENAI_API_KEY)?);
+        let primary = required(ENV_MODEL)?;
+        let mut models = vec![primary];
+        if let Some(list) = optional(ENV_FALLBACK_MODELS) {
+            for model in list.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                if !models.iter().any(|m| m == model) {
+                    models.push(model.to_string());
+                }
+            }
+        }
+        // The prompt is used verbatim: leading and trailing whitespace may be deliberate.
+        let system_prompt = get(ENV_SYSTEM_PROMPT).filter(|p| !p.trim().is_empty());
+        let mode = match optional(ENV_AGENT_MODE).as_deref() {
+            None | Some("direct") => Mode::Direct,
+            Some("openclaw") => {
+                return Err(ConfigError::Invalid {
+                    name: ENV_AGENT_MODE,
+                    reason: "mode `openclaw` is not available yet; use `direct`".to_string(),
+                })
+            }
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    name: ENV_AGENT_MODE,
+                    reason: "unknown mode; the only mode is `direct`".to_string(),
+                })
+            }
+        };
+        Ok(Config {
+            bridge_url,
+            agent_name,
+            agent_token,
+            openai_base_url,
+            openai_api_key,
+            models,
+            system_prompt,
+            mode,
+            timings: Timings::default(),
+        })
+    }
+}
+
+/// Checks `value` is a plain-http URL and returns it without a trailing slash. https is refused
+/// because the sidecar trusts no certificates: it only talks to the host over loopback or an
+/// incus proxy device, where TLS adds nothing.
+fn http_url(name: &'static str, value: &str) -> Result<String, ConfigError> {
+    let parsed = reqwest::Url::parse(value).map_err(|_| ConfigError::Invalid {
+        name,
+        reason: "not a URL".to_string(),
+    })?;
+    if parsed.scheme() != "http" || parsed.host_str().is_none() {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: "must be an http:// URL to the host (the sidecar speaks plain HTTP)"
+                .to_string(),
+        });
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
+fn is_valid_slug(slug: &str) -> bool {
+    let bytes = slug.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_SLUG_LEN
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn full_env() -> HashMap<&'static str, String> {
+        HashMap::from([
+            (ENV_BRIDGE_URL, "http://127.0.0.1:6970/".to_string()),
+            (ENV_AGENT_NAME, "helper".to_string()),
+            (ENV_AGENT_TOKEN, "taos_ag_secret".to_string()),
+            (ENV_OPENAI_BASE_URL, "http://127.0.0.1:6970/v1".to_string()),
+            (ENV_OPENAI_API_KEY, "sk-secret".to_string()),
+            (ENV_MODEL, "small".to_string()),
+        ])
+    }
+
+    fn parse(env: &HashMap<&'static str, String>) -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn full_environment_parses_with_defaults() {
+        let config = parse(&full_env()).unwrap();
+        assert_eq!(config.bridge_url, "http://127.0.0.1:6970");
+        assert_eq!(config.openai_base_url, "http://127.0.0.1:6970/v1");
+        assert_eq!(config.agent_name, "helper");
+        assert_eq!(config.agent_token.expose(), "taos_ag_secret");
+        assert_eq!(config.models, vec!["small".to_string()]);
+        assert_eq!(config.system_prompt, None);
+        assert_eq!(config.mode, Mode::Direct);
+    }
+
+    #[test]
+    fn every_required_variable_is_named_when_missing() {
+        for name in [
+            ENV_BRIDGE_URL,
+            ENV_AGENT_NAME,
+            ENV_AGENT_TOKEN,
+            ENV_OPENAI_BASE_URL,
+            ENV_OPENAI_API_KEY,
+            ENV_MODEL,
+        ] {
+            let mut env = full_env();
+            env.remove(name);
+            assert_eq!(parse(&env).unwrap_err(), ConfigError::Missing(name));
+            env.insert(name, "  ".to_string());
+            assert_eq!(parse(&env).unwrap_err(), ConfigError::Missing(name));
+        }
+    }
+
+    #[test]
+    fn fallbacks_are_trimmed_and_deduplicated() {
+        let mut env = full_env();
+        env.insert(ENV_FALLBACK_MODELS, " big , small,,other , big".to_string());
+        let config = parse(&env).unwrap();
+        assert_eq!(config.models, vec!["small", "big", "other"]);
+    }
+
+    #[test]
+    fn bad_values_are_refused_without_echoing_them() {
+        let mut env = full_env();
+        env.insert(ENV_BRIDGE_URL, "taos_ag_leaked".to_string());
+        let err = parse(&env).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                name: ENV_BRIDGE_URL,
+                ..
+            }
+        ));
+        assert!(!err.to_string().contains("leaked"));
+
+        let mut env = full_env();
+        env.insert(
+            ENV_OPENAI_BASE_URL,
+            "https://api.example.com/v1".to_string(),
+        );
+        assert!(matches!(
+            parse(&env).unwrap_err(),
+            ConfigError::Invalid {
+                name: ENV_OPENAI_BASE_URL,
+                ..
+            }
+        ));
+
+        let mut env = full_env();
+        env.insert(ENV_AGENT_NAME, "../admin".to_string());
+        assert!(matches!(
+            parse(&env).unwrap_err(),
+            ConfigError::Invalid {
+                name: ENV_AGENT_NAME,
+                ..
+            }
+        ));
+
+        let mut env = full_env();
+        env.insert(ENV_AGENT_MODE, "openclaw".to_string());
+        assert!(matches!(
+            parse(&env).unwrap_err(),
+            ConfigError::Invalid {
+                name: ENV_AGENT_MODE,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let config = parse(&full_env()).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("taos_ag_secret"));
+        assert!(!shown.contains("sk-secret"));
+    }
+}

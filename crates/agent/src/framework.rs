@@ -1,0 +1,128 @@
+//! What an agent framework implements to answer deliveries, and the handle it answers through.
+//!
+//! `direct` is the only framework today; an `openclaw` one (driving an openclaw gateway in the
+//! same container) will implement the same trait, so following the stream, ordering,
+//! shutdown and traces stay in one place.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use taos_proto::bridge::{Reply, ReplyKind, UserMessageDelivery};
+use taos_proto::trace::TraceKind;
+
+use crate::bridge::{new_trace, BridgeClient, BridgeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RespondError {
+    #[error("the host did not take the reply: {0}")]
+    Bridge(#[from] BridgeError),
+}
+
+pub trait Framework: Send + Sync {
+    /// Answers one delivery through `replies`. Returns once the answer is settled: a final or
+    /// an error reply was accepted. Failures the framework can explain to people (the model
+    /// failed) are error replies, not `Err`; `Err` means the host could not be told.
+    ///
+    /// The future may be dropped part way when the agent stops.
+    fn respond(
+        &self,
+        delivery: &UserMessageDelivery,
+        replies: &ReplySink,
+    ) -> impl Future<Output = Result<(), RespondError>> + Send;
+}
+
+/// Sends the replies for one delivery, with its trace and channel filled in, and remembers
+/// what was sent so the caller knows whether people already saw part of an answer.
+pub struct ReplySink {
+    bridge: BridgeClient,
+    trace_id: String,
+    channel_id: String,
+    thread_id: Option<String>,
+    streamed: AtomicBool,
+    settled: AtomicBool,
+}
+
+impl ReplySink {
+    pub fn new(bridge: BridgeClient, delivery: &UserMessageDelivery) -> Self {
+        ReplySink {
+            bridge,
+            trace_id: delivery.trace_id.clone(),
+            channel_id: delivery.channel_id.clone(),
+            thread_id: delivery.thread_id.clone(),
+            streamed: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether any text was sent: from then on it is visible in the chat.
+    pub fn has_streamed(&self) -> bool {
+        self.streamed.load(Ordering::SeqCst)
+    }
+
+    /// Whether a final or error reply was accepted.
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::SeqCst)
+    }
+
+    /// Streams a piece of the answer. Empty pieces are skipped (the host refuses them).
+    pub async fn delta(&self, text: &str) -> Result<(), BridgeError> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        self.send(ReplyKind::Delta, Some(text.to_string()), None)
+            .await?;
+        self.streamed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Completes the answer with its whole text.
+    pub async fn finish(&self, content: &str) -> Result<(), BridgeError> {
+        self.send(ReplyKind::Final, Some(content.to_string()), None)
+            .await?;
+        self.settled.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Ends the answer as failed, with a short reason people can read.
+    pub async fn fail(&self, reason: &str) -> Result<(), BridgeError> {
+        self.send(ReplyKind::Error, None, Some(reason.to_string()))
+            .await?;
+        self.settled.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Records an `error` trace for this delivery. Best effort: a trace that cannot be
+    /// written is logged, never a reason to fail the answer.
+    pub async fn trace_error(&self, stage: &str, message: &str, model: Option<&str>) {
+        let mut event = new_trace(TraceKind::Error);
+        event.trace_id = Some(self.trace_id.clone());
+        event.channel_id = Some(self.channel_id.clone());
+        event.thread_id = self.thread_id.clone();
+        event.model = model.map(str::to_string);
+        event.error = Some(message.to_string());
+        event.payload = serde_json::json!({ "stage": stage, "message": message });
+        if let Err(e) = self.bridge.post_trace(&event).await {
+            tracing::warn!(trace_id = %self.trace_id, error = %e, "could not write an error trace");
+        }
+    }
+
+    async fn send(
+        &self,
+        kind: ReplyKind,
+        content: Option<String>,
+        error: Option<String>,
+    ) -> Result<(), BridgeError> {
+        let reply = Reply {
+            kind,
+            trace_id: self.trace_id.clone(),
+            channel_id: Some(self.channel_id.clone()),
+            content,
+            tool: None,
+            args: None,
+            result: None,
+            success: None,
+            error,
+        };
+        self.bridge.post_reply(&reply).await
+    }
+}
