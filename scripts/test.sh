@@ -10,5 +10,7 @@ log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo build (every binary: tests start taos-host and taos-agent as real processes)"
+cargo build --workspace --bins --locked
 log "cargo test"
 cargo test --workspace --locked

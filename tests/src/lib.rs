@@ -595,3 +595,21 @@ pub async fn wait_for_trace(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Another binary of this workspace (e.g. `taos-agent`), from the target dir the tests run
+/// from. `scripts/test.sh` builds every binary before testing.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target profile dir");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing; build it first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}

@@ -708,3 +708,104 @@ async fn bootstrap_keeps_the_taos_shape_with_the_agents_own_token() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn the_sidecar_answers_a_websocket_message_through_the_gateway() {
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
+    let host = start().await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let created: Value = host
+        .admin(Method::POST, "/api/agents")
+        .json(&json!({"name": "Sidecar", "model": "fake-gpt"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dm = created["agent"]["dm_channel_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut sidecar = tokio::process::Command::new(taos_e2e::workspace_binary("taos-agent"))
+        .env_clear()
+        .env("TAOS_BRIDGE_URL", &host.agent_url)
+        .env("TAOS_AGENT_NAME", "sidecar")
+        .env("TAOS_AGENT_TOKEN", created["agent_token"].as_str().unwrap())
+        .env("OPENAI_BASE_URL", format!("{}/v1", host.agent_url))
+        .env("OPENAI_API_KEY", created["llm_key"].as_str().unwrap())
+        .env("TAOS_MODEL", "fake-gpt")
+        .env("TAOS_SYSTEM_PROMPT", "You are a test agent.")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let mut ws = taos_e2e::WsClient::connect(&host, &host.local_token())
+        .await
+        .unwrap();
+    ws.subscribe(&dm, Some(0)).await;
+    ws.send(
+        json!({"type": "message", "channel_id": dm, "content": "hello agent", "client_id": "m-1"}),
+    )
+    .await;
+    let ack = ws.next_of("ack", Duration::from_secs(10)).await.unwrap();
+    let trace_id = ack["message_id"].as_str().unwrap().to_string();
+
+    let mut deltas = String::new();
+    let final_message = loop {
+        let event = ws
+            .next(Duration::from_secs(60))
+            .await
+            .expect("the agent answers");
+        match event["type"].as_str().unwrap() {
+            "message_delta" => deltas.push_str(event["delta"].as_str().unwrap()),
+            "message"
+                if event["message"]["author_id"] == "sidecar"
+                    && event["message"]["state"] == "complete" =>
+            {
+                break event
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(final_message["message"]["content"], REPLY);
+    assert_eq!(deltas, REPLY, "the reply streamed as deltas first");
+
+    let traces = wait_for_trace(&host, "sidecar", &format!("?trace_id={trace_id}"), |e| {
+        let kinds: Vec<&str> = e.iter().filter_map(|x| x["kind"].as_str()).collect();
+        ["message_in", "llm_call", "message_out"]
+            .iter()
+            .all(|k| kinds.contains(k))
+    })
+    .await;
+    let kinds: Vec<&str> = traces.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    for kind in ["message_in", "llm_call", "message_out"] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let call = traces.iter().find(|e| e["kind"] == "llm_call").unwrap();
+    assert_eq!(call["tokens_in"], PROMPT_TOKENS);
+    assert_eq!(call["tokens_out"], COMPLETION_TOKENS);
+    assert!(call["duration_ms"].as_i64().is_some());
+
+    let pid = sidecar.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), sidecar.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the sidecar stops cleanly on SIGTERM"
+    );
+}
