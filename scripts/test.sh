@@ -13,4 +13,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo build (every binary: tests start taos-host and taos-agent as real processes)"
 cargo build --workspace --bins --locked
 log "cargo test"
-cargo test --workspace --locked
+OUT="$(mktemp -d)/test-output"
+trap 'rm -rf "$(dirname "$OUT")"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$OUT"
+STATUS=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo ends with its doctest summary, often "0 passed").
+awk '/^test result:/ {passed += $4; failed += $6} END {printf "total: %d passed, %d failed\n", passed, failed}' "$OUT"
+exit "$STATUS"
