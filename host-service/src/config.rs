@@ -43,6 +43,17 @@ trace_content_bytes = 4096
 # How long discovered provider model lists are cached, in seconds.
 models_cache_seconds = 300
 
+[runtime]
+# Container runtime for agents: "auto" (incus if its socket answers, else none), "incus", or
+# "none". (Docker comes later.)
+kind = "auto"
+# incus's API socket.
+incus_socket = "/var/lib/incus/unix.socket"
+# incus cluster member to place agents on; empty lets incus choose.
+incus_target = ""
+# Storage pool for agents' root disks (btrfs enforces disk quotas).
+incus_pool = "default"
+
 [log]
 # "human" or "json".
 format = "human"
@@ -55,7 +66,36 @@ level = "info"
 pub struct Config {
     pub server: ServerConfig,
     pub llm: LlmConfig,
+    pub runtime: RuntimeConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    Auto,
+    Incus,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    pub kind: RuntimeKind,
+    pub incus_socket: String,
+    pub incus_target: String,
+    pub incus_pool: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            kind: RuntimeKind::Auto,
+            incus_socket: crate::runtime::incus::DEFAULT_SOCKET.to_string(),
+            incus_target: String::new(),
+            incus_pool: "default".to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

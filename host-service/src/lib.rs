@@ -15,6 +15,7 @@ pub mod llm;
 pub mod metrics;
 pub mod notify;
 pub mod qr;
+pub mod runtime;
 pub mod secrets;
 pub mod server;
 pub mod sys;

@@ -241,7 +241,19 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         Duration::from_secs(config.llm.models_cache_seconds),
         usize::try_from(config.llm.trace_content_bytes).unwrap_or(4096),
     );
+    let detected = crate::runtime::detect(&config.runtime).await;
+    if detected.incus.is_some() {
+        tracing::info!(runtime = %detected.description, "container runtime");
+    } else {
+        tracing::warn!(runtime = %detected.description, "container runtime");
+    }
+    let runtime_health = if detected.incus.is_some() {
+        "ok".to_string()
+    } else {
+        format!("disabled: {}", detected.description)
+    };
     let state = AppState::new(AppInner {
+        runtime: detected.incus,
         hub: Arc::new(EventHub::new(db.clone())),
         llm,
         chat: crate::chat::Chat::new(db.clone()),
@@ -257,6 +269,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         health: RwLock::new(BTreeMap::from([
             ("database".to_string(), "ok".to_string()),
             ("tls".to_string(), tls_status.to_string()),
+            ("runtime".to_string(), runtime_health),
         ])),
         started_at,
         shutdown: shutdown_rx,

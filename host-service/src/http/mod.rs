@@ -60,6 +60,8 @@ pub struct AppInner {
     pub login_limiter: LoginLimiter,
     pub hub: Arc<EventHub>,
     pub llm: crate::llm::Llm,
+    /// The container runtime, if one answered at start.
+    pub runtime: Option<crate::runtime::incus::Incus>,
     pub chat: crate::chat::Chat,
     pub bridge: crate::bridge::Bridge,
     pub traces: crate::trace::TraceStore,

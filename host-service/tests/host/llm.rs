@@ -809,3 +809,94 @@ async fn the_sidecar_answers_a_websocket_message_through_the_gateway() {
         "the sidecar stops cleanly on SIGTERM"
     );
 }
+
+fn litellm_pid(host: &Host) -> Option<String> {
+    let config = host.data_dir.join("llm/litellm.json").display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        (text.contains(&config) && !text.contains("--validate_config"))
+            .then(|| e.file_name().to_string_lossy().to_string())
+    })
+}
+
+#[tokio::test]
+async fn litellm_restarts_only_when_the_model_list_changes() {
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
+    let host = start().await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let first = litellm_pid(&host).expect("LiteLLM runs");
+
+    // Prices and a refresh that finds the same models don't touch LiteLLM.
+    host.admin(Method::PATCH, "/api/providers/fake")
+        .json(&json!({"models": [{"id": "fake-gpt", "input_usd_per_mtok": 1.0}, {"id": "fake-other"}]}))
+        .send().await.unwrap();
+    let refreshed: Vec<Value> = host
+        .admin(Method::GET, "/api/providers/models?refresh=true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.len(), 2);
+    let kept = refreshed.iter().find(|m| m["name"] == "fake-gpt").unwrap();
+    assert_eq!(
+        kept["input_usd_per_mtok"], 1.0,
+        "a refresh keeps the owner's prices"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        litellm_pid(&host).as_deref(),
+        Some(first.as_str()),
+        "no restart for an unchanged list"
+    );
+
+    // A new model is a new config: validated, then LiteLLM restarts with it.
+    host.admin(Method::PATCH, "/api/providers/fake")
+        .json(&json!({"models": [{"id": "fake-gpt"}, {"id": "fake-other"}, {"id": "fake-third"}]}))
+        .send()
+        .await
+        .unwrap();
+    wait_ready(&host, &["fake-gpt", "fake-other", "fake-third"]).await;
+    let second = litellm_pid(&host).expect("LiteLLM runs again");
+    assert_ne!(first, second, "restarted for the new list");
+    let config = std::fs::read_to_string(host.data_dir.join("llm/litellm.json")).unwrap();
+    assert!(config.contains("fake-third") && !config.contains(SECRET));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(host.data_dir.join("llm/master-key"))
+            .unwrap()
+            .permissions(),
+    ) & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // Removing the last provider stops LiteLLM (no models, nothing to serve).
+    assert_eq!(
+        host.admin(Method::DELETE, "/api/providers/fake")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while litellm_pid(&host).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "LiteLLM still running without models"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let status: Value = host
+        .admin(Method::GET, "/api/llm/status")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "unavailable");
+}

@@ -13,6 +13,7 @@ mod input;
 mod llm;
 mod ops;
 mod routes;
+mod runtime;
 mod tls;
 mod traces;
 

@@ -1,0 +1,581 @@
+//! incus over its REST API on the unix socket: typed answers instead of parsed CLI output, no
+//! argument quoting, async operations waited on, and the same API an incus cluster serves.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::UnixStream;
+
+use super::{
+    validate_env_key, validate_name, validate_path, ContainerState, CreateSpec, Device, ExecResult,
+    Runtime, RuntimeError,
+};
+
+pub const DEFAULT_SOCKET: &str = "/var/lib/incus/unix.socket";
+const RUNTIME: &str = "incus";
+/// How long an ordinary operation (create, start, snapshot…) may take.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct Incus {
+    socket: PathBuf,
+    /// Cluster member to place new instances on; None lets incus choose.
+    target: Option<String>,
+    /// Storage pool for root disks with a size.
+    pool: String,
+}
+
+/// An answer from incus, raw or JSON.
+struct Answer {
+    status: u16,
+    body: Bytes,
+}
+
+fn percent_encode(value: &str) -> String {
+    let mut out = String::new();
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn device_json(device: &Device) -> Value {
+    match device {
+        Device::Proxy {
+            listen, connect, ..
+        } => json!({
+            "type": "proxy", "listen": listen, "connect": connect, "bind": "instance",
+        }),
+        Device::Disk {
+            source,
+            path,
+            readonly,
+            shift,
+            ..
+        } => json!({
+            "type": "disk", "source": source, "path": path,
+            "readonly": readonly.to_string(), "shift": shift.to_string(),
+        }),
+    }
+}
+
+impl Incus {
+    pub fn new(
+        socket: impl Into<PathBuf>,
+        target: Option<String>,
+        pool: impl Into<String>,
+    ) -> Incus {
+        Incus {
+            socket: socket.into(),
+            target,
+            pool: pool.into(),
+        }
+    }
+
+    /// The host uid that root inside the container maps to (set once the container has
+    /// started). A host folder owned by it is writable by container root without ever being
+    /// written as host root — unlike `shift=true`, which would map container root to host root.
+    pub async fn root_host_uid(&self, name: &str) -> Result<Option<u32>, RuntimeError> {
+        let instance = self.call(Method::GET, &Self::instance(name)?, None).await?;
+        // `current` is the map in force; `last_state` can be an empty "[]".
+        let map = instance["config"]["volatile.idmap.current"]
+            .as_str()
+            .unwrap_or("[]");
+        let entries: Value = serde_json::from_str(map).unwrap_or_default();
+        Ok(entries.as_array().and_then(|list| {
+            list.iter()
+                .find(|e| e["Isuid"] == true && e["Nsid"] == 0)
+                .and_then(|e| e["Hostid"].as_u64())
+                .and_then(|id| u32::try_from(id).ok())
+        }))
+    }
+
+    /// incus's version, for the log and `/api/health`.
+    pub async fn version(&self) -> Option<String> {
+        let info = self.call(Method::GET, "/1.0", None).await.ok()?;
+        info["environment"]["server_version"]
+            .as_str()
+            .map(String::from)
+    }
+
+    /// Whether incus answers on the socket (for runtime auto-detection).
+    pub async fn available(&self) -> bool {
+        self.call(Method::GET, "/1.0", None).await.is_ok()
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        headers: &[(&str, String)],
+    ) -> Result<Answer, RuntimeError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| RuntimeError::Unreachable(format!("{}: {e}", self.socket.display())))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://incus{path}"))
+            .header("host", "incus");
+        for (k, v) in headers {
+            request = request.header(*k, v);
+        }
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
+            .to_bytes();
+        Ok(Answer { status, body })
+    }
+
+    /// A JSON call. Async operations are waited for; errors become typed errors carrying
+    /// incus's own message.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, RuntimeError> {
+        self.call_timeout(method, path, body, OPERATION_TIMEOUT)
+            .await
+    }
+
+    async fn call_timeout(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, RuntimeError> {
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let answer = self
+            .raw(
+                method,
+                path,
+                bytes,
+                &[("content-type", "application/json".to_string())],
+            )
+            .await?;
+        let value: Value =
+            serde_json::from_slice(&answer.body).map_err(|_| RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: format!("unreadable answer (HTTP {})", answer.status),
+            })?;
+        match value["type"].as_str() {
+            Some("error") => Err(error_of(&value, path)),
+            Some("async") => {
+                let operation = value["operation"].as_str().unwrap_or_default().to_string();
+                self.wait(&operation, timeout).await
+            }
+            _ => Ok(value["metadata"].clone()),
+        }
+    }
+
+    async fn wait(&self, operation: &str, timeout: Duration) -> Result<Value, RuntimeError> {
+        let secs = timeout.as_secs().max(1);
+        let answer = self
+            .raw(
+                Method::GET,
+                &format!("{operation}/wait?timeout={secs}"),
+                Bytes::new(),
+                &[],
+            )
+            .await?;
+        let value: Value =
+            serde_json::from_slice(&answer.body).map_err(|_| RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: "unreadable operation answer".into(),
+            })?;
+        if value["type"] == "error" {
+            return Err(error_of(&value, operation));
+        }
+        let op = &value["metadata"];
+        match op["status_code"].as_i64() {
+            Some(200) => Ok(op.clone()),
+            // Still running when the wait ended.
+            Some(103) | Some(105) => Err(RuntimeError::Timeout(timeout)),
+            _ => Err(RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: op["err"].as_str().unwrap_or("operation failed").to_string(),
+            }),
+        }
+    }
+
+    fn instance(name: &str) -> Result<String, RuntimeError> {
+        validate_name("container name", name)?;
+        Ok(format!("/1.0/instances/{name}"))
+    }
+
+    async fn set_state(&self, name: &str, action: &str, force: bool) -> Result<(), RuntimeError> {
+        let path = format!("{}/state", Self::instance(name)?);
+        self.call(
+            Method::PUT,
+            &path,
+            Some(json!({"action": action, "timeout": 30, "force": force})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn fetch_log(&self, url: &str) -> String {
+        match self.raw(Method::GET, url, Bytes::new(), &[]).await {
+            Ok(answer) => {
+                let _ = self.raw(Method::DELETE, url, Bytes::new(), &[]).await;
+                String::from_utf8_lossy(&answer.body).into_owned()
+            }
+            Err(_) => String::new(),
+        }
+    }
+}
+
+fn error_of(value: &Value, what: &str) -> RuntimeError {
+    let message = value["error"]
+        .as_str()
+        .unwrap_or("unknown error")
+        .to_string();
+    if value["error_code"].as_i64() == Some(404) {
+        RuntimeError::NotFound(what.rsplit('/').next().unwrap_or(what).to_string())
+    } else {
+        RuntimeError::Refused {
+            runtime: RUNTIME,
+            message,
+        }
+    }
+}
+
+impl Runtime for Incus {
+    fn kind(&self) -> &'static str {
+        RUNTIME
+    }
+
+    async fn create(&self, spec: &CreateSpec) -> Result<(), RuntimeError> {
+        validate_name("container name", &spec.name)?;
+        if spec.image.is_empty()
+            || spec.image.len() > 200
+            || spec.image.chars().any(|c| c.is_control())
+        {
+            return Err(RuntimeError::Invalid {
+                what: "image",
+                value: spec.image.clone(),
+            });
+        }
+        let mut config = serde_json::Map::new();
+        if let Some(mib) = spec.limits.memory_mib {
+            config.insert("limits.memory".into(), json!(format!("{mib}MiB")));
+        }
+        if let Some(cpus) = spec.limits.cpus {
+            config.insert("limits.cpu".into(), json!(cpus.to_string()));
+        }
+        if let Some(processes) = spec.limits.processes {
+            config.insert("limits.processes".into(), json!(processes.to_string()));
+        }
+        for (k, v) in &spec.env {
+            validate_env_key(k)?;
+            config.insert(format!("environment.{k}"), json!(v));
+        }
+        let mut devices = serde_json::Map::new();
+        if let Some(mib) = spec.root_disk_mib {
+            devices.insert(
+                "root".into(),
+                json!({"type": "disk", "path": "/", "pool": self.pool, "size": format!("{mib}MiB")}),
+            );
+        }
+        for device in &spec.devices {
+            validate_name("device name", device.name())?;
+            devices.insert(device.name().to_string(), device_json(device));
+        }
+        let body = json!({
+            "name": spec.name,
+            "source": {"type": "image", "alias": spec.image},
+            "config": config,
+            "devices": devices,
+            "start": false,
+        });
+        let path = match &self.target {
+            Some(member) => format!("/1.0/instances?target={}", percent_encode(member)),
+            None => "/1.0/instances".to_string(),
+        };
+        self.call(Method::POST, &path, Some(body)).await.map(|_| ())
+    }
+
+    async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        self.set_state(name, "start", false).await
+    }
+
+    async fn stop(&self, name: &str, force: bool) -> Result<(), RuntimeError> {
+        self.set_state(name, "stop", force).await
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), RuntimeError> {
+        self.call(Method::DELETE, &Self::instance(name)?, None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn rename(&self, name: &str, new_name: &str) -> Result<(), RuntimeError> {
+        validate_name("container name", new_name)?;
+        self.call(
+            Method::POST,
+            &Self::instance(name)?,
+            Some(json!({"name": new_name})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn exists(&self, name: &str) -> Result<bool, RuntimeError> {
+        match self.call(Method::GET, &Self::instance(name)?, None).await {
+            Ok(_) => Ok(true),
+            Err(RuntimeError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn state(&self, name: &str) -> Result<ContainerState, RuntimeError> {
+        let state = self
+            .call(
+                Method::GET,
+                &format!("{}/state", Self::instance(name)?),
+                None,
+            )
+            .await?;
+        let status = state["status"].as_str().unwrap_or("Unknown").to_string();
+        Ok(ContainerState {
+            running: status == "Running",
+            status,
+            disk_used_bytes: state["disk"]["root"]["usage"].as_u64(),
+            memory_used_bytes: state["memory"]["usage"].as_u64(),
+        })
+    }
+
+    async fn exec(
+        &self,
+        name: &str,
+        argv: &[&str],
+        env: &BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        if argv.is_empty() || argv.iter().any(|a| a.contains('\0')) {
+            return Err(RuntimeError::Invalid {
+                what: "command",
+                value: argv.join(" "),
+            });
+        }
+        for key in env.keys() {
+            validate_env_key(key)?;
+        }
+        let body = json!({
+            "command": argv,
+            "environment": env,
+            "wait-for-websocket": false,
+            "interactive": false,
+            "record-output": true,
+        });
+        let op = self
+            .call_timeout(
+                Method::POST,
+                &format!("{}/exec", Self::instance(name)?),
+                Some(body),
+                timeout,
+            )
+            .await?;
+        let meta = &op["metadata"];
+        let exit_code = meta["return"].as_i64().unwrap_or(-1) as i32;
+        let stdout = match meta["output"]["1"].as_str() {
+            Some(url) => self.fetch_log(url).await,
+            None => String::new(),
+        };
+        let stderr = match meta["output"]["2"].as_str() {
+            Some(url) => self.fetch_log(url).await,
+            None => String::new(),
+        };
+        Ok(ExecResult {
+            exit_code,
+            stdout,
+            stderr,
+        })
+    }
+
+    async fn push_file(
+        &self,
+        name: &str,
+        path: &str,
+        contents: &[u8],
+        mode: u32,
+    ) -> Result<(), RuntimeError> {
+        validate_path(path)?;
+        let url = format!(
+            "{}/files?path={}",
+            Self::instance(name)?,
+            percent_encode(path)
+        );
+        let answer = self
+            .raw(
+                Method::POST,
+                &url,
+                Bytes::copy_from_slice(contents),
+                &[
+                    ("content-type", "application/octet-stream".to_string()),
+                    ("x-incus-uid", "0".to_string()),
+                    ("x-incus-gid", "0".to_string()),
+                    ("x-incus-mode", format!("{mode:04o}")),
+                    ("x-incus-type", "file".to_string()),
+                    ("x-incus-write", "overwrite".to_string()),
+                ],
+            )
+            .await?;
+        if answer.status / 100 == 2 {
+            return Ok(());
+        }
+        let value: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+        Err(error_of(&value, name))
+    }
+
+    async fn pull_file(&self, name: &str, path: &str) -> Result<Vec<u8>, RuntimeError> {
+        validate_path(path)?;
+        let url = format!(
+            "{}/files?path={}",
+            Self::instance(name)?,
+            percent_encode(path)
+        );
+        let answer = self.raw(Method::GET, &url, Bytes::new(), &[]).await?;
+        if answer.status / 100 == 2 {
+            return Ok(answer.body.to_vec());
+        }
+        let value: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+        Err(error_of(&value, path))
+    }
+
+    async fn snapshot_create(&self, name: &str, snapshot: &str) -> Result<(), RuntimeError> {
+        validate_name("snapshot name", snapshot)?;
+        self.call(
+            Method::POST,
+            &format!("{}/snapshots", Self::instance(name)?),
+            Some(json!({"name": snapshot})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn snapshot_list(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        let list = self
+            .call(
+                Method::GET,
+                &format!("{}/snapshots", Self::instance(name)?),
+                None,
+            )
+            .await?;
+        Ok(list
+            .as_array()
+            .map(|urls| {
+                urls.iter()
+                    .filter_map(|u| u.as_str())
+                    .filter_map(|u| u.rsplit('/').next())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn snapshot_restore(&self, name: &str, snapshot: &str) -> Result<(), RuntimeError> {
+        validate_name("snapshot name", snapshot)?;
+        self.call(
+            Method::PUT,
+            &Self::instance(name)?,
+            Some(json!({"restore": snapshot})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn snapshot_delete(&self, name: &str, snapshot: &str) -> Result<(), RuntimeError> {
+        validate_name("snapshot name", snapshot)?;
+        self.call(
+            Method::DELETE,
+            &format!("{}/snapshots/{snapshot}", Self::instance(name)?),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn set_env(&self, name: &str, key: &str, value: &str) -> Result<(), RuntimeError> {
+        validate_env_key(key)?;
+        self.call(
+            Method::PATCH,
+            &Self::instance(name)?,
+            Some(json!({"config": {format!("environment.{key}"): value}})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn add_device(&self, name: &str, device: &Device) -> Result<(), RuntimeError> {
+        validate_name("device name", device.name())?;
+        self.call(
+            Method::PATCH,
+            &Self::instance(name)?,
+            Some(json!({"devices": {device.name(): device_json(device)}})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn remove_device(&self, name: &str, device: &str) -> Result<(), RuntimeError> {
+        validate_name("device name", device)?;
+        let path = Self::instance(name)?;
+        // PATCH merges, so removing a device means writing the instance back without it.
+        let mut instance = self.call(Method::GET, &path, None).await?;
+        let removed = instance["devices"]
+            .as_object_mut()
+            .and_then(|devices| devices.remove(device))
+            .is_some();
+        if !removed {
+            return Err(RuntimeError::NotFound(device.to_string()));
+        }
+        let body = json!({
+            "architecture": instance["architecture"],
+            "config": instance["config"],
+            "devices": instance["devices"],
+            "ephemeral": instance["ephemeral"],
+            "profiles": instance["profiles"],
+            "description": instance["description"],
+        });
+        self.call(Method::PUT, &path, Some(body)).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(percent_encode("/root/a b&c=d"), "/root/a%20b%26c%3Dd");
+        assert_eq!(percent_encode("/x?y#z"), "/x%3Fy%23z");
+    }
+}

@@ -1,0 +1,257 @@
+//! Container runtimes behind one trait: what the host needs from incus (and, later, Docker).
+//!
+//! Names and paths are validated here, before they reach a URL or a runtime, so nothing a
+//! caller passes can address another instance or escape a query string.
+
+pub mod incus;
+
+use crate::config::{RuntimeConfig, RuntimeKind};
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The runtime can't do this at all (Docker: snapshot restore, live env, proxy devices).
+    #[error("{what} is not supported by the {runtime} runtime")]
+    Unsupported {
+        what: &'static str,
+        runtime: &'static str,
+    },
+    #[error("no such container or snapshot: {0}")]
+    NotFound(String),
+    #[error("invalid {what}: {value:?}")]
+    Invalid { what: &'static str, value: String },
+    /// The runtime refused, with its own message.
+    #[error("{runtime}: {message}")]
+    Refused {
+        runtime: &'static str,
+        message: String,
+    },
+    #[error("cannot reach the container runtime: {0}")]
+    Unreachable(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Resource limits for a container.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub memory_mib: Option<u64>,
+    pub cpus: Option<u32>,
+    pub processes: Option<u32>,
+}
+
+/// A device attached to a container.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Device {
+    /// A TCP port inside the container forwarded to the host (`bind=instance`): how agents reach
+    /// host services on loopback without the host ever dialling a container.
+    Proxy {
+        name: String,
+        listen: String,
+        connect: String,
+    },
+    /// A host directory mounted inside. `shift` maps ownership so container root can write it
+    /// without being host root.
+    Disk {
+        name: String,
+        source: String,
+        path: String,
+        readonly: bool,
+        shift: bool,
+    },
+}
+
+impl Device {
+    pub fn name(&self) -> &str {
+        match self {
+            Device::Proxy { name, .. } | Device::Disk { name, .. } => name,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CreateSpec {
+    pub name: String,
+    /// An image alias known to the runtime.
+    pub image: String,
+    pub limits: Limits,
+    /// Root disk quota. Enforced on a btrfs (or zfs) pool; a `dir` pool ignores it.
+    pub root_disk_mib: Option<u64>,
+    pub env: BTreeMap<String, String>,
+    pub devices: Vec<Device>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerState {
+    /// The runtime's word, e.g. `Running`, `Stopped`.
+    pub status: String,
+    pub running: bool,
+    pub disk_used_bytes: Option<u64>,
+    pub memory_used_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Everything the host asks of a container runtime.
+#[allow(async_fn_in_trait)] // used with concrete types, never as `dyn`
+pub trait Runtime: Send + Sync {
+    fn kind(&self) -> &'static str;
+    async fn create(&self, spec: &CreateSpec) -> Result<(), RuntimeError>;
+    async fn start(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Graceful (the container's init gets to shut down) or forced.
+    async fn stop(&self, name: &str, force: bool) -> Result<(), RuntimeError>;
+    async fn delete(&self, name: &str) -> Result<(), RuntimeError>;
+    async fn rename(&self, name: &str, new_name: &str) -> Result<(), RuntimeError>;
+    async fn exists(&self, name: &str) -> Result<bool, RuntimeError>;
+    async fn state(&self, name: &str) -> Result<ContainerState, RuntimeError>;
+    async fn exec(
+        &self,
+        name: &str,
+        argv: &[&str],
+        env: &BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError>;
+    async fn push_file(
+        &self,
+        name: &str,
+        path: &str,
+        contents: &[u8],
+        mode: u32,
+    ) -> Result<(), RuntimeError>;
+    async fn pull_file(&self, name: &str, path: &str) -> Result<Vec<u8>, RuntimeError>;
+    async fn snapshot_create(&self, name: &str, snapshot: &str) -> Result<(), RuntimeError>;
+    async fn snapshot_list(&self, name: &str) -> Result<Vec<String>, RuntimeError>;
+    async fn snapshot_restore(&self, name: &str, snapshot: &str) -> Result<(), RuntimeError>;
+    async fn snapshot_delete(&self, name: &str, snapshot: &str) -> Result<(), RuntimeError>;
+    async fn set_env(&self, name: &str, key: &str, value: &str) -> Result<(), RuntimeError>;
+    async fn add_device(&self, name: &str, device: &Device) -> Result<(), RuntimeError>;
+    async fn remove_device(&self, name: &str, device: &str) -> Result<(), RuntimeError>;
+}
+
+/// The runtime the host uses, and why, decided once at start.
+pub struct Detected {
+    pub incus: Option<incus::Incus>,
+    /// For the log and `/api/health`: `incus 6.0.4`, or why there is none.
+    pub description: String,
+}
+
+/// Picks the container runtime: incus if configured or (for `auto`) if its socket answers.
+pub async fn detect(config: &RuntimeConfig) -> Detected {
+    let target = Some(config.incus_target.trim().to_string()).filter(|t| !t.is_empty());
+    let candidate = incus::Incus::new(&config.incus_socket, target, &config.incus_pool);
+    match config.kind {
+        RuntimeKind::None => Detected {
+            incus: None,
+            description: "none (configured)".into(),
+        },
+        RuntimeKind::Auto | RuntimeKind::Incus => {
+            if candidate.available().await {
+                let version = candidate.version().await.unwrap_or_else(|| "?".into());
+                Detected {
+                    incus: Some(candidate),
+                    description: format!("incus {version}"),
+                }
+            } else {
+                Detected {
+                    incus: None,
+                    description: format!(
+                        "no container runtime: incus does not answer on {} (install it: scripts/dev-incus.sh)",
+                        config.incus_socket
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Container, snapshot and device names: a hostname label (a-z, 0-9, '-', not at the ends),
+/// at most 63 characters. This is what incus accepts and what keeps URLs unambiguous.
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), RuntimeError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Invalid {
+            what,
+            value: name.to_string(),
+        })
+    }
+}
+
+/// Absolute paths inside a container, without `..`, NUL or control characters.
+pub fn validate_path(path: &str) -> Result<(), RuntimeError> {
+    let ok = path.starts_with('/')
+        && path.len() <= 4096
+        && !path.chars().any(|c| c.is_control())
+        && !path.split('/').any(|part| part == "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Invalid {
+            what: "path",
+            value: path.to_string(),
+        })
+    }
+}
+
+/// Environment variable names: what a shell would accept.
+pub fn validate_env_key(key: &str) -> Result<(), RuntimeError> {
+    let ok = !key.is_empty()
+        && key.len() <= 128
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !key.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Invalid {
+            what: "environment variable name",
+            value: key.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_paths_and_keys() {
+        assert!(validate_name("container", "taos-helper").is_ok());
+        for bad in [
+            "",
+            "-x",
+            "x-",
+            "1x",
+            "A",
+            "a/b",
+            "a..b",
+            "a b",
+            "a%2f",
+            &"a".repeat(64),
+        ] {
+            assert!(validate_name("container", bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_path("/root/.taos/trace").is_ok());
+        for bad in ["relative", "/a/../b", "/a\0b", "/a\nb"] {
+            assert!(validate_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_env_key("TAOS_AGENT_TOKEN").is_ok());
+        for bad in ["", "1A", "A-B", "A=B", "A B"] {
+            assert!(validate_env_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}

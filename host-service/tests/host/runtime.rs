@@ -1,0 +1,326 @@
+//! Conformance of the incus runtime against real incus (scripts/dev-incus.sh provisions it,
+//! with the busybox test image and a btrfs pool so disk quotas are enforced).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use taos_host::runtime::incus::{Incus, DEFAULT_SOCKET};
+use taos_host::runtime::{CreateSpec, Device, Limits, Runtime, RuntimeError};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+async fn incus() -> Incus {
+    let incus = Incus::new(DEFAULT_SOCKET, None, "default");
+    assert!(
+        incus.available().await,
+        "incus is not running: run scripts/dev-incus.sh (scripts/test.sh does)"
+    );
+    incus
+}
+
+fn unique(what: &str) -> String {
+    format!("taos-t-{what}-{:08x}", rand::random::<u32>())
+}
+
+/// Deletes the container even if the test panics (through the CLI: Drop can't await).
+struct Remove(String);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("incus")
+            .args(["delete", "--force", &self.0])
+            .output();
+    }
+}
+
+fn busybox(name: &str) -> CreateSpec {
+    CreateSpec {
+        name: name.to_string(),
+        image: "busybox".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_container_lives_and_dies_through_the_api() {
+    let rt = incus().await;
+    let name = unique("life");
+    let _cleanup = Remove(name.clone());
+    let mut spec = busybox(&name);
+    spec.limits = Limits {
+        memory_mib: Some(64),
+        cpus: Some(1),
+        processes: Some(100),
+    };
+    spec.env = BTreeMap::from([("GREETING".to_string(), "-starts-with-dash".to_string())]);
+    assert!(!rt.exists(&name).await.unwrap());
+    rt.create(&spec).await.unwrap();
+    assert!(rt.exists(&name).await.unwrap());
+    assert!(!rt.state(&name).await.unwrap().running);
+    rt.start(&name).await.unwrap();
+    let state = rt.state(&name).await.unwrap();
+    assert!(state.running, "{state:?}");
+    assert!(state.memory_used_bytes.is_some());
+
+    let out = rt
+        .exec(
+            &name,
+            &["sh", "-c", "echo \"$GREETING\"; echo oops >&2; exit 7"],
+            &BTreeMap::new(),
+            10 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 7);
+    assert_eq!(out.stdout, "-starts-with-dash\n");
+    assert_eq!(out.stderr, "oops\n");
+    let extra = BTreeMap::from([("ONE_OFF".to_string(), "$(not a shell)".to_string())]);
+    let out = rt
+        .exec(
+            &name,
+            &["sh", "-c", "echo \"$ONE_OFF\""],
+            &extra,
+            10 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout, "$(not a shell)\n",
+        "argv and env pass as data, never through a shell string"
+    );
+    let missing = rt
+        .exec(&name, &["/no/such/binary"], &BTreeMap::new(), 10 * SECOND)
+        .await;
+    assert!(matches!(missing, Ok(ref r) if r.exit_code != 0) || missing.is_err());
+
+    rt.set_env(&name, "LATER", "--flag=1").await.unwrap();
+    let out = rt
+        .exec(
+            &name,
+            &["sh", "-c", "echo \"$LATER\""],
+            &BTreeMap::new(),
+            10 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout, "--flag=1\n",
+        "env changes apply to the next exec without a restart"
+    );
+
+    rt.push_file(&name, "/root/note.txt", b"first", 0o600)
+        .await
+        .unwrap();
+    assert_eq!(
+        rt.pull_file(&name, "/root/note.txt").await.unwrap(),
+        b"first"
+    );
+    rt.snapshot_create(&name, "before").await.unwrap();
+    rt.push_file(&name, "/root/note.txt", b"second", 0o600)
+        .await
+        .unwrap();
+    assert_eq!(rt.snapshot_list(&name).await.unwrap(), ["before"]);
+    rt.snapshot_restore(&name, "before").await.unwrap();
+    assert_eq!(
+        rt.pull_file(&name, "/root/note.txt").await.unwrap(),
+        b"first",
+        "restored"
+    );
+    rt.snapshot_delete(&name, "before").await.unwrap();
+    assert!(rt.snapshot_list(&name).await.unwrap().is_empty());
+
+    rt.stop(&name, false).await.unwrap();
+    assert!(!rt.state(&name).await.unwrap().running);
+    let renamed = unique("renamed");
+    let _cleanup2 = Remove(renamed.clone());
+    rt.rename(&name, &renamed).await.unwrap();
+    assert!(!rt.exists(&name).await.unwrap());
+    assert!(rt.exists(&renamed).await.unwrap());
+    rt.delete(&renamed).await.unwrap();
+    assert!(!rt.exists(&renamed).await.unwrap());
+}
+
+#[tokio::test]
+async fn errors_are_typed_and_bad_names_never_reach_incus() {
+    let rt = incus().await;
+    assert!(matches!(
+        rt.state("taos-t-never-existed").await,
+        Err(RuntimeError::NotFound(_))
+    ));
+    assert!(matches!(
+        rt.start("taos-t-never-existed").await,
+        Err(RuntimeError::NotFound(_)) | Err(RuntimeError::Refused { .. })
+    ));
+    for bad in ["../1.0", "a/b", "UPPER", "x?y", ""] {
+        assert!(
+            matches!(rt.exists(bad).await, Err(RuntimeError::Invalid { .. })),
+            "{bad:?}"
+        );
+    }
+    let name = unique("err");
+    let _cleanup = Remove(name.clone());
+    rt.create(&busybox(&name)).await.unwrap();
+    assert!(
+        matches!(
+            rt.create(&busybox(&name)).await,
+            Err(RuntimeError::Refused { .. })
+        ),
+        "a second create with the name is refused"
+    );
+    assert!(matches!(
+        rt.push_file(&name, "/root/../etc/x", b"x", 0o600).await,
+        Err(RuntimeError::Invalid { .. })
+    ));
+    assert!(matches!(
+        rt.set_env(&name, "BAD-KEY", "x").await,
+        Err(RuntimeError::Invalid { .. })
+    ));
+    let mut missing_image = busybox(&unique("noimg"));
+    missing_image.image = "no-such-image".into();
+    assert!(rt.create(&missing_image).await.is_err());
+    rt.delete(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn proxy_devices_reach_host_loopback_and_can_be_removed() {
+    let rt = incus().await;
+    // A tiny HTTP server on host loopback, which the container must reach through the proxy.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 9\r\n\r\nhost-side")
+                    .await;
+            });
+        }
+    });
+    let name = unique("proxy");
+    let _cleanup = Remove(name.clone());
+    let mut spec = busybox(&name);
+    spec.devices = vec![Device::Proxy {
+        name: "hostapi".into(),
+        listen: "tcp:127.0.0.1:4000".into(),
+        connect: format!("tcp:127.0.0.1:{port}"),
+    }];
+    rt.create(&spec).await.unwrap();
+    rt.start(&name).await.unwrap();
+    let fetch = ["sh", "-c", "timeout 5 wget -qO- http://127.0.0.1:4000/"];
+    let mut answer = String::new();
+    for _ in 0..20 {
+        let out = rt
+            .exec(&name, &fetch, &BTreeMap::new(), 10 * SECOND)
+            .await
+            .unwrap();
+        if out.exit_code == 0 {
+            answer = out.stdout;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(answer, "host-side");
+    rt.remove_device(&name, "hostapi").await.unwrap();
+    let out = rt
+        .exec(&name, &fetch, &BTreeMap::new(), 10 * SECOND)
+        .await
+        .unwrap();
+    assert_ne!(out.exit_code, 0, "gone with the device");
+    assert!(matches!(
+        rt.remove_device(&name, "hostapi").await,
+        Err(RuntimeError::NotFound(_))
+    ));
+    rt.stop(&name, true).await.unwrap();
+    rt.delete(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bind_mount_is_writable_inside_without_writing_as_host_root() {
+    let rt = incus().await;
+    let name = unique("mount");
+    let _cleanup = Remove(name.clone());
+    let host_dir = tempfile::tempdir().unwrap();
+    rt.create(&busybox(&name)).await.unwrap();
+    rt.start(&name).await.unwrap();
+    let root_uid = rt
+        .root_host_uid(&name)
+        .await
+        .unwrap()
+        .expect("an idmap once started");
+    assert_ne!(root_uid, 0, "container root is not host root");
+    // The folder belongs to the container's root uid on the host: writable inside, and
+    // whatever is written stays owned by that unprivileged uid.
+    std::os::unix::fs::chown(host_dir.path(), Some(root_uid), Some(root_uid)).unwrap();
+    rt.add_device(
+        &name,
+        &Device::Disk {
+            name: "trace".into(),
+            source: host_dir.path().display().to_string(),
+            path: "/root/.taos/trace".into(),
+            readonly: false,
+            shift: false,
+        },
+    )
+    .await
+    .unwrap();
+    let out = rt
+        .exec(
+            &name,
+            &[
+                "sh",
+                "-c",
+                "echo written > /root/.taos/trace/probe && id -u",
+            ],
+            &BTreeMap::new(),
+            10 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "0", "written as root inside");
+    let meta = std::fs::metadata(host_dir.path().join("probe")).unwrap();
+    assert_eq!(meta.uid(), root_uid);
+    assert_ne!(meta.uid(), 0, "not owned by host root");
+    rt.stop(&name, true).await.unwrap();
+    rt.delete(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_root_disk_quota_is_enforced() {
+    let rt = incus().await;
+    let name = unique("quota");
+    let _cleanup = Remove(name.clone());
+    let mut spec = busybox(&name);
+    spec.root_disk_mib = Some(64);
+    rt.create(&spec).await.unwrap();
+    rt.start(&name).await.unwrap();
+    // incus records exec output on the instance's own volume, so nothing can be printed while
+    // it is full: measure, free the space, then report.
+    let script = "dd if=/dev/urandom of=/root/fill bs=1M count=100 2>/dev/null; size=$(wc -c < /root/fill); rm -f /root/fill; sync; echo $size";
+    let out = rt
+        .exec(&name, &["sh", "-c", script], &BTreeMap::new(), 60 * SECOND)
+        .await
+        .unwrap();
+    let bytes: u64 = out
+        .stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no size: {out:?}"));
+    assert!(
+        bytes > 16 * 1024 * 1024,
+        "it did write up to the quota: {bytes}"
+    );
+    assert!(
+        bytes < 64 * 1024 * 1024,
+        "writing past 64 MiB failed at the quota: {bytes}"
+    );
+    rt.stop(&name, true).await.unwrap();
+    rt.delete(&name).await.unwrap();
+}
