@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, skipping what is already there: the Rust
-# toolchain's components and LiteLLM. incus and Chromium join as the issues that need them land.
+# toolchain's components, LiteLLM and incus. Chromium joins with the UI.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -15,5 +15,7 @@ for component in rustfmt clippy; do
     fi
 done
 
-# LiteLLM for the LLM gateway tests (skipped when already installed).
+# LiteLLM for the LLM gateway tests, incus (with the busybox test image) for the runtime
+# tests. Both skip what is already there.
 "$(dirname "$0")/dev-litellm.sh"
+"$(dirname "$0")/dev-incus.sh"
