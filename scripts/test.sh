@@ -12,6 +12,8 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo build (every binary: tests start taos-host and taos-agent as real processes)"
 cargo build --workspace --bins --locked
+# The agent image carries the sidecar just built (rebuilt only when the binary changed).
+"$REPO_ROOT/scripts/build-agent-image.sh" "$CARGO_TARGET_DIR/debug/taos-agent"
 log "cargo test"
 OUT="$(mktemp -d)/test-output"
 trap 'rm -rf "$(dirname "$OUT")"' EXIT

@@ -17,6 +17,8 @@ pub const LLM_KEY_PREFIX: &str = "taos_llm_";
 /// incus instance names are at most 63 characters and agent containers are `taos-<slug>`.
 pub const MAX_SLUG_LEN: usize = 58;
 pub const MAX_NAME_CHARS: usize = 64;
+/// Slugs that would collide with fixed routes under `/api/agents/`.
+const ROUTE_WORDS: &[&str] = &["deploy", "archived", "containers"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -108,6 +110,9 @@ pub struct AgentRecord {
     pub fallback_models: Vec<String>,
     pub created_at: i64,
     pub paused: bool,
+    /// For container agents: the container's current name.
+    pub container: Option<String>,
+    pub framework: Option<String>,
 }
 
 impl AgentRecord {
@@ -131,7 +136,7 @@ impl AgentRecord {
 }
 
 const COLUMNS: &str = "id, slug, display_name, emoji, color, kind, status, model, \
-                       fallback_models, created_at, paused";
+                       fallback_models, created_at, paused, container, framework";
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, AgentError> {
     let id: String = row.try_get("id")?;
@@ -154,14 +159,35 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, AgentError> {
             .map_err(|e| AgentError::Decode(e.to_string()))?,
         created_at: row.try_get("created_at")?,
         paused: row.try_get("paused")?,
+        container: row.try_get("container")?,
+        framework: row.try_get("framework")?,
     })
 }
 
-/// Creates an external agent with a fresh token. Returns the record and the token (shown once).
-/// The caller creates the agent's DM channel in the same transaction.
+/// Creates an external agent with a fresh token. Returns the record, the agent token and the
+/// LLM key (both shown once). The caller creates the agent's DM channel in the same transaction.
 pub async fn create(
     tx: &mut sqlx::SqliteConnection,
     new: &NewAgent,
+) -> Result<(AgentRecord, String, String), AgentError> {
+    create_with(tx, new, &NewKind::External, &[]).await
+}
+
+/// What kind of agent `create_with` makes.
+pub enum NewKind {
+    External,
+    /// A container agent, status `deploying`, whose container will be `taos-<slug>`.
+    Container {
+        framework: String,
+    },
+}
+
+/// Creates an agent. `reserved` slugs are skipped like taken ones (their containers exist).
+pub async fn create_with(
+    tx: &mut sqlx::SqliteConnection,
+    new: &NewAgent,
+    kind: &NewKind,
+    reserved: &[String],
 ) -> Result<(AgentRecord, String, String), AgentError> {
     let emoji = new.emoji.clone().unwrap_or_default();
     let color = new.color.clone().unwrap_or_default();
@@ -191,11 +217,13 @@ pub async fn create(
     }
     let mut slug = base.clone();
     let mut n = 2;
-    while sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM agents WHERE slug = ?")
-        .bind(&slug)
-        .fetch_one(&mut *tx)
-        .await?
-        > 0
+    while reserved.contains(&slug)
+        || ROUTE_WORDS.contains(&slug.as_str())
+        || sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM agents WHERE slug = ?")
+            .bind(&slug)
+            .fetch_one(&mut *tx)
+            .await?
+            > 0
     {
         slug = format!("{base}-{n}");
         n += 1;
@@ -204,21 +232,34 @@ pub async fn create(
     let llm_key = new_secret(LLM_KEY_PREFIX);
     let id = Uuid::new_v4();
     let now = now_ms();
+    let (kind_text, status, framework, container) = match kind {
+        NewKind::External => ("external", "ready", None, None),
+        NewKind::Container { framework } => (
+            "container",
+            "deploying",
+            Some(framework.clone()),
+            Some(format!("taos-{slug}")),
+        ),
+    };
     sqlx::query(
         "INSERT INTO agents (id, slug, display_name, emoji, color, kind, status, model, \
-         fallback_models, created_at, token_hash, llm_key_hash) \
-         VALUES (?, ?, ?, ?, ?, 'external', 'ready', ?, ?, ?, ?, ?)",
+         fallback_models, created_at, token_hash, llm_key_hash, framework, container) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id.to_string())
     .bind(&slug)
     .bind(new.name.trim())
     .bind(&emoji)
     .bind(&color)
+    .bind(kind_text)
+    .bind(status)
     .bind(&new.model)
     .bind(serde_json::to_string(&fallback).unwrap_or_else(|_| "[]".into()))
     .bind(now)
     .bind(hash_token(&token))
     .bind(hash_token(&llm_key))
+    .bind(&framework)
+    .bind(&container)
     .execute(&mut *tx)
     .await?;
     let record = AgentRecord {
@@ -227,12 +268,18 @@ pub async fn create(
         display_name: new.name.trim().to_string(),
         emoji,
         color,
-        kind: AgentKind::External,
-        status: "ready".to_string(),
+        kind: if kind_text == "container" {
+            AgentKind::Container
+        } else {
+            AgentKind::External
+        },
+        status: status.to_string(),
         model: new.model.clone(),
         fallback_models: fallback,
         created_at: now,
         paused: false,
+        container,
+        framework,
     };
     Ok((record, token, llm_key))
 }
@@ -361,6 +408,32 @@ pub async fn rotate_token(db: &Db, slug: &str) -> Result<(AgentRecord, String), 
         .execute(db)
         .await?;
     Ok((agent, token))
+}
+
+/// Sets an agent's status (`deploying`, `running`, `stopped`, `failed`…).
+pub async fn set_status(db: &Db, id: Uuid, status: &str) -> Result<(), AgentError> {
+    sqlx::query("UPDATE agents SET status = ? WHERE id = ?")
+        .bind(status)
+        .bind(id.to_string())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Removes an agent row and everything that hangs off it (deliveries, usage, budgets by
+/// cascade; its DM channels explicitly), for a deploy that is rolled back.
+pub async fn remove(db: &Db, id: Uuid) -> Result<(), AgentError> {
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM channels WHERE dm_agent_id = ?")
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM agents WHERE id = ?")
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ pub mod bridge;
 pub mod chat;
 pub mod config;
 pub mod db;
+pub mod deploy;
+pub mod frameworks;
 pub mod fsutil;
 pub mod http;
 pub mod llm;

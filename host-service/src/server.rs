@@ -254,6 +254,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     };
     let state = AppState::new(AppInner {
         runtime: detected.incus,
+        agent_addr,
         hub: Arc::new(EventHub::new(db.clone())),
         llm,
         chat: crate::chat::Chat::new(db.clone()),
@@ -279,6 +280,10 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     http::spawn_health_checker(state.clone());
     spawn_trace_sealer(state.clone());
     supervisor.spawn(state.shutdown.clone());
+    {
+        let state = state.clone();
+        tokio::spawn(async move { crate::deploy::recover(&state).await });
+    }
     state.llm.reload().await?;
 
     let scheme = if state.config.server.insecure_http {

@@ -82,3 +82,59 @@ pub struct AgentWithToken {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_key: Option<String>,
 }
+
+/// `POST /api/agents/deploy`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    pub name: String,
+    /// A framework id from `GET /api/frameworks` (e.g. `direct`).
+    pub framework: String,
+    pub model: String,
+    #[serde(default)]
+    pub fallback_models: Option<Vec<String>>,
+    #[serde(default)]
+    pub emoji: Option<String>,
+    #[serde(default)]
+    pub color: Option<String>,
+    #[serde(default)]
+    pub memory_limit_mib: Option<u64>,
+    #[serde(default)]
+    pub cpu_limit: Option<u32>,
+    /// Root disk quota; default 40.
+    #[serde(default)]
+    pub disk_quota_gib: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeployAccepted {
+    pub agent: Agent,
+    pub deploy_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeployStep {
+    pub name: String,
+    /// pending | running | done | failed | skipped
+    pub state: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeployStatus {
+    pub id: String,
+    pub slug: String,
+    pub framework: String,
+    /// running | succeeded | rolled_back
+    pub status: String,
+    pub steps: Vec<DeployStep>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}

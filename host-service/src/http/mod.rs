@@ -5,6 +5,7 @@ pub mod agent_api;
 pub mod agents;
 pub mod auth;
 pub mod chat;
+pub mod deploy;
 pub mod devices;
 pub mod error;
 pub mod extract;
@@ -62,6 +63,8 @@ pub struct AppInner {
     pub llm: crate::llm::Llm,
     /// The container runtime, if one answered at start.
     pub runtime: Option<crate::runtime::incus::Incus>,
+    /// Where the agent listener is bound; containers' proxy devices connect here.
+    pub agent_addr: std::net::SocketAddr,
     pub chat: crate::chat::Chat,
     pub bridge: crate::bridge::Bridge,
     pub traces: crate::trace::TraceStore,
@@ -137,6 +140,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(ws::routes())
         .merge(trace::routes())
         .merge(llm::routes())
+        .merge(deploy::routes())
 }
 
 /// The generated OpenAPI document, built once.

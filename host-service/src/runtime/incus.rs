@@ -86,9 +86,11 @@ impl Incus {
     /// written as host root — unlike `shift=true`, which would map container root to host root.
     pub async fn root_host_uid(&self, name: &str) -> Result<Option<u32>, RuntimeError> {
         let instance = self.call(Method::GET, &Self::instance(name)?, None).await?;
-        // `current` is the map in force; `last_state` can be an empty "[]".
+        // `current` is the map in force once started; before the first start, `next` is the
+        // map it will get. (`last_state` can be an empty "[]".)
         let map = instance["config"]["volatile.idmap.current"]
             .as_str()
+            .or_else(|| instance["config"]["volatile.idmap.next"].as_str())
             .unwrap_or("[]");
         let entries: Value = serde_json::from_str(map).unwrap_or_default();
         Ok(entries.as_array().and_then(|list| {

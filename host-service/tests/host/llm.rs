@@ -11,7 +11,7 @@ use taos_e2e::{wait_for_trace, AgentClient, Host, HostOptions};
 use crate::{start, BIN};
 
 /// One LiteLLM at a time.
-static LITELLM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub static LITELLM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SECRET: &str = "upstream-secret-Zq81xW";
 
 pub async fn without_litellm() -> Host {

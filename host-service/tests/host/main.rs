@@ -6,6 +6,7 @@ mod auth;
 mod bridge_edges;
 mod chat;
 mod conversation;
+mod deploy;
 mod devices;
 mod events;
 mod files;

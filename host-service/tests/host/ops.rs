@@ -22,7 +22,10 @@ async fn health_reports_version_and_subsystems_on_both_listeners() {
     assert_eq!(health["subsystems"]["database"], "ok");
     // The container runtime is reported: "ok" with incus running, else why not.
     let runtime = health["subsystems"]["runtime"].as_str().unwrap();
-    assert!(runtime == "ok" || runtime.starts_with("disabled: "), "{runtime}");
+    assert!(
+        runtime == "ok" || runtime.starts_with("disabled: "),
+        "{runtime}"
+    );
     let agent: Value = taos_e2e::http_client()
         .get(host.agent_url("/api/health"))
         .send()

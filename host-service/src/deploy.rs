@@ -1,0 +1,582 @@
+//! Deploying an agent into a container: a persisted state machine.
+//!
+//! Steps run in order and each is recorded (with timestamps) before and after it runs, and
+//! announced on `/api/events`. Any failure rolls back everything the deploy created — the
+//! container, the trace folder, the agent's credentials and its channel — and leaves the deploy
+//! `rolled_back` with the reason. A host that stops mid-deploy rolls it back when it starts
+//! again: no agent stays `deploying`.
+//!
+//! This module orchestrates several others (agents, chat, runtime, bridge), so it works on the
+//! host's shared state rather than on one store.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+use taos_proto::agents::{DeployRequest, DeployStatus, DeployStep, NewAgent};
+use uuid::Uuid;
+
+use crate::agents::{self, AgentRecord, NewKind};
+use crate::db::{from_ms, now_ms, Db};
+use crate::frameworks::{self, Manifest};
+use crate::http::AppState;
+use crate::runtime::incus::Incus;
+use crate::runtime::{CreateSpec, Device, Limits, Runtime, RuntimeError};
+
+pub const STEPS: &[&str] = &[
+    "credentials",
+    "container",
+    "trace_mount",
+    "start",
+    "configure",
+    "service",
+    "bridge",
+];
+/// Test hooks: fail, or stop and wait to be killed, at the named step.
+pub const FAIL_STEP_ENV: &str = "TAOS_TEST_FAIL_DEPLOY_STEP";
+pub const PAUSE_STEP_ENV: &str = "TAOS_TEST_PAUSE_DEPLOY_STEP";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+const BRIDGE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Inside the container, both proxy devices lead to the host's agent listener.
+const BRIDGE_PORT_INSIDE: u16 = 6969;
+const LLM_PORT_INSIDE: u16 = 4000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error(
+        "no container runtime: install incus (see docs/architecture.md, scripts/dev-incus.sh)"
+    )]
+    NoRuntime,
+    #[error("no deploy for that agent")]
+    NotFound,
+    #[error(transparent)]
+    Agent(#[from] agents::AgentError),
+    #[error(transparent)]
+    Chat(#[from] crate::chat::ChatError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Credentials exist only in memory during the deploy: the database keeps their hashes.
+struct Secrets {
+    agent_token: String,
+    llm_key: String,
+}
+
+fn container_name(slug: &str) -> String {
+    format!("taos-{slug}")
+}
+
+fn fresh_steps() -> Vec<DeployStep> {
+    STEPS
+        .iter()
+        .map(|name| DeployStep {
+            name: name.to_string(),
+            state: "pending".into(),
+            started_at: None,
+            finished_at: None,
+            detail: None,
+        })
+        .collect()
+}
+
+fn validate(req: &DeployRequest) -> Result<Manifest, DeployError> {
+    let manifest = frameworks::get(&req.framework).ok_or_else(|| {
+        let known: Vec<String> = frameworks::all().into_iter().map(|m| m.id).collect();
+        DeployError::BadInput(format!(
+            "unknown framework {:?}; known: {}",
+            req.framework,
+            known.join(", ")
+        ))
+    })?;
+    if let Some(mib) = req.memory_limit_mib {
+        if !(32..=262_144).contains(&mib) {
+            return Err(DeployError::BadInput(
+                "memory_limit_mib must be 32-262144".into(),
+            ));
+        }
+    }
+    if let Some(cpus) = req.cpu_limit {
+        if !(1..=256).contains(&cpus) {
+            return Err(DeployError::BadInput("cpu_limit must be 1-256".into()));
+        }
+    }
+    if let Some(gib) = req.disk_quota_gib {
+        if !(1..=4096).contains(&gib) {
+            return Err(DeployError::BadInput(
+                "disk_quota_gib must be 1-4096".into(),
+            ));
+        }
+    }
+    Ok(manifest)
+}
+
+/// Starts a deploy: checks the request, mints the agent (status `deploying`) with its
+/// credentials and DM channel, records the deploy, and runs the remaining steps in the
+/// background. Returns the agent and the deploy id.
+pub async fn start(
+    state: &AppState,
+    owner_member: &str,
+    req: DeployRequest,
+) -> Result<(AgentRecord, String), DeployError> {
+    let manifest = validate(&req)?;
+    let Some(runtime) = state.runtime.as_ref() else {
+        return Err(DeployError::NoRuntime);
+    };
+    // Models must be ones a provider serves.
+    let available: Vec<String> = state
+        .llm
+        .models()
+        .await
+        .map(|m| m.into_iter().map(|m| m.name).collect())
+        .unwrap_or_default();
+    for model in std::iter::once(&req.model).chain(req.fallback_models.iter().flatten()) {
+        if !available.contains(model) {
+            return Err(DeployError::BadInput(format!(
+                "no provider serves {model:?}; available: {}",
+                if available.is_empty() {
+                    "none (add a provider)".into()
+                } else {
+                    available.join(", ")
+                }
+            )));
+        }
+    }
+    let new = NewAgent {
+        name: req.name.clone(),
+        emoji: req.emoji.clone(),
+        color: req.color.clone(),
+        model: Some(req.model.clone()),
+        fallback_models: req.fallback_models.clone(),
+    };
+    // Slugs must be free among agents and among containers (an archived agent's container, or
+    // one made by hand, keeps its name).
+    let base = agents::slugify(&req.name);
+    let mut reserved = Vec::new();
+    for n in 1..=50 {
+        let candidate = if n == 1 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        if candidate.is_empty() {
+            break;
+        }
+        if runtime
+            .exists(&container_name(&candidate))
+            .await
+            .unwrap_or(false)
+        {
+            reserved.push(candidate);
+        }
+    }
+    let id = Uuid::now_v7().to_string();
+    let mut tx = state.db.begin().await?;
+    let (agent, agent_token, llm_key) = agents::create_with(
+        &mut tx,
+        &new,
+        &NewKind::Container {
+            framework: manifest.id.clone(),
+        },
+        &reserved,
+    )
+    .await?;
+    crate::chat::create_dm(&mut tx, &agent, owner_member).await?;
+    let mut steps = fresh_steps();
+    steps[0].state = "done".into();
+    steps[0].started_at = Some(from_ms(now_ms()));
+    steps[0].finished_at = Some(from_ms(now_ms()));
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO deploys (id, agent_id, slug, framework, status, steps, request, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+    )
+    .bind(&id)
+    .bind(agent.id.to_string())
+    .bind(&agent.slug)
+    .bind(&manifest.id)
+    .bind(serde_json::to_string(&steps).unwrap_or_default())
+    .bind(serde_json::to_string(&req).unwrap_or_default())
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(agent = %agent.slug, deploy = %id, framework = %manifest.id, "deploy started");
+    let background = state.clone();
+    let run = Run {
+        deploy_id: id.clone(),
+        agent: agent.clone(),
+        manifest,
+        request: req,
+        secrets: Secrets {
+            agent_token,
+            llm_key,
+        },
+    };
+    tokio::spawn(async move { run.execute(&background).await });
+    Ok((agent, id))
+}
+
+struct Run {
+    deploy_id: String,
+    agent: AgentRecord,
+    manifest: Manifest,
+    request: DeployRequest,
+    secrets: Secrets,
+}
+
+impl Run {
+    async fn execute(self, state: &AppState) {
+        let Some(runtime) = state.runtime.as_ref() else {
+            let _ = rollback(state, &self.deploy_id, "no container runtime").await;
+            return;
+        };
+        for step in &STEPS[1..] {
+            if let Err(e) = mark(state, &self.deploy_id, step, "running", None).await {
+                tracing::error!(error = %e, "recording a deploy step failed");
+            }
+            let result = match injected(step) {
+                Some(Injected::Fail) => Err(format!("injected failure at {step}")),
+                Some(Injected::Pause) => {
+                    tracing::warn!(step, "deploy paused by the test hook");
+                    std::future::pending().await
+                }
+                None => self.step(state, runtime, step).await,
+            };
+            match result {
+                Ok(detail) => {
+                    let _ = mark(state, &self.deploy_id, step, "done", detail).await;
+                }
+                Err(reason) => {
+                    tracing::warn!(agent = %self.agent.slug, step, %reason, "deploy step failed; rolling back");
+                    let _ =
+                        mark(state, &self.deploy_id, step, "failed", Some(reason.clone())).await;
+                    let _ = rollback(state, &self.deploy_id, &format!("{step}: {reason}")).await;
+                    return;
+                }
+            }
+        }
+        let _ = agents::set_status(&state.db, self.agent.id, "running").await;
+        let _ = finish(state, &self.deploy_id, "succeeded", None).await;
+        tracing::info!(agent = %self.agent.slug, "deploy finished: running");
+    }
+
+    async fn step(
+        &self,
+        state: &AppState,
+        rt: &Incus,
+        step: &str,
+    ) -> Result<Option<String>, String> {
+        let name = container_name(&self.agent.slug);
+        let e = |e: RuntimeError| e.to_string();
+        match step {
+            "container" => {
+                let spec = CreateSpec {
+                    name: name.clone(),
+                    image: self.manifest.image.clone(),
+                    limits: Limits {
+                        memory_mib: self.request.memory_limit_mib,
+                        cpus: self.request.cpu_limit,
+                        processes: Some(1000),
+                    },
+                    root_disk_mib: Some(self.request.disk_quota_gib.unwrap_or(40) * 1024),
+                    env: BTreeMap::new(),
+                    devices: proxy_devices(state.agent_addr),
+                };
+                rt.create(&spec).await.map_err(e)?;
+                Ok(Some(format!("{name} from image {}", self.manifest.image)))
+            }
+            "trace_mount" => {
+                let dir = trace_dir(state, &self.agent.slug);
+                crate::fsutil::ensure_private_dir(&dir).map_err(|e| e.to_string())?;
+                // Owned by the uid container root maps to: writable inside, never as host root.
+                let uid = rt
+                    .root_host_uid(&name)
+                    .await
+                    .map_err(e)?
+                    .ok_or("the container has no id map")?;
+                std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).map_err(|e| e.to_string())?;
+                rt.add_device(
+                    &name,
+                    &Device::Disk {
+                        name: "trace".into(),
+                        source: dir.display().to_string(),
+                        path: "/root/.taos/trace".into(),
+                        readonly: false,
+                        shift: false,
+                    },
+                )
+                .await
+                .map_err(e)?;
+                Ok(None)
+            }
+            "start" => {
+                rt.start(&name).await.map_err(e)?;
+                wait_for_boot(rt, &name).await?;
+                Ok(None)
+            }
+            "configure" => {
+                let mut env = format!(
+                    "TAOS_BRIDGE_URL=http://127.0.0.1:{BRIDGE_PORT_INSIDE}\nTAOS_AGENT_NAME={}\nTAOS_AGENT_TOKEN={}\n\
+                     OPENAI_BASE_URL=http://127.0.0.1:{LLM_PORT_INSIDE}/v1\nOPENAI_API_KEY={}\nTAOS_MODEL={}\n",
+                    self.agent.slug, self.secrets.agent_token, self.secrets.llm_key, self.request.model
+                );
+                if let Some(fallback) = &self.request.fallback_models {
+                    env.push_str(&format!("TAOS_FALLBACK_MODELS={}\n", fallback.join(",")));
+                }
+                rt.exec(
+                    &name,
+                    &["mkdir", "-p", "/etc/taos"],
+                    &BTreeMap::new(),
+                    Duration::from_secs(20),
+                )
+                .await
+                .map_err(e)?;
+                rt.push_file(&name, "/etc/taos/agent.env", env.as_bytes(), 0o600)
+                    .await
+                    .map_err(e)?;
+                Ok(Some("credentials in /etc/taos/agent.env (0600)".into()))
+            }
+            "service" => {
+                let service = &self.manifest.service;
+                let out = rt
+                    .exec(
+                        &name,
+                        &["systemctl", "restart", service],
+                        &BTreeMap::new(),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .map_err(e)?;
+                if out.exit_code != 0 {
+                    return Err(format!(
+                        "systemctl restart {service}: {}",
+                        out.stderr.trim()
+                    ));
+                }
+                Ok(None)
+            }
+            "bridge" => {
+                let started = Instant::now();
+                while !state.bridge.is_connected(self.agent.id) {
+                    if started.elapsed() > BRIDGE_TIMEOUT {
+                        return Err("the agent never connected to the bridge".into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(Some(format!(
+                    "connected after {} ms",
+                    started.elapsed().as_millis()
+                )))
+            }
+            other => Err(format!("unknown step {other}")),
+        }
+    }
+}
+
+/// What a test hook asks of a step.
+enum Injected {
+    Fail,
+    Pause,
+}
+
+/// The test hooks: `TAOS_TEST_FAIL_DEPLOY_STEP=<step>` fails that step,
+/// `TAOS_TEST_PAUSE_DEPLOY_STEP=<step>` stops there until the host is killed.
+fn injected(step: &str) -> Option<Injected> {
+    if std::env::var(FAIL_STEP_ENV).ok().as_deref() == Some(step) {
+        return Some(Injected::Fail);
+    }
+    if std::env::var(PAUSE_STEP_ENV).ok().as_deref() == Some(step) {
+        return Some(Injected::Pause);
+    }
+    None
+}
+
+fn proxy_devices(agent_addr: SocketAddr) -> Vec<Device> {
+    vec![
+        Device::Proxy {
+            name: "taos-bridge".into(),
+            listen: format!("tcp:127.0.0.1:{BRIDGE_PORT_INSIDE}"),
+            connect: format!("tcp:{agent_addr}"),
+        },
+        Device::Proxy {
+            name: "taos-llm".into(),
+            listen: format!("tcp:127.0.0.1:{LLM_PORT_INSIDE}"),
+            connect: format!("tcp:{agent_addr}"),
+        },
+    ]
+}
+
+fn trace_dir(state: &AppState, slug: &str) -> PathBuf {
+    state.traces.root().join(slug)
+}
+
+/// Waits until the container's systemd is up (or degraded, which still runs services).
+async fn wait_for_boot(rt: &Incus, name: &str) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let out = rt
+            .exec(
+                name,
+                &["systemctl", "is-system-running"],
+                &BTreeMap::new(),
+                Duration::from_secs(10),
+            )
+            .await;
+        if let Ok(out) = out {
+            let state = out.stdout.trim();
+            if state == "running" || state == "degraded" {
+                return Ok(());
+            }
+        }
+        if started.elapsed() > BOOT_TIMEOUT {
+            return Err("the container did not finish booting".into());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn load_steps(db: &Db, deploy_id: &str) -> Result<Vec<DeployStep>, sqlx::Error> {
+    let text: String = sqlx::query_scalar("SELECT steps FROM deploys WHERE id = ?")
+        .bind(deploy_id)
+        .fetch_one(db)
+        .await?;
+    Ok(serde_json::from_str(&text).unwrap_or_else(|_| fresh_steps()))
+}
+
+async fn mark(
+    state: &AppState,
+    deploy_id: &str,
+    step: &str,
+    step_state: &str,
+    detail: Option<String>,
+) -> Result<(), sqlx::Error> {
+    let mut steps = load_steps(&state.db, deploy_id).await?;
+    let now = from_ms(now_ms());
+    if let Some(s) = steps.iter_mut().find(|s| s.name == step) {
+        s.state = step_state.to_string();
+        if step_state == "running" {
+            s.started_at = Some(now);
+        } else {
+            s.finished_at = Some(now);
+        }
+        if detail.is_some() {
+            s.detail = detail;
+        }
+    }
+    sqlx::query("UPDATE deploys SET steps = ?, updated_at = ? WHERE id = ?")
+        .bind(serde_json::to_string(&steps).unwrap_or_default())
+        .bind(now_ms())
+        .bind(deploy_id)
+        .execute(&state.db)
+        .await?;
+    let slug: Option<String> = sqlx::query_scalar("SELECT slug FROM deploys WHERE id = ?")
+        .bind(deploy_id)
+        .fetch_optional(&state.db)
+        .await?;
+    let _ = state
+        .hub
+        .publish(
+            "deploy.progress",
+            serde_json::json!({"deploy_id": deploy_id, "slug": slug, "step": step, "state": step_state}),
+        )
+        .await;
+    Ok(())
+}
+
+async fn finish(
+    state: &AppState,
+    deploy_id: &str,
+    status: &str,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE deploys SET status = ?, error = ?, updated_at = ? WHERE id = ?")
+        .bind(status)
+        .bind(error)
+        .bind(now_ms())
+        .bind(deploy_id)
+        .execute(&state.db)
+        .await?;
+    let _ = state
+        .hub
+        .publish(
+            "deploy.finished",
+            serde_json::json!({"deploy_id": deploy_id, "status": status, "error": error}),
+        )
+        .await;
+    Ok(())
+}
+
+/// Undoes a deploy: container, trace folder, agent (credentials, channels). Each part is
+/// attempted even if another fails; the deploy ends `rolled_back` with the reason.
+pub async fn rollback(state: &AppState, deploy_id: &str, reason: &str) -> Result<(), DeployError> {
+    let row = sqlx::query("SELECT agent_id, slug FROM deploys WHERE id = ?")
+        .bind(deploy_id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or(DeployError::NotFound)?;
+    let agent_id: Option<String> = row.try_get("agent_id")?;
+    let slug: String = row.try_get("slug")?;
+    if let Some(rt) = state.runtime.as_ref() {
+        let name = container_name(&slug);
+        if rt.exists(&name).await.unwrap_or(false) {
+            let _ = rt.stop(&name, true).await;
+            if let Err(e) = rt.delete(&name).await {
+                tracing::error!(container = %name, error = %e, "rollback could not delete the container");
+            }
+        }
+    }
+    let dir = trace_dir(state, &slug);
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if let Some(id) = agent_id.and_then(|id| Uuid::parse_str(&id).ok()) {
+        agents::remove(&state.db, id).await?;
+    }
+    finish(state, deploy_id, "rolled_back", Some(reason)).await?;
+    tracing::warn!(agent = %slug, %reason, "deploy rolled back");
+    Ok(())
+}
+
+/// At start-up: deploys a previous run left unfinished are rolled back (their credentials
+/// lived only in that process's memory, so they can't be resumed).
+pub async fn recover(state: &AppState) {
+    let unfinished: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM deploys WHERE status = 'running'")
+            .fetch_all(&state.db)
+            .await
+            .unwrap_or_default();
+    for id in unfinished {
+        if let Err(e) = rollback(state, &id, "the host stopped during the deploy").await {
+            tracing::error!(deploy = %id, error = %e, "rolling back an interrupted deploy failed");
+        }
+    }
+}
+
+/// The newest deploy of an agent slug.
+pub async fn status(db: &Db, slug: &str) -> Result<DeployStatus, DeployError> {
+    let row = sqlx::query(
+        "SELECT id, slug, framework, status, steps, error, created_at, updated_at FROM deploys \
+         WHERE slug = ? ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(slug)
+    .fetch_optional(db)
+    .await?
+    .ok_or(DeployError::NotFound)?;
+    let steps: String = row.try_get("steps")?;
+    Ok(DeployStatus {
+        id: row.try_get("id")?,
+        slug: row.try_get("slug")?,
+        framework: row.try_get("framework")?,
+        status: row.try_get("status")?,
+        steps: serde_json::from_str(&steps).unwrap_or_default(),
+        error: row.try_get("error")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        updated_at: from_ms(row.try_get("updated_at")?),
+    })
+}

@@ -1,0 +1,69 @@
+//! The framework catalog: what a deploy can install, from TOML manifests.
+//!
+//! The manifests in the repository's `manifests/` folder are compiled into the binary, so a
+//! host always knows its frameworks; a deploy naming another one is refused with the list.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// beta | alpha | broken
+    pub verification: String,
+    /// The incus image alias agents of this framework start from.
+    pub image: String,
+    /// The systemd service that runs the agent inside the container.
+    pub service: String,
+    pub install: Install,
+    pub requires: Requires,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Install {
+    /// none | script
+    pub method: String,
+    #[serde(default)]
+    pub script: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Requires {
+    pub ram_mb: u64,
+    pub disk_mb: u64,
+}
+
+const BUILT_IN: &[&str] = &[include_str!("../../manifests/direct/manifest.toml")];
+
+/// Every known framework. A manifest that doesn't parse is a build-time bug, caught by a test.
+pub fn all() -> Vec<Manifest> {
+    BUILT_IN
+        .iter()
+        .filter_map(|text| toml::from_str(text).ok())
+        .collect()
+}
+
+pub fn get(id: &str) -> Option<Manifest> {
+    all().into_iter().find(|m| m.id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_built_in_manifest_parses_and_is_sane() {
+        assert_eq!(all().len(), BUILT_IN.len(), "a manifest failed to parse");
+        for m in all() {
+            assert!(["beta", "alpha", "broken"].contains(&m.verification.as_str()));
+            assert!(["none", "script"].contains(&m.install.method.as_str()));
+            assert!(!m.image.is_empty());
+        }
+        assert!(get("direct").is_some());
+        assert!(get("nope").is_none());
+    }
+}

@@ -1,0 +1,375 @@
+//! Deploying agents into real incus containers (scripts/dev-incus.sh and
+//! scripts/build-agent-image.sh provision incus and the `taos-agent` image).
+
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use taos_e2e::fake_llm::{FakeLlm, REPLY};
+use taos_e2e::{Host, HostOptions};
+use taos_host::runtime::incus::{Incus, DEFAULT_SOCKET};
+use taos_host::runtime::Runtime;
+
+use crate::llm::{add_fake_provider, wait_ready, LITELLM};
+use crate::BIN;
+
+fn incus() -> Incus {
+    Incus::new(DEFAULT_SOCKET, None, "default")
+}
+
+/// Deletes a container even when the test fails.
+struct Remove(String);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("incus")
+            .args(["delete", "--force", &self.0])
+            .output();
+    }
+}
+
+async fn require_image() {
+    let out = std::process::Command::new("incus")
+        .args(["image", "show", "taos-agent"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the taos-agent image is missing: run scripts/build-agent-image.sh (scripts/test.sh does)"
+    );
+}
+
+async fn host_with(env: &[(&str, &str)]) -> Host {
+    let mut all = vec![(
+        "TAOS_LLM__LITELLM_BIN".to_string(),
+        "/nonexistent/litellm".to_string(),
+    )];
+    all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Host::start_with(
+        BIN,
+        HostOptions {
+            env: all,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// A provider with a model, no LiteLLM needed (for deploys that never chat).
+async fn catalog(host: &Host) {
+    let r = host
+        .admin(Method::POST, "/api/providers")
+        .json(&json!({"name": "stub", "type": "openai-compatible", "url": "http://127.0.0.1:9/v1", "models": [{"id": "fake-gpt"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+async fn deploy(host: &Host, name: &str) -> Value {
+    let r = host
+        .admin(Method::POST, "/api/agents/deploy")
+        .json(&json!({"name": name, "framework": "direct", "model": "fake-gpt", "memory_limit_mib": 256, "disk_quota_gib": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    r.json().await.unwrap()
+}
+
+/// Polls the deploy until it leaves `running` (or `until` says stop).
+async fn wait_deploy(host: &Host, slug: &str, until: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let status: Value = host
+            .admin(Method::GET, &format!("/api/agents/{slug}/deploy"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if until(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "deploy stuck: {status}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn finished(status: &Value) -> bool {
+    status["status"] != "running"
+}
+
+/// Nothing of a rolled-back deploy remains: container, agent, channel, trace folder.
+async fn assert_nothing_left(host: &Host, slug: &str) {
+    assert!(
+        !incus().exists(&format!("taos-{slug}")).await.unwrap(),
+        "container left behind"
+    );
+    assert_eq!(
+        host.admin(Method::GET, &format!("/api/agents/{slug}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND,
+        "agent left behind"
+    );
+    let channels: Vec<Value> = host
+        .admin(Method::GET, &format!("/api/chat/channels?member={slug}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(channels.is_empty(), "channel left behind: {channels:?}");
+    assert!(
+        !host.data_dir.join("trace").join(slug).exists(),
+        "trace folder left behind"
+    );
+}
+
+#[tokio::test]
+async fn a_deployed_agent_runs_in_its_container_and_answers_chat() {
+    require_image().await;
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start("upstream-secret-Zq81xW", &["fake-gpt", "fake-other"]).await;
+    let host = Host::start(BIN).await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+
+    let accepted = deploy(&host, "Boxed").await;
+    let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
+    assert_eq!(accepted["agent"]["status"], "deploying");
+    let _cleanup = Remove(format!("taos-{slug}"));
+    let status = wait_deploy(&host, &slug, finished).await;
+    assert_eq!(status["status"], "succeeded", "{status}");
+    for step in status["steps"].as_array().unwrap() {
+        assert_eq!(step["state"], "done", "{step}");
+        assert!(step["finished_at"].is_string());
+    }
+    let agent: Value = host
+        .admin(Method::GET, &format!("/api/agents/{slug}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agent["status"], "running");
+    assert_eq!(agent["kind"], "container");
+    assert_eq!(agent["connected"], true);
+    let rt = incus();
+    let container = format!("taos-{slug}");
+    assert!(rt.state(&container).await.unwrap().running);
+
+    // The agent answers through the gateway, LiteLLM and the fake upstream.
+    let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
+    host.admin(Method::POST, "/api/chat/messages")
+        .json(&json!({"channel_id": dm, "content": "hello box"}))
+        .send()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        let messages: Vec<Value> = host
+            .admin(Method::GET, &format!("/api/chat/channels/{dm}/messages"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(m) = messages
+            .iter()
+            .find(|m| m["author_id"] == slug.as_str() && m["state"] == "complete")
+        {
+            break m.clone();
+        }
+        assert!(Instant::now() < deadline, "no answer: {messages:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(answer["content"], REPLY);
+
+    // Its credentials are its own, in a 0600 file; the admin token is nowhere inside.
+    let env = rt
+        .pull_file(&container, "/etc/taos/agent.env")
+        .await
+        .unwrap();
+    let env = String::from_utf8(env).unwrap();
+    assert!(env.contains("TAOS_AGENT_TOKEN=taos_ag_") && env.contains("OPENAI_API_KEY=taos_llm_"));
+    assert!(!env.contains(&host.local_token()));
+    let mode = rt
+        .exec(
+            &container,
+            &["stat", "-c", "%a", "/etc/taos/agent.env"],
+            &Default::default(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(mode.stdout.trim(), "600");
+    // The trace folder is writable inside, and not as host root.
+    let out = rt
+        .exec(
+            &container,
+            &["sh", "-c", "echo x > /root/.taos/trace/probe"],
+            &Default::default(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    let probe = std::fs::metadata(host.data_dir.join("trace").join(&slug).join("probe")).unwrap();
+    assert_ne!(
+        probe.uid(),
+        0,
+        "written by container root, not owned by host root"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_at_any_step_leaves_nothing_behind() {
+    require_image().await;
+    for step in [
+        "container",
+        "trace_mount",
+        "start",
+        "configure",
+        "service",
+        "bridge",
+    ] {
+        let host = host_with(&[(taos_host::deploy::FAIL_STEP_ENV, step)]).await;
+        host.setup_owner().await;
+        catalog(&host).await;
+        let accepted = deploy(&host, &format!("Fail {step}")).await;
+        let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
+        let _cleanup = Remove(format!("taos-{slug}"));
+        let status = wait_deploy(&host, &slug, finished).await;
+        assert_eq!(status["status"], "rolled_back", "{step}: {status}");
+        assert!(status["error"].as_str().unwrap().contains(step), "{status}");
+        let failed = status["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == step)
+            .unwrap();
+        assert_eq!(failed["state"], "failed");
+        assert_nothing_left(&host, &slug).await;
+    }
+}
+
+#[tokio::test]
+async fn a_host_killed_mid_deploy_rolls_it_back_when_it_starts_again() {
+    require_image().await;
+    let mut host = host_with(&[(taos_host::deploy::PAUSE_STEP_ENV, "service")]).await;
+    host.setup_owner().await;
+    catalog(&host).await;
+    let accepted = deploy(&host, "Interrupted").await;
+    let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
+    let _cleanup = Remove(format!("taos-{slug}"));
+    wait_deploy(&host, &slug, |s| {
+        s["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|st| st["name"] == "service" && st["state"] == "running")
+    })
+    .await;
+    assert!(
+        incus().exists(&format!("taos-{slug}")).await.unwrap(),
+        "the container exists mid-deploy"
+    );
+    host.kill9().await;
+
+    let restarted = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(host.data_dir.clone()),
+            env: vec![(
+                "TAOS_LLM__LITELLM_BIN".into(),
+                "/nonexistent/litellm".into(),
+            )],
+        },
+    )
+    .await
+    .unwrap();
+    let status = wait_deploy(&restarted, &slug, finished).await;
+    assert_eq!(status["status"], "rolled_back");
+    assert!(status["error"].as_str().unwrap().contains("host stopped"));
+    assert_nothing_left(&restarted, &slug).await;
+}
+
+#[tokio::test]
+async fn bad_deploys_are_refused_and_change_nothing() {
+    let host = host_with(&[]).await;
+    host.setup_owner().await;
+    catalog(&host).await;
+    let frameworks: Vec<Value> = host
+        .admin(Method::GET, "/api/frameworks")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(frameworks.iter().any(|f| f["id"] == "direct"));
+    let cases = [
+        json!({"name": "x", "framework": "hermes", "model": "fake-gpt"}),
+        json!({"name": "!!!", "framework": "direct", "model": "fake-gpt"}),
+        json!({"name": "x".repeat(65), "framework": "direct", "model": "fake-gpt"}),
+        json!({"name": "x", "framework": "direct", "model": "gpt-99"}),
+        json!({"name": "x", "framework": "direct", "model": "fake-gpt", "memory_limit_mib": 1}),
+        json!({"name": "x", "framework": "direct", "model": "fake-gpt", "disk_quota_gib": 0}),
+        json!({"name": "x", "framework": "direct"}),
+    ];
+    for body in cases {
+        let r = host
+            .admin(Method::POST, "/api/agents/deploy")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        if body["framework"] == "hermes" {
+            assert!(
+                r.text().await.unwrap().contains("direct"),
+                "the error lists the known frameworks"
+            );
+        }
+    }
+    let agents: Vec<Value> = host
+        .admin(Method::GET, "/api/agents")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(agents.is_empty());
+    assert_eq!(
+        host.admin(Method::GET, "/api/agents/nobody/deploy")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let none = host_with(&[("TAOS_RUNTIME__KIND", "none")]).await;
+    none.setup_owner().await;
+    catalog(&none).await;
+    let r = none
+        .admin(Method::POST, "/api/agents/deploy")
+        .json(&json!({"name": "x", "framework": "direct", "model": "fake-gpt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.text().await.unwrap().contains("incus"));
+}

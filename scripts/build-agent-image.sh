@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Builds the Debian bookworm agent image with the taos-agent sidecar and its systemd service
+# baked in, and imports it into incus as `taos-agent` (replacing an older one).
+#
+#   scripts/build-agent-image.sh [path/to/taos-agent]
+#
+# Without a path it builds taos-agent in release mode. The service starts only once the host
+# has pushed the agent's credentials to /etc/taos/agent.env (ConditionPathExists), and runs
+# with the usual systemd hardening.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+ALIAS="${TAOS_AGENT_IMAGE_ALIAS:-taos-agent}"
+BIN="${1:-}"
+if [ -z "$BIN" ]; then
+    log "building taos-agent (release)"
+    cargo build --release --locked -p taos-agent
+    BIN="$CARGO_TARGET_DIR/release/taos-agent"
+fi
+[ -x "$BIN" ] || { log "no taos-agent binary at $BIN"; exit 1; }
+# Rebuild only when the sidecar changed.
+SUM="$(sha256sum "$BIN" | cut -c1-16)"
+if incus image show "$ALIAS" 2>/dev/null | grep -q "taos_agent_sha: $SUM"; then
+    log "image $ALIAS already has this taos-agent ($SUM)"
+    exit 0
+fi
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+ROOTFS="$WORK/rootfs"
+URI="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
+log "debootstrap bookworm (about two minutes)"
+debootstrap --variant=minbase \
+    --include=systemd-sysv,systemd-resolved,udev,dbus,iproute2,ca-certificates \
+    bookworm "$ROOTFS" "${URI:-http://deb.debian.org/debian}" >/dev/null
+
+mkdir -p "$ROOTFS/etc/systemd/network" "$ROOTFS/etc/taos" "$ROOTFS/root/.taos/trace"
+printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n' > "$ROOTFS/etc/systemd/network/eth0.network"
+ln -sf /run/systemd/resolve/stub-resolv.conf "$ROOTFS/etc/resolv.conf"
+: > "$ROOTFS/etc/machine-id"
+chmod 0700 "$ROOTFS/etc/taos"
+install -m 0755 "$BIN" "$ROOTFS/usr/local/bin/taos-agent"
+cat > "$ROOTFS/etc/systemd/system/taos-agent.service" <<'UNIT'
+[Unit]
+Description=taos agent sidecar
+After=network-online.target
+Wants=network-online.target
+# The host pushes the agent's own credentials here; no file, no start.
+ConditionPathExists=/etc/taos/agent.env
+
+[Service]
+EnvironmentFile=/etc/taos/agent.env
+ExecStart=/usr/local/bin/taos-agent
+Restart=on-failure
+RestartSec=2
+NoNewPrivileges=true
+PrivateTmp=true
+ProtectSystem=strict
+ProtectHome=read-only
+ReadWritePaths=/root/.taos
+ProtectKernelTunables=true
+ProtectKernelModules=true
+ProtectControlGroups=true
+RestrictSUIDSGID=true
+LockPersonality=true
+RestrictRealtime=true
+RestrictNamespaces=true
+SystemCallArchitectures=native
+CapabilityBoundingSet=
+AmbientCapabilities=
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+chroot "$ROOTFS" systemctl enable systemd-networkd systemd-resolved taos-agent >/dev/null 2>&1
+cat > "$WORK/metadata.yaml" <<META
+architecture: $(uname -m)
+creation_date: $(date +%s)
+properties:
+  description: taos agent (Debian bookworm + taos-agent)
+  os: debian
+  release: bookworm
+  taos_agent_sha: $SUM
+META
+tar -C "$WORK" --numeric-owner -czf "$WORK/image.tar.gz" metadata.yaml rootfs
+incus image delete "$ALIAS" >/dev/null 2>&1 || true
+incus image import "$WORK/image.tar.gz" --alias "$ALIAS" >/dev/null
+log "imported image $ALIAS (taos-agent $SUM)"
