@@ -285,9 +285,11 @@ pub async fn create_with(
 }
 
 pub async fn list(db: &Db) -> Result<Vec<AgentRecord>, AgentError> {
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM agents ORDER BY created_at"))
-        .fetch_all(db)
-        .await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM agents WHERE status != 'archived' ORDER BY created_at"
+    ))
+    .fetch_all(db)
+    .await?;
     rows.iter().map(from_row).collect()
 }
 
@@ -295,11 +297,13 @@ pub async fn get_by_slug(db: &Db, slug: &str) -> Result<AgentRecord, AgentError>
     if !is_valid_slug(slug) {
         return Err(AgentError::NotFound);
     }
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM agents WHERE slug = ?"))
-        .bind(slug)
-        .fetch_optional(db)
-        .await?
-        .ok_or(AgentError::NotFound)?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM agents WHERE slug = ? AND status != 'archived'"
+    ))
+    .bind(slug)
+    .fetch_optional(db)
+    .await?
+    .ok_or(AgentError::NotFound)?;
     from_row(&row)
 }
 

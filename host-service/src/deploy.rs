@@ -321,14 +321,13 @@ impl Run {
                 Ok(None)
             }
             "configure" => {
-                let mut env = format!(
-                    "TAOS_BRIDGE_URL=http://127.0.0.1:{BRIDGE_PORT_INSIDE}\nTAOS_AGENT_NAME={}\nTAOS_AGENT_TOKEN={}\n\
-                     OPENAI_BASE_URL=http://127.0.0.1:{LLM_PORT_INSIDE}/v1\nOPENAI_API_KEY={}\nTAOS_MODEL={}\n",
-                    self.agent.slug, self.secrets.agent_token, self.secrets.llm_key, self.request.model
+                let env = agent_env(
+                    &self.agent.slug,
+                    &self.secrets.agent_token,
+                    &self.secrets.llm_key,
+                    &self.request.model,
+                    self.request.fallback_models.as_deref().unwrap_or_default(),
                 );
-                if let Some(fallback) = &self.request.fallback_models {
-                    env.push_str(&format!("TAOS_FALLBACK_MODELS={}\n", fallback.join(",")));
-                }
                 rt.exec(
                     &name,
                     &["mkdir", "-p", "/etc/taos"],
@@ -416,8 +415,28 @@ fn trace_dir(state: &AppState, slug: &str) -> PathBuf {
     state.traces.root().join(slug)
 }
 
+/// The sidecar's environment file: the agent's own credentials and where to reach the host
+/// (through the container's proxy devices).
+pub fn agent_env(
+    slug: &str,
+    agent_token: &str,
+    llm_key: &str,
+    model: &str,
+    fallback: &[String],
+) -> String {
+    let mut env = format!(
+        "TAOS_BRIDGE_URL=http://127.0.0.1:{BRIDGE_PORT_INSIDE}\nTAOS_AGENT_NAME={slug}\n\
+         TAOS_AGENT_TOKEN={agent_token}\nOPENAI_BASE_URL=http://127.0.0.1:{LLM_PORT_INSIDE}/v1\n\
+         OPENAI_API_KEY={llm_key}\nTAOS_MODEL={model}\n"
+    );
+    if !fallback.is_empty() {
+        env.push_str(&format!("TAOS_FALLBACK_MODELS={}\n", fallback.join(",")));
+    }
+    env
+}
+
 /// Waits until the container's systemd is up (or degraded, which still runs services).
-async fn wait_for_boot(rt: &Incus, name: &str) -> Result<(), String> {
+pub async fn wait_for_boot(rt: &Incus, name: &str) -> Result<(), String> {
     let started = Instant::now();
     loop {
         let out = rt

@@ -19,7 +19,11 @@ use crate::trace::{self, TraceQuery};
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_agents, create_agent))
-        .routes(routes!(get_agent, patch_agent))
+        .routes(routes!(
+            get_agent,
+            patch_agent,
+            super::archive::archive_agent
+        ))
         .routes(routes!(rotate_token))
         .routes(routes!(agent_trace))
 }

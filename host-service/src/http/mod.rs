@@ -3,6 +3,7 @@
 
 pub mod agent_api;
 pub mod agents;
+pub mod archive;
 pub mod auth;
 pub mod chat;
 pub mod deploy;
@@ -141,6 +142,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(trace::routes())
         .merge(llm::routes())
         .merge(deploy::routes())
+        .merge(archive::routes())
 }
 
 /// The generated OpenAPI document, built once.

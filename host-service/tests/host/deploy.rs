@@ -373,3 +373,336 @@ async fn bad_deploys_are_refused_and_change_nothing() {
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.text().await.unwrap().contains("incus"));
 }
+
+async fn ask_and_wait(host: &Host, slug: &str, text: &str) -> Value {
+    let agent: Value = host
+        .admin(Method::GET, &format!("/api/agents/{slug}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
+    let sent: Value = host
+        .admin(Method::POST, "/api/chat/messages")
+        .json(&json!({"channel_id": dm, "content": text}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let messages: Vec<Value> = host
+            .admin(
+                Method::GET,
+                &format!("/api/chat/channels/{dm}/messages?after_seq={}", sent["seq"]),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(m) = messages
+            .iter()
+            .find(|m| m["author_id"] == slug && m["state"] == "complete")
+        {
+            return m.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{slug} did not answer: {messages:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn deploy_archive_redeploy_restore_and_purge() {
+    require_image().await;
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start("upstream-secret-Zq81xW", &["fake-gpt", "fake-other"]).await;
+    let host = Host::start(BIN).await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let rt = incus();
+
+    // Deploy and chat.
+    let first = deploy(&host, "Keeper").await;
+    assert_eq!(first["agent"]["slug"], "keeper");
+    let _c1 = Remove("taos-keeper".into());
+    assert_eq!(
+        wait_deploy(&host, "keeper", finished).await["status"],
+        "succeeded"
+    );
+    assert_eq!(
+        ask_and_wait(&host, "keeper", "remember this").await["content"],
+        REPLY
+    );
+    let first_dm = first["agent"]["dm_channel_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Archive: the container is renamed away, the slug is free, the chat is read-only.
+    let archived = host
+        .admin(Method::DELETE, "/api/agents/keeper")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(archived.status(), StatusCode::OK);
+    let archived: Value = archived.json().await.unwrap();
+    let archive_id = archived["id"].as_str().unwrap().to_string();
+    let archived_container = archived["container"].as_str().unwrap().to_string();
+    let _c2 = Remove(archived_container.clone());
+    assert!(!rt.exists("taos-keeper").await.unwrap());
+    assert!(rt.exists(&archived_container).await.unwrap());
+    assert_eq!(
+        rt.snapshot_list(&archived_container).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        host.admin(Method::GET, "/api/agents/keeper")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let list: Vec<Value> = host
+        .admin(Method::GET, "/api/agents/archived")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["slug"], "keeper");
+    let channel: Value = host
+        .admin(Method::GET, &format!("/api/chat/channels/{first_dm}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(channel["archived"], true);
+    let chat = std::fs::read_dir(host.data_dir.join("archive"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path()
+        .join("chat.jsonl");
+    assert!(std::fs::read_to_string(&chat)
+        .unwrap()
+        .contains("remember this"));
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&chat).unwrap().permissions())
+            & 0o777,
+        0o600
+    );
+
+    // The same name deploys again.
+    let second = deploy(&host, "Keeper").await;
+    assert_eq!(second["agent"]["slug"], "keeper");
+    assert_eq!(
+        wait_deploy(&host, "keeper", finished).await["status"],
+        "succeeded"
+    );
+
+    // Restore the first one: its slug is taken now, so it comes back as keeper-2, and answers.
+    let restored = host
+        .admin(
+            Method::POST,
+            &format!("/api/agents/archived/{archive_id}/restore"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        restored.status(),
+        StatusCode::OK,
+        "{}",
+        restored.text().await.unwrap()
+    );
+    let _c3 = Remove("taos-keeper-2".into());
+    let agent: Value = host
+        .admin(Method::GET, "/api/agents/keeper-2")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agent["status"], "running");
+    assert_eq!(
+        agent["dm_channel_id"],
+        first_dm.as_str(),
+        "its own chat came back"
+    );
+    assert_eq!(
+        ask_and_wait(&host, "keeper-2", "are you back?").await["content"],
+        REPLY
+    );
+    let history: Vec<Value> = host
+        .admin(
+            Method::GET,
+            &format!("/api/chat/channels/{first_dm}/messages"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(history.iter().any(|m| m["content"] == "remember this"));
+    assert!(host
+        .admin(Method::GET, "/api/agents/archived")
+        .send()
+        .await
+        .unwrap()
+        .json::<Vec<Value>>()
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Archive and purge it: nothing of it remains.
+    let again: Value = host
+        .admin(Method::DELETE, "/api/agents/keeper-2")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let archive_id = again["id"].as_str().unwrap().to_string();
+    let container = again["container"].as_str().unwrap().to_string();
+    let _c4 = Remove(container.clone());
+    assert_eq!(
+        host.admin(
+            Method::DELETE,
+            &format!("/api/agents/archived/{archive_id}")
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        !rt.exists(&container).await.unwrap(),
+        "container and its snapshots are gone"
+    );
+    assert_eq!(
+        host.admin(Method::GET, &format!("/api/chat/channels/{first_dm}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let count = {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(host.data_dir.join("taos.db"))
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM messages WHERE channel_id = ?")
+            .bind(&first_dm)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(count, 0, "its messages are gone");
+    assert_eq!(
+        std::fs::read_dir(host.data_dir.join("archive"))
+            .unwrap()
+            .count(),
+        0,
+        "archive folder gone"
+    );
+    assert!(
+        !host.data_dir.join("trace/keeper-2").exists(),
+        "trace folder gone"
+    );
+    assert_eq!(
+        host.admin(
+            Method::POST,
+            &format!("/api/agents/archived/{archive_id}/restore")
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::NOT_FOUND,
+        "a purged archive can't be restored"
+    );
+    // The other keeper lives on.
+    assert_eq!(
+        host.admin(Method::GET, "/api/agents/keeper")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    // Lifecycle actions and logs on the live one.
+    let stopped: Value = host
+        .admin(Method::POST, "/api/agents/keeper/stop")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stopped["status"], "stopped");
+    assert!(!rt.state("taos-keeper").await.unwrap().running);
+    let started: Value = host
+        .admin(Method::POST, "/api/agents/keeper/start")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(started["status"], "running");
+    let logs = host
+        .admin(Method::GET, "/api/agents/keeper/logs?lines=50")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logs.status(), StatusCode::OK);
+    assert_eq!(
+        host.admin(Method::GET, "/api/agents/keeper/logs?lines=0")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        host.admin(Method::POST, "/api/agents/nobody/stop")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        host.admin(Method::DELETE, "/api/agents/nobody")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let _c5 = Remove("taos-keeper".into());
+}

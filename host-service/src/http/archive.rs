@@ -1,0 +1,219 @@
+//! Archive, restore, purge, and lifecycle actions on agents.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use taos_proto::agents::{Agent, AgentWithToken};
+use taos_proto::error::ErrorBody;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::ApiError;
+use super::extract::{Json, OwnerLike, Path, Query};
+use super::AppState;
+use crate::archive::{self, Action, ArchiveError, ArchivedAgent};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_archived))
+        .routes(routes!(restore_archived))
+        .routes(routes!(purge_archived))
+        .routes(routes!(start_agent))
+        .routes(routes!(stop_agent))
+        .routes(routes!(restart_agent))
+        .routes(routes!(pause_agent))
+        .routes(routes!(resume_agent))
+        .routes(routes!(agent_logs))
+}
+
+impl From<ArchiveError> for ApiError {
+    fn from(e: ArchiveError) -> Self {
+        match e {
+            ArchiveError::NoAgent => ApiError::not_found("no such agent"),
+            ArchiveError::NoArchive => ApiError::not_found("no such archive"),
+            ArchiveError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ ArchiveError::NoRuntime => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
+            }
+            // The runtime's own words, so the owner knows why (e.g. a snapshot that failed).
+            ArchiveError::Runtime(m) => {
+                tracing::error!(error = %m, "runtime operation failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runtime_error", m)
+            }
+            ArchiveError::Agent(e) => e.into(),
+            ArchiveError::Chat(e) => e.into(),
+            e @ (ArchiveError::Io(_) | ArchiveError::Db(_)) => ApiError::internal(e),
+        }
+    }
+}
+
+async fn to_api(state: &AppState, record: &crate::agents::AgentRecord) -> Result<Agent, ApiError> {
+    let dm = state.chat.dm_of(record.id).await?;
+    Ok(record.to_api(state.bridge.is_connected(record.id), dm))
+}
+
+/// Archives an agent: stops it, snapshots and renames its container, exports its chat, makes
+/// its channels read-only, revokes its credentials, and frees its name. Restorable.
+#[utoipa::path(delete, path = "/api/agents/{slug}", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug")),
+    responses((status = 200, description = "Archived", body = ArchivedAgent),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "Still deploying", body = ErrorBody),
+        (status = 500, description = "The snapshot failed; nothing changed", body = ErrorBody)))]
+pub async fn archive_agent(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<ArchivedAgent>, ApiError> {
+    Ok(Json(archive::archive(&state, &slug).await?))
+}
+
+/// Archived agents, newest first.
+#[utoipa::path(get, path = "/api/agents/archived", tag = "agents",
+    responses((status = 200, description = "Archived agents", body = Vec<ArchivedAgent>),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody)))]
+async fn list_archived(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<ArchivedAgent>>, ApiError> {
+    Ok(Json(archive::list(&state.db).await?))
+}
+
+/// Brings an archived agent back, running, with new credentials (shown once), under its old
+/// slug or, if that was reused, `-2`, `-3`…
+#[utoipa::path(post, path = "/api/agents/archived/{id}/restore", tag = "agents",
+    params(("id" = String, Path, description = "Archive id")),
+    responses((status = 200, description = "Restored", body = AgentWithToken),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 404, description = "No such archive", body = ErrorBody)))]
+async fn restore_archived(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<AgentWithToken>, ApiError> {
+    let restored = archive::restore(&state, &id).await?;
+    Ok(Json(AgentWithToken {
+        agent: to_api(&state, &restored.agent).await?,
+        agent_token: restored.agent_token,
+        llm_key: Some(restored.llm_key),
+    }))
+}
+
+/// Removes an archived agent for good: container, snapshots, archive, channels, messages, traces.
+#[utoipa::path(delete, path = "/api/agents/archived/{id}", tag = "agents",
+    params(("id" = String, Path, description = "Archive id")),
+    responses((status = 204, description = "Purged"),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 404, description = "No such archive", body = ErrorBody)))]
+async fn purge_archived(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    archive::purge(&state, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn act(state: AppState, slug: String, action: Action) -> Result<Json<Agent>, ApiError> {
+    let record = archive::act(&state, &slug, action).await?;
+    Ok(Json(to_api(&state, &record).await?))
+}
+
+/// Starts a container agent.
+#[utoipa::path(post, path = "/api/agents/{slug}/start", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug")),
+    responses((status = 200, description = "The agent", body = Agent), (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody), (status = 409, description = "Not a container agent", body = ErrorBody)))]
+async fn start_agent(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<Agent>, ApiError> {
+    act(state, slug, Action::Start).await
+}
+
+/// Stops a container agent (gracefully, forced if that fails).
+#[utoipa::path(post, path = "/api/agents/{slug}/stop", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug")),
+    responses((status = 200, description = "The agent", body = Agent), (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody), (status = 409, description = "Not a container agent", body = ErrorBody)))]
+async fn stop_agent(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<Agent>, ApiError> {
+    act(state, slug, Action::Stop).await
+}
+
+/// Restarts a container agent.
+#[utoipa::path(post, path = "/api/agents/{slug}/restart", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug")),
+    responses((status = 200, description = "The agent", body = Agent), (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody), (status = 409, description = "Not a container agent", body = ErrorBody)))]
+async fn restart_agent(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<Agent>, ApiError> {
+    act(state, slug, Action::Restart).await
+}
+
+/// Pauses an agent: messages for it wait in its outbox, and its container stops.
+#[utoipa::path(post, path = "/api/agents/{slug}/pause", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug")),
+    responses((status = 200, description = "The agent", body = Agent), (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody)))]
+async fn pause_agent(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<Agent>, ApiError> {
+    act(state, slug, Action::Pause).await
+}
+
+/// Resumes a paused agent; waiting messages are delivered.
+#[utoipa::path(post, path = "/api/agents/{slug}/resume", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug")),
+    responses((status = 200, description = "The agent", body = Agent), (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody)))]
+async fn resume_agent(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<Agent>, ApiError> {
+    act(state, slug, Action::Resume).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct LogParams {
+    /// 1-1000, default 100.
+    lines: Option<u32>,
+}
+
+/// The agent service's recent log lines (plain text).
+#[utoipa::path(get, path = "/api/agents/{slug}/logs", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug"), LogParams),
+    responses((status = 200, description = "Log lines", content_type = "text/plain", body = String),
+        (status = 400, description = "Bad lines", body = ErrorBody), (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody), (status = 409, description = "Not a container agent", body = ErrorBody)))]
+async fn agent_logs(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    Query(p): Query<LogParams>,
+) -> Result<impl IntoResponse, ApiError> {
+    let lines = p.lines.unwrap_or(100);
+    if !(1..=1000).contains(&lines) {
+        return Err(ApiError::bad_request("lines must be between 1 and 1000"));
+    }
+    let text = archive::logs(&state, &slug, lines).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
