@@ -131,10 +131,8 @@ pub async fn archive(state: &AppState, slug: &str) -> Result<ArchivedAgent, Arch
         let rt = runtime(state)?;
         if rt.exists(&name).await? {
             let was_running = rt.state(&name).await.map(|s| s.running).unwrap_or(false);
-            if was_running {
-                if rt.stop(&name, false).await.is_err() {
-                    rt.stop(&name, true).await?;
-                }
+            if was_running && rt.stop(&name, false).await.is_err() {
+                rt.stop(&name, true).await?;
             }
             if let Err(e) = rt.snapshot_create(&name, &snapshot).await {
                 if was_running {
