@@ -292,14 +292,22 @@ async fn the_gateway_enforces_models_and_budgets_and_records_every_call() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
-    let usage: Value = host
-        .admin(Method::GET, "/api/agents/thinker/usage")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Usage is recorded just after each answer goes out: poll for the fourth.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let usage: Value = loop {
+        let usage: Value = host
+            .admin(Method::GET, "/api/agents/thinker/usage")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if usage["rows"][0]["requests"] == 4 || Instant::now() > deadline {
+            break usage;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let row = &usage["rows"].as_array().unwrap()[0];
     assert_eq!(row["model"], "fake-gpt");
     assert_eq!(row["requests"], 4);
