@@ -10,7 +10,7 @@ cd "$REPO_ROOT"
 
 apt_install wrk
 log "building release binaries"
-cargo build --release --locked -p taos-host -p taos-e2e --bin taos-host --bin taos-bench --bin taos-load --bin taos-llm-bench
+cargo build --release --locked -p taos-host -p taos-e2e --bin taos-host --bin taos-bench --bin taos-load --bin taos-llm-bench --bin taos-deploy-bench
 BIN="$CARGO_TARGET_DIR/release/taos-host"
 
 log "startup and idle memory"
@@ -43,6 +43,14 @@ log "LLM gateway overhead (real LiteLLM, fake upstream)"
 LLM_JSON="$("$CARGO_TARGET_DIR/release/taos-llm-bench" "$BIN" 10000)"
 echo "$LLM_JSON"
 llm() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$LLM_JSON" "$1"; }
+
+log "container agents (real incus, the taos-agent image)"
+"$REPO_ROOT/scripts/dev-incus.sh"
+cargo build --release --locked -p taos-agent
+"$REPO_ROOT/scripts/build-agent-image.sh" "$CARGO_TARGET_DIR/release/taos-agent"
+DEPLOY_JSON="$("$CARGO_TARGET_DIR/release/taos-deploy-bench" "$BIN" 20)"
+echo "$DEPLOY_JSON"
+dep() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$DEPLOY_JSON" "$1"; }
 
 json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$STARTUP_JSON" "$1"; }
 load() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$LOAD_JSON" "$1"; }
@@ -102,5 +110,20 @@ How: \`taos-llm-bench\` (tests/src/bin) runs the fake OpenAI-compatible upstream
 starts a release host that supervises real LiteLLM, and calls LiteLLM both directly (master key)
 and through the gateway (agent LLM key: model and budget checks, usage and trace recording).
 LiteLLM itself adds about 20 ms per call; the gateway's share is what the table shows.
+
+## Agents in containers (issue 5)
+
+| what | result | target | |
+|---|---|---|---|
+| deploy → \`running\` (sidecar connected), local \`taos-agent\` image (median of $(dep agents)) | $(dep deploy_ms_median) ms (max $(dep deploy_ms_max)) | < 10 s | $(verdict "$(dep deploy_ms_median) < 10000") |
+| create a bare container from the busybox test image (median of 5) | $(dep bare_create_ms_median) ms | < 1 s | $(verdict "$(dep bare_create_ms_median) < 1000") |
+| archive (median of 3) | $(dep archive_ms_median) ms | < 5 s | $(verdict "$(dep archive_ms_median) < 5000") |
+| restore, until the agent is connected again (median of 3) | $(dep restore_ms_median) ms | < 5 s | $(verdict "$(dep restore_ms_median) < 5000") |
+| host RSS with $(dep agents) running agents | $(dep rss_mib_with_agents) MiB (idle: $(dep rss_mib_idle) MiB) | < 50 MiB | $(verdict "$(dep rss_mib_with_agents) < 50") |
+
+How: \`taos-deploy-bench\` (tests/src/bin) deploys agents one after another through the API on a
+release host and real incus (btrfs pool), archives and restores three of them, and reads the
+host's \`VmRSS\`. The containers' own memory (about 27 MiB each for Debian with systemd) is incus's,
+not the host's.
 MD
 log "wrote docs/benchmarks.md"
