@@ -58,6 +58,14 @@ install_packages() {
     grep -qs '^root:1000:1$' /etc/subgid || echo 'root:1000:1' >> /etc/subgid
 }
 
+raise_limits() {
+    # Every container's root maps to the same host uid range, so systemd in all of them shares
+    # one per-user inotify budget; Debian's default of 128 instances stops the ~14th container
+    # from booting. These are incus's production recommendations.
+    sysctl -qw fs.inotify.max_user_instances=1048576 fs.inotify.max_user_watches=1048576 \
+        fs.inotify.max_queued_events=1048576 2>/dev/null || log "could not raise inotify limits"
+}
+
 start_daemons() {
     if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
         systemctl start lxcfs incus.socket incus.service 2>/dev/null || systemctl start incus
@@ -184,6 +192,7 @@ case "${1:-}" in
 esac
 need_root
 install_packages
+raise_limits
 start_daemons
 initialise
 build_busybox_image
