@@ -54,6 +54,10 @@ incus_target = ""
 # Storage pool for agents' root disks (btrfs enforces disk quotas).
 incus_pool = "default"
 
+[quota]
+# How often every running agent's disk is sampled, in seconds.
+interval_secs = 300
+
 [log]
 # "human" or "json".
 format = "human"
@@ -67,7 +71,20 @@ pub struct Config {
     pub server: ServerConfig,
     pub llm: LlmConfig,
     pub runtime: RuntimeConfig,
+    pub quota: QuotaConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    pub interval_secs: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig { interval_secs: 300 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -206,6 +206,8 @@ pub async fn start(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    let quota_gib = req.disk_quota_gib.unwrap_or(40);
+    crate::quota::set_quota_bytes(&state.db, agent.id, quota_gib * 1024 * 1024 * 1024).await?;
     tracing::info!(agent = %agent.slug, deploy = %id, framework = %manifest.id, "deploy started");
     let background = state.clone();
     let run = Run {
@@ -573,6 +575,30 @@ pub async fn recover(state: &AppState) {
     for id in unfinished {
         if let Err(e) = rollback(state, &id, "the host stopped during the deploy").await {
             tracing::error!(deploy = %id, error = %e, "rolling back an interrupted deploy failed");
+        }
+    }
+}
+
+/// At start-up: points every container agent's proxy devices at the agent listener as it is
+/// bound now (its address may have changed since the container was made).
+pub async fn reconcile_proxies(state: &AppState) {
+    let Some(rt) = state.runtime.as_ref() else {
+        return;
+    };
+    let Ok(list) = agents::list(&state.db).await else {
+        return;
+    };
+    for agent in list {
+        let Some(container) = agent.container.as_deref() else {
+            continue;
+        };
+        if !rt.exists(container).await.unwrap_or(false) {
+            continue;
+        }
+        for device in proxy_devices(state.agent_addr) {
+            if let Err(e) = rt.add_device(container, &device).await {
+                tracing::warn!(agent = %agent.slug, error = %e, "could not re-point a proxy device");
+            }
         }
     }
 }

@@ -280,9 +280,16 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     http::spawn_health_checker(state.clone());
     spawn_trace_sealer(state.clone());
     supervisor.spawn(state.shutdown.clone());
+    crate::quota::spawn_monitor(
+        state.clone(),
+        Duration::from_secs(state.config.quota.interval_secs.max(5)),
+    );
     {
         let state = state.clone();
-        tokio::spawn(async move { crate::deploy::recover(&state).await });
+        tokio::spawn(async move {
+            crate::deploy::recover(&state).await;
+            crate::deploy::reconcile_proxies(&state).await;
+        });
     }
     state.llm.reload().await?;
 

@@ -14,6 +14,8 @@ pub mod gateway;
 pub mod llm;
 pub mod notifications;
 pub mod ops;
+pub mod prompts;
+pub mod quota;
 pub mod trace;
 pub mod ws;
 
@@ -143,6 +145,8 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(llm::routes())
         .merge(deploy::routes())
         .merge(archive::routes())
+        .merge(prompts::routes())
+        .merge(quota::routes())
 }
 
 /// The generated OpenAPI document, built once.

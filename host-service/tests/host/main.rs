@@ -13,6 +13,7 @@ mod files;
 mod input;
 mod llm;
 mod ops;
+mod quota;
 mod routes;
 mod runtime;
 mod tls;

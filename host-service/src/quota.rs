@@ -1,0 +1,399 @@
+//! The disk quota monitor: samples container agents' root disk usage through the runtime,
+//! moves each between `ok`, `warn` (87.5 %) and `hard` (100 %) with hysteresis (back to `ok`
+//! only below 80 %), notifies on each transition, pauses an agent that hits its quota, and
+//! resumes it when the owner gives it room. State is persisted: a restart doesn't alert again.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+use taos_proto::events::{Level, NewNotification};
+use uuid::Uuid;
+
+use crate::agents::{self, AgentRecord};
+use crate::db::{from_ms, now_ms};
+use crate::http::AppState;
+use crate::runtime::Runtime;
+
+pub const WARN_AT: f64 = 0.875;
+/// btrfs refuses writes a few KiB short of the limit: a disk that can't take 4 MiB more is full.
+pub const FULL_SLACK_BYTES: u64 = 4 * 1024 * 1024;
+pub const CLEAR_BELOW: f64 = 0.80;
+const GIB: u64 = 1024 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaError {
+    #[error("no such agent")]
+    NoAgent,
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no container runtime")]
+    NoRuntime,
+    #[error("{0}")]
+    Runtime(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DiskStatus {
+    pub slug: String,
+    pub used_bytes: Option<u64>,
+    pub quota_bytes: u64,
+    /// 0–100.
+    pub percent: Option<f64>,
+    /// ok | warn | hard
+    pub state: String,
+    pub last_checked_at: Option<DateTime<Utc>>,
+}
+
+/// The next state, with hysteresis: a warned or full agent is `ok` again only below 80 %.
+pub fn next_state(current: &str, used: u64, quota: u64) -> &'static str {
+    let ratio = if quota == 0 {
+        1.0
+    } else {
+        used as f64 / quota as f64
+    };
+    if used.saturating_add(FULL_SLACK_BYTES.min(quota / 100)) >= quota {
+        "hard"
+    } else if ratio >= WARN_AT {
+        "warn"
+    } else if ratio >= CLEAR_BELOW && current != "ok" {
+        "warn"
+    } else {
+        "ok"
+    }
+}
+
+/// Records an agent's quota (at deploy and on resize).
+pub async fn set_quota_bytes(
+    db: &crate::db::Db,
+    agent: Uuid,
+    quota_bytes: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO agent_disk (agent_id, quota_bytes) VALUES (?, ?) \
+         ON CONFLICT(agent_id) DO UPDATE SET quota_bytes = excluded.quota_bytes",
+    )
+    .bind(agent.to_string())
+    .bind(i64::try_from(quota_bytes).unwrap_or(i64::MAX))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+async fn load(
+    state: &AppState,
+    agent: &AgentRecord,
+) -> Result<Option<(u64, Option<u64>, String, Option<i64>, bool)>, QuotaError> {
+    let row = sqlx::query(
+        "SELECT quota_bytes, used_bytes, state, last_checked_at, paused_for_disk FROM agent_disk WHERE agent_id = ?",
+    )
+    .bind(agent.id.to_string())
+    .fetch_optional(&state.db)
+    .await?;
+    Ok(row.map(|r| {
+        (
+            r.try_get::<i64, _>("quota_bytes").unwrap_or(0).max(0) as u64,
+            r.try_get::<Option<i64>, _>("used_bytes")
+                .ok()
+                .flatten()
+                .map(|u| u.max(0) as u64),
+            r.try_get("state").unwrap_or_else(|_| "ok".into()),
+            r.try_get("last_checked_at").ok().flatten(),
+            r.try_get("paused_for_disk").unwrap_or(false),
+        )
+    }))
+}
+
+fn status_of(
+    slug: &str,
+    quota: u64,
+    used: Option<u64>,
+    state: &str,
+    checked: Option<i64>,
+) -> DiskStatus {
+    DiskStatus {
+        slug: slug.to_string(),
+        used_bytes: used,
+        quota_bytes: quota,
+        percent: used.map(|u| {
+            if quota == 0 {
+                100.0
+            } else {
+                (u as f64 * 1000.0 / quota as f64).round() / 10.0
+            }
+        }),
+        state: state.to_string(),
+        last_checked_at: checked.map(from_ms),
+    }
+}
+
+/// The last sample of an agent's disk.
+pub async fn status(state: &AppState, slug: &str) -> Result<DiskStatus, QuotaError> {
+    let agent = agents::get_by_slug(&state.db, slug)
+        .await
+        .map_err(|_| QuotaError::NoAgent)?;
+    let (quota, used, disk_state, checked, _) = load(state, &agent).await?.ok_or_else(|| {
+        QuotaError::Conflict(format!("{slug} has no disk quota (not a container agent)"))
+    })?;
+    Ok(status_of(&agent.slug, quota, used, &disk_state, checked))
+}
+
+/// Samples one agent, persists the result, and acts on a state change.
+pub async fn scan_agent(
+    state: &AppState,
+    agent: &AgentRecord,
+) -> Result<Option<DiskStatus>, QuotaError> {
+    let Some((quota, _, current, _, paused_for_disk)) = load(state, agent).await? else {
+        return Ok(None);
+    };
+    let (Some(rt), Some(container)) = (state.runtime.as_ref(), agent.container.as_ref()) else {
+        return Ok(None);
+    };
+    let used = match rt.quota_usage(container).await {
+        Ok(used) => used,
+        Err(e) => {
+            tracing::debug!(agent = %agent.slug, error = %e, "disk sample failed");
+            return Ok(None);
+        }
+    };
+    let Some(used) = used else {
+        return Ok(None);
+    };
+    let next = next_state(&current, used, quota);
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE agent_disk SET used_bytes = ?, state = ?, last_checked_at = ? WHERE agent_id = ?",
+    )
+    .bind(i64::try_from(used).unwrap_or(i64::MAX))
+    .bind(next)
+    .bind(now)
+    .bind(agent.id.to_string())
+    .execute(&state.db)
+    .await?;
+    if next != current {
+        transition(state, agent, &current, next, used, quota, paused_for_disk).await?;
+    }
+    Ok(Some(status_of(
+        &agent.slug,
+        quota,
+        Some(used),
+        next,
+        Some(now),
+    )))
+}
+
+async fn transition(
+    state: &AppState,
+    agent: &AgentRecord,
+    from: &str,
+    to: &str,
+    used: u64,
+    quota: u64,
+    paused_for_disk: bool,
+) -> Result<(), QuotaError> {
+    let pct = used as f64 * 100.0 / quota.max(1) as f64;
+    let figures = format!(
+        "{:.2} GiB of {:.2} GiB ({pct:.1}%)",
+        used as f64 / GIB as f64,
+        quota as f64 / GIB as f64
+    );
+    let (level, title, message) = match to {
+        "hard" => (
+            Level::Error,
+            format!("{} ran out of disk and was paused", agent.display_name),
+            format!("{figures}. Give it more room (resize its quota) or ask it to clean up (disk-audit); it resumes once it is below its quota."),
+        ),
+        "warn" => (
+            Level::Warning,
+            format!("{} is running out of disk", agent.display_name),
+            format!("{figures}. Resize its quota or ask it to clean up (disk-audit)."),
+        ),
+        _ => (
+            Level::Info,
+            format!("{}'s disk is fine again", agent.display_name),
+            format!("{figures}."),
+        ),
+    };
+    tracing::info!(agent = %agent.slug, from, to, %figures, "disk quota state changed");
+    if let Err(e) = state
+        .hub
+        .notify(NewNotification {
+            level,
+            title,
+            message,
+            source: Some("disk_quota".into()),
+            data: Some(serde_json::json!({
+                "agent": agent.slug, "from": from, "to": to, "used_bytes": used, "quota_bytes": quota,
+                "percent": (pct * 10.0).round() / 10.0,
+                "actions": ["resize", "admin-prompt:disk-audit"],
+            })),
+        })
+        .await
+    {
+        tracing::warn!(error = %e, "disk quota notification failed");
+    }
+    if to == "hard" && !agent.paused {
+        pause_for_disk(state, agent).await?;
+    } else if from == "hard" && to != "hard" && paused_for_disk {
+        resume_after_disk(state, agent).await?;
+    }
+    Ok(())
+}
+
+async fn pause_for_disk(state: &AppState, agent: &AgentRecord) -> Result<(), QuotaError> {
+    let patch = taos_proto::agents::AgentPatch {
+        paused: Some(true),
+        ..Default::default()
+    };
+    agents::update(&state.db, &agent.slug, &patch)
+        .await
+        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    sqlx::query("UPDATE agent_disk SET paused_for_disk = 1 WHERE agent_id = ?")
+        .bind(agent.id.to_string())
+        .execute(&state.db)
+        .await?;
+    agents::set_status(&state.db, agent.id, "paused")
+        .await
+        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    state.bridge.wake(agent.id);
+    if let (Some(rt), Some(container)) = (state.runtime.as_ref(), agent.container.as_ref()) {
+        if rt.stop(container, false).await.is_err() {
+            let _ = rt.stop(container, true).await;
+        }
+    }
+    Ok(())
+}
+
+async fn resume_after_disk(state: &AppState, agent: &AgentRecord) -> Result<(), QuotaError> {
+    if let (Some(rt), Some(container)) = (state.runtime.as_ref(), agent.container.as_ref()) {
+        rt.start(container)
+            .await
+            .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    }
+    let patch = taos_proto::agents::AgentPatch {
+        paused: Some(false),
+        ..Default::default()
+    };
+    agents::update(&state.db, &agent.slug, &patch)
+        .await
+        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    sqlx::query("UPDATE agent_disk SET paused_for_disk = 0 WHERE agent_id = ?")
+        .bind(agent.id.to_string())
+        .execute(&state.db)
+        .await?;
+    agents::set_status(&state.db, agent.id, "running")
+        .await
+        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    state.bridge.clear_notices(agent.id);
+    state.bridge.wake(agent.id);
+    Ok(())
+}
+
+/// Samples every container agent.
+pub async fn scan_all(state: &AppState) -> Result<Vec<DiskStatus>, QuotaError> {
+    let mut results = Vec::new();
+    for agent in agents::list(&state.db)
+        .await
+        .map_err(|e| QuotaError::Runtime(e.to_string()))?
+    {
+        if agent.container.is_none() || agent.status == "deploying" {
+            continue;
+        }
+        if let Some(status) = scan_agent(state, &agent).await? {
+            results.push(status);
+        }
+    }
+    Ok(results)
+}
+
+/// Resizes an agent's root disk quota (1–1024 GiB) and re-evaluates it at once.
+pub async fn resize(state: &AppState, slug: &str, size_gib: u64) -> Result<DiskStatus, QuotaError> {
+    if !(1..=1024).contains(&size_gib) {
+        return Err(QuotaError::BadInput(
+            "size_gib must be between 1 and 1024".into(),
+        ));
+    }
+    let agent = agents::get_by_slug(&state.db, slug)
+        .await
+        .map_err(|_| QuotaError::NoAgent)?;
+    let rt = state.runtime.as_ref().ok_or(QuotaError::NoRuntime)?;
+    let container = agent
+        .container
+        .clone()
+        .ok_or_else(|| QuotaError::Conflict(format!("{slug} is not a container agent")))?;
+    let driver = rt
+        .pool_driver()
+        .await
+        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    if !["btrfs", "zfs", "lvm", "lvmcluster", "ceph"].contains(&driver.as_str()) {
+        return Err(QuotaError::Conflict(format!(
+            "the storage pool uses the {driver:?} driver, which can't enforce a disk size; use a btrfs pool"
+        )));
+    }
+    rt.set_root_size(&container, size_gib * 1024)
+        .await
+        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    set_quota_bytes(&state.db, agent.id, size_gib * GIB).await?;
+    // The paused flag may have changed since the agent was loaded.
+    let agent = agents::get_by_id(&state.db, agent.id)
+        .await
+        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    match scan_agent(state, &agent).await? {
+        Some(status) => Ok(status),
+        None => status(state, slug).await,
+    }
+}
+
+/// Runs the monitor every `interval` until shutdown.
+pub fn spawn_monitor(state: AppState, interval: Duration) {
+    tokio::spawn(async move {
+        let mut shutdown = state.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            if state.runtime.is_none() {
+                continue;
+            }
+            if let Err(e) = scan_all(&state).await {
+                tracing::warn!(error = %e, "disk quota scan failed");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_have_hysteresis() {
+        let q = 1000;
+        assert_eq!(next_state("ok", 500, q), "ok");
+        assert_eq!(next_state("ok", 870, q), "ok");
+        assert_eq!(next_state("ok", 875, q), "warn");
+        assert_eq!(next_state("ok", 1000, q), "hard");
+        let gib = 1024 * 1024 * 1024;
+        assert_eq!(
+            next_state("warn", gib - 16 * 1024, gib),
+            "hard",
+            "btrfs stops just short"
+        );
+        assert_eq!(next_state("warn", gib - 64 * 1024 * 1024, gib), "warn");
+        assert_eq!(next_state("hard", 950, q), "warn");
+        assert_eq!(
+            next_state("warn", 850, q),
+            "warn",
+            "no flapping between 80 and 87.5 %"
+        );
+        assert_eq!(next_state("warn", 799, q), "ok");
+        assert_eq!(next_state("hard", 100, q), "ok");
+        assert_eq!(next_state("ok", 1, 0), "hard");
+    }
+}

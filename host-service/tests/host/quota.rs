@@ -1,0 +1,363 @@
+//! The disk quota monitor against a real container on a btrfs pool, and admin prompts.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use taos_e2e::{AgentClient, Host, HostOptions};
+use taos_host::runtime::incus::{Incus, DEFAULT_SOCKET};
+use taos_host::runtime::Runtime;
+
+use crate::BIN;
+
+const NO_LITELLM: (&str, &str) = ("TAOS_LLM__LITELLM_BIN", "/nonexistent/litellm");
+
+async fn disk_notifications(host: &Host) -> Vec<Value> {
+    let list: Vec<Value> = host
+        .admin(Method::GET, "/api/notifications?limit=500")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list.into_iter()
+        .filter(|n| n["source"] == "disk_quota")
+        .collect()
+}
+
+async fn scan(host: &Host) -> Value {
+    let r = host
+        .admin(Method::POST, "/api/disk-quota/scan")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_full_disk_warns_then_pauses_and_a_resize_resumes() {
+    let image = std::process::Command::new("incus")
+        .args(["image", "show", "taos-agent"])
+        .output()
+        .unwrap();
+    assert!(
+        image.status.success(),
+        "the taos-agent image is missing: run scripts/build-agent-image.sh"
+    );
+    let mut host = Host::start_with(
+        BIN,
+        HostOptions {
+            env: vec![(NO_LITELLM.0.into(), NO_LITELLM.1.into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    host.setup_owner().await;
+    host.admin(Method::POST, "/api/providers")
+        .json(&json!({"name": "stub", "type": "openai-compatible", "url": "http://127.0.0.1:9/v1", "models": [{"id": "m"}]}))
+        .send().await.unwrap();
+    let accepted: Value = host
+        .admin(Method::POST, "/api/agents/deploy")
+        .json(&json!({"name": "Hoarder", "framework": "direct", "model": "m", "disk_quota_gib": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
+    let container = format!("taos-{slug}");
+    let _cleanup = scopeguard(container.clone());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let s: Value = host
+            .admin(Method::GET, &format!("/api/agents/{slug}/deploy"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["status"] == "succeeded" {
+            break;
+        }
+        assert_ne!(s["status"], "rolled_back", "{s}");
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rt = Incus::new(DEFAULT_SOCKET, None, "default");
+
+    let first = scan(&host).await;
+    assert_eq!(first["scanned"], 1);
+    let disk: Value = host
+        .admin(Method::GET, &format!("/api/agents/{slug}/disk"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(disk["state"], "ok");
+    assert_eq!(disk["quota_bytes"], 1024u64 * 1024 * 1024);
+    let used0 = disk["used_bytes"].as_u64().unwrap();
+    assert!(disk["percent"].as_f64().unwrap() < 87.5);
+
+    // Past 87.5 %: one warning, and only one however often we look.
+    let target = (1024u64 * 1024 * 1024) * 90 / 100;
+    let mib = (target.saturating_sub(used0)) / (1024 * 1024) + 1;
+    let fill = format!("dd if=/dev/zero of=/root/fill1 bs=1M count={mib} 2>/dev/null; sync");
+    rt.exec(
+        &container,
+        &["sh", "-c", &fill],
+        &BTreeMap::new(),
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    scan(&host).await;
+    scan(&host).await;
+    let disk: Value = host
+        .admin(Method::GET, &format!("/api/agents/{slug}/disk"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(disk["state"], "warn", "{disk}");
+    let notes = disk_notifications(&host).await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0]["level"], "warning");
+
+    // Full: one error, and the agent is paused with its container stopped.
+    rt.exec(
+        &container,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/root/fill2 bs=1M count=300 2>/dev/null; sync",
+        ],
+        &BTreeMap::new(),
+        Duration::from_secs(120),
+    )
+    .await
+    .ok();
+    scan(&host).await;
+    let disk: Value = host
+        .admin(Method::GET, &format!("/api/agents/{slug}/disk"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(disk["state"], "hard", "{disk}");
+    let notes = disk_notifications(&host).await;
+    assert_eq!(notes.len(), 2);
+    assert_eq!(notes[0]["level"], "error");
+    assert!(notes[0]["data"]["actions"].to_string().contains("resize"));
+    let agent: Value = host
+        .admin(Method::GET, &format!("/api/agents/{slug}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agent["paused"], true);
+    assert!(!rt.state(&container).await.unwrap().running);
+
+    // Restarting the host doesn't alert again.
+    host.terminate().await.unwrap();
+    let host = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(host.data_dir.clone()),
+            env: vec![(NO_LITELLM.0.into(), NO_LITELLM.1.into())],
+        },
+    )
+    .await
+    .unwrap();
+    scan(&host).await;
+    assert_eq!(
+        disk_notifications(&host).await.len(),
+        2,
+        "no repeated alert after a restart"
+    );
+
+    // More room: back to ok, resumed, connected again.
+    assert_eq!(
+        host.admin(Method::POST, &format!("/api/agents/{slug}/quota"))
+            .json(&json!({"size_gib": 0}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    let resized = host
+        .admin(Method::POST, &format!("/api/agents/{slug}/quota"))
+        .json(&json!({"size_gib": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resized.status(), StatusCode::OK);
+    let disk: Value = resized.json().await.unwrap();
+    assert_eq!(disk["state"], "ok", "{disk}");
+    let notes = disk_notifications(&host).await;
+    assert_eq!(notes.len(), 3);
+    assert_eq!(notes[0]["level"], "info");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let agent: Value = host
+            .admin(Method::GET, &format!("/api/agents/{slug}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if agent["paused"] == false && agent["connected"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not resumed: {agent}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(rt.state(&container).await.unwrap().running);
+}
+
+/// Deletes the container when the test ends, however it ends.
+fn scopeguard(name: String) -> impl Drop {
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("incus")
+                .args(["delete", "--force", &self.0])
+                .output();
+        }
+    }
+    Remove(name)
+}
+
+#[tokio::test]
+async fn admin_prompts_are_listed_fetched_and_sent_to_an_agent() {
+    let host = Host::start_with(
+        BIN,
+        HostOptions {
+            env: vec![(NO_LITELLM.0.into(), NO_LITELLM.1.into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    host.setup_owner().await;
+    let list: Vec<Value> = host
+        .admin(Method::GET, "/api/admin-prompts")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for name in [
+        "disk-audit",
+        "memory-audit",
+        "health-report",
+        "weekly-summary",
+    ] {
+        assert!(names.contains(&name), "{name}");
+    }
+    assert!(
+        list.iter().all(|p| p.get("body").is_none()),
+        "the list has no bodies"
+    );
+    let one: Value = host
+        .admin(Method::GET, "/api/admin-prompts/disk-audit")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(one["body"].as_str().unwrap().contains("date -u"));
+    for bad in [
+        "/api/admin-prompts/..%2F..%2Fetc%2Fpasswd",
+        "/api/admin-prompts/a%2Fb",
+        "/api/admin-prompts/...",
+    ] {
+        assert_eq!(
+            host.admin(Method::GET, bad).send().await.unwrap().status(),
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        host.admin(Method::GET, "/api/admin-prompts/nope")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let (agent, record) = AgentClient::create(&host, "Auditor").await;
+    let mut stream = agent.events(None).await;
+    let sent = host
+        .admin(Method::POST, "/api/agents/auditor/admin-prompts/disk-audit")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), StatusCode::CREATED);
+    let message: Value = sent.json().await.unwrap();
+    assert_eq!(message["channel_id"], record["dm_channel_id"]);
+    assert_eq!(message["author_id"], "user:owner");
+    let delivery: Value = serde_json::from_str(
+        &stream
+            .next(Duration::from_secs(10))
+            .await
+            .expect("delivered")
+            .data,
+    )
+    .unwrap();
+    assert!(delivery["text"].as_str().unwrap().contains("date -u"));
+    let missing = host
+        .admin(
+            Method::POST,
+            "/api/agents/auditor/admin-prompts/weekly-summary",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        missing.status(),
+        StatusCode::BAD_REQUEST,
+        "since is required"
+    );
+    let weekly = host
+        .admin(
+            Method::POST,
+            "/api/agents/auditor/admin-prompts/weekly-summary",
+        )
+        .json(&json!({"variables": {"since": "2026-11-20T00:00:00Z"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(weekly.status(), StatusCode::CREATED);
+    assert!(weekly.json::<Value>().await.unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .contains("since=2026-11-20T00:00:00Z"));
+    assert_eq!(
+        host.admin(Method::POST, "/api/agents/nobody/admin-prompts/disk-audit")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
