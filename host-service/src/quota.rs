@@ -59,9 +59,7 @@ pub fn next_state(current: &str, used: u64, quota: u64) -> &'static str {
     };
     if used.saturating_add(FULL_SLACK_BYTES.min(quota / 100)) >= quota {
         "hard"
-    } else if ratio >= WARN_AT {
-        "warn"
-    } else if ratio >= CLEAR_BELOW && current != "ok" {
+    } else if ratio >= WARN_AT || (ratio >= CLEAR_BELOW && current != "ok") {
         "warn"
     } else {
         "ok"
