@@ -19,8 +19,8 @@ if [ -z "$BIN" ]; then
     BIN="$CARGO_TARGET_DIR/release/taos-agent"
 fi
 [ -x "$BIN" ] || { log "no taos-agent binary at $BIN"; exit 1; }
-# Rebuild only when the sidecar changed.
-SUM="$(sha256sum "$BIN" | cut -c1-16)"
+# Rebuild only when the sidecar or the files baked in with it changed.
+SUM="$(cat "$BIN" "$REPO_ROOT"/images/agent/* | sha256sum | cut -c1-16)"
 if incus image show "$ALIAS" 2>/dev/null | grep -q "taos_agent_sha: $SUM"; then
     log "image $ALIAS already has this taos-agent ($SUM)"
     exit 0
@@ -41,6 +41,12 @@ ln -sf /run/systemd/resolve/stub-resolv.conf "$ROOTFS/etc/resolv.conf"
 : > "$ROOTFS/etc/machine-id"
 chmod 0700 "$ROOTFS/etc/taos"
 install -m 0755 "$BIN" "$ROOTFS/usr/local/bin/taos-agent"
+# The recycle bin: a soft-delete rm first on PATH, its helper, and a daily sweep.
+install -m 0755 "$REPO_ROOT/images/agent/rm" "$ROOTFS/usr/local/bin/rm"
+install -D -m 0755 "$REPO_ROOT/images/agent/recycle" "$ROOTFS/usr/local/lib/taos/recycle"
+install -m 0644 "$REPO_ROOT/images/agent/taos-recycle-sweep.service" "$REPO_ROOT/images/agent/taos-recycle-sweep.timer" \
+    "$ROOTFS/etc/systemd/system/"
+mkdir -p "$ROOTFS/var/recycle-bin" && chmod 0700 "$ROOTFS/var/recycle-bin"
 cat > "$ROOTFS/etc/systemd/system/taos-agent.service" <<'UNIT'
 [Unit]
 Description=taos agent sidecar
@@ -58,7 +64,7 @@ NoNewPrivileges=true
 PrivateTmp=true
 ProtectSystem=strict
 ProtectHome=read-only
-ReadWritePaths=/root/.taos
+ReadWritePaths=/root/.taos /var/recycle-bin
 ProtectKernelTunables=true
 ProtectKernelModules=true
 ProtectControlGroups=true
@@ -73,7 +79,7 @@ AmbientCapabilities=
 [Install]
 WantedBy=multi-user.target
 UNIT
-chroot "$ROOTFS" systemctl enable systemd-networkd systemd-resolved taos-agent >/dev/null 2>&1
+chroot "$ROOTFS" systemctl enable systemd-networkd systemd-resolved taos-agent taos-recycle-sweep.timer >/dev/null 2>&1
 cat > "$WORK/metadata.yaml" <<META
 architecture: $(uname -m)
 creation_date: $(date +%s)

@@ -20,6 +20,7 @@ pub mod notify;
 pub mod prompts;
 pub mod qr;
 pub mod quota;
+pub mod recycle;
 pub mod runtime;
 pub mod secrets;
 pub mod server;

@@ -16,6 +16,7 @@ pub mod notifications;
 pub mod ops;
 pub mod prompts;
 pub mod quota;
+pub mod recycle;
 pub mod trace;
 pub mod ws;
 
@@ -147,6 +148,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(archive::routes())
         .merge(prompts::routes())
         .merge(quota::routes())
+        .merge(recycle::routes())
 }
 
 /// The generated OpenAPI document, built once.

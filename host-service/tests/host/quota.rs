@@ -361,3 +361,205 @@ async fn admin_prompts_are_listed_fetched_and_sent_to_an_agent() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn the_recycle_bin_keeps_what_an_agent_deletes() {
+    let image = std::process::Command::new("incus")
+        .args(["image", "show", "taos-agent"])
+        .output()
+        .unwrap();
+    assert!(
+        image.status.success(),
+        "the taos-agent image is missing: run scripts/build-agent-image.sh"
+    );
+    let host = Host::start_with(
+        BIN,
+        HostOptions {
+            env: vec![(NO_LITELLM.0.into(), NO_LITELLM.1.into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    host.setup_owner().await;
+    host.admin(Method::POST, "/api/providers")
+        .json(&json!({"name": "stub", "type": "openai-compatible", "url": "http://127.0.0.1:9/v1", "models": [{"id": "m"}]}))
+        .send().await.unwrap();
+    let accepted: Value = host
+        .admin(Method::POST, "/api/agents/deploy")
+        .json(&json!({"name": "Tidy", "framework": "direct", "model": "m", "disk_quota_gib": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
+    let container = format!("taos-{slug}");
+    let _cleanup = scopeguard(container.clone());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let s: Value = host
+            .admin(Method::GET, &format!("/api/agents/{slug}/deploy"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["status"] == "succeeded" {
+            break;
+        }
+        assert_ne!(s["status"], "rolled_back", "{s}");
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rt = Incus::new(DEFAULT_SOCKET, None, "default");
+    let sh = |script: &'static str| {
+        let rt = &rt;
+        let container = container.clone();
+        async move {
+            let out = rt
+                .exec(
+                    &container,
+                    &["sh", "-c", script],
+                    &BTreeMap::new(),
+                    Duration::from_secs(20),
+                )
+                .await
+                .unwrap();
+            assert_eq!(out.exit_code, 0, "{script}: {out:?}");
+            out.stdout
+        }
+    };
+    // A plain `rm`, as any script or the agent would run it.
+    sh("echo precious > '/root/keep me.txt' && rm '/root/keep me.txt' && test ! -e '/root/keep me.txt'").await;
+    sh("echo one > /root/junk && rm /root/junk && echo two > /root/junk && rm -f /root/junk").await;
+    sh("echo gone > /root/really && TAOS_TRASH_DISABLE=1 rm /root/really").await;
+
+    let bin: Value = host
+        .admin(Method::GET, &format!("/api/agents/{slug}/recycle"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bin["status"], "ok");
+    let items = bin["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 3, "{items:?}");
+    let keep = items
+        .iter()
+        .find(|i| i["original_path"] == "/root/keep me.txt")
+        .expect("keep me.txt listed");
+    assert!(keep["deleted_at"].as_str().unwrap().ends_with('Z'));
+    let junk: Vec<&Value> = items
+        .iter()
+        .filter(|i| i["original_path"] == "/root/junk")
+        .collect();
+    assert_eq!(junk.len(), 2, "two deletions of one path are two items");
+    assert_ne!(junk[0]["id"], junk[1]["id"]);
+
+    let restore = |id: &Value| {
+        host.admin(Method::POST, &format!("/api/agents/{slug}/recycle/restore"))
+            .json(&json!({"id": id}))
+    };
+    assert_eq!(
+        restore(&keep["id"]).send().await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        rt.pull_file(&container, "/root/keep me.txt").await.unwrap(),
+        b"precious\n",
+        "content intact"
+    );
+    assert_eq!(
+        restore(&keep["id"]).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND,
+        "already restored"
+    );
+    sh("echo newer > /root/junk").await;
+    assert_eq!(
+        restore(&junk[0]["id"]).send().await.unwrap().status(),
+        StatusCode::CONFLICT,
+        "something is there now"
+    );
+    assert_eq!(
+        host.admin(
+            Method::DELETE,
+            &format!(
+                "/api/agents/{slug}/recycle/{}",
+                junk[0]["id"].as_str().unwrap()
+            )
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::NO_CONTENT
+    );
+    for bad in ["..%2F..%2Fetc", "a%20b", "x;rm"] {
+        let r = host
+            .admin(Method::DELETE, &format!("/api/agents/{slug}/recycle/{bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(
+        restore(&json!("../../etc/passwd"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    // The sweep removes only items older than 30 days.
+    sh("echo old > /root/old && rm /root/old").await;
+    sh("for f in /var/recycle-bin/*/info; do grep -q \"$(printf /root/old | base64 -w0)\" \"$f\" && sed -i 's/^deleted_epoch=.*/deleted_epoch=1000/' \"$f\"; done; true").await;
+    sh("/usr/local/lib/taos/recycle sweep 30").await;
+    let after: Value = host
+        .admin(Method::GET, &format!("/api/agents/{slug}/recycle"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths: Vec<&str> = after["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["original_path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/root/junk"],
+        "the old item went, the recent one stayed"
+    );
+
+    let all: Vec<Value> = host
+        .admin(Method::GET, "/api/recycle")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["agent"], slug.as_str());
+    host.admin(Method::POST, &format!("/api/agents/{slug}/stop"))
+        .send()
+        .await
+        .unwrap();
+    let offline: Value = host
+        .admin(Method::GET, &format!("/api/agents/{slug}/recycle"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(offline["status"], "container_offline");
+}

@@ -1,0 +1,191 @@
+//! The recycle bin inside agents: listing, restoring and purging what an agent's `rm` moved to
+//! `/var/recycle-bin`, through the runtime's exec with argv (the image's helper does the file
+//! work; ids are validated here first).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde::Serialize;
+
+use crate::agents::{self, AgentRecord};
+use crate::http::AppState;
+use crate::runtime::Runtime;
+
+const HELPER: &str = "/usr/local/lib/taos/recycle";
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecycleError {
+    #[error("no such agent")]
+    NoAgent,
+    #[error("no such item in the recycle bin")]
+    NoItem,
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RecycleItem {
+    pub id: String,
+    pub original_path: String,
+    /// When it was deleted, UTC (RFC 3339).
+    pub deleted_at: String,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RecycleList {
+    pub agent: String,
+    pub items: Vec<RecycleItem>,
+    /// ok | container_offline
+    pub status: String,
+}
+
+fn valid_id(id: &str) -> Result<(), RecycleError> {
+    let ok = !id.is_empty()
+        && id.len() <= 80
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(RecycleError::BadInput("invalid item id".into()))
+    }
+}
+
+async fn container_agent(
+    state: &AppState,
+    slug: &str,
+) -> Result<(AgentRecord, String), RecycleError> {
+    let agent = agents::get_by_slug(&state.db, slug)
+        .await
+        .map_err(|_| RecycleError::NoAgent)?;
+    let container = agent
+        .container
+        .clone()
+        .ok_or_else(|| RecycleError::Conflict(format!("{slug} is not a container agent")))?;
+    Ok((agent, container))
+}
+
+async fn run(
+    state: &AppState,
+    container: &str,
+    argv: &[&str],
+) -> Result<crate::runtime::ExecResult, RecycleError> {
+    let rt = state
+        .runtime
+        .as_ref()
+        .ok_or_else(|| RecycleError::Runtime("no container runtime".into()))?;
+    rt.exec(container, argv, &BTreeMap::new(), TIMEOUT)
+        .await
+        .map_err(|e| RecycleError::Runtime(e.to_string()))
+}
+
+async fn online(state: &AppState, container: &str) -> bool {
+    match state.runtime.as_ref() {
+        Some(rt) => rt
+            .state(container)
+            .await
+            .map(|s| s.running)
+            .unwrap_or(false),
+        None => false,
+    }
+}
+
+/// One agent's bin; an agent whose container isn't running is reported as offline.
+pub async fn list(state: &AppState, slug: &str) -> Result<RecycleList, RecycleError> {
+    let (agent, container) = container_agent(state, slug).await?;
+    if !online(state, &container).await {
+        return Ok(RecycleList {
+            agent: agent.slug,
+            items: Vec::new(),
+            status: "container_offline".into(),
+        });
+    }
+    let out = run(state, &container, &[HELPER, "list"]).await?;
+    if out.exit_code != 0 {
+        return Err(RecycleError::Runtime(format!(
+            "recycle list failed: {}",
+            out.stderr.trim()
+        )));
+    }
+    let items = out
+        .stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .map(|v| RecycleItem {
+            id: v["id"].as_str().unwrap_or_default().to_string(),
+            original_path: STANDARD
+                .decode(v["path_b64"].as_str().unwrap_or_default())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
+            deleted_at: v["deleted_at"].as_str().unwrap_or_default().to_string(),
+            size_bytes: v["size_bytes"].as_u64().unwrap_or(0),
+        })
+        .collect();
+    Ok(RecycleList {
+        agent: agent.slug,
+        items,
+        status: "ok".into(),
+    })
+}
+
+/// Every container agent's bin.
+pub async fn list_all(state: &AppState) -> Result<Vec<RecycleList>, RecycleError> {
+    let mut all = Vec::new();
+    for agent in agents::list(&state.db)
+        .await
+        .map_err(|e| RecycleError::Runtime(e.to_string()))?
+    {
+        if agent.container.is_some() && agent.status != "deploying" {
+            all.push(list(state, &agent.slug).await?);
+        }
+    }
+    Ok(all)
+}
+
+/// Puts an item back where it was; 409 if something is there now.
+pub async fn restore(state: &AppState, slug: &str, id: &str) -> Result<(), RecycleError> {
+    valid_id(id)?;
+    let (_, container) = container_agent(state, slug).await?;
+    if !online(state, &container).await {
+        return Err(RecycleError::Conflict(
+            "the agent's container is not running".into(),
+        ));
+    }
+    let out = run(state, &container, &[HELPER, "restore", id]).await?;
+    match out.exit_code {
+        0 => Ok(()),
+        3 => Err(RecycleError::NoItem),
+        17 => Err(RecycleError::Conflict(out.stderr.trim().to_string())),
+        _ => Err(RecycleError::Runtime(format!(
+            "restore failed: {}",
+            out.stderr.trim()
+        ))),
+    }
+}
+
+/// Deletes an item for good.
+pub async fn purge(state: &AppState, slug: &str, id: &str) -> Result<(), RecycleError> {
+    valid_id(id)?;
+    let (_, container) = container_agent(state, slug).await?;
+    if !online(state, &container).await {
+        return Err(RecycleError::Conflict(
+            "the agent's container is not running".into(),
+        ));
+    }
+    let out = run(state, &container, &[HELPER, "purge", id]).await?;
+    match out.exit_code {
+        0 => Ok(()),
+        3 => Err(RecycleError::NoItem),
+        _ => Err(RecycleError::Runtime(format!(
+            "purge failed: {}",
+            out.stderr.trim()
+        ))),
+    }
+}
