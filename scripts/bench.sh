@@ -121,6 +121,13 @@ LiteLLM itself adds about 20 ms per call; the gateway's share is what the table 
 | restore, until the agent is connected again (median of 3) | $(dep restore_ms_median) ms | < 5 s | $(verdict "$(dep restore_ms_median) < 5000") |
 | host RSS with $(dep agents) running agents | $(dep rss_mib_with_agents) MiB (idle: $(dep rss_mib_idle) MiB) | < 50 MiB | $(verdict "$(dep rss_mib_with_agents) < 50") |
 
+## Disk quota monitor (issue 6)
+
+| what | result | target | |
+|---|---|---|---|
+| \`POST /api/disk-quota/scan\` of $(dep agents) running agents (median of 5) | $(dep scan_ms_median) ms | < 1 s | $(verdict "$(dep scan_ms_median) < 1000") |
+| host CPU while idle with $(dep agents) agents, monitor every 10 s (30× the default rate), 60 s | $(dep idle_cpu_percent) % of one core | < 1 % | $(verdict "$(dep idle_cpu_percent) < 1") |
+
 How: \`taos-deploy-bench\` (tests/src/bin) deploys agents one after another through the API on a
 release host and real incus (btrfs pool), archives and restores three of them, and reads the
 host's \`VmRSS\`. The containers' own memory (about 27 MiB each for Debian with systemd) is incus's,

@@ -28,6 +28,17 @@ fn rss_mib(pid: u32) -> f64 {
     (kib / 1024.0 * 10.0).round() / 10.0
 }
 
+/// utime + stime of a process, in clock ticks (100 per second on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    utime + stime
+}
+
 async fn wait_deploy(host: &Host, slug: &str) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -122,6 +133,27 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_agents = rss_mib(pid);
 
+    // Disk quota: a scan of every agent, then the host's CPU while idle with the monitor on.
+    let mut scan_ms = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let scan: Value = host
+            .admin(Method::POST, "/api/disk-quota/scan")
+            .send()
+            .await
+            .expect("scan")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(scan["scanned"].as_u64(), Some(count as u64), "{scan}");
+        scan_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let cpu_before = cpu_ticks(pid);
+    let idle = Duration::from_secs(60);
+    tokio::time::sleep(idle).await;
+    let idle_cpu_percent =
+        (cpu_ticks(pid) - cpu_before) as f64 / 100.0 / idle.as_secs_f64() * 100.0;
+
     let mut archive_ms = Vec::new();
     let mut restore_ms = Vec::new();
     for slug in slugs.iter().take(3) {
@@ -167,6 +199,8 @@ async fn main() {
             "restore_ms_median": median(restore_ms),
             "agents": count,
             "rss_mib_idle": rss_idle,
+            "scan_ms_median": median(scan_ms),
+            "idle_cpu_percent": (idle_cpu_percent * 100.0).round() / 100.0,
             "rss_mib_with_agents": rss_agents,
         })
     );
