@@ -107,8 +107,43 @@ async fn export_chat(
         .map_err(|e| ArchiveError::Io(e.to_string()))
 }
 
-/// Archives an agent. If its container can't be stopped or snapshotted, nothing changes.
-pub async fn archive(state: &AppState, slug: &str) -> Result<ArchivedAgent, ArchiveError> {
+/// What archiving did.
+pub enum Archived {
+    Archived(ArchivedAgent),
+    /// The agent had no container left and no history: there was nothing to keep.
+    Removed,
+}
+
+/// Whether an agent has anything worth keeping: messages in its DM, or a trace folder.
+async fn has_history(state: &AppState, agent: &AgentRecord) -> Result<bool, ArchiveError> {
+    let messages: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM messages WHERE channel_id IN (SELECT id FROM channels WHERE dm_agent_id = ?)",
+    )
+    .bind(agent.id.to_string())
+    .fetch_one(&state.db)
+    .await?;
+    // Its own start and stop (lifecycle events) are not history; anything else it did is.
+    let query = crate::trace::TraceQuery {
+        limit: 200,
+        ..Default::default()
+    };
+    let traces = state
+        .traces
+        .list(&agent.slug, &query)
+        .await
+        .map(|events| {
+            events
+                .iter()
+                .any(|e| e.kind != taos_proto::trace::TraceKind::Lifecycle)
+        })
+        .unwrap_or(true);
+    Ok(messages > 0 || traces)
+}
+
+/// Archives an agent. If its container can't be stopped or snapshotted, nothing changes. An
+/// agent whose container is gone is archived as a tombstone (chat and traces kept) if it has
+/// history, and removed outright if it has none.
+pub async fn archive(state: &AppState, slug: &str) -> Result<Archived, ArchiveError> {
     let agent = agents::get_by_slug(&state.db, slug)
         .await
         .map_err(|e| match e {
@@ -129,6 +164,12 @@ pub async fn archive(state: &AppState, slug: &str) -> Result<ArchivedAgent, Arch
     let mut container = None;
     if let Some(name) = agent.container.clone() {
         let rt = runtime(state)?;
+        if !rt.exists(&name).await? && !has_history(state, &agent).await? {
+            agents::remove(&state.db, agent.id).await?;
+            state.bridge.kick(agent.id);
+            tracing::info!(agent = %agent.slug, "agent without container or history removed");
+            return Ok(Archived::Removed);
+        }
         if rt.exists(&name).await? {
             let was_running = rt.state(&name).await.map(|s| s.running).unwrap_or(false);
             if was_running && rt.stop(&name, false).await.is_err() {
@@ -211,7 +252,7 @@ pub async fn archive(state: &AppState, slug: &str) -> Result<ArchivedAgent, Arch
         )
         .await;
     tracing::info!(agent = %agent.slug, archive = %id, "agent archived");
-    get(&state.db, &id).await
+    Ok(Archived::Archived(get(&state.db, &id).await?))
 }
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ArchivedAgent, sqlx::Error> {

@@ -59,6 +59,7 @@ async fn to_api(state: &AppState, record: &crate::agents::AgentRecord) -> Result
 #[utoipa::path(delete, path = "/api/agents/{slug}", tag = "agents",
     params(("slug" = String, Path, description = "Agent slug")),
     responses((status = 200, description = "Archived", body = ArchivedAgent),
+        (status = 204, description = "Its container was gone and it had no history: removed"),
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 403, description = "Not the owner", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody),
@@ -68,8 +69,11 @@ pub async fn archive_agent(
     _auth: OwnerLike,
     State(state): State<AppState>,
     Path(slug): Path<String>,
-) -> Result<Json<ArchivedAgent>, ApiError> {
-    Ok(Json(archive::archive(&state, &slug).await?))
+) -> Result<axum::response::Response, ApiError> {
+    Ok(match archive::archive(&state, &slug).await? {
+        archive::Archived::Archived(a) => Json(a).into_response(),
+        archive::Archived::Removed => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 /// Archived agents, newest first.

@@ -706,3 +706,75 @@ async fn deploy_archive_redeploy_restore_and_purge() {
     );
     let _c5 = Remove("taos-keeper".into());
 }
+
+#[tokio::test]
+async fn an_agent_whose_container_vanished_is_a_tombstone_or_is_removed() {
+    require_image().await;
+    let host = host_with(&[]).await;
+    host.setup_owner().await;
+    catalog(&host).await;
+    for name in ["Vanished Quiet", "Vanished Chatty"] {
+        let accepted = deploy(&host, name).await;
+        let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
+        let _cleanup = Remove(format!("taos-{slug}"));
+        assert_eq!(
+            wait_deploy(&host, &slug, finished).await["status"],
+            "succeeded"
+        );
+        if name.ends_with("Chatty") {
+            let dm = accepted["agent"]["dm_channel_id"].as_str().unwrap();
+            host.admin(Method::POST, "/api/chat/messages")
+                .json(&json!({"channel_id": dm, "content": "keep me"}))
+                .send()
+                .await
+                .unwrap();
+        }
+        // The container disappears behind the host's back.
+        std::process::Command::new("incus")
+            .args(["delete", "--force", &format!("taos-{slug}")])
+            .output()
+            .unwrap();
+        let r = host
+            .admin(Method::DELETE, &format!("/api/agents/{slug}"))
+            .send()
+            .await
+            .unwrap();
+        if name.ends_with("Quiet") {
+            assert_eq!(
+                r.status(),
+                StatusCode::NO_CONTENT,
+                "no container, no history: removed"
+            );
+            let channels: Vec<Value> = host
+                .admin(Method::GET, &format!("/api/chat/channels?member={slug}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert!(channels.is_empty());
+        } else {
+            assert_eq!(r.status(), StatusCode::OK, "history is kept as a tombstone");
+            let archived: Value = r.json().await.unwrap();
+            assert!(archived["container"].is_null());
+            let list: Vec<Value> = host
+                .admin(Method::GET, "/api/agents/archived")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert!(list.iter().any(|a| a["slug"] == slug.as_str()));
+        }
+        assert_eq!(
+            host.admin(Method::GET, &format!("/api/agents/{slug}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+}
