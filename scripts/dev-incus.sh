@@ -116,6 +116,16 @@ profiles:
 YAML
 }
 
+repair_quota_accounting() {
+    # Deleting many containers can leave btrfs quota accounting marked inconsistent (then usage
+    # reads wrong and limits aren't enforced); a rescan takes milliseconds.
+    local mount=/var/lib/incus/storage-pools/default
+    if command -v btrfs >/dev/null && btrfs qgroup show "$mount" 2>&1 | grep -q inconsistent; then
+        log "rescanning btrfs quota accounting"
+        btrfs quota rescan -w "$mount" >/dev/null 2>&1 || true
+    fi
+}
+
 build_busybox_image() {
     incus image show busybox >/dev/null 2>&1 && return
     log "building the busybox test image"
@@ -195,6 +205,7 @@ install_packages
 raise_limits
 start_daemons
 initialise
+repair_quota_accounting
 build_busybox_image
 [ "${1:-}" = "--debian" ] && build_debian_image
 log "incus ready: $(incus version 2>/dev/null | tr '\n' ' ')"

@@ -134,6 +134,43 @@ impl Incus {
         .map(|_| ())
     }
 
+    /// The local mount of the agents' storage pool, when it is a btrfs pool on this machine.
+    async fn local_btrfs_pool(&self) -> Option<std::path::PathBuf> {
+        validate_name("pool name", &self.pool).ok()?;
+        let incus_dir = self
+            .socket
+            .parent()
+            .unwrap_or(std::path::Path::new("/var/lib/incus"));
+        let mount = incus_dir.join("storage-pools").join(&self.pool);
+        (self.pool_driver().await.ok().as_deref() == Some("btrfs") && mount.is_dir())
+            .then_some(mount)
+    }
+
+    /// Repairs btrfs quota accounting if the kernel marked it inconsistent. Deleting containers
+    /// can leave it so (a subvolume's qgroup goes while the cleaner still holds its numbers),
+    /// and then usage reads wrong and limits are not enforced until a rescan (~50 ms).
+    pub async fn repair_quota_accounting(&self) {
+        let Some(mount) = self.local_btrfs_pool().await else {
+            return;
+        };
+        let show = tokio::process::Command::new("btrfs")
+            .args(["qgroup", "show"])
+            .arg(&mount)
+            .output()
+            .await;
+        let inconsistent = show
+            .map(|out| String::from_utf8_lossy(&out.stderr).contains("inconsistent"))
+            .unwrap_or(false);
+        if inconsistent {
+            tracing::warn!(pool = %self.pool, "btrfs quota accounting is inconsistent; rescanning");
+            let _ = tokio::process::Command::new("btrfs")
+                .args(["quota", "rescan", "-w"])
+                .arg(&mount)
+                .output()
+                .await;
+        }
+    }
+
     /// What counts toward a container's root disk quota, in bytes.
     ///
     /// On btrfs, incus reports a container's *exclusive* bytes, but the quota limits
@@ -154,6 +191,7 @@ impl Incus {
             .join("containers")
             .join(name);
         if self.pool_driver().await.ok().as_deref() == Some("btrfs") && volume.is_dir() {
+            self.repair_quota_accounting().await;
             let out = tokio::process::Command::new("btrfs")
                 .args(["qgroup", "show", "-r", "--raw", "-f"])
                 .arg(&volume)
@@ -375,6 +413,8 @@ impl Runtime for Incus {
         }
         let mut devices = serde_json::Map::new();
         if let Some(mib) = spec.root_disk_mib {
+            // The limit is only as good as the accounting behind it.
+            self.repair_quota_accounting().await;
             devices.insert(
                 "root".into(),
                 json!({"type": "disk", "path": "/", "pool": self.pool, "size": format!("{mib}MiB")}),
