@@ -170,6 +170,38 @@ async fn a_full_disk_warns_then_pauses_and_a_resize_resumes() {
         .unwrap();
     assert_eq!(agent["paused"], true);
     assert!(!rt.state(&container).await.unwrap().running);
+    // A paused agent gets no messages: they wait, and the channel says so.
+    let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
+    let posted: Value = host
+        .admin(Method::POST, "/api/chat/messages")
+        .json(&json!({"channel_id": dm, "content": "are you there?"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let after: Vec<Value> = host
+        .admin(
+            Method::GET,
+            &format!(
+                "/api/chat/channels/{dm}/messages?after_seq={}",
+                posted["seq"]
+            ),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        after
+            .iter()
+            .any(|m| m["author_type"] == "system"
+                && m["content"].as_str().unwrap().contains("paused")),
+        "{after:?}"
+    );
 
     // Restarting the host doesn't alert again.
     host.terminate().await.unwrap();
