@@ -166,6 +166,7 @@ pub async fn archive(state: &AppState, slug: &str) -> Result<Archived, ArchiveEr
         let rt = runtime(state)?;
         if !rt.exists(&name).await? && !has_history(state, &agent).await? {
             agents::remove(&state.db, agent.id).await?;
+            let _ = std::fs::remove_dir_all(state.traces.root().join(&agent.slug));
             state.bridge.kick(agent.id);
             tracing::info!(agent = %agent.slug, "agent without container or history removed");
             return Ok(Archived::Removed);
@@ -335,12 +336,25 @@ pub async fn restore(state: &AppState, id: &str) -> Result<Restored, ArchiveErro
     if let (Some(archived_name), Some(snapshot)) = (&archived.container, &archived.snapshot) {
         let rt = runtime(state)?;
         rt.rename(archived_name, &container).await?;
-        rt.snapshot_restore(&container, snapshot).await?;
+        if let Err(e) = rt.snapshot_restore(&container, snapshot).await {
+            // Put it back, so the archive stays restorable and purgeable.
+            let _ = rt.rename(&container, archived_name).await;
+            return Err(e.into());
+        }
     }
     // The trace folder comes home under the (possibly new) slug.
     let trace = state.traces.root().join(&slug);
     if dir.join("trace").exists() {
-        std::fs::rename(dir.join("trace"), &trace).map_err(|e| ArchiveError::Io(e.to_string()))?;
+        if trace.exists() {
+            // Left over from an agent that had this slug: keep it, out of the way.
+            let _ = std::fs::rename(&trace, trace.with_extension(format!("stale-{}", now_ms())));
+        }
+        if let Err(e) = std::fs::rename(dir.join("trace"), &trace) {
+            if let (Some(archived_name), Some(rt)) = (&archived.container, state.runtime.as_ref()) {
+                let _ = rt.rename(&container, archived_name).await;
+            }
+            return Err(ArchiveError::Io(e.to_string()));
+        }
     }
     let agent_token = new_secret(AGENT_TOKEN_PREFIX);
     let llm_key = new_secret(LLM_KEY_PREFIX);
@@ -380,7 +394,11 @@ pub async fn restore(state: &AppState, id: &str) -> Result<Restored, ArchiveErro
     let agent = agents::get_by_id(&state.db, agent_id).await?;
     if has_container {
         let rt = runtime(state)?;
-        bring_up(state, rt, &agent, &agent_token, &llm_key, &trace).await?;
+        if let Err(e) = bring_up(state, rt, &agent, &agent_token, &llm_key, &trace).await {
+            // Restored but not running: say so instead of leaving it "restoring".
+            agents::set_status(&state.db, agent_id, "failed").await?;
+            return Err(e);
+        }
         agents::set_status(&state.db, agent_id, "running").await?;
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -560,43 +578,59 @@ pub async fn act(
             .clone()
             .ok_or_else(|| ArchiveError::Conflict(format!("{slug} is not a container agent")))
     };
+    // Runtime first, database after: a refused runtime call changes nothing, and asking for
+    // the state something is already in is a no-op, not an error.
+    let running = match (&container, state.runtime.as_ref()) {
+        (Some(name), Some(rt)) => rt.state(name).await.map(|s| s.running).unwrap_or(false),
+        _ => false,
+    };
+    let stop = |name: String| async move {
+        let rt = runtime(state)?;
+        if rt.stop(&name, false).await.is_err() {
+            rt.stop(&name, true).await?;
+        }
+        Ok::<(), ArchiveError>(())
+    };
     match action {
         Action::Start => {
-            runtime(state)?.start(&needs_container()?).await?;
+            let name = needs_container()?;
+            if !running {
+                runtime(state)?.start(&name).await?;
+            }
             agents::set_status(&state.db, agent.id, "running").await?;
         }
         Action::Stop => {
-            let rt = runtime(state)?;
             let name = needs_container()?;
-            if rt.stop(&name, false).await.is_err() {
-                rt.stop(&name, true).await?;
+            if running {
+                stop(name).await?;
             }
             agents::set_status(&state.db, agent.id, "stopped").await?;
         }
         Action::Restart => {
-            let rt = runtime(state)?;
             let name = needs_container()?;
-            let _ = rt.stop(&name, false).await;
-            rt.start(&name).await?;
+            if running {
+                stop(name.clone()).await?;
+            }
+            runtime(state)?.start(&name).await?;
             agents::set_status(&state.db, agent.id, "running").await?;
         }
         Action::Pause | Action::Resume => {
             let paused = action == Action::Pause;
+            if let (Some(name), Some(rt)) = (&container, state.runtime.as_ref()) {
+                if paused && running {
+                    stop(name.clone()).await?;
+                } else if !paused && !running {
+                    rt.start(name).await?;
+                }
+            }
             let patch = taos_proto::agents::AgentPatch {
                 paused: Some(paused),
                 ..Default::default()
             };
             agents::update(&state.db, slug, &patch).await?;
-            if let (Some(name), Some(rt)) = (&container, state.runtime.as_ref()) {
-                if paused {
-                    if rt.stop(name, false).await.is_err() {
-                        rt.stop(name, true).await?;
-                    }
-                    agents::set_status(&state.db, agent.id, "paused").await?;
-                } else {
-                    rt.start(name).await?;
-                    agents::set_status(&state.db, agent.id, "running").await?;
-                }
+            if container.is_some() {
+                let status = if paused { "paused" } else { "running" };
+                agents::set_status(&state.db, agent.id, status).await?;
             }
             if !paused {
                 state.bridge.clear_notices(agent.id);

@@ -166,10 +166,11 @@ pub async fn start(
         if candidate.is_empty() {
             break;
         }
+        // If incus can't say, count the name as taken rather than risk someone's container.
         if runtime
             .exists(&container_name(&candidate))
             .await
-            .unwrap_or(false)
+            .unwrap_or(true)
         {
             reserved.push(candidate);
         }
@@ -205,9 +206,13 @@ pub async fn start(
     .bind(now)
     .execute(&mut *tx)
     .await?;
+    let quota_bytes = req.disk_quota_gib.unwrap_or(40) * 1024 * 1024 * 1024;
+    sqlx::query("INSERT INTO agent_disk (agent_id, quota_bytes) VALUES (?, ?)")
+        .bind(agent.id.to_string())
+        .bind(i64::try_from(quota_bytes).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
-    let quota_gib = req.disk_quota_gib.unwrap_or(40);
-    crate::quota::set_quota_bytes(&state.db, agent.id, quota_gib * 1024 * 1024 * 1024).await?;
     tracing::info!(agent = %agent.slug, deploy = %id, framework = %manifest.id, "deploy started");
     let background = state.clone();
     let run = Run {
@@ -543,7 +548,17 @@ pub async fn rollback(state: &AppState, deploy_id: &str, reason: &str) -> Result
         .ok_or(DeployError::NotFound)?;
     let agent_id: Option<String> = row.try_get("agent_id")?;
     let slug: String = row.try_get("slug")?;
-    if let Some(rt) = state.runtime.as_ref() {
+    // Only a container this deploy made is removed: if `container` never finished, a
+    // container with that name belongs to someone else (a restore, a hand-made one).
+    let created = load_steps(&state.db, deploy_id)
+        .await
+        .map(|steps| {
+            steps
+                .iter()
+                .any(|s| s.name == "container" && s.state == "done")
+        })
+        .unwrap_or(false);
+    if let (Some(rt), true) = (state.runtime.as_ref(), created) {
         let name = container_name(&slug);
         if rt.exists(&name).await.unwrap_or(false) {
             let _ = rt.stop(&name, true).await;

@@ -302,8 +302,11 @@ pub async fn scan_all(state: &AppState) -> Result<Vec<DiskStatus>, QuotaError> {
         if agent.container.is_none() || agent.status == "deploying" {
             continue;
         }
-        if let Some(status) = scan_agent(state, &agent).await? {
-            results.push(status);
+        // One agent's trouble must not stop the others from being checked.
+        match scan_agent(state, &agent).await {
+            Ok(Some(status)) => results.push(status),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(agent = %agent.slug, error = %e, "disk check failed"),
         }
     }
     Ok(results)

@@ -161,6 +161,7 @@ pub async fn restore(state: &AppState, slug: &str, id: &str) -> Result<(), Recyc
     let out = run(state, &container, &[HELPER, "restore", id]).await?;
     match out.exit_code {
         0 => Ok(()),
+        2 => Err(RecycleError::BadInput(out.stderr.trim().to_string())),
         3 => Err(RecycleError::NoItem),
         17 => Err(RecycleError::Conflict(out.stderr.trim().to_string())),
         _ => Err(RecycleError::Runtime(format!(

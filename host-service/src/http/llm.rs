@@ -214,11 +214,17 @@ struct ModelsParams {
     responses((status = 200, description = "Models", body = Vec<ModelInfo>),
         (status = 401, description = "No credentials", body = ErrorBody)))]
 async fn list_models(
-    _auth: Auth,
+    Auth(principal): Auth,
     State(state): State<AppState>,
     Query(p): Query<ModelsParams>,
 ) -> Result<Json<Vec<ModelInfo>>, ApiError> {
     if p.refresh.unwrap_or(false) {
+        // Refreshing rewrites the catalog: the owner's call.
+        if !principal.acts_as_owner() {
+            return Err(ApiError::forbidden(
+                "only the owner may refresh the model catalog",
+            ));
+        }
         for provider in providers::list(&state.db).await? {
             let key = provider.api_key(&state.llm.secrets);
             let Ok((found, _)) = state

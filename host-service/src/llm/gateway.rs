@@ -67,8 +67,59 @@ pub struct CallContext {
     pub trace_content_bytes: usize,
 }
 
-/// Checks a request body before it is forwarded: a JSON object naming an allowed model.
+/// The OpenAI request fields the gateway forwards. Anything else is refused: LiteLLM honours
+/// its own body keys (`fallbacks`, `router_settings_override`, `mock_*`, `api_base`…), which
+/// would let an agent reach models, endpoints or keys it was not given.
+const ALLOWED_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "max_tokens",
+    "max_completion_tokens",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "user",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "seed",
+    "reasoning_effort",
+    "modalities",
+    "audio",
+    "prediction",
+    "service_tier",
+    "functions",
+    "function_call",
+    // embeddings
+    "input",
+    "encoding_format",
+    "dimensions",
+];
+
+/// Checks a request body before it is forwarded: a JSON object with only OpenAI fields,
+/// naming an allowed model, from an agent within its budget.
 pub async fn admit(ctx: &CallContext, body: &serde_json::Value) -> Result<String, GatewayError> {
+    if let Some(fields) = body.as_object() {
+        if let Some(unknown) = fields
+            .keys()
+            .find(|k| !ALLOWED_FIELDS.contains(&k.as_str()))
+        {
+            return Err(GatewayError::new(
+                400,
+                "invalid_request_error",
+                format!("unsupported field {unknown:?}"),
+            ));
+        }
+    }
     let model = body
         .get("model")
         .and_then(|m| m.as_str())
@@ -162,6 +213,17 @@ pub async fn finish(
     started: Instant,
 ) {
     let failed = !(200..300).contains(&outcome.status);
+    let mut outcome = outcome;
+    if outcome.stream && !failed && outcome.tokens_in == 0 && outcome.tokens_out == 0 {
+        // The stream ended (or the client left) before the usage chunk: estimate from the
+        // text (about 4 characters a token) rather than let the call go unaccounted.
+        let prompt_chars = request
+            .get("messages")
+            .map(|m| m.to_string().len())
+            .unwrap_or(0);
+        outcome.tokens_in = (prompt_chars / 4) as i64;
+        outcome.tokens_out = (outcome.response_text.len() / 4).max(1) as i64;
+    }
     let cost = match outcome.reported_cost {
         Some(cost) if cost.is_finite() && cost > 0.0 => cost,
         _ => {

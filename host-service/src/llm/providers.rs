@@ -325,8 +325,14 @@ pub fn catalog_models(providers: &[ProviderRecord]) -> Vec<CatalogModel> {
 /// values travel in the process environment ([`litellm_env`]).
 pub fn litellm_config(providers: &[ProviderRecord]) -> serde_json::Value {
     let mut model_list = Vec::new();
+    // One deployment per name, the first provider's, as in `catalog_models`: LiteLLM would
+    // otherwise balance a name across providers (and their prices) at random.
+    let mut seen = std::collections::HashSet::new();
     for p in providers.iter().filter(|p| p.enabled) {
         for m in &p.models {
+            if !seen.insert(m.id.clone()) {
+                continue;
+            }
             let mut params = serde_json::json!({
                 "model": format!("{}{}", litellm_prefix(p.kind), m.id),
                 "api_base": p.url,

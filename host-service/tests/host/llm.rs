@@ -908,3 +908,66 @@ async fn litellm_restarts_only_when_the_model_list_changes() {
         .unwrap();
     assert_eq!(status["state"], "unavailable");
 }
+
+#[tokio::test]
+async fn litellm_only_body_fields_are_refused_before_anything_is_forwarded() {
+    let host = without_litellm().await;
+    host.setup_owner().await;
+    host.admin(Method::POST, "/api/providers")
+        .json(&json!({"name": "stub", "type": "openai-compatible", "url": "http://127.0.0.1:9/v1", "models": [{"id": "cheap"}, {"id": "dear"}]}))
+        .send()
+        .await
+        .unwrap();
+    let created: Value = host
+        .admin(Method::POST, "/api/agents")
+        .json(&json!({"name": "Frugal"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    host.admin(Method::PATCH, "/api/agents/frugal")
+        .json(&json!({"model": "cheap"}))
+        .send()
+        .await
+        .unwrap();
+    let key = created["llm_key"].as_str().unwrap();
+    // Each of these would let LiteLLM answer with another model, endpoint or key.
+    for extra in [
+        json!({"fallbacks": ["dear"]}),
+        json!({"context_window_fallbacks": [{"cheap": ["dear"]}]}),
+        json!({"mock_testing_fallbacks": true}),
+        json!({"api_base": "http://127.0.0.1:1"}),
+        json!({"metadata": {"tags": ["x"]}}),
+    ] {
+        let mut body = json!({"model": "cheap", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let r = gateway(&host, key, "/v1/chat/completions")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{extra}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["type"],
+            "invalid_request_error"
+        );
+    }
+    // A refresh of the catalog is the owner's call.
+    let guest_refresh = taos_e2e::http_client()
+        .get(format!(
+            "{}/api/providers/models?refresh=true",
+            host.agent_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        guest_refresh.status(),
+        StatusCode::NOT_FOUND,
+        "not even on the agent listener"
+    );
+}

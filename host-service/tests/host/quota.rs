@@ -571,6 +571,29 @@ async fn the_recycle_bin_keeps_what_an_agent_deletes() {
         "the old item went, the recent one stayed"
     );
 
+    // A name ending in a newline is kept exactly; a forged record aiming at a system path is
+    // refused (restores run as root, and the bin is writable by the agent).
+    sh("f=$(printf '/root/nl\\n_'); printf x > \"$f\" && rm \"$f\"").await;
+    sh("mkdir -p /var/recycle-bin/forged-1 && echo evil > /var/recycle-bin/forged-1/item && printf 'path_b64=%s\\ndeleted_at=2026-01-01T00:00:00Z\\ndeleted_epoch=%s\\n' \"$(printf /usr/local/sbin/journalctl | base64 -w0)\" \"$(date +%s)\" > /var/recycle-bin/forged-1/info").await;
+    let forged = restore(&json!("forged-1")).send().await.unwrap();
+    assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+    let listed: Value = host
+        .admin(Method::GET, &format!("/api/agents/{slug}/recycle"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["original_path"] == "/root/nl\n_"),
+        "{listed}"
+    );
+
     let all: Vec<Value> = host
         .admin(Method::GET, "/api/recycle")
         .send()
