@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::Row;
 use taos_proto::chat::{ChannelPatch, Message};
@@ -17,12 +17,11 @@ use uuid::Uuid;
 use crate::agents::{self, AgentRecord, AGENT_TOKEN_PREFIX, LLM_KEY_PREFIX};
 use crate::auth::{hash_token, new_secret};
 use crate::db::{from_ms, now_ms, Db};
+use crate::deploy;
 use crate::fsutil;
 use crate::http::AppState;
 use crate::runtime::incus::Incus;
-use crate::runtime::{Device, Runtime, RuntimeError};
-
-const BRIDGE_TIMEOUT: Duration = Duration::from_secs(90);
+use crate::runtime::{Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -467,65 +466,31 @@ async fn bring_up(
         .container
         .clone()
         .unwrap_or_else(|| format!("taos-{}", agent.slug));
-    fsutil::ensure_private_dir(trace).map_err(|e| ArchiveError::Io(e.to_string()))?;
-    if let Some(uid) = rt.root_host_uid(&name).await? {
-        std::os::unix::fs::chown(trace, Some(uid), Some(uid))
-            .map_err(|e| ArchiveError::Io(e.to_string()))?;
-    }
+    // The trace folder moved: point the mount at its new place.
     let _ = rt.remove_device(&name, "trace").await;
-    rt.add_device(
-        &name,
-        &Device::Disk {
-            name: "trace".into(),
-            source: trace.display().to_string(),
-            path: "/root/.taos/trace".into(),
-            readonly: false,
-            shift: false,
-        },
-    )
-    .await?;
+    deploy::mount_trace(rt, &name, trace)
+        .await
+        .map_err(ArchiveError::Runtime)?;
     rt.start(&name).await?;
-    let env = crate::deploy::agent_env(
+    let env = deploy::agent_env(
         &agent.slug,
         agent_token,
         llm_key,
         agent.model.as_deref().unwrap_or_default(),
         &agent.fallback_models,
     );
-    crate::deploy::wait_for_boot(rt, &name)
+    deploy::wait_for_boot(rt, &name)
         .await
         .map_err(ArchiveError::Runtime)?;
-    rt.push_file(&name, "/etc/taos/agent.env", env.as_bytes(), 0o600)
-        .await?;
-    let service = agent
-        .framework
-        .as_deref()
-        .and_then(crate::frameworks::get)
-        .map(|m| m.service)
-        .unwrap_or_else(|| "taos-agent".into());
-    let out = rt
-        .exec(
-            &name,
-            &["systemctl", "restart", &service],
-            &BTreeMap::new(),
-            Duration::from_secs(60),
-        )
-        .await?;
-    if out.exit_code != 0 {
-        return Err(ArchiveError::Runtime(format!(
-            "systemctl restart {service}: {}",
-            out.stderr.trim()
-        )));
-    }
-    let started = Instant::now();
-    while !state.bridge.is_connected(agent.id) {
-        if started.elapsed() > BRIDGE_TIMEOUT {
-            return Err(ArchiveError::Runtime(
-                "the agent never connected to the bridge".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    deploy::push_credentials(rt, &name, &env)
+        .await
+        .map_err(ArchiveError::Runtime)?;
+    deploy::restart_service(rt, &name, &deploy::service_of(agent))
+        .await
+        .map_err(ArchiveError::Runtime)?;
+    deploy::wait_for_bridge(state, agent.id)
+        .await
+        .map_err(ArchiveError::Runtime)?;
     Ok(())
 }
 
@@ -650,12 +615,7 @@ pub async fn logs(state: &AppState, slug: &str, lines: u32) -> Result<String, Ar
         .container
         .clone()
         .ok_or_else(|| ArchiveError::Conflict(format!("{slug} is not a container agent")))?;
-    let service = agent
-        .framework
-        .as_deref()
-        .and_then(crate::frameworks::get)
-        .map(|m| m.service)
-        .unwrap_or_else(|| "taos-agent".into());
+    let service = deploy::service_of(&agent);
     let out = runtime(state)?
         .exec(
             &name,

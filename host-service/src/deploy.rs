@@ -299,27 +299,7 @@ impl Run {
                 Ok(Some(format!("{name} from image {}", self.manifest.image)))
             }
             "trace_mount" => {
-                let dir = trace_dir(state, &self.agent.slug);
-                crate::fsutil::ensure_private_dir(&dir).map_err(|e| e.to_string())?;
-                // Owned by the uid container root maps to: writable inside, never as host root.
-                let uid = rt
-                    .root_host_uid(&name)
-                    .await
-                    .map_err(e)?
-                    .ok_or("the container has no id map")?;
-                std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).map_err(|e| e.to_string())?;
-                rt.add_device(
-                    &name,
-                    &Device::Disk {
-                        name: "trace".into(),
-                        source: dir.display().to_string(),
-                        path: "/root/.taos/trace".into(),
-                        readonly: false,
-                        shift: false,
-                    },
-                )
-                .await
-                .map_err(e)?;
+                mount_trace(rt, &name, &trace_dir(state, &self.agent.slug)).await?;
                 Ok(None)
             }
             "start" => {
@@ -335,50 +315,16 @@ impl Run {
                     &self.request.model,
                     self.request.fallback_models.as_deref().unwrap_or_default(),
                 );
-                rt.exec(
-                    &name,
-                    &["mkdir", "-p", "/etc/taos"],
-                    &BTreeMap::new(),
-                    Duration::from_secs(20),
-                )
-                .await
-                .map_err(e)?;
-                rt.push_file(&name, "/etc/taos/agent.env", env.as_bytes(), 0o600)
-                    .await
-                    .map_err(e)?;
+                push_credentials(rt, &name, &env).await?;
                 Ok(Some("credentials in /etc/taos/agent.env (0600)".into()))
             }
             "service" => {
-                let service = &self.manifest.service;
-                let out = rt
-                    .exec(
-                        &name,
-                        &["systemctl", "restart", service],
-                        &BTreeMap::new(),
-                        Duration::from_secs(60),
-                    )
-                    .await
-                    .map_err(e)?;
-                if out.exit_code != 0 {
-                    return Err(format!(
-                        "systemctl restart {service}: {}",
-                        out.stderr.trim()
-                    ));
-                }
+                restart_service(rt, &name, &self.manifest.service).await?;
                 Ok(None)
             }
             "bridge" => {
-                let started = Instant::now();
-                while !state.bridge.is_connected(self.agent.id) {
-                    if started.elapsed() > BRIDGE_TIMEOUT {
-                        return Err("the agent never connected to the bridge".into());
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Ok(Some(format!(
-                    "connected after {} ms",
-                    started.elapsed().as_millis()
-                )))
+                let waited = wait_for_bridge(state, self.agent.id).await?;
+                Ok(Some(format!("connected after {} ms", waited.as_millis())))
             }
             other => Err(format!("unknown step {other}")),
         }
@@ -420,6 +366,88 @@ fn proxy_devices(agent_addr: SocketAddr) -> Vec<Device> {
 
 fn trace_dir(state: &AppState, slug: &str) -> PathBuf {
     state.traces.root().join(slug)
+}
+
+/// Mounts the agent's trace folder at `/root/.taos/trace`, owned by the uid container root
+/// maps to: writable inside, never written as host root. (Deploy and restore.)
+pub async fn mount_trace(rt: &Incus, name: &str, dir: &std::path::Path) -> Result<(), String> {
+    crate::fsutil::ensure_private_dir(dir).map_err(|e| e.to_string())?;
+    let uid = rt
+        .root_host_uid(name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the container has no id map")?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).map_err(|e| e.to_string())?;
+    rt.add_device(
+        name,
+        &Device::Disk {
+            name: "trace".into(),
+            source: dir.display().to_string(),
+            path: "/root/.taos/trace".into(),
+            readonly: false,
+            shift: false,
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Puts the agent's own credentials where its service reads them (0600).
+pub async fn push_credentials(rt: &Incus, name: &str, env: &str) -> Result<(), String> {
+    let e = |e: RuntimeError| e.to_string();
+    rt.exec(
+        name,
+        &["mkdir", "-p", "/etc/taos"],
+        &BTreeMap::new(),
+        Duration::from_secs(20),
+    )
+    .await
+    .map_err(e)?;
+    rt.push_file(name, "/etc/taos/agent.env", env.as_bytes(), 0o600)
+        .await
+        .map_err(e)
+}
+
+/// (Re)starts the framework's service inside the container.
+pub async fn restart_service(rt: &Incus, name: &str, service: &str) -> Result<(), String> {
+    let out = rt
+        .exec(
+            name,
+            &["systemctl", "restart", service],
+            &BTreeMap::new(),
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "systemctl restart {service}: {}",
+            out.stderr.trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Waits until the agent's sidecar has its bridge stream open; returns how long that took.
+pub async fn wait_for_bridge(state: &AppState, agent: Uuid) -> Result<Duration, String> {
+    let started = Instant::now();
+    while !state.bridge.is_connected(agent) {
+        if started.elapsed() > BRIDGE_TIMEOUT {
+            return Err("the agent never connected to the bridge".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(started.elapsed())
+}
+
+/// The service an agent's framework runs in its container.
+pub fn service_of(agent: &AgentRecord) -> String {
+    agent
+        .framework
+        .as_deref()
+        .and_then(frameworks::get)
+        .map(|m| m.service)
+        .unwrap_or_else(|| "taos-agent".into())
 }
 
 /// The sidecar's environment file: the agent's own credentials and where to reach the host

@@ -295,6 +295,9 @@ async fn resume_after_disk(state: &AppState, agent: &AgentRecord) -> Result<(), 
 /// Samples every container agent.
 pub async fn scan_all(state: &AppState) -> Result<Vec<DiskStatus>, QuotaError> {
     let mut results = Vec::new();
+    if let Some(rt) = state.runtime.as_ref() {
+        rt.repair_quota_accounting().await;
+    }
     for agent in agents::list(&state.db)
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?
@@ -340,6 +343,7 @@ pub async fn resize(state: &AppState, slug: &str, size_gib: u64) -> Result<DiskS
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?;
     set_quota_bytes(&state.db, agent.id, size_gib * GIB).await?;
+    rt.repair_quota_accounting().await;
     // The paused flag may have changed since the agent was loaded.
     let agent = agents::get_by_id(&state.db, agent.id)
         .await

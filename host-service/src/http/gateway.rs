@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::extract::{AgentAuth, Query};
+use super::extract::{authorization_bearer, AgentAuth, Query};
 use super::AppState;
 use crate::agents::{self, AgentRecord};
 use crate::llm::gateway::{self, CallContext, GatewayError, Outcome};
@@ -34,14 +34,7 @@ impl FromRequestParts<AppState> for LlmAuth {
     ) -> Result<Self, Self::Rejection> {
         let unauthorized =
             || GatewayError::new(401, "invalid_api_key", "missing or invalid API key");
-        let key = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, key)| key.trim())
-            .ok_or_else(unauthorized)?;
+        let key = authorization_bearer(&parts.headers).ok_or_else(unauthorized)?;
         match agents::authenticate_llm(&state.db, key).await {
             Ok(Some(agent)) => Ok(LlmAuth(agent)),
             Ok(None) => Err(unauthorized()),
@@ -241,12 +234,9 @@ pub async fn bootstrap(
         .and_then(|h| h.to_str().ok())
         .map(|h| format!("http://{h}"))
         .unwrap_or_else(|| "http://127.0.0.1:6970".to_string());
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .map(|(_, t)| t.trim().to_string())
-        .unwrap_or_default();
+    let token = authorization_bearer(&headers)
+        .unwrap_or_default()
+        .to_string();
     let primary = agent.model.clone().unwrap_or_default();
     let models: Vec<serde_json::Value> = gateway::allowed_models(&agent)
         .into_iter()

@@ -164,14 +164,17 @@ pub async fn admit(ctx: &CallContext, body: &serde_json::Value) -> Result<String
     }
 }
 
-/// Price-based cost when LiteLLM reports none.
-async fn priced_cost(db: &Db, model: &str, tokens_in: i64, tokens_out: i64) -> f64 {
-    let Ok(catalog) = providers::list(db).await else {
-        return 0.0;
-    };
+/// The catalog entry of a model (its provider and prices), read once per call.
+async fn catalog_entry(db: &Db, model: &str) -> Option<providers::CatalogModel> {
+    let catalog = providers::list(db).await.ok()?;
     providers::catalog_models(&catalog)
         .into_iter()
         .find(|m| m.name == model)
+}
+
+/// Price-based cost when LiteLLM reports none.
+fn priced_cost(entry: Option<&providers::CatalogModel>, tokens_in: i64, tokens_out: i64) -> f64 {
+    entry
         .map(|m| {
             (tokens_in as f64 * m.input_usd_per_mtok.unwrap_or(0.0)
                 + tokens_out as f64 * m.output_usd_per_mtok.unwrap_or(0.0))
@@ -224,17 +227,10 @@ pub async fn finish(
         outcome.tokens_in = (prompt_chars / 4) as i64;
         outcome.tokens_out = (outcome.response_text.len() / 4).max(1) as i64;
     }
+    let entry = catalog_entry(&ctx.db, &outcome.model).await;
     let cost = match outcome.reported_cost {
         Some(cost) if cost.is_finite() && cost > 0.0 => cost,
-        _ => {
-            priced_cost(
-                &ctx.db,
-                &outcome.model,
-                outcome.tokens_in,
-                outcome.tokens_out,
-            )
-            .await
-        }
+        _ => priced_cost(entry.as_ref(), outcome.tokens_in, outcome.tokens_out),
     };
     let usage = CallUsage {
         model: outcome.model.clone(),
@@ -246,13 +242,7 @@ pub async fn finish(
     if let Err(e) = budget::record(&ctx.db, &ctx.hub, ctx.agent.id, &ctx.agent.slug, &usage).await {
         tracing::error!(agent = %ctx.agent.slug, error = %e, "recording LLM usage failed");
     }
-    let provider = match providers::list(&ctx.db).await {
-        Ok(catalog) => providers::catalog_models(&catalog)
-            .into_iter()
-            .find(|m| m.name == outcome.model)
-            .map(|m| m.provider),
-        Err(_) => None,
-    };
+    let provider = entry.map(|m| m.provider);
     let trace_id = ctx
         .trace_id
         .clone()

@@ -28,6 +28,7 @@ pub struct Incus {
     target: Option<String>,
     /// Storage pool for root disks with a size.
     pool: String,
+    pool_driver: std::sync::OnceLock<String>,
 }
 
 /// An answer from incus, raw or JSON.
@@ -78,6 +79,7 @@ impl Incus {
             socket: socket.into(),
             target,
             pool: pool.into(),
+            pool_driver: std::sync::OnceLock::new(),
         }
     }
 
@@ -104,6 +106,9 @@ impl Incus {
     /// The driver of the pool agents' root disks live on (`btrfs`, `zfs`, `dir`…). Only some
     /// enforce a root disk size.
     pub async fn pool_driver(&self) -> Result<String, RuntimeError> {
+        if let Some(driver) = self.pool_driver.get() {
+            return Ok(driver.clone());
+        }
         validate_name("pool name", &self.pool)?;
         let pool = self
             .call(
@@ -112,7 +117,10 @@ impl Incus {
                 None,
             )
             .await?;
-        Ok(pool["driver"].as_str().unwrap_or_default().to_string())
+        let driver = pool["driver"].as_str().unwrap_or_default().to_string();
+        // A pool's driver can't change; ask incus once.
+        let _ = self.pool_driver.set(driver.clone());
+        Ok(driver)
     }
 
     /// Sets the size of a container's root disk (grows at once, even while running).
@@ -178,20 +186,11 @@ impl Incus {
     /// Debian agent image): by incus's figure a full disk looks 73 % full. So on a local btrfs
     /// pool this reads the qgroup's referenced count (`btrfs qgroup show`, argv, no shell);
     /// elsewhere it is incus's figure.
+    /// Callers that sample many containers run [`Incus::repair_quota_accounting`] once first.
     pub async fn quota_usage(&self, name: &str) -> Result<Option<u64>, RuntimeError> {
         validate_name("container name", name)?;
-        validate_name("pool name", &self.pool)?;
-        let incus_dir = self
-            .socket
-            .parent()
-            .unwrap_or(std::path::Path::new("/var/lib/incus"));
-        let volume = incus_dir
-            .join("storage-pools")
-            .join(&self.pool)
-            .join("containers")
-            .join(name);
-        if self.pool_driver().await.ok().as_deref() == Some("btrfs") && volume.is_dir() {
-            self.repair_quota_accounting().await;
+        if let Some(mount) = self.local_btrfs_pool().await {
+            let volume = mount.join("containers").join(name);
             let out = tokio::process::Command::new("btrfs")
                 .args(["qgroup", "show", "-r", "--raw", "-f"])
                 .arg(&volume)
