@@ -28,7 +28,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agent_trace))
 }
 
-async fn to_api(state: &AppState, record: &AgentRecord) -> Result<Agent, ApiError> {
+/// The API view of an agent: its record plus live bridge state and its DM channel.
+pub(super) async fn to_api(state: &AppState, record: &AgentRecord) -> Result<Agent, ApiError> {
     let dm = state.chat.dm_of(record.id).await?;
     Ok(record.to_api(state.bridge.is_connected(record.id), dm))
 }

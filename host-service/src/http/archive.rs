@@ -49,11 +49,6 @@ impl From<ArchiveError> for ApiError {
     }
 }
 
-async fn to_api(state: &AppState, record: &crate::agents::AgentRecord) -> Result<Agent, ApiError> {
-    let dm = state.chat.dm_of(record.id).await?;
-    Ok(record.to_api(state.bridge.is_connected(record.id), dm))
-}
-
 /// Archives an agent: stops it, snapshots and renames its container, exports its chat, makes
 /// its channels read-only, revokes its credentials, and frees its name. Restorable.
 #[utoipa::path(delete, path = "/api/agents/{slug}", tag = "agents",
@@ -103,7 +98,7 @@ async fn restore_archived(
 ) -> Result<Json<AgentWithToken>, ApiError> {
     let restored = archive::restore(&state, &id).await?;
     Ok(Json(AgentWithToken {
-        agent: to_api(&state, &restored.agent).await?,
+        agent: super::agents::to_api(&state, &restored.agent).await?,
         agent_token: restored.agent_token,
         llm_key: Some(restored.llm_key),
     }))
@@ -127,7 +122,7 @@ async fn purge_archived(
 
 async fn act(state: AppState, slug: String, action: Action) -> Result<Json<Agent>, ApiError> {
     let record = archive::act(&state, &slug, action).await?;
-    Ok(Json(to_api(&state, &record).await?))
+    Ok(Json(super::agents::to_api(&state, &record).await?))
 }
 
 /// Starts a container agent.

@@ -14,12 +14,12 @@ use taos_host::runtime::Runtime;
 use crate::llm::{add_fake_provider, wait_ready, LITELLM};
 use crate::BIN;
 
-fn incus() -> Incus {
+pub(crate) fn incus() -> Incus {
     Incus::new(DEFAULT_SOCKET, None, "default")
 }
 
 /// Deletes a container even when the test fails.
-struct Remove(String);
+pub(crate) struct Remove(pub(crate) String);
 
 impl Drop for Remove {
     fn drop(&mut self) {
@@ -29,7 +29,7 @@ impl Drop for Remove {
     }
 }
 
-async fn require_image() {
+pub(crate) async fn require_image() {
     let out = std::process::Command::new("incus")
         .args(["image", "show", "taos-agent"])
         .output()
@@ -40,7 +40,7 @@ async fn require_image() {
     );
 }
 
-async fn host_with(env: &[(&str, &str)]) -> Host {
+pub(crate) async fn host_with(env: &[(&str, &str)]) -> Host {
     let mut all = vec![(
         "TAOS_LLM__LITELLM_BIN".to_string(),
         "/nonexistent/litellm".to_string(),
@@ -58,7 +58,7 @@ async fn host_with(env: &[(&str, &str)]) -> Host {
 }
 
 /// A provider with a model, no LiteLLM needed (for deploys that never chat).
-async fn catalog(host: &Host) {
+pub(crate) async fn catalog(host: &Host) {
     let r = host
         .admin(Method::POST, "/api/providers")
         .json(&json!({"name": "stub", "type": "openai-compatible", "url": "http://127.0.0.1:9/v1", "models": [{"id": "fake-gpt"}]}))
@@ -69,9 +69,14 @@ async fn catalog(host: &Host) {
 }
 
 async fn deploy(host: &Host, name: &str) -> Value {
+    deploy_with(host, json!({"name": name, "framework": "direct", "model": "fake-gpt", "memory_limit_mib": 256, "disk_quota_gib": 2})).await
+}
+
+/// Starts a deploy with this request body; expects it accepted.
+pub(crate) async fn deploy_with(host: &Host, body: Value) -> Value {
     let r = host
         .admin(Method::POST, "/api/agents/deploy")
-        .json(&json!({"name": name, "framework": "direct", "model": "fake-gpt", "memory_limit_mib": 256, "disk_quota_gib": 2}))
+        .json(&body)
         .send()
         .await
         .unwrap();
@@ -80,7 +85,7 @@ async fn deploy(host: &Host, name: &str) -> Value {
 }
 
 /// Polls the deploy until it leaves `running` (or `until` says stop).
-async fn wait_deploy(host: &Host, slug: &str, until: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_deploy(host: &Host, slug: &str, until: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let status: Value = host
@@ -99,7 +104,7 @@ async fn wait_deploy(host: &Host, slug: &str, until: impl Fn(&Value) -> bool) ->
     }
 }
 
-fn finished(status: &Value) -> bool {
+pub(crate) fn finished(status: &Value) -> bool {
     status["status"] != "running"
 }
 

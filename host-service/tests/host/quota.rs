@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use taos_e2e::{AgentClient, Host, HostOptions};
-use taos_host::runtime::incus::{Incus, DEFAULT_SOCKET};
 use taos_host::runtime::Runtime;
 
+use crate::deploy::{
+    catalog, deploy_with, finished, host_with, incus, require_image, wait_deploy, Remove,
+};
 use crate::BIN;
 
 const NO_LITELLM: (&str, &str) = ("TAOS_LLM__LITELLM_BIN", "/nonexistent/litellm");
@@ -37,59 +39,29 @@ async fn scan(host: &Host) -> Value {
     r.json().await.unwrap()
 }
 
-#[tokio::test]
-async fn a_full_disk_warns_then_pauses_and_a_resize_resumes() {
-    let image = std::process::Command::new("incus")
-        .args(["image", "show", "taos-agent"])
-        .output()
-        .unwrap();
-    assert!(
-        image.status.success(),
-        "the taos-agent image is missing: run scripts/build-agent-image.sh"
-    );
-    let mut host = Host::start_with(
-        BIN,
-        HostOptions {
-            env: vec![(NO_LITELLM.0.into(), NO_LITELLM.1.into())],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+/// An owner, a model and a succeeded 1 GiB direct agent; the guard deletes its container.
+async fn deployed(host: &Host, name: &str) -> (String, String, Remove) {
+    require_image().await;
     host.setup_owner().await;
-    host.admin(Method::POST, "/api/providers")
-        .json(&json!({"name": "stub", "type": "openai-compatible", "url": "http://127.0.0.1:9/v1", "models": [{"id": "m"}]}))
-        .send().await.unwrap();
-    let accepted: Value = host
-        .admin(Method::POST, "/api/agents/deploy")
-        .json(&json!({"name": "Hoarder", "framework": "direct", "model": "m", "disk_quota_gib": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    catalog(host).await;
+    let accepted = deploy_with(
+        host,
+        json!({"name": name, "framework": "direct", "model": "fake-gpt", "disk_quota_gib": 1}),
+    )
+    .await;
     let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
     let container = format!("taos-{slug}");
-    let _cleanup = scopeguard(container.clone());
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let s: Value = host
-            .admin(Method::GET, &format!("/api/agents/{slug}/deploy"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if s["status"] == "succeeded" {
-            break;
-        }
-        assert_ne!(s["status"], "rolled_back", "{s}");
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let rt = Incus::new(DEFAULT_SOCKET, None, "default");
+    let cleanup = Remove(container.clone());
+    let done = wait_deploy(host, &slug, finished).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    (slug, container, cleanup)
+}
+
+#[tokio::test]
+async fn a_full_disk_warns_then_pauses_and_a_resize_resumes() {
+    let mut host = host_with(&[]).await;
+    let (slug, container, _cleanup) = deployed(&host, "Hoarder").await;
+    let rt = incus();
 
     let first = scan(&host).await;
     assert_eq!(first["scanned"], 1);
@@ -262,30 +234,9 @@ async fn a_full_disk_warns_then_pauses_and_a_resize_resumes() {
     assert!(rt.state(&container).await.unwrap().running);
 }
 
-/// Deletes the container when the test ends, however it ends.
-fn scopeguard(name: String) -> impl Drop {
-    struct Remove(String);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("incus")
-                .args(["delete", "--force", &self.0])
-                .output();
-        }
-    }
-    Remove(name)
-}
-
 #[tokio::test]
 async fn admin_prompts_are_listed_fetched_and_sent_to_an_agent() {
-    let host = Host::start_with(
-        BIN,
-        HostOptions {
-            env: vec![(NO_LITELLM.0.into(), NO_LITELLM.1.into())],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let host = host_with(&[]).await;
     host.setup_owner().await;
     let list: Vec<Value> = host
         .admin(Method::GET, "/api/admin-prompts")
@@ -396,57 +347,9 @@ async fn admin_prompts_are_listed_fetched_and_sent_to_an_agent() {
 
 #[tokio::test]
 async fn the_recycle_bin_keeps_what_an_agent_deletes() {
-    let image = std::process::Command::new("incus")
-        .args(["image", "show", "taos-agent"])
-        .output()
-        .unwrap();
-    assert!(
-        image.status.success(),
-        "the taos-agent image is missing: run scripts/build-agent-image.sh"
-    );
-    let host = Host::start_with(
-        BIN,
-        HostOptions {
-            env: vec![(NO_LITELLM.0.into(), NO_LITELLM.1.into())],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    host.setup_owner().await;
-    host.admin(Method::POST, "/api/providers")
-        .json(&json!({"name": "stub", "type": "openai-compatible", "url": "http://127.0.0.1:9/v1", "models": [{"id": "m"}]}))
-        .send().await.unwrap();
-    let accepted: Value = host
-        .admin(Method::POST, "/api/agents/deploy")
-        .json(&json!({"name": "Tidy", "framework": "direct", "model": "m", "disk_quota_gib": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
-    let container = format!("taos-{slug}");
-    let _cleanup = scopeguard(container.clone());
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let s: Value = host
-            .admin(Method::GET, &format!("/api/agents/{slug}/deploy"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if s["status"] == "succeeded" {
-            break;
-        }
-        assert_ne!(s["status"], "rolled_back", "{s}");
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let rt = Incus::new(DEFAULT_SOCKET, None, "default");
+    let host = host_with(&[]).await;
+    let (slug, container, _cleanup) = deployed(&host, "Tidy").await;
+    let rt = incus();
     let sh = |script: &'static str| {
         let rt = &rt;
         let container = container.clone();
