@@ -71,11 +71,14 @@ start_daemons() {
         systemctl start lxcfs incus.socket incus.service 2>/dev/null || systemctl start incus
         return
     fi
-    mkdir -p /var/lib/lxcfs /var/log/incus
-    # A FUSE mount left by a killed lxcfs answers "Transport endpoint is not connected".
-    if ! ls /var/lib/lxcfs >/dev/null 2>&1; then
-        umount -l /var/lib/lxcfs 2>/dev/null || true
+    # A FUSE mount left by a killed lxcfs answers "Transport endpoint is not connected" to
+    # everything, mkdir included, so it goes first.
+    if grep -qs ' /var/lib/lxcfs ' /proc/mounts && ! ls /var/lib/lxcfs >/dev/null 2>&1; then
+        log "removing the dead lxcfs mount left by a killed lxcfs"
+        fusermount -u /var/lib/lxcfs 2>/dev/null || umount -l /var/lib/lxcfs 2>/dev/null || true
+        rm -f /run/lxcfs.pid
     fi
+    mkdir -p /var/lib/lxcfs /var/log/incus
     if ! { [ -f /run/lxcfs.pid ] && kill -0 "$(cat /run/lxcfs.pid)" 2>/dev/null; }; then
         log "starting lxcfs"
         setsid nohup /usr/bin/lxcfs /var/lib/lxcfs >/var/log/lxcfs.log 2>&1 </dev/null &
