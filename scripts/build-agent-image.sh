@@ -19,12 +19,26 @@ if [ -z "$BIN" ]; then
     BIN="$CARGO_TARGET_DIR/release/taos-agent"
 fi
 [ -x "$BIN" ] || { log "no taos-agent binary at $BIN"; exit 1; }
-# Rebuild only when the sidecar or the files baked in with it changed.
+# Rebuild only when the sidecar or the files baked in with it changed. The image goes to
+# every runtime that answers: incus, and Docker (the fallback) when dockerd is running.
 SUM="$(cat "$BIN" "$REPO_ROOT"/images/agent/* | sha256sum | cut -c1-16)"
-if incus image show "$ALIAS" 2>/dev/null | grep -q "taos_agent_sha: $SUM"; then
-    log "image $ALIAS already has this taos-agent ($SUM)"
-    exit 0
+NEED_INCUS=""
+NEED_DOCKER=""
+if command -v incus >/dev/null && incus info >/dev/null 2>&1; then
+    if incus image show "$ALIAS" 2>/dev/null | grep -q "taos_agent_sha: $SUM"; then
+        log "incus image $ALIAS already has this taos-agent ($SUM)"
+    else
+        NEED_INCUS=1
+    fi
 fi
+if command -v docker >/dev/null && docker version >/dev/null 2>&1; then
+    if [ "$(docker image inspect -f '{{index .Config.Labels "taos_agent_sha"}}' "$ALIAS:latest" 2>/dev/null)" = "$SUM" ]; then
+        log "docker image $ALIAS already has this taos-agent ($SUM)"
+    else
+        NEED_DOCKER=1
+    fi
+fi
+[ -n "$NEED_INCUS$NEED_DOCKER" ] || exit 0
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -89,7 +103,18 @@ properties:
   release: bookworm
   taos_agent_sha: $SUM
 META
-tar -C "$WORK" --numeric-owner -czf "$WORK/image.tar.gz" metadata.yaml rootfs
-incus image delete "$ALIAS" >/dev/null 2>&1 || true
-incus image import "$WORK/image.tar.gz" --alias "$ALIAS" >/dev/null
-log "imported image $ALIAS (taos-agent $SUM)"
+if [ -n "$NEED_INCUS" ]; then
+    tar -C "$WORK" --numeric-owner -czf "$WORK/image.tar.gz" metadata.yaml rootfs
+    incus image delete "$ALIAS" >/dev/null 2>&1 || true
+    incus image import "$WORK/image.tar.gz" --alias "$ALIAS" >/dev/null
+    log "imported incus image $ALIAS (taos-agent $SUM)"
+fi
+if [ -n "$NEED_DOCKER" ]; then
+    # Docker runs no systemd: the sidecar is the main process and reads the credentials file
+    # the host pushes (TAOS_ENV_FILE). Docker provides resolv.conf itself.
+    rm -f "$ROOTFS/etc/resolv.conf" && : > "$ROOTFS/etc/resolv.conf"
+    tar -C "$ROOTFS" --numeric-owner -c . | docker import \
+        --change 'CMD ["/usr/local/bin/taos-agent"]' \
+        --change "LABEL taos_agent_sha=$SUM" - "$ALIAS:latest" >/dev/null
+    log "imported docker image $ALIAS (taos-agent $SUM)"
+fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, skipping what is already there: the Rust
-# toolchain's components, LiteLLM and incus. Chromium joins with the UI.
+# toolchain's components, LiteLLM, incus and Docker (the fallback runtime, whose tests run when
+# it is present). Chromium joins with the UI.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -19,3 +20,5 @@ done
 # tests. Both skip what is already there.
 "$(dirname "$0")/dev-litellm.sh"
 "$(dirname "$0")/dev-incus.sh"
+# After incus, so dockerd finds forwarding on and leaves incus's bridge alone.
+"$(dirname "$0")/dev-docker.sh"

@@ -20,7 +20,7 @@ use crate::db::{from_ms, now_ms, Db};
 use crate::deploy;
 use crate::fsutil;
 use crate::http::AppState;
-use crate::runtime::incus::Incus;
+use crate::runtime::ContainerRuntime;
 use crate::runtime::{Runtime, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,9 @@ pub enum ArchiveError {
     /// The runtime failed; for archive, nothing was changed.
     #[error("{0}")]
     Runtime(String),
+    /// The runtime can't do this at all (Docker: restoring a snapshot).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     Io(String),
     #[error(transparent)]
@@ -48,7 +51,10 @@ pub enum ArchiveError {
 
 impl From<RuntimeError> for ArchiveError {
     fn from(e: RuntimeError) -> Self {
-        ArchiveError::Runtime(e.to_string())
+        match e {
+            RuntimeError::Unsupported { .. } => ArchiveError::Unsupported(e.to_string()),
+            e => ArchiveError::Runtime(e.to_string()),
+        }
     }
 }
 
@@ -64,7 +70,7 @@ pub struct ArchivedAgent {
     pub archived_at: chrono::DateTime<chrono::Utc>,
 }
 
-fn runtime(state: &AppState) -> Result<&Incus, ArchiveError> {
+fn runtime(state: &AppState) -> Result<&ContainerRuntime, ArchiveError> {
     state.runtime.as_ref().ok_or(ArchiveError::NoRuntime)
 }
 
@@ -456,7 +462,7 @@ async fn reimport_chat(db: &Db, path: &Path) -> Result<(), ArchiveError> {
 /// waits for it to connect.
 async fn bring_up(
     state: &AppState,
-    rt: &Incus,
+    rt: &ContainerRuntime,
     agent: &AgentRecord,
     agent_token: &str,
     llm_key: &str,
@@ -473,6 +479,7 @@ async fn bring_up(
         .map_err(ArchiveError::Runtime)?;
     rt.start(&name).await?;
     let env = deploy::agent_env(
+        state,
         &agent.slug,
         agent_token,
         llm_key,
@@ -616,7 +623,12 @@ pub async fn logs(state: &AppState, slug: &str, lines: u32) -> Result<String, Ar
         .clone()
         .ok_or_else(|| ArchiveError::Conflict(format!("{slug} is not a container agent")))?;
     let service = deploy::service_of(&agent);
-    let out = runtime(state)?
+    let rt = runtime(state)?;
+    // Under Docker the service is the container's main process: its log is the container's.
+    if let ContainerRuntime::Docker(docker) = rt {
+        return Ok(docker.logs(&name, lines).await?);
+    }
+    let out = rt
         .exec(
             &name,
             &[

@@ -44,8 +44,8 @@ trace_content_bytes = 4096
 models_cache_seconds = 300
 
 [runtime]
-# Container runtime for agents: "auto" (incus if its socket answers, else none), "incus", or
-# "none". (Docker comes later.)
+# Container runtime for agents: "auto" (incus if its socket answers, else Docker if it does,
+# else none), "incus", "docker", or "none".
 kind = "auto"
 # incus's API socket.
 incus_socket = "/var/lib/incus/unix.socket"
@@ -53,6 +53,8 @@ incus_socket = "/var/lib/incus/unix.socket"
 incus_target = ""
 # Storage pool for agents' root disks (btrfs enforces disk quotas).
 incus_pool = "default"
+# Docker Engine API socket (the fallback runtime).
+docker_socket = "/var/run/docker.sock"
 
 [quota]
 # How often every running agent's disk is sampled, in seconds.
@@ -92,6 +94,7 @@ impl Default for QuotaConfig {
 pub enum RuntimeKind {
     Auto,
     Incus,
+    Docker,
     None,
 }
 
@@ -102,6 +105,7 @@ pub struct RuntimeConfig {
     pub incus_socket: String,
     pub incus_target: String,
     pub incus_pool: String,
+    pub docker_socket: String,
 }
 
 impl Default for RuntimeConfig {
@@ -111,6 +115,7 @@ impl Default for RuntimeConfig {
             incus_socket: crate::runtime::incus::DEFAULT_SOCKET.to_string(),
             incus_target: String::new(),
             incus_pool: "default".to_string(),
+            docker_socket: crate::runtime::docker::DEFAULT_SOCKET.to_string(),
         }
     }
 }
@@ -434,6 +439,27 @@ mod tests {
         assert_eq!(config.server.bind.to_string(), "127.0.0.1:7443");
         assert!(config.server.insecure_http);
         assert_eq!(config.server.max_body_bytes, 4096);
+    }
+
+    #[test]
+    fn the_runtime_can_be_chosen_and_unknown_kinds_are_refused() {
+        let config = parse(
+            &p(),
+            DEFAULT_TEMPLATE,
+            env(&[
+                ("TAOS_RUNTIME__KIND", "docker"),
+                ("TAOS_RUNTIME__DOCKER_SOCKET", "/run/other.sock"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.runtime.kind, RuntimeKind::Docker);
+        assert_eq!(config.runtime.docker_socket, "/run/other.sock");
+        assert!(parse(
+            &p(),
+            DEFAULT_TEMPLATE,
+            env(&[("TAOS_RUNTIME__KIND", "podman")])
+        )
+        .is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::agents::{self, AgentRecord, NewKind};
 use crate::db::{from_ms, now_ms, Db};
 use crate::frameworks::{self, Manifest};
 use crate::http::AppState;
-use crate::runtime::incus::Incus;
+use crate::runtime::ContainerRuntime;
 use crate::runtime::{CreateSpec, Device, Limits, Runtime, RuntimeError};
 
 pub const STEPS: &[&str] = &[
@@ -34,6 +34,10 @@ pub const STEPS: &[&str] = &[
     "service",
     "bridge",
 ];
+/// Under Docker the trace folder is bound when the container is made (mounts can't be added
+/// later), the credentials go in before the first start (the sidecar is the container's main
+/// process, so there is no service to restart), and nothing waits for systemd.
+pub const DOCKER_STEPS: &[&str] = &["credentials", "container", "configure", "start", "bridge"];
 /// Test hooks: fail, or stop and wait to be killed, at the named step.
 pub const FAIL_STEP_ENV: &str = "TAOS_TEST_FAIL_DEPLOY_STEP";
 pub const PAUSE_STEP_ENV: &str = "TAOS_TEST_PAUSE_DEPLOY_STEP";
@@ -42,6 +46,8 @@ const BRIDGE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Inside the container, both proxy devices lead to the host's agent listener.
 const BRIDGE_PORT_INSIDE: u16 = 6969;
 const LLM_PORT_INSIDE: u16 = 4000;
+/// The agent's own credentials inside its container (0600), read by its service.
+const CREDENTIALS_PATH: &str = "/etc/taos/agent.env";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -71,8 +77,17 @@ fn container_name(slug: &str) -> String {
     format!("taos-{slug}")
 }
 
-fn fresh_steps() -> Vec<DeployStep> {
-    STEPS
+/// The steps of a deploy on this runtime.
+pub fn steps_for(rt: &ContainerRuntime) -> &'static [&'static str] {
+    if rt.has_proxy_devices() {
+        STEPS
+    } else {
+        DOCKER_STEPS
+    }
+}
+
+fn fresh_steps(names: &[&str]) -> Vec<DeployStep> {
+    names
         .iter()
         .map(|name| DeployStep {
             name: name.to_string(),
@@ -187,7 +202,7 @@ pub async fn start(
     )
     .await?;
     crate::chat::create_dm(&mut tx, &agent, owner_member).await?;
-    let mut steps = fresh_steps();
+    let mut steps = fresh_steps(steps_for(runtime));
     steps[0].state = "done".into();
     steps[0].started_at = Some(from_ms(now_ms()));
     steps[0].finished_at = Some(from_ms(now_ms()));
@@ -243,7 +258,7 @@ impl Run {
             let _ = rollback(state, &self.deploy_id, "no container runtime").await;
             return;
         };
-        for step in &STEPS[1..] {
+        for step in &steps_for(runtime)[1..] {
             if let Err(e) = mark(state, &self.deploy_id, step, "running", None).await {
                 tracing::error!(error = %e, "recording a deploy step failed");
             }
@@ -276,14 +291,14 @@ impl Run {
     async fn step(
         &self,
         state: &AppState,
-        rt: &Incus,
+        rt: &ContainerRuntime,
         step: &str,
     ) -> Result<Option<String>, String> {
         let name = container_name(&self.agent.slug);
         let e = |e: RuntimeError| e.to_string();
         match step {
             "container" => {
-                let spec = CreateSpec {
+                let mut spec = CreateSpec {
                     name: name.clone(),
                     image: self.manifest.image.clone(),
                     limits: Limits {
@@ -295,8 +310,22 @@ impl Run {
                     env: BTreeMap::new(),
                     devices: proxy_devices(state.agent_addr),
                 };
+                if !rt.has_proxy_devices() {
+                    // Docker: agents dial the bridge gateway, the trace folder is bound now
+                    // (owned by the uid container root maps to), and the sidecar, being the
+                    // main process, reads its credentials from the file `configure` pushes.
+                    let dir = trace_dir(state, &self.agent.slug);
+                    prepare_trace_dir(rt, &name, &dir).await?;
+                    spec.devices = vec![trace_device(&dir)];
+                    spec.env
+                        .insert("TAOS_ENV_FILE".into(), CREDENTIALS_PATH.into());
+                }
                 rt.create(&spec).await.map_err(e)?;
-                Ok(Some(format!("{name} from image {}", self.manifest.image)))
+                Ok(Some(format!(
+                    "{name} from image {} on {}",
+                    self.manifest.image,
+                    rt.kind()
+                )))
             }
             "trace_mount" => {
                 mount_trace(rt, &name, &trace_dir(state, &self.agent.slug)).await?;
@@ -309,6 +338,7 @@ impl Run {
             }
             "configure" => {
                 let env = agent_env(
+                    state,
                     &self.agent.slug,
                     &self.secrets.agent_token,
                     &self.secrets.llm_key,
@@ -316,7 +346,7 @@ impl Run {
                     self.request.fallback_models.as_deref().unwrap_or_default(),
                 );
                 push_credentials(rt, &name, &env).await?;
-                Ok(Some("credentials in /etc/taos/agent.env (0600)".into()))
+                Ok(Some(format!("credentials in {CREDENTIALS_PATH} (0600)")))
             }
             "service" => {
                 restart_service(rt, &name, &self.manifest.service).await?;
@@ -370,46 +400,72 @@ fn trace_dir(state: &AppState, slug: &str) -> PathBuf {
 
 /// Mounts the agent's trace folder at `/root/.taos/trace`, owned by the uid container root
 /// maps to: writable inside, never written as host root. (Deploy and restore.)
-pub async fn mount_trace(rt: &Incus, name: &str, dir: &std::path::Path) -> Result<(), String> {
+pub async fn mount_trace(
+    rt: &ContainerRuntime,
+    name: &str,
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    prepare_trace_dir(rt, name, dir).await?;
+    rt.add_device(name, &trace_device(dir))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Creates the trace folder, owned by the host uid that container root maps to.
+async fn prepare_trace_dir(
+    rt: &ContainerRuntime,
+    name: &str,
+    dir: &std::path::Path,
+) -> Result<(), String> {
     crate::fsutil::ensure_private_dir(dir).map_err(|e| e.to_string())?;
     let uid = rt
         .root_host_uid(name)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the container has no id map")?;
-    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).map_err(|e| e.to_string())?;
-    rt.add_device(
-        name,
-        &Device::Disk {
-            name: "trace".into(),
-            source: dir.display().to_string(),
-            path: "/root/.taos/trace".into(),
-            readonly: false,
-            shift: false,
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).map_err(|e| e.to_string())
+}
+
+fn trace_device(dir: &std::path::Path) -> Device {
+    Device::Disk {
+        name: "trace".into(),
+        source: dir.display().to_string(),
+        path: "/root/.taos/trace".into(),
+        readonly: false,
+        shift: false,
+    }
 }
 
 /// Puts the agent's own credentials where its service reads them (0600).
-pub async fn push_credentials(rt: &Incus, name: &str, env: &str) -> Result<(), String> {
+pub async fn push_credentials(rt: &ContainerRuntime, name: &str, env: &str) -> Result<(), String> {
     let e = |e: RuntimeError| e.to_string();
-    rt.exec(
-        name,
-        &["mkdir", "-p", "/etc/taos"],
-        &BTreeMap::new(),
-        Duration::from_secs(20),
-    )
-    .await
-    .map_err(e)?;
-    rt.push_file(name, "/etc/taos/agent.env", env.as_bytes(), 0o600)
+    // Under Docker the container has not started yet (the agent image has /etc/taos).
+    if rt.has_proxy_devices() {
+        rt.exec(
+            name,
+            &["mkdir", "-p", "/etc/taos"],
+            &BTreeMap::new(),
+            Duration::from_secs(20),
+        )
+        .await
+        .map_err(e)?;
+    }
+    rt.push_file(name, CREDENTIALS_PATH, env.as_bytes(), 0o600)
         .await
         .map_err(e)
 }
 
 /// (Re)starts the framework's service inside the container.
-pub async fn restart_service(rt: &Incus, name: &str, service: &str) -> Result<(), String> {
+/// Under Docker the service is the container's main process, so the container restarts.
+pub async fn restart_service(
+    rt: &ContainerRuntime,
+    name: &str,
+    service: &str,
+) -> Result<(), String> {
+    if !rt.has_proxy_devices() {
+        rt.stop(name, false).await.map_err(|e| e.to_string())?;
+        return rt.start(name).await.map_err(|e| e.to_string());
+    }
     let out = rt
         .exec(
             name,
@@ -450,18 +506,31 @@ pub fn service_of(agent: &AgentRecord) -> String {
         .unwrap_or_else(|| "taos-agent".into())
 }
 
-/// The sidecar's environment file: the agent's own credentials and where to reach the host
-/// (through the container's proxy devices).
+/// Where, from inside its container, an agent reaches the host's bridge and LLM gateway:
+/// the proxy devices on its own loopback (incus), or the bridge gateway (Docker).
+fn agent_endpoints(state: &AppState) -> (String, String) {
+    match state.agent_container_addr {
+        Some(addr) => (format!("http://{addr}"), format!("http://{addr}/v1")),
+        None => (
+            format!("http://127.0.0.1:{BRIDGE_PORT_INSIDE}"),
+            format!("http://127.0.0.1:{LLM_PORT_INSIDE}/v1"),
+        ),
+    }
+}
+
+/// The sidecar's environment file: the agent's own credentials and where to reach the host.
 pub fn agent_env(
+    state: &AppState,
     slug: &str,
     agent_token: &str,
     llm_key: &str,
     model: &str,
     fallback: &[String],
 ) -> String {
+    let (bridge_url, llm_url) = agent_endpoints(state);
     let mut env = format!(
-        "TAOS_BRIDGE_URL=http://127.0.0.1:{BRIDGE_PORT_INSIDE}\nTAOS_AGENT_NAME={slug}\n\
-         TAOS_AGENT_TOKEN={agent_token}\nOPENAI_BASE_URL=http://127.0.0.1:{LLM_PORT_INSIDE}/v1\n\
+        "TAOS_BRIDGE_URL={bridge_url}\nTAOS_AGENT_NAME={slug}\n\
+         TAOS_AGENT_TOKEN={agent_token}\nOPENAI_BASE_URL={llm_url}\n\
          OPENAI_API_KEY={llm_key}\nTAOS_MODEL={model}\n"
     );
     if !fallback.is_empty() {
@@ -471,8 +540,12 @@ pub fn agent_env(
 }
 
 /// Waits until the container's systemd is up (or degraded, which still runs services).
-pub async fn wait_for_boot(rt: &Incus, name: &str) -> Result<(), String> {
+/// Under Docker there is no systemd: the container's main process is the sidecar.
+pub async fn wait_for_boot(rt: &ContainerRuntime, name: &str) -> Result<(), String> {
     let started = Instant::now();
+    if !rt.has_proxy_devices() {
+        return Ok(());
+    }
     loop {
         let out = rt
             .exec(
@@ -500,7 +573,7 @@ async fn load_steps(db: &Db, deploy_id: &str) -> Result<Vec<DeployStep>, sqlx::E
         .bind(deploy_id)
         .fetch_one(db)
         .await?;
-    Ok(serde_json::from_str(&text).unwrap_or_else(|_| fresh_steps()))
+    Ok(serde_json::from_str(&text).unwrap_or_default())
 }
 
 async fn mark(
@@ -625,7 +698,7 @@ pub async fn recover(state: &AppState) {
 /// At start-up: points every container agent's proxy devices at the agent listener as it is
 /// bound now (its address may have changed since the container was made).
 pub async fn reconcile_proxies(state: &AppState) {
-    let Some(rt) = state.runtime.as_ref() else {
+    let Some(rt) = state.runtime.as_ref().filter(|rt| rt.has_proxy_devices()) else {
         return;
     };
     let Ok(list) = agents::list(&state.db).await else {

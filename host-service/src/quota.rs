@@ -330,13 +330,11 @@ pub async fn resize(state: &AppState, slug: &str, size_gib: u64) -> Result<DiskS
         .container
         .clone()
         .ok_or_else(|| QuotaError::Conflict(format!("{slug} is not a container agent")))?;
-    let driver = rt
-        .pool_driver()
-        .await
-        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
-    if !["btrfs", "zfs", "lvm", "lvmcluster", "ceph"].contains(&driver.as_str()) {
+    let runtime_error = |e: crate::runtime::RuntimeError| QuotaError::Runtime(e.to_string());
+    if !rt.enforces_disk_quota().await.map_err(runtime_error)? {
+        let driver = rt.storage_driver().await.map_err(runtime_error)?;
         return Err(QuotaError::Conflict(format!(
-            "the storage pool uses the {driver:?} driver, which can't enforce a disk size; use a btrfs pool"
+            "agents' disks are on {driver:?} storage, which can't enforce a disk size; use an incus btrfs pool"
         )));
     }
     rt.set_root_size(&container, size_gib * 1024)

@@ -23,6 +23,7 @@ use crate::http::extract::ClientAddr;
 use crate::http::{self, AppInner, AppState};
 use crate::metrics::Metrics;
 use crate::notify::EventHub;
+use crate::runtime::ContainerRuntime;
 use crate::{db, fsutil, sys, tls};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -242,19 +243,38 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         usize::try_from(config.llm.trace_content_bytes).unwrap_or(4096),
     );
     let detected = crate::runtime::detect(&config.runtime).await;
-    if detected.incus.is_some() {
+    if detected.runtime.is_some() {
         tracing::info!(runtime = %detected.description, "container runtime");
     } else {
         tracing::warn!(runtime = %detected.description, "container runtime");
     }
-    let runtime_health = if detected.incus.is_some() {
-        "ok".to_string()
-    } else {
-        format!("disabled: {}", detected.description)
+    // Docker has no proxy devices: its containers reach the agent listener on the bridge
+    // gateway, so the listener binds there too (same port; agent tokens still guard it).
+    let mut gateway_tcp = None;
+    if let Some(ContainerRuntime::Docker(docker)) = &detected.runtime {
+        let gateway = docker
+            .bridge_gateway()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot find Docker's bridge gateway: {e}"))?;
+        let addr = std::net::SocketAddr::new(gateway, agent_addr.port());
+        let tcp = TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot bind the agent listener on Docker's bridge at {addr}: {e}")
+        })?;
+        gateway_tcp = Some(tcp);
+    }
+    let agent_container_addr = match &gateway_tcp {
+        Some(tcp) => Some(tcp.local_addr()?),
+        None => None,
+    };
+    let runtime_health = match (&detected.runtime, agent_container_addr) {
+        (Some(_), Some(addr)) => format!("ok: {} (agents via {addr})", detected.description),
+        (Some(_), None) => format!("ok: {}", detected.description),
+        (None, _) => format!("disabled: {}", detected.description),
     };
     let state = AppState::new(AppInner {
-        runtime: detected.incus,
+        runtime: detected.runtime,
         agent_addr,
+        agent_container_addr,
         hub: Arc::new(EventHub::new(db.clone())),
         llm,
         chat: crate::chat::Chat::new(db.clone()),
@@ -330,6 +350,16 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         .with_graceful_shutdown(drain())
         .into_future(),
     );
+    let agent_gateway = gateway_tcp.map(|tcp| {
+        tokio::spawn(
+            axum::serve(
+                PlainListener(tcp),
+                http::agent_app(state.clone()).into_make_service_with_connect_info::<ClientAddr>(),
+            )
+            .with_graceful_shutdown(drain())
+            .into_future(),
+        )
+    });
 
     tracing::info!(
         public = %format!("{scheme}://{public_addr}"),
@@ -350,6 +380,9 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let _ = public.await;
         let _ = agent.await;
+        if let Some(gateway) = agent_gateway {
+            let _ = gateway.await;
+        }
     })
     .await;
     if drained.is_err() {

@@ -16,6 +16,25 @@ pub const ENV_MODEL: &str = "TAOS_MODEL";
 pub const ENV_FALLBACK_MODELS: &str = "TAOS_FALLBACK_MODELS";
 pub const ENV_SYSTEM_PROMPT: &str = "TAOS_SYSTEM_PROMPT";
 pub const ENV_AGENT_MODE: &str = "TAOS_AGENT_MODE";
+pub const ENV_ENV_FILE: &str = "TAOS_ENV_FILE";
+
+/// `KEY=VALUE` lines as systemd's `EnvironmentFile=` reads the simple cases: blank lines and
+/// `#` comments skipped, one pair of surrounding quotes removed.
+pub fn parse_env_file(text: &str) -> std::collections::HashMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| {
+            let value = value.trim();
+            let unquoted = ['"', '\'']
+                .iter()
+                .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
+                .unwrap_or(value);
+            (key.trim().to_string(), unquoted.to_string())
+        })
+        .collect()
+}
 
 /// Same rule as the host's agent slugs; checked because the name goes into URL paths.
 const MAX_SLUG_LEN: usize = 58;
@@ -122,9 +141,22 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment and, if `TAOS_ENV_FILE` names one, that file: where a
+    /// runtime has no service manager to load it (Docker runs the sidecar as the container's
+    /// main process), the host still keeps credentials in a 0600 file rather than in the
+    /// container's inspectable environment. The file's values win over the environment's.
     pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_lookup(|name| std::env::var(name).ok())
+        let file = match std::env::var(ENV_ENV_FILE).ok().filter(|p| !p.is_empty()) {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+                    name: ENV_ENV_FILE,
+                    reason: format!("cannot read {path}: {e}"),
+                })?;
+                parse_env_file(&text)
+            }
+            None => Default::default(),
+        };
+        Config::from_lookup(|name| file.get(name).cloned().or_else(|| std::env::var(name).ok()))
     }
 
     /// Reads configuration through `get`, so tests need not touch the process environment.
@@ -220,6 +252,20 @@ fn is_valid_slug(slug: &str) -> bool {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn env_files_read_like_systemds_simple_cases() {
+        let parsed = parse_env_file(
+            "# credentials\n\nTAOS_AGENT_NAME=helper\nTAOS_MODEL=\"m=1\"\n  OPENAI_API_KEY = 'k' \nnot a pair\n",
+        );
+        assert_eq!(
+            parsed.get("TAOS_AGENT_NAME").map(String::as_str),
+            Some("helper")
+        );
+        assert_eq!(parsed.get("TAOS_MODEL").map(String::as_str), Some("m=1"));
+        assert_eq!(parsed.get("OPENAI_API_KEY").map(String::as_str), Some("k"));
+        assert_eq!(parsed.len(), 3);
+    }
 
     fn full_env() -> HashMap<&'static str, String> {
         HashMap::from([

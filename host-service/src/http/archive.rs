@@ -42,6 +42,9 @@ impl From<ArchiveError> for ApiError {
                 tracing::error!(error = %m, "runtime operation failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runtime_error", m)
             }
+            ArchiveError::Unsupported(m) => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", m)
+            }
             ArchiveError::Agent(e) => e.into(),
             ArchiveError::Chat(e) => e.into(),
             e @ (ArchiveError::Io(_) | ArchiveError::Db(_)) => ApiError::internal(e),
@@ -90,7 +93,8 @@ async fn list_archived(
     responses((status = 200, description = "Restored", body = AgentWithToken),
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 403, description = "Not the owner", body = ErrorBody),
-        (status = 404, description = "No such archive", body = ErrorBody)))]
+        (status = 404, description = "No such archive", body = ErrorBody),
+        (status = 501, description = "The container runtime can't restore snapshots (Docker)", body = ErrorBody)))]
 async fn restore_archived(
     _auth: OwnerLike,
     State(state): State<AppState>,

@@ -66,9 +66,12 @@ pub struct AppInner {
     pub hub: Arc<EventHub>,
     pub llm: crate::llm::Llm,
     /// The container runtime, if one answered at start.
-    pub runtime: Option<crate::runtime::incus::Incus>,
+    pub runtime: Option<crate::runtime::ContainerRuntime>,
     /// Where the agent listener is bound; containers' proxy devices connect here.
     pub agent_addr: std::net::SocketAddr,
+    /// Where containers reach the agent listener when the runtime has no proxy devices
+    /// (Docker: the bridge gateway).
+    pub agent_container_addr: Option<std::net::SocketAddr>,
     pub chat: crate::chat::Chat,
     pub bridge: crate::bridge::Bridge,
     pub traces: crate::trace::TraceStore,

@@ -39,7 +39,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
     subsystems.insert("llm".to_string(), llm_text);
     let all_ok = subsystems
         .values()
-        .all(|v| v == "ok" || v.starts_with("disabled"));
+        .all(|v| v == "ok" || v.starts_with("ok: ") || v.starts_with("disabled"));
     Json(Health {
         status: if all_ok { "ok" } else { "degraded" }.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),

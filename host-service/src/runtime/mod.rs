@@ -1,8 +1,9 @@
-//! Container runtimes behind one trait: what the host needs from incus (and, later, Docker).
+//! Container runtimes behind one trait: what the host needs from incus, or Docker as a fallback.
 //!
 //! Names and paths are validated here, before they reach a URL or a runtime, so nothing a
 //! caller passes can address another instance or escape a query string.
 
+pub mod docker;
 pub mod incus;
 
 use crate::config::{RuntimeConfig, RuntimeKind};
@@ -135,39 +136,214 @@ pub trait Runtime: Send + Sync {
     async fn remove_device(&self, name: &str, device: &str) -> Result<(), RuntimeError>;
 }
 
+/// The runtime the host uses. An enum rather than `dyn Runtime`: the trait's async methods
+/// are not object-safe, and there are exactly two runtimes.
+pub enum ContainerRuntime {
+    Incus(incus::Incus),
+    Docker(docker::Docker),
+}
+
+macro_rules! delegate {
+    ($self:ident, $rt:ident => $call:expr) => {
+        match $self {
+            ContainerRuntime::Incus($rt) => $call,
+            ContainerRuntime::Docker($rt) => $call,
+        }
+    };
+}
+
+impl Runtime for ContainerRuntime {
+    fn kind(&self) -> &'static str {
+        delegate!(self, rt => rt.kind())
+    }
+    async fn create(&self, spec: &CreateSpec) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.create(spec).await)
+    }
+    async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.start(name).await)
+    }
+    async fn stop(&self, name: &str, force: bool) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.stop(name, force).await)
+    }
+    async fn delete(&self, name: &str) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.delete(name).await)
+    }
+    async fn rename(&self, name: &str, new_name: &str) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.rename(name, new_name).await)
+    }
+    async fn exists(&self, name: &str) -> Result<bool, RuntimeError> {
+        delegate!(self, rt => rt.exists(name).await)
+    }
+    async fn state(&self, name: &str) -> Result<ContainerState, RuntimeError> {
+        delegate!(self, rt => rt.state(name).await)
+    }
+    async fn exec(
+        &self,
+        name: &str,
+        argv: &[&str],
+        env: &BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        delegate!(self, rt => rt.exec(name, argv, env, timeout).await)
+    }
+    async fn push_file(
+        &self,
+        name: &str,
+        path: &str,
+        contents: &[u8],
+        mode: u32,
+    ) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.push_file(name, path, contents, mode).await)
+    }
+    async fn pull_file(&self, name: &str, path: &str) -> Result<Vec<u8>, RuntimeError> {
+        delegate!(self, rt => rt.pull_file(name, path).await)
+    }
+    async fn snapshot_create(&self, name: &str, snapshot: &str) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.snapshot_create(name, snapshot).await)
+    }
+    async fn snapshot_list(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        delegate!(self, rt => rt.snapshot_list(name).await)
+    }
+    async fn snapshot_restore(&self, name: &str, snapshot: &str) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.snapshot_restore(name, snapshot).await)
+    }
+    async fn snapshot_delete(&self, name: &str, snapshot: &str) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.snapshot_delete(name, snapshot).await)
+    }
+    async fn set_env(&self, name: &str, key: &str, value: &str) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.set_env(name, key, value).await)
+    }
+    async fn add_device(&self, name: &str, device: &Device) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.add_device(name, device).await)
+    }
+    async fn remove_device(&self, name: &str, device: &str) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.remove_device(name, device).await)
+    }
+}
+
+impl ContainerRuntime {
+    /// Whether agents reach the host through proxy devices inside their containers (incus)
+    /// or through the bridge gateway (Docker).
+    pub fn has_proxy_devices(&self) -> bool {
+        matches!(self, ContainerRuntime::Incus(_))
+    }
+
+    /// The host uid that container root maps to, for owning the trace folder.
+    pub async fn root_host_uid(&self, name: &str) -> Result<Option<u32>, RuntimeError> {
+        match self {
+            ContainerRuntime::Incus(rt) => rt.root_host_uid(name).await,
+            ContainerRuntime::Docker(rt) => rt.root_host_uid().await,
+        }
+    }
+
+    /// What agents' root disks live on, e.g. `btrfs`, `dir`, `docker/overlay2`.
+    pub async fn storage_driver(&self) -> Result<String, RuntimeError> {
+        match self {
+            ContainerRuntime::Incus(rt) => rt.pool_driver().await,
+            ContainerRuntime::Docker(rt) => Ok(format!("docker/{}", rt.storage_driver().await?)),
+        }
+    }
+
+    /// Whether a root disk size is enforced on this storage.
+    pub async fn enforces_disk_quota(&self) -> Result<bool, RuntimeError> {
+        let driver = self.storage_driver().await?;
+        Ok(["btrfs", "zfs", "lvm", "lvmcluster", "ceph"].contains(&driver.as_str()))
+    }
+
+    pub async fn set_root_size(&self, name: &str, mib: u64) -> Result<(), RuntimeError> {
+        match self {
+            ContainerRuntime::Incus(rt) => rt.set_root_size(name, mib).await,
+            ContainerRuntime::Docker(_) => Err(RuntimeError::Unsupported {
+                what: "a root disk size",
+                runtime: "docker",
+            }),
+        }
+    }
+
+    /// See [`incus::Incus::repair_quota_accounting`]; nothing to repair under Docker.
+    pub async fn repair_quota_accounting(&self) {
+        if let ContainerRuntime::Incus(rt) = self {
+            rt.repair_quota_accounting().await;
+        }
+    }
+
+    /// What counts toward a container's disk use, in bytes.
+    pub async fn quota_usage(&self, name: &str) -> Result<Option<u64>, RuntimeError> {
+        match self {
+            ContainerRuntime::Incus(rt) => rt.quota_usage(name).await,
+            ContainerRuntime::Docker(rt) => rt.disk_used(name).await,
+        }
+    }
+}
+
 /// The runtime the host uses, and why, decided once at start.
 pub struct Detected {
-    pub incus: Option<incus::Incus>,
+    pub runtime: Option<ContainerRuntime>,
     /// For the log and `/api/health`: `incus 6.0.4`, or why there is none.
     pub description: String,
 }
 
-/// Picks the container runtime: incus if configured or (for `auto`) if its socket answers.
+/// Picks the container runtime: as configured, or (for `auto`) incus if its socket answers,
+/// else Docker if its socket answers, else none.
 pub async fn detect(config: &RuntimeConfig) -> Detected {
-    let target = Some(config.incus_target.trim().to_string()).filter(|t| !t.is_empty());
-    let candidate = incus::Incus::new(&config.incus_socket, target, &config.incus_pool);
-    match config.kind {
-        RuntimeKind::None => Detected {
-            incus: None,
-            description: "none (configured)".into(),
-        },
-        RuntimeKind::Auto | RuntimeKind::Incus => {
-            if candidate.available().await {
-                let version = candidate.version().await.unwrap_or_else(|| "?".into());
-                Detected {
-                    incus: Some(candidate),
-                    description: format!("incus {version}"),
-                }
-            } else {
-                Detected {
-                    incus: None,
-                    description: format!(
-                        "no container runtime: incus does not answer on {} (install it: scripts/dev-incus.sh)",
-                        config.incus_socket
-                    ),
-                }
-            }
+    let none = |description: String| Detected {
+        runtime: None,
+        description,
+    };
+    let try_incus = || async {
+        let target = Some(config.incus_target.trim().to_string()).filter(|t| !t.is_empty());
+        let candidate = incus::Incus::new(&config.incus_socket, target, &config.incus_pool);
+        if candidate.available().await {
+            let version = candidate.version().await.unwrap_or_else(|| "?".into());
+            Ok(Detected {
+                runtime: Some(ContainerRuntime::Incus(candidate)),
+                description: format!("incus {version}"),
+            })
+        } else {
+            Err(format!("incus does not answer on {}", config.incus_socket))
         }
+    };
+    let try_docker = || async {
+        let candidate = docker::Docker::new(&config.docker_socket).map_err(|e| e.to_string())?;
+        if candidate.available().await {
+            let version = candidate.version().await.unwrap_or_else(|| "?".into());
+            let root = if candidate.userns_remapped().await {
+                "userns-remap"
+            } else {
+                "no userns-remap: container root is host root"
+            };
+            Ok(Detected {
+                runtime: Some(ContainerRuntime::Docker(candidate)),
+                description: format!("docker {version} ({root})"),
+            })
+        } else {
+            Err(format!(
+                "docker does not answer on {}",
+                config.docker_socket
+            ))
+        }
+    };
+    const ADVICE: &str = "install incus: scripts/dev-incus.sh, see docs/architecture.md";
+    match config.kind {
+        RuntimeKind::None => none("none (configured)".into()),
+        RuntimeKind::Incus => try_incus()
+            .await
+            .unwrap_or_else(|why| none(format!("no container runtime: {why} ({ADVICE})"))),
+        RuntimeKind::Docker => try_docker()
+            .await
+            .unwrap_or_else(|why| none(format!("no container runtime: {why}"))),
+        RuntimeKind::Auto => match try_incus().await {
+            Ok(found) => found,
+            Err(no_incus) => match try_docker().await {
+                Ok(mut found) => {
+                    found.description = format!("{} (auto: {no_incus})", found.description);
+                    found
+                }
+                Err(no_docker) => none(format!(
+                    "no container runtime: {no_incus}; {no_docker} ({ADVICE})"
+                )),
+            },
+        },
     }
 }
 

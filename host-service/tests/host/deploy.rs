@@ -379,7 +379,7 @@ async fn bad_deploys_are_refused_and_change_nothing() {
     assert!(r.text().await.unwrap().contains("incus"));
 }
 
-async fn ask_and_wait(host: &Host, slug: &str, text: &str) -> Value {
+pub(crate) async fn ask_and_wait(host: &Host, slug: &str, text: &str) -> Value {
     let agent: Value = host
         .admin(Method::GET, &format!("/api/agents/{slug}"))
         .send()

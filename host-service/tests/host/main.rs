@@ -8,6 +8,7 @@ mod chat;
 mod conversation;
 mod deploy;
 mod devices;
+mod docker;
 mod events;
 mod files;
 mod input;

@@ -20,10 +20,12 @@ async fn health_reports_version_and_subsystems_on_both_listeners() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(health["subsystems"]["database"], "ok");
-    // The container runtime is reported: "ok" with incus running, else why not.
+    // The container runtime is reported: which one and its version, else why there is none.
     let runtime = health["subsystems"]["runtime"].as_str().unwrap();
     assert!(
-        runtime == "ok" || runtime.starts_with("disabled: "),
+        runtime.starts_with("ok: incus ")
+            || runtime.starts_with("ok: docker ")
+            || runtime.starts_with("disabled: "),
         "{runtime}"
     );
     let agent: Value = taos_e2e::http_client()

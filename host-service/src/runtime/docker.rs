@@ -1,0 +1,678 @@
+//! The Docker runtime, through the Engine API (bollard) on its unix socket: the fallback when
+//! incus is not installed.
+//!
+//! Docker can't do everything incus does. What it lacks answers [`RuntimeError::Unsupported`]:
+//! restoring a snapshot in place, changing a container's environment or mounts after create,
+//! and proxy devices (agents reach the host through the Docker bridge gateway instead).
+//! Snapshots are images committed from the container, labelled with the container's id so they
+//! follow it through renames. There is no per-container disk quota on overlay2 over ext4, so a
+//! root disk size is recorded by the host but not enforced here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerConfig, ContainerCreateBody, ExecConfig, HostConfig, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CommitContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
+    InspectContainerOptions, InspectNetworkOptions, ListImagesOptions, LogsOptions,
+    RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions, StatsOptions,
+    StopContainerOptions, UploadToContainerOptions,
+};
+use futures_util::StreamExt;
+
+use super::{
+    validate_env_key, validate_name, validate_path, ContainerState, CreateSpec, Device, ExecResult,
+    Runtime, RuntimeError,
+};
+
+pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+const RUNTIME: &str = "docker";
+/// Snapshots are images in this repository, tagged `<container id prefix>-<snapshot>`.
+const SNAPSHOT_REPO: &str = "taos-snapshot";
+const SNAPSHOT_OF_LABEL: &str = "taos.snapshot.of";
+const SNAPSHOT_NAME_LABEL: &str = "taos.snapshot.name";
+/// A file pulled out of a container is held in memory; nothing the host reads is this big.
+const MAX_PULL_BYTES: usize = 64 * 1024 * 1024;
+
+pub struct Docker {
+    client: bollard::Docker,
+    socket: String,
+}
+
+fn refused(e: DockerError) -> RuntimeError {
+    match e {
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => RuntimeError::NotFound(message),
+        DockerError::DockerResponseServerError { message, .. } => RuntimeError::Refused {
+            runtime: RUNTIME,
+            message,
+        },
+        other => RuntimeError::Unreachable(other.to_string()),
+    }
+}
+
+fn unsupported(what: &'static str) -> RuntimeError {
+    RuntimeError::Unsupported {
+        what,
+        runtime: RUNTIME,
+    }
+}
+
+impl Docker {
+    pub fn new(socket: &str) -> Result<Docker, RuntimeError> {
+        let client = bollard::Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        Ok(Docker {
+            client,
+            socket: socket.to_string(),
+        })
+    }
+
+    pub fn socket(&self) -> &str {
+        &self.socket
+    }
+
+    /// Whether dockerd answers (for runtime auto-detection).
+    pub async fn available(&self) -> bool {
+        self.client.ping().await.is_ok()
+    }
+
+    pub async fn version(&self) -> Option<String> {
+        self.client.version().await.ok()?.version
+    }
+
+    /// Whether container root is remapped to an unprivileged host uid (`userns-remap`).
+    pub async fn userns_remapped(&self) -> bool {
+        self.client
+            .info()
+            .await
+            .ok()
+            .and_then(|info| info.security_options)
+            .is_some_and(|options| options.iter().any(|o| o.contains("name=userns")))
+    }
+
+    /// The storage driver, e.g. `overlay2`.
+    pub async fn storage_driver(&self) -> Result<String, RuntimeError> {
+        let info = self.client.info().await.map_err(refused)?;
+        Ok(info.driver.unwrap_or_default())
+    }
+
+    /// The host side of the default bridge: where containers reach the host's agent listener.
+    pub async fn bridge_gateway(&self) -> Result<IpAddr, RuntimeError> {
+        let network = self
+            .client
+            .inspect_network("bridge", None::<InspectNetworkOptions>)
+            .await
+            .map_err(refused)?;
+        network
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .into_iter()
+            .flatten()
+            .filter_map(|config| config.gateway)
+            .find_map(|gateway| gateway.parse::<IpAddr>().ok())
+            .ok_or_else(|| RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: "the bridge network has no IPv4 gateway".into(),
+            })
+    }
+
+    /// The host uid container root runs as: the start of `dockremap`'s subordinate range under
+    /// `userns-remap`, else 0 (Docker's default, where container root is host root).
+    pub async fn root_host_uid(&self) -> Result<Option<u32>, RuntimeError> {
+        if !self.userns_remapped().await {
+            return Ok(Some(0));
+        }
+        let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+        Ok(subuid.lines().find_map(|line| {
+            let mut parts = line.split(':');
+            (parts.next() == Some("dockremap"))
+                .then(|| parts.next()?.parse::<u32>().ok())
+                .flatten()
+        }))
+    }
+
+    /// The bytes in the container's writable layer: what the agent itself wrote.
+    pub async fn disk_used(&self, name: &str) -> Result<Option<u64>, RuntimeError> {
+        validate_name("container name", name)?;
+        let inspect = self
+            .client
+            .inspect_container(name, Some(InspectContainerOptions { size: true }))
+            .await
+            .map_err(refused)?;
+        Ok(inspect.size_rw.and_then(|n| u64::try_from(n).ok()))
+    }
+
+    /// The last `lines` lines the container's main process wrote, stdout and stderr merged,
+    /// with timestamps.
+    pub async fn logs(&self, name: &str, lines: u32) -> Result<String, RuntimeError> {
+        validate_name("container name", name)?;
+        let mut stream = self.client.logs(
+            name,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                timestamps: true,
+                tail: lines.to_string(),
+                ..Default::default()
+            }),
+        );
+        let mut text = String::new();
+        while let Some(chunk) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(
+                &chunk.map_err(refused)?.into_bytes(),
+            ));
+        }
+        Ok(text)
+    }
+
+    async fn container_id(&self, name: &str) -> Result<String, RuntimeError> {
+        let inspect = self
+            .client
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(refused)?;
+        inspect
+            .id
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))
+    }
+
+    fn snapshot_tag(id: &str, snapshot: &str) -> String {
+        format!("{}-{snapshot}", &id[..id.len().min(12)])
+    }
+
+    /// The snapshot images of a container: (snapshot name, image id).
+    async fn snapshots(&self, name: &str) -> Result<Vec<(String, String)>, RuntimeError> {
+        let id = self.container_id(name).await?;
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{SNAPSHOT_OF_LABEL}={id}")],
+        )]);
+        let images = self
+            .client
+            .list_images(Some(ListImagesOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(refused)?;
+        let mut found: Vec<(String, String)> = images
+            .into_iter()
+            .filter_map(|image| {
+                let snapshot = image.labels.get(SNAPSHOT_NAME_LABEL)?.clone();
+                Some((snapshot, image.id))
+            })
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+}
+
+impl Runtime for Docker {
+    fn kind(&self) -> &'static str {
+        RUNTIME
+    }
+
+    async fn create(&self, spec: &CreateSpec) -> Result<(), RuntimeError> {
+        validate_name("container name", &spec.name)?;
+        let mut binds = Vec::new();
+        for device in &spec.devices {
+            match device {
+                Device::Proxy { .. } => return Err(unsupported("proxy devices")),
+                Device::Disk {
+                    name,
+                    source,
+                    path,
+                    readonly,
+                    ..
+                } => {
+                    validate_name("device name", name)?;
+                    validate_path(path)?;
+                    validate_path(source)?;
+                    if source.contains(':') || path.contains(':') {
+                        return Err(RuntimeError::Invalid {
+                            what: "mount path",
+                            value: format!("{source}:{path}"),
+                        });
+                    }
+                    let mode = if *readonly { "ro" } else { "rw" };
+                    binds.push(format!("{source}:{path}:{mode}"));
+                }
+            }
+        }
+        let mut env = Vec::new();
+        for (key, value) in &spec.env {
+            validate_env_key(key)?;
+            env.push(format!("{key}={value}"));
+        }
+        let mib = |m: u64| i64::try_from(m * 1024 * 1024).unwrap_or(i64::MAX);
+        let host_config = HostConfig {
+            memory: spec.limits.memory_mib.map(mib),
+            // No swap beyond the memory limit, as with incus's limits.memory.
+            memory_swap: spec.limits.memory_mib.map(mib),
+            nano_cpus: spec.limits.cpus.map(|c| i64::from(c) * 1_000_000_000),
+            pids_limit: spec.limits.processes.map(i64::from),
+            binds: Some(binds),
+            // A real init reaps zombies and passes SIGTERM on, as systemd does under incus.
+            init: Some(true),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            // Comes back after a dockerd or host restart unless someone stopped it.
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(env),
+            labels: Some(HashMap::from([("taos.managed".into(), "true".into())])),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        self.client
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(spec.name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(refused)?;
+        Ok(())
+    }
+
+    async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        validate_name("container name", name)?;
+        match self.client.start_container(name, None).await {
+            // 304: already running.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            other => other.map_err(refused),
+        }
+    }
+
+    async fn stop(&self, name: &str, force: bool) -> Result<(), RuntimeError> {
+        validate_name("container name", name)?;
+        let options = StopContainerOptions {
+            t: Some(if force { 0 } else { 30 }),
+            signal: None,
+        };
+        match self.client.stop_container(name, Some(options)).await {
+            Err(DockerError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            other => other.map_err(refused),
+        }
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), RuntimeError> {
+        validate_name("container name", name)?;
+        // Its snapshots go with it, as they do under incus.
+        for (_, image) in self.snapshots(name).await? {
+            self.client
+                .remove_image(
+                    &image,
+                    Some(RemoveImageOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                    None,
+                )
+                .await
+                .map_err(refused)?;
+        }
+        self.client
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: false,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(refused)
+    }
+
+    async fn rename(&self, name: &str, new_name: &str) -> Result<(), RuntimeError> {
+        validate_name("container name", name)?;
+        validate_name("container name", new_name)?;
+        self.client
+            .rename_container(
+                name,
+                RenameContainerOptions {
+                    name: new_name.to_string(),
+                },
+            )
+            .await
+            .map_err(refused)
+    }
+
+    async fn exists(&self, name: &str) -> Result<bool, RuntimeError> {
+        validate_name("container name", name)?;
+        match self
+            .client
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(refused(e)),
+        }
+    }
+
+    async fn state(&self, name: &str) -> Result<ContainerState, RuntimeError> {
+        validate_name("container name", name)?;
+        let inspect = self
+            .client
+            .inspect_container(name, Some(InspectContainerOptions { size: true }))
+            .await
+            .map_err(refused)?;
+        let state = inspect.state.unwrap_or_default();
+        let running = state.running.unwrap_or(false);
+        let memory_used_bytes = if running {
+            let mut stats = self.client.stats(
+                name,
+                Some(StatsOptions {
+                    stream: false,
+                    one_shot: true,
+                }),
+            );
+            match stats.next().await {
+                Some(Ok(sample)) => sample.memory_stats.and_then(|m| m.usage),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        Ok(ContainerState {
+            status: state
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            running,
+            disk_used_bytes: inspect.size_rw.and_then(|n| u64::try_from(n).ok()),
+            memory_used_bytes,
+        })
+    }
+
+    async fn exec(
+        &self,
+        name: &str,
+        argv: &[&str],
+        env: &BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        validate_name("container name", name)?;
+        if argv.is_empty() {
+            return Err(RuntimeError::Invalid {
+                what: "command",
+                value: String::new(),
+            });
+        }
+        let mut vars = Vec::new();
+        for (key, value) in env {
+            validate_env_key(key)?;
+            vars.push(format!("{key}={value}"));
+        }
+        let run = async {
+            let exec = self
+                .client
+                .create_exec(
+                    name,
+                    ExecConfig {
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        cmd: Some(argv.iter().map(|a| a.to_string()).collect()),
+                        env: Some(vars),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(refused)?;
+            let mut stdout = Vec::new();
+            let mut stderr = Vec::new();
+            if let StartExecResults::Attached { mut output, .. } = self
+                .client
+                .start_exec(&exec.id, None::<StartExecOptions>)
+                .await
+                .map_err(refused)?
+            {
+                while let Some(chunk) = output.next().await {
+                    match chunk.map_err(refused)? {
+                        LogOutput::StdOut { message } => stdout.extend_from_slice(&message),
+                        LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
+                        _ => {}
+                    }
+                }
+            }
+            let inspect = self.client.inspect_exec(&exec.id).await.map_err(refused)?;
+            Ok(ExecResult {
+                exit_code: inspect
+                    .exit_code
+                    .and_then(|c| i32::try_from(c).ok())
+                    .unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            })
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| RuntimeError::Timeout(timeout))?
+    }
+
+    async fn push_file(
+        &self,
+        name: &str,
+        path: &str,
+        contents: &[u8],
+        mode: u32,
+    ) -> Result<(), RuntimeError> {
+        validate_name("container name", name)?;
+        validate_path(path)?;
+        let (dir, file) = path.rsplit_once('/').unwrap_or(("", path));
+        if file.is_empty() || file == "." {
+            return Err(RuntimeError::Invalid {
+                what: "path",
+                value: path.to_string(),
+            });
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(contents.len() as u64);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
+        let mut archive = tar::Builder::new(Vec::new());
+        archive
+            .append_data(&mut header, file, contents)
+            .and_then(|_| archive.finish())
+            .map_err(|e| RuntimeError::Invalid {
+                what: "file",
+                value: e.to_string(),
+            })?;
+        let bytes = archive.into_inner().map_err(|e| RuntimeError::Invalid {
+            what: "file",
+            value: e.to_string(),
+        })?;
+        self.client
+            .upload_to_container(
+                name,
+                Some(UploadToContainerOptions {
+                    path: if dir.is_empty() {
+                        "/".into()
+                    } else {
+                        dir.into()
+                    },
+                    ..Default::default()
+                }),
+                bollard::body_full(bytes.into()),
+            )
+            .await
+            .map_err(refused)
+    }
+
+    async fn pull_file(&self, name: &str, path: &str) -> Result<Vec<u8>, RuntimeError> {
+        validate_name("container name", name)?;
+        validate_path(path)?;
+        let mut stream = self.client.download_from_container(
+            name,
+            Some(DownloadFromContainerOptions {
+                path: path.to_string(),
+            }),
+        );
+        let mut tarball = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            tarball.extend_from_slice(&chunk.map_err(refused)?);
+            if tarball.len() > MAX_PULL_BYTES + 1024 * 1024 {
+                return Err(RuntimeError::Invalid {
+                    what: "file (too large)",
+                    value: path.to_string(),
+                });
+            }
+        }
+        let mut archive = tar::Archive::new(tarball.as_slice());
+        let entries = archive.entries().map_err(|e| RuntimeError::Refused {
+            runtime: RUNTIME,
+            message: e.to_string(),
+        })?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: e.to_string(),
+            })?;
+            if entry.header().entry_type().is_file() {
+                let mut contents = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut contents).map_err(|e| {
+                    RuntimeError::Refused {
+                        runtime: RUNTIME,
+                        message: e.to_string(),
+                    }
+                })?;
+                return Ok(contents);
+            }
+        }
+        Err(RuntimeError::NotFound(format!(
+            "{name}:{path} is not a file"
+        )))
+    }
+
+    async fn snapshot_create(&self, name: &str, snapshot: &str) -> Result<(), RuntimeError> {
+        validate_name("container name", name)?;
+        validate_name("snapshot name", snapshot)?;
+        let id = self.container_id(name).await?;
+        if self
+            .snapshots(name)
+            .await?
+            .iter()
+            .any(|(s, _)| s == snapshot)
+        {
+            return Err(RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: format!("snapshot {snapshot} already exists"),
+            });
+        }
+        let labels = HashMap::from([
+            (SNAPSHOT_OF_LABEL.to_string(), id.clone()),
+            (SNAPSHOT_NAME_LABEL.to_string(), snapshot.to_string()),
+        ]);
+        self.client
+            .commit_container(
+                CommitContainerOptions {
+                    container: Some(name.to_string()),
+                    repo: Some(SNAPSHOT_REPO.to_string()),
+                    tag: Some(Self::snapshot_tag(&id, snapshot)),
+                    pause: true,
+                    ..Default::default()
+                },
+                ContainerConfig {
+                    labels: Some(labels),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(refused)?;
+        Ok(())
+    }
+
+    async fn snapshot_list(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        validate_name("container name", name)?;
+        Ok(self
+            .snapshots(name)
+            .await?
+            .into_iter()
+            .map(|(snapshot, _)| snapshot)
+            .collect())
+    }
+
+    async fn snapshot_restore(&self, name: &str, snapshot: &str) -> Result<(), RuntimeError> {
+        validate_name("container name", name)?;
+        validate_name("snapshot name", snapshot)?;
+        Err(unsupported("restoring a snapshot in place"))
+    }
+
+    async fn snapshot_delete(&self, name: &str, snapshot: &str) -> Result<(), RuntimeError> {
+        validate_name("container name", name)?;
+        validate_name("snapshot name", snapshot)?;
+        let image = self
+            .snapshots(name)
+            .await?
+            .into_iter()
+            .find(|(s, _)| s == snapshot)
+            .map(|(_, image)| image)
+            .ok_or_else(|| RuntimeError::NotFound(format!("{name}/{snapshot}")))?;
+        self.client
+            .remove_image(
+                &image,
+                Some(RemoveImageOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+                None,
+            )
+            .await
+            .map_err(refused)?;
+        Ok(())
+    }
+
+    async fn set_env(&self, name: &str, key: &str, _value: &str) -> Result<(), RuntimeError> {
+        validate_name("container name", name)?;
+        validate_env_key(key)?;
+        Err(unsupported(
+            "changing a container's environment after create",
+        ))
+    }
+
+    async fn add_device(&self, name: &str, device: &Device) -> Result<(), RuntimeError> {
+        validate_name("container name", name)?;
+        match device {
+            Device::Proxy { .. } => Err(unsupported("proxy devices")),
+            Device::Disk { .. } => Err(unsupported("adding a mount after create")),
+        }
+    }
+
+    async fn remove_device(&self, name: &str, device: &str) -> Result<(), RuntimeError> {
+        validate_name("container name", name)?;
+        validate_name("device name", device)?;
+        Err(unsupported("removing a mount or device after create"))
+    }
+}

@@ -1,0 +1,464 @@
+//! The Docker fallback against real dockerd (scripts/dev-docker.sh provisions it with
+//! userns-remap, a fixed bridge subnet and the busybox test image): the runtime's conformance,
+//! what it refuses as unsupported, and a deploy that chats through the bridge gateway.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use taos_e2e::fake_llm::{FakeLlm, REPLY};
+use taos_e2e::{Host, HostOptions};
+use taos_host::runtime::docker::{Docker, DEFAULT_SOCKET};
+use taos_host::runtime::{CreateSpec, Device, Limits, Runtime, RuntimeError};
+
+use crate::deploy::{ask_and_wait, deploy_with, finished, wait_deploy};
+use crate::llm::{add_fake_provider, wait_ready, LITELLM};
+use crate::BIN;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Docker is the fallback, tested "when present": scripts/test.sh provisions it, so in CI it
+/// always is. Elsewhere the tests say why they did nothing.
+async fn docker() -> Option<Docker> {
+    let docker = Docker::new(DEFAULT_SOCKET).ok()?;
+    if docker.available().await {
+        Some(docker)
+    } else {
+        eprintln!("SKIPPED: dockerd is not running (scripts/dev-docker.sh starts it)");
+        None
+    }
+}
+
+fn unique(what: &str) -> String {
+    format!("taos-t-{what}-{:08x}", rand::random::<u32>())
+}
+
+/// Removes the container (and, through the runtime, its snapshot images) even on panic.
+struct Remove(String);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let docker = |args: &[&str]| {
+            std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+                .unwrap_or_default()
+        };
+        let id = docker(&["inspect", "-f", "{{.Id}}", &self.0]);
+        if !id.is_empty() {
+            let label = format!("label=taos.snapshot.of={id}");
+            for image in docker(&["images", "-q", "--filter", &label]).lines() {
+                docker(&["rmi", "--force", image]);
+            }
+        }
+        docker(&["rm", "--force", &self.0]);
+    }
+}
+
+fn busybox(name: &str) -> CreateSpec {
+    CreateSpec {
+        name: name.to_string(),
+        image: "busybox".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_docker_container_lives_and_dies_through_the_engine_api() {
+    let Some(rt) = docker().await else { return };
+    let name = unique("dlife");
+    let _cleanup = Remove(name.clone());
+    let mut spec = busybox(&name);
+    spec.limits = Limits {
+        memory_mib: Some(64),
+        cpus: Some(1),
+        processes: Some(100),
+    };
+    spec.env = BTreeMap::from([("GREETING".to_string(), "-starts-with-dash".to_string())]);
+    assert!(!rt.exists(&name).await.unwrap());
+    rt.create(&spec).await.unwrap();
+    assert!(rt.exists(&name).await.unwrap());
+    assert!(!rt.state(&name).await.unwrap().running);
+    // Files go in before the first start (how deploy hands over credentials).
+    rt.push_file(&name, "/root/note.txt", b"first", 0o600)
+        .await
+        .unwrap();
+    rt.start(&name).await.unwrap();
+    let state = rt.state(&name).await.unwrap();
+    assert!(state.running, "{state:?}");
+    assert!(state.memory_used_bytes.is_some(), "{state:?}");
+
+    let out = rt
+        .exec(
+            &name,
+            &["sh", "-c", "echo \"$GREETING\"; echo oops >&2; exit 7"],
+            &BTreeMap::new(),
+            10 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 7);
+    assert_eq!(out.stdout, "-starts-with-dash\n");
+    assert_eq!(out.stderr, "oops\n");
+    let extra = BTreeMap::from([("ONE_OFF".to_string(), "$(not a shell)".to_string())]);
+    let out = rt
+        .exec(
+            &name,
+            &["sh", "-c", "echo \"$ONE_OFF\""],
+            &extra,
+            10 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "$(not a shell)\n");
+    // The limits reached the container's cgroup.
+    let out = rt
+        .exec(
+            &name,
+            &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
+            &BTreeMap::new(),
+            10 * SECOND,
+        )
+        .await
+        .unwrap();
+    if out.exit_code == 0 {
+        assert_eq!(out.stdout.trim(), (64u64 * 1024 * 1024).to_string());
+    }
+
+    assert_eq!(
+        rt.pull_file(&name, "/root/note.txt").await.unwrap(),
+        b"first"
+    );
+    let mode = rt
+        .exec(
+            &name,
+            &["stat", "-c", "%a %u", "/root/note.txt"],
+            &BTreeMap::new(),
+            10 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(mode.stdout.trim(), "600 0");
+
+    // Snapshots are committed images that follow the container through a rename.
+    rt.snapshot_create(&name, "before").await.unwrap();
+    assert_eq!(rt.snapshot_list(&name).await.unwrap(), ["before"]);
+    assert!(matches!(
+        rt.snapshot_create(&name, "before").await,
+        Err(RuntimeError::Refused { .. })
+    ));
+    // What Docker can't do says so, and changes nothing.
+    for unsupported in [
+        rt.snapshot_restore(&name, "before").await,
+        rt.set_env(&name, "LATER", "1").await,
+        rt.add_device(
+            &name,
+            &Device::Proxy {
+                name: "p".into(),
+                listen: "tcp:127.0.0.1:1".into(),
+                connect: "tcp:127.0.0.1:2".into(),
+            },
+        )
+        .await,
+        rt.remove_device(&name, "trace").await,
+    ] {
+        assert!(
+            matches!(
+                unsupported,
+                Err(RuntimeError::Unsupported {
+                    runtime: "docker",
+                    ..
+                })
+            ),
+            "{unsupported:?}"
+        );
+    }
+
+    rt.stop(&name, false).await.unwrap();
+    assert!(!rt.state(&name).await.unwrap().running);
+    rt.stop(&name, false).await.unwrap();
+    let renamed = unique("drenamed");
+    let _cleanup2 = Remove(renamed.clone());
+    rt.rename(&name, &renamed).await.unwrap();
+    assert!(!rt.exists(&name).await.unwrap());
+    assert!(rt.exists(&renamed).await.unwrap());
+    assert_eq!(rt.snapshot_list(&renamed).await.unwrap(), ["before"]);
+    rt.snapshot_delete(&renamed, "before").await.unwrap();
+    assert!(rt.snapshot_list(&renamed).await.unwrap().is_empty());
+    rt.snapshot_create(&renamed, "again").await.unwrap();
+    // Delete takes the snapshots with it.
+    rt.delete(&renamed).await.unwrap();
+    assert!(!rt.exists(&renamed).await.unwrap());
+    let left = std::process::Command::new("docker")
+        .args(["images", "-q", "--filter", "label=taos.snapshot.name=again"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "snapshot images left behind"
+    );
+}
+
+#[tokio::test]
+async fn docker_errors_are_typed_and_bad_input_never_reaches_dockerd() {
+    let Some(rt) = docker().await else { return };
+    assert!(matches!(
+        rt.state("taos-t-never-existed").await,
+        Err(RuntimeError::NotFound(_))
+    ));
+    assert!(matches!(
+        rt.start("taos-t-never-existed").await,
+        Err(RuntimeError::NotFound(_))
+    ));
+    for bad in ["../containers", "a/b", "UPPER", "x?y", ""] {
+        assert!(
+            matches!(rt.exists(bad).await, Err(RuntimeError::Invalid { .. })),
+            "{bad:?}"
+        );
+    }
+    let name = unique("derr");
+    let _cleanup = Remove(name.clone());
+    rt.create(&busybox(&name)).await.unwrap();
+    assert!(matches!(
+        rt.create(&busybox(&name)).await,
+        Err(RuntimeError::Refused { .. })
+    ));
+    for bad in ["/root/../etc/x", "relative", "/a\0b"] {
+        assert!(matches!(
+            rt.push_file(&name, bad, b"x", 0o600).await,
+            Err(RuntimeError::Invalid { .. })
+        ));
+    }
+    let mut colon = busybox(&unique("dcolon"));
+    colon.devices = vec![Device::Disk {
+        name: "trace".into(),
+        source: "/tmp/a:/etc".into(),
+        path: "/mnt".into(),
+        readonly: false,
+        shift: false,
+    }];
+    assert!(matches!(
+        rt.create(&colon).await,
+        Err(RuntimeError::Invalid { .. })
+    ));
+    let mut proxied = busybox(&unique("dproxy"));
+    proxied.devices = vec![Device::Proxy {
+        name: "p".into(),
+        listen: "tcp:127.0.0.1:1".into(),
+        connect: "tcp:127.0.0.1:2".into(),
+    }];
+    assert!(matches!(
+        rt.create(&proxied).await,
+        Err(RuntimeError::Unsupported { .. })
+    ));
+    let mut missing_image = busybox(&unique("dnoimg"));
+    missing_image.image = "taos-no-such-image".into();
+    assert!(rt.create(&missing_image).await.is_err());
+    assert!(!rt.exists(&missing_image.name).await.unwrap());
+    rt.delete(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_docker_bind_mount_is_writable_inside_without_writing_as_host_root() {
+    let Some(rt) = docker().await else { return };
+    let root_uid = rt.root_host_uid().await.unwrap().unwrap();
+    assert_ne!(
+        root_uid, 0,
+        "dockerd runs with userns-remap (scripts/dev-docker.sh)"
+    );
+    let name = unique("dmount");
+    let _cleanup = Remove(name.clone());
+    let host_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(host_dir.path(), Some(root_uid), Some(root_uid)).unwrap();
+    let mut spec = busybox(&name);
+    spec.devices = vec![Device::Disk {
+        name: "trace".into(),
+        source: host_dir.path().display().to_string(),
+        path: "/root/.taos/trace".into(),
+        readonly: false,
+        shift: false,
+    }];
+    rt.create(&spec).await.unwrap();
+    rt.start(&name).await.unwrap();
+    let out = rt
+        .exec(
+            &name,
+            &[
+                "sh",
+                "-c",
+                "echo written > /root/.taos/trace/probe && id -u",
+            ],
+            &BTreeMap::new(),
+            10 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "0", "written as root inside");
+    let meta = std::fs::metadata(host_dir.path().join("probe")).unwrap();
+    assert_eq!(meta.uid(), root_uid);
+    assert_ne!(meta.uid(), 0, "not owned by host root");
+    rt.stop(&name, true).await.unwrap();
+    rt.delete(&name).await.unwrap();
+}
+
+/// Deploy on Docker: the agent reaches the host through the bridge gateway and answers;
+/// archive works; restore says plainly that Docker can't; purge leaves nothing.
+#[tokio::test]
+async fn deploy_chat_archive_and_purge_on_docker() {
+    let Some(rt) = docker().await else { return };
+    let image = std::process::Command::new("docker")
+        .args(["image", "inspect", "taos-agent:latest"])
+        .output()
+        .unwrap();
+    assert!(
+        image.status.success(),
+        "the docker taos-agent image is missing: run scripts/build-agent-image.sh with dockerd up"
+    );
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start("upstream-secret-Zq81xW", &["fake-gpt", "fake-other"]).await;
+    let host = Host::start_with(
+        BIN,
+        HostOptions {
+            env: vec![("TAOS_RUNTIME__KIND".into(), "docker".into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let health: Value = host
+        .admin(Method::GET, "/api/health")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let runtime = health["subsystems"]["runtime"].as_str().unwrap();
+    assert!(runtime.starts_with("ok: docker "), "{runtime}");
+    assert!(runtime.contains("agents via 10.201.0.1:"), "{runtime}");
+
+    let slug = format!("dock-{:06x}", rand::random::<u32>() & 0xffffff);
+    let container = format!("taos-{slug}");
+    let _c1 = Remove(container.clone());
+    deploy_with(
+        &host,
+        json!({"name": slug, "framework": "direct", "model": "fake-gpt", "memory_limit_mib": 256}),
+    )
+    .await;
+    let status = wait_deploy(&host, &slug, finished).await;
+    assert_eq!(status["status"], "succeeded", "{status}");
+    let steps: Vec<&str> = status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        taos_host::deploy::DOCKER_STEPS,
+        "Docker's own step list"
+    );
+    assert!(rt.state(&container).await.unwrap().running);
+    // The credentials are a 0600 file, not the container's inspectable environment.
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{json .Config.Env}}", &container])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&inspect.stdout).contains("TAOS_AGENT_TOKEN"));
+    assert_eq!(
+        ask_and_wait(&host, &slug, "hello from docker").await["content"],
+        REPLY
+    );
+    // The sidecar's log is the container's.
+    let logs = host
+        .admin(Method::GET, &format!("/api/agents/{slug}/logs?lines=50"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logs.status(), StatusCode::OK);
+    // Lifecycle: stop and start again; it reconnects and answers.
+    for action in ["stop", "start"] {
+        let r = host
+            .admin(Method::POST, &format!("/api/agents/{slug}/{action}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{action}");
+    }
+    assert_eq!(
+        ask_and_wait(&host, &slug, "still there?").await["content"],
+        REPLY
+    );
+    // The quota can't be enforced on Docker's storage: a clear 409, nothing changed.
+    let r = host
+        .admin(Method::POST, &format!("/api/agents/{slug}/quota"))
+        .json(&json!({"size_gib": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+
+    // Archive: stopped, snapshotted, renamed away.
+    let archived = host
+        .admin(Method::DELETE, &format!("/api/agents/{slug}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(archived.status(), StatusCode::OK);
+    let archived: Value = archived.json().await.unwrap();
+    let archived_container = archived["container"].as_str().unwrap().to_string();
+    let _c2 = Remove(archived_container.clone());
+    assert!(!rt.exists(&container).await.unwrap());
+    assert_eq!(
+        rt.snapshot_list(&archived_container).await.unwrap().len(),
+        1
+    );
+    // Restore needs a snapshot restore: 501 with the reason, and the archive is unchanged.
+    let id = archived["id"].as_str().unwrap();
+    let r = host
+        .admin(Method::POST, &format!("/api/agents/archived/{id}/restore"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_IMPLEMENTED);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("docker"),
+        "{body}"
+    );
+    assert!(rt.exists(&archived_container).await.unwrap());
+    assert!(!rt.exists(&container).await.unwrap());
+    // Purge: no container, no snapshot image, no archive left.
+    let r = host
+        .admin(Method::DELETE, &format!("/api/agents/archived/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(!rt.exists(&archived_container).await.unwrap());
+    let snapshot = archived["snapshot"].as_str().unwrap();
+    let images = std::process::Command::new("docker")
+        .args([
+            "images",
+            "-q",
+            "--filter",
+            &format!("label=taos.snapshot.name={snapshot}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&images.stdout).trim().is_empty(),
+        "snapshot image left behind"
+    );
+    assert!(!host.data_dir.join("trace").join(&slug).exists());
+}
