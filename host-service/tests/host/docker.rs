@@ -13,7 +13,7 @@ use taos_e2e::{Host, HostOptions};
 use taos_host::runtime::docker::{Docker, DEFAULT_SOCKET};
 use taos_host::runtime::{CreateSpec, Device, Limits, Runtime, RuntimeError};
 
-use crate::deploy::{ask_and_wait, deploy_with, finished, wait_deploy};
+use crate::deploy::{ask_and_wait, catalog, deploy_with, finished, host_with, wait_deploy};
 use crate::llm::{add_fake_provider, wait_ready, LITELLM};
 use crate::BIN;
 
@@ -461,4 +461,52 @@ async fn deploy_chat_archive_and_purge_on_docker() {
         "snapshot image left behind"
     );
     assert!(!host.data_dir.join("trace").join(&slug).exists());
+}
+
+/// A failure at any Docker deploy step leaves no container, agent, channel or trace folder.
+#[tokio::test]
+async fn a_failed_docker_deploy_leaves_nothing_behind() {
+    let Some(rt) = docker().await else { return };
+    for step in &taos_host::deploy::DOCKER_STEPS[1..] {
+        let host = host_with(&[
+            ("TAOS_RUNTIME__KIND", "docker"),
+            (taos_host::deploy::FAIL_STEP_ENV, step),
+        ])
+        .await;
+        host.setup_owner().await;
+        catalog(&host).await;
+        let name = format!("dfail-{step}-{:06x}", rand::random::<u32>() & 0xffffff);
+        let accepted = deploy_with(
+            &host,
+            json!({"name": name, "framework": "direct", "model": "fake-gpt"}),
+        )
+        .await;
+        let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
+        let _cleanup = Remove(format!("taos-{slug}"));
+        let status = wait_deploy(&host, &slug, finished).await;
+        assert_eq!(status["status"], "rolled_back", "{step}: {status}");
+        assert!(
+            !rt.exists(&format!("taos-{slug}")).await.unwrap(),
+            "{step}: container left"
+        );
+        let agent = host
+            .admin(Method::GET, &format!("/api/agents/{slug}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(agent.status(), StatusCode::NOT_FOUND, "{step}: agent left");
+        let channels: Vec<Value> = host
+            .admin(Method::GET, &format!("/api/chat/channels?member={slug}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(channels.is_empty(), "{step}: channel left: {channels:?}");
+        assert!(
+            !host.data_dir.join("trace").join(&slug).exists(),
+            "{step}: trace folder left"
+        );
+    }
 }
