@@ -17,7 +17,8 @@ pub mod http;
 pub mod llm;
 pub mod runner;
 pub mod shutdown;
-pub mod sse;
+/// The event-stream parser now lives in `taos-proto`, shared with the app.
+pub use taos_proto::sse;
 
 pub use config::{Config, ConfigError, CONFIG_EXIT_CODE};
 pub use runner::{run, RunError};

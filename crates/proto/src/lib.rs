@@ -1,6 +1,6 @@
 //! Wire types shared by the taos host, the app and the agent sidecar.
 //!
-//! Plain serde data, no I/O. With the `openapi` feature every type also derives its OpenAPI schema,
+//! Plain serde data and the event-stream parser, no I/O. With the `openapi` feature every type also derives its OpenAPI schema,
 //! so the host's generated document and the clients agree by construction.
 
 pub mod agents;
@@ -11,4 +11,5 @@ pub mod error;
 pub mod events;
 pub mod llm;
 pub mod ops;
+pub mod sse;
 pub mod trace;

@@ -1,5 +1,6 @@
-//! An incremental Server-Sent Events parser (the WHATWG `text/event-stream` rules), used for
-//! both the bridge stream and the model's streamed completion. Bytes go in as they arrive;
+//! An incremental Server-Sent Events parser (the WHATWG `text/event-stream` rules), used by the
+//! sidecar for the bridge stream and the model's streamed completion, and by the app for
+//! `/api/events`. Bytes go in as they arrive;
 //! complete events come out.
 
 /// Lines or events larger than this are refused: a peer that never ends a line must not be
