@@ -153,6 +153,12 @@ impl Host {
     }
 
     /// SIGTERM, then wait for exit; returns the exit code.
+    /// Hands over the temp dir holding the data dir, so the data outlives this host (to
+    /// start another on it).
+    pub fn take_temp(&mut self) -> Option<tempfile::TempDir> {
+        self._temp.take()
+    }
+
     pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
         let pid = self.pid().context("host already gone")?;
         std::process::Command::new("kill")

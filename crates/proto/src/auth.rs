@@ -54,6 +54,50 @@ pub struct PairingPayload {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Pairing tokens longer than this are not ones the host made.
+pub const MAX_PAIRING_TOKEN_BYTES: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PairingTokenError {
+    #[error("this is not a taos pairing token (copy the whole code the host shows)")]
+    Malformed,
+    #[error("this pairing token is for a newer taos (format {0}); update the app")]
+    UnknownVersion(u32),
+}
+
+impl PairingPayload {
+    /// Encodes the payload as a pairing token: unpadded base64url of its JSON.
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    /// Reads a pairing token (surrounding whitespace, as from a paste, is ignored).
+    pub fn decode(token: &str) -> Result<PairingPayload, PairingTokenError> {
+        use base64::Engine as _;
+        let token = token.trim();
+        if token.is_empty() || token.len() > MAX_PAIRING_TOKEN_BYTES {
+            return Err(PairingTokenError::Malformed);
+        }
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| PairingTokenError::Malformed)?;
+        let version: serde_json::Value =
+            serde_json::from_slice(&json).map_err(|_| PairingTokenError::Malformed)?;
+        match version.get("v").and_then(serde_json::Value::as_u64) {
+            Some(1) => {}
+            Some(v) => return Err(PairingTokenError::UnknownVersion(v as u32)),
+            None => return Err(PairingTokenError::Malformed),
+        }
+        serde_json::from_value(version).map_err(|_| PairingTokenError::Malformed)
+    }
+
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        now >= self.expires_at
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PairingTokenResponse {
@@ -100,4 +144,66 @@ pub struct Device {
     pub platform: String,
     pub created_at: DateTime<Utc>,
     pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload() -> PairingPayload {
+        PairingPayload {
+            v: 1,
+            host_name: "board".into(),
+            addresses: vec!["192.168.1.20:6969".into(), "127.0.0.1:6969".into()],
+            spki_sha256: "AAAA".into(),
+            secret: "s3cret".into(),
+            expires_at: "2030-01-01T00:00:00Z".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn pairing_tokens_round_trip_and_tolerate_pasted_whitespace() {
+        let token = payload().encode();
+        assert_eq!(
+            PairingPayload::decode(&format!("  {token}\n")).unwrap(),
+            payload()
+        );
+    }
+
+    #[test]
+    fn bad_pairing_tokens_say_what_is_wrong() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        assert_eq!(
+            PairingPayload::decode(""),
+            Err(PairingTokenError::Malformed)
+        );
+        assert_eq!(
+            PairingPayload::decode("not base64!"),
+            Err(PairingTokenError::Malformed)
+        );
+        assert_eq!(
+            PairingPayload::decode(&b64("[1]")),
+            Err(PairingTokenError::Malformed)
+        );
+        assert_eq!(
+            PairingPayload::decode(&b64(r#"{"v":2}"#)),
+            Err(PairingTokenError::UnknownVersion(2))
+        );
+        assert_eq!(
+            PairingPayload::decode(&b64(r#"{"v":1,"host_name":"x"}"#)),
+            Err(PairingTokenError::Malformed)
+        );
+        assert_eq!(
+            PairingPayload::decode(&"A".repeat(MAX_PAIRING_TOKEN_BYTES + 1)),
+            Err(PairingTokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn expiry_is_inclusive() {
+        let p = payload();
+        assert!(!p.is_expired("2029-12-31T23:59:59Z".parse().unwrap()));
+        assert!(p.is_expired(p.expires_at));
+    }
 }

@@ -1,0 +1,165 @@
+//! Which host happenings become native notifications, and where clicking one leads. Pure:
+//! the shell shows what this decides.
+
+use serde::Serialize;
+use taos_proto::chat::{AuthorType, Message, MessageState};
+use taos_proto::events::{HostEvent, Level, Notification};
+
+/// A notification to show, and the screen it opens (a UI route such as `/agents/helper`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NativeNotification {
+    pub title: String,
+    pub body: String,
+    pub route: String,
+}
+
+/// Quota and budget alerts (warnings and errors; the "back to normal" infos stay in the app)
+/// and failed deploys.
+pub fn for_host_event(event: &HostEvent) -> Option<NativeNotification> {
+    match event.kind.as_str() {
+        "notification.created" => {
+            let n: Notification = serde_json::from_value(event.data.clone()).ok()?;
+            let alert = matches!(n.source.as_str(), "disk_quota" | "llm.budget" | "deploy");
+            if !alert || n.level == Level::Info {
+                return None;
+            }
+            let route = match n.data["agent"].as_str() {
+                Some(slug) => format!("/agents/{slug}"),
+                None => "/notifications".into(),
+            };
+            Some(NativeNotification {
+                title: n.title,
+                body: n.message,
+                route,
+            })
+        }
+        "deploy.finished" if event.data["status"] == "rolled_back" => Some(NativeNotification {
+            title: "Deploy failed".into(),
+            body: event.data["error"]
+                .as_str()
+                .unwrap_or("the deploy was rolled back")
+                .to_string(),
+            route: "/agents".into(),
+        }),
+        _ => None,
+    }
+}
+
+/// An agent's finished reply, unless its channel is on screen or muted.
+pub fn for_reply(
+    message: &Message,
+    channel_name: &str,
+    on_screen: Option<&str>,
+    muted: bool,
+) -> Option<NativeNotification> {
+    let finished = message.author_type == AuthorType::Agent
+        && message.state == MessageState::Complete
+        && message.deleted_at.is_none()
+        && message.edited_at.is_none();
+    if !finished || muted || on_screen == Some(message.channel_id.as_str()) {
+        return None;
+    }
+    let mut body: String = message.content.chars().take(140).collect();
+    if message.content.chars().count() > 140 {
+        body.push('…');
+    }
+    Some(NativeNotification {
+        title: format!("{} in {channel_name}", message.author_id),
+        body,
+        route: format!("/chat/{}", message.channel_id),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn host_event(kind: &str, data: serde_json::Value) -> HostEvent {
+        HostEvent {
+            id: 1,
+            kind: kind.into(),
+            created_at: chrono::Utc::now(),
+            data,
+        }
+    }
+
+    fn notification(source: &str, level: &str) -> serde_json::Value {
+        json!({"id": 3, "created_at": "2026-11-27T10:00:00Z", "level": level, "source": source,
+               "title": "Helper's disk is 90% full", "message": "1.8 of 2 GiB", "read": false,
+               "data": {"agent": "helper"}})
+    }
+
+    #[test]
+    fn quota_and_budget_alerts_notify_and_open_the_agent() {
+        let n = for_host_event(&host_event(
+            "notification.created",
+            notification("disk_quota", "warning"),
+        ))
+        .unwrap();
+        assert_eq!(n.route, "/agents/helper");
+        assert_eq!(n.title, "Helper's disk is 90% full");
+        assert!(for_host_event(&host_event(
+            "notification.created",
+            notification("llm.budget", "error")
+        ))
+        .is_some());
+        assert!(
+            for_host_event(&host_event(
+                "notification.created",
+                notification("disk_quota", "info")
+            ))
+            .is_none(),
+            "back-to-normal stays in the app"
+        );
+        assert!(
+            for_host_event(&host_event(
+                "notification.created",
+                notification("api", "error")
+            ))
+            .is_none(),
+            "script notes stay in the app"
+        );
+        let failed = for_host_event(&host_event(
+            "deploy.finished",
+            json!({"status": "rolled_back", "error": "start: boom"}),
+        ))
+        .unwrap();
+        assert_eq!(failed.body, "start: boom");
+        assert!(for_host_event(&host_event(
+            "deploy.finished",
+            json!({"status": "succeeded"})
+        ))
+        .is_none());
+    }
+
+    #[test]
+    fn replies_notify_only_off_screen_unmuted_and_finished() {
+        let mut m: Message = serde_json::from_value(json!({
+            "id": "m", "channel_id": "c1", "seq": 4, "author_id": "helper", "author_type": "agent",
+            "content": "x".repeat(200), "content_type": "text/markdown", "thread_id": null,
+            "state": "complete", "client_id": null, "metadata": {}, "created_at": "2026-11-27T10:00:00Z",
+            "edited_at": null, "deleted_at": null
+        }))
+        .unwrap();
+        let n = for_reply(&m, "Helper", Some("c2"), false).unwrap();
+        assert_eq!(n.route, "/chat/c1");
+        assert_eq!(n.body.chars().count(), 141);
+        assert!(
+            for_reply(&m, "Helper", Some("c1"), false).is_none(),
+            "on screen"
+        );
+        assert!(for_reply(&m, "Helper", None, true).is_none(), "muted");
+        m.state = MessageState::Streaming;
+        assert!(
+            for_reply(&m, "Helper", None, false).is_none(),
+            "not finished"
+        );
+        m.state = MessageState::Complete;
+        m.author_type = AuthorType::User;
+        assert!(
+            for_reply(&m, "Helper", None, false).is_none(),
+            "not an agent"
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! The app's core against the real host over pinned TLS: pair with a fresh code, chat with an
+//! agent (its reply streams in), lose the host (the chat stays readable, new messages queue),
+//! get it back (each queued message delivered exactly once, in order), and the two ways
+//! pairing and sessions end badly: a code for another host's key, and a revoked device.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use taos_client::cache::Cache;
+use taos_client::engine::{AppEvent, Engine};
+use taos_client::net::Trust;
+use taos_client::pairing::{pair, PairError};
+use taos_client::secrets::{MemoryStore, SecretStore};
+use taos_client::session::{Session, SessionError};
+use taos_e2e::{workspace_binary, AgentClient, Host, HostOptions};
+use taos_proto::auth::PairingPayload;
+use taos_proto::chat::{AuthorType, MessageState};
+use tokio::sync::mpsc;
+
+fn host_bin() -> String {
+    workspace_binary("taos-host").display().to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_host(data_dir: Option<std::path::PathBuf>, port: u16) -> Host {
+    Host::start_with(
+        &host_bin(),
+        HostOptions {
+            data_dir,
+            env: vec![
+                ("TAOS_SERVER__BIND".into(), format!("127.0.0.1:{port}")),
+                (
+                    "TAOS_LLM__LITELLM_BIN".into(),
+                    "/nonexistent/litellm".into(),
+                ),
+            ],
+        },
+    )
+    .await
+    .expect("host starts")
+}
+
+async fn pairing_token(host: &Host) -> String {
+    let body: Value = host
+        .admin(Method::POST, "/api/devices/pairing-tokens")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["token"].as_str().unwrap().to_string()
+}
+
+/// An external agent that answers every message with two deltas and a final.
+fn answer_everything(agent: AgentClient) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut events = agent.events(None).await;
+        while let Some(event) = events.next(Duration::from_secs(3600)).await {
+            let Ok(delivery) = serde_json::from_str::<Value>(&event.data) else {
+                continue;
+            };
+            let trace_id = delivery["trace_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            for part in ["Hello ", "from the agent"] {
+                agent
+                    .reply(json!({"kind": "delta", "trace_id": trace_id, "content": part}))
+                    .await;
+            }
+            agent
+                .reply(json!({"kind": "final", "trace_id": trace_id, "content": "Hello from the agent"}))
+                .await;
+        }
+    })
+}
+
+async fn next_matching(
+    events: &mut mpsc::UnboundedReceiver<AppEvent>,
+    what: &str,
+    check: impl Fn(&AppEvent) -> bool,
+) -> AppEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .expect("engine events");
+        if check(&event) {
+            return event;
+        }
+    }
+}
+
+#[tokio::test]
+async fn pair_chat_go_offline_queue_and_deliver_exactly_once() {
+    let port = free_port();
+    let mut host = start_host(None, port).await;
+    host.setup_owner().await;
+    let (agent, _) = AgentClient::create(&host, "Helper").await;
+    let answering = answer_everything(agent);
+
+    // Pair with a fresh code, trusting only the key the code names.
+    let secrets: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
+    let paired = pair(
+        &pairing_token(&host).await,
+        "test phone",
+        "linux",
+        secrets.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(paired.host.trust, Trust::Pinned(host.pin));
+    assert_eq!(paired.address, format!("127.0.0.1:{port}"));
+    let link = taos_client::net::Link::new(&paired.address, paired.host.trust).unwrap();
+    let session = Arc::new(Session::after_pairing(
+        paired.host.clone(),
+        secrets.clone(),
+        &paired.tokens,
+        link,
+    ));
+    let app_dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(&app_dir.path().join("cache.db")).await.unwrap();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let engine = Engine::new(session.clone(), cache.clone(), tx);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(engine.clone().run(stop));
+    next_matching(&mut events, "online", |e| {
+        matches!(e, AppEvent::Connection { online: true, .. })
+    })
+    .await;
+    let host_id = paired.host.device_id.clone();
+    let dm = cache
+        .channels(&host_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.channel.members.iter().any(|m| m == "helper"))
+        .expect("the agent's DM is cached")
+        .channel
+        .id;
+
+    // Chat: the reply streams in (deltas) and lands complete in the cache.
+    engine.send(&dm, "hi there", None).await.unwrap();
+    next_matching(&mut events, "a delta", |e| {
+        matches!(e, AppEvent::Delta { .. })
+    })
+    .await;
+    next_matching(&mut events, "the final reply", |e| {
+        matches!(e, AppEvent::Message { message } if message.author_type == AuthorType::Agent
+            && message.state == MessageState::Complete)
+    })
+    .await;
+
+    // The host goes away: the chat stays readable from the cache, new messages queue.
+    host.terminate().await.unwrap();
+    answering.abort();
+    let offline_from = tokio::time::Instant::now();
+    engine.send(&dm, "offline one", None).await.unwrap();
+    engine.send(&dm, "offline two", None).await.unwrap();
+    next_matching(&mut events, "offline", |e| {
+        matches!(e, AppEvent::Connection { online: false, .. })
+    })
+    .await;
+    let cached = cache.messages(&host_id, &dm, 100, None).await.unwrap();
+    let texts: Vec<&str> = cached.iter().map(|m| m.content.as_str()).collect();
+    assert!(texts.contains(&"hi there"), "{texts:?}");
+    assert!(texts.contains(&"Hello from the agent"), "{texts:?}");
+    let queued = cache.outbox(&host_id, Some("queued")).await.unwrap();
+    let queued: Vec<&str> = queued.iter().map(|i| i.content.as_str()).collect();
+    assert_eq!(queued, ["offline one", "offline two"]);
+    assert!(offline_from.elapsed() < Duration::from_secs(60));
+
+    // The host is back (same key, same address): both are delivered, once each, in order.
+    let data_dir = host.data_dir.clone();
+    let _temp = host.take_temp();
+    drop(host);
+    let host = start_host(Some(data_dir), port).await;
+    engine.reconnect_now();
+    next_matching(
+        &mut events,
+        "the outbox sent",
+        |e| matches!(e, AppEvent::Outbox { items } if items.iter().all(|i| i.state == "sent")),
+    )
+    .await;
+    // A second flush has nothing to send, and even a forced resend of a sent item is harmless.
+    assert_eq!(engine.flush().await.unwrap().sent, 0);
+    let stored: Vec<Value> = host
+        .admin(
+            Method::GET,
+            &format!("/api/chat/channels/{dm}/messages?after_seq=0"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ours: Vec<&str> = stored
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .filter(|c| c.starts_with("offline"))
+        .collect();
+    assert_eq!(
+        ours,
+        ["offline one", "offline two"],
+        "exactly once, in order"
+    );
+
+    // The owner revokes the device: the app is told to pair again.
+    let devices: Vec<Value> = host
+        .admin(Method::GET, "/api/devices")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = devices[0]["id"].as_str().unwrap();
+    let revoked = host
+        .admin(Method::DELETE, &format!("/api/devices/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    session.expire_access().await;
+    assert!(matches!(
+        session.access_token().await,
+        Err(SessionError::Revoked)
+    ));
+    let _ = stop_tx.send(true);
+    let _ = running.await;
+}
+
+#[tokio::test]
+async fn a_code_naming_another_hosts_key_is_refused_clearly() {
+    let host = start_host(None, free_port()).await;
+    host.setup_owner().await;
+    let other = start_host(None, free_port()).await;
+    let token = pairing_token(&host).await;
+    let mut payload = PairingPayload::decode(&token).unwrap();
+    payload.spki_sha256 = other.pin.to_base64();
+    let secrets: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
+    let result = pair(&payload.encode(), "phone", "linux", secrets.clone()).await;
+    match result {
+        Err(PairError::WrongKey(at)) => {
+            assert!(host.public_url.ends_with(&at), "{at}");
+        }
+        other => panic!("expected WrongKey, got {:?}", other.err()),
+    }
+    // Nothing was kept, and the genuine code still works (it was never sent).
+    assert!(pair(&token, "phone", "linux", secrets).await.is_ok());
+
+    // Garbage and expired codes say so before any network traffic.
+    let store: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
+    assert!(matches!(
+        pair("not a code", "phone", "linux", store.clone()).await,
+        Err(PairError::Token(_))
+    ));
+    let mut expired = PairingPayload::decode(&token).unwrap();
+    expired.expires_at = chrono::Utc::now() - chrono::Duration::seconds(1);
+    assert!(matches!(
+        pair(&expired.encode(), "phone", "linux", store).await,
+        Err(PairError::Expired)
+    ));
+}
