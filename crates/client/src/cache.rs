@@ -302,18 +302,30 @@ impl Cache {
         Ok(())
     }
 
-    /// Queues a message to send; its `client_id` is what makes a resend harmless.
+    /// Queues a message to send; its `client_id` is what makes a resend harmless. Queuing a
+    /// `client_id` that is already queued (or sent) changes nothing and returns that item.
     pub async fn enqueue(
         &self,
         host: &str,
         channel: &str,
         content: &str,
         thread_id: Option<&str>,
+        client_id: Option<&str>,
     ) -> Result<OutboxItem, CacheError> {
-        let client_id = uuid::Uuid::now_v7().to_string();
+        let client_id = client_id
+            .map(String::from)
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        if let Some(existing) = self
+            .outbox(host, None)
+            .await?
+            .into_iter()
+            .find(|i| i.client_id == client_id)
+        {
+            return Ok(existing);
+        }
         let now = chrono::Utc::now().timestamp_millis();
         sqlx::query(
-            "INSERT INTO outbox (host_id, client_id, position, channel_id, content, thread_id, created_at) \
+            "INSERT OR IGNORE INTO outbox (host_id, client_id, position, channel_id, content, thread_id, created_at) \
              VALUES (?, ?, (SELECT COALESCE(MAX(position), 0) + 1 FROM outbox WHERE host_id = ?), ?, ?, ?, ?)",
         )
         .bind(host)

@@ -114,10 +114,11 @@ impl Engine {
         channel_id: &str,
         content: &str,
         thread_id: Option<&str>,
+        client_id: Option<&str>,
     ) -> Result<OutboxItem, CacheError> {
         let item = self
             .cache
-            .enqueue(self.host(), channel_id, content, thread_id)
+            .enqueue(self.host(), channel_id, content, thread_id, client_id)
             .await?;
         self.emit_outbox().await;
         self.wake.notify_one();

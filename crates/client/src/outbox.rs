@@ -133,7 +133,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(&dir.path().join("cache.db")).await.unwrap();
         for text in ["one", "two", "three", "four"] {
-            cache.enqueue("h", "c1", text, None).await.unwrap();
+            cache.enqueue("h", "c1", text, None, None).await.unwrap();
         }
         // The host goes away after the first message.
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -205,6 +205,14 @@ mod tests {
         // Sent messages are in the cache, readable offline.
         let cached = cache.messages("h", "c1", 10, None).await.unwrap();
         assert_eq!(cached.len(), 3);
+
+        // Queuing a client_id again (a UI retry) doesn't add a second item.
+        let again = cache
+            .enqueue("h", "c1", "four", None, Some(&all[3].client_id))
+            .await
+            .unwrap();
+        assert_eq!(again.state, "sent");
+        assert_eq!(cache.outbox("h", None).await.unwrap().len(), 4);
 
         // Retry puts the failed one back in the queue, with the same client_id.
         cache.outbox_retry("h", &all[2].client_id).await.unwrap();

@@ -152,6 +152,36 @@ impl Session {
         *self.access.lock().await = None;
     }
 
+    /// Any call, answered as JSON when the body is JSON, as a string when it is text, and
+    /// `null` when empty (204): what the UI's generic request needs.
+    pub async fn call_value(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, SessionError> {
+        for attempt in 0..2 {
+            let token = self.access_token().await?;
+            let link = self.link().await?;
+            match link.send(method.clone(), path, Some(&token), body).await {
+                Err(NetError::Unauthorized) if attempt == 0 => self.expire_access().await,
+                Err(e) => {
+                    if e.is_offline() {
+                        self.reset_link().await;
+                    }
+                    return Err(e.into());
+                }
+                Ok((_, bytes)) if bytes.is_empty() => return Ok(serde_json::Value::Null),
+                Ok((_, bytes)) => {
+                    return Ok(serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+                    }))
+                }
+            }
+        }
+        Err(SessionError::Revoked)
+    }
+
     /// A JSON call with the device's token; a 401 (access token revoked with the device)
     /// is reported as `Revoked` once a refresh fails too.
     pub async fn call<T: serde::de::DeserializeOwned, B: serde::Serialize + ?Sized>(

@@ -151,7 +151,7 @@ async fn pair_chat_go_offline_queue_and_deliver_exactly_once() {
         .id;
 
     // Chat: the reply streams in (deltas) and lands complete in the cache.
-    engine.send(&dm, "hi there", None).await.unwrap();
+    engine.send(&dm, "hi there", None, None).await.unwrap();
     next_matching(&mut events, "a delta", |e| {
         matches!(e, AppEvent::Delta { .. })
     })
@@ -166,8 +166,8 @@ async fn pair_chat_go_offline_queue_and_deliver_exactly_once() {
     host.terminate().await.unwrap();
     answering.abort();
     let offline_from = tokio::time::Instant::now();
-    engine.send(&dm, "offline one", None).await.unwrap();
-    engine.send(&dm, "offline two", None).await.unwrap();
+    engine.send(&dm, "offline one", None, None).await.unwrap();
+    engine.send(&dm, "offline two", None, None).await.unwrap();
     next_matching(&mut events, "offline", |e| {
         matches!(e, AppEvent::Connection { online: false, .. })
     })

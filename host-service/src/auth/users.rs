@@ -50,6 +50,16 @@ pub async fn get(db: &Db, id: Uuid) -> Result<Option<User>, AuthError> {
     Ok(row.as_ref().map(user_from_row).transpose()?)
 }
 
+/// The owner, for whom the owner's paired devices act.
+pub async fn owner(db: &Db) -> Result<Option<User>, AuthError> {
+    let row = sqlx::query(
+        "SELECT id, username, is_owner, created_at FROM users WHERE is_owner = 1 ORDER BY created_at LIMIT 1",
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.as_ref().map(user_from_row).transpose()?)
+}
+
 /// First-run setup: creates the owner only while there is no user at all. The check and the
 /// insert are one statement, so two racing setup requests can't both succeed.
 pub async fn setup_owner(db: &Db, username: &str, password_text: &str) -> Result<User, AuthError> {

@@ -67,6 +67,9 @@ async fn status(
     let configured = users::count(&state.db).await? > 0;
     let user = match &principal {
         Some(Principal::User { user_id, .. }) => users::get(&state.db, *user_id).await?,
+        // A paired device acts for the owner (its messages are the owner's), so the app
+        // shows the owner as who is signed in.
+        Some(Principal::Device { .. }) => users::owner(&state.db).await?,
         _ => None,
     };
     Ok(Json(AuthStatus {

@@ -174,6 +174,19 @@ async fn only_owner_or_local_admin_make_pairing_tokens() {
         .await
         .unwrap();
     assert_eq!(by_device.status(), StatusCode::FORBIDDEN);
+    // A device acts for the owner, and says so when asked who is signed in.
+    let status: serde_json::Value = host
+        .client()
+        .get(host.url("/api/auth/status"))
+        .bearer_auth(device["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["authenticated"], true);
+    assert_eq!(status["user"]["username"], taos_e2e::OWNER);
 }
 
 #[tokio::test]

@@ -1,0 +1,99 @@
+//! Pairing with hosts, and choosing the active one.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use taos_client::hosts::PairedHost;
+use taos_client::net::Link;
+use taos_client::pairing;
+use taos_client::session::Session;
+use tauri::{AppHandle, State};
+
+use crate::error::{CommandError, CommandResult};
+use crate::state::Shell;
+
+#[derive(Debug, Serialize)]
+pub struct HostsView {
+    pub active: Option<String>,
+    pub hosts: Vec<PairedHost>,
+}
+
+fn platform() -> &'static str {
+    std::env::consts::OS
+}
+
+/// Pairs with the host that made `token` and makes it the active host.
+#[tauri::command(rename_all = "snake_case")]
+pub async fn pairing_pair(
+    app: AppHandle,
+    shell: State<'_, Arc<Shell>>,
+    token: String,
+    device_name: String,
+) -> CommandResult<PairedHost> {
+    let device_name = device_name.trim();
+    if device_name.is_empty() || device_name.chars().count() > 100 {
+        return Err(CommandError::new("bad_input", "give this device a name (1-100 characters)"));
+    }
+    let paired = pairing::pair(&token, device_name, platform(), shell.secrets.clone()).await?;
+    let link = Link::new(&paired.address, paired.host.trust)?;
+    let session = Session::after_pairing(
+        paired.host.clone(),
+        shell.secrets.clone(),
+        &paired.tokens,
+        link,
+    );
+    shell.hosts.lock().await.upsert_active(paired.host.clone());
+    shell.save_hosts().await?;
+    shell.inner().activate(&app, session).await?;
+    Ok(paired.host)
+}
+
+#[tauri::command(rename_all = "snake_case")]
+pub async fn pairing_hosts(shell: State<'_, Arc<Shell>>) -> CommandResult<HostsView> {
+    let hosts = shell.hosts.lock().await;
+    Ok(HostsView {
+        active: hosts.active.clone(),
+        hosts: hosts.hosts.clone(),
+    })
+}
+
+/// Switches to another paired host.
+#[tauri::command(rename_all = "snake_case")]
+pub async fn pairing_activate(
+    app: AppHandle,
+    shell: State<'_, Arc<Shell>>,
+    device_id: String,
+) -> CommandResult<()> {
+    let host = {
+        let mut hosts = shell.hosts.lock().await;
+        let host = hosts
+            .hosts
+            .iter()
+            .find(|h| h.device_id == device_id)
+            .cloned()
+            .ok_or_else(|| CommandError::new("bad_input", "no such paired host"))?;
+        hosts.active = Some(device_id);
+        host
+    };
+    shell.save_hosts().await?;
+    shell
+        .inner()
+        .activate(&app, Session::new(host, shell.secrets.clone()))
+        .await
+}
+
+/// Forgets a host: its credentials, its cache, its place in the list.
+#[tauri::command(rename_all = "snake_case")]
+pub async fn pairing_forget(shell: State<'_, Arc<Shell>>, device_id: String) -> CommandResult<()> {
+    let was_active = shell.hosts.lock().await.active.as_deref() == Some(device_id.as_str());
+    if was_active {
+        shell.deactivate().await;
+    }
+    shell.hosts.lock().await.remove(&device_id);
+    shell.save_hosts().await?;
+    shell
+        .secrets
+        .delete(&taos_client::secrets::refresh_key(&device_id))?;
+    shell.cache.forget_host(&device_id).await?;
+    Ok(())
+}
