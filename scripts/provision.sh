@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, skipping what is already there: the Rust
-# toolchain's components, LiteLLM and incus. Chromium joins with the UI.
+# toolchain's components, LiteLLM, incus, and for the UI chromium and a built ui/dist.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -19,3 +19,4 @@ done
 # tests. Both skip what is already there.
 "$(dirname "$0")/dev-litellm.sh"
 "$(dirname "$0")/dev-incus.sh"
+"$(dirname "$0")/dev-browser.sh"

@@ -62,9 +62,10 @@ export class FakeHost implements HostClient {
     this.sockets.push(s);
     return s;
   }
-  async *openEvents(lastEventId: string | null, signal: AbortSignal): AsyncIterable<SseMessage> {
+  async *openEvents(lastEventId: string | null, signal: AbortSignal, onOpen?: () => void): AsyncIterable<SseMessage> {
     this.eventCalls.push(lastEventId);
     const next = this.streams.shift();
+    if (next && !next.fail) onOpen?.();
     if (!next) {
       // No more scripted streams: hang until stopped.
       await new Promise<void>((r) => signal.addEventListener('abort', () => r()));

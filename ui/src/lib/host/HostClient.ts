@@ -54,9 +54,10 @@ export interface HostClient {
   openChat(): ChatSocket;
   /**
    * Opens `/api/events` after `lastEventId` and yields its events until the stream ends or
-   * `signal` aborts. Resuming and backoff are the caller's (see events.ts).
+   * `signal` aborts; `onOpen` is called once the host has accepted the stream. Resuming and
+   * backoff are the caller's (see events.ts).
    */
-  openEvents(lastEventId: string | null, signal: AbortSignal): AsyncIterable<SseMessage>;
+  openEvents(lastEventId: string | null, signal: AbortSignal, onOpen?: () => void): AsyncIterable<SseMessage>;
   /** Remember the CSRF token from setup or login (the browser also reads its cookie). */
   setCsrf(token: string | null): void;
 }

@@ -117,7 +117,11 @@ export class BrowserHostClient implements HostClient {
     return socket;
   }
 
-  async *openEvents(lastEventId: string | null, signal: AbortSignal): AsyncIterable<SseMessage> {
+  async *openEvents(
+    lastEventId: string | null,
+    signal: AbortSignal,
+    onOpen?: () => void,
+  ): AsyncIterable<SseMessage> {
     const headers: Record<string, string> = { accept: 'text/event-stream' };
     if (lastEventId) headers['Last-Event-ID'] = lastEventId;
     const response = await fetch(`${this.base}/api/events`, {
@@ -128,6 +132,7 @@ export class BrowserHostClient implements HostClient {
     });
     if (!response.ok) throw await toHostError(response);
     if (!response.body) return;
+    onOpen?.();
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     const parser = new SseParser();
     try {

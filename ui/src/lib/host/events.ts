@@ -61,13 +61,11 @@ export class EventFeed {
     const signal = this.abort.signal;
     while (!signal.aborted) {
       try {
-        let first = true;
-        for await (const message of this.client.openEvents(this.lastEventId, signal)) {
-          if (first) {
-            this.handlers.onStatus?.(true);
-            first = false;
-          }
+        const opened = () => {
           delay = min;
+          this.handlers.onStatus?.(true);
+        };
+        for await (const message of this.client.openEvents(this.lastEventId, signal, opened)) {
           if (message.event === 'resync') {
             // What we missed is gone: start over from what the host sends next.
             this.lastEventId = message.id;
