@@ -126,3 +126,26 @@ describe('reconnecting resumes with after_seq', () => {
     expect(waits).toEqual([100, 200, 400, 400, 100]);
   });
 });
+
+describe('older history', () => {
+  it('pages back with before_seq until the start', async () => {
+    const { host, chat } = setup();
+    host.sockets[0].accept();
+    const all = Array.from({ length: 5 }, (_, i) => msg({ id: `m${i + 1}`, seq: i + 1 }));
+    host.handler = async (_m, _p, init) => {
+      const q = init?.query ?? {};
+      const limit = Number(q.limit);
+      const before = q.before_seq === undefined ? Infinity : Number(q.before_seq);
+      return all.filter((m) => m.seq < before).slice(-limit);
+    };
+    await chat.open_channel('c1', 2);
+    expect(chat.log('c1').list().map((m) => m.id)).toEqual(['m4', 'm5']);
+    expect(await chat.loadOlder('c1', 2)).toBe(true);
+    expect(await chat.loadOlder('c1', 2)).toBe(true);
+    expect(chat.log('c1').list().map((m) => m.id)).toEqual(['m1', 'm2', 'm3', 'm4', 'm5']);
+    expect(chat.hasAll('c1')).toBe(true);
+    expect(await chat.loadOlder('c1', 2)).toBe(false);
+    const pages = host.requests.map((r) => r.init?.query?.before_seq);
+    expect(pages).toEqual([undefined, 4, 2]);
+  });
+});

@@ -24,6 +24,8 @@ export class ChatClient {
   private socket: ChatSocket | null = null;
   private following = new Set<string>();
   private loaded = new Set<string>();
+  private complete = new Set<string>();
+  private paging = new Set<string>();
   private listeners = new Set<Listener>();
   private delay: number;
   private stopped = false;
@@ -126,12 +128,43 @@ export class ChatClient {
       );
       for (const m of history) log.upsert(m);
       this.loaded.add(channelId);
+      if (history.length < limit) this.complete.add(channelId);
       // Resubscribe so the replay covers everything after this history.
       if (this.following.has(channelId) && this.connected) this.subscribe(channelId);
     }
     this.follow(channelId);
     this.emit(channelId, null);
     return log;
+  }
+
+  /** Whether the channel's whole history is loaded. */
+  hasAll(channelId: string): boolean {
+    return this.complete.has(channelId);
+  }
+
+  /** Loads the page of history before what is loaded; false when there is no more. */
+  async loadOlder(channelId: string, limit = 200): Promise<boolean> {
+    if (this.complete.has(channelId) || this.paging.has(channelId)) return false;
+    const log = this.log(channelId);
+    const oldest = log.oldestSeq();
+    if (oldest === null || oldest <= 1) {
+      this.complete.add(channelId);
+      return false;
+    }
+    this.paging.add(channelId);
+    try {
+      const page = await this.host.request<Message[]>(
+        'GET',
+        `/api/chat/channels/${encodeURIComponent(channelId)}/messages`,
+        { query: { before_seq: oldest, limit } },
+      );
+      for (const m of page) log.upsert(m);
+      if (page.length < limit) this.complete.add(channelId);
+      this.emit(channelId, null);
+      return page.length > 0;
+    } finally {
+      this.paging.delete(channelId);
+    }
   }
 
   /** Sends a message: shown at once, stored once however many times it is retried. */

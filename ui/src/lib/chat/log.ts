@@ -39,6 +39,13 @@ export class ChannelLog {
     return this.snapshot;
   }
 
+  /** The lowest seq among stored messages: where older history continues. */
+  oldestSeq(): number | null {
+    let min: number | null = null;
+    for (const m of this.items) if (!m.local && (min === null || m.seq < min)) min = m.seq;
+    return min;
+  }
+
   get(id: string): ChatMessage | undefined {
     return this.byId.get(id);
   }
