@@ -216,6 +216,23 @@ try {
     await screenshot(page, 'chat');
   });
 
+  await step('chat: edit and delete my own messages', async () => {
+    const mine = page.locator('[data-testid=message][data-author="user:owner"]', { hasText: 'hello there' });
+    await mine.getByRole('button', { name: 'Edit' }).click();
+    await page.getByLabel('Edit message').fill('hello there (edited)');
+    await page.getByRole('button', { name: 'Save' }).click();
+    await page.locator('[data-testid=message][data-author="user:owner"]', { hasText: 'hello there (edited)' }).getByText('edited', { exact: true }).waitFor();
+    // The agent's messages are not mine to change.
+    const theirs = page.locator(`[data-testid=message][data-author="${SLUG}"]`).first();
+    assert((await theirs.getByRole('button', { name: 'Edit' }).count()) === 0, 'an agent message offers Edit');
+    await page.getByLabel('Message', { exact: true }).fill('a message to delete');
+    await page.keyboard.press('Enter');
+    const doomed = page.locator('[data-testid=message][data-author="user:owner"]', { hasText: 'a message to delete' });
+    await doomed.getByRole('button', { name: 'Delete' }).click();
+    await page.getByText('Message deleted').waitFor();
+    await screenshot(page, 'chat-edited');
+  });
+
   await step('traces: the llm_call and the whole turn', async () => {
     await page.goto(`${URL_}/agents/${SLUG}/traces`);
     const call = page.getByTestId('llm-call').first();
@@ -223,7 +240,7 @@ try {
     const text = await call.innerText();
     assert(text.includes('fake-gpt') && /tokens \d+ in/.test(text), `llm_call: ${text}`);
     await page.getByTestId('trace-totals').waitFor();
-    await page.locator('[data-testid=trace-event][data-kind=message_in]').getByRole('button', { name: 'Show turn' }).click();
+    await page.locator('[data-testid=trace-event][data-kind=message_in]', { hasText: 'hello there' }).getByRole('button', { name: 'Show turn' }).click();
     const turn = page.getByTestId('turn');
     await turn.waitFor();
     const kinds = await turn.locator('.chip').allInnerTexts();
@@ -244,7 +261,7 @@ try {
     await page.getByTestId('archived-chats').getByRole('link').first().click();
     await page.getByText('This chat is archived').waitFor();
     assert((await page.getByLabel('Message', { exact: true }).count()) === 0, 'an archived chat has a composer');
-    await page.locator('[data-testid=message]', { hasText: REPLY }).waitFor();
+    await page.locator('[data-testid=message]', { hasText: REPLY }).first().waitFor();
     await screenshot(page, 'chat-archived');
   });
 
@@ -255,8 +272,8 @@ try {
     const card = page.locator(`[data-testid=agent-card][data-slug="${SLUG}"]`);
     await card.waitFor({ timeout: 180_000 });
     await card.getByRole('link', { name: 'Chat' }).click();
-    await page.locator('[data-testid=message]', { hasText: 'hello there' }).waitFor();
-    await page.locator('[data-testid=message]', { hasText: REPLY }).waitFor();
+    await page.locator('[data-testid=message]', { hasText: 'hello there (edited)' }).waitFor();
+    await page.locator('[data-testid=message]', { hasText: REPLY }).first().waitFor();
     assert((await page.getByLabel('Message', { exact: true }).count()) === 1, 'a restored chat has no composer');
     await screenshot(page, 'chat-restored');
   });
@@ -298,6 +315,36 @@ try {
     await n.getByRole('button', { name: 'Mark read' }).waitFor({ state: 'detached' });
   });
 
+  await step('a long channel stays a short DOM (virtualised list)', async () => {
+    const csrf = (await desktop.cookies()).find((c) => c.name === 'taos_csrf')?.value ?? '';
+    const headers = { 'x-csrf-token': csrf };
+    const ch = await page.request.post(`${URL_}/api/chat/channels`, { headers, data: { name: 'long', members: ['user:owner'] } });
+    assert(ch.ok(), `create channel: ${ch.status()}`);
+    const channel = await ch.json();
+    let next = 1;
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (next <= 400) {
+          const n = next++;
+          const r = await page.request.post(`${URL_}/api/chat/messages`, { headers, data: { channel_id: channel.id, content: `line ${n}`, client_id: `long-${n}` } });
+          assert(r.ok(), `post ${n}: ${r.status()}`);
+        }
+      }),
+    );
+    await page.goto(`${URL_}/chat/${channel.id}`);
+    await page.locator('[data-testid=message] .content', { hasText: /^line 400$/ }).waitFor();
+    const rows = await page.locator('[data-testid=message]').count();
+    assert(rows > 5 && rows < 80, `${rows} rows in the DOM for 400 messages`);
+    await page.locator('[role=log]').evaluate(async (vp) => {
+      while (vp.scrollTop > 0) {
+        vp.scrollTop -= 400;
+        await new Promise((r) => requestAnimationFrame(r));
+      }
+    });
+    await page.locator('[data-testid=message] .content', { hasText: /^line 1$/ }).waitFor();
+    await screenshot(page, 'chat-long');
+  });
+
   await step('phone, 390×844: every screen fits and works', async () => {
     const phone = await browser.newContext({
       ignoreHTTPSErrors: true,
@@ -323,7 +370,7 @@ try {
     await p.getByTestId('channel').first().waitFor();
     await fits('chat-list');
     await p.getByTestId('channel').first().click();
-    await p.locator('[data-testid=message]', { hasText: REPLY }).waitFor();
+    await p.locator('[data-testid=message]', { hasText: REPLY }).first().waitFor();
     const composer = p.getByLabel('Message', { exact: true });
     await composer.fill('from the phone @');
     await p.getByRole('option').first().waitFor();
@@ -338,6 +385,26 @@ try {
       await fits(name);
     }
     await phone.close();
+  });
+
+  // Last: it locks this address out of signing in for a minute.
+  await step('repeated wrong passwords get the rate-limit message', async () => {
+    const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
+    const p = await ctx.newPage();
+    watch(p, 'rate-limit');
+    await p.goto(`${URL_}/login`);
+    let text = '';
+    for (let i = 0; i < 8 && !/Too many attempts/.test(text); i++) {
+      await p.getByLabel('Username').fill('owner');
+      await p.getByLabel('Password').fill(`wrong ${i}`);
+      await p.getByRole('button', { name: 'Sign in' }).click();
+      await p.getByTestId('login-error').waitFor();
+      await p.waitForFunction(() => !document.querySelector('button[type=submit]')?.hasAttribute('disabled'));
+      text = await p.getByTestId('login-error').innerText();
+    }
+    assert(/Too many attempts\. Try again in \d+ s\./.test(text), `no rate-limit message: ${text}`);
+    await screenshot(p, 'login-rate-limited');
+    await ctx.close();
   });
 
   await step('no CSP violations or page errors anywhere', async () => {

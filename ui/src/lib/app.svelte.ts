@@ -7,7 +7,8 @@ import { EventFeed } from './host/events';
 import { HostError, type HostClient } from './host/HostClient';
 import { navigate, router } from './router.svelte';
 
-export const host: HostClient = new BrowserHostClient();
+// Any 401 (the session ended or was revoked) sends the user to sign in again.
+export const host: HostClient = new BrowserHostClient('', () => signedOut());
 
 export const session = $state<{ checked: boolean; configured: boolean; user: User | null }>({
   checked: false,

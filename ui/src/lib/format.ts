@@ -1,5 +1,5 @@
 export function gib(bytes: number | null | undefined): string {
-  if (bytes == null) return '?';
+  if (bytes == null) return '—';
   return (bytes / 1024 ** 3).toFixed(bytes < 10 * 1024 ** 3 ? 1 : 0);
 }
 

@@ -47,7 +47,14 @@ export async function toHostError(response: Response): Promise<HostError> {
 export class BrowserHostClient implements HostClient {
   private csrf: string | null = null;
 
-  constructor(private readonly base = '') {}
+  /**
+   * @param onUnauthorized called when the host answers 401 to anything but a sign-in attempt
+   *   (the session ended or was revoked).
+   */
+  constructor(
+    private readonly base = '',
+    private readonly onUnauthorized?: () => void,
+  ) {}
 
   setCsrf(token: string | null): void {
     this.csrf = token;
@@ -75,7 +82,10 @@ export class BrowserHostClient implements HostClient {
     } catch (e) {
       throw new HostError(0, 'unreachable', `The host did not answer (${(e as Error).message})`);
     }
-    if (!response.ok) throw await toHostError(response);
+    if (!response.ok) {
+      if (response.status === 401 && !path.startsWith('/api/auth/')) this.onUnauthorized?.();
+      throw await toHostError(response);
+    }
     if (response.status === 204) return undefined as T;
     if (init.text) return (await response.text()) as T;
     return (await response.json()) as T;
