@@ -149,3 +149,19 @@ describe('older history', () => {
     expect(pages).toEqual([undefined, 4, 2]);
   });
 });
+
+describe('typing', () => {
+  it('tells the channel at most every 3 s', () => {
+    const { host, chat } = setup();
+    host.sockets[0].accept();
+    chat.typing('c1', 10_000);
+    chat.typing('c1', 11_000);
+    chat.typing('c2', 11_000);
+    chat.typing('c1', 13_001);
+    expect(host.sockets[0].sent).toEqual([
+      { type: 'typing', channel_id: 'c1' },
+      { type: 'typing', channel_id: 'c2' },
+      { type: 'typing', channel_id: 'c1' },
+    ]);
+  });
+});

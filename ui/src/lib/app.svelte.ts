@@ -19,10 +19,15 @@ export const session = $state<{ checked: boolean; configured: boolean; user: Use
 export const live = $state({
   connected: false,
   notifications: [] as Notification[],
-  /** Bumped on every host event, with the last one, for screens that follow some kinds. */
-  last: null as HostEvent | null,
-  version: 0,
 });
+
+const eventListeners = new Set<(event: HostEvent) => void>();
+
+/** Every host event from now on, each once, in order; returns the unsubscribe function. */
+export function onHostEvent(fn: (event: HostEvent) => void): () => void {
+  eventListeners.add(fn);
+  return () => eventListeners.delete(fn);
+}
 
 export const toasts = $state<{ id: number; text: string; level: string }[]>([]);
 let toastId = 0;
@@ -65,8 +70,7 @@ async function loadNotifications() {
 }
 
 function onEvent(event: HostEvent) {
-  live.last = event;
-  live.version++;
+  for (const fn of eventListeners) fn(event);
   if (event.kind === 'notification.created') {
     const n = event.data as unknown as Notification;
     if (!live.notifications.some((x) => x.id === n.id)) live.notifications.unshift(n);

@@ -215,7 +215,12 @@ export class ChatClient {
     await this.host.request<unknown>('DELETE', `/api/chat/messages/${messageId}`);
   }
 
-  typing(channelId: string): void {
+  private lastTyping = new Map<string, number>();
+
+  /** Tells the channel we are typing, at most every 3 s. */
+  typing(channelId: string, now = Date.now()): void {
+    if ((this.lastTyping.get(channelId) ?? 0) > now - 3000) return;
+    this.lastTyping.set(channelId, now);
     if (this.connected) this.socket?.send({ type: 'typing', channel_id: channelId });
   }
 }
