@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks a release taos-host and writes docs/benchmarks.md:
+# Benchmarks a release taos-host and writes docs/benchmarks.md (the web UI part: bench-ui.sh):
 #   - time from exec to the first 200 on /api/health (fresh and existing data dir)
 #   - idle RSS
 #   - /api/health requests per second over HTTPS keep-alive (wrk, 64 connections, 2 threads)
@@ -134,3 +134,5 @@ host's \`VmRSS\`. The containers' own memory (about 27 MiB each for Debian with 
 not the host's.
 MD
 log "wrote docs/benchmarks.md"
+# The web UI's section (bundle size, first screen, a 5 000-message channel), in real chromium.
+"$REPO_ROOT/scripts/bench-ui.sh"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, skipping what is already there: the Rust
-# toolchain's components, LiteLLM, incus and Docker (the fallback runtime, whose tests run when
-# it is present). Chromium joins with the UI.
+# toolchain's components, LiteLLM, incus, Docker (the fallback runtime), chromium and a built
+# ui/dist for the UI, and WebKitGTK, Xvfb and tauri-driver for the app.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -22,3 +22,5 @@ done
 "$(dirname "$0")/dev-incus.sh"
 # After incus, so dockerd finds forwarding on and leaves incus's bridge alone.
 "$(dirname "$0")/dev-docker.sh"
+"$(dirname "$0")/dev-browser.sh"
+"$(dirname "$0")/dev-app.sh"

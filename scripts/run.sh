@@ -7,6 +7,8 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
+# The web UI first: the host embeds ui/dist when it is compiled.
+"$REPO_ROOT/scripts/build-ui.sh"
 log "building taos-host (release)"
 cargo build --release --locked -p taos-host
 BIN="$CARGO_TARGET_DIR/release/taos-host"

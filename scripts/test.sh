@@ -14,13 +14,22 @@ log "cargo build (every binary: tests start taos-host and taos-agent as real pro
 cargo build --workspace --bins --locked
 # The agent image carries the sidecar just built (rebuilt only when the binary changed).
 "$REPO_ROOT/scripts/build-agent-image.sh" "$CARGO_TARGET_DIR/debug/taos-agent"
+log "ui: type check (svelte-check)"
+(cd ui && npm run --silent check)
 log "cargo test"
 OUT="$(mktemp -d)/test-output"
 trap 'rm -rf "$(dirname "$OUT")"' EXIT
 set +e
 cargo test --workspace --locked 2>&1 | tee "$OUT"
 STATUS=${PIPESTATUS[0]}
+log "ui: unit tests (vitest)"
+(cd ui && npx vitest run --reporter=default --reporter=json --outputFile="$OUT.vitest.json")
+UI_STATUS=$?
 set -e
+if [ "$UI_STATUS" -ne 0 ]; then STATUS=$UI_STATUS; fi
+# vitest's counts, in cargo's format, so one line below adds up both.
+node -e 'const r = require(process.argv[1]); console.log(`test result: vitest. ${r.numPassedTests} passed; ${r.numFailedTests} failed;`)' \
+    "$OUT.vitest.json" >> "$OUT" || echo "test result: vitest. 0 passed; 1 failed;" >> "$OUT"
 # One closing line for the whole run (cargo ends with its doctest summary, often "0 passed").
 awk '/^test result:/ {passed += $4; failed += $6} END {printf "total: %d passed, %d failed\n", passed, failed}' "$OUT"
 exit "$STATUS"

@@ -18,6 +18,7 @@ pub mod prompts;
 pub mod quota;
 pub mod recycle;
 pub mod trace;
+pub mod ui;
 pub mod ws;
 
 use std::collections::BTreeMap;
@@ -105,6 +106,8 @@ impl Deref for AppState {
                        token from loopback, except those marked with an empty security requirement."
     ),
     modifiers(&SecuritySchemes),
+    // The chat WebSocket's frames, so clients can generate their types like the REST ones.
+    components(schemas(taos_proto::chat::ClientEvent, taos_proto::chat::ServerEvent)),
     security(("session_cookie" = []), ("bearer" = []))
 )]
 struct ApiDoc;
@@ -232,7 +235,8 @@ fn common_layers(router: Router, state: &AppState) -> Router {
 pub fn public_app(state: AppState) -> Router {
     let (router, _) = api_routes().split_for_parts();
     let router = router
-        .fallback(not_found)
+        // The web UI for GETs outside /api; JSON 404 for everything else.
+        .fallback(ui::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
     common_layers(router, &state)

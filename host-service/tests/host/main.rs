@@ -19,6 +19,7 @@ mod routes;
 mod runtime;
 mod tls;
 mod traces;
+mod ui;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_taos-host");
 

@@ -1,0 +1,420 @@
+// End to end in real Chromium (Debian's, driven by playwright-core) against a real taos host.
+// Started by host-service/tests/host/ui.rs, which runs the host, real LiteLLM and the fake
+// upstream, and passes:
+//   TAOS_URL          the host's public URL (self-signed TLS: this browser ignores cert errors)
+//   TAOS_LOCAL_TOKEN  the host's local admin token (to raise a notification from "outside")
+//   TAOS_FAKE_URL     the fake LLM upstream's base URL; TAOS_FAKE_KEY its API key
+//   TAOS_E2E_OUT      where screenshots go (default target/ui-e2e)
+//   TAOS_E2E_AGENT    the name of the agent to deploy (default "UI Helper")
+// Exits 0 only if every step passed; prints one line per step.
+import { mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { chromium, request } from 'playwright-core';
+
+const URL_ = required('TAOS_URL');
+const LOCAL_TOKEN = required('TAOS_LOCAL_TOKEN');
+const FAKE_URL = required('TAOS_FAKE_URL');
+const FAKE_KEY = process.env.TAOS_FAKE_KEY ?? '';
+const OUT = resolve(process.env.TAOS_E2E_OUT ?? 'target/ui-e2e');
+const AGENT = process.env.TAOS_E2E_AGENT ?? 'UI Helper';
+const SLUG = AGENT.toLowerCase().replace(/[^a-z0-9]+/g, '-');
+const REPLY = 'Hello from the fake model.';
+const PASSWORD = 'correct horse battery staple';
+
+function required(name) {
+  const v = process.env[name];
+  if (!v) {
+    console.error(`missing ${name}`);
+    process.exit(2);
+  }
+  return v;
+}
+
+mkdirSync(OUT, { recursive: true });
+// playwright-core gives every launch a fresh, empty profile (its own --user-data-dir).
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  args: [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+  ],
+});
+
+const problems = []; // CSP violations and page errors, from every page
+let failed = false;
+let shot = 0;
+
+function watch(page, label) {
+  page.on('console', (m) => {
+    if (/Content Security Policy|Refused to/i.test(m.text())) problems.push(`${label}: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => problems.push(`${label}: page error: ${e.message}`));
+  page.on('dialog', (d) => void d.accept());
+}
+
+async function screenshot(page, name) {
+  const file = join(OUT, `${String(++shot).padStart(2, '0')}-${name}.png`);
+  await page.screenshot({ path: file, fullPage: false });
+  return file;
+}
+
+async function step(name, fn) {
+  const started = Date.now();
+  try {
+    await fn();
+    console.log(`ok   ${name} (${Date.now() - started} ms)`);
+  } catch (e) {
+    failed = true;
+    console.log(`FAIL ${name}: ${e?.stack ?? e}`);
+    for (const p of browser.contexts().flatMap((c) => c.pages())) {
+      await screenshot(p, 'FAILED').catch(() => {});
+    }
+    throw e;
+  }
+}
+
+function assert(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+const desktop = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
+const page = await desktop.newPage();
+watch(page, 'desktop');
+page.setDefaultTimeout(20_000);
+
+try {
+  await step('a page loaded without a session reaches no data and lands on login', async () => {
+    const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
+    const p = await ctx.newPage();
+    watch(p, 'anonymous');
+    const answered = [];
+    p.on('response', (r) => {
+      const u = new URL(r.url());
+      if (u.pathname.startsWith('/api/')) answered.push([u.pathname, r.status()]);
+    });
+    await p.goto(`${URL_}/agents`);
+    await p.waitForURL(/\/login\?next=%2Fagents$/);
+    await p.getByRole('heading', { name: /Create the owner account|Sign in/ }).waitFor();
+    // The only API answers a visitor got: the public status. Nothing else returned data.
+    const data = answered.filter(([path, status]) => status < 400 && path !== '/api/auth/status');
+    assert(data.length === 0, `data reached without a session: ${JSON.stringify(data)}`);
+    const direct = await p.evaluate(async () => (await fetch('/api/agents')).status);
+    assert(direct === 401, `GET /api/agents without a session: ${direct}`);
+    await screenshot(p, 'no-session-login');
+    await ctx.close();
+  });
+
+  await step('first run: create the owner account', async () => {
+    await page.goto(`${URL_}/`);
+    await page.getByRole('heading', { name: 'Create the owner account' }).waitFor();
+    await screenshot(page, 'first-run');
+    await page.getByLabel('Username').fill('owner');
+    await page.getByLabel('Password', { exact: true }).fill(PASSWORD);
+    await page.getByLabel('Password again').fill(PASSWORD);
+    await page.getByRole('button', { name: 'Create account' }).click();
+    await page.getByRole('heading', { name: 'Agents' }).waitFor();
+    await page.locator('[data-testid=live]', { hasText: 'live' }).waitFor();
+    await screenshot(page, 'agents-empty');
+  });
+
+  await step('sign out, a wrong password is refused, sign in', async () => {
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByRole('heading', { name: 'Sign in to taos' }).waitFor();
+    await page.getByLabel('Username').fill('owner');
+    await page.getByLabel('Password').fill('not the password');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByTestId('login-error').waitFor();
+    await screenshot(page, 'login-refused');
+    await page.getByLabel('Password').fill(PASSWORD);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('heading', { name: 'Agents' }).waitFor();
+  });
+
+  await step('add a provider pointing at the fake upstream; LiteLLM becomes ready', async () => {
+    await page.getByRole('link', { name: 'Providers' }).click();
+    await page.getByRole('heading', { name: 'Providers' }).waitFor();
+    await page.getByLabel('Name', { exact: true }).fill('fake');
+    await page.getByLabel('Type', { exact: true }).selectOption('openai-compatible');
+    await page.getByLabel(/^URL/).fill(FAKE_URL);
+    await page.getByLabel(/^API key/).fill(FAKE_KEY);
+    await page.getByRole('button', { name: 'Test' }).click();
+    const test = page.getByTestId('provider-test');
+    await test.waitFor();
+    const text = await test.innerText();
+    assert(/Reachable/.test(text) && text.includes('fake-gpt'), `provider test: ${text}`);
+    await page.getByRole('button', { name: 'Add', exact: true }).click();
+    // Adding restarts LiteLLM with the new models; the answer waits for that.
+    await page.locator('[data-testid=provider][data-name=fake]').waitFor({ timeout: 300_000 });
+    await page
+      .locator('[data-testid=litellm-status][data-state=ready]', { hasText: 'fake-gpt' })
+      .waitFor({ timeout: 300_000 });
+    await screenshot(page, 'providers');
+  });
+
+  await step('deploy an agent and watch its steps progress', async () => {
+    await page.getByRole('link', { name: 'Agents' }).click();
+    await page.getByRole('link', { name: 'Deploy an agent' }).click();
+    await page.getByLabel('Name').fill(AGENT);
+    const preview = await page.getByTestId('slug-preview').innerText();
+    assert(preview.includes(`@${SLUG}`), `slug preview: ${preview}`);
+    await page.getByLabel('Model').selectOption('fake-gpt');
+    await page.locator('summary', { hasText: 'Limits' }).click();
+    await page.getByLabel('Memory (MiB)').fill('256');
+    await page.getByLabel('Disk (GiB)').fill('2');
+    await screenshot(page, 'deploy-wizard');
+    await page.getByRole('button', { name: 'Deploy' }).click();
+    const progress = page.getByTestId('deploy-progress');
+    await progress.waitFor();
+    // Sample the steps as they change: progress must be seen live, not only the end state.
+    const seen = new Set();
+    const deadline = Date.now() + 240_000;
+    let status = 'running';
+    let shotTaken = false;
+    while (Date.now() < deadline) {
+      status = (await progress.getAttribute('data-status')) ?? '';
+      const states = await progress.locator('li').evaluateAll((lis) => lis.map((li) => li.getAttribute('data-state')));
+      seen.add(states.join(','));
+      if (!shotTaken && states.includes('running')) {
+        await screenshot(page, 'deploy-progress');
+        shotTaken = true;
+      }
+      if (status !== 'running') break;
+      await page.waitForTimeout(100);
+    }
+    assert(status === 'succeeded', `deploy ended ${status}: ${await progress.innerText()}`);
+    assert(seen.size >= 3, `saw too few progress states: ${[...seen].join(' | ')}`);
+    await screenshot(page, 'deploy-done');
+  });
+
+  await step('chat: the reply streams in', async () => {
+    await page.getByRole('link', { name: 'Open the agent' }).click();
+    await page.locator('main').getByRole('link', { name: 'Chat', exact: true }).click();
+    await page.getByLabel('Message', { exact: true }).waitFor();
+    // Record every state a message row takes, to see the streaming one.
+    await page.evaluate(() => {
+      window.__states = new Set();
+      new MutationObserver(() => {
+        for (const el of document.querySelectorAll('[data-testid=message]')) window.__states.add(el.getAttribute('data-state'));
+      }).observe(document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ['data-state'] });
+    });
+    await page.getByLabel('Message', { exact: true }).fill('hello there');
+    await page.keyboard.press('Enter');
+    await page.locator('[data-testid=message][data-author="user:owner"]', { hasText: 'hello there' }).waitFor();
+    const reply = page.locator(`[data-testid=message][data-author="${SLUG}"]`, { hasText: REPLY });
+    await reply.waitFor({ timeout: 60_000 });
+    await page.locator(`[data-testid=message][data-author="${SLUG}"][data-state=complete]`).waitFor();
+    const states = await page.evaluate(() => [...window.__states]);
+    assert(states.includes('streaming'), `never saw the reply streaming: ${states}`);
+    const mine = await page.locator('[data-testid=message][data-author="user:owner"]').count();
+    assert(mine === 1, `my message shows ${mine} times`);
+    await screenshot(page, 'chat');
+  });
+
+  await step('chat: edit and delete my own messages', async () => {
+    const mine = page.locator('[data-testid=message][data-author="user:owner"]', { hasText: 'hello there' });
+    await mine.getByRole('button', { name: 'Edit' }).click();
+    await page.getByLabel('Edit message').fill('hello there (edited)');
+    await page.getByRole('button', { name: 'Save' }).click();
+    await page.locator('[data-testid=message][data-author="user:owner"]', { hasText: 'hello there (edited)' }).getByText('edited', { exact: true }).waitFor();
+    // The agent's messages are not mine to change.
+    const theirs = page.locator(`[data-testid=message][data-author="${SLUG}"]`).first();
+    assert((await theirs.getByRole('button', { name: 'Edit' }).count()) === 0, 'an agent message offers Edit');
+    await page.getByLabel('Message', { exact: true }).fill('a message to delete');
+    await page.keyboard.press('Enter');
+    const doomed = page.locator('[data-testid=message][data-author="user:owner"]', { hasText: 'a message to delete' });
+    await doomed.getByRole('button', { name: 'Delete' }).click();
+    await page.getByText('Message deleted').waitFor();
+    await screenshot(page, 'chat-edited');
+  });
+
+  await step('traces: the llm_call and the whole turn', async () => {
+    await page.goto(`${URL_}/agents/${SLUG}/traces`);
+    const call = page.getByTestId('llm-call').first();
+    await call.waitFor();
+    const text = await call.innerText();
+    assert(text.includes('fake-gpt') && /tokens \d+ in/.test(text), `llm_call: ${text}`);
+    await page.getByTestId('trace-totals').waitFor();
+    await page.locator('[data-testid=trace-event][data-kind=message_in]', { hasText: 'hello there' }).getByRole('button', { name: 'Show turn' }).click();
+    const turn = page.getByTestId('turn');
+    await turn.waitFor();
+    const kinds = await turn.locator('.chip').allInnerTexts();
+    assert(kinds.includes('message_in') && kinds.includes('llm_call') && kinds.includes('message_out'), `turn: ${kinds}`);
+    await screenshot(page, 'traces');
+  });
+
+  await step('archive: the chat turns read-only', async () => {
+    await page.getByRole('link', { name: 'Agents' }).click();
+    const card = page.locator(`[data-testid=agent-card][data-slug="${SLUG}"]`);
+    await card.getByRole('button', { name: 'Archive' }).click();
+    await card.waitFor({ state: 'detached', timeout: 120_000 });
+    const archived = page.locator(`[data-testid=archived-card][data-slug="${SLUG}"]`);
+    await archived.waitFor();
+    await screenshot(page, 'archived');
+    await page.getByRole('link', { name: 'Chat' }).click();
+    await page.getByTestId('archived-chats').locator('summary').click();
+    await page.getByTestId('archived-chats').getByRole('link').first().click();
+    await page.getByText('This chat is archived').waitFor();
+    assert((await page.getByLabel('Message', { exact: true }).count()) === 0, 'an archived chat has a composer');
+    await page.locator('[data-testid=message]', { hasText: REPLY }).first().waitFor();
+    await screenshot(page, 'chat-archived');
+  });
+
+  await step('restore: the agent and its chat come back', async () => {
+    await page.getByRole('link', { name: 'Agents' }).click();
+    const archived = page.locator(`[data-testid=archived-card][data-slug="${SLUG}"]`);
+    await archived.getByRole('button', { name: 'Restore' }).click();
+    const card = page.locator(`[data-testid=agent-card][data-slug="${SLUG}"]`);
+    await card.waitFor({ timeout: 180_000 });
+    await card.getByRole('link', { name: 'Chat' }).click();
+    await page.locator('[data-testid=message]', { hasText: 'hello there (edited)' }).waitFor();
+    await page.locator('[data-testid=message]', { hasText: REPLY }).first().waitFor();
+    assert((await page.getByLabel('Message', { exact: true }).count()) === 1, 'a restored chat has no composer');
+    await screenshot(page, 'chat-restored');
+  });
+
+  await step('devices: a pairing QR code with a countdown', async () => {
+    await page.getByRole('link', { name: 'Devices' }).click();
+    await page.getByRole('button', { name: 'Show a pairing code' }).click();
+    const qr = page.getByTestId('pairing-qr');
+    await qr.waitFor();
+    const width = await qr.evaluate(async (img) => {
+      await img.decode();
+      return img.naturalWidth;
+    });
+    assert(width > 0, 'the QR image did not render');
+    const first = await page.getByTestId('countdown').innerText();
+    await page.waitForTimeout(1500);
+    const later = await page.getByTestId('countdown').innerText();
+    assert(first !== later && /^[0-4]:\d\d$/.test(later), `countdown ${first} → ${later}`);
+    await screenshot(page, 'devices-pairing');
+  });
+
+  await step('a notification appears live, with an unread badge, and can be marked read', async () => {
+    const before = Number((await page.getByTestId('unread-badge').count()) ? await page.getByTestId('unread-badge').innerText() : 0);
+    const api = await request.newContext({ ignoreHTTPSErrors: true });
+    const r = await api.post(`${URL_}/api/notifications`, {
+      headers: { authorization: `Bearer ${LOCAL_TOKEN}` },
+      data: { level: 'warning', title: 'Disk nearly full', message: 'e2e: raised from outside', source: 'e2e' },
+    });
+    assert(r.status() === 201, `POST /api/notifications: ${r.status()}`);
+    await api.dispose();
+    // No reload: it must arrive over /api/events.
+    await page.getByTestId('unread-badge').filter({ hasText: String(before + 1) }).waitFor();
+    await screenshot(page, 'notification-badge');
+    await page.getByRole('link', { name: /Alerts/ }).click();
+    const n = page.locator('[data-testid=notification]', { hasText: 'Disk nearly full' });
+    await n.waitFor();
+    await screenshot(page, 'notifications');
+    await n.getByRole('button', { name: 'Mark read' }).click();
+    await n.getByRole('button', { name: 'Mark read' }).waitFor({ state: 'detached' });
+  });
+
+  await step('a long channel stays a short DOM (virtualised list)', async () => {
+    const csrf = (await desktop.cookies()).find((c) => c.name === 'taos_csrf')?.value ?? '';
+    const headers = { 'x-csrf-token': csrf };
+    const ch = await page.request.post(`${URL_}/api/chat/channels`, { headers, data: { name: 'long', members: ['user:owner'] } });
+    assert(ch.ok(), `create channel: ${ch.status()}`);
+    const channel = await ch.json();
+    let next = 1;
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (next <= 400) {
+          const n = next++;
+          const r = await page.request.post(`${URL_}/api/chat/messages`, { headers, data: { channel_id: channel.id, content: `line ${n}`, client_id: `long-${n}` } });
+          assert(r.ok(), `post ${n}: ${r.status()}`);
+        }
+      }),
+    );
+    await page.goto(`${URL_}/chat/${channel.id}`);
+    await page.locator('[data-testid=message] .content', { hasText: /^line 400$/ }).waitFor();
+    const rows = await page.locator('[data-testid=message]').count();
+    assert(rows > 5 && rows < 80, `${rows} rows in the DOM for 400 messages`);
+    await page.locator('[role=log]').evaluate(async (vp) => {
+      while (vp.scrollTop > 0) {
+        vp.scrollTop -= 400;
+        await new Promise((r) => requestAnimationFrame(r));
+      }
+    });
+    await page.locator('[data-testid=message] .content', { hasText: /^line 1$/ }).waitFor();
+    await screenshot(page, 'chat-long');
+  });
+
+  await step('phone, 390×844: every screen fits and works', async () => {
+    const phone = await browser.newContext({
+      ignoreHTTPSErrors: true,
+      viewport: { width: 390, height: 844 },
+      isMobile: true,
+      hasTouch: true,
+      deviceScaleFactor: 2,
+    });
+    const p = await phone.newPage();
+    watch(p, 'phone');
+    p.setDefaultTimeout(20_000);
+    await p.goto(`${URL_}/chat`);
+    await p.waitForURL(/\/login/);
+    await p.getByLabel('Username').fill('owner');
+    await p.getByLabel('Password').fill(PASSWORD);
+    await p.getByRole('button', { name: 'Sign in' }).click();
+    await p.waitForURL(/\/chat$/);
+    const fits = async (name) => {
+      const w = await p.evaluate(() => document.documentElement.scrollWidth);
+      assert(w <= 390, `${name} is ${w} px wide`);
+      await screenshot(p, `phone-${name}`);
+    };
+    await p.getByTestId('channel').first().waitFor();
+    await fits('chat-list');
+    await p.getByTestId('channel').first().click();
+    await p.locator('[data-testid=message]', { hasText: REPLY }).first().waitFor();
+    const composer = p.getByLabel('Message', { exact: true });
+    await composer.fill('from the phone @');
+    await p.getByRole('option').first().waitFor();
+    await fits('chat');
+    await composer.press('Enter'); // picks the mention
+    assert((await composer.inputValue()).includes(`@${SLUG} `), 'mention not completed');
+    await composer.press('Enter');
+    await p.locator('[data-testid=message]', { hasText: `from the phone @${SLUG}` }).waitFor();
+    for (const [link, name] of [['Agents', 'agents'], ['Providers', 'providers'], ['Devices', 'devices'], ['Alerts', 'alerts']]) {
+      await p.getByRole('link', { name: link }).click();
+      await p.getByRole('heading', { name: link, exact: true }).waitFor();
+      await fits(name);
+    }
+    await phone.close();
+  });
+
+  // Last: it locks this address out of signing in for a minute.
+  await step('repeated wrong passwords get the rate-limit message', async () => {
+    const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
+    const p = await ctx.newPage();
+    watch(p, 'rate-limit');
+    await p.goto(`${URL_}/login`);
+    let text = '';
+    for (let i = 0; i < 8 && !/Too many attempts/.test(text); i++) {
+      await p.getByLabel('Username').fill('owner');
+      await p.getByLabel('Password').fill(`wrong ${i}`);
+      await p.getByRole('button', { name: 'Sign in' }).click();
+      await p.getByTestId('login-error').waitFor();
+      await p.waitForFunction(() => !document.querySelector('button[type=submit]')?.hasAttribute('disabled'));
+      text = await p.getByTestId('login-error').innerText();
+    }
+    assert(/Too many attempts\. Try again in \d+ s\./.test(text), `no rate-limit message: ${text}`);
+    await screenshot(p, 'login-rate-limited');
+    await ctx.close();
+  });
+
+  await step('no CSP violations or page errors anywhere', async () => {
+    assert(problems.length === 0, problems.join('\n'));
+  });
+} catch {
+  // already reported by step()
+} finally {
+  await browser.close();
+}
+console.log(`screenshots: ${OUT}`);
+console.log(failed ? 'ui e2e: FAILED' : 'ui e2e: all steps passed');
+process.exit(failed ? 1 : 0);

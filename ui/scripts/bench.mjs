@@ -1,0 +1,141 @@
+// Measures the web UI (run by scripts/bench-ui.sh, which starts a release host and writes the
+// results into docs/benchmarks.md). Prints one JSON object.
+//   - the initial download: every script and stylesheet index.html loads, gzipped;
+//   - first screen: a fresh browser context (empty cache) to the agents list, signed in, and to
+//     the login form, signed out; median and max of RUNS;
+//   - a 5 000-message channel: rows in the DOM, frame times while scrolling from the newest
+//     message to the first (older pages load as it goes).
+// Env: TAOS_URL (required for the browser parts), RUNS (default 7), MESSAGES (default 5000).
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { chromium, request } from 'playwright-core';
+
+const DIST = new URL('../dist/', import.meta.url).pathname;
+const RUNS = Number(process.env.RUNS ?? 7);
+const MESSAGES = Number(process.env.MESSAGES ?? 5000);
+const URL_ = process.env.TAOS_URL;
+const PASSWORD = 'correct horse battery staple';
+
+const gz = (file) => gzipSync(readFileSync(file), { level: 9 }).length;
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+};
+const round = (x, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
+
+function bundle() {
+  const html = readFileSync(join(DIST, 'index.html'), 'utf8');
+  const initial = [...html.matchAll(/(?:src|href)="\/(assets\/[^"]+)"/g)].map((m) => m[1]);
+  let js = 0;
+  let css = 0;
+  for (const a of initial) {
+    if (a.endsWith('.js')) js += gz(join(DIST, a));
+    else if (a.endsWith('.css')) css += gz(join(DIST, a));
+  }
+  let all = 0;
+  const walk = (dir) => {
+    for (const f of readdirSync(dir)) {
+      const p = join(dir, f);
+      if (statSync(p).isDirectory()) walk(p);
+      else all += statSync(p).size;
+    }
+  };
+  walk(DIST);
+  return { initial_js_gzip_kb: round(js / 1024), initial_css_gzip_kb: round(css / 1024), dist_total_kb: round(all / 1024) };
+}
+
+const result = { bundle: bundle() };
+
+if (URL_) {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  // The owner account, and its session for the signed-in runs.
+  const api = await request.newContext({ ignoreHTTPSErrors: true, baseURL: URL_ });
+  let r = await api.post('/api/auth/setup', { data: { username: 'owner', password: PASSWORD } });
+  if (r.status() === 409) r = await api.post('/api/auth/login', { data: { username: 'owner', password: PASSWORD } });
+  if (!r.ok()) throw new Error(`sign in: ${r.status()} ${await r.text()}`);
+  const { csrf_token: csrf } = await r.json();
+  const state = await api.storageState();
+
+  const timed = async (signedIn) => {
+    const times = [];
+    for (let i = 0; i < RUNS; i++) {
+      const ctx = await browser.newContext({ ignoreHTTPSErrors: true, storageState: signedIn ? state : undefined });
+      const page = await ctx.newPage();
+      const t0 = performance.now();
+      await page.goto(`${URL_}/agents`);
+      if (signedIn) await page.getByRole('heading', { name: 'Agents' }).waitFor();
+      else await page.getByRole('button', { name: 'Sign in' }).waitFor();
+      times.push(performance.now() - t0);
+      await ctx.close();
+    }
+    return { median_ms: round(median(times)), max_ms: round(Math.max(...times)) };
+  };
+  result.first_screen_signed_in = await timed(true);
+  result.first_screen_login = await timed(false);
+
+  // A channel with MESSAGES messages, posted through the API as the owner.
+  const headers = { 'x-csrf-token': csrf };
+  const ch = await api.post('/api/chat/channels', { headers, data: { name: `bench-${Date.now()}`, members: ['user:owner'] } });
+  if (!ch.ok()) throw new Error(`channel: ${ch.status()} ${await ch.text()}`);
+  const channel = await ch.json();
+  const t0 = performance.now();
+  let next = 1;
+  await Promise.all(
+    Array.from({ length: 16 }, async () => {
+      while (next <= MESSAGES) {
+        const n = next++;
+        const body = n % 10 === 0 ? `message ${n}\n${'a longer one, '.repeat(12)}` : `message ${n}`;
+        const p = await api.post('/api/chat/messages', { headers, data: { channel_id: channel.id, content: body, client_id: `bench-${n}` } });
+        if (!p.ok()) throw new Error(`post ${n}: ${p.status()}`);
+      }
+    }),
+  );
+  result.post_messages_s = round((performance.now() - t0) / 1000);
+
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, storageState: state, viewport: { width: 1280, height: 800 } });
+  const page = await ctx.newPage();
+  const open0 = performance.now();
+  await page.goto(`${URL_}/chat/${channel.id}`);
+  await page.locator('[data-testid=message]').filter({ hasText: `message ${MESSAGES}` }).first().waitFor({ timeout: 60_000 });
+  result.open_channel_ms = round(performance.now() - open0);
+  // Scroll to the very first message, a step per frame, recording every frame's duration.
+  result.scroll = await page.evaluate(async (total) => {
+    const vp = document.querySelector('[role=log]');
+    const frames = [];
+    let maxRows = 0;
+    let last = performance.now();
+    const start = last;
+    const first = () => [...document.querySelectorAll('[data-testid=message] .content')].some((e) => e.textContent === 'message 1');
+    while (!first() && performance.now() - start < 120_000) {
+      vp.scrollTop = Math.max(0, vp.scrollTop - 300);
+      await new Promise((r) => requestAnimationFrame(r));
+      const now = performance.now();
+      frames.push(now - last);
+      last = now;
+      maxRows = Math.max(maxRows, document.querySelectorAll('[data-testid=message]').length);
+    }
+    frames.sort((a, b) => a - b);
+    const pick = (q) => frames[Math.min(frames.length - 1, Math.floor(frames.length * q))];
+    return {
+      reached_first: first(),
+      messages: total,
+      frames: frames.length,
+      seconds: (performance.now() - start) / 1000,
+      frame_p50_ms: pick(0.5),
+      frame_p95_ms: pick(0.95),
+      frame_max_ms: frames[frames.length - 1],
+      frames_over_50ms: frames.filter((f) => f > 50).length,
+      max_rows_in_dom: maxRows,
+    };
+  }, MESSAGES);
+  for (const k of Object.keys(result.scroll)) if (typeof result.scroll[k] === 'number') result.scroll[k] = round(result.scroll[k]);
+  await browser.close();
+  await api.dispose();
+}
+
+console.log(JSON.stringify(result));

@@ -1,0 +1,167 @@
+import { describe, expect, it } from 'vitest';
+import { ChatClient } from '../src/lib/chat/connection';
+import { HostError } from '../src/lib/host/HostClient';
+import type { Message } from '../src/lib/api/types';
+import { FakeHost, msg, tick } from './fakes';
+
+function setup() {
+  const host = new FakeHost();
+  const timers: (() => void)[] = [];
+  let n = 0;
+  const chat = new ChatClient(host, 'user:owner', {
+    setTimer: (fn) => timers.push(fn),
+    newClientId: () => `cid-${++n}`,
+  });
+  return { host, chat, timers, runTimers: () => timers.splice(0).forEach((f) => f()) };
+}
+
+describe('optimistic sends never duplicate', () => {
+  it('shows the message at once and once only, whether the echo or the answer comes first', async () => {
+    for (const echoFirst of [true, false]) {
+      const { host, chat } = setup();
+      host.sockets[0].accept();
+      host.handler = async (m, p) => (p.endsWith('/messages') ? [] : undefined);
+      await chat.open_channel('c1');
+      let answer!: (m: Message) => void;
+      host.handler = () => new Promise((r) => (answer = r as (m: Message) => void));
+      const id = chat.send('c1', 'hi');
+      const log = chat.log('c1');
+      expect(log.list().map((m) => [m.content, m.state, m.local])).toEqual([['hi', 'pending', true]]);
+      const stored = msg({ id: 'm1', seq: 5, content: 'hi', client_id: id, author_id: 'user:owner', author_type: 'user' });
+      if (echoFirst) host.sockets[0].frame({ type: 'message', channel_id: 'c1', seq: 5, message: stored });
+      answer(stored);
+      await tick();
+      if (!echoFirst) host.sockets[0].frame({ type: 'message', channel_id: 'c1', seq: 5, message: stored });
+      expect(log.list().map((m) => [m.id, m.content, m.state])).toEqual([['m1', 'hi', 'complete']]);
+    }
+  });
+
+  it('retries an unanswered send with the same client_id, then shows the error and can be retried', async () => {
+    const { host, chat, runTimers } = setup();
+    host.handler = async () => {
+      throw new HostError(0, 'unreachable', 'offline');
+    };
+    const id = chat.send('c1', 'hello');
+    await tick();
+    for (let i = 0; i < 5; i++) {
+      runTimers();
+      await tick();
+    }
+    const posts = host.requests.filter((r) => r.method === 'POST');
+    expect(posts).toHaveLength(6);
+    expect(new Set(posts.map((p) => (p.init?.body as { client_id: string }).client_id))).toEqual(new Set([id]));
+    const failed = chat.log('c1').get(`local:${id}`);
+    expect(failed?.state).toBe('error');
+    expect(failed?.sendError).toMatch(/offline/);
+    // The user retries: same client_id; the host answers with the stored message.
+    host.handler = async () => msg({ id: 'm9', seq: 9, content: 'hello', client_id: id });
+    chat.retry('c1', id);
+    await tick();
+    const last = host.requests.at(-1)!;
+    expect((last.init?.body as { client_id: string }).client_id).toBe(id);
+    expect(chat.log('c1').list().map((m) => m.id)).toEqual(['m9']);
+  });
+
+  it('does not retry a refused send', async () => {
+    const { host, chat, runTimers } = setup();
+    host.handler = async () => {
+      throw new HostError(403, 'forbidden', 'this chat is archived');
+    };
+    const id = chat.send('c1', 'x');
+    await tick();
+    runTimers();
+    await tick();
+    expect(host.requests).toHaveLength(1);
+    expect(chat.log('c1').get(`local:${id}`)?.sendError).toMatch(/archived/);
+  });
+});
+
+describe('reconnecting resumes with after_seq', () => {
+  it('resubscribes every followed channel after the last seq seen', async () => {
+    const { host, chat, runTimers } = setup();
+    host.handler = async (_m, p) => (p.includes('/c1/') ? [msg({ id: 'a', seq: 3 })] : []);
+    host.sockets[0].accept();
+    await chat.open_channel('c1');
+    chat.follow('c2');
+    expect(host.sockets[0].sent).toEqual([
+      { type: 'subscribe', channel_id: 'c1', after_seq: 3 },
+      { type: 'subscribe', channel_id: 'c2', after_seq: null },
+    ]);
+    host.sockets[0].frame({ type: 'message', channel_id: 'c1', seq: 7, message: msg({ id: 'b', seq: 7 }) });
+    host.sockets[0].drop();
+    expect(chat.connected).toBe(false);
+    // Missed while down: seq 8. The new socket asks for everything after 7.
+    runTimers();
+    expect(host.sockets).toHaveLength(2);
+    host.sockets[1].accept();
+    expect(host.sockets[1].sent).toEqual([
+      { type: 'subscribe', channel_id: 'c1', after_seq: 7 },
+      { type: 'subscribe', channel_id: 'c2', after_seq: null },
+    ]);
+    host.sockets[1].frame({ type: 'message', channel_id: 'c1', seq: 8, message: msg({ id: 'c', seq: 8 }) });
+    // A replayed event we already had changes nothing.
+    host.sockets[1].frame({ type: 'message', channel_id: 'c1', seq: 7, message: msg({ id: 'b', seq: 7 }) });
+    expect(chat.log('c1').list().map((m) => m.id)).toEqual(['a', 'b', 'c']);
+    expect(chat.log('c1').lastSeq).toBe(8);
+  });
+
+  it('backs off between failed connects and resets after one succeeds', () => {
+    const host = new FakeHost();
+    const waits: number[] = [];
+    const pending: (() => void)[] = [];
+    new ChatClient(host, 'me', {
+      minDelayMs: 100,
+      maxDelayMs: 400,
+      setTimer: (fn, ms) => {
+        waits.push(ms);
+        pending.push(fn);
+      },
+    });
+    for (let i = 0; i < 4; i++) {
+      host.sockets.at(-1)!.drop();
+      pending.shift()!();
+    }
+    host.sockets.at(-1)!.accept();
+    host.sockets.at(-1)!.drop();
+    expect(waits).toEqual([100, 200, 400, 400, 100]);
+  });
+});
+
+describe('older history', () => {
+  it('pages back with before_seq until the start', async () => {
+    const { host, chat } = setup();
+    host.sockets[0].accept();
+    const all = Array.from({ length: 5 }, (_, i) => msg({ id: `m${i + 1}`, seq: i + 1 }));
+    host.handler = async (_m, _p, init) => {
+      const q = init?.query ?? {};
+      const limit = Number(q.limit);
+      const before = q.before_seq === undefined ? Infinity : Number(q.before_seq);
+      return all.filter((m) => m.seq < before).slice(-limit);
+    };
+    await chat.open_channel('c1', 2);
+    expect(chat.log('c1').list().map((m) => m.id)).toEqual(['m4', 'm5']);
+    expect(await chat.loadOlder('c1', 2)).toBe(true);
+    expect(await chat.loadOlder('c1', 2)).toBe(true);
+    expect(chat.log('c1').list().map((m) => m.id)).toEqual(['m1', 'm2', 'm3', 'm4', 'm5']);
+    expect(chat.hasAll('c1')).toBe(true);
+    expect(await chat.loadOlder('c1', 2)).toBe(false);
+    const pages = host.requests.map((r) => r.init?.query?.before_seq);
+    expect(pages).toEqual([undefined, 4, 2]);
+  });
+});
+
+describe('typing', () => {
+  it('tells the channel at most every 3 s', () => {
+    const { host, chat } = setup();
+    host.sockets[0].accept();
+    chat.typing('c1', 10_000);
+    chat.typing('c1', 11_000);
+    chat.typing('c2', 11_000);
+    chat.typing('c1', 13_001);
+    expect(host.sockets[0].sent).toEqual([
+      { type: 'typing', channel_id: 'c1' },
+      { type: 'typing', channel_id: 'c2' },
+      { type: 'typing', channel_id: 'c1' },
+    ]);
+  });
+});
