@@ -25,8 +25,23 @@ STATUS=${PIPESTATUS[0]}
 log "ui: unit tests (vitest)"
 (cd ui && npx vitest run --reporter=default --reporter=json --outputFile="$OUT.vitest.json")
 UI_STATUS=$?
+log "app: the real-window test (Xvfb, D-Bus session, keychain, tauri-driver)"
+"$REPO_ROOT/scripts/app-e2e.sh" 2>&1 | tee -a "$OUT"
+APP_STATUS=${PIPESTATUS[0]}
+# Android can't be built here (no NDK); the app's core is at least type-checked for it.
+if rustup target list --installed 2>/dev/null | grep -q '^aarch64-linux-android$'; then
+    log "app: cargo check for aarch64-linux-android (taos-client)"
+    CC_aarch64_linux_android="${CC_aarch64_linux_android:-aarch64-linux-gnu-gcc}" \
+        cargo check --locked -p taos-client --target aarch64-linux-android
+    ANDROID_STATUS=$?
+else
+    log "app: SKIPPED the Android check: the aarch64-linux-android Rust target is not installed (see docs/mobile.md)"
+    ANDROID_STATUS=0
+fi
 set -e
 if [ "$UI_STATUS" -ne 0 ]; then STATUS=$UI_STATUS; fi
+if [ "$APP_STATUS" -ne 0 ]; then STATUS=$APP_STATUS; fi
+if [ "$ANDROID_STATUS" -ne 0 ]; then STATUS=$ANDROID_STATUS; fi
 # vitest's counts, in cargo's format, so one line below adds up both.
 node -e 'const r = require(process.argv[1]); console.log(`test result: vitest. ${r.numPassedTests} passed; ${r.numFailedTests} failed;`)' \
     "$OUT.vitest.json" >> "$OUT" || echo "test result: vitest. 0 passed; 1 failed;" >> "$OUT"

@@ -3,12 +3,57 @@
 import type { AuthStatus, HostEvent, Notification, User } from './api/types';
 import { ChatClient } from './chat/connection';
 import { BrowserHostClient } from './host/browser';
+import { TauriHostClient, forgetHost, hostStatus, isTauri } from './host/tauri';
 import { EventFeed } from './host/events';
 import { HostError, type HostClient } from './host/HostClient';
 import { navigate, router } from './router.svelte';
 
-// Any 401 (the session ended or was revoked) sends the user to sign in again.
-export const host: HostClient = new BrowserHostClient('', () => signedOut());
+/**
+ * In the taos app (Tauri) the host is the paired one, reached through the shell; there is no
+ * sign-in, only pairing, and the shell keeps chats readable and sends queued while offline.
+ */
+export const shell = $state({
+  tauri: isTauri(),
+  paired: true,
+  online: true,
+  hostName: '' as string,
+  deviceId: null as string | null,
+  /** Why the app is back on the pairing screen, if it was sent there. */
+  message: '' as string,
+});
+
+const tauriHost = shell.tauri ? new TauriHostClient(() => unpaired('This device was signed out by the host. Pair it again.')) : null;
+
+// Any 401 (the session ended or was revoked) sends the user to sign in (or pair) again.
+export const host: HostClient = tauriHost ?? new BrowserHostClient('', () => signedOut());
+
+if (tauriHost) {
+  tauriHost.listen((event) => {
+    if (event.type === 'connection') shell.online = event.online;
+    if (event.type === 'notify') toast(event.notification.title, 'warning');
+  });
+}
+
+/** The app lost (or never had) its pairing: show the pairing screen. */
+export function unpaired(message = '') {
+  stopLive();
+  session.user = null;
+  shell.paired = false;
+  shell.message = message;
+}
+
+/** Called by the pairing screen once the shell has paired. */
+export async function paired() {
+  shell.paired = true;
+  shell.message = '';
+  await checkSession();
+}
+
+/** Unpairs this app from its host (the app's "sign out"). */
+export async function unpair() {
+  if (shell.deviceId) await forgetHost(shell.deviceId).catch(() => undefined);
+  unpaired();
+}
 
 export const session = $state<{ checked: boolean; configured: boolean; user: User | null }>({
   checked: false,
@@ -102,6 +147,12 @@ function stopLive() {
 
 /** Called when the host says the session is gone. */
 export function signedOut() {
+  if (shell.tauri) {
+    // Offline, a paired app stays on its cached screens; only a revoked device re-pairs.
+    if (!shell.online && shell.paired) return;
+    unpaired('This device was signed out by the host. Pair it again.');
+    return;
+  }
   stopLive();
   session.user = null;
   if (router.path !== '/login') {
@@ -110,13 +161,39 @@ export function signedOut() {
   }
 }
 
+const KNOWN_USER = 'taos.app.user';
+
 export async function checkSession() {
+  if (shell.tauri) {
+    try {
+      const status = await hostStatus();
+      shell.hostName = status.host_name ?? '';
+      shell.deviceId = status.device_id;
+      if (!status.paired) {
+        session.checked = true;
+        unpaired(shell.message);
+        return;
+      }
+      shell.paired = true;
+    } catch {
+      session.checked = true;
+      unpaired();
+      return;
+    }
+  }
   try {
     const status = await host.request<AuthStatus>('GET', '/api/auth/status');
     session.configured = status.configured;
     session.user = status.authenticated ? (status.user ?? null) : null;
-  } catch {
+    if (shell.tauri && session.user) localStorage.setItem(KNOWN_USER, JSON.stringify(session.user));
+  } catch (e) {
     session.user = null;
+    // The app starts on its cache when the host is away: as the owner it last saw.
+    if (shell.tauri && e instanceof HostError && e.status === 0) {
+      shell.online = false;
+      const known = localStorage.getItem(KNOWN_USER);
+      session.user = known ? (JSON.parse(known) as User) : null;
+    }
   }
   session.checked = true;
   if (session.user) startLive();

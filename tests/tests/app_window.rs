@@ -1,0 +1,435 @@
+//! The taos app in a real window against a real host, driven through WebDriver
+//! (tauri-driver → WebKitWebDriver): pair with a fresh code → chat with an agent (its reply
+//! streams in) → the host stops: the chat is still readable, two messages are shown queued →
+//! the host is back: both delivered exactly once (checked on the host) → a disk-quota alert
+//! from the host is a native notification (a `Notify` call on the session bus) → the device
+//! is revoked: the app is back on pairing, saying why. Screenshots of every step are kept.
+//!
+//! Needs a display, a D-Bus session and a Secret Service, so it is `#[ignore]`d in the plain
+//! workspace run: `scripts/app-e2e.sh` runs it (`--ignored`) under `xvfb-run` and
+//! `dbus-run-session` with GNOME Keyring, and `scripts/test.sh` runs that script.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use taos_e2e::{workspace_binary, AgentClient, Host, HostOptions};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// Just enough of W3C WebDriver over plain HTTP to drive the app.
+struct Driver {
+    http: reqwest::Client,
+    base: String,
+    session: String,
+    shots: PathBuf,
+}
+
+impl Driver {
+    async fn start(port: u16, app: &Path, shots: PathBuf) -> Driver {
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let created: Value = http
+            .post(format!("{base}/session"))
+            .json(&json!({"capabilities": {"alwaysMatch": {"tauri:options": {"application": app}}}}))
+            .send()
+            .await
+            .expect("new session")
+            .json()
+            .await
+            .expect("session json");
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {created}"))
+            .to_string();
+        Driver {
+            http,
+            base,
+            session,
+            shots,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request
+            .send()
+            .await
+            .expect("webdriver")
+            .json::<Value>()
+            .await
+            .expect("webdriver json")["value"]
+            .take()
+    }
+
+    /// The first element matching `css`, waiting up to `wait` for it to appear.
+    async fn find(&self, css: &str, wait: Duration) -> String {
+        let deadline = Instant::now() + wait;
+        loop {
+            let found = self
+                .call(
+                    Method::POST,
+                    "/element",
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .await;
+            if let Some(id) = found[ELEMENT].as_str() {
+                return id.to_string();
+            }
+            assert!(Instant::now() < deadline, "no element {css} after {wait:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.find(css, Duration::from_secs(20)).await;
+        self.call(Method::POST, &format!("/element/{id}/click"), Some(json!({})))
+            .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css, Duration::from_secs(20)).await;
+        self.call(Method::POST, &format!("/element/{id}/clear"), Some(json!({})))
+            .await;
+        self.call(
+            Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
+    /// The page's visible text.
+    async fn text(&self) -> String {
+        self.call(
+            Method::POST,
+            "/execute/sync",
+            Some(json!({"script": "return document.body.innerText", "args": []})),
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
+    async fn wait_for_text(&self, needle: &str, wait: Duration) -> String {
+        let deadline = Instant::now() + wait;
+        loop {
+            let text = self.text().await;
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never appeared; the page says:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn count(&self, css: &str) -> usize {
+        self.call(
+            Method::POST,
+            "/elements",
+            Some(json!({"using": "css selector", "value": css})),
+        )
+        .await
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0)
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let shot = self.call(Method::GET, "/screenshot", None).await;
+        if let Some(b64) = shot.as_str() {
+            if let Ok(png) = base64::engine::general_purpose::STANDARD.decode(b64) {
+                let _ = std::fs::write(self.shots.join(format!("{name}.png")), png);
+            }
+        }
+    }
+
+    async fn quit(&self) {
+        let _ = self
+            .http
+            .delete(format!("{}/session/{}", self.base, self.session))
+            .send()
+            .await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_host(data_dir: Option<PathBuf>, port: u16) -> Host {
+    Host::start_with(
+        &workspace_binary("taos-host").display().to_string(),
+        HostOptions {
+            data_dir,
+            env: vec![
+                ("TAOS_SERVER__BIND".into(), format!("127.0.0.1:{port}")),
+                ("TAOS_LLM__LITELLM_BIN".into(), "/nonexistent/litellm".into()),
+            ],
+        },
+    )
+    .await
+    .expect("host starts")
+}
+
+/// An external agent that streams "Hello from the agent" in two deltas to every message.
+fn answer_everything(agent: AgentClient) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut events = agent.events(None).await;
+        while let Some(event) = events.next(Duration::from_secs(3600)).await {
+            let Ok(delivery) = serde_json::from_str::<Value>(&event.data) else {
+                continue;
+            };
+            let trace_id = delivery["trace_id"].as_str().unwrap_or_default().to_string();
+            for part in ["Hello ", "from the agent"] {
+                agent
+                    .reply(json!({"kind": "delta", "trace_id": trace_id, "content": part}))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            agent
+                .reply(json!({"kind": "final", "trace_id": trace_id, "content": "Hello from the agent"}))
+                .await;
+        }
+    })
+}
+
+async fn wait_for_status(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let http = reqwest::Client::new();
+    loop {
+        // tauri-driver answers before WebKitWebDriver listens; only a 200 means ready.
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/status"))
+            .send()
+            .await
+        {
+            if r.status() == StatusCode::OK {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "tauri-driver never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn tauri_driver() -> PathBuf {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_default();
+    let installed = cargo_home.join("bin/tauri-driver");
+    if installed.exists() {
+        installed
+    } else {
+        PathBuf::from("tauri-driver")
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a display, D-Bus and a keychain: scripts/app-e2e.sh runs it"]
+async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
+    assert_eq!(
+        std::env::var("TAOS_APP_E2E").ok().as_deref(),
+        Some("1"),
+        "run through scripts/app-e2e.sh, which provides the display, D-Bus session and keychain"
+    );
+    let app = workspace_binary("taos-app");
+    assert!(app.exists(), "build the app first: {}", app.display());
+    let out = PathBuf::from(
+        std::env::var("TAOS_APP_E2E_OUT").unwrap_or_else(|_| "/tmp/taos-app-e2e".into()),
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+
+    // Watch the session bus for notifications.
+    let bus_log = out.join("dbus-monitor.log");
+    let mut monitor = tokio::process::Command::new("dbus-monitor")
+        .args(["--session", "interface='org.freedesktop.Notifications'"])
+        .stdout(Stdio::from(std::fs::File::create(&bus_log).unwrap()))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("dbus-monitor");
+
+    let port = free_port();
+    let mut host = start_host(None, port).await;
+    host.setup_owner().await;
+    let (agent, _) = AgentClient::create(&host, "Helper").await;
+    let answering = answer_everything(agent);
+    let token: Value = host
+        .admin(Method::POST, "/api/devices/pairing-tokens")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap().to_string();
+
+    let app_data = tempfile::tempdir().unwrap();
+    let driver_port = free_port();
+    let mut driver_process = tokio::process::Command::new(tauri_driver())
+        .args([
+            "--port",
+            &driver_port.to_string(),
+            "--native-port",
+            &free_port().to_string(),
+        ])
+        .env("TAOS_APP_DATA_DIR", app_data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(out.join("tauri-driver.log")).unwrap(),
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tauri-driver");
+    wait_for_status(driver_port).await;
+    let ui = Driver::start(driver_port, &app, out.clone()).await;
+
+    // Pair with a fresh code.
+    ui.wait_for_text("Pair with your taos host", Duration::from_secs(30))
+        .await;
+    ui.screenshot("01-pairing").await;
+    ui.type_into("#pair-token", &token).await;
+    ui.type_into("#device-name", "window test").await;
+    ui.click("button[type=submit]").await;
+    ui.wait_for_text("Agents", Duration::from_secs(30)).await;
+    ui.screenshot("02-paired").await;
+
+    // Chat with the agent: the reply streams in.
+    let dm: Vec<Value> = host
+        .admin(Method::GET, "/api/chat/channels?member=helper")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dm = dm[0]["id"].as_str().unwrap().to_string();
+    ui.call(
+        Method::POST,
+        "/execute/sync",
+        Some(json!({"script": format!("history.pushState(null, '', '/chat/{dm}'); dispatchEvent(new PopStateEvent('popstate'))"), "args": []})),
+    )
+    .await;
+    ui.type_into("form.composer textarea", "hi from the window").await;
+    ui.click("form.composer button[type=submit]").await;
+    ui.wait_for_text("Hello from the agent", Duration::from_secs(30))
+        .await;
+    ui.screenshot("03-reply").await;
+
+    // The host stops: the chat stays readable; two messages show as queued.
+    host.terminate().await.unwrap();
+    answering.abort();
+    ui.find("[data-testid=offline-banner]", Duration::from_secs(60))
+        .await;
+    let text = ui.text().await;
+    assert!(text.contains("hi from the window"), "{text}");
+    assert!(text.contains("Hello from the agent"), "{text}");
+    for line in ["offline one", "offline two"] {
+        ui.type_into("form.composer textarea", line).await;
+        ui.click("form.composer button[type=submit]").await;
+    }
+    ui.wait_for_text("offline two", Duration::from_secs(10))
+        .await;
+    assert_eq!(ui.count("[data-testid=pending]").await, 2, "both queued");
+    ui.wait_for_text("queued", Duration::from_secs(10)).await;
+    ui.screenshot("04-offline-queued").await;
+
+    // The host is back: both delivered, once each, in order.
+    let data_dir = host.data_dir.clone();
+    let _keep = host.take_temp();
+    drop(host);
+    let host = start_host(Some(data_dir), port).await;
+    ui.click("[data-testid=offline-banner] button").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ui.count("[data-testid=pending]").await > 0 {
+        assert!(Instant::now() < deadline, "queued messages never went out");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ui.screenshot("05-delivered").await;
+    let stored: Vec<Value> = host
+        .admin(
+            Method::GET,
+            &format!("/api/chat/channels/{dm}/messages?after_seq=0"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ours: Vec<&str> = stored
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .filter(|c| c.starts_with("offline"))
+        .collect();
+    assert_eq!(ours, ["offline one", "offline two"], "exactly once, in order");
+
+    // A disk-quota alert from the host becomes a native notification.
+    let r = host
+        .admin(Method::POST, "/api/notifications")
+        .json(&json!({"level": "warning", "title": "Helper's disk is 91% full",
+                      "message": "1.8 of 2 GiB", "source": "disk_quota", "data": {"agent": "helper"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(&bus_log).unwrap_or_default();
+        if log.contains("member=Notify") && log.contains("Helper's disk is 91% full") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Notify call on the session bus:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ui.screenshot("06-notified").await;
+
+    // The owner revokes the device: the app goes back to pairing and says why.
+    let devices: Vec<Value> = host
+        .admin(Method::GET, "/api/devices")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = devices[0]["id"].as_str().unwrap();
+    host.admin(Method::DELETE, &format!("/api/devices/{id}"))
+        .send()
+        .await
+        .unwrap();
+    ui.call(
+        Method::POST,
+        "/execute/sync",
+        Some(json!({"script": "history.pushState(null, '', '/agents'); dispatchEvent(new PopStateEvent('popstate'))", "args": []})),
+    )
+    .await;
+    ui.wait_for_text("signed out by the host", Duration::from_secs(60))
+        .await;
+    ui.screenshot("07-revoked").await;
+
+    ui.quit().await;
+    let _ = driver_process.kill().await;
+    let _ = monitor.kill().await;
+    eprintln!("screenshots in {}", out.display());
+}

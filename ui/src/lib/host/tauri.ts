@@ -1,0 +1,285 @@
+// The Tauri shell's HostClient. The web view never talks to a host itself: every call goes to
+// the shell's Rust commands, which use TLS pinned to the key learned at pairing. Chat reads come
+// from the shell's offline cache when the host is out of reach, sends go through its outbox
+// (delivered exactly once, in order, when the host is back), and live events arrive on one
+// Tauri channel that the shell keeps fed.
+import { Channel, invoke } from '@tauri-apps/api/core';
+import type { ClientEvent, HostEvent, Message, ServerEvent } from '../api/types';
+import { buildUrl } from './browser';
+import { HostError, type ChatSocket, type HostClient, type Method, type RequestInit, type SseMessage } from './HostClient';
+
+/** Whether this page runs inside the taos app. */
+export function isTauri(): boolean {
+  return typeof window !== 'undefined' && '__TAURI_INTERNALS__' in window;
+}
+
+/** What the shell's commands reject with. */
+interface CommandError {
+  code: string;
+  message: string;
+  status: number;
+}
+
+export interface OutboxItem {
+  client_id: string;
+  channel_id: string;
+  content: string;
+  state: 'queued' | 'sent' | 'failed';
+  last_error: string | null;
+  message_id: string | null;
+}
+
+export interface NativeNotification {
+  title: string;
+  body: string;
+  route: string;
+}
+
+/** The shell's events (taos-client's `AppEvent`). */
+export type AppEvent =
+  | { type: 'connection'; online: boolean; detail: string | null }
+  | { type: 'revoked' }
+  | { type: 'channels_changed' }
+  | { type: 'message'; message: Message }
+  | { type: 'delta'; channel_id: string; message_id: string; delta: string }
+  | { type: 'outbox'; items: OutboxItem[] }
+  | { type: 'host'; event: HostEvent }
+  | { type: 'resync' }
+  | { type: 'notify'; notification: NativeNotification };
+
+export interface PairedHost {
+  device_id: string;
+  host_name: string;
+  addresses: string[];
+}
+
+function toHostError(e: unknown): HostError {
+  const err = e as Partial<CommandError>;
+  if (err && typeof err === 'object' && typeof err.code === 'string') {
+    const status = err.code === 'offline' ? 0 : err.code === 'revoked' ? 401 : (err.status ?? 0) || 400;
+    return new HostError(status, err.code, err.message ?? err.code);
+  }
+  return new HostError(0, 'shell', String(e));
+}
+
+async function call<T>(command: string, args: Record<string, unknown> = {}): Promise<T> {
+  try {
+    return await invoke<T>(command, args);
+  } catch (e) {
+    throw toHostError(e);
+  }
+}
+
+/** Pairs with the host that made `token`; it becomes the active host. */
+export function pair(token: string, deviceName: string): Promise<PairedHost> {
+  return call('pairing_pair', { token, device_name: deviceName });
+}
+
+export function hostStatus(): Promise<{ paired: boolean; host_name: string | null; device_id: string | null }> {
+  return call('host_status');
+}
+
+export function forgetHost(deviceId: string): Promise<void> {
+  return call('pairing_forget', { device_id: deviceId });
+}
+
+export function reconnect(): Promise<void> {
+  return call('host_reconnect');
+}
+
+export function focusChannel(channelId: string | null): Promise<void> {
+  return call('chat_focus', { channel_id: channelId }).catch(() => undefined) as Promise<void>;
+}
+
+const HISTORY = /^\/api\/chat\/channels\/([^/?]+)\/messages$/;
+
+export class TauriHostClient implements HostClient {
+  private readonly listeners = new Set<(event: AppEvent) => void>();
+  private subscribed: Promise<void> | null = null;
+  online = false;
+
+  constructor(private readonly onRevoked?: () => void) {}
+
+  /** Every shell event from now on; returns the unsubscribe function. */
+  listen(fn: (event: AppEvent) => void): () => void {
+    this.listeners.add(fn);
+    void this.ensureSubscribed();
+    return () => this.listeners.delete(fn);
+  }
+
+  private ensureSubscribed(): Promise<void> {
+    if (!this.subscribed) {
+      const channel = new Channel<AppEvent>();
+      channel.onmessage = (event) => {
+        if (event.type === 'connection') this.online = event.online;
+        if (event.type === 'revoked') this.onRevoked?.();
+        for (const fn of this.listeners) fn(event);
+      };
+      this.subscribed = call<void>('notify_subscribe', { on_event: channel });
+    }
+    return this.subscribed;
+  }
+
+  setCsrf(): void {
+    // Device tokens, held by the shell: nothing for the page to keep.
+  }
+
+  async request<T>(method: Method, path: string, init: RequestInit = {}): Promise<T> {
+    if (method === 'POST' && path === '/api/chat/messages') {
+      return (await this.send(init.body as { channel_id: string; content: string; client_id?: string; thread_id?: string })) as T;
+    }
+    const url = buildUrl('', path, init.query);
+    try {
+      return await call<T>('host_request', { method, path: url, body: init.body ?? null });
+    } catch (e) {
+      const err = e as HostError;
+      if (err.status === 401) this.onRevoked?.();
+      if (err.code === 'offline' && method === 'GET') {
+        const cached = await this.fromCache(path, init);
+        if (cached !== undefined) return cached as T;
+      }
+      throw err;
+    }
+  }
+
+  /** What the offline cache can answer for a GET, or undefined. */
+  private async fromCache(path: string, init: RequestInit): Promise<unknown> {
+    if (path === '/api/chat/channels') return call('chat_channels');
+    if (path === '/api/agents') return call('cache_agents');
+    const history = HISTORY.exec(path);
+    if (history) {
+      const limit = Number(init.query?.limit ?? 200);
+      return call('chat_messages', { channel_id: decodeURIComponent(history[1]), limit });
+    }
+    return undefined;
+  }
+
+  /**
+   * Sends through the shell's outbox and resolves with the stored message once the host has
+   * it, however long that takes (the UI shows it as queued meanwhile). Rejects only if the
+   * host refuses it for good.
+   */
+  private send(body: { channel_id: string; content: string; client_id?: string; thread_id?: string }): Promise<Message> {
+    const clientId = body.client_id ?? crypto.randomUUID();
+    return new Promise<Message>((resolve, reject) => {
+      const stop = this.listen((event) => {
+        if (event.type === 'message' && event.message.client_id === clientId) {
+          stop();
+          resolve(event.message);
+        } else if (event.type === 'outbox') {
+          const item = event.items.find((i) => i.client_id === clientId);
+          if (item?.state === 'failed') {
+            stop();
+            reject(new HostError(400, 'refused', item.last_error ?? 'the host refused this message'));
+          }
+        }
+      });
+      call<OutboxItem>('chat_send', {
+        channel_id: body.channel_id,
+        content: body.content,
+        thread_id: body.thread_id ?? null,
+        client_id: clientId,
+      }).catch((e) => {
+        stop();
+        reject(e);
+      });
+    });
+  }
+
+  /**
+   * The chat "socket": open while the shell is connected to the host. Subscribing replays
+   * what the cache has after `after_seq`; live frames are the shell's chat events.
+   */
+  openChat(): ChatSocket {
+    let closed = false;
+    const socket: ChatSocket = {
+      onopen: null,
+      onframe: null,
+      onclose: null,
+      send: (frame: ClientEvent) => {
+        if (frame.type === 'subscribe') void this.replay(socket, frame.channel_id, frame.after_seq ?? null);
+      },
+      close: () => finish(1000),
+    };
+    const finish = (code: number) => {
+      if (closed) return;
+      closed = true;
+      stop();
+      socket.onclose?.(code);
+    };
+    const frame = (f: ServerEvent) => {
+      if (!closed) socket.onframe?.(f);
+    };
+    const stop = this.listen((event) => {
+      if (event.type === 'connection' && !event.online) finish(1006);
+      else if (event.type === 'message') frame({ type: 'message', channel_id: event.message.channel_id, seq: event.message.seq, message: event.message } as ServerEvent);
+      else if (event.type === 'delta') frame({ type: 'message_delta', channel_id: event.channel_id, message_id: event.message_id, delta: event.delta } as ServerEvent);
+    });
+    // Open once the shell says the host is there (at once if it already is).
+    const opened = this.listen((event) => {
+      if (event.type === 'connection' && event.online && !closed) {
+        opened();
+        socket.onopen?.();
+      }
+    });
+    void this.ensureSubscribed().then(() => {
+      if (this.online && !closed) {
+        opened();
+        socket.onopen?.();
+      } else if (!closed) {
+        // Offline: report the socket closed so the UI shows it, and retries later.
+        setTimeout(() => {
+          if (!this.online) {
+            opened();
+            finish(1006);
+          }
+        }, 1500);
+      }
+    });
+    return socket;
+  }
+
+  private async replay(socket: ChatSocket, channelId: string, afterSeq: number | null) {
+    let lastSeq = afterSeq ?? 0;
+    if (afterSeq !== null) {
+      const cached = await call<Message[]>('chat_messages', { channel_id: channelId, limit: 1000 }).catch(() => []);
+      for (const m of cached) {
+        if (m.seq > afterSeq) socket.onframe?.({ type: 'message', channel_id: channelId, seq: m.seq, message: m } as ServerEvent);
+        lastSeq = Math.max(lastSeq, m.seq);
+      }
+    }
+    socket.onframe?.({ type: 'subscribed', channel_id: channelId, last_seq: lastSeq } as ServerEvent);
+  }
+
+  /** The shell's host events as the stream the UI's event feed reads; the shell resumes itself. */
+  async *openEvents(_lastEventId: string | null, signal: AbortSignal, onOpen?: () => void): AsyncIterable<SseMessage> {
+    const queue: SseMessage[] = [];
+    let wake: (() => void) | null = null;
+    const stop = this.listen((event) => {
+      if (event.type === 'host') {
+        queue.push({ id: String(event.event.id), event: event.event.kind, data: JSON.stringify(event.event) });
+      } else if (event.type === 'resync') {
+        queue.push({ id: null, event: 'resync', data: '{}' });
+      } else {
+        return;
+      }
+      wake?.();
+    });
+    signal.addEventListener('abort', () => wake?.());
+    await this.ensureSubscribed();
+    onOpen?.();
+    try {
+      while (!signal.aborted) {
+        const next = queue.shift();
+        if (next) {
+          yield next;
+          continue;
+        }
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = null;
+      }
+    } finally {
+      stop();
+    }
+  }
+}
