@@ -345,6 +345,36 @@ try {
     await screenshot(page, 'chat-long');
   });
 
+  await step('unread counts: a reply in another chat counts while this one is open', async () => {
+    const agent = await (await page.request.get(`${URL_}/api/agents/${SLUG}`)).json();
+    const csrf = (await desktop.cookies()).find((c) => c.name === 'taos_csrf')?.value ?? '';
+    const dm = page.locator(`[data-testid=channel][href="/chat/${agent.dm_channel_id}"]`);
+    await dm.waitFor();
+    assert((await dm.getByTestId('channel-unread').count()) === 0, 'unread before anything arrived');
+    // Asked from outside this page (another device): only the agent's reply is unread here.
+    const r = await page.request.post(`${URL_}/api/chat/messages`, {
+      headers: { 'x-csrf-token': csrf },
+      data: { channel_id: agent.dm_channel_id, content: 'are you there?' },
+    });
+    assert(r.ok(), `post: ${r.status()}`);
+    await dm.getByTestId('channel-unread').filter({ hasText: /^1$/ }).waitFor({ timeout: 60_000 });
+    await screenshot(page, 'chat-unread');
+    await dm.click();
+    await page.locator('[data-testid=message]', { hasText: 'are you there?' }).waitFor();
+    assert((await dm.getByTestId('channel-unread').count()) === 0, 'still unread after opening');
+  });
+
+  await step('pause and resume an agent', async () => {
+    await page.getByRole('link', { name: 'Agents' }).click();
+    const card = page.locator(`[data-testid=agent-card][data-slug="${SLUG}"]`);
+    await card.getByRole('button', { name: 'Pause' }).click();
+    await card.locator('.chip.warn', { hasText: /^paused$/ }).waitFor({ timeout: 60_000 });
+    await screenshot(page, 'agent-paused');
+    await card.getByRole('button', { name: 'Resume' }).click();
+    await card.getByRole('button', { name: 'Pause' }).waitFor({ timeout: 60_000 });
+    assert((await card.locator('.chip.warn', { hasText: /^paused$/ }).count()) === 0, 'still paused');
+  });
+
   await step('phone, 390×844: every screen fits and works', async () => {
     const phone = await browser.newContext({
       ignoreHTTPSErrors: true,
