@@ -295,6 +295,21 @@ try {
     await screenshot(page, 'devices-pairing');
   });
 
+  await step('devices: a device paired with the shown token is listed and can be revoked', async () => {
+    const token = await page.getByLabel('Token').inputValue();
+    const app = await request.newContext({ ignoreHTTPSErrors: true });
+    const r = await app.post(`${URL_}/api/devices/pair`, { data: { token, device_name: 'e2e phone', platform: 'android' } });
+    assert(r.status() === 201, `pair with the page's token: ${r.status()}`);
+    await app.dispose();
+    await page.getByRole('link', { name: 'Agents' }).click();
+    await page.getByRole('link', { name: 'Devices' }).click();
+    const device = page.locator('[data-testid=device]', { hasText: 'e2e phone' });
+    await device.waitFor();
+    await screenshot(page, 'devices-paired');
+    await device.getByRole('button', { name: 'Revoke' }).click();
+    await device.waitFor({ state: 'detached' });
+  });
+
   await step('a notification appears live, with an unread badge, and can be marked read', async () => {
     const before = Number((await page.getByTestId('unread-badge').count()) ? await page.getByTestId('unread-badge').innerText() : 0);
     const api = await request.newContext({ ignoreHTTPSErrors: true });
@@ -313,6 +328,35 @@ try {
     await screenshot(page, 'notifications');
     await n.getByRole('button', { name: 'Mark read' }).click();
     await n.getByRole('button', { name: 'Mark read' }).waitFor({ state: 'detached' });
+  });
+
+  await step('a disk alert offers its actions: expand the quota, audit with the agent', async () => {
+    // The alert is raised through the API (filling a disk takes minutes); its actions are real.
+    const api = await request.newContext({ ignoreHTTPSErrors: true });
+    const auth = { authorization: `Bearer ${LOCAL_TOKEN}` };
+    const before = await (await api.get(`${URL_}/api/agents/${SLUG}/disk`, { headers: auth })).json();
+    const r = await api.post(`${URL_}/api/notifications`, {
+      headers: auth,
+      data: {
+        level: 'warning',
+        title: `${SLUG} disk 85% full`,
+        source: 'disk_quota',
+        data: { agent: SLUG, quota_bytes: before.quota_bytes, actions: ['resize', 'admin-prompt:disk-audit'] },
+      },
+    });
+    assert(r.status() === 201, `POST /api/notifications: ${r.status()}`);
+    const n = page.locator('[data-testid=notification][data-source=disk_quota]');
+    await n.waitFor();
+    await n.getByRole('button', { name: 'Expand quota' }).click();
+    await page.getByText(`Disk quota of @${SLUG} is now`).waitFor();
+    const after = await (await api.get(`${URL_}/api/agents/${SLUG}/disk`, { headers: auth })).json();
+    assert(after.quota_bytes === before.quota_bytes + 10 * 1024 ** 3, `quota ${before.quota_bytes} → ${after.quota_bytes}`);
+    await api.dispose();
+    await screenshot(page, 'alert-expanded');
+    await n.getByRole('button', { name: 'Audit with agent' }).click();
+    await page.waitForURL(/\/chat\//);
+    await page.locator('[data-testid=message][data-author="user:owner"]', { hasText: 'Please audit your own disk usage' }).waitFor();
+    await screenshot(page, 'alert-audit');
   });
 
   await step('a long channel stays a short DOM (virtualised list)', async () => {
