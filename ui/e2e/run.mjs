@@ -408,6 +408,48 @@ try {
     assert((await dm.getByTestId('channel-unread').count()) === 0, 'still unread after opening');
   });
 
+  await step('chat reconnects after a drop and resumes with after_seq: nothing is missed', async () => {
+    const agent = await (await page.request.get(`${URL_}/api/agents/${SLUG}`)).json();
+    const csrf = (await desktop.cookies()).find((c) => c.name === 'taos_csrf')?.value ?? '';
+    const p = await desktop.newPage();
+    watch(p, 'reconnect');
+    const subscribes = [];
+    let open = null;
+    let blocked = false;
+    // Between the page and the host: forwards frames, records subscribes, can cut the line.
+    await p.routeWebSocket(/\/api\/chat\/ws$/, (ws) => {
+      if (blocked) return void ws.close({ code: 1006, reason: 'cut' });
+      const server = ws.connectToServer();
+      open = { ws, server };
+      ws.onMessage((m) => {
+        const frame = JSON.parse(String(m));
+        if (frame.type === 'subscribe') subscribes.push(frame);
+        server.send(m);
+      });
+      server.onMessage((m) => ws.send(m));
+    });
+    await p.goto(`${URL_}/chat/${agent.dm_channel_id}`);
+    await p.locator('[data-testid=message]', { hasText: 'are you there?' }).waitFor();
+    await p.waitForFunction(() => !document.body.innerText.includes('reconnecting'));
+    blocked = true;
+    open.server.close();
+    open.ws.close({ code: 1006, reason: 'cut' });
+    await p.getByText('reconnecting…').waitFor();
+    const r = await p.request.post(`${URL_}/api/chat/messages`, {
+      headers: { 'x-csrf-token': csrf },
+      data: { channel_id: agent.dm_channel_id, content: 'sent while you were away' },
+    });
+    assert(r.ok(), `post: ${r.status()}`);
+    await screenshot(p, 'chat-reconnecting');
+    const before = subscribes.length;
+    blocked = false;
+    await p.locator('[data-testid=message]', { hasText: 'sent while you were away' }).waitFor({ timeout: 30_000 });
+    const resub = subscribes.slice(before).find((f) => f.channel_id === agent.dm_channel_id);
+    assert(resub && resub.after_seq > 0, `resubscribe: ${JSON.stringify(subscribes)}`);
+    await p.waitForFunction(() => !document.body.innerText.includes('reconnecting'));
+    await p.close();
+  });
+
   await step('pause and resume an agent', async () => {
     await page.getByRole('link', { name: 'Agents' }).click();
     const card = page.locator(`[data-testid=agent-card][data-slug="${SLUG}"]`);
