@@ -295,6 +295,21 @@ try {
     await screenshot(page, 'devices-pairing');
   });
 
+  await step('devices: a device paired with the shown token is listed and can be revoked', async () => {
+    const token = await page.getByLabel('Token').inputValue();
+    const app = await request.newContext({ ignoreHTTPSErrors: true });
+    const r = await app.post(`${URL_}/api/devices/pair`, { data: { token, device_name: 'e2e phone', platform: 'android' } });
+    assert(r.status() === 201, `pair with the page's token: ${r.status()}`);
+    await app.dispose();
+    await page.getByRole('link', { name: 'Agents' }).click();
+    await page.getByRole('link', { name: 'Devices' }).click();
+    const device = page.locator('[data-testid=device]', { hasText: 'e2e phone' });
+    await device.waitFor();
+    await screenshot(page, 'devices-paired');
+    await device.getByRole('button', { name: 'Revoke' }).click();
+    await device.waitFor({ state: 'detached' });
+  });
+
   await step('a notification appears live, with an unread badge, and can be marked read', async () => {
     const before = Number((await page.getByTestId('unread-badge').count()) ? await page.getByTestId('unread-badge').innerText() : 0);
     const api = await request.newContext({ ignoreHTTPSErrors: true });
@@ -313,6 +328,35 @@ try {
     await screenshot(page, 'notifications');
     await n.getByRole('button', { name: 'Mark read' }).click();
     await n.getByRole('button', { name: 'Mark read' }).waitFor({ state: 'detached' });
+  });
+
+  await step('a disk alert offers its actions: expand the quota, audit with the agent', async () => {
+    // The alert is raised through the API (filling a disk takes minutes); its actions are real.
+    const api = await request.newContext({ ignoreHTTPSErrors: true });
+    const auth = { authorization: `Bearer ${LOCAL_TOKEN}` };
+    const before = await (await api.get(`${URL_}/api/agents/${SLUG}/disk`, { headers: auth })).json();
+    const r = await api.post(`${URL_}/api/notifications`, {
+      headers: auth,
+      data: {
+        level: 'warning',
+        title: `${SLUG} disk 85% full`,
+        source: 'disk_quota',
+        data: { agent: SLUG, quota_bytes: before.quota_bytes, actions: ['resize', 'admin-prompt:disk-audit'] },
+      },
+    });
+    assert(r.status() === 201, `POST /api/notifications: ${r.status()}`);
+    const n = page.locator('[data-testid=notification][data-source=disk_quota]');
+    await n.waitFor();
+    await n.getByRole('button', { name: 'Expand quota' }).click();
+    await page.getByText(`Disk quota of @${SLUG} is now`).waitFor();
+    const after = await (await api.get(`${URL_}/api/agents/${SLUG}/disk`, { headers: auth })).json();
+    assert(after.quota_bytes === before.quota_bytes + 10 * 1024 ** 3, `quota ${before.quota_bytes} → ${after.quota_bytes}`);
+    await api.dispose();
+    await screenshot(page, 'alert-expanded');
+    await n.getByRole('button', { name: 'Audit with agent' }).click();
+    await page.waitForURL(/\/chat\//);
+    await page.locator('[data-testid=message][data-author="user:owner"]', { hasText: 'Please audit your own disk usage' }).waitFor();
+    await screenshot(page, 'alert-audit');
   });
 
   await step('a long channel stays a short DOM (virtualised list)', async () => {
@@ -343,6 +387,78 @@ try {
     });
     await page.locator('[data-testid=message] .content', { hasText: /^line 1$/ }).waitFor();
     await screenshot(page, 'chat-long');
+  });
+
+  await step('unread counts: a reply in another chat counts while this one is open', async () => {
+    const agent = await (await page.request.get(`${URL_}/api/agents/${SLUG}`)).json();
+    const csrf = (await desktop.cookies()).find((c) => c.name === 'taos_csrf')?.value ?? '';
+    const dm = page.locator(`[data-testid=channel][href="/chat/${agent.dm_channel_id}"]`);
+    await dm.waitFor();
+    assert((await dm.getByTestId('channel-unread').count()) === 0, 'unread before anything arrived');
+    // Asked from outside this page (another device): only the agent's reply is unread here.
+    const r = await page.request.post(`${URL_}/api/chat/messages`, {
+      headers: { 'x-csrf-token': csrf },
+      data: { channel_id: agent.dm_channel_id, content: 'are you there?' },
+    });
+    assert(r.ok(), `post: ${r.status()}`);
+    await dm.getByTestId('channel-unread').filter({ hasText: /^1$/ }).waitFor({ timeout: 60_000 });
+    await screenshot(page, 'chat-unread');
+    await dm.click();
+    await page.locator('[data-testid=message]', { hasText: 'are you there?' }).waitFor();
+    assert((await dm.getByTestId('channel-unread').count()) === 0, 'still unread after opening');
+  });
+
+  await step('chat reconnects after a drop and resumes with after_seq: nothing is missed', async () => {
+    const agent = await (await page.request.get(`${URL_}/api/agents/${SLUG}`)).json();
+    const csrf = (await desktop.cookies()).find((c) => c.name === 'taos_csrf')?.value ?? '';
+    const p = await desktop.newPage();
+    watch(p, 'reconnect');
+    const subscribes = [];
+    let open = null;
+    let blocked = false;
+    // Between the page and the host: forwards frames, records subscribes, can cut the line.
+    await p.routeWebSocket(/\/api\/chat\/ws$/, (ws) => {
+      if (blocked) return void ws.close({ code: 1006, reason: 'cut' });
+      const server = ws.connectToServer();
+      open = { ws, server };
+      ws.onMessage((m) => {
+        const frame = JSON.parse(String(m));
+        if (frame.type === 'subscribe') subscribes.push(frame);
+        server.send(m);
+      });
+      server.onMessage((m) => ws.send(m));
+    });
+    await p.goto(`${URL_}/chat/${agent.dm_channel_id}`);
+    await p.locator('[data-testid=message]', { hasText: 'are you there?' }).waitFor();
+    await p.waitForFunction(() => !document.body.innerText.includes('reconnecting'));
+    blocked = true;
+    open.server.close();
+    open.ws.close({ code: 1006, reason: 'cut' });
+    await p.getByText('reconnecting…').waitFor();
+    const r = await p.request.post(`${URL_}/api/chat/messages`, {
+      headers: { 'x-csrf-token': csrf },
+      data: { channel_id: agent.dm_channel_id, content: 'sent while you were away' },
+    });
+    assert(r.ok(), `post: ${r.status()}`);
+    await screenshot(p, 'chat-reconnecting');
+    const before = subscribes.length;
+    blocked = false;
+    await p.locator('[data-testid=message]', { hasText: 'sent while you were away' }).waitFor({ timeout: 30_000 });
+    const resub = subscribes.slice(before).find((f) => f.channel_id === agent.dm_channel_id);
+    assert(resub && resub.after_seq > 0, `resubscribe: ${JSON.stringify(subscribes)}`);
+    await p.waitForFunction(() => !document.body.innerText.includes('reconnecting'));
+    await p.close();
+  });
+
+  await step('pause and resume an agent', async () => {
+    await page.getByRole('link', { name: 'Agents' }).click();
+    const card = page.locator(`[data-testid=agent-card][data-slug="${SLUG}"]`);
+    await card.getByRole('button', { name: 'Pause' }).click();
+    await card.locator('.chip.warn', { hasText: /^paused$/ }).waitFor({ timeout: 60_000 });
+    await screenshot(page, 'agent-paused');
+    await card.getByRole('button', { name: 'Resume' }).click();
+    await card.getByRole('button', { name: 'Pause' }).waitFor({ timeout: 60_000 });
+    assert((await card.locator('.chip.warn', { hasText: /^paused$/ }).count()) === 0, 'still paused');
   });
 
   await step('phone, 390×844: every screen fits and works', async () => {

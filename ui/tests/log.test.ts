@@ -64,3 +64,13 @@ describe('streaming replies are assembled from deltas', () => {
     expect(log.list()).toBe(before);
   });
 });
+
+describe('order', () => {
+  it('compares creation times as times, not strings', () => {
+    const log = new ChannelLog('c1');
+    log.upsert(msg({ id: 'b', seq: 2, created_at: '2026-01-01T00:00:01.5+00:00' }));
+    log.upsert(msg({ id: 'a', seq: 1, created_at: '2026-01-01T00:00:01.25Z' }));
+    log.upsert(msg({ id: 'c', seq: 3, created_at: '2026-01-01T00:00:01Z' }));
+    expect(log.list().map((m) => m.id)).toEqual(['c', 'a', 'b']);
+  });
+});

@@ -8,8 +8,11 @@ export interface ChatMessage extends Message {
   sendError?: string;
 }
 
+// Creation order; ids (UUIDv7, time-ordered) break ties within a millisecond.
 function before(a: Message, b: Message): boolean {
-  if (a.created_at !== b.created_at) return a.created_at < b.created_at;
+  const ta = Date.parse(a.created_at);
+  const tb = Date.parse(b.created_at);
+  if (ta !== tb) return ta < tb;
   return a.id < b.id;
 }
 
