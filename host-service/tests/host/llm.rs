@@ -898,15 +898,22 @@ async fn litellm_restarts_only_when_the_model_list_changes() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let status: Value = host
-        .admin(Method::GET, "/api/llm/status")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(status["state"], "unavailable");
+    // The supervisor records the new state just after the process is gone.
+    loop {
+        let status: Value = host
+            .admin(Method::GET, "/api/llm/status")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["state"] == "unavailable" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "state stays {}", status["state"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
