@@ -70,7 +70,11 @@ impl Shell {
         let engine = Engine::new(Arc::new(session), self.cache.clone(), tx);
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(engine.clone().run(stop_rx));
-        tokio::spawn(crate::commands::notify::forward(app.clone(), self.clone(), rx));
+        tokio::spawn(crate::commands::notify::forward(
+            app.clone(),
+            self.clone(),
+            rx,
+        ));
         *self.active.lock().await = Some(Active { engine, stop });
         Ok(())
     }

@@ -28,13 +28,30 @@ struct Driver {
     shots: PathBuf,
 }
 
+/// Plain HTTP to the local WebDriver server; starting the app can take a while.
+fn webdriver_client() -> reqwest::Client {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client")
+}
+
 impl Driver {
     async fn start(port: u16, app: &Path, shots: PathBuf) -> Driver {
-        let http = reqwest::Client::new();
+        let http = webdriver_client();
         let base = format!("http://127.0.0.1:{port}");
         let created: Value = http
             .post(format!("{base}/session"))
-            .json(&json!({"capabilities": {"alwaysMatch": {"tauri:options": {"application": app}}}}))
+            .json(
+                &json!({"capabilities": {"alwaysMatch": {"tauri:options": {"application": app}}}}),
+            )
             .send()
             .await
             .expect("new session")
@@ -90,14 +107,22 @@ impl Driver {
 
     async fn click(&self, css: &str) {
         let id = self.find(css, Duration::from_secs(20)).await;
-        self.call(Method::POST, &format!("/element/{id}/click"), Some(json!({})))
-            .await;
+        self.call(
+            Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
     }
 
     async fn type_into(&self, css: &str, text: &str) {
         let id = self.find(css, Duration::from_secs(20)).await;
-        self.call(Method::POST, &format!("/element/{id}/clear"), Some(json!({})))
-            .await;
+        self.call(
+            Method::POST,
+            &format!("/element/{id}/clear"),
+            Some(json!({})),
+        )
+        .await;
         self.call(
             Method::POST,
             &format!("/element/{id}/value"),
@@ -179,7 +204,10 @@ async fn start_host(data_dir: Option<PathBuf>, port: u16) -> Host {
             data_dir,
             env: vec![
                 ("TAOS_SERVER__BIND".into(), format!("127.0.0.1:{port}")),
-                ("TAOS_LLM__LITELLM_BIN".into(), "/nonexistent/litellm".into()),
+                (
+                    "TAOS_LLM__LITELLM_BIN".into(),
+                    "/nonexistent/litellm".into(),
+                ),
             ],
         },
     )
@@ -195,7 +223,10 @@ fn answer_everything(agent: AgentClient) -> tokio::task::JoinHandle<()> {
             let Ok(delivery) = serde_json::from_str::<Value>(&event.data) else {
                 continue;
             };
-            let trace_id = delivery["trace_id"].as_str().unwrap_or_default().to_string();
+            let trace_id = delivery["trace_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             for part in ["Hello ", "from the agent"] {
                 agent
                     .reply(json!({"kind": "delta", "trace_id": trace_id, "content": part}))
@@ -211,7 +242,7 @@ fn answer_everything(agent: AgentClient) -> tokio::task::JoinHandle<()> {
 
 async fn wait_for_status(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let http = reqwest::Client::new();
+    let http = webdriver_client();
     loop {
         // tauri-driver answers before WebKitWebDriver listens; only a 200 means ready.
         if let Ok(r) = http
@@ -327,7 +358,8 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         Some(json!({"script": format!("history.pushState(null, '', '/chat/{dm}'); dispatchEvent(new PopStateEvent('popstate'))"), "args": []})),
     )
     .await;
-    ui.type_into("form.composer textarea", "hi from the window").await;
+    ui.type_into("form.composer textarea", "hi from the window")
+        .await;
     ui.click("form.composer button[type=submit]").await;
     ui.wait_for_text("Hello from the agent", Duration::from_secs(30))
         .await;
@@ -379,7 +411,11 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         .filter_map(|m| m["content"].as_str())
         .filter(|c| c.starts_with("offline"))
         .collect();
-    assert_eq!(ours, ["offline one", "offline two"], "exactly once, in order");
+    assert_eq!(
+        ours,
+        ["offline one", "offline two"],
+        "exactly once, in order"
+    );
 
     // A disk-quota alert from the host becomes a native notification.
     let r = host

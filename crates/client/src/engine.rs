@@ -73,6 +73,8 @@ pub struct Engine {
     focus: Mutex<Option<String>>,
     /// Something was queued: flush now.
     wake: Notify,
+    /// The host is reachable again: resume the event stream now rather than after backoff.
+    events_wake: Notify,
 }
 
 impl Engine {
@@ -87,6 +89,7 @@ impl Engine {
             events,
             focus: Mutex::new(None),
             wake: Notify::new(),
+            events_wake: Notify::new(),
         })
     }
 
@@ -101,6 +104,7 @@ impl Engine {
     /// Stops waiting out a backoff and tries the host now (the UI's "retry", a network change).
     pub fn reconnect_now(&self) {
         self.wake.notify_one();
+        self.events_wake.notify_one();
     }
 
     pub async fn set_focus(&self, channel: Option<String>) {
@@ -171,6 +175,13 @@ impl Engine {
     /// Sends what is queued; reports the outbox afterwards.
     pub async fn flush(&self) -> Result<outbox::Flushed, CacheError> {
         let flushed = outbox::flush(&self.session, &self.cache).await?;
+        // The chat socket may resume after these (the cache already has them), so the UI
+        // learns of them here.
+        for message in &flushed.messages {
+            self.emit(AppEvent::Message {
+                message: message.clone(),
+            });
+        }
         self.emit_outbox().await;
         Ok(flushed)
     }
@@ -216,6 +227,7 @@ impl Engine {
             online: true,
             detail: None,
         });
+        self.events_wake.notify_one();
         let flushed = self.flush().await?;
         if flushed.revoked {
             return Err(SessionError::Revoked.into());
@@ -298,7 +310,10 @@ impl Engine {
             } else {
                 backoff = Duration::from_secs(1);
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.events_wake.notified() => backoff = Duration::from_secs(1),
+            }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }

@@ -38,9 +38,11 @@ impl From<SessionError> for SendFailure {
     }
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Flushed {
     pub sent: usize,
+    /// What the host stored for each message sent, in order.
+    pub messages: Vec<Message>,
     pub failed: usize,
     /// Stopped early with items still queued (offline).
     pub stopped: Option<String>,
@@ -63,7 +65,10 @@ where
         match send(item).await {
             Ok(message) => {
                 cache.outbox_sent(host, &client_id, &message.id).await?;
-                cache.put_messages(host, &[message]).await?;
+                cache
+                    .put_messages(host, std::slice::from_ref(&message))
+                    .await?;
+                result.messages.push(message);
                 result.sent += 1;
             }
             Err(SendFailure::Refused(why)) => {
@@ -185,6 +190,8 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((second.sent, second.failed, second.stopped), (2, 1, None));
+        let sent: Vec<&str> = second.messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(sent, ["two", "four"]);
         assert_eq!(*seen.lock().unwrap(), ["two", "three", "four"]);
         let all = cache.outbox("h", None).await.unwrap();
         let states: Vec<(&str, &str)> = all

@@ -91,22 +91,31 @@ fn classify(e: keyring::Error) -> SecretError {
     }
 }
 
+/// Runs a keychain call on a thread of its own. The Secret Service client blocks on a runtime
+/// of its own, which panics inside the app's async runtime; a fresh thread has none. Keychain
+/// calls are rare (pairing, a refresh every few minutes), so the thread is cheap.
+#[cfg(feature = "keychain")]
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| scope.spawn(f).join())
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 #[cfg(feature = "keychain")]
 impl SecretStore for Keychain {
     fn get(&self, key: &str) -> Result<Option<String>, SecretError> {
-        match self.entry(key)?.get_password() {
+        off_runtime(|| match self.entry(key)?.get_password() {
             Ok(value) => Ok(Some(value)),
             Err(keyring::Error::NoEntry) => Ok(None),
             Err(e) => Err(classify(e)),
-        }
+        })
     }
     fn set(&self, key: &str, value: &str) -> Result<(), SecretError> {
-        self.entry(key)?.set_password(value).map_err(classify)
+        off_runtime(|| self.entry(key)?.set_password(value).map_err(classify))
     }
     fn delete(&self, key: &str) -> Result<(), SecretError> {
-        match self.entry(key)?.delete_credential() {
+        off_runtime(|| match self.entry(key)?.delete_credential() {
             Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
             Err(e) => Err(classify(e)),
-        }
+        })
     }
 }

@@ -32,7 +32,12 @@ pub async fn chat_messages(
 ) -> CommandResult<Vec<Message>> {
     Ok(shell
         .cache
-        .messages(&host_id(&shell).await?, &channel_id, limit.unwrap_or(200), before_ms)
+        .messages(
+            &host_id(&shell).await?,
+            &channel_id,
+            limit.unwrap_or(200),
+            before_ms,
+        )
         .await?)
 }
 
@@ -46,7 +51,10 @@ pub async fn chat_send(
     client_id: Option<String>,
 ) -> CommandResult<OutboxItem> {
     if content.trim().is_empty() || content.len() > 64 * 1024 {
-        return Err(CommandError::new("bad_input", "a message needs 1 character to 64 KiB"));
+        return Err(CommandError::new(
+            "bad_input",
+            "a message needs 1 character to 64 KiB",
+        ));
     }
     let engine = shell.engine().await?;
     Ok(engine

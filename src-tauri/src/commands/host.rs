@@ -26,7 +26,10 @@ pub async fn host_request(
     body: Option<serde_json::Value>,
 ) -> CommandResult<serde_json::Value> {
     if !path.starts_with("/api/") || path.contains("..") || path.contains('#') {
-        return Err(CommandError::new("bad_input", "only /api/ paths can be called"));
+        return Err(CommandError::new(
+            "bad_input",
+            "only /api/ paths can be called",
+        ));
     }
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| CommandError::new("bad_input", "unknown HTTP method"))?;

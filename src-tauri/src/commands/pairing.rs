@@ -32,7 +32,10 @@ pub async fn pairing_pair(
 ) -> CommandResult<PairedHost> {
     let device_name = device_name.trim();
     if device_name.is_empty() || device_name.chars().count() > 100 {
-        return Err(CommandError::new("bad_input", "give this device a name (1-100 characters)"));
+        return Err(CommandError::new(
+            "bad_input",
+            "give this device a name (1-100 characters)",
+        ));
     }
     let paired = pairing::pair(&token, device_name, platform(), shell.secrets.clone()).await?;
     let link = Link::new(&paired.address, paired.host.trust)?;

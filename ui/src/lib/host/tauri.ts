@@ -251,32 +251,42 @@ export class TauriHostClient implements HostClient {
     socket.onframe?.({ type: 'subscribed', channel_id: channelId, last_seq: lastSeq } as ServerEvent);
   }
 
-  /** The shell's host events as the stream the UI's event feed reads; the shell resumes itself. */
+  /**
+   * The shell's host events as the stream the UI's event feed reads. It opens once the shell
+   * reaches the host and ends when the host is lost, so the feed shows the connection as it is;
+   * the shell itself resumes after the last event, so nothing is missed in between.
+   */
   async *openEvents(_lastEventId: string | null, signal: AbortSignal, onOpen?: () => void): AsyncIterable<SseMessage> {
     const queue: SseMessage[] = [];
+    let lost = false;
     let wake: (() => void) | null = null;
     const stop = this.listen((event) => {
       if (event.type === 'host') {
         queue.push({ id: String(event.event.id), event: event.event.kind, data: JSON.stringify(event.event) });
       } else if (event.type === 'resync') {
         queue.push({ id: null, event: 'resync', data: '{}' });
+      } else if (event.type === 'connection') {
+        lost = !event.online;
       } else {
         return;
       }
       wake?.();
     });
+    const next = () => new Promise<void>((resolve) => (wake = resolve)).then(() => void (wake = null));
     signal.addEventListener('abort', () => wake?.());
-    await this.ensureSubscribed();
-    onOpen?.();
     try {
-      while (!signal.aborted) {
-        const next = queue.shift();
-        if (next) {
-          yield next;
+      await this.ensureSubscribed();
+      while (!this.online && !signal.aborted) await next();
+      if (signal.aborted) return;
+      lost = false;
+      onOpen?.();
+      while (!signal.aborted && !lost) {
+        const item = queue.shift();
+        if (item) {
+          yield item;
           continue;
         }
-        await new Promise<void>((resolve) => (wake = resolve));
-        wake = null;
+        await next();
       }
     } finally {
       stop();
