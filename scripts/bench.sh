@@ -136,3 +136,5 @@ MD
 log "wrote docs/benchmarks.md"
 # The web UI's section (bundle size, first screen, a 5 000-message channel), in real chromium.
 "$REPO_ROOT/scripts/bench-ui.sh"
+# The desktop app (release build and .deb, cold start, idle memory, the offline cache).
+"$REPO_ROOT/scripts/bench-app.sh"
