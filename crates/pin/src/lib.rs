@@ -242,6 +242,65 @@ pub fn pinned_client_config(pin: SpkiPin) -> rustls::ClientConfig {
 mod tests {
     use super::*;
 
+    fn self_signed() -> (rcgen::KeyPair, CertificateDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["taos-host".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (key, cert.der().clone())
+    }
+
+    fn verify(
+        pin: SpkiPin,
+        cert: &CertificateDer<'_>,
+        name: &str,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verifier =
+            PinnedServerVerifier::new(pin, Arc::new(rustls::crypto::ring::default_provider()));
+        verifier.verify_server_cert(
+            cert,
+            &[],
+            &ServerName::try_from(name.to_string()).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+    }
+
+    #[test]
+    fn the_verifier_accepts_exactly_the_pinned_key() {
+        let (key, cert) = self_signed();
+        let pin = SpkiPin::of_spki(&key.public_key_der());
+        assert!(verify(pin, &cert, "taos-host").is_ok());
+        // Host names don't matter: a board's address changes.
+        assert!(verify(pin, &cert, "192.168.1.20").is_ok());
+
+        // Another self-signed key, even for the same name: refused.
+        let (_, other) = self_signed();
+        assert!(verify(pin, &other, "taos-host").is_err());
+
+        // A certificate a CA signed for another key: refused, and pinning the CA's key doesn't
+        // make the certificates it signs acceptable either (only the end entity's key counts).
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["taos-host".into()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        assert!(verify(pin, leaf.der(), "taos-host").is_err());
+        let ca_pin = SpkiPin::of_spki(&ca_key.public_key_der());
+        assert!(verify(ca_pin, leaf.der(), "taos-host").is_err());
+        assert!(verify(
+            SpkiPin::of_spki(&leaf_key.public_key_der()),
+            leaf.der(),
+            "taos-host"
+        )
+        .is_ok());
+    }
+
     #[test]
     fn pin_text_round_trips() {
         let pin = SpkiPin::of_spki(b"not really a key");
