@@ -364,6 +364,15 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     ui.wait_for_text("Hello from the agent", Duration::from_secs(30))
         .await;
     ui.screenshot("03-reply").await;
+    // Replies in this chat can be muted (and unmuted) for notifications.
+    ui.click("[data-testid=mute]").await;
+    ui.wait_for_text("Unmute", Duration::from_secs(10)).await;
+    ui.click("[data-testid=mute]").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ui.text().await.contains("Unmute") {
+        assert!(Instant::now() < deadline, "mute did not toggle back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The host stops: the chat stays readable; two messages show as queued.
     host.terminate().await.unwrap();
@@ -439,6 +448,19 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     ui.screenshot("06-notified").await;
+
+    // The paired hosts are listed, this one active.
+    ui.call(
+        Method::POST,
+        "/execute/sync",
+        Some(json!({"script": "history.pushState(null, '', '/devices'); dispatchEvent(new PopStateEvent('popstate'))", "args": []})),
+    )
+    .await;
+    ui.find("[data-testid=paired-hosts]", Duration::from_secs(10))
+        .await;
+    let text = ui.wait_for_text("active", Duration::from_secs(10)).await;
+    assert!(text.contains("Hosts this app is paired with"), "{text}");
+    ui.screenshot("06b-hosts").await;
 
     // The owner revokes the device: the app goes back to pairing and says why.
     let devices: Vec<Value> = host

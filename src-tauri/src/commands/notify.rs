@@ -44,10 +44,15 @@ pub async fn forward<R: Runtime>(
                 let _ = app.emit("taos://notification-route", notification.route.clone());
             }
             AppEvent::Revoked => {
+                // The host will never accept this device again: forget it entirely (its
+                // credentials, its place in the list, its cache). Pairing again makes a new one.
                 if let Some(host) = shell.active_host().await {
                     let _ = shell
                         .secrets
                         .delete(&taos_client::secrets::refresh_key(&host.device_id));
+                    shell.hosts.lock().await.remove(&host.device_id);
+                    let _ = shell.save_hosts().await;
+                    let _ = shell.cache.forget_host(&host.device_id).await;
                 }
             }
             _ => {}

@@ -83,6 +83,28 @@ export function forgetHost(deviceId: string): Promise<void> {
   return call('pairing_forget', { device_id: deviceId });
 }
 
+export interface PairedHostFull extends PairedHost {
+  paired_at: string;
+}
+
+export function pairedHosts(): Promise<{ active: string | null; hosts: PairedHostFull[] }> {
+  return call('pairing_hosts');
+}
+
+export function activateHost(deviceId: string): Promise<void> {
+  return call('pairing_activate', { device_id: deviceId });
+}
+
+/** Whether the shell notifies for each cached channel (`muted` per channel id). */
+export async function mutedChannels(): Promise<Record<string, boolean>> {
+  const channels = await call<{ id: string; muted: boolean }[]>('chat_channels');
+  return Object.fromEntries(channels.map((c) => [c.id, c.muted]));
+}
+
+export function muteChannel(channelId: string, muted: boolean): Promise<void> {
+  return call('chat_mute', { channel_id: channelId, muted });
+}
+
 export function reconnect(): Promise<void> {
   return call('host_reconnect');
 }
