@@ -448,6 +448,30 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     ui.screenshot("06-notified").await;
+    // Clicking it (dunst invokes its default action, as a click on the body does) opens the
+    // agent it is about.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = std::process::Command::new("dunstctl")
+            .args(["action", "0"])
+            .output();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let path = ui
+            .call(
+                Method::POST,
+                "/execute/sync",
+                Some(json!({"script": "return location.pathname", "args": []})),
+            )
+            .await;
+        if path == "/agents/helper" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "clicking the notification did not open the agent (at {path})"
+        );
+    }
+    ui.screenshot("06a-notification-opened").await;
 
     // The paired hosts are listed, this one active.
     ui.call(

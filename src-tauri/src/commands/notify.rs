@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use taos_client::engine::AppEvent;
+use taos_client::notify::NativeNotification;
 use tauri::ipc::Channel;
-use tauri::{AppHandle, Emitter, Runtime, State};
-use tauri_plugin_notification::NotificationExt;
+use tauri::{AppHandle, Emitter, Manager, Runtime, State};
 use tokio::sync::mpsc;
 
 use crate::error::CommandResult;
@@ -30,19 +30,7 @@ pub async fn forward<R: Runtime>(
 ) {
     while let Some(event) = events.recv().await {
         match &event {
-            AppEvent::Notify { notification } => {
-                let shown = app
-                    .notification()
-                    .builder()
-                    .title(&notification.title)
-                    .body(&notification.body)
-                    .show();
-                if let Err(e) = shown {
-                    tracing::warn!(error = %e, "could not show a notification");
-                }
-                // Where the click should lead; the UI also offers it in the app.
-                let _ = app.emit("taos://notification-route", notification.route.clone());
-            }
+            AppEvent::Notify { notification } => show(&app, notification),
             AppEvent::Revoked => {
                 // The host will never accept this device again: forget it entirely (its
                 // credentials, its place in the list, its cache). Pairing again makes a new one.
@@ -58,5 +46,56 @@ pub async fn forward<R: Runtime>(
             _ => {}
         }
         shell.broadcast(&event);
+    }
+}
+
+/// Raises the window and asks the UI to open `route` (a notification was clicked).
+fn open_route<R: Runtime>(app: &AppHandle<R>, route: &str) {
+    if let Some(window) = app.get_webview_window("main") {
+        let _ = window.unminimize();
+        let _ = window.show();
+        let _ = window.set_focus();
+    }
+    let _ = app.emit("taos://open", route.to_string());
+}
+
+/// A native notification whose click opens its screen. The notification plugin hears no clicks
+/// on desktops, so on Linux the shell raises it with notify-rust and the freedesktop `default`
+/// action (what a click on the body invokes), waiting for it on a thread of its own.
+#[cfg(target_os = "linux")]
+fn show<R: Runtime>(app: &AppHandle<R>, notification: &NativeNotification) {
+    let app = app.clone();
+    let notification = notification.clone();
+    std::thread::spawn(move || {
+        let shown = notify_rust::Notification::new()
+            .appname("taos")
+            .summary(&notification.title)
+            .body(&notification.body)
+            .action("default", "Open")
+            .show();
+        match shown {
+            Ok(handle) => handle.wait_for_action(|action| {
+                if action == "default" {
+                    open_route(&app, &notification.route);
+                }
+            }),
+            Err(e) => tracing::warn!(error = %e, "could not show a notification"),
+        }
+    });
+}
+
+/// Elsewhere the plugin shows it; clicks are not reported there (macOS and Windows would need
+/// their own notification APIs), so the UI also offers the screen in the app.
+#[cfg(not(target_os = "linux"))]
+fn show<R: Runtime>(app: &AppHandle<R>, notification: &NativeNotification) {
+    use tauri_plugin_notification::NotificationExt;
+    let shown = app
+        .notification()
+        .builder()
+        .title(&notification.title)
+        .body(&notification.body)
+        .show();
+    if let Err(e) = shown {
+        tracing::warn!(error = %e, "could not show a notification");
     }
 }

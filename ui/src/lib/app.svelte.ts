@@ -32,6 +32,12 @@ if (tauriHost) {
     if (event.type === 'connection') shell.online = event.online;
     if (event.type === 'notify') toast(event.notification.title, 'warning');
   });
+  // A click on a native notification: the shell raised the window; open its screen.
+  void import('@tauri-apps/api/event').then(({ listen }) =>
+    listen<string>('taos://open', (event) => {
+      if (event.payload.startsWith('/')) navigate(event.payload);
+    }),
+  );
 }
 
 /** The app lost (or never had) its pairing: show the pairing screen. */
