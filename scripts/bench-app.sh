@@ -11,7 +11,8 @@ cd "$REPO_ROOT"
 "$REPO_ROOT/scripts/dev-app.sh"
 "$REPO_ROOT/scripts/build-ui.sh"
 log "building the app (release) and its .deb"
-(cd ui && npx tauri build --bundles deb >/dev/null)
+# The UI is built above (the config has no before-build command); the CLI runs from src-tauri.
+(cd src-tauri && ../ui/node_modules/.bin/tauri build --bundles deb >/dev/null)
 APP="$CARGO_TARGET_DIR/release/taos-app"
 DEB="$(ls -t "$CARGO_TARGET_DIR"/release/bundle/deb/*.deb | head -1)"
 cargo build --release --locked -p taos-e2e --bin taos-app-bench

@@ -242,25 +242,35 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         Duration::from_secs(config.llm.models_cache_seconds),
         usize::try_from(config.llm.trace_content_bytes).unwrap_or(4096),
     );
-    let detected = crate::runtime::detect(&config.runtime).await;
+    let mut detected = crate::runtime::detect(&config.runtime).await;
+    // Docker has no proxy devices: its containers reach the agent listener on the bridge
+    // gateway, so the listener binds there too (same port; agent tokens still guard it). If
+    // that fails the host runs without a runtime and says why, rather than not at all.
+    let mut gateway_tcp = None;
+    if let Some(ContainerRuntime::Docker(docker)) = &detected.runtime {
+        let bound = match docker.bridge_gateway().await {
+            Ok(gateway) => {
+                let addr = std::net::SocketAddr::new(gateway, agent_addr.port());
+                TcpListener::bind(addr).await.map_err(|e| {
+                    format!("cannot bind the agent listener on Docker's bridge at {addr}: {e}")
+                })
+            }
+            Err(e) => Err(format!("cannot find Docker's bridge gateway: {e}")),
+        };
+        match bound {
+            Ok(tcp) => gateway_tcp = Some(tcp),
+            Err(why) => {
+                detected = crate::runtime::Detected {
+                    runtime: None,
+                    description: format!("no container runtime: {why}"),
+                };
+            }
+        }
+    }
     if detected.runtime.is_some() {
         tracing::info!(runtime = %detected.description, "container runtime");
     } else {
         tracing::warn!(runtime = %detected.description, "container runtime");
-    }
-    // Docker has no proxy devices: its containers reach the agent listener on the bridge
-    // gateway, so the listener binds there too (same port; agent tokens still guard it).
-    let mut gateway_tcp = None;
-    if let Some(ContainerRuntime::Docker(docker)) = &detected.runtime {
-        let gateway = docker
-            .bridge_gateway()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot find Docker's bridge gateway: {e}"))?;
-        let addr = std::net::SocketAddr::new(gateway, agent_addr.port());
-        let tcp = TcpListener::bind(addr).await.map_err(|e| {
-            anyhow::anyhow!("cannot bind the agent listener on Docker's bridge at {addr}: {e}")
-        })?;
-        gateway_tcp = Some(tcp);
     }
     let agent_container_addr = match &gateway_tcp {
         Some(tcp) => Some(tcp.local_addr()?),

@@ -60,11 +60,21 @@ pub fn run() {
             };
             let handle = app.handle().clone();
             let shell = tauri::async_runtime::block_on(async move {
-                let shell = Arc::new(Shell::open(data_dir, secret_store()).await?);
+                let (shell, mut revocations) = Shell::open(data_dir, secret_store()).await?;
+                let shell = Arc::new(shell);
                 if let Some(host) = shell.active_host().await {
-                    let session = taos_client::session::Session::new(host, shell.secrets.clone());
+                    let session = shell.session_for(&host, None);
                     shell.activate(&handle, session).await?;
                 }
+                // Revoked hosts are forgotten here, and the next paired host (if any) started.
+                let forgetter = shell.clone();
+                tauri::async_runtime::spawn(async move {
+                    while let Some(device_id) = revocations.recv().await {
+                        if let Err(e) = forgetter.forget(&handle, &device_id).await {
+                            tracing::warn!(error = %e.message, "could not forget a revoked host");
+                        }
+                    }
+                });
                 Ok::<_, error::CommandError>(shell)
             })
             .map_err(|e| e.message)?;

@@ -2,6 +2,7 @@
 //! paired hosts, and the sync engine for the active host, whose events go to the UI and to
 //! native notifications.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
 
@@ -27,22 +28,39 @@ pub struct Shell {
     pub cache: Cache,
     pub hosts: Mutex<Hosts>,
     pub active: Mutex<Option<Active>>,
+    /// One session per paired device, reused across switches: each holds the lock that keeps
+    /// two refreshes of the same token from racing (a reused refresh token revokes the device).
+    sessions: StdMutex<HashMap<String, Arc<Session>>>,
+    /// Held across stopping one engine and starting the next, so two activations can't
+    /// interleave and leave two engines running.
+    activation: Mutex<()>,
     /// The UI's open event channels.
     pub listeners: StdMutex<Vec<Channel<AppEvent>>>,
+    /// Device ids the host revoked, for the task that forgets them (see `lib.rs`): handled
+    /// apart from the engine's event loop, which forgetting would otherwise have to restart.
+    pub revoked: mpsc::UnboundedSender<String>,
 }
 
 impl Shell {
-    pub async fn open(data_dir: PathBuf, secrets: Arc<dyn SecretStore>) -> CommandResult<Shell> {
+    pub async fn open(
+        data_dir: PathBuf,
+        secrets: Arc<dyn SecretStore>,
+    ) -> CommandResult<(Shell, mpsc::UnboundedReceiver<String>)> {
         let cache = Cache::open(&data_dir.join("cache.db")).await?;
         let hosts = Hosts::load(&data_dir)?;
-        Ok(Shell {
+        let (revoked, revocations) = mpsc::unbounded_channel();
+        let shell = Shell {
             data_dir,
             secrets,
             cache,
             hosts: Mutex::new(hosts),
             active: Mutex::new(None),
+            sessions: StdMutex::new(HashMap::new()),
+            activation: Mutex::new(()),
             listeners: StdMutex::new(Vec::new()),
-        })
+            revoked,
+        };
+        Ok((shell, revocations))
     }
 
     /// The engine of the active host.
@@ -59,23 +77,76 @@ impl Shell {
         Ok(self.engine().await?.session.clone())
     }
 
-    /// Stops the current engine (if any) and starts one for `host`.
+    /// The session for a paired host: the existing one, or a new one (or `fresh`, right after
+    /// pairing, which carries the access token pairing returned).
+    pub fn session_for(&self, host: &PairedHost, fresh: Option<Session>) -> Arc<Session> {
+        let mut sessions = self.sessions.lock().expect("sessions");
+        if let Some(fresh) = fresh {
+            let session = Arc::new(fresh);
+            sessions.insert(host.device_id.clone(), session.clone());
+            return session;
+        }
+        sessions
+            .entry(host.device_id.clone())
+            .or_insert_with(|| Arc::new(Session::new(host.clone(), self.secrets.clone())))
+            .clone()
+    }
+
+    /// Stops the current engine (if any) and starts one for `session`'s host.
     pub async fn activate<R: Runtime>(
         self: &Arc<Self>,
         app: &AppHandle<R>,
-        session: Session,
+        session: Arc<Session>,
     ) -> CommandResult<()> {
+        let _one_at_a_time = self.activation.lock().await;
         self.deactivate().await;
+        let device_id = session.host.device_id.clone();
         let (tx, rx) = mpsc::unbounded_channel();
-        let engine = Engine::new(Arc::new(session), self.cache.clone(), tx);
+        let engine = Engine::new(session, self.cache.clone(), tx);
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(engine.clone().run(stop_rx));
         tokio::spawn(crate::commands::notify::forward(
             app.clone(),
             self.clone(),
+            device_id,
             rx,
         ));
         *self.active.lock().await = Some(Active { engine, stop });
+        Ok(())
+    }
+
+    /// Forgets a host on this device (its token, its entry, its cache) and carries on with the
+    /// host that becomes active, if any.
+    pub async fn forget<R: Runtime>(
+        self: &Arc<Self>,
+        app: &AppHandle<R>,
+        device_id: &str,
+    ) -> CommandResult<()> {
+        let was_active = self
+            .active
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|a| a.engine.session.host.device_id == device_id);
+        if was_active {
+            self.deactivate().await;
+        }
+        let next = {
+            let mut hosts = self.hosts.lock().await;
+            hosts.remove(device_id);
+            hosts.active_host().cloned()
+        };
+        self.save_hosts().await?;
+        self.sessions.lock().expect("sessions").remove(device_id);
+        self.secrets
+            .delete(&taos_client::secrets::refresh_key(device_id))?;
+        self.cache.forget_host(device_id).await?;
+        if was_active {
+            if let Some(next) = next {
+                let session = self.session_for(&next, None);
+                self.activate(app, session).await?;
+            }
+        }
         Ok(())
     }
 

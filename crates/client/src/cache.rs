@@ -205,6 +205,25 @@ impl Cache {
         Ok(merged)
     }
 
+    /// Stores a message the host just accepted from us, without moving the channel's sync
+    /// point: changes before it may not be in the cache yet, and catch-up resumes from there.
+    pub async fn store_sent(&self, host: &str, message: &Message) -> Result<(), CacheError> {
+        sqlx::query(
+            "INSERT INTO messages (host_id, id, channel_id, seq, created_at, body) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (host_id, id) DO UPDATE SET seq = excluded.seq, body = excluded.body \
+             WHERE excluded.seq >= messages.seq",
+        )
+        .bind(host)
+        .bind(&message.id)
+        .bind(&message.channel_id)
+        .bind(message.seq)
+        .bind(message.created_at.timestamp_millis())
+        .bind(serde_json::to_string(message)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Applies messages fetched over REST (catch-up), each as its full current state.
     pub async fn put_messages(&self, host: &str, messages: &[Message]) -> Result<(), CacheError> {
         for message in messages {

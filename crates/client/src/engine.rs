@@ -20,6 +20,8 @@ use crate::session::{Session, SessionError};
 
 const LAST_EVENT_ID: &str = "last_event_id";
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The host's largest page of messages.
+const CATCH_UP_PAGE: usize = 500;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -144,22 +146,30 @@ impl Engine {
             .await?;
         self.cache.put_channels(self.host(), &channels).await?;
         for channel in &channels {
-            let after = self.cache.synced_seq(self.host(), &channel.id).await?;
-            if after >= channel.last_seq {
-                continue;
+            // Page through every change after what the cache has: a sync point may only move
+            // past changes the cache has actually applied.
+            let mut after = self.cache.synced_seq(self.host(), &channel.id).await?;
+            while after < channel.last_seq {
+                let page: Vec<Message> = self
+                    .session
+                    .call::<_, ()>(
+                        Method::GET,
+                        &format!(
+                            "/api/chat/channels/{}/messages?after_seq={after}&limit={CATCH_UP_PAGE}",
+                            channel.id
+                        ),
+                        None,
+                    )
+                    .await?;
+                self.cache.put_messages(self.host(), &page).await?;
+                let Some(last) = page.iter().map(|m| m.seq).max() else {
+                    break;
+                };
+                after = last;
+                if page.len() < CATCH_UP_PAGE {
+                    break;
+                }
             }
-            let messages: Vec<Message> = self
-                .session
-                .call::<_, ()>(
-                    Method::GET,
-                    &format!(
-                        "/api/chat/channels/{}/messages?after_seq={after}",
-                        channel.id
-                    ),
-                    None,
-                )
-                .await?;
-            self.cache.put_messages(self.host(), &messages).await?;
         }
         if let Ok(agents) = self
             .session

@@ -65,9 +65,7 @@ where
         match send(item).await {
             Ok(message) => {
                 cache.outbox_sent(host, &client_id, &message.id).await?;
-                cache
-                    .put_messages(host, std::slice::from_ref(&message))
-                    .await?;
+                cache.store_sent(host, &message).await?;
                 result.messages.push(message);
                 result.sent += 1;
             }
@@ -212,6 +210,8 @@ mod tests {
         // Sent messages are in the cache, readable offline.
         let cached = cache.messages("h", "c1", 10, None).await.unwrap();
         assert_eq!(cached.len(), 3);
+        // Sends don't move the channel's sync point: changes before them may still be missing.
+        assert_eq!(cache.synced_seq("h", "c1").await.unwrap(), 0);
 
         // Queuing a client_id again (a UI retry) doesn't add a second item.
         let again = cache

@@ -115,18 +115,31 @@ impl Session {
         let key = refresh_key(&self.host.device_id);
         let refresh_token = self.secrets.get(&key)?.ok_or(SessionError::Revoked)?;
         let link = self.link().await?;
-        let answer = link
-            .json::<DeviceTokens, _>(
-                Method::POST,
-                "/api/auth/refresh",
-                None,
-                Some(&RefreshRequest { refresh_token }),
-            )
-            .await;
+        // The host rotates the refresh token as it answers: the exchange and storing the new
+        // token run as a task of their own, so a caller that gives up (the app switching hosts,
+        // the engine stopping) can't drop the new token after the old one was spent.
+        let secrets = self.secrets.clone();
+        let exchange = tokio::spawn(async move {
+            let tokens = link
+                .json::<DeviceTokens, _>(
+                    Method::POST,
+                    "/api/auth/refresh",
+                    None,
+                    Some(&RefreshRequest { refresh_token }),
+                )
+                .await?;
+            secrets
+                .set(&key, &tokens.refresh_token)
+                .map_err(|e| NetError::Protocol(e.to_string()))?;
+            Ok::<_, NetError>(tokens)
+        });
+        let answer = exchange
+            .await
+            .unwrap_or_else(|e| Err(NetError::Protocol(e.to_string())));
         let tokens = match answer {
             Ok(tokens) => tokens,
             Err(NetError::Unauthorized) => {
-                let _ = self.secrets.delete(&key);
+                let _ = self.secrets.delete(&refresh_key(&self.host.device_id));
                 *access = None;
                 return Err(SessionError::Revoked);
             }
@@ -137,8 +150,6 @@ impl Session {
                 return Err(e.into());
             }
         };
-        // The new refresh token is stored before the old one could be needed again.
-        self.secrets.set(&key, &tokens.refresh_token)?;
         let token = tokens.access_token.clone();
         *access = Some(Access {
             token: tokens.access_token,

@@ -119,7 +119,8 @@ impl Docker {
             .into_iter()
             .flatten()
             .filter_map(|config| config.gateway)
-            .find_map(|gateway| gateway.parse::<IpAddr>().ok())
+            .filter_map(|gateway| gateway.parse::<IpAddr>().ok())
+            .find(IpAddr::is_ipv4)
             .ok_or_else(|| RuntimeError::Refused {
                 runtime: RUNTIME,
                 message: "the bridge network has no IPv4 gateway".into(),
@@ -319,8 +320,21 @@ impl Runtime for Docker {
 
     async fn delete(&self, name: &str) -> Result<(), RuntimeError> {
         validate_name("container name", name)?;
-        // Its snapshots go with it, as they do under incus.
-        for (_, image) in self.snapshots(name).await? {
+        // The container first: if it can't go, its snapshots must stay (an archive would lose
+        // the one it is restored from). They are found by the id, which outlives the name.
+        let snapshots = self.snapshots(name).await?;
+        self.client
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(refused)?;
+        for (_, image) in snapshots {
             self.client
                 .remove_image(
                     &image,
@@ -333,17 +347,7 @@ impl Runtime for Docker {
                 .await
                 .map_err(refused)?;
         }
-        self.client
-            .remove_container(
-                name,
-                Some(RemoveContainerOptions {
-                    force: false,
-                    v: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(refused)
+        Ok(())
     }
 
     async fn rename(&self, name: &str, new_name: &str) -> Result<(), RuntimeError> {

@@ -307,14 +307,18 @@ pub async fn detect(config: &RuntimeConfig) -> Detected {
         let candidate = docker::Docker::new(&config.docker_socket).map_err(|e| e.to_string())?;
         if candidate.available().await {
             let version = candidate.version().await.unwrap_or_else(|| "?".into());
-            let root = if candidate.userns_remapped().await {
-                "userns-remap"
-            } else {
-                "no userns-remap: container root is host root"
-            };
+            // Without user namespace remapping, container root is host root, and an agent
+            // could write host-root-owned files (or plant links) in its bind-mounted folder.
+            if !candidate.userns_remapped().await {
+                return Err(format!(
+                    "docker {version} runs without userns-remap, so container root would be host \
+                     root; enable it (\"userns-remap\": \"default\" in /etc/docker/daemon.json, as \
+                     scripts/dev-docker.sh does)"
+                ));
+            }
             Ok(Detected {
                 runtime: Some(ContainerRuntime::Docker(candidate)),
-                description: format!("docker {version} ({root})"),
+                description: format!("docker {version} (userns-remap)"),
             })
         } else {
             Err(format!(

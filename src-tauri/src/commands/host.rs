@@ -25,7 +25,7 @@ pub async fn host_request(
     path: String,
     body: Option<serde_json::Value>,
 ) -> CommandResult<serde_json::Value> {
-    if !path.starts_with("/api/") || path.contains("..") || path.contains('#') {
+    if !is_api_path(&path) {
         return Err(CommandError::new(
             "bad_input",
             "only /api/ paths can be called",
@@ -52,4 +52,53 @@ pub async fn host_status(shell: State<'_, Arc<Shell>>) -> CommandResult<HostStat
 pub async fn host_reconnect(shell: State<'_, Arc<Shell>>) -> CommandResult<()> {
     shell.engine().await?.reconnect_now();
     Ok(())
+}
+
+/// An `/api/...` path (with an optional query) that stays under `/api/` however it is spelled:
+/// no dot segments (also percent-encoded ones, which a URL parser would resolve), no
+/// backslashes, fragments or control characters.
+fn is_api_path(path: &str) -> bool {
+    let route = path.split('?').next().unwrap_or_default();
+    let lowered = route.to_ascii_lowercase();
+    route.starts_with("/api/")
+        && !lowered.contains("%2e")
+        && !lowered.contains("%2f")
+        && !lowered.contains("%5c")
+        && !route.contains('\\')
+        && !path.contains('#')
+        && !path.chars().any(char::is_control)
+        && !route
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_api_path;
+
+    #[test]
+    fn only_api_paths_get_through() {
+        for ok in [
+            "/api/agents",
+            "/api/chat/channels/c1/messages?limit=5&before_seq=9",
+            "/api/x?q=a/../b",
+        ] {
+            assert!(is_api_path(ok), "{ok}");
+        }
+        for bad in [
+            "/metrics",
+            "/api/../metrics",
+            "/api/%2e%2e/metrics",
+            "/api/%2E%2E/metrics",
+            "/api/.%2e/metrics",
+            "/api/a%2f..%2fmetrics",
+            "/api\\..\\metrics",
+            "/api/./agents",
+            "/api/agents#x",
+            "/api/agents\n",
+            "api/agents",
+        ] {
+            assert!(!is_api_path(bad), "{bad:?}");
+        }
+    }
 }

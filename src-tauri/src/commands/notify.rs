@@ -21,27 +21,22 @@ pub async fn notify_subscribe(
     Ok(())
 }
 
-/// Moves engine events to the UI; shows native notifications; on revocation forgets the
-/// device's credentials so the UI lands on pairing.
+/// Moves one engine's events to the UI and shows native notifications. `device_id` is the
+/// host that engine serves: when it is revoked, that host (not whichever is active by then) is
+/// forgotten.
 pub async fn forward<R: Runtime>(
     app: AppHandle<R>,
     shell: Arc<Shell>,
+    device_id: String,
     mut events: mpsc::UnboundedReceiver<AppEvent>,
 ) {
     while let Some(event) = events.recv().await {
         match &event {
             AppEvent::Notify { notification } => show(&app, notification),
             AppEvent::Revoked => {
-                // The host will never accept this device again: forget it entirely (its
-                // credentials, its place in the list, its cache). Pairing again makes a new one.
-                if let Some(host) = shell.active_host().await {
-                    let _ = shell
-                        .secrets
-                        .delete(&taos_client::secrets::refresh_key(&host.device_id));
-                    shell.hosts.lock().await.remove(&host.device_id);
-                    let _ = shell.save_hosts().await;
-                    let _ = shell.cache.forget_host(&host.device_id).await;
-                }
+                // The host will never accept this device again: forget it entirely. Pairing
+                // again makes a new one.
+                let _ = shell.revoked.send(device_id.clone());
             }
             _ => {}
         }

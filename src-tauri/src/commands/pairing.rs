@@ -47,6 +47,7 @@ pub async fn pairing_pair(
     );
     shell.hosts.lock().await.upsert_active(paired.host.clone());
     shell.save_hosts().await?;
+    let session = shell.session_for(&paired.host, Some(session));
     shell.inner().activate(&app, session).await?;
     Ok(paired.host)
 }
@@ -79,24 +80,17 @@ pub async fn pairing_activate(
         host
     };
     shell.save_hosts().await?;
-    shell
-        .inner()
-        .activate(&app, Session::new(host, shell.secrets.clone()))
-        .await
+    let session = shell.session_for(&host, None);
+    shell.inner().activate(&app, session).await
 }
 
-/// Forgets a host: its credentials, its cache, its place in the list.
+/// Forgets a host: its credentials, its cache, its place in the list. The next paired host,
+/// if any, becomes active.
 #[tauri::command(rename_all = "snake_case")]
-pub async fn pairing_forget(shell: State<'_, Arc<Shell>>, device_id: String) -> CommandResult<()> {
-    let was_active = shell.hosts.lock().await.active.as_deref() == Some(device_id.as_str());
-    if was_active {
-        shell.deactivate().await;
-    }
-    shell.hosts.lock().await.remove(&device_id);
-    shell.save_hosts().await?;
-    shell
-        .secrets
-        .delete(&taos_client::secrets::refresh_key(&device_id))?;
-    shell.cache.forget_host(&device_id).await?;
-    Ok(())
+pub async fn pairing_forget(
+    app: AppHandle,
+    shell: State<'_, Arc<Shell>>,
+    device_id: String,
+) -> CommandResult<()> {
+    shell.inner().forget(&app, &device_id).await
 }
