@@ -73,6 +73,7 @@ pub fn run() {
                         if let Err(e) = forgetter.forget(&handle, &device_id).await {
                             tracing::warn!(error = %e.message, "could not forget a revoked host");
                         }
+                        forgetter.broadcast(&taos_client::engine::AppEvent::Revoked);
                     }
                 });
                 Ok::<_, error::CommandError>(shell)

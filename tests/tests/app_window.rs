@@ -508,6 +508,10 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     .await;
     ui.wait_for_text("signed out by the host", Duration::from_secs(60))
         .await;
+    // It was the only paired host: nothing to go back to.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = ui.text().await;
+    assert!(!text.contains("Continue with"), "{text}");
     ui.screenshot("07-revoked").await;
 
     ui.quit().await;

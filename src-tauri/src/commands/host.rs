@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use reqwest::Method;
 use serde::Serialize;
+use taos_client::session::SessionError;
 use tauri::State;
 
 use crate::error::{CommandError, CommandResult};
@@ -20,6 +21,7 @@ pub struct HostStatus {
 /// for text answers, or null for 204.
 #[tauri::command(rename_all = "snake_case")]
 pub async fn host_request(
+    app: tauri::AppHandle,
     shell: State<'_, Arc<Shell>>,
     method: String,
     path: String,
@@ -34,7 +36,18 @@ pub async fn host_request(
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| CommandError::new("bad_input", "unknown HTTP method"))?;
     let session = shell.session().await?;
-    Ok(session.call_value(method, &path, body.as_ref()).await?)
+    match session.call_value(method, &path, body.as_ref()).await {
+        Err(SessionError::Revoked) => {
+            // Forget the host before the UI hears of it, so what it shows next (the pairing
+            // screen, another paired host) is already true.
+            let device_id = session.host.device_id.clone();
+            if let Err(e) = shell.inner().forget(&app, &device_id).await {
+                tracing::warn!(error = %e.message, "could not forget a revoked host");
+            }
+            Err(SessionError::Revoked.into())
+        }
+        answer => Ok(answer?),
+    }
 }
 
 #[tauri::command(rename_all = "snake_case")]

@@ -34,9 +34,11 @@ pub async fn forward<R: Runtime>(
         match &event {
             AppEvent::Notify { notification } => show(&app, notification),
             AppEvent::Revoked => {
-                // The host will never accept this device again: forget it entirely. Pairing
-                // again makes a new one.
+                // The host will never accept this device again: forget it entirely (pairing
+                // again makes a new one). The UI hears of it once that is done, so it sees the
+                // paired hosts as they are after.
                 let _ = shell.revoked.send(device_id.clone());
+                continue;
             }
             _ => {}
         }
