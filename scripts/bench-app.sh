@@ -41,15 +41,18 @@ SECTION="$(cat <<MD
 | what | result | target | |
 |---|---|---|---|
 | cold start of the release app → pairing screen shown (median of 3, WebDriver session start included) | $(j window.first_screen_ms_median) ms | < 1 s | $(verdict "$(j window.first_screen_ms_median) < 1000") |
-| idle RSS of the app process after 10 s | $(j window.idle_rss.app_process_mib) MiB (web content process: $(j window.idle_rss.web_processes_mib) MiB) | < 150 MB | $(verdict "$(j window.idle_rss.app_process_mib) < 143") |
+| idle RSS of the app process after 10 s | $(j window.idle_rss.app_process_mib) MiB, of which $(j window.idle_rss.app_private_mib) MiB private (\`RssAnon\`) and the rest WebKitGTK's shared libraries (web content process: $(j window.idle_rss.web_processes_mib) MiB) | < 150 MB | $(verdict "$(j window.idle_rss.app_process_mib) < 143") |
 | \`.deb\` | $DEB_MB MB | < 15 MB | $(verdict "$DEB_MB < 15") |
-| open a cached channel of $(j cache.messages) messages (cache reopened, all rows read and parsed; median of 10) | $(j cache.open_ms_median) ms (max $(j cache.open_ms_max)) | < 200 ms | $(verdict "$(j cache.open_ms_max) < 200") |
+| open a cached channel of $(j cache.messages) messages (cache reopened, all rows read and parsed; median of 10) | $(j cache.open_ms_median) ms (max $(python3 -c "print(round($(j cache.open_ms_max), 1))")) | < 200 ms | $(verdict "$(j cache.open_ms_max) < 200") |
 
-How: \`scripts/bench-app.sh\` builds the release app and its \`.deb\` (\`npx tauri build --bundles deb\`), then
+How: \`scripts/bench-app.sh\` builds the release app and its \`.deb\` (\`tauri build --bundles deb\`), then
 \`taos-app-bench\` (tests/src/bin) starts it three times through tauri-driver under Xvfb and a
 private D-Bus session and times the WebDriver session request until the pairing screen's code
 field exists — an upper bound on first paint, since WebKitWebDriver's own start is included. RSS
-is \`VmRSS\` of the \`taos-app\` process and, separately, of WebKitGTK's web content process. The
+is \`VmRSS\` of the \`taos-app\` process and, separately, of WebKitGTK's web content process; most of
+the app process's RSS is file-backed pages of WebKitGTK, JavaScriptCore and ICU, shared with the
+web process and the page cache, while its own heap is \`RssAnon\`. The target is not met by that
+measure; shrinking it means a lighter web engine, not changes in taos. The
 cache figure is \`taos-client\`'s SQLite cache, reopened as at app start.
 MD
 )"

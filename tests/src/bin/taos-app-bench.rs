@@ -17,19 +17,24 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn rss_mib(pid: &str) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A `/proc/<pid>/status` memory line in MiB (`VmRSS:`, `RssAnon:`…).
+fn status_mib(pid: &str, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0.0);
     (kib / 1024.0 * 10.0).round() / 10.0
 }
 
-fn pids(name: &str) -> Vec<String> {
+fn pids(args: &[&str]) -> Vec<String> {
     let out = std::process::Command::new("pgrep")
-        .args(["-f", name])
+        .args(args)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
         .unwrap_or_default();
@@ -42,7 +47,7 @@ async fn cached_channel() -> Value {
     let cache = Cache::open(&path).await.unwrap();
     let channel: Channel = serde_json::from_value(json!({
         "id": "c1", "name": "Helper", "type": "dm", "members": ["helper", "user:owner"],
-        "settings": {}, "created_at": "2026-11-27T10:00:00Z", "last_seq": 5000, "archived": false
+        "settings": {"response_mode": "quiet", "max_hops": 3, "cooldown_seconds": 5}, "created_at": "2026-11-27T10:00:00Z", "last_seq": 5000, "archived": false
     }))
     .unwrap();
     cache.put_channels("h", &[channel]).await.unwrap();
@@ -142,11 +147,12 @@ async fn window(app: &str, port: u16) -> Value {
         starts.push(started.elapsed().as_secs_f64() * 1000.0);
         if run == 0 {
             tokio::time::sleep(Duration::from_secs(10)).await;
-            let app_pids = pids("target/.*/taos-app$");
-            let web = pids("WebKitWebProcess");
+            let app_pids = pids(&["-x", "taos-app"]);
+            let web = pids(&["-f", "WebKitWebProcess"]);
             let app_rss: f64 = app_pids.iter().map(|p| rss_mib(p)).sum();
+            let app_anon: f64 = app_pids.iter().map(|p| status_mib(p, "RssAnon:")).sum();
             let web_rss: f64 = web.iter().map(|p| rss_mib(p)).sum();
-            rss = json!({"app_process_mib": app_rss, "web_processes_mib": web_rss});
+            rss = json!({"app_process_mib": app_rss, "app_private_mib": app_anon, "web_processes_mib": web_rss});
         }
         let _ = http
             .delete(format!("{base}/session/{session}"))
