@@ -10,7 +10,7 @@ source "$(dirname "$0")/lib.sh"
 
 missing=()
 for pkg in libwebkit2gtk-4.1-dev libsoup-3.0-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev \
-    libssl-dev pkg-config file xvfb xauth webkit2gtk-driver dbus-x11 dbus-daemon dunst gnome-keyring; do
+    libssl-dev pkg-config file xvfb xauth webkit2gtk-driver dbus-x11 dbus-daemon dbus-bin dunst gnome-keyring; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
