@@ -153,6 +153,39 @@ impl Host {
     }
 
     /// SIGTERM, then wait for exit; returns the exit code.
+    /// The workspace's `taos-host` on a fixed public port (so a restarted host is found at
+    /// the same address), without LiteLLM; `data_dir` restarts one on its old data.
+    pub async fn start_on(port: u16, data_dir: Option<PathBuf>) -> Host {
+        Host::start_with(
+            &workspace_binary("taos-host").display().to_string(),
+            HostOptions {
+                data_dir,
+                env: vec![
+                    ("TAOS_SERVER__BIND".into(), format!("127.0.0.1:{port}")),
+                    (
+                        "TAOS_LLM__LITELLM_BIN".into(),
+                        "/nonexistent/litellm".into(),
+                    ),
+                ],
+            },
+        )
+        .await
+        .expect("host starts")
+    }
+
+    /// A fresh single-use pairing token, made by the local admin.
+    pub async fn pairing_token(&self) -> String {
+        let body: Value = self
+            .admin(Method::POST, "/api/devices/pairing-tokens")
+            .send()
+            .await
+            .expect("pairing token")
+            .json()
+            .await
+            .expect("pairing token json");
+        body["token"].as_str().expect("token string").to_string()
+    }
+
     /// Hands over the temp dir holding the data dir, so the data outlives this host (to
     /// start another on it).
     pub fn take_temp(&mut self) -> Option<tempfile::TempDir> {
@@ -254,6 +287,12 @@ pub fn pinned_client(pin: SpkiPin) -> reqwest::Client {
 /// A client that trusts no certificate at all, like a browser that has not been told about
 /// the host: it must fail against the self-signed host.
 pub fn unpinned_client() -> reqwest::Client {
+    plain_client(Duration::from_secs(10))
+}
+
+/// A client that trusts no certificate at all (for plain-HTTP peers: the agent listener, a
+/// WebDriver server), with a per-request timeout.
+pub fn plain_client(timeout: Duration) -> reqwest::Client {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -262,9 +301,18 @@ pub fn unpinned_client() -> reqwest::Client {
         .with_no_client_auth();
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
-        .timeout(Duration::from_secs(10))
+        .timeout(timeout)
         .build()
         .expect("client")
+}
+
+/// A loopback port that was free a moment ago (for a host that must come back on the same
+/// address after a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A browser session: the cookies setup or login set, and the CSRF token.
@@ -457,6 +505,30 @@ impl AgentClient {
         let response = self.events_for(&self.slug.clone(), last_event_id).await;
         assert_eq!(response.status(), StatusCode::OK, "bridge stream");
         SseReader::new(response)
+    }
+
+    /// Answers every delivered message, until aborted: "Hello from the agent", streamed as two
+    /// deltas (`pause` apart, so a UI can see them arrive) and then a final.
+    pub fn answer_everything(self, pause: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut events = self.events(None).await;
+            while let Some(event) = events.next(Duration::from_secs(3600)).await {
+                let Ok(delivery) = serde_json::from_str::<Value>(&event.data) else {
+                    continue;
+                };
+                let trace_id = delivery["trace_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                for part in ["Hello ", "from the agent"] {
+                    self.reply(json!({"kind": "delta", "trace_id": trace_id, "content": part}))
+                        .await;
+                    tokio::time::sleep(pause).await;
+                }
+                self.reply(json!({"kind": "final", "trace_id": trace_id, "content": "Hello from the agent"}))
+                    .await;
+            }
+        })
     }
 
     pub async fn reply(&self, body: Value) -> Response {

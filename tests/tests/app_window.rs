@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use taos_e2e::{workspace_binary, AgentClient, Host, HostOptions};
+use taos_e2e::{free_port, workspace_binary, AgentClient, Host};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -28,24 +28,9 @@ struct Driver {
     shots: PathBuf,
 }
 
-/// Plain HTTP to the local WebDriver server; starting the app can take a while.
-fn webdriver_client() -> reqwest::Client {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .expect("client")
-}
-
 impl Driver {
     async fn start(port: u16, app: &Path, shots: PathBuf) -> Driver {
-        let http = webdriver_client();
+        let http = taos_e2e::plain_client(Duration::from_secs(120));
         let base = format!("http://127.0.0.1:{port}");
         let created: Value = http
             .post(format!("{base}/session"))
@@ -189,60 +174,9 @@ impl Driver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_host(data_dir: Option<PathBuf>, port: u16) -> Host {
-    Host::start_with(
-        &workspace_binary("taos-host").display().to_string(),
-        HostOptions {
-            data_dir,
-            env: vec![
-                ("TAOS_SERVER__BIND".into(), format!("127.0.0.1:{port}")),
-                (
-                    "TAOS_LLM__LITELLM_BIN".into(),
-                    "/nonexistent/litellm".into(),
-                ),
-            ],
-        },
-    )
-    .await
-    .expect("host starts")
-}
-
-/// An external agent that streams "Hello from the agent" in two deltas to every message.
-fn answer_everything(agent: AgentClient) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut events = agent.events(None).await;
-        while let Some(event) = events.next(Duration::from_secs(3600)).await {
-            let Ok(delivery) = serde_json::from_str::<Value>(&event.data) else {
-                continue;
-            };
-            let trace_id = delivery["trace_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            for part in ["Hello ", "from the agent"] {
-                agent
-                    .reply(json!({"kind": "delta", "trace_id": trace_id, "content": part}))
-                    .await;
-                tokio::time::sleep(Duration::from_millis(150)).await;
-            }
-            agent
-                .reply(json!({"kind": "final", "trace_id": trace_id, "content": "Hello from the agent"}))
-                .await;
-        }
-    })
-}
-
 async fn wait_for_status(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let http = webdriver_client();
+    let http = taos_e2e::plain_client(Duration::from_secs(120));
     loop {
         // tauri-driver answers before WebKitWebDriver listens; only a 200 means ready.
         if let Ok(r) = http
@@ -298,19 +232,11 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         .expect("dbus-monitor");
 
     let port = free_port();
-    let mut host = start_host(None, port).await;
+    let mut host = Host::start_on(port, None).await;
     host.setup_owner().await;
     let (agent, _) = AgentClient::create(&host, "Helper").await;
-    let answering = answer_everything(agent);
-    let token: Value = host
-        .admin(Method::POST, "/api/devices/pairing-tokens")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["token"].as_str().unwrap().to_string();
+    let answering = agent.answer_everything(Duration::from_millis(150));
+    let token = host.pairing_token().await;
 
     let app_data = tempfile::tempdir().unwrap();
     let driver_port = free_port();
@@ -396,7 +322,7 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     let data_dir = host.data_dir.clone();
     let _keep = host.take_temp();
     drop(host);
-    let host = start_host(Some(data_dir), port).await;
+    let host = Host::start_on(port, Some(data_dir)).await;
     ui.click("[data-testid=offline-banner] button").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while ui.count("[data-testid=pending]").await > 0 {

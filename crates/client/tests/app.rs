@@ -7,83 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use taos_client::cache::Cache;
 use taos_client::engine::{AppEvent, Engine};
 use taos_client::net::Trust;
 use taos_client::pairing::{pair, PairError};
 use taos_client::secrets::{MemoryStore, SecretStore};
 use taos_client::session::{Session, SessionError};
-use taos_e2e::{workspace_binary, AgentClient, Host, HostOptions};
+use taos_e2e::{free_port, AgentClient, Host};
 use taos_proto::auth::PairingPayload;
 use taos_proto::chat::{AuthorType, MessageState};
 use tokio::sync::mpsc;
-
-fn host_bin() -> String {
-    workspace_binary("taos-host").display().to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_host(data_dir: Option<std::path::PathBuf>, port: u16) -> Host {
-    Host::start_with(
-        &host_bin(),
-        HostOptions {
-            data_dir,
-            env: vec![
-                ("TAOS_SERVER__BIND".into(), format!("127.0.0.1:{port}")),
-                (
-                    "TAOS_LLM__LITELLM_BIN".into(),
-                    "/nonexistent/litellm".into(),
-                ),
-            ],
-        },
-    )
-    .await
-    .expect("host starts")
-}
-
-async fn pairing_token(host: &Host) -> String {
-    let body: Value = host
-        .admin(Method::POST, "/api/devices/pairing-tokens")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["token"].as_str().unwrap().to_string()
-}
-
-/// An external agent that answers every message with two deltas and a final.
-fn answer_everything(agent: AgentClient) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut events = agent.events(None).await;
-        while let Some(event) = events.next(Duration::from_secs(3600)).await {
-            let Ok(delivery) = serde_json::from_str::<Value>(&event.data) else {
-                continue;
-            };
-            let trace_id = delivery["trace_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            for part in ["Hello ", "from the agent"] {
-                agent
-                    .reply(json!({"kind": "delta", "trace_id": trace_id, "content": part}))
-                    .await;
-            }
-            agent
-                .reply(json!({"kind": "final", "trace_id": trace_id, "content": "Hello from the agent"}))
-                .await;
-        }
-    })
-}
 
 async fn next_matching(
     events: &mut mpsc::UnboundedReceiver<AppEvent>,
@@ -105,15 +39,15 @@ async fn next_matching(
 #[tokio::test]
 async fn pair_chat_go_offline_queue_and_deliver_exactly_once() {
     let port = free_port();
-    let mut host = start_host(None, port).await;
+    let mut host = Host::start_on(port, None).await;
     host.setup_owner().await;
     let (agent, _) = AgentClient::create(&host, "Helper").await;
-    let answering = answer_everything(agent);
+    let answering = agent.answer_everything(Duration::ZERO);
 
     // Pair with a fresh code, trusting only the key the code names.
     let secrets: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
     let paired = pair(
-        &pairing_token(&host).await,
+        &host.pairing_token().await,
         "test phone",
         "linux",
         secrets.clone(),
@@ -185,7 +119,7 @@ async fn pair_chat_go_offline_queue_and_deliver_exactly_once() {
     let data_dir = host.data_dir.clone();
     let _temp = host.take_temp();
     drop(host);
-    let host = start_host(Some(data_dir), port).await;
+    let host = Host::start_on(port, Some(data_dir)).await;
     engine.reconnect_now();
     next_matching(
         &mut events,
@@ -244,10 +178,10 @@ async fn pair_chat_go_offline_queue_and_deliver_exactly_once() {
 
 #[tokio::test]
 async fn a_code_naming_another_hosts_key_is_refused_clearly() {
-    let host = start_host(None, free_port()).await;
+    let host = Host::start_on(free_port(), None).await;
     host.setup_owner().await;
-    let other = start_host(None, free_port()).await;
-    let token = pairing_token(&host).await;
+    let other = Host::start_on(free_port(), None).await;
+    let token = host.pairing_token().await;
     let mut payload = PairingPayload::decode(&token).unwrap();
     payload.spki_sha256 = other.pin.to_base64();
     let secrets: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());

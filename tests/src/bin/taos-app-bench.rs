@@ -92,19 +92,7 @@ async fn cached_channel() -> Value {
 }
 
 async fn window(app: &str, port: u16) -> Value {
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
-        )
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
+    let http = taos_e2e::plain_client(Duration::from_secs(120));
     let base = format!("http://127.0.0.1:{port}");
     let mut starts = Vec::new();
     let mut rss = json!(null);
