@@ -115,15 +115,18 @@ impl Cache {
                 .bind(host)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(CachedChannel {
-                    channel: serde_json::from_str(row.try_get::<&str, _>("body")?)?,
-                    synced_seq: row.try_get("last_seq")?,
-                    muted: row.try_get::<i64, _>("muted")? != 0,
-                })
-            })
-            .collect()
+        rows.iter().map(cached_channel).collect()
+    }
+
+    /// One cached channel.
+    pub async fn channel(&self, host: &str, id: &str) -> Result<Option<CachedChannel>, CacheError> {
+        let row =
+            sqlx::query("SELECT body, last_seq, muted FROM channels WHERE host_id = ? AND id = ?")
+                .bind(host)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.as_ref().map(cached_channel).transpose()
     }
 
     pub async fn synced_seq(&self, host: &str, channel: &str) -> Result<i64, CacheError> {
@@ -171,18 +174,7 @@ impl Cache {
         let existing: Option<Message> = existing.map(|b| serde_json::from_str(&b)).transpose()?;
         let merged = sync::merge(existing.as_ref(), event);
         if let Some(message) = &merged {
-            sqlx::query(
-                "INSERT INTO messages (host_id, id, channel_id, seq, created_at, body) VALUES (?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (host_id, id) DO UPDATE SET seq = excluded.seq, body = excluded.body",
-            )
-            .bind(host)
-            .bind(&message.id)
-            .bind(&message.channel_id)
-            .bind(message.seq)
-            .bind(message.created_at.timestamp_millis())
-            .bind(serde_json::to_string(message)?)
-            .execute(&mut *tx)
-            .await?;
+            upsert_message(&mut *tx, host, message).await?;
         }
         if let Some(seq) = event.seq() {
             let channel = match event {
@@ -208,20 +200,7 @@ impl Cache {
     /// Stores a message the host just accepted from us, without moving the channel's sync
     /// point: changes before it may not be in the cache yet, and catch-up resumes from there.
     pub async fn store_sent(&self, host: &str, message: &Message) -> Result<(), CacheError> {
-        sqlx::query(
-            "INSERT INTO messages (host_id, id, channel_id, seq, created_at, body) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (host_id, id) DO UPDATE SET seq = excluded.seq, body = excluded.body \
-             WHERE excluded.seq >= messages.seq",
-        )
-        .bind(host)
-        .bind(&message.id)
-        .bind(&message.channel_id)
-        .bind(message.seq)
-        .bind(message.created_at.timestamp_millis())
-        .bind(serde_json::to_string(message)?)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        upsert_message(&self.pool, host, message).await
     }
 
     /// Applies messages fetched over REST (catch-up), each as its full current state.
@@ -334,14 +313,6 @@ impl Cache {
         let client_id = client_id
             .map(String::from)
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        if let Some(existing) = self
-            .outbox(host, None)
-            .await?
-            .into_iter()
-            .find(|i| i.client_id == client_id)
-        {
-            return Ok(existing);
-        }
         let now = chrono::Utc::now().timestamp_millis();
         sqlx::query(
             "INSERT OR IGNORE INTO outbox (host_id, client_id, position, channel_id, content, thread_id, created_at) \
@@ -356,17 +327,15 @@ impl Cache {
         .bind(now)
         .execute(&self.pool)
         .await?;
-        Ok(OutboxItem {
-            client_id,
-            channel_id: channel.to_string(),
-            content: content.to_string(),
-            thread_id: thread_id.map(String::from),
-            state: "queued".into(),
-            attempts: 0,
-            last_error: None,
-            message_id: None,
-            created_at: now,
-        })
+        // The item as stored: the new one, or the one already queued under this client_id.
+        let row = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE host_id = ? AND client_id = ?"
+        ))
+        .bind(host)
+        .bind(&client_id)
+        .fetch_one(&self.pool)
+        .await?;
+        outbox_item(&row)
     }
 
     /// Outbox items in send order; `state` filters (`None`: all).
@@ -375,30 +344,15 @@ impl Cache {
         host: &str,
         state: Option<&str>,
     ) -> Result<Vec<OutboxItem>, CacheError> {
-        let rows = sqlx::query(
-            "SELECT client_id, channel_id, content, thread_id, state, attempts, last_error, message_id, created_at \
-             FROM outbox WHERE host_id = ? AND (? IS NULL OR state = ?) ORDER BY position",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE host_id = ? AND (? IS NULL OR state = ?) ORDER BY position"
+        ))
         .bind(host)
         .bind(state)
         .bind(state)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(OutboxItem {
-                    client_id: r.try_get("client_id")?,
-                    channel_id: r.try_get("channel_id")?,
-                    content: r.try_get("content")?,
-                    thread_id: r.try_get("thread_id")?,
-                    state: r.try_get("state")?,
-                    attempts: r.try_get("attempts")?,
-                    last_error: r.try_get("last_error")?,
-                    message_id: r.try_get("message_id")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(outbox_item).collect()
     }
 
     pub async fn outbox_attempted(
@@ -476,4 +430,50 @@ impl Cache {
         tx.commit().await?;
         Ok(())
     }
+}
+
+const OUTBOX_COLUMNS: &str =
+    "client_id, channel_id, content, thread_id, state, attempts, last_error, message_id, created_at";
+
+fn outbox_item(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxItem, CacheError> {
+    Ok(OutboxItem {
+        client_id: r.try_get("client_id")?,
+        channel_id: r.try_get("channel_id")?,
+        content: r.try_get("content")?,
+        thread_id: r.try_get("thread_id")?,
+        state: r.try_get("state")?,
+        attempts: r.try_get("attempts")?,
+        last_error: r.try_get("last_error")?,
+        message_id: r.try_get("message_id")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn cached_channel(row: &sqlx::sqlite::SqliteRow) -> Result<CachedChannel, CacheError> {
+    Ok(CachedChannel {
+        channel: serde_json::from_str(row.try_get::<&str, _>("body")?)?,
+        synced_seq: row.try_get("last_seq")?,
+        muted: row.try_get::<i64, _>("muted")? != 0,
+    })
+}
+
+/// Stores a message's current state unless the cache already has a newer one.
+async fn upsert_message<'e, E>(db: E, host: &str, message: &Message) -> Result<(), CacheError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query(
+        "INSERT INTO messages (host_id, id, channel_id, seq, created_at, body) VALUES (?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (host_id, id) DO UPDATE SET seq = excluded.seq, body = excluded.body \
+         WHERE excluded.seq >= messages.seq",
+    )
+    .bind(host)
+    .bind(&message.id)
+    .bind(&message.channel_id)
+    .bind(message.seq)
+    .bind(message.created_at.timestamp_millis())
+    .bind(serde_json::to_string(message)?)
+    .execute(db)
+    .await?;
+    Ok(())
 }

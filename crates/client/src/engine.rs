@@ -291,10 +291,7 @@ impl Engine {
     }
 
     async fn maybe_notify_reply(&self, message: &Message) {
-        let Ok(channels) = self.cache.channels(self.host()).await else {
-            return;
-        };
-        let Some(channel) = channels.iter().find(|c| c.channel.id == message.channel_id) else {
+        let Ok(Some(channel)) = self.cache.channel(self.host(), &message.channel_id).await else {
             return;
         };
         let focus = self.focus.lock().await.clone();
