@@ -68,6 +68,7 @@ impl From<PairError> for CommandError {
             PairError::WrongKey(_) => CommandError::new("wrong_key", e.to_string()),
             PairError::Secrets(e) => e.into(),
             PairError::Unreachable(_) => CommandError::new("offline", e.to_string()),
+            PairError::BadInput(_) => CommandError::new("bad_input", e.to_string()),
             other => CommandError::new("pairing", other.to_string()),
         }
     }
@@ -81,7 +82,10 @@ impl From<SecretError> for CommandError {
 
 impl From<CacheError> for CommandError {
     fn from(e: CacheError) -> Self {
-        CommandError::new("cache", e.to_string())
+        match e {
+            CacheError::BadInput(_) => CommandError::new("bad_input", e.to_string()),
+            other => CommandError::new("cache", other.to_string()),
+        }
     }
 }
 

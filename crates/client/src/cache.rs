@@ -20,6 +20,9 @@ pub enum CacheError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the offline cache holds something unreadable: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// A message the host would refuse is not queued: it would only fail later.
+    #[error("{0}")]
+    BadInput(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -310,6 +313,10 @@ impl Cache {
         thread_id: Option<&str>,
         client_id: Option<&str>,
     ) -> Result<OutboxItem, CacheError> {
+        taos_proto::chat::check_content(content).map_err(CacheError::BadInput)?;
+        if let Some(client_id) = client_id {
+            taos_proto::chat::check_client_id(client_id).map_err(CacheError::BadInput)?;
+        }
         let client_id = client_id
             .map(String::from)
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());

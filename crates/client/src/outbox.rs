@@ -132,6 +132,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn messages_the_host_would_refuse_are_not_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&dir.path().join("cache.db")).await.unwrap();
+        let too_long = "a".repeat(taos_proto::chat::MAX_CONTENT_CHARS + 1);
+        for (content, client_id) in [
+            ("", None),
+            ("  \n ", None),
+            (too_long.as_str(), None),
+            ("hello", Some("../etc")),
+            ("hello", Some("")),
+            ("hello", Some("has space")),
+        ] {
+            let refused = cache.enqueue("h", "c1", content, None, client_id).await;
+            assert!(
+                matches!(refused, Err(CacheError::BadInput(_))),
+                "{content:?} {client_id:?}"
+            );
+        }
+        assert!(cache.outbox("h", None).await.unwrap().is_empty());
+        cache
+            .enqueue("h", "c1", "hello", None, Some("ok-1"))
+            .await
+            .unwrap();
+        assert_eq!(cache.outbox("h", None).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
     async fn the_outbox_sends_in_order_stops_when_offline_and_skips_refused_items() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(&dir.path().join("cache.db")).await.unwrap();

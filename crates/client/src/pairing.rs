@@ -29,6 +29,8 @@ pub enum PairError {
     #[error(transparent)]
     Secrets(#[from] SecretError),
     #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
     Other(String),
 }
 
@@ -47,6 +49,8 @@ pub async fn pair(
     platform: &str,
     secrets: Arc<dyn SecretStore>,
 ) -> Result<Paired, PairError> {
+    taos_proto::auth::check_device_name(device_name).map_err(PairError::BadInput)?;
+    let device_name = device_name.trim();
     let payload = PairingPayload::decode(token)?;
     if payload.is_expired(chrono::Utc::now()) {
         return Err(PairError::Expired);

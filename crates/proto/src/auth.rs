@@ -2,6 +2,24 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The longest device name the host keeps, in characters.
+pub const MAX_DEVICE_NAME_CHARS: usize = 100;
+
+/// The host's rule for a device's name (after trimming): shared with the app, which checks it
+/// before it spends a single-use pairing token.
+pub fn check_device_name(device_name: &str) -> Result<(), String> {
+    let name = device_name.trim();
+    if name.is_empty()
+        || name.chars().count() > MAX_DEVICE_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "device_name must be 1-{MAX_DEVICE_NAME_CHARS} printable characters"
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
@@ -149,6 +167,16 @@ pub struct Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_names_follow_the_hosts_rule() {
+        assert!(check_device_name("  Kim's phone ").is_ok());
+        assert!(check_device_name(&"é".repeat(MAX_DEVICE_NAME_CHARS)).is_ok());
+        for bad in ["", "   ", "tab\there", "new\nline", "nul\0"] {
+            assert!(check_device_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_device_name(&"a".repeat(MAX_DEVICE_NAME_CHARS + 1)).is_err());
+    }
 
     fn payload() -> PairingPayload {
         PairingPayload {

@@ -1,6 +1,37 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The longest message the host stores, in characters.
+pub const MAX_CONTENT_CHARS: usize = 32_000;
+
+/// The host's rule for a message's text, shared so the app refuses what the host would refuse
+/// before it queues it offline (a queued message the host later rejects would only fail then).
+pub fn check_content(content: &str) -> Result<(), String> {
+    if content.trim().is_empty() {
+        return Err("content must not be empty".into());
+    }
+    if content.chars().count() > MAX_CONTENT_CHARS {
+        return Err(format!(
+            "content must be at most {MAX_CONTENT_CHARS} characters"
+        ));
+    }
+    Ok(())
+}
+
+/// The host's rule for a sender's `client_id` (what makes a retried send idempotent).
+pub fn check_client_id(client_id: &str) -> Result<(), String> {
+    let ok = !client_id.is_empty()
+        && client_id.len() <= 64
+        && client_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err("client_id must be 1-64 characters of letters, digits, '-' or '_'".into())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
@@ -270,4 +301,28 @@ pub enum ClientEvent {
     Typing {
         channel_id: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_needs_text_and_a_bounded_length() {
+        assert!(check_content("hi").is_ok());
+        assert!(check_content(&"é".repeat(MAX_CONTENT_CHARS)).is_ok());
+        assert!(check_content("").is_err());
+        assert!(check_content(" \n\t ").is_err());
+        assert!(check_content(&"a".repeat(MAX_CONTENT_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn client_ids_are_short_and_plain() {
+        assert!(check_client_id("0193a1b2-c3d4_e5").is_ok());
+        assert!(check_client_id(&"a".repeat(64)).is_ok());
+        for bad in ["", "../x", "a b", "a/b", "nul\0", "é"] {
+            assert!(check_client_id(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_client_id(&"a".repeat(65)).is_err());
+    }
 }

@@ -19,7 +19,7 @@ use crate::agents;
 use crate::db::{from_ms, now_ms, Db};
 use hub::ChatHub;
 
-pub const MAX_CONTENT_CHARS: usize = 32_000;
+pub use taos_proto::chat::MAX_CONTENT_CHARS;
 pub const MAX_CHANNEL_NAME_CHARS: usize = 100;
 pub const MAX_PAGE: i64 = 500;
 pub const USER_MEMBER_PREFIX: &str = "user:";
@@ -103,30 +103,11 @@ fn validate_channel_name(name: &str) -> Result<(), ChatError> {
 }
 
 fn validate_client_id(client_id: &str) -> Result<(), ChatError> {
-    let ok = !client_id.is_empty()
-        && client_id.len() <= 64
-        && client_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ChatError::BadInput(
-            "client_id must be 1-64 characters of letters, digits, '-' or '_'".into(),
-        ))
-    }
+    taos_proto::chat::check_client_id(client_id).map_err(ChatError::BadInput)
 }
 
 fn validate_content(content: &str) -> Result<(), ChatError> {
-    if content.trim().is_empty() {
-        return Err(ChatError::BadInput("content must not be empty".into()));
-    }
-    if content.chars().count() > MAX_CONTENT_CHARS {
-        return Err(ChatError::BadInput(format!(
-            "content must be at most {MAX_CONTENT_CHARS} characters"
-        )));
-    }
-    Ok(())
+    taos_proto::chat::check_content(content).map_err(ChatError::BadInput)
 }
 
 const MESSAGE_COLUMNS: &str =

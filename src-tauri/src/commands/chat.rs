@@ -50,12 +50,6 @@ pub async fn chat_send(
     thread_id: Option<String>,
     client_id: Option<String>,
 ) -> CommandResult<OutboxItem> {
-    if content.trim().is_empty() || content.len() > 64 * 1024 {
-        return Err(CommandError::new(
-            "bad_input",
-            "a message needs 1 character to 64 KiB",
-        ));
-    }
     let engine = shell.engine().await?;
     Ok(engine
         .send(

@@ -22,6 +22,13 @@ fn platform() -> &'static str {
     std::env::consts::OS
 }
 
+/// Whether this device can scan the host's QR code (phones, through the barcode scanner
+/// plugin); desktops paste the code instead.
+#[tauri::command(rename_all = "snake_case")]
+pub fn pairing_can_scan() -> bool {
+    cfg!(mobile)
+}
+
 /// Pairs with the host that made `token` and makes it the active host.
 #[tauri::command(rename_all = "snake_case")]
 pub async fn pairing_pair(
@@ -30,14 +37,7 @@ pub async fn pairing_pair(
     token: String,
     device_name: String,
 ) -> CommandResult<PairedHost> {
-    let device_name = device_name.trim();
-    if device_name.is_empty() || device_name.chars().count() > 100 {
-        return Err(CommandError::new(
-            "bad_input",
-            "give this device a name (1-100 characters)",
-        ));
-    }
-    let paired = pairing::pair(&token, device_name, platform(), shell.secrets.clone()).await?;
+    let paired = pairing::pair(&token, &device_name, platform(), shell.secrets.clone()).await?;
     let link = Link::new(&paired.address, paired.host.trust)?;
     let session = Session::after_pairing(
         paired.host.clone(),
