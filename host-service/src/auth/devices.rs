@@ -1,7 +1,9 @@
 //! Paired devices: one-time pairing tokens, short-lived access tokens, rotating refresh tokens.
 //!
 //! A refresh token works once. Presenting a used one means two parties hold the device's
-//! credentials (one of them stole it), so the whole device is revoked: both must pair again.
+//! credentials (one of them stole it), so the whole device is revoked: both must pair again —
+//! unless nothing of what it was exchanged for was ever used: then the answer was lost in
+//! transit, and the device gets new tokens instead (the unused ones stop working).
 
 use sqlx::Row;
 use taos_pin::SpkiPin;
@@ -15,7 +17,6 @@ pub const PAIRING_TOKEN_TTL_MS: i64 = 5 * 60 * 1000;
 pub const ACCESS_TOKEN_TTL_SECS: u64 = 15 * 60;
 pub const REFRESH_TOKEN_TTL_MS: i64 = 90 * 24 * 3600 * 1000;
 const TOUCH_INTERVAL_MS: i64 = 60 * 1000;
-pub const MAX_DEVICE_NAME_CHARS: usize = 100;
 pub const MAX_PLATFORM_CHARS: usize = 32;
 
 /// Makes a single-use pairing token that expires in five minutes. Only the secret's hash is kept.
@@ -59,15 +60,7 @@ pub fn decode_pairing_token(token: &str) -> Option<PairingPayload> {
 }
 
 fn validate_device_fields(device_name: &str, platform: &str) -> Result<(), AuthError> {
-    let name = device_name.trim();
-    if name.is_empty()
-        || name.chars().count() > MAX_DEVICE_NAME_CHARS
-        || name.chars().any(char::is_control)
-    {
-        return Err(AuthError::BadInput(format!(
-            "device_name must be 1-{MAX_DEVICE_NAME_CHARS} printable characters"
-        )));
-    }
+    taos_proto::auth::check_device_name(device_name).map_err(AuthError::BadInput)?;
     let platform_ok = !platform.is_empty()
         && platform.len() <= MAX_PLATFORM_CHARS
         && platform
@@ -81,21 +74,24 @@ fn validate_device_fields(device_name: &str, platform: &str) -> Result<(), AuthE
     Ok(())
 }
 
+/// Issues an access token and a refresh token under one new issue id, returned with them.
 async fn issue_tokens(
     tx: &mut sqlx::SqliteConnection,
     device_id: Uuid,
-) -> Result<DeviceTokens, AuthError> {
+) -> Result<(DeviceTokens, String), AuthError> {
     let access_token = new_secret(ACCESS_TOKEN_PREFIX);
     let refresh_token = new_secret(REFRESH_TOKEN_PREFIX);
+    let issue_id = Uuid::now_v7().to_string();
     let now = now_ms();
-    let insert = "INSERT INTO device_tokens (token_hash, device_id, kind, created_at, expires_at) \
-                  VALUES (?, ?, ?, ?, ?)";
+    let insert = "INSERT INTO device_tokens (token_hash, device_id, kind, created_at, expires_at, issue_id) \
+                  VALUES (?, ?, ?, ?, ?, ?)";
     sqlx::query(insert)
         .bind(hash_token(&access_token))
         .bind(device_id.to_string())
         .bind("access")
         .bind(now)
         .bind(now + (ACCESS_TOKEN_TTL_SECS as i64) * 1000)
+        .bind(&issue_id)
         .execute(&mut *tx)
         .await?;
     sqlx::query(insert)
@@ -104,6 +100,7 @@ async fn issue_tokens(
         .bind("refresh")
         .bind(now)
         .bind(now + REFRESH_TOKEN_TTL_MS)
+        .bind(&issue_id)
         .execute(&mut *tx)
         .await?;
     sqlx::query("DELETE FROM device_tokens WHERE device_id = ? AND expires_at < ?")
@@ -111,12 +108,13 @@ async fn issue_tokens(
         .bind(now)
         .execute(&mut *tx)
         .await?;
-    Ok(DeviceTokens {
+    let tokens = DeviceTokens {
         device_id,
         access_token,
         refresh_token,
         expires_in: ACCESS_TOKEN_TTL_SECS,
-    })
+    };
+    Ok((tokens, issue_id))
 }
 
 /// Exchanges a pairing token for a new device and its first tokens.
@@ -156,7 +154,7 @@ pub async fn pair(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    let tokens = issue_tokens(&mut tx, device_id).await?;
+    let (tokens, _) = issue_tokens(&mut tx, device_id).await?;
     tx.commit().await?;
     Ok(tokens)
 }
@@ -183,25 +181,84 @@ pub async fn refresh(db: &Db, refresh_token: &str) -> Result<DeviceTokens, AuthE
     .await?;
     if let Some(row) = claimed {
         let device_id: String = row.try_get("device_id")?;
-        let device_id =
-            Uuid::parse_str(&device_id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        let tokens = issue_tokens(&mut tx, device_id).await?;
+        let tokens = rotate(&mut tx, &device_id, &token_hash).await?;
         tx.commit().await?;
         return Ok(tokens);
     }
     let reused = sqlx::query(
-        "SELECT device_id FROM device_tokens WHERE token_hash = ? AND kind = 'refresh' AND used_at IS NOT NULL",
+        "SELECT device_id, successor FROM device_tokens \
+         WHERE token_hash = ? AND kind = 'refresh' AND used_at IS NOT NULL AND expires_at > ? \
+           AND device_id IN (SELECT id FROM devices WHERE revoked_at IS NULL)",
     )
     .bind(&token_hash)
+    .bind(now)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(row) = reused {
         let device_id: String = row.try_get("device_id")?;
+        let successor: Option<String> = row.try_get("successor")?;
+        if let Some(successor) = successor {
+            if never_used(&mut tx, &successor, now).await? {
+                // The answer to the first exchange never arrived. Retire what it carried (its
+                // refresh token counts as used from now on, so presenting it is a replay).
+                sqlx::query(
+                    "UPDATE device_tokens SET used_at = ? WHERE issue_id = ? AND kind = 'refresh'",
+                )
+                .bind(now)
+                .bind(&successor)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM device_tokens WHERE issue_id = ? AND kind = 'access'")
+                    .bind(&successor)
+                    .execute(&mut *tx)
+                    .await?;
+                let tokens = rotate(&mut tx, &device_id, &token_hash).await?;
+                tx.commit().await?;
+                tracing::info!(%device_id, "a refresh answer was lost; issued new tokens");
+                return Ok(tokens);
+            }
+        }
         tracing::warn!(%device_id, "refresh token reuse detected; revoking the device");
         revoke_in(&mut tx, &device_id, now).await?;
         tx.commit().await?;
     }
     Err(AuthError::InvalidToken)
+}
+
+/// Issues the tokens a refresh token is exchanged for, and records them as its successor.
+async fn rotate(
+    tx: &mut sqlx::SqliteConnection,
+    device_id: &str,
+    token_hash: &str,
+) -> Result<DeviceTokens, AuthError> {
+    let device_id = Uuid::parse_str(device_id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let (tokens, issue_id) = issue_tokens(&mut *tx, device_id).await?;
+    sqlx::query("UPDATE device_tokens SET successor = ? WHERE token_hash = ?")
+        .bind(issue_id)
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tokens)
+}
+
+/// Whether the tokens of `issue_id` are all still unused: its refresh token unexchanged and
+/// live, its access token never presented.
+async fn never_used(
+    tx: &mut sqlx::SqliteConnection,
+    issue_id: &str,
+    now: i64,
+) -> Result<bool, AuthError> {
+    let unused: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM device_tokens WHERE issue_id = ?1 AND kind = 'refresh' \
+                          AND used_at IS NULL AND expires_at > ?2) \
+            AND NOT EXISTS (SELECT 1 FROM device_tokens WHERE issue_id = ?1 AND kind = 'access' \
+                          AND used_at IS NOT NULL)",
+    )
+    .bind(issue_id)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(unused)
 }
 
 async fn revoke_in(
@@ -238,7 +295,7 @@ pub async fn revoke(db: &Db, device_id: Uuid) -> Result<(), AuthError> {
 pub async fn authenticate_access(db: &Db, access_token: &str) -> Result<Option<Uuid>, AuthError> {
     let now = now_ms();
     let row = sqlx::query(
-        "SELECT t.device_id, d.last_seen_at FROM device_tokens t JOIN devices d ON d.id = t.device_id \
+        "SELECT t.device_id, t.used_at, d.last_seen_at FROM device_tokens t JOIN devices d ON d.id = t.device_id \
          WHERE t.token_hash = ? AND t.kind = 'access' AND t.expires_at > ? AND d.revoked_at IS NULL",
     )
     .bind(hash_token(access_token))
@@ -249,6 +306,16 @@ pub async fn authenticate_access(db: &Db, access_token: &str) -> Result<Option<U
         return Ok(None);
     };
     let device_id: String = row.try_get("device_id")?;
+    // The first use is recorded (once per token): it tells a lost refresh answer from a replay.
+    if row.try_get::<Option<i64>, _>("used_at")?.is_none() {
+        sqlx::query(
+            "UPDATE device_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+        )
+        .bind(now)
+        .bind(hash_token(access_token))
+        .execute(db)
+        .await?;
+    }
     let last_seen: Option<i64> = row.try_get("last_seen_at")?;
     if last_seen.is_none_or(|t| now - t > TOUCH_INTERVAL_MS) {
         sqlx::query("UPDATE devices SET last_seen_at = ? WHERE id = ?")

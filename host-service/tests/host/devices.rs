@@ -344,3 +344,97 @@ async fn local_token_is_accepted_from_loopback_and_must_match() {
     // Refusal from non-loopback addresses is covered by the unit test of is_local_client;
     // reaching this host from a non-loopback address would need traffic off loopback.
 }
+
+/// A refresh whose answer never arrived (the network dropped it) can be retried: nothing of what
+/// it was exchanged for was used, so the device gets fresh tokens rather than losing its pairing.
+/// Once any of those was used, or when the unused ones turn up later, it is a replay again.
+#[tokio::test]
+async fn a_lost_refresh_answer_can_be_retried_but_replays_still_revoke() {
+    let host = start().await;
+    let refresh = |token: &Value| {
+        let client = host.client();
+        let url = host.url("/api/auth/refresh");
+        let token = token.as_str().unwrap().to_string();
+        async move {
+            client
+                .post(url)
+                .json(&json!({"refresh_token": token}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let access_status = |token: &Value| {
+        let request = host
+            .client()
+            .get(host.url("/api/devices"))
+            .bearer_auth(token.as_str().unwrap());
+        async move { request.send().await.unwrap().status() }
+    };
+    let paired_count = || async {
+        let devices: Vec<Value> = host
+            .admin(Method::GET, "/api/devices")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        devices.len()
+    };
+
+    // Phone: the answer to its refresh is lost; it retries with the same token and carries on.
+    let phone = host.pair_device("phone").await;
+    let lost: Value = refresh(&phone["refresh_token"]).await.json().await.unwrap();
+    let retried = refresh(&phone["refresh_token"]).await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    let retried: Value = retried.json().await.unwrap();
+    assert_ne!(retried["refresh_token"], lost["refresh_token"]);
+    assert_eq!(retried["device_id"], phone["device_id"]);
+    assert_eq!(
+        access_status(&lost["access_token"]).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        access_status(&retried["access_token"]).await,
+        StatusCode::OK
+    );
+    assert_eq!(paired_count().await, 1);
+    // Now the retried tokens are in use: the old token once more is a replay.
+    assert_eq!(
+        refresh(&phone["refresh_token"]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        access_status(&retried["access_token"]).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(paired_count().await, 0);
+
+    // Tablet: same loss and retry, then the lost answer's refresh token turns up (someone
+    // captured it): it was retired, so presenting it is a replay and revokes the device.
+    let tablet = host.pair_device("tablet").await;
+    let lost: Value = refresh(&tablet["refresh_token"])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let retried: Value = refresh(&tablet["refresh_token"])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        refresh(&lost["refresh_token"]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        access_status(&retried["access_token"]).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        refresh(&retried["refresh_token"]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(paired_count().await, 0);
+}
