@@ -61,6 +61,22 @@ impl SecretStore for MemoryStore {
     }
 }
 
+/// A store that refuses, saying why: what the app uses when the platform's keystore could not
+/// be opened, so pairing explains itself instead of keeping a token anywhere less safe.
+pub struct Unavailable(pub String);
+
+impl SecretStore for Unavailable {
+    fn get(&self, _: &str) -> Result<Option<String>, SecretError> {
+        Err(SecretError::Unavailable(self.0.clone()))
+    }
+    fn set(&self, _: &str, _: &str) -> Result<(), SecretError> {
+        Err(SecretError::Unavailable(self.0.clone()))
+    }
+    fn delete(&self, _: &str) -> Result<(), SecretError> {
+        Ok(())
+    }
+}
+
 /// The OS keychain through `keyring`: Secret Service on Linux, Keychain on Apple systems,
 /// Credential Manager on Windows.
 #[cfg(feature = "keychain")]
