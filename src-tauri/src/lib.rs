@@ -2,6 +2,8 @@
 //! commands; every byte to the host goes through `taos-client`'s pinned transport.
 
 mod commands;
+#[cfg(desktop)]
+mod desktop;
 mod error;
 mod state;
 
@@ -11,35 +13,17 @@ use tauri::Manager;
 
 use crate::state::Shell;
 
+/// Where refresh tokens live: the platform's keychain (Secret Service, macOS and iOS Keychain,
+/// Windows Credential Manager; on Android, a key in the Android Keystore encrypting
+/// SharedPreferences). Where it can't be opened the store refuses and pairing says why.
 fn secret_store() -> Arc<dyn taos_client::secrets::SecretStore> {
-    #[cfg(not(any(target_os = "android", target_os = "ios")))]
-    {
-        Arc::new(taos_client::secrets::Keychain::new("org.taos.app"))
+    #[cfg(target_os = "android")]
+    if let Err(e) = android_keyring::set_android_keyring_credential_builder() {
+        return Arc::new(taos_client::secrets::Unavailable(format!(
+            "the Android keystore could not be opened: {e}"
+        )));
     }
-    #[cfg(any(target_os = "android", target_os = "ios"))]
-    {
-        // No keystore binding yet: the store refuses, so pairing says why instead of keeping
-        // a token in a plain file.
-        Arc::new(NoKeychain)
-    }
-}
-
-#[cfg(any(target_os = "android", target_os = "ios"))]
-struct NoKeychain;
-
-#[cfg(any(target_os = "android", target_os = "ios"))]
-impl taos_client::secrets::SecretStore for NoKeychain {
-    fn get(&self, _: &str) -> Result<Option<String>, taos_client::secrets::SecretError> {
-        Err(taos_client::secrets::SecretError::Unavailable(
-            "the mobile keystore is not wired up yet".into(),
-        ))
-    }
-    fn set(&self, _: &str, _: &str) -> Result<(), taos_client::secrets::SecretError> {
-        self.get("").map(|_| ())
-    }
-    fn delete(&self, _: &str) -> Result<(), taos_client::secrets::SecretError> {
-        Ok(())
-    }
+    Arc::new(taos_client::secrets::Keychain::new("org.taos.app"))
 }
 
 #[cfg_attr(mobile, tauri::mobile_entry_point)]
@@ -50,14 +34,37 @@ pub fn run() {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let result = tauri::Builder::default()
-        .plugin(tauri_plugin_notification::init())
+    let builder = tauri::Builder::default().plugin(tauri_plugin_notification::init());
+    // Scanning the host's pairing QR code: phones only (desktops paste the code).
+    #[cfg(mobile)]
+    let builder = builder.plugin(tauri_plugin_barcode_scanner::init());
+    #[cfg(desktop)]
+    let builder = builder
+        .plugin(tauri_plugin_autostart::init(
+            tauri_plugin_autostart::MacosLauncher::LaunchAgent,
+            None,
+        ))
+        .on_window_event(|window, event| {
+            // With the tray on, closing the window keeps taos running there (alerts still arrive).
+            if let tauri::WindowEvent::CloseRequested { api, .. } = event {
+                let tray = window
+                    .try_state::<desktop::Desktop>()
+                    .is_some_and(|d| d.tray_enabled());
+                if tray {
+                    api.prevent_close();
+                    let _ = window.hide();
+                }
+            }
+        });
+    let result = builder
         .setup(|app| {
             // TAOS_APP_DATA_DIR lets tests (and portable installs) keep the app's state apart.
             let data_dir = match std::env::var_os("TAOS_APP_DATA_DIR") {
                 Some(dir) => dir.into(),
                 None => app.path().app_data_dir()?,
             };
+            #[cfg(desktop)]
+            app.manage(desktop::Desktop::start(app.handle(), &data_dir));
             let handle = app.handle().clone();
             let shell = tauri::async_runtime::block_on(async move {
                 let (shell, mut revocations) = Shell::open(data_dir, secret_store()).await?;
@@ -87,6 +94,7 @@ pub fn run() {
             commands::pairing::pairing_hosts,
             commands::pairing::pairing_activate,
             commands::pairing::pairing_forget,
+            commands::pairing::pairing_can_scan,
             commands::host::host_request,
             commands::host::host_status,
             commands::host::host_reconnect,
@@ -99,6 +107,9 @@ pub fn run() {
             commands::chat::chat_mute,
             commands::cache::cache_agents,
             commands::notify::notify_subscribe,
+            commands::desktop::desktop_settings,
+            commands::desktop::desktop_set_tray,
+            commands::desktop::desktop_set_start_at_login,
         ])
         .run(tauri::generate_context!());
     if let Err(e) = result {

@@ -511,24 +511,53 @@ impl AgentClient {
     /// deltas (`pause` apart, so a UI can see them arrive) and then a final.
     pub fn answer_everything(self, pause: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut events = self.events(None).await;
-            while let Some(event) = events.next(Duration::from_secs(3600)).await {
-                let Ok(delivery) = serde_json::from_str::<Value>(&event.data) else {
-                    continue;
-                };
-                let trace_id = delivery["trace_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                for part in ["Hello ", "from the agent"] {
-                    self.reply(json!({"kind": "delta", "trace_id": trace_id, "content": part}))
-                        .await;
-                    tokio::time::sleep(pause).await;
+            // The stream ends when the test client's request timeout cuts it: pick it up again
+            // where it stopped, as a real sidecar does.
+            let mut last_id: Option<String> = None;
+            loop {
+                let mut request = self.request(
+                    Method::GET,
+                    &format!("/api/openclaw/sessions/{}/events", self.slug),
+                );
+                if let Some(id) = &last_id {
+                    request = request.header("last-event-id", id);
                 }
-                self.reply(json!({"kind": "final", "trace_id": trace_id, "content": "Hello from the agent"}))
-                    .await;
+                let response = match request.send().await {
+                    Ok(response) if response.status() == StatusCode::OK => response,
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                let mut events = SseReader::new(response);
+                while let Some(event) = events.next(Duration::from_secs(3600)).await {
+                    if event.id.is_some() {
+                        last_id = event.id.clone();
+                    }
+                    self.answer(&event, pause).await;
+                }
             }
         })
+    }
+
+    /// Answers one delivery: two deltas `pause` apart, then the final.
+    async fn answer(&self, event: &SseEvent, pause: Duration) {
+        let Ok(delivery) = serde_json::from_str::<Value>(&event.data) else {
+            return;
+        };
+        let trace_id = delivery["trace_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        for part in ["Hello ", "from the agent"] {
+            self.reply(json!({"kind": "delta", "trace_id": trace_id, "content": part}))
+                .await;
+            tokio::time::sleep(pause).await;
+        }
+        self.reply(
+            json!({"kind": "final", "trace_id": trace_id, "content": "Hello from the agent"}),
+        )
+        .await;
     }
 
     pub async fn reply(&self, body: Value) -> Response {

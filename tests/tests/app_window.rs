@@ -174,6 +174,82 @@ impl Driver {
     }
 }
 
+/// The XDG autostart entry that starts taos at login, if there is one.
+fn autostart_entry() -> Option<String> {
+    let dir = PathBuf::from(std::env::var_os("HOME")?).join(".config/autostart");
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "desktop"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .find(|text| text.contains("taos"))
+}
+
+/// The label of taos's tray icon (a StatusNotifierItem exported by libayatana-appindicator),
+/// read over the session bus from whichever peer exports it; `None` when none does.
+fn tray_label() -> Option<String> {
+    tray_property("XAyatanaLabel")
+}
+
+/// Whether taos's tray icon is shown (`Status` is `Active`; a hidden one is `Passive`).
+fn tray_shown() -> bool {
+    tray_property("Status").as_deref() == Some("Active")
+}
+
+/// A property of taos's tray item, from whichever bus peer exports it.
+fn tray_property(property: &str) -> Option<String> {
+    // The peer that answered last time is asked first; the others only when it doesn't.
+    static PEER: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let gdbus = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("gdbus")
+            .args(["call", "--session", "--timeout", "2"])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let read_at = |peer: &str| -> Option<String> {
+        let reply = gdbus(&[
+            "--dest",
+            peer,
+            "--object-path",
+            TRAY_OBJECT,
+            "--method",
+            "org.freedesktop.DBus.Properties.Get",
+            "org.kde.StatusNotifierItem",
+            property,
+        ])?;
+        // `(<'1'>,)`
+        Some(reply.split('\'').nth(1).unwrap_or("").to_string())
+    };
+    let known = PEER.lock().unwrap().clone();
+    if let Some(value) = known.as_deref().and_then(read_at) {
+        return Some(value);
+    }
+    let names = gdbus(&[
+        "--dest",
+        "org.freedesktop.DBus",
+        "--object-path",
+        "/org/freedesktop/DBus",
+        "--method",
+        "org.freedesktop.DBus.ListNames",
+    ])?;
+    names
+        .split('\'')
+        .filter(|n| n.starts_with(':') && Some(*n) != known.as_deref())
+        .find_map(|peer| {
+            let value = read_at(peer)?;
+            *PEER.lock().unwrap() = Some(peer.to_string());
+            Some(value)
+        })
+}
+
+/// Where libayatana-appindicator exports taos's tray item: tray-icon names the indicator
+/// "tray-icon tray app <id>", and the library turns what is not alphanumeric into '_'.
+const TRAY_OBJECT: &str = "/org/ayatana/NotificationItem/tray_icon_tray_app_taos";
+
 async fn wait_for_status(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let http = taos_e2e::plain_client(Duration::from_secs(120));
@@ -235,7 +311,7 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     let mut host = Host::start_on(port, None).await;
     host.setup_owner().await;
     let (agent, _) = AgentClient::create(&host, "Helper").await;
-    let answering = agent.answer_everything(Duration::from_millis(150));
+    let answering = agent.clone().answer_everything(Duration::from_millis(150));
     let token = host.pairing_token().await;
 
     let app_data = tempfile::tempdir().unwrap();
@@ -323,6 +399,9 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     let _keep = host.take_temp();
     drop(host);
     let host = Host::start_on(port, Some(data_dir)).await;
+    let _answering = agent
+        .with_base(&host.agent_url)
+        .answer_everything(Duration::from_millis(150));
     ui.click("[data-testid=offline-banner] button").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while ui.count("[data-testid=pending]").await > 0 {
@@ -411,6 +490,85 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     let text = ui.wait_for_text("active", Duration::from_secs(10)).await;
     assert!(text.contains("Hosts this app is paired with"), "{text}");
     ui.screenshot("06b-hosts").await;
+
+    // Desktop extras. "Start at login" writes the XDG autostart entry that starts this app.
+    ui.find("[data-testid=desktop-settings]", Duration::from_secs(10))
+        .await;
+    assert!(
+        autostart_entry().is_none(),
+        "autostart on before it was chosen"
+    );
+    ui.click("[data-testid=setting-autostart]").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let entry = loop {
+        if let Some(entry) = autostart_entry() {
+            break entry;
+        }
+        if Instant::now() > deadline {
+            ui.screenshot("06c-no-autostart").await;
+            panic!("no autostart entry was written:\n{}", ui.text().await);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        entry.contains(&format!("Exec={}", app.display())),
+        "{entry}"
+    );
+    // The tray icon: a StatusNotifierItem on the session bus, whose label is the number of
+    // unread replies. A reply in the chat (no longer on screen) adds one.
+    ui.click("[data-testid=setting-tray]").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !tray_shown() {
+        assert!(Instant::now() < deadline, "no tray icon on the session bus");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Replies that finished after the chat was left already count (the agent may still have
+    // been answering the queued messages): the label is that count, empty for none.
+    let unread_before: u32 = tray_label().unwrap().parse().unwrap_or(0);
+    let expected = (unread_before + 1).to_string();
+    let r = host
+        .admin(Method::POST, "/api/chat/messages")
+        .json(&json!({"channel_id": dm, "content": "anything new?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tray_label().as_deref() != Some(expected.as_str()) {
+        if Instant::now() > deadline {
+            ui.screenshot("06c-no-unread").await;
+            let stored: Value = host
+                .admin(
+                    Method::GET,
+                    &format!("/api/chat/channels/{dm}/messages?after_seq=0"),
+                )
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            panic!(
+                "the tray label did not become {expected} (it is {:?}); the channel holds {stored}",
+                tray_label()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ui.screenshot("06c-desktop-settings").await;
+    // Both off again: the entry is gone, and the icon hidden.
+    ui.click("[data-testid=setting-autostart]").await;
+    ui.click("[data-testid=setting-tray]").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while autostart_entry().is_some() || tray_shown() {
+        assert!(
+            Instant::now() < deadline,
+            "still on: autostart {}, tray {}",
+            autostart_entry().is_some(),
+            tray_shown()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The owner revokes the device: the app goes back to pairing and says why.
     let devices: Vec<Value> = host

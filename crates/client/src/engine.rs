@@ -55,6 +55,10 @@ pub enum AppEvent {
     Notify {
         notification: NativeNotification,
     },
+    /// Agent replies not yet seen, over all channels (see `notify::Unread`).
+    Unread {
+        total: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +77,7 @@ pub struct Engine {
     events: mpsc::UnboundedSender<AppEvent>,
     /// The channel on screen (no reply notifications for it).
     focus: Mutex<Option<String>>,
+    unread: std::sync::Mutex<notify::Unread>,
     /// Something was queued: flush now.
     wake: Notify,
     /// The host is reachable again: resume the event stream now rather than after backoff.
@@ -90,6 +95,7 @@ impl Engine {
             cache,
             events,
             focus: Mutex::new(None),
+            unread: std::sync::Mutex::new(notify::Unread::default()),
             wake: Notify::new(),
             events_wake: Notify::new(),
         })
@@ -110,6 +116,10 @@ impl Engine {
     }
 
     pub async fn set_focus(&self, channel: Option<String>) {
+        if let Some(channel) = &channel {
+            let total = self.unread.lock().expect("unread").read(channel);
+            self.emit(AppEvent::Unread { total });
+        }
         *self.focus.lock().await = channel;
     }
 
@@ -301,7 +311,13 @@ impl Engine {
             focus.as_deref(),
             channel.muted,
         ) {
+            let total = self
+                .unread
+                .lock()
+                .expect("unread")
+                .reply(&message.channel_id);
             self.emit(AppEvent::Notify { notification });
+            self.emit(AppEvent::Unread { total });
         }
     }
 

@@ -1,6 +1,8 @@
 //! Which host happenings become native notifications, and where clicking one leads. Pure:
 //! the shell shows what this decides.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use taos_proto::chat::{AuthorType, Message, MessageState};
 use taos_proto::events::{HostEvent, Level, Notification};
@@ -68,6 +70,29 @@ pub fn for_reply(
         body,
         route: format!("/chat/{}", message.channel_id),
     })
+}
+
+/// Agent replies not yet seen, per channel: the count a tray icon shows. A reply counts when it
+/// notifies (finished, off screen, not muted); opening its channel clears that channel.
+#[derive(Debug, Default)]
+pub struct Unread(HashMap<String, u32>);
+
+impl Unread {
+    /// One more unseen reply in `channel_id`; the new total.
+    pub fn reply(&mut self, channel_id: &str) -> u32 {
+        *self.0.entry(channel_id.to_string()).or_default() += 1;
+        self.total()
+    }
+
+    /// `channel_id` is on screen: its replies are seen. The new total.
+    pub fn read(&mut self, channel_id: &str) -> u32 {
+        self.0.remove(channel_id);
+        self.total()
+    }
+
+    pub fn total(&self) -> u32 {
+        self.0.values().sum()
+    }
 }
 
 #[cfg(test)]
@@ -161,5 +186,17 @@ mod tests {
             for_reply(&m, "Helper", None, false).is_none(),
             "not an agent"
         );
+    }
+
+    #[test]
+    fn unread_counts_per_channel_and_clears_when_opened() {
+        let mut unread = Unread::default();
+        assert_eq!(unread.total(), 0);
+        assert_eq!(unread.reply("a"), 1);
+        assert_eq!(unread.reply("a"), 2);
+        assert_eq!(unread.reply("b"), 3);
+        assert_eq!(unread.read("a"), 1);
+        assert_eq!(unread.read("a"), 1);
+        assert_eq!(unread.read("b"), 0);
     }
 }

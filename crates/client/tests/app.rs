@@ -33,6 +33,9 @@ async fn next_matching(
         if check(&event) {
             return event;
         }
+        if std::env::var_os("DEBUG_EVENTS").is_some() {
+            eprintln!("skipped {event:?}");
+        }
     }
 }
 
@@ -90,9 +93,24 @@ async fn pair_chat_go_offline_queue_and_deliver_exactly_once() {
         matches!(e, AppEvent::Delta { .. })
     })
     .await;
+    // The channel is not on screen: the finished reply notifies, and counts as unread until
+    // the channel is opened; then it lands complete in the cache.
+    next_matching(&mut events, "a reply notification", |e| {
+        matches!(e, AppEvent::Notify { notification } if notification.route == format!("/chat/{dm}"))
+    })
+    .await;
+    next_matching(&mut events, "one unread reply", |e| {
+        matches!(e, AppEvent::Unread { total: 1 })
+    })
+    .await;
     next_matching(&mut events, "the final reply", |e| {
         matches!(e, AppEvent::Message { message } if message.author_type == AuthorType::Agent
             && message.state == MessageState::Complete)
+    })
+    .await;
+    engine.set_focus(Some(dm.clone())).await;
+    next_matching(&mut events, "nothing unread", |e| {
+        matches!(e, AppEvent::Unread { total: 0 })
     })
     .await;
 
@@ -194,6 +212,28 @@ async fn a_code_naming_another_hosts_key_is_refused_clearly() {
     }
     // Nothing was kept, and the genuine code still works (it was never sent).
     assert!(pair(&token, "phone", "linux", secrets).await.is_ok());
+
+    // A device name the host would refuse is refused here, before the code is spent.
+    let other_token = host.pairing_token().await;
+    for bad in ["", "   ", "line\nbreak", &"x".repeat(101)] {
+        let store: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
+        assert!(
+            matches!(
+                pair(&other_token, bad, "linux", store.clone()).await,
+                Err(PairError::BadInput(_))
+            ),
+            "{bad:?}"
+        );
+        assert_eq!(store.get("taos-probe").unwrap(), None);
+    }
+    assert!(pair(
+        &other_token,
+        "  tablet  ",
+        "linux",
+        Arc::new(MemoryStore::default())
+    )
+    .await
+    .is_ok());
 
     // Garbage and expired codes say so before any network traffic.
     let store: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());

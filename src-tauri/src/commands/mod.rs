@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod chat;
+pub mod desktop;
 pub mod host;
 pub mod notify;
 pub mod pairing;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use taos_client::engine::AppEvent;
 use taos_client::notify::NativeNotification;
 use tauri::ipc::Channel;
-use tauri::{AppHandle, Emitter, Manager, Runtime, State};
+use tauri::{AppHandle, Runtime, State};
 use tokio::sync::mpsc;
 
 use crate::error::CommandResult;
@@ -33,6 +33,13 @@ pub async fn forward<R: Runtime>(
     while let Some(event) = events.recv().await {
         match &event {
             AppEvent::Notify { notification } => show(&app, notification),
+            #[cfg(desktop)]
+            AppEvent::Unread { total } => {
+                use tauri::Manager;
+                if let Some(desktop) = app.try_state::<crate::desktop::Desktop>() {
+                    desktop.set_unread(&app, *total);
+                }
+            }
             AppEvent::Revoked => {
                 // The host will never accept this device again: forget it entirely (pairing
                 // again makes a new one). The UI hears of it once that is done, so it sees the
@@ -47,7 +54,9 @@ pub async fn forward<R: Runtime>(
 }
 
 /// Raises the window and asks the UI to open `route` (a notification was clicked).
+#[cfg(target_os = "linux")]
 fn open_route<R: Runtime>(app: &AppHandle<R>, route: &str) {
+    use tauri::{Emitter, Manager};
     if let Some(window) = app.get_webview_window("main") {
         let _ = window.unminimize();
         let _ = window.show();
@@ -81,8 +90,10 @@ fn show<R: Runtime>(app: &AppHandle<R>, notification: &NativeNotification) {
     });
 }
 
-/// Elsewhere the plugin shows it; clicks are not reported there (macOS and Windows would need
-/// their own notification APIs), so the UI also offers the screen in the app.
+/// Elsewhere the plugin shows it. On Android and iOS a tap reaches the UI as the plugin's
+/// `actionPerformed` event carrying `route`, and the UI opens it. macOS and Windows report no
+/// clicks through the plugin (they would need their own notification APIs); the notification
+/// list in the app offers the same screens there.
 #[cfg(not(target_os = "linux"))]
 fn show<R: Runtime>(app: &AppHandle<R>, notification: &NativeNotification) {
     use tauri_plugin_notification::NotificationExt;
@@ -91,6 +102,7 @@ fn show<R: Runtime>(app: &AppHandle<R>, notification: &NativeNotification) {
         .builder()
         .title(&notification.title)
         .body(&notification.body)
+        .extra("route", &notification.route)
         .show();
     if let Err(e) = shown {
         tracing::warn!(error = %e, "could not show a notification");

@@ -32,6 +32,19 @@ fn status_mib(pid: &str, field: &str) -> f64 {
     (kib / 1024.0 * 10.0).round() / 10.0
 }
 
+/// The proportional set size in MiB (`Pss:` of `/proc/<pid>/smaps_rollup`): shared pages split
+/// between the processes mapping them, so libraries shared with the web process count once.
+fn pss_mib(pid: &str) -> f64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let kib: f64 = rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    (kib / 1024.0 * 10.0).round() / 10.0
+}
+
 fn pids(args: &[&str]) -> Vec<String> {
     let out = std::process::Command::new("pgrep")
         .args(args)
@@ -139,8 +152,10 @@ async fn window(app: &str, port: u16) -> Value {
             let web = pids(&["-f", "WebKitWebProcess"]);
             let app_rss: f64 = app_pids.iter().map(|p| rss_mib(p)).sum();
             let app_anon: f64 = app_pids.iter().map(|p| status_mib(p, "RssAnon:")).sum();
+            let app_pss: f64 = app_pids.iter().map(|p| pss_mib(p)).sum();
             let web_rss: f64 = web.iter().map(|p| rss_mib(p)).sum();
-            rss = json!({"app_process_mib": app_rss, "app_private_mib": app_anon, "web_processes_mib": web_rss});
+            rss = json!({"app_process_mib": app_rss, "app_private_mib": app_anon,
+                         "app_pss_mib": app_pss, "web_processes_mib": web_rss});
         }
         let _ = http
             .delete(format!("{base}/session/{session}"))

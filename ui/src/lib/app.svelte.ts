@@ -3,7 +3,7 @@
 import type { AuthStatus, HostEvent, Notification, User } from './api/types';
 import { ChatClient } from './chat/connection';
 import { BrowserHostClient } from './host/browser';
-import { TauriHostClient, forgetHost, hostStatus, isTauri } from './host/tauri';
+import { TauriHostClient, canScanPairingCode, forgetHost, hostStatus, isTauri, onNotificationTap } from './host/tauri';
 import { EventFeed } from './host/events';
 import { HostError, type HostClient } from './host/HostClient';
 import { navigate, router } from './router.svelte';
@@ -33,11 +33,14 @@ if (tauriHost) {
     if (event.type === 'notify') toast(event.notification.title, 'warning');
   });
   // A click on a native notification: the shell raised the window; open its screen.
+  const openRoute = (route: string) => {
+    if (route.startsWith('/') && !route.startsWith('//')) navigate(route);
+  };
   void import('@tauri-apps/api/event').then(({ listen }) =>
-    listen<string>('taos://open', (event) => {
-      if (event.payload.startsWith('/')) navigate(event.payload);
-    }),
+    listen<string>('taos://open', (event) => openRoute(event.payload)),
   );
+  // On phones the tap arrives from the notification plugin instead.
+  void canScanPairingCode().then((mobile) => (mobile ? onNotificationTap(openRoute) : undefined));
 }
 
 /** The app lost (or never had) its pairing: show the pairing screen. */

@@ -3,7 +3,7 @@
 // from the shell's offline cache when the host is out of reach, sends go through its outbox
 // (delivered exactly once, in order, when the host is back), and live events arrive on one
 // Tauri channel that the shell keeps fed.
-import { Channel, invoke } from '@tauri-apps/api/core';
+import { Channel, addPluginListener, invoke } from '@tauri-apps/api/core';
 import type { ClientEvent, HostEvent, Message, ServerEvent } from '../api/types';
 import { buildUrl } from './browser';
 import { HostError, type ChatSocket, type HostClient, type Method, type RequestInit, type SseMessage } from './HostClient';
@@ -45,7 +45,8 @@ export type AppEvent =
   | { type: 'outbox'; items: OutboxItem[] }
   | { type: 'host'; event: HostEvent }
   | { type: 'resync' }
-  | { type: 'notify'; notification: NativeNotification };
+  | { type: 'notify'; notification: NativeNotification }
+  | { type: 'unread'; total: number };
 
 export interface PairedHost {
   device_id: string;
@@ -73,6 +74,76 @@ async function call<T>(command: string, args: Record<string, unknown> = {}): Pro
 /** Pairs with the host that made `token`; it becomes the active host. */
 export function pair(token: string, deviceName: string): Promise<PairedHost> {
   return call('pairing_pair', { token, device_name: deviceName });
+}
+
+/** Whether this device can scan the host's pairing QR code (phones; desktops paste it). */
+export function canScanPairingCode(): Promise<boolean> {
+  return call<boolean>('pairing_can_scan').catch(() => false);
+}
+
+/** The camera side of the barcode scanner plugin, as `scanPairingCode` needs it. */
+export interface QrScanner {
+  checkPermissions(): Promise<string>;
+  requestPermissions(): Promise<string>;
+  scanQr(): Promise<string>;
+}
+
+async function pluginScanner(): Promise<QrScanner> {
+  const plugin = await import('@tauri-apps/plugin-barcode-scanner');
+  return {
+    checkPermissions: () => plugin.checkPermissions(),
+    requestPermissions: () => plugin.requestPermissions(),
+    scanQr: async () => (await plugin.scan({ formats: [plugin.Format.QRCode], windowed: false })).content,
+  };
+}
+
+/**
+ * Scans the host's pairing QR code with the camera and returns the code it holds. Asks for the
+ * camera first when the user has not answered yet; a refusal says where to change it.
+ */
+export async function scanPairingCode(scanner?: QrScanner): Promise<string> {
+  const camera = scanner ?? (await pluginScanner());
+  let permission = await camera.checkPermissions();
+  if (permission !== 'granted') permission = await camera.requestPermissions();
+  if (permission !== 'granted') {
+    throw new HostError(0, 'camera', 'taos may not use the camera: allow it in the system settings, or paste the code');
+  }
+  const content = (await camera.scanQr()).trim();
+  if (!content) throw new HostError(0, 'camera', 'that QR code holds nothing; scan the one the host shows');
+  return content;
+}
+
+/**
+ * On phones a tap on a native notification reaches the UI as the notification plugin's
+ * `actionPerformed` event, carrying the screen to open in `extra.route` (desktops get the
+ * shell's `taos://open` event instead). Resolves once listening, or at once where the plugin
+ * has no such event.
+ */
+export async function onNotificationTap(open: (route: string) => void): Promise<void> {
+  type Tapped = { actionId?: string; notification?: { extra?: { route?: unknown } } | null };
+  await addPluginListener<Tapped>('notification', 'actionPerformed', (data) => {
+    const route = data?.notification?.extra?.route;
+    if (data?.actionId !== 'dismiss' && typeof route === 'string') open(route);
+  }).catch(() => undefined);
+}
+
+/** The desktop extras (`available` is false on phones). */
+export interface DesktopSettings {
+  available: boolean;
+  tray: boolean;
+  start_at_login: boolean;
+}
+
+export function desktopSettings(): Promise<DesktopSettings> {
+  return call('desktop_settings');
+}
+
+export function setTray(on: boolean): Promise<DesktopSettings> {
+  return call('desktop_set_tray', { on });
+}
+
+export function setStartAtLogin(on: boolean): Promise<DesktopSettings> {
+  return call('desktop_set_start_at_login', { on });
 }
 
 export function hostStatus(): Promise<{ paired: boolean; host_name: string | null; device_id: string | null }> {
