@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tauri::menu::{Menu, MenuItem};
@@ -14,6 +15,7 @@ use tauri::{AppHandle, Manager, Runtime};
 use tauri_plugin_autostart::ManagerExt;
 
 use crate::error::{CommandError, CommandResult};
+use crate::state::Shell;
 
 const TRAY_ID: &str = "taos";
 
@@ -130,12 +132,27 @@ impl Desktop {
     }
 }
 
-/// Brings the main window back (tray click, "Open taos").
+/// Brings the main window back (tray click, "Open taos", a notification clicked).
 pub fn raise<R: Runtime>(app: &AppHandle<R>) {
     if let Some(window) = app.get_webview_window("main") {
         let _ = window.unminimize();
         let _ = window.show();
         let _ = window.set_focus();
+    }
+    window_hidden(app, false);
+}
+
+/// Closing the window with the tray on hides it; while hidden no chat is on screen, so
+/// replies in the one that was open notify too.
+pub fn hide<R: Runtime>(window: &tauri::Window<R>) {
+    let _ = window.hide();
+    window_hidden(window.app_handle(), true);
+}
+
+fn window_hidden<R: Runtime>(app: &AppHandle<R>, hidden: bool) {
+    if let Some(shell) = app.try_state::<Arc<Shell>>() {
+        let shell = shell.inner().clone();
+        tauri::async_runtime::spawn(async move { shell.set_window_hidden(hidden).await });
     }
 }
 

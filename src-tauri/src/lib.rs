@@ -52,7 +52,7 @@ pub fn run() {
                     .is_some_and(|d| d.tray_enabled());
                 if tray {
                     api.prevent_close();
-                    let _ = window.hide();
+                    desktop::hide(window);
                 }
             }
         });

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use taos_client::cache::Cache;
@@ -36,6 +37,10 @@ pub struct Shell {
     activation: Mutex<()>,
     /// The UI's open event channels.
     pub listeners: StdMutex<Vec<Channel<AppEvent>>>,
+    /// The channel the UI has on screen. Replies there don't notify — unless the window is
+    /// hidden (closed to the tray), when nothing is on screen.
+    ui_focus: StdMutex<Option<String>>,
+    window_hidden: AtomicBool,
     /// Device ids the host revoked, for the task that forgets them (see `lib.rs`): handled
     /// apart from the engine's event loop, which forgetting would otherwise have to restart.
     pub revoked: mpsc::UnboundedSender<String>,
@@ -58,6 +63,8 @@ impl Shell {
             sessions: StdMutex::new(HashMap::new()),
             activation: Mutex::new(()),
             listeners: StdMutex::new(Vec::new()),
+            ui_focus: StdMutex::new(None),
+            window_hidden: AtomicBool::new(false),
             revoked,
         };
         Ok((shell, revocations))
@@ -71,6 +78,30 @@ impl Shell {
             .as_ref()
             .map(|a| a.engine.clone())
             .ok_or_else(CommandError::not_paired)
+    }
+
+    /// The UI opened (or left) a channel.
+    pub async fn set_ui_focus(&self, channel: Option<String>) {
+        *self.ui_focus.lock().expect("ui focus") = channel;
+        self.apply_focus().await;
+    }
+
+    /// The window was hidden (closed to the tray) or shown again.
+    pub async fn set_window_hidden(&self, hidden: bool) {
+        self.window_hidden.store(hidden, Ordering::SeqCst);
+        self.apply_focus().await;
+    }
+
+    /// Tells the engine which channel is on screen, if any.
+    async fn apply_focus(&self) {
+        let focus = if self.window_hidden.load(Ordering::SeqCst) {
+            None
+        } else {
+            self.ui_focus.lock().expect("ui focus").clone()
+        };
+        if let Ok(engine) = self.engine().await {
+            engine.set_focus(focus).await;
+        }
     }
 
     pub async fn session(&self) -> CommandResult<Arc<Session>> {

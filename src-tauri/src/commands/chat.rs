@@ -83,7 +83,7 @@ pub async fn chat_focus(
     shell: State<'_, Arc<Shell>>,
     channel_id: Option<String>,
 ) -> CommandResult<()> {
-    shell.engine().await?.set_focus(channel_id).await;
+    shell.set_ui_focus(channel_id).await;
     Ok(())
 }
 

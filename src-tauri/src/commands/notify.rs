@@ -56,12 +56,8 @@ pub async fn forward<R: Runtime>(
 /// Raises the window and asks the UI to open `route` (a notification was clicked).
 #[cfg(target_os = "linux")]
 fn open_route<R: Runtime>(app: &AppHandle<R>, route: &str) {
-    use tauri::{Emitter, Manager};
-    if let Some(window) = app.get_webview_window("main") {
-        let _ = window.unminimize();
-        let _ = window.show();
-        let _ = window.set_focus();
-    }
+    use tauri::Emitter;
+    crate::desktop::raise(app);
     let _ = app.emit("taos://open", route.to_string());
 }
 
