@@ -87,6 +87,7 @@ impl Shell {
     }
 
     /// The window was hidden (closed to the tray) or shown again.
+    #[cfg(desktop)]
     pub async fn set_window_hidden(&self, hidden: bool) {
         self.window_hidden.store(hidden, Ordering::SeqCst);
         self.apply_focus().await;
