@@ -30,11 +30,13 @@ log "app: the real-window test (Xvfb, D-Bus session, keychain, tauri-driver)"
 APP_STATUS=${PIPESTATUS[0]}
 # Android can't be built here (no NDK); the app crate, with its mobile-only code (keystore,
 # QR scanner), is at least type-checked for it. The C parts (SQLite, ring) are compiled with a
-# stand-in aarch64 gcc and never linked.
+# stand-in aarch64 gcc and never linked. Warnings fail it, as clippy's do on the host (code
+# only phones compile would otherwise rot unseen).
 if rustup target list --installed 2>/dev/null | grep -q '^aarch64-linux-android$'; then
     log "app: cargo check for aarch64-linux-android (taos-app)"
     CC_aarch64_linux_android="${CC_aarch64_linux_android:-aarch64-linux-gnu-gcc}" \
         AR_aarch64_linux_android="${AR_aarch64_linux_android:-aarch64-linux-gnu-ar}" \
+        CARGO_TARGET_AARCH64_LINUX_ANDROID_RUSTFLAGS="-D warnings" \
         cargo check --locked -p taos-app --target aarch64-linux-android
     ANDROID_STATUS=$?
 else
