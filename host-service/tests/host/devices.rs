@@ -24,6 +24,15 @@ async fn pair(host: &taos_e2e::Host, token: &str) -> reqwest::Response {
         .unwrap()
 }
 
+async fn refresh_with(host: &taos_e2e::Host, refresh_token: &str) -> reqwest::Response {
+    host.client()
+        .post(host.url("/api/auth/refresh"))
+        .json(&json!({"refresh_token": refresh_token}))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn sql(host: &taos_e2e::Host, statement: &str) {
     use sqlx::ConnectOptions;
     let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
@@ -193,18 +202,8 @@ async fn only_owner_or_local_admin_make_pairing_tokens() {
 async fn refresh_rotates_and_reuse_revokes_the_device() {
     let host = start().await;
     let first = host.pair_device("phone").await;
-    let refresh = |token: String| {
-        let client = host.client();
-        let url = host.url("/api/auth/refresh");
-        async move {
-            client
-                .post(url)
-                .json(&json!({"refresh_token": token}))
-                .send()
-                .await
-                .unwrap()
-        }
-    };
+    let host_ref = &host;
+    let refresh = |token: String| async move { refresh_with(host_ref, &token).await };
     let rotated = refresh(first["refresh_token"].as_str().unwrap().to_string()).await;
     assert_eq!(rotated.status(), StatusCode::OK);
     let second: Value = rotated.json().await.unwrap();
@@ -351,18 +350,10 @@ async fn local_token_is_accepted_from_loopback_and_must_match() {
 #[tokio::test]
 async fn a_lost_refresh_answer_can_be_retried_but_replays_still_revoke() {
     let host = start().await;
+    let host_ref = &host;
     let refresh = |token: &Value| {
-        let client = host.client();
-        let url = host.url("/api/auth/refresh");
         let token = token.as_str().unwrap().to_string();
-        async move {
-            client
-                .post(url)
-                .json(&json!({"refresh_token": token}))
-                .send()
-                .await
-                .unwrap()
-        }
+        async move { refresh_with(host_ref, &token).await }
     };
     let access_status = |token: &Value| {
         let request = host

@@ -512,7 +512,8 @@ export interface paths {
         put?: never;
         /**
          * Exchanges a device refresh token for new tokens. The old refresh token stops working;
-         *     presenting it again revokes the device.
+         *     presenting it again revokes the device, unless nothing it was exchanged for was ever used
+         *     (the answer was lost): then it gets fresh tokens and the unused ones stop working.
          */
         post: operations["refresh"];
         delete?: never;
