@@ -11,7 +11,7 @@ source "$(dirname "$0")/lib.sh"
 
 missing=()
 for pkg in libwebkit2gtk-4.1-dev libsoup-3.0-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev \
-    libssl-dev pkg-config file xvfb xauth webkit2gtk-driver dbus-x11 dbus-daemon dbus-bin dunst gnome-keyring libglib2.0-bin libayatana-appindicator3-1 \
+    libssl-dev pkg-config file xvfb xauth webkit2gtk-driver dbus-x11 dbus-daemon dbus-bin dunst gnome-keyring libglib2.0-bin libayatana-appindicator3-1 python3-xlib \
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done

@@ -174,6 +174,61 @@ impl Driver {
     }
 }
 
+/// Opens a screen of the UI, as its own links do.
+async fn go_to(ui: &Driver, path: &str) {
+    ui.call(
+        Method::POST,
+        "/execute/sync",
+        Some(json!({"script": format!("history.pushState(null, '', '{path}'); dispatchEvent(new PopStateEvent('popstate'))"), "args": []})),
+    )
+    .await;
+}
+
+async fn wait_for_tray_label(expected: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tray_label().as_deref() != Some(expected) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the tray label did not become {expected:?} (it is {:?})",
+            tray_label()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Asks the X window titled `title` to close, as a window manager's close button does (a
+/// `WM_DELETE_WINDOW` message; there is no window manager under Xvfb to do it).
+fn close_window_politely(title: &str) {
+    const SCRIPT: &str = r#"
+import sys
+from Xlib import X, display, protocol
+d = display.Display()
+protocols, delete = d.intern_atom("WM_PROTOCOLS"), d.intern_atom("WM_DELETE_WINDOW")
+def windows(w):
+    for child in w.query_tree().children:
+        yield child
+        yield from windows(child)
+sent = 0
+for w in windows(d.screen().root):
+    try:
+        if w.get_wm_name() != sys.argv[1] or delete not in (w.get_wm_protocols() or []):
+            continue
+    except Exception:
+        continue
+    w.send_event(protocol.event.ClientMessage(window=w, client_type=protocols,
+                 data=(32, [delete, X.CurrentTime, 0, 0, 0])), event_mask=X.NoEventMask)
+    sent += 1
+d.flush()
+sys.exit(0 if sent else 1)
+"#;
+    // Debian's python3, which has python3-xlib (not whichever python3 comes first on PATH).
+    let status = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", SCRIPT, title])
+        .status()
+        .expect("/usr/bin/python3");
+    assert!(status.success(), "no window titled {title} to close");
+}
+
 /// The XDG autostart entry that starts taos at login, if there is one.
 fn autostart_entry() -> Option<String> {
     let dir = PathBuf::from(std::env::var_os("HOME")?).join(".config/autostart");
@@ -533,30 +588,48 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tray_label().as_deref() != Some(expected.as_str()) {
-        if Instant::now() > deadline {
-            ui.screenshot("06c-no-unread").await;
-            let stored: Value = host
-                .admin(
-                    Method::GET,
-                    &format!("/api/chat/channels/{dm}/messages?after_seq=0"),
-                )
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            panic!(
-                "the tray label did not become {expected} (it is {:?}); the channel holds {stored}",
-                tray_label()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for_tray_label(&expected, "a reply in a chat not on screen").await;
     ui.screenshot("06c-desktop-settings").await;
+
+    // Closing the window with the tray on hides it and keeps taos running; while hidden even
+    // the chat that was open counts as off screen, so its replies notify and count.
+    go_to(&ui, &format!("/chat/{dm}")).await;
+    ui.find("textarea", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let on_screen = tray_label().unwrap();
+    let _ = std::process::Command::new("dunstctl")
+        .arg("close-all")
+        .output();
+    close_window_politely("taos");
+    let r = host
+        .admin(Method::POST, "/api/chat/messages")
+        .json(&json!({"channel_id": dm, "content": "still there?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let hidden_count = (on_screen.parse::<u32>().unwrap_or(0) + 1).to_string();
+    wait_for_tray_label(&hidden_count, "a reply while the window is hidden").await;
+    // Clicking that reply's notification raises the window on that chat: on screen again, so
+    // its replies count as read.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tray_label().as_deref() != Some("") {
+        assert!(
+            Instant::now() < deadline,
+            "raising the window did not mark the chat read (label {:?})",
+            tray_label()
+        );
+        let _ = std::process::Command::new("dunstctl")
+            .args(["action", "0"])
+            .output();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ui.screenshot("06d-raised-from-tray").await;
+
     // Both off again: the entry is gone, and the icon hidden.
+    go_to(&ui, "/devices").await;
+    ui.find("[data-testid=desktop-settings]", Duration::from_secs(10))
+        .await;
     ui.click("[data-testid=setting-autostart]").await;
     ui.click("[data-testid=setting-tray]").await;
     let deadline = Instant::now() + Duration::from_secs(10);
