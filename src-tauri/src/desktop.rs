@@ -149,6 +149,15 @@ pub fn hide<R: Runtime>(window: &tauri::Window<R>) {
     window_hidden(window.app_handle(), true);
 }
 
+/// Another window took the focus (or it came back): a chat in a window nobody is looking at
+/// is not "on screen", so its replies notify.
+pub fn window_focused<R: Runtime>(app: &AppHandle<R>, focused: bool) {
+    if let Some(shell) = app.try_state::<Arc<Shell>>() {
+        let shell = shell.inner().clone();
+        tauri::async_runtime::spawn(async move { shell.set_window_focused(focused).await });
+    }
+}
+
 fn window_hidden<R: Runtime>(app: &AppHandle<R>, hidden: bool) {
     if let Some(shell) = app.try_state::<Arc<Shell>>() {
         let shell = shell.inner().clone();

@@ -45,15 +45,22 @@ pub fn run() {
             None,
         ))
         .on_window_event(|window, event| {
-            // With the tray on, closing the window keeps taos running there (alerts still arrive).
-            if let tauri::WindowEvent::CloseRequested { api, .. } = event {
-                let tray = window
-                    .try_state::<desktop::Desktop>()
-                    .is_some_and(|d| d.tray_enabled());
-                if tray {
-                    api.prevent_close();
-                    desktop::hide(window);
+            match event {
+                // With the tray on, closing the window keeps taos running there (alerts still
+                // arrive).
+                tauri::WindowEvent::CloseRequested { api, .. } => {
+                    let tray = window
+                        .try_state::<desktop::Desktop>()
+                        .is_some_and(|d| d.tray_enabled());
+                    if tray {
+                        api.prevent_close();
+                        desktop::hide(window);
+                    }
                 }
+                tauri::WindowEvent::Focused(focused) => {
+                    desktop::window_focused(window.app_handle(), *focused)
+                }
+                _ => {}
             }
         });
     let result = builder

@@ -38,9 +38,10 @@ pub struct Shell {
     /// The UI's open event channels.
     pub listeners: StdMutex<Vec<Channel<AppEvent>>>,
     /// The channel the UI has on screen. Replies there don't notify — unless the window is
-    /// hidden (closed to the tray), when nothing is on screen.
+    /// hidden (closed to the tray) or another window has the focus: then nobody is looking.
     ui_focus: StdMutex<Option<String>>,
     window_hidden: AtomicBool,
+    window_unfocused: AtomicBool,
     /// Device ids the host revoked, for the task that forgets them (see `lib.rs`): handled
     /// apart from the engine's event loop, which forgetting would otherwise have to restart.
     pub revoked: mpsc::UnboundedSender<String>,
@@ -65,6 +66,7 @@ impl Shell {
             listeners: StdMutex::new(Vec::new()),
             ui_focus: StdMutex::new(None),
             window_hidden: AtomicBool::new(false),
+            window_unfocused: AtomicBool::new(false),
             revoked,
         };
         Ok((shell, revocations))
@@ -93,9 +95,18 @@ impl Shell {
         self.apply_focus().await;
     }
 
+    /// The window gained or lost the keyboard focus.
+    #[cfg(desktop)]
+    pub async fn set_window_focused(&self, focused: bool) {
+        self.window_unfocused.store(!focused, Ordering::SeqCst);
+        self.apply_focus().await;
+    }
+
     /// Tells the engine which channel is on screen, if any.
     async fn apply_focus(&self) {
-        let focus = if self.window_hidden.load(Ordering::SeqCst) {
+        let away = self.window_hidden.load(Ordering::SeqCst)
+            || self.window_unfocused.load(Ordering::SeqCst);
+        let focus = if away {
             None
         } else {
             self.ui_focus.lock().expect("ui focus").clone()

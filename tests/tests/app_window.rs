@@ -229,6 +229,30 @@ sys.exit(0 if sent else 1)
     assert!(status.success(), "no window titled {title} to close");
 }
 
+/// Maps a small X window of another client and gives it the keyboard focus, as switching to
+/// another app does; it lives until the returned process is killed.
+fn steal_focus() -> std::process::Child {
+    const SCRIPT: &str = r#"
+import time
+from Xlib import X, display
+d = display.Display()
+screen = d.screen()
+w = screen.root.create_window(0, 0, 200, 100, 0, screen.root_depth, X.InputOutput,
+                              X.CopyFromParent, event_mask=X.StructureNotifyMask)
+w.set_wm_name("another app")
+w.map()
+while d.next_event().type != X.MapNotify:
+    pass
+w.set_input_focus(X.RevertToParent, X.CurrentTime)
+d.flush()
+time.sleep(120)
+"#;
+    std::process::Command::new("/usr/bin/python3")
+        .args(["-c", SCRIPT])
+        .spawn()
+        .expect("/usr/bin/python3")
+}
+
 /// The XDG autostart entry that starts taos at login, if there is one.
 fn autostart_entry() -> Option<String> {
     let dir = PathBuf::from(std::env::var_os("HOME")?).join(".config/autostart");
@@ -625,6 +649,36 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     ui.screenshot("06d-raised-from-tray").await;
+
+    // The same when the window is shown but another one has the focus: nobody is looking at
+    // the chat, so its reply notifies and counts; focus back on taos, and it is read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = std::process::Command::new("dunstctl")
+        .arg("close-all")
+        .output();
+    let mut other_window = steal_focus();
+    let r = host
+        .admin(Method::POST, "/api/chat/messages")
+        .json(&json!({"channel_id": dm, "content": "are you there?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    wait_for_tray_label("1", "a reply while another window has the focus").await;
+    let _ = other_window.kill();
+    let _ = other_window.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tray_label().as_deref() != Some("") {
+        assert!(
+            Instant::now() < deadline,
+            "focusing the window again did not mark the chat read (label {:?})",
+            tray_label()
+        );
+        let _ = std::process::Command::new("dunstctl")
+            .args(["action", "0"])
+            .output();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Both off again: the entry is gone, and the icon hidden.
     go_to(&ui, "/devices").await;
