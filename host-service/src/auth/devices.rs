@@ -17,6 +17,10 @@ pub const PAIRING_TOKEN_TTL_MS: i64 = 5 * 60 * 1000;
 pub const ACCESS_TOKEN_TTL_SECS: u64 = 15 * 60;
 pub const REFRESH_TOKEN_TTL_MS: i64 = 90 * 24 * 3600 * 1000;
 const TOUCH_INTERVAL_MS: i64 = 60 * 1000;
+/// How long after a refresh its answer may be reported lost (the old token presented again
+/// with nothing of the answer used): an hour covers an app retrying after a dropped
+/// connection or a short time offline, without leaving old tokens useful for long.
+pub const LOST_ANSWER_WINDOW_MS: i64 = 60 * 60 * 1000;
 pub const MAX_PLATFORM_CHARS: usize = 32;
 
 /// Makes a single-use pairing token that expires in five minutes. Only the secret's hash is kept.
@@ -187,11 +191,10 @@ pub async fn refresh(db: &Db, refresh_token: &str) -> Result<DeviceTokens, AuthE
     }
     let reused = sqlx::query(
         "SELECT device_id, successor FROM device_tokens \
-         WHERE token_hash = ? AND kind = 'refresh' AND used_at IS NOT NULL AND expires_at > ? \
+         WHERE token_hash = ? AND kind = 'refresh' AND used_at IS NOT NULL \
            AND device_id IN (SELECT id FROM devices WHERE revoked_at IS NULL)",
     )
     .bind(&token_hash)
-    .bind(now)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(row) = reused {
@@ -241,8 +244,10 @@ async fn rotate(
     Ok(tokens)
 }
 
-/// Whether the tokens of `issue_id` are all still unused: its refresh token unexchanged and
-/// live, its access token never presented.
+/// Whether the tokens of `issue_id` are all still unused — its refresh token unexchanged, its
+/// access token never presented — and were issued within `LOST_ANSWER_WINDOW_MS`. Past that
+/// window an unused successor is more likely a device that went quiet than an answer lost in
+/// transit, and a stolen old token must not be able to take its place: that is a replay.
 async fn never_used(
     tx: &mut sqlx::SqliteConnection,
     issue_id: &str,
@@ -250,12 +255,13 @@ async fn never_used(
 ) -> Result<bool, AuthError> {
     let unused: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM device_tokens WHERE issue_id = ?1 AND kind = 'refresh' \
-                          AND used_at IS NULL AND expires_at > ?2) \
+                          AND used_at IS NULL AND expires_at > ?2 AND created_at > ?3) \
             AND NOT EXISTS (SELECT 1 FROM device_tokens WHERE issue_id = ?1 AND kind = 'access' \
                           AND used_at IS NOT NULL)",
     )
     .bind(issue_id)
     .bind(now)
+    .bind(now - LOST_ANSWER_WINDOW_MS)
     .fetch_one(&mut *tx)
     .await?;
     Ok(unused)
@@ -307,14 +313,23 @@ pub async fn authenticate_access(db: &Db, access_token: &str) -> Result<Option<U
     };
     let device_id: String = row.try_get("device_id")?;
     // The first use is recorded (once per token): it tells a lost refresh answer from a replay.
+    // Recording it is the check itself, so a retry that retires this token at the same moment
+    // either sees it used or wins, and then this request is refused.
     if row.try_get::<Option<i64>, _>("used_at")?.is_none() {
-        sqlx::query(
-            "UPDATE device_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+        let marked = sqlx::query(
+            "UPDATE device_tokens SET used_at = ? \
+             WHERE token_hash = ? AND kind = 'access' AND expires_at > ? \
+               AND device_id IN (SELECT id FROM devices WHERE revoked_at IS NULL) \
+             RETURNING device_id",
         )
         .bind(now)
         .bind(hash_token(access_token))
-        .execute(db)
+        .bind(now)
+        .fetch_optional(db)
         .await?;
+        if marked.is_none() {
+            return Ok(None);
+        }
     }
     let last_seen: Option<i64> = row.try_get("last_seen_at")?;
     if last_seen.is_none_or(|t| now - t > TOUCH_INTERVAL_MS) {

@@ -157,8 +157,8 @@ async fn logout(
 }
 
 /// Exchanges a device refresh token for new tokens. The old refresh token stops working;
-/// presenting it again revokes the device, unless nothing it was exchanged for was ever used
-/// (the answer was lost): then it gets fresh tokens and the unused ones stop working.
+/// presenting it again revokes the device, unless within an hour nothing it was exchanged for
+/// was used (the answer was lost): then it gets fresh tokens and the unused ones stop working.
 #[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", security(()),
     request_body = RefreshRequest,
     responses(

@@ -428,4 +428,28 @@ async fn a_lost_refresh_answer_can_be_retried_but_replays_still_revoke() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(paired_count().await, 0);
+
+    // Laptop: its answer went unused for longer than a lost answer takes to be retried (an
+    // hour): the device went quiet, and the old token coming back now is a replay.
+    let laptop = host.pair_device("laptop").await;
+    let quiet: Value = refresh(&laptop["refresh_token"])
+        .await
+        .json()
+        .await
+        .unwrap();
+    sql(
+        &host,
+        "UPDATE device_tokens SET created_at = created_at - 2 * 3600 * 1000 \
+         WHERE used_at IS NULL AND kind = 'refresh'",
+    )
+    .await;
+    assert_eq!(
+        refresh(&laptop["refresh_token"]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        access_status(&quiet["access_token"]).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(paired_count().await, 0);
 }
