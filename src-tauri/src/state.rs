@@ -42,6 +42,9 @@ pub struct Shell {
     ui_focus: StdMutex<Option<String>>,
     window_hidden: AtomicBool,
     window_unfocused: AtomicBool,
+    /// Held from reading those to telling the engine, so updates from concurrent tasks (a
+    /// focus event, the UI opening a chat) land in the order they were worked out.
+    focus_update: Mutex<()>,
     /// Device ids the host revoked, for the task that forgets them (see `lib.rs`): handled
     /// apart from the engine's event loop, which forgetting would otherwise have to restart.
     pub revoked: mpsc::UnboundedSender<String>,
@@ -67,6 +70,7 @@ impl Shell {
             ui_focus: StdMutex::new(None),
             window_hidden: AtomicBool::new(false),
             window_unfocused: AtomicBool::new(false),
+            focus_update: Mutex::new(()),
             revoked,
         };
         Ok((shell, revocations))
@@ -104,6 +108,7 @@ impl Shell {
 
     /// Tells the engine which channel is on screen, if any.
     async fn apply_focus(&self) {
+        let _in_order = self.focus_update.lock().await;
         let away = self.window_hidden.load(Ordering::SeqCst)
             || self.window_unfocused.load(Ordering::SeqCst);
         let focus = if away {
@@ -155,7 +160,24 @@ impl Shell {
             rx,
         ));
         *self.active.lock().await = Some(Active { engine, stop });
+        // The new host's engine starts knowing what is on screen, and with nothing unread.
+        self.apply_focus().await;
+        self.reset_unread(app);
         Ok(())
+    }
+
+    /// The unread count belongs to the host it was counted for: back to none.
+    fn reset_unread<R: Runtime>(&self, app: &AppHandle<R>) {
+        self.broadcast(&AppEvent::Unread { total: 0 });
+        #[cfg(desktop)]
+        {
+            use tauri::Manager;
+            if let Some(desktop) = app.try_state::<crate::desktop::Desktop>() {
+                desktop.set_unread(app, 0);
+            }
+        }
+        #[cfg(mobile)]
+        let _ = app;
     }
 
     /// Forgets a host on this device (its token, its entry, its cache) and carries on with the
@@ -185,9 +207,12 @@ impl Shell {
             .delete(&taos_client::secrets::refresh_key(device_id))?;
         self.cache.forget_host(device_id).await?;
         if was_active {
-            if let Some(next) = next {
-                let session = self.session_for(&next, None);
-                self.activate(app, session).await?;
+            match next {
+                Some(next) => {
+                    let session = self.session_for(&next, None);
+                    self.activate(app, session).await?;
+                }
+                None => self.reset_unread(app),
             }
         }
         Ok(())

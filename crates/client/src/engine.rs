@@ -116,11 +116,14 @@ impl Engine {
     }
 
     pub async fn set_focus(&self, channel: Option<String>) {
+        // Held while the channel's replies are marked read, so a reply being counted at the
+        // same moment is either counted before (and cleared here) or sees the new focus.
+        let mut focus = self.focus.lock().await;
         if let Some(channel) = &channel {
             let total = self.unread.lock().expect("unread").read(channel);
             self.emit(AppEvent::Unread { total });
         }
-        *self.focus.lock().await = channel;
+        *focus = channel;
     }
 
     /// Writes a message: into the outbox at once (shown as queued), sent as soon as the host
@@ -304,7 +307,8 @@ impl Engine {
         let Ok(Some(channel)) = self.cache.channel(self.host(), &message.channel_id).await else {
             return;
         };
-        let focus = self.focus.lock().await.clone();
+        // Held until the reply is counted: see `set_focus`.
+        let focus = self.focus.lock().await;
         if let Some(notification) = notify::for_reply(
             message,
             &channel.channel.name,
