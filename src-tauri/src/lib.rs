@@ -34,7 +34,13 @@ pub fn run() {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let builder = tauri::Builder::default().plugin(tauri_plugin_notification::init());
+    let builder = tauri::Builder::default();
+    // Registered first, so a second launch hands over before it sets anything else up.
+    #[cfg(desktop)]
+    let builder = builder.plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
+        desktop::raise(app)
+    }));
+    let builder = builder.plugin(tauri_plugin_notification::init());
     // Scanning the host's pairing QR code: phones only (desktops paste the code).
     #[cfg(mobile)]
     let builder = builder.plugin(tauri_plugin_barcode_scanner::init());

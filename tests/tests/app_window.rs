@@ -196,44 +196,51 @@ async fn wait_for_tray_label(expected: &str, what: &str) {
     }
 }
 
-/// Asks the X window titled `title` to close, as a window manager's close button does (a
-/// `WM_DELETE_WINDOW` message; there is no window manager under Xvfb to do it).
-fn close_window_politely(title: &str) {
+/// Does to taos's top-level X window what a window manager would (there is none under Xvfb):
+/// `close` sends it `WM_DELETE_WINDOW` (the close button), `focus` gives it the keyboard focus,
+/// `state` prints whether it is `viewable` or `unmapped`.
+fn x11_window(action: &str, title: &str) -> String {
     const SCRIPT: &str = r#"
 import sys
 from Xlib import X, display, protocol
+action, title = sys.argv[1], sys.argv[2]
 d = display.Display()
 protocols, delete = d.intern_atom("WM_PROTOCOLS"), d.intern_atom("WM_DELETE_WINDOW")
 def windows(w):
     for child in w.query_tree().children:
         yield child
         yield from windows(child)
-sent = 0
 for w in windows(d.screen().root):
     try:
-        if w.get_wm_name() != sys.argv[1] or delete not in (w.get_wm_protocols() or []):
+        if w.get_wm_name() != title or delete not in (w.get_wm_protocols() or []):
             continue
     except Exception:
         continue
-    w.send_event(protocol.event.ClientMessage(window=w, client_type=protocols,
-                 data=(32, [delete, X.CurrentTime, 0, 0, 0])), event_mask=X.NoEventMask)
-    sent += 1
-d.flush()
-sys.exit(0 if sent else 1)
+    if action == "close":
+        w.send_event(protocol.event.ClientMessage(window=w, client_type=protocols,
+                     data=(32, [delete, X.CurrentTime, 0, 0, 0])), event_mask=X.NoEventMask)
+    elif action == "focus":
+        w.set_input_focus(X.RevertToParent, X.CurrentTime)
+    else:
+        print("viewable" if w.get_attributes().map_state == X.IsViewable else "unmapped")
+    d.flush()
+    sys.exit(0)
+sys.exit(1)
 "#;
     // Debian's python3, which has python3-xlib (not whichever python3 comes first on PATH).
-    let status = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", SCRIPT, title])
-        .status()
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", SCRIPT, action, title])
+        .output()
         .expect("/usr/bin/python3");
-    assert!(status.success(), "no window titled {title} to close");
+    assert!(out.status.success(), "no window titled {title} to {action}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Maps a small X window of another client and gives it the keyboard focus, as switching to
-/// another app does; it lives until the returned process is killed.
+/// another app does; returns once it has the focus, and it lives until the process is killed.
 fn steal_focus() -> std::process::Child {
     const SCRIPT: &str = r#"
-import time
+import sys, time
 from Xlib import X, display
 d = display.Display()
 screen = d.screen()
@@ -244,13 +251,25 @@ w.map()
 while d.next_event().type != X.MapNotify:
     pass
 w.set_input_focus(X.RevertToParent, X.CurrentTime)
-d.flush()
+d.sync()
+print("focused", flush=True)
 time.sleep(120)
 "#;
-    std::process::Command::new("/usr/bin/python3")
+    let mut child = std::process::Command::new("/usr/bin/python3")
         .args(["-c", SCRIPT])
+        .stdout(Stdio::piped())
         .spawn()
-        .expect("/usr/bin/python3")
+        .expect("/usr/bin/python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "focused");
+    // Let the app hear of it before anything depends on it.
+    std::thread::sleep(Duration::from_millis(300));
+    child
 }
 
 /// The XDG autostart entry that starts taos at login, if there is one.
@@ -624,7 +643,16 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     let _ = std::process::Command::new("dunstctl")
         .arg("close-all")
         .output();
-    close_window_politely("taos");
+    assert_eq!(x11_window("state", "taos"), "viewable");
+    x11_window("close", "taos");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while x11_window("state", "taos") != "unmapped" {
+        assert!(
+            Instant::now() < deadline,
+            "closing with the tray on did not hide the window"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let r = host
         .admin(Method::POST, "/api/chat/messages")
         .json(&json!({"channel_id": dm, "content": "still there?"}))
@@ -648,6 +676,7 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
             .output();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    assert_eq!(x11_window("state", "taos"), "viewable");
     ui.screenshot("06d-raised-from-tray").await;
 
     // The same when the window is shown but another one has the focus: nobody is looking at
@@ -665,20 +694,10 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     wait_for_tray_label("1", "a reply while another window has the focus").await;
+    x11_window("focus", "taos");
+    wait_for_tray_label("", "taos focused again").await;
     let _ = other_window.kill();
     let _ = other_window.wait();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tray_label().as_deref() != Some("") {
-        assert!(
-            Instant::now() < deadline,
-            "focusing the window again did not mark the chat read (label {:?})",
-            tray_label()
-        );
-        let _ = std::process::Command::new("dunstctl")
-            .args(["action", "0"])
-            .output();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 
     // Both off again: the entry is gone, and the icon hidden.
     go_to(&ui, "/devices").await;
@@ -696,6 +715,22 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // A second launch (the menu entry clicked again, or start at login with taos already up)
+    // hands over to the running app and exits; the first carries on.
+    let second = tokio::process::Command::new(&app)
+        .env("TAOS_APP_DATA_DIR", app_data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("a second launch kept running beside the first")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    ui.find("[data-testid=desktop-settings]", Duration::from_secs(10))
+        .await;
 
     // The owner revokes the device: the app goes back to pairing and says why.
     let devices: Vec<Value> = host
