@@ -14,8 +14,9 @@ use tauri::tray::{MouseButton, MouseButtonState, TrayIconBuilder, TrayIconEvent}
 use tauri::{AppHandle, Manager, Runtime};
 use tauri_plugin_autostart::ManagerExt;
 
+use crate::commands::desktop::DesktopView;
 use crate::error::{CommandError, CommandResult};
-use crate::state::Shell;
+use crate::state::{Shell, WindowChange};
 
 const TRAY_ID: &str = "taos";
 
@@ -23,13 +24,6 @@ const TRAY_ID: &str = "taos";
 #[serde(default)]
 struct Stored {
     tray: bool,
-}
-
-/// What the settings screen shows.
-#[derive(Debug, Clone, Serialize)]
-pub struct DesktopSettings {
-    pub tray: bool,
-    pub start_at_login: bool,
 }
 
 /// The shell's view of the desktop extras.
@@ -64,8 +58,9 @@ impl Desktop {
         self.tray.load(Ordering::SeqCst)
     }
 
-    pub fn settings<R: Runtime>(&self, app: &AppHandle<R>) -> DesktopSettings {
-        DesktopSettings {
+    pub fn settings<R: Runtime>(&self, app: &AppHandle<R>) -> DesktopView {
+        DesktopView {
+            available: true,
             tray: self.tray_enabled(),
             start_at_login: app.autolaunch().is_enabled().unwrap_or(false),
         }
@@ -139,29 +134,26 @@ pub fn raise<R: Runtime>(app: &AppHandle<R>) {
         let _ = window.show();
         let _ = window.set_focus();
     }
-    window_hidden(app, false);
+    window_changed(app, WindowChange::Hidden(false));
 }
 
 /// Closing the window with the tray on hides it; while hidden no chat is on screen, so
 /// replies in the one that was open notify too.
 pub fn hide<R: Runtime>(window: &tauri::Window<R>) {
     let _ = window.hide();
-    window_hidden(window.app_handle(), true);
+    window_changed(window.app_handle(), WindowChange::Hidden(true));
 }
 
 /// Another window took the focus (or it came back): a chat in a window nobody is looking at
 /// is not "on screen", so its replies notify.
 pub fn window_focused<R: Runtime>(app: &AppHandle<R>, focused: bool) {
-    if let Some(shell) = app.try_state::<Arc<Shell>>() {
-        let shell = shell.inner().clone();
-        tauri::async_runtime::spawn(async move { shell.set_window_focused(focused).await });
-    }
+    window_changed(app, WindowChange::Focused(focused));
 }
 
-fn window_hidden<R: Runtime>(app: &AppHandle<R>, hidden: bool) {
+fn window_changed<R: Runtime>(app: &AppHandle<R>, change: WindowChange) {
     if let Some(shell) = app.try_state::<Arc<Shell>>() {
         let shell = shell.inner().clone();
-        tauri::async_runtime::spawn(async move { shell.set_window_hidden(hidden).await });
+        tauri::async_runtime::spawn(async move { shell.window_changed(change).await });
     }
 }
 

@@ -18,6 +18,14 @@ use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::error::{CommandError, CommandResult};
 
+/// What happened to the main window, as far as "is a chat on screen" goes.
+#[cfg(desktop)]
+#[derive(Debug, Clone, Copy)]
+pub enum WindowChange {
+    Hidden(bool),
+    Focused(bool),
+}
+
 pub struct Active {
     pub engine: Arc<Engine>,
     stop: watch::Sender<bool>,
@@ -92,17 +100,16 @@ impl Shell {
         self.apply_focus().await;
     }
 
-    /// The window was hidden (closed to the tray) or shown again.
+    /// The window was hidden (closed to the tray) or shown again, or lost or regained the
+    /// keyboard focus.
     #[cfg(desktop)]
-    pub async fn set_window_hidden(&self, hidden: bool) {
-        self.window_hidden.store(hidden, Ordering::SeqCst);
-        self.apply_focus().await;
-    }
-
-    /// The window gained or lost the keyboard focus.
-    #[cfg(desktop)]
-    pub async fn set_window_focused(&self, focused: bool) {
-        self.window_unfocused.store(!focused, Ordering::SeqCst);
+    pub async fn window_changed(&self, change: WindowChange) {
+        match change {
+            WindowChange::Hidden(hidden) => self.window_hidden.store(hidden, Ordering::SeqCst),
+            WindowChange::Focused(focused) => {
+                self.window_unfocused.store(!focused, Ordering::SeqCst)
+            }
+        }
         self.apply_focus().await;
     }
 

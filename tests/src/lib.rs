@@ -491,6 +491,16 @@ impl AgentClient {
 
     /// Opens the bridge stream for `slug` (normally its own).
     pub async fn events_for(&self, slug: &str, last_event_id: Option<&str>) -> Response {
+        self.try_events_for(slug, last_event_id)
+            .await
+            .expect("bridge stream")
+    }
+
+    async fn try_events_for(
+        &self,
+        slug: &str,
+        last_event_id: Option<&str>,
+    ) -> reqwest::Result<Response> {
         let mut request = self.request(
             Method::GET,
             &format!("/api/openclaw/sessions/{slug}/events"),
@@ -498,7 +508,7 @@ impl AgentClient {
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
-        request.send().await.expect("bridge stream")
+        request.send().await
     }
 
     pub async fn events(&self, last_event_id: Option<&str>) -> SseReader {
@@ -515,14 +525,7 @@ impl AgentClient {
             // where it stopped, as a real sidecar does.
             let mut last_id: Option<String> = None;
             loop {
-                let mut request = self.request(
-                    Method::GET,
-                    &format!("/api/openclaw/sessions/{}/events", self.slug),
-                );
-                if let Some(id) = &last_id {
-                    request = request.header("last-event-id", id);
-                }
-                let response = match request.send().await {
+                let response = match self.try_events_for(&self.slug, last_id.as_deref()).await {
                     Ok(response) if response.status() == StatusCode::OK => response,
                     _ => {
                         tokio::time::sleep(Duration::from_millis(200)).await;

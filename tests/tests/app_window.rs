@@ -174,6 +174,17 @@ impl Driver {
     }
 }
 
+/// The owner writes in a channel through the host's API (not the app).
+async fn owner_says(host: &Host, channel_id: &str, content: &str) {
+    let r = host
+        .admin(Method::POST, "/api/chat/messages")
+        .json(&json!({"channel_id": channel_id, "content": content}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
 /// Opens a screen of the UI, as its own links do.
 async fn go_to(ui: &Driver, path: &str) {
     ui.call(
@@ -452,12 +463,7 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         .await
         .unwrap();
     let dm = dm[0]["id"].as_str().unwrap().to_string();
-    ui.call(
-        Method::POST,
-        "/execute/sync",
-        Some(json!({"script": format!("history.pushState(null, '', '/chat/{dm}'); dispatchEvent(new PopStateEvent('popstate'))"), "args": []})),
-    )
-    .await;
+    go_to(&ui, &format!("/chat/{dm}")).await;
     ui.type_into("form.composer textarea", "hi from the window")
         .await;
     ui.click("form.composer button[type=submit]").await;
@@ -577,12 +583,7 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     ui.screenshot("06a-notification-opened").await;
 
     // The paired hosts are listed, this one active.
-    ui.call(
-        Method::POST,
-        "/execute/sync",
-        Some(json!({"script": "history.pushState(null, '', '/devices'); dispatchEvent(new PopStateEvent('popstate'))", "args": []})),
-    )
-    .await;
+    go_to(&ui, "/devices").await;
     ui.find("[data-testid=paired-hosts]", Duration::from_secs(10))
         .await;
     let text = ui.wait_for_text("active", Duration::from_secs(10)).await;
@@ -624,13 +625,7 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     // been answering the queued messages): the label is that count, empty for none.
     let unread_before: u32 = tray_label().unwrap().parse().unwrap_or(0);
     let expected = (unread_before + 1).to_string();
-    let r = host
-        .admin(Method::POST, "/api/chat/messages")
-        .json(&json!({"channel_id": dm, "content": "anything new?"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    owner_says(&host, &dm, "anything new?").await;
     wait_for_tray_label(&expected, "a reply in a chat not on screen").await;
     ui.screenshot("06c-desktop-settings").await;
 
@@ -653,13 +648,7 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let r = host
-        .admin(Method::POST, "/api/chat/messages")
-        .json(&json!({"channel_id": dm, "content": "still there?"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    owner_says(&host, &dm, "still there?").await;
     let hidden_count = (on_screen.parse::<u32>().unwrap_or(0) + 1).to_string();
     wait_for_tray_label(&hidden_count, "a reply while the window is hidden").await;
     // Clicking that reply's notification raises the window on that chat: on screen again, so
@@ -686,13 +675,7 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         .arg("close-all")
         .output();
     let mut other_window = steal_focus();
-    let r = host
-        .admin(Method::POST, "/api/chat/messages")
-        .json(&json!({"channel_id": dm, "content": "are you there?"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    owner_says(&host, &dm, "are you there?").await;
     wait_for_tray_label("1", "a reply while another window has the focus").await;
     x11_window("focus", "taos");
     wait_for_tray_label("", "taos focused again").await;
@@ -746,12 +729,7 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         .send()
         .await
         .unwrap();
-    ui.call(
-        Method::POST,
-        "/execute/sync",
-        Some(json!({"script": "history.pushState(null, '', '/agents'); dispatchEvent(new PopStateEvent('popstate'))", "args": []})),
-    )
-    .await;
+    go_to(&ui, "/agents").await;
     ui.wait_for_text("signed out by the host", Duration::from_secs(60))
         .await;
     // It was the only paired host: nothing to go back to.
