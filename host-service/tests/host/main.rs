@@ -15,6 +15,7 @@ mod input;
 mod llm;
 mod ops;
 mod quota;
+mod roles;
 mod routes;
 mod runtime;
 mod tls;
