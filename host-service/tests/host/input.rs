@@ -36,7 +36,7 @@ async fn malformed_json_and_wrong_types_are_400() {
         ("/api/auth/refresh", "{\"refresh_token\": [\"x\"]}"),
         (
             "/api/auth/setup",
-            "{\"username\": \"owner\", \"password\": \"long enough pass\", \"admin\": true}",
+            "{\"username\": \"owner\", \"password\": \"long enough pass\", \"setup_code\": \"x\", \"admin\": true}",
         ),
     ];
     for (path, body) in cases {

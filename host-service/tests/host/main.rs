@@ -11,6 +11,7 @@ mod devices;
 mod docker;
 mod events;
 mod files;
+mod first_run;
 mod input;
 mod llm;
 mod ops;
