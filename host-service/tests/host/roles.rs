@@ -898,24 +898,29 @@ async fn a_second_user_reads_only_their_own_events() {
     assert_eq!(live.status(), StatusCode::OK);
     let mut live = SseReader::new(live);
 
-    // The host raises something for the owner, then the owner's script writes to the guest.
+    // The host raises something for the owner, then the owner's script writes to the guest:
+    // the first event on the guest's stream must be the guest's.
     notify(
         &f.host,
         json!({"level": "error", "title": "budget of owner bot exceeded"}),
     )
     .await;
-    let theirs = notify(
-        &f.host,
-        json!({"level": "info", "title": "backup done", "user": GUEST}),
-    )
-    .await;
-    assert_eq!(theirs["user"], GUEST);
+    let for_guest = f
+        .host
+        .admin(Method::POST, "/api/notifications")
+        .json(&json!({"level": "info", "title": "backup done", "user": GUEST}))
+        .send()
+        .await
+        .unwrap();
     let first = live.next(WAIT).await.expect("an event");
     let data: Value = serde_json::from_str(&first.data).unwrap();
     assert_eq!(
         data["data"]["title"], "backup done",
         "the second user's stream carried the owner's event: {data}"
     );
+    assert_eq!(for_guest.status(), StatusCode::CREATED);
+    let theirs: Value = for_guest.json().await.unwrap();
+    assert_eq!(theirs["user"], GUEST);
 
     // The same from the backlog: resuming from the start skips everything of the owner's.
     let replay = stream(Some("0")).await.unwrap();
@@ -955,6 +960,30 @@ async fn a_second_user_reads_only_their_own_events() {
 #[tokio::test]
 async fn a_second_user_cannot_read_or_mark_the_owners_notifications() {
     let f = fixture().await;
+    // The attack: list, mark one and mark all of the owner's notifications.
+    let listed = ok_json(f.guest.request(Method::GET, "/api/notifications")).await;
+    assert_eq!(
+        listed,
+        json!([]),
+        "the second user read the owner's notifications"
+    );
+    let read = f
+        .guest
+        .request(
+            Method::POST,
+            &format!("/api/notifications/{}/read", f.owner_note),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::NOT_FOUND);
+    let all = ok_json(f.guest.request(Method::POST, "/api/notifications/read-all")).await;
+    assert_eq!(
+        all["updated"], 0,
+        "the second user marked the owner's notifications read"
+    );
+
+    // Their own they see and mark.
     let theirs = notify(
         &f.host,
         json!({"level": "info", "title": "for the guest", "user": GUEST}),
@@ -967,17 +996,6 @@ async fn a_second_user_cannot_read_or_mark_the_owners_notifications() {
         .clone();
     let ids: Vec<i64> = listed.iter().map(|n| n["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, [theirs["id"].as_i64().unwrap()], "{listed:?}");
-
-    let read = f
-        .guest
-        .request(
-            Method::POST,
-            &format!("/api/notifications/{}/read", f.owner_note),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), StatusCode::NOT_FOUND);
     let all = ok_json(f.guest.request(Method::POST, "/api/notifications/read-all")).await;
     assert_eq!(all["updated"], 1, "only their own");
 
@@ -1044,7 +1062,6 @@ async fn a_second_user_cannot_rename_archive_or_delete_the_owners_channel() {
     let f = fixture().await;
     let family = format!("/api/chat/channels/{}", f.family);
     let before = ok_json(f.host.admin(Method::GET, &family)).await;
-    assert_eq!(before["created_by"], "user:owner");
     for patch in [json!({"name": "pwned"}), json!({"archived": true})] {
         let r = f
             .guest
@@ -1064,6 +1081,7 @@ async fn a_second_user_cannot_rename_archive_or_delete_the_owners_channel() {
     assert_eq!(delete.status(), StatusCode::FORBIDDEN);
     let after = ok_json(f.host.admin(Method::GET, &family)).await;
     assert_eq!(before, after);
+    assert_eq!(after["created_by"], "user:owner");
     let messages = ok_json(
         f.host
             .admin(Method::GET, &format!("{family}/messages?after_seq=0")),
