@@ -197,6 +197,7 @@ async fn change_member(
     Json(change): Json<MemberChange>,
 ) -> Result<Json<Channel>, ApiError> {
     let leaving = change.action == MemberAction::Remove
+        && !principal.acts_as_owner()
         && change.member == human_member(&state, &principal).await?;
     if leaving {
         visible_channel(&state, &principal, &id).await?;
