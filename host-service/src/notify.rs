@@ -439,3 +439,92 @@ pub async fn list(
     .await?;
     rows.iter().map(notification_from_row).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(title: &str) -> NewNotification {
+        NewNotification {
+            level: Level::Info,
+            title: title.to_string(),
+            message: String::new(),
+            source: None,
+            data: None,
+        }
+    }
+
+    async fn count(db: &Db, audience: Audience) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE user_id IS ?")
+            .bind(audience.column())
+            .fetch_one(db)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_recipient_keeps_only_their_newest_notifications() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).await.unwrap();
+        let guest = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, created_at) VALUES (?, 'guest', 'x', 0)",
+        )
+        .bind(guest.to_string())
+        .execute(&db)
+        .await
+        .unwrap();
+        // A full backlog for the owner (written directly; one fsync per notification would be
+        // slow) and a few for the guest.
+        let mut tx = db.begin().await.unwrap();
+        for i in 0..NOTIFICATION_RETENTION + 5 {
+            sqlx::query(
+                "INSERT INTO notifications (created_at, level, source, title, message) \
+                 VALUES (?, 'info', 'test', ?, '')",
+            )
+            .bind(i)
+            .bind(format!("old {i}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let hub = EventHub::new(db.clone());
+        for i in 0..3 {
+            hub.notify_to(note(&format!("guest {i}")), Audience::User(guest), None)
+                .await
+                .unwrap();
+        }
+        assert_eq!(count(&db, Audience::User(guest)).await, 3);
+
+        let newest = hub.notify(note("newest")).await.unwrap();
+        assert_eq!(count(&db, Audience::Owner).await, NOTIFICATION_RETENTION);
+        let guests = list(&db, Viewer::User(guest), false, 10).await.unwrap();
+        assert_eq!(guests.len(), 3, "the guest's notifications are untouched");
+        let kept = list(&db, Viewer::Owner, false, MAX_LIST_LIMIT)
+            .await
+            .unwrap();
+        assert_eq!(kept[0].id, newest.id);
+        let oldest: String = sqlx::query_scalar(
+            "SELECT title FROM notifications WHERE user_id IS NULL ORDER BY id LIMIT 1",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(oldest, "old 6", "the six oldest went");
+    }
+
+    #[tokio::test]
+    async fn data_over_4_kib_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).await.unwrap();
+        let hub = EventHub::new(db.clone());
+        let mut big = note("big");
+        big.data = Some(serde_json::json!({ "blob": "a".repeat(MAX_NOTIFICATION_DATA_BYTES) }));
+        assert!(matches!(
+            hub.notify(big).await,
+            Err(NotifyError::BadInput(_))
+        ));
+        assert_eq!(count(&db, Audience::Owner).await, 0);
+    }
+}
