@@ -134,15 +134,30 @@ async fn the_owner_made_on_the_host_needs_no_code_and_closes_setup() {
 }
 
 /// A client that reaches this host under another name, as a browser does after a page's DNS
-/// name was rebound to the host's address.
+/// name was rebound to the host's address. HTTP/2: the name is in `:authority`.
 fn rebound_client(host: &Host, name: &str) -> (reqwest::Client, String) {
+    rebound_client_with(host, name, taos_pin::pinned_client_config(host.pin))
+}
+
+/// The same over HTTP/1.1: the name is in the `Host` header.
+fn rebound_http1_client(host: &Host, name: &str) -> (reqwest::Client, String) {
+    let mut tls = taos_pin::pinned_client_config(host.pin);
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    rebound_client_with(host, name, tls)
+}
+
+fn rebound_client_with(
+    host: &Host,
+    name: &str,
+    tls: rustls::ClientConfig,
+) -> (reqwest::Client, String) {
     let addr: std::net::SocketAddr = host
         .public_url
         .trim_start_matches("https://")
         .parse()
         .unwrap();
     let client = reqwest::Client::builder()
-        .use_preconfigured_tls(taos_pin::pinned_client_config(host.pin))
+        .use_preconfigured_tls(tls)
         .resolve(name, addr)
         .build()
         .unwrap();
@@ -156,13 +171,13 @@ async fn a_request_for_a_foreign_host_name_is_refused_and_changes_nothing() {
 
     // The page tries first-run setup with the right code (say it was read somewhere): refused
     // before anything runs.
-    let mut body = json!({"username": "intruder", "password": "long enough password"});
+    let mut setup_body = json!({"username": "intruder", "password": "long enough password"});
     if let Some(code) = host.setup_code() {
-        body["setup_code"] = json!(code);
+        setup_body["setup_code"] = json!(code);
     }
     let r = evil
         .post(format!("{base}/api/auth/setup"))
-        .json(&body)
+        .json(&setup_body)
         .send()
         .await
         .unwrap();
@@ -179,11 +194,31 @@ async fn a_request_for_a_foreign_host_name_is_refused_and_changes_nothing() {
     );
     assert!(host.setup_code().is_some());
 
-    // Nothing else answers under that name either: the UI, health, the status.
+    // Nothing else answers under that name either, over HTTP/2 or HTTP/1.1: the UI, health,
+    // the status; nor setup over HTTP/1.1.
+    let (evil_h1, _) = rebound_http1_client(&host, "evil.example");
     for path in ["/", "/api/health", "/api/auth/status"] {
-        let r = evil.get(format!("{base}{path}")).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST, "{path}");
+        for (client, version) in [
+            (&evil, reqwest::Version::HTTP_2),
+            (&evil_h1, reqwest::Version::HTTP_11),
+        ] {
+            let r = client.get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(r.version(), version);
+            assert_eq!(
+                r.status(),
+                StatusCode::MISDIRECTED_REQUEST,
+                "{path} {version:?}"
+            );
+        }
     }
+    let r = evil_h1
+        .post(format!("{base}/api/auth/setup"))
+        .json(&setup_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+    assert!(!configured(&host).await);
 
     // With an owner and a session cookie the browser would attach: still refused.
     let session = host.setup_owner().await;
@@ -207,13 +242,17 @@ async fn a_request_for_a_foreign_host_name_is_refused_and_changes_nothing() {
     assert!(channels.iter().all(|c| c["name"] != "planted"));
 
     // The host's own names and addresses answer.
-    let (local, base) = rebound_client(&host, "localhost");
-    let r = local
-        .get(format!("{base}/api/health"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    for (local, base) in [
+        rebound_client(&host, "localhost"),
+        rebound_http1_client(&host, "localhost"),
+    ] {
+        let r = local
+            .get(format!("{base}/api/health"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
     let r = host
         .client()
         .get(host.url("/api/health"))
