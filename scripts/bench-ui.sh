@@ -24,7 +24,8 @@ HOST_PID=$!
 for _ in $(seq 100); do grep -q "taos-host ready" "$WORK/out" 2>/dev/null && break; sleep 0.1; done
 
 log "measuring the UI in chromium"
-JSON="$(cd ui && TAOS_URL="https://127.0.0.1:$PORT" node scripts/bench.mjs)"
+SETUP_CODE="$(cat "$WORK/data/setup-code")"
+JSON="$(cd ui && TAOS_URL="https://127.0.0.1:$PORT" TAOS_SETUP_CODE="$SETUP_CODE" node scripts/bench.mjs)"
 echo "$JSON"
 kill "$HOST_PID"; wait "$HOST_PID" 2>/dev/null || true
 j() { python3 -c "import json,sys; v=json.loads(sys.argv[1]);

@@ -18,7 +18,8 @@ cat >&2 <<MSG
 
   taos host: data in $DATA
   When it prints "taos-host ready", open the public URL it shows (https://<this machine>:6969).
-  First run: create the owner in the browser, or from another terminal:
+  First run: create the owner in the browser with the setup code it prints (also in
+  $DATA/setup-code), or from another terminal:
       $BIN --data-dir $DATA user create owner
   Pair the app:        $BIN --data-dir $DATA pair
   Pin for the app:     $BIN --data-dir $DATA fingerprint

@@ -32,6 +32,11 @@ insecure_http = false
 max_body_bytes = 1048576
 # Name used in pairing tokens and the certificate; empty means this machine's host name.
 host_name = ""
+# Other names the public listener answers to (a browser's Host header). It always answers to
+# IP addresses, localhost, the host name and <host name>.local; any other name gets 421, so a
+# web page can't rebind its own DNS name to this host. Add a name you reach it by, e.g.
+# allowed_hosts = ["taos.example.org"]. As an environment override: comma-separated.
+allowed_hosts = []
 
 [llm]
 # The LiteLLM executable. Empty: `litellm` on PATH, else /opt/taos/litellm/bin/litellm.
@@ -148,6 +153,7 @@ pub struct ServerConfig {
     pub insecure_http: bool,
     pub max_body_bytes: u64,
     pub host_name: String,
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +178,7 @@ impl Default for ServerConfig {
             insecure_http: false,
             max_body_bytes: 1024 * 1024,
             host_name: String::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -229,6 +236,14 @@ impl Config {
                 "[server] max_body_bytes must be between 1024 and 67108864".to_string(),
             ));
         }
+        for name in &s.allowed_hosts {
+            if !is_host_name(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "[server] allowed_hosts: {name:?} is not a host name (letters, digits, '-' \
+                     and '.'; no scheme, port or path)"
+                )));
+            }
+        }
         if self.log.level.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "[log] level must not be empty".to_string(),
@@ -236,6 +251,19 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A DNS name as it appears in a Host header, without a port.
+fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 /// `section.key` → the type of its default value, for typing env overrides and `config set`.
@@ -284,6 +312,14 @@ fn typed_value(key: &str, raw: &str) -> Result<toml::Value, ConfigError> {
             .parse::<i64>()
             .map(toml::Value::Integer)
             .map_err(|_| bad("expected an integer")),
+        // Lists of strings, comma-separated.
+        toml::Value::Array(_) => Ok(toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_string()))
+                .collect(),
+        )),
         _ => Ok(toml::Value::String(raw.to_string())),
     }
 }
@@ -377,6 +413,12 @@ pub fn set_key(data_dir: &Path, dotted_key: &str, raw_value: &str) -> Result<(),
         toml::Value::Boolean(b) => toml_edit::value(b),
         toml::Value::Integer(i) => toml_edit::value(i),
         toml::Value::String(s) => toml_edit::value(s),
+        toml::Value::Array(items) => toml_edit::value(
+            items
+                .iter()
+                .filter_map(|item| item.as_str())
+                .collect::<toml_edit::Array>(),
+        ),
         _ => return Err(ConfigError::Invalid("unsupported value type".to_string())),
     };
     if !doc.contains_table(section) {
@@ -501,6 +543,40 @@ mod tests {
             env(&[]),
         );
         assert!(ok6.is_ok());
+    }
+
+    #[test]
+    fn allowed_hosts_are_names_from_the_file_the_env_or_config_set() {
+        let config = parse(
+            &p(),
+            "[server]\nallowed_hosts = [\"taos.example.org\"]\n",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(config.server.allowed_hosts, ["taos.example.org"]);
+        let config = parse(
+            &p(),
+            DEFAULT_TEMPLATE,
+            env(&[("TAOS_SERVER__ALLOWED_HOSTS", "a.example, b.example,")]),
+        )
+        .unwrap();
+        assert_eq!(config.server.allowed_hosts, ["a.example", "b.example"]);
+        for bad in [
+            "https://a.example",
+            "a.example:443",
+            "a b",
+            "",
+            "-a.example",
+        ] {
+            let text = format!("[server]\nallowed_hosts = [{bad:?}]\n");
+            let err = parse(&p(), &text, env(&[])).unwrap_err();
+            assert!(err.to_string().contains("allowed_hosts"), "{bad}: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        load_or_init(dir.path()).unwrap();
+        set_key(dir.path(), "server.allowed_hosts", "x.example,y.example").unwrap();
+        let config = load_or_init(dir.path()).unwrap();
+        assert_eq!(config.server.allowed_hosts, ["x.example", "y.example"]);
     }
 
     #[test]

@@ -151,6 +151,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 } => {
                     let password = read_password(password_stdin)?;
                     let user = auth::users::create(&opened.db, &username, &password).await?;
+                    if user.is_owner {
+                        // The browser's first-run setup is closed now; its code is useless.
+                        auth::setup_code::remove(&opened.data_dir)?;
+                    }
                     let role = if user.is_owner { "owner" } else { "user" };
                     println!("created {role} {}", user.username);
                 }

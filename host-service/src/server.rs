@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::local_token;
 use crate::auth::ratelimit::LoginLimiter;
+use crate::auth::{local_token, setup_code, users};
 use crate::config::Config;
 use crate::http::extract::ClientAddr;
 use crate::http::{self, AppInner, AppState};
@@ -174,6 +174,22 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<Opened> {
     })
 }
 
+/// While there is no owner, makes sure a setup code exists and returns it; once there is one,
+/// removes a leftover code.
+async fn prepare_setup_code(db: &db::Db, data_dir: &Path) -> anyhow::Result<Option<String>> {
+    if users::count(db).await? > 0 {
+        setup_code::remove(data_dir)?;
+        return Ok(None);
+    }
+    let code = setup_code::load_or_create(data_dir)?;
+    tracing::info!(
+        file = %setup_code::path(data_dir).display(),
+        "no owner yet: creating one in the browser needs the setup code printed on stdout and \
+         kept in this file (`taos-host user create` on this machine needs none)"
+    );
+    Ok(Some(code))
+}
+
 /// Seals trace buckets older than two hours, every ten minutes.
 fn spawn_trace_sealer(state: AppState) {
     tokio::spawn(async move {
@@ -217,6 +233,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         identity,
     } = opened;
     let local_token = local_token::load_or_create(&data_dir)?;
+    let first_run_code = prepare_setup_code(&db, &data_dir).await?;
     let public_tcp = TcpListener::bind(config.server.bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.server.bind))?;
@@ -384,6 +401,14 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         "taos-host ready public={scheme}://{public_addr} agent=http://{agent_addr} fingerprint={}",
         state.pin
     );
+    // The setup code goes to the console on its own line, never into the log.
+    if let Some(code) = first_run_code {
+        println!(
+            "taos-host setup-code={code} (no owner yet: enter it on the first-run page at \
+             {scheme}://{public_addr}/ to create the owner; it is also in {})",
+            setup_code::path(&state.data_dir).display()
+        );
+    }
 
     shutdown_signal().await;
     let _ = shutdown_tx.send(true);

@@ -210,12 +210,25 @@ impl Host {
         }
     }
 
-    /// Creates the owner through first-run setup and returns a signed-in session.
+    /// The first-run setup code the host wrote to its data dir while it has no owner.
+    pub fn setup_code(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir.join("setup-code"))
+            .ok()
+            .map(|code| code.trim().to_string())
+    }
+
+    /// Creates the owner through first-run setup (with the setup code from the data dir, as
+    /// someone at the host would) and returns a signed-in session.
     pub async fn setup_owner(&self) -> Session {
+        let mut body = json!({"username": OWNER, "password": OWNER_PASSWORD});
+        // A host without a code file refuses setup; sending none lets it say so.
+        if let Some(code) = self.setup_code() {
+            body["setup_code"] = json!(code);
+        }
         let response = self
             .client()
             .post(self.url("/api/auth/setup"))
-            .json(&json!({"username": OWNER, "password": OWNER_PASSWORD}))
+            .json(&body)
             .send()
             .await
             .expect("setup request");
@@ -254,6 +267,37 @@ impl Host {
             .expect("pair");
         assert_eq!(response.status(), StatusCode::CREATED, "pair");
         response.json().await.expect("pair json")
+    }
+
+    /// Creates another user (not the owner, once there is one) with `taos-host user create`,
+    /// as the owner would on the host.
+    pub fn create_user(&self, name: &str, password: &str) {
+        use std::io::Write;
+        let mut child = std::process::Command::new(&self.bin)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["user", "create", name, "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run taos-host user create");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("write the password");
+        assert!(
+            child.wait().expect("user create").success(),
+            "user create {name}"
+        );
+    }
+
+    /// Signs a user in and returns their session.
+    pub async fn session(&self, username: &str, password: &str) -> Session {
+        let response = self.login(username, password).await;
+        assert_eq!(response.status(), StatusCode::OK, "login {username}");
+        Session::from_response(self, response).await
     }
 
     /// Runs a `taos-host` CLI command against this host's data dir.

@@ -3,16 +3,21 @@
 // upstream, and passes:
 //   TAOS_URL          the host's public URL (self-signed TLS: this browser ignores cert errors)
 //   TAOS_LOCAL_TOKEN  the host's local admin token (to raise a notification from "outside")
+//   TAOS_DATA_DIR     the host's data dir: first-run setup reads its setup-code file, as the
+//                     person at the host would
+//   TAOS_FINGERPRINT  what `taos-host fingerprint` prints: the sign-in page must show it
 //   TAOS_FAKE_URL     the fake LLM upstream's base URL; TAOS_FAKE_KEY its API key
 //   TAOS_E2E_OUT      where screenshots go (default target/ui-e2e)
 //   TAOS_E2E_AGENT    the name of the agent to deploy (default "UI Helper")
 // Exits 0 only if every step passed; prints one line per step.
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { chromium, request } from 'playwright-core';
 
 const URL_ = required('TAOS_URL');
 const LOCAL_TOKEN = required('TAOS_LOCAL_TOKEN');
+const DATA_DIR = required('TAOS_DATA_DIR');
+const FINGERPRINT = required('TAOS_FINGERPRINT');
 const FAKE_URL = required('TAOS_FAKE_URL');
 const FAKE_KEY = process.env.TAOS_FAKE_KEY ?? '';
 const OUT = resolve(process.env.TAOS_E2E_OUT ?? 'target/ui-e2e');
@@ -110,13 +115,21 @@ try {
     await ctx.close();
   });
 
-  await step('first run: create the owner account', async () => {
+  await step('first run: a wrong setup code is refused, the one from the data dir creates the owner', async () => {
     await page.goto(`${URL_}/`);
     await page.getByRole('heading', { name: 'Create the owner account' }).waitFor();
-    await screenshot(page, 'first-run');
+    const shown = await page.getByTestId('host-fingerprint').innerText();
+    assert(shown === FINGERPRINT, `the page shows ${shown}, taos-host fingerprint says ${FINGERPRINT}`);
     await page.getByLabel('Username').fill('owner');
     await page.getByLabel('Password', { exact: true }).fill(PASSWORD);
     await page.getByLabel('Password again').fill(PASSWORD);
+    await page.getByLabel('Setup code').fill('AAAA-AAAA-AAAA');
+    await page.getByRole('button', { name: 'Create account' }).click();
+    const refused = await page.getByTestId('login-error').innerText();
+    assert(/setup code/.test(refused), `no setup-code error: ${refused}`);
+    await screenshot(page, 'first-run');
+    const code = readFileSync(join(DATA_DIR, 'setup-code'), 'utf8').trim();
+    await page.getByLabel('Setup code').fill(code);
     await page.getByRole('button', { name: 'Create account' }).click();
     await page.getByRole('heading', { name: 'Agents' }).waitFor();
     await page.locator('[data-testid=live]', { hasText: 'live' }).waitFor();
@@ -126,6 +139,7 @@ try {
   await step('sign out, a wrong password is refused, sign in', async () => {
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.getByRole('heading', { name: 'Sign in to taos' }).waitFor();
+    assert((await page.getByTestId('host-fingerprint').innerText()) === FINGERPRINT, 'sign-in page fingerprint');
     await page.getByLabel('Username').fill('owner');
     await page.getByLabel('Password').fill('not the password');
     await page.getByRole('button', { name: 'Sign in' }).click();

@@ -55,7 +55,9 @@ if (URL_) {
   });
   // The owner account, and its session for the signed-in runs.
   const api = await request.newContext({ ignoreHTTPSErrors: true, baseURL: URL_ });
-  let r = await api.post('/api/auth/setup', { data: { username: 'owner', password: PASSWORD } });
+  // First-run setup needs the code the host keeps in its data dir (bench-ui.sh passes it).
+  const setupCode = process.env.TAOS_SETUP_CODE ?? '';
+  let r = await api.post('/api/auth/setup', { data: { username: 'owner', password: PASSWORD, setup_code: setupCode } });
   if (r.status() === 409) r = await api.post('/api/auth/login', { data: { username: 'owner', password: PASSWORD } });
   if (!r.ok()) throw new Error(`sign in: ${r.status()} ${await r.text()}`);
   const { csrf_token: csrf } = await r.json();

@@ -20,6 +20,8 @@ pub enum CacheError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the offline cache holds something unreadable: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("the offline cache's folder could not be made private: {0}")]
+    Io(#[from] std::io::Error),
     /// A message the host would refuse is not queued: it would only fail later.
     #[error("{0}")]
     BadInput(String),
@@ -54,10 +56,14 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// Opens (creating) the cache. Its folder is made 0700 and the database file 0600 before
+    /// SQLite opens it, so the chats it holds — and SQLite's `-wal` and `-shm` files, created
+    /// with the process umask — are never readable by other users of the machine.
     pub async fn open(path: &Path) -> Result<Cache, CacheError> {
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            private_dir(dir)?;
         }
+        private_file(path)?;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -68,11 +74,6 @@ impl Cache {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        }
         Ok(Cache { pool })
     }
 
@@ -439,6 +440,46 @@ impl Cache {
     }
 }
 
+/// Creates `dir` (and parents) 0700, or tightens an existing one to 0700.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        if std::fs::metadata(dir)?.permissions().mode() & 0o777 != 0o700 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
+}
+
+/// Creates the database file 0600 if it is missing, or tightens an existing one.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
+}
+
 const OUTBOX_COLUMNS: &str =
     "client_id, channel_id, content, thread_id, state, attempts, last_error, message_id, created_at";
 
@@ -483,4 +524,41 @@ where
     .execute(db)
     .await?;
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn the_cache_folder_is_private_before_the_database_opens() {
+        let root = tempfile::tempdir().unwrap();
+        // A fresh folder, several levels down, as on first start.
+        let dir = root.path().join("app/data");
+        let db = dir.join("cache.db");
+        let cache = Cache::open(&db).await.unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&db), 0o600);
+        drop(cache);
+
+        // A folder some earlier version (or the platform) made world-readable is tightened,
+        // and so is the database in it, before SQLite writes anything.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cache = Cache::open(&db).await.unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&db), 0o600);
+        // What SQLite made next to the database is inside the private folder.
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            assert_eq!(path.parent().map(mode), Some(0o700), "{}", path.display());
+        }
+        drop(cache);
+    }
 }

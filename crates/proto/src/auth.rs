@@ -36,9 +36,24 @@ pub struct AuthStatus {
     pub configured: bool,
     pub authenticated: bool,
     pub user: Option<User>,
+    /// The host's key pin (`sha256/<base64>`), for comparing with `taos-host fingerprint` on
+    /// the host.
+    pub fingerprint: String,
 }
 
-/// Body of `POST /api/auth/setup` and `POST /api/auth/login`.
+/// Body of `POST /api/auth/setup`: the owner's account and the setup code the host printed at
+/// start (also in `setup-code` in its data dir).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct OwnerSetup {
+    pub username: String,
+    pub password: String,
+    /// Case, spaces and dashes don't matter.
+    pub setup_code: String,
+}
+
+/// Body of `POST /api/auth/login`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]

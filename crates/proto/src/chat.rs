@@ -86,6 +86,10 @@ pub struct Channel {
     /// The newest sequence number in this channel.
     pub last_seq: i64,
     pub archived: bool,
+    /// The member (`user:<username>`) who made it; besides the owner, only they may rename,
+    /// archive or delete it or change its people. `null` for DMs and older channels.
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -43,6 +43,10 @@ pub struct Notification {
     /// Source-specific details (agent slug, numbers, links).
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: serde_json::Value,
+    /// The user it is for; `null` means the owner. The owner sees every notification, other
+    /// users only their own.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +63,46 @@ pub struct NewNotification {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: Option<serde_json::Value>,
+}
+
+/// The largest `data` a notification may carry, as JSON, in bytes.
+pub const MAX_NOTIFICATION_DATA_BYTES: usize = 4096;
+
+/// Body of `POST /api/notifications`: a notification and, optionally, who it is for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PostNotification {
+    pub level: Level,
+    pub title: String,
+    #[serde(default)]
+    pub message: String,
+    /// Defaults to `api`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// A JSON object of at most 4096 bytes.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub data: Option<serde_json::Value>,
+    /// The username of the user it is for; omitted, it is for the owner.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+impl PostNotification {
+    /// The notification itself, and who it is for.
+    pub fn split(self) -> (NewNotification, Option<String>) {
+        (
+            NewNotification {
+                level: self.level,
+                title: self.title,
+                message: self.message,
+                source: self.source,
+                data: self.data,
+            },
+            self.user,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

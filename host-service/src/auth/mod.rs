@@ -9,6 +9,7 @@ pub mod local_token;
 pub mod password;
 pub mod ratelimit;
 pub mod sessions;
+pub mod setup_code;
 pub mod users;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

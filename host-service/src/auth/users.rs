@@ -50,6 +50,15 @@ pub async fn get(db: &Db, id: Uuid) -> Result<Option<User>, AuthError> {
     Ok(row.as_ref().map(user_from_row).transpose()?)
 }
 
+pub async fn by_username(db: &Db, username: &str) -> Result<Option<User>, AuthError> {
+    let row =
+        sqlx::query("SELECT id, username, is_owner, created_at FROM users WHERE username = ?")
+            .bind(username)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.as_ref().map(user_from_row).transpose()?)
+}
+
 /// The owner, for whom the owner's paired devices act.
 pub async fn owner(db: &Db) -> Result<Option<User>, AuthError> {
     let row = sqlx::query(

@@ -190,7 +190,8 @@ impl Chat {
 
     pub async fn channel(&self, id: &str) -> Result<Channel, ChatError> {
         let row = sqlx::query(
-            "SELECT id, name, type, settings, created_at, last_seq, archived FROM channels WHERE id = ?",
+            "SELECT id, name, type, settings, created_at, last_seq, archived, created_by \
+             FROM channels WHERE id = ?",
         )
         .bind(id)
         .fetch_optional(&self.db)
@@ -207,6 +208,7 @@ impl Chat {
             created_at: from_ms(row.try_get("created_at")?),
             last_seq: row.try_get("last_seq")?,
             archived: row.try_get("archived")?,
+            created_by: row.try_get("created_by")?,
         })
     }
 
@@ -257,6 +259,7 @@ impl Chat {
             new.kind,
             &settings,
             None,
+            Some(creator),
             &members,
         )
         .await?;
@@ -714,7 +717,9 @@ async fn next_seq(tx: &mut sqlx::SqliteConnection, channel_id: &str) -> Result<i
     .ok_or(ChatError::NotFound("no such channel"))
 }
 
-/// Inserts a channel and its members inside a caller's transaction.
+/// Inserts a channel and its members inside a caller's transaction. `created_by` (a member id)
+/// may manage the channel besides the owner; DMs have none.
+#[allow(clippy::too_many_arguments)]
 pub async fn insert_channel(
     tx: &mut sqlx::SqliteConnection,
     id: &str,
@@ -722,6 +727,7 @@ pub async fn insert_channel(
     kind: ChannelType,
     settings: &ChannelSettings,
     dm_agent_id: Option<Uuid>,
+    created_by: Option<&str>,
     members: &[String],
 ) -> Result<(), ChatError> {
     let now = now_ms();
@@ -731,7 +737,8 @@ pub async fn insert_channel(
         ChannelType::Topic => "topic",
     };
     sqlx::query(
-        "INSERT INTO channels (id, name, type, settings, created_at, dm_agent_id) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO channels (id, name, type, settings, created_at, dm_agent_id, created_by) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id)
     .bind(name)
@@ -739,6 +746,7 @@ pub async fn insert_channel(
     .bind(serde_json::to_string(settings).unwrap_or_default())
     .bind(now)
     .bind(dm_agent_id.map(|u| u.to_string()))
+    .bind(created_by)
     .execute(&mut *tx)
     .await?;
     for (i, member) in members.iter().enumerate() {
@@ -768,6 +776,7 @@ pub async fn create_dm(
         ChannelType::Dm,
         &ChannelSettings::default(),
         Some(agent.id),
+        None,
         &[owner_member.to_string(), agent.slug.clone()],
     )
     .await?;

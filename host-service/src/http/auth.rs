@@ -6,7 +6,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use taos_proto::auth::{
-    AuthStatus, Credentials, DeviceTokens, LoginResponse, RefreshRequest, User,
+    AuthStatus, Credentials, DeviceTokens, LoginResponse, OwnerSetup, RefreshRequest, User,
 };
 use taos_proto::error::ErrorBody;
 use utoipa_axum::router::OpenApiRouter;
@@ -16,7 +16,7 @@ use super::error::ApiError;
 use super::extract::{cookie, Auth, ClientAddr, Json, MaybeAuth};
 use super::AppState;
 use crate::auth::sessions::{self, CSRF_COOKIE, SESSION_COOKIE, SESSION_TTL_MS};
-use crate::auth::{devices, users, AuthError, Principal};
+use crate::auth::{devices, setup_code, users, AuthError, Principal};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -57,7 +57,7 @@ fn signed_in(status: StatusCode, user: User, session: sessions::NewSession) -> R
     response
 }
 
-/// Whether an owner exists, and who is calling. Needs no credentials.
+/// Whether an owner exists, who is calling, and the host's key pin. Needs no credentials.
 #[utoipa::path(get, path = "/api/auth/status", tag = "auth", security(()),
     responses((status = 200, description = "Setup and sign-in state", body = AuthStatus)))]
 async fn status(
@@ -76,24 +76,58 @@ async fn status(
         configured,
         authenticated: principal.is_some(),
         user,
+        fingerprint: state.pin.to_string(),
     }))
 }
 
-/// First-run setup: creates the owner and signs them in. Only while no user exists.
+/// First-run setup: creates the owner and signs them in. Only while no user exists, and only
+/// with the setup code the host printed at start (also in `setup-code` in its data dir).
 #[utoipa::path(post, path = "/api/auth/setup", tag = "auth", security(()),
-    request_body = Credentials,
+    request_body = OwnerSetup,
     responses(
         (status = 201, description = "Owner created and signed in; cookies set", body = LoginResponse),
         (status = 400, description = "Bad username or password shorter than 10 characters", body = ErrorBody),
-        (status = 409, description = "Already configured", body = ErrorBody)))]
+        (status = 403, description = "Wrong setup code", body = ErrorBody),
+        (status = 409, description = "Already configured", body = ErrorBody),
+        (status = 429, description = "Too many wrong codes from this address; see Retry-After", body = ErrorBody)))]
 async fn setup(
     State(state): State<AppState>,
-    Json(body): Json<Credentials>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    Json(body): Json<OwnerSetup>,
 ) -> Result<Response, ApiError> {
+    if users::count(&state.db).await? > 0 {
+        return Err(AuthError::AlreadyConfigured.into());
+    }
+    check_setup_code(&state, client.ip(), &body.setup_code)?;
     let user = users::setup_owner(&state.db, &body.username, &body.password).await?;
     tracing::info!(username = %user.username, "owner account created");
+    if let Err(e) = setup_code::remove(&state.data_dir) {
+        tracing::warn!(error = %e, "cannot remove the used setup code");
+    }
     let session = sessions::create(&state.db, user.id).await?;
     Ok(signed_in(StatusCode::CREATED, user, session))
+}
+
+/// The setup code must match, compared in constant time; wrong codes count against the
+/// address like failed logins, so it can't be guessed.
+fn check_setup_code(state: &AppState, ip: std::net::IpAddr, offered: &str) -> Result<(), ApiError> {
+    if let Err(wait) = state.login_limiter.check(ip, Instant::now()) {
+        return Err(AuthError::RateLimited {
+            retry_after_secs: wait.as_secs().max(1),
+        }
+        .into());
+    }
+    if setup_code::matches(&state.data_dir, offered).map_err(ApiError::internal)? {
+        return Ok(());
+    }
+    state.login_limiter.record_failure(ip, Instant::now());
+    tracing::info!(%ip, "wrong setup code");
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "bad_setup_code",
+        "wrong setup code: use the one taos-host printed when it started (also in the \
+         setup-code file in its data directory)",
+    ))
 }
 
 /// Password login. Sets `taos_session` (HttpOnly) and `taos_csrf` cookies.

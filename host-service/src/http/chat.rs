@@ -4,8 +4,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use taos_proto::chat::{
-    AuthorType, Channel, ChannelPatch, MemberChange, Message, MessageEdit, MessageState,
-    NewChannel, NewMessage,
+    AuthorType, Channel, ChannelPatch, MemberAction, MemberChange, Message, MessageEdit,
+    MessageState, NewChannel, NewMessage,
 };
 use taos_proto::error::ErrorBody;
 use utoipa::IntoParams;
@@ -73,7 +73,39 @@ pub(super) async fn visible_channel(
     Ok(channel)
 }
 
-/// Creates a channel; the caller is its first member.
+/// The channel, if this principal may change it: the owner side may change any channel, other
+/// users only channels they created (one they can see but didn't make is 403).
+async fn manageable_channel(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<Channel, ApiError> {
+    let channel = visible_channel(state, principal, id).await?;
+    if !principal.acts_as_owner() {
+        let me = human_member(state, principal).await?;
+        if channel.created_by.as_deref() != Some(me.as_str()) {
+            return Err(ApiError::forbidden(
+                "only the owner or the channel's creator may change this channel",
+            ));
+        }
+    }
+    Ok(channel)
+}
+
+/// Agents are the owner's: only the owner side may put one in a channel (it would answer
+/// there, on the owner's models and budget).
+fn check_may_add(principal: &Principal, member: &str) -> Result<(), ApiError> {
+    if principal.acts_as_owner() || member.starts_with(crate::chat::USER_MEMBER_PREFIX) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "only the owner may add an agent to a channel",
+        ))
+    }
+}
+
+/// Creates a channel; the caller is its first member and may manage it. Only the owner may
+/// include agents.
 #[utoipa::path(post, path = "/api/chat/channels", tag = "chat", request_body = NewChannel,
     responses((status = 201, description = "The channel", body = Channel),
         (status = 400, description = "Bad name, settings or unknown member", body = ErrorBody),
@@ -87,6 +119,9 @@ async fn create_channel(
         return Err(ApiError::bad_request(
             "DM channels are made with their agent",
         ));
+    }
+    for member in &body.members {
+        check_may_add(&principal, member)?;
     }
     let creator = human_member(&state, &principal).await?;
     Ok((
@@ -110,12 +145,13 @@ async fn get_channel(
 }
 
 /// Renames, archives, or changes settings (`response_mode` quiet|lively, `max_hops` 1-10,
-/// `cooldown_seconds` 0-60).
+/// `cooldown_seconds` 0-60). The owner or the channel's creator.
 #[utoipa::path(patch, path = "/api/chat/channels/{id}", tag = "chat", request_body = ChannelPatch,
     params(("id" = String, Path, description = "Channel id")),
     responses((status = 200, description = "The channel", body = Channel),
         (status = 400, description = "Bad value", body = ErrorBody),
         (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Neither the owner nor the channel's creator", body = ErrorBody),
         (status = 404, description = "No such channel", body = ErrorBody)))]
 async fn patch_channel(
     Auth(principal): Auth,
@@ -123,32 +159,36 @@ async fn patch_channel(
     Path(id): Path<String>,
     Json(patch): Json<ChannelPatch>,
 ) -> Result<Json<Channel>, ApiError> {
-    visible_channel(&state, &principal, &id).await?;
+    manageable_channel(&state, &principal, &id).await?;
     Ok(Json(state.chat.update_channel(&id, &patch).await?))
 }
 
-/// Deletes the channel and every message in it.
+/// Deletes the channel and every message in it. The owner or the channel's creator.
 #[utoipa::path(delete, path = "/api/chat/channels/{id}", tag = "chat",
     params(("id" = String, Path, description = "Channel id")),
     responses((status = 204, description = "Deleted with its messages"),
         (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Neither the owner nor the channel's creator", body = ErrorBody),
         (status = 404, description = "No such channel", body = ErrorBody)))]
 async fn delete_channel(
     Auth(principal): Auth,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    visible_channel(&state, &principal, &id).await?;
+    manageable_channel(&state, &principal, &id).await?;
     state.chat.delete_channel(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Adds or removes a member (an agent slug or `user:<username>`).
+/// Adds or removes a member (an agent slug or `user:<username>`). The owner may change any
+/// channel; a channel's creator may add and remove people and remove agents; any member may
+/// leave. Only the owner adds agents.
 #[utoipa::path(post, path = "/api/chat/channels/{id}/members", tag = "chat", request_body = MemberChange,
     params(("id" = String, Path, description = "Channel id")),
     responses((status = 200, description = "The channel", body = Channel),
         (status = 400, description = "Unknown agent or user, or a DM", body = ErrorBody),
         (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not allowed to make this change", body = ErrorBody),
         (status = 404, description = "No such channel", body = ErrorBody)))]
 async fn change_member(
     Auth(principal): Auth,
@@ -156,7 +196,17 @@ async fn change_member(
     Path(id): Path<String>,
     Json(change): Json<MemberChange>,
 ) -> Result<Json<Channel>, ApiError> {
-    visible_channel(&state, &principal, &id).await?;
+    let leaving = change.action == MemberAction::Remove
+        && !principal.acts_as_owner()
+        && change.member == human_member(&state, &principal).await?;
+    if leaving {
+        visible_channel(&state, &principal, &id).await?;
+    } else {
+        manageable_channel(&state, &principal, &id).await?;
+        if change.action == MemberAction::Add {
+            check_may_add(&principal, &change.member)?;
+        }
+    }
     Ok(Json(
         state
             .chat

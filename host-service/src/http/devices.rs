@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{Auth, Json, OwnerOrAdmin, Path};
+use super::extract::{Json, OwnerLike, OwnerOrAdmin, Path};
 use super::AppState;
 use crate::auth::devices;
 use crate::qr;
@@ -68,28 +68,31 @@ async fn pair(
     Ok((StatusCode::CREATED, Json(tokens)))
 }
 
-/// Paired devices, newest first, with when each was last seen.
+/// Paired devices, newest first, with when each was last seen. Devices are the owner's (only
+/// the owner pairs them, and they act for the owner), so other users get 403.
 #[utoipa::path(get, path = "/api/devices", tag = "devices",
     responses(
         (status = 200, description = "Paired devices", body = Vec<Device>),
-        (status = 401, description = "No credentials", body = ErrorBody)))]
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody)))]
 async fn list_devices(
-    _auth: Auth,
+    _auth: OwnerLike,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<Device>>, ApiError> {
     Ok(Json(devices::list(&state.db).await?))
 }
 
-/// Revokes a device at once; its next request gets 401.
+/// Revokes a device at once; its next request gets 401. Owner side only.
 #[utoipa::path(delete, path = "/api/devices/{id}", tag = "devices",
     params(("id" = Uuid, Path, description = "Device id")),
     responses(
         (status = 204, description = "Revoked"),
         (status = 400, description = "Not a device id", body = ErrorBody),
         (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
         (status = 404, description = "No such device", body = ErrorBody)))]
 async fn revoke_device(
-    _auth: Auth,
+    _auth: OwnerLike,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {

@@ -113,7 +113,9 @@ impl From<NotifyError> for ApiError {
         match e {
             NotifyError::BadInput(m) => ApiError::bad_request(m),
             NotifyError::NotFound => ApiError::not_found("no such notification"),
-            e @ (NotifyError::Db(_) | NotifyError::Json(_)) => ApiError::internal(e),
+            e @ (NotifyError::Db(_) | NotifyError::Json(_) | NotifyError::Decode(_)) => {
+                ApiError::internal(e)
+            }
         }
     }
 }

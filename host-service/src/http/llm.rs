@@ -61,11 +61,13 @@ async fn reload(state: &AppState) {
     }
 }
 
-/// LiteLLM's state, models, last error and log tail.
+/// LiteLLM's state, models, last error and log tail. Owner side only: the log can name
+/// providers, models and agents' requests.
 #[utoipa::path(get, path = "/api/llm/status", tag = "llm",
     responses((status = 200, description = "LiteLLM's state", body = LlmStatus),
-        (status = 401, description = "No credentials", body = ErrorBody)))]
-async fn llm_status(_auth: Auth, State(state): State<AppState>) -> Json<LlmStatus> {
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody)))]
+async fn llm_status(_auth: OwnerLike, State(state): State<AppState>) -> Json<LlmStatus> {
     Json(state.llm.supervisor.status())
 }
 

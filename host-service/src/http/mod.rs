@@ -11,6 +11,7 @@ pub mod devices;
 pub mod error;
 pub mod extract;
 pub mod gateway;
+pub mod hosts;
 pub mod llm;
 pub mod notifications;
 pub mod ops;
@@ -238,7 +239,12 @@ pub fn public_app(state: AppState) -> Router {
         // The web UI for GETs outside /api; JSON 404 for everything else.
         .fallback(ui::fallback)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state.clone());
+        .with_state(state.clone())
+        // Before anything else answers: only this host's own names (DNS rebinding).
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            hosts::check_host,
+        ));
     common_layers(router, &state)
 }
 

@@ -9,16 +9,19 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
 use taos_proto::error::ErrorBody;
-use taos_proto::events::{HostEvent, NewNotification, Notification, ReadAllResponse, EVENT_RESYNC};
+use taos_proto::events::{
+    HostEvent, Notification, PostNotification, ReadAllResponse, EVENT_RESYNC,
+};
 use tokio::sync::{broadcast, mpsc};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{Auth, Json, Path, Query};
+use super::extract::{Auth, Json, OwnerLike, Path, Query};
 use super::AppState;
-use crate::notify;
+use crate::auth::{users, Principal};
+use crate::notify::{self, Audience, Published, Viewer};
 
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const BACKLOG_PAGE: i64 = 500;
@@ -31,6 +34,19 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(events))
 }
 
+/// The owner, their devices and the local admin see every notification and event; another
+/// user only those addressed to them.
+pub fn viewer(principal: &Principal) -> Viewer {
+    match principal {
+        Principal::User {
+            user_id,
+            is_owner: false,
+            ..
+        } => Viewer::User(*user_id),
+        _ => Viewer::Owner,
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListParams {
@@ -40,19 +56,20 @@ struct ListParams {
     limit: Option<i64>,
 }
 
-/// Notifications, newest first.
+/// Notifications, newest first: every one for the owner, their own for other users.
 #[utoipa::path(get, path = "/api/notifications", tag = "notifications", params(ListParams),
     responses(
         (status = 200, description = "Notifications, newest first", body = Vec<Notification>),
         (status = 400, description = "Bad limit", body = ErrorBody),
         (status = 401, description = "No credentials", body = ErrorBody)))]
 async fn list(
-    _auth: Auth,
+    Auth(principal): Auth,
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Vec<Notification>>, ApiError> {
     let items = notify::list(
         &state.db,
+        viewer(&principal),
         params.unread_only.unwrap_or(false),
         params.limit.unwrap_or(50),
     )
@@ -60,22 +77,41 @@ async fn list(
     Ok(Json(items))
 }
 
-/// Raises a notification (for scripts on the host and for tests; subsystems raise their own).
+/// Raises a notification, for the owner or (with `user`) for another user. For scripts on the
+/// host and for tests; subsystems raise their own. Owner side only. `data` is at most 4 KiB;
+/// each recipient keeps their newest 1000 notifications.
 #[utoipa::path(post, path = "/api/notifications", tag = "notifications",
-    request_body = NewNotification,
+    request_body = PostNotification,
     responses(
         (status = 201, description = "Created; also sent on /api/events", body = Notification),
-        (status = 400, description = "Bad input", body = ErrorBody),
-        (status = 401, description = "No credentials", body = ErrorBody)))]
+        (status = 400, description = "Bad input, data over 4 KiB, or no such user", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody)))]
 async fn create(
-    _auth: Auth,
+    _auth: OwnerLike,
     State(state): State<AppState>,
-    Json(body): Json<NewNotification>,
+    Json(body): Json<PostNotification>,
 ) -> Result<(StatusCode, Json<Notification>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.hub.notify(body).await?)))
+    let (new, username) = body.split();
+    let audience = match username.as_deref() {
+        None => Audience::Owner,
+        Some(name) => match users::by_username(&state.db, name).await? {
+            Some(user) if user.is_owner => Audience::Owner,
+            Some(user) => Audience::User(user.id),
+            None => return Err(ApiError::bad_request(format!("no user {name}"))),
+        },
+    };
+    let username = match audience {
+        Audience::Owner => None,
+        Audience::User(_) => username,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(state.hub.notify_to(new, audience, username).await?),
+    ))
 }
 
-/// Marks one notification read.
+/// Marks one notification read (another user's is 404 to a user who isn't the owner).
 #[utoipa::path(post, path = "/api/notifications/{id}/read", tag = "notifications",
     params(("id" = i64, Path, description = "Notification id")),
     responses(
@@ -84,24 +120,24 @@ async fn create(
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 404, description = "No such notification", body = ErrorBody)))]
 async fn mark_read(
-    _auth: Auth,
+    Auth(principal): Auth,
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Json<Notification>, ApiError> {
-    Ok(Json(state.hub.mark_read(id).await?))
+    Ok(Json(state.hub.mark_read(id, viewer(&principal)).await?))
 }
 
-/// Marks every notification read.
+/// Marks every notification the caller sees read.
 #[utoipa::path(post, path = "/api/notifications/read-all", tag = "notifications",
     responses(
         (status = 200, description = "How many changed", body = ReadAllResponse),
         (status = 401, description = "No credentials", body = ErrorBody)))]
 async fn mark_all_read(
-    _auth: Auth,
+    Auth(principal): Auth,
     State(state): State<AppState>,
 ) -> Result<Json<ReadAllResponse>, ApiError> {
     Ok(Json(ReadAllResponse {
-        updated: state.hub.mark_all_read().await?,
+        updated: state.hub.mark_all_read(viewer(&principal)).await?,
     }))
 }
 
@@ -112,8 +148,9 @@ struct EventParams {
     last_event_id: Option<i64>,
 }
 
-/// Server-sent events: every host event (`notification.created`, `notification.read`, …) with
-/// `id:`. Reconnect with `Last-Event-ID` to get exactly what was missed; if that is older than
+/// Server-sent events: host events (`notification.created`, `notification.read`, …) with
+/// `id:`. The owner side gets every event; another user only events addressed to them (their
+/// own notifications). Reconnect with `Last-Event-ID` to get exactly what was missed; if that is older than
 /// what the host keeps, the first event is `resync`. A keep-alive comment comes every 15 s.
 #[utoipa::path(get, path = "/api/events", tag = "notifications", params(EventParams),
     responses(
@@ -121,7 +158,7 @@ struct EventParams {
         (status = 400, description = "Bad Last-Event-ID", body = ErrorBody),
         (status = 401, description = "No credentials", body = ErrorBody)))]
 async fn events(
-    _auth: Auth,
+    Auth(principal): Auth,
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(params): Query<EventParams>,
@@ -157,7 +194,13 @@ async fn events(
         }
         None => newest,
     };
-    tokio::spawn(pump_events(state.clone(), live, tx, start));
+    tokio::spawn(pump_events(
+        state.clone(),
+        live,
+        tx,
+        start,
+        viewer(&principal),
+    ));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|event| (Ok(event), rx))
     });
@@ -175,16 +218,17 @@ fn to_sse(event: &HostEvent) -> Event {
 /// Sends the backlog after `cursor`, then live events, until the client goes or the host stops.
 async fn pump_events(
     state: AppState,
-    mut live: broadcast::Receiver<HostEvent>,
+    mut live: broadcast::Receiver<Published>,
     tx: mpsc::Sender<Event>,
     mut cursor: i64,
+    viewer: Viewer,
 ) {
     let mut shutdown = state.shutdown.clone();
     let mut need_backlog = true;
     loop {
         if need_backlog {
             loop {
-                let page = match state.hub.events_after(cursor, BACKLOG_PAGE).await {
+                let page = match state.hub.events_after(cursor, BACKLOG_PAGE, viewer).await {
                     Ok(page) => page,
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the event backlog failed");
@@ -206,8 +250,9 @@ async fn pump_events(
         }
         tokio::select! {
             received = live.recv() => match received {
-                Ok(event) if event.id <= cursor => {}
-                Ok(event) => {
+                Ok(Published { event, .. }) if event.id <= cursor => {}
+                Ok(Published { audience, .. }) if !viewer.sees(audience) => {}
+                Ok(Published { event, .. }) => {
                     cursor = event.id;
                     if tx.send(to_sse(&event)).await.is_err() {
                         return;

@@ -9,25 +9,6 @@ use taos_e2e::{AgentClient, Session, WsClient};
 
 use crate::start;
 
-fn create_user(host: &taos_e2e::Host, name: &str, password: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(&host.bin)
-        .arg("--data-dir")
-        .arg(&host.data_dir)
-        .args(["user", "create", name, "--password-stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-}
-
 #[tokio::test]
 async fn a_non_owner_user_sees_only_their_channels_and_cannot_manage_agents() {
     let host = start().await;
@@ -39,7 +20,7 @@ async fn a_non_owner_user_sees_only_their_channels_and_cannot_manage_agents() {
         .send()
         .await
         .unwrap();
-    create_user(&host, "guest", "guest password 1");
+    host.create_user("guest", "guest password 1");
     let guest = Session::from_response(&host, host.login("guest", "guest password 1").await).await;
 
     let channels: Vec<Value> = guest

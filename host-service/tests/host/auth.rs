@@ -18,12 +18,19 @@ async fn setup_works_once_and_signs_the_owner_in() {
         .unwrap();
     assert_eq!(
         status,
-        json!({"configured": false, "authenticated": false, "user": null})
+        json!({
+            "configured": false,
+            "authenticated": false,
+            "user": null,
+            "fingerprint": host.pin.to_string(),
+        })
     );
 
     let short = client
         .post(host.url("/api/auth/setup"))
-        .json(&json!({"username": "owner", "password": "123456789"}))
+        .json(
+            &json!({"username": "owner", "password": "123456789", "setup_code": host.setup_code()}),
+        )
         .send()
         .await
         .unwrap();
@@ -44,7 +51,7 @@ async fn setup_works_once_and_signs_the_owner_in() {
     let session = host.setup_owner().await;
     let again = client
         .post(host.url("/api/auth/setup"))
-        .json(&json!({"username": "intruder", "password": "long enough password"}))
+        .json(&json!({"username": "intruder", "password": "long enough password", "setup_code": "AAAA-AAAA-AAAA"}))
         .send()
         .await
         .unwrap();
@@ -69,13 +76,15 @@ async fn setup_works_once_and_signs_the_owner_in() {
 #[tokio::test]
 async fn concurrent_setups_make_exactly_one_owner() {
     let host = start().await;
+    let code = host.setup_code().expect("a setup code");
     let attempts = (0..6).map(|i| {
         let client = host.client();
         let url = host.url("/api/auth/setup");
+        let code = code.clone();
         async move {
             client
                 .post(url)
-                .json(&json!({"username": format!("user{i}"), "password": "long enough password"}))
+                .json(&json!({"username": format!("user{i}"), "password": "long enough password", "setup_code": code}))
                 .send()
                 .await
                 .unwrap()

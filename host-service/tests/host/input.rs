@@ -36,7 +36,7 @@ async fn malformed_json_and_wrong_types_are_400() {
         ("/api/auth/refresh", "{\"refresh_token\": [\"x\"]}"),
         (
             "/api/auth/setup",
-            "{\"username\": \"owner\", \"password\": \"long enough pass\", \"admin\": true}",
+            "{\"username\": \"owner\", \"password\": \"long enough pass\", \"setup_code\": \"x\", \"admin\": true}",
         ),
     ];
     for (path, body) in cases {
@@ -94,7 +94,27 @@ async fn malformed_json_and_wrong_types_are_400() {
         .await
         .unwrap();
     assert_eq!(no_content_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // A notification's data is capped at 4 KiB of JSON, so a script can't fill the database.
+    let big = host
+        .admin(Method::POST, "/api/notifications")
+        .json(&json!({"level": "info", "title": "x", "data": {"blob": "a".repeat(4096)}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), StatusCode::BAD_REQUEST);
+    let err: Value = big.json().await.unwrap();
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("4096"),
+        "{err}"
+    );
     assert!(notifications(&host).await.is_empty());
+    let fits = host
+        .admin(Method::POST, "/api/notifications")
+        .json(&json!({"level": "info", "title": "x", "data": {"blob": "a".repeat(4000)}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fits.status(), StatusCode::CREATED);
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ fn numeric(path: &str) -> String {
     path.replace("{id}", "1")
 }
 
-async fn operations(host: &taos_e2e::Host) -> Vec<(String, String, Value)> {
+pub(crate) async fn operations(host: &taos_e2e::Host) -> Vec<(String, String, Value)> {
     let doc: Value = host
         .admin(Method::GET, "/api/openapi.json")
         .send()

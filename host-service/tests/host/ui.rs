@@ -151,6 +151,8 @@ async fn the_whole_app_in_chromium_against_the_real_host() {
         .current_dir(repo().join("ui"))
         .env("TAOS_URL", &host.public_url)
         .env("TAOS_LOCAL_TOKEN", host.local_token())
+        .env("TAOS_DATA_DIR", &host.data_dir)
+        .env("TAOS_FINGERPRINT", host.pin.to_string())
         .env("TAOS_FAKE_URL", fake.url())
         .env("TAOS_FAKE_KEY", key)
         .env("TAOS_E2E_OUT", &out)

@@ -64,10 +64,12 @@ export async function unpair() {
   unpaired();
 }
 
-export const session = $state<{ checked: boolean; configured: boolean; user: User | null }>({
+export const session = $state<{ checked: boolean; configured: boolean; user: User | null; fingerprint: string }>({
   checked: false,
   configured: true,
   user: null,
+  /** The host's key pin, shown on the sign-in page to compare with `taos-host fingerprint`. */
+  fingerprint: '',
 });
 
 export const live = $state({
@@ -193,6 +195,7 @@ export async function checkSession() {
   try {
     const status = await host.request<AuthStatus>('GET', '/api/auth/status');
     session.configured = status.configured;
+    session.fingerprint = status.fingerprint;
     session.user = status.authenticated ? (status.user ?? null) : null;
     if (shell.tauri && session.user) localStorage.setItem(KNOWN_USER, JSON.stringify(session.user));
   } catch (e) {

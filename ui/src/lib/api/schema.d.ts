@@ -531,7 +531,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** First-run setup: creates the owner and signs them in. Only while no user exists. */
+        /**
+         * First-run setup: creates the owner and signs them in. Only while no user exists, and only
+         *     with the setup code the host printed at start (also in `setup-code` in its data dir).
+         */
         post: operations["setup"];
         delete?: never;
         options?: never;
@@ -546,7 +549,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Whether an owner exists, and who is calling. Needs no credentials. */
+        /** Whether an owner exists, who is calling, and the host's key pin. Needs no credentials. */
         get: operations["status"];
         put?: never;
         post?: never;
@@ -566,7 +569,10 @@ export interface paths {
         /** Channels, oldest first. */
         get: operations["list_channels"];
         put?: never;
-        /** Creates a channel; the caller is its first member. */
+        /**
+         * Creates a channel; the caller is its first member and may manage it. Only the owner may
+         *     include agents.
+         */
         post: operations["create_channel"];
         delete?: never;
         options?: never;
@@ -585,13 +591,13 @@ export interface paths {
         get: operations["get_channel"];
         put?: never;
         post?: never;
-        /** Deletes the channel and every message in it. */
+        /** Deletes the channel and every message in it. The owner or the channel's creator. */
         delete: operations["delete_channel"];
         options?: never;
         head?: never;
         /**
          * Renames, archives, or changes settings (`response_mode` quiet|lively, `max_hops` 1-10,
-         *     `cooldown_seconds` 0-60).
+         *     `cooldown_seconds` 0-60). The owner or the channel's creator.
          */
         patch: operations["patch_channel"];
         trace?: never;
@@ -605,7 +611,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Adds or removes a member (an agent slug or `user:<username>`). */
+        /**
+         * Adds or removes a member (an agent slug or `user:<username>`). The owner may change any
+         *     channel; a channel's creator may add and remove people and remove agents; any member may
+         *     leave. Only the owner adds agents.
+         */
         post: operations["change_member"];
         delete?: never;
         options?: never;
@@ -696,7 +706,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Paired devices, newest first, with when each was last seen. */
+        /**
+         * Paired devices, newest first, with when each was last seen. Devices are the owner's (only
+         *     the owner pairs them, and they act for the owner), so other users get 403.
+         */
         get: operations["list_devices"];
         put?: never;
         post?: never;
@@ -750,7 +763,7 @@ export interface paths {
         get?: never;
         put?: never;
         post?: never;
-        /** Revokes a device at once; its next request gets 401. */
+        /** Revokes a device at once; its next request gets 401. Owner side only. */
         delete: operations["revoke_device"];
         options?: never;
         head?: never;
@@ -782,8 +795,9 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Server-sent events: every host event (`notification.created`, `notification.read`, …) with
-         *     `id:`. Reconnect with `Last-Event-ID` to get exactly what was missed; if that is older than
+         * Server-sent events: host events (`notification.created`, `notification.read`, …) with
+         *     `id:`. The owner side gets every event; another user only events addressed to them (their
+         *     own notifications). Reconnect with `Last-Event-ID` to get exactly what was missed; if that is older than
          *     what the host keeps, the first event is `resync`. A keep-alive comment comes every 15 s.
          */
         get: operations["events"];
@@ -836,7 +850,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** LiteLLM's state, models, last error and log tail. */
+        /**
+         * LiteLLM's state, models, last error and log tail. Owner side only: the log can name
+         *     providers, models and agents' requests.
+         */
         get: operations["llm_status"];
         put?: never;
         post?: never;
@@ -853,10 +870,14 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Notifications, newest first. */
+        /** Notifications, newest first: every one for the owner, their own for other users. */
         get: operations["list"];
         put?: never;
-        /** Raises a notification (for scripts on the host and for tests; subsystems raise their own). */
+        /**
+         * Raises a notification, for the owner or (with `user`) for another user. For scripts on the
+         *     host and for tests; subsystems raise their own. Owner side only. `data` is at most 4 KiB;
+         *     each recipient keeps their newest 1000 notifications.
+         */
         post: operations["create"];
         delete?: never;
         options?: never;
@@ -873,7 +894,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Marks every notification read. */
+        /** Marks every notification the caller sees read. */
         post: operations["mark_all_read"];
         delete?: never;
         options?: never;
@@ -890,7 +911,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Marks one notification read. */
+        /** Marks one notification read (another user's is 404 to a user who isn't the owner). */
         post: operations["mark_read"];
         delete?: never;
         options?: never;
@@ -1119,6 +1140,11 @@ export interface components {
             authenticated: boolean;
             /** @description Whether an owner account exists (false means first-run setup is open). */
             configured: boolean;
+            /**
+             * @description The host's key pin (`sha256/<base64>`), for comparing with `taos-host fingerprint` on
+             *     the host.
+             */
+            fingerprint: string;
             user?: null | components["schemas"]["User"];
         };
         /** @enum {string} */
@@ -1134,6 +1160,11 @@ export interface components {
             archived: boolean;
             /** Format: date-time */
             created_at: string;
+            /**
+             * @description The member (`user:<username>`) who made it; besides the owner, only they may rename,
+             *     archive or delete it or change its people. `null` for DMs and older channels.
+             */
+            created_by?: string | null;
             id: string;
             /**
              * Format: int64
@@ -1196,7 +1227,7 @@ export interface components {
             /** @enum {string} */
             type: "typing";
         };
-        /** @description Body of `POST /api/auth/setup` and `POST /api/auth/login`. */
+        /** @description Body of `POST /api/auth/login`. */
         Credentials: {
             password: string;
             username: string;
@@ -1422,14 +1453,6 @@ export interface components {
             content: string;
             thread_id?: string | null;
         };
-        NewNotification: {
-            data?: Record<string, never>;
-            level: components["schemas"]["Level"];
-            message?: string;
-            /** @description Defaults to `api`. */
-            source?: string | null;
-            title: string;
-        };
         NewProvider: {
             api_key?: string | null;
             /** @description Discovered from `<url>/models` when left out. */
@@ -1481,6 +1504,21 @@ export interface components {
             /** @description What raised it, e.g. `disk_quota`, `llm.budget`, `deploy`. */
             source: string;
             title: string;
+            /**
+             * @description The user it is for; `null` means the owner. The owner sees every notification, other
+             *     users only their own.
+             */
+            user?: string | null;
+        };
+        /**
+         * @description Body of `POST /api/auth/setup`: the owner's account and the setup code the host printed at
+         *     start (also in `setup-code` in its data dir).
+         */
+        OwnerSetup: {
+            password: string;
+            /** @description Case, spaces and dashes don't matter. */
+            setup_code: string;
+            username: string;
         };
         PairRequest: {
             device_name: string;
@@ -1515,6 +1553,18 @@ export interface components {
             qr_svg: string;
             /** @description The base64url pairing token to type or scan. */
             token: string;
+        };
+        /** @description Body of `POST /api/notifications`: a notification and, optionally, who it is for. */
+        PostNotification: {
+            /** @description A JSON object of at most 4096 bytes. */
+            data?: Record<string, never>;
+            level: components["schemas"]["Level"];
+            message?: string;
+            /** @description Defaults to `api`. */
+            source?: string | null;
+            title: string;
+            /** @description The username of the user it is for; omitted, it is for the owner. */
+            user?: string | null;
         };
         Prompt: components["schemas"]["PromptInfo"] & {
             body: string;
@@ -3440,7 +3490,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["Credentials"];
+                "application/json": components["schemas"]["OwnerSetup"];
             };
         };
         responses: {
@@ -3462,8 +3512,26 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Wrong setup code */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Already configured */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many wrong codes from this address; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3637,6 +3705,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Neither the owner nor the channel's creator */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description No such channel */
             404: {
                 headers: {
@@ -3691,6 +3768,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Neither the owner nor the channel's creator */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description No such channel */
             404: {
                 headers: {
@@ -3738,6 +3824,15 @@ export interface operations {
             };
             /** @description No credentials */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not allowed to make this change */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4056,6 +4151,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     pair: {
@@ -4168,6 +4272,15 @@ export interface operations {
             };
             /** @description No credentials */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4341,6 +4454,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     list: {
@@ -4395,7 +4517,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["NewNotification"];
+                "application/json": components["schemas"]["PostNotification"];
             };
         };
         responses: {
@@ -4408,7 +4530,7 @@ export interface operations {
                     "application/json": components["schemas"]["Notification"];
                 };
             };
-            /** @description Bad input */
+            /** @description Bad input, data over 4 KiB, or no such user */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -4419,6 +4541,15 @@ export interface operations {
             };
             /** @description No credentials */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
