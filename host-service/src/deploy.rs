@@ -674,7 +674,7 @@ pub async fn recover(state: &AppState) {
 /// At start-up: points every container agent's proxy devices at the agent listener as it is
 /// bound now (its address may have changed since the container was made).
 pub async fn reconcile_proxies(state: &AppState) {
-    let Some(rt) = state.runtime.as_ref().filter(|rt| rt.has_proxy_devices()) else {
+    let Some(rt) = state.runtime.as_ref() else {
         return;
     };
     let Ok(list) = agents::list(&state.db).await else {
@@ -687,12 +687,26 @@ pub async fn reconcile_proxies(state: &AppState) {
         if !rt.exists(container).await.unwrap_or(false) {
             continue;
         }
-        for device in proxy_devices(state.agent_addr) {
-            if let Err(e) = rt.add_device(container, &device).await {
-                tracing::warn!(agent = %agent.slug, error = %e, "could not re-point a proxy device");
-            }
+        if let Err(e) = repoint_proxies(state, rt, container).await {
+            tracing::warn!(agent = %agent.slug, error = %e, "could not re-point a proxy device");
         }
     }
+}
+
+/// Points a container's proxy devices at the agent listener as it is bound now (a restart may
+/// have moved it). Runtimes without proxy devices have nothing to re-point.
+pub async fn repoint_proxies(
+    state: &AppState,
+    rt: &ContainerRuntime,
+    container: &str,
+) -> Result<(), RuntimeError> {
+    if !rt.has_proxy_devices() {
+        return Ok(());
+    }
+    for device in proxy_devices(state.agent_addr) {
+        rt.add_device(container, &device).await?;
+    }
+    Ok(())
 }
 
 /// The newest deploy of an agent slug.
