@@ -2,9 +2,11 @@
 //! One test binary (modules below) keeps link time down.
 
 mod access;
+mod agent_access;
 mod auth;
 mod bridge_edges;
 mod chat;
+mod concurrency;
 mod conversation;
 mod crash;
 mod deploy;
