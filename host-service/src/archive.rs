@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sqlx::Row;
-use taos_proto::chat::{ChannelPatch, Message};
+use taos_proto::chat::Message;
 use uuid::Uuid;
 
 use crate::agents::{self, AgentRecord, AGENT_TOKEN_PREFIX, LLM_KEY_PREFIX};
@@ -145,9 +145,22 @@ async fn has_history(state: &AppState, agent: &AgentRecord) -> Result<bool, Arch
     Ok(messages > 0 || traces)
 }
 
-/// Archives an agent. If its container can't be stopped or snapshotted, nothing changes. An
-/// agent whose container is gone is archived as a tombstone (chat and traces kept) if it has
-/// history, and removed outright if it has none.
+/// What an archive will do, written to the journal before it starts (see `agent_ops`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ArchivePlan {
+    slug: String,
+    /// The container's name now, if the agent has a live one.
+    container: Option<String>,
+    archived_name: String,
+    snapshot: String,
+    dir: PathBuf,
+    was_running: bool,
+}
+
+/// Archives an agent. Any failure — or a crash, found at the next start — undoes what was
+/// done: the container is renamed back, its archive snapshot dropped, its trace folder moved
+/// home, and it runs again if it ran before. An agent whose container is gone is archived as
+/// a tombstone (chat and traces kept) if it has history, and removed outright if it has none.
 pub async fn archive(state: &AppState, slug: &str) -> Result<Archived, ArchiveError> {
     let agent = agents::get_by_slug(&state.db, slug)
         .await
@@ -161,59 +174,101 @@ pub async fn archive(state: &AppState, slug: &str) -> Result<Archived, ArchiveEr
         ));
     }
     let ts = now_ms();
-    let id = Uuid::now_v7().to_string();
-    let dir = archive_root(state).join(format!("{}-{ts}", agent.slug));
-    let snapshot = format!("taos-archive-{ts}");
-    // A name independent of the slug's length, so it always fits incus's 63 characters.
-    let archived_name = format!("taos-x-{}", &Uuid::now_v7().simple().to_string()[20..]);
-    let mut container = None;
+    let mut plan = ArchivePlan {
+        slug: agent.slug.clone(),
+        container: None,
+        // A name independent of the slug's length, so it always fits incus's 63 characters.
+        archived_name: format!("taos-x-{}", &Uuid::now_v7().simple().to_string()[20..]),
+        snapshot: format!("taos-archive-{ts}"),
+        dir: archive_root(state).join(format!("{}-{ts}", agent.slug)),
+        was_running: false,
+    };
     if let Some(name) = agent.container.clone() {
         let rt = runtime(state)?;
-        if !rt.exists(&name).await? && !has_history(state, &agent).await? {
+        let exists = rt.exists(&name).await?;
+        if !exists && !has_history(state, &agent).await? {
             agents::remove(&state.db, agent.id).await?;
             let _ = std::fs::remove_dir_all(state.traces.root().join(&agent.slug));
             state.bridge.kick(agent.id);
             tracing::info!(agent = %agent.slug, "agent without container or history removed");
             return Ok(Archived::Removed);
         }
-        if rt.exists(&name).await? {
-            let was_running = rt.state(&name).await.map(|s| s.running).unwrap_or(false);
-            if was_running && rt.stop(&name, false).await.is_err() {
-                rt.stop(&name, true).await?;
-            }
-            if let Err(e) = rt.snapshot_create(&name, &snapshot).await {
-                if was_running {
-                    let _ = rt.start(&name).await;
-                }
-                return Err(ArchiveError::Runtime(format!(
-                    "snapshot failed, nothing archived: {e}"
-                )));
-            }
-            rt.rename(&name, &archived_name).await?;
-            container = Some(archived_name.clone());
+        if exists {
+            plan.was_running = rt.state(&name).await.map(|s| s.running).unwrap_or(false);
+            plan.container = Some(name);
         }
     }
-    fsutil::ensure_private_dir(&dir).map_err(|e| ArchiveError::Io(e.to_string()))?;
+    journal::begin(&state.db, agent.id, OpKind::Archive, &plan).await?;
+    match archive_steps(state, &agent, &plan).await {
+        Ok(id) => {
+            state.bridge.kick(agent.id);
+            let _ = state
+                .hub
+                .publish(
+                    "agent.archived",
+                    serde_json::json!({"slug": agent.slug, "archive_id": id}),
+                )
+                .await;
+            tracing::info!(agent = %agent.slug, archive = %id, "agent archived");
+            Ok(Archived::Archived(get(&state.db, &id).await?))
+        }
+        Err(e) => {
+            tracing::warn!(agent = %agent.slug, error = %e, "archive failed; undoing it");
+            undo_archive(state, agent.id, &plan).await;
+            Err(e)
+        }
+    }
+}
+
+/// The archive's changes, in order; the last one commits the result and ends the journal entry.
+async fn archive_steps(
+    state: &AppState,
+    agent: &AgentRecord,
+    plan: &ArchivePlan,
+) -> Result<String, ArchiveError> {
+    let fault = |step: &'static str| async move {
+        crate::faults::check("archive", step)
+            .await
+            .map_err(ArchiveError::Runtime)
+    };
+    if let Some(name) = &plan.container {
+        let rt = runtime(state)?;
+        fault("stop").await?;
+        if plan.was_running && rt.stop(name, false).await.is_err() {
+            rt.stop(name, true).await?;
+        }
+        journal::step(&state.db, agent.id, "stopped").await?;
+        fault("snapshot").await?;
+        rt.snapshot_create(name, &plan.snapshot)
+            .await
+            .map_err(|e| {
+                ArchiveError::Runtime(format!("snapshot failed, nothing archived: {e}"))
+            })?;
+        journal::step(&state.db, agent.id, "snapshotted").await?;
+        fault("rename").await?;
+        rt.rename(name, &plan.archived_name).await?;
+        journal::step(&state.db, agent.id, "renamed").await?;
+    }
+    fault("export").await?;
+    fsutil::ensure_private_dir(&plan.dir).map_err(|e| ArchiveError::Io(e.to_string()))?;
     let channels = dm_channels(&state.db, agent.id).await?;
-    export_chat(state, &channels, &dir).await?;
+    export_chat(state, &channels, &plan.dir).await?;
     let trace = state.traces.root().join(&agent.slug);
     if trace.exists() {
-        std::fs::rename(&trace, dir.join("trace")).map_err(|e| ArchiveError::Io(e.to_string()))?;
+        std::fs::rename(&trace, plan.dir.join("trace"))
+            .map_err(|e| ArchiveError::Io(e.to_string()))?;
     }
-    for channel in &channels {
-        state
-            .chat
-            .update_channel(
-                channel,
-                &ChannelPatch {
-                    archived: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await?;
-    }
+    journal::step(&state.db, agent.id, "exported").await?;
+    fault("commit").await?;
+    let id = Uuid::now_v7().to_string();
+    let container = plan.container.as_ref().map(|_| plan.archived_name.clone());
     let placeholder = format!("x-{}", agent.id.simple());
     let mut tx = state.db.begin().await?;
+    // Read-only from now on.
+    sqlx::query("UPDATE channels SET archived = 1 WHERE dm_agent_id = ?")
+        .bind(agent.id.to_string())
+        .execute(&mut *tx)
+        .await?;
     // Out of group channels, so a new agent with this slug doesn't inherit them.
     sqlx::query(
         "DELETE FROM channel_members WHERE member = ? AND channel_id NOT IN \
@@ -243,22 +298,53 @@ pub async fn archive(state: &AppState, slug: &str) -> Result<Archived, ArchiveEr
     .bind(&agent.slug)
     .bind(&agent.display_name)
     .bind(&container)
-    .bind(container.as_ref().map(|_| snapshot.clone()))
-    .bind(dir.display().to_string())
-    .bind(ts)
+    .bind(container.as_ref().map(|_| plan.snapshot.clone()))
+    .bind(plan.dir.display().to_string())
+    .bind(now_ms())
     .execute(&mut *tx)
     .await?;
+    journal::end(&mut tx, agent.id).await?;
     tx.commit().await?;
-    state.bridge.kick(agent.id);
-    let _ = state
-        .hub
-        .publish(
-            "agent.archived",
-            serde_json::json!({"slug": agent.slug, "archive_id": id}),
-        )
-        .await;
-    tracing::info!(agent = %agent.slug, archive = %id, "agent archived");
-    Ok(Archived::Archived(get(&state.db, &id).await?))
+    Ok(id)
+}
+
+/// Puts an agent back as it was before an unfinished archive. Each part looks at how things
+/// are rather than trusting the step reached, so it is safe to run twice.
+async fn undo_archive(state: &AppState, agent_id: Uuid, plan: &ArchivePlan) {
+    let trace = state.traces.root().join(&plan.slug);
+    let moved = plan.dir.join("trace");
+    if moved.exists() && !trace.exists() {
+        if let Err(e) = std::fs::rename(&moved, &trace) {
+            tracing::error!(agent = %plan.slug, error = %e, "could not move the trace folder back");
+        }
+    }
+    if plan.dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&plan.dir) {
+            tracing::warn!(dir = %plan.dir.display(), error = %e, "could not remove a half-made archive");
+        }
+    }
+    if let (Some(name), Some(rt)) = (&plan.container, state.runtime.as_ref()) {
+        let undone = async {
+            if rt.exists(&plan.archived_name).await? && !rt.exists(name).await? {
+                rt.rename(&plan.archived_name, name).await?;
+            }
+            if rt.snapshot_list(name).await?.contains(&plan.snapshot) {
+                rt.snapshot_delete(name, &plan.snapshot).await?;
+            }
+            if plan.was_running && !rt.state(name).await?.running {
+                rt.start(name).await?;
+            }
+            Ok::<(), RuntimeError>(())
+        };
+        if let Err(e) = undone.await {
+            // The entry stays: the next start tries again.
+            tracing::error!(agent = %plan.slug, error = %e, "could not undo an archive in the runtime; will retry at the next start");
+            return;
+        }
+    }
+    if let Err(e) = journal::drop_entry(&state.db, agent_id).await {
+        tracing::error!(agent = %plan.slug, error = %e, "could not clear an undone archive's journal entry");
+    }
 }
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ArchivedAgent, sqlx::Error> {
@@ -331,58 +417,104 @@ pub struct Restored {
     pub llm_key: String,
 }
 
-/// Brings an archived agent back, running, under its old slug if it is free.
+/// What a restore will do, written to the journal before it starts.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct RestorePlan {
+    archive_id: String,
+    archived_slug: String,
+    /// The slug it comes back under (the old one, or `-2`, `-3`… if that was taken).
+    slug: String,
+    container: String,
+    /// The archived container and its snapshot, if it had one.
+    archived_name: Option<String>,
+    snapshot: Option<String>,
+    dir: PathBuf,
+}
+
+/// Brings an archived agent back, running, under its old slug if it is free. Until its
+/// database commit, a failure (or a crash, found at the next start) undoes it and the archive
+/// stays restorable; after the commit, the next start finishes it.
 pub async fn restore(state: &AppState, id: &str) -> Result<Restored, ArchiveError> {
     let archived = get(&state.db, id).await?;
     let dir = archive_dir(&state.db, id).await?;
     let agent_id = Uuid::parse_str(&archived.agent_id).map_err(|_| ArchiveError::NoArchive)?;
     let slug = free_slug(state, &archived.slug).await?;
-    let container = format!("taos-{slug}");
-    if let (Some(archived_name), Some(snapshot)) = (&archived.container, &archived.snapshot) {
-        let rt = runtime(state)?;
-        rt.rename(archived_name, &container).await?;
-        if let Err(e) = rt.snapshot_restore(&container, snapshot).await {
-            // Put it back, so the archive stays restorable and purgeable.
-            let _ = rt.rename(&container, archived_name).await;
-            return Err(e.into());
-        }
+    let plan = RestorePlan {
+        archive_id: id.to_string(),
+        archived_slug: archived.slug.clone(),
+        container: format!("taos-{slug}"),
+        slug,
+        archived_name: archived.container.clone(),
+        snapshot: archived.snapshot.clone(),
+        dir,
+    };
+    if plan.archived_name.is_some() {
+        runtime(state)?;
     }
+    journal::begin(&state.db, agent_id, OpKind::Restore, &plan).await?;
+    if let Err(e) = restore_until_commit(state, agent_id, &plan).await {
+        tracing::warn!(agent = %plan.slug, error = %e, "restore failed; undoing it");
+        undo_restore(state, agent_id, &plan).await;
+        return Err(e);
+    }
+    let (agent_token, llm_key) = finish_restore(state, agent_id, &plan).await?;
+    Ok(Restored {
+        agent: agents::get_by_id(&state.db, agent_id).await?,
+        agent_token,
+        llm_key,
+    })
+}
+
+/// Container and files back in place, then one transaction that makes the agent live again
+/// (and marks the journal entry committed).
+async fn restore_until_commit(
+    state: &AppState,
+    agent_id: Uuid,
+    plan: &RestorePlan,
+) -> Result<(), ArchiveError> {
+    let fault = |step: &'static str| async move {
+        crate::faults::check("restore", step)
+            .await
+            .map_err(ArchiveError::Runtime)
+    };
+    if let (Some(archived_name), Some(snapshot)) = (&plan.archived_name, &plan.snapshot) {
+        let rt = runtime(state)?;
+        fault("rename").await?;
+        rt.rename(archived_name, &plan.container).await?;
+        journal::step(&state.db, agent_id, "renamed").await?;
+        fault("snapshot").await?;
+        rt.snapshot_restore(&plan.container, snapshot).await?;
+        journal::step(&state.db, agent_id, "snapshot_restored").await?;
+    }
+    fault("trace").await?;
     // The trace folder comes home under the (possibly new) slug.
-    let trace = state.traces.root().join(&slug);
-    if dir.join("trace").exists() {
+    let trace = state.traces.root().join(&plan.slug);
+    if plan.dir.join("trace").exists() {
         if trace.exists() {
             // Left over from an agent that had this slug: keep it, out of the way.
             let _ = std::fs::rename(&trace, trace.with_extension(format!("stale-{}", now_ms())));
         }
-        if let Err(e) = std::fs::rename(dir.join("trace"), &trace) {
-            if let (Some(archived_name), Some(rt)) = (&archived.container, state.runtime.as_ref()) {
-                let _ = rt.rename(&container, archived_name).await;
-            }
-            return Err(ArchiveError::Io(e.to_string()));
-        }
+        std::fs::rename(plan.dir.join("trace"), &trace)
+            .map_err(|e| ArchiveError::Io(e.to_string()))?;
     }
-    let agent_token = new_secret(AGENT_TOKEN_PREFIX);
-    let llm_key = new_secret(LLM_KEY_PREFIX);
-    let has_container = archived.container.is_some();
+    journal::step(&state.db, agent_id, "trace_moved").await?;
+    fault("commit").await?;
+    let has_container = plan.archived_name.is_some();
     let mut tx = state.db.begin().await?;
-    sqlx::query(
-        "UPDATE agents SET slug = ?, status = ?, token_hash = ?, llm_key_hash = ?, container = ? WHERE id = ?",
-    )
-    .bind(&slug)
-    .bind(if has_container { "restoring" } else { "ready" })
-    .bind(hash_token(&agent_token))
-    .bind(hash_token(&llm_key))
-    .bind(has_container.then(|| container.clone()))
-    .bind(agent_id.to_string())
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("UPDATE agents SET slug = ?, status = ?, container = ? WHERE id = ?")
+        .bind(&plan.slug)
+        .bind(if has_container { "restoring" } else { "ready" })
+        .bind(has_container.then(|| plan.container.clone()))
+        .bind(agent_id.to_string())
+        .execute(&mut *tx)
+        .await?;
     // The DM keeps its member list in step with the slug.
     sqlx::query(
         "UPDATE channel_members SET member = ? WHERE member = ? AND channel_id IN \
          (SELECT id FROM channels WHERE dm_agent_id = ?)",
     )
-    .bind(&slug)
-    .bind(&archived.slug)
+    .bind(&plan.slug)
+    .bind(&plan.archived_slug)
     .bind(agent_id.to_string())
     .execute(&mut *tx)
     .await?;
@@ -391,35 +523,100 @@ pub async fn restore(state: &AppState, id: &str) -> Result<Restored, ArchiveErro
         .execute(&mut *tx)
         .await?;
     sqlx::query("DELETE FROM archives WHERE id = ?")
-        .bind(id)
+        .bind(&plan.archive_id)
         .execute(&mut *tx)
         .await?;
+    journal::step_in(&mut tx, agent_id, "committed").await?;
     tx.commit().await?;
-    reimport_chat(&state.db, &dir.join("chat.jsonl")).await?;
+    Ok(())
+}
+
+/// After the commit: new credentials, the chat back, the container up. Runs again at start-up
+/// if a crash came first. A failure here leaves the agent `failed` (visible), not archived.
+async fn finish_restore(
+    state: &AppState,
+    agent_id: Uuid,
+    plan: &RestorePlan,
+) -> Result<(String, String), ArchiveError> {
+    let agent_token = new_secret(AGENT_TOKEN_PREFIX);
+    let llm_key = new_secret(LLM_KEY_PREFIX);
+    sqlx::query("UPDATE agents SET token_hash = ?, llm_key_hash = ? WHERE id = ?")
+        .bind(hash_token(&agent_token))
+        .bind(hash_token(&llm_key))
+        .bind(agent_id.to_string())
+        .execute(&state.db)
+        .await?;
+    reimport_chat(&state.db, &plan.dir.join("chat.jsonl")).await?;
     let agent = agents::get_by_id(&state.db, agent_id).await?;
-    if has_container {
-        let rt = runtime(state)?;
-        if let Err(e) = bring_up(state, rt, &agent, &agent_token, &llm_key, &trace).await {
-            // Restored but not running: say so instead of leaving it "restoring".
-            agents::set_status(&state.db, agent_id, "failed").await?;
-            return Err(e);
+    let brought_up = async {
+        crate::faults::check("restore", "start")
+            .await
+            .map_err(ArchiveError::Runtime)?;
+        if plan.archived_name.is_some() {
+            let rt = runtime(state)?;
+            let trace = state.traces.root().join(&plan.slug);
+            bring_up(state, rt, &agent, &agent_token, &llm_key, &trace).await?;
         }
-        agents::set_status(&state.db, agent_id, "running").await?;
+        Ok::<(), ArchiveError>(())
+    };
+    let outcome = brought_up.await;
+    let status = match (&outcome, plan.archived_name.is_some()) {
+        (Err(_), _) => "failed",
+        (Ok(()), true) => "running",
+        (Ok(()), false) => "ready",
+    };
+    agents::set_status(&state.db, agent_id, status).await?;
+    if let (Ok(()), Some(snapshot), Some(rt)) = (&outcome, &plan.snapshot, state.runtime.as_ref()) {
+        // Restored from it: the archive's snapshot would otherwise pile up in the pool.
+        if let Err(e) = rt.snapshot_delete(&plan.container, snapshot).await {
+            tracing::warn!(agent = %plan.slug, error = %e, "could not drop the archive snapshot");
+        }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    journal::drop_entry(&state.db, agent_id).await?;
+    let _ = std::fs::remove_dir_all(&plan.dir);
+    if let Err(e) = outcome {
+        // Restored but not running: say so instead of leaving it "restoring".
+        tracing::warn!(agent = %plan.slug, error = %e, "restored agent did not come up");
+        return Err(e);
+    }
     let _ = state
         .hub
         .publish(
             "agent.restored",
-            serde_json::json!({"slug": slug, "archive_id": id}),
+            serde_json::json!({"slug": plan.slug, "archive_id": plan.archive_id}),
         )
         .await;
-    tracing::info!(agent = %slug, archive = %id, "agent restored");
-    Ok(Restored {
-        agent: agents::get_by_id(&state.db, agent_id).await?,
-        agent_token,
-        llm_key,
-    })
+    tracing::info!(agent = %plan.slug, archive = %plan.archive_id, "agent restored");
+    Ok((agent_token, llm_key))
+}
+
+/// Puts an archive back as it was before an uncommitted restore. Safe to run twice.
+async fn undo_restore(state: &AppState, agent_id: Uuid, plan: &RestorePlan) {
+    let trace = state.traces.root().join(&plan.slug);
+    let archived_trace = plan.dir.join("trace");
+    if trace.exists() && !archived_trace.exists() && plan.dir.exists() {
+        if let Err(e) = std::fs::rename(&trace, &archived_trace) {
+            tracing::error!(agent = %plan.slug, error = %e, "could not move the trace folder back to the archive");
+        }
+    }
+    if let (Some(archived_name), Some(rt)) = (&plan.archived_name, state.runtime.as_ref()) {
+        let undone = async {
+            if rt.exists(&plan.container).await? && !rt.exists(archived_name).await? {
+                if rt.state(&plan.container).await?.running {
+                    rt.stop(&plan.container, true).await?;
+                }
+                rt.rename(&plan.container, archived_name).await?;
+            }
+            Ok::<(), RuntimeError>(())
+        };
+        if let Err(e) = undone.await {
+            tracing::error!(agent = %plan.slug, error = %e, "could not undo a restore in the runtime; will retry at the next start");
+            return;
+        }
+    }
+    if let Err(e) = journal::drop_entry(&state.db, agent_id).await {
+        tracing::error!(agent = %plan.slug, error = %e, "could not clear an undone restore's journal entry");
+    }
 }
 
 /// Re-inserts exported messages that are missing (idempotent: existing ids are kept).
@@ -472,6 +669,8 @@ async fn bring_up(
         .container
         .clone()
         .unwrap_or_else(|| format!("taos-{}", agent.slug));
+    // The agent listener may have moved since the archive (a restart): re-point the proxies.
+    deploy::repoint_proxies(state, rt, &name).await?;
     // The trace folder moved: point the mount at its new place.
     let _ = rt.remove_device(&name, "trace").await;
     deploy::mount_trace(rt, &name, trace)
@@ -501,26 +700,238 @@ async fn bring_up(
     Ok(())
 }
 
+/// What a purge will remove, written to the journal before it starts.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct PurgePlan {
+    archive_id: String,
+    slug: String,
+    container: Option<String>,
+    dir: PathBuf,
+}
+
 /// Removes an archived agent for good: container and snapshots, archive folder, channels and
-/// messages, trace folder, the agent itself.
+/// messages, trace folder, the agent itself. Once started it is finished, at the next start
+/// if a crash interrupts it.
 pub async fn purge(state: &AppState, id: &str) -> Result<(), ArchiveError> {
     let archived = get(&state.db, id).await?;
-    let dir = archive_dir(&state.db, id).await?;
-    if let Some(name) = &archived.container {
+    let plan = PurgePlan {
+        archive_id: id.to_string(),
+        slug: archived.slug.clone(),
+        container: archived.container.clone(),
+        dir: archive_dir(&state.db, id).await?,
+    };
+    if plan.container.is_some() {
+        runtime(state)?;
+    }
+    let agent_id = Uuid::parse_str(&archived.agent_id).map_err(|_| ArchiveError::NoArchive)?;
+    journal::begin(&state.db, agent_id, OpKind::Purge, &plan).await?;
+    purge_steps(state, agent_id, &plan).await
+}
+
+async fn purge_steps(
+    state: &AppState,
+    agent_id: Uuid,
+    plan: &PurgePlan,
+) -> Result<(), ArchiveError> {
+    let fault = |step: &'static str| async move {
+        crate::faults::check("purge", step)
+            .await
+            .map_err(ArchiveError::Runtime)
+    };
+    if let Some(name) = &plan.container {
         let rt = runtime(state)?;
+        fault("container").await?;
         if rt.exists(name).await? {
             let _ = rt.stop(name, true).await;
             rt.delete(name).await?;
         }
+        journal::step(&state.db, agent_id, "container_deleted").await?;
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| ArchiveError::Io(e.to_string()))?;
+    fault("files").await?;
+    if plan.dir.exists() {
+        std::fs::remove_dir_all(&plan.dir).map_err(|e| ArchiveError::Io(e.to_string()))?;
     }
-    let agent_id = Uuid::parse_str(&archived.agent_id).map_err(|_| ArchiveError::NoArchive)?;
-    // Channels (and their messages, by cascade) go with the agent.
+    journal::step(&state.db, agent_id, "files_removed").await?;
+    fault("commit").await?;
+    // Channels (and their messages, by cascade) and the journal entry go with the agent.
     agents::remove(&state.db, agent_id).await?;
-    tracing::info!(agent = %archived.slug, archive = %id, "agent purged");
+    tracing::info!(agent = %plan.slug, archive = %plan.archive_id, "agent purged");
     Ok(())
+}
+
+/// At start-up: undoes or finishes every archive, restore and purge a crash interrupted.
+pub async fn recover(state: &AppState) {
+    let entries = match journal::unfinished(&state.db).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the agent operations journal");
+            return;
+        }
+    };
+    for entry in entries {
+        tracing::warn!(agent = %entry.agent_id, kind = entry.kind.as_str(), step = %entry.step,
+            "an agent operation was interrupted; recovering");
+        let outcome = match entry.kind {
+            OpKind::Archive => match serde_json::from_str::<ArchivePlan>(&entry.plan) {
+                Ok(plan) => {
+                    undo_archive(state, entry.agent_id, &plan).await;
+                    Ok(())
+                }
+                Err(e) => Err(ArchiveError::Io(format!("unreadable plan: {e}"))),
+            },
+            OpKind::Restore => match serde_json::from_str::<RestorePlan>(&entry.plan) {
+                Ok(plan) if entry.step == "committed" => {
+                    finish_restore(state, entry.agent_id, &plan)
+                        .await
+                        .map(|_| ())
+                }
+                Ok(plan) => {
+                    undo_restore(state, entry.agent_id, &plan).await;
+                    Ok(())
+                }
+                Err(e) => Err(ArchiveError::Io(format!("unreadable plan: {e}"))),
+            },
+            OpKind::Purge => match serde_json::from_str::<PurgePlan>(&entry.plan) {
+                Ok(plan) => purge_steps(state, entry.agent_id, &plan).await,
+                Err(e) => Err(ArchiveError::Io(format!("unreadable plan: {e}"))),
+            },
+        };
+        if let Err(e) = outcome {
+            tracing::error!(agent = %entry.agent_id, kind = entry.kind.as_str(), error = %e,
+                "recovering an interrupted agent operation failed");
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Archive,
+    Restore,
+    Purge,
+}
+
+impl OpKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Archive => "archive",
+            OpKind::Restore => "restore",
+            OpKind::Purge => "purge",
+        }
+    }
+
+    fn parse(kind: &str) -> Option<OpKind> {
+        match kind {
+            "archive" => Some(OpKind::Archive),
+            "restore" => Some(OpKind::Restore),
+            "purge" => Some(OpKind::Purge),
+            _ => None,
+        }
+    }
+}
+
+/// The `agent_ops` journal: one unfinished operation per agent.
+mod journal {
+    use sqlx::{Row, Sqlite, Transaction};
+    use uuid::Uuid;
+
+    use super::{ArchiveError, OpKind};
+    use crate::db::{now_ms, Db};
+
+    pub struct Entry {
+        pub agent_id: Uuid,
+        pub kind: OpKind,
+        pub step: String,
+        pub plan: String,
+    }
+
+    /// Records an operation before its first change; refuses if one is already under way.
+    pub async fn begin(
+        db: &Db,
+        agent_id: Uuid,
+        kind: OpKind,
+        plan: &impl serde::Serialize,
+    ) -> Result<(), ArchiveError> {
+        let plan = serde_json::to_string(plan).map_err(|e| ArchiveError::Io(e.to_string()))?;
+        let inserted = sqlx::query(
+            "INSERT INTO agent_ops (agent_id, kind, step, plan, started_at) VALUES (?, ?, 'started', ?, ?) \
+             ON CONFLICT (agent_id) DO NOTHING",
+        )
+        .bind(agent_id.to_string())
+        .bind(kind.as_str())
+        .bind(plan)
+        .bind(now_ms())
+        .execute(db)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(ArchiveError::Conflict(
+                "another archive, restore or purge of this agent is under way".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn step(db: &Db, agent_id: Uuid, step: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE agent_ops SET step = ? WHERE agent_id = ?")
+            .bind(step)
+            .bind(agent_id.to_string())
+            .execute(db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn step_in(
+        tx: &mut Transaction<'_, Sqlite>,
+        agent_id: Uuid,
+        step: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE agent_ops SET step = ? WHERE agent_id = ?")
+            .bind(step)
+            .bind(agent_id.to_string())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the entry in the transaction that makes the operation's result visible.
+    pub async fn end(tx: &mut Transaction<'_, Sqlite>, agent_id: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM agent_ops WHERE agent_id = ?")
+            .bind(agent_id.to_string())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn drop_entry(db: &Db, agent_id: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM agent_ops WHERE agent_id = ?")
+            .bind(agent_id.to_string())
+            .execute(db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn unfinished(db: &Db) -> Result<Vec<Entry>, sqlx::Error> {
+        let rows =
+            sqlx::query("SELECT agent_id, kind, step, plan FROM agent_ops ORDER BY started_at")
+                .fetch_all(db)
+                .await?;
+        let mut entries = Vec::new();
+        for row in rows {
+            let agent_id: String = row.try_get("agent_id")?;
+            let kind: String = row.try_get("kind")?;
+            let (Ok(agent_id), Some(kind)) = (Uuid::parse_str(&agent_id), OpKind::parse(&kind))
+            else {
+                tracing::error!(agent = %agent_id, %kind, "unreadable agent operations journal entry");
+                continue;
+            };
+            entries.push(Entry {
+                agent_id,
+                kind,
+                step: row.try_get("step")?,
+                plan: row.try_get("plan")?,
+            });
+        }
+        Ok(entries)
+    }
 }
 
 /// Lifecycle actions on a live agent.

@@ -39,8 +39,6 @@ pub const STEPS: &[&str] = &[
 /// process, so there is no service to restart), and nothing waits for systemd.
 pub const DOCKER_STEPS: &[&str] = &["credentials", "container", "configure", "start", "bridge"];
 /// Test hooks: fail, or stop and wait to be killed, at the named step.
-pub const FAIL_STEP_ENV: &str = "TAOS_TEST_FAIL_DEPLOY_STEP";
-pub const PAUSE_STEP_ENV: &str = "TAOS_TEST_PAUSE_DEPLOY_STEP";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 const BRIDGE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Inside the container, both proxy devices lead to the host's agent listener.
@@ -262,13 +260,9 @@ impl Run {
             if let Err(e) = mark(state, &self.deploy_id, step, "running", None).await {
                 tracing::error!(error = %e, "recording a deploy step failed");
             }
-            let result = match injected(step) {
-                Some(Injected::Fail) => Err(format!("injected failure at {step}")),
-                Some(Injected::Pause) => {
-                    tracing::warn!(step, "deploy paused by the test hook");
-                    std::future::pending().await
-                }
-                None => self.step(state, runtime, step).await,
+            let result = match crate::faults::check("deploy", step).await {
+                Ok(()) => self.step(state, runtime, step).await,
+                Err(injected) => Err(injected),
             };
             match result {
                 Ok(detail) => {
@@ -359,24 +353,6 @@ impl Run {
             other => Err(format!("unknown step {other}")),
         }
     }
-}
-
-/// What a test hook asks of a step.
-enum Injected {
-    Fail,
-    Pause,
-}
-
-/// The test hooks: `TAOS_TEST_FAIL_DEPLOY_STEP=<step>` fails that step,
-/// `TAOS_TEST_PAUSE_DEPLOY_STEP=<step>` stops there until the host is killed.
-fn injected(step: &str) -> Option<Injected> {
-    if std::env::var(FAIL_STEP_ENV).ok().as_deref() == Some(step) {
-        return Some(Injected::Fail);
-    }
-    if std::env::var(PAUSE_STEP_ENV).ok().as_deref() == Some(step) {
-        return Some(Injected::Pause);
-    }
-    None
 }
 
 fn proxy_devices(agent_addr: SocketAddr) -> Vec<Device> {
@@ -698,7 +674,7 @@ pub async fn recover(state: &AppState) {
 /// At start-up: points every container agent's proxy devices at the agent listener as it is
 /// bound now (its address may have changed since the container was made).
 pub async fn reconcile_proxies(state: &AppState) {
-    let Some(rt) = state.runtime.as_ref().filter(|rt| rt.has_proxy_devices()) else {
+    let Some(rt) = state.runtime.as_ref() else {
         return;
     };
     let Ok(list) = agents::list(&state.db).await else {
@@ -711,12 +687,26 @@ pub async fn reconcile_proxies(state: &AppState) {
         if !rt.exists(container).await.unwrap_or(false) {
             continue;
         }
-        for device in proxy_devices(state.agent_addr) {
-            if let Err(e) = rt.add_device(container, &device).await {
-                tracing::warn!(agent = %agent.slug, error = %e, "could not re-point a proxy device");
-            }
+        if let Err(e) = repoint_proxies(state, rt, container).await {
+            tracing::warn!(agent = %agent.slug, error = %e, "could not re-point a proxy device");
         }
     }
+}
+
+/// Points a container's proxy devices at the agent listener as it is bound now (a restart may
+/// have moved it). Runtimes without proxy devices have nothing to re-point.
+pub async fn repoint_proxies(
+    state: &AppState,
+    rt: &ContainerRuntime,
+    container: &str,
+) -> Result<(), RuntimeError> {
+    if !rt.has_proxy_devices() {
+        return Ok(());
+    }
+    for device in proxy_devices(state.agent_addr) {
+        rt.add_device(container, &device).await?;
+    }
+    Ok(())
 }
 
 /// The newest deploy of an agent slug.

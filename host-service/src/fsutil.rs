@@ -12,11 +12,6 @@ use std::path::{Path, PathBuf};
 pub const PRIVATE_FILE_MODE: u32 = 0o600;
 pub const PRIVATE_DIR_MODE: u32 = 0o700;
 
-/// Test-only fault injection: when this variable names the file being written, the writer stops
-/// after the temp file is durable and before the rename, and waits to be killed. It lets a test
-/// prove that a crash at the worst moment leaves the old file intact.
-pub const PAUSE_BEFORE_RENAME_ENV: &str = "TAOS_TEST_PAUSE_BEFORE_RENAME";
-
 /// Creates `dir` (and parents) as 0700, or tightens an existing one to 0700.
 pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     DirBuilder::new()
@@ -125,19 +120,10 @@ pub fn remove_stale_temps(target: &Path) {
     }
 }
 
+/// A test can SIGKILL the writer here (`TAOS_TEST_PAUSE=write:<path>`, see `faults`): the temp
+/// file is durable, the rename not yet done, and the old file must survive.
 fn pause_before_rename_if_asked(target: &Path) {
-    let Some(wanted) = std::env::var_os(PAUSE_BEFORE_RENAME_ENV) else {
-        return;
-    };
-    if Path::new(&wanted) == target {
-        eprintln!(
-            "fault injection: paused before rename of {}",
-            target.display()
-        );
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
-    }
+    crate::faults::pause_blocking_if_asked("write", &target.to_string_lossy());
 }
 
 /// The permission bits of a path, for checks and tests.

@@ -11,6 +11,7 @@ pub mod chat;
 pub mod config;
 pub mod db;
 pub mod deploy;
+pub mod faults;
 pub mod frameworks;
 pub mod fsutil;
 pub mod http;

@@ -334,6 +334,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     {
         let state = state.clone();
         tokio::spawn(async move {
+            crate::archive::recover(&state).await;
             crate::deploy::recover(&state).await;
             crate::deploy::reconcile_proxies(&state).await;
         });

@@ -433,6 +433,7 @@ pub struct SseEvent {
 pub struct SseReader {
     stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buffer: String,
+    ended: bool,
 }
 
 impl SseReader {
@@ -440,42 +441,97 @@ impl SseReader {
         SseReader {
             stream: response.bytes_stream().boxed(),
             buffer: String::new(),
+            ended: false,
         }
     }
 
     /// The next event (comments such as keep-alives are skipped), or `None` when the stream
     /// ends or `wait` passes.
     pub async fn next(&mut self, wait: Duration) -> Option<SseEvent> {
+        match self.next_or_end(wait).await {
+            SseNext::Event(event) => Some(event),
+            SseNext::Ended | SseNext::Waiting => None,
+        }
+    }
+
+    /// Like [`SseReader::next`], but says whether the stream ended or simply had nothing yet:
+    /// "the stream was closed" is a behaviour a test can assert without guessing at timing.
+    pub async fn next_or_end(&mut self, wait: Duration) -> SseNext {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent::default();
-                let mut data_lines = Vec::new();
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        event.id = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event.event = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data_lines.push(v.strip_prefix(' ').unwrap_or(v).to_string());
-                    }
-                }
-                if event.id.is_none() && event.event.is_none() && data_lines.is_empty() {
-                    continue; // a comment block
-                }
-                event.data = data_lines.join("\n");
-                return Some(event);
+            if let Some(event) = self.buffered_event() {
+                return SseNext::Event(event);
             }
-            let chunk = tokio::time::timeout_at(deadline, self.stream.next()).await;
-            match chunk {
+            if self.ended {
+                return SseNext::Ended;
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
                 Ok(Some(Ok(bytes))) => self
                     .buffer
                     .push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
-                _ => return None,
+                Ok(Some(Err(_)) | None) => self.ended = true,
+                Err(_) => return SseNext::Waiting,
             }
         }
     }
+
+    /// The first whole event in the buffer, skipping comment blocks.
+    fn buffered_event(&mut self) -> Option<SseEvent> {
+        while let Some(end) = self.buffer.find("\n\n") {
+            let block: String = self.buffer.drain(..end + 2).collect();
+            let mut event = SseEvent::default();
+            let mut data_lines = Vec::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    event.id = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event.event = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data_lines.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                }
+            }
+            if event.id.is_none() && event.event.is_none() && data_lines.is_empty() {
+                continue; // a comment block
+            }
+            event.data = data_lines.join("\n");
+            return Some(event);
+        }
+        None
+    }
+}
+
+/// What reading a stream gave: an event, the end of the stream, or nothing within the wait.
+#[derive(Debug)]
+pub enum SseNext {
+    Event(SseEvent),
+    Ended,
+    Waiting,
+}
+
+/// Whether a test must give up because something it needs is missing. A missing dependency
+/// fails the test (CI provisions everything, so a green run means it ran); a developer can opt
+/// out on purpose with `TAOS_TEST_ALLOW_SKIP=1`, which CI never sets. A skip is printed and
+/// appended to `$TAOS_TEST_SKIP_LOG`, which scripts/test.sh counts in its closing line.
+pub fn skip_for_missing(test: &str, why: &str) -> bool {
+    if std::env::var("TAOS_TEST_ALLOW_SKIP").as_deref() != Ok("1") {
+        panic!(
+            "{test} cannot run: {why}. Provision it (scripts/provision.sh), or set \
+             TAOS_TEST_ALLOW_SKIP=1 to skip it on purpose"
+        );
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    if let Ok(log) = std::env::var("TAOS_TEST_SKIP_LOG") {
+        use std::io::Write;
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut file| writeln!(file, "{test}: {why}"));
+        if let Err(e) = appended {
+            panic!("cannot record the skip of {test} in {log}: {e}");
+        }
+    }
+    true
 }
 
 /// A client for plain-HTTP listeners (the agent listener, loopback `insecure_http`).
@@ -622,6 +678,44 @@ impl AgentClient {
 type TlsWs =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
+/// The HTTP status a WebSocket handshake was refused with, if that is why it failed.
+pub fn ws_refusal_status(error: &anyhow::Error) -> Option<StatusCode> {
+    match error.downcast_ref::<tokio_tungstenite::tungstenite::Error>()? {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            StatusCode::from_u16(response.status().as_u16()).ok()
+        }
+        _ => None,
+    }
+}
+
+/// The TLS error under a failed request, if the failure was TLS's (reqwest and hyper wrap it,
+/// and `io::Error` hides it from `source()`, so each layer is looked into).
+pub fn tls_error(error: &reqwest::Error) -> Option<rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.clone());
+        }
+        next = match e.downcast_ref::<std::io::Error>() {
+            // An io::Error's source() skips the error it wraps: look at that error itself.
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
+/// What reading the chat socket gave.
+#[derive(Debug)]
+pub enum WsNext {
+    Event(Value),
+    /// Closed, with the close code the host sent (none when the connection just dropped).
+    Closed(Option<u16>),
+    Waiting,
+}
+
 /// A WebSocket chat client over TLS pinned to the host's key.
 pub struct WsClient {
     stream: TlsWs,
@@ -676,16 +770,29 @@ impl WsClient {
 
     /// The next JSON event, or `None` on close or timeout.
     pub async fn next(&mut self, wait: Duration) -> Option<Value> {
+        match self.next_or_close(wait).await {
+            WsNext::Event(event) => Some(event),
+            WsNext::Closed(_) | WsNext::Waiting => None,
+        }
+    }
+
+    /// The next JSON event, the close (with its code, if the host sent one), or nothing within
+    /// the wait.
+    pub async fn next_or_close(&mut self, wait: Duration) -> WsNext {
+        use tokio_tungstenite::tungstenite::Message;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let frame = tokio::time::timeout_at(deadline, self.stream.next())
-                .await
-                .ok()??;
-            match frame.ok()? {
-                tokio_tungstenite::tungstenite::Message::Text(text) => {
-                    return serde_json::from_str(text.as_str()).ok()
-                }
-                tokio_tungstenite::tungstenite::Message::Close(_) => return None,
+            let frame = match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return WsNext::Waiting,
+                Ok(None) | Ok(Some(Err(_))) => return WsNext::Closed(None),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            match frame {
+                Message::Text(text) => match serde_json::from_str(text.as_str()) {
+                    Ok(event) => return WsNext::Event(event),
+                    Err(e) => panic!("the host sent a frame that is not JSON ({e}): {text}"),
+                },
+                Message::Close(frame) => return WsNext::Closed(frame.map(|f| u16::from(f.code))),
                 _ => continue,
             }
         }

@@ -303,7 +303,11 @@ try {
     });
     assert(width > 0, 'the QR image did not render');
     const first = await page.getByTestId('countdown').innerText();
-    await page.waitForTimeout(1500);
+    // The countdown moves on by itself: wait for it to change rather than for a fixed time.
+    await page.waitForFunction(
+      (before) => document.querySelector('[data-testid="countdown"]')?.textContent?.trim() !== before,
+      first.trim(),
+    );
     const later = await page.getByTestId('countdown').innerText();
     assert(first !== later && /^[0-4]:\d\d$/.test(later), `countdown ${first} → ${later}`);
     await screenshot(page, 'devices-pairing');

@@ -21,6 +21,8 @@ pub const DEFAULT_SOCKET: &str = "/var/lib/incus/unix.socket";
 const RUNTIME: &str = "incus";
 /// How long an ordinary operation (create, start, snapshot…) may take.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a call waits for another operation on the same instance to finish.
+const BUSY_WAIT: Duration = Duration::from_secs(60);
 
 pub struct Incus {
     socket: PathBuf,
@@ -285,6 +287,30 @@ impl Incus {
         timeout: Duration,
     ) -> Result<Value, RuntimeError> {
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        // incus runs one operation per instance at a time and refuses another meanwhile
+        // ("Instance is busy running a … operation"), either at once or as the operation's
+        // result. A refused operation did nothing: wait and ask again, as incus's CLI does.
+        let busy_until = tokio::time::Instant::now() + timeout.min(BUSY_WAIT);
+        loop {
+            let result = self
+                .call_once(method.clone(), path, bytes.clone(), timeout)
+                .await;
+            let busy = matches!(&result, Err(RuntimeError::Refused { message, .. })
+                if message.contains("is busy running a"));
+            if !busy || tokio::time::Instant::now() >= busy_until {
+                return result;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        bytes: Bytes,
+        timeout: Duration,
+    ) -> Result<Value, RuntimeError> {
         let answer = self
             .raw(
                 method,

@@ -438,7 +438,11 @@ async fn websocket_auth_takes_subprotocol_bearer_and_refuses_foreign_origins() {
     .await;
     assert!(ok.is_ok(), "{:?}", ok.err());
     let none = WsClient::connect_with(&host, vec![]).await;
-    assert!(none.is_err(), "no credentials, no socket");
+    assert_eq!(
+        none.as_ref().err().and_then(taos_e2e::ws_refusal_status),
+        Some(StatusCode::UNAUTHORIZED),
+        "no credentials, no socket"
+    );
     let cookie = format!("taos_session={}", session.session_cookie);
     let authority = host.public_url.trim_start_matches("https://").to_string();
     let same = WsClient::connect_with(
@@ -458,8 +462,9 @@ async fn websocket_auth_takes_subprotocol_bearer_and_refuses_foreign_origins() {
         ],
     )
     .await;
-    assert!(
-        foreign.is_err(),
+    assert_eq!(
+        foreign.as_ref().err().and_then(taos_e2e::ws_refusal_status),
+        Some(StatusCode::FORBIDDEN),
         "cross-site WebSocket hijacking is refused"
     );
 

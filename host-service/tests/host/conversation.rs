@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use taos_e2e::{wait_for_trace, AgentClient, WsClient};
+use taos_e2e::{wait_for_trace, AgentClient, SseNext, WsClient};
 
 use crate::start;
 
@@ -170,15 +170,24 @@ async fn an_agent_that_drops_its_stream_gets_exactly_what_it_missed() {
         texts.push(data["text"].as_str().unwrap().to_string());
     }
     assert_eq!(texts, ["two", "three", "four"]);
-    assert!(
-        resumed.next(Duration::from_millis(500)).await.is_none(),
-        "no duplicates, nothing extra"
+    // No duplicates, nothing extra: the next delivery is the one sent after.
+    post("sentinel").await;
+    let next = resumed.next(WAIT).await.expect("the sentinel");
+    assert_eq!(
+        serde_json::from_str::<Value>(&next.data).unwrap()["text"],
+        "sentinel"
     );
 
     // A new stream replaces the old one: the old stream ends.
     let mut newer = agent.events(Some(&last_id)).await;
     assert!(newer.next(WAIT).await.is_some());
-    assert!(resumed.next(Duration::from_secs(3)).await.is_none());
+    loop {
+        match resumed.next_or_end(WAIT).await {
+            SseNext::Ended => break,
+            SseNext::Event(e) => assert!(e.data.is_empty(), "the replaced stream got {e:?}"),
+            SseNext::Waiting => panic!("the replaced stream is still open"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -417,17 +426,26 @@ async fn group_routing_follows_mentions_lively_mode_hops_and_pause() {
         async move { assert_eq!(request.send().await.unwrap().status(), StatusCode::CREATED) }
     };
     let text_of = |e: taos_e2e::SseEvent| serde_json::from_str::<Value>(&e.data).unwrap();
-    let short = Duration::from_millis(400);
+    // "Nothing arrived" is checked with a sentinel: a later message that does arrive must be
+    // the next event, so a late wrong delivery can't slip past a short wait.
+    async fn next_text(stream: &mut taos_e2e::SseReader) -> Value {
+        let event = stream.next(WAIT).await.expect("a delivery");
+        serde_json::from_str::<Value>(&event.data).unwrap()["text"].clone()
+    }
 
     say("nobody named, quiet channel").await;
-    assert!(sa.next(short).await.is_none() && sb.next(short).await.is_none());
+    say("@ann @ben sentinel 1").await;
+    assert_eq!(next_text(&mut sa).await, "@ann @ben sentinel 1");
+    assert_eq!(next_text(&mut sb).await, "@ann @ben sentinel 1");
 
     say("@ben your turn").await;
+    assert_eq!(next_text(&mut sb).await, "@ben your turn");
+    say("@ann sentinel 2").await;
     assert_eq!(
-        text_of(sb.next(WAIT).await.unwrap())["text"],
-        "@ben your turn"
+        next_text(&mut sa).await,
+        "@ann sentinel 2",
+        "ann was not named"
     );
-    assert!(sa.next(short).await.is_none());
 
     say("@all hello").await;
     assert_eq!(text_of(sa.next(WAIT).await.unwrap())["force_respond"], true);
@@ -452,7 +470,17 @@ async fn group_routing_follows_mentions_lively_mode_hops_and_pause() {
         .reply(json!({"kind": "final", "trace_id": to_a["trace_id"], "content": "ann answers"}))
         .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    assert!(sb.next(short).await.is_none(), "hop cap stops the chain");
+    host.admin(Method::PATCH, &format!("/api/chat/channels/{id}"))
+        .json(&json!({"settings": {"response_mode": "quiet"}}))
+        .send()
+        .await
+        .unwrap();
+    say("@ben sentinel 3").await;
+    assert_eq!(
+        next_text(&mut sb).await,
+        "@ben sentinel 3",
+        "hop cap stops the chain: ann's answer never reached ben"
+    );
 
     // Paused agents get deliveries queued, released on resume, with one notice.
     let paused = host
@@ -464,7 +492,14 @@ async fn group_routing_follows_mentions_lively_mode_hops_and_pause() {
     assert_eq!(paused.status(), StatusCode::OK);
     say("@ann one").await;
     say("@ann two").await;
-    assert!(sa.next(short).await.is_none(), "paused: nothing sent");
+    // Routed after ann's two (one channel's messages are routed in order), and delivered to
+    // ben: by then anything sent to ann would be on her stream already.
+    say("@ben sentinel 4").await;
+    assert_eq!(next_text(&mut sb).await, "@ben sentinel 4");
+    assert!(
+        sa.next(Duration::from_millis(100)).await.is_none(),
+        "paused: nothing sent"
+    );
     let messages: Vec<Value> = host
         .admin(
             Method::GET,
@@ -488,14 +523,10 @@ async fn group_routing_follows_mentions_lively_mode_hops_and_pause() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        text_of(sa.next(WAIT).await.expect("released"))["text"],
-        "@ann one"
-    );
-    assert_eq!(
-        text_of(sa.next(WAIT).await.expect("released"))["text"],
-        "@ann two"
-    );
+    assert_eq!(next_text(&mut sa).await, "@ann one", "released on resume");
+    assert_eq!(next_text(&mut sa).await, "@ann two");
+    say("@ann sentinel 5").await;
+    assert_eq!(next_text(&mut sa).await, "@ann sentinel 5", "each once");
 }
 
 #[tokio::test]

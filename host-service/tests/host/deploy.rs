@@ -249,7 +249,7 @@ async fn a_failure_at_any_step_leaves_nothing_behind() {
         "service",
         "bridge",
     ] {
-        let host = host_with(&[(taos_host::deploy::FAIL_STEP_ENV, step)]).await;
+        let host = host_with(&[(taos_host::faults::FAIL_ENV, &format!("deploy:{step}"))]).await;
         host.setup_owner().await;
         catalog(&host).await;
         let accepted = deploy(&host, &format!("Fail {step}")).await;
@@ -272,7 +272,7 @@ async fn a_failure_at_any_step_leaves_nothing_behind() {
 #[tokio::test]
 async fn a_host_killed_mid_deploy_rolls_it_back_when_it_starts_again() {
     require_image().await;
-    let mut host = host_with(&[(taos_host::deploy::PAUSE_STEP_ENV, "service")]).await;
+    let mut host = host_with(&[(taos_host::faults::PAUSE_ENV, "deploy:service")]).await;
     host.setup_owner().await;
     catalog(&host).await;
     let accepted = deploy(&host, "Interrupted").await;
@@ -685,6 +685,11 @@ async fn deploy_archive_redeploy_restore_and_purge() {
         .await
         .unwrap();
     assert_eq!(logs.status(), StatusCode::OK);
+    let text = logs.text().await.unwrap();
+    assert!(
+        text.contains("taos-agent starting") && text.contains("keeper"),
+        "the sidecar's own log, from its start: {text}"
+    );
     assert_eq!(
         host.admin(Method::GET, "/api/agents/keeper/logs?lines=0")
             .send()

@@ -19,16 +19,19 @@ use crate::BIN;
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// Docker is the fallback, tested "when present": scripts/test.sh provisions it, so in CI it
-/// always is. Elsewhere the tests say why they did nothing.
+/// Docker is the fallback runtime; scripts/test.sh provisions it, so a missing dockerd fails
+/// these tests unless a developer skips them on purpose (`TAOS_TEST_ALLOW_SKIP=1`).
 async fn docker() -> Option<Docker> {
-    let docker = Docker::new(DEFAULT_SOCKET).ok()?;
-    if docker.available().await {
-        Some(docker)
-    } else {
-        eprintln!("SKIPPED: dockerd is not running (scripts/dev-docker.sh starts it)");
-        None
+    if let Ok(docker) = Docker::new(DEFAULT_SOCKET) {
+        if docker.available().await {
+            return Some(docker);
+        }
     }
+    taos_e2e::skip_for_missing(
+        "the Docker tests",
+        "dockerd is not running (scripts/dev-docker.sh starts it)",
+    );
+    None
 }
 
 fn unique(what: &str) -> String {
@@ -114,19 +117,42 @@ async fn a_docker_container_lives_and_dies_through_the_engine_api() {
         .await
         .unwrap();
     assert_eq!(out.stdout, "$(not a shell)\n");
-    // The limits reached the container's cgroup.
-    let out = rt
-        .exec(
-            &name,
-            &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
-            &BTreeMap::new(),
-            10 * SECOND,
-        )
-        .await
-        .unwrap();
-    if out.exit_code == 0 {
-        assert_eq!(out.stdout.trim(), (64u64 * 1024 * 1024).to_string());
-    }
+    // The limits reached the container's cgroup (v2's files, or v1's where the host has v1)…
+    let read =
+        |v2: &'static str, v1: &'static [&'static str]| {
+            let rt = &rt;
+            let name = &name;
+            async move {
+                let script =
+                    format!(
+                "if [ -f /sys/fs/cgroup/{v2} ]; then cat /sys/fs/cgroup/{v2}; else cat {}; fi",
+                v1.iter().map(|f| format!("/sys/fs/cgroup/{f}")).collect::<Vec<_>>().join(" ")
+            );
+                let out = rt
+                    .exec(name, &["sh", "-c", &script], &BTreeMap::new(), 10 * SECOND)
+                    .await
+                    .unwrap();
+                assert_eq!(out.exit_code, 0, "no cgroup file for {v2}: {}", out.stderr);
+                out.stdout
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            }
+        };
+    assert_eq!(
+        read("memory.max", &["memory/memory.limit_in_bytes"]).await,
+        [(64u64 * 1024 * 1024).to_string()]
+    );
+    assert_eq!(read("pids.max", &["pids/pids.max"]).await, ["100"]);
+    let cpu = read(
+        "cpu.max",
+        &["cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"],
+    )
+    .await;
+    assert_eq!(
+        cpu[0], cpu[1],
+        "one CPU's worth of time per period: {cpu:?}"
+    );
 
     assert_eq!(
         rt.pull_file(&name, "/root/note.txt").await.unwrap(),
@@ -176,6 +202,8 @@ async fn a_docker_container_lives_and_dies_through_the_engine_api() {
             "{unsupported:?}"
         );
     }
+    // …and the limits hold. Last, because the process check leaves the container full.
+    assert_limits_hold(&rt, &name).await;
 
     rt.stop(&name, false).await.unwrap();
     assert!(!rt.state(&name).await.unwrap().running);
@@ -383,6 +411,11 @@ async fn deploy_chat_archive_and_purge_on_docker() {
         .await
         .unwrap();
     assert_eq!(logs.status(), StatusCode::OK);
+    let text = logs.text().await.unwrap();
+    assert!(
+        text.contains("taos-agent starting") && text.contains(&slug),
+        "the sidecar's own log: {text}"
+    );
     // Lifecycle: stop and start again; it reconnects and answers.
     for action in ["stop", "start"] {
         let r = host
@@ -470,7 +503,7 @@ async fn a_failed_docker_deploy_leaves_nothing_behind() {
     for step in &taos_host::deploy::DOCKER_STEPS[1..] {
         let host = host_with(&[
             ("TAOS_RUNTIME__KIND", "docker"),
-            (taos_host::deploy::FAIL_STEP_ENV, step),
+            (taos_host::faults::FAIL_ENV, &format!("deploy:{step}")),
         ])
         .await;
         host.setup_owner().await;
@@ -509,4 +542,31 @@ async fn a_failed_docker_deploy_leaves_nothing_behind() {
             "{step}: trace folder left"
         );
     }
+}
+
+/// Checks from inside a container made with 64 MiB and 100 processes that the limits bite:
+/// a 100 MiB buffer is killed (137) while a 16 MiB one is fine, and forking past the process
+/// limit fails. Leaves the container at its process limit: stop or delete it next.
+pub async fn assert_limits_hold(rt: &impl Runtime, name: &str) {
+    let run = |argv: &'static [&'static str]| async move {
+        rt.exec(name, argv, &BTreeMap::new(), 30 * SECOND)
+            .await
+            .unwrap()
+    };
+    let small = run(&["dd", "if=/dev/zero", "of=/dev/null", "bs=16M", "count=1"]).await;
+    assert_eq!(small.exit_code, 0, "16 MiB fits in 64: {}", small.stderr);
+    let big = run(&["dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"]).await;
+    assert_eq!(big.exit_code, 137, "100 MiB is over the limit: {big:?}");
+    let forks = run(&[
+        "sh",
+        "-c",
+        // ash gives up the subshell at the first failed fork; the sleeps stay until the
+        // container goes, so callers check this last.
+        "(i=0; while [ $i -lt 150 ]; do sleep 60 </dev/null >/dev/null 2>&1 & i=$((i+1)); done) 2>&1; true",
+    ])
+    .await;
+    assert!(
+        forks.stdout.contains("can't fork") || forks.stderr.contains("can't fork"),
+        "150 processes in a container limited to 100: {forks:?}"
+    );
 }

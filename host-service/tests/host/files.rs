@@ -44,7 +44,10 @@ async fn crash_between_temp_write_and_rename_keeps_the_old_config() {
         .arg("--data-dir")
         .arg(&host.data_dir)
         .args(["config", "set", "server.max_body_bytes", "2048"])
-        .env(taos_host::fsutil::PAUSE_BEFORE_RENAME_ENV, &config_path)
+        .env(
+            taos_host::faults::PAUSE_ENV,
+            format!("write:{}", config_path.display()),
+        )
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -52,7 +55,7 @@ async fn crash_between_temp_write_and_rename_keeps_the_old_config() {
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
     let paused = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("paused before rename") {
+            if line.contains("fault injection: paused at write:") {
                 return true;
             }
         }

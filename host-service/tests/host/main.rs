@@ -2,10 +2,13 @@
 //! One test binary (modules below) keeps link time down.
 
 mod access;
+mod agent_access;
 mod auth;
 mod bridge_edges;
 mod chat;
+mod concurrency;
 mod conversation;
+mod crash;
 mod deploy;
 mod devices;
 mod docker;
@@ -13,6 +16,7 @@ mod events;
 mod files;
 mod first_run;
 mod input;
+mod lifecycle_crash;
 mod llm;
 mod ops;
 mod quota;

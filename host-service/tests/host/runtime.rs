@@ -130,6 +130,15 @@ async fn a_container_lives_and_dies_through_the_api() {
     rt.snapshot_delete(&name, "before").await.unwrap();
     assert!(rt.snapshot_list(&name).await.unwrap().is_empty());
 
+    // The limits hold inside: one CPU (incus pins it), 64 MiB, 100 processes. Last, because
+    // the process check leaves the container full of processes.
+    let nproc = rt
+        .exec(&name, &["nproc"], &BTreeMap::new(), 10 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(nproc.stdout.trim(), "1", "limits.cpu=1: {nproc:?}");
+    crate::docker::assert_limits_hold(&rt, &name).await;
+
     rt.stop(&name, false).await.unwrap();
     assert!(!rt.state(&name).await.unwrap().running);
     let renamed = unique("renamed");

@@ -24,14 +24,29 @@ async fn pinned_client_connects_with_tls13_and_unpinned_client_fails() {
         .send()
         .await
         .expect_err("a client that does not pin must not trust the self-signed host");
-    assert!(err.is_connect() || err.is_request(), "{err:?}");
+    assert!(
+        matches!(
+            taos_e2e::tls_error(&err),
+            Some(rustls::Error::InvalidCertificate(_))
+        ),
+        "refused for its certificate: {err:?}"
+    );
 
     let wrong = SpkiPin::of_spki(b"some other key");
-    assert!(pinned_client(wrong)
+    let err = pinned_client(wrong)
         .get(host.url("/api/health"))
         .send()
         .await
-        .is_err());
+        .expect_err("a pin for another key must refuse the host");
+    assert!(
+        matches!(
+            taos_e2e::tls_error(&err),
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure
+            ))
+        ),
+        "refused for its key: {err:?}"
+    );
 }
 
 #[tokio::test]
@@ -75,5 +90,18 @@ async fn tls12_only_clients_are_refused() {
         .use_preconfigured_tls(config)
         .build()
         .unwrap();
-    assert!(client.get(host.url("/api/health")).send().await.is_err());
+    let err = client
+        .get(host.url("/api/health"))
+        .send()
+        .await
+        .expect_err("TLS 1.2 is refused");
+    assert!(
+        matches!(
+            taos_e2e::tls_error(&err),
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::ProtocolVersion
+            ))
+        ),
+        "refused for its TLS version: {err:?}"
+    );
 }
