@@ -439,7 +439,7 @@ async fn websocket_auth_takes_subprotocol_bearer_and_refuses_foreign_origins() {
     assert!(ok.is_ok(), "{:?}", ok.err());
     let none = WsClient::connect_with(&host, vec![]).await;
     assert!(none.is_err(), "no credentials, no socket");
-    let cookie = format!("taos_session={}", session.session_cookie);
+    let cookie = session.cookie();
     let authority = host.public_url.trim_start_matches("https://").to_string();
     let same = WsClient::connect_with(
         &host,

@@ -15,6 +15,7 @@ mod input;
 mod llm;
 mod ops;
 mod quota;
+mod revoke;
 mod routes;
 mod runtime;
 mod tls;
