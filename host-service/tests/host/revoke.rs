@@ -135,6 +135,41 @@ async fn revoking_a_device_closes_its_socket_and_event_stream_at_once() {
     post_acked(&mut laptop_ws, &dm, "from the laptop").await;
 }
 
+/// A refresh token presented twice means two parties hold the device's credentials: the host
+/// revokes the device, and the socket the thief opened with its fresh access token goes too.
+#[tokio::test]
+async fn a_replayed_refresh_token_closes_the_devices_sockets() {
+    let host = start().await;
+    host.setup_owner().await;
+    let dm = dm(&host).await;
+    let device = host.pair_device("phone").await;
+    let refresh = |token: Value| {
+        host.client()
+            .post(host.url("/api/auth/refresh"))
+            .json(&json!({"refresh_token": token}))
+            .send()
+    };
+    // The thief refreshes with a copied refresh token and opens a socket with the result...
+    let stolen: Value = refresh(device["refresh_token"].clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ws = WsClient::connect(&host, stolen["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    post_acked(&mut ws, &dm, "from the thief").await;
+    // ...then the phone presents the same, now used, refresh token.
+    let replay = refresh(device["refresh_token"].clone()).await.unwrap();
+    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+    let _ = ws.try_send(message(&dm, "after the replay")).await;
+    assert_eq!(ws.end(WAIT).await, closed("revoked"));
+    assert!(!stored(&host, &dm)
+        .await
+        .contains(&"after the replay".to_string()));
+}
+
 #[tokio::test]
 async fn logging_out_closes_that_sessions_socket_and_event_stream() {
     let host = start().await;
