@@ -390,8 +390,41 @@ pub async fn authenticate_llm(db: &Db, key: &str) -> Result<Option<AgentRecord>,
     row.as_ref().map(from_row).transpose()
 }
 
-/// Replaces the agent's LLM key; the old one stops working at once.
-pub async fn rotate_llm_key(db: &Db, slug: &str) -> Result<String, AgentError> {
+/// Whether each LLM key hash still belongs to an agent: `Valid` (no expiry) or `Revoked`
+/// (rotated, archived, removed).
+pub async fn llm_key_states(
+    db: &Db,
+    key_hashes: &[&str],
+) -> Result<std::collections::HashMap<String, crate::auth::live::TokenState>, sqlx::Error> {
+    use crate::auth::live::{placeholders, TokenState, BATCH};
+    let mut current = std::collections::HashSet::new();
+    for chunk in key_hashes.chunks(BATCH) {
+        let sql = format!(
+            "SELECT llm_key_hash FROM agents WHERE llm_key_hash IN ({})",
+            placeholders(chunk.len())
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for hash in chunk {
+            query = query.bind(*hash);
+        }
+        current.extend(query.fetch_all(db).await?);
+    }
+    Ok(key_hashes
+        .iter()
+        .map(|h| {
+            let state = if current.contains(*h) {
+                TokenState::Valid { until_ms: None }
+            } else {
+                TokenState::Revoked
+            };
+            (h.to_string(), state)
+        })
+        .collect())
+}
+
+/// Replaces the agent's LLM key; the old one stops working at once. The caller ends the
+/// gateway calls made with it (`live::Live::revoke_agent_llm`).
+pub async fn rotate_llm_key(db: &Db, slug: &str) -> Result<(AgentRecord, String), AgentError> {
     let agent = get_by_slug(db, slug).await?;
     let key = new_secret(LLM_KEY_PREFIX);
     sqlx::query("UPDATE agents SET llm_key_hash = ? WHERE id = ?")
@@ -399,7 +432,7 @@ pub async fn rotate_llm_key(db: &Db, slug: &str) -> Result<String, AgentError> {
         .bind(agent.id.to_string())
         .execute(db)
         .await?;
-    Ok(key)
+    Ok((agent, key))
 }
 
 /// Replaces the agent's token; the old one stops working at once.

@@ -190,6 +190,7 @@ pub async fn archive(state: &AppState, slug: &str) -> Result<Archived, ArchiveEr
             agents::remove(&state.db, agent.id).await?;
             let _ = std::fs::remove_dir_all(state.traces.root().join(&agent.slug));
             state.bridge.kick(agent.id);
+            state.live.revoke_agent_llm(agent.id);
             tracing::info!(agent = %agent.slug, "agent without container or history removed");
             return Ok(Archived::Removed);
         }
@@ -201,7 +202,9 @@ pub async fn archive(state: &AppState, slug: &str) -> Result<Archived, ArchiveEr
     journal::begin(&state.db, agent.id, OpKind::Archive, &plan).await?;
     match archive_steps(state, &agent, &plan).await {
         Ok(id) => {
+            // Both credentials are gone: the bridge stream and any gateway call in flight end too.
             state.bridge.kick(agent.id);
+            state.live.revoke_agent_llm(agent.id);
             let _ = state
                 .hub
                 .publish(

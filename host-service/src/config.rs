@@ -38,6 +38,19 @@ host_name = ""
 # allowed_hosts = ["taos.example.org"]. As an environment override: comma-separated.
 allowed_hosts = []
 
+[auth]
+# Lifetime of a paired device's access token, in seconds (the app refreshes it before it
+# ends). A chat WebSocket or event stream opened with it is closed when it expires.
+access_token_secs = 900
+# A browser session ends after this long without a request, in seconds (7 days)...
+session_idle_secs = 604800
+# ...and this long after sign-in however much it is used, in seconds (30 days).
+session_lifetime_secs = 2592000
+# How often open WebSockets, event streams and gateway calls re-check their credentials, in
+# seconds: the backstop for expiry and for changes made outside this process (the CLI's
+# `user reset-password`). Revocations through the API close them at once.
+recheck_secs = 5
+
 [llm]
 # The LiteLLM executable. Empty: `litellm` on PATH, else /opt/taos/litellm/bin/litellm.
 litellm_bin = ""
@@ -76,10 +89,31 @@ level = "info"
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
+    pub auth: AuthConfig,
     pub llm: LlmConfig,
     pub runtime: RuntimeConfig,
     pub quota: QuotaConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub access_token_secs: u64,
+    pub session_idle_secs: u64,
+    pub session_lifetime_secs: u64,
+    pub recheck_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            access_token_secs: 15 * 60,
+            session_idle_secs: 7 * 24 * 3600,
+            session_lifetime_secs: 30 * 24 * 3600,
+            recheck_secs: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -243,6 +277,29 @@ impl Config {
                      and '.'; no scheme, port or path)"
                 )));
             }
+        }
+        let a = &self.auth;
+        // Upper bounds keep the millisecond arithmetic far from overflow; a day-long access
+        // token is already far past what a stolen phone should be worth.
+        if !(1..=24 * 3600).contains(&a.access_token_secs) {
+            return Err(ConfigError::Invalid(
+                "[auth] access_token_secs must be between 1 and 86400".to_string(),
+            ));
+        }
+        for (key, value) in [
+            ("session_idle_secs", a.session_idle_secs),
+            ("session_lifetime_secs", a.session_lifetime_secs),
+        ] {
+            if !(1..=365 * 24 * 3600).contains(&value) {
+                return Err(ConfigError::Invalid(format!(
+                    "[auth] {key} must be between 1 and 31536000 (a year)"
+                )));
+            }
+        }
+        if !(1..=3600).contains(&a.recheck_secs) {
+            return Err(ConfigError::Invalid(
+                "[auth] recheck_secs must be between 1 and 3600".to_string(),
+            ));
         }
         if self.log.level.trim().is_empty() {
             return Err(ConfigError::Invalid(
@@ -577,6 +634,31 @@ mod tests {
         set_key(dir.path(), "server.allowed_hosts", "x.example,y.example").unwrap();
         let config = load_or_init(dir.path()).unwrap();
         assert_eq!(config.server.allowed_hosts, ["x.example", "y.example"]);
+    }
+
+    #[test]
+    fn auth_lifetimes_are_bounded() {
+        let config = parse(
+            &p(),
+            DEFAULT_TEMPLATE,
+            env(&[
+                ("TAOS_AUTH__ACCESS_TOKEN_SECS", "3"),
+                ("TAOS_AUTH__RECHECK_SECS", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.auth.access_token_secs, 3);
+        assert_eq!(config.auth.recheck_secs, 1);
+        for bad in [
+            "[auth]\naccess_token_secs = 0\n",
+            "[auth]\naccess_token_secs = 100000\n",
+            "[auth]\nsession_lifetime_secs = 0\n",
+            "[auth]\nsession_idle_secs = 99999999999\n",
+            "[auth]\nrecheck_secs = 0\n",
+        ] {
+            let err = parse(&p(), bad, env(&[])).unwrap_err();
+            assert!(err.to_string().contains("[auth]"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -650,6 +650,9 @@ pub async fn rollback(state: &AppState, deploy_id: &str, reason: &str) -> Result
     }
     if let Some(id) = agent_id.and_then(|id| Uuid::parse_str(&id).ok()) {
         agents::remove(&state.db, id).await?;
+        // Its credentials went with the row: whatever was open on them ends now.
+        state.bridge.kick(id);
+        state.live.revoke_agent_llm(id);
     }
     finish(state, deploy_id, "rolled_back", Some(reason)).await?;
     tracing::warn!(agent = %slug, %reason, "deploy rolled back");

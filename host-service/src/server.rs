@@ -313,6 +313,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         host_name: host_name(&config),
         pairing_addresses: pairing_addresses(public_addr),
         login_limiter: LoginLimiter::default(),
+        live: crate::auth::live::Live::new(),
         metrics: Metrics::default(),
         health: RwLock::new(BTreeMap::from([
             ("database".to_string(), "ok".to_string()),
@@ -325,6 +326,13 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         config,
     });
     http::spawn_health_checker(state.clone());
+    crate::auth::live::spawn_recheck(
+        state.live.clone(),
+        state.db.clone(),
+        state.session_policy(),
+        Duration::from_secs(state.config.auth.recheck_secs),
+        state.shutdown.clone(),
+    );
     spawn_trace_sealer(state.clone());
     supervisor.spawn(state.shutdown.clone());
     crate::quota::spawn_monitor(

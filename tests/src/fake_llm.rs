@@ -26,6 +26,8 @@ pub struct FakeState {
     pub api_key: String,
     pub models: Vec<String>,
     pub fail: AtomicBool,
+    /// While set, a streamed answer sends its first chunk and then waits (a long generation).
+    pub hold: AtomicBool,
     pub calls: AtomicU64,
     pub unauthorized: AtomicU64,
 }
@@ -65,6 +67,11 @@ impl FakeLlm {
 
     pub fn set_failing(&self, fail: bool) {
         self.state.fail.store(fail, Ordering::SeqCst);
+    }
+
+    /// Streamed answers stop after their first chunk until `set_holding(false)`.
+    pub fn set_holding(&self, hold: bool) {
+        self.state.hold.store(hold, Ordering::SeqCst);
     }
 
     pub fn calls(&self) -> u64 {
@@ -143,7 +150,18 @@ async fn chat(
             frames.push(format!("data: {usage_chunk}\n\n"));
         }
         frames.push("data: [DONE]\n\n".to_string());
-        let stream = futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::io::Error>));
+        let hold = state.clone();
+        let stream =
+            futures_util::stream::unfold((frames.into_iter(), true), move |(mut frames, first)| {
+                let hold = hold.clone();
+                async move {
+                    while !first && hold.hold.load(Ordering::SeqCst) {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    let frame = frames.next()?;
+                    Some((Ok::<_, std::io::Error>(frame), (frames, false)))
+                }
+            });
         return Response::builder()
             .header("content-type", "text/event-stream")
             .body(Body::from_stream(stream))

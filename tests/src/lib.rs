@@ -21,6 +21,8 @@ use tokio::process::{Child, Command};
 pub mod fake_llm;
 
 pub const OWNER: &str = "owner";
+/// The browser session cookie's name (a `__Host-` cookie).
+pub const SESSION_COOKIE: &str = "__Host-taos_session";
 pub const OWNER_PASSWORD: &str = "correct horse battery";
 
 /// A running host. Killed when dropped.
@@ -374,8 +376,8 @@ impl Session {
         let body: Value = response.json().await.expect("login json");
         Session {
             session_cookie: cookies
-                .get("taos_session")
-                .expect("taos_session cookie")
+                .get(SESSION_COOKIE)
+                .expect("session cookie")
                 .0
                 .clone(),
             csrf_token: body["csrf_token"].as_str().expect("csrf_token").to_string(),
@@ -394,7 +396,12 @@ impl Session {
     pub fn request_without_csrf(&self, method: Method, path: &str) -> RequestBuilder {
         self.client
             .request(method, format!("{}{path}", self.base))
-            .header(COOKIE, format!("taos_session={}", self.session_cookie))
+            .header(COOKIE, self.cookie())
+    }
+
+    /// The `Cookie` header value that carries this session.
+    pub fn cookie(&self) -> String {
+        format!("{SESSION_COOKIE}={}", self.session_cookie)
     }
 }
 
@@ -721,6 +728,15 @@ pub struct WsClient {
     stream: TlsWs,
 }
 
+/// How a WebSocket ended, as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsEnd {
+    /// The host sent a close frame with this code and reason.
+    Closed { code: u16, reason: String },
+    /// The connection ended without a close frame.
+    Dropped,
+}
+
 impl WsClient {
     /// Connects with `Authorization: Bearer <token>`.
     pub async fn connect(host: &Host, token: &str) -> anyhow::Result<WsClient> {
@@ -756,6 +772,39 @@ impl WsClient {
         }
         let (stream, _) = tokio_tungstenite::client_async(request, tls).await?;
         Ok(WsClient { stream })
+    }
+
+    /// Sends a frame; an error if the socket is closed.
+    pub async fn try_send(&mut self, event: Value) -> anyhow::Result<()> {
+        use futures_util::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                event.to_string().into(),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads until the socket ends (skipping any frames before), or `None` if `wait` passes
+    /// first.
+    pub async fn end(&mut self, wait: Duration) -> Option<WsEnd> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return None,
+                Ok(None) | Ok(Some(Err(_))) => return Some(WsEnd::Dropped),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let tokio_tungstenite::tungstenite::Message::Close(close) = frame {
+                return Some(match close {
+                    Some(f) => WsEnd::Closed {
+                        code: u16::from(f.code),
+                        reason: f.reason.to_string(),
+                    },
+                    None => WsEnd::Dropped,
+                });
+            }
+        }
     }
 
     pub async fn send(&mut self, event: Value) {
@@ -830,6 +879,68 @@ impl WsClient {
             replayed.push(event);
         }
     }
+}
+
+/// What an HTTP/2 request to the public listener found out.
+#[derive(Debug)]
+pub struct H2Answer {
+    /// Whether the host's SETTINGS offer extended CONNECT (RFC 8441), without which no client
+    /// can open a WebSocket over HTTP/2.
+    pub extended_connect: bool,
+    pub status: u16,
+    pub body: String,
+}
+
+/// Sends one request over HTTP/2 (TLS pinned to the host's key, ALPN `h2`).
+pub async fn h2_request(
+    host: &Host,
+    method: Method,
+    path: &str,
+    headers: Vec<(String, String)>,
+) -> anyhow::Result<H2Answer> {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let authority = host.public_url.trim_start_matches("https://").to_string();
+    let mut config = taos_pin::pinned_client_config(host.pin);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&authority).await?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost")?.to_owned(),
+            tcp,
+        )
+        .await?;
+    anyhow::ensure!(
+        tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()),
+        "the host did not negotiate HTTP/2"
+    );
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(TokioIo::new(tls))
+        .await?;
+    let mut conn = Box::pin(conn);
+    let mut request = hyper::Request::builder()
+        .method(hyper::Method::from_bytes(method.as_str().as_bytes())?)
+        .uri(format!("https://{authority}{path}"));
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let request = request.body(http_body_util::Empty::new())?;
+    let response = tokio::select! {
+        response = send.send_request(request) => response?,
+        ended = &mut conn => anyhow::bail!("the HTTP/2 connection ended: {ended:?}"),
+    };
+    // The host's SETTINGS precede any response on the connection, so they are known now.
+    let extended_connect = conn.is_extended_connect_protocol_enabled();
+    let status = response.status().as_u16();
+    let body = tokio::select! {
+        body = response.into_body().collect() => body?.to_bytes(),
+        ended = &mut conn => anyhow::bail!("the HTTP/2 connection ended: {ended:?}"),
+    };
+    Ok(H2Answer {
+        extended_connect,
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 /// Polls an agent's trace until `check` passes or 10 s go by.

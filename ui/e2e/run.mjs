@@ -378,7 +378,7 @@ try {
   });
 
   await step('a long channel stays a short DOM (virtualised list)', async () => {
-    const csrf = (await desktop.cookies()).find((c) => c.name === 'taos_csrf')?.value ?? '';
+    const csrf = (await desktop.cookies()).find((c) => c.name === '__Host-taos_csrf')?.value ?? '';
     const headers = { 'x-csrf-token': csrf };
     const ch = await page.request.post(`${URL_}/api/chat/channels`, { headers, data: { name: 'long', members: ['user:owner'] } });
     assert(ch.ok(), `create channel: ${ch.status()}`);
@@ -409,7 +409,7 @@ try {
 
   await step('unread counts: a reply in another chat counts while this one is open', async () => {
     const agent = await (await page.request.get(`${URL_}/api/agents/${SLUG}`)).json();
-    const csrf = (await desktop.cookies()).find((c) => c.name === 'taos_csrf')?.value ?? '';
+    const csrf = (await desktop.cookies()).find((c) => c.name === '__Host-taos_csrf')?.value ?? '';
     const dm = page.locator(`[data-testid=channel][href="/chat/${agent.dm_channel_id}"]`);
     await dm.waitFor();
     assert((await dm.getByTestId('channel-unread').count()) === 0, 'unread before anything arrived');
@@ -428,7 +428,7 @@ try {
 
   await step('chat reconnects after a drop and resumes with after_seq: nothing is missed', async () => {
     const agent = await (await page.request.get(`${URL_}/api/agents/${SLUG}`)).json();
-    const csrf = (await desktop.cookies()).find((c) => c.name === 'taos_csrf')?.value ?? '';
+    const csrf = (await desktop.cookies()).find((c) => c.name === '__Host-taos_csrf')?.value ?? '';
     const p = await desktop.newPage();
     watch(p, 'reconnect');
     const subscribes = [];

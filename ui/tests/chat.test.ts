@@ -125,6 +125,21 @@ describe('reconnecting resumes with after_seq', () => {
     host.sockets.at(-1)!.drop();
     expect(waits).toEqual([100, 200, 400, 400, 100]);
   });
+  it('stops and reports sign-out when the host closes with 4001 (revoked or expired)', () => {
+    const host = new FakeHost();
+    const waits: number[] = [];
+    let unauthorized = 0;
+    const chat = new ChatClient(host, 'me', {
+      onUnauthorized: () => unauthorized++,
+      setTimer: (_fn, ms) => waits.push(ms),
+    });
+    host.sockets[0].accept();
+    host.sockets[0].drop(4001);
+    expect(unauthorized).toBe(1);
+    expect(chat.connected).toBe(false);
+    expect(waits).toEqual([]);
+    expect(host.sockets).toHaveLength(1);
+  });
 });
 
 describe('older history', () => {

@@ -71,4 +71,23 @@ describe('the event feed resumes', () => {
     expect(unauthorized).toBe(1);
     expect(host.eventCalls).toEqual(['10', '3']);
   });
+
+  it('stops at an unauthorized event (the session was revoked or expired) without reconnecting', async () => {
+    const host = new FakeHost();
+    host.streams.push({ after: null, messages: [ev(1), { id: null, event: 'unauthorized', data: '{"reason":"revoked"}' }, ev(2)] });
+    host.streams.push({ after: '1', messages: [ev(2)] });
+    const seen: number[] = [];
+    let unauthorized = 0;
+    const feed = new EventFeed(
+      host,
+      { onEvent: (e) => seen.push(e.id), onResync: () => {}, onUnauthorized: () => unauthorized++ },
+      null,
+      { sleep: async () => {} },
+    );
+    await new Promise((r) => setTimeout(r, 10));
+    await feed.stop();
+    expect(seen).toEqual([1]);
+    expect(unauthorized).toBe(1);
+    expect(host.eventCalls).toEqual([null]);
+  });
 });

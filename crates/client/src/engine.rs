@@ -13,7 +13,7 @@ use taos_proto::events::HostEvent;
 use tokio::sync::{mpsc, watch, Mutex, Notify};
 
 use crate::cache::{Cache, CacheError, OutboxItem};
-use crate::net::LiveEvent;
+use crate::net::{LiveEvent, NetError};
 use crate::notify::{self, NativeNotification};
 use crate::outbox;
 use crate::session::{Session, SessionError};
@@ -69,6 +69,10 @@ pub enum EngineError {
     Cache(#[from] CacheError),
     #[error("the chat connection closed")]
     Closed,
+    /// The host ended the token a connection was opened with (expired, or revoked): get a
+    /// fresh one and reconnect. A revoked device finds out when the refresh fails.
+    #[error("the host asked to authenticate again")]
+    Reauthenticate,
 }
 
 pub struct Engine {
@@ -223,6 +227,11 @@ impl Engine {
                     self.emit(AppEvent::Revoked);
                     break;
                 }
+                Err(EngineError::Reauthenticate) => {
+                    // Not a network problem: no "offline", the link stays. The next attempt
+                    // refreshes the token first (and learns if the device was revoked).
+                    backoff = Duration::from_secs(1);
+                }
                 Err(e) => {
                     self.emit(AppEvent::Connection {
                         online: false,
@@ -255,7 +264,14 @@ impl Engine {
         if flushed.revoked {
             return Err(SessionError::Revoked.into());
         }
-        let mut socket = link.chat_socket(&token).await.map_err(SessionError::from)?;
+        let mut socket = match link.chat_socket(&token).await {
+            Ok(socket) => socket,
+            Err(NetError::Unauthorized) => {
+                self.session.forget_token(&token).await;
+                return Err(EngineError::Reauthenticate);
+            }
+            Err(e) => return Err(SessionError::from(e).into()),
+        };
         for channel in self.cache.channels(self.host()).await? {
             socket
                 .send(&ClientEvent::Subscribe {
@@ -268,7 +284,13 @@ impl Engine {
         loop {
             tokio::select! {
                 event = socket.next() => {
-                    let Some(event) = event else { return Err(EngineError::Closed) };
+                    let Some(event) = event else {
+                        if socket.closed_unauthorized() {
+                            self.session.forget_token(&token).await;
+                            return Err(EngineError::Reauthenticate);
+                        }
+                        return Err(EngineError::Closed);
+                    };
                     self.on_chat_event(event).await?;
                 }
                 _ = self.wake.notified() => {
@@ -330,10 +352,11 @@ impl Engine {
         let mut backoff = Duration::from_secs(1);
         while !*stop.borrow() {
             if let Err(e) = self.follow_events_once().await {
-                if matches!(e, EngineError::Session(SessionError::Revoked)) {
-                    return;
+                match e {
+                    EngineError::Session(SessionError::Revoked) => return,
+                    EngineError::Reauthenticate => backoff = Duration::from_secs(1),
+                    e => tracing::debug!(error = %e, "event stream ended"),
                 }
-                tracing::debug!(error = %e, "event stream ended");
             } else {
                 backoff = Duration::from_secs(1);
             }
@@ -353,15 +376,23 @@ impl Engine {
             .meta(self.host(), LAST_EVENT_ID)
             .await?
             .and_then(|v| v.parse::<i64>().ok());
-        let mut stream = link
-            .events(&token, last)
-            .await
-            .map_err(SessionError::from)?;
+        let mut stream = match link.events(&token, last).await {
+            Ok(stream) => stream,
+            Err(NetError::Unauthorized) => {
+                self.session.forget_token(&token).await;
+                return Err(EngineError::Reauthenticate);
+            }
+            Err(e) => return Err(SessionError::from(e).into()),
+        };
         while let Some(live) = stream.next().await {
             match live {
                 LiveEvent::Resync => {
                     self.emit(AppEvent::Resync);
                     let _ = self.catch_up().await;
+                }
+                LiveEvent::Unauthorized => {
+                    self.session.forget_token(&token).await;
+                    return Err(EngineError::Reauthenticate);
                 }
                 LiveEvent::Event(event) => {
                     self.cache

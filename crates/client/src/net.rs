@@ -279,7 +279,10 @@ impl Link {
                 }
                 other => NetError::Protocol(other.to_string()),
             })?;
-        Ok(ChatSocket { stream })
+        Ok(ChatSocket {
+            stream,
+            close_code: None,
+        })
     }
 }
 
@@ -312,6 +315,9 @@ pub enum LiveEvent {
     Event(HostEvent),
     /// The host no longer has the events after our last id: reload state.
     Resync,
+    /// The token the stream was opened with was revoked or expired; the stream ends.
+    /// Authenticate again (a refresh; a revoked device fails it) before reconnecting.
+    Unauthorized,
 }
 
 impl EventStream {
@@ -322,6 +328,9 @@ impl EventStream {
                 let event = self.pending.remove(0);
                 if event.event == taos_proto::events::EVENT_RESYNC {
                     return Some(LiveEvent::Resync);
+                }
+                if event.event == taos_proto::events::EVENT_UNAUTHORIZED {
+                    return Some(LiveEvent::Unauthorized);
                 }
                 if let Ok(parsed) = serde_json::from_str::<HostEvent>(&event.data) {
                     return Some(LiveEvent::Event(parsed));
@@ -338,6 +347,8 @@ impl EventStream {
 pub struct ChatSocket {
     stream:
         tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    /// The code of the host's close frame, once one came.
+    close_code: Option<u16>,
 }
 
 impl ChatSocket {
@@ -349,7 +360,8 @@ impl ChatSocket {
             .map_err(|e| NetError::Protocol(e.to_string()))
     }
 
-    /// The next server event; `None` when the socket closes (reconnect and resubscribe).
+    /// The next server event; `None` when the socket closes (reconnect and resubscribe — but
+    /// see `closed_unauthorized`).
     pub async fn next(&mut self) -> Option<ServerEvent> {
         loop {
             match self.stream.next().await?.ok()? {
@@ -358,9 +370,18 @@ impl ChatSocket {
                         return Some(event);
                     }
                 }
-                WsMessage::Close(_) => return None,
+                WsMessage::Close(frame) => {
+                    self.close_code = frame.map(|f| u16::from(f.code));
+                    return None;
+                }
                 _ => {}
             }
         }
+    }
+
+    /// Whether the host closed the socket because its token was revoked or expired (code 4001):
+    /// reconnecting needs a fresh token, not the same one.
+    pub fn closed_unauthorized(&self) -> bool {
+        self.close_code == Some(taos_proto::chat::CLOSE_UNAUTHORIZED)
     }
 }

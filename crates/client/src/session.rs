@@ -163,6 +163,16 @@ impl Session {
         *self.access.lock().await = None;
     }
 
+    /// Drops `token` if it is still the current access token: the host ended it (a socket
+    /// closed with 4001). A token another task already replaced is kept, so two connections
+    /// told at once cause one refresh, not two.
+    pub async fn forget_token(&self, token: &str) {
+        let mut access = self.access.lock().await;
+        if access.as_ref().is_some_and(|a| a.token == token) {
+            *access = None;
+        }
+    }
+
     /// Any call, answered as JSON when the body is JSON, as a string when it is text, and
     /// `null` when empty (204): what the UI's generic request needs.
     pub async fn call_value(

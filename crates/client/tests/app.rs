@@ -248,3 +248,99 @@ async fn a_code_naming_another_hosts_key_is_refused_clearly() {
         Err(PairError::Expired)
     ));
 }
+
+/// A socket never outlives its access token: the host closes it with 4001 when the token
+/// expires, and the app refreshes and reconnects without ever showing itself offline. When the
+/// device is revoked, the host closes it the same way and the app learns it must pair again.
+#[tokio::test]
+async fn expiring_tokens_reconnect_quietly_and_revocation_signs_the_app_out() {
+    let host = Host::start_with(
+        &taos_e2e::workspace_binary("taos-host")
+            .display()
+            .to_string(),
+        taos_e2e::HostOptions {
+            env: vec![
+                ("TAOS_AUTH__ACCESS_TOKEN_SECS".into(), "3".into()),
+                (
+                    "TAOS_LLM__LITELLM_BIN".into(),
+                    "/nonexistent/litellm".into(),
+                ),
+            ],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    host.setup_owner().await;
+    let (agent, _) = AgentClient::create(&host, "Helper").await;
+    let answering = agent.answer_everything(Duration::ZERO);
+    let secrets: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
+    let paired = pair(
+        &host.pairing_token().await,
+        "phone",
+        "linux",
+        secrets.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(paired.tokens.expires_in, 3);
+    let link = taos_client::net::Link::new(&paired.address, paired.host.trust).unwrap();
+    let session = Arc::new(Session::after_pairing(
+        paired.host.clone(),
+        secrets.clone(),
+        &paired.tokens,
+        link,
+    ));
+    let app_dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(&app_dir.path().join("cache.db")).await.unwrap();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let engine = Engine::new(session.clone(), cache.clone(), tx);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(engine.clone().run(stop));
+
+    // Three connections in a row, each ended by the host when its token ran out: never
+    // offline, never signed out.
+    let mut connected = 0;
+    while connected < 3 {
+        match next_matching(&mut events, "a (re)connection", |e| {
+            matches!(e, AppEvent::Connection { .. } | AppEvent::Revoked)
+        })
+        .await
+        {
+            AppEvent::Connection { online: true, .. } => connected += 1,
+            other => panic!("the app went offline or was signed out: {other:?}"),
+        }
+    }
+    let dm = cache
+        .channels(&paired.host.device_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.channel.members.iter().any(|m| m == "helper"))
+        .expect("the agent's DM is cached")
+        .channel
+        .id;
+    engine.send(&dm, "still here?", None, None).await.unwrap();
+    next_matching(&mut events, "the agent's reply", |e| {
+        matches!(e, AppEvent::Message { message } if message.author_type == AuthorType::Agent
+            && message.state == MessageState::Complete)
+    })
+    .await;
+
+    let revoked = host
+        .admin(
+            Method::DELETE,
+            &format!("/api/devices/{}", paired.host.device_id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    next_matching(&mut events, "signed out", |e| {
+        matches!(e, AppEvent::Revoked)
+    })
+    .await;
+    let _ = stop_tx.send(true);
+    let _ = running.await;
+    answering.abort();
+}

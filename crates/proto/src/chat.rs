@@ -4,6 +4,13 @@ use serde::{Deserialize, Serialize};
 /// The longest message the host stores, in characters.
 pub const MAX_CONTENT_CHARS: usize = 32_000;
 
+/// WebSocket close code: the client fell too far behind; reconnect and resume with `after_seq`.
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// WebSocket close code: the credential that opened the socket was revoked (reason `revoked`)
+/// or ran out (reason `expired`). Authenticate again — refresh the device token, or sign in —
+/// rather than reconnecting with the same credential.
+pub const CLOSE_UNAUTHORIZED: u16 = 4001;
+
 /// The host's rule for a message's text, shared so the app refuses what the host would refuse
 /// before it queues it offline (a queued message the host later rejects would only fail then).
 pub fn check_content(content: &str) -> Result<(), String> {

@@ -128,3 +128,7 @@ pub struct HostEvent {
 /// SSE event name sent when a client's `Last-Event-ID` is older than the oldest event the host
 /// still keeps: the client missed events it can no longer get and should reload its state.
 pub const EVENT_RESYNC: &str = "resync";
+
+/// SSE event name sent last on a stream whose credential was revoked or expired (data:
+/// `{"reason": "revoked" | "expired"}`): authenticate again rather than just reconnecting.
+pub const EVENT_UNAUTHORIZED: &str = "unauthorized";

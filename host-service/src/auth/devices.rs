@@ -5,15 +5,19 @@
 //! unless nothing of what it was exchanged for was ever used: then the answer was lost in
 //! transit, and the device gets new tokens instead (the unused ones stop working).
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 use taos_pin::SpkiPin;
 use taos_proto::auth::{Device, DeviceTokens, PairingPayload};
 use uuid::Uuid;
 
+use super::live::TokenState;
 use super::{hash_token, new_secret, AuthError, ACCESS_TOKEN_PREFIX, REFRESH_TOKEN_PREFIX};
 use crate::db::{from_ms, now_ms, Db};
 
 pub const PAIRING_TOKEN_TTL_MS: i64 = 5 * 60 * 1000;
+/// The default access token lifetime (`[auth] access_token_secs`).
 pub const ACCESS_TOKEN_TTL_SECS: u64 = 15 * 60;
 pub const REFRESH_TOKEN_TTL_MS: i64 = 90 * 24 * 3600 * 1000;
 const TOUCH_INTERVAL_MS: i64 = 60 * 1000;
@@ -82,6 +86,7 @@ fn validate_device_fields(device_name: &str, platform: &str) -> Result<(), AuthE
 async fn issue_tokens(
     tx: &mut sqlx::SqliteConnection,
     device_id: Uuid,
+    access_ttl_secs: u64,
 ) -> Result<(DeviceTokens, String), AuthError> {
     let access_token = new_secret(ACCESS_TOKEN_PREFIX);
     let refresh_token = new_secret(REFRESH_TOKEN_PREFIX);
@@ -94,7 +99,9 @@ async fn issue_tokens(
         .bind(device_id.to_string())
         .bind("access")
         .bind(now)
-        .bind(now + (ACCESS_TOKEN_TTL_SECS as i64) * 1000)
+        .bind(now.saturating_add(
+            i64::try_from(access_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        ))
         .bind(&issue_id)
         .execute(&mut *tx)
         .await?;
@@ -116,7 +123,7 @@ async fn issue_tokens(
         device_id,
         access_token,
         refresh_token,
-        expires_in: ACCESS_TOKEN_TTL_SECS,
+        expires_in: access_ttl_secs,
     };
     Ok((tokens, issue_id))
 }
@@ -128,6 +135,7 @@ pub async fn pair(
     token: &str,
     device_name: &str,
     platform: &str,
+    access_ttl_secs: u64,
 ) -> Result<DeviceTokens, AuthError> {
     validate_device_fields(device_name, platform)?;
     let payload = decode_pairing_token(token).ok_or(AuthError::InvalidToken)?;
@@ -158,13 +166,29 @@ pub async fn pair(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    let (tokens, _) = issue_tokens(&mut tx, device_id).await?;
+    let (tokens, _) = issue_tokens(&mut tx, device_id, access_ttl_secs).await?;
     tx.commit().await?;
     Ok(tokens)
 }
 
+/// What presenting a refresh token led to.
+#[derive(Debug)]
+pub enum Refreshed {
+    Tokens(DeviceTokens),
+    /// A used refresh token came back: two parties hold the device's credentials, so the
+    /// device was revoked (its open connections must close too). The caller answers 401.
+    ReplayRevoked {
+        device_id: Uuid,
+    },
+}
+
 /// Rotates a refresh token: the old one stops working; reusing it revokes the device.
-pub async fn refresh(db: &Db, refresh_token: &str) -> Result<DeviceTokens, AuthError> {
+/// An unknown, expired or malformed token is `InvalidToken`.
+pub async fn refresh(
+    db: &Db,
+    refresh_token: &str,
+    access_ttl_secs: u64,
+) -> Result<Refreshed, AuthError> {
     if !refresh_token.starts_with(REFRESH_TOKEN_PREFIX) || refresh_token.len() > 128 {
         return Err(AuthError::InvalidToken);
     }
@@ -185,9 +209,9 @@ pub async fn refresh(db: &Db, refresh_token: &str) -> Result<DeviceTokens, AuthE
     .await?;
     if let Some(row) = claimed {
         let device_id: String = row.try_get("device_id")?;
-        let tokens = rotate(&mut tx, &device_id, &token_hash).await?;
+        let tokens = rotate(&mut tx, &device_id, &token_hash, access_ttl_secs).await?;
         tx.commit().await?;
-        return Ok(tokens);
+        return Ok(Refreshed::Tokens(tokens));
     }
     let reused = sqlx::query(
         "SELECT device_id, successor FROM device_tokens \
@@ -215,15 +239,18 @@ pub async fn refresh(db: &Db, refresh_token: &str) -> Result<DeviceTokens, AuthE
                     .bind(&successor)
                     .execute(&mut *tx)
                     .await?;
-                let tokens = rotate(&mut tx, &device_id, &token_hash).await?;
+                let tokens = rotate(&mut tx, &device_id, &token_hash, access_ttl_secs).await?;
                 tx.commit().await?;
                 tracing::info!(%device_id, "a refresh answer was lost; issued new tokens");
-                return Ok(tokens);
+                return Ok(Refreshed::Tokens(tokens));
             }
         }
         tracing::warn!(%device_id, "refresh token reuse detected; revoking the device");
         revoke_in(&mut tx, &device_id, now).await?;
         tx.commit().await?;
+        let device_id =
+            Uuid::parse_str(&device_id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        return Ok(Refreshed::ReplayRevoked { device_id });
     }
     Err(AuthError::InvalidToken)
 }
@@ -233,9 +260,10 @@ async fn rotate(
     tx: &mut sqlx::SqliteConnection,
     device_id: &str,
     token_hash: &str,
+    access_ttl_secs: u64,
 ) -> Result<DeviceTokens, AuthError> {
     let device_id = Uuid::parse_str(device_id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let (tokens, issue_id) = issue_tokens(&mut *tx, device_id).await?;
+    let (tokens, issue_id) = issue_tokens(&mut *tx, device_id, access_ttl_secs).await?;
     sqlx::query("UPDATE device_tokens SET successor = ? WHERE token_hash = ?")
         .bind(issue_id)
         .bind(token_hash)
@@ -285,7 +313,8 @@ async fn revoke_in(
     Ok(updated.rows_affected() == 1)
 }
 
-/// Revokes a device at once: its tokens are deleted, so its next request gets 401.
+/// Revokes a device at once: its tokens are deleted, so its next request gets 401. The caller
+/// closes its open connections (`live::Live::revoke_device`).
 pub async fn revoke(db: &Db, device_id: Uuid) -> Result<(), AuthError> {
     let mut tx = db.begin().await?;
     let found = revoke_in(&mut tx, &device_id.to_string(), now_ms()).await?;
@@ -342,6 +371,50 @@ pub async fn authenticate_access(db: &Db, access_token: &str) -> Result<Option<U
     Ok(Some(
         Uuid::parse_str(&device_id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
     ))
+}
+
+/// What became of the device access tokens behind these hashes: live (until they expire),
+/// expired, or revoked (the device was revoked, or the token retired).
+pub async fn access_states(
+    db: &Db,
+    token_hashes: &[&str],
+) -> Result<HashMap<String, TokenState>, sqlx::Error> {
+    let now = now_ms();
+    let mut found = HashMap::new();
+    for chunk in token_hashes.chunks(super::live::BATCH) {
+        let sql = format!(
+            "SELECT t.token_hash, t.expires_at, d.revoked_at \
+             FROM device_tokens t JOIN devices d ON d.id = t.device_id \
+             WHERE t.kind = 'access' AND t.token_hash IN ({})",
+            super::live::placeholders(chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for hash in chunk {
+            query = query.bind(*hash);
+        }
+        for row in query.fetch_all(db).await? {
+            let hash: String = row.try_get("token_hash")?;
+            let expires_at: i64 = row.try_get("expires_at")?;
+            let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+            let state = if revoked_at.is_some() {
+                TokenState::Revoked
+            } else if expires_at <= now {
+                TokenState::Expired
+            } else {
+                TokenState::Valid {
+                    until_ms: Some(expires_at),
+                }
+            };
+            found.insert(hash, state);
+        }
+    }
+    Ok(token_hashes
+        .iter()
+        .map(|h| {
+            let state = found.get(*h).copied().unwrap_or(TokenState::Revoked);
+            (h.to_string(), state)
+        })
+        .collect())
 }
 
 /// Devices that are still paired, newest first.

@@ -5,6 +5,7 @@
 //! hashes of session and device tokens are stored, so a copy of the database grants nothing.
 
 pub mod devices;
+pub mod live;
 pub mod local_token;
 pub mod password;
 pub mod ratelimit;

@@ -120,7 +120,10 @@ pub async fn create(db: &Db, username: &str, password_text: &str) -> Result<User
     }
 }
 
-/// Sets a new password and signs the user out everywhere.
+/// Sets a new password and signs the user out everywhere: their sessions are deleted. A host
+/// running in this process closes their open connections with `live::Live::revoke_user`; a
+/// host in another process (this is what `taos-host user reset-password` calls) finds the
+/// sessions gone at its next re-check (`[auth] recheck_secs`) and on their next chat message.
 pub async fn reset_password(
     db: &Db,
     username: &str,

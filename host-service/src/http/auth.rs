@@ -15,7 +15,8 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{cookie, Auth, ClientAddr, Json, MaybeAuth};
 use super::AppState;
-use crate::auth::sessions::{self, CSRF_COOKIE, SESSION_COOKIE, SESSION_TTL_MS};
+use crate::auth::devices::Refreshed;
+use crate::auth::sessions::{self, SessionPolicy, CSRF_COOKIE, SESSION_COOKIE};
 use crate::auth::{devices, setup_code, users, AuthError, Principal};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -27,8 +28,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(refresh))
 }
 
-fn session_cookies(session: &sessions::NewSession) -> [String; 2] {
-    let max_age = SESSION_TTL_MS / 1000;
+/// Both cookies are `__Host-` cookies: `Secure`, `Path=/` and no `Domain`, or browsers drop them.
+fn session_cookies(session: &sessions::NewSession, policy: &SessionPolicy) -> [String; 2] {
+    let max_age = policy.cookie_max_age_secs();
     [
         format!(
             "{SESSION_COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={max_age}",
@@ -42,8 +44,13 @@ fn session_cookies(session: &sessions::NewSession) -> [String; 2] {
     ]
 }
 
-fn signed_in(status: StatusCode, user: User, session: sessions::NewSession) -> Response {
-    let cookies = session_cookies(&session);
+fn signed_in(
+    status: StatusCode,
+    user: User,
+    session: sessions::NewSession,
+    policy: &SessionPolicy,
+) -> Response {
+    let cookies = session_cookies(&session, policy);
     let body = LoginResponse {
         user,
         csrf_token: session.csrf_token,
@@ -104,8 +111,9 @@ async fn setup(
     if let Err(e) = setup_code::remove(&state.data_dir) {
         tracing::warn!(error = %e, "cannot remove the used setup code");
     }
-    let session = sessions::create(&state.db, user.id).await?;
-    Ok(signed_in(StatusCode::CREATED, user, session))
+    let policy = state.session_policy();
+    let session = sessions::create(&state.db, user.id, &policy).await?;
+    Ok(signed_in(StatusCode::CREATED, user, session, &policy))
 }
 
 /// The setup code must match, compared in constant time; wrong codes count against the
@@ -130,7 +138,8 @@ fn check_setup_code(state: &AppState, ip: std::net::IpAddr, offered: &str) -> Re
     ))
 }
 
-/// Password login. Sets `taos_session` (HttpOnly) and `taos_csrf` cookies.
+/// Password login. Sets `__Host-taos_session` (HttpOnly) and `__Host-taos_csrf` cookies. The
+/// session ends after 7 days without use and 30 days after login at the latest (`[auth]`).
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", security(()),
     request_body = Credentials,
     responses(
@@ -153,8 +162,9 @@ async fn login(
     match users::authenticate(&state.db, &body.username, &body.password).await {
         Ok(user) => {
             state.login_limiter.record_success(ip);
-            let session = sessions::create(&state.db, user.id).await?;
-            Ok(signed_in(StatusCode::OK, user, session))
+            let policy = state.session_policy();
+            let session = sessions::create(&state.db, user.id, &policy).await?;
+            Ok(signed_in(StatusCode::OK, user, session, &policy))
         }
         Err(AuthError::InvalidCredentials) => {
             state.login_limiter.record_failure(ip, Instant::now());
@@ -166,7 +176,8 @@ async fn login(
     }
 }
 
-/// Ends the browser session server-side and clears its cookies.
+/// Ends the browser session server-side and clears its cookies. Its chat WebSockets (close
+/// code 4001) and event streams (an `unauthorized` event) end at once.
 #[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
     responses(
         (status = 204, description = "Signed out"),
@@ -178,7 +189,8 @@ async fn logout(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if let Some(token) = cookie(&headers, SESSION_COOKIE) {
-        sessions::revoke(&state.db, token).await?;
+        let token_hash = sessions::revoke(&state.db, token).await?;
+        state.live.revoke_session(&token_hash);
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     for name in [SESSION_COOKIE, CSRF_COOKIE] {
@@ -193,6 +205,7 @@ async fn logout(
 /// Exchanges a device refresh token for new tokens. The old refresh token stops working;
 /// presenting it again revokes the device, unless within an hour nothing it was exchanged for
 /// was used (the answer was lost): then it gets fresh tokens and the unused ones stop working.
+/// A device revoked this way loses its open connections at once.
 #[utoipa::path(post, path = "/api/auth/refresh", tag = "auth", security(()),
     request_body = RefreshRequest,
     responses(
@@ -202,7 +215,12 @@ async fn refresh(
     State(state): State<AppState>,
     Json(body): Json<RefreshRequest>,
 ) -> Result<Json<DeviceTokens>, ApiError> {
-    Ok(Json(
-        devices::refresh(&state.db, &body.refresh_token).await?,
-    ))
+    let ttl = state.config.auth.access_token_secs;
+    match devices::refresh(&state.db, &body.refresh_token, ttl).await? {
+        Refreshed::Tokens(tokens) => Ok(Json(tokens)),
+        Refreshed::ReplayRevoked { device_id } => {
+            state.live.revoke_device(device_id);
+            Err(AuthError::InvalidToken.into())
+        }
+    }
 }

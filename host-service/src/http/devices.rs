@@ -63,7 +63,14 @@ async fn pair(
     State(state): State<AppState>,
     Json(body): Json<PairRequest>,
 ) -> Result<(StatusCode, Json<DeviceTokens>), ApiError> {
-    let tokens = devices::pair(&state.db, &body.token, &body.device_name, &body.platform).await?;
+    let tokens = devices::pair(
+        &state.db,
+        &body.token,
+        &body.device_name,
+        &body.platform,
+        state.config.auth.access_token_secs,
+    )
+    .await?;
     tracing::info!(device_id = %tokens.device_id, name = %body.device_name, "device paired");
     Ok((StatusCode::CREATED, Json(tokens)))
 }
@@ -82,7 +89,8 @@ async fn list_devices(
     Ok(Json(devices::list(&state.db).await?))
 }
 
-/// Revokes a device at once; its next request gets 401. Owner side only.
+/// Revokes a device at once: its next request gets 401, its open chat WebSockets close with
+/// code 4001 and its event streams end with an `unauthorized` event. Owner side only.
 #[utoipa::path(delete, path = "/api/devices/{id}", tag = "devices",
     params(("id" = Uuid, Path, description = "Device id")),
     responses(
@@ -100,6 +108,7 @@ async fn revoke_device(
         crate::auth::AuthError::NotFound => ApiError::not_found("no such device"),
         e => e.into(),
     })?;
-    tracing::info!(device_id = %id, "device revoked");
+    let closed = state.live.revoke_device(id);
+    tracing::info!(device_id = %id, connections = closed, "device revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -137,7 +137,9 @@ pub fn authorization_bearer(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The bearer token a request carries: the `Authorization` header, or a WebSocket's
+/// `bearer.<token>` subprotocol.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     if headers.contains_key(header::AUTHORIZATION) {
         return authorization_bearer(headers);
     }
@@ -151,11 +153,23 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .find_map(|p| p.strip_prefix("bearer."))
 }
 
-fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    headers
+fn is_websocket_upgrade(parts: &Parts) -> bool {
+    parts
+        .headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        || is_h2_websocket(parts)
+}
+
+/// A WebSocket over HTTP/2 (RFC 8441): an extended `CONNECT` with `:protocol = websocket`. It
+/// has no `Upgrade` header, so the HTTP/1.1 test alone would let it skip the Origin check.
+fn is_h2_websocket(parts: &Parts) -> bool {
+    parts.method == Method::CONNECT
+        && parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
 /// A cookie-authenticated WebSocket must come from our own origin: browsers attach cookies to
@@ -201,17 +215,20 @@ pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<Prin
         return Err(ApiError::unauthorized());
     }
     if let Some(token) = cookie(&parts.headers, SESSION_COOKIE) {
-        let Some(session) = sessions::lookup(&state.db, token).await? else {
+        let Some(session) = sessions::lookup(&state.db, token, &state.session_policy()).await?
+        else {
             return Err(ApiError::unauthorized());
         };
-        if is_websocket_upgrade(&parts.headers) && !same_origin(&parts.headers, &parts.uri) {
+        if is_websocket_upgrade(parts) && !same_origin(&parts.headers, &parts.uri) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "bad_origin",
                 "WebSocket from another origin",
             ));
         }
-        if changes_state(&parts.method) {
+        // A browser can't add headers to a WebSocket handshake: the Origin check above stands
+        // in for CSRF there (an h2 handshake is a CONNECT, which would otherwise need it).
+        if changes_state(&parts.method) && !is_h2_websocket(parts) {
             let sent = parts
                 .headers
                 .get(CSRF_HEADER)
@@ -366,14 +383,50 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
-            HeaderValue::from_static("a=1; taos_session=abc; taos_csrf=x"),
+            HeaderValue::from_static("a=1; __Host-taos_session=abc; taos_csrf=x"),
         );
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer  tok "),
         );
-        assert_eq!(cookie(&headers, "taos_session"), Some("abc"));
+        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&headers, "taos_session"), None);
         assert_eq!(cookie(&headers, "taos"), None);
         assert_eq!(bearer(&headers), Some("tok"));
+    }
+
+    fn parts(request: axum::http::request::Builder) -> Parts {
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn both_websocket_handshakes_are_recognised() {
+        let h1 = parts(
+            axum::http::Request::get("/api/chat/ws")
+                .header(header::UPGRADE, "websocket")
+                .header(header::ORIGIN, "https://evil.example")
+                .header(header::HOST, "taos.local:6969"),
+        );
+        assert!(is_websocket_upgrade(&h1));
+        assert!(!is_h2_websocket(&h1));
+        assert!(!same_origin(&h1.headers, &h1.uri));
+        // HTTP/2: no Upgrade header, no Host header; the authority is in the URI.
+        let h2 = parts(
+            axum::http::Request::connect("https://taos.local:6969/api/chat/ws")
+                .extension(hyper::ext::Protocol::from_static("websocket"))
+                .header(header::ORIGIN, "https://evil.example"),
+        );
+        assert!(is_websocket_upgrade(&h2));
+        assert!(is_h2_websocket(&h2));
+        assert!(!same_origin(&h2.headers, &h2.uri));
+        let own = parts(
+            axum::http::Request::connect("https://taos.local:6969/api/chat/ws")
+                .extension(hyper::ext::Protocol::from_static("websocket"))
+                .header(header::ORIGIN, "https://taos.local:6969"),
+        );
+        assert!(same_origin(&own.headers, &own.uri));
+        // A plain CONNECT is no WebSocket: it keeps the CSRF requirement.
+        let tunnel = parts(axum::http::Request::connect("https://taos.local:6969/"));
+        assert!(!is_websocket_upgrade(&tunnel));
     }
 }

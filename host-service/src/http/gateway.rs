@@ -1,5 +1,9 @@
 //! The agent listener's LLM gateway (`/v1/…`, OpenAI-compatible, by the agent's LLM key) and
 //! the openclaw bootstrap document.
+//!
+//! A call lives only as long as the key it was made with: each call is registered under its
+//! key (`auth::live`), and rotating the key or archiving the agent cuts it — a streamed answer
+//! breaks off mid-stream, a call still waiting for LiteLLM gets 401.
 
 use std::time::Instant;
 
@@ -8,11 +12,14 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
 use super::extract::{authorization_bearer, AgentAuth, Query};
 use super::AppState;
 use crate::agents::{self, AgentRecord};
+use crate::auth::hash_token;
+use crate::auth::live::{Credential, Ended, LiveGuard};
 use crate::llm::gateway::{self, CallContext, GatewayError, Outcome};
 
 impl IntoResponse for GatewayError {
@@ -87,6 +94,60 @@ pub async fn embeddings(
     forward(state, agent, headers, body, "/v1/embeddings").await
 }
 
+fn key_ended(ended: Ended) -> GatewayError {
+    GatewayError::new(
+        401,
+        "invalid_api_key",
+        format!("the API key was {} during the call", ended.as_str()),
+    )
+}
+
+/// Registers the call under the key it was made with (checked again after registering, so a
+/// rotation that raced the authentication is not missed).
+async fn register_call(
+    state: &AppState,
+    agent: &AgentRecord,
+    headers: &HeaderMap,
+) -> Result<LiveGuard, GatewayError> {
+    let key = authorization_bearer(headers).unwrap_or_default();
+    let credential = Credential::LlmKey {
+        agent_id: agent.id,
+        key_hash: hash_token(key),
+    };
+    match state
+        .live
+        .open(&state.db, &state.session_policy(), credential)
+        .await
+    {
+        Ok(Some(guard)) => Ok(guard),
+        Ok(None) => Err(key_ended(Ended::Revoked)),
+        Err(e) => {
+            tracing::error!(error = %e, "LLM key re-check failed");
+            Err(GatewayError::new(500, "internal_error", "internal error"))
+        }
+    }
+}
+
+/// Passes `body` through until the call's key ends; then the stream fails, so the client sees
+/// a broken answer (not a complete one) and the upstream call is dropped.
+fn cut_when_key_ends(
+    body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    guard: LiveGuard,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(Some((Box::pin(body), guard)), |open| async move {
+        let (mut body, mut guard) = open?;
+        tokio::select! {
+            biased;
+            ended = guard.ended() => {
+                tracing::info!(reason = ended.as_str(), "LLM key ended; cutting a streamed call");
+                let cut = std::io::Error::other(format!("the API key was {}", ended.as_str()));
+                Some((Err(cut), None))
+            }
+            chunk = body.next() => chunk.map(|chunk| (chunk, Some((body, guard)))),
+        }
+    })
+}
+
 async fn forward(
     state: AppState,
     agent: AgentRecord,
@@ -94,6 +155,10 @@ async fn forward(
     body: Bytes,
     path: &str,
 ) -> Response {
+    let mut guard = match register_call(&state, &agent, &headers).await {
+        Ok(guard) => guard,
+        Err(e) => return e.into_response(),
+    };
     let started = Instant::now();
     let Ok(mut request) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return GatewayError::new(
@@ -124,17 +189,27 @@ async fn forward(
         // Ask for usage in the last chunk, so streamed calls are accounted too.
         request["stream_options"] = serde_json::json!({"include_usage": true});
     }
-    let upstream = state
+    let send = state
         .llm
         .client
         .post(format!("{}{path}", state.llm.supervisor.base_url()))
         .bearer_auth(state.llm.supervisor.master_key())
         .json(&request)
-        .send()
-        .await;
+        .send();
     let mut outcome = Outcome {
         model,
         ..Default::default()
+    };
+    let upstream = tokio::select! {
+        biased;
+        ended = guard.ended() => {
+            let err = key_ended(ended);
+            outcome.status = err.status;
+            outcome.error = Some(err.message.clone());
+            tokio::spawn(async move { gateway::finish(&ctx, &request, outcome, started).await });
+            return err.into_response();
+        }
+        upstream = send => upstream,
     };
     let response = match upstream {
         Ok(response) => response,
@@ -168,6 +243,7 @@ async fn forward(
         .unwrap_or_else(|| header::HeaderValue::from_static("application/json"));
     if stream && status.is_success() {
         let body = gateway::passthrough(response.bytes_stream(), ctx, request, outcome, started);
+        let body = cut_when_key_ends(body, guard);
         return Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, content_type)
@@ -175,7 +251,18 @@ async fn forward(
             .body(Body::from_stream(body))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
-    let bytes = match response.bytes().await {
+    let read = tokio::select! {
+        biased;
+        ended = guard.ended() => {
+            let err = key_ended(ended);
+            outcome.status = err.status;
+            outcome.error = Some(err.message.clone());
+            tokio::spawn(async move { gateway::finish(&ctx, &request, outcome, started).await });
+            return err.into_response();
+        }
+        read = response.bytes() => read,
+    };
+    let bytes = match read {
         Ok(bytes) => bytes,
         Err(_) => {
             outcome.status = 502;

@@ -300,7 +300,8 @@ async fn get_usage(
     Ok(Json(budget::usage(&state.db, agent.id, &agent.slug).await?))
 }
 
-/// Issues a new LLM key for the agent; the old one stops working at once.
+/// Issues a new LLM key for the agent; the old one stops working at once, and gateway calls
+/// still running on it are cut.
 #[utoipa::path(post, path = "/api/agents/{slug}/llm-key/rotate", tag = "llm",
     params(("slug" = String, Path, description = "Agent slug")),
     responses((status = 200, description = "The new key, shown once", body = LlmKey),
@@ -312,6 +313,9 @@ async fn rotate_llm_key(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Json<LlmKey>, ApiError> {
-    let llm_key = agents::rotate_llm_key(&state.db, &slug).await?;
+    let (agent, llm_key) = agents::rotate_llm_key(&state.db, &slug).await?;
+    // Calls still running on the old key end too (streams break off).
+    let cut = state.live.revoke_agent_llm(agent.id);
+    tracing::info!(agent = %agent.slug, calls_cut = cut, "LLM key rotated");
     Ok(Json(LlmKey { llm_key }))
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod gateway;
 pub mod hosts;
+pub mod live;
 pub mod llm;
 pub mod notifications;
 pub mod ops;
@@ -65,6 +66,8 @@ pub struct AppInner {
     /// `host:port` strings put in pairing tokens.
     pub pairing_addresses: Vec<String>,
     pub login_limiter: LoginLimiter,
+    /// Open WebSockets, event streams and gateway calls, by the credential that opened them.
+    pub live: Arc<crate::auth::live::Live>,
     pub hub: Arc<EventHub>,
     pub llm: crate::llm::Llm,
     /// The container runtime, if one answered at start.
@@ -88,6 +91,16 @@ pub struct AppInner {
 impl AppState {
     pub fn new(inner: AppInner) -> Self {
         AppState(Arc::new(inner))
+    }
+}
+
+impl AppInner {
+    /// Browser session lifetimes from `[auth]`.
+    pub fn session_policy(&self) -> crate::auth::sessions::SessionPolicy {
+        crate::auth::sessions::SessionPolicy::from_secs(
+            self.config.auth.session_idle_secs,
+            self.config.auth.session_lifetime_secs,
+        )
     }
 }
 

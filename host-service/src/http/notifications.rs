@@ -10,7 +10,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use taos_proto::error::ErrorBody;
 use taos_proto::events::{
-    HostEvent, Notification, PostNotification, ReadAllResponse, EVENT_RESYNC,
+    HostEvent, Notification, PostNotification, ReadAllResponse, EVENT_RESYNC, EVENT_UNAUTHORIZED,
 };
 use tokio::sync::{broadcast, mpsc};
 use utoipa::IntoParams;
@@ -19,7 +19,9 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{Auth, Json, OwnerLike, Path, Query};
+use super::live::LiveAuth;
 use super::AppState;
+use crate::auth::live::Ended;
 use crate::auth::{users, Principal};
 use crate::notify::{self, Audience, Published, Viewer};
 
@@ -152,13 +154,15 @@ struct EventParams {
 /// `id:`. The owner side gets every event; another user only events addressed to them (their
 /// own notifications). Reconnect with `Last-Event-ID` to get exactly what was missed; if that is older than
 /// what the host keeps, the first event is `resync`. A keep-alive comment comes every 15 s.
+/// When the credential that opened the stream is revoked or expires, the last event is
+/// `unauthorized` (`{"reason": "revoked" | "expired"}`) and the stream ends: authenticate again.
 #[utoipa::path(get, path = "/api/events", tag = "notifications", params(EventParams),
     responses(
         (status = 200, description = "An SSE stream; each data line is a HostEvent", content_type = "text/event-stream", body = HostEvent),
         (status = 400, description = "Bad Last-Event-ID", body = ErrorBody),
         (status = 401, description = "No credentials", body = ErrorBody)))]
 async fn events(
-    Auth(principal): Auth,
+    LiveAuth { principal, guard }: LiveAuth,
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(params): Query<EventParams>,
@@ -201,8 +205,15 @@ async fn events(
         start,
         viewer(&principal),
     ));
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|event| (Ok(event), rx))
+    // The guard rides in the response stream itself, so an ended credential cuts the stream
+    // before anything still queued for it goes out; the pump stops when the stream is gone.
+    let stream = futures_util::stream::unfold(Some((rx, guard)), |open| async move {
+        let (mut rx, mut guard) = open?;
+        tokio::select! {
+            biased;
+            ended = guard.ended() => Some((Ok(unauthorized_event(ended)), None)),
+            event = rx.recv() => event.map(|event| (Ok(event), Some((rx, guard)))),
+        }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
@@ -213,6 +224,12 @@ fn to_sse(event: &HostEvent) -> Event {
         .event(event.kind.clone())
         .json_data(event)
         .unwrap_or_else(|_| Event::default().comment("unencodable event"))
+}
+
+fn unauthorized_event(ended: Ended) -> Event {
+    Event::default()
+        .event(EVENT_UNAUTHORIZED)
+        .data(serde_json::json!({"reason": ended.as_str()}).to_string())
 }
 
 /// Sends the backlog after `cursor`, then live events, until the client goes or the host stops.

@@ -4,6 +4,12 @@
 //! after it from the database, then streams live events, skipping what the replay already
 //! covered. Each socket has a bounded outbox: a client that can't keep up is disconnected
 //! (close code 4008) rather than allowed to slow the channel down; it reconnects and resumes.
+//!
+//! A socket lives only as long as the credential that opened it: when that is revoked (device
+//! revoked, logout, password reset) or runs out (the access token's expiry, the session's
+//! lifetime), the socket is closed with code 4001 and the reason `revoked` or `expired`. Every
+//! frame is also checked against the database before it is acted on, so a credential ended by
+//! another process can't post even before the periodic re-check closes the socket.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,16 +19,18 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUp
 use axum::extract::State;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use taos_proto::chat::{ClientEvent, NewMessage, ServerEvent};
+use taos_proto::chat::{ClientEvent, NewMessage, ServerEvent, CLOSE_TOO_SLOW, CLOSE_UNAUTHORIZED};
 use taos_proto::error::ErrorBody;
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{human_member, Auth};
+use super::extract::human_member;
+use super::live::LiveAuth;
 use super::AppState;
+use crate::auth::live::{Ended, LiveGuard};
 use crate::auth::Principal;
 use crate::chat::hub::Published;
 
@@ -31,22 +39,26 @@ const OUTBOX: usize = 256;
 const PING_EVERY: Duration = Duration::from_secs(20);
 const PONG_TIMEOUT: Duration = Duration::from_secs(60);
 const REPLAY_PAGE: i64 = 500;
-const CLOSE_TOO_SLOW: u16 = 4008;
+const CLOSE_INTERNAL: u16 = 1011;
 const MAX_FRAME_BYTES: usize = 256 * 1024;
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024;
 
+/// Only HTTP/1.1 upgrades (`GET`): the public listener does not offer extended CONNECT
+/// (RFC 8441), so browsers never try a WebSocket over HTTP/2. Should it ever, the Origin check
+/// already covers that form (`extract::is_h2_websocket`), and a test says it is not offered.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(chat_ws))
 }
 
 /// WebSocket for live chat. Authenticate with the session cookie, `Authorization: Bearer`, or
 /// (browsers) a `bearer.<token>` entry in `Sec-WebSocket-Protocol` next to `taos.v1`.
-/// Client frames are `ClientEvent`s, server frames `ServerEvent`s.
+/// Client frames are `ClientEvent`s, server frames `ServerEvent`s. The socket is closed with
+/// code 4001 (reason `revoked` or `expired`) when its credential ends: authenticate again.
 #[utoipa::path(get, path = "/api/chat/ws", tag = "chat",
     responses((status = 101, description = "Switching to the WebSocket protocol"),
         (status = 401, description = "No credentials", body = ErrorBody)))]
 async fn chat_ws(
-    Auth(principal): Auth,
+    LiveAuth { principal, guard }: LiveAuth,
     State(state): State<AppState>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
@@ -59,7 +71,7 @@ async fn chat_ws(
         .read_buffer_size(SOCKET_BUFFER_BYTES)
         .write_buffer_size(SOCKET_BUFFER_BYTES)
         .max_write_buffer_size(MAX_FRAME_BYTES * 4)
-        .on_upgrade(move |socket| run(state, principal, member, socket)))
+        .on_upgrade(move |socket| run(state, principal, guard, member, socket)))
 }
 
 fn encode(event: &ServerEvent) -> WsMessage {
@@ -82,14 +94,41 @@ struct Connection {
     subscriptions: HashMap<String, JoinHandle<()>>,
 }
 
-async fn run(state: AppState, principal: Principal, member: String, socket: WebSocket) {
+fn close_frame(code: u16, reason: &str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.to_string().into(),
+    }
+}
+
+async fn run(
+    state: AppState,
+    principal: Principal,
+    mut guard: LiveGuard,
+    member: String,
+    socket: WebSocket,
+) {
     let (mut sink, mut incoming) = socket.split();
     let (out, mut out_rx) = mpsc::channel::<WsMessage>(OUTBOX);
-    let writer = tokio::spawn(async move {
-        while let Some(message) = out_rx.recv().await {
-            let closing = matches!(message, WsMessage::Close(_));
-            if sink.send(message).await.is_err() || closing {
-                break;
+    // A close goes out ahead of whatever is still queued: a revoked client gets nothing more,
+    // and a slow one (whose outbox is full) still learns why it was dropped.
+    let (close_tx, mut close_rx) = oneshot::channel::<CloseFrame>();
+    let mut writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                close = &mut close_rx => {
+                    if let Ok(frame) = close {
+                        let _ = sink.send(WsMessage::Close(Some(frame))).await;
+                    }
+                    break;
+                }
+                message = out_rx.recv() => {
+                    let Some(message) = message else { break };
+                    if sink.send(message).await.is_err() {
+                        break;
+                    }
+                }
             }
         }
         let _ = sink.close().await;
@@ -102,55 +141,76 @@ async fn run(state: AppState, principal: Principal, member: String, socket: WebS
         too_slow: Arc::new(Notify::new()),
         subscriptions: HashMap::new(),
     };
+    let policy = state.session_policy();
     let mut shutdown = state.shutdown.clone();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_heard = Instant::now();
     let too_slow = conn.too_slow.clone();
-    loop {
+    let close = loop {
         tokio::select! {
+            // An ended credential wins over a frame that arrived at the same moment.
+            biased;
+            ended = guard.ended() => break Some(unauthorized(ended, &conn.principal)),
+            _ = shutdown.changed() => break Some(close_frame(1001, "host shutting down")),
+            _ = too_slow.notified() => {
+                break Some(close_frame(CLOSE_TOO_SLOW, "too slow; reconnect and resume with after_seq"));
+            }
             frame = incoming.next() => {
-                let Some(Ok(frame)) = frame else { break };
+                let Some(Ok(frame)) = frame else { break None };
                 last_heard = Instant::now();
                 match frame {
-                    WsMessage::Text(text) => conn.handle(text.as_str()).await,
+                    WsMessage::Text(text) => {
+                        match guard.recheck(&state.db, &policy).await {
+                            Ok(None) => conn.handle(text.as_str()).await,
+                            Ok(Some(ended)) => break Some(unauthorized(ended, &conn.principal)),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "re-checking a socket's credential failed");
+                                break Some(close_frame(CLOSE_INTERNAL, "internal error"));
+                            }
+                        }
+                    }
                     WsMessage::Binary(_) => {
                         let _ = out.send(error_event("bad_frame", "send JSON text frames")).await;
                     }
-                    WsMessage::Close(_) => break,
+                    WsMessage::Close(_) => break None,
                     WsMessage::Ping(_) | WsMessage::Pong(_) => {}
                 }
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > PONG_TIMEOUT {
-                    break;
+                    break None;
                 }
                 if out.try_send(WsMessage::Ping(Default::default())).is_err() {
-                    break;
+                    break None;
                 }
             }
-            _ = too_slow.notified() => {
-                let _ = out.try_send(WsMessage::Close(Some(CloseFrame {
-                    code: CLOSE_TOO_SLOW,
-                    reason: "too slow; reconnect and resume with after_seq".into(),
-                })));
-                break;
-            }
-            _ = shutdown.changed() => {
-                let _ = out.try_send(WsMessage::Close(Some(CloseFrame {
-                    code: 1001,
-                    reason: "host shutting down".into(),
-                })));
-                break;
-            }
         }
-    }
+    };
     for (_, task) in conn.subscriptions.drain() {
         task.abort();
     }
+    if let Some(frame) = close {
+        let _ = close_tx.send(frame);
+    }
     drop(conn);
     drop(out);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        // A client that stopped reading can't hold the task.
+        writer.abort();
+    }
+}
+
+fn unauthorized(ended: Ended, principal: &Principal) -> CloseFrame {
+    tracing::info!(
+        who = %principal.label(),
+        reason = ended.as_str(),
+        "chat socket closed: its credential ended"
+    );
+    close_frame(CLOSE_UNAUTHORIZED, ended.as_str())
 }
 
 impl Connection {

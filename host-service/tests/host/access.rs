@@ -98,7 +98,7 @@ async fn a_non_owner_user_sees_only_their_channels_and_cannot_manage_agents() {
     );
 
     // A socket can't peek either.
-    let cookie = format!("taos_session={}", guest.session_cookie);
+    let cookie = guest.cookie();
     let mut ws = WsClient::connect_with(&host, vec![("cookie".into(), cookie)])
         .await
         .unwrap();

@@ -112,17 +112,25 @@ async fn login_sets_strict_cookies_and_logout_revokes_the_session() {
     let response = host.login(OWNER, OWNER_PASSWORD).await;
     assert_eq!(response.status(), StatusCode::OK);
     let cookies = set_cookies(response.headers());
-    let (_, session_attrs) = &cookies["taos_session"];
+    // `__Host-` cookies: browsers keep them only with Secure, Path=/ and no Domain, so no other
+    // host can plant or shadow them.
+    assert!(!cookies.contains_key("taos_session"), "{cookies:?}");
+    let (_, session_attrs) = &cookies[taos_e2e::SESSION_COOKIE];
     for attr in ["httponly", "secure", "samesite=strict", "path=/"] {
         assert!(
             session_attrs.iter().any(|a| a == attr),
-            "taos_session lacks {attr}: {session_attrs:?}"
+            "the session cookie lacks {attr}: {session_attrs:?}"
         );
     }
-    let (csrf_value, csrf_attrs) = &cookies["taos_csrf"];
+    let (csrf_value, csrf_attrs) = &cookies["__Host-taos_csrf"];
+    for attrs in [session_attrs, csrf_attrs] {
+        assert!(attrs.iter().any(|a| a == "secure"), "{attrs:?}");
+        assert!(attrs.iter().any(|a| a == "path=/"), "{attrs:?}");
+        assert!(!attrs.iter().any(|a| a.starts_with("domain")), "{attrs:?}");
+    }
     assert!(
         !csrf_attrs.iter().any(|a| a == "httponly"),
-        "the page must be able to read taos_csrf"
+        "the page must be able to read the CSRF cookie"
     );
     let session = Session::from_response(&host, response).await;
     assert_eq!(&session.csrf_token, csrf_value);
@@ -150,6 +158,49 @@ async fn login_sets_strict_cookies_and_logout_revokes_the_session() {
         StatusCode::UNAUTHORIZED,
         "the old cookie is dead server-side"
     );
+}
+
+/// A stolen cookie kept busy would slide its idle expiry forever; the absolute lifetime ends it
+/// anyway. The cookie itself may live that long and no longer.
+#[tokio::test]
+async fn a_session_ends_at_its_lifetime_however_busy_it_is() {
+    let host = start().await;
+    let session = host.setup_owner().await;
+    let response = host.login(OWNER, OWNER_PASSWORD).await;
+    let cookies = set_cookies(response.headers());
+    let (_, attrs) = &cookies[taos_e2e::SESSION_COOKIE];
+    assert!(attrs.iter().any(|a| a == "max-age=2592000"), "{attrs:?}");
+    let busy = Session::from_response(&host, response).await;
+    let ok = busy
+        .request(Method::GET, "/api/devices")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    // The old cookie name (not `__Host-`, so another host on the domain could plant it) is no
+    // longer a session, even with a live session's token.
+    let legacy = host
+        .client()
+        .get(host.url("/api/devices"))
+        .header("cookie", format!("taos_session={}", busy.session_cookie))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(legacy.status(), StatusCode::UNAUTHORIZED);
+    // Signed in 31 days ago and used all along: its sliding expiry is still ahead.
+    let day_ms: i64 = 24 * 3600 * 1000;
+    let conn = sqlx::sqlite::SqliteConnectOptions::new().filename(host.data_dir.join("taos.db"));
+    let mut conn = sqlx::ConnectOptions::connect(&conn).await.unwrap();
+    sqlx::query("UPDATE sessions SET created_at = created_at - ?, expires_at = expires_at + ?")
+        .bind(31 * day_ms)
+        .bind(day_ms)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for s in [&busy, &session] {
+        let after = s.request(Method::GET, "/api/devices").send().await.unwrap();
+        assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    }
 }
 
 #[tokio::test]

@@ -443,7 +443,7 @@ async fn websocket_auth_takes_subprotocol_bearer_and_refuses_foreign_origins() {
         Some(StatusCode::UNAUTHORIZED),
         "no credentials, no socket"
     );
-    let cookie = format!("taos_session={}", session.session_cookie);
+    let cookie = session.cookie();
     let authority = host.public_url.trim_start_matches("https://").to_string();
     let same = WsClient::connect_with(
         &host,

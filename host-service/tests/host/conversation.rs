@@ -350,7 +350,7 @@ async fn agent_credentials_work_only_on_the_agent_listener_and_only_for_their_ag
             "{}/api/openclaw/sessions/alice/events",
             host.agent_url
         ))
-        .header("cookie", format!("taos_session={}", session.session_cookie))
+        .header("cookie", session.cookie())
         .send()
         .await
         .unwrap();

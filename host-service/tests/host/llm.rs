@@ -1008,3 +1008,103 @@ async fn litellm_only_body_fields_are_refused_before_anything_is_forwarded() {
         "not even on the agent listener"
     );
 }
+
+/// Starts a streamed completion (the fake model holds after its first chunk) and returns the
+/// response once that first chunk has arrived.
+async fn open_stream(host: &Host, key: &str) -> (reqwest::Response, String) {
+    // No short client timeout: a stream that is never cut must show as one (the wait in
+    // `rest_of`), not as a client timeout that looks like a cut.
+    let client = taos_e2e::plain_client(Duration::from_secs(3600));
+    let mut response = client
+        .post(format!("{}/v1/chat/completions", host.agent_url))
+        .bearer_auth(key)
+        .json(&json!({"model": "fake-gpt", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let first = tokio::time::timeout(Duration::from_secs(60), response.chunk())
+        .await
+        .expect("the first chunk")
+        .unwrap()
+        .expect("a first chunk");
+    (response, String::from_utf8_lossy(&first).into_owned())
+}
+
+/// Reads the rest of a streamed answer: `Err` when the host broke it off.
+async fn rest_of(mut response: reqwest::Response) -> Result<String, reqwest::Error> {
+    let mut text = String::new();
+    let read = async {
+        while let Some(chunk) = response.chunk().await? {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the stream was never cut: it outlived its key")
+        .map(|()| text)
+}
+
+/// An agent's key is its only right to spend: rotating it (a leaked key) or archiving the agent
+/// must stop the calls already running on it, not only new ones.
+#[tokio::test]
+async fn rotating_the_llm_key_or_archiving_the_agent_cuts_calls_in_flight() {
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
+    let host = start().await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let created: Value = host
+        .admin(Method::POST, "/api/agents")
+        .json(&json!({"name": "Spender", "model": "fake-gpt"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["llm_key"].as_str().unwrap().to_string();
+
+    fake.set_holding(true);
+    let (response, first) = open_stream(&host, &key).await;
+    assert!(first.contains("data:"), "{first}");
+    let rotated: Value = host
+        .admin(Method::POST, "/api/agents/spender/llm-key/rotate")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cut = rest_of(response).await;
+    assert!(cut.is_err(), "the stream ended normally: {cut:?}");
+    let new_key = rotated["llm_key"].as_str().unwrap().to_string();
+
+    // A call on the new key is cut when the agent is archived.
+    let (response, _) = open_stream(&host, &new_key).await;
+    let archived = host
+        .admin(Method::DELETE, "/api/agents/spender")
+        .send()
+        .await
+        .unwrap();
+    assert!(archived.status().is_success(), "{}", archived.status());
+    let cut = rest_of(response).await;
+    assert!(cut.is_err(), "the stream ended normally: {cut:?}");
+
+    // Nothing was cut by accident: an unheld stream on a live key completes.
+    fake.set_holding(false);
+    let other: Value = host
+        .admin(Method::POST, "/api/agents")
+        .json(&json!({"name": "Other", "model": "fake-gpt"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (response, first) = open_stream(&host, other["llm_key"].as_str().unwrap()).await;
+    let rest = rest_of(response).await.expect("a complete stream");
+    assert!(format!("{first}{rest}").contains("[DONE]"));
+}

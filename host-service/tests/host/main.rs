@@ -20,6 +20,7 @@ mod lifecycle_crash;
 mod llm;
 mod ops;
 mod quota;
+mod revoke;
 mod roles;
 mod routes;
 mod runtime;

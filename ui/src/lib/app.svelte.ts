@@ -109,7 +109,7 @@ let chat: ChatClient | null = null;
 let feed: EventFeed | null = null;
 
 export function chatClient(): ChatClient {
-  if (!chat) chat = new ChatClient(host, `user:${session.user?.username ?? ''}`);
+  if (!chat) chat = new ChatClient(host, `user:${session.user?.username ?? ''}`, { onUnauthorized: signedOut });
   return chat;
 }
 

@@ -235,7 +235,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Issues a new LLM key for the agent; the old one stops working at once. */
+        /**
+         * Issues a new LLM key for the agent; the old one stops working at once, and gateway calls
+         *     still running on it are cut.
+         */
         post: operations["rotate_llm_key"];
         delete?: never;
         options?: never;
@@ -476,7 +479,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Password login. Sets `taos_session` (HttpOnly) and `taos_csrf` cookies. */
+        /**
+         * Password login. Sets `__Host-taos_session` (HttpOnly) and `__Host-taos_csrf` cookies. The
+         *     session ends after 7 days without use and 30 days after login at the latest (`[auth]`).
+         */
         post: operations["login"];
         delete?: never;
         options?: never;
@@ -493,7 +499,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Ends the browser session server-side and clears its cookies. */
+        /**
+         * Ends the browser session server-side and clears its cookies. Its chat WebSockets (close
+         *     code 4001) and event streams (an `unauthorized` event) end at once.
+         */
         post: operations["logout"];
         delete?: never;
         options?: never;
@@ -514,6 +523,7 @@ export interface paths {
          * Exchanges a device refresh token for new tokens. The old refresh token stops working;
          *     presenting it again revokes the device, unless within an hour nothing it was exchanged for
          *     was used (the answer was lost): then it gets fresh tokens and the unused ones stop working.
+         *     A device revoked this way loses its open connections at once.
          */
         post: operations["refresh"];
         delete?: never;
@@ -688,7 +698,8 @@ export interface paths {
         /**
          * WebSocket for live chat. Authenticate with the session cookie, `Authorization: Bearer`, or
          *     (browsers) a `bearer.<token>` entry in `Sec-WebSocket-Protocol` next to `taos.v1`.
-         *     Client frames are `ClientEvent`s, server frames `ServerEvent`s.
+         *     Client frames are `ClientEvent`s, server frames `ServerEvent`s. The socket is closed with
+         *     code 4001 (reason `revoked` or `expired`) when its credential ends: authenticate again.
          */
         get: operations["chat_ws"];
         put?: never;
@@ -763,7 +774,10 @@ export interface paths {
         get?: never;
         put?: never;
         post?: never;
-        /** Revokes a device at once; its next request gets 401. Owner side only. */
+        /**
+         * Revokes a device at once: its next request gets 401, its open chat WebSockets close with
+         *     code 4001 and its event streams end with an `unauthorized` event. Owner side only.
+         */
         delete: operations["revoke_device"];
         options?: never;
         head?: never;
@@ -799,6 +813,8 @@ export interface paths {
          *     `id:`. The owner side gets every event; another user only events addressed to them (their
          *     own notifications). Reconnect with `Last-Event-ID` to get exactly what was missed; if that is older than
          *     what the host keeps, the first event is `resync`. A keep-alive comment comes every 15 s.
+         *     When the credential that opened the stream is revoked or expires, the last event is
+         *     `unauthorized` (`{"reason": "revoked" | "expired"}`) and the stream ends: authenticate again.
          */
         get: operations["events"];
         put?: never;

@@ -2,7 +2,15 @@ import type { Message, ServerEvent } from '../api/types';
 import { HostError, type ChatSocket, type HostClient } from '../host/HostClient';
 import { ChannelLog } from './log';
 
+/** The host closed the socket because its credential was revoked or expired. */
+export const CLOSE_UNAUTHORIZED = 4001;
+
 export interface ChatOptions {
+  /**
+   * Called once when the host closes the socket with 4001: the session was revoked or expired.
+   * The client stops instead of reconnecting (that would only be refused); sign in again.
+   */
+  onUnauthorized?: () => void;
   minDelayMs?: number;
   maxDelayMs?: number;
   /** Retries of a send that got no answer at all (network), before showing an error. */
@@ -29,13 +37,15 @@ export class ChatClient {
   private listeners = new Set<Listener>();
   private delay: number;
   private stopped = false;
-  private readonly opts: Required<ChatOptions>;
+  private readonly opts: Required<Omit<ChatOptions, 'onUnauthorized'>>;
+  private readonly onUnauthorized?: () => void;
 
   constructor(
     private readonly host: HostClient,
     private readonly me: string,
     options: ChatOptions = {},
   ) {
+    this.onUnauthorized = options.onUnauthorized;
     this.opts = {
       minDelayMs: options.minDelayMs ?? 500,
       maxDelayMs: options.maxDelayMs ?? 15_000,
@@ -82,12 +92,17 @@ export class ChatClient {
       this.emit('', null);
     };
     socket.onframe = (frame) => this.onFrame(frame);
-    socket.onclose = () => {
+    socket.onclose = (code) => {
       if (this.socket !== socket) return;
       this.socket = null;
       this.connected = false;
       this.emit('', null);
       if (this.stopped) return;
+      if (code === CLOSE_UNAUTHORIZED) {
+        this.stopped = true;
+        this.onUnauthorized?.();
+        return;
+      }
       const wait = this.delay;
       this.delay = Math.min(this.delay * 2, this.opts.maxDelayMs);
       this.opts.setTimer(() => this.open(), wait);

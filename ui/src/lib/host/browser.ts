@@ -9,7 +9,8 @@ import {
 } from './HostClient';
 import { SseParser } from './sse';
 
-const CSRF_COOKIE = 'taos_csrf';
+// `__Host-`: only this host can set it (Secure, Path=/, no Domain).
+const CSRF_COOKIE = '__Host-taos_csrf';
 const CSRF_HEADER = 'X-CSRF-Token';
 
 function readCookie(name: string): string | null {

@@ -8,7 +8,7 @@ export interface FeedHandlers {
   onResync(): void;
   /** Connected (true) or waiting to reconnect (false). */
   onStatus?(connected: boolean): void;
-  /** The session is gone (401): stop and sign in again. */
+  /** The session is gone (401, or an `unauthorized` event ending the stream): stop and sign in again. */
   onUnauthorized?(): void;
 }
 
@@ -66,6 +66,11 @@ export class EventFeed {
           this.handlers.onStatus?.(true);
         };
         for await (const message of this.client.openEvents(this.lastEventId, signal, opened)) {
+          if (message.event === 'unauthorized') {
+            // The host ended the session the stream was opened with (revoked or expired).
+            this.handlers.onUnauthorized?.();
+            return;
+          }
           if (message.event === 'resync') {
             // What we missed is gone: start over from what the host sends next.
             this.lastEventId = message.id;
