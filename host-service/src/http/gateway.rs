@@ -13,12 +13,19 @@ use serde::Deserialize;
 use super::extract::{authorization_bearer, AgentAuth, Query};
 use super::AppState;
 use crate::agents::{self, AgentRecord};
-use crate::llm::gateway::{self, CallContext, GatewayError, Outcome};
+use crate::llm::gateway::{self, CallContext, CallKind, GatewayError, Outcome};
+use taos_proto::llm::LlmState;
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.body())).into_response()
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -64,6 +71,10 @@ fn context(state: &AppState, agent: AgentRecord, headers: &HeaderMap) -> CallCon
         agent,
         trace_id,
         trace_content_bytes: state.llm.trace_content_bytes,
+        max_concurrent: state.config.llm.max_concurrent_calls,
+        default_max_tokens: state.config.llm.default_max_tokens,
+        model: Default::default(),
+        reservation: None,
     }
 }
 
@@ -74,7 +85,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    forward(state, agent, headers, body, "/v1/chat/completions").await
+    forward(state, agent, headers, body, CallKind::Chat).await
 }
 
 /// `POST /v1/embeddings` (also `/embeddings`).
@@ -84,7 +95,7 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    forward(state, agent, headers, body, "/v1/embeddings").await
+    forward(state, agent, headers, body, CallKind::Embeddings).await
 }
 
 async fn forward(
@@ -92,8 +103,12 @@ async fn forward(
     agent: AgentRecord,
     headers: HeaderMap,
     body: Bytes,
-    path: &str,
+    kind: CallKind,
 ) -> Response {
+    let path = match kind {
+        CallKind::Chat => "/v1/chat/completions",
+        CallKind::Embeddings => "/v1/embeddings",
+    };
     let started = Instant::now();
     let Ok(mut request) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return GatewayError::new(
@@ -111,27 +126,33 @@ async fn forward(
         )
         .into_response();
     }
-    let ctx = context(&state, agent, &headers);
-    let model = match gateway::admit(&ctx, &request).await {
-        Ok(model) => model,
-        Err(e) => return e.into_response(),
-    };
-    let stream = request
-        .get("stream")
-        .and_then(|s| s.as_bool())
-        .unwrap_or(false);
+    let mut ctx = context(&state, agent, &headers);
+    let supervisor = &state.llm.supervisor;
+    let admitted =
+        match gateway::admit(&mut ctx, kind, &mut request, |m| supervisor.model_facts(m)).await {
+            Ok(admitted) => admitted,
+            Err(e) => return e.into_response(),
+        };
+    let (model, stream) = (admitted.model, admitted.stream);
     if stream {
         // Ask for usage in the last chunk, so streamed calls are accounted too.
         request["stream_options"] = serde_json::json!({"include_usage": true});
     }
-    let upstream = state
-        .llm
-        .client
-        .post(format!("{}{path}", state.llm.supervisor.base_url()))
-        .bearer_auth(state.llm.supervisor.master_key())
-        .json(&request)
-        .send()
-        .await;
+    // LiteLLM's listener belongs to the host for its whole life, so while LiteLLM is down a
+    // connection would wait in the backlog: answer at once instead.
+    let upstream = if supervisor.state() == LlmState::Ready {
+        state
+            .llm
+            .client
+            .post(format!("{}{path}", supervisor.base_url()))
+            .bearer_auth(supervisor.master_key())
+            .json(&request)
+            .send()
+            .await
+            .map_err(|e| e.to_string())
+    } else {
+        Err("not ready".to_string())
+    };
     let mut outcome = Outcome {
         model,
         ..Default::default()
@@ -139,18 +160,18 @@ async fn forward(
     let response = match upstream {
         Ok(response) => response,
         Err(e) => {
-            tracing::warn!(error = %e, state = ?state.llm.supervisor.state(), "LiteLLM unreachable");
+            tracing::warn!(error = %e, state = ?supervisor.state(), "LiteLLM unreachable");
             let err = GatewayError::new(
                 503,
                 "llm_unavailable",
                 format!(
                     "the LLM service is not available right now ({:?}); see /api/llm/status",
-                    state.llm.supervisor.state()
+                    supervisor.state()
                 ),
             );
             outcome.status = 503;
             outcome.error = Some(err.message.clone());
-            tokio::spawn(async move { gateway::finish(&ctx, &request, outcome, started).await });
+            tokio::spawn(async move { gateway::finish(ctx, &request, outcome, started).await });
             return err.into_response();
         }
     };
@@ -180,7 +201,7 @@ async fn forward(
         Err(_) => {
             outcome.status = 502;
             outcome.error = Some("the LLM service broke off its answer".into());
-            tokio::spawn(async move { gateway::finish(&ctx, &request, outcome, started).await });
+            tokio::spawn(async move { gateway::finish(ctx, &request, outcome, started).await });
             return GatewayError::new(
                 502,
                 "upstream_error",
@@ -190,7 +211,7 @@ async fn forward(
         }
     };
     gateway::read_completion(&bytes, &mut outcome);
-    tokio::spawn(async move { gateway::finish(&ctx, &request, outcome, started).await });
+    tokio::spawn(async move { gateway::finish(ctx, &request, outcome, started).await });
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)

@@ -12,6 +12,9 @@ use crate::notify::EventHub;
 
 pub const THRESHOLDS: [i64; 3] = [50, 80, 100];
 
+/// Amounts closer than this (USD) are equal when checking a budget.
+const MONEY_EPSILON: f64 = 1e-9;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetError {
     #[error("{0}")]
@@ -32,7 +35,10 @@ pub fn period_key(period: BudgetPeriod, now: DateTime<Utc>) -> String {
     }
 }
 
-pub async fn get_budget(db: &Db, agent: Uuid) -> Result<Option<Budget>, BudgetError> {
+pub async fn get_budget<'e>(
+    db: impl sqlx::SqliteExecutor<'e>,
+    agent: Uuid,
+) -> Result<Option<Budget>, BudgetError> {
     let row = sqlx::query("SELECT limit_usd, period FROM agent_budgets WHERE agent_id = ?")
         .bind(agent.to_string())
         .fetch_optional(db)
@@ -70,8 +76,8 @@ pub async fn set_budget(db: &Db, agent: Uuid, budget: &Budget) -> Result<(), Bud
 }
 
 /// Spend in the period containing `now`.
-pub async fn spend(
-    db: &Db,
+pub async fn spend<'e>(
+    db: impl sqlx::SqliteExecutor<'e>,
     agent: Uuid,
     period: BudgetPeriod,
     now: DateTime<Utc>,
@@ -89,15 +95,6 @@ pub async fn spend(
     .await?)
 }
 
-/// `Some((spent, budget))` when the agent has used up its budget for the current period.
-pub async fn exceeded(db: &Db, agent: Uuid) -> Result<Option<(f64, Budget)>, BudgetError> {
-    let Some(budget) = get_budget(db, agent).await? else {
-        return Ok(None);
-    };
-    let spent = spend(db, agent, budget.period, Utc::now()).await?;
-    Ok((spent >= budget.limit_usd).then_some((spent, budget)))
-}
-
 /// What one gateway call used.
 #[derive(Debug, Clone, Default)]
 pub struct CallUsage {
@@ -108,15 +105,144 @@ pub struct CallUsage {
     pub failed: bool,
 }
 
-/// Adds a call to the agent's usage and announces budget thresholds it crossed.
-pub async fn record(
+/// Why a call was not admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// Spend plus what calls in flight reserved plus this call's worst case would pass the limit.
+    Budget {
+        spent: f64,
+        reserved: f64,
+        amount: f64,
+        budget: Budget,
+    },
+    /// The agent has a budget and the call's worst case can't be priced: admitting it would
+    /// let the budget fail open.
+    PriceUnknown,
+    /// The agent already has `open` calls in flight, the most it may.
+    Concurrency { open: i64, cap: u32 },
+}
+
+/// Admits a call: within one write transaction, checks that the agent has fewer than
+/// `max_concurrent` calls in flight and, if it has a budget, that spend + open reservations +
+/// `amount` stay within it; then records the reservation. Concurrent admissions are serialized
+/// by SQLite's write lock (`BEGIN IMMEDIATE`), so two calls can never both take the same room.
+/// `amount` is the call's worst-case cost, `None` when the model has no known price: fine
+/// without a budget (reserved as 0), refused with one. Returns the reservation's id.
+pub async fn reserve(
+    db: &Db,
+    agent: Uuid,
+    model: &str,
+    amount: Option<f64>,
+    max_concurrent: u32,
+) -> Result<Result<String, Refusal>, BudgetError> {
+    let amount = amount.map(|a| if a.is_finite() { a.max(0.0) } else { f64::MAX });
+    let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
+    let (open, reserved): (i64, f64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(amount_usd), 0.0) FROM llm_reservations WHERE agent_id = ?",
+    )
+    .bind(agent.to_string())
+    .fetch_one(&mut *tx)
+    .await?;
+    if open >= i64::from(max_concurrent) {
+        return Ok(Err(Refusal::Concurrency {
+            open,
+            cap: max_concurrent,
+        }));
+    }
+    let budget = get_budget(&mut *tx, agent).await?;
+    if let Some(budget) = budget {
+        let Some(amount) = amount else {
+            return Ok(Err(Refusal::PriceUnknown));
+        };
+        let spent = spend(&mut *tx, agent, budget.period, Utc::now()).await?;
+        // Exhausted refuses even a free call; otherwise the worst case must fit. Sums of
+        // prices are inexact in binary, so a nano-dollar either way counts as equal.
+        let committed = spent + reserved;
+        if committed + MONEY_EPSILON >= budget.limit_usd
+            || committed + amount > budget.limit_usd + MONEY_EPSILON
+        {
+            return Ok(Err(Refusal::Budget {
+                spent,
+                reserved,
+                amount,
+                budget,
+            }));
+        }
+    }
+    let id = Uuid::now_v7().to_string();
+    sqlx::query(
+        "INSERT INTO llm_reservations (id, agent_id, model, amount_usd, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&id)
+    .bind(agent.to_string())
+    .bind(model)
+    .bind(amount.unwrap_or(0.0))
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(id))
+}
+
+/// Settles a call: its reservation goes and its real usage comes, in one transaction, so a
+/// crash leaves either the reservation (settled at start) or the usage, never both or neither.
+/// Then announces budget thresholds the call crossed. A reservation that is already gone (the
+/// agent was purged) records nothing.
+pub async fn settle(
     db: &Db,
     hub: &EventHub,
     agent: Uuid,
     slug: &str,
+    reservation: &str,
     usage: &CallUsage,
 ) -> Result<(), BudgetError> {
-    let now = Utc::now();
+    let mut tx = db.begin().await?;
+    let removed = sqlx::query("DELETE FROM llm_reservations WHERE id = ?")
+        .bind(reservation)
+        .execute(&mut *tx)
+        .await?;
+    if removed.rows_affected() == 0 {
+        return Ok(());
+    }
+    add_usage(&mut tx, agent, usage).await?;
+    tx.commit().await?;
+    announce(db, hub, agent, slug).await
+}
+
+/// Settles every reservation left by a host that stopped without settling them (killed, power
+/// cut) at its reserved amount: the provider may have billed the call, and nothing says what
+/// it used. Runs at start, before the gateway serves, so no live call is among them. Returns
+/// how many there were.
+pub async fn settle_stale(db: &Db) -> Result<u64, BudgetError> {
+    let mut tx = db.begin().await?;
+    let rows: Vec<(String, String, f64)> =
+        sqlx::query_as("SELECT agent_id, model, amount_usd FROM llm_reservations")
+            .fetch_all(&mut *tx)
+            .await?;
+    for (agent, model, amount) in &rows {
+        let Ok(agent) = Uuid::parse_str(agent) else {
+            continue;
+        };
+        let usage = CallUsage {
+            model: model.clone(),
+            cost_usd: *amount,
+            failed: true,
+            ..Default::default()
+        };
+        add_usage(&mut tx, agent, &usage).await?;
+    }
+    sqlx::query("DELETE FROM llm_reservations")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}
+
+async fn add_usage(
+    tx: &mut sqlx::SqliteConnection,
+    agent: Uuid,
+    usage: &CallUsage,
+) -> Result<(), BudgetError> {
     sqlx::query(
         "INSERT INTO llm_usage (agent_id, day, model, requests, failures, tokens_in, tokens_out, cost_usd) \
          VALUES (?, ?, ?, 1, ?, ?, ?, ?) \
@@ -125,14 +251,20 @@ pub async fn record(
          tokens_out = tokens_out + excluded.tokens_out, cost_usd = cost_usd + excluded.cost_usd",
     )
     .bind(agent.to_string())
-    .bind(day_key(now))
+    .bind(day_key(Utc::now()))
     .bind(&usage.model)
     .bind(i64::from(usage.failed))
     .bind(usage.tokens_in.max(0))
     .bind(usage.tokens_out.max(0))
     .bind(if usage.cost_usd.is_finite() { usage.cost_usd.max(0.0) } else { 0.0 })
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
+    Ok(())
+}
+
+/// Announces the budget thresholds the agent's spend has reached, each once per period.
+async fn announce(db: &Db, hub: &EventHub, agent: Uuid, slug: &str) -> Result<(), BudgetError> {
+    let now = Utc::now();
     let Some(budget) = get_budget(db, agent).await? else {
         return Ok(());
     };
@@ -142,7 +274,7 @@ pub async fn record(
         let reached = if budget.limit_usd <= 0.0 {
             threshold == 100
         } else {
-            spent >= budget.limit_usd * threshold as f64 / 100.0
+            spent + MONEY_EPSILON >= budget.limit_usd * threshold as f64 / 100.0
         };
         if !reached {
             continue;
