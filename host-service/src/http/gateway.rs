@@ -71,6 +71,7 @@ fn context(state: &AppState, agent: AgentRecord, headers: &HeaderMap) -> CallCon
         agent,
         trace_id,
         trace_content_bytes: state.llm.trace_content_bytes,
+        ledger: state.llm.ledger.clone(),
         max_concurrent: state.config.llm.max_concurrent_calls,
         default_max_tokens: state.config.llm.default_max_tokens,
         model: Default::default(),

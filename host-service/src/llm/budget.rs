@@ -1,6 +1,8 @@
 //! Per-agent spending: usage rows per day and model, budgets per day or month, and the
 //! 50/80/100 % notifications (each once per period).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use taos_proto::events::{Level, NewNotification};
@@ -35,10 +37,7 @@ pub fn period_key(period: BudgetPeriod, now: DateTime<Utc>) -> String {
     }
 }
 
-pub async fn get_budget<'e>(
-    db: impl sqlx::SqliteExecutor<'e>,
-    agent: Uuid,
-) -> Result<Option<Budget>, BudgetError> {
+pub async fn get_budget(db: &Db, agent: Uuid) -> Result<Option<Budget>, BudgetError> {
     let row = sqlx::query("SELECT limit_usd, period FROM agent_budgets WHERE agent_id = ?")
         .bind(agent.to_string())
         .fetch_optional(db)
@@ -76,8 +75,8 @@ pub async fn set_budget(db: &Db, agent: Uuid, budget: &Budget) -> Result<(), Bud
 }
 
 /// Spend in the period containing `now`.
-pub async fn spend<'e>(
-    db: impl sqlx::SqliteExecutor<'e>,
+pub async fn spend(
+    db: &Db,
     agent: Uuid,
     period: BudgetPeriod,
     now: DateTime<Utc>,
@@ -122,72 +121,112 @@ pub enum Refusal {
     Concurrency { open: i64, cap: u32 },
 }
 
-/// Admits a call: within one write transaction, checks that the agent has fewer than
-/// `max_concurrent` calls in flight and, if it has a budget, that spend + open reservations +
-/// `amount` stay within it; then records the reservation. Concurrent admissions are serialized
-/// by SQLite's write lock (`BEGIN IMMEDIATE`), so two calls can never both take the same room.
-/// `amount` is the call's worst-case cost, `None` when the model has no known price: fine
-/// without a budget (reserved as 0), refused with one. Returns the reservation's id.
-pub async fn reserve(
-    db: &Db,
-    agent: Uuid,
-    model: &str,
-    amount: Option<f64>,
-    max_concurrent: u32,
-) -> Result<Result<String, Refusal>, BudgetError> {
-    let amount = amount.map(|a| if a.is_finite() { a.max(0.0) } else { f64::MAX });
-    let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
-    let (open, reserved): (i64, f64) = sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(amount_usd), 0.0) FROM llm_reservations WHERE agent_id = ?",
-    )
-    .bind(agent.to_string())
-    .fetch_one(&mut *tx)
-    .await?;
-    if open >= i64::from(max_concurrent) {
-        return Ok(Err(Refusal::Concurrency {
-            open,
-            cap: max_concurrent,
-        }));
-    }
-    let budget = get_budget(&mut *tx, agent).await?;
-    if let Some(budget) = budget {
-        let Some(amount) = amount else {
-            return Ok(Err(Refusal::PriceUnknown));
-        };
-        let spent = spend(&mut *tx, agent, budget.period, Utc::now()).await?;
-        // Exhausted refuses even a free call; otherwise the worst case must fit. Sums of
-        // prices are inexact in binary, so a nano-dollar either way counts as equal.
-        let committed = spent + reserved;
-        if committed + MONEY_EPSILON >= budget.limit_usd
-            || committed + amount > budget.limit_usd + MONEY_EPSILON
-        {
-            return Ok(Err(Refusal::Budget {
-                spent,
-                reserved,
-                amount,
-                budget,
+/// The calls each agent has in flight and what they reserved: what admission checks, with
+/// the database's settled spend, under one lock.
+///
+/// Admission takes the lock, reads the agent's budget and spend (committed `llm_usage`), adds
+/// what its open calls reserved, and takes its reservation or refuses; so two admissions can
+/// never both take the same room. A call gives its room back only after its real cost is
+/// committed (a moment where it counts twice, never one where it counts not at all). Each
+/// reservation is also written to `llm_reservations`, off the request path (a commit costs an
+/// fsync), so calls in flight when the host is killed are charged at its next start; see
+/// [`settle_stale`].
+#[derive(Default)]
+pub struct Ledger {
+    open: tokio::sync::Mutex<HashMap<Uuid, Open>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Open {
+    calls: i64,
+    reserved: f64,
+}
+
+impl Ledger {
+    /// Admits a call if the agent has fewer than `max_concurrent` calls in flight and, if it
+    /// has a budget, spend + open reservations + `amount` stay within it. `amount` is the
+    /// call's worst-case cost, `None` when the model has no known price: fine without a budget
+    /// (reserved as 0), refused with one. Returns the amount reserved.
+    pub async fn reserve(
+        &self,
+        db: &Db,
+        agent: Uuid,
+        amount: Option<f64>,
+        max_concurrent: u32,
+    ) -> Result<Result<f64, Refusal>, BudgetError> {
+        let amount = amount.map(|a| if a.is_finite() { a.max(0.0) } else { f64::MAX });
+        let mut open = self.open.lock().await;
+        let Open { calls, reserved } = open.get(&agent).copied().unwrap_or_default();
+        if calls >= i64::from(max_concurrent) {
+            return Ok(Err(Refusal::Concurrency {
+                open: calls,
+                cap: max_concurrent,
             }));
         }
+        if let Some(budget) = get_budget(db, agent).await? {
+            let Some(amount) = amount else {
+                return Ok(Err(Refusal::PriceUnknown));
+            };
+            let spent = spend(db, agent, budget.period, Utc::now()).await?;
+            // Exhausted refuses even a free call; otherwise the worst case must fit. Sums of
+            // prices are inexact in binary, so a nano-dollar either way counts as equal.
+            let committed = spent + reserved;
+            if committed + MONEY_EPSILON >= budget.limit_usd
+                || committed + amount > budget.limit_usd + MONEY_EPSILON
+            {
+                return Ok(Err(Refusal::Budget {
+                    spent,
+                    reserved,
+                    amount,
+                    budget,
+                }));
+            }
+        }
+        let amount = amount.unwrap_or(0.0);
+        let entry = open.entry(agent).or_default();
+        entry.calls += 1;
+        entry.reserved += amount;
+        Ok(Ok(amount))
     }
-    let id = Uuid::now_v7().to_string();
+
+    /// Gives a finished call's room back; after its cost is committed.
+    pub async fn release(&self, agent: Uuid, amount: f64) {
+        let mut open = self.open.lock().await;
+        if let Some(entry) = open.get_mut(&agent) {
+            entry.calls -= 1;
+            entry.reserved -= amount;
+            if entry.calls <= 0 {
+                open.remove(&agent);
+            }
+        }
+    }
+}
+
+/// Writes a reservation to `llm_reservations`, so that a host killed while the call runs
+/// charges it at its next start.
+pub async fn record_reservation(
+    db: &Db,
+    id: &str,
+    agent: Uuid,
+    model: &str,
+    amount: f64,
+) -> Result<(), BudgetError> {
     sqlx::query(
         "INSERT INTO llm_reservations (id, agent_id, model, amount_usd, created_at) VALUES (?, ?, ?, ?, ?)",
     )
-    .bind(&id)
+    .bind(id)
     .bind(agent.to_string())
     .bind(model)
-    .bind(amount.unwrap_or(0.0))
+    .bind(amount)
     .bind(now_ms())
-    .execute(&mut *tx)
+    .execute(db)
     .await?;
-    tx.commit().await?;
-    Ok(Ok(id))
+    Ok(())
 }
 
-/// Settles a call: its reservation goes and its real usage comes, in one transaction, so a
-/// crash leaves either the reservation (settled at start) or the usage, never both or neither.
-/// Then announces budget thresholds the call crossed. A reservation that is already gone (the
-/// agent was purged) records nothing.
+/// Settles a call: its reservation row goes and its real usage comes, in one transaction, so
+/// a crash leaves either the reservation (settled at start) or the usage, never both or
+/// neither. Then announces budget thresholds the call crossed.
 pub async fn settle(
     db: &Db,
     hub: &EventHub,
@@ -197,13 +236,10 @@ pub async fn settle(
     usage: &CallUsage,
 ) -> Result<(), BudgetError> {
     let mut tx = db.begin().await?;
-    let removed = sqlx::query("DELETE FROM llm_reservations WHERE id = ?")
+    sqlx::query("DELETE FROM llm_reservations WHERE id = ?")
         .bind(reservation)
         .execute(&mut *tx)
         .await?;
-    if removed.rows_affected() == 0 {
-        return Ok(());
-    }
     add_usage(&mut tx, agent, usage).await?;
     tx.commit().await?;
     announce(db, hub, agent, slug).await
@@ -243,9 +279,10 @@ async fn add_usage(
     agent: Uuid,
     usage: &CallUsage,
 ) -> Result<(), BudgetError> {
+    // An agent purged while its call ran has nowhere to put usage: nothing is recorded.
     sqlx::query(
         "INSERT INTO llm_usage (agent_id, day, model, requests, failures, tokens_in, tokens_out, cost_usd) \
-         VALUES (?, ?, ?, 1, ?, ?, ?, ?) \
+         SELECT ?1, ?2, ?3, 1, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM agents WHERE id = ?1) \
          ON CONFLICT(agent_id, day, model) DO UPDATE SET requests = requests + 1, \
          failures = failures + excluded.failures, tokens_in = tokens_in + excluded.tokens_in, \
          tokens_out = tokens_out + excluded.tokens_out, cost_usd = cost_usd + excluded.cost_usd",

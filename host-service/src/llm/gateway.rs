@@ -75,6 +75,8 @@ pub struct CallContext {
     /// lands under the same trace id as `message_in` and `message_out`.
     pub trace_id: Option<String>,
     pub trace_content_bytes: usize,
+    /// Calls in flight per agent, shared by every call.
+    pub ledger: Arc<budget::Ledger>,
     /// The most calls the agent may have in flight (`[llm] max_concurrent_calls`).
     pub max_concurrent: u32,
     /// `max_tokens` for a chat call that sets none (`[llm] default_max_tokens`), unless the
@@ -119,50 +121,81 @@ pub enum CallKind {
 pub struct Reservation {
     db: Db,
     hub: Arc<EventHub>,
+    ledger: Arc<budget::Ledger>,
     agent: uuid::Uuid,
     slug: String,
     model: String,
     id: String,
     pub amount_usd: f64,
-    settled: bool,
+    /// Writing the reservation's row, started at admission off the request path.
+    recorded: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Reservation {
+    /// Records the real usage, then gives the room back (in that order, so the call never
+    /// counts nowhere).
     async fn settle(mut self, usage: CallUsage) {
-        self.settled = true;
-        let result = budget::settle(
-            &self.db, &self.hub, self.agent, &self.slug, &self.id, &usage,
+        let recorded = self.recorded.take();
+        settle_reservation(
+            self.db.clone(),
+            self.hub.clone(),
+            self.ledger.clone(),
+            (
+                self.agent,
+                self.slug.clone(),
+                self.id.clone(),
+                self.amount_usd,
+            ),
+            recorded,
+            usage,
         )
         .await;
-        if let Err(e) = result {
-            tracing::error!(agent = %self.slug, error = %e, "settling an LLM call failed");
-        }
     }
+}
+
+async fn settle_reservation(
+    db: Db,
+    hub: Arc<EventHub>,
+    ledger: Arc<budget::Ledger>,
+    (agent, slug, id, amount): (uuid::Uuid, String, String, f64),
+    recorded: Option<tokio::task::JoinHandle<()>>,
+    usage: CallUsage,
+) {
+    // The row must exist before it is settled, or it would outlive the call.
+    if let Some(recorded) = recorded {
+        let _ = recorded.await;
+    }
+    if let Err(e) = budget::settle(&db, &hub, agent, &slug, &id, &usage).await {
+        tracing::error!(agent = %slug, error = %e, "settling an LLM call failed");
+    }
+    ledger.release(agent, amount).await;
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.settled {
+        // Settled calls took `recorded` (and everything else is cheap to leave).
+        let Some(recorded) = self.recorded.take() else {
             return;
-        }
+        };
         let usage = CallUsage {
             model: self.model.clone(),
             cost_usd: self.amount_usd,
             failed: true,
             ..Default::default()
         };
-        let (db, hub, agent, slug, id) = (
+        tokio::spawn(settle_reservation(
             self.db.clone(),
             self.hub.clone(),
-            self.agent,
-            self.slug.clone(),
-            self.id.clone(),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = budget::settle(&db, &hub, agent, &slug, &id, &usage).await {
-                tracing::error!(agent = %slug, error = %e, "settling an abandoned LLM call failed");
-            }
-        });
+            self.ledger.clone(),
+            (
+                self.agent,
+                self.slug.clone(),
+                self.id.clone(),
+                self.amount_usd,
+            ),
+            Some(recorded),
+            usage,
+        ));
     }
 }
 
@@ -285,9 +318,12 @@ pub async fn admit(
         .cost(prompt_tokens, output_tokens.saturating_mul(shape.n));
 
     let agent = ctx.agent.id;
-    let reserved = budget::reserve(&ctx.db, agent, &model, amount, ctx.max_concurrent).await;
-    let id = match reserved {
-        Ok(Ok(id)) => id,
+    let reserved = ctx
+        .ledger
+        .reserve(&ctx.db, agent, amount, ctx.max_concurrent)
+        .await;
+    let amount = match reserved {
+        Ok(Ok(amount)) => amount,
         Ok(Err(refusal)) => return Err(refusal_error(ctx, &model, refusal)),
         Err(e) => {
             tracing::error!(error = %e, "budget check failed");
@@ -298,15 +334,25 @@ pub async fn admit(
             ));
         }
     };
+    let id = uuid::Uuid::now_v7().to_string();
+    let recorded = {
+        let (db, id, model) = (ctx.db.clone(), id.clone(), model.clone());
+        tokio::spawn(async move {
+            if let Err(e) = budget::record_reservation(&db, &id, agent, &model, amount).await {
+                tracing::error!(error = %e, "recording an LLM reservation failed");
+            }
+        })
+    };
     ctx.reservation = Some(Reservation {
         db: ctx.db.clone(),
         hub: ctx.hub.clone(),
+        ledger: ctx.ledger.clone(),
         agent,
         slug: ctx.agent.slug.clone(),
         model: model.clone(),
         id,
-        amount_usd: amount.unwrap_or(0.0),
-        settled: false,
+        amount_usd: amount,
+        recorded: Some(recorded),
     });
     Ok(Admitted {
         model,

@@ -29,6 +29,8 @@ pub struct Llm {
     discovery_cache: Mutex<HashMap<String, (Instant, Vec<String>)>>,
     cache_ttl: Duration,
     pub trace_content_bytes: usize,
+    /// Calls in flight per agent, for budget and concurrency admission.
+    pub ledger: std::sync::Arc<budget::Ledger>,
 }
 
 impl Llm {
@@ -56,6 +58,7 @@ impl Llm {
             discovery_cache: Mutex::new(HashMap::new()),
             cache_ttl,
             trace_content_bytes,
+            ledger: Default::default(),
         }
     }
 

@@ -811,7 +811,7 @@ async fn the_sidecar_answers_a_websocket_message_through_the_gateway() {
 }
 
 /// The serving LiteLLM: the host's child running LiteLLM's proxy on its config (not a
-/// `--validate_config` or `--version` run).
+/// `--validate_config` run; `--version` has no `--config`).
 pub fn litellm_pid(host: &Host) -> Option<String> {
     let host_pid = host.pid()?.to_string();
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
@@ -819,11 +819,8 @@ pub fn litellm_pid(host: &Host) -> Option<String> {
         let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim();
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
         let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        (ppid == host_pid
-            && text.contains("run_server")
-            && text.contains("--config")
-            && !text.contains("--validate_config"))
-        .then(|| e.file_name().to_string_lossy().to_string())
+        (ppid == host_pid && text.contains("--config") && !text.contains("--validate_config"))
+            .then(|| e.file_name().to_string_lossy().to_string())
     })
 }
 
@@ -1103,7 +1100,9 @@ async fn two_hundred_concurrent_calls_at_99_percent_of_a_budget_overspend_at_mos
     let call = json!({"model": "fake-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
     let calls: Vec<_> = (0..200)
         .map(|_| {
-            let request = gateway(&host, &key, "/v1/chat/completions").json(&call);
+            let request = gateway(&host, &key, "/v1/chat/completions")
+                .timeout(Duration::from_secs(300))
+                .json(&call);
             tokio::spawn(async move {
                 let r = request.send().await.unwrap();
                 let status = r.status();
