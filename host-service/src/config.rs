@@ -54,8 +54,18 @@ recheck_secs = 5
 [llm]
 # The LiteLLM executable. Empty: `litellm` on PATH, else /opt/taos/litellm/bin/litellm.
 litellm_bin = ""
-# Port LiteLLM listens on (on 127.0.0.1). 0 picks a free one at start.
+# Port LiteLLM listens on (on 127.0.0.1). 0 picks a free one at start. The host binds it
+# itself and hands the socket to LiteLLM, so no other process can take it in between.
 litellm_port = 0
+# When the host runs as root, LiteLLM runs as this unprivileged system user (created by
+# scripts/dev-litellm.sh), in its own mount namespace with a private /tmp. LiteLLM is not
+# started if the user is missing: it never runs as root.
+litellm_user = "taos-litellm"
+# The most LLM calls one agent may have in flight at once; more are refused with 429.
+max_concurrent_calls = 4
+# max_tokens for a chat call that sets none (lowered to the model's own maximum when LiteLLM
+# knows it). It is sent upstream, so the call's budget reservation is a real bound.
+default_max_tokens = 4096
 # How much of each prompt and answer the llm_call trace keeps, in bytes.
 trace_content_bytes = 4096
 # How long discovered provider model lists are cached, in seconds.
@@ -164,6 +174,9 @@ impl Default for RuntimeConfig {
 pub struct LlmConfig {
     pub litellm_bin: String,
     pub litellm_port: u16,
+    pub litellm_user: String,
+    pub max_concurrent_calls: u32,
+    pub default_max_tokens: u64,
     pub trace_content_bytes: u64,
     pub models_cache_seconds: u64,
 }
@@ -173,6 +186,9 @@ impl Default for LlmConfig {
         LlmConfig {
             litellm_bin: String::new(),
             litellm_port: 0,
+            litellm_user: "taos-litellm".to_string(),
+            max_concurrent_calls: 4,
+            default_max_tokens: 4096,
             trace_content_bytes: 4096,
             models_cache_seconds: 300,
         }
@@ -299,6 +315,23 @@ impl Config {
         if !(1..=3600).contains(&a.recheck_secs) {
             return Err(ConfigError::Invalid(
                 "[auth] recheck_secs must be between 1 and 3600".to_string(),
+            ));
+        }
+        let llm = &self.llm;
+        if !(1..=1024).contains(&llm.max_concurrent_calls) {
+            return Err(ConfigError::Invalid(
+                "[llm] max_concurrent_calls must be between 1 and 1024".to_string(),
+            ));
+        }
+        if !(1..=crate::llm::validate::MAX_TOKENS_LIMIT).contains(&llm.default_max_tokens) {
+            return Err(ConfigError::Invalid(format!(
+                "[llm] default_max_tokens must be between 1 and {}",
+                crate::llm::validate::MAX_TOKENS_LIMIT
+            )));
+        }
+        if llm.litellm_user.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "[llm] litellm_user must not be empty".to_string(),
             ));
         }
         if self.log.level.trim().is_empty() {

@@ -250,8 +250,12 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     };
     let traces = crate::trace::TraceStore::open(data_dir.join("trace"))?;
     let litellm_bin = crate::llm::supervisor::find_litellm(&config.llm.litellm_bin);
-    let supervisor =
-        crate::llm::supervisor::Supervisor::new(&data_dir, litellm_bin, config.llm.litellm_port)?;
+    let supervisor = crate::llm::supervisor::Supervisor::new(
+        &data_dir,
+        litellm_bin,
+        config.llm.litellm_port,
+        &config.llm.litellm_user,
+    )?;
     let llm = crate::llm::Llm::new(
         db.clone(),
         supervisor.clone(),
@@ -346,6 +350,15 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
             crate::deploy::recover(&state).await;
             crate::deploy::reconcile_proxies(&state).await;
         });
+    }
+    // Reservations of LLM calls that were in flight when the last host died; before the
+    // gateway serves, so none of them is live.
+    let stale = crate::llm::budget::settle_stale(&state.db).await?;
+    if stale > 0 {
+        tracing::warn!(
+            calls = stale,
+            "settled LLM calls left open by the last run at their reserved cost"
+        );
     }
     state.llm.reload().await?;
 

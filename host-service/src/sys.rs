@@ -55,19 +55,3 @@ pub fn terminate(pid: u32) -> bool {
     // (the caller only passes pids of children it has not yet reaped).
     unsafe { libc::kill(pid, libc::SIGTERM) == 0 }
 }
-
-/// Makes a command's process receive SIGTERM when the host dies, so a crashed host never leaves
-/// an orphaned LiteLLM holding a port and 300 MB of memory.
-#[allow(unsafe_code)]
-pub fn die_with_parent(command: &mut tokio::process::Command) {
-    // SAFETY: the closure runs in the forked child before exec and calls only prctl(2), which
-    // is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}

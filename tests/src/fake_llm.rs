@@ -2,11 +2,15 @@
 //! are out of reach). Real LiteLLM sits between it and the host.
 //!
 //! Serves `/v1/models`, `/v1/chat/completions` (streamed or not, usage in the last chunk) and
-//! `/v1/embeddings`, checks the API key it was given, counts calls, and can be told to fail.
+//! `/v1/embeddings`, checks the API key it was given, counts calls, and can be told to fail or
+//! to hold calls open. Like vLLM or Ollama, it fetches `http(s)` image URLs it is sent (only on
+//! 127.0.0.1: tests never reach further). [`Recorder`] is a listener that only records what
+//! reaches it, and can redirect.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -21,15 +25,36 @@ pub const REPLY: &str = "Hello from the fake model.";
 pub const PROMPT_TOKENS: i64 = 10;
 pub const COMPLETION_TOKENS: i64 = 5;
 
-#[derive(Default)]
 pub struct FakeState {
     pub api_key: String,
     pub models: Vec<String>,
     pub fail: AtomicBool,
     /// While set, a streamed answer sends its first chunk and then waits (a long generation).
-    pub hold: AtomicBool,
+    pub hold_stream: AtomicBool,
     pub calls: AtomicU64,
     pub unauthorized: AtomicU64,
+    /// Every credential presented (`Authorization` and `x-api-key` values), in order.
+    pub keys_seen: Mutex<Vec<String>>,
+    /// While true, completions wait before answering (see [`FakeLlm::hold`]).
+    hold: tokio::sync::watch::Sender<bool>,
+    /// Completions that arrived and are waiting or answering.
+    pub in_flight: AtomicU64,
+}
+
+impl Default for FakeState {
+    fn default() -> Self {
+        FakeState {
+            api_key: String::new(),
+            models: Vec::new(),
+            fail: AtomicBool::new(false),
+            hold_stream: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+            unauthorized: AtomicU64::new(0),
+            keys_seen: Mutex::new(Vec::new()),
+            hold: tokio::sync::watch::channel(false).0,
+            in_flight: AtomicU64::new(0),
+        }
+    }
 }
 
 pub struct FakeLlm {
@@ -71,11 +96,50 @@ impl FakeLlm {
 
     /// Streamed answers stop after their first chunk until `set_holding(false)`.
     pub fn set_holding(&self, hold: bool) {
-        self.state.hold.store(hold, Ordering::SeqCst);
+        self.state.hold_stream.store(hold, Ordering::SeqCst);
     }
 
     pub fn calls(&self) -> u64 {
         self.state.calls.load(Ordering::SeqCst)
+    }
+
+    /// Holds every completion (streamed or not) open until `release`.
+    pub fn hold(&self) {
+        self.state.hold.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.state.hold.send_replace(false);
+    }
+
+    /// Completions that have arrived and not yet been answered in full.
+    pub fn in_flight(&self) -> u64 {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Every credential presented to it so far.
+    pub fn keys_seen(&self) -> Vec<String> {
+        self.state
+            .keys_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Counts a completion in flight while it lives.
+struct InFlight(Arc<FakeState>);
+
+impl InFlight {
+    fn new(state: &Arc<FakeState>) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -86,6 +150,14 @@ impl Drop for FakeLlm {
 }
 
 fn authorized(state: &FakeState, headers: &HeaderMap) -> bool {
+    {
+        let mut seen = state.keys_seen.lock().unwrap_or_else(|p| p.into_inner());
+        for name in ["authorization", "x-api-key"] {
+            if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+                seen.push(v.to_string());
+            }
+        }
+    }
     if state.api_key.is_empty() {
         return true;
     }
@@ -126,6 +198,10 @@ async fn chat(
         return unauthorized();
     }
     state.calls.fetch_add(1, Ordering::SeqCst);
+    let in_flight = InFlight::new(&state);
+    fetch_image_urls(&body).await;
+    let mut hold = state.hold.subscribe();
+    let _ = hold.wait_for(|held| !*held).await;
     if state.fail.load(Ordering::SeqCst) {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,10 +210,22 @@ async fn chat(
             .into_response();
     }
     let model = body["model"].as_str().unwrap_or("fake").to_string();
-    let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS});
+    // A real model stops at max_tokens: one token per word here.
+    let limit = ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .filter_map(|k| body[*k].as_u64())
+        .min()
+        .unwrap_or(u64::MAX);
+    let words: Vec<&str> = REPLY
+        .split_inclusive(' ')
+        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect();
+    let completion_tokens = (words.len() as i64).min(COMPLETION_TOKENS);
+    let reply: String = words.concat();
+    let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion_tokens, "total_tokens": PROMPT_TOKENS + completion_tokens});
     if body["stream"].as_bool() == Some(true) {
         let mut frames = Vec::new();
-        for (i, word) in REPLY.split_inclusive(' ').enumerate() {
+        for (i, word) in words.iter().enumerate() {
             let chunk = json!({"id": "fake-1", "object": "chat.completion.chunk", "created": 0, "model": model,
                 "choices": [{"index": 0, "delta": if i == 0 { json!({"role": "assistant", "content": word}) } else { json!({"content": word}) }, "finish_reason": null}]});
             frames.push(format!("data: {chunk}\n\n"));
@@ -154,8 +242,10 @@ async fn chat(
         let stream =
             futures_util::stream::unfold((frames.into_iter(), true), move |(mut frames, first)| {
                 let hold = hold.clone();
+                // Counted as in flight until the whole answer has gone out.
+                let _counted = &in_flight;
                 async move {
-                    while !first && hold.hold.load(Ordering::SeqCst) {
+                    while !first && hold.hold_stream.load(Ordering::SeqCst) {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     }
                     let frame = frames.next()?;
@@ -168,9 +258,32 @@ async fn chat(
             .expect("response");
     }
     Json(json!({"id": "fake-1", "object": "chat.completion", "created": 0, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
         "usage": usage}))
     .into_response()
+}
+
+/// Fetches the `http(s)://127.0.0.1…` image URLs in a chat body, as a local model server
+/// that accepts image URLs does.
+async fn fetch_image_urls(body: &Value) {
+    let urls: Vec<String> = body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .filter_map(|part| {
+            part["image_url"]["url"]
+                .as_str()
+                .or_else(|| part["image_url"].as_str())
+        })
+        .filter(|u| u.starts_with("http://127.0.0.1") || u.starts_with("https://127.0.0.1"))
+        .map(String::from)
+        .collect();
+    let client = crate::plain_client(Duration::from_secs(5));
+    for url in urls {
+        let _ = client.get(&url).send().await;
+    }
 }
 
 async fn embeddings(
@@ -185,4 +298,78 @@ async fn embeddings(
     Json(json!({"object": "list", "model": body["model"], "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
         "usage": {"prompt_tokens": 3, "total_tokens": 3}}))
     .into_response()
+}
+
+/// One request as a [`Recorder`] saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A listener that records every request and answers 404, or a redirect to `redirect_to` (plus
+/// the path) when one is set. For attacks: "does the key ever reach this address?".
+pub struct Recorder {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    pub async fn start(redirect_to: Option<String>) -> Recorder {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        let app = Router::new().fallback(move |request: axum::extract::Request| {
+            let record = record.clone();
+            let redirect_to = redirect_to.clone();
+            async move {
+                let path = request.uri().path().to_string();
+                record.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
+                    method: request.method().to_string(),
+                    path: path.clone(),
+                    headers: request
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.to_string(),
+                                String::from_utf8_lossy(v.as_bytes()).to_string(),
+                            )
+                        })
+                        .collect(),
+                });
+                match redirect_to {
+                    Some(to) => Response::builder()
+                        .status(StatusCode::FOUND)
+                        .header("location", format!("{to}{path}"))
+                        .body(Body::empty())
+                        .expect("response"),
+                    None => StatusCode::NOT_FOUND.into_response(),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind recorder");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Recorder { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -20,12 +20,19 @@ use super::AppState;
 use crate::agents::{self, AgentRecord};
 use crate::auth::hash_token;
 use crate::auth::live::{Credential, Ended, LiveGuard};
-use crate::llm::gateway::{self, CallContext, GatewayError, Outcome};
+use crate::llm::gateway::{self, CallContext, CallKind, GatewayError, Outcome};
+use taos_proto::llm::LlmState;
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.body())).into_response()
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -71,6 +78,11 @@ fn context(state: &AppState, agent: AgentRecord, headers: &HeaderMap) -> CallCon
         agent,
         trace_id,
         trace_content_bytes: state.llm.trace_content_bytes,
+        ledger: state.llm.ledger.clone(),
+        max_concurrent: state.config.llm.max_concurrent_calls,
+        default_max_tokens: state.config.llm.default_max_tokens,
+        model: Default::default(),
+        reservation: None,
     }
 }
 
@@ -81,7 +93,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    forward(state, agent, headers, body, "/v1/chat/completions").await
+    forward(state, agent, headers, body, CallKind::Chat).await
 }
 
 /// `POST /v1/embeddings` (also `/embeddings`).
@@ -91,7 +103,7 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    forward(state, agent, headers, body, "/v1/embeddings").await
+    forward(state, agent, headers, body, CallKind::Embeddings).await
 }
 
 fn key_ended(ended: Ended) -> GatewayError {
@@ -153,11 +165,15 @@ async fn forward(
     agent: AgentRecord,
     headers: HeaderMap,
     body: Bytes,
-    path: &str,
+    kind: CallKind,
 ) -> Response {
     let mut guard = match register_call(&state, &agent, &headers).await {
         Ok(guard) => guard,
         Err(e) => return e.into_response(),
+    };
+    let path = match kind {
+        CallKind::Chat => "/v1/chat/completions",
+        CallKind::Embeddings => "/v1/embeddings",
     };
     let started = Instant::now();
     let Ok(mut request) = serde_json::from_slice::<serde_json::Value>(&body) else {
@@ -176,56 +192,64 @@ async fn forward(
         )
         .into_response();
     }
-    let ctx = context(&state, agent, &headers);
-    let model = match gateway::admit(&ctx, &request).await {
-        Ok(model) => model,
-        Err(e) => return e.into_response(),
-    };
-    let stream = request
-        .get("stream")
-        .and_then(|s| s.as_bool())
-        .unwrap_or(false);
+    let mut ctx = context(&state, agent, &headers);
+    let supervisor = &state.llm.supervisor;
+    let admitted =
+        match gateway::admit(&mut ctx, kind, &mut request, |m| supervisor.model_facts(m)).await {
+            Ok(admitted) => admitted,
+            Err(e) => return e.into_response(),
+        };
+    let (model, stream) = (admitted.model, admitted.stream);
     if stream {
         // Ask for usage in the last chunk, so streamed calls are accounted too.
         request["stream_options"] = serde_json::json!({"include_usage": true});
     }
-    let send = state
-        .llm
-        .client
-        .post(format!("{}{path}", state.llm.supervisor.base_url()))
-        .bearer_auth(state.llm.supervisor.master_key())
-        .json(&request)
-        .send();
     let mut outcome = Outcome {
         model,
         ..Default::default()
     };
+    // LiteLLM's listener belongs to the host for its whole life, so while LiteLLM is down a
+    // connection would wait in the backlog: answer at once instead.
+    let send = async {
+        if supervisor.state() == LlmState::Ready {
+            state
+                .llm
+                .client
+                .post(format!("{}{path}", supervisor.base_url()))
+                .bearer_auth(supervisor.master_key())
+                .json(&request)
+                .send()
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            Err("not ready".to_string())
+        }
+    };
     let upstream = tokio::select! {
         biased;
-        ended = guard.ended() => {
-            let err = key_ended(ended);
-            outcome.status = err.status;
-            outcome.error = Some(err.message.clone());
-            tokio::spawn(async move { gateway::finish(&ctx, &request, outcome, started).await });
-            return err.into_response();
-        }
-        upstream = send => upstream,
+        ended = guard.ended() => Err(Some(ended)),
+        upstream = send => upstream.map_err(|e| {
+            tracing::warn!(error = %e, state = ?supervisor.state(), "LiteLLM unreachable");
+            None
+        }),
     };
     let response = match upstream {
         Ok(response) => response,
-        Err(e) => {
-            tracing::warn!(error = %e, state = ?state.llm.supervisor.state(), "LiteLLM unreachable");
-            let err = GatewayError::new(
-                503,
-                "llm_unavailable",
-                format!(
-                    "the LLM service is not available right now ({:?}); see /api/llm/status",
-                    state.llm.supervisor.state()
+        Err(ended) => {
+            let err = match ended {
+                Some(ended) => key_ended(ended),
+                None => GatewayError::new(
+                    503,
+                    "llm_unavailable",
+                    format!(
+                        "the LLM service is not available right now ({:?}); see /api/llm/status",
+                        supervisor.state()
+                    ),
                 ),
-            );
-            outcome.status = 503;
+            };
+            outcome.status = err.status;
             outcome.error = Some(err.message.clone());
-            tokio::spawn(async move { gateway::finish(&ctx, &request, outcome, started).await });
+            tokio::spawn(async move { gateway::finish(ctx, &request, outcome, started).await });
             return err.into_response();
         }
     };
@@ -253,31 +277,28 @@ async fn forward(
     }
     let read = tokio::select! {
         biased;
-        ended = guard.ended() => {
-            let err = key_ended(ended);
-            outcome.status = err.status;
-            outcome.error = Some(err.message.clone());
-            tokio::spawn(async move { gateway::finish(&ctx, &request, outcome, started).await });
-            return err.into_response();
-        }
-        read = response.bytes() => read,
+        ended = guard.ended() => Err(Some(ended)),
+        read = response.bytes() => read.map_err(|_| None),
     };
     let bytes = match read {
         Ok(bytes) => bytes,
-        Err(_) => {
-            outcome.status = 502;
-            outcome.error = Some("the LLM service broke off its answer".into());
-            tokio::spawn(async move { gateway::finish(&ctx, &request, outcome, started).await });
-            return GatewayError::new(
-                502,
-                "upstream_error",
-                "the LLM service broke off its answer",
-            )
-            .into_response();
+        Err(ended) => {
+            let err = match ended {
+                Some(ended) => key_ended(ended),
+                None => GatewayError::new(
+                    502,
+                    "upstream_error",
+                    "the LLM service broke off its answer",
+                ),
+            };
+            outcome.status = err.status;
+            outcome.error = Some(err.message.clone());
+            tokio::spawn(async move { gateway::finish(ctx, &request, outcome, started).await });
+            return err.into_response();
         }
     };
     gateway::read_completion(&bytes, &mut outcome);
-    tokio::spawn(async move { gateway::finish(&ctx, &request, outcome, started).await });
+    tokio::spawn(async move { gateway::finish(ctx, &request, outcome, started).await });
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)

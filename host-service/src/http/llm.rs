@@ -2,18 +2,16 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
 use taos_proto::error::ErrorBody;
 use taos_proto::llm::{
     Budget, LlmKey, LlmStatus, ModelInfo, NewProvider, Provider, ProviderModel, ProviderPatch,
     ProviderTest, ProviderTestResult, Usage,
 };
-use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{Auth, Json, OwnerLike, Path, Query};
+use super::extract::{Auth, Json, OwnerLike, Path};
 use super::AppState;
 use crate::agents;
 use crate::llm::budget::{self, BudgetError};
@@ -26,6 +24,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(patch_provider, delete_provider))
         .routes(routes!(test_provider))
         .routes(routes!(list_models))
+        .routes(routes!(refresh_models))
         .routes(routes!(set_budget))
         .routes(routes!(get_usage))
         .routes(routes!(rotate_llm_key))
@@ -203,65 +202,62 @@ async fn test_provider(
     ))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct ModelsParams {
-    /// Re-discover each provider's models (cached otherwise). LiteLLM restarts only if the
-    /// list changed.
-    refresh: Option<bool>,
-}
-
 /// Every model an agent can be given.
-#[utoipa::path(get, path = "/api/providers/models", tag = "llm", params(ModelsParams),
+#[utoipa::path(get, path = "/api/providers/models", tag = "llm",
     responses((status = 200, description = "Models", body = Vec<ModelInfo>),
         (status = 401, description = "No credentials", body = ErrorBody)))]
 async fn list_models(
-    Auth(principal): Auth,
+    _auth: Auth,
     State(state): State<AppState>,
-    Query(p): Query<ModelsParams>,
 ) -> Result<Json<Vec<ModelInfo>>, ApiError> {
-    if p.refresh.unwrap_or(false) {
-        // Refreshing rewrites the catalog: the owner's call.
-        if !principal.acts_as_owner() {
-            return Err(ApiError::forbidden(
-                "only the owner may refresh the model catalog",
-            ));
-        }
-        for provider in providers::list(&state.db).await? {
-            let key = provider.api_key(&state.llm.secrets);
-            let Ok((found, _)) = state
-                .llm
-                .discover(provider.kind, &provider.url, key.as_deref(), false)
-                .await
-            else {
-                continue;
+    Ok(Json(state.llm.models().await?))
+}
+
+/// Re-discovers each provider's models (`<url>/models`, with its stored key, no redirects
+/// followed) and updates the catalog, keeping the owner's prices for models still offered.
+/// LiteLLM restarts only if the list changed. Returns every model, as `GET` does.
+#[utoipa::path(post, path = "/api/providers/models/refresh", tag = "llm",
+    responses((status = 200, description = "Models", body = Vec<ModelInfo>),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody)))]
+async fn refresh_models(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<ModelInfo>>, ApiError> {
+    for provider in providers::list(&state.db).await? {
+        let key = provider.api_key(&state.llm.secrets);
+        let Ok((found, _)) = state
+            .llm
+            .discover(provider.kind, &provider.url, key.as_deref(), false)
+            .await
+        else {
+            continue;
+        };
+        // Keep the owner's prices for models that are still there.
+        let models: Vec<ProviderModel> = found
+            .into_iter()
+            .map(|id| {
+                provider
+                    .models
+                    .iter()
+                    .find(|m| m.id == id)
+                    .cloned()
+                    .unwrap_or(ProviderModel {
+                        id,
+                        input_usd_per_mtok: None,
+                        output_usd_per_mtok: None,
+                    })
+            })
+            .collect();
+        if models != provider.models {
+            let patch = ProviderPatch {
+                models: Some(models),
+                ..Default::default()
             };
-            // Keep the owner's prices for models that are still there.
-            let models: Vec<ProviderModel> = found
-                .into_iter()
-                .map(|id| {
-                    provider
-                        .models
-                        .iter()
-                        .find(|m| m.id == id)
-                        .cloned()
-                        .unwrap_or(ProviderModel {
-                            id,
-                            input_usd_per_mtok: None,
-                            output_usd_per_mtok: None,
-                        })
-                })
-                .collect();
-            if models != provider.models {
-                let patch = ProviderPatch {
-                    models: Some(models),
-                    ..Default::default()
-                };
-                providers::update(&state.db, &state.llm.secrets, &provider.name, &patch).await?;
-            }
+            providers::update(&state.db, &state.llm.secrets, &provider.name, &patch).await?;
         }
-        reload(&state).await;
     }
+    reload(&state).await;
     Ok(Json(state.llm.models().await?))
 }
 

@@ -1,6 +1,8 @@
 //! Per-agent spending: usage rows per day and model, budgets per day or month, and the
 //! 50/80/100 % notifications (each once per period).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use taos_proto::events::{Level, NewNotification};
@@ -11,6 +13,9 @@ use crate::db::{now_ms, Db};
 use crate::notify::EventHub;
 
 pub const THRESHOLDS: [i64; 3] = [50, 80, 100];
+
+/// Amounts closer than this (USD) are equal when checking a budget.
+const MONEY_EPSILON: f64 = 1e-9;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetError {
@@ -89,15 +94,6 @@ pub async fn spend(
     .await?)
 }
 
-/// `Some((spent, budget))` when the agent has used up its budget for the current period.
-pub async fn exceeded(db: &Db, agent: Uuid) -> Result<Option<(f64, Budget)>, BudgetError> {
-    let Some(budget) = get_budget(db, agent).await? else {
-        return Ok(None);
-    };
-    let spent = spend(db, agent, budget.period, Utc::now()).await?;
-    Ok((spent >= budget.limit_usd).then_some((spent, budget)))
-}
-
 /// What one gateway call used.
 #[derive(Debug, Clone, Default)]
 pub struct CallUsage {
@@ -108,31 +104,204 @@ pub struct CallUsage {
     pub failed: bool,
 }
 
-/// Adds a call to the agent's usage and announces budget thresholds it crossed.
-pub async fn record(
+/// Why a call was not admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// Spend plus what calls in flight reserved plus this call's worst case would pass the limit.
+    Budget {
+        spent: f64,
+        reserved: f64,
+        amount: f64,
+        budget: Budget,
+    },
+    /// The agent has a budget and the call's worst case can't be priced: admitting it would
+    /// let the budget fail open.
+    PriceUnknown,
+    /// The agent already has `open` calls in flight, the most it may.
+    Concurrency { open: i64, cap: u32 },
+}
+
+/// The calls each agent has in flight and what they reserved: what admission checks, with
+/// the database's settled spend, under one lock.
+///
+/// Admission takes the lock, reads the agent's budget and spend (committed `llm_usage`), adds
+/// what its open calls reserved, and takes its reservation or refuses; so two admissions can
+/// never both take the same room. A call gives its room back only after its real cost is
+/// committed (a moment where it counts twice, never one where it counts not at all). Each
+/// reservation is also written to `llm_reservations`, off the request path (a commit costs an
+/// fsync), so calls in flight when the host is killed are charged at its next start; see
+/// [`settle_stale`].
+#[derive(Default)]
+pub struct Ledger {
+    open: tokio::sync::Mutex<HashMap<Uuid, Open>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Open {
+    calls: i64,
+    reserved: f64,
+}
+
+impl Ledger {
+    /// Admits a call if the agent has fewer than `max_concurrent` calls in flight and, if it
+    /// has a budget, spend + open reservations + `amount` stay within it. `amount` is the
+    /// call's worst-case cost, `None` when the model has no known price: fine without a budget
+    /// (reserved as 0), refused with one. Returns the amount reserved.
+    pub async fn reserve(
+        &self,
+        db: &Db,
+        agent: Uuid,
+        amount: Option<f64>,
+        max_concurrent: u32,
+    ) -> Result<Result<f64, Refusal>, BudgetError> {
+        let amount = amount.map(|a| if a.is_finite() { a.max(0.0) } else { f64::MAX });
+        let mut open = self.open.lock().await;
+        let Open { calls, reserved } = open.get(&agent).copied().unwrap_or_default();
+        if calls >= i64::from(max_concurrent) {
+            return Ok(Err(Refusal::Concurrency {
+                open: calls,
+                cap: max_concurrent,
+            }));
+        }
+        if let Some(budget) = get_budget(db, agent).await? {
+            let Some(amount) = amount else {
+                return Ok(Err(Refusal::PriceUnknown));
+            };
+            let spent = spend(db, agent, budget.period, Utc::now()).await?;
+            // Exhausted refuses even a free call; otherwise the worst case must fit. Sums of
+            // prices are inexact in binary, so a nano-dollar either way counts as equal.
+            let committed = spent + reserved;
+            if committed + MONEY_EPSILON >= budget.limit_usd
+                || committed + amount > budget.limit_usd + MONEY_EPSILON
+            {
+                return Ok(Err(Refusal::Budget {
+                    spent,
+                    reserved,
+                    amount,
+                    budget,
+                }));
+            }
+        }
+        let amount = amount.unwrap_or(0.0);
+        let entry = open.entry(agent).or_default();
+        entry.calls += 1;
+        entry.reserved += amount;
+        Ok(Ok(amount))
+    }
+
+    /// Gives a finished call's room back; after its cost is committed.
+    pub async fn release(&self, agent: Uuid, amount: f64) {
+        let mut open = self.open.lock().await;
+        if let Some(entry) = open.get_mut(&agent) {
+            entry.calls -= 1;
+            entry.reserved -= amount;
+            if entry.calls <= 0 {
+                open.remove(&agent);
+            }
+        }
+    }
+}
+
+/// Writes a reservation to `llm_reservations`, so that a host killed while the call runs
+/// charges it at its next start.
+pub async fn record_reservation(
+    db: &Db,
+    id: &str,
+    agent: Uuid,
+    model: &str,
+    amount: f64,
+) -> Result<(), BudgetError> {
+    sqlx::query(
+        "INSERT INTO llm_reservations (id, agent_id, model, amount_usd, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(agent.to_string())
+    .bind(model)
+    .bind(amount)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Settles a call: its reservation row goes and its real usage comes, in one transaction, so
+/// a crash leaves either the reservation (settled at start) or the usage, never both or
+/// neither. Then announces budget thresholds the call crossed.
+pub async fn settle(
     db: &Db,
     hub: &EventHub,
     agent: Uuid,
     slug: &str,
+    reservation: &str,
     usage: &CallUsage,
 ) -> Result<(), BudgetError> {
-    let now = Utc::now();
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM llm_reservations WHERE id = ?")
+        .bind(reservation)
+        .execute(&mut *tx)
+        .await?;
+    add_usage(&mut tx, agent, usage).await?;
+    tx.commit().await?;
+    announce(db, hub, agent, slug).await
+}
+
+/// Settles every reservation left by a host that stopped without settling them (killed, power
+/// cut) at its reserved amount: the provider may have billed the call, and nothing says what
+/// it used. Runs at start, before the gateway serves, so no live call is among them. Returns
+/// how many there were.
+pub async fn settle_stale(db: &Db) -> Result<u64, BudgetError> {
+    let mut tx = db.begin().await?;
+    let rows: Vec<(String, String, f64)> =
+        sqlx::query_as("SELECT agent_id, model, amount_usd FROM llm_reservations")
+            .fetch_all(&mut *tx)
+            .await?;
+    for (agent, model, amount) in &rows {
+        let Ok(agent) = Uuid::parse_str(agent) else {
+            continue;
+        };
+        let usage = CallUsage {
+            model: model.clone(),
+            cost_usd: *amount,
+            failed: true,
+            ..Default::default()
+        };
+        add_usage(&mut tx, agent, &usage).await?;
+    }
+    sqlx::query("DELETE FROM llm_reservations")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}
+
+async fn add_usage(
+    tx: &mut sqlx::SqliteConnection,
+    agent: Uuid,
+    usage: &CallUsage,
+) -> Result<(), BudgetError> {
+    // An agent purged while its call ran has nowhere to put usage: nothing is recorded.
     sqlx::query(
         "INSERT INTO llm_usage (agent_id, day, model, requests, failures, tokens_in, tokens_out, cost_usd) \
-         VALUES (?, ?, ?, 1, ?, ?, ?, ?) \
+         SELECT ?1, ?2, ?3, 1, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM agents WHERE id = ?1) \
          ON CONFLICT(agent_id, day, model) DO UPDATE SET requests = requests + 1, \
          failures = failures + excluded.failures, tokens_in = tokens_in + excluded.tokens_in, \
          tokens_out = tokens_out + excluded.tokens_out, cost_usd = cost_usd + excluded.cost_usd",
     )
     .bind(agent.to_string())
-    .bind(day_key(now))
+    .bind(day_key(Utc::now()))
     .bind(&usage.model)
     .bind(i64::from(usage.failed))
     .bind(usage.tokens_in.max(0))
     .bind(usage.tokens_out.max(0))
     .bind(if usage.cost_usd.is_finite() { usage.cost_usd.max(0.0) } else { 0.0 })
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
+    Ok(())
+}
+
+/// Announces the budget thresholds the agent's spend has reached, each once per period.
+async fn announce(db: &Db, hub: &EventHub, agent: Uuid, slug: &str) -> Result<(), BudgetError> {
+    let now = Utc::now();
     let Some(budget) = get_budget(db, agent).await? else {
         return Ok(());
     };
@@ -142,7 +311,7 @@ pub async fn record(
         let reached = if budget.limit_usd <= 0.0 {
             threshold == 100
         } else {
-            spent >= budget.limit_usd * threshold as f64 / 100.0
+            spent + MONEY_EPSILON >= budget.limit_usd * threshold as f64 / 100.0
         };
         if !reached {
             continue;

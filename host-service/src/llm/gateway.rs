@@ -1,10 +1,12 @@
 //! The per-agent LLM gateway in front of LiteLLM.
 //!
 //! An agent calls `/v1/chat/completions` (or `/v1/embeddings`) with its own LLM key. The
-//! gateway checks the model against the agent's allowed list and its budget, forwards the
-//! request to LiteLLM with the host's master key, passes the answer back chunk by chunk, and
-//! afterwards records usage, cost and an `llm_call` trace. Agents never see the master key or
-//! a provider key.
+//! gateway admits the call ([`admit`]: the agent is not paused, the body is well-formed and
+//! carries no URL LiteLLM or a provider would fetch from the host's network, the model is
+//! allowed, and a reservation of the call's worst-case cost fits the agent's budget and its cap
+//! on calls in flight), forwards it to LiteLLM with the host's master key, passes the answer
+//! back chunk by chunk, and afterwards settles the reservation with the real cost and writes an
+//! `llm_call` trace. Agents never see the master key or a provider key.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -13,8 +15,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use taos_proto::trace::TraceKind;
 
-use super::budget::{self, CallUsage};
+use super::budget::{self, CallUsage, Refusal};
 use super::providers;
+use super::validate;
 use crate::agents::AgentRecord;
 use crate::bridge::new_event;
 use crate::db::Db;
@@ -28,6 +31,8 @@ pub struct GatewayError {
     pub status: u16,
     pub kind: &'static str,
     pub message: String,
+    /// For a 429 that clears by itself: when to try again.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl GatewayError {
@@ -36,7 +41,12 @@ impl GatewayError {
             status,
             kind,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        GatewayError::new(400, "invalid_request_error", message)
     }
 
     pub fn body(&self) -> serde_json::Value {
@@ -65,6 +75,128 @@ pub struct CallContext {
     /// lands under the same trace id as `message_in` and `message_out`.
     pub trace_id: Option<String>,
     pub trace_content_bytes: usize,
+    /// Calls in flight per agent, shared by every call.
+    pub ledger: Arc<budget::Ledger>,
+    /// The most calls the agent may have in flight (`[llm] max_concurrent_calls`).
+    pub max_concurrent: u32,
+    /// `max_tokens` for a chat call that sets none (`[llm] default_max_tokens`), unless the
+    /// model's own maximum is lower.
+    pub default_max_tokens: u64,
+    /// What the host knows of the model, filled in by [`admit`].
+    pub model: ModelFacts,
+    /// The call's reservation once admitted: settled by [`finish`], or at its full amount if the
+    /// call is dropped before that.
+    pub reservation: Option<Reservation>,
+}
+
+/// What the host knows about a model when it admits a call.
+#[derive(Debug, Clone, Default)]
+pub struct ModelFacts {
+    pub provider: Option<String>,
+    /// USD per million tokens, in and out: the owner's prices if both are set, else LiteLLM's
+    /// cost map's, else unknown.
+    pub prices: Option<(f64, f64)>,
+    /// The most a model writes in one answer, from LiteLLM's cost map.
+    pub max_output_tokens: Option<u64>,
+}
+
+impl ModelFacts {
+    fn cost(&self, tokens_in: u64, tokens_out: u64) -> Option<f64> {
+        self.prices.map(|(input, output)| {
+            (tokens_in as f64 * input + tokens_out as f64 * output) / 1_000_000.0
+        })
+    }
+}
+
+/// Which endpoint a call came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    Chat,
+    Embeddings,
+}
+
+/// A call's share of its agent's budget and concurrency, held while the call runs. Dropping it
+/// unsettled (the client went away before an answer) settles it at the full reserved amount:
+/// the provider may still bill the call, and nothing says what it used.
+pub struct Reservation {
+    db: Db,
+    hub: Arc<EventHub>,
+    ledger: Arc<budget::Ledger>,
+    agent: uuid::Uuid,
+    slug: String,
+    model: String,
+    id: String,
+    pub amount_usd: f64,
+    /// Writing the reservation's row, started at admission off the request path.
+    recorded: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Reservation {
+    /// Records the real usage, then gives the room back (in that order, so the call never
+    /// counts nowhere).
+    async fn settle(mut self, usage: CallUsage) {
+        let recorded = self.recorded.take();
+        settle_reservation(
+            self.db.clone(),
+            self.hub.clone(),
+            self.ledger.clone(),
+            (
+                self.agent,
+                self.slug.clone(),
+                self.id.clone(),
+                self.amount_usd,
+            ),
+            recorded,
+            usage,
+        )
+        .await;
+    }
+}
+
+async fn settle_reservation(
+    db: Db,
+    hub: Arc<EventHub>,
+    ledger: Arc<budget::Ledger>,
+    (agent, slug, id, amount): (uuid::Uuid, String, String, f64),
+    recorded: Option<tokio::task::JoinHandle<()>>,
+    usage: CallUsage,
+) {
+    // The row must exist before it is settled, or it would outlive the call.
+    if let Some(recorded) = recorded {
+        let _ = recorded.await;
+    }
+    if let Err(e) = budget::settle(&db, &hub, agent, &slug, &id, &usage).await {
+        tracing::error!(agent = %slug, error = %e, "settling an LLM call failed");
+    }
+    ledger.release(agent, amount).await;
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // Settled calls took `recorded` (and everything else is cheap to leave).
+        let Some(recorded) = self.recorded.take() else {
+            return;
+        };
+        let usage = CallUsage {
+            model: self.model.clone(),
+            cost_usd: self.amount_usd,
+            failed: true,
+            ..Default::default()
+        };
+        tokio::spawn(settle_reservation(
+            self.db.clone(),
+            self.hub.clone(),
+            self.ledger.clone(),
+            (
+                self.agent,
+                self.slug.clone(),
+                self.id.clone(),
+                self.amount_usd,
+            ),
+            Some(recorded),
+            usage,
+        ));
+    }
 }
 
 /// The OpenAI request fields the gateway forwards. Anything else is refused: LiteLLM honours
@@ -105,27 +237,44 @@ const ALLOWED_FIELDS: &[&str] = &[
     "dimensions",
 ];
 
-/// Checks a request body before it is forwarded: a JSON object with only OpenAI fields,
-/// naming an allowed model, from an agent within its budget.
-pub async fn admit(ctx: &CallContext, body: &serde_json::Value) -> Result<String, GatewayError> {
+/// What [`admit`] found out about an admitted call.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub model: String,
+    pub stream: bool,
+}
+
+/// Admits a call before anything is sent upstream, in this order: the agent is not paused
+/// (403); the body has only OpenAI fields of the right types (400); its content parts carry no
+/// URL but `data:` and public `https` (400); the model is allowed (403); its worst-case cost
+/// is known if the agent has a budget (403); and a reservation of that cost fits the agent's
+/// budget and concurrency cap (429). A chat call without `max_tokens` gets one here, so the
+/// reservation is a real bound. On success `ctx` holds the reservation.
+pub async fn admit(
+    ctx: &mut CallContext,
+    kind: CallKind,
+    body: &mut serde_json::Value,
+    litellm_facts: impl FnOnce(&str) -> Option<ModelFacts>,
+) -> Result<Admitted, GatewayError> {
+    if ctx.agent.paused {
+        return Err(paused_error(ctx).await);
+    }
     if let Some(fields) = body.as_object() {
         if let Some(unknown) = fields
             .keys()
             .find(|k| !ALLOWED_FIELDS.contains(&k.as_str()))
         {
-            return Err(GatewayError::new(
-                400,
-                "invalid_request_error",
-                format!("unsupported field {unknown:?}"),
-            ));
+            return Err(GatewayError::invalid(format!(
+                "unsupported field {unknown:?}"
+            )));
         }
     }
+    let shape = validate::check_fields(body).map_err(GatewayError::invalid)?;
+    validate::check_urls(body).map_err(GatewayError::invalid)?;
     let model = body
         .get("model")
         .and_then(|m| m.as_str())
-        .ok_or_else(|| {
-            GatewayError::new(400, "invalid_request_error", "the body needs a \"model\"")
-        })?
+        .ok_or_else(|| GatewayError::invalid("the body needs a \"model\""))?
         .to_string();
     let allowed = allowed_models(&ctx.agent);
     if !allowed.contains(&model) {
@@ -143,24 +292,154 @@ pub async fn admit(ctx: &CallContext, body: &serde_json::Value) -> Result<String
             ),
         ));
     }
-    match budget::exceeded(&ctx.db, ctx.agent.id).await {
-        Ok(Some((spent, budget))) => Err(GatewayError::new(
-            429,
-            "budget_exceeded",
-            format!(
-                "agent {} spent ${spent:.4} of its ${:.2} budget for this period",
-                ctx.agent.slug, budget.limit_usd
-            ),
-        )),
-        Ok(None) => Ok(model),
+    ctx.model = model_facts(&ctx.db, &model, litellm_facts).await;
+
+    // The output bound: what the caller asked for, else the default cap (never above what the
+    // model can write), which is then sent upstream so the provider stops there too.
+    let output_tokens = match (kind, shape.max_tokens) {
+        (CallKind::Embeddings, _) => 0,
+        (CallKind::Chat, Some(max)) => max,
+        (CallKind::Chat, None) => {
+            let cap = ctx
+                .model
+                .max_output_tokens
+                .map_or(ctx.default_max_tokens, |m| m.min(ctx.default_max_tokens))
+                .max(1);
+            body["max_tokens"] = serde_json::json!(cap);
+            cap
+        }
+    };
+    // Every byte of the body could be a token (byte-level BPE never makes a token of less than
+    // a byte), so its length bounds the prompt. Generous for long texts, and held only while
+    // the call runs.
+    let prompt_tokens = body.to_string().len() as u64;
+    let amount = ctx
+        .model
+        .cost(prompt_tokens, output_tokens.saturating_mul(shape.n));
+
+    let agent = ctx.agent.id;
+    let reserved = ctx
+        .ledger
+        .reserve(&ctx.db, agent, amount, ctx.max_concurrent)
+        .await;
+    let amount = match reserved {
+        Ok(Ok(amount)) => amount,
+        Ok(Err(refusal)) => return Err(refusal_error(ctx, &model, refusal)),
         Err(e) => {
             tracing::error!(error = %e, "budget check failed");
-            Err(GatewayError::new(
+            return Err(GatewayError::new(
                 500,
                 "internal_error",
                 "budget check failed",
-            ))
+            ));
         }
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    let recorded = {
+        let (db, id, model) = (ctx.db.clone(), id.clone(), model.clone());
+        tokio::spawn(async move {
+            if let Err(e) = budget::record_reservation(&db, &id, agent, &model, amount).await {
+                tracing::error!(error = %e, "recording an LLM reservation failed");
+            }
+        })
+    };
+    ctx.reservation = Some(Reservation {
+        db: ctx.db.clone(),
+        hub: ctx.hub.clone(),
+        ledger: ctx.ledger.clone(),
+        agent,
+        slug: ctx.agent.slug.clone(),
+        model: model.clone(),
+        id,
+        amount_usd: amount,
+        recorded: Some(recorded),
+    });
+    Ok(Admitted {
+        model,
+        stream: shape.stream,
+    })
+}
+
+async fn paused_error(ctx: &CallContext) -> GatewayError {
+    let for_disk: bool =
+        sqlx::query_scalar("SELECT paused_for_disk FROM agent_disk WHERE agent_id = ?")
+            .bind(ctx.agent.id.to_string())
+            .fetch_optional(&ctx.db)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+    let why = if for_disk {
+        "it ran out of disk; the owner can resize its disk"
+    } else {
+        "the owner paused it"
+    };
+    GatewayError::new(
+        403,
+        "agent_paused",
+        format!(
+            "agent {} is paused ({why}); LLM calls are refused until it resumes",
+            ctx.agent.slug
+        ),
+    )
+}
+
+fn refusal_error(ctx: &CallContext, model: &str, refusal: Refusal) -> GatewayError {
+    match refusal {
+        Refusal::Budget {
+            spent,
+            reserved,
+            amount,
+            budget,
+        } => GatewayError::new(
+            429,
+            "budget_exceeded",
+            format!(
+                "agent {} spent ${spent:.4} of its ${:.2} budget for this period, ${reserved:.4} \
+                 is reserved by calls in flight, and this call may cost up to ${amount:.4}",
+                ctx.agent.slug, budget.limit_usd
+            ),
+        ),
+        Refusal::PriceUnknown => GatewayError::new(
+            403,
+            "price_unknown",
+            format!(
+                "model {model:?} has no known price and agent {} has a budget, so the host cannot \
+                 bound what the call costs; the owner can set the model's prices (0 for a free \
+                 model) on its provider",
+                ctx.agent.slug
+            ),
+        ),
+        Refusal::Concurrency { open, cap } => GatewayError {
+            retry_after_secs: Some(1),
+            ..GatewayError::new(
+                429,
+                "rate_limit_exceeded",
+                format!(
+                    "agent {} already has {open} LLM calls in flight, the most it may \
+                     ([llm] max_concurrent_calls = {cap}); retry when one has finished",
+                    ctx.agent.slug
+                ),
+            )
+        },
+    }
+}
+
+/// The model's provider and prices (the owner's, else LiteLLM's) and output limit.
+async fn model_facts(
+    db: &Db,
+    model: &str,
+    litellm_facts: impl FnOnce(&str) -> Option<ModelFacts>,
+) -> ModelFacts {
+    let entry = catalog_entry(db, model).await;
+    let litellm = litellm_facts(model).unwrap_or_default();
+    let owner_prices = entry
+        .as_ref()
+        .and_then(|m| Some((m.input_usd_per_mtok?, m.output_usd_per_mtok?)));
+    ModelFacts {
+        provider: entry.map(|m| m.provider),
+        prices: owner_prices.or(litellm.prices),
+        max_output_tokens: litellm.max_output_tokens,
     }
 }
 
@@ -170,17 +449,6 @@ async fn catalog_entry(db: &Db, model: &str) -> Option<providers::CatalogModel> 
     providers::catalog_models(&catalog)
         .into_iter()
         .find(|m| m.name == model)
-}
-
-/// Price-based cost when LiteLLM reports none.
-fn priced_cost(entry: Option<&providers::CatalogModel>, tokens_in: i64, tokens_out: i64) -> f64 {
-    entry
-        .map(|m| {
-            (tokens_in as f64 * m.input_usd_per_mtok.unwrap_or(0.0)
-                + tokens_out as f64 * m.output_usd_per_mtok.unwrap_or(0.0))
-                / 1_000_000.0
-        })
-        .unwrap_or(0.0)
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -201,6 +469,8 @@ pub struct Outcome {
     pub status: u16,
     pub tokens_in: i64,
     pub tokens_out: i64,
+    /// Whether the answer reported its usage (the body's `usage`, or a stream's last chunk).
+    pub usage_seen: bool,
     /// LiteLLM's own figure, from the `x-litellm-response-cost` header.
     pub reported_cost: Option<f64>,
     pub response_text: String,
@@ -208,18 +478,48 @@ pub struct Outcome {
     pub stream: bool,
 }
 
-/// Records usage, budget alerts and the `llm_call` trace. Runs after the response is done.
+/// What a call costs, by what the provider bills:
+/// - LiteLLM's `x-litellm-response-cost`, when it has one;
+/// - else the reported usage at the model's prices (0 when unpriced: only agents without a
+///   budget can call unpriced models);
+/// - an answer that never reported usage although the provider produced one (a stream cut off
+///   or abandoned before its usage chunk) costs the whole reservation, the most it could;
+/// - a call refused or failed before an answer (an error status, LiteLLM unreachable) costs
+///   nothing.
+fn settled_cost(ctx: &CallContext, outcome: &Outcome) -> f64 {
+    let failed = !(200..300).contains(&outcome.status);
+    if let Some(cost) = outcome.reported_cost.filter(|c| c.is_finite() && *c > 0.0) {
+        return cost;
+    }
+    if outcome.usage_seen {
+        let cost = ctx.model.cost(
+            outcome.tokens_in.max(0) as u64,
+            outcome.tokens_out.max(0) as u64,
+        );
+        return cost.unwrap_or(0.0);
+    }
+    // No usage. An answer (or a stream that started) costs the whole reservation; a call that
+    // failed before any answer costs nothing.
+    if failed && !outcome.stream {
+        return 0.0;
+    }
+    ctx.reservation.as_ref().map_or(0.0, |r| r.amount_usd)
+}
+
+/// Settles the reservation with the call's real cost and writes the `llm_call` trace. Runs
+/// after the response is done.
 pub async fn finish(
-    ctx: &CallContext,
+    mut ctx: CallContext,
     request: &serde_json::Value,
     outcome: Outcome,
     started: Instant,
 ) {
     let failed = !(200..300).contains(&outcome.status);
     let mut outcome = outcome;
-    if outcome.stream && !failed && outcome.tokens_in == 0 && outcome.tokens_out == 0 {
-        // The stream ended (or the client left) before the usage chunk: estimate from the
-        // text (about 4 characters a token) rather than let the call go unaccounted.
+    let cost = settled_cost(&ctx, &outcome);
+    if outcome.stream && !outcome.usage_seen && !outcome.response_text.is_empty() {
+        // The stream ended (or the client left) before the usage chunk: estimate the tokens
+        // from the text (about 4 characters a token) so the record shows something.
         let prompt_chars = request
             .get("messages")
             .map(|m| m.to_string().len())
@@ -227,11 +527,6 @@ pub async fn finish(
         outcome.tokens_in = (prompt_chars / 4) as i64;
         outcome.tokens_out = (outcome.response_text.len() / 4).max(1) as i64;
     }
-    let entry = catalog_entry(&ctx.db, &outcome.model).await;
-    let cost = match outcome.reported_cost {
-        Some(cost) if cost.is_finite() && cost > 0.0 => cost,
-        _ => priced_cost(entry.as_ref(), outcome.tokens_in, outcome.tokens_out),
-    };
     let usage = CallUsage {
         model: outcome.model.clone(),
         tokens_in: outcome.tokens_in,
@@ -239,10 +534,10 @@ pub async fn finish(
         cost_usd: cost,
         failed,
     };
-    if let Err(e) = budget::record(&ctx.db, &ctx.hub, ctx.agent.id, &ctx.agent.slug, &usage).await {
-        tracing::error!(agent = %ctx.agent.slug, error = %e, "recording LLM usage failed");
+    if let Some(reservation) = ctx.reservation.take() {
+        reservation.settle(usage).await;
     }
-    let provider = entry.map(|m| m.provider);
+    let provider = ctx.model.provider.clone();
     let trace_id = ctx
         .trace_id
         .clone()
@@ -279,6 +574,7 @@ pub fn read_completion(body: &[u8], outcome: &mut Outcome) {
         return;
     };
     let usage = &json["usage"];
+    outcome.usage_seen = usage.is_object();
     outcome.tokens_in = usage["prompt_tokens"].as_i64().unwrap_or(0);
     outcome.tokens_out = usage["completion_tokens"].as_i64().unwrap_or(0);
     if let Some(text) = json["choices"][0]["message"]["content"].as_str() {
@@ -318,6 +614,7 @@ impl StreamWatch {
                 }
             }
             if json["usage"].is_object() {
+                self.outcome.usage_seen = true;
                 self.outcome.tokens_in = json["usage"]["prompt_tokens"].as_i64().unwrap_or(0);
                 self.outcome.tokens_out = json["usage"]["completion_tokens"].as_i64().unwrap_or(0);
             }
@@ -350,7 +647,7 @@ impl Drop for FinishOnDrop {
             std::mem::take(&mut watch.outcome)
         };
         let started = self.started;
-        tokio::spawn(async move { finish(&ctx, &request, outcome, started).await });
+        tokio::spawn(async move { finish(ctx, &request, outcome, started).await });
     }
 }
 
@@ -407,6 +704,7 @@ mod tests {
         w.feed(b"tent\":\"lo\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
         assert_eq!(w.outcome.response_text, "Hello");
         assert_eq!((w.outcome.tokens_in, w.outcome.tokens_out), (7, 2));
+        assert!(w.outcome.usage_seen);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 pub mod budget;
 pub mod gateway;
 pub mod providers;
+pub mod sandbox;
 pub mod supervisor;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,11 +22,15 @@ pub struct Llm {
     pub supervisor: Supervisor,
     pub secrets: crate::secrets::SecretBox,
     db: Db,
-    /// For LiteLLM on loopback and for provider discovery.
+    /// For LiteLLM on loopback and for provider discovery. It never follows a redirect: a
+    /// provider (or whoever answers at its URL) could otherwise send the request, and the key
+    /// in it, to another origin.
     pub client: reqwest::Client,
     discovery_cache: Mutex<HashMap<String, (Instant, Vec<String>)>>,
     cache_ttl: Duration,
     pub trace_content_bytes: usize,
+    /// Calls in flight per agent, for budget and concurrency admission.
+    pub ledger: std::sync::Arc<budget::Ledger>,
 }
 
 impl Llm {
@@ -41,6 +47,7 @@ impl Llm {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         Llm {
@@ -51,6 +58,7 @@ impl Llm {
             discovery_cache: Mutex::new(HashMap::new()),
             cache_ttl,
             trace_content_bytes,
+            ledger: Default::default(),
         }
     }
 

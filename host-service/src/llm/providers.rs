@@ -245,6 +245,20 @@ pub async fn create(
     }
 }
 
+/// `(scheme, host, port)`: where a request to `url` really goes. `None` for a URL that does
+/// not parse (never stored: URLs are validated first).
+pub fn origin(url: &str) -> Option<(String, String, u16)> {
+    let url = reqwest::Url::parse(url).ok()?;
+    Some((
+        url.scheme().to_string(),
+        url.host_str()?.to_ascii_lowercase(),
+        url.port_or_known_default()?,
+    ))
+}
+
+/// Changes a provider. A key was given for one origin: if the URL moves to another origin
+/// (scheme, host or port) and the same patch sets no new key, the stored key is dropped, so
+/// whoever can change the URL can't send the key somewhere else.
 pub async fn update(
     db: &Db,
     secrets: &SecretBox,
@@ -256,11 +270,18 @@ pub async fn update(
         Some(url) => resolve_url(current.kind, Some(url))?,
         None => current.url.clone(),
     };
+    let moved = origin(&url) != origin(&current.url);
     let api_key = match &patch.api_key {
         Some(key) if key.is_empty() => None,
         Some(key) => {
             validate_key(key)?;
             Some(secrets.seal(key))
+        }
+        None if moved => {
+            if current.sealed_key.is_some() {
+                tracing::warn!(provider = %name, "provider URL moved to another origin; its API key was dropped");
+            }
+            None
         }
         None => current.sealed_key.clone(),
     };
@@ -437,6 +458,25 @@ mod tests {
                 ("n".to_string(), "b".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        let o = |u: &str| origin(u).unwrap();
+        assert_eq!(
+            o("https://api.openai.com/v1"),
+            o("https://API.openai.com:443/other")
+        );
+        assert_ne!(
+            o("https://api.openai.com/v1"),
+            o("http://api.openai.com/v1")
+        );
+        assert_ne!(
+            o("https://api.openai.com/v1"),
+            o("https://api.openai.com:8443/v1")
+        );
+        assert_ne!(o("https://api.openai.com/v1"), o("https://evil.example/v1"));
+        assert_ne!(o("http://127.0.0.1:8000/v1"), o("http://127.0.0.1:8001/v1"));
     }
 
     #[test]

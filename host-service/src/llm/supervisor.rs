@@ -1,11 +1,13 @@
 //! Runs LiteLLM as a child process: generated config, random master key, readiness polling,
 //! restart with backoff when it dies, validated restarts when the catalog changes.
 //!
-//! LiteLLM listens on 127.0.0.1 only. Its config names provider keys as `os.environ/NAME`, and
+//! LiteLLM serves on a 127.0.0.1 socket the host binds once and hands over (see `sandbox`),
+//! confined as `sandbox` describes. Its config names provider keys as `os.environ/NAME`, and
 //! the keys themselves reach it only through its environment, which starts empty: nothing of
 //! the host's own environment leaks into it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use super::gateway::ModelFacts;
+use super::sandbox::{self, RunAs};
 use crate::{fsutil, sys};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
@@ -44,10 +48,18 @@ struct StatusData {
 struct Inner {
     bin: Option<PathBuf>,
     dir: PathBuf,
+    /// Who LiteLLM runs as, or why it can't run.
+    run_as: Result<RunAs, String>,
     port: u16,
+    /// The socket LiteLLM serves on, bound by the host and kept for the host's whole life, so
+    /// no other process can take the port between LiteLLM's restarts. `None` until binding
+    /// succeeds (a configured port another process holds is retried at each start).
+    listener: Mutex<Option<std::net::TcpListener>>,
     master_key: String,
     status: Mutex<StatusData>,
     desired: watch::Sender<Option<Desired>>,
+    /// What LiteLLM's cost map says about the models it serves (`/model/info`), by name.
+    facts: Mutex<HashMap<String, ModelFacts>>,
 }
 
 /// A handle to the supervisor; cheap to clone.
@@ -74,10 +86,8 @@ pub fn find_litellm(configured: &str) -> Option<PathBuf> {
     default.is_file().then_some(default)
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+fn bind_loopback(port: u16) -> std::io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(("127.0.0.1", port))
 }
 
 /// The master key for LiteLLM: random, made once, 0600.
@@ -94,13 +104,33 @@ fn load_or_create_master_key(dir: &Path) -> std::io::Result<String> {
 }
 
 impl Supervisor {
-    /// Prepares the supervisor (files, key, port) without starting anything.
-    pub fn new(data_dir: &Path, bin: Option<PathBuf>, port: u16) -> std::io::Result<Supervisor> {
+    /// Prepares the supervisor (files, key, listening socket) without starting anything.
+    pub fn new(
+        data_dir: &Path,
+        bin: Option<PathBuf>,
+        port: u16,
+        user: &str,
+    ) -> std::io::Result<Supervisor> {
         let dir = data_dir.join("llm");
         fsutil::ensure_private_dir(&dir)?;
-        fsutil::ensure_private_dir(&dir.join("home"))?;
+        let run_as = sandbox::run_as(data_dir, &dir, user);
+        if let Ok(RunAs::HostUser { home, tmp }) = &run_as {
+            fsutil::ensure_private_dir(home)?;
+            fsutil::ensure_private_dir(tmp)?;
+        }
         let master_key = load_or_create_master_key(&dir)?;
-        let port = if port == 0 { free_port()? } else { port };
+        let (listener, port) = match bind_loopback(port) {
+            Ok(listener) => {
+                let port = listener.local_addr()?.port();
+                (Some(listener), port)
+            }
+            // A fixed port someone else holds: LiteLLM waits for it (see `start`).
+            Err(e) if port != 0 => {
+                tracing::warn!(port, error = %e, "cannot bind LiteLLM's port");
+                (None, port)
+            }
+            Err(e) => return Err(e),
+        };
         let state = LlmState::Unavailable;
         let last_error = match &bin {
             Some(_) => Some("no models yet: add a provider".to_string()),
@@ -113,7 +143,9 @@ impl Supervisor {
             inner: Arc::new(Inner {
                 bin,
                 dir,
+                run_as,
                 port,
+                listener: Mutex::new(listener),
                 master_key,
                 status: Mutex::new(StatusData {
                     state,
@@ -123,8 +155,19 @@ impl Supervisor {
                     log_tail: VecDeque::new(),
                 }),
                 desired: watch::channel(None).0,
+                facts: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// LiteLLM's cost map's prices and output limit for a model it serves, if it knows them.
+    pub fn model_facts(&self, model: &str) -> Option<ModelFacts> {
+        self.inner
+            .facts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(model)
+            .cloned()
     }
 
     pub fn base_url(&self) -> String {
@@ -246,6 +289,7 @@ impl Supervisor {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
+            self.fetch_facts().await;
             self.set_models(desired.models.clone());
             self.set_state(LlmState::Ready, None);
             backoff = Duration::from_secs(1);
@@ -318,39 +362,102 @@ impl Supervisor {
         self.inner.dir.join("litellm.json")
     }
 
-    fn command(&self, bin: &Path, config: &Path, desired: &Desired) -> Command {
-        let mut command = Command::new(bin);
+    /// A confined LiteLLM command: `python3 -c LAUNCHER <args>`, with an empty environment
+    /// but for what it needs, the config (if any) at fd 3 and the listening socket (if any) at
+    /// fd 4.
+    fn command(
+        &self,
+        bin: &Path,
+        args: &[&str],
+        desired: Option<&Desired>,
+        config: Option<&std::os::fd::OwnedFd>,
+        listener: Option<&std::net::TcpListener>,
+    ) -> std::io::Result<Command> {
+        let run_as = self
+            .inner
+            .run_as
+            .as_ref()
+            .map_err(|e| std::io::Error::other(e.clone()))?;
+        let python = sandbox::python_of(bin).map_err(std::io::Error::other)?;
+        let mut command = Command::new(python);
         command
-            .arg("--config")
-            .arg(config)
+            .arg("-c")
+            .arg(sandbox::LAUNCHER)
+            .args(args)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", self.inner.dir.join("home"))
             .env("LANG", "C.UTF-8")
             .env("PYTHONUNBUFFERED", "1")
             // Without it LiteLLM tries to download its cost map at every start.
             .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            .env("TAOS_LITELLM_MASTER_KEY", &self.inner.master_key)
-            .envs(desired.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        sys::die_with_parent(&mut command);
-        command
+        if let Some(desired) = desired {
+            command
+                .env("TAOS_LITELLM_MASTER_KEY", &self.inner.master_key)
+                .envs(desired.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+        if listener.is_some() {
+            command.env(sandbox::LISTEN_FD_ENV, sandbox::LISTEN_FD.to_string());
+        }
+        sandbox::confine(
+            &mut command,
+            run_as,
+            config.map(|f| f.as_fd()),
+            listener.map(|l| l.as_fd()),
+        )?;
+        Ok(command)
+    }
+
+    /// The listening socket, bound now if it wasn't yet.
+    fn listener(&self) -> std::io::Result<std::net::TcpListener> {
+        let mut slot = self
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(bind_loopback(self.inner.port).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot listen on 127.0.0.1:{} ({e}); another process holds the port",
+                        self.inner.port
+                    ),
+                )
+            })?);
+        }
+        match slot.as_ref() {
+            Some(listener) => listener.try_clone(),
+            None => Err(std::io::Error::other("no listener")),
+        }
     }
 
     async fn start(&self, bin: &Path, desired: &Desired) -> std::io::Result<Child> {
-        let path = self.config_path();
         let text = serde_json::to_vec_pretty(&desired.config)?;
-        fsutil::write_atomic(&path, &text)?;
-        let mut command = self.command(bin, &path, desired);
-        command
-            .arg("--host")
-            .arg("127.0.0.1")
-            .arg("--port")
-            .arg(self.inner.port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        // The host's copy, for people to read; LiteLLM reads the memfd.
+        fsutil::write_atomic(&self.config_path(), &text)?;
+        let config = sandbox::memfd("litellm.json", &text)?;
+        let listener = self.listener()?;
+        let port = self.inner.port.to_string();
+        let config_arg = format!("/proc/self/fd/{}", sandbox::CONFIG_FD);
+        let mut command = self.command(
+            bin,
+            &[
+                "--config",
+                &config_arg,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+            ],
+            Some(desired),
+            Some(&config),
+            Some(&listener),
+        )?;
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn()?;
+        drop(command);
         tracing::info!(
             port = self.inner.port,
             models = desired.models.len(),
@@ -393,7 +500,10 @@ impl Supervisor {
                 let tail = self.status().log_tail.join("\n");
                 return Err(format!("LiteLLM exited during start ({status}): {tail}"));
             }
-            if let Ok(r) = client.get(&url).send().await {
+            // The host's socket accepts connections before LiteLLM serves them; don't wait on
+            // one forever.
+            let probe = client.get(&url).timeout(Duration::from_secs(2)).send();
+            if let Ok(r) = probe.await {
                 if r.status().is_success() {
                     return Ok(());
                 }
@@ -405,18 +515,22 @@ impl Supervisor {
         }
     }
 
-    /// `litellm --config X --validate_config`, on a candidate file.
+    /// `litellm --config X --validate_config`, on the candidate config.
     async fn validate(&self, bin: &Path, desired: &Desired) -> Result<(), String> {
-        let candidate = self.inner.dir.join("litellm.candidate.json");
         let text = serde_json::to_vec_pretty(&desired.config).map_err(|e| e.to_string())?;
-        fsutil::write_atomic(&candidate, &text).map_err(|e| e.to_string())?;
-        let mut command = self.command(bin, &candidate, desired);
-        command
-            .arg("--validate_config")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let config = sandbox::memfd("litellm.candidate.json", &text).map_err(|e| e.to_string())?;
+        let config_arg = format!("/proc/self/fd/{}", sandbox::CONFIG_FD);
+        let mut command = self
+            .command(
+                bin,
+                &["--config", &config_arg, "--validate_config"],
+                Some(desired),
+                Some(&config),
+                None,
+            )
+            .map_err(|e| e.to_string())?;
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let output = tokio::time::timeout(Duration::from_secs(120), command.output()).await;
-        let _ = std::fs::remove_file(&candidate);
         match output {
             Ok(Ok(out)) if out.status.success() => Ok(()),
             Ok(Ok(out)) => {
@@ -448,17 +562,11 @@ impl Supervisor {
             return;
         }
         let me = self.clone();
-        let bin = bin.to_path_buf();
+        let Ok(mut command) = self.command(bin, &["--version"], None, None, None) else {
+            return;
+        };
         tokio::spawn(async move {
-            let out = Command::new(&bin)
-                .arg("--version")
-                .env_clear()
-                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-                .env("HOME", me.inner.dir.join("home"))
-                .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-                .output()
-                .await;
-            if let Ok(out) = out {
+            if let Ok(out) = command.output().await {
                 let text = String::from_utf8_lossy(&out.stdout).to_string();
                 let version = text
                     .split_whitespace()
@@ -472,6 +580,66 @@ impl Supervisor {
             }
         });
     }
+
+    /// Reads LiteLLM's cost map for the models it serves (`/model/info`): prices and output
+    /// limits, used to price calls whose model the owner gave no prices.
+    async fn fetch_facts(&self) {
+        let client = plain_client();
+        let response = client
+            .get(format!("{}/model/info", self.base_url()))
+            .bearer_auth(&self.inner.master_key)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        let body: serde_json::Value = match response {
+            Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), "LiteLLM's /model/info failed");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "LiteLLM's /model/info failed");
+                return;
+            }
+        };
+        let facts = parse_model_info(&body);
+        *self.inner.facts.lock().unwrap_or_else(|p| p.into_inner()) = facts;
+    }
+}
+
+/// `{"data": [{"model_name", "model_info": {"input_cost_per_token", "output_cost_per_token",
+/// "max_output_tokens"}}]}` → facts by model name. Costs per token become USD per million.
+fn parse_model_info(body: &serde_json::Value) -> HashMap<String, ModelFacts> {
+    let mut facts = HashMap::new();
+    for entry in body["data"].as_array().into_iter().flatten() {
+        let Some(name) = entry["model_name"].as_str() else {
+            continue;
+        };
+        let info = &entry["model_info"];
+        let price = |key: &str| {
+            info[key]
+                .as_f64()
+                .filter(|p| p.is_finite() && *p >= 0.0)
+                .map(|p| p * 1_000_000.0)
+        };
+        let prices = match (
+            price("input_cost_per_token"),
+            price("output_cost_per_token"),
+        ) {
+            (Some(input), Some(output)) => Some((input, output)),
+            _ => None,
+        };
+        let max_output_tokens = info["max_output_tokens"].as_u64().filter(|m| *m > 0);
+        facts.insert(
+            name.to_string(),
+            ModelFacts {
+                provider: None,
+                prices,
+                max_output_tokens,
+            },
+        );
+    }
+    facts
 }
 
 /// Appends a line to the log, moving it to `.1` once it passes the size cap.
@@ -497,6 +665,7 @@ pub fn plain_client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .pool_idle_timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_default()
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use taos_e2e::fake_llm::{FakeLlm, COMPLETION_TOKENS, PROMPT_TOKENS, REPLY};
+use taos_e2e::fake_llm::{FakeLlm, Recorder, COMPLETION_TOKENS, PROMPT_TOKENS, REPLY};
 use taos_e2e::{wait_for_trace, AgentClient, Host, HostOptions};
 
 use crate::{start, BIN};
@@ -86,10 +86,11 @@ pub async fn add_fake_provider(host: &Host, fake: &FakeLlm) -> Value {
         ["fake-gpt", "fake-other"],
         "discovered from <url>/models"
     );
-    // $1000 / $2000 per million tokens: a call (10 in, 5 out) costs exactly $0.02.
+    // $0 / $4000 per million tokens: a call (10 in, 5 out) costs exactly $0.02, and so does
+    // the reservation of a call with max_tokens 5 (input is free, so the prompt bound adds 0).
     let priced = host
         .admin(Method::PATCH, "/api/providers/fake")
-        .json(&json!({"models": [{"id": "fake-gpt", "input_usd_per_mtok": 1000.0, "output_usd_per_mtok": 2000.0}, {"id": "fake-other"}]}))
+        .json(&json!({"models": [{"id": "fake-gpt", "input_usd_per_mtok": 0.0, "output_usd_per_mtok": 4000.0}, {"id": "fake-other"}]}))
         .send()
         .await
         .unwrap();
@@ -161,13 +162,14 @@ async fn the_gateway_enforces_models_and_budgets_and_records_every_call() {
     assert_eq!(set.status(), StatusCode::OK);
     let budget = host
         .admin(Method::PUT, "/api/agents/thinker/budget")
-        .json(&json!({"limit_usd": 0.05, "period": "day"}))
+        .json(&json!({"limit_usd": 0.06, "period": "day"}))
         .send()
         .await
         .unwrap();
     assert_eq!(budget.status(), StatusCode::OK);
 
-    let ask = |model: &str, stream: bool| json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    // max_tokens 5 makes each call's reservation $0.02 too (see add_fake_provider).
+    let ask = |model: &str, stream: bool| json!({"model": model, "stream": stream, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
     // Unknown key, forbidden model.
     let r = gateway(&host, "taos_llm_nope", "/v1/chat/completions")
         .json(&ask("fake-gpt", false))
@@ -201,7 +203,7 @@ async fn the_gateway_enforces_models_and_budgets_and_records_every_call() {
     assert_eq!(models["data"].as_array().unwrap().len(), 1);
     assert_eq!(models["data"][0]["id"], "fake-gpt");
 
-    // Call 1: non-streamed, $0.02 (40 %).
+    // Call 1: non-streamed, $0.02 (33 %).
     let r = gateway(&host, &key, "/v1/chat/completions")
         .header("x-taos-trace-id", "trace-1")
         .json(&ask("fake-gpt", false))
@@ -211,7 +213,7 @@ async fn the_gateway_enforces_models_and_budgets_and_records_every_call() {
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], REPLY);
-    // Call 2: streamed, chunk by chunk, $0.04 (80 %: crosses 50 and 80).
+    // Call 2: streamed, chunk by chunk, $0.04 (67 %: crosses 50).
     let r = gateway(&host, &key, "/v1/chat/completions")
         .header("x-taos-trace-id", "trace-2")
         .json(&ask("fake-gpt", true))
@@ -237,7 +239,7 @@ async fn the_gateway_enforces_models_and_budgets_and_records_every_call() {
         .collect();
     assert_eq!(pieces, REPLY);
     assert!(text.contains("[DONE]"));
-    // Call 3: $0.06, past 100 %.
+    // Call 3: $0.06, all of it (crosses 80 and 100): its reservation fits exactly.
     let r = gateway(&host, &key, "/v1/chat/completions")
         .json(&ask("fake-gpt", false))
         .send()
@@ -269,7 +271,7 @@ async fn the_gateway_enforces_models_and_budgets_and_records_every_call() {
     let mut sorted = alerts.clone();
     sorted.sort();
     assert_eq!(sorted, [50, 80, 100], "{alerts:?}");
-    // Over budget: refused until the owner raises the limit.
+    // Spent: refused until the owner raises the limit.
     let r = gateway(&host, &key, "/v1/chat/completions")
         .json(&ask("fake-gpt", false))
         .send()
@@ -428,17 +430,7 @@ async fn a_killed_litellm_gives_a_quick_503_and_comes_back() {
         StatusCode::OK
     );
 
-    let config = host.data_dir.join("llm/litellm.json").display().to_string();
-    let pid = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .find_map(|e| {
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (text.contains(&config) && !text.contains("--validate_config"))
-                .then(|| e.file_name().to_string_lossy().to_string())
-        })
-        .expect("the LiteLLM process");
+    let pid = litellm_pid(&host).expect("the LiteLLM process");
     std::process::Command::new("kill")
         .args(["-KILL", &pid])
         .status()
@@ -848,12 +840,16 @@ async fn the_sidecar_answers_a_websocket_message_through_the_gateway() {
     );
 }
 
-fn litellm_pid(host: &Host) -> Option<String> {
-    let config = host.data_dir.join("llm/litellm.json").display().to_string();
+/// The serving LiteLLM: the host's child running LiteLLM's proxy on its config (not a
+/// `--validate_config` run; `--version` has no `--config`).
+pub fn litellm_pid(host: &Host) -> Option<String> {
+    let host_pid = host.pid()?.to_string();
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+        let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim();
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
         let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        (text.contains(&config) && !text.contains("--validate_config"))
+        (ppid == host_pid && text.contains("--config") && !text.contains("--validate_config"))
             .then(|| e.file_name().to_string_lossy().to_string())
     })
 }
@@ -873,7 +869,7 @@ async fn litellm_restarts_only_when_the_model_list_changes() {
         .json(&json!({"models": [{"id": "fake-gpt", "input_usd_per_mtok": 1.0}, {"id": "fake-other"}]}))
         .send().await.unwrap();
     let refreshed: Vec<Value> = host
-        .admin(Method::GET, "/api/providers/models?refresh=true")
+        .admin(Method::POST, "/api/providers/models/refresh")
         .send()
         .await
         .unwrap()
@@ -995,10 +991,7 @@ async fn litellm_only_body_fields_are_refused_before_anything_is_forwarded() {
     }
     // A refresh of the catalog is the owner's call.
     let guest_refresh = taos_e2e::http_client()
-        .get(format!(
-            "{}/api/providers/models?refresh=true",
-            host.agent_url
-        ))
+        .post(format!("{}/api/providers/models/refresh", host.agent_url))
         .send()
         .await
         .unwrap();
@@ -1107,4 +1100,808 @@ async fn rotating_the_llm_key_or_archiving_the_agent_cuts_calls_in_flight() {
     let (response, first) = open_stream(&host, other["llm_key"].as_str().unwrap()).await;
     let rest = rest_of(response).await.expect("a complete stream");
     assert!(format!("{first}{rest}").contains("[DONE]"));
+}
+
+// ---- Attacks on the LLM path (issue 12: budgets, provider keys, LiteLLM's confinement) ----
+
+async fn host_with_env(env: &[(&str, &str)]) -> Host {
+    Host::start_with(
+        BIN,
+        HostOptions {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// A new agent using `model` (and any `fallback`s); returns its LLM key.
+async fn agent_with_model(host: &Host, name: &str, model: &str, fallback: &[&str]) -> String {
+    let created: Value = host
+        .admin(Method::POST, "/api/agents")
+        .json(&json!({"name": name}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let slug = created["agent"]["slug"].as_str().unwrap();
+    let set = host
+        .admin(Method::PATCH, &format!("/api/agents/{slug}"))
+        .json(&json!({"model": model, "fallback_models": fallback}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        set.status(),
+        StatusCode::OK,
+        "{}",
+        set.text().await.unwrap()
+    );
+    created["llm_key"].as_str().unwrap().to_string()
+}
+
+/// Polls the agent's usage until `done` holds; returns it.
+async fn usage_when(host: &Host, slug: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let usage: Value = host
+            .admin(Method::GET, &format!("/api/agents/{slug}/usage"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if done(&usage) {
+            return usage;
+        }
+        assert!(Instant::now() < deadline, "usage never settled: {usage}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn requests(usage: &Value) -> i64 {
+    usage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["requests"].as_i64().unwrap())
+        .sum()
+}
+
+async fn error_type(r: reqwest::Response) -> String {
+    let body: Value = r.json().await.unwrap();
+    body["error"]["type"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_calls_at_99_percent_of_a_budget_overspend_at_most_one_call() {
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
+    // A concurrency cap above the burst, so every refusal below is the budget's.
+    let host = host_with_env(&[("TAOS_LLM__MAX_CONCURRENT_CALLS", "1024")]).await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    // fake-gpt at $10 in / $100 out per million tokens: a call (10 tokens in, 5 out) costs
+    // $0.0006 and reserves about $0.0013 (its body's bytes at the input price, 5 tokens out).
+    // fake-other: 5 tokens out cost $0.99.
+    let priced = host
+        .admin(Method::PATCH, "/api/providers/fake")
+        .json(&json!({"models": [
+            {"id": "fake-gpt", "input_usd_per_mtok": 10.0, "output_usd_per_mtok": 100.0},
+            {"id": "fake-other", "input_usd_per_mtok": 0.0, "output_usd_per_mtok": 198000.0}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(priced.status(), StatusCode::OK);
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let key = agent_with_model(&host, "Burst", "fake-gpt", &["fake-other"]).await;
+    let budget = host
+        .admin(Method::PUT, "/api/agents/burst/budget")
+        .json(&json!({"limit_usd": 1.0, "period": "day"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(budget.status(), StatusCode::OK);
+
+    // 99 % spent.
+    let seed = gateway(&host, &key, "/v1/chat/completions")
+        .json(&json!({"model": "fake-other", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seed.status(), StatusCode::OK);
+    let usage = usage_when(&host, "burst", |u| requests(u) == 1).await;
+    assert!(
+        (usage["period_spend_usd"].as_f64().unwrap() - 0.99).abs() < 1e-9,
+        "{usage}"
+    );
+
+    // 200 calls at once.
+    let call = json!({"model": "fake-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let calls: Vec<_> = (0..200)
+        .map(|_| {
+            let request = gateway(&host, &key, "/v1/chat/completions")
+                .timeout(Duration::from_secs(300))
+                .json(&call);
+            tokio::spawn(async move {
+                let r = request.send().await.unwrap();
+                let status = r.status();
+                (status, r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        if status == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+            assert_eq!(body["error"]["type"], "budget_exceeded", "{body}");
+        }
+    }
+    assert!(ok >= 1, "the 1 % left pays for some calls");
+    let usage = usage_when(&host, "burst", |u| requests(u) == 1 + ok).await;
+    let spent = usage["period_spend_usd"].as_f64().unwrap();
+    let one_call = 0.0006;
+    assert!(
+        (spent - (0.99 + ok as f64 * one_call)).abs() < 1e-9,
+        "every admitted call was charged: {ok} calls, {usage}"
+    );
+    assert!(
+        spent <= 1.0 + one_call + 1e-9,
+        "{ok} calls got through: ${spent} spent of a $1 budget"
+    );
+    // What the burst left (room that calls in flight held) is spent one call at a time, and
+    // the budget still ends within one call of its limit.
+    let mut more = 0;
+    loop {
+        let r = gateway(&host, &key, "/v1/chat/completions")
+            .json(&call)
+            .send()
+            .await
+            .unwrap();
+        if r.status() != StatusCode::OK {
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(error_type(r).await, "budget_exceeded");
+            break;
+        }
+        more += 1;
+        assert!(more < 100, "the budget never ran out");
+    }
+    let usage = usage_when(&host, "burst", |u| requests(u) == 1 + ok + more).await;
+    let spent = usage["period_spend_usd"].as_f64().unwrap();
+    assert!(
+        spent <= 1.0 + one_call + 1e-9,
+        "${spent} spent of a $1 budget"
+    );
+}
+
+#[tokio::test]
+async fn a_fifth_call_in_flight_is_refused_until_one_finishes() {
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
+    let host = start().await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let key = agent_with_model(&host, "Busy", "fake-gpt", &[]).await;
+    let ask = |stream: bool| json!({"model": "fake-gpt", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+
+    fake.hold();
+    let held: Vec<_> = (0..4)
+        .map(|i| {
+            let request = gateway(&host, &key, "/v1/chat/completions")
+                .timeout(Duration::from_secs(300))
+                .json(&ask(i % 2 == 0));
+            tokio::spawn(async move {
+                let r = request.send().await.unwrap();
+                let status = r.status();
+                let _ = r.bytes().await;
+                status
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fake.in_flight() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the calls never reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The default cap is 4 calls in flight. (The timeout only keeps a broken gateway, which
+    // would forward the call to the held provider, from hanging the test.)
+    let fifth = gateway(&host, &key, "/v1/chat/completions")
+        .timeout(Duration::from_secs(30))
+        .json(&ask(false))
+        .send()
+        .await
+        .expect("an answer, not a call left waiting");
+    assert_eq!(fifth.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(fifth.headers().contains_key("retry-after"));
+    let body: Value = fifth.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_exceeded", "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("in flight"));
+    assert_eq!(fake.in_flight(), 4, "the fifth never reached the provider");
+
+    fake.release();
+    for call in held {
+        assert_eq!(call.await.unwrap(), StatusCode::OK);
+    }
+    // Settled calls free their slots (settling follows the answer by a moment).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = gateway(&host, &key, "/v1/chat/completions")
+            .json(&ask(false))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slots never freed: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_call_in_flight_when_the_host_is_killed_is_settled_at_the_next_start() {
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
+    let env = [("TAOS_LLM__MAX_CONCURRENT_CALLS", "1")];
+    let mut host = host_with_env(&env).await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let key = agent_with_model(&host, "Crash", "fake-gpt", &[]).await;
+    host.admin(Method::PUT, "/api/agents/crash/budget")
+        .json(&json!({"limit_usd": 1.0, "period": "day"}))
+        .send()
+        .await
+        .unwrap();
+    // $0.02 reserved and $0.02 spent per call (see add_fake_provider).
+    let ask = json!({"model": "fake-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+
+    fake.hold();
+    let in_flight = tokio::spawn(
+        gateway(&host, &key, "/v1/chat/completions")
+            .json(&ask)
+            .send(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fake.in_flight() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the call never reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = gateway(&host, &key, "/v1/chat/completions")
+        .timeout(Duration::from_secs(30))
+        .json(&ask)
+        .send()
+        .await
+        .expect("an answer, not a call left waiting");
+    assert_eq!(
+        second.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the cap is 1"
+    );
+
+    // The host dies with the call's reservation open.
+    host.kill9().await;
+    let _ = in_flight.await;
+    fake.release();
+    let temp = host.take_temp();
+    let host = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(host.data_dir.clone()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+    )
+    .await
+    .unwrap();
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    // The stale reservation no longer holds the agent's only slot...
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&ask)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // ...and was charged at its reserved amount, as a failed request.
+    let usage = usage_when(&host, "crash", |u| requests(u) == 2).await;
+    assert_eq!(usage["rows"][0]["failures"], 1, "{usage}");
+    assert!(
+        (usage["period_spend_usd"].as_f64().unwrap() - 0.04).abs() < 1e-9,
+        "{usage}"
+    );
+    drop(temp);
+}
+
+#[tokio::test]
+async fn paused_agents_are_refused_by_the_gateway() {
+    let host = without_litellm().await;
+    host.setup_owner().await;
+    host.admin(Method::POST, "/api/providers")
+        .json(&json!({"name": "stub", "type": "openai-compatible", "url": "http://127.0.0.1:9/v1", "models": [{"id": "cheap"}]}))
+        .send()
+        .await
+        .unwrap();
+    let key = agent_with_model(&host, "Sleeper", "cheap", &[]).await;
+    let ask = json!({"model": "cheap", "messages": [{"role": "user", "content": "hi"}]});
+    let paused = host
+        .admin(Method::POST, "/api/agents/sleeper/pause")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status(), StatusCode::OK);
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&ask)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "agent_paused", "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("paused"));
+    let r = gateway(&host, &key, "/v1/embeddings")
+        .json(&json!({"model": "cheap", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    host.admin(Method::POST, "/api/agents/sleeper/resume")
+        .send()
+        .await
+        .unwrap();
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&ask)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "resumed: on to LiteLLM (absent here)"
+    );
+}
+
+#[tokio::test]
+async fn malformed_fields_and_local_content_urls_never_leave_the_gateway() {
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
+    let host = start().await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let key = agent_with_model(&host, "Prober", "fake-gpt", &[]).await;
+    // A service on the host's loopback the agent should never reach through a model.
+    let internal = Recorder::start(None).await;
+    let port = internal.addr.port();
+    let hi = json!([{"role": "user", "content": "hi"}]);
+
+    let mut bodies = Vec::new();
+    for (field, value) in [
+        ("stream", json!("yes")),
+        ("stream", json!(1)),
+        ("n", json!(0)),
+        ("n", json!(-1)),
+        ("n", json!(1.5)),
+        ("n", json!("2")),
+        ("n", json!(100000)),
+        ("max_tokens", json!(-1)),
+        ("max_tokens", json!(0)),
+        ("max_tokens", json!(2.5)),
+        ("max_tokens", json!("100")),
+        ("max_tokens", json!(1_000_000_000_000u64)),
+        ("max_completion_tokens", json!(-5)),
+        ("max_completion_tokens", json!(1e12)),
+    ] {
+        let mut body = json!({"model": "fake-gpt", "messages": hi});
+        body[field] = value;
+        bodies.push(body);
+    }
+    let local = format!("http://127.0.0.1:{port}/secret");
+    for part in [
+        json!({"type": "image_url", "image_url": {"url": local}}),
+        json!({"type": "image_url", "image_url": {"url": format!("https://127.0.0.1:{port}/")}}),
+        json!({"type": "image_url", "image_url": {"url": format!("https://localhost:{port}/")}}),
+        json!({"type": "image_url", "image_url": {"url": "https://169.254.169.254/latest/meta-data/"}}),
+        json!({"type": "image_url", "image_url": {"url": format!("https://[::1]:{port}/")}}),
+        json!({"type": "image_url", "image_url": local}),
+        json!({"type": "input_audio", "input_audio": {"data": local, "format": "wav"}}),
+        json!({"type": "file", "file": {"file_data": local}}),
+        json!({"type": "file", "file": {"file_id": local}}),
+    ] {
+        bodies.push(json!({"model": "fake-gpt", "messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, part]}]}));
+    }
+    for body in bodies {
+        let r = gateway(&host, &key, "/v1/chat/completions")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(
+            answer["error"]["type"], "invalid_request_error",
+            "OpenAI's error shape: {answer}"
+        );
+        assert!(answer["error"]["message"].is_string());
+    }
+    assert_eq!(fake.calls(), 0, "nothing was forwarded");
+    assert!(internal.seen().is_empty(), "{:?}", internal.seen());
+
+    // What is allowed still goes through: an inline image.
+    let inline = json!({"model": "fake-gpt", "n": 1, "max_tokens": 5, "stream": false, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]});
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&inline)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(fake.calls(), 1);
+}
+
+#[tokio::test]
+async fn litellm_runs_as_its_own_user_and_cannot_read_the_host_secrets() {
+    assert!(
+        taos_host::sys::is_root(),
+        "this attack needs a root host (the host drops LiteLLM's privileges only as root)"
+    );
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let ids: Vec<String> = passwd
+        .lines()
+        .find(|l| l.starts_with("taos-litellm:"))
+        .expect("the taos-litellm user: run scripts/dev-litellm.sh")
+        .split(':')
+        .skip(2)
+        .take(2)
+        .map(String::from)
+        .collect();
+    let (uid, gid) = (ids[0].clone(), ids[1].clone());
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
+    let host = start().await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let pid = litellm_pid(&host).expect("LiteLLM runs");
+
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> Vec<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(field("Uid:"), vec![uid.clone(); 4], "{status}");
+    assert_eq!(field("Gid:"), vec![gid.clone(); 4], "{status}");
+    assert!(field("Groups:").is_empty(), "no supplementary groups");
+    assert_eq!(field("NoNewPrivs:"), ["1"]);
+    let master_key = std::fs::read_to_string(host.data_dir.join("llm/master-key")).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(master_key.trim()));
+    // Its own mount namespace, with a private tmpfs on /tmp.
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap(),
+        std::fs::read_link("/proc/self/ns/mnt").unwrap()
+    );
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(4) == Some("/tmp") && l.contains(" - tmpfs ")),
+        "{mounts}"
+    );
+
+    // As that user, from its own namespace and from the host's, the host's secrets stay shut.
+    for file in ["secret.key", "taos.db", "llm/master-key", "local-token"] {
+        let path = host.data_dir.join(file);
+        assert!(path.exists(), "{file}");
+        let inside = std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-m", "-S", &uid, "-G", &gid, "--", "cat"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            !inside.status.success(),
+            "{file} readable in LiteLLM's namespace"
+        );
+        let outside = std::process::Command::new("runuser")
+            .args(["-u", "taos-litellm", "--", "cat"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!outside.status.success(), "{file} readable by taos-litellm");
+        assert!(outside.stdout.is_empty());
+    }
+    let listing = std::process::Command::new("nsenter")
+        .args(["-t", &pid, "-m", "--", "ls", "-A"])
+        .arg(&host.data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        listing.stdout.is_empty(),
+        "the data dir is covered in LiteLLM's namespace: {}",
+        String::from_utf8_lossy(&listing.stdout)
+    );
+
+    // And it still serves.
+    let key = agent_with_model(&host, "Confined", "fake-gpt", &[]).await;
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&json!({"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_process_holding_litellms_port_never_gets_the_master_key() {
+    let _turn = LITELLM.lock().await;
+    // Another local process got LiteLLM's port first.
+    let squatter = Recorder::start(None).await;
+    let port = squatter.addr.port().to_string();
+    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
+    let host = host_with_env(&[("TAOS_LLM__LITELLM_PORT", &port)]).await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    let key = agent_with_model(&host, "Victim", "fake-gpt", &[]).await;
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&json!({"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_type(r).await, "llm_unavailable");
+    // LiteLLM is not started on a port the host could not bind, and says why.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: Value = host
+            .admin(Method::GET, "/api/llm/status")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let error = status["last_error"].as_str().unwrap_or_default();
+        if status["state"] == "failed" && error.contains(&format!("127.0.0.1:{port}")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let master_key = std::fs::read_to_string(host.data_dir.join("llm/master-key")).unwrap();
+    let seen = squatter.seen();
+    assert!(
+        !seen
+            .iter()
+            .flat_map(|s| &s.headers)
+            .any(|(_, v)| v.contains(master_key.trim())),
+        "the squatter got the master key"
+    );
+    assert!(
+        seen.is_empty(),
+        "nothing at all went to the squatter: {seen:?}"
+    );
+    assert!(litellm_pid(&host).is_none());
+}
+
+#[tokio::test]
+async fn moving_a_provider_to_another_origin_drops_its_key() {
+    let host = without_litellm().await;
+    host.setup_owner().await;
+    let home = FakeLlm::start(SECRET, &["m1"]).await;
+    // A listener the attacker controls (it accepts any key, and lists models).
+    let elsewhere = FakeLlm::start("", &["m1", "m2"]).await;
+    let created = host
+        .admin(Method::POST, "/api/providers")
+        .json(&json!({"name": "home", "type": "openai-compatible", "url": home.url(), "api_key": SECRET}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+
+    // Same origin, other path: the key stays.
+    let same: Value = host
+        .admin(Method::PATCH, "/api/providers/home")
+        .json(&json!({"url": format!("http://{}/v1/", home.addr)}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(same["has_api_key"], true, "{same}");
+
+    // Another origin (another port): the key goes, and the answer says so.
+    let moved = host
+        .admin(Method::PATCH, "/api/providers/home")
+        .json(&json!({"url": elsewhere.url()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), StatusCode::OK);
+    let moved: Value = moved.json().await.unwrap();
+    assert_eq!(moved["has_api_key"], false, "the key was dropped: {moved}");
+    // Discovery against the new origin sends no key.
+    let refreshed = host
+        .admin(Method::POST, "/api/providers/models/refresh")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), StatusCode::OK);
+    let names: Vec<String> = refreshed
+        .json::<Vec<Value>>()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["m1", "m2"], "discovery reached the new URL");
+    assert!(
+        !elsewhere.keys_seen().iter().any(|k| k.contains(SECRET)),
+        "the key reached the new origin: {:?}",
+        elsewhere.keys_seen()
+    );
+
+    // A move that brings its own key keeps that one.
+    let rekeyed: Value = host
+        .admin(Method::PATCH, "/api/providers/home")
+        .json(&json!({"url": home.url(), "api_key": SECRET}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rekeyed["has_api_key"], true);
+    let back = host
+        .admin(Method::POST, "/api/providers/models/refresh")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), StatusCode::OK);
+    assert!(home.keys_seen().iter().any(|k| k.contains(SECRET)));
+    assert_eq!(
+        home.state
+            .unauthorized
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test]
+async fn discovery_never_follows_a_redirect() {
+    let host = without_litellm().await;
+    host.setup_owner().await;
+    let second = Recorder::start(None).await;
+    let first = Recorder::start(Some(second.url())).await;
+    const KEY: &str = "sk-provider-Vb2r9";
+    // Testing an endpoint, both ways of sending a key.
+    for kind in ["openai-compatible", "anthropic"] {
+        let tested: Value = host
+            .admin(Method::POST, "/api/providers/test")
+            .json(&json!({"type": kind, "url": format!("{}/v1", first.url()), "api_key": KEY}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(tested["reachable"], false, "{tested}");
+        assert!(
+            tested["error"].as_str().unwrap().contains("302"),
+            "{tested}"
+        );
+    }
+    // Adding one (discovery), and refreshing a stored one.
+    let added = host
+        .admin(Method::POST, "/api/providers")
+        .json(&json!({"name": "bouncy", "type": "anthropic", "url": format!("{}/v1", first.url()), "api_key": KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), StatusCode::BAD_REQUEST);
+    let stored = host
+        .admin(Method::POST, "/api/providers")
+        .json(&json!({"name": "bouncy", "type": "anthropic", "url": format!("{}/v1", first.url()), "api_key": KEY, "models": [{"id": "m"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), StatusCode::CREATED);
+    let refreshed = host
+        .admin(Method::POST, "/api/providers/models/refresh")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), StatusCode::OK);
+
+    assert!(first.seen().len() >= 4, "{:?}", first.seen());
+    assert!(
+        second.seen().is_empty(),
+        "a redirect was followed: {:?}",
+        second.seen()
+    );
+}
+
+#[tokio::test]
+async fn a_get_never_rediscovers_the_catalog() {
+    let host = without_litellm().await;
+    host.setup_owner().await;
+    let fake = FakeLlm::start("", &["new-model"]).await;
+    host.admin(Method::POST, "/api/providers")
+        .json(&json!({"name": "local", "type": "openai-compatible", "url": fake.url(), "models": [{"id": "old-model"}]}))
+        .send()
+        .await
+        .unwrap();
+    let names = |models: Vec<Value>| -> Vec<String> {
+        models
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let got: Vec<Value> = host
+        .admin(Method::GET, "/api/providers/models?refresh=true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(names(got), ["old-model"], "a GET changed the catalog");
+    assert_eq!(fake.keys_seen().len() + fake.calls() as usize, 0);
+    let listed: Vec<Value> = host
+        .admin(Method::GET, "/api/providers")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["models"][0]["id"], "old-model");
+    // The POST does it.
+    let refreshed: Vec<Value> = host
+        .admin(Method::POST, "/api/providers/models/refresh")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(names(refreshed), ["new-model"]);
 }

@@ -142,6 +142,34 @@ async fn a_full_disk_warns_then_pauses_and_a_resize_resumes() {
         .unwrap();
     assert_eq!(agent["paused"], true);
     assert!(!rt.state(&container).await.unwrap().running);
+    // Its LLM calls are refused too, saying why.
+    let key: Value = host
+        .admin(Method::POST, &format!("/api/agents/{slug}/llm-key/rotate"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refused = crate::llm::gateway(
+        &host,
+        key["llm_key"].as_str().unwrap(),
+        "/v1/chat/completions",
+    )
+    .json(&json!({"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}]}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["type"], "agent_paused", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("disk"),
+        "{refused}"
+    );
     // A paused agent gets no messages: they wait, and the channel says so.
     let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
     let posted: Value = host

@@ -30,10 +30,17 @@ fn rss_mib(pid: u32) -> f64 {
     (kib / 1024.0 * 10.0).round() / 10.0
 }
 
-/// LiteLLM's port, read off its command line.
+/// LiteLLM's port, read off the command line of the host's LiteLLM child.
 fn litellm_port(host: &Host) -> u16 {
-    let config = host.data_dir.join("llm/litellm.json").display().to_string();
+    let host_pid = host.pid().expect("host pid").to_string();
     for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:"));
+        if ppid.map(str::trim) != Some(host_pid.as_str()) {
+            continue;
+        }
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
@@ -41,7 +48,7 @@ fn litellm_port(host: &Host) -> u16 {
             .split('\0')
             .map(String::from)
             .collect();
-        if args.iter().any(|a| a == &config) {
+        if args.iter().any(|a| a == "--config") {
             if let Some(i) = args.iter().position(|a| a == "--port") {
                 return args[i + 1].parse().expect("port");
             }
@@ -83,7 +90,16 @@ async fn main() {
         .and_then(|c| c.parse().ok())
         .unwrap_or(10_000);
     let fake = FakeLlm::start("bench-key", &["fake-gpt"]).await;
-    let host = Host::start(&bin).await;
+    // 16 calls at a time from one agent: above the default cap of calls in flight.
+    let host = Host::start_with(
+        &bin,
+        taos_e2e::HostOptions {
+            env: vec![("TAOS_LLM__MAX_CONCURRENT_CALLS".into(), "64".into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("host starts");
     host.setup_owner().await;
     let r = host.admin(Method::POST, "/api/providers").json(&json!({"name": "fake", "type": "openai-compatible", "url": fake.url(), "api_key": "bench-key"})).send().await.expect("provider");
     assert!(r.status().is_success());

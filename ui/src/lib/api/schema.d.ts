@@ -987,6 +987,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/providers/models/refresh": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Re-discovers each provider's models (`<url>/models`, with its stored key, no redirects
+         *     followed) and updates the catalog, keeping the owner's prices for models still offered.
+         *     LiteLLM restarts only if the list changed. Returns every model, as `GET` does.
+         */
+        post: operations["refresh_models"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/providers/test": {
         parameters: {
             query?: never;
@@ -4783,13 +4804,7 @@ export interface operations {
     };
     list_models: {
         parameters: {
-            query?: {
-                /**
-                 * @description Re-discover each provider's models (cached otherwise). LiteLLM restarts only if the
-                 *     list changed.
-                 */
-                refresh?: boolean;
-            };
+            query?: never;
             header?: never;
             path?: never;
             cookie?: never;
@@ -4807,6 +4822,44 @@ export interface operations {
             };
             /** @description No credentials */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    refresh_models: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Models */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelInfo"][];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
