@@ -476,7 +476,13 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Password login. Sets `taos_session` (HttpOnly) and `taos_csrf` cookies. */
+        /**
+         * Password login. Sets `taos_session` (HttpOnly) and `taos_csrf` cookies.
+         * @description The client's failed-login budget is taken *before* the password is checked (attempts in
+         *     flight count as failures until they are answered), and the check itself waits in the one
+         *     bounded password worker: a flood is refused at once with 429 (this client) or 503 (everyone
+         *     together), never queued as work.
+         */
         post: operations["login"];
         delete?: never;
         options?: never;
@@ -819,7 +825,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Liveness and subsystem status. Needs no credentials. */
+        /** Liveness: the status for anyone, plus the version and every subsystem with credentials. */
         get: operations["health"];
         put?: never;
         post?: never;
@@ -1297,11 +1303,15 @@ export interface components {
         Health: {
             /** @description `ok` when every subsystem is ok, else `degraded`. */
             status: string;
-            /** @description Subsystem name → `ok`, `disabled`, or a short reason it is not ok. */
-            subsystems: {
+            /**
+             * @description Subsystem name → `ok`, `disabled`, or a short reason it is not ok. Only for
+             *     authenticated callers: versions and runtime details help an attacker pick an exploit.
+             */
+            subsystems?: {
                 [key: string]: string;
-            };
-            version: string;
+            } | null;
+            /** @description The host's version. Only for authenticated callers. */
+            version?: string | null;
         };
         /**
          * @description One event on `GET /api/events`. The SSE `id:` is `id`, the SSE `event:` is `kind`, and the SSE
@@ -3351,8 +3361,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Too many failures from this address; see Retry-After */
+            /** @description Too many failures or attempts from this address; see Retry-After */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many sign-ins at once on this host; see Retry-After */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3464,6 +3483,15 @@ export interface operations {
             };
             /** @description Already configured */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many sign-ins at once on this host; see Retry-After */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4303,7 +4331,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The host is up */
+            /** @description The host is up. `version` and `subsystems` only for an authenticated caller */
             200: {
                 headers: {
                     [name: string]: unknown;
