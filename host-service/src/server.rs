@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -111,11 +110,9 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         identity,
     } = opened;
     let local_token = local_token::load_or_create(&data_dir)?;
-    let public_tcp = TcpListener::bind(config.server.bind)
-        .await
+    let public_tcp = listener::bind(config.server.bind)
         .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.server.bind))?;
-    let agent_tcp = TcpListener::bind(config.server.agent_bind)
-        .await
+    let agent_tcp = listener::bind(config.server.agent_bind)
         .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.server.agent_bind))?;
     let public_addr = public_tcp.local_addr()?;
     let agent_addr = agent_tcp.local_addr()?;
@@ -145,7 +142,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         let bound = match docker.bridge_gateway().await {
             Ok(gateway) => {
                 let addr = std::net::SocketAddr::new(gateway, agent_addr.port());
-                TcpListener::bind(addr).await.map_err(|e| {
+                listener::bind(addr).map_err(|e| {
                     format!("cannot bind the agent listener on Docker's bridge at {addr}: {e}")
                 })
             }

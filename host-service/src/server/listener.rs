@@ -34,7 +34,7 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
@@ -53,6 +53,23 @@ const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often a listener at its limit says so in the log.
 const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// The kernel's queue of connections waiting for `accept`.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a listening socket with a backlog of [`LISTEN_BACKLOG`] (tokio's default is 128): a
+/// burst of connections waits in the kernel's queue for the accept loop instead of having its
+/// SYNs dropped and retried a second or more later.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// What a listener enforces, from `[server]`.
 #[derive(Debug, Clone)]
