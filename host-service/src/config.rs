@@ -40,11 +40,10 @@ max_connections = 1024
 # on the host, scripts, and on the agent listener every incus agent through its proxy device).
 max_connections_per_address = 64
 # Seconds a new connection has to finish its TLS handshake and send a whole first request
-# head; also the limit for each later HTTP/1 request head, and so for an HTTP/1 connection
-# sitting idle between requests.
+# head; and seconds any later request head has from its first byte.
 header_timeout_secs = 10
-# Seconds an HTTP/2 connection may stay open with no request in flight before it is closed.
-# (WebSockets and event streams are requests in flight for as long as they are open.)
+# Seconds a connection may stay open with no request in flight before it is closed.
+# (Event streams and WebSockets are in flight for as long as they are open.)
 idle_timeout_secs = 60
 
 [llm]

@@ -9,9 +9,10 @@
 //! Deadlines (from `[server]`):
 //! - a new connection must finish its TLS handshake and send a whole first request head
 //!   within `header_timeout_secs` of being accepted, or it is closed;
-//! - each later HTTP/1 request head too (hyper's header-read timeout, which also closes an
-//!   HTTP/1 connection that sits that long between requests);
-//! - an HTTP/2 connection with no request in flight for `idle_timeout_secs` is shut down.
+//! - each later HTTP/1 request head must be whole within `header_timeout_secs` of its first
+//!   byte;
+//! - a connection with no request in flight for `idle_timeout_secs` is shut down (HTTP/1 and
+//!   HTTP/2 alike; hyper's own header-read timer, set to the same, backs this up for HTTP/1).
 //!
 //! A request is in flight until its response body is finished, so event streams (SSE) are never
 //! idle; an upgraded WebSocket leaves hyper altogether and keeps its connection slot until it
@@ -35,7 +36,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -202,7 +203,7 @@ fn http_builder(options: &ListenerOptions) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_timeout)
+        .header_read_timeout(options.idle_timeout)
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
@@ -310,15 +311,20 @@ impl Connection {
                 }
             }
         };
+        let activity = Arc::new(Activity::new(
+            first_request_by,
+            options.header_timeout,
+            options.idle_timeout,
+        ));
         let io = TokioIo::new(Tracked {
             stream,
+            activity: activity.clone(),
             _slot: slot,
         });
-        let activity = Arc::new(Activity::new());
         let service = {
             let activity = activity.clone();
             hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                let in_flight = Activity::begin(&activity);
+                let in_flight = Activity::begin(&activity, request.version());
                 request
                     .extensions_mut()
                     .insert(ConnectInfo(ClientAddr(peer)));
@@ -339,9 +345,7 @@ impl Connection {
         tokio::pin!(connection);
         let mut closing = false;
         loop {
-            let check_at = (!closing).then(|| {
-                activity.next_check(first_request_by, options.idle_timeout, Instant::now())
-            });
+            let check_at = (!closing).then(|| activity.next_check(Instant::now()));
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(e) = result {
@@ -353,10 +357,12 @@ impl Connection {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
+                // A new request head began: look again at its deadline.
+                _ = activity.head_began.notified(), if !closing => {}
                 _ = tokio::time::sleep_until(check_at.unwrap_or_else(Instant::now)), if check_at.is_some() => {
-                    match activity.verdict(first_request_by, options.idle_timeout, Instant::now()) {
-                        Verdict::NoRequestInTime => {
-                            tracing::debug!(%peer, "closing a connection that sent no request in time");
+                    match activity.verdict(Instant::now()) {
+                        Verdict::TooSlow => {
+                            tracing::debug!(%peer, "closing a connection whose request head did not arrive in time");
                             return;
                         }
                         Verdict::Idle => {
@@ -372,34 +378,50 @@ impl Connection {
 }
 
 /// Requests on one connection: how many began, how many are in flight (response body not
-/// finished), and when the last one began or ended.
+/// finished), when the last one began or ended, and when the next HTTP/1 head began arriving.
 struct Activity {
     state: Mutex<ActivityState>,
+    /// Woken when the first byte of a new request head arrives.
+    head_began: Notify,
+    first_request_by: Instant,
+    header_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 struct ActivityState {
     requests: u64,
     in_flight: usize,
     last_change: Instant,
+    /// Set by the first request: an HTTP/2 connection's bytes between requests are frames
+    /// (pings, window updates), not the start of a request head.
+    http2: bool,
+    /// When bytes arrived with nothing in flight on an HTTP/1 connection: a head began.
+    head_started: Option<Instant>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     Fine,
-    /// No request head arrived before the first-request deadline.
-    NoRequestInTime,
+    /// A request head (the first one, or one that began arriving) is not whole in time.
+    TooSlow,
     /// Nothing in flight for the idle timeout.
     Idle,
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(first_request_by: Instant, header_timeout: Duration, idle_timeout: Duration) -> Self {
         Activity {
             state: Mutex::new(ActivityState {
                 requests: 0,
                 in_flight: 0,
                 last_change: Instant::now(),
+                http2: false,
+                head_started: None,
             }),
+            head_began: Notify::new(),
+            first_request_by,
+            header_timeout,
+            idle_timeout,
         }
     }
 
@@ -407,39 +429,65 @@ impl Activity {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn begin(this: &Arc<Self>) -> InFlight {
+    fn begin(this: &Arc<Self>, version: hyper::Version) -> InFlight {
         let mut state = this.lock();
         state.requests += 1;
         state.in_flight += 1;
         state.last_change = Instant::now();
+        state.head_started = None;
+        state.http2 |= version == hyper::Version::HTTP_2;
         InFlight(this.clone())
     }
 
-    /// When to look at this connection next.
-    fn next_check(&self, first_request_by: Instant, idle: Duration, now: Instant) -> Instant {
-        let state = self.lock();
-        if state.requests == 0 {
-            first_request_by
-        } else if state.in_flight > 0 {
-            now + idle
-        } else {
-            state.last_change + idle
+    /// The connection read some bytes.
+    fn read(&self) {
+        let mut state = self.lock();
+        if state.requests > 0
+            && state.in_flight == 0
+            && !state.http2
+            && state.head_started.is_none()
+        {
+            state.head_started = Some(Instant::now());
+            drop(state);
+            self.head_began.notify_one();
         }
     }
 
-    fn verdict(&self, first_request_by: Instant, idle: Duration, now: Instant) -> Verdict {
+    /// When to look at this connection next.
+    fn next_check(&self, now: Instant) -> Instant {
         let state = self.lock();
         if state.requests == 0 {
-            if now >= first_request_by {
-                Verdict::NoRequestInTime
-            } else {
-                Verdict::Fine
-            }
-        } else if state.in_flight == 0 && now >= state.last_change + idle {
-            Verdict::Idle
+            self.first_request_by
+        } else if state.in_flight > 0 {
+            now + self.idle_timeout
+        } else if let Some(started) = state.head_started {
+            (started + self.header_timeout).min(state.last_change + self.idle_timeout)
         } else {
-            Verdict::Fine
+            state.last_change + self.idle_timeout
         }
+    }
+
+    fn verdict(&self, now: Instant) -> Verdict {
+        let state = self.lock();
+        if state.requests == 0 {
+            if now >= self.first_request_by {
+                return Verdict::TooSlow;
+            }
+            return Verdict::Fine;
+        }
+        if state.in_flight > 0 {
+            return Verdict::Fine;
+        }
+        if state
+            .head_started
+            .is_some_and(|started| now >= started + self.header_timeout)
+        {
+            return Verdict::TooSlow;
+        }
+        if now >= state.last_change + self.idle_timeout {
+            return Verdict::Idle;
+        }
+        Verdict::Fine
     }
 }
 
@@ -451,6 +499,7 @@ impl Drop for InFlight {
         let mut state = self.0.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
         state.last_change = Instant::now();
+        state.head_started = None;
     }
 }
 
@@ -486,9 +535,11 @@ enum Stream {
 }
 
 /// A connection's byte stream together with its budget slot, so the slot lives exactly as
-/// long as the socket, wherever the socket goes (hyper, or an upgraded WebSocket).
+/// long as the socket, wherever the socket goes (hyper, or an upgraded WebSocket). Reads are
+/// reported to the connection's [`Activity`], which is how a new request head is noticed.
 struct Tracked {
     stream: Stream,
+    activity: Arc<Activity>,
     _slot: Slot,
 }
 
@@ -498,10 +549,16 @@ impl AsyncRead for Tracked {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.read();
         }
+        polled
     }
 }
 
@@ -592,22 +649,43 @@ mod tests {
 
     #[test]
     fn verdicts_follow_the_deadlines() {
-        let activity = Arc::new(Activity::new());
         let t0 = Instant::now();
-        let by = t0 + Duration::from_secs(10);
+        let header = Duration::from_secs(10);
         let idle = Duration::from_secs(60);
-        assert_eq!(activity.next_check(by, idle, t0), by);
-        assert_eq!(activity.verdict(by, idle, t0), Verdict::Fine);
-        assert_eq!(activity.verdict(by, idle, by), Verdict::NoRequestInTime);
-        let request = Activity::begin(&activity);
-        // In flight (a stream, a long answer): never idle, however long.
-        assert_eq!(
-            activity.verdict(by, idle, t0 + Duration::from_secs(3600)),
-            Verdict::Fine
-        );
+        let activity = Arc::new(Activity::new(t0 + header, header, idle));
+        // Before the first request: the first-request deadline.
+        assert_eq!(activity.next_check(t0), t0 + header);
+        assert_eq!(activity.verdict(t0), Verdict::Fine);
+        assert_eq!(activity.verdict(t0 + header), Verdict::TooSlow);
+        let request = Activity::begin(&activity, hyper::Version::HTTP_11);
+        // In flight (a stream, a long answer): never idle, however long; bytes read then are
+        // its body, not a new head.
+        activity.read();
+        assert_eq!(activity.verdict(t0 + 100 * idle), Verdict::Fine);
         drop(request);
         let ended = activity.lock().last_change;
-        assert_eq!(activity.next_check(by, idle, ended), ended + idle);
-        assert_eq!(activity.verdict(by, idle, ended + idle), Verdict::Idle);
+        assert_eq!(activity.next_check(ended), ended + idle);
+        assert_eq!(activity.verdict(ended + idle), Verdict::Idle);
+        // The next head begins: it has the header timeout from its first byte.
+        activity.read();
+        let started = activity.lock().head_started.unwrap();
+        assert_eq!(activity.next_check(started), started + header);
+        assert_eq!(activity.verdict(started + header), Verdict::TooSlow);
+        // Its request arrives in time: back to normal.
+        drop(Activity::begin(&activity, hyper::Version::HTTP_11));
+        assert_eq!(activity.lock().head_started, None);
+    }
+
+    #[test]
+    fn http2_frames_between_requests_are_not_a_slow_head() {
+        let t0 = Instant::now();
+        let header = Duration::from_secs(10);
+        let idle = Duration::from_secs(60);
+        let activity = Arc::new(Activity::new(t0 + header, header, idle));
+        drop(Activity::begin(&activity, hyper::Version::HTTP_2));
+        activity.read(); // a PING acknowledgement
+        let ended = activity.lock().last_change;
+        assert_eq!(activity.verdict(ended + header), Verdict::Fine);
+        assert_eq!(activity.verdict(ended + idle), Verdict::Idle);
     }
 }
