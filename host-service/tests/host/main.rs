@@ -11,6 +11,7 @@ mod devices;
 mod docker;
 mod events;
 mod files;
+mod flood;
 mod input;
 mod llm;
 mod ops;
