@@ -3,6 +3,8 @@
 #   - time from exec to the first 200 on /api/health (fresh and existing data dir)
 #   - idle RSS
 #   - /api/health requests per second over HTTPS keep-alive (wrk, 64 connections, 2 threads)
+#   - floods: RSS after logins (sequential, and 300 concurrent bad ones), /api/health on a new
+#     connection with 1 000 silent connections open (taos-flood-bench)
 # Targets (issue 2): ready < 150 ms, idle RSS < 20 MiB, > 15 000 req/s on 2 cores.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -10,7 +12,7 @@ cd "$REPO_ROOT"
 
 apt_install wrk
 log "building release binaries"
-cargo build --release --locked -p taos-host -p taos-e2e --bin taos-host --bin taos-bench --bin taos-load --bin taos-llm-bench --bin taos-deploy-bench
+cargo build --release --locked -p taos-host -p taos-e2e --bin taos-host --bin taos-bench --bin taos-load --bin taos-llm-bench --bin taos-deploy-bench --bin taos-flood-bench
 BIN="$CARGO_TARGET_DIR/release/taos-host"
 
 log "startup and idle memory"
@@ -33,6 +35,11 @@ RPS=$(echo "$WRK_OUT" | awk '/Requests\/sec/ {print $2}')
 P99=$(echo "$WRK_OUT" | awk '$1=="99%" {print $2}')
 LOADED_RSS=$(awk '/VmRSS/ {print $2}' "/proc/$HOST_PID/status")
 kill "$HOST_PID"; wait "$HOST_PID" 2>/dev/null || true
+
+log "floods (logins, silent connections)"
+FLOOD_JSON="$("$CARGO_TARGET_DIR/release/taos-flood-bench" "$BIN")"
+echo "$FLOOD_JSON"
+flood() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$FLOOD_JSON" "$1"; }
 
 log "conversation core load (traces, bridge, WebSocket fan-out)"
 LOAD_JSON="$("$CARGO_TARGET_DIR/release/taos-load" "$BIN")"
@@ -81,6 +88,22 @@ request rate is a floor, not a ceiling.
 
 How: \`taos-bench\` (tests/src/bin) starts the binary on fresh ports, polls \`/api/health\` every
 0.5 ms and reads \`VmRSS\` from \`/proc\`; wrk drives TLS 1.3 keep-alive connections.
+
+## Floods (issue 12)
+
+| what | result | target | |
+|---|---|---|---|
+| host RSS idle (owner set up) | $(flood rss_mib_idle) MiB | — | |
+| … after 20 sequential logins | $(flood rss_mib_after_20_logins) MiB | within 10 MiB of idle | $(verdict "$(flood rss_mib_after_20_logins) - $(flood rss_mib_idle) < 10") |
+| … after 300 concurrent bad logins (60 addresses × 5) | $(flood rss_mib_after_300_bad_logins) MiB ($(flood flood_checked) checked, $(flood flood_refused) refused with 429/503) | within 10 MiB of idle | $(verdict "$(flood rss_mib_after_300_bad_logins) - $(flood rss_mib_idle) < 10") |
+| peak RSS (\`VmHWM\`) over all of the above | $(flood rss_mib_peak) MiB | < 60 MiB | $(verdict "$(flood rss_mib_peak) < 60") |
+| \`/api/health\` on a new TLS connection (50 in a row) | p50 $(flood health_new_conn_ms_p50) ms, p99 $(flood health_new_conn_ms_p99) ms | — | |
+| … with 1 000 silent TCP connections open | p50 $(flood health_new_conn_1000_silent_ms_p50) ms, p99 $(flood health_new_conn_1000_silent_ms_p99) ms (host RSS $(flood rss_mib_with_1000_silent) MiB) | < 100 ms | $(verdict "$(flood health_new_conn_1000_silent_ms_p99) < 100") |
+
+How: \`taos-flood-bench\` (tests/src/bin) starts a release host, signs in through the API from
+loopback source addresses of its own (127.0.x.y), and reads \`VmRSS\`/\`VmHWM\` from \`/proc\`. Each
+password check needs argon2id's 19 MiB; one worker thread owns that block and gives its pages
+back when idle. Health times include TCP connect, TLS handshake and the request.
 
 ## Conversation core (issue 3)
 

@@ -38,6 +38,20 @@ host_name = ""
 # allowed_hosts = ["taos.example.org"]. As an environment override: comma-separated.
 allowed_hosts = []
 
+# Most connections each listener holds at once (the public listener, and the agent listener,
+# have a budget each). Past it, new connections are closed as soon as they are accepted.
+max_connections = 1024
+# Most connections one client holds at once on a listener (an IPv4 address, or an IPv6 /64).
+# Loopback clients count only against max_connections: they are this machine itself (a browser
+# on the host, scripts, and on the agent listener every incus agent through its proxy device).
+max_connections_per_address = 64
+# Seconds a new connection has to finish its TLS handshake and send a whole first request
+# head; and seconds any later request head has from its first byte.
+header_timeout_secs = 10
+# Seconds a connection may stay open with no request in flight before it is closed.
+# (Event streams and WebSockets are in flight for as long as they are open.)
+idle_timeout_secs = 60
+
 [auth]
 # Lifetime of a paired device's access token, in seconds (the app refreshes it before it
 # ends). A chat WebSocket or event stream opened with it is closed when it expires.
@@ -204,6 +218,10 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     pub host_name: String,
     pub allowed_hosts: Vec<String>,
+    pub max_connections: u64,
+    pub max_connections_per_address: u64,
+    pub header_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +247,10 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             host_name: String::new(),
             allowed_hosts: Vec::new(),
+            max_connections: 1024,
+            max_connections_per_address: 64,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
         }
     }
 }
@@ -332,6 +354,27 @@ impl Config {
         if llm.litellm_user.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "[llm] litellm_user must not be empty".to_string(),
+            ));
+        }
+        if !(1..=1_000_000).contains(&s.max_connections) {
+            return Err(ConfigError::Invalid(
+                "[server] max_connections must be between 1 and 1000000".to_string(),
+            ));
+        }
+        if s.max_connections_per_address < 1 || s.max_connections_per_address > s.max_connections {
+            return Err(ConfigError::Invalid(
+                "[server] max_connections_per_address must be between 1 and max_connections"
+                    .to_string(),
+            ));
+        }
+        if !(1..=300).contains(&s.header_timeout_secs) {
+            return Err(ConfigError::Invalid(
+                "[server] header_timeout_secs must be between 1 and 300".to_string(),
+            ));
+        }
+        if !(1..=86_400).contains(&s.idle_timeout_secs) {
+            return Err(ConfigError::Invalid(
+                "[server] idle_timeout_secs must be between 1 and 86400".to_string(),
             ));
         }
         if self.log.level.trim().is_empty() {
@@ -571,6 +614,26 @@ mod tests {
         assert_eq!(config.server.bind.to_string(), "127.0.0.1:7443");
         assert!(config.server.insecure_http);
         assert_eq!(config.server.max_body_bytes, 4096);
+    }
+
+    #[test]
+    fn connection_limits_are_validated() {
+        for (var, value) in [
+            ("TAOS_SERVER__MAX_CONNECTIONS", "0"),
+            ("TAOS_SERVER__MAX_CONNECTIONS_PER_ADDRESS", "2000"),
+            ("TAOS_SERVER__HEADER_TIMEOUT_SECS", "0"),
+            ("TAOS_SERVER__IDLE_TIMEOUT_SECS", "0"),
+        ] {
+            let err = parse(&p(), DEFAULT_TEMPLATE, env(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().contains("[server]"), "{var}: {err}");
+        }
+        let config = parse(
+            &p(),
+            DEFAULT_TEMPLATE,
+            env(&[("TAOS_SERVER__HEADER_TIMEOUT_SECS", "2")]),
+        )
+        .unwrap();
+        assert_eq!(config.server.header_timeout_secs, 2);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod http;
 pub mod llm;
 pub mod metrics;
 pub mod notify;
+pub mod peer;
 pub mod prompts;
 pub mod qr;
 pub mod quota;

@@ -1,135 +1,28 @@
 //! Starting the host: open the data dir, the database and the TLS identity, bind both
 //! listeners, serve until SIGTERM/SIGINT, then drain.
 
+pub mod listener;
+
 use std::collections::BTreeMap;
-use std::future::IntoFuture;
-use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_rustls::server::TlsStream;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::ratelimit::LoginLimiter;
 use crate::auth::{local_token, setup_code, users};
 use crate::config::Config;
-use crate::http::extract::ClientAddr;
 use crate::http::{self, AppInner, AppState};
 use crate::metrics::Metrics;
 use crate::notify::EventHub;
 use crate::runtime::ContainerRuntime;
 use crate::{db, fsutil, sys, tls};
+use listener::ListenerOptions;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_CONCURRENT_HANDSHAKES: usize = 256;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Accepts TCP, completes TLS handshakes off the accept path (a slow client can't block
-/// others), and hands finished streams to axum.
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
-        let (tx, ready) = mpsc::channel(64);
-        let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { ready, local })
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-/// Plain TCP with TCP_NODELAY (for the agent listener and loopback `insecure_http`).
-pub struct PlainListener(pub TcpListener);
-
-impl Listener for PlainListener {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    return (stream, peer);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, PlainListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
 
 /// Where a phone on the LAN can reach the public listener: the bind address itself, or, for a
 /// wildcard bind, every interface address (LAN first, loopback last).
@@ -234,11 +127,9 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     } = opened;
     let local_token = local_token::load_or_create(&data_dir)?;
     let first_run_code = prepare_setup_code(&db, &data_dir).await?;
-    let public_tcp = TcpListener::bind(config.server.bind)
-        .await
+    let public_tcp = listener::bind(config.server.bind)
         .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.server.bind))?;
-    let agent_tcp = TcpListener::bind(config.server.agent_bind)
-        .await
+    let agent_tcp = listener::bind(config.server.agent_bind)
         .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.server.agent_bind))?;
     let public_addr = public_tcp.local_addr()?;
     let agent_addr = agent_tcp.local_addr()?;
@@ -272,7 +163,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         let bound = match docker.bridge_gateway().await {
             Ok(gateway) => {
                 let addr = std::net::SocketAddr::new(gateway, agent_addr.port());
-                TcpListener::bind(addr).await.map_err(|e| {
+                listener::bind(addr).map_err(|e| {
                     format!("cannot bind the agent listener on Docker's bridge at {addr}: {e}")
                 })
             }
@@ -368,46 +259,39 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         "https"
     };
 
-    let drain = || {
-        let mut rx = state.shutdown.clone();
-        async move {
-            let _ = rx.wait_for(|stopping| *stopping).await;
-        }
-    };
-    let public_app =
-        http::public_app(state.clone()).into_make_service_with_connect_info::<ClientAddr>();
-    let public = if state.config.server.insecure_http {
-        tracing::warn!("serving the public listener WITHOUT TLS (insecure_http, loopback only)");
-        tokio::spawn(
-            axum::serve(PlainListener(public_tcp), public_app)
-                .with_graceful_shutdown(drain())
-                .into_future(),
-        )
-    } else {
-        let tls_config = tls::server_config(&identity)?;
-        tokio::spawn(
-            axum::serve(TlsListener::new(public_tcp, tls_config)?, public_app)
-                .with_graceful_shutdown(drain())
-                .into_future(),
-        )
-    };
-    let agent = tokio::spawn(
-        axum::serve(
-            PlainListener(agent_tcp),
-            http::agent_app(state.clone()).into_make_service_with_connect_info::<ClientAddr>(),
-        )
-        .with_graceful_shutdown(drain())
-        .into_future(),
+    let options = ListenerOptions::from_config(&state.config.server);
+    sys::raise_open_files_limit(
+        // Every listener's budget, plus the host's own files (databases, traces, LiteLLM).
+        (2 + usize::from(gateway_tcp.is_some())) * options.max_connections + 256,
     );
+    let public_tls = if state.config.server.insecure_http {
+        tracing::warn!("serving the public listener WITHOUT TLS (insecure_http, loopback only)");
+        None
+    } else {
+        Some(TlsAcceptor::from(tls::server_config(&identity)?))
+    };
+    let public = tokio::spawn(listener::serve(
+        public_tcp,
+        public_tls,
+        http::public_app(state.clone()),
+        options.clone(),
+        state.shutdown.clone(),
+    ));
+    let agent = tokio::spawn(listener::serve(
+        agent_tcp,
+        None,
+        http::agent_app(state.clone()),
+        options.clone(),
+        state.shutdown.clone(),
+    ));
     let agent_gateway = gateway_tcp.map(|tcp| {
-        tokio::spawn(
-            axum::serve(
-                PlainListener(tcp),
-                http::agent_app(state.clone()).into_make_service_with_connect_info::<ClientAddr>(),
-            )
-            .with_graceful_shutdown(drain())
-            .into_future(),
-        )
+        tokio::spawn(listener::serve(
+            tcp,
+            None,
+            http::agent_app(state.clone()),
+            options.clone(),
+            state.shutdown.clone(),
+        ))
     });
 
     tracing::info!(

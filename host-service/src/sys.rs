@@ -55,3 +55,38 @@ pub fn terminate(pid: u32) -> bool {
     // (the caller only passes pids of children it has not yet reaped).
     unsafe { libc::kill(pid, libc::SIGTERM) == 0 }
 }
+
+/// Raises this process's soft limit on open files towards `wanted` (at most to the hard
+/// limit). Distributions start services with a soft limit of 1024, fewer than the listeners'
+/// connection budgets: past it `accept` fails and the kernel's queue fills up behind it, so
+/// the budgets (which close excess connections at once) would never get to act.
+#[allow(unsafe_code)]
+pub fn raise_open_files_limit(wanted: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct we pass, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = libc::rlim_t::try_from(wanted).unwrap_or(libc::rlim_t::MAX);
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: wanted.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit only reads the struct we pass.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
+    if !ok || raised.rlim_cur < wanted {
+        tracing::warn!(
+            soft = limit.rlim_cur,
+            hard = limit.rlim_max,
+            wanted,
+            "the open-files limit is below the listeners' connection budgets; lower \
+             [server] max_connections or raise LimitNOFILE"
+        );
+    }
+}

@@ -76,6 +76,9 @@ pub enum AuthError {
     InvalidToken,
     #[error("too many failed attempts; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// The password worker's queue is full (many logins at once, from many addresses).
+    #[error("too many sign-ins at once; retry in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
     #[error("the owner account already exists")]
     AlreadyConfigured,
     #[error("{0}")]
@@ -103,8 +106,13 @@ pub fn hash_token(token: &str) -> String {
 
 /// Constant-time string comparison for secrets.
 pub fn secrets_equal(a: &str, b: &str) -> bool {
+    secrets_equal_bytes(a.as_bytes(), b.as_bytes())
+}
+
+/// Constant-time byte comparison for secrets and hash outputs.
+pub fn secrets_equal_bytes(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ pub async fn setup_owner(db: &Db, username: &str, password_text: &str) -> Result
     if count(db).await? > 0 {
         return Err(AuthError::AlreadyConfigured);
     }
-    let hash = password::hash_blocking(password_text.to_string()).await?;
+    let hash = password::hash(password_text.to_string()).await?;
     let id = Uuid::new_v4();
     let inserted = sqlx::query(
         "INSERT INTO users (id, username, password_hash, is_owner, created_at) \
@@ -99,7 +99,7 @@ pub async fn setup_owner(db: &Db, username: &str, password_text: &str) -> Result
 pub async fn create(db: &Db, username: &str, password_text: &str) -> Result<User, AuthError> {
     validate_username(username)?;
     password::validate(password_text)?;
-    let hash = password::hash_blocking(password_text.to_string()).await?;
+    let hash = password::hash(password_text.to_string()).await?;
     let id = Uuid::new_v4();
     let result = sqlx::query(
         "INSERT INTO users (id, username, password_hash, is_owner, created_at) \
@@ -130,7 +130,7 @@ pub async fn reset_password(
     password_text: &str,
 ) -> Result<User, AuthError> {
     password::validate(password_text)?;
-    let hash = password::hash_blocking(password_text.to_string()).await?;
+    let hash = password::hash(password_text.to_string()).await?;
     let mut tx = db.begin().await?;
     let row = sqlx::query(
         "UPDATE users SET password_hash = ? WHERE username = ? \
@@ -164,9 +164,9 @@ pub async fn authenticate(db: &Db, username: &str, password_text: &str) -> Resul
     .await?;
     let stored_hash = match &row {
         Some(r) => r.try_get::<String, _>("password_hash")?,
-        None => password::dummy_hash().to_string(),
+        None => password::DUMMY_HASH.to_string(),
     };
-    let ok = password::verify_blocking(password_text.to_string(), stored_hash).await;
+    let ok = password::verify(password_text.to_string(), stored_hash).await?;
     match row {
         Some(r) if ok => {
             let user = user_from_row(&r)?;

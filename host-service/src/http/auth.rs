@@ -96,7 +96,8 @@ async fn status(
         (status = 400, description = "Bad username or password shorter than 10 characters", body = ErrorBody),
         (status = 403, description = "Wrong setup code", body = ErrorBody),
         (status = 409, description = "Already configured", body = ErrorBody),
-        (status = 429, description = "Too many wrong codes from this address; see Retry-After", body = ErrorBody)))]
+        (status = 429, description = "Too many wrong codes from this address; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Too many sign-ins at once on this host; see Retry-After", body = ErrorBody)))]
 async fn setup(
     State(state): State<AppState>,
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
@@ -119,16 +120,17 @@ async fn setup(
 /// The setup code must match, compared in constant time; wrong codes count against the
 /// address like failed logins, so it can't be guessed.
 fn check_setup_code(state: &AppState, ip: std::net::IpAddr, offered: &str) -> Result<(), ApiError> {
-    if let Err(wait) = state.login_limiter.check(ip, Instant::now()) {
-        return Err(AuthError::RateLimited {
-            retry_after_secs: wait.as_secs().max(1),
-        }
-        .into());
-    }
+    let attempt = state
+        .login_limiter
+        .begin(ip, Instant::now())
+        .map_err(|refused| AuthError::RateLimited {
+            retry_after_secs: refused.retry_after().as_secs().max(1),
+        })?;
     if setup_code::matches(&state.data_dir, offered).map_err(ApiError::internal)? {
+        attempt.succeeded();
         return Ok(());
     }
-    state.login_limiter.record_failure(ip, Instant::now());
+    attempt.failed(Instant::now());
     tracing::info!(%ip, "wrong setup code");
     Err(ApiError::new(
         StatusCode::FORBIDDEN,
@@ -140,37 +142,51 @@ fn check_setup_code(state: &AppState, ip: std::net::IpAddr, offered: &str) -> Re
 
 /// Password login. Sets `__Host-taos_session` (HttpOnly) and `__Host-taos_csrf` cookies. The
 /// session ends after 7 days without use and 30 days after login at the latest (`[auth]`).
+///
+/// The client's failed-login budget is taken *before* the password is checked (attempts in
+/// flight count as failures until they are answered), and the check itself waits in the one
+/// bounded password worker: a flood is refused at once with 429 (this client) or 503 (everyone
+/// together), never queued as work.
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", security(()),
     request_body = Credentials,
     responses(
         (status = 200, description = "Signed in; cookies set", body = LoginResponse),
         (status = 401, description = "Wrong username or password", body = ErrorBody),
-        (status = 429, description = "Too many failures from this address; see Retry-After", body = ErrorBody)))]
+        (status = 429, description = "Too many failures or attempts from this address; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Too many sign-ins at once on this host; see Retry-After", body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     Json(body): Json<Credentials>,
 ) -> Result<Response, ApiError> {
     let ip = client.ip();
-    if let Err(wait) = state.login_limiter.check(ip, Instant::now()) {
-        state.metrics.login_rate_limited();
-        return Err(AuthError::RateLimited {
-            retry_after_secs: wait.as_secs().max(1),
+    let attempt = match state.login_limiter.begin(ip, Instant::now()) {
+        Ok(attempt) => attempt,
+        Err(refused) => {
+            state.metrics.login_rate_limited();
+            return Err(AuthError::RateLimited {
+                retry_after_secs: refused.retry_after().as_secs().max(1),
+            }
+            .into());
         }
-        .into());
-    }
+    };
     match users::authenticate(&state.db, &body.username, &body.password).await {
         Ok(user) => {
-            state.login_limiter.record_success(ip);
+            attempt.succeeded();
             let policy = state.session_policy();
             let session = sessions::create(&state.db, user.id, &policy).await?;
             Ok(signed_in(StatusCode::OK, user, session, &policy))
         }
         Err(AuthError::InvalidCredentials) => {
-            state.login_limiter.record_failure(ip, Instant::now());
+            attempt.failed(Instant::now());
             state.metrics.login_failed();
             tracing::info!(%ip, "failed login");
             Err(AuthError::InvalidCredentials.into())
+        }
+        Err(e @ AuthError::Busy { .. }) => {
+            attempt.not_checked();
+            state.metrics.login_rate_limited();
+            Err(e.into())
         }
         Err(e) => Err(e.into()),
     }

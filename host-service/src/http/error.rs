@@ -96,6 +96,14 @@ impl From<AuthError> for ApiError {
                     format!("too many failed attempts; retry in {retry_after_secs} s"),
                 )
             },
+            AuthError::Busy { retry_after_secs } => ApiError {
+                retry_after_secs: Some(retry_after_secs),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    format!("too many sign-ins at once; retry in {retry_after_secs} s"),
+                )
+            },
             AuthError::AlreadyConfigured => ApiError::new(
                 StatusCode::CONFLICT,
                 "already_configured",

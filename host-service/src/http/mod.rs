@@ -265,7 +265,7 @@ pub fn public_app(state: AppState) -> Router {
 pub fn agent_app(state: AppState) -> Router {
     use axum::routing::{get, post};
     let router = Router::new()
-        .route("/api/health", get(ops::health))
+        .route("/api/health", get(ops::agent_health))
         .route(
             "/api/openclaw/sessions/{agent}/events",
             get(agent_api::events),

@@ -1,5 +1,7 @@
 //! Health, the OpenAPI document, and Prometheus metrics.
 
+use std::collections::BTreeMap;
+
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -9,7 +11,7 @@ use taos_proto::ops::Health;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{Auth, Json, OwnerOrAdmin};
+use super::extract::{Auth, Json, MaybeAuth, OwnerOrAdmin};
 use super::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -19,10 +21,33 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
 }
 
-/// Liveness and subsystem status. Needs no credentials.
-#[utoipa::path(get, path = "/api/health", tag = "ops", security(()),
-    responses((status = 200, description = "The host is up", body = Health)))]
-pub async fn health(State(state): State<AppState>) -> Json<Health> {
+/// Liveness: the status for anyone, plus the version and every subsystem with credentials.
+#[utoipa::path(get, path = "/api/health", tag = "ops", security((), ("session_cookie" = []), ("bearer" = [])),
+    responses((status = 200, description = "The host is up. `version` and `subsystems` only for an authenticated caller", body = Health)))]
+pub async fn health(
+    State(state): State<AppState>,
+    MaybeAuth(principal): MaybeAuth,
+) -> Json<Health> {
+    let (status, subsystems) = health_status(&state);
+    let detailed = principal.is_some();
+    Json(Health {
+        status,
+        version: detailed.then(|| env!("CARGO_PKG_VERSION").to_string()),
+        subsystems: detailed.then_some(subsystems),
+    })
+}
+
+/// The agent listener's health: only `{"status"}`; agents need no more.
+pub async fn agent_health(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: health_status(&state).0,
+        version: None,
+        subsystems: None,
+    })
+}
+
+/// `ok` or `degraded`, and the status of each subsystem.
+fn health_status(state: &AppState) -> (String, BTreeMap<String, String>) {
     let mut subsystems = state.health.read().map(|m| m.clone()).unwrap_or_default();
     let llm = state.llm.supervisor.status();
     let llm_text = match llm.state {
@@ -40,11 +65,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
     let all_ok = subsystems
         .values()
         .all(|v| v == "ok" || v.starts_with("ok: ") || v.starts_with("disabled"));
-    Json(Health {
-        status: if all_ok { "ok" } else { "degraded" }.to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        subsystems,
-    })
+    let status = if all_ok { "ok" } else { "degraded" }.to_string();
+    (status, subsystems)
 }
 
 /// This document: OpenAPI 3.1, generated from the code.

@@ -256,6 +256,7 @@ async fn insecure_http_on_loopback_serves_plain_http() {
     assert!(host.public_url.starts_with("http://"));
     let health: Value = taos_e2e::http_client()
         .get(host.url("/api/health"))
+        .bearer_auth(host.local_token())
         .send()
         .await
         .unwrap()

@@ -492,8 +492,7 @@ async fn without_litellm_the_host_runs_and_says_so() {
         .unwrap()
         .contains("not installed"));
     let health: Value = host
-        .client()
-        .get(host.url("/api/health"))
+        .admin(Method::GET, "/api/health")
         .send()
         .await
         .unwrap()

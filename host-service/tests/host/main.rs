@@ -15,6 +15,7 @@ mod docker;
 mod events;
 mod files;
 mod first_run;
+mod flood;
 mod input;
 mod lifecycle_crash;
 mod llm;

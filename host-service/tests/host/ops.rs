@@ -6,11 +6,34 @@ use serde_json::Value;
 use crate::start;
 
 #[tokio::test]
-async fn health_reports_version_and_subsystems_on_both_listeners() {
+async fn health_reports_version_and_subsystems_only_to_callers_with_credentials() {
     let host = start().await;
-    let health: Value = host
+    // Anyone learns that the host is up, and nothing else.
+    let anonymous: Value = host
         .client()
         .get(host.url("/api/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(anonymous, serde_json::json!({"status": "ok"}));
+    // A wrong credential is not an error here either: still just the status.
+    let garbage: Value = host
+        .client()
+        .get(host.url("/api/health"))
+        .bearer_auth("taos_at_nonsense")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(garbage, serde_json::json!({"status": "ok"}));
+
+    let health: Value = host
+        .admin(Method::GET, "/api/health")
         .send()
         .await
         .unwrap()
@@ -36,7 +59,8 @@ async fn health_reports_version_and_subsystems_on_both_listeners() {
         .json()
         .await
         .unwrap();
-    assert_eq!(agent["status"], "ok");
+    // Agents (and whoever else reaches the agent listener) get only the status.
+    assert_eq!(agent, serde_json::json!({"status": "ok"}));
     // The agent listener serves nothing for people.
     let other = taos_e2e::http_client()
         .get(host.agent_url("/api/devices"))

@@ -218,9 +218,16 @@ fn table(f: &Fixture) -> Vec<Route> {
             OWNER_SIDE,
             vec![
                 no_body("/api/providers/models".into(), Allow),
-                // Re-discovering rewrites the catalog.
-                no_body("/api/providers/models?refresh=true".into(), Deny),
+                // A GET never rewrites the catalog, refresh or not.
+                no_body("/api/providers/models?refresh=true".into(), Allow),
             ],
+        ),
+        route(
+            "POST",
+            "/api/providers/models/refresh",
+            OWNER_SIDE,
+            // Re-discovering rewrites the catalog.
+            vec![no_body("/api/providers/models/refresh".into(), Deny)],
         ),
         // Agents: everyone sees them, only the owner side runs them.
         route(

@@ -11,6 +11,7 @@ async fn pinned_client_connects_with_tls13_and_unpinned_client_fails() {
     let response = host
         .client()
         .get(host.url("/api/health"))
+        .bearer_auth(host.local_token())
         .send()
         .await
         .unwrap();

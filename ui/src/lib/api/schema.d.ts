@@ -482,6 +482,10 @@ export interface paths {
         /**
          * Password login. Sets `__Host-taos_session` (HttpOnly) and `__Host-taos_csrf` cookies. The
          *     session ends after 7 days without use and 30 days after login at the latest (`[auth]`).
+         * @description The client's failed-login budget is taken *before* the password is checked (attempts in
+         *     flight count as failures until they are answered), and the check itself waits in the one
+         *     bounded password worker: a flood is refused at once with 429 (this client) or 503 (everyone
+         *     together), never queued as work.
          */
         post: operations["login"];
         delete?: never;
@@ -849,7 +853,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Liveness and subsystem status. Needs no credentials. */
+        /** Liveness: the status for anyone, plus the version and every subsystem with credentials. */
         get: operations["health"];
         put?: never;
         post?: never;
@@ -1365,11 +1369,15 @@ export interface components {
         Health: {
             /** @description `ok` when every subsystem is ok, else `degraded`. */
             status: string;
-            /** @description Subsystem name → `ok`, `disabled`, or a short reason it is not ok. */
-            subsystems: {
+            /**
+             * @description Subsystem name → `ok`, `disabled`, or a short reason it is not ok. Only for
+             *     authenticated callers: versions and runtime details help an attacker pick an exploit.
+             */
+            subsystems?: {
                 [key: string]: string;
-            };
-            version: string;
+            } | null;
+            /** @description The host's version. Only for authenticated callers. */
+            version?: string | null;
         };
         /**
          * @description One event on `GET /api/events`. The SSE `id:` is `id`, the SSE `event:` is `kind`, and the SSE
@@ -3438,8 +3446,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Too many failures from this address; see Retry-After */
+            /** @description Too many failures or attempts from this address; see Retry-After */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many sign-ins at once on this host; see Retry-After */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3569,6 +3586,15 @@ export interface operations {
             };
             /** @description Too many wrong codes from this address; see Retry-After */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many sign-ins at once on this host; see Retry-After */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4453,7 +4479,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The host is up */
+            /** @description The host is up. `version` and `subsystems` only for an authenticated caller */
             200: {
                 headers: {
                     [name: string]: unknown;
