@@ -477,6 +477,8 @@ async fn bring_up(
     deploy::mount_trace(rt, &name, trace)
         .await
         .map_err(ArchiveError::Runtime)?;
+    // The snapshot brought back the devices and profiles it was taken with.
+    rt.set_agent_network(&name, agent.network).await?;
     rt.start(&name).await?;
     let env = deploy::agent_env(
         state,
@@ -485,6 +487,7 @@ async fn bring_up(
         llm_key,
         agent.model.as_deref().unwrap_or_default(),
         &agent.fallback_models,
+        agent.network,
     );
     deploy::wait_for_boot(rt, &name)
         .await

@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod frameworks;
 pub mod fsutil;
 pub mod http;
+pub mod isolation;
 pub mod llm;
 pub mod metrics;
 pub mod notify;

@@ -23,7 +23,6 @@ use crate::http::extract::ClientAddr;
 use crate::http::{self, AppInner, AppState};
 use crate::metrics::Metrics;
 use crate::notify::EventHub;
-use crate::runtime::ContainerRuntime;
 use crate::{db, fsutil, sys, tls};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -243,22 +242,14 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         usize::try_from(config.llm.trace_content_bytes).unwrap_or(4096),
     );
     let mut detected = crate::runtime::detect(&config.runtime).await;
-    // Docker has no proxy devices: its containers reach the agent listener on the bridge
-    // gateway, so the listener binds there too (same port; agent tokens still guard it). If
-    // that fails the host runs without a runtime and says why, rather than not at all.
-    let mut gateway_tcp = None;
-    if let Some(ContainerRuntime::Docker(docker)) = &detected.runtime {
-        let bound = match docker.bridge_gateway().await {
-            Ok(gateway) => {
-                let addr = std::net::SocketAddr::new(gateway, agent_addr.port());
-                TcpListener::bind(addr).await.map_err(|e| {
-                    format!("cannot bind the agent listener on Docker's bridge at {addr}: {e}")
-                })
-            }
-            Err(e) => Err(format!("cannot find Docker's bridge gateway: {e}")),
-        };
-        match bound {
-            Ok(tcp) => gateway_tcp = Some(tcp),
+    // Agents get networks of their own, set up now rather than per deploy. Under Docker (no
+    // proxy devices) the agent listener also binds on each agent network's gateway (same port;
+    // agent tokens still guard it). If isolation can't be set up, the host runs without a
+    // runtime and says why, rather than deploy agents with open networks.
+    let mut prepared = crate::isolation::Prepared::default();
+    if let Some(runtime) = &detected.runtime {
+        match crate::isolation::prepare(runtime, &config.runtime, agent_addr.port()).await {
+            Ok(done) => prepared = done,
             Err(why) => {
                 detected = crate::runtime::Detected {
                     runtime: None,
@@ -272,19 +263,20 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     } else {
         tracing::warn!(runtime = %detected.description, "container runtime");
     }
-    let agent_container_addr = match &gateway_tcp {
-        Some(tcp) => Some(tcp.local_addr()?),
-        None => None,
-    };
-    let runtime_health = match (&detected.runtime, agent_container_addr) {
-        (Some(_), Some(addr)) => format!("ok: {} (agents via {addr})", detected.description),
+    let mut agent_gateways = Vec::new();
+    for (mode, tcp) in &prepared.listeners {
+        agent_gateways.push((*mode, tcp.local_addr()?));
+    }
+    let runtime_health = match (&detected.runtime, agent_gateways.first()) {
+        (Some(_), Some((_, addr))) => format!("ok: {} (agents via {addr})", detected.description),
         (Some(_), None) => format!("ok: {}", detected.description),
         (None, _) => format!("disabled: {}", detected.description),
     };
     let state = AppState::new(AppInner {
         runtime: detected.runtime,
         agent_addr,
-        agent_container_addr,
+        agent_gateways,
+        agent_bridges: prepared.bridges,
         hub: Arc::new(EventHub::new(db.clone())),
         llm,
         chat: crate::chat::Chat::new(db.clone()),
@@ -309,6 +301,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     });
     http::spawn_health_checker(state.clone());
     spawn_trace_sealer(state.clone());
+    crate::isolation::spawn_refresher(state.clone());
     supervisor.spawn(state.shutdown.clone());
     crate::quota::spawn_monitor(
         state.clone(),
@@ -319,6 +312,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         tokio::spawn(async move {
             crate::deploy::recover(&state).await;
             crate::deploy::reconcile_proxies(&state).await;
+            crate::isolation::reconcile(&state).await;
         });
     }
     state.llm.reload().await?;
@@ -360,16 +354,21 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         .with_graceful_shutdown(drain())
         .into_future(),
     );
-    let agent_gateway = gateway_tcp.map(|tcp| {
-        tokio::spawn(
-            axum::serve(
-                PlainListener(tcp),
-                http::agent_app(state.clone()).into_make_service_with_connect_info::<ClientAddr>(),
+    let agent_gateways: Vec<_> = prepared
+        .listeners
+        .into_iter()
+        .map(|(_, tcp)| {
+            tokio::spawn(
+                axum::serve(
+                    PlainListener(tcp),
+                    http::agent_app(state.clone())
+                        .into_make_service_with_connect_info::<ClientAddr>(),
+                )
+                .with_graceful_shutdown(drain())
+                .into_future(),
             )
-            .with_graceful_shutdown(drain())
-            .into_future(),
-        )
-    });
+        })
+        .collect();
 
     tracing::info!(
         public = %format!("{scheme}://{public_addr}"),
@@ -390,7 +389,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let _ = public.await;
         let _ = agent.await;
-        if let Some(gateway) = agent_gateway {
+        for gateway in agent_gateways {
             let _ = gateway.await;
         }
     })
@@ -398,6 +397,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
+    crate::isolation::release(&state).await;
     state.traces.shutdown().await;
     state.db.close().await;
     tracing::info!("stopped");

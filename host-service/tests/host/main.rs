@@ -12,6 +12,7 @@ mod docker;
 mod events;
 mod files;
 mod input;
+mod isolation;
 mod llm;
 mod ops;
 mod quota;
