@@ -16,6 +16,7 @@ mod isolation;
 mod llm;
 mod ops;
 mod quota;
+mod recycle;
 mod routes;
 mod runtime;
 mod tls;
