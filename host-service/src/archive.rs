@@ -340,6 +340,10 @@ pub async fn restore(state: &AppState, id: &str) -> Result<Restored, ArchiveErro
     let container = format!("taos-{slug}");
     if let (Some(archived_name), Some(snapshot)) = (&archived.container, &archived.snapshot) {
         let rt = runtime(state)?;
+        // It comes back on its network, so that must be possible first.
+        crate::isolation::ready(state)
+            .await
+            .map_err(ArchiveError::Runtime)?;
         rt.rename(archived_name, &container).await?;
         if let Err(e) = rt.snapshot_restore(&container, snapshot).await {
             // Put it back, so the archive stays restorable and purgeable.

@@ -57,6 +57,9 @@ pub enum DeployError {
         "no container runtime: install incus (see docs/architecture.md, scripts/dev-incus.sh)"
     )]
     NoRuntime,
+    /// The agents' networks could not be set up (yet): no agent is deployed unfenced.
+    #[error("agents can't be isolated: {0}")]
+    NoIsolation(String),
     #[error("no deploy for that agent")]
     NotFound,
     #[error(transparent)]
@@ -142,6 +145,9 @@ pub async fn start(
     let Some(runtime) = state.runtime.as_ref() else {
         return Err(DeployError::NoRuntime);
     };
+    crate::isolation::ready(state)
+        .await
+        .map_err(DeployError::NoIsolation)?;
     // Models must be ones a provider serves.
     let available: Vec<String> = state
         .llm

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use taos_proto::agents::AgentNetwork;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::RuntimeConfig;
 use crate::http::AppState;
@@ -26,6 +27,18 @@ use crate::runtime::{ContainerRuntime, Runtime};
 
 /// How often the host's addresses are compared with what the rules were made from.
 const REFRESH_EVERY: Duration = Duration::from_secs(60);
+/// How long a deploy waits for the start-up preparation before giving up.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether agents can be isolated yet. Under incus the preparation runs in the background at
+/// start (its REST calls would otherwise delay the first answer); deploys and restores wait
+/// for it, and are refused if it failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Readiness {
+    Preparing,
+    Ready,
+    Failed(String),
+}
 
 /// What [`prepare`] made.
 #[derive(Default)]
@@ -43,14 +56,72 @@ fn subnets(config: &RuntimeConfig) -> AgentSubnets {
     }
 }
 
-/// At start: makes (or brings up to date) the agents' networks, ACLs, profile and firewall
-/// rules. An error means agents could not be isolated; the host then runs without a runtime
-/// rather than deploy agents with open networks.
+/// At start, before the listeners serve: what must exist before then. Docker: the agent
+/// networks, the listener bound on each gateway and the firewall rules (an error: the host
+/// runs without a runtime rather than deploy agents with open networks). incus: nothing yet,
+/// see [`spawn_prepare`]. Returns the readiness to start with.
 pub async fn prepare(
     runtime: &ContainerRuntime,
     config: &RuntimeConfig,
     agent_port: u16,
+) -> Result<(Prepared, Readiness), String> {
+    match runtime {
+        ContainerRuntime::Incus(_) => Ok((Prepared::default(), Readiness::Preparing)),
+        ContainerRuntime::Docker(_) => {
+            let prepared = prepare_now(runtime, config, agent_port).await?;
+            Ok((prepared, Readiness::Ready))
+        }
+    }
+}
+
+/// incus: makes (or brings up to date) the agents' bridges, ACLs and profile in the background
+/// ([`reconcile`] waits for it). A failure is reported in `/api/health` and refuses
+/// deploys and restores, which wait for this.
+pub fn spawn_prepare(state: AppState, ready: watch::Sender<Readiness>) {
+    if !matches!(state.runtime, Some(ContainerRuntime::Incus(_))) {
+        return;
+    }
+    tokio::spawn(async move {
+        let Some(runtime) = state.runtime.as_ref() else {
+            return;
+        };
+        match prepare_now(runtime, &state.config.runtime, state.agent_addr.port()).await {
+            Ok(_) => {
+                let _ = ready.send(Readiness::Ready);
+            }
+            Err(why) => {
+                tracing::error!(error = %why, "agents can't be isolated; deploys are refused");
+                if let Ok(mut health) = state.health.write() {
+                    health.insert("runtime".into(), format!("error: {why}"));
+                }
+                let _ = ready.send(Readiness::Failed(why));
+            }
+        }
+    });
+}
+
+/// Waits until agents can be isolated: Ok, or why they can't (deploys and restores refuse).
+pub async fn ready(state: &AppState) -> Result<(), String> {
+    let mut rx = state.isolation.clone();
+    let waited =
+        tokio::time::timeout(READY_TIMEOUT, rx.wait_for(|r| *r != Readiness::Preparing)).await;
+    match waited {
+        Ok(Ok(readiness)) => match &*readiness {
+            Readiness::Failed(why) => Err(why.clone()),
+            _ => Ok(()),
+        },
+        Ok(Err(_)) => Err("the host is stopping".into()),
+        Err(_) => Err("the agents' networks are still being set up; try again".into()),
+    }
+}
+
+/// Makes (or brings up to date) the agents' networks, ACLs, profile and firewall rules.
+async fn prepare_now(
+    runtime: &ContainerRuntime,
+    config: &RuntimeConfig,
+    agent_port: u16,
 ) -> Result<Prepared, String> {
+    let started = std::time::Instant::now();
     let facts = HostFacts::gather();
     match runtime {
         ContainerRuntime::Incus(incus) => {
@@ -58,6 +129,10 @@ pub async fn prepare(
                 .prepare_agents(&subnets(config), &facts)
                 .await
                 .map_err(|e| format!("cannot set up the agents' networks and profile: {e}"))?;
+            tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                "agents' networks, ACLs and profile are in place"
+            );
             Ok(Prepared::default())
         }
         ContainerRuntime::Docker(docker) => {
@@ -82,6 +157,10 @@ pub async fn prepare(
             firewall::open_listener(&bridges, agent_port)
                 .await
                 .map_err(|e| e.to_string())?;
+            tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                "agents' networks and firewall rules are in place"
+            );
             Ok(Prepared { bridges, listeners })
         }
     }
@@ -139,6 +218,9 @@ pub async fn reconcile(state: &AppState) {
     let Some(rt) = state.runtime.as_ref() else {
         return;
     };
+    if ready(state).await.is_err() {
+        return;
+    }
     let Ok(list) = crate::agents::list(&state.db).await else {
         return;
     };

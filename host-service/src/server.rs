@@ -247,9 +247,13 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     // agent tokens still guard it). If isolation can't be set up, the host runs without a
     // runtime and says why, rather than deploy agents with open networks.
     let mut prepared = crate::isolation::Prepared::default();
+    let mut readiness = crate::isolation::Readiness::Ready;
     if let Some(runtime) = &detected.runtime {
         match crate::isolation::prepare(runtime, &config.runtime, agent_addr.port()).await {
-            Ok(done) => prepared = done,
+            Ok((done, ready)) => {
+                prepared = done;
+                readiness = ready;
+            }
             Err(why) => {
                 detected = crate::runtime::Detected {
                     runtime: None,
@@ -267,6 +271,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     for (mode, tcp) in &prepared.listeners {
         agent_gateways.push((*mode, tcp.local_addr()?));
     }
+    let (isolation_tx, isolation_rx) = watch::channel(readiness);
     let runtime_health = match (&detected.runtime, agent_gateways.first()) {
         (Some(_), Some((_, addr))) => format!("ok: {} (agents via {addr})", detected.description),
         (Some(_), None) => format!("ok: {}", detected.description),
@@ -277,6 +282,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         agent_addr,
         agent_gateways,
         agent_bridges: prepared.bridges,
+        isolation: isolation_rx,
         hub: Arc::new(EventHub::new(db.clone())),
         llm,
         chat: crate::chat::Chat::new(db.clone()),
@@ -301,6 +307,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     });
     http::spawn_health_checker(state.clone());
     spawn_trace_sealer(state.clone());
+    crate::isolation::spawn_prepare(state.clone(), isolation_tx);
     crate::isolation::spawn_refresher(state.clone());
     supervisor.spawn(state.shutdown.clone());
     crate::quota::spawn_monitor(

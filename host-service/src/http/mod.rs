@@ -75,6 +75,8 @@ pub struct AppInner {
     pub agent_gateways: Vec<(taos_proto::agents::AgentNetwork, std::net::SocketAddr)>,
     /// Docker: the agents' bridges, for the firewall (kept in step by `isolation`).
     pub agent_bridges: Vec<crate::runtime::firewall::AgentBridge>,
+    /// Whether agents can be isolated yet (incus prepares in the background at start).
+    pub isolation: tokio::sync::watch::Receiver<crate::isolation::Readiness>,
     pub chat: crate::chat::Chat,
     pub bridge: crate::bridge::Bridge,
     pub traces: crate::trace::TraceStore,

@@ -275,9 +275,19 @@ impl Incus {
         facts: &HostFacts,
     ) -> Result<(), RuntimeError> {
         validate_name("pool name", &self.pool)?;
-        self.update_agent_acls(subnets, facts).await?;
+        // One listing serves the ACLs (other bridges' subnets) and the bridges themselves, so
+        // a start where nothing changed costs three GETs.
+        let networks = self
+            .call(Method::GET, "/1.0/networks?recursion=1", None)
+            .await?;
+        self.write_agent_acls(subnets, facts, &networks).await?;
         for (mode, network, acl) in AGENT_NETWORKS {
-            self.ensure_agent_network(network, subnets.of(mode), acl)
+            let current = networks
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n["name"] == network);
+            self.ensure_agent_network(network, subnets.of(mode), acl, current)
                 .await?;
         }
         let profile = json!({
@@ -323,14 +333,23 @@ impl Incus {
         subnets: &AgentSubnets,
         facts: &HostFacts,
     ) -> Result<(), RuntimeError> {
+        let networks = self
+            .call(Method::GET, "/1.0/networks?recursion=1", None)
+            .await?;
+        self.write_agent_acls(subnets, facts, &networks).await
+    }
+
+    async fn write_agent_acls(
+        &self,
+        subnets: &AgentSubnets,
+        facts: &HostFacts,
+        networks: &Value,
+    ) -> Result<(), RuntimeError> {
         // Other containers are never "the LAN": every incus bridge's subnet is left out.
         let mut internal: Vec<Range> = [&subnets.internet, &subnets.lan]
             .into_iter()
             .filter_map(|s| subnet_range(s))
             .collect();
-        let networks = self
-            .call(Method::GET, "/1.0/networks?recursion=1", None)
-            .await?;
         for network in networks.as_array().into_iter().flatten() {
             if network["managed"] == true {
                 if let Some(range) = network["config"]["ipv4.address"]
@@ -341,6 +360,9 @@ impl Incus {
                 }
             }
         }
+        let acls = self
+            .call(Method::GET, "/1.0/network-acls?recursion=1", None)
+            .await?;
         for (mode, _, acl) in AGENT_NETWORKS {
             let cidrs = netpolicy::to_cidrs(&netpolicy::allowed(mode, facts, &internal));
             let egress: Vec<Value> = cidrs
@@ -366,8 +388,13 @@ impl Incus {
                 "config": {},
             });
             let path = format!("/1.0/network-acls/{acl}");
-            match self.call(Method::GET, &path, None).await {
-                Ok(current) => {
+            let current = acls
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["name"] == acl);
+            match current {
+                Some(current) => {
                     if current["egress"] != desired["egress"]
                         || current["ingress"] != desired["ingress"]
                         || current["description"] != desired["description"]
@@ -375,19 +402,19 @@ impl Incus {
                         self.call(Method::PUT, &path, Some(desired)).await?;
                     }
                 }
-                Err(RuntimeError::NotFound(_)) => {
+                None => {
                     let mut body = desired.clone();
                     body["name"] = json!(acl);
                     if let Err(e) = self
                         .call(Method::POST, "/1.0/network-acls", Some(body))
                         .await
                     {
+                        // Another host process made it meanwhile: make it ours.
                         self.call(Method::PUT, &path, Some(desired))
                             .await
                             .map_err(|_| e)?;
                     }
                 }
-                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -401,6 +428,7 @@ impl Incus {
         name: &str,
         subnet: &str,
         acl: &str,
+        current: Option<&Value>,
     ) -> Result<(), RuntimeError> {
         let config = json!({
             "ipv4.address": subnet,
@@ -411,8 +439,8 @@ impl Incus {
             "security.acls.default.ingress.action": "reject",
         });
         let path = format!("/1.0/networks/{name}");
-        match self.call(Method::GET, &path, None).await {
-            Ok(current) => {
+        match current {
+            Some(current) => {
                 let differs = config
                     .as_object()
                     .into_iter()
@@ -425,7 +453,7 @@ impl Incus {
                 }
                 Ok(())
             }
-            Err(RuntimeError::NotFound(_)) => {
+            None => {
                 let body = json!({
                     "name": name,
                     "type": "bridge",
@@ -441,7 +469,6 @@ impl Incus {
                     },
                 }
             }
-            Err(e) => Err(e),
         }
     }
 
