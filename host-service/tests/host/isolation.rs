@@ -402,6 +402,55 @@ async fn incus_agents_reach_their_host_services_and_the_internet_and_nothing_els
         None
     );
 
+    // Archived and restored, the lan agent comes back on its network, fenced as before, even
+    // when the snapshot it is restored from was taken with an open NIC.
+    must(&["incus", "config", "device", "remove", &lan_agent, "eth0"]);
+    must(&[
+        "incus",
+        "config",
+        "device",
+        "add",
+        &lan_agent,
+        "eth0",
+        "nic",
+        "network=incusbr0",
+        "name=eth0",
+    ]);
+    let archived: Value = host
+        .admin(Method::DELETE, &format!("/api/agents/{}", more[0]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    cleanup
+        .0
+        .push(archived["container"].as_str().unwrap().to_string());
+    let restored = host
+        .admin(
+            Method::POST,
+            &format!(
+                "/api/agents/archived/{}/restore",
+                archived["id"].as_str().unwrap()
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(restored.status(), reqwest::StatusCode::OK);
+    let restored: Value = restored.json().await.unwrap();
+    assert_eq!(restored["agent"]["network"], "lan", "{restored}");
+    let instance = incus_query(&format!("/1.0/instances/{lan_agent}"));
+    assert_eq!(instance["devices"]["eth0"]["network"], "taos-lan");
+    assert_eq!(instance["profiles"], json!(["taos-agent"]));
+    let lan_url = format!("http://{LAN_IP}/");
+    assert!(
+        wait_for(|| async { fetch(&rt, &lan_agent, &lan_url).await.is_some() }).await,
+        "the restored lan agent reaches the LAN"
+    );
+    fenced_as_lan_agent(&rt, &lan_agent, &b).await;
+
     // Put on the default bridge by hand (no ACL there, as every container on main), agent A
     // reaches the LAN; the host's next start puts it back on its own network.
     must(&["incus", "config", "device", "remove", &a, "eth0"]);
