@@ -121,8 +121,29 @@ fn subtract(from: Vec<Range>, remove: &[Range]) -> Vec<Range> {
 pub struct HostFacts {
     /// Every non-loopback IPv4 address of the host: never a destination for agents.
     pub addresses: Vec<Ipv4Addr>,
-    /// The subnets of those addresses: the LAN, whatever its numbering.
+    /// The subnets of those addresses on real interfaces: the LAN, whatever its numbering.
     pub connected: Vec<Range>,
+    /// The subnets of host-internal bridges (no physical port: Docker's, incus's, VMs'): other
+    /// containers, never "the LAN".
+    pub internal: Vec<Range>,
+}
+
+/// A Linux bridge with no physical port (only veths or taps, or none): a network of
+/// containers or VMs on this host. A bridge holding the uplink (br0 with eth0) is the LAN.
+fn is_internal_bridge(name: &str) -> bool {
+    let net = std::path::Path::new("/sys/class/net");
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return false;
+    }
+    if !net.join(name).join("bridge").is_dir() {
+        return false;
+    }
+    let ports = std::fs::read_dir(net.join(name).join("brif"))
+        .map(|dir| dir.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    !ports
+        .iter()
+        .any(|port| net.join(port).join("device").exists())
 }
 
 impl HostFacts {
@@ -134,18 +155,25 @@ impl HostFacts {
                     continue;
                 }
                 facts.addresses.push(v4.ip);
-                facts.connected.push(Range::network(v4.ip, v4.prefixlen));
+                let subnet = Range::network(v4.ip, v4.prefixlen);
+                if is_internal_bridge(&interface.name) {
+                    facts.internal.push(subnet);
+                } else {
+                    facts.connected.push(subnet);
+                }
             }
         }
         facts.addresses.sort();
         facts.addresses.dedup();
         facts.connected = normalize(facts.connected);
+        facts.internal = normalize(facts.internal);
         facts
     }
 }
 
 /// The destinations an agent with this network choice may reach. `internal` are the subnets of
-/// the runtime's own container networks (other containers are never "the LAN").
+/// the runtime's own container networks (other containers are never "the LAN"), on top of the
+/// host-internal bridges the facts found.
 pub fn allowed(mode: AgentNetwork, facts: &HostFacts, internal: &[Range]) -> Vec<Range> {
     let everything = vec![Range {
         first: 0,
@@ -153,6 +181,7 @@ pub fn allowed(mode: AgentNetwork, facts: &HostFacts, internal: &[Range]) -> Vec
     }];
     let mut refused = parse_all(NEVER);
     refused.extend(internal.iter().copied());
+    refused.extend(facts.internal.iter().copied());
     refused.extend(facts.addresses.iter().copied().map(Range::single));
     match mode {
         AgentNetwork::None => Vec::new(),
@@ -212,6 +241,7 @@ mod tests {
                 Range::parse("192.168.1.0/24").unwrap(),
                 Range::parse("203.0.113.0/24").unwrap(),
             ],
+            internal: vec![Range::parse("172.17.0.0/16").unwrap()],
         }
     }
 
@@ -264,12 +294,23 @@ mod tests {
             "203.0.113.5",
             "10.203.0.1",
             "10.203.0.7",
+            "172.17.0.2",
             "169.254.169.254",
             "127.0.0.1",
         ] {
             assert!(!contains(&ok, never), "{never}");
         }
         assert!(allowed(AgentNetwork::None, &facts(), &bridge).is_empty());
+    }
+
+    #[test]
+    fn a_subnet_is_either_the_lan_or_internal() {
+        let facts = HostFacts::gather();
+        for r in &facts.internal {
+            assert!(!facts.connected.contains(r), "{r:?}");
+        }
+        assert!(!facts.addresses.iter().any(|a| a.is_loopback()));
+        assert!(!is_internal_bridge("lo") && !is_internal_bridge("../x"));
     }
 
     #[test]

@@ -402,6 +402,35 @@ async fn incus_agents_reach_their_host_services_and_the_internet_and_nothing_els
         None
     );
 
+    // Another container on the host (not an agent, on incus's default bridge) is not "the
+    // LAN" either.
+    let bystander = format!("taos-t-bystander-{:06x}", rand::random::<u32>() & 0xffffff);
+    cleanup.0.push(bystander.clone());
+    must(&["incus", "launch", "-q", "busybox", &bystander]);
+    must(&[
+        "incus",
+        "exec",
+        &bystander,
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo bystander > /www/index.html && httpd -p 8082 -h /www",
+    ]);
+    let bystander_ip = wait_for_address(&bystander).await;
+    assert_eq!(
+        http_get(&format!("{bystander_ip}:8082")).as_deref(),
+        Some("bystander\n"),
+        "the bystander answers the host"
+    );
+    let bystander_url = format!("http://{bystander_ip}:8082/");
+    for c in [&a, &lan_agent] {
+        assert_eq!(
+            fetch(&rt, c, &bystander_url).await,
+            None,
+            "{c} reached {bystander_url}"
+        );
+    }
+
     // Archived and restored, the lan agent comes back on its network, fenced as before, even
     // when the snapshot it is restored from was taken with an open NIC.
     must(&["incus", "config", "device", "remove", &lan_agent, "eth0"]);
@@ -567,6 +596,20 @@ async fn fenced_as_lan_agent(rt: &ContainerRuntime, lan_agent: &str, b: &str) {
             None,
             "{lan_agent} reached {target}"
         );
+    }
+}
+
+/// The IPv4 address a plain incus container got on its bridge.
+async fn wait_for_address(container: &str) -> String {
+    let deadline = Instant::now() + 30 * SECOND;
+    loop {
+        let out = run(&["incus", "list", container, "-f", "csv", "-c", "4"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if let Some(ip) = text.split_whitespace().next().filter(|ip| ip.contains('.')) {
+            return ip.to_string();
+        }
+        assert!(Instant::now() < deadline, "{container} got no address");
+        tokio::time::sleep(SECOND).await;
     }
 }
 
