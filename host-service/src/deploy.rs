@@ -329,7 +329,7 @@ impl Run {
                     network: Some(self.request.network),
                 };
                 if !rt.has_proxy_devices() {
-                    // Docker: agents dial the bridge gateway, the trace folder is bound now
+                    // Docker: agents dial their network's gateway, the trace folder is bound now
                     // (owned by the uid container root maps to), and the sidecar, being the
                     // main process, reads its credentials from the file `configure` pushes.
                     let dir = trace_dir(state, &self.agent.slug);

@@ -242,10 +242,11 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         usize::try_from(config.llm.trace_content_bytes).unwrap_or(4096),
     );
     let mut detected = crate::runtime::detect(&config.runtime).await;
-    // Agents get networks of their own, set up now rather than per deploy. Under Docker (no
-    // proxy devices) the agent listener also binds on each agent network's gateway (same port;
-    // agent tokens still guard it). If isolation can't be set up, the host runs without a
-    // runtime and says why, rather than deploy agents with open networks.
+    // Agents get networks of their own, set up at start rather than per deploy (incus: in the
+    // background, see `isolation::spawn_prepare`). Under Docker (no proxy devices) the agent
+    // listener also binds on each agent network's gateway (same port; agent tokens still guard
+    // it), so that happens now; if it can't, the host runs without a runtime and says why,
+    // rather than deploy agents with open networks.
     let mut prepared = crate::isolation::Prepared::default();
     let mut readiness = crate::isolation::Readiness::Ready;
     if let Some(runtime) = &detected.runtime {
