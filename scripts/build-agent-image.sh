@@ -19,9 +19,13 @@ if [ -z "$BIN" ]; then
     BIN="$CARGO_TARGET_DIR/release/taos-agent"
 fi
 [ -x "$BIN" ] || { log "no taos-agent binary at $BIN"; exit 1; }
-# Rebuild only when the sidecar or the files baked in with it changed. The image goes to
-# every runtime that answers: incus, and Docker (the fallback) when dockerd is running.
-SUM="$(cat "$BIN" "$REPO_ROOT"/images/agent/* | sha256sum | cut -c1-16)"
+# The recycle bin's restore helper is built with the sidecar (same crate, same target dir).
+RECYCLE="$(dirname "$BIN")/taos-recycle"
+[ -x "$RECYCLE" ] || { log "no taos-recycle binary at $RECYCLE (cargo build -p taos-agent builds it)"; exit 1; }
+# Rebuild only when the sidecar, the helper, this script or the files baked in with them
+# changed. The image goes to every runtime that answers: incus, and Docker (the fallback) when
+# dockerd is running.
+SUM="$(cat "$BIN" "$RECYCLE" "$0" "$REPO_ROOT"/images/agent/* | sha256sum | cut -c1-16)"
 NEED_INCUS=""
 NEED_DOCKER=""
 if command -v incus >/dev/null && incus info >/dev/null 2>&1; then
@@ -58,14 +62,16 @@ install -m 0755 "$BIN" "$ROOTFS/usr/local/bin/taos-agent"
 # The recycle bin: a soft-delete rm first on PATH, its helper, and a daily sweep.
 install -m 0755 "$REPO_ROOT/images/agent/rm" "$ROOTFS/usr/local/bin/rm"
 install -D -m 0755 "$REPO_ROOT/images/agent/recycle" "$ROOTFS/usr/local/lib/taos/recycle"
+install -m 0755 "$RECYCLE" "$ROOTFS/usr/local/lib/taos/taos-recycle"
 install -m 0644 "$REPO_ROOT/images/agent/taos-recycle-sweep.service" "$REPO_ROOT/images/agent/taos-recycle-sweep.timer" \
     "$ROOTFS/etc/systemd/system/"
 mkdir -p "$ROOTFS/var/recycle-bin" && chmod 0700 "$ROOTFS/var/recycle-bin"
 cat > "$ROOTFS/etc/systemd/system/taos-agent.service" <<'UNIT'
 [Unit]
 Description=taos agent sidecar
-After=network-online.target
-Wants=network-online.target
+# It reaches the host through proxy devices on its own loopback, so it needs no network (an
+# agent deployed with `network: none` has none) and retries until the host answers.
+After=network.target
 # The host pushes the agent's own credentials here; no file, no start.
 ConditionPathExists=/etc/taos/agent.env
 

@@ -58,9 +58,13 @@ if ! docker version >/dev/null 2>&1; then
     for _ in $(seq 1 100); do docker version >/dev/null 2>&1 && break; sleep 0.2; done
     docker version >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/dockerd.log"; exit 1; }
 fi
+# incus's bridges: its default one, and the agents' (taos-inet, taos-lan; made by taos-host at
+# start, so maybe not yet). What agents may reach is their ACLs' business, not Docker's.
 if ip link show incusbr0 >/dev/null 2>&1 && iptables -L DOCKER-USER >/dev/null 2>&1; then
-    iptables -C DOCKER-USER -i incusbr0 -j ACCEPT 2>/dev/null || iptables -I DOCKER-USER -i incusbr0 -j ACCEPT
-    iptables -C DOCKER-USER -o incusbr0 -j ACCEPT 2>/dev/null || iptables -I DOCKER-USER -o incusbr0 -j ACCEPT
+    for bridge in incusbr0 taos-inet taos-lan; do
+        iptables -C DOCKER-USER -i "$bridge" -j ACCEPT 2>/dev/null || iptables -I DOCKER-USER -i "$bridge" -j ACCEPT
+        iptables -C DOCKER-USER -o "$bridge" -j ACCEPT 2>/dev/null || iptables -I DOCKER-USER -o "$bridge" -j ACCEPT
+    done
 fi
 
 # The runtime's own tests use a busybox image made from Debian's busybox-static.

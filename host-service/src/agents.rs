@@ -4,7 +4,7 @@
 //! hash, accepted only on the agent listener, and only for that agent's own resources.
 
 use sqlx::Row;
-use taos_proto::agents::{Agent, AgentKind, AgentPatch, NewAgent};
+use taos_proto::agents::{Agent, AgentKind, AgentNetwork, AgentPatch, NewAgent};
 use uuid::Uuid;
 
 use crate::auth::{hash_token, new_secret};
@@ -113,6 +113,8 @@ pub struct AgentRecord {
     /// For container agents: the container's current name.
     pub container: Option<String>,
     pub framework: Option<String>,
+    /// For container agents: what its network may reach.
+    pub network: AgentNetwork,
 }
 
 impl AgentRecord {
@@ -131,17 +133,19 @@ impl AgentRecord {
             paused: self.paused,
             connected,
             dm_channel_id,
+            network: (self.kind == AgentKind::Container).then_some(self.network),
         }
     }
 }
 
 const COLUMNS: &str = "id, slug, display_name, emoji, color, kind, status, model, \
-                       fallback_models, created_at, paused, container, framework";
+                       fallback_models, created_at, paused, container, framework, network";
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, AgentError> {
     let id: String = row.try_get("id")?;
     let kind: String = row.try_get("kind")?;
     let fallback: String = row.try_get("fallback_models")?;
+    let network: String = row.try_get("network")?;
     Ok(AgentRecord {
         id: Uuid::parse_str(&id).map_err(|e| AgentError::Decode(e.to_string()))?,
         slug: row.try_get("slug")?,
@@ -161,6 +165,8 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, AgentError> {
         paused: row.try_get("paused")?,
         container: row.try_get("container")?,
         framework: row.try_get("framework")?,
+        network: AgentNetwork::parse(&network)
+            .ok_or_else(|| AgentError::Decode(format!("network {network:?}")))?,
     })
 }
 
@@ -179,6 +185,7 @@ pub enum NewKind {
     /// A container agent, status `deploying`, whose container will be `taos-<slug>`.
     Container {
         framework: String,
+        network: AgentNetwork,
     },
 }
 
@@ -232,19 +239,20 @@ pub async fn create_with(
     let llm_key = new_secret(LLM_KEY_PREFIX);
     let id = Uuid::new_v4();
     let now = now_ms();
-    let (kind_text, status, framework, container) = match kind {
-        NewKind::External => ("external", "ready", None, None),
-        NewKind::Container { framework } => (
+    let (kind_text, status, framework, container, network) = match kind {
+        NewKind::External => ("external", "ready", None, None, AgentNetwork::default()),
+        NewKind::Container { framework, network } => (
             "container",
             "deploying",
             Some(framework.clone()),
             Some(format!("taos-{slug}")),
+            *network,
         ),
     };
     sqlx::query(
         "INSERT INTO agents (id, slug, display_name, emoji, color, kind, status, model, \
-         fallback_models, created_at, token_hash, llm_key_hash, framework, container) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         fallback_models, created_at, token_hash, llm_key_hash, framework, container, network) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id.to_string())
     .bind(&slug)
@@ -260,6 +268,7 @@ pub async fn create_with(
     .bind(hash_token(&llm_key))
     .bind(&framework)
     .bind(&container)
+    .bind(network.as_str())
     .execute(&mut *tx)
     .await?;
     let record = AgentRecord {
@@ -280,6 +289,7 @@ pub async fn create_with(
         paused: false,
         container,
         framework,
+        network,
     };
     Ok((record, token, llm_key))
 }

@@ -453,6 +453,10 @@ pub async fn restore(state: &AppState, id: &str) -> Result<Restored, ArchiveErro
     };
     if plan.archived_name.is_some() {
         runtime(state)?;
+        // It comes back on its network, so that must be possible first.
+        crate::isolation::ready(state)
+            .await
+            .map_err(ArchiveError::Runtime)?;
     }
     journal::begin(&state.db, agent_id, OpKind::Restore, &plan).await?;
     if let Err(e) = restore_until_commit(state, agent_id, &plan).await {
@@ -679,6 +683,8 @@ async fn bring_up(
     deploy::mount_trace(rt, &name, trace)
         .await
         .map_err(ArchiveError::Runtime)?;
+    // The snapshot brought back the devices and profiles it was taken with.
+    rt.set_agent_network(&name, agent.network).await?;
     rt.start(&name).await?;
     let env = deploy::agent_env(
         state,
@@ -687,6 +693,7 @@ async fn bring_up(
         llm_key,
         agent.model.as_deref().unwrap_or_default(),
         &agent.fallback_models,
+        agent.network,
     );
     deploy::wait_for_boot(rt, &name)
         .await

@@ -95,6 +95,12 @@ incus_socket = "/var/lib/incus/unix.socket"
 incus_target = ""
 # Storage pool for agents' root disks (btrfs enforces disk quotas).
 incus_pool = "default"
+# The bridges agents' containers are attached to, created by the host if missing, with these
+# fixed subnets (never chosen automatically). Agents deployed with `network = internet` get the
+# first, `lan` the second; each bridge has a network ACL that lets nothing reach the host, other
+# containers, link-local addresses or cloud metadata (nor the LAN, on the first).
+incus_internet_subnet = "10.203.0.1/24"
+incus_lan_subnet = "10.204.0.1/24"
 # Docker Engine API socket (the fallback runtime).
 docker_socket = "/var/run/docker.sock"
 
@@ -168,6 +174,8 @@ pub struct RuntimeConfig {
     pub incus_socket: String,
     pub incus_target: String,
     pub incus_pool: String,
+    pub incus_internet_subnet: String,
+    pub incus_lan_subnet: String,
     pub docker_socket: String,
 }
 
@@ -178,6 +186,8 @@ impl Default for RuntimeConfig {
             incus_socket: crate::runtime::incus::DEFAULT_SOCKET.to_string(),
             incus_target: String::new(),
             incus_pool: "default".to_string(),
+            incus_internet_subnet: "10.203.0.1/24".to_string(),
+            incus_lan_subnet: "10.204.0.1/24".to_string(),
             docker_socket: crate::runtime::docker::DEFAULT_SOCKET.to_string(),
         }
     }
@@ -377,6 +387,22 @@ impl Config {
                 "[server] idle_timeout_secs must be between 1 and 86400".to_string(),
             ));
         }
+        for (key, value) in [
+            ("incus_internet_subnet", &self.runtime.incus_internet_subnet),
+            ("incus_lan_subnet", &self.runtime.incus_lan_subnet),
+        ] {
+            if !is_gateway_cidr(value) {
+                return Err(ConfigError::Invalid(format!(
+                    "[runtime] {key} must be the bridge's own address with its prefix, e.g. \
+                     \"10.203.0.1/24\" (IPv4, prefix 8-30), but it is {value:?}"
+                )));
+            }
+        }
+        if self.runtime.incus_internet_subnet == self.runtime.incus_lan_subnet {
+            return Err(ConfigError::Invalid(
+                "[runtime] incus_internet_subnet and incus_lan_subnet must differ".to_string(),
+            ));
+        }
         if self.log.level.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "[log] level must not be empty".to_string(),
@@ -397,6 +423,22 @@ fn is_host_name(name: &str) -> bool {
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
+}
+
+/// `a.b.c.d/n`: an IPv4 host address (not the network or broadcast address) with a prefix
+/// that leaves room for containers.
+fn is_gateway_cidr(value: &str) -> bool {
+    let Some((ip, prefix)) = value.split_once('/') else {
+        return false;
+    };
+    let (Ok(ip), Ok(prefix)) = (ip.parse::<std::net::Ipv4Addr>(), prefix.parse::<u32>()) else {
+        return false;
+    };
+    if !(8..=30).contains(&prefix) {
+        return false;
+    }
+    let host_bits = u32::from(ip) & (u32::MAX >> prefix);
+    host_bits != 0 && host_bits != (u32::MAX >> prefix)
 }
 
 /// `section.key` → the type of its default value, for typing env overrides and `config set`.
@@ -655,6 +697,29 @@ mod tests {
             env(&[("TAOS_RUNTIME__KIND", "podman")])
         )
         .is_err());
+    }
+
+    #[test]
+    fn agent_subnets_must_be_fixed_gateway_addresses() {
+        let with = |internet: &str, lan: &str| {
+            let mut config = Config::default();
+            config.runtime.incus_internet_subnet = internet.to_string();
+            config.runtime.incus_lan_subnet = lan.to_string();
+            config.validate()
+        };
+        assert!(with("10.203.0.1/24", "10.204.0.1/24").is_ok());
+        for bad in [
+            "auto",
+            "10.203.0.0/24",
+            "10.203.0.255/24",
+            "10.203.0.1",
+            "10.203.0.1/31",
+            "fd00::1/64",
+            "",
+        ] {
+            assert!(with(bad, "10.204.0.1/24").is_err(), "{bad}");
+        }
+        assert!(with("10.204.0.1/24", "10.204.0.1/24").is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
-use taos_proto::agents::{DeployRequest, DeployStatus, DeployStep, NewAgent};
+use taos_proto::agents::{AgentNetwork, DeployRequest, DeployStatus, DeployStep, NewAgent};
 use uuid::Uuid;
 
 use crate::agents::{self, AgentRecord, NewKind};
@@ -55,6 +55,9 @@ pub enum DeployError {
         "no container runtime: install incus (see docs/architecture.md, scripts/dev-incus.sh)"
     )]
     NoRuntime,
+    /// The agents' networks could not be set up (yet): no agent is deployed unfenced.
+    #[error("agents can't be isolated: {0}")]
+    NoIsolation(String),
     #[error("no deploy for that agent")]
     NotFound,
     #[error(transparent)]
@@ -140,6 +143,9 @@ pub async fn start(
     let Some(runtime) = state.runtime.as_ref() else {
         return Err(DeployError::NoRuntime);
     };
+    crate::isolation::ready(state)
+        .await
+        .map_err(DeployError::NoIsolation)?;
     // Models must be ones a provider serves.
     let available: Vec<String> = state
         .llm
@@ -195,6 +201,7 @@ pub async fn start(
         &new,
         &NewKind::Container {
             framework: manifest.id.clone(),
+            network: req.network,
         },
         &reserved,
     )
@@ -295,17 +302,28 @@ impl Run {
                 let mut spec = CreateSpec {
                     name: name.clone(),
                     image: self.manifest.image.clone(),
+                    // Without limits in the request, the framework's own needs are the limits:
+                    // an agent never gets the whole machine by default.
                     limits: Limits {
-                        memory_mib: self.request.memory_limit_mib,
-                        cpus: self.request.cpu_limit,
+                        memory_mib: Some(
+                            self.request
+                                .memory_limit_mib
+                                .unwrap_or(self.manifest.requires.ram_mb),
+                        ),
+                        cpus: Some(
+                            self.request
+                                .cpu_limit
+                                .unwrap_or(self.manifest.requires.cpus),
+                        ),
                         processes: Some(1000),
                     },
                     root_disk_mib: Some(self.request.disk_quota_gib.unwrap_or(40) * 1024),
                     env: BTreeMap::new(),
                     devices: proxy_devices(state.agent_addr),
+                    network: Some(self.request.network),
                 };
                 if !rt.has_proxy_devices() {
-                    // Docker: agents dial the bridge gateway, the trace folder is bound now
+                    // Docker: agents dial their network's gateway, the trace folder is bound now
                     // (owned by the uid container root maps to), and the sidecar, being the
                     // main process, reads its credentials from the file `configure` pushes.
                     let dir = trace_dir(state, &self.agent.slug);
@@ -338,6 +356,7 @@ impl Run {
                     &self.secrets.llm_key,
                     &self.request.model,
                     self.request.fallback_models.as_deref().unwrap_or_default(),
+                    self.request.network,
                 );
                 push_credentials(rt, &name, &env).await?;
                 Ok(Some(format!("credentials in {CREDENTIALS_PATH} (0600)")))
@@ -483,9 +502,14 @@ pub fn service_of(agent: &AgentRecord) -> String {
 }
 
 /// Where, from inside its container, an agent reaches the host's bridge and LLM gateway:
-/// the proxy devices on its own loopback (incus), or the bridge gateway (Docker).
-fn agent_endpoints(state: &AppState) -> (String, String) {
-    match state.agent_container_addr {
+/// the proxy devices on its own loopback (incus), or its network's gateway (Docker).
+fn agent_endpoints(state: &AppState, network: AgentNetwork) -> (String, String) {
+    let gateway = state
+        .agent_gateways
+        .iter()
+        .find(|(mode, _)| *mode == network)
+        .map(|(_, addr)| *addr);
+    match gateway {
         Some(addr) => (format!("http://{addr}"), format!("http://{addr}/v1")),
         None => (
             format!("http://127.0.0.1:{BRIDGE_PORT_INSIDE}"),
@@ -502,8 +526,9 @@ pub fn agent_env(
     llm_key: &str,
     model: &str,
     fallback: &[String],
+    network: AgentNetwork,
 ) -> String {
-    let (bridge_url, llm_url) = agent_endpoints(state);
+    let (bridge_url, llm_url) = agent_endpoints(state, network);
     let mut env = format!(
         "TAOS_BRIDGE_URL={bridge_url}\nTAOS_AGENT_NAME={slug}\n\
          TAOS_AGENT_TOKEN={agent_token}\nOPENAI_BASE_URL={llm_url}\n\

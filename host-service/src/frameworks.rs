@@ -33,8 +33,11 @@ pub struct Install {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Requires {
+    /// Memory the framework needs, in MiB: the container's limit unless the deploy sets one.
     pub ram_mb: u64,
     pub disk_mb: u64,
+    /// CPUs the framework needs: the container's limit unless the deploy sets one.
+    pub cpus: u32,
 }
 
 const BUILT_IN: &[&str] = &[include_str!("../../manifests/direct/manifest.toml")];
@@ -62,6 +65,8 @@ mod tests {
             assert!(["beta", "alpha", "broken"].contains(&m.verification.as_str()));
             assert!(["none", "script"].contains(&m.install.method.as_str()));
             assert!(!m.image.is_empty());
+            // They become container limits when a deploy sets none.
+            assert!(m.requires.ram_mb >= 32 && m.requires.cpus >= 1, "{}", m.id);
         }
         assert!(get("direct").is_some());
         assert!(get("nope").is_none());

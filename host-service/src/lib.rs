@@ -15,6 +15,7 @@ pub mod faults;
 pub mod frameworks;
 pub mod fsutil;
 pub mod http;
+pub mod isolation;
 pub mod llm;
 pub mod metrics;
 pub mod notify;

@@ -149,7 +149,43 @@ pub async fn list_all(state: &AppState) -> Result<Vec<RecycleList>, RecycleError
     Ok(all)
 }
 
-/// Puts an item back where it was; 409 if something is there now.
+/// Where a restore may write: the agent's home, its service data and temporary files. The
+/// restore runs as the container's root while the bin is writable by the agent's sandboxed
+/// service, so a forged record must never reach system paths (`/etc`, `/usr`, unit files).
+pub const RESTORE_ROOTS: &[&str] = &["/root", "/srv", "/tmp"];
+
+/// Checks a recorded original path before anything is restored to it: absolute, no NUL, no
+/// `..`, `.` or empty components, under one of [`RESTORE_ROOTS`] (and not the root itself).
+/// Other bytes are legal in file names (a name may end in a newline) and stay allowed. The image's helper checks the same, and
+/// also refuses links anywhere on the way, which only it can see.
+pub fn check_restore_target(path: &str) -> Result<(), RecycleError> {
+    let refuse = |why: &str| {
+        Err(RecycleError::BadInput(format!(
+            "refusing to restore to {path:?}: {why}"
+        )))
+    };
+    let Some(rest) = path.strip_prefix('/') else {
+        return refuse("not an absolute path");
+    };
+    if path.len() > 4096 || path.contains('\0') {
+        return refuse("not a usable path");
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return refuse("empty, `.` or `..` components");
+    }
+    let root = format!("/{}", parts[0]);
+    if parts.len() < 2 || !RESTORE_ROOTS.contains(&root.as_str()) {
+        return refuse("only paths under /root, /srv and /tmp are restored");
+    }
+    Ok(())
+}
+
+/// Puts an item back where it was; 409 if something is there now, 400 if its recorded path is
+/// outside the allowed roots or leads through a link.
 pub async fn restore(state: &AppState, slug: &str, id: &str) -> Result<(), RecycleError> {
     valid_id(id)?;
     let (_, container) = container_agent(state, slug).await?;
@@ -158,7 +194,28 @@ pub async fn restore(state: &AppState, slug: &str, id: &str) -> Result<(), Recyc
             "the agent's container is not running".into(),
         ));
     }
-    let out = run(state, &container, &[HELPER, "restore", id]).await?;
+    let shown = run(state, &container, &[HELPER, "show", id]).await?;
+    match shown.exit_code {
+        0 => {}
+        3 => return Err(RecycleError::NoItem),
+        2 => return Err(RecycleError::BadInput(shown.stderr.trim().to_string())),
+        _ => {
+            return Err(RecycleError::Runtime(format!(
+                "recycle show failed: {}",
+                shown.stderr.trim()
+            )))
+        }
+    }
+    let record: serde_json::Value = serde_json::from_str(shown.stdout.trim())
+        .map_err(|_| RecycleError::BadInput("the item's record is unreadable".into()))?;
+    let bytes = STANDARD
+        .decode(record["path_b64"].as_str().unwrap_or_default())
+        .map_err(|_| RecycleError::BadInput("the item's record has no usable path".into()))?;
+    let path = String::from_utf8(bytes).map_err(|_| {
+        RecycleError::BadInput("the item's path is not UTF-8; restore it by hand".into())
+    })?;
+    check_restore_target(&path)?;
+    let out = run(state, &container, &[HELPER, "restore", id, &path]).await?;
     match out.exit_code {
         0 => Ok(()),
         2 => Err(RecycleError::BadInput(out.stderr.trim().to_string())),
@@ -188,5 +245,41 @@ pub async fn purge(state: &AppState, slug: &str, id: &str) -> Result<(), Recycle
             "purge failed: {}",
             out.stderr.trim()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_paths_under_the_roots_are_restored() {
+        for ok in [
+            "/root/notes.txt",
+            "/root/nl\n_",
+            "/srv/app/data.db",
+            "/tmp/x",
+        ] {
+            assert!(check_restore_target(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "etc/passwd",
+            "/etc/cron.d/x",
+            "/usr/local/sbin/journalctl",
+            "/var/recycle-bin/a",
+            "/root",
+            "/root/",
+            "/root/../etc/shadow",
+            "/root/./x",
+            "/root//x",
+            "/tmpx/y",
+            "/root/a\0b",
+            "",
+        ] {
+            assert!(
+                matches!(check_restore_target(bad), Err(RecycleError::BadInput(_))),
+                "{bad:?}"
+            );
+        }
     }
 }

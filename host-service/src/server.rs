@@ -18,7 +18,6 @@ use crate::config::Config;
 use crate::http::{self, AppInner, AppState};
 use crate::metrics::Metrics;
 use crate::notify::EventHub;
-use crate::runtime::ContainerRuntime;
 use crate::{db, fsutil, sys, tls};
 use listener::ListenerOptions;
 
@@ -155,22 +154,19 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         usize::try_from(config.llm.trace_content_bytes).unwrap_or(4096),
     );
     let mut detected = crate::runtime::detect(&config.runtime).await;
-    // Docker has no proxy devices: its containers reach the agent listener on the bridge
-    // gateway, so the listener binds there too (same port; agent tokens still guard it). If
-    // that fails the host runs without a runtime and says why, rather than not at all.
-    let mut gateway_tcp = None;
-    if let Some(ContainerRuntime::Docker(docker)) = &detected.runtime {
-        let bound = match docker.bridge_gateway().await {
-            Ok(gateway) => {
-                let addr = std::net::SocketAddr::new(gateway, agent_addr.port());
-                listener::bind(addr).map_err(|e| {
-                    format!("cannot bind the agent listener on Docker's bridge at {addr}: {e}")
-                })
+    // Agents get networks of their own, set up at start rather than per deploy (incus: in the
+    // background, see `isolation::spawn_prepare`). Under Docker (no proxy devices) the agent
+    // listener also binds on each agent network's gateway (same port; agent tokens still guard
+    // it), so that happens now; if it can't, the host runs without a runtime and says why,
+    // rather than deploy agents with open networks.
+    let mut prepared = crate::isolation::Prepared::default();
+    let mut readiness = crate::isolation::Readiness::Ready;
+    if let Some(runtime) = &detected.runtime {
+        match crate::isolation::prepare(runtime, &config.runtime, agent_addr.port()).await {
+            Ok((done, ready)) => {
+                prepared = done;
+                readiness = ready;
             }
-            Err(e) => Err(format!("cannot find Docker's bridge gateway: {e}")),
-        };
-        match bound {
-            Ok(tcp) => gateway_tcp = Some(tcp),
             Err(why) => {
                 detected = crate::runtime::Detected {
                     runtime: None,
@@ -184,19 +180,22 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     } else {
         tracing::warn!(runtime = %detected.description, "container runtime");
     }
-    let agent_container_addr = match &gateway_tcp {
-        Some(tcp) => Some(tcp.local_addr()?),
-        None => None,
-    };
-    let runtime_health = match (&detected.runtime, agent_container_addr) {
-        (Some(_), Some(addr)) => format!("ok: {} (agents via {addr})", detected.description),
+    let mut agent_gateways = Vec::new();
+    for (mode, tcp) in &prepared.listeners {
+        agent_gateways.push((*mode, tcp.local_addr()?));
+    }
+    let (isolation_tx, isolation_rx) = watch::channel(readiness);
+    let runtime_health = match (&detected.runtime, agent_gateways.first()) {
+        (Some(_), Some((_, addr))) => format!("ok: {} (agents via {addr})", detected.description),
         (Some(_), None) => format!("ok: {}", detected.description),
         (None, _) => format!("disabled: {}", detected.description),
     };
     let state = AppState::new(AppInner {
         runtime: detected.runtime,
         agent_addr,
-        agent_container_addr,
+        agent_gateways,
+        agent_bridges: prepared.bridges,
+        isolation: isolation_rx,
         hub: Arc::new(EventHub::new(db.clone())),
         llm,
         chat: crate::chat::Chat::new(db.clone()),
@@ -229,6 +228,8 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         state.shutdown.clone(),
     );
     spawn_trace_sealer(state.clone());
+    crate::isolation::spawn_prepare(state.clone(), isolation_tx);
+    crate::isolation::spawn_refresher(state.clone());
     supervisor.spawn(state.shutdown.clone());
     crate::quota::spawn_monitor(
         state.clone(),
@@ -240,6 +241,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
             crate::archive::recover(&state).await;
             crate::deploy::recover(&state).await;
             crate::deploy::reconcile_proxies(&state).await;
+            crate::isolation::reconcile(&state).await;
         });
     }
     // Reservations of LLM calls that were in flight when the last host died; before the
@@ -262,7 +264,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     let options = ListenerOptions::from_config(&state.config.server);
     sys::raise_open_files_limit(
         // Every listener's budget, plus the host's own files (databases, traces, LiteLLM).
-        (2 + usize::from(gateway_tcp.is_some())) * options.max_connections + 256,
+        (2 + prepared.listeners.len()) * options.max_connections + 256,
     );
     let public_tls = if state.config.server.insecure_http {
         tracing::warn!("serving the public listener WITHOUT TLS (insecure_http, loopback only)");
@@ -284,15 +286,19 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         options.clone(),
         state.shutdown.clone(),
     ));
-    let agent_gateway = gateway_tcp.map(|tcp| {
-        tokio::spawn(listener::serve(
-            tcp,
-            None,
-            http::agent_app(state.clone()),
-            options.clone(),
-            state.shutdown.clone(),
-        ))
-    });
+    let agent_gateways: Vec<_> = prepared
+        .listeners
+        .into_iter()
+        .map(|(_, tcp)| {
+            tokio::spawn(listener::serve(
+                tcp,
+                None,
+                http::agent_app(state.clone()),
+                options.clone(),
+                state.shutdown.clone(),
+            ))
+        })
+        .collect();
 
     tracing::info!(
         public = %format!("{scheme}://{public_addr}"),
@@ -321,7 +327,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let _ = public.await;
         let _ = agent.await;
-        if let Some(gateway) = agent_gateway {
+        for gateway in agent_gateways {
             let _ = gateway.await;
         }
     })
@@ -329,6 +335,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
+    crate::isolation::release(&state).await;
     state.traces.shutdown().await;
     state.db.close().await;
     tracing::info!("stopped");

@@ -12,6 +12,43 @@ pub enum AgentKind {
     Container,
 }
 
+/// Where a container agent's network traffic may go. The agent listener and the LLM gateway on
+/// the host are always reachable (incus: through proxy devices; Docker: on the network's
+/// gateway); the host's other ports, link-local addresses and cloud metadata never are.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum AgentNetwork {
+    /// Public internet addresses only: no LAN (RFC 1918, CGNAT, ULA), no other agents.
+    #[default]
+    Internet,
+    /// The internet and the LAN (private ranges), still not the host or other agents.
+    Lan,
+    /// No network at all, only the host's agent listener and LLM gateway.
+    None,
+}
+
+impl AgentNetwork {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentNetwork::Internet => "internet",
+            AgentNetwork::Lan => "lan",
+            AgentNetwork::None => "none",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AgentNetwork> {
+        match text {
+            "internet" => Some(AgentNetwork::Internet),
+            "lan" => Some(AgentNetwork::Lan),
+            "none" => Some(AgentNetwork::None),
+            _ => None,
+        }
+    }
+}
+
 /// An agent as people see it. Never carries a secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -32,6 +69,9 @@ pub struct Agent {
     pub connected: bool,
     /// The DM channel between the owner and this agent.
     pub dm_channel_id: Option<String>,
+    /// For container agents: what its network may reach (chosen at deploy).
+    #[serde(default)]
+    pub network: Option<AgentNetwork>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,6 +145,9 @@ pub struct DeployRequest {
     /// Root disk quota; default 40.
     #[serde(default)]
     pub disk_quota_gib: Option<u64>,
+    /// What the agent's network may reach; default `internet` (no LAN, host or metadata).
+    #[serde(default)]
+    pub network: AgentNetwork,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> Self {
         match e {
             DeployError::BadInput(m) => ApiError::bad_request(m),
-            e @ DeployError::NoRuntime => {
+            e @ (DeployError::NoRuntime | DeployError::NoIsolation(_)) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
             }
             DeployError::NotFound => ApiError::not_found("no deploy for that agent"),

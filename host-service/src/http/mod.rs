@@ -75,8 +75,12 @@ pub struct AppInner {
     /// Where the agent listener is bound; containers' proxy devices connect here.
     pub agent_addr: std::net::SocketAddr,
     /// Where containers reach the agent listener when the runtime has no proxy devices
-    /// (Docker: the bridge gateway).
-    pub agent_container_addr: Option<std::net::SocketAddr>,
+    /// (Docker: the gateway of each agent network, where the listener also binds).
+    pub agent_gateways: Vec<(taos_proto::agents::AgentNetwork, std::net::SocketAddr)>,
+    /// Docker: the agents' bridges, for the firewall (kept in step by `isolation`).
+    pub agent_bridges: Vec<crate::runtime::firewall::AgentBridge>,
+    /// Whether agents can be isolated yet (incus prepares in the background at start).
+    pub isolation: tokio::sync::watch::Receiver<crate::isolation::Readiness>,
     pub chat: crate::chat::Chat,
     pub bridge: crate::bridge::Bridge,
     pub traces: crate::trace::TraceStore,

@@ -9,15 +9,14 @@
 //! root disk size is recorded by the host but not enforced here.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::time::Duration;
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerConfig, ContainerCreateBody, ExecConfig, HostConfig, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerConfig, ContainerCreateBody, ExecConfig, HostConfig, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkDisconnectRequest, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CommitContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
@@ -26,7 +25,9 @@ use bollard::query_parameters::{
     StopContainerOptions, UploadToContainerOptions,
 };
 use futures_util::StreamExt;
+use taos_proto::agents::AgentNetwork;
 
+use super::firewall::AgentBridge;
 use super::{
     validate_env_key, validate_name, validate_path, ContainerState, CreateSpec, Device, ExecResult,
     Runtime, RuntimeError,
@@ -40,6 +41,58 @@ const SNAPSHOT_OF_LABEL: &str = "taos.snapshot.of";
 const SNAPSHOT_NAME_LABEL: &str = "taos.snapshot.name";
 /// A file pulled out of a container is held in memory; nothing the host reads is this big.
 const MAX_PULL_BYTES: usize = 64 * 1024 * 1024;
+/// The agents' networks per choice: (Docker network, Linux bridge). No inter-container traffic
+/// on any of them (`enable_icc=false`); `none` is internal (no route out at all). What each may
+/// reach beyond is the host firewall's business (`firewall.rs`).
+const AGENT_NETWORKS: [(AgentNetwork, &str, &str); 3] = [
+    (
+        AgentNetwork::Internet,
+        "taos-agents-internet",
+        "taosdk-inet",
+    ),
+    (AgentNetwork::Lan, "taos-agents-lan", "taosdk-lan"),
+    (AgentNetwork::None, "taos-agents-none", "taosdk-none"),
+];
+/// Held while agent networks are made, so hosts starting together make each one once
+/// (Docker 20.10 would otherwise accept two networks with one name).
+const NETWORK_LOCK: &str = "/run/taos-agent-networks.lock";
+/// Capabilities agent containers keep: none. The sidecar only talks HTTP and writes files its
+/// own root owns; the image's recycle bin moves files root owns (tested in the Docker tests).
+const AGENT_CAPS: &[&str] = &[];
+
+fn network_name(mode: AgentNetwork) -> &'static str {
+    AGENT_NETWORKS
+        .iter()
+        .find(|(m, _, _)| *m == mode)
+        .map(|(_, name, _)| *name)
+        .unwrap_or("taos-agents-none")
+}
+
+/// An exclusive lock on a file, released when dropped (flock).
+struct FileLock {
+    _file: std::fs::File,
+}
+
+impl FileLock {
+    #[allow(unsafe_code)]
+    fn acquire(path: &str) -> Result<FileLock, RuntimeError> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| RuntimeError::Unreachable(format!("{path}: {e}")))?;
+        // SAFETY: flock(2) on a descriptor this function owns; no memory is shared.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(RuntimeError::Unreachable(format!(
+                "{path}: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(FileLock { _file: file })
+    }
+}
 
 pub struct Docker {
     client: bollard::Docker,
@@ -106,25 +159,143 @@ impl Docker {
         Ok(info.driver.unwrap_or_default())
     }
 
-    /// The host side of the default bridge: where containers reach the host's agent listener.
-    pub async fn bridge_gateway(&self) -> Result<IpAddr, RuntimeError> {
-        let network = self
+    /// Makes the agents' networks if they are missing and returns each one's bridge and
+    /// gateway (where the host's agent listener binds for agents on it). A network that exists
+    /// with other settings is an error: it can't be changed in place.
+    pub async fn prepare_agent_networks(&self) -> Result<Vec<AgentBridge>, RuntimeError> {
+        let lock = tokio::task::spawn_blocking(|| FileLock::acquire(NETWORK_LOCK))
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))??;
+        let mut bridges = Vec::new();
+        for (mode, name, interface) in AGENT_NETWORKS {
+            let options = HashMap::from([
+                (
+                    "com.docker.network.bridge.enable_icc".to_string(),
+                    "false".to_string(),
+                ),
+                (
+                    "com.docker.network.bridge.name".to_string(),
+                    interface.to_string(),
+                ),
+            ]);
+            let internal = mode == AgentNetwork::None;
+            let network = match self
+                .client
+                .inspect_network(name, None::<InspectNetworkOptions>)
+                .await
+            {
+                Ok(network) => network,
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {
+                    self.client
+                        .create_network(NetworkCreateRequest {
+                            name: name.to_string(),
+                            driver: Some("bridge".into()),
+                            internal: Some(internal),
+                            enable_ipv6: Some(false),
+                            options: Some(options.clone()),
+                            labels: Some(HashMap::from([(
+                                "taos.managed".to_string(),
+                                "true".to_string(),
+                            )])),
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(refused)?;
+                    self.client
+                        .inspect_network(name, None::<InspectNetworkOptions>)
+                        .await
+                        .map_err(refused)?
+                }
+                Err(e) => return Err(refused(e)),
+            };
+            let same = network.internal.unwrap_or(false) == internal
+                && options.iter().all(|(k, v)| {
+                    network
+                        .options
+                        .as_ref()
+                        .and_then(|o| o.get(k))
+                        .is_some_and(|have| have == v)
+                });
+            if !same {
+                return Err(RuntimeError::Refused {
+                    runtime: RUNTIME,
+                    message: format!(
+                        "network {name} exists with other settings (it must be a bridge named \
+                         {interface}, enable_icc=false{}); remove it: docker network rm {name}",
+                        if internal { ", internal" } else { "" }
+                    ),
+                });
+            }
+            let gateway = network
+                .ipam
+                .and_then(|ipam| ipam.config)
+                .into_iter()
+                .flatten()
+                .filter_map(|config| config.gateway)
+                .find_map(|gateway| gateway.parse::<std::net::Ipv4Addr>().ok())
+                .ok_or_else(|| RuntimeError::Refused {
+                    runtime: RUNTIME,
+                    message: format!("network {name} has no IPv4 gateway"),
+                })?;
+            bridges.push(AgentBridge {
+                mode,
+                interface: interface.to_string(),
+                gateway,
+            });
+        }
+        drop(lock);
+        Ok(bridges)
+    }
+
+    /// Attaches an agent's container to its network choice's network and detaches it from any
+    /// other (containers made before agents had their own networks sat on Docker's bridge).
+    pub async fn set_agent_network(
+        &self,
+        name: &str,
+        mode: AgentNetwork,
+    ) -> Result<bool, RuntimeError> {
+        validate_name("container name", name)?;
+        let inspect = self
             .client
-            .inspect_network("bridge", None::<InspectNetworkOptions>)
+            .inspect_container(name, None::<InspectContainerOptions>)
             .await
             .map_err(refused)?;
-        network
-            .ipam
-            .and_then(|ipam| ipam.config)
-            .into_iter()
-            .flatten()
-            .filter_map(|config| config.gateway)
-            .filter_map(|gateway| gateway.parse::<IpAddr>().ok())
-            .find(IpAddr::is_ipv4)
-            .ok_or_else(|| RuntimeError::Refused {
-                runtime: RUNTIME,
-                message: "the bridge network has no IPv4 gateway".into(),
-            })
+        let wanted = network_name(mode);
+        let attached: Vec<String> = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .map(|n| n.into_keys().collect())
+            .unwrap_or_default();
+        if attached == [wanted] {
+            return Ok(false);
+        }
+        if !attached.iter().any(|n| n == wanted) {
+            self.client
+                .connect_network(
+                    wanted,
+                    NetworkConnectRequest {
+                        container: name.to_string(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(refused)?;
+        }
+        for other in attached.iter().filter(|n| n.as_str() != wanted) {
+            self.client
+                .disconnect_network(
+                    other,
+                    NetworkDisconnectRequest {
+                        container: name.to_string(),
+                        force: Some(true),
+                    },
+                )
+                .await
+                .map_err(refused)?;
+        }
+        Ok(true)
     }
 
     /// The host uid container root runs as: the start of `dockremap`'s subordinate range under
@@ -256,7 +427,7 @@ impl Runtime for Docker {
             env.push(format!("{key}={value}"));
         }
         let mib = |m: u64| i64::try_from(m * 1024 * 1024).unwrap_or(i64::MAX);
-        let host_config = HostConfig {
+        let mut host_config = HostConfig {
             memory: spec.limits.memory_mib.map(mib),
             // No swap beyond the memory limit, as with incus's limits.memory.
             memory_swap: spec.limits.memory_mib.map(mib),
@@ -273,6 +444,23 @@ impl Runtime for Docker {
             }),
             ..Default::default()
         };
+        if let Some(mode) = spec.network {
+            // An agent: its own network, no capabilities, no IPv6 (the firewall rules are
+            // IPv4; without this a container could still reach the host's link-local address).
+            host_config.network_mode = Some(network_name(mode).to_string());
+            host_config.cap_drop = Some(vec!["ALL".into()]);
+            host_config.cap_add = Some(AGENT_CAPS.iter().map(|c| c.to_string()).collect());
+            host_config.sysctls = Some(HashMap::from([
+                (
+                    "net.ipv6.conf.all.disable_ipv6".to_string(),
+                    "1".to_string(),
+                ),
+                (
+                    "net.ipv6.conf.default.disable_ipv6".to_string(),
+                    "1".to_string(),
+                ),
+            ]));
+        }
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             env: Some(env),

@@ -10,8 +10,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use taos_proto::agents::AgentNetwork;
 use tokio::net::UnixStream;
 
+use super::netpolicy::{self, HostFacts, Range};
 use super::{
     validate_env_key, validate_name, validate_path, ContainerState, CreateSpec, Device, ExecResult,
     Runtime, RuntimeError,
@@ -23,6 +25,58 @@ const RUNTIME: &str = "incus";
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a call waits for another operation on the same instance to finish.
 const BUSY_WAIT: Duration = Duration::from_secs(60);
+/// The profile of every agent container: unprivileged, no nesting, a uid range of its own (a
+/// container escape lands on uids no other container or host file has), a root disk, and the
+/// default NIC (the internet bridge).
+pub const AGENT_PROFILE: &str = "taos-agent";
+/// The bridges agents are attached to and the ACL on each, per network choice. `none` has no
+/// NIC at all: the proxy devices connect from the host side, so they need none.
+const AGENT_NETWORKS: [(AgentNetwork, &str, &str); 2] = [
+    (AgentNetwork::Internet, "taos-inet", "taos-agents-internet"),
+    (AgentNetwork::Lan, "taos-lan", "taos-agents-lan"),
+];
+
+/// The fixed subnets of the agents' bridges (`[runtime] incus_internet_subnet`, `…_lan_subnet`),
+/// as the bridge's own address with its prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSubnets {
+    pub internet: String,
+    pub lan: String,
+}
+
+impl AgentSubnets {
+    fn of(&self, mode: AgentNetwork) -> &str {
+        match mode {
+            AgentNetwork::Lan => &self.lan,
+            _ => &self.internet,
+        }
+    }
+}
+
+/// The agent's NIC for a network choice: on its bridge, unable to spoof MAC or IP addresses
+/// (so the ACL sees its real source) and isolated from the bridge's other ports (so no agent
+/// reaches another one directly). `none` masks the profile's NIC.
+pub fn agent_nic(mode: AgentNetwork) -> Value {
+    match AGENT_NETWORKS.iter().find(|(m, _, _)| *m == mode) {
+        Some((_, network, _)) => json!({
+            "type": "nic",
+            "name": "eth0",
+            "network": network,
+            "security.mac_filtering": "true",
+            "security.ipv4_filtering": "true",
+            // The bridges have no IPv6, so this drops all IPv6 from the agent.
+            "security.ipv6_filtering": "true",
+            "security.port_isolation": "true",
+        }),
+        None => json!({"type": "none"}),
+    }
+}
+
+/// An `a.b.c.d/n` network address as the range it covers.
+fn subnet_range(cidr: &str) -> Option<Range> {
+    let (ip, prefix) = cidr.split_once('/')?;
+    Some(Range::network(ip.parse().ok()?, prefix.parse().ok()?))
+}
 
 pub struct Incus {
     socket: PathBuf,
@@ -212,6 +266,244 @@ impl Incus {
             }
         }
         Ok(self.state(name).await?.disk_used_bytes)
+    }
+
+    /// Creates or updates, idempotently, what agent containers need: the ACLs, the two agent
+    /// bridges (fixed subnets, the ACL on each, default reject both ways) and the agent profile.
+    /// Run once at start; deploys then only name the profile and a NIC.
+    pub async fn prepare_agents(
+        &self,
+        subnets: &AgentSubnets,
+        facts: &HostFacts,
+    ) -> Result<(), RuntimeError> {
+        validate_name("pool name", &self.pool)?;
+        // One listing serves the ACLs (other bridges' subnets) and the bridges themselves, so
+        // a start where nothing changed costs three GETs.
+        let networks = self
+            .call(Method::GET, "/1.0/networks?recursion=1", None)
+            .await?;
+        self.write_agent_acls(subnets, facts, &networks).await?;
+        for (mode, network, acl) in AGENT_NETWORKS {
+            let current = networks
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n["name"] == network);
+            self.ensure_agent_network(network, subnets.of(mode), acl, current)
+                .await?;
+        }
+        let profile = json!({
+            "description": "taos agents: unprivileged, isolated uid range, filtered NIC",
+            "config": {
+                "security.privileged": "false",
+                "security.nesting": "false",
+                "security.idmap.isolated": "true",
+            },
+            "devices": {
+                "root": {"type": "disk", "path": "/", "pool": self.pool},
+                "eth0": agent_nic(AgentNetwork::Internet),
+            },
+        });
+        let path = format!("/1.0/profiles/{AGENT_PROFILE}");
+        match self.call(Method::GET, &path, None).await {
+            Ok(current) => {
+                if current["config"] != profile["config"]
+                    || current["devices"] != profile["devices"]
+                {
+                    self.call(Method::PUT, &path, Some(profile)).await?;
+                }
+            }
+            Err(RuntimeError::NotFound(_)) => {
+                let mut body = profile.clone();
+                body["name"] = json!(AGENT_PROFILE);
+                if let Err(e) = self.call(Method::POST, "/1.0/profiles", Some(body)).await {
+                    // Another host process made it meanwhile: make it ours.
+                    self.call(Method::PUT, &path, Some(profile))
+                        .await
+                        .map_err(|_| e)?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Writes the agents' ACLs for the machine as it is now (its addresses and subnets change
+    /// with DHCP or a new interface); only what changed is written.
+    pub async fn update_agent_acls(
+        &self,
+        subnets: &AgentSubnets,
+        facts: &HostFacts,
+    ) -> Result<(), RuntimeError> {
+        let networks = self
+            .call(Method::GET, "/1.0/networks?recursion=1", None)
+            .await?;
+        self.write_agent_acls(subnets, facts, &networks).await
+    }
+
+    async fn write_agent_acls(
+        &self,
+        subnets: &AgentSubnets,
+        facts: &HostFacts,
+        networks: &Value,
+    ) -> Result<(), RuntimeError> {
+        // Other containers are never "the LAN": every incus bridge's subnet is left out.
+        let mut internal: Vec<Range> = [&subnets.internet, &subnets.lan]
+            .into_iter()
+            .filter_map(|s| subnet_range(s))
+            .collect();
+        for network in networks.as_array().into_iter().flatten() {
+            if network["managed"] == true {
+                if let Some(range) = network["config"]["ipv4.address"]
+                    .as_str()
+                    .and_then(subnet_range)
+                {
+                    internal.push(range);
+                }
+            }
+        }
+        let acls = self
+            .call(Method::GET, "/1.0/network-acls?recursion=1", None)
+            .await?;
+        for (mode, _, acl) in AGENT_NETWORKS {
+            let cidrs = netpolicy::to_cidrs(&netpolicy::allowed(mode, facts, &internal));
+            let egress: Vec<Value> = cidrs
+                .chunks(64)
+                .map(|chunk| {
+                    json!({
+                        "action": "allow",
+                        "destination": chunk.join(","),
+                        "description": format!("{} destinations", mode.as_str()),
+                        "state": "enabled",
+                    })
+                })
+                .collect();
+            let desired = json!({
+                "description": format!(
+                    "taos agents with network={}: everything else is refused (host, other \
+                     containers, link-local, metadata{})",
+                    mode.as_str(),
+                    if mode == AgentNetwork::Internet { ", LAN" } else { "" }
+                ),
+                "egress": egress,
+                "ingress": [],
+                "config": {},
+            });
+            let path = format!("/1.0/network-acls/{acl}");
+            let current = acls
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["name"] == acl);
+            match current {
+                Some(current) => {
+                    if current["egress"] != desired["egress"]
+                        || current["ingress"] != desired["ingress"]
+                        || current["description"] != desired["description"]
+                    {
+                        self.call(Method::PUT, &path, Some(desired)).await?;
+                    }
+                }
+                None => {
+                    let mut body = desired.clone();
+                    body["name"] = json!(acl);
+                    if let Err(e) = self
+                        .call(Method::POST, "/1.0/network-acls", Some(body))
+                        .await
+                    {
+                        // Another host process made it meanwhile: make it ours.
+                        self.call(Method::PUT, &path, Some(desired))
+                            .await
+                            .map_err(|_| e)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One agent bridge: NAT to the outside, no IPv6, the ACL, and "reject" for whatever the
+    /// ACL does not allow, both ways. DNS and DHCP to the bridge itself always work (incus
+    /// adds those before any ACL).
+    async fn ensure_agent_network(
+        &self,
+        name: &str,
+        subnet: &str,
+        acl: &str,
+        current: Option<&Value>,
+    ) -> Result<(), RuntimeError> {
+        let config = json!({
+            "ipv4.address": subnet,
+            "ipv4.nat": "true",
+            "ipv6.address": "none",
+            "security.acls": acl,
+            "security.acls.default.egress.action": "reject",
+            "security.acls.default.ingress.action": "reject",
+        });
+        let path = format!("/1.0/networks/{name}");
+        match current {
+            Some(current) => {
+                let differs = config
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .any(|(k, v)| current["config"].get(k) != Some(v));
+                if differs {
+                    // PATCH merges: other keys an admin set stay.
+                    self.call(Method::PATCH, &path, Some(json!({"config": config})))
+                        .await?;
+                }
+                Ok(())
+            }
+            None => {
+                let body = json!({
+                    "name": name,
+                    "type": "bridge",
+                    "description": "taos agents",
+                    "config": config,
+                });
+                match self.call(Method::POST, "/1.0/networks", Some(body)).await {
+                    Ok(_) => Ok(()),
+                    // Made by another host process meanwhile.
+                    Err(e) => match self.call(Method::GET, &path, None).await {
+                        Ok(_) => Ok(()),
+                        Err(_) => Err(e),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Puts a container on the agent profile with the NIC for its network choice (at start for
+    /// every agent, and after a snapshot restore, which brings back the snapshot's devices).
+    /// Returns whether anything changed.
+    pub async fn set_agent_network(
+        &self,
+        name: &str,
+        mode: AgentNetwork,
+    ) -> Result<bool, RuntimeError> {
+        let path = Self::instance(name)?;
+        let instance = self.call(Method::GET, &path, None).await?;
+        let mut changed = false;
+        // The NIC first: it is what keeps the agent off the host and the LAN, and it changes
+        // live. (A local device overrides the profile's device of the same name.)
+        let nic = agent_nic(mode);
+        if instance["devices"]["eth0"] != nic {
+            self.call(
+                Method::PATCH,
+                &path,
+                Some(json!({"devices": {"eth0": nic}})),
+            )
+            .await?;
+            changed = true;
+        }
+        let profiles = json!([AGENT_PROFILE]);
+        if instance["profiles"] != profiles {
+            self.call(Method::PATCH, &path, Some(json!({"profiles": profiles})))
+                .await?;
+            changed = true;
+        }
+        Ok(changed)
     }
 
     /// incus's version, for the log and `/api/health`.
@@ -449,13 +741,18 @@ impl Runtime for Incus {
             validate_name("device name", device.name())?;
             devices.insert(device.name().to_string(), device_json(device));
         }
-        let body = json!({
+        let mut body = json!({
             "name": spec.name,
             "source": {"type": "image", "alias": spec.image},
             "config": config,
             "devices": devices,
             "start": false,
         });
+        if let Some(mode) = spec.network {
+            // An agent: its own profile (made at start) instead of the default one.
+            body["profiles"] = json!([AGENT_PROFILE]);
+            body["devices"]["eth0"] = agent_nic(mode);
+        }
         let path = match &self.target {
             Some(member) => format!("/1.0/instances?target={}", percent_encode(member)),
             None => "/1.0/instances".to_string(),

@@ -4,12 +4,16 @@
 //! caller passes can address another instance or escape a query string.
 
 pub mod docker;
+pub mod firewall;
 pub mod incus;
+pub mod netpolicy;
 
 use crate::config::{RuntimeConfig, RuntimeKind};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+use taos_proto::agents::AgentNetwork;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -82,6 +86,9 @@ pub struct CreateSpec {
     pub root_disk_mib: Option<u64>,
     pub env: BTreeMap<String, String>,
     pub devices: Vec<Device>,
+    /// `Some` for an agent: the agents' profile (incus) or hardened settings (Docker), on the
+    /// network for this choice. `None`: the runtime's defaults (tests and tools).
+    pub network: Option<AgentNetwork>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -264,6 +271,19 @@ impl ContainerRuntime {
     pub async fn repair_quota_accounting(&self) {
         if let ContainerRuntime::Incus(rt) = self {
             rt.repair_quota_accounting().await;
+        }
+    }
+
+    /// Puts an agent's container on the network for its choice (and, under incus, the agent
+    /// profile), as at deploy. Returns whether anything changed.
+    pub async fn set_agent_network(
+        &self,
+        name: &str,
+        mode: AgentNetwork,
+    ) -> Result<bool, RuntimeError> {
+        match self {
+            ContainerRuntime::Incus(rt) => rt.set_agent_network(name, mode).await,
+            ContainerRuntime::Docker(rt) => rt.set_agent_network(name, mode).await,
         }
     }
 

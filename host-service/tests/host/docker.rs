@@ -370,7 +370,23 @@ async fn deploy_chat_archive_and_purge_on_docker() {
         .unwrap();
     let runtime = health["subsystems"]["runtime"].as_str().unwrap();
     assert!(runtime.starts_with("ok: docker "), "{runtime}");
-    assert!(runtime.contains("agents via 10.201.0.1:"), "{runtime}");
+    // Agents sit on their own network (not Docker's default bridge) and reach the host on
+    // its gateway.
+    let gateway = std::process::Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+            "taos-agents-internet",
+        ])
+        .output()
+        .unwrap();
+    let gateway = String::from_utf8_lossy(&gateway.stdout).trim().to_string();
+    assert!(
+        runtime.contains(&format!("agents via {gateway}:")),
+        "{runtime}"
+    );
 
     let slug = format!("dock-{:06x}", rand::random::<u32>() & 0xffffff);
     let container = format!("taos-{slug}");

@@ -1138,6 +1138,7 @@ export interface components {
             id: string;
             kind: components["schemas"]["AgentKind"];
             model?: string | null;
+            network?: null | components["schemas"]["AgentNetwork"];
             paused: boolean;
             slug: string;
             /** @description e.g. `ready`, later `deploying`, `running`, `stopped`, `archived`. */
@@ -1145,6 +1146,13 @@ export interface components {
         };
         /** @enum {string} */
         AgentKind: "external" | "container";
+        /**
+         * @description Where a container agent's network traffic may go. The agent listener and the LLM gateway on
+         *     the host are always reachable (incus: through proxy devices; Docker: on the network's
+         *     gateway); the host's other ports, link-local addresses and cloud metadata never are.
+         * @enum {string}
+         */
+        AgentNetwork: "internet" | "lan" | "none";
         AgentPatch: {
             color?: string | null;
             display_name?: string | null;
@@ -1295,6 +1303,8 @@ export interface components {
             memory_limit_mib?: number | null;
             model: string;
             name: string;
+            /** @description What the agent's network may reach; default `internet` (no LAN, host or metadata). */
+            network?: components["schemas"]["AgentNetwork"];
         };
         DeployStatus: {
             /** Format: date-time */
@@ -1690,9 +1700,17 @@ export interface components {
             refresh_token: string;
         };
         Requires: {
+            /**
+             * Format: int32
+             * @description CPUs the framework needs: the container's limit unless the deploy sets one.
+             */
+            cpus: number;
             /** Format: int64 */
             disk_mb: number;
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description Memory the framework needs, in MiB: the container's limit unless the deploy sets one.
+             */
             ram_mb: number;
         };
         Resize: {

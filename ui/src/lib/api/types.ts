@@ -5,6 +5,7 @@ import type { components } from './schema';
 type S = components['schemas'];
 
 export type Agent = S['Agent'];
+export type AgentNetwork = S['AgentNetwork'];
 export type ArchivedAgent = S['ArchivedAgent'];
 export type AgentWithToken = S['AgentWithToken'];
 export type AuthStatus = S['AuthStatus'];
