@@ -2,11 +2,13 @@
 //! are out of reach). Real LiteLLM sits between it and the host.
 //!
 //! Serves `/v1/models`, `/v1/chat/completions` (streamed or not, usage in the last chunk) and
-//! `/v1/embeddings`, checks the API key it was given, counts calls, and can be told to fail.
+//! `/v1/embeddings`, checks the API key it was given, counts calls, and can be told to fail:
+//! every call at once, or per model (see [`Behaviour`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -14,12 +16,28 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
 /// The text every completion answers with.
 pub const REPLY: &str = "Hello from the fake model.";
 pub const PROMPT_TOKENS: i64 = 10;
 pub const COMPLETION_TOKENS: i64 = 5;
+
+/// What the fake does for one model's chat completions. Models without one answer [`REPLY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// HTTP 500 before any text.
+    Fail,
+    /// Streams the first word of [`REPLY`], then waits for [`FakeLlm::break_off`] and breaks
+    /// the connection: no finish reason, no `[DONE]`, no clean end of the body. (Waiting makes
+    /// sure the word got through first.) Non-streamed calls answer normally.
+    BreakAfterFirstWord,
+    /// Streams the first word of [`REPLY`], then sends nothing more, ever. (Non-streamed calls
+    /// answer normally.)
+    StallAfterFirstWord,
+}
 
 #[derive(Default)]
 pub struct FakeState {
@@ -28,6 +46,11 @@ pub struct FakeState {
     pub fail: AtomicBool,
     pub calls: AtomicU64,
     pub unauthorized: AtomicU64,
+    pub behaviours: Mutex<HashMap<String, Behaviour>>,
+    /// The body of every authorized chat completion request, in order.
+    pub chat_requests: Mutex<Vec<Value>>,
+    /// Models whose [`Behaviour::BreakAfterFirstWord`] streams break off now.
+    pub broken_off: watch::Sender<Vec<String>>,
 }
 
 pub struct FakeLlm {
@@ -69,6 +92,35 @@ impl FakeLlm {
 
     pub fn calls(&self) -> u64 {
         self.state.calls.load(Ordering::SeqCst)
+    }
+
+    /// From now on, chat completions for `model` go as `behaviour` says.
+    pub fn set_behaviour(&self, model: &str, behaviour: Behaviour) {
+        self.state
+            .behaviours
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(model.to_string(), behaviour);
+    }
+
+    /// Breaks off `model`'s [`Behaviour::BreakAfterFirstWord`] streams: those waiting and any
+    /// later ones, right after their first word.
+    pub fn break_off(&self, model: &str) {
+        self.state
+            .broken_off
+            .send_modify(|models| models.push(model.to_string()));
+    }
+
+    /// The bodies of the chat completion requests that match `filter`, in order.
+    pub fn chat_requests(&self, filter: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.state
+            .chat_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|body| filter(body))
+            .cloned()
+            .collect()
     }
 }
 
@@ -119,14 +171,25 @@ async fn chat(
         return unauthorized();
     }
     state.calls.fetch_add(1, Ordering::SeqCst);
-    if state.fail.load(Ordering::SeqCst) {
+    state
+        .chat_requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(body.clone());
+    let model = body["model"].as_str().unwrap_or("fake").to_string();
+    let behaviour = state
+        .behaviours
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&model)
+        .copied();
+    if state.fail.load(Ordering::SeqCst) || behaviour == Some(Behaviour::Fail) {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({"error": {"message": "fake outage", "type": "server_error"}})),
         )
             .into_response();
     }
-    let model = body["model"].as_str().unwrap_or("fake").to_string();
     let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS});
     if body["stream"].as_bool() == Some(true) {
         let mut frames = Vec::new();
@@ -143,7 +206,28 @@ async fn chat(
             frames.push(format!("data: {usage_chunk}\n\n"));
         }
         frames.push("data: [DONE]\n\n".to_string());
-        let stream = futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::io::Error>));
+        let stream = match behaviour {
+            Some(Behaviour::BreakAfterFirstWord) => {
+                let first = frames[0].clone();
+                let mut told = state.broken_off.subscribe();
+                let model = model.clone();
+                // An error from the body stream makes the server abort the connection.
+                let rest = futures_util::stream::once(async move {
+                    let _ = told.wait_for(|models| models.contains(&model)).await;
+                    Err(std::io::Error::other("the fake breaks off"))
+                });
+                futures_util::stream::iter([Ok(first)]).chain(rest).boxed()
+            }
+            Some(Behaviour::StallAfterFirstWord) => {
+                let first = frames[0].clone();
+                futures_util::stream::iter([Ok(first)])
+                    .chain(futures_util::stream::pending())
+                    .boxed()
+            }
+            Some(Behaviour::Fail) | None => {
+                futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::io::Error>)).boxed()
+            }
+        };
         return Response::builder()
             .header("content-type", "text/event-stream")
             .body(Body::from_stream(stream))
