@@ -56,6 +56,22 @@ pub fn terminate(pid: u32) -> bool {
     unsafe { libc::kill(pid, libc::SIGTERM) == 0 }
 }
 
+/// Makes a command's process receive SIGTERM when this process (strictly: the thread that
+/// spawns it) dies, so a crashed parent never leaves an orphan holding ports and memory.
+#[allow(unsafe_code)]
+pub fn die_with_parent(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl(2), which
+    // is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Raises this process's soft limit on open files towards `wanted` (at most to the hard
 /// limit). Distributions start services with a soft limit of 1024, fewer than the listeners'
 /// connection budgets: past it `accept` fails and the kernel's queue fills up behind it, so

@@ -5,6 +5,7 @@ mod commands;
 #[cfg(desktop)]
 mod desktop;
 mod error;
+mod screen;
 mod state;
 
 use std::sync::Arc;

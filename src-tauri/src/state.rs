@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use taos_client::cache::Cache;
@@ -17,14 +16,9 @@ use tauri::{AppHandle, Runtime};
 use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::error::{CommandError, CommandResult};
-
-/// What happened to the main window, as far as "is a chat on screen" goes.
 #[cfg(desktop)]
-#[derive(Debug, Clone, Copy)]
-pub enum WindowChange {
-    Hidden(bool),
-    Focused(bool),
-}
+pub use crate::screen::WindowChange;
+use crate::screen::{BadgeTicket, Focus, UnreadBadge};
 
 pub struct Active {
     pub engine: Arc<Engine>,
@@ -45,14 +39,10 @@ pub struct Shell {
     activation: Mutex<()>,
     /// The UI's open event channels.
     pub listeners: StdMutex<Vec<Channel<AppEvent>>>,
-    /// The channel the UI has on screen. Replies there don't notify — unless the window is
-    /// hidden (closed to the tray) or another window has the focus: then nobody is looking.
-    ui_focus: StdMutex<Option<String>>,
-    window_hidden: AtomicBool,
-    window_unfocused: AtomicBool,
-    /// Held from reading those to telling the engine, so updates from concurrent tasks (a
-    /// focus event, the UI opening a chat) land in the order they were worked out.
-    focus_update: Mutex<()>,
+    /// Which chat is on screen, told to the active engine so replies there don't notify.
+    focus: Focus,
+    /// The unread count shown, the active host's only.
+    badge: UnreadBadge,
     /// Device ids the host revoked, for the task that forgets them (see `lib.rs`): handled
     /// apart from the engine's event loop, which forgetting would otherwise have to restart.
     pub revoked: mpsc::UnboundedSender<String>,
@@ -75,10 +65,8 @@ impl Shell {
             sessions: StdMutex::new(HashMap::new()),
             activation: Mutex::new(()),
             listeners: StdMutex::new(Vec::new()),
-            ui_focus: StdMutex::new(None),
-            window_hidden: AtomicBool::new(false),
-            window_unfocused: AtomicBool::new(false),
-            focus_update: Mutex::new(()),
+            focus: Focus::default(),
+            badge: UnreadBadge::default(),
             revoked,
         };
         Ok((shell, revocations))
@@ -96,7 +84,7 @@ impl Shell {
 
     /// The UI opened (or left) a channel.
     pub async fn set_ui_focus(&self, channel: Option<String>) {
-        *self.ui_focus.lock().expect("ui focus") = channel;
+        self.focus.set_ui(channel);
         self.apply_focus().await;
     }
 
@@ -104,28 +92,19 @@ impl Shell {
     /// keyboard focus.
     #[cfg(desktop)]
     pub async fn window_changed(&self, change: WindowChange) {
-        match change {
-            WindowChange::Hidden(hidden) => self.window_hidden.store(hidden, Ordering::SeqCst),
-            WindowChange::Focused(focused) => {
-                self.window_unfocused.store(!focused, Ordering::SeqCst)
-            }
-        }
+        self.focus.window_changed(change);
         self.apply_focus().await;
     }
 
     /// Tells the engine which channel is on screen, if any.
     async fn apply_focus(&self) {
-        let _in_order = self.focus_update.lock().await;
-        let away = self.window_hidden.load(Ordering::SeqCst)
-            || self.window_unfocused.load(Ordering::SeqCst);
-        let focus = if away {
-            None
-        } else {
-            self.ui_focus.lock().expect("ui focus").clone()
-        };
-        if let Ok(engine) = self.engine().await {
-            engine.set_focus(focus).await;
-        }
+        self.focus
+            .apply(async |on_screen| {
+                if let Ok(engine) = self.engine().await {
+                    engine.set_focus(on_screen).await;
+                }
+            })
+            .await;
     }
 
     pub async fn session(&self) -> CommandResult<Arc<Session>> {
@@ -159,28 +138,37 @@ impl Shell {
         let (tx, rx) = mpsc::unbounded_channel();
         let engine = Engine::new(session, self.cache.clone(), tx);
         let (stop, stop_rx) = watch::channel(false);
+        // The unread count belongs to the host it was counted for: the new one starts with
+        // none, and the previous engine's counts still on their way are not shown.
+        let ticket = self.badge.switch(|total| self.show_unread(app, total));
         tokio::spawn(engine.clone().run(stop_rx));
         tokio::spawn(crate::commands::notify::forward(
             app.clone(),
             self.clone(),
             device_id,
+            ticket,
             rx,
         ));
         *self.active.lock().await = Some(Active { engine, stop });
-        // The new host's engine starts knowing what is on screen, and with nothing unread.
+        // The new host's engine starts knowing what is on screen.
         self.apply_focus().await;
-        self.reset_unread(app);
         Ok(())
     }
 
-    /// The unread count belongs to the host it was counted for: back to none.
-    fn reset_unread<R: Runtime>(&self, app: &AppHandle<R>) {
-        self.broadcast(&AppEvent::Unread { total: 0 });
+    /// An engine counted `total` unread replies: shown in the UI and on the tray if that
+    /// engine is still the active one.
+    pub fn unread_counted<R: Runtime>(&self, app: &AppHandle<R>, ticket: BadgeTicket, total: u32) {
+        self.badge
+            .update(ticket, total, |total| self.show_unread(app, total));
+    }
+
+    fn show_unread<R: Runtime>(&self, app: &AppHandle<R>, total: u32) {
+        self.broadcast(&AppEvent::Unread { total });
         #[cfg(desktop)]
         {
             use tauri::Manager;
             if let Some(desktop) = app.try_state::<crate::desktop::Desktop>() {
-                desktop.set_unread(app, 0);
+                desktop.set_unread(app, total);
             }
         }
         #[cfg(mobile)]
@@ -219,7 +207,7 @@ impl Shell {
                     let session = self.session_for(&next, None);
                     self.activate(app, session).await?;
                 }
-                None => self.reset_unread(app),
+                None => self.badge.clear(|total| self.show_unread(app, total)),
             }
         }
         Ok(())

@@ -2,11 +2,12 @@
 //! are out of reach). Real LiteLLM sits between it and the host.
 //!
 //! Serves `/v1/models`, `/v1/chat/completions` (streamed or not, usage in the last chunk) and
-//! `/v1/embeddings`, checks the API key it was given, counts calls, and can be told to fail or
-//! to hold calls open. Like vLLM or Ollama, it fetches `http(s)` image URLs it is sent (only on
+//! `/v1/embeddings`, checks the API key it was given, counts calls, and can be told to fail
+//! (every call, or per model: see [`Behaviour`]) or to hold calls open. Like vLLM or Ollama, it fetches `http(s)` image URLs it is sent (only on
 //! 127.0.0.1: tests never reach further). [`Recorder`] is a listener that only records what
 //! reaches it, and can redirect.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,12 +19,28 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
 /// The text every completion answers with.
 pub const REPLY: &str = "Hello from the fake model.";
 pub const PROMPT_TOKENS: i64 = 10;
 pub const COMPLETION_TOKENS: i64 = 5;
+
+/// What the fake does for one model's chat completions. Models without one answer [`REPLY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// HTTP 500 before any text.
+    Fail,
+    /// Streams the first word of [`REPLY`], then waits for [`FakeLlm::break_off`] and breaks
+    /// the connection: no finish reason, no `[DONE]`, no clean end of the body. (Waiting makes
+    /// sure the word got through first.) Non-streamed calls answer normally.
+    BreakAfterFirstWord,
+    /// Streams the first word of [`REPLY`], then sends nothing more, ever. (Non-streamed calls
+    /// answer normally.)
+    StallAfterFirstWord,
+}
 
 pub struct FakeState {
     pub api_key: String,
@@ -39,6 +56,11 @@ pub struct FakeState {
     hold: tokio::sync::watch::Sender<bool>,
     /// Completions that arrived and are waiting or answering.
     pub in_flight: AtomicU64,
+    pub behaviours: Mutex<HashMap<String, Behaviour>>,
+    /// The body of every authorized chat completion request, in order.
+    pub chat_requests: Mutex<Vec<Value>>,
+    /// Models whose [`Behaviour::BreakAfterFirstWord`] streams break off now.
+    pub broken_off: watch::Sender<Vec<String>>,
 }
 
 impl Default for FakeState {
@@ -53,6 +75,9 @@ impl Default for FakeState {
             keys_seen: Mutex::new(Vec::new()),
             hold: tokio::sync::watch::channel(false).0,
             in_flight: AtomicU64::new(0),
+            behaviours: Mutex::new(HashMap::new()),
+            chat_requests: Mutex::new(Vec::new()),
+            broken_off: watch::channel(Vec::new()).0,
         }
     }
 }
@@ -101,6 +126,35 @@ impl FakeLlm {
 
     pub fn calls(&self) -> u64 {
         self.state.calls.load(Ordering::SeqCst)
+    }
+
+    /// From now on, chat completions for `model` go as `behaviour` says.
+    pub fn set_behaviour(&self, model: &str, behaviour: Behaviour) {
+        self.state
+            .behaviours
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(model.to_string(), behaviour);
+    }
+
+    /// Breaks off `model`'s [`Behaviour::BreakAfterFirstWord`] streams: those waiting and any
+    /// later ones, right after their first word.
+    pub fn break_off(&self, model: &str) {
+        self.state
+            .broken_off
+            .send_modify(|models| models.push(model.to_string()));
+    }
+
+    /// The bodies of the chat completion requests that match `filter`, in order.
+    pub fn chat_requests(&self, filter: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.state
+            .chat_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|body| filter(body))
+            .cloned()
+            .collect()
     }
 
     /// Holds every completion (streamed or not) open until `release`.
@@ -202,14 +256,25 @@ async fn chat(
     fetch_image_urls(&body).await;
     let mut hold = state.hold.subscribe();
     let _ = hold.wait_for(|held| !*held).await;
-    if state.fail.load(Ordering::SeqCst) {
+    state
+        .chat_requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(body.clone());
+    let model = body["model"].as_str().unwrap_or("fake").to_string();
+    let behaviour = state
+        .behaviours
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&model)
+        .copied();
+    if state.fail.load(Ordering::SeqCst) || behaviour == Some(Behaviour::Fail) {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({"error": {"message": "fake outage", "type": "server_error"}})),
         )
             .into_response();
     }
-    let model = body["model"].as_str().unwrap_or("fake").to_string();
     // A real model stops at max_tokens: one token per word here.
     let limit = ["max_tokens", "max_completion_tokens"]
         .iter()
@@ -238,20 +303,45 @@ async fn chat(
             frames.push(format!("data: {usage_chunk}\n\n"));
         }
         frames.push("data: [DONE]\n\n".to_string());
-        let hold = state.clone();
-        let stream =
-            futures_util::stream::unfold((frames.into_iter(), true), move |(mut frames, first)| {
-                let hold = hold.clone();
-                // Counted as in flight until the whole answer has gone out.
-                let _counted = &in_flight;
-                async move {
-                    while !first && hold.hold_stream.load(Ordering::SeqCst) {
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    }
-                    let frame = frames.next()?;
-                    Some((Ok::<_, std::io::Error>(frame), (frames, false)))
-                }
-            });
+        let stream = match behaviour {
+            Some(Behaviour::BreakAfterFirstWord) => {
+                let first = frames[0].clone();
+                let mut told = state.broken_off.subscribe();
+                let model = model.clone();
+                // An error from the body stream makes the server abort the connection.
+                let rest = futures_util::stream::once(async move {
+                    let _counted = in_flight;
+                    let _ = told.wait_for(|models| models.contains(&model)).await;
+                    Err(std::io::Error::other("the fake breaks off"))
+                });
+                futures_util::stream::iter([Ok(first)]).chain(rest).boxed()
+            }
+            Some(Behaviour::StallAfterFirstWord) => {
+                let first = frames[0].clone();
+                futures_util::stream::iter([Ok(first)])
+                    .chain(futures_util::stream::pending())
+                    .boxed()
+            }
+            Some(Behaviour::Fail) | None => {
+                let hold = state.clone();
+                futures_util::stream::unfold(
+                    (frames.into_iter(), true),
+                    move |(mut frames, first)| {
+                        let hold = hold.clone();
+                        // Counted as in flight until the whole answer has gone out.
+                        let _counted = &in_flight;
+                        async move {
+                            while !first && hold.hold_stream.load(Ordering::SeqCst) {
+                                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                            }
+                            let frame = frames.next()?;
+                            Some((Ok::<_, std::io::Error>(frame), (frames, false)))
+                        }
+                    },
+                )
+                .boxed()
+            }
+        };
         return Response::builder()
             .header("content-type", "text/event-stream")
             .body(Body::from_stream(stream))

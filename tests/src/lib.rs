@@ -55,6 +55,18 @@ impl Host {
     }
 
     pub async fn start_with(bin: &str, options: HostOptions) -> anyhow::Result<Host> {
+        Self::spawn(bin, options, false).await
+    }
+
+    /// Like [`Host::start_with`], for a host that one test binary's tests share from a static.
+    /// Statics are never dropped, so `kill_on_drop` would leave it running after the tests;
+    /// instead the host gets SIGTERM when the thread that started it ends (and LiteLLM goes
+    /// with it). Call this from a thread that lives as long as the test process.
+    pub async fn start_for_process(bin: &str, options: HostOptions) -> anyhow::Result<Host> {
+        Self::spawn(bin, options, true).await
+    }
+
+    async fn spawn(bin: &str, options: HostOptions, die_with_thread: bool) -> anyhow::Result<Host> {
         let (temp, data_dir) = match options.data_dir {
             Some(dir) => (None, dir),
             None => {
@@ -85,6 +97,9 @@ impl Host {
             .kill_on_drop(true);
         for (k, v) in &options.env {
             command.env(k, v);
+        }
+        if die_with_thread {
+            taos_host::sys::die_with_parent(&mut command);
         }
         let mut child = command.spawn().context("spawn taos-host")?;
         let stdout = child.stdout.take().context("host stdout")?;

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde::Serialize;
 use taos_proto::chat::{Channel, ClientEvent, Message, ServerEvent};
 use taos_proto::events::HostEvent;
-use tokio::sync::{mpsc, watch, Mutex, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::cache::{Cache, CacheError, OutboxItem};
 use crate::net::{LiveEvent, NetError};
@@ -79,9 +79,8 @@ pub struct Engine {
     pub session: Arc<Session>,
     pub cache: Cache,
     events: mpsc::UnboundedSender<AppEvent>,
-    /// The channel on screen (no reply notifications for it).
-    focus: Mutex<Option<String>>,
-    unread: std::sync::Mutex<notify::Unread>,
+    /// The channel on screen (no reply notifications for it) and the replies not yet seen.
+    attention: notify::Attention,
     /// Something was queued: flush now.
     wake: Notify,
     /// The host is reachable again: resume the event stream now rather than after backoff.
@@ -98,8 +97,7 @@ impl Engine {
             session,
             cache,
             events,
-            focus: Mutex::new(None),
-            unread: std::sync::Mutex::new(notify::Unread::default()),
+            attention: notify::Attention::default(),
             wake: Notify::new(),
             events_wake: Notify::new(),
         })
@@ -120,14 +118,9 @@ impl Engine {
     }
 
     pub async fn set_focus(&self, channel: Option<String>) {
-        // Held while the channel's replies are marked read, so a reply being counted at the
-        // same moment is either counted before (and cleared here) or sees the new focus.
-        let mut focus = self.focus.lock().await;
-        if let Some(channel) = &channel {
-            let total = self.unread.lock().expect("unread").read(channel);
-            self.emit(AppEvent::Unread { total });
-        }
-        *focus = channel;
+        self.attention
+            .set_focus(channel, |total| self.emit(AppEvent::Unread { total }))
+            .await;
     }
 
     /// Writes a message: into the outbox at once (shown as queued), sent as soon as the host
@@ -329,22 +322,17 @@ impl Engine {
         let Ok(Some(channel)) = self.cache.channel(self.host(), &message.channel_id).await else {
             return;
         };
-        // Held until the reply is counted: see `set_focus`.
-        let focus = self.focus.lock().await;
-        if let Some(notification) = notify::for_reply(
-            message,
-            &channel.channel.name,
-            focus.as_deref(),
-            channel.muted,
-        ) {
-            let total = self
-                .unread
-                .lock()
-                .expect("unread")
-                .reply(&message.channel_id);
-            self.emit(AppEvent::Notify { notification });
-            self.emit(AppEvent::Unread { total });
-        }
+        self.attention
+            .reply(
+                message,
+                &channel.channel.name,
+                channel.muted,
+                |notification, total| {
+                    self.emit(AppEvent::Notify { notification });
+                    self.emit(AppEvent::Unread { total });
+                },
+            )
+            .await;
     }
 
     /// Follows `/api/events` for as long as the app runs, resuming after the last event seen.

@@ -1,5 +1,5 @@
-//! Which host happenings become native notifications, and where clicking one leads. Pure:
-//! the shell shows what this decides.
+//! Which host happenings become native notifications, where clicking one leads, and which
+//! replies count as unread. The shell shows what this decides.
 
 use std::collections::HashMap;
 
@@ -95,6 +95,49 @@ impl Unread {
     }
 }
 
+/// The channel on screen and the replies not yet seen, changed under one lock: a reply counted
+/// while its channel is being opened is either counted first (and cleared by the opening) or
+/// sees the channel on screen (and is not counted). Never counted after its channel was
+/// cleared, which would leave it unread while on screen.
+#[derive(Debug, Default)]
+pub struct Attention {
+    focus: tokio::sync::Mutex<Option<String>>,
+    unread: std::sync::Mutex<Unread>,
+}
+
+impl Attention {
+    /// `channel` is on screen now (`None`: nothing is). Its replies count as seen: `seen` gets
+    /// the new total, in order with the totals [`Attention::reply`] gives.
+    pub async fn set_focus(&self, channel: Option<String>, seen: impl FnOnce(u32)) {
+        let mut focus = self.focus.lock().await;
+        if let Some(channel) = &channel {
+            let total = self.unread.lock().expect("unread").read(channel);
+            seen(total);
+        }
+        *focus = channel;
+    }
+
+    /// An agent's reply arrived (see [`for_reply`]). Unless its channel is on screen or muted,
+    /// it counts as unread and `counted` gets its notification and the new total.
+    pub async fn reply(
+        &self,
+        message: &Message,
+        channel_name: &str,
+        muted: bool,
+        counted: impl FnOnce(NativeNotification, u32),
+    ) {
+        let focus = self.focus.lock().await;
+        if let Some(notification) = for_reply(message, channel_name, focus.as_deref(), muted) {
+            let total = self
+                .unread
+                .lock()
+                .expect("unread")
+                .reply(&message.channel_id);
+            counted(notification, total);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,15 +201,20 @@ mod tests {
         .is_none());
     }
 
-    #[test]
-    fn replies_notify_only_off_screen_unmuted_and_finished() {
-        let mut m: Message = serde_json::from_value(json!({
-            "id": "m", "channel_id": "c1", "seq": 4, "author_id": "helper", "author_type": "agent",
+    /// A finished agent reply in `channel_id`.
+    fn reply_in(channel_id: &str) -> Message {
+        serde_json::from_value(json!({
+            "id": "m", "channel_id": channel_id, "seq": 4, "author_id": "helper", "author_type": "agent",
             "content": "x".repeat(200), "content_type": "text/markdown", "thread_id": null,
             "state": "complete", "client_id": null, "metadata": {}, "created_at": "2026-11-27T10:00:00Z",
             "edited_at": null, "deleted_at": null
         }))
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn replies_notify_only_off_screen_unmuted_and_finished() {
+        let mut m = reply_in("c1");
         let n = for_reply(&m, "Helper", Some("c2"), false).unwrap();
         assert_eq!(n.route, "/chat/c1");
         assert_eq!(n.body.chars().count(), 141);
@@ -198,5 +246,72 @@ mod tests {
         assert_eq!(unread.read("a"), 1);
         assert_eq!(unread.read("a"), 1);
         assert_eq!(unread.read("b"), 0);
+    }
+
+    /// A reply comes in just as its channel opens: after the opening marked the channel read,
+    /// before the channel is on screen. It must not stay unread while on screen.
+    #[tokio::test]
+    async fn a_reply_counted_while_its_channel_opens_is_not_left_unread() {
+        use std::future::Future;
+        let attention = Attention::default();
+        let message = reply_in("chat");
+        let notified = std::sync::Mutex::new(Vec::new());
+        let mut counting = std::pin::pin!(attention.reply(&message, "Chat", false, |_, total| {
+            notified.lock().unwrap().push(total)
+        }));
+        let mut overtook = false;
+        attention
+            .set_focus(Some("chat".into()), |_| {
+                // Given every chance to be counted right now.
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                overtook = counting.as_mut().poll(&mut cx).is_ready();
+            })
+            .await;
+        if !overtook {
+            counting.await;
+        }
+        assert_eq!(
+            *notified.lock().unwrap(),
+            Vec::<u32>::new(),
+            "a reply in the chat on screen"
+        );
+        let mut left = None;
+        attention
+            .set_focus(Some("other".into()), |total| left = Some(total))
+            .await;
+        assert_eq!(left, Some(0), "nothing is left unread");
+    }
+
+    #[tokio::test]
+    async fn replies_off_screen_count_until_their_channel_opens() {
+        let attention = Attention::default();
+        let totals = std::sync::Mutex::new(Vec::new());
+        let count = |_, total| totals.lock().unwrap().push(total);
+        attention.set_focus(Some("chat".into()), |_| {}).await;
+        attention
+            .reply(&reply_in("chat"), "Chat", false, count)
+            .await;
+        attention
+            .reply(&reply_in("other"), "Other", false, count)
+            .await;
+        attention
+            .reply(&reply_in("other"), "Other", true, count)
+            .await;
+        attention
+            .set_focus(None, |_| panic!("nothing opened"))
+            .await;
+        attention
+            .reply(&reply_in("chat"), "Chat", false, count)
+            .await;
+        assert_eq!(
+            *totals.lock().unwrap(),
+            [1, 2],
+            "on screen and muted don't count"
+        );
+        let mut left = None;
+        attention
+            .set_focus(Some("other".into()), |total| left = Some(total))
+            .await;
+        assert_eq!(left, Some(1));
     }
 }

@@ -12,12 +12,34 @@ use taos_client::cache::Cache;
 use taos_client::engine::{AppEvent, Engine};
 use taos_client::net::Trust;
 use taos_client::pairing::{pair, PairError};
-use taos_client::secrets::{MemoryStore, SecretStore};
+use taos_client::secrets::{MemoryStore, SecretError, SecretStore};
 use taos_client::session::{Session, SessionError};
 use taos_e2e::{free_port, AgentClient, Host};
 use taos_proto::auth::PairingPayload;
 use taos_proto::chat::{AuthorType, MessageState};
 use tokio::sync::mpsc;
+
+/// A store in memory that notes every use of it.
+#[derive(Default)]
+struct RecordingStore {
+    inner: MemoryStore,
+    used: std::sync::Mutex<Vec<String>>,
+}
+
+impl SecretStore for RecordingStore {
+    fn get(&self, key: &str) -> Result<Option<String>, SecretError> {
+        self.used.lock().unwrap().push(format!("get {key}"));
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, value: &str) -> Result<(), SecretError> {
+        self.used.lock().unwrap().push(format!("set {key}"));
+        self.inner.set(key, value)
+    }
+    fn delete(&self, key: &str) -> Result<(), SecretError> {
+        self.used.lock().unwrap().push(format!("delete {key}"));
+        self.inner.delete(key)
+    }
+}
 
 async fn next_matching(
     events: &mut mpsc::UnboundedReceiver<AppEvent>,
@@ -117,7 +139,6 @@ async fn pair_chat_go_offline_queue_and_deliver_exactly_once() {
     // The host goes away: the chat stays readable from the cache, new messages queue.
     host.terminate().await.unwrap();
     answering.abort();
-    let offline_from = tokio::time::Instant::now();
     engine.send(&dm, "offline one", None, None).await.unwrap();
     engine.send(&dm, "offline two", None, None).await.unwrap();
     next_matching(&mut events, "offline", |e| {
@@ -131,7 +152,6 @@ async fn pair_chat_go_offline_queue_and_deliver_exactly_once() {
     let queued = cache.outbox(&host_id, Some("queued")).await.unwrap();
     let queued: Vec<&str> = queued.iter().map(|i| i.content.as_str()).collect();
     assert_eq!(queued, ["offline one", "offline two"]);
-    assert!(offline_from.elapsed() < Duration::from_secs(60));
 
     // The host is back (same key, same address): both are delivered, once each, in order.
     let data_dir = host.data_dir.clone();
@@ -213,10 +233,11 @@ async fn a_code_naming_another_hosts_key_is_refused_clearly() {
     // Nothing was kept, and the genuine code still works (it was never sent).
     assert!(pair(&token, "phone", "linux", secrets).await.is_ok());
 
-    // A device name the host would refuse is refused here, before the code is spent.
+    // A device name the host would refuse is refused here, before the keychain is touched
+    // (on a locked one, probing it would ask to unlock it first) and before the code is spent.
     let other_token = host.pairing_token().await;
     for bad in ["", "   ", "line\nbreak", &"x".repeat(101)] {
-        let store: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
+        let store = Arc::new(RecordingStore::default());
         assert!(
             matches!(
                 pair(&other_token, bad, "linux", store.clone()).await,
@@ -224,7 +245,7 @@ async fn a_code_naming_another_hosts_key_is_refused_clearly() {
             ),
             "{bad:?}"
         );
-        assert_eq!(store.get("taos-probe").unwrap(), None);
+        assert_eq!(*store.used.lock().unwrap(), Vec::<String>::new(), "{bad:?}");
     }
     assert!(pair(
         &other_token,

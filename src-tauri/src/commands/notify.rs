@@ -9,6 +9,7 @@ use tauri::{AppHandle, Runtime, State};
 use tokio::sync::mpsc;
 
 use crate::error::CommandResult;
+use crate::screen::BadgeTicket;
 use crate::state::Shell;
 
 /// The UI opens a channel once; every engine event arrives on it.
@@ -23,22 +24,21 @@ pub async fn notify_subscribe(
 
 /// Moves one engine's events to the UI and shows native notifications. `device_id` is the
 /// host that engine serves: when it is revoked, that host (not whichever is active by then) is
-/// forgotten.
+/// forgotten. `ticket` lets its unread counts through while it is the active engine.
 pub async fn forward<R: Runtime>(
     app: AppHandle<R>,
     shell: Arc<Shell>,
     device_id: String,
+    ticket: BadgeTicket,
     mut events: mpsc::UnboundedReceiver<AppEvent>,
 ) {
     while let Some(event) = events.recv().await {
         match &event {
             AppEvent::Notify { notification } => show(&app, notification),
-            #[cfg(desktop)]
             AppEvent::Unread { total } => {
-                use tauri::Manager;
-                if let Some(desktop) = app.try_state::<crate::desktop::Desktop>() {
-                    desktop.set_unread(&app, *total);
-                }
+                // Shown (UI and tray) by the shell, if this engine is still the active one.
+                shell.unread_counted(&app, ticket, *total);
+                continue;
             }
             AppEvent::Revoked => {
                 // The host will never accept this device again: forget it entirely (pairing
