@@ -25,6 +25,7 @@ mod roles;
 mod routes;
 mod runtime;
 mod tls;
+mod trace_pages;
 mod traces;
 mod ui;
 

@@ -314,6 +314,12 @@ fn table(f: &Fixture) -> Vec<Route> {
         ),
         route(
             "GET",
+            "/api/agents/{slug}/trace/totals",
+            OWNER_SIDE,
+            vec![no_body(agent("/trace/totals"), Deny)],
+        ),
+        route(
+            "GET",
             "/api/agents/{slug}/logs",
             OWNER_SIDE,
             vec![no_body(agent("/logs"), Deny)],
