@@ -24,6 +24,7 @@ mod revoke;
 mod roles;
 mod routes;
 mod runtime;
+mod settings;
 mod tls;
 mod trace_pages;
 mod traces;
