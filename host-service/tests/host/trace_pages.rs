@@ -20,6 +20,16 @@ struct Posted {
     cost: f64,
 }
 
+/// What one day's totals should be.
+#[derive(Default)]
+struct DayWant {
+    events: u64,
+    by_kind: BTreeMap<String, u64>,
+    tokens_in: i64,
+    tokens_out: i64,
+    cost: f64,
+}
+
 /// 1200 events on one day, 1300 on the next (40 of them in one millisecond), a mix of kinds.
 fn events(day_one: DateTime<Utc>) -> Vec<Posted> {
     let mut out = Vec::new();
@@ -224,14 +234,14 @@ async fn pages_reach_every_event_once_and_totals_count_the_whole_range() {
         .json()
         .await
         .unwrap();
-    let mut want: BTreeMap<String, (u64, BTreeMap<String, u64>, i64, i64, f64)> = BTreeMap::new();
+    let mut want: BTreeMap<String, DayWant> = BTreeMap::new();
     for e in &posted {
         let day = want.entry(e.at.format("%Y-%m-%d").to_string()).or_default();
-        day.0 += 1;
-        *day.1.entry(e.kind.to_string()).or_default() += 1;
-        day.2 += e.tokens_in;
-        day.3 += e.tokens_out;
-        day.4 += e.cost;
+        day.events += 1;
+        *day.by_kind.entry(e.kind.to_string()).or_default() += 1;
+        day.tokens_in += e.tokens_in;
+        day.tokens_out += e.tokens_out;
+        day.cost += e.cost;
     }
     let days = totals["days"].as_array().unwrap();
     assert_eq!(days.len(), 2, "{totals}");
@@ -241,13 +251,16 @@ async fn pages_reach_every_event_once_and_totals_count_the_whole_range() {
     expected.reverse();
     assert_eq!(names, expected);
     for d in days {
-        let (events, by_kind, tin, tout, cost) = &want[d["day"].as_str().unwrap()];
-        assert_eq!(d["events"].as_u64().unwrap(), *events, "{d}");
+        let w = &want[d["day"].as_str().unwrap()];
+        assert_eq!(d["events"].as_u64().unwrap(), w.events, "{d}");
         let got: BTreeMap<String, u64> = serde_json::from_value(d["by_kind"].clone()).unwrap();
-        assert_eq!(&got, by_kind, "{d}");
-        assert_eq!(d["tokens_in"].as_i64().unwrap(), *tin);
-        assert_eq!(d["tokens_out"].as_i64().unwrap(), *tout);
-        assert!((d["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-9, "{d}");
+        assert_eq!(got, w.by_kind, "{d}");
+        assert_eq!(d["tokens_in"].as_i64().unwrap(), w.tokens_in);
+        assert_eq!(d["tokens_out"].as_i64().unwrap(), w.tokens_out);
+        assert!(
+            (d["cost_usd"].as_f64().unwrap() - w.cost).abs() < 1e-9,
+            "{d}"
+        );
     }
     // With a filter, the totals are of the filtered events.
     let llm: Value = host
