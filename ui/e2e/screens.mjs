@@ -311,6 +311,11 @@ export function makeScreens(ctx) {
       const text = await warning.innerText();
       assert(text.includes('fake-other') && text.includes('fake-gpt') && /\$0/.test(text), `warning: ${text}`);
       await screenshot(page, 'no-price-warning');
+      // The budget is kept: after a reload and in the API.
+      await page.reload();
+      assert((await page.getByLabel('Budget (USD)').inputValue()) === '5', 'the budget after a reload');
+      const budget = (await api(`/api/agents/${EXTERNAL_SLUG}/usage`)).budget;
+      assert(budget?.limit_usd === 5 && budget.period === 'month', `budget: ${JSON.stringify(budget)}`);
       await page.getByRole('link', { name: 'Agents', exact: true }).click();
       await page.locator(`[data-testid=agent-card][data-slug="${EXTERNAL_SLUG}"] [data-testid=no-price-chip]`).waitFor();
 
