@@ -9,10 +9,12 @@
 //   TAOS_FAKE_URL     the fake LLM upstream's base URL; TAOS_FAKE_KEY its API key
 //   TAOS_E2E_OUT      where screenshots go (default target/ui-e2e)
 //   TAOS_E2E_AGENT    the name of the agent to deploy (default "UI Helper")
+//   TAOS_AGENT_BIN    the workspace's `taos-agent`, run with the credentials a page shows
 // Exits 0 only if every step passed; prints one line per step.
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { chromium, request } from 'playwright-core';
+import { makeScreens } from './screens.mjs';
 
 const URL_ = required('TAOS_URL');
 const LOCAL_TOKEN = required('TAOS_LOCAL_TOKEN');
@@ -24,7 +26,8 @@ const OUT = resolve(process.env.TAOS_E2E_OUT ?? 'target/ui-e2e');
 const AGENT = process.env.TAOS_E2E_AGENT ?? 'UI Helper';
 const SLUG = AGENT.toLowerCase().replace(/[^a-z0-9]+/g, '-');
 const REPLY = 'Hello from the fake model.';
-const PASSWORD = 'correct horse battery staple';
+let PASSWORD = 'correct horse battery staple';
+const AGENT_BIN = process.env.TAOS_AGENT_BIN ?? '';
 
 function required(name) {
   const v = process.env[name];
@@ -88,10 +91,16 @@ function assert(cond, message) {
   if (!cond) throw new Error(message);
 }
 
-const desktop = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
+const desktop = await browser.newContext({
+  ignoreHTTPSErrors: true,
+  viewport: { width: 1280, height: 800 },
+  // The copy buttons are checked by reading back what they copied.
+  permissions: ['clipboard-read', 'clipboard-write'],
+});
 const page = await desktop.newPage();
 watch(page, 'desktop');
 page.setDefaultTimeout(20_000);
+const screens = makeScreens({ page, desktop, browser, URL_, LOCAL_TOKEN, AGENT_BIN, OUT, SLUG, REPLY, assert, screenshot, watch });
 
 try {
   await step('a page loaded without a session reaches no data and lands on login', async () => {
@@ -136,6 +145,8 @@ try {
     await screenshot(page, 'agents-empty');
   });
 
+  await step('the first screen says how to add a provider and an agent', () => screens.firstScreen());
+
   await step('sign out, a wrong password is refused, sign in', async () => {
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.getByRole('heading', { name: 'Sign in to taos' }).waitFor();
@@ -150,8 +161,8 @@ try {
     await page.getByRole('heading', { name: 'Agents' }).waitFor();
   });
 
-  await step('add a provider pointing at the fake upstream; LiteLLM becomes ready', async () => {
-    await page.getByRole('link', { name: 'Providers' }).click();
+  await step('add a provider pointing at the fake upstream (from the first screen); LiteLLM becomes ready', async () => {
+    await page.getByTestId('getting-started').getByRole('link', { name: 'Add a provider' }).click();
     await page.getByRole('heading', { name: 'Providers' }).waitFor();
     await page.getByLabel('Name', { exact: true }).fill('fake');
     await page.getByLabel('Type', { exact: true }).selectOption('openai-compatible');
@@ -171,9 +182,10 @@ try {
     await screenshot(page, 'providers');
   });
 
-  await step('deploy an agent and watch its steps progress', async () => {
+  await step('deploy an agent (from the first screen) and watch its steps progress', async () => {
     await page.getByRole('link', { name: 'Agents' }).click();
-    await page.getByRole('link', { name: 'Deploy an agent' }).click();
+    await screens.guideShowsProviderDone();
+    await page.getByTestId('getting-started').getByRole('link', { name: 'Deploy an agent' }).click();
     await page.getByLabel('Name').fill(AGENT);
     const preview = await page.getByTestId('slug-preview').innerText();
     assert(preview.includes(`@${SLUG}`), `slug preview: ${preview}`);
@@ -247,8 +259,8 @@ try {
     await screenshot(page, 'chat-edited');
   });
 
-  await step('traces: the llm_call and the whole turn', async () => {
-    await page.goto(`${URL_}/agents/${SLUG}/traces`);
+  await step('traces: from the navigation, the llm_call with its prompt and reply, and the whole turn', async () => {
+    await screens.tracesContentAndNav();
     const call = page.getByTestId('llm-call').first();
     await call.waitFor();
     const text = await call.innerText();
@@ -261,6 +273,8 @@ try {
     assert(kinds.includes('message_in') && kinds.includes('llm_call') && kinds.includes('message_out'), `turn: ${kinds}`);
     await screenshot(page, 'traces');
   });
+
+  await step('traces: more than a page of events, paged; per-day totals from the host', () => screens.tracesPagesAndTotals());
 
   await step('archive: the chat turns read-only', async () => {
     await page.getByRole('link', { name: 'Agents' }).click();
@@ -313,8 +327,8 @@ try {
     await screenshot(page, 'devices-pairing');
   });
 
-  await step('devices: a device paired with the shown token is listed and can be revoked', async () => {
-    const token = await page.getByLabel('Token').inputValue();
+  await step('devices: a device paired with the copied token is listed and can be revoked', async () => {
+    const token = await screens.devicesCopyToken();
     const app = await request.newContext({ ignoreHTTPSErrors: true });
     const r = await app.post(`${URL_}/api/devices/pair`, { data: { token, device_name: 'e2e phone', platform: 'android' } });
     assert(r.status() === 201, `pair with the page's token: ${r.status()}`);
@@ -479,6 +493,15 @@ try {
     assert((await card.locator('.chip.warn', { hasText: /^paused$/ }).count()) === 0, 'still paused');
   });
 
+  await step('connect an agent from the UI: the real taos-agent, run with the shown command, answers', () => screens.connectAgent());
+  await step('edit an agent: name, emoji, color, model and fallbacks persist', () => screens.editAgent());
+  await step('rotate the agent token, then the LLM key: the shown credentials work', () => screens.rotateCredentials());
+  await step('a budget on an unpriced model warns; prices set in Providers make spend count', () => screens.budgetAndPrices());
+  await step('archive and restore an external agent: the new credentials are shown and work', () => screens.archiveRestoreExternal());
+  await step('settings: loopback warning, a family account, a password change', async () => {
+    PASSWORD = await screens.settings(PASSWORD);
+  });
+
   await step('phone, 390×844: every screen fits and works', async () => {
     const phone = await browser.newContext({
       ignoreHTTPSErrors: true,
@@ -513,11 +536,15 @@ try {
     assert((await composer.inputValue()).includes(`@${SLUG} `), 'mention not completed');
     await composer.press('Enter');
     await p.locator('[data-testid=message]', { hasText: `from the phone @${SLUG}` }).waitFor();
-    for (const [link, name] of [['Agents', 'agents'], ['Providers', 'providers'], ['Devices', 'devices'], ['Alerts', 'alerts']]) {
-      await p.getByRole('link', { name: link }).click();
+    for (const [link, name] of [['Agents', 'agents'], ['Providers', 'providers'], ['Devices', 'devices'], ['Alerts', 'alerts'], ['Settings', 'settings']]) {
+      await p.getByRole('link', { name: link, exact: true }).click();
       await p.getByRole('heading', { name: link, exact: true }).waitFor();
       await fits(name);
     }
+    await p.getByRole('link', { name: 'Traces', exact: true }).click();
+    await p.getByRole('heading', { name: /^Traces/ }).waitFor();
+    await p.getByTestId('trace-event').first().waitFor();
+    await fits('traces');
     await phone.close();
   });
 
@@ -547,6 +574,7 @@ try {
 } catch {
   // already reported by step()
 } finally {
+  await screens.stopSidecars();
   await browser.close();
 }
 console.log(`screenshots: ${OUT}`);

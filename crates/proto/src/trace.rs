@@ -158,6 +158,35 @@ pub struct TraceList {
     pub agent_name: String,
     pub schema_version: u32,
     pub events: Vec<TraceEvent>,
+    /// Pass back as `cursor` for the next, older page. Present whenever this page is full (the
+    /// next one may then be empty); absent when this page is the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// One UTC day of an agent's trace, summed on the host over every event of the day in range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TraceDayTotal {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    pub events: u64,
+    /// Events per kind (`llm_call` → 12, …); kinds without events are left out.
+    pub by_kind: std::collections::BTreeMap<String, u64>,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub cost_usd: f64,
+}
+
+/// Answer to `GET /api/agents/{slug}/trace/totals`: per-day totals over `[since, until]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TraceTotals {
+    pub agent_name: String,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// Newest day first; days without events are left out.
+    pub days: Vec<TraceDayTotal>,
 }
 
 #[cfg(test)]

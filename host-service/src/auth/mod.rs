@@ -72,6 +72,9 @@ impl Principal {
 pub enum AuthError {
     #[error("invalid username or password")]
     InvalidCredentials,
+    /// A signed-in user gave the wrong current password (not a 401: they stay signed in).
+    #[error("the current password is wrong")]
+    WrongPassword,
     #[error("invalid or expired token")]
     InvalidToken,
     #[error("too many failed attempts; retry in {retry_after_secs} s")]

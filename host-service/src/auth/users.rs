@@ -150,6 +150,97 @@ pub async fn reset_password(
     Ok(user)
 }
 
+/// Changes a user's own password after checking the current one, and ends every other
+/// session of theirs: whoever else holds one of them (a forgotten browser, a thief) is signed
+/// out; the session asking (`keep_session_hash`) stays. Returns the ended sessions' token
+/// hashes so the caller can close their live connections. The update only lands if the
+/// password is still the one that was checked, so two racing changes can't both win with it.
+pub async fn change_password(
+    db: &Db,
+    user_id: Uuid,
+    current: &str,
+    new_password: &str,
+    keep_session_hash: &str,
+) -> Result<Vec<String>, AuthError> {
+    password::validate(new_password)?;
+    if current.len() > password::MAX_PASSWORD_BYTES {
+        return Err(AuthError::WrongPassword);
+    }
+    let stored: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = ?")
+        .bind(user_id.to_string())
+        .fetch_optional(db)
+        .await?
+        .ok_or(AuthError::NotFound)?;
+    if !password::verify(current.to_string(), stored.clone()).await? {
+        return Err(AuthError::WrongPassword);
+    }
+    let hash = password::hash(new_password.to_string()).await?;
+    let mut tx = db.begin().await?;
+    let updated =
+        sqlx::query("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?")
+            .bind(hash)
+            .bind(user_id.to_string())
+            .bind(stored)
+            .execute(&mut *tx)
+            .await?;
+    if updated.rows_affected() == 0 {
+        return Err(AuthError::WrongPassword);
+    }
+    let ended: Vec<String> = sqlx::query_scalar(
+        "DELETE FROM sessions WHERE user_id = ? AND token_hash != ? RETURNING token_hash",
+    )
+    .bind(user_id.to_string())
+    .bind(keep_session_hash)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// Every account, oldest (the owner) first.
+pub async fn list(db: &Db) -> Result<Vec<User>, AuthError> {
+    let rows = sqlx::query(
+        "SELECT id, username, is_owner, created_at FROM users ORDER BY created_at, username",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+}
+
+/// Deletes an account other than the owner's. Its sessions and notifications go with it (by
+/// cascade); it leaves every channel and loses the right to change the channels it made, so an
+/// account made later under the same name starts with nothing of the old one's. Messages it
+/// wrote stay, under its name. The caller closes its live connections (`Live::revoke_user`).
+pub async fn delete(db: &Db, id: Uuid) -> Result<User, AuthError> {
+    let mut tx = db.begin().await?;
+    let row = sqlx::query("SELECT id, username, is_owner, created_at FROM users WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(AuthError::NotFound)?;
+    let user = user_from_row(&row)?;
+    if user.is_owner {
+        return Err(AuthError::BadInput(
+            "the owner's account can't be deleted".into(),
+        ));
+    }
+    let member = crate::chat::user_member(&user.username);
+    sqlx::query("DELETE FROM channel_members WHERE member = ?")
+        .bind(&member)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE channels SET created_by = NULL WHERE created_by = ?")
+        .bind(&member)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM users WHERE id = ?")
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(user)
+}
+
 /// Checks a username and password. Unknown users cost the same time as wrong passwords and get
 /// the same error, so the answer says nothing about which usernames exist.
 pub async fn authenticate(db: &Db, username: &str, password_text: &str) -> Result<User, AuthError> {

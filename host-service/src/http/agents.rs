@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use taos_proto::agents::{Agent, AgentPatch, AgentWithToken, NewAgent};
 use taos_proto::error::ErrorBody;
-use taos_proto::trace::{TraceKind, TraceList};
+use taos_proto::trace::{TraceKind, TraceList, TraceTotals};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::extract::{human_member, Auth, Json, OwnerLike, Path, Query};
 use super::AppState;
 use crate::agents::{self, AgentRecord};
+use crate::trace::pages::{self, Cursor};
 use crate::trace::{self, TraceQuery};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -26,6 +27,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(rotate_token))
         .routes(routes!(agent_trace))
+        .routes(routes!(agent_trace_totals))
 }
 
 /// The API view of an agent: its record plus live bridge state and its DM channel.
@@ -228,47 +230,54 @@ pub(crate) struct TraceParams {
     until: Option<String>,
     /// 1-1000, default 100.
     limit: Option<usize>,
+    /// The `next_cursor` of the previous page: continue after it.
+    cursor: Option<String>,
+}
+
+fn parse_time_param(
+    name: &str,
+    v: &Option<String>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    v.as_deref()
+        .map(|t| {
+            trace::parse_time(t).ok_or_else(|| {
+                ApiError::bad_request(format!("{name} must be epoch seconds or RFC 3339"))
+            })
+        })
+        .transpose()
+}
+
+fn parse_kind_param(kind: &Option<String>) -> Result<Option<TraceKind>, ApiError> {
+    kind.as_deref()
+        .map(|k| {
+            TraceKind::parse(k).ok_or_else(|| ApiError::bad_request(format!("unknown kind {k:?}")))
+        })
+        .transpose()
 }
 
 impl TraceParams {
     fn to_query(&self) -> Result<TraceQuery, ApiError> {
-        let time = |name: &str, v: &Option<String>| -> Result<_, ApiError> {
-            v.as_deref()
-                .map(|t| {
-                    trace::parse_time(t).ok_or_else(|| {
-                        ApiError::bad_request(format!("{name} must be epoch seconds or RFC 3339"))
-                    })
-                })
-                .transpose()
-        };
         let limit = self.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::bad_request("limit must be between 1 and 1000"));
         }
-        let kind = self
-            .kind
-            .as_deref()
-            .map(|k| {
-                TraceKind::parse(k)
-                    .ok_or_else(|| ApiError::bad_request(format!("unknown kind {k:?}")))
-            })
-            .transpose()?;
         Ok(TraceQuery {
-            kind,
+            kind: parse_kind_param(&self.kind)?,
             channel_id: self.channel_id.clone(),
             trace_id: self.trace_id.clone(),
-            since: time("since", &self.since)?,
-            until: time("until", &self.until)?,
+            since: parse_time_param("since", &self.since)?,
+            until: parse_time_param("until", &self.until)?,
             limit,
         })
     }
 }
 
-/// An agent's trace, newest first, merged from its hourly buckets.
+/// An agent's trace, newest first, merged from its hourly buckets. Page with `cursor`: each
+/// full page carries the `next_cursor` to pass for the next, older one.
 #[utoipa::path(get, path = "/api/agents/{slug}/trace", tag = "agents",
     params(("slug" = String, Path, description = "Agent slug"), TraceParams),
     responses((status = 200, description = "Trace events, newest first", body = TraceList),
-        (status = 400, description = "Bad filter", body = ErrorBody),
+        (status = 400, description = "Bad filter or cursor", body = ErrorBody),
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody)))]
 async fn agent_trace(
@@ -279,11 +288,61 @@ async fn agent_trace(
 ) -> Result<Json<TraceList>, ApiError> {
     trace::validate_slug(&slug)?;
     let query = params.to_query()?;
+    let cursor = params.cursor.as_deref().map(Cursor::parse).transpose()?;
     let agent = agents::get_by_slug(&state.db, &slug).await?;
-    let events = state.traces.list(&agent.slug, &query).await?;
+    let (events, next) = pages::page(&state.traces, &agent.slug, &query, cursor.as_ref()).await?;
     Ok(Json(TraceList {
         agent_name: agent.slug,
         schema_version: 1,
         events,
+        next_cursor: next.map(|c| c.to_string()),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct TotalsParams {
+    kind: Option<String>,
+    channel_id: Option<String>,
+    /// Epoch seconds or RFC 3339, inclusive; default 30 days before `until`.
+    since: Option<String>,
+    /// Epoch seconds or RFC 3339, inclusive; default now. At most 92 days after `since`.
+    until: Option<String>,
+}
+
+/// Per-UTC-day totals of an agent's trace over a range: events by kind, tokens and cost,
+/// counted on the host over every matching event (not a page of them).
+#[utoipa::path(get, path = "/api/agents/{slug}/trace/totals", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug"), TotalsParams),
+    responses((status = 200, description = "Totals per day, newest first", body = TraceTotals),
+        (status = 400, description = "Bad filter, or a range longer than 92 days", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody)))]
+async fn agent_trace_totals(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    Query(params): Query<TotalsParams>,
+) -> Result<Json<TraceTotals>, ApiError> {
+    trace::validate_slug(&slug)?;
+    let until = parse_time_param("until", &params.until)?.unwrap_or_else(chrono::Utc::now);
+    let since =
+        parse_time_param("since", &params.since)?.unwrap_or(until - chrono::TimeDelta::days(30));
+    let query = TraceQuery {
+        kind: parse_kind_param(&params.kind)?,
+        channel_id: params.channel_id.clone(),
+        trace_id: None,
+        since: Some(since),
+        until: Some(until),
+        limit: trace::MAX_LIST_LIMIT,
+    };
+    let agent = agents::get_by_slug(&state.db, &slug).await?;
+    let days = pages::totals_per_day(&state.traces, &agent.slug, &query).await?;
+    Ok(Json(TraceTotals {
+        agent_name: agent.slug,
+        since,
+        until,
+        days,
     }))
 }

@@ -83,6 +83,11 @@ impl From<AuthError> for ApiError {
                 "invalid_credentials",
                 "invalid username or password",
             ),
+            AuthError::WrongPassword => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "wrong_password",
+                "the current password is wrong",
+            ),
             AuthError::InvalidToken => ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",

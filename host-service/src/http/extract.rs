@@ -318,6 +318,34 @@ impl FromRequestParts<AppState> for OwnerLike {
     }
 }
 
+/// A person signed in with a password (a browser session), and the hash of that session's
+/// token; devices and the local admin get 403 (they have no password of their own).
+pub struct SignedInUser {
+    pub user_id: uuid::Uuid,
+    pub session_hash: String,
+}
+
+impl FromRequestParts<AppState> for SignedInUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Auth(principal) = Auth::from_request_parts(parts, state).await?;
+        let token = cookie(&parts.headers, crate::auth::sessions::SESSION_COOKIE);
+        match (principal, token) {
+            (Principal::User { user_id, .. }, Some(token)) => Ok(SignedInUser {
+                user_id,
+                session_hash: crate::auth::hash_token(token),
+            }),
+            _ => Err(ApiError::forbidden(
+                "only a person signed in with a password can do this",
+            )),
+        }
+    }
+}
+
 /// An agent, authenticated by its agent token on the agent listener. Nothing else is accepted
 /// there: user sessions, device tokens and the local token all get 401.
 pub struct AgentAuth(pub crate::agents::AgentRecord);

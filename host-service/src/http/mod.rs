@@ -19,6 +19,7 @@ pub mod ops;
 pub mod prompts;
 pub mod quota;
 pub mod recycle;
+pub mod settings;
 pub mod trace;
 pub mod ui;
 pub mod ws;
@@ -173,6 +174,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(prompts::routes())
         .merge(quota::routes())
         .merge(recycle::routes())
+        .merge(settings::routes())
 }
 
 /// The generated OpenAPI document, built once.

@@ -17,6 +17,7 @@
 
 mod bucket;
 mod jsonl;
+pub mod pages;
 mod read;
 mod writer;
 

@@ -27,7 +27,9 @@ mod revoke;
 mod roles;
 mod routes;
 mod runtime;
+mod settings;
 mod tls;
+mod trace_pages;
 mod traces;
 mod ui;
 

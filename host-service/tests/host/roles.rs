@@ -48,6 +48,8 @@ type OwnerSide = [Expect; 3];
 const OWNER_SIDE: OwnerSide = [Allow, Allow, Allow];
 /// `OwnerOrAdmin` routes: the owner's signed-in session or the local admin, not a device.
 const SESSION_OR_ADMIN: OwnerSide = [Allow, Deny, Allow];
+/// Only a person signed in with a password (a device or the local admin has none).
+const SESSION_ONLY: OwnerSide = [Allow, Deny, Deny];
 
 /// What the second user tries: a concrete path on the owner's things, a body, the outcome.
 type Probe = (String, Option<Value>, Expect);
@@ -75,6 +77,8 @@ struct Fixture {
     message: String,
     /// A notification for the owner.
     owner_note: i64,
+    /// The owner's user id.
+    owner_id: String,
 }
 
 async fn ok_json(request: reqwest::RequestBuilder) -> Value {
@@ -109,6 +113,8 @@ async fn fixture() -> Fixture {
             .json(&json!({"channel_id": family_id, "content": "dinner at 7"})),
     )
     .await;
+    let users = ok_json(host.admin(Method::GET, "/api/users")).await;
+    let owner_id = users[0]["id"].as_str().unwrap().to_string();
     let note = ok_json(host.admin(Method::POST, "/api/notifications").json(
         &json!({"level": "warning", "title": "owner's secret", "message": "disk of agent x"}),
     ))
@@ -121,6 +127,7 @@ async fn fixture() -> Fixture {
         private: private["id"].as_str().unwrap().to_string(),
         message: message["id"].as_str().unwrap().to_string(),
         owner_note: note["id"].as_i64().unwrap(),
+        owner_id,
         host,
         owner,
         guest,
@@ -187,6 +194,43 @@ fn table(f: &Fixture) -> Vec<Route> {
             "/api/auth/logout",
             OWNER_SIDE,
             vec![no_body("/api/auth/logout".into(), Allow)],
+        ),
+        // Their own password (the probe's body is incomplete: nothing changes).
+        route(
+            "POST",
+            "/api/auth/password",
+            SESSION_ONLY,
+            vec![with("/api/auth/password".into(), json!({}), Allow)],
+        ),
+        // Accounts are the owner's to make and remove; a device can't mint them.
+        route(
+            "GET",
+            "/api/users",
+            OWNER_SIDE,
+            vec![no_body("/api/users".into(), Deny)],
+        ),
+        route(
+            "POST",
+            "/api/users",
+            SESSION_OR_ADMIN,
+            vec![with(
+                "/api/users".into(),
+                json!({"username": "guest2", "password": "guest2 password"}),
+                Deny,
+            )],
+        ),
+        route(
+            "DELETE",
+            "/api/users/{id}",
+            SESSION_OR_ADMIN,
+            vec![no_body(format!("/api/users/{}", f.owner_id), Deny)],
+        ),
+        // Where the host is reached: its network addresses.
+        route(
+            "GET",
+            "/api/host",
+            OWNER_SIDE,
+            vec![no_body("/api/host".into(), Deny)],
         ),
         route(
             "GET",
@@ -318,6 +362,12 @@ fn table(f: &Fixture) -> Vec<Route> {
             "/api/agents/{slug}/trace",
             OWNER_SIDE,
             vec![no_body(agent("/trace"), Deny)],
+        ),
+        route(
+            "GET",
+            "/api/agents/{slug}/trace/totals",
+            OWNER_SIDE,
+            vec![no_body(agent("/trace/totals"), Deny)],
         ),
         route(
             "GET",
@@ -683,6 +733,7 @@ async fn owner_view(f: &Fixture) -> Value {
         "notifications": get("/api/notifications".into()).await,
         "providers": get("/api/providers".into()).await,
         "archived": get("/api/agents/archived".into()).await,
+        "users": get("/api/users".into()).await,
     })
 }
 

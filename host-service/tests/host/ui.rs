@@ -160,6 +160,8 @@ async fn the_whole_app_in_chromium_against_the_real_host() {
         .env("TAOS_FAKE_KEY", key)
         .env("TAOS_E2E_OUT", &out)
         .env("TAOS_E2E_AGENT", "UI Helper")
+        // "Connect an agent" is checked by running the real sidecar with what the page shows.
+        .env("TAOS_AGENT_BIN", taos_e2e::workspace_binary("taos-agent"))
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(900), run)

@@ -443,8 +443,31 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** An agent's trace, newest first, merged from its hourly buckets. */
+        /**
+         * An agent's trace, newest first, merged from its hourly buckets. Page with `cursor`: each
+         *     full page carries the `next_cursor` to pass for the next, older one.
+         */
         get: operations["agent_trace"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/agents/{slug}/trace/totals": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Per-UTC-day totals of an agent's trace over a range: events by kind, tokens and cost,
+         *     counted on the host over every matching event (not a page of them).
+         */
+        get: operations["agent_trace_totals"];
         put?: never;
         post?: never;
         delete?: never;
@@ -508,6 +531,27 @@ export interface paths {
          *     code 4001) and event streams (an `unauthorized` event) end at once.
          */
         post: operations["logout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/password": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Changes the signed-in user's own password. Every other session of theirs ends at once (its
+         *     WebSockets close with 4001, its event streams get `unauthorized`); this one stays. Wrong
+         *     current passwords count against the address like failed logins.
+         */
+        post: operations["change_password"];
         delete?: never;
         options?: never;
         head?: never;
@@ -863,6 +907,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/host": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Where this host is reached: the addresses its pairing codes carry (and whether a phone
+         *     could reach any of them), and the agent listener's URLs for a sidecar on this machine.
+         */
+        get: operations["host_info"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/llm/status": {
         parameters: {
             query?: never;
@@ -1096,6 +1160,47 @@ export interface paths {
         /** Records up to 5000 trace events for one named agent. */
         post: operations["post_trace_batch"];
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/users": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every account, the owner first. */
+        get: operations["list_users"];
+        put?: never;
+        /**
+         * Adds an account for someone else in the household. They see only the channels they are
+         *     put in. Only the owner's signed-in session or the local admin: a device can't mint accounts.
+         */
+        post: operations["create_user"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/users/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Deletes an account (never the owner's). Its sessions end and its open connections close at
+         *     once; it leaves every channel.
+         */
+        delete: operations["delete_user"];
         options?: never;
         head?: never;
         patch?: never;
@@ -1402,6 +1507,27 @@ export interface components {
             /** @description e.g. `notification.created`, `notification.read`, `agent.status`. */
             kind: string;
         };
+        /** @description `GET /api/host`: where people and agents reach this host. */
+        HostInfo: {
+            /**
+             * @description The agent listener for a sidecar on this machine (`TAOS_BRIDGE_URL`). It is bound to
+             *     loopback, so an external agent's sidecar must run on the host itself (or reach it
+             *     through a tunnel it sets up).
+             */
+            agent_url: string;
+            /** @description The host's TLS key pin, `sha256/<base64>`. */
+            fingerprint: string;
+            /** @description The LLM gateway's OpenAI-compatible base URL on the agent listener (`OPENAI_BASE_URL`). */
+            gateway_url: string;
+            host_name: string;
+            /** @description `host:port` addresses pairing codes carry, in the order the app tries them. */
+            pairing_addresses: string[];
+            /**
+             * @description False when every pairing address is a loopback address: a phone can't reach any of
+             *     them (the public listener is bound to loopback, `[server] bind`).
+             */
+            pairing_reachable: boolean;
+        };
         Install: {
             /** @description none | script */
             method: string;
@@ -1546,6 +1672,12 @@ export interface components {
             /** Format: int32 */
             v?: number | null;
         };
+        /** @description Body of `POST /api/users`: the owner adds an account (a family member, say). */
+        NewUser: {
+            /** @description At least 10 characters; the new user can change it in Settings. */
+            password: string;
+            username: string;
+        };
         Notification: {
             /** Format: date-time */
             created_at: string;
@@ -1608,6 +1740,12 @@ export interface components {
             qr_svg: string;
             /** @description The base64url pairing token to type or scan. */
             token: string;
+        };
+        /** @description Body of `POST /api/auth/password`: a signed-in user changes their own password. */
+        PasswordChange: {
+            current_password: string;
+            /** @description At least 10 characters. */
+            new_password: string;
         };
         /** @description Body of `POST /api/notifications`: a notification and, optionally, who it is for. */
         PostNotification: {
@@ -1816,6 +1954,23 @@ export interface components {
         TraceBatch: {
             events: components["schemas"]["NewTraceEvent"][];
         };
+        /** @description One UTC day of an agent's trace, summed on the host over every event of the day in range. */
+        TraceDayTotal: {
+            /** @description Events per kind (`llm_call` → 12, …); kinds without events are left out. */
+            by_kind: {
+                [key: string]: number;
+            };
+            /** Format: double */
+            cost_usd: number;
+            /** @description `YYYY-MM-DD` (UTC). */
+            day: string;
+            /** Format: int64 */
+            events: number;
+            /** Format: int64 */
+            tokens_in: number;
+            /** Format: int64 */
+            tokens_out: number;
+        };
         /** @description One stored trace event, as returned by `GET /api/agents/{name}/trace`. */
         TraceEvent: {
             agent_name: string;
@@ -1853,8 +2008,23 @@ export interface components {
         TraceList: {
             agent_name: string;
             events: components["schemas"]["TraceEvent"][];
+            /**
+             * @description Pass back as `cursor` for the next, older page. Present whenever this page is full (the
+             *     next one may then be empty); absent when this page is the last.
+             */
+            next_cursor?: string | null;
             /** Format: int32 */
             schema_version: number;
+        };
+        /** @description Answer to `GET /api/agents/{slug}/trace/totals`: per-day totals over `[since, until]`. */
+        TraceTotals: {
+            agent_name: string;
+            /** @description Newest day first; days without events are left out. */
+            days: components["schemas"]["TraceDayTotal"][];
+            /** Format: date-time */
+            since: string;
+            /** Format: date-time */
+            until: string;
         };
         Usage: {
             agent_name: string;
@@ -3335,6 +3505,8 @@ export interface operations {
                 until?: string;
                 /** @description 1-1000, default 100. */
                 limit?: number;
+                /** @description The `next_cursor` of the previous page: continue after it. */
+                cursor?: string;
             };
             header?: never;
             path: {
@@ -3354,7 +3526,7 @@ export interface operations {
                     "application/json": components["schemas"]["TraceList"];
                 };
             };
-            /** @description Bad filter */
+            /** @description Bad filter or cursor */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3365,6 +3537,72 @@ export interface operations {
             };
             /** @description No credentials */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such agent */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    agent_trace_totals: {
+        parameters: {
+            query?: {
+                kind?: string;
+                channel_id?: string;
+                /** @description Epoch seconds or RFC 3339, inclusive; default 30 days before `until`. */
+                since?: string;
+                /** @description Epoch seconds or RFC 3339, inclusive; default now. At most 92 days after `since`. */
+                until?: string;
+            };
+            header?: never;
+            path: {
+                /** @description Agent slug */
+                slug: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Totals per day, newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TraceTotals"];
+                };
+            };
+            /** @description Bad filter, or a range longer than 92 days */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3511,6 +3749,73 @@ export interface operations {
             };
             /** @description Missing X-CSRF-Token */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    change_password: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PasswordChange"];
+            };
+        };
+        responses: {
+            /** @description Changed; the user's other sessions ended */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description New password shorter than 10 characters */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Wrong current password, or not a signed-in user (a device or the local admin has no password) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many wrong passwords from this address; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many sign-ins at once on this host; see Retry-After */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4508,6 +4813,44 @@ export interface operations {
             };
         };
     };
+    host_info: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The host's addresses */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HostInfo"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     llm_status: {
         parameters: {
             query?: never;
@@ -5206,6 +5549,152 @@ export interface operations {
             };
             /** @description Not the owner or local admin */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_users: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Accounts */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["User"][];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_user: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewUser"];
+            };
+        };
+        responses: {
+            /** @description The account */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["User"];
+                };
+            };
+            /** @description Bad or taken username, or a password shorter than 10 characters */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner's session or the local admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_user: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description User id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not a user id, or the owner */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner's session or the local admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such user */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
