@@ -126,8 +126,9 @@ pub enum Refusal {
 ///
 /// Admission takes the lock, reads the agent's budget and spend (committed `llm_usage`), adds
 /// what its open calls reserved, and takes its reservation or refuses; so two admissions can
-/// never both take the same room. A call gives its room back only after its real cost is
-/// committed (a moment where it counts twice, never one where it counts not at all). Each
+/// never both take the same room. A call commits its real cost and gives its room back under
+/// the same lock ([`Ledger::settle`]): admission never sees it counted twice (which refused a
+/// call made the moment a stream ended) or not at all. Each
 /// reservation is also written to `llm_reservations`, off the request path (a commit costs an
 /// fsync), so calls in flight when the host is killed are charged at its next start; see
 /// [`settle_stale`].
@@ -189,9 +190,30 @@ impl Ledger {
         Ok(Ok(amount))
     }
 
-    /// Gives a finished call's room back; after its cost is committed.
-    pub async fn release(&self, agent: Uuid, amount: f64) {
-        let mut open = self.open.lock().await;
+    /// Settles a finished call: commits its real usage in place of its reservation row and
+    /// gives its room back, both under the admission lock, then announces budget thresholds
+    /// the call crossed. The room is given back even if the commit fails (the reservation row
+    /// then stays and is charged at the next start).
+    pub async fn settle(
+        &self,
+        db: &Db,
+        hub: &EventHub,
+        (agent, slug): (Uuid, &str),
+        reservation: (&str, f64),
+        usage: &CallUsage,
+    ) -> Result<(), BudgetError> {
+        let (id, amount) = reservation;
+        let committed = {
+            let mut open = self.open.lock().await;
+            let committed = commit_usage(db, agent, id, usage).await;
+            Self::release_locked(&mut open, agent, amount);
+            committed
+        };
+        committed?;
+        announce(db, hub, agent, slug).await
+    }
+
+    fn release_locked(open: &mut HashMap<Uuid, Open>, agent: Uuid, amount: f64) {
         if let Some(entry) = open.get_mut(&agent) {
             entry.calls -= 1;
             entry.reserved -= amount;
@@ -224,14 +246,11 @@ pub async fn record_reservation(
     Ok(())
 }
 
-/// Settles a call: its reservation row goes and its real usage comes, in one transaction, so
-/// a crash leaves either the reservation (settled at start) or the usage, never both or
-/// neither. Then announces budget thresholds the call crossed.
-pub async fn settle(
+/// A call's reservation row goes and its real usage comes, in one transaction, so a crash
+/// leaves either the reservation (settled at start) or the usage, never both or neither.
+async fn commit_usage(
     db: &Db,
-    hub: &EventHub,
     agent: Uuid,
-    slug: &str,
     reservation: &str,
     usage: &CallUsage,
 ) -> Result<(), BudgetError> {
@@ -242,7 +261,7 @@ pub async fn settle(
         .await?;
     add_usage(&mut tx, agent, usage).await?;
     tx.commit().await?;
-    announce(db, hub, agent, slug).await
+    Ok(())
 }
 
 /// Settles every reservation left by a host that stopped without settling them (killed, power

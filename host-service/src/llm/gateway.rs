@@ -132,8 +132,7 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Records the real usage, then gives the room back (in that order, so the call never
-    /// counts nowhere).
+    /// Records the real usage and gives the room back, as one step for admission.
     async fn settle(mut self, usage: CallUsage) {
         let recorded = self.recorded.take();
         settle_reservation(
@@ -165,10 +164,12 @@ async fn settle_reservation(
     if let Some(recorded) = recorded {
         let _ = recorded.await;
     }
-    if let Err(e) = budget::settle(&db, &hub, agent, &slug, &id, &usage).await {
+    if let Err(e) = ledger
+        .settle(&db, &hub, (agent, &slug), (&id, amount), &usage)
+        .await
+    {
         tracing::error!(agent = %slug, error = %e, "settling an LLM call failed");
     }
-    ledger.release(agent, amount).await;
 }
 
 impl Drop for Reservation {
