@@ -22,6 +22,7 @@ use crate::fsutil;
 use crate::http::AppState;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::trace::legacy::ARCHIVE_SUBDIR as ARCHIVE_TRACES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -198,7 +199,8 @@ pub async fn archive(state: &AppState, slug: &str) -> Result<Archived, ArchiveEr
     export_chat(state, &channels, &dir).await?;
     let trace = state.traces.root().join(&agent.slug);
     if trace.exists() {
-        std::fs::rename(&trace, dir.join("trace")).map_err(|e| ArchiveError::Io(e.to_string()))?;
+        std::fs::rename(&trace, dir.join(ARCHIVE_TRACES))
+            .map_err(|e| ArchiveError::Io(e.to_string()))?;
     }
     for channel in &channels {
         state
@@ -349,12 +351,12 @@ pub async fn restore(state: &AppState, id: &str) -> Result<Restored, ArchiveErro
     }
     // The trace folder comes home under the (possibly new) slug.
     let trace = state.traces.root().join(&slug);
-    if dir.join("trace").exists() {
+    if dir.join(ARCHIVE_TRACES).exists() {
         if trace.exists() {
             // Left over from an agent that had this slug: keep it, out of the way.
             let _ = std::fs::rename(&trace, trace.with_extension(format!("stale-{}", now_ms())));
         }
-        if let Err(e) = std::fs::rename(dir.join("trace"), &trace) {
+        if let Err(e) = std::fs::rename(dir.join(ARCHIVE_TRACES), &trace) {
             if let (Some(archived_name), Some(rt)) = (&archived.container, state.runtime.as_ref()) {
                 let _ = rt.rename(&container, archived_name).await;
             }
@@ -399,7 +401,7 @@ pub async fn restore(state: &AppState, id: &str) -> Result<Restored, ArchiveErro
     let agent = agents::get_by_id(&state.db, agent_id).await?;
     if has_container {
         let rt = runtime(state)?;
-        if let Err(e) = bring_up(state, rt, &agent, &agent_token, &llm_key, &trace).await {
+        if let Err(e) = bring_up(state, rt, &agent, &agent_token, &llm_key).await {
             // Restored but not running: say so instead of leaving it "restoring".
             agents::set_status(&state.db, agent_id, "failed").await?;
             return Err(e);
@@ -458,25 +460,24 @@ async fn reimport_chat(db: &Db, path: &Path) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-/// Re-points the trace mount, starts the container, gives the agent its new credentials, and
-/// waits for it to connect.
+/// Starts the container, gives the agent its new credentials, and waits for it to connect.
 async fn bring_up(
     state: &AppState,
     rt: &ContainerRuntime,
     agent: &AgentRecord,
     agent_token: &str,
     llm_key: &str,
-    trace: &Path,
 ) -> Result<(), ArchiveError> {
     let name = agent
         .container
         .clone()
         .unwrap_or_else(|| format!("taos-{}", agent.slug));
-    // The trace folder moved: point the mount at its new place.
-    let _ = rt.remove_device(&name, "trace").await;
-    deploy::mount_trace(rt, &name, trace)
-        .await
-        .map_err(ArchiveError::Runtime)?;
+    // A snapshot taken before the store left the container brings back its old trace mount
+    // (and incus would refuse to start with its folder gone): take it out again.
+    match rt.remove_device(&name, crate::legacy::TRACE_DEVICE).await {
+        Ok(()) | Err(RuntimeError::NotFound(_)) | Err(RuntimeError::Unsupported { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
     rt.start(&name).await?;
     let env = deploy::agent_env(
         state,

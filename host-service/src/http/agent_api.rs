@@ -139,7 +139,8 @@ fn to_event(delivery: &crate::bridge::StoredDelivery) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unencodable delivery"))
 }
 
-/// `POST /api/openclaw/sessions/{agent}/reply` → 202.
+/// `POST /api/openclaw/sessions/{agent}/reply` → 202. Each reply (a delta too) takes one token
+/// of the agent's reply rate (`[bridge]`); beyond it, 429 with Retry-After and nothing done.
 pub async fn reply(
     auth: AgentAuth,
     State(state): State<AppState>,
@@ -147,6 +148,7 @@ pub async fn reply(
     Json(body): Json<Reply>,
 ) -> Result<(StatusCode, Json<ReplyAccepted>), ApiError> {
     auth.require_self(&agent)?;
+    state.reply_limiter.take(auth.0.id, 1)?;
     let accepted = state.bridge.reply(&state.chat, &auth.0, body).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }

@@ -18,6 +18,8 @@ mod quota;
 mod routes;
 mod runtime;
 mod tls;
+mod trace_limits;
+mod trace_store;
 mod traces;
 mod ui;
 
