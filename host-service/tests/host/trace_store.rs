@@ -81,11 +81,15 @@ async fn post_trace(host: &Host, slug: &str, id: &str, at: chrono::DateTime<Utc>
     assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
 }
 
-/// The agent's trace ids through the API. The client gives up after 30 s, so a read that hangs
-/// on a planted FIFO fails here.
+/// The ids of the `tool_call` events (the ones the tests post; the sidecar adds its own
+/// lifecycle events) through the API. The client gives up after 30 s, so a read that hangs on a
+/// planted FIFO fails here.
 async fn trace_ids(host: &Host, slug: &str) -> Vec<String> {
     let r = host
-        .admin(Method::GET, &format!("/api/agents/{slug}/trace?limit=1000"))
+        .admin(
+            Method::GET,
+            &format!("/api/agents/{slug}/trace?kind=tool_call&limit=1000"),
+        )
         .send()
         .await
         .expect("the trace read answers");
@@ -164,7 +168,7 @@ async fn an_old_mounted_store_is_migrated_without_trusting_it() {
     require_image().await;
     let mut host = host_with(&[]).await;
     host.setup_owner().await;
-    let slug = deploy_agent(&host, "Keeper").await;
+    let slug = deploy_agent(&host, "Migrant").await;
     let container = format!("taos-{slug}");
     let _cleanup = Remove(container.clone());
     let now = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap();
