@@ -297,16 +297,20 @@ async fn over_its_quota_an_agent_loses_its_oldest_hours_and_the_owner_is_told() 
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
+    let left = ids(&trace(&host, "hoarder").await);
+    assert!(
+        !left.contains("old0-0"),
+        "the oldest hour's events are gone"
+    );
+    assert!(left.contains("old1-0") && left.contains("old2-0") && left.contains("small"));
     let store = host.data_dir.join("traces").join("hoarder");
     let db = |at: DateTime<Utc>| store.join(format!("{}.db", at.format("%Y-%m-%dT%H")));
-    assert!(!db(closed[0]).exists(), "the oldest hour is gone");
+    assert!(!db(closed[0]).exists(), "the oldest hour's file is gone");
     assert!(
         db(closed[1]).exists() && db(closed[2]).exists(),
         "only what was needed went"
     );
     assert!(db(now).exists());
-    let left = ids(&trace(&host, "hoarder").await);
-    assert!(!left.contains("old0-0") && left.contains("old1-0") && left.contains("small"));
 
     let list: Vec<Value> = host
         .admin(Method::GET, "/api/notifications")
