@@ -329,9 +329,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The size of an event's variable parts: every text field and the payload as stored (JSON).
-/// This is what `[traces] max_event_bytes` limits. Counts without building the JSON text.
-pub fn event_bytes(event: &TraceEvent) -> usize {
+/// The length of `value` as JSON text, counted without building the text.
+pub fn json_bytes(value: &serde_json::Value) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -342,9 +341,15 @@ pub fn event_bytes(event: &TraceEvent) -> usize {
             Ok(())
         }
     }
-    let mut payload = Count(0);
+    let mut count = Count(0);
     // Writing a Value to a counter cannot fail.
-    let _ = serde_json::to_writer(&mut payload, &event.payload);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// The size of an event's variable parts: every text field and the payload as stored (JSON).
+/// This is what `[traces] max_event_bytes` limits.
+pub fn event_bytes(event: &TraceEvent) -> usize {
     let text = [
         &event.trace_id,
         &event.parent_id,
@@ -357,7 +362,7 @@ pub fn event_bytes(event: &TraceEvent) -> usize {
     .iter()
     .map(|field| field.as_deref().map_or(0, str::len))
     .sum::<usize>();
-    payload.0 + text + event.id.len() + event.agent_name.len()
+    json_bytes(&event.payload) + text + event.id.len() + event.agent_name.len()
 }
 
 /// Keeps an agent-given time within [`MAX_CLOCK_SKEW`] of `now`, so a wrong or hostile clock
