@@ -53,7 +53,9 @@ debootstrap --variant=minbase \
     --include=systemd-sysv,systemd-resolved,udev,dbus,iproute2,ca-certificates \
     bookworm "$ROOTFS" "${URI:-http://deb.debian.org/debian}" >/dev/null
 
-mkdir -p "$ROOTFS/etc/systemd/network" "$ROOTFS/etc/taos" "$ROOTFS/root/.taos/trace"
+# /root/.taos is the agent's own state (writable under the unit's ProtectHome); the host shares
+# no folder with it: traces go over HTTP.
+mkdir -p "$ROOTFS/etc/systemd/network" "$ROOTFS/etc/taos" "$ROOTFS/root/.taos"
 printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n' > "$ROOTFS/etc/systemd/network/eth0.network"
 ln -sf /run/systemd/resolve/stub-resolv.conf "$ROOTFS/etc/resolv.conf"
 : > "$ROOTFS/etc/machine-id"

@@ -22,6 +22,7 @@ use crate::fsutil;
 use crate::http::AppState;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::trace::legacy::ARCHIVE_SUBDIR as ARCHIVE_TRACES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -258,7 +259,7 @@ async fn archive_steps(
     export_chat(state, &channels, &plan.dir).await?;
     let trace = state.traces.root().join(&agent.slug);
     if trace.exists() {
-        std::fs::rename(&trace, plan.dir.join("trace"))
+        std::fs::rename(&trace, plan.dir.join(ARCHIVE_TRACES))
             .map_err(|e| ArchiveError::Io(e.to_string()))?;
     }
     journal::step(&state.db, agent.id, "exported").await?;
@@ -315,7 +316,7 @@ async fn archive_steps(
 /// are rather than trusting the step reached, so it is safe to run twice.
 async fn undo_archive(state: &AppState, agent_id: Uuid, plan: &ArchivePlan) {
     let trace = state.traces.root().join(&plan.slug);
-    let moved = plan.dir.join("trace");
+    let moved = plan.dir.join(ARCHIVE_TRACES);
     if moved.exists() && !trace.exists() {
         if let Err(e) = std::fs::rename(&moved, &trace) {
             tracing::error!(agent = %plan.slug, error = %e, "could not move the trace folder back");
@@ -496,12 +497,12 @@ async fn restore_until_commit(
     fault("trace").await?;
     // The trace folder comes home under the (possibly new) slug.
     let trace = state.traces.root().join(&plan.slug);
-    if plan.dir.join("trace").exists() {
+    if plan.dir.join(ARCHIVE_TRACES).exists() {
         if trace.exists() {
             // Left over from an agent that had this slug: keep it, out of the way.
             let _ = std::fs::rename(&trace, trace.with_extension(format!("stale-{}", now_ms())));
         }
-        std::fs::rename(plan.dir.join("trace"), &trace)
+        std::fs::rename(plan.dir.join(ARCHIVE_TRACES), &trace)
             .map_err(|e| ArchiveError::Io(e.to_string()))?;
     }
     journal::step(&state.db, agent_id, "trace_moved").await?;
@@ -561,8 +562,7 @@ async fn finish_restore(
             .map_err(ArchiveError::Runtime)?;
         if plan.archived_name.is_some() {
             let rt = runtime(state)?;
-            let trace = state.traces.root().join(&plan.slug);
-            bring_up(state, rt, &agent, &agent_token, &llm_key, &trace).await?;
+            bring_up(state, rt, &agent, &agent_token, &llm_key).await?;
         }
         Ok::<(), ArchiveError>(())
     };
@@ -600,7 +600,7 @@ async fn finish_restore(
 /// Puts an archive back as it was before an uncommitted restore. Safe to run twice.
 async fn undo_restore(state: &AppState, agent_id: Uuid, plan: &RestorePlan) {
     let trace = state.traces.root().join(&plan.slug);
-    let archived_trace = plan.dir.join("trace");
+    let archived_trace = plan.dir.join(ARCHIVE_TRACES);
     if trace.exists() && !archived_trace.exists() && plan.dir.exists() {
         if let Err(e) = std::fs::rename(&trace, &archived_trace) {
             tracing::error!(agent = %plan.slug, error = %e, "could not move the trace folder back to the archive");
@@ -662,15 +662,13 @@ async fn reimport_chat(db: &Db, path: &Path) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-/// Re-points the trace mount, starts the container, gives the agent its new credentials, and
-/// waits for it to connect.
+/// Starts the container, gives the agent its new credentials, and waits for it to connect.
 async fn bring_up(
     state: &AppState,
     rt: &ContainerRuntime,
     agent: &AgentRecord,
     agent_token: &str,
     llm_key: &str,
-    trace: &Path,
 ) -> Result<(), ArchiveError> {
     let name = agent
         .container
@@ -678,11 +676,12 @@ async fn bring_up(
         .unwrap_or_else(|| format!("taos-{}", agent.slug));
     // The agent listener may have moved since the archive (a restart): re-point the proxies.
     deploy::repoint_proxies(state, rt, &name).await?;
-    // The trace folder moved: point the mount at its new place.
-    let _ = rt.remove_device(&name, "trace").await;
-    deploy::mount_trace(rt, &name, trace)
-        .await
-        .map_err(ArchiveError::Runtime)?;
+    // A snapshot taken before the store left the container brings back its old trace mount
+    // (and incus would refuse to start with its folder gone): take it out again.
+    match rt.remove_device(&name, crate::legacy::TRACE_DEVICE).await {
+        Ok(()) | Err(RuntimeError::NotFound(_)) | Err(RuntimeError::Unsupported { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
     // The snapshot brought back the devices and profiles it was taken with.
     rt.set_agent_network(&name, agent.network).await?;
     rt.start(&name).await?;

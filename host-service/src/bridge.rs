@@ -727,5 +727,6 @@ pub fn new_event(slug: &str, kind: TraceKind, trace_id: &str, channel_id: &str) 
         cost_usd: None,
         error: None,
         payload: serde_json::json!({}),
+        agent_created_at: None,
     }
 }

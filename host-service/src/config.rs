@@ -108,6 +108,23 @@ docker_socket = "/var/run/docker.sock"
 # How often every running agent's disk is sampled, in seconds.
 interval_secs = 300
 
+[traces]
+# Trace events one agent may send per second (POST /api/trace and /api/trace/batch; a batch
+# counts its events), and how many it may send at once after a quiet spell. Beyond that: 429.
+rate_per_sec = 200
+burst = 5000
+# Largest trace event accepted, in bytes (its payload, error and other text together): 413.
+max_event_bytes = 65536
+# Trace files one agent may keep, in MiB. Over it, its oldest hours are deleted (the owner is
+# notified); if only the last few open hours are left, new events are refused (507).
+quota_mib = 256
+
+[bridge]
+# Replies (POST .../reply: deltas, finals, tool and reasoning events) one agent may send per
+# second, and at once after a quiet spell. Beyond that: 429.
+reply_rate_per_sec = 100
+reply_burst = 1000
+
 [log]
 # "human" or "json".
 format = "human"
@@ -123,6 +140,8 @@ pub struct Config {
     pub llm: LlmConfig,
     pub runtime: RuntimeConfig,
     pub quota: QuotaConfig,
+    pub traces: TracesConfig,
+    pub bridge: BridgeConfig,
     pub log: LogConfig,
 }
 
@@ -142,6 +161,42 @@ impl Default for AuthConfig {
             session_idle_secs: 7 * 24 * 3600,
             session_lifetime_secs: 30 * 24 * 3600,
             recheck_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    pub rate_per_sec: u64,
+    pub burst: u64,
+    pub max_event_bytes: u64,
+    pub quota_mib: u64,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        TracesConfig {
+            rate_per_sec: 200,
+            burst: 5000,
+            max_event_bytes: 64 * 1024,
+            quota_mib: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    pub reply_rate_per_sec: u64,
+    pub reply_burst: u64,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            reply_rate_per_sec: 100,
+            reply_burst: 1000,
         }
     }
 }
@@ -401,6 +456,26 @@ impl Config {
         if self.runtime.incus_internet_subnet == self.runtime.incus_lan_subnet {
             return Err(ConfigError::Invalid(
                 "[runtime] incus_internet_subnet and incus_lan_subnet must differ".to_string(),
+            ));
+        }
+        let t = &self.traces;
+        let b = &self.bridge;
+        if t.rate_per_sec == 0 || t.burst == 0 || b.reply_rate_per_sec == 0 || b.reply_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "[traces] rate_per_sec and burst, and [bridge] reply_rate_per_sec and reply_burst \
+                 must be at least 1"
+                    .to_string(),
+            ));
+        }
+        // Above max_body_bytes it changes nothing (the body limit comes first); not an error.
+        if !(1024..=64 * 1024 * 1024).contains(&t.max_event_bytes) {
+            return Err(ConfigError::Invalid(
+                "[traces] max_event_bytes must be between 1024 and 67108864".to_string(),
+            ));
+        }
+        if t.quota_mib == 0 {
+            return Err(ConfigError::Invalid(
+                "[traces] quota_mib must be at least 1".to_string(),
             ));
         }
         if self.log.level.trim().is_empty() {
@@ -720,6 +795,35 @@ mod tests {
             assert!(with(bad, "10.204.0.1/24").is_err(), "{bad}");
         }
         assert!(with("10.204.0.1/24", "10.204.0.1/24").is_err());
+    }
+
+    #[test]
+    fn trace_and_reply_limits_are_configurable_and_checked() {
+        let config = parse(
+            &p(),
+            DEFAULT_TEMPLATE,
+            env(&[
+                ("TAOS_TRACES__RATE_PER_SEC", "5"),
+                ("TAOS_TRACES__QUOTA_MIB", "1"),
+                ("TAOS_BRIDGE__REPLY_BURST", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.traces.rate_per_sec, 5);
+        assert_eq!(config.traces.quota_mib, 1);
+        assert_eq!(config.bridge.reply_burst, 7);
+        for bad in [
+            ("TAOS_TRACES__BURST", "0"),
+            ("TAOS_TRACES__QUOTA_MIB", "0"),
+            ("TAOS_TRACES__MAX_EVENT_BYTES", "100"),
+            ("TAOS_TRACES__MAX_EVENT_BYTES", "100000000"),
+            ("TAOS_BRIDGE__REPLY_RATE_PER_SEC", "0"),
+        ] {
+            assert!(
+                parse(&p(), DEFAULT_TEMPLATE, env(&[bad])).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -28,15 +28,14 @@ use crate::runtime::{CreateSpec, Device, Limits, Runtime, RuntimeError};
 pub const STEPS: &[&str] = &[
     "credentials",
     "container",
-    "trace_mount",
     "start",
     "configure",
     "service",
     "bridge",
 ];
-/// Under Docker the trace folder is bound when the container is made (mounts can't be added
-/// later), the credentials go in before the first start (the sidecar is the container's main
-/// process, so there is no service to restart), and nothing waits for systemd.
+/// Under Docker the credentials go in before the first start (the sidecar is the container's
+/// main process, so there is no service to restart), and nothing waits for systemd. No host
+/// folder is mounted into an agent's container under either runtime: traces come over HTTP.
 pub const DOCKER_STEPS: &[&str] = &["credentials", "container", "configure", "start", "bridge"];
 /// Test hooks: fail, or stop and wait to be killed, at the named step.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -323,12 +322,9 @@ impl Run {
                     network: Some(self.request.network),
                 };
                 if !rt.has_proxy_devices() {
-                    // Docker: agents dial their network's gateway, the trace folder is bound now
-                    // (owned by the uid container root maps to), and the sidecar, being the
+                    // Docker: agents dial their network's gateway, and the sidecar, being the
                     // main process, reads its credentials from the file `configure` pushes.
-                    let dir = trace_dir(state, &self.agent.slug);
-                    prepare_trace_dir(rt, &name, &dir).await?;
-                    spec.devices = vec![trace_device(&dir)];
+                    spec.devices = Vec::new();
                     spec.env
                         .insert("TAOS_ENV_FILE".into(), CREDENTIALS_PATH.into());
                 }
@@ -338,10 +334,6 @@ impl Run {
                     self.manifest.image,
                     rt.kind()
                 )))
-            }
-            "trace_mount" => {
-                mount_trace(rt, &name, &trace_dir(state, &self.agent.slug)).await?;
-                Ok(None)
             }
             "start" => {
                 rt.start(&name).await.map_err(e)?;
@@ -389,46 +381,9 @@ fn proxy_devices(agent_addr: SocketAddr) -> Vec<Device> {
     ]
 }
 
+/// The agent's folder in the host-only trace store (written by the host alone).
 fn trace_dir(state: &AppState, slug: &str) -> PathBuf {
     state.traces.root().join(slug)
-}
-
-/// Mounts the agent's trace folder at `/root/.taos/trace`, owned by the uid container root
-/// maps to: writable inside, never written as host root. (Deploy and restore.)
-pub async fn mount_trace(
-    rt: &ContainerRuntime,
-    name: &str,
-    dir: &std::path::Path,
-) -> Result<(), String> {
-    prepare_trace_dir(rt, name, dir).await?;
-    rt.add_device(name, &trace_device(dir))
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Creates the trace folder, owned by the host uid that container root maps to.
-async fn prepare_trace_dir(
-    rt: &ContainerRuntime,
-    name: &str,
-    dir: &std::path::Path,
-) -> Result<(), String> {
-    crate::fsutil::ensure_private_dir(dir).map_err(|e| e.to_string())?;
-    let uid = rt
-        .root_host_uid(name)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the container has no id map")?;
-    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).map_err(|e| e.to_string())
-}
-
-fn trace_device(dir: &std::path::Path) -> Device {
-    Device::Disk {
-        name: "trace".into(),
-        source: dir.display().to_string(),
-        path: "/root/.taos/trace".into(),
-        readonly: false,
-        shift: false,
-    }
 }
 
 /// Puts the agent's own credentials where its service reads them (0600).

@@ -131,6 +131,100 @@ pub fn mode_of(path: &Path) -> io::Result<u32> {
     Ok(fs::metadata(path)?.permissions().mode() & 0o777)
 }
 
+/// Why a path was refused by the no-follow helpers below.
+fn not_plain(path: &Path, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{} is {what}, not a plain file", path.display()),
+    )
+}
+
+/// Checks an open file is a regular file with one link: not a FIFO, device, socket or
+/// directory (the open would not have followed a symlink), and not a hard link to a file
+/// elsewhere, whose mode a later `fchmod` would change too.
+fn check_plain(path: &Path, file: &File) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(not_plain(path, "a special file or directory"));
+    }
+    if meta.nlink() != 1 {
+        return Err(not_plain(path, "hard-linked"));
+    }
+    Ok(())
+}
+
+/// The flags every no-follow open uses: never through a symlink in the last component, never
+/// blocking on a FIFO's open or read, never inherited by a child.
+const NOFOLLOW_FLAGS: i32 = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+
+/// Opens `path` for reading only if it is a plain file (see [`check_plain`]). For files in a
+/// folder whose contents may be hostile, or to check a file before a library opens it by path.
+pub fn open_plain(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(NOFOLLOW_FLAGS)
+        .open(path)
+        .map_err(|e| refused_link(path, e))?;
+    check_plain(path, &file)?;
+    Ok(file)
+}
+
+/// Opens `path` for appending, creating it 0600 if missing, only if it is a plain file.
+pub fn open_plain_append(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(PRIVATE_FILE_MODE)
+        .custom_flags(NOFOLLOW_FLAGS)
+        .open(path)
+        .map_err(|e| refused_link(path, e))?;
+    check_plain(path, &file)?;
+    Ok(file)
+}
+
+/// `O_NOFOLLOW` on a symlink fails with ELOOP; say what it means.
+fn refused_link(path: &Path, e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        not_plain(path, "a symlink")
+    } else {
+        e
+    }
+}
+
+/// Like [`ensure_private_dir`] for a folder inside one of ours, but the folder itself must be a
+/// real directory: a symlink in its place is refused, never followed (or chmod-ed through).
+pub fn ensure_private_subdir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    match DirBuilder::new().mode(PRIVATE_DIR_MODE).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(PRIVATE_DIR_MODE)
+                .create(dir)?;
+        }
+        Err(e) => return Err(e),
+    }
+    let handle = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | NOFOLLOW_FLAGS)
+        .open(dir)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a real directory", dir.display()),
+            ),
+            _ => e,
+        })?;
+    if handle.metadata()?.mode() & 0o777 != PRIVATE_DIR_MODE {
+        handle.set_permissions(fs::Permissions::from_mode(PRIVATE_DIR_MODE))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

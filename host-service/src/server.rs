@@ -100,6 +100,66 @@ fn spawn_trace_sealer(state: AppState) {
     });
 }
 
+/// Tells the owner when an agent's trace quota costs data (oldest hours deleted) or refuses new
+/// events.
+fn spawn_quota_notices(
+    state: AppState,
+    mut notices: tokio::sync::mpsc::UnboundedReceiver<crate::trace::QuotaNotice>,
+) {
+    use crate::trace::QuotaNotice;
+    use taos_proto::events::{Level, NewNotification};
+    tokio::spawn(async move {
+        while let Some(notice) = notices.recv().await {
+            let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0));
+            let new = match notice {
+                QuotaNotice::Deleted {
+                    slug,
+                    buckets,
+                    bytes_freed,
+                    bytes_kept,
+                    quota_bytes,
+                } => NewNotification {
+                    level: Level::Warning,
+                    title: format!("{slug}'s oldest traces were deleted"),
+                    message: format!(
+                        "Its traces reached their quota of {}: {} hour(s) from {} to {} \
+                         ({}) were deleted; {} kept. Raise [traces] quota_mib to keep more.",
+                        mib(quota_bytes),
+                        buckets.len(),
+                        buckets.first().map(String::as_str).unwrap_or_default(),
+                        buckets.last().map(String::as_str).unwrap_or_default(),
+                        mib(bytes_freed),
+                        mib(bytes_kept),
+                    ),
+                    source: Some("trace.retention".into()),
+                    data: Some(serde_json::json!({
+                        "agent": slug,
+                        "deleted_hours": buckets,
+                        "bytes_freed": bytes_freed,
+                        "bytes_kept": bytes_kept,
+                        "quota_bytes": quota_bytes,
+                    })),
+                },
+                QuotaNotice::Full { slug, quota_bytes } => NewNotification {
+                    level: Level::Error,
+                    title: format!("{slug}'s trace quota is full"),
+                    message: format!(
+                        "Its traces of the last hours alone fill the quota of {}, so its new \
+                         trace events are refused until the oldest of those hours closes. \
+                         Raise [traces] quota_mib, or look at what it is logging.",
+                        mib(quota_bytes)
+                    ),
+                    source: Some("trace.retention".into()),
+                    data: Some(serde_json::json!({"agent": slug, "quota_bytes": quota_bytes})),
+                },
+            };
+            if let Err(e) = state.hub.notify(new).await {
+                tracing::warn!(error = %e, "cannot post the trace quota notification");
+            }
+        }
+    });
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
@@ -138,7 +198,21 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     } else {
         "ok"
     };
-    let traces = crate::trace::TraceStore::open(data_dir.join("trace"))?;
+    // The store is host-only; a store left in the old, container-mounted place is copied over
+    // first (what can be checked, nothing followed). If that fails the host must not start: an
+    // empty new store would mark the migration done and strand the old traces.
+    let trace_quota = config.traces.quota_mib.saturating_mul(1024 * 1024);
+    crate::trace::legacy::migrate(&data_dir, Some(trace_quota))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot move the trace store to its host-only folder: {e}"))?;
+    let (quota_notices, quota_notices_rx) = tokio::sync::mpsc::unbounded_channel();
+    let traces = crate::trace::TraceStore::open_with(
+        data_dir.join(crate::trace::legacy::STORE_DIR),
+        crate::trace::StoreLimits {
+            quota_bytes: Some(trace_quota),
+            notices: Some(quota_notices),
+        },
+    )?;
     let litellm_bin = crate::llm::supervisor::find_litellm(&config.llm.litellm_bin);
     let supervisor = crate::llm::supervisor::Supervisor::new(
         &data_dir,
@@ -201,6 +275,14 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         chat: crate::chat::Chat::new(db.clone()),
         bridge: crate::bridge::Bridge::new(db.clone(), traces.clone()),
         traces,
+        trace_limiter: crate::ratelimit::RateLimiter::new(
+            config.traces.rate_per_sec,
+            config.traces.burst,
+        ),
+        reply_limiter: crate::ratelimit::RateLimiter::new(
+            config.bridge.reply_rate_per_sec,
+            config.bridge.reply_burst,
+        ),
         db,
         pin: identity.pin,
         local_token,
@@ -230,6 +312,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     spawn_trace_sealer(state.clone());
     crate::isolation::spawn_prepare(state.clone(), isolation_tx);
     crate::isolation::spawn_refresher(state.clone());
+    spawn_quota_notices(state.clone(), quota_notices_rx);
     supervisor.spawn(state.shutdown.clone());
     crate::quota::spawn_monitor(
         state.clone(),
@@ -242,6 +325,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
             crate::deploy::recover(&state).await;
             crate::deploy::reconcile_proxies(&state).await;
             crate::isolation::reconcile(&state).await;
+            crate::legacy::retire_trace_mounts(&state).await;
         });
     }
     // Reservations of LLM calls that were in flight when the last host died; before the

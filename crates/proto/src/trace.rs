@@ -90,10 +90,16 @@ pub struct TraceEvent {
     #[serde(default = "empty_object")]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: serde_json::Value,
+    /// The time the agent gave, when it was more than a day from the host's clock: then
+    /// `created_at` is that time clamped to the host's now ± 24 h (which also picks the hourly
+    /// bucket), and this keeps what the agent said. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_created_at: Option<DateTime<Utc>>,
 }
 
 /// Body of `POST /api/trace` (one event). The host fills what is missing: `id` (a UUIDv7),
-/// `created_at` (now), `agent_name` (the calling agent), `v` (1).
+/// `created_at` (now), `agent_name` (the calling agent), `v` (1). A `created_at` more than 24 h
+/// from the host's clock is clamped to that window; the given time is kept as `agent_created_at`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -203,6 +209,14 @@ mod tests {
         assert_eq!(TraceKind::parse("llm-call"), None);
         let err = serde_json::from_str::<NewTraceEvent>(r#"{"kind":"telepathy"}"#);
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn events_without_agent_time_read_and_write_as_before() {
+        let old = r#"{"v":1,"id":"a","trace_id":null,"parent_id":null,"created_at":"2026-01-01T00:00:00Z","agent_name":"x","kind":"error","channel_id":null,"thread_id":null,"backend_name":null,"model":null,"duration_ms":null,"tokens_in":null,"tokens_out":null,"cost_usd":null,"error":null,"payload":{}}"#;
+        let event: TraceEvent = serde_json::from_str(old).unwrap();
+        assert_eq!(event.agent_created_at, None);
+        assert_eq!(serde_json::to_string(&event).unwrap(), old);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
-use taos_proto::bridge::{Reply, ReplyAccepted};
+use taos_proto::bridge::{Reply, ReplyAccepted, ReplyKind};
 use taos_proto::trace::{NewTraceEvent, TraceAck, TraceBatch};
 use tokio::sync::mpsc;
 
@@ -139,7 +139,10 @@ fn to_event(delivery: &crate::bridge::StoredDelivery) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unencodable delivery"))
 }
 
-/// `POST /api/openclaw/sessions/{agent}/reply` → 202.
+/// `POST /api/openclaw/sessions/{agent}/reply` → 202. Each reply (a delta too) takes one token
+/// of the agent's reply rate (`[bridge]`); beyond it, 429 with Retry-After and nothing done. A
+/// reply that only becomes a trace event (tool call or result, reasoning) has the trace event
+/// size limit (413).
 pub async fn reply(
     auth: AgentAuth,
     State(state): State<AppState>,
@@ -147,6 +150,32 @@ pub async fn reply(
     Json(body): Json<Reply>,
 ) -> Result<(StatusCode, Json<ReplyAccepted>), ApiError> {
     auth.require_self(&agent)?;
+    state.reply_limiter.take(auth.0.id, 1)?;
+    if matches!(
+        body.kind,
+        ReplyKind::ToolCall | ReplyKind::ToolResult | ReplyKind::Reasoning
+    ) {
+        let text = [&body.content, &body.tool, &body.error]
+            .iter()
+            .map(|t| t.as_deref().map_or(0, str::len))
+            .sum::<usize>();
+        let json = [&body.args, &body.result]
+            .iter()
+            .map(|v| v.as_ref().map_or(0, crate::trace::json_bytes))
+            .sum::<usize>();
+        let max = usize::try_from(state.config.traces.max_event_bytes).unwrap_or(usize::MAX);
+        if text + json > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "event_too_large",
+                format!(
+                    "this reply is {} bytes; the limit is {max} ([traces] max_event_bytes). \
+                     Nothing was stored.",
+                    text + json
+                ),
+            ));
+        }
+    }
     let accepted = state.bridge.reply(&state.chat, &auth.0, body).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }

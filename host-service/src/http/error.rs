@@ -179,7 +179,36 @@ impl From<crate::trace::TraceError> for ApiError {
         match e {
             TraceError::BadSlug => ApiError::bad_request("not a valid agent name"),
             TraceError::BadInput(m) => ApiError::bad_request(m),
+            e @ TraceError::QuotaFull { .. } => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "trace_quota_full",
+                e.to_string(),
+            ),
             e => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<crate::ratelimit::RateError> for ApiError {
+    fn from(e: crate::ratelimit::RateError) -> Self {
+        use crate::ratelimit::RateError;
+        match e {
+            RateError::Limited { retry_after } => {
+                // Whole seconds, rounded up: retrying at the announced time must succeed.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                ApiError {
+                    retry_after_secs: Some(secs.max(1)),
+                    ..ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        format!("this agent is sending too fast; retry in {} s", secs.max(1)),
+                    )
+                }
+            }
+            RateError::TooMany { asked, burst } => ApiError::bad_request(format!(
+                "{asked} in one request is more than this agent's limit of {burst}; send smaller \
+                 batches"
+            )),
         }
     }
 }

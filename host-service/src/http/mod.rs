@@ -85,6 +85,10 @@ pub struct AppInner {
     pub chat: crate::chat::Chat,
     pub bridge: crate::bridge::Bridge,
     pub traces: crate::trace::TraceStore,
+    /// Trace events per agent per second (`[traces]`), one token per event.
+    pub trace_limiter: crate::ratelimit::RateLimiter,
+    /// Bridge replies per agent per second (`[bridge]`), one token per reply.
+    pub reply_limiter: crate::ratelimit::RateLimiter,
     pub metrics: Metrics,
     /// Subsystem → status, refreshed in the background so `/api/health` costs no I/O.
     pub health: RwLock<BTreeMap<String, String>>,

@@ -2,6 +2,7 @@
 //! local admin, naming an existing agent).
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use taos_proto::error::ErrorBody;
 use taos_proto::trace::{NewTraceEvent, TraceAck, TraceBatch, TraceEvent};
 use utoipa_axum::router::OpenApiRouter;
@@ -31,6 +32,10 @@ fn valid_id(id: &str) -> bool {
 
 /// Completes and stores events. With `caller` (an agent), `agent_name` is forced to it;
 /// otherwise every event must name one existing agent. Acknowledged means durable.
+///
+/// Limits come first, per agent whoever posts: the agent's rate (one token per event; 429 with
+/// Retry-After), then each event's size (413); a request that fails either stores nothing.
+/// Times more than a day from the host's clock are clamped (the given one is kept).
 pub async fn ingest(
     state: &AppState,
     caller: Option<&AgentRecord>,
@@ -39,8 +44,8 @@ pub async fn ingest(
     if events.is_empty() || events.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!("send 1-{MAX_BATCH} events")));
     }
-    let slug = match caller {
-        Some(agent) => agent.slug.clone(),
+    let (agent_id, slug) = match caller {
+        Some(agent) => (agent.id, agent.slug.clone()),
         None => {
             let named = events[0]
                 .agent_name
@@ -53,7 +58,7 @@ pub async fn ingest(
                 return Err(ApiError::bad_request("a batch is for one agent"));
             }
             crate::trace::validate_slug(&named)?;
-            agents::get_by_slug(&state.db, &named)
+            let agent = agents::get_by_slug(&state.db, &named)
                 .await
                 .map_err(|e| match e {
                     agents::AgentError::NotFound => {
@@ -61,12 +66,17 @@ pub async fn ingest(
                     }
                     e => e.into(),
                 })?;
-            named
+            (agent.id, named)
         }
     };
+    state
+        .trace_limiter
+        .take(agent_id, events.len() as u64)
+        .map_err(ApiError::from)?;
+    let max_bytes = usize::try_from(state.config.traces.max_event_bytes).unwrap_or(usize::MAX);
     let now = chrono::Utc::now();
     let mut complete = Vec::with_capacity(events.len());
-    for e in events {
+    for (index, e) in events.into_iter().enumerate() {
         if e.v.is_some_and(|v| v != 1) {
             return Err(ApiError::bad_request("only envelope v1 is supported"));
         }
@@ -79,7 +89,7 @@ pub async fn ingest(
         if !e.payload.is_object() {
             return Err(ApiError::bad_request("payload must be a JSON object"));
         }
-        complete.push(TraceEvent {
+        let mut event = TraceEvent {
             v: 1,
             id,
             trace_id: e.trace_id,
@@ -97,7 +107,21 @@ pub async fn ingest(
             cost_usd: e.cost_usd,
             error: e.error,
             payload: e.payload,
-        });
+            agent_created_at: None,
+        };
+        let size = crate::trace::event_bytes(&event);
+        if size > max_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "event_too_large",
+                format!(
+                    "trace event {index} is {size} bytes; the limit is {max_bytes} \
+                     ([traces] max_event_bytes). Nothing was stored."
+                ),
+            ));
+        }
+        crate::trace::clamp_created_at(&mut event, now);
+        complete.push(event);
     }
     let ids = complete.iter().map(|e| e.id.clone()).collect();
     state.traces.append(&slug, complete).await?;
@@ -114,7 +138,10 @@ pub async fn ingest(
     responses((status = 200, description = "Stored durably", body = TraceAck),
         (status = 400, description = "Unknown kind, bad field, or no such agent", body = ErrorBody),
         (status = 401, description = "No credentials", body = ErrorBody),
-        (status = 403, description = "Not the owner or local admin", body = ErrorBody)))]
+        (status = 403, description = "Not the owner or local admin", body = ErrorBody),
+        (status = 413, description = "An event is larger than [traces] max_event_bytes; nothing stored", body = ErrorBody),
+        (status = 429, description = "The agent's trace rate is used up; see Retry-After. Nothing stored", body = ErrorBody),
+        (status = 507, description = "The agent's trace quota is full and no closed hour is left to delete", body = ErrorBody)))]
 async fn post_trace(
     _auth: OwnerOrAdmin,
     State(state): State<AppState>,
@@ -128,7 +155,10 @@ async fn post_trace(
     responses((status = 200, description = "Stored durably", body = TraceAck),
         (status = 400, description = "Unknown kind, bad field, or no such agent", body = ErrorBody),
         (status = 401, description = "No credentials", body = ErrorBody),
-        (status = 403, description = "Not the owner or local admin", body = ErrorBody)))]
+        (status = 403, description = "Not the owner or local admin", body = ErrorBody),
+        (status = 413, description = "An event is larger than [traces] max_event_bytes; nothing stored", body = ErrorBody),
+        (status = 429, description = "The agent's trace rate is used up; see Retry-After. Nothing stored", body = ErrorBody),
+        (status = 507, description = "The agent's trace quota is full and no closed hour is left to delete", body = ErrorBody)))]
 async fn post_trace_batch(
     _auth: OwnerOrAdmin,
     State(state): State<AppState>,

@@ -1,4 +1,12 @@
 //! One hour of one agent: file names, opening the SQLite file, inserting, querying, sealing.
+//!
+//! SQLite opens files by path and follows symlinks while resolving it (it only adds `O_NOFOLLOW`
+//! after resolving), and sqlx 0.8 gives no way to pass `SQLITE_OPEN_NOFOLLOW`. So before SQLite
+//! sees a bucket path, we open it ourselves with `O_NOFOLLOW | O_NONBLOCK` and check with `fstat`
+//! that it is a plain file ([`fsutil::open_plain`]); once per open, never per event. The folder
+//! is the host's own (no container sees it), so nothing can swap the file in between; the check
+//! is the second line. Every connection runs with `trusted_schema=OFF`, so a schema we did not
+//! write can't make SQLite call functions with side effects.
 
 use std::fs;
 use std::io;
@@ -35,7 +43,8 @@ CREATE TABLE IF NOT EXISTS trace_events (
     tokens_out INTEGER,
     cost_usd REAL,
     error TEXT,
-    payload TEXT NOT NULL DEFAULT '{}'
+    payload TEXT NOT NULL DEFAULT '{}',
+    agent_created_at_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS trace_events_created ON trace_events (created_at_ms);
 CREATE INDEX IF NOT EXISTS trace_events_trace ON trace_events (trace_id);
@@ -43,7 +52,11 @@ CREATE INDEX IF NOT EXISTS trace_events_kind ON trace_events (kind, created_at_m
 ";
 
 const COLUMNS: &str = "id, v, created_at_ms, trace_id, parent_id, agent_name, kind, channel_id, \
-     thread_id, backend_name, model, duration_ms, tokens_in, tokens_out, cost_usd, error, payload";
+     thread_id, backend_name, model, duration_ms, tokens_in, tokens_out, cost_usd, error, payload, \
+     agent_created_at_ms";
+/// Added after the first buckets were written; older buckets get it when opened for writing, and
+/// reads of sealed ones (which are never altered) treat it as absent.
+const ADD_AGENT_TIME: &str = "ALTER TABLE trace_events ADD COLUMN agent_created_at_ms INTEGER";
 
 /// The bucket an event at `t` belongs to, e.g. `2026-11-27T10`.
 pub fn bucket_name(t: DateTime<Utc>) -> String {
@@ -85,6 +98,91 @@ pub(super) fn bucket_of_file(file_name: &str) -> Option<(&str, bool)> {
     bucket_start(bucket).map(|_| (bucket, is_db))
 }
 
+/// Every file that can belong to a bucket: its database with SQLite's two companions, and the
+/// two JSONL side files.
+pub(super) fn files_of(dir: &Path, bucket: &str) -> [PathBuf; 5] {
+    [
+        db_path(dir, bucket),
+        dir.join(format!("{bucket}.db-wal")),
+        dir.join(format!("{bucket}.db-shm")),
+        jsonl_path(dir, bucket),
+        late_path(dir, bucket),
+    ]
+}
+
+/// The bucket any of [`files_of`] belongs to, including SQLite's `-wal`/`-shm` files.
+pub(super) fn owner_of_file(file_name: &str) -> Option<&str> {
+    let base = file_name
+        .strip_suffix("-wal")
+        .or_else(|| file_name.strip_suffix("-shm"))
+        .filter(|b| b.ends_with(".db"))
+        .unwrap_or(file_name);
+    bucket_of_file(base).map(|(bucket, _)| bucket)
+}
+
+/// Bytes on disk of a bucket's plain files (what the per-agent quota counts).
+pub(super) fn bytes_of(dir: &Path, bucket: &str) -> u64 {
+    files_of(dir, bucket)
+        .iter()
+        .filter_map(|path| fs::symlink_metadata(path).ok())
+        .filter(|meta| meta.is_file())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+/// Lists an agent folder, which must be a real directory (`None` if there is none yet): a
+/// symlink in its place is refused, never listed through.
+pub(super) fn read_agent_dir(dir: &Path) -> io::Result<Option<fs::ReadDir>> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => fs::read_dir(dir).map(Some),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a real directory", dir.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Bytes per bucket in `dir`, from one listing (entries are not followed).
+pub(super) fn usage(dir: &Path) -> io::Result<std::collections::BTreeMap<String, u64>> {
+    let mut usage = std::collections::BTreeMap::new();
+    let Some(entries) = read_agent_dir(dir)? else {
+        return Ok(usage);
+    };
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let name = entry.file_name();
+        let Some(bucket) = name.to_str().and_then(owner_of_file) else {
+            continue;
+        };
+        *usage.entry(bucket.to_string()).or_insert(0) += entry.metadata()?.len();
+    }
+    Ok(usage)
+}
+
+/// Deletes every file of a bucket (unlinking never follows a link). The caller holds no
+/// connection to it.
+pub(super) fn delete(dir: &Path, bucket: &str) -> io::Result<()> {
+    for path in files_of(dir, bucket) {
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    fsutil::sync_dir(dir)
+}
+
+/// True once a bucket's hour is past the write window: it is sealed or about to be, and the
+/// first to go when an agent is over its trace quota.
+pub(super) fn is_closed(bucket: &str, now: DateTime<Utc>) -> bool {
+    bucket_start(bucket).is_some_and(|start| start + TimeDelta::hours(1 + SEAL_AFTER_HOURS) < now)
+}
+
 /// True if `path` is a regular file with no write bit set. Root ignores permission bits, so a
 /// failing write cannot be the test.
 pub(super) fn is_sealed(path: &Path) -> bool {
@@ -96,10 +194,8 @@ pub(super) fn is_sealed(path: &Path) -> bool {
 
 /// Unsealed bucket databases in `dir` whose hour ended more than [`SEAL_AFTER_HOURS`] before `now`.
 pub(super) fn sealable(dir: &Path, now: DateTime<Utc>) -> io::Result<Vec<String>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+    let Some(entries) = read_agent_dir(dir)? else {
+        return Ok(Vec::new());
     };
     let mut buckets = Vec::new();
     for entry in entries {
@@ -128,13 +224,15 @@ pub(super) async fn open_for_write(
     dir: &Path,
     bucket: &str,
 ) -> Result<SqliteConnection, TraceError> {
-    fsutil::ensure_private_dir(dir)?;
+    fsutil::ensure_private_subdir(dir)?;
     let path = db_path(dir, bucket);
     // Created by us so it is 0600 from the first byte; SQLite gives -wal and -shm the same mode.
     fsutil::touch_private(&path)?;
+    fsutil::open_plain(&path)?;
     let mut conn = SqliteConnectOptions::new()
         .filename(&path)
         .create_if_missing(false)
+        .pragma("trusted_schema", "OFF")
         .journal_mode(SqliteJournalMode::Wal)
         // FULL in WAL mode fsyncs every commit: acknowledged means on disk.
         .synchronous(SqliteSynchronous::Full)
@@ -146,11 +244,24 @@ pub(super) async fn open_for_write(
         .await?;
     // Plain `execute` of a &str runs every statement in it (and, unlike `raw_sql`, keeps the
     // writer's future `Send`).
-    if let Err(e) = conn.execute(SCHEMA).await {
+    if let Err(e) = prepare_schema(&mut conn).await {
         let _ = conn.close().await;
-        return Err(e.into());
+        return Err(e);
     }
     Ok(conn)
+}
+
+async fn prepare_schema(conn: &mut SqliteConnection) -> Result<(), TraceError> {
+    conn.execute(SCHEMA).await?;
+    let has_agent_time: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM pragma_table_info('trace_events') WHERE name = 'agent_created_at_ms'",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if has_agent_time.is_none() {
+        conn.execute(ADD_AGENT_TIME).await?;
+    }
+    Ok(())
 }
 
 /// Opens a bucket for reading. Sealed files are opened immutable so SQLite creates no -wal/-shm
@@ -159,8 +270,10 @@ pub(super) async fn open_for_read(
     path: &Path,
     sealed: bool,
 ) -> Result<SqliteConnection, TraceError> {
+    fsutil::open_plain(path)?;
     let conn = SqliteConnectOptions::new()
         .filename(path)
+        .pragma("trusted_schema", "OFF")
         .read_only(true)
         .create_if_missing(false)
         .immutable(sealed)
@@ -171,11 +284,11 @@ pub(super) async fn open_for_read(
 }
 
 /// Rows per INSERT statement. Each statement is a round trip to sqlx's SQLite worker thread, which
-/// costs more than the row itself; 32 rows x 17 columns stays far below SQLite's variable limit.
+/// costs more than the row itself; 32 rows x 18 columns stays far below SQLite's variable limit.
 const ROWS_PER_INSERT: usize = 32;
 
 fn insert_sql(rows: usize) -> String {
-    let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
     let values = vec![row; rows].join(", ");
     format!("INSERT OR IGNORE INTO trace_events ({COLUMNS}) VALUES {values}")
 }
@@ -215,7 +328,8 @@ pub(super) async fn insert(
                 .bind(event.tokens_out)
                 .bind(event.cost_usd)
                 .bind(&event.error)
-                .bind(event.payload.to_string());
+                .bind(event.payload.to_string())
+                .bind(event.agent_created_at.map(|t| t.timestamp_millis()));
         }
         query.execute(&mut *tx).await?;
     }
@@ -229,7 +343,8 @@ pub(super) async fn query(
     query: &TraceQuery,
     limit: usize,
 ) -> Result<Vec<TraceEvent>, TraceError> {
-    let mut sql = format!("SELECT {COLUMNS} FROM trace_events WHERE 1 = 1");
+    // `*` rather than COLUMNS: a sealed bucket from before `agent_created_at_ms` lacks it.
+    let mut sql = "SELECT * FROM trace_events WHERE 1 = 1".to_string();
     if query.kind.is_some() {
         sql.push_str(" AND kind = ?");
     }
@@ -298,6 +413,11 @@ fn event_from_row(row: &SqliteRow) -> Result<TraceEvent, TraceError> {
     let payload = serde_json::from_str(&payload_text)
         .map_err(|e| TraceError::BadInput(format!("stored event has an invalid payload: {e}")))?;
     let v: i64 = row.try_get("v")?;
+    let agent_created_at = row
+        .try_get::<Option<i64>, _>("agent_created_at_ms")
+        .ok()
+        .flatten()
+        .and_then(DateTime::from_timestamp_millis);
     Ok(TraceEvent {
         v: u32::try_from(v).unwrap_or(0),
         id: row.try_get("id")?,
@@ -316,6 +436,7 @@ fn event_from_row(row: &SqliteRow) -> Result<TraceEvent, TraceError> {
         cost_usd: row.try_get("cost_usd")?,
         error: row.try_get("error")?,
         payload,
+        agent_created_at,
     })
 }
 
@@ -324,8 +445,10 @@ fn event_from_row(row: &SqliteRow) -> Result<TraceEvent, TraceError> {
 /// no connection to it. On any failure nothing is chmod-ed, so the next attempt starts over.
 pub(super) async fn seal(dir: &Path, bucket: &str) -> Result<(), TraceError> {
     let path = db_path(dir, bucket);
+    fsutil::open_plain(&path)?;
     let mut conn = SqliteConnectOptions::new()
         .filename(&path)
+        .pragma("trusted_schema", "OFF")
         .create_if_missing(false)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(BUSY_TIMEOUT)
@@ -336,11 +459,14 @@ pub(super) async fn seal(dir: &Path, bucket: &str) -> Result<(), TraceError> {
     result?;
     closed?;
 
-    fs::File::open(&path)?.sync_all()?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(SEALED_MODE))?;
-    let jsonl = jsonl_path(dir, bucket);
-    if fs::symlink_metadata(&jsonl).is_ok_and(|m| m.is_file()) {
-        fs::set_permissions(&jsonl, fs::Permissions::from_mode(SEALED_MODE))?;
+    // Through the checked file descriptor (fsync, fchmod), never by path again.
+    let db = fsutil::open_plain(&path)?;
+    db.sync_all()?;
+    db.set_permissions(fs::Permissions::from_mode(SEALED_MODE))?;
+    match fsutil::open_plain(&jsonl_path(dir, bucket)) {
+        Ok(jsonl) => jsonl.set_permissions(fs::Permissions::from_mode(SEALED_MODE))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
     }
     fsutil::sync_dir(dir)?;
     Ok(())

@@ -1,10 +1,10 @@
 //! The JSON-lines side files of a bucket: `.jsonl` (SQLite refused the write) and `.late.jsonl`
 //! (the bucket was already sealed). One `TraceEvent` per line. These functions block; callers run
-//! them on the blocking pool.
+//! them on the blocking pool. Both open only plain files (no symlink, FIFO or hard link), so a
+//! stray entry can neither redirect a write nor hang a reader.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use taos_proto::trace::TraceEvent;
@@ -21,15 +21,9 @@ pub(super) fn append(path: &Path, events: &[TraceEvent]) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    fsutil::ensure_private_dir(dir)?;
+    fsutil::ensure_private_subdir(dir)?;
     let existed = fs::symlink_metadata(path).is_ok();
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(fsutil::PRIVATE_FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
+    let mut file = fsutil::open_plain_append(path)?;
     // A crash mid-append can leave a last line without its newline; start on a fresh line so the
     // new events are not glued to the torn one and lost with it.
     if file.metadata()?.len() > 0 {
@@ -51,13 +45,14 @@ pub(super) fn append(path: &Path, events: &[TraceEvent]) -> io::Result<()> {
 /// Every event in `path` (none if it does not exist). Lines that do not parse, such as one torn by
 /// a crash, are skipped with a warning.
 pub(super) fn read(path: &Path) -> io::Result<Vec<TraceEvent>> {
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    {
+    let file = match fsutil::open_plain(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        // Nothing the host wrote: not data, and not a reason to fail the whole read.
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            tracing::warn!("skipping trace side file: {e}");
+            return Ok(Vec::new());
+        }
         Err(e) => return Err(e),
     };
     let mut events = Vec::new();

@@ -14,10 +14,20 @@
 //! switched to `journal_mode=DELETE`, made read-only (0400). The host runs as root, which ignores
 //! permission bits, so "sealed" is decided by the mode bits and never by a write failing. Events
 //! for a sealed hour go to `YYYY-MM-DDTHH.late.jsonl`. Reads merge all three files.
+//!
+//! The store is the host's alone: `<data>/traces`, 0700, never mounted into a container (agents
+//! send traces over HTTP). Even so, it opens nothing it did not check: bucket files are opened
+//! without following links and must be plain files (see `bucket`), folders must be real ones.
+//!
+//! Each agent may keep [`StoreLimits::quota_bytes`] of trace files. Before a round is written,
+//! an agent over its quota loses its oldest closed hours (past the write window) until it is
+//! under 90 % of it, and whoever listens on [`StoreLimits::notices`] hears about it; if only open
+//! hours are left, writes are refused with [`TraceError::QuotaFull`] until hours close.
 
 mod bucket;
 mod jsonl;
 pub mod pages;
+pub mod legacy;
 mod read;
 mod writer;
 
@@ -28,7 +38,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use taos_proto::trace::{TraceEvent, TraceKind, TRACE_SCHEMA_VERSION};
 use tokio::sync::{mpsc, oneshot};
 
@@ -42,6 +52,8 @@ pub const MAX_LIST_LIMIT: usize = 1000;
 /// How long after its hour ends a bucket still takes writes into its database.
 pub const SEAL_AFTER_HOURS: i64 = 2;
 pub const MAX_ID_CHARS: usize = 200;
+/// How far from the host's clock an event's `created_at` may be before it is clamped.
+pub const MAX_CLOCK_SKEW: TimeDelta = TimeDelta::hours(24);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
@@ -55,6 +67,35 @@ pub enum TraceError {
     Db(#[from] sqlx::Error),
     #[error("trace writer stopped")]
     WriterStopped,
+    #[error(
+        "the agent's traces fill its quota of {quota_bytes} bytes and no closed hour is left \
+         to delete; retry when the oldest open hour has closed"
+    )]
+    QuotaFull { quota_bytes: u64 },
+}
+
+/// Per-agent limits of a store and where to report what they cost.
+#[derive(Clone, Default)]
+pub struct StoreLimits {
+    /// Bytes of trace files one agent may keep; `None` is no limit.
+    pub quota_bytes: Option<u64>,
+    /// Told whenever retention deletes an agent's hours or its quota is full.
+    pub notices: Option<mpsc::UnboundedSender<QuotaNotice>>,
+}
+
+/// What quota enforcement did to one agent's traces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QuotaNotice {
+    /// These hours (oldest first) were deleted to make room.
+    Deleted {
+        slug: String,
+        buckets: Vec<String>,
+        bytes_freed: u64,
+        bytes_kept: u64,
+        quota_bytes: u64,
+    },
+    /// Over quota with no closed hour left to delete: new events are refused for now.
+    Full { slug: String, quota_bytes: u64 },
 }
 
 /// Filters for [`TraceStore::list`]. `since` and `until` are inclusive.
@@ -77,6 +118,7 @@ pub struct TraceStore {
 
 struct Inner {
     root: PathBuf,
+    limits: StoreLimits,
     /// One writer task per agent slug, started on first use and retired when idle.
     writers: Mutex<HashMap<String, mpsc::Sender<Command>>>,
 }
@@ -129,12 +171,19 @@ pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
 }
 
 impl TraceStore {
-    /// Opens (creating 0700 if needed) the store rooted at `root`. Cheap; writers start lazily.
+    /// Opens (creating 0700 if needed) the store rooted at `root`, without limits. Cheap;
+    /// writers start lazily.
     pub fn open(root: PathBuf) -> Result<TraceStore, TraceError> {
+        Self::open_with(root, StoreLimits::default())
+    }
+
+    /// Like [`TraceStore::open`], with a per-agent quota and a listener for what it deletes.
+    pub fn open_with(root: PathBuf, limits: StoreLimits) -> Result<TraceStore, TraceError> {
         fsutil::ensure_private_dir(&root)?;
         Ok(TraceStore {
             inner: Arc::new(Inner {
                 root,
+                limits,
                 writers: Mutex::new(HashMap::new()),
             }),
         })
@@ -161,6 +210,9 @@ impl TraceStore {
             if let Some(t) = DateTime::from_timestamp_millis(event.created_at.timestamp_millis()) {
                 event.created_at = t;
             }
+            event.agent_created_at = event
+                .agent_created_at
+                .and_then(|t| DateTime::from_timestamp_millis(t.timestamp_millis()));
         }
         if events.is_empty() {
             return Ok(());
@@ -264,6 +316,7 @@ impl TraceStore {
             Arc::downgrade(&self.inner),
             slug.to_string(),
             self.inner.root.join(slug),
+            self.inner.limits.clone(),
         );
         writers.insert(slug.to_string(), tx.clone());
         tx
@@ -275,6 +328,55 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The length of `value` as JSON text, counted without building the text.
+pub fn json_bytes(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// The size of an event's variable parts: every text field and the payload as stored (JSON).
+/// This is what `[traces] max_event_bytes` limits.
+pub fn event_bytes(event: &TraceEvent) -> usize {
+    let text = [
+        &event.trace_id,
+        &event.parent_id,
+        &event.channel_id,
+        &event.thread_id,
+        &event.backend_name,
+        &event.model,
+        &event.error,
+    ]
+    .iter()
+    .map(|field| field.as_deref().map_or(0, str::len))
+    .sum::<usize>();
+    json_bytes(&event.payload) + text + event.id.len() + event.agent_name.len()
+}
+
+/// Keeps an agent-given time within [`MAX_CLOCK_SKEW`] of `now`, so a wrong or hostile clock
+/// can't make buckets for 1971 or 9998 (or push events past retention). A clamped event keeps
+/// the time it was given in `agent_created_at`.
+pub fn clamp_created_at(event: &mut TraceEvent, now: DateTime<Utc>) {
+    let clamped = event
+        .created_at
+        .clamp(now - MAX_CLOCK_SKEW, now + MAX_CLOCK_SKEW);
+    if clamped != event.created_at {
+        event.agent_created_at = Some(event.created_at);
+        event.created_at = clamped;
+    }
 }
 
 fn check_event(slug: &str, event: &TraceEvent) -> Result<(), TraceError> {

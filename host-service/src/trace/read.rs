@@ -31,14 +31,24 @@ pub(super) async fn list(dir: &Path, query: &TraceQuery) -> Result<Vec<TraceEven
 
 /// Buckets with any file in `dir` whose hour overlaps [since, until].
 fn buckets_in_range(dir: &Path, query: &TraceQuery) -> Result<BTreeSet<String>, TraceError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+    let entries = match bucket::read_agent_dir(dir) {
+        Ok(Some(entries)) => entries,
+        Ok(None) => return Ok(BTreeSet::new()),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            tracing::warn!("trace folder ignored: {e}");
+            return Ok(BTreeSet::new());
+        }
         Err(e) => return Err(e.into()),
     };
     let mut buckets = BTreeSet::new();
     for entry in entries {
-        let name = entry?.file_name();
+        let entry = entry?;
+        // Only plain files hold data: a symlink, FIFO or folder named like a bucket is not
+        // ours and is never opened (the type comes from the directory entry, not followed).
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let name = entry.file_name();
         let Some((name, _)) = name.to_str().and_then(bucket::bucket_of_file) else {
             continue;
         };

@@ -31,6 +31,7 @@ fn event(id: &str, kind: TraceKind, at: DateTime<Utc>) -> TraceEvent {
         cost_usd: None,
         error: None,
         payload: json!({}),
+        agent_created_at: None,
     }
 }
 
@@ -622,6 +623,237 @@ async fn files_and_directories_are_private() {
         let path = entry.unwrap().path();
         assert_eq!(mode_of(&path).unwrap(), 0o600, "{}", path.display());
     }
+}
+
+fn mkfifo(path: &Path) {
+    let out = std::process::Command::new("mkfifo")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mkfifo: {out:?}");
+}
+
+fn host_file(dir: &Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, b"").unwrap();
+    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    path
+}
+
+/// An agent folder holding what an agent could plant while the folder was mounted into its
+/// container: a symlink to a host file named like this hour's database, a hard link to another
+/// host file named like an old hour's database, FIFOs named like side files, a symlink named like
+/// an old bucket's JSONL. Nothing is written, chmod-ed or hung on through them.
+#[tokio::test]
+async fn planted_links_and_fifos_are_never_followed() {
+    let (dir, store) = store();
+    let agent = store.root().join(SLUG);
+    fs::create_dir_all(&agent).unwrap();
+    let hour = this_hour();
+    let old = hour - TimeDelta::hours(5);
+    let older = hour - TimeDelta::hours(6);
+    let written = host_file(dir.path(), "written-through-a-symlink");
+    let chmodded = host_file(dir.path(), "chmod-ed-through-a-hard-link");
+    let chmodded_jsonl = host_file(dir.path(), "chmod-ed-through-a-jsonl-symlink");
+    std::os::unix::fs::symlink(&written, db_path(&agent, &bucket_name(hour))).unwrap();
+    fs::hard_link(&chmodded, db_path(&agent, &bucket_name(old))).unwrap();
+    mkfifo(&jsonl_path(&agent, &bucket_name(old)));
+    mkfifo(&late_path(&agent, &bucket_name(hour)));
+    // A real bucket of ours whose side file is a symlink: it is sealed, the target is not.
+    store
+        .append(SLUG, vec![event("real-old", TraceKind::Lifecycle, older)])
+        .await
+        .unwrap();
+    std::os::unix::fs::symlink(&chmodded_jsonl, jsonl_path(&agent, &bucket_name(older))).unwrap();
+
+    // A write for this hour: not through the symlink (its database is refused, the events go
+    // to the hour's JSONL file instead).
+    store
+        .append(SLUG, vec![event("now", TraceKind::Lifecycle, hour)])
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read(&written).unwrap(),
+        b"",
+        "nothing written through the symlink"
+    );
+    assert!(!dir.path().join("written-through-a-symlink-wal").exists());
+
+    // Sealing: the hard-linked file keeps its mode, so does the symlink's target.
+    store.seal_old_buckets(Utc::now()).await.unwrap();
+    assert_eq!(
+        mode_of(&chmodded).unwrap(),
+        0o644,
+        "no chmod through a hard link"
+    );
+    assert_eq!(
+        mode_of(&chmodded_jsonl).unwrap(),
+        0o644,
+        "no chmod through a symlink"
+    );
+    assert_eq!(mode_of(&written).unwrap(), 0o644);
+    assert!(
+        bucket::is_sealed(&db_path(&agent, &bucket_name(older))),
+        "ours is sealed"
+    );
+
+    // Reads don't hang on the FIFOs and list only what the host wrote.
+    let listed = store.list(SLUG, &query(100)).await.unwrap();
+    assert_eq!(ids(&listed), ["now", "real-old"]);
+    // The planted entries are still there, untouched and unread.
+    for planted in [
+        db_path(&agent, &bucket_name(hour)),
+        jsonl_path(&agent, &bucket_name(old)),
+        late_path(&agent, &bucket_name(hour)),
+    ] {
+        assert!(
+            fs::symlink_metadata(&planted).is_ok(),
+            "{}",
+            planted.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_symlinked_agent_folder_is_refused() {
+    let (dir, store) = store();
+    let elsewhere = dir.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::set_permissions(
+        &elsewhere,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&elsewhere, store.root().join(SLUG)).unwrap();
+    let result = store
+        .append(SLUG, vec![event("x", TraceKind::Lifecycle, this_hour())])
+        .await;
+    assert!(result.is_err(), "no writes into a symlinked folder");
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    assert_eq!(
+        mode_of(&elsewhere).unwrap(),
+        0o755,
+        "not chmod-ed through the link"
+    );
+    assert!(store.list(SLUG, &query(10)).await.unwrap().is_empty());
+}
+
+#[test]
+fn times_far_from_now_are_clamped_and_kept() {
+    let now = Utc.with_ymd_and_hms(2026, 12, 5, 12, 0, 0).unwrap();
+    for (given, expected) in [
+        (
+            Utc.with_ymd_and_hms(1971, 1, 1, 0, 0, 0).unwrap(),
+            now - MAX_CLOCK_SKEW,
+        ),
+        (
+            Utc.with_ymd_and_hms(2099, 6, 1, 0, 0, 0).unwrap(),
+            now + MAX_CLOCK_SKEW,
+        ),
+        (
+            Utc.with_ymd_and_hms(9998, 1, 1, 0, 0, 0).unwrap(),
+            now + MAX_CLOCK_SKEW,
+        ),
+    ] {
+        let mut e = event("x", TraceKind::Error, given);
+        clamp_created_at(&mut e, now);
+        assert_eq!(e.created_at, expected);
+        assert_eq!(e.agent_created_at, Some(given));
+    }
+    let near = now - TimeDelta::hours(23);
+    let mut e = event("y", TraceKind::Error, near);
+    clamp_created_at(&mut e, now);
+    assert_eq!((e.created_at, e.agent_created_at), (near, None));
+}
+
+/// With a quota, the writer deletes the oldest closed hours first, tells its listener, and
+/// refuses writes once only open hours are left.
+#[tokio::test]
+async fn over_quota_the_oldest_closed_hours_go_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let store = TraceStore::open_with(
+        dir.path().join("trace"),
+        StoreLimits {
+            quota_bytes: Some(400 * 1024),
+            notices: Some(tx),
+        },
+    )
+    .unwrap();
+    let hour = this_hour();
+    let big = |id: String, at| {
+        let mut e = event(&id, TraceKind::ToolResult, at);
+        e.payload = json!({"text": "x".repeat(40 * 1024)});
+        e
+    };
+    // Three closed hours, written (and sealed) in one round: a big one (about 150 KiB) and two
+    // small ones, so that deleting the oldest is enough, whatever SQLite's page overhead.
+    let closed: Vec<_> = (0..3).map(|h| hour - TimeDelta::hours(10 - h)).collect();
+    let mut events: Vec<_> = (0..3)
+        .map(|i| big(format!("old0-{i}"), closed[0]))
+        .collect();
+    events.push(event("old1", TraceKind::Error, closed[1]));
+    events.push(event("old2", TraceKind::Error, closed[2]));
+    store.append(SLUG, events).await.unwrap();
+    // This hour: enough to pass the quota.
+    store
+        .append(
+            SLUG,
+            (0..4).map(|i| big(format!("now-{i}"), hour)).collect(),
+        )
+        .await
+        .unwrap();
+    // The next write makes room first: the oldest hour goes.
+    store
+        .append(SLUG, vec![event("small", TraceKind::Error, hour)])
+        .await
+        .unwrap();
+    let agent = store.root().join(SLUG);
+    assert!(
+        !db_path(&agent, &bucket_name(closed[0])).exists(),
+        "oldest hour deleted"
+    );
+    assert!(
+        db_path(&agent, &bucket_name(closed[1])).exists(),
+        "only what was needed went"
+    );
+    assert!(
+        db_path(&agent, &bucket_name(closed[2])).exists(),
+        "newest closed hour kept"
+    );
+    // Sent before the append was answered.
+    let Ok(QuotaNotice::Deleted { slug, buckets, .. }) = notices.try_recv() else {
+        panic!("a deletion notice");
+    };
+    assert_eq!(slug, SLUG);
+    assert_eq!(buckets, [bucket_name(closed[0])]);
+
+    // Filling this hour alone: once no closed hour is left, writes are refused.
+    let mut refused = None;
+    for round in 0..20 {
+        let batch = (0..3)
+            .map(|i| big(format!("fill{round}-{i}"), hour))
+            .collect();
+        if let Err(e) = store.append(SLUG, batch).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    assert!(
+        matches!(refused, Some(TraceError::QuotaFull { .. })),
+        "{refused:?}"
+    );
+    for at in &closed {
+        assert!(
+            !db_path(&agent, &bucket_name(*at)).exists(),
+            "closed hours went first"
+        );
+    }
+    let mut full = false;
+    while let Ok(notice) = notices.try_recv() {
+        full |= matches!(notice, QuotaNotice::Full { .. });
+    }
+    assert!(full, "the listener heard the quota is full");
 }
 
 /// Rough speed check, not an assertion: `cargo test -p taos-host --lib trace::tests::throughput

@@ -4,6 +4,10 @@
 //! then answers each request. Under load many requests share one fsync; an idle agent costs a
 //! parked task and at most [`OPEN_BUCKETS`] open files, and the task retires after
 //! [`IDLE_RETIRE`] without work. Sealing runs here too, so it never races a write to the same file.
+//!
+//! So does the quota: the writer knows the agent's bytes per bucket (one listing when it starts,
+//! then a few `lstat`s of the buckets each round touched), deletes the oldest closed hours when
+//! the agent is over quota, and refuses a round when nothing closed is left to delete.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -17,7 +21,7 @@ use taos_proto::trace::TraceEvent;
 use tokio::sync::{mpsc, oneshot};
 
 use super::bucket::{self, bucket_name};
-use super::{jsonl, lock, Inner, TraceError};
+use super::{jsonl, lock, Inner, QuotaNotice, StoreLimits, TraceError};
 
 /// Queued requests per agent before `append` waits (backpressure).
 const QUEUE: usize = 1024;
@@ -29,6 +33,9 @@ const OPEN_BUCKETS: usize = 2;
 const RETRY_BROKEN: Duration = Duration::from_secs(30);
 const IDLE_RETIRE: Duration = Duration::from_secs(600);
 const SEAL_CHECK_EVERY: Duration = Duration::from_secs(600);
+/// Retention deletes down to this share of the quota, so it runs once per tenth of the quota
+/// written rather than on every round at the limit.
+const RETAIN_PERCENT: u64 = 90;
 
 pub(super) enum Command {
     Append {
@@ -61,9 +68,19 @@ struct Writer {
     dir: PathBuf,
     buckets: BTreeMap<String, Bucket>,
     last_seal_check: Option<Instant>,
+    limits: StoreLimits,
+    /// Bytes per bucket, kept only under a quota; `None` until the first listing.
+    usage: Option<BTreeMap<String, u64>>,
+    /// The agent is over quota with nothing left to delete (reported once per episode).
+    full: bool,
 }
 
-pub(super) fn spawn(store: Weak<Inner>, slug: String, dir: PathBuf) -> mpsc::Sender<Command> {
+pub(super) fn spawn(
+    store: Weak<Inner>,
+    slug: String,
+    dir: PathBuf,
+    limits: StoreLimits,
+) -> mpsc::Sender<Command> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let writer = Writer {
         store,
@@ -71,6 +88,9 @@ pub(super) fn spawn(store: Weak<Inner>, slug: String, dir: PathBuf) -> mpsc::Sen
         dir,
         buckets: BTreeMap::new(),
         last_seal_check: None,
+        limits,
+        usage: None,
+        full: false,
     };
     tokio::spawn(writer.run(rx));
     tx
@@ -167,6 +187,15 @@ impl Writer {
         if requests.is_empty() {
             return;
         }
+        // The quota is checked before anything is written.
+        if let Err(quota_bytes) = self.make_room(Utc::now()).await {
+            for request in requests {
+                let _ = request
+                    .reply
+                    .send(Err(TraceError::QuotaFull { quota_bytes }));
+            }
+            return;
+        }
         // bucket -> (indexes of the requests with events in it, those events)
         let mut by_bucket: BTreeMap<String, (Vec<usize>, Vec<TraceEvent>)> = BTreeMap::new();
         let mut replies = Vec::with_capacity(requests.len());
@@ -186,6 +215,7 @@ impl Writer {
                     replies[owner].1 = Some(io::Error::new(e.kind(), e.to_string()));
                 }
             }
+            self.recount(name);
         }
         for (reply, failure) in replies {
             let _ = reply.send(match failure {
@@ -302,7 +332,9 @@ impl Writer {
             if let Some(Bucket::Open(conn)) = self.buckets.remove(&name) {
                 close(conn, &self.slug, &name).await;
             }
-            match bucket::seal(&self.dir, &name).await {
+            let result = bucket::seal(&self.dir, &name).await;
+            self.recount(&name);
+            match result {
                 Ok(()) => sealed += 1,
                 Err(e) => tracing::warn!(
                     slug = self.slug,
@@ -312,6 +344,118 @@ impl Writer {
             }
         }
         sealed
+    }
+}
+
+impl Writer {
+    /// Re-reads one bucket's size after it changed (only under a quota, once listed).
+    fn recount(&mut self, name: &str) {
+        let Some(usage) = self.usage.as_mut() else {
+            return;
+        };
+        match bucket::bytes_of(&self.dir, name) {
+            0 => usage.remove(name),
+            bytes => usage.insert(name.to_string(), bytes),
+        };
+    }
+
+    /// Under a quota: if the agent is at or over it, deletes its oldest closed hours down to
+    /// [`RETAIN_PERCENT`] of it. `Err(quota)` if it is still at or over it after that.
+    async fn make_room(&mut self, now: DateTime<Utc>) -> Result<(), u64> {
+        let Some(quota) = self.limits.quota_bytes else {
+            return Ok(());
+        };
+        if self.usage.is_none() {
+            match bucket::usage(&self.dir) {
+                Ok(usage) => self.usage = Some(usage),
+                Err(e) => {
+                    // Unknown usage: write (refusing would stop the agent's traces for a
+                    // listing error) and try again next round.
+                    tracing::warn!(slug = self.slug, "cannot measure the trace folder: {e}");
+                    return Ok(());
+                }
+            }
+        }
+        let total = |usage: &Option<BTreeMap<String, u64>>| {
+            usage.as_ref().map_or(0, |u| u.values().sum::<u64>())
+        };
+        let before = total(&self.usage);
+        if before < quota {
+            self.full = false;
+            return Ok(());
+        }
+        let target = quota / 100 * RETAIN_PERCENT;
+        let mut deleted = Vec::new();
+        let mut now_total = before;
+        // Oldest first: bucket names sort by time.
+        let closed: Vec<String> = self
+            .usage
+            .as_ref()
+            .map(|u| {
+                u.keys()
+                    .filter(|name| bucket::is_closed(name, now))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in closed {
+            if now_total < target {
+                break;
+            }
+            // Forget the bucket (open or broken) before its files go.
+            if let Some(Bucket::Open(conn)) = self.buckets.remove(&name) {
+                close(conn, &self.slug, &name).await;
+            }
+            if let Err(e) = bucket::delete(&self.dir, &name) {
+                tracing::warn!(
+                    slug = self.slug,
+                    bucket = name,
+                    "cannot delete trace hour: {e}"
+                );
+            }
+            self.recount(&name);
+            now_total = total(&self.usage);
+            deleted.push(name);
+        }
+        if !deleted.is_empty() {
+            tracing::warn!(
+                slug = self.slug,
+                hours = deleted.len(),
+                freed = before.saturating_sub(now_total),
+                quota,
+                "trace quota reached: deleted the oldest hours"
+            );
+            self.tell(QuotaNotice::Deleted {
+                slug: self.slug.clone(),
+                buckets: deleted,
+                bytes_freed: before.saturating_sub(now_total),
+                bytes_kept: now_total,
+                quota_bytes: quota,
+            });
+        }
+        if now_total < quota {
+            self.full = false;
+            return Ok(());
+        }
+        if !self.full {
+            self.full = true;
+            tracing::warn!(
+                slug = self.slug,
+                quota,
+                "trace quota full: refusing new events"
+            );
+            self.tell(QuotaNotice::Full {
+                slug: self.slug.clone(),
+                quota_bytes: quota,
+            });
+        }
+        Err(quota)
+    }
+
+    fn tell(&self, notice: QuotaNotice) {
+        if let Some(notices) = &self.limits.notices {
+            let _ = notices.send(notice);
+        }
     }
 }
 

@@ -509,7 +509,7 @@ async fn deploy_chat_archive_and_purge_on_docker() {
         String::from_utf8_lossy(&images.stdout).trim().is_empty(),
         "snapshot image left behind"
     );
-    assert!(!host.data_dir.join("trace").join(&slug).exists());
+    assert!(!host.data_dir.join("traces").join(&slug).exists());
 }
 
 /// A failure at any Docker deploy step leaves no container, agent, channel or trace folder.
@@ -554,7 +554,7 @@ async fn a_failed_docker_deploy_leaves_nothing_behind() {
             .unwrap();
         assert!(channels.is_empty(), "{step}: channel left: {channels:?}");
         assert!(
-            !host.data_dir.join("trace").join(&slug).exists(),
+            !host.data_dir.join("traces").join(&slug).exists(),
             "{step}: trace folder left"
         );
     }

@@ -30,6 +30,8 @@ mod runtime;
 mod settings;
 mod tls;
 mod trace_pages;
+mod trace_limits;
+mod trace_store;
 mod traces;
 mod ui;
 

@@ -8,11 +8,30 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use taos_e2e::{AgentClient, Host, HostOptions};
 
+use chrono::DurationRound;
+
 use crate::{start, BIN};
+
+/// An RFC 3339 time in a query string (`+00:00` must not turn into a space).
+fn urlencode(text: &str) -> String {
+    text.replace('+', "%2B").replace(':', "%3A")
+}
 
 #[tokio::test]
 async fn every_acknowledged_event_survives_a_sigkill() {
-    let mut host = start().await;
+    // Crash safety, not rate limits: let the writers run flat out.
+    let mut host = Host::start_with(
+        BIN,
+        HostOptions {
+            env: vec![
+                ("TAOS_TRACES__RATE_PER_SEC".into(), "1000000".into()),
+                ("TAOS_TRACES__BURST".into(), "1000000".into()),
+            ],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     host.setup_owner().await;
     let (agent, _) = AgentClient::create(&host, "Crashy").await;
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -117,6 +136,13 @@ async fn trace_reads_filter_limit_and_refuse_path_tricks() {
     let host = start().await;
     host.setup_owner().await;
     let (agent, _) = AgentClient::create(&host, "Tracer").await;
+    // Times are kept within a day of the host's clock, so the test works from a recent hour:
+    // `base` plays 10:00, and the events run from 10:30 two minutes apart.
+    let base = chrono::Utc::now()
+        .duration_trunc(chrono::TimeDelta::hours(1))
+        .unwrap()
+        - chrono::TimeDelta::hours(5);
+    let at = |minutes: i64| (base + chrono::TimeDelta::minutes(minutes)).to_rfc3339();
     let events: Vec<Value> = (0..30)
         .map(|i| {
             json!({
@@ -124,8 +150,7 @@ async fn trace_reads_filter_limit_and_refuse_path_tricks() {
                 "kind": if i % 3 == 0 { "llm_call" } else { "tool_call" },
                 "channel_id": if i < 10 { "c1" } else { "c2" },
                 // Two minutes apart from 10:30, so they span the 10:00 and 11:00 buckets.
-                "created_at": (chrono::DateTime::parse_from_rfc3339("2026-01-01T10:30:00Z").unwrap()
-                    + chrono::Duration::minutes(2 * i)).to_rfc3339(),
+                "created_at": at(30 + 2 * i),
                 "payload": {}
             })
         })
@@ -168,11 +193,15 @@ async fn trace_reads_filter_limit_and_refuse_path_tricks() {
     assert_eq!(llm["events"].as_array().unwrap().len(), 10);
     let c1: Value = get("?channel_id=c1&limit=5").await.json().await.unwrap();
     assert_eq!(c1["events"].as_array().unwrap().len(), 5);
-    let window: Value = get("?since=2026-01-01T10:58:00Z&until=2026-01-01T11:01:00Z")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let window: Value = get(&format!(
+        "?since={}&until={}",
+        urlencode(&at(58)),
+        urlencode(&at(61))
+    ))
+    .await
+    .json()
+    .await
+    .unwrap();
     let w: Vec<&str> = window["events"]
         .as_array()
         .unwrap()
@@ -184,9 +213,7 @@ async fn trace_reads_filter_limit_and_refuse_path_tricks() {
         ["ev-15", "ev-14"],
         "inclusive window across the hour boundary"
     );
-    let epoch = chrono::DateTime::parse_from_rfc3339("2026-01-01T11:27:00Z")
-        .unwrap()
-        .timestamp();
+    let epoch = (base + chrono::TimeDelta::minutes(87)).timestamp();
     let since_epoch: Value = get(&format!("?since={epoch}")).await.json().await.unwrap();
     assert_eq!(since_epoch["events"].as_array().unwrap().len(), 1);
 
@@ -212,7 +239,7 @@ async fn trace_reads_filter_limit_and_refuse_path_tricks() {
             .status(),
         StatusCode::NOT_FOUND
     );
-    let outside: Vec<_> = std::fs::read_dir(host.data_dir.join("trace"))
+    let outside: Vec<_> = std::fs::read_dir(host.data_dir.join("traces"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use taos_e2e::{AgentClient, Host, WsClient};
+use taos_e2e::{AgentClient, Host, HostOptions, WsClient};
 use tokio::sync::mpsc;
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
@@ -81,7 +81,22 @@ async fn main() {
     let bin = std::env::args()
         .nth(1)
         .expect("usage: taos-load <taos-host>");
-    let host = Host::start(&bin).await;
+    // Throughput of the store and the listener, not of the per-agent limits: one agent sends
+    // far beyond its default rate here, so the limits are raised (the check still runs).
+    let host = Host::start_with(
+        &bin,
+        HostOptions {
+            env: vec![
+                ("TAOS_TRACES__RATE_PER_SEC".into(), "100000000".into()),
+                ("TAOS_TRACES__BURST".into(), "100000000".into()),
+                ("TAOS_BRIDGE__REPLY_RATE_PER_SEC".into(), "100000000".into()),
+                ("TAOS_BRIDGE__REPLY_BURST".into(), "100000000".into()),
+            ],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("host starts");
     host.setup_owner().await;
     let (agent, record) = AgentClient::create(&host, "Bench").await;
     let dm = record["dm_channel_id"].as_str().expect("dm").to_string();

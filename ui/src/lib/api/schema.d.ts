@@ -1645,7 +1645,8 @@ export interface components {
         };
         /**
          * @description Body of `POST /api/trace` (one event). The host fills what is missing: `id` (a UUIDv7),
-         *     `created_at` (now), `agent_name` (the calling agent), `v` (1).
+         *     `created_at` (now), `agent_name` (the calling agent), `v` (1). A `created_at` more than 24 h
+         *     from the host's clock is clamped to that window; the given time is kept as `agent_created_at`.
          */
         NewTraceEvent: {
             agent_name?: string | null;
@@ -1973,6 +1974,13 @@ export interface components {
         };
         /** @description One stored trace event, as returned by `GET /api/agents/{name}/trace`. */
         TraceEvent: {
+            /**
+             * Format: date-time
+             * @description The time the agent gave, when it was more than a day from the host's clock: then
+             *     `created_at` is that time clamped to the host's now ± 24 h (which also picks the hourly
+             *     bucket), and this keeps what the agent said. Absent otherwise.
+             */
+            agent_created_at?: string | null;
             agent_name: string;
             backend_name?: string | null;
             channel_id?: string | null;
@@ -5505,6 +5513,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description An event is larger than [traces] max_event_bytes; nothing stored */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The agent's trace rate is used up; see Retry-After. Nothing stored */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The agent's trace quota is full and no closed hour is left to delete */
+            507: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     post_trace_batch: {
@@ -5549,6 +5584,33 @@ export interface operations {
             };
             /** @description Not the owner or local admin */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An event is larger than [traces] max_event_bytes; nothing stored */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The agent's trace rate is used up; see Retry-After. Nothing stored */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The agent's trace quota is full and no closed hour is left to delete */
+            507: {
                 headers: {
                     [name: string]: unknown;
                 };
