@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
+use taos_proto::agents::AgentKind;
 use taos_proto::bridge::{ContextMessage, Reply, ReplyAccepted, ReplyKind, UserMessageDelivery};
 use taos_proto::chat::{AuthorType, Message, MessageState};
 use taos_proto::trace::{TraceEvent, TraceKind};
@@ -19,6 +20,7 @@ use uuid::Uuid;
 use crate::agents::{self, AgentRecord};
 use crate::chat::{router, Chat, ChatError, Post, USER_MEMBER_PREFIX};
 use crate::db::{from_ms, now_ms, Db};
+use crate::failure;
 use crate::trace::TraceStore;
 
 /// How many earlier messages travel with a delivery.
@@ -321,17 +323,7 @@ impl Bridge {
         if !first {
             return Ok(());
         }
-        let text = if agent.paused {
-            format!(
-                "{} is paused; messages for it are queued until it resumes.",
-                agent.display_name
-            )
-        } else {
-            format!(
-                "{} is not connected; messages for it are queued until it connects.",
-                agent.display_name
-            )
-        };
+        let text = queued_notice(agent);
         chat.post(Post {
             channel_id,
             author_id: "system",
@@ -651,10 +643,38 @@ impl Bridge {
         delivery: &Delivered,
     ) -> Result<ReplyAccepted, BridgeError> {
         let text = reply.error.or(reply.content).unwrap_or_default();
-        if let Some(id) = &delivery.placeholder {
-            chat.set_state(id, MessageState::Error).await?;
-        }
-        self.forget_buffer(agent.id, &reply.trace_id);
+        // Nothing fails silently: the failure is a message in the conversation, with the
+        // reason in words, whether or not the agent had started answering.
+        let facts = failure::facts(&self.db, agent).await;
+        let failure = failure::explain(reply.error_code.as_deref(), &text, &facts);
+        let buffered = self.forget_buffer(agent.id, &reply.trace_id);
+        let message = match &delivery.placeholder {
+            Some(id) => {
+                // The text that streamed, unless the host restarted and has only its tail.
+                let partial = buffered
+                    .filter(|b| b.from_start && !b.text.is_empty())
+                    .map(|b| b.text);
+                chat.fail(id, partial.as_deref(), &failure).await?
+            }
+            None => {
+                chat.post(Post {
+                    channel_id: &delivery.channel_id,
+                    author_id: &agent.slug,
+                    author_type: AuthorType::Agent,
+                    content: "",
+                    client_id: None,
+                    thread_id: delivery.thread_id.as_deref(),
+                    state: MessageState::Error,
+                    metadata: serde_json::json!({
+                        "trace_id": reply.trace_id,
+                        "hops_since_user": delivery.hops,
+                        "failure": failure,
+                    }),
+                })
+                .await?
+                .0
+            }
+        };
         self.mark_answered(agent.id, &reply.trace_id).await?;
         let mut event = new_event(
             &agent.slug,
@@ -663,11 +683,17 @@ impl Bridge {
             &delivery.channel_id,
         );
         event.error = Some(text.clone());
-        event.payload = serde_json::json!({"stage": "agent", "message": text});
+        event.payload = serde_json::json!({
+            "stage": "agent",
+            "message": text,
+            "code": failure.code,
+            "reason": failure.reason,
+            "message_id": message.id,
+        });
         self.trace(&agent.slug, event);
         Ok(ReplyAccepted {
             accepted: true,
-            message_id: delivery.placeholder.clone(),
+            message_id: Some(message.id),
         })
     }
 
@@ -696,6 +722,36 @@ impl Bridge {
             .execute(&self.db)
             .await?;
         Ok(())
+    }
+}
+
+/// The system notice for messages waiting on an agent that can't answer now: why, and what
+/// the person can do about it.
+fn queued_notice(agent: &AgentRecord) -> String {
+    let name = &agent.display_name;
+    if agent.paused {
+        return format!(
+            "{name} is paused; messages for it are queued until it resumes. Resume it on the \
+             Agents screen."
+        );
+    }
+    match (agent.kind, agent.status.as_str()) {
+        (AgentKind::Container, "deploying") => format!(
+            "{name} is not connected yet: it is still being deployed. Messages for it are \
+             queued until it is up."
+        ),
+        (AgentKind::Container, "stopped") => format!(
+            "{name} is not connected: its container is stopped. Messages for it are queued \
+             until it runs; start it on the Agents screen."
+        ),
+        (AgentKind::Container, _) => format!(
+            "{name} is not connected; messages for it are queued until it connects. If it \
+             stays away, restart it or read its logs on the Agents screen."
+        ),
+        (AgentKind::External, _) => format!(
+            "{name} is not connected; messages for it are queued until it connects. Start its \
+             sidecar (taos-agent) with the agent's token."
+        ),
     }
 }
 

@@ -175,6 +175,8 @@ async fn exhausted_budget_is_reported_without_trying_fallbacks() {
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].kind, ReplyKind::Error);
     assert!(replies[0].error.as_deref().unwrap().contains("budget"));
+    // The code lets the host say it in words ("budget for this month is used up").
+    assert_eq!(replies[0].error_code.as_deref(), Some("budget_exceeded"));
     stop_agent(trigger, task).await;
 }
 

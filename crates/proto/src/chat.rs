@@ -176,6 +176,22 @@ pub enum MessageState {
     Error,
 }
 
+/// Why an agent's turn failed, as the host explains it: kept in a failed (`state: error`)
+/// agent message's `metadata.failure`, so every client shows the reason in the conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TurnFailure {
+    /// What failed, one of `taos_proto::bridge::ERROR_CODES` or `model_unavailable` (no enabled
+    /// provider offers the agent's model), for clients that want their own words.
+    pub code: String,
+    /// One sentence for people: what went wrong.
+    pub reason: String,
+    /// What to do about it, if anything can be done.
+    pub hint: Option<String>,
+    /// What the agent reported, as it said it (shortened), for the curious and for bug reports.
+    pub detail: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
@@ -191,6 +207,8 @@ pub struct Message {
     pub thread_id: Option<String>,
     pub state: MessageState,
     pub client_id: Option<String>,
+    /// Free-form details. An agent message that failed (`state: error`) carries
+    /// `failure`: a `TurnFailure`, the reason in words.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,

@@ -155,7 +155,10 @@ where
                     .map(Some)
                     .ok_or_else(out_of_range);
             }
-            let secs = n.as_f64().filter(|f| f.is_finite()).ok_or_else(out_of_range)?;
+            let secs = n
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .ok_or_else(out_of_range)?;
             let whole = secs.floor();
             // Floats carry about a microsecond at today's epoch; round to that, not below.
             let micros = ((secs - whole) * 1e6).round().min(999_999.0) as u32;
@@ -227,14 +230,19 @@ mod tests {
     #[test]
     fn created_at_is_rfc3339_or_epoch_seconds() {
         let at = |json: &str| {
-            serde_json::from_str::<NewTraceEvent>(&format!(r#"{{"kind":"error","created_at":{json}}}"#))
-                .map(|e| e.created_at)
+            serde_json::from_str::<NewTraceEvent>(&format!(
+                r#"{{"kind":"error","created_at":{json}}}"#
+            ))
+            .map(|e| e.created_at)
         };
         let expected = DateTime::parse_from_rfc3339("2025-11-27T10:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(at(r#""2025-11-27T10:00:00Z""#).unwrap(), Some(expected));
-        assert_eq!(at(r#""2025-11-27T12:00:00+02:00""#).unwrap(), Some(expected));
+        assert_eq!(
+            at(r#""2025-11-27T12:00:00+02:00""#).unwrap(),
+            Some(expected)
+        );
         assert_eq!(at("1764237600").unwrap(), Some(expected));
         assert_eq!(at("1764237600.0").unwrap(), Some(expected));
         let quarter = at("1764237600.25").unwrap().unwrap();
@@ -243,7 +251,14 @@ mod tests {
         let precise = at("1764237600.123456").unwrap().unwrap();
         assert_eq!(precise, expected + chrono::Duration::microseconds(123_456));
         assert_eq!(at("null").unwrap(), None);
-        for bad in [r#""yesterday""#, r#""1764237600""#, "true", "[1]", "1e300", "-1e300"] {
+        for bad in [
+            r#""yesterday""#,
+            r#""1764237600""#,
+            "true",
+            "[1]",
+            "1e300",
+            "-1e300",
+        ] {
             assert!(at(bad).is_err(), "{bad} was accepted");
         }
         let missing: NewTraceEvent = serde_json::from_str(r#"{"kind":"error"}"#).unwrap();

@@ -309,7 +309,12 @@ async fn trace_created_at_may_be_epoch_seconds() {
         .send()
         .await
         .unwrap();
-    assert_eq!(one.status(), StatusCode::OK, "{}", one.text().await.unwrap());
+    assert_eq!(
+        one.status(),
+        StatusCode::OK,
+        "{}",
+        one.text().await.unwrap()
+    );
     let batch: Vec<Value> = cases[1..]
         .iter()
         .map(|(id, at, _)| json!({"id": id, "kind": "lifecycle", "created_at": at}))
@@ -330,7 +335,10 @@ async fn trace_created_at_may_be_epoch_seconds() {
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 
     let read: Value = host
-        .admin(Method::GET, "/api/agents/tiny/trace?kind=lifecycle&limit=100")
+        .admin(
+            Method::GET,
+            "/api/agents/tiny/trace?kind=lifecycle&limit=100",
+        )
         .send()
         .await
         .unwrap()
@@ -344,8 +352,8 @@ async fn trace_created_at_may_be_epoch_seconds() {
             .iter()
             .find(|e| e["id"] == id)
             .unwrap_or_else(|| panic!("{id} not stored: {read}"));
-        let at = chrono::DateTime::parse_from_rfc3339(event["created_at"].as_str().unwrap())
-            .unwrap();
+        let at =
+            chrono::DateTime::parse_from_rfc3339(event["created_at"].as_str().unwrap()).unwrap();
         assert_eq!(at.timestamp_millis(), want_ms, "{id}: {event}");
     }
 }
