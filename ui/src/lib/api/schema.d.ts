@@ -1425,6 +1425,10 @@ export interface components {
             /** Format: date-time */
             edited_at?: string | null;
             id: string;
+            /**
+             * @description Free-form details. An agent message that failed (`state: error`) carries
+             *     `failure`: a `TurnFailure`, the reason in words.
+             */
             metadata: Record<string, never>;
             /**
              * Format: int64
@@ -1488,7 +1492,11 @@ export interface components {
             channel_id?: string | null;
             /** Format: double */
             cost_usd?: number | null;
-            /** Format: date-time */
+            /**
+             * Format: date-time
+             * @description RFC 3339, or epoch seconds as a number (`1764237600` or `1764237600.25`), which is
+             *     what agents written for TinyAgentOS send.
+             */
             created_at?: string | null;
             /** Format: int64 */
             duration_ms?: number | null;
@@ -1808,6 +1816,23 @@ export interface components {
             events: components["schemas"]["TraceEvent"][];
             /** Format: int32 */
             schema_version: number;
+        };
+        /**
+         * @description Why an agent's turn failed, as the host explains it: kept in a failed (`state: error`)
+         *     agent message's `metadata.failure`, so every client shows the reason in the conversation.
+         */
+        TurnFailure: {
+            /**
+             * @description What failed, one of `taos_proto::bridge::ERROR_CODES` or `model_unavailable` (no enabled
+             *     provider offers the agent's model), for clients that want their own words.
+             */
+            code: string;
+            /** @description What the agent reported, as it said it (shortened), for the curious and for bug reports. */
+            detail?: string | null;
+            /** @description What to do about it, if anything can be done. */
+            hint?: string | null;
+            /** @description One sentence for people: what went wrong. */
+            reason: string;
         };
         Usage: {
             agent_name: string;
