@@ -1,8 +1,11 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The longest message the host stores, in characters.
+/// The longest message the host stores, in characters (Unicode scalar values).
 pub const MAX_CONTENT_CHARS: usize = 32_000;
+// The OpenAPI document states the limit as `maxLength: 32000` on message contents (clients
+// warn before sending more); attributes need a literal, so keep the two equal here.
+const _: () = assert!(MAX_CONTENT_CHARS == 32000);
 
 /// WebSocket close code: the client fell too far behind; reconnect and resume with `after_seq`.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
@@ -221,6 +224,8 @@ pub struct Message {
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
     pub channel_id: String,
+    /// At most 32 000 characters (Unicode scalar values, as Rust counts them).
+    #[cfg_attr(feature = "openapi", schema(max_length = 32000))]
     pub content: String,
     /// Client-made id: re-sending the same one returns the existing message.
     #[serde(default)]
@@ -233,6 +238,7 @@ pub struct NewMessage {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MessageEdit {
+    #[cfg_attr(feature = "openapi", schema(max_length = 32000))]
     pub content: String,
 }
 
@@ -321,6 +327,7 @@ pub enum ClientEvent {
     },
     Message {
         channel_id: String,
+        #[cfg_attr(feature = "openapi", schema(max_length = 32000))]
         content: String,
         #[serde(default)]
         client_id: Option<String>,

@@ -1470,6 +1470,7 @@ export interface components {
             channel_id: string;
             /** @description Client-made id: re-sending the same one returns the existing message. */
             client_id?: string | null;
+            /** @description At most 32 000 characters (Unicode scalar values, as Rust counts them). */
             content: string;
             thread_id?: string | null;
         };

@@ -38,3 +38,4 @@ export type Usage = S['Usage'];
 export type User = S['User'];
 export type ClientEvent = S['ClientEvent'];
 export type ServerEvent = S['ServerEvent'];
+export type TurnFailure = S['TurnFailure'];
