@@ -14,7 +14,7 @@ use taos_proto::agents::AgentKind;
 use taos_proto::bridge::{ContextMessage, Reply, ReplyAccepted, ReplyKind, UserMessageDelivery};
 use taos_proto::chat::{AuthorType, Message, MessageState};
 use taos_proto::trace::{TraceEvent, TraceKind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::agents::{self, AgentRecord};
@@ -81,6 +81,16 @@ struct AgentLive {
     /// The id of the newest stream; older streams end when they see it change.
     generation: u64,
     connected: bool,
+    /// The slug its stream was opened under, to name it in presence events.
+    slug: String,
+}
+
+/// An agent's bridge stream came or went: `agent.connected` / `agent.disconnected` on
+/// `/api/events`, so screens show it without a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub slug: String,
+    pub connected: bool,
 }
 
 pub struct Bridge {
@@ -96,11 +106,16 @@ pub struct Bridge {
     cooldowns: router::Cooldowns,
     /// (channel, agent) pairs already told "queued", until the agent connects or resumes.
     notices: Mutex<HashSet<(String, Uuid)>>,
+    /// Presence changes, sent while `live` is locked so they leave in the order they happened;
+    /// one task publishes them.
+    presence: mpsc::UnboundedSender<Presence>,
 }
 
 impl Bridge {
-    pub fn new(db: Db, traces: TraceStore) -> Self {
-        Bridge {
+    /// The bridge, and the receiving end of its presence changes (see [`publish_presence`]).
+    pub fn new(db: Db, traces: TraceStore) -> (Self, mpsc::UnboundedReceiver<Presence>) {
+        let (presence, changes) = mpsc::unbounded_channel();
+        let bridge = Bridge {
             db,
             traces,
             live: Mutex::new(HashMap::new()),
@@ -109,7 +124,9 @@ impl Bridge {
             reply_locks: Mutex::new(HashMap::new()),
             cooldowns: router::Cooldowns::default(),
             notices: Mutex::new(HashSet::new()),
-        }
+            presence,
+        };
+        (bridge, changes)
     }
 
     fn with_live<T>(&self, agent: Uuid, f: impl FnOnce(&mut AgentLive) -> T) -> T {
@@ -118,8 +135,21 @@ impl Bridge {
             wake: watch::channel(0).0,
             generation: 0,
             connected: false,
+            slug: String::new(),
         });
         f(entry)
+    }
+
+    /// Sets whether the agent is connected; a change is announced. Call inside `with_live`.
+    fn set_connected(&self, live: &mut AgentLive, connected: bool) {
+        if live.connected != connected {
+            live.connected = connected;
+            // Only fails once the publisher is gone, at shutdown.
+            let _ = self.presence.send(Presence {
+                slug: live.slug.clone(),
+                connected,
+            });
+        }
     }
 
     pub fn is_connected(&self, agent: Uuid) -> bool {
@@ -131,11 +161,12 @@ impl Bridge {
         self.with_live(agent, |l| l.wake.send_modify(|n| *n += 1));
     }
 
-    /// Registers a new stream for the agent; any older stream ends.
-    pub fn subscribe(&self, agent: Uuid) -> (u64, watch::Receiver<u64>) {
+    /// Registers a new stream for the agent (`slug` names it); any older stream ends.
+    pub fn subscribe(&self, agent: Uuid, slug: &str) -> (u64, watch::Receiver<u64>) {
         let (generation, rx) = self.with_live(agent, |l| {
             l.generation += 1;
-            l.connected = true;
+            l.slug = slug.to_string();
+            self.set_connected(l, true);
             l.wake.send_modify(|n| *n += 1);
             (l.generation, l.wake.subscribe())
         });
@@ -148,7 +179,7 @@ impl Bridge {
     pub fn kick(&self, agent: Uuid) {
         self.with_live(agent, |l| {
             l.generation += 1;
-            l.connected = false;
+            self.set_connected(l, false);
             l.wake.send_modify(|n| *n += 1);
         });
     }
@@ -170,7 +201,7 @@ impl Bridge {
     pub fn unsubscribe(&self, agent: Uuid, generation: u64) {
         self.with_live(agent, |l| {
             if l.generation == generation {
-                l.connected = false;
+                self.set_connected(l, false);
             }
         });
     }
@@ -752,6 +783,24 @@ fn queued_notice(agent: &AgentRecord) -> String {
             "{name} is not connected; messages for it are queued until it connects. Start its \
              sidecar (taos-agent) with the agent's token."
         ),
+    }
+}
+
+/// Publishes presence changes as host events, in order, until the bridge is gone.
+pub async fn publish_presence(
+    mut changes: mpsc::UnboundedReceiver<Presence>,
+    hub: std::sync::Arc<crate::notify::EventHub>,
+) {
+    while let Some(change) = changes.recv().await {
+        let kind = if change.connected {
+            "agent.connected"
+        } else {
+            "agent.disconnected"
+        };
+        let data = serde_json::json!({"slug": change.slug, "connected": change.connected});
+        if let Err(e) = hub.publish(kind, data).await {
+            tracing::warn!(agent = %change.slug, error = %e, "could not publish agent presence");
+        }
     }
 }
 

@@ -298,14 +298,17 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         (Some(_), None) => format!("ok: {}", detected.description),
         (None, _) => format!("disabled: {}", detected.description),
     };
+    let hub = Arc::new(EventHub::new(db.clone()));
+    let (bridge, presence) = crate::bridge::Bridge::new(db.clone(), traces.clone());
+    tokio::spawn(crate::bridge::publish_presence(presence, hub.clone()));
     let state = AppState::new(AppInner {
         runtime: detected.runtime,
         agent_addr,
         agent_container_addr,
-        hub: Arc::new(EventHub::new(db.clone())),
+        hub,
         llm,
         chat: crate::chat::Chat::new(db.clone()),
-        bridge: crate::bridge::Bridge::new(db.clone(), traces.clone()),
+        bridge,
         traces,
         db,
         pin: identity.pin,
