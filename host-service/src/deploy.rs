@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
-use taos_proto::agents::{DeployRequest, DeployStatus, DeployStep, NewAgent};
+use taos_proto::agents::{
+    DeployRequest, DeployStatus, DeployStep, NewAgent, DEFAULT_DISK_QUOTA_GIB,
+};
 use uuid::Uuid;
 
 use crate::agents::{self, AgentRecord, NewKind};
@@ -219,7 +221,7 @@ pub async fn start(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    let quota_bytes = req.disk_quota_gib.unwrap_or(40) * 1024 * 1024 * 1024;
+    let quota_bytes = req.disk_quota_gib.unwrap_or(DEFAULT_DISK_QUOTA_GIB) * 1024 * 1024 * 1024;
     sqlx::query("INSERT INTO agent_disk (agent_id, quota_bytes) VALUES (?, ?)")
         .bind(agent.id.to_string())
         .bind(i64::try_from(quota_bytes).unwrap_or(i64::MAX))
@@ -300,7 +302,12 @@ impl Run {
                         cpus: self.request.cpu_limit,
                         processes: Some(1000),
                     },
-                    root_disk_mib: Some(self.request.disk_quota_gib.unwrap_or(40) * 1024),
+                    root_disk_mib: Some(
+                        self.request
+                            .disk_quota_gib
+                            .unwrap_or(DEFAULT_DISK_QUOTA_GIB)
+                            * 1024,
+                    ),
                     env: BTreeMap::new(),
                     devices: proxy_devices(state.agent_addr),
                 };

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { MAX_MESSAGE_CHARS, WARN_MESSAGE_CHARS, checkLength, countChars, counterText } from '../src/lib/limits';
+import { DEFAULT_DISK_GIB, MAX_MESSAGE_CHARS, WARN_MESSAGE_CHARS, checkLength, countChars, counterText } from '../src/lib/limits';
 
 describe('the message length limit', () => {
   it('is the host’s, as the OpenAPI document states it', () => {
@@ -28,5 +28,12 @@ describe('the message length limit', () => {
     const over = checkLength('😀'.repeat(MAX_MESSAGE_CHARS + 5));
     expect(over.over).toBe(true);
     expect(over.problem).toBe('Too long to send: 5 characters over the 32,000 limit. Shorten it or split it into several messages.');
+  });
+});
+
+describe('the deploy form', () => {
+  it('labels the API’s own default disk quota', () => {
+    const doc = JSON.parse(readFileSync('../docs/openapi.json', 'utf8'));
+    expect(doc.components.schemas.DeployRequest.properties.disk_quota_gib.default).toBe(DEFAULT_DISK_GIB);
   });
 });

@@ -909,13 +909,24 @@ async fn ask_over_ws(ws: &mut taos_e2e::WsClient, dm: &str, agent: &str, text: &
 /// Nothing fails silently: a turn that fails — an exhausted budget, a provider switched off —
 /// is a message in the chat with the reason in words and what to do, through the real sidecar,
 /// the gateway and real LiteLLM. The reason is stored, so it is still there after a reload.
+/// Along the way, LiteLLM's status never tells someone who has a provider to add one.
 #[tokio::test]
 async fn a_failed_turn_shows_in_the_chat_with_its_reason() {
     let _turn = LITELLM.lock().await;
     let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
     let host = start().await;
     host.setup_owner().await;
+    let llm_status = || {
+        let request = host.admin(Method::GET, "/api/llm/status");
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let before = llm_status().await;
+    assert_eq!(before["last_error"], "no models yet: add a provider");
     add_fake_provider(&host, &fake).await;
+    // From the moment a provider is added, the status no longer says to add one.
+    let starting = llm_status().await;
+    assert_ne!(starting["state"], "unavailable", "{starting}");
+    assert!(starting["last_error"].is_null(), "{starting}");
     wait_ready(&host, &["fake-gpt", "fake-other"]).await;
     let created: Value = host
         .admin(Method::POST, "/api/agents")
@@ -1024,6 +1035,11 @@ async fn a_failed_turn_shows_in_the_chat_with_its_reason() {
             .await
             .unwrap();
         if status["state"] == "unavailable" {
+            // A provider exists: the reason says what is wrong with it, not "add a provider".
+            assert_eq!(
+                status["last_error"],
+                "no models: every provider is disabled; enable one"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "LiteLLM never stopped: {status}");

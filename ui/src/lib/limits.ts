@@ -50,3 +50,8 @@ export function checkLength(draft: string): LengthCheck {
 }
 
 export const counterText = (c: LengthCheck) => `${fmt(c.count)} / ${fmt(MAX_MESSAGE_CHARS)}`;
+
+/** A deployed agent's disk quota when the deploy names none, in GiB: the API's default for
+ *  `disk_quota_gib` (tests/limits.test.ts keeps the two equal). The deploy form leaves the
+ *  field empty, so the host's own default applies; this only labels it. */
+export const DEFAULT_DISK_GIB = 40;

@@ -1259,9 +1259,10 @@ export interface components {
             cpu_limit?: number | null;
             /**
              * Format: int64
-             * @description Root disk quota; default 40.
+             * @description Root disk quota in GiB, 1-4096; default 40.
+             * @default 40
              */
-            disk_quota_gib?: number | null;
+            disk_quota_gib: number | null;
             emoji?: string | null;
             fallback_models?: string[] | null;
             /** @description A framework id from `GET /api/frameworks` (e.g. `direct`). */
