@@ -9,9 +9,10 @@ cd "$REPO_ROOT"
 
 # The web UI first: the host embeds ui/dist when it is compiled.
 "$REPO_ROOT/scripts/build-ui.sh"
-log "building taos-host (release)"
-cargo build --release --locked -p taos-host
+log "building taos-host and the taos-agent sidecar (release)"
+cargo build --release --locked -p taos-host -p taos-agent
 BIN="$CARGO_TARGET_DIR/release/taos-host"
+AGENT_BIN="$CARGO_TARGET_DIR/release/taos-agent"
 DATA="${TAOS_DATA_DIR:-$REPO_ROOT/data}"
 
 cat >&2 <<MSG
@@ -24,6 +25,9 @@ cat >&2 <<MSG
   Pair the app:        $BIN --data-dir $DATA pair
   Pin for the app:     $BIN --data-dir $DATA fingerprint
   Scripts on this machine can use the local admin token in $DATA/local-token.
+  An agent running outside a container: create it (POST /api/agents), then run the sidecar
+  with its credentials (see README.md, "Connect an agent that runs elsewhere"):
+      $AGENT_BIN
 
 MSG
 exec "$BIN" --data-dir "$DATA" serve

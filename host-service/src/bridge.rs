@@ -10,15 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
+use taos_proto::agents::AgentKind;
 use taos_proto::bridge::{ContextMessage, Reply, ReplyAccepted, ReplyKind, UserMessageDelivery};
 use taos_proto::chat::{AuthorType, Message, MessageState};
 use taos_proto::trace::{TraceEvent, TraceKind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::agents::{self, AgentRecord};
 use crate::chat::{router, Chat, ChatError, Post, USER_MEMBER_PREFIX};
 use crate::db::{from_ms, now_ms, Db};
+use crate::failure;
 use crate::trace::TraceStore;
 
 /// How many earlier messages travel with a delivery.
@@ -79,6 +81,16 @@ struct AgentLive {
     /// The id of the newest stream; older streams end when they see it change.
     generation: u64,
     connected: bool,
+    /// The slug its stream was opened under, to name it in presence events.
+    slug: String,
+}
+
+/// An agent's bridge stream came or went: `agent.connected` / `agent.disconnected` on
+/// `/api/events`, so screens show it without a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub slug: String,
+    pub connected: bool,
 }
 
 pub struct Bridge {
@@ -94,11 +106,16 @@ pub struct Bridge {
     cooldowns: router::Cooldowns,
     /// (channel, agent) pairs already told "queued", until the agent connects or resumes.
     notices: Mutex<HashSet<(String, Uuid)>>,
+    /// Presence changes, sent while `live` is locked so they leave in the order they happened;
+    /// one task publishes them.
+    presence: mpsc::UnboundedSender<Presence>,
 }
 
 impl Bridge {
-    pub fn new(db: Db, traces: TraceStore) -> Self {
-        Bridge {
+    /// The bridge, and the receiving end of its presence changes (see [`publish_presence`]).
+    pub fn new(db: Db, traces: TraceStore) -> (Self, mpsc::UnboundedReceiver<Presence>) {
+        let (presence, changes) = mpsc::unbounded_channel();
+        let bridge = Bridge {
             db,
             traces,
             live: Mutex::new(HashMap::new()),
@@ -107,7 +124,9 @@ impl Bridge {
             reply_locks: Mutex::new(HashMap::new()),
             cooldowns: router::Cooldowns::default(),
             notices: Mutex::new(HashSet::new()),
-        }
+            presence,
+        };
+        (bridge, changes)
     }
 
     fn with_live<T>(&self, agent: Uuid, f: impl FnOnce(&mut AgentLive) -> T) -> T {
@@ -116,8 +135,21 @@ impl Bridge {
             wake: watch::channel(0).0,
             generation: 0,
             connected: false,
+            slug: String::new(),
         });
         f(entry)
+    }
+
+    /// Sets whether the agent is connected; a change is announced. Call inside `with_live`.
+    fn set_connected(&self, live: &mut AgentLive, connected: bool) {
+        if live.connected != connected {
+            live.connected = connected;
+            // Only fails once the publisher is gone, at shutdown.
+            let _ = self.presence.send(Presence {
+                slug: live.slug.clone(),
+                connected,
+            });
+        }
     }
 
     pub fn is_connected(&self, agent: Uuid) -> bool {
@@ -129,11 +161,12 @@ impl Bridge {
         self.with_live(agent, |l| l.wake.send_modify(|n| *n += 1));
     }
 
-    /// Registers a new stream for the agent; any older stream ends.
-    pub fn subscribe(&self, agent: Uuid) -> (u64, watch::Receiver<u64>) {
+    /// Registers a new stream for the agent (`slug` names it); any older stream ends.
+    pub fn subscribe(&self, agent: Uuid, slug: &str) -> (u64, watch::Receiver<u64>) {
         let (generation, rx) = self.with_live(agent, |l| {
             l.generation += 1;
-            l.connected = true;
+            l.slug = slug.to_string();
+            self.set_connected(l, true);
             l.wake.send_modify(|n| *n += 1);
             (l.generation, l.wake.subscribe())
         });
@@ -146,7 +179,7 @@ impl Bridge {
     pub fn kick(&self, agent: Uuid) {
         self.with_live(agent, |l| {
             l.generation += 1;
-            l.connected = false;
+            self.set_connected(l, false);
             l.wake.send_modify(|n| *n += 1);
         });
     }
@@ -168,7 +201,7 @@ impl Bridge {
     pub fn unsubscribe(&self, agent: Uuid, generation: u64) {
         self.with_live(agent, |l| {
             if l.generation == generation {
-                l.connected = false;
+                self.set_connected(l, false);
             }
         });
     }
@@ -321,17 +354,7 @@ impl Bridge {
         if !first {
             return Ok(());
         }
-        let text = if agent.paused {
-            format!(
-                "{} is paused; messages for it are queued until it resumes.",
-                agent.display_name
-            )
-        } else {
-            format!(
-                "{} is not connected; messages for it are queued until it connects.",
-                agent.display_name
-            )
-        };
+        let text = queued_notice(agent);
         chat.post(Post {
             channel_id,
             author_id: "system",
@@ -651,10 +674,38 @@ impl Bridge {
         delivery: &Delivered,
     ) -> Result<ReplyAccepted, BridgeError> {
         let text = reply.error.or(reply.content).unwrap_or_default();
-        if let Some(id) = &delivery.placeholder {
-            chat.set_state(id, MessageState::Error).await?;
-        }
-        self.forget_buffer(agent.id, &reply.trace_id);
+        // Nothing fails silently: the failure is a message in the conversation, with the
+        // reason in words, whether or not the agent had started answering.
+        let facts = failure::facts(&self.db, agent).await;
+        let failure = failure::explain(reply.error_code.as_deref(), &text, &facts);
+        let buffered = self.forget_buffer(agent.id, &reply.trace_id);
+        let message = match &delivery.placeholder {
+            Some(id) => {
+                // The text that streamed, unless the host restarted and has only its tail.
+                let partial = buffered
+                    .filter(|b| b.from_start && !b.text.is_empty())
+                    .map(|b| b.text);
+                chat.fail(id, partial.as_deref(), &failure).await?
+            }
+            None => {
+                chat.post(Post {
+                    channel_id: &delivery.channel_id,
+                    author_id: &agent.slug,
+                    author_type: AuthorType::Agent,
+                    content: "",
+                    client_id: None,
+                    thread_id: delivery.thread_id.as_deref(),
+                    state: MessageState::Error,
+                    metadata: serde_json::json!({
+                        "trace_id": reply.trace_id,
+                        "hops_since_user": delivery.hops,
+                        "failure": failure,
+                    }),
+                })
+                .await?
+                .0
+            }
+        };
         self.mark_answered(agent.id, &reply.trace_id).await?;
         let mut event = new_event(
             &agent.slug,
@@ -663,11 +714,17 @@ impl Bridge {
             &delivery.channel_id,
         );
         event.error = Some(text.clone());
-        event.payload = serde_json::json!({"stage": "agent", "message": text});
+        event.payload = serde_json::json!({
+            "stage": "agent",
+            "message": text,
+            "code": failure.code,
+            "reason": failure.reason,
+            "message_id": message.id,
+        });
         self.trace(&agent.slug, event);
         Ok(ReplyAccepted {
             accepted: true,
-            message_id: delivery.placeholder.clone(),
+            message_id: Some(message.id),
         })
     }
 
@@ -696,6 +753,54 @@ impl Bridge {
             .execute(&self.db)
             .await?;
         Ok(())
+    }
+}
+
+/// The system notice for messages waiting on an agent that can't answer now: why, and what
+/// the person can do about it.
+fn queued_notice(agent: &AgentRecord) -> String {
+    let name = &agent.display_name;
+    if agent.paused {
+        return format!(
+            "{name} is paused; messages for it are queued until it resumes. Resume it on the \
+             Agents screen."
+        );
+    }
+    match (agent.kind, agent.status.as_str()) {
+        (AgentKind::Container, "deploying") => format!(
+            "{name} is not connected yet: it is still being deployed. Messages for it are \
+             queued until it is up."
+        ),
+        (AgentKind::Container, "stopped") => format!(
+            "{name} is not connected: its container is stopped. Messages for it are queued \
+             until it runs; start it on the Agents screen."
+        ),
+        (AgentKind::Container, _) => format!(
+            "{name} is not connected; messages for it are queued until it connects. If it \
+             stays away, restart it or read its logs on the Agents screen."
+        ),
+        (AgentKind::External, _) => format!(
+            "{name} is not connected; messages for it are queued until it connects. Start its \
+             sidecar (taos-agent) with the agent's token."
+        ),
+    }
+}
+
+/// Publishes presence changes as host events, in order, until the bridge is gone.
+pub async fn publish_presence(
+    mut changes: mpsc::UnboundedReceiver<Presence>,
+    hub: std::sync::Arc<crate::notify::EventHub>,
+) {
+    while let Some(change) = changes.recv().await {
+        let kind = if change.connected {
+            "agent.connected"
+        } else {
+            "agent.disconnected"
+        };
+        let data = serde_json::json!({"slug": change.slug, "connected": change.connected});
+        if let Err(e) = hub.publish(kind, data).await {
+            tracing::warn!(agent = %change.slug, error = %e, "could not publish agent presence");
+        }
     }
 }
 

@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
-use taos_proto::agents::{AgentNetwork, DeployRequest, DeployStatus, DeployStep, NewAgent};
+use taos_proto::agents::{
+    AgentNetwork, DeployRequest, DeployStatus, DeployStep, NewAgent, DEFAULT_DISK_QUOTA_GIB,
+};
 use uuid::Uuid;
 
 use crate::agents::{self, AgentRecord, NewKind};
@@ -225,7 +227,7 @@ pub async fn start(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    let quota_bytes = req.disk_quota_gib.unwrap_or(40) * 1024 * 1024 * 1024;
+    let quota_bytes = req.disk_quota_gib.unwrap_or(DEFAULT_DISK_QUOTA_GIB) * 1024 * 1024 * 1024;
     sqlx::query("INSERT INTO agent_disk (agent_id, quota_bytes) VALUES (?, ?)")
         .bind(agent.id.to_string())
         .bind(i64::try_from(quota_bytes).unwrap_or(i64::MAX))
@@ -316,7 +318,12 @@ impl Run {
                         ),
                         processes: Some(1000),
                     },
-                    root_disk_mib: Some(self.request.disk_quota_gib.unwrap_or(40) * 1024),
+                    root_disk_mib: Some(
+                        self.request
+                            .disk_quota_gib
+                            .unwrap_or(DEFAULT_DISK_QUOTA_GIB)
+                            * 1024,
+                    ),
                     env: BTreeMap::new(),
                     devices: proxy_devices(state.agent_addr),
                     network: Some(self.request.network),

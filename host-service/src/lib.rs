@@ -11,6 +11,7 @@ pub mod chat;
 pub mod config;
 pub mod db;
 pub mod deploy;
+pub mod failure;
 pub mod faults;
 pub mod frameworks;
 pub mod fsutil;

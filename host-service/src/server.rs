@@ -264,16 +264,19 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         (Some(_), None) => format!("ok: {}", detected.description),
         (None, _) => format!("disabled: {}", detected.description),
     };
+    let hub = Arc::new(EventHub::new(db.clone()));
+    let (bridge, presence) = crate::bridge::Bridge::new(db.clone(), traces.clone());
+    tokio::spawn(crate::bridge::publish_presence(presence, hub.clone()));
     let state = AppState::new(AppInner {
         runtime: detected.runtime,
         agent_addr,
         agent_gateways,
         agent_bridges: prepared.bridges,
         isolation: isolation_rx,
-        hub: Arc::new(EventHub::new(db.clone())),
+        hub,
         llm,
         chat: crate::chat::Chat::new(db.clone()),
-        bridge: crate::bridge::Bridge::new(db.clone(), traces.clone()),
+        bridge,
         traces,
         trace_limiter: crate::ratelimit::RateLimiter::new(
             config.traces.rate_per_sec,

@@ -53,6 +53,7 @@ describe('optimistic sends never duplicate', () => {
     const failed = chat.log('c1').get(`local:${id}`);
     expect(failed?.state).toBe('error');
     expect(failed?.sendError).toMatch(/offline/);
+    expect(failed?.retryable).toBe(true);
     // The user retries: same client_id; the host answers with the stored message.
     host.handler = async () => msg({ id: 'm9', seq: 9, content: 'hello', client_id: id });
     chat.retry('c1', id);
@@ -73,6 +74,8 @@ describe('optimistic sends never duplicate', () => {
     await tick();
     expect(host.requests).toHaveLength(1);
     expect(chat.log('c1').get(`local:${id}`)?.sendError).toMatch(/archived/);
+    // Sending the same again would be refused the same way: no Retry for it.
+    expect(chat.log('c1').get(`local:${id}`)?.retryable).toBe(false);
   });
 });
 

@@ -142,15 +142,20 @@ impl Framework for DirectMode {
                 }
             }
         }
-        let (model, reason, detail) = match &failure {
-            Some((model, error)) => (Some(*model), error.short_reason(), error.to_string()),
+        let (model, code, reason, detail) = match &failure {
+            Some((model, error)) => (
+                Some(*model),
+                error.code(),
+                error.short_reason(),
+                error.to_string(),
+            ),
             // Config always has a primary model; kept for completeness, not expected.
             None => {
                 let reason = "no model is configured".to_string();
-                (None, reason.clone(), reason)
+                (None, "agent_error", reason.clone(), reason)
             }
         };
-        let result = replies.fail(&reason).await;
+        let result = replies.fail(code, &reason).await;
         replies.trace_error("llm", &detail, model).await;
         result.map_err(RespondError::from)
     }

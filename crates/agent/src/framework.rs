@@ -69,24 +69,26 @@ impl ReplySink {
         if text.is_empty() {
             return Ok(());
         }
-        self.send(ReplyKind::Delta, Some(text.to_string()), None)
-            .await?;
+        self.send(ReplyKind::Delta, Some(text.to_string())).await?;
         self.streamed.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// Completes the answer with its whole text.
     pub async fn finish(&self, content: &str) -> Result<(), BridgeError> {
-        self.send(ReplyKind::Final, Some(content.to_string()), None)
+        self.send(ReplyKind::Final, Some(content.to_string()))
             .await?;
         self.settled.store(true, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Ends the answer as failed, with a short reason people can read.
-    pub async fn fail(&self, reason: &str) -> Result<(), BridgeError> {
-        self.send(ReplyKind::Error, None, Some(reason.to_string()))
-            .await?;
+    /// Ends the answer as failed, with a short reason and its code (one of
+    /// `taos_proto::bridge::ERROR_CODES`), which the host turns into words for people.
+    pub async fn fail(&self, code: &str, reason: &str) -> Result<(), BridgeError> {
+        let mut reply = self.reply(ReplyKind::Error, None);
+        reply.error = Some(reason.to_string());
+        reply.error_code = Some(code.to_string());
+        self.bridge.post_reply(&reply).await?;
         self.settled.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -106,13 +108,8 @@ impl ReplySink {
         }
     }
 
-    async fn send(
-        &self,
-        kind: ReplyKind,
-        content: Option<String>,
-        error: Option<String>,
-    ) -> Result<(), BridgeError> {
-        let reply = Reply {
+    fn reply(&self, kind: ReplyKind, content: Option<String>) -> Reply {
+        Reply {
             kind,
             trace_id: self.trace_id.clone(),
             channel_id: Some(self.channel_id.clone()),
@@ -121,8 +118,12 @@ impl ReplySink {
             args: None,
             result: None,
             success: None,
-            error,
-        };
-        self.bridge.post_reply(&reply).await
+            error: None,
+            error_code: None,
+        }
+    }
+
+    async fn send(&self, kind: ReplyKind, content: Option<String>) -> Result<(), BridgeError> {
+        self.bridge.post_reply(&self.reply(kind, content)).await
     }
 }

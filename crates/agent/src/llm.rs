@@ -106,6 +106,33 @@ impl LlmError {
         }
     }
 
+    /// The error reply's `error_code` (see `taos_proto::bridge::ERROR_CODES`): the gateway's
+    /// own error type when it named one, else what kind of thing broke.
+    pub fn code(&self) -> &'static str {
+        const GATEWAY: [&str; 3] = [BUDGET_EXCEEDED, "model_not_allowed", "llm_unavailable"];
+        match self {
+            LlmError::Status { status, info } => {
+                if let Some(known) = GATEWAY.iter().find(|name| info.is(name)) {
+                    return known;
+                }
+                // The gateway's own refusal of the key has this type; a provider's 401 passed
+                // on by LiteLLM has another (`auth_error`), and is the provider's key problem.
+                if *status == 401 && info.kind.as_deref() == Some("invalid_api_key") {
+                    "llm_key_rejected"
+                } else {
+                    "provider_error"
+                }
+            }
+            LlmError::Stream(info) => GATEWAY
+                .iter()
+                .find(|name| info.is(name))
+                .copied()
+                .unwrap_or("provider_error"),
+            LlmError::Transport(_) => "gateway_unreachable",
+            LlmError::Empty => "empty_reply",
+        }
+    }
+
     /// A one-line reason for the error reply people see in the chat.
     pub fn short_reason(&self) -> String {
         if self.is_budget_exceeded() {
@@ -370,5 +397,38 @@ mod tests {
             status(429, Some(BUDGET_EXCEEDED)).short_reason(),
             "the agent's LLM budget is used up"
         );
+    }
+
+    #[test]
+    fn error_codes_name_what_broke() {
+        // The gateway's shape: the name is the `type`, `code` is the status.
+        let gateway = |status: u16, kind: &str| LlmError::Status {
+            status,
+            info: ErrorInfo::new(Some(status.to_string()), Some(kind.to_string()), ""),
+        };
+        assert_eq!(gateway(429, BUDGET_EXCEEDED).code(), "budget_exceeded");
+        assert_eq!(
+            gateway(403, "model_not_allowed").code(),
+            "model_not_allowed"
+        );
+        assert_eq!(gateway(503, "llm_unavailable").code(), "llm_unavailable");
+        assert_eq!(gateway(401, "invalid_api_key").code(), "llm_key_rejected");
+        assert_eq!(gateway(401, "auth_error").code(), "provider_error");
+        assert_eq!(
+            gateway(400, "invalid_request_error").code(),
+            "provider_error"
+        );
+        assert_eq!(
+            LlmError::Stream(ErrorInfo::new(None, None, "cut")).code(),
+            "provider_error"
+        );
+        assert_eq!(
+            LlmError::Transport("refused".into()).code(),
+            "gateway_unreachable"
+        );
+        assert_eq!(LlmError::Empty.code(), "empty_reply");
+        for e in [gateway(429, BUDGET_EXCEEDED), LlmError::Empty] {
+            assert!(taos_proto::bridge::ERROR_CODES.contains(&e.code()));
+        }
     }
 }

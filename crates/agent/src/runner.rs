@@ -163,7 +163,10 @@ async fn answer<F: Framework>(
             tracing::error!(trace_id = %delivery.trace_id, error = %e, "answering failed");
             if !replies.is_settled() {
                 // Best effort: the host may refuse this too, for the same reason.
-                if let Err(e) = replies.fail("the agent could not deliver its answer").await {
+                if let Err(e) = replies
+                    .fail("agent_error", "the agent could not deliver its answer")
+                    .await
+                {
                     tracing::warn!(trace_id = %delivery.trace_id, error = %e, "could not report the failure");
                 }
             }
@@ -174,7 +177,10 @@ async fn answer<F: Framework>(
             // forever. With nothing shown, leave the delivery unanswered so the host sends it
             // again when the agent is back.
             if replies.has_streamed() && !replies.is_settled() {
-                let notice = replies.fail("the agent stopped before finishing its answer");
+                let notice = replies.fail(
+                    "interrupted",
+                    "the agent stopped before finishing its answer",
+                );
                 match tokio::time::timeout(ABANDON_NOTICE_TIMEOUT, notice).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "could not mark the answer failed"),

@@ -642,6 +642,13 @@ async fn exhausted_budget_is_reported_without_trying_fallbacks() {
         .upstream
         .chat_requests(|body| body["messages"].to_string().contains("budget question"));
     assert_eq!(upstream_calls, Vec::<Value>::new());
+    // The chat shows the failed turn, with the code the host puts in words.
+    let reply = agent.settled_reply(host, &trace_id).await;
+    assert_eq!(reply["state"], "error", "{reply}");
+    assert_eq!(
+        reply["metadata"]["failure"]["code"], "budget_exceeded",
+        "{reply}"
+    );
     stop_agent(trigger, task).await;
 }
 

@@ -47,22 +47,32 @@ pub fn for_host_event(event: &HostEvent) -> Option<NativeNotification> {
     }
 }
 
-/// An agent's finished reply, unless its channel is on screen or muted.
+/// An agent's finished reply — or its failed turn, with the reason — unless its channel is on
+/// screen or muted. A failure notifies like an answer would have: nothing fails silently.
 pub fn for_reply(
     message: &Message,
     channel_name: &str,
     on_screen: Option<&str>,
     muted: bool,
 ) -> Option<NativeNotification> {
+    let failure = match message.state {
+        MessageState::Error => Some(
+            message.metadata["failure"]["reason"]
+                .as_str()
+                .unwrap_or("The answer failed."),
+        ),
+        _ => None,
+    };
     let finished = message.author_type == AuthorType::Agent
-        && message.state == MessageState::Complete
+        && (message.state == MessageState::Complete || failure.is_some())
         && message.deleted_at.is_none()
         && message.edited_at.is_none();
     if !finished || muted || on_screen == Some(message.channel_id.as_str()) {
         return None;
     }
-    let mut body: String = message.content.chars().take(140).collect();
-    if message.content.chars().count() > 140 {
+    let text = failure.unwrap_or(&message.content);
+    let mut body: String = text.chars().take(140).collect();
+    if text.chars().count() > 140 {
         body.push('…');
     }
     Some(NativeNotification {
@@ -213,7 +223,7 @@ mod tests {
     }
 
     #[test]
-    fn replies_notify_only_off_screen_unmuted_and_finished() {
+    fn replies_and_failures_notify_only_off_screen_unmuted_and_finished() {
         let mut m = reply_in("c1");
         let n = for_reply(&m, "Helper", Some("c2"), false).unwrap();
         assert_eq!(n.route, "/chat/c1");
@@ -227,6 +237,13 @@ mod tests {
         assert!(
             for_reply(&m, "Helper", None, false).is_none(),
             "not finished"
+        );
+        m.state = MessageState::Error;
+        m.metadata = json!({"failure": {"code": "budget_exceeded", "reason": "Helper's budget for this month is used up ($5.02 of $5.00).", "hint": null, "detail": null}});
+        let failed = for_reply(&m, "Helper", None, false).expect("a failed turn notifies");
+        assert_eq!(
+            failed.body,
+            "Helper's budget for this month is used up ($5.02 of $5.00)."
         );
         m.state = MessageState::Complete;
         m.author_type = AuthorType::User;

@@ -123,6 +123,12 @@ pub struct AgentWithToken {
     pub llm_key: Option<String>,
 }
 
+/// A deployed agent's root disk quota when the request names none, in GiB.
+pub const DEFAULT_DISK_QUOTA_GIB: u64 = 40;
+// The OpenAPI document states it as the field's `default` (the UI shows it from there);
+// attributes need a literal, so keep the two equal here.
+const _: () = assert!(DEFAULT_DISK_QUOTA_GIB == 40);
+
 /// `POST /api/agents/deploy`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -142,8 +148,9 @@ pub struct DeployRequest {
     pub memory_limit_mib: Option<u64>,
     #[serde(default)]
     pub cpu_limit: Option<u32>,
-    /// Root disk quota; default 40.
+    /// Root disk quota in GiB, 1-4096; default 40.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = 40))]
     pub disk_quota_gib: Option<u64>,
     /// What the agent's network may reach; default `internet` (no LAN, host or metadata).
     #[serde(default)]

@@ -69,7 +69,32 @@ pub struct Reply {
     pub success: Option<bool>,
     #[serde(default)]
     pub error: Option<String>,
+    /// With `kind: error`: what failed, so the host can tell people in words and say what to
+    /// do. One of [`ERROR_CODES`]; the LLM gateway's error `type` where it gave one. Optional:
+    /// without it the host reads the gateway's type names out of `error`.
+    #[serde(default)]
+    pub error_code: Option<String>,
 }
+
+/// The `error_code`s an error reply may carry. Anything else counts as `agent_error`.
+pub const ERROR_CODES: &[&str] = &[
+    // The LLM gateway's own error types.
+    "budget_exceeded",
+    "model_not_allowed",
+    "llm_unavailable",
+    // The gateway refused the agent's LLM key (rotated, or the agent archived).
+    "llm_key_rejected",
+    // LiteLLM or the provider behind it refused or failed the call.
+    "provider_error",
+    // The agent could not reach the gateway at all.
+    "gateway_unreachable",
+    // The model answered with no text.
+    "empty_reply",
+    // The answer broke off part way (the agent stopped, or the stream was cut).
+    "interrupted",
+    // Anything else the agent could not do.
+    "agent_error",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

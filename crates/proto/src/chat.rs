@@ -1,8 +1,11 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The longest message the host stores, in characters.
+/// The longest message the host stores, in characters (Unicode scalar values).
 pub const MAX_CONTENT_CHARS: usize = 32_000;
+// The OpenAPI document states the limit as `maxLength: 32000` on message contents (clients
+// warn before sending more); attributes need a literal, so keep the two equal here.
+const _: () = assert!(MAX_CONTENT_CHARS == 32000);
 
 /// WebSocket close code: the client fell too far behind; reconnect and resume with `after_seq`.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
@@ -176,6 +179,22 @@ pub enum MessageState {
     Error,
 }
 
+/// Why an agent's turn failed, as the host explains it: kept in a failed (`state: error`)
+/// agent message's `metadata.failure`, so every client shows the reason in the conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TurnFailure {
+    /// What failed, one of `taos_proto::bridge::ERROR_CODES` or `model_unavailable` (no enabled
+    /// provider offers the agent's model), for clients that want their own words.
+    pub code: String,
+    /// One sentence for people: what went wrong.
+    pub reason: String,
+    /// What to do about it, if anything can be done.
+    pub hint: Option<String>,
+    /// What the agent reported, as it said it (shortened), for the curious and for bug reports.
+    pub detail: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
@@ -191,6 +210,8 @@ pub struct Message {
     pub thread_id: Option<String>,
     pub state: MessageState,
     pub client_id: Option<String>,
+    /// Free-form details. An agent message that failed (`state: error`) carries
+    /// `failure`: a `TurnFailure`, the reason in words.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
@@ -203,6 +224,8 @@ pub struct Message {
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
     pub channel_id: String,
+    /// At most 32 000 characters (Unicode scalar values, as Rust counts them).
+    #[cfg_attr(feature = "openapi", schema(max_length = 32000))]
     pub content: String,
     /// Client-made id: re-sending the same one returns the existing message.
     #[serde(default)]
@@ -215,6 +238,7 @@ pub struct NewMessage {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MessageEdit {
+    #[cfg_attr(feature = "openapi", schema(max_length = 32000))]
     pub content: String,
 }
 
@@ -303,6 +327,7 @@ pub enum ClientEvent {
     },
     Message {
         channel_id: String,
+        #[cfg_attr(feature = "openapi", schema(max_length = 32000))]
         content: String,
         #[serde(default)]
         client_id: Option<String>,

@@ -112,7 +112,9 @@ pub struct NewTraceEvent {
     pub trace_id: Option<String>,
     #[serde(default)]
     pub parent_id: Option<String>,
-    #[serde(default)]
+    /// RFC 3339, or epoch seconds as a number (`1764237600` or `1764237600.25`), which is
+    /// what agents written for TinyAgentOS send.
+    #[serde(default, deserialize_with = "rfc3339_or_epoch")]
     pub created_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub agent_name: Option<String>,
@@ -138,6 +140,45 @@ pub struct NewTraceEvent {
     #[serde(default = "empty_object")]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: serde_json::Value,
+}
+
+/// A time as RFC 3339 text or as epoch seconds (an integer or a float), like the `since` and
+/// `until` query parameters. `null` is no time.
+fn rfc3339_or_epoch<'de, D>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let out_of_range = || D::Error::custom("created_at is out of range");
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(text) => DateTime::parse_from_rfc3339(text.trim())
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|e| D::Error::custom(format!("created_at is not RFC 3339: {e}"))),
+        serde_json::Value::Number(n) => {
+            if let Some(secs) = n.as_i64() {
+                return DateTime::from_timestamp(secs, 0)
+                    .map(Some)
+                    .ok_or_else(out_of_range);
+            }
+            let secs = n
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .ok_or_else(out_of_range)?;
+            let whole = secs.floor();
+            // Floats carry about a microsecond at today's epoch; round to that, not below.
+            let micros = ((secs - whole) * 1e6).round().min(999_999.0) as u32;
+            if whole < i64::MIN as f64 || whole > i64::MAX as f64 {
+                return Err(out_of_range());
+            }
+            DateTime::from_timestamp(whole as i64, micros * 1000)
+                .map(Some)
+                .ok_or_else(out_of_range)
+        }
+        _ => Err(D::Error::custom(
+            "created_at must be an RFC 3339 string or epoch seconds",
+        )),
+    }
 }
 
 /// Several events in one request.
@@ -227,5 +268,43 @@ mod tests {
         assert_eq!(new.payload, serde_json::json!({}));
         let err = serde_json::from_str::<NewTraceEvent>(r#"{"kind":"error","colour":"red"}"#);
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn created_at_is_rfc3339_or_epoch_seconds() {
+        let at = |json: &str| {
+            serde_json::from_str::<NewTraceEvent>(&format!(
+                r#"{{"kind":"error","created_at":{json}}}"#
+            ))
+            .map(|e| e.created_at)
+        };
+        let expected = DateTime::parse_from_rfc3339("2025-11-27T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(at(r#""2025-11-27T10:00:00Z""#).unwrap(), Some(expected));
+        assert_eq!(
+            at(r#""2025-11-27T12:00:00+02:00""#).unwrap(),
+            Some(expected)
+        );
+        assert_eq!(at("1764237600").unwrap(), Some(expected));
+        assert_eq!(at("1764237600.0").unwrap(), Some(expected));
+        let quarter = at("1764237600.25").unwrap().unwrap();
+        assert_eq!(quarter, expected + chrono::Duration::milliseconds(250));
+        // TinyAgentOS agents send time.time(): microseconds survive.
+        let precise = at("1764237600.123456").unwrap().unwrap();
+        assert_eq!(precise, expected + chrono::Duration::microseconds(123_456));
+        assert_eq!(at("null").unwrap(), None);
+        for bad in [
+            r#""yesterday""#,
+            r#""1764237600""#,
+            "true",
+            "[1]",
+            "1e300",
+            "-1e300",
+        ] {
+            assert!(at(bad).is_err(), "{bad} was accepted");
+        }
+        let missing: NewTraceEvent = serde_json::from_str(r#"{"kind":"error"}"#).unwrap();
+        assert_eq!(missing.created_at, None);
     }
 }

@@ -11,7 +11,7 @@ pub mod router;
 use sqlx::Row;
 use taos_proto::chat::{
     AuthorType, Channel, ChannelPatch, ChannelSettings, ChannelSettingsPatch, ChannelType,
-    MemberAction, Message, MessageState, NewChannel, ServerEvent,
+    MemberAction, Message, MessageState, NewChannel, ServerEvent, TurnFailure,
 };
 use uuid::Uuid;
 
@@ -439,8 +439,10 @@ impl Chat {
     /// Posts a message. Returns it and whether it is new (`false`: the same `client_id` was
     /// already posted by this author, and that message is returned instead).
     pub async fn post(&self, post: Post<'_>) -> Result<(Message, bool), ChatError> {
-        // A streaming placeholder starts empty and fills in with deltas.
-        if post.state != MessageState::Streaming {
+        // A streaming placeholder starts empty and fills in with deltas; a failed agent turn
+        // may have said nothing (its reason is in `metadata.failure`).
+        let may_be_empty = matches!(post.state, MessageState::Streaming | MessageState::Error);
+        if !(may_be_empty && post.content.is_empty()) {
             validate_content(post.content)?;
         }
         if let Some(cid) = post.client_id {
@@ -624,6 +626,59 @@ impl Chat {
             "UPDATE messages SET content = ?, state = 'complete', seq = ? WHERE id = ? AND deleted_at IS NULL",
         )
         .bind(content)
+        .bind(seq)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(ChatError::NotFound("the message was deleted"));
+        }
+        tx.commit().await?;
+        let message = self.message(id).await?;
+        self.hub.publish(
+            &message.channel_id,
+            ServerEvent::Message {
+                channel_id: message.channel_id.clone(),
+                seq,
+                message: message.clone(),
+            },
+        );
+        Ok(message)
+    }
+
+    /// Marks a (streaming) agent message failed: keeps the text that streamed (`partial`, if the
+    /// host still has it), stores why in `metadata.failure`, and sends the whole message (one
+    /// seq, one `message` event) so every client shows the reason, also after a reload.
+    pub async fn fail(
+        &self,
+        id: &str,
+        partial: Option<&str>,
+        failure: &TurnFailure,
+    ) -> Result<Message, ChatError> {
+        if let Some(text) = partial {
+            if text.chars().count() > MAX_CONTENT_CHARS {
+                return Err(ChatError::BadInput("the reply is too long".into()));
+            }
+        }
+        let message = self.message(id).await?;
+        let mut metadata = match message.metadata {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        metadata.insert(
+            "failure".into(),
+            serde_json::to_value(failure).map_err(|e| ChatError::Decode(e.to_string()))?,
+        );
+        let lock = self.hub.write_lock(&message.channel_id);
+        let _serial = lock.lock().await;
+        let mut tx = self.db.begin().await?;
+        let seq = next_seq(&mut tx, &message.channel_id).await?;
+        let updated = sqlx::query(
+            "UPDATE messages SET content = COALESCE(?, content), state = 'error', metadata = ?, \
+             seq = ? WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(partial)
+        .bind(serde_json::Value::Object(metadata).to_string())
         .bind(seq)
         .bind(id)
         .execute(&mut *tx)

@@ -48,7 +48,7 @@ pub async fn events(
         Some(id) if id <= newest => (Vec::new(), id),
         _ => (state.bridge.unanswered(record.id, newest).await?, newest),
     };
-    let (generation, wake) = state.bridge.subscribe(record.id);
+    let (generation, wake) = state.bridge.subscribe(record.id, &record.slug);
     tracing::info!(agent = %record.slug, cursor, backlog = backlog.len(), "bridge stream connected");
     let (tx, rx) = mpsc::channel::<Event>(64);
     tokio::spawn(pump(

@@ -72,6 +72,14 @@ async fn pair(
     )
     .await?;
     tracing::info!(device_id = %tokens.device_id, name = %body.device_name, "device paired");
+    // The Devices screen lists it at once (devices are the owner's: the owner's event).
+    let _ = state
+        .hub
+        .publish(
+            "device.paired",
+            serde_json::json!({"id": tokens.device_id, "name": body.device_name, "platform": body.platform}),
+        )
+        .await;
     Ok((StatusCode::CREATED, Json(tokens)))
 }
 
@@ -110,5 +118,12 @@ async fn revoke_device(
     })?;
     let closed = state.live.revoke_device(id);
     tracing::info!(device_id = %id, connections = closed, "device revoked");
+    let _ = state
+        .hub
+        .publish(
+            "device.revoked",
+            serde_json::json!({"id": id, "reason": "revoked"}),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }

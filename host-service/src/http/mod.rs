@@ -129,8 +129,13 @@ impl Deref for AppState {
                        token from loopback, except those marked with an empty security requirement."
     ),
     modifiers(&SecuritySchemes),
-    // The chat WebSocket's frames, so clients can generate their types like the REST ones.
-    components(schemas(taos_proto::chat::ClientEvent, taos_proto::chat::ServerEvent)),
+    // The chat WebSocket's frames and a failed message's `metadata.failure`, so clients can
+    // generate their types like the REST ones.
+    components(schemas(
+        taos_proto::chat::ClientEvent,
+        taos_proto::chat::ServerEvent,
+        taos_proto::chat::TurnFailure
+    )),
     security(("session_cookie" = []), ("bearer" = []))
 )]
 struct ApiDoc;

@@ -74,6 +74,7 @@ impl Llm {
             config: providers::litellm_config(&catalog),
             env: providers::litellm_env(&catalog, &self.secrets),
             models,
+            idle_reason: providers::idle_reason(&catalog).to_string(),
         });
         Ok(())
     }

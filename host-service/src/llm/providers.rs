@@ -324,6 +324,18 @@ pub struct CatalogModel {
     pub output_usd_per_mtok: Option<f64>,
 }
 
+/// Why the catalog offers no model, for the Providers screen (only meaningful when it offers
+/// none): a provider may exist and still offer nothing.
+pub fn idle_reason(providers: &[ProviderRecord]) -> &'static str {
+    if providers.is_empty() {
+        super::supervisor::NO_PROVIDER
+    } else if !providers.iter().any(|p| p.enabled) {
+        "no models: every provider is disabled; enable one"
+    } else {
+        "no models: the enabled providers list none; rediscover their models or add model names"
+    }
+}
+
 /// Models of enabled providers, first provider wins on a name clash.
 pub fn catalog_models(providers: &[ProviderRecord]) -> Vec<CatalogModel> {
     let mut out: Vec<CatalogModel> = Vec::new();

@@ -34,7 +34,12 @@ pub struct Desired {
     pub config: serde_json::Value,
     pub env: Vec<(String, String)>,
     pub models: Vec<String>,
+    /// Why there is nothing to run when `models` is empty, in words for the Providers screen.
+    pub idle_reason: String,
 }
+
+/// The reason shown before any catalog was applied, and when there is no provider at all.
+pub const NO_PROVIDER: &str = "no models yet: add a provider";
 
 #[derive(Debug)]
 struct StatusData {
@@ -133,7 +138,7 @@ impl Supervisor {
         };
         let state = LlmState::Unavailable;
         let last_error = match &bin {
-            Some(_) => Some("no models yet: add a provider".to_string()),
+            Some(_) => Some(NO_PROVIDER.to_string()),
             None => Some(
                 "LiteLLM is not installed (run scripts/dev-litellm.sh or set [llm] litellm_bin)"
                     .to_string(),
@@ -212,9 +217,18 @@ impl Supervisor {
         }
     }
 
+    fn clear_error(&self) {
+        let mut s = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.last_error = None;
+    }
+
     /// Asks for a new configuration. Nothing restarts unless it differs from what runs.
     pub fn apply(&self, desired: Desired) {
-        self.inner.desired.send_if_modified(|current| {
+        let idle = desired
+            .models
+            .is_empty()
+            .then(|| desired.idle_reason.clone());
+        let changed = self.inner.desired.send_if_modified(|current| {
             if current.as_ref() == Some(&desired) {
                 false
             } else {
@@ -222,6 +236,18 @@ impl Supervisor {
                 true
             }
         });
+        // While nothing runs, the status follows the new catalog at once, before the run loop
+        // gets to it, so the Providers screen never says "add a provider" right after one was
+        // added. (With LiteLLM running, the loop decides: it may keep the old config.)
+        if changed && self.installed() && self.state() == LlmState::Unavailable {
+            match idle {
+                Some(why) => self.set_state(LlmState::Unavailable, Some(why)),
+                None => {
+                    self.set_state(LlmState::Starting, None);
+                    self.clear_error();
+                }
+            }
+        }
     }
 
     /// Runs until `shutdown` flips; then stops LiteLLM.
@@ -244,10 +270,12 @@ impl Supervisor {
                 return;
             };
             let Some(desired) = desired.filter(|d| !d.models.is_empty()) else {
-                self.set_state(
-                    LlmState::Unavailable,
-                    Some("no models yet: add a provider".into()),
-                );
+                // Nothing to run: say why (no catalog applied yet counts as no provider).
+                let why = match &*desired_rx.borrow() {
+                    Some(idle) => idle.idle_reason.clone(),
+                    None => NO_PROVIDER.to_string(),
+                };
+                self.set_state(LlmState::Unavailable, Some(why));
                 self.set_models(Vec::new());
                 tokio::select! {
                     _ = desired_rx.changed() => continue,
@@ -259,7 +287,12 @@ impl Supervisor {
             } else {
                 LlmState::Starting
             };
+            let was_idle = self.state() == LlmState::Unavailable;
             self.set_state(starting, None);
+            if was_idle {
+                // The idle reason ("add a provider") is not an error, and no longer true.
+                self.clear_error();
+            }
             let mut child = match self.start(&bin, &desired).await {
                 Ok(child) => child,
                 Err(e) => {

@@ -160,3 +160,65 @@ async fn notification_list_read_and_read_all() {
         .unwrap();
     assert!(unread.is_empty());
 }
+
+/// The next event of `kind`, skipping others (notifications raised along the way).
+async fn next_of(events: &mut SseReader, kind: &str) -> Value {
+    loop {
+        let event = events
+            .next(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no {kind} event"));
+        if event.event.as_deref() == Some(kind) {
+            let data: Value = serde_json::from_str(&event.data).unwrap();
+            assert_eq!(data["kind"], kind);
+            return data["data"].clone();
+        }
+    }
+}
+
+/// Screens follow an agent's connection and the paired devices live: the host announces an
+/// agent's bridge stream opening and closing, a device paired and a device revoked.
+#[tokio::test]
+async fn agent_presence_and_devices_are_announced_live() {
+    let host = start().await;
+    host.setup_owner().await;
+    let (agent, _) = taos_e2e::AgentClient::create(&host, "Comes And Goes").await;
+    let mut events = connect(&host, None).await;
+
+    let stream = agent.events(None).await;
+    let connected = next_of(&mut events, "agent.connected").await;
+    assert_eq!(
+        connected,
+        json!({"slug": "comes-and-goes", "connected": true})
+    );
+    // A second stream takes over from the first: still connected, nothing announced; the
+    // agent is gone only when the newest stream ends.
+    let newer = agent.events(None).await;
+    drop(stream);
+    drop(newer);
+    let gone = next_of(&mut events, "agent.disconnected").await;
+    assert_eq!(gone, json!({"slug": "comes-and-goes", "connected": false}));
+    let listed: Value = host
+        .admin(Method::GET, "/api/agents/comes-and-goes")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["connected"], false);
+
+    let paired = host.pair_device("kitchen tablet").await;
+    let id = paired["device_id"].as_str().unwrap().to_string();
+    let announced = next_of(&mut events, "device.paired").await;
+    assert_eq!(announced["id"], id.as_str());
+    assert_eq!(announced["name"], "kitchen tablet");
+    let r = host
+        .admin(Method::DELETE, &format!("/api/devices/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let revoked = next_of(&mut events, "device.revoked").await;
+    assert_eq!(revoked, json!({"id": id, "reason": "revoked"}));
+}

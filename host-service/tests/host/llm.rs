@@ -839,6 +839,214 @@ async fn the_sidecar_answers_a_websocket_message_through_the_gateway() {
     );
 }
 
+/// Runs the real sidecar for an agent made by `POST /api/agents` (`created` is its answer).
+fn spawn_sidecar(host: &Host, created: &Value, model: &str) -> tokio::process::Child {
+    tokio::process::Command::new(taos_e2e::workspace_binary("taos-agent"))
+        .env_clear()
+        .env("TAOS_BRIDGE_URL", &host.agent_url)
+        .env(
+            "TAOS_AGENT_NAME",
+            created["agent"]["slug"].as_str().unwrap(),
+        )
+        .env("TAOS_AGENT_TOKEN", created["agent_token"].as_str().unwrap())
+        .env("OPENAI_BASE_URL", format!("{}/v1", host.agent_url))
+        .env("OPENAI_API_KEY", created["llm_key"].as_str().unwrap())
+        .env("TAOS_MODEL", model)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Sends a message over the WebSocket and returns the agent's settled answer to it: the
+/// `message` event that completes or fails it.
+async fn ask_over_ws(ws: &mut taos_e2e::WsClient, dm: &str, agent: &str, text: &str) -> Value {
+    let client_id: String = text
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    ws.send(json!({"type": "message", "channel_id": dm, "content": text, "client_id": client_id}))
+        .await;
+    // The answer may come before the ack names the message it answers: keep what arrives.
+    let mut asked: Option<String> = None;
+    let mut answers: Vec<Value> = Vec::new();
+    loop {
+        if let Some(id) = &asked {
+            if let Some(m) = answers
+                .iter()
+                .find(|m| m["metadata"]["trace_id"] == id.as_str())
+            {
+                return m.clone();
+            }
+        }
+        let event = ws
+            .next(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("no settled answer to {text:?}"));
+        let m = &event["message"];
+        if event["type"] == "ack" && event["client_id"] == client_id.as_str() {
+            asked = Some(event["message_id"].as_str().unwrap().to_string());
+        } else if event["type"] == "message"
+            && m["author_id"] == agent
+            && (m["state"] == "complete" || m["state"] == "error")
+        {
+            answers.push(m.clone());
+        }
+    }
+}
+
+/// Nothing fails silently: a turn that fails — an exhausted budget, a provider switched off —
+/// is a message in the chat with the reason in words and what to do, through the real sidecar,
+/// the gateway and real LiteLLM. The reason is stored, so it is still there after a reload.
+/// Along the way, LiteLLM's status never tells someone who has a provider to add one.
+#[tokio::test]
+async fn a_failed_turn_shows_in_the_chat_with_its_reason() {
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
+    let host = start().await;
+    host.setup_owner().await;
+    let llm_status = || {
+        let request = host.admin(Method::GET, "/api/llm/status");
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let before = llm_status().await;
+    assert_eq!(before["last_error"], "no models yet: add a provider");
+    add_fake_provider(&host, &fake).await;
+    // From the moment a provider is added, the status no longer says to add one.
+    let starting = llm_status().await;
+    assert_ne!(starting["state"], "unavailable", "{starting}");
+    assert!(starting["last_error"].is_null(), "{starting}");
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let created: Value = host
+        .admin(Method::POST, "/api/agents")
+        .json(&json!({"name": "Spender", "model": "fake-gpt"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dm = created["agent"]["dm_channel_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // One call costs $0.02 at the fake provider's prices: the second turn finds it spent.
+    let budget = host
+        .admin(Method::PUT, "/api/agents/spender/budget")
+        .json(&json!({"limit_usd": 0.01, "period": "month"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(budget.status(), StatusCode::OK);
+    let _sidecar = spawn_sidecar(&host, &created, "fake-gpt");
+    let mut ws = taos_e2e::WsClient::connect(&host, &host.local_token())
+        .await
+        .unwrap();
+    ws.subscribe(&dm, Some(0)).await;
+
+    let first = ask_over_ws(&mut ws, &dm, "spender", "hello").await;
+    assert_eq!(first["state"], "complete", "{first}");
+    assert_eq!(first["content"], REPLY);
+
+    // Usage is recorded just after the answer: wait until the budget shows as spent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let usage: Value = host
+            .admin(Method::GET, "/api/agents/spender/usage")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if usage["period_spend_usd"].as_f64().unwrap_or(0.0) >= 0.01 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "usage never recorded: {usage}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed = ask_over_ws(&mut ws, &dm, "spender", "and again").await;
+    assert_eq!(failed["state"], "error", "{failed}");
+    let failure = &failed["metadata"]["failure"];
+    assert_eq!(failure["code"], "budget_exceeded", "{failed}");
+    assert_eq!(
+        failure["reason"],
+        "Spender's budget for this month is used up ($0.02 of $0.01)."
+    );
+    assert!(
+        failure["hint"]
+            .as_str()
+            .unwrap()
+            .starts_with("Raise it in the agent's settings"),
+        "{failure}"
+    );
+    assert!(
+        failure["detail"].as_str().unwrap().contains("budget"),
+        "the agent's own words are kept: {failure}"
+    );
+    // A reload shows the same: the failure is stored with the message.
+    let stored: Vec<Value> = host
+        .admin(Method::GET, &format!("/api/chat/channels/{dm}/messages"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again = stored
+        .iter()
+        .find(|m| m["id"] == failed["id"])
+        .expect("the failed turn is in the history");
+    assert_eq!(again["state"], "error");
+    assert_eq!(again["metadata"]["failure"], *failure);
+
+    // The provider switched off: no model left, LiteLLM stops. The chat says so, not "error".
+    host.admin(Method::PUT, "/api/agents/spender/budget")
+        .json(&json!({"limit_usd": 100.0, "period": "month"}))
+        .send()
+        .await
+        .unwrap();
+    let off = host
+        .admin(Method::PATCH, "/api/providers/fake")
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(off.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: Value = host
+            .admin(Method::GET, "/api/llm/status")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["state"] == "unavailable" {
+            // A provider exists: the reason says what is wrong with it, not "add a provider".
+            assert_eq!(
+                status["last_error"],
+                "no models: every provider is disabled; enable one"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "LiteLLM never stopped: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unserved = ask_over_ws(&mut ws, &dm, "spender", "anyone there?").await;
+    assert_eq!(unserved["state"], "error", "{unserved}");
+    let failure = &unserved["metadata"]["failure"];
+    assert_eq!(failure["code"], "model_unavailable", "{unserved}");
+    assert_eq!(
+        failure["reason"],
+        "No enabled provider offers fake-gpt any more."
+    );
+    assert!(failure["hint"].as_str().unwrap().contains("Providers"));
+}
+
 /// The serving LiteLLM: the host's child running LiteLLM's proxy on its config (not a
 /// `--validate_config` run; `--version` has no `--config`).
 pub fn litellm_pid(host: &Host) -> Option<String> {

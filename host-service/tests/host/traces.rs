@@ -308,3 +308,79 @@ async fn the_owner_posts_traces_for_existing_agents_only() {
         .unwrap();
     assert_eq!(by_device.status(), StatusCode::FORBIDDEN);
 }
+
+/// Agents written for TinyAgentOS stamp traces with `time.time()`: epoch seconds, a float.
+/// The envelope takes those (and integers) as well as RFC 3339, and stores the same instant.
+#[tokio::test]
+async fn trace_created_at_may_be_epoch_seconds() {
+    let host = start().await;
+    host.setup_owner().await;
+    let (agent, _) = AgentClient::create(&host, "Tiny").await;
+    // A minute ago, so no rule about times far from now can interfere.
+    let base = chrono::Utc::now().timestamp() - 60;
+    let float = base as f64 + 0.25;
+    let cases = [
+        ("tiny-float", json!(float), base * 1000 + 250),
+        ("tiny-int", json!(base), base * 1000),
+        (
+            "tiny-text",
+            json!(chrono::DateTime::from_timestamp(base, 500_000_000)
+                .unwrap()
+                .to_rfc3339()),
+            base * 1000 + 500,
+        ),
+    ];
+    let one = agent
+        .request(Method::POST, "/api/trace")
+        .json(&json!({"id": cases[0].0, "kind": "lifecycle", "created_at": cases[0].1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        one.status(),
+        StatusCode::OK,
+        "{}",
+        one.text().await.unwrap()
+    );
+    let batch: Vec<Value> = cases[1..]
+        .iter()
+        .map(|(id, at, _)| json!({"id": id, "kind": "lifecycle", "created_at": at}))
+        .collect();
+    let r = agent
+        .request(Method::POST, "/api/trace/batch")
+        .json(&json!({"events": batch}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let bad = agent
+        .request(Method::POST, "/api/trace")
+        .json(&json!({"kind": "lifecycle", "created_at": "yesterday"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    let read: Value = host
+        .admin(
+            Method::GET,
+            "/api/agents/tiny/trace?kind=lifecycle&limit=100",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (id, _, want_ms) in cases {
+        let event = read["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not stored: {read}"));
+        let at =
+            chrono::DateTime::parse_from_rfc3339(event["created_at"].as_str().unwrap()).unwrap();
+        assert_eq!(at.timestamp_millis(), want_ms, "{id}: {event}");
+    }
+}

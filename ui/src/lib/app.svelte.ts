@@ -30,7 +30,8 @@ export const host: HostClient = tauriHost ?? new BrowserHostClient('', () => sig
 if (tauriHost) {
   tauriHost.listen((event) => {
     if (event.type === 'connection') shell.online = event.online;
-    if (event.type === 'notify') toast(event.notification.title, 'warning');
+    // Alerts get their toast from the event feed (below), like in the browser; replies here.
+    if (event.type === 'notify' && event.notification.route.startsWith('/chat/')) toast(event.notification.title, 'warning');
   });
   // A click on a native notification: the shell raised the window; open its screen.
   const openRoute = (route: string) => {
@@ -85,11 +86,12 @@ export function onHostEvent(fn: (event: HostEvent) => void): () => void {
   return () => eventListeners.delete(fn);
 }
 
-export const toasts = $state<{ id: number; text: string; level: string }[]>([]);
+export const toasts = $state<{ id: number; text: string; level: string; href?: string }[]>([]);
 let toastId = 0;
-export function toast(text: string, level = 'info') {
+/** Shows `text` for a few seconds; `href` makes it a link (to the screen it is about). */
+export function toast(text: string, level = 'info', href?: string) {
   const id = ++toastId;
-  toasts.push({ id, text, level });
+  toasts.push({ id, text, level, href });
   setTimeout(() => {
     const i = toasts.findIndex((t) => t.id === id);
     if (i >= 0) toasts.splice(i, 1);
@@ -129,7 +131,11 @@ function onEvent(event: HostEvent) {
   for (const fn of eventListeners) fn(event);
   if (event.kind === 'notification.created') {
     const n = event.data as unknown as Notification;
-    if (!live.notifications.some((x) => x.id === n.id)) live.notifications.unshift(n);
+    if (!live.notifications.some((x) => x.id === n.id)) {
+      live.notifications.unshift(n);
+      // A new alert pops up wherever you are, not only as a number on the badge.
+      toast(n.message ? `${n.title}: ${n.message}` : n.title, n.level, '/notifications');
+    }
   } else if (event.kind === 'notification.read') {
     const ids = new Set(((event.data as { ids?: number[] }).ids ?? []).map(Number));
     for (const n of live.notifications) if (ids.has(n.id)) n.read = true;

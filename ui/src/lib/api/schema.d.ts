@@ -1397,9 +1397,10 @@ export interface components {
             cpu_limit?: number | null;
             /**
              * Format: int64
-             * @description Root disk quota; default 40.
+             * @description Root disk quota in GiB, 1-4096; default 40.
+             * @default 40
              */
-            disk_quota_gib?: number | null;
+            disk_quota_gib: number | null;
             emoji?: string | null;
             fallback_models?: string[] | null;
             /** @description A framework id from `GET /api/frameworks` (e.g. `direct`). */
@@ -1590,6 +1591,10 @@ export interface components {
             /** Format: date-time */
             edited_at?: string | null;
             id: string;
+            /**
+             * @description Free-form details. An agent message that failed (`state: error`) carries
+             *     `failure`: a `TurnFailure`, the reason in words.
+             */
             metadata: Record<string, never>;
             /**
              * Format: int64
@@ -1631,6 +1636,7 @@ export interface components {
             channel_id: string;
             /** @description Client-made id: re-sending the same one returns the existing message. */
             client_id?: string | null;
+            /** @description At most 32 000 characters (Unicode scalar values, as Rust counts them). */
             content: string;
             thread_id?: string | null;
         };
@@ -1654,7 +1660,11 @@ export interface components {
             channel_id?: string | null;
             /** Format: double */
             cost_usd?: number | null;
-            /** Format: date-time */
+            /**
+             * Format: date-time
+             * @description RFC 3339, or epoch seconds as a number (`1764237600` or `1764237600.25`), which is
+             *     what agents written for TinyAgentOS send.
+             */
             created_at?: string | null;
             /** Format: int64 */
             duration_ms?: number | null;
@@ -2033,6 +2043,23 @@ export interface components {
             since: string;
             /** Format: date-time */
             until: string;
+        };
+        /**
+         * @description Why an agent's turn failed, as the host explains it: kept in a failed (`state: error`)
+         *     agent message's `metadata.failure`, so every client shows the reason in the conversation.
+         */
+        TurnFailure: {
+            /**
+             * @description What failed, one of `taos_proto::bridge::ERROR_CODES` or `model_unavailable` (no enabled
+             *     provider offers the agent's model), for clients that want their own words.
+             */
+            code: string;
+            /** @description What the agent reported, as it said it (shortened), for the curious and for bug reports. */
+            detail?: string | null;
+            /** @description What to do about it, if anything can be done. */
+            hint?: string | null;
+            /** @description One sentence for people: what went wrong. */
+            reason: string;
         };
         Usage: {
             agent_name: string;

@@ -45,3 +45,4 @@ export type Budget = S['Budget'];
 export type User = S['User'];
 export type ClientEvent = S['ClientEvent'];
 export type ServerEvent = S['ServerEvent'];
+export type TurnFailure = S['TurnFailure'];

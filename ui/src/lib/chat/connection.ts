@@ -213,7 +213,10 @@ export class ChatClient {
         this.opts.setTimer(() => void this.post(channelId, content, clientId, attempt + 1), wait);
         return;
       }
-      log.failLocal(clientId, e instanceof Error ? e.message : String(e));
+      // A 4xx is the host refusing this message (too long, archived channel, not a member):
+      // the same message would be refused again. Timeouts and rate limits pass with time.
+      const refused = e instanceof HostError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429;
+      log.failLocal(clientId, e instanceof Error ? e.message : String(e), !refused);
       this.emit(channelId, null);
     }
   }

@@ -6,6 +6,9 @@ export interface ChatMessage extends Message {
   local?: boolean;
   /** Why sending failed (a retry resends the same client_id, so it cannot duplicate). */
   sendError?: string;
+  /** False when the host refused the message itself (too long, not allowed): sending the same
+   *  again would fail the same way, so no Retry is offered. */
+  retryable?: boolean;
 }
 
 // Creation order; ids (UUIDv7, time-ordered) break ties within a millisecond.
@@ -182,7 +185,7 @@ export class ChannelLog {
   addLocal(clientId: string, content: string, authorId: string, now = new Date()): ChatMessage {
     const existing = this.byId.get(localId(clientId));
     if (existing) {
-      const retry = { ...existing, sendError: undefined, state: 'pending' as const };
+      const retry = { ...existing, sendError: undefined, retryable: undefined, state: 'pending' as const };
       this.replace(existing, retry);
       this.changed();
       return retry;
@@ -206,11 +209,11 @@ export class ChannelLog {
     return m;
   }
 
-  /** Sending failed for good (until the user retries). */
-  failLocal(clientId: string, error: string): void {
+  /** Sending failed for good (until the user retries, if `retryable`). */
+  failLocal(clientId: string, error: string, retryable = true): void {
     const m = this.byId.get(localId(clientId));
     if (!m) return;
-    this.replace(m, { ...m, state: 'error', sendError: error });
+    this.replace(m, { ...m, state: 'error', sendError: error, retryable });
     this.changed();
   }
 }
