@@ -120,7 +120,10 @@ pub async fn ingest(
                 ),
             ));
         }
-        crate::trace::clamp_created_at(&mut event, now);
+        // An agent's clock is not trusted; the owner importing old traces is.
+        if caller.is_some() {
+            crate::trace::clamp_created_at(&mut event, now);
+        }
         complete.push(event);
     }
     let ids = complete.iter().map(|e| e.id.clone()).collect();
