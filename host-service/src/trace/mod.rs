@@ -26,8 +26,8 @@
 
 mod bucket;
 mod jsonl;
-pub mod pages;
 pub mod legacy;
+pub mod pages;
 mod read;
 mod writer;
 
