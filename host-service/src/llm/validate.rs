@@ -6,8 +6,9 @@
 //! reach loopback services, the LAN or a cloud metadata address. So a content part may carry
 //! only a `data:` URL or an `https` URL whose host is a public address or a DNS name that is not
 //! obviously local. A DNS name is not resolved here: a public name that resolves to a private
-//! address (or is rebound to one) still gets through; the agent network rules are the backstop
-//! for that.
+//! address (or is rebound to one) still gets through, and the agents' network rules don't help
+//! there, since LiteLLM fetches from the host's network (a known limit, in docs/architecture.md
+//! "Security model").
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
