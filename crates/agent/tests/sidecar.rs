@@ -589,8 +589,14 @@ async fn all_models_failing_gives_one_error_reply_and_an_error_trace() {
     assert_eq!(explained.len(), 1, "one error trace: {errors:?}");
     assert_eq!(explained[0]["model"], BROKEN_TOO);
     assert_eq!(explained[0]["channel_id"], agent.dm.as_str());
-    // Nothing was shown, so nothing is left streaming.
-    assert_eq!(agent.replies_to(host, &trace_id).await, Vec::<Value>::new());
+    // Nothing was shown: the chat gets one failed message with the reason, nothing streaming.
+    let reply = agent.settled_reply(host, &trace_id).await;
+    assert_eq!(reply["state"], "error", "{reply}");
+    assert_eq!(reply["content"], "", "{reply}");
+    assert_eq!(
+        reply["metadata"]["failure"]["code"], "provider_error",
+        "{reply}"
+    );
     stop_agent(trigger, task).await;
 
     // The error settled the delivery: a new stream does not send it again. The next event is
@@ -689,10 +695,19 @@ async fn failure_after_text_was_shown_is_an_error_not_a_fallback() {
         .filter_map(|e| e["delta"].as_str())
         .collect();
     assert_eq!(shown, FIRST_WORD);
+    // The failed turn is the same message, now in the error state with its reason.
     let last = events.last().expect("events");
-    assert_eq!(last["type"], "message_state", "{events:?}");
-    assert_eq!(last["message_id"], placeholder["id"]);
-    assert_eq!(last["state"], "error");
+    assert_eq!(last["type"], "message", "{events:?}");
+    assert_eq!(last["message"]["id"], placeholder["id"]);
+    assert_eq!(last["message"]["state"], "error");
+    assert_eq!(
+        last["message"]["content"], FIRST_WORD,
+        "what was shown stays"
+    );
+    assert_eq!(
+        last["message"]["metadata"]["failure"]["code"], "provider_error",
+        "{last}"
+    );
 
     let traces = agent
         .traces_of(host, &trace_id, |e| {
