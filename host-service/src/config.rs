@@ -51,6 +51,9 @@ header_timeout_secs = 10
 # Seconds a connection may stay open with no request in flight before it is closed.
 # (Event streams and WebSockets are in flight for as long as they are open.)
 idle_timeout_secs = 60
+# Seconds a request has to send its whole body once its head has arrived; a slower (or
+# stalled) body gets 408 and the connection's slot back.
+body_timeout_secs = 30
 
 [auth]
 # Lifetime of a paired device's access token, in seconds (the app refreshes it before it
@@ -287,6 +290,7 @@ pub struct ServerConfig {
     pub max_connections_per_address: u64,
     pub header_timeout_secs: u64,
     pub idle_timeout_secs: u64,
+    pub body_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,6 +320,7 @@ impl Default for ServerConfig {
             max_connections_per_address: 64,
             header_timeout_secs: 10,
             idle_timeout_secs: 60,
+            body_timeout_secs: 30,
         }
     }
 }
@@ -440,6 +445,11 @@ impl Config {
         if !(1..=86_400).contains(&s.idle_timeout_secs) {
             return Err(ConfigError::Invalid(
                 "[server] idle_timeout_secs must be between 1 and 86400".to_string(),
+            ));
+        }
+        if !(1..=3600).contains(&s.body_timeout_secs) {
+            return Err(ConfigError::Invalid(
+                "[server] body_timeout_secs must be between 1 and 3600".to_string(),
             ));
         }
         for (key, value) in [

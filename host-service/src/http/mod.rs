@@ -216,7 +216,55 @@ async fn count_response(State(state): State<AppState>, request: Request, next: N
     response
 }
 
-/// Middleware shared by both listeners: request ids, tracing, body limit, safe headers.
+/// Reads a request's whole body before the handler runs, within `[server] body_timeout_secs`
+/// and `max_body_bytes`. The listener's deadlines cover request heads and idle connections,
+/// not a request in flight: without this, a client that sends a head and then dribbles or
+/// stalls its body holds its connection slot for ever. Every body here is small JSON that
+/// handlers buffer anyway, so reading it first costs nothing extra.
+async fn read_body_in_time(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use axum::body::HttpBody as _;
+    use axum::response::IntoResponse;
+    if request.body().size_hint().exact() == Some(0) {
+        return next.run(request).await;
+    }
+    let limit = usize::try_from(state.config.server.max_body_bytes).unwrap_or(usize::MAX);
+    let secs = state.config.server.body_timeout_secs;
+    let (parts, body) = request.into_parts();
+    let read = axum::body::to_bytes(body, limit);
+    match tokio::time::timeout(Duration::from_secs(secs), read).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body is larger than the host accepts",
+                )
+                .into_response()
+            } else {
+                ApiError::bad_request("the request body could not be read").into_response()
+            }
+        }
+        Err(_) => ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {secs} s ([server] body_timeout_secs)"),
+        )
+        .into_response(),
+    }
+}
+
+/// Middleware shared by both listeners: request ids, tracing, body limit and deadline, safe
+/// headers.
 fn common_layers(router: Router, state: &AppState) -> Router {
     let trace = TraceLayer::new_for_http().make_span_with(|request: &Request| {
         let request_id = request
@@ -234,6 +282,10 @@ fn common_layers(router: Router, state: &AppState) -> Router {
     router
         .layer(DefaultBodyLimit::max(
             usize::try_from(state.config.server.max_body_bytes).unwrap_or(usize::MAX),
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            read_body_in_time,
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),

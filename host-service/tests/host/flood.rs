@@ -484,3 +484,50 @@ async fn streams_and_websockets_outlive_the_idle_and_header_timeouts() {
     let delivery: Value = serde_json::from_str(&delivery.data).unwrap();
     assert_eq!(delivery["text"], "hello after a quiet spell");
 }
+
+/// Attack: an agent sends a request head with its own token, then a body that never finishes.
+/// The listener's deadlines cover heads and idle connections, not a request in flight, so such
+/// requests held their slots for ever and one agent could fill the agent listener (every
+/// incus agent arrives from loopback, which only the listener's budget limits). Now the body
+/// has `body_timeout_secs`: the request gets 408, the connection closes, the slot comes back.
+#[tokio::test]
+async fn a_body_that_never_finishes_gets_408_and_gives_its_slot_back() {
+    let host = start_with(&[
+        ("TAOS_SERVER__MAX_CONNECTIONS", "4"),
+        ("TAOS_SERVER__MAX_CONNECTIONS_PER_ADDRESS", "4"),
+        ("TAOS_SERVER__BODY_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    host.setup_owner().await;
+    let (staller, _) = taos_e2e::AgentClient::create(&host, "Staller").await;
+    let head = format!(
+        "POST /api/trace/batch HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"events\":",
+        staller.token
+    );
+    let agent = addr_of(&host.agent_url);
+    let mut stalled = Vec::new();
+    for i in 0..4u8 {
+        let mut stream = connect_from(loopback(30, i + 1), agent).await;
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(stream);
+    }
+    for stream in &mut stalled {
+        let response = read_response(stream).await;
+        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+        assert!(response.contains("request_timeout"), "{response}");
+    }
+    for stream in stalled {
+        assert!(
+            closed_by_server(stream, ANSWER_WITHIN).await,
+            "the stalled connection is closed"
+        );
+    }
+    // The slots are free again.
+    let health = taos_e2e::http_client()
+        .get(format!("{}/api/health", host.agent_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
