@@ -24,7 +24,8 @@ trap 'rm -rf "$(dirname "$OUT")"' EXIT
 export TAOS_TEST_SKIP_LOG="$OUT.skips"
 : > "$TAOS_TEST_SKIP_LOG"
 set +e
-cargo test --workspace --locked 2>&1 | tee "$OUT"
+# --no-fail-fast: one run reports every failing test binary, not just the first.
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$OUT"
 STATUS=${PIPESTATUS[0]}
 log "ui: unit tests (vitest)"
 (cd ui && npx vitest run --reporter=default --reporter=json --outputFile="$OUT.vitest.json")
