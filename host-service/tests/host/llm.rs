@@ -1089,7 +1089,9 @@ async fn litellm_restarts_only_when_the_model_list_changes() {
         kept["input_usd_per_mtok"], 1.0,
         "a refresh keeps the owner's prices"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The refresh decided synchronously that nothing changed, so no restart was asked for
+    // (the supervisor's unit test `the_same_config_applied_again_wakes_nothing` holds that
+    // the loop is not woken); LiteLLM is the same process.
     assert_eq!(
         litellm_pid(&host).as_deref(),
         Some(first.as_str()),
@@ -2111,4 +2113,105 @@ async fn a_get_never_rediscovers_the_catalog() {
         .await
         .unwrap();
     assert_eq!(names(refreshed), ["new-model"]);
+}
+
+/// Many calls settling at once cross each budget threshold: each is announced once, every
+/// admitted call is charged once, and no call beyond the budget is admitted. A model without a
+/// price is refused to a budgeted agent before anything goes upstream.
+#[tokio::test]
+async fn concurrent_calls_crossing_budget_thresholds_announce_each_once() {
+    let _turn = LITELLM.lock().await;
+    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
+    // A concurrency cap above the burst, so every refusal below is the budget's.
+    let host = host_with_env(&[("TAOS_LLM__MAX_CONCURRENT_CALLS", "1024")]).await;
+    host.setup_owner().await;
+    add_fake_provider(&host, &fake).await;
+    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let key = agent_with_model(&host, "Crowd", "fake-gpt", &["fake-other"]).await;
+    let budget = host
+        .admin(Method::PUT, "/api/agents/crowd/budget")
+        .json(&json!({"limit_usd": 1.0, "period": "day"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(budget.status(), StatusCode::OK);
+
+    // fake-other has no price (see add_fake_provider): with a budget, the call can't be bounded.
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&json!({"model": "fake-other", "max_tokens": 5, "messages": [{"role": "user", "content": "unpriced"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_type(r).await, "price_unknown");
+    assert_eq!(
+        fake.chat_requests(|body| body["messages"].to_string().contains("unpriced")),
+        Vec::<Value>::new(),
+        "nothing went upstream"
+    );
+
+    // $0.02 a call, reserved exactly (see add_fake_provider): 50 calls fill the $1 budget.
+    let call = json!({"model": "fake-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let calls: Vec<_> = (0..80)
+        .map(|_| {
+            let request = gateway(&host, &key, "/v1/chat/completions")
+                .timeout(Duration::from_secs(300))
+                .json(&call);
+            tokio::spawn(async move {
+                let r = request.send().await.unwrap();
+                let status = r.status();
+                (status, r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        if status == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+            assert_eq!(body["error"]["type"], "budget_exceeded", "{body}");
+        }
+    }
+    assert_eq!(ok, 50, "the budget pays for exactly 50 calls");
+    let usage = usage_when(&host, "crowd", |u| requests(u) == 50).await;
+    assert!(
+        (usage["period_spend_usd"].as_f64().unwrap() - 1.0).abs() < 1e-9,
+        "each call charged once: {usage}"
+    );
+
+    // The calls crossed 50, 80 and 100 % while settling side by side: each is announced once.
+    let alerts = budget_alerts_when(&host, |a| a.contains(&100)).await;
+    let mut sorted = alerts.clone();
+    sorted.sort();
+    assert_eq!(sorted, [50, 80, 100], "{alerts:?}");
+}
+
+/// The thresholds of the `llm.budget` notifications, once `done` says they are complete.
+async fn budget_alerts_when(host: &Host, done: impl Fn(&[i64]) -> bool) -> Vec<i64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: Vec<Value> = host
+            .admin(Method::GET, "/api/notifications")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let alerts: Vec<i64> = list
+            .iter()
+            .filter(|n| n["source"] == "llm.budget")
+            .map(|n| n["data"]["threshold"].as_i64().unwrap())
+            .collect();
+        if done(&alerts) {
+            return alerts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "budget alerts so far: {alerts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
