@@ -535,7 +535,11 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
         "exactly once, in order"
     );
 
-    // A disk-quota alert from the host becomes a native notification.
+    // A disk-quota alert from the host becomes a native notification (the only one shown, so
+    // the click below is on it).
+    let _ = std::process::Command::new("dunstctl")
+        .arg("close-all")
+        .output();
     let r = host
         .admin(Method::POST, "/api/notifications")
         .json(&json!({"level": "warning", "title": "Helper's disk is 91% full",
@@ -558,13 +562,10 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     }
     ui.screenshot("06-notified").await;
     // Clicking it (dunst invokes its default action, as a click on the body does) opens the
-    // agent it is about.
+    // agent it is about: one click, then the window follows.
+    click_notification().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let _ = std::process::Command::new("dunstctl")
-            .args(["action", "0"])
-            .output();
-        tokio::time::sleep(Duration::from_millis(500)).await;
         let path = ui
             .call(
                 Method::POST,
@@ -579,6 +580,7 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
             Instant::now() < deadline,
             "clicking the notification did not open the agent (at {path})"
         );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     ui.screenshot("06a-notification-opened").await;
 
@@ -653,18 +655,8 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     wait_for_tray_label(&hidden_count, "a reply while the window is hidden").await;
     // Clicking that reply's notification raises the window on that chat: on screen again, so
     // its replies count as read.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tray_label().as_deref() != Some("") {
-        assert!(
-            Instant::now() < deadline,
-            "raising the window did not mark the chat read (label {:?})",
-            tray_label()
-        );
-        let _ = std::process::Command::new("dunstctl")
-            .args(["action", "0"])
-            .output();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    click_notification().await;
+    wait_for_tray_label("", "raising the window marks the chat read").await;
     assert_eq!(x11_window("state", "taos"), "viewable");
     ui.screenshot("06d-raised-from-tray").await;
 
@@ -742,4 +734,33 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     let _ = driver_process.kill().await;
     let _ = monitor.kill().await;
     eprintln!("screenshots in {}", out.display());
+}
+
+/// Clicks the newest notification once dunst shows it: dunst invokes its default action, as a
+/// click on its body does. Once, so a click that does nothing fails the test.
+async fn click_notification() {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let count = std::process::Command::new("dunstctl")
+            .args(["count", "displayed"])
+            .output()
+            .expect("dunstctl");
+        let shown: u32 = String::from_utf8_lossy(&count.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if shown > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dunst never showed the notification"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let clicked = std::process::Command::new("dunstctl")
+        .args(["action", "0"])
+        .status()
+        .expect("dunstctl");
+    assert!(clicked.success(), "dunstctl action: {clicked}");
 }

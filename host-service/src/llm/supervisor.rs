@@ -710,3 +710,32 @@ pub fn ensure_crypto_provider() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The run loop restarts LiteLLM only when woken; the same catalog applied again (a models
+    /// refresh that found nothing new) must not wake it.
+    #[test]
+    fn the_same_config_applied_again_wakes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let supervisor = Supervisor::new(dir.path(), None, 0, "nobody").unwrap();
+        let mut woken = supervisor.inner.desired.subscribe();
+        let desired = Desired {
+            config: serde_json::json!({"model_list": [{"model_name": "m"}]}),
+            env: vec![("KEY".into(), "value".into())],
+            models: vec!["m".into()],
+            idle_reason: String::new(),
+        };
+        supervisor.apply(desired.clone());
+        assert!(woken.has_changed().unwrap(), "a new config wakes the loop");
+        woken.borrow_and_update();
+        supervisor.apply(desired.clone());
+        assert!(!woken.has_changed().unwrap(), "the same config does not");
+        let mut more = desired;
+        more.models.push("n".into());
+        supervisor.apply(more);
+        assert!(woken.has_changed().unwrap(), "a changed model list does");
+    }
+}

@@ -1,6 +1,5 @@
 use std::fs;
 use std::path::Path;
-use std::time::Instant;
 
 use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
 use serde_json::json;
@@ -854,56 +853,4 @@ async fn over_quota_the_oldest_closed_hours_go_first() {
         full |= matches!(notice, QuotaNotice::Full { .. });
     }
     assert!(full, "the listener heard the quota is full");
-}
-
-/// Rough speed check, not an assertion: `cargo test -p taos-host --lib trace::tests::throughput
-/// -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn throughput() {
-    let (_dir, store) = store();
-    let base = this_hour();
-    let make = move |i: usize| {
-        let mut e = event(
-            &format!("b{i:06}"),
-            TraceKind::LlmCall,
-            base + TimeDelta::milliseconds(i as i64 % 1000),
-        );
-        e.channel_id = Some("channel".into());
-        e.payload = json!({"prompt": "a short prompt", "i": i});
-        e
-    };
-
-    let start = Instant::now();
-    for chunk in 0..40 {
-        let batch: Vec<_> = (chunk * 500..(chunk + 1) * 500).map(make).collect();
-        store.append(SLUG, batch).await.unwrap();
-    }
-    let secs = start.elapsed().as_secs_f64();
-    println!("batches of 500: {:.0} events/s", 20_000.0 / secs);
-
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..100 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..50 {
-                let mut e = make(100_000 + t * 50 + i);
-                e.id = format!("s{t:03}-{i:03}");
-                store.append(SLUG, vec![e]).await.unwrap();
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "100 tasks x 50 single appends: {:.0} events/s",
-        5_000.0 / secs
-    );
-    assert_eq!(
-        count_rows(&db_path(&store.root().join(SLUG), &bucket_name(base))).await,
-        25_000
-    );
 }
