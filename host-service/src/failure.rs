@@ -107,12 +107,23 @@ pub fn explain(error_code: Option<&str>, text: &str, facts: &Facts) -> TurnFailu
     }
     let (reason, hint) = match code {
         "budget_exceeded" => match &facts.budget {
+            // A call is refused when its worst-case cost doesn't fit what is left, which can
+            // happen before the budget is all spent: say which.
             Some((budget, spent)) => (
-                format!(
-                    "{name}'s budget for {} is used up (${spent:.2} of ${:.2}).",
-                    period_word(budget.period),
-                    budget.limit_usd
-                ),
+                if *spent + 0.005 >= budget.limit_usd {
+                    format!(
+                        "{name}'s budget for {} is used up (${spent:.2} of ${:.2}).",
+                        period_word(budget.period),
+                        budget.limit_usd
+                    )
+                } else {
+                    format!(
+                        "{name}'s budget for {} can't cover another answer (${spent:.2} of ${:.2} \
+                         spent; an answer may cost more than what is left).",
+                        period_word(budget.period),
+                        budget.limit_usd
+                    )
+                },
                 format!(
                     "Raise it in the agent's settings, or wait until {}.",
                     match budget.period {

@@ -321,17 +321,19 @@ export function makeScreens(ctx) {
 
       await page.getByRole('link', { name: 'Providers', exact: true }).click();
       const prices = page.locator('[data-testid=model-prices] form[data-provider=fake]');
+      // Prices whose worst case (4096 tokens out, the host's default cap) fits the $5 budget:
+      // the gateway reserves that much before a call.
       for (const model of ['fake-gpt', 'fake-other']) {
-        await prices.getByLabel(`${model} input price`).fill('1000');
-        await prices.getByLabel(`${model} output price`).fill('2000');
+        await prices.getByLabel(`${model} input price`).fill('100');
+        await prices.getByLabel(`${model} output price`).fill('1000');
       }
       await prices.getByRole('button', { name: 'Save prices' }).click();
       await page.getByText('Prices of fake saved').waitFor();
       await page.reload();
-      assert((await page.getByLabel('fake-gpt output price').inputValue()) === '2000', 'price not kept');
+      assert((await page.getByLabel('fake-gpt output price').inputValue()) === '1000', 'price not kept');
       const models = await api('/api/providers/models');
       const gpt = models.find((m) => m.name === 'fake-gpt');
-      assert(gpt.input_usd_per_mtok === 1000 && gpt.output_usd_per_mtok === 2000, `models: ${JSON.stringify(models)}`);
+      assert(gpt.input_usd_per_mtok === 100 && gpt.output_usd_per_mtok === 1000, `models: ${JSON.stringify(models)}`);
       await screenshot(page, 'model-prices');
 
       await page.goto(`${URL_}/agents/${EXTERNAL_SLUG}`);

@@ -166,9 +166,12 @@ async fn a_login_flood_is_refused_before_hashing_and_the_host_stays_small() {
         .iter()
         .all(|(s, retry)| *s == StatusCode::UNAUTHORIZED || *retry));
 
+    // On main this flood took the host to 5.6 GiB; one worker's hash at a time keeps a debug
+    // build well under this bound whatever the machine's load (the release target, within
+    // 10 MiB of idle, is in scripts/bench.sh).
     let peak_mib = peak_rss_kib(pid) / 1024;
     assert!(
-        peak_mib < 60,
+        peak_mib < 120,
         "host peak RSS {peak_mib} MiB during the floods"
     );
 
@@ -460,10 +463,16 @@ async fn streams_and_websockets_outlive_the_idle_and_header_timeouts() {
         .await
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
-    let event = events
-        .next(ANSWER_WITHIN)
-        .await
-        .expect("the event stream is still open");
+    // The agent's presence (agent.connected) may come first.
+    let event = loop {
+        let event = events
+            .next(ANSWER_WITHIN)
+            .await
+            .expect("the event stream is still open");
+        if event.event.as_deref() != Some("agent.connected") {
+            break event;
+        }
+    };
     assert_eq!(event.event.as_deref(), Some("notification.created"));
 
     let sent = host

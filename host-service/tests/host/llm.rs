@@ -905,7 +905,8 @@ async fn ask_over_ws(ws: &mut taos_e2e::WsClient, dm: &str, agent: &str, text: &
 async fn a_failed_turn_shows_in_the_chat_with_its_reason() {
     let _turn = LITELLM.lock().await;
     let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
-    let host = start().await;
+    // Answers of at most 5 tokens: a call reserves $0.02 at the fake provider's prices.
+    let host = host_with_env(&[("TAOS_LLM__DEFAULT_MAX_TOKENS", "5")]).await;
     host.setup_owner().await;
     let llm_status = || {
         let request = host.admin(Method::GET, "/api/llm/status");
@@ -932,10 +933,11 @@ async fn a_failed_turn_shows_in_the_chat_with_its_reason() {
         .as_str()
         .unwrap()
         .to_string();
-    // One call costs $0.02 at the fake provider's prices: the second turn finds it spent.
+    // One call costs $0.02 at the fake provider's prices: the first fits in $0.03, the second
+    // doesn't fit in what is left.
     let budget = host
         .admin(Method::PUT, "/api/agents/spender/budget")
-        .json(&json!({"limit_usd": 0.01, "period": "month"}))
+        .json(&json!({"limit_usd": 0.03, "period": "month"}))
         .send()
         .await
         .unwrap();
@@ -961,7 +963,7 @@ async fn a_failed_turn_shows_in_the_chat_with_its_reason() {
             .json()
             .await
             .unwrap();
-        if usage["period_spend_usd"].as_f64().unwrap_or(0.0) >= 0.01 {
+        if usage["period_spend_usd"].as_f64().unwrap_or(0.0) >= 0.02 {
             break;
         }
         assert!(Instant::now() < deadline, "usage never recorded: {usage}");
@@ -973,7 +975,8 @@ async fn a_failed_turn_shows_in_the_chat_with_its_reason() {
     assert_eq!(failure["code"], "budget_exceeded", "{failed}");
     assert_eq!(
         failure["reason"],
-        "Spender's budget for this month is used up ($0.02 of $0.01)."
+        "Spender's budget for this month can't cover another answer ($0.02 of $0.03 spent; an \
+         answer may cost more than what is left)."
     );
     assert!(
         failure["hint"]

@@ -68,12 +68,25 @@ async fn events(request: RequestBuilder) -> SseReader {
     SseReader::new(response)
 }
 
-/// The stream's last event says why it ends, and then it ends.
+/// The stream's last event says why it ends, and then it ends. (Host events from before the
+/// revocation, such as the pairing's own `device.paired`, may come first.)
 async fn assert_ends_unauthorized(events: &mut SseReader, reason: &str) {
-    let last = events
-        .next(WAIT)
-        .await
-        .expect("an `unauthorized` event ends the stream");
+    let last = loop {
+        let event = events
+            .next(WAIT)
+            .await
+            .expect("an `unauthorized` event ends the stream");
+        if event.event.as_deref() == Some("unauthorized") {
+            break event;
+        }
+        assert!(
+            event
+                .event
+                .as_deref()
+                .is_some_and(|kind| kind.contains('.')),
+            "only host events come before `unauthorized`: {event:?}"
+        );
+    };
     assert_eq!(last.event.as_deref(), Some("unauthorized"), "{last:?}");
     let data: Value = serde_json::from_str(&last.data).unwrap();
     assert_eq!(data["reason"], reason);
