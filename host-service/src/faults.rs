@@ -4,8 +4,10 @@
 //! `TAOS_TEST_FAIL=<operation>:<step>` makes that step of that operation fail as if the
 //! runtime had refused it; `TAOS_TEST_PAUSE=<operation>:<step>` stops there until the host is
 //! killed, so a test can SIGKILL the host at exactly that point. Operations are `deploy`,
-//! `archive`, `restore`, `purge`, and `write` (for `fsutil::write_atomic`, whose "step" is the
-//! path being written: it pauses after the temp file is durable, before the rename).
+//! `archive`, `restore`, `purge`, `migrate-traces` (the start-up move of the old trace store;
+//! step `staged`: copied, not yet renamed into place), and `write` (for
+//! `fsutil::write_atomic`, whose "step" is the path being written: it pauses after the temp
+//! file is durable, before the rename).
 
 pub const FAIL_ENV: &str = "TAOS_TEST_FAIL";
 pub const PAUSE_ENV: &str = "TAOS_TEST_PAUSE";

@@ -96,6 +96,9 @@ pub async fn migrate(data_dir: &Path, quota_bytes: Option<u64>) -> io::Result<Op
         import_dir(&archive.join(LEGACY_DIR), &target, quota_bytes, &mut report).await?;
     }
     fsutil::sync_dir(&staging)?;
+    crate::faults::check("migrate-traces", "staged")
+        .await
+        .map_err(io::Error::other)?;
     fs::rename(&staging, &store)?;
     fsutil::sync_dir(data_dir)?;
     remove_old_archive_folders(&archives);

@@ -320,3 +320,93 @@ async fn crafted_database(path: &Path) {
     .unwrap();
     conn.close().await.unwrap();
 }
+
+/// The move of the old store is a promise too: a host killed with the copy staged but not yet
+/// renamed into place leaves the old store as it was, and the next start moves it again, every
+/// event once.
+#[tokio::test]
+async fn a_host_killed_while_moving_the_old_store_moves_it_at_the_next_start() {
+    let mut host = crate::deploy::host_with(&[]).await;
+    host.setup_owner().await;
+    let (agent, _) = taos_e2e::AgentClient::create(&host, "Mover").await;
+    let now = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap();
+    for (id, at) in [("earlier", now - TimeDelta::hours(1)), ("latest", now)] {
+        post_trace(&host, &agent.slug, id, at + TimeDelta::minutes(5)).await;
+    }
+    host.terminate().await.unwrap();
+    // The old layout, as the previous version left it.
+    let data = host.data_dir.clone();
+    std::fs::rename(data.join("traces"), data.join("trace")).unwrap();
+
+    let crashed = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(data.clone()),
+            env: vec![
+                (
+                    "TAOS_LLM__LITELLM_BIN".into(),
+                    "/nonexistent/litellm".into(),
+                ),
+                (
+                    taos_host::faults::PAUSE_ENV.into(),
+                    "migrate-traces:staged".into(),
+                ),
+            ],
+        },
+    );
+    // It never gets ready: it pauses before the rename. Kill it there.
+    let starting = tokio::spawn(crashed);
+    let log = host.stderr_log.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("fault injection: paused at migrate-traces:staged") {
+            break host_pid_of(&data);
+        }
+        assert!(Instant::now() < deadline, "never paused: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    let _ = starting.await;
+    assert!(data.join("traces.migrating").is_dir(), "the staged copy");
+    assert!(!data.join("traces").exists(), "nothing half-moved");
+    assert!(
+        data.join("trace").join(&agent.slug).is_dir(),
+        "the old store as it was"
+    );
+
+    let host = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(data.clone()),
+            env: vec![(
+                "TAOS_LLM__LITELLM_BIN".into(),
+                "/nonexistent/litellm".into(),
+            )],
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(trace_ids(&host, &agent.slug).await, ["earlier", "latest"]);
+    assert!(!data.join("traces.migrating").exists());
+}
+
+/// The pid of the `taos-host` serving `data_dir` (from /proc: the test kit only hands it out
+/// once the host is ready).
+fn host_pid_of(data_dir: &Path) -> u32 {
+    let wanted = data_dir.as_os_str().as_encoded_bytes().to_vec();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_host = args.first()?.ends_with(b"taos-host");
+            (is_host && args.iter().any(|a| *a == wanted.as_slice())).then_some(pid)
+        })
+        .expect("the paused host's process")
+}
