@@ -149,9 +149,10 @@ export function makeChatChecks(ctx) {
         const code = await failure.getAttribute('data-code');
         const text = await failure.innerText();
         assert(code === 'budget_exceeded', `failure code ${code}: ${text}`);
-        // The reason in words (whose budget, which period, how much) and what to do.
-        assert(/budget for today is used up \(\$[\d.]+ of \$0\.00\)/.test(text), `no reason in words: ${text}`);
-        assert(/Raise it in the agent's settings, or wait until tomorrow/.test(text), `no hint: ${text}`);
+        // The reason in words (whose budget, which period, how much), then what to do.
+        const name = agent.display_name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+        const said = new RegExp(`${name}'s budget for today is used up \\(\\$[\\d.]+ of \\$0\\.00\\)\\. Raise it in the agent's settings, or wait until tomorrow\\.`);
+        assert(said.test(text), `reason and hint: ${text}`);
         const link = failure.getByRole('link', { name: 'Open the agent' });
         assert((await link.getAttribute('href')) === `/agents/${SLUG}`, 'no way to the agent from the failure');
         await screenshot(page, 'chat-failed-turn');
