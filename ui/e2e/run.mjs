@@ -14,6 +14,7 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { chromium, request } from 'playwright-core';
+import { makeChatChecks } from './chat_checks.mjs';
 import { makeScreens } from './screens.mjs';
 
 const URL_ = required('TAOS_URL');
@@ -101,6 +102,7 @@ const page = await desktop.newPage();
 watch(page, 'desktop');
 page.setDefaultTimeout(20_000);
 const screens = makeScreens({ page, desktop, browser, URL_, LOCAL_TOKEN, AGENT_BIN, OUT, SLUG, REPLY, assert, screenshot, watch });
+const checks = makeChatChecks({ page, desktop, URL_, LOCAL_TOKEN, AGENT_BIN, OUT, SLUG, REPLY, assert, screenshot });
 
 try {
   await step('a page loaded without a session reaches no data and lands on login', async () => {
@@ -168,6 +170,7 @@ try {
     await page.getByLabel('Type', { exact: true }).selectOption('openai-compatible');
     await page.getByLabel(/^URL/).fill(FAKE_URL);
     await page.getByLabel(/^API key/).fill(FAKE_KEY);
+    await checks.watchLlmStatus();
     await page.getByRole('button', { name: 'Test' }).click();
     const test = page.getByTestId('provider-test');
     await test.waitFor();
@@ -179,6 +182,8 @@ try {
     await page
       .locator('[data-testid=litellm-status][data-state=ready]', { hasText: 'fake-gpt' })
       .waitFor({ timeout: 300_000 });
+    // With a provider there, LiteLLM's status never said to add one.
+    await checks.llmStatusNeverSaidAddAProvider();
     await screenshot(page, 'providers');
   });
 
@@ -189,6 +194,7 @@ try {
     await page.getByLabel('Name').fill(AGENT);
     const preview = await page.getByTestId('slug-preview').innerText();
     assert(preview.includes(`@${SLUG}`), `slug preview: ${preview}`);
+    await checks.deployFormTexts();
     await page.getByLabel('Model').selectOption('fake-gpt');
     await page.locator('summary', { hasText: 'Limits' }).click();
     await page.getByLabel('Memory (MiB)').fill('256');
@@ -548,6 +554,14 @@ try {
     await phone.close();
   });
 
+  await step('chat: a failed turn (budget used up) says why in words and what to do', () => checks.failedTurnExplained());
+  await step('chat: Markdown renders as code, lists and safe links; raw HTML stays text', () => checks.markdownRendered());
+  await step('chat: a message over the length limit is warned about and not sent', () => checks.lengthWarning());
+  await step("live: an agent's connected state follows its sidecar without a reload; archiving it names no container", () => checks.liveConnected());
+  await step('live: a device paired while Devices is open appears without a reload', () => checks.liveDevices());
+  await step('live: a new alert pops a toast, not only the badge', () => checks.alertToast());
+  await step('group chat with a person and an agent, made in the UI; the named agent answers', () => checks.groupChat());
+
   // Last: it locks this address out of signing in for a minute.
   await step('repeated wrong passwords get the rate-limit message', async () => {
     const ctx = await browser.newContext({ ignoreHTTPSErrors: true });
@@ -575,6 +589,7 @@ try {
   // already reported by step()
 } finally {
   await screens.stopSidecars();
+  await checks.stopSidecar();
   await browser.close();
 }
 console.log(`screenshots: ${OUT}`);

@@ -304,7 +304,9 @@ export function makeScreens(ctx) {
       await page.goto(`${URL_}/agents/${EXTERNAL_SLUG}`);
       const spentBefore = (await api(`/api/agents/${EXTERNAL_SLUG}/usage`)).period_spend_usd;
       assert(spentBefore === 0, `calls to an unpriced model cost ${spentBefore}`);
-      await page.getByLabel('Budget (USD)').fill('5');
+      // Room for a whole call at the prices set below: the gateway reserves a call's worst case
+      // (its max tokens at $2000 per million, about $9) and refuses it if that doesn't fit.
+      await page.getByLabel('Budget (USD)').fill('50');
       await page.getByRole('button', { name: 'Save budget' }).click();
       const warning = page.getByTestId('no-price-warning');
       await warning.waitFor();
@@ -313,27 +315,25 @@ export function makeScreens(ctx) {
       await screenshot(page, 'no-price-warning');
       // The budget is kept: after a reload and in the API.
       await page.reload();
-      assert((await page.getByLabel('Budget (USD)').inputValue()) === '5', 'the budget after a reload');
+      assert((await page.getByLabel('Budget (USD)').inputValue()) === '50', 'the budget after a reload');
       const budget = (await api(`/api/agents/${EXTERNAL_SLUG}/usage`)).budget;
-      assert(budget?.limit_usd === 5 && budget.period === 'month', `budget: ${JSON.stringify(budget)}`);
+      assert(budget?.limit_usd === 50 && budget.period === 'month', `budget: ${JSON.stringify(budget)}`);
       await page.getByRole('link', { name: 'Agents', exact: true }).click();
       await page.locator(`[data-testid=agent-card][data-slug="${EXTERNAL_SLUG}"] [data-testid=no-price-chip]`).waitFor();
 
       await page.getByRole('link', { name: 'Providers', exact: true }).click();
       const prices = page.locator('[data-testid=model-prices] form[data-provider=fake]');
-      // Prices whose worst case (4096 tokens out, the host's default cap) fits the $5 budget:
-      // the gateway reserves that much before a call.
       for (const model of ['fake-gpt', 'fake-other']) {
-        await prices.getByLabel(`${model} input price`).fill('100');
-        await prices.getByLabel(`${model} output price`).fill('1000');
+        await prices.getByLabel(`${model} input price`).fill('1000');
+        await prices.getByLabel(`${model} output price`).fill('2000');
       }
       await prices.getByRole('button', { name: 'Save prices' }).click();
       await page.getByText('Prices of fake saved').waitFor();
       await page.reload();
-      assert((await page.getByLabel('fake-gpt output price').inputValue()) === '1000', 'price not kept');
+      assert((await page.getByLabel('fake-gpt output price').inputValue()) === '2000', 'price not kept');
       const models = await api('/api/providers/models');
       const gpt = models.find((m) => m.name === 'fake-gpt');
-      assert(gpt.input_usd_per_mtok === 100 && gpt.output_usd_per_mtok === 1000, `models: ${JSON.stringify(models)}`);
+      assert(gpt.input_usd_per_mtok === 1000 && gpt.output_usd_per_mtok === 2000, `models: ${JSON.stringify(models)}`);
       await screenshot(page, 'model-prices');
 
       await page.goto(`${URL_}/agents/${EXTERNAL_SLUG}`);
