@@ -317,16 +317,16 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     crate::isolation::spawn_refresher(state.clone());
     spawn_quota_notices(state.clone(), quota_notices_rx);
     supervisor.spawn(state.shutdown.clone());
-    crate::quota::spawn_monitor(
+    crate::agents::quota::spawn_monitor(
         state.clone(),
         Duration::from_secs(state.config.quota.interval_secs.max(5)),
     );
     {
         let state = state.clone();
         tokio::spawn(async move {
-            crate::archive::recover(&state).await;
-            crate::deploy::recover(&state).await;
-            crate::deploy::reconcile_proxies(&state).await;
+            crate::agents::archive::recover(&state).await;
+            crate::agents::deploy::recover(&state).await;
+            crate::agents::deploy::reconcile_proxies(&state).await;
             crate::isolation::reconcile(&state).await;
             crate::legacy::retire_trace_mounts(&state).await;
         });

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{Json, OwnerLike, Path, Query};
 use super::AppState;
-use crate::archive::{self, Action, ArchiveError, ArchivedAgent};
+use crate::agents::archive::{self, Action, ArchiveError, ArchivedAgent};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -10,8 +10,8 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{human_member, Auth, Json, OwnerLike, Path};
 use super::AppState;
-use crate::deploy::{self, DeployError};
-use crate::frameworks::{self, Manifest};
+use crate::agents::deploy::{self, DeployError};
+use crate::agents::frameworks::{self, Manifest};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

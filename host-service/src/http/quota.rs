@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{Json, OwnerLike, Path};
 use super::AppState;
-use crate::quota::{self, DiskStatus, QuotaError};
+use crate::agents::quota::{self, DiskStatus, QuotaError};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

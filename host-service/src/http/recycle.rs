@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{Json, OwnerLike, Path};
 use super::AppState;
-use crate::recycle::{self, RecycleError, RecycleList};
+use crate::agents::recycle::{self, RecycleError, RecycleList};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::agents::{self, AgentRecord, AGENT_TOKEN_PREFIX, LLM_KEY_PREFIX};
 use crate::auth::{hash_token, new_secret};
 use crate::db::{from_ms, now_ms, Db};
-use crate::deploy;
+use crate::agents::deploy;
 use crate::fsutil;
 use crate::http::AppState;
 use crate::runtime::ContainerRuntime;

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::agents::{self, AgentRecord, NewKind};
 use crate::db::{from_ms, now_ms, Db};
-use crate::frameworks::{self, Manifest};
+use crate::agents::frameworks::{self, Manifest};
 use crate::http::AppState;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::{CreateSpec, Device, Limits, Runtime, RuntimeError};
