@@ -11,9 +11,9 @@ use sqlx::Row;
 use taos_proto::events::{Level, NewNotification};
 use uuid::Uuid;
 
+use crate::agents::AgentHost;
 use crate::agents::{self, AgentRecord};
 use crate::db::{from_ms, now_ms};
-use crate::http::AppState;
 use crate::runtime::Runtime;
 
 pub const WARN_AT: f64 = 0.875;
@@ -84,14 +84,14 @@ pub async fn set_quota_bytes(
 }
 
 async fn load(
-    state: &AppState,
+    host: &AgentHost,
     agent: &AgentRecord,
 ) -> Result<Option<(u64, Option<u64>, String, Option<i64>, bool)>, QuotaError> {
     let row = sqlx::query(
         "SELECT quota_bytes, used_bytes, state, last_checked_at, paused_for_disk FROM agent_disk WHERE agent_id = ?",
     )
     .bind(agent.id.to_string())
-    .fetch_optional(&state.db)
+    .fetch_optional(&host.db)
     .await?;
     Ok(row.map(|r| {
         (
@@ -131,11 +131,11 @@ fn status_of(
 }
 
 /// The last sample of an agent's disk.
-pub async fn status(state: &AppState, slug: &str) -> Result<DiskStatus, QuotaError> {
-    let agent = agents::get_by_slug(&state.db, slug)
+pub async fn status(host: &AgentHost, slug: &str) -> Result<DiskStatus, QuotaError> {
+    let agent = agents::get_by_slug(&host.db, slug)
         .await
         .map_err(|_| QuotaError::NoAgent)?;
-    let (quota, used, disk_state, checked, _) = load(state, &agent).await?.ok_or_else(|| {
+    let (quota, used, disk_state, checked, _) = load(host, &agent).await?.ok_or_else(|| {
         QuotaError::Conflict(format!("{slug} has no disk quota (not a container agent)"))
     })?;
     Ok(status_of(&agent.slug, quota, used, &disk_state, checked))
@@ -143,13 +143,13 @@ pub async fn status(state: &AppState, slug: &str) -> Result<DiskStatus, QuotaErr
 
 /// Samples one agent, persists the result, and acts on a state change.
 pub async fn scan_agent(
-    state: &AppState,
+    host: &AgentHost,
     agent: &AgentRecord,
 ) -> Result<Option<DiskStatus>, QuotaError> {
-    let Some((quota, _, current, _, paused_for_disk)) = load(state, agent).await? else {
+    let Some((quota, _, current, _, paused_for_disk)) = load(host, agent).await? else {
         return Ok(None);
     };
-    let (Some(rt), Some(container)) = (state.runtime.as_ref(), agent.container.as_ref()) else {
+    let (Some(rt), Some(container)) = (host.runtime.as_ref(), agent.container.as_ref()) else {
         return Ok(None);
     };
     let used = match rt.quota_usage(container).await {
@@ -171,10 +171,10 @@ pub async fn scan_agent(
     .bind(next)
     .bind(now)
     .bind(agent.id.to_string())
-    .execute(&state.db)
+    .execute(&host.db)
     .await?;
     if next != current {
-        transition(state, agent, &current, next, used, quota, paused_for_disk).await?;
+        transition(host, agent, &current, next, used, quota, paused_for_disk).await?;
     }
     Ok(Some(status_of(
         &agent.slug,
@@ -186,7 +186,7 @@ pub async fn scan_agent(
 }
 
 async fn transition(
-    state: &AppState,
+    host: &AgentHost,
     agent: &AgentRecord,
     from: &str,
     to: &str,
@@ -218,7 +218,7 @@ async fn transition(
         ),
     };
     tracing::info!(agent = %agent.slug, from, to, %figures, "disk quota state changed");
-    if let Err(e) = state
+    if let Err(e) = host
         .hub
         .notify(NewNotification {
             level,
@@ -236,30 +236,30 @@ async fn transition(
         tracing::warn!(error = %e, "disk quota notification failed");
     }
     if to == "hard" && !agent.paused {
-        pause_for_disk(state, agent).await?;
+        pause_for_disk(host, agent).await?;
     } else if from == "hard" && to != "hard" && paused_for_disk {
-        resume_after_disk(state, agent).await?;
+        resume_after_disk(host, agent).await?;
     }
     Ok(())
 }
 
-async fn pause_for_disk(state: &AppState, agent: &AgentRecord) -> Result<(), QuotaError> {
+async fn pause_for_disk(host: &AgentHost, agent: &AgentRecord) -> Result<(), QuotaError> {
     let patch = taos_proto::agents::AgentPatch {
         paused: Some(true),
         ..Default::default()
     };
-    agents::update(&state.db, &agent.slug, &patch)
+    agents::update(&host.db, &agent.slug, &patch)
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?;
     sqlx::query("UPDATE agent_disk SET paused_for_disk = 1 WHERE agent_id = ?")
         .bind(agent.id.to_string())
-        .execute(&state.db)
+        .execute(&host.db)
         .await?;
-    agents::set_status(&state.db, agent.id, "paused")
+    agents::set_status(&host.db, agent.id, "paused")
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?;
-    state.bridge.wake(agent.id);
-    if let (Some(rt), Some(container)) = (state.runtime.as_ref(), agent.container.as_ref()) {
+    host.bridge.wake(agent.id);
+    if let (Some(rt), Some(container)) = (host.runtime.as_ref(), agent.container.as_ref()) {
         if rt.stop(container, false).await.is_err() {
             let _ = rt.stop(container, true).await;
         }
@@ -267,8 +267,8 @@ async fn pause_for_disk(state: &AppState, agent: &AgentRecord) -> Result<(), Quo
     Ok(())
 }
 
-async fn resume_after_disk(state: &AppState, agent: &AgentRecord) -> Result<(), QuotaError> {
-    if let (Some(rt), Some(container)) = (state.runtime.as_ref(), agent.container.as_ref()) {
+async fn resume_after_disk(host: &AgentHost, agent: &AgentRecord) -> Result<(), QuotaError> {
+    if let (Some(rt), Some(container)) = (host.runtime.as_ref(), agent.container.as_ref()) {
         rt.start(container)
             .await
             .map_err(|e| QuotaError::Runtime(e.to_string()))?;
@@ -277,28 +277,28 @@ async fn resume_after_disk(state: &AppState, agent: &AgentRecord) -> Result<(), 
         paused: Some(false),
         ..Default::default()
     };
-    agents::update(&state.db, &agent.slug, &patch)
+    agents::update(&host.db, &agent.slug, &patch)
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?;
     sqlx::query("UPDATE agent_disk SET paused_for_disk = 0 WHERE agent_id = ?")
         .bind(agent.id.to_string())
-        .execute(&state.db)
+        .execute(&host.db)
         .await?;
-    agents::set_status(&state.db, agent.id, "running")
+    agents::set_status(&host.db, agent.id, "running")
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?;
-    state.bridge.clear_notices(agent.id);
-    state.bridge.wake(agent.id);
+    host.bridge.clear_notices(agent.id);
+    host.bridge.wake(agent.id);
     Ok(())
 }
 
 /// Samples every container agent.
-pub async fn scan_all(state: &AppState) -> Result<Vec<DiskStatus>, QuotaError> {
+pub async fn scan_all(host: &AgentHost) -> Result<Vec<DiskStatus>, QuotaError> {
     let mut results = Vec::new();
-    if let Some(rt) = state.runtime.as_ref() {
+    if let Some(rt) = host.runtime.as_ref() {
         rt.repair_quota_accounting().await;
     }
-    for agent in agents::list(&state.db)
+    for agent in agents::list(&host.db)
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?
     {
@@ -306,7 +306,7 @@ pub async fn scan_all(state: &AppState) -> Result<Vec<DiskStatus>, QuotaError> {
             continue;
         }
         // One agent's trouble must not stop the others from being checked.
-        match scan_agent(state, &agent).await {
+        match scan_agent(host, &agent).await {
             Ok(Some(status)) => results.push(status),
             Ok(None) => {}
             Err(e) => tracing::warn!(agent = %agent.slug, error = %e, "disk check failed"),
@@ -316,16 +316,16 @@ pub async fn scan_all(state: &AppState) -> Result<Vec<DiskStatus>, QuotaError> {
 }
 
 /// Resizes an agent's root disk quota (1–1024 GiB) and re-evaluates it at once.
-pub async fn resize(state: &AppState, slug: &str, size_gib: u64) -> Result<DiskStatus, QuotaError> {
+pub async fn resize(host: &AgentHost, slug: &str, size_gib: u64) -> Result<DiskStatus, QuotaError> {
     if !(1..=1024).contains(&size_gib) {
         return Err(QuotaError::BadInput(
             "size_gib must be between 1 and 1024".into(),
         ));
     }
-    let agent = agents::get_by_slug(&state.db, slug)
+    let agent = agents::get_by_slug(&host.db, slug)
         .await
         .map_err(|_| QuotaError::NoAgent)?;
-    let rt = state.runtime.as_ref().ok_or(QuotaError::NoRuntime)?;
+    let rt = host.runtime.as_ref().ok_or(QuotaError::NoRuntime)?;
     let container = agent
         .container
         .clone()
@@ -340,31 +340,31 @@ pub async fn resize(state: &AppState, slug: &str, size_gib: u64) -> Result<DiskS
     rt.set_root_size(&container, size_gib * 1024)
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?;
-    set_quota_bytes(&state.db, agent.id, size_gib * GIB).await?;
+    set_quota_bytes(&host.db, agent.id, size_gib * GIB).await?;
     rt.repair_quota_accounting().await;
     // The paused flag may have changed since the agent was loaded.
-    let agent = agents::get_by_id(&state.db, agent.id)
+    let agent = agents::get_by_id(&host.db, agent.id)
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?;
-    match scan_agent(state, &agent).await? {
+    match scan_agent(host, &agent).await? {
         Some(status) => Ok(status),
-        None => status(state, slug).await,
+        None => status(host, slug).await,
     }
 }
 
 /// Runs the monitor every `interval` until shutdown.
-pub fn spawn_monitor(state: AppState, interval: Duration) {
+pub fn spawn_monitor(host: AgentHost, interval: Duration) {
     tokio::spawn(async move {
-        let mut shutdown = state.shutdown.clone();
+        let mut shutdown = host.shutdown.clone();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = shutdown.changed() => return,
             }
-            if state.runtime.is_none() {
+            if host.runtime.is_none() {
                 continue;
             }
-            if let Err(e) = scan_all(&state).await {
+            if let Err(e) = scan_all(&host).await {
                 tracing::warn!(error = %e, "disk quota scan failed");
             }
         }

@@ -68,7 +68,7 @@ pub async fn archive_agent(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
-    Ok(match archive::archive(&state, &slug).await? {
+    Ok(match archive::archive(&state.agents, &slug).await? {
         archive::Archived::Archived(a) => Json(a).into_response(),
         archive::Archived::Removed => StatusCode::NO_CONTENT.into_response(),
     })
@@ -100,7 +100,7 @@ async fn restore_archived(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<AgentWithToken>, ApiError> {
-    let restored = archive::restore(&state, &id).await?;
+    let restored = archive::restore(&state.agents, &id).await?;
     Ok(Json(AgentWithToken {
         agent: super::agents::to_api(&state, &restored.agent).await?,
         agent_token: restored.agent_token,
@@ -120,12 +120,12 @@ async fn purge_archived(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    archive::purge(&state, &id).await?;
+    archive::purge(&state.agents, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn act(state: AppState, slug: String, action: Action) -> Result<Json<Agent>, ApiError> {
-    let record = archive::act(&state, &slug, action).await?;
+    let record = archive::act(&state.agents, &slug, action).await?;
     Ok(Json(super::agents::to_api(&state, &record).await?))
 }
 
@@ -217,6 +217,6 @@ async fn agent_logs(
     if !(1..=1000).contains(&lines) {
         return Err(ApiError::bad_request("lines must be between 1 and 1000"));
     }
-    let text = archive::logs(&state, &slug, lines).await?;
+    let text = archive::logs(&state.agents, &slug, lines).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
 }

@@ -57,7 +57,7 @@ async fn deploy_agent(
     Json(body): Json<DeployRequest>,
 ) -> Result<(StatusCode, Json<DeployAccepted>), ApiError> {
     let owner = human_member(&state, &principal).await?;
-    let (record, deploy_id) = deploy::start(&state, &owner, body).await?;
+    let (record, deploy_id) = deploy::start(&state.agents, &owner, body).await?;
     let dm = state.chat.dm_of(record.id).await?;
     let agent = record.to_api(false, dm);
     Ok((

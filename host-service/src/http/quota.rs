@@ -47,7 +47,7 @@ async fn agent_disk(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Json<DiskStatus>, ApiError> {
-    Ok(Json(quota::status(&state, &slug).await?))
+    Ok(Json(quota::status(&state.agents, &slug).await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -73,7 +73,9 @@ async fn resize_quota(
     Path(slug): Path<String>,
     Json(body): Json<Resize>,
 ) -> Result<Json<DiskStatus>, ApiError> {
-    Ok(Json(quota::resize(&state, &slug, body.size_gib).await?))
+    Ok(Json(
+        quota::resize(&state.agents, &slug, body.size_gib).await?,
+    ))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -91,7 +93,7 @@ async fn scan(
     _auth: OwnerLike,
     State(state): State<AppState>,
 ) -> Result<Json<ScanResult>, ApiError> {
-    let results = quota::scan_all(&state).await?;
+    let results = quota::scan_all(&state.agents).await?;
     Ok(Json(ScanResult {
         scanned: results.len(),
         results,

@@ -44,7 +44,7 @@ async fn agent_bin(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Json<RecycleList>, ApiError> {
-    Ok(Json(recycle::list(&state, &slug).await?))
+    Ok(Json(recycle::list(&state.agents, &slug).await?))
 }
 
 /// Every container agent's recycle bin.
@@ -55,7 +55,7 @@ async fn all_bins(
     _auth: OwnerLike,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<RecycleList>>, ApiError> {
-    Ok(Json(recycle::list_all(&state).await?))
+    Ok(Json(recycle::list_all(&state.agents).await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -77,7 +77,7 @@ async fn restore_item(
     Path(slug): Path<String>,
     Json(body): Json<RestoreItem>,
 ) -> Result<StatusCode, ApiError> {
-    recycle::restore(&state, &slug, &body.id).await?;
+    recycle::restore(&state.agents, &slug, &body.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -93,6 +93,6 @@ async fn purge_item(
     State(state): State<AppState>,
     Path((slug, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    recycle::purge(&state, &slug, &id).await?;
+    recycle::purge(&state.agents, &slug, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
