@@ -1,4 +1,4 @@
-//! Archive, restore and purge agents, and their lifecycle actions (start, stop, pause…).
+//! Archive, restore and purge agents (start, stop, pause… are in `lifecycle`).
 //!
 //! Archiving keeps everything needed to bring the agent back — a snapshot of its container
 //! (renamed out of the way), its chat exported to JSONL, its trace folder — and frees its slug:
@@ -6,9 +6,7 @@
 //! picks the old slug (or `-2`, `-3`… if it was reused), mints new credentials, puts them where
 //! the agent reads them, and starts it. Purging removes every trace of it.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use sqlx::Row;
 use taos_proto::chat::Message;
@@ -941,129 +939,4 @@ mod journal {
         }
         Ok(entries)
     }
-}
-
-/// Lifecycle actions on a live agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Start,
-    Stop,
-    Restart,
-    Pause,
-    Resume,
-}
-
-pub async fn act(
-    host: &AgentHost,
-    slug: &str,
-    action: Action,
-) -> Result<AgentRecord, ArchiveError> {
-    let agent = agents::get_by_slug(&host.db, slug)
-        .await
-        .map_err(|e| match e {
-            agents::AgentError::NotFound => ArchiveError::NoAgent,
-            e => e.into(),
-        })?;
-    let container = agent.container.clone();
-    let needs_container = || {
-        container
-            .clone()
-            .ok_or_else(|| ArchiveError::Conflict(format!("{slug} is not a container agent")))
-    };
-    // Runtime first, database after: a refused runtime call changes nothing, and asking for
-    // the state something is already in is a no-op, not an error.
-    let running = match (&container, host.runtime.as_ref()) {
-        (Some(name), Some(rt)) => rt.state(name).await.map(|s| s.running).unwrap_or(false),
-        _ => false,
-    };
-    let stop = |name: String| async move {
-        let rt = runtime(host)?;
-        if rt.stop(&name, false).await.is_err() {
-            rt.stop(&name, true).await?;
-        }
-        Ok::<(), ArchiveError>(())
-    };
-    match action {
-        Action::Start => {
-            let name = needs_container()?;
-            if !running {
-                runtime(host)?.start(&name).await?;
-            }
-            agents::set_status(&host.db, agent.id, "running").await?;
-        }
-        Action::Stop => {
-            let name = needs_container()?;
-            if running {
-                stop(name).await?;
-            }
-            agents::set_status(&host.db, agent.id, "stopped").await?;
-        }
-        Action::Restart => {
-            let name = needs_container()?;
-            if running {
-                stop(name.clone()).await?;
-            }
-            runtime(host)?.start(&name).await?;
-            agents::set_status(&host.db, agent.id, "running").await?;
-        }
-        Action::Pause | Action::Resume => {
-            let paused = action == Action::Pause;
-            if let (Some(name), Some(rt)) = (&container, host.runtime.as_ref()) {
-                if paused && running {
-                    stop(name.clone()).await?;
-                } else if !paused && !running {
-                    rt.start(name).await?;
-                }
-            }
-            let patch = taos_proto::agents::AgentPatch {
-                paused: Some(paused),
-                ..Default::default()
-            };
-            agents::update(&host.db, slug, &patch).await?;
-            if container.is_some() {
-                let status = if paused { "paused" } else { "running" };
-                agents::set_status(&host.db, agent.id, status).await?;
-            }
-            if !paused {
-                host.bridge.clear_notices(agent.id);
-            }
-            host.bridge.wake(agent.id);
-        }
-    }
-    Ok(agents::get_by_slug(&host.db, slug).await?)
-}
-
-/// The last `lines` lines of the agent service's journal.
-pub async fn logs(host: &AgentHost, slug: &str, lines: u32) -> Result<String, ArchiveError> {
-    let agent = agents::get_by_slug(&host.db, slug)
-        .await
-        .map_err(|_| ArchiveError::NoAgent)?;
-    let name = agent
-        .container
-        .clone()
-        .ok_or_else(|| ArchiveError::Conflict(format!("{slug} is not a container agent")))?;
-    let service = deploy::service_of(&agent);
-    let rt = runtime(host)?;
-    // Under Docker the service is the container's main process: its log is the container's.
-    if let ContainerRuntime::Docker(docker) = rt {
-        return Ok(docker.logs(&name, lines).await?);
-    }
-    let out = rt
-        .exec(
-            &name,
-            &[
-                "journalctl",
-                "-u",
-                &service,
-                "-n",
-                &lines.to_string(),
-                "--no-pager",
-                "-o",
-                "short-iso",
-            ],
-            &BTreeMap::new(),
-            Duration::from_secs(20),
-        )
-        .await?;
-    Ok(out.stdout)
 }

@@ -4,6 +4,7 @@
 //!   `agents::get_by_slug` reads as before);
 //! - `deploy`: the deploy state machine (steps, progress events, rollback, recovery at start);
 //! - `archive`: archive, restore, purge and the `agent_ops` journal they share;
+//! - `lifecycle`: start, stop, restart, pause, resume, and the service log;
 //! - `quota`: the disk quota monitor;
 //! - `recycle`: the recycle bin inside agents;
 //! - `frameworks`: the framework catalog compiled into the binary.
@@ -11,6 +12,7 @@
 pub mod archive;
 pub mod deploy;
 pub mod frameworks;
+pub mod lifecycle;
 pub mod quota;
 pub mod records;
 pub mod recycle;

@@ -212,3 +212,26 @@ impl From<crate::ratelimit::RateError> for ApiError {
         }
     }
 }
+
+impl From<crate::agents::lifecycle::LifecycleError> for ApiError {
+    fn from(e: crate::agents::lifecycle::LifecycleError) -> Self {
+        use crate::agents::lifecycle::LifecycleError;
+        match e {
+            LifecycleError::NoAgent => ApiError::not_found("no such agent"),
+            LifecycleError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ LifecycleError::NoRuntime => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
+            }
+            // The runtime's own words, so the owner knows why.
+            LifecycleError::Runtime(m) => {
+                tracing::error!(error = %m, "runtime operation failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runtime_error", m)
+            }
+            LifecycleError::Unsupported(m) => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", m)
+            }
+            LifecycleError::Agent(e) => e.into(),
+            e @ LifecycleError::Db(_) => ApiError::internal(e),
+        }
+    }
+}

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod gateway;
 pub mod hosts;
+pub mod lifecycle;
 pub mod live;
 pub mod llm;
 pub mod notifications;
@@ -171,6 +172,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(llm::routes())
         .merge(deploy::routes())
         .merge(archive::routes())
+        .merge(lifecycle::routes())
         .merge(prompts::routes())
         .merge(quota::routes())
         .merge(recycle::routes())
