@@ -14,6 +14,8 @@ pub mod faults;
 pub mod fsutil;
 pub mod http;
 pub mod isolation;
+#[cfg(test)]
+mod layout;
 pub mod legacy;
 pub mod llm;
 pub mod metrics;
