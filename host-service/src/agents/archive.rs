@@ -156,6 +156,29 @@ struct ArchivePlan {
     was_running: bool,
 }
 
+impl ArchivePlan {
+    /// The names an archive of `slug` made at `ts` (ms) uses; `unique` tells apart the
+    /// renamed containers. Nothing is known about the container yet.
+    fn new(root: &Path, slug: &str, ts: i64, unique: Uuid) -> Self {
+        ArchivePlan {
+            slug: slug.to_string(),
+            container: None,
+            // A name independent of the slug's length, so it always fits incus's 63
+            // characters. The last 12 hex digits of a v7 id are random.
+            archived_name: format!("taos-x-{}", &unique.simple().to_string()[20..]),
+            snapshot: format!("taos-archive-{ts}"),
+            dir: root.join(format!("{slug}-{ts}")),
+            was_running: false,
+        }
+    }
+}
+
+/// The slug an archived agent's row takes, so its real one is free for a new agent (the
+/// archive remembers the real one). Unique because the agent id is.
+fn placeholder_slug(agent_id: Uuid) -> String {
+    format!("x-{}", agent_id.simple())
+}
+
 /// Archives an agent. Any failure — or a crash, found at the next start — undoes what was
 /// done: the container is renamed back, its archive snapshot dropped, its trace folder moved
 /// home, and it runs again if it ran before. An agent whose container is gone is archived as
@@ -172,16 +195,7 @@ pub async fn archive(host: &AgentHost, slug: &str) -> Result<Archived, ArchiveEr
             "the agent is still deploying".into(),
         ));
     }
-    let ts = now_ms();
-    let mut plan = ArchivePlan {
-        slug: agent.slug.clone(),
-        container: None,
-        // A name independent of the slug's length, so it always fits incus's 63 characters.
-        archived_name: format!("taos-x-{}", &Uuid::now_v7().simple().to_string()[20..]),
-        snapshot: format!("taos-archive-{ts}"),
-        dir: archive_root(host).join(format!("{}-{ts}", agent.slug)),
-        was_running: false,
-    };
+    let mut plan = ArchivePlan::new(&archive_root(host), &agent.slug, now_ms(), Uuid::now_v7());
     if let Some(name) = agent.container.clone() {
         let rt = runtime(host)?;
         let exists = rt.exists(&name).await?;
@@ -264,7 +278,7 @@ async fn archive_steps(
     fault("commit").await?;
     let id = Uuid::now_v7().to_string();
     let container = plan.container.as_ref().map(|_| plan.archived_name.clone());
-    let placeholder = format!("x-{}", agent.id.simple());
+    let placeholder = placeholder_slug(agent.id);
     let mut tx = host.db.begin().await?;
     // Read-only from now on.
     sqlx::query("UPDATE channels SET archived = 1 WHERE dm_agent_id = ?")
@@ -389,18 +403,14 @@ async fn archive_dir(db: &Db, id: &str) -> Result<PathBuf, ArchiveError> {
 /// A slug free among agents and containers: the old one, or the old one with `-2`, `-3`…
 async fn free_slug(host: &AgentHost, base: &str) -> Result<String, ArchiveError> {
     for n in 1..=100 {
-        let candidate = if n == 1 {
-            base.to_string()
-        } else {
-            format!("{base}-{n}")
-        };
+        let candidate = agents::slug_candidate(base, n);
         let taken: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE slug = ?")
             .bind(&candidate)
             .fetch_one(&host.db)
             .await?;
         let container_taken = match host.runtime.as_ref() {
             Some(rt) => rt
-                .exists(&format!("taos-{candidate}"))
+                .exists(&agents::container_name(&candidate))
                 .await
                 .unwrap_or(true),
             None => false,
@@ -444,7 +454,7 @@ pub async fn restore(host: &AgentHost, id: &str) -> Result<Restored, ArchiveErro
     let plan = RestorePlan {
         archive_id: id.to_string(),
         archived_slug: archived.slug.clone(),
-        container: format!("taos-{slug}"),
+        container: agents::container_name(&slug),
         slug,
         archived_name: archived.container.clone(),
         snapshot: archived.snapshot.clone(),
@@ -671,7 +681,7 @@ async fn bring_up(
     let name = agent
         .container
         .clone()
-        .unwrap_or_else(|| format!("taos-{}", agent.slug));
+        .unwrap_or_else(|| agents::container_name(&agent.slug));
     // The agent listener may have moved since the archive (a restart): re-point the proxies.
     deploy::repoint_proxies(host, rt, &name).await?;
     // A snapshot taken before the store left the container brings back its old trace mount
@@ -684,7 +694,7 @@ async fn bring_up(
     rt.set_agent_network(&name, agent.network).await?;
     rt.start(&name).await?;
     let env = deploy::agent_env(
-        host,
+        &host.agent_gateways,
         &agent.slug,
         agent_token,
         llm_key,
@@ -938,5 +948,66 @@ mod journal {
             });
         }
         Ok(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_archive_is_named_by_slug_and_time_and_its_container_name_always_fits() {
+        let root = Path::new("/data/archive");
+        let long = "x".repeat(agents::MAX_SLUG_LEN);
+        let plan = ArchivePlan::new(root, &long, 1_700_000_000_000, Uuid::now_v7());
+        assert_eq!(plan.snapshot, "taos-archive-1700000000000");
+        assert_eq!(plan.dir, root.join(format!("{long}-1700000000000")));
+        assert!(plan.archived_name.starts_with("taos-x-"));
+        assert_eq!(plan.archived_name.len(), "taos-x-".len() + 12);
+        assert!(plan.container.is_none() && !plan.was_running);
+        // Two archives in the same millisecond still rename to different containers.
+        let other = ArchivePlan::new(root, &long, 1_700_000_000_000, Uuid::now_v7());
+        assert_ne!(plan.archived_name, other.archived_name);
+    }
+
+    #[test]
+    fn the_placeholder_slug_is_the_agents_id() {
+        let id = Uuid::now_v7();
+        let placeholder = placeholder_slug(id);
+        assert_eq!(placeholder, format!("x-{}", id.simple()));
+        assert!(agents::is_valid_slug(&placeholder));
+    }
+
+    #[test]
+    fn journal_kinds_round_trip() {
+        for kind in [OpKind::Archive, OpKind::Restore, OpKind::Purge] {
+            assert_eq!(OpKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(OpKind::parse("deploy"), None);
+    }
+
+    /// Plans are stored in `agent_ops` and read back by the next start, possibly by a newer
+    /// host: their field names are a file format.
+    #[test]
+    fn journal_plans_written_by_this_version_are_read_back() {
+        let archive: ArchivePlan = serde_json::from_str(
+            r#"{"slug":"ada","container":"taos-ada","archived_name":"taos-x-0123456789ab",
+                "snapshot":"taos-archive-1","dir":"/d/archive/ada-1","was_running":true}"#,
+        )
+        .expect("an archive plan");
+        assert_eq!(archive.container.as_deref(), Some("taos-ada"));
+        assert!(archive.was_running);
+        let restore: RestorePlan = serde_json::from_str(
+            r#"{"archive_id":"a1","archived_slug":"ada","slug":"ada-2","container":"taos-ada-2",
+                "archived_name":null,"snapshot":null,"dir":"/d/archive/ada-1"}"#,
+        )
+        .expect("a restore plan");
+        assert_eq!(restore.slug, "ada-2");
+        assert!(restore.archived_name.is_none());
+        let purge: PurgePlan = serde_json::from_str(
+            r#"{"archive_id":"a1","slug":"ada","container":null,"dir":"/d/archive/ada-1"}"#,
+        )
+        .expect("a purge plan");
+        assert_eq!(purge.dir, PathBuf::from("/d/archive/ada-1"));
     }
 }

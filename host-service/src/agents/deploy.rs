@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::agents::frameworks::{self, Manifest};
 use crate::agents::AgentHost;
-use crate::agents::{self, AgentRecord, NewKind};
+use crate::agents::{self, container_name, AgentRecord, NewKind};
 use crate::db::{from_ms, now_ms, Db};
 use crate::runtime::ContainerRuntime;
 use crate::runtime::{CreateSpec, Device, Limits, Runtime, RuntimeError};
@@ -75,13 +75,14 @@ struct Secrets {
     llm_key: String,
 }
 
-fn container_name(slug: &str) -> String {
-    format!("taos-{slug}")
-}
-
 /// The steps of a deploy on this runtime.
 pub fn steps_for(rt: &ContainerRuntime) -> &'static [&'static str] {
-    if rt.has_proxy_devices() {
+    steps(rt.has_proxy_devices())
+}
+
+/// The steps of a deploy on a runtime with proxy devices (incus) or without (Docker).
+fn steps(proxy_devices: bool) -> &'static [&'static str] {
+    if proxy_devices {
         STEPS
     } else {
         DOCKER_STEPS
@@ -178,11 +179,7 @@ pub async fn start(
     let base = agents::slugify(&req.name);
     let mut reserved = Vec::new();
     for n in 1..=50 {
-        let candidate = if n == 1 {
-            base.clone()
-        } else {
-            format!("{base}-{n}")
-        };
+        let candidate = agents::slug_candidate(&base, n);
         if candidate.is_empty() {
             break;
         }
@@ -348,7 +345,7 @@ impl Run {
             }
             "configure" => {
                 let env = agent_env(
-                    host,
+                    &host.agent_gateways,
                     &self.agent.slug,
                     &self.secrets.agent_token,
                     &self.secrets.llm_key,
@@ -464,9 +461,11 @@ pub fn service_of(agent: &AgentRecord) -> String {
 
 /// Where, from inside its container, an agent reaches the host's bridge and LLM gateway:
 /// the proxy devices on its own loopback (incus), or its network's gateway (Docker).
-fn agent_endpoints(host: &AgentHost, network: AgentNetwork) -> (String, String) {
-    let gateway = host
-        .agent_gateways
+fn agent_endpoints(
+    gateways: &[(AgentNetwork, SocketAddr)],
+    network: AgentNetwork,
+) -> (String, String) {
+    let gateway = gateways
         .iter()
         .find(|(mode, _)| *mode == network)
         .map(|(_, addr)| *addr);
@@ -481,7 +480,7 @@ fn agent_endpoints(host: &AgentHost, network: AgentNetwork) -> (String, String) 
 
 /// The sidecar's environment file: the agent's own credentials and where to reach the host.
 pub fn agent_env(
-    host: &AgentHost,
+    gateways: &[(AgentNetwork, SocketAddr)],
     slug: &str,
     agent_token: &str,
     llm_key: &str,
@@ -489,7 +488,7 @@ pub fn agent_env(
     fallback: &[String],
     network: AgentNetwork,
 ) -> String {
-    let (bridge_url, llm_url) = agent_endpoints(host, network);
+    let (bridge_url, llm_url) = agent_endpoints(gateways, network);
     let mut env = format!(
         "TAOS_BRIDGE_URL={bridge_url}\nTAOS_AGENT_NAME={slug}\n\
          TAOS_AGENT_TOKEN={agent_token}\nOPENAI_BASE_URL={llm_url}\n\
@@ -719,4 +718,155 @@ pub async fn status(db: &Db, slug: &str) -> Result<DeployStatus, DeployError> {
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(framework: &str) -> DeployRequest {
+        DeployRequest {
+            name: "Ada".into(),
+            framework: framework.into(),
+            model: "m".into(),
+            fallback_models: None,
+            emoji: None,
+            color: None,
+            memory_limit_mib: None,
+            cpu_limit: None,
+            disk_quota_gib: None,
+            network: AgentNetwork::default(),
+        }
+    }
+
+    #[test]
+    fn steps_start_with_credentials_and_end_with_the_bridge() {
+        // `start` marks the first step done itself (the credentials are minted with the row),
+        // and `execute` runs the rest: both rely on this order.
+        for proxy_devices in [true, false] {
+            let names = steps(proxy_devices);
+            assert_eq!(names.first(), Some(&"credentials"));
+            assert_eq!(names.last(), Some(&"bridge"));
+            assert_eq!(names[1], "container");
+        }
+        assert_eq!(steps(true), STEPS);
+        assert_eq!(steps(false), DOCKER_STEPS);
+    }
+
+    #[test]
+    fn docker_gets_its_credentials_before_the_first_start_and_has_no_service_step() {
+        let pos = |names: &[&str], step: &str| names.iter().position(|s| *s == step);
+        assert!(pos(DOCKER_STEPS, "configure") < pos(DOCKER_STEPS, "start"));
+        assert_eq!(pos(DOCKER_STEPS, "service"), None);
+        // incus boots systemd first, then writes the credentials and restarts the service.
+        assert!(pos(STEPS, "start") < pos(STEPS, "configure"));
+        assert!(pos(STEPS, "configure") < pos(STEPS, "service"));
+    }
+
+    #[test]
+    fn fresh_steps_are_all_pending() {
+        let fresh = fresh_steps(STEPS);
+        assert_eq!(fresh.len(), STEPS.len());
+        for (step, name) in fresh.iter().zip(STEPS) {
+            assert_eq!(step.name, *name);
+            assert_eq!(step.state, "pending");
+            assert!(step.started_at.is_none() && step.finished_at.is_none());
+            assert!(step.detail.is_none());
+        }
+    }
+
+    #[test]
+    fn requests_outside_the_limits_are_refused() {
+        assert_eq!(
+            validate(&request("direct")).map(|m| m.id).ok(),
+            Some("direct".into())
+        );
+        let refused = |req: DeployRequest| matches!(validate(&req), Err(DeployError::BadInput(_)));
+        assert!(refused(request("no-such-framework")));
+        for (mib, ok) in [(31, false), (32, true), (262_144, true), (262_145, false)] {
+            let mut req = request("direct");
+            req.memory_limit_mib = Some(mib);
+            assert_eq!(!refused(req), ok, "memory_limit_mib {mib}");
+        }
+        for (cpus, ok) in [(0, false), (1, true), (256, true), (257, false)] {
+            let mut req = request("direct");
+            req.cpu_limit = Some(cpus);
+            assert_eq!(!refused(req), ok, "cpu_limit {cpus}");
+        }
+        for (gib, ok) in [(0, false), (1, true), (4096, true), (4097, false)] {
+            let mut req = request("direct");
+            req.disk_quota_gib = Some(gib);
+            assert_eq!(!refused(req), ok, "disk_quota_gib {gib}");
+        }
+    }
+
+    #[test]
+    fn both_proxy_devices_lead_to_the_agent_listener() {
+        let addr: SocketAddr = "127.0.0.1:6970".parse().expect("an address");
+        let devices = proxy_devices(addr);
+        let listens: Vec<&str> = devices
+            .iter()
+            .map(|d| match d {
+                Device::Proxy {
+                    listen, connect, ..
+                } => {
+                    assert_eq!(connect, "tcp:127.0.0.1:6970");
+                    listen.as_str()
+                }
+                other => panic!("not a proxy device: {other:?}"),
+            })
+            .collect();
+        assert_eq!(listens, ["tcp:127.0.0.1:6969", "tcp:127.0.0.1:4000"]);
+    }
+
+    #[test]
+    fn agents_reach_the_host_through_their_networks_gateway_or_their_own_loopback() {
+        let lan: SocketAddr = "172.30.1.1:6970".parse().expect("an address");
+        let gateways = [(AgentNetwork::Lan, lan)];
+        assert_eq!(
+            agent_endpoints(&gateways, AgentNetwork::Lan),
+            (
+                "http://172.30.1.1:6970".to_string(),
+                "http://172.30.1.1:6970/v1".to_string()
+            )
+        );
+        // No gateway for that network (incus): the proxy devices inside the container.
+        assert_eq!(
+            agent_endpoints(&gateways, AgentNetwork::Internet),
+            (
+                "http://127.0.0.1:6969".to_string(),
+                "http://127.0.0.1:4000/v1".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn the_env_file_carries_the_agents_own_credentials_and_fallbacks() {
+        let env = agent_env(
+            &[],
+            "ada",
+            "taos_ag_x",
+            "taos_llm_y",
+            "m1",
+            &[],
+            AgentNetwork::Internet,
+        );
+        assert_eq!(
+            env,
+            "TAOS_BRIDGE_URL=http://127.0.0.1:6969\nTAOS_AGENT_NAME=ada\n\
+             TAOS_AGENT_TOKEN=taos_ag_x\nOPENAI_BASE_URL=http://127.0.0.1:4000/v1\n\
+             OPENAI_API_KEY=taos_llm_y\nTAOS_MODEL=m1\n"
+        );
+        let fallback = ["m2".to_string(), "m3".to_string()];
+        let env = agent_env(
+            &[],
+            "ada",
+            "t",
+            "k",
+            "m1",
+            &fallback,
+            AgentNetwork::Internet,
+        );
+        assert!(env.ends_with("TAOS_MODEL=m1\nTAOS_FALLBACK_MODELS=m2,m3\n"));
+    }
 }
