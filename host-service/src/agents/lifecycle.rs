@@ -54,6 +54,40 @@ pub enum Action {
     Resume,
 }
 
+/// The runtime calls an action makes on a container that is (not) running now. Asking for
+/// the state a container is already in makes no call: it is a no-op, not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RuntimeCalls {
+    stop: bool,
+    start: bool,
+}
+
+fn runtime_calls(action: Action, running: bool) -> RuntimeCalls {
+    match action {
+        Action::Start | Action::Resume => RuntimeCalls {
+            stop: false,
+            start: !running,
+        },
+        Action::Stop | Action::Pause => RuntimeCalls {
+            stop: running,
+            start: false,
+        },
+        Action::Restart => RuntimeCalls {
+            stop: running,
+            start: true,
+        },
+    }
+}
+
+/// The agent's status once an action succeeded.
+fn status_after(action: Action) -> &'static str {
+    match action {
+        Action::Start | Action::Restart | Action::Resume => "running",
+        Action::Stop => "stopped",
+        Action::Pause => "paused",
+    }
+}
+
 pub async fn act(
     host: &AgentHost,
     slug: &str,
@@ -84,35 +118,26 @@ pub async fn act(
         }
         Ok::<(), LifecycleError>(())
     };
+    let calls = runtime_calls(action, running);
     match action {
-        Action::Start => {
+        Action::Start | Action::Stop | Action::Restart => {
             let name = needs_container()?;
-            if !running {
-                runtime(host)?.start(&name).await?;
-            }
-            agents::set_status(&host.db, agent.id, "running").await?;
-        }
-        Action::Stop => {
-            let name = needs_container()?;
-            if running {
-                stop(name).await?;
-            }
-            agents::set_status(&host.db, agent.id, "stopped").await?;
-        }
-        Action::Restart => {
-            let name = needs_container()?;
-            if running {
+            if calls.stop {
                 stop(name.clone()).await?;
             }
-            runtime(host)?.start(&name).await?;
-            agents::set_status(&host.db, agent.id, "running").await?;
+            if calls.start {
+                runtime(host)?.start(&name).await?;
+            }
+            agents::set_status(&host.db, agent.id, status_after(action)).await?;
         }
         Action::Pause | Action::Resume => {
             let paused = action == Action::Pause;
+            // Pausing is about deliveries first: an agent without a container (or a host
+            // without a runtime) is paused all the same.
             if let (Some(name), Some(rt)) = (&container, host.runtime.as_ref()) {
-                if paused && running {
+                if calls.stop {
                     stop(name.clone()).await?;
-                } else if !paused && !running {
+                } else if calls.start {
                     rt.start(name).await?;
                 }
             }
@@ -122,8 +147,7 @@ pub async fn act(
             };
             agents::update(&host.db, slug, &patch).await?;
             if container.is_some() {
-                let status = if paused { "paused" } else { "running" };
-                agents::set_status(&host.db, agent.id, status).await?;
+                agents::set_status(&host.db, agent.id, status_after(action)).await?;
             }
             if !paused {
                 host.bridge.clear_notices(agent.id);
@@ -167,4 +191,41 @@ pub async fn logs(host: &AgentHost, slug: &str, lines: u32) -> Result<String, Li
         )
         .await?;
     Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_call_the_runtime_only_to_change_something() {
+        let calls = |stop, start| RuntimeCalls { stop, start };
+        for (action, running, expected) in [
+            (Action::Start, false, calls(false, true)),
+            (Action::Start, true, calls(false, false)),
+            (Action::Stop, true, calls(true, false)),
+            (Action::Stop, false, calls(false, false)),
+            (Action::Restart, true, calls(true, true)),
+            (Action::Restart, false, calls(false, true)),
+            (Action::Pause, true, calls(true, false)),
+            (Action::Pause, false, calls(false, false)),
+            (Action::Resume, false, calls(false, true)),
+            (Action::Resume, true, calls(false, false)),
+        ] {
+            assert_eq!(
+                runtime_calls(action, running),
+                expected,
+                "{action:?}, running: {running}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_action_leaves_its_status() {
+        assert_eq!(status_after(Action::Start), "running");
+        assert_eq!(status_after(Action::Restart), "running");
+        assert_eq!(status_after(Action::Resume), "running");
+        assert_eq!(status_after(Action::Stop), "stopped");
+        assert_eq!(status_after(Action::Pause), "paused");
+    }
 }

@@ -195,28 +195,8 @@ async fn transition(
     paused_for_disk: bool,
 ) -> Result<(), QuotaError> {
     let pct = used as f64 * 100.0 / quota.max(1) as f64;
-    let figures = format!(
-        "{:.2} GiB of {:.2} GiB ({pct:.1}%)",
-        used as f64 / GIB as f64,
-        quota as f64 / GIB as f64
-    );
-    let (level, title, message) = match to {
-        "hard" => (
-            Level::Error,
-            format!("{} ran out of disk and was paused", agent.display_name),
-            format!("{figures}. Give it more room (resize its quota) or ask it to clean up (disk-audit); it resumes once it is below its quota."),
-        ),
-        "warn" => (
-            Level::Warning,
-            format!("{} is running out of disk", agent.display_name),
-            format!("{figures}. Resize its quota or ask it to clean up (disk-audit)."),
-        ),
-        _ => (
-            Level::Info,
-            format!("{}'s disk is fine again", agent.display_name),
-            format!("{figures}."),
-        ),
-    };
+    let figures = figures(used, quota);
+    let (level, title, message) = notice(&agent.display_name, to, &figures);
     tracing::info!(agent = %agent.slug, from, to, %figures, "disk quota state changed");
     if let Err(e) = host
         .hub
@@ -235,12 +215,67 @@ async fn transition(
     {
         tracing::warn!(error = %e, "disk quota notification failed");
     }
-    if to == "hard" && !agent.paused {
-        pause_for_disk(host, agent).await?;
-    } else if from == "hard" && to != "hard" && paused_for_disk {
-        resume_after_disk(host, agent).await?;
+    match action_on(from, to, agent.paused, paused_for_disk) {
+        Some(DiskAction::Pause) => pause_for_disk(host, agent).await?,
+        Some(DiskAction::Resume) => resume_after_disk(host, agent).await?,
+        None => {}
     }
     Ok(())
+}
+
+/// What a state change does to the agent, besides telling the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskAction {
+    Pause,
+    Resume,
+}
+
+/// A full disk pauses the agent (unless the owner already did); leaving `hard` resumes it,
+/// but only if the disk paused it: an agent the owner paused stays paused.
+fn action_on(
+    from: &str,
+    to: &str,
+    agent_paused: bool,
+    paused_for_disk: bool,
+) -> Option<DiskAction> {
+    if to == "hard" && !agent_paused {
+        Some(DiskAction::Pause)
+    } else if from == "hard" && to != "hard" && paused_for_disk {
+        Some(DiskAction::Resume)
+    } else {
+        None
+    }
+}
+
+/// "1.23 GiB of 4.00 GiB (30.8%)".
+fn figures(used: u64, quota: u64) -> String {
+    let pct = used as f64 * 100.0 / quota.max(1) as f64;
+    format!(
+        "{:.2} GiB of {:.2} GiB ({pct:.1}%)",
+        used as f64 / GIB as f64,
+        quota as f64 / GIB as f64
+    )
+}
+
+/// The notification for an agent entering state `to`: level, title, message.
+fn notice(name: &str, to: &str, figures: &str) -> (Level, String, String) {
+    match to {
+        "hard" => (
+            Level::Error,
+            format!("{name} ran out of disk and was paused"),
+            format!("{figures}. Give it more room (resize its quota) or ask it to clean up (disk-audit); it resumes once it is below its quota."),
+        ),
+        "warn" => (
+            Level::Warning,
+            format!("{name} is running out of disk"),
+            format!("{figures}. Resize its quota or ask it to clean up (disk-audit)."),
+        ),
+        _ => (
+            Level::Info,
+            format!("{name}'s disk is fine again"),
+            format!("{figures}."),
+        ),
+    }
 }
 
 async fn pause_for_disk(host: &AgentHost, agent: &AgentRecord) -> Result<(), QuotaError> {
@@ -398,5 +433,48 @@ mod tests {
         assert_eq!(next_state("warn", 799, q), "ok");
         assert_eq!(next_state("hard", 100, q), "ok");
         assert_eq!(next_state("ok", 1, 0), "hard");
+    }
+
+    #[test]
+    fn a_full_disk_pauses_and_only_a_disk_pause_is_undone() {
+        use DiskAction::{Pause, Resume};
+        assert_eq!(action_on("warn", "hard", false, false), Some(Pause));
+        assert_eq!(action_on("ok", "hard", false, false), Some(Pause));
+        // Already paused by the owner: nothing to do, and nothing to undo later.
+        assert_eq!(action_on("warn", "hard", true, false), None);
+        assert_eq!(action_on("hard", "warn", true, true), Some(Resume));
+        assert_eq!(action_on("hard", "ok", true, true), Some(Resume));
+        assert_eq!(action_on("hard", "ok", true, false), None);
+        assert_eq!(action_on("ok", "warn", false, false), None);
+        assert_eq!(action_on("warn", "ok", false, false), None);
+    }
+
+    #[test]
+    fn notices_say_what_happened_at_the_right_level() {
+        let gib = 1024 * 1024 * 1024;
+        let text = figures(gib, 4 * gib);
+        assert_eq!(text, "1.00 GiB of 4.00 GiB (25.0%)");
+        let (level, title, message) = notice("Ada", "hard", &text);
+        assert_eq!(level, Level::Error);
+        assert_eq!(title, "Ada ran out of disk and was paused");
+        assert!(message.starts_with("1.00 GiB of 4.00 GiB (25.0%). Give it more room"));
+        assert_eq!(notice("Ada", "warn", &text).0, Level::Warning);
+        assert_eq!(notice("Ada", "ok", &text).1, "Ada's disk is fine again");
+        assert_eq!(
+            figures(5, 0),
+            format!("0.00 GiB of 0.00 GiB ({:.1}%)", 500.0)
+        );
+    }
+
+    #[test]
+    fn status_rounds_to_a_tenth_of_a_percent() {
+        let status = status_of("ada", 1000, Some(333), "ok", None);
+        assert_eq!(status.percent, Some(33.3));
+        assert_eq!(status.state, "ok");
+        assert_eq!(
+            status_of("ada", 0, Some(1), "hard", None).percent,
+            Some(100.0)
+        );
+        assert_eq!(status_of("ada", 1000, None, "ok", None).percent, None);
     }
 }
