@@ -68,6 +68,15 @@ impl AgentHost {
     }
 }
 
+/// The API view of an agent: its record plus live bridge state and its DM channel.
+pub async fn view(
+    host: &AgentHost,
+    record: &AgentRecord,
+) -> Result<taos_proto::agents::Agent, crate::chat::ChatError> {
+    let dm = host.chat.dm_of(record.id).await?;
+    Ok(record.to_api(host.bridge.is_connected(record.id), dm))
+}
+
 impl Deref for AgentHost {
     type Target = AgentHostInner;
     fn deref(&self) -> &AgentHostInner {

@@ -308,6 +308,73 @@ pub async fn create_with(
     Ok((record, token, llm_key))
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// Another creation kept taking the slug (or the write lock) until the last try.
+    #[error("agent name race; retry")]
+    Race,
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Chat(#[from] crate::chat::ChatError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// How many times `create_with_dm` tries before it gives up with `CreateError::Race`.
+const CREATE_TRIES: u32 = 5;
+
+/// Creates an external agent and its DM channel with `owner_member`, in one transaction.
+/// Returns the record, its agent token and its LLM key. Two creations with the same name race
+/// for the same slug; the loser tries again and gets the next free one.
+pub async fn create_with_dm(
+    db: &Db,
+    new: &NewAgent,
+    owner_member: &str,
+) -> Result<(AgentRecord, String, String), CreateError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match create_with_dm_once(db, new, owner_member).await {
+            Err(CreateError::Race) if attempt < CREATE_TRIES => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Whether a failed statement lost a race with another writer (so trying again can succeed).
+fn lost_a_race(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || db.message().contains("locked")
+                || db.message().contains("busy")
+        }
+        _ => false,
+    }
+}
+
+async fn create_with_dm_once(
+    db: &Db,
+    new: &NewAgent,
+    owner_member: &str,
+) -> Result<(AgentRecord, String, String), CreateError> {
+    let mut tx = db.begin().await?;
+    let (record, token, llm_key) = match create(&mut tx, new).await {
+        Err(AgentError::Db(e)) if lost_a_race(&e) => return Err(CreateError::Race),
+        other => other?,
+    };
+    match crate::chat::create_dm(&mut tx, &record, owner_member).await {
+        Err(crate::chat::ChatError::Db(e)) if lost_a_race(&e) => return Err(CreateError::Race),
+        other => other?,
+    };
+    match tx.commit().await {
+        Err(e) if lost_a_race(&e) => Err(CreateError::Race),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok((record, token, llm_key)),
+    }
+}
+
 pub async fn list(db: &Db) -> Result<Vec<AgentRecord>, AgentError> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM agents WHERE status != 'archived' ORDER BY created_at"

@@ -2,7 +2,6 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use taos_proto::agents::AgentWithToken;
 use taos_proto::error::ErrorBody;
 use utoipa_axum::router::OpenApiRouter;
@@ -44,28 +43,6 @@ impl From<ArchiveError> for ApiError {
     }
 }
 
-/// Archives an agent: stops it, snapshots and renames its container, exports its chat, makes
-/// its channels read-only, revokes its credentials, and frees its name. Restorable.
-#[utoipa::path(delete, path = "/api/agents/{slug}", tag = "agents",
-    params(("slug" = String, Path, description = "Agent slug")),
-    responses((status = 200, description = "Archived", body = ArchivedAgent),
-        (status = 204, description = "Its container was gone and it had no history: removed"),
-        (status = 401, description = "No credentials", body = ErrorBody),
-        (status = 403, description = "Not the owner", body = ErrorBody),
-        (status = 404, description = "No such agent", body = ErrorBody),
-        (status = 409, description = "Still deploying", body = ErrorBody),
-        (status = 500, description = "The snapshot failed; nothing changed", body = ErrorBody)))]
-pub async fn archive_agent(
-    _auth: OwnerLike,
-    State(state): State<AppState>,
-    Path(slug): Path<String>,
-) -> Result<axum::response::Response, ApiError> {
-    Ok(match archive::archive(&state.agents, &slug).await? {
-        archive::Archived::Archived(a) => Json(a).into_response(),
-        archive::Archived::Removed => StatusCode::NO_CONTENT.into_response(),
-    })
-}
-
 /// Archived agents, newest first.
 #[utoipa::path(get, path = "/api/agents/archived", tag = "agents",
     responses((status = 200, description = "Archived agents", body = Vec<ArchivedAgent>),
@@ -94,7 +71,7 @@ async fn restore_archived(
 ) -> Result<Json<AgentWithToken>, ApiError> {
     let restored = archive::restore(&state.agents, &id).await?;
     Ok(Json(AgentWithToken {
-        agent: super::agents::to_api(&state, &restored.agent).await?,
+        agent: crate::agents::view(&state.agents, &restored.agent).await?,
         agent_token: restored.agent_token,
         llm_key: Some(restored.llm_key),
     }))

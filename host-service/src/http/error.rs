@@ -235,3 +235,15 @@ impl From<crate::agents::lifecycle::LifecycleError> for ApiError {
         }
     }
 }
+
+impl From<crate::agents::CreateError> for ApiError {
+    fn from(e: crate::agents::CreateError) -> Self {
+        use crate::agents::CreateError;
+        match e {
+            e @ CreateError::Race => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            CreateError::Agent(e) => e.into(),
+            CreateError::Chat(e) => e.into(),
+            e @ CreateError::Db(_) => ApiError::internal(e),
+        }
+    }
+}

@@ -27,7 +27,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 async fn act(state: AppState, slug: String, action: Action) -> Result<Json<Agent>, ApiError> {
     let record = lifecycle::act(&state.agents, &slug, action).await?;
-    Ok(Json(super::agents::to_api(&state, &record).await?))
+    Ok(Json(crate::agents::view(&state.agents, &record).await?))
 }
 
 /// Starts a container agent.
