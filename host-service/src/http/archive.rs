@@ -10,37 +10,13 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{Json, OwnerLike, Path};
 use super::AppState;
-use crate::agents::archive::{self, ArchiveError, ArchivedAgent};
+use crate::agents::archive::{self, ArchivedAgent};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_archived))
         .routes(routes!(restore_archived))
         .routes(routes!(purge_archived))
-}
-
-impl From<ArchiveError> for ApiError {
-    fn from(e: ArchiveError) -> Self {
-        match e {
-            ArchiveError::NoAgent => ApiError::not_found("no such agent"),
-            ArchiveError::NoArchive => ApiError::not_found("no such archive"),
-            ArchiveError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            e @ ArchiveError::NoRuntime => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
-            }
-            // The runtime's own words, so the owner knows why (e.g. a snapshot that failed).
-            ArchiveError::Runtime(m) => {
-                tracing::error!(error = %m, "runtime operation failed");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runtime_error", m)
-            }
-            ArchiveError::Unsupported(m) => {
-                ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", m)
-            }
-            ArchiveError::Agent(e) => e.into(),
-            ArchiveError::Chat(e) => e.into(),
-            e @ (ArchiveError::Io(_) | ArchiveError::Db(_)) => ApiError::internal(e),
-        }
-    }
 }
 
 /// Archived agents, newest first.

@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{human_member, Auth, Json, OwnerLike, Path};
 use super::AppState;
-use crate::agents::deploy::{self, DeployError};
+use crate::agents::deploy;
 use crate::agents::frameworks::{self, Manifest};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -18,21 +18,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_frameworks))
         .routes(routes!(deploy_agent))
         .routes(routes!(deploy_status))
-}
-
-impl From<DeployError> for ApiError {
-    fn from(e: DeployError) -> Self {
-        match e {
-            DeployError::BadInput(m) => ApiError::bad_request(m),
-            e @ (DeployError::NoRuntime | DeployError::NoIsolation(_)) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
-            }
-            DeployError::NotFound => ApiError::not_found("no deploy for that agent"),
-            DeployError::Agent(e) => e.into(),
-            DeployError::Chat(e) => e.into(),
-            e @ DeployError::Db(_) => ApiError::internal(e),
-        }
-    }
 }
 
 /// Frameworks an agent can be deployed with.

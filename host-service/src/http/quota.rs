@@ -1,7 +1,6 @@
 //! Disk quota: an agent's disk, resizing it, and scanning on demand.
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use taos_proto::error::ErrorBody;
 use utoipa::ToSchema;
@@ -11,27 +10,13 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{Json, OwnerLike, Path};
 use super::AppState;
-use crate::agents::quota::{self, DiskStatus, QuotaError};
+use crate::agents::quota::{self, DiskStatus};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(agent_disk))
         .routes(routes!(resize_quota))
         .routes(routes!(scan))
-}
-
-impl From<QuotaError> for ApiError {
-    fn from(e: QuotaError) -> Self {
-        match e {
-            QuotaError::NoAgent => ApiError::not_found("no such agent"),
-            QuotaError::BadInput(m) => ApiError::bad_request(m),
-            QuotaError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            e @ QuotaError::NoRuntime => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
-            }
-            e @ (QuotaError::Runtime(_) | QuotaError::Db(_)) => ApiError::internal(e),
-        }
-    }
 }
 
 /// An agent's disk: used, quota, percent and state as of the last sample.

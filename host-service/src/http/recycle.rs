@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{Json, OwnerLike, Path};
 use super::AppState;
-use crate::agents::recycle::{self, RecycleError, RecycleList};
+use crate::agents::recycle::{self, RecycleList};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -19,18 +19,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(all_bins))
         .routes(routes!(restore_item))
         .routes(routes!(purge_item))
-}
-
-impl From<RecycleError> for ApiError {
-    fn from(e: RecycleError) -> Self {
-        match e {
-            RecycleError::NoAgent => ApiError::not_found("no such agent"),
-            RecycleError::NoItem => ApiError::not_found("no such item in the recycle bin"),
-            RecycleError::BadInput(m) => ApiError::bad_request(m),
-            RecycleError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            e @ RecycleError::Runtime(_) => ApiError::internal(e),
-        }
-    }
 }
 
 /// What an agent deleted in the last 30 days.
