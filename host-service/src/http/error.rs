@@ -354,3 +354,20 @@ impl From<BudgetError> for ApiError {
         }
     }
 }
+
+impl From<crate::trace::ingest::IngestError> for ApiError {
+    fn from(e: crate::trace::ingest::IngestError) -> Self {
+        use crate::trace::ingest::IngestError;
+        match e {
+            IngestError::BadInput(m) => ApiError::bad_request(m),
+            e @ IngestError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "event_too_large",
+                e.to_string(),
+            ),
+            IngestError::Rate(e) => e.into(),
+            IngestError::Trace(e) => e.into(),
+            IngestError::Agent(e) => e.into(),
+        }
+    }
+}
