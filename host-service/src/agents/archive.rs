@@ -77,14 +77,6 @@ fn archive_root(host: &AgentHost) -> PathBuf {
     host.data_dir.join("archive")
 }
 
-/// The DM channels of an agent.
-async fn dm_channels(db: &Db, agent: Uuid) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM channels WHERE dm_agent_id = ?")
-        .bind(agent.to_string())
-        .fetch_all(db)
-        .await
-}
-
 /// Writes every message of the agent's DM channels to `chat.jsonl` (0600, atomic).
 async fn export_chat(
     host: &AgentHost,
@@ -120,12 +112,7 @@ pub enum Archived {
 
 /// Whether an agent has anything worth keeping: messages in its DM, or a trace folder.
 async fn has_history(host: &AgentHost, agent: &AgentRecord) -> Result<bool, ArchiveError> {
-    let messages: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM messages WHERE channel_id IN (SELECT id FROM channels WHERE dm_agent_id = ?)",
-    )
-    .bind(agent.id.to_string())
-    .fetch_one(&host.db)
-    .await?;
+    let messages = crate::chat::dm_message_count(&host.db, agent.id).await?;
     // Its own start and stop (lifecycle events) are not history; anything else it did is.
     let query = crate::trace::TraceQuery {
         limit: 200,
@@ -267,7 +254,7 @@ async fn archive_steps(
     }
     fault("export").await?;
     fsutil::ensure_private_dir(&plan.dir).map_err(|e| ArchiveError::Io(e.to_string()))?;
-    let channels = dm_channels(&host.db, agent.id).await?;
+    let channels = crate::chat::dm_channels(&host.db, agent.id).await?;
     export_chat(host, &channels, &plan.dir).await?;
     let trace = host.traces.root().join(&agent.slug);
     if trace.exists() {
@@ -280,20 +267,8 @@ async fn archive_steps(
     let container = plan.container.as_ref().map(|_| plan.archived_name.clone());
     let placeholder = placeholder_slug(agent.id);
     let mut tx = host.db.begin().await?;
-    // Read-only from now on.
-    sqlx::query("UPDATE channels SET archived = 1 WHERE dm_agent_id = ?")
-        .bind(agent.id.to_string())
-        .execute(&mut *tx)
-        .await?;
-    // Out of group channels, so a new agent with this slug doesn't inherit them.
-    sqlx::query(
-        "DELETE FROM channel_members WHERE member = ? AND channel_id NOT IN \
-         (SELECT id FROM channels WHERE dm_agent_id = ?)",
-    )
-    .bind(&agent.slug)
-    .bind(agent.id.to_string())
-    .execute(&mut *tx)
-    .await?;
+    // Its DM read-only from now on, and out of group channels.
+    crate::chat::archive_dm(&mut tx, agent.id, &agent.slug).await?;
     sqlx::query(
         "UPDATE agents SET slug = ?, status = 'archived', token_hash = ?, llm_key_hash = NULL, \
          container = ? WHERE id = ?",
@@ -525,19 +500,7 @@ async fn restore_until_commit(
         .execute(&mut *tx)
         .await?;
     // The DM keeps its member list in step with the slug.
-    sqlx::query(
-        "UPDATE channel_members SET member = ? WHERE member = ? AND channel_id IN \
-         (SELECT id FROM channels WHERE dm_agent_id = ?)",
-    )
-    .bind(&plan.slug)
-    .bind(&plan.archived_slug)
-    .bind(agent_id.to_string())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE channels SET archived = 0 WHERE dm_agent_id = ?")
-        .bind(agent_id.to_string())
-        .execute(&mut *tx)
-        .await?;
+    crate::chat::unarchive_dm(&mut tx, agent_id, &plan.archived_slug, &plan.slug).await?;
     sqlx::query("DELETE FROM archives WHERE id = ?")
         .bind(&plan.archive_id)
         .execute(&mut *tx)
@@ -643,29 +606,7 @@ async fn reimport_chat(db: &Db, path: &Path) -> Result<(), ArchiveError> {
         let Ok(m) = serde_json::from_str::<Message>(line) else {
             continue;
         };
-        sqlx::query(
-            "INSERT OR IGNORE INTO messages (id, channel_id, seq, created_seq, author_id, author_type, \
-             content, content_type, thread_id, state, client_id, metadata, created_at, edited_at, deleted_at) \
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM channels WHERE id = ?)",
-        )
-        .bind(&m.id)
-        .bind(&m.channel_id)
-        .bind(m.seq)
-        .bind(m.seq)
-        .bind(&m.author_id)
-        .bind(serde_json::to_value(m.author_type).ok().and_then(|v| v.as_str().map(String::from)))
-        .bind(&m.content)
-        .bind(&m.content_type)
-        .bind(&m.thread_id)
-        .bind(serde_json::to_value(m.state).ok().and_then(|v| v.as_str().map(String::from)))
-        .bind(&m.client_id)
-        .bind(m.metadata.to_string())
-        .bind(m.created_at.timestamp_millis())
-        .bind(m.edited_at.map(|t| t.timestamp_millis()))
-        .bind(m.deleted_at.map(|t| t.timestamp_millis()))
-        .bind(&m.channel_id)
-        .execute(db)
-        .await?;
+        crate::chat::import_message(db, &m).await?;
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ use taos_proto::agents::{
 use uuid::Uuid;
 
 use crate::agents::frameworks::{self, Manifest};
+use crate::agents::quota;
 use crate::agents::AgentHost;
 use crate::agents::{self, container_name, AgentRecord, NewKind};
 use crate::db::{from_ms, now_ms, Db};
@@ -225,11 +226,7 @@ pub async fn start(
     .execute(&mut *tx)
     .await?;
     let quota_bytes = req.disk_quota_gib.unwrap_or(DEFAULT_DISK_QUOTA_GIB) * 1024 * 1024 * 1024;
-    sqlx::query("INSERT INTO agent_disk (agent_id, quota_bytes) VALUES (?, ?)")
-        .bind(agent.id.to_string())
-        .bind(i64::try_from(quota_bytes).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
+    quota::add_agent(&mut tx, agent.id, quota_bytes).await?;
     tx.commit().await?;
     tracing::info!(agent = %agent.slug, deploy = %id, framework = %manifest.id, "deploy started");
     let background = host.clone();

@@ -66,7 +66,21 @@ pub fn next_state(current: &str, used: u64, quota: u64) -> &'static str {
     }
 }
 
-/// Records an agent's quota (at deploy and on resize).
+/// Starts watching a new container agent's disk, in the transaction that creates it.
+pub async fn add_agent(
+    tx: &mut sqlx::SqliteConnection,
+    agent: Uuid,
+    quota_bytes: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO agent_disk (agent_id, quota_bytes) VALUES (?, ?)")
+        .bind(agent.to_string())
+        .bind(i64::try_from(quota_bytes).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Records an agent's quota (on resize).
 pub async fn set_quota_bytes(
     db: &crate::db::Db,
     agent: Uuid,
