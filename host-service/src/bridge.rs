@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sqlx::Row;
 use taos_proto::agents::AgentKind;
 use taos_proto::bridge::{ContextMessage, Reply, ReplyAccepted, ReplyKind, UserMessageDelivery};
-use taos_proto::chat::{AuthorType, Message, MessageState};
+use taos_proto::chat::{AuthorType, Message, MessageState, NewMessage};
 use taos_proto::trace::{TraceEvent, TraceKind};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
@@ -268,6 +268,35 @@ impl Bridge {
                 tracing::error!(agent = %slug, error = %e, "trace write failed");
             }
         });
+    }
+
+    /// Stores a person's message and routes it (the HTTP route and the chat WebSocket share
+    /// this). Returns the message and whether it is new (false: a re-send of its `client_id`).
+    pub async fn post_as_user(
+        &self,
+        chat: &Chat,
+        author: &str,
+        body: &NewMessage,
+    ) -> Result<(Message, bool), BridgeError> {
+        // Store and route under the channel's route lock, so agents get messages in chat order.
+        let route_lock = self.route_lock(&body.channel_id);
+        let _routing = route_lock.lock().await;
+        let (message, created) = chat
+            .post(Post {
+                channel_id: &body.channel_id,
+                author_id: author,
+                author_type: AuthorType::User,
+                content: &body.content,
+                client_id: body.client_id.as_deref(),
+                thread_id: body.thread_id.as_deref(),
+                state: MessageState::Complete,
+                metadata: serde_json::json!({}),
+            })
+            .await?;
+        // Also on a re-send: if routing failed the first time, the retry finishes it.
+        // Deliveries are idempotent per agent, so nobody gets the message twice.
+        self.route(chat, &message, 0).await?;
+        Ok((message, created))
     }
 
     /// Sends a message on to the agents that should get it. Deliveries are stored before this

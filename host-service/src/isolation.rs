@@ -18,8 +18,8 @@ use taos_proto::agents::AgentNetwork;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::agents::AgentHost;
 use crate::config::RuntimeConfig;
-use crate::http::AppState;
 use crate::runtime::firewall::{self, AgentBridge};
 use crate::runtime::incus::AgentSubnets;
 use crate::runtime::netpolicy::HostFacts;
@@ -76,24 +76,27 @@ pub async fn prepare(
 
 /// incus: makes (or brings up to date) the agents' bridges, ACLs and profile in the background
 /// ([`reconcile`] waits for it). A failure is reported in `/api/health` and refuses
-/// deploys and restores, which wait for this.
-pub fn spawn_prepare(state: AppState, ready: watch::Sender<Readiness>) {
-    if !matches!(state.runtime, Some(ContainerRuntime::Incus(_))) {
+/// deploys and restores, which wait for this. `on_failure` gets the reason (the server puts it
+/// in `/api/health`; this module doesn't know about HTTP).
+pub fn spawn_prepare(
+    host: AgentHost,
+    ready: watch::Sender<Readiness>,
+    on_failure: impl FnOnce(&str) + Send + 'static,
+) {
+    if !matches!(host.runtime, Some(ContainerRuntime::Incus(_))) {
         return;
     }
     tokio::spawn(async move {
-        let Some(runtime) = state.runtime.as_ref() else {
+        let Some(runtime) = host.runtime.as_ref() else {
             return;
         };
-        match prepare_now(runtime, &state.config.runtime, state.agent_addr.port()).await {
+        match prepare_now(runtime, &host.runtime_config, host.agent_addr.port()).await {
             Ok(_) => {
                 let _ = ready.send(Readiness::Ready);
             }
             Err(why) => {
                 tracing::error!(error = %why, "agents can't be isolated; deploys are refused");
-                if let Ok(mut health) = state.health.write() {
-                    health.insert("runtime".into(), format!("error: {why}"));
-                }
+                on_failure(&why);
                 let _ = ready.send(Readiness::Failed(why));
             }
         }
@@ -101,8 +104,8 @@ pub fn spawn_prepare(state: AppState, ready: watch::Sender<Readiness>) {
 }
 
 /// Waits until agents can be isolated: Ok, or why they can't (deploys and restores refuse).
-pub async fn ready(state: &AppState) -> Result<(), String> {
-    let mut rx = state.isolation.clone();
+pub async fn ready(host: &AgentHost) -> Result<(), String> {
+    let mut rx = host.isolation.clone();
     let waited =
         tokio::time::timeout(READY_TIMEOUT, rx.wait_for(|r| *r != Readiness::Preparing)).await;
     match waited {
@@ -167,21 +170,21 @@ async fn prepare_now(
 }
 
 /// At shutdown: Docker agents can no longer reach this host's (closed) listener port.
-pub async fn release(state: &AppState) {
-    if !state.agent_bridges.is_empty() {
-        firewall::close_listener(&state.agent_bridges, state.agent_addr.port()).await;
+pub async fn release(host: &AgentHost) {
+    if !host.agent_bridges.is_empty() {
+        firewall::close_listener(&host.agent_bridges, host.agent_addr.port()).await;
     }
 }
 
 /// Every minute: if the machine's addresses changed (DHCP, a new interface), the ACLs or
 /// firewall rules are made again from the new ones, so a new host address is never reachable.
-pub fn spawn_refresher(state: AppState) {
-    if state.runtime.is_none() {
+pub fn spawn_refresher(host: AgentHost) {
+    if host.runtime.is_none() {
         return;
     }
     tokio::spawn(async move {
         let mut last = HostFacts::gather();
-        let mut shutdown = state.shutdown.clone();
+        let mut shutdown = host.shutdown.clone();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(REFRESH_EVERY) => {}
@@ -191,12 +194,12 @@ pub fn spawn_refresher(state: AppState) {
             if facts == last {
                 continue;
             }
-            let result = match state.runtime.as_ref() {
+            let result = match host.runtime.as_ref() {
                 Some(ContainerRuntime::Incus(incus)) => incus
-                    .update_agent_acls(&subnets(&state.config.runtime), &facts)
+                    .update_agent_acls(&subnets(&host.runtime_config), &facts)
                     .await
                     .map_err(|e| e.to_string()),
-                Some(ContainerRuntime::Docker(_)) => firewall::apply(&state.agent_bridges, &facts)
+                Some(ContainerRuntime::Docker(_)) => firewall::apply(&host.agent_bridges, &facts)
                     .await
                     .map_err(|e| e.to_string()),
                 None => Ok(()),
@@ -214,14 +217,14 @@ pub fn spawn_refresher(state: AppState) {
 
 /// At start: every container agent gets the profile and network of its choice (agents made
 /// before, or changed by hand, are brought back in line).
-pub async fn reconcile(state: &AppState) {
-    let Some(rt) = state.runtime.as_ref() else {
+pub async fn reconcile(host: &AgentHost) {
+    let Some(rt) = host.runtime.as_ref() else {
         return;
     };
-    if ready(state).await.is_err() {
+    if ready(host).await.is_err() {
         return;
     }
-    let Ok(list) = crate::agents::list(&state.db).await else {
+    let Ok(list) = crate::agents::list(&host.db).await else {
         return;
     };
     for agent in list {

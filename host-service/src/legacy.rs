@@ -13,19 +13,19 @@
 //!   anyway, so the folder gives an agent no room it doesn't already have.
 //! - Without a runtime nothing is removed: incus may only be down for now.
 
-use crate::http::AppState;
+use crate::agents::AgentHost;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::trace::legacy::LEGACY_DIR;
 
 /// The name deploys before this version gave the trace mount.
 pub const TRACE_DEVICE: &str = "trace";
 
-pub async fn retire_trace_mounts(state: &AppState) {
-    let legacy = state.data_dir.join(LEGACY_DIR);
+pub async fn retire_trace_mounts(host: &AgentHost) {
+    let legacy = host.data_dir.join(LEGACY_DIR);
     if std::fs::symlink_metadata(&legacy).is_err() {
         return;
     }
-    let Some(rt) = state.runtime.as_ref() else {
+    let Some(rt) = host.runtime.as_ref() else {
         tracing::warn!(
             "the old trace folders stay until a container runtime answers (the host no longer \
              reads them)"
@@ -42,7 +42,7 @@ pub async fn retire_trace_mounts(state: &AppState) {
     }
     let containers: Vec<String> =
         match sqlx::query_scalar("SELECT container FROM agents WHERE container IS NOT NULL")
-            .fetch_all(&state.db)
+            .fetch_all(&host.db)
             .await
         {
             Ok(containers) => containers,

@@ -4,19 +4,18 @@
 //! knows axum, and its handlers stay thin.
 
 pub mod agents;
-pub mod archive;
 pub mod auth;
 pub mod bridge;
 pub mod chat;
 pub mod config;
 pub mod db;
-pub mod deploy;
 pub mod failure;
 pub mod faults;
-pub mod frameworks;
 pub mod fsutil;
 pub mod http;
 pub mod isolation;
+#[cfg(test)]
+mod layout;
 pub mod legacy;
 pub mod llm;
 pub mod metrics;
@@ -24,9 +23,7 @@ pub mod notify;
 pub mod peer;
 pub mod prompts;
 pub mod qr;
-pub mod quota;
 pub mod ratelimit;
-pub mod recycle;
 pub mod runtime;
 pub mod secrets;
 pub mod server;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::agents::{AgentHost, AgentHostInner};
 use crate::auth::ratelimit::LoginLimiter;
 use crate::auth::{local_token, setup_code, users};
 use crate::config::Config;
@@ -266,16 +267,32 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     };
     let hub = Arc::new(EventHub::new(db.clone()));
     let (bridge, presence) = crate::bridge::Bridge::new(db.clone(), traces.clone());
+    let bridge = Arc::new(bridge);
     tokio::spawn(crate::bridge::publish_presence(presence, hub.clone()));
-    let state = AppState::new(AppInner {
+    let chat = Arc::new(crate::chat::Chat::new(db.clone()));
+    let llm = Arc::new(llm);
+    let live = crate::auth::live::Live::new();
+    let agents = AgentHost::new(AgentHostInner {
+        db: db.clone(),
+        data_dir: data_dir.clone(),
         runtime: detected.runtime,
+        runtime_config: config.runtime.clone(),
+        chat: chat.clone(),
+        bridge: bridge.clone(),
+        traces: traces.clone(),
+        hub: hub.clone(),
+        llm: llm.clone(),
+        live: live.clone(),
         agent_addr,
         agent_gateways,
         agent_bridges: prepared.bridges,
         isolation: isolation_rx,
+        shutdown: shutdown_rx.clone(),
+    });
+    let state = AppState::new(AppInner {
         hub,
         llm,
-        chat: crate::chat::Chat::new(db.clone()),
+        chat,
         bridge,
         traces,
         trace_limiter: crate::ratelimit::RateLimiter::new(
@@ -292,8 +309,9 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         host_name: host_name(&config),
         pairing_addresses: pairing_addresses(public_addr),
         login_limiter: LoginLimiter::default(),
-        live: crate::auth::live::Live::new(),
+        live,
         metrics: Metrics::default(),
+        agents: agents.clone(),
         health: RwLock::new(BTreeMap::from([
             ("database".to_string(), "ok".to_string()),
             ("tls".to_string(), tls_status.to_string()),
@@ -313,22 +331,29 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         state.shutdown.clone(),
     );
     spawn_trace_sealer(state.clone());
-    crate::isolation::spawn_prepare(state.clone(), isolation_tx);
-    crate::isolation::spawn_refresher(state.clone());
+    {
+        let state = state.clone();
+        crate::isolation::spawn_prepare(agents.clone(), isolation_tx, move |why| {
+            if let Ok(mut health) = state.health.write() {
+                health.insert("runtime".into(), format!("error: {why}"));
+            }
+        });
+    }
+    crate::isolation::spawn_refresher(agents.clone());
     spawn_quota_notices(state.clone(), quota_notices_rx);
     supervisor.spawn(state.shutdown.clone());
-    crate::quota::spawn_monitor(
-        state.clone(),
+    crate::agents::quota::spawn_monitor(
+        agents.clone(),
         Duration::from_secs(state.config.quota.interval_secs.max(5)),
     );
     {
-        let state = state.clone();
+        let agents = agents.clone();
         tokio::spawn(async move {
-            crate::archive::recover(&state).await;
-            crate::deploy::recover(&state).await;
-            crate::deploy::reconcile_proxies(&state).await;
-            crate::isolation::reconcile(&state).await;
-            crate::legacy::retire_trace_mounts(&state).await;
+            crate::agents::archive::recover(&agents).await;
+            crate::agents::deploy::recover(&agents).await;
+            crate::agents::deploy::reconcile_proxies(&agents).await;
+            crate::isolation::reconcile(&agents).await;
+            crate::legacy::retire_trace_mounts(&agents).await;
         });
     }
     // Reservations of LLM calls that were in flight when the last host died; before the
@@ -422,7 +447,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
-    crate::isolation::release(&state).await;
+    crate::isolation::release(&agents).await;
     state.traces.shutdown().await;
     state.db.close().await;
     tracing::info!("stopped");

@@ -837,3 +837,99 @@ pub async fn create_dm(
     .await?;
     Ok(id)
 }
+
+// An agent's DM across archive and restore. The archive decides when; these keep the chat's
+// tables (`channels`, `channel_members`, `messages`) the chat module's own.
+
+/// The DM channels of an agent.
+pub async fn dm_channels(db: &Db, agent: Uuid) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM channels WHERE dm_agent_id = ?")
+        .bind(agent.to_string())
+        .fetch_all(db)
+        .await
+}
+
+/// How many messages an agent's DM channels hold.
+pub async fn dm_message_count(db: &Db, agent: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM messages WHERE channel_id IN (SELECT id FROM channels WHERE dm_agent_id = ?)",
+    )
+    .bind(agent.to_string())
+    .fetch_one(db)
+    .await
+}
+
+/// Archiving: the agent's DM becomes read-only, and `slug` leaves every group channel, so a
+/// new agent with this slug doesn't inherit them.
+pub async fn archive_dm(
+    tx: &mut sqlx::SqliteConnection,
+    agent: Uuid,
+    slug: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE channels SET archived = 1 WHERE dm_agent_id = ?")
+        .bind(agent.to_string())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "DELETE FROM channel_members WHERE member = ? AND channel_id NOT IN \
+         (SELECT id FROM channels WHERE dm_agent_id = ?)",
+    )
+    .bind(slug)
+    .bind(agent.to_string())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Restoring: the DM is writable again, and its member list follows the agent from
+/// `archived_slug` to `slug` (they differ when the old one was taken meanwhile).
+pub async fn unarchive_dm(
+    tx: &mut sqlx::SqliteConnection,
+    agent: Uuid,
+    archived_slug: &str,
+    slug: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE channel_members SET member = ? WHERE member = ? AND channel_id IN \
+         (SELECT id FROM channels WHERE dm_agent_id = ?)",
+    )
+    .bind(slug)
+    .bind(archived_slug)
+    .bind(agent.to_string())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE channels SET archived = 0 WHERE dm_agent_id = ?")
+        .bind(agent.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Puts back an exported message if it is missing (idempotent: an existing id is kept) and
+/// its channel still exists.
+pub async fn import_message(db: &Db, m: &Message) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT OR IGNORE INTO messages (id, channel_id, seq, created_seq, author_id, author_type, \
+         content, content_type, thread_id, state, client_id, metadata, created_at, edited_at, deleted_at) \
+         SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM channels WHERE id = ?)",
+    )
+    .bind(&m.id)
+    .bind(&m.channel_id)
+    .bind(m.seq)
+    .bind(m.seq)
+    .bind(&m.author_id)
+    .bind(serde_json::to_value(m.author_type).ok().and_then(|v| v.as_str().map(String::from)))
+    .bind(&m.content)
+    .bind(&m.content_type)
+    .bind(&m.thread_id)
+    .bind(serde_json::to_value(m.state).ok().and_then(|v| v.as_str().map(String::from)))
+    .bind(&m.client_id)
+    .bind(m.metadata.to_string())
+    .bind(m.created_at.timestamp_millis())
+    .bind(m.edited_at.map(|t| t.timestamp_millis()))
+    .bind(m.deleted_at.map(|t| t.timestamp_millis()))
+    .bind(&m.channel_id)
+    .execute(db)
+    .await?;
+    Ok(())
+}

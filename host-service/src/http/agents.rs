@@ -2,6 +2,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use serde::Deserialize;
 use taos_proto::agents::{Agent, AgentPatch, AgentWithToken, NewAgent};
 use taos_proto::error::ErrorBody;
@@ -13,27 +14,18 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{human_member, Auth, Json, OwnerLike, Path, Query};
 use super::AppState;
-use crate::agents::{self, AgentRecord};
+use crate::agents;
+use crate::agents::archive::{self, ArchivedAgent};
 use crate::trace::pages::{self, Cursor};
 use crate::trace::{self, TraceQuery};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_agents, create_agent))
-        .routes(routes!(
-            get_agent,
-            patch_agent,
-            super::archive::archive_agent
-        ))
+        .routes(routes!(get_agent, patch_agent, archive_agent))
         .routes(routes!(rotate_token))
         .routes(routes!(agent_trace))
         .routes(routes!(agent_trace_totals))
-}
-
-/// The API view of an agent: its record plus live bridge state and its DM channel.
-pub(super) async fn to_api(state: &AppState, record: &AgentRecord) -> Result<Agent, ApiError> {
-    let dm = state.chat.dm_of(record.id).await?;
-    Ok(record.to_api(state.bridge.is_connected(record.id), dm))
 }
 
 /// Agents, oldest first. Never includes a secret.
@@ -46,7 +38,7 @@ async fn list_agents(
 ) -> Result<Json<Vec<Agent>>, ApiError> {
     let mut out = Vec::new();
     for record in agents::list(&state.db).await? {
-        out.push(to_api(&state, &record).await?);
+        out.push(agents::view(&state.agents, &record).await?);
     }
     Ok(Json(out))
 }
@@ -64,20 +56,9 @@ async fn create_agent(
     Json(body): Json<NewAgent>,
 ) -> Result<(StatusCode, Json<AgentWithToken>), ApiError> {
     let owner = human_member(&state, &principal).await?;
-    // Two creations with the same name race for the same slug; the loser retries with the
-    // next free one.
-    let mut attempt = 0;
-    let (record, token, llm_key) = loop {
-        attempt += 1;
-        match create_with_dm(&state, &body, &owner).await {
-            Err(ApiError { status, .. }) if status == StatusCode::CONFLICT && attempt < 5 => {
-                continue
-            }
-            other => break other?,
-        }
-    };
+    let (record, token, llm_key) = agents::create_with_dm(&state.db, &body, &owner).await?;
     tracing::info!(agent = %record.slug, "agent created");
-    let agent = to_api(&state, &record).await?;
+    let agent = agents::view(&state.agents, &record).await?;
     Ok((
         StatusCode::CREATED,
         Json(AgentWithToken {
@@ -88,34 +69,26 @@ async fn create_agent(
     ))
 }
 
-async fn create_with_dm(
-    state: &AppState,
-    body: &NewAgent,
-    owner: &str,
-) -> Result<(AgentRecord, String, String), ApiError> {
-    let retryable = |e: &sqlx::Error| match e {
-        sqlx::Error::Database(db) => {
-            db.is_unique_violation()
-                || db.message().contains("locked")
-                || db.message().contains("busy")
-        }
-        _ => false,
-    };
-    let conflict = || ApiError::new(StatusCode::CONFLICT, "conflict", "agent name race; retry");
-    let mut tx = state.db.begin().await.map_err(ApiError::internal)?;
-    let (record, token, llm_key) = match agents::create(&mut tx, body).await {
-        Err(agents::AgentError::Db(e)) if retryable(&e) => return Err(conflict()),
-        other => other?,
-    };
-    match crate::chat::create_dm(&mut tx, &record, owner).await {
-        Err(crate::chat::ChatError::Db(e)) if retryable(&e) => return Err(conflict()),
-        other => other?,
-    };
-    match tx.commit().await {
-        Err(e) if retryable(&e) => Err(conflict()),
-        Err(e) => Err(ApiError::internal(e)),
-        Ok(()) => Ok((record, token, llm_key)),
-    }
+/// Archives an agent: stops it, snapshots and renames its container, exports its chat, makes
+/// its channels read-only, revokes its credentials, and frees its name. Restorable.
+#[utoipa::path(delete, path = "/api/agents/{slug}", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug")),
+    responses((status = 200, description = "Archived", body = ArchivedAgent),
+        (status = 204, description = "Its container was gone and it had no history: removed"),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "Still deploying", body = ErrorBody),
+        (status = 500, description = "The snapshot failed; nothing changed", body = ErrorBody)))]
+pub async fn archive_agent(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    Ok(match archive::archive(&state.agents, &slug).await? {
+        archive::Archived::Archived(a) => Json(a).into_response(),
+        archive::Archived::Removed => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 /// One agent.
@@ -130,7 +103,7 @@ async fn get_agent(
     Path(slug): Path<String>,
 ) -> Result<Json<Agent>, ApiError> {
     let record = agents::get_by_slug(&state.db, &slug).await?;
-    Ok(Json(to_api(&state, &record).await?))
+    Ok(Json(agents::view(&state.agents, &record).await?))
 }
 
 /// Changes display name, emoji, color, or pauses/resumes the agent.
@@ -192,7 +165,7 @@ async fn patch_agent(
             )
             .await;
     }
-    Ok(Json(to_api(&state, &record).await?))
+    Ok(Json(agents::view(&state.agents, &record).await?))
 }
 
 /// Issues a new agent token; the old one stops working at once.
@@ -210,7 +183,7 @@ async fn rotate_token(
     // Whoever holds the old token loses the stream they already have open, too.
     state.bridge.kick(record.id);
     tracing::info!(agent = %record.slug, "agent token rotated");
-    let agent = to_api(&state, &record).await?;
+    let agent = agents::view(&state.agents, &record).await?;
     Ok(Json(AgentWithToken {
         agent,
         agent_token: token,

@@ -1,77 +1,22 @@
-//! Archive, restore, purge, and lifecycle actions on agents.
+//! Archive, restore and purge agents.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use serde::Deserialize;
-use taos_proto::agents::{Agent, AgentWithToken};
+use axum::http::StatusCode;
+use taos_proto::agents::AgentWithToken;
 use taos_proto::error::ErrorBody;
-use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{Json, OwnerLike, Path, Query};
+use super::extract::{Json, OwnerLike, Path};
 use super::AppState;
-use crate::archive::{self, Action, ArchiveError, ArchivedAgent};
+use crate::agents::archive::{self, ArchivedAgent};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_archived))
         .routes(routes!(restore_archived))
         .routes(routes!(purge_archived))
-        .routes(routes!(start_agent))
-        .routes(routes!(stop_agent))
-        .routes(routes!(restart_agent))
-        .routes(routes!(pause_agent))
-        .routes(routes!(resume_agent))
-        .routes(routes!(agent_logs))
-}
-
-impl From<ArchiveError> for ApiError {
-    fn from(e: ArchiveError) -> Self {
-        match e {
-            ArchiveError::NoAgent => ApiError::not_found("no such agent"),
-            ArchiveError::NoArchive => ApiError::not_found("no such archive"),
-            ArchiveError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            e @ ArchiveError::NoRuntime => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
-            }
-            // The runtime's own words, so the owner knows why (e.g. a snapshot that failed).
-            ArchiveError::Runtime(m) => {
-                tracing::error!(error = %m, "runtime operation failed");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runtime_error", m)
-            }
-            ArchiveError::Unsupported(m) => {
-                ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", m)
-            }
-            ArchiveError::Agent(e) => e.into(),
-            ArchiveError::Chat(e) => e.into(),
-            e @ (ArchiveError::Io(_) | ArchiveError::Db(_)) => ApiError::internal(e),
-        }
-    }
-}
-
-/// Archives an agent: stops it, snapshots and renames its container, exports its chat, makes
-/// its channels read-only, revokes its credentials, and frees its name. Restorable.
-#[utoipa::path(delete, path = "/api/agents/{slug}", tag = "agents",
-    params(("slug" = String, Path, description = "Agent slug")),
-    responses((status = 200, description = "Archived", body = ArchivedAgent),
-        (status = 204, description = "Its container was gone and it had no history: removed"),
-        (status = 401, description = "No credentials", body = ErrorBody),
-        (status = 403, description = "Not the owner", body = ErrorBody),
-        (status = 404, description = "No such agent", body = ErrorBody),
-        (status = 409, description = "Still deploying", body = ErrorBody),
-        (status = 500, description = "The snapshot failed; nothing changed", body = ErrorBody)))]
-pub async fn archive_agent(
-    _auth: OwnerLike,
-    State(state): State<AppState>,
-    Path(slug): Path<String>,
-) -> Result<axum::response::Response, ApiError> {
-    Ok(match archive::archive(&state, &slug).await? {
-        archive::Archived::Archived(a) => Json(a).into_response(),
-        archive::Archived::Removed => StatusCode::NO_CONTENT.into_response(),
-    })
 }
 
 /// Archived agents, newest first.
@@ -100,9 +45,9 @@ async fn restore_archived(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<AgentWithToken>, ApiError> {
-    let restored = archive::restore(&state, &id).await?;
+    let restored = archive::restore(&state.agents, &id).await?;
     Ok(Json(AgentWithToken {
-        agent: super::agents::to_api(&state, &restored.agent).await?,
+        agent: crate::agents::view(&state.agents, &restored.agent).await?,
         agent_token: restored.agent_token,
         llm_key: Some(restored.llm_key),
     }))
@@ -120,103 +65,6 @@ async fn purge_archived(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    archive::purge(&state, &id).await?;
+    archive::purge(&state.agents, &id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn act(state: AppState, slug: String, action: Action) -> Result<Json<Agent>, ApiError> {
-    let record = archive::act(&state, &slug, action).await?;
-    Ok(Json(super::agents::to_api(&state, &record).await?))
-}
-
-/// Starts a container agent.
-#[utoipa::path(post, path = "/api/agents/{slug}/start", tag = "agents",
-    params(("slug" = String, Path, description = "Agent slug")),
-    responses((status = 200, description = "The agent", body = Agent), (status = 401, description = "No credentials", body = ErrorBody),
-        (status = 404, description = "No such agent", body = ErrorBody), (status = 409, description = "Not a container agent", body = ErrorBody)))]
-async fn start_agent(
-    _auth: OwnerLike,
-    State(state): State<AppState>,
-    Path(slug): Path<String>,
-) -> Result<Json<Agent>, ApiError> {
-    act(state, slug, Action::Start).await
-}
-
-/// Stops a container agent (gracefully, forced if that fails).
-#[utoipa::path(post, path = "/api/agents/{slug}/stop", tag = "agents",
-    params(("slug" = String, Path, description = "Agent slug")),
-    responses((status = 200, description = "The agent", body = Agent), (status = 401, description = "No credentials", body = ErrorBody),
-        (status = 404, description = "No such agent", body = ErrorBody), (status = 409, description = "Not a container agent", body = ErrorBody)))]
-async fn stop_agent(
-    _auth: OwnerLike,
-    State(state): State<AppState>,
-    Path(slug): Path<String>,
-) -> Result<Json<Agent>, ApiError> {
-    act(state, slug, Action::Stop).await
-}
-
-/// Restarts a container agent.
-#[utoipa::path(post, path = "/api/agents/{slug}/restart", tag = "agents",
-    params(("slug" = String, Path, description = "Agent slug")),
-    responses((status = 200, description = "The agent", body = Agent), (status = 401, description = "No credentials", body = ErrorBody),
-        (status = 404, description = "No such agent", body = ErrorBody), (status = 409, description = "Not a container agent", body = ErrorBody)))]
-async fn restart_agent(
-    _auth: OwnerLike,
-    State(state): State<AppState>,
-    Path(slug): Path<String>,
-) -> Result<Json<Agent>, ApiError> {
-    act(state, slug, Action::Restart).await
-}
-
-/// Pauses an agent: messages for it wait in its outbox, and its container stops.
-#[utoipa::path(post, path = "/api/agents/{slug}/pause", tag = "agents",
-    params(("slug" = String, Path, description = "Agent slug")),
-    responses((status = 200, description = "The agent", body = Agent), (status = 401, description = "No credentials", body = ErrorBody),
-        (status = 404, description = "No such agent", body = ErrorBody)))]
-async fn pause_agent(
-    _auth: OwnerLike,
-    State(state): State<AppState>,
-    Path(slug): Path<String>,
-) -> Result<Json<Agent>, ApiError> {
-    act(state, slug, Action::Pause).await
-}
-
-/// Resumes a paused agent; waiting messages are delivered.
-#[utoipa::path(post, path = "/api/agents/{slug}/resume", tag = "agents",
-    params(("slug" = String, Path, description = "Agent slug")),
-    responses((status = 200, description = "The agent", body = Agent), (status = 401, description = "No credentials", body = ErrorBody),
-        (status = 404, description = "No such agent", body = ErrorBody)))]
-async fn resume_agent(
-    _auth: OwnerLike,
-    State(state): State<AppState>,
-    Path(slug): Path<String>,
-) -> Result<Json<Agent>, ApiError> {
-    act(state, slug, Action::Resume).await
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct LogParams {
-    /// 1-1000, default 100.
-    lines: Option<u32>,
-}
-
-/// The agent service's recent log lines (plain text).
-#[utoipa::path(get, path = "/api/agents/{slug}/logs", tag = "agents",
-    params(("slug" = String, Path, description = "Agent slug"), LogParams),
-    responses((status = 200, description = "Log lines", content_type = "text/plain", body = String),
-        (status = 400, description = "Bad lines", body = ErrorBody), (status = 401, description = "No credentials", body = ErrorBody),
-        (status = 404, description = "No such agent", body = ErrorBody), (status = 409, description = "Not a container agent", body = ErrorBody)))]
-async fn agent_logs(
-    _auth: OwnerLike,
-    State(state): State<AppState>,
-    Path(slug): Path<String>,
-    Query(p): Query<LogParams>,
-) -> Result<impl IntoResponse, ApiError> {
-    let lines = p.lines.unwrap_or(100);
-    if !(1..=1000).contains(&lines) {
-        return Err(ApiError::bad_request("lines must be between 1 and 1000"));
-    }
-    let text = archive::logs(&state, &slug, lines).await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
 }

@@ -4,8 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use taos_proto::chat::{
-    AuthorType, Channel, ChannelPatch, MemberAction, MemberChange, Message, MessageEdit,
-    MessageState, NewChannel, NewMessage,
+    Channel, ChannelPatch, MemberAction, MemberChange, Message, MessageEdit, NewChannel, NewMessage,
 };
 use taos_proto::error::ErrorBody;
 use utoipa::IntoParams;
@@ -16,7 +15,6 @@ use super::error::ApiError;
 use super::extract::{human_member, Auth, Json, Path, Query};
 use super::AppState;
 use crate::auth::Principal;
-use crate::chat::Post;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -231,41 +229,16 @@ async fn post_message(
     Json(body): Json<NewMessage>,
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
     let author = human_member(&state, &principal).await?;
-    let (message, created) = post_as_user(&state, &author, &body).await?;
+    let (message, created) = state
+        .bridge
+        .post_as_user(&state.chat, &author, &body)
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     Ok((status, Json(message)))
-}
-
-/// Stores a user's message and routes it (shared by HTTP and the WebSocket).
-pub(super) async fn post_as_user(
-    state: &AppState,
-    author: &str,
-    body: &NewMessage,
-) -> Result<(Message, bool), ApiError> {
-    // Store and route under the channel's route lock, so agents get messages in chat order.
-    let route_lock = state.bridge.route_lock(&body.channel_id);
-    let _routing = route_lock.lock().await;
-    let (message, created) = state
-        .chat
-        .post(Post {
-            channel_id: &body.channel_id,
-            author_id: author,
-            author_type: AuthorType::User,
-            content: &body.content,
-            client_id: body.client_id.as_deref(),
-            thread_id: body.thread_id.as_deref(),
-            state: MessageState::Complete,
-            metadata: serde_json::json!({}),
-        })
-        .await?;
-    // Also on a re-send: if routing failed the first time, the retry finishes it. Deliveries
-    // are idempotent per agent, so nobody gets the message twice.
-    state.bridge.route(&state.chat, &message, 0).await?;
-    Ok((message, created))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -10,29 +10,14 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{human_member, Auth, Json, OwnerLike, Path};
 use super::AppState;
-use crate::deploy::{self, DeployError};
-use crate::frameworks::{self, Manifest};
+use crate::agents::deploy;
+use crate::agents::frameworks::{self, Manifest};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_frameworks))
         .routes(routes!(deploy_agent))
         .routes(routes!(deploy_status))
-}
-
-impl From<DeployError> for ApiError {
-    fn from(e: DeployError) -> Self {
-        match e {
-            DeployError::BadInput(m) => ApiError::bad_request(m),
-            e @ (DeployError::NoRuntime | DeployError::NoIsolation(_)) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
-            }
-            DeployError::NotFound => ApiError::not_found("no deploy for that agent"),
-            DeployError::Agent(e) => e.into(),
-            DeployError::Chat(e) => e.into(),
-            e @ DeployError::Db(_) => ApiError::internal(e),
-        }
-    }
 }
 
 /// Frameworks an agent can be deployed with.
@@ -57,7 +42,7 @@ async fn deploy_agent(
     Json(body): Json<DeployRequest>,
 ) -> Result<(StatusCode, Json<DeployAccepted>), ApiError> {
     let owner = human_member(&state, &principal).await?;
-    let (record, deploy_id) = deploy::start(&state, &owner, body).await?;
+    let (record, deploy_id) = deploy::start(&state.agents, &owner, body).await?;
     let dm = state.chat.dm_of(record.id).await?;
     let agent = record.to_api(false, dm);
     Ok((

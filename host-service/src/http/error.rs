@@ -1,12 +1,20 @@
 //! `ApiError`: the one error type handlers return. It maps to a status and the
 //! `{"error": {"code", "message"}}` body, and never carries internals to the client.
+//! Every domain error's mapping is here, so a status code is found in one place.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use taos_proto::error::{ErrorBody, ErrorDetail};
 
+use crate::agents::archive::ArchiveError;
+use crate::agents::deploy::DeployError;
+use crate::agents::quota::QuotaError;
+use crate::agents::recycle::RecycleError;
 use crate::auth::AuthError;
+use crate::llm::budget::BudgetError;
+use crate::llm::providers::ProviderError;
 use crate::notify::NotifyError;
+use crate::prompts::PromptError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -209,6 +217,157 @@ impl From<crate::ratelimit::RateError> for ApiError {
                 "{asked} in one request is more than this agent's limit of {burst}; send smaller \
                  batches"
             )),
+        }
+    }
+}
+
+impl From<crate::agents::lifecycle::LifecycleError> for ApiError {
+    fn from(e: crate::agents::lifecycle::LifecycleError) -> Self {
+        use crate::agents::lifecycle::LifecycleError;
+        match e {
+            LifecycleError::NoAgent => ApiError::not_found("no such agent"),
+            LifecycleError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ LifecycleError::NoRuntime => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
+            }
+            // The runtime's own words, so the owner knows why.
+            LifecycleError::Runtime(m) => {
+                tracing::error!(error = %m, "runtime operation failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runtime_error", m)
+            }
+            LifecycleError::Unsupported(m) => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", m)
+            }
+            LifecycleError::Agent(e) => e.into(),
+            e @ LifecycleError::Db(_) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<crate::agents::CreateError> for ApiError {
+    fn from(e: crate::agents::CreateError) -> Self {
+        use crate::agents::CreateError;
+        match e {
+            e @ CreateError::Race => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            CreateError::Agent(e) => e.into(),
+            CreateError::Chat(e) => e.into(),
+            e @ CreateError::Db(_) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<ArchiveError> for ApiError {
+    fn from(e: ArchiveError) -> Self {
+        match e {
+            ArchiveError::NoAgent => ApiError::not_found("no such agent"),
+            ArchiveError::NoArchive => ApiError::not_found("no such archive"),
+            ArchiveError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ ArchiveError::NoRuntime => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
+            }
+            // The runtime's own words, so the owner knows why (e.g. a snapshot that failed).
+            ArchiveError::Runtime(m) => {
+                tracing::error!(error = %m, "runtime operation failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runtime_error", m)
+            }
+            ArchiveError::Unsupported(m) => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", m)
+            }
+            ArchiveError::Agent(e) => e.into(),
+            ArchiveError::Chat(e) => e.into(),
+            e @ (ArchiveError::Io(_) | ArchiveError::Db(_)) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::BadInput(m) => ApiError::bad_request(m),
+            e @ (DeployError::NoRuntime | DeployError::NoIsolation(_)) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
+            }
+            DeployError::NotFound => ApiError::not_found("no deploy for that agent"),
+            DeployError::Agent(e) => e.into(),
+            DeployError::Chat(e) => e.into(),
+            e @ DeployError::Db(_) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<QuotaError> for ApiError {
+    fn from(e: QuotaError) -> Self {
+        match e {
+            QuotaError::NoAgent => ApiError::not_found("no such agent"),
+            QuotaError::BadInput(m) => ApiError::bad_request(m),
+            QuotaError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ QuotaError::NoRuntime => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
+            }
+            e @ (QuotaError::Runtime(_) | QuotaError::Db(_)) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<RecycleError> for ApiError {
+    fn from(e: RecycleError) -> Self {
+        match e {
+            RecycleError::NoAgent => ApiError::not_found("no such agent"),
+            RecycleError::NoItem => ApiError::not_found("no such item in the recycle bin"),
+            RecycleError::BadInput(m) => ApiError::bad_request(m),
+            RecycleError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ RecycleError::Runtime(_) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<PromptError> for ApiError {
+    fn from(e: PromptError) -> Self {
+        match e {
+            PromptError::BadName => ApiError::bad_request("invalid prompt name"),
+            PromptError::NotFound => ApiError::not_found("no such prompt"),
+            e @ PromptError::MissingVariables(_) => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
+impl From<ProviderError> for ApiError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::BadInput(m) => ApiError::bad_request(m),
+            ProviderError::NotFound => ApiError::not_found("no such provider"),
+            ProviderError::Exists(name) => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("a provider named {name} already exists"),
+            ),
+            e @ (ProviderError::Db(_) | ProviderError::Decode(_)) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<BudgetError> for ApiError {
+    fn from(e: BudgetError) -> Self {
+        match e {
+            BudgetError::BadInput(m) => ApiError::bad_request(m),
+            e @ BudgetError::Db(_) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<crate::trace::ingest::IngestError> for ApiError {
+    fn from(e: crate::trace::ingest::IngestError) -> Self {
+        use crate::trace::ingest::IngestError;
+        match e {
+            IngestError::BadInput(m) => ApiError::bad_request(m),
+            e @ IngestError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "event_too_large",
+                e.to_string(),
+            ),
+            IngestError::Rate(e) => e.into(),
+            IngestError::Trace(e) => e.into(),
+            IngestError::Agent(e) => e.into(),
         }
     }
 }

@@ -384,14 +384,11 @@ pub async fn human_member(state: &AppState, principal: &Principal) -> Result<Str
     if let Principal::User { username, .. } = principal {
         return Ok(crate::chat::user_member(username));
     }
-    let owner: Option<String> = sqlx::query_scalar(
-        "SELECT username FROM users WHERE is_owner = 1 ORDER BY created_at LIMIT 1",
-    )
-    .fetch_optional(&state.db)
-    .await
-    .map_err(ApiError::internal)?;
+    let owner = crate::auth::users::owner(&state.db)
+        .await
+        .map_err(ApiError::internal)?;
     owner
-        .map(|name| crate::chat::user_member(&name))
+        .map(|user| crate::chat::user_member(&user.username))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::CONFLICT,

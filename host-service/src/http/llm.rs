@@ -14,8 +14,8 @@ use super::error::ApiError;
 use super::extract::{Auth, Json, OwnerLike, Path};
 use super::AppState;
 use crate::agents;
-use crate::llm::budget::{self, BudgetError};
-use crate::llm::providers::{self, ProviderError};
+use crate::llm::budget;
+use crate::llm::providers;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -28,30 +28,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(set_budget))
         .routes(routes!(get_usage))
         .routes(routes!(rotate_llm_key))
-}
-
-impl From<ProviderError> for ApiError {
-    fn from(e: ProviderError) -> Self {
-        match e {
-            ProviderError::BadInput(m) => ApiError::bad_request(m),
-            ProviderError::NotFound => ApiError::not_found("no such provider"),
-            ProviderError::Exists(name) => ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("a provider named {name} already exists"),
-            ),
-            e @ (ProviderError::Db(_) | ProviderError::Decode(_)) => ApiError::internal(e),
-        }
-    }
-}
-
-impl From<BudgetError> for ApiError {
-    fn from(e: BudgetError) -> Self {
-        match e {
-            BudgetError::BadInput(m) => ApiError::bad_request(m),
-            e @ BudgetError::Db(_) => ApiError::internal(e),
-        }
-    }
 }
 
 async fn reload(state: &AppState) {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod gateway;
 pub mod hosts;
+pub mod lifecycle;
 pub mod live;
 pub mod llm;
 pub mod notifications;
@@ -70,26 +71,17 @@ pub struct AppInner {
     /// Open WebSockets, event streams and gateway calls, by the credential that opened them.
     pub live: Arc<crate::auth::live::Live>,
     pub hub: Arc<EventHub>,
-    pub llm: crate::llm::Llm,
-    /// The container runtime, if one answered at start.
-    pub runtime: Option<crate::runtime::ContainerRuntime>,
-    /// Where the agent listener is bound; containers' proxy devices connect here.
-    pub agent_addr: std::net::SocketAddr,
-    /// Where containers reach the agent listener when the runtime has no proxy devices
-    /// (Docker: the gateway of each agent network, where the listener also binds).
-    pub agent_gateways: Vec<(taos_proto::agents::AgentNetwork, std::net::SocketAddr)>,
-    /// Docker: the agents' bridges, for the firewall (kept in step by `isolation`).
-    pub agent_bridges: Vec<crate::runtime::firewall::AgentBridge>,
-    /// Whether agents can be isolated yet (incus prepares in the background at start).
-    pub isolation: tokio::sync::watch::Receiver<crate::isolation::Readiness>,
-    pub chat: crate::chat::Chat,
-    pub bridge: crate::bridge::Bridge,
+    pub llm: Arc<crate::llm::Llm>,
+    pub chat: Arc<crate::chat::Chat>,
+    pub bridge: Arc<crate::bridge::Bridge>,
     pub traces: crate::trace::TraceStore,
     /// Trace events per agent per second (`[traces]`), one token per event.
     pub trace_limiter: crate::ratelimit::RateLimiter,
     /// Bridge replies per agent per second (`[bridge]`), one token per reply.
     pub reply_limiter: crate::ratelimit::RateLimiter,
     pub metrics: Metrics,
+    /// The agent lifecycle (deploy, archive, quota…): handlers call into it with this.
+    pub agents: crate::agents::AgentHost,
     /// Subsystem → status, refreshed in the background so `/api/health` costs no I/O.
     pub health: RwLock<BTreeMap<String, String>>,
     pub started_at: Instant,
@@ -180,6 +172,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(llm::routes())
         .merge(deploy::routes())
         .merge(archive::routes())
+        .merge(lifecycle::routes())
         .merge(prompts::routes())
         .merge(quota::routes())
         .merge(recycle::routes())

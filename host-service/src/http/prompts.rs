@@ -14,23 +14,13 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{human_member, Auth, Json, OwnerLike, Path};
 use super::AppState;
-use crate::prompts::{self, Prompt, PromptError, PromptInfo};
+use crate::prompts::{self, Prompt, PromptInfo};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_prompts))
         .routes(routes!(get_prompt))
         .routes(routes!(send_prompt))
-}
-
-impl From<PromptError> for ApiError {
-    fn from(e: PromptError) -> Self {
-        match e {
-            PromptError::BadName => ApiError::bad_request("invalid prompt name"),
-            PromptError::NotFound => ApiError::not_found("no such prompt"),
-            e @ PromptError::MissingVariables(_) => ApiError::bad_request(e.to_string()),
-        }
-    }
 }
 
 /// Admin prompts (without their bodies).
@@ -91,16 +81,15 @@ async fn send_prompt(
         .await?
         .ok_or_else(|| ApiError::not_found("the agent has no DM channel"))?;
     let owner = human_member(&state, &principal).await?;
-    let (message, _) = super::chat::post_as_user(
-        &state,
-        &owner,
-        &NewMessage {
-            channel_id: dm,
-            content: text,
-            client_id: None,
-            thread_id: None,
-        },
-    )
-    .await?;
+    let body = NewMessage {
+        channel_id: dm,
+        content: text,
+        client_id: None,
+        thread_id: None,
+    };
+    let (message, _) = state
+        .bridge
+        .post_as_user(&state.chat, &owner, &body)
+        .await?;
     Ok((StatusCode::CREATED, Json(message)))
 }

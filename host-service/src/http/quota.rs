@@ -1,7 +1,6 @@
 //! Disk quota: an agent's disk, resizing it, and scanning on demand.
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use taos_proto::error::ErrorBody;
 use utoipa::ToSchema;
@@ -11,27 +10,13 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{Json, OwnerLike, Path};
 use super::AppState;
-use crate::quota::{self, DiskStatus, QuotaError};
+use crate::agents::quota::{self, DiskStatus};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(agent_disk))
         .routes(routes!(resize_quota))
         .routes(routes!(scan))
-}
-
-impl From<QuotaError> for ApiError {
-    fn from(e: QuotaError) -> Self {
-        match e {
-            QuotaError::NoAgent => ApiError::not_found("no such agent"),
-            QuotaError::BadInput(m) => ApiError::bad_request(m),
-            QuotaError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            e @ QuotaError::NoRuntime => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
-            }
-            e @ (QuotaError::Runtime(_) | QuotaError::Db(_)) => ApiError::internal(e),
-        }
-    }
 }
 
 /// An agent's disk: used, quota, percent and state as of the last sample.
@@ -47,7 +32,7 @@ async fn agent_disk(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Json<DiskStatus>, ApiError> {
-    Ok(Json(quota::status(&state, &slug).await?))
+    Ok(Json(quota::status(&state.agents, &slug).await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -73,7 +58,9 @@ async fn resize_quota(
     Path(slug): Path<String>,
     Json(body): Json<Resize>,
 ) -> Result<Json<DiskStatus>, ApiError> {
-    Ok(Json(quota::resize(&state, &slug, body.size_gib).await?))
+    Ok(Json(
+        quota::resize(&state.agents, &slug, body.size_gib).await?,
+    ))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -91,7 +78,7 @@ async fn scan(
     _auth: OwnerLike,
     State(state): State<AppState>,
 ) -> Result<Json<ScanResult>, ApiError> {
-    let results = quota::scan_all(&state).await?;
+    let results = quota::scan_all(&state.agents).await?;
     Ok(Json(ScanResult {
         scanned: results.len(),
         results,

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{Json, OwnerLike, Path};
 use super::AppState;
-use crate::recycle::{self, RecycleError, RecycleList};
+use crate::agents::recycle::{self, RecycleList};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -19,18 +19,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(all_bins))
         .routes(routes!(restore_item))
         .routes(routes!(purge_item))
-}
-
-impl From<RecycleError> for ApiError {
-    fn from(e: RecycleError) -> Self {
-        match e {
-            RecycleError::NoAgent => ApiError::not_found("no such agent"),
-            RecycleError::NoItem => ApiError::not_found("no such item in the recycle bin"),
-            RecycleError::BadInput(m) => ApiError::bad_request(m),
-            RecycleError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            e @ RecycleError::Runtime(_) => ApiError::internal(e),
-        }
-    }
 }
 
 /// What an agent deleted in the last 30 days.
@@ -44,7 +32,7 @@ async fn agent_bin(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Json<RecycleList>, ApiError> {
-    Ok(Json(recycle::list(&state, &slug).await?))
+    Ok(Json(recycle::list(&state.agents, &slug).await?))
 }
 
 /// Every container agent's recycle bin.
@@ -55,7 +43,7 @@ async fn all_bins(
     _auth: OwnerLike,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<RecycleList>>, ApiError> {
-    Ok(Json(recycle::list_all(&state).await?))
+    Ok(Json(recycle::list_all(&state.agents).await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -77,7 +65,7 @@ async fn restore_item(
     Path(slug): Path<String>,
     Json(body): Json<RestoreItem>,
 ) -> Result<StatusCode, ApiError> {
-    recycle::restore(&state, &slug, &body.id).await?;
+    recycle::restore(&state.agents, &slug, &body.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -93,6 +81,6 @@ async fn purge_item(
     State(state): State<AppState>,
     Path((slug, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    recycle::purge(&state, &slug, &id).await?;
+    recycle::purge(&state.agents, &slug, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -34,7 +34,7 @@ async fn host_info(_auth: OwnerLike, State(state): State<AppState>) -> Json<Host
         a.parse::<std::net::SocketAddr>()
             .is_ok_and(|addr| !addr.ip().is_loopback())
     });
-    let agent_url = format!("http://{}", state.agent_addr);
+    let agent_url = format!("http://{}", state.agents.agent_addr);
     Json(HostInfo {
         host_name: state.host_name.clone(),
         pairing_addresses: state.pairing_addresses.clone(),

@@ -245,7 +245,13 @@ impl Connection {
                     client_id: client_id.clone(),
                     thread_id,
                 };
-                match super::chat::post_as_user(&self.state, &self.member, &body).await {
+                let posted = self
+                    .state
+                    .bridge
+                    .post_as_user(&self.state.chat, &self.member, &body)
+                    .await
+                    .map_err(ApiError::from);
+                match posted {
                     Ok((message, _)) => {
                         self.send(encode(&ServerEvent::Ack {
                             channel_id,

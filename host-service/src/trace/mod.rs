@@ -25,6 +25,7 @@
 //! hours are left, writes are refused with [`TraceError::QuotaFull`] until hours close.
 
 mod bucket;
+pub mod ingest;
 mod jsonl;
 pub mod legacy;
 pub mod pages;

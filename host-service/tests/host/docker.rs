@@ -406,7 +406,7 @@ async fn deploy_chat_archive_and_purge_on_docker() {
         .collect();
     assert_eq!(
         steps,
-        taos_host::deploy::DOCKER_STEPS,
+        taos_host::agents::deploy::DOCKER_STEPS,
         "Docker's own step list"
     );
     assert!(rt.state(&container).await.unwrap().running);
@@ -516,7 +516,7 @@ async fn deploy_chat_archive_and_purge_on_docker() {
 #[tokio::test]
 async fn a_failed_docker_deploy_leaves_nothing_behind() {
     let Some(rt) = docker().await else { return };
-    for step in &taos_host::deploy::DOCKER_STEPS[1..] {
+    for step in &taos_host::agents::deploy::DOCKER_STEPS[1..] {
         let host = host_with(&[
             ("TAOS_RUNTIME__KIND", "docker"),
             (taos_host::faults::FAIL_ENV, &format!("deploy:{step}")),

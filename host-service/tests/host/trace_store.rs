@@ -406,7 +406,7 @@ fn host_pid_of(data_dir: &Path) -> u32 {
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             let is_host = args.first()?.ends_with(b"taos-host");
-            (is_host && args.iter().any(|a| *a == wanted.as_slice())).then_some(pid)
+            (is_host && args.contains(&wanted.as_slice())).then_some(pid)
         })
         .expect("the paused host's process")
 }

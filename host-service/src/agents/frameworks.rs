@@ -40,7 +40,7 @@ pub struct Requires {
     pub cpus: u32,
 }
 
-const BUILT_IN: &[&str] = &[include_str!("../../manifests/direct/manifest.toml")];
+const BUILT_IN: &[&str] = &[include_str!("../../../manifests/direct/manifest.toml")];
 
 /// Every known framework. A manifest that doesn't parse is a build-time bug, caught by a test.
 pub fn all() -> Vec<Manifest> {

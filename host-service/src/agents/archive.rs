@@ -1,4 +1,4 @@
-//! Archive, restore and purge agents, and their lifecycle actions (start, stop, pause…).
+//! Archive, restore and purge agents (start, stop, pause… are in `lifecycle`).
 //!
 //! Archiving keeps everything needed to bring the agent back — a snapshot of its container
 //! (renamed out of the way), its chat exported to JSONL, its trace folder — and frees its slug:
@@ -6,20 +6,18 @@
 //! picks the old slug (or `-2`, `-3`… if it was reused), mints new credentials, puts them where
 //! the agent reads them, and starts it. Purging removes every trace of it.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use sqlx::Row;
 use taos_proto::chat::Message;
 use uuid::Uuid;
 
+use crate::agents::deploy;
+use crate::agents::AgentHost;
 use crate::agents::{self, AgentRecord, AGENT_TOKEN_PREFIX, LLM_KEY_PREFIX};
 use crate::auth::{hash_token, new_secret};
 use crate::db::{from_ms, now_ms, Db};
-use crate::deploy;
 use crate::fsutil;
-use crate::http::AppState;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::trace::legacy::ARCHIVE_SUBDIR as ARCHIVE_TRACES;
@@ -71,25 +69,17 @@ pub struct ArchivedAgent {
     pub archived_at: chrono::DateTime<chrono::Utc>,
 }
 
-fn runtime(state: &AppState) -> Result<&ContainerRuntime, ArchiveError> {
-    state.runtime.as_ref().ok_or(ArchiveError::NoRuntime)
+fn runtime(host: &AgentHost) -> Result<&ContainerRuntime, ArchiveError> {
+    host.runtime.as_ref().ok_or(ArchiveError::NoRuntime)
 }
 
-fn archive_root(state: &AppState) -> PathBuf {
-    state.data_dir.join("archive")
-}
-
-/// The DM channels of an agent.
-async fn dm_channels(db: &Db, agent: Uuid) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM channels WHERE dm_agent_id = ?")
-        .bind(agent.to_string())
-        .fetch_all(db)
-        .await
+fn archive_root(host: &AgentHost) -> PathBuf {
+    host.data_dir.join("archive")
 }
 
 /// Writes every message of the agent's DM channels to `chat.jsonl` (0600, atomic).
 async fn export_chat(
-    state: &AppState,
+    host: &AgentHost,
     channels: &[String],
     dir: &Path,
 ) -> Result<(), ArchiveError> {
@@ -97,7 +87,7 @@ async fn export_chat(
     for channel in channels {
         let mut after = 0;
         loop {
-            let page = state.chat.messages(channel, Some(after), None, 500).await?;
+            let page = host.chat.messages(channel, Some(after), None, 500).await?;
             let full = page.len() == 500;
             for m in &page {
                 after = m.seq;
@@ -121,19 +111,14 @@ pub enum Archived {
 }
 
 /// Whether an agent has anything worth keeping: messages in its DM, or a trace folder.
-async fn has_history(state: &AppState, agent: &AgentRecord) -> Result<bool, ArchiveError> {
-    let messages: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM messages WHERE channel_id IN (SELECT id FROM channels WHERE dm_agent_id = ?)",
-    )
-    .bind(agent.id.to_string())
-    .fetch_one(&state.db)
-    .await?;
+async fn has_history(host: &AgentHost, agent: &AgentRecord) -> Result<bool, ArchiveError> {
+    let messages = crate::chat::dm_message_count(&host.db, agent.id).await?;
     // Its own start and stop (lifecycle events) are not history; anything else it did is.
     let query = crate::trace::TraceQuery {
         limit: 200,
         ..Default::default()
     };
-    let traces = state
+    let traces = host
         .traces
         .list(&agent.slug, &query)
         .await
@@ -158,12 +143,35 @@ struct ArchivePlan {
     was_running: bool,
 }
 
+impl ArchivePlan {
+    /// The names an archive of `slug` made at `ts` (ms) uses; `unique` tells apart the
+    /// renamed containers. Nothing is known about the container yet.
+    fn new(root: &Path, slug: &str, ts: i64, unique: Uuid) -> Self {
+        ArchivePlan {
+            slug: slug.to_string(),
+            container: None,
+            // A name independent of the slug's length, so it always fits incus's 63
+            // characters. The last 12 hex digits of a v7 id are random.
+            archived_name: format!("taos-x-{}", &unique.simple().to_string()[20..]),
+            snapshot: format!("taos-archive-{ts}"),
+            dir: root.join(format!("{slug}-{ts}")),
+            was_running: false,
+        }
+    }
+}
+
+/// The slug an archived agent's row takes, so its real one is free for a new agent (the
+/// archive remembers the real one). Unique because the agent id is.
+fn placeholder_slug(agent_id: Uuid) -> String {
+    format!("x-{}", agent_id.simple())
+}
+
 /// Archives an agent. Any failure — or a crash, found at the next start — undoes what was
 /// done: the container is renamed back, its archive snapshot dropped, its trace folder moved
 /// home, and it runs again if it ran before. An agent whose container is gone is archived as
 /// a tombstone (chat and traces kept) if it has history, and removed outright if it has none.
-pub async fn archive(state: &AppState, slug: &str) -> Result<Archived, ArchiveError> {
-    let agent = agents::get_by_slug(&state.db, slug)
+pub async fn archive(host: &AgentHost, slug: &str) -> Result<Archived, ArchiveError> {
+    let agent = agents::get_by_slug(&host.db, slug)
         .await
         .map_err(|e| match e {
             agents::AgentError::NotFound => ArchiveError::NoAgent,
@@ -174,24 +182,15 @@ pub async fn archive(state: &AppState, slug: &str) -> Result<Archived, ArchiveEr
             "the agent is still deploying".into(),
         ));
     }
-    let ts = now_ms();
-    let mut plan = ArchivePlan {
-        slug: agent.slug.clone(),
-        container: None,
-        // A name independent of the slug's length, so it always fits incus's 63 characters.
-        archived_name: format!("taos-x-{}", &Uuid::now_v7().simple().to_string()[20..]),
-        snapshot: format!("taos-archive-{ts}"),
-        dir: archive_root(state).join(format!("{}-{ts}", agent.slug)),
-        was_running: false,
-    };
+    let mut plan = ArchivePlan::new(&archive_root(host), &agent.slug, now_ms(), Uuid::now_v7());
     if let Some(name) = agent.container.clone() {
-        let rt = runtime(state)?;
+        let rt = runtime(host)?;
         let exists = rt.exists(&name).await?;
-        if !exists && !has_history(state, &agent).await? {
-            agents::remove(&state.db, agent.id).await?;
-            let _ = std::fs::remove_dir_all(state.traces.root().join(&agent.slug));
-            state.bridge.kick(agent.id);
-            state.live.revoke_agent_llm(agent.id);
+        if !exists && !has_history(host, &agent).await? {
+            agents::remove(&host.db, agent.id).await?;
+            let _ = std::fs::remove_dir_all(host.traces.root().join(&agent.slug));
+            host.bridge.kick(agent.id);
+            host.live.revoke_agent_llm(agent.id);
             tracing::info!(agent = %agent.slug, "agent without container or history removed");
             return Ok(Archived::Removed);
         }
@@ -200,13 +199,13 @@ pub async fn archive(state: &AppState, slug: &str) -> Result<Archived, ArchiveEr
             plan.container = Some(name);
         }
     }
-    journal::begin(&state.db, agent.id, OpKind::Archive, &plan).await?;
-    match archive_steps(state, &agent, &plan).await {
+    journal::begin(&host.db, agent.id, OpKind::Archive, &plan).await?;
+    match archive_steps(host, &agent, &plan).await {
         Ok(id) => {
             // Both credentials are gone: the bridge stream and any gateway call in flight end too.
-            state.bridge.kick(agent.id);
-            state.live.revoke_agent_llm(agent.id);
-            let _ = state
+            host.bridge.kick(agent.id);
+            host.live.revoke_agent_llm(agent.id);
+            let _ = host
                 .hub
                 .publish(
                     "agent.archived",
@@ -214,11 +213,11 @@ pub async fn archive(state: &AppState, slug: &str) -> Result<Archived, ArchiveEr
                 )
                 .await;
             tracing::info!(agent = %agent.slug, archive = %id, "agent archived");
-            Ok(Archived::Archived(get(&state.db, &id).await?))
+            Ok(Archived::Archived(get(&host.db, &id).await?))
         }
         Err(e) => {
             tracing::warn!(agent = %agent.slug, error = %e, "archive failed; undoing it");
-            undo_archive(state, agent.id, &plan).await;
+            undo_archive(host, agent.id, &plan).await;
             Err(e)
         }
     }
@@ -226,7 +225,7 @@ pub async fn archive(state: &AppState, slug: &str) -> Result<Archived, ArchiveEr
 
 /// The archive's changes, in order; the last one commits the result and ends the journal entry.
 async fn archive_steps(
-    state: &AppState,
+    host: &AgentHost,
     agent: &AgentRecord,
     plan: &ArchivePlan,
 ) -> Result<String, ArchiveError> {
@@ -236,52 +235,40 @@ async fn archive_steps(
             .map_err(ArchiveError::Runtime)
     };
     if let Some(name) = &plan.container {
-        let rt = runtime(state)?;
+        let rt = runtime(host)?;
         fault("stop").await?;
         if plan.was_running && rt.stop(name, false).await.is_err() {
             rt.stop(name, true).await?;
         }
-        journal::step(&state.db, agent.id, "stopped").await?;
+        journal::step(&host.db, agent.id, "stopped").await?;
         fault("snapshot").await?;
         rt.snapshot_create(name, &plan.snapshot)
             .await
             .map_err(|e| {
                 ArchiveError::Runtime(format!("snapshot failed, nothing archived: {e}"))
             })?;
-        journal::step(&state.db, agent.id, "snapshotted").await?;
+        journal::step(&host.db, agent.id, "snapshotted").await?;
         fault("rename").await?;
         rt.rename(name, &plan.archived_name).await?;
-        journal::step(&state.db, agent.id, "renamed").await?;
+        journal::step(&host.db, agent.id, "renamed").await?;
     }
     fault("export").await?;
     fsutil::ensure_private_dir(&plan.dir).map_err(|e| ArchiveError::Io(e.to_string()))?;
-    let channels = dm_channels(&state.db, agent.id).await?;
-    export_chat(state, &channels, &plan.dir).await?;
-    let trace = state.traces.root().join(&agent.slug);
+    let channels = crate::chat::dm_channels(&host.db, agent.id).await?;
+    export_chat(host, &channels, &plan.dir).await?;
+    let trace = host.traces.root().join(&agent.slug);
     if trace.exists() {
         std::fs::rename(&trace, plan.dir.join(ARCHIVE_TRACES))
             .map_err(|e| ArchiveError::Io(e.to_string()))?;
     }
-    journal::step(&state.db, agent.id, "exported").await?;
+    journal::step(&host.db, agent.id, "exported").await?;
     fault("commit").await?;
     let id = Uuid::now_v7().to_string();
     let container = plan.container.as_ref().map(|_| plan.archived_name.clone());
-    let placeholder = format!("x-{}", agent.id.simple());
-    let mut tx = state.db.begin().await?;
-    // Read-only from now on.
-    sqlx::query("UPDATE channels SET archived = 1 WHERE dm_agent_id = ?")
-        .bind(agent.id.to_string())
-        .execute(&mut *tx)
-        .await?;
-    // Out of group channels, so a new agent with this slug doesn't inherit them.
-    sqlx::query(
-        "DELETE FROM channel_members WHERE member = ? AND channel_id NOT IN \
-         (SELECT id FROM channels WHERE dm_agent_id = ?)",
-    )
-    .bind(&agent.slug)
-    .bind(agent.id.to_string())
-    .execute(&mut *tx)
-    .await?;
+    let placeholder = placeholder_slug(agent.id);
+    let mut tx = host.db.begin().await?;
+    // Its DM read-only from now on, and out of group channels.
+    crate::chat::archive_dm(&mut tx, agent.id, &agent.slug).await?;
     sqlx::query(
         "UPDATE agents SET slug = ?, status = 'archived', token_hash = ?, llm_key_hash = NULL, \
          container = ? WHERE id = ?",
@@ -314,8 +301,8 @@ async fn archive_steps(
 
 /// Puts an agent back as it was before an unfinished archive. Each part looks at how things
 /// are rather than trusting the step reached, so it is safe to run twice.
-async fn undo_archive(state: &AppState, agent_id: Uuid, plan: &ArchivePlan) {
-    let trace = state.traces.root().join(&plan.slug);
+async fn undo_archive(host: &AgentHost, agent_id: Uuid, plan: &ArchivePlan) {
+    let trace = host.traces.root().join(&plan.slug);
     let moved = plan.dir.join(ARCHIVE_TRACES);
     if moved.exists() && !trace.exists() {
         if let Err(e) = std::fs::rename(&moved, &trace) {
@@ -327,7 +314,7 @@ async fn undo_archive(state: &AppState, agent_id: Uuid, plan: &ArchivePlan) {
             tracing::warn!(dir = %plan.dir.display(), error = %e, "could not remove a half-made archive");
         }
     }
-    if let (Some(name), Some(rt)) = (&plan.container, state.runtime.as_ref()) {
+    if let (Some(name), Some(rt)) = (&plan.container, host.runtime.as_ref()) {
         let undone = async {
             if rt.exists(&plan.archived_name).await? && !rt.exists(name).await? {
                 rt.rename(&plan.archived_name, name).await?;
@@ -346,7 +333,7 @@ async fn undo_archive(state: &AppState, agent_id: Uuid, plan: &ArchivePlan) {
             return;
         }
     }
-    if let Err(e) = journal::drop_entry(&state.db, agent_id).await {
+    if let Err(e) = journal::drop_entry(&host.db, agent_id).await {
         tracing::error!(agent = %plan.slug, error = %e, "could not clear an undone archive's journal entry");
     }
 }
@@ -389,20 +376,16 @@ async fn archive_dir(db: &Db, id: &str) -> Result<PathBuf, ArchiveError> {
 }
 
 /// A slug free among agents and containers: the old one, or the old one with `-2`, `-3`…
-async fn free_slug(state: &AppState, base: &str) -> Result<String, ArchiveError> {
+async fn free_slug(host: &AgentHost, base: &str) -> Result<String, ArchiveError> {
     for n in 1..=100 {
-        let candidate = if n == 1 {
-            base.to_string()
-        } else {
-            format!("{base}-{n}")
-        };
+        let candidate = agents::slug_candidate(base, n);
         let taken: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE slug = ?")
             .bind(&candidate)
-            .fetch_one(&state.db)
+            .fetch_one(&host.db)
             .await?;
-        let container_taken = match state.runtime.as_ref() {
+        let container_taken = match host.runtime.as_ref() {
             Some(rt) => rt
-                .exists(&format!("taos-{candidate}"))
+                .exists(&agents::container_name(&candidate))
                 .await
                 .unwrap_or(true),
             None => false,
@@ -438,36 +421,36 @@ struct RestorePlan {
 /// Brings an archived agent back, running, under its old slug if it is free. Until its
 /// database commit, a failure (or a crash, found at the next start) undoes it and the archive
 /// stays restorable; after the commit, the next start finishes it.
-pub async fn restore(state: &AppState, id: &str) -> Result<Restored, ArchiveError> {
-    let archived = get(&state.db, id).await?;
-    let dir = archive_dir(&state.db, id).await?;
+pub async fn restore(host: &AgentHost, id: &str) -> Result<Restored, ArchiveError> {
+    let archived = get(&host.db, id).await?;
+    let dir = archive_dir(&host.db, id).await?;
     let agent_id = Uuid::parse_str(&archived.agent_id).map_err(|_| ArchiveError::NoArchive)?;
-    let slug = free_slug(state, &archived.slug).await?;
+    let slug = free_slug(host, &archived.slug).await?;
     let plan = RestorePlan {
         archive_id: id.to_string(),
         archived_slug: archived.slug.clone(),
-        container: format!("taos-{slug}"),
+        container: agents::container_name(&slug),
         slug,
         archived_name: archived.container.clone(),
         snapshot: archived.snapshot.clone(),
         dir,
     };
     if plan.archived_name.is_some() {
-        runtime(state)?;
+        runtime(host)?;
         // It comes back on its network, so that must be possible first.
-        crate::isolation::ready(state)
+        crate::isolation::ready(host)
             .await
             .map_err(ArchiveError::Runtime)?;
     }
-    journal::begin(&state.db, agent_id, OpKind::Restore, &plan).await?;
-    if let Err(e) = restore_until_commit(state, agent_id, &plan).await {
+    journal::begin(&host.db, agent_id, OpKind::Restore, &plan).await?;
+    if let Err(e) = restore_until_commit(host, agent_id, &plan).await {
         tracing::warn!(agent = %plan.slug, error = %e, "restore failed; undoing it");
-        undo_restore(state, agent_id, &plan).await;
+        undo_restore(host, agent_id, &plan).await;
         return Err(e);
     }
-    let (agent_token, llm_key) = finish_restore(state, agent_id, &plan).await?;
+    let (agent_token, llm_key) = finish_restore(host, agent_id, &plan).await?;
     Ok(Restored {
-        agent: agents::get_by_id(&state.db, agent_id).await?,
+        agent: agents::get_by_id(&host.db, agent_id).await?,
         agent_token,
         llm_key,
     })
@@ -476,7 +459,7 @@ pub async fn restore(state: &AppState, id: &str) -> Result<Restored, ArchiveErro
 /// Container and files back in place, then one transaction that makes the agent live again
 /// (and marks the journal entry committed).
 async fn restore_until_commit(
-    state: &AppState,
+    host: &AgentHost,
     agent_id: Uuid,
     plan: &RestorePlan,
 ) -> Result<(), ArchiveError> {
@@ -486,17 +469,17 @@ async fn restore_until_commit(
             .map_err(ArchiveError::Runtime)
     };
     if let (Some(archived_name), Some(snapshot)) = (&plan.archived_name, &plan.snapshot) {
-        let rt = runtime(state)?;
+        let rt = runtime(host)?;
         fault("rename").await?;
         rt.rename(archived_name, &plan.container).await?;
-        journal::step(&state.db, agent_id, "renamed").await?;
+        journal::step(&host.db, agent_id, "renamed").await?;
         fault("snapshot").await?;
         rt.snapshot_restore(&plan.container, snapshot).await?;
-        journal::step(&state.db, agent_id, "snapshot_restored").await?;
+        journal::step(&host.db, agent_id, "snapshot_restored").await?;
     }
     fault("trace").await?;
     // The trace folder comes home under the (possibly new) slug.
-    let trace = state.traces.root().join(&plan.slug);
+    let trace = host.traces.root().join(&plan.slug);
     if plan.dir.join(ARCHIVE_TRACES).exists() {
         if trace.exists() {
             // Left over from an agent that had this slug: keep it, out of the way.
@@ -505,10 +488,10 @@ async fn restore_until_commit(
         std::fs::rename(plan.dir.join(ARCHIVE_TRACES), &trace)
             .map_err(|e| ArchiveError::Io(e.to_string()))?;
     }
-    journal::step(&state.db, agent_id, "trace_moved").await?;
+    journal::step(&host.db, agent_id, "trace_moved").await?;
     fault("commit").await?;
     let has_container = plan.archived_name.is_some();
-    let mut tx = state.db.begin().await?;
+    let mut tx = host.db.begin().await?;
     sqlx::query("UPDATE agents SET slug = ?, status = ?, container = ? WHERE id = ?")
         .bind(&plan.slug)
         .bind(if has_container { "restoring" } else { "ready" })
@@ -517,19 +500,7 @@ async fn restore_until_commit(
         .execute(&mut *tx)
         .await?;
     // The DM keeps its member list in step with the slug.
-    sqlx::query(
-        "UPDATE channel_members SET member = ? WHERE member = ? AND channel_id IN \
-         (SELECT id FROM channels WHERE dm_agent_id = ?)",
-    )
-    .bind(&plan.slug)
-    .bind(&plan.archived_slug)
-    .bind(agent_id.to_string())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE channels SET archived = 0 WHERE dm_agent_id = ?")
-        .bind(agent_id.to_string())
-        .execute(&mut *tx)
-        .await?;
+    crate::chat::unarchive_dm(&mut tx, agent_id, &plan.archived_slug, &plan.slug).await?;
     sqlx::query("DELETE FROM archives WHERE id = ?")
         .bind(&plan.archive_id)
         .execute(&mut *tx)
@@ -542,7 +513,7 @@ async fn restore_until_commit(
 /// After the commit: new credentials, the chat back, the container up. Runs again at start-up
 /// if a crash came first. A failure here leaves the agent `failed` (visible), not archived.
 async fn finish_restore(
-    state: &AppState,
+    host: &AgentHost,
     agent_id: Uuid,
     plan: &RestorePlan,
 ) -> Result<(String, String), ArchiveError> {
@@ -552,17 +523,17 @@ async fn finish_restore(
         .bind(hash_token(&agent_token))
         .bind(hash_token(&llm_key))
         .bind(agent_id.to_string())
-        .execute(&state.db)
+        .execute(&host.db)
         .await?;
-    reimport_chat(&state.db, &plan.dir.join("chat.jsonl")).await?;
-    let agent = agents::get_by_id(&state.db, agent_id).await?;
+    reimport_chat(&host.db, &plan.dir.join("chat.jsonl")).await?;
+    let agent = agents::get_by_id(&host.db, agent_id).await?;
     let brought_up = async {
         crate::faults::check("restore", "start")
             .await
             .map_err(ArchiveError::Runtime)?;
         if plan.archived_name.is_some() {
-            let rt = runtime(state)?;
-            bring_up(state, rt, &agent, &agent_token, &llm_key).await?;
+            let rt = runtime(host)?;
+            bring_up(host, rt, &agent, &agent_token, &llm_key).await?;
         }
         Ok::<(), ArchiveError>(())
     };
@@ -572,21 +543,21 @@ async fn finish_restore(
         (Ok(()), true) => "running",
         (Ok(()), false) => "ready",
     };
-    agents::set_status(&state.db, agent_id, status).await?;
-    if let (Ok(()), Some(snapshot), Some(rt)) = (&outcome, &plan.snapshot, state.runtime.as_ref()) {
+    agents::set_status(&host.db, agent_id, status).await?;
+    if let (Ok(()), Some(snapshot), Some(rt)) = (&outcome, &plan.snapshot, host.runtime.as_ref()) {
         // Restored from it: the archive's snapshot would otherwise pile up in the pool.
         if let Err(e) = rt.snapshot_delete(&plan.container, snapshot).await {
             tracing::warn!(agent = %plan.slug, error = %e, "could not drop the archive snapshot");
         }
     }
-    journal::drop_entry(&state.db, agent_id).await?;
+    journal::drop_entry(&host.db, agent_id).await?;
     let _ = std::fs::remove_dir_all(&plan.dir);
     if let Err(e) = outcome {
         // Restored but not running: say so instead of leaving it "restoring".
         tracing::warn!(agent = %plan.slug, error = %e, "restored agent did not come up");
         return Err(e);
     }
-    let _ = state
+    let _ = host
         .hub
         .publish(
             "agent.restored",
@@ -598,15 +569,15 @@ async fn finish_restore(
 }
 
 /// Puts an archive back as it was before an uncommitted restore. Safe to run twice.
-async fn undo_restore(state: &AppState, agent_id: Uuid, plan: &RestorePlan) {
-    let trace = state.traces.root().join(&plan.slug);
+async fn undo_restore(host: &AgentHost, agent_id: Uuid, plan: &RestorePlan) {
+    let trace = host.traces.root().join(&plan.slug);
     let archived_trace = plan.dir.join(ARCHIVE_TRACES);
     if trace.exists() && !archived_trace.exists() && plan.dir.exists() {
         if let Err(e) = std::fs::rename(&trace, &archived_trace) {
             tracing::error!(agent = %plan.slug, error = %e, "could not move the trace folder back to the archive");
         }
     }
-    if let (Some(archived_name), Some(rt)) = (&plan.archived_name, state.runtime.as_ref()) {
+    if let (Some(archived_name), Some(rt)) = (&plan.archived_name, host.runtime.as_ref()) {
         let undone = async {
             if rt.exists(&plan.container).await? && !rt.exists(archived_name).await? {
                 if rt.state(&plan.container).await?.running {
@@ -621,7 +592,7 @@ async fn undo_restore(state: &AppState, agent_id: Uuid, plan: &RestorePlan) {
             return;
         }
     }
-    if let Err(e) = journal::drop_entry(&state.db, agent_id).await {
+    if let Err(e) = journal::drop_entry(&host.db, agent_id).await {
         tracing::error!(agent = %plan.slug, error = %e, "could not clear an undone restore's journal entry");
     }
 }
@@ -635,36 +606,14 @@ async fn reimport_chat(db: &Db, path: &Path) -> Result<(), ArchiveError> {
         let Ok(m) = serde_json::from_str::<Message>(line) else {
             continue;
         };
-        sqlx::query(
-            "INSERT OR IGNORE INTO messages (id, channel_id, seq, created_seq, author_id, author_type, \
-             content, content_type, thread_id, state, client_id, metadata, created_at, edited_at, deleted_at) \
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM channels WHERE id = ?)",
-        )
-        .bind(&m.id)
-        .bind(&m.channel_id)
-        .bind(m.seq)
-        .bind(m.seq)
-        .bind(&m.author_id)
-        .bind(serde_json::to_value(m.author_type).ok().and_then(|v| v.as_str().map(String::from)))
-        .bind(&m.content)
-        .bind(&m.content_type)
-        .bind(&m.thread_id)
-        .bind(serde_json::to_value(m.state).ok().and_then(|v| v.as_str().map(String::from)))
-        .bind(&m.client_id)
-        .bind(m.metadata.to_string())
-        .bind(m.created_at.timestamp_millis())
-        .bind(m.edited_at.map(|t| t.timestamp_millis()))
-        .bind(m.deleted_at.map(|t| t.timestamp_millis()))
-        .bind(&m.channel_id)
-        .execute(db)
-        .await?;
+        crate::chat::import_message(db, &m).await?;
     }
     Ok(())
 }
 
 /// Starts the container, gives the agent its new credentials, and waits for it to connect.
 async fn bring_up(
-    state: &AppState,
+    host: &AgentHost,
     rt: &ContainerRuntime,
     agent: &AgentRecord,
     agent_token: &str,
@@ -673,9 +622,9 @@ async fn bring_up(
     let name = agent
         .container
         .clone()
-        .unwrap_or_else(|| format!("taos-{}", agent.slug));
+        .unwrap_or_else(|| agents::container_name(&agent.slug));
     // The agent listener may have moved since the archive (a restart): re-point the proxies.
-    deploy::repoint_proxies(state, rt, &name).await?;
+    deploy::repoint_proxies(host, rt, &name).await?;
     // A snapshot taken before the store left the container brings back its old trace mount
     // (and incus would refuse to start with its folder gone): take it out again.
     match rt.remove_device(&name, crate::legacy::TRACE_DEVICE).await {
@@ -686,7 +635,7 @@ async fn bring_up(
     rt.set_agent_network(&name, agent.network).await?;
     rt.start(&name).await?;
     let env = deploy::agent_env(
-        state,
+        &host.agent_gateways,
         &agent.slug,
         agent_token,
         llm_key,
@@ -703,7 +652,7 @@ async fn bring_up(
     deploy::restart_service(rt, &name, &deploy::service_of(agent))
         .await
         .map_err(ArchiveError::Runtime)?;
-    deploy::wait_for_bridge(state, agent.id)
+    deploy::wait_for_bridge(host, agent.id)
         .await
         .map_err(ArchiveError::Runtime)?;
     Ok(())
@@ -721,24 +670,24 @@ struct PurgePlan {
 /// Removes an archived agent for good: container and snapshots, archive folder, channels and
 /// messages, trace folder, the agent itself. Once started it is finished, at the next start
 /// if a crash interrupts it.
-pub async fn purge(state: &AppState, id: &str) -> Result<(), ArchiveError> {
-    let archived = get(&state.db, id).await?;
+pub async fn purge(host: &AgentHost, id: &str) -> Result<(), ArchiveError> {
+    let archived = get(&host.db, id).await?;
     let plan = PurgePlan {
         archive_id: id.to_string(),
         slug: archived.slug.clone(),
         container: archived.container.clone(),
-        dir: archive_dir(&state.db, id).await?,
+        dir: archive_dir(&host.db, id).await?,
     };
     if plan.container.is_some() {
-        runtime(state)?;
+        runtime(host)?;
     }
     let agent_id = Uuid::parse_str(&archived.agent_id).map_err(|_| ArchiveError::NoArchive)?;
-    journal::begin(&state.db, agent_id, OpKind::Purge, &plan).await?;
-    purge_steps(state, agent_id, &plan).await
+    journal::begin(&host.db, agent_id, OpKind::Purge, &plan).await?;
+    purge_steps(host, agent_id, &plan).await
 }
 
 async fn purge_steps(
-    state: &AppState,
+    host: &AgentHost,
     agent_id: Uuid,
     plan: &PurgePlan,
 ) -> Result<(), ArchiveError> {
@@ -748,29 +697,29 @@ async fn purge_steps(
             .map_err(ArchiveError::Runtime)
     };
     if let Some(name) = &plan.container {
-        let rt = runtime(state)?;
+        let rt = runtime(host)?;
         fault("container").await?;
         if rt.exists(name).await? {
             let _ = rt.stop(name, true).await;
             rt.delete(name).await?;
         }
-        journal::step(&state.db, agent_id, "container_deleted").await?;
+        journal::step(&host.db, agent_id, "container_deleted").await?;
     }
     fault("files").await?;
     if plan.dir.exists() {
         std::fs::remove_dir_all(&plan.dir).map_err(|e| ArchiveError::Io(e.to_string()))?;
     }
-    journal::step(&state.db, agent_id, "files_removed").await?;
+    journal::step(&host.db, agent_id, "files_removed").await?;
     fault("commit").await?;
     // Channels (and their messages, by cascade) and the journal entry go with the agent.
-    agents::remove(&state.db, agent_id).await?;
+    agents::remove(&host.db, agent_id).await?;
     tracing::info!(agent = %plan.slug, archive = %plan.archive_id, "agent purged");
     Ok(())
 }
 
 /// At start-up: undoes or finishes every archive, restore and purge a crash interrupted.
-pub async fn recover(state: &AppState) {
-    let entries = match journal::unfinished(&state.db).await {
+pub async fn recover(host: &AgentHost) {
+    let entries = match journal::unfinished(&host.db).await {
         Ok(entries) => entries,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the agent operations journal");
@@ -783,25 +732,25 @@ pub async fn recover(state: &AppState) {
         let outcome = match entry.kind {
             OpKind::Archive => match serde_json::from_str::<ArchivePlan>(&entry.plan) {
                 Ok(plan) => {
-                    undo_archive(state, entry.agent_id, &plan).await;
+                    undo_archive(host, entry.agent_id, &plan).await;
                     Ok(())
                 }
                 Err(e) => Err(ArchiveError::Io(format!("unreadable plan: {e}"))),
             },
             OpKind::Restore => match serde_json::from_str::<RestorePlan>(&entry.plan) {
                 Ok(plan) if entry.step == "committed" => {
-                    finish_restore(state, entry.agent_id, &plan)
+                    finish_restore(host, entry.agent_id, &plan)
                         .await
                         .map(|_| ())
                 }
                 Ok(plan) => {
-                    undo_restore(state, entry.agent_id, &plan).await;
+                    undo_restore(host, entry.agent_id, &plan).await;
                     Ok(())
                 }
                 Err(e) => Err(ArchiveError::Io(format!("unreadable plan: {e}"))),
             },
             OpKind::Purge => match serde_json::from_str::<PurgePlan>(&entry.plan) {
-                Ok(plan) => purge_steps(state, entry.agent_id, &plan).await,
+                Ok(plan) => purge_steps(host, entry.agent_id, &plan).await,
                 Err(e) => Err(ArchiveError::Io(format!("unreadable plan: {e}"))),
             },
         };
@@ -943,127 +892,63 @@ mod journal {
     }
 }
 
-/// Lifecycle actions on a live agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Start,
-    Stop,
-    Restart,
-    Pause,
-    Resume,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub async fn act(
-    state: &AppState,
-    slug: &str,
-    action: Action,
-) -> Result<AgentRecord, ArchiveError> {
-    let agent = agents::get_by_slug(&state.db, slug)
-        .await
-        .map_err(|e| match e {
-            agents::AgentError::NotFound => ArchiveError::NoAgent,
-            e => e.into(),
-        })?;
-    let container = agent.container.clone();
-    let needs_container = || {
-        container
-            .clone()
-            .ok_or_else(|| ArchiveError::Conflict(format!("{slug} is not a container agent")))
-    };
-    // Runtime first, database after: a refused runtime call changes nothing, and asking for
-    // the state something is already in is a no-op, not an error.
-    let running = match (&container, state.runtime.as_ref()) {
-        (Some(name), Some(rt)) => rt.state(name).await.map(|s| s.running).unwrap_or(false),
-        _ => false,
-    };
-    let stop = |name: String| async move {
-        let rt = runtime(state)?;
-        if rt.stop(&name, false).await.is_err() {
-            rt.stop(&name, true).await?;
-        }
-        Ok::<(), ArchiveError>(())
-    };
-    match action {
-        Action::Start => {
-            let name = needs_container()?;
-            if !running {
-                runtime(state)?.start(&name).await?;
-            }
-            agents::set_status(&state.db, agent.id, "running").await?;
-        }
-        Action::Stop => {
-            let name = needs_container()?;
-            if running {
-                stop(name).await?;
-            }
-            agents::set_status(&state.db, agent.id, "stopped").await?;
-        }
-        Action::Restart => {
-            let name = needs_container()?;
-            if running {
-                stop(name.clone()).await?;
-            }
-            runtime(state)?.start(&name).await?;
-            agents::set_status(&state.db, agent.id, "running").await?;
-        }
-        Action::Pause | Action::Resume => {
-            let paused = action == Action::Pause;
-            if let (Some(name), Some(rt)) = (&container, state.runtime.as_ref()) {
-                if paused && running {
-                    stop(name.clone()).await?;
-                } else if !paused && !running {
-                    rt.start(name).await?;
-                }
-            }
-            let patch = taos_proto::agents::AgentPatch {
-                paused: Some(paused),
-                ..Default::default()
-            };
-            agents::update(&state.db, slug, &patch).await?;
-            if container.is_some() {
-                let status = if paused { "paused" } else { "running" };
-                agents::set_status(&state.db, agent.id, status).await?;
-            }
-            if !paused {
-                state.bridge.clear_notices(agent.id);
-            }
-            state.bridge.wake(agent.id);
-        }
+    #[test]
+    fn an_archive_is_named_by_slug_and_time_and_its_container_name_always_fits() {
+        let root = Path::new("/data/archive");
+        let long = "x".repeat(agents::MAX_SLUG_LEN);
+        let plan = ArchivePlan::new(root, &long, 1_700_000_000_000, Uuid::now_v7());
+        assert_eq!(plan.snapshot, "taos-archive-1700000000000");
+        assert_eq!(plan.dir, root.join(format!("{long}-1700000000000")));
+        assert!(plan.archived_name.starts_with("taos-x-"));
+        assert_eq!(plan.archived_name.len(), "taos-x-".len() + 12);
+        assert!(plan.container.is_none() && !plan.was_running);
+        // Two archives in the same millisecond still rename to different containers.
+        let other = ArchivePlan::new(root, &long, 1_700_000_000_000, Uuid::now_v7());
+        assert_ne!(plan.archived_name, other.archived_name);
     }
-    Ok(agents::get_by_slug(&state.db, slug).await?)
-}
 
-/// The last `lines` lines of the agent service's journal.
-pub async fn logs(state: &AppState, slug: &str, lines: u32) -> Result<String, ArchiveError> {
-    let agent = agents::get_by_slug(&state.db, slug)
-        .await
-        .map_err(|_| ArchiveError::NoAgent)?;
-    let name = agent
-        .container
-        .clone()
-        .ok_or_else(|| ArchiveError::Conflict(format!("{slug} is not a container agent")))?;
-    let service = deploy::service_of(&agent);
-    let rt = runtime(state)?;
-    // Under Docker the service is the container's main process: its log is the container's.
-    if let ContainerRuntime::Docker(docker) = rt {
-        return Ok(docker.logs(&name, lines).await?);
+    #[test]
+    fn the_placeholder_slug_is_the_agents_id() {
+        let id = Uuid::now_v7();
+        let placeholder = placeholder_slug(id);
+        assert_eq!(placeholder, format!("x-{}", id.simple()));
+        assert!(agents::is_valid_slug(&placeholder));
     }
-    let out = rt
-        .exec(
-            &name,
-            &[
-                "journalctl",
-                "-u",
-                &service,
-                "-n",
-                &lines.to_string(),
-                "--no-pager",
-                "-o",
-                "short-iso",
-            ],
-            &BTreeMap::new(),
-            Duration::from_secs(20),
+
+    #[test]
+    fn journal_kinds_round_trip() {
+        for kind in [OpKind::Archive, OpKind::Restore, OpKind::Purge] {
+            assert_eq!(OpKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(OpKind::parse("deploy"), None);
+    }
+
+    /// Plans are stored in `agent_ops` and read back by the next start, possibly by a newer
+    /// host: their field names are a file format.
+    #[test]
+    fn journal_plans_written_by_this_version_are_read_back() {
+        let archive: ArchivePlan = serde_json::from_str(
+            r#"{"slug":"ada","container":"taos-ada","archived_name":"taos-x-0123456789ab",
+                "snapshot":"taos-archive-1","dir":"/d/archive/ada-1","was_running":true}"#,
         )
-        .await?;
-    Ok(out.stdout)
+        .expect("an archive plan");
+        assert_eq!(archive.container.as_deref(), Some("taos-ada"));
+        assert!(archive.was_running);
+        let restore: RestorePlan = serde_json::from_str(
+            r#"{"archive_id":"a1","archived_slug":"ada","slug":"ada-2","container":"taos-ada-2",
+                "archived_name":null,"snapshot":null,"dir":"/d/archive/ada-1"}"#,
+        )
+        .expect("a restore plan");
+        assert_eq!(restore.slug, "ada-2");
+        assert!(restore.archived_name.is_none());
+        let purge: PurgePlan = serde_json::from_str(
+            r#"{"archive_id":"a1","slug":"ada","container":null,"dir":"/d/archive/ada-1"}"#,
+        )
+        .expect("a purge plan");
+        assert_eq!(purge.dir, PathBuf::from("/d/archive/ada-1"));
+    }
 }

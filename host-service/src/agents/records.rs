@@ -43,6 +43,20 @@ pub fn is_valid_slug(slug: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
+/// The container of an agent with this slug (under both runtimes).
+pub fn container_name(slug: &str) -> String {
+    format!("taos-{slug}")
+}
+
+/// The `n`th slug tried for `base` when it is taken: `base`, `base-2`, `base-3`…
+pub fn slug_candidate(base: &str, n: u32) -> String {
+    if n <= 1 {
+        base.to_string()
+    } else {
+        format!("{base}-{n}")
+    }
+}
+
 /// Lowercase; runs of anything else become one `-`; trimmed; cut to fit.
 pub fn slugify(name: &str) -> String {
     let mut slug = String::new();
@@ -223,7 +237,7 @@ pub async fn create_with(
         ));
     }
     let mut slug = base.clone();
-    let mut n = 2;
+    let mut n: u32 = 2;
     while reserved.contains(&slug)
         || ROUTE_WORDS.contains(&slug.as_str())
         || sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM agents WHERE slug = ?")
@@ -232,7 +246,7 @@ pub async fn create_with(
             .await?
             > 0
     {
-        slug = format!("{base}-{n}");
+        slug = slug_candidate(&base, n);
         n += 1;
     }
     let token = new_secret(AGENT_TOKEN_PREFIX);
@@ -245,7 +259,7 @@ pub async fn create_with(
             "container",
             "deploying",
             Some(framework.clone()),
-            Some(format!("taos-{slug}")),
+            Some(container_name(&slug)),
             *network,
         ),
     };
@@ -292,6 +306,73 @@ pub async fn create_with(
         network,
     };
     Ok((record, token, llm_key))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// Another creation kept taking the slug (or the write lock) until the last try.
+    #[error("agent name race; retry")]
+    Race,
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Chat(#[from] crate::chat::ChatError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// How many times `create_with_dm` tries before it gives up with `CreateError::Race`.
+const CREATE_TRIES: u32 = 5;
+
+/// Creates an external agent and its DM channel with `owner_member`, in one transaction.
+/// Returns the record, its agent token and its LLM key. Two creations with the same name race
+/// for the same slug; the loser tries again and gets the next free one.
+pub async fn create_with_dm(
+    db: &Db,
+    new: &NewAgent,
+    owner_member: &str,
+) -> Result<(AgentRecord, String, String), CreateError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match create_with_dm_once(db, new, owner_member).await {
+            Err(CreateError::Race) if attempt < CREATE_TRIES => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Whether a failed statement lost a race with another writer (so trying again can succeed).
+fn lost_a_race(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || db.message().contains("locked")
+                || db.message().contains("busy")
+        }
+        _ => false,
+    }
+}
+
+async fn create_with_dm_once(
+    db: &Db,
+    new: &NewAgent,
+    owner_member: &str,
+) -> Result<(AgentRecord, String, String), CreateError> {
+    let mut tx = db.begin().await?;
+    let (record, token, llm_key) = match create(&mut tx, new).await {
+        Err(AgentError::Db(e)) if lost_a_race(&e) => return Err(CreateError::Race),
+        other => other?,
+    };
+    match crate::chat::create_dm(&mut tx, &record, owner_member).await {
+        Err(crate::chat::ChatError::Db(e)) if lost_a_race(&e) => return Err(CreateError::Race),
+        other => other?,
+    };
+    match tx.commit().await {
+        Err(e) if lost_a_race(&e) => Err(CreateError::Race),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok((record, token, llm_key)),
+    }
 }
 
 pub async fn list(db: &Db) -> Result<Vec<AgentRecord>, AgentError> {
@@ -495,6 +576,16 @@ mod tests {
         assert_eq!(slugify("!!!"), "");
         assert!(slugify(&"x".repeat(100)).len() <= MAX_SLUG_LEN - 4);
         assert!(is_valid_slug(&slugify("Research Helper")));
+    }
+
+    #[test]
+    fn taken_slugs_get_a_number_and_every_slug_names_a_container_incus_accepts() {
+        assert_eq!(slug_candidate("ada", 1), "ada");
+        assert_eq!(slug_candidate("ada", 2), "ada-2");
+        assert_eq!(slug_candidate("ada", 17), "ada-17");
+        assert_eq!(container_name("ada-2"), "taos-ada-2");
+        // incus instance names are at most 63 characters.
+        assert!(container_name(&"x".repeat(MAX_SLUG_LEN)).len() <= 63);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! again: no agent stays `deploying`.
 //!
 //! This module orchestrates several others (agents, chat, runtime, bridge), so it works on the
-//! host's shared state rather than on one store.
+//! agent lifecycle's shared context (`AgentHost`) rather than on one store.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,10 +20,11 @@ use taos_proto::agents::{
 };
 use uuid::Uuid;
 
-use crate::agents::{self, AgentRecord, NewKind};
+use crate::agents::frameworks::{self, Manifest};
+use crate::agents::quota;
+use crate::agents::AgentHost;
+use crate::agents::{self, container_name, AgentRecord, NewKind};
 use crate::db::{from_ms, now_ms, Db};
-use crate::frameworks::{self, Manifest};
-use crate::http::AppState;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::{CreateSpec, Device, Limits, Runtime, RuntimeError};
 
@@ -75,13 +76,14 @@ struct Secrets {
     llm_key: String,
 }
 
-fn container_name(slug: &str) -> String {
-    format!("taos-{slug}")
-}
-
 /// The steps of a deploy on this runtime.
 pub fn steps_for(rt: &ContainerRuntime) -> &'static [&'static str] {
-    if rt.has_proxy_devices() {
+    steps(rt.has_proxy_devices())
+}
+
+/// The steps of a deploy on a runtime with proxy devices (incus) or without (Docker).
+fn steps(proxy_devices: bool) -> &'static [&'static str] {
+    if proxy_devices {
         STEPS
     } else {
         DOCKER_STEPS
@@ -136,19 +138,19 @@ fn validate(req: &DeployRequest) -> Result<Manifest, DeployError> {
 /// credentials and DM channel, records the deploy, and runs the remaining steps in the
 /// background. Returns the agent and the deploy id.
 pub async fn start(
-    state: &AppState,
+    host: &AgentHost,
     owner_member: &str,
     req: DeployRequest,
 ) -> Result<(AgentRecord, String), DeployError> {
     let manifest = validate(&req)?;
-    let Some(runtime) = state.runtime.as_ref() else {
+    let Some(runtime) = host.runtime.as_ref() else {
         return Err(DeployError::NoRuntime);
     };
-    crate::isolation::ready(state)
+    crate::isolation::ready(host)
         .await
         .map_err(DeployError::NoIsolation)?;
     // Models must be ones a provider serves.
-    let available: Vec<String> = state
+    let available: Vec<String> = host
         .llm
         .models()
         .await
@@ -178,11 +180,7 @@ pub async fn start(
     let base = agents::slugify(&req.name);
     let mut reserved = Vec::new();
     for n in 1..=50 {
-        let candidate = if n == 1 {
-            base.clone()
-        } else {
-            format!("{base}-{n}")
-        };
+        let candidate = agents::slug_candidate(&base, n);
         if candidate.is_empty() {
             break;
         }
@@ -196,7 +194,7 @@ pub async fn start(
         }
     }
     let id = Uuid::now_v7().to_string();
-    let mut tx = state.db.begin().await?;
+    let mut tx = host.db.begin().await?;
     let (agent, agent_token, llm_key) = agents::create_with(
         &mut tx,
         &new,
@@ -228,14 +226,10 @@ pub async fn start(
     .execute(&mut *tx)
     .await?;
     let quota_bytes = req.disk_quota_gib.unwrap_or(DEFAULT_DISK_QUOTA_GIB) * 1024 * 1024 * 1024;
-    sqlx::query("INSERT INTO agent_disk (agent_id, quota_bytes) VALUES (?, ?)")
-        .bind(agent.id.to_string())
-        .bind(i64::try_from(quota_bytes).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
+    quota::add_agent(&mut tx, agent.id, quota_bytes).await?;
     tx.commit().await?;
     tracing::info!(agent = %agent.slug, deploy = %id, framework = %manifest.id, "deploy started");
-    let background = state.clone();
+    let background = host.clone();
     let run = Run {
         deploy_id: id.clone(),
         agent: agent.clone(),
@@ -259,40 +253,39 @@ struct Run {
 }
 
 impl Run {
-    async fn execute(self, state: &AppState) {
-        let Some(runtime) = state.runtime.as_ref() else {
-            let _ = rollback(state, &self.deploy_id, "no container runtime").await;
+    async fn execute(self, host: &AgentHost) {
+        let Some(runtime) = host.runtime.as_ref() else {
+            let _ = rollback(host, &self.deploy_id, "no container runtime").await;
             return;
         };
         for step in &steps_for(runtime)[1..] {
-            if let Err(e) = mark(state, &self.deploy_id, step, "running", None).await {
+            if let Err(e) = mark(host, &self.deploy_id, step, "running", None).await {
                 tracing::error!(error = %e, "recording a deploy step failed");
             }
             let result = match crate::faults::check("deploy", step).await {
-                Ok(()) => self.step(state, runtime, step).await,
+                Ok(()) => self.step(host, runtime, step).await,
                 Err(injected) => Err(injected),
             };
             match result {
                 Ok(detail) => {
-                    let _ = mark(state, &self.deploy_id, step, "done", detail).await;
+                    let _ = mark(host, &self.deploy_id, step, "done", detail).await;
                 }
                 Err(reason) => {
                     tracing::warn!(agent = %self.agent.slug, step, %reason, "deploy step failed; rolling back");
-                    let _ =
-                        mark(state, &self.deploy_id, step, "failed", Some(reason.clone())).await;
-                    let _ = rollback(state, &self.deploy_id, &format!("{step}: {reason}")).await;
+                    let _ = mark(host, &self.deploy_id, step, "failed", Some(reason.clone())).await;
+                    let _ = rollback(host, &self.deploy_id, &format!("{step}: {reason}")).await;
                     return;
                 }
             }
         }
-        let _ = agents::set_status(&state.db, self.agent.id, "running").await;
-        let _ = finish(state, &self.deploy_id, "succeeded", None).await;
+        let _ = agents::set_status(&host.db, self.agent.id, "running").await;
+        let _ = finish(host, &self.deploy_id, "succeeded", None).await;
         tracing::info!(agent = %self.agent.slug, "deploy finished: running");
     }
 
     async fn step(
         &self,
-        state: &AppState,
+        host: &AgentHost,
         rt: &ContainerRuntime,
         step: &str,
     ) -> Result<Option<String>, String> {
@@ -325,7 +318,7 @@ impl Run {
                             * 1024,
                     ),
                     env: BTreeMap::new(),
-                    devices: proxy_devices(state.agent_addr),
+                    devices: proxy_devices(host.agent_addr),
                     network: Some(self.request.network),
                 };
                 if !rt.has_proxy_devices() {
@@ -349,7 +342,7 @@ impl Run {
             }
             "configure" => {
                 let env = agent_env(
-                    state,
+                    &host.agent_gateways,
                     &self.agent.slug,
                     &self.secrets.agent_token,
                     &self.secrets.llm_key,
@@ -365,7 +358,7 @@ impl Run {
                 Ok(None)
             }
             "bridge" => {
-                let waited = wait_for_bridge(state, self.agent.id).await?;
+                let waited = wait_for_bridge(host, self.agent.id).await?;
                 Ok(Some(format!("connected after {} ms", waited.as_millis())))
             }
             other => Err(format!("unknown step {other}")),
@@ -389,8 +382,8 @@ fn proxy_devices(agent_addr: SocketAddr) -> Vec<Device> {
 }
 
 /// The agent's folder in the host-only trace store (written by the host alone).
-fn trace_dir(state: &AppState, slug: &str) -> PathBuf {
-    state.traces.root().join(slug)
+fn trace_dir(host: &AgentHost, slug: &str) -> PathBuf {
+    host.traces.root().join(slug)
 }
 
 /// Puts the agent's own credentials where its service reads them (0600).
@@ -442,9 +435,9 @@ pub async fn restart_service(
 }
 
 /// Waits until the agent's sidecar has its bridge stream open; returns how long that took.
-pub async fn wait_for_bridge(state: &AppState, agent: Uuid) -> Result<Duration, String> {
+pub async fn wait_for_bridge(host: &AgentHost, agent: Uuid) -> Result<Duration, String> {
     let started = Instant::now();
-    while !state.bridge.is_connected(agent) {
+    while !host.bridge.is_connected(agent) {
         if started.elapsed() > BRIDGE_TIMEOUT {
             return Err("the agent never connected to the bridge".into());
         }
@@ -465,9 +458,11 @@ pub fn service_of(agent: &AgentRecord) -> String {
 
 /// Where, from inside its container, an agent reaches the host's bridge and LLM gateway:
 /// the proxy devices on its own loopback (incus), or its network's gateway (Docker).
-fn agent_endpoints(state: &AppState, network: AgentNetwork) -> (String, String) {
-    let gateway = state
-        .agent_gateways
+fn agent_endpoints(
+    gateways: &[(AgentNetwork, SocketAddr)],
+    network: AgentNetwork,
+) -> (String, String) {
+    let gateway = gateways
         .iter()
         .find(|(mode, _)| *mode == network)
         .map(|(_, addr)| *addr);
@@ -482,7 +477,7 @@ fn agent_endpoints(state: &AppState, network: AgentNetwork) -> (String, String) 
 
 /// The sidecar's environment file: the agent's own credentials and where to reach the host.
 pub fn agent_env(
-    state: &AppState,
+    gateways: &[(AgentNetwork, SocketAddr)],
     slug: &str,
     agent_token: &str,
     llm_key: &str,
@@ -490,7 +485,7 @@ pub fn agent_env(
     fallback: &[String],
     network: AgentNetwork,
 ) -> String {
-    let (bridge_url, llm_url) = agent_endpoints(state, network);
+    let (bridge_url, llm_url) = agent_endpoints(gateways, network);
     let mut env = format!(
         "TAOS_BRIDGE_URL={bridge_url}\nTAOS_AGENT_NAME={slug}\n\
          TAOS_AGENT_TOKEN={agent_token}\nOPENAI_BASE_URL={llm_url}\n\
@@ -540,13 +535,13 @@ async fn load_steps(db: &Db, deploy_id: &str) -> Result<Vec<DeployStep>, sqlx::E
 }
 
 async fn mark(
-    state: &AppState,
+    host: &AgentHost,
     deploy_id: &str,
     step: &str,
     step_state: &str,
     detail: Option<String>,
 ) -> Result<(), sqlx::Error> {
-    let mut steps = load_steps(&state.db, deploy_id).await?;
+    let mut steps = load_steps(&host.db, deploy_id).await?;
     let now = from_ms(now_ms());
     if let Some(s) = steps.iter_mut().find(|s| s.name == step) {
         s.state = step_state.to_string();
@@ -563,13 +558,13 @@ async fn mark(
         .bind(serde_json::to_string(&steps).unwrap_or_default())
         .bind(now_ms())
         .bind(deploy_id)
-        .execute(&state.db)
+        .execute(&host.db)
         .await?;
     let slug: Option<String> = sqlx::query_scalar("SELECT slug FROM deploys WHERE id = ?")
         .bind(deploy_id)
-        .fetch_optional(&state.db)
+        .fetch_optional(&host.db)
         .await?;
-    let _ = state
+    let _ = host
         .hub
         .publish(
             "deploy.progress",
@@ -580,7 +575,7 @@ async fn mark(
 }
 
 async fn finish(
-    state: &AppState,
+    host: &AgentHost,
     deploy_id: &str,
     status: &str,
     error: Option<&str>,
@@ -590,9 +585,9 @@ async fn finish(
         .bind(error)
         .bind(now_ms())
         .bind(deploy_id)
-        .execute(&state.db)
+        .execute(&host.db)
         .await?;
-    let _ = state
+    let _ = host
         .hub
         .publish(
             "deploy.finished",
@@ -604,17 +599,17 @@ async fn finish(
 
 /// Undoes a deploy: container, trace folder, agent (credentials, channels). Each part is
 /// attempted even if another fails; the deploy ends `rolled_back` with the reason.
-pub async fn rollback(state: &AppState, deploy_id: &str, reason: &str) -> Result<(), DeployError> {
+pub async fn rollback(host: &AgentHost, deploy_id: &str, reason: &str) -> Result<(), DeployError> {
     let row = sqlx::query("SELECT agent_id, slug FROM deploys WHERE id = ?")
         .bind(deploy_id)
-        .fetch_optional(&state.db)
+        .fetch_optional(&host.db)
         .await?
         .ok_or(DeployError::NotFound)?;
     let agent_id: Option<String> = row.try_get("agent_id")?;
     let slug: String = row.try_get("slug")?;
     // Only a container this deploy made is removed: if `container` never finished, a
     // container with that name belongs to someone else (a restore, a hand-made one).
-    let created = load_steps(&state.db, deploy_id)
+    let created = load_steps(&host.db, deploy_id)
         .await
         .map(|steps| {
             steps
@@ -622,7 +617,7 @@ pub async fn rollback(state: &AppState, deploy_id: &str, reason: &str) -> Result
                 .any(|s| s.name == "container" && s.state == "done")
         })
         .unwrap_or(false);
-    if let (Some(rt), true) = (state.runtime.as_ref(), created) {
+    if let (Some(rt), true) = (host.runtime.as_ref(), created) {
         let name = container_name(&slug);
         if rt.exists(&name).await.unwrap_or(false) {
             let _ = rt.stop(&name, true).await;
@@ -631,31 +626,31 @@ pub async fn rollback(state: &AppState, deploy_id: &str, reason: &str) -> Result
             }
         }
     }
-    let dir = trace_dir(state, &slug);
+    let dir = trace_dir(host, &slug);
     if dir.exists() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     if let Some(id) = agent_id.and_then(|id| Uuid::parse_str(&id).ok()) {
-        agents::remove(&state.db, id).await?;
+        agents::remove(&host.db, id).await?;
         // Its credentials went with the row: whatever was open on them ends now.
-        state.bridge.kick(id);
-        state.live.revoke_agent_llm(id);
+        host.bridge.kick(id);
+        host.live.revoke_agent_llm(id);
     }
-    finish(state, deploy_id, "rolled_back", Some(reason)).await?;
+    finish(host, deploy_id, "rolled_back", Some(reason)).await?;
     tracing::warn!(agent = %slug, %reason, "deploy rolled back");
     Ok(())
 }
 
 /// At start-up: deploys a previous run left unfinished are rolled back (their credentials
 /// lived only in that process's memory, so they can't be resumed).
-pub async fn recover(state: &AppState) {
+pub async fn recover(host: &AgentHost) {
     let unfinished: Vec<String> =
         sqlx::query_scalar("SELECT id FROM deploys WHERE status = 'running'")
-            .fetch_all(&state.db)
+            .fetch_all(&host.db)
             .await
             .unwrap_or_default();
     for id in unfinished {
-        if let Err(e) = rollback(state, &id, "the host stopped during the deploy").await {
+        if let Err(e) = rollback(host, &id, "the host stopped during the deploy").await {
             tracing::error!(deploy = %id, error = %e, "rolling back an interrupted deploy failed");
         }
     }
@@ -663,11 +658,11 @@ pub async fn recover(state: &AppState) {
 
 /// At start-up: points every container agent's proxy devices at the agent listener as it is
 /// bound now (its address may have changed since the container was made).
-pub async fn reconcile_proxies(state: &AppState) {
-    let Some(rt) = state.runtime.as_ref() else {
+pub async fn reconcile_proxies(host: &AgentHost) {
+    let Some(rt) = host.runtime.as_ref() else {
         return;
     };
-    let Ok(list) = agents::list(&state.db).await else {
+    let Ok(list) = agents::list(&host.db).await else {
         return;
     };
     for agent in list {
@@ -677,7 +672,7 @@ pub async fn reconcile_proxies(state: &AppState) {
         if !rt.exists(container).await.unwrap_or(false) {
             continue;
         }
-        if let Err(e) = repoint_proxies(state, rt, container).await {
+        if let Err(e) = repoint_proxies(host, rt, container).await {
             tracing::warn!(agent = %agent.slug, error = %e, "could not re-point a proxy device");
         }
     }
@@ -686,14 +681,14 @@ pub async fn reconcile_proxies(state: &AppState) {
 /// Points a container's proxy devices at the agent listener as it is bound now (a restart may
 /// have moved it). Runtimes without proxy devices have nothing to re-point.
 pub async fn repoint_proxies(
-    state: &AppState,
+    host: &AgentHost,
     rt: &ContainerRuntime,
     container: &str,
 ) -> Result<(), RuntimeError> {
     if !rt.has_proxy_devices() {
         return Ok(());
     }
-    for device in proxy_devices(state.agent_addr) {
+    for device in proxy_devices(host.agent_addr) {
         rt.add_device(container, &device).await?;
     }
     Ok(())
@@ -720,4 +715,155 @@ pub async fn status(db: &Db, slug: &str) -> Result<DeployStatus, DeployError> {
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(framework: &str) -> DeployRequest {
+        DeployRequest {
+            name: "Ada".into(),
+            framework: framework.into(),
+            model: "m".into(),
+            fallback_models: None,
+            emoji: None,
+            color: None,
+            memory_limit_mib: None,
+            cpu_limit: None,
+            disk_quota_gib: None,
+            network: AgentNetwork::default(),
+        }
+    }
+
+    #[test]
+    fn steps_start_with_credentials_and_end_with_the_bridge() {
+        // `start` marks the first step done itself (the credentials are minted with the row),
+        // and `execute` runs the rest: both rely on this order.
+        for proxy_devices in [true, false] {
+            let names = steps(proxy_devices);
+            assert_eq!(names.first(), Some(&"credentials"));
+            assert_eq!(names.last(), Some(&"bridge"));
+            assert_eq!(names[1], "container");
+        }
+        assert_eq!(steps(true), STEPS);
+        assert_eq!(steps(false), DOCKER_STEPS);
+    }
+
+    #[test]
+    fn docker_gets_its_credentials_before_the_first_start_and_has_no_service_step() {
+        let pos = |names: &[&str], step: &str| names.iter().position(|s| *s == step);
+        assert!(pos(DOCKER_STEPS, "configure") < pos(DOCKER_STEPS, "start"));
+        assert_eq!(pos(DOCKER_STEPS, "service"), None);
+        // incus boots systemd first, then writes the credentials and restarts the service.
+        assert!(pos(STEPS, "start") < pos(STEPS, "configure"));
+        assert!(pos(STEPS, "configure") < pos(STEPS, "service"));
+    }
+
+    #[test]
+    fn fresh_steps_are_all_pending() {
+        let fresh = fresh_steps(STEPS);
+        assert_eq!(fresh.len(), STEPS.len());
+        for (step, name) in fresh.iter().zip(STEPS) {
+            assert_eq!(step.name, *name);
+            assert_eq!(step.state, "pending");
+            assert!(step.started_at.is_none() && step.finished_at.is_none());
+            assert!(step.detail.is_none());
+        }
+    }
+
+    #[test]
+    fn requests_outside_the_limits_are_refused() {
+        assert_eq!(
+            validate(&request("direct")).map(|m| m.id).ok(),
+            Some("direct".into())
+        );
+        let refused = |req: DeployRequest| matches!(validate(&req), Err(DeployError::BadInput(_)));
+        assert!(refused(request("no-such-framework")));
+        for (mib, ok) in [(31, false), (32, true), (262_144, true), (262_145, false)] {
+            let mut req = request("direct");
+            req.memory_limit_mib = Some(mib);
+            assert_eq!(!refused(req), ok, "memory_limit_mib {mib}");
+        }
+        for (cpus, ok) in [(0, false), (1, true), (256, true), (257, false)] {
+            let mut req = request("direct");
+            req.cpu_limit = Some(cpus);
+            assert_eq!(!refused(req), ok, "cpu_limit {cpus}");
+        }
+        for (gib, ok) in [(0, false), (1, true), (4096, true), (4097, false)] {
+            let mut req = request("direct");
+            req.disk_quota_gib = Some(gib);
+            assert_eq!(!refused(req), ok, "disk_quota_gib {gib}");
+        }
+    }
+
+    #[test]
+    fn both_proxy_devices_lead_to_the_agent_listener() {
+        let addr: SocketAddr = "127.0.0.1:6970".parse().expect("an address");
+        let devices = proxy_devices(addr);
+        let listens: Vec<&str> = devices
+            .iter()
+            .map(|d| match d {
+                Device::Proxy {
+                    listen, connect, ..
+                } => {
+                    assert_eq!(connect, "tcp:127.0.0.1:6970");
+                    listen.as_str()
+                }
+                other => panic!("not a proxy device: {other:?}"),
+            })
+            .collect();
+        assert_eq!(listens, ["tcp:127.0.0.1:6969", "tcp:127.0.0.1:4000"]);
+    }
+
+    #[test]
+    fn agents_reach_the_host_through_their_networks_gateway_or_their_own_loopback() {
+        let lan: SocketAddr = "172.30.1.1:6970".parse().expect("an address");
+        let gateways = [(AgentNetwork::Lan, lan)];
+        assert_eq!(
+            agent_endpoints(&gateways, AgentNetwork::Lan),
+            (
+                "http://172.30.1.1:6970".to_string(),
+                "http://172.30.1.1:6970/v1".to_string()
+            )
+        );
+        // No gateway for that network (incus): the proxy devices inside the container.
+        assert_eq!(
+            agent_endpoints(&gateways, AgentNetwork::Internet),
+            (
+                "http://127.0.0.1:6969".to_string(),
+                "http://127.0.0.1:4000/v1".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn the_env_file_carries_the_agents_own_credentials_and_fallbacks() {
+        let env = agent_env(
+            &[],
+            "ada",
+            "taos_ag_x",
+            "taos_llm_y",
+            "m1",
+            &[],
+            AgentNetwork::Internet,
+        );
+        assert_eq!(
+            env,
+            "TAOS_BRIDGE_URL=http://127.0.0.1:6969\nTAOS_AGENT_NAME=ada\n\
+             TAOS_AGENT_TOKEN=taos_ag_x\nOPENAI_BASE_URL=http://127.0.0.1:4000/v1\n\
+             OPENAI_API_KEY=taos_llm_y\nTAOS_MODEL=m1\n"
+        );
+        let fallback = ["m2".to_string(), "m3".to_string()];
+        let env = agent_env(
+            &[],
+            "ada",
+            "t",
+            "k",
+            "m1",
+            &fallback,
+            AgentNetwork::Internet,
+        );
+        assert!(env.ends_with("TAOS_MODEL=m1\nTAOS_FALLBACK_MODELS=m2,m3\n"));
+    }
 }

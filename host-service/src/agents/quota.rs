@@ -11,9 +11,9 @@ use sqlx::Row;
 use taos_proto::events::{Level, NewNotification};
 use uuid::Uuid;
 
+use crate::agents::AgentHost;
 use crate::agents::{self, AgentRecord};
 use crate::db::{from_ms, now_ms};
-use crate::http::AppState;
 use crate::runtime::Runtime;
 
 pub const WARN_AT: f64 = 0.875;
@@ -66,7 +66,21 @@ pub fn next_state(current: &str, used: u64, quota: u64) -> &'static str {
     }
 }
 
-/// Records an agent's quota (at deploy and on resize).
+/// Starts watching a new container agent's disk, in the transaction that creates it.
+pub async fn add_agent(
+    tx: &mut sqlx::SqliteConnection,
+    agent: Uuid,
+    quota_bytes: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO agent_disk (agent_id, quota_bytes) VALUES (?, ?)")
+        .bind(agent.to_string())
+        .bind(i64::try_from(quota_bytes).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Records an agent's quota (on resize).
 pub async fn set_quota_bytes(
     db: &crate::db::Db,
     agent: Uuid,
@@ -84,14 +98,14 @@ pub async fn set_quota_bytes(
 }
 
 async fn load(
-    state: &AppState,
+    host: &AgentHost,
     agent: &AgentRecord,
 ) -> Result<Option<(u64, Option<u64>, String, Option<i64>, bool)>, QuotaError> {
     let row = sqlx::query(
         "SELECT quota_bytes, used_bytes, state, last_checked_at, paused_for_disk FROM agent_disk WHERE agent_id = ?",
     )
     .bind(agent.id.to_string())
-    .fetch_optional(&state.db)
+    .fetch_optional(&host.db)
     .await?;
     Ok(row.map(|r| {
         (
@@ -131,11 +145,11 @@ fn status_of(
 }
 
 /// The last sample of an agent's disk.
-pub async fn status(state: &AppState, slug: &str) -> Result<DiskStatus, QuotaError> {
-    let agent = agents::get_by_slug(&state.db, slug)
+pub async fn status(host: &AgentHost, slug: &str) -> Result<DiskStatus, QuotaError> {
+    let agent = agents::get_by_slug(&host.db, slug)
         .await
         .map_err(|_| QuotaError::NoAgent)?;
-    let (quota, used, disk_state, checked, _) = load(state, &agent).await?.ok_or_else(|| {
+    let (quota, used, disk_state, checked, _) = load(host, &agent).await?.ok_or_else(|| {
         QuotaError::Conflict(format!("{slug} has no disk quota (not a container agent)"))
     })?;
     Ok(status_of(&agent.slug, quota, used, &disk_state, checked))
@@ -143,13 +157,13 @@ pub async fn status(state: &AppState, slug: &str) -> Result<DiskStatus, QuotaErr
 
 /// Samples one agent, persists the result, and acts on a state change.
 pub async fn scan_agent(
-    state: &AppState,
+    host: &AgentHost,
     agent: &AgentRecord,
 ) -> Result<Option<DiskStatus>, QuotaError> {
-    let Some((quota, _, current, _, paused_for_disk)) = load(state, agent).await? else {
+    let Some((quota, _, current, _, paused_for_disk)) = load(host, agent).await? else {
         return Ok(None);
     };
-    let (Some(rt), Some(container)) = (state.runtime.as_ref(), agent.container.as_ref()) else {
+    let (Some(rt), Some(container)) = (host.runtime.as_ref(), agent.container.as_ref()) else {
         return Ok(None);
     };
     let used = match rt.quota_usage(container).await {
@@ -171,10 +185,10 @@ pub async fn scan_agent(
     .bind(next)
     .bind(now)
     .bind(agent.id.to_string())
-    .execute(&state.db)
+    .execute(&host.db)
     .await?;
     if next != current {
-        transition(state, agent, &current, next, used, quota, paused_for_disk).await?;
+        transition(host, agent, &current, next, used, quota, paused_for_disk).await?;
     }
     Ok(Some(status_of(
         &agent.slug,
@@ -186,7 +200,7 @@ pub async fn scan_agent(
 }
 
 async fn transition(
-    state: &AppState,
+    host: &AgentHost,
     agent: &AgentRecord,
     from: &str,
     to: &str,
@@ -195,30 +209,10 @@ async fn transition(
     paused_for_disk: bool,
 ) -> Result<(), QuotaError> {
     let pct = used as f64 * 100.0 / quota.max(1) as f64;
-    let figures = format!(
-        "{:.2} GiB of {:.2} GiB ({pct:.1}%)",
-        used as f64 / GIB as f64,
-        quota as f64 / GIB as f64
-    );
-    let (level, title, message) = match to {
-        "hard" => (
-            Level::Error,
-            format!("{} ran out of disk and was paused", agent.display_name),
-            format!("{figures}. Give it more room (resize its quota) or ask it to clean up (disk-audit); it resumes once it is below its quota."),
-        ),
-        "warn" => (
-            Level::Warning,
-            format!("{} is running out of disk", agent.display_name),
-            format!("{figures}. Resize its quota or ask it to clean up (disk-audit)."),
-        ),
-        _ => (
-            Level::Info,
-            format!("{}'s disk is fine again", agent.display_name),
-            format!("{figures}."),
-        ),
-    };
+    let figures = figures(used, quota);
+    let (level, title, message) = notice(&agent.display_name, to, &figures);
     tracing::info!(agent = %agent.slug, from, to, %figures, "disk quota state changed");
-    if let Err(e) = state
+    if let Err(e) = host
         .hub
         .notify(NewNotification {
             level,
@@ -235,31 +229,86 @@ async fn transition(
     {
         tracing::warn!(error = %e, "disk quota notification failed");
     }
-    if to == "hard" && !agent.paused {
-        pause_for_disk(state, agent).await?;
-    } else if from == "hard" && to != "hard" && paused_for_disk {
-        resume_after_disk(state, agent).await?;
+    match action_on(from, to, agent.paused, paused_for_disk) {
+        Some(DiskAction::Pause) => pause_for_disk(host, agent).await?,
+        Some(DiskAction::Resume) => resume_after_disk(host, agent).await?,
+        None => {}
     }
     Ok(())
 }
 
-async fn pause_for_disk(state: &AppState, agent: &AgentRecord) -> Result<(), QuotaError> {
+/// What a state change does to the agent, besides telling the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskAction {
+    Pause,
+    Resume,
+}
+
+/// A full disk pauses the agent (unless the owner already did); leaving `hard` resumes it,
+/// but only if the disk paused it: an agent the owner paused stays paused.
+fn action_on(
+    from: &str,
+    to: &str,
+    agent_paused: bool,
+    paused_for_disk: bool,
+) -> Option<DiskAction> {
+    if to == "hard" && !agent_paused {
+        Some(DiskAction::Pause)
+    } else if from == "hard" && to != "hard" && paused_for_disk {
+        Some(DiskAction::Resume)
+    } else {
+        None
+    }
+}
+
+/// "1.23 GiB of 4.00 GiB (30.8%)".
+fn figures(used: u64, quota: u64) -> String {
+    let pct = used as f64 * 100.0 / quota.max(1) as f64;
+    format!(
+        "{:.2} GiB of {:.2} GiB ({pct:.1}%)",
+        used as f64 / GIB as f64,
+        quota as f64 / GIB as f64
+    )
+}
+
+/// The notification for an agent entering state `to`: level, title, message.
+fn notice(name: &str, to: &str, figures: &str) -> (Level, String, String) {
+    match to {
+        "hard" => (
+            Level::Error,
+            format!("{name} ran out of disk and was paused"),
+            format!("{figures}. Give it more room (resize its quota) or ask it to clean up (disk-audit); it resumes once it is below its quota."),
+        ),
+        "warn" => (
+            Level::Warning,
+            format!("{name} is running out of disk"),
+            format!("{figures}. Resize its quota or ask it to clean up (disk-audit)."),
+        ),
+        _ => (
+            Level::Info,
+            format!("{name}'s disk is fine again"),
+            format!("{figures}."),
+        ),
+    }
+}
+
+async fn pause_for_disk(host: &AgentHost, agent: &AgentRecord) -> Result<(), QuotaError> {
     let patch = taos_proto::agents::AgentPatch {
         paused: Some(true),
         ..Default::default()
     };
-    agents::update(&state.db, &agent.slug, &patch)
+    agents::update(&host.db, &agent.slug, &patch)
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?;
     sqlx::query("UPDATE agent_disk SET paused_for_disk = 1 WHERE agent_id = ?")
         .bind(agent.id.to_string())
-        .execute(&state.db)
+        .execute(&host.db)
         .await?;
-    agents::set_status(&state.db, agent.id, "paused")
+    agents::set_status(&host.db, agent.id, "paused")
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?;
-    state.bridge.wake(agent.id);
-    if let (Some(rt), Some(container)) = (state.runtime.as_ref(), agent.container.as_ref()) {
+    host.bridge.wake(agent.id);
+    if let (Some(rt), Some(container)) = (host.runtime.as_ref(), agent.container.as_ref()) {
         if rt.stop(container, false).await.is_err() {
             let _ = rt.stop(container, true).await;
         }
@@ -267,8 +316,8 @@ async fn pause_for_disk(state: &AppState, agent: &AgentRecord) -> Result<(), Quo
     Ok(())
 }
 
-async fn resume_after_disk(state: &AppState, agent: &AgentRecord) -> Result<(), QuotaError> {
-    if let (Some(rt), Some(container)) = (state.runtime.as_ref(), agent.container.as_ref()) {
+async fn resume_after_disk(host: &AgentHost, agent: &AgentRecord) -> Result<(), QuotaError> {
+    if let (Some(rt), Some(container)) = (host.runtime.as_ref(), agent.container.as_ref()) {
         rt.start(container)
             .await
             .map_err(|e| QuotaError::Runtime(e.to_string()))?;
@@ -277,28 +326,28 @@ async fn resume_after_disk(state: &AppState, agent: &AgentRecord) -> Result<(), 
         paused: Some(false),
         ..Default::default()
     };
-    agents::update(&state.db, &agent.slug, &patch)
+    agents::update(&host.db, &agent.slug, &patch)
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?;
     sqlx::query("UPDATE agent_disk SET paused_for_disk = 0 WHERE agent_id = ?")
         .bind(agent.id.to_string())
-        .execute(&state.db)
+        .execute(&host.db)
         .await?;
-    agents::set_status(&state.db, agent.id, "running")
+    agents::set_status(&host.db, agent.id, "running")
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?;
-    state.bridge.clear_notices(agent.id);
-    state.bridge.wake(agent.id);
+    host.bridge.clear_notices(agent.id);
+    host.bridge.wake(agent.id);
     Ok(())
 }
 
 /// Samples every container agent.
-pub async fn scan_all(state: &AppState) -> Result<Vec<DiskStatus>, QuotaError> {
+pub async fn scan_all(host: &AgentHost) -> Result<Vec<DiskStatus>, QuotaError> {
     let mut results = Vec::new();
-    if let Some(rt) = state.runtime.as_ref() {
+    if let Some(rt) = host.runtime.as_ref() {
         rt.repair_quota_accounting().await;
     }
-    for agent in agents::list(&state.db)
+    for agent in agents::list(&host.db)
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?
     {
@@ -306,7 +355,7 @@ pub async fn scan_all(state: &AppState) -> Result<Vec<DiskStatus>, QuotaError> {
             continue;
         }
         // One agent's trouble must not stop the others from being checked.
-        match scan_agent(state, &agent).await {
+        match scan_agent(host, &agent).await {
             Ok(Some(status)) => results.push(status),
             Ok(None) => {}
             Err(e) => tracing::warn!(agent = %agent.slug, error = %e, "disk check failed"),
@@ -316,16 +365,16 @@ pub async fn scan_all(state: &AppState) -> Result<Vec<DiskStatus>, QuotaError> {
 }
 
 /// Resizes an agent's root disk quota (1–1024 GiB) and re-evaluates it at once.
-pub async fn resize(state: &AppState, slug: &str, size_gib: u64) -> Result<DiskStatus, QuotaError> {
+pub async fn resize(host: &AgentHost, slug: &str, size_gib: u64) -> Result<DiskStatus, QuotaError> {
     if !(1..=1024).contains(&size_gib) {
         return Err(QuotaError::BadInput(
             "size_gib must be between 1 and 1024".into(),
         ));
     }
-    let agent = agents::get_by_slug(&state.db, slug)
+    let agent = agents::get_by_slug(&host.db, slug)
         .await
         .map_err(|_| QuotaError::NoAgent)?;
-    let rt = state.runtime.as_ref().ok_or(QuotaError::NoRuntime)?;
+    let rt = host.runtime.as_ref().ok_or(QuotaError::NoRuntime)?;
     let container = agent
         .container
         .clone()
@@ -340,31 +389,31 @@ pub async fn resize(state: &AppState, slug: &str, size_gib: u64) -> Result<DiskS
     rt.set_root_size(&container, size_gib * 1024)
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?;
-    set_quota_bytes(&state.db, agent.id, size_gib * GIB).await?;
+    set_quota_bytes(&host.db, agent.id, size_gib * GIB).await?;
     rt.repair_quota_accounting().await;
     // The paused flag may have changed since the agent was loaded.
-    let agent = agents::get_by_id(&state.db, agent.id)
+    let agent = agents::get_by_id(&host.db, agent.id)
         .await
         .map_err(|e| QuotaError::Runtime(e.to_string()))?;
-    match scan_agent(state, &agent).await? {
+    match scan_agent(host, &agent).await? {
         Some(status) => Ok(status),
-        None => status(state, slug).await,
+        None => status(host, slug).await,
     }
 }
 
 /// Runs the monitor every `interval` until shutdown.
-pub fn spawn_monitor(state: AppState, interval: Duration) {
+pub fn spawn_monitor(host: AgentHost, interval: Duration) {
     tokio::spawn(async move {
-        let mut shutdown = state.shutdown.clone();
+        let mut shutdown = host.shutdown.clone();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = shutdown.changed() => return,
             }
-            if state.runtime.is_none() {
+            if host.runtime.is_none() {
                 continue;
             }
-            if let Err(e) = scan_all(&state).await {
+            if let Err(e) = scan_all(&host).await {
                 tracing::warn!(error = %e, "disk quota scan failed");
             }
         }
@@ -398,5 +447,48 @@ mod tests {
         assert_eq!(next_state("warn", 799, q), "ok");
         assert_eq!(next_state("hard", 100, q), "ok");
         assert_eq!(next_state("ok", 1, 0), "hard");
+    }
+
+    #[test]
+    fn a_full_disk_pauses_and_only_a_disk_pause_is_undone() {
+        use DiskAction::{Pause, Resume};
+        assert_eq!(action_on("warn", "hard", false, false), Some(Pause));
+        assert_eq!(action_on("ok", "hard", false, false), Some(Pause));
+        // Already paused by the owner: nothing to do, and nothing to undo later.
+        assert_eq!(action_on("warn", "hard", true, false), None);
+        assert_eq!(action_on("hard", "warn", true, true), Some(Resume));
+        assert_eq!(action_on("hard", "ok", true, true), Some(Resume));
+        assert_eq!(action_on("hard", "ok", true, false), None);
+        assert_eq!(action_on("ok", "warn", false, false), None);
+        assert_eq!(action_on("warn", "ok", false, false), None);
+    }
+
+    #[test]
+    fn notices_say_what_happened_at_the_right_level() {
+        let gib = 1024 * 1024 * 1024;
+        let text = figures(gib, 4 * gib);
+        assert_eq!(text, "1.00 GiB of 4.00 GiB (25.0%)");
+        let (level, title, message) = notice("Ada", "hard", &text);
+        assert_eq!(level, Level::Error);
+        assert_eq!(title, "Ada ran out of disk and was paused");
+        assert!(message.starts_with("1.00 GiB of 4.00 GiB (25.0%). Give it more room"));
+        assert_eq!(notice("Ada", "warn", &text).0, Level::Warning);
+        assert_eq!(notice("Ada", "ok", &text).1, "Ada's disk is fine again");
+        assert_eq!(
+            figures(5, 0),
+            format!("0.00 GiB of 0.00 GiB ({:.1}%)", 500.0)
+        );
+    }
+
+    #[test]
+    fn status_rounds_to_a_tenth_of_a_percent() {
+        let status = status_of("ada", 1000, Some(333), "ok", None);
+        assert_eq!(status.percent, Some(33.3));
+        assert_eq!(status.state, "ok");
+        assert_eq!(
+            status_of("ada", 0, Some(1), "hard", None).percent,
+            Some(100.0)
+        );
+        assert_eq!(status_of("ada", 1000, None, "ok", None).percent, None);
     }
 }

@@ -9,8 +9,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde::Serialize;
 
+use crate::agents::AgentHost;
 use crate::agents::{self, AgentRecord};
-use crate::http::AppState;
 use crate::runtime::Runtime;
 
 const HELPER: &str = "/usr/local/lib/taos/recycle";
@@ -59,10 +59,10 @@ fn valid_id(id: &str) -> Result<(), RecycleError> {
 }
 
 async fn container_agent(
-    state: &AppState,
+    host: &AgentHost,
     slug: &str,
 ) -> Result<(AgentRecord, String), RecycleError> {
-    let agent = agents::get_by_slug(&state.db, slug)
+    let agent = agents::get_by_slug(&host.db, slug)
         .await
         .map_err(|_| RecycleError::NoAgent)?;
     let container = agent
@@ -73,11 +73,11 @@ async fn container_agent(
 }
 
 async fn run(
-    state: &AppState,
+    host: &AgentHost,
     container: &str,
     argv: &[&str],
 ) -> Result<crate::runtime::ExecResult, RecycleError> {
-    let rt = state
+    let rt = host
         .runtime
         .as_ref()
         .ok_or_else(|| RecycleError::Runtime("no container runtime".into()))?;
@@ -86,8 +86,8 @@ async fn run(
         .map_err(|e| RecycleError::Runtime(e.to_string()))
 }
 
-async fn online(state: &AppState, container: &str) -> bool {
-    match state.runtime.as_ref() {
+async fn online(host: &AgentHost, container: &str) -> bool {
+    match host.runtime.as_ref() {
         Some(rt) => rt
             .state(container)
             .await
@@ -98,16 +98,16 @@ async fn online(state: &AppState, container: &str) -> bool {
 }
 
 /// One agent's bin; an agent whose container isn't running is reported as offline.
-pub async fn list(state: &AppState, slug: &str) -> Result<RecycleList, RecycleError> {
-    let (agent, container) = container_agent(state, slug).await?;
-    if !online(state, &container).await {
+pub async fn list(host: &AgentHost, slug: &str) -> Result<RecycleList, RecycleError> {
+    let (agent, container) = container_agent(host, slug).await?;
+    if !online(host, &container).await {
         return Ok(RecycleList {
             agent: agent.slug,
             items: Vec::new(),
             status: "container_offline".into(),
         });
     }
-    let out = run(state, &container, &[HELPER, "list"]).await?;
+    let out = run(host, &container, &[HELPER, "list"]).await?;
     if out.exit_code != 0 {
         return Err(RecycleError::Runtime(format!(
             "recycle list failed: {}",
@@ -136,14 +136,14 @@ pub async fn list(state: &AppState, slug: &str) -> Result<RecycleList, RecycleEr
 }
 
 /// Every container agent's bin.
-pub async fn list_all(state: &AppState) -> Result<Vec<RecycleList>, RecycleError> {
+pub async fn list_all(host: &AgentHost) -> Result<Vec<RecycleList>, RecycleError> {
     let mut all = Vec::new();
-    for agent in agents::list(&state.db)
+    for agent in agents::list(&host.db)
         .await
         .map_err(|e| RecycleError::Runtime(e.to_string()))?
     {
         if agent.container.is_some() && agent.status != "deploying" {
-            all.push(list(state, &agent.slug).await?);
+            all.push(list(host, &agent.slug).await?);
         }
     }
     Ok(all)
@@ -186,15 +186,15 @@ pub fn check_restore_target(path: &str) -> Result<(), RecycleError> {
 
 /// Puts an item back where it was; 409 if something is there now, 400 if its recorded path is
 /// outside the allowed roots or leads through a link.
-pub async fn restore(state: &AppState, slug: &str, id: &str) -> Result<(), RecycleError> {
+pub async fn restore(host: &AgentHost, slug: &str, id: &str) -> Result<(), RecycleError> {
     valid_id(id)?;
-    let (_, container) = container_agent(state, slug).await?;
-    if !online(state, &container).await {
+    let (_, container) = container_agent(host, slug).await?;
+    if !online(host, &container).await {
         return Err(RecycleError::Conflict(
             "the agent's container is not running".into(),
         ));
     }
-    let shown = run(state, &container, &[HELPER, "show", id]).await?;
+    let shown = run(host, &container, &[HELPER, "show", id]).await?;
     match shown.exit_code {
         0 => {}
         3 => return Err(RecycleError::NoItem),
@@ -215,7 +215,7 @@ pub async fn restore(state: &AppState, slug: &str, id: &str) -> Result<(), Recyc
         RecycleError::BadInput("the item's path is not UTF-8; restore it by hand".into())
     })?;
     check_restore_target(&path)?;
-    let out = run(state, &container, &[HELPER, "restore", id, &path]).await?;
+    let out = run(host, &container, &[HELPER, "restore", id, &path]).await?;
     match out.exit_code {
         0 => Ok(()),
         2 => Err(RecycleError::BadInput(out.stderr.trim().to_string())),
@@ -229,15 +229,15 @@ pub async fn restore(state: &AppState, slug: &str, id: &str) -> Result<(), Recyc
 }
 
 /// Deletes an item for good.
-pub async fn purge(state: &AppState, slug: &str, id: &str) -> Result<(), RecycleError> {
+pub async fn purge(host: &AgentHost, slug: &str, id: &str) -> Result<(), RecycleError> {
     valid_id(id)?;
-    let (_, container) = container_agent(state, slug).await?;
-    if !online(state, &container).await {
+    let (_, container) = container_agent(host, slug).await?;
+    if !online(host, &container).await {
         return Err(RecycleError::Conflict(
             "the agent's container is not running".into(),
         ));
     }
-    let out = run(state, &container, &[HELPER, "purge", id]).await?;
+    let out = run(host, &container, &[HELPER, "purge", id]).await?;
     match out.exit_code {
         0 => Ok(()),
         3 => Err(RecycleError::NoItem),
