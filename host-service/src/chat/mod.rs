@@ -511,16 +511,7 @@ impl Chat {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        let message = self.message(&id).await?;
-        self.hub.publish(
-            post.channel_id,
-            ServerEvent::Message {
-                channel_id: post.channel_id.to_string(),
-                seq,
-                message: message.clone(),
-            },
-        );
-        Ok((message, true))
+        Ok((self.publish_stored(&id, seq).await?, true))
     }
 
     /// Edits a message's content (author only).
@@ -634,6 +625,11 @@ impl Chat {
             return Err(ChatError::NotFound("the message was deleted"));
         }
         tx.commit().await?;
+        self.publish_stored(id, seq).await
+    }
+
+    /// Reads a message just committed at `seq` and sends it whole to the channel's listeners.
+    async fn publish_stored(&self, id: &str, seq: i64) -> Result<Message, ChatError> {
         let message = self.message(id).await?;
         self.hub.publish(
             &message.channel_id,
@@ -687,16 +683,7 @@ impl Chat {
             return Err(ChatError::NotFound("the message was deleted"));
         }
         tx.commit().await?;
-        let message = self.message(id).await?;
-        self.hub.publish(
-            &message.channel_id,
-            ServerEvent::Message {
-                channel_id: message.channel_id.clone(),
-                seq,
-                message: message.clone(),
-            },
-        );
-        Ok(message)
+        self.publish_stored(id, seq).await
     }
 
     pub async fn set_state(&self, id: &str, state: MessageState) -> Result<(), ChatError> {

@@ -40,20 +40,9 @@ pub(crate) async fn require_image() {
 }
 
 pub(crate) async fn host_with(env: &[(&str, &str)]) -> Host {
-    let mut all = vec![(
-        "TAOS_LLM__LITELLM_BIN".to_string(),
-        "/nonexistent/litellm".to_string(),
-    )];
-    all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    Host::start_with(
-        BIN,
-        HostOptions {
-            env: all,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
+    let mut all = vec![("TAOS_LLM__LITELLM_BIN", "/nonexistent/litellm")];
+    all.extend_from_slice(env);
+    crate::start_with_env(&all).await
 }
 
 /// A provider with a model, no LiteLLM needed (for deploys that never chat).

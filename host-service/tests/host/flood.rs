@@ -10,11 +10,9 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use taos_e2e::{Host, HostOptions, SseReader, WsClient, OWNER, OWNER_PASSWORD};
+use taos_e2e::{Host, SseReader, WsClient, OWNER, OWNER_PASSWORD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-use crate::BIN;
 
 /// Generous bound on any single answer: a failure bound, not a measurement.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
@@ -44,21 +42,6 @@ fn client_from(host: &Host, source: IpAddr) -> reqwest::Client {
         .timeout(Duration::from_secs(60))
         .build()
         .expect("client")
-}
-
-async fn start_with(env: &[(&str, &str)]) -> Host {
-    Host::start_with(
-        BIN,
-        HostOptions {
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("host starts")
 }
 
 /// Fires `count` concurrent wrong-password logins, `per_source` from each source address
@@ -100,7 +83,7 @@ async fn bad_logins(
 
 #[tokio::test]
 async fn a_login_flood_is_refused_before_hashing_and_the_host_stays_small() {
-    let host = start_with(&[]).await;
+    let host = crate::start_with_env(&[]).await;
     host.setup_owner().await;
     let pid = host.pid().unwrap();
 
@@ -264,7 +247,7 @@ async fn tls_to(host: &Host, source: IpAddr) -> tokio_rustls::client::TlsStream<
 #[tokio::test]
 async fn silent_half_open_and_dribbling_connections_cannot_keep_a_client_out() {
     const HEADER_TIMEOUT_SECS: u64 = 3;
-    let host = start_with(&[(
+    let host = crate::start_with_env(&[(
         "TAOS_SERVER__HEADER_TIMEOUT_SECS",
         &HEADER_TIMEOUT_SECS.to_string(),
     )])
@@ -399,7 +382,7 @@ async fn silent_half_open_and_dribbling_connections_cannot_keep_a_client_out() {
 #[tokio::test]
 async fn connections_over_the_listener_budget_are_closed_at_once() {
     // A long header timeout, so only the budget can close anything here.
-    let host = start_with(&[
+    let host = crate::start_with_env(&[
         ("TAOS_SERVER__MAX_CONNECTIONS", "20"),
         ("TAOS_SERVER__MAX_CONNECTIONS_PER_ADDRESS", "20"),
         ("TAOS_SERVER__HEADER_TIMEOUT_SECS", "300"),
@@ -432,7 +415,7 @@ async fn connections_over_the_listener_budget_are_closed_at_once() {
 
 #[tokio::test]
 async fn streams_and_websockets_outlive_the_idle_and_header_timeouts() {
-    let host = start_with(&[
+    let host = crate::start_with_env(&[
         ("TAOS_SERVER__HEADER_TIMEOUT_SECS", "1"),
         ("TAOS_SERVER__IDLE_TIMEOUT_SECS", "1"),
     ])
@@ -501,7 +484,7 @@ async fn streams_and_websockets_outlive_the_idle_and_header_timeouts() {
 /// has `body_timeout_secs`: the request gets 408, the connection closes, the slot comes back.
 #[tokio::test]
 async fn a_body_that_never_finishes_gets_408_and_gives_its_slot_back() {
-    let host = start_with(&[
+    let host = crate::start_with_env(&[
         ("TAOS_SERVER__MAX_CONNECTIONS", "4"),
         ("TAOS_SERVER__MAX_CONNECTIONS_PER_ADDRESS", "4"),
         ("TAOS_SERVER__BODY_TIMEOUT_SECS", "2"),

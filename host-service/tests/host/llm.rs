@@ -906,7 +906,7 @@ async fn a_failed_turn_shows_in_the_chat_with_its_reason() {
     let _turn = LITELLM.lock().await;
     let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
     // Answers of at most 5 tokens: a call reserves $0.02 at the fake provider's prices.
-    let host = host_with_env(&[("TAOS_LLM__DEFAULT_MAX_TOKENS", "5")]).await;
+    let host = crate::start_with_env(&[("TAOS_LLM__DEFAULT_MAX_TOKENS", "5")]).await;
     host.setup_owner().await;
     let llm_status = || {
         let request = host.admin(Method::GET, "/api/llm/status");
@@ -1316,21 +1316,6 @@ async fn rotating_the_llm_key_or_archiving_the_agent_cuts_calls_in_flight() {
 
 // ---- Attacks on the LLM path (issue 12: budgets, provider keys, LiteLLM's confinement) ----
 
-async fn host_with_env(env: &[(&str, &str)]) -> Host {
-    Host::start_with(
-        BIN,
-        HostOptions {
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-}
-
 /// A new agent using `model` (and any `fallback`s); returns its LLM key.
 async fn agent_with_model(host: &Host, name: &str, model: &str, fallback: &[&str]) -> String {
     let created: Value = host
@@ -1400,7 +1385,7 @@ async fn two_hundred_concurrent_calls_at_99_percent_of_a_budget_overspend_at_mos
     let _turn = LITELLM.lock().await;
     let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
     // A concurrency cap above the burst, so every refusal below is the budget's.
-    let host = host_with_env(&[("TAOS_LLM__MAX_CONCURRENT_CALLS", "1024")]).await;
+    let host = crate::start_with_env(&[("TAOS_LLM__MAX_CONCURRENT_CALLS", "1024")]).await;
     host.setup_owner().await;
     add_fake_provider(&host, &fake).await;
     // fake-gpt at $10 in / $100 out per million tokens: a call (10 tokens in, 5 out) costs
@@ -1579,7 +1564,7 @@ async fn a_call_in_flight_when_the_host_is_killed_is_settled_at_the_next_start()
     let _turn = LITELLM.lock().await;
     let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
     let env = [("TAOS_LLM__MAX_CONCURRENT_CALLS", "1")];
-    let mut host = host_with_env(&env).await;
+    let mut host = crate::start_with_env(&env).await;
     host.setup_owner().await;
     add_fake_provider(&host, &fake).await;
     wait_ready(&host, &["fake-gpt", "fake-other"]).await;
@@ -1888,7 +1873,7 @@ async fn a_process_holding_litellms_port_never_gets_the_master_key() {
     let squatter = Recorder::start(None).await;
     let port = squatter.addr.port().to_string();
     let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
-    let host = host_with_env(&[("TAOS_LLM__LITELLM_PORT", &port)]).await;
+    let host = crate::start_with_env(&[("TAOS_LLM__LITELLM_PORT", &port)]).await;
     host.setup_owner().await;
     add_fake_provider(&host, &fake).await;
     let key = agent_with_model(&host, "Victim", "fake-gpt", &[]).await;
@@ -2126,7 +2111,7 @@ async fn concurrent_calls_crossing_budget_thresholds_announce_each_once() {
     let _turn = LITELLM.lock().await;
     let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
     // A concurrency cap above the burst, so every refusal below is the budget's.
-    let host = host_with_env(&[("TAOS_LLM__MAX_CONCURRENT_CALLS", "1024")]).await;
+    let host = crate::start_with_env(&[("TAOS_LLM__MAX_CONCURRENT_CALLS", "1024")]).await;
     host.setup_owner().await;
     add_fake_provider(&host, &fake).await;
     wait_ready(&host, &["fake-gpt", "fake-other"]).await;

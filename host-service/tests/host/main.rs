@@ -40,3 +40,19 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_taos-host");
 pub async fn start() -> taos_e2e::Host {
     taos_e2e::Host::start(BIN).await
 }
+
+/// A host on a fresh data dir with these environment overrides.
+pub async fn start_with_env(env: &[(&str, &str)]) -> taos_e2e::Host {
+    taos_e2e::Host::start_with(
+        BIN,
+        taos_e2e::HostOptions {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("host starts")
+}

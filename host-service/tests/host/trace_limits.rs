@@ -8,24 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use taos_e2e::{AgentClient, Host, HostOptions};
-
-use crate::BIN;
-
-async fn host_with(env: &[(&str, &str)]) -> Host {
-    Host::start_with(
-        BIN,
-        HostOptions {
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-}
+use taos_e2e::{AgentClient, Host};
 
 /// Every file name anywhere under `root` (not following links).
 fn all_file_names(root: &Path) -> Vec<String> {
@@ -75,7 +58,7 @@ fn time(value: &Value) -> DateTime<Utc> {
 /// clamped to the host's now ± 24 h, which picks the bucket, and the given time is kept.
 #[tokio::test]
 async fn events_far_from_the_host_clock_are_clamped_and_keep_their_time() {
-    let host = host_with(&[]).await;
+    let host = crate::start_with_env(&[]).await;
     host.setup_owner().await;
     let (agent, _) = AgentClient::create(&host, "Skewed").await;
     let stamps = [
@@ -135,7 +118,7 @@ async fn events_far_from_the_host_clock_are_clamped_and_keep_their_time() {
 /// Retry-After, and what was refused is not stored; a batch counts each of its events.
 #[tokio::test]
 async fn a_trace_flood_gets_429_and_nothing_beyond_the_limit_is_stored() {
-    let host = host_with(&[
+    let host = crate::start_with_env(&[
         ("TAOS_TRACES__RATE_PER_SEC", "1"),
         ("TAOS_TRACES__BURST", "20"),
     ])
@@ -214,7 +197,7 @@ async fn a_trace_flood_gets_429_and_nothing_beyond_the_limit_is_stored() {
 /// message, and nothing of its request is written.
 #[tokio::test]
 async fn an_oversized_trace_event_is_refused_and_nothing_is_written() {
-    let host = host_with(&[]).await;
+    let host = crate::start_with_env(&[]).await;
     host.setup_owner().await;
     let (agent, _) = AgentClient::create(&host, "Verbose").await;
     let huge = "x".repeat(100 * 1024);
@@ -263,7 +246,7 @@ async fn an_oversized_trace_event_is_refused_and_nothing_is_written() {
 /// deleted (and the owner is told); once only open hours are left, it gets 507.
 #[tokio::test]
 async fn over_its_quota_an_agent_loses_its_oldest_hours_and_the_owner_is_told() {
-    let host = host_with(&[("TAOS_TRACES__QUOTA_MIB", "1")]).await;
+    let host = crate::start_with_env(&[("TAOS_TRACES__QUOTA_MIB", "1")]).await;
     host.setup_owner().await;
     let (agent, _) = AgentClient::create(&host, "Hoarder").await;
     let now = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap();
@@ -360,7 +343,7 @@ async fn over_its_quota_an_agent_loses_its_oldest_hours_and_the_owner_is_told() 
 /// Retry-After, and the refused replies leave no trace.
 #[tokio::test]
 async fn a_reply_flood_gets_429() {
-    let host = host_with(&[
+    let host = crate::start_with_env(&[
         ("TAOS_BRIDGE__REPLY_RATE_PER_SEC", "1"),
         ("TAOS_BRIDGE__REPLY_BURST", "5"),
     ])
