@@ -161,9 +161,10 @@ fn spawn_quota_notices(
     });
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
+/// Waits for SIGTERM (listened for by `term`, made before the host says it is ready: a SIGTERM
+/// that came between "ready" and listening would kill the host without a drain) or SIGINT.
+async fn shutdown_signal(term: std::io::Result<tokio::signal::unix::Signal>) {
+    let mut term = match term {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for SIGTERM");
@@ -412,6 +413,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         })
         .collect();
 
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     tracing::info!(
         public = %format!("{scheme}://{public_addr}"),
         agent = %format!("http://{agent_addr}"),
@@ -434,7 +436,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         );
     }
 
-    shutdown_signal().await;
+    shutdown_signal(term).await;
     let _ = shutdown_tx.send(true);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let _ = public.await;
