@@ -67,7 +67,13 @@ install -D -m 0755 "$REPO_ROOT/images/agent/recycle" "$ROOTFS/usr/local/lib/taos
 install -m 0755 "$RECYCLE" "$ROOTFS/usr/local/lib/taos/taos-recycle"
 install -m 0644 "$REPO_ROOT/images/agent/taos-recycle-sweep.service" "$REPO_ROOT/images/agent/taos-recycle-sweep.timer" \
     "$ROOTFS/etc/systemd/system/"
-mkdir -p "$ROOTFS/var/recycle-bin" && chmod 0700 "$ROOTFS/var/recycle-bin"
+# Root-owned, sticky and not listable (1733): the tools user can file its own deletions (each
+# entry is its own, 0700) but can't see, change or remove anyone else's.
+mkdir -p "$ROOTFS/var/recycle-bin" && chmod 1733 "$ROOTFS/var/recycle-bin"
+# The tools user (the `tools` framework): an unprivileged account with its own home, which is
+# its workspace. It can't read /etc/taos (0700 root) or the sidecar's environment.
+chroot "$ROOTFS" useradd --create-home --uid 1000 --user-group --shell /bin/bash agent
+chmod 0700 "$ROOTFS/home/agent"
 cat > "$ROOTFS/etc/systemd/system/taos-agent.service" <<'UNIT'
 [Unit]
 Description=taos agent sidecar
@@ -86,7 +92,9 @@ NoNewPrivileges=true
 PrivateTmp=true
 ProtectSystem=strict
 ProtectHome=read-only
-ReadWritePaths=/root/.taos /var/recycle-bin
+# /home/agent: the tools user's home and workspace (tools mode runs its tools there, as that
+# user, under this same sandbox).
+ReadWritePaths=/root/.taos /var/recycle-bin /home/agent
 ProtectKernelTunables=true
 ProtectKernelModules=true
 ProtectControlGroups=true
@@ -95,7 +103,9 @@ LockPersonality=true
 RestrictRealtime=true
 RestrictNamespaces=true
 SystemCallArchitectures=native
-CapabilityBoundingSet=
+# Only what tools mode needs to start its tools as the `agent` user (setuid, setgid) and to
+# kill what they leave behind (kill). Nothing else, in either mode.
+CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL
 AmbientCapabilities=
 
 [Install]

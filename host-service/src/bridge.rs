@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::agents::{self, AgentRecord};
-use crate::chat::{router, Chat, ChatError, Post, USER_MEMBER_PREFIX};
+use crate::chat::{router, Chat, ChatError, Post, ToolStep, USER_MEMBER_PREFIX};
 use crate::db::{from_ms, now_ms, Db};
 use crate::failure;
 use crate::trace::TraceStore;
@@ -30,6 +30,8 @@ pub const PAGE: i64 = 100;
 pub const MAX_UNANSWERED: i64 = 1000;
 /// …from at most this long ago.
 pub const UNANSWERED_RESEND_MS: i64 = 24 * 3600 * 1000;
+/// A tool call's id, as an agent names it.
+pub const MAX_CALL_ID_CHARS: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -83,6 +85,8 @@ struct AgentLive {
     connected: bool,
     /// The slug its stream was opened under, to name it in presence events.
     slug: String,
+    /// `cancel` events (JSON `CancelTurn`) for the agent's live stream.
+    cancels: tokio::sync::broadcast::Sender<String>,
 }
 
 /// An agent's bridge stream came or went: `agent.connected` / `agent.disconnected` on
@@ -136,6 +140,7 @@ impl Bridge {
             generation: 0,
             connected: false,
             slug: String::new(),
+            cancels: tokio::sync::broadcast::channel(16).0,
         });
         f(entry)
     }
@@ -172,6 +177,43 @@ impl Bridge {
         });
         self.clear_notices(agent);
         (generation, rx)
+    }
+
+    /// The `cancel` events for a stream of this agent (see [`Bridge::cancel`]).
+    pub fn cancel_receiver(&self, agent: Uuid) -> tokio::sync::broadcast::Receiver<String> {
+        self.with_live(agent, |l| l.cancels.subscribe())
+    }
+
+    /// Asks the agent to stop its answer in progress, `message` (a streaming agent message),
+    /// on behalf of `by`. Sent only on the agent's live stream: 409 when it is not connected
+    /// or the answer is not in progress. The agent settles the answer with a `cancelled` error.
+    pub async fn cancel(&self, message: &Message, by: &str) -> Result<(), BridgeError> {
+        if message.author_type != AuthorType::Agent {
+            return Err(BridgeError::BadInput(
+                "only an agent's answer can be stopped".into(),
+            ));
+        }
+        if message.state != MessageState::Streaming || message.deleted_at.is_some() {
+            return Err(ChatError::Conflict("this answer is not in progress".into()).into());
+        }
+        let trace_id = message.metadata["trace_id"]
+            .as_str()
+            .ok_or_else(|| BridgeError::BadInput("this message answers no delivery".into()))?;
+        let agent = agents::get_by_slug(&self.db, &message.author_id).await?;
+        let event = serde_json::json!(taos_proto::bridge::CancelTurn {
+            trace_id: trace_id.to_string(),
+            by: by.to_string(),
+        })
+        .to_string();
+        let sent = self.with_live(agent.id, |l| l.connected && l.cancels.send(event).is_ok());
+        if !sent {
+            return Err(ChatError::Conflict(format!(
+                "{} is not connected, so its answer can't be stopped now",
+                agent.display_name
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// Ends the agent's current stream (after its token was rotated: the old holder must not
@@ -519,35 +561,7 @@ impl Bridge {
             ReplyKind::Final => self.finish(chat, agent, reply, &delivery).await,
             ReplyKind::Error => self.fail(chat, agent, reply, &delivery).await,
             ReplyKind::ToolCall | ReplyKind::ToolResult | ReplyKind::Reasoning => {
-                let mut event = new_event(
-                    &agent.slug,
-                    TraceKind::Reasoning,
-                    &reply.trace_id,
-                    &delivery.channel_id,
-                );
-                match reply.kind {
-                    ReplyKind::ToolCall => {
-                        event.kind = TraceKind::ToolCall;
-                        event.payload = serde_json::json!({"tool": reply.tool, "args": reply.args, "caller": "agent"});
-                    }
-                    ReplyKind::ToolResult => {
-                        event.kind = TraceKind::ToolResult;
-                        event.payload = serde_json::json!({
-                            "tool": reply.tool,
-                            "result": reply.result,
-                            "success": reply.success.unwrap_or(true),
-                        });
-                    }
-                    _ => {
-                        event.payload =
-                            serde_json::json!({"text": reply.content.unwrap_or_default()})
-                    }
-                }
-                self.trace(&agent.slug, event);
-                Ok(ReplyAccepted {
-                    accepted: true,
-                    message_id: None,
-                })
+                self.tool_event(chat, agent, reply, &delivery).await
             }
         };
         // A reply that can never land (the agent left the channel, it was archived or its
@@ -562,6 +576,141 @@ impl Bridge {
             }
         }
         result
+    }
+
+    /// A tool call, tool result or reasoning from the agent: always a trace event under the
+    /// delivery's trace id; tool steps also show on the answer's chat message (made now, as a
+    /// streaming placeholder, if the agent has said nothing yet) while the turn is open.
+    async fn tool_event(
+        &self,
+        chat: &Chat,
+        agent: &AgentRecord,
+        reply: Reply,
+        delivery: &Delivered,
+    ) -> Result<ReplyAccepted, BridgeError> {
+        if let Some(id) = &reply.call_id {
+            if id.is_empty() || id.chars().count() > MAX_CALL_ID_CHARS {
+                return Err(BridgeError::BadInput(format!(
+                    "call_id must be 1-{MAX_CALL_ID_CHARS} characters"
+                )));
+            }
+        }
+        if reply.kind != ReplyKind::Reasoning && reply.tool.as_deref().is_none_or(str::is_empty) {
+            return Err(BridgeError::BadInput(
+                "a tool call or result needs `tool`".into(),
+            ));
+        }
+        let mut event = new_event(
+            &agent.slug,
+            TraceKind::Reasoning,
+            &reply.trace_id,
+            &delivery.channel_id,
+        );
+        event.thread_id = delivery.thread_id.clone();
+        let step = match reply.kind {
+            ReplyKind::ToolCall => {
+                event.kind = TraceKind::ToolCall;
+                event.payload = serde_json::json!({"tool": reply.tool, "args": reply.args,
+                    "call_id": reply.call_id, "caller": "agent"});
+                Some(ToolStep::Call {
+                    call_id: reply.call_id.clone().unwrap_or_default(),
+                    tool: reply.tool.clone().unwrap_or_default(),
+                    args: reply.args.clone().unwrap_or(serde_json::Value::Null),
+                })
+            }
+            ReplyKind::ToolResult => {
+                let success = reply.success.unwrap_or(true);
+                event.kind = TraceKind::ToolResult;
+                event.payload = serde_json::json!({
+                    "tool": reply.tool,
+                    "call_id": reply.call_id,
+                    "result": reply.result,
+                    "success": success,
+                });
+                Some(ToolStep::Result {
+                    call_id: reply.call_id.clone().unwrap_or_default(),
+                    tool: reply.tool.clone().unwrap_or_default(),
+                    result: reply.result.clone().unwrap_or(serde_json::Value::Null),
+                    success,
+                })
+            }
+            _ => {
+                event.payload = serde_json::json!({"text": reply.content.unwrap_or_default()});
+                None
+            }
+        };
+        self.trace(&agent.slug, event);
+        let mut message_id = delivery.placeholder.clone();
+        // Once answered, the message is settled: a late step is only a trace.
+        if let (Some(step), false) = (step, delivery.answered) {
+            match self
+                .show_tool_step(chat, agent, &reply.trace_id, delivery, step)
+                .await
+            {
+                Ok(id) => message_id = Some(id),
+                // The message was deleted, the agent left the channel, or the answer settled
+                // meanwhile: the step has nowhere to show, and the trace has it.
+                Err(BridgeError::Chat(
+                    ChatError::NotFound(_) | ChatError::Forbidden(_) | ChatError::Conflict(_),
+                )) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ReplyAccepted {
+            accepted: true,
+            message_id,
+        })
+    }
+
+    /// Puts a tool step on the answer's message, making the (streaming) message first if the
+    /// agent has not said anything yet. Returns the message id.
+    async fn show_tool_step(
+        &self,
+        chat: &Chat,
+        agent: &AgentRecord,
+        trace_id: &str,
+        delivery: &Delivered,
+        step: ToolStep,
+    ) -> Result<String, BridgeError> {
+        let key = (agent.id, trace_id.to_string());
+        let message_id = match &delivery.placeholder {
+            Some(id) => id.clone(),
+            None => {
+                let (message, _) = chat
+                    .post(Post {
+                        channel_id: &delivery.channel_id,
+                        author_id: &agent.slug,
+                        author_type: AuthorType::Agent,
+                        content: "",
+                        client_id: None,
+                        thread_id: delivery.thread_id.as_deref(),
+                        state: MessageState::Streaming,
+                        metadata: serde_json::json!({"trace_id": trace_id, "hops_since_user": delivery.hops}),
+                    })
+                    .await?;
+                self.set_reply_message(agent.id, trace_id, &message.id)
+                    .await?;
+                let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+                buffers.insert(
+                    key.clone(),
+                    StreamBuffer {
+                        text: String::new(),
+                        from_start: true,
+                    },
+                );
+                message.id
+            }
+        };
+        let streamed = {
+            let buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+            buffers
+                .get(&key)
+                .filter(|b| b.from_start && !b.text.is_empty())
+                .map(|b| b.text.clone())
+        };
+        chat.record_tool_step(&message_id, step, streamed.as_deref())
+            .await?;
+        Ok(message_id)
     }
 
     fn forget_buffer(&self, agent: Uuid, trace_id: &str) -> Option<StreamBuffer> {

@@ -188,6 +188,16 @@ pub fn explain(error_code: Option<&str>, text: &str, facts: &Facts) -> TurnFailu
             format!("{name} stopped before finishing its answer."),
             "Send the message again once it is back.".to_string(),
         ),
+        "cancelled" => (
+            format!("{name} stopped: the answer was cancelled from the chat."),
+            "The steps it took before are on the message and in its traces.".to_string(),
+        ),
+        "turn_limit" => (
+            format!("{name} used up its steps or time for this message before it answered."),
+            "The tool steps it took are on the message and in its traces. Ask for something \
+             smaller, or raise its limits (TAOS_TOOLS_MAX_STEPS, TAOS_TOOLS_TURN_SECS)."
+                .to_string(),
+        ),
         _ => (
             format!("{name} could not answer."),
             "Its traces have the details.".to_string(),

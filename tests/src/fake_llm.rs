@@ -3,7 +3,8 @@
 //!
 //! Serves `/v1/models`, `/v1/chat/completions` (streamed or not, usage in the last chunk) and
 //! `/v1/embeddings`, checks the API key it was given, counts calls, and can be told to fail
-//! (every call, or per model: see [`Behaviour`]) or to hold calls open. Like vLLM or Ollama, it fetches `http(s)` image URLs it is sent (only on
+//! (every call, or per model: see [`Behaviour`]), to hold calls open, or to answer from a
+//! script of tool calls and final texts ([`FakeLlm::script`], [`Scripted`]). Like vLLM or Ollama, it fetches `http(s)` image URLs it is sent (only on
 //! 127.0.0.1: tests never reach further). [`Recorder`] is a listener that only records what
 //! reaches it, and can redirect.
 
@@ -42,6 +43,38 @@ pub enum Behaviour {
     StallAfterFirstWord,
 }
 
+/// One scripted answer (see [`FakeLlm::script`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scripted {
+    /// The model calls one tool with these arguments (a JSON object).
+    Call { tool: String, args: Value },
+    /// The model answers with this text and calls nothing.
+    Final(String),
+}
+
+impl Scripted {
+    pub fn call(tool: &str, args: Value) -> Scripted {
+        Scripted::Call {
+            tool: tool.to_string(),
+            args,
+        }
+    }
+
+    pub fn final_text(text: &str) -> Scripted {
+        Scripted::Final(text.to_string())
+    }
+}
+
+/// A model's scripted answers: the queue first, then `forever` for every later call (or
+/// [`REPLY`] when there is none).
+#[derive(Debug, Clone, Default)]
+struct Script {
+    queue: std::collections::VecDeque<Scripted>,
+    forever: Option<Scripted>,
+    /// Numbers the calls' ids, so each is unique within the conversation.
+    calls: u64,
+}
+
 pub struct FakeState {
     pub api_key: String,
     pub models: Vec<String>,
@@ -61,6 +94,7 @@ pub struct FakeState {
     pub chat_requests: Mutex<Vec<Value>>,
     /// Models whose [`Behaviour::BreakAfterFirstWord`] streams break off now.
     pub broken_off: watch::Sender<Vec<String>>,
+    scripts: Mutex<HashMap<String, Script>>,
 }
 
 impl Default for FakeState {
@@ -78,6 +112,7 @@ impl Default for FakeState {
             behaviours: Mutex::new(HashMap::new()),
             chat_requests: Mutex::new(Vec::new()),
             broken_off: watch::channel(Vec::new()).0,
+            scripts: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -135,6 +170,25 @@ impl FakeLlm {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(model.to_string(), behaviour);
+    }
+
+    /// From now on, `model` answers chat completions with `answers`, one per call, in order
+    /// (tool calls, then usually a final text), so a tool-using agent's turn is deterministic.
+    /// Once they are used up it answers [`REPLY`].
+    pub fn script(&self, model: &str, answers: Vec<Scripted>) {
+        let mut scripts = self.state.scripts.lock().unwrap_or_else(|p| p.into_inner());
+        let script = scripts.entry(model.to_string()).or_default();
+        script.queue = answers.into();
+        script.forever = None;
+    }
+
+    /// From now on, `model` answers every chat completion with `answer`: a model that never
+    /// finishes when it is a tool call.
+    pub fn script_forever(&self, model: &str, answer: Scripted) {
+        let mut scripts = self.state.scripts.lock().unwrap_or_else(|p| p.into_inner());
+        let script = scripts.entry(model.to_string()).or_default();
+        script.queue.clear();
+        script.forever = Some(answer);
     }
 
     /// Breaks off `model`'s [`Behaviour::BreakAfterFirstWord`] streams: those waiting and any
@@ -275,6 +329,9 @@ async fn chat(
         )
             .into_response();
     }
+    if let Some(answer) = next_scripted(&state, &model) {
+        return scripted_response(&model, answer, body["stream"].as_bool() == Some(true));
+    }
     // A real model stops at max_tokens: one token per word here.
     let limit = ["max_tokens", "max_completion_tokens"]
         .iter()
@@ -351,6 +408,58 @@ async fn chat(
         "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
         "usage": usage}))
     .into_response()
+}
+
+/// The next scripted answer for `model`, with its call id, if it has a script.
+fn next_scripted(state: &FakeState, model: &str) -> Option<(String, Scripted)> {
+    let mut scripts = state.scripts.lock().unwrap_or_else(|p| p.into_inner());
+    let script = scripts.get_mut(model)?;
+    let answer = script
+        .queue
+        .pop_front()
+        .or_else(|| script.forever.clone())?;
+    script.calls += 1;
+    Some((format!("call_{}", script.calls), answer))
+}
+
+/// A scripted answer in OpenAI's shape, streamed or not.
+fn scripted_response(model: &str, (call_id, answer): (String, Scripted), stream: bool) -> Response {
+    let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS});
+    let (message, finish) = match &answer {
+        Scripted::Call { tool, args } => (
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": call_id, "type": "function",
+                "function": {"name": tool, "arguments": args.to_string()}}]}),
+            "tool_calls",
+        ),
+        Scripted::Final(text) => (json!({"role": "assistant", "content": text}), "stop"),
+    };
+    if !stream {
+        return Json(json!({"id": "fake-1", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage}))
+        .into_response();
+    }
+    let mut delta = message;
+    if let Some(calls) = delta["tool_calls"].as_array_mut() {
+        for (i, call) in calls.iter_mut().enumerate() {
+            call["index"] = json!(i);
+        }
+    }
+    let chunks = [
+        json!({"id": "fake-1", "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": null}]}),
+        json!({"id": "fake-1", "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}),
+    ];
+    let body: String = chunks
+        .iter()
+        .map(|c| format!("data: {c}\n\n"))
+        .chain(["data: [DONE]\n\n".to_string()])
+        .collect();
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from(body))
+        .expect("response")
 }
 
 /// Fetches the `http(s)://127.0.0.1…` image URLs in a chat body, as a local model server

@@ -17,6 +17,11 @@ pub const ENV_FALLBACK_MODELS: &str = "TAOS_FALLBACK_MODELS";
 pub const ENV_SYSTEM_PROMPT: &str = "TAOS_SYSTEM_PROMPT";
 pub const ENV_AGENT_MODE: &str = "TAOS_AGENT_MODE";
 pub const ENV_ENV_FILE: &str = "TAOS_ENV_FILE";
+pub const ENV_TOOLS_USER: &str = "TAOS_TOOLS_USER";
+pub const ENV_TOOLS_WORKDIR: &str = "TAOS_TOOLS_WORKDIR";
+pub const ENV_TOOLS_MAX_STEPS: &str = "TAOS_TOOLS_MAX_STEPS";
+pub const ENV_TOOLS_TURN_SECS: &str = "TAOS_TOOLS_TURN_SECS";
+pub const ENV_TOOLS_TIMEOUT_SECS: &str = "TAOS_TOOLS_TIMEOUT_SECS";
 
 /// `KEY=VALUE` lines as systemd's `EnvironmentFile=` reads the simple cases: blank lines and
 /// `#` comments skipped, one pair of surrounding quotes removed.
@@ -69,17 +74,68 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// How the agent produces its answers. Only `direct` exists; `openclaw` will come later.
+/// How the agent produces its answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Answer each message with one chat completion from the LLM gateway.
     Direct,
+    /// A tool-calling loop: the model may run commands and read, write and fetch things in
+    /// the container (as the unprivileged tools user) before it answers.
+    Tools,
 }
 
 impl Mode {
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
+            Mode::Tools => "tools",
+        }
+    }
+}
+
+/// Who the tools run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunAs {
+    /// A named, unprivileged account (`TAOS_TOOLS_USER`, default `agent`). The sidecar must be
+    /// root to switch to it; the account may not be root.
+    User(String),
+    /// The sidecar's own account. Only for tests and a sidecar run by hand as an ordinary user:
+    /// the tools can then read whatever the sidecar can. Never chosen from the environment.
+    Current,
+    /// Bare ids with no passwd entry (home: the workdir). For tests run as root: an id no other
+    /// process uses, so killing that account's leftovers touches nothing else. Never chosen
+    /// from the environment.
+    Ids { uid: u32, gid: u32 },
+}
+
+/// The tools framework's limits. Every one is enforced by the sidecar before or while a tool
+/// runs; none relies on the model behaving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolsConfig {
+    pub run_as: RunAs,
+    /// Where commands start and relative paths point. `None`: the user's home.
+    pub workdir: Option<String>,
+    /// Model calls per turn (each may ask for tools); the turn fails past it.
+    pub max_steps: u32,
+    /// A whole turn, tools and model calls together.
+    pub turn_time: Duration,
+    /// A tool call's time when the model asks for none; also the most it may ask for.
+    pub call_timeout: Duration,
+    pub call_timeout_max: Duration,
+    /// Bytes of each output stream (or file, or page) kept for the model and the chat.
+    pub output_bytes: usize,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        ToolsConfig {
+            run_as: RunAs::User("agent".to_string()),
+            workdir: None,
+            max_steps: 20,
+            turn_time: Duration::from_secs(600),
+            call_timeout: Duration::from_secs(60),
+            call_timeout_max: Duration::from_secs(300),
+            output_bytes: 16 * 1024,
         }
     }
 }
@@ -137,6 +193,8 @@ pub struct Config {
     pub models: Vec<String>,
     pub system_prompt: Option<String>,
     pub mode: Mode,
+    /// Used in `tools` mode only.
+    pub tools: ToolsConfig,
     pub timings: Timings,
 }
 
@@ -193,19 +251,52 @@ impl Config {
         let system_prompt = get(ENV_SYSTEM_PROMPT).filter(|p| !p.trim().is_empty());
         let mode = match optional(ENV_AGENT_MODE).as_deref() {
             None | Some("direct") => Mode::Direct,
+            Some("tools") => Mode::Tools,
             Some("openclaw") => {
                 return Err(ConfigError::Invalid {
                     name: ENV_AGENT_MODE,
-                    reason: "mode `openclaw` is not available yet; use `direct`".to_string(),
+                    reason: "mode `openclaw` is not available yet; use `direct` or `tools`"
+                        .to_string(),
                 })
             }
             Some(_) => {
                 return Err(ConfigError::Invalid {
                     name: ENV_AGENT_MODE,
-                    reason: "unknown mode; the only mode is `direct`".to_string(),
+                    reason: "unknown mode; the modes are `direct` and `tools`".to_string(),
                 })
             }
         };
+        let mut tools = ToolsConfig::default();
+        if let Some(user) = optional(ENV_TOOLS_USER) {
+            if user == "root" || !is_valid_user_name(&user) {
+                return Err(ConfigError::Invalid {
+                    name: ENV_TOOLS_USER,
+                    reason: "must name an ordinary account (not root)".to_string(),
+                });
+            }
+            tools.run_as = RunAs::User(user);
+        }
+        if let Some(dir) = optional(ENV_TOOLS_WORKDIR) {
+            if !dir.starts_with('/') {
+                return Err(ConfigError::Invalid {
+                    name: ENV_TOOLS_WORKDIR,
+                    reason: "must be an absolute path".to_string(),
+                });
+            }
+            tools.workdir = Some(dir);
+        }
+        if let Some(steps) = optional(ENV_TOOLS_MAX_STEPS) {
+            tools.max_steps = number(ENV_TOOLS_MAX_STEPS, &steps, 1, 200)?;
+        }
+        if let Some(secs) = optional(ENV_TOOLS_TURN_SECS) {
+            tools.turn_time =
+                Duration::from_secs(number(ENV_TOOLS_TURN_SECS, &secs, 5, 86_400)?.into());
+        }
+        if let Some(secs) = optional(ENV_TOOLS_TIMEOUT_SECS) {
+            let secs = number(ENV_TOOLS_TIMEOUT_SECS, &secs, 1, 3_600)?;
+            tools.call_timeout = Duration::from_secs(secs.into());
+            tools.call_timeout_max = tools.call_timeout_max.max(tools.call_timeout);
+        }
         Ok(Config {
             bridge_url,
             agent_name,
@@ -215,6 +306,7 @@ impl Config {
             models,
             system_prompt,
             mode,
+            tools,
             timings: Timings::default(),
         })
     }
@@ -236,6 +328,29 @@ fn http_url(name: &'static str, value: &str) -> Result<String, ConfigError> {
         });
     }
     Ok(value.trim_end_matches('/').to_string())
+}
+
+/// A whole number in `min..=max`, named in the error.
+fn number(name: &'static str, value: &str, min: u32, max: u32) -> Result<u32, ConfigError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| ConfigError::Invalid {
+            name,
+            reason: format!("must be a whole number from {min} to {max}"),
+        })
+}
+
+/// An account name as useradd takes it (it is looked up in /etc/passwd, never run).
+fn is_valid_user_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 32
+        && (bytes[0].is_ascii_lowercase() || bytes[0] == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_'))
 }
 
 fn is_valid_slug(slug: &str) -> bool {
@@ -292,6 +407,28 @@ mod tests {
         assert_eq!(config.models, vec!["small".to_string()]);
         assert_eq!(config.system_prompt, None);
         assert_eq!(config.mode, Mode::Direct);
+        assert_eq!(config.tools, ToolsConfig::default());
+        assert_eq!(config.tools.max_steps, 20);
+        assert_eq!(config.tools.run_as, RunAs::User("agent".to_string()));
+    }
+
+    #[test]
+    fn tools_mode_and_its_limits_are_read() {
+        let mut env = full_env();
+        env.insert(ENV_AGENT_MODE, "tools".to_string());
+        env.insert(ENV_TOOLS_USER, "worker".to_string());
+        env.insert(ENV_TOOLS_WORKDIR, "/srv/work".to_string());
+        env.insert(ENV_TOOLS_MAX_STEPS, "5".to_string());
+        env.insert(ENV_TOOLS_TURN_SECS, "90".to_string());
+        env.insert(ENV_TOOLS_TIMEOUT_SECS, "600".to_string());
+        let config = parse(&env).unwrap();
+        assert_eq!(config.mode, Mode::Tools);
+        assert_eq!(config.tools.run_as, RunAs::User("worker".to_string()));
+        assert_eq!(config.tools.workdir.as_deref(), Some("/srv/work"));
+        assert_eq!(config.tools.max_steps, 5);
+        assert_eq!(config.tools.turn_time, Duration::from_secs(90));
+        assert_eq!(config.tools.call_timeout, Duration::from_secs(600));
+        assert_eq!(config.tools.call_timeout_max, Duration::from_secs(600));
     }
 
     #[test]
@@ -356,6 +493,24 @@ mod tests {
                 ..
             }
         ));
+
+        for (name, value) in [
+            (ENV_TOOLS_USER, "root"),
+            (ENV_TOOLS_USER, "../x"),
+            (ENV_TOOLS_WORKDIR, "relative/dir"),
+            (ENV_TOOLS_MAX_STEPS, "0"),
+            (ENV_TOOLS_MAX_STEPS, "many"),
+            (ENV_TOOLS_TURN_SECS, "1"),
+            (ENV_TOOLS_TIMEOUT_SECS, "99999"),
+        ] {
+            let mut env = full_env();
+            env.insert(name, value.to_string());
+            let err = parse(&env).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { name: n, .. } if n == name),
+                "{name}={value}: {err}"
+            );
+        }
 
         let mut env = full_env();
         env.insert(ENV_AGENT_MODE, "openclaw".to_string());

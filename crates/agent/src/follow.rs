@@ -1,8 +1,8 @@
 //! Following the bridge stream: connect, parse, hand deliveries to the worker in order, and
 //! reconnect with `Last-Event-ID` when the stream ends or fails.
 
-use taos_proto::bridge::UserMessageDelivery;
-use tokio::sync::mpsc;
+use taos_proto::bridge::{CancelTurn, UserMessageDelivery, CANCEL_EVENT};
+use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
 use crate::bridge::{BridgeClient, BridgeError};
@@ -30,12 +30,14 @@ enum StreamEnd {
     Parse(#[from] SseError),
 }
 
-/// Follows the stream until shutdown, sending each delivery to `queue`. Reconnects on its own;
-/// it never gives up, because the sidecar has nothing else to do.
+/// Follows the stream until shutdown, sending each delivery to `queue` and each `cancel` to
+/// `cancels` (past the queue: the worker is busy with the answer to cancel). Reconnects on its
+/// own; it never gives up, because the sidecar has nothing else to do.
 pub async fn follow(
     bridge: BridgeClient,
     timings: Timings,
     queue: mpsc::Sender<UserMessageDelivery>,
+    cancels: watch::Sender<Option<CancelTurn>>,
     mut shutdown: Shutdown,
 ) {
     // Survives reconnects, so the host resends only what came after it. Starts empty: on a
@@ -47,7 +49,7 @@ pub async fn follow(
             return;
         }
         let end = tokio::select! {
-            end = read_stream(&bridge, &mut last_event_id, &mut backoff, &queue) => end,
+            end = read_stream(&bridge, &mut last_event_id, &mut backoff, &queue, &cancels) => end,
             _ = shutdown.wait() => return,
         };
         let delay = match &end {
@@ -85,6 +87,7 @@ async fn read_stream(
     last_event_id: &mut Option<String>,
     backoff: &mut Backoff,
     queue: &mpsc::Sender<UserMessageDelivery>,
+    cancels: &watch::Sender<Option<CancelTurn>>,
 ) -> StreamEnd {
     let mut response = match bridge.open_events(last_event_id.as_deref()).await {
         Ok(response) => response,
@@ -116,6 +119,14 @@ async fn read_stream(
                     Err(e) => {
                         tracing::error!(id = ?event.id, error = %e, "skipping a delivery that does not parse")
                     }
+                }
+            } else if event.event == CANCEL_EVENT {
+                match serde_json::from_str::<CancelTurn>(&event.data) {
+                    Ok(cancel) => {
+                        tracing::info!(trace_id = %cancel.trace_id, by = %cancel.by, "cancel received");
+                        cancels.send_replace(Some(cancel));
+                    }
+                    Err(e) => tracing::error!(error = %e, "skipping a cancel that does not parse"),
                 }
             } else {
                 tracing::debug!(event = %event.event, "ignoring an unknown bridge event");

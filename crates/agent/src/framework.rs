@@ -1,8 +1,8 @@
 //! What an agent framework implements to answer deliveries, and the handle it answers through.
 //!
-//! `direct` is the only framework today; an `openclaw` one (driving an openclaw gateway in the
-//! same container) will implement the same trait, so following the stream, ordering,
-//! shutdown and traces stay in one place.
+//! `direct` (chat only) and `tools` (a tool-calling loop) implement it; an `openclaw` one
+//! (driving an openclaw gateway in the same container) will too, so following the stream,
+//! ordering, shutdown and traces stay in one place.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,6 +93,46 @@ impl ReplySink {
         Ok(())
     }
 
+    /// Says the model called a tool (before it runs): the host shows it on the answer's chat
+    /// message and writes a `tool_call` trace.
+    pub async fn tool_call(
+        &self,
+        call_id: &str,
+        tool: &str,
+        args: serde_json::Value,
+    ) -> Result<(), BridgeError> {
+        let mut reply = self.reply(ReplyKind::ToolCall, None);
+        reply.call_id = Some(call_id.to_string());
+        reply.tool = Some(tool.to_string());
+        reply.args = Some(args);
+        self.bridge.post_reply(&reply).await
+    }
+
+    /// Says how a tool call went: shown with its call, and a `tool_result` trace.
+    pub async fn tool_result(
+        &self,
+        call_id: &str,
+        tool: &str,
+        result: serde_json::Value,
+        success: bool,
+    ) -> Result<(), BridgeError> {
+        let mut reply = self.reply(ReplyKind::ToolResult, None);
+        reply.call_id = Some(call_id.to_string());
+        reply.tool = Some(tool.to_string());
+        reply.result = Some(result);
+        reply.success = Some(success);
+        self.bridge.post_reply(&reply).await
+    }
+
+    /// Text the model said along with tool calls: a `reasoning` trace.
+    pub async fn reasoning(&self, text: &str) -> Result<(), BridgeError> {
+        if text.trim().is_empty() {
+            return Ok(());
+        }
+        self.send(ReplyKind::Reasoning, Some(text.to_string()))
+            .await
+    }
+
     /// Records an `error` trace for this delivery. Best effort: a trace that cannot be
     /// written is logged, never a reason to fail the answer.
     pub async fn trace_error(&self, stage: &str, message: &str, model: Option<&str>) {
@@ -114,6 +154,7 @@ impl ReplySink {
             trace_id: self.trace_id.clone(),
             channel_id: Some(self.channel_id.clone()),
             content,
+            call_id: None,
             tool: None,
             args: None,
             result: None,

@@ -5,7 +5,8 @@
 //! Modules by concern: `config` (environment), `sse` (event-stream parsing), `http` (client
 //! setup, error bodies), `bridge` (the host's agent API), `follow` (the stream with
 //! reconnects), `llm` (chat completions), `framework` (the answering trait and reply
-//! handle), `direct` (direct mode), `runner` (ordering, shutdown, lifecycle traces).
+//! handle), `direct` (direct mode), `tools` (tools mode: the tool-calling loop, the tools,
+//! and how their processes run), `runner` (ordering, shutdown, lifecycle traces).
 
 pub mod backoff;
 pub mod bridge;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod llm;
 pub mod runner;
 pub mod shutdown;
+pub mod tools;
 /// The event-stream parser now lives in `taos-proto`, shared with the app.
 pub use taos_proto::sse;
 

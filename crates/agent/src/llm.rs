@@ -217,6 +217,120 @@ impl LlmClient {
     }
 }
 
+/// One tool call the model asked for. `arguments` is the model's JSON text, unparsed: a model
+/// may send something that is not JSON, and that is the tool's error to report, not ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A non-streamed answer: text, tool calls, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub content: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+#[derive(Serialize)]
+struct ToolsRequest<'a> {
+    model: &'a str,
+    messages: &'a [serde_json::Value],
+    tools: &'a serde_json::Value,
+    stream: bool,
+}
+
+impl LlmClient {
+    /// One non-streamed completion offering `tools` (OpenAI's function-calling shape), under the
+    /// delivery's `trace_id` like [`LlmClient::stream_chat`]. Messages are JSON because a
+    /// tool conversation has shapes plain chat has not (`tool_calls`, `tool` results).
+    pub async fn complete_with_tools(
+        &self,
+        model: &str,
+        messages: &[serde_json::Value],
+        tools: &serde_json::Value,
+        trace_id: &str,
+    ) -> Result<Completion, LlmError> {
+        let response = self
+            .http
+            .post(format!("{}/chat/completions", self.base_url))
+            .header(AUTHORIZATION, format!("Bearer {}", self.api_key.expose()))
+            .header(TRACE_ID_HEADER, trace_id)
+            .json(&ToolsRequest {
+                model,
+                messages,
+                tools,
+                stream: false,
+            })
+            .send()
+            .await
+            .map_err(|e| LlmError::Transport(with_causes(&e)))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| LlmError::Transport(with_causes(&e)))?;
+        if !status.is_success() {
+            return Err(LlmError::Status {
+                status: status.as_u16(),
+                info: ErrorInfo::from_body(&body),
+            });
+        }
+        parse_completion(&body)
+    }
+}
+
+/// Reads a non-streamed chat completion: the first choice's text and tool calls.
+pub fn parse_completion(body: &str) -> Result<Completion, LlmError> {
+    let bad = |why: &str| LlmError::Stream(ErrorInfo::new(None, None, why));
+    let json: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| bad(&format!("the answer is not JSON: {e}")))?;
+    if let Some(error) = json.get("error").filter(|e| !e.is_null()) {
+        return Err(LlmError::Stream(ErrorInfo::from_json(error)));
+    }
+    let message = &json["choices"][0]["message"];
+    if !message.is_object() {
+        return Err(bad("the answer has no message"));
+    }
+    let content = message["content"]
+        .as_str()
+        .filter(|t| !t.trim().is_empty())
+        .map(str::to_string);
+    let mut tool_calls = Vec::new();
+    for (i, call) in message["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let name = call["function"]["name"]
+            .as_str()
+            .ok_or_else(|| bad("a tool call has no function name"))?;
+        let arguments = match &call["function"]["arguments"] {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Null => "{}".to_string(),
+            other => other.to_string(),
+        };
+        tool_calls.push(ToolCall {
+            // Some servers leave the id out; the conversation needs one to pair the result.
+            id: call["id"]
+                .as_str()
+                .filter(|id| !id.is_empty())
+                .map_or_else(|| format!("call_{i}"), str::to_string),
+            name: name.to_string(),
+            arguments,
+        });
+    }
+    if content.is_none() && tool_calls.is_empty() {
+        return Err(LlmError::Empty);
+    }
+    Ok(Completion {
+        content,
+        tool_calls,
+    })
+}
+
 #[derive(Deserialize)]
 struct Chunk {
     #[serde(default)]
@@ -377,6 +491,37 @@ mod tests {
                 content: "what now?".to_string()
             }]
         );
+    }
+
+    #[test]
+    fn completions_give_text_and_tool_calls() {
+        let both = parse_completion(
+            r#"{"choices":[{"message":{"role":"assistant","content":"Looking.","tool_calls":[
+                {"id":"c1","type":"function","function":{"name":"shell","arguments":"{\"command\":\"ls\"}"}},
+                {"type":"function","function":{"name":"list_dir","arguments":{"path":"/"}}}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(both.content.as_deref(), Some("Looking."));
+        assert_eq!(
+            both.tool_calls,
+            vec![
+                ToolCall {
+                    id: "c1".into(),
+                    name: "shell".into(),
+                    arguments: r#"{"command":"ls"}"#.into()
+                },
+                ToolCall {
+                    id: "call_1".into(),
+                    name: "list_dir".into(),
+                    arguments: r#"{"path":"/"}"#.into()
+                },
+            ]
+        );
+        let empty = parse_completion(r#"{"choices":[{"message":{"content":"  "}}]}"#);
+        assert!(matches!(empty, Err(LlmError::Empty)));
+        let error = parse_completion(r#"{"error":{"message":"boom","type":"server_error"}}"#);
+        assert!(matches!(error, Err(LlmError::Stream(_))));
+        assert!(parse_completion("not json").is_err());
     }
 
     #[test]

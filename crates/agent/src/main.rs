@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use taos_agent::config::Mode;
 use taos_agent::shutdown::{self, ShutdownTrigger};
 use taos_agent::{Config, CONFIG_EXIT_CODE};
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,6 +18,9 @@ fn main() -> ExitCode {
             return ExitCode::from(CONFIG_EXIT_CODE);
         }
     };
+    if config.mode != Mode::Tools {
+        drop_capabilities();
+    }
     // One thread is plenty: the sidecar waits on the network, and agent machines are small.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -66,6 +70,21 @@ fn watch_signals(trigger: ShutdownTrigger) -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+/// The image's unit grants CAP_SETUID, CAP_SETGID and CAP_KILL for tools mode, which starts
+/// its tools as another user. Other modes start nothing: they give them up before any thread
+/// exists, so every later thread has none either.
+fn drop_capabilities() {
+    use rustix::thread::{set_capabilities, CapabilitySet, CapabilitySets};
+    let none = CapabilitySets {
+        effective: CapabilitySet::empty(),
+        permitted: CapabilitySet::empty(),
+        inheritable: CapabilitySet::empty(),
+    };
+    if let Err(e) = set_capabilities(None, none) {
+        tracing::warn!(error = %e, "could not drop capabilities");
+    }
 }
 
 fn init_logging() {

@@ -4,9 +4,9 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use taos_proto::bridge::UserMessageDelivery;
+use taos_proto::bridge::{CancelTurn, UserMessageDelivery};
 use taos_proto::trace::TraceKind;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::bridge::{new_trace, BridgeClient};
@@ -17,6 +17,7 @@ use crate::framework::{Framework, ReplySink};
 use crate::http::{plain_client, ClientBuildError};
 use crate::llm::LlmClient;
 use crate::shutdown::Shutdown;
+use crate::tools::ToolsMode;
 
 /// Deliveries read ahead of the one being answered. The stream waits when it is full.
 const QUEUE_DEPTH: usize = 64;
@@ -31,6 +32,8 @@ const ABANDON_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum RunError {
     #[error(transparent)]
     Client(#[from] ClientBuildError),
+    #[error("tools mode cannot start: {0}")]
+    Tools(#[from] crate::tools::SetupError),
 }
 
 /// Runs until `shutdown` is triggered. Errors only when it cannot start at all.
@@ -68,6 +71,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             );
             run_framework(&framework, config.mode, bridge, timings, shutdown).await;
         }
+        Mode::Tools => {
+            let framework = ToolsMode::new(
+                llm,
+                &config.agent_name,
+                config.system_prompt.clone(),
+                config.models.clone(),
+                &config.tools,
+            )?;
+            run_framework(&framework, config.mode, bridge, timings, shutdown).await;
+        }
     }
     Ok(())
 }
@@ -81,11 +94,19 @@ async fn run_framework<F: Framework>(
 ) {
     lifecycle(&bridge, "start", mode).await;
     let (queue_tx, queue_rx) = mpsc::channel(QUEUE_DEPTH);
-    let follower = tokio::spawn(follow(bridge.clone(), timings, queue_tx, shutdown.clone()));
+    let (cancel_tx, cancels) = watch::channel(None);
+    let follower = tokio::spawn(follow(
+        bridge.clone(),
+        timings,
+        queue_tx,
+        cancel_tx,
+        shutdown.clone(),
+    ));
     work(
         framework,
         &bridge,
         queue_rx,
+        cancels,
         shutdown,
         timings.shutdown_grace,
     )
@@ -107,6 +128,7 @@ async fn work<F: Framework>(
     framework: &F,
     bridge: &BridgeClient,
     mut queue: mpsc::Receiver<UserMessageDelivery>,
+    cancels: watch::Receiver<Option<CancelTurn>>,
     mut shutdown: Shutdown,
     grace: Duration,
 ) {
@@ -126,7 +148,15 @@ async fn work<F: Framework>(
             tracing::debug!(trace_id = %delivery.trace_id, "skipping a delivery already handled");
             continue;
         }
-        answer(framework, bridge, &delivery, shutdown.clone(), grace).await;
+        answer(
+            framework,
+            bridge,
+            &delivery,
+            cancels.clone(),
+            shutdown.clone(),
+            grace,
+        )
+        .await;
     }
 }
 
@@ -134,6 +164,7 @@ async fn answer<F: Framework>(
     framework: &F,
     bridge: &BridgeClient,
     delivery: &UserMessageDelivery,
+    mut cancels: watch::Receiver<Option<CancelTurn>>,
     mut shutdown: Shutdown,
     grace: Duration,
 ) {
@@ -146,10 +177,28 @@ async fn answer<F: Framework>(
         "answering"
     );
     let replies = ReplySink::new(bridge.clone(), delivery);
-    let respond = framework.respond(delivery, &replies);
-    tokio::pin!(respond);
+    // Boxed, so a cancel can drop it (and with it the tools it runs) before settling.
+    let mut respond = Box::pin(framework.respond(delivery, &replies));
+    let trace_id = delivery.trace_id.as_str();
+    // A cancel for this delivery that came while it waited in the queue counts too.
+    let cancelled = cancels.wait_for(|c| c.as_ref().is_some_and(|c| c.trace_id == trace_id));
     let outcome = tokio::select! {
         result = &mut respond => Some(result),
+        Ok(cancel) = cancelled => {
+            let by = cancel.as_ref().map(|c| c.by.clone()).unwrap_or_default();
+            // The watch value stays locked while this is held.
+            drop(cancel);
+            // Dropping the answer ends its tools (see `tools::exec`).
+            drop(respond);
+            tracing::info!(trace_id, by = %by, "answer cancelled");
+            let reason = format!("stopped by {by}");
+            let result = replies.fail("cancelled", &reason).await;
+            replies.trace_error("cancel", &reason, None).await;
+            if let Err(e) = result {
+                tracing::warn!(trace_id, error = %e, "could not settle the cancelled answer");
+            }
+            return;
+        }
         _ = shutdown.wait() => {
             tracing::info!(trace_id = %delivery.trace_id, grace = ?grace, "stopping; letting the answer in progress finish");
             tokio::time::timeout(grace, &mut respond).await.ok()

@@ -8,6 +8,7 @@
 //! don't meet. A fake host (`fake/`) is left only for a fault the real host never produces.
 
 mod fake;
+mod tools;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,7 +40,20 @@ const BROKEN_TOO: &str = "broken-too";
 const BREAKS_OFF: &str = "breaks-off";
 /// Streams its first word, then nothing more, ever.
 const STALLS: &str = "stalls";
-const MODELS: [&str; 6] = [GOOD, OTHER, BROKEN, BROKEN_TOO, BREAKS_OFF, STALLS];
+const MODELS: [&str; 6 + tools::MODELS.len()] = {
+    let mut all = [""; 6 + tools::MODELS.len()];
+    let plain = [GOOD, OTHER, BROKEN, BROKEN_TOO, BREAKS_OFF, STALLS];
+    let mut i = 0;
+    while i < all.len() {
+        all[i] = if i < 6 {
+            plain[i]
+        } else {
+            tools::MODELS[i - 6]
+        };
+        i += 1;
+    }
+    all
+};
 /// The first piece of every answer the upstream streams.
 const FIRST_WORD: &str = "Hello ";
 

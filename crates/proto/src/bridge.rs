@@ -57,6 +57,10 @@ pub struct Reply {
     pub channel_id: Option<String>,
     #[serde(default)]
     pub content: Option<String>,
+    /// With `tool_call` and `tool_result`: the call's id, so the host pairs a result with its
+    /// call (the model's own id; at most 200 characters).
+    #[serde(default)]
+    pub call_id: Option<String>,
     #[serde(default)]
     pub tool: Option<String>,
     #[serde(default)]
@@ -76,6 +80,20 @@ pub struct Reply {
     pub error_code: Option<String>,
 }
 
+/// The bridge stream's event asking the agent to stop answering one delivery.
+pub const CANCEL_EVENT: &str = "cancel";
+
+/// The data of a `cancel` event: stop the answer to `trace_id` (drop the work in progress, end
+/// its tools) and settle it with an `error` reply, `error_code: cancelled`. It has no event id
+/// and is sent only to a connected agent: one that was away simply finishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CancelTurn {
+    pub trace_id: String,
+    /// Who stopped it (`user:<name>`), for the failure's words.
+    pub by: String,
+}
+
 /// The `error_code`s an error reply may carry. Anything else counts as `agent_error`.
 pub const ERROR_CODES: &[&str] = &[
     // The LLM gateway's own error types.
@@ -92,6 +110,10 @@ pub const ERROR_CODES: &[&str] = &[
     "empty_reply",
     // The answer broke off part way (the agent stopped, or the stream was cut).
     "interrupted",
+    // A tool-using turn hit its step or time limit before the model answered.
+    "turn_limit",
+    // A person stopped the answer from the chat (a `cancel` event on the bridge stream).
+    "cancelled",
     // Anything else the agent could not do.
     "agent_error",
 ];

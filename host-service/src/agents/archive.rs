@@ -12,9 +12,9 @@ use sqlx::Row;
 use taos_proto::chat::Message;
 use uuid::Uuid;
 
-use crate::agents::deploy;
 use crate::agents::AgentHost;
 use crate::agents::{self, AgentRecord, AGENT_TOKEN_PREFIX, LLM_KEY_PREFIX};
+use crate::agents::{deploy, frameworks};
 use crate::auth::{hash_token, new_secret};
 use crate::db::{from_ms, now_ms, Db};
 use crate::fsutil;
@@ -643,6 +643,7 @@ async fn bring_up(
         &agent.fallback_models,
         agent.network,
     );
+    let env = deploy::with_mode(env, &frameworks::agent_mode_of(agent.framework.as_deref()));
     deploy::wait_for_boot(rt, &name)
         .await
         .map_err(ArchiveError::Runtime)?;

@@ -350,6 +350,7 @@ impl Run {
                     self.request.fallback_models.as_deref().unwrap_or_default(),
                     self.request.network,
                 );
+                let env = with_mode(env, self.manifest.agent_mode());
                 push_credentials(rt, &name, &env).await?;
                 Ok(Some(format!("credentials in {CREDENTIALS_PATH} (0600)")))
             }
@@ -493,6 +494,15 @@ pub fn agent_env(
     );
     if !fallback.is_empty() {
         env.push_str(&format!("TAOS_FALLBACK_MODELS={}\n", fallback.join(",")));
+    }
+    env
+}
+
+/// Adds the sidecar's mode (from the framework's manifest) to its environment file. `direct`
+/// is the sidecar's default, so it is left out and older files read the same.
+pub fn with_mode(mut env: String, mode: &str) -> String {
+    if mode != "direct" {
+        env.push_str(&format!("TAOS_AGENT_MODE={mode}\n"));
     }
     env
 }
@@ -865,5 +875,8 @@ mod tests {
             AgentNetwork::Internet,
         );
         assert!(env.ends_with("TAOS_MODEL=m1\nTAOS_FALLBACK_MODELS=m2,m3\n"));
+        assert_eq!(with_mode(env.clone(), "direct"), env);
+        assert!(with_mode(env, "tools")
+            .ends_with("TAOS_FALLBACK_MODELS=m2,m3\nTAOS_AGENT_MODE=tools\n"));
     }
 }

@@ -17,6 +17,10 @@ pub struct Manifest {
     pub image: String,
     /// The systemd service that runs the agent inside the container.
     pub service: String,
+    /// The mode the taos-agent sidecar runs in (`TAOS_AGENT_MODE` in its credentials file):
+    /// `direct` (chat only, the default) or `tools` (the built-in tool-using agent).
+    #[serde(default)]
+    pub agent_mode: Option<String>,
     pub install: Install,
     pub requires: Requires,
 }
@@ -40,7 +44,27 @@ pub struct Requires {
     pub cpus: u32,
 }
 
-const BUILT_IN: &[&str] = &[include_str!("../../../manifests/direct/manifest.toml")];
+const BUILT_IN: &[&str] = &[
+    include_str!("../../../manifests/direct/manifest.toml"),
+    include_str!("../../../manifests/tools/manifest.toml"),
+];
+
+/// The sidecar modes a manifest may name (see `taos_agent::config::Mode`).
+pub const AGENT_MODES: &[&str] = &["direct", "tools"];
+
+impl Manifest {
+    /// The sidecar mode for this framework's agents.
+    pub fn agent_mode(&self) -> &str {
+        self.agent_mode.as_deref().unwrap_or("direct")
+    }
+}
+
+/// The sidecar mode of an agent deployed with `framework` (`direct` when unknown).
+pub fn agent_mode_of(framework: Option<&str>) -> String {
+    framework
+        .and_then(get)
+        .map_or_else(|| "direct".to_string(), |m| m.agent_mode().to_string())
+}
 
 /// Every known framework. A manifest that doesn't parse is a build-time bug, caught by a test.
 pub fn all() -> Vec<Manifest> {
@@ -65,10 +89,17 @@ mod tests {
             assert!(["beta", "alpha", "broken"].contains(&m.verification.as_str()));
             assert!(["none", "script"].contains(&m.install.method.as_str()));
             assert!(!m.image.is_empty());
+            assert!(AGENT_MODES.contains(&m.agent_mode()), "{}", m.id);
             // They become container limits when a deploy sets none.
             assert!(m.requires.ram_mb >= 32 && m.requires.cpus >= 1, "{}", m.id);
         }
         assert!(get("direct").is_some());
+        assert_eq!(
+            get("tools").map(|m| m.agent_mode().to_string()).as_deref(),
+            Some("tools")
+        );
+        assert_eq!(agent_mode_of(Some("direct")), "direct");
+        assert_eq!(agent_mode_of(None), "direct");
         assert!(get("nope").is_none());
     }
 }

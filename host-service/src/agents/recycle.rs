@@ -152,7 +152,7 @@ pub async fn list_all(host: &AgentHost) -> Result<Vec<RecycleList>, RecycleError
 /// Where a restore may write: the agent's home, its service data and temporary files. The
 /// restore runs as the container's root while the bin is writable by the agent's sandboxed
 /// service, so a forged record must never reach system paths (`/etc`, `/usr`, unit files).
-pub const RESTORE_ROOTS: &[&str] = &["/root", "/srv", "/tmp"];
+pub const RESTORE_ROOTS: &[&str] = &["/root", "/home", "/srv", "/tmp"];
 
 /// Checks a recorded original path before anything is restored to it: absolute, no NUL, no
 /// `..`, `.` or empty components, under one of [`RESTORE_ROOTS`] (and not the root itself).
@@ -179,7 +179,7 @@ pub fn check_restore_target(path: &str) -> Result<(), RecycleError> {
     }
     let root = format!("/{}", parts[0]);
     if parts.len() < 2 || !RESTORE_ROOTS.contains(&root.as_str()) {
-        return refuse("only paths under /root, /srv and /tmp are restored");
+        return refuse("only paths under /root, /home, /srv and /tmp are restored");
     }
     Ok(())
 }

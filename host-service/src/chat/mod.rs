@@ -686,6 +686,49 @@ impl Chat {
         self.publish_stored(id, seq).await
     }
 
+    /// Records a step of an agent's tool use on its (streaming) answer, in
+    /// `metadata.tools`: a call adds an entry, a result fills in the entry with the same
+    /// `call_id` (or adds one). Stored, so a reload shows the steps; one seq and one `message`
+    /// event, so every client upserts it. `content` is the text streamed so far, when the host
+    /// has it from the start, so the event does not blank what clients have shown.
+    pub async fn record_tool_step(
+        &self,
+        id: &str,
+        step: ToolStep,
+        content: Option<&str>,
+    ) -> Result<Message, ChatError> {
+        let message = self.message(id).await?;
+        let lock = self.hub.write_lock(&message.channel_id);
+        let _serial = lock.lock().await;
+        // Read again under the lock: the metadata is read, changed and written back.
+        let message = self.message(id).await?;
+        if message.state != MessageState::Streaming {
+            return Err(ChatError::Conflict("the answer is already settled".into()));
+        }
+        let mut metadata = match message.metadata {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        add_tool_step(&mut metadata, step);
+        let mut tx = self.db.begin().await?;
+        let seq = next_seq(&mut tx, &message.channel_id).await?;
+        let updated = sqlx::query(
+            "UPDATE messages SET content = COALESCE(?, content), metadata = ?, seq = ? \
+             WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(content)
+        .bind(serde_json::Value::Object(metadata).to_string())
+        .bind(seq)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(ChatError::NotFound("the message was deleted"));
+        }
+        tx.commit().await?;
+        self.publish_stored(id, seq).await
+    }
+
     pub async fn set_state(&self, id: &str, state: MessageState) -> Result<(), ChatError> {
         let message = self.message(id).await?;
         let lock = self.hub.write_lock(&message.channel_id);
@@ -919,4 +962,154 @@ pub async fn import_message(db: &Db, m: &Message) -> Result<(), sqlx::Error> {
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Steps kept on one message; later ones are counted in `metadata.tools_omitted` (they are
+/// all in the traces).
+pub const MAX_TOOL_STEPS: usize = 50;
+/// Strings in a stored step (output, file text) are cut to this many characters; the traces
+/// keep what the agent sent.
+pub const MAX_TOOL_TEXT_CHARS: usize = 4000;
+
+/// One step of an agent's tool use, as a chat message keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolStep {
+    Call {
+        call_id: String,
+        tool: String,
+        args: serde_json::Value,
+    },
+    Result {
+        call_id: String,
+        tool: String,
+        result: serde_json::Value,
+        success: bool,
+    },
+}
+
+fn add_tool_step(metadata: &mut serde_json::Map<String, serde_json::Value>, step: ToolStep) {
+    let steps = metadata
+        .entry("tools")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    if !steps.is_array() {
+        *steps = serde_json::Value::Array(Vec::new());
+    }
+    let Some(steps) = steps.as_array_mut() else {
+        return;
+    };
+    let (call_id, tool) = match &step {
+        ToolStep::Call { call_id, tool, .. } | ToolStep::Result { call_id, tool, .. } => {
+            (call_id.clone(), tool.clone())
+        }
+    };
+    let existing = steps
+        .iter()
+        .position(|s| s["call_id"] == call_id.as_str() && s["tool"] == tool.as_str());
+    let index = match existing {
+        Some(i) => i,
+        None if steps.len() >= MAX_TOOL_STEPS => {
+            // Counted once per call, not once more for its result.
+            if matches!(step, ToolStep::Call { .. }) {
+                let omitted = metadata
+                    .get("tools_omitted")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
+                metadata.insert("tools_omitted".into(), (omitted + 1).into());
+            }
+            return;
+        }
+        None => {
+            steps.push(serde_json::json!({"call_id": call_id, "tool": tool}));
+            steps.len() - 1
+        }
+    };
+    let entry = &mut steps[index];
+    match step {
+        ToolStep::Call { mut args, .. } => {
+            cut_strings(&mut args, MAX_TOOL_TEXT_CHARS);
+            entry["args"] = args;
+        }
+        ToolStep::Result {
+            mut result,
+            success,
+            ..
+        } => {
+            cut_strings(&mut result, MAX_TOOL_TEXT_CHARS);
+            entry["result"] = result;
+            entry["success"] = success.into();
+        }
+    }
+}
+
+/// Cuts every string in `value` longer than `max` characters, saying so in the string.
+fn cut_strings(value: &mut serde_json::Value, max: usize) {
+    match value {
+        serde_json::Value::String(text) => {
+            if text.chars().count() > max {
+                let kept: String = text.chars().take(max).collect();
+                *text = format!("{kept}\n[... cut; the agent's traces have all of it ...]");
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| cut_strings(v, max)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| cut_strings(v, max)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tool_step_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn results_join_their_calls_and_steps_are_bounded() {
+        let mut meta = serde_json::Map::new();
+        add_tool_step(
+            &mut meta,
+            ToolStep::Call {
+                call_id: "c1".into(),
+                tool: "shell".into(),
+                args: json!({"command": "du -sh ~"}),
+            },
+        );
+        add_tool_step(
+            &mut meta,
+            ToolStep::Result {
+                call_id: "c1".into(),
+                tool: "shell".into(),
+                result: json!({"stdout": "x".repeat(MAX_TOOL_TEXT_CHARS + 10), "exit_code": 0}),
+                success: true,
+            },
+        );
+        let steps = meta["tools"].as_array().unwrap();
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0]["args"]["command"], "du -sh ~");
+        assert_eq!(steps[0]["success"], true);
+        let stdout = steps[0]["result"]["stdout"].as_str().unwrap();
+        assert!(stdout.contains("cut; the agent's traces have all of it"));
+        assert!(stdout.chars().count() < MAX_TOOL_TEXT_CHARS + 100);
+
+        for i in 0..MAX_TOOL_STEPS + 3 {
+            let call_id = format!("n{i}");
+            add_tool_step(
+                &mut meta,
+                ToolStep::Call {
+                    call_id: call_id.clone(),
+                    tool: "list_dir".into(),
+                    args: json!({}),
+                },
+            );
+            add_tool_step(
+                &mut meta,
+                ToolStep::Result {
+                    call_id,
+                    tool: "list_dir".into(),
+                    result: json!({}),
+                    success: true,
+                },
+            );
+        }
+        assert_eq!(meta["tools"].as_array().unwrap().len(), MAX_TOOL_STEPS);
+        assert_eq!(meta["tools_omitted"], 4);
+    }
 }

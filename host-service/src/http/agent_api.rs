@@ -76,6 +76,8 @@ async fn pump(
     mut cursor: i64,
 ) {
     let mut shutdown = state.shutdown.clone();
+    // `cancel` events go out between deliveries, without an id (they are not deliveries).
+    let mut cancels = state.bridge.cancel_receiver(agent.id);
     loop {
         // Consume the wake before checking the generation, so a wake that announces a newer
         // stream is never swallowed by this one.
@@ -123,6 +125,16 @@ async fn pump(
         }
         tokio::select! {
             changed = wake.changed() => if changed.is_err() { break },
+            cancel = cancels.recv() => match cancel {
+                Ok(data) => {
+                    let event = Event::default().event(taos_proto::bridge::CANCEL_EVENT).data(data);
+                    if tx.send(event).await.is_err() {
+                        break;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
             _ = tx.closed() => break,
             _ = shutdown.changed() => break,
         }

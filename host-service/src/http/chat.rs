@@ -24,6 +24,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(post_message))
         .routes(routes!(list_messages))
         .routes(routes!(edit_message, delete_message))
+        .routes(routes!(cancel_answer))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -310,4 +311,26 @@ async fn delete_message(
         .delete(&id, &actor, principal.acts_as_owner())
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stops an agent's answer in progress (a streaming agent message), for anyone who can see its
+/// channel. The agent is told on its bridge stream; it drops the work, ends its tools, and
+/// settles the message as failed with `failure.code: cancelled`.
+#[utoipa::path(post, path = "/api/chat/messages/{id}/cancel", tag = "chat",
+    params(("id" = String, Path, description = "The agent's streaming message")),
+    responses((status = 202, description = "Sent to the agent"),
+        (status = 400, description = "Not an agent's answer", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such message", body = ErrorBody),
+        (status = 409, description = "The answer is not in progress, or the agent is not connected", body = ErrorBody)))]
+async fn cancel_answer(
+    Auth(principal): Auth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let message = state.chat.message(&id).await?;
+    visible_channel(&state, &principal, &message.channel_id).await?;
+    let by = human_member(&state, &principal).await?;
+    state.bridge.cancel(&message, &by).await?;
+    Ok(StatusCode::ACCEPTED)
 }

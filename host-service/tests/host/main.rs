@@ -29,6 +29,7 @@ mod routes;
 mod runtime;
 mod settings;
 mod tls;
+mod tools;
 mod trace_limits;
 mod trace_pages;
 mod trace_store;

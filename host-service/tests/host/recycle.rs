@@ -115,7 +115,7 @@ async fn a_restore_never_writes_outside_the_agents_roots_or_through_a_link() {
     ))
     .await;
     let why = refused("forged-etc", "system path").await;
-    assert!(why.contains("/root, /srv and /tmp"), "{why}");
+    assert!(why.contains("/root, /home, /srv and /tmp"), "{why}");
     // 5. A record outside the allowed roots (not a system path on anyone's list).
     sh(plant(
         "forged-opt",

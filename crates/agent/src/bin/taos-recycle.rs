@@ -23,10 +23,10 @@ use rustix::fs::{self, AtFlags, Mode, OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
 
 const BIN: &str = "/var/recycle-bin";
-/// Where a restore may write: the agent's home, its service data and temporary files. Never
-/// system paths (`/etc`, `/usr`, unit files…), which would let a forged record turn the
-/// agent's sandboxed service into the container's root.
-const ROOTS: &[&str] = &["root", "srv", "tmp"];
+/// Where a restore may write: the agent's home, its tools user's home, its service data and
+/// temporary files. Never system paths (`/etc`, `/usr`, unit files…), which would let a forged
+/// record turn the agent's sandboxed service into the container's root.
+const ROOTS: &[&str] = &["root", "home", "srv", "tmp"];
 const MAX_INFO_BYTES: u64 = 64 * 1024;
 
 enum Failure {
@@ -75,7 +75,7 @@ fn target_components(path: &str) -> Result<Vec<&str>, Failure> {
         return refuse("empty, `.` or `..` components");
     }
     if parts.len() < 2 || !ROOTS.contains(&parts[0]) {
-        return refuse("only paths under /root, /srv and /tmp are restored");
+        return refuse("only paths under /root, /home, /srv and /tmp are restored");
     }
     Ok(parts)
 }
@@ -183,6 +183,21 @@ fn restore(id: &str, path: &str) -> Result<(), Failure> {
             }
             Err(e) => return Err(Failure::Other(format!("{walked}: {e}"))),
         };
+    }
+    // The bin takes deletions from the unprivileged tools user too (its entries are its own).
+    // Such an item goes back only into a folder that user owns: a record it forged must not
+    // plant its file in root's home (a `.bash_profile` root's shells would read).
+    let owner = fs::fstat(&item_dir)
+        .map_err(|e| Failure::Other(e.to_string()))?
+        .st_uid;
+    let into = fs::fstat(&dir)
+        .map_err(|e| Failure::Other(e.to_string()))?
+        .st_uid;
+    if owner != 0 && into != owner {
+        return Err(Failure::Refused(format!(
+            "refusing to restore {path:?}: it was deleted by uid {owner}, and its folder belongs \
+             to uid {into}"
+        )));
     }
     match fs::renameat_with(&item_dir, "item", &dir, *name, RenameFlags::NOREPLACE) {
         Ok(()) => Ok(()),

@@ -1,0 +1,416 @@
+//! Tools mode against the real host, LiteLLM and the fake upstream answering from a script:
+//! the loop, its limits, and what the tools can and cannot do. The sidecar runs in-process
+//! (as root here), switching to a numeric account of each test's own for its tools, so the
+//! switch, the environment and the clean-up are the real ones.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+use taos_agent::config::{Mode, RunAs};
+use taos_e2e::fake_llm::Scripted;
+
+use reqwest::{Method, StatusCode};
+
+use super::{of_kind, shared, start_agent, stop_agent, wait_for, Agent};
+
+/// Runs `shell`, `read_file` and `list_dir`, then answers.
+pub const DISK: &str = "scripted-disk";
+/// Calls a tool forever.
+pub const LOOPS: &str = "scripted-loop";
+/// Runs a command past its time limit, then answers.
+pub const SLOW: &str = "scripted-slow";
+/// Prints more than the output cap, then answers.
+pub const CHATTY: &str = "scripted-chatty";
+/// Runs a long command, to be cancelled from the chat.
+pub const STOPPED: &str = "scripted-cancel";
+pub const MODELS: [&str; 5] = [DISK, LOOPS, SLOW, CHATTY, STOPPED];
+
+/// A test's own account for its tools: ids no other process uses (so the sweep of leftovers
+/// touches nothing else) and a workspace it owns in /tmp.
+fn account(n: u32) -> (u32, PathBuf) {
+    let uid = 3_900_000_000 + (std::process::id() % 100_000) * 10 + n;
+    let dir = std::env::temp_dir().join(format!("taos-tools-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("workspace");
+    std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).expect("chown workspace");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    (uid, dir)
+}
+
+fn tools_config(
+    agent: &Agent,
+    host: &taos_e2e::Host,
+    uid: u32,
+    dir: &std::path::Path,
+) -> taos_agent::Config {
+    let mut config = agent.config(host);
+    config.mode = Mode::Tools;
+    config.tools.run_as = RunAs::Ids { uid, gid: uid };
+    config.tools.workdir = Some(dir.display().to_string());
+    config
+}
+
+/// The processes of `uid` still alive (zombies waiting for their parent don't count).
+fn processes_of(uid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        if taos_agent::tools::exec::is_live_process_of(&status, uid) {
+            found.push(std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default());
+        }
+    }
+    found
+}
+
+fn steps(reply: &Value) -> Vec<Value> {
+    reply["metadata"]["tools"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn tools_run_as_their_own_account_and_every_step_shows_in_chat_and_traces() {
+    let shared = shared().await;
+    let host = &shared.host;
+    let agent = Agent::create(host, "Toolsmith", &[DISK]).await;
+    let (uid, dir) = account(1);
+    // Something only root may read, like the sidecar's credentials file.
+    let secret = dir.with_extension("secret");
+    std::fs::write(&secret, "TAOS_AGENT_TOKEN=hidden").expect("secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    shared.upstream.script(
+        DISK,
+        vec![
+            Scripted::call(
+                "shell",
+                json!({"command": "id -u; env; echo hello > note.txt; du -sh ."}),
+            ),
+            Scripted::call("read_file", json!({"path": "note.txt"})),
+            Scripted::call("read_file", json!({"path": secret.display().to_string()})),
+            Scripted::call("list_dir", json!({})),
+            Scripted::call(
+                "write_file",
+                json!({"path": "/etc/taos-pwn", "content": "x"}),
+            ),
+            Scripted::final_text("Your disk is fine."),
+        ],
+    );
+    let (trigger, task) = start_agent(tools_config(&agent, host, uid, &dir));
+    agent.wait_connected(host).await;
+    let asked = agent.say(host, "how full is your disk?").await;
+    let reply = agent.settled_reply(host, &asked).await;
+    assert_eq!(reply["state"], "complete", "{reply}");
+    assert_eq!(reply["content"], "Your disk is fine.");
+
+    let steps = steps(&reply);
+    let tools: Vec<&str> = steps
+        .iter()
+        .map(|s| s["tool"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        tools,
+        ["shell", "read_file", "read_file", "list_dir", "write_file"],
+        "{reply}"
+    );
+    // The command ran as the tools account, with an environment of its own: none of the
+    // sidecar's credentials.
+    let shell = &steps[0];
+    assert_eq!(
+        shell["args"]["command"],
+        "id -u; env; echo hello > note.txt; du -sh ."
+    );
+    assert_eq!(shell["success"], true, "{shell}");
+    assert_eq!(shell["result"]["exit_code"], 0);
+    let stdout = shell["result"]["stdout"].as_str().expect("stdout");
+    assert!(stdout.starts_with(&format!("{uid}\n")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("HOME={}", dir.display())),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(&agent.token) && !stdout.contains(&agent.llm_key),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("TAOS_") && !stdout.contains("OPENAI_"),
+        "{stdout}"
+    );
+    assert_eq!(steps[1]["result"]["content"], "hello\n");
+    assert_eq!(steps[1]["success"], true);
+    // What root alone may read stays unread, in the tool's own words.
+    assert_eq!(steps[2]["success"], false, "{}", steps[2]);
+    assert!(
+        steps[2]["result"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Permission denied"),
+        "{}",
+        steps[2]
+    );
+    assert!(steps[3]["result"]["listing"]
+        .as_str()
+        .unwrap_or("")
+        .contains("note.txt"));
+    assert_eq!(steps[4]["success"], false, "{}", steps[4]);
+    assert!(!std::path::Path::new("/etc/taos-pwn").exists());
+    // The file was written by the tools account, in its workspace.
+    let note = std::fs::metadata(dir.join("note.txt")).expect("note.txt");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&note), uid);
+
+    // Each call and result is a trace under the message's trace id.
+    let traces = agent
+        .traces_of(host, &asked, |e| {
+            of_kind(e, "tool_result").len() == 5 && !of_kind(e, "message_out").is_empty()
+        })
+        .await;
+    let calls = of_kind(&traces, "tool_call");
+    assert_eq!(calls.len(), 5);
+    assert_eq!(calls[0]["payload"]["tool"], "shell");
+    assert_eq!(
+        calls[0]["payload"]["args"]["command"],
+        shell["args"]["command"]
+    );
+    let results = of_kind(&traces, "tool_result");
+    assert_eq!(results[0]["payload"]["result"]["exit_code"], 0);
+    assert_eq!(
+        results[0]["payload"]["call_id"],
+        calls[0]["payload"]["call_id"]
+    );
+    assert_eq!(of_kind(&traces, "llm_call").len(), 6);
+
+    // The model got each result back, paired with its call.
+    let sent = shared.upstream.chat_requests(|body| body["model"] == DISK);
+    let last = sent.last().expect("requests");
+    assert!(
+        last["tools"].as_array().is_some_and(|t| t.len() == 5),
+        "{last}"
+    );
+    let tool_messages: Vec<&Value> = last["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .collect();
+    assert_eq!(tool_messages.len(), 5);
+    assert!(tool_messages[0]["content"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("exit code 0"));
+    stop_agent(trigger, task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&secret);
+}
+
+#[tokio::test]
+async fn the_step_limit_stops_a_model_that_never_finishes() {
+    let shared = shared().await;
+    let host = &shared.host;
+    let agent = Agent::create(host, "Looper", &[LOOPS]).await;
+    let (uid, dir) = account(2);
+    shared
+        .upstream
+        .script_forever(LOOPS, Scripted::call("shell", json!({"command": ["true"]})));
+    let mut config = tools_config(&agent, host, uid, &dir);
+    config.tools.max_steps = 3;
+    let (trigger, task) = start_agent(config);
+    agent.wait_connected(host).await;
+    let asked = agent.say(host, "keep going").await;
+    let reply = agent.settled_reply(host, &asked).await;
+    assert_eq!(reply["state"], "error", "{reply}");
+    assert_eq!(
+        reply["metadata"]["failure"]["code"], "turn_limit",
+        "{reply}"
+    );
+    assert!(
+        reply["metadata"]["failure"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("3 steps"),
+        "{reply}"
+    );
+    // Three model calls, each with its tool step shown; no fourth.
+    assert_eq!(steps(&reply).len(), 3, "{reply}");
+    assert!(steps(&reply).iter().all(|s| s["success"] == true));
+    let traces = agent
+        .traces_of(host, &asked, |e| !of_kind(e, "error").is_empty())
+        .await;
+    assert_eq!(of_kind(&traces, "llm_call").len(), 3);
+    assert_eq!(of_kind(&traces, "tool_result").len(), 3);
+    stop_agent(trigger, task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_tool_past_its_time_limit_is_killed_with_everything_it_started() {
+    let shared = shared().await;
+    let host = &shared.host;
+    let agent = Agent::create(host, "Sleeper", &[SLOW]).await;
+    let (uid, dir) = account(3);
+    shared.upstream.script(
+        SLOW,
+        vec![
+            // A background job that would outlive the call, and a foreground one past the limit.
+            Scripted::call(
+                "shell",
+                json!({"command": "(setsid sleep 300 &) ; echo started; sleep 300; echo never", "timeout_secs": 1}),
+            ),
+            Scripted::final_text("It took too long."),
+        ],
+    );
+    let (trigger, task) = start_agent(tools_config(&agent, host, uid, &dir));
+    agent.wait_connected(host).await;
+    let asked = agent.say(host, "run the slow thing").await;
+    let reply = agent.settled_reply(host, &asked).await;
+    assert_eq!(reply["state"], "complete", "{reply}");
+    assert_eq!(reply["content"], "It took too long.");
+    let step = &steps(&reply)[0];
+    assert_eq!(step["success"], false, "{step}");
+    assert_eq!(step["result"]["timed_out"], true, "{step}");
+    assert_eq!(step["result"]["exit_code"], Value::Null);
+    assert_eq!(step["result"]["stdout"], "started\n");
+    // Nothing of the account survives the call, not even what left its process group.
+    assert_eq!(processes_of(uid), Vec::<String>::new());
+    let sent = shared.upstream.chat_requests(|body| body["model"] == SLOW);
+    let told = sent.last().expect("requests")["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "tool").cloned())
+        .expect("a tool message");
+    assert!(
+        told["content"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("timed out after 1 s"),
+        "{told}"
+    );
+    stop_agent(trigger, task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn output_past_the_cap_is_cut_visibly_keeping_its_start_and_end() {
+    let shared = shared().await;
+    let host = &shared.host;
+    let agent = Agent::create(host, "Chatty", &[CHATTY]).await;
+    let (uid, dir) = account(4);
+    shared.upstream.script(
+        CHATTY,
+        vec![
+            Scripted::call("shell", json!({"command": ["seq", "1", "100000"]})),
+            Scripted::final_text("Counted."),
+        ],
+    );
+    let mut config = tools_config(&agent, host, uid, &dir);
+    config.tools.output_bytes = 1000;
+    let (trigger, task) = start_agent(config);
+    agent.wait_connected(host).await;
+    let asked = agent.say(host, "count").await;
+    let reply = agent.settled_reply(host, &asked).await;
+    assert_eq!(reply["content"], "Counted.", "{reply}");
+    let step = &steps(&reply)[0];
+    assert_eq!(step["success"], true, "{step}");
+    assert_eq!(step["result"]["truncated"], true);
+    let stdout = step["result"]["stdout"].as_str().expect("stdout");
+    assert!(stdout.starts_with("1\n2\n3\n"), "{stdout}");
+    assert!(stdout.ends_with("99999\n100000\n"), "{stdout}");
+    assert!(
+        stdout.contains("bytes cut: output is capped at 1000 bytes"),
+        "{stdout}"
+    );
+    // What the model got is cut the same way.
+    let sent = shared
+        .upstream
+        .chat_requests(|body| body["model"] == CHATTY);
+    let told = sent.last().expect("requests")["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "tool").cloned())
+        .expect("a tool message");
+    let told = told["content"].as_str().unwrap_or("");
+    assert!(told.contains("bytes cut") && told.len() < 1500, "{told}");
+    stop_agent(trigger, task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_person_stops_an_answer_from_the_chat_and_its_tools_end() {
+    let shared = shared().await;
+    let host = &shared.host;
+    let agent = Agent::create(host, "Stoppable", &[STOPPED]).await;
+    let (uid, dir) = account(5);
+    shared.upstream.script(
+        STOPPED,
+        vec![
+            Scripted::call(
+                "shell",
+                json!({"command": "sleep 290; echo never", "timeout_secs": 300}),
+            ),
+            Scripted::final_text("never said"),
+        ],
+    );
+    let (trigger, task) = start_agent(tools_config(&agent, host, uid, &dir));
+    agent.wait_connected(host).await;
+    let asked = agent.say(host, "run for a long time").await;
+    // The call shows on the streaming answer before it has a result.
+    let answer = wait_for("the tool call on the answer", async || {
+        let replies = agent.replies_to(host, &asked).await;
+        replies.into_iter().find(|m| {
+            m["state"] == "streaming"
+                && steps(m).len() == 1
+                && steps(m)[0]["result"].is_null()
+                && !processes_of(uid).is_empty()
+        })
+    })
+    .await;
+    let id = answer["id"].as_str().expect("id");
+
+    // Bad requests change nothing: a person's message, an unknown one.
+    let r = host
+        .admin(Method::POST, &format!("/api/chat/messages/{asked}/cancel"))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = host
+        .admin(Method::POST, "/api/chat/messages/no-such-message/cancel")
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(!processes_of(uid).is_empty(), "still running");
+
+    let r = host
+        .admin(Method::POST, &format!("/api/chat/messages/{id}/cancel"))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let reply = agent.settled_reply(host, &asked).await;
+    assert_eq!(reply["id"], id);
+    assert_eq!(reply["state"], "error", "{reply}");
+    assert_eq!(reply["metadata"]["failure"]["code"], "cancelled", "{reply}");
+    assert_eq!(
+        reply["metadata"]["failure"]["detail"],
+        "stopped by user:owner"
+    );
+    assert_eq!(processes_of(uid), Vec::<String>::new());
+    // Settled: a second stop is a conflict.
+    let r = host
+        .admin(Method::POST, &format!("/api/chat/messages/{id}/cancel"))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    // The model was asked once: nothing went on after the stop.
+    assert_eq!(
+        shared
+            .upstream
+            .chat_requests(|b| b["model"] == STOPPED)
+            .len(),
+        1
+    );
+    stop_agent(trigger, task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
