@@ -181,13 +181,17 @@ async fn answer<F: Framework>(
     let mut respond = Box::pin(framework.respond(delivery, &replies));
     let trace_id = delivery.trace_id.as_str();
     // A cancel for this delivery that came while it waited in the queue counts too.
-    let cancelled = cancels.wait_for(|c| c.as_ref().is_some_and(|c| c.trace_id == trace_id));
+    // Who stopped it, taken out at once: the watch value stays locked while its guard lives.
+    let cancelled = async {
+        let cancel = cancels
+            .wait_for(|c| c.as_ref().is_some_and(|c| c.trace_id == trace_id))
+            .await
+            .ok()?;
+        cancel.as_ref().map(|c| c.by.clone())
+    };
     let outcome = tokio::select! {
         result = &mut respond => Some(result),
-        Ok(cancel) = cancelled => {
-            let by = cancel.as_ref().map(|c| c.by.clone()).unwrap_or_default();
-            // The watch value stays locked while this is held.
-            drop(cancel);
+        Some(by) = cancelled => {
             // Dropping the answer ends its tools (see `tools::exec`).
             drop(respond);
             tracing::info!(trace_id, by = %by, "answer cancelled");

@@ -1044,11 +1044,9 @@ fn add_tool_step(metadata: &mut serde_json::Map<String, serde_json::Value>, step
 /// Cuts every string in `value` longer than `max` characters, saying so in the string.
 fn cut_strings(value: &mut serde_json::Value, max: usize) {
     match value {
-        serde_json::Value::String(text) => {
-            if text.chars().count() > max {
-                let kept: String = text.chars().take(max).collect();
-                *text = format!("{kept}\n[... cut; the agent's traces have all of it ...]");
-            }
+        serde_json::Value::String(text) if text.chars().count() > max => {
+            let kept: String = text.chars().take(max).collect();
+            *text = format!("{kept}\n[... cut; the agent's traces have all of it ...]");
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(|v| cut_strings(v, max)),
         serde_json::Value::Object(map) => map.values_mut().for_each(|v| cut_strings(v, max)),

@@ -736,6 +736,27 @@ export interface paths {
         patch: operations["edit_message"];
         trace?: never;
     };
+    "/api/chat/messages/{id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Stops an agent's answer in progress (a streaming agent message), for anyone who can see its
+         *     channel. The agent is told on its bridge stream; it drops the work, ends its tools, and
+         *     settles the message as failed with `failure.code: cancelled`.
+         */
+        post: operations["cancel_answer"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/chat/ws": {
         parameters: {
             query?: never;
@@ -1557,6 +1578,11 @@ export interface components {
             user: components["schemas"]["User"];
         };
         Manifest: {
+            /**
+             * @description The mode the taos-agent sidecar runs in (`TAOS_AGENT_MODE` in its credentials file):
+             *     `direct` (chat only, the default) or `tools` (the built-in tool-using agent).
+             */
+            agent_mode?: string | null;
             description: string;
             id: string;
             /** @description The incus image alias agents of this framework start from. */
@@ -4509,6 +4535,63 @@ export interface operations {
             };
             /** @description No such message */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    cancel_answer: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The agent's streaming message */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Sent to the agent */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not an agent's answer */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such message */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The answer is not in progress, or the agent is not connected */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
