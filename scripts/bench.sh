@@ -12,7 +12,7 @@ cd "$REPO_ROOT"
 
 apt_install wrk
 log "building release binaries"
-cargo build --release --locked -p taos-host -p taos-e2e --bin taos-host --bin taos-bench --bin taos-load --bin taos-llm-bench --bin taos-deploy-bench --bin taos-flood-bench
+cargo build --release --locked -p taos-host -p taos-e2e --bin taos-host --bin taos-bench --bin taos-load --bin taos-trace-bench --bin taos-llm-bench --bin taos-deploy-bench --bin taos-flood-bench
 BIN="$CARGO_TARGET_DIR/release/taos-host"
 
 log "startup and idle memory"
@@ -44,6 +44,14 @@ flood() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]
 log "conversation core load (traces, bridge, WebSocket fan-out)"
 LOAD_JSON="$("$CARGO_TARGET_DIR/release/taos-load" "$BIN")"
 echo "$LOAD_JSON"
+
+log "trace queries (the hour index; issue 20)"
+TRACEQ_JSON="$("$CARGO_TARGET_DIR/release/taos-trace-bench" "$BIN")"
+echo "$TRACEQ_JSON"
+tq() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$TRACEQ_JSON" "$1"; }
+# TinyAgentOS's p50s for the same queries, measured side by side on this machine (issue 20).
+TAO_NEWEST=18.4; TAO_COMMON=21.6; TAO_RARE=11.2; TAO_WINDOW=16.0
+ratio() { python3 -c "print(round($1/$2, 3))"; }
 
 log "LLM gateway overhead (real LiteLLM, fake upstream)"
 "$REPO_ROOT/scripts/dev-litellm.sh"
@@ -120,6 +128,23 @@ How: \`taos-load\` (tests/src/bin) drives a release host through the real APIs: 
 trace posts over plain HTTP on loopback, chat posts and WebSockets over TLS pinned to the host
 key, the bridge stream as an agent reads it. Latencies include the POST's own handling (two
 fsynced SQLite commits per chat message): every write is durable (\`synchronous=FULL\`).
+
+## Trace queries (issue 20)
+
+| what ($(tq events) events over 24 hours, one agent) | taos p50 (p99) | TinyAgentOS p50 | ratio | goal |
+|---|---|---|---|---|
+| newest 100 | $(tq newest_ms_p50) ms ($(tq newest_ms_p99)) | ${TAO_NEWEST} ms | $(ratio "$(tq newest_ms_p50)" $TAO_NEWEST) | ≤ 0.1: $(verdict "$(tq newest_ms_p50) <= $TAO_NEWEST / 10") |
+| newest 100 of a common kind (1 in 2) | $(tq common_ms_p50) ms ($(tq common_ms_p99)) | ${TAO_COMMON} ms | $(ratio "$(tq common_ms_p50)" $TAO_COMMON) | ≤ 0.1: $(verdict "$(tq common_ms_p50) <= $TAO_COMMON / 10") |
+| newest 100 of a rare kind (1 in 200: 24 events, one an hour) | $(tq rare_ms_p50) ms ($(tq rare_ms_p99)) | ${TAO_RARE} ms | $(ratio "$(tq rare_ms_p50)" $TAO_RARE) | ≤ 0.1: $(verdict "$(tq rare_ms_p50) <= $TAO_RARE / 10") |
+| a 1-hour window (newest 100 of its 200) | $(tq window_ms_p50) ms ($(tq window_ms_p99)) | ${TAO_WINDOW} ms | $(ratio "$(tq window_ms_p50)" $TAO_WINDOW) | ≤ 0.1: $(verdict "$(tq window_ms_p50) <= $TAO_WINDOW / 10") |
+| newest 100, 16 clients at once | $(tq concurrent_ms_p50) ms ($(tq concurrent_ms_p99)), $(tq concurrent_per_s) req/s | — | | |
+| per-day totals of the 24 hours (\`/trace/totals\`) | $(tq totals_day_ms_p50) ms ($(tq totals_day_ms_p99)) | — | | |
+
+How: \`taos-trace-bench\` (tests/src/bin) posts 4 800 events (200 an hour) through the agent
+listener to a release host, then reads as the owner over TLS keep-alive, one connection per
+client, $(tq rounds) reads per query after a warm-up (the concurrent row: 16 × $(tq rounds)/4).
+Reads open only the hours the per-agent hour index says can answer and stop once the page is
+full; the rare kind still needs every hour that has one (24 here), which is what bounds it.
 
 ## LLM gateway (issue 4)
 

@@ -5,7 +5,8 @@
 //! runtime had refused it; `TAOS_TEST_PAUSE=<operation>:<step>` stops there until the host is
 //! killed, so a test can SIGKILL the host at exactly that point. Operations are `deploy`,
 //! `archive`, `restore`, `purge`, `migrate-traces` (the start-up move of the old trace store;
-//! step `staged`: copied, not yet renamed into place), and `write` (for
+//! step `staged`: copied, not yet renamed into place), `trace-index` (step `committed`: a trace
+//! bucket's transaction committed, the agent's hour index not yet told), and `write` (for
 //! `fsutil::write_atomic`, whose "step" is the path being written: it pauses after the temp
 //! file is durable, before the rename).
 

@@ -236,6 +236,31 @@ pub struct TraceTotals {
     pub days: Vec<TraceDayTotal>,
 }
 
+/// One UTC hour of an agent's trace, summed like [`TraceDayTotal`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TraceHourTotal {
+    /// `YYYY-MM-DDTHH` (UTC), the hour that starts then.
+    pub hour: String,
+    pub events: u64,
+    /// Events per kind; kinds without events are left out.
+    pub by_kind: std::collections::BTreeMap<String, u64>,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub cost_usd: f64,
+}
+
+/// Answer to `GET /api/agents/{slug}/trace/histogram`: per-hour totals over `[since, until]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TraceHistogram {
+    pub agent_name: String,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// Newest hour first; hours without events are left out.
+    pub hours: Vec<TraceHourTotal>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use taos_proto::agents::{Agent, AgentPatch, AgentWithToken, NewAgent};
 use taos_proto::error::ErrorBody;
-use taos_proto::trace::{TraceKind, TraceList, TraceTotals};
+use taos_proto::trace::{TraceHistogram, TraceKind, TraceList, TraceTotals};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -26,6 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate_token))
         .routes(routes!(agent_trace))
         .routes(routes!(agent_trace_totals))
+        .routes(routes!(agent_trace_histogram))
 }
 
 /// Agents, oldest first. Never includes a secret.
@@ -234,12 +235,19 @@ impl TraceParams {
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::bad_request("limit must be between 1 and 1000"));
         }
+        let since = parse_time_param("since", &self.since)?;
+        let until = parse_time_param("until", &self.until)?;
+        if let (Some(since), Some(until)) = (since, until) {
+            if since > until {
+                return Err(ApiError::bad_request("since must not be after until"));
+            }
+        }
         Ok(TraceQuery {
             kind: parse_kind_param(&self.kind)?,
             channel_id: self.channel_id.clone(),
             trace_id: self.trace_id.clone(),
-            since: parse_time_param("since", &self.since)?,
-            until: parse_time_param("until", &self.until)?,
+            since,
+            until,
             limit,
         })
     }
@@ -250,7 +258,7 @@ impl TraceParams {
 #[utoipa::path(get, path = "/api/agents/{slug}/trace", tag = "agents",
     params(("slug" = String, Path, description = "Agent slug"), TraceParams),
     responses((status = 200, description = "Trace events, newest first", body = TraceList),
-        (status = 400, description = "Bad filter or cursor", body = ErrorBody),
+        (status = 400, description = "Bad filter or cursor, or since after until", body = ErrorBody),
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 404, description = "No such agent", body = ErrorBody)))]
 async fn agent_trace(
@@ -317,5 +325,51 @@ async fn agent_trace_totals(
         since,
         until,
         days,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct HistogramParams {
+    kind: Option<String>,
+    /// Epoch seconds or RFC 3339, inclusive; default 24 hours before `until`.
+    since: Option<String>,
+    /// Epoch seconds or RFC 3339, inclusive; default now. At most 92 days after `since`.
+    until: Option<String>,
+}
+
+/// Per-UTC-hour totals of an agent's trace over a range (events by kind, tokens, cost), from the
+/// host's hour index: only the hours the range cuts are read event by event.
+#[utoipa::path(get, path = "/api/agents/{slug}/trace/histogram", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug"), HistogramParams),
+    responses((status = 200, description = "Totals per hour, newest first", body = TraceHistogram),
+        (status = 400, description = "Unknown kind, bad time, since after until, or a range longer than 92 days", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody)))]
+async fn agent_trace_histogram(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    Query(params): Query<HistogramParams>,
+) -> Result<Json<TraceHistogram>, ApiError> {
+    trace::validate_slug(&slug)?;
+    let until = parse_time_param("until", &params.until)?.unwrap_or_else(chrono::Utc::now);
+    let since =
+        parse_time_param("since", &params.since)?.unwrap_or(until - chrono::TimeDelta::hours(24));
+    let query = TraceQuery {
+        kind: parse_kind_param(&params.kind)?,
+        since: Some(since),
+        until: Some(until),
+        limit: trace::MAX_LIST_LIMIT,
+        ..TraceQuery::default()
+    };
+    let agent = agents::get_by_slug(&state.db, &slug).await?;
+    let hours = pages::totals_per_hour(&state.traces, &agent.slug, &query).await?;
+    Ok(Json(TraceHistogram {
+        agent_name: agent.slug,
+        since,
+        until,
+        hours,
     }))
 }

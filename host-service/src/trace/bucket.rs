@@ -19,6 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSyn
 use sqlx::{ConnectOptions, Connection, Executor, Row, SqliteConnection};
 use taos_proto::trace::{TraceEvent, TraceKind};
 
+use super::index::KindCount;
 use super::{TraceError, TraceQuery, SEAL_AFTER_HOURS};
 use crate::fsutil;
 
@@ -293,11 +294,13 @@ fn insert_sql(rows: usize) -> String {
     format!("INSERT OR IGNORE INTO trace_events ({COLUMNS}) VALUES {values}")
 }
 
-/// Inserts `events` in one transaction; ids already present are left alone.
+/// Inserts `events` in one transaction; ids already present are left alone. True if every
+/// event was new (no id repeated one already stored or earlier in `events`).
 pub(super) async fn insert(
     conn: &mut SqliteConnection,
     events: &[TraceEvent],
-) -> Result<(), TraceError> {
+) -> Result<bool, TraceError> {
+    let mut all_new = true;
     // At most two distinct statements per call (full chunks and the remainder), both cached.
     let full_sql = insert_sql(ROWS_PER_INSERT);
     let mut tx = conn.begin().await?;
@@ -331,10 +334,11 @@ pub(super) async fn insert(
                 .bind(event.payload.to_string())
                 .bind(event.agent_created_at.map(|t| t.timestamp_millis()));
         }
-        query.execute(&mut *tx).await?;
+        let inserted = query.execute(&mut *tx).await?.rows_affected();
+        all_new &= usize::try_from(inserted).is_ok_and(|n| n == chunk.len());
     }
     tx.commit().await?;
-    Ok(())
+    Ok(all_new)
 }
 
 /// Events matching `query`, newest first, at most `limit`.
@@ -391,6 +395,43 @@ fn since_ms(since: DateTime<Utc>) -> i64 {
     } else {
         ms.saturating_add(1)
     }
+}
+
+/// Per kind: count, first and last time, tokens and cost, by the totals' rules (negative or
+/// missing is 0). Sums are taken as floats (`TOTAL`), so an agent's absurd token counts saturate
+/// instead of failing the count. Rows of a kind we don't know are left out, as reads refuse them.
+pub(super) async fn count_by_kind(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<(TraceKind, KindCount)>, TraceError> {
+    let rows = sqlx::query(
+        "SELECT kind, COUNT(*) AS events, MIN(created_at_ms) AS first_ms, \
+         MAX(created_at_ms) AS last_ms, TOTAL(MAX(COALESCE(tokens_in, 0), 0)) AS tokens_in, \
+         TOTAL(MAX(COALESCE(tokens_out, 0), 0)) AS tokens_out, \
+         TOTAL(CASE WHEN cost_usd > 0 THEN cost_usd ELSE 0 END) AS cost_usd \
+         FROM trace_events GROUP BY kind",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut counts = Vec::new();
+    for row in rows {
+        let kind: String = row.try_get("kind")?;
+        let Some(kind) = TraceKind::parse(&kind) else {
+            continue;
+        };
+        // `as` saturates: a float beyond i64 becomes i64::MAX.
+        counts.push((
+            kind,
+            KindCount {
+                events: u64::try_from(row.try_get::<i64, _>("events")?).unwrap_or(0),
+                first_ms: row.try_get("first_ms")?,
+                last_ms: row.try_get("last_ms")?,
+                tokens_in: row.try_get::<f64, _>("tokens_in")? as i64,
+                tokens_out: row.try_get::<f64, _>("tokens_out")? as i64,
+                cost_usd: row.try_get("cost_usd")?,
+            },
+        ));
+    }
+    Ok(counts)
 }
 
 pub(super) async fn contains_id(conn: &mut SqliteConnection, id: &str) -> Result<bool, TraceError> {

@@ -15,6 +15,11 @@
 //! permission bits, so "sealed" is decided by the mode bits and never by a write failing. Events
 //! for a sealed hour go to `YYYY-MM-DDTHH.late.jsonl`. Reads merge all three files.
 //!
+//! Each agent folder also has an hour index (`index.db`, see `index`): events by kind and time
+//! per hour, kept in step with every commit. Reads open only the hours it says can answer, a few
+//! at a time, newest first, and stop once they have enough; totals come from it without reading
+//! events. Bucket connections are pooled between reads for a short while (`read::Pool`).
+//!
 //! The store is the host's alone: `<data>/traces`, 0700, never mounted into a container (agents
 //! send traces over HTTP). Even so, it opens nothing it did not check: bucket files are opened
 //! without following links and must be plain files (see `bucket`), folders must be real ones.
@@ -25,6 +30,7 @@
 //! hours are left, writes are refused with [`TraceError::QuotaFull`] until hours close.
 
 mod bucket;
+mod index;
 pub mod ingest;
 mod jsonl;
 pub mod legacy;
@@ -122,7 +128,14 @@ struct Inner {
     limits: StoreLimits,
     /// One writer task per agent slug, started on first use and retired when idle.
     writers: Mutex<HashMap<String, mpsc::Sender<Command>>>,
+    /// Each agent's hour index, loaded on first use (see `index`).
+    indexes: Mutex<HashMap<String, SharedIndex>>,
+    /// Bucket connections kept open between reads.
+    readers: read::Pool,
 }
+
+/// An agent's index, shared by its writer (which keeps it in step with every commit) and readers.
+type SharedIndex = Arc<tokio::sync::Mutex<Option<index::AgentIndex>>>;
 
 /// Checks that `slug` is a safe directory name: `^[a-z0-9][a-z0-9-]{0,62}$` and at most
 /// [`MAX_SLUG_LEN`] bytes. Must run before a slug is joined to any path.
@@ -186,6 +199,8 @@ impl TraceStore {
                 root,
                 limits,
                 writers: Mutex::new(HashMap::new()),
+                indexes: Mutex::new(HashMap::new()),
+                readers: read::Pool::default(),
             }),
         })
     }
@@ -230,7 +245,52 @@ impl TraceStore {
         query: &TraceQuery,
     ) -> Result<Vec<TraceEvent>, TraceError> {
         let dir = self.agent_dir(slug)?;
-        read::list(&dir, query).await
+        let plan = {
+            let shared = self.index(slug);
+            let mut index = shared.lock().await;
+            index::ensure_loaded(&mut index, &dir).await?;
+            index.as_ref().map(|i| i.plan(query)).unwrap_or_default()
+        };
+        let events = read::list(&self.inner.readers, &dir, query, &plan).await;
+        if self.inner.readers.needs_sweeper() {
+            let store = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(read::POOL_IDLE).await;
+                    match store.upgrade() {
+                        Some(inner) if inner.readers.sweep() => {}
+                        _ => break,
+                    }
+                }
+            });
+        }
+        events
+    }
+
+    /// What the index knows of `[since, until]`: exact totals of the whole hours inside it, and
+    /// the ranges that must be read event by event (hours cut by the range, inexact hours).
+    async fn cover(
+        &self,
+        slug: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<index::Covered, TraceError> {
+        let dir = self.agent_dir(slug)?;
+        let shared = self.index(slug);
+        let mut index = shared.lock().await;
+        index::ensure_loaded(&mut index, &dir).await?;
+        Ok(index
+            .as_ref()
+            .map(|i| i.cover(since, until))
+            .unwrap_or_default())
+    }
+
+    /// The agent's shared index (not yet loaded the first time).
+    fn index(&self, slug: &str) -> SharedIndex {
+        lock(&self.inner.indexes)
+            .entry(slug.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Seals every bucket whose hour ended more than [`SEAL_AFTER_HOURS`] before `now`; returns
@@ -283,6 +343,7 @@ impl TraceStore {
                 let _ = answer.await;
             }
         }
+        self.inner.readers.evict_all();
     }
 
     /// Hands a command to the agent's writer, starting one if there is none or the old one retired.
@@ -318,6 +379,7 @@ impl TraceStore {
             slug.to_string(),
             self.inner.root.join(slug),
             self.inner.limits.clone(),
+            self.index(slug),
         );
         writers.insert(slug.to_string(), tx.clone());
         tx

@@ -1,15 +1,18 @@
-//! Paging through an agent's trace and per-day totals over a range, both built only on
-//! [`TraceStore::list`] (newest first, ordered by `created_at` then `id`, both descending).
-//! Totals read every event in the range page by page; an index will replace that scan.
+//! Paging through an agent's trace, built only on [`TraceStore::list`] (newest first, ordered by
+//! `created_at` then `id`, both descending), and per-day totals over a range, from the hour index
+//! where it knows the answer and from pages of events where it doesn't.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use taos_proto::trace::{TraceDayTotal, TraceEvent};
+use taos_proto::trace::{TraceDayTotal, TraceEvent, TraceHourTotal, TraceKind};
+
+use super::bucket_name;
 
 use super::{TraceError, TraceQuery, TraceStore, MAX_LIST_LIMIT};
 
-/// The longest range totals are computed over, in days: the scan reads every event in it.
+/// The longest range totals are computed over, in days (a range by channel or trace reads every
+/// event in it).
 pub const MAX_TOTALS_DAYS: i64 = 92;
 
 /// Where a page ended: the last event's time and id. The next page holds the events strictly
@@ -113,6 +116,31 @@ pub async fn page(
     Ok((events, next))
 }
 
+/// What totals are summed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Period {
+    Day,
+    Hour,
+}
+
+impl Period {
+    fn key(self, at: DateTime<Utc>) -> String {
+        match self {
+            Period::Day => at.format("%Y-%m-%d").to_string(),
+            Period::Hour => bucket_name(at),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Sums {
+    events: u64,
+    by_kind: BTreeMap<String, u64>,
+    tokens_in: i64,
+    tokens_out: i64,
+    cost_usd: f64,
+}
+
 /// Per-UTC-day totals of every event matching `query` (its `limit` is ignored), newest day
 /// first. `query.since` and `query.until` must both be set, at most [`MAX_TOTALS_DAYS`] apart.
 pub async fn totals_per_day(
@@ -120,6 +148,50 @@ pub async fn totals_per_day(
     slug: &str,
     query: &TraceQuery,
 ) -> Result<Vec<TraceDayTotal>, TraceError> {
+    let sums = sums(store, slug, query, Period::Day).await?;
+    Ok(sums
+        .into_iter()
+        .rev()
+        .map(|(day, s)| TraceDayTotal {
+            day,
+            events: s.events,
+            by_kind: s.by_kind,
+            tokens_in: s.tokens_in,
+            tokens_out: s.tokens_out,
+            cost_usd: s.cost_usd,
+        })
+        .collect())
+}
+
+/// Per-UTC-hour totals, newest hour first, by the same rules as [`totals_per_day`].
+pub async fn totals_per_hour(
+    store: &TraceStore,
+    slug: &str,
+    query: &TraceQuery,
+) -> Result<Vec<TraceHourTotal>, TraceError> {
+    let sums = sums(store, slug, query, Period::Hour).await?;
+    Ok(sums
+        .into_iter()
+        .rev()
+        .map(|(hour, s)| TraceHourTotal {
+            hour,
+            events: s.events,
+            by_kind: s.by_kind,
+            tokens_in: s.tokens_in,
+            tokens_out: s.tokens_out,
+            cost_usd: s.cost_usd,
+        })
+        .collect())
+}
+
+/// Whole hours come from the index without reading an event; only the hours the range cuts,
+/// hours whose counts are not exact, and queries by channel or trace (not indexed) read events.
+async fn sums(
+    store: &TraceStore,
+    slug: &str,
+    query: &TraceQuery,
+    period: Period,
+) -> Result<BTreeMap<String, Sums>, TraceError> {
     let (Some(since), Some(until)) = (query.since, query.until) else {
         return Err(TraceError::BadInput("totals need since and until".into()));
     };
@@ -132,20 +204,49 @@ pub async fn totals_per_day(
         limit: MAX_LIST_LIMIT,
         ..query.clone()
     };
-    let mut days: BTreeMap<String, TraceDayTotal> = BTreeMap::new();
+    let mut sums: BTreeMap<String, Sums> = BTreeMap::new();
+    if query.channel_id.is_some() || query.trace_id.is_some() {
+        add_events(store, slug, &query, period, &mut sums).await?;
+        return Ok(sums);
+    }
+    let covered = store.cover(slug, since, until).await?;
+    for (start, hour) in &covered.hours {
+        for (kind, count) in TraceKind::ALL.iter().zip(hour.kinds.iter()) {
+            if count.events == 0 || query.kind.is_some_and(|k| k != *kind) {
+                continue;
+            }
+            let t = sums.entry(period.key(*start)).or_default();
+            t.events += count.events;
+            *t.by_kind.entry(kind.as_str().to_string()).or_insert(0) += count.events;
+            t.tokens_in = t.tokens_in.saturating_add(count.tokens_in);
+            t.tokens_out = t.tokens_out.saturating_add(count.tokens_out);
+            t.cost_usd += count.cost_usd;
+        }
+    }
+    for (from, to) in covered.read {
+        let part = TraceQuery {
+            since: Some(from),
+            until: Some(to),
+            ..query.clone()
+        };
+        add_events(store, slug, &part, period, &mut sums).await?;
+    }
+    Ok(sums)
+}
+
+/// Adds every event matching `query` to `sums`, reading them page by page.
+async fn add_events(
+    store: &TraceStore,
+    slug: &str,
+    query: &TraceQuery,
+    period: Period,
+    sums: &mut BTreeMap<String, Sums>,
+) -> Result<(), TraceError> {
     let mut cursor = None;
     loop {
-        let (events, next) = page(store, slug, &query, cursor.as_ref()).await?;
+        let (events, next) = page(store, slug, query, cursor.as_ref()).await?;
         for e in &events {
-            let day = e.created_at.format("%Y-%m-%d").to_string();
-            let t = days.entry(day.clone()).or_insert_with(|| TraceDayTotal {
-                day,
-                events: 0,
-                by_kind: BTreeMap::new(),
-                tokens_in: 0,
-                tokens_out: 0,
-                cost_usd: 0.0,
-            });
+            let t = sums.entry(period.key(e.created_at)).or_default();
             t.events += 1;
             *t.by_kind.entry(e.kind.as_str().to_string()).or_insert(0) += 1;
             t.tokens_in = t.tokens_in.saturating_add(e.tokens_in.unwrap_or(0).max(0));
@@ -159,8 +260,7 @@ pub async fn totals_per_day(
         }
         match next {
             Some(next) => cursor = Some(next),
-            None => break,
+            None => return Ok(()),
         }
     }
-    Ok(days.into_values().rev().collect())
 }

@@ -1,95 +1,261 @@
-//! Reading an agent's trace: newest buckets first, each bucket's database merged with its JSONL
-//! side files.
+//! Reading an agent's trace: the hours the index says can answer, newest first, each bucket's
+//! database merged with its JSONL side files.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use chrono::TimeDelta;
+use futures_util::future::try_join_all;
 use sqlx::{Connection, SqliteConnection};
 use taos_proto::trace::TraceEvent;
 
-use super::bucket::{self, bucket_start};
+use super::bucket;
+use super::index::{kind_index, Hour, Planned};
 use super::{jsonl, TraceError, TraceQuery, MAX_LIST_LIMIT};
 
-pub(super) async fn list(dir: &Path, query: &TraceQuery) -> Result<Vec<TraceEvent>, TraceError> {
-    let limit = query.limit.clamp(1, MAX_LIST_LIMIT);
-    let buckets = buckets_in_range(dir, query)?;
-    let mut events = Vec::new();
-    // Events are filed by their own time, so every event in a bucket is newer than every event in
-    // an earlier bucket: walking buckets newest first, we can stop once we have enough.
-    for name in buckets.iter().rev() {
-        let mut found = read_bucket(dir, name, query, limit - events.len()).await?;
-        events.append(&mut found);
-        if events.len() >= limit {
-            break;
+/// Read connections kept open between reads: opening a bucket (a worker thread, the file, its
+/// schema) costs more than a page of events from it. A connection is taken out while one read
+/// uses it, and checked on the way out and in: the file must still be the one it was opened on
+/// (same device and inode) and sealed as it was. The writer evicts a bucket's connections before
+/// it seals or deletes it, since an open reader would stop the seal. Few are kept, and none for
+/// long, so an idle host holds none of them for more than [`POOL_IDLE`] after its last read.
+#[derive(Default)]
+pub(super) struct Pool {
+    conns: std::sync::Mutex<Vec<Pooled>>,
+    /// A sweeper task is running (see [`Pool::needs_sweeper`]).
+    sweeping: std::sync::atomic::AtomicBool,
+}
+
+struct Pooled {
+    path: PathBuf,
+    file: (u64, u64),
+    sealed: bool,
+    used: Instant,
+    conn: SqliteConnection,
+}
+
+/// Connections kept at most, over all agents.
+const POOL_MAX: usize = 16;
+/// A connection unused this long is closed by the sweeper (or the next take or give).
+pub(super) const POOL_IDLE: Duration = Duration::from_secs(30);
+
+fn file_id(path: &Path) -> Option<((u64, u64), bool)> {
+    let meta = std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.is_file())?;
+    Some((
+        (meta.dev(), meta.ino()),
+        meta.permissions().mode() & 0o222 == 0,
+    ))
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
+        // Only pushes, removals and retains under it: a panic can't leave it inconsistent.
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A pooled connection to the file at `path` as it is now, if there is one.
+    fn take(&self, path: &Path, now: (u64, u64), sealed: bool) -> Option<SqliteConnection> {
+        let mut conns = self.lock();
+        conns.retain(|c| c.used.elapsed() < POOL_IDLE);
+        let at = conns
+            .iter()
+            .position(|c| c.path == path && c.file == now && c.sealed == sealed)?;
+        Some(conns.swap_remove(at).conn)
+    }
+
+    fn give(&self, path: &Path, file: (u64, u64), sealed: bool, conn: SqliteConnection) {
+        let mut conns = self.lock();
+        conns.retain(|c| c.used.elapsed() < POOL_IDLE);
+        if conns.len() >= POOL_MAX {
+            // The least recently used goes.
+            if let Some(oldest) = conns
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(i, _)| i)
+            {
+                conns.swap_remove(oldest);
+            }
         }
+        conns.push(Pooled {
+            path: path.to_path_buf(),
+            file,
+            sealed,
+            used: Instant::now(),
+            conn,
+        });
+    }
+
+    /// True once per idle period in which connections are pooled: the caller starts the task that
+    /// calls [`Pool::sweep`] until it returns false.
+    pub(super) fn needs_sweeper(&self) -> bool {
+        !self.lock().is_empty()
+            && !self
+                .sweeping
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Closes connections idle for [`POOL_IDLE`]; false (and the sweeper stops) once none are
+    /// left.
+    pub(super) fn sweep(&self) -> bool {
+        let mut conns = self.lock();
+        conns.retain(|c| c.used.elapsed() < POOL_IDLE);
+        if conns.is_empty() {
+            self.sweeping
+                .store(false, std::sync::atomic::Ordering::Release);
+            return false;
+        }
+        true
+    }
+
+    /// Closes every pooled connection (dropping one closes it on its own worker thread).
+    pub(super) fn evict_all(&self) {
+        self.lock().clear();
+    }
+
+    /// Closes pooled connections to one bucket's database.
+    pub(super) fn evict_file(&self, path: &Path) {
+        self.lock().retain(|c| c.path != path);
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Hours a read opened on this thread: what the tests of skipping and stopping count.
+    pub(super) static HOURS_READ: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Hours read at once. Each read waits on its own SQLite worker thread, so a query that needs
+/// many hours (a rare kind) is not their sum; more than a few only queue on two cores.
+const READ_AHEAD: usize = 4;
+
+/// The newest `query.limit` events matching `query` from the hours `plan` names (newest first:
+/// the index's answer to which hours can hold any, with at most how many).
+///
+/// Events are filed by their own time, so every event in an hour is newer than every event in
+/// an earlier hour: walking hours newest first, we can stop once we have enough. The hours are
+/// read in waves: each wave holds the hours whose bounds are needed to reach the limit, which
+/// a one-by-one walk would read too (a bound is never below what an hour holds), read at once.
+pub(super) async fn list(
+    pool: &Pool,
+    dir: &Path,
+    query: &TraceQuery,
+    plan: &[Planned],
+) -> Result<Vec<TraceEvent>, TraceError> {
+    let limit = query.limit.clamp(1, MAX_LIST_LIMIT);
+    let mut events = Vec::new();
+    let mut next = 0;
+    while next < plan.len() && events.len() < limit {
+        let missing = (limit - events.len()) as u64;
+        let mut wave_end = next;
+        let mut bound = 0u64;
+        while wave_end < plan.len() && bound < missing {
+            bound = bound.saturating_add(plan[wave_end].bound);
+            wave_end += 1;
+        }
+        let want = limit - events.len();
+        for hours in plan[next..wave_end].chunks(READ_AHEAD) {
+            let mut reads = Vec::with_capacity(hours.len());
+            for hour in hours {
+                reads.push(read_bucket(
+                    pool,
+                    dir,
+                    &hour.bucket,
+                    query,
+                    want,
+                    hour.side_files,
+                ));
+            }
+            for mut found in try_join_all(reads).await? {
+                events.append(&mut found);
+            }
+        }
+        next = wave_end;
     }
     events.truncate(limit);
     Ok(events)
 }
 
-/// Buckets with any file in `dir` whose hour overlaps [since, until].
-fn buckets_in_range(dir: &Path, query: &TraceQuery) -> Result<BTreeSet<String>, TraceError> {
-    let entries = match bucket::read_agent_dir(dir) {
-        Ok(Some(entries)) => entries,
-        Ok(None) => return Ok(BTreeSet::new()),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            tracing::warn!("trace folder ignored: {e}");
-            return Ok(BTreeSet::new());
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let mut buckets = BTreeSet::new();
-    for entry in entries {
-        let entry = entry?;
-        // Only plain files hold data: a symlink, FIFO or folder named like a bucket is not
-        // ours and is never opened (the type comes from the directory entry, not followed).
-        if !entry.file_type()?.is_file() {
-            continue;
-        }
-        let name = entry.file_name();
-        let Some((name, _)) = name.to_str().and_then(bucket::bucket_of_file) else {
-            continue;
-        };
-        let Some(start) = bucket_start(name) else {
-            continue;
-        };
-        let after_since = query
-            .since
-            .is_none_or(|since| start + TimeDelta::hours(1) > since);
-        let before_until = query.until.is_none_or(|until| start <= until);
-        if after_since && before_until {
-            buckets.insert(name.to_string());
+/// Counts one hour from its files, the way a read would see them (database copy first, side
+/// files only for ids it lacks): what the index holds for an hour it can't trust.
+pub(super) async fn summarize(dir: &Path, name: &str) -> Result<Hour, TraceError> {
+    let db = bucket::db_path(dir, name);
+    let mut hour = Hour::empty();
+    hour.sealed = bucket::is_sealed(&db);
+    let mut conn = None;
+    if std::fs::symlink_metadata(&db).is_ok_and(|m| m.is_file()) {
+        match bucket::open_for_read(&db, hour.sealed).await {
+            Ok(mut c) => match bucket::count_by_kind(&mut c).await {
+                Ok(counts) => {
+                    for (kind, count) in counts {
+                        hour.kinds[kind_index(kind)] = count;
+                    }
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %db.display(), "cannot count trace bucket: {e}");
+                    let _ = c.close().await;
+                }
+            },
+            Err(e) => tracing::warn!(path = %db.display(), "cannot read trace bucket: {e}"),
         }
     }
-    Ok(buckets)
+    let plain = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+    let (jsonl, late) = (bucket::jsonl_path(dir, name), bucket::late_path(dir, name));
+    hour.side_files = plain(&jsonl) || plain(&late);
+    if hour.side_files {
+        for event in read_side_files(jsonl, late).await? {
+            if let Some(c) = conn.as_mut() {
+                if bucket::contains_id(c, &event.id).await.unwrap_or(false) {
+                    continue;
+                }
+            }
+            hour.add(&event);
+        }
+    }
+    if let Some(c) = conn {
+        let _ = c.close().await;
+    }
+    Ok(hour)
 }
 
 /// The newest `limit` matching events of one bucket. The database copy of an event wins over a
 /// JSONL copy, and `.jsonl` wins over `.late.jsonl`.
 async fn read_bucket(
+    pool: &Pool,
     dir: &Path,
     name: &str,
     query: &TraceQuery,
     limit: usize,
+    side_files: bool,
 ) -> Result<Vec<TraceEvent>, TraceError> {
+    #[cfg(test)]
+    HOURS_READ.with(|n| n.set(n.get() + 1));
     let db = bucket::db_path(dir, name);
     let mut events = Vec::new();
     let mut conn = None;
-    if std::fs::symlink_metadata(&db).is_ok_and(|m| m.is_file()) {
+    if let Some((file, sealed)) = file_id(&db) {
         // A damaged database must not hide the events that were diverted to JSONL because of it,
         // so its errors are logged and the side files are still read.
-        match read_db(&db, query, limit).await {
+        match read_db(pool, &db, file, sealed, query, limit).await {
             Ok((found, c)) => {
                 events = found;
-                conn = Some(c);
+                conn = Some((c, file, sealed));
             }
             Err(e) => tracing::warn!(path = %db.display(), "cannot read trace bucket: {e}"),
         }
     }
 
-    let side = read_side_files(bucket::jsonl_path(dir, name), bucket::late_path(dir, name)).await?;
+    // The index knows whether there are side files; most hours have none.
+    let side = if side_files {
+        read_side_files(bucket::jsonl_path(dir, name), bucket::late_path(dir, name)).await?
+    } else {
+        Vec::new()
+    };
     let in_page: HashSet<String> = events.iter().map(|e| e.id.clone()).collect();
     for event in side {
         if in_page.contains(&event.id) {
@@ -97,7 +263,7 @@ async fn read_bucket(
         }
         // The database may hold this id outside the page we fetched (or filtered out); its copy
         // still wins, so the JSONL one is dropped.
-        if let Some(c) = conn.as_mut() {
+        if let Some((c, _, _)) = conn.as_mut() {
             if bucket::contains_id(c, &event.id).await.unwrap_or(false) {
                 continue;
             }
@@ -106,8 +272,8 @@ async fn read_bucket(
             events.push(event);
         }
     }
-    if let Some(c) = conn {
-        let _ = c.close().await;
+    if let Some((c, file, sealed)) = conn {
+        pool.give(&db, file, sealed, c);
     }
     events.sort_by(|a, b| {
         b.created_at
@@ -118,12 +284,20 @@ async fn read_bucket(
     Ok(events)
 }
 
+/// The page from a bucket's database, on a pooled connection if there is one for this file
+/// (else a new one). A connection that failed is closed, never pooled.
 async fn read_db(
+    pool: &Pool,
     path: &Path,
+    file: (u64, u64),
+    sealed: bool,
     query: &TraceQuery,
     limit: usize,
 ) -> Result<(Vec<TraceEvent>, SqliteConnection), TraceError> {
-    let mut conn = bucket::open_for_read(path, bucket::is_sealed(path)).await?;
+    let mut conn = match pool.take(path, file, sealed) {
+        Some(conn) => conn,
+        None => bucket::open_for_read(path, sealed).await?,
+    };
     match bucket::query(&mut conn, query, limit).await {
         Ok(events) => Ok((events, conn)),
         Err(e) => {

@@ -3,6 +3,7 @@ use std::path::Path;
 
 use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
 use serde_json::json;
+use sqlx::{ConnectOptions, Connection};
 use taos_proto::trace::{TraceEvent, TraceKind};
 
 use super::bucket::{db_path, jsonl_path, late_path};
@@ -370,7 +371,10 @@ async fn old_buckets_are_sealed_and_late_events_kept() {
         )
         .await
         .unwrap();
-    // A JSONL side file of the same hour is sealed with it.
+    // A JSONL side file of the same hour is sealed with it. Written behind the store's back, so
+    // a new store (as after a restart) must notice it.
+    store.shutdown().await;
+    let store = TraceStore::open(store.root().to_path_buf()).unwrap();
     jsonl::append(
         &jsonl_path(&agent, &name),
         &[event(
@@ -526,6 +530,8 @@ async fn merge_prefers_database_then_jsonl_then_late() {
     let mut in_db = event("one", TraceKind::LlmCall, at(1));
     in_db.payload = json!({"from": "db"});
     store.append(SLUG, vec![in_db]).await.unwrap();
+    // The side files below are written behind the store's back: a restarted store notices them.
+    store.shutdown().await;
 
     let mut one_jsonl = event("one", TraceKind::LlmCall, at(1));
     one_jsonl.payload = json!({"from": "jsonl"});
@@ -540,6 +546,7 @@ async fn merge_prefers_database_then_jsonl_then_late() {
     let mut three_late = event("three", TraceKind::LlmCall, at(3));
     three_late.payload = json!({"from": "late"});
     jsonl::append(&late_path(&agent, &name), &[one_late, two_late, three_late]).unwrap();
+    let store = TraceStore::open(store.root().to_path_buf()).unwrap();
 
     let listed = store.list(SLUG, &query(10)).await.unwrap();
     assert_eq!(ids(&listed), ["three", "two", "one"]);
@@ -551,6 +558,7 @@ async fn merge_prefers_database_then_jsonl_then_late() {
     let mut disguised = event("one", TraceKind::Error, at(1));
     disguised.payload = json!({"from": "jsonl"});
     jsonl::append(&jsonl_path(&agent, &name), &[disguised]).unwrap();
+    let store = TraceStore::open(store.root().to_path_buf()).unwrap();
     let q = TraceQuery {
         kind: Some(TraceKind::Error),
         ..query(10)
@@ -853,4 +861,379 @@ async fn over_quota_the_oldest_closed_hours_go_first() {
         full |= matches!(notice, QuotaNotice::Full { .. });
     }
     assert!(full, "the listener heard the quota is full");
+}
+
+/// Hours read by `f` on this thread (the tests run on a current-thread runtime).
+async fn hours_read<T>(f: impl std::future::Future<Output = T>) -> (T, usize) {
+    read::HOURS_READ.with(|n| n.set(0));
+    let out = f.await;
+    (out, read::HOURS_READ.with(|n| n.get()))
+}
+
+/// `hours` hours ending with the current one, `per_hour` events each, evenly spread; every
+/// `rare_every`-th event (counting from the oldest) is an error, the rest alternate between
+/// tool calls and LLM calls. Returns them oldest first.
+fn day_of_events(hours: i64, per_hour: i64, rare_every: i64) -> Vec<TraceEvent> {
+    let first = this_hour() - TimeDelta::hours(hours - 1);
+    let step = 3_600_000 / per_hour;
+    let mut events = Vec::new();
+    for i in 0..hours * per_hour {
+        let kind = if i % rare_every == rare_every - 1 {
+            TraceKind::Error
+        } else if i % 2 == 0 {
+            TraceKind::ToolCall
+        } else {
+            TraceKind::LlmCall
+        };
+        let mut e = event(
+            &format!("e{i:05}"),
+            kind,
+            first + TimeDelta::milliseconds(i * step),
+        );
+        e.tokens_in = Some(i % 7);
+        e.cost_usd = Some(0.5);
+        events.push(e);
+    }
+    events
+}
+
+fn newest_first(events: &[TraceEvent], keep: impl Fn(&TraceEvent) -> bool) -> Vec<&str> {
+    events
+        .iter()
+        .rev()
+        .filter(|e| keep(e))
+        .map(|e| e.id.as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rare_kind_reads_only_the_hours_that_have_it() {
+    let (_dir, store) = store();
+    // 12 hours of 40 events; one error in 120, so only every third hour has one.
+    let events = day_of_events(12, 40, 120);
+    store.append(SLUG, events.clone()).await.unwrap();
+    let rare = TraceQuery {
+        kind: Some(TraceKind::Error),
+        ..query(100)
+    };
+    let (listed, read) = hours_read(store.list(SLUG, &rare)).await;
+    let listed = listed.unwrap();
+    let expected = newest_first(&events, |e| e.kind == TraceKind::Error);
+    assert_eq!(expected.len(), 4);
+    assert_eq!(ids(&listed), expected);
+    assert_eq!(read, 4, "only the four hours with an error are opened");
+
+    // Enough of the rare kind in the newest hours: it stops there.
+    let two = TraceQuery {
+        kind: Some(TraceKind::Error),
+        ..query(2)
+    };
+    let (listed, read) = hours_read(store.list(SLUG, &two)).await;
+    assert_eq!(ids(&listed.unwrap()), &expected[..2]);
+    assert_eq!(read, 2);
+
+    // A common kind and no kind stop at the first hour that fills the page.
+    let common = TraceQuery {
+        kind: Some(TraceKind::ToolCall),
+        ..query(15)
+    };
+    let (listed, read) = hours_read(store.list(SLUG, &common)).await;
+    assert_eq!(
+        ids(&listed.unwrap()),
+        &newest_first(&events, |e| e.kind == TraceKind::ToolCall)[..15]
+    );
+    assert_eq!(read, 1);
+    let (listed, read) = hours_read(store.list(SLUG, &query(100))).await;
+    assert_eq!(
+        ids(&listed.unwrap()),
+        &newest_first(&events, |_| true)[..100]
+    );
+    assert_eq!(read, 3, "40 a hour: three hours make 100");
+}
+
+#[tokio::test]
+async fn a_window_reads_only_its_hours_and_its_bounds_hold() {
+    let (_dir, store) = store();
+    let events = day_of_events(6, 30, 200);
+    store.append(SLUG, events.clone()).await.unwrap();
+    // From the middle of the second hour to the middle of the third, both inclusive.
+    let since = events[45].created_at;
+    let until = events[75].created_at;
+    let window = TraceQuery {
+        since: Some(since),
+        until: Some(until),
+        ..query(1000)
+    };
+    let (listed, read) = hours_read(store.list(SLUG, &window)).await;
+    let listed = listed.unwrap();
+    assert_eq!(
+        ids(&listed),
+        newest_first(&events, |e| e.created_at >= since && e.created_at <= until)
+    );
+    assert_eq!(listed.len(), 31);
+    assert_eq!(read, 2);
+
+    // A window inside one hour where no tool call falls (by the kind's first and last time).
+    let early = this_hour() - TimeDelta::hours(10);
+    let q = TraceQuery {
+        since: Some(early),
+        until: Some(early + TimeDelta::minutes(30)),
+        ..query(10)
+    };
+    let (listed, read) = hours_read(store.list(SLUG, &q)).await;
+    assert!(listed.unwrap().is_empty());
+    assert_eq!(read, 0, "no hour of the store is in that window");
+    // An inverted window matches nothing and reads nothing.
+    let q = TraceQuery {
+        since: Some(until),
+        until: Some(since),
+        ..query(10)
+    };
+    let (listed, read) = hours_read(store.list(SLUG, &q)).await;
+    assert!(listed.unwrap().is_empty());
+    assert_eq!(read, 0);
+}
+
+#[tokio::test]
+async fn paging_a_rare_kind_crosses_the_hours_it_skips() {
+    let (_dir, store) = store();
+    let events = day_of_events(10, 20, 30);
+    store.append(SLUG, events.clone()).await.unwrap();
+    let rare = TraceQuery {
+        kind: Some(TraceKind::Error),
+        ..query(2)
+    };
+    let mut got = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let (page, next) = pages::page(&store, SLUG, &rare, cursor.as_ref())
+            .await
+            .unwrap();
+        got.extend(page.into_iter().map(|e| e.id));
+        pages += 1;
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+        assert!(pages < 100, "paging ends");
+    }
+    let expected = newest_first(&events, |e| e.kind == TraceKind::Error);
+    assert_eq!(got, expected);
+    assert_eq!(expected.len(), 6);
+}
+
+#[tokio::test]
+async fn sealed_open_and_late_hours_are_all_found() {
+    let (_dir, store) = store();
+    let hour = this_hour();
+    let old = hour - TimeDelta::hours(6);
+    store
+        .append(
+            SLUG,
+            vec![
+                event("old-tool", TraceKind::ToolCall, old),
+                event("now-tool", TraceKind::ToolCall, hour),
+            ],
+        )
+        .await
+        .unwrap();
+    // The writer may have sealed it already on its own.
+    store.seal_old_buckets(Utc::now()).await.unwrap();
+    let agent = store.root().join(SLUG);
+    assert!(bucket::is_sealed(&db_path(&agent, &bucket_name(old))));
+    // A late error for the sealed hour goes to its .late.jsonl; the index must still send an
+    // error query there.
+    store
+        .append(
+            SLUG,
+            vec![event(
+                "late-error",
+                TraceKind::Error,
+                old + TimeDelta::minutes(5),
+            )],
+        )
+        .await
+        .unwrap();
+    assert!(late_path(&agent, &bucket_name(old)).exists());
+    let errors = TraceQuery {
+        kind: Some(TraceKind::Error),
+        ..query(10)
+    };
+    let (listed, read) = hours_read(store.list(SLUG, &errors)).await;
+    assert_eq!(ids(&listed.unwrap()), ["late-error"]);
+    assert_eq!(read, 1);
+    assert_eq!(
+        ids(&store.list(SLUG, &query(10)).await.unwrap()),
+        ["now-tool", "late-error", "old-tool"]
+    );
+    // And after a restart, from the index file.
+    store.shutdown().await;
+    let again = TraceStore::open(store.root().to_path_buf()).unwrap();
+    let (listed, read) = hours_read(again.list(SLUG, &errors)).await;
+    assert_eq!(ids(&listed.unwrap()), ["late-error"]);
+    assert_eq!(read, 1);
+}
+
+/// What `totals_per_day` says, with the same sums computed by hand from `events`.
+async fn check_totals(store: &TraceStore, events: &[TraceEvent], q: &TraceQuery) {
+    let totals = pages::totals_per_day(store, SLUG, q).await.unwrap();
+    let mut expected: std::collections::BTreeMap<String, (u64, i64)> = Default::default();
+    for e in events {
+        let (Some(since), Some(until)) = (q.since, q.until) else {
+            unreachable!()
+        };
+        if e.created_at < since || e.created_at > until || q.kind.is_some_and(|k| k != e.kind) {
+            continue;
+        }
+        let day = expected
+            .entry(e.created_at.format("%Y-%m-%d").to_string())
+            .or_default();
+        day.0 += 1;
+        day.1 += e.tokens_in.unwrap_or(0);
+    }
+    let got: Vec<(String, u64, i64)> = totals
+        .iter()
+        .map(|d| (d.day.clone(), d.events, d.tokens_in))
+        .collect();
+    let want: Vec<(String, u64, i64)> = expected
+        .into_iter()
+        .rev()
+        .map(|(day, (n, t))| (day, n, t))
+        .collect();
+    assert_eq!(got, want, "{q:?}");
+    for d in &totals {
+        assert!((d.cost_usd - d.events as f64 * 0.5).abs() < 1e-6);
+        assert_eq!(d.by_kind.values().sum::<u64>(), d.events);
+    }
+}
+
+#[tokio::test]
+async fn totals_come_from_the_index_and_the_cut_hours() {
+    let (_dir, store) = store();
+    let events = day_of_events(30, 10, 25);
+    store.append(SLUG, events.clone()).await.unwrap();
+    let start = this_hour() - TimeDelta::hours(29);
+    let end = this_hour() + TimeDelta::hours(1);
+    // Whole hours only, then ranges cutting hours at both ends, with and without a kind.
+    for (since, until) in [
+        (start, end),
+        (start + TimeDelta::minutes(17), end - TimeDelta::minutes(41)),
+        (
+            start + TimeDelta::hours(3) + TimeDelta::seconds(1),
+            start + TimeDelta::hours(3) + TimeDelta::minutes(20),
+        ),
+    ] {
+        for kind in [None, Some(TraceKind::Error), Some(TraceKind::LlmCall)] {
+            let q = TraceQuery {
+                kind,
+                since: Some(since),
+                until: Some(until),
+                ..query(1)
+            };
+            check_totals(&store, &events, &q).await;
+        }
+    }
+    // Whole hours are not read: a full-day range opens only the hours it cuts (none here).
+    let q = TraceQuery {
+        since: Some(start),
+        until: Some(end - TimeDelta::milliseconds(1)),
+        ..query(1)
+    };
+    let (_, read) = hours_read(pages::totals_per_day(&store, SLUG, &q)).await;
+    assert_eq!(read, 0);
+    // A repeated id makes an hour's counts an upper bound: totals read that hour instead, and
+    // still count each event once.
+    store.append(SLUG, vec![events[5].clone()]).await.unwrap();
+    let (_, read) = hours_read(check_totals(&store, &events, &q)).await;
+    assert_eq!(read, 1);
+}
+
+#[tokio::test]
+async fn a_missing_or_stale_index_is_rebuilt_from_the_buckets() {
+    let (_dir, store) = store();
+    let root = store.root().to_path_buf();
+    let agent = root.join(SLUG);
+    let events = day_of_events(4, 10, 10);
+    let (first, second): (Vec<_>, Vec<_>) = events.iter().cloned().partition(|e| {
+        e.id.trim_start_matches('e')
+            .parse::<u32>()
+            .is_ok_and(|i| i % 2 == 0)
+    });
+    store.append(SLUG, first).await.unwrap();
+    store.shutdown().await;
+    let index_file = agent.join(index::INDEX_FILE);
+    assert!(index_file.is_file());
+    assert_eq!(mode_of(&index_file).unwrap(), 0o600);
+    let early = fs::read(&index_file).unwrap();
+
+    // More events in the same hours, then the index file from before them, as if the host had
+    // died between the bucket commit and the index update with no `writing` mark (the worst
+    // case): the files no longer look as recorded.
+    let store = TraceStore::open(root.clone()).unwrap();
+    store.append(SLUG, second).await.unwrap();
+    store.shutdown().await;
+    fs::write(&index_file, &early).unwrap();
+    let errors = TraceQuery {
+        kind: Some(TraceKind::Error),
+        ..query(100)
+    };
+    let all_errors = newest_first(&events, |e| e.kind == TraceKind::Error);
+    let store = TraceStore::open(root.clone()).unwrap();
+    assert_eq!(ids(&store.list(SLUG, &errors).await.unwrap()), all_errors);
+    let whole = TraceQuery {
+        since: Some(this_hour() - TimeDelta::hours(3)),
+        until: Some(this_hour() + TimeDelta::hours(1)),
+        ..query(1)
+    };
+    check_totals(&store, &events, &whole).await;
+
+    // No index at all.
+    store.shutdown().await;
+    fs::remove_file(&index_file).unwrap();
+    let store = TraceStore::open(root.clone()).unwrap();
+    assert_eq!(ids(&store.list(SLUG, &errors).await.unwrap()), all_errors);
+    assert!(index_file.is_file(), "written again");
+    // A damaged one.
+    fs::write(&index_file, vec![0x5Au8; 4096]).unwrap();
+    let store = TraceStore::open(root.clone()).unwrap();
+    assert_eq!(ids(&store.list(SLUG, &errors).await.unwrap()), all_errors);
+    check_totals(&store, &events, &whole).await;
+    // A row left `writing` (a crash with the hour open) is counted again, even though its
+    // files look as recorded.
+    store.shutdown().await;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&index_file)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("UPDATE hours SET writing = 1, exact = 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM kinds WHERE kind = 'error'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let store = TraceStore::open(root).unwrap();
+    assert_eq!(ids(&store.list(SLUG, &errors).await.unwrap()), all_errors);
+}
+
+#[tokio::test]
+async fn a_moved_agent_folder_is_noticed() {
+    let (dir, store) = store();
+    let agent = store.root().join(SLUG);
+    store
+        .append(SLUG, vec![event("first", TraceKind::Error, this_hour())])
+        .await
+        .unwrap();
+    assert_eq!(store.list(SLUG, &query(10)).await.unwrap().len(), 1);
+    // Archive: the folder leaves; the store must not answer from its memory of it.
+    store.shutdown().await;
+    fs::rename(&agent, dir.path().join("archived")).unwrap();
+    assert!(store.list(SLUG, &query(10)).await.unwrap().is_empty());
+    // Restore: it comes back.
+    fs::rename(dir.path().join("archived"), &agent).unwrap();
+    assert_eq!(ids(&store.list(SLUG, &query(10)).await.unwrap()), ["first"]);
 }

@@ -9,7 +9,7 @@
 //! then a few `lstat`s of the buckets each round touched), deletes the oldest closed hours when
 //! the agent is over quota, and refuses a round when nothing closed is left to delete.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Weak;
@@ -21,7 +21,8 @@ use taos_proto::trace::TraceEvent;
 use tokio::sync::{mpsc, oneshot};
 
 use super::bucket::{self, bucket_name};
-use super::{jsonl, lock, Inner, QuotaNotice, StoreLimits, TraceError};
+use super::index::{self, Change, Hour};
+use super::{jsonl, lock, Inner, QuotaNotice, SharedIndex, StoreLimits, TraceError};
 
 /// Queued requests per agent before `append` waits (backpressure).
 const QUEUE: usize = 1024;
@@ -73,6 +74,19 @@ struct Writer {
     usage: Option<BTreeMap<String, u64>>,
     /// The agent is over quota with nothing left to delete (reported once per episode).
     full: bool,
+    /// The agent's hour index, updated after every commit and before the acknowledgement.
+    index: SharedIndex,
+    /// Hours marked `writing` in the index file this session; cleared once their files are
+    /// closed and their counts written (see `index`).
+    touched: BTreeSet<String>,
+}
+
+/// Where `write_bucket` put a bucket's events.
+enum Wrote {
+    /// Into the database; `all_new` if no id was already there.
+    Db { all_new: bool },
+    /// Into a JSONL side file.
+    Side,
 }
 
 pub(super) fn spawn(
@@ -80,6 +94,7 @@ pub(super) fn spawn(
     slug: String,
     dir: PathBuf,
     limits: StoreLimits,
+    index: SharedIndex,
 ) -> mpsc::Sender<Command> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let writer = Writer {
@@ -91,6 +106,8 @@ pub(super) fn spawn(
         limits,
         usage: None,
         full: false,
+        index,
+        touched: BTreeSet::new(),
     };
     tokio::spawn(writer.run(rx));
     tx
@@ -210,11 +227,15 @@ impl Writer {
             replies.push((request.reply, None::<io::Error>));
         }
         for (name, (owners, events)) in &by_bucket {
-            if let Err(e) = self.write_bucket(name, events).await {
+            self.mark_writing(name).await;
+            let wrote = self.write_bucket(name, events).await;
+            if let Err(e) = &wrote {
                 for &owner in owners {
                     replies[owner].1 = Some(io::Error::new(e.kind(), e.to_string()));
                 }
             }
+            // Before anyone is answered, so a read after an acknowledgement finds the events.
+            self.count(name, events, wrote.ok()).await;
             self.recount(name);
         }
         for (reply, failure) in replies {
@@ -223,17 +244,141 @@ impl Writer {
                 Some(e) => Err(TraceError::Io(e)),
             });
         }
+        // Hours written only through side files have no open database to wait for.
+        let idle: Vec<String> = self
+            .touched
+            .iter()
+            .filter(|name| !matches!(self.buckets.get(*name), Some(Bucket::Open(_))))
+            .cloned()
+            .collect();
+        self.flush(idle).await;
+    }
+
+    /// Marks an hour `writing` in the index file before its first write this session, so a crash
+    /// before its counts are written makes the next load count it again.
+    async fn mark_writing(&mut self, name: &str) {
+        if self.touched.contains(name) {
+            return;
+        }
+        let hour = {
+            let mut index = self.index.lock().await;
+            if let Err(e) = fsutil_dir(&self.dir) {
+                tracing::warn!(slug = self.slug, "cannot make the trace folder: {e}");
+            }
+            if let Err(e) = index::ensure_loaded(&mut index, &self.dir).await {
+                tracing::warn!(slug = self.slug, "cannot load the trace index: {e}");
+            }
+            index
+                .as_ref()
+                .and_then(|i| i.hours.get(name).cloned())
+                .unwrap_or_else(Hour::empty)
+        };
+        if let Err(e) = index::write(&self.dir, &[Change::Writing(name, &hour)]).await {
+            // Without the mark the file could be trusted after a crash: drop it, so the next
+            // load counts everything again.
+            tracing::warn!(
+                slug = self.slug,
+                "cannot mark a trace hour in the index, discarding the index: {e}"
+            );
+            index::discard(&self.dir);
+        }
+        self.touched.insert(name.to_string());
+    }
+
+    /// Adds what a write stored to the in-memory index. `None`: the write failed part way, so
+    /// the counts become an upper bound (right for skipping, and totals read the hour instead).
+    async fn count(&mut self, name: &str, events: &[TraceEvent], wrote: Option<Wrote>) {
+        let mut index = self.index.lock().await;
+        match index::ensure_loaded(&mut index, &self.dir).await {
+            // Loaded just now: the write is already counted from the files.
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(slug = self.slug, "cannot load the trace index: {e}");
+                return;
+            }
+        }
+        let Some(index) = index.as_mut() else {
+            return;
+        };
+        let hour = index
+            .hours
+            .entry(name.to_string())
+            .or_insert_with(Hour::empty);
+        for event in events {
+            hour.add(event);
+        }
+        match wrote {
+            Some(Wrote::Db { all_new: true }) => {}
+            Some(Wrote::Db { all_new: false }) => hour.exact = false,
+            Some(Wrote::Side) | None => {
+                hour.exact = false;
+                hour.side_files = true;
+            }
+        }
+    }
+
+    /// Writes the counts of `names` to the index file as clean rows (their files are closed),
+    /// or forgets those that have no files any more.
+    async fn flush(&mut self, names: Vec<String>) {
+        if names.is_empty() {
+            return;
+        }
+        let hours: Vec<(String, Option<Hour>)> = {
+            let index = self.index.lock().await;
+            let Some(index) = index.as_ref() else {
+                // Never loaded (it failed): rows left `writing` are counted again at the next
+                // load, and nothing here can say better.
+                for name in names {
+                    self.touched.remove(&name);
+                }
+                return;
+            };
+            names
+                .iter()
+                .map(|name| (name.clone(), index.hours.get(name).cloned()))
+                .collect()
+        };
+        let changes: Vec<Change> = hours
+            .iter()
+            .map(|(name, hour)| match hour {
+                Some(hour) => Change::Clean(name, hour),
+                None => Change::Gone(name),
+            })
+            .collect();
+        if let Err(e) = index::write(&self.dir, &changes).await {
+            // The rows stay `writing`: the next load counts these hours again. Slower, not wrong.
+            tracing::warn!(slug = self.slug, "cannot update the trace index: {e}");
+        }
+        for name in names {
+            self.touched.remove(&name);
+        }
+    }
+
+    /// Closes the store's pooled read connections to an hour's database.
+    fn evict_readers(&self, name: &str) {
+        if let Some(store) = self.store.upgrade() {
+            store.readers.evict_file(&bucket::db_path(&self.dir, name));
+        }
+    }
+
+    /// Forgets a deleted hour in memory and in the file.
+    async fn forget(&mut self, name: &str) {
+        if let Some(index) = self.index.lock().await.as_mut() {
+            index.hours.remove(name);
+        }
+        self.flush(vec![name.to_string()]).await;
     }
 
     /// Makes `events` durable somewhere in bucket `name`: its database, else its `.jsonl`; or its
     /// `.late.jsonl` if it is sealed. Fails only if none of that worked.
-    async fn write_bucket(&mut self, name: &str, events: &[TraceEvent]) -> io::Result<()> {
+    async fn write_bucket(&mut self, name: &str, events: &[TraceEvent]) -> io::Result<Wrote> {
         let db = bucket::db_path(&self.dir, name);
         let side = if !self.buckets.contains_key(name) && bucket::is_sealed(&db) {
             bucket::late_path(&self.dir, name)
         } else {
             match self.write_db(name, events).await {
-                Ok(()) => return Ok(()),
+                Ok(all_new) => return Ok(Wrote::Db { all_new }),
                 Err(e) => {
                     tracing::warn!(
                         slug = self.slug,
@@ -259,10 +404,11 @@ impl Writer {
                 "trace events lost: {e}"
             );
         }
-        written
+        written.map(|()| Wrote::Side)
     }
 
-    async fn write_db(&mut self, name: &str, events: &[TraceEvent]) -> Result<(), TraceError> {
+    /// True if every event was new to the database.
+    async fn write_db(&mut self, name: &str, events: &[TraceEvent]) -> Result<bool, TraceError> {
         let conn = match self.buckets.remove(name) {
             Some(Bucket::Open(conn)) => conn,
             Some(Bucket::Broken(at)) if at.elapsed() < RETRY_BROKEN => {
@@ -280,9 +426,13 @@ impl Writer {
         };
         let mut conn = conn;
         match bucket::insert(&mut conn, events).await {
-            Ok(()) => {
+            Ok(all_new) => {
+                // A crash test stops here: the events are in the bucket, the index not told.
+                if let Err(e) = crate::faults::check("trace-index", "committed").await {
+                    tracing::warn!("{e}");
+                }
                 self.buckets.insert(name.to_string(), Bucket::Open(conn));
-                Ok(())
+                Ok(all_new)
             }
             Err(e) => {
                 // The connection may be in any state now; drop it and reopen after a pause.
@@ -311,11 +461,24 @@ impl Writer {
             .map(|(name, _)| name.clone())
             .collect();
         let excess = open.len().saturating_sub(keep);
+        let mut closed = Vec::new();
         for name in open.into_iter().take(excess) {
             if let Some(Bucket::Open(conn)) = self.buckets.remove(&name) {
                 close(conn, &self.slug, &name).await;
+                closed.push(name);
             }
         }
+        // Every other touched hour is already flushed at the end of its round, but a shutdown
+        // (keep 0) flushes whatever is left, open or not.
+        let done: Vec<String> = if keep == 0 {
+            self.touched.iter().cloned().collect()
+        } else {
+            closed
+                .into_iter()
+                .filter(|n| self.touched.contains(n))
+                .collect()
+        };
+        self.flush(done).await;
     }
 
     async fn seal_old(&mut self, now: DateTime<Utc>) -> usize {
@@ -328,12 +491,26 @@ impl Writer {
             }
         };
         let mut sealed = 0;
+        let mut changed = Vec::new();
         for name in names {
             if let Some(Bucket::Open(conn)) = self.buckets.remove(&name) {
                 close(conn, &self.slug, &name).await;
             }
+            // A pooled reader would stop the switch out of WAL mode.
+            self.evict_readers(&name);
             let result = bucket::seal(&self.dir, &name).await;
             self.recount(&name);
+            if result.is_ok() {
+                let mut index = self.index.lock().await;
+                if let Err(e) = index::ensure_loaded(&mut index, &self.dir).await {
+                    tracing::warn!(slug = self.slug, "cannot load the trace index: {e}");
+                }
+                if let Some(hour) = index.as_mut().and_then(|i| i.hours.get_mut(&name)) {
+                    hour.sealed = true;
+                }
+            }
+            // Sealing changed the files: their new sizes and modes go with the counts.
+            changed.push(name.clone());
             match result {
                 Ok(()) => sealed += 1,
                 Err(e) => tracing::warn!(
@@ -343,6 +520,7 @@ impl Writer {
                 ),
             }
         }
+        self.flush(changed).await;
         sealed
     }
 }
@@ -406,6 +584,7 @@ impl Writer {
             if let Some(Bucket::Open(conn)) = self.buckets.remove(&name) {
                 close(conn, &self.slug, &name).await;
             }
+            self.evict_readers(&name);
             if let Err(e) = bucket::delete(&self.dir, &name) {
                 tracing::warn!(
                     slug = self.slug,
@@ -414,6 +593,9 @@ impl Writer {
                 );
             }
             self.recount(&name);
+            if bucket::bytes_of(&self.dir, &name) == 0 {
+                self.forget(&name).await;
+            }
             now_total = total(&self.usage);
             deleted.push(name);
         }
@@ -464,6 +646,10 @@ fn round_size(command: &Command) -> usize {
         Command::Append { events, .. } => events.len(),
         Command::Seal { .. } | Command::Shutdown { .. } => 1,
     }
+}
+
+fn fsutil_dir(dir: &std::path::Path) -> io::Result<()> {
+    crate::fsutil::ensure_private_subdir(dir)
 }
 
 async fn close(conn: SqliteConnection, slug: &str, name: &str) {

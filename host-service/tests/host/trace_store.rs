@@ -269,6 +269,8 @@ async fn an_old_mounted_store_is_migrated_without_trusting_it() {
             e.file_name().into_string().unwrap()
         })
         .filter(|n| !n.ends_with("-wal") && !n.ends_with("-shm"))
+        // The host's own hour index, written once the agent's trace was read.
+        .filter(|n| n != "index.db")
         .collect();
     names.sort();
     let mut expected: Vec<String> = [20, 1, 0].iter().map(|h| name(*h, "db")).collect();

@@ -131,6 +131,137 @@ async fn every_acknowledged_event_survives_a_sigkill() {
     );
 }
 
+/// Events committed to an hour's bucket while the index was not yet told (the host killed
+/// between the two) are neither lost nor misreported: the next start counts that hour again.
+#[tokio::test]
+async fn a_crash_between_the_bucket_and_its_index_is_healed_at_the_next_start() {
+    let mut host = Host::start_with(BIN, HostOptions::default()).await.unwrap();
+    host.setup_owner().await;
+    let (agent, _) = AgentClient::create(&host, "Healer").await;
+    let this_hour = chrono::Utc::now()
+        .duration_trunc(chrono::TimeDelta::hours(1))
+        .unwrap();
+    let last_hour = this_hour - chrono::TimeDelta::hours(1);
+    let events: Vec<Value> = (0..30)
+        .map(|i| {
+            let at = if i < 20 { last_hour } else { this_hour };
+            json!({
+                "id": format!("tool-{i:02}"),
+                "kind": "tool_call",
+                "created_at": (at + chrono::TimeDelta::seconds(i)).to_rfc3339(),
+                "payload": {}
+            })
+        })
+        .collect();
+    let r = agent
+        .request(Method::POST, "/api/trace/batch")
+        .json(&json!({"events": events}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A clean stop: the index file now holds both hours as written.
+    assert_eq!(host.terminate().await.unwrap(), Some(0));
+    let data = host.data_dir.clone();
+
+    // Started again, paused right after the next bucket commit, before the index hears of it.
+    let mut paused = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(data.clone()),
+            env: vec![(
+                taos_host::faults::PAUSE_ENV.into(),
+                "trace-index:committed".into(),
+            )],
+        },
+    )
+    .await
+    .unwrap();
+    let ghost = json!({
+        "id": "ghost",
+        "kind": "error",
+        "created_at": (last_hour + chrono::TimeDelta::minutes(30)).to_rfc3339(),
+        "payload": {}
+    });
+    let posting = {
+        let agent = agent.with_base(&paused.agent_url);
+        tokio::spawn(async move {
+            agent
+                .request(Method::POST, "/api/trace")
+                .json(&ghost)
+                .send()
+                .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(&paused.stderr_log).unwrap_or_default();
+        if log.contains("fault injection: paused at trace-index:committed") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never paused: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    paused.kill9().await;
+    let answer = posting.await.unwrap();
+    assert!(
+        answer.is_err(),
+        "the post was never acknowledged: {answer:?}"
+    );
+
+    let host = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(data),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let get = |q: String| {
+        let request = host.admin(Method::GET, &format!("/api/agents/healer/trace{q}"));
+        async move {
+            let body: Value = request.send().await.unwrap().json().await.unwrap();
+            body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    // The committed event is in its bucket, so a read finds it; a kind the index had no count
+    // of for that hour must not make the read skip it.
+    assert_eq!(get("?kind=error".into()).await, ["ghost"]);
+    assert_eq!(get("?kind=tool_call&limit=1000".into()).await.len(), 30);
+    assert_eq!(get("?limit=1000".into()).await.len(), 31);
+    let totals: Value = host
+        .admin(
+            Method::GET,
+            &format!(
+                "/api/agents/healer/trace/totals?since={}&until={}",
+                urlencode(&last_hour.to_rfc3339()),
+                urlencode(&(this_hour + chrono::TimeDelta::hours(1)).to_rfc3339())
+            ),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut events = 0;
+    let mut errors = 0;
+    for day in totals["days"].as_array().unwrap() {
+        events += day["events"].as_u64().unwrap();
+        errors += day["by_kind"]["error"].as_u64().unwrap_or(0);
+    }
+    assert_eq!((events, errors), (31, 1), "{totals}");
+}
+
 #[tokio::test]
 async fn trace_reads_filter_limit_and_refuse_path_tricks() {
     let host = start().await;
@@ -217,9 +348,70 @@ async fn trace_reads_filter_limit_and_refuse_path_tricks() {
     let since_epoch: Value = get(&format!("?since={epoch}")).await.json().await.unwrap();
     assert_eq!(since_epoch["events"].as_array().unwrap().len(), 1);
 
-    for bad in ["?limit=0", "?limit=1001", "?kind=dream", "?since=yesterday"] {
+    let inverted = format!("?since={}&until={}", urlencode(&at(61)), urlencode(&at(58)));
+    for bad in [
+        "?limit=0",
+        "?limit=1001",
+        "?kind=dream",
+        "?since=yesterday",
+        &inverted,
+    ] {
         assert_eq!(get(bad).await.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
+    // The per-hour histogram (from the hour index), newest hour first, with a kind too.
+    let histogram = |q: String| {
+        let request = host.admin(
+            Method::GET,
+            &format!("/api/agents/tracer/trace/histogram{q}"),
+        );
+        async move { request.send().await.unwrap() }
+    };
+    let range = format!("?since={}&until={}", urlencode(&at(0)), urlencode(&at(180)));
+    for (filter, per_hour) in [("", 15), ("&kind=llm_call", 5)] {
+        let r = histogram(format!("{range}{filter}")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        let hours: Vec<(String, u64)> = body["hours"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["hour"].as_str().unwrap().to_string(),
+                    h["events"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let hour = |h: i64| {
+            (base + chrono::TimeDelta::hours(h))
+                .format("%Y-%m-%dT%H")
+                .to_string()
+        };
+        assert_eq!(hours, [(hour(1), per_hour), (hour(0), per_hour)], "{body}");
+    }
+    let too_long = format!(
+        "?since={}&until={}",
+        urlencode(&(base - chrono::TimeDelta::days(93)).to_rfc3339()),
+        urlencode(&at(0))
+    );
+    for bad in [
+        "?kind=dream".to_string(),
+        format!("?since={}&until={}", urlencode(&at(61)), urlencode(&at(58))),
+        "?since=yesterday".to_string(),
+        too_long,
+    ] {
+        let r = histogram(bad.clone()).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(
+        host.admin(Method::GET, "/api/agents/nobody/trace/histogram")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+
     for path in [
         "/api/agents/..%2F..%2Fetc/trace",
         "/api/agents/%2e%2e/trace",

@@ -456,6 +456,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/agents/{slug}/trace/histogram": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Per-UTC-hour totals of an agent's trace over a range (events by kind, tokens, cost), from the
+         *     host's hour index: only the hours the range cuts are read event by event.
+         */
+        get: operations["agent_trace_histogram"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/agents/{slug}/trace/totals": {
         parameters: {
             query?: never;
@@ -2046,6 +2066,33 @@ export interface components {
              */
             v?: number;
         };
+        /** @description Answer to `GET /api/agents/{slug}/trace/histogram`: per-hour totals over `[since, until]`. */
+        TraceHistogram: {
+            agent_name: string;
+            /** @description Newest hour first; hours without events are left out. */
+            hours: components["schemas"]["TraceHourTotal"][];
+            /** Format: date-time */
+            since: string;
+            /** Format: date-time */
+            until: string;
+        };
+        /** @description One UTC hour of an agent's trace, summed like [`TraceDayTotal`]. */
+        TraceHourTotal: {
+            /** @description Events per kind; kinds without events are left out. */
+            by_kind: {
+                [key: string]: number;
+            };
+            /** Format: double */
+            cost_usd: number;
+            /** Format: int64 */
+            events: number;
+            /** @description `YYYY-MM-DDTHH` (UTC), the hour that starts then. */
+            hour: string;
+            /** Format: int64 */
+            tokens_in: number;
+            /** Format: int64 */
+            tokens_out: number;
+        };
         /** @enum {string} */
         TraceKind: "message_in" | "message_out" | "llm_call" | "tool_call" | "tool_result" | "reasoning" | "error" | "lifecycle";
         /** @description Answer to a trace read: newest first. */
@@ -3587,7 +3634,7 @@ export interface operations {
                     "application/json": components["schemas"]["TraceList"];
                 };
             };
-            /** @description Bad filter or cursor */
+            /** @description Bad filter or cursor, or since after until */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3598,6 +3645,71 @@ export interface operations {
             };
             /** @description No credentials */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such agent */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    agent_trace_histogram: {
+        parameters: {
+            query?: {
+                kind?: string;
+                /** @description Epoch seconds or RFC 3339, inclusive; default 24 hours before `until`. */
+                since?: string;
+                /** @description Epoch seconds or RFC 3339, inclusive; default now. At most 92 days after `since`. */
+                until?: string;
+            };
+            header?: never;
+            path: {
+                /** @description Agent slug */
+                slug: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Totals per hour, newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TraceHistogram"];
+                };
+            };
+            /** @description Unknown kind, bad time, since after until, or a range longer than 92 days */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
