@@ -119,6 +119,9 @@ back when idle. Health times include TCP connect, TLS handshake and the request.
 |---|---|---|---|
 | trace ingest, batch endpoint (100 000 events, batches of 500, 4 clients) | $(load trace_batch_events_per_s) events/s | > 20 000 | $(verdict "$(load trace_batch_events_per_s) > 20000") |
 | trace ingest, single POSTs (10 000 events, 64 clients) | $(load trace_single_events_per_s) events/s | > 3 000 | $(verdict "$(load trace_single_events_per_s) > 3000") |
+| chat post, sequential (1 000 into the agent's DM) | $(load chat_post_sequential_per_s) posts/s, p50 $(load chat_post_sequential_ms_p50) ms | — | |
+| chat post, 16 writers into one channel (the DM, 2 000) | $(load chat_post_16_one_channel_per_s) posts/s, p50 $(load chat_post_16_one_channel_ms_p50) ms, p99 $(load chat_post_16_one_channel_ms_p99) ms | — | |
+| chat post, 16 writers into 16 channels (2 000) | $(load chat_post_16_channels_per_s) posts/s, p50 $(load chat_post_16_channels_ms_p50) ms, p99 $(load chat_post_16_channels_ms_p99) ms | — | |
 | user message POST → agent SSE delivery (300 messages) | p50 $(load delivery_ms_p50) ms, p99 $(load delivery_ms_p99) ms | p99 < 5 ms | $(verdict "$(load delivery_ms_p99) < 5") |
 | agent reply delta POST → WebSocket client (300 deltas) | p50 $(load delta_ms_p50) ms, p99 $(load delta_ms_p99) ms | p99 < 5 ms | $(verdict "$(load delta_ms_p99) < 5") |
 | message POST → all of 500 WebSocket clients in one channel (30 messages) | p50 $(load broadcast_500_ms_p50) ms, p99 $(load broadcast_500_ms_p99) ms | p99 < 50 ms | $(verdict "$(load broadcast_500_ms_p99) < 50") |
@@ -126,8 +129,9 @@ back when idle. Health times include TCP connect, TLS handshake and the request.
 
 How: \`taos-load\` (tests/src/bin) drives a release host through the real APIs: agent-listener
 trace posts over plain HTTP on loopback, chat posts and WebSockets over TLS pinned to the host
-key, the bridge stream as an agent reads it. Latencies include the POST's own handling (two
-fsynced SQLite commits per chat message): every write is durable (\`synchronous=FULL\`).
+key, the bridge stream as an agent reads it. Latencies include the POST's own handling (one
+fsynced SQLite commit per chat message, holding the message and its deliveries): every write is
+durable (\`synchronous=FULL\`).
 
 ## Trace queries (issue 20)
 

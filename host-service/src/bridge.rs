@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use sqlx::Row;
 use taos_proto::agents::AgentKind;
 use taos_proto::bridge::{ContextMessage, Reply, ReplyAccepted, ReplyKind, UserMessageDelivery};
-use taos_proto::chat::{AuthorType, Message, MessageState, NewMessage};
+use taos_proto::chat::{AuthorType, Channel, Message, MessageState, NewMessage};
 use taos_proto::trace::{TraceEvent, TraceKind};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::agents::{self, AgentRecord};
-use crate::chat::{router, Chat, ChatError, Post, ToolStep, USER_MEMBER_PREFIX};
+use crate::chat::{router, Chat, ChatError, Post, Prepared, ToolStep, USER_MEMBER_PREFIX};
 use crate::db::{from_ms, now_ms, Db};
 use crate::failure;
 use crate::trace::TraceStore;
@@ -314,6 +314,9 @@ impl Bridge {
 
     /// Stores a person's message and routes it (the HTTP route and the chat WebSocket share
     /// this). Returns the message and whether it is new (false: a re-send of its `client_id`).
+    ///
+    /// The message and its deliveries commit together, in one transaction: one fsync per
+    /// message, and no moment when a message is stored but an agent's delivery is not.
     pub async fn post_as_user(
         &self,
         chat: &Chat,
@@ -323,8 +326,8 @@ impl Bridge {
         // Store and route under the channel's route lock, so agents get messages in chat order.
         let route_lock = self.route_lock(&body.channel_id);
         let _routing = route_lock.lock().await;
-        let (message, created) = chat
-            .post(Post {
+        let prepared = chat
+            .prepare_post(Post {
                 channel_id: &body.channel_id,
                 author_id: author,
                 author_type: AuthorType::User,
@@ -335,14 +338,33 @@ impl Bridge {
                 metadata: serde_json::json!({}),
             })
             .await?;
-        // Also on a re-send: if routing failed the first time, the retry finishes it.
-        // Deliveries are idempotent per agent, so nobody gets the message twice.
-        self.route(chat, &message, 0).await?;
-        Ok((message, created))
+        let pending = match prepared {
+            Prepared::Posted(message) => {
+                // A re-send. Messages and deliveries commit together, so this only finishes
+                // a message stored before they did; deliveries are idempotent per agent, so
+                // nobody gets it twice.
+                self.route(chat, &message, 0).await?;
+                return Ok((message, false));
+            }
+            Prepared::Pending(pending) => pending,
+        };
+        let plan = self
+            .plan_route(chat, &pending.channel, &pending.message, 0)
+            .await?;
+        let mut tx = self.db.begin().await?;
+        let stored = pending.insert(&mut tx).await?;
+        let queued = self
+            .store_deliveries(&mut tx, &stored.message, &plan)
+            .await?;
+        tx.commit().await?;
+        let message = chat.publish(stored);
+        self.delivered(chat, &message, &plan, queued).await?;
+        Ok((message, true))
     }
 
-    /// Sends a message on to the agents that should get it. Deliveries are stored before this
-    /// returns. `hops_since_user` is the message's own hop count (0 for a user message).
+    /// Sends a stored message on to the agents that should get it. Deliveries are stored
+    /// (in one commit) before this returns. `hops_since_user` is the message's own hop count
+    /// (0 for a user message).
     pub async fn route(
         &self,
         chat: &Chat,
@@ -350,8 +372,34 @@ impl Bridge {
         hops_since_user: u32,
     ) -> Result<(), BridgeError> {
         let channel = chat.channel(&message.channel_id).await?;
-        if !router::may_route(message.author_type, hops_since_user, &channel.settings) {
+        let plan = self
+            .plan_route(chat, &channel, message, hops_since_user)
+            .await?;
+        if plan.recipients.is_empty() {
             return Ok(());
+        }
+        let mut tx = self.db.begin().await?;
+        let queued = self.store_deliveries(&mut tx, message, &plan).await?;
+        tx.commit().await?;
+        self.delivered(chat, message, &plan, queued).await
+    }
+
+    /// Who gets a message, and the context that travels with it. Reads only, from the pool:
+    /// called before the transaction that stores the deliveries begins.
+    async fn plan_route(
+        &self,
+        chat: &Chat,
+        channel: &Channel,
+        message: &Message,
+        hops_since_user: u32,
+    ) -> Result<RoutePlan, BridgeError> {
+        let mut plan = RoutePlan {
+            hops_since_user,
+            recipients: Vec::new(),
+            context: Vec::new(),
+        };
+        if !router::may_route(message.author_type, hops_since_user, &channel.settings) {
+            return Ok(plan);
         }
         let agent_members: Vec<String> = channel
             .members
@@ -359,18 +407,19 @@ impl Bridge {
             .filter(|m| !m.starts_with(USER_MEMBER_PREFIX))
             .cloned()
             .collect();
-        let recipients = router::candidates(
+        let candidates = router::candidates(
             channel.kind,
             &channel.settings,
             &agent_members,
             &message.author_id,
             &message.content,
         );
-        if recipients.is_empty() {
-            return Ok(());
+        if candidates.is_empty() {
+            return Ok(plan);
         }
         let cooldown = Duration::from_secs(u64::from(channel.settings.cooldown_seconds));
-        let context: Vec<ContextMessage> = chat
+        // The messages before this one (it may or may not be stored yet).
+        let mut context: Vec<ContextMessage> = chat
             .recent(&message.channel_id, CONTEXT_MESSAGES + 1)
             .await?
             .into_iter()
@@ -381,8 +430,11 @@ impl Bridge {
                 content: m.content,
             })
             .collect();
-        for recipient in recipients {
-            let agent = match agents::get_by_slug(&self.db, &recipient.slug).await {
+        let surplus = context.len().saturating_sub(CONTEXT_MESSAGES as usize);
+        context.drain(..surplus);
+        plan.context = context;
+        for candidate in candidates {
+            let agent = match agents::get_by_slug(&self.db, &candidate.slug).await {
                 Ok(agent) => agent,
                 Err(agents::AgentError::NotFound) => continue,
                 Err(e) => return Err(e.into()),
@@ -390,23 +442,71 @@ impl Bridge {
             if !self.cooldowns.try_address(
                 &channel.id,
                 &agent.slug,
-                recipient.forced,
+                candidate.forced,
                 cooldown,
                 Instant::now(),
             ) {
                 continue;
             }
-            let queued = self
-                .enqueue(
-                    &agent,
+            plan.recipients.push((agent, candidate.forced));
+        }
+        Ok(plan)
+    }
+
+    /// Stores one delivery per recipient in the caller's transaction. Returns, per recipient,
+    /// the delivery seq it got, or `None` if that agent already had this message.
+    async fn store_deliveries(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        message: &Message,
+        plan: &RoutePlan,
+    ) -> Result<Vec<Option<i64>>, BridgeError> {
+        let mut queued = Vec::with_capacity(plan.recipients.len());
+        for (agent, forced) in &plan.recipients {
+            queued.push(
+                store_delivery(
+                    tx,
+                    agent.id,
                     message,
-                    hops_since_user + 1,
-                    recipient.forced,
-                    context.clone(),
+                    plan.hops_since_user + 1,
+                    *forced,
+                    &plan.context,
                 )
-                .await?;
-            if queued && (agent.paused || !self.is_connected(agent.id)) {
-                self.notice_once(chat, &channel.id, &agent).await?;
+                .await?,
+            );
+        }
+        Ok(queued)
+    }
+
+    /// After the deliveries committed: wake the agents' streams, trace each delivery, and say
+    /// in the channel (once) when an agent will only get it later.
+    async fn delivered(
+        &self,
+        chat: &Chat,
+        message: &Message,
+        plan: &RoutePlan,
+        queued: Vec<Option<i64>>,
+    ) -> Result<(), BridgeError> {
+        for ((agent, _), seq) in plan.recipients.iter().zip(queued) {
+            let Some(seq) = seq else { continue };
+            self.wake(agent.id);
+            let mut event = new_event(
+                &agent.slug,
+                TraceKind::MessageIn,
+                &message.id,
+                &message.channel_id,
+            );
+            event.thread_id = message.thread_id.clone();
+            event.payload = serde_json::json!({
+                "from": message.author_id,
+                "text": message.content,
+                "message_id": message.id,
+                "delivery_seq": seq,
+                "hops_since_user": plan.hops_since_user + 1,
+            });
+            self.trace(&agent.slug, event);
+            if agent.paused || !self.is_connected(agent.id) {
+                self.notice_once(chat, &message.channel_id, agent).await?;
             }
         }
         Ok(())
@@ -438,75 +538,6 @@ impl Bridge {
         })
         .await?;
         Ok(())
-    }
-
-    /// Stores one delivery and wakes the agent's stream. False if this agent already had it.
-    async fn enqueue(
-        &self,
-        agent: &AgentRecord,
-        message: &Message,
-        hops_since_user: u32,
-        force_respond: bool,
-        context: Vec<ContextMessage>,
-    ) -> Result<bool, BridgeError> {
-        let mut tx = self.db.begin().await?;
-        let seq: i64 = sqlx::query_scalar(
-            "UPDATE agents SET delivery_seq = delivery_seq + 1 WHERE id = ? RETURNING delivery_seq",
-        )
-        .bind(agent.id.to_string())
-        .fetch_one(&mut *tx)
-        .await?;
-        let payload = UserMessageDelivery {
-            id: message.id.clone(),
-            trace_id: message.id.clone(),
-            delivery_seq: seq,
-            channel_id: message.channel_id.clone(),
-            from: message.author_id.clone(),
-            text: message.content.clone(),
-            created_at: message.created_at,
-            hops_since_user,
-            force_respond,
-            context,
-            thread_id: message.thread_id.clone(),
-        };
-        let inserted = sqlx::query(
-            "INSERT OR IGNORE INTO deliveries (agent_id, seq, trace_id, message_id, channel_id, \
-             thread_id, hops_since_user, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(agent.id.to_string())
-        .bind(seq)
-        .bind(&payload.trace_id)
-        .bind(&message.id)
-        .bind(&message.channel_id)
-        .bind(&message.thread_id)
-        .bind(i64::from(hops_since_user))
-        .bind(serde_json::to_string(&payload).map_err(|e| BridgeError::Decode(e.to_string()))?)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            // Already delivered to this agent (same trace id): don't send it twice. Dropping
-            // the transaction rolls the delivery_seq bump back.
-            return Ok(false);
-        }
-        tx.commit().await?;
-        self.wake(agent.id);
-        let mut event = new_event(
-            &agent.slug,
-            TraceKind::MessageIn,
-            &message.id,
-            &message.channel_id,
-        );
-        event.thread_id = message.thread_id.clone();
-        event.payload = serde_json::json!({
-            "from": message.author_id,
-            "text": message.content,
-            "message_id": message.id,
-            "delivery_seq": seq,
-            "hops_since_user": hops_since_user,
-        });
-        self.trace(&agent.slug, event);
-        Ok(true)
     }
 
     fn reply_lock(&self, agent: Uuid) -> Arc<tokio::sync::Mutex<()>> {
@@ -1012,4 +1043,70 @@ pub fn new_event(slug: &str, kind: TraceKind, trace_id: &str, channel_id: &str) 
         payload: serde_json::json!({}),
         agent_created_at: None,
     }
+}
+
+/// Who a message goes to, decided before its deliveries are stored.
+struct RoutePlan {
+    /// The routed message's own hop count; its deliveries carry one more.
+    hops_since_user: u32,
+    /// Each agent, and whether it must answer (mentioned).
+    recipients: Vec<(AgentRecord, bool)>,
+    context: Vec<ContextMessage>,
+}
+
+/// Stores one delivery in a transaction. `None` if this agent already had it (same trace id):
+/// it is not sent twice.
+async fn store_delivery(
+    tx: &mut sqlx::SqliteConnection,
+    agent: Uuid,
+    message: &Message,
+    hops_since_user: u32,
+    force_respond: bool,
+    context: &[ContextMessage],
+) -> Result<Option<i64>, BridgeError> {
+    // A savepoint, so a delivery the agent already had leaves its delivery_seq untouched
+    // while the rest of the transaction goes on.
+    sqlx::query("SAVEPOINT delivery").execute(&mut *tx).await?;
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE agents SET delivery_seq = delivery_seq + 1 WHERE id = ? RETURNING delivery_seq",
+    )
+    .bind(agent.to_string())
+    .fetch_one(&mut *tx)
+    .await?;
+    let payload = UserMessageDelivery {
+        id: message.id.clone(),
+        trace_id: message.id.clone(),
+        delivery_seq: seq,
+        channel_id: message.channel_id.clone(),
+        from: message.author_id.clone(),
+        text: message.content.clone(),
+        created_at: message.created_at,
+        hops_since_user,
+        force_respond,
+        context: context.to_vec(),
+        thread_id: message.thread_id.clone(),
+    };
+    let inserted = sqlx::query(
+        "INSERT OR IGNORE INTO deliveries (agent_id, seq, trace_id, message_id, channel_id, \
+         thread_id, hops_since_user, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(agent.to_string())
+    .bind(seq)
+    .bind(&payload.trace_id)
+    .bind(&message.id)
+    .bind(&message.channel_id)
+    .bind(&message.thread_id)
+    .bind(i64::from(hops_since_user))
+    .bind(serde_json::to_string(&payload).map_err(|e| BridgeError::Decode(e.to_string()))?)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        sqlx::query("ROLLBACK TO delivery; RELEASE delivery")
+            .execute(&mut *tx)
+            .await?;
+        return Ok(None);
+    }
+    sqlx::query("RELEASE delivery").execute(&mut *tx).await?;
+    Ok(Some(seq))
 }

@@ -165,6 +165,62 @@ pub struct Post<'a> {
     pub metadata: serde_json::Value,
 }
 
+/// What [`Chat::prepare_post`] found.
+pub enum Prepared {
+    /// This author already posted this `client_id`: the message they posted then.
+    Posted(Message),
+    Pending(PendingPost),
+}
+
+/// A checked post holding its channel's write lock (so seqs and publishes keep chat order),
+/// not stored yet.
+pub struct PendingPost {
+    pub channel: Channel,
+    /// The message as it will be stored; its `seq` is given by [`PendingPost::insert`].
+    pub message: Message,
+    created_at: i64,
+    serial: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// A message stored in a transaction, to [`Chat::publish`] once that commits.
+pub struct StoredPost {
+    pub message: Message,
+    serial: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl PendingPost {
+    /// Stores the message (with the channel's next seq) in the caller's transaction.
+    pub async fn insert(self, tx: &mut sqlx::SqliteConnection) -> Result<StoredPost, ChatError> {
+        let PendingPost {
+            mut message,
+            created_at,
+            serial,
+            ..
+        } = self;
+        let seq = next_seq(tx, &message.channel_id).await?;
+        sqlx::query(
+            "INSERT INTO messages (id, channel_id, seq, created_seq, author_id, author_type, content, \
+             thread_id, state, client_id, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&message.id)
+        .bind(&message.channel_id)
+        .bind(seq)
+        .bind(seq)
+        .bind(&message.author_id)
+        .bind(author_type_str(message.author_type))
+        .bind(&message.content)
+        .bind(&message.thread_id)
+        .bind(state_str(message.state))
+        .bind(&message.client_id)
+        .bind(message.metadata.to_string())
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await?;
+        message.seq = seq;
+        Ok(StoredPost { message, serial })
+    }
+}
+
 /// The chat store plus its live hub.
 pub struct Chat {
     db: Db,
@@ -439,6 +495,25 @@ impl Chat {
     /// Posts a message. Returns it and whether it is new (`false`: the same `client_id` was
     /// already posted by this author, and that message is returned instead).
     pub async fn post(&self, post: Post<'_>) -> Result<(Message, bool), ChatError> {
+        let pending = match self.prepare_post(post).await? {
+            Prepared::Posted(message) => return Ok((message, false)),
+            Prepared::Pending(pending) => pending,
+        };
+        let mut tx = self.db.begin().await?;
+        let stored = pending.insert(&mut tx).await?;
+        tx.commit().await?;
+        Ok((self.publish(stored), true))
+    }
+
+    /// Checks a post and takes its channel's write lock, without storing anything yet: the
+    /// caller stores it with [`PendingPost::insert`] inside its own transaction, together with
+    /// whatever must commit with it (the bridge's deliveries), then calls [`Chat::publish`].
+    /// One commit per message, and nobody sees a message whose deliveries are not stored.
+    ///
+    /// Everything read from the database is read here, before the caller's transaction
+    /// begins: a transaction must not wait for a second pooled connection (with the pool
+    /// full of writers waiting for the write lock, it would wait for itself).
+    pub async fn prepare_post(&self, post: Post<'_>) -> Result<Prepared, ChatError> {
         // A streaming placeholder starts empty and fills in with deltas; a failed agent turn
         // may have said nothing (its reason is in `metadata.failure`).
         let may_be_empty = matches!(post.state, MessageState::Streaming | MessageState::Error);
@@ -460,8 +535,7 @@ impl Chat {
                 post.author_id
             )));
         }
-        let lock = self.hub.write_lock(post.channel_id);
-        let _serial = lock.lock().await;
+        let serial = self.hub.write_lock(post.channel_id).lock_owned().await;
         if let Some(cid) = post.client_id {
             let existing = sqlx::query(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND author_id = ? AND client_id = ?"
@@ -472,7 +546,7 @@ impl Chat {
             .fetch_optional(&self.db)
             .await?;
             if let Some(row) = existing {
-                return Ok((message_from_row(&row)?, false));
+                return Ok(Prepared::Posted(message_from_row(&row)?));
             }
         }
         if let Some(thread) = post.thread_id {
@@ -488,30 +562,46 @@ impl Chat {
                 ));
             }
         }
-        let mut tx = self.db.begin().await?;
-        let seq = next_seq(&mut tx, post.channel_id).await?;
-        let id = Uuid::now_v7().to_string();
         let now = now_ms();
-        sqlx::query(
-            "INSERT INTO messages (id, channel_id, seq, created_seq, author_id, author_type, content, \
-             thread_id, state, client_id, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(post.channel_id)
-        .bind(seq)
-        .bind(seq)
-        .bind(post.author_id)
-        .bind(author_type_str(post.author_type))
-        .bind(post.content)
-        .bind(post.thread_id)
-        .bind(state_str(post.state))
-        .bind(post.client_id)
-        .bind(post.metadata.to_string())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok((self.publish_stored(&id, seq).await?, true))
+        let message = Message {
+            id: Uuid::now_v7().to_string(),
+            channel_id: post.channel_id.to_string(),
+            // Given by `insert`, in the caller's transaction.
+            seq: 0,
+            author_id: post.author_id.to_string(),
+            author_type: post.author_type,
+            content: post.content.to_string(),
+            content_type: "text".into(),
+            thread_id: post.thread_id.map(str::to_string),
+            state: post.state,
+            client_id: post.client_id.map(str::to_string),
+            metadata: post.metadata,
+            created_at: from_ms(now),
+            edited_at: None,
+            deleted_at: None,
+        };
+        Ok(Prepared::Pending(PendingPost {
+            channel,
+            message,
+            created_at: now,
+            serial,
+        }))
+    }
+
+    /// Sends a message stored by [`PendingPost::insert`] (and committed) to the channel's
+    /// clients, then lets the channel's next post go ahead.
+    pub fn publish(&self, stored: StoredPost) -> Message {
+        let StoredPost { message, serial } = stored;
+        self.hub.publish(
+            &message.channel_id,
+            ServerEvent::Message {
+                channel_id: message.channel_id.clone(),
+                seq: message.seq,
+                message: message.clone(),
+            },
+        );
+        drop(serial);
+        message
     }
 
     /// Edits a message's content (author only).

@@ -138,7 +138,7 @@ async fn an_answer_cut_by_a_crash_is_finished_once_after_restart() {
 
 /// Eight writers post to two channels until the host is killed mid-burst. Every message the
 /// host acknowledged is there after the restart, once, with per-channel seqs that have no gaps,
-/// and each one acknowledged in the agent's DM is delivered to the agent.
+/// and each one stored in the agent's DM (acknowledged or not) is delivered to the agent once.
 #[tokio::test]
 async fn a_crash_during_a_burst_of_posts_keeps_every_acknowledged_message() {
     let mut host = start().await;
@@ -274,4 +274,19 @@ async fn a_crash_during_a_burst_of_posts_keeps_every_acknowledged_message() {
         }
     }
     assert!(delivered.values().all(|&n| n == 1), "no duplicates");
+    // A message and its deliveries commit together: every burst message the crash left
+    // stored, acknowledged or not, reached the agent (none stored without its delivery).
+    for m in &stored[&dm] {
+        if m["client_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with('w'))
+        {
+            let text = m["content"].as_str().unwrap();
+            assert_eq!(
+                delivered.get(text).copied().unwrap_or(0),
+                1,
+                "stored {text:?} delivered once"
+            );
+        }
+    }
 }

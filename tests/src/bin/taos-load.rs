@@ -76,6 +76,49 @@ async fn trace_singles(agent: &AgentClient, total: usize, workers: usize) -> f64
     total as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Posts `total` chat messages from `writers` concurrent clients (writer i posts into
+/// `channels[i % len]`). Returns (posts per second, p50 ms, p99 ms).
+async fn chat_posts(
+    host: &Host,
+    channels: &[String],
+    total: usize,
+    writers: usize,
+) -> (f64, f64, f64) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let channel = channels[w % channels.len()].clone();
+        let request = host.admin(Method::POST, "/api/chat/messages");
+        let n = total / writers;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(n);
+            for i in 0..n {
+                let t = Instant::now();
+                let r = request
+                    .try_clone()
+                    .expect("clonable")
+                    .json(&json!({"channel_id": channel, "content": format!("post {w}-{i}")}))
+                    .send()
+                    .await
+                    .expect("post");
+                assert_eq!(r.status(), StatusCode::CREATED);
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("writer"));
+    }
+    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    (
+        rate.round(),
+        percentile(latencies.clone(), 0.5),
+        percentile(latencies, 0.99),
+    )
+}
+
 #[tokio::main]
 async fn main() {
     let bin = std::env::args()
@@ -104,6 +147,25 @@ async fn main() {
 
     let batch_rate = trace_batches(&agent, 100_000, 500, 4).await;
     let single_rate = trace_singles(&agent, 10_000, 64).await;
+
+    // Chat posts: sequential, then 16 writers into one channel (the agent's DM: each post
+    // also stores its delivery) and 16 writers into 16 group channels.
+    let seq_rate = chat_posts(&host, std::slice::from_ref(&dm), 1_000, 1).await;
+    let one_channel = chat_posts(&host, std::slice::from_ref(&dm), 2_000, 16).await;
+    let mut groups = Vec::new();
+    for i in 0..16 {
+        let channel: Value = host
+            .admin(Method::POST, "/api/chat/channels")
+            .json(&json!({"name": format!("posts-{i}"), "members": ["bench"]}))
+            .send()
+            .await
+            .expect("channel")
+            .json()
+            .await
+            .expect("channel json");
+        groups.push(channel["id"].as_str().expect("id").to_string());
+    }
+    let many_channels = chat_posts(&host, &groups, 2_000, 16).await;
 
     // User message → agent SSE delivery.
     let mut stream = agent.events(None).await;
@@ -208,6 +270,14 @@ async fn main() {
         json!({
             "trace_batch_events_per_s": batch_rate.round(),
             "trace_single_events_per_s": single_rate.round(),
+            "chat_post_sequential_per_s": seq_rate.0,
+            "chat_post_sequential_ms_p50": seq_rate.1,
+            "chat_post_16_one_channel_per_s": one_channel.0,
+            "chat_post_16_one_channel_ms_p50": one_channel.1,
+            "chat_post_16_one_channel_ms_p99": one_channel.2,
+            "chat_post_16_channels_per_s": many_channels.0,
+            "chat_post_16_channels_ms_p50": many_channels.1,
+            "chat_post_16_channels_ms_p99": many_channels.2,
             "delivery_ms_p50": percentile(delivery.clone(), 0.5),
             "delivery_ms_p99": percentile(delivery, 0.99),
             "delta_ms_p50": percentile(delta_latency.clone(), 0.5),
