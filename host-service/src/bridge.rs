@@ -213,13 +213,7 @@ impl Bridge {
 
     /// The newest delivery sequence number given to the agent (0 if none).
     pub async fn last_delivery_seq(&self, agent: Uuid) -> Result<i64, BridgeError> {
-        Ok(
-            sqlx::query_scalar("SELECT delivery_seq FROM agents WHERE id = ?")
-                .bind(agent.to_string())
-                .fetch_optional(&self.db)
-                .await?
-                .unwrap_or(0),
-        )
+        Ok(crate::agents::delivery_seq(&self.db, agent).await?)
     }
 
     /// What a stream without `Last-Event-ID` starts with: deliveries up to `upto` that the
@@ -408,12 +402,7 @@ impl Bridge {
         context: Vec<ContextMessage>,
     ) -> Result<bool, BridgeError> {
         let mut tx = self.db.begin().await?;
-        let seq: i64 = sqlx::query_scalar(
-            "UPDATE agents SET delivery_seq = delivery_seq + 1 WHERE id = ? RETURNING delivery_seq",
-        )
-        .bind(agent.id.to_string())
-        .fetch_one(&mut *tx)
-        .await?;
+        let seq = crate::agents::next_delivery_seq(&mut tx, agent.id).await?;
         let payload = UserMessageDelivery {
             id: message.id.clone(),
             trace_id: message.id.clone(),
@@ -783,6 +772,19 @@ impl Bridge {
             .await?;
         Ok(())
     }
+}
+
+/// Drops the deliveries of a channel being deleted that no agent has answered yet, in the
+/// caller's transaction (the one that deletes it), so none is sent about a channel that is gone.
+pub async fn drop_unanswered_in_channel(
+    tx: &mut sqlx::SqliteConnection,
+    channel_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM deliveries WHERE channel_id = ? AND answered_at IS NULL")
+        .bind(channel_id)
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 /// The system notice for messages waiting on an agent that can't answer now: why, and what

@@ -269,16 +269,14 @@ async fn archive_steps(
     let mut tx = host.db.begin().await?;
     // Its DM read-only from now on, and out of group channels.
     crate::chat::archive_dm(&mut tx, agent.id, &agent.slug).await?;
-    sqlx::query(
-        "UPDATE agents SET slug = ?, status = 'archived', token_hash = ?, llm_key_hash = NULL, \
-         container = ? WHERE id = ?",
+    agents::mark_archived(
+        &mut tx,
+        agent.id,
+        &placeholder,
+        // Revoked: the hash of a secret nobody has.
+        &hash_token(&new_secret(AGENT_TOKEN_PREFIX)),
+        container.as_deref(),
     )
-    .bind(&placeholder)
-    // Revoked: the hash of a secret nobody has.
-    .bind(hash_token(&new_secret(AGENT_TOKEN_PREFIX)))
-    .bind(&container)
-    .bind(agent.id.to_string())
-    .execute(&mut *tx)
     .await?;
     sqlx::query(
         "INSERT INTO archives (id, agent_id, slug, display_name, container, snapshot, dir, created_at) \
@@ -379,10 +377,7 @@ async fn archive_dir(db: &Db, id: &str) -> Result<PathBuf, ArchiveError> {
 async fn free_slug(host: &AgentHost, base: &str) -> Result<String, ArchiveError> {
     for n in 1..=100 {
         let candidate = agents::slug_candidate(base, n);
-        let taken: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE slug = ?")
-            .bind(&candidate)
-            .fetch_one(&host.db)
-            .await?;
+        let taken = agents::slug_taken(&host.db, &candidate).await?;
         let container_taken = match host.runtime.as_ref() {
             Some(rt) => rt
                 .exists(&agents::container_name(&candidate))
@@ -390,7 +385,7 @@ async fn free_slug(host: &AgentHost, base: &str) -> Result<String, ArchiveError>
                 .unwrap_or(true),
             None => false,
         };
-        if taken == 0 && !container_taken {
+        if !taken && !container_taken {
             return Ok(candidate);
         }
     }
@@ -492,13 +487,14 @@ async fn restore_until_commit(
     fault("commit").await?;
     let has_container = plan.archived_name.is_some();
     let mut tx = host.db.begin().await?;
-    sqlx::query("UPDATE agents SET slug = ?, status = ?, container = ? WHERE id = ?")
-        .bind(&plan.slug)
-        .bind(if has_container { "restoring" } else { "ready" })
-        .bind(has_container.then(|| plan.container.clone()))
-        .bind(agent_id.to_string())
-        .execute(&mut *tx)
-        .await?;
+    agents::mark_restored(
+        &mut tx,
+        agent_id,
+        &plan.slug,
+        if has_container { "restoring" } else { "ready" },
+        has_container.then_some(plan.container.as_str()),
+    )
+    .await?;
     // The DM keeps its member list in step with the slug.
     crate::chat::unarchive_dm(&mut tx, agent_id, &plan.archived_slug, &plan.slug).await?;
     sqlx::query("DELETE FROM archives WHERE id = ?")
@@ -519,12 +515,13 @@ async fn finish_restore(
 ) -> Result<(String, String), ArchiveError> {
     let agent_token = new_secret(AGENT_TOKEN_PREFIX);
     let llm_key = new_secret(LLM_KEY_PREFIX);
-    sqlx::query("UPDATE agents SET token_hash = ?, llm_key_hash = ? WHERE id = ?")
-        .bind(hash_token(&agent_token))
-        .bind(hash_token(&llm_key))
-        .bind(agent_id.to_string())
-        .execute(&host.db)
-        .await?;
+    agents::set_credentials(
+        &host.db,
+        agent_id,
+        &hash_token(&agent_token),
+        &hash_token(&llm_key),
+    )
+    .await?;
     reimport_chat(&host.db, &plan.dir.join("chat.jsonl")).await?;
     let agent = agents::get_by_id(&host.db, agent_id).await?;
     let brought_up = async {

@@ -80,6 +80,17 @@ pub async fn add_agent(
     Ok(())
 }
 
+/// Whether the monitor paused the agent for running out of disk (false if it never sampled it).
+pub async fn paused_for_disk(db: &crate::db::Db, agent: Uuid) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query_scalar("SELECT paused_for_disk FROM agent_disk WHERE agent_id = ?")
+            .bind(agent.to_string())
+            .fetch_optional(db)
+            .await?
+            .unwrap_or(false),
+    )
+}
+
 /// Records an agent's quota (on resize).
 pub async fn set_quota_bytes(
     db: &crate::db::Db,

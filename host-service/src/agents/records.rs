@@ -548,14 +548,112 @@ pub async fn set_status(db: &Db, id: Uuid, status: &str) -> Result<(), AgentErro
     Ok(())
 }
 
+/// Whether any agent, archived ones included, has this slug.
+pub async fn slug_taken(db: &Db, slug: &str) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE slug = ?")
+        .bind(slug)
+        .fetch_one(db)
+        .await?;
+    Ok(n > 0)
+}
+
+/// The containers agents have (archived ones keep theirs under its archived name).
+pub async fn containers(db: &Db) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT container FROM agents WHERE container IS NOT NULL")
+        .fetch_all(db)
+        .await
+}
+
+/// Marks an agent archived, in the caller's transaction (the archive's commit): it gives up
+/// its slug for `placeholder`, its token for `token_hash` (a secret nobody has), its LLM key,
+/// and its container's name for `container` (`None` when it has none).
+pub async fn mark_archived(
+    conn: &mut sqlx::SqliteConnection,
+    id: Uuid,
+    placeholder: &str,
+    token_hash: &str,
+    container: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE agents SET slug = ?, status = 'archived', token_hash = ?, llm_key_hash = NULL, \
+         container = ? WHERE id = ?",
+    )
+    .bind(placeholder)
+    .bind(token_hash)
+    .bind(container)
+    .bind(id.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Brings an archived agent back under `slug`, in the caller's transaction (the restore's
+/// commit), with its status and container.
+pub async fn mark_restored(
+    conn: &mut sqlx::SqliteConnection,
+    id: Uuid,
+    slug: &str,
+    status: &str,
+    container: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE agents SET slug = ?, status = ?, container = ? WHERE id = ?")
+        .bind(slug)
+        .bind(status)
+        .bind(container)
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Gives an agent new credentials (hashes of a new token and LLM key); the old ones stop
+/// working at once.
+pub async fn set_credentials(
+    db: &Db,
+    id: Uuid,
+    token_hash: &str,
+    llm_key_hash: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE agents SET token_hash = ?, llm_key_hash = ? WHERE id = ?")
+        .bind(token_hash)
+        .bind(llm_key_hash)
+        .bind(id.to_string())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The newest delivery sequence number given to the agent (0 if none, or no such agent). The
+/// counter lives on the agent's row so that it goes with the agent.
+pub async fn delivery_seq(db: &Db, id: Uuid) -> Result<i64, sqlx::Error> {
+    Ok(
+        sqlx::query_scalar("SELECT delivery_seq FROM agents WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(db)
+            .await?
+            .unwrap_or(0),
+    )
+}
+
+/// Takes the agent's next delivery sequence number, in the caller's transaction (the one that
+/// stores the delivery, so a number is never given twice or lost).
+pub async fn next_delivery_seq(
+    conn: &mut sqlx::SqliteConnection,
+    id: Uuid,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE agents SET delivery_seq = delivery_seq + 1 WHERE id = ? RETURNING delivery_seq",
+    )
+    .bind(id.to_string())
+    .fetch_one(conn)
+    .await
+}
+
 /// Removes an agent row and everything that hangs off it (deliveries, usage, budgets by
 /// cascade; its DM channels explicitly), for a deploy that is rolled back.
 pub async fn remove(db: &Db, id: Uuid) -> Result<(), AgentError> {
     let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM channels WHERE dm_agent_id = ?")
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
+    crate::chat::delete_dm_channels(&mut tx, id).await?;
     sqlx::query("DELETE FROM agents WHERE id = ?")
         .bind(id.to_string())
         .execute(&mut *tx)
