@@ -5,6 +5,7 @@
 //! `seq`. A client that was away asks for `after_seq` and gets exactly what changed. Writers to
 //! one channel are serialized and publish after commit, so live events arrive in seq order.
 
+pub mod access;
 pub mod hub;
 pub mod router;
 
@@ -18,6 +19,8 @@ use uuid::Uuid;
 use crate::agents;
 use crate::db::{from_ms, now_ms, Db};
 use hub::ChatHub;
+
+pub use access::Viewer;
 
 pub use taos_proto::chat::MAX_CONTENT_CHARS;
 pub const MAX_CHANNEL_NAME_CHARS: usize = 100;
