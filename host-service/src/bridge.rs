@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
-use taos_proto::agents::AgentKind;
+use taos_proto::agents::{AgentKind, AgentStatus};
 use taos_proto::bridge::{ContextMessage, Reply, ReplyAccepted, ReplyKind, UserMessageDelivery};
 use taos_proto::chat::{AuthorType, Message, MessageState, NewMessage};
 use taos_proto::trace::{TraceEvent, TraceKind};
@@ -797,12 +797,12 @@ fn queued_notice(agent: &AgentRecord) -> String {
              Agents screen."
         );
     }
-    match (agent.kind, agent.status.as_str()) {
-        (AgentKind::Container, "deploying") => format!(
+    match (agent.kind, agent.status) {
+        (AgentKind::Container, AgentStatus::Deploying) => format!(
             "{name} is not connected yet: it is still being deployed. Messages for it are \
              queued until it is up."
         ),
-        (AgentKind::Container, "stopped") => format!(
+        (AgentKind::Container, AgentStatus::Stopped) => format!(
             "{name} is not connected: its container is stopped. Messages for it are queued \
              until it runs; start it on the Agents screen."
         ),

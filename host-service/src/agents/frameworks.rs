@@ -3,42 +3,7 @@
 //! The manifests in the repository's `manifests/` folder are compiled into the binary, so a
 //! host always knows its frameworks; a deploy naming another one is refused with the list.
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    pub id: String,
-    pub name: String,
-    pub description: String,
-    /// beta | alpha | broken
-    pub verification: String,
-    /// The incus image alias agents of this framework start from.
-    pub image: String,
-    /// The systemd service that runs the agent inside the container.
-    pub service: String,
-    pub install: Install,
-    pub requires: Requires,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Install {
-    /// none | script
-    pub method: String,
-    #[serde(default)]
-    pub script: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Requires {
-    /// Memory the framework needs, in MiB: the container's limit unless the deploy sets one.
-    pub ram_mb: u64,
-    pub disk_mb: u64,
-    /// CPUs the framework needs: the container's limit unless the deploy sets one.
-    pub cpus: u32,
-}
+pub use taos_proto::agents::{Install, Manifest, Requires};
 
 const BUILT_IN: &[&str] = &[include_str!("../../../manifests/direct/manifest.toml")];
 

@@ -4,7 +4,7 @@
 //! hash, accepted only on the agent listener, and only for that agent's own resources.
 
 use sqlx::Row;
-use taos_proto::agents::{Agent, AgentKind, AgentNetwork, AgentPatch, NewAgent};
+use taos_proto::agents::{Agent, AgentKind, AgentNetwork, AgentPatch, AgentStatus, NewAgent};
 use uuid::Uuid;
 
 use crate::auth::{hash_token, new_secret};
@@ -119,7 +119,7 @@ pub struct AgentRecord {
     pub emoji: String,
     pub color: String,
     pub kind: AgentKind,
-    pub status: String,
+    pub status: AgentStatus,
     pub model: Option<String>,
     pub fallback_models: Vec<String>,
     pub created_at: i64,
@@ -140,7 +140,7 @@ impl AgentRecord {
             emoji: self.emoji.clone(),
             color: self.color.clone(),
             kind: self.kind,
-            status: self.status.clone(),
+            status: self.status,
             model: self.model.clone(),
             fallback_models: self.fallback_models.clone(),
             created_at: from_ms(self.created_at),
@@ -171,7 +171,9 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, AgentError> {
         } else {
             AgentKind::External
         },
-        status: row.try_get("status")?,
+        status: row.try_get::<String, _>("status")?.parse().map_err(
+            |e: taos_proto::text_enum::UnknownVariant| AgentError::Decode(e.to_string()),
+        )?,
         model: row.try_get("model")?,
         fallback_models: serde_json::from_str(&fallback)
             .map_err(|e| AgentError::Decode(e.to_string()))?,
@@ -254,10 +256,16 @@ pub async fn create_with(
     let id = Uuid::new_v4();
     let now = now_ms();
     let (kind_text, status, framework, container, network) = match kind {
-        NewKind::External => ("external", "ready", None, None, AgentNetwork::default()),
+        NewKind::External => (
+            "external",
+            AgentStatus::Ready,
+            None,
+            None,
+            AgentNetwork::default(),
+        ),
         NewKind::Container { framework, network } => (
             "container",
-            "deploying",
+            AgentStatus::Deploying,
             Some(framework.clone()),
             Some(container_name(&slug)),
             *network,
@@ -274,7 +282,7 @@ pub async fn create_with(
     .bind(&emoji)
     .bind(&color)
     .bind(kind_text)
-    .bind(status)
+    .bind(status.as_str())
     .bind(&new.model)
     .bind(serde_json::to_string(&fallback).unwrap_or_else(|_| "[]".into()))
     .bind(now)
@@ -296,7 +304,7 @@ pub async fn create_with(
         } else {
             AgentKind::External
         },
-        status: status.to_string(),
+        status,
         model: new.model.clone(),
         fallback_models: fallback,
         created_at: now,
@@ -538,10 +546,9 @@ pub async fn rotate_token(db: &Db, slug: &str) -> Result<(AgentRecord, String), 
     Ok((agent, token))
 }
 
-/// Sets an agent's status (`deploying`, `running`, `stopped`, `failed`…).
-pub async fn set_status(db: &Db, id: Uuid, status: &str) -> Result<(), AgentError> {
+pub async fn set_status(db: &Db, id: Uuid, status: AgentStatus) -> Result<(), AgentError> {
     sqlx::query("UPDATE agents SET status = ? WHERE id = ?")
-        .bind(status)
+        .bind(status.as_str())
         .bind(id.to_string())
         .execute(db)
         .await?;
@@ -593,12 +600,12 @@ pub async fn mark_restored(
     conn: &mut sqlx::SqliteConnection,
     id: Uuid,
     slug: &str,
-    status: &str,
+    status: AgentStatus,
     container: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE agents SET slug = ?, status = ?, container = ? WHERE id = ?")
         .bind(slug)
-        .bind(status)
+        .bind(status.as_str())
         .bind(container)
         .bind(id.to_string())
         .execute(conn)

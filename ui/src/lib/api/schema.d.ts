@@ -1246,8 +1246,7 @@ export interface components {
             network?: null | components["schemas"]["AgentNetwork"];
             paused: boolean;
             slug: string;
-            /** @description e.g. `ready`, later `deploying`, `running`, `stopped`, `archived`. */
-            status: string;
+            status: components["schemas"]["AgentStatus"];
         };
         /** @enum {string} */
         AgentKind: "external" | "container";
@@ -1268,6 +1267,11 @@ export interface components {
             /** @description A paused agent's deliveries wait in its outbox. */
             paused?: boolean | null;
         };
+        /**
+         * @description Where an agent is in its life. Stored in the `agents.status` column as the same word.
+         * @enum {string}
+         */
+        AgentStatus: "ready" | "deploying" | "running" | "stopped" | "paused" | "failed" | "archived" | "restoring";
         /** @description Answer to creating an agent or rotating its token: the token is shown this once. */
         AgentWithToken: {
             agent: components["schemas"]["Agent"];
@@ -1279,6 +1283,7 @@ export interface components {
              */
             llm_key?: string | null;
         };
+        /** @description An archived agent: what restore brings back. */
         ArchivedAgent: {
             agent_id: string;
             /** Format: date-time */
@@ -1390,6 +1395,11 @@ export interface components {
             agent: components["schemas"]["Agent"];
             deploy_id: string;
         };
+        /**
+         * @description Where a deploy ended, or `running` while it runs. Stored in `deploys.status`.
+         * @enum {string}
+         */
+        DeployOutcome: "running" | "succeeded" | "rolled_back";
         /** @description `POST /api/agents/deploy`. */
         DeployRequest: {
             color?: string | null;
@@ -1419,8 +1429,7 @@ export interface components {
             framework: string;
             id: string;
             slug: string;
-            /** @description running | succeeded | rolled_back */
-            status: string;
+            status: components["schemas"]["DeployOutcome"];
             steps: components["schemas"]["DeployStep"][];
             /** Format: date-time */
             updated_at: string;
@@ -1429,12 +1438,17 @@ export interface components {
             detail?: string | null;
             /** Format: date-time */
             finished_at?: string | null;
-            name: string;
+            name: components["schemas"]["DeployStepName"];
             /** Format: date-time */
             started_at?: string | null;
-            /** @description pending | running | done | failed | skipped */
-            state: string;
+            state: components["schemas"]["StepState"];
         };
+        /**
+         * @description The steps of a deploy, in the order incus runs them (Docker runs `configure` before `start`
+         *     and has no `service`).
+         * @enum {string}
+         */
+        DeployStepName: "credentials" | "container" | "start" | "configure" | "service" | "bridge";
         Device: {
             /** Format: date-time */
             created_at: string;
@@ -1456,6 +1470,12 @@ export interface components {
             expires_in: number;
             refresh_token: string;
         };
+        /**
+         * @description How full an agent's disk is, with hysteresis (stored in `agent_disk.state`).
+         * @enum {string}
+         */
+        DiskState: "ok" | "warn" | "hard";
+        /** @description An agent's disk, as last sampled. */
         DiskStatus: {
             /** Format: date-time */
             last_checked_at?: string | null;
@@ -1467,8 +1487,7 @@ export interface components {
             /** Format: int64 */
             quota_bytes: number;
             slug: string;
-            /** @description ok | warn | hard */
-            state: string;
+            state: components["schemas"]["DiskState"];
             /** Format: int64 */
             used_bytes?: number | null;
         };
@@ -1556,6 +1575,7 @@ export interface components {
             csrf_token: string;
             user: components["schemas"]["User"];
         };
+        /** @description A framework a deploy can install, as its `manifest.toml` describes it. */
         Manifest: {
             description: string;
             id: string;
@@ -1773,6 +1793,7 @@ export interface components {
         Prompt: components["schemas"]["PromptInfo"] & {
             body: string;
         };
+        /** @description An admin prompt the owner can send an agent ("audit with agent"). */
         PromptInfo: {
             name: string;
             required_variables: string[];
@@ -1831,6 +1852,7 @@ export interface components {
              */
             updated: number;
         };
+        /** @description One file or folder in an agent's recycle bin. */
         RecycleItem: {
             /** @description When it was deleted, UTC (RFC 3339). */
             deleted_at: string;
@@ -1842,9 +1864,13 @@ export interface components {
         RecycleList: {
             agent: string;
             items: components["schemas"]["RecycleItem"][];
-            /** @description ok | container_offline */
-            status: string;
+            status: components["schemas"]["RecycleState"];
         };
+        /**
+         * @description Whether an agent's recycle bin could be read.
+         * @enum {string}
+         */
+        RecycleState: "ok" | "container_offline";
         RefreshRequest: {
             refresh_token: string;
         };
@@ -1954,6 +1980,8 @@ export interface components {
             /** @enum {string} */
             type: "error";
         };
+        /** @enum {string} */
+        StepState: "pending" | "running" | "done" | "failed";
         /** @description Answer to a trace post, sent only once the events are durable. `ids` are in request order. */
         TraceAck: {
             agent_name: string;
