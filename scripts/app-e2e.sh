@@ -15,6 +15,7 @@ cargo build --locked -p taos-app -p taos-host
 log "running the app in a real window (Xvfb, D-Bus session, GNOME Keyring)"
 # The keyring gets a throwaway HOME; cargo and rustup keep theirs.
 export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
+# shellcheck disable=SC2016 # the inner script expands its own variables, inside the session
 xvfb-run -a -s "-screen 0 1280x800x24" dbus-run-session -- bash -c '
     set -e
     export HOME="$(mktemp -d)"

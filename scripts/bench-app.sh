@@ -14,7 +14,8 @@ log "building the app (release) and its .deb"
 # The UI is built above (the config has no before-build command); the CLI runs from src-tauri.
 (cd src-tauri && ../ui/node_modules/.bin/tauri build --bundles deb >/dev/null)
 APP="$CARGO_TARGET_DIR/release/taos-app"
-DEB="$(ls -t "$CARGO_TARGET_DIR"/release/bundle/deb/*.deb | head -1)"
+# The newest .deb (an older version's may still lie next to it).
+DEB="$(find "$CARGO_TARGET_DIR/release/bundle/deb" -maxdepth 1 -name '*.deb' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2-)"
 cargo build --release --locked -p taos-e2e --bin taos-app-bench
 export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 DRIVER="$(command -v tauri-driver || echo "$CARGO_HOME/bin/tauri-driver")"

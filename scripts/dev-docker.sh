@@ -12,7 +12,6 @@ source "$(dirname "$0")/lib.sh"
 
 BIP="${TAOS_DOCKER_BIP:-10.201.0.1/24}"
 POOLS="${TAOS_DOCKER_POOLS:-10.202.0.0/16}"
-SOCKET=/var/run/docker.sock
 
 [ "$(id -u)" -eq 0 ] || { log "dev-docker.sh must run as root"; exit 1; }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, skipping what is already there: the Rust
-# toolchain's components, LiteLLM, incus, Docker (the fallback runtime), chromium and a built
+# toolchain's components, shellcheck, LiteLLM, incus, Docker (the fallback runtime), chromium and a built
 # ui/dist for the UI, and WebKitGTK, Xvfb and tauri-driver for the app.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -15,6 +15,8 @@ for component in rustfmt clippy; do
         rustup component add "$component"
     fi
 done
+# scripts/test.sh checks these scripts with it.
+apt_install shellcheck
 
 # LiteLLM for the LLM gateway tests, incus (with the busybox test image) for the runtime
 # tests. Both skip what is already there.

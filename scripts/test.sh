@@ -6,6 +6,8 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 "$REPO_ROOT/scripts/provision.sh"
+log "shellcheck scripts/"
+shellcheck --external-sources --source-path=SCRIPTDIR scripts/*.sh
 log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy"
@@ -54,6 +56,7 @@ if [ "$UI_STATUS" -ne 0 ]; then STATUS=$UI_STATUS; fi
 if [ "$APP_STATUS" -ne 0 ]; then STATUS=$APP_STATUS; fi
 if [ "$ANDROID_STATUS" -ne 0 ]; then STATUS=$ANDROID_STATUS; fi
 # vitest's counts, in cargo's format, so one line below adds up both.
+# shellcheck disable=SC2016 # JavaScript's template string, not the shell's
 node -e 'const r = require(process.argv[1]); console.log(`test result: vitest. ${r.numPassedTests} passed; ${r.numFailedTests} failed;`)' \
     "$OUT.vitest.json" >> "$OUT" || echo "test result: vitest. 0 passed; 1 failed;" >> "$OUT"
 # One closing line for the whole run (cargo ends with its doctest summary, often "0 passed").

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
-use taos_proto::agents::AgentKind;
+use taos_proto::agents::{AgentKind, AgentStatus};
 use taos_proto::bridge::{ContextMessage, Reply, ReplyAccepted, ReplyKind, UserMessageDelivery};
 use taos_proto::chat::{AuthorType, Channel, Message, MessageState, NewMessage};
 use taos_proto::trace::{TraceEvent, TraceKind};
@@ -255,13 +255,7 @@ impl Bridge {
 
     /// The newest delivery sequence number given to the agent (0 if none).
     pub async fn last_delivery_seq(&self, agent: Uuid) -> Result<i64, BridgeError> {
-        Ok(
-            sqlx::query_scalar("SELECT delivery_seq FROM agents WHERE id = ?")
-                .bind(agent.to_string())
-                .fetch_optional(&self.db)
-                .await?
-                .unwrap_or(0),
-        )
+        Ok(crate::agents::delivery_seq(&self.db, agent).await?)
     }
 
     /// What a stream without `Last-Event-ID` starts with: deliveries up to `upto` that the
@@ -965,6 +959,19 @@ impl Bridge {
     }
 }
 
+/// Drops the deliveries of a channel being deleted that no agent has answered yet, in the
+/// caller's transaction (the one that deletes it), so none is sent about a channel that is gone.
+pub async fn drop_unanswered_in_channel(
+    tx: &mut sqlx::SqliteConnection,
+    channel_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM deliveries WHERE channel_id = ? AND answered_at IS NULL")
+        .bind(channel_id)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
 /// The system notice for messages waiting on an agent that can't answer now: why, and what
 /// the person can do about it.
 fn queued_notice(agent: &AgentRecord) -> String {
@@ -975,12 +982,12 @@ fn queued_notice(agent: &AgentRecord) -> String {
              Agents screen."
         );
     }
-    match (agent.kind, agent.status.as_str()) {
-        (AgentKind::Container, "deploying") => format!(
+    match (agent.kind, agent.status) {
+        (AgentKind::Container, AgentStatus::Deploying) => format!(
             "{name} is not connected yet: it is still being deployed. Messages for it are \
              queued until it is up."
         ),
-        (AgentKind::Container, "stopped") => format!(
+        (AgentKind::Container, AgentStatus::Stopped) => format!(
             "{name} is not connected: its container is stopped. Messages for it are queued \
              until it runs; start it on the Agents screen."
         ),
@@ -1067,12 +1074,7 @@ async fn store_delivery(
     // A savepoint, so a delivery the agent already had leaves its delivery_seq untouched
     // while the rest of the transaction goes on.
     sqlx::query("SAVEPOINT delivery").execute(&mut *tx).await?;
-    let seq: i64 = sqlx::query_scalar(
-        "UPDATE agents SET delivery_seq = delivery_seq + 1 WHERE id = ? RETURNING delivery_seq",
-    )
-    .bind(agent.to_string())
-    .fetch_one(&mut *tx)
-    .await?;
+    let seq = crate::agents::next_delivery_seq(&mut *tx, agent).await?;
     let payload = UserMessageDelivery {
         id: message.id.clone(),
         trace_id: message.id.clone(),

@@ -285,7 +285,7 @@ mod tests {
             explain(Some("budget_exceeded"), "", &gone).code,
             "budget_exceeded"
         );
-        let mut none = gone.clone();
+        let mut none = gone;
         none.providers = 0;
         none.offered.clear();
         let f = explain(Some("llm_unavailable"), "", &none);

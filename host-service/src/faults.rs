@@ -48,6 +48,10 @@ pub fn pause_blocking_if_asked(operation: &str, step: &str) {
     if at(operation, step) == Some(Injected::Pause) {
         eprintln!("fault injection: paused at {operation}:{step}");
         loop {
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "synchronous code, stopped on purpose until the test kills the host"
+            )]
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }

@@ -231,7 +231,9 @@ pub async fn reconcile(host: &AgentHost) {
         let Some(container) = agent.container.as_deref() else {
             continue;
         };
-        if agent.status == "deploying" || !rt.exists(container).await.unwrap_or(false) {
+        if agent.status == taos_proto::agents::AgentStatus::Deploying
+            || !rt.exists(container).await.unwrap_or(false)
+        {
             continue;
         }
         match rt.set_agent_network(container, agent.network).await {

@@ -40,17 +40,13 @@ pub async fn retire_trace_mounts(host: &AgentHost) {
         );
         return;
     }
-    let containers: Vec<String> =
-        match sqlx::query_scalar("SELECT container FROM agents WHERE container IS NOT NULL")
-            .fetch_all(&host.db)
-            .await
-        {
-            Ok(containers) => containers,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list containers; old trace mounts stay for now");
-                return;
-            }
-        };
+    let containers: Vec<String> = match crate::agents::containers(&host.db).await {
+        Ok(containers) => containers,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list containers; old trace mounts stay for now");
+            return;
+        }
+    };
     let mut all_out = true;
     for name in containers {
         match rt.remove_device(&name, TRACE_DEVICE).await {

@@ -134,6 +134,15 @@ impl EventHub {
         self.publish_to(kind, data, Audience::Owner).await
     }
 
+    /// Publishes an event that only reports a change already stored: if recording it fails,
+    /// the change stands all the same (clients see it at their next read), so the failure is
+    /// logged rather than returned.
+    pub async fn announce(&self, kind: &str, data: serde_json::Value) {
+        if let Err(e) = self.publish(kind, data).await {
+            tracing::warn!(kind, error = %e, "a host event could not be recorded; live clients miss it");
+        }
+    }
+
     /// Stores an event for `audience` and sends it to live subscribers.
     pub async fn publish_to(
         &self,

@@ -2,7 +2,7 @@
 //! binary from `host-service/prompts/`. Each starts with a small front matter block:
 //! `name`, `summary`, `version`, `required_variables` (a `[a, b]` list).
 
-use serde::Serialize;
+pub use taos_proto::agents::{Prompt, PromptInfo};
 
 const BUILT_IN: &[&str] = &[
     include_str!("../prompts/disk-audit.md"),
@@ -10,21 +10,6 @@ const BUILT_IN: &[&str] = &[
     include_str!("../prompts/health-report.md"),
     include_str!("../prompts/weekly-summary.md"),
 ];
-
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct PromptInfo {
-    pub name: String,
-    pub summary: String,
-    pub version: u32,
-    pub required_variables: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct Prompt {
-    #[serde(flatten)]
-    pub info: PromptInfo,
-    pub body: String,
-}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PromptError {

@@ -10,7 +10,7 @@ fn code(text: &str) -> Result<QrCode, qrcode::types::QrError> {
 
 pub fn svg(text: &str) -> Result<String, qrcode::types::QrError> {
     Ok(code(text)?
-        .render::<svg::Color>()
+        .render::<svg::Color<'_>>()
         .min_dimensions(256, 256)
         .quiet_zone(true)
         .build())

@@ -177,24 +177,102 @@ async fn shutdown_signal(term: std::io::Result<tokio::signal::unix::Signal>) {
     }
 }
 
-/// Runs the host until a shutdown signal.
+/// Runs the host until a shutdown signal: the listeners are bound first (the state needs their
+/// addresses), then the state is built, the background tasks start, the listeners serve, and
+/// a signal drains them.
 pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     let started_at = Instant::now();
+    let local_token = local_token::load_or_create(&opened.data_dir)?;
+    let first_run_code = prepare_setup_code(&opened.db, &opened.data_dir).await?;
+    let bound = bind(&opened.config)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let built = build(opened, local_token, &bound, started_at, shutdown_rx).await?;
+    let Built {
+        state,
+        agents,
+        identity,
+        supervisor,
+        isolation_tx,
+        quota_notices,
+        gateway_listeners,
+    } = built;
+    // Reservations of LLM calls that were in flight when the last host died; before the
+    // gateway serves, so none of them is live.
+    let stale = crate::llm::budget::settle_stale(&state.db).await?;
+    if stale > 0 {
+        tracing::warn!(
+            calls = stale,
+            "settled LLM calls left open by the last run at their reserved cost"
+        );
+    }
+    state.llm.reload().await?;
+    let serving = start_serving(&state, &identity, bound, gateway_listeners)?;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    announce_ready(&state, &serving, started_at, first_run_code);
+    // Background work starts once the listeners serve: it only ever raced with them, and on
+    // two cores it (and the runtime daemon it calls) would otherwise delay the first answer.
+    spawn_background(&state, &agents, &supervisor, isolation_tx, quota_notices);
+
+    shutdown_signal(term).await;
+    // Nobody may be listening any more (every task already ended): nothing to tell then.
+    let _ = shutdown_tx.send(true);
+    serving.drain().await;
+    crate::isolation::release(&agents).await;
+    state.traces.shutdown().await;
+    state.db.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Both listeners, bound before anything else is built (the state holds their addresses).
+struct Bound {
+    public: tokio::net::TcpListener,
+    agent: tokio::net::TcpListener,
+    public_addr: SocketAddr,
+    agent_addr: SocketAddr,
+}
+
+fn bind(config: &Config) -> anyhow::Result<Bound> {
+    let public = listener::bind(config.server.bind)
+        .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.server.bind))?;
+    let agent = listener::bind(config.server.agent_bind)
+        .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.server.agent_bind))?;
+    Ok(Bound {
+        public_addr: public.local_addr()?,
+        agent_addr: agent.local_addr()?,
+        public,
+        agent,
+    })
+}
+
+/// The state and what the later phases take from building it.
+struct Built {
+    state: AppState,
+    agents: AgentHost,
+    identity: tls::TlsIdentity,
+    supervisor: crate::llm::supervisor::Supervisor,
+    isolation_tx: watch::Sender<crate::isolation::Readiness>,
+    quota_notices: tokio::sync::mpsc::UnboundedReceiver<crate::trace::QuotaNotice>,
+    /// Docker: the agent listener on each agent network's gateway.
+    gateway_listeners: Vec<(taos_proto::agents::AgentNetwork, tokio::net::TcpListener)>,
+}
+
+/// Builds the shared state: the trace store (moved to its host-only folder first), the LLM
+/// service, the container runtime and the agents' networks, chat, the bridge, the agent
+/// lifecycle's `AgentHost` and the HTTP layer's `AppState` around it.
+async fn build(
+    opened: Opened,
+    local_token: String,
+    bound: &Bound,
+    started_at: Instant,
+    shutdown_rx: watch::Receiver<bool>,
+) -> anyhow::Result<Built> {
     let Opened {
         data_dir,
         config,
         db,
         identity,
     } = opened;
-    let local_token = local_token::load_or_create(&data_dir)?;
-    let first_run_code = prepare_setup_code(&db, &data_dir).await?;
-    let public_tcp = listener::bind(config.server.bind)
-        .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.server.bind))?;
-    let agent_tcp = listener::bind(config.server.agent_bind)
-        .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.server.agent_bind))?;
-    let public_addr = public_tcp.local_addr()?;
-    let agent_addr = agent_tcp.local_addr()?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tls_status = if config.server.insecure_http {
         "disabled"
     } else {
@@ -207,12 +285,12 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     crate::trace::legacy::migrate(&data_dir, Some(trace_quota))
         .await
         .map_err(|e| anyhow::anyhow!("cannot move the trace store to its host-only folder: {e}"))?;
-    let (quota_notices, quota_notices_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (quota_notices_tx, quota_notices) = tokio::sync::mpsc::unbounded_channel();
     let traces = crate::trace::TraceStore::open_with(
         data_dir.join(crate::trace::legacy::STORE_DIR),
         crate::trace::StoreLimits {
             quota_bytes: Some(trace_quota),
-            notices: Some(quota_notices),
+            notices: Some(quota_notices_tx),
         },
     )?;
     let litellm_bin = crate::llm::supervisor::find_litellm(&config.llm.litellm_bin);
@@ -238,7 +316,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     let mut prepared = crate::isolation::Prepared::default();
     let mut readiness = crate::isolation::Readiness::Ready;
     if let Some(runtime) = &detected.runtime {
-        match crate::isolation::prepare(runtime, &config.runtime, agent_addr.port()).await {
+        match crate::isolation::prepare(runtime, &config.runtime, bound.agent_addr.port()).await {
             Ok((done, ready)) => {
                 prepared = done;
                 readiness = ready;
@@ -284,7 +362,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         hub: hub.clone(),
         llm: llm.clone(),
         live: live.clone(),
-        agent_addr,
+        agent_addr: bound.agent_addr,
         agent_gateways,
         agent_bridges: prepared.bridges,
         isolation: isolation_rx,
@@ -308,7 +386,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         pin: identity.pin,
         local_token,
         host_name: host_name(&config),
-        pairing_addresses: pairing_addresses(public_addr),
+        pairing_addresses: pairing_addresses(bound.public_addr),
         login_limiter: LoginLimiter::default(),
         live,
         metrics: Metrics::default(),
@@ -323,6 +401,27 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         data_dir,
         config,
     });
+    Ok(Built {
+        state,
+        agents,
+        identity,
+        supervisor,
+        isolation_tx,
+        quota_notices,
+        gateway_listeners: prepared.listeners,
+    })
+}
+
+/// The tasks that run beside the listeners until shutdown: health checks, the live-credential
+/// recheck, trace sealing and quota notices, the agents' networks, LiteLLM's supervisor, the
+/// disk monitor, and the one-off recovery of what the last run left unfinished.
+fn spawn_background(
+    state: &AppState,
+    agents: &AgentHost,
+    supervisor: &crate::llm::supervisor::Supervisor,
+    isolation_tx: watch::Sender<crate::isolation::Readiness>,
+    quota_notices: tokio::sync::mpsc::UnboundedReceiver<crate::trace::QuotaNotice>,
+) {
     http::spawn_health_checker(state.clone());
     crate::auth::live::spawn_recheck(
         state.live.clone(),
@@ -341,79 +440,116 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         });
     }
     crate::isolation::spawn_refresher(agents.clone());
-    spawn_quota_notices(state.clone(), quota_notices_rx);
+    spawn_quota_notices(state.clone(), quota_notices);
     supervisor.spawn(state.shutdown.clone());
     crate::agents::quota::spawn_monitor(
         agents.clone(),
         Duration::from_secs(state.config.quota.interval_secs.max(5)),
     );
-    {
-        let agents = agents.clone();
-        tokio::spawn(async move {
-            crate::agents::archive::recover(&agents).await;
-            crate::agents::deploy::recover(&agents).await;
-            crate::agents::deploy::reconcile_proxies(&agents).await;
-            crate::isolation::reconcile(&agents).await;
-            crate::legacy::retire_trace_mounts(&agents).await;
-        });
-    }
-    // Reservations of LLM calls that were in flight when the last host died; before the
-    // gateway serves, so none of them is live.
-    let stale = crate::llm::budget::settle_stale(&state.db).await?;
-    if stale > 0 {
-        tracing::warn!(
-            calls = stale,
-            "settled LLM calls left open by the last run at their reserved cost"
-        );
-    }
-    state.llm.reload().await?;
+    let agents = agents.clone();
+    tokio::spawn(async move {
+        crate::agents::archive::recover(&agents).await;
+        crate::agents::deploy::recover(&agents).await;
+        crate::agents::deploy::reconcile_proxies(&agents).await;
+        crate::isolation::reconcile(&agents).await;
+        crate::legacy::retire_trace_mounts(&agents).await;
+    });
+}
 
-    let scheme = if state.config.server.insecure_http {
-        "http"
-    } else {
-        "https"
-    };
+/// The listeners at work, until shutdown.
+struct Serving {
+    scheme: &'static str,
+    public_addr: SocketAddr,
+    agent_addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
 
+impl Serving {
+    /// Waits for the listeners to finish their connections, at most `DRAIN_TIMEOUT`.
+    async fn drain(self) {
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            for task in self.tasks {
+                if let Err(e) = task.await {
+                    tracing::error!(error = %e, "a listener task ended abnormally");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+        }
+    }
+}
+
+/// Starts serving on the public listener (TLS unless `insecure_http`), the agent listener, and
+/// under Docker the agent listener's copies on the agent networks' gateways.
+fn start_serving(
+    state: &AppState,
+    identity: &tls::TlsIdentity,
+    bound: Bound,
+    gateway_listeners: Vec<(taos_proto::agents::AgentNetwork, tokio::net::TcpListener)>,
+) -> anyhow::Result<Serving> {
     let options = ListenerOptions::from_config(&state.config.server);
     sys::raise_open_files_limit(
         // Every listener's budget, plus the host's own files (databases, traces, LiteLLM).
-        (2 + prepared.listeners.len()) * options.max_connections + 256,
+        (2 + gateway_listeners.len()) * options.max_connections + 256,
     );
-    let public_tls = if state.config.server.insecure_http {
+    let (scheme, public_tls) = if state.config.server.insecure_http {
         tracing::warn!("serving the public listener WITHOUT TLS (insecure_http, loopback only)");
-        None
+        ("http", None)
     } else {
-        Some(TlsAcceptor::from(tls::server_config(&identity)?))
+        (
+            "https",
+            Some(TlsAcceptor::from(tls::server_config(identity)?)),
+        )
     };
-    let public = tokio::spawn(listener::serve(
-        public_tcp,
-        public_tls,
-        http::public_app(state.clone()),
-        options.clone(),
-        state.shutdown.clone(),
-    ));
-    let agent = tokio::spawn(listener::serve(
-        agent_tcp,
-        None,
-        http::agent_app(state.clone()),
-        options.clone(),
-        state.shutdown.clone(),
-    ));
-    let agent_gateways: Vec<_> = prepared
-        .listeners
-        .into_iter()
-        .map(|(_, tcp)| {
-            tokio::spawn(listener::serve(
-                tcp,
-                None,
-                http::agent_app(state.clone()),
-                options.clone(),
-                state.shutdown.clone(),
-            ))
-        })
-        .collect();
+    let mut tasks = vec![
+        tokio::spawn(listener::serve(
+            bound.public,
+            public_tls,
+            http::public_app(state.clone()),
+            options.clone(),
+            state.shutdown.clone(),
+        )),
+        tokio::spawn(listener::serve(
+            bound.agent,
+            None,
+            http::agent_app(state.clone()),
+            options.clone(),
+            state.shutdown.clone(),
+        )),
+    ];
+    for (_, tcp) in gateway_listeners {
+        tasks.push(tokio::spawn(listener::serve(
+            tcp,
+            None,
+            http::agent_app(state.clone()),
+            options.clone(),
+            state.shutdown.clone(),
+        )));
+    }
+    Ok(Serving {
+        scheme,
+        public_addr: bound.public_addr,
+        agent_addr: bound.agent_addr,
+        tasks,
+    })
+}
 
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+/// Says the host is ready: in the log, and as one machine-readable line on stdout for scripts
+/// and tests (logs go to stderr), with the setup code on its own line while there is no owner.
+fn announce_ready(
+    state: &AppState,
+    serving: &Serving,
+    started_at: Instant,
+    first_run_code: Option<String>,
+) {
+    let Serving {
+        scheme,
+        public_addr,
+        agent_addr,
+        ..
+    } = serving;
     tracing::info!(
         public = %format!("{scheme}://{public_addr}"),
         agent = %format!("http://{agent_addr}"),
@@ -422,7 +558,6 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         startup_ms = started_at.elapsed().as_millis() as u64,
         "taos host ready"
     );
-    // One machine-readable line on stdout for scripts and tests; logs go to stderr.
     println!(
         "taos-host ready public={scheme}://{public_addr} agent=http://{agent_addr} fingerprint={}",
         state.pin
@@ -435,23 +570,4 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
             setup_code::path(&state.data_dir).display()
         );
     }
-
-    shutdown_signal(term).await;
-    let _ = shutdown_tx.send(true);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        let _ = public.await;
-        let _ = agent.await;
-        for gateway in agent_gateways {
-            let _ = gateway.await;
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
-    }
-    crate::isolation::release(&agents).await;
-    state.traces.shutdown().await;
-    state.db.close().await;
-    tracing::info!("stopped");
-    Ok(())
 }

@@ -364,7 +364,6 @@ async fn chat(
             Some(Behaviour::BreakAfterFirstWord) => {
                 let first = frames[0].clone();
                 let mut told = state.broken_off.subscribe();
-                let model = model.clone();
                 // An error from the body stream makes the server abort the connection.
                 let rest = futures_util::stream::once(async move {
                     let _counted = in_flight;

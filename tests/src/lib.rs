@@ -13,8 +13,11 @@ use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, COOKIE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value};
 use taos_pin::SpkiPin;
+use taos_proto::error::{ErrorBody, ErrorDetail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -326,6 +329,115 @@ impl Host {
             .output()
             .expect("run taos-host")
     }
+}
+
+/// Typed calls as the local admin: bodies and answers are `taos-proto` types, and an answer
+/// with another status than the call expects fails the test with the host's own words.
+impl Host {
+    /// `GET path`, expecting 200.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> T {
+        expect_json(
+            self.admin(Method::GET, path),
+            "GET",
+            path,
+            &[StatusCode::OK],
+        )
+        .await
+    }
+
+    /// `POST path` with a JSON body, expecting 200 or 201.
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> T {
+        expect_json(
+            self.admin(Method::POST, path).json(body),
+            "POST",
+            path,
+            &[StatusCode::OK, StatusCode::CREATED],
+        )
+        .await
+    }
+
+    /// `PATCH path` with a JSON body, expecting 200.
+    pub async fn patch<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> T {
+        expect_json(
+            self.admin(Method::PATCH, path).json(body),
+            "PATCH",
+            path,
+            &[StatusCode::OK],
+        )
+        .await
+    }
+
+    /// `DELETE path`, expecting 204.
+    pub async fn delete(&self, path: &str) {
+        let response = self
+            .admin(Method::DELETE, path)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"));
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::NO_CONTENT, "DELETE {path}: {text}");
+    }
+
+    /// Sends `method path` (with `body` as JSON if given) and checks the host refused it with
+    /// `status` and the error `code`; returns the error for further checks of its message.
+    pub async fn expect_error(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        status: StatusCode,
+        code: &str,
+    ) -> ErrorDetail {
+        let mut request = self.admin(method.clone(), path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let got = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert_eq!(got, status, "{method} {path}: {text}");
+        let error: ErrorBody = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: not an error body ({e}): {text}"));
+        assert_eq!(error.error.code, code, "{method} {path}: {text}");
+        error.error
+    }
+}
+
+/// Sends the request and parses its answer as `T`, if its status is one of `expected`.
+async fn expect_json<T: DeserializeOwned>(
+    request: RequestBuilder,
+    method: &str,
+    path: &str,
+    expected: &[StatusCode],
+) -> T {
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    assert!(
+        expected.contains(&status),
+        "{method} {path}: {status} (expected {expected:?}): {text}"
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "{method} {path}: the answer is not a {}: {e}: {text}",
+            std::any::type_name::<T>()
+        )
+    })
 }
 
 impl Drop for Host {

@@ -279,6 +279,10 @@ time.sleep(120)
     .unwrap();
     assert_eq!(line.trim(), "focused");
     // Let the app hear of it before anything depends on it.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a synchronous helper that waits for the window manager"
+    )]
     std::thread::sleep(Duration::from_millis(300));
     child
 }

@@ -228,6 +228,10 @@ impl ServerCertVerifier for PinnedServerVerifier {
 pub fn pinned_client_config(pin: SpkiPin) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedServerVerifier::new(pin, provider.clone()));
+    #[allow(
+        clippy::expect_used,
+        reason = "ring always supports TLS 1.3: this can't fail at run time"
+    )]
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")

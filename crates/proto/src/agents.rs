@@ -2,13 +2,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::text_enum::text_enum;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AgentKind {
     /// A process running anywhere that connects through the bridge with its agent token.
     External,
-    /// An agent the host runs in an incus container.
+    /// An agent the host runs in a container (incus, or Docker).
     Container,
 }
 
@@ -49,6 +51,38 @@ impl AgentNetwork {
     }
 }
 
+/// Where an agent is in its life. Stored in the `agents.status` column as the same word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// An external agent, or an agent restored without a container: it answers when connected.
+    Ready,
+    /// A container agent whose deploy is running.
+    Deploying,
+    Running,
+    Stopped,
+    /// Stopped by its owner's pause or by the disk monitor; its deliveries wait.
+    Paused,
+    /// A restore that could not bring the container back up.
+    Failed,
+    /// In the archive: not listed, no credentials.
+    Archived,
+    /// Restored in the database, container not yet up.
+    Restoring,
+}
+
+text_enum!(AgentStatus {
+    Ready => "ready",
+    Deploying => "deploying",
+    Running => "running",
+    Stopped => "stopped",
+    Paused => "paused",
+    Failed => "failed",
+    Archived => "archived",
+    Restoring => "restoring",
+});
+
 /// An agent as people see it. Never carries a secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -59,8 +93,7 @@ pub struct Agent {
     pub emoji: String,
     pub color: String,
     pub kind: AgentKind,
-    /// e.g. `ready`, later `deploying`, `running`, `stopped`, `archived`.
-    pub status: String,
+    pub status: AgentStatus,
     pub model: Option<String>,
     pub fallback_models: Vec<String>,
     pub created_at: DateTime<Utc>,
@@ -164,12 +197,72 @@ pub struct DeployAccepted {
     pub deploy_id: String,
 }
 
+/// The steps of a deploy, in the order incus runs them (Docker runs `configure` before `start`
+/// and has no `service`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DeployStepName {
+    /// The agent's record, token, LLM key and DM (done when the deploy is accepted).
+    Credentials,
+    Container,
+    Start,
+    /// The agent's credentials pushed into its container.
+    Configure,
+    /// The framework's service restarted to read them.
+    Service,
+    /// The agent's sidecar connected to the bridge.
+    Bridge,
+}
+
+text_enum!(DeployStepName {
+    Credentials => "credentials",
+    Container => "container",
+    Start => "start",
+    Configure => "configure",
+    Service => "service",
+    Bridge => "bridge",
+});
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+text_enum!(StepState {
+    Pending => "pending",
+    Running => "running",
+    Done => "done",
+    Failed => "failed",
+});
+
+/// Where a deploy ended, or `running` while it runs. Stored in `deploys.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DeployOutcome {
+    Running,
+    Succeeded,
+    /// A step failed (or the host stopped mid-deploy) and everything it made was undone.
+    RolledBack,
+}
+
+text_enum!(DeployOutcome {
+    Running => "running",
+    Succeeded => "succeeded",
+    RolledBack => "rolled_back",
+});
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeployStep {
-    pub name: String,
-    /// pending | running | done | failed | skipped
-    pub state: String,
+    pub name: DeployStepName,
+    pub state: StepState,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub detail: Option<String>,
@@ -181,10 +274,172 @@ pub struct DeployStatus {
     pub id: String,
     pub slug: String,
     pub framework: String,
-    /// running | succeeded | rolled_back
-    pub status: String,
+    pub status: DeployOutcome,
     pub steps: Vec<DeployStep>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// How full an agent's disk is, with hysteresis (stored in `agent_disk.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DiskState {
+    Ok,
+    /// Over 87.5 %, and until it is below 80 % again: the owner is warned.
+    Warn,
+    /// Full: the agent is paused until it has room again.
+    Hard,
+}
+
+text_enum!(DiskState {
+    Ok => "ok",
+    Warn => "warn",
+    Hard => "hard",
+});
+
+/// An agent's disk, as last sampled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DiskStatus {
+    pub slug: String,
+    pub used_bytes: Option<u64>,
+    pub quota_bytes: u64,
+    /// 0–100.
+    pub percent: Option<f64>,
+    pub state: DiskState,
+    pub last_checked_at: Option<DateTime<Utc>>,
+}
+
+/// An archived agent: what restore brings back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ArchivedAgent {
+    pub id: String,
+    pub agent_id: String,
+    /// The slug it had; restore tries to give it back.
+    pub slug: String,
+    pub display_name: String,
+    pub container: Option<String>,
+    pub snapshot: Option<String>,
+    pub archived_at: DateTime<Utc>,
+}
+
+/// One file or folder in an agent's recycle bin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecycleItem {
+    pub id: String,
+    pub original_path: String,
+    /// When it was deleted, UTC (RFC 3339).
+    pub deleted_at: String,
+    pub size_bytes: u64,
+}
+
+/// Whether an agent's recycle bin could be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RecycleState {
+    Ok,
+    /// The container is not running: the list is empty because nobody could look.
+    ContainerOffline,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecycleList {
+    pub agent: String,
+    pub items: Vec<RecycleItem>,
+    pub status: RecycleState,
+}
+
+/// An admin prompt the owner can send an agent ("audit with agent").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PromptInfo {
+    pub name: String,
+    pub summary: String,
+    pub version: u32,
+    pub required_variables: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Prompt {
+    #[serde(flatten)]
+    pub info: PromptInfo,
+    pub body: String,
+}
+
+/// A framework a deploy can install, as its `manifest.toml` describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// beta | alpha | broken
+    pub verification: String,
+    /// The incus image alias agents of this framework start from.
+    pub image: String,
+    /// The systemd service that runs the agent inside the container.
+    pub service: String,
+    /// The mode the taos-agent sidecar runs in (`TAOS_AGENT_MODE` in its credentials file):
+    /// `direct` (chat only, the default) or `tools` (the built-in tool-using agent).
+    #[serde(default)]
+    pub agent_mode: Option<String>,
+    pub install: Install,
+    pub requires: Requires,
+}
+
+impl Manifest {
+    /// The sidecar mode for this framework's agents.
+    pub fn agent_mode(&self) -> &str {
+        self.agent_mode.as_deref().unwrap_or("direct")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Install {
+    /// none | script
+    pub method: String,
+    #[serde(default)]
+    pub script: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Requires {
+    /// Memory the framework needs, in MiB: the container's limit unless the deploy sets one.
+    pub ram_mb: u64,
+    pub disk_mb: u64,
+    /// CPUs the framework needs: the container's limit unless the deploy sets one.
+    pub cpus: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text_enum::assert_text_matches_serde;
+
+    #[test]
+    fn stored_words_are_the_wire_words() {
+        assert_text_matches_serde(AgentStatus::ALL);
+        assert_text_matches_serde(DeployStepName::ALL);
+        assert_text_matches_serde(StepState::ALL);
+        assert_text_matches_serde(DeployOutcome::ALL);
+        assert_text_matches_serde(DiskState::ALL);
+    }
+
+    #[test]
+    fn an_unknown_word_is_an_error_that_names_it() {
+        let err = "sleeping".parse::<AgentStatus>().unwrap_err();
+        assert_eq!(err.to_string(), "unknown AgentStatus \"sleeping\"");
+    }
 }

@@ -12,4 +12,5 @@ pub mod events;
 pub mod llm;
 pub mod ops;
 pub mod sse;
+pub mod text_enum;
 pub mod trace;

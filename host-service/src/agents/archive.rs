@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use sqlx::Row;
+use taos_proto::agents::AgentStatus;
 use taos_proto::chat::Message;
 use uuid::Uuid;
 
@@ -33,13 +34,20 @@ pub enum ArchiveError {
     #[error("no container runtime: install incus (scripts/dev-incus.sh)")]
     NoRuntime,
     /// The runtime failed; for archive, nothing was changed.
+    #[error(transparent)]
+    Runtime(RuntimeError),
+    /// A step that reports in words failed (bringing the agent up, isolation, an injected
+    /// fault), or the runtime did with more context: the words say what.
     #[error("{0}")]
-    Runtime(String),
+    Failed(String),
     /// The runtime can't do this at all (Docker: restoring a snapshot).
     #[error("{0}")]
     Unsupported(String),
-    #[error("{0}")]
-    Io(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A journal entry's plan that can't be written or read back.
+    #[error("unreadable plan: {0}")]
+    Plan(#[from] serde_json::Error),
     #[error(transparent)]
     Agent(#[from] agents::AgentError),
     #[error(transparent)]
@@ -52,22 +60,12 @@ impl From<RuntimeError> for ArchiveError {
     fn from(e: RuntimeError) -> Self {
         match e {
             RuntimeError::Unsupported { .. } => ArchiveError::Unsupported(e.to_string()),
-            e => ArchiveError::Runtime(e.to_string()),
+            e => ArchiveError::Runtime(e),
         }
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ArchivedAgent {
-    pub id: String,
-    pub agent_id: String,
-    /// The slug it had; restore tries to give it back.
-    pub slug: String,
-    pub display_name: String,
-    pub container: Option<String>,
-    pub snapshot: Option<String>,
-    pub archived_at: chrono::DateTime<chrono::Utc>,
-}
+pub use taos_proto::agents::ArchivedAgent;
 
 fn runtime(host: &AgentHost) -> Result<&ContainerRuntime, ArchiveError> {
     host.runtime.as_ref().ok_or(ArchiveError::NoRuntime)
@@ -99,8 +97,7 @@ async fn export_chat(
             }
         }
     }
-    fsutil::write_atomic(&dir.join("chat.jsonl"), lines.as_bytes())
-        .map_err(|e| ArchiveError::Io(e.to_string()))
+    fsutil::write_atomic(&dir.join("chat.jsonl"), lines.as_bytes()).map_err(ArchiveError::Io)
 }
 
 /// What archiving did.
@@ -177,7 +174,7 @@ pub async fn archive(host: &AgentHost, slug: &str) -> Result<Archived, ArchiveEr
             agents::AgentError::NotFound => ArchiveError::NoAgent,
             e => e.into(),
         })?;
-    if agent.status == "deploying" {
+    if agent.status == AgentStatus::Deploying {
         return Err(ArchiveError::Conflict(
             "the agent is still deploying".into(),
         ));
@@ -188,7 +185,14 @@ pub async fn archive(host: &AgentHost, slug: &str) -> Result<Archived, ArchiveEr
         let exists = rt.exists(&name).await?;
         if !exists && !has_history(host, &agent).await? {
             agents::remove(&host.db, agent.id).await?;
-            let _ = std::fs::remove_dir_all(host.traces.root().join(&agent.slug));
+            let traces = host.traces.root().join(&agent.slug);
+            match std::fs::remove_dir_all(&traces) {
+                // Usually it has none: it never ran.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(folder = %traces.display(), error = %e, "could not remove a removed agent's trace folder");
+                }
+                _ => {}
+            }
             host.bridge.kick(agent.id);
             host.live.revoke_agent_llm(agent.id);
             tracing::info!(agent = %agent.slug, "agent without container or history removed");
@@ -205,9 +209,8 @@ pub async fn archive(host: &AgentHost, slug: &str) -> Result<Archived, ArchiveEr
             // Both credentials are gone: the bridge stream and any gateway call in flight end too.
             host.bridge.kick(agent.id);
             host.live.revoke_agent_llm(agent.id);
-            let _ = host
-                .hub
-                .publish(
+            host.hub
+                .announce(
                     "agent.archived",
                     serde_json::json!({"slug": agent.slug, "archive_id": id}),
                 )
@@ -232,7 +235,7 @@ async fn archive_steps(
     let fault = |step: &'static str| async move {
         crate::faults::check("archive", step)
             .await
-            .map_err(ArchiveError::Runtime)
+            .map_err(ArchiveError::Failed)
     };
     if let Some(name) = &plan.container {
         let rt = runtime(host)?;
@@ -244,22 +247,19 @@ async fn archive_steps(
         fault("snapshot").await?;
         rt.snapshot_create(name, &plan.snapshot)
             .await
-            .map_err(|e| {
-                ArchiveError::Runtime(format!("snapshot failed, nothing archived: {e}"))
-            })?;
+            .map_err(|e| ArchiveError::Failed(format!("snapshot failed, nothing archived: {e}")))?;
         journal::step(&host.db, agent.id, "snapshotted").await?;
         fault("rename").await?;
         rt.rename(name, &plan.archived_name).await?;
         journal::step(&host.db, agent.id, "renamed").await?;
     }
     fault("export").await?;
-    fsutil::ensure_private_dir(&plan.dir).map_err(|e| ArchiveError::Io(e.to_string()))?;
+    fsutil::ensure_private_dir(&plan.dir)?;
     let channels = crate::chat::dm_channels(&host.db, agent.id).await?;
     export_chat(host, &channels, &plan.dir).await?;
     let trace = host.traces.root().join(&agent.slug);
     if trace.exists() {
-        std::fs::rename(&trace, plan.dir.join(ARCHIVE_TRACES))
-            .map_err(|e| ArchiveError::Io(e.to_string()))?;
+        std::fs::rename(&trace, plan.dir.join(ARCHIVE_TRACES))?;
     }
     journal::step(&host.db, agent.id, "exported").await?;
     fault("commit").await?;
@@ -269,16 +269,14 @@ async fn archive_steps(
     let mut tx = host.db.begin().await?;
     // Its DM read-only from now on, and out of group channels.
     crate::chat::archive_dm(&mut tx, agent.id, &agent.slug).await?;
-    sqlx::query(
-        "UPDATE agents SET slug = ?, status = 'archived', token_hash = ?, llm_key_hash = NULL, \
-         container = ? WHERE id = ?",
+    agents::mark_archived(
+        &mut tx,
+        agent.id,
+        &placeholder,
+        // Revoked: the hash of a secret nobody has.
+        &hash_token(&new_secret(AGENT_TOKEN_PREFIX)),
+        container.as_deref(),
     )
-    .bind(&placeholder)
-    // Revoked: the hash of a secret nobody has.
-    .bind(hash_token(&new_secret(AGENT_TOKEN_PREFIX)))
-    .bind(&container)
-    .bind(agent.id.to_string())
-    .execute(&mut *tx)
     .await?;
     sqlx::query(
         "INSERT INTO archives (id, agent_id, slug, display_name, container, snapshot, dir, created_at) \
@@ -379,10 +377,7 @@ async fn archive_dir(db: &Db, id: &str) -> Result<PathBuf, ArchiveError> {
 async fn free_slug(host: &AgentHost, base: &str) -> Result<String, ArchiveError> {
     for n in 1..=100 {
         let candidate = agents::slug_candidate(base, n);
-        let taken: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE slug = ?")
-            .bind(&candidate)
-            .fetch_one(&host.db)
-            .await?;
+        let taken = agents::slug_taken(&host.db, &candidate).await?;
         let container_taken = match host.runtime.as_ref() {
             Some(rt) => rt
                 .exists(&agents::container_name(&candidate))
@@ -390,7 +385,7 @@ async fn free_slug(host: &AgentHost, base: &str) -> Result<String, ArchiveError>
                 .unwrap_or(true),
             None => false,
         };
-        if taken == 0 && !container_taken {
+        if !taken && !container_taken {
             return Ok(candidate);
         }
     }
@@ -440,7 +435,7 @@ pub async fn restore(host: &AgentHost, id: &str) -> Result<Restored, ArchiveErro
         // It comes back on its network, so that must be possible first.
         crate::isolation::ready(host)
             .await
-            .map_err(ArchiveError::Runtime)?;
+            .map_err(ArchiveError::Failed)?;
     }
     journal::begin(&host.db, agent_id, OpKind::Restore, &plan).await?;
     if let Err(e) = restore_until_commit(host, agent_id, &plan).await {
@@ -466,7 +461,7 @@ async fn restore_until_commit(
     let fault = |step: &'static str| async move {
         crate::faults::check("restore", step)
             .await
-            .map_err(ArchiveError::Runtime)
+            .map_err(ArchiveError::Failed)
     };
     if let (Some(archived_name), Some(snapshot)) = (&plan.archived_name, &plan.snapshot) {
         let rt = runtime(host)?;
@@ -483,22 +478,30 @@ async fn restore_until_commit(
     if plan.dir.join(ARCHIVE_TRACES).exists() {
         if trace.exists() {
             // Left over from an agent that had this slug: keep it, out of the way.
-            let _ = std::fs::rename(&trace, trace.with_extension(format!("stale-{}", now_ms())));
+            let stale = trace.with_extension(format!("stale-{}", now_ms()));
+            if let Err(e) = std::fs::rename(&trace, &stale) {
+                // The rename below then fails and the restore is undone, with this as why.
+                tracing::warn!(folder = %trace.display(), error = %e, "could not move a stale trace folder aside");
+            }
         }
-        std::fs::rename(plan.dir.join(ARCHIVE_TRACES), &trace)
-            .map_err(|e| ArchiveError::Io(e.to_string()))?;
+        std::fs::rename(plan.dir.join(ARCHIVE_TRACES), &trace)?;
     }
     journal::step(&host.db, agent_id, "trace_moved").await?;
     fault("commit").await?;
     let has_container = plan.archived_name.is_some();
     let mut tx = host.db.begin().await?;
-    sqlx::query("UPDATE agents SET slug = ?, status = ?, container = ? WHERE id = ?")
-        .bind(&plan.slug)
-        .bind(if has_container { "restoring" } else { "ready" })
-        .bind(has_container.then(|| plan.container.clone()))
-        .bind(agent_id.to_string())
-        .execute(&mut *tx)
-        .await?;
+    agents::mark_restored(
+        &mut tx,
+        agent_id,
+        &plan.slug,
+        if has_container {
+            AgentStatus::Restoring
+        } else {
+            AgentStatus::Ready
+        },
+        has_container.then_some(plan.container.as_str()),
+    )
+    .await?;
     // The DM keeps its member list in step with the slug.
     crate::chat::unarchive_dm(&mut tx, agent_id, &plan.archived_slug, &plan.slug).await?;
     sqlx::query("DELETE FROM archives WHERE id = ?")
@@ -519,18 +522,19 @@ async fn finish_restore(
 ) -> Result<(String, String), ArchiveError> {
     let agent_token = new_secret(AGENT_TOKEN_PREFIX);
     let llm_key = new_secret(LLM_KEY_PREFIX);
-    sqlx::query("UPDATE agents SET token_hash = ?, llm_key_hash = ? WHERE id = ?")
-        .bind(hash_token(&agent_token))
-        .bind(hash_token(&llm_key))
-        .bind(agent_id.to_string())
-        .execute(&host.db)
-        .await?;
+    agents::set_credentials(
+        &host.db,
+        agent_id,
+        &hash_token(&agent_token),
+        &hash_token(&llm_key),
+    )
+    .await?;
     reimport_chat(&host.db, &plan.dir.join("chat.jsonl")).await?;
     let agent = agents::get_by_id(&host.db, agent_id).await?;
     let brought_up = async {
         crate::faults::check("restore", "start")
             .await
-            .map_err(ArchiveError::Runtime)?;
+            .map_err(ArchiveError::Failed)?;
         if plan.archived_name.is_some() {
             let rt = runtime(host)?;
             bring_up(host, rt, &agent, &agent_token, &llm_key).await?;
@@ -539,9 +543,9 @@ async fn finish_restore(
     };
     let outcome = brought_up.await;
     let status = match (&outcome, plan.archived_name.is_some()) {
-        (Err(_), _) => "failed",
-        (Ok(()), true) => "running",
-        (Ok(()), false) => "ready",
+        (Err(_), _) => AgentStatus::Failed,
+        (Ok(()), true) => AgentStatus::Running,
+        (Ok(()), false) => AgentStatus::Ready,
     };
     agents::set_status(&host.db, agent_id, status).await?;
     if let (Ok(()), Some(snapshot), Some(rt)) = (&outcome, &plan.snapshot, host.runtime.as_ref()) {
@@ -551,15 +555,17 @@ async fn finish_restore(
         }
     }
     journal::drop_entry(&host.db, agent_id).await?;
-    let _ = std::fs::remove_dir_all(&plan.dir);
+    if let Err(e) = std::fs::remove_dir_all(&plan.dir) {
+        // Restored all the same; only the archive's copy of the chat stays on disk.
+        tracing::warn!(folder = %plan.dir.display(), error = %e, "could not remove a restored archive's folder");
+    }
     if let Err(e) = outcome {
         // Restored but not running: say so instead of leaving it "restoring".
         tracing::warn!(agent = %plan.slug, error = %e, "restored agent did not come up");
         return Err(e);
     }
-    let _ = host
-        .hub
-        .publish(
+    host.hub
+        .announce(
             "agent.restored",
             serde_json::json!({"slug": plan.slug, "archive_id": plan.archive_id}),
         )
@@ -646,16 +652,16 @@ async fn bring_up(
     let env = deploy::with_mode(env, &frameworks::agent_mode_of(agent.framework.as_deref()));
     deploy::wait_for_boot(rt, &name)
         .await
-        .map_err(ArchiveError::Runtime)?;
+        .map_err(ArchiveError::Failed)?;
     deploy::push_credentials(rt, &name, &env)
         .await
-        .map_err(ArchiveError::Runtime)?;
+        .map_err(ArchiveError::Failed)?;
     deploy::restart_service(rt, &name, &deploy::service_of(agent))
         .await
-        .map_err(ArchiveError::Runtime)?;
+        .map_err(ArchiveError::Failed)?;
     deploy::wait_for_bridge(host, agent.id)
         .await
-        .map_err(ArchiveError::Runtime)?;
+        .map_err(ArchiveError::Failed)?;
     Ok(())
 }
 
@@ -695,12 +701,13 @@ async fn purge_steps(
     let fault = |step: &'static str| async move {
         crate::faults::check("purge", step)
             .await
-            .map_err(ArchiveError::Runtime)
+            .map_err(ArchiveError::Failed)
     };
     if let Some(name) = &plan.container {
         let rt = runtime(host)?;
         fault("container").await?;
         if rt.exists(name).await? {
+            // A stop that fails leaves the delete below to say why.
             let _ = rt.stop(name, true).await;
             rt.delete(name).await?;
         }
@@ -708,7 +715,7 @@ async fn purge_steps(
     }
     fault("files").await?;
     if plan.dir.exists() {
-        std::fs::remove_dir_all(&plan.dir).map_err(|e| ArchiveError::Io(e.to_string()))?;
+        std::fs::remove_dir_all(&plan.dir)?;
     }
     journal::step(&host.db, agent_id, "files_removed").await?;
     fault("commit").await?;
@@ -736,7 +743,7 @@ pub async fn recover(host: &AgentHost) {
                     undo_archive(host, entry.agent_id, &plan).await;
                     Ok(())
                 }
-                Err(e) => Err(ArchiveError::Io(format!("unreadable plan: {e}"))),
+                Err(e) => Err(ArchiveError::Plan(e)),
             },
             OpKind::Restore => match serde_json::from_str::<RestorePlan>(&entry.plan) {
                 Ok(plan) if entry.step == "committed" => {
@@ -748,11 +755,11 @@ pub async fn recover(host: &AgentHost) {
                     undo_restore(host, entry.agent_id, &plan).await;
                     Ok(())
                 }
-                Err(e) => Err(ArchiveError::Io(format!("unreadable plan: {e}"))),
+                Err(e) => Err(ArchiveError::Plan(e)),
             },
             OpKind::Purge => match serde_json::from_str::<PurgePlan>(&entry.plan) {
                 Ok(plan) => purge_steps(host, entry.agent_id, &plan).await,
-                Err(e) => Err(ArchiveError::Io(format!("unreadable plan: {e}"))),
+                Err(e) => Err(ArchiveError::Plan(e)),
             },
         };
         if let Err(e) = outcome {
@@ -810,7 +817,7 @@ mod journal {
         kind: OpKind,
         plan: &impl serde::Serialize,
     ) -> Result<(), ArchiveError> {
-        let plan = serde_json::to_string(plan).map_err(|e| ArchiveError::Io(e.to_string()))?;
+        let plan = serde_json::to_string(plan)?;
         let inserted = sqlx::query(
             "INSERT INTO agent_ops (agent_id, kind, step, plan, started_at) VALUES (?, ?, 'started', ?, ?) \
              ON CONFLICT (agent_id) DO NOTHING",

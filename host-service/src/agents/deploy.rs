@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::Row;
 use taos_proto::agents::{
-    AgentNetwork, DeployRequest, DeployStatus, DeployStep, NewAgent, DEFAULT_DISK_QUOTA_GIB,
+    AgentNetwork, AgentStatus, DeployOutcome, DeployRequest, DeployStatus, DeployStep,
+    DeployStepName, NewAgent, StepState, DEFAULT_DISK_QUOTA_GIB,
 };
 use uuid::Uuid;
 
@@ -28,18 +29,13 @@ use crate::db::{from_ms, now_ms, Db};
 use crate::runtime::ContainerRuntime;
 use crate::runtime::{CreateSpec, Device, Limits, Runtime, RuntimeError};
 
-pub const STEPS: &[&str] = &[
-    "credentials",
-    "container",
-    "start",
-    "configure",
-    "service",
-    "bridge",
-];
+use DeployStepName::{Bridge, Configure, Container, Credentials, Service, Start};
+
+pub const STEPS: &[DeployStepName] = &[Credentials, Container, Start, Configure, Service, Bridge];
 /// Under Docker the credentials go in before the first start (the sidecar is the container's
 /// main process, so there is no service to restart), and nothing waits for systemd. No host
 /// folder is mounted into an agent's container under either runtime: traces come over HTTP.
-pub const DOCKER_STEPS: &[&str] = &["credentials", "container", "configure", "start", "bridge"];
+pub const DOCKER_STEPS: &[DeployStepName] = &[Credentials, Container, Configure, Start, Bridge];
 /// Test hooks: fail, or stop and wait to be killed, at the named step.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 const BRIDGE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -77,12 +73,12 @@ struct Secrets {
 }
 
 /// The steps of a deploy on this runtime.
-pub fn steps_for(rt: &ContainerRuntime) -> &'static [&'static str] {
+pub fn steps_for(rt: &ContainerRuntime) -> &'static [DeployStepName] {
     steps(rt.has_proxy_devices())
 }
 
 /// The steps of a deploy on a runtime with proxy devices (incus) or without (Docker).
-fn steps(proxy_devices: bool) -> &'static [&'static str] {
+fn steps(proxy_devices: bool) -> &'static [DeployStepName] {
     if proxy_devices {
         STEPS
     } else {
@@ -90,12 +86,12 @@ fn steps(proxy_devices: bool) -> &'static [&'static str] {
     }
 }
 
-fn fresh_steps(names: &[&str]) -> Vec<DeployStep> {
+fn fresh_steps(names: &[DeployStepName]) -> Vec<DeployStep> {
     names
         .iter()
         .map(|name| DeployStep {
-            name: name.to_string(),
-            state: "pending".into(),
+            name: *name,
+            state: StepState::Pending,
             started_at: None,
             finished_at: None,
             detail: None,
@@ -207,18 +203,19 @@ pub async fn start(
     .await?;
     crate::chat::create_dm(&mut tx, &agent, owner_member).await?;
     let mut steps = fresh_steps(steps_for(runtime));
-    steps[0].state = "done".into();
+    steps[0].state = StepState::Done;
     steps[0].started_at = Some(from_ms(now_ms()));
     steps[0].finished_at = Some(from_ms(now_ms()));
     let now = now_ms();
     sqlx::query(
         "INSERT INTO deploys (id, agent_id, slug, framework, status, steps, request, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&id)
     .bind(agent.id.to_string())
     .bind(&agent.slug)
     .bind(&manifest.id)
+    .bind(DeployOutcome::Running.as_str())
     .bind(serde_json::to_string(&steps).unwrap_or_default())
     .bind(serde_json::to_string(&req).unwrap_or_default())
     .bind(now)
@@ -255,44 +252,69 @@ struct Run {
 impl Run {
     async fn execute(self, host: &AgentHost) {
         let Some(runtime) = host.runtime.as_ref() else {
-            let _ = rollback(host, &self.deploy_id, "no container runtime").await;
+            self.roll_back(host, "no container runtime").await;
             return;
         };
-        for step in &steps_for(runtime)[1..] {
-            if let Err(e) = mark(host, &self.deploy_id, step, "running", None).await {
-                tracing::error!(error = %e, "recording a deploy step failed");
-            }
-            let result = match crate::faults::check("deploy", step).await {
+        for &step in &steps_for(runtime)[1..] {
+            self.mark(host, step, StepState::Running, None).await;
+            let result = match crate::faults::check("deploy", step.as_str()).await {
                 Ok(()) => self.step(host, runtime, step).await,
                 Err(injected) => Err(injected),
             };
             match result {
-                Ok(detail) => {
-                    let _ = mark(host, &self.deploy_id, step, "done", detail).await;
-                }
+                Ok(detail) => self.mark(host, step, StepState::Done, detail).await,
                 Err(reason) => {
-                    tracing::warn!(agent = %self.agent.slug, step, %reason, "deploy step failed; rolling back");
-                    let _ = mark(host, &self.deploy_id, step, "failed", Some(reason.clone())).await;
-                    let _ = rollback(host, &self.deploy_id, &format!("{step}: {reason}")).await;
+                    tracing::warn!(agent = %self.agent.slug, %step, %reason, "deploy step failed; rolling back");
+                    self.mark(host, step, StepState::Failed, Some(reason.clone()))
+                        .await;
+                    self.roll_back(host, &format!("{step}: {reason}")).await;
                     return;
                 }
             }
         }
-        let _ = agents::set_status(&host.db, self.agent.id, "running").await;
-        let _ = finish(host, &self.deploy_id, "succeeded", None).await;
+        // The agent runs whatever these two say; a failure to record it leaves the status
+        // behind (the next lifecycle action or restart sets it), so it is logged, not undone.
+        if let Err(e) = agents::set_status(&host.db, self.agent.id, AgentStatus::Running).await {
+            tracing::error!(agent = %self.agent.slug, error = %e, "could not mark the deployed agent running");
+        }
+        if let Err(e) = finish(host, &self.deploy_id, DeployOutcome::Succeeded, None).await {
+            tracing::error!(deploy = %self.deploy_id, error = %e, "could not record the finished deploy");
+        }
         tracing::info!(agent = %self.agent.slug, "deploy finished: running");
+    }
+
+    /// Records a step's progress. The deploy goes on if that fails: the record is for people
+    /// watching, and the outcome is recorded (and logged) at the end either way.
+    async fn mark(
+        &self,
+        host: &AgentHost,
+        step: DeployStepName,
+        state: StepState,
+        detail: Option<String>,
+    ) {
+        if let Err(e) = mark(host, &self.deploy_id, step, state, detail).await {
+            tracing::error!(deploy = %self.deploy_id, %step, error = %e, "recording a deploy step failed");
+        }
+    }
+
+    async fn roll_back(&self, host: &AgentHost, reason: &str) {
+        if let Err(e) = rollback(host, &self.deploy_id, reason).await {
+            // What is left is rolled back at the next start (`recover`).
+            tracing::error!(deploy = %self.deploy_id, error = %e, "rolling back a failed deploy failed");
+        }
     }
 
     async fn step(
         &self,
         host: &AgentHost,
         rt: &ContainerRuntime,
-        step: &str,
+        step: DeployStepName,
     ) -> Result<Option<String>, String> {
         let name = container_name(&self.agent.slug);
         let e = |e: RuntimeError| e.to_string();
         match step {
-            "container" => {
+            Credentials => Err("credentials are made when the deploy is accepted".into()),
+            Container => {
                 let mut spec = CreateSpec {
                     name: name.clone(),
                     image: self.manifest.image.clone(),
@@ -335,12 +357,12 @@ impl Run {
                     rt.kind()
                 )))
             }
-            "start" => {
+            Start => {
                 rt.start(&name).await.map_err(e)?;
                 wait_for_boot(rt, &name).await?;
                 Ok(None)
             }
-            "configure" => {
+            Configure => {
                 let env = agent_env(
                     &host.agent_gateways,
                     &self.agent.slug,
@@ -354,15 +376,14 @@ impl Run {
                 push_credentials(rt, &name, &env).await?;
                 Ok(Some(format!("credentials in {CREDENTIALS_PATH} (0600)")))
             }
-            "service" => {
+            Service => {
                 restart_service(rt, &name, &self.manifest.service).await?;
                 Ok(None)
             }
-            "bridge" => {
+            Bridge => {
                 let waited = wait_for_bridge(host, self.agent.id).await?;
                 Ok(Some(format!("connected after {} ms", waited.as_millis())))
             }
-            other => Err(format!("unknown step {other}")),
         }
     }
 }
@@ -547,15 +568,15 @@ async fn load_steps(db: &Db, deploy_id: &str) -> Result<Vec<DeployStep>, sqlx::E
 async fn mark(
     host: &AgentHost,
     deploy_id: &str,
-    step: &str,
-    step_state: &str,
+    step: DeployStepName,
+    step_state: StepState,
     detail: Option<String>,
 ) -> Result<(), sqlx::Error> {
     let mut steps = load_steps(&host.db, deploy_id).await?;
     let now = from_ms(now_ms());
     if let Some(s) = steps.iter_mut().find(|s| s.name == step) {
-        s.state = step_state.to_string();
-        if step_state == "running" {
+        s.state = step_state;
+        if step_state == StepState::Running {
             s.started_at = Some(now);
         } else {
             s.finished_at = Some(now);
@@ -574,32 +595,28 @@ async fn mark(
         .bind(deploy_id)
         .fetch_optional(&host.db)
         .await?;
-    let _ = host
-        .hub
-        .publish(
+    host.hub.announce(
             "deploy.progress",
             serde_json::json!({"deploy_id": deploy_id, "slug": slug, "step": step, "state": step_state}),
-        )
-        .await;
+        ).await;
     Ok(())
 }
 
 async fn finish(
     host: &AgentHost,
     deploy_id: &str,
-    status: &str,
+    status: DeployOutcome,
     error: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE deploys SET status = ?, error = ?, updated_at = ? WHERE id = ?")
-        .bind(status)
+        .bind(status.as_str())
         .bind(error)
         .bind(now_ms())
         .bind(deploy_id)
         .execute(&host.db)
         .await?;
-    let _ = host
-        .hub
-        .publish(
+    host.hub
+        .announce(
             "deploy.finished",
             serde_json::json!({"deploy_id": deploy_id, "status": status, "error": error}),
         )
@@ -624,12 +641,13 @@ pub async fn rollback(host: &AgentHost, deploy_id: &str, reason: &str) -> Result
         .map(|steps| {
             steps
                 .iter()
-                .any(|s| s.name == "container" && s.state == "done")
+                .any(|s| s.name == Container && s.state == StepState::Done)
         })
         .unwrap_or(false);
     if let (Some(rt), true) = (host.runtime.as_ref(), created) {
         let name = container_name(&slug);
         if rt.exists(&name).await.unwrap_or(false) {
+            // A stop that fails leaves the delete below to say why.
             let _ = rt.stop(&name, true).await;
             if let Err(e) = rt.delete(&name).await {
                 tracing::error!(container = %name, error = %e, "rollback could not delete the container");
@@ -638,7 +656,9 @@ pub async fn rollback(host: &AgentHost, deploy_id: &str, reason: &str) -> Result
     }
     let dir = trace_dir(host, &slug);
     if dir.exists() {
-        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(folder = %dir.display(), error = %e, "rollback could not remove the agent's trace folder");
+        }
     }
     if let Some(id) = agent_id.and_then(|id| Uuid::parse_str(&id).ok()) {
         agents::remove(&host.db, id).await?;
@@ -646,7 +666,7 @@ pub async fn rollback(host: &AgentHost, deploy_id: &str, reason: &str) -> Result
         host.bridge.kick(id);
         host.live.revoke_agent_llm(id);
     }
-    finish(host, deploy_id, "rolled_back", Some(reason)).await?;
+    finish(host, deploy_id, DeployOutcome::RolledBack, Some(reason)).await?;
     tracing::warn!(agent = %slug, %reason, "deploy rolled back");
     Ok(())
 }
@@ -719,7 +739,10 @@ pub async fn status(db: &Db, slug: &str) -> Result<DeployStatus, DeployError> {
         id: row.try_get("id")?,
         slug: row.try_get("slug")?,
         framework: row.try_get("framework")?,
-        status: row.try_get("status")?,
+        status: row
+            .try_get::<String, _>("status")?
+            .parse()
+            .map_err(|e: taos_proto::text_enum::UnknownVariant| sqlx::Error::Decode(Box::new(e)))?,
         steps: serde_json::from_str(&steps).unwrap_or_default(),
         error: row.try_get("error")?,
         created_at: from_ms(row.try_get("created_at")?),
@@ -752,9 +775,9 @@ mod tests {
         // and `execute` runs the rest: both rely on this order.
         for proxy_devices in [true, false] {
             let names = steps(proxy_devices);
-            assert_eq!(names.first(), Some(&"credentials"));
-            assert_eq!(names.last(), Some(&"bridge"));
-            assert_eq!(names[1], "container");
+            assert_eq!(names.first(), Some(&Credentials));
+            assert_eq!(names.last(), Some(&Bridge));
+            assert_eq!(names[1], Container);
         }
         assert_eq!(steps(true), STEPS);
         assert_eq!(steps(false), DOCKER_STEPS);
@@ -762,12 +785,12 @@ mod tests {
 
     #[test]
     fn docker_gets_its_credentials_before_the_first_start_and_has_no_service_step() {
-        let pos = |names: &[&str], step: &str| names.iter().position(|s| *s == step);
-        assert!(pos(DOCKER_STEPS, "configure") < pos(DOCKER_STEPS, "start"));
-        assert_eq!(pos(DOCKER_STEPS, "service"), None);
+        let pos = |names: &[DeployStepName], step| names.iter().position(|s| *s == step);
+        assert!(pos(DOCKER_STEPS, Configure) < pos(DOCKER_STEPS, Start));
+        assert_eq!(pos(DOCKER_STEPS, Service), None);
         // incus boots systemd first, then writes the credentials and restarts the service.
-        assert!(pos(STEPS, "start") < pos(STEPS, "configure"));
-        assert!(pos(STEPS, "configure") < pos(STEPS, "service"));
+        assert!(pos(STEPS, Start) < pos(STEPS, Configure));
+        assert!(pos(STEPS, Configure) < pos(STEPS, Service));
     }
 
     #[test]
@@ -776,7 +799,7 @@ mod tests {
         assert_eq!(fresh.len(), STEPS.len());
         for (step, name) in fresh.iter().zip(STEPS) {
             assert_eq!(step.name, *name);
-            assert_eq!(step.state, "pending");
+            assert_eq!(step.state, StepState::Pending);
             assert!(step.started_at.is_none() && step.finished_at.is_none());
             assert!(step.detail.is_none());
         }

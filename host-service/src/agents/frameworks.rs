@@ -3,46 +3,7 @@
 //! The manifests in the repository's `manifests/` folder are compiled into the binary, so a
 //! host always knows its frameworks; a deploy naming another one is refused with the list.
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    pub id: String,
-    pub name: String,
-    pub description: String,
-    /// beta | alpha | broken
-    pub verification: String,
-    /// The incus image alias agents of this framework start from.
-    pub image: String,
-    /// The systemd service that runs the agent inside the container.
-    pub service: String,
-    /// The mode the taos-agent sidecar runs in (`TAOS_AGENT_MODE` in its credentials file):
-    /// `direct` (chat only, the default) or `tools` (the built-in tool-using agent).
-    #[serde(default)]
-    pub agent_mode: Option<String>,
-    pub install: Install,
-    pub requires: Requires,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Install {
-    /// none | script
-    pub method: String,
-    #[serde(default)]
-    pub script: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Requires {
-    /// Memory the framework needs, in MiB: the container's limit unless the deploy sets one.
-    pub ram_mb: u64,
-    pub disk_mb: u64,
-    /// CPUs the framework needs: the container's limit unless the deploy sets one.
-    pub cpus: u32,
-}
+pub use taos_proto::agents::{Install, Manifest, Requires};
 
 const BUILT_IN: &[&str] = &[
     include_str!("../../../manifests/direct/manifest.toml"),
@@ -51,13 +12,6 @@ const BUILT_IN: &[&str] = &[
 
 /// The sidecar modes a manifest may name (see `taos_agent::config::Mode`).
 pub const AGENT_MODES: &[&str] = &["direct", "tools"];
-
-impl Manifest {
-    /// The sidecar mode for this framework's agents.
-    pub fn agent_mode(&self) -> &str {
-        self.agent_mode.as_deref().unwrap_or("direct")
-    }
-}
 
 /// The sidecar mode of an agent deployed with `framework` (`direct` when unknown).
 pub fn agent_mode_of(framework: Option<&str>) -> String {

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use taos_proto::agents::AgentStatus;
+
 use crate::agents::deploy;
 use crate::agents::AgentHost;
 use crate::agents::{self, AgentRecord};
@@ -20,8 +22,8 @@ pub enum LifecycleError {
     #[error("no container runtime: install incus (scripts/dev-incus.sh)")]
     NoRuntime,
     /// The runtime failed.
-    #[error("{0}")]
-    Runtime(String),
+    #[error(transparent)]
+    Runtime(RuntimeError),
     /// The runtime can't do this at all.
     #[error("{0}")]
     Unsupported(String),
@@ -35,7 +37,7 @@ impl From<RuntimeError> for LifecycleError {
     fn from(e: RuntimeError) -> Self {
         match e {
             RuntimeError::Unsupported { .. } => LifecycleError::Unsupported(e.to_string()),
-            e => LifecycleError::Runtime(e.to_string()),
+            e => LifecycleError::Runtime(e),
         }
     }
 }
@@ -80,11 +82,11 @@ fn runtime_calls(action: Action, running: bool) -> RuntimeCalls {
 }
 
 /// The agent's status once an action succeeded.
-fn status_after(action: Action) -> &'static str {
+fn status_after(action: Action) -> AgentStatus {
     match action {
-        Action::Start | Action::Restart | Action::Resume => "running",
-        Action::Stop => "stopped",
-        Action::Pause => "paused",
+        Action::Start | Action::Restart | Action::Resume => AgentStatus::Running,
+        Action::Stop => AgentStatus::Stopped,
+        Action::Pause => AgentStatus::Paused,
     }
 }
 
@@ -222,10 +224,10 @@ mod tests {
 
     #[test]
     fn each_action_leaves_its_status() {
-        assert_eq!(status_after(Action::Start), "running");
-        assert_eq!(status_after(Action::Restart), "running");
-        assert_eq!(status_after(Action::Resume), "running");
-        assert_eq!(status_after(Action::Stop), "stopped");
-        assert_eq!(status_after(Action::Pause), "paused");
+        assert_eq!(status_after(Action::Start), AgentStatus::Running);
+        assert_eq!(status_after(Action::Restart), AgentStatus::Running);
+        assert_eq!(status_after(Action::Resume), AgentStatus::Running);
+        assert_eq!(status_after(Action::Stop), AgentStatus::Stopped);
+        assert_eq!(status_after(Action::Pause), AgentStatus::Paused);
     }
 }

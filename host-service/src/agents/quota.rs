@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::Row;
+use taos_proto::agents::{AgentStatus, DiskState, DiskStatus};
 use taos_proto::events::{Level, NewNotification};
 use uuid::Uuid;
 
@@ -32,37 +31,27 @@ pub enum QuotaError {
     Conflict(String),
     #[error("no container runtime")]
     NoRuntime,
-    #[error("{0}")]
-    Runtime(String),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Agent(#[from] agents::AgentError),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct DiskStatus {
-    pub slug: String,
-    pub used_bytes: Option<u64>,
-    pub quota_bytes: u64,
-    /// 0–100.
-    pub percent: Option<f64>,
-    /// ok | warn | hard
-    pub state: String,
-    pub last_checked_at: Option<DateTime<Utc>>,
-}
-
 /// The next state, with hysteresis: a warned or full agent is `ok` again only below 80 %.
-pub fn next_state(current: &str, used: u64, quota: u64) -> &'static str {
+pub fn next_state(current: DiskState, used: u64, quota: u64) -> DiskState {
     let ratio = if quota == 0 {
         1.0
     } else {
         used as f64 / quota as f64
     };
     if used.saturating_add(FULL_SLACK_BYTES.min(quota / 100)) >= quota {
-        "hard"
-    } else if ratio >= WARN_AT || (ratio >= CLEAR_BELOW && current != "ok") {
-        "warn"
+        DiskState::Hard
+    } else if ratio >= WARN_AT || (ratio >= CLEAR_BELOW && current != DiskState::Ok) {
+        DiskState::Warn
     } else {
-        "ok"
+        DiskState::Ok
     }
 }
 
@@ -78,6 +67,17 @@ pub async fn add_agent(
         .execute(&mut *tx)
         .await?;
     Ok(())
+}
+
+/// Whether the monitor paused the agent for running out of disk (false if it never sampled it).
+pub async fn paused_for_disk(db: &crate::db::Db, agent: Uuid) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query_scalar("SELECT paused_for_disk FROM agent_disk WHERE agent_id = ?")
+            .bind(agent.to_string())
+            .fetch_optional(db)
+            .await?
+            .unwrap_or(false),
+    )
 }
 
 /// Records an agent's quota (on resize).
@@ -100,7 +100,7 @@ pub async fn set_quota_bytes(
 async fn load(
     host: &AgentHost,
     agent: &AgentRecord,
-) -> Result<Option<(u64, Option<u64>, String, Option<i64>, bool)>, QuotaError> {
+) -> Result<Option<(u64, Option<u64>, DiskState, Option<i64>, bool)>, QuotaError> {
     let row = sqlx::query(
         "SELECT quota_bytes, used_bytes, state, last_checked_at, paused_for_disk FROM agent_disk WHERE agent_id = ?",
     )
@@ -114,7 +114,11 @@ async fn load(
                 .ok()
                 .flatten()
                 .map(|u| u.max(0) as u64),
-            r.try_get("state").unwrap_or_else(|_| "ok".into()),
+            // A row the monitor hasn't judged (or can't read) counts as fine until the next sample.
+            r.try_get::<String, _>("state")
+                .ok()
+                .and_then(|state| state.parse().ok())
+                .unwrap_or(DiskState::Ok),
             r.try_get("last_checked_at").ok().flatten(),
             r.try_get("paused_for_disk").unwrap_or(false),
         )
@@ -125,7 +129,7 @@ fn status_of(
     slug: &str,
     quota: u64,
     used: Option<u64>,
-    state: &str,
+    state: DiskState,
     checked: Option<i64>,
 ) -> DiskStatus {
     DiskStatus {
@@ -139,7 +143,7 @@ fn status_of(
                 (u as f64 * 1000.0 / quota as f64).round() / 10.0
             }
         }),
-        state: state.to_string(),
+        state,
         last_checked_at: checked.map(from_ms),
     }
 }
@@ -152,7 +156,7 @@ pub async fn status(host: &AgentHost, slug: &str) -> Result<DiskStatus, QuotaErr
     let (quota, used, disk_state, checked, _) = load(host, &agent).await?.ok_or_else(|| {
         QuotaError::Conflict(format!("{slug} has no disk quota (not a container agent)"))
     })?;
-    Ok(status_of(&agent.slug, quota, used, &disk_state, checked))
+    Ok(status_of(&agent.slug, quota, used, disk_state, checked))
 }
 
 /// Samples one agent, persists the result, and acts on a state change.
@@ -176,19 +180,19 @@ pub async fn scan_agent(
     let Some(used) = used else {
         return Ok(None);
     };
-    let next = next_state(&current, used, quota);
+    let next = next_state(current, used, quota);
     let now = now_ms();
     sqlx::query(
         "UPDATE agent_disk SET used_bytes = ?, state = ?, last_checked_at = ? WHERE agent_id = ?",
     )
     .bind(i64::try_from(used).unwrap_or(i64::MAX))
-    .bind(next)
+    .bind(next.as_str())
     .bind(now)
     .bind(agent.id.to_string())
     .execute(&host.db)
     .await?;
     if next != current {
-        transition(host, agent, &current, next, used, quota, paused_for_disk).await?;
+        transition(host, agent, current, next, used, quota, paused_for_disk).await?;
     }
     Ok(Some(status_of(
         &agent.slug,
@@ -202,8 +206,8 @@ pub async fn scan_agent(
 async fn transition(
     host: &AgentHost,
     agent: &AgentRecord,
-    from: &str,
-    to: &str,
+    from: DiskState,
+    to: DiskState,
     used: u64,
     quota: u64,
     paused_for_disk: bool,
@@ -211,7 +215,7 @@ async fn transition(
     let pct = used as f64 * 100.0 / quota.max(1) as f64;
     let figures = figures(used, quota);
     let (level, title, message) = notice(&agent.display_name, to, &figures);
-    tracing::info!(agent = %agent.slug, from, to, %figures, "disk quota state changed");
+    tracing::info!(agent = %agent.slug, %from, %to, %figures, "disk quota state changed");
     if let Err(e) = host
         .hub
         .notify(NewNotification {
@@ -247,14 +251,14 @@ enum DiskAction {
 /// A full disk pauses the agent (unless the owner already did); leaving `hard` resumes it,
 /// but only if the disk paused it: an agent the owner paused stays paused.
 fn action_on(
-    from: &str,
-    to: &str,
+    from: DiskState,
+    to: DiskState,
     agent_paused: bool,
     paused_for_disk: bool,
 ) -> Option<DiskAction> {
-    if to == "hard" && !agent_paused {
+    if to == DiskState::Hard && !agent_paused {
         Some(DiskAction::Pause)
-    } else if from == "hard" && to != "hard" && paused_for_disk {
+    } else if from == DiskState::Hard && to != DiskState::Hard && paused_for_disk {
         Some(DiskAction::Resume)
     } else {
         None
@@ -272,19 +276,19 @@ fn figures(used: u64, quota: u64) -> String {
 }
 
 /// The notification for an agent entering state `to`: level, title, message.
-fn notice(name: &str, to: &str, figures: &str) -> (Level, String, String) {
+fn notice(name: &str, to: DiskState, figures: &str) -> (Level, String, String) {
     match to {
-        "hard" => (
+        DiskState::Hard => (
             Level::Error,
             format!("{name} ran out of disk and was paused"),
             format!("{figures}. Give it more room (resize its quota) or ask it to clean up (disk-audit); it resumes once it is below its quota."),
         ),
-        "warn" => (
+        DiskState::Warn => (
             Level::Warning,
             format!("{name} is running out of disk"),
             format!("{figures}. Resize its quota or ask it to clean up (disk-audit)."),
         ),
-        _ => (
+        DiskState::Ok => (
             Level::Info,
             format!("{name}'s disk is fine again"),
             format!("{figures}."),
@@ -297,20 +301,19 @@ async fn pause_for_disk(host: &AgentHost, agent: &AgentRecord) -> Result<(), Quo
         paused: Some(true),
         ..Default::default()
     };
-    agents::update(&host.db, &agent.slug, &patch)
-        .await
-        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    agents::update(&host.db, &agent.slug, &patch).await?;
     sqlx::query("UPDATE agent_disk SET paused_for_disk = 1 WHERE agent_id = ?")
         .bind(agent.id.to_string())
         .execute(&host.db)
         .await?;
-    agents::set_status(&host.db, agent.id, "paused")
-        .await
-        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    agents::set_status(&host.db, agent.id, AgentStatus::Paused).await?;
     host.bridge.wake(agent.id);
     if let (Some(rt), Some(container)) = (host.runtime.as_ref(), agent.container.as_ref()) {
         if rt.stop(container, false).await.is_err() {
-            let _ = rt.stop(container, true).await;
+            if let Err(e) = rt.stop(container, true).await {
+                // Paused all the same: deliveries wait, and the gateway refuses it.
+                tracing::warn!(agent = %agent.slug, error = %e, "could not stop an agent whose disk is full");
+            }
         }
     }
     Ok(())
@@ -318,24 +321,18 @@ async fn pause_for_disk(host: &AgentHost, agent: &AgentRecord) -> Result<(), Quo
 
 async fn resume_after_disk(host: &AgentHost, agent: &AgentRecord) -> Result<(), QuotaError> {
     if let (Some(rt), Some(container)) = (host.runtime.as_ref(), agent.container.as_ref()) {
-        rt.start(container)
-            .await
-            .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+        rt.start(container).await?;
     }
     let patch = taos_proto::agents::AgentPatch {
         paused: Some(false),
         ..Default::default()
     };
-    agents::update(&host.db, &agent.slug, &patch)
-        .await
-        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    agents::update(&host.db, &agent.slug, &patch).await?;
     sqlx::query("UPDATE agent_disk SET paused_for_disk = 0 WHERE agent_id = ?")
         .bind(agent.id.to_string())
         .execute(&host.db)
         .await?;
-    agents::set_status(&host.db, agent.id, "running")
-        .await
-        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    agents::set_status(&host.db, agent.id, AgentStatus::Running).await?;
     host.bridge.clear_notices(agent.id);
     host.bridge.wake(agent.id);
     Ok(())
@@ -347,11 +344,8 @@ pub async fn scan_all(host: &AgentHost) -> Result<Vec<DiskStatus>, QuotaError> {
     if let Some(rt) = host.runtime.as_ref() {
         rt.repair_quota_accounting().await;
     }
-    for agent in agents::list(&host.db)
-        .await
-        .map_err(|e| QuotaError::Runtime(e.to_string()))?
-    {
-        if agent.container.is_none() || agent.status == "deploying" {
+    for agent in agents::list(&host.db).await? {
+        if agent.container.is_none() || agent.status == AgentStatus::Deploying {
             continue;
         }
         // One agent's trouble must not stop the others from being checked.
@@ -379,22 +373,17 @@ pub async fn resize(host: &AgentHost, slug: &str, size_gib: u64) -> Result<DiskS
         .container
         .clone()
         .ok_or_else(|| QuotaError::Conflict(format!("{slug} is not a container agent")))?;
-    let runtime_error = |e: crate::runtime::RuntimeError| QuotaError::Runtime(e.to_string());
-    if !rt.enforces_disk_quota().await.map_err(runtime_error)? {
-        let driver = rt.storage_driver().await.map_err(runtime_error)?;
+    if !rt.enforces_disk_quota().await? {
+        let driver = rt.storage_driver().await?;
         return Err(QuotaError::Conflict(format!(
             "agents' disks are on {driver:?} storage, which can't enforce a disk size; use an incus btrfs pool"
         )));
     }
-    rt.set_root_size(&container, size_gib * 1024)
-        .await
-        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    rt.set_root_size(&container, size_gib * 1024).await?;
     set_quota_bytes(&host.db, agent.id, size_gib * GIB).await?;
     rt.repair_quota_accounting().await;
     // The paused flag may have changed since the agent was loaded.
-    let agent = agents::get_by_id(&host.db, agent.id)
-        .await
-        .map_err(|e| QuotaError::Runtime(e.to_string()))?;
+    let agent = agents::get_by_id(&host.db, agent.id).await?;
     match scan_agent(host, &agent).await? {
         Some(status) => Ok(status),
         None => status(host, slug).await,
@@ -427,40 +416,64 @@ mod tests {
     #[test]
     fn states_have_hysteresis() {
         let q = 1000;
-        assert_eq!(next_state("ok", 500, q), "ok");
-        assert_eq!(next_state("ok", 870, q), "ok");
-        assert_eq!(next_state("ok", 875, q), "warn");
-        assert_eq!(next_state("ok", 1000, q), "hard");
+        assert_eq!(next_state(DiskState::Ok, 500, q), DiskState::Ok);
+        assert_eq!(next_state(DiskState::Ok, 870, q), DiskState::Ok);
+        assert_eq!(next_state(DiskState::Ok, 875, q), DiskState::Warn);
+        assert_eq!(next_state(DiskState::Ok, 1000, q), DiskState::Hard);
         let gib = 1024 * 1024 * 1024;
         assert_eq!(
-            next_state("warn", gib - 16 * 1024, gib),
-            "hard",
+            next_state(DiskState::Warn, gib - 16 * 1024, gib),
+            DiskState::Hard,
             "btrfs stops just short"
         );
-        assert_eq!(next_state("warn", gib - 64 * 1024 * 1024, gib), "warn");
-        assert_eq!(next_state("hard", 950, q), "warn");
         assert_eq!(
-            next_state("warn", 850, q),
-            "warn",
+            next_state(DiskState::Warn, gib - 64 * 1024 * 1024, gib),
+            DiskState::Warn
+        );
+        assert_eq!(next_state(DiskState::Hard, 950, q), DiskState::Warn);
+        assert_eq!(
+            next_state(DiskState::Warn, 850, q),
+            DiskState::Warn,
             "no flapping between 80 and 87.5 %"
         );
-        assert_eq!(next_state("warn", 799, q), "ok");
-        assert_eq!(next_state("hard", 100, q), "ok");
-        assert_eq!(next_state("ok", 1, 0), "hard");
+        assert_eq!(next_state(DiskState::Warn, 799, q), DiskState::Ok);
+        assert_eq!(next_state(DiskState::Hard, 100, q), DiskState::Ok);
+        assert_eq!(next_state(DiskState::Ok, 1, 0), DiskState::Hard);
     }
 
     #[test]
     fn a_full_disk_pauses_and_only_a_disk_pause_is_undone() {
         use DiskAction::{Pause, Resume};
-        assert_eq!(action_on("warn", "hard", false, false), Some(Pause));
-        assert_eq!(action_on("ok", "hard", false, false), Some(Pause));
+        assert_eq!(
+            action_on(DiskState::Warn, DiskState::Hard, false, false),
+            Some(Pause)
+        );
+        assert_eq!(
+            action_on(DiskState::Ok, DiskState::Hard, false, false),
+            Some(Pause)
+        );
         // Already paused by the owner: nothing to do, and nothing to undo later.
-        assert_eq!(action_on("warn", "hard", true, false), None);
-        assert_eq!(action_on("hard", "warn", true, true), Some(Resume));
-        assert_eq!(action_on("hard", "ok", true, true), Some(Resume));
-        assert_eq!(action_on("hard", "ok", true, false), None);
-        assert_eq!(action_on("ok", "warn", false, false), None);
-        assert_eq!(action_on("warn", "ok", false, false), None);
+        assert_eq!(
+            action_on(DiskState::Warn, DiskState::Hard, true, false),
+            None
+        );
+        assert_eq!(
+            action_on(DiskState::Hard, DiskState::Warn, true, true),
+            Some(Resume)
+        );
+        assert_eq!(
+            action_on(DiskState::Hard, DiskState::Ok, true, true),
+            Some(Resume)
+        );
+        assert_eq!(action_on(DiskState::Hard, DiskState::Ok, true, false), None);
+        assert_eq!(
+            action_on(DiskState::Ok, DiskState::Warn, false, false),
+            None
+        );
+        assert_eq!(
+            action_on(DiskState::Warn, DiskState::Ok, false, false),
+            None
+        );
     }
 
     #[test]
@@ -468,12 +481,15 @@ mod tests {
         let gib = 1024 * 1024 * 1024;
         let text = figures(gib, 4 * gib);
         assert_eq!(text, "1.00 GiB of 4.00 GiB (25.0%)");
-        let (level, title, message) = notice("Ada", "hard", &text);
+        let (level, title, message) = notice("Ada", DiskState::Hard, &text);
         assert_eq!(level, Level::Error);
         assert_eq!(title, "Ada ran out of disk and was paused");
         assert!(message.starts_with("1.00 GiB of 4.00 GiB (25.0%). Give it more room"));
-        assert_eq!(notice("Ada", "warn", &text).0, Level::Warning);
-        assert_eq!(notice("Ada", "ok", &text).1, "Ada's disk is fine again");
+        assert_eq!(notice("Ada", DiskState::Warn, &text).0, Level::Warning);
+        assert_eq!(
+            notice("Ada", DiskState::Ok, &text).1,
+            "Ada's disk is fine again"
+        );
         assert_eq!(
             figures(5, 0),
             format!("0.00 GiB of 0.00 GiB ({:.1}%)", 500.0)
@@ -482,13 +498,16 @@ mod tests {
 
     #[test]
     fn status_rounds_to_a_tenth_of_a_percent() {
-        let status = status_of("ada", 1000, Some(333), "ok", None);
+        let status = status_of("ada", 1000, Some(333), DiskState::Ok, None);
         assert_eq!(status.percent, Some(33.3));
-        assert_eq!(status.state, "ok");
+        assert_eq!(status.state, DiskState::Ok);
         assert_eq!(
-            status_of("ada", 0, Some(1), "hard", None).percent,
+            status_of("ada", 0, Some(1), DiskState::Hard, None).percent,
             Some(100.0)
         );
-        assert_eq!(status_of("ada", 1000, None, "ok", None).percent, None);
+        assert_eq!(
+            status_of("ada", 1000, None, DiskState::Ok, None).percent,
+            None
+        );
     }
 }

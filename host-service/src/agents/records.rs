@@ -4,7 +4,7 @@
 //! hash, accepted only on the agent listener, and only for that agent's own resources.
 
 use sqlx::Row;
-use taos_proto::agents::{Agent, AgentKind, AgentNetwork, AgentPatch, NewAgent};
+use taos_proto::agents::{Agent, AgentKind, AgentNetwork, AgentPatch, AgentStatus, NewAgent};
 use uuid::Uuid;
 
 use crate::auth::{hash_token, new_secret};
@@ -119,7 +119,7 @@ pub struct AgentRecord {
     pub emoji: String,
     pub color: String,
     pub kind: AgentKind,
-    pub status: String,
+    pub status: AgentStatus,
     pub model: Option<String>,
     pub fallback_models: Vec<String>,
     pub created_at: i64,
@@ -140,7 +140,7 @@ impl AgentRecord {
             emoji: self.emoji.clone(),
             color: self.color.clone(),
             kind: self.kind,
-            status: self.status.clone(),
+            status: self.status,
             model: self.model.clone(),
             fallback_models: self.fallback_models.clone(),
             created_at: from_ms(self.created_at),
@@ -171,7 +171,9 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, AgentError> {
         } else {
             AgentKind::External
         },
-        status: row.try_get("status")?,
+        status: row.try_get::<String, _>("status")?.parse().map_err(
+            |e: taos_proto::text_enum::UnknownVariant| AgentError::Decode(e.to_string()),
+        )?,
         model: row.try_get("model")?,
         fallback_models: serde_json::from_str(&fallback)
             .map_err(|e| AgentError::Decode(e.to_string()))?,
@@ -254,10 +256,16 @@ pub async fn create_with(
     let id = Uuid::new_v4();
     let now = now_ms();
     let (kind_text, status, framework, container, network) = match kind {
-        NewKind::External => ("external", "ready", None, None, AgentNetwork::default()),
+        NewKind::External => (
+            "external",
+            AgentStatus::Ready,
+            None,
+            None,
+            AgentNetwork::default(),
+        ),
         NewKind::Container { framework, network } => (
             "container",
-            "deploying",
+            AgentStatus::Deploying,
             Some(framework.clone()),
             Some(container_name(&slug)),
             *network,
@@ -274,7 +282,7 @@ pub async fn create_with(
     .bind(&emoji)
     .bind(&color)
     .bind(kind_text)
-    .bind(status)
+    .bind(status.as_str())
     .bind(&new.model)
     .bind(serde_json::to_string(&fallback).unwrap_or_else(|_| "[]".into()))
     .bind(now)
@@ -296,7 +304,7 @@ pub async fn create_with(
         } else {
             AgentKind::External
         },
-        status: status.to_string(),
+        status,
         model: new.model.clone(),
         fallback_models: fallback,
         created_at: now,
@@ -538,24 +546,121 @@ pub async fn rotate_token(db: &Db, slug: &str) -> Result<(AgentRecord, String), 
     Ok((agent, token))
 }
 
-/// Sets an agent's status (`deploying`, `running`, `stopped`, `failed`…).
-pub async fn set_status(db: &Db, id: Uuid, status: &str) -> Result<(), AgentError> {
+pub async fn set_status(db: &Db, id: Uuid, status: AgentStatus) -> Result<(), AgentError> {
     sqlx::query("UPDATE agents SET status = ? WHERE id = ?")
-        .bind(status)
+        .bind(status.as_str())
         .bind(id.to_string())
         .execute(db)
         .await?;
     Ok(())
 }
 
+/// Whether any agent, archived ones included, has this slug.
+pub async fn slug_taken(db: &Db, slug: &str) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE slug = ?")
+        .bind(slug)
+        .fetch_one(db)
+        .await?;
+    Ok(n > 0)
+}
+
+/// The containers agents have (archived ones keep theirs under its archived name).
+pub async fn containers(db: &Db) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT container FROM agents WHERE container IS NOT NULL")
+        .fetch_all(db)
+        .await
+}
+
+/// Marks an agent archived, in the caller's transaction (the archive's commit): it gives up
+/// its slug for `placeholder`, its token for `token_hash` (a secret nobody has), its LLM key,
+/// and its container's name for `container` (`None` when it has none).
+pub async fn mark_archived(
+    conn: &mut sqlx::SqliteConnection,
+    id: Uuid,
+    placeholder: &str,
+    token_hash: &str,
+    container: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE agents SET slug = ?, status = 'archived', token_hash = ?, llm_key_hash = NULL, \
+         container = ? WHERE id = ?",
+    )
+    .bind(placeholder)
+    .bind(token_hash)
+    .bind(container)
+    .bind(id.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Brings an archived agent back under `slug`, in the caller's transaction (the restore's
+/// commit), with its status and container.
+pub async fn mark_restored(
+    conn: &mut sqlx::SqliteConnection,
+    id: Uuid,
+    slug: &str,
+    status: AgentStatus,
+    container: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE agents SET slug = ?, status = ?, container = ? WHERE id = ?")
+        .bind(slug)
+        .bind(status.as_str())
+        .bind(container)
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Gives an agent new credentials (hashes of a new token and LLM key); the old ones stop
+/// working at once.
+pub async fn set_credentials(
+    db: &Db,
+    id: Uuid,
+    token_hash: &str,
+    llm_key_hash: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE agents SET token_hash = ?, llm_key_hash = ? WHERE id = ?")
+        .bind(token_hash)
+        .bind(llm_key_hash)
+        .bind(id.to_string())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The newest delivery sequence number given to the agent (0 if none, or no such agent). The
+/// counter lives on the agent's row so that it goes with the agent.
+pub async fn delivery_seq(db: &Db, id: Uuid) -> Result<i64, sqlx::Error> {
+    Ok(
+        sqlx::query_scalar("SELECT delivery_seq FROM agents WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(db)
+            .await?
+            .unwrap_or(0),
+    )
+}
+
+/// Takes the agent's next delivery sequence number, in the caller's transaction (the one that
+/// stores the delivery, so a number is never given twice or lost).
+pub async fn next_delivery_seq(
+    conn: &mut sqlx::SqliteConnection,
+    id: Uuid,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE agents SET delivery_seq = delivery_seq + 1 WHERE id = ? RETURNING delivery_seq",
+    )
+    .bind(id.to_string())
+    .fetch_one(conn)
+    .await
+}
+
 /// Removes an agent row and everything that hangs off it (deliveries, usage, budgets by
 /// cascade; its DM channels explicitly), for a deploy that is rolled back.
 pub async fn remove(db: &Db, id: Uuid) -> Result<(), AgentError> {
     let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM channels WHERE dm_agent_id = ?")
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
+    crate::chat::delete_dm_channels(&mut tx, id).await?;
     sqlx::query("DELETE FROM agents WHERE id = ?")
         .bind(id.to_string())
         .execute(&mut *tx)

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use serde::Serialize;
 
 use crate::agents::AgentHost;
 use crate::agents::{self, AgentRecord};
@@ -26,26 +25,18 @@ pub enum RecycleError {
     BadInput(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("no container runtime")]
+    NoRuntime,
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Agent(#[from] agents::AgentError),
+    /// The image's helper failed, in its own words.
     #[error("{0}")]
-    Runtime(String),
+    Helper(String),
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct RecycleItem {
-    pub id: String,
-    pub original_path: String,
-    /// When it was deleted, UTC (RFC 3339).
-    pub deleted_at: String,
-    pub size_bytes: u64,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct RecycleList {
-    pub agent: String,
-    pub items: Vec<RecycleItem>,
-    /// ok | container_offline
-    pub status: String,
-}
+pub use taos_proto::agents::{RecycleItem, RecycleList, RecycleState};
 
 fn valid_id(id: &str) -> Result<(), RecycleError> {
     let ok = !id.is_empty()
@@ -77,13 +68,8 @@ async fn run(
     container: &str,
     argv: &[&str],
 ) -> Result<crate::runtime::ExecResult, RecycleError> {
-    let rt = host
-        .runtime
-        .as_ref()
-        .ok_or_else(|| RecycleError::Runtime("no container runtime".into()))?;
-    rt.exec(container, argv, &BTreeMap::new(), TIMEOUT)
-        .await
-        .map_err(|e| RecycleError::Runtime(e.to_string()))
+    let rt = host.runtime.as_ref().ok_or(RecycleError::NoRuntime)?;
+    Ok(rt.exec(container, argv, &BTreeMap::new(), TIMEOUT).await?)
 }
 
 async fn online(host: &AgentHost, container: &str) -> bool {
@@ -104,12 +90,12 @@ pub async fn list(host: &AgentHost, slug: &str) -> Result<RecycleList, RecycleEr
         return Ok(RecycleList {
             agent: agent.slug,
             items: Vec::new(),
-            status: "container_offline".into(),
+            status: RecycleState::ContainerOffline,
         });
     }
     let out = run(host, &container, &[HELPER, "list"]).await?;
     if out.exit_code != 0 {
-        return Err(RecycleError::Runtime(format!(
+        return Err(RecycleError::Helper(format!(
             "recycle list failed: {}",
             out.stderr.trim()
         )));
@@ -131,18 +117,15 @@ pub async fn list(host: &AgentHost, slug: &str) -> Result<RecycleList, RecycleEr
     Ok(RecycleList {
         agent: agent.slug,
         items,
-        status: "ok".into(),
+        status: RecycleState::Ok,
     })
 }
 
 /// Every container agent's bin.
 pub async fn list_all(host: &AgentHost) -> Result<Vec<RecycleList>, RecycleError> {
     let mut all = Vec::new();
-    for agent in agents::list(&host.db)
-        .await
-        .map_err(|e| RecycleError::Runtime(e.to_string()))?
-    {
-        if agent.container.is_some() && agent.status != "deploying" {
+    for agent in agents::list(&host.db).await? {
+        if agent.container.is_some() && agent.status != taos_proto::agents::AgentStatus::Deploying {
             all.push(list(host, &agent.slug).await?);
         }
     }
@@ -200,7 +183,7 @@ pub async fn restore(host: &AgentHost, slug: &str, id: &str) -> Result<(), Recyc
         3 => return Err(RecycleError::NoItem),
         2 => return Err(RecycleError::BadInput(shown.stderr.trim().to_string())),
         _ => {
-            return Err(RecycleError::Runtime(format!(
+            return Err(RecycleError::Helper(format!(
                 "recycle show failed: {}",
                 shown.stderr.trim()
             )))
@@ -221,7 +204,7 @@ pub async fn restore(host: &AgentHost, slug: &str, id: &str) -> Result<(), Recyc
         2 => Err(RecycleError::BadInput(out.stderr.trim().to_string())),
         3 => Err(RecycleError::NoItem),
         17 => Err(RecycleError::Conflict(out.stderr.trim().to_string())),
-        _ => Err(RecycleError::Runtime(format!(
+        _ => Err(RecycleError::Helper(format!(
             "restore failed: {}",
             out.stderr.trim()
         ))),
@@ -241,7 +224,7 @@ pub async fn purge(host: &AgentHost, slug: &str, id: &str) -> Result<(), Recycle
     match out.exit_code {
         0 => Ok(()),
         3 => Err(RecycleError::NoItem),
-        _ => Err(RecycleError::Runtime(format!(
+        _ => Err(RecycleError::Helper(format!(
             "purge failed: {}",
             out.stderr.trim()
         ))),

@@ -59,6 +59,15 @@ pub async fn by_username(db: &Db, username: &str) -> Result<Option<User>, AuthEr
     Ok(row.as_ref().map(user_from_row).transpose()?)
 }
 
+/// Whether a user with this name exists.
+pub async fn exists(db: &Db, username: &str) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE username = ?")
+        .bind(username)
+        .fetch_one(db)
+        .await?;
+    Ok(n > 0)
+}
+
 /// The owner, for whom the owner's paired devices act.
 pub async fn owner(db: &Db) -> Result<Option<User>, AuthError> {
     let row = sqlx::query(
@@ -224,15 +233,7 @@ pub async fn delete(db: &Db, id: Uuid) -> Result<User, AuthError> {
             "the owner's account can't be deleted".into(),
         ));
     }
-    let member = crate::chat::user_member(&user.username);
-    sqlx::query("DELETE FROM channel_members WHERE member = ?")
-        .bind(&member)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE channels SET created_by = NULL WHERE created_by = ?")
-        .bind(&member)
-        .execute(&mut *tx)
-        .await?;
+    crate::chat::forget_user(&mut tx, &user.username).await?;
     sqlx::query("DELETE FROM users WHERE id = ?")
         .bind(id.to_string())
         .execute(&mut *tx)

@@ -5,6 +5,7 @@
 //! `seq`. A client that was away asks for `after_seq` and gets exactly what changed. Writers to
 //! one channel are serialized and publish after commit, so live events arrive in seq order.
 
+pub mod access;
 pub mod hub;
 pub mod router;
 
@@ -18,6 +19,8 @@ use uuid::Uuid;
 use crate::agents;
 use crate::db::{from_ms, now_ms, Db};
 use hub::ChatHub;
+
+pub use access::Viewer;
 
 pub use taos_proto::chat::MAX_CONTENT_CHARS;
 pub const MAX_CHANNEL_NAME_CHARS: usize = 100;
@@ -271,11 +274,7 @@ impl Chat {
     /// Checks that a member id names an existing agent or user.
     async fn check_member_exists(&self, member: &str) -> Result<(), ChatError> {
         if let Some(username) = member.strip_prefix(USER_MEMBER_PREFIX) {
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE username = ?")
-                .bind(username)
-                .fetch_one(&self.db)
-                .await?;
-            if n == 0 {
+            if !crate::auth::users::exists(&self.db, username).await? {
                 return Err(ChatError::BadInput(format!("unknown user {username}")));
             }
             return Ok(());
@@ -371,10 +370,7 @@ impl Chat {
         let lock = self.hub.write_lock(id);
         let _serial = lock.lock().await;
         let mut tx = self.db.begin().await?;
-        sqlx::query("DELETE FROM deliveries WHERE channel_id = ? AND answered_at IS NULL")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        crate::bridge::drop_unanswered_in_channel(&mut tx, id).await?;
         let deleted = sqlx::query("DELETE FROM channels WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -977,6 +973,37 @@ pub async fn dm_message_count(db: &Db, agent: Uuid) -> Result<i64, sqlx::Error> 
     .bind(agent.to_string())
     .fetch_one(db)
     .await
+}
+
+/// Deletes an agent's DM channels (and, by cascade, their messages and members), in the
+/// caller's transaction: a deploy rolled back takes its agent's DM with it.
+pub async fn delete_dm_channels(
+    tx: &mut sqlx::SqliteConnection,
+    agent: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM channels WHERE dm_agent_id = ?")
+        .bind(agent.to_string())
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// A deleted person leaves every channel, and the channels they made no longer name them, in
+/// the caller's transaction (the one that deletes the user).
+pub async fn forget_user(
+    tx: &mut sqlx::SqliteConnection,
+    username: &str,
+) -> Result<(), sqlx::Error> {
+    let member = user_member(username);
+    sqlx::query("DELETE FROM channel_members WHERE member = ?")
+        .bind(&member)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE channels SET created_by = NULL WHERE created_by = ?")
+        .bind(&member)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// Archiving: the agent's DM becomes read-only, and `slug` leaves every group channel, so a

@@ -158,9 +158,9 @@ async fn patch_agent(
             state.bridge.clear_notices(record.id);
         }
         state.bridge.wake(record.id);
-        let _ = state
+        state
             .hub
-            .publish(
+            .announce(
                 "agent.status",
                 serde_json::json!({"slug": record.slug, "paused": record.paused}),
             )

@@ -236,9 +236,9 @@ async fn refresh(
         Refreshed::Tokens(tokens) => Ok(Json(tokens)),
         Refreshed::ReplayRevoked { device_id } => {
             state.live.revoke_device(device_id);
-            let _ = state
+            state
                 .hub
-                .publish(
+                .announce(
                     "device.revoked",
                     serde_json::json!({"id": device_id, "reason": "refresh_token_replayed"}),
                 )

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use taos_proto::chat::{
-    Channel, ChannelPatch, MemberAction, MemberChange, Message, MessageEdit, NewChannel, NewMessage,
+    Channel, ChannelPatch, MemberChange, Message, MessageEdit, NewChannel, NewMessage,
 };
 use taos_proto::error::ErrorBody;
 use utoipa::IntoParams;
@@ -15,6 +15,7 @@ use super::error::ApiError;
 use super::extract::{human_member, Auth, Json, Path, Query};
 use super::AppState;
 use crate::auth::Principal;
+use crate::chat::Viewer;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -48,59 +49,48 @@ async fn list_channels(
         .chat
         .list_channels(f.archived, f.member.as_deref())
         .await?;
-    if !principal.acts_as_owner() {
-        let me = human_member(&state, &principal).await?;
-        channels.retain(|c| c.members.contains(&me));
-    }
+    let me = chat_identity(&state, &principal).await?;
+    channels.retain(|c| Viewer::of(me.as_deref()).sees(c));
     Ok(Json(channels))
 }
 
-/// The channel, if this principal may see it: the owner sees every channel, other users only
-/// those they are members of (the rest look like they don't exist).
+/// Who the principal is to chat: `None` for the owner side (which may see and change every
+/// channel), else the person's member id.
+async fn chat_identity(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<Option<String>, ApiError> {
+    if principal.acts_as_owner() {
+        Ok(None)
+    } else {
+        Ok(Some(human_member(state, principal).await?))
+    }
+}
+
+/// The channel, if this principal may see it (the WebSocket asks too).
 pub(super) async fn visible_channel(
     state: &AppState,
     principal: &Principal,
     id: &str,
 ) -> Result<Channel, ApiError> {
-    let channel = state.chat.channel(id).await?;
-    if !principal.acts_as_owner() {
-        let me = human_member(state, principal).await?;
-        if !channel.members.contains(&me) {
-            return Err(ApiError::not_found("no such channel"));
-        }
-    }
-    Ok(channel)
+    let me = chat_identity(state, principal).await?;
+    Ok(state
+        .chat
+        .visible_channel(Viewer::of(me.as_deref()), id)
+        .await?)
 }
 
-/// The channel, if this principal may change it: the owner side may change any channel, other
-/// users only channels they created (one they can see but didn't make is 403).
+/// The channel, if this principal may change it.
 async fn manageable_channel(
     state: &AppState,
     principal: &Principal,
     id: &str,
 ) -> Result<Channel, ApiError> {
-    let channel = visible_channel(state, principal, id).await?;
-    if !principal.acts_as_owner() {
-        let me = human_member(state, principal).await?;
-        if channel.created_by.as_deref() != Some(me.as_str()) {
-            return Err(ApiError::forbidden(
-                "only the owner or the channel's creator may change this channel",
-            ));
-        }
-    }
-    Ok(channel)
-}
-
-/// Agents are the owner's: only the owner side may put one in a channel (it would answer
-/// there, on the owner's models and budget).
-fn check_may_add(principal: &Principal, member: &str) -> Result<(), ApiError> {
-    if principal.acts_as_owner() || member.starts_with(crate::chat::USER_MEMBER_PREFIX) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "only the owner may add an agent to a channel",
-        ))
-    }
+    let me = chat_identity(state, principal).await?;
+    Ok(state
+        .chat
+        .manageable_channel(Viewer::of(me.as_deref()), id)
+        .await?)
 }
 
 /// Creates a channel; the caller is its first member and may manage it. Only the owner may
@@ -119,8 +109,9 @@ async fn create_channel(
             "DM channels are made with their agent",
         ));
     }
+    let me = chat_identity(&state, &principal).await?;
     for member in &body.members {
-        check_may_add(&principal, member)?;
+        Viewer::of(me.as_deref()).may_add(member)?;
     }
     let creator = human_member(&state, &principal).await?;
     Ok((
@@ -195,17 +186,16 @@ async fn change_member(
     Path(id): Path<String>,
     Json(change): Json<MemberChange>,
 ) -> Result<Json<Channel>, ApiError> {
-    let leaving = change.action == MemberAction::Remove
-        && !principal.acts_as_owner()
-        && change.member == human_member(&state, &principal).await?;
-    if leaving {
-        visible_channel(&state, &principal, &id).await?;
-    } else {
-        manageable_channel(&state, &principal, &id).await?;
-        if change.action == MemberAction::Add {
-            check_may_add(&principal, &change.member)?;
-        }
-    }
+    let me = chat_identity(&state, &principal).await?;
+    state
+        .chat
+        .check_member_change(
+            Viewer::of(me.as_deref()),
+            &id,
+            change.action,
+            &change.member,
+        )
+        .await?;
     Ok(Json(
         state
             .chat

@@ -73,13 +73,10 @@ async fn pair(
     .await?;
     tracing::info!(device_id = %tokens.device_id, name = %body.device_name, "device paired");
     // The Devices screen lists it at once (devices are the owner's: the owner's event).
-    let _ = state
-        .hub
-        .publish(
+    state.hub.announce(
             "device.paired",
             serde_json::json!({"id": tokens.device_id, "name": body.device_name, "platform": body.platform}),
-        )
-        .await;
+        ).await;
     Ok((StatusCode::CREATED, Json(tokens)))
 }
 
@@ -118,9 +115,9 @@ async fn revoke_device(
     })?;
     let closed = state.live.revoke_device(id);
     tracing::info!(device_id = %id, connections = closed, "device revoked");
-    let _ = state
+    state
         .hub
-        .publish(
+        .announce(
             "device.revoked",
             serde_json::json!({"id": id, "reason": "revoked"}),
         )

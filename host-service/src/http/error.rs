@@ -231,9 +231,13 @@ impl From<crate::agents::lifecycle::LifecycleError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
             }
             // The runtime's own words, so the owner knows why.
-            LifecycleError::Runtime(m) => {
-                tracing::error!(error = %m, "runtime operation failed");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runtime_error", m)
+            LifecycleError::Runtime(e) => {
+                tracing::error!(error = %e, "runtime operation failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "runtime_error",
+                    e.to_string(),
+                )
             }
             LifecycleError::Unsupported(m) => {
                 ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", m)
@@ -266,16 +270,22 @@ impl From<ArchiveError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
             }
             // The runtime's own words, so the owner knows why (e.g. a snapshot that failed).
-            ArchiveError::Runtime(m) => {
-                tracing::error!(error = %m, "runtime operation failed");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runtime_error", m)
+            e @ (ArchiveError::Runtime(_) | ArchiveError::Failed(_)) => {
+                tracing::error!(error = %e, "runtime operation failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "runtime_error",
+                    e.to_string(),
+                )
             }
             ArchiveError::Unsupported(m) => {
                 ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", m)
             }
             ArchiveError::Agent(e) => e.into(),
             ArchiveError::Chat(e) => e.into(),
-            e @ (ArchiveError::Io(_) | ArchiveError::Db(_)) => ApiError::internal(e),
+            e @ (ArchiveError::Io(_) | ArchiveError::Plan(_) | ArchiveError::Db(_)) => {
+                ApiError::internal(e)
+            }
         }
     }
 }
@@ -304,7 +314,9 @@ impl From<QuotaError> for ApiError {
             e @ QuotaError::NoRuntime => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
             }
-            e @ (QuotaError::Runtime(_) | QuotaError::Db(_)) => ApiError::internal(e),
+            e @ (QuotaError::Runtime(_) | QuotaError::Agent(_) | QuotaError::Db(_)) => {
+                ApiError::internal(e)
+            }
         }
     }
 }
@@ -316,7 +328,10 @@ impl From<RecycleError> for ApiError {
             RecycleError::NoItem => ApiError::not_found("no such item in the recycle bin"),
             RecycleError::BadInput(m) => ApiError::bad_request(m),
             RecycleError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            e @ RecycleError::Runtime(_) => ApiError::internal(e),
+            e @ (RecycleError::NoRuntime
+            | RecycleError::Runtime(_)
+            | RecycleError::Agent(_)
+            | RecycleError::Helper(_)) => ApiError::internal(e),
         }
     }
 }

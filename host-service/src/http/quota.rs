@@ -10,7 +10,8 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{Json, OwnerLike, Path};
 use super::AppState;
-use crate::agents::quota::{self, DiskStatus};
+use crate::agents::quota;
+use taos_proto::agents::DiskStatus;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

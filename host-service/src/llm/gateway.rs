@@ -362,14 +362,10 @@ pub async fn admit(
 }
 
 async fn paused_error(ctx: &CallContext) -> GatewayError {
-    let for_disk: bool =
-        sqlx::query_scalar("SELECT paused_for_disk FROM agent_disk WHERE agent_id = ?")
-            .bind(ctx.agent.id.to_string())
-            .fetch_optional(&ctx.db)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(false);
+    // Only the wording depends on it: a failed read says "paused" without the reason.
+    let for_disk = crate::agents::quota::paused_for_disk(&ctx.db, ctx.agent.id)
+        .await
+        .unwrap_or(false);
     let why = if for_disk {
         "it ran out of disk; the owner can resize its disk"
     } else {

@@ -327,14 +327,14 @@ async fn bad_deploys_are_refused_and_change_nothing() {
         .await
         .unwrap();
     assert!(agents.is_empty());
-    assert_eq!(
-        host.admin(Method::GET, "/api/agents/nobody/deploy")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::NOT_FOUND
-    );
+    host.expect_error(
+        Method::GET,
+        "/api/agents/nobody/deploy",
+        None,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
 
     let none = host_with(&[("TAOS_RUNTIME__KIND", "none")]).await;
     none.setup_owner().await;

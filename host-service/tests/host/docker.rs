@@ -404,11 +404,11 @@ async fn deploy_chat_archive_and_purge_on_docker() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        steps,
-        taos_host::agents::deploy::DOCKER_STEPS,
-        "Docker's own step list"
-    );
+    let docker_steps: Vec<&str> = taos_host::agents::deploy::DOCKER_STEPS
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(steps, docker_steps, "Docker's own step list");
     assert!(rt.state(&container).await.unwrap().running);
     // The credentials are a 0600 file, not the container's inspectable environment.
     let inspect = std::process::Command::new("docker")

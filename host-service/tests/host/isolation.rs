@@ -122,7 +122,7 @@ impl Lan {
                     Instant::now() < deadline,
                     "the LAN server on {ip} never answered"
                 );
-                std::thread::sleep(Duration::from_millis(100));
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         lan
@@ -148,6 +148,10 @@ impl Drop for Lan {
 }
 
 /// A plain HTTP GET from the test process; the body, or None if nothing answered.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a test's own probe, at most 3 s; it stalls only this test's runtime"
+)]
 fn http_get(addr: &str) -> Option<String> {
     let addr: SocketAddr = addr.parse().unwrap();
     let mut stream = TcpStream::connect_timeout(&addr, 3 * SECOND).ok()?;
@@ -324,6 +328,7 @@ impl Drop for Cleanup {
                 if out.status.success() || gone.contains("not found") || gone.contains("No such") {
                     break;
                 }
+                #[allow(clippy::disallowed_methods, reason = "a Drop can't await")]
                 std::thread::sleep(SECOND);
             }
         }

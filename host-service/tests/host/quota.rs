@@ -7,6 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use taos_e2e::{AgentClient, Host, HostOptions};
 use taos_host::runtime::Runtime;
+use taos_proto::agents::{DiskState, DiskStatus};
 
 use crate::deploy::{
     catalog, deploy_with, finished, host_with, incus, require_image, wait_deploy, Remove,
@@ -65,18 +66,11 @@ async fn a_full_disk_warns_then_pauses_and_a_resize_resumes() {
 
     let first = scan(&host).await;
     assert_eq!(first["scanned"], 1);
-    let disk: Value = host
-        .admin(Method::GET, &format!("/api/agents/{slug}/disk"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(disk["state"], "ok");
-    assert_eq!(disk["quota_bytes"], 1024u64 * 1024 * 1024);
-    let used0 = disk["used_bytes"].as_u64().unwrap();
-    assert!(disk["percent"].as_f64().unwrap() < 87.5);
+    let disk: DiskStatus = host.get(&format!("/api/agents/{slug}/disk")).await;
+    assert_eq!(disk.state, DiskState::Ok);
+    assert_eq!(disk.quota_bytes, 1024u64 * 1024 * 1024);
+    let used0 = disk.used_bytes.unwrap();
+    assert!(disk.percent.unwrap() < 87.5);
 
     // Past 87.5 %: one warning, and only one however often we look.
     let target = (1024u64 * 1024 * 1024) * 90 / 100;
@@ -92,15 +86,8 @@ async fn a_full_disk_warns_then_pauses_and_a_resize_resumes() {
     .unwrap();
     scan(&host).await;
     scan(&host).await;
-    let disk: Value = host
-        .admin(Method::GET, &format!("/api/agents/{slug}/disk"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(disk["state"], "warn", "{disk}");
+    let disk: DiskStatus = host.get(&format!("/api/agents/{slug}/disk")).await;
+    assert_eq!(disk.state, DiskState::Warn, "{disk:?}");
     let notes = disk_notifications(&host).await;
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert_eq!(notes[0]["level"], "warning");
@@ -119,15 +106,8 @@ async fn a_full_disk_warns_then_pauses_and_a_resize_resumes() {
     .await
     .ok();
     scan(&host).await;
-    let disk: Value = host
-        .admin(Method::GET, &format!("/api/agents/{slug}/disk"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(disk["state"], "hard", "{disk}");
+    let disk: DiskStatus = host.get(&format!("/api/agents/{slug}/disk")).await;
+    assert_eq!(disk.state, DiskState::Hard, "{disk:?}");
     let notes = disk_notifications(&host).await;
     assert_eq!(notes.len(), 2);
     assert_eq!(notes[0]["level"], "error");
@@ -222,24 +202,17 @@ async fn a_full_disk_warns_then_pauses_and_a_resize_resumes() {
     );
 
     // More room: back to ok, resumed, connected again.
-    assert_eq!(
-        host.admin(Method::POST, &format!("/api/agents/{slug}/quota"))
-            .json(&json!({"size_gib": 0}))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::BAD_REQUEST
-    );
-    let resized = host
-        .admin(Method::POST, &format!("/api/agents/{slug}/quota"))
-        .json(&json!({"size_gib": 3}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resized.status(), StatusCode::OK);
-    let disk: Value = resized.json().await.unwrap();
-    assert_eq!(disk["state"], "ok", "{disk}");
+    let quota = format!("/api/agents/{slug}/quota");
+    host.expect_error(
+        Method::POST,
+        &quota,
+        Some(&json!({"size_gib": 0})),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    let disk: DiskStatus = host.post(&quota, &json!({"size_gib": 3})).await;
+    assert_eq!(disk.state, DiskState::Ok, "{disk:?}");
     let notes = disk_notifications(&host).await;
     assert_eq!(notes.len(), 3);
     assert_eq!(notes[0]["level"], "info");

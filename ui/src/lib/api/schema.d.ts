@@ -1287,8 +1287,7 @@ export interface components {
             network?: null | components["schemas"]["AgentNetwork"];
             paused: boolean;
             slug: string;
-            /** @description e.g. `ready`, later `deploying`, `running`, `stopped`, `archived`. */
-            status: string;
+            status: components["schemas"]["AgentStatus"];
         };
         /** @enum {string} */
         AgentKind: "external" | "container";
@@ -1309,6 +1308,11 @@ export interface components {
             /** @description A paused agent's deliveries wait in its outbox. */
             paused?: boolean | null;
         };
+        /**
+         * @description Where an agent is in its life. Stored in the `agents.status` column as the same word.
+         * @enum {string}
+         */
+        AgentStatus: "ready" | "deploying" | "running" | "stopped" | "paused" | "failed" | "archived" | "restoring";
         /** @description Answer to creating an agent or rotating its token: the token is shown this once. */
         AgentWithToken: {
             agent: components["schemas"]["Agent"];
@@ -1320,6 +1324,7 @@ export interface components {
              */
             llm_key?: string | null;
         };
+        /** @description An archived agent: what restore brings back. */
         ArchivedAgent: {
             agent_id: string;
             /** Format: date-time */
@@ -1431,6 +1436,11 @@ export interface components {
             agent: components["schemas"]["Agent"];
             deploy_id: string;
         };
+        /**
+         * @description Where a deploy ended, or `running` while it runs. Stored in `deploys.status`.
+         * @enum {string}
+         */
+        DeployOutcome: "running" | "succeeded" | "rolled_back";
         /** @description `POST /api/agents/deploy`. */
         DeployRequest: {
             color?: string | null;
@@ -1460,8 +1470,7 @@ export interface components {
             framework: string;
             id: string;
             slug: string;
-            /** @description running | succeeded | rolled_back */
-            status: string;
+            status: components["schemas"]["DeployOutcome"];
             steps: components["schemas"]["DeployStep"][];
             /** Format: date-time */
             updated_at: string;
@@ -1470,12 +1479,17 @@ export interface components {
             detail?: string | null;
             /** Format: date-time */
             finished_at?: string | null;
-            name: string;
+            name: components["schemas"]["DeployStepName"];
             /** Format: date-time */
             started_at?: string | null;
-            /** @description pending | running | done | failed | skipped */
-            state: string;
+            state: components["schemas"]["StepState"];
         };
+        /**
+         * @description The steps of a deploy, in the order incus runs them (Docker runs `configure` before `start`
+         *     and has no `service`).
+         * @enum {string}
+         */
+        DeployStepName: "credentials" | "container" | "start" | "configure" | "service" | "bridge";
         Device: {
             /** Format: date-time */
             created_at: string;
@@ -1497,6 +1511,12 @@ export interface components {
             expires_in: number;
             refresh_token: string;
         };
+        /**
+         * @description How full an agent's disk is, with hysteresis (stored in `agent_disk.state`).
+         * @enum {string}
+         */
+        DiskState: "ok" | "warn" | "hard";
+        /** @description An agent's disk, as last sampled. */
         DiskStatus: {
             /** Format: date-time */
             last_checked_at?: string | null;
@@ -1508,8 +1528,7 @@ export interface components {
             /** Format: int64 */
             quota_bytes: number;
             slug: string;
-            /** @description ok | warn | hard */
-            state: string;
+            state: components["schemas"]["DiskState"];
             /** Format: int64 */
             used_bytes?: number | null;
         };
@@ -1597,6 +1616,7 @@ export interface components {
             csrf_token: string;
             user: components["schemas"]["User"];
         };
+        /** @description A framework a deploy can install, as its `manifest.toml` describes it. */
         Manifest: {
             /**
              * @description The mode the taos-agent sidecar runs in (`TAOS_AGENT_MODE` in its credentials file):
@@ -1819,6 +1839,7 @@ export interface components {
         Prompt: components["schemas"]["PromptInfo"] & {
             body: string;
         };
+        /** @description An admin prompt the owner can send an agent ("audit with agent"). */
         PromptInfo: {
             name: string;
             required_variables: string[];
@@ -1877,6 +1898,7 @@ export interface components {
              */
             updated: number;
         };
+        /** @description One file or folder in an agent's recycle bin. */
         RecycleItem: {
             /** @description When it was deleted, UTC (RFC 3339). */
             deleted_at: string;
@@ -1888,9 +1910,13 @@ export interface components {
         RecycleList: {
             agent: string;
             items: components["schemas"]["RecycleItem"][];
-            /** @description ok | container_offline */
-            status: string;
+            status: components["schemas"]["RecycleState"];
         };
+        /**
+         * @description Whether an agent's recycle bin could be read.
+         * @enum {string}
+         */
+        RecycleState: "ok" | "container_offline";
         RefreshRequest: {
             refresh_token: string;
         };
@@ -2000,6 +2026,8 @@ export interface components {
             /** @enum {string} */
             type: "error";
         };
+        /** @enum {string} */
+        StepState: "pending" | "running" | "done" | "failed";
         /** @description Answer to a trace post, sent only once the events are durable. `ids` are in request order. */
         TraceAck: {
             agent_name: string;

@@ -1,8 +1,9 @@
-// The one way the UI reaches a taos host. The browser build uses BrowserHostClient (fetch with
-// the session cookie and the CSRF header, a WebSocket, a streamed fetch for server-sent events);
-// the Tauri shell will provide its own implementation (pinned TLS from Rust, device tokens).
-// Everything above this interface — typed calls (api.ts), chat resume and the outbox
-// (chat/connection.ts), event resume (events.ts) — is shared by both.
+// The one way the UI reaches a taos host. The browser build uses BrowserHostClient (browser.ts:
+// fetch with the session cookie and the CSRF header, a WebSocket, a streamed fetch for
+// server-sent events); inside the app, TauriHostClient (tauri.ts) goes through the shell's Rust
+// commands (TLS pinned to the key learned at pairing, device tokens, the offline cache and
+// outbox). Everything above this interface — calls typed with the generated schema
+// (api/types.ts), chat resume (chat/connection.ts), event resume (events.ts) — is shared by both.
 import type { ClientEvent, ServerEvent } from '../api/types';
 
 export type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
