@@ -517,7 +517,7 @@ async fn load(dir: &Path) -> Result<AgentIndex, TraceError> {
             "trace index brought up to date with the buckets"
         );
     }
-    let mut changes: Vec<Change> = recounted
+    let mut changes: Vec<Change<'_>> = recounted
         .iter()
         .map(|name| Change::Clean(name, &hours[name]))
         .collect();

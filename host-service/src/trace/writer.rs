@@ -339,7 +339,7 @@ impl Writer {
                 .map(|name| (name.clone(), index.hours.get(name).cloned()))
                 .collect()
         };
-        let changes: Vec<Change> = hours
+        let changes: Vec<Change<'_>> = hours
             .iter()
             .map(|(name, hour)| match hour {
                 Some(hour) => Change::Clean(name, hour),
