@@ -36,8 +36,9 @@ struct Pooled {
     conn: SqliteConnection,
 }
 
-/// Connections kept at most, over all agents.
-const POOL_MAX: usize = 16;
+/// Connections kept at most, over all agents: a day of hours (a rare kind) and then some, so
+/// one query over a day does not evict its own connections.
+const POOL_MAX: usize = 48;
 /// A connection unused this long is closed by the sweeper (or the next take or give).
 pub(super) const POOL_IDLE: Duration = Duration::from_secs(30);
 
