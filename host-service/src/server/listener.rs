@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -36,7 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -319,6 +320,8 @@ impl Connection {
         let io = TokioIo::new(Tracked {
             stream,
             activity: activity.clone(),
+            head_deadline: None,
+            head_deadline_armed: false,
             _slot: slot,
         });
         let service = {
@@ -348,6 +351,9 @@ impl Connection {
             let check_at = (!closing).then(|| activity.next_check(Instant::now()));
             tokio::select! {
                 result = connection.as_mut() => {
+                    // hyper is done with it; an upgraded WebSocket may go on with the stream,
+                    // and its frames are not request heads.
+                    activity.detach();
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
@@ -357,8 +363,6 @@ impl Connection {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                // A new request head began: look again at its deadline.
-                _ = activity.head_began.notified(), if !closing => {}
                 _ = tokio::time::sleep_until(check_at.unwrap_or_else(Instant::now)), if check_at.is_some() => {
                     match activity.verdict(Instant::now()) {
                         Verdict::TooSlow => {
@@ -381,8 +385,6 @@ impl Connection {
 /// finished), when the last one began or ended, and when the next HTTP/1 head began arriving.
 struct Activity {
     state: Mutex<ActivityState>,
-    /// Woken when the first byte of a new request head arrives.
-    head_began: Notify,
     first_request_by: Instant,
     header_timeout: Duration,
     idle_timeout: Duration,
@@ -397,6 +399,8 @@ struct ActivityState {
     http2: bool,
     /// When bytes arrived with nothing in flight on an HTTP/1 connection: a head began.
     head_started: Option<Instant>,
+    /// hyper let go of the stream (an upgrade): no more request heads.
+    detached: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -417,8 +421,8 @@ impl Activity {
                 last_change: Instant::now(),
                 http2: false,
                 head_started: None,
+                detached: false,
             }),
-            head_began: Notify::new(),
             first_request_by,
             header_timeout,
             idle_timeout,
@@ -439,18 +443,36 @@ impl Activity {
         InFlight(this.clone())
     }
 
-    /// The connection read some bytes.
-    fn read(&self) {
+    /// The connection read some bytes. When they begin a new HTTP/1 request head, returns
+    /// the time that head must be whole by.
+    fn read(&self) -> Option<Instant> {
         let mut state = self.lock();
         if state.requests > 0
             && state.in_flight == 0
             && !state.http2
+            && !state.detached
             && state.head_started.is_none()
         {
-            state.head_started = Some(Instant::now());
-            drop(state);
-            self.head_began.notify_one();
+            let now = Instant::now();
+            state.head_started = Some(now);
+            return Some(now + self.header_timeout);
         }
+        None
+    }
+
+    /// Whether a request head that began arriving is still not whole at `now`, past its
+    /// deadline.
+    fn head_too_slow(&self, now: Instant) -> bool {
+        let state = self.lock();
+        state.in_flight == 0
+            && !state.detached
+            && state
+                .head_started
+                .is_some_and(|started| now >= started + self.header_timeout)
+    }
+
+    fn detach(&self) {
+        self.lock().detached = true;
     }
 
     /// When to look at this connection next.
@@ -540,6 +562,11 @@ enum Stream {
 struct Tracked {
     stream: Stream,
     activity: Arc<Activity>,
+    /// Set when a later request head begins: it must be whole by then. The stream enforces
+    /// it itself (a read past it fails, which ends the connection) rather than waking the
+    /// connection's task to re-arm a timer: that wake cost a cross-thread futex per request.
+    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    head_deadline_armed: bool,
     _slot: Slot,
 }
 
@@ -556,7 +583,27 @@ impl AsyncRead for Tracked {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         };
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.read();
+            if let Some(deadline) = this.activity.read() {
+                match this.head_deadline.as_mut() {
+                    Some(sleep) => sleep.as_mut().reset(deadline),
+                    None => this.head_deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+                this.head_deadline_armed = true;
+            }
+            return polled;
+        }
+        if polled.is_pending() && this.head_deadline_armed {
+            if let Some(sleep) = this.head_deadline.as_mut() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.head_deadline_armed = false;
+                    if this.activity.head_too_slow(Instant::now()) {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the request head did not arrive in time",
+                        )));
+                    }
+                }
+            }
         }
         polled
     }
