@@ -371,6 +371,12 @@ fn table(f: &Fixture) -> Vec<Route> {
         ),
         route(
             "GET",
+            "/api/agents/{slug}/trace/histogram",
+            OWNER_SIDE,
+            vec![no_body(agent("/trace/histogram"), Deny)],
+        ),
+        route(
+            "GET",
             "/api/agents/{slug}/logs",
             OWNER_SIDE,
             vec![no_body(agent("/logs"), Deny)],
@@ -711,7 +717,15 @@ fn table(f: &Fixture) -> Vec<Route> {
             "DELETE",
             "/api/chat/messages/{id}",
             OWNER_SIDE,
-            vec![no_body(message, Deny)],
+            vec![no_body(message.clone(), Deny)],
+        ),
+        // Anyone who sees the channel may stop an agent's answer in it (here the message is a
+        // person's, so the guest is let through to a 400, not refused).
+        route(
+            "POST",
+            "/api/chat/messages/{id}/cancel",
+            OWNER_SIDE,
+            vec![no_body(format!("{message}/cancel"), Allow)],
         ),
     ]
 }
