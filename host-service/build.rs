@@ -5,8 +5,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-fn main() {
-    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let manifest = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").ok_or("cargo sets CARGO_MANIFEST_DIR")?,
+    );
     let ui = manifest.join("../ui");
     let dist = ui.join("dist");
     println!("cargo::rustc-check-cfg=cfg(ui_built)");
@@ -27,12 +29,12 @@ fn main() {
             out,
             "    ({rel:?}, include_bytes!({:?})),",
             abs.display().to_string()
-        )
-        .expect("write");
+        )?;
     }
     out.push_str("];\n");
-    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("out dir"));
-    std::fs::write(out_dir.join("ui_files.rs"), out).expect("write ui_files.rs");
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("cargo sets OUT_DIR")?);
+    std::fs::write(out_dir.join("ui_files.rs"), out)?;
+    Ok(())
 }
 
 fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, PathBuf)>) {

@@ -63,6 +63,7 @@ pub fn write_atomic(target: &Path, contents: &[u8]) -> io::Result<()> {
         sync_dir(parent_dir(target))
     })();
     if result.is_err() {
+        // Cleanup only: the temp name is never read, and the result says what failed.
         let _ = fs::remove_file(&temp);
     }
     result
@@ -86,6 +87,7 @@ pub fn create_new_atomic(target: &Path, contents: &[u8]) -> io::Result<()> {
         fs::remove_file(&temp)?;
         sync_dir(parent_dir(target))
     })();
+    // Cleanup only: the temp name is never read, and the result says what failed.
     let _ = fs::remove_file(&temp);
     result
 }
@@ -115,6 +117,7 @@ pub fn remove_stale_temps(target: &Path) {
     };
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            // Cleanup only: a leftover temp file is never read, and the next start tries again.
             let _ = fs::remove_file(entry.path());
         }
     }

@@ -92,11 +92,13 @@ pub fn spawn_prepare(
         };
         match prepare_now(runtime, &host.runtime_config, host.agent_addr.port()).await {
             Ok(_) => {
+                // Fails only when every reader is gone (shutdown).
                 let _ = ready.send(Readiness::Ready);
             }
             Err(why) => {
                 tracing::error!(error = %why, "agents can't be isolated; deploys are refused");
                 on_failure(&why);
+                // Fails only when every reader is gone (shutdown).
                 let _ = ready.send(Readiness::Failed(why));
             }
         }

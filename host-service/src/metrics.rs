@@ -34,79 +34,90 @@ impl Metrics {
     /// Renders the exposition text; `extra` adds gauges owned by other modules.
     pub fn render(&self, started_at: Instant, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
+        // Writing to a String never fails.
+        let _ = self.write_to(&mut out, started_at, extra);
+        out
+    }
+
+    fn write_to(
+        &self,
+        out: &mut String,
+        started_at: Instant,
+        extra: &[(&str, &str, f64)],
+    ) -> std::fmt::Result {
         let version = env!("CARGO_PKG_VERSION");
-        let _ = writeln!(out, "# HELP taos_build_info Host build information.");
-        let _ = writeln!(out, "# TYPE taos_build_info gauge");
-        let _ = writeln!(out, "taos_build_info{{version=\"{version}\"}} 1");
-        let _ = writeln!(
+        writeln!(out, "# HELP taos_build_info Host build information.")?;
+        writeln!(out, "# TYPE taos_build_info gauge")?;
+        writeln!(out, "taos_build_info{{version=\"{version}\"}} 1")?;
+        writeln!(
             out,
             "# HELP taos_http_responses_total HTTP responses by status class."
-        );
-        let _ = writeln!(out, "# TYPE taos_http_responses_total counter");
+        )?;
+        writeln!(out, "# TYPE taos_http_responses_total counter")?;
         let mut total = 0;
         for (i, counter) in self.responses.iter().enumerate() {
             let n = counter.load(Ordering::Relaxed);
             total += n;
-            let _ = writeln!(
+            writeln!(
                 out,
                 "taos_http_responses_total{{class=\"{}xx\"}} {n}",
                 i + 1
-            );
+            )?;
         }
-        let _ = writeln!(
+        writeln!(
             out,
             "# HELP taos_http_request_duration_seconds Time spent answering HTTP requests."
-        );
-        let _ = writeln!(out, "# TYPE taos_http_request_duration_seconds summary");
-        let _ = writeln!(
+        )?;
+        writeln!(out, "# TYPE taos_http_request_duration_seconds summary")?;
+        writeln!(
             out,
             "taos_http_request_duration_seconds_sum {}",
             self.duration_micros_sum.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "taos_http_request_duration_seconds_count {total}");
-        let _ = writeln!(
+        )?;
+        writeln!(out, "taos_http_request_duration_seconds_count {total}")?;
+        writeln!(
             out,
             "# HELP taos_logins_failed_total Failed password logins."
-        );
-        let _ = writeln!(out, "# TYPE taos_logins_failed_total counter");
-        let _ = writeln!(
+        )?;
+        writeln!(out, "# TYPE taos_logins_failed_total counter")?;
+        writeln!(
             out,
             "taos_logins_failed_total {}",
             self.logins_failed.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             out,
             "# HELP taos_logins_rate_limited_total Logins refused by the failed-login limiter."
-        );
-        let _ = writeln!(out, "# TYPE taos_logins_rate_limited_total counter");
-        let _ = writeln!(
+        )?;
+        writeln!(out, "# TYPE taos_logins_rate_limited_total counter")?;
+        writeln!(
             out,
             "taos_logins_rate_limited_total {}",
             self.logins_rate_limited.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             out,
             "# HELP taos_uptime_seconds Seconds since the host started."
-        );
-        let _ = writeln!(out, "# TYPE taos_uptime_seconds gauge");
-        let _ = writeln!(
+        )?;
+        writeln!(out, "# TYPE taos_uptime_seconds gauge")?;
+        writeln!(
             out,
             "taos_uptime_seconds {}",
             started_at.elapsed().as_secs_f64()
-        );
+        )?;
         if let Some(rss) = crate::sys::resident_memory_bytes() {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "# HELP taos_process_resident_memory_bytes Resident memory of the host process."
-            );
-            let _ = writeln!(out, "# TYPE taos_process_resident_memory_bytes gauge");
-            let _ = writeln!(out, "taos_process_resident_memory_bytes {rss}");
+            )?;
+            writeln!(out, "# TYPE taos_process_resident_memory_bytes gauge")?;
+            writeln!(out, "taos_process_resident_memory_bytes {rss}")?;
         }
         for (name, help, value) in extra {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {value}");
+            writeln!(out, "# HELP {name} {help}")?;
+            writeln!(out, "# TYPE {name} gauge")?;
+            writeln!(out, "{name} {value}")?;
         }
-        out
+        Ok(())
     }
 }

@@ -154,6 +154,7 @@ impl EventHub {
         let mut tx = self.db.begin().await?;
         let event = insert_event(&mut tx, kind, data, audience).await?;
         tx.commit().await?;
+        // Committed first: with no live listener the event is still read from the database.
         let _ = self.live.send(Published {
             event: event.clone(),
             audience,
@@ -231,6 +232,7 @@ impl EventHub {
         )
         .await?;
         tx.commit().await?;
+        // Committed first: with no live listener the event is still read from the database.
         let _ = self.live.send(Published { event, audience });
         Ok(notification)
     }

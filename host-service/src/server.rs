@@ -507,14 +507,14 @@ fn start_serving(
         tokio::spawn(listener::serve(
             bound.public,
             public_tls,
-            http::public_app(state.clone()),
+            http::public_app(state),
             options.clone(),
             state.shutdown.clone(),
         )),
         tokio::spawn(listener::serve(
             bound.agent,
             None,
-            http::agent_app(state.clone()),
+            http::agent_app(state),
             options.clone(),
             state.shutdown.clone(),
         )),
@@ -523,7 +523,7 @@ fn start_serving(
         tasks.push(tokio::spawn(listener::serve(
             tcp,
             None,
-            http::agent_app(state.clone()),
+            http::agent_app(state),
             options.clone(),
             state.shutdown.clone(),
         )));

@@ -80,10 +80,14 @@ impl Desktop {
         } else if let Some(tray) = app.tray_by_id(TRAY_ID) {
             // Hidden rather than removed: on Linux a removed indicator stays registered on the
             // session bus, and a new one under the same id could not take its place.
-            let _ = tray.set_visible(false);
+            tray.set_visible(false).map_err(|e| {
+                CommandError::new("desktop", format!("could not hide the tray icon: {e}"))
+            })?;
         }
         self.tray.store(on, Ordering::SeqCst);
-        let json = serde_json::to_vec_pretty(&Stored { tray: on }).expect("settings serialize");
+        let json = serde_json::to_vec_pretty(&Stored { tray: on }).map_err(|e| {
+            CommandError::new("desktop", format!("could not save the setting: {e}"))
+        })?;
         taos_client::hosts::write_atomic(&settings_path(data_dir), &json)
             .map_err(|e| CommandError::new("desktop", format!("could not save the setting: {e}")))
     }
@@ -99,6 +103,7 @@ impl Desktop {
         #[cfg(target_os = "linux")]
         if on {
             if let Ok(home) = app.path().home_dir() {
+                // If this fails, enabling below fails and says why.
                 let _ = std::fs::create_dir_all(home.join(".config"));
             }
         }
@@ -116,13 +121,17 @@ impl Desktop {
         self.unread.store(total, Ordering::SeqCst);
         if let Some(tray) = app.tray_by_id(TRAY_ID) {
             let label = (total > 0).then(|| total.to_string());
-            let _ = tray.set_title(label.as_deref());
+            if let Err(e) = tray.set_title(label.as_deref()) {
+                tracing::warn!("could not show the unread count on the tray: {e}");
+            }
             let tooltip = match total {
                 0 => "taos".to_string(),
                 1 => "taos: 1 unread reply".to_string(),
                 n => format!("taos: {n} unread replies"),
             };
-            let _ = tray.set_tooltip(Some(tooltip));
+            if let Err(e) = tray.set_tooltip(Some(tooltip)) {
+                tracing::warn!("could not set the tray tooltip: {e}");
+            }
         }
     }
 }
@@ -130,9 +139,13 @@ impl Desktop {
 /// Brings the main window back (tray click, "Open taos", a notification clicked).
 pub fn raise<R: Runtime>(app: &AppHandle<R>) {
     if let Some(window) = app.get_webview_window("main") {
-        let _ = window.unminimize();
-        let _ = window.show();
-        let _ = window.set_focus();
+        let shown = window
+            .unminimize()
+            .and_then(|()| window.show())
+            .and_then(|()| window.set_focus());
+        if let Err(e) = shown {
+            tracing::warn!("could not raise the window: {e}");
+        }
     }
     window_changed(app, WindowChange::Hidden(false));
 }
@@ -140,7 +153,9 @@ pub fn raise<R: Runtime>(app: &AppHandle<R>) {
 /// Closing the window with the tray on hides it; while hidden no chat is on screen, so
 /// replies in the one that was open notify too.
 pub fn hide<R: Runtime>(window: &tauri::Window<R>) {
-    let _ = window.hide();
+    if let Err(e) = window.hide() {
+        tracing::warn!("could not hide the window: {e}");
+    }
     window_changed(window.app_handle(), WindowChange::Hidden(true));
 }
 

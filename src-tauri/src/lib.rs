@@ -29,6 +29,7 @@ fn secret_store() -> Arc<dyn taos_client::secrets::SecretStore> {
 
 #[cfg_attr(mobile, tauri::mobile_entry_point)]
 pub fn run() {
+    // Refused only when a subscriber is already set (tests), which is fine.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -31,7 +31,10 @@ pub struct Focus {
 impl Focus {
     /// The UI opened (or left) a channel.
     pub fn set_ui(&self, channel: Option<String>) {
-        *self.ui.lock().expect("ui focus") = channel;
+        *self
+            .ui
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = channel;
     }
 
     /// The window was hidden (closed to the tray) or shown again, or lost or regained the
@@ -55,7 +58,10 @@ impl Focus {
         let on_screen = if away {
             None
         } else {
-            self.ui.lock().expect("ui focus").clone()
+            self.ui
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
         };
         tell(on_screen).await;
     }
@@ -79,7 +85,10 @@ impl UnreadBadge {
     /// A new host's engine takes over: the count goes back to none (`show(0)`), and only
     /// the returned ticket's counts are shown from now on.
     pub fn switch(&self, show: impl FnOnce(u32)) -> BadgeTicket {
-        let mut current = self.current.lock().expect("badge");
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *current += 1;
         show(0);
         BadgeTicket(*current)
@@ -88,7 +97,10 @@ impl UnreadBadge {
     /// No host is active any more (the last one was forgotten): back to none, and no engine's
     /// counts are shown.
     pub fn clear(&self, show: impl FnOnce(u32)) {
-        let mut current = self.current.lock().expect("badge");
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *current += 1;
         show(0);
     }
@@ -96,7 +108,10 @@ impl UnreadBadge {
     /// An engine counted `total` unread replies: shown if it still holds the badge. Whether
     /// it was.
     pub fn update(&self, ticket: BadgeTicket, total: u32, show: impl FnOnce(u32)) -> bool {
-        let current = self.current.lock().expect("badge");
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *current != ticket.0 {
             return false;
         }
@@ -152,6 +167,7 @@ mod tests {
         focus.set_ui(Some("chat".into()));
         // The first update has worked out "chat" and is telling a slow engine.
         let first = focus.apply(async |on_screen| {
+            // Test choreography: the other side outlives this call.
             let _ = inside.send(());
             let _ = may_go_on.await;
             told.lock().unwrap().push(on_screen);

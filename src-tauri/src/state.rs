@@ -114,7 +114,10 @@ impl Shell {
     /// The session for a paired host: the existing one, or a new one (or `fresh`, right after
     /// pairing, which carries the access token pairing returned).
     pub fn session_for(&self, host: &PairedHost, fresh: Option<Session>) -> Arc<Session> {
-        let mut sessions = self.sessions.lock().expect("sessions");
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(fresh) = fresh {
             let session = Arc::new(fresh);
             sessions.insert(host.device_id.clone(), session.clone());
@@ -172,6 +175,7 @@ impl Shell {
             }
         }
         #[cfg(mobile)]
+        // Used on desktop only.
         let _ = app;
     }
 
@@ -197,7 +201,10 @@ impl Shell {
             hosts.active_host().cloned()
         };
         self.save_hosts().await?;
-        self.sessions.lock().expect("sessions").remove(device_id);
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(device_id);
         self.secrets
             .delete(&taos_client::secrets::refresh_key(device_id))?;
         self.cache.forget_host(device_id).await?;
@@ -215,6 +222,7 @@ impl Shell {
 
     pub async fn deactivate(&self) {
         if let Some(active) = self.active.lock().await.take() {
+            // The engine may already have stopped on its own.
             let _ = active.stop.send(true);
         }
     }
@@ -226,7 +234,10 @@ impl Shell {
 
     /// Sends an event to every open UI channel, forgetting the closed ones.
     pub fn broadcast(&self, event: &AppEvent) {
-        let mut listeners = self.listeners.lock().expect("listeners");
+        let mut listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         listeners.retain(|channel| channel.send(event.clone()).is_ok());
     }
 

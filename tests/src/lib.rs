@@ -4,6 +4,13 @@
 //! Tests get the binary path from cargo (`env!("CARGO_BIN_EXE_taos-host")`), so `cargo test`
 //! always runs against a freshly built host.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "the test kit fails the test that called it by panicking"
+)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

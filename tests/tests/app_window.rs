@@ -9,6 +9,13 @@
 //! workspace run: `scripts/app-e2e.sh` runs it (`--ignored`) under `xvfb-run` and
 //! `dbus-run-session` with GNOME Keyring, and `scripts/test.sh` runs that script.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -441,7 +441,7 @@ mod tests {
     use super::*;
     use taos_proto::bridge::ContextMessage;
 
-    fn delivery(context: Vec<ContextMessage>) -> UserMessageDelivery {
+    fn delivery(context: &[ContextMessage]) -> UserMessageDelivery {
         serde_json::from_value(serde_json::json!({
             "id": "m1", "trace_id": "m1", "delivery_seq": 1, "channel_id": "c1",
             "from": "user:ana", "text": "what now?", "created_at": "2026-01-01T00:00:00Z",
@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn context_maps_to_roles() {
-        let d = delivery(vec![
+        let d = delivery(&[
             line("user:ana", AuthorType::User, "hi all"),
             line("helper", AuthorType::Agent, "hello Ana"),
             line("other-bot", AuthorType::Agent, "hi from me"),
@@ -483,7 +483,7 @@ mod tests {
                 (Role::User, "what now?"),
             ]
         );
-        let without_prompt = build_messages(None, "helper", &delivery(vec![]));
+        let without_prompt = build_messages(None, "helper", &delivery(&[]));
         assert_eq!(
             without_prompt,
             vec![ChatMessage {

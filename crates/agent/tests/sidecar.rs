@@ -7,6 +7,13 @@
 //! start); each test has its own agent, and each fault its own model, so tests running at once
 //! don't meet. A fake host (`fake/`) is left only for a fault the real host never produces.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
 mod fake;
 mod tools;
 

@@ -475,6 +475,7 @@ fn private_file(path: &Path) -> std::io::Result<()> {
     }
     #[cfg(not(unix))]
     {
+        // Used on unix only.
         let _ = path;
         Ok(())
     }
@@ -526,7 +527,8 @@ where
     Ok(())
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 

@@ -108,6 +108,7 @@ impl Engine {
     }
 
     fn emit(&self, event: AppEvent) {
+        // No UI subscribed yet (or any more): the cache holds the state it would show.
         let _ = self.events.send(event);
     }
 
@@ -376,7 +377,10 @@ impl Engine {
             match live {
                 LiveEvent::Resync => {
                     self.emit(AppEvent::Resync);
-                    let _ = self.catch_up().await;
+                    if let Err(e) = self.catch_up().await {
+                        // The next resync or reconnect catches up; the cache stays as it was.
+                        tracing::warn!("catching up after a resync failed: {e}");
+                    }
                 }
                 LiveEvent::Unauthorized => {
                     self.session.forget_token(&token).await;

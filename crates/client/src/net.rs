@@ -71,8 +71,8 @@ impl NetError {
 }
 
 /// The rustls client configuration for a trust mode.
-pub fn tls_config(trust: Trust) -> rustls::ClientConfig {
-    match trust {
+pub fn tls_config(trust: Trust) -> Result<rustls::ClientConfig, NetError> {
+    Ok(match trust {
         Trust::Pinned(pin) => taos_pin::pinned_client_config(pin),
         Trust::SystemCa => {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -84,13 +84,13 @@ pub fn tls_config(trust: Trust) -> rustls::ClientConfig {
             }
             let mut config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .expect("ring supports the default versions")
+                .map_err(|e| NetError::Protocol(format!("TLS setup: {e}")))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             config
         }
-    }
+    })
 }
 
 /// A connection to one host address (`host:port`) with one trust decision.
@@ -116,7 +116,7 @@ impl Link {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30));
         let http = builder
-            .use_preconfigured_tls(tls_config(trust))
+            .use_preconfigured_tls(tls_config(trust)?)
             .build()
             .map_err(|e| NetError::Protocol(e.to_string()))?;
         Ok(Link {
@@ -134,10 +134,10 @@ impl Link {
         format!("https://{}{path}", self.address)
     }
 
-    fn classify(&self, e: reqwest::Error) -> NetError {
+    fn classify(&self, e: &reqwest::Error) -> NetError {
         // A handshake refused by our verifier shows as a connect error whose source chain
         // names the certificate; anything else at connect time means the host isn't there.
-        let chain = error_chain(&e);
+        let chain = error_chain(e);
         if chain.contains("ApplicationVerificationFailure")
             || chain.contains("invalid peer certificate")
         {
@@ -169,9 +169,9 @@ impl Link {
                 .header(CONTENT_TYPE, "application/json")
                 .body(serde_json::to_vec(body).map_err(|e| NetError::Protocol(e.to_string()))?);
         }
-        let response = request.send().await.map_err(|e| self.classify(e))?;
+        let response = request.send().await.map_err(|e| self.classify(&e))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| self.classify(e))?;
+        let bytes = response.bytes().await.map_err(|e| self.classify(&e))?;
         if status == StatusCode::UNAUTHORIZED {
             return Err(NetError::Unauthorized);
         }
@@ -219,7 +219,7 @@ impl Link {
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id.to_string());
         }
-        let response = request.send().await.map_err(|e| self.classify(e))?;
+        let response = request.send().await.map_err(|e| self.classify(&e))?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED => return Err(NetError::Unauthorized),
@@ -234,7 +234,7 @@ impl Link {
 
     /// Opens the chat WebSocket with a bearer token, through the same trust decision.
     pub async fn chat_socket(&self, token: &str) -> Result<ChatSocket, NetError> {
-        let mut config = tls_config(self.trust);
+        let mut config = tls_config(self.trust)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let unreachable = |reason: String| NetError::Unreachable {
             address: self.address.clone(),

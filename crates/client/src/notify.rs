@@ -121,7 +121,11 @@ impl Attention {
     pub async fn set_focus(&self, channel: Option<String>, seen: impl FnOnce(u32)) {
         let mut focus = self.focus.lock().await;
         if let Some(channel) = &channel {
-            let total = self.unread.lock().expect("unread").read(channel);
+            let total = self
+                .unread
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .read(channel);
             seen(total);
         }
         *focus = channel;
@@ -141,7 +145,7 @@ impl Attention {
             let total = self
                 .unread
                 .lock()
-                .expect("unread")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .reply(&message.channel_id);
             counted(notification, total);
         }

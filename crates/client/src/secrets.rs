@@ -46,17 +46,25 @@ pub struct MemoryStore(Mutex<HashMap<String, String>>);
 
 impl SecretStore for MemoryStore {
     fn get(&self, key: &str) -> Result<Option<String>, SecretError> {
-        Ok(self.0.lock().expect("secret map").get(key).cloned())
+        Ok(self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .cloned())
     }
     fn set(&self, key: &str, value: &str) -> Result<(), SecretError> {
         self.0
             .lock()
-            .expect("secret map")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key.to_string(), value.to_string());
         Ok(())
     }
     fn delete(&self, key: &str) -> Result<(), SecretError> {
-        self.0.lock().expect("secret map").remove(key);
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
         Ok(())
     }
 }

@@ -139,7 +139,9 @@ impl Session {
         let tokens = match answer {
             Ok(tokens) => tokens,
             Err(NetError::Unauthorized) => {
-                let _ = self.secrets.delete(&refresh_key(&self.host.device_id));
+                if let Err(e) = self.secrets.delete(&refresh_key(&self.host.device_id)) {
+                    tracing::warn!("could not forget a refused refresh token: {e}");
+                }
                 *access = None;
                 return Err(SessionError::Revoked);
             }

@@ -3,6 +3,13 @@
 //! get it back (each queued message delivered exactly once, in order), and the two ways
 //! pairing and sessions end badly: a code for another host's key, and a revoked device.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -88,7 +88,7 @@ fn submit(job: Job) -> Result<(), AuthError> {
         let (jobs, queue) = mpsc::sync_channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("taos-argon2".to_string())
-            .spawn(move || run_worker(queue))
+            .spawn(move || run_worker(&queue))
             .map(|_| jobs)
             .map_err(|e| e.to_string())
     });
@@ -106,7 +106,7 @@ fn submit(job: Job) -> Result<(), AuthError> {
     }
 }
 
-fn run_worker(queue: mpsc::Receiver<Job>) {
+fn run_worker(queue: &mpsc::Receiver<Job>) {
     let mut memory = vec![Block::new(); PARAMS.block_count()];
     loop {
         let job = match queue.try_recv() {
@@ -124,6 +124,7 @@ fn run_worker(queue: mpsc::Receiver<Job>) {
         };
         match job {
             Job::Hash { password, reply } => {
+                // The login that asked may have been cancelled (client gone); the result is unwanted.
                 let _ = reply.send(hash_with(&mut memory, &password));
             }
             Job::Verify {
@@ -131,6 +132,7 @@ fn run_worker(queue: mpsc::Receiver<Job>) {
                 stored_hash,
                 reply,
             } => {
+                // The login that asked may have been cancelled (client gone); the result is unwanted.
                 let _ = reply.send(verify_with(&mut memory, &password, &stored_hash));
             }
         }

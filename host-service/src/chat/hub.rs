@@ -40,12 +40,12 @@ impl ChatHub {
             .subscribe()
     }
 
-    pub fn publish(&self, channel_id: &str, event: ServerEvent) {
+    pub fn publish(&self, channel_id: &str, event: &ServerEvent) {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sender) = channels.get(channel_id) {
             let published = Published {
                 seq: event.seq(),
-                json: serde_json::to_string(&event).unwrap_or_default(),
+                json: serde_json::to_string(event).unwrap_or_default(),
             };
             if sender.send(Arc::new(published)).is_err() {
                 // Nobody listens any more; forget the channel so the map doesn't grow forever.

@@ -590,7 +590,7 @@ impl Chat {
         let StoredPost { message, serial } = stored;
         self.hub.publish(
             &message.channel_id,
-            ServerEvent::Message {
+            &ServerEvent::Message {
                 channel_id: message.channel_id.clone(),
                 seq: message.seq,
                 message: message.clone(),
@@ -633,7 +633,7 @@ impl Chat {
         tx.commit().await?;
         self.hub.publish(
             &message.channel_id,
-            ServerEvent::MessageEdit {
+            &ServerEvent::MessageEdit {
                 channel_id: message.channel_id.clone(),
                 seq,
                 message_id: id.to_string(),
@@ -679,7 +679,7 @@ impl Chat {
         tx.commit().await?;
         self.hub.publish(
             &message.channel_id,
-            ServerEvent::MessageDelete {
+            &ServerEvent::MessageDelete {
                 channel_id: message.channel_id.clone(),
                 seq,
                 message_id: id.to_string(),
@@ -719,7 +719,7 @@ impl Chat {
         let message = self.message(id).await?;
         self.hub.publish(
             &message.channel_id,
-            ServerEvent::Message {
+            &ServerEvent::Message {
                 channel_id: message.channel_id.clone(),
                 seq,
                 message: message.clone(),
@@ -835,7 +835,7 @@ impl Chat {
         tx.commit().await?;
         self.hub.publish(
             &message.channel_id,
-            ServerEvent::MessageState {
+            &ServerEvent::MessageState {
                 channel_id: message.channel_id.clone(),
                 seq,
                 message_id: id.to_string(),
@@ -849,7 +849,7 @@ impl Chat {
     pub fn delta(&self, channel_id: &str, message_id: &str, delta: &str) {
         self.hub.publish(
             channel_id,
-            ServerEvent::MessageDelta {
+            &ServerEvent::MessageDelta {
                 channel_id: channel_id.to_string(),
                 message_id: message_id.to_string(),
                 delta: delta.to_string(),
@@ -860,7 +860,7 @@ impl Chat {
     pub fn typing(&self, channel_id: &str, member: &str) {
         self.hub.publish(
             channel_id,
-            ServerEvent::Typing {
+            &ServerEvent::Typing {
                 channel_id: channel_id.to_string(),
                 member: member.to_string(),
             },

@@ -306,7 +306,7 @@ fn common_layers(router: Router, state: &AppState) -> Router {
 }
 
 /// The public listener's app: people, over TLS.
-pub fn public_app(state: AppState) -> Router {
+pub fn public_app(state: &AppState) -> Router {
     let (router, _) = api_routes().split_for_parts();
     let router = router
         // The web UI for GETs outside /api; JSON 404 for everything else.
@@ -318,11 +318,11 @@ pub fn public_app(state: AppState) -> Router {
             state.clone(),
             hosts::check_host,
         ));
-    common_layers(router, &state)
+    common_layers(router, state)
 }
 
 /// The agent listener's app: agents only, by agent token.
-pub fn agent_app(state: AppState) -> Router {
+pub fn agent_app(state: &AppState) -> Router {
     use axum::routing::{get, post};
     let router = Router::new()
         .route("/api/health", get(ops::agent_health))
@@ -347,7 +347,7 @@ pub fn agent_app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
-    common_layers(router, &state)
+    common_layers(router, state)
 }
 
 /// Keeps the health map current: checks the database every few seconds.

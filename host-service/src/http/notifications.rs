@@ -190,6 +190,7 @@ async fn events(
                 None => after < newest,
             };
             if missed_is_gone {
+                // The channel is new and empty, so this first event always fits.
                 let _ = tx.try_send(Event::default().event(EVENT_RESYNC).data("{}"));
                 newest
             } else {

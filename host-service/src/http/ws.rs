@@ -119,6 +119,7 @@ async fn run(
                 biased;
                 close = &mut close_rx => {
                     if let Ok(frame) = close {
+                        // The peer may already be gone; closing is all that is left either way.
                         let _ = sink.send(WsMessage::Close(Some(frame))).await;
                     }
                     break;
@@ -131,6 +132,7 @@ async fn run(
                 }
             }
         }
+        // The peer may already be gone; closing is all that is left either way.
         let _ = sink.close().await;
     });
     let mut conn = Connection {
@@ -171,6 +173,7 @@ async fn run(
                         }
                     }
                     WsMessage::Binary(_) => {
+                        // Fails only once the writer ended, and then the reader ends too.
                         let _ = out.send(error_event("bad_frame", "send JSON text frames")).await;
                     }
                     WsMessage::Close(_) => break None,
@@ -191,6 +194,7 @@ async fn run(
         task.abort();
     }
     if let Some(frame) = close {
+        // The writer may have ended first (peer gone): no one to close for.
         let _ = close_tx.send(frame);
     }
     drop(conn);
@@ -215,6 +219,7 @@ fn unauthorized(ended: Ended, principal: &Principal) -> CloseFrame {
 
 impl Connection {
     async fn send(&self, message: WsMessage) {
+        // Fails only once the writer ended (peer gone); the read loop ends next.
         let _ = self.out.send(message).await;
     }
 

@@ -162,6 +162,7 @@ async fn settle_reservation(
 ) {
     // The row must exist before it is settled, or it would outlive the call.
     if let Some(recorded) = recorded {
+        // Only its completion matters; a recording task that failed logged why.
         let _ = recorded.await;
     }
     if let Err(e) = ledger

@@ -587,6 +587,7 @@ impl Supervisor {
             }
             tracing::warn!("LiteLLM ignored SIGTERM; killing it");
         }
+        // Fails only when it already exited, which is what we want.
         let _ = child.kill().await;
     }
 
@@ -680,6 +681,7 @@ fn append_capped(path: &Path, line: &str) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if std::fs::metadata(path).is_ok_and(|m| m.len() > LOG_LIMIT_BYTES) {
+        // Rotation is best effort: if it fails, the lines still go to the current file.
         let _ = std::fs::rename(path, path.with_extension("log.1"));
     }
     if let Ok(mut file) = std::fs::OpenOptions::new()
@@ -688,6 +690,7 @@ fn append_capped(path: &Path, line: &str) {
         .mode(fsutil::PRIVATE_FILE_MODE)
         .open(path)
     {
+        // LiteLLM's own log: a line lost on a full disk is not worth failing the supervisor for.
         let _ = writeln!(file, "{line}");
     }
 }
@@ -707,6 +710,7 @@ pub fn plain_client() -> reqwest::Client {
 pub fn ensure_crypto_provider() {
     static DONE: std::sync::Once = std::sync::Once::new();
     DONE.call_once(|| {
+        // Refused only if a provider is already installed, which is all we need.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
 }

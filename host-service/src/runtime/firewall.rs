@@ -236,7 +236,9 @@ pub async fn open_listener(bridges: &[AgentBridge], port: u16) -> Result<(), Fir
             if !listening.contains(&(address, dport)) {
                 let mut delete = vec!["-D"];
                 delete.extend_from_slice(&words[1..]);
-                let _ = iptables(&delete).await;
+                if let Err(e) = iptables(&delete).await {
+                    tracing::warn!("could not remove a stale listener rule: {e}");
+                }
             }
         }
     }
@@ -249,7 +251,9 @@ pub async fn close_listener(bridges: &[AgentBridge], port: u16) {
         let rule = listener_rule(bridge, port);
         let mut delete = vec!["-D", LISTENERS_CHAIN];
         delete.extend(rule.iter().map(String::as_str));
-        let _ = iptables(&delete).await;
+        if let Err(e) = iptables(&delete).await {
+            tracing::warn!("could not remove this host's listener rule: {e}");
+        }
     }
 }
 

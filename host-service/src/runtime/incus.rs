@@ -227,11 +227,14 @@ impl Incus {
             .unwrap_or(false);
         if inconsistent {
             tracing::warn!(pool = %self.pool, "btrfs quota accounting is inconsistent; rescanning");
-            let _ = tokio::process::Command::new("btrfs")
+            let rescan = tokio::process::Command::new("btrfs")
                 .args(["quota", "rescan", "-w"])
                 .arg(&mount)
                 .output()
                 .await;
+            if !rescan.as_ref().is_ok_and(|out| out.status.success()) {
+                tracing::warn!(pool = %self.pool, "btrfs quota rescan failed; usage may be off: {rescan:?}");
+            }
         }
     }
 
@@ -533,6 +536,7 @@ impl Incus {
             .await
             .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
         tokio::spawn(async move {
+            // The connection ends when its requests fail; they report the error to their callers.
             let _ = connection.await;
         });
         let mut request = Request::builder()
@@ -675,6 +679,7 @@ impl Incus {
     async fn fetch_log(&self, url: &str) -> String {
         match self.raw(Method::GET, url, Bytes::new(), &[]).await {
             Ok(answer) => {
+                // Tidying only: incus drops the log with the instance in any case.
                 let _ = self.raw(Method::DELETE, url, Bytes::new(), &[]).await;
                 String::from_utf8_lossy(&answer.body).into_owned()
             }

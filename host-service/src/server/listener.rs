@@ -251,6 +251,7 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        // Latency only: a socket that refuses TCP_NODELAY still works.
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             peer,

@@ -246,6 +246,7 @@ pub(super) async fn open_for_write(
     // Plain `execute` of a &str runs every statement in it (and, unlike `raw_sql`, keeps the
     // writer's future `Send`).
     if let Err(e) = prepare_schema(&mut conn).await {
+        // Closing only releases the handle; the outcome is already decided, so its error changes nothing.
         let _ = conn.close().await;
         return Err(e);
     }

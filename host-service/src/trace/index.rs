@@ -304,6 +304,7 @@ async fn open(dir: &Path) -> Result<SqliteConnection, TraceError> {
         .connect()
         .await?;
     if let Err(e) = conn.execute(SCHEMA).await {
+        // Closing only releases the handle; the outcome is already decided, so its error changes nothing.
         let _ = conn.close().await;
         return Err(e.into());
     }
@@ -373,6 +374,7 @@ pub(super) async fn write(dir: &Path, changes: &[Change<'_>]) -> Result<(), Trac
     }
     let mut conn = open(dir).await?;
     let result = write_with(&mut conn, dir, changes).await;
+    // Closing only releases the handle; the outcome is already decided, so its error changes nothing.
     let _ = conn.close().await;
     result
 }
@@ -488,6 +490,7 @@ async fn load(dir: &Path) -> Result<AgentIndex, TraceError> {
         Ok(rows) => rows,
         Err(e) => {
             tracing::warn!(dir = %dir.display(), "trace index unreadable, rebuilding it: {e}");
+            // Closing only releases the handle; the outcome is already decided, so its error changes nothing.
             let _ = conn.close().await;
             remove_index(dir)?;
             conn = open(dir).await?;
@@ -527,6 +530,7 @@ async fn load(dir: &Path) -> Result<AgentIndex, TraceError> {
     } else {
         write_with(&mut conn, dir, &changes).await
     };
+    // Closing only releases the handle; the outcome is already decided, so its error changes nothing.
     let _ = conn.close().await;
     result?;
     Ok(AgentIndex {

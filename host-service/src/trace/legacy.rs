@@ -258,6 +258,7 @@ async fn import_bucket(
         if let Err(why) = check_database(&bucket::db_path(dst, bucket)).await {
             report.skip(&bucket::db_path(src, bucket), why);
             for file in &bucket::files_of(dst, bucket)[..3] {
+                // Best effort: a copy left behind is skipped again (and reported) at the next start.
                 let _ = fs::remove_file(file);
             }
         }
@@ -280,6 +281,7 @@ fn copy_plain(from: &Path, to: &Path) -> io::Result<()> {
     // Never more than fstat said: a file that grows while we copy doesn't get to fill the disk.
     let copied = io::copy(&mut source.take(expected), &mut target)?;
     if copied != expected {
+        // Best effort: the error below says what went wrong; a partial copy is never read.
         let _ = fs::remove_file(to);
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -316,6 +318,7 @@ async fn check_database(path: &Path) -> Result<(), String> {
         .await
         .map_err(|e| format!("not a database: {e}"))?;
     let result = check_connection(&mut conn).await;
+    // Closing only releases the handle; the outcome is already decided, so its error changes nothing.
     let _ = conn.close().await;
     result
 }

@@ -340,6 +340,7 @@ impl TraceStore {
         for tx in senders {
             let (reply, answer) = oneshot::channel();
             if tx.send(Command::Shutdown { reply }).await.is_ok() {
+                // A writer that ended without answering has nothing left to flush.
                 let _ = answer.await;
             }
         }

@@ -199,6 +199,7 @@ pub(super) async fn summarize(dir: &Path, name: &str) -> Result<Hour, TraceError
                 }
                 Err(e) => {
                     tracing::warn!(path = %db.display(), "cannot count trace bucket: {e}");
+                    // Closing only releases the handle; the outcome is already decided, so its error changes nothing.
                     let _ = c.close().await;
                 }
             },
@@ -219,6 +220,7 @@ pub(super) async fn summarize(dir: &Path, name: &str) -> Result<Hour, TraceError
         }
     }
     if let Some(c) = conn {
+        // Closing only releases the handle; the outcome is already decided, so its error changes nothing.
         let _ = c.close().await;
     }
     Ok(hour)
@@ -302,6 +304,7 @@ async fn read_db(
     match bucket::query(&mut conn, query, limit).await {
         Ok(events) => Ok((events, conn)),
         Err(e) => {
+            // Closing only releases the handle; the outcome is already decided, so its error changes nothing.
             let _ = conn.close().await;
             Err(e)
         }

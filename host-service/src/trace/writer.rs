@@ -139,6 +139,7 @@ impl Writer {
             if let Some(reply) = self.handle(round).await {
                 rx.close();
                 self.finish(&mut rx).await;
+                // The asker may have given up (timed out or gone away); nobody is left to tell.
                 let _ = reply.send(());
                 return;
             }
@@ -176,6 +177,7 @@ impl Writer {
         let shutdown = self.handle(rest).await;
         self.close_buckets(0).await;
         if let Some(reply) = shutdown {
+            // The asker may have given up (timed out or gone away); nobody is left to tell.
             let _ = reply.send(());
         }
     }
@@ -191,6 +193,7 @@ impl Writer {
                 Command::Seal { now, reply } => {
                     self.append_all(std::mem::take(&mut appends)).await;
                     let sealed = self.seal_old(now).await;
+                    // The asker may have given up (timed out or gone away); nobody is left to tell.
                     let _ = reply.send(sealed);
                 }
                 Command::Shutdown { reply } => shutdown = Some(reply),
@@ -207,6 +210,7 @@ impl Writer {
         // The quota is checked before anything is written.
         if let Err(quota_bytes) = self.make_room(Utc::now()).await {
             for request in requests {
+                // The asker may have given up (timed out or gone away); nobody is left to tell.
                 let _ = request
                     .reply
                     .send(Err(TraceError::QuotaFull { quota_bytes }));
@@ -239,6 +243,7 @@ impl Writer {
             self.recount(name);
         }
         for (reply, failure) in replies {
+            // The asker may have given up (timed out or gone away); nobody is left to tell.
             let _ = reply.send(match failure {
                 None => Ok(()),
                 Some(e) => Err(TraceError::Io(e)),
@@ -636,6 +641,7 @@ impl Writer {
 
     fn tell(&self, notice: QuotaNotice) {
         if let Some(notices) = &self.limits.notices {
+            // Notices are advisory; with nobody listening (shutdown) there is nothing to tell.
             let _ = notices.send(notice);
         }
     }

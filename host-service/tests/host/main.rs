@@ -1,6 +1,13 @@
 //! Integration tests: the real `taos-host` binary, a temp data dir, a pinned TLS client.
 //! One test binary (modules below) keeps link time down.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
 mod access;
 mod agent_access;
 mod auth;

@@ -19,6 +19,10 @@ pub struct DesktopView {
 
 #[cfg(desktop)]
 #[tauri::command(rename_all = "snake_case")]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "Tauri commands take their arguments by value"
+)]
 pub fn desktop_settings(
     app: AppHandle,
     desktop: State<'_, crate::desktop::Desktop>,
@@ -33,6 +37,10 @@ pub fn desktop_settings(
 
 #[cfg(desktop)]
 #[tauri::command(rename_all = "snake_case")]
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "Tauri commands take their arguments by value"
+)]
 pub fn desktop_set_tray(
     app: AppHandle,
     shell: State<'_, Arc<Shell>>,

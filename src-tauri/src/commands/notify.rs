@@ -18,7 +18,11 @@ pub async fn notify_subscribe(
     shell: State<'_, Arc<Shell>>,
     on_event: Channel<AppEvent>,
 ) -> CommandResult<()> {
-    shell.listeners.lock().expect("listeners").push(on_event);
+    shell
+        .listeners
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(on_event);
     Ok(())
 }
 
@@ -58,7 +62,9 @@ pub async fn forward<R: Runtime>(
 fn open_route<R: Runtime>(app: &AppHandle<R>, route: &str) {
     use tauri::Emitter;
     crate::desktop::raise(app);
-    let _ = app.emit("taos://open", route.to_string());
+    if let Err(e) = app.emit("taos://open", route.to_string()) {
+        tracing::warn!("could not ask the UI to open {route}: {e}");
+    }
 }
 
 /// A native notification whose click opens its screen. The notification plugin hears no clicks

@@ -5,6 +5,13 @@
 //!
 //! Usage: taos-app-bench <path to taos-app> <tauri-driver port>
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark that can't measure stops with the reason"
+)]
+
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};

@@ -4,6 +4,13 @@
 //!
 //! Usage: taos-bench <path to taos-host> <runs>
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark that can't measure stops with the reason"
+)]
+
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

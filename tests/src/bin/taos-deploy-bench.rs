@@ -4,6 +4,13 @@
 //!
 //! Usage: taos-deploy-bench <path to taos-host> [agents]
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark that can't measure stops with the reason"
+)]
+
 use std::time::{Duration, Instant};
 
 use reqwest::Method;

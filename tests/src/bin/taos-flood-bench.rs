@@ -10,6 +10,13 @@
 //!
 //! Usage: taos-flood-bench <path to taos-host>
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark that can't measure stops with the reason"
+)]
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 

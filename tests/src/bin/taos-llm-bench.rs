@@ -4,6 +4,13 @@
 //!
 //! Usage: taos-llm-bench <path to taos-host> [calls for the RSS check]
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark that can't measure stops with the reason"
+)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

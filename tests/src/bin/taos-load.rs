@@ -5,6 +5,13 @@
 //!
 //! Usage: taos-load <path to taos-host>
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark that can't measure stops with the reason"
+)]
+
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};

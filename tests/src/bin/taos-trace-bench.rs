@@ -7,6 +7,13 @@
 //!
 //! Usage: taos-trace-bench <path to taos-host> [rounds, default 400]
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark that can't measure stops with the reason"
+)]
+
 use std::time::{Duration, Instant};
 
 use chrono::{DurationRound, TimeDelta, Utc};

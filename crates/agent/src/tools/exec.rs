@@ -233,6 +233,7 @@ impl Sandbox {
             let bytes = bytes.to_vec();
             // Written alongside, so a process that doesn't read its input can't block us.
             tokio::spawn(async move {
+                // A command that exits without reading its input closes the pipe: not an error of ours.
                 let _ = pipe.write_all(&bytes).await;
                 let _ = pipe.shutdown().await;
             });
@@ -244,6 +245,7 @@ impl Sandbox {
         // Whatever it left running (a timed-out pipeline, a background job) goes now, so the
         // pipes close and the output can be read to its end.
         drop(reaper);
+        // Fails only when it already exited.
         let _ = child.kill().await;
         let stdout = drained(stdout, cap).await;
         let stderr = drained(stderr, cap).await;
@@ -307,6 +309,7 @@ fn kill_group(pid: u32) {
         .ok()
         .and_then(rustix::process::Pid::from_raw)
     {
+        // ESRCH: the group is already gone, which is the goal.
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
 }
@@ -332,6 +335,7 @@ fn kill_account(uid: u32) {
             if is_live_process_of(&status, uid) {
                 if let Some(pid) = rustix::process::Pid::from_raw(raw) {
                     found = true;
+                    // ESRCH: it exited on its own meanwhile, which is the goal.
                     let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
                 }
             }
