@@ -698,34 +698,7 @@ impl Bridge {
         step: ToolStep,
     ) -> Result<String, BridgeError> {
         let key = (agent.id, trace_id.to_string());
-        let message_id = match &delivery.placeholder {
-            Some(id) => id.clone(),
-            None => {
-                let (message, _) = chat
-                    .post(Post {
-                        channel_id: &delivery.channel_id,
-                        author_id: &agent.slug,
-                        author_type: AuthorType::Agent,
-                        content: "",
-                        client_id: None,
-                        thread_id: delivery.thread_id.as_deref(),
-                        state: MessageState::Streaming,
-                        metadata: serde_json::json!({"trace_id": trace_id, "hops_since_user": delivery.hops}),
-                    })
-                    .await?;
-                self.set_reply_message(agent.id, trace_id, &message.id)
-                    .await?;
-                let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-                buffers.insert(
-                    key.clone(),
-                    StreamBuffer {
-                        text: String::new(),
-                        from_start: true,
-                    },
-                );
-                message.id
-            }
-        };
+        let message_id = self.answer_message(chat, agent, trace_id, delivery).await?;
         let streamed = {
             let buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
             buffers
@@ -736,6 +709,44 @@ impl Bridge {
         chat.record_tool_step(&message_id, step, streamed.as_deref())
             .await?;
         Ok(message_id)
+    }
+
+    /// The answer's chat message: the placeholder the delivery already has, or a new empty
+    /// streaming message (remembered as the delivery's reply, with an empty buffer that streams
+    /// from the start) for the first delta or tool step.
+    async fn answer_message(
+        &self,
+        chat: &Chat,
+        agent: &AgentRecord,
+        trace_id: &str,
+        delivery: &Delivered,
+    ) -> Result<String, BridgeError> {
+        if let Some(id) = &delivery.placeholder {
+            return Ok(id.clone());
+        }
+        let (message, _) = chat
+            .post(Post {
+                channel_id: &delivery.channel_id,
+                author_id: &agent.slug,
+                author_type: AuthorType::Agent,
+                content: "",
+                client_id: None,
+                thread_id: delivery.thread_id.as_deref(),
+                state: MessageState::Streaming,
+                metadata: serde_json::json!({"trace_id": trace_id, "hops_since_user": delivery.hops}),
+            })
+            .await?;
+        self.set_reply_message(agent.id, trace_id, &message.id)
+            .await?;
+        let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        buffers.insert(
+            (agent.id, trace_id.to_string()),
+            StreamBuffer {
+                text: String::new(),
+                from_start: true,
+            },
+        );
+        Ok(message.id)
     }
 
     fn forget_buffer(&self, agent: Uuid, trace_id: &str) -> Option<StreamBuffer> {
@@ -756,34 +767,9 @@ impl Bridge {
             .filter(|c| !c.is_empty())
             .ok_or_else(|| BridgeError::BadInput("a delta needs content".into()))?;
         let key = (agent.id, reply.trace_id.clone());
-        let message_id = match &delivery.placeholder {
-            Some(id) => id.clone(),
-            None => {
-                let (message, _) = chat
-                    .post(Post {
-                        channel_id: &delivery.channel_id,
-                        author_id: &agent.slug,
-                        author_type: AuthorType::Agent,
-                        content: "",
-                        client_id: None,
-                        thread_id: delivery.thread_id.as_deref(),
-                        state: MessageState::Streaming,
-                        metadata: serde_json::json!({"trace_id": reply.trace_id, "hops_since_user": delivery.hops}),
-                    })
-                    .await?;
-                self.set_reply_message(agent.id, &reply.trace_id, &message.id)
-                    .await?;
-                let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-                buffers.insert(
-                    key.clone(),
-                    StreamBuffer {
-                        text: String::new(),
-                        from_start: true,
-                    },
-                );
-                message.id
-            }
-        };
+        let message_id = self
+            .answer_message(chat, agent, &reply.trace_id, delivery)
+            .await?;
         {
             let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
             // No buffer for an existing placeholder: the host restarted mid-stream.

@@ -742,34 +742,13 @@ impl Chat {
                 return Err(ChatError::BadInput("the reply is too long".into()));
             }
         }
-        let message = self.message(id).await?;
-        let mut metadata = match message.metadata {
-            serde_json::Value::Object(map) => map,
-            _ => serde_json::Map::new(),
-        };
-        metadata.insert(
-            "failure".into(),
-            serde_json::to_value(failure).map_err(|e| ChatError::Decode(e.to_string()))?,
-        );
-        let lock = self.hub.write_lock(&message.channel_id);
-        let _serial = lock.lock().await;
-        let mut tx = self.db.begin().await?;
-        let seq = next_seq(&mut tx, &message.channel_id).await?;
-        let updated = sqlx::query(
-            "UPDATE messages SET content = COALESCE(?, content), state = 'error', metadata = ?, \
-             seq = ? WHERE id = ? AND deleted_at IS NULL",
-        )
-        .bind(partial)
-        .bind(serde_json::Value::Object(metadata).to_string())
-        .bind(seq)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Err(ChatError::NotFound("the message was deleted"));
-        }
-        tx.commit().await?;
-        self.publish_stored(id, seq).await
+        let failure =
+            serde_json::to_value(failure).map_err(|e| ChatError::Decode(e.to_string()))?;
+        self.rewrite_answer(id, partial, Some(MessageState::Error), |_, metadata| {
+            metadata.insert("failure".into(), failure);
+            Ok(())
+        })
+        .await
     }
 
     /// Records a step of an agent's tool use on its (streaming) answer, in
@@ -783,26 +762,47 @@ impl Chat {
         step: ToolStep,
         content: Option<&str>,
     ) -> Result<Message, ChatError> {
+        self.rewrite_answer(id, content, None, |message, metadata| {
+            if message.state != MessageState::Streaming {
+                return Err(ChatError::Conflict("the answer is already settled".into()));
+            }
+            add_tool_step(metadata, step);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Changes an agent's answer in place: `change` edits its metadata as it is under the
+    /// channel's write lock (read there, so concurrent changes don't overwrite each other);
+    /// `content` and `state`, when given, replace the message's. One seq and one `message`
+    /// event, so every client upserts it.
+    async fn rewrite_answer(
+        &self,
+        id: &str,
+        content: Option<&str>,
+        state: Option<MessageState>,
+        change: impl FnOnce(
+            &Message,
+            &mut serde_json::Map<String, serde_json::Value>,
+        ) -> Result<(), ChatError>,
+    ) -> Result<Message, ChatError> {
         let message = self.message(id).await?;
         let lock = self.hub.write_lock(&message.channel_id);
         let _serial = lock.lock().await;
-        // Read again under the lock: the metadata is read, changed and written back.
         let message = self.message(id).await?;
-        if message.state != MessageState::Streaming {
-            return Err(ChatError::Conflict("the answer is already settled".into()));
-        }
-        let mut metadata = match message.metadata {
-            serde_json::Value::Object(map) => map,
+        let mut metadata = match &message.metadata {
+            serde_json::Value::Object(map) => map.clone(),
             _ => serde_json::Map::new(),
         };
-        add_tool_step(&mut metadata, step);
+        change(&message, &mut metadata)?;
         let mut tx = self.db.begin().await?;
         let seq = next_seq(&mut tx, &message.channel_id).await?;
         let updated = sqlx::query(
-            "UPDATE messages SET content = COALESCE(?, content), metadata = ?, seq = ? \
-             WHERE id = ? AND deleted_at IS NULL",
+            "UPDATE messages SET content = COALESCE(?, content), state = COALESCE(?, state), \
+             metadata = ?, seq = ? WHERE id = ? AND deleted_at IS NULL",
         )
         .bind(content)
+        .bind(state.map(state_str))
         .bind(serde_json::Value::Object(metadata).to_string())
         .bind(seq)
         .bind(id)

@@ -226,23 +226,9 @@ pub(super) async fn open_for_write(
     bucket: &str,
 ) -> Result<SqliteConnection, TraceError> {
     fsutil::ensure_private_subdir(dir)?;
-    let path = db_path(dir, bucket);
-    // Created by us so it is 0600 from the first byte; SQLite gives -wal and -shm the same mode.
-    fsutil::touch_private(&path)?;
-    fsutil::open_plain(&path)?;
-    let mut conn = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(false)
-        .pragma("trusted_schema", "OFF")
-        .journal_mode(SqliteJournalMode::Wal)
-        // FULL in WAL mode fsyncs every commit: acknowledged means on disk.
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(BUSY_TIMEOUT)
-        // Writers only append: a small page cache (512 KiB instead of 2 MiB) keeps two open
-        // buckets per agent cheap on a Pi.
-        .pragma("cache_size", "-512")
-        .connect()
-        .await?;
+    // Writers only append: a small page cache (512 KiB instead of 2 MiB) keeps two open
+    // buckets per agent cheap on a Pi.
+    let mut conn = open_private_wal(&db_path(dir, bucket), "-512").await?;
     // Plain `execute` of a &str runs every statement in it (and, unlike `raw_sql`, keeps the
     // writer's future `Send`).
     if let Err(e) = prepare_schema(&mut conn).await {
@@ -251,6 +237,27 @@ pub(super) async fn open_for_write(
         return Err(e);
     }
     Ok(conn)
+}
+
+/// Opens (creating it 0600 first, so it is private from the first byte; SQLite gives -wal and
+/// -shm the same mode) a plain-file SQLite database in WAL mode for writing: FULL sync, so a
+/// commit acknowledged is on disk; schemas untrusted; `cache_size` as SQLite's pragma takes it.
+pub(super) async fn open_private_wal(
+    path: &Path,
+    cache_size: &str,
+) -> Result<SqliteConnection, TraceError> {
+    fsutil::touch_private(path)?;
+    fsutil::open_plain(path)?;
+    Ok(SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(false)
+        .pragma("trusted_schema", "OFF")
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(BUSY_TIMEOUT)
+        .pragma("cache_size", cache_size.to_string())
+        .connect()
+        .await?)
 }
 
 async fn prepare_schema(conn: &mut SqliteConnection) -> Result<(), TraceError> {

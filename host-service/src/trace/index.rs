@@ -22,20 +22,16 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection, Executor, Row, SqliteConnection};
+use sqlx::{Connection, Executor, Row, SqliteConnection};
 use taos_proto::trace::{TraceEvent, TraceKind};
 
 use super::bucket::{self, bucket_start};
 use super::{TraceError, TraceQuery};
-use crate::fsutil;
 
 pub(super) const INDEX_FILE: &str = "index.db";
 const KINDS: usize = TraceKind::ALL.len();
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS hours (
@@ -289,20 +285,8 @@ fn fingerprint(dir: &Path, name: &str) -> String {
 
 async fn open(dir: &Path) -> Result<SqliteConnection, TraceError> {
     real_dir(dir)?;
-    let path = dir.join(INDEX_FILE);
-    fsutil::touch_private(&path)?;
-    fsutil::open_plain(&path)?;
-    let mut conn = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(false)
-        .pragma("trusted_schema", "OFF")
-        .journal_mode(SqliteJournalMode::Wal)
-        // The `writing` mark must be on disk before the bucket write it guards.
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(BUSY_TIMEOUT)
-        .pragma("cache_size", "-256")
-        .connect()
-        .await?;
+    // FULL sync: the `writing` mark must be on disk before the bucket write it guards.
+    let mut conn = bucket::open_private_wal(&dir.join(INDEX_FILE), "-256").await?;
     if let Err(e) = conn.execute(SCHEMA).await {
         // Closing only releases the handle; the outcome is already decided, so its error changes nothing.
         let _ = conn.close().await;
