@@ -1,6 +1,7 @@
 // App-wide state: the host client, who is signed in, chat, the live event feed and the
 // notifications it keeps current.
-import type { AuthStatus, HostEvent, Notification, User } from './api/types';
+import { createApi } from './api/api';
+import type { HostEvent, Notification, User } from './api/types';
 import { ChatClient } from './chat/connection';
 import { BrowserHostClient } from './host/browser';
 import { TauriHostClient, canScanPairingCode, forgetHost, hostStatus, isTauri, onNotificationTap } from './host/tauri';
@@ -26,6 +27,9 @@ const tauriHost = shell.tauri ? new TauriHostClient(() => unpaired('This device 
 
 // Any 401 (the session ended or was revoked) sends the user to sign in (or pair) again.
 export const host: HostClient = tauriHost ?? new BrowserHostClient('', () => signedOut());
+
+/** The typed calls over `host` (api/api.ts): what the screens use for REST. */
+export const api = createApi(host);
 
 if (tauriHost) {
   tauriHost.listen((event) => {
@@ -119,9 +123,7 @@ export const unreadCount = () => live.notifications.filter((n) => !n.read).lengt
 
 async function loadNotifications() {
   try {
-    live.notifications = await host.request<Notification[]>('GET', '/api/notifications', {
-      query: { limit: 100 },
-    });
+    live.notifications = await api.get('/api/notifications', { query: { limit: 100 } });
   } catch (e) {
     if (e instanceof HostError && e.status === 401) signedOut();
   }
@@ -199,7 +201,7 @@ export async function checkSession() {
     }
   }
   try {
-    const status = await host.request<AuthStatus>('GET', '/api/auth/status');
+    const status = await api.get('/api/auth/status');
     session.configured = status.configured;
     session.fingerprint = status.fingerprint;
     session.user = status.authenticated ? (status.user ?? null) : null;
@@ -227,7 +229,7 @@ export function signedIn(user: User, csrf: string) {
 
 export async function logout() {
   try {
-    await host.request('POST', '/api/auth/logout');
+    await api.post('/api/auth/logout');
   } catch {
     // signed out either way
   }

@@ -1,11 +1,11 @@
 import type { HostInfo } from './api/types';
-import { host } from './app.svelte';
+import { api } from './app.svelte';
 
 let cached: Promise<HostInfo> | null = null;
 
 /** Where this host is reached (GET /api/host), asked once per page load. */
 export function hostInfo(): Promise<HostInfo> {
-  cached ??= host.request<HostInfo>('GET', '/api/host').catch((e) => {
+  cached ??= api.get('/api/host').catch((e) => {
     cached = null;
     throw e;
   });

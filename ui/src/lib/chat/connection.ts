@@ -1,4 +1,5 @@
-import type { Message, ServerEvent } from '../api/types';
+import { createApi, type Api } from '../api/api';
+import type { ServerEvent } from '../api/types';
 import { HostError, type ChatSocket, type HostClient } from '../host/HostClient';
 import { ChannelLog } from './log';
 
@@ -39,12 +40,14 @@ export class ChatClient {
   private stopped = false;
   private readonly opts: Required<Omit<ChatOptions, 'onUnauthorized'>>;
   private readonly onUnauthorized?: () => void;
+  private readonly api: Api;
 
   constructor(
     private readonly host: HostClient,
     private readonly me: string,
     options: ChatOptions = {},
   ) {
+    this.api = createApi(host);
     this.onUnauthorized = options.onUnauthorized;
     this.opts = {
       minDelayMs: options.minDelayMs ?? 500,
@@ -136,11 +139,10 @@ export class ChatClient {
   async open_channel(channelId: string, limit = 500): Promise<ChannelLog> {
     const log = this.log(channelId);
     if (!this.loaded.has(channelId)) {
-      const history = await this.host.request<Message[]>(
-        'GET',
-        `/api/chat/channels/${encodeURIComponent(channelId)}/messages`,
-        { query: { limit } },
-      );
+      const history = await this.api.get('/api/chat/channels/{id}/messages', {
+        path: { id: channelId },
+        query: { limit },
+      });
       for (const m of history) log.upsert(m);
       this.loaded.add(channelId);
       if (history.length < limit) this.complete.add(channelId);
@@ -168,11 +170,10 @@ export class ChatClient {
     }
     this.paging.add(channelId);
     try {
-      const page = await this.host.request<Message[]>(
-        'GET',
-        `/api/chat/channels/${encodeURIComponent(channelId)}/messages`,
-        { query: { before_seq: oldest, limit } },
-      );
+      const page = await this.api.get('/api/chat/channels/{id}/messages', {
+        path: { id: channelId },
+        query: { before_seq: oldest, limit },
+      });
       for (const m of page) log.upsert(m);
       if (page.length < limit) this.complete.add(channelId);
       this.emit(channelId, null);
@@ -201,7 +202,7 @@ export class ChatClient {
   private async post(channelId: string, content: string, clientId: string, attempt: number) {
     const log = this.log(channelId);
     try {
-      const stored = await this.host.request<Message>('POST', '/api/chat/messages', {
+      const stored = await this.api.post('/api/chat/messages', {
         body: { channel_id: channelId, content, client_id: clientId },
       });
       log.upsert(stored);
@@ -222,15 +223,13 @@ export class ChatClient {
   }
 
   async edit(messageId: string, content: string): Promise<void> {
-    const m = await this.host.request<Message>('PATCH', `/api/chat/messages/${messageId}`, {
-      body: { content },
-    });
+    const m = await this.api.patch('/api/chat/messages/{id}', { path: { id: messageId }, body: { content } });
     this.log(m.channel_id).upsert(m);
     this.emit(m.channel_id, null);
   }
 
   async remove(messageId: string): Promise<void> {
-    await this.host.request<unknown>('DELETE', `/api/chat/messages/${messageId}`);
+    await this.api.delete('/api/chat/messages/{id}', { path: { id: messageId } });
   }
 
   private lastTyping = new Map<string, number>();

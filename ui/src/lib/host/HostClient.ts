@@ -2,8 +2,9 @@
 // fetch with the session cookie and the CSRF header, a WebSocket, a streamed fetch for
 // server-sent events); inside the app, TauriHostClient (tauri.ts) goes through the shell's Rust
 // commands (TLS pinned to the key learned at pairing, device tokens, the offline cache and
-// outbox). Everything above this interface — calls typed with the generated schema
-// (api/types.ts), chat resume (chat/connection.ts), event resume (events.ts) — is shared by both.
+// outbox). Everything above this interface is shared by both: the typed REST calls (api/api.ts,
+// keyed on the generated schema's routes; the only caller of `request`), chat resume
+// (chat/connection.ts) and event resume (events.ts).
 import type { ClientEvent, ServerEvent } from '../api/types';
 
 export type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
@@ -49,7 +50,10 @@ export interface ChatSocket {
 }
 
 export interface HostClient {
-  /** A REST call. Resolves with the parsed JSON (undefined for 204); rejects with HostError. */
+  /**
+   * A REST call to an already encoded path. Resolves with the parsed JSON (undefined for 204);
+   * rejects with HostError. `T` is unchecked here: call it through api/api.ts, which derives it.
+   */
   request<T>(method: Method, path: string, init?: RequestInit): Promise<T>;
   /** Opens the chat WebSocket (`/api/chat/ws`). */
   openChat(): ChatSocket;
