@@ -14,13 +14,16 @@ use taos_proto::agents::{AgentKind, AgentStatus};
 use taos_proto::bridge::{ContextMessage, Reply, ReplyAccepted, ReplyKind, UserMessageDelivery};
 use taos_proto::chat::{AuthorType, Channel, Message, MessageState, NewMessage};
 use taos_proto::trace::{TraceEvent, TraceKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::agents::{self, AgentRecord};
-use crate::chat::{router, Chat, ChatError, Post, Prepared, ToolStep, USER_MEMBER_PREFIX};
+use crate::chat::{
+    router, Chat, ChatError, Post, Prepared, QueuedPost, ToolStep, USER_MEMBER_PREFIX,
+};
 use crate::db::{from_ms, now_ms, Db};
 use crate::failure;
+use crate::group_commit::{CommitFailed, Finish, GroupCommit, Work};
 use crate::trace::TraceStore;
 
 /// How many earlier messages travel with a delivery.
@@ -45,6 +48,10 @@ pub enum BridgeError {
     Db(#[from] sqlx::Error),
     #[error("bad stored data: {0}")]
     Decode(String),
+    /// The message's transaction did not commit; nothing of it is stored. Sending it again
+    /// (with its `client_id`) is safe.
+    #[error(transparent)]
+    NotStored(#[from] crate::group_commit::CommitFailed),
 }
 
 impl From<agents::AgentError> for BridgeError {
@@ -113,12 +120,15 @@ pub struct Bridge {
     /// Presence changes, sent while `live` is locked so they leave in the order they happened;
     /// one task publishes them.
     presence: mpsc::UnboundedSender<Presence>,
+    /// People's messages and their deliveries, committed together with others sent meanwhile.
+    commits: GroupCommit,
 }
 
 impl Bridge {
     /// The bridge, and the receiving end of its presence changes (see [`publish_presence`]).
     pub fn new(db: Db, traces: TraceStore) -> (Self, mpsc::UnboundedReceiver<Presence>) {
         let (presence, changes) = mpsc::unbounded_channel();
+        let commits = GroupCommit::start(db.clone());
         let bridge = Bridge {
             db,
             traces,
@@ -129,6 +139,7 @@ impl Bridge {
             cooldowns: router::Cooldowns::default(),
             notices: Mutex::new(HashSet::new()),
             presence,
+            commits,
         };
         (bridge, changes)
     }
@@ -309,17 +320,18 @@ impl Bridge {
     /// Stores a person's message and routes it (the HTTP route and the chat WebSocket share
     /// this). Returns the message and whether it is new (false: a re-send of its `client_id`).
     ///
-    /// The message and its deliveries commit together, in one transaction: one fsync per
-    /// message, and no moment when a message is stored but an agent's delivery is not.
+    /// The message and its deliveries commit together, in one transaction shared with the
+    /// other messages sent meanwhile (a group commit): one fsync for them all, no moment when a
+    /// message is stored but an agent's delivery is not, and the answer only once it is on
+    /// disk. Its place in chat order is fixed when it is queued, under the channel's locks.
     pub async fn post_as_user(
         &self,
-        chat: &Chat,
+        chat: &Arc<Chat>,
         author: &str,
         body: &NewMessage,
     ) -> Result<(Message, bool), BridgeError> {
-        // Store and route under the channel's route lock, so agents get messages in chat order.
         let route_lock = self.route_lock(&body.channel_id);
-        let _routing = route_lock.lock().await;
+        let routing = route_lock.lock().await;
         let prepared = chat
             .prepare_post(Post {
                 channel_id: &body.channel_id,
@@ -334,26 +346,51 @@ impl Bridge {
             .await?;
         let pending = match prepared {
             Prepared::Posted(message) => {
-                // A re-send. Messages and deliveries commit together, so this only finishes
-                // a message stored before they did; deliveries are idempotent per agent, so
-                // nobody gets it twice.
-                self.route(chat, &message, 0).await?;
-                return Ok((message, false));
+                drop(routing);
+                return self.resent(chat, message).await;
             }
             Prepared::Pending(pending) => pending,
         };
         let plan = self
             .plan_route(chat, &pending.channel, &pending.message, 0)
             .await?;
-        let mut tx = self.db.begin().await?;
-        let stored = pending.insert(&mut tx).await?;
-        let queued = self
-            .store_deliveries(&mut tx, &stored.message, &plan)
-            .await?;
-        tx.commit().await?;
-        let message = chat.publish(stored);
-        self.delivered(chat, &message, &plan, queued).await?;
-        Ok((message, true))
+        let (post, serial) = pending.into_queued();
+        let (answer, answered) = oneshot::channel();
+        let order = chat.hub.write_lock(&body.channel_id);
+        self.commits.submit(
+            &body.channel_id,
+            order,
+            store_post(chat.clone(), post, plan, answer),
+        )?;
+        // Queued under both locks: its place is fixed, and the next message may go ahead.
+        drop(serial);
+        drop(routing);
+        let stored = answered.await.map_err(|_| {
+            BridgeError::NotStored(crate::group_commit::CommitFailed(
+                "the database did not take it".into(),
+            ))
+        })??;
+        match stored {
+            PostStored::Resent(message) => self.resent(chat, message).await,
+            PostStored::New {
+                message,
+                plan,
+                queued,
+            } => {
+                self.delivered(chat, &message, &plan, queued).await?;
+                Ok((message, true))
+            }
+        }
+    }
+
+    /// A re-send of a stored `client_id`. Messages and deliveries commit together, so this
+    /// only finishes a message stored before they did; deliveries are idempotent per agent,
+    /// so nobody gets it twice.
+    async fn resent(&self, chat: &Chat, message: Message) -> Result<(Message, bool), BridgeError> {
+        let route_lock = self.route_lock(&message.channel_id);
+        let _routing = route_lock.lock().await;
+        self.route(chat, &message, 0).await?;
+        Ok((message, false))
     }
 
     /// Sends a stored message on to the agents that should get it. Deliveries are stored
@@ -373,7 +410,7 @@ impl Bridge {
             return Ok(());
         }
         let mut tx = self.db.begin().await?;
-        let queued = self.store_deliveries(&mut tx, message, &plan).await?;
+        let queued = store_deliveries(&mut tx, message, &plan).await?;
         tx.commit().await?;
         self.delivered(chat, message, &plan, queued).await
     }
@@ -445,31 +482,6 @@ impl Bridge {
             plan.recipients.push((agent, candidate.forced));
         }
         Ok(plan)
-    }
-
-    /// Stores one delivery per recipient in the caller's transaction. Returns, per recipient,
-    /// the delivery seq it got, or `None` if that agent already had this message.
-    async fn store_deliveries(
-        &self,
-        tx: &mut sqlx::SqliteConnection,
-        message: &Message,
-        plan: &RoutePlan,
-    ) -> Result<Vec<Option<i64>>, BridgeError> {
-        let mut queued = Vec::with_capacity(plan.recipients.len());
-        for (agent, forced) in &plan.recipients {
-            queued.push(
-                store_delivery(
-                    tx,
-                    agent.id,
-                    message,
-                    plan.hops_since_user + 1,
-                    *forced,
-                    &plan.context,
-                )
-                .await?,
-            );
-        }
-        Ok(queued)
     }
 
     /// After the deliveries committed: wake the agents' streams, trace each delivery, and say
@@ -1045,6 +1057,93 @@ struct RoutePlan {
     /// Each agent, and whether it must answer (mentioned).
     recipients: Vec<(AgentRecord, bool)>,
     context: Vec<ContextMessage>,
+}
+
+/// Stores one delivery per recipient in the caller's transaction. Returns, per recipient,
+/// the delivery seq it got, or `None` if that agent already had this message.
+async fn store_deliveries(
+    tx: &mut sqlx::SqliteConnection,
+    message: &Message,
+    plan: &RoutePlan,
+) -> Result<Vec<Option<i64>>, BridgeError> {
+    let mut queued = Vec::with_capacity(plan.recipients.len());
+    for (agent, forced) in &plan.recipients {
+        queued.push(
+            store_delivery(
+                tx,
+                agent.id,
+                message,
+                plan.hops_since_user + 1,
+                *forced,
+                &plan.context,
+            )
+            .await?,
+        );
+    }
+    Ok(queued)
+}
+
+/// What a queued person's message became once its batch committed.
+enum PostStored {
+    /// The same author's `client_id` was stored first (a re-send racing its original).
+    Resent(Message),
+    New {
+        message: Message,
+        plan: RoutePlan,
+        queued: Vec<Option<i64>>,
+    },
+}
+
+/// The group-commit piece for a person's message: the message and its deliveries, in a
+/// savepoint of the batch's transaction; after the commit it is announced (the committing task
+/// holds the channel's write lock) and `answer` gets it.
+fn store_post(
+    chat: Arc<Chat>,
+    post: QueuedPost,
+    plan: RoutePlan,
+    answer: oneshot::Sender<Result<PostStored, BridgeError>>,
+) -> Work {
+    Box::new(move |tx| {
+        Box::pin(async move {
+            let stored = async {
+                if let Some(earlier) = crate::chat::posted_with_client_id(tx, &post.message).await?
+                {
+                    return Ok(PostStored::Resent(earlier));
+                }
+                let message = post.insert(tx).await?;
+                let queued = store_deliveries(tx, &message, &plan).await?;
+                Ok::<_, BridgeError>(PostStored::New {
+                    message,
+                    plan,
+                    queued,
+                })
+            }
+            .await;
+            match stored {
+                Ok(PostStored::New {
+                    message,
+                    plan,
+                    queued,
+                }) => Some(Box::new(move |committed: Result<(), CommitFailed>| {
+                    let stored = committed.map(|()| {
+                        chat.announce(&message);
+                        PostStored::New {
+                            message,
+                            plan,
+                            queued,
+                        }
+                    });
+                    // The sender may have gone (its connection closed); the message stays.
+                    let _ = answer.send(stored.map_err(BridgeError::from));
+                }) as Finish),
+                other => {
+                    // Nothing to keep: a re-send, or a failure its sender hears of.
+                    let _ = answer.send(other);
+                    None
+                }
+            }
+        })
+    })
 }
 
 /// Stores one delivery in a transaction. `None` if this agent already had it (same trace id):

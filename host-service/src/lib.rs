@@ -12,6 +12,7 @@ pub mod db;
 pub mod failure;
 pub mod faults;
 pub mod fsutil;
+pub mod group_commit;
 pub mod http;
 pub mod isolation;
 #[cfg(test)]

@@ -194,11 +194,43 @@ pub struct StoredPost {
 impl PendingPost {
     /// Stores the message (with the channel's next seq) in the caller's transaction.
     pub async fn insert(self, tx: &mut sqlx::SqliteConnection) -> Result<StoredPost, ChatError> {
+        let (queued, serial) = self.into_queued();
+        let message = queued.insert(tx).await?;
+        Ok(StoredPost { message, serial })
+    }
+
+    /// The post without its hold on the channel's write lock, for a writer that fixes its
+    /// place in chat order another way (a group commit queued under the lock), and the lock.
+    pub fn into_queued(self) -> (QueuedPost, tokio::sync::OwnedMutexGuard<()>) {
         let PendingPost {
-            mut message,
+            message,
             created_at,
             serial,
             ..
+        } = self;
+        (
+            QueuedPost {
+                message,
+                created_at,
+            },
+            serial,
+        )
+    }
+}
+
+/// A checked post to store in a transaction whose commit is ordered by its caller; publish it
+/// with [`Chat::announce`] once committed, under the channel's write lock.
+pub struct QueuedPost {
+    pub message: Message,
+    created_at: i64,
+}
+
+impl QueuedPost {
+    /// Stores the message with the channel's next seq; returns it as stored.
+    pub async fn insert(self, tx: &mut sqlx::SqliteConnection) -> Result<Message, ChatError> {
+        let QueuedPost {
+            mut message,
+            created_at,
         } = self;
         let seq = next_seq(tx, &message.channel_id).await?;
         sqlx::query(
@@ -220,8 +252,28 @@ impl PendingPost {
         .execute(&mut *tx)
         .await?;
         message.seq = seq;
-        Ok(StoredPost { message, serial })
+        Ok(message)
     }
+}
+
+/// The message this author already posted with this `client_id` in this channel, read in the
+/// caller's transaction (so it sees a re-send stored earlier in the same one).
+pub async fn posted_with_client_id(
+    tx: &mut sqlx::SqliteConnection,
+    message: &Message,
+) -> Result<Option<Message>, ChatError> {
+    let Some(cid) = &message.client_id else {
+        return Ok(None);
+    };
+    let row = sqlx::query(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND author_id = ? AND client_id = ?"
+    ))
+    .bind(&message.channel_id)
+    .bind(&message.author_id)
+    .bind(cid)
+    .fetch_optional(&mut *tx)
+    .await?;
+    row.as_ref().map(message_from_row).transpose()
 }
 
 /// The chat store plus its live hub.
@@ -588,6 +640,14 @@ impl Chat {
     /// clients, then lets the channel's next post go ahead.
     pub fn publish(&self, stored: StoredPost) -> Message {
         let StoredPost { message, serial } = stored;
+        self.announce(&message);
+        drop(serial);
+        message
+    }
+
+    /// Sends a committed new message to the channel's clients. The caller holds the channel's
+    /// write lock, so events leave in seq order.
+    pub fn announce(&self, message: &Message) {
         self.hub.publish(
             &message.channel_id,
             &ServerEvent::Message {
@@ -596,8 +656,6 @@ impl Chat {
                 message: message.clone(),
             },
         );
-        drop(serial);
-        message
     }
 
     /// Edits a message's content (author only).

@@ -177,6 +177,14 @@ impl From<crate::bridge::BridgeError> for ApiError {
             ),
             BridgeError::Chat(e) => e.into(),
             e @ (BridgeError::Db(_) | BridgeError::Decode(_)) => ApiError::internal(e),
+            BridgeError::NotStored(e) => {
+                tracing::error!("a message was not stored: {e}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_stored",
+                    "the message was not stored; send it again",
+                )
+            }
         }
     }
 }
