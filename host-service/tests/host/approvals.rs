@@ -453,3 +453,62 @@ async fn restart(host: &Host, env: &[(&str, &str)]) -> Host {
     .await
     .expect("the host starts again on its data")
 }
+
+#[tokio::test]
+async fn rotating_the_agent_token_ends_its_wait_for_approval() {
+    let host = start().await;
+    host.setup_owner().await;
+    let (agent, _dm, trace_id) = asking_agent(&host, "Rotated").await;
+    let waiter = {
+        let agent = agent.clone();
+        let body = shell_request(&trace_id, 60);
+        tokio::spawn(async move { ask(&agent, &body).await })
+    };
+    // Pending and waited on before the token goes.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pending(&host).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never pending");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = host
+        .admin(
+            Method::POST,
+            &format!("/api/agents/{}/token/rotate", agent.slug),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, _) = tokio::time::timeout(WAIT, waiter).await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The approval itself is untouched: it belongs to the agent, not to the token.
+    assert_eq!(pending(&host).await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_policy_is_set_at_creation_and_shown_on_the_agent() {
+    let host = start().await;
+    host.setup_owner().await;
+    let created: Value = host
+        .post(
+            "/api/agents",
+            &json!({"name": "Quiet", "tool_policy": "off", "tool_overrides": {"read_file": "auto"}}),
+        )
+        .await;
+    assert_eq!(created["agent"]["tool_policy"], "off");
+    assert_eq!(
+        created["agent"]["tool_overrides"],
+        json!({"read_file": "auto"})
+    );
+    let (plain, record) = AgentClient::create(&host, "Plain").await;
+    assert_eq!(
+        record["tool_policy"], "auto",
+        "the default is today's behaviour"
+    );
+    assert_eq!(record["tool_overrides"], json!({}));
+    // `auto` answers at once for a delivery of its own.
+    let trace_id = say(&host, record["dm_channel_id"].as_str().unwrap(), "hi").await;
+    let (status, answer) = ask(&plain, &shell_request(&trace_id, 0)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["state"], "approved");
+}
