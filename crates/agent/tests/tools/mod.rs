@@ -677,3 +677,88 @@ async fn stopping_the_answer_from_the_chat_ends_a_wait_for_approval() {
     stop_agent(trigger, task).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_host_killed_mid_approval_still_holds_it_and_approving_it_finishes_the_turn() {
+    // A host of this test's own (it is killed), without LiteLLM: the sidecar asks the fake
+    // upstream directly, which is all this needs of a model. The agent listener keeps its port
+    // across the restart, as it does in production, so the running sidecar finds it again.
+    const KEY: &str = "upstream-key-for-the-crash-test";
+    const MODEL: &str = "scripted-crash";
+    let upstream = taos_e2e::fake_llm::FakeLlm::start(KEY, &[MODEL]).await;
+    let agent_port = taos_e2e::free_port();
+    let options = |data_dir: Option<PathBuf>| taos_e2e::HostOptions {
+        data_dir,
+        env: vec![
+            (
+                "TAOS_SERVER__AGENT_BIND".into(),
+                format!("127.0.0.1:{agent_port}"),
+            ),
+            (
+                "TAOS_LLM__LITELLM_BIN".into(),
+                "/nonexistent/litellm".into(),
+            ),
+        ],
+    };
+    let bin = taos_e2e::workspace_binary("taos-host")
+        .display()
+        .to_string();
+    let mut host = taos_e2e::Host::start_with(&bin, options(None))
+        .await
+        .expect("host starts");
+    host.setup_owner().await;
+    let agent = Agent::create(&host, "Survivor", &[MODEL]).await;
+    set_policy(&host, &agent, json!({"tool_policy": "ask"})).await;
+    let (uid, dir) = account(10);
+    upstream.script(
+        MODEL,
+        vec![
+            Scripted::call("shell", json!({"command": "echo run >> count.txt"})),
+            Scripted::final_text("Done, after all that."),
+        ],
+    );
+    let env = agent.env(&host);
+    let mut config = taos_agent::Config::from_lookup(|name| match name {
+        "OPENAI_BASE_URL" => Some(upstream.url()),
+        "OPENAI_API_KEY" => Some(KEY.to_string()),
+        other => env.get(other).cloned(),
+    })
+    .expect("config");
+    config.timings.backoff_start = std::time::Duration::from_millis(50);
+    config.timings.backoff_max = std::time::Duration::from_millis(200);
+    config.timings.shutdown_grace = std::time::Duration::from_millis(300);
+    config.mode = Mode::Tools;
+    config.tools.run_as = RunAs::Ids { uid, gid: uid };
+    config.tools.workdir = Some(dir.display().to_string());
+    let (trigger, task) = start_agent(config);
+    agent.wait_connected(&host).await;
+    let asked = agent.say(&host, "count, carefully").await;
+    let before = wait_pending(&host, &agent).await;
+    host.kill9().await;
+
+    let restarted = taos_e2e::Host::start_with(&bin, options(Some(host.data_dir.clone())))
+        .await
+        .expect("the host starts again on its data");
+    assert_eq!(restarted.agent_url, host.agent_url);
+    let after = wait_pending(&restarted, &agent).await;
+    assert_eq!(
+        after["id"], before["id"],
+        "the same approval, still pending"
+    );
+    assert!(!dir.join("count.txt").exists(), "nothing ran meanwhile");
+    // The sidecar, still in its turn, is asking again by now; approving lets it finish.
+    agent.wait_connected(&restarted).await;
+    let (status, _) = decide(&restarted, before["id"].as_str().expect("id"), "approve").await;
+    assert_eq!(status, StatusCode::OK);
+    let reply = agent.settled_reply(&restarted, &asked).await;
+    assert_eq!(reply["state"], "complete", "{reply}");
+    assert_eq!(reply["content"], "Done, after all that.");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("count.txt")).expect("the command ran"),
+        "run\n"
+    );
+    // One model call before the crash, one after the result: the turn went on, not again.
+    assert_eq!(upstream.chat_requests(|b| b["model"] == MODEL).len(), 2);
+    stop_agent(trigger, task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
