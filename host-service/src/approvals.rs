@@ -69,6 +69,7 @@ pub enum ApprovalError {
 /// The host's approvals: the table, who is waiting, and the events and notifications.
 pub struct Approvals {
     db: Db,
+    bridge: Arc<Bridge>,
     chat: Arc<Chat>,
     hub: Arc<EventHub>,
     timeout: Duration,
@@ -193,16 +194,36 @@ pub fn summary(tool: &str, args: &serde_json::Value) -> String {
         _ => None,
     }
     .unwrap_or_else(|| format!("{tool} {args}"));
-    let mut short: String = text.chars().take(SUMMARY_CHARS).collect();
-    if text.chars().count() > SUMMARY_CHARS {
+    cut(&text, SUMMARY_CHARS)
+}
+
+/// `text`, or its first `max` characters and an ellipsis.
+fn cut(text: &str, max: usize) -> String {
+    let mut short: String = text.chars().take(max).collect();
+    if text.chars().count() > max {
         short.push('…');
     }
     short
 }
 
+/// The notification's title, "Helper wants to run `…`", within the notification limit.
+fn title(agent: &str, summary: &str) -> String {
+    const FRAME: usize = " wants to run ``".len();
+    let max = crate::notify::MAX_TITLE_CHARS;
+    // `cut` adds one character (the ellipsis) to what it keeps.
+    let room = max
+        .saturating_sub(agent.chars().count() + FRAME + 1)
+        .max(16);
+    cut(
+        &format!("{agent} wants to run `{}`", cut(summary, room)),
+        max - 1,
+    )
+}
+
 impl Approvals {
     pub fn new(
         db: Db,
+        bridge: Arc<Bridge>,
         chat: Arc<Chat>,
         hub: Arc<EventHub>,
         timeout: Duration,
@@ -210,6 +231,7 @@ impl Approvals {
     ) -> Self {
         Approvals {
             db,
+            bridge,
             chat,
             hub,
             timeout,
@@ -223,7 +245,6 @@ impl Approvals {
     /// with its state. Limits are checked before anything is stored.
     pub async fn request(
         &self,
-        bridge: &Bridge,
         agent: &AgentRecord,
         req: &ApprovalRequest,
     ) -> Result<ApprovalAnswer, ApprovalError> {
@@ -259,7 +280,7 @@ impl Approvals {
             });
         }
         // Only about its own deliveries, whatever the policy.
-        let place = bridge.delivery_place(agent.id, &req.trace_id).await?;
+        let place = self.bridge.delivery_place(agent.id, &req.trace_id).await?;
         match agent.policy_for(&req.tool) {
             ToolPolicy::Auto => {
                 return Ok(ApprovalAnswer {
@@ -358,7 +379,7 @@ impl Approvals {
                 .hub
                 .notify(NewNotification {
                     level: Level::Warning,
-                    title: format!("{} wants to run `{summary}`", agent.display_name),
+                    title: title(&agent.display_name, &summary),
                     message: format!(
                         "Approve or deny it; unanswered, it is denied after {} s.",
                         self.timeout.as_secs()
@@ -421,6 +442,9 @@ impl Approvals {
         let mut out = Vec::new();
         for row in rows.iter().map(from_row) {
             let row = row?;
+            if self.settle_if_orphaned(&row).await? {
+                continue;
+            }
             match self.chat.visible_channel(viewer, &row.channel_id).await {
                 Ok(_) => {}
                 Err(ChatError::NotFound(_)) => continue,
@@ -448,6 +472,9 @@ impl Approvals {
             Ok(_) => {}
             Err(ChatError::NotFound(_)) => return Err(ApprovalError::Forbidden),
             Err(e) => return Err(e.into()),
+        }
+        if self.settle_if_orphaned(&row).await? {
+            return Err(ApprovalError::AlreadyDecided(ApprovalState::Cancelled));
         }
         let (state, reason) = match decision {
             Decision::Approve => (ApprovalState::Approved, None),
@@ -524,6 +551,40 @@ impl Approvals {
             self.settled(&row).await;
         }
         Ok(())
+    }
+
+    /// A pending approval whose answer already ended (the agent failed or gave up on the turn,
+    /// or its delivery is gone) waits for nothing: it is cancelled. Returns whether it was.
+    async fn settle_if_orphaned(&self, row: &Stored) -> Result<bool, ApprovalError> {
+        if row.state != ApprovalState::Pending {
+            return Ok(false);
+        }
+        let ended = match self
+            .bridge
+            .delivery_place(row.agent_id, &row.trace_id)
+            .await
+        {
+            Ok(place) => place.answered,
+            Err(BridgeError::UnknownTrace) => true,
+            Err(e) => return Err(e.into()),
+        };
+        if !ended {
+            return Ok(false);
+        }
+        let updated = sqlx::query(
+            "UPDATE tool_approvals SET state = 'cancelled', reason = ?, decided_at = ? \
+             WHERE id = ? AND state = 'pending'",
+        )
+        .bind("the answer it belonged to had already ended")
+        .bind(now_ms())
+        .bind(&row.id)
+        .execute(&self.db)
+        .await?;
+        if updated.rows_affected() == 1 {
+            let row = self.get(&row.id).await?;
+            self.settled(&row).await;
+        }
+        Ok(true)
     }
 
     /// Expires what is due now (what a stopped host left) and then on a short period, until
@@ -625,18 +686,26 @@ impl Approvals {
         .ok_or(ApprovalError::NotFound)?;
         from_row(&row)
     }
-
-    /// The approval's agent, for the agent listener's check that an agent asks only about its
-    /// own.
-    pub async fn agent_of(&self, id: &str) -> Result<Uuid, ApprovalError> {
-        Ok(self.get(id).await?.agent_id)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_notification_title_fits_whatever_the_command() {
+        let long = title(&"N".repeat(64), &"x".repeat(400));
+        assert!(
+            long.chars().count() <= crate::notify::MAX_TITLE_CHARS,
+            "{long}"
+        );
+        assert!(long.starts_with(&format!("{} wants to run `x", "N".repeat(64))));
+        assert_eq!(
+            title("Helper", "rm -r ~/logs/2024"),
+            "Helper wants to run `rm -r ~/logs/2024`"
+        );
+    }
 
     #[test]
     fn equal_arguments_are_equal_text_whatever_their_key_order() {

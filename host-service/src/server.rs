@@ -370,6 +370,7 @@ async fn build(
     });
     let approvals = Arc::new(crate::approvals::Approvals::new(
         db.clone(),
+        bridge.clone(),
         chat.clone(),
         hub.clone(),
         Duration::from_secs(config.tools.approval_timeout_secs),

@@ -83,10 +83,7 @@ pub async fn agent_request(
     let record = auth.0;
     // Subscribed before the request is stored, so a kick in between is still seen.
     let mut kicks = state.bridge.wake_receiver(record.id);
-    let answer = state
-        .approvals
-        .request(&state.bridge, &record, &body)
-        .await?;
+    let answer = state.approvals.request(&record, &body).await?;
     let Some(id) = answer.id.clone().filter(|_| !answer.state.is_decided()) else {
         return Ok(Json(answer));
     };

@@ -512,3 +512,26 @@ async fn the_policy_is_set_at_creation_and_shown_on_the_agent() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(answer["state"], "approved");
 }
+
+#[tokio::test]
+async fn an_approval_whose_answer_ended_is_cancelled_not_left_to_answer() {
+    let host = start().await;
+    host.setup_owner().await;
+    let (agent, dm, trace_id) = asking_agent(&host, "Quitter").await;
+    let (_, first) = ask(&agent, &shell_request(&trace_id, 0)).await;
+    assert_eq!(first["state"], "pending");
+    // The agent gives up on the turn (it failed, say) while the call still waits.
+    let r = agent
+        .reply(
+            json!({"kind": "error", "trace_id": trace_id, "error": "gave up",
+            "error_code": "agent_error"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(pending(&host).await.is_empty(), "nothing left to answer");
+    let (status, _) = decide(&host, first["id"].as_str().unwrap(), "approve").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (_, told) = ask(&agent, &shell_request(&trace_id, 0)).await;
+    assert_eq!(told["state"], "cancelled", "{told}");
+    assert_eq!(answer(&host, &dm, &trace_id).await["state"], "error");
+}
