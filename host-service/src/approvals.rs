@@ -26,8 +26,9 @@ use crate::chat::{Chat, ChatError, ToolStep, Viewer};
 use crate::db::{from_ms, now_ms, Db};
 use crate::notify::EventHub;
 
-/// A call's arguments are at most this many bytes of JSON.
-pub const MAX_ARGS_BYTES: usize = 16 * 1024;
+/// A call that waits for approval has at most this many bytes of arguments (JSON): they are
+/// stored and shown to people whole. Calls answered at once are bounded by the body limit.
+pub const MAX_ARGS_BYTES: usize = 64 * 1024;
 /// The longest an agent's request waits for a decision before it is answered `pending`.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How long a request waits when it names no time.
@@ -42,7 +43,7 @@ const SUMMARY_CHARS: usize = 200;
 pub enum ApprovalError {
     #[error("{0}")]
     BadInput(String),
-    #[error("the arguments are {bytes} bytes of JSON; the limit is {max}")]
+    #[error("the arguments are {bytes} bytes of JSON; a call waiting for approval may have {max}")]
     TooLarge { bytes: usize, max: usize },
     #[error("{agent} already has {max} tool calls waiting for approval; answer or let them expire first")]
     TooManyPending { agent: String, max: i64 },
@@ -271,14 +272,6 @@ impl Approvals {
                 "step must be below {MAX_STEP}"
             )));
         }
-        let args = serde_json::to_string(&canonical(&req.args))
-            .map_err(|e| ApprovalError::BadInput(e.to_string()))?;
-        if args.len() > MAX_ARGS_BYTES {
-            return Err(ApprovalError::TooLarge {
-                bytes: args.len(),
-                max: MAX_ARGS_BYTES,
-            });
-        }
         // Only about its own deliveries, whatever the policy.
         let place = self.bridge.delivery_place(agent.id, &req.trace_id).await?;
         match agent.policy_for(&req.tool) {
@@ -305,6 +298,14 @@ impl Approvals {
                 });
             }
             ToolPolicy::Ask => {}
+        }
+        let args = serde_json::to_string(&canonical(&req.args))
+            .map_err(|e| ApprovalError::BadInput(e.to_string()))?;
+        if args.len() > MAX_ARGS_BYTES {
+            return Err(ApprovalError::TooLarge {
+                bytes: args.len(),
+                max: MAX_ARGS_BYTES,
+            });
         }
         let args_hash = crate::auth::hash_token(&args);
         if let Some(found) = self

@@ -71,7 +71,8 @@ async fn decide(
 /// Answers at once for `auto` and `off`; under `ask`, waits up to `wait_secs` (default 25, at
 /// most 60) for a person and answers with the state then, `pending` included: the agent asks
 /// again (the same call finds the same approval). The wait ends early when the agent's token
-/// is rotated or the agent archived (401), or the host stops.
+/// is rotated or the agent archived (401), or the host stops. Each request takes one token of
+/// the agent's reply rate (429 beyond it).
 pub async fn agent_request(
     auth: AgentAuth,
     State(state): State<AppState>,
@@ -80,6 +81,8 @@ pub async fn agent_request(
     Json(body): Json<ApprovalRequest>,
 ) -> Result<Json<ApprovalAnswer>, ApiError> {
     auth.require_self(&agent)?;
+    // An agent's questions share its reply rate (`[bridge]`): asking is as cheap to send.
+    state.reply_limiter.take(auth.0.id, 1)?;
     let record = auth.0;
     // Subscribed before the request is stored, so a kick in between is still seen.
     let mut kicks = state.bridge.wake_receiver(record.id);

@@ -258,11 +258,11 @@ async fn bad_requests_are_refused_and_change_nothing() {
             "{body}: {status} {error}"
         );
     }
-    // Arguments past the cap: 413.
+    // Arguments past the cap for a call that waits (they are stored and shown whole): 413.
     let (status, error) = ask(
         &agent,
         &json!({"trace_id": trace_id, "call_id": "c", "tool": "shell",
-            "args": {"command": "x".repeat(17 * 1024)}, "step": 0}),
+            "args": {"command": "x".repeat(65 * 1024)}, "step": 0}),
     )
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{error}");
