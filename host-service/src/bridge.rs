@@ -69,6 +69,15 @@ struct Delivered {
     answered: bool,
 }
 
+/// Where a delivery's answer goes: its channel, the answer's message once there is one, and
+/// whether the answer is settled.
+#[derive(Debug, Clone)]
+pub struct DeliveryPlace {
+    pub channel_id: String,
+    pub message_id: Option<String>,
+    pub answered: bool,
+}
+
 /// A stored delivery, ready to send.
 #[derive(Debug, Clone)]
 pub struct StoredDelivery {
@@ -188,6 +197,34 @@ impl Bridge {
         });
         self.clear_notices(agent);
         (generation, rx)
+    }
+
+    /// Changes on every wake of the agent's stream, including when its token is rotated or it
+    /// is archived ([`Bridge::kick`]): a long wait on the agent's behalf checks its token then.
+    pub fn wake_receiver(&self, agent: Uuid) -> watch::Receiver<u64> {
+        self.with_live(agent, |l| l.wake.subscribe())
+    }
+
+    /// Where the answer to one of this agent's deliveries goes.
+    pub async fn delivery_place(
+        &self,
+        agent: Uuid,
+        trace_id: &str,
+    ) -> Result<DeliveryPlace, BridgeError> {
+        let row = sqlx::query(
+            "SELECT channel_id, reply_message_id, answered_at FROM deliveries \
+             WHERE agent_id = ? AND trace_id = ?",
+        )
+        .bind(agent.to_string())
+        .bind(trace_id)
+        .fetch_optional(&self.db)
+        .await?
+        .ok_or(BridgeError::UnknownTrace)?;
+        Ok(DeliveryPlace {
+            channel_id: row.try_get("channel_id")?,
+            message_id: row.try_get("reply_message_id")?,
+            answered: row.try_get::<Option<i64>, _>("answered_at")?.is_some(),
+        })
     }
 
     /// The `cancel` events for a stream of this agent (see [`Bridge::cancel`]).

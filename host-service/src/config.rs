@@ -128,6 +128,13 @@ quota_mib = 256
 reply_rate_per_sec = 100
 reply_burst = 1000
 
+[tools]
+# An agent's tool call under `tool_policy = "ask"` waits this long for a person's answer, in
+# seconds; unanswered, it is denied.
+approval_timeout_secs = 600
+# Tool calls one agent may have waiting for approval at once. Beyond that: 429.
+max_pending_approvals = 20
+
 [log]
 # "human" or "json".
 format = "human"
@@ -145,6 +152,7 @@ pub struct Config {
     pub quota: QuotaConfig,
     pub traces: TracesConfig,
     pub bridge: BridgeConfig,
+    pub tools: ToolsConfig,
     pub log: LogConfig,
 }
 
@@ -200,6 +208,22 @@ impl Default for BridgeConfig {
         BridgeConfig {
             reply_rate_per_sec: 100,
             reply_burst: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    pub approval_timeout_secs: u64,
+    pub max_pending_approvals: u32,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        ToolsConfig {
+            approval_timeout_secs: 600,
+            max_pending_approvals: 20,
         }
     }
 }
@@ -435,6 +459,16 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "[server] max_connections_per_address must be between 1 and max_connections"
                     .to_string(),
+            ));
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.tools.approval_timeout_secs) {
+            return Err(ConfigError::Invalid(
+                "[tools] approval_timeout_secs must be between 1 and 604800 (a week)".to_string(),
+            ));
+        }
+        if !(1..=1000).contains(&self.tools.max_pending_approvals) {
+            return Err(ConfigError::Invalid(
+                "[tools] max_pending_approvals must be between 1 and 1000".to_string(),
             ));
         }
         if !(1..=300).contains(&s.header_timeout_secs) {

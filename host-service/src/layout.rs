@@ -76,6 +76,7 @@ const TABLE_OWNERS: &[(&str, &str)] = &[
     ("archives", "agents/archive.rs"),
     ("agent_ops", "agents/archive.rs"),
     ("agent_disk", "agents/quota.rs"),
+    ("tool_approvals", "approvals.rs"),
 ];
 
 /// SQL that names another module's table on purpose: (file, table, why). Only a read inside a

@@ -4,6 +4,7 @@
 //! knows axum, and its handlers stay thin.
 
 pub mod agents;
+pub mod approvals;
 pub mod auth;
 pub mod bridge;
 pub mod chat;

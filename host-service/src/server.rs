@@ -368,7 +368,16 @@ async fn build(
         isolation: isolation_rx,
         shutdown: shutdown_rx.clone(),
     });
+    let approvals = Arc::new(crate::approvals::Approvals::new(
+        db.clone(),
+        bridge.clone(),
+        chat.clone(),
+        hub.clone(),
+        Duration::from_secs(config.tools.approval_timeout_secs),
+        config.tools.max_pending_approvals,
+    ));
     let state = AppState::new(AppInner {
+        approvals,
         hub,
         llm,
         chat,
@@ -431,6 +440,7 @@ fn spawn_background(
         state.shutdown.clone(),
     );
     spawn_trace_sealer(state.clone());
+    state.approvals.spawn_sweeper(state.shutdown.clone());
     {
         let state = state.clone();
         crate::isolation::spawn_prepare(agents.clone(), isolation_tx, move |why| {

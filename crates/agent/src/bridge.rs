@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use reqwest::header::{ACCEPT, AUTHORIZATION};
 use reqwest::StatusCode;
+use taos_proto::approvals::{ApprovalAnswer, ApprovalRequest};
 use taos_proto::bridge::Reply;
 use taos_proto::trace::{NewTraceEvent, TraceKind, TRACE_SCHEMA_VERSION};
 
@@ -107,6 +108,29 @@ impl BridgeClient {
                 other => return other,
             }
         }
+    }
+
+    /// Asks whether a tool call may run (`POST …/approvals`), waiting up to `wait` on the host
+    /// for a person. Once: the caller decides what to do about a failure.
+    pub async fn request_approval(
+        &self,
+        request: &ApprovalRequest,
+        wait: Duration,
+    ) -> Result<ApprovalAnswer, BridgeError> {
+        let url = format!(
+            "{}/api/openclaw/sessions/{}/approvals",
+            self.base_url, self.agent
+        );
+        let response = self
+            .http
+            .post(url)
+            .header(AUTHORIZATION, self.bearer())
+            // The host answers within `wait`; the rest is for the request itself.
+            .timeout(wait + self.request_timeout)
+            .json(request)
+            .send()
+            .await?;
+        Ok(check_status(response).await?.json().await?)
     }
 
     /// Posts one trace event (once; traces are best effort).

@@ -6,11 +6,19 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use taos_proto::approvals::{ApprovalAnswer, ApprovalRequest, ApprovalState};
 use taos_proto::bridge::{Reply, ReplyKind, UserMessageDelivery};
 use taos_proto::trace::TraceKind;
 
 use crate::bridge::{new_trace, BridgeClient, BridgeError};
+
+/// How long one approval request waits on the host before asking again.
+const APPROVAL_POLL: Duration = Duration::from_secs(25);
+/// Delays between approval requests while the host can't be reached.
+const APPROVAL_RETRY_START: Duration = Duration::from_millis(250);
+const APPROVAL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RespondError {
@@ -122,6 +130,42 @@ impl ReplySink {
         reply.result = Some(result);
         reply.success = Some(success);
         self.bridge.post_reply(&reply).await
+    }
+
+    /// Asks the host whether a tool call may run, and waits for the answer: at once under the
+    /// agent's `auto` or `off` policy, after a person's decision (or its expiry) under `ask`.
+    /// While the host can't be reached (restarting) it keeps asking; the same call finds the
+    /// same approval there. A refused token (rotated, archived) is an error.
+    pub async fn approval(
+        &self,
+        call_id: &str,
+        tool: &str,
+        args: &serde_json::Value,
+        step: u32,
+    ) -> Result<ApprovalAnswer, BridgeError> {
+        let request = ApprovalRequest {
+            trace_id: self.trace_id.clone(),
+            call_id: call_id.to_string(),
+            tool: tool.to_string(),
+            args: args.clone(),
+            step,
+            wait_secs: Some(APPROVAL_POLL.as_secs()),
+        };
+        let mut delay = APPROVAL_RETRY_START;
+        loop {
+            match self.bridge.request_approval(&request, APPROVAL_POLL).await {
+                Ok(answer) if answer.state == ApprovalState::Pending => {
+                    delay = APPROVAL_RETRY_START;
+                }
+                Ok(answer) => return Ok(answer),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(trace_id = %self.trace_id, error = %e, "asking for approval failed; asking again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(APPROVAL_RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Text the model said along with tool calls: a `reasoning` trace.

@@ -1,7 +1,10 @@
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::approvals::ToolPolicy;
 use crate::text_enum::text_enum;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +108,13 @@ pub struct Agent {
     /// For container agents: what its network may reach (chosen at deploy).
     #[serde(default)]
     pub network: Option<AgentNetwork>,
+    /// Whether its tool calls run at once (`auto`), wait for a person (`ask`) or never run
+    /// (`off`).
+    #[serde(default)]
+    pub tool_policy: ToolPolicy,
+    /// Per-tool policies over `tool_policy`, e.g. `{"shell": "ask", "read_file": "auto"}`.
+    #[serde(default)]
+    pub tool_overrides: BTreeMap<String, ToolPolicy>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +131,12 @@ pub struct NewAgent {
     pub model: Option<String>,
     #[serde(default)]
     pub fallback_models: Option<Vec<String>>,
+    /// Default `auto`.
+    #[serde(default)]
+    pub tool_policy: Option<ToolPolicy>,
+    /// Per-tool policies over `tool_policy` (at most 32), e.g. `{"shell": "ask"}`.
+    #[serde(default)]
+    pub tool_overrides: Option<BTreeMap<String, ToolPolicy>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -141,6 +157,12 @@ pub struct AgentPatch {
     pub model: Option<String>,
     #[serde(default)]
     pub fallback_models: Option<Vec<String>>,
+    /// Replaces the agent's policy.
+    #[serde(default)]
+    pub tool_policy: Option<ToolPolicy>,
+    /// Per-tool policies over `tool_policy` (at most 32; replaces the whole map), e.g. `{"shell": "ask"}`.
+    #[serde(default)]
+    pub tool_overrides: Option<BTreeMap<String, ToolPolicy>>,
 }
 
 /// Answer to creating an agent or rotating its token: the token is shown this once.
@@ -188,6 +210,12 @@ pub struct DeployRequest {
     /// What the agent's network may reach; default `internet` (no LAN, host or metadata).
     #[serde(default)]
     pub network: AgentNetwork,
+    /// Default `auto`.
+    #[serde(default)]
+    pub tool_policy: Option<ToolPolicy>,
+    /// Per-tool policies over `tool_policy` (at most 32), e.g. `{"shell": "ask"}`.
+    #[serde(default)]
+    pub tool_overrides: Option<BTreeMap<String, ToolPolicy>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

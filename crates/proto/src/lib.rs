@@ -4,6 +4,7 @@
 //! so the host's generated document and the clients agree by construction.
 
 pub mod agents;
+pub mod approvals;
 pub mod auth;
 pub mod bridge;
 pub mod chat;

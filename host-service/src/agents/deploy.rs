@@ -170,6 +170,8 @@ pub async fn start(
         color: req.color.clone(),
         model: Some(req.model.clone()),
         fallback_models: req.fallback_models.clone(),
+        tool_policy: req.tool_policy,
+        tool_overrides: req.tool_overrides.clone(),
     };
     // Slugs must be free among agents and among containers (an archived agent's container, or
     // one made by hand, keeps its name).
@@ -766,6 +768,8 @@ mod tests {
             cpu_limit: None,
             disk_quota_gib: None,
             network: AgentNetwork::default(),
+            tool_policy: None,
+            tool_overrides: None,
         }
     }
 

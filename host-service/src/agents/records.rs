@@ -3,8 +3,11 @@
 //! An agent token (`taos_ag_…`) is the agent's only credential. It is shown once, stored as a
 //! hash, accepted only on the agent listener, and only for that agent's own resources.
 
+use std::collections::BTreeMap;
+
 use sqlx::Row;
 use taos_proto::agents::{Agent, AgentKind, AgentNetwork, AgentPatch, AgentStatus, NewAgent};
+use taos_proto::approvals::ToolPolicy;
 use uuid::Uuid;
 
 use crate::auth::{hash_token, new_secret};
@@ -129,6 +132,9 @@ pub struct AgentRecord {
     pub framework: Option<String>,
     /// For container agents: what its network may reach.
     pub network: AgentNetwork,
+    /// What happens when it wants to run a tool, and per-tool exceptions.
+    pub tool_policy: ToolPolicy,
+    pub tool_overrides: BTreeMap<String, ToolPolicy>,
 }
 
 impl AgentRecord {
@@ -148,12 +154,53 @@ impl AgentRecord {
             connected,
             dm_channel_id,
             network: (self.kind == AgentKind::Container).then_some(self.network),
+            tool_policy: self.tool_policy,
+            tool_overrides: self.tool_overrides.clone(),
         }
+    }
+
+    /// The policy for one tool: its override, else the agent's.
+    pub fn policy_for(&self, tool: &str) -> ToolPolicy {
+        self.tool_overrides
+            .get(tool)
+            .copied()
+            .unwrap_or(self.tool_policy)
     }
 }
 
+/// At most this many per-tool overrides per agent.
+pub const MAX_TOOL_OVERRIDES: usize = 32;
+
+/// A tool name as agents and overrides spell it: 1-64 of `a-z 0-9 _ -`.
+pub fn is_valid_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn validate_overrides(overrides: &BTreeMap<String, ToolPolicy>) -> Result<(), AgentError> {
+    if overrides.len() > MAX_TOOL_OVERRIDES {
+        return Err(AgentError::BadInput(format!(
+            "at most {MAX_TOOL_OVERRIDES} tool overrides"
+        )));
+    }
+    if let Some(bad) = overrides.keys().find(|k| !is_valid_tool_name(k)) {
+        return Err(AgentError::BadInput(format!(
+            "tool override {bad:?}: tool names are 1-64 characters of a-z, 0-9, _ and -"
+        )));
+    }
+    Ok(())
+}
+
+fn overrides_json(overrides: &BTreeMap<String, ToolPolicy>) -> String {
+    serde_json::to_string(overrides).unwrap_or_else(|_| "{}".into())
+}
+
 const COLUMNS: &str = "id, slug, display_name, emoji, color, kind, status, model, \
-                       fallback_models, created_at, paused, container, framework, network";
+                       fallback_models, created_at, paused, container, framework, network, \
+                       tool_policy, tool_overrides";
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, AgentError> {
     let id: String = row.try_get("id")?;
@@ -183,6 +230,11 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, AgentError> {
         framework: row.try_get("framework")?,
         network: AgentNetwork::parse(&network)
             .ok_or_else(|| AgentError::Decode(format!("network {network:?}")))?,
+        tool_policy: row.try_get::<String, _>("tool_policy")?.parse().map_err(
+            |e: taos_proto::text_enum::UnknownVariant| AgentError::Decode(e.to_string()),
+        )?,
+        tool_overrides: serde_json::from_str(&row.try_get::<String, _>("tool_overrides")?)
+            .map_err(|e| AgentError::Decode(format!("tool_overrides: {e}")))?,
     })
 }
 
@@ -227,6 +279,9 @@ pub async fn create_with(
     for model in &fallback {
         validate_model(model)?;
     }
+    let tool_policy = new.tool_policy.unwrap_or_default();
+    let tool_overrides = new.tool_overrides.clone().unwrap_or_default();
+    validate_overrides(&tool_overrides)?;
     // Take SQLite's write lock first: concurrent creators then queue (busy timeout) instead
     // of picking the same free slug from stale snapshots and failing on commit.
     sqlx::query("UPDATE agents SET delivery_seq = delivery_seq WHERE 0")
@@ -273,8 +328,8 @@ pub async fn create_with(
     };
     sqlx::query(
         "INSERT INTO agents (id, slug, display_name, emoji, color, kind, status, model, \
-         fallback_models, created_at, token_hash, llm_key_hash, framework, container, network) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         fallback_models, created_at, token_hash, llm_key_hash, framework, container, network, \
+         tool_policy, tool_overrides) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id.to_string())
     .bind(&slug)
@@ -291,6 +346,8 @@ pub async fn create_with(
     .bind(&framework)
     .bind(&container)
     .bind(network.as_str())
+    .bind(tool_policy.as_str())
+    .bind(overrides_json(&tool_overrides))
     .execute(&mut *tx)
     .await?;
     let record = AgentRecord {
@@ -312,6 +369,8 @@ pub async fn create_with(
         container,
         framework,
         network,
+        tool_policy,
+        tool_overrides,
     };
     Ok((record, token, llm_key))
 }
@@ -459,9 +518,15 @@ pub async fn update(db: &Db, slug: &str, patch: &AgentPatch) -> Result<AgentReco
     for m in &fallback {
         validate_model(m)?;
     }
+    let tool_policy = patch.tool_policy.unwrap_or(current.tool_policy);
+    let tool_overrides = patch
+        .tool_overrides
+        .clone()
+        .unwrap_or(current.tool_overrides.clone());
+    validate_overrides(&tool_overrides)?;
     sqlx::query(
         "UPDATE agents SET display_name = ?, emoji = ?, color = ?, paused = ?, model = ?, \
-         fallback_models = ? WHERE id = ?",
+         fallback_models = ?, tool_policy = ?, tool_overrides = ? WHERE id = ?",
     )
     .bind(name.trim())
     .bind(&emoji)
@@ -469,6 +534,8 @@ pub async fn update(db: &Db, slug: &str, patch: &AgentPatch) -> Result<AgentReco
     .bind(paused)
     .bind(&model)
     .bind(serde_json::to_string(&fallback).unwrap_or_else(|_| "[]".into()))
+    .bind(tool_policy.as_str())
+    .bind(overrides_json(&tool_overrides))
     .bind(current.id.to_string())
     .execute(db)
     .await?;

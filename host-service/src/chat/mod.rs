@@ -1160,6 +1160,12 @@ pub enum ToolStep {
         result: serde_json::Value,
         success: bool,
     },
+    /// Where the call's approval is (`{id, state, reason}`), shown as the step's `approval`.
+    Approval {
+        call_id: String,
+        tool: String,
+        approval: serde_json::Value,
+    },
 }
 
 fn add_tool_step(metadata: &mut serde_json::Map<String, serde_json::Value>, step: ToolStep) {
@@ -1173,9 +1179,9 @@ fn add_tool_step(metadata: &mut serde_json::Map<String, serde_json::Value>, step
         return;
     };
     let (call_id, tool) = match &step {
-        ToolStep::Call { call_id, tool, .. } | ToolStep::Result { call_id, tool, .. } => {
-            (call_id.clone(), tool.clone())
-        }
+        ToolStep::Call { call_id, tool, .. }
+        | ToolStep::Result { call_id, tool, .. }
+        | ToolStep::Approval { call_id, tool, .. } => (call_id.clone(), tool.clone()),
     };
     let existing = steps
         .iter()
@@ -1212,6 +1218,9 @@ fn add_tool_step(metadata: &mut serde_json::Map<String, serde_json::Value>, step
             cut_strings(&mut result, MAX_TOOL_TEXT_CHARS);
             entry["result"] = result;
             entry["success"] = success.into();
+        }
+        ToolStep::Approval { approval, .. } => {
+            entry["approval"] = approval;
         }
     }
 }

@@ -56,7 +56,7 @@ async fn list_channels(
 
 /// Who the principal is to chat: `None` for the owner side (which may see and change every
 /// channel), else the person's member id.
-async fn chat_identity(
+pub(super) async fn chat_identity(
     state: &AppState,
     principal: &Principal,
 ) -> Result<Option<String>, ApiError> {
@@ -322,5 +322,13 @@ async fn cancel_answer(
     visible_channel(&state, &principal, &message.channel_id).await?;
     let by = human_member(&state, &principal).await?;
     state.bridge.cancel(&message, &by).await?;
+    // A tool call of that answer waiting for approval waits for nothing now.
+    if let Some(trace_id) = message.metadata["trace_id"].as_str() {
+        let agent = crate::agents::get_by_slug(&state.db, &message.author_id).await?;
+        state
+            .approvals
+            .cancel_for_trace(agent.id, trace_id, &by)
+            .await?;
+    }
     Ok(StatusCode::ACCEPTED)
 }

@@ -394,3 +394,34 @@ impl From<crate::trace::ingest::IngestError> for ApiError {
         }
     }
 }
+
+impl From<crate::approvals::ApprovalError> for ApiError {
+    fn from(e: crate::approvals::ApprovalError) -> Self {
+        use crate::approvals::ApprovalError;
+        match e {
+            ApprovalError::BadInput(m) => ApiError::bad_request(m),
+            e @ ApprovalError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "args_too_large",
+                e.to_string(),
+            ),
+            e @ ApprovalError::TooManyPending { .. } => ApiError {
+                retry_after_secs: Some(10),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_pending",
+                    e.to_string(),
+                )
+            },
+            ApprovalError::NotFound => ApiError::not_found("no such approval"),
+            e @ ApprovalError::Forbidden => ApiError::forbidden(e.to_string()),
+            e @ (ApprovalError::AlreadyDecided(_) | ApprovalError::Settled) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            ApprovalError::Bridge(e) => e.into(),
+            ApprovalError::Chat(e) => e.into(),
+            ApprovalError::Agent(e) => e.into(),
+            e @ (ApprovalError::Db(_) | ApprovalError::Decode(_)) => ApiError::internal(e),
+        }
+    }
+}

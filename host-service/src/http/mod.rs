@@ -3,6 +3,7 @@
 
 pub mod agent_api;
 pub mod agents;
+pub mod approvals;
 pub mod archive;
 pub mod auth;
 pub mod chat;
@@ -74,6 +75,7 @@ pub struct AppInner {
     pub llm: Arc<crate::llm::Llm>,
     pub chat: Arc<crate::chat::Chat>,
     pub bridge: Arc<crate::bridge::Bridge>,
+    pub approvals: Arc<crate::approvals::Approvals>,
     pub traces: crate::trace::TraceStore,
     /// Trace events per agent per second (`[traces]`), one token per event.
     pub trace_limiter: crate::ratelimit::RateLimiter,
@@ -166,6 +168,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(devices::routes())
         .merge(notifications::routes())
         .merge(agents::routes())
+        .merge(approvals::routes())
         .merge(chat::routes())
         .merge(ws::routes())
         .merge(trace::routes())
@@ -333,6 +336,10 @@ pub fn agent_app(state: &AppState) -> Router {
         .route(
             "/api/openclaw/sessions/{agent}/reply",
             post(agent_api::reply),
+        )
+        .route(
+            "/api/openclaw/sessions/{agent}/approvals",
+            post(approvals::agent_request),
         )
         .route("/api/trace", post(agent_api::trace_one))
         .route("/api/trace/batch", post(agent_api::trace_batch))

@@ -20,6 +20,11 @@ const ROUTES: &[(&str, &str, Credential)] = &[
         "/api/openclaw/sessions/{agent}/reply",
         Credential::AgentToken,
     ),
+    (
+        "POST",
+        "/api/openclaw/sessions/{agent}/approvals",
+        Credential::AgentToken,
+    ),
     ("POST", "/api/trace", Credential::AgentToken),
     ("POST", "/api/trace/batch", Credential::AgentToken),
     ("GET", "/api/openclaw/bootstrap", Credential::AgentToken),
@@ -42,6 +47,9 @@ fn body_for(path: &str) -> Option<Value> {
     match path {
         p if p.ends_with("/reply") => {
             Some(json!({"kind": "final", "trace_id": "t", "content": "x"}))
+        }
+        p if p.ends_with("/approvals") => {
+            Some(json!({"trace_id": "t", "call_id": "c", "tool": "shell", "args": {}, "step": 0}))
         }
         "/api/trace" => Some(json!({"kind": "lifecycle", "payload": {"sweep": true}})),
         "/api/trace/batch" => {

@@ -10,6 +10,7 @@
 
 mod access;
 mod agent_access;
+mod approvals;
 mod auth;
 mod bridge_edges;
 mod chat;

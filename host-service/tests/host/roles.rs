@@ -79,6 +79,9 @@ struct Fixture {
     owner_note: i64,
     /// The owner's user id.
     owner_id: String,
+    /// A tool call of the owner's agent waiting for approval, in the agent's DM (which the
+    /// second user does not see).
+    approval: String,
 }
 
 async fn ok_json(request: reqwest::RequestBuilder) -> Value {
@@ -93,7 +96,7 @@ async fn fixture() -> Fixture {
     host.create_user(GUEST, GUEST_PASSWORD);
     let guest = host.session(GUEST, GUEST_PASSWORD).await;
     let device = host.pair_device("owner's phone").await;
-    let (_agent, record) = AgentClient::create(&host, "Owner Bot").await;
+    let (agent, record) = AgentClient::create(&host, "Owner Bot").await;
     let family = ok_json(
         owner
             .request(Method::POST, "/api/chat/channels")
@@ -119,7 +122,9 @@ async fn fixture() -> Fixture {
         &json!({"level": "warning", "title": "owner's secret", "message": "disk of agent x"}),
     ))
     .await;
+    let approval = pending_approval(&host, &agent, &record).await;
     Fixture {
+        approval,
         device_token: device["access_token"].as_str().unwrap().to_string(),
         device_id: device["device_id"].as_str().unwrap().to_string(),
         slug: record["slug"].as_str().unwrap().to_string(),
@@ -132,6 +137,36 @@ async fn fixture() -> Fixture {
         owner,
         guest,
     }
+}
+
+/// Puts the agent on `ask`, sends it a message in its DM and has it ask to run a tool: the
+/// pending approval's id.
+async fn pending_approval(host: &Host, agent: &AgentClient, record: &Value) -> String {
+    let slug = record["slug"].as_str().unwrap();
+    ok_json(
+        host.admin(Method::PATCH, &format!("/api/agents/{slug}"))
+            .json(&json!({"tool_policy": "ask"})),
+    )
+    .await;
+    let asked = ok_json(
+        host.admin(Method::POST, "/api/chat/messages")
+            .json(&json!({"channel_id": record["dm_channel_id"], "content": "tidy up"})),
+    )
+    .await;
+    let answer = ok_json(
+        agent
+            .request(
+                Method::POST,
+                &format!("/api/openclaw/sessions/{slug}/approvals"),
+            )
+            .json(
+                &json!({"trace_id": asked["id"], "call_id": "c1", "tool": "shell",
+                "args": {"command": "rm -r logs"}, "step": 0, "wait_secs": 0}),
+            ),
+    )
+    .await;
+    assert_eq!(answer["state"], "pending", "{answer}");
+    answer["id"].as_str().unwrap().to_string()
 }
 
 /// Every route of the public API, and who may call it.
@@ -727,6 +762,24 @@ fn table(f: &Fixture) -> Vec<Route> {
             OWNER_SIDE,
             vec![no_body(format!("{message}/cancel"), Allow)],
         ),
+        // Approvals: anyone who sees the agent's channel; the owner's agent's DM is not the
+        // second user's to answer.
+        route(
+            "GET",
+            "/api/approvals",
+            OWNER_SIDE,
+            vec![no_body("/api/approvals".into(), Allow)],
+        ),
+        route(
+            "POST",
+            "/api/approvals/{id}",
+            OWNER_SIDE,
+            vec![with(
+                format!("/api/approvals/{}", f.approval),
+                json!({"decision": "approve"}),
+                Deny,
+            )],
+        ),
     ]
 }
 
@@ -748,6 +801,7 @@ async fn owner_view(f: &Fixture) -> Value {
         "providers": get("/api/providers".into()).await,
         "archived": get("/api/agents/archived".into()).await,
         "users": get("/api/users".into()).await,
+        "approvals": get("/api/approvals".into()).await,
     })
 }
 
@@ -1012,7 +1066,7 @@ async fn a_second_user_reads_only_their_own_events() {
         .unwrap();
     let mut owner = SseReader::new(owner);
     let mut titles = Vec::new();
-    while titles.len() < 3 {
+    while titles.len() < 4 {
         let event = owner.next(WAIT).await.expect("owner's events");
         let data: Value = serde_json::from_str(&event.data).unwrap();
         if data["kind"] == "notification.created" {
@@ -1023,6 +1077,8 @@ async fn a_second_user_reads_only_their_own_events() {
         titles,
         [
             "owner's secret",
+            // The fixture's pending approval.
+            "Owner Bot wants to run `rm -r logs`",
             "budget of owner bot exceeded",
             "backup done"
         ]

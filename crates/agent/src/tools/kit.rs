@@ -37,6 +37,18 @@ pub fn parse_arguments(arguments: &str) -> Result<Value, Value> {
 }
 
 impl Outcome {
+    /// A call that was not run because it was not approved (`state`: denied, expired, …).
+    pub fn not_run(state: &str, reason: &str) -> Outcome {
+        Outcome {
+            success: false,
+            result: json!({ "approval": state, "error": format!("not run: {reason}") }),
+            for_model: format!(
+                "not run: {reason}. Do not try to get around this; tell the user what you \
+                 wanted to do instead."
+            ),
+        }
+    }
+
     pub fn failed(reason: impl Into<String>) -> Outcome {
         let reason = reason.into();
         Outcome {

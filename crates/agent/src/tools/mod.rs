@@ -125,7 +125,9 @@ impl Framework for ToolsMode {
         delivery: &UserMessageDelivery,
         replies: &ReplySink,
     ) -> Result<(), RespondError> {
-        let deadline = Instant::now() + self.turn_time;
+        let mut deadline = Instant::now() + self.turn_time;
+        // Each tool call's place in the turn: the host knows a call asked again by it.
+        let mut call_index: u32 = 0;
         let system = match &self.system_prompt {
             Some(prompt) => format!("{}\n\n{prompt}", self.preamble()),
             None => self.preamble(),
@@ -179,11 +181,26 @@ impl Framework for ToolsMode {
                 replies
                     .tool_call(&call.id, &call.name, fit(shown_args))
                     .await?;
-                let left = deadline.saturating_duration_since(Instant::now());
+                let index = call_index;
+                call_index += 1;
                 let outcome = match args {
                     Err(_) => kit::Outcome::failed("the arguments must be a JSON object"),
-                    Ok(_) if left.is_zero() => kit::Outcome::failed("the turn's time is up"),
-                    Ok(args) => self.kit.call(&call.name, &args, left).await,
+                    Ok(args) => {
+                        // Time spent waiting for a person is not the turn's own.
+                        let asked = Instant::now();
+                        let verdict = self
+                            .approval(replies, &call.id, &call.name, &args, index)
+                            .await?;
+                        deadline += asked.elapsed();
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match verdict {
+                            Err(outcome) => outcome,
+                            Ok(()) if left.is_zero() => {
+                                kit::Outcome::failed("the turn's time is up")
+                            }
+                            Ok(()) => self.kit.call(&call.name, &args, left).await,
+                        }
+                    }
                 };
                 replies
                     .tool_result(&call.id, &call.name, fit(outcome.result), outcome.success)
@@ -205,6 +222,35 @@ impl Framework for ToolsMode {
 }
 
 impl ToolsMode {
+    /// Asks the host whether the call may run. `Ok(Err(outcome))`: it may not, and `outcome`
+    /// tells the model (and the chat) why. `Err`: the host refused the agent itself.
+    async fn approval(
+        &self,
+        replies: &ReplySink,
+        call_id: &str,
+        tool: &str,
+        args: &Value,
+        index: u32,
+    ) -> Result<Result<(), kit::Outcome>, RespondError> {
+        match replies.approval(call_id, tool, args, index).await {
+            Ok(answer) if answer.state.allows() => Ok(Ok(())),
+            Ok(answer) => {
+                let reason = answer
+                    .reason
+                    .unwrap_or_else(|| format!("the call was {}", answer.state));
+                tracing::info!(call_id, tool, state = %answer.state, reason = %reason, "tool call not approved");
+                Ok(Err(kit::Outcome::not_run(answer.state.as_str(), &reason)))
+            }
+            // The host refused this request (too large, malformed): the call can't be asked
+            // about, so it doesn't run.
+            Err(crate::bridge::BridgeError::Status { status, message }) if status < 500 => {
+                let reason = format!("the host refused to consider it: {message}");
+                Ok(Err(kit::Outcome::not_run("refused", &reason)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn time_up(&self) -> String {
         format!(
             "stopped after {} s without a final answer (the time limit per message)",

@@ -24,7 +24,14 @@ pub const SLOW: &str = "scripted-slow";
 pub const CHATTY: &str = "scripted-chatty";
 /// Runs a long command, to be cancelled from the chat.
 pub const STOPPED: &str = "scripted-cancel";
-pub const MODELS: [&str; 5] = [DISK, LOOPS, SLOW, CHATTY, STOPPED];
+/// Approvals: a command that waits for a person, then an answer.
+pub const APPROVED: &str = "scripted-approved";
+pub const DENIED: &str = "scripted-denied";
+pub const RESTARTED: &str = "scripted-restarted";
+pub const ABANDONED: &str = "scripted-abandoned";
+pub const MODELS: [&str; 9] = [
+    DISK, LOOPS, SLOW, CHATTY, STOPPED, APPROVED, DENIED, RESTARTED, ABANDONED,
+];
 
 /// A test's own account for its tools: ids no other process uses (so the sweep of leftovers
 /// touches nothing else) and a workspace it owns in /tmp.
@@ -411,6 +418,347 @@ async fn a_person_stops_an_answer_from_the_chat_and_its_tools_end() {
             .len(),
         1
     );
+    stop_agent(trigger, task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sets the agent's tool policy (and overrides) through the owner's API.
+async fn set_policy(host: &taos_e2e::Host, agent: &Agent, patch: Value) {
+    let r = host
+        .admin(Method::PATCH, &format!("/api/agents/{}", agent.slug))
+        .json(&patch)
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), StatusCode::OK, "patch");
+}
+
+/// The agent's approvals waiting for a person (other tests' agents share the host).
+async fn pending_of(host: &taos_e2e::Host, agent: &Agent) -> Vec<Value> {
+    let all: Vec<Value> = host
+        .admin(Method::GET, "/api/approvals")
+        .send()
+        .await
+        .expect("approvals")
+        .json()
+        .await
+        .expect("approvals json");
+    all.into_iter()
+        .filter(|a| a["agent"] == agent.slug.as_str())
+        .collect()
+}
+
+/// Waits for the agent's one pending approval; returns it.
+async fn wait_pending(host: &taos_e2e::Host, agent: &Agent) -> Value {
+    wait_for("a pending approval", async || {
+        let mut pending = pending_of(host, agent).await;
+        assert!(pending.len() <= 1, "one approval per call: {pending:?}");
+        pending.pop()
+    })
+    .await
+}
+
+async fn decide(host: &taos_e2e::Host, id: &str, decision: &str) -> (StatusCode, Value) {
+    let r = host
+        .admin(Method::POST, &format!("/api/approvals/{id}"))
+        .json(&json!({"decision": decision}))
+        .send()
+        .await
+        .expect("decide");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn under_ask_a_command_runs_once_a_person_approves_it() {
+    let shared = shared().await;
+    let host = &shared.host;
+    let agent = Agent::create(host, "Careful", &[APPROVED]).await;
+    set_policy(host, &agent, json!({"tool_policy": "ask"})).await;
+    let (uid, dir) = account(6);
+    shared.upstream.script(
+        APPROVED,
+        vec![
+            Scripted::call("shell", json!({"command": "echo ran >> approved.txt"})),
+            Scripted::final_text("Done."),
+        ],
+    );
+    let (trigger, task) = start_agent(tools_config(&agent, host, uid, &dir));
+    agent.wait_connected(host).await;
+    let asked = agent.say(host, "write the file").await;
+    let approval = wait_pending(host, &agent).await;
+    assert_eq!(approval["summary"], "echo ran >> approved.txt");
+    assert_eq!(approval["trace_id"], asked.as_str());
+    // Waiting: shown on the answer's step, and nothing ran.
+    let waiting = wait_for("the pending step", async || {
+        agent.replies_to(host, &asked).await.into_iter().find(|m| {
+            steps(m)
+                .first()
+                .is_some_and(|s| s["approval"]["state"] == "pending")
+        })
+    })
+    .await;
+    assert_eq!(waiting["state"], "streaming");
+    assert!(steps(&waiting)[0]["result"].is_null());
+    assert!(!dir.join("approved.txt").exists());
+
+    let id = approval["id"].as_str().expect("id");
+    let (status, decided) = decide(host, id, "approve").await;
+    assert_eq!(status, StatusCode::OK, "{decided}");
+    let reply = agent.settled_reply(host, &asked).await;
+    assert_eq!(reply["state"], "complete", "{reply}");
+    assert_eq!(reply["content"], "Done.");
+    let step = &steps(&reply)[0];
+    assert_eq!(step["approval"]["state"], "approved", "{step}");
+    assert_eq!(step["success"], true, "{step}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("approved.txt")).expect("the command ran"),
+        "ran\n"
+    );
+    let (status, _) = decide(host, id, "deny").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    stop_agent(trigger, task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_denied_or_switched_off_tool_does_not_run_and_the_model_is_told_why() {
+    let shared = shared().await;
+    let host = &shared.host;
+    let agent = Agent::create(host, "Refused", &[DENIED]).await;
+    // Tools run at once, except `shell` (ask) and `write_file` (never).
+    set_policy(
+        host,
+        &agent,
+        json!({"tool_policy": "auto", "tool_overrides": {"shell": "ask", "write_file": "off"}}),
+    )
+    .await;
+    let (uid, dir) = account(7);
+    shared.upstream.script(
+        DENIED,
+        vec![
+            Scripted::call("write_file", json!({"path": "off.txt", "content": "x"})),
+            Scripted::call("shell", json!({"command": "touch denied.txt"})),
+            Scripted::call("list_dir", json!({})),
+            Scripted::final_text("I was not allowed to."),
+        ],
+    );
+    let (trigger, task) = start_agent(tools_config(&agent, host, uid, &dir));
+    agent.wait_connected(host).await;
+    let asked = agent.say(host, "make some files").await;
+    let approval = wait_pending(host, &agent).await;
+    assert_eq!(approval["tool"], "shell");
+    let (status, _) = decide(host, approval["id"].as_str().expect("id"), "deny").await;
+    assert_eq!(status, StatusCode::OK);
+    let reply = agent.settled_reply(host, &asked).await;
+    assert_eq!(reply["state"], "complete", "{reply}");
+    assert_eq!(reply["content"], "I was not allowed to.");
+    let steps = steps(&reply);
+    assert_eq!(steps.len(), 3, "{reply}");
+    assert_eq!(steps[0]["success"], false);
+    assert_eq!(steps[0]["result"]["approval"], "denied");
+    assert_eq!(steps[1]["success"], false);
+    assert_eq!(steps[1]["approval"]["state"], "denied");
+    assert_eq!(steps[1]["result"]["approval"], "denied");
+    assert_eq!(steps[2]["success"], true, "auto still runs");
+    assert!(!dir.join("off.txt").exists());
+    assert!(!dir.join("denied.txt").exists());
+    // The model was told, in words, and by whom.
+    let sent = shared.upstream.chat_requests(|b| b["model"] == DENIED);
+    let told: Vec<String> = sent.last().expect("requests")["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        told[0].starts_with("not run: the owner has turned the `write_file` tool off"),
+        "{told:?}"
+    );
+    assert!(
+        told[1].starts_with("not run: denied by user:owner"),
+        "{told:?}"
+    );
+    stop_agent(trigger, task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_sidecar_restarted_mid_approval_finds_the_answer_and_runs_the_command_once() {
+    let shared = shared().await;
+    let host = &shared.host;
+    let agent = Agent::create(host, "Restarted", &[RESTARTED]).await;
+    set_policy(host, &agent, json!({"tool_policy": "ask"})).await;
+    let (uid, dir) = account(8);
+    // The turn runs twice (before and after the restart); the model asks the same both times.
+    let call = || Scripted::call("shell", json!({"command": "echo run >> count.txt"}));
+    shared.upstream.script(
+        RESTARTED,
+        vec![call(), call(), Scripted::final_text("Counted once.")],
+    );
+    let (trigger, task) = start_agent(tools_config(&agent, host, uid, &dir));
+    agent.wait_connected(host).await;
+    let asked = agent.say(host, "count").await;
+    let first = wait_pending(host, &agent).await;
+    stop_agent(trigger, task).await;
+
+    let (trigger, task) = start_agent(tools_config(&agent, host, uid, &dir));
+    // The new sidecar runs the turn again and asks about the same call: the same approval.
+    wait_for("the turn asked again", async || {
+        (shared
+            .upstream
+            .chat_requests(|b| b["model"] == RESTARTED)
+            .len()
+            == 2)
+            .then_some(())
+    })
+    .await;
+    let again = wait_pending(host, &agent).await;
+    assert_eq!(again["id"], first["id"]);
+    let (status, _) = decide(host, first["id"].as_str().expect("id"), "approve").await;
+    assert_eq!(status, StatusCode::OK);
+    let reply = agent.settled_reply(host, &asked).await;
+    assert_eq!(reply["state"], "complete", "{reply}");
+    assert_eq!(reply["content"], "Counted once.");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("count.txt")).expect("the command ran"),
+        "run\n"
+    );
+    stop_agent(trigger, task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn stopping_the_answer_from_the_chat_ends_a_wait_for_approval() {
+    let shared = shared().await;
+    let host = &shared.host;
+    let agent = Agent::create(host, "Abandoned", &[ABANDONED]).await;
+    set_policy(host, &agent, json!({"tool_policy": "ask"})).await;
+    let (uid, dir) = account(9);
+    shared.upstream.script(
+        ABANDONED,
+        vec![
+            Scripted::call("shell", json!({"command": "touch never.txt"})),
+            Scripted::final_text("never said"),
+        ],
+    );
+    let (trigger, task) = start_agent(tools_config(&agent, host, uid, &dir));
+    agent.wait_connected(host).await;
+    let asked = agent.say(host, "touch it").await;
+    let approval = wait_pending(host, &agent).await;
+    let message = approval["message_id"]
+        .as_str()
+        .expect("the answer's message");
+    let r = host
+        .admin(
+            Method::POST,
+            &format!("/api/chat/messages/{message}/cancel"),
+        )
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let reply = agent.settled_reply(host, &asked).await;
+    assert_eq!(reply["state"], "error", "{reply}");
+    assert_eq!(reply["metadata"]["failure"]["code"], "cancelled");
+    // Nothing waits any more, and a late approval can't start it.
+    assert!(pending_of(host, &agent).await.is_empty());
+    let (status, _) = decide(host, approval["id"].as_str().expect("id"), "approve").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(!dir.join("never.txt").exists());
+    assert_eq!(
+        shared
+            .upstream
+            .chat_requests(|b| b["model"] == ABANDONED)
+            .len(),
+        1
+    );
+    stop_agent(trigger, task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_host_killed_mid_approval_still_holds_it_and_approving_it_finishes_the_turn() {
+    // A host of this test's own (it is killed), without LiteLLM: the sidecar asks the fake
+    // upstream directly, which is all this needs of a model. The agent listener keeps its port
+    // across the restart, as it does in production, so the running sidecar finds it again.
+    const KEY: &str = "upstream-key-for-the-crash-test";
+    const MODEL: &str = "scripted-crash";
+    let upstream = taos_e2e::fake_llm::FakeLlm::start(KEY, &[MODEL]).await;
+    let agent_port = taos_e2e::free_port();
+    let options = |data_dir: Option<PathBuf>| taos_e2e::HostOptions {
+        data_dir,
+        env: vec![
+            (
+                "TAOS_SERVER__AGENT_BIND".into(),
+                format!("127.0.0.1:{agent_port}"),
+            ),
+            (
+                "TAOS_LLM__LITELLM_BIN".into(),
+                "/nonexistent/litellm".into(),
+            ),
+        ],
+    };
+    let bin = taos_e2e::workspace_binary("taos-host")
+        .display()
+        .to_string();
+    let mut host = taos_e2e::Host::start_with(&bin, options(None))
+        .await
+        .expect("host starts");
+    host.setup_owner().await;
+    let agent = Agent::create(&host, "Survivor", &[MODEL]).await;
+    set_policy(&host, &agent, json!({"tool_policy": "ask"})).await;
+    let (uid, dir) = account(10);
+    upstream.script(
+        MODEL,
+        vec![
+            Scripted::call("shell", json!({"command": "echo run >> count.txt"})),
+            Scripted::final_text("Done, after all that."),
+        ],
+    );
+    let env = agent.env(&host);
+    let mut config = taos_agent::Config::from_lookup(|name| match name {
+        "OPENAI_BASE_URL" => Some(upstream.url()),
+        "OPENAI_API_KEY" => Some(KEY.to_string()),
+        other => env.get(other).cloned(),
+    })
+    .expect("config");
+    config.timings.backoff_start = std::time::Duration::from_millis(50);
+    config.timings.backoff_max = std::time::Duration::from_millis(200);
+    config.timings.shutdown_grace = std::time::Duration::from_millis(300);
+    config.mode = Mode::Tools;
+    config.tools.run_as = RunAs::Ids { uid, gid: uid };
+    config.tools.workdir = Some(dir.display().to_string());
+    let (trigger, task) = start_agent(config);
+    agent.wait_connected(&host).await;
+    let asked = agent.say(&host, "count, carefully").await;
+    let before = wait_pending(&host, &agent).await;
+    host.kill9().await;
+
+    let restarted = taos_e2e::Host::start_with(&bin, options(Some(host.data_dir.clone())))
+        .await
+        .expect("the host starts again on its data");
+    assert_eq!(restarted.agent_url, host.agent_url);
+    let after = wait_pending(&restarted, &agent).await;
+    assert_eq!(
+        after["id"], before["id"],
+        "the same approval, still pending"
+    );
+    assert!(!dir.join("count.txt").exists(), "nothing ran meanwhile");
+    // The sidecar, still in its turn, is asking again by now; approving lets it finish.
+    agent.wait_connected(&restarted).await;
+    let (status, _) = decide(&restarted, before["id"].as_str().expect("id"), "approve").await;
+    assert_eq!(status, StatusCode::OK);
+    let reply = agent.settled_reply(&restarted, &asked).await;
+    assert_eq!(reply["state"], "complete", "{reply}");
+    assert_eq!(reply["content"], "Done, after all that.");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("count.txt")).expect("the command ran"),
+        "run\n"
+    );
+    // One model call before the crash, one after the result: the turn went on, not again.
+    assert_eq!(upstream.chat_requests(|b| b["model"] == MODEL).len(), 2);
     stop_agent(trigger, task).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

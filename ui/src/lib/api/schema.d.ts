@@ -513,6 +513,46 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/approvals": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tool calls waiting for a person's approval, oldest first: those in channels the caller
+         *     sees (the owner side sees all).
+         */
+        get: operations["list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/approvals/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Approves or denies a tool call. Anyone who sees the agent's channel may answer; the agent's
+         *     waiting call runs (or is told it was denied) at once.
+         */
+        post: operations["decide"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/auth/login": {
         parameters: {
             query?: never;
@@ -1288,6 +1328,15 @@ export interface components {
             paused: boolean;
             slug: string;
             status: components["schemas"]["AgentStatus"];
+            /** @description Per-tool policies over `tool_policy`, e.g. `{"shell": "ask", "read_file": "auto"}`. */
+            tool_overrides?: {
+                [key: string]: components["schemas"]["ToolPolicy"];
+            };
+            /**
+             * @description Whether its tool calls run at once (`auto`), wait for a person (`ask`) or never run
+             *     (`off`).
+             */
+            tool_policy?: components["schemas"]["ToolPolicy"];
         };
         /** @enum {string} */
         AgentKind: "external" | "container";
@@ -1307,6 +1356,11 @@ export interface components {
             model?: string | null;
             /** @description A paused agent's deliveries wait in its outbox. */
             paused?: boolean | null;
+            /** @description Per-tool policies over `tool_policy` (at most 32; replaces the whole map), e.g. `{"shell": "ask"}`. */
+            tool_overrides?: {
+                [key: string]: components["schemas"]["ToolPolicy"];
+            } | null;
+            tool_policy?: null | components["schemas"]["ToolPolicy"];
         };
         /**
          * @description Where an agent is in its life. Stored in the `agents.status` column as the same word.
@@ -1324,6 +1378,36 @@ export interface components {
              */
             llm_key?: string | null;
         };
+        /** @description An approval as people see it (`GET /api/approvals`). */
+        Approval: {
+            /** @description The agent's slug. */
+            agent: string;
+            args: unknown;
+            call_id: string;
+            channel_id: string;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            decided_at?: string | null;
+            /** @description Who decided (a chat member id such as `user:owner`), when a person did. */
+            decided_by?: string | null;
+            /** Format: date-time */
+            expires_at: string;
+            id: string;
+            /** @description The answer's chat message, where the call shows as a tool step. */
+            message_id?: string | null;
+            reason?: string | null;
+            state: components["schemas"]["ApprovalState"];
+            /** @description A short text of what would run, e.g. the shell command. */
+            summary: string;
+            tool: string;
+            trace_id: string;
+        };
+        /**
+         * @description Where an approval is. Stored in `tool_approvals.state`.
+         * @enum {string}
+         */
+        ApprovalState: "pending" | "approved" | "denied" | "expired" | "cancelled";
         /** @description An archived agent: what restore brings back. */
         ArchivedAgent: {
             agent_id: string;
@@ -1432,6 +1516,12 @@ export interface components {
             password: string;
             username: string;
         };
+        /** @description `POST /api/approvals/{id}`. */
+        DecideApproval: {
+            decision: components["schemas"]["Decision"];
+        };
+        /** @enum {string} */
+        Decision: "approve" | "deny";
         DeployAccepted: {
             agent: components["schemas"]["Agent"];
             deploy_id: string;
@@ -1462,6 +1552,11 @@ export interface components {
             name: string;
             /** @description What the agent's network may reach; default `internet` (no LAN, host or metadata). */
             network?: components["schemas"]["AgentNetwork"];
+            /** @description Per-tool policies over `tool_policy` (at most 32), e.g. `{"shell": "ask"}`. */
+            tool_overrides?: {
+                [key: string]: components["schemas"]["ToolPolicy"];
+            } | null;
+            tool_policy?: null | components["schemas"]["ToolPolicy"];
         };
         DeployStatus: {
             /** Format: date-time */
@@ -1691,6 +1786,11 @@ export interface components {
             model?: string | null;
             /** @description Display name; the slug is made from it. */
             name: string;
+            /** @description Per-tool policies over `tool_policy` (at most 32), e.g. `{"shell": "ask"}`. */
+            tool_overrides?: {
+                [key: string]: components["schemas"]["ToolPolicy"];
+            } | null;
+            tool_policy?: null | components["schemas"]["ToolPolicy"];
         };
         NewChannel: {
             members?: string[];
@@ -2028,6 +2128,12 @@ export interface components {
         };
         /** @enum {string} */
         StepState: "pending" | "running" | "done" | "failed";
+        /**
+         * @description What happens when an agent wants to run a tool. Stored in `agents.tool_policy` (and per tool
+         *     in `agents.tool_overrides`) as the same word.
+         * @enum {string}
+         */
+        ToolPolicy: "auto" | "ask" | "off";
         /** @description Answer to a trace post, sent only once the events are durable. `ids` are in request order. */
         TraceAck: {
             agent_name: string;
@@ -3863,6 +3969,107 @@ export interface operations {
             };
             /** @description No such agent */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Pending approvals */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Approval"][];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    decide: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Approval id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DecideApproval"];
+            };
+        };
+        responses: {
+            /** @description The decided approval */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Approval"];
+                };
+            };
+            /** @description Bad decision */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller does not see the agent's channel */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such approval */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Already decided or expired */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
