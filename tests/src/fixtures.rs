@@ -203,6 +203,38 @@ pub async fn assert_limits_hold(rt: &impl Runtime, name: &str) {
     );
 }
 
+/// Checks exec in a running container made with `GREETING=-starts-with-dash` in its
+/// environment: exit code, stdout and stderr come back apart, and argv and env pass as data,
+/// never through a shell string.
+pub async fn assert_exec_keeps_data(rt: &impl Runtime, name: &str) {
+    let out = rt
+        .exec(
+            name,
+            &["sh", "-c", "echo \"$GREETING\"; echo oops >&2; exit 7"],
+            &BTreeMap::new(),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(out.exit_code, 7);
+    assert_eq!(out.stdout, "-starts-with-dash\n");
+    assert_eq!(out.stderr, "oops\n");
+    let extra = BTreeMap::from([("ONE_OFF".to_string(), "$(not a shell)".to_string())]);
+    let out = rt
+        .exec(
+            name,
+            &["sh", "-c", "echo \"$ONE_OFF\""],
+            &extra,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(
+        out.stdout, "$(not a shell)\n",
+        "argv and env pass as data, never through a shell string"
+    );
+}
+
 /// The trace folder mount the runtime conformance tests give a container: `source` on the
 /// host at `/root/.taos/trace` inside, writable.
 pub fn trace_disk(source: &Path) -> Device {

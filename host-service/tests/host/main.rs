@@ -1,5 +1,11 @@
 //! Integration tests: the real `taos-host` binary, a temp data dir, a pinned TLS client.
 //! One test binary (modules below) keeps link time down.
+//!
+//! Set-up the tests share lives once in the test kit (`taos_e2e::fixtures`: a host with the
+//! fake provider, agents, deploys, test containers) or, where it needs this binary's `BIN`,
+//! below. Long scenarios run as named `fixtures::step`s, so a failure names its step. The
+//! kit's typed calls (`Host::get`, `post`, `call`, `expect_error`) take `taos-proto` types; a
+//! few tests read raw JSON on purpose as wire-contract checks and say so in their doc comment.
 
 #![allow(
     clippy::unwrap_used,
@@ -63,4 +69,11 @@ pub async fn start_with_env(env: &[(&str, &str)]) -> taos_e2e::Host {
     )
     .await
     .expect("host starts")
+}
+
+/// A host without LiteLLM (for tests that never call a model), with these overrides.
+pub async fn host_with(env: &[(&str, &str)]) -> taos_e2e::Host {
+    let mut all = vec![taos_e2e::fixtures::NO_LITELLM];
+    all.extend_from_slice(env);
+    start_with_env(&all).await
 }
