@@ -57,18 +57,9 @@ pub const NO_LITELLM: (&str, &str) = ("TAOS_LLM__LITELLM_BIN", "/nonexistent/lit
 pub async fn with_fake_provider(bin: &str, env: &[(&str, &str)]) -> (LiteLlmTurn, Host, FakeLlm) {
     let turn = LITELLM.lock().await;
     let fake = FakeLlm::start(UPSTREAM_SECRET, &FAKE_MODELS).await;
-    let host = Host::start_with(
-        bin,
-        HostOptions {
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("host starts");
+    let host = Host::start_with(bin, HostOptions::with_env(env))
+        .await
+        .expect("host starts");
     host.setup_owner().await;
     add_fake_provider(&host, &fake).await;
     wait_ready(&host, &FAKE_MODELS).await;

@@ -57,6 +57,19 @@ pub struct HostOptions {
     pub env: Vec<(String, String)>,
 }
 
+impl HostOptions {
+    /// A fresh data dir with these environment overrides.
+    pub fn with_env(env: &[(&str, &str)]) -> HostOptions {
+        HostOptions {
+            data_dir: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
 impl Host {
     /// Starts a host on a fresh temp data dir, listening on 127.0.0.1 ephemeral ports.
     pub async fn start(bin: &str) -> Host {

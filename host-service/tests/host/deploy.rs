@@ -413,19 +413,7 @@ async fn deploy_archive_redeploy_restore_and_purge() {
             "not_found",
         )
         .await;
-        let count = {
-            use sqlx::ConnectOptions;
-            let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(host.data_dir.join("taos.db"))
-                .connect()
-                .await
-                .unwrap();
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM messages WHERE channel_id = ?")
-                .bind(&first_dm)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap()
-        };
+        let count = crate::messages_stored(host, &first_dm).await;
         assert_eq!(count, 0, "its messages are gone");
         assert_eq!(
             std::fs::read_dir(host.data_dir.join("archive"))

@@ -1497,10 +1497,7 @@ async fn a_call_in_flight_when_the_host_is_killed_is_settled_at_the_next_start()
         BIN,
         HostOptions {
             data_dir: Some(host.data_dir.clone()),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            ..HostOptions::with_env(&env)
         },
     )
     .await

@@ -57,18 +57,25 @@ pub async fn start() -> taos_e2e::Host {
 
 /// A host on a fresh data dir with these environment overrides.
 pub async fn start_with_env(env: &[(&str, &str)]) -> taos_e2e::Host {
-    taos_e2e::Host::start_with(
-        BIN,
-        taos_e2e::HostOptions {
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("host starts")
+    taos_e2e::Host::start_with(BIN, taos_e2e::HostOptions::with_env(env))
+        .await
+        .expect("host starts")
+}
+
+/// How many messages the host's database holds for `channel_id` (to check a purge from
+/// underneath the API, which no longer shows the channel).
+pub async fn messages_stored(host: &taos_e2e::Host, channel_id: &str) -> i64 {
+    use sqlx::ConnectOptions;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(host.data_dir.join("taos.db"))
+        .connect()
+        .await
+        .expect("open the host's database");
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM messages WHERE channel_id = ?")
+        .bind(channel_id)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count the messages")
 }
 
 /// A host without LiteLLM (for tests that never call a model), with these overrides.
