@@ -14,6 +14,7 @@ use taos_e2e::fixtures::{
 };
 use taos_host::runtime::docker::{Docker, DEFAULT_SOCKET};
 use taos_host::runtime::{Device, Limits, Runtime, RuntimeError};
+use taos_proto::agents::ArchivedAgent;
 
 use crate::{host_with, BIN};
 
@@ -397,7 +398,7 @@ async fn deploy_chat_archive_and_purge_on_docker() {
 
     let (archived, _c2) = step("archive", async {
         // Stopped, snapshotted, renamed away.
-        let archived: Value = host
+        let archived: ArchivedAgent = host
             .call(
                 Method::DELETE,
                 &format!("/api/agents/{slug}"),
@@ -405,7 +406,7 @@ async fn deploy_chat_archive_and_purge_on_docker() {
                 StatusCode::OK,
             )
             .await;
-        let archived_container = archived["container"].as_str().unwrap().to_string();
+        let archived_container = archived.container.clone().unwrap();
         let cleanup = Remove(archived_container.clone());
         assert!(!rt.exists(container).await.unwrap());
         assert_eq!(
@@ -415,8 +416,8 @@ async fn deploy_chat_archive_and_purge_on_docker() {
         (archived, cleanup)
     })
     .await;
-    let archived_container = archived["container"].as_str().unwrap();
-    let id = archived["id"].as_str().unwrap();
+    let archived_container = archived.container.as_deref().unwrap();
+    let id = archived.id.as_str();
 
     step("restore is refused", async {
         // Restore needs a snapshot restore: 501 with the reason, and the archive is unchanged.
@@ -443,7 +444,7 @@ async fn deploy_chat_archive_and_purge_on_docker() {
         // No container, no snapshot image, no archive left.
         host.delete(&format!("/api/agents/archived/{id}")).await;
         assert!(!rt.exists(archived_container).await.unwrap());
-        let snapshot = archived["snapshot"].as_str().unwrap();
+        let snapshot = archived.snapshot.as_deref().unwrap();
         let images = std::process::Command::new("docker")
             .args([
                 "images",
