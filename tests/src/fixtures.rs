@@ -134,17 +134,19 @@ pub async fn catalog(host: &Host) {
 
 /// Creates an external agent named `name`; the answer carries its token and LLM key.
 pub async fn create_agent(host: &Host, name: &str) -> AgentWithToken {
-    create_agent_with(
-        host,
-        NewAgent {
-            name: name.to_string(),
-            emoji: None,
-            color: None,
-            model: None,
-            fallback_models: None,
-        },
-    )
-    .await
+    create_agent_with(host, new_agent(name)).await
+}
+
+/// The request for an agent named `name`, the rest left to the host (set fields on it with
+/// `NewAgent { model: …, ..new_agent(name) }`).
+pub fn new_agent(name: &str) -> NewAgent {
+    NewAgent {
+        name: name.to_string(),
+        emoji: None,
+        color: None,
+        model: None,
+        fallback_models: None,
+    }
 }
 
 /// Creates an external agent from a whole request.

@@ -7,10 +7,11 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use taos_e2e::fake_llm::{FakeLlm, Recorder, COMPLETION_TOKENS, PROMPT_TOKENS, REPLY};
 use taos_e2e::fixtures::{
-    add_fake_provider, create_agent, wait_ready, with_fake_provider, LITELLM,
-    UPSTREAM_SECRET as SECRET,
+    add_fake_provider, create_agent, create_agent_with, new_agent, wait_ready, with_fake_provider,
+    LITELLM, UPSTREAM_SECRET as SECRET,
 };
 use taos_e2e::{wait_for_trace, AgentClient, Host, HostOptions};
+use taos_proto::agents::NewAgent;
 
 use crate::{host_with, BIN};
 
@@ -42,16 +43,8 @@ fn data_dir_contains(dir: &std::path::Path, needle: &str) -> Vec<String> {
 async fn the_gateway_enforces_models_and_budgets_and_records_every_call() {
     let (_turn, host, fake) = with_fake_provider(BIN, &[]).await;
 
-    let created: Value = host
-        .admin(Method::POST, "/api/agents")
-        .json(&json!({"name": "Thinker"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["llm_key"].as_str().unwrap().to_string();
+    let created = create_agent(&host, "Thinker").await;
+    let key = created.llm_key.clone().unwrap();
     assert!(key.starts_with("taos_llm_"));
     let unknown_model = host
         .admin(Method::PATCH, "/api/agents/thinker")
@@ -310,16 +303,8 @@ async fn the_gateway_enforces_models_and_budgets_and_records_every_call() {
 #[tokio::test]
 async fn a_killed_litellm_gives_a_quick_503_and_comes_back() {
     let (_turn, host, _fake) = with_fake_provider(BIN, &[]).await;
-    let created: Value = host
-        .admin(Method::POST, "/api/agents")
-        .json(&json!({"name": "Survivor"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["llm_key"].as_str().unwrap().to_string();
+    let created = create_agent(&host, "Survivor").await;
+    let key = created.llm_key.clone().unwrap();
     host.admin(Method::PATCH, "/api/agents/survivor")
         .json(&json!({"model": "fake-gpt"}))
         .send()
@@ -1059,21 +1044,13 @@ async fn litellm_only_body_fields_are_refused_before_anything_is_forwarded() {
         .send()
         .await
         .unwrap();
-    let created: Value = host
-        .admin(Method::POST, "/api/agents")
-        .json(&json!({"name": "Frugal"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = create_agent(&host, "Frugal").await;
     host.admin(Method::PATCH, "/api/agents/frugal")
         .json(&json!({"model": "cheap"}))
         .send()
         .await
         .unwrap();
-    let key = created["llm_key"].as_str().unwrap();
+    let key = created.llm_key.as_deref().unwrap();
     // Each of these would let LiteLLM answer with another model, endpoint or key.
     for extra in [
         json!({"fallbacks": ["dear"]}),
@@ -1152,16 +1129,15 @@ async fn rest_of(mut response: reqwest::Response) -> Result<String, reqwest::Err
 #[tokio::test]
 async fn rotating_the_llm_key_or_archiving_the_agent_cuts_calls_in_flight() {
     let (_turn, host, fake) = with_fake_provider(BIN, &[]).await;
-    let created: Value = host
-        .admin(Method::POST, "/api/agents")
-        .json(&json!({"name": "Spender", "model": "fake-gpt"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["llm_key"].as_str().unwrap().to_string();
+    let created = create_agent_with(
+        &host,
+        NewAgent {
+            model: Some("fake-gpt".into()),
+            ..new_agent("Spender")
+        },
+    )
+    .await;
+    let key = created.llm_key.clone().unwrap();
 
     fake.set_holding(true);
     let (response, first) = open_stream(&host, &key).await;
