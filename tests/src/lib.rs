@@ -29,6 +29,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub mod fake_llm;
+pub mod fixtures;
 
 pub const OWNER: &str = "owner";
 /// The browser session cookie's name (a `__Host-` cookie).
@@ -54,6 +55,19 @@ pub struct HostOptions {
     /// Use this data dir instead of a fresh temp dir (to restart a host on its old data).
     pub data_dir: Option<PathBuf>,
     pub env: Vec<(String, String)>,
+}
+
+impl HostOptions {
+    /// A fresh data dir with these environment overrides.
+    pub fn with_env(env: &[(&str, &str)]) -> HostOptions {
+        HostOptions {
+            data_dir: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
 }
 
 impl Host {
@@ -179,7 +193,6 @@ impl Host {
         self.child.as_ref().and_then(|c| c.id())
     }
 
-    /// SIGTERM, then wait for exit; returns the exit code.
     /// The workspace's `taos-host` on a fixed public port (so a restarted host is found at
     /// the same address), without LiteLLM; `data_dir` restarts one on its old data.
     pub async fn start_on(port: u16, data_dir: Option<PathBuf>) -> Host {
@@ -219,6 +232,7 @@ impl Host {
         self._temp.take()
     }
 
+    /// SIGTERM, then wait for exit; returns the exit code.
     pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
         let pid = self.pid().context("host already gone")?;
         std::process::Command::new("kill")
@@ -274,17 +288,7 @@ impl Host {
 
     /// Pairs a new device; returns its tokens JSON.
     pub async fn pair_device(&self, name: &str) -> Value {
-        let token = self
-            .admin(Method::POST, "/api/devices/pairing-tokens")
-            .send()
-            .await
-            .expect("pairing token")
-            .json::<Value>()
-            .await
-            .expect("pairing token json")["token"]
-            .as_str()
-            .expect("token string")
-            .to_string();
+        let token = self.pairing_token().await;
         let response = self
             .client()
             .post(self.url("/api/devices/pair"))
@@ -392,6 +396,22 @@ impl Host {
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         assert_eq!(status, StatusCode::NO_CONTENT, "DELETE {path}: {text}");
+    }
+
+    /// `method path` (with `body` as JSON if given), expecting exactly `status`: for the calls
+    /// the shorthands above don't fit (a DELETE that answers with a body, a POST without one).
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        status: StatusCode,
+    ) -> T {
+        let mut request = self.admin(method.clone(), path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        expect_json(request, method.as_str(), path, &[status]).await
     }
 
     /// Sends `method path` (with `body` as JSON if given) and checks the host refused it with

@@ -315,19 +315,7 @@ async fn channels_validate_settings_and_members_and_delete_their_messages() {
             .status(),
         StatusCode::NOT_FOUND
     );
-    let count = {
-        use sqlx::ConnectOptions;
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(host.data_dir.join("taos.db"))
-            .connect()
-            .await
-            .unwrap();
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM messages WHERE channel_id = ?")
-            .bind(&ch)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
-    };
+    let count = crate::messages_stored(&host, &ch).await;
     assert_eq!(
         count, 0,
         "the channel's messages are gone from the database"

@@ -42,15 +42,7 @@ async fn one_pairing_token_used_twice_at_once_pairs_one_device() {
     let host = start().await;
     let mut tokens = Vec::new();
     for _ in 0..10 {
-        let t: Value = host
-            .admin(Method::POST, "/api/devices/pairing-tokens")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        tokens.push(t["token"].as_str().unwrap().to_string());
+        tokens.push(host.pairing_token().await);
     }
     let pairs = twice(tokens.len(), |round| {
         host.client()

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use taos_e2e::fixtures::step;
 use taos_e2e::{wait_for_trace, AgentClient, SseNext, WsClient};
 
 use crate::start;
@@ -407,6 +408,9 @@ async fn agent_credentials_work_only_on_the_agent_listener_and_only_for_their_ag
     );
 }
 
+/// A wire-contract check: it reads the deliveries as raw JSON on purpose, since their field names
+/// (`text`, `from`, `hops_since_user`, `force_respond`, `trace_id`) are the contract with every
+/// sidecar, ours and others'.
 #[tokio::test]
 async fn group_routing_follows_mentions_lively_mode_hops_and_pause() {
     let host = start().await;
@@ -433,100 +437,115 @@ async fn group_routing_follows_mentions_lively_mode_hops_and_pause() {
         serde_json::from_str::<Value>(&event.data).unwrap()["text"].clone()
     }
 
-    say("nobody named, quiet channel").await;
-    say("@ann @ben sentinel 1").await;
-    assert_eq!(next_text(&mut sa).await, "@ann @ben sentinel 1");
-    assert_eq!(next_text(&mut sb).await, "@ann @ben sentinel 1");
+    step("quiet: only the named get it", async {
+        say("nobody named, quiet channel").await;
+        say("@ann @ben sentinel 1").await;
+        assert_eq!(next_text(&mut sa).await, "@ann @ben sentinel 1");
+        assert_eq!(next_text(&mut sb).await, "@ann @ben sentinel 1");
 
-    say("@ben your turn").await;
-    assert_eq!(next_text(&mut sb).await, "@ben your turn");
-    say("@ann sentinel 2").await;
-    assert_eq!(
-        next_text(&mut sa).await,
-        "@ann sentinel 2",
-        "ann was not named"
-    );
+        say("@ben your turn").await;
+        assert_eq!(next_text(&mut sb).await, "@ben your turn");
+        say("@ann sentinel 2").await;
+        assert_eq!(
+            next_text(&mut sa).await,
+            "@ann sentinel 2",
+            "ann was not named"
+        );
+    })
+    .await;
 
-    say("@all hello").await;
-    assert_eq!(text_of(sa.next(WAIT).await.unwrap())["force_respond"], true);
-    let to_b = text_of(sb.next(WAIT).await.unwrap());
+    let to_b = step("@all reaches everyone and forces an answer", async {
+        say("@all hello").await;
+        assert_eq!(text_of(sa.next(WAIT).await.unwrap())["force_respond"], true);
+        text_of(sb.next(WAIT).await.unwrap())
+    })
+    .await;
 
-    // Ben answers in the group: with max_hops 2 his reply (hop 1) reaches Ann, whose reply
-    // (hop 2) reaches nobody.
-    host.admin(Method::PATCH, &format!("/api/chat/channels/{id}"))
-        .json(&json!({"settings": {"response_mode": "lively"}}))
-        .send()
-        .await
-        .unwrap();
-    let r = b
-        .reply(json!({"kind": "final", "trace_id": to_b["trace_id"], "content": "ben says hi"}))
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let to_a = text_of(sa.next(WAIT).await.expect("ben's reply routed to ann"));
-    assert_eq!(to_a["from"], "ben");
-    assert_eq!(to_a["hops_since_user"], 2);
-    assert_eq!(to_a["force_respond"], false);
-    let r = a
-        .reply(json!({"kind": "final", "trace_id": to_a["trace_id"], "content": "ann answers"}))
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    host.admin(Method::PATCH, &format!("/api/chat/channels/{id}"))
-        .json(&json!({"settings": {"response_mode": "quiet"}}))
-        .send()
-        .await
-        .unwrap();
-    say("@ben sentinel 3").await;
-    assert_eq!(
-        next_text(&mut sb).await,
-        "@ben sentinel 3",
-        "hop cap stops the chain: ann's answer never reached ben"
-    );
+    step("lively: replies hop until max_hops", async {
+        // Ben answers in the group: with max_hops 2 his reply (hop 1) reaches Ann, whose reply
+        // (hop 2) reaches nobody.
+        host.admin(Method::PATCH, &format!("/api/chat/channels/{id}"))
+            .json(&json!({"settings": {"response_mode": "lively"}}))
+            .send()
+            .await
+            .unwrap();
+        let r = b
+            .reply(json!({"kind": "final", "trace_id": to_b["trace_id"], "content": "ben says hi"}))
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let to_a = text_of(sa.next(WAIT).await.expect("ben's reply routed to ann"));
+        assert_eq!(to_a["from"], "ben");
+        assert_eq!(to_a["hops_since_user"], 2);
+        assert_eq!(to_a["force_respond"], false);
+        let r = a
+            .reply(json!({"kind": "final", "trace_id": to_a["trace_id"], "content": "ann answers"}))
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        host.admin(Method::PATCH, &format!("/api/chat/channels/{id}"))
+            .json(&json!({"settings": {"response_mode": "quiet"}}))
+            .send()
+            .await
+            .unwrap();
+        say("@ben sentinel 3").await;
+        assert_eq!(
+            next_text(&mut sb).await,
+            "@ben sentinel 3",
+            "hop cap stops the chain: ann's answer never reached ben"
+        );
+    })
+    .await;
 
-    // Paused agents get deliveries queued, released on resume, with one notice.
-    let paused = host
-        .admin(Method::PATCH, "/api/agents/ann")
-        .json(&json!({"paused": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(paused.status(), StatusCode::OK);
-    say("@ann one").await;
-    say("@ann two").await;
-    // Routed after ann's two (one channel's messages are routed in order), and delivered to
-    // ben: by then anything sent to ann would be on her stream already.
-    say("@ben sentinel 4").await;
-    assert_eq!(next_text(&mut sb).await, "@ben sentinel 4");
-    assert!(
-        sa.next(Duration::from_millis(100)).await.is_none(),
-        "paused: nothing sent"
-    );
-    let messages: Vec<Value> = host
-        .admin(
-            Method::GET,
-            &format!("/api/chat/channels/{id}/messages?limit=500"),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let notices = messages
-        .iter()
-        .filter(|m| {
-            m["author_type"] == "system" && m["content"].as_str().unwrap().contains("paused")
-        })
-        .count();
-    assert_eq!(notices, 1, "one notice, not one per message");
-    host.admin(Method::PATCH, "/api/agents/ann")
-        .json(&json!({"paused": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(next_text(&mut sa).await, "@ann one", "released on resume");
-    assert_eq!(next_text(&mut sa).await, "@ann two");
-    say("@ann sentinel 5").await;
-    assert_eq!(next_text(&mut sa).await, "@ann sentinel 5", "each once");
+    step(
+        "paused: queued with one notice, released on resume",
+        async {
+            let paused = host
+                .admin(Method::PATCH, "/api/agents/ann")
+                .json(&json!({"paused": true}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(paused.status(), StatusCode::OK);
+            say("@ann one").await;
+            say("@ann two").await;
+            // Routed after ann's two (one channel's messages are routed in order), and delivered
+            // to ben: by then anything sent to ann would be on her stream already.
+            say("@ben sentinel 4").await;
+            assert_eq!(next_text(&mut sb).await, "@ben sentinel 4");
+            assert!(
+                sa.next(Duration::from_millis(100)).await.is_none(),
+                "paused: nothing sent"
+            );
+            let messages: Vec<Value> = host
+                .admin(
+                    Method::GET,
+                    &format!("/api/chat/channels/{id}/messages?limit=500"),
+                )
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let notices = messages
+                .iter()
+                .filter(|m| {
+                    m["author_type"] == "system"
+                        && m["content"].as_str().unwrap().contains("paused")
+                })
+                .count();
+            assert_eq!(notices, 1, "one notice, not one per message");
+            host.admin(Method::PATCH, "/api/agents/ann")
+                .json(&json!({"paused": false}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(next_text(&mut sa).await, "@ann one", "released on resume");
+            assert_eq!(next_text(&mut sa).await, "@ann two");
+            say("@ann sentinel 5").await;
+            assert_eq!(next_text(&mut sa).await, "@ann sentinel 5", "each once");
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -5,95 +5,19 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use taos_e2e::fake_llm::{FakeLlm, REPLY};
+use taos_e2e::fake_llm::REPLY;
+use taos_e2e::fixtures::{
+    ask_and_wait, catalog, deploy_with, finished, incus, require_image, step, wait_deploy,
+    with_fake_provider, Remove,
+};
 use taos_e2e::{Host, HostOptions};
-use taos_host::runtime::incus::{Incus, DEFAULT_SOCKET};
 use taos_host::runtime::Runtime;
+use taos_proto::agents::{Agent, AgentStatus, ArchivedAgent};
 
-use crate::llm::{add_fake_provider, wait_ready, LITELLM};
-use crate::BIN;
-
-pub(crate) fn incus() -> Incus {
-    Incus::new(DEFAULT_SOCKET, None, "default")
-}
-
-/// Deletes a container even when the test fails.
-pub(crate) struct Remove(pub(crate) String);
-
-impl Drop for Remove {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("incus")
-            .args(["delete", "--force", &self.0])
-            .output();
-    }
-}
-
-pub(crate) async fn require_image() {
-    let out = std::process::Command::new("incus")
-        .args(["image", "show", "taos-agent"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the taos-agent image is missing: run scripts/build-agent-image.sh (scripts/test.sh does)"
-    );
-}
-
-pub(crate) async fn host_with(env: &[(&str, &str)]) -> Host {
-    let mut all = vec![("TAOS_LLM__LITELLM_BIN", "/nonexistent/litellm")];
-    all.extend_from_slice(env);
-    crate::start_with_env(&all).await
-}
-
-/// A provider with a model, no LiteLLM needed (for deploys that never chat).
-pub(crate) async fn catalog(host: &Host) {
-    let r = host
-        .admin(Method::POST, "/api/providers")
-        .json(&json!({"name": "stub", "type": "openai-compatible", "url": "http://127.0.0.1:9/v1", "models": [{"id": "fake-gpt"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-}
+use crate::{host_with, BIN};
 
 async fn deploy(host: &Host, name: &str) -> Value {
     deploy_with(host, json!({"name": name, "framework": "direct", "model": "fake-gpt", "memory_limit_mib": 256, "disk_quota_gib": 2})).await
-}
-
-/// Starts a deploy with this request body; expects it accepted.
-pub(crate) async fn deploy_with(host: &Host, body: Value) -> Value {
-    let r = host
-        .admin(Method::POST, "/api/agents/deploy")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    r.json().await.unwrap()
-}
-
-/// Polls the deploy until it leaves `running` (or `until` says stop).
-pub(crate) async fn wait_deploy(host: &Host, slug: &str, until: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let status: Value = host
-            .admin(Method::GET, &format!("/api/agents/{slug}/deploy"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if until(&status) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "deploy stuck: {status}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-pub(crate) fn finished(status: &Value) -> bool {
-    status["status"] != "running"
 }
 
 /// Nothing of a rolled-back deploy remains: container, agent, channel, trace folder.
@@ -126,15 +50,13 @@ async fn assert_nothing_left(host: &Host, slug: &str) {
     );
 }
 
+/// A wire-contract check: it reads the deploy status and the agent as raw JSON on purpose, so
+/// the field names and strings the app and the UI read (`status`, `steps[].state`, `kind`,
+/// `connected`, `dm_channel_id`) are pinned here, not only through the shared types.
 #[tokio::test]
 async fn a_deployed_agent_runs_in_its_container_and_answers_chat() {
     require_image().await;
-    let _turn = LITELLM.lock().await;
-    let fake = FakeLlm::start("upstream-secret-Zq81xW", &["fake-gpt", "fake-other"]).await;
-    let host = Host::start(BIN).await;
-    host.setup_owner().await;
-    add_fake_provider(&host, &fake).await;
-    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let (_turn, host, _fake) = with_fake_provider(BIN, &[]).await;
 
     let accepted = deploy(&host, "Boxed").await;
     let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
@@ -267,8 +189,8 @@ async fn a_host_killed_mid_deploy_rolls_it_back_when_it_starts_again() {
         HostOptions {
             data_dir: Some(host.data_dir.clone()),
             env: vec![(
-                "TAOS_LLM__LITELLM_BIN".into(),
-                "/nonexistent/litellm".into(),
+                taos_e2e::fixtures::NO_LITELLM.0.into(),
+                taos_e2e::fixtures::NO_LITELLM.1.into(),
             )],
         },
     )
@@ -280,6 +202,8 @@ async fn a_host_killed_mid_deploy_rolls_it_back_when_it_starts_again() {
     assert_nothing_left(&restarted, &slug).await;
 }
 
+/// A wire-contract check: raw JSON on purpose, since these bodies are what a typed client could
+/// never send.
 #[tokio::test]
 async fn bad_deploys_are_refused_and_change_nothing() {
     let host = host_with(&[]).await;
@@ -349,341 +273,231 @@ async fn bad_deploys_are_refused_and_change_nothing() {
     assert!(r.text().await.unwrap().contains("incus"));
 }
 
-pub(crate) async fn ask_and_wait(host: &Host, slug: &str, text: &str) -> Value {
-    let agent: Value = host
-        .admin(Method::GET, &format!("/api/agents/{slug}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
-    let sent: Value = host
-        .admin(Method::POST, "/api/chat/messages")
-        .json(&json!({"channel_id": dm, "content": text}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let messages: Vec<Value> = host
-            .admin(
-                Method::GET,
-                &format!("/api/chat/channels/{dm}/messages?after_seq={}", sent["seq"]),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(m) = messages
-            .iter()
-            .find(|m| m["author_id"] == slug && m["state"] == "complete")
-        {
-            return m.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{slug} did not answer: {messages:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 #[tokio::test]
 async fn deploy_archive_redeploy_restore_and_purge() {
     require_image().await;
-    let _turn = LITELLM.lock().await;
-    let fake = FakeLlm::start("upstream-secret-Zq81xW", &["fake-gpt", "fake-other"]).await;
-    let host = Host::start(BIN).await;
-    host.setup_owner().await;
-    add_fake_provider(&host, &fake).await;
-    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let (_turn, host, _fake) = with_fake_provider(BIN, &[]).await;
+    let host = &host;
     let rt = incus();
+    let rt = &rt;
 
-    // Deploy and chat.
-    let first = deploy(&host, "Keeper").await;
-    assert_eq!(first["agent"]["slug"], "keeper");
-    let _c1 = Remove("taos-keeper".into());
-    assert_eq!(
-        wait_deploy(&host, "keeper", finished).await["status"],
-        "succeeded"
-    );
-    assert_eq!(
-        ask_and_wait(&host, "keeper", "remember this").await["content"],
-        REPLY
-    );
-    let first_dm = first["agent"]["dm_channel_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-
-    // Archive: the container is renamed away, the slug is free, the chat is read-only.
-    let archived = host
-        .admin(Method::DELETE, "/api/agents/keeper")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(archived.status(), StatusCode::OK);
-    let archived: Value = archived.json().await.unwrap();
-    let archive_id = archived["id"].as_str().unwrap().to_string();
-    let archived_container = archived["container"].as_str().unwrap().to_string();
-    let _c2 = Remove(archived_container.clone());
-    assert!(!rt.exists("taos-keeper").await.unwrap());
-    assert!(rt.exists(&archived_container).await.unwrap());
-    assert_eq!(
-        rt.snapshot_list(&archived_container).await.unwrap().len(),
-        1
-    );
-    assert_eq!(
-        host.admin(Method::GET, "/api/agents/keeper")
-            .send()
-            .await
+    let (first_dm, _c1) = step("deploy and chat", async {
+        let first = deploy(host, "Keeper").await;
+        assert_eq!(first["agent"]["slug"], "keeper");
+        let cleanup = Remove("taos-keeper".into());
+        assert_eq!(
+            wait_deploy(host, "keeper", finished).await["status"],
+            "succeeded"
+        );
+        assert_eq!(
+            ask_and_wait(host, "keeper", "remember this").await["content"],
+            REPLY
+        );
+        let first_dm = first["agent"]["dm_channel_id"]
+            .as_str()
             .unwrap()
-            .status(),
-        StatusCode::NOT_FOUND
-    );
-    let list: Vec<Value> = host
-        .admin(Method::GET, "/api/agents/archived")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list.len(), 1);
-    assert_eq!(list[0]["slug"], "keeper");
-    let channel: Value = host
-        .admin(Method::GET, &format!("/api/chat/channels/{first_dm}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(channel["archived"], true);
-    let chat = std::fs::read_dir(host.data_dir.join("archive"))
-        .unwrap()
-        .flatten()
-        .next()
-        .unwrap()
-        .path()
-        .join("chat.jsonl");
-    assert!(std::fs::read_to_string(&chat)
-        .unwrap()
-        .contains("remember this"));
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&chat).unwrap().permissions())
-            & 0o777,
-        0o600
-    );
+            .to_string();
+        (first_dm, cleanup)
+    })
+    .await;
 
-    // The same name deploys again.
-    let second = deploy(&host, "Keeper").await;
-    assert_eq!(second["agent"]["slug"], "keeper");
-    assert_eq!(
-        wait_deploy(&host, "keeper", finished).await["status"],
-        "succeeded"
-    );
+    let (archive_id, _c2) = step("archive", async {
+        // The container is renamed away, the slug is free, the chat is read-only.
+        let archived: ArchivedAgent = host
+            .call(Method::DELETE, "/api/agents/keeper", None, StatusCode::OK)
+            .await;
+        let archived_container = archived.container.unwrap();
+        let cleanup = Remove(archived_container.clone());
+        assert!(!rt.exists("taos-keeper").await.unwrap());
+        assert!(rt.exists(&archived_container).await.unwrap());
+        assert_eq!(
+            rt.snapshot_list(&archived_container).await.unwrap().len(),
+            1
+        );
+        host.expect_error(
+            Method::GET,
+            "/api/agents/keeper",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+        let list: Vec<ArchivedAgent> = host.get("/api/agents/archived").await;
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].slug, "keeper");
+        let channel: Value = host.get(&format!("/api/chat/channels/{first_dm}")).await;
+        assert_eq!(channel["archived"], true);
+        let chat = std::fs::read_dir(host.data_dir.join("archive"))
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path()
+            .join("chat.jsonl");
+        assert!(std::fs::read_to_string(&chat)
+            .unwrap()
+            .contains("remember this"));
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&chat).unwrap().permissions()
+            ) & 0o777,
+            0o600
+        );
+        (archived.id, cleanup)
+    })
+    .await;
 
-    // Restore the first one: its slug is taken now, so it comes back as keeper-2, and answers.
-    let restored = host
-        .admin(
+    step("deploy the same name again", async {
+        let second = deploy(host, "Keeper").await;
+        assert_eq!(second["agent"]["slug"], "keeper");
+        assert_eq!(
+            wait_deploy(host, "keeper", finished).await["status"],
+            "succeeded"
+        );
+    })
+    .await;
+
+    let _c3 = step("restore beside it", async {
+        // Its slug is taken now, so it comes back as keeper-2, and answers.
+        let _: Value = host
+            .call(
+                Method::POST,
+                &format!("/api/agents/archived/{archive_id}/restore"),
+                None,
+                StatusCode::OK,
+            )
+            .await;
+        let cleanup = Remove("taos-keeper-2".into());
+        let agent: Agent = host.get("/api/agents/keeper-2").await;
+        assert_eq!(agent.status, AgentStatus::Running);
+        assert_eq!(
+            agent.dm_channel_id.as_deref(),
+            Some(first_dm.as_str()),
+            "its own chat came back"
+        );
+        assert_eq!(
+            ask_and_wait(host, "keeper-2", "are you back?").await["content"],
+            REPLY
+        );
+        let history: Vec<Value> = host
+            .get(&format!("/api/chat/channels/{first_dm}/messages"))
+            .await;
+        assert!(history.iter().any(|m| m["content"] == "remember this"));
+        assert!(host
+            .get::<Vec<ArchivedAgent>>("/api/agents/archived")
+            .await
+            .is_empty());
+        cleanup
+    })
+    .await;
+
+    let _c4 = step("archive and purge", async {
+        // Nothing of it remains.
+        let again: ArchivedAgent = host
+            .call(Method::DELETE, "/api/agents/keeper-2", None, StatusCode::OK)
+            .await;
+        let archive_id = again.id;
+        let container = again.container.unwrap();
+        let cleanup = Remove(container.clone());
+        host.delete(&format!("/api/agents/archived/{archive_id}"))
+            .await;
+        assert!(
+            !rt.exists(&container).await.unwrap(),
+            "container and its snapshots are gone"
+        );
+        host.expect_error(
+            Method::GET,
+            &format!("/api/chat/channels/{first_dm}"),
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+        let count = crate::messages_stored(host, &first_dm).await;
+        assert_eq!(count, 0, "its messages are gone");
+        assert_eq!(
+            std::fs::read_dir(host.data_dir.join("archive"))
+                .unwrap()
+                .count(),
+            0,
+            "archive folder gone"
+        );
+        assert!(
+            !host.data_dir.join("traces/keeper-2").exists(),
+            "trace folder gone"
+        );
+        // A purged archive can't be restored.
+        host.expect_error(
             Method::POST,
             &format!("/api/agents/archived/{archive_id}/restore"),
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
         )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        restored.status(),
-        StatusCode::OK,
-        "{}",
-        restored.text().await.unwrap()
-    );
-    let _c3 = Remove("taos-keeper-2".into());
-    let agent: Value = host
-        .admin(Method::GET, "/api/agents/keeper-2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(agent["status"], "running");
-    assert_eq!(
-        agent["dm_channel_id"],
-        first_dm.as_str(),
-        "its own chat came back"
-    );
-    assert_eq!(
-        ask_and_wait(&host, "keeper-2", "are you back?").await["content"],
-        REPLY
-    );
-    let history: Vec<Value> = host
-        .admin(
-            Method::GET,
-            &format!("/api/chat/channels/{first_dm}/messages"),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(history.iter().any(|m| m["content"] == "remember this"));
-    assert!(host
-        .admin(Method::GET, "/api/agents/archived")
-        .send()
-        .await
-        .unwrap()
-        .json::<Vec<Value>>()
-        .await
-        .unwrap()
-        .is_empty());
+        .await;
+        // The other keeper lives on.
+        let _: Agent = host.get("/api/agents/keeper").await;
+        cleanup
+    })
+    .await;
 
-    // Archive and purge it: nothing of it remains.
-    let again: Value = host
-        .admin(Method::DELETE, "/api/agents/keeper-2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let archive_id = again["id"].as_str().unwrap().to_string();
-    let container = again["container"].as_str().unwrap().to_string();
-    let _c4 = Remove(container.clone());
-    assert_eq!(
-        host.admin(
-            Method::DELETE,
-            &format!("/api/agents/archived/{archive_id}")
-        )
-        .send()
-        .await
-        .unwrap()
-        .status(),
-        StatusCode::NO_CONTENT
-    );
-    assert!(
-        !rt.exists(&container).await.unwrap(),
-        "container and its snapshots are gone"
-    );
-    assert_eq!(
-        host.admin(Method::GET, &format!("/api/chat/channels/{first_dm}"))
+    step("lifecycle actions and logs", async {
+        let stopped: Agent = host
+            .call(
+                Method::POST,
+                "/api/agents/keeper/stop",
+                None,
+                StatusCode::OK,
+            )
+            .await;
+        assert_eq!(stopped.status, AgentStatus::Stopped);
+        assert!(!rt.state("taos-keeper").await.unwrap().running);
+        let started: Agent = host
+            .call(
+                Method::POST,
+                "/api/agents/keeper/start",
+                None,
+                StatusCode::OK,
+            )
+            .await;
+        assert_eq!(started.status, AgentStatus::Running);
+        let logs = host
+            .admin(Method::GET, "/api/agents/keeper/logs?lines=50")
             .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::NOT_FOUND
-    );
-    let count = {
-        use sqlx::ConnectOptions;
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(host.data_dir.join("taos.db"))
-            .connect()
             .await
             .unwrap();
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM messages WHERE channel_id = ?")
-            .bind(&first_dm)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
-    };
-    assert_eq!(count, 0, "its messages are gone");
-    assert_eq!(
-        std::fs::read_dir(host.data_dir.join("archive"))
-            .unwrap()
-            .count(),
-        0,
-        "archive folder gone"
-    );
-    assert!(
-        !host.data_dir.join("traces/keeper-2").exists(),
-        "trace folder gone"
-    );
-    assert_eq!(
-        host.admin(
-            Method::POST,
-            &format!("/api/agents/archived/{archive_id}/restore")
+        assert_eq!(logs.status(), StatusCode::OK);
+        let text = logs.text().await.unwrap();
+        assert!(
+            text.contains("taos-agent starting") && text.contains("keeper"),
+            "the sidecar's own log, from its start: {text}"
+        );
+        host.expect_error(
+            Method::GET,
+            "/api/agents/keeper/logs?lines=0",
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
         )
-        .send()
-        .await
-        .unwrap()
-        .status(),
-        StatusCode::NOT_FOUND,
-        "a purged archive can't be restored"
-    );
-    // The other keeper lives on.
-    assert_eq!(
-        host.admin(Method::GET, "/api/agents/keeper")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
-
-    // Lifecycle actions and logs on the live one.
-    let stopped: Value = host
-        .admin(Method::POST, "/api/agents/keeper/stop")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(stopped["status"], "stopped");
-    assert!(!rt.state("taos-keeper").await.unwrap().running);
-    let started: Value = host
-        .admin(Method::POST, "/api/agents/keeper/start")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(started["status"], "running");
-    let logs = host
-        .admin(Method::GET, "/api/agents/keeper/logs?lines=50")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(logs.status(), StatusCode::OK);
-    let text = logs.text().await.unwrap();
-    assert!(
-        text.contains("taos-agent starting") && text.contains("keeper"),
-        "the sidecar's own log, from its start: {text}"
-    );
-    assert_eq!(
-        host.admin(Method::GET, "/api/agents/keeper/logs?lines=0")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::BAD_REQUEST
-    );
-    assert_eq!(
-        host.admin(Method::POST, "/api/agents/nobody/stop")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        host.admin(Method::DELETE, "/api/agents/nobody")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::NOT_FOUND
-    );
+        .await;
+        host.expect_error(
+            Method::POST,
+            "/api/agents/nobody/stop",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+        host.expect_error(
+            Method::DELETE,
+            "/api/agents/nobody",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+    })
+    .await;
     let _c5 = Remove("taos-keeper".into());
 }
 

@@ -19,8 +19,9 @@ use taos_e2e::{Host, HostOptions};
 use taos_host::runtime::docker::{Docker, DEFAULT_SOCKET as DOCKER_SOCKET};
 use taos_host::runtime::{ContainerRuntime, Runtime};
 
-use crate::deploy::{catalog, deploy_with, finished, host_with, incus, require_image, wait_deploy};
-use crate::BIN;
+use taos_e2e::fixtures::{catalog, deploy_with, finished, incus, require_image, wait_deploy};
+
+use crate::{host_with, BIN};
 
 /// One test at a time owns the LAN namespace and its addresses.
 static LAN_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -12,15 +12,13 @@ use taos_e2e::{Host, HostOptions};
 use taos_host::faults::{FAIL_ENV, PAUSE_ENV};
 use taos_host::runtime::Runtime;
 
-use crate::deploy::{catalog, deploy_with, finished, incus, require_image, wait_deploy, Remove};
+use taos_e2e::fixtures::{catalog, deploy_succeeded, incus, require_image, Remove, NO_LITELLM};
+
 use crate::BIN;
 
 /// A host on `data_dir` (no LiteLLM: these agents never chat), with extra env.
 async fn host_on(data_dir: &Path, env: &[(&str, String)]) -> Host {
-    let mut all = vec![(
-        "TAOS_LLM__LITELLM_BIN".to_string(),
-        "/nonexistent/litellm".to_string(),
-    )];
+    let mut all = vec![(NO_LITELLM.0.to_string(), NO_LITELLM.1.to_string())];
     all.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
     Host::start_with(
         BIN,
@@ -171,15 +169,11 @@ async fn archive_restore_and_purge_leave_nothing_half_done_after_failures_and_cr
     first.setup_owner().await;
     catalog(&first).await;
     let name = format!("phoenix-{:06x}", rand::random::<u32>() & 0xffffff);
-    let accepted = deploy_with(
+    let (slug, _cleanup) = deploy_succeeded(
         &first,
         json!({"name": name, "framework": "direct", "model": "fake-gpt", "memory_limit_mib": 256}),
     )
     .await;
-    let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
-    let _cleanup = Remove(format!("taos-{slug}"));
-    let done = wait_deploy(&first, &slug, finished).await;
-    assert_eq!(done["status"], "succeeded", "{done}");
     drop(first);
     let agent_path = format!("/api/agents/{slug}");
 

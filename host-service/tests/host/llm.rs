@@ -6,97 +6,14 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use taos_e2e::fake_llm::{FakeLlm, Recorder, COMPLETION_TOKENS, PROMPT_TOKENS, REPLY};
+use taos_e2e::fixtures::{
+    add_fake_provider, create_agent, create_agent_with, new_agent, wait_ready, with_fake_provider,
+    LITELLM, UPSTREAM_SECRET as SECRET,
+};
 use taos_e2e::{wait_for_trace, AgentClient, Host, HostOptions};
+use taos_proto::agents::NewAgent;
 
-use crate::{start, BIN};
-
-/// One LiteLLM at a time.
-pub static LITELLM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-const SECRET: &str = "upstream-secret-Zq81xW";
-
-pub async fn without_litellm() -> Host {
-    Host::start_with(
-        BIN,
-        HostOptions {
-            env: vec![(
-                "TAOS_LLM__LITELLM_BIN".into(),
-                "/nonexistent/litellm".into(),
-            )],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-}
-
-/// Waits until LiteLLM serves exactly these models.
-pub async fn wait_ready(host: &Host, models: &[&str]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let status: Value = host
-            .admin(Method::GET, "/api/llm/status")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let have: Vec<&str> = status["models"]
-            .as_array()
-            .map(|m| m.iter().filter_map(|x| x.as_str()).collect())
-            .unwrap_or_default();
-        if status["state"] == "ready" && have == models {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "LiteLLM never became ready: {status}"
-        );
-        assert_ne!(status["state"], "failed", "LiteLLM failed: {status}");
-        let error = status["last_error"].as_str().unwrap_or_default();
-        assert!(
-            !error.contains("not installed"),
-            "LiteLLM is missing: run scripts/dev-litellm.sh (scripts/test.sh does)"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Adds the fake upstream as a provider (models discovered) and gives it prices.
-pub async fn add_fake_provider(host: &Host, fake: &FakeLlm) -> Value {
-    let r = host
-        .admin(Method::POST, "/api/providers")
-        .json(&json!({"name": "fake", "type": "openai-compatible", "url": fake.url(), "api_key": SECRET}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let text = r.text().await.unwrap();
-    assert!(!text.contains(SECRET), "the key never comes back");
-    let provider: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(provider["has_api_key"], true);
-    let ids: Vec<&str> = provider["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        ids,
-        ["fake-gpt", "fake-other"],
-        "discovered from <url>/models"
-    );
-    // $0 / $4000 per million tokens: a call (10 in, 5 out) costs exactly $0.02, and so does
-    // the reservation of a call with max_tokens 5 (input is free, so the prompt bound adds 0).
-    let priced = host
-        .admin(Method::PATCH, "/api/providers/fake")
-        .json(&json!({"models": [{"id": "fake-gpt", "input_usd_per_mtok": 0.0, "output_usd_per_mtok": 4000.0}, {"id": "fake-other"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(priced.status(), StatusCode::OK);
-    priced.json().await.unwrap()
-}
+use crate::{host_with, BIN};
 
 pub fn gateway(host: &Host, key: &str, path: &str) -> reqwest::RequestBuilder {
     taos_e2e::http_client()
@@ -124,23 +41,10 @@ fn data_dir_contains(dir: &std::path::Path, needle: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn the_gateway_enforces_models_and_budgets_and_records_every_call() {
-    let _turn = LITELLM.lock().await;
-    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
-    let host = start().await;
-    host.setup_owner().await;
-    add_fake_provider(&host, &fake).await;
-    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let (_turn, host, fake) = with_fake_provider(BIN, &[]).await;
 
-    let created: Value = host
-        .admin(Method::POST, "/api/agents")
-        .json(&json!({"name": "Thinker"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["llm_key"].as_str().unwrap().to_string();
+    let created = create_agent(&host, "Thinker").await;
+    let key = created.llm_key.clone().unwrap();
     assert!(key.starts_with("taos_llm_"));
     let unknown_model = host
         .admin(Method::PATCH, "/api/agents/thinker")
@@ -398,22 +302,9 @@ async fn the_gateway_enforces_models_and_budgets_and_records_every_call() {
 
 #[tokio::test]
 async fn a_killed_litellm_gives_a_quick_503_and_comes_back() {
-    let _turn = LITELLM.lock().await;
-    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
-    let host = start().await;
-    host.setup_owner().await;
-    add_fake_provider(&host, &fake).await;
-    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
-    let created: Value = host
-        .admin(Method::POST, "/api/agents")
-        .json(&json!({"name": "Survivor"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["llm_key"].as_str().unwrap().to_string();
+    let (_turn, host, _fake) = with_fake_provider(BIN, &[]).await;
+    let created = create_agent(&host, "Survivor").await;
+    let key = created.llm_key.clone().unwrap();
     host.admin(Method::PATCH, "/api/agents/survivor")
         .json(&json!({"model": "fake-gpt"}))
         .send()
@@ -476,7 +367,7 @@ async fn a_killed_litellm_gives_a_quick_503_and_comes_back() {
 
 #[tokio::test]
 async fn without_litellm_the_host_runs_and_says_so() {
-    let host = without_litellm().await;
+    let host = host_with(&[]).await;
     host.setup_owner().await;
     let status: Value = host
         .admin(Method::GET, "/api/llm/status")
@@ -529,7 +420,7 @@ async fn without_litellm_the_host_runs_and_says_so() {
 
 #[tokio::test]
 async fn providers_are_validated_and_owner_only() {
-    let host = without_litellm().await;
+    let host = host_with(&[]).await;
     host.setup_owner().await;
     let fake = FakeLlm::start("", &["m1"]).await;
     let cases = [
@@ -677,7 +568,7 @@ async fn providers_are_validated_and_owner_only() {
 
 #[tokio::test]
 async fn bootstrap_keeps_the_taos_shape_with_the_agents_own_token() {
-    let host = without_litellm().await;
+    let host = host_with(&[]).await;
     host.setup_owner().await;
     let (agent, _) = AgentClient::create(&host, "Claw").await;
     let (other, _) = AgentClient::create(&host, "Other").await;
@@ -740,12 +631,7 @@ async fn bootstrap_keeps_the_taos_shape_with_the_agents_own_token() {
 
 #[tokio::test]
 async fn the_sidecar_answers_a_websocket_message_through_the_gateway() {
-    let _turn = LITELLM.lock().await;
-    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
-    let host = start().await;
-    host.setup_owner().await;
-    add_fake_provider(&host, &fake).await;
-    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let (_turn, host, _fake) = with_fake_provider(BIN, &[]).await;
     let created: Value = host
         .admin(Method::POST, "/api/agents")
         .json(&json!({"name": "Sidecar", "model": "fake-gpt"}))
@@ -1066,12 +952,7 @@ pub fn litellm_pid(host: &Host) -> Option<String> {
 
 #[tokio::test]
 async fn litellm_restarts_only_when_the_model_list_changes() {
-    let _turn = LITELLM.lock().await;
-    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
-    let host = start().await;
-    host.setup_owner().await;
-    add_fake_provider(&host, &fake).await;
-    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let (_turn, host, _fake) = with_fake_provider(BIN, &[]).await;
     let first = litellm_pid(&host).expect("LiteLLM runs");
 
     // Prices and a refresh that finds the same models don't touch LiteLLM.
@@ -1156,28 +1037,20 @@ async fn litellm_restarts_only_when_the_model_list_changes() {
 
 #[tokio::test]
 async fn litellm_only_body_fields_are_refused_before_anything_is_forwarded() {
-    let host = without_litellm().await;
+    let host = host_with(&[]).await;
     host.setup_owner().await;
     host.admin(Method::POST, "/api/providers")
         .json(&json!({"name": "stub", "type": "openai-compatible", "url": "http://127.0.0.1:9/v1", "models": [{"id": "cheap"}, {"id": "dear"}]}))
         .send()
         .await
         .unwrap();
-    let created: Value = host
-        .admin(Method::POST, "/api/agents")
-        .json(&json!({"name": "Frugal"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = create_agent(&host, "Frugal").await;
     host.admin(Method::PATCH, "/api/agents/frugal")
         .json(&json!({"model": "cheap"}))
         .send()
         .await
         .unwrap();
-    let key = created["llm_key"].as_str().unwrap();
+    let key = created.llm_key.as_deref().unwrap();
     // Each of these would let LiteLLM answer with another model, endpoint or key.
     for extra in [
         json!({"fallbacks": ["dear"]}),
@@ -1255,22 +1128,16 @@ async fn rest_of(mut response: reqwest::Response) -> Result<String, reqwest::Err
 /// must stop the calls already running on it, not only new ones.
 #[tokio::test]
 async fn rotating_the_llm_key_or_archiving_the_agent_cuts_calls_in_flight() {
-    let _turn = LITELLM.lock().await;
-    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
-    let host = start().await;
-    host.setup_owner().await;
-    add_fake_provider(&host, &fake).await;
-    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
-    let created: Value = host
-        .admin(Method::POST, "/api/agents")
-        .json(&json!({"name": "Spender", "model": "fake-gpt"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["llm_key"].as_str().unwrap().to_string();
+    let (_turn, host, fake) = with_fake_provider(BIN, &[]).await;
+    let created = create_agent_with(
+        &host,
+        NewAgent {
+            model: Some("fake-gpt".into()),
+            ..new_agent("Spender")
+        },
+    )
+    .await;
+    let key = created.llm_key.clone().unwrap();
 
     fake.set_holding(true);
     let (response, first) = open_stream(&host, &key).await;
@@ -1318,16 +1185,8 @@ async fn rotating_the_llm_key_or_archiving_the_agent_cuts_calls_in_flight() {
 
 /// A new agent using `model` (and any `fallback`s); returns its LLM key.
 async fn agent_with_model(host: &Host, name: &str, model: &str, fallback: &[&str]) -> String {
-    let created: Value = host
-        .admin(Method::POST, "/api/agents")
-        .json(&json!({"name": name}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let slug = created["agent"]["slug"].as_str().unwrap();
+    let created = create_agent(host, name).await;
+    let slug = &created.agent.slug;
     let set = host
         .admin(Method::PATCH, &format!("/api/agents/{slug}"))
         .json(&json!({"model": model, "fallback_models": fallback}))
@@ -1340,7 +1199,35 @@ async fn agent_with_model(host: &Host, name: &str, model: &str, fallback: &[&str
         "{}",
         set.text().await.unwrap()
     );
-    created["llm_key"].as_str().unwrap().to_string()
+    created.llm_key.expect("a new agent's LLM key")
+}
+
+/// Sends `call` on `key` `calls` times at once; returns how many were answered. Every other
+/// one must have been refused for the budget.
+async fn burst(host: &Host, key: &str, call: &Value, calls: usize) -> i64 {
+    let calls: Vec<_> = (0..calls)
+        .map(|_| {
+            let request = gateway(host, key, "/v1/chat/completions")
+                .timeout(Duration::from_secs(300))
+                .json(call);
+            tokio::spawn(async move {
+                let r = request.send().await.unwrap();
+                let status = r.status();
+                (status, r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        if status == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+            assert_eq!(body["error"]["type"], "budget_exceeded", "{body}");
+        }
+    }
+    ok
 }
 
 /// Polls the agent's usage until `done` holds; returns it.
@@ -1425,28 +1312,7 @@ async fn two_hundred_concurrent_calls_at_99_percent_of_a_budget_overspend_at_mos
 
     // 200 calls at once.
     let call = json!({"model": "fake-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
-    let calls: Vec<_> = (0..200)
-        .map(|_| {
-            let request = gateway(&host, &key, "/v1/chat/completions")
-                .timeout(Duration::from_secs(300))
-                .json(&call);
-            tokio::spawn(async move {
-                let r = request.send().await.unwrap();
-                let status = r.status();
-                (status, r.json::<Value>().await.unwrap())
-            })
-        })
-        .collect();
-    let mut ok = 0;
-    for call in calls {
-        let (status, body) = call.await.unwrap();
-        if status == StatusCode::OK {
-            ok += 1;
-        } else {
-            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-            assert_eq!(body["error"]["type"], "budget_exceeded", "{body}");
-        }
-    }
+    let ok = burst(&host, &key, &call, 200).await;
     assert!(ok >= 1, "the 1 % left pays for some calls");
     let usage = usage_when(&host, "burst", |u| requests(u) == 1 + ok).await;
     let spent = usage["period_spend_usd"].as_f64().unwrap();
@@ -1486,12 +1352,7 @@ async fn two_hundred_concurrent_calls_at_99_percent_of_a_budget_overspend_at_mos
 
 #[tokio::test]
 async fn a_fifth_call_in_flight_is_refused_until_one_finishes() {
-    let _turn = LITELLM.lock().await;
-    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
-    let host = start().await;
-    host.setup_owner().await;
-    add_fake_provider(&host, &fake).await;
-    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let (_turn, host, fake) = with_fake_provider(BIN, &[]).await;
     let key = agent_with_model(&host, "Busy", "fake-gpt", &[]).await;
     let ask = |stream: bool| json!({"model": "fake-gpt", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
 
@@ -1612,10 +1473,7 @@ async fn a_call_in_flight_when_the_host_is_killed_is_settled_at_the_next_start()
         BIN,
         HostOptions {
             data_dir: Some(host.data_dir.clone()),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            ..HostOptions::with_env(&env)
         },
     )
     .await
@@ -1640,7 +1498,7 @@ async fn a_call_in_flight_when_the_host_is_killed_is_settled_at_the_next_start()
 
 #[tokio::test]
 async fn paused_agents_are_refused_by_the_gateway() {
-    let host = without_litellm().await;
+    let host = host_with(&[]).await;
     host.setup_owner().await;
     host.admin(Method::POST, "/api/providers")
         .json(&json!({"name": "stub", "type": "openai-compatible", "url": "http://127.0.0.1:9/v1", "models": [{"id": "cheap"}]}))
@@ -1692,12 +1550,7 @@ async fn paused_agents_are_refused_by_the_gateway() {
 
 #[tokio::test]
 async fn malformed_fields_and_local_content_urls_never_leave_the_gateway() {
-    let _turn = LITELLM.lock().await;
-    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
-    let host = start().await;
-    host.setup_owner().await;
-    add_fake_provider(&host, &fake).await;
-    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let (_turn, host, fake) = with_fake_provider(BIN, &[]).await;
     let key = agent_with_model(&host, "Prober", "fake-gpt", &[]).await;
     // A service on the host's loopback the agent should never reach through a model.
     let internal = Recorder::start(None).await;
@@ -1786,12 +1639,7 @@ async fn litellm_runs_as_its_own_user_and_cannot_read_the_host_secrets() {
         .map(String::from)
         .collect();
     let (uid, gid) = (ids[0].clone(), ids[1].clone());
-    let _turn = LITELLM.lock().await;
-    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
-    let host = start().await;
-    host.setup_owner().await;
-    add_fake_provider(&host, &fake).await;
-    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let (_turn, host, _fake) = with_fake_provider(BIN, &[]).await;
     let pid = litellm_pid(&host).expect("LiteLLM runs");
 
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -1920,7 +1768,7 @@ async fn a_process_holding_litellms_port_never_gets_the_master_key() {
 
 #[tokio::test]
 async fn moving_a_provider_to_another_origin_drops_its_key() {
-    let host = without_litellm().await;
+    let host = host_with(&[]).await;
     host.setup_owner().await;
     let home = FakeLlm::start(SECRET, &["m1"]).await;
     // A listener the attacker controls (it accepts any key, and lists models).
@@ -2004,7 +1852,7 @@ async fn moving_a_provider_to_another_origin_drops_its_key() {
 
 #[tokio::test]
 async fn discovery_never_follows_a_redirect() {
-    let host = without_litellm().await;
+    let host = host_with(&[]).await;
     host.setup_owner().await;
     let second = Recorder::start(None).await;
     let first = Recorder::start(Some(second.url())).await;
@@ -2058,7 +1906,7 @@ async fn discovery_never_follows_a_redirect() {
 
 #[tokio::test]
 async fn a_get_never_rediscovers_the_catalog() {
-    let host = without_litellm().await;
+    let host = host_with(&[]).await;
     host.setup_owner().await;
     let fake = FakeLlm::start("", &["new-model"]).await;
     host.admin(Method::POST, "/api/providers")
@@ -2108,13 +1956,9 @@ async fn a_get_never_rediscovers_the_catalog() {
 /// price is refused to a budgeted agent before anything goes upstream.
 #[tokio::test]
 async fn concurrent_calls_crossing_budget_thresholds_announce_each_once() {
-    let _turn = LITELLM.lock().await;
-    let fake = FakeLlm::start(SECRET, &["fake-gpt", "fake-other"]).await;
     // A concurrency cap above the burst, so every refusal below is the budget's.
-    let host = crate::start_with_env(&[("TAOS_LLM__MAX_CONCURRENT_CALLS", "1024")]).await;
-    host.setup_owner().await;
-    add_fake_provider(&host, &fake).await;
-    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let (_turn, host, fake) =
+        with_fake_provider(BIN, &[("TAOS_LLM__MAX_CONCURRENT_CALLS", "1024")]).await;
     let key = agent_with_model(&host, "Crowd", "fake-gpt", &["fake-other"]).await;
     let budget = host
         .admin(Method::PUT, "/api/agents/crowd/budget")
@@ -2140,28 +1984,7 @@ async fn concurrent_calls_crossing_budget_thresholds_announce_each_once() {
 
     // $0.02 a call, reserved exactly (see add_fake_provider): 50 calls fill the $1 budget.
     let call = json!({"model": "fake-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
-    let calls: Vec<_> = (0..80)
-        .map(|_| {
-            let request = gateway(&host, &key, "/v1/chat/completions")
-                .timeout(Duration::from_secs(300))
-                .json(&call);
-            tokio::spawn(async move {
-                let r = request.send().await.unwrap();
-                let status = r.status();
-                (status, r.json::<Value>().await.unwrap())
-            })
-        })
-        .collect();
-    let mut ok = 0;
-    for call in calls {
-        let (status, body) = call.await.unwrap();
-        if status == StatusCode::OK {
-            ok += 1;
-        } else {
-            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-            assert_eq!(body["error"]["type"], "budget_exceeded", "{body}");
-        }
-    }
+    let ok = burst(&host, &key, &call, 80).await;
     assert_eq!(ok, 50, "the budget pays for exactly 50 calls");
     let usage = usage_when(&host, "crowd", |u| requests(u) == 50).await;
     assert!(

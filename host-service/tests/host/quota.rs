@@ -9,12 +9,9 @@ use taos_e2e::{AgentClient, Host, HostOptions};
 use taos_host::runtime::Runtime;
 use taos_proto::agents::{DiskState, DiskStatus};
 
-use crate::deploy::{
-    catalog, deploy_with, finished, host_with, incus, require_image, wait_deploy, Remove,
-};
-use crate::BIN;
+use taos_e2e::fixtures::{catalog, deploy_succeeded, incus, require_image, Remove, NO_LITELLM};
 
-const NO_LITELLM: (&str, &str) = ("TAOS_LLM__LITELLM_BIN", "/nonexistent/litellm");
+use crate::{host_with, BIN};
 
 async fn disk_notifications(host: &Host) -> Vec<Value> {
     let list: Vec<Value> = host
@@ -45,16 +42,12 @@ async fn deployed(host: &Host, name: &str) -> (String, String, Remove) {
     require_image().await;
     host.setup_owner().await;
     catalog(host).await;
-    let accepted = deploy_with(
+    let (slug, cleanup) = deploy_succeeded(
         host,
         json!({"name": name, "framework": "direct", "model": "fake-gpt", "disk_quota_gib": 1}),
     )
     .await;
-    let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
     let container = format!("taos-{slug}");
-    let cleanup = Remove(container.clone());
-    let done = wait_deploy(host, &slug, finished).await;
-    assert_eq!(done["status"], "succeeded", "{done}");
     (slug, container, cleanup)
 }
 

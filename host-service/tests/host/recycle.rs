@@ -9,9 +9,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use taos_host::runtime::Runtime;
 
-use crate::deploy::{
-    catalog, deploy_with, finished, host_with, incus, require_image, wait_deploy, Remove,
-};
+use taos_e2e::fixtures::{catalog, deploy_succeeded, incus, require_image};
+
+use crate::host_with;
 
 #[tokio::test]
 async fn a_restore_never_writes_outside_the_agents_roots_or_through_a_link() {
@@ -19,18 +19,12 @@ async fn a_restore_never_writes_outside_the_agents_roots_or_through_a_link() {
     let host = host_with(&[]).await;
     host.setup_owner().await;
     catalog(&host).await;
-    let accepted = deploy_with(
+    let (slug, _cleanup) = deploy_succeeded(
         &host,
         json!({"name": "Bin Attack", "framework": "direct", "model": "fake-gpt", "memory_limit_mib": 256, "disk_quota_gib": 2}),
     )
     .await;
-    let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
     let container = format!("taos-{slug}");
-    let _cleanup = Remove(container.clone());
-    assert_eq!(
-        wait_deploy(&host, &slug, finished).await["status"],
-        "succeeded"
-    );
     let rt = incus();
     let sh = |script: String| {
         let rt = &rt;

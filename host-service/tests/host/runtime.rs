@@ -2,11 +2,14 @@
 //! with the busybox test image and a btrfs pool so disk quotas are enforced).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
+use taos_e2e::fixtures::{
+    assert_exec_keeps_data, assert_limits_hold, assert_mount_writes_as, busybox, trace_disk,
+    unique, Remove,
+};
 use taos_host::runtime::incus::{Incus, DEFAULT_SOCKET};
-use taos_host::runtime::{CreateSpec, Device, Limits, Runtime, RuntimeError};
+use taos_host::runtime::{Device, Limits, Runtime, RuntimeError};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -17,29 +20,6 @@ async fn incus() -> Incus {
         "incus is not running: run scripts/dev-incus.sh (scripts/test.sh does)"
     );
     incus
-}
-
-fn unique(what: &str) -> String {
-    format!("taos-t-{what}-{:08x}", rand::random::<u32>())
-}
-
-/// Deletes the container even if the test panics (through the CLI: Drop can't await).
-struct Remove(String);
-
-impl Drop for Remove {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("incus")
-            .args(["delete", "--force", &self.0])
-            .output();
-    }
-}
-
-fn busybox(name: &str) -> CreateSpec {
-    CreateSpec {
-        name: name.to_string(),
-        image: "busybox".into(),
-        ..Default::default()
-    }
 }
 
 #[tokio::test]
@@ -63,32 +43,7 @@ async fn a_container_lives_and_dies_through_the_api() {
     assert!(state.running, "{state:?}");
     assert!(state.memory_used_bytes.is_some());
 
-    let out = rt
-        .exec(
-            &name,
-            &["sh", "-c", "echo \"$GREETING\"; echo oops >&2; exit 7"],
-            &BTreeMap::new(),
-            10 * SECOND,
-        )
-        .await
-        .unwrap();
-    assert_eq!(out.exit_code, 7);
-    assert_eq!(out.stdout, "-starts-with-dash\n");
-    assert_eq!(out.stderr, "oops\n");
-    let extra = BTreeMap::from([("ONE_OFF".to_string(), "$(not a shell)".to_string())]);
-    let out = rt
-        .exec(
-            &name,
-            &["sh", "-c", "echo \"$ONE_OFF\""],
-            &extra,
-            10 * SECOND,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        out.stdout, "$(not a shell)\n",
-        "argv and env pass as data, never through a shell string"
-    );
+    assert_exec_keeps_data(&rt, &name).await;
     let missing = rt
         .exec(&name, &["/no/such/binary"], &BTreeMap::new(), 10 * SECOND)
         .await;
@@ -137,7 +92,7 @@ async fn a_container_lives_and_dies_through_the_api() {
         .await
         .unwrap();
     assert_eq!(nproc.stdout.trim(), "1", "limits.cpu=1: {nproc:?}");
-    crate::docker::assert_limits_hold(&rt, &name).await;
+    assert_limits_hold(&rt, &name).await;
 
     rt.stop(&name, false).await.unwrap();
     assert!(!rt.state(&name).await.unwrap().running);
@@ -267,36 +222,10 @@ async fn a_bind_mount_is_writable_inside_without_writing_as_host_root() {
     // The folder belongs to the container's root uid on the host: writable inside, and
     // whatever is written stays owned by that unprivileged uid.
     std::os::unix::fs::chown(host_dir.path(), Some(root_uid), Some(root_uid)).unwrap();
-    rt.add_device(
-        &name,
-        &Device::Disk {
-            name: "trace".into(),
-            source: host_dir.path().display().to_string(),
-            path: "/root/.taos/trace".into(),
-            readonly: false,
-            shift: false,
-        },
-    )
-    .await
-    .unwrap();
-    let out = rt
-        .exec(
-            &name,
-            &[
-                "sh",
-                "-c",
-                "echo written > /root/.taos/trace/probe && id -u",
-            ],
-            &BTreeMap::new(),
-            10 * SECOND,
-        )
+    rt.add_device(&name, &trace_disk(host_dir.path()))
         .await
         .unwrap();
-    assert_eq!(out.exit_code, 0, "{out:?}");
-    assert_eq!(out.stdout.trim(), "0", "written as root inside");
-    let meta = std::fs::metadata(host_dir.path().join("probe")).unwrap();
-    assert_eq!(meta.uid(), root_uid);
-    assert_ne!(meta.uid(), 0, "not owned by host root");
+    assert_mount_writes_as(&rt, &name, host_dir.path(), root_uid).await;
     rt.stop(&name, true).await.unwrap();
     rt.delete(&name).await.unwrap();
 }

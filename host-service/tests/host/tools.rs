@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use taos_e2e::fake_llm::{FakeLlm, Scripted};
+use taos_e2e::fake_llm::Scripted;
+use taos_e2e::fixtures::{deploy_succeeded, incus, require_image, step, with_fake_provider};
 use taos_e2e::Host;
-
-use crate::deploy::{deploy_with, finished, incus, require_image, wait_deploy, Remove};
-use crate::llm::{add_fake_provider, wait_ready, LITELLM};
-use crate::BIN;
 use taos_host::runtime::Runtime;
+
+use crate::BIN;
 
 /// The agent's settled answer to `trace_id` (its message's id).
 async fn settled(host: &Host, dm: &str, slug: &str, trace_id: &str) -> Value {
@@ -67,205 +66,216 @@ async fn exec(container: &str, argv: &[&str]) -> String {
 #[tokio::test]
 async fn the_built_in_agent_runs_the_disk_audit_in_its_container_within_its_limits() {
     require_image().await;
-    let _turn = LITELLM.lock().await;
-    let fake = FakeLlm::start("upstream-secret-Zq81xW", &["fake-gpt", "fake-other"]).await;
-    let host = Host::start(BIN).await;
-    host.setup_owner().await;
-    add_fake_provider(&host, &fake).await;
-    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
+    let (_turn, host, fake) = with_fake_provider(BIN, &[]).await;
+    let host = &host;
 
-    let accepted = deploy_with(
-        &host,
+    let (slug, _cleanup) = deploy_succeeded(
+        host,
         json!({"name": "Helper", "framework": "tools", "model": "fake-gpt", "memory_limit_mib": 256, "disk_quota_gib": 2}),
     )
     .await;
-    let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
+    let slug = slug.as_str();
     let container = format!("taos-{slug}");
-    let _cleanup = Remove(container.clone());
-    let status = wait_deploy(&host, &slug, finished).await;
-    assert_eq!(status["status"], "succeeded", "{status}");
-    let env = String::from_utf8(
-        incus()
-            .pull_file(&container, "/etc/taos/agent.env")
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    assert!(
-        env.contains("TAOS_AGENT_MODE=tools\n"),
-        "the manifest's mode reaches the sidecar"
-    );
-    let agent: Value = host
-        .admin(Method::GET, &format!("/api/agents/{slug}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
-
-    // The disk audit, as the scripted model would run it.
-    fake.script(
-        "fake-gpt",
-        vec![
-            Scripted::call("shell", json!({"command": "date -u; df -h /; du -x -h --max-depth=1 ~ 2>/dev/null | sort -h | tail -5"})),
-            // The sidecar's credentials and environment are out of the tools' reach.
-            Scripted::call("shell", json!({"command": "id -un; cat /etc/taos/agent.env; for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = taos-agent ] && cat $p/environ; done; true"})),
-            // Cleaning up goes through the recycle bin.
-            Scripted::call("shell", json!({"command": "mkdir -p logs/2024 && echo old > logs/2024/a.log && rm -r logs/2024 && ls logs"})),
-            // A record forged to restore into root's home.
-            Scripted::call("shell", json!({"command": "d=/var/recycle-bin/forged-by-agent; mkdir $d && echo evil > $d/item && printf 'path_b64=%s\\n' $(printf %s /root/.bash_profile | base64 -w0) > $d/info"})),
-            Scripted::call("shell", json!({"command": "sleep 120; echo never", "timeout_secs": 2})),
-            Scripted::final_text("Your disk is fine: nothing to clean up yet."),
-        ],
-    );
-    let r = host
-        .admin(
-            Method::POST,
-            &format!("/api/agents/{slug}/admin-prompts/disk-audit"),
+    let container = container.as_str();
+    let dm = step("the manifest's mode reaches the sidecar", async {
+        let env = String::from_utf8(
+            incus()
+                .pull_file(container, "/etc/taos/agent.env")
+                .await
+                .unwrap(),
         )
-        .send()
-        .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let prompt: Value = r.json().await.unwrap();
-    let trace_id = prompt["id"].as_str().unwrap().to_string();
-    let reply = settled(&host, &dm, &slug, &trace_id).await;
-    assert_eq!(reply["state"], "complete", "{reply}");
-    assert_eq!(
-        reply["content"],
-        "Your disk is fine: nothing to clean up yet."
-    );
+        assert!(
+            env.contains("TAOS_AGENT_MODE=tools\n"),
+            "the manifest's mode reaches the sidecar"
+        );
+        let agent: Value = host.get(&format!("/api/agents/{slug}")).await;
+        agent["dm_channel_id"].as_str().unwrap().to_string()
+    })
+    .await;
+    let dm = dm.as_str();
+
+    let (reply, trace_id) = step("the disk audit runs", async {
+        // As the scripted model would run it.
+        fake.script(
+            "fake-gpt",
+            vec![
+                Scripted::call("shell", json!({"command": "date -u; df -h /; du -x -h --max-depth=1 ~ 2>/dev/null | sort -h | tail -5"})),
+                // The sidecar's credentials and environment are out of the tools' reach.
+                Scripted::call("shell", json!({"command": "id -un; cat /etc/taos/agent.env; for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = taos-agent ] && cat $p/environ; done; true"})),
+                // Cleaning up goes through the recycle bin.
+                Scripted::call("shell", json!({"command": "mkdir -p logs/2024 && echo old > logs/2024/a.log && rm -r logs/2024 && ls logs"})),
+                // A record forged to restore into root's home.
+                Scripted::call("shell", json!({"command": "d=/var/recycle-bin/forged-by-agent; mkdir $d && echo evil > $d/item && printf 'path_b64=%s\\n' $(printf %s /root/.bash_profile | base64 -w0) > $d/info"})),
+                Scripted::call("shell", json!({"command": "sleep 120; echo never", "timeout_secs": 2})),
+                Scripted::final_text("Your disk is fine: nothing to clean up yet."),
+            ],
+        );
+        let r = host
+            .admin(
+                Method::POST,
+                &format!("/api/agents/{slug}/admin-prompts/disk-audit"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let prompt: Value = r.json().await.unwrap();
+        let trace_id = prompt["id"].as_str().unwrap().to_string();
+        let reply = settled(host, dm, slug, &trace_id).await;
+        assert_eq!(reply["state"], "complete", "{reply}");
+        assert_eq!(
+            reply["content"],
+            "Your disk is fine: nothing to clean up yet."
+        );
+        (reply, trace_id)
+    })
+    .await;
     let steps = steps(&reply);
     assert_eq!(steps.len(), 5, "{reply}");
     assert!(steps.iter().all(|s| s["tool"] == "shell"));
 
-    // 1. It ran in the container: df and du saw the container's disk and the agent's home.
-    let audit = &steps[0]["result"];
-    assert_eq!(steps[0]["success"], true, "{audit}");
-    let out = audit["stdout"].as_str().unwrap();
-    assert!(out.contains("UTC") && out.contains("Filesystem"), "{out}");
-    assert!(
-        out.contains("/home/agent"),
-        "du over the agent's home: {out}"
-    );
+    step("1. it ran in the container", async {
+        // df and du saw the container's disk and the agent's home.
+        let audit = &steps[0]["result"];
+        assert_eq!(steps[0]["success"], true, "{audit}");
+        let out = audit["stdout"].as_str().unwrap();
+        assert!(out.contains("UTC") && out.contains("Filesystem"), "{out}");
+        assert!(
+            out.contains("/home/agent"),
+            "du over the agent's home: {out}"
+        );
+    })
+    .await;
 
-    // 2. As `agent`, which reads neither the credentials file nor the sidecar's environment.
-    let who = &steps[1]["result"];
-    assert_eq!(who["stdout"].as_str().unwrap().trim(), "agent", "{who}");
-    let err = who["stderr"].as_str().unwrap();
-    assert!(
-        err.contains("/etc/taos/agent.env: Permission denied"),
-        "{err}"
-    );
-    assert!(err.contains("environ: Permission denied"), "{err}");
-    assert!(!reply.to_string().contains("taos_ag_") && !reply.to_string().contains("taos_llm_"));
+    step("2. as agent, without the sidecar's secrets", async {
+        // `agent` reads neither the credentials file nor the sidecar's environment.
+        let who = &steps[1]["result"];
+        assert_eq!(who["stdout"].as_str().unwrap().trim(), "agent", "{who}");
+        let err = who["stderr"].as_str().unwrap();
+        assert!(
+            err.contains("/etc/taos/agent.env: Permission denied"),
+            "{err}"
+        );
+        assert!(err.contains("environ: Permission denied"), "{err}");
+        assert!(
+            !reply.to_string().contains("taos_ag_") && !reply.to_string().contains("taos_llm_")
+        );
+    })
+    .await;
 
-    // 3. `rm` moved the folder to the recycle bin, where the owner sees it and can restore it.
-    assert_eq!(steps[2]["success"], true, "{}", steps[2]);
-    let bin: Value = host
-        .admin(Method::GET, &format!("/api/agents/{slug}/recycle"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let items = bin["items"].as_array().unwrap();
-    let deleted = items
-        .iter()
-        .find(|i| i["original_path"] == "/home/agent/logs/2024")
-        .unwrap_or_else(|| panic!("the deleted folder is in the bin: {bin}"));
-    let r = host
-        .admin(Method::POST, &format!("/api/agents/{slug}/recycle/restore"))
-        .json(&json!({"id": deleted["id"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        StatusCode::NO_CONTENT,
-        "{}",
-        r.text().await.unwrap()
-    );
-    assert_eq!(
-        exec(
-            &container,
-            &["stat", "-c", "%U %s", "/home/agent/logs/2024/a.log"]
+    step("3. rm went to the recycle bin", async {
+        // The owner sees the folder there and can restore it.
+        assert_eq!(steps[2]["success"], true, "{}", steps[2]);
+        let bin: Value = host.get(&format!("/api/agents/{slug}/recycle")).await;
+        let items = bin["items"].as_array().unwrap();
+        let deleted = items
+            .iter()
+            .find(|i| i["original_path"] == "/home/agent/logs/2024")
+            .unwrap_or_else(|| panic!("the deleted folder is in the bin: {bin}"));
+        let r = host
+            .admin(Method::POST, &format!("/api/agents/{slug}/recycle/restore"))
+            .json(&json!({"id": deleted["id"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::NO_CONTENT,
+            "{}",
+            r.text().await.unwrap()
+        );
+        assert_eq!(
+            exec(
+                container,
+                &["stat", "-c", "%U %s", "/home/agent/logs/2024/a.log"]
+            )
+            .await
+            .trim(),
+            "agent 4"
+        );
+    })
+    .await;
+
+    step("4. a forged recycle record is refused", async {
+        // Its item stays out of root's home.
+        assert_eq!(steps[3]["success"], true, "{}", steps[3]);
+        let r = host
+            .admin(Method::POST, &format!("/api/agents/{slug}/recycle/restore"))
+            .json(&json!({"id": "forged-by-agent"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let why = r.text().await.unwrap();
+        assert!(why.contains("deleted by uid 1000"), "{why}");
+        assert!(exec(
+            container,
+            &["sh", "-c", "ls /root/.bash_profile 2>&1; true"]
         )
         .await
-        .trim(),
-        "agent 4"
-    );
-
-    // 4. The record the tools user forged is refused: its item stays out of root's home.
-    assert_eq!(steps[3]["success"], true, "{}", steps[3]);
-    let r = host
-        .admin(Method::POST, &format!("/api/agents/{slug}/recycle/restore"))
-        .json(&json!({"id": "forged-by-agent"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let why = r.text().await.unwrap();
-    assert!(why.contains("deleted by uid 1000"), "{why}");
-    assert!(exec(
-        &container,
-        &["sh", "-c", "ls /root/.bash_profile 2>&1; true"]
-    )
-    .await
-    .contains("No such file"));
-
-    // 5. Past its time limit the command was killed, and the model was told.
-    let slow = &steps[4]["result"];
-    assert_eq!(slow["timed_out"], true, "{slow}");
-    assert_eq!(steps[4]["success"], false);
-    let left = "n=0; for p in /proc/[0-9]*; do [ \"$(stat -c %U $p 2>/dev/null)\" = agent ] && n=$((n+1)); done; echo $n";
-    assert_eq!(exec(&container, &["sh", "-c", left]).await.trim(), "0");
-
-    // Every call and result is in the traces, under the prompt's trace id.
-    let traces = taos_e2e::wait_for_trace(
-        &host,
-        &slug,
-        &format!("?trace_id={trace_id}&limit=500"),
-        |e| {
-            e.iter().filter(|e| e["kind"] == "tool_result").count() == 5
-                && e.iter().any(|e| e["kind"] == "message_out")
-        },
-    )
+        .contains("No such file"));
+    })
     .await;
-    let kinds = |kind: &str| traces.iter().filter(|e| e["kind"] == kind).count();
-    assert_eq!(kinds("tool_call"), 5, "{traces:?}");
-    assert_eq!(kinds("tool_result"), 5, "{traces:?}");
-    assert_eq!(kinds("llm_call"), 6, "{traces:?}");
-    assert!(traces.iter().any(|e| e["kind"] == "tool_call"
-        && e["payload"]["args"]["command"]
-            .as_str()
-            .is_some_and(|c| c.starts_with("date -u"))));
 
-    // The step limit (20 by default) stops a model that never answers.
-    fake.script_forever(
-        "fake-gpt",
-        Scripted::call("shell", json!({"command": ["true"]})),
-    );
-    let r = host
-        .admin(Method::POST, "/api/chat/messages")
-        .json(&json!({"channel_id": dm, "content": "keep going"}))
-        .send()
-        .await
-        .unwrap();
-    let asked: Value = r.json().await.unwrap();
-    let trace_id = asked["id"].as_str().unwrap();
-    let reply = settled(&host, &dm, &slug, trace_id).await;
-    assert_eq!(reply["state"], "error", "{reply}");
-    assert_eq!(
-        reply["metadata"]["failure"]["code"], "turn_limit",
-        "{reply}"
-    );
-    assert!(reply["metadata"]["failure"]["reason"]
-        .as_str()
-        .unwrap()
-        .contains("steps or time"));
-    assert_eq!(reply["metadata"]["tools"].as_array().unwrap().len(), 20);
+    step("5. a command past its time limit was killed", async {
+        // And the model was told.
+        let slow = &steps[4]["result"];
+        assert_eq!(slow["timed_out"], true, "{slow}");
+        assert_eq!(steps[4]["success"], false);
+        let left = "n=0; for p in /proc/[0-9]*; do [ \"$(stat -c %U $p 2>/dev/null)\" = agent ] && n=$((n+1)); done; echo $n";
+        assert_eq!(exec(container, &["sh", "-c", left]).await.trim(), "0");
+    })
+    .await;
+
+    step("every call and result is traced", async {
+        // Under the prompt's trace id.
+        let traces = taos_e2e::wait_for_trace(
+            host,
+            slug,
+            &format!("?trace_id={trace_id}&limit=500"),
+            |e| {
+                e.iter().filter(|e| e["kind"] == "tool_result").count() == 5
+                    && e.iter().any(|e| e["kind"] == "message_out")
+            },
+        )
+        .await;
+        let kinds = |kind: &str| traces.iter().filter(|e| e["kind"] == kind).count();
+        assert_eq!(kinds("tool_call"), 5, "{traces:?}");
+        assert_eq!(kinds("tool_result"), 5, "{traces:?}");
+        assert_eq!(kinds("llm_call"), 6, "{traces:?}");
+        assert!(traces.iter().any(|e| e["kind"] == "tool_call"
+            && e["payload"]["args"]["command"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("date -u"))));
+    })
+    .await;
+
+    step("the step limit stops a model that never answers", async {
+        // 20 steps by default.
+        fake.script_forever(
+            "fake-gpt",
+            Scripted::call("shell", json!({"command": ["true"]})),
+        );
+        let r = host
+            .admin(Method::POST, "/api/chat/messages")
+            .json(&json!({"channel_id": dm, "content": "keep going"}))
+            .send()
+            .await
+            .unwrap();
+        let asked: Value = r.json().await.unwrap();
+        let trace_id = asked["id"].as_str().unwrap();
+        let reply = settled(host, dm, slug, trace_id).await;
+        assert_eq!(reply["state"], "error", "{reply}");
+        assert_eq!(
+            reply["metadata"]["failure"]["code"], "turn_limit",
+            "{reply}"
+        );
+        assert!(reply["metadata"]["failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("steps or time"));
+        assert_eq!(reply["metadata"]["tools"].as_array().unwrap().len(), 20);
+    })
+    .await;
 }

@@ -12,10 +12,9 @@ use serde_json::{json, Value};
 use taos_e2e::{Host, HostOptions};
 use taos_host::runtime::Runtime;
 
-use crate::deploy::{
-    catalog, deploy_with, finished, host_with, incus, require_image, wait_deploy, Remove,
-};
-use crate::BIN;
+use taos_e2e::fixtures::{catalog, deploy_succeeded, incus, require_image, Remove};
+
+use crate::{host_with, BIN};
 
 fn bucket(t: chrono::DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H").to_string()
@@ -58,17 +57,14 @@ fn extra_disks(container: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn deploy_agent(host: &Host, name: &str) -> String {
+/// A deployed agent's slug, and the guard that deletes its container.
+async fn deploy_agent(host: &Host, name: &str) -> (String, Remove) {
     catalog(host).await;
-    let accepted = deploy_with(
+    deploy_succeeded(
         host,
         json!({"name": name, "framework": "direct", "model": "fake-gpt", "memory_limit_mib": 256, "disk_quota_gib": 2}),
     )
-    .await;
-    let slug = accepted["agent"]["slug"].as_str().unwrap().to_string();
-    let status = wait_deploy(host, &slug, finished).await;
-    assert_eq!(status["status"], "succeeded", "{status}");
-    slug
+    .await
 }
 
 async fn post_trace(host: &Host, slug: &str, id: &str, at: chrono::DateTime<Utc>) {
@@ -115,9 +111,8 @@ async fn an_agent_cannot_plant_anything_in_the_trace_store() {
     require_image().await;
     let host = host_with(&[]).await;
     host.setup_owner().await;
-    let slug = deploy_agent(&host, "Planter").await;
+    let (slug, _cleanup) = deploy_agent(&host, "Planter").await;
     let container = format!("taos-{slug}");
-    let _cleanup = Remove(container.clone());
 
     assert_eq!(
         extra_disks(&container),
@@ -168,9 +163,8 @@ async fn an_old_mounted_store_is_migrated_without_trusting_it() {
     require_image().await;
     let mut host = host_with(&[]).await;
     host.setup_owner().await;
-    let slug = deploy_agent(&host, "Migrant").await;
+    let (slug, _cleanup) = deploy_agent(&host, "Migrant").await;
     let container = format!("taos-{slug}");
-    let _cleanup = Remove(container.clone());
     let now = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap();
     // Three good hours: one long closed (sealed before the move), two recent.
     let kept = [
@@ -328,7 +322,7 @@ async fn crafted_database(path: &Path) {
 /// event once.
 #[tokio::test]
 async fn a_host_killed_while_moving_the_old_store_moves_it_at_the_next_start() {
-    let mut host = crate::deploy::host_with(&[]).await;
+    let mut host = host_with(&[]).await;
     host.setup_owner().await;
     let (agent, _) = taos_e2e::AgentClient::create(&host, "Mover").await;
     let now = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap();

@@ -11,8 +11,8 @@ use reqwest::StatusCode;
 use taos_e2e::fake_llm::FakeLlm;
 use taos_e2e::Host;
 
-use crate::deploy::{require_image, Remove};
-use crate::llm::LITELLM;
+use taos_e2e::fixtures::{require_image, Remove, LITELLM};
+
 use crate::BIN;
 
 fn repo() -> PathBuf {
