@@ -19,7 +19,7 @@ use crate::chat::Viewer;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list))
+        .routes(routes!(list_approvals))
         .routes(routes!(decide))
 }
 
@@ -28,7 +28,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/api/approvals", tag = "approvals",
     responses((status = 200, description = "Pending approvals", body = Vec<Approval>),
         (status = 401, description = "No credentials", body = ErrorBody)))]
-async fn list(
+async fn list_approvals(
     Auth(principal): Auth,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<Approval>>, ApiError> {

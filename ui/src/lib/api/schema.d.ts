@@ -524,7 +524,7 @@ export interface paths {
          * Tool calls waiting for a person's approval, oldest first: those in channels the caller
          *     sees (the owner side sees all).
          */
-        get: operations["list"];
+        get: operations["list_approvals"];
         put?: never;
         post?: never;
         delete?: never;
@@ -3978,7 +3978,7 @@ export interface operations {
             };
         };
     };
-    list: {
+    list_approvals: {
         parameters: {
             query?: never;
             header?: never;
