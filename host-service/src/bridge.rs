@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::agents::{self, AgentRecord};
 use crate::chat::{
-    router, Chat, ChatError, Post, Prepared, QueuedPost, ToolStep, USER_MEMBER_PREFIX,
+    router, Chat, ChatError, Drafted, Post, QueuedPost, ToolStep, USER_MEMBER_PREFIX,
 };
 use crate::db::{from_ms, now_ms, Db};
 use crate::failure;
@@ -360,17 +360,17 @@ impl Bridge {
     /// The message and its deliveries commit together, in one transaction shared with the
     /// other messages sent meanwhile (a group commit): one fsync for them all, no moment when a
     /// message is stored but an agent's delivery is not, and the answer only once it is on
-    /// disk. Its place in chat order is fixed when it is queued, under the channel's locks.
+    /// disk. Its place in chat order is its place in the queue.
     pub async fn post_as_user(
         &self,
         chat: &Arc<Chat>,
         author: &str,
         body: &NewMessage,
     ) -> Result<(Message, bool), BridgeError> {
-        let route_lock = self.route_lock(&body.channel_id);
-        let routing = route_lock.lock().await;
-        let prepared = chat
-            .prepare_post(Post {
+        // Checked and routed without the channel's locks: only the queueing below orders it,
+        // so people posting to one channel at once only wait for the shared commit.
+        let drafted = chat
+            .check_post(Post {
                 channel_id: &body.channel_id,
                 author_id: author,
                 author_type: AuthorType::User,
@@ -381,17 +381,13 @@ impl Bridge {
                 metadata: serde_json::json!({}),
             })
             .await?;
-        let pending = match prepared {
-            Prepared::Posted(message) => {
-                drop(routing);
-                return self.resent(chat, message).await;
-            }
-            Prepared::Pending(pending) => pending,
+        let (channel, post) = match drafted {
+            Drafted::Posted(message) => return self.resent(chat, message).await,
+            Drafted::New { channel, post } => (channel, post),
         };
-        let plan = self
-            .plan_route(chat, &pending.channel, &pending.message, 0)
-            .await?;
-        let (post, serial) = pending.into_queued();
+        // Context is the messages stored before it; one still in a batch may be missing, as
+        // it would be had it been sent a moment later.
+        let plan = self.plan_route(chat, &channel, &post.message, 0).await?;
         let (answer, answered) = oneshot::channel();
         let order = chat.hub.write_lock(&body.channel_id);
         self.commits.submit(
@@ -399,9 +395,6 @@ impl Bridge {
             order,
             store_post(chat.clone(), post, plan, answer),
         )?;
-        // Queued under both locks: its place is fixed, and the next message may go ahead.
-        drop(serial);
-        drop(routing);
         let stored = answered.await.map_err(|_| {
             BridgeError::NotStored(crate::group_commit::CommitFailed(
                 "the database did not take it".into(),

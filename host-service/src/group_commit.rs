@@ -10,8 +10,8 @@
 //! locks of the whole batch, taken in key order, from before the transaction begins until the
 //! last piece is finished, so anything else that serializes on those locks sees the batch as
 //! one step: a chat edit can't publish between a batched message's commit and its publish.
-//! A writer must queue while it holds its order lock (that fixes its place) and must not wait
-//! for its answer while it still holds it.
+//! A piece's place in the order is its place in the queue. A writer must not wait for its
+//! answer while it holds its order lock (the task may be waiting for that lock).
 
 use std::sync::Arc;
 

@@ -175,6 +175,16 @@ pub enum Prepared {
     Pending(PendingPost),
 }
 
+/// What [`Chat::check_post`] found.
+pub enum Drafted {
+    /// This author already posted this `client_id`: the message they posted then.
+    Posted(Message),
+    New {
+        channel: Channel,
+        post: QueuedPost,
+    },
+}
+
 /// A checked post holding its channel's write lock (so seqs and publishes keep chat order),
 /// not stored yet.
 pub struct PendingPost {
@@ -562,6 +572,31 @@ impl Chat {
     /// begins: a transaction must not wait for a second pooled connection (with the pool
     /// full of writers waiting for the write lock, it would wait for itself).
     pub async fn prepare_post(&self, post: Post<'_>) -> Result<Prepared, ChatError> {
+        let channel = self.check_author(&post).await?;
+        let serial = self.hub.write_lock(post.channel_id).lock_owned().await;
+        Ok(match self.draft(post, channel).await? {
+            Drafted::Posted(message) => Prepared::Posted(message),
+            Drafted::New { channel, post } => Prepared::Pending(PendingPost {
+                channel,
+                message: post.message,
+                created_at: post.created_at,
+                serial,
+            }),
+        })
+    }
+
+    /// [`Chat::prepare_post`] without the channel's write lock, for a writer whose place in
+    /// chat order is fixed elsewhere (the group commit, which takes the lock itself) and whose
+    /// transaction checks `client_id` again ([`posted_with_client_id`]): a re-send racing its
+    /// original gets past the check here.
+    pub async fn check_post(&self, post: Post<'_>) -> Result<Drafted, ChatError> {
+        let channel = self.check_author(&post).await?;
+        self.draft(post, channel).await
+    }
+
+    /// The checks that need no lock: content, client id, the channel (not archived) and
+    /// that the author is a member. Returns the channel.
+    async fn check_author(&self, post: &Post<'_>) -> Result<Channel, ChatError> {
         // A streaming placeholder starts empty and fills in with deltas; a failed agent turn
         // may have said nothing (its reason is in `metadata.failure`).
         let may_be_empty = matches!(post.state, MessageState::Streaming | MessageState::Error);
@@ -583,7 +618,12 @@ impl Chat {
                 post.author_id
             )));
         }
-        let serial = self.hub.write_lock(post.channel_id).lock_owned().await;
+        Ok(channel)
+    }
+
+    /// The message as it will be stored, unless this author already posted its `client_id`;
+    /// checks that a thread's parent is in the channel.
+    async fn draft(&self, post: Post<'_>, channel: Channel) -> Result<Drafted, ChatError> {
         if let Some(cid) = post.client_id {
             let existing = sqlx::query(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND author_id = ? AND client_id = ?"
@@ -594,7 +634,7 @@ impl Chat {
             .fetch_optional(&self.db)
             .await?;
             if let Some(row) = existing {
-                return Ok(Prepared::Posted(message_from_row(&row)?));
+                return Ok(Drafted::Posted(message_from_row(&row)?));
             }
         }
         if let Some(thread) = post.thread_id {
@@ -628,12 +668,13 @@ impl Chat {
             edited_at: None,
             deleted_at: None,
         };
-        Ok(Prepared::Pending(PendingPost {
+        Ok(Drafted::New {
             channel,
-            message,
-            created_at: now,
-            serial,
-        }))
+            post: QueuedPost {
+                message,
+                created_at: now,
+            },
+        })
     }
 
     /// Sends a message stored by [`PendingPost::insert`] (and committed) to the channel's
