@@ -12,7 +12,7 @@ cd "$REPO_ROOT"
 
 apt_install wrk
 log "building release binaries"
-cargo build --release --locked -p taos-host -p taos-e2e --bin taos-host --bin taos-bench --bin taos-load --bin taos-trace-bench --bin taos-llm-bench --bin taos-deploy-bench --bin taos-flood-bench
+cargo build --release --locked -p taos-host -p taos-e2e --bin taos-host --bin taos-bench --bin taos-load --bin taos-trace-bench --bin taos-llm-bench --bin taos-deploy-bench --bin taos-flood-bench --bin taos-guard
 BIN="$CARGO_TARGET_DIR/release/taos-host"
 
 log "startup and idle memory"
@@ -52,6 +52,11 @@ tq() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])"
 # TinyAgentOS's p50s for the same queries, measured side by side on this machine (issue 20).
 TAO_NEWEST=18.4; TAO_COMMON=21.6; TAO_RARE=11.2; TAO_WINDOW=16.0
 ratio() { python3 -c "print(round($1/$2, 3))"; }
+
+log "ratios to same-run references (taos-guard; the regression guard in test.sh checks these on debug)"
+GUARD_JSON="$("$CARGO_TARGET_DIR/release/taos-guard" "$BIN")"
+echo "$GUARD_JSON"
+guard() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$GUARD_JSON" "$1"; }
 
 log "LLM gateway overhead (real LiteLLM, fake upstream)"
 "$REPO_ROOT/scripts/dev-litellm.sh"
@@ -160,6 +165,20 @@ listener to a release host, then reads as the owner over TLS keep-alive, one con
 client, $(tq rounds) reads per query after a warm-up (the concurrent row: 16 × $(tq rounds)/4).
 Reads open only the hours the per-agent hour index says can answer and stop once the page is
 full; the rare kind still needs every hour that has one (24 here), which is what bounds it.
+
+## Ratios to references in the same run (issue 20)
+
+Each figure divided by what the same machine does in the same run with the work taken out, so
+a slower or busier machine moves both sides. \`scripts/test.sh\` runs the same measurement on
+the debug build and fails when a ratio falls below half of \`tests/guard-baseline.json\`.
+
+| figure | reference | ratio |
+|---|---|---|
+| single trace POSTs per second (16 clients) | empty authenticated POSTs per second on the agent listener: $(guard ref_empty_post_per_s)/s, p50 $(guard ref_empty_post_ms_p50) ms | $(guard trace_single_vs_empty_post) |
+| chat posts per second, sequential: $(guard ref_chat_sequential_per_s)/s | empty POSTs per second from one client | $(guard chat_sequential_vs_empty_post) |
+| chat posts per second, 16 writers in one channel (group commit): $(guard ref_chat_16_one_channel_per_s)/s | empty POSTs per second from 16 clients | $(guard chat_16_one_channel_vs_empty_post) |
+| (for context) one-row SQLite commits per second, WAL, \`synchronous=FULL\`, on the data dir's disk | — | $(guard ref_sqlite_commits_per_s)/s |
+| trace query (newest 100) p50 | an empty request's p50 (inverted: higher is better) | $(guard empty_request_vs_trace_query_p50) |
 
 ## LLM gateway (issue 4)
 

@@ -35,6 +35,17 @@ UI_STATUS=$?
 log "app: the real-window test (Xvfb, D-Bus session, keychain, tauri-driver)"
 "$REPO_ROOT/scripts/app-e2e.sh" 2>&1 | tee -a "$OUT"
 APP_STATUS=${PIPESTATUS[0]}
+# Figures as ratios to references measured in the same run (an empty request, a raw SQLite
+# commit), failing only when one falls below half of its committed baseline: a real
+# regression, not a busy machine (issue 20; tests/src/bin/taos-guard.rs).
+log "performance guard (debug build, against tests/guard-baseline.json)"
+"$CARGO_TARGET_DIR/debug/taos-guard" "$CARGO_TARGET_DIR/debug/taos-host" --check tests/guard-baseline.json
+GUARD_STATUS=$?
+if [ "$GUARD_STATUS" -eq 0 ]; then
+    echo "test result: guard. 1 passed; 0 failed;" >> "$OUT"
+else
+    echo "test result: guard. 0 passed; 1 failed;" >> "$OUT"
+fi
 # Android can't be built here (no NDK); the app crate, with its mobile-only code (keystore,
 # QR scanner), is at least type-checked for it. The C parts (SQLite, ring) are compiled with a
 # stand-in aarch64 gcc and never linked. Warnings fail it, as clippy's do on the host (code
@@ -54,6 +65,7 @@ fi
 set -e
 if [ "$UI_STATUS" -ne 0 ]; then STATUS=$UI_STATUS; fi
 if [ "$APP_STATUS" -ne 0 ]; then STATUS=$APP_STATUS; fi
+if [ "$GUARD_STATUS" -ne 0 ]; then STATUS=$GUARD_STATUS; fi
 if [ "$ANDROID_STATUS" -ne 0 ]; then STATUS=$ANDROID_STATUS; fi
 # vitest's counts, in cargo's format, so one line below adds up both.
 # shellcheck disable=SC2016 # JavaScript's template string, not the shell's

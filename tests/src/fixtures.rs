@@ -146,6 +146,8 @@ pub fn new_agent(name: &str) -> NewAgent {
         color: None,
         model: None,
         fallback_models: None,
+        tool_policy: None,
+        tool_overrides: None,
     }
 }
 
