@@ -133,6 +133,24 @@ impl BridgeClient {
         Ok(check_status(response).await?.json().await?)
     }
 
+    /// Reads a page of this agent's own trace (`GET /api/agents/{agent}/trace` with `query`:
+    /// the owner's filters). Once.
+    pub async fn own_trace(
+        &self,
+        query: &[(&str, String)],
+    ) -> Result<serde_json::Value, BridgeError> {
+        let url = format!("{}/api/agents/{}/trace", self.base_url, self.agent);
+        let response = self
+            .http
+            .get(url)
+            .header(AUTHORIZATION, self.bearer())
+            .timeout(self.request_timeout)
+            .query(query)
+            .send()
+            .await?;
+        Ok(check_status(response).await?.json().await?)
+    }
+
     /// Posts one trace event (once; traces are best effort).
     pub async fn post_trace(&self, event: &NewTraceEvent) -> Result<(), BridgeError> {
         let url = format!("{}/api/trace", self.base_url);

@@ -117,6 +117,15 @@ impl ReplySink {
     }
 
     /// Says how a tool call went: shown with its call, and a `tool_result` trace.
+    /// Reads a page of the agent's own trace from the host, with the sidecar's token (which
+    /// the tools never see).
+    pub async fn own_trace(
+        &self,
+        query: &[(&str, String)],
+    ) -> Result<serde_json::Value, BridgeError> {
+        self.bridge.own_trace(query).await
+    }
+
     pub async fn tool_result(
         &self,
         call_id: &str,

@@ -14,7 +14,7 @@ use taos_proto::trace::{NewTraceEvent, TraceAck, TraceBatch};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use super::extract::{AgentAuth, Json, Path};
+use super::extract::{AgentAuth, Json, Path, Query};
 use super::AppState;
 use crate::agents::AgentRecord;
 
@@ -211,5 +211,20 @@ pub async fn trace_batch(
 ) -> Result<Json<TraceAck>, ApiError> {
     Ok(Json(
         super::trace::ingest(&state, Some(&auth.0), batch.events).await?,
+    ))
+}
+
+/// `GET /api/agents/{agent}/trace` on the agent listener: the agent's own trace, with the
+/// owner's route's filters and pages (the weekly-summary prompt reads it through the sidecar's
+/// `read_trace` tool, so the token never reaches the model). Another agent's → 403.
+pub(crate) async fn own_trace(
+    auth: AgentAuth,
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    Query(params): Query<super::agents::TraceParams>,
+) -> Result<Json<taos_proto::trace::TraceList>, ApiError> {
+    auth.require_self(&agent)?;
+    Ok(Json(
+        super::agents::trace_page(&state, &auth.0.slug, &params).await?,
     ))
 }

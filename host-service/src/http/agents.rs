@@ -267,17 +267,26 @@ async fn agent_trace(
     Path(slug): Path<String>,
     Query(params): Query<TraceParams>,
 ) -> Result<Json<TraceList>, ApiError> {
-    trace::validate_slug(&slug)?;
+    Ok(Json(trace_page(&state, &slug, &params).await?))
+}
+
+/// One page of an agent's trace (the owner's route, and the agent's own on its listener).
+pub(super) async fn trace_page(
+    state: &AppState,
+    slug: &str,
+    params: &TraceParams,
+) -> Result<TraceList, ApiError> {
+    trace::validate_slug(slug)?;
     let query = params.to_query()?;
     let cursor = params.cursor.as_deref().map(Cursor::parse).transpose()?;
-    let agent = agents::get_by_slug(&state.db, &slug).await?;
+    let agent = agents::get_by_slug(&state.db, slug).await?;
     let (events, next) = pages::page(&state.traces, &agent.slug, &query, cursor.as_ref()).await?;
-    Ok(Json(TraceList {
+    Ok(TraceList {
         agent_name: agent.slug,
         schema_version: 1,
         events,
         next_cursor: next.map(|c| c.to_string()),
-    }))
+    })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -343,6 +343,7 @@ pub fn agent_app(state: &AppState) -> Router {
         )
         .route("/api/trace", post(agent_api::trace_one))
         .route("/api/trace/batch", post(agent_api::trace_batch))
+        .route("/api/agents/{agent}/trace", get(agent_api::own_trace))
         .route("/api/openclaw/bootstrap", get(gateway::bootstrap))
         // OpenAI-compatible gateway; also without /v1 for clients whose base URL lacks it.
         .route("/v1/chat/completions", post(gateway::chat_completions))

@@ -27,6 +27,7 @@ const ROUTES: &[(&str, &str, Credential)] = &[
     ),
     ("POST", "/api/trace", Credential::AgentToken),
     ("POST", "/api/trace/batch", Credential::AgentToken),
+    ("GET", "/api/agents/{agent}/trace", Credential::AgentToken),
     ("GET", "/api/openclaw/bootstrap", Credential::AgentToken),
     ("POST", "/v1/chat/completions", Credential::LlmKey),
     ("POST", "/v1/embeddings", Credential::LlmKey),

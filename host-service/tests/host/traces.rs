@@ -576,3 +576,64 @@ async fn trace_created_at_may_be_epoch_seconds() {
         assert_eq!(at.timestamp_millis(), want_ms, "{id}: {event}");
     }
 }
+
+/// An agent reads its own trace on the agent listener with its token (the weekly-summary
+/// prompt's `read_trace` tool), with the owner's filters; another agent's trace is refused,
+/// and bad filters get 400.
+#[tokio::test]
+async fn an_agent_reads_its_own_trace_and_no_one_elses() {
+    let host = start().await;
+    host.setup_owner().await;
+    let (diarist, _) = AgentClient::create(&host, "Diarist").await;
+    let (other, _) = AgentClient::create(&host, "Other").await;
+    for (agent, kind) in [
+        (&diarist, "tool_call"),
+        (&diarist, "reasoning"),
+        (&other, "tool_call"),
+    ] {
+        let r = agent
+            .request(Method::POST, "/api/trace")
+            .json(&json!({"kind": kind, "payload": {"by": agent.slug}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let read = |agent: &AgentClient, path: String| agent.request(Method::GET, &path).send();
+
+    let page: Value = read(&diarist, "/api/agents/diarist/trace?kind=tool_call".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{page}");
+    assert_eq!(events[0]["payload"]["by"], "diarist");
+    assert_eq!(page["agent_name"], "diarist");
+
+    let theirs = read(&diarist, "/api/agents/other/trace".into())
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), StatusCode::FORBIDDEN);
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "kind=nonsense",
+        "since=yesterday",
+        "cursor=zzz",
+    ] {
+        let r = read(&diarist, format!("/api/agents/diarist/trace?{bad}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let traversal = read(&diarist, "/api/agents/..%2Fother/trace".into())
+        .await
+        .unwrap();
+    assert!(
+        traversal.status().is_client_error(),
+        "{}",
+        traversal.status()
+    );
+}

@@ -49,6 +49,16 @@ impl Outcome {
         }
     }
 
+    /// A call that ran; the model gets `result` as JSON text.
+    pub fn ok(result: Value) -> Outcome {
+        let for_model = result.to_string();
+        Outcome {
+            success: true,
+            result,
+            for_model,
+        }
+    }
+
     pub fn failed(reason: impl Into<String>) -> Outcome {
         let reason = reason.into();
         Outcome {
@@ -66,7 +76,18 @@ pub struct Toolkit {
     call_timeout_max: Duration,
 }
 
-pub const TOOL_NAMES: &[&str] = &["shell", "read_file", "write_file", "list_dir", "http_get"];
+pub const TOOL_NAMES: &[&str] = &[
+    "shell",
+    "read_file",
+    "write_file",
+    "list_dir",
+    "http_get",
+    READ_TRACE,
+];
+
+/// The tool that reads the agent's own trace from the host. The sidecar runs it (with its own
+/// token), not the tools account: see `ToolsMode::read_trace`.
+pub const READ_TRACE: &str = "read_trace";
 
 impl Toolkit {
     pub fn new(
@@ -142,6 +163,20 @@ impl Toolkit {
                 ),
                 json!({"type": "object", "properties": {"url": {"type": "string"}}, "required": ["url"]}),
             ),
+            function(
+                READ_TRACE,
+                "Read your own trace from the host, newest first: your conversations \
+                 (message_in, message_out), LLM calls with tokens and cost, tool calls and \
+                 results, errors. `since`/`until` are RFC 3339 or epoch seconds; `kind` filters \
+                 one kind; `limit` is 1-1000 (default 100); pass a page's `next_cursor` as \
+                 `cursor` for the next, older one."
+                    .to_string(),
+                json!({"type": "object", "properties": {
+                    "since": {"type": "string"}, "until": {"type": "string"},
+                    "kind": {"type": "string"}, "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    "cursor": {"type": "string"}
+                }}),
+            ),
         ])
     }
 
@@ -154,6 +189,7 @@ impl Toolkit {
             "write_file" => self.write_file(args, budget).await,
             "list_dir" => self.list_dir(args, budget).await,
             "http_get" => self.http_get(args, budget).await,
+            READ_TRACE => Outcome::failed("read_trace is answered by the sidecar, not the toolkit"),
             other => Outcome::failed(format!(
                 "there is no tool named {other:?}; the tools are {}",
                 TOOL_NAMES.join(", ")

@@ -28,6 +28,9 @@ pub const TURN_LIMIT: &str = "turn_limit";
 /// A tool result sent to the host is kept under this many bytes of JSON (the host refuses a
 /// trace event over `[traces] max_event_bytes`, 64 KiB by default). The model saw it whole.
 const MAX_EVENT_JSON: usize = 48 * 1024;
+/// What the model gets of one `read_trace` page, at most: a page of 1 000 events would fill
+/// a small model's context on its own.
+const MAX_TRACE_FOR_MODEL: usize = 64 * 1024;
 
 pub struct ToolsMode {
     llm: LlmClient,
@@ -198,6 +201,9 @@ impl Framework for ToolsMode {
                             Ok(()) if left.is_zero() => {
                                 kit::Outcome::failed("the turn's time is up")
                             }
+                            Ok(()) if call.name == kit::READ_TRACE => {
+                                read_trace(replies, &args).await
+                            }
                             Ok(()) => self.kit.call(&call.name, &args, left).await,
                         }
                     }
@@ -256,6 +262,43 @@ impl ToolsMode {
             "stopped after {} s without a final answer (the time limit per message)",
             self.turn_time.as_secs()
         )
+    }
+}
+
+/// The `read_trace` tool: a page of the agent's own trace, read from the host with the
+/// sidecar's token. Only the filters below are passed on, as strings the host validates.
+async fn read_trace(replies: &ReplySink, args: &Value) -> kit::Outcome {
+    let mut query: Vec<(&str, String)> = Vec::new();
+    for name in ["since", "until", "kind", "cursor"] {
+        match &args[name] {
+            Value::Null => {}
+            Value::String(value) => query.push((name, value.clone())),
+            _ => return kit::Outcome::failed(format!("`{name}` is a string")),
+        }
+    }
+    match &args["limit"] {
+        Value::Null => {}
+        value => match value.as_u64() {
+            Some(limit) => query.push(("limit", limit.to_string())),
+            None => return kit::Outcome::failed("`limit` is a whole number from 1 to 1000"),
+        },
+    }
+    match replies.own_trace(&query).await {
+        Ok(page) => {
+            let mut outcome = kit::Outcome::ok(page);
+            if outcome.for_model.len() > MAX_TRACE_FOR_MODEL {
+                let mut end = MAX_TRACE_FOR_MODEL;
+                while !outcome.for_model.is_char_boundary(end) {
+                    end -= 1;
+                }
+                outcome.for_model.truncate(end);
+                outcome.for_model.push_str(
+                    "\n[... cut: ask for fewer events with `limit`, or a narrower `since`/`kind` ...]",
+                );
+            }
+            outcome
+        }
+        Err(e) => kit::Outcome::failed(format!("the host did not give the trace: {e}")),
     }
 }
 

@@ -29,8 +29,10 @@ pub const APPROVED: &str = "scripted-approved";
 pub const DENIED: &str = "scripted-denied";
 pub const RESTARTED: &str = "scripted-restarted";
 pub const ABANDONED: &str = "scripted-abandoned";
-pub const MODELS: [&str; 9] = [
-    DISK, LOOPS, SLOW, CHATTY, STOPPED, APPROVED, DENIED, RESTARTED, ABANDONED,
+/// Reads its own trace, then answers.
+pub const DIARY: &str = "scripted-diary";
+pub const MODELS: [&str; 10] = [
+    DISK, LOOPS, SLOW, CHATTY, STOPPED, APPROVED, DENIED, RESTARTED, ABANDONED, DIARY,
 ];
 
 /// A test's own account for its tools: ids no other process uses (so the sweep of leftovers
@@ -210,6 +212,69 @@ async fn tools_run_as_their_own_account_and_every_step_shows_in_chat_and_traces(
     stop_agent(trigger, task).await;
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&secret);
+}
+
+/// `read_trace` is the sidecar's own tool: it reads the agent's trace from the host's agent
+/// route with the sidecar's token, which the tools account never sees. The page holds this
+/// very turn's incoming message, and the model is given it.
+#[tokio::test]
+async fn read_trace_gives_the_model_the_agents_own_trace_from_the_host() {
+    let shared = shared().await;
+    let host = &shared.host;
+    let agent = Agent::create(host, "Diarist", &[DIARY]).await;
+    let (uid, dir) = account(11);
+    shared.upstream.script(
+        DIARY,
+        vec![
+            Scripted::call("read_trace", json!({"kind": "message_in", "limit": 5})),
+            Scripted::call("read_trace", json!({"limit": "many"})),
+            Scripted::final_text("I read my diary."),
+        ],
+    );
+    let (trigger, task) = start_agent(tools_config(&agent, host, uid, &dir));
+    agent.wait_connected(host).await;
+    let asked = agent.say(host, "what did you do this week?").await;
+    let reply = agent.settled_reply(host, &asked).await;
+    assert_eq!(reply["state"], "complete", "{reply}");
+    let steps = steps(&reply);
+    assert_eq!(steps.len(), 2, "{reply}");
+    assert_eq!(steps[0]["tool"], "read_trace");
+    assert_eq!(steps[0]["success"], true, "{reply}");
+    let events = steps[0]["result"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !events.is_empty() && events.iter().all(|e| e["kind"] == "message_in"),
+        "{reply}"
+    );
+    assert!(
+        events.iter().any(|e| e["trace_id"] == asked.as_str()),
+        "this turn's message is in the page: {reply}"
+    );
+    // A bad argument is the model's to fix, said in words; nothing reached the host.
+    assert_eq!(steps[1]["success"], false, "{reply}");
+    assert!(
+        steps[1]["result"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("limit"),
+        "{reply}"
+    );
+    // The model got the page: the tool message after the first call carries the event.
+    let asked_model = shared.upstream.chat_requests(|r| r["model"] == DIARY);
+    let tool_messages: Vec<String> = asked_model
+        .iter()
+        .flat_map(|r| r["messages"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        tool_messages.iter().any(|m| m.contains(asked.as_str())),
+        "{tool_messages:?}"
+    );
+    stop_agent(trigger, task).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
