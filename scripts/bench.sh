@@ -145,9 +145,9 @@ back when idle. Health times include TCP connect, TLS handshake and the request.
 
 How: \`taos-load\` (tests/src/bin) drives a release host through the real APIs: agent-listener
 trace posts over plain HTTP on loopback, chat posts and WebSockets over TLS pinned to the host
-key, the bridge stream as an agent reads it. Latencies include the POST's own handling (one
-fsynced SQLite commit per chat message, holding the message and its deliveries): every write is
-durable (\`synchronous=FULL\`).
+key, the bridge stream as an agent reads it. Latencies include the POST's own handling: a message and its deliveries commit in one
+fsynced SQLite transaction shared with the messages sent meanwhile (group commit), and the POST
+is answered once that is on disk (\`synchronous=FULL\`).
 
 ## Trace queries (issue 20)
 
