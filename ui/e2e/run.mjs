@@ -397,6 +397,21 @@ try {
     await screenshot(page, 'alert-audit');
   });
 
+  await step("the agent page's Audit with agent prefills the chat instead of sending", async () => {
+    const sent = () => page.locator('[data-testid=message][data-author="user:owner"]', { hasText: 'Please audit your own disk usage' }).count();
+    const before = await sent();
+    await page.goto(`${URL_}/agents/${SLUG}`);
+    await page.getByRole('button', { name: 'Audit with agent' }).click();
+    await page.waitForURL(/\/chat\/[^?]+$/);
+    await page.waitForFunction(() => document.querySelector('#composer')?.value.startsWith('Please audit your own disk usage'));
+    // The alert's audit (the step before) is in the history; once it shows, no second one is.
+    await page.locator('[data-testid=message][data-author="user:owner"]', { hasText: 'Please audit your own disk usage' }).first().waitFor();
+    assert((await sent()) === before, 'the prompt was sent without the owner');
+    await screenshot(page, 'audit-prefilled');
+    // Not sent: the fake model's script is for the steps that follow.
+    await page.locator('#composer').fill('');
+  });
+
   await step('a long channel stays a short DOM (virtualised list)', async () => {
     const csrf = (await desktop.cookies()).find((c) => c.name === '__Host-taos_csrf')?.value ?? '';
     const headers = { 'x-csrf-token': csrf };
