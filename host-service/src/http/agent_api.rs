@@ -216,7 +216,8 @@ pub async fn trace_batch(
 
 /// `GET /api/agents/{agent}/trace` on the agent listener: the agent's own trace, with the
 /// owner's route's filters and pages (the weekly-summary prompt reads it through the sidecar's
-/// `read_trace` tool, so the token never reaches the model). Another agent's → 403.
+/// `read_trace` tool, so the token never reaches the model). Another agent's → 403. Each read
+/// takes a token of the agent's reply rate first (429 beyond it): a read opens hour buckets.
 pub(crate) async fn own_trace(
     auth: AgentAuth,
     State(state): State<AppState>,
@@ -224,6 +225,7 @@ pub(crate) async fn own_trace(
     Query(params): Query<super::agents::TraceParams>,
 ) -> Result<Json<taos_proto::trace::TraceList>, ApiError> {
     auth.require_self(&agent)?;
+    state.reply_limiter.take(auth.0.id, 1)?;
     Ok(Json(
         super::agents::trace_page(&state, &auth.0.slug, &params).await?,
     ))

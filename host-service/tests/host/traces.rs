@@ -637,3 +637,34 @@ async fn an_agent_reads_its_own_trace_and_no_one_elses() {
         traversal.status()
     );
 }
+
+/// Reading its own trace costs the agent a token of its reply rate, taken before the read: a
+/// loop of reads is refused with 429, not served.
+#[tokio::test]
+async fn an_agents_trace_reads_are_rate_limited() {
+    let host = Host::start_with(
+        BIN,
+        HostOptions {
+            env: vec![
+                ("TAOS_BRIDGE__REPLY_RATE_PER_SEC".into(), "1".into()),
+                ("TAOS_BRIDGE__REPLY_BURST".into(), "3".into()),
+            ],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    host.setup_owner().await;
+    let (agent, _) = AgentClient::create(&host, "Reader").await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = agent
+            .request(Method::GET, "/api/agents/reader/trace")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status());
+    }
+    assert_eq!(&statuses[..3], &[StatusCode::OK; 3], "{statuses:?}");
+    assert_eq!(statuses[4], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+}
