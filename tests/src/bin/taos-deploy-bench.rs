@@ -82,6 +82,21 @@ async fn main() {
         "incus is not running (scripts/dev-incus.sh)"
     );
 
+    // A run killed part way (Ctrl-C, a frozen machine) leaves its containers running; the next
+    // run would collide with their names and measure a host sharing the CPU with them.
+    for i in 0..count.max(5) {
+        for name in [format!("taos-bench-{i}"), format!("taos-bench-bare-{i}")] {
+            if !rt.exists(&name).await.unwrap_or(false) {
+                continue;
+            }
+            // Stop fails on a stopped container; the delete that follows is what counts.
+            let _stopped = rt.stop(&name, true).await;
+            if rt.delete(&name).await.is_ok() {
+                eprintln!("removed {name}, left by an earlier run");
+            }
+        }
+    }
+
     // A bare busybox container.
     let mut bare = Vec::new();
     for i in 0..5 {
