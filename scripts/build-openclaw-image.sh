@@ -41,7 +41,8 @@ fi
 command -v zstd >/dev/null || apt_install zstd
 
 STARTED=$SECONDS
-WORK="$(mktemp -d)"
+# 1.4 GB of scratch: not /tmp, which may be a tmpfs in RAM.
+WORK="$(mktemp -d -p "${TMPDIR:-/var/tmp}")"
 trap 'rm -rf "$WORK"' EXIT
 log "unpacking $BASE (${BASE_FP:0:12})"
 incus image export "$BASE" "$WORK/base" >/dev/null
