@@ -291,15 +291,8 @@ async fn reserved_memory_bytes(
             (agent, limit)
         })
         .collect();
-    let mut reserved = 0u64;
-    for agent in agents::list(&host.db).await? {
-        if !matches!(
-            agent.status,
-            AgentStatus::Deploying | AgentStatus::Running | AgentStatus::Restoring
-        ) {
-            continue;
-        }
-        let limit_mib = limits
+    let limit_of = |agent: &AgentRecord| {
+        limits
             .get(&agent.id.to_string())
             .copied()
             .flatten()
@@ -310,8 +303,11 @@ async fn reserved_memory_bytes(
                     .and_then(frameworks::get)
                     .map(|m| m.requires.ram_mb)
             })
-            .unwrap_or(0);
-        // A container not made yet (deploying) or not running uses nothing of its limit.
+            .unwrap_or(0)
+    };
+    // A container not made yet (deploying) or not running uses nothing of its limit. The
+    // runtime is asked about all of them at once: a deploy shouldn't wait N round trips.
+    let used = |agent: AgentRecord| async move {
         let used = match agent.container.as_deref() {
             Some(container) => rt
                 .state(container)
@@ -322,8 +318,19 @@ async fn reserved_memory_bytes(
                 .unwrap_or(0),
             None => 0,
         };
-        reserved += (limit_mib * MIB).saturating_sub(used);
-    }
+        (agent, used)
+    };
+    let active = agents::list(&host.db).await?.into_iter().filter(|a| {
+        matches!(
+            a.status,
+            AgentStatus::Deploying | AgentStatus::Running | AgentStatus::Restoring
+        )
+    });
+    let reserved = futures_util::future::join_all(active.map(used))
+        .await
+        .into_iter()
+        .map(|(agent, used)| (limit_of(&agent) * MIB).saturating_sub(used))
+        .sum();
     Ok(reserved)
 }
 
