@@ -16,6 +16,9 @@ log "cargo build (every binary: tests start taos-host and taos-agent as real pro
 cargo build --workspace --bins --locked
 # The agent image carries the sidecar just built (rebuilt only when the binary changed).
 "$REPO_ROOT/scripts/build-agent-image.sh" "$CARGO_TARGET_DIR/debug/taos-agent"
+# The openclaw image: that image plus Node and openclaw from the host's install (both skip
+# when unchanged; cold, about a minute: ~50 s of npm, ~10 s for the image).
+"$REPO_ROOT/scripts/build-openclaw-image.sh"
 log "ui: type check (svelte-check)"
 (cd ui && npm run --silent check)
 log "cargo test"

@@ -44,6 +44,18 @@ pub fn resident_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Memory the kernel says can be given to new work without swapping (`MemAvailable` in
+/// /proc/meminfo, in kB there), in bytes.
+pub fn memory_available_bytes() -> Option<u64> {
+    parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Asks a child process to stop (SIGTERM). LiteLLM exits cleanly on it; SIGHUP would kill it
 /// without cleanup.
 #[allow(unsafe_code)]
@@ -104,5 +116,20 @@ pub fn raise_open_files_limit(wanted: usize) {
             "the open-files limit is below the listeners' connection budgets; lower \
              [server] max_connections or raise LimitNOFILE"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_available_is_read_in_bytes() {
+        let meminfo = "MemTotal:       24730624 kB\nMemFree:          230400 kB\n\
+                       MemAvailable:   23835648 kB\nBuffers:            1024 kB\n";
+        assert_eq!(parse_mem_available(meminfo), Some(23_835_648 * 1024));
+        // Kernels before 3.14 have no MemAvailable: no figure rather than a wrong one.
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\nMemFree: 1 kB\n"), None);
+        assert!(memory_available_bytes().is_some_and(|b| b > 0));
     }
 }

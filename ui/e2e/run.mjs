@@ -195,6 +195,8 @@ try {
     const preview = await page.getByTestId('slug-preview').innerText();
     assert(preview.includes(`@${SLUG}`), `slug preview: ${preview}`);
     await checks.deployFormTexts();
+    // openclaw leads the picker (and is preselected); this run deploys the small built-in agent.
+    await page.getByLabel('Framework').selectOption('direct');
     await page.getByLabel('Model').selectOption('fake-gpt');
     await page.locator('summary', { hasText: 'Limits' }).click();
     await page.getByLabel('Memory (MiB)').fill('256');

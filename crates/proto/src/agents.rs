@@ -411,12 +411,16 @@ pub struct Manifest {
     pub description: String,
     /// beta | alpha | broken
     pub verification: String,
+    /// Place in the framework picker, lowest first (`GET /api/frameworks` is sorted by it):
+    /// openclaw leads, as it did in TinyAgentOS.
+    pub order: u32,
     /// The incus image alias agents of this framework start from.
     pub image: String,
     /// The systemd service that runs the agent inside the container.
     pub service: String,
     /// The mode the taos-agent sidecar runs in (`TAOS_AGENT_MODE` in its credentials file):
-    /// `direct` (chat only, the default) or `tools` (the built-in tool-using agent).
+    /// `direct` (chat only, the default), `tools` (the built-in tool-using agent) or
+    /// `openclaw` (the sidecar drives openclaw in the container).
     #[serde(default)]
     pub agent_mode: Option<String>,
     pub install: Install,
@@ -444,7 +448,8 @@ pub struct Install {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Requires {
-    /// Memory the framework needs, in MiB: the container's limit unless the deploy sets one.
+    /// Memory the framework needs, in MiB: the container's limit unless the deploy sets one,
+    /// and what must be free on the host for a deploy to start.
     pub ram_mb: u64,
     pub disk_mb: u64,
     /// CPUs the framework needs: the container's limit unless the deploy sets one.

@@ -56,6 +56,9 @@ pub enum DeployError {
     /// The agents' networks could not be set up (yet): no agent is deployed unfenced.
     #[error("agents can't be isolated: {0}")]
     NoIsolation(String),
+    /// The host lacks the memory the agent may take (the reason says how much, and what to do).
+    #[error("{0}")]
+    NotEnoughMemory(String),
     #[error("no deploy for that agent")]
     NotFound,
     #[error(transparent)]
@@ -142,6 +145,7 @@ pub async fn start(
     let Some(runtime) = host.runtime.as_ref() else {
         return Err(DeployError::NoRuntime);
     };
+    check_memory(host, runtime, &manifest, req.memory_limit_mib).await?;
     crate::isolation::ready(host)
         .await
         .map_err(DeployError::NoIsolation)?;
@@ -241,6 +245,121 @@ pub async fn start(
     };
     tokio::spawn(async move { run.execute(&background).await });
     Ok((agent, id))
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Refuses, before anything is made, an agent the host can't hold: its memory limit (the
+/// request's, or the framework's need) must fit in what the kernel says is available, less what
+/// agents already running (or deploying) may still grow into under their own limits — their
+/// current use is already out of `MemAvailable`.
+async fn check_memory(
+    host: &AgentHost,
+    rt: &ContainerRuntime,
+    manifest: &Manifest,
+    requested_mib: Option<u64>,
+) -> Result<(), DeployError> {
+    let Some(available) = crate::sys::memory_available_bytes() else {
+        tracing::warn!("no MemAvailable in /proc/meminfo: deploying without checking free memory");
+        return Ok(());
+    };
+    let reserved = reserved_memory_bytes(host, rt).await?;
+    memory_fits(
+        manifest,
+        requested_mib,
+        available.saturating_sub(reserved) / MIB,
+    )
+}
+
+/// The part of their memory limits that agents which run (or are being deployed) don't use yet.
+async fn reserved_memory_bytes(
+    host: &AgentHost,
+    rt: &ContainerRuntime,
+) -> Result<u64, DeployError> {
+    // Each agent's newest deploy request says the limit it was given (later rows win).
+    let requests: Vec<(String, String)> = sqlx::query_as(
+        "SELECT agent_id, request FROM deploys WHERE agent_id IS NOT NULL ORDER BY created_at",
+    )
+    .fetch_all(&host.db)
+    .await?;
+    let limits: BTreeMap<String, Option<u64>> = requests
+        .into_iter()
+        .map(|(agent, request)| {
+            let limit = serde_json::from_str::<DeployRequest>(&request)
+                .ok()
+                .and_then(|r| r.memory_limit_mib);
+            (agent, limit)
+        })
+        .collect();
+    let limit_of = |agent: &AgentRecord| {
+        limits
+            .get(&agent.id.to_string())
+            .copied()
+            .flatten()
+            .or_else(|| {
+                agent
+                    .framework
+                    .as_deref()
+                    .and_then(frameworks::get)
+                    .map(|m| m.requires.ram_mb)
+            })
+            .unwrap_or(0)
+    };
+    // A container not made yet (deploying) or not running uses nothing of its limit. The
+    // runtime is asked about all of them at once: a deploy shouldn't wait N round trips.
+    let used = |agent: AgentRecord| async move {
+        let used = match agent.container.as_deref() {
+            Some(container) => rt
+                .state(container)
+                .await
+                .ok()
+                .filter(|s| s.running)
+                .and_then(|s| s.memory_used_bytes)
+                .unwrap_or(0),
+            None => 0,
+        };
+        (agent, used)
+    };
+    let active = agents::list(&host.db).await?.into_iter().filter(|a| {
+        matches!(
+            a.status,
+            AgentStatus::Deploying | AgentStatus::Running | AgentStatus::Restoring
+        )
+    });
+    let reserved = futures_util::future::join_all(active.map(used))
+        .await
+        .into_iter()
+        .map(|(agent, used)| (limit_of(&agent) * MIB).saturating_sub(used))
+        .sum();
+    Ok(reserved)
+}
+
+/// Whether an agent with this limit fits in `free_mib`; if not, why, in words, and what to do.
+fn memory_fits(
+    manifest: &Manifest,
+    requested_mib: Option<u64>,
+    free_mib: u64,
+) -> Result<(), DeployError> {
+    let need_mib = requested_mib.unwrap_or(manifest.requires.ram_mb);
+    if need_mib <= free_mib {
+        return Ok(());
+    }
+    let gb = |mib: u64| format!("{:.1} GB", mib as f64 / 1024.0);
+    Err(DeployError::NotEnoughMemory(match requested_mib {
+        None => format!(
+            "{} needs {} of RAM; this host has {} available — stop other agents or choose a \
+             smaller framework",
+            manifest.id,
+            gb(need_mib),
+            gb(free_mib)
+        ),
+        Some(_) => format!(
+            "this agent's memory limit is {}; this host has {} available — stop other agents \
+             or set a smaller memory limit",
+            gb(need_mib),
+            gb(free_mib)
+        ),
+    }))
 }
 
 struct Run {
@@ -831,6 +950,32 @@ mod tests {
             let mut req = request("direct");
             req.disk_quota_gib = Some(gib);
             assert_eq!(!refused(req), ok, "disk_quota_gib {gib}");
+        }
+    }
+
+    #[test]
+    fn a_deploy_needs_its_memory_limit_free_and_says_what_to_do_when_it_is_not() {
+        let openclaw = frameworks::get("openclaw").expect("the openclaw manifest");
+        assert_eq!(openclaw.requires.ram_mb, 1536);
+        // Without a limit in the request, the framework's need is the limit and the need.
+        assert!(memory_fits(&openclaw, None, 1536).is_ok());
+        match memory_fits(&openclaw, None, 921) {
+            Err(DeployError::NotEnoughMemory(why)) => assert_eq!(
+                why,
+                "openclaw needs 1.5 GB of RAM; this host has 0.9 GB available — stop other \
+                 agents or choose a smaller framework"
+            ),
+            other => panic!("not refused: {other:?}"),
+        }
+        // A limit in the request is what the agent may take, above or below the need.
+        assert!(memory_fits(&openclaw, Some(1024), 1100).is_ok());
+        match memory_fits(&openclaw, Some(4096), 2048) {
+            Err(DeployError::NotEnoughMemory(why)) => assert_eq!(
+                why,
+                "this agent's memory limit is 4.0 GB; this host has 2.0 GB available — stop \
+                 other agents or set a smaller memory limit"
+            ),
+            other => panic!("not refused: {other:?}"),
         }
     }
 

@@ -6,12 +6,13 @@
 pub use taos_proto::agents::{Install, Manifest, Requires};
 
 const BUILT_IN: &[&str] = &[
+    include_str!("../../../manifests/openclaw/manifest.toml"),
     include_str!("../../../manifests/direct/manifest.toml"),
     include_str!("../../../manifests/tools/manifest.toml"),
 ];
 
 /// The sidecar modes a manifest may name (see `taos_agent::config::Mode`).
-pub const AGENT_MODES: &[&str] = &["direct", "tools"];
+pub const AGENT_MODES: &[&str] = &["direct", "tools", "openclaw"];
 
 /// The sidecar mode of an agent deployed with `framework` (`direct` when unknown).
 pub fn agent_mode_of(framework: Option<&str>) -> String {
@@ -20,12 +21,15 @@ pub fn agent_mode_of(framework: Option<&str>) -> String {
         .map_or_else(|| "direct".to_string(), |m| m.agent_mode().to_string())
 }
 
-/// Every known framework. A manifest that doesn't parse is a build-time bug, caught by a test.
+/// Every known framework, in the picker's order (each manifest's `order`, then its id). A
+/// manifest that doesn't parse is a build-time bug, caught by a test.
 pub fn all() -> Vec<Manifest> {
-    BUILT_IN
+    let mut all: Vec<Manifest> = BUILT_IN
         .iter()
         .filter_map(|text| toml::from_str(text).ok())
-        .collect()
+        .collect();
+    all.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.id.cmp(&b.id)));
+    all
 }
 
 pub fn get(id: &str) -> Option<Manifest> {
@@ -55,5 +59,28 @@ mod tests {
         assert_eq!(agent_mode_of(Some("direct")), "direct");
         assert_eq!(agent_mode_of(None), "direct");
         assert!(get("nope").is_none());
+    }
+
+    #[test]
+    fn openclaw_comes_first_in_the_picker_and_orders_are_unique() {
+        let ids: Vec<String> = all().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, ["openclaw", "direct", "tools"]);
+        let mut orders: Vec<u32> = all().iter().map(|m| m.order).collect();
+        orders.dedup();
+        assert_eq!(orders.len(), BUILT_IN.len(), "two manifests share an order");
+    }
+
+    #[test]
+    fn openclaw_runs_in_its_own_image_with_its_measured_needs() {
+        let m = get("openclaw").expect("the openclaw manifest");
+        assert_eq!(m.verification, "beta");
+        assert_eq!(m.image, "taos-openclaw");
+        assert_eq!(m.service, "taos-agent");
+        assert_eq!(m.agent_mode(), "openclaw");
+        assert_eq!(agent_mode_of(Some("openclaw")), "openclaw");
+        // Its gateway peaks at ~1.35 GB plus workers: less would be killed by its own limit.
+        assert!(m.requires.ram_mb >= 1500, "{}", m.requires.ram_mb);
+        // The image alone is 1.1 GB unpacked.
+        assert!(m.requires.disk_mb >= 1500, "{}", m.requires.disk_mb);
     }
 }

@@ -35,6 +35,7 @@ async fn list_frameworks(_auth: Auth) -> Json<Vec<Manifest>> {
         (status = 400, description = "Bad name, unknown framework or model, bad limits", body = ErrorBody),
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 409, description = "Not enough free memory on the host for the agent's limit (`not_enough_memory`)", body = ErrorBody),
         (status = 503, description = "No container runtime", body = ErrorBody)))]
 async fn deploy_agent(
     OwnerLike(principal): OwnerLike,

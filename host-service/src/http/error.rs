@@ -305,6 +305,9 @@ impl From<DeployError> for ApiError {
             e @ (DeployError::NoRuntime | DeployError::NoIsolation(_)) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_runtime", e.to_string())
             }
+            DeployError::NotEnoughMemory(m) => {
+                ApiError::new(StatusCode::CONFLICT, "not_enough_memory", m)
+            }
             DeployError::NotFound => ApiError::not_found("no deploy for that agent"),
             DeployError::Agent(e) => e.into(),
             DeployError::Chat(e) => e.into(),

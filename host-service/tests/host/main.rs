@@ -24,6 +24,7 @@ mod concurrency;
 mod conversation;
 mod crash;
 mod deploy;
+mod deploy_memory;
 mod devices;
 mod docker;
 mod events;

@@ -1715,7 +1715,8 @@ export interface components {
         Manifest: {
             /**
              * @description The mode the taos-agent sidecar runs in (`TAOS_AGENT_MODE` in its credentials file):
-             *     `direct` (chat only, the default) or `tools` (the built-in tool-using agent).
+             *     `direct` (chat only, the default), `tools` (the built-in tool-using agent) or
+             *     `openclaw` (the sidecar drives openclaw in the container).
              */
             agent_mode?: string | null;
             description: string;
@@ -1724,6 +1725,12 @@ export interface components {
             image: string;
             install: components["schemas"]["Install"];
             name: string;
+            /**
+             * Format: int32
+             * @description Place in the framework picker, lowest first (`GET /api/frameworks` is sorted by it):
+             *     openclaw leads, as it did in TinyAgentOS.
+             */
+            order: number;
             requires: components["schemas"]["Requires"];
             /** @description The systemd service that runs the agent inside the container. */
             service: string;
@@ -2030,7 +2037,8 @@ export interface components {
             disk_mb: number;
             /**
              * Format: int64
-             * @description Memory the framework needs, in MiB: the container's limit unless the deploy sets one.
+             * @description Memory the framework needs, in MiB: the container's limit unless the deploy sets one,
+             *     and what must be free on the host for a deploy to start.
              */
             ram_mb: number;
         };
@@ -2656,6 +2664,15 @@ export interface operations {
             };
             /** @description Not the owner */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not enough free memory on the host for the agent's limit (`not_enough_memory`) */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
