@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, skipping what is already there: the Rust
 # toolchain's components, shellcheck, LiteLLM, incus, Docker (the fallback runtime), chromium and a built
-# ui/dist for the UI, and WebKitGTK, Xvfb and tauri-driver for the app.
+# ui/dist for the UI, WebKitGTK, Xvfb and tauri-driver for the app, and restic for backups.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -17,6 +17,8 @@ for component in rustfmt clippy; do
 done
 # scripts/test.sh checks these scripts with it.
 apt_install shellcheck
+# The backup engine (host-service/src/backup/): the host drives Debian's restic binary.
+apt_install restic
 
 # LiteLLM for the LLM gateway tests, incus (with the busybox test image) for the runtime
 # tests. Both skip what is already there.

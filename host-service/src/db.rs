@@ -55,6 +55,17 @@ pub async fn open(data_dir: &Path) -> Result<Db, DbError> {
     Ok(pool)
 }
 
+/// The newest migration this binary knows (the database schema it writes). Backups are tagged
+/// with it; a restore refuses a backup from a newer one, which this binary could not open.
+pub fn schema_version() -> i64 {
+    sqlx::migrate!("./migrations")
+        .migrations
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Milliseconds since the Unix epoch, the one time format stored in the database.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

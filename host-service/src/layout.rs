@@ -77,6 +77,8 @@ const TABLE_OWNERS: &[(&str, &str)] = &[
     ("agent_ops", "agents/archive.rs"),
     ("agent_disk", "agents/quota.rs"),
     ("tool_approvals", "approvals.rs"),
+    ("backup_settings", "backup/"),
+    ("backup_runs", "backup/"),
 ];
 
 /// SQL that names another module's table on purpose: (file, table, why). Only a read inside a

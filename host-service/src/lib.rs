@@ -6,6 +6,7 @@
 pub mod agents;
 pub mod approvals;
 pub mod auth;
+pub mod backup;
 pub mod bridge;
 pub mod chat;
 pub mod config;

@@ -43,6 +43,19 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Bring a backup back into an empty data dir (a new board, a wiped card), then start the
+    /// host with `serve` as usual.
+    Restore {
+        /// The backup repository: the destination folder the backups went to.
+        #[arg(long)]
+        from: String,
+        /// A file holding the backup passphrase (restic reads it; it is never copied).
+        #[arg(long)]
+        password_file: PathBuf,
+        /// The snapshot to restore (its id or a prefix of it); default: the newest.
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +186,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             opened.db.close().await;
+            Ok(())
+        }
+        Command::Restore {
+            from,
+            password_file,
+            snapshot,
+        } => {
+            let restored =
+                taos_host::backup::restore::restore(&taos_host::backup::restore::RestoreRequest {
+                    data_dir: data_dir.clone(),
+                    from,
+                    password_file,
+                    snapshot,
+                })
+                .await?;
+            println!(
+                "restored snapshot {} of {} (database schema {}) into {}",
+                restored.snapshot_id,
+                restored.time.to_rfc3339(),
+                restored.schema_version,
+                data_dir.display()
+            );
+            if restored.archives_moved > 0 {
+                println!(
+                    "{} archived agent(s) moved from {} to this data dir",
+                    restored.archives_moved, restored.old_data_dir
+                );
+            }
+            println!(
+                "start the host with `taos-host --data-dir {} serve`",
+                data_dir.display()
+            );
             Ok(())
         }
         Command::Config { command } => match command {

@@ -206,6 +206,8 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         );
     }
     state.llm.reload().await?;
+    // Before the API serves, so a new run can't be taken for one the last host left behind.
+    state.backups.recover().await?;
     let serving = start_serving(&state, &identity, bound, gateway_listeners)?;
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     announce_ready(&state, &serving, started_at, first_run_code);
@@ -368,6 +370,13 @@ async fn build(
         isolation: isolation_rx,
         shutdown: shutdown_rx.clone(),
     });
+    let backups = crate::backup::Backups::new(
+        db.clone(),
+        data_dir.clone(),
+        crate::secrets::SecretBox::load_or_create(&data_dir)?,
+        hub.clone(),
+        traces.clone(),
+    );
     let approvals = Arc::new(crate::approvals::Approvals::new(
         db.clone(),
         bridge.clone(),
@@ -378,6 +387,7 @@ async fn build(
     ));
     let state = AppState::new(AppInner {
         approvals,
+        backups,
         hub,
         llm,
         chat,

@@ -355,6 +355,35 @@ pub async fn list(db: &Db) -> Result<Vec<ArchivedAgent>, ArchiveError> {
     Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
 
+/// After a restore into another data dir (`taos-host restore`): archives record their folder
+/// by absolute path, so those under the old data dir are pointed at the same place under the
+/// new one. Returns how many moved.
+pub async fn rebase_dirs(
+    db: &Db,
+    old_data_dir: &Path,
+    new_data_dir: &Path,
+) -> Result<u64, sqlx::Error> {
+    if old_data_dir == new_data_dir {
+        return Ok(0);
+    }
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, dir FROM archives")
+        .fetch_all(db)
+        .await?;
+    let mut moved = 0;
+    for (id, dir) in rows {
+        let Ok(rest) = Path::new(&dir).strip_prefix(old_data_dir) else {
+            continue;
+        };
+        sqlx::query("UPDATE archives SET dir = ? WHERE id = ?")
+            .bind(new_data_dir.join(rest).display().to_string())
+            .bind(&id)
+            .execute(db)
+            .await?;
+        moved += 1;
+    }
+    Ok(moved)
+}
+
 pub async fn get(db: &Db, id: &str) -> Result<ArchivedAgent, ArchiveError> {
     let row = sqlx::query("SELECT * FROM archives WHERE id = ?")
         .bind(id)

@@ -428,3 +428,21 @@ impl From<crate::approvals::ApprovalError> for ApiError {
         }
     }
 }
+
+impl From<crate::backup::BackupError> for ApiError {
+    fn from(e: crate::backup::BackupError) -> Self {
+        use crate::backup::BackupError;
+        match e {
+            BackupError::BadInput(m) => ApiError::bad_request(m),
+            e @ BackupError::NotConfigured => {
+                ApiError::new(StatusCode::CONFLICT, "not_configured", e.to_string())
+            }
+            e @ BackupError::AlreadyRunning(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            BackupError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            BackupError::NotFound => ApiError::not_found("no such backup run"),
+            e => ApiError::internal(e),
+        }
+    }
+}

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod approvals;
 pub mod archive;
 pub mod auth;
+pub mod backup;
 pub mod chat;
 pub mod deploy;
 pub mod devices;
@@ -76,6 +77,8 @@ pub struct AppInner {
     pub chat: Arc<crate::chat::Chat>,
     pub bridge: Arc<crate::bridge::Bridge>,
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// Backup settings and runs.
+    pub backups: crate::backup::Backups,
     pub traces: crate::trace::TraceStore,
     /// Trace events per agent per second (`[traces]`), one token per event.
     pub trace_limiter: crate::ratelimit::RateLimiter,
@@ -180,6 +183,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(quota::routes())
         .merge(recycle::routes())
         .merge(settings::routes())
+        .merge(backup::routes())
 }
 
 /// The generated OpenAPI document, built once.

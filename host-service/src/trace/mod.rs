@@ -30,6 +30,7 @@
 //! hours are left, writes are refused with [`TraceError::QuotaFull`] until hours close.
 
 mod bucket;
+pub mod copy;
 mod index;
 pub mod ingest;
 mod jsonl;

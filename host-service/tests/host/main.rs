@@ -18,6 +18,7 @@ mod access;
 mod agent_access;
 mod approvals;
 mod auth;
+mod backup;
 mod bridge_edges;
 mod chat;
 mod concurrency;

@@ -1,0 +1,175 @@
+//! Backups: settings (where, how long, the passphrase), runs and their progress events.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::text_enum::text_enum;
+
+/// Where backups go. Tagged by `kind`, so SFTP and S3-compatible destinations (restic's `sftp:`
+/// and `s3:` repositories, a URL plus credentials sealed like the passphrase) are new variants
+/// of this type, not a new settings shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackupDestination {
+    /// A folder on this machine, such as a mounted USB disk: an absolute path outside the
+    /// data dir. Its parent folder must exist when a backup runs (an unplugged disk's mount
+    /// point is then empty, and the backup fails rather than fill the SD card).
+    Local { path: String },
+}
+
+/// How many backups are kept: restic's `forget --keep-daily/--keep-weekly/--keep-monthly`,
+/// applied (with a prune) after every successful backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BackupRetention {
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+}
+
+impl Default for BackupRetention {
+    fn default() -> Self {
+        BackupRetention {
+            keep_daily: 7,
+            keep_weekly: 4,
+            keep_monthly: 6,
+        }
+    }
+}
+
+/// `GET /api/backups/settings`. The passphrase is never returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BackupSettings {
+    /// False until a destination and passphrase are set; backups can't run before.
+    pub configured: bool,
+    pub destination: Option<BackupDestination>,
+    pub retention: BackupRetention,
+    pub passphrase_set: bool,
+    /// True once a backup opened (or created) the repository with the passphrase; from then
+    /// on the passphrase can't be changed for this destination.
+    pub repository_ready: bool,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// `PUT /api/backups/settings`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BackupSettingsUpdate {
+    pub destination: BackupDestination,
+    /// The repository passphrase (at least 8 characters). Omitted on the first save, the host
+    /// makes a strong one and returns it once. Omitted later, the current one stays.
+    #[serde(default)]
+    pub passphrase: Option<String>,
+    /// Omitted: unchanged (7 daily, 4 weekly, 6 monthly at first).
+    #[serde(default)]
+    pub retention: Option<BackupRetention>,
+}
+
+/// The answer to `PUT /api/backups/settings`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BackupSettingsSaved {
+    pub settings: BackupSettings,
+    /// The passphrase the host made, shown this once: write it down (without it the backups
+    /// can't be restored). Absent when the caller chose the passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated_passphrase: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum BackupState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+text_enum!(BackupState {
+    Queued => "queued",
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+});
+
+/// One backup run (`GET /api/backups`, `POST /api/backups`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BackupRun {
+    pub id: String,
+    pub state: BackupState,
+    /// Where it went, in words.
+    pub destination: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// restic's snapshot id (full hex), once it succeeded.
+    pub snapshot_id: Option<String>,
+    /// Bytes this run added to the repository (after deduplication and compression).
+    pub data_added: Option<u64>,
+    /// Bytes and files the snapshot holds.
+    pub total_bytes: Option<u64>,
+    pub total_files: Option<u64>,
+    /// Why it failed, in words.
+    pub error: Option<String>,
+}
+
+/// What a running backup is doing (`backup.progress` event, `phase` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum BackupPhase {
+    /// Copying the database, config, keys, traces and archives into the staging folder.
+    Staging,
+    /// restic is reading the staged copy and sending new data to the repository.
+    Uploading,
+    /// Old snapshots forgotten by the retention, unused data pruned, the repository checked.
+    Retention,
+}
+
+text_enum!(BackupPhase {
+    Staging => "staging",
+    Uploading => "uploading",
+    Retention => "retention",
+});
+
+/// The data of a `backup.progress` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BackupProgress {
+    pub run_id: String,
+    pub phase: BackupPhase,
+    /// 0.0–1.0 of the upload, as restic reports it (0 outside `uploading`).
+    pub percent_done: f64,
+    pub bytes_done: u64,
+    pub total_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_match_serde() {
+        crate::text_enum::assert_text_matches_serde(BackupState::ALL);
+        crate::text_enum::assert_text_matches_serde(BackupPhase::ALL);
+    }
+
+    #[test]
+    fn destination_is_tagged_by_kind() {
+        let d: BackupDestination =
+            serde_json::from_str(r#"{"kind": "local", "path": "/mnt/usb"}"#).unwrap();
+        assert_eq!(
+            d,
+            BackupDestination::Local {
+                path: "/mnt/usb".into()
+            }
+        );
+        assert!(serde_json::from_str::<BackupDestination>(r#"{"kind": "ftp"}"#).is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! Backups: settings (destination, passphrase, retention), running one now, and the runs.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use taos_proto::backup::{BackupRun, BackupSettings, BackupSettingsSaved, BackupSettingsUpdate};
+use taos_proto::error::ErrorBody;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::ApiError;
+use super::extract::{Json, OwnerLike, OwnerOrAdmin, Path, Query};
+use super::AppState;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_settings, put_settings))
+        .routes(routes!(list_runs, start_run))
+        .routes(routes!(get_run))
+}
+
+/// Where backups go and how many are kept. The passphrase is never returned.
+#[utoipa::path(get, path = "/api/backups/settings", tag = "backups",
+    responses((status = 200, description = "The settings", body = BackupSettings),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody)))]
+async fn get_settings(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+) -> Result<Json<BackupSettings>, ApiError> {
+    Ok(Json(state.backups.settings().await?))
+}
+
+/// Sets the destination, passphrase and retention. Without a passphrase on the first save the
+/// host makes one and returns it this once. Only the owner's session or the local admin: the
+/// passphrase opens a copy of everything on the host.
+#[utoipa::path(put, path = "/api/backups/settings", tag = "backups",
+    request_body = BackupSettingsUpdate,
+    responses((status = 200, description = "Saved", body = BackupSettingsSaved),
+        (status = 400, description = "Bad destination (relative, `..`, NUL, inside the data dir), passphrase or retention; nothing changed", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner's session or the local admin", body = ErrorBody),
+        (status = 409, description = "A new passphrase for a repository already made with the current one", body = ErrorBody)))]
+async fn put_settings(
+    OwnerOrAdmin(principal): OwnerOrAdmin,
+    State(state): State<AppState>,
+    Json(body): Json<BackupSettingsUpdate>,
+) -> Result<Json<BackupSettingsSaved>, ApiError> {
+    let saved = state.backups.save_settings(body).await?;
+    tracing::info!(by = %principal.label(), "backup settings changed");
+    Ok(Json(saved))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListParams {
+    /// 1-500, default 50.
+    limit: Option<i64>,
+}
+
+/// Backup runs, newest first, with what each added and its snapshot.
+#[utoipa::path(get, path = "/api/backups", tag = "backups", params(ListParams),
+    responses((status = 200, description = "Runs, newest first", body = Vec<BackupRun>),
+        (status = 400, description = "Bad limit", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody)))]
+async fn list_runs(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Vec<BackupRun>>, ApiError> {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=crate::backup::MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 500"));
+    }
+    Ok(Json(state.backups.list(limit).await?))
+}
+
+/// Runs a backup now. Answers at once with the run (`queued`); `backup.progress` and
+/// `backup.finished` events follow on `/api/events`, and a failure notifies.
+#[utoipa::path(post, path = "/api/backups", tag = "backups",
+    responses((status = 202, description = "Started", body = BackupRun),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 409, description = "Not set up yet, or a backup is already running", body = ErrorBody)))]
+async fn start_run(
+    OwnerLike(principal): OwnerLike,
+    State(state): State<AppState>,
+) -> Result<(StatusCode, Json<BackupRun>), ApiError> {
+    let run = state.backups.start().await?;
+    tracing::info!(run = %run.id, by = %principal.label(), "backup started");
+    Ok((StatusCode::ACCEPTED, Json(run)))
+}
+
+/// One run.
+#[utoipa::path(get, path = "/api/backups/{id}", tag = "backups",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, description = "The run", body = BackupRun),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody)))]
+async fn get_run(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<BackupRun>, ApiError> {
+    Ok(Json(state.backups.get(&id).await?))
+}
