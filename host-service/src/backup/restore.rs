@@ -177,7 +177,7 @@ async fn restore_into(request: &RestoreRequest) -> Result<Restored, RestoreError
             crate::agents::archive::rebase_dirs(&db, Path::new(&manifest.data_dir), data_dir)
                 .await
                 .map_err(|e| e.to_string())?;
-        super::mark_restored(&db, &manifest.run_id, &snapshot.id)
+        super::mark_restored(&db, &manifest.run_id, &snapshot.id, snapshot.time)
             .await
             .map_err(|e| e.to_string())?;
         Ok::<u64, String>(moved)

@@ -308,6 +308,38 @@ fn table(f: &Fixture) -> Vec<Route> {
             // Re-discovering rewrites the catalog.
             vec![no_body("/api/providers/models/refresh".into(), Deny)],
         ),
+        // Backups hold everything: the owner side only; the passphrase not from a device.
+        route(
+            "GET",
+            "/api/backups/settings",
+            OWNER_SIDE,
+            vec![no_body("/api/backups/settings".into(), Deny)],
+        ),
+        route(
+            "PUT",
+            "/api/backups/settings",
+            SESSION_OR_ADMIN,
+            vec![with("/api/backups/settings".into(), json!({}), Deny)],
+        ),
+        route(
+            "GET",
+            "/api/backups",
+            OWNER_SIDE,
+            vec![no_body("/api/backups".into(), Deny)],
+        ),
+        // Not configured in the fixture: the owner side gets 409, the guest 403.
+        route(
+            "POST",
+            "/api/backups",
+            OWNER_SIDE,
+            vec![no_body("/api/backups".into(), Deny)],
+        ),
+        route(
+            "GET",
+            "/api/backups/{id}",
+            OWNER_SIDE,
+            vec![no_body(format!("/api/backups/{unknown}"), Deny)],
+        ),
         // Agents: everyone sees them, only the owner side runs them.
         route(
             "GET",

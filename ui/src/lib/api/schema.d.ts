@@ -677,6 +677,66 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/backups": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Backup runs, newest first, with what each added and its snapshot. */
+        get: operations["list_runs"];
+        put?: never;
+        /**
+         * Runs a backup now. Answers at once with the run (`queued`); `backup.progress` and
+         *     `backup.finished` events follow on `/api/events`, and a failure notifies.
+         */
+        post: operations["start_run"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/backups/settings": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Where backups go and how many are kept. The passphrase is never returned. */
+        get: operations["get_settings"];
+        /**
+         * Sets the destination, passphrase and retention. Without a passphrase on the first save the
+         *     host makes one and returns it this once. Only the owner's session or the local admin: the
+         *     passphrase opens a copy of everything on the host.
+         */
+        put: operations["put_settings"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/backups/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One run. */
+        get: operations["get_run"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/chat/channels": {
         parameters: {
             query?: never;
@@ -1433,6 +1493,93 @@ export interface components {
         };
         /** @enum {string} */
         AuthorType: "user" | "agent" | "system";
+        /**
+         * @description Where backups go. Tagged by `kind`, so SFTP and S3-compatible destinations (restic's `sftp:`
+         *     and `s3:` repositories, a URL plus credentials sealed like the passphrase) are new variants
+         *     of this type, not a new settings shape.
+         */
+        BackupDestination: {
+            /** @enum {string} */
+            kind: "local";
+            path: string;
+        };
+        /**
+         * @description How many backups are kept: restic's `forget --keep-daily/--keep-weekly/--keep-monthly`,
+         *     applied (with a prune) after every successful backup.
+         */
+        BackupRetention: {
+            /** Format: int32 */
+            keep_daily: number;
+            /** Format: int32 */
+            keep_monthly: number;
+            /** Format: int32 */
+            keep_weekly: number;
+        };
+        /** @description One backup run (`GET /api/backups`, `POST /api/backups`). */
+        BackupRun: {
+            /** Format: date-time */
+            created_at: string;
+            /**
+             * Format: int64
+             * @description Bytes this run added to the repository (after deduplication and compression).
+             */
+            data_added?: number | null;
+            /** @description Where it went, in words. */
+            destination: string;
+            /** @description Why it failed, in words. */
+            error?: string | null;
+            /** Format: date-time */
+            finished_at?: string | null;
+            id: string;
+            /** @description restic's snapshot id (full hex), once it succeeded. */
+            snapshot_id?: string | null;
+            /** Format: date-time */
+            started_at?: string | null;
+            state: components["schemas"]["BackupState"];
+            /**
+             * Format: int64
+             * @description Bytes and files the snapshot holds.
+             */
+            total_bytes?: number | null;
+            /** Format: int64 */
+            total_files?: number | null;
+        };
+        /** @description `GET /api/backups/settings`. The passphrase is never returned. */
+        BackupSettings: {
+            /** @description False until a destination and passphrase are set; backups can't run before. */
+            configured: boolean;
+            destination?: null | components["schemas"]["BackupDestination"];
+            passphrase_set: boolean;
+            /**
+             * @description True once a backup opened (or created) the repository with the passphrase; from then
+             *     on the passphrase can't be changed for this destination.
+             */
+            repository_ready: boolean;
+            retention: components["schemas"]["BackupRetention"];
+            /** Format: date-time */
+            updated_at?: string | null;
+        };
+        /** @description The answer to `PUT /api/backups/settings`. */
+        BackupSettingsSaved: {
+            /**
+             * @description The passphrase the host made, shown this once: write it down (without it the backups
+             *     can't be restored). Absent when the caller chose the passphrase.
+             */
+            generated_passphrase?: string | null;
+            settings: components["schemas"]["BackupSettings"];
+        };
+        /** @description `PUT /api/backups/settings`. */
+        BackupSettingsUpdate: {
+            destination: components["schemas"]["BackupDestination"];
+            /**
+             * @description The repository passphrase (at least 8 characters). Omitted on the first save, the host
+             *     makes a strong one and returns it once. Omitted later, the current one stays.
+             */
+            passphrase?: string | null;
+            retention?: null | components["schemas"]["BackupRetention"];
+        };
+        /** @enum {string} */
+        BackupState: "queued" | "running" | "succeeded" | "failed";
         Budget: {
             /** Format: double */
             limit_usd: number;
@@ -4368,6 +4515,251 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AuthStatus"];
+                };
+            };
+        };
+    };
+    list_runs: {
+        parameters: {
+            query?: {
+                /** @description 1-500, default 50. */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Runs, newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupRun"][];
+                };
+            };
+            /** @description Bad limit */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    start_run: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Started */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupRun"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not set up yet, or a backup is already running */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_settings: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The settings */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupSettings"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    put_settings: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BackupSettingsUpdate"];
+            };
+        };
+        responses: {
+            /** @description Saved */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupSettingsSaved"];
+                };
+            };
+            /** @description Bad destination (relative, `..`, NUL, inside the data dir), passphrase or retention; nothing changed */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner's session or the local admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A new passphrase for a repository already made with the current one */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_run: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Run id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The run */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupRun"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such run */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
