@@ -160,6 +160,27 @@ async fn ask_gateway(host: &Host, key: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// Files under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)
+                .unwrap_or_default()
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+            {
+                hits.push(path);
+            }
+        }
+    }
+    hits
+}
+
 fn restore_cli(data_dir: &Path, out: &Outside, extra: &[&str]) -> std::process::Output {
     std::process::Command::new(BIN)
         .arg("--data-dir")
@@ -310,9 +331,31 @@ async fn a_backup_restores_the_whole_host_into_a_fresh_data_dir() {
         let runs: Vec<BackupRun> = host.get("/api/backups").await;
         assert_eq!(runs.len(), 2);
         assert_eq!(runs[0].id, second.id, "newest first");
-        // Staging and the password file are gone once a run ends.
+        // Staging and the password file are gone once a run ends, and the passphrase is in no
+        // file of the data dir (the database holds it sealed) and not in the log.
         assert!(!host.data_dir.join("backup/taos-data").exists());
         assert!(!host.data_dir.join("backup/repository-password").exists());
+        assert_eq!(
+            files_containing(&host.data_dir, PASSPHRASE),
+            Vec::<PathBuf>::new()
+        );
+        let log = std::fs::read_to_string(&host.stderr_log).unwrap();
+        assert!(!log.contains(PASSPHRASE), "the passphrase is not logged");
+        // restic itself reads the repository: taos is not needed to inspect a backup.
+        let listed = std::process::Command::new("restic")
+            .arg("--repo")
+            .arg(&out.repo)
+            .arg("--password-file")
+            .arg(&out.password_file)
+            .args(["snapshots", "--json", "--no-cache"])
+            .output()
+            .unwrap();
+        assert!(listed.status.success(), "{listed:?}");
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        assert!(
+            listed.contains(second.snapshot_id.as_deref().unwrap()),
+            "{listed}"
+        );
         (first, second)
     })
     .await;
