@@ -744,7 +744,8 @@ async fn bad_backup_settings_are_refused_and_change_nothing() {
 
 /// A host SIGKILLed in the middle of a backup finds the run at its next start and marks it
 /// failed with the reason; the staged copy and the password file are gone; the next backup
-/// runs.
+/// runs, past the stale lock a killed restic leaves in the repository (without `unlock`, its
+/// prune would be refused).
 #[tokio::test]
 async fn a_host_killed_mid_backup_marks_the_run_failed_at_its_next_start() {
     let temp = tempfile::tempdir().unwrap();
@@ -805,6 +806,31 @@ async fn a_host_killed_mid_backup_marks_the_run_failed_at_its_next_start() {
     assert!(notes
         .iter()
         .any(|n| n["source"] == "backup" && n["data"]["run_id"] == run.id.as_str()));
+    // A restic killed mid-backup (as it is with the host) leaves its lock in the repository,
+    // which would stop the next run's prune; here one is left the same way.
+    let mut stuck = tokio::process::Command::new("restic")
+        .arg("--repo")
+        .arg(&out.repo)
+        .arg("--password-file")
+        .arg(&out.password_file)
+        .args(["backup", "--stdin", "--no-cache"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let locks = out.repo.join("locks");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&locks).map_or(0, |d| d.count()) == 0 {
+        assert!(Instant::now() < deadline, "restic never took its lock");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stuck.kill().await.unwrap();
+    assert_eq!(
+        std::fs::read_dir(&locks).unwrap().count(),
+        1,
+        "a stale lock"
+    );
     let next = run_backup(&host).await;
     assert_eq!(next.state, BackupState::Succeeded, "{next:?}");
 }
