@@ -42,6 +42,8 @@ pub const BACKUP_DIR: &str = "backup";
 /// The staged copy's folder name, which is also the top folder inside every snapshot.
 pub const STAGE_NAME: &str = "taos-data";
 const PASSWORD_FILE: &str = "repository-password";
+pub(crate) const CACHE_DIR: &str = "cache";
+pub(crate) const TMP_DIR: &str = "tmp";
 /// Every snapshot the host makes carries this tag (and `taos-schema-<n>`, `taos-run-<id>`).
 pub const TAG: &str = "taos";
 pub const SCHEMA_TAG_PREFIX: &str = "taos-schema-";
@@ -352,13 +354,18 @@ impl Backups {
         Ok(())
     }
 
-    /// Removes what a run leaves in the private folder: the staged copy and the password file.
+    /// Removes what a run leaves in the private folder: the staged copy, the password file,
+    /// and restic's temporary pack files (which a killed restic leaves behind).
     fn remove_run_files(&self) {
         let dir = self.private_dir();
-        match std::fs::remove_dir_all(dir.join(STAGE_NAME)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::error!(error = %e, "cannot remove the backup staging folder"),
+        for folder in [STAGE_NAME, TMP_DIR] {
+            match std::fs::remove_dir_all(dir.join(folder)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(folder, error = %e, "cannot remove a backup run's folder")
+                }
+            }
         }
         match std::fs::remove_file(dir.join(PASSWORD_FILE)) {
             Ok(()) => {}
@@ -494,8 +501,8 @@ impl Backups {
             bin: self.0.restic_bin.clone(),
             repo,
             password_file: private.join(PASSWORD_FILE),
-            cache_dir: private.join("cache"),
-            tmp_dir: private.join("tmp"),
+            cache_dir: private.join(CACHE_DIR),
+            tmp_dir: private.join(TMP_DIR),
         };
         fsutil::ensure_private_subdir(&restic.cache_dir)?;
         fsutil::ensure_private_subdir(&restic.tmp_dir)?;

@@ -86,6 +86,9 @@ pub async fn restore(request: &RestoreRequest) -> Result<Restored, RestoreError>
     let existed = data_dir.exists();
     fsutil::ensure_private_dir(data_dir)?;
     let result = restore_into(request).await;
+    // Cleanup only: restic's temporary files are not part of the host, and a leftover is
+    // removed by the next backup run.
+    let _ = fs::remove_dir_all(data_dir.join(BACKUP_DIR).join(super::TMP_DIR));
     if result.is_err() {
         // It was empty (or missing) before: what is in it now is this restore's, half done.
         let cleaned = if existed {
@@ -113,8 +116,8 @@ async fn restore_into(request: &RestoreRequest) -> Result<Restored, RestoreError
             env: Vec::new(),
         },
         password_file: request.password_file.clone(),
-        cache_dir: private.join("cache"),
-        tmp_dir: private.join("tmp"),
+        cache_dir: private.join(super::CACHE_DIR),
+        tmp_dir: private.join(super::TMP_DIR),
     };
     fsutil::ensure_private_subdir(&restic.cache_dir)?;
     fsutil::ensure_private_subdir(&restic.tmp_dir)?;
