@@ -9,7 +9,8 @@
 #   - LiteLLM, started by the host once a provider has models, runs as taos-litellm with no
 #     capabilities in its own mount namespace, seeing none of the host's data;
 #   - `taos-host logs` shows the service's journal, which never holds the setup code;
-#   - `systemctl restart` and a reboot of the container bring it back with the same key;
+#   - `systemctl restart`, a reboot of the container and reinstalling the package bring it back
+#     with the same key;
 #   - `apt remove` keeps the data, `apt purge` says what goes and removes it (and the user).
 #
 #   scripts/install-test.sh DIR [--write-benchmarks]
@@ -215,6 +216,16 @@ REBOOT_MS=$(( ($(date +%s%N) - T0) / 1000000 ))
 wait_healthy "after a reboot"
 [ "$(in_ct taos-host fingerprint)" = "$FINGERPRINT" ] || fail "the TLS key changed across a reboot"
 pass "a reboot brings it back with the same key"
+
+# Installing the package again (as an upgrade does) restarts the service on the same data.
+BEFORE_PID="$(in_ct systemctl show -p MainPID --value taos-host)"
+incus exec "$NAME" --cwd /root -- env DEBIAN_FRONTEND=noninteractive apt-get install --reinstall -y -q \
+    "./$(basename "$HOST_DEB")" >/dev/null 2>&1 || fail "apt install --reinstall failed"
+wait_active
+[ "$(in_ct systemctl show -p MainPID --value taos-host)" != "$BEFORE_PID" ] || fail "reinstalling did not restart the service"
+wait_healthy "after reinstalling"
+[ "$(in_ct taos-host fingerprint)" = "$FINGERPRINT" ] || fail "the TLS key changed on reinstall"
+pass "reinstalling restarts it on the same data and key"
 
 in_ct env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q taos-host >/dev/null 2>&1 || fail "apt remove failed"
 [ "$(in_ct systemctl is-active taos-host 2>/dev/null || true)" != active ] || fail "the service still runs after apt remove"

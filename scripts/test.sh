@@ -55,13 +55,19 @@ else
 fi
 # The packages on a clean Debian system container: apt install, the service's user and
 # hardening, health over TLS, LiteLLM's sandbox, restart, reboot, remove and purge (issue 17).
-log "install test (taos-host and taos-agent packages on a clean Debian container)"
-"$REPO_ROOT/scripts/install-test.sh" "$CARGO_TARGET_DIR/debian"
-INSTALL_STATUS=$?
-if [ "$INSTALL_STATUS" -eq 0 ]; then
-    echo "test result: install. 1 passed; 0 failed;" >> "$OUT"
+INSTALL_STATUS=0
+if [ "${TAOS_TEST_ALLOW_SKIP:-}" = 1 ] && ! incus info >/dev/null 2>&1; then
+    log "SKIPPED the install test: incus is not running"
+    echo "check: the install test: incus is not running" >> "$TAOS_TEST_SKIP_LOG"
 else
-    echo "test result: install. 0 passed; 1 failed;" >> "$OUT"
+    log "install test (taos-host and taos-agent packages on a clean Debian container)"
+    "$REPO_ROOT/scripts/install-test.sh" "$CARGO_TARGET_DIR/debian"
+    INSTALL_STATUS=$?
+    if [ "$INSTALL_STATUS" -eq 0 ]; then
+        echo "test result: install. 1 passed; 0 failed;" >> "$OUT"
+    else
+        echo "test result: install. 0 passed; 1 failed;" >> "$OUT"
+    fi
 fi
 # Android can't be built here (no NDK); the app crate, with its mobile-only code (keystore,
 # QR scanner), is at least type-checked for it. The C parts (SQLite, ring) are compiled with a
