@@ -227,3 +227,7 @@ fi
 "$REPO_ROOT/scripts/bench-ui.sh"
 # The desktop app (release build and .deb, cold start, idle memory, the offline cache).
 "$REPO_ROOT/scripts/bench-app.sh"
+# The packages (release build) on a clean Debian container: sizes, install, restart and reboot
+# times, and the service's systemd-analyze exposure.
+"$REPO_ROOT/scripts/build-deb.sh"
+"$REPO_ROOT/scripts/install-test.sh" "$CARGO_TARGET_DIR/debian" --write-benchmarks

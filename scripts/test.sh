@@ -19,6 +19,10 @@ cargo build --workspace --bins --locked
 # The openclaw image: that image plus Node and openclaw from the host's install (both skip
 # when unchanged; cold, about a minute: ~50 s of npm, ~10 s for the image).
 "$REPO_ROOT/scripts/build-openclaw-image.sh"
+# The .deb packages, from the debug binaries just built: `cargo test` relinks taos-host with its
+# test-only fault injection, so they are packaged before it. The install test runs below.
+log "packages (cargo-deb, from the debug build)"
+"$REPO_ROOT/scripts/build-deb.sh" --debug
 log "ui: type check (svelte-check)"
 (cd ui && npm run --silent check)
 log "cargo test"
@@ -49,6 +53,22 @@ if [ "$GUARD_STATUS" -eq 0 ]; then
 else
     echo "test result: guard. 0 passed; 1 failed;" >> "$OUT"
 fi
+# The packages on a clean Debian system container: apt install, the service's user and
+# hardening, health over TLS, LiteLLM's sandbox, restart, reboot, remove and purge (issue 17).
+INSTALL_STATUS=0
+if [ "${TAOS_TEST_ALLOW_SKIP:-}" = 1 ] && ! incus info >/dev/null 2>&1; then
+    log "SKIPPED the install test: incus is not running"
+    echo "check: the install test: incus is not running" >> "$TAOS_TEST_SKIP_LOG"
+else
+    log "install test (taos-host and taos-agent packages on a clean Debian container)"
+    "$REPO_ROOT/scripts/install-test.sh" "$CARGO_TARGET_DIR/debian"
+    INSTALL_STATUS=$?
+    if [ "$INSTALL_STATUS" -eq 0 ]; then
+        echo "test result: install. 1 passed; 0 failed;" >> "$OUT"
+    else
+        echo "test result: install. 0 passed; 1 failed;" >> "$OUT"
+    fi
+fi
 # Android can't be built here (no NDK); the app crate, with its mobile-only code (keystore,
 # QR scanner), is at least type-checked for it. The C parts (SQLite, ring) are compiled with a
 # stand-in aarch64 gcc and never linked. Warnings fail it, as clippy's do on the host (code
@@ -69,6 +89,7 @@ set -e
 if [ "$UI_STATUS" -ne 0 ]; then STATUS=$UI_STATUS; fi
 if [ "$APP_STATUS" -ne 0 ]; then STATUS=$APP_STATUS; fi
 if [ "$GUARD_STATUS" -ne 0 ]; then STATUS=$GUARD_STATUS; fi
+if [ "$INSTALL_STATUS" -ne 0 ]; then STATUS=$INSTALL_STATUS; fi
 if [ "$ANDROID_STATUS" -ne 0 ]; then STATUS=$ANDROID_STATUS; fi
 # vitest's counts, in cargo's format, so one line below adds up both.
 # shellcheck disable=SC2016 # JavaScript's template string, not the shell's

@@ -30,6 +30,7 @@ pub mod ratelimit;
 pub mod runtime;
 pub mod secrets;
 pub mod server;
+pub mod setup;
 pub mod sys;
 pub mod tls;
 pub mod trace;

@@ -56,6 +56,41 @@ enum Command {
         #[arg(long)]
         snapshot: Option<String>,
     },
+    /// Follow the installed service's log in the systemd journal (journalctl).
+    Logs {
+        /// Print the last lines and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+        /// How many earlier lines to show first.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: u32,
+    },
+    /// Check this machine for taos: RAM, free disk, cgroups, incus and Docker, and what setup
+    /// would do. Changes nothing.
+    Setup {
+        /// Only report (provisioning is not built yet, so this is required).
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn logs_follows_the_units_journal() {
+        assert_eq!(
+            super::journalctl_args(true, 50),
+            [
+                "--unit",
+                "taos-host.service",
+                "--lines",
+                "50",
+                "--no-pager",
+                "--follow"
+            ]
+        );
+        assert!(!super::journalctl_args(false, 5).contains(&"--follow".to_string()));
+    }
 }
 
 #[derive(Subcommand)]
@@ -109,9 +144,67 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     Ok(first)
 }
 
+/// The installed service's unit (packaging/deb/taos-host/taos-host.service).
+const UNIT: &str = "taos-host.service";
+
+/// journalctl's arguments for `taos-host logs`.
+fn journalctl_args(follow: bool, lines: u32) -> Vec<String> {
+    let mut args = vec![
+        "--unit".to_string(),
+        UNIT.to_string(),
+        "--lines".to_string(),
+        lines.to_string(),
+        "--no-pager".to_string(),
+    ];
+    if follow {
+        args.push("--follow".to_string());
+    }
+    args
+}
+
+/// Runs journalctl in this process's place (argv, no shell), so Ctrl-C and its exit status are
+/// its own.
+fn logs(follow: bool, lines: u32) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let error = std::process::Command::new("journalctl")
+        .args(journalctl_args(follow, lines))
+        .exec();
+    anyhow::anyhow!(
+        "cannot run journalctl: {error}. `taos-host logs` reads the systemd journal of the \
+         installed service ({UNIT}); a host started by hand logs to its own standard error"
+    )
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.unwrap_or_else(config::default_data_dir);
     match cli.command {
+        Command::Logs { no_follow, lines } => Err(logs(!no_follow, lines)),
+        Command::Setup { check } => {
+            anyhow::ensure!(
+                check,
+                "`taos-host setup` (provisioning incus, LiteLLM, the agent image and the \
+                 firewall) is not built yet; `taos-host setup --check` reports what this machine \
+                 can run and what setup would do. See docs/install.md."
+            );
+            // Read the config as it would be, without writing the defaults: a check changes
+            // nothing, not even the data dir.
+            let path = config::config_path(&data_dir);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+            };
+            let config = config::parse(&path, &text, std::env::vars())?;
+            let report = taos_host::setup::check(&config, &data_dir).await;
+            print!("{}", report.render());
+            let blockers = report.blockers();
+            anyhow::ensure!(
+                blockers.is_empty(),
+                "taos can't run on this machine: {}",
+                blockers.join("; ")
+            );
+            Ok(())
+        }
         Command::Serve => {
             let opened = server::open(&data_dir).await?;
             init_logging(opened.config.log.format, &opened.config.log.level);

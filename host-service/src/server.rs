@@ -582,12 +582,20 @@ fn announce_ready(
         "taos-host ready public={scheme}://{public_addr} agent=http://{agent_addr} fingerprint={}",
         state.pin
     );
-    // The setup code goes to the console on its own line, never into the log.
-    if let Some(code) = first_run_code {
-        println!(
+    // The setup code goes to the console on its own line, never into the log: under systemd
+    // the console is the journal, so there only the file's path is printed.
+    match first_run_code {
+        Some(code) if !sys::stdout_is_journal() => println!(
             "taos-host setup-code={code} (no owner yet: enter it on the first-run page at \
              {scheme}://{public_addr}/ to create the owner; it is also in {})",
             setup_code::path(&state.data_dir).display()
-        );
+        ),
+        Some(_) => println!(
+            "taos-host setup-code is in {} (no owner yet: enter it on the first-run page at \
+             {scheme}://{public_addr}/ to create the owner)",
+            setup_code::path(&state.data_dir).display()
+        ),
+        None => {}
     }
+    sys::notify_ready();
 }

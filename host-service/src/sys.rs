@@ -56,6 +56,61 @@ fn parse_mem_available(meminfo: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Bytes free for an unprivileged user on the filesystem holding `path` (statvfs's `f_bavail`).
+#[allow(unsafe_code)]
+pub fn free_disk_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid value for it.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a pointer to a struct that outlives the call.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "the field types differ between targets"
+    )]
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// Tells systemd the host is ready (`Type=notify` in taos-host.service), so `systemctl start`
+/// and `restart` return once the listeners are bound. Nothing to do when not started by
+/// systemd; a failure is logged, and systemd then says the start timed out.
+pub fn notify_ready() {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|socket| {
+        match path.as_bytes().strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                socket.send_to_addr(b"READY=1", &addr)
+            }
+            None => socket.send_to(b"READY=1", &path),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!(socket = ?path, "cannot tell systemd the host is ready: {e}");
+    }
+}
+
+/// Whether standard output is the systemd journal (`JOURNAL_STREAM` names its device and
+/// inode): there it is a log, readable by the adm group, so secrets stay out of it.
+pub fn stdout_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stdout) = std::fs::metadata("/proc/self/fd/1") else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", stdout.dev(), stdout.ino())
+}
+
 /// Asks a child process to stop (SIGTERM). LiteLLM exits cleanly on it; SIGHUP would kill it
 /// without cleanup.
 #[allow(unsafe_code)]

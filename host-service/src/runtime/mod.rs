@@ -347,7 +347,8 @@ pub async fn detect(config: &RuntimeConfig) -> Detected {
             ))
         }
     };
-    const ADVICE: &str = "install incus: scripts/dev-incus.sh, see docs/architecture.md";
+    const ADVICE: &str =
+        "install incus: docs/install.md; `taos-host setup --check` says what is missing";
     match config.kind {
         RuntimeKind::None => none("none (configured)".into()),
         RuntimeKind::Incus => try_incus()

@@ -44,6 +44,7 @@ mod roles;
 mod routes;
 mod runtime;
 mod settings;
+mod setup_check;
 mod tls;
 mod tools;
 mod trace_limits;
