@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, skipping what is already there: the Rust
-# toolchain's components, shellcheck, LiteLLM, incus, Docker (the fallback runtime), chromium and a built
-# ui/dist for the UI, WebKitGTK, Xvfb and tauri-driver for the app, and restic for backups.
+# toolchain's components, shellcheck, LiteLLM, node and openclaw, incus, Docker (the fallback runtime),
+# chromium and a built ui/dist for the UI, WebKitGTK, Xvfb and tauri-driver for the app, and restic for backups.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -23,6 +23,9 @@ apt_install restic
 # LiteLLM for the LLM gateway tests, incus (with the busybox test image) for the runtime
 # tests. Both skip what is already there.
 "$(dirname "$0")/dev-litellm.sh"
+# Node 24 and the pinned openclaw, for the sidecar's openclaw-mode tests (and copied into the
+# openclaw image).
+"$(dirname "$0")/install-openclaw.sh"
 "$(dirname "$0")/dev-incus.sh"
 # After incus, so dockerd finds forwarding on and leaves incus's bridge alone.
 "$(dirname "$0")/dev-docker.sh"

@@ -22,6 +22,9 @@ pub const ENV_TOOLS_WORKDIR: &str = "TAOS_TOOLS_WORKDIR";
 pub const ENV_TOOLS_MAX_STEPS: &str = "TAOS_TOOLS_MAX_STEPS";
 pub const ENV_TOOLS_TURN_SECS: &str = "TAOS_TOOLS_TURN_SECS";
 pub const ENV_TOOLS_TIMEOUT_SECS: &str = "TAOS_TOOLS_TIMEOUT_SECS";
+pub const ENV_OPENCLAW_BIN: &str = "TAOS_OPENCLAW_BIN";
+pub const ENV_OPENCLAW_NODE: &str = "TAOS_OPENCLAW_NODE";
+pub const ENV_OPENCLAW_PORT: &str = "TAOS_OPENCLAW_PORT";
 
 /// `KEY=VALUE` lines as systemd's `EnvironmentFile=` reads the simple cases: blank lines and
 /// `#` comments skipped, one pair of surrounding quotes removed.
@@ -82,6 +85,9 @@ pub enum Mode {
     /// A tool-calling loop: the model may run commands and read, write and fetch things in
     /// the container (as the unprivileged tools user) before it answers.
     Tools,
+    /// An openclaw gateway in the same container, started and driven by the sidecar (it
+    /// runs as the tools account, with the tools settings' turn time limit).
+    Openclaw,
 }
 
 impl Mode {
@@ -89,6 +95,7 @@ impl Mode {
         match self {
             Mode::Direct => "direct",
             Mode::Tools => "tools",
+            Mode::Openclaw => "openclaw",
         }
     }
 }
@@ -136,6 +143,28 @@ impl Default for ToolsConfig {
             call_timeout: Duration::from_secs(60),
             call_timeout_max: Duration::from_secs(300),
             output_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Where openclaw is installed and where its gateway listens (openclaw mode only). The
+/// defaults are the openclaw image's layout: node and openclaw copied in under /opt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenclawConfig {
+    /// openclaw's launcher (`bin/openclaw`, a link to the package's `openclaw.mjs`).
+    pub bin: std::path::PathBuf,
+    /// The node that runs it (openclaw needs Node 24).
+    pub node: std::path::PathBuf,
+    /// The gateway's loopback port.
+    pub port: u16,
+}
+
+impl Default for OpenclawConfig {
+    fn default() -> Self {
+        OpenclawConfig {
+            bin: "/opt/openclaw/bin/openclaw".into(),
+            node: "/opt/node/bin/node".into(),
+            port: 18789,
         }
     }
 }
@@ -193,8 +222,10 @@ pub struct Config {
     pub models: Vec<String>,
     pub system_prompt: Option<String>,
     pub mode: Mode,
-    /// Used in `tools` mode only.
+    /// Used in `tools` mode, and for the account and turn time limit in `openclaw` mode.
     pub tools: ToolsConfig,
+    /// Used in `openclaw` mode only.
+    pub openclaw: OpenclawConfig,
     pub timings: Timings,
 }
 
@@ -252,17 +283,12 @@ impl Config {
         let mode = match optional(ENV_AGENT_MODE).as_deref() {
             None | Some("direct") => Mode::Direct,
             Some("tools") => Mode::Tools,
-            Some("openclaw") => {
-                return Err(ConfigError::Invalid {
-                    name: ENV_AGENT_MODE,
-                    reason: "mode `openclaw` is not available yet; use `direct` or `tools`"
-                        .to_string(),
-                })
-            }
+            Some("openclaw") => Mode::Openclaw,
             Some(_) => {
                 return Err(ConfigError::Invalid {
                     name: ENV_AGENT_MODE,
-                    reason: "unknown mode; the modes are `direct` and `tools`".to_string(),
+                    reason: "unknown mode; the modes are `direct`, `tools` and `openclaw`"
+                        .to_string(),
                 })
             }
         };
@@ -297,6 +323,25 @@ impl Config {
             tools.call_timeout = Duration::from_secs(secs.into());
             tools.call_timeout_max = tools.call_timeout_max.max(tools.call_timeout);
         }
+        let mut openclaw = OpenclawConfig::default();
+        for (name, path) in [
+            (ENV_OPENCLAW_BIN, &mut openclaw.bin),
+            (ENV_OPENCLAW_NODE, &mut openclaw.node),
+        ] {
+            if let Some(value) = optional(name) {
+                if !value.starts_with('/') {
+                    return Err(ConfigError::Invalid {
+                        name,
+                        reason: "must be an absolute path".to_string(),
+                    });
+                }
+                *path = value.into();
+            }
+        }
+        if let Some(port) = optional(ENV_OPENCLAW_PORT) {
+            let port = number(ENV_OPENCLAW_PORT, &port, 1024, 65_535)?;
+            openclaw.port = u16::try_from(port).unwrap_or(openclaw.port);
+        }
         Ok(Config {
             bridge_url,
             agent_name,
@@ -307,6 +352,7 @@ impl Config {
             system_prompt,
             mode,
             tools,
+            openclaw,
             timings: Timings::default(),
         })
     }
@@ -512,15 +558,51 @@ mod tests {
             );
         }
 
+        for (name, value) in [
+            (ENV_AGENT_MODE, "claw"),
+            (ENV_OPENCLAW_BIN, "openclaw"),
+            (ENV_OPENCLAW_NODE, "bin/node"),
+            (ENV_OPENCLAW_PORT, "80"),
+            (ENV_OPENCLAW_PORT, "70000"),
+        ] {
+            let mut env = full_env();
+            env.insert(name, value.to_string());
+            let err = parse(&env).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { name: n, .. } if n == name),
+                "{name}={value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn openclaw_mode_and_its_paths_are_read() {
         let mut env = full_env();
         env.insert(ENV_AGENT_MODE, "openclaw".to_string());
-        assert!(matches!(
-            parse(&env).unwrap_err(),
-            ConfigError::Invalid {
-                name: ENV_AGENT_MODE,
-                ..
-            }
-        ));
+        let config = parse(&env).unwrap();
+        assert_eq!(config.mode, Mode::Openclaw);
+        assert_eq!(config.openclaw, OpenclawConfig::default());
+        assert_eq!(
+            config.openclaw.bin,
+            std::path::Path::new("/opt/openclaw/bin/openclaw")
+        );
+        assert_eq!(
+            config.openclaw.node,
+            std::path::Path::new("/opt/node/bin/node")
+        );
+        env.insert(ENV_OPENCLAW_BIN, "/srv/oc/bin/openclaw".to_string());
+        env.insert(ENV_OPENCLAW_NODE, "/srv/node/bin/node".to_string());
+        env.insert(ENV_OPENCLAW_PORT, "28789".to_string());
+        let config = parse(&env).unwrap();
+        assert_eq!(config.openclaw.port, 28789);
+        assert_eq!(
+            config.openclaw.bin,
+            std::path::Path::new("/srv/oc/bin/openclaw")
+        );
+        assert_eq!(
+            config.openclaw.node,
+            std::path::Path::new("/srv/node/bin/node")
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! setup, error bodies), `bridge` (the host's agent API), `follow` (the stream with
 //! reconnects), `llm` (chat completions), `framework` (the answering trait and reply
 //! handle), `direct` (direct mode), `tools` (tools mode: the tool-calling loop, the tools,
-//! and how their processes run), `runner` (ordering, shutdown, lifecycle traces).
+//! and how their processes run), `openclaw` (openclaw mode: its gateway as a child, driven
+//! over its WebSocket protocol), `runner` (ordering, shutdown, lifecycle traces).
 
 pub mod backoff;
 pub mod bridge;
@@ -16,6 +17,7 @@ pub mod follow;
 pub mod framework;
 pub mod http;
 pub mod llm;
+pub mod openclaw;
 pub mod runner;
 pub mod shutdown;
 pub mod tools;

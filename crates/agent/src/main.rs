@@ -18,7 +18,7 @@ fn main() -> ExitCode {
             return ExitCode::from(CONFIG_EXIT_CODE);
         }
     };
-    if config.mode != Mode::Tools {
+    if !matches!(config.mode, Mode::Tools | Mode::Openclaw) {
         drop_capabilities();
     }
     // One thread is plenty: the sidecar waits on the network, and agent machines are small.
@@ -73,7 +73,7 @@ fn watch_signals(trigger: ShutdownTrigger) -> std::io::Result<()> {
 }
 
 /// The image's unit grants CAP_SETUID, CAP_SETGID and CAP_KILL for tools mode, which starts
-/// its tools as another user. Other modes start nothing: they give them up before any thread
+/// its tools as another user (and openclaw mode, which starts openclaw as that user). Other modes start nothing: they give them up before any thread
 /// exists, so every later thread has none either.
 fn drop_capabilities() {
     use rustix::thread::{set_capabilities, CapabilitySet, CapabilitySets};

@@ -16,6 +16,7 @@ use crate::follow::follow;
 use crate::framework::{Framework, ReplySink};
 use crate::http::{plain_client, ClientBuildError};
 use crate::llm::LlmClient;
+use crate::openclaw::OpenclawMode;
 use crate::shutdown::Shutdown;
 use crate::tools::ToolsMode;
 
@@ -34,6 +35,8 @@ pub enum RunError {
     Client(#[from] ClientBuildError),
     #[error("tools mode cannot start: {0}")]
     Tools(#[from] crate::tools::SetupError),
+    #[error("openclaw mode cannot start: {0}")]
+    Openclaw(#[from] crate::openclaw::SetupError),
 }
 
 /// Runs until `shutdown` is triggered. Errors only when it cannot start at all.
@@ -80,6 +83,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
                 &config.tools,
             )?;
             run_framework(&framework, config.mode, bridge, timings, shutdown).await;
+        }
+        Mode::Openclaw => {
+            let framework = OpenclawMode::start(&config)?;
+            run_framework(&framework, config.mode, bridge, timings, shutdown).await;
+            framework.stop().await;
         }
     }
     Ok(())

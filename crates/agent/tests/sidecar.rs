@@ -15,6 +15,7 @@
 )]
 
 mod fake;
+mod openclaw;
 mod tools;
 
 use std::collections::HashMap;
@@ -47,15 +48,17 @@ const BROKEN_TOO: &str = "broken-too";
 const BREAKS_OFF: &str = "breaks-off";
 /// Streams its first word, then nothing more, ever.
 const STALLS: &str = "stalls";
-const MODELS: [&str; 6 + tools::MODELS.len()] = {
-    let mut all = [""; 6 + tools::MODELS.len()];
+const MODELS: [&str; 6 + tools::MODELS.len() + openclaw::MODELS.len()] = {
+    let mut all = [""; 6 + tools::MODELS.len() + openclaw::MODELS.len()];
     let plain = [GOOD, OTHER, BROKEN, BROKEN_TOO, BREAKS_OFF, STALLS];
     let mut i = 0;
     while i < all.len() {
         all[i] = if i < 6 {
             plain[i]
-        } else {
+        } else if i < 6 + tools::MODELS.len() {
             tools::MODELS[i - 6]
+        } else {
+            openclaw::MODELS[i - 6 - tools::MODELS.len()]
         };
         i += 1;
     }

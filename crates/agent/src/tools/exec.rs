@@ -154,6 +154,16 @@ impl Sandbox {
         }
     }
 
+    /// `(uid, gid)` to switch to (`None`: the sidecar's own), the home and the user name: for
+    /// openclaw mode, which runs its gateway as the same account.
+    pub fn account(&self) -> (Option<(u32, u32)>, String, String) {
+        (
+            self.account.as_ref().map(|a| (a.uid, a.gid)),
+            self.home.clone(),
+            self.user.clone(),
+        )
+    }
+
     pub fn workdir(&self) -> &Path {
         &self.workdir
     }

@@ -302,9 +302,9 @@ async fn read_trace(replies: &ReplySink, args: &Value) -> kit::Outcome {
     }
 }
 
-/// Keeps a value sent to the host under [`MAX_EVENT_JSON`]: long strings in it are cut (more
+/// Keeps a value sent to the host (also by openclaw mode) under [`MAX_EVENT_JSON`]: long strings in it are cut (more
 /// each round) until it fits, saying so in the text.
-fn fit(mut value: Value) -> Value {
+pub fn fit(mut value: Value) -> Value {
     let mut max_chars = 16 * 1024;
     while serde_json::to_string(&value).map_or(0, |s| s.len()) > MAX_EVENT_JSON && max_chars > 64 {
         cut_strings(&mut value, max_chars);
