@@ -1,6 +1,6 @@
 //! A client of openclaw's gateway WebSocket protocol (v4), only as much of it as the sidecar
-//! uses: the `connect` handshake with the shared token, requests (`chat.send`, `chat.abort`,
-//! `exec.approval.resolve`) and the events that follow.
+//! uses: the `connect` handshake with the shared token, requests (`chat.send`, `chat.abort`)
+//! and the events that follow.
 //!
 //! Frames: `{type:"req",id,method,params}` out; `{type:"res",id,ok,payload|error}` and
 //! `{type:"event",event,payload}` in. Everything that comes in is treated as hostile input
@@ -125,7 +125,7 @@ impl Gateway {
                     // anyone in the channel, another agent included, would be an openclaw
                     // command (`/exec` changes the exec policy). The shared token allows every
                     // scope anyway; asking for them changes nothing it could do.
-                    "scopes": ["operator.read", "operator.write", "operator.approvals", "operator.admin"],
+                    "scopes": ["operator.read", "operator.write", "operator.admin"],
                     "caps": [],
                     "auth": {"token": addr.token.expose()},
                 }),

@@ -7,9 +7,11 @@
 //! a supervised child ([`process`]). Each delivery becomes one `chat.send` on the session
 //! `agent:main:taos:<channel>[:<thread>]`, so each channel keeps its conversation in
 //! openclaw's own session store, across restarts. `chat` events stream the answer; `agent`
-//! events on the `tool` stream become the same `tool_call` / `tool_result` replies the tools
-//! framework sends; exec approvals openclaw asks for go to the host's approval flow; a cancel
-//! sends `chat.abort`.
+//! tool activity (`item` and `command_output` events) becomes the same `tool_call` /
+//! `tool_result` replies the tools framework sends; a cancel sends `chat.abort`. openclaw's
+//! commands run under its own exec policy (`full`): openclaw 2026.9.6 denies every exec that
+//! would need an approval in a run started by `chat.send` ("headless runs cannot wait for
+//! interactive exec approval"), so the host's approval flow can't be offered for them yet.
 
 pub mod gateway;
 pub mod process;
@@ -81,7 +83,8 @@ impl OpenclawMode {
             port: oc.port,
             gateway_token: &token,
             workspace: &state_dir.join("workspace"),
-            exec_mode: "ask",
+            // See the module's doc: asking is impossible in these runs, so commands run.
+            exec_mode: "full",
         };
         let config_path =
             setup::write_config(&home, STATE_DIR, account, &setup::config_json(&settings))?;
@@ -334,9 +337,7 @@ async fn follow_run(
     let mut streamed = String::new();
     let mut pending = String::new();
     let mut last_flush: Option<Instant> = None;
-    // Tool calls seen starting, by openclaw's call id: (tool name, index in the turn).
-    let mut calls: HashMap<String, (String, u32)> = HashMap::new();
-    let mut approvals: u32 = 0;
+    let mut steps = ToolSteps::default();
     loop {
         let Event { name, payload } = gateway.next_event().await.map_err(FollowError::Gateway)?;
         match name.as_str() {
@@ -366,6 +367,7 @@ async fn follow_run(
                         }
                     }
                     Some("final") => {
+                        steps.flush(replies).await?;
                         let mut answer = message_text(&payload["message"]);
                         if answer.trim().is_empty() {
                             answer = streamed.clone();
@@ -381,12 +383,14 @@ async fn follow_run(
                         return Ok(Ended::Settled);
                     }
                     Some("aborted") => {
+                        steps.flush(replies).await?;
                         return Ok(Ended::Failed {
                             code: "cancelled",
                             reason: "openclaw stopped the run".into(),
-                        })
+                        });
                     }
                     Some("error") => {
+                        steps.flush(replies).await?;
                         let message = text(&payload["errorMessage"], 500);
                         let status = payload["errorDetail"]["httpStatus"].as_u64();
                         let code = match status {
@@ -405,112 +409,134 @@ async fn follow_run(
                 }
             }
             "agent" => {
-                if payload["runId"] != run_id || payload["stream"] != "tool" {
+                tracing::debug!(
+                    run = %text(&payload["runId"], 100),
+                    stream = %text(&payload["stream"], 50),
+                    phase = %text(&payload["data"]["phase"], 50),
+                    title = %text(&payload["data"]["title"], 200),
+                    meta = %payload["data"]["meta"].to_string().chars().take(200).collect::<String>(),
+                    "openclaw agent event"
+                );
+                if payload["runId"] != run_id {
                     continue;
                 }
-                tool_event(&payload["data"], &mut calls, replies).await?;
-            }
-            "exec.approval.requested" => {
-                if approval_session(&payload) != Some(session_key) {
-                    continue;
-                }
-                let (id, args) = approval_request(&payload);
-                if id.is_empty() {
-                    continue;
-                }
-                let index = 10_000 + approvals;
-                approvals += 1;
-                let decision = match replies.approval(&id, "exec", &args, index).await {
-                    Ok(answer) if answer.state.allows() => "allow-once",
-                    Ok(answer) => {
-                        tracing::info!(approval = %id, state = %answer.state, "openclaw exec not approved");
-                        "deny"
-                    }
-                    Err(crate::bridge::BridgeError::Status { status, message }) if status < 500 => {
-                        tracing::warn!(approval = %id, status, message, "the host refused the approval request; denying");
-                        "deny"
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                gateway
-                    .request(
-                        "exec.approval.resolve",
-                        json!({"id": id, "decision": decision}),
-                    )
-                    .await
-                    .map_err(FollowError::Gateway)?;
+                let stream = text(&payload["stream"], 50);
+                steps.event(&stream, &payload["data"], replies).await?;
             }
             "shutdown" => {
                 tracing::info!("openclaw's gateway announced a shutdown");
             }
+            other => tracing::debug!(event = other, "openclaw event"),
+        }
+    }
+}
+
+/// openclaw's tool activity in one run, mapped to the tool replies the tools framework sends
+/// (`tool_call` when a tool starts, `tool_result` when it ends), so the chat and the traces
+/// show openclaw's tools the same way. openclaw reports a tool as an `item` (start / end, with
+/// a title and status) and, for commands, a `command_output` event after the item ends (the
+/// output and exit code): a command's result waits for it, or for the run's end.
+#[derive(Default)]
+struct ToolSteps {
+    /// By openclaw's call id: the tool's name and its index in the turn.
+    calls: HashMap<String, (String, u32)>,
+    /// Ended commands whose output has not come yet: the result so far.
+    waiting: HashMap<String, (Value, bool)>,
+}
+
+const MAX_CALLS: usize = 1000;
+
+impl ToolSteps {
+    async fn event(
+        &mut self,
+        stream: &str,
+        data: &Value,
+        replies: &ReplySink,
+    ) -> Result<(), FollowError> {
+        let call_id = text(&data["toolCallId"], 200);
+        if call_id.is_empty() {
+            return Ok(());
+        }
+        match (stream, data["phase"].as_str()) {
+            ("item" | "tool", Some("start")) => {
+                if self.calls.len() >= MAX_CALLS || self.calls.contains_key(&call_id) {
+                    return Ok(());
+                }
+                let tool = text(&data["name"], 100);
+                let index = u32::try_from(self.calls.len()).unwrap_or(u32::MAX);
+                self.calls.insert(call_id.clone(), (tool.clone(), index));
+                let mut args = serde_json::Map::new();
+                for (key, field) in [("title", "title"), ("meta", "meta"), ("args", "args")] {
+                    if !data[field].is_null() {
+                        args.insert(key.to_string(), data[field].clone());
+                    }
+                }
+                replies
+                    .tool_call(&call_id, &tool, crate::tools::fit(Value::Object(args)))
+                    .await?;
+            }
+            ("item" | "tool", Some("end" | "result" | "error")) => {
+                let Some((tool, _)) = self.calls.get(&call_id).cloned() else {
+                    return Ok(());
+                };
+                let status = text(&data["status"], 50);
+                let success = data["error"].is_null()
+                    && data["isError"] != true
+                    && !matches!(status.as_str(), "error" | "failed" | "denied");
+                let mut result = serde_json::Map::new();
+                for field in ["status", "error", "result"] {
+                    if !data[field].is_null() {
+                        result.insert(field.to_string(), data[field].clone());
+                    }
+                }
+                if data["commandBearing"] == true {
+                    self.waiting
+                        .insert(call_id, (Value::Object(result), success));
+                } else {
+                    let result = crate::tools::fit(Value::Object(result));
+                    replies
+                        .tool_result(&call_id, &tool, result, success)
+                        .await?;
+                }
+            }
+            ("command_output", Some("end")) => {
+                let Some((tool, _)) = self.calls.get(&call_id).cloned() else {
+                    return Ok(());
+                };
+                let (mut result, mut success) =
+                    self.waiting.remove(&call_id).unwrap_or((json!({}), true));
+                for (key, field) in [
+                    ("output", "output"),
+                    ("exit_code", "exitCode"),
+                    ("cwd", "cwd"),
+                ] {
+                    if !data[field].is_null() {
+                        result[key] = data[field].clone();
+                    }
+                }
+                if data["exitCode"].as_i64().is_some_and(|code| code != 0) {
+                    success = false;
+                }
+                let result = crate::tools::fit(result);
+                replies
+                    .tool_result(&call_id, &tool, result, success)
+                    .await?;
+            }
             _ => {}
         }
+        Ok(())
     }
-}
 
-/// Maps one `tool` stream event (`data.phase` start / update / result) to the tool replies
-/// the tools framework sends, so the chat and the traces show openclaw's tools the same way.
-async fn tool_event(
-    data: &Value,
-    calls: &mut HashMap<String, (String, u32)>,
-    replies: &ReplySink,
-) -> Result<(), FollowError> {
-    const MAX_CALLS: usize = 1000;
-    let call_id = text(&data["toolCallId"], 200);
-    if call_id.is_empty() {
-        return Ok(());
-    }
-    match data["phase"].as_str() {
-        Some("start") => {
-            if calls.len() >= MAX_CALLS || calls.contains_key(&call_id) {
-                return Ok(());
+    /// Sends the results still waiting for a command's output (the run ended without it).
+    async fn flush(&mut self, replies: &ReplySink) -> Result<(), FollowError> {
+        for (call_id, (result, success)) in std::mem::take(&mut self.waiting) {
+            if let Some((tool, _)) = self.calls.get(&call_id) {
+                let result = crate::tools::fit(result);
+                replies.tool_result(&call_id, tool, result, success).await?;
             }
-            let tool = text(&data["name"], 100);
-            let index = u32::try_from(calls.len()).unwrap_or(u32::MAX);
-            calls.insert(call_id.clone(), (tool.clone(), index));
-            let args = match &data["args"] {
-                Value::Null => json!({}),
-                args => args.clone(),
-            };
-            replies
-                .tool_call(&call_id, &tool, crate::tools::fit(args))
-                .await?;
         }
-        Some("result" | "end" | "error") => {
-            let Some((tool, _)) = calls.get(&call_id) else {
-                return Ok(());
-            };
-            let success = data["isError"] != true && data["phase"] != "error";
-            let result = match (&data["result"], &data["meta"]) {
-                (Value::Null, Value::Null) => json!({}),
-                (Value::Null, meta) => json!({"meta": meta}),
-                (result, _) => result.clone(),
-            };
-            replies
-                .tool_result(&call_id, tool, crate::tools::fit(result), success)
-                .await?;
-        }
-        _ => {}
+        Ok(())
     }
-    Ok(())
-}
-
-/// The session an exec approval request belongs to.
-fn approval_session(payload: &Value) -> Option<&str> {
-    payload["request"]["sessionKey"]
-        .as_str()
-        .or_else(|| payload["sessionKey"].as_str())
-}
-
-/// The approval's id, and what is shown to people: the command and where it runs.
-fn approval_request(payload: &Value) -> (String, Value) {
-    let id = text(&payload["id"], 200);
-    let request = &payload["request"];
-    let args = json!({
-        "command": text(&request["command"], 8000),
-        "cwd": text(&request["cwd"], 1000),
-    });
-    (id, args)
 }
 
 /// The text of an assistant message: its `content` string, or its text parts joined.

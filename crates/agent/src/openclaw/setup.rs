@@ -41,8 +41,7 @@ pub struct Settings<'a> {
     pub port: u16,
     pub gateway_token: &'a Secret,
     pub workspace: &'a Path,
-    /// Exec approvals: `ask` makes openclaw ask before every command, which the sidecar
-    /// forwards to the host's approval flow (which answers at once under `auto`/`off`).
+    /// openclaw's `tools.exec.mode` (`full`, `deny`, …).
     pub exec_mode: &'a str,
 }
 
@@ -187,7 +186,7 @@ mod tests {
             port: 18789,
             gateway_token: token,
             workspace: Path::new("/home/agent/.openclaw/workspace"),
-            exec_mode: "ask",
+            exec_mode: "full",
         }
     }
 

@@ -11,16 +11,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 use taos_agent::config::{Mode, RunAs};
 use taos_e2e::fake_llm::{Behaviour, Scripted, REPLY};
 use tokio::time::Instant;
+
+use taos_agent::shutdown::ShutdownTrigger;
+use taos_agent::RunError;
+use tokio::task::JoinHandle;
 
 use super::{of_kind, shared, start_agent, stop_agent, Agent};
 
 /// The model the openclaw agent uses.
 pub const OPENCLAW: &str = "openclaw-chat";
-pub const MODELS: [&str; 1] = [OPENCLAW];
+/// Runs a command through openclaw's `exec` tool, then answers.
+pub const OPENCLAW_TOOLS: &str = "openclaw-tools";
+pub const MODELS: [&str; 2] = [OPENCLAW, OPENCLAW_TOOLS];
 
 /// openclaw starts in 12–30 s and its first turn takes ~15 s more on a busy machine: longer
 /// than the other tests' bound, still only there to stop a broken run from hanging.
@@ -84,25 +90,30 @@ fn user_texts(body: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn openclaw_answers_keeps_its_session_stops_on_cancel_and_comes_back_after_a_kill() {
+/// Starts the sidecar in openclaw mode for `agent`, openclaw running as an account of the
+/// test's own (`n` tells the tests apart) with a home in /tmp. Returns the account's uid and
+/// home, and the sidecar's handles.
+async fn start_openclaw(
+    host: &taos_e2e::Host,
+    agent: &Agent,
+    n: u32,
+) -> (
+    u32,
+    PathBuf,
+    ShutdownTrigger,
+    JoinHandle<Result<(), RunError>>,
+) {
     let (node, bin) = installed();
     // The sidecar's log (openclaw's output is in it), shown when the test fails.
     let _ = tracing_subscriber::fmt()
         .with_env_filter("info,taos_agent=debug")
         .with_test_writer()
         .try_init();
-    let shared = shared().await;
-    let host = &shared.host;
-    let upstream = &shared.upstream;
-    let agent = Agent::create(host, "Claw", &[OPENCLAW]).await;
-    // The account openclaw runs as, with a home of its own.
-    let uid = 3_800_000_000 + (std::process::id() % 100_000) * 10;
-    let home = std::env::temp_dir().join(format!("taos-openclaw-{}", std::process::id()));
+    let uid = 3_800_000_000 + (std::process::id() % 100_000) * 10 + n;
+    let home = std::env::temp_dir().join(format!("taos-openclaw-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&home);
     std::fs::create_dir_all(&home).expect("home");
     std::os::unix::fs::chown(&home, Some(uid), Some(uid)).expect("chown home");
-
     let mut config = agent.config(host);
     config.mode = Mode::Openclaw;
     config.tools.run_as = RunAs::Ids { uid, gid: uid };
@@ -112,6 +123,16 @@ async fn openclaw_answers_keeps_its_session_stops_on_cancel_and_comes_back_after
     config.openclaw.port = taos_e2e::free_port();
     let (trigger, task) = start_agent(config);
     agent.wait_connected(host).await;
+    (uid, home, trigger, task)
+}
+
+#[tokio::test]
+async fn openclaw_answers_keeps_its_session_stops_on_cancel_and_comes_back_after_a_kill() {
+    let shared = shared().await;
+    let host = &shared.host;
+    let upstream = &shared.upstream;
+    let agent = Agent::create(host, "Claw", &[OPENCLAW]).await;
+    let (uid, home, trigger, task) = start_openclaw(host, &agent, 0).await;
 
     // openclaw's configuration: private to its account, the agent's key only by reference.
     let written = home.join(".openclaw/openclaw.json");
@@ -246,5 +267,62 @@ async fn openclaw_answers_keeps_its_session_stops_on_cancel_and_comes_back_after
         "openclaw outlived the sidecar: {:?}",
         processes_of(uid)
     );
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[tokio::test]
+async fn openclaw_runs_a_command_as_its_account_and_the_step_shows_in_chat_and_traces() {
+    let shared = shared().await;
+    let host = &shared.host;
+    let agent = Agent::create(host, "Claw Hands", &[OPENCLAW_TOOLS]).await;
+    shared.upstream.script(
+        OPENCLAW_TOOLS,
+        vec![
+            Scripted::call("exec", json!({"command": "id -u; touch ran.txt"})),
+            Scripted::final_text("Done."),
+        ],
+    );
+    let (uid, home, trigger, task) = start_openclaw(host, &agent, 1).await;
+    let asked = agent.say(host, "note your uid, marker-tools").await;
+    let reply = wait_long("the answer", async || {
+        let replies = agent.replies_to(host, &asked).await;
+        replies.into_iter().find(|m| m["state"] != "streaming")
+    })
+    .await;
+    assert_eq!(reply["state"], "complete", "{reply}");
+    assert_eq!(reply["content"], "Done.");
+    // It ran in openclaw's workspace, as openclaw's account.
+    let ran = home.join(".openclaw/workspace/ran.txt");
+    let made = std::fs::metadata(&ran).expect("the command ran");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&made), uid);
+    // The step is on the answer as the tools framework's are: what ran, and its output.
+    let steps = reply["metadata"]["tools"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let exec: Vec<&Value> = steps.iter().filter(|s| s["tool"] == "exec").collect();
+    assert_eq!(exec.len(), 1, "{reply}");
+    assert_eq!(exec[0]["success"], true, "{reply}");
+    assert_eq!(exec[0]["result"]["exit_code"], 0, "{reply}");
+    assert!(
+        exec[0]["result"]["output"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&uid.to_string()),
+        "{reply}"
+    );
+    // And in the traces, under the message's trace id.
+    let traces = agent
+        .traces_of(host, &asked, |e| !of_kind(e, "tool_result").is_empty())
+        .await;
+    let calls = of_kind(&traces, "tool_call");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["payload"]["tool"], "exec");
+    let results = of_kind(&traces, "tool_result");
+    assert_eq!(
+        results[0]["payload"]["call_id"],
+        calls[0]["payload"]["call_id"]
+    );
+    stop_agent(trigger, task).await;
     let _ = std::fs::remove_dir_all(&home);
 }
