@@ -135,6 +135,12 @@ impl OpenclawMode {
             match current {
                 GatewayState::Ready => match Gateway::connect(&self.addr).await {
                     Ok(gateway) => return Ok(gateway),
+                    // Refused for good (the token, the protocol): asking again won't help.
+                    Err(
+                        e @ GatewayError::Refused {
+                            retryable: false, ..
+                        },
+                    ) => return Err(e.to_string()),
                     // Still starting its sidecars, or it just went down: wait and ask again.
                     Err(e) if Instant::now() < deadline => {
                         tracing::debug!(error = %e, "openclaw's gateway not taking connections yet");
