@@ -240,3 +240,101 @@ pub fn text(value: &Value, max: usize) -> String {
         .map(|s| s.chars().take(max).collect())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A gateway that completes the handshake, then sends `after` frames.
+    async fn serve(after: Vec<Message>) -> GatewayAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            let challenge =
+                json!({"type": "event", "event": "connect.challenge", "payload": {"nonce": "n"}});
+            ws.send(Message::text(challenge.to_string())).await.unwrap();
+            let Some(Ok(Message::Text(connect))) = ws.next().await else {
+                return;
+            };
+            let connect: Value = serde_json::from_str(connect.as_str()).unwrap();
+            assert_eq!(connect["params"]["auth"]["token"], "tok");
+            let hello = json!({"type": "res", "id": connect["id"], "ok": true, "payload": {"type": "hello-ok"}});
+            ws.send(Message::text(hello.to_string())).await.unwrap();
+            for frame in after {
+                if ws.send(frame).await.is_err() {
+                    return;
+                }
+            }
+            // Every later request is refused as while openclaw is still starting.
+            while let Some(Ok(message)) = ws.next().await {
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let req: Value = serde_json::from_str(text.as_str()).unwrap();
+                let refused = json!({"type": "res", "id": req["id"], "ok": false,
+                    "error": {"code": "UNAVAILABLE", "message": "gateway starting"}});
+                if ws.send(Message::text(refused.to_string())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        GatewayAddr {
+            port,
+            token: Secret::new("tok".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_arrive_after_the_handshake() {
+        let event = json!({"type": "event", "event": "chat", "payload": {"state": "final"}});
+        let addr = serve(vec![Message::text(event.to_string())]).await;
+        let mut gateway = Gateway::connect(&addr).await.unwrap();
+        let got = gateway.next_event().await.unwrap();
+        assert_eq!(got.name, "chat");
+        assert_eq!(got.payload["state"], "final");
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_cap_is_refused_before_it_is_parsed() {
+        let huge = format!(
+            "{{\"type\":\"event\",\"payload\":\"{}\"}}",
+            "x".repeat(MAX_MESSAGE + 1)
+        );
+        let addr = serve(vec![Message::text(huge)]).await;
+        let mut gateway = Gateway::connect(&addr).await.unwrap();
+        let err = gateway.next_event().await.unwrap_err();
+        assert!(matches!(err, GatewayError::TooMuch(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_is_not_json_is_a_protocol_error() {
+        let addr = serve(vec![Message::text("not json")]).await;
+        let mut gateway = Gateway::connect(&addr).await.unwrap();
+        let err = gateway.next_event().await.unwrap_err();
+        assert!(matches!(err, GatewayError::Protocol(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_says_why_and_whether_to_retry() {
+        let addr = serve(vec![]).await;
+        let mut gateway = Gateway::connect(&addr).await.unwrap();
+        let err = gateway.request("chat.send", json!({})).await.unwrap_err();
+        match err {
+            GatewayError::Refused {
+                method,
+                code,
+                message,
+                retryable,
+            } => {
+                assert_eq!(method, "chat.send");
+                assert_eq!(code, "UNAVAILABLE");
+                assert_eq!(message, "gateway starting");
+                assert!(retryable);
+            }
+            other => panic!("{other}"),
+        }
+    }
+}
