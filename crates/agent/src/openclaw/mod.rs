@@ -73,7 +73,7 @@ impl OpenclawMode {
             path: path.display().to_string(),
             error: e.to_string(),
         };
-        let entry = std::fs::canonicalize(&oc.bin).map_err(|e| not_installed(&oc.bin, e))?;
+        let entry = entry_point(&oc.bin).map_err(|e| not_installed(&oc.bin, e))?;
         std::fs::metadata(&oc.node).map_err(|e| not_installed(&oc.node, e))?;
         let state_dir = home.join(STATE_DIR);
         let token = setup::new_token();
@@ -179,6 +179,34 @@ impl OpenclawMode {
             }
         }
     }
+}
+
+/// openclaw's `openclaw.mjs`, found from its launcher: npm's `bin/openclaw` is a link to it
+/// (the host's install); the image's is a wrapper script next to the same `lib/` tree. The
+/// sidecar runs the entry with its node itself, so the child is node, not a shell.
+pub fn entry_point(bin: &Path) -> std::io::Result<PathBuf> {
+    let resolved = std::fs::canonicalize(bin)?;
+    if resolved
+        .extension()
+        .is_some_and(|e| e == "mjs" || e == "js")
+    {
+        return Ok(resolved);
+    }
+    let prefix = bin
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("/"));
+    let entry = prefix.join("lib/node_modules/openclaw/openclaw.mjs");
+    std::fs::metadata(&entry).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "neither a link to openclaw.mjs nor next to {}: {e}",
+                entry.display()
+            ),
+        )
+    })?;
+    Ok(entry)
 }
 
 /// The openclaw session of a channel (or of a thread in it). Ids are the host's; anything
@@ -582,6 +610,33 @@ mod tests {
         assert_eq!(session_key("ch-1", None), "agent:main:taos:ch-1");
         assert_eq!(session_key("ch-1", Some("t_2")), "agent:main:taos:ch-1:t_2");
         assert_eq!(session_key("a:b/c", None), "agent:main:taos:a_b_c");
+    }
+
+    #[test]
+    fn the_entry_is_found_from_an_npm_link_or_the_images_wrapper() {
+        let root = std::env::temp_dir().join(format!("taos-oc-entry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let lib = root.join("lib/node_modules/openclaw");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::write(lib.join("openclaw.mjs"), "").unwrap();
+        let entry = std::fs::canonicalize(lib.join("openclaw.mjs")).unwrap();
+        // npm's layout: a link.
+        let bin = root.join("bin/openclaw");
+        std::os::unix::fs::symlink("../lib/node_modules/openclaw/openclaw.mjs", &bin).unwrap();
+        assert_eq!(entry_point(&bin).unwrap(), entry);
+        // The image's: a wrapper script.
+        std::fs::remove_file(&bin).unwrap();
+        std::fs::write(&bin, "#!/bin/sh\nexec node openclaw.mjs \"$@\"\n").unwrap();
+        assert_eq!(
+            std::fs::canonicalize(entry_point(&bin).unwrap()).unwrap(),
+            entry
+        );
+        // Neither: said so.
+        std::fs::remove_file(lib.join("openclaw.mjs")).unwrap();
+        assert!(entry_point(&bin).is_err());
+        assert!(entry_point(&root.join("bin/missing")).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
