@@ -83,6 +83,7 @@ impl OpenclawMode {
             port: oc.port,
             gateway_token: &token,
             workspace: &state_dir.join("workspace"),
+            log_file: &state_dir.join("logs/openclaw.log"),
             // See the module's doc: asking is impossible in these runs, so commands run.
             exec_mode: "full",
         };

@@ -41,6 +41,9 @@ pub struct Settings<'a> {
     pub port: u16,
     pub gateway_token: &'a Secret,
     pub workspace: &'a Path,
+    /// openclaw's own log file (by default it writes to `/tmp/openclaw-<uid>/`): kept with its
+    /// state, so it is archived with the agent and nothing is left in a shared /tmp.
+    pub log_file: &'a Path,
     /// openclaw's `tools.exec.mode` (`full`, `deny`, …).
     pub exec_mode: &'a str,
 }
@@ -90,6 +93,7 @@ pub fn config_json(settings: &Settings<'_>) -> Value {
             },
         },
         "tools": {"exec": {"mode": settings.exec_mode}},
+        "logging": {"file": settings.log_file.display().to_string()},
     })
 }
 
@@ -186,6 +190,7 @@ mod tests {
             port: 18789,
             gateway_token: token,
             workspace: Path::new("/home/agent/.openclaw/workspace"),
+            log_file: Path::new("/home/agent/.openclaw/logs/openclaw.log"),
             exec_mode: "full",
         }
     }

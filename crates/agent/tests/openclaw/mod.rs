@@ -163,6 +163,8 @@ async fn openclaw_answers_keeps_its_session_stops_on_cancel_and_comes_back_after
             .any(|b| user_texts(b).iter().any(|t| t.contains("marker-one"))),
         "the upstream never saw the message"
     );
+    // openclaw logs with its state.
+    assert!(home.join(".openclaw/logs/openclaw.log").is_file());
     // The call went through the agent's own key: the host recorded it for this agent.
     let calls = agent.traces(host, "kind=llm_call").await;
     assert!(!calls.is_empty(), "no llm_call traces for the agent");
@@ -268,6 +270,8 @@ async fn openclaw_answers_keeps_its_session_stops_on_cancel_and_comes_back_after
         processes_of(uid)
     );
     let _ = std::fs::remove_dir_all(&home);
+    // openclaw's own temporary folder for this account.
+    let _ = std::fs::remove_dir_all(format!("/tmp/openclaw-{uid}"));
 }
 
 #[tokio::test]
@@ -325,4 +329,6 @@ async fn openclaw_runs_a_command_as_its_account_and_the_step_shows_in_chat_and_t
     );
     stop_agent(trigger, task).await;
     let _ = std::fs::remove_dir_all(&home);
+    // openclaw's own temporary folder for this account.
+    let _ = std::fs::remove_dir_all(format!("/tmp/openclaw-{uid}"));
 }
