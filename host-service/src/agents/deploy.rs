@@ -956,13 +956,13 @@ mod tests {
     #[test]
     fn a_deploy_needs_its_memory_limit_free_and_says_what_to_do_when_it_is_not() {
         let openclaw = frameworks::get("openclaw").expect("the openclaw manifest");
-        assert_eq!(openclaw.requires.ram_mb, 1536);
+        assert_eq!(openclaw.requires.ram_mb, 2048);
         // Without a limit in the request, the framework's need is the limit and the need.
-        assert!(memory_fits(&openclaw, None, 1536).is_ok());
+        assert!(memory_fits(&openclaw, None, 2048).is_ok());
         match memory_fits(&openclaw, None, 921) {
             Err(DeployError::NotEnoughMemory(why)) => assert_eq!(
                 why,
-                "openclaw needs 1.5 GB of RAM; this host has 0.9 GB available — stop other \
+                "openclaw needs 2.0 GB of RAM; this host has 0.9 GB available — stop other \
                  agents or choose a smaller framework"
             ),
             other => panic!("not refused: {other:?}"),
