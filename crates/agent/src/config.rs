@@ -25,6 +25,13 @@ pub const ENV_TOOLS_TIMEOUT_SECS: &str = "TAOS_TOOLS_TIMEOUT_SECS";
 pub const ENV_OPENCLAW_BIN: &str = "TAOS_OPENCLAW_BIN";
 pub const ENV_OPENCLAW_NODE: &str = "TAOS_OPENCLAW_NODE";
 pub const ENV_OPENCLAW_PORT: &str = "TAOS_OPENCLAW_PORT";
+/// `acp` mode: the agent's argv as a JSON array of strings (from its manifest).
+pub const ENV_ACP_COMMAND: &str = "TAOS_ACP_COMMAND";
+/// `acp` mode: extra environment for the agent, a JSON object of strings (from its manifest).
+pub const ENV_ACP_ENV: &str = "TAOS_ACP_ENV";
+pub const ENV_ACP_TURN_SECS: &str = "TAOS_ACP_TURN_SECS";
+/// Where the sidecar keeps its own state (the `acp` session map). Default `/root/.taos`.
+pub const ENV_STATE_DIR: &str = "TAOS_STATE_DIR";
 
 /// `KEY=VALUE` lines as systemd's `EnvironmentFile=` reads the simple cases: blank lines and
 /// `#` comments skipped, one pair of surrounding quotes removed.
@@ -88,6 +95,9 @@ pub enum Mode {
     /// An openclaw gateway in the same container, started and driven by the sidecar (it
     /// runs as the tools account, with the tools settings' turn time limit).
     Openclaw,
+    /// An Agent Client Protocol agent (its command from the manifest) runs as a child over
+    /// stdio, as the tools user; the sidecar relays between it and the chat (see `acp`).
+    Acp,
 }
 
 impl Mode {
@@ -96,8 +106,146 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::Tools => "tools",
             Mode::Openclaw => "openclaw",
+            Mode::Acp => "acp",
         }
     }
+
+    /// Whether this mode starts processes as the tools account, and so keeps the
+    /// capabilities to switch to it.
+    pub fn runs_as_tools_account(self) -> bool {
+        matches!(self, Mode::Tools | Mode::Openclaw | Mode::Acp)
+    }
+}
+
+/// The `acp` framework's settings: which agent to start, and the limits on what it may send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcpConfig {
+    /// The agent's argv (never a shell string). Empty unless the mode is `acp`.
+    pub command: Vec<String>,
+    /// Extra environment for the agent. Values may name `${OPENAI_BASE_URL}`,
+    /// `${OPENAI_API_KEY}`, `${TAOS_MODEL}`, `${TAOS_AGENT_NAME}` and `${HOME}`, filled in
+    /// when it starts: the agent's model access is its own gateway key, nothing more.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The sidecar's own state folder (the channel → session map lives there).
+    pub state_dir: std::path::PathBuf,
+    /// A whole turn, from the prompt to the agent's answer (time waiting for a person aside).
+    pub turn_time: Duration,
+    /// Bytes the agent may send during one turn, all messages together.
+    pub max_turn_bytes: u64,
+    /// The longest single message (one JSON line) the agent may send.
+    pub max_line_bytes: usize,
+    /// `session/update` notifications accepted during one turn.
+    pub max_turn_updates: u32,
+}
+
+impl Default for AcpConfig {
+    fn default() -> Self {
+        AcpConfig {
+            command: Vec::new(),
+            env: Default::default(),
+            state_dir: std::path::PathBuf::from("/root/.taos"),
+            turn_time: Duration::from_secs(600),
+            max_turn_bytes: 32 * 1024 * 1024,
+            max_line_bytes: 4 * 1024 * 1024,
+            max_turn_updates: 50_000,
+        }
+    }
+}
+
+/// The placeholders an `acp` agent's environment values may use.
+pub const ACP_ENV_PLACEHOLDERS: &[&str] = &[
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "TAOS_MODEL",
+    "TAOS_AGENT_NAME",
+    "HOME",
+];
+
+/// Parses `TAOS_ACP_COMMAND`: a non-empty JSON array of non-empty strings.
+pub fn parse_acp_command(text: &str) -> Result<Vec<String>, String> {
+    let argv: Vec<String> = serde_json::from_str(text)
+        .map_err(|_| "must be a JSON array of strings, e.g. [\"opencode\", \"acp\"]".to_string())?;
+    if argv.is_empty() {
+        return Err("the command is empty; it needs at least the program".to_string());
+    }
+    if argv
+        .iter()
+        .any(|a| a.is_empty() || a.contains('\0') || a.len() > 4096)
+    {
+        return Err("each part must be 1-4096 bytes, without NUL".to_string());
+    }
+    if argv.len() > 64 {
+        return Err("at most 64 parts".to_string());
+    }
+    Ok(argv)
+}
+
+/// Parses `TAOS_ACP_ENV`: a JSON object of strings, names like `FOO_BAR`, only known
+/// `${…}` placeholders in the values.
+pub fn parse_acp_env(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let env: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(text).map_err(|_| "must be a JSON object of strings".to_string())?;
+    if env.len() > 64 {
+        return Err("at most 64 variables".to_string());
+    }
+    for (name, value) in &env {
+        let valid = name.len() <= 128
+            && name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_uppercase() || b == b'_')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(format!(
+                "variable names are A-Z, 0-9 and _ (not starting with a digit): {name:?}"
+            ));
+        }
+        if value.contains('\0') || value.len() > 8192 {
+            return Err(format!(
+                "{name}: values are at most 8192 bytes, without NUL"
+            ));
+        }
+        let mut rest = value.as_str();
+        while let Some(start) = rest.find("${") {
+            let after = &rest[start + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("{name}: an unclosed ${{"))?;
+            let placeholder = &after[..end];
+            if !ACP_ENV_PLACEHOLDERS.contains(&placeholder) {
+                return Err(format!(
+                    "{name}: unknown placeholder ${{{placeholder}}}; the known ones are {}",
+                    ACP_ENV_PLACEHOLDERS.join(", ")
+                ));
+            }
+            rest = &after[end + 1..];
+        }
+    }
+    Ok(env)
+}
+
+/// `value` with each `${NAME}` replaced by `lookup(NAME)` (names checked by [`parse_acp_env`]).
+pub fn fill_placeholders(value: &str, lookup: impl Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                out.push_str(&lookup(&after[..end]));
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Who the tools run as.
@@ -222,10 +370,13 @@ pub struct Config {
     pub models: Vec<String>,
     pub system_prompt: Option<String>,
     pub mode: Mode,
-    /// Used in `tools` mode, and for the account and turn time limit in `openclaw` mode.
+    /// Used in `tools` mode, for the account and turn time limit in `openclaw` mode, and in
+    /// `acp` mode for the account and workspace of the agent.
     pub tools: ToolsConfig,
     /// Used in `openclaw` mode only.
     pub openclaw: OpenclawConfig,
+    /// Used in `acp` mode only.
+    pub acp: AcpConfig,
     pub timings: Timings,
 }
 
@@ -284,10 +435,11 @@ impl Config {
             None | Some("direct") => Mode::Direct,
             Some("tools") => Mode::Tools,
             Some("openclaw") => Mode::Openclaw,
+            Some("acp") => Mode::Acp,
             Some(_) => {
                 return Err(ConfigError::Invalid {
                     name: ENV_AGENT_MODE,
-                    reason: "unknown mode; the modes are `direct`, `tools` and `openclaw`"
+                    reason: "unknown mode; the modes are `direct`, `tools`, `openclaw` and `acp`"
                         .to_string(),
                 })
             }
@@ -342,6 +494,33 @@ impl Config {
             let port = number(ENV_OPENCLAW_PORT, &port, 1024, 65_535)?;
             openclaw.port = u16::try_from(port).unwrap_or(openclaw.port);
         }
+        let mut acp = AcpConfig::default();
+        if mode == Mode::Acp {
+            let command = required(ENV_ACP_COMMAND)?;
+            acp.command = parse_acp_command(&command).map_err(|reason| ConfigError::Invalid {
+                name: ENV_ACP_COMMAND,
+                reason,
+            })?;
+            if let Some(env) = optional(ENV_ACP_ENV) {
+                acp.env = parse_acp_env(&env).map_err(|reason| ConfigError::Invalid {
+                    name: ENV_ACP_ENV,
+                    reason,
+                })?;
+            }
+            if let Some(secs) = optional(ENV_ACP_TURN_SECS) {
+                acp.turn_time =
+                    Duration::from_secs(number(ENV_ACP_TURN_SECS, &secs, 5, 86_400)?.into());
+            }
+        }
+        if let Some(dir) = optional(ENV_STATE_DIR) {
+            if !dir.starts_with('/') {
+                return Err(ConfigError::Invalid {
+                    name: ENV_STATE_DIR,
+                    reason: "must be an absolute path".to_string(),
+                });
+            }
+            acp.state_dir = dir.into();
+        }
         Ok(Config {
             bridge_url,
             agent_name,
@@ -353,6 +532,7 @@ impl Config {
             mode,
             tools,
             openclaw,
+            acp,
             timings: Timings::default(),
         })
     }
@@ -603,6 +783,45 @@ mod tests {
             config.openclaw.node,
             std::path::Path::new("/srv/node/bin/node")
         );
+    }
+
+    #[test]
+    fn acp_mode_reads_its_command_and_environment() {
+        let mut env = full_env();
+        env.insert(ENV_AGENT_MODE, "acp".to_string());
+        assert_eq!(
+            parse(&env).unwrap_err(),
+            ConfigError::Missing(ENV_ACP_COMMAND)
+        );
+        env.insert(ENV_ACP_COMMAND, r#"["opencode", "acp"]"#.to_string());
+        env.insert(
+            ENV_ACP_ENV,
+            r#"{"OPENAI_API_KEY": "${OPENAI_API_KEY}", "X_1": "a ${HOME} b"}"#.to_string(),
+        );
+        let config = parse(&env).unwrap();
+        assert_eq!(config.mode, Mode::Acp);
+        assert!(config.mode.runs_as_tools_account());
+        assert_eq!(config.acp.command, ["opencode", "acp"]);
+        assert_eq!(config.acp.env.len(), 2);
+        let filled = fill_placeholders(&config.acp.env["X_1"], |name| format!("<{name}>"));
+        assert_eq!(filled, "a <HOME> b");
+        for (name, bad) in [
+            (ENV_ACP_COMMAND, "[]"),
+            (ENV_ACP_COMMAND, "opencode acp"),
+            (ENV_ACP_COMMAND, r#"["opencode", ""]"#),
+            (ENV_ACP_ENV, r#"{"lower": "x"}"#),
+            (ENV_ACP_ENV, r#"{"X": "${TAOS_AGENT_TOKEN}"}"#),
+            (ENV_ACP_ENV, r#"{"X": "${HOME"}"#),
+            (ENV_ACP_ENV, r#"["X"]"#),
+        ] {
+            let mut env = env.clone();
+            env.insert(name, bad.to_string());
+            let err = parse(&env).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { name: n, .. } if n == name),
+                "{name}={bad}: {err}"
+            );
+        }
     }
 
     #[test]

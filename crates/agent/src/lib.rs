@@ -7,8 +7,10 @@
 //! reconnects), `llm` (chat completions), `framework` (the answering trait and reply
 //! handle), `direct` (direct mode), `tools` (tools mode: the tool-calling loop, the tools,
 //! and how their processes run), `openclaw` (openclaw mode: its gateway as a child, driven
-//! over its WebSocket protocol), `runner` (ordering, shutdown, lifecycle traces).
+//! over its WebSocket protocol), `acp` (acp mode: an Agent Client Protocol agent driven over
+//! stdio), `runner` (ordering, shutdown, lifecycle traces).
 
+pub mod acp;
 pub mod backoff;
 pub mod bridge;
 pub mod config;

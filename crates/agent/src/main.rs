@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use taos_agent::config::Mode;
 use taos_agent::shutdown::{self, ShutdownTrigger};
 use taos_agent::{Config, CONFIG_EXIT_CODE};
 use tokio::signal::unix::{signal, SignalKind};
@@ -18,7 +17,7 @@ fn main() -> ExitCode {
             return ExitCode::from(CONFIG_EXIT_CODE);
         }
     };
-    if !matches!(config.mode, Mode::Tools | Mode::Openclaw) {
+    if !config.mode.runs_as_tools_account() {
         drop_capabilities();
     }
     // One thread is plenty: the sidecar waits on the network, and agent machines are small.

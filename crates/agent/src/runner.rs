@@ -9,6 +9,7 @@ use taos_proto::trace::TraceKind;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::acp::AcpMode;
 use crate::bridge::{new_trace, BridgeClient};
 use crate::config::{Config, Mode, Timings};
 use crate::direct::DirectMode;
@@ -37,6 +38,8 @@ pub enum RunError {
     Tools(#[from] crate::tools::SetupError),
     #[error("openclaw mode cannot start: {0}")]
     Openclaw(#[from] crate::openclaw::SetupError),
+    #[error("acp mode cannot start: {0}")]
+    Acp(crate::tools::SetupError),
 }
 
 /// Runs until `shutdown` is triggered. Errors only when it cannot start at all.
@@ -88,6 +91,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             let framework = OpenclawMode::start(&config)?;
             run_framework(&framework, config.mode, bridge, timings, shutdown).await;
             framework.stop().await;
+        }
+        Mode::Acp => {
+            let placeholders = crate::acp::process::Placeholders {
+                openai_base_url: config.openai_base_url.clone(),
+                openai_api_key: config.openai_api_key.expose().to_string(),
+                model: config.models.first().cloned().unwrap_or_default(),
+                agent_name: config.agent_name.clone(),
+            };
+            let framework = AcpMode::new(config.acp.clone(), &config.tools, placeholders)
+                .map_err(RunError::Acp)?;
+            run_framework(&framework, config.mode, bridge, timings, shutdown).await;
         }
     }
     Ok(())

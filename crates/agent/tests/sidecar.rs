@@ -14,6 +14,7 @@
     reason = "a test fails by panicking"
 )]
 
+mod acp;
 mod fake;
 mod openclaw;
 mod tools;

@@ -419,10 +419,14 @@ pub struct Manifest {
     /// The systemd service that runs the agent inside the container.
     pub service: String,
     /// The mode the taos-agent sidecar runs in (`TAOS_AGENT_MODE` in its credentials file):
-    /// `direct` (chat only, the default), `tools` (the built-in tool-using agent) or
-    /// `openclaw` (the sidecar drives openclaw in the container).
+    /// `direct` (chat only, the default), `tools` (the built-in tool-using agent),
+    /// `openclaw` (the sidecar drives openclaw in the container) or `acp` (an Agent Client
+    /// Protocol agent, named in `[acp]`).
     #[serde(default)]
     pub agent_mode: Option<String>,
+    /// With `agent_mode = "acp"`: the Agent Client Protocol agent the sidecar starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acp: Option<AcpAgent>,
     pub install: Install,
     pub requires: Requires,
 }
@@ -431,6 +435,68 @@ impl Manifest {
     /// The sidecar mode for this framework's agents.
     pub fn agent_mode(&self) -> &str {
         self.agent_mode.as_deref().unwrap_or("direct")
+    }
+
+    /// Checks what the sidecar would refuse to start with: an `acp` framework needs an `[acp]`
+    /// table with a command (argv: program first, no empty parts) and plain variable names;
+    /// no other framework has one.
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.agent_mode(), &self.acp) {
+            ("acp", None) => Err(format!(
+                "{}: agent_mode \"acp\" needs an [acp] table with a command",
+                self.id
+            )),
+            ("acp", Some(acp)) => acp.validate().map_err(|e| format!("{}: {e}", self.id)),
+            (_, Some(_)) => Err(format!(
+                "{}: an [acp] table needs agent_mode = \"acp\"",
+                self.id
+            )),
+            (_, None) => Ok(()),
+        }
+    }
+}
+
+/// `[acp]` in a manifest: how the sidecar starts the agent (never through a shell).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AcpAgent {
+    /// The program and its arguments, e.g. `["opencode", "acp"]`.
+    pub command: Vec<String>,
+    /// Extra environment for the agent. Values may use `${OPENAI_BASE_URL}`,
+    /// `${OPENAI_API_KEY}` (the agent's own gateway key), `${TAOS_MODEL}`,
+    /// `${TAOS_AGENT_NAME}` and `${HOME}`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl AcpAgent {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.command.is_empty() {
+            return Err("the [acp] command is empty; it needs at least the program".into());
+        }
+        if self
+            .command
+            .iter()
+            .any(|a| a.is_empty() || a.contains(['\0', '\n', '\r']))
+        {
+            return Err("each part of the [acp] command must be non-empty, on one line".into());
+        }
+        for (name, value) in &self.env {
+            let plain = name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_uppercase() || b == b'_')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            if !plain || value.contains(['\0', '\n', '\r']) {
+                return Err(format!(
+                    "[acp] env: {name:?} must be A-Z, 0-9 and _ with a one-line value"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -248,6 +248,11 @@ pub struct MessageEdit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "with serde_json's preserve_order (which the ACP SDK turns on in workspace builds) \
+              a message's JSON metadata is larger; events are built once and sent, not stored"
+)]
 pub enum ServerEvent {
     Message {
         channel_id: String,

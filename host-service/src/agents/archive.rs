@@ -679,6 +679,8 @@ async fn bring_up(
         agent.network,
     );
     let env = deploy::with_mode(env, &frameworks::agent_mode_of(agent.framework.as_deref()));
+    let manifest = agent.framework.as_deref().and_then(frameworks::get);
+    let env = deploy::with_acp(env, manifest.as_ref().and_then(|m| m.acp.as_ref()));
     deploy::wait_for_boot(rt, &name)
         .await
         .map_err(ArchiveError::Failed)?;

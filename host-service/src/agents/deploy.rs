@@ -494,6 +494,7 @@ impl Run {
                     self.request.network,
                 );
                 let env = with_mode(env, self.manifest.agent_mode());
+                let env = with_acp(env, self.manifest.acp.as_ref());
                 push_credentials(rt, &name, &env).await?;
                 Ok(Some(format!("credentials in {CREDENTIALS_PATH} (0600)")))
             }
@@ -645,6 +646,25 @@ pub fn agent_env(
 pub fn with_mode(mut env: String, mode: &str) -> String {
     if mode != "direct" {
         env.push_str(&format!("TAOS_AGENT_MODE={mode}\n"));
+    }
+    env
+}
+
+/// Adds an `acp` framework's agent (argv and environment, from its manifest) to the sidecar's
+/// environment file, as JSON in single quotes: systemd and the sidecar both read a
+/// single-quoted value literally, and a `'` inside is written as JSON's `\u0027`.
+pub fn with_acp(mut env: String, acp: Option<&taos_proto::agents::AcpAgent>) -> String {
+    let Some(acp) = acp else {
+        return env;
+    };
+    let quoted = |value: String| format!("'{}'", value.replace('\'', "\\u0027"));
+    if let Ok(command) = serde_json::to_string(&acp.command) {
+        env.push_str(&format!("TAOS_ACP_COMMAND={}\n", quoted(command)));
+    }
+    if !acp.env.is_empty() {
+        if let Ok(vars) = serde_json::to_string(&acp.env) {
+            env.push_str(&format!("TAOS_ACP_ENV={}\n", quoted(vars)));
+        }
     }
     env
 }
@@ -1048,7 +1068,27 @@ mod tests {
         );
         assert!(env.ends_with("TAOS_MODEL=m1\nTAOS_FALLBACK_MODELS=m2,m3\n"));
         assert_eq!(with_mode(env.clone(), "direct"), env);
-        assert!(with_mode(env, "tools")
+        assert!(with_mode(env.clone(), "tools")
             .ends_with("TAOS_FALLBACK_MODELS=m2,m3\nTAOS_AGENT_MODE=tools\n"));
+        assert_eq!(with_acp(env.clone(), None), env);
+        let acp = taos_proto::agents::AcpAgent {
+            command: vec!["agent".into(), "it's".into()],
+            env: [("KEY".to_string(), "${OPENAI_API_KEY}".to_string())].into(),
+        };
+        let with = with_acp(String::new(), Some(&acp));
+        assert_eq!(
+            with,
+            "TAOS_ACP_COMMAND='[\"agent\",\"it\\u0027s\"]'\nTAOS_ACP_ENV='{\"KEY\":\"${OPENAI_API_KEY}\"}'\n"
+        );
+        // Without its single quotes (which systemd and the sidecar take off), it is the JSON.
+        let value = with
+            .lines()
+            .find_map(|l| l.strip_prefix("TAOS_ACP_COMMAND='"))
+            .and_then(|v| v.strip_suffix('\''))
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Vec<String>>(value).unwrap(),
+            acp.command
+        );
     }
 }

@@ -12,7 +12,7 @@ const BUILT_IN: &[&str] = &[
 ];
 
 /// The sidecar modes a manifest may name (see `taos_agent::config::Mode`).
-pub const AGENT_MODES: &[&str] = &["direct", "tools", "openclaw"];
+pub const AGENT_MODES: &[&str] = &["direct", "tools", "openclaw", "acp"];
 
 /// The sidecar mode of an agent deployed with `framework` (`direct` when unknown).
 pub fn agent_mode_of(framework: Option<&str>) -> String {
@@ -22,11 +22,13 @@ pub fn agent_mode_of(framework: Option<&str>) -> String {
 }
 
 /// Every known framework, in the picker's order (each manifest's `order`, then its id). A
-/// manifest that doesn't parse is a build-time bug, caught by a test.
+/// manifest that doesn't parse or validate is a build-time bug, caught by a test; it is left
+/// out, so a deploy naming it is refused as unknown.
 pub fn all() -> Vec<Manifest> {
     let mut all: Vec<Manifest> = BUILT_IN
         .iter()
-        .filter_map(|text| toml::from_str(text).ok())
+        .filter_map(|text| toml::from_str::<Manifest>(text).ok())
+        .filter(|m| m.validate().is_ok())
         .collect();
     all.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.id.cmp(&b.id)));
     all
@@ -50,6 +52,7 @@ mod tests {
             assert!(AGENT_MODES.contains(&m.agent_mode()), "{}", m.id);
             // They become container limits when a deploy sets none.
             assert!(m.requires.ram_mb >= 32 && m.requires.cpus >= 1, "{}", m.id);
+            assert_eq!(m.validate(), Ok(()));
         }
         assert!(get("direct").is_some());
         assert_eq!(
@@ -82,5 +85,48 @@ mod tests {
         assert!(m.requires.ram_mb >= 1500, "{}", m.requires.ram_mb);
         // The image alone is 1.1 GB unpacked.
         assert!(m.requires.disk_mb >= 1500, "{}", m.requires.disk_mb);
+    }
+
+    #[test]
+    fn an_acp_manifest_needs_a_command_and_only_acp_has_one() {
+        let manifest = |extra: &str| -> Manifest {
+            toml::from_str(&format!(
+                "id = \"x\"\nname = \"X\"\ndescription = \"d\"\nverification = \"alpha\"\norder = 99\n\
+                 image = \"taos-agent\"\nservice = \"taos-agent\"\n{extra}\n\
+                 [install]\nmethod = \"none\"\n[requires]\nram_mb = 64\ndisk_mb = 1\ncpus = 1\n"
+            ))
+            .unwrap()
+        };
+        let good = manifest(
+            "agent_mode = \"acp\"\n[acp]\ncommand = [\"opencode\", \"acp\"]\nenv = { KEY = \"${OPENAI_API_KEY}\" }",
+        );
+        assert_eq!(good.validate(), Ok(()));
+        for (extra, says) in [
+            ("agent_mode = \"acp\"", "needs an [acp] table"),
+            (
+                "agent_mode = \"acp\"\n[acp]\ncommand = []",
+                "command is empty",
+            ),
+            (
+                "agent_mode = \"acp\"\n[acp]\ncommand = [\"a\", \"\"]",
+                "non-empty",
+            ),
+            (
+                "agent_mode = \"acp\"\n[acp]\ncommand = [\"a\"]\nenv = { lower = \"x\" }",
+                "A-Z",
+            ),
+            (
+                "agent_mode = \"tools\"\n[acp]\ncommand = [\"a\"]",
+                "needs agent_mode",
+            ),
+        ] {
+            let err = manifest(extra).validate().unwrap_err();
+            assert!(err.contains(says), "{extra}: {err}");
+        }
+        // A shell string is not a command: the table takes argv only.
+        assert!(toml::from_str::<Manifest>(
+            "agent_mode = \"acp\"\n[acp]\ncommand = \"opencode acp\""
+        )
+        .is_err());
     }
 }

@@ -199,43 +199,19 @@ impl Sandbox {
         timeout: Duration,
         cap: usize,
     ) -> std::io::Result<Ran> {
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| std::io::Error::other("an empty command"))?;
-        let mut command = tokio::process::Command::new(program);
-        command
-            .args(args)
-            .env_clear()
-            .env("PATH", PATH)
-            .env("HOME", &self.home)
-            .env("USER", &self.user)
-            .env("LOGNAME", &self.user)
-            .env("SHELL", "/bin/sh")
-            .env("LANG", "C.UTF-8")
-            .env("TERM", "dumb")
-            .current_dir(cwd.unwrap_or(&self.workdir))
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own group, so the whole pipeline it starts can be killed at once.
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(account) = &self.account {
-            // std sets the gid, drops supplementary groups (we are root), then sets the uid,
-            // all before exec.
-            command.uid(account.uid).gid(account.gid);
-        }
+        let mut command = self.command(argv, cwd)?;
+        command.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let started = Instant::now();
         let mut child = command.spawn()?;
         // Kills what is left when this returns, and also when the call is dropped part way
         // (the turn was cancelled or the sidecar is stopping).
         let reaper = Reaper {
             pid: child.id(),
-            uid: self.account.as_ref().map(|a| a.uid),
+            uid: self.account_uid(),
         };
         let stdout = child.stdout.take().map(|r| tokio::spawn(capture(r, cap)));
         let stderr = child.stderr.take().map(|r| tokio::spawn(capture(r, cap)));
@@ -267,6 +243,61 @@ impl Sandbox {
             duration: started.elapsed(),
         })
     }
+}
+
+impl Sandbox {
+    /// A command for `argv` as the tools account: an environment built from nothing (PATH,
+    /// HOME, USER, LANG), in `cwd` (default: the workspace), in a process group of its own,
+    /// stdout and stderr piped, stdin closed, killed when dropped. The `acp` framework starts
+    /// its agent process with it too, so the rules stay in this one place.
+    pub fn command(
+        &self,
+        argv: &[String],
+        cwd: Option<&Path>,
+    ) -> std::io::Result<tokio::process::Command> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| std::io::Error::other("an empty command"))?;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("HOME", &self.home)
+            .env("USER", &self.user)
+            .env("LOGNAME", &self.user)
+            .env("SHELL", "/bin/sh")
+            .env("LANG", "C.UTF-8")
+            .env("TERM", "dumb")
+            .current_dir(cwd.unwrap_or(&self.workdir))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own group, so the whole pipeline it starts can be killed at once.
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(account) = &self.account {
+            // std sets the gid, drops supplementary groups (we are root), then sets the uid,
+            // all before exec.
+            command.uid(account.uid).gid(account.gid);
+        }
+        Ok(command)
+    }
+
+    /// The account's uid when the sidecar switches to it (so its leftovers can be swept).
+    pub fn account_uid(&self) -> Option<u32> {
+        self.account.as_ref().map(|a| a.uid)
+    }
+
+    /// The account's home (HOME for what runs as it).
+    pub fn home(&self) -> &str {
+        &self.home
+    }
+}
+
+/// Kills a process group and, when `uid` is a dedicated account, every process of it.
+pub fn kill_all(pid: Option<u32>, uid: Option<u32>) {
+    drop(Reaper { pid, uid });
 }
 
 /// Whether this process holds CAP_SETUID and CAP_SETGID (bits 7 and 6 of `CapEff`).
