@@ -72,7 +72,8 @@ fn watch_signals(trigger: ShutdownTrigger) -> std::io::Result<()> {
 }
 
 /// The image's unit grants CAP_SETUID, CAP_SETGID and CAP_KILL for tools mode, which starts
-/// its tools as another user (and openclaw mode, which starts openclaw as that user). Other modes start nothing: they give them up before any thread
+/// its tools as another user, openclaw mode (which starts openclaw as that user) and acp mode
+/// (which starts its agent so). Other modes start nothing: they give them up before any thread
 /// exists, so every later thread has none either.
 fn drop_capabilities() {
     use rustix::thread::{set_capabilities, CapabilitySet, CapabilitySets};

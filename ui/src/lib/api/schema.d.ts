@@ -1368,6 +1368,19 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** @description `[acp]` in a manifest: how the sidecar starts the agent (never through a shell). */
+        AcpAgent: {
+            /** @description The program and its arguments, e.g. `["opencode", "acp"]`. */
+            command: string[];
+            /**
+             * @description Extra environment for the agent. Values may use `${OPENAI_BASE_URL}`,
+             *     `${OPENAI_API_KEY}` (the agent's own gateway key), `${TAOS_MODEL}`,
+             *     `${TAOS_AGENT_NAME}` and `${HOME}`.
+             */
+            env?: {
+                [key: string]: string;
+            };
+        };
         /** @description An agent as people see it. Never carries a secret. */
         Agent: {
             color: string;
@@ -1860,10 +1873,12 @@ export interface components {
         };
         /** @description A framework a deploy can install, as its `manifest.toml` describes it. */
         Manifest: {
+            acp?: null | components["schemas"]["AcpAgent"];
             /**
              * @description The mode the taos-agent sidecar runs in (`TAOS_AGENT_MODE` in its credentials file):
-             *     `direct` (chat only, the default), `tools` (the built-in tool-using agent) or
-             *     `openclaw` (the sidecar drives openclaw in the container).
+             *     `direct` (chat only, the default), `tools` (the built-in tool-using agent),
+             *     `openclaw` (the sidecar drives openclaw in the container) or `acp` (an Agent Client
+             *     Protocol agent, named in `[acp]`).
              */
             agent_mode?: string | null;
             description: string;
