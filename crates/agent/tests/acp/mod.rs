@@ -427,6 +427,52 @@ async fn acp_limits_cut_a_turn_visibly_before_more_work() {
 }
 
 #[tokio::test]
+async fn acp_an_agent_without_load_session_starts_a_new_session_after_a_restart() {
+    let shared = shared().await;
+    let host = &shared.host;
+    let agent = Agent::create(host, "Acp Forgetful", &[GOOD]).await;
+    let (uid, dir) = account(6);
+    let config = || {
+        let mut config = acp_config(&agent, host, uid, &dir);
+        config
+            .acp
+            .env
+            .insert("STUB_NO_LOAD".to_string(), "1".to_string());
+        config
+    };
+    let (trigger, task) = start_agent(config());
+    agent.wait_connected(host).await;
+    let first = agent.say(host, "one").await;
+    assert_eq!(
+        agent.settled_reply(host, &first).await["content"],
+        "stub heard: one"
+    );
+    stop_agent(trigger, task).await;
+
+    let (trigger, task) = start_agent(config());
+    let second = agent.say(host, "two").await;
+    assert_eq!(
+        agent.settled_reply(host, &second).await["content"],
+        "stub heard: two"
+    );
+    let lines = record(&dir);
+    let sessions = made(&dir);
+    assert_eq!(sessions.len(), 2, "a new session, not a load: {lines:?}");
+    assert!(!lines.iter().any(|l| l.starts_with("load ")), "{lines:?}");
+    assert!(
+        lines.contains(&format!("prompt {} two", sessions[1])),
+        "{lines:?}"
+    );
+    // The map now names the new session.
+    let file = state_dir(&dir).join(taos_agent::acp::sessions::FILE_NAME);
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains(&sessions[1]));
+    stop_agent(trigger, task).await;
+    cleanup(&dir);
+}
+
+#[tokio::test]
 async fn acp_mode_with_an_empty_command_exits_with_code_2_naming_it() {
     let env = [
         ("TAOS_BRIDGE_URL", "http://127.0.0.1:9"),
