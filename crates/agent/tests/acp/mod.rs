@@ -293,10 +293,20 @@ async fn acp_a_cancel_from_the_chat_sends_session_cancel_and_the_session_goes_on
     let (trigger, task) = start_agent(acp_config(&agent, host, uid, &dir));
     agent.wait_connected(host).await;
 
+    let mut ws = taos_e2e::WsClient::connect(host, &host.local_token())
+        .await
+        .expect("ws");
+    ws.subscribe(&agent.dm, Some(0)).await;
     let asked = agent.say(host, "work forever #hang").await;
-    // The first words made the streaming answer (its text lives in the host's stream buffer
-    // until it settles); the stub is now waiting for a cancel.
-    let answer = wait_for("the first words", async || {
+    // The first words reached the chat (the delta is applied, not just sent); the stub is now
+    // waiting for a cancel.
+    super::agent_events(&mut ws, &agent, |events| {
+        events
+            .iter()
+            .any(|e| e["type"] == "message_delta" && e["delta"] == "working")
+    })
+    .await;
+    let answer = wait_for("the streaming answer", async || {
         agent
             .replies_to(host, &asked)
             .await
