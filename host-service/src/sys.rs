@@ -57,22 +57,8 @@ fn parse_mem_available(meminfo: &str) -> Option<u64> {
 }
 
 /// Bytes free for an unprivileged user on the filesystem holding `path` (statvfs's `f_bavail`).
-#[allow(unsafe_code)]
 pub fn free_disk_bytes(path: &std::path::Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path =
-        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: statvfs is plain old data; zeroed is a valid value for it.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and a pointer to a struct that outlives the call.
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    #[allow(
-        clippy::unnecessary_cast,
-        reason = "the field types differ between targets"
-    )]
-    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+    filesystem_space(path).map(|(free, _)| free)
 }
 
 /// Tells systemd the host is ready (`Type=notify` in taos-host.service), so `systemctl start`
@@ -174,6 +160,37 @@ pub fn raise_open_files_limit(wanted: usize) {
     }
 }
 
+/// Total memory (`MemTotal` in /proc/meminfo), in bytes.
+pub fn memory_total_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Space on the filesystem holding `path`, in bytes: `(free to unprivileged users, total)`.
+#[allow(unsafe_code)]
+// The statvfs fields are u64 here but 32 bits on 32-bit ARM boards (armhf), where the
+// conversions are real.
+#[allow(clippy::useless_conversion)]
+pub fn filesystem_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs reads the NUL-terminated path we own and writes only into `st`, which
+    // outlives the call.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let block = u64::from(st.f_frsize);
+    Ok((
+        u64::from(st.f_bavail).saturating_mul(block),
+        u64::from(st.f_blocks).saturating_mul(block),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +203,13 @@ mod tests {
         // Kernels before 3.14 have no MemAvailable: no figure rather than a wrong one.
         assert_eq!(parse_mem_available("MemTotal: 1 kB\nMemFree: 1 kB\n"), None);
         assert!(memory_available_bytes().is_some_and(|b| b > 0));
+        assert!(memory_total_bytes().is_some_and(|t| t >= memory_available_bytes().unwrap()));
+    }
+
+    #[test]
+    fn filesystem_space_of_the_root_is_read_and_a_missing_path_is_an_error() {
+        let (free, total) = filesystem_space(std::path::Path::new("/")).unwrap();
+        assert!(total > 0 && free <= total);
+        assert!(filesystem_space(std::path::Path::new("/no/such/path")).is_err());
     }
 }

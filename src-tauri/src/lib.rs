@@ -80,6 +80,8 @@ pub fn run() {
             };
             #[cfg(desktop)]
             app.manage(desktop::Desktop::start(app.handle(), &data_dir));
+            #[cfg(mobile)]
+            commands::notify::register_action_types(app.handle());
             let handle = app.handle().clone();
             let shell = tauri::async_runtime::block_on(async move {
                 let (shell, mut revocations) = Shell::open(data_dir, secret_store()).await?;
@@ -122,6 +124,7 @@ pub fn run() {
             commands::chat::chat_mute,
             commands::cache::cache_agents,
             commands::notify::notify_subscribe,
+            commands::notify::approval_answer,
             commands::desktop::desktop_settings,
             commands::desktop::desktop_set_tray,
             commands::desktop::desktop_set_start_at_login,

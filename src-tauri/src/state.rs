@@ -137,9 +137,8 @@ impl Shell {
     ) -> CommandResult<()> {
         let _one_at_a_time = self.activation.lock().await;
         self.deactivate().await;
-        let device_id = session.host.device_id.clone();
         let (tx, rx) = mpsc::unbounded_channel();
-        let engine = Engine::new(session, self.cache.clone(), tx);
+        let engine = Engine::new(session.clone(), self.cache.clone(), tx);
         let (stop, stop_rx) = watch::channel(false);
         // The unread count belongs to the host it was counted for: the new one starts with
         // none, and the previous engine's counts still on their way are not shown.
@@ -148,7 +147,7 @@ impl Shell {
         tokio::spawn(crate::commands::notify::forward(
             app.clone(),
             self.clone(),
-            device_id,
+            session,
             ticket,
             rx,
         ));

@@ -2,7 +2,9 @@
 //! (tauri-driver → WebKitWebDriver): pair with a fresh code → chat with an agent (its reply
 //! streams in) → the host stops: the chat is still readable, two messages are shown queued →
 //! the host is back: both delivered exactly once (checked on the host) → a disk-quota alert
-//! from the host is a native notification (a `Notify` call on the session bus) → the device
+//! from the host is a native notification (a `Notify` call on the session bus) → an agent's
+//! tool call waiting for approval is a notification with Approve and Deny, and each button
+//! (the notification server's `ActionInvoked`) answers it on the host → the device
 //! is revoked: the app is back on pairing, saying why. Screenshots of every step are kept.
 //!
 //! Needs a display, a D-Bus session and a Secret Service, so it is `#[ignore]`d in the plain
@@ -421,7 +423,12 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     // Watch the session bus for notifications.
     let bus_log = out.join("dbus-monitor.log");
     let mut monitor = tokio::process::Command::new("dbus-monitor")
-        .args(["--session", "interface='org.freedesktop.Notifications'"])
+        // Method returns too: a Notify call's answer is the notification's id.
+        .args([
+            "--session",
+            "interface='org.freedesktop.Notifications'",
+            "type='method_return'",
+        ])
         .stdout(Stdio::from(std::fs::File::create(&bus_log).unwrap()))
         .kill_on_drop(true)
         .spawn()
@@ -595,6 +602,11 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     }
     ui.screenshot("06a-notification-opened").await;
 
+    // An agent's tool call waiting for approval: the notification carries Approve and Deny,
+    // and each button answers it on the host with this device's credentials.
+    approvals_from_notifications(&host, &bus_log).await;
+    ui.screenshot("06a2-approvals-answered").await;
+
     // The paired hosts are listed, this one active.
     go_to(&ui, "/devices").await;
     ui.find("[data-testid=paired-hosts]", Duration::from_secs(10))
@@ -745,6 +757,191 @@ async fn the_app_pairs_chats_queues_offline_delivers_once_and_notifies() {
     let _ = driver_process.kill().await;
     let _ = monitor.kill().await;
     eprintln!("screenshots in {}", out.display());
+}
+
+/// Two tool calls of an agent on `ask`, played over the real agent listener: each becomes a
+/// native notification with Approve and Deny (checked in the `Notify` call on the bus); the
+/// notification server's answer to a button is the `ActionInvoked(id, action)` signal, sent
+/// here as a server sends it (dunst can't press a named button from the command line) to the
+/// id the server gave that notification. The app answers through `taos_client::approvals`,
+/// the host records it (the agent asking again is told), and a notification says how it went.
+async fn approvals_from_notifications(host: &Host, bus_log: &Path) {
+    let (agent, record) = AgentClient::create(host, "Tooler").await;
+    let r = host
+        .admin(Method::PATCH, &format!("/api/agents/{}", agent.slug))
+        .json(&json!({"tool_policy": "ask"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let dm = record["dm_channel_id"].as_str().unwrap();
+    let turn: Value = host
+        .admin(Method::POST, "/api/chat/messages")
+        .json(&json!({"channel_id": dm, "content": "clean up the old logs"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let trace_id = turn["id"].as_str().unwrap();
+    for (step, command, action, state) in [
+        (0, "rm -r ~/logs/2024", "approve", "approved"),
+        (1, "rm -r ~/logs/2025", "deny", "denied"),
+    ] {
+        let call_id = format!("c{step}");
+        let r = agent
+            .reply(
+                json!({"kind": "tool_call", "trace_id": trace_id, "call_id": call_id,
+                "tool": "shell", "args": {"command": command}}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let ask = || async {
+            let r = agent
+                .request(
+                    Method::POST,
+                    &format!("/api/openclaw/sessions/{}/approvals", agent.slug),
+                )
+                .json(
+                    &json!({"trace_id": trace_id, "call_id": call_id, "tool": "shell",
+                    "args": {"command": command}, "step": step, "wait_secs": 0}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.unwrap()["state"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(ask().await, "pending");
+        let title = format!("Tooler wants to run `{command}`");
+        let id = notification_id(bus_log, &title, &["approve", "Approve", "deny", "Deny"]).await;
+        let pressed = std::process::Command::new("gdbus")
+            .args([
+                "emit",
+                "--session",
+                "--object-path",
+                "/org/freedesktop/Notifications",
+                "--signal",
+                "org.freedesktop.Notifications.ActionInvoked",
+                &format!("uint32 {id}"),
+                &format!("'{action}'"),
+            ])
+            .status()
+            .expect("gdbus");
+        assert!(pressed.success(), "gdbus emit: {pressed}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = ask().await;
+            if now == state {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{action} on the notification left the approval {now}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // And the app said how it went.
+        let outcome = format!("{}{} for tooler", state[..1].to_uppercase(), &state[1..]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(bus_log)
+            .unwrap_or_default()
+            .contains(&outcome)
+        {
+            assert!(Instant::now() < deadline, "no \"{outcome}\" notification");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let pending: Vec<Value> = host.get("/api/approvals").await;
+    assert!(pending.is_empty(), "{pending:?}");
+}
+
+/// The id the notification server gave the `Notify` call whose text has `title`, once the
+/// call (with `needles` among its arguments: the buttons) and its answer are in the bus log.
+async fn notification_id(bus_log: &Path, title: &str, needles: &[&str]) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(bus_log).unwrap_or_default();
+        if let Some(id) = notify_answer(&log, title, needles) {
+            return id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Notify call for {title:?} with {needles:?} answered on the bus:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// dbus-monitor's log is blocks: a header line (`method call … sender=:1.7 … serial=12 …
+/// member=Notify`, `method return … destination=:1.7 serial=30 reply_serial=12`) and the
+/// arguments indented below it.
+fn notify_answer(log: &str, title: &str, needles: &[&str]) -> Option<u32> {
+    let mut blocks: Vec<(&str, Vec<&str>)> = Vec::new();
+    for line in log.lines() {
+        if line.starts_with(char::is_whitespace) {
+            if let Some((_, body)) = blocks.last_mut() {
+                body.push(line.trim());
+            }
+        } else {
+            blocks.push((line, Vec::new()));
+        }
+    }
+    let field = |header: &str, name: &str| -> Option<String> {
+        header
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .map(|v| v.trim_end_matches(';').to_string())
+    };
+    let (call, _) = blocks.iter().rev().find(|(header, body)| {
+        header.starts_with("method call")
+            && header.contains("member=Notify")
+            && body.iter().any(|l| l.contains(title))
+            && needles
+                .iter()
+                .all(|n| body.iter().any(|l| *l == format!("string \"{n}\"")))
+    })?;
+    let (sender, serial) = (field(call, "sender=")?, field(call, "serial=")?);
+    blocks.iter().find_map(|(header, body)| {
+        (header.starts_with("method return")
+            && field(header, "destination=").as_deref() == Some(sender.as_str())
+            && field(header, "reply_serial=").as_deref() == Some(serial.as_str()))
+        .then(|| body.first()?.strip_prefix("uint32 ")?.parse().ok())
+        .flatten()
+    })
+}
+
+#[test]
+fn a_notify_answer_is_found_in_a_dbus_monitor_log() {
+    let log = r#"signal time=1.0 sender=org.freedesktop.DBus -> destination=:1.9 serial=2 path=/org/freedesktop/DBus; interface=org.freedesktop.DBus; member=NameAcquired
+   string ":1.9"
+method call time=2.0 sender=:1.7 -> destination=org.freedesktop.Notifications serial=12 path=/org/freedesktop/Notifications; interface=org.freedesktop.Notifications; member=Notify
+   string "taos"
+   uint32 0
+   string ""
+   string "Tooler wants to run `rm -r ~/logs/2024`"
+   string "Approve or deny it"
+   array [
+      string "default"
+      string "Open"
+      string "approve"
+      string "Approve"
+      string "deny"
+      string "Deny"
+   ]
+method return time=2.1 sender=:1.3 -> destination=:1.5 serial=29 reply_serial=12
+   uint32 3
+method return time=2.1 sender=:1.3 -> destination=:1.7 serial=30 reply_serial=12
+   uint32 4
+"#;
+    let title = "Tooler wants to run `rm -r ~/logs/2024`";
+    assert_eq!(notify_answer(log, title, &["approve", "deny"]), Some(4));
+    assert_eq!(notify_answer(log, title, &["snooze"]), None);
+    assert_eq!(notify_answer(log, "another", &[]), None);
 }
 
 /// Clicks the newest notification once dunst shows it: dunst invokes its default action, as a

@@ -16,6 +16,7 @@ import { join, resolve } from 'node:path';
 import { chromium, request } from 'playwright-core';
 import { makeChatChecks } from './chat_checks.mjs';
 import { makeScreens } from './screens.mjs';
+import { makeToolChecks } from './tool_checks.mjs';
 
 const URL_ = required('TAOS_URL');
 const LOCAL_TOKEN = required('TAOS_LOCAL_TOKEN');
@@ -102,6 +103,7 @@ const page = await desktop.newPage();
 watch(page, 'desktop');
 page.setDefaultTimeout(20_000);
 const screens = makeScreens({ page, desktop, browser, URL_, LOCAL_TOKEN, AGENT_BIN, OUT, SLUG, REPLY, assert, screenshot, watch });
+const tools = makeToolChecks({ page, desktop, URL_, assert, screenshot });
 const checks = makeChatChecks({ page, desktop, URL_, LOCAL_TOKEN, AGENT_BIN, OUT, SLUG, REPLY, assert, screenshot });
 
 try {
@@ -186,6 +188,8 @@ try {
     await checks.llmStatusNeverSaidAddAProvider();
     await screenshot(page, 'providers');
   });
+
+  await step("deploy form: each framework's verification, memory and disk needs beside what the host has free; a warning when short", () => tools.frameworkPicker());
 
   await step('deploy an agent (from the first screen) and watch its steps progress', async () => {
     await page.getByRole('link', { name: 'Agents' }).click();
@@ -578,6 +582,7 @@ try {
   await step('live: a device paired while Devices is open appears without a reload', () => checks.liveDevices());
   await step('live: a new alert pops a toast, not only the badge', () => checks.alertToast());
   await step('group chat with a person and an agent, made in the UI; the named agent answers', () => checks.groupChat());
+  await step('chat: tool calls as collapsed cards from metadata.tools; Approve and Deny on approval requests, recorded by the host', () => tools.toolCardsAndApprovals());
 
   // Last: it locks this address out of signing in for a minute.
   await step('repeated wrong passwords get the rate-limit message', async () => {

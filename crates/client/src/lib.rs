@@ -5,7 +5,9 @@
 //! - [`pairing`], [`session`], [`secrets`], [`hosts`]: pairing, tokens, the keychain, paired hosts.
 //! - [`cache`], [`sync`], [`outbox`], [`engine`]: the offline cache and what keeps it in step.
 //! - [`notify`]: which happenings become native notifications.
+//! - [`approvals`]: answering a tool approval from a notification's Approve / Deny.
 
+pub mod approvals;
 pub mod cache;
 pub mod engine;
 pub mod hosts;

@@ -13,14 +13,31 @@ pub struct NativeNotification {
     pub title: String,
     pub body: String,
     pub route: String,
+    /// For an agent's tool call waiting for a person: the approval's id. The shell then offers
+    /// Approve and Deny on the notification (see [`crate::approvals::decide`]).
+    pub approval: Option<String>,
 }
 
-/// Quota and budget alerts (warnings and errors; the "back to normal" infos stay in the app)
-/// and failed deploys.
+/// Quota and budget alerts (warnings and errors; the "back to normal" infos stay in the app),
+/// failed deploys, and tool calls waiting for approval (with the approval's id, for the
+/// notification's Approve / Deny; a tap opens the agent's chat, where the call shows).
 pub fn for_host_event(event: &HostEvent) -> Option<NativeNotification> {
     match event.kind.as_str() {
         "notification.created" => {
             let n: Notification = serde_json::from_value(event.data.clone()).ok()?;
+            if n.source == "tool.approval" {
+                let id = n.data["approval_id"].as_str()?;
+                let route = match n.data["channel_id"].as_str() {
+                    Some(channel) => format!("/chat/{channel}"),
+                    None => "/notifications".into(),
+                };
+                return Some(NativeNotification {
+                    title: n.title,
+                    body: n.message,
+                    route,
+                    approval: Some(id.to_string()),
+                });
+            }
             let alert = matches!(n.source.as_str(), "disk_quota" | "llm.budget" | "deploy");
             if !alert || n.level == Level::Info {
                 return None;
@@ -33,6 +50,7 @@ pub fn for_host_event(event: &HostEvent) -> Option<NativeNotification> {
                 title: n.title,
                 body: n.message,
                 route,
+                approval: None,
             })
         }
         "deploy.finished" if event.data["status"] == "rolled_back" => Some(NativeNotification {
@@ -42,6 +60,7 @@ pub fn for_host_event(event: &HostEvent) -> Option<NativeNotification> {
                 .unwrap_or("the deploy was rolled back")
                 .to_string(),
             route: "/agents".into(),
+            approval: None,
         }),
         _ => None,
     }
@@ -79,6 +98,7 @@ pub fn for_reply(
         title: format!("{} in {channel_name}", message.author_id),
         body,
         route: format!("/chat/{}", message.channel_id),
+        approval: None,
     })
 }
 
@@ -213,6 +233,21 @@ mod tests {
             json!({"status": "succeeded"})
         ))
         .is_none());
+    }
+
+    #[test]
+    fn an_approval_notifies_with_its_id_and_opens_the_chat() {
+        let mut data = notification("tool.approval", "warning");
+        data["title"] = json!("Helper wants to run shell: rm -r ~/logs/2024");
+        data["data"] = json!({"approval_id": "ap-1", "agent": "helper", "tool": "shell",
+            "command": "rm -r ~/logs/2024", "channel_id": "dm-1", "message_id": "m-1"});
+        let n = for_host_event(&host_event("notification.created", data.clone())).unwrap();
+        assert_eq!(n.approval.as_deref(), Some("ap-1"));
+        assert_eq!(n.route, "/chat/dm-1");
+        assert_eq!(n.title, "Helper wants to run shell: rm -r ~/logs/2024");
+        // Without an id there is nothing to answer: no Approve / Deny to offer.
+        data["data"] = json!({"agent": "helper"});
+        assert!(for_host_event(&host_event("notification.created", data)).is_none());
     }
 
     /// A finished agent reply in `channel_id`.

@@ -372,3 +372,155 @@ async fn expiring_tokens_reconnect_quietly_and_revocation_signs_the_app_out() {
     let _ = running.await;
     answering.abort();
 }
+
+/// An agent's tool call under `ask` reaches the app as a notification carrying the approval's
+/// id; answering it the way the notification's Approve / Deny do (`approvals::decide` with the
+/// paired device's session) is what the host records, and the agent is told. A second answer
+/// to the same approval is "already answered", not an error; a made-up id never reaches a path.
+#[tokio::test]
+async fn an_approval_notifies_and_is_answered_with_the_devices_credentials() {
+    use taos_client::approvals::{decide, Answered, ApprovalError};
+    use taos_proto::approvals::{ApprovalState, Decision};
+
+    let host = Host::start_with(
+        &taos_e2e::workspace_binary("taos-host")
+            .display()
+            .to_string(),
+        taos_e2e::HostOptions {
+            env: vec![(
+                "TAOS_LLM__LITELLM_BIN".into(),
+                "/nonexistent/litellm".into(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    host.setup_owner().await;
+    let (agent, record) = AgentClient::create(&host, "Helper").await;
+    let r = host
+        .admin(Method::PATCH, &format!("/api/agents/{}", agent.slug))
+        .json(&serde_json::json!({"tool_policy": "ask"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let dm = record["dm_channel_id"].as_str().unwrap().to_string();
+
+    let secrets: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
+    let paired = pair(
+        &host.pairing_token().await,
+        "phone",
+        "linux",
+        secrets.clone(),
+    )
+    .await
+    .unwrap();
+    let link = taos_client::net::Link::new(&paired.address, paired.host.trust).unwrap();
+    let session = Arc::new(Session::after_pairing(
+        paired.host.clone(),
+        secrets.clone(),
+        &paired.tokens,
+        link,
+    ));
+    let app_dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(&app_dir.path().join("cache.db")).await.unwrap();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let engine = Engine::new(session.clone(), cache.clone(), tx);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(engine.clone().run(stop));
+    next_matching(&mut events, "online", |e| {
+        matches!(e, AppEvent::Connection { online: true, .. })
+    })
+    .await;
+
+    // The agent asks twice (two calls of one turn); each is a notification with its id.
+    let turn: Value = host
+        .admin(Method::POST, "/api/chat/messages")
+        .json(&serde_json::json!({"channel_id": dm, "content": "clean up the old logs"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let trace_id = turn["id"].as_str().unwrap().to_string();
+    let ask = |step: u32, command: &str| {
+        let body = serde_json::json!({"trace_id": trace_id, "call_id": format!("c{step}"),
+            "tool": "shell", "args": {"command": command}, "step": step, "wait_secs": 0});
+        let agent = agent.clone();
+        async move {
+            let r = agent
+                .request(
+                    Method::POST,
+                    &format!("/api/openclaw/sessions/{}/approvals", agent.slug),
+                )
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let mut ids = Vec::new();
+    for (step, command) in [(0, "rm -r ~/logs/2024"), (1, "rm -r ~/logs/2025")] {
+        assert_eq!(ask(step, command).await["state"], "pending");
+        let AppEvent::Notify { notification } =
+            next_matching(&mut events, "the approval's notification", |e| {
+                matches!(e, AppEvent::Notify { notification } if notification.title.contains(command))
+            })
+            .await
+        else {
+            unreachable!()
+        };
+        assert_eq!(notification.route, format!("/chat/{dm}"));
+        ids.push(notification.approval.expect("the approval's id"));
+    }
+
+    // Approve the first, deny the second: the host records each, and the agent asking again
+    // is told.
+    let approved = decide(&session, &ids[0], Decision::Approve).await.unwrap();
+    let Answered::Decided(approved) = approved else {
+        panic!("{approved:?}")
+    };
+    assert_eq!(approved.state, ApprovalState::Approved);
+    assert_eq!(approved.decided_by.as_deref(), Some("user:owner"));
+    assert_eq!(ask(0, "rm -r ~/logs/2024").await["state"], "approved");
+    let denied = decide(&session, &ids[1], Decision::Deny).await.unwrap();
+    assert!(
+        matches!(&denied, Answered::Decided(a) if a.state == ApprovalState::Denied),
+        "{denied:?}"
+    );
+    assert_eq!(ask(1, "rm -r ~/logs/2025").await["state"], "denied");
+    let pending: Vec<Value> = host.get("/api/approvals").await;
+    assert!(pending.is_empty(), "{pending:?}");
+
+    // Answering again (a second tap, or someone was quicker) says so, changing nothing.
+    let again = decide(&session, &ids[0], Decision::Deny).await.unwrap();
+    assert_eq!(
+        again,
+        Answered::Already("this approval is already approved".into())
+    );
+    assert_eq!(ask(0, "rm -r ~/logs/2024").await["state"], "approved");
+    // An id that isn't the host's never reaches a path; one that is shaped right but unknown
+    // is the host's 404, in words.
+    assert!(matches!(
+        decide(&session, "../devices", Decision::Approve).await,
+        Err(ApprovalError::BadId(_))
+    ));
+    let unknown = decide(
+        &session,
+        "00000000-0000-0000-0000-000000000000",
+        Decision::Approve,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        unknown.to_string().contains("no such approval"),
+        "{unknown}"
+    );
+
+    stop_tx.send(true).unwrap();
+    running.await.unwrap();
+}

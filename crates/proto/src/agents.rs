@@ -522,6 +522,26 @@ pub struct Requires {
     pub cpus: u32,
 }
 
+/// What the host has free for new agents, for the framework picker to compare with each
+/// manifest's `requires`. A figure the host could not read is `null`, with the reason in
+/// `problems`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostCapacity {
+    /// Memory a new agent can have, in bytes: the kernel's `MemAvailable` less what running
+    /// agents may still grow into under their limits (what the deploy's memory check counts).
+    pub memory_available_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    /// Free space where agents' root disks live (the incus storage pool, or Docker's data
+    /// root), in bytes.
+    pub disk_free_bytes: Option<u64>,
+    pub disk_total_bytes: Option<u64>,
+    /// That storage in words, e.g. `incus storage pool "default" (btrfs)`.
+    pub storage: Option<String>,
+    /// Why a figure is missing, in words.
+    pub problems: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

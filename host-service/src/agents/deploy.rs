@@ -259,16 +259,26 @@ async fn check_memory(
     manifest: &Manifest,
     requested_mib: Option<u64>,
 ) -> Result<(), DeployError> {
-    let Some(available) = crate::sys::memory_available_bytes() else {
+    let Some(free) = free_memory_bytes(host, rt).await? else {
         tracing::warn!("no MemAvailable in /proc/meminfo: deploying without checking free memory");
         return Ok(());
     };
+    memory_fits(manifest, requested_mib, free / MIB)
+}
+
+/// Memory a new agent can have now: what the kernel says is available, less what agents
+/// already running (or deploying) may still grow into under their limits. The deploy check and
+/// the framework picker (`GET /api/host/capacity`) use this one figure. `None` without
+/// `MemAvailable` in /proc/meminfo.
+pub async fn free_memory_bytes(
+    host: &AgentHost,
+    rt: &ContainerRuntime,
+) -> Result<Option<u64>, DeployError> {
+    let Some(available) = crate::sys::memory_available_bytes() else {
+        return Ok(None);
+    };
     let reserved = reserved_memory_bytes(host, rt).await?;
-    memory_fits(
-        manifest,
-        requested_mib,
-        available.saturating_sub(reserved) / MIB,
-    )
+    Ok(Some(available.saturating_sub(reserved)))
 }
 
 /// The part of their memory limits that agents which run (or are being deployed) don't use yet.

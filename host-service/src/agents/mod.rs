@@ -10,6 +10,7 @@
 //! - `frameworks`: the framework catalog compiled into the binary.
 
 pub mod archive;
+pub mod capacity;
 pub mod deploy;
 pub mod frameworks;
 pub mod lifecycle;

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use taos_proto::agents::{DeployAccepted, DeployRequest, DeployStatus};
+use taos_proto::agents::{DeployAccepted, DeployRequest, DeployStatus, HostCapacity};
 use taos_proto::error::ErrorBody;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -10,12 +10,13 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::extract::{human_member, Auth, Json, OwnerLike, Path};
 use super::AppState;
-use crate::agents::deploy;
 use crate::agents::frameworks::{self, Manifest};
+use crate::agents::{capacity, deploy};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_frameworks))
+        .routes(routes!(host_capacity))
         .routes(routes!(deploy_agent))
         .routes(routes!(deploy_status))
 }
@@ -26,6 +27,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
         (status = 401, description = "No credentials", body = ErrorBody)))]
 async fn list_frameworks(_auth: Auth) -> Json<Vec<Manifest>> {
     Json(frameworks::all())
+}
+
+/// What the host has free for new agents: available memory and free space where agents'
+/// root disks live, to compare with each framework's `requires`. Figures read now; one that
+/// can't be read is null and `problems` says why.
+#[utoipa::path(get, path = "/api/host/capacity", tag = "agents",
+    responses((status = 200, description = "Free memory and agents' storage", body = HostCapacity),
+        (status = 401, description = "No credentials", body = ErrorBody)))]
+async fn host_capacity(_auth: Auth, State(state): State<AppState>) -> Json<HostCapacity> {
+    Json(capacity::host_capacity(&state.agents).await)
 }
 
 /// Deploys an agent into its own container. Answers at once; follow the progress at

@@ -159,6 +159,15 @@ impl Docker {
         Ok(info.driver.unwrap_or_default())
     }
 
+    /// Where Docker keeps images and containers (`DockerRootDir`), e.g. `/var/lib/docker`.
+    pub async fn data_root(&self) -> Result<String, RuntimeError> {
+        let info = self.client.info().await.map_err(refused)?;
+        info.docker_root_dir.ok_or_else(|| RuntimeError::Refused {
+            runtime: "docker",
+            message: "docker did not say where it keeps its data".into(),
+        })
+    }
+
     /// Makes the agents' networks if they are missing and returns each one's bridge and
     /// gateway (where the host's agent listener binds for agents on it). A network that exists
     /// with other settings is an error: it can't be changed in place.

@@ -179,6 +179,30 @@ impl Incus {
         Ok(driver)
     }
 
+    /// Free and total bytes of the pool agents' root disks live on (incus's own figures for
+    /// the pool, which for a `dir` pool are its filesystem's).
+    pub async fn pool_space(&self) -> Result<(u64, u64), RuntimeError> {
+        validate_name("pool name", &self.pool)?;
+        let mut path = format!("/1.0/storage-pools/{}/resources", self.pool);
+        if let Some(member) = &self.target {
+            path.push_str(&format!("?target={}", percent_encode(member)));
+        }
+        let resources = self.call(Method::GET, &path, None).await?;
+        let space = &resources["space"];
+        match (space["total"].as_u64(), space["used"].as_u64()) {
+            (Some(total), Some(used)) => Ok((total.saturating_sub(used), total)),
+            _ => Err(RuntimeError::Refused {
+                runtime: "incus",
+                message: format!("pool {:?} reports no space figures", self.pool),
+            }),
+        }
+    }
+
+    /// The pool's name, for messages.
+    pub fn pool_name(&self) -> &str {
+        &self.pool
+    }
+
     /// Sets the size of a container's root disk (grows at once, even while running).
     pub async fn set_root_size(&self, name: &str, mib: u64) -> Result<(), RuntimeError> {
         let path = Self::instance(name)?;

@@ -251,6 +251,34 @@ impl ContainerRuntime {
         }
     }
 
+    /// Free and total bytes where agents' root disks live, and that place in words: the incus
+    /// pool, or the filesystem of Docker's data root (read on this machine, so a Docker
+    /// daemon elsewhere is an error that says so).
+    pub async fn storage_space(&self) -> Result<(u64, u64, String), RuntimeError> {
+        let driver = self.storage_driver().await?;
+        match self {
+            ContainerRuntime::Incus(rt) => {
+                let (free, total) = rt.pool_space().await?;
+                Ok((
+                    free,
+                    total,
+                    format!("incus storage pool {:?} ({driver})", rt.pool_name()),
+                ))
+            }
+            ContainerRuntime::Docker(rt) => {
+                let root = rt.data_root().await?;
+                let (free, total) = crate::sys::filesystem_space(std::path::Path::new(&root))
+                    .map_err(|e| RuntimeError::Refused {
+                        runtime: "docker",
+                        message: format!(
+                            "cannot read the free space at {root} on this machine: {e}"
+                        ),
+                    })?;
+                Ok((free, total, format!("Docker's data root {root} ({driver})")))
+            }
+        }
+    }
+
     /// Whether a root disk size is enforced on this storage.
     pub async fn enforces_disk_quota(&self) -> Result<bool, RuntimeError> {
         let driver = self.storage_driver().await?;

@@ -572,3 +572,66 @@ async fn an_agent_whose_container_vanished_is_a_tombstone_or_is_removed() {
         );
     }
 }
+
+/// The framework picker's facts: what each framework needs (`requires`) and what the host has
+/// free. Memory is the kernel's; the disk is incus's own figure for the agents' pool, read
+/// here with the incus CLI (argv) so the host's reading is checked against another one.
+#[tokio::test]
+async fn the_host_says_what_it_has_free_for_agents() {
+    let host = host_with(&[]).await;
+    host.setup_owner().await;
+    let frameworks: Vec<Value> = host.get("/api/frameworks").await;
+    for f in &frameworks {
+        assert!(
+            f["requires"]["ram_mb"].as_u64().unwrap() > 0
+                && f["requires"]["disk_mb"].as_u64().unwrap() > 0,
+            "{f}"
+        );
+    }
+    let c: Value = host.get("/api/host/capacity").await;
+    assert_eq!(c["problems"], json!([]), "{c}");
+    let available = c["memory_available_bytes"].as_u64().unwrap();
+    let total = c["memory_total_bytes"].as_u64().unwrap();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let mem_total: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert_eq!(total, mem_total * 1024, "{c}");
+    assert!(available > 0 && available <= total, "{c}");
+
+    let info = std::process::Command::new("incus")
+        .args(["storage", "info", "default", "--bytes"])
+        .output()
+        .expect("incus storage info");
+    let info = String::from_utf8_lossy(&info.stdout).to_string();
+    let figure = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|v| v.trim().trim_matches('"').parse().unwrap())
+            .unwrap_or_else(|| panic!("no {name} in {info}"))
+    };
+    let (pool_total, pool_used) = (figure("total space:"), figure("space used:"));
+    assert_eq!(c["disk_total_bytes"].as_u64(), Some(pool_total), "{c}");
+    // Used space moves with other work on the pool; the free figure is the pool's, give or take.
+    let free = c["disk_free_bytes"].as_u64().unwrap();
+    assert!(free <= pool_total, "{c}");
+    assert!(
+        free.abs_diff(pool_total - pool_used) < 2 * 1024 * 1024 * 1024,
+        "free {free} vs incus's {} ({c})",
+        pool_total - pool_used
+    );
+    let storage = c["storage"].as_str().unwrap();
+    assert!(storage.contains("\"default\""), "{storage}");
+
+    // Anonymous callers learn nothing.
+    let r = host
+        .client()
+        .get(host.url("/api/host/capacity"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}

@@ -279,6 +279,13 @@ fn table(f: &Fixture) -> Vec<Route> {
             OWNER_SIDE,
             vec![no_body("/api/frameworks".into(), Allow)],
         ),
+        // What the host has free, beside the frameworks in the picker: no secrets in it.
+        route(
+            "GET",
+            "/api/host/capacity",
+            OWNER_SIDE,
+            vec![no_body("/api/host/capacity".into(), Allow)],
+        ),
         route(
             "GET",
             "/api/admin-prompts",

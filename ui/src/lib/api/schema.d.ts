@@ -1068,6 +1068,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/host/capacity": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * What the host has free for new agents: available memory and free space where agents'
+         *     root disks live, to compare with each framework's `requires`. Figures read now; one that
+         *     can't be read is null and `problems` says why.
+         */
+        get: operations["host_capacity"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/llm/status": {
         parameters: {
             query?: never;
@@ -1809,6 +1830,33 @@ export interface components {
             } | null;
             /** @description The host's version. Only for authenticated callers. */
             version?: string | null;
+        };
+        /**
+         * @description What the host has free for new agents, for the framework picker to compare with each
+         *     manifest's `requires`. A figure the host could not read is `null`, with the reason in
+         *     `problems`.
+         */
+        HostCapacity: {
+            /**
+             * Format: int64
+             * @description Free space where agents' root disks live (the incus storage pool, or Docker's data
+             *     root), in bytes.
+             */
+            disk_free_bytes?: number | null;
+            /** Format: int64 */
+            disk_total_bytes?: number | null;
+            /**
+             * Format: int64
+             * @description Memory a new agent can have, in bytes: the kernel's `MemAvailable` less what running
+             *     agents may still grow into under their limits (what the deploy's memory check counts).
+             */
+            memory_available_bytes?: number | null;
+            /** Format: int64 */
+            memory_total_bytes?: number | null;
+            /** @description Why a figure is missing, in words. */
+            problems: string[];
+            /** @description That storage in words, e.g. `incus storage pool "default" (btrfs)`. */
+            storage?: string | null;
         };
         /**
          * @description One event on `GET /api/events`. The SSE `id:` is `id`, the SSE `event:` is `kind`, and the SSE
@@ -5731,6 +5779,35 @@ export interface operations {
             };
             /** @description Not the owner */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    host_capacity: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Free memory and agents' storage */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HostCapacity"];
+                };
+            };
+            /** @description No credentials */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -113,17 +113,35 @@ export async function scanPairingCode(scanner?: QrScanner): Promise<string> {
   return content;
 }
 
+/** What a tap on a phone's notification asks for: answer an approval, open a screen, or nothing. */
+export type Tap = { kind: 'answer'; id: string; action: 'approve' | 'deny' } | { kind: 'open'; route: string } | null;
+
+type Tapped = { actionId?: string; notification?: { extra?: { route?: unknown; approval_id?: unknown } } | null };
+
+/** Reads the plugin's `actionPerformed` data (the shell's own extras, but checked anyway). */
+export function tapOf(data: Tapped | null | undefined): Tap {
+  const extra = data?.notification?.extra;
+  const action = data?.actionId;
+  if ((action === 'approve' || action === 'deny') && typeof extra?.approval_id === 'string' && extra.approval_id) {
+    return { kind: 'answer', id: extra.approval_id, action };
+  }
+  if (action !== 'dismiss' && typeof extra?.route === 'string') return { kind: 'open', route: extra.route };
+  return null;
+}
+
 /**
  * On phones a tap on a native notification reaches the UI as the notification plugin's
  * `actionPerformed` event, carrying the screen to open in `extra.route` (desktops get the
- * shell's `taos://open` event instead). Resolves once listening, or at once where the plugin
- * has no such event.
+ * shell's `taos://open` event instead). An approval's Approve / Deny button is answered by the
+ * shell (`approval_answer`, the same path as the desktop's buttons), which says how it came
+ * out in a notification. Resolves once listening, or at once where the plugin has no such event.
  */
 export async function onNotificationTap(open: (route: string) => void): Promise<void> {
-  type Tapped = { actionId?: string; notification?: { extra?: { route?: unknown } } | null };
   await addPluginListener<Tapped>('notification', 'actionPerformed', (data) => {
-    const route = data?.notification?.extra?.route;
-    if (data?.actionId !== 'dismiss' && typeof route === 'string') open(route);
+    const tap = tapOf(data);
+    if (tap?.kind === 'open') open(tap.route);
+    // A failure is also told by the shell's notification; the log is for whoever debugs it.
+    if (tap?.kind === 'answer') call('approval_answer', { id: tap.id, action: tap.action }).catch((e) => console.warn('approval_answer', e));
   }).catch(() => undefined);
 }
 
