@@ -5,9 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::text_enum::text_enum;
 
-/// Where backups go. Tagged by `kind`, so SFTP and S3-compatible destinations (restic's `sftp:`
-/// and `s3:` repositories, a URL plus credentials sealed like the passphrase) are new variants
-/// of this type, not a new settings shape.
+/// Where backups go, tagged by `kind`: a folder, an SFTP server or an S3-compatible bucket
+/// (restic's local, `sftp:` and `s3:` repositories). The secrets an SFTP or S3 destination
+/// needs are not part of it: they come in [`BackupCredentials`], are stored sealed and are
+/// never returned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -16,6 +17,40 @@ pub enum BackupDestination {
     /// data dir. Its parent folder must exist when a backup runs (an unplugged disk's mount
     /// point is then empty, and the backup fails rather than fill the SD card).
     Local { path: String },
+    /// A folder on an SFTP server, reached with the `ssh` client as `user@host:port` with the
+    /// private key of the credentials, and only if the server shows `host_key`
+    /// (`StrictHostKeyChecking=yes` against that pin alone). `host`: a DNS name or IPv4
+    /// address (letters, digits, `.`, `-`); `user`: letters, digits, `.`, `_`, `-`; `path`:
+    /// absolute, letters, digits and `._-/` only, without `.` or `..` parts.
+    Sftp {
+        host: String,
+        port: u16,
+        user: String,
+        path: String,
+        /// The server's public host key as in `known_hosts` or `ssh-keyscan`:
+        /// `ssh-ed25519 AAAA…` (type and base64; a trailing comment is dropped).
+        host_key: String,
+    },
+    /// A bucket of an S3-compatible service: `endpoint` is its base URL (`https://…`, or
+    /// `http://…` on a trusted network; no path, query or user), `bucket` an S3 bucket name
+    /// (3–63 of `a-z0-9.-`). The access key and secret come in the credentials.
+    S3 { endpoint: String, bucket: String },
+}
+
+/// The secrets of an SFTP or S3 destination, write-only: sealed like provider keys, given to
+/// restic only for a run (a 0600 key file that is removed after it, or restic's environment),
+/// never in an answer, argv or the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackupCredentials {
+    /// An OpenSSH private key without a passphrase (`-----BEGIN OPENSSH PRIVATE KEY-----`…),
+    /// whose public half is in the server's `authorized_keys`.
+    Sftp { private_key: String },
+    S3 {
+        access_key_id: String,
+        secret_access_key: String,
+    },
 }
 
 /// How many backups are kept: restic's `forget --keep-daily/--keep-weekly/--keep-monthly`,
@@ -48,6 +83,9 @@ pub struct BackupSettings {
     pub destination: Option<BackupDestination>,
     pub retention: BackupRetention,
     pub passphrase_set: bool,
+    /// True when the SFTP or S3 destination's credentials are stored (never returned).
+    #[serde(default)]
+    pub credentials_set: bool,
     /// True once a backup opened (or created) the repository with the passphrase; from then
     /// on the passphrase can't be changed for this destination.
     pub repository_ready: bool,
@@ -67,6 +105,11 @@ pub struct BackupSettingsUpdate {
     /// Omitted: unchanged (7 daily, 4 weekly, 6 monthly at first).
     #[serde(default)]
     pub retention: Option<BackupRetention>,
+    /// The SFTP key or S3 keys, of the destination's kind. Required the first time an SFTP
+    /// or S3 destination is saved; omitted later for a destination of the same kind, the
+    /// stored ones stay. Refused for a folder.
+    #[serde(default)]
+    pub credentials: Option<BackupCredentials>,
 }
 
 /// The answer to `PUT /api/backups/settings`.

@@ -12,6 +12,7 @@
 //! and ends `succeeded` or `failed` with its reason; a run the host died in is marked failed at
 //! the next start (`recover`). Failures notify the owner with what to do.
 
+pub mod remote;
 pub mod restic;
 pub mod restore;
 mod stage;
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use sqlx::Row;
 use taos_proto::backup::{
-    BackupDestination, BackupPhase, BackupProgress, BackupRetention, BackupRun, BackupSettings,
-    BackupSettingsSaved, BackupSettingsUpdate, BackupState,
+    BackupCredentials, BackupDestination, BackupPhase, BackupProgress, BackupRetention, BackupRun,
+    BackupSettings, BackupSettingsSaved, BackupSettingsUpdate, BackupState,
 };
 use taos_proto::events::{Level, NewNotification};
 use uuid::Uuid;
@@ -42,6 +43,9 @@ pub const BACKUP_DIR: &str = "backup";
 /// The staged copy's folder name, which is also the top folder inside every snapshot.
 pub const STAGE_NAME: &str = "taos-data";
 const PASSWORD_FILE: &str = "repository-password";
+/// An SFTP destination's private key and pinned host key, 0600 files for the length of a run.
+const SSH_KEY_FILE: &str = "sftp-key";
+const KNOWN_HOSTS_FILE: &str = "sftp-known-hosts";
 pub(crate) const CACHE_DIR: &str = "cache";
 pub(crate) const TMP_DIR: &str = "tmp";
 /// Every snapshot the host makes carries this tag (and `taos-schema-<n>`, `taos-run-<id>`).
@@ -139,6 +143,8 @@ struct Inner {
 struct Stored {
     destination: BackupDestination,
     sealed_passphrase: String,
+    /// The SFTP or S3 credentials' JSON, sealed.
+    sealed_credentials: Option<String>,
     retention: BackupRetention,
     repository_ready: bool,
     updated_at: i64,
@@ -168,7 +174,7 @@ impl Backups {
 
     async fn stored(&self) -> Result<Option<Stored>, BackupError> {
         let row = sqlx::query(
-            "SELECT destination, passphrase, keep_daily, keep_weekly, keep_monthly, \
+            "SELECT destination, passphrase, credentials, keep_daily, keep_weekly, keep_monthly, \
              repository_ready, updated_at FROM backup_settings WHERE id = 1",
         )
         .fetch_optional(&self.0.db)
@@ -185,6 +191,7 @@ impl Backups {
             destination: serde_json::from_str(&destination)
                 .map_err(|e| BackupError::Decode(format!("destination: {e}")))?,
             sealed_passphrase: row.get("passphrase"),
+            sealed_credentials: row.get("credentials"),
             retention: BackupRetention {
                 keep_daily: keep("keep_daily")?,
                 keep_weekly: keep("keep_weekly")?,
@@ -203,6 +210,7 @@ impl Backups {
                 destination: None,
                 retention: BackupRetention::default(),
                 passphrase_set: false,
+                credentials_set: false,
                 repository_ready: false,
                 updated_at: None,
             },
@@ -211,6 +219,7 @@ impl Backups {
                 destination: Some(s.destination),
                 retention: s.retention,
                 passphrase_set: true,
+                credentials_set: s.sealed_credentials.is_some(),
                 repository_ready: s.repository_ready,
                 updated_at: Some(from_ms(s.updated_at)),
             },
@@ -230,7 +239,34 @@ impl Backups {
         if let Some(passphrase) = &update.passphrase {
             validate_passphrase(passphrase)?;
         }
+        if let Some(credentials) = &update.credentials {
+            remote::validate_credentials(&update.destination, credentials)?;
+        }
         let current = self.stored().await?;
+        // SFTP and S3 need credentials: new ones, or the stored ones of a destination of the
+        // same kind (the owner changed the path, not the key).
+        let sealed_credentials = match (&update.destination, &update.credentials) {
+            (BackupDestination::Local { .. }, _) => None,
+            (_, Some(new)) => Some(self.0.secrets.seal(
+                &serde_json::to_string(new).map_err(|e| BackupError::Decode(e.to_string()))?,
+            )),
+            (_, None) => {
+                let same_kind = current.as_ref().is_some_and(|c| {
+                    std::mem::discriminant(&c.destination)
+                        == std::mem::discriminant(&update.destination)
+                });
+                match current.as_ref().and_then(|c| c.sealed_credentials.clone()) {
+                    Some(kept) if same_kind => Some(kept),
+                    _ => {
+                        return Err(BackupError::BadInput(
+                            "credentials: an SFTP or S3 destination needs them (the SSH \
+                             private key, or the S3 access key and secret)"
+                                .into(),
+                        ))
+                    }
+                }
+            }
+        };
         let same_destination = current
             .as_ref()
             .is_some_and(|c| c.destination == update.destination);
@@ -263,15 +299,17 @@ impl Backups {
         let destination = serde_json::to_string(&update.destination)
             .map_err(|e| BackupError::Decode(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO backup_settings (id, destination, passphrase, keep_daily, keep_weekly, \
-             keep_monthly, repository_ready, updated_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO backup_settings (id, destination, passphrase, credentials, keep_daily, \
+             keep_weekly, keep_monthly, repository_ready, updated_at) \
+             VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET destination = excluded.destination, \
-             passphrase = excluded.passphrase, keep_daily = excluded.keep_daily, \
+             passphrase = excluded.passphrase, credentials = excluded.credentials, keep_daily = excluded.keep_daily, \
              keep_weekly = excluded.keep_weekly, keep_monthly = excluded.keep_monthly, \
              repository_ready = excluded.repository_ready, updated_at = excluded.updated_at",
         )
         .bind(&destination)
         .bind(&sealed)
+        .bind(&sealed_credentials)
         .bind(i64::from(retention.keep_daily))
         .bind(i64::from(retention.keep_weekly))
         .bind(i64::from(retention.keep_monthly))
@@ -367,10 +405,12 @@ impl Backups {
                 }
             }
         }
-        match std::fs::remove_file(dir.join(PASSWORD_FILE)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::error!(error = %e, "cannot remove the backup password file"),
+        for file in [PASSWORD_FILE, SSH_KEY_FILE, KNOWN_HOSTS_FILE] {
+            match std::fs::remove_file(dir.join(file)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::error!(file, error = %e, "cannot remove a backup run's file"),
+            }
         }
     }
 
@@ -493,10 +533,10 @@ impl Backups {
             .await
             .map_err(BackupError::Stage)?;
         let settings = self.stored().await?.ok_or(BackupError::NotConfigured)?;
-        let repo = repository(&settings.destination)?;
-        let passphrase = self.0.secrets.open(&settings.sealed_passphrase)?;
         let private = self.private_dir();
         fsutil::ensure_private_subdir(&private)?;
+        let repo = self.repository(&settings)?;
+        let passphrase = self.0.secrets.open(&settings.sealed_passphrase)?;
         let restic = Restic {
             bin: self.0.restic_bin.clone(),
             repo,
@@ -588,6 +628,66 @@ impl Backups {
     }
 }
 
+impl Backups {
+    /// restic's repository for the stored destination, ready for a run: an SFTP destination's
+    /// key and pinned host key are written as 0600 files in the private folder (removed with
+    /// the run's other files), an S3 destination's keys go into restic's environment.
+    fn repository(&self, settings: &Stored) -> Result<Repository, BackupError> {
+        let credentials = || -> Result<BackupCredentials, BackupError> {
+            let sealed = settings.sealed_credentials.as_deref().ok_or_else(|| {
+                BackupError::BadInput(
+                    "the destination's credentials are not stored: save the backup settings \
+                     with them"
+                        .into(),
+                )
+            })?;
+            serde_json::from_str(&self.0.secrets.open(sealed)?)
+                .map_err(|e| BackupError::Decode(format!("credentials: {e}")))
+        };
+        match &settings.destination {
+            BackupDestination::Local { .. } => local_repository(&settings.destination),
+            BackupDestination::Sftp {
+                host,
+                port,
+                user,
+                path,
+                host_key,
+            } => {
+                let BackupCredentials::Sftp { private_key } = credentials()? else {
+                    return Err(BackupError::Decode("credentials are not SFTP's".into()));
+                };
+                let private = self.private_dir();
+                let key_file = private.join(SSH_KEY_FILE);
+                let known_hosts_file = private.join(KNOWN_HOSTS_FILE);
+                let repo =
+                    remote::sftp_repository(host, *port, user, path, &key_file, &known_hosts_file)?;
+                // ssh wants the key's last line ended.
+                fsutil::write_atomic(&key_file, format!("{}\n", private_key.trim()).as_bytes())?;
+                fsutil::write_atomic(
+                    &known_hosts_file,
+                    remote::known_hosts(host, *port, host_key)?.as_bytes(),
+                )?;
+                Ok(repo)
+            }
+            BackupDestination::S3 { endpoint, bucket } => {
+                let BackupCredentials::S3 {
+                    access_key_id,
+                    secret_access_key,
+                } = credentials()?
+                else {
+                    return Err(BackupError::Decode("credentials are not S3's".into()));
+                };
+                Ok(remote::s3_repository(
+                    endpoint,
+                    bucket,
+                    &access_key_id,
+                    &secret_access_key,
+                ))
+            }
+        }
+    }
+}
+
 const RUN_COLUMNS: &str = "id, state, destination, created_at, started_at, finished_at, \
      snapshot_id, data_added, total_bytes, total_files, error";
 
@@ -652,12 +752,22 @@ pub async fn mark_restored(
 pub fn describe(destination: &BackupDestination) -> String {
     match destination {
         BackupDestination::Local { path } => format!("folder {path}"),
+        BackupDestination::Sftp {
+            host,
+            port,
+            user,
+            path,
+            ..
+        } => format!("sftp {user}@{host}:{port}{path}"),
+        BackupDestination::S3 { endpoint, bucket } => {
+            format!("s3 {}/{bucket}", endpoint.trim_end_matches('/'))
+        }
     }
 }
 
-/// restic's repository for a destination, checked for use now: a local folder's parent must
-/// exist (a disk that is not mounted must fail the run, not fill the SD card's mount point).
-fn repository(destination: &BackupDestination) -> Result<Repository, BackupError> {
+/// restic's repository for a local folder, checked for use now: its parent must exist (a disk
+/// that is not mounted must fail the run, not fill the SD card's mount point).
+fn local_repository(destination: &BackupDestination) -> Result<Repository, BackupError> {
     match destination {
         BackupDestination::Local { path } => {
             let unreachable = |why: String| BackupError::Unreachable {
@@ -686,7 +796,11 @@ fn repository(destination: &BackupDestination) -> Result<Repository, BackupError
             Ok(Repository {
                 location: path.clone(),
                 env: Vec::new(),
+                options: Vec::new(),
             })
+        }
+        BackupDestination::Sftp { .. } | BackupDestination::S3 { .. } => {
+            Err(BackupError::Decode("not a local destination".into()))
         }
     }
 }
@@ -730,6 +844,9 @@ pub fn validate_destination(
                 )));
             }
             Ok(())
+        }
+        BackupDestination::Sftp { .. } | BackupDestination::S3 { .. } => {
+            remote::validate(destination)
         }
     }
 }
