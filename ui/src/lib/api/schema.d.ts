@@ -1494,14 +1494,48 @@ export interface components {
         /** @enum {string} */
         AuthorType: "user" | "agent" | "system";
         /**
-         * @description Where backups go. Tagged by `kind`, so SFTP and S3-compatible destinations (restic's `sftp:`
-         *     and `s3:` repositories, a URL plus credentials sealed like the passphrase) are new variants
-         *     of this type, not a new settings shape.
+         * @description The secrets of an SFTP or S3 destination, write-only: sealed like provider keys, given to
+         *     restic only for a run (a 0600 key file that is removed after it, or restic's environment),
+         *     never in an answer, argv or the log.
+         */
+        BackupCredentials: {
+            /** @enum {string} */
+            kind: "sftp";
+            private_key: string;
+        } | {
+            access_key_id: string;
+            /** @enum {string} */
+            kind: "s3";
+            secret_access_key: string;
+        };
+        /**
+         * @description Where backups go, tagged by `kind`: a folder, an SFTP server or an S3-compatible bucket
+         *     (restic's local, `sftp:` and `s3:` repositories). The secrets an SFTP or S3 destination
+         *     needs are not part of it: they come in [`BackupCredentials`], are stored sealed and are
+         *     never returned.
          */
         BackupDestination: {
             /** @enum {string} */
             kind: "local";
             path: string;
+        } | {
+            host: string;
+            /**
+             * @description The server's public host key as in `known_hosts` or `ssh-keyscan`:
+             *     `ssh-ed25519 AAAA…` (type and base64; a trailing comment is dropped).
+             */
+            host_key: string;
+            /** @enum {string} */
+            kind: "sftp";
+            path: string;
+            /** Format: int32 */
+            port: number;
+            user: string;
+        } | {
+            bucket: string;
+            endpoint: string;
+            /** @enum {string} */
+            kind: "s3";
         };
         /**
          * @description How many backups are kept: restic's `forget --keep-daily/--keep-weekly/--keep-monthly`,
@@ -1548,6 +1582,8 @@ export interface components {
         BackupSettings: {
             /** @description False until a destination and passphrase are set; backups can't run before. */
             configured: boolean;
+            /** @description True when the SFTP or S3 destination's credentials are stored (never returned). */
+            credentials_set?: boolean;
             destination?: null | components["schemas"]["BackupDestination"];
             passphrase_set: boolean;
             /**
@@ -1570,6 +1606,7 @@ export interface components {
         };
         /** @description `PUT /api/backups/settings`. */
         BackupSettingsUpdate: {
+            credentials?: null | components["schemas"]["BackupCredentials"];
             destination: components["schemas"]["BackupDestination"];
             /**
              * @description The repository passphrase (at least 8 characters). Omitted on the first save, the host
