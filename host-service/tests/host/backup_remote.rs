@@ -173,7 +173,7 @@ struct S3 {
     secret_key: String,
 }
 
-async fn s3(dir: &Path, bucket: &str) -> S3 {
+async fn s3_server(dir: &Path, bucket: &str) -> S3 {
     assert!(
         Path::new(S3S_FS).exists(),
         "{S3S_FS} is missing: run scripts/provision.sh (it installs s3s-fs)"
@@ -242,7 +242,7 @@ async fn a_backup_to_sftp_restores_the_whole_host() {
 #[ignore = "s3s-fs lists no objects for minio-go's empty `delimiter=`, so restic check fails; see the doc comment"]
 async fn a_backup_to_s3_restores_the_whole_host() {
     let out = outside();
-    let server = s3(&out.root.join("s3"), "taos-backups").await;
+    let server = s3_server(&out.root.join("s3"), "taos-backups").await;
     round_trip(&out, &server.target("taos-backups")).await;
 }
 
@@ -256,7 +256,8 @@ async fn put(host: &Host, body: &Value) -> reqwest::Response {
 
 /// SFTP and S3 fields and credentials are checked before anything is stored: each bad one
 /// gets a 400 that names it and changes nothing; credentials are never returned; a wrong pin
-/// fails the run (ssh refuses the server) with the reason, and notifies.
+/// fails the run (ssh refuses the server) with the reason, and notifies; wrong S3 keys against
+/// a real S3 server fail the run with the server's reason and leak nowhere.
 #[tokio::test]
 async fn bad_sftp_and_s3_settings_are_refused_and_change_nothing() {
     let host = Host::start_with(
@@ -411,4 +412,38 @@ async fn bad_sftp_and_s3_settings_are_refused_and_change_nothing() {
     for file in ["sftp-key", "sftp-known-hosts"] {
         assert!(!host.data_dir.join("backup").join(file).exists(), "{file}");
     }
+
+    // A real S3 server that doesn't know the secret: the run fails with the server's reason,
+    // and the secret is in no answer, run record or log line.
+    let server = s3_server(&out.root.join("s3"), "taos-backups").await;
+    let mut target = server.target("taos-backups");
+    let wrong_secret = format!("wrong-{}", server.secret_key);
+    target.credentials = Some(json!({"kind": "s3", "access_key_id": server.access_key,
+        "secret_access_key": wrong_secret}));
+    let saved = target.configure(&host).await;
+    assert!(saved.settings.credentials_set);
+    let run = run_backup(&host).await;
+    assert_eq!(run.state, BackupState::Failed, "{run:?}");
+    let reason = run.error.clone().unwrap();
+    assert!(reason.contains("signature"), "{reason}");
+    let everything = format!(
+        "{} {} {}",
+        serde_json::to_string(&run).unwrap(),
+        host.admin(Method::GET, "/api/backups/settings")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        std::fs::read_to_string(&host.stderr_log).unwrap()
+    );
+    assert!(!everything.contains(&wrong_secret), "the secret leaked");
+    assert!(
+        std::fs::read_dir(out.root.join("s3").join("taos-backups"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing written without the right keys"
+    );
 }
