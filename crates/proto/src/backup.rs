@@ -53,6 +53,42 @@ pub enum BackupCredentials {
     },
 }
 
+/// When the host backs up by itself. Two plain forms instead of cron syntax: "every night at
+/// 03:00" and "every 6 hours" are what people set, and neither can be mistyped into "every
+/// minute". Times are UTC (the board's clock zone is not the owner's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackupSchedule {
+    /// Only on request.
+    #[default]
+    Off,
+    /// Every day at `hour`:`minute` UTC.
+    Daily { hour: u8, minute: u8 },
+    /// Every `hours` hours (1–168), at the whole hours that are multiples of it counted from
+    /// 1970-01-01 00:00 UTC (every 6 hours: 00:00, 06:00, 12:00, 18:00).
+    EveryHours { hours: u32 },
+}
+
+/// Why a run was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum BackupReason {
+    /// Someone asked for it (`POST /api/backups`).
+    Manual,
+    /// The schedule's time came.
+    Scheduled,
+    /// The schedule's time passed while the host was off; run once at its next start.
+    Missed,
+}
+
+text_enum!(BackupReason {
+    Manual => "manual",
+    Scheduled => "scheduled",
+    Missed => "missed",
+});
+
 /// How many backups are kept: restic's `forget --keep-daily/--keep-weekly/--keep-monthly`,
 /// applied (with a prune) after every successful backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +118,8 @@ pub struct BackupSettings {
     pub configured: bool,
     pub destination: Option<BackupDestination>,
     pub retention: BackupRetention,
+    #[serde(default)]
+    pub schedule: BackupSchedule,
     pub passphrase_set: bool,
     /// True when the SFTP or S3 destination's credentials are stored (never returned).
     #[serde(default)]
@@ -105,6 +143,9 @@ pub struct BackupSettingsUpdate {
     /// Omitted: unchanged (7 daily, 4 weekly, 6 monthly at first).
     #[serde(default)]
     pub retention: Option<BackupRetention>,
+    /// Omitted: unchanged (off at first).
+    #[serde(default)]
+    pub schedule: Option<BackupSchedule>,
     /// The SFTP key or S3 keys, of the destination's kind. Required the first time an SFTP
     /// or S3 destination is saved; omitted later for a destination of the same kind, the
     /// stored ones stay. Refused for a folder.
@@ -146,6 +187,7 @@ text_enum!(BackupState {
 pub struct BackupRun {
     pub id: String,
     pub state: BackupState,
+    pub reason: BackupReason,
     /// Where it went, in words.
     pub destination: String,
     pub created_at: DateTime<Utc>,
@@ -201,6 +243,7 @@ mod tests {
     fn words_match_serde() {
         crate::text_enum::assert_text_matches_serde(BackupState::ALL);
         crate::text_enum::assert_text_matches_serde(BackupPhase::ALL);
+        crate::text_enum::assert_text_matches_serde(BackupReason::ALL);
     }
 
     #[test]

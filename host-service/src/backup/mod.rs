@@ -15,6 +15,7 @@
 pub mod remote;
 pub mod restic;
 pub mod restore;
+pub mod schedule;
 mod stage;
 
 use std::path::{Path, PathBuf};
@@ -24,8 +25,9 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use sqlx::Row;
 use taos_proto::backup::{
-    BackupCredentials, BackupDestination, BackupPhase, BackupProgress, BackupRetention, BackupRun,
-    BackupSettings, BackupSettingsSaved, BackupSettingsUpdate, BackupState,
+    BackupCredentials, BackupDestination, BackupPhase, BackupProgress, BackupReason,
+    BackupRetention, BackupRun, BackupSchedule, BackupSettings, BackupSettingsSaved,
+    BackupSettingsUpdate, BackupState,
 };
 use taos_proto::events::{Level, NewNotification};
 use uuid::Uuid;
@@ -146,6 +148,7 @@ struct Stored {
     /// The SFTP or S3 credentials' JSON, sealed.
     sealed_credentials: Option<String>,
     retention: BackupRetention,
+    schedule: BackupSchedule,
     repository_ready: bool,
     updated_at: i64,
 }
@@ -175,7 +178,7 @@ impl Backups {
     async fn stored(&self) -> Result<Option<Stored>, BackupError> {
         let row = sqlx::query(
             "SELECT destination, passphrase, credentials, keep_daily, keep_weekly, keep_monthly, \
-             repository_ready, updated_at FROM backup_settings WHERE id = 1",
+             schedule, repository_ready, updated_at FROM backup_settings WHERE id = 1",
         )
         .fetch_optional(&self.0.db)
         .await?;
@@ -197,6 +200,8 @@ impl Backups {
                 keep_weekly: keep("keep_weekly")?,
                 keep_monthly: keep("keep_monthly")?,
             },
+            schedule: serde_json::from_str(&row.get::<String, _>("schedule"))
+                .map_err(|e| BackupError::Decode(format!("schedule: {e}")))?,
             repository_ready: row.get::<i64, _>("repository_ready") != 0,
             updated_at: row.get("updated_at"),
         }))
@@ -209,6 +214,7 @@ impl Backups {
                 configured: false,
                 destination: None,
                 retention: BackupRetention::default(),
+                schedule: BackupSchedule::Off,
                 passphrase_set: false,
                 credentials_set: false,
                 repository_ready: false,
@@ -218,6 +224,7 @@ impl Backups {
                 configured: true,
                 destination: Some(s.destination),
                 retention: s.retention,
+                schedule: s.schedule,
                 passphrase_set: true,
                 credentials_set: s.sealed_credentials.is_some(),
                 repository_ready: s.repository_ready,
@@ -238,6 +245,9 @@ impl Backups {
         }
         if let Some(passphrase) = &update.passphrase {
             validate_passphrase(passphrase)?;
+        }
+        if let Some(schedule) = &update.schedule {
+            schedule::validate(schedule)?;
         }
         if let Some(credentials) = &update.credentials {
             remote::validate_credentials(&update.destination, credentials)?;
@@ -294,18 +304,25 @@ impl Backups {
             .retention
             .or(current.as_ref().map(|c| c.retention))
             .unwrap_or_default();
+        let schedule = update
+            .schedule
+            .or(current.as_ref().map(|c| c.schedule))
+            .unwrap_or_default();
+        let schedule =
+            serde_json::to_string(&schedule).map_err(|e| BackupError::Decode(e.to_string()))?;
         // A new destination is a new repository (made or opened by the next run).
         let ready = same_destination && current.as_ref().is_some_and(|c| c.repository_ready);
         let destination = serde_json::to_string(&update.destination)
             .map_err(|e| BackupError::Decode(e.to_string()))?;
         sqlx::query(
             "INSERT INTO backup_settings (id, destination, passphrase, credentials, keep_daily, \
-             keep_weekly, keep_monthly, repository_ready, updated_at) \
-             VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?) \
+             keep_weekly, keep_monthly, schedule, repository_ready, updated_at) \
+             VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET destination = excluded.destination, \
              passphrase = excluded.passphrase, credentials = excluded.credentials, keep_daily = excluded.keep_daily, \
              keep_weekly = excluded.keep_weekly, keep_monthly = excluded.keep_monthly, \
-             repository_ready = excluded.repository_ready, updated_at = excluded.updated_at",
+             schedule = excluded.schedule, repository_ready = excluded.repository_ready, \
+             updated_at = excluded.updated_at",
         )
         .bind(&destination)
         .bind(&sealed)
@@ -313,6 +330,7 @@ impl Backups {
         .bind(i64::from(retention.keep_daily))
         .bind(i64::from(retention.keep_weekly))
         .bind(i64::from(retention.keep_monthly))
+        .bind(&schedule)
         .bind(i64::from(ready))
         .bind(now_ms())
         .execute(&self.0.db)
@@ -327,16 +345,22 @@ impl Backups {
     /// Records a new run (`queued`) and starts it. Refused while another is queued or
     /// running (checked in the same statement that inserts, so two requests can't both win).
     pub async fn start(&self) -> Result<BackupRun, BackupError> {
+        self.start_for(BackupReason::Manual).await
+    }
+
+    /// [`Backups::start`], recording why the run was made.
+    pub async fn start_for(&self, reason: BackupReason) -> Result<BackupRun, BackupError> {
         let Some(settings) = self.stored().await? else {
             return Err(BackupError::NotConfigured);
         };
         let id = Uuid::now_v7().to_string();
         let inserted = sqlx::query(
-            "INSERT INTO backup_runs (id, state, destination, created_at) \
-             SELECT ?, 'queued', ?, ? WHERE NOT EXISTS \
+            "INSERT INTO backup_runs (id, state, reason, destination, created_at) \
+             SELECT ?, 'queued', ?, ?, ? WHERE NOT EXISTS \
              (SELECT 1 FROM backup_runs WHERE state IN ('queued', 'running'))",
         )
         .bind(&id)
+        .bind(reason.as_str())
         .bind(describe(&settings.destination))
         .bind(now_ms())
         .execute(&self.0.db)
@@ -688,7 +712,7 @@ impl Backups {
     }
 }
 
-const RUN_COLUMNS: &str = "id, state, destination, created_at, started_at, finished_at, \
+const RUN_COLUMNS: &str = "id, state, reason, destination, created_at, started_at, finished_at, \
      snapshot_id, data_added, total_bytes, total_files, error";
 
 async fn get_run(db: &Db, id: &str) -> Result<BackupRun, BackupError> {
@@ -715,6 +739,9 @@ fn run_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BackupRun, BackupError>
             .map_err(|e: taos_proto::text_enum::UnknownVariant| {
                 BackupError::Decode(e.to_string())
             })?,
+        reason: row.get::<String, _>("reason").parse().map_err(
+            |e: taos_proto::text_enum::UnknownVariant| BackupError::Decode(e.to_string()),
+        )?,
         destination: row.get("destination"),
         created_at: from_ms(row.get("created_at")),
         started_at: row.get::<Option<i64>, _>("started_at").map(from_ms),

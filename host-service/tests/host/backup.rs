@@ -15,7 +15,9 @@ use taos_e2e::fixtures::{
 };
 use taos_e2e::{Host, HostOptions, SseReader, OWNER, OWNER_PASSWORD};
 use taos_proto::agents::{AgentWithToken, ArchivedAgent, NewAgent};
-use taos_proto::backup::{BackupRun, BackupSettings, BackupSettingsSaved, BackupState};
+use taos_proto::backup::{
+    BackupReason, BackupRun, BackupSettings, BackupSettingsSaved, BackupState,
+};
 
 use crate::BIN;
 
@@ -79,6 +81,20 @@ async fn wait_run(host: &Host, id: &str) -> BackupRun {
             "backup {id} never ended: {run:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The newest backup notification, waited for: a run's record says `failed` a moment before
+/// its notification is posted.
+pub(crate) async fn backup_notification(host: &Host) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let notes: Vec<Value> = host.get("/api/notifications").await;
+        if let Some(note) = notes.into_iter().find(|n| n["source"] == "backup") {
+            return note;
+        }
+        assert!(Instant::now() < deadline, "no backup notification");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -786,6 +802,36 @@ async fn bad_backup_settings_are_refused_and_change_nothing() {
     );
     let now: BackupSettings = host.get("/api/backups/settings").await;
     assert_eq!(now, settings);
+    for (schedule, says) in [
+        (
+            json!({"kind": "daily", "hour": 24, "minute": 0}),
+            "hour 0–23",
+        ),
+        (
+            json!({"kind": "daily", "hour": 3, "minute": 60}),
+            "minute 0–59",
+        ),
+        (json!({"kind": "every_hours", "hours": 0}), "hours 1–168"),
+        (json!({"kind": "every_hours", "hours": 169}), "hours 1–168"),
+    ] {
+        let error = host
+            .expect_error(
+                Method::PUT,
+                "/api/backups/settings",
+                Some(&json!({"destination": {"kind": "local", "path": good},
+                    "schedule": schedule})),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            )
+            .await;
+        assert!(
+            error.message.contains(says),
+            "{schedule}: {}",
+            error.message
+        );
+        let now: BackupSettings = host.get("/api/backups/settings").await;
+        assert_eq!(now, settings, "{schedule} changed nothing");
+    }
     host.expect_error(
         Method::GET,
         "/api/backups/nope",
@@ -811,11 +857,7 @@ async fn bad_backup_settings_are_refused_and_change_nothing() {
     let reason = run.error.unwrap();
     assert!(reason.contains("is the disk mounted"), "{reason}");
     assert!(!unplugged.exists(), "nothing made where the disk should be");
-    let notes: Vec<Value> = host.get("/api/notifications").await;
-    let note = notes
-        .iter()
-        .find(|n| n["source"] == "backup")
-        .expect("a notification");
+    let note = backup_notification(&host).await;
     assert!(note["message"]
         .as_str()
         .unwrap()
@@ -981,4 +1023,95 @@ async fn restore_refuses_a_non_empty_data_dir_a_wrong_passphrase_and_a_newer_sch
     let output = restore_cli(&empty, &out, &["--snapshot", "ffffffff"]);
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("no taos backup with id ffffffff"), "{said}");
+}
+
+/// A daily backup whose time passed while the host was off runs once when it starts again,
+/// recorded as `missed`. Time is not waited for: the settings are made two days old in the
+/// stopped host's database (as if saved then), so today's slot has passed unrun.
+#[tokio::test]
+async fn a_scheduled_backup_missed_while_the_host_was_off_runs_once_at_start() {
+    let mut host = Host::start_with(
+        BIN,
+        HostOptions::with_env(&[taos_e2e::fixtures::NO_LITELLM]),
+    )
+    .await
+    .unwrap();
+    host.setup_owner().await;
+    let out = outside();
+    let target = Target::local(&out);
+    let _ = target.configure(&host).await;
+    // The slot: an hour ago, today or yesterday (UTC).
+    let slot = chrono::Utc::now() - chrono::Duration::hours(1);
+    let schedule = json!({"kind": "daily", "hour": chrono::Timelike::hour(&slot),
+        "minute": chrono::Timelike::minute(&slot)});
+    let saved: BackupSettingsSaved = host
+        .call(
+            Method::PUT,
+            "/api/backups/settings",
+            Some(&json!({"destination": target.destination, "schedule": schedule})),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(
+        serde_json::to_value(saved.settings.schedule).unwrap(),
+        schedule
+    );
+    // Saved after the slot: nothing was missed, so nothing runs at a restart now.
+    assert_eq!(host.terminate().await.unwrap(), Some(0));
+    let data_dir = host.data_dir.clone();
+    let mut host = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(data_dir.clone()),
+            env: vec![(
+                taos_e2e::fixtures::NO_LITELLM.0.into(),
+                taos_e2e::fixtures::NO_LITELLM.1.into(),
+            )],
+        },
+    )
+    .await
+    .unwrap();
+    let runs: Vec<BackupRun> = host.get("/api/backups").await;
+    assert!(runs.is_empty(), "{runs:?}");
+    assert_eq!(host.terminate().await.unwrap(), Some(0));
+
+    // Two days later (the settings were saved then), the host starts again.
+    let db = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("taos.db")),
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE backup_settings SET updated_at = updated_at - 2 * 86400000")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let host = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(data_dir.clone()),
+            env: vec![(
+                taos_e2e::fixtures::NO_LITELLM.0.into(),
+                taos_e2e::fixtures::NO_LITELLM.1.into(),
+            )],
+        },
+    )
+    .await
+    .unwrap();
+    let runs: Vec<BackupRun> = host.get("/api/backups").await;
+    assert_eq!(runs.len(), 1, "one run for the missed slot: {runs:?}");
+    assert_eq!(runs[0].reason, BackupReason::Missed);
+    let run = wait_run(&host, &runs[0].id).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    // A run by hand says so.
+    let manual = run_backup(&host).await;
+    assert_eq!(manual.reason, BackupReason::Manual);
+    let runs: Vec<BackupRun> = host.get("/api/backups").await;
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r.reason == BackupReason::Missed)
+            .count(),
+        1,
+        "the missed slot ran once: {runs:?}"
+    );
 }

@@ -1538,6 +1538,11 @@ export interface components {
             kind: "s3";
         };
         /**
+         * @description Why a run was made.
+         * @enum {string}
+         */
+        BackupReason: "manual" | "scheduled" | "missed";
+        /**
          * @description How many backups are kept: restic's `forget --keep-daily/--keep-weekly/--keep-monthly`,
          *     applied (with a prune) after every successful backup.
          */
@@ -1565,6 +1570,7 @@ export interface components {
             /** Format: date-time */
             finished_at?: string | null;
             id: string;
+            reason: components["schemas"]["BackupReason"];
             /** @description restic's snapshot id (full hex), once it succeeded. */
             snapshot_id?: string | null;
             /** Format: date-time */
@@ -1577,6 +1583,27 @@ export interface components {
             total_bytes?: number | null;
             /** Format: int64 */
             total_files?: number | null;
+        };
+        /**
+         * @description When the host backs up by itself. Two plain forms instead of cron syntax: "every night at
+         *     03:00" and "every 6 hours" are what people set, and neither can be mistyped into "every
+         *     minute". Times are UTC (the board's clock zone is not the owner's).
+         */
+        BackupSchedule: {
+            /** @enum {string} */
+            kind: "off";
+        } | {
+            /** Format: int32 */
+            hour: number;
+            /** @enum {string} */
+            kind: "daily";
+            /** Format: int32 */
+            minute: number;
+        } | {
+            /** Format: int32 */
+            hours: number;
+            /** @enum {string} */
+            kind: "every_hours";
         };
         /** @description `GET /api/backups/settings`. The passphrase is never returned. */
         BackupSettings: {
@@ -1592,6 +1619,7 @@ export interface components {
              */
             repository_ready: boolean;
             retention: components["schemas"]["BackupRetention"];
+            schedule?: components["schemas"]["BackupSchedule"];
             /** Format: date-time */
             updated_at?: string | null;
         };
@@ -1614,6 +1642,7 @@ export interface components {
              */
             passphrase?: string | null;
             retention?: null | components["schemas"]["BackupRetention"];
+            schedule?: null | components["schemas"]["BackupSchedule"];
         };
         /** @enum {string} */
         BackupState: "queued" | "running" | "succeeded" | "failed";
