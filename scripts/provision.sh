@@ -19,6 +19,20 @@ done
 apt_install shellcheck
 # The backup engine (host-service/src/backup/): the host drives Debian's restic binary.
 apt_install restic
+# Backups to SFTP: restic's sftp backend runs the ssh client; the tests start their own sshd
+# (openssh-server) on a loopback port with a throwaway host key and config.
+apt_install openssh-client openssh-server
+# Backups to S3-compatible storage: the tests run a real S3 server, s3s-fs from crates.io (0.14.1
+# is the newest that builds with this toolchain; 0.15+ needs Rust 1.96), installed once.
+S3S_FS_VERSION=0.14.1
+S3S_FS_ROOT=/var/cache/taos/tools/s3s-fs
+if [ "$(cat "$S3S_FS_ROOT/version" 2>/dev/null)" != "$S3S_FS_VERSION" ]; then
+    log "installing s3s-fs $S3S_FS_VERSION"
+    mkdir -p "$S3S_FS_ROOT"
+    env -u CARGO_TARGET_DIR cargo install --locked --root "$S3S_FS_ROOT" \
+        "s3s-fs@$S3S_FS_VERSION" --features binary
+    echo "$S3S_FS_VERSION" >"$S3S_FS_ROOT/version"
+fi
 
 # LiteLLM for the LLM gateway tests, incus (with the busybox test image) for the runtime
 # tests. Both skip what is already there.

@@ -46,9 +46,18 @@ enum Command {
     /// Bring a backup back into an empty data dir (a new board, a wiped card), then start the
     /// host with `serve` as usual.
     Restore {
-        /// The backup repository: the destination folder the backups went to.
+        /// The backup repository: the destination folder the backups went to,
+        /// `sftp://user@host[:port]/path` (with --ssh-key and --known-hosts), or
+        /// `s3:https://host[:port]/bucket` (with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+        /// in the environment).
         #[arg(long)]
         from: String,
+        /// SFTP: the private key file ssh signs in with.
+        #[arg(long)]
+        ssh_key: Option<PathBuf>,
+        /// SFTP: a known_hosts file holding the server's host key (checked strictly).
+        #[arg(long)]
+        known_hosts: Option<PathBuf>,
         /// A file holding the backup passphrase (restic reads it; it is never copied).
         #[arg(long)]
         password_file: PathBuf,
@@ -283,13 +292,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Restore {
             from,
+            ssh_key,
+            known_hosts,
             password_file,
             snapshot,
         } => {
+            let s3_keys = match (
+                std::env::var("AWS_ACCESS_KEY_ID"),
+                std::env::var("AWS_SECRET_ACCESS_KEY"),
+            ) {
+                (Ok(id), Ok(secret)) => Some((id, secret)),
+                _ => None,
+            };
             let restored =
                 taos_host::backup::restore::restore(&taos_host::backup::restore::RestoreRequest {
                     data_dir: data_dir.clone(),
                     from,
+                    ssh_key,
+                    known_hosts,
+                    s3_keys,
                     password_file,
                     snapshot,
                 })

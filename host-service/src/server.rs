@@ -209,6 +209,12 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     // Before the API serves, so a new run can't be taken for one the last host left behind.
     state.backups.recover().await?;
     let serving = start_serving(&state, &identity, bound, gateway_listeners)?;
+    // A scheduled backup whose time passed while the host was off runs once now (recorded as
+    // `missed`), and the schedule loop takes the next ones.
+    if let Err(e) = state.backups.run_missed().await {
+        tracing::error!(error = %e, "cannot start the missed scheduled backup");
+    }
+    tokio::spawn(state.backups.clone().schedule_loop());
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     announce_ready(&state, &serving, started_at, first_run_code);
     // Background work starts once the listeners serve: it only ever raced with them, and on

@@ -5,9 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::text_enum::text_enum;
 
-/// Where backups go. Tagged by `kind`, so SFTP and S3-compatible destinations (restic's `sftp:`
-/// and `s3:` repositories, a URL plus credentials sealed like the passphrase) are new variants
-/// of this type, not a new settings shape.
+/// Where backups go, tagged by `kind`: a folder, an SFTP server or an S3-compatible bucket
+/// (restic's local, `sftp:` and `s3:` repositories). The secrets an SFTP or S3 destination
+/// needs are not part of it: they come in [`BackupCredentials`], are stored sealed and are
+/// never returned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -16,7 +17,77 @@ pub enum BackupDestination {
     /// data dir. Its parent folder must exist when a backup runs (an unplugged disk's mount
     /// point is then empty, and the backup fails rather than fill the SD card).
     Local { path: String },
+    /// A folder on an SFTP server, reached with the `ssh` client as `user@host:port` with the
+    /// private key of the credentials, and only if the server shows `host_key`
+    /// (`StrictHostKeyChecking=yes` against that pin alone). `host`: a DNS name or IPv4
+    /// address (letters, digits, `.`, `-`); `user`: letters, digits, `.`, `_`, `-`; `path`:
+    /// absolute, letters, digits and `._-/` only, without `.` or `..` parts.
+    Sftp {
+        host: String,
+        port: u16,
+        user: String,
+        path: String,
+        /// The server's public host key as in `known_hosts` or `ssh-keyscan`:
+        /// `ssh-ed25519 AAAA…` (type and base64; a trailing comment is dropped).
+        host_key: String,
+    },
+    /// A bucket of an S3-compatible service: `endpoint` is its base URL (`https://…`, or
+    /// `http://…` on a trusted network; no path, query or user), `bucket` an S3 bucket name
+    /// (3–63 of `a-z0-9.-`). The access key and secret come in the credentials.
+    S3 { endpoint: String, bucket: String },
 }
+
+/// The secrets of an SFTP or S3 destination, write-only: sealed like provider keys, given to
+/// restic only for a run (a 0600 key file that is removed after it, or restic's environment),
+/// never in an answer, argv or the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackupCredentials {
+    /// An OpenSSH private key without a passphrase (`-----BEGIN OPENSSH PRIVATE KEY-----`…),
+    /// whose public half is in the server's `authorized_keys`.
+    Sftp { private_key: String },
+    S3 {
+        access_key_id: String,
+        secret_access_key: String,
+    },
+}
+
+/// When the host backs up by itself. Two plain forms instead of cron syntax: "every night at
+/// 03:00" and "every 6 hours" are what people set, and neither can be mistyped into "every
+/// minute". Times are UTC (the board's clock zone is not the owner's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackupSchedule {
+    /// Only on request.
+    #[default]
+    Off,
+    /// Every day at `hour`:`minute` UTC.
+    Daily { hour: u8, minute: u8 },
+    /// Every `hours` hours (1–168), at the whole hours that are multiples of it counted from
+    /// 1970-01-01 00:00 UTC (every 6 hours: 00:00, 06:00, 12:00, 18:00).
+    EveryHours { hours: u32 },
+}
+
+/// Why a run was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum BackupReason {
+    /// Someone asked for it (`POST /api/backups`).
+    Manual,
+    /// The schedule's time came.
+    Scheduled,
+    /// The schedule's time passed while the host was off; run once at its next start.
+    Missed,
+}
+
+text_enum!(BackupReason {
+    Manual => "manual",
+    Scheduled => "scheduled",
+    Missed => "missed",
+});
 
 /// How many backups are kept: restic's `forget --keep-daily/--keep-weekly/--keep-monthly`,
 /// applied (with a prune) after every successful backup.
@@ -47,7 +118,12 @@ pub struct BackupSettings {
     pub configured: bool,
     pub destination: Option<BackupDestination>,
     pub retention: BackupRetention,
+    #[serde(default)]
+    pub schedule: BackupSchedule,
     pub passphrase_set: bool,
+    /// True when the SFTP or S3 destination's credentials are stored (never returned).
+    #[serde(default)]
+    pub credentials_set: bool,
     /// True once a backup opened (or created) the repository with the passphrase; from then
     /// on the passphrase can't be changed for this destination.
     pub repository_ready: bool,
@@ -67,6 +143,14 @@ pub struct BackupSettingsUpdate {
     /// Omitted: unchanged (7 daily, 4 weekly, 6 monthly at first).
     #[serde(default)]
     pub retention: Option<BackupRetention>,
+    /// Omitted: unchanged (off at first).
+    #[serde(default)]
+    pub schedule: Option<BackupSchedule>,
+    /// The SFTP key or S3 keys, of the destination's kind. Required the first time an SFTP
+    /// or S3 destination is saved; omitted later for a destination of the same kind, the
+    /// stored ones stay. Refused for a folder.
+    #[serde(default)]
+    pub credentials: Option<BackupCredentials>,
 }
 
 /// The answer to `PUT /api/backups/settings`.
@@ -103,6 +187,7 @@ text_enum!(BackupState {
 pub struct BackupRun {
     pub id: String,
     pub state: BackupState,
+    pub reason: BackupReason,
     /// Where it went, in words.
     pub destination: String,
     pub created_at: DateTime<Utc>,
@@ -158,6 +243,7 @@ mod tests {
     fn words_match_serde() {
         crate::text_enum::assert_text_matches_serde(BackupState::ALL);
         crate::text_enum::assert_text_matches_serde(BackupPhase::ALL);
+        crate::text_enum::assert_text_matches_serde(BackupReason::ALL);
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //! and ends `succeeded` or `failed` with its reason; a run the host died in is marked failed at
 //! the next start (`recover`). Failures notify the owner with what to do.
 
+pub mod remote;
 pub mod restic;
 pub mod restore;
+pub mod schedule;
 mod stage;
 
 use std::path::{Path, PathBuf};
@@ -23,8 +25,9 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use sqlx::Row;
 use taos_proto::backup::{
-    BackupDestination, BackupPhase, BackupProgress, BackupRetention, BackupRun, BackupSettings,
-    BackupSettingsSaved, BackupSettingsUpdate, BackupState,
+    BackupCredentials, BackupDestination, BackupPhase, BackupProgress, BackupReason,
+    BackupRetention, BackupRun, BackupSchedule, BackupSettings, BackupSettingsSaved,
+    BackupSettingsUpdate, BackupState,
 };
 use taos_proto::events::{Level, NewNotification};
 use uuid::Uuid;
@@ -42,6 +45,9 @@ pub const BACKUP_DIR: &str = "backup";
 /// The staged copy's folder name, which is also the top folder inside every snapshot.
 pub const STAGE_NAME: &str = "taos-data";
 const PASSWORD_FILE: &str = "repository-password";
+/// An SFTP destination's private key and pinned host key, 0600 files for the length of a run.
+const SSH_KEY_FILE: &str = "sftp-key";
+const KNOWN_HOSTS_FILE: &str = "sftp-known-hosts";
 pub(crate) const CACHE_DIR: &str = "cache";
 pub(crate) const TMP_DIR: &str = "tmp";
 /// Every snapshot the host makes carries this tag (and `taos-schema-<n>`, `taos-run-<id>`).
@@ -139,7 +145,10 @@ struct Inner {
 struct Stored {
     destination: BackupDestination,
     sealed_passphrase: String,
+    /// The SFTP or S3 credentials' JSON, sealed.
+    sealed_credentials: Option<String>,
     retention: BackupRetention,
+    schedule: BackupSchedule,
     repository_ready: bool,
     updated_at: i64,
 }
@@ -168,8 +177,8 @@ impl Backups {
 
     async fn stored(&self) -> Result<Option<Stored>, BackupError> {
         let row = sqlx::query(
-            "SELECT destination, passphrase, keep_daily, keep_weekly, keep_monthly, \
-             repository_ready, updated_at FROM backup_settings WHERE id = 1",
+            "SELECT destination, passphrase, credentials, keep_daily, keep_weekly, keep_monthly, \
+             schedule, repository_ready, updated_at FROM backup_settings WHERE id = 1",
         )
         .fetch_optional(&self.0.db)
         .await?;
@@ -185,11 +194,14 @@ impl Backups {
             destination: serde_json::from_str(&destination)
                 .map_err(|e| BackupError::Decode(format!("destination: {e}")))?,
             sealed_passphrase: row.get("passphrase"),
+            sealed_credentials: row.get("credentials"),
             retention: BackupRetention {
                 keep_daily: keep("keep_daily")?,
                 keep_weekly: keep("keep_weekly")?,
                 keep_monthly: keep("keep_monthly")?,
             },
+            schedule: serde_json::from_str(&row.get::<String, _>("schedule"))
+                .map_err(|e| BackupError::Decode(format!("schedule: {e}")))?,
             repository_ready: row.get::<i64, _>("repository_ready") != 0,
             updated_at: row.get("updated_at"),
         }))
@@ -202,7 +214,9 @@ impl Backups {
                 configured: false,
                 destination: None,
                 retention: BackupRetention::default(),
+                schedule: BackupSchedule::Off,
                 passphrase_set: false,
+                credentials_set: false,
                 repository_ready: false,
                 updated_at: None,
             },
@@ -210,7 +224,9 @@ impl Backups {
                 configured: true,
                 destination: Some(s.destination),
                 retention: s.retention,
+                schedule: s.schedule,
                 passphrase_set: true,
+                credentials_set: s.sealed_credentials.is_some(),
                 repository_ready: s.repository_ready,
                 updated_at: Some(from_ms(s.updated_at)),
             },
@@ -230,7 +246,37 @@ impl Backups {
         if let Some(passphrase) = &update.passphrase {
             validate_passphrase(passphrase)?;
         }
+        if let Some(schedule) = &update.schedule {
+            schedule::validate(schedule)?;
+        }
+        if let Some(credentials) = &update.credentials {
+            remote::validate_credentials(&update.destination, credentials)?;
+        }
         let current = self.stored().await?;
+        // SFTP and S3 need credentials: new ones, or the stored ones of a destination of the
+        // same kind (the owner changed the path, not the key).
+        let sealed_credentials = match (&update.destination, &update.credentials) {
+            (BackupDestination::Local { .. }, _) => None,
+            (_, Some(new)) => Some(self.0.secrets.seal(
+                &serde_json::to_string(new).map_err(|e| BackupError::Decode(e.to_string()))?,
+            )),
+            (_, None) => {
+                let same_kind = current.as_ref().is_some_and(|c| {
+                    std::mem::discriminant(&c.destination)
+                        == std::mem::discriminant(&update.destination)
+                });
+                match current.as_ref().and_then(|c| c.sealed_credentials.clone()) {
+                    Some(kept) if same_kind => Some(kept),
+                    _ => {
+                        return Err(BackupError::BadInput(
+                            "credentials: an SFTP or S3 destination needs them (the SSH \
+                             private key, or the S3 access key and secret)"
+                                .into(),
+                        ))
+                    }
+                }
+            }
+        };
         let same_destination = current
             .as_ref()
             .is_some_and(|c| c.destination == update.destination);
@@ -258,23 +304,33 @@ impl Backups {
             .retention
             .or(current.as_ref().map(|c| c.retention))
             .unwrap_or_default();
+        let schedule = update
+            .schedule
+            .or(current.as_ref().map(|c| c.schedule))
+            .unwrap_or_default();
+        let schedule =
+            serde_json::to_string(&schedule).map_err(|e| BackupError::Decode(e.to_string()))?;
         // A new destination is a new repository (made or opened by the next run).
         let ready = same_destination && current.as_ref().is_some_and(|c| c.repository_ready);
         let destination = serde_json::to_string(&update.destination)
             .map_err(|e| BackupError::Decode(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO backup_settings (id, destination, passphrase, keep_daily, keep_weekly, \
-             keep_monthly, repository_ready, updated_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO backup_settings (id, destination, passphrase, credentials, keep_daily, \
+             keep_weekly, keep_monthly, schedule, repository_ready, updated_at) \
+             VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET destination = excluded.destination, \
-             passphrase = excluded.passphrase, keep_daily = excluded.keep_daily, \
+             passphrase = excluded.passphrase, credentials = excluded.credentials, keep_daily = excluded.keep_daily, \
              keep_weekly = excluded.keep_weekly, keep_monthly = excluded.keep_monthly, \
-             repository_ready = excluded.repository_ready, updated_at = excluded.updated_at",
+             schedule = excluded.schedule, repository_ready = excluded.repository_ready, \
+             updated_at = excluded.updated_at",
         )
         .bind(&destination)
         .bind(&sealed)
+        .bind(&sealed_credentials)
         .bind(i64::from(retention.keep_daily))
         .bind(i64::from(retention.keep_weekly))
         .bind(i64::from(retention.keep_monthly))
+        .bind(&schedule)
         .bind(i64::from(ready))
         .bind(now_ms())
         .execute(&self.0.db)
@@ -289,16 +345,22 @@ impl Backups {
     /// Records a new run (`queued`) and starts it. Refused while another is queued or
     /// running (checked in the same statement that inserts, so two requests can't both win).
     pub async fn start(&self) -> Result<BackupRun, BackupError> {
+        self.start_for(BackupReason::Manual).await
+    }
+
+    /// [`Backups::start`], recording why the run was made.
+    pub async fn start_for(&self, reason: BackupReason) -> Result<BackupRun, BackupError> {
         let Some(settings) = self.stored().await? else {
             return Err(BackupError::NotConfigured);
         };
         let id = Uuid::now_v7().to_string();
         let inserted = sqlx::query(
-            "INSERT INTO backup_runs (id, state, destination, created_at) \
-             SELECT ?, 'queued', ?, ? WHERE NOT EXISTS \
+            "INSERT INTO backup_runs (id, state, reason, destination, created_at) \
+             SELECT ?, 'queued', ?, ?, ? WHERE NOT EXISTS \
              (SELECT 1 FROM backup_runs WHERE state IN ('queued', 'running'))",
         )
         .bind(&id)
+        .bind(reason.as_str())
         .bind(describe(&settings.destination))
         .bind(now_ms())
         .execute(&self.0.db)
@@ -367,10 +429,12 @@ impl Backups {
                 }
             }
         }
-        match std::fs::remove_file(dir.join(PASSWORD_FILE)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::error!(error = %e, "cannot remove the backup password file"),
+        for file in [PASSWORD_FILE, SSH_KEY_FILE, KNOWN_HOSTS_FILE] {
+            match std::fs::remove_file(dir.join(file)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::error!(file, error = %e, "cannot remove a backup run's file"),
+            }
         }
     }
 
@@ -493,10 +557,10 @@ impl Backups {
             .await
             .map_err(BackupError::Stage)?;
         let settings = self.stored().await?.ok_or(BackupError::NotConfigured)?;
-        let repo = repository(&settings.destination)?;
-        let passphrase = self.0.secrets.open(&settings.sealed_passphrase)?;
         let private = self.private_dir();
         fsutil::ensure_private_subdir(&private)?;
+        let repo = self.repository(&settings)?;
+        let passphrase = self.0.secrets.open(&settings.sealed_passphrase)?;
         let restic = Restic {
             bin: self.0.restic_bin.clone(),
             repo,
@@ -588,7 +652,67 @@ impl Backups {
     }
 }
 
-const RUN_COLUMNS: &str = "id, state, destination, created_at, started_at, finished_at, \
+impl Backups {
+    /// restic's repository for the stored destination, ready for a run: an SFTP destination's
+    /// key and pinned host key are written as 0600 files in the private folder (removed with
+    /// the run's other files), an S3 destination's keys go into restic's environment.
+    fn repository(&self, settings: &Stored) -> Result<Repository, BackupError> {
+        let credentials = || -> Result<BackupCredentials, BackupError> {
+            let sealed = settings.sealed_credentials.as_deref().ok_or_else(|| {
+                BackupError::BadInput(
+                    "the destination's credentials are not stored: save the backup settings \
+                     with them"
+                        .into(),
+                )
+            })?;
+            serde_json::from_str(&self.0.secrets.open(sealed)?)
+                .map_err(|e| BackupError::Decode(format!("credentials: {e}")))
+        };
+        match &settings.destination {
+            BackupDestination::Local { .. } => local_repository(&settings.destination),
+            BackupDestination::Sftp {
+                host,
+                port,
+                user,
+                path,
+                host_key,
+            } => {
+                let BackupCredentials::Sftp { private_key } = credentials()? else {
+                    return Err(BackupError::Decode("credentials are not SFTP's".into()));
+                };
+                let private = self.private_dir();
+                let key_file = private.join(SSH_KEY_FILE);
+                let known_hosts_file = private.join(KNOWN_HOSTS_FILE);
+                let repo =
+                    remote::sftp_repository(host, *port, user, path, &key_file, &known_hosts_file)?;
+                // ssh wants the key's last line ended.
+                fsutil::write_atomic(&key_file, format!("{}\n", private_key.trim()).as_bytes())?;
+                fsutil::write_atomic(
+                    &known_hosts_file,
+                    remote::known_hosts(host, *port, host_key)?.as_bytes(),
+                )?;
+                Ok(repo)
+            }
+            BackupDestination::S3 { endpoint, bucket } => {
+                let BackupCredentials::S3 {
+                    access_key_id,
+                    secret_access_key,
+                } = credentials()?
+                else {
+                    return Err(BackupError::Decode("credentials are not S3's".into()));
+                };
+                Ok(remote::s3_repository(
+                    endpoint,
+                    bucket,
+                    &access_key_id,
+                    &secret_access_key,
+                ))
+            }
+        }
+    }
+}
+
+const RUN_COLUMNS: &str = "id, state, reason, destination, created_at, started_at, finished_at, \
      snapshot_id, data_added, total_bytes, total_files, error";
 
 async fn get_run(db: &Db, id: &str) -> Result<BackupRun, BackupError> {
@@ -615,6 +739,9 @@ fn run_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BackupRun, BackupError>
             .map_err(|e: taos_proto::text_enum::UnknownVariant| {
                 BackupError::Decode(e.to_string())
             })?,
+        reason: row.get::<String, _>("reason").parse().map_err(
+            |e: taos_proto::text_enum::UnknownVariant| BackupError::Decode(e.to_string()),
+        )?,
         destination: row.get("destination"),
         created_at: from_ms(row.get("created_at")),
         started_at: row.get::<Option<i64>, _>("started_at").map(from_ms),
@@ -652,12 +779,22 @@ pub async fn mark_restored(
 pub fn describe(destination: &BackupDestination) -> String {
     match destination {
         BackupDestination::Local { path } => format!("folder {path}"),
+        BackupDestination::Sftp {
+            host,
+            port,
+            user,
+            path,
+            ..
+        } => format!("sftp {user}@{host}:{port}{path}"),
+        BackupDestination::S3 { endpoint, bucket } => {
+            format!("s3 {}/{bucket}", endpoint.trim_end_matches('/'))
+        }
     }
 }
 
-/// restic's repository for a destination, checked for use now: a local folder's parent must
-/// exist (a disk that is not mounted must fail the run, not fill the SD card's mount point).
-fn repository(destination: &BackupDestination) -> Result<Repository, BackupError> {
+/// restic's repository for a local folder, checked for use now: its parent must exist (a disk
+/// that is not mounted must fail the run, not fill the SD card's mount point).
+fn local_repository(destination: &BackupDestination) -> Result<Repository, BackupError> {
     match destination {
         BackupDestination::Local { path } => {
             let unreachable = |why: String| BackupError::Unreachable {
@@ -686,7 +823,11 @@ fn repository(destination: &BackupDestination) -> Result<Repository, BackupError
             Ok(Repository {
                 location: path.clone(),
                 env: Vec::new(),
+                options: Vec::new(),
             })
+        }
+        BackupDestination::Sftp { .. } | BackupDestination::S3 { .. } => {
+            Err(BackupError::Decode("not a local destination".into()))
         }
     }
 }
@@ -730,6 +871,9 @@ pub fn validate_destination(
                 )));
             }
             Ok(())
+        }
+        BackupDestination::Sftp { .. } | BackupDestination::S3 { .. } => {
+            remote::validate(destination)
         }
     }
 }

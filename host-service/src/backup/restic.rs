@@ -46,13 +46,25 @@ pub enum ResticError {
     },
 }
 
-/// A repository: where (restic's repository string: a path now; `sftp:user@host:/path` or
-/// `s3:https://host/bucket` later) and the environment its backend needs (none for a path; the
-/// S3 backend's `AWS_ACCESS_KEY_ID`… later, opened from their sealed form only for the call).
-#[derive(Debug, Clone)]
+/// A repository: where (restic's repository string: a path, `sftp:user@host:/path` or
+/// `s3:https://host/bucket`), the environment its backend needs (none for a path or SFTP; the
+/// S3 backend's `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, opened from their sealed form
+/// only for the call), and its `-o` options (SFTP's `sftp.command`, which names files only).
+#[derive(Clone)]
 pub struct Repository {
     pub location: String,
     pub env: Vec<(String, String)>,
+    pub options: Vec<String>,
+}
+
+/// Without the environment, which may hold the S3 secret.
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.location)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One restic invocation context: the binary, the repository, the password file, and the
@@ -142,7 +154,11 @@ impl Restic {
             .arg("--password-file")
             .arg(&self.password_file)
             .arg("--cache-dir")
-            .arg(&self.cache_dir)
+            .arg(&self.cache_dir);
+        for option in &self.repo.options {
+            command.arg("-o").arg(option);
+        }
+        command
             .args(args)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -432,7 +448,19 @@ fn restic_message(stderr: &str, code: Option<i32>) -> String {
         .filter(|l| !l.is_empty())
         .collect();
     if let Some(fatal) = lines.iter().rev().find_map(|l| l.strip_prefix("Fatal: ")) {
-        return clip(fatal);
+        // Over SFTP, restic's own words ("unable to start the sftp session, error: EOF") hide
+        // why: the ssh client's line before them says it.
+        // The first of SSH_FAILURES found wins (the plainest reason).
+        let ssh = SSH_FAILURES.iter().find_map(|f| {
+            lines
+                .iter()
+                .find(|l| l.contains(f) && !l.starts_with("Fatal: "))
+                .map(|l| l.trim_start_matches("subprocess ssh: "))
+        });
+        return match ssh {
+            Some(said) => clip(&format!("{fatal} (ssh: {said})")),
+            None => clip(fatal),
+        };
     }
     let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
     if tail.is_empty() {
@@ -444,6 +472,19 @@ fn restic_message(stderr: &str, code: Option<i32>) -> String {
         clip(&tail)
     }
 }
+
+/// What the ssh client prints when it can't reach or trust an SFTP server, plainest first.
+const SSH_FAILURES: &[&str] = &[
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "Permission denied",
+    "Connection refused",
+    "Connection timed out",
+    "No route to host",
+    "Could not resolve hostname",
+    "Connection closed by",
+    "kex_exchange_identification",
+];
 
 fn clip(text: &str) -> String {
     if text.chars().count() <= MAX_MESSAGE_CHARS {
@@ -469,5 +510,12 @@ mod tests {
         assert_eq!(restic_message("", Some(1)), "exit code 1, no message");
         assert_eq!(restic_message("", None), "killed by a signal");
         assert_eq!(restic_message("a\nb\nc\nd\n", Some(1)), "b / c / d");
+        assert_eq!(
+            restic_message(
+                "Host key verification failed.\nFatal: unable to start the sftp session, error: EOF\n",
+                Some(1)
+            ),
+            "unable to start the sftp session, error: EOF (ssh: Host key verification failed.)"
+        );
     }
 }

@@ -29,6 +29,8 @@ pub enum RestoreError {
     NotEmpty(PathBuf),
     #[error("cannot read the password file {path}: {error}")]
     PasswordFile { path: PathBuf, error: io::Error },
+    #[error("{0}")]
+    Source(String),
     #[error("the repository holds no taos backup{0}")]
     NoSnapshot(String),
     #[error(
@@ -55,8 +57,14 @@ pub enum RestoreError {
 /// What to restore, and from where.
 pub struct RestoreRequest {
     pub data_dir: PathBuf,
-    /// The repository: a folder (restic's repository string).
+    /// The repository: a folder, `sftp://user@host[:port]/path` (with `ssh_key` and
+    /// `known_hosts`), or `s3:<endpoint>/<bucket>` (with `s3_keys`).
     pub from: String,
+    /// SFTP: the private key file, and a `known_hosts` file that pins the server's key.
+    pub ssh_key: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    /// S3: the access key id and secret (from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    pub s3_keys: Option<(String, String)>,
     pub password_file: PathBuf,
     /// A snapshot id or its prefix (restic's short id); `None`: the newest.
     pub snapshot: Option<String>,
@@ -111,10 +119,7 @@ async fn restore_into(request: &RestoreRequest) -> Result<Restored, RestoreError
     let private = data_dir.join(BACKUP_DIR);
     let restic = Restic {
         bin: PathBuf::from(super::restic::DEFAULT_BIN),
-        repo: Repository {
-            location: request.from.clone(),
-            env: Vec::new(),
-        },
+        repo: repository(request)?,
         password_file: request.password_file.clone(),
         cache_dir: private.join(super::CACHE_DIR),
         tmp_dir: private.join(super::TMP_DIR),
@@ -194,6 +199,53 @@ async fn restore_into(request: &RestoreRequest) -> Result<Restored, RestoreError
         schema_version: manifest.schema_version,
         old_data_dir: manifest.data_dir,
         archives_moved,
+    })
+}
+
+/// restic's repository for `--from` and the files or keys that go with it.
+fn repository(request: &RestoreRequest) -> Result<Repository, RestoreError> {
+    let from = request.from.as_str();
+    if from.starts_with("sftp:") {
+        let (Some(key), Some(known_hosts)) = (&request.ssh_key, &request.known_hosts) else {
+            return Err(RestoreError::Source(
+                "an SFTP repository needs --ssh-key (the private key file) and --known-hosts \
+                 (a known_hosts file with the server's host key)"
+                    .into(),
+            ));
+        };
+        for file in [key, known_hosts] {
+            fs::metadata(file).map_err(|e| {
+                RestoreError::Source(format!("cannot read {}: {e}", file.display()))
+            })?;
+        }
+        let (user, host, port, path) =
+            super::remote::parse_sftp_url(from).map_err(|e| RestoreError::Source(e.to_string()))?;
+        return super::remote::sftp_repository(&host, port, &user, &path, key, known_hosts)
+            .map_err(|e| RestoreError::Source(e.to_string()));
+    }
+    if let Some(rest) = from.strip_prefix("s3:") {
+        let Some((id, secret)) = &request.s3_keys else {
+            return Err(RestoreError::Source(
+                "an S3 repository needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the \
+                 environment"
+                    .into(),
+            ));
+        };
+        let (endpoint, bucket) = rest
+            .trim_end_matches('/')
+            .rsplit_once('/')
+            .filter(|(endpoint, _)| endpoint.contains("://"))
+            .ok_or_else(|| {
+                RestoreError::Source(format!(
+                    "{from:?} is not an S3 location: use s3:https://host[:port]/bucket"
+                ))
+            })?;
+        return Ok(super::remote::s3_repository(endpoint, bucket, id, secret));
+    }
+    Ok(Repository {
+        location: from.to_string(),
+        env: Vec::new(),
+        options: Vec::new(),
     })
 }
 

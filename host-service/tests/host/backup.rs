@@ -2,6 +2,7 @@
 //! `taos-host restore` into a fresh data dir and a host started on it. Settings' bad input, a
 //! host killed mid-backup, a backup taken while writes go on, and what restore refuses.
 
+use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,22 +15,24 @@ use taos_e2e::fixtures::{
 };
 use taos_e2e::{Host, HostOptions, SseReader, OWNER, OWNER_PASSWORD};
 use taos_proto::agents::{AgentWithToken, ArchivedAgent, NewAgent};
-use taos_proto::backup::{BackupRun, BackupSettings, BackupSettingsSaved, BackupState};
+use taos_proto::backup::{
+    BackupReason, BackupRun, BackupSettings, BackupSettingsSaved, BackupState,
+};
 
 use crate::BIN;
 
-const PASSPHRASE: &str = "a long backup passphrase";
+pub(crate) const PASSPHRASE: &str = "a long backup passphrase";
 
 /// A folder outside any data dir for the repository, and a 0600 file with the passphrase
 /// (what someone restoring on a new board would write).
-struct Outside {
+pub(crate) struct Outside {
     _temp: tempfile::TempDir,
-    repo: PathBuf,
-    password_file: PathBuf,
-    root: PathBuf,
+    pub repo: PathBuf,
+    pub password_file: PathBuf,
+    pub root: PathBuf,
 }
 
-fn outside() -> Outside {
+pub(crate) fn outside() -> Outside {
     let temp = tempfile::tempdir().unwrap();
     let root = temp.path().to_path_buf();
     let password_file = root.join("passphrase");
@@ -58,7 +61,7 @@ async fn configure(host: &Host, repo: &Path) -> BackupSettingsSaved {
 }
 
 /// Starts a backup and waits for it to end; returns the finished run.
-async fn run_backup(host: &Host) -> BackupRun {
+pub(crate) async fn run_backup(host: &Host) -> BackupRun {
     let run: BackupRun = host
         .call(Method::POST, "/api/backups", None, StatusCode::ACCEPTED)
         .await;
@@ -78,6 +81,20 @@ async fn wait_run(host: &Host, id: &str) -> BackupRun {
             "backup {id} never ended: {run:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The newest backup notification, waited for: a run's record says `failed` a moment before
+/// its notification is posted.
+pub(crate) async fn backup_notification(host: &Host) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let notes: Vec<Value> = host.get("/api/notifications").await;
+        if let Some(note) = notes.into_iter().find(|n| n["source"] == "backup") {
+            return note;
+        }
+        assert!(Instant::now() < deadline, "no backup notification");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -182,17 +199,77 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
 }
 
 fn restore_cli(data_dir: &Path, out: &Outside, extra: &[&str]) -> std::process::Output {
+    restore_cli_from(
+        data_dir,
+        &[OsString::from("--from"), out.repo.clone().into()],
+        &[],
+        out,
+        extra,
+    )
+}
+
+/// `taos-host restore` with `from` (`--from …` and what goes with it) and `env`.
+fn restore_cli_from(
+    data_dir: &Path,
+    from: &[OsString],
+    env: &[(String, String)],
+    out: &Outside,
+    extra: &[&str],
+) -> std::process::Output {
     std::process::Command::new(BIN)
         .arg("--data-dir")
         .arg(data_dir)
         .arg("restore")
-        .arg("--from")
-        .arg(&out.repo)
+        .args(from)
         .arg("--password-file")
         .arg(&out.password_file)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .expect("run taos-host restore")
+}
+
+/// Where a round trip's backups go: what the host is told (destination and credentials),
+/// and how plain restic and `taos-host restore` reach the same repository.
+pub(crate) struct Target {
+    pub destination: Value,
+    pub credentials: Option<Value>,
+    /// `--repo …` and any `-o` options for plain restic.
+    pub restic_args: Vec<OsString>,
+    /// `--from …` and what goes with it, for `taos-host restore`.
+    pub restore_args: Vec<OsString>,
+    /// Environment for plain restic and for the restore (S3's keys).
+    pub env: Vec<(String, String)>,
+    /// Secrets that must show up in no answer, data-dir file or log.
+    pub secrets: Vec<String>,
+}
+
+impl Target {
+    fn local(out: &Outside) -> Target {
+        std::fs::create_dir_all(out.repo.parent().unwrap()).unwrap();
+        Target {
+            destination: json!({"kind": "local", "path": out.repo.display().to_string()}),
+            credentials: None,
+            restic_args: vec!["--repo".into(), out.repo.clone().into()],
+            restore_args: vec!["--from".into(), out.repo.clone().into()],
+            env: Vec::new(),
+            secrets: Vec::new(),
+        }
+    }
+
+    pub async fn configure(&self, host: &Host) -> BackupSettingsSaved {
+        let mut body = json!({"destination": self.destination, "passphrase": PASSPHRASE});
+        if let Some(credentials) = &self.credentials {
+            body["credentials"] = credentials.clone();
+        }
+        host.call(
+            Method::PUT,
+            "/api/backups/settings",
+            Some(&body),
+            StatusCode::OK,
+        )
+        .await
+    }
 }
 
 /// A host with an external agent, chats, traces, an archived agent and the fake provider is
@@ -201,8 +278,14 @@ fn restore_cli(data_dir: &Path, out: &Outside, extra: &[&str]) -> std::process::
 /// agent comes back, and the provider's key (sealed in the backup) still reaches the upstream.
 #[tokio::test]
 async fn a_backup_restores_the_whole_host_into_a_fresh_data_dir() {
-    let (_turn, mut host, _fake) = with_fake_provider(BIN, &[]).await;
     let out = outside();
+    round_trip(&out, &Target::local(&out)).await;
+}
+
+/// The whole-host round trip of [`a_backup_restores_the_whole_host_into_a_fresh_data_dir`],
+/// to any destination.
+pub(crate) async fn round_trip(out: &Outside, target: &Target) {
+    let (_turn, mut host, _fake) = with_fake_provider(BIN, &[]).await;
 
     let (keeper, dm, retired_dm) = step("fill the host", async {
         let keeper: AgentWithToken = create_agent_with(
@@ -248,7 +331,7 @@ async fn a_backup_restores_the_whole_host_into_a_fresh_data_dir() {
     .await;
 
     let (first, second) = step("two backups, the second incremental", async {
-        let saved = configure(&host, &out.repo).await;
+        let saved = target.configure(&host).await;
         assert!(
             saved.generated_passphrase.is_none(),
             "we chose the passphrase"
@@ -265,6 +348,11 @@ async fn a_backup_restores_the_whole_host_into_a_fresh_data_dir() {
             !text.contains(PASSPHRASE),
             "the passphrase is never returned"
         );
+        for secret in &target.secrets {
+            assert!(!text.contains(secret.as_str()), "no credential is returned");
+        }
+        let settings: BackupSettings = host.get("/api/backups/settings").await;
+        assert_eq!(settings.credentials_set, target.credentials.is_some());
         let mut events =
             SseReader::new(host.admin(Method::GET, "/api/events").send().await.unwrap());
         let first = run_backup(&host).await;
@@ -305,7 +393,7 @@ async fn a_backup_restores_the_whole_host_into_a_fresh_data_dir() {
             Method::PUT,
             "/api/backups/settings",
             Some(&json!({
-                "destination": {"kind": "local", "path": out.repo.display().to_string()},
+                "destination": target.destination,
                 "passphrase": "another passphrase entirely",
             })),
             StatusCode::CONFLICT,
@@ -341,13 +429,21 @@ async fn a_backup_restores_the_whole_host_into_a_fresh_data_dir() {
         );
         let log = std::fs::read_to_string(&host.stderr_log).unwrap();
         assert!(!log.contains(PASSPHRASE), "the passphrase is not logged");
+        for secret in &target.secrets {
+            assert_eq!(
+                files_containing(&host.data_dir, secret),
+                Vec::<PathBuf>::new(),
+                "credentials are sealed, and their run files removed"
+            );
+            assert!(!log.contains(secret.as_str()), "credentials are not logged");
+        }
         // restic itself reads the repository: taos is not needed to inspect a backup.
         let listed = std::process::Command::new("restic")
-            .arg("--repo")
-            .arg(&out.repo)
+            .args(&target.restic_args)
             .arg("--password-file")
             .arg(&out.password_file)
             .args(["snapshots", "--json", "--no-cache"])
+            .envs(target.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .unwrap();
         assert!(listed.status.success(), "{listed:?}");
@@ -375,7 +471,7 @@ async fn a_backup_restores_the_whole_host_into_a_fresh_data_dir() {
     let fresh_temp = tempfile::tempdir().unwrap();
     let fresh = fresh_temp.path().join("data");
     step("restore into a fresh data dir", async {
-        let output = restore_cli(&fresh, &out, &[]);
+        let output = restore_cli_from(&fresh, &target.restore_args, &target.env, out, &[]);
         let said = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
@@ -659,9 +755,9 @@ async fn bad_backup_settings_are_refused_and_change_nothing() {
             Some("short"),
             "at least 8",
         ),
-        // Not a destination this slice knows: the body itself is refused.
+        // Not a destination the host knows: the body itself is refused.
         (
-            json!({"kind": "s3", "bucket": "b"}),
+            json!({"kind": "ftp", "path": "/x"}),
             None,
             "unknown variant",
         ),
@@ -706,6 +802,36 @@ async fn bad_backup_settings_are_refused_and_change_nothing() {
     );
     let now: BackupSettings = host.get("/api/backups/settings").await;
     assert_eq!(now, settings);
+    for (schedule, says) in [
+        (
+            json!({"kind": "daily", "hour": 24, "minute": 0}),
+            "hour 0–23",
+        ),
+        (
+            json!({"kind": "daily", "hour": 3, "minute": 60}),
+            "minute 0–59",
+        ),
+        (json!({"kind": "every_hours", "hours": 0}), "hours 1–168"),
+        (json!({"kind": "every_hours", "hours": 169}), "hours 1–168"),
+    ] {
+        let error = host
+            .expect_error(
+                Method::PUT,
+                "/api/backups/settings",
+                Some(&json!({"destination": {"kind": "local", "path": good},
+                    "schedule": schedule})),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            )
+            .await;
+        assert!(
+            error.message.contains(says),
+            "{schedule}: {}",
+            error.message
+        );
+        let now: BackupSettings = host.get("/api/backups/settings").await;
+        assert_eq!(now, settings, "{schedule} changed nothing");
+    }
     host.expect_error(
         Method::GET,
         "/api/backups/nope",
@@ -731,11 +857,7 @@ async fn bad_backup_settings_are_refused_and_change_nothing() {
     let reason = run.error.unwrap();
     assert!(reason.contains("is the disk mounted"), "{reason}");
     assert!(!unplugged.exists(), "nothing made where the disk should be");
-    let notes: Vec<Value> = host.get("/api/notifications").await;
-    let note = notes
-        .iter()
-        .find(|n| n["source"] == "backup")
-        .expect("a notification");
+    let note = backup_notification(&host).await;
     assert!(note["message"]
         .as_str()
         .unwrap()
@@ -901,4 +1023,95 @@ async fn restore_refuses_a_non_empty_data_dir_a_wrong_passphrase_and_a_newer_sch
     let output = restore_cli(&empty, &out, &["--snapshot", "ffffffff"]);
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("no taos backup with id ffffffff"), "{said}");
+}
+
+/// A daily backup whose time passed while the host was off runs once when it starts again,
+/// recorded as `missed`. Time is not waited for: the settings are made two days old in the
+/// stopped host's database (as if saved then), so today's slot has passed unrun.
+#[tokio::test]
+async fn a_scheduled_backup_missed_while_the_host_was_off_runs_once_at_start() {
+    let mut host = Host::start_with(
+        BIN,
+        HostOptions::with_env(&[taos_e2e::fixtures::NO_LITELLM]),
+    )
+    .await
+    .unwrap();
+    host.setup_owner().await;
+    let out = outside();
+    let target = Target::local(&out);
+    let _ = target.configure(&host).await;
+    // The slot: an hour ago, today or yesterday (UTC).
+    let slot = chrono::Utc::now() - chrono::Duration::hours(1);
+    let schedule = json!({"kind": "daily", "hour": chrono::Timelike::hour(&slot),
+        "minute": chrono::Timelike::minute(&slot)});
+    let saved: BackupSettingsSaved = host
+        .call(
+            Method::PUT,
+            "/api/backups/settings",
+            Some(&json!({"destination": target.destination, "schedule": schedule})),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(
+        serde_json::to_value(saved.settings.schedule).unwrap(),
+        schedule
+    );
+    // Saved after the slot: nothing was missed, so nothing runs at a restart now.
+    assert_eq!(host.terminate().await.unwrap(), Some(0));
+    let data_dir = host.data_dir.clone();
+    let mut host = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(data_dir.clone()),
+            env: vec![(
+                taos_e2e::fixtures::NO_LITELLM.0.into(),
+                taos_e2e::fixtures::NO_LITELLM.1.into(),
+            )],
+        },
+    )
+    .await
+    .unwrap();
+    let runs: Vec<BackupRun> = host.get("/api/backups").await;
+    assert!(runs.is_empty(), "{runs:?}");
+    assert_eq!(host.terminate().await.unwrap(), Some(0));
+
+    // Two days later (the settings were saved then), the host starts again.
+    let db = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("taos.db")),
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE backup_settings SET updated_at = updated_at - 2 * 86400000")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let host = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(data_dir.clone()),
+            env: vec![(
+                taos_e2e::fixtures::NO_LITELLM.0.into(),
+                taos_e2e::fixtures::NO_LITELLM.1.into(),
+            )],
+        },
+    )
+    .await
+    .unwrap();
+    let runs: Vec<BackupRun> = host.get("/api/backups").await;
+    assert_eq!(runs.len(), 1, "one run for the missed slot: {runs:?}");
+    assert_eq!(runs[0].reason, BackupReason::Missed);
+    let run = wait_run(&host, &runs[0].id).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    // A run by hand says so.
+    let manual = run_backup(&host).await;
+    assert_eq!(manual.reason, BackupReason::Manual);
+    let runs: Vec<BackupRun> = host.get("/api/backups").await;
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r.reason == BackupReason::Missed)
+            .count(),
+        1,
+        "the missed slot ran once: {runs:?}"
+    );
 }

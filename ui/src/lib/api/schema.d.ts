@@ -1528,15 +1528,54 @@ export interface components {
         /** @enum {string} */
         AuthorType: "user" | "agent" | "system";
         /**
-         * @description Where backups go. Tagged by `kind`, so SFTP and S3-compatible destinations (restic's `sftp:`
-         *     and `s3:` repositories, a URL plus credentials sealed like the passphrase) are new variants
-         *     of this type, not a new settings shape.
+         * @description The secrets of an SFTP or S3 destination, write-only: sealed like provider keys, given to
+         *     restic only for a run (a 0600 key file that is removed after it, or restic's environment),
+         *     never in an answer, argv or the log.
+         */
+        BackupCredentials: {
+            /** @enum {string} */
+            kind: "sftp";
+            private_key: string;
+        } | {
+            access_key_id: string;
+            /** @enum {string} */
+            kind: "s3";
+            secret_access_key: string;
+        };
+        /**
+         * @description Where backups go, tagged by `kind`: a folder, an SFTP server or an S3-compatible bucket
+         *     (restic's local, `sftp:` and `s3:` repositories). The secrets an SFTP or S3 destination
+         *     needs are not part of it: they come in [`BackupCredentials`], are stored sealed and are
+         *     never returned.
          */
         BackupDestination: {
             /** @enum {string} */
             kind: "local";
             path: string;
+        } | {
+            host: string;
+            /**
+             * @description The server's public host key as in `known_hosts` or `ssh-keyscan`:
+             *     `ssh-ed25519 AAAA…` (type and base64; a trailing comment is dropped).
+             */
+            host_key: string;
+            /** @enum {string} */
+            kind: "sftp";
+            path: string;
+            /** Format: int32 */
+            port: number;
+            user: string;
+        } | {
+            bucket: string;
+            endpoint: string;
+            /** @enum {string} */
+            kind: "s3";
         };
+        /**
+         * @description Why a run was made.
+         * @enum {string}
+         */
+        BackupReason: "manual" | "scheduled" | "missed";
         /**
          * @description How many backups are kept: restic's `forget --keep-daily/--keep-weekly/--keep-monthly`,
          *     applied (with a prune) after every successful backup.
@@ -1565,6 +1604,7 @@ export interface components {
             /** Format: date-time */
             finished_at?: string | null;
             id: string;
+            reason: components["schemas"]["BackupReason"];
             /** @description restic's snapshot id (full hex), once it succeeded. */
             snapshot_id?: string | null;
             /** Format: date-time */
@@ -1578,10 +1618,33 @@ export interface components {
             /** Format: int64 */
             total_files?: number | null;
         };
+        /**
+         * @description When the host backs up by itself. Two plain forms instead of cron syntax: "every night at
+         *     03:00" and "every 6 hours" are what people set, and neither can be mistyped into "every
+         *     minute". Times are UTC (the board's clock zone is not the owner's).
+         */
+        BackupSchedule: {
+            /** @enum {string} */
+            kind: "off";
+        } | {
+            /** Format: int32 */
+            hour: number;
+            /** @enum {string} */
+            kind: "daily";
+            /** Format: int32 */
+            minute: number;
+        } | {
+            /** Format: int32 */
+            hours: number;
+            /** @enum {string} */
+            kind: "every_hours";
+        };
         /** @description `GET /api/backups/settings`. The passphrase is never returned. */
         BackupSettings: {
             /** @description False until a destination and passphrase are set; backups can't run before. */
             configured: boolean;
+            /** @description True when the SFTP or S3 destination's credentials are stored (never returned). */
+            credentials_set?: boolean;
             destination?: null | components["schemas"]["BackupDestination"];
             passphrase_set: boolean;
             /**
@@ -1590,6 +1653,7 @@ export interface components {
              */
             repository_ready: boolean;
             retention: components["schemas"]["BackupRetention"];
+            schedule?: components["schemas"]["BackupSchedule"];
             /** Format: date-time */
             updated_at?: string | null;
         };
@@ -1604,6 +1668,7 @@ export interface components {
         };
         /** @description `PUT /api/backups/settings`. */
         BackupSettingsUpdate: {
+            credentials?: null | components["schemas"]["BackupCredentials"];
             destination: components["schemas"]["BackupDestination"];
             /**
              * @description The repository passphrase (at least 8 characters). Omitted on the first save, the host
@@ -1611,6 +1676,7 @@ export interface components {
              */
             passphrase?: string | null;
             retention?: null | components["schemas"]["BackupRetention"];
+            schedule?: null | components["schemas"]["BackupSchedule"];
         };
         /** @enum {string} */
         BackupState: "queued" | "running" | "succeeded" | "failed";
