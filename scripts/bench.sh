@@ -221,9 +221,12 @@ if [[ "${TAOS_BENCH_HOST_ONLY:-}" == 1 ]]; then
         printf '\n%s\n' "$KEPT_SECTIONS" >> docs/benchmarks.md
     fi
     log "host only: kept the Web UI and Desktop app sections as they were"
+    "$REPO_ROOT/scripts/bench-tools.sh"
     exit 0
 fi
 # The web UI's section (bundle size, first screen, a 5 000-message channel), in real chromium.
 "$REPO_ROOT/scripts/bench-ui.sh"
 # The desktop app (release build and .deb, cold start, idle memory, the offline cache).
 "$REPO_ROOT/scripts/bench-app.sh"
+# The built-in tool agent (deploy, sidecar RSS, host cost per tool step), in real incus.
+"$REPO_ROOT/scripts/bench-tools.sh"
