@@ -100,7 +100,7 @@ fn sidecar_rss_mib(container: &str) -> f64 {
             "sh",
             "-c",
             "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = taos-agent ] && \
-             sed -n 's/^VmRSS: *\\([0-9]*\\) kB/\\1/p' $p/status; done",
+             awk '/^VmRSS:/ {print $2}' $p/status; done; true",
         ])
         .output()
         .expect("incus exec");
