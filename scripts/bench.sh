@@ -221,6 +221,7 @@ if [[ "${TAOS_BENCH_HOST_ONLY:-}" == 1 ]]; then
         printf '\n%s\n' "$KEPT_SECTIONS" >> docs/benchmarks.md
     fi
     log "host only: kept the Web UI and Desktop app sections as they were"
+    "$REPO_ROOT/scripts/bench-tools.sh"
     exit 0
 fi
 # The web UI's section (bundle size, first screen, a 5 000-message channel), in real chromium.
@@ -231,3 +232,5 @@ fi
 # times, and the service's systemd-analyze exposure.
 "$REPO_ROOT/scripts/build-deb.sh"
 "$REPO_ROOT/scripts/install-test.sh" "$CARGO_TARGET_DIR/debian" --write-benchmarks
+# The built-in tool agent (deploy, sidecar RSS, host cost per tool step), in real incus.
+"$REPO_ROOT/scripts/bench-tools.sh"

@@ -48,9 +48,11 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 ROOTFS="$WORK/rootfs"
 URI="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
+# procps gives the agent `free` and `ps`, which the memory-audit and health-report admin
+# prompts ask it to run.
 log "debootstrap bookworm (about two minutes)"
 debootstrap --variant=minbase \
-    --include=systemd-sysv,systemd-resolved,udev,dbus,iproute2,ca-certificates \
+    --include=systemd-sysv,systemd-resolved,udev,dbus,iproute2,ca-certificates,procps \
     bookworm "$ROOTFS" "${URI:-http://deb.debian.org/debian}" >/dev/null
 
 # /root/.taos is the agent's own state (writable under the unit's ProtectHome); the host shares
@@ -59,6 +61,9 @@ mkdir -p "$ROOTFS/etc/systemd/network" "$ROOTFS/etc/taos" "$ROOTFS/root/.taos"
 printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n' > "$ROOTFS/etc/systemd/network/eth0.network"
 ln -sf /run/systemd/resolve/stub-resolv.conf "$ROOTFS/etc/resolv.conf"
 : > "$ROOTFS/etc/machine-id"
+# debootstrap copies the build machine's /etc/hostname; without one each container keeps the
+# name its runtime gives it (its container name), which is what an agent should call itself.
+rm -f "$ROOTFS/etc/hostname"
 chmod 0700 "$ROOTFS/etc/taos"
 install -m 0755 "$BIN" "$ROOTFS/usr/local/bin/taos-agent"
 # The recycle bin: a soft-delete rm first on PATH, its helper, and a daily sweep.

@@ -78,6 +78,15 @@ pub struct DeliveryPlace {
     pub answered: bool,
 }
 
+/// The data of a `cancel` event on the bridge stream.
+fn cancel_event(trace_id: &str, by: &str) -> String {
+    serde_json::json!(taos_proto::bridge::CancelTurn {
+        trace_id: trace_id.to_string(),
+        by: by.to_string(),
+    })
+    .to_string()
+}
+
 /// A stored delivery, ready to send.
 #[derive(Debug, Clone)]
 pub struct StoredDelivery {
@@ -233,8 +242,10 @@ impl Bridge {
     }
 
     /// Asks the agent to stop its answer in progress, `message` (a streaming agent message),
-    /// on behalf of `by`. Sent only on the agent's live stream: 409 when it is not connected
-    /// or the answer is not in progress. The agent settles the answer with a `cancelled` error.
+    /// on behalf of `by`. The request is stored on the delivery first, then sent on the
+    /// agent's live stream if it has one; an agent that is away (or whose stream is being
+    /// re-opened) gets it when its next stream starts ([`Bridge::pending_cancels`]). 409 when
+    /// the answer is not in progress. The agent settles the answer with a `cancelled` error.
     pub async fn cancel(&self, message: &Message, by: &str) -> Result<(), BridgeError> {
         if message.author_type != AuthorType::Agent {
             return Err(BridgeError::BadInput(
@@ -248,20 +259,47 @@ impl Bridge {
             .as_str()
             .ok_or_else(|| BridgeError::BadInput("this message answers no delivery".into()))?;
         let agent = agents::get_by_slug(&self.db, &message.author_id).await?;
-        let event = serde_json::json!(taos_proto::bridge::CancelTurn {
-            trace_id: trace_id.to_string(),
-            by: by.to_string(),
-        })
-        .to_string();
+        let stored = sqlx::query(
+            "UPDATE deliveries SET cancelled_by = ? \
+             WHERE agent_id = ? AND trace_id = ? AND answered_at IS NULL",
+        )
+        .bind(by)
+        .bind(agent.id.to_string())
+        .bind(trace_id)
+        .execute(&self.db)
+        .await?;
+        if stored.rows_affected() == 0 {
+            return Err(ChatError::Conflict("this answer is not in progress".into()).into());
+        }
+        let event = cancel_event(trace_id, by);
+        // Not connected (or no stream listening right now): the next stream sends it.
         let sent = self.with_live(agent.id, |l| l.connected && l.cancels.send(event).is_ok());
         if !sent {
-            return Err(ChatError::Conflict(format!(
-                "{} is not connected, so its answer can't be stopped now",
-                agent.display_name
-            ))
-            .into());
+            tracing::info!(agent = %agent.slug, trace_id, "agent away; the cancel waits for its stream");
         }
         Ok(())
+    }
+
+    /// The `cancel` events (JSON `CancelTurn`) a new stream of this agent starts with: answers
+    /// stopped from the chat that the agent has not settled yet, from the last day.
+    pub async fn pending_cancels(&self, agent: Uuid) -> Result<Vec<String>, BridgeError> {
+        let rows = sqlx::query(
+            "SELECT trace_id, cancelled_by FROM deliveries WHERE agent_id = ? \
+             AND cancelled_by IS NOT NULL AND answered_at IS NULL AND created_at > ? \
+             ORDER BY seq LIMIT ?",
+        )
+        .bind(agent.to_string())
+        .bind(now_ms() - UNANSWERED_RESEND_MS)
+        .bind(MAX_UNANSWERED)
+        .fetch_all(&self.db)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let trace_id: String = row.try_get("trace_id")?;
+                let by: String = row.try_get("cancelled_by")?;
+                Ok(cancel_event(&trace_id, &by))
+            })
+            .collect()
     }
 
     /// Ends the agent's current stream (after its token was rotated: the old holder must not

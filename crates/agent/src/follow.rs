@@ -30,14 +30,20 @@ enum StreamEnd {
     Parse(#[from] SseError),
 }
 
+/// How many cancels the sidecar keeps: more than the host resends at once is never needed,
+/// since it answers one delivery at a time.
+pub const REMEMBERED_CANCELS: usize = 64;
+
 /// Follows the stream until shutdown, sending each delivery to `queue` and each `cancel` to
-/// `cancels` (past the queue: the worker is busy with the answer to cancel). Reconnects on its
+/// `cancels` (past the queue: the worker is busy with the answer to cancel). `cancels` keeps
+/// the newest [`REMEMBERED_CANCELS`]: a new stream starts with every cancel still pending, so
+/// several may come at once and none may overwrite another. Reconnects on its
 /// own; it never gives up, because the sidecar has nothing else to do.
 pub async fn follow(
     bridge: BridgeClient,
     timings: Timings,
     queue: mpsc::Sender<UserMessageDelivery>,
-    cancels: watch::Sender<Option<CancelTurn>>,
+    cancels: watch::Sender<Vec<CancelTurn>>,
     mut shutdown: Shutdown,
 ) {
     // Survives reconnects, so the host resends only what came after it. Starts empty: on a
@@ -87,7 +93,7 @@ async fn read_stream(
     last_event_id: &mut Option<String>,
     backoff: &mut Backoff,
     queue: &mpsc::Sender<UserMessageDelivery>,
-    cancels: &watch::Sender<Option<CancelTurn>>,
+    cancels: &watch::Sender<Vec<CancelTurn>>,
 ) -> StreamEnd {
     let mut response = match bridge.open_events(last_event_id.as_deref()).await {
         Ok(response) => response,
@@ -124,7 +130,12 @@ async fn read_stream(
                 match serde_json::from_str::<CancelTurn>(&event.data) {
                     Ok(cancel) => {
                         tracing::info!(trace_id = %cancel.trace_id, by = %cancel.by, "cancel received");
-                        cancels.send_replace(Some(cancel));
+                        cancels.send_modify(|pending| {
+                            if pending.len() >= REMEMBERED_CANCELS {
+                                pending.remove(0);
+                            }
+                            pending.push(cancel);
+                        });
                     }
                     Err(e) => tracing::error!(error = %e, "skipping a cancel that does not parse"),
                 }

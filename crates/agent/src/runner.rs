@@ -116,7 +116,7 @@ async fn run_framework<F: Framework>(
 ) {
     lifecycle(&bridge, "start", mode).await;
     let (queue_tx, queue_rx) = mpsc::channel(QUEUE_DEPTH);
-    let (cancel_tx, cancels) = watch::channel(None);
+    let (cancel_tx, cancels) = watch::channel(Vec::new());
     let follower = tokio::spawn(follow(
         bridge.clone(),
         timings,
@@ -150,7 +150,7 @@ async fn work<F: Framework>(
     framework: &F,
     bridge: &BridgeClient,
     mut queue: mpsc::Receiver<UserMessageDelivery>,
-    cancels: watch::Receiver<Option<CancelTurn>>,
+    cancels: watch::Receiver<Vec<CancelTurn>>,
     mut shutdown: Shutdown,
     grace: Duration,
 ) {
@@ -186,7 +186,7 @@ async fn answer<F: Framework>(
     framework: &F,
     bridge: &BridgeClient,
     delivery: &UserMessageDelivery,
-    mut cancels: watch::Receiver<Option<CancelTurn>>,
+    mut cancels: watch::Receiver<Vec<CancelTurn>>,
     mut shutdown: Shutdown,
     grace: Duration,
 ) {
@@ -202,14 +202,18 @@ async fn answer<F: Framework>(
     // Boxed, so a cancel can drop it (and with it the tools it runs) before settling.
     let mut respond = Box::pin(framework.respond(delivery, &replies));
     let trace_id = delivery.trace_id.as_str();
-    // A cancel for this delivery that came while it waited in the queue counts too.
+    // A cancel for this delivery that came while it waited in the queue counts too, and so
+    // does one the host resent when the stream came back (it was made while we were away).
     // Who stopped it, taken out at once: the watch value stays locked while its guard lives.
     let cancelled = async {
-        let cancel = cancels
-            .wait_for(|c| c.as_ref().is_some_and(|c| c.trace_id == trace_id))
+        let cancels = cancels
+            .wait_for(|c| c.iter().any(|c| c.trace_id == trace_id))
             .await
             .ok()?;
-        cancel.as_ref().map(|c| c.by.clone())
+        cancels
+            .iter()
+            .find(|c| c.trace_id == trace_id)
+            .map(|c| c.by.clone())
     };
     let outcome = tokio::select! {
         result = &mut respond => Some(result),

@@ -84,8 +84,9 @@ pub struct Reply {
 pub const CANCEL_EVENT: &str = "cancel";
 
 /// The data of a `cancel` event: stop the answer to `trace_id` (drop the work in progress, end
-/// its tools) and settle it with an `error` reply, `error_code: cancelled`. It has no event id
-/// and is sent only to a connected agent: one that was away simply finishes.
+/// its tools) and settle it with an `error` reply, `error_code: cancelled`. It has no event id.
+/// The host stores it and sends it at once to a connected agent, and again at the start of
+/// every stream until the answer is settled, so an agent that was away still learns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CancelTurn {

@@ -78,6 +78,24 @@ async fn pump(
     let mut shutdown = state.shutdown.clone();
     // `cancel` events go out between deliveries, without an id (they are not deliveries).
     let mut cancels = state.bridge.cancel_receiver(agent.id);
+    // Then the cancels made while no stream was listening (subscribed first, so none falls
+    // between; one sent twice is harmless).
+    match state.bridge.pending_cancels(agent.id).await {
+        Ok(pending) => {
+            for data in pending {
+                let event = Event::default()
+                    .event(taos_proto::bridge::CANCEL_EVENT)
+                    .data(data);
+                if tx.send(event).await.is_err() {
+                    state.bridge.unsubscribe(agent.id, generation);
+                    return;
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(agent = %agent.slug, error = %e, "reading pending cancels failed")
+        }
+    }
     loop {
         // Consume the wake before checking the generation, so a wake that announces a newer
         // stream is never swallowed by this one.

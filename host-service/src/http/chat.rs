@@ -304,15 +304,16 @@ async fn delete_message(
 }
 
 /// Stops an agent's answer in progress (a streaming agent message), for anyone who can see its
-/// channel. The agent is told on its bridge stream; it drops the work, ends its tools, and
-/// settles the message as failed with `failure.code: cancelled`.
+/// channel. The stop is stored, then the agent is told on its bridge stream (at once, or when
+/// its stream comes back if it is away); it drops the work, ends its tools, and settles the
+/// message as failed with `failure.code: cancelled`.
 #[utoipa::path(post, path = "/api/chat/messages/{id}/cancel", tag = "chat",
     params(("id" = String, Path, description = "The agent's streaming message")),
-    responses((status = 202, description = "Sent to the agent"),
+    responses((status = 202, description = "Stored, and sent to the agent (now or when it reconnects)"),
         (status = 400, description = "Not an agent's answer", body = ErrorBody),
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
-        (status = 409, description = "The answer is not in progress, or the agent is not connected", body = ErrorBody)))]
+        (status = 409, description = "The answer is not in progress", body = ErrorBody)))]
 async fn cancel_answer(
     Auth(principal): Auth,
     State(state): State<AppState>,

@@ -56,9 +56,13 @@ const AGENT_NETWORKS: [(AgentNetwork, &str, &str); 3] = [
 /// Held while agent networks are made, so hosts starting together make each one once
 /// (Docker 20.10 would otherwise accept two networks with one name).
 const NETWORK_LOCK: &str = "/run/taos-agent-networks.lock";
-/// Capabilities agent containers keep: none. The sidecar only talks HTTP and writes files its
-/// own root owns; the image's recycle bin moves files root owns (tested in the Docker tests).
-const AGENT_CAPS: &[&str] = &[];
+/// Capabilities agent containers keep: the three the image's systemd unit grants the sidecar
+/// under incus, so tools mode can start its tools as the unprivileged `agent` account (setuid,
+/// setgid) and kill everything they leave behind (kill). Nothing else: root in the container
+/// can't read past file modes (no DAC override), so the tools account still can't read the
+/// 0600 credentials, and no-new-privileges keeps setuid binaries from giving any back. Other
+/// modes drop all three before their first thread (taos-agent's `main`).
+const AGENT_CAPS: &[&str] = &["SETUID", "SETGID", "KILL"];
 
 fn network_name(mode: AgentNetwork) -> &'static str {
     AGENT_NETWORKS
@@ -454,7 +458,7 @@ impl Runtime for Docker {
             ..Default::default()
         };
         if let Some(mode) = spec.network {
-            // An agent: its own network, no capabilities, no IPv6 (the firewall rules are
+            // An agent: its own network, only `AGENT_CAPS`, no IPv6 (the firewall rules are
             // IPv4; without this a container could still reach the host's link-local address).
             host_config.network_mode = Some(network_name(mode).to_string());
             host_config.cap_drop = Some(vec!["ALL".into()]);

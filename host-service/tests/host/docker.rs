@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use taos_e2e::fake_llm::REPLY;
+use taos_e2e::fake_llm::{Scripted, REPLY};
 use taos_e2e::fixtures::{
     ask_and_wait, assert_exec_keeps_data, assert_limits_hold, assert_mount_writes_as, busybox,
     catalog, deploy_with, finished, step, trace_disk, unique, wait_deploy, with_fake_provider,
@@ -509,4 +509,88 @@ async fn a_failed_docker_deploy_leaves_nothing_behind() {
             "{step}: trace folder left"
         );
     }
+}
+
+/// Tools mode on Docker keeps the guarantees it has under incus: the tools run as the
+/// unprivileged `agent` account, can't read the sidecar's credentials file or environment, and
+/// a call past its time limit is killed with everything it started (even a process that left
+/// its process group).
+#[tokio::test]
+async fn tools_mode_on_docker_runs_as_agent_without_the_credentials() {
+    let Some(_rt) = docker().await else { return };
+    let (_turn, host, fake) = with_fake_provider(BIN, &[("TAOS_RUNTIME__KIND", "docker")]).await;
+    let host = &host;
+    let slug = format!("dtool-{:06x}", rand::random::<u32>() & 0xffffff);
+    let slug = slug.as_str();
+    let container = format!("taos-{slug}");
+    let _c = Remove(container.clone());
+    step("deploy the tools framework on docker", async {
+        deploy_with(
+            host,
+            json!({"name": slug, "framework": "tools", "model": "fake-gpt", "memory_limit_mib": 256}),
+        )
+        .await;
+        let status = wait_deploy(host, slug, finished).await;
+        assert_eq!(status["status"], "succeeded", "{status}");
+    })
+    .await;
+    let agent: Value = host.get(&format!("/api/agents/{slug}")).await;
+    let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
+    let reply = step("a scripted turn runs its commands", async {
+        fake.script(
+            "fake-gpt",
+            vec![
+                Scripted::call("shell", json!({"command": "id -un; cat /etc/taos/agent.env; for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = taos-agent ] && cat $p/environ; done; true"})),
+                Scripted::call("shell", json!({"command": "setsid sleep 300 & sleep 120; echo never", "timeout_secs": 2})),
+                Scripted::final_text("Done on docker."),
+            ],
+        );
+        let sent: Value = host
+            .call(
+                Method::POST,
+                "/api/chat/messages",
+                Some(&json!({"channel_id": dm, "content": "who are you?"})),
+                StatusCode::CREATED,
+            )
+            .await;
+        let reply = crate::tools::settled(host, &dm, slug, sent["id"].as_str().unwrap()).await;
+        assert_eq!(reply["state"], "complete", "{reply}");
+        assert_eq!(reply["content"], "Done on docker.");
+        reply
+    })
+    .await;
+    let steps = crate::tools::steps(&reply);
+    assert_eq!(steps.len(), 2, "{reply}");
+    step(
+        "the tools ran as agent, without the sidecar's secrets",
+        async {
+            let who = &steps[0]["result"];
+            assert_eq!(who["stdout"].as_str().unwrap().trim(), "agent", "{who}");
+            let err = who["stderr"].as_str().unwrap();
+            assert!(
+                err.contains("/etc/taos/agent.env: Permission denied"),
+                "{err}"
+            );
+            assert!(err.contains("environ: Permission denied"), "{err}");
+            assert!(
+                !reply.to_string().contains("taos_ag_") && !reply.to_string().contains("taos_llm_")
+            );
+        },
+    )
+    .await;
+    step("a call past its limit is killed with what it started", async {
+        assert_eq!(steps[1]["result"]["timed_out"], true, "{}", steps[1]);
+        let left = std::process::Command::new("docker")
+            .args([
+                "exec",
+                &container,
+                "sh",
+                "-c",
+                "n=0; for p in /proc/[0-9]*; do [ \"$(stat -c %U $p 2>/dev/null)\" = agent ] && n=$((n+1)); done; echo $n",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "0", "{left:?}");
+    })
+    .await;
 }

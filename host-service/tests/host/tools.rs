@@ -17,7 +17,7 @@ use taos_host::runtime::Runtime;
 use crate::BIN;
 
 /// The agent's settled answer to `trace_id` (its message's id).
-async fn settled(host: &Host, dm: &str, slug: &str, trace_id: &str) -> Value {
+pub(crate) async fn settled(host: &Host, dm: &str, slug: &str, trace_id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let messages: Vec<Value> = host
@@ -43,7 +43,7 @@ async fn settled(host: &Host, dm: &str, slug: &str, trace_id: &str) -> Value {
     }
 }
 
-fn steps(reply: &Value) -> Vec<Value> {
+pub(crate) fn steps(reply: &Value) -> Vec<Value> {
     reply["metadata"]["tools"]
         .as_array()
         .cloned()
@@ -277,5 +277,190 @@ async fn the_built_in_agent_runs_the_disk_audit_in_its_container_within_its_limi
             .contains("steps or time"));
         assert_eq!(reply["metadata"]["tools"].as_array().unwrap().len(), 20);
     })
+    .await;
+}
+
+/// Sends the admin prompt `name` (with `body`) to the agent; returns its message's id, which
+/// is the turn's trace id.
+async fn send_prompt(host: &Host, slug: &str, name: &str, body: Value) -> String {
+    let r = host
+        .admin(
+            Method::POST,
+            &format!("/api/agents/{slug}/admin-prompts/{name}"),
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{name}");
+    let prompt: Value = r.json().await.unwrap();
+    prompt["id"].as_str().unwrap().to_string()
+}
+
+/// The stdout of a settled answer's step `n`, which must have succeeded.
+fn stdout_of(reply: &Value, n: usize) -> String {
+    let steps = steps(reply);
+    assert_eq!(steps[n]["success"], true, "step {n}: {reply}");
+    steps[n]["result"]["stdout"]
+        .as_str()
+        .unwrap_or_else(|| panic!("step {n} has stdout: {reply}"))
+        .to_string()
+}
+
+/// The other three admin prompts, end to end in one container: the scripted model runs the
+/// commands each prompt asks for, and the checks read what those commands printed (the tool
+/// results on the answer, and the traces), not the model's words. `weekly-summary` reads the
+/// agent's own trace through the host (`read_trace` → `GET /api/agents/{agent}/trace`) and finds
+/// the two audits just run.
+#[tokio::test]
+async fn the_memory_health_and_weekly_prompts_run_their_commands_in_the_container() {
+    require_image().await;
+    let (_turn, host, fake) = with_fake_provider(BIN, &[]).await;
+    let host = &host;
+    // A name of its own, so its container (`taos-<slug>`) clashes with no other test's.
+    let name = format!("Prompts {:08x}", rand::random::<u32>());
+    let (slug, _cleanup) = deploy_succeeded(
+        host,
+        json!({"name": name, "framework": "tools", "model": "fake-gpt", "memory_limit_mib": 256, "disk_quota_gib": 2}),
+    )
+    .await;
+    let slug = slug.as_str();
+    let container = format!("taos-{slug}");
+    let agent: Value = host.get(&format!("/api/agents/{slug}")).await;
+    let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
+    let dm = dm.as_str();
+    let since = (chrono::Utc::now() - chrono::TimeDelta::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+
+    let memory = step("memory-audit runs free and ps in the container", async {
+        fake.script(
+            "fake-gpt",
+            vec![
+                Scripted::call("shell", json!({"command": "date -u; hostname"})),
+                Scripted::call(
+                    "shell",
+                    json!({"command": "free -m; ps -eo pid,rss,etime,comm --sort=-rss | head -11"}),
+                ),
+                Scripted::final_text("Memory looks fine."),
+            ],
+        );
+        let trace_id = send_prompt(host, slug, "memory-audit", json!({})).await;
+        let reply = settled(host, dm, slug, &trace_id).await;
+        assert_eq!(reply["state"], "complete", "{reply}");
+        assert_eq!(steps(&reply).len(), 2, "{reply}");
+        let first = stdout_of(&reply, 0);
+        assert!(first.contains("UTC"), "{first}");
+        // The command ran on the container, not on the host.
+        assert!(first.contains(&container), "{first}");
+        let out = stdout_of(&reply, 1);
+        assert!(out.contains("Mem:") && out.contains("available"), "{out}");
+        // ps saw the container's own processes: its init and the sidecar.
+        assert!(
+            out.contains("PID") && out.contains("taos-agent") && out.contains("systemd"),
+            "{out}"
+        );
+        trace_id
+    })
+    .await;
+
+    let health = step("health-report reads disk, memory, units and the journal", async {
+        fake.script(
+            "fake-gpt",
+            vec![
+                Scripted::call("shell", json!({"command": "date -u; df -h /; free -m"})),
+                Scripted::call(
+                    "shell",
+                    json!({"command": "systemctl --failed --no-pager; journalctl -p err -n 20 --no-pager; true"}),
+                ),
+                Scripted::final_text("All healthy."),
+            ],
+        );
+        let trace_id = send_prompt(host, slug, "health-report", json!({})).await;
+        let reply = settled(host, dm, slug, &trace_id).await;
+        assert_eq!(reply["state"], "complete", "{reply}");
+        let first = stdout_of(&reply, 0);
+        assert!(
+            first.contains("UTC") && first.contains("Filesystem") && first.contains("Mem:"),
+            "{first}"
+        );
+        // systemctl asked the container's systemd: it lists the failed units (none here).
+        let units = stdout_of(&reply, 1);
+        assert!(units.contains("loaded units listed"), "{units}");
+        trace_id
+    })
+    .await;
+
+    step(
+        "weekly-summary reads the agent's own trace from the host",
+        async {
+            fake.script(
+                "fake-gpt",
+                vec![
+                    Scripted::call("shell", json!({"command": "date -u"})),
+                    Scripted::call(
+                        "read_trace",
+                        json!({"since": since, "kind": "tool_call", "limit": 100}),
+                    ),
+                    Scripted::final_text("This week: two audits."),
+                ],
+            );
+            let trace_id = send_prompt(
+                host,
+                slug,
+                "weekly-summary",
+                json!({"variables": {"since": since}}),
+            )
+            .await;
+            let reply = settled(host, dm, slug, &trace_id).await;
+            assert_eq!(reply["state"], "complete", "{reply}");
+            let steps = steps(&reply);
+            assert_eq!(steps.len(), 2, "{reply}");
+            assert_eq!(steps[1]["tool"], "read_trace");
+            assert_eq!(steps[1]["success"], true, "{reply}");
+            let events = steps[1]["result"]["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert!(events.iter().all(|e| e["kind"] == "tool_call"), "{reply}");
+            // The page holds the audits' commands, under their own turns.
+            for (trace, command) in [(&memory, "free -m"), (&health, "systemctl --failed")] {
+                assert!(
+                    events.iter().any(|e| e["trace_id"] == trace.as_str()
+                        && e["payload"]["args"]["command"]
+                            .as_str()
+                            .is_some_and(|c| c.contains(command))),
+                    "{command} under {trace}: {events:?}"
+                );
+            }
+            // What the model was given is that page: the tool message carries the audits' ids.
+            let tool_messages: Vec<String> = fake
+                .chat_requests(|r| r["model"] == "fake-gpt")
+                .iter()
+                .flat_map(|r| r["messages"].as_array().cloned().unwrap_or_default())
+                .filter(|m| m["role"] == "tool")
+                .map(|m| m["content"].as_str().unwrap_or_default().to_string())
+                .collect();
+            assert!(
+                tool_messages
+                    .iter()
+                    .any(|m| m.contains(memory.as_str()) && m.contains(health.as_str())),
+                "{tool_messages:?}"
+            );
+            // And the read itself is traced under this turn.
+            let traces = taos_e2e::wait_for_trace(
+                host,
+                slug,
+                &format!("?trace_id={trace_id}&limit=500"),
+                |e| e.iter().filter(|e| e["kind"] == "tool_result").count() == 2,
+            )
+            .await;
+            assert!(
+                traces
+                    .iter()
+                    .any(|e| e["kind"] == "tool_call" && e["payload"]["tool"] == "read_trace"),
+                "{traces:?}"
+            );
+        },
+    )
     .await;
 }

@@ -2,7 +2,10 @@
 //! connected) from the local `taos-agent` image, a bare busybox container create, archive and
 //! restore, and host RSS with N running agents. Prints one JSON object.
 //!
-//! Usage: taos-deploy-bench <path to taos-host> [agents]
+//! With `tools` instead of a count it measures the built-in tool agent instead (issue 16): its
+//! deploy time, the sidecar's idle RSS inside its container, and the host's cost per tool step.
+//!
+//! Usage: taos-deploy-bench <path to taos-host> [agents | tools]
 
 #![allow(
     clippy::unwrap_used,
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use taos_e2e::{Host, HostOptions};
+use taos_e2e::{AgentClient, Host, HostOptions};
 use taos_host::runtime::incus::{Incus, DEFAULT_SOCKET};
 use taos_host::runtime::{CreateSpec, Runtime};
 
@@ -67,11 +70,178 @@ async fn wait_deploy(host: &Host, slug: &str) {
     }
 }
 
+/// A release host without LiteLLM, with one provider for deploys to name (never called).
+async fn bench_host(bin: &str) -> Host {
+    let host = Host::start_with(
+        bin,
+        HostOptions {
+            env: vec![("TAOS_LLM__LITELLM_BIN".into(), "/nonexistent".into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("host");
+    host.setup_owner().await;
+    host.admin(Method::POST, "/api/providers")
+        .json(&json!({"name": "stub", "type": "openai-compatible", "url": "http://127.0.0.1:9/v1", "models": [{"id": "m"}]}))
+        .send()
+        .await
+        .expect("provider");
+    host
+}
+
+/// The `taos-agent` process's VmRSS inside `container`, in MiB.
+fn sidecar_rss_mib(container: &str) -> f64 {
+    let out = std::process::Command::new("incus")
+        .args([
+            "exec",
+            container,
+            "--",
+            "sh",
+            "-c",
+            "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = taos-agent ] && \
+             awk '/^VmRSS:/ {print $2}' $p/status; done; true",
+        ])
+        .output()
+        .expect("incus exec");
+    let kib: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no taos-agent in {container}: {out:?}"));
+    (kib / 1024.0 * 10.0).round() / 10.0
+}
+
+/// The built-in tool agent: deploy time from the local image, the sidecar's idle RSS in its
+/// container, and what the host spends on each tool step (without the model).
+async fn built_in_agent(bin: &str) {
+    const DEPLOYS: usize = 5;
+    const TURNS: usize = 10;
+    const STEPS: usize = 20;
+    let host = bench_host(bin).await;
+    let pid = host.pid().expect("pid");
+
+    let mut deploy_ms = Vec::new();
+    let mut slugs = Vec::new();
+    for i in 0..DEPLOYS {
+        let started = Instant::now();
+        let accepted: Value = host
+            .admin(Method::POST, "/api/agents/deploy")
+            .json(&json!({"name": format!("tools bench {i}"), "framework": "tools", "model": "m", "memory_limit_mib": 128, "disk_quota_gib": 1}))
+            .send()
+            .await
+            .expect("deploy")
+            .json()
+            .await
+            .expect("json");
+        let slug = accepted["agent"]["slug"]
+            .as_str()
+            .expect("slug")
+            .to_string();
+        wait_deploy(&host, &slug).await;
+        deploy_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        slugs.push(slug);
+    }
+    // Idle: connected, nothing to answer.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let sidecar_rss: Vec<f64> = slugs
+        .iter()
+        .map(|slug| sidecar_rss_mib(&format!("taos-{slug}")))
+        .collect();
+    for slug in &slugs {
+        let _ = std::process::Command::new("incus")
+            .args(["delete", "--force", &format!("taos-{slug}")])
+            .output();
+    }
+
+    // A tool step as the host sees it: the sidecar's `tool_call` and `tool_result` replies
+    // (each a trace event, a step on the answer's `metadata.tools` and a chat event). This
+    // process plays the sidecar, so the model's time is not in it at all; each step's model
+    // call also crosses the LLM gateway, whose added latency is the LLM section's figure.
+    let (agent, record) = AgentClient::create(&host, "Stepper").await;
+    let dm = record["dm_channel_id"].as_str().expect("dm").to_string();
+    let mut events = agent.events(None).await;
+    let reply = |body: Value| {
+        let request = agent.request(
+            Method::POST,
+            &format!("/api/openclaw/sessions/{}/reply", agent.slug),
+        );
+        async move {
+            let r = request.json(&body).send().await.expect("reply");
+            assert!(r.status().is_success(), "reply refused: {}", r.status());
+        }
+    };
+    let mut step_ms = Vec::new();
+    let mut cpu_ticks_steps = 0;
+    for turn in 0..TURNS {
+        let sent = host
+            .admin(Method::POST, "/api/chat/messages")
+            .json(&json!({"channel_id": dm, "content": format!("turn {turn}")}))
+            .send()
+            .await
+            .expect("post");
+        assert!(sent.status().is_success());
+        let delivery = loop {
+            let event = events
+                .next(Duration::from_secs(30))
+                .await
+                .expect("delivery");
+            if event.event.as_deref() == Some("user_message") {
+                break event;
+            }
+        };
+        let delivery: Value = serde_json::from_str(&delivery.data).expect("delivery json");
+        let trace_id = delivery["trace_id"].as_str().expect("trace_id").to_string();
+        let before = cpu_ticks(pid);
+        for n in 0..STEPS {
+            let call_id = format!("call-{turn}-{n}");
+            let started = Instant::now();
+            reply(
+                json!({"kind": "tool_call", "trace_id": trace_id, "channel_id": dm,
+                "call_id": call_id, "tool": "shell", "args": {"command": "du -sh ~"}}),
+            )
+            .await;
+            reply(
+                json!({"kind": "tool_result", "trace_id": trace_id, "channel_id": dm,
+                "call_id": call_id, "tool": "shell", "success": true,
+                "result": {"exit_code": 0, "stdout": "1.2M\t/home/agent\n", "stderr": ""}}),
+            )
+            .await;
+            step_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        cpu_ticks_steps += cpu_ticks(pid) - before;
+        reply(json!({"kind": "final", "trace_id": trace_id, "channel_id": dm, "content": "done"}))
+            .await;
+    }
+    let steps = (TURNS * STEPS) as f64;
+    let mut sorted = step_ms;
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let p99 = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
+    println!(
+        "{}",
+        json!({
+            "tools_deploys": DEPLOYS,
+            "tools_deploy_ms_median": median(deploy_ms.clone()),
+            "tools_deploy_ms_max": (deploy_ms.iter().cloned().fold(0.0, f64::max) * 10.0).round() / 10.0,
+            "sidecar_rss_mib_median": median(sidecar_rss.clone()),
+            "sidecar_rss_mib_max": sidecar_rss.iter().cloned().fold(0.0, f64::max),
+            "tool_steps": TURNS * STEPS,
+            "tool_step_ms_median": (sorted[sorted.len() / 2] * 100.0).round() / 100.0,
+            "tool_step_ms_p99": (p99 * 100.0).round() / 100.0,
+            // utime + stime ticks are 10 ms each.
+            "tool_step_host_cpu_ms": (cpu_ticks_steps as f64 * 10.0 / steps * 100.0).round() / 100.0,
+        })
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let bin = std::env::args()
         .nth(1)
-        .expect("usage: taos-deploy-bench <taos-host> [agents]");
+        .expect("usage: taos-deploy-bench <taos-host> [agents | tools]");
+    if std::env::args().nth(2).as_deref() == Some("tools") {
+        built_in_agent(&bin).await;
+        return;
+    }
     let count: usize = std::env::args()
         .nth(2)
         .and_then(|c| c.parse().ok())
@@ -113,21 +283,7 @@ async fn main() {
         rt.delete(&name).await.expect("delete");
     }
 
-    let host = Host::start_with(
-        &bin,
-        HostOptions {
-            env: vec![("TAOS_LLM__LITELLM_BIN".into(), "/nonexistent".into())],
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("host");
-    host.setup_owner().await;
-    host.admin(Method::POST, "/api/providers")
-        .json(&json!({"name": "stub", "type": "openai-compatible", "url": "http://127.0.0.1:9/v1", "models": [{"id": "m"}]}))
-        .send()
-        .await
-        .expect("provider");
+    let host = bench_host(&bin).await;
     let pid = host.pid().expect("pid");
     let rss_idle = rss_mib(pid);
 

@@ -38,7 +38,7 @@ pub enum SetupError {
     CannotSwitch(String),
     #[error(
         "the sidecar lacks CAP_SETUID/CAP_SETGID, so it cannot run tools as {0:?} (the agent \
-         image's unit grants them; Docker agents drop every capability)"
+         image's unit grants them under incus, and taos adds them to its Docker containers)"
     )]
     NoCapability(String),
     #[error("cannot read {path}: {error}")]

@@ -829,3 +829,166 @@ async fn a_host_killed_mid_approval_still_holds_it_and_approving_it_finishes_the
     stop_agent(trigger, task).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TCP relay to the host's agent listener that a test can cut: cutting drops every
+/// connection through it and refuses new ones (accepted, then closed), as a network blip
+/// would, until it is joined again.
+struct Relay {
+    url: String,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let url = format!("http://{}", listener.local_addr().expect("relay address"));
+        let cut = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
+        let watch = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue; // dropped: closed at once
+                }
+                let mut cut = watch.subscribe();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Relay { url, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+/// A stop made while the sidecar's stream is down is not lost: the host stores it, survives a
+/// SIGKILL with it, and the first stream the sidecar opens afterwards carries it; the turn
+/// stops, its command is killed and the chat says cancelled.
+#[tokio::test]
+async fn a_stop_made_while_the_sidecar_is_away_reaches_it_when_it_reconnects() {
+    // A host of this test's own (it is killed), without LiteLLM, on a fixed agent port; the
+    // sidecar reaches it through the relay.
+    const KEY: &str = "upstream-key-for-the-durable-cancel-test";
+    const MODEL: &str = "scripted-durable-cancel";
+    let upstream = taos_e2e::fake_llm::FakeLlm::start(KEY, &[MODEL]).await;
+    let agent_port = taos_e2e::free_port();
+    let options = |data_dir: Option<PathBuf>| taos_e2e::HostOptions {
+        data_dir,
+        env: vec![
+            (
+                "TAOS_SERVER__AGENT_BIND".into(),
+                format!("127.0.0.1:{agent_port}"),
+            ),
+            (
+                "TAOS_LLM__LITELLM_BIN".into(),
+                "/nonexistent/litellm".into(),
+            ),
+        ],
+    };
+    let bin = taos_e2e::workspace_binary("taos-host")
+        .display()
+        .to_string();
+    let mut host = taos_e2e::Host::start_with(&bin, options(None))
+        .await
+        .expect("host starts");
+    host.setup_owner().await;
+    let agent = Agent::create(&host, "Away", &[MODEL]).await;
+    let (uid, dir) = account(12);
+    upstream.script(
+        MODEL,
+        vec![
+            Scripted::call(
+                "shell",
+                json!({"command": "sleep 290; echo never", "timeout_secs": 300}),
+            ),
+            Scripted::final_text("never said"),
+        ],
+    );
+    let relay = Relay::start(format!("127.0.0.1:{agent_port}")).await;
+    let env = agent.env(&host);
+    let mut config = taos_agent::Config::from_lookup(|name| match name {
+        "TAOS_BRIDGE_URL" => Some(relay.url.clone()),
+        "OPENAI_BASE_URL" => Some(upstream.url()),
+        "OPENAI_API_KEY" => Some(KEY.to_string()),
+        other => env.get(other).cloned(),
+    })
+    .expect("config");
+    config.timings.backoff_start = std::time::Duration::from_millis(50);
+    config.timings.backoff_max = std::time::Duration::from_millis(200);
+    config.timings.shutdown_grace = std::time::Duration::from_millis(300);
+    config.mode = Mode::Tools;
+    config.tools.run_as = RunAs::Ids { uid, gid: uid };
+    config.tools.workdir = Some(dir.display().to_string());
+    let (trigger, task) = start_agent(config);
+    agent.wait_connected(&host).await;
+    let asked = agent.say(&host, "run for a long time").await;
+    let answer = wait_for("the command running", async || {
+        let replies = agent.replies_to(&host, &asked).await;
+        replies.into_iter().find(|m| {
+            m["state"] == "streaming" && steps(m).len() == 1 && !processes_of(uid).is_empty()
+        })
+    })
+    .await;
+    let id = answer["id"].as_str().expect("id").to_string();
+
+    // The stream goes down; the stop is made meanwhile (whether or not the host has noticed
+    // yet: a live send into a dead stream is the loss this guards against).
+    relay.set_cut(true);
+    let r = host
+        .admin(Method::POST, &format!("/api/chat/messages/{id}/cancel"))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    // And the host dies right after storing it.
+    host.kill9().await;
+    let restarted = taos_e2e::Host::start_with(&bin, options(Some(host.data_dir.clone())))
+        .await
+        .expect("the host starts again on its data");
+    let still = agent.replies_to(&restarted, &asked).await;
+    assert_eq!(still.len(), 1, "{still:?}");
+    assert_eq!(still[0]["state"], "streaming", "not settled while away");
+    assert!(
+        !processes_of(uid).is_empty(),
+        "the sidecar has not heard yet"
+    );
+
+    relay.set_cut(false);
+    let reply = agent.settled_reply(&restarted, &asked).await;
+    assert_eq!(reply["id"], id.as_str());
+    assert_eq!(reply["state"], "error", "{reply}");
+    assert_eq!(reply["metadata"]["failure"]["code"], "cancelled", "{reply}");
+    assert_eq!(
+        reply["metadata"]["failure"]["detail"],
+        "stopped by user:owner"
+    );
+    assert_eq!(processes_of(uid), Vec::<String>::new());
+    // The model was asked once: nothing went on after the stop.
+    assert_eq!(upstream.chat_requests(|b| b["model"] == MODEL).len(), 1);
+    // Settled, the stop is spent: a new stream carries it no more, and a second stop is a
+    // conflict.
+    let r = restarted
+        .admin(Method::POST, &format!("/api/chat/messages/{id}/cancel"))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    stop_agent(trigger, task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -867,8 +867,9 @@ export interface paths {
         put?: never;
         /**
          * Stops an agent's answer in progress (a streaming agent message), for anyone who can see its
-         *     channel. The agent is told on its bridge stream; it drops the work, ends its tools, and
-         *     settles the message as failed with `failure.code: cancelled`.
+         *     channel. The stop is stored, then the agent is told on its bridge stream (at once, or when
+         *     its stream comes back if it is away); it drops the work, ends its tools, and settles the
+         *     message as failed with `failure.code: cancelled`.
          */
         post: operations["cancel_answer"];
         delete?: never;
@@ -5441,7 +5442,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Sent to the agent */
+            /** @description Stored, and sent to the agent (now or when it reconnects) */
             202: {
                 headers: {
                     [name: string]: unknown;
@@ -5475,7 +5476,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The answer is not in progress, or the agent is not connected */
+            /** @description The answer is not in progress */
             409: {
                 headers: {
                     [name: string]: unknown;

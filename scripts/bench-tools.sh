@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Benchmarks the built-in tool agent (`tools` framework, issue 16) on a release taos-host and
+# real incus, and writes the "Built-in tool agent" section of docs/benchmarks.md
+# (scripts/bench.sh runs this after writing the rest; it also runs on its own):
+#   - deploy → `running` from the local taos-agent image (target: ≤ 5 s)
+#   - the sidecar's idle RSS inside its container (target: ≤ 10 MiB)
+#   - what the host spends on one tool step, without the model (target: < 20 ms)
+# The machine's load average is written next to the figures: the two cores are often shared.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+"$REPO_ROOT/scripts/dev-incus.sh"
+log "building release binaries and the agent image"
+cargo build --release --locked -p taos-host -p taos-e2e -p taos-agent --bin taos-host \
+    --bin taos-deploy-bench --bin taos-agent --bin taos-recycle
+"$REPO_ROOT/scripts/build-agent-image.sh" "$CARGO_TARGET_DIR/release/taos-agent"
+BIN="$CARGO_TARGET_DIR/release/taos-host"
+
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+log "the built-in tool agent (load average $LOAD_BEFORE)"
+JSON="$("$CARGO_TARGET_DIR/release/taos-deploy-bench" "$BIN" tools)"
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$JSON"
+j() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$JSON" "$1"; }
+verdict() { python3 -c "import sys; print('met' if eval(sys.argv[1]) else 'NOT met')" "$1"; }
+
+SECTION="$(cat <<MD
+## Built-in tool agent (issue 16)
+
+Measured $(date -u +%Y-%m-%d) with the load average (1, 5, 15 min) at $LOAD_BEFORE before and
+$LOAD_AFTER after, on $(nproc) cores.
+
+| what | result | target | |
+|---|---|---|---|
+| deploy → \`running\` (sidecar connected), \`tools\` framework, local \`taos-agent\` image (median of $(j tools_deploys)) | $(j tools_deploy_ms_median) ms (max $(j tools_deploy_ms_max)) | ≤ 5 s | $(verdict "$(j tools_deploy_ms_median) <= 5000") |
+| sidecar (\`taos-agent\`, tools mode) RSS inside its container, idle and connected (median of $(j tools_deploys)) | $(j sidecar_rss_mib_median) MiB (max $(j sidecar_rss_mib_max)) | ≤ 10 MiB | $(verdict "$(j sidecar_rss_mib_median) <= 10") |
+| host time per tool step: the \`tool_call\` and \`tool_result\` replies (trace events, the answer's \`metadata.tools\`, chat events), round trip, median / p99 of $(j tool_steps) | $(j tool_step_ms_median) / $(j tool_step_ms_p99) ms | < 20 ms | $(verdict "$(j tool_step_ms_p99) < 20") |
+| host CPU per tool step (utime + stime over the same steps) | $(j tool_step_host_cpu_ms) ms | < 20 ms | $(verdict "$(j tool_step_host_cpu_ms) < 20") |
+
+How: \`taos-deploy-bench <taos-host> tools\` (tests/src/bin) deploys $(j tools_deploys) \`tools\` agents one
+after another on a release host (no LiteLLM: nothing here calls a model), waits 10 s, and reads
+the \`taos-agent\` process's \`VmRSS\` in each container. For the step cost the bench itself plays the
+sidecar of an agent: per turn, 20 steps of a \`tool_call\` and its \`tool_result\` reply, as the
+sidecar sends them, so the model's time is not in the figure at all. Each step's model call also
+crosses the LLM gateway, whose added latency is the LLM gateway section's figure.
+MD
+)"
+
+# Replace the section if it is there, else put it before the Web UI section (or at the end).
+python3 - "$SECTION" <<'PY'
+import re, sys
+path = "docs/benchmarks.md"
+doc = open(path).read()
+section = sys.argv[1].rstrip() + "\n"
+start = doc.find("## Built-in tool agent (issue 16)")
+if start >= 0:
+    rest = doc[start + 1:]
+    m = re.search(r"^## ", rest, re.M)
+    end = start + 1 + m.start() if m else len(doc)
+    doc = doc[:start] + section + ("\n" + doc[end:] if m else "")
+else:
+    ui = doc.find("## Web UI (issue 7)")
+    if ui >= 0:
+        doc = doc[:ui] + section + "\n" + doc[ui:]
+    else:
+        doc = doc.rstrip() + "\n\n" + section
+open(path, "w").write(doc)
+PY
+log "wrote the Built-in tool agent section of docs/benchmarks.md"
