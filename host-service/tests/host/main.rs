@@ -36,6 +36,7 @@ mod input;
 mod isolation;
 mod lifecycle_crash;
 mod llm;
+mod openclaw;
 mod ops;
 mod quota;
 mod recycle;
