@@ -37,6 +37,7 @@ mod input;
 mod isolation;
 mod lifecycle_crash;
 mod llm;
+mod openclaw;
 mod ops;
 mod quota;
 mod recycle;

@@ -116,6 +116,15 @@ pub fn write_config(
     config: &Value,
 ) -> Result<PathBuf, SetupError> {
     let state_path = home.join(state_name);
+    // The home is the account's own (0700 in the container) and the sidecar's unit keeps no
+    // DAC override, so root can't even open it: the files are made as the account itself.
+    let _as_owner = owner
+        .map(|(uid, gid)| ActingAs::account(uid, gid))
+        .transpose()
+        .map_err(|e| SetupError::StateDir {
+            path: state_path.display().to_string(),
+            error: format!("cannot act as uid {:?}: {e}", owner.map(|o| o.0)),
+        })?;
     let dir_error = |error: String| SetupError::StateDir {
         path: state_path.display().to_string(),
         error,
@@ -168,6 +177,44 @@ pub fn write_config(
     fs::renameat(&state_fd, tmp.as_str(), &state_fd, CONFIG_FILE)
         .map_err(|e| write_error(e.to_string()))?;
     Ok(path)
+}
+
+/// This thread's effective uid and gid switched to an account's until dropped (Linux keeps
+/// them per thread, so the rest of the sidecar stays root). The saved ids stay, so they can
+/// be switched back.
+struct ActingAs {
+    euid: rustix::process::Uid,
+    egid: rustix::process::Gid,
+}
+
+impl ActingAs {
+    fn account(uid: u32, gid: u32) -> rustix::io::Result<ActingAs> {
+        let saved = ActingAs {
+            euid: rustix::process::geteuid(),
+            egid: rustix::process::getegid(),
+        };
+        // The group first: once the uid is not root, changing it is no longer allowed.
+        rustix::thread::set_thread_res_gid(None, Some(rustix::fs::Gid::from_raw(gid)), None)?;
+        if let Err(e) =
+            rustix::thread::set_thread_res_uid(None, Some(rustix::fs::Uid::from_raw(uid)), None)
+        {
+            let _ = rustix::thread::set_thread_res_gid(None, Some(saved.egid), None);
+            return Err(e);
+        }
+        Ok(saved)
+    }
+}
+
+impl Drop for ActingAs {
+    fn drop(&mut self) {
+        let back = rustix::thread::set_thread_res_uid(None, Some(self.euid), None)
+            .and_then(|()| rustix::thread::set_thread_res_gid(None, Some(self.egid), None));
+        if let Err(e) = back {
+            // A thread of the sidecar left as the agent's account would be a worse failure.
+            eprintln!("taos-agent: cannot switch back from the agent's account: {e}");
+            std::process::abort();
+        }
+    }
 }
 
 fn chown(fd: &OwnedFd, uid: u32, gid: u32) -> rustix::io::Result<()> {
