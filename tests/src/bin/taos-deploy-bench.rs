@@ -111,6 +111,26 @@ fn sidecar_rss_mib(container: &str) -> f64 {
     (kib / 1024.0 * 10.0).round() / 10.0
 }
 
+/// Deploys a small agent and waits for it: its slug and the milliseconds from request to ready.
+async fn deploy_timed(host: &Host, name: &str, framework: &str) -> (String, f64) {
+    let started = Instant::now();
+    let accepted: Value = host
+        .admin(Method::POST, "/api/agents/deploy")
+        .json(&json!({"name": name, "framework": framework, "model": "m", "memory_limit_mib": 128, "disk_quota_gib": 1}))
+        .send()
+        .await
+        .expect("deploy")
+        .json()
+        .await
+        .expect("json");
+    let slug = accepted["agent"]["slug"]
+        .as_str()
+        .expect("slug")
+        .to_string();
+    wait_deploy(host, &slug).await;
+    (slug, started.elapsed().as_secs_f64() * 1000.0)
+}
+
 /// The built-in tool agent: deploy time from the local image, the sidecar's idle RSS in its
 /// container, and what the host spends on each tool step (without the model).
 async fn built_in_agent(bin: &str) {
@@ -123,22 +143,8 @@ async fn built_in_agent(bin: &str) {
     let mut deploy_ms = Vec::new();
     let mut slugs = Vec::new();
     for i in 0..DEPLOYS {
-        let started = Instant::now();
-        let accepted: Value = host
-            .admin(Method::POST, "/api/agents/deploy")
-            .json(&json!({"name": format!("tools bench {i}"), "framework": "tools", "model": "m", "memory_limit_mib": 128, "disk_quota_gib": 1}))
-            .send()
-            .await
-            .expect("deploy")
-            .json()
-            .await
-            .expect("json");
-        let slug = accepted["agent"]["slug"]
-            .as_str()
-            .expect("slug")
-            .to_string();
-        wait_deploy(&host, &slug).await;
-        deploy_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        let (slug, ms) = deploy_timed(&host, &format!("tools bench {i}"), "tools").await;
+        deploy_ms.push(ms);
         slugs.push(slug);
     }
     // Idle: connected, nothing to answer.
@@ -238,24 +244,24 @@ async fn main() {
     let bin = std::env::args()
         .nth(1)
         .expect("usage: taos-deploy-bench <taos-host> [agents | tools]");
-    if std::env::args().nth(2).as_deref() == Some("tools") {
-        built_in_agent(&bin).await;
-        return;
-    }
-    let count: usize = std::env::args()
-        .nth(2)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(20);
     let rt = Incus::new(DEFAULT_SOCKET, None, "default");
     assert!(
         rt.available().await,
         "incus is not running (scripts/dev-incus.sh)"
     );
+    let count: usize = std::env::args()
+        .nth(2)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(20);
 
     // A run killed part way (Ctrl-C, a frozen machine) leaves its containers running; the next
     // run would collide with their names and measure a host sharing the CPU with them.
     for i in 0..count.max(5) {
-        for name in [format!("taos-bench-{i}"), format!("taos-bench-bare-{i}")] {
+        for name in [
+            format!("taos-bench-{i}"),
+            format!("taos-bench-bare-{i}"),
+            format!("taos-tools-bench-{i}"),
+        ] {
             if !rt.exists(&name).await.unwrap_or(false) {
                 continue;
             }
@@ -265,6 +271,11 @@ async fn main() {
                 eprintln!("removed {name}, left by an earlier run");
             }
         }
+    }
+
+    if std::env::args().nth(2).as_deref() == Some("tools") {
+        built_in_agent(&bin).await;
+        return;
     }
 
     // A bare busybox container.
@@ -290,22 +301,8 @@ async fn main() {
     let mut deploy_ms = Vec::new();
     let mut slugs = Vec::new();
     for i in 0..count {
-        let started = Instant::now();
-        let accepted: Value = host
-            .admin(Method::POST, "/api/agents/deploy")
-            .json(&json!({"name": format!("bench {i}"), "framework": "direct", "model": "m", "memory_limit_mib": 128, "disk_quota_gib": 1}))
-            .send()
-            .await
-            .expect("deploy")
-            .json()
-            .await
-            .expect("json");
-        let slug = accepted["agent"]["slug"]
-            .as_str()
-            .expect("slug")
-            .to_string();
-        wait_deploy(&host, &slug).await;
-        deploy_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        let (slug, ms) = deploy_timed(&host, &format!("bench {i}"), "direct").await;
+        deploy_ms.push(ms);
         slugs.push(slug);
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
