@@ -74,6 +74,22 @@ ln -sf /opt/openclaw/bin/openclaw "$ROOTFS/usr/local/bin/openclaw"
 chown -R 0:0 "$ROOTFS/opt/node" "$ROOTFS/opt/openclaw"
 chmod -R go-w "$ROOTFS/opt/node" "$ROOTFS/opt/openclaw"
 
+# The sidecar's unit (build-agent-image.sh) sets RestrictSUIDSGID=yes. systemd enforces it with a
+# seccomp filter that answers every openat2() with ENOSYS (it can't see openat2's mode argument),
+# so libc callers fall back to openat(); openclaw 2026.9.6 creates its state lock with
+# openat2(RESOLVE_BENEATH) and reads that ENOSYS as "another process owns this state directory",
+# so its gateway refuses to start (exit 78, "Failed migrating legacy shared auth store"). Found
+# with strace in the unit; every other sandbox setting is kept. What is given up is only the
+# refusal to *create* setuid/setgid files: NoNewPrivileges=yes still makes such bits inert for
+# everything the unit starts, and the container is unprivileged.
+mkdir -p "$ROOTFS/etc/systemd/system/taos-agent.service.d"
+cat > "$ROOTFS/etc/systemd/system/taos-agent.service.d/openclaw.conf" <<'DROPIN'
+# openclaw's state lock uses openat2(), which RestrictSUIDSGID's seccomp filter refuses with
+# ENOSYS (see scripts/build-openclaw-image.sh). NoNewPrivileges=yes stays.
+[Service]
+RestrictSUIDSGID=no
+DROPIN
+
 cat > "$WORK/metadata.yaml" <<META
 architecture: $(uname -m)
 creation_date: $(date +%s)

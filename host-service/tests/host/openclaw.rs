@@ -94,7 +94,6 @@ fn memory_of(container: &str) -> String {
 }
 
 #[tokio::test]
-#[ignore = "fails: in the container openclaw's gateway exits 78 at start-up (\"the Gateway or another SQLite maintenance command owns this state directory\"); see docs/architecture.md, openclaw mode"]
 async fn openclaw_deploys_answers_runs_a_tool_in_its_container_and_comes_back_from_the_archive() {
     require_openclaw_image();
     let (_turn, host, fake) = with_fake_provider(BIN, &[]).await;
