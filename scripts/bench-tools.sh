@@ -5,6 +5,8 @@
 #   - deploy → `running` from the local taos-agent image (target: ≤ 5 s)
 #   - the sidecar's idle RSS inside its container (target: ≤ 10 MiB)
 #   - what the host spends on one tool step, without the model (target: < 20 ms)
+# and the "openclaw" section: its deploy time (target: ≤ 30 s) and its container's memory, idle
+# and after a few turns (the manifest's ram_mb is the picker's requirement).
 # The machine's load average is written next to the figures: the two cores are often shared.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -47,13 +49,15 @@ crosses the LLM gateway, whose added latency is the LLM gateway section's figure
 MD
 )"
 
-# Replace the section if it is there, else put it before the Web UI section (or at the end).
-python3 - "$SECTION" <<'PY'
+# Replaces the section titled $1 with $2 if it is there, else puts it before the Web UI section
+# (or at the end).
+write_section() {
+    python3 - "$1" "$2" <<'PY'
 import re, sys
 path = "docs/benchmarks.md"
 doc = open(path).read()
-section = sys.argv[1].rstrip() + "\n"
-start = doc.find("## Built-in tool agent (issue 16)")
+title, section = sys.argv[1], sys.argv[2].rstrip() + "\n"
+start = doc.find(title)
 if start >= 0:
     rest = doc[start + 1:]
     m = re.search(r"^## ", rest, re.M)
@@ -67,4 +71,38 @@ else:
         doc = doc.rstrip() + "\n\n" + section
 open(path, "w").write(doc)
 PY
-log "wrote the Built-in tool agent section of docs/benchmarks.md"
+    log "wrote the ${1#\#\# } section of docs/benchmarks.md"
+}
+write_section "## Built-in tool agent (issue 16)" "$SECTION"
+
+"$REPO_ROOT/scripts/install-openclaw.sh"
+"$REPO_ROOT/scripts/build-openclaw-image.sh"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+log "openclaw (load average $LOAD_BEFORE)"
+JSON="$("$CARGO_TARGET_DIR/release/taos-deploy-bench" "$BIN" openclaw)"
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$JSON"
+REQUIRED_MIB="$(awk -F'= *' '/^ram_mb/ {print $2; exit}' manifests/openclaw/*.toml)"
+SECTION="$(cat <<MD
+## openclaw (issue 16)
+
+Measured $(date -u +%Y-%m-%d) with the load average (1, 5, 15 min) at $LOAD_BEFORE before and
+$LOAD_AFTER after, on $(nproc) cores.
+
+| what | result | target | |
+|---|---|---|---|
+| deploy → \`running\` (sidecar connected), \`openclaw\` framework, local \`taos-openclaw\` image (median of $(j openclaw_deploys)) | $(j openclaw_deploy_ms_median) ms (max $(j openclaw_deploy_ms_max)) | ≤ 30 s | $(verdict "$(j openclaw_deploy_ms_median) <= 30000") |
+| container memory idle, 30 s after the deploy: anonymous / with page cache (median of $(j openclaw_deploys)) | $(j openclaw_idle_anon_mib_median) / $(j openclaw_idle_current_mib_median) MiB | below the manifest's $REQUIRED_MIB MiB | $(verdict "$(j openclaw_idle_anon_mib_median) < $REQUIRED_MIB") |
+| container memory after $(j openclaw_turns) turns: anonymous / with page cache / peak | $(j openclaw_turns_anon_mib) / $(j openclaw_turns_current_mib) / $(j openclaw_peak_mib) MiB | below the manifest's $REQUIRED_MIB MiB | $(verdict "$(j openclaw_turns_anon_mib) < $REQUIRED_MIB") |
+| first answer after the deploy / later answers (median), fake upstream answering at once | $(j openclaw_first_answer_ms) / $(j openclaw_later_answer_ms_median) ms | — | |
+
+How: \`taos-deploy-bench <taos-host> openclaw\` (tests/src/bin) starts a release host with real
+LiteLLM and the fake upstream, deploys $(j openclaw_deploys) openclaw agents one after another
+(each removed before the next), reads the container's memory 30 s after each deploy (incus's
+usage, which counts page cache, and the cgroup's anonymous memory, which is what the processes
+hold), then says $(j openclaw_turns) messages to the last one and reads it again. The manifest's
+\`ram_mb\` ($REQUIRED_MIB) is the picker's requirement and the default memory limit: it leaves room
+for the anonymous figure after turns plus page cache.
+MD
+)"
+write_section "## openclaw (issue 16)" "$SECTION"

@@ -5,7 +5,11 @@
 //! With `tools` instead of a count it measures the built-in tool agent instead (issue 16): its
 //! deploy time, the sidecar's idle RSS inside its container, and the host's cost per tool step.
 //!
-//! Usage: taos-deploy-bench <path to taos-host> [agents | tools]
+//! With `openclaw` it measures the openclaw framework (issue 16): deploy time from the local
+//! `taos-openclaw` image, the container's memory idle and after a few turns (through real
+//! LiteLLM and the fake upstream), and the first answer's latency.
+//!
+//! Usage: taos-deploy-bench <path to taos-host> [agents | tools | openclaw]
 
 #![allow(
     clippy::unwrap_used,
@@ -239,11 +243,164 @@ async fn built_in_agent(bin: &str) {
     );
 }
 
+/// A container's memory: (use, anonymous memory), in MiB. Use is incus's figure (the cgroup's
+/// usage, page cache included, which the kernel can take back); anonymous memory is what the
+/// processes really hold (cgroup v2 `anon`, v1 `total_rss`), the figure a limit must leave
+/// room for.
+fn container_memory_mib(container: &str) -> (f64, f64) {
+    let usage = incus_memory(container)["usage"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no memory usage for {container}"));
+    let stat = [
+        ("/sys/fs/cgroup/memory.stat", "anon "),
+        ("/sys/fs/cgroup/memory/memory.stat", "total_rss "),
+    ]
+    .iter()
+    .find_map(|(file, key)| {
+        container_file(container, file)
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    })
+    .unwrap_or_else(|| panic!("no anonymous memory figure in {container}'s memory.stat"));
+    (mib(usage), mib(stat))
+}
+
+/// incus's memory figures for a container (`usage`, `usage_peak`, bytes).
+fn incus_memory(container: &str) -> Value {
+    let out = std::process::Command::new("incus")
+        .args(["query", &format!("/1.0/instances/{container}/state")])
+        .output()
+        .expect("incus query");
+    let state: Value = serde_json::from_slice(&out.stdout).expect("instance state");
+    state["memory"].clone()
+}
+
+fn mib(bytes: f64) -> f64 {
+    (bytes / 1048576.0).round()
+}
+
+fn container_file(container: &str, file: &str) -> String {
+    let out = std::process::Command::new("incus")
+        .args(["exec", container, "--", "cat", file])
+        .output()
+        .expect("incus exec");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn delete_container(container: &str) {
+    let _ = std::process::Command::new("incus")
+        .args(["delete", "--force", container])
+        .output();
+}
+
+/// Says `text` in `dm` and waits for `slug`'s settled answer: the milliseconds it took.
+async fn answer_ms(host: &Host, dm: &str, slug: &str, text: &str) -> f64 {
+    let started = Instant::now();
+    let sent: Value = host
+        .post(
+            "/api/chat/messages",
+            &json!({"channel_id": dm, "content": text}),
+        )
+        .await;
+    let trace_id = sent["id"].as_str().expect("id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(400);
+    loop {
+        let messages: Vec<Value> = host
+            .get(&format!(
+                "/api/chat/channels/{dm}/messages?after_seq={}&limit=500",
+                sent["seq"]
+            ))
+            .await;
+        if let Some(m) = messages.iter().find(|m| {
+            m["author_id"] == slug
+                && m["metadata"]["trace_id"] == trace_id.as_str()
+                && m["state"] != "streaming"
+        }) {
+            assert_eq!(m["state"], "complete", "{slug} failed to answer: {m}");
+            return started.elapsed().as_secs_f64() * 1000.0;
+        }
+        assert!(Instant::now() < deadline, "{slug} did not answer {text:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// openclaw: deploy time from the local image, the container's memory idle (30 s after the
+/// deploy) and after turns, and the answers' latency through LiteLLM and the fake upstream
+/// (whose reply is immediate, so the figure is openclaw's and the gateway's).
+async fn openclaw_agent(bin: &str) {
+    const DEPLOYS: usize = 3;
+    const TURNS: usize = 3;
+    let (_turn, host, _fake) = taos_e2e::fixtures::with_fake_provider(bin, &[]).await;
+    let mut deploy_ms = Vec::new();
+    let mut idle_current = Vec::new();
+    let mut idle_anon = Vec::new();
+    let mut last = None;
+    for i in 0..DEPLOYS {
+        let started = Instant::now();
+        let accepted: Value = host
+            .admin(Method::POST, "/api/agents/deploy")
+            .json(&json!({"name": format!("openclaw bench {i}"), "framework": "openclaw", "model": "fake-gpt"}))
+            .send()
+            .await
+            .expect("deploy")
+            .json()
+            .await
+            .expect("json");
+        let slug = accepted["agent"]["slug"]
+            .as_str()
+            .unwrap_or_else(|| panic!("deploy refused: {accepted}"))
+            .to_string();
+        wait_deploy(&host, &slug).await;
+        deploy_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        let container = format!("taos-{slug}");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let (current, anon) = container_memory_mib(&container);
+        idle_current.push(current);
+        idle_anon.push(anon);
+        if i + 1 < DEPLOYS {
+            delete_container(&container);
+        } else {
+            last = Some(slug);
+        }
+    }
+    let slug = last.expect("a deployed agent");
+    let container = format!("taos-{slug}");
+    let agent: Value = host.get(&format!("/api/agents/{slug}")).await;
+    let dm = agent["dm_channel_id"].as_str().expect("dm").to_string();
+    let mut answers = Vec::new();
+    for t in 0..TURNS {
+        answers.push(answer_ms(&host, &dm, &slug, &format!("turn {t}: hello")).await);
+    }
+    let (turns_current, turns_anon) = container_memory_mib(&container);
+    let peak = mib(incus_memory(&container)["usage_peak"]
+        .as_f64()
+        .unwrap_or(f64::NAN));
+    delete_container(&container);
+    let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
+    println!(
+        "{}",
+        json!({
+            "openclaw_deploys": DEPLOYS,
+            "openclaw_deploy_ms_median": median(deploy_ms.clone()).round(),
+            "openclaw_deploy_ms_max": max(&deploy_ms).round(),
+            "openclaw_idle_current_mib_median": median(idle_current),
+            "openclaw_idle_anon_mib_median": median(idle_anon),
+            "openclaw_turns": TURNS,
+            "openclaw_first_answer_ms": answers[0].round(),
+            "openclaw_later_answer_ms_median": median(answers[1..].to_vec()).round(),
+            "openclaw_turns_current_mib": turns_current,
+            "openclaw_turns_anon_mib": turns_anon,
+            "openclaw_peak_mib": peak,
+        })
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let bin = std::env::args()
         .nth(1)
-        .expect("usage: taos-deploy-bench <taos-host> [agents | tools]");
+        .expect("usage: taos-deploy-bench <taos-host> [agents | tools | openclaw]");
     let rt = Incus::new(DEFAULT_SOCKET, None, "default");
     assert!(
         rt.available().await,
@@ -261,6 +418,7 @@ async fn main() {
             format!("taos-bench-{i}"),
             format!("taos-bench-bare-{i}"),
             format!("taos-tools-bench-{i}"),
+            format!("taos-openclaw-bench-{i}"),
         ] {
             if !rt.exists(&name).await.unwrap_or(false) {
                 continue;
@@ -275,6 +433,10 @@ async fn main() {
 
     if std::env::args().nth(2).as_deref() == Some("tools") {
         built_in_agent(&bin).await;
+        return;
+    }
+    if std::env::args().nth(2).as_deref() == Some("openclaw") {
+        openclaw_agent(&bin).await;
         return;
     }
 
