@@ -38,11 +38,16 @@ pub fn for_host_event(event: &HostEvent) -> Option<NativeNotification> {
                     approval: Some(id.to_string()),
                 });
             }
-            let alert = matches!(n.source.as_str(), "disk_quota" | "llm.budget" | "deploy");
+            // A failed backup (or restore drill) is an alert too: the owner must learn that
+            // the safety net is gone before the day it is needed.
+            let backup = n.source == "backup" || n.source.starts_with("backup.");
+            let alert =
+                backup || matches!(n.source.as_str(), "disk_quota" | "llm.budget" | "deploy");
             if !alert || n.level == Level::Info {
                 return None;
             }
             let route = match n.data["agent"].as_str() {
+                _ if backup => "/settings/backups".into(),
                 Some(slug) => format!("/agents/{slug}"),
                 None => "/notifications".into(),
             };
@@ -233,6 +238,22 @@ mod tests {
             json!({"status": "succeeded"})
         ))
         .is_none());
+    }
+
+    #[test]
+    fn a_failed_backup_or_drill_notifies_and_opens_the_backups_screen() {
+        let mut data = notification("backup", "error");
+        data["data"] = json!({"run_id": "r-1"});
+        let n = for_host_event(&host_event("notification.created", data.clone())).unwrap();
+        assert_eq!(n.route, "/settings/backups");
+        data["source"] = json!("backup.drill");
+        let n = for_host_event(&host_event("notification.created", data.clone())).unwrap();
+        assert_eq!(n.route, "/settings/backups");
+        data["level"] = json!("info");
+        assert!(
+            for_host_event(&host_event("notification.created", data)).is_none(),
+            "a backup that went well stays in the app"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ const ROUTES: [string, string][] = [
   ['/connect', 'connect'],
   ['/traces', 'traces-index'],
   ['/settings', 'settings'],
+  ['/settings/backups', 'backups'],
   ['/chat', 'chat'],
   ['/chat/:channel', 'chat'],
   ['/providers', 'providers'],
