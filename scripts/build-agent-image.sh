@@ -136,8 +136,14 @@ if [ -n "$NEED_DOCKER" ]; then
     # Docker runs no systemd: the sidecar is the main process and reads the credentials file
     # the host pushes (TAOS_ENV_FILE). Docker provides resolv.conf itself.
     rm -f "$ROOTFS/etc/resolv.conf" && : > "$ROOTFS/etc/resolv.conf"
+    OLD_ID="$(docker image inspect -f '{{.Id}}' "$ALIAS:latest" 2>/dev/null || true)"
     tar -C "$ROOTFS" --numeric-owner -c . | docker import \
         --change 'CMD ["/usr/local/bin/taos-agent"]' \
         --change "LABEL taos_agent_sha=$SUM" - "$ALIAS:latest" >/dev/null
+    # The replaced image would stay as an untagged 300 MB copy (Docker's vfs driver here keeps
+    # whole copies); a container still using it keeps it, and that is fine.
+    if [ -n "$OLD_ID" ] && [ "$OLD_ID" != "$(docker image inspect -f '{{.Id}}' "$ALIAS:latest")" ]; then
+        docker image rm "$OLD_ID" >/dev/null 2>&1 || true
+    fi
     log "imported docker image $ALIAS (taos-agent $SUM)"
 fi
