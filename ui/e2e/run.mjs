@@ -18,6 +18,7 @@ import { makeChatChecks } from './chat_checks.mjs';
 import { makeScreens } from './screens.mjs';
 import { makeToolChecks } from './tool_checks.mjs';
 import { makeBackupChecks } from './backup_checks.mjs';
+import { makeOutboxChecks } from './outbox_checks.mjs';
 
 const URL_ = required('TAOS_URL');
 const LOCAL_TOKEN = required('TAOS_LOCAL_TOKEN');
@@ -106,6 +107,7 @@ page.setDefaultTimeout(20_000);
 const screens = makeScreens({ page, desktop, browser, URL_, LOCAL_TOKEN, AGENT_BIN, OUT, SLUG, REPLY, assert, screenshot, watch });
 const tools = makeToolChecks({ page, desktop, URL_, assert, screenshot });
 const backups = makeBackupChecks({ page, URL_, DATA_DIR, assert, screenshot });
+const outbox = makeOutboxChecks({ page, URL_, SLUG, assert, screenshot });
 const checks = makeChatChecks({ page, desktop, URL_, LOCAL_TOKEN, AGENT_BIN, OUT, SLUG, REPLY, assert, screenshot });
 
 try {
@@ -586,6 +588,7 @@ try {
   await step('group chat with a person and an agent, made in the UI; the named agent answers', () => checks.groupChat());
   await step('chat: tool calls as collapsed cards from metadata.tools; Approve and Deny on approval requests, recorded by the host', () => tools.toolCardsAndApprovals());
   await step('backups: a folder set from Settings, the passphrase on a recovery sheet once, a backup run from the page with the host\'s figures', () => backups.backupFromTheScreen());
+  await step('chat: a message whose send could not reach the host survives a reload and is sent once when it can', () => outbox.unsentSurvivesReload());
 
   // Last: it locks this address out of signing in for a minute.
   await step('repeated wrong passwords get the rate-limit message', async () => {

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { ChatClient } from '../src/lib/chat/connection';
 import { HostError } from '../src/lib/host/HostClient';
 import type { Message } from '../src/lib/api/types';
+import { MemoryOutbox } from '../src/lib/chat/outbox';
 import { FakeHost, msg, tick } from './fakes';
 
 function setup() {
@@ -181,5 +182,83 @@ describe('typing', () => {
       { type: 'typing', channel_id: 'c2' },
       { type: 'typing', channel_id: 'c1' },
     ]);
+  });
+});
+
+describe('the outbox keeps unsent messages across reloads', () => {
+  it('keeps a message until the host stores it, and a new client (a reload) sends what is left', async () => {
+    const outbox = new MemoryOutbox();
+    const host = new FakeHost();
+    const timers: (() => void)[] = [];
+    const first = new ChatClient(host, 'user:owner', { outbox, setTimer: (fn) => timers.push(fn), newClientId: () => 'cid-1', sendRetries: 1 });
+    host.handler = async () => {
+      throw new HostError(0, 'unreachable', 'offline');
+    };
+    first.send('c1', 'written offline');
+    await tick();
+    expect([...outbox.entries.keys()]).toEqual(['cid-1']);
+    timers.splice(0).forEach((f) => f());
+    await tick();
+    // Out of retries: shown as failed, still kept.
+    expect(first.log('c1').get('local:cid-1')?.state).toBe('error');
+    expect(outbox.entries.has('cid-1')).toBe(true);
+    first.close();
+
+    // Another account on this browser never sends it.
+    const other = new FakeHost();
+    new ChatClient(other, 'user:guest', { outbox });
+    await tick();
+    expect(other.requests).toHaveLength(0);
+
+    // The page reloads with the host back: the message shows at once and is sent with its id.
+    const again = new FakeHost();
+    again.handler = async (_m, _p, init) => msg({ id: 'm1', seq: 3, content: 'written offline', client_id: (init?.body as { client_id: string }).client_id, author_id: 'user:owner', author_type: 'user' });
+    const second = new ChatClient(again, 'user:owner', { outbox });
+    await tick();
+    await tick();
+    const posts = again.requests.filter((r) => r.method === 'POST');
+    expect(posts.map((p) => (p.init?.body as { client_id: string }).client_id)).toEqual(['cid-1']);
+    expect(second.log('c1').list().map((m) => [m.id, m.state])).toEqual([['m1', 'complete']]);
+    expect(outbox.entries.size).toBe(0);
+  });
+
+  it('drops a refused message from the outbox (it stays on screen with the reason)', async () => {
+    const outbox = new MemoryOutbox();
+    const host = new FakeHost();
+    host.handler = async () => {
+      throw new HostError(403, 'forbidden', 'this chat is archived');
+    };
+    const chat = new ChatClient(host, 'user:owner', { outbox, newClientId: () => 'cid-2' });
+    chat.send('c1', 'x');
+    await tick();
+    await tick();
+    expect(outbox.entries.size).toBe(0);
+    expect(chat.log('c1').get('local:cid-2')?.sendError).toMatch(/archived/);
+  });
+
+  it('sends what waits when the socket reconnects, never twice while one is in flight', async () => {
+    const outbox = new MemoryOutbox();
+    const host = new FakeHost();
+    const timers: (() => void)[] = [];
+    const chat = new ChatClient(host, 'user:owner', { outbox, setTimer: (fn) => timers.push(fn), newClientId: () => 'cid-3', sendRetries: 0 });
+    host.handler = async () => {
+      throw new HostError(0, 'unreachable', 'offline');
+    };
+    chat.send('c1', 'later');
+    await tick();
+    expect(chat.log('c1').get('local:cid-3')?.state).toBe('error');
+    let answer!: (m: Message) => void;
+    host.handler = () => new Promise((r) => (answer = r as (m: Message) => void));
+    host.sockets[0].accept();
+    await tick();
+    host.sockets[0].close(1006);
+    timers.splice(0).forEach((f) => f());
+    host.sockets[1].accept();
+    await tick();
+    // One POST for the reconnect(s) while the first is unanswered.
+    expect(host.requests.filter((r) => r.method === 'POST')).toHaveLength(2);
+    answer(msg({ id: 'm3', seq: 1, content: 'later', client_id: 'cid-3', author_id: 'user:owner', author_type: 'user' }));
+    await tick();
+    expect(outbox.entries.size).toBe(0);
   });
 });

@@ -3,6 +3,7 @@
 import { createApi } from './api/api';
 import type { HostEvent, Notification, User } from './api/types';
 import { ChatClient } from './chat/connection';
+import { browserOutbox } from './chat/outbox';
 import { BrowserHostClient } from './host/browser';
 import { TauriHostClient, canScanPairingCode, forgetHost, hostStatus, isTauri, onNotificationTap } from './host/tauri';
 import { EventFeed } from './host/events';
@@ -115,7 +116,13 @@ let chat: ChatClient | null = null;
 let feed: EventFeed | null = null;
 
 export function chatClient(): ChatClient {
-  if (!chat) chat = new ChatClient(host, `user:${session.user?.username ?? ''}`, { onUnauthorized: signedOut });
+  // The app's shell has its own outbox; a browser keeps unsent messages in IndexedDB.
+  if (!chat) {
+    chat = new ChatClient(host, `user:${session.user?.username ?? ''}`, {
+      onUnauthorized: signedOut,
+      outbox: tauriHost ? undefined : browserOutbox(),
+    });
+  }
   return chat;
 }
 

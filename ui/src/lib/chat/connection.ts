@@ -2,6 +2,7 @@ import { createApi, type Api } from '../api/api';
 import type { ServerEvent } from '../api/types';
 import { HostError, type ChatSocket, type HostClient } from '../host/HostClient';
 import { ChannelLog } from './log';
+import type { Outbox } from './outbox';
 
 /** The host closed the socket because its credential was revoked or expired. */
 export const CLOSE_UNAUTHORIZED = 4001;
@@ -18,6 +19,11 @@ export interface ChatOptions {
   sendRetries?: number;
   setTimer?: (fn: () => void, ms: number) => unknown;
   newClientId?: () => string;
+  /**
+   * Where sends wait until the host has stored them, across reloads (the browser's IndexedDB).
+   * What it holds is sent again when the client starts and whenever the socket reconnects.
+   */
+  outbox?: Outbox;
 }
 
 type Listener = (channelId: string, event: ServerEvent | null) => void;
@@ -38,7 +44,10 @@ export class ChatClient {
   private listeners = new Set<Listener>();
   private delay: number;
   private stopped = false;
-  private readonly opts: Required<Omit<ChatOptions, 'onUnauthorized'>>;
+  private readonly opts: Required<Omit<ChatOptions, 'onUnauthorized' | 'outbox'>>;
+  private readonly outbox?: Outbox;
+  /** Client ids being posted now: a resend never doubles one in flight. */
+  private inFlight = new Set<string>();
   private readonly onUnauthorized?: () => void;
   private readonly api: Api;
 
@@ -49,6 +58,7 @@ export class ChatClient {
   ) {
     this.api = createApi(host);
     this.onUnauthorized = options.onUnauthorized;
+    this.outbox = options.outbox;
     this.opts = {
       minDelayMs: options.minDelayMs ?? 500,
       maxDelayMs: options.maxDelayMs ?? 15_000,
@@ -58,6 +68,28 @@ export class ChatClient {
     };
     this.delay = this.opts.minDelayMs;
     this.open();
+    void this.resendOutbox();
+  }
+
+  /**
+   * Shows and posts again what the outbox holds that is not being posted now: at start (a
+   * reload) and after every reconnect. The host stores a client id once, so a message that
+   * did arrive before the page went away is not doubled.
+   */
+  private async resendOutbox(): Promise<void> {
+    if (!this.outbox) return;
+    let entries;
+    try {
+      entries = await this.outbox.pending(this.me);
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      if (this.inFlight.has(e.clientId)) continue;
+      this.log(e.channelId).addLocal(e.clientId, e.content, this.me, new Date(e.createdAt));
+      this.emit(e.channelId, null);
+      void this.post(e.channelId, e.content, e.clientId, 0);
+    }
   }
 
   /** Called after every change to a channel (event null: history, a send, connection state). */
@@ -93,6 +125,7 @@ export class ChatClient {
       this.delay = this.opts.minDelayMs;
       for (const id of this.following) this.subscribe(id);
       this.emit('', null);
+      void this.resendOutbox();
     };
     socket.onframe = (frame) => this.onFrame(frame);
     socket.onclose = (code) => {
@@ -186,9 +219,18 @@ export class ChatClient {
   /** Sends a message: shown at once, stored once however many times it is retried. */
   send(channelId: string, content: string, clientId = this.opts.newClientId()): string {
     const log = this.log(channelId);
-    log.addLocal(clientId, content, this.me);
+    const shown = log.addLocal(clientId, content, this.me);
     this.emit(channelId, null);
-    void this.post(channelId, content, clientId, 0);
+    this.inFlight.add(clientId);
+    if (!this.outbox) {
+      void this.post(channelId, content, clientId, 0);
+      return clientId;
+    }
+    // Kept before it is posted, so a reload at any moment still has it.
+    void this.outbox
+      .put({ clientId, channelId, author: this.me, content, createdAt: shown.created_at })
+      .catch(() => {})
+      .then(() => this.post(channelId, content, clientId, 0));
     return clientId;
   }
 
@@ -201,10 +243,13 @@ export class ChatClient {
 
   private async post(channelId: string, content: string, clientId: string, attempt: number) {
     const log = this.log(channelId);
+    this.inFlight.add(clientId);
     try {
       const stored = await this.api.post('/api/chat/messages', {
         body: { channel_id: channelId, content, client_id: clientId },
       });
+      this.inFlight.delete(clientId);
+      await this.outbox?.remove(clientId).catch(() => {});
       log.upsert(stored);
       this.emit(channelId, null);
     } catch (e) {
@@ -214,9 +259,13 @@ export class ChatClient {
         this.opts.setTimer(() => void this.post(channelId, content, clientId, attempt + 1), wait);
         return;
       }
+      this.inFlight.delete(clientId);
       // A 4xx is the host refusing this message (too long, archived channel, not a member):
       // the same message would be refused again. Timeouts and rate limits pass with time.
       const refused = e instanceof HostError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429;
+      // A refused message leaves the outbox (it stays on screen, failed, with the reason); one
+      // that found no host stays, and goes when the connection is back or the page reloads.
+      if (refused) await this.outbox?.remove(clientId).catch(() => {});
       log.failLocal(clientId, e instanceof Error ? e.message : String(e), !refused);
       this.emit(channelId, null);
     }
