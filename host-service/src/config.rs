@@ -111,6 +111,13 @@ docker_socket = "/var/run/docker.sock"
 # How often every running agent's disk is sampled, in seconds.
 interval_secs = 300
 
+[snapshots]
+# When the data dir is a btrfs subvolume: read-only snapshots of it every hour (how many to
+# keep; 0 turns hourly ones off), and before each database migration or update (how many of
+# each to keep). Elsewhere these do nothing.
+keep_hourly = 24
+keep_other = 5
+
 [traces]
 # Trace events one agent may send per second (POST /api/trace and /api/trace/batch; a batch
 # counts its events), and how many it may send at once after a quiet spell. Beyond that: 429.
@@ -150,6 +157,7 @@ pub struct Config {
     pub llm: LlmConfig,
     pub runtime: RuntimeConfig,
     pub quota: QuotaConfig,
+    pub snapshots: SnapshotsConfig,
     pub traces: TracesConfig,
     pub bridge: BridgeConfig,
     pub tools: ToolsConfig,
@@ -237,6 +245,31 @@ pub struct QuotaConfig {
 impl Default for QuotaConfig {
     fn default() -> Self {
         QuotaConfig { interval_secs: 300 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotsConfig {
+    pub keep_hourly: u32,
+    pub keep_other: u32,
+}
+
+impl Default for SnapshotsConfig {
+    fn default() -> Self {
+        SnapshotsConfig {
+            keep_hourly: 24,
+            keep_other: 5,
+        }
+    }
+}
+
+impl SnapshotsConfig {
+    pub fn retention(&self) -> crate::snapshots::Retention {
+        crate::snapshots::Retention {
+            hourly: self.keep_hourly as usize,
+            other: self.keep_other as usize,
+        }
     }
 }
 

@@ -55,6 +55,29 @@ pub async fn open(data_dir: &Path) -> Result<Db, DbError> {
     Ok(pool)
 }
 
+/// Whether the database exists and is on an older schema than this binary's: the next `open`
+/// will migrate it (and a snapshot of the data dir should come first).
+pub async fn needs_migration(data_dir: &Path) -> Result<bool, DbError> {
+    use sqlx::Connection;
+    let path = db_path(data_dir);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let options = SqliteConnectOptions::from_str("sqlite://")?
+        .filename(&path)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(10));
+    let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
+    // No table yet: an empty database, nothing to protect.
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(None);
+    conn.close().await?;
+    Ok(applied.is_some_and(|v| v < schema_version()))
+}
+
 /// The newest migration this binary knows (the database schema it writes). Backups are tagged
 /// with it; a restore refuses a backup from a newer one, which this binary could not open.
 pub fn schema_version() -> i64 {

@@ -31,6 +31,7 @@ pub mod runtime;
 pub mod secrets;
 pub mod server;
 pub mod setup;
+pub mod snapshots;
 pub mod sys;
 pub mod tls;
 pub mod trace;

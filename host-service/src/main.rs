@@ -65,6 +65,16 @@ enum Command {
         #[arg(long)]
         snapshot: Option<String>,
     },
+    /// Take a read-only btrfs snapshot of the data dir now (when it is a btrfs subvolume), or
+    /// list them. The host also takes one every hour and before migrating its database.
+    Snapshot {
+        /// List the snapshots instead of taking one.
+        #[arg(long)]
+        list: bool,
+        /// Why (kept in its name; retention keeps each kind apart): `manual` or `update`.
+        #[arg(long, default_value = "manual", value_parser = ["manual", "update"])]
+        reason: String,
+    },
     /// Follow the installed service's log in the systemd journal (journalctl).
     Logs {
         /// Print the last lines and exit instead of following.
@@ -288,6 +298,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             opened.db.close().await;
+            Ok(())
+        }
+        Command::Snapshot { list, reason } => {
+            use taos_host::snapshots;
+            let support = snapshots::support(&data_dir)?;
+            if list {
+                println!("{}", support.explain());
+                for s in snapshots::list(&data_dir)? {
+                    println!(
+                        "{}\t{:?}\t{}",
+                        s.name,
+                        s.reason,
+                        data_dir
+                            .join(snapshots::SNAPSHOT_DIR)
+                            .join(&s.name)
+                            .display()
+                    );
+                }
+                return Ok(());
+            }
+            // Refused before anything is written (not even the config).
+            anyhow::ensure!(
+                support == snapshots::Support::Ready,
+                "cannot snapshot {}: {}",
+                data_dir.display(),
+                support.explain()
+            );
+            let config = config::load_or_init(&data_dir)?;
+            let why = if reason == "update" {
+                snapshots::Reason::Update
+            } else {
+                snapshots::Reason::Manual
+            };
+            let taken = snapshots::take(&data_dir, why).await?;
+            snapshots::prune(&data_dir, config.snapshots.retention()).await?;
+            println!(
+                "{}",
+                data_dir
+                    .join(snapshots::SNAPSHOT_DIR)
+                    .join(&taken.name)
+                    .display()
+            );
             Ok(())
         }
         Command::Restore {

@@ -57,6 +57,7 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<Opened> {
     fsutil::ensure_private_dir(data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
     let config = crate::config::load_or_init(data_dir)?;
+    snapshot_before_migration(data_dir, &config).await;
     let db = db::open(data_dir).await?;
     let identity = tls::load_or_create(data_dir, &host_name(&config), &sys::interface_addresses())?;
     Ok(Opened {
@@ -65,6 +66,33 @@ pub async fn open(data_dir: &Path) -> anyhow::Result<Opened> {
         db,
         identity,
     })
+}
+
+/// A read-only snapshot of the data dir before the database is migrated to a newer schema,
+/// where the data dir is a btrfs subvolume. Not being able to is logged, not fatal: the
+/// migration is transactional and backups exist; refusing to start would leave the board dead.
+async fn snapshot_before_migration(data_dir: &Path, config: &Config) {
+    use crate::snapshots;
+    match db::needs_migration(data_dir).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell whether the database needs migrating");
+            return;
+        }
+    }
+    if !matches!(snapshots::support(data_dir), Ok(snapshots::Support::Ready)) {
+        return;
+    }
+    match snapshots::take(data_dir, snapshots::Reason::Migration).await {
+        Ok(s) => {
+            tracing::info!(snapshot = %s.name, "snapshot taken before migrating the database");
+            if let Err(e) = snapshots::prune(data_dir, config.snapshots.retention()).await {
+                tracing::warn!(error = %e, "could not delete old snapshots");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "no snapshot before migrating the database"),
+    }
 }
 
 /// While there is no owner, makes sure a setup code exists and returns it; once there is one,
@@ -215,6 +243,15 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
         tracing::error!(error = %e, "cannot start the missed scheduled backup");
     }
     tokio::spawn(state.backups.clone().schedule_loop());
+    if matches!(
+        crate::snapshots::support(&state.data_dir),
+        Ok(crate::snapshots::Support::Ready)
+    ) {
+        tokio::spawn(crate::snapshots::run_hourly(
+            state.data_dir.clone(),
+            state.config.snapshots.retention(),
+        ));
+    }
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     announce_ready(&state, &serving, started_at, first_run_code);
     // Background work starts once the listeners serve: it only ever raced with them, and on

@@ -57,6 +57,8 @@ pub struct Report {
     pub litellm_user_exists: bool,
     pub data_dir: PathBuf,
     pub data_dir_exists: bool,
+    /// Whether the data dir can have local snapshots (None: it doesn't exist yet).
+    pub data_dir_snapshots: Option<crate::snapshots::Support>,
     pub public_bind: String,
 }
 
@@ -91,6 +93,7 @@ pub async fn check(config: &Config, data_dir: &Path) -> Report {
             .any(|l| l.split(':').next() == Some(config.llm.litellm_user.as_str())),
         data_dir: data_dir.to_path_buf(),
         data_dir_exists: data_dir.exists(),
+        data_dir_snapshots: crate::snapshots::support(data_dir).ok(),
         public_bind: config.server.bind.to_string(),
     }
 }
@@ -274,6 +277,9 @@ impl Report {
                 "not in the kernel (agents' disk quotas would not be enforced)"
             }
         );
+        if let Some(support) = self.data_dir_snapshots {
+            let _ = writeln!(s, "snapshots: {}", support.explain());
+        }
         for (name, runtime) in [("incus", &self.incus), ("docker", &self.docker)] {
             let _ = match runtime {
                 Runtime::Usable { version } => writeln!(s, "{name}: usable ({version})"),
@@ -426,6 +432,7 @@ mod tests {
             litellm_user_exists: false,
             data_dir: PathBuf::from("/var/lib/taos"),
             data_dir_exists: false,
+            data_dir_snapshots: None,
             public_bind: "0.0.0.0:6969".to_string(),
         };
         let blockers = report.blockers();

@@ -168,6 +168,24 @@ pub fn memory_total_bytes() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
+/// The type of the filesystem holding `path` (statfs's `f_type`, e.g. btrfs's 0x9123683e).
+#[allow(unsafe_code)]
+// f_type is a signed long of the target's width (32 bits on armhf).
+#[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+pub fn filesystem_type(path: &std::path::Path) -> std::io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs reads the NUL-terminated path we own and writes only into `st`, which
+    // outlives the call.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
 /// Space on the filesystem holding `path`, in bytes: `(free to unprivileged users, total)`.
 #[allow(unsafe_code)]
 // The statvfs fields are u64 here but 32 bits on 32-bit ARM boards (armhf), where the

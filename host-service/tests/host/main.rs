@@ -47,6 +47,7 @@ mod routes;
 mod runtime;
 mod settings;
 mod setup_check;
+mod snapshots;
 mod tls;
 mod tools;
 mod trace_limits;
