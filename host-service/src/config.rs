@@ -111,6 +111,12 @@ docker_socket = "/var/run/docker.sock"
 # How often every running agent's disk is sampled, in seconds.
 interval_secs = 300
 
+[overview]
+# How often the home screen's figures are sampled (host CPU, memory and disks, each agent's
+# memory), in seconds, 1-3600. Samples are kept 7 days. A sample reads /proc, two filesystems
+# and one runtime state per running container, so 60 s costs a Pi next to nothing.
+sample_secs = 60
+
 [traces]
 # Trace events one agent may send per second (POST /api/trace and /api/trace/batch; a batch
 # counts its events), and how many it may send at once after a quiet spell. Beyond that: 429.
@@ -150,6 +156,7 @@ pub struct Config {
     pub llm: LlmConfig,
     pub runtime: RuntimeConfig,
     pub quota: QuotaConfig,
+    pub overview: OverviewConfig,
     pub traces: TracesConfig,
     pub bridge: BridgeConfig,
     pub tools: ToolsConfig,
@@ -237,6 +244,18 @@ pub struct QuotaConfig {
 impl Default for QuotaConfig {
     fn default() -> Self {
         QuotaConfig { interval_secs: 300 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverviewConfig {
+    pub sample_secs: u64,
+}
+
+impl Default for OverviewConfig {
+    fn default() -> Self {
+        OverviewConfig { sample_secs: 60 }
     }
 }
 
@@ -515,6 +534,11 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&t.max_event_bytes) {
             return Err(ConfigError::Invalid(
                 "[traces] max_event_bytes must be between 1024 and 67108864".to_string(),
+            ));
+        }
+        if !(1..=3600).contains(&self.overview.sample_secs) {
+            return Err(ConfigError::Invalid(
+                "[overview] sample_secs must be between 1 and 3600".to_string(),
             ));
         }
         if t.quota_mib == 0 {
