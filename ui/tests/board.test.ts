@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { columns, cpuMeter, diskMeter, llmLevel, meter, runtimeLevel } from '../src/lib/board';
+import { bytes, columns, cpuMeter, diskMeter, llmLevel, meter, runtimeLevel, timeSlots } from '../src/lib/board';
 
 const GIB = 1024 ** 3;
 
@@ -60,5 +60,38 @@ describe('columns', () => {
     expect(cols.map((c) => c.height)).toEqual([50, 100]);
     expect(columns([{ at: 'a', value: 300 }], 100)[0].height).toBe(100);
     expect(columns([])).toEqual([]);
+  });
+});
+
+describe('time slots', () => {
+  it('place samples in the host-aligned buckets ending now, empty slots null', () => {
+    const hour = 3600;
+    const now = Date.parse('2026-12-06T10:30:00Z');
+    const slots = timeSlots(
+      [
+        { at: '2026-12-06T08:00:00Z', value: 5 },
+        { at: '2026-12-06T10:00:00Z', value: 7 },
+        { at: '2026-12-06T03:00:00Z', value: 99 }, // before the window
+      ],
+      now,
+      hour,
+      4,
+    );
+    expect(slots.map((s) => s.at)).toEqual([
+      '2026-12-06T07:00:00.000Z',
+      '2026-12-06T08:00:00.000Z',
+      '2026-12-06T09:00:00.000Z',
+      '2026-12-06T10:00:00.000Z',
+    ]);
+    expect(slots.map((s) => s.value)).toEqual([null, 5, null, 7]);
+  });
+});
+
+describe('bytes', () => {
+  it('word small files too', () => {
+    expect(bytes(7)).toBe('7 B');
+    expect(bytes(2048)).toBe('2.0 KiB');
+    expect(bytes(5 * 1024 * 1024)).toBe('5 MiB');
+    expect(bytes(null)).toBe('—');
   });
 });

@@ -74,6 +74,38 @@ export function columns(
   });
 }
 
+/**
+ * Samples placed in `count` time slots of `bucketSecs` ending with the one holding `nowMs`,
+ * aligned as the host buckets them (`at / bucket * bucket` since the epoch): a slot without a
+ * sample is `value: null`, so a week with one day of samples shows six empty days first.
+ */
+export function timeSlots(
+  samples: { at: string; value: number | null | undefined }[],
+  nowMs: number,
+  bucketSecs: number,
+  count: number,
+): { at: string; value: number | null }[] {
+  const bucket = Math.max(1, bucketSecs) * 1000;
+  const first = Math.floor(nowMs / bucket) * bucket - (count - 1) * bucket;
+  const slots: { at: string; value: number | null }[] = Array.from({ length: count }, (_, i) => ({
+    at: new Date(first + i * bucket).toISOString(),
+    value: null,
+  }));
+  for (const s of samples) {
+    const i = Math.floor((Date.parse(s.at) - first) / bucket);
+    if (i >= 0 && i < count && s.value != null) slots[i].value = Math.max(slots[i].value ?? 0, s.value);
+  }
+  return slots;
+}
+
+/** Bytes for people, small files included: "512 B", "3.4 KiB", then MiB and GiB. */
+export function bytes(n: number | null | undefined): string {
+  if (n == null) return '—';
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return size(n);
+}
+
 /** LiteLLM's state in words and a level. */
 export function llmLevel(state: string): Level {
   return state === 'ready' ? 'ok' : state === 'failed' ? 'bad' : 'warn';
