@@ -125,6 +125,44 @@ async fn the_overview_shows_the_board_and_follows_live() {
         .map(|r| r["cost_usd"].as_f64().unwrap())
         .sum();
     assert!((spent_today - 0.02).abs() < 1e-9, "{usage}");
+    // Stored events still come with their ids between the figures, and a stream resumed after
+    // one of them gets the next stored event, not a figure replayed.
+    let r = host
+        .admin(Method::POST, "/api/notifications")
+        .json(&json!({"level": "info", "title": "between the samples"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let stored = loop {
+        let event = stream
+            .next(Duration::from_secs(30))
+            .await
+            .expect("the notification's event");
+        if event.event.as_deref() == Some("notification.created") {
+            break event;
+        }
+    };
+    let id = stored.id.clone().expect("a stored event has an id");
+    next_overview(&mut stream).await;
+    host.admin(Method::POST, "/api/notifications")
+        .json(&json!({"level": "info", "title": "after the figure"}))
+        .send()
+        .await
+        .unwrap();
+    let resumed = host
+        .admin(Method::GET, "/api/events")
+        .header("last-event-id", &id)
+        .send()
+        .await
+        .unwrap();
+    let first = SseReader::new(resumed)
+        .next(Duration::from_secs(30))
+        .await
+        .expect("the missed event");
+    assert_eq!(first.event.as_deref(), Some("notification.created"));
+    assert!(first.data.contains("after the figure"), "{}", first.data);
+
     let view: HostOverview = host.get("/api/host/overview").await;
     for overview in [&live, &view] {
         let slugs: Vec<&str> = overview.agents.iter().map(|a| a.slug.as_str()).collect();
