@@ -4,8 +4,8 @@
 //! (`overview`), the history (`history`), and the task that samples and tells live clients.
 //!
 //! Sampling is cheap on purpose (it runs on a Pi): per sample, two small /proc reads, two
-//! statfs calls, the runtime's pool figures and one state call per running container (which
-//! incus and Docker answer from cgroup counters), a read of the quota monitor's last disk
+//! statfs calls, the runtime's pool figures and one memory reading per container (incus's
+//! state, Docker's one-shot stats, both from cgroup counters), a read of the quota monitor's last disk
 //! figures (the monitor itself walks disks only every `[quota] interval_secs`), and one
 //! transaction of small inserts. At the default 60 s that is 10 080 rows per series a week.
 
@@ -21,7 +21,6 @@ use uuid::Uuid;
 
 use crate::agents::{self, AgentHost};
 use crate::db::{from_ms, now_ms, Db};
-use crate::runtime::Runtime;
 
 /// How long samples are kept.
 pub const RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -139,9 +138,8 @@ pub async fn read_host(host: &AgentHost, previous: &mut Option<CpuTimes>, at: i6
 async fn read_agent(host: &AgentHost, agent: &agents::AgentRecord, at: i64) -> AgentSample {
     let memory = match (host.runtime.as_ref(), agent.container.as_ref()) {
         (Some(rt), Some(container)) if agent.status != AgentStatus::Deploying => {
-            match rt.state(container).await {
-                Ok(state) if state.running => state.memory_used_bytes,
-                Ok(_) => None,
+            match rt.memory_used(container).await {
+                Ok(memory) => memory,
                 Err(e) => {
                     tracing::debug!(agent = %agent.slug, error = %e, "container state unreadable");
                     None
