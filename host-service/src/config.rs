@@ -117,6 +117,11 @@ interval_secs = 300
 # each to keep). Elsewhere these do nothing.
 keep_hourly = 24
 keep_other = 5
+[overview]
+# How often the home screen's figures are sampled (host CPU, memory and disks, each agent's
+# memory), in seconds, 1-3600. Samples are kept 7 days. A sample reads /proc, two filesystems
+# and one runtime state per running container, so 60 s costs a Pi next to nothing.
+sample_secs = 60
 
 [traces]
 # Trace events one agent may send per second (POST /api/trace and /api/trace/batch; a batch
@@ -158,6 +163,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub quota: QuotaConfig,
     pub snapshots: SnapshotsConfig,
+    pub overview: OverviewConfig,
     pub traces: TracesConfig,
     pub bridge: BridgeConfig,
     pub tools: ToolsConfig,
@@ -270,6 +276,18 @@ impl SnapshotsConfig {
             hourly: self.keep_hourly as usize,
             other: self.keep_other as usize,
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverviewConfig {
+    pub sample_secs: u64,
+}
+
+impl Default for OverviewConfig {
+    fn default() -> Self {
+        OverviewConfig { sample_secs: 60 }
     }
 }
 
@@ -548,6 +566,11 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&t.max_event_bytes) {
             return Err(ConfigError::Invalid(
                 "[traces] max_event_bytes must be between 1024 and 67108864".to_string(),
+            ));
+        }
+        if !(1..=3600).contains(&self.overview.sample_secs) {
+            return Err(ConfigError::Invalid(
+                "[overview] sample_secs must be between 1 and 3600".to_string(),
             ));
         }
         if t.quota_mib == 0 {

@@ -79,6 +79,8 @@ const TABLE_OWNERS: &[(&str, &str)] = &[
     ("tool_approvals", "approvals.rs"),
     ("backup_settings", "backup/"),
     ("backup_runs", "backup/"),
+    ("host_samples", "overview.rs"),
+    ("agent_samples", "overview.rs"),
 ];
 
 /// SQL that names another module's table on purpose: (file, table, why). Only a read inside a

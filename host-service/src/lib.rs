@@ -23,6 +23,7 @@ pub mod legacy;
 pub mod llm;
 pub mod metrics;
 pub mod notify;
+pub mod overview;
 pub mod peer;
 pub mod prompts;
 pub mod qr;

@@ -99,6 +99,9 @@ impl Viewer {
 pub struct Published {
     pub event: HostEvent,
     pub audience: Audience,
+    /// Sent to live subscribers only, never stored: it has no id, and a client that misses
+    /// it gets the next one (the home screen's periodic `host.overview`).
+    pub transient: bool,
 }
 
 pub struct EventHub {
@@ -143,6 +146,22 @@ impl EventHub {
         }
     }
 
+    /// Sends a figure that is replaced by the next one (the owner's `host.overview`) to live
+    /// subscribers without storing it; the SSE event carries `data` alone, without an id, so
+    /// clients' `Last-Event-ID` stays on the stored events.
+    pub fn broadcast_transient(&self, kind: &str, data: serde_json::Value) {
+        let _ = self.live.send(Published {
+            event: HostEvent {
+                id: 0,
+                kind: kind.to_string(),
+                created_at: chrono::Utc::now(),
+                data,
+            },
+            audience: Audience::Owner,
+            transient: true,
+        });
+    }
+
     /// Stores an event for `audience` and sends it to live subscribers.
     pub async fn publish_to(
         &self,
@@ -158,6 +177,7 @@ impl EventHub {
         let _ = self.live.send(Published {
             event: event.clone(),
             audience,
+            transient: false,
         });
         Ok(event)
     }
@@ -233,7 +253,11 @@ impl EventHub {
         .await?;
         tx.commit().await?;
         // Committed first: with no live listener the event is still read from the database.
-        let _ = self.live.send(Published { event, audience });
+        let _ = self.live.send(Published {
+            event,
+            audience,
+            transient: false,
+        });
         Ok(notification)
     }
 

@@ -509,6 +509,15 @@ fn spawn_background(
         agents.clone(),
         Duration::from_secs(state.config.quota.interval_secs.max(5)),
     );
+    {
+        let state = state.clone();
+        crate::overview::spawn_sampler(
+            agents.clone(),
+            Duration::from_secs(state.config.overview.sample_secs),
+            state.host_name.clone(),
+            move || http::overview::runtime_words(&state),
+        );
+    }
     let agents = agents.clone();
     tokio::spawn(async move {
         crate::agents::archive::recover(&agents).await;

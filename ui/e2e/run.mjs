@@ -19,6 +19,7 @@ import { makeScreens } from './screens.mjs';
 import { makeToolChecks } from './tool_checks.mjs';
 import { makeBackupChecks } from './backup_checks.mjs';
 import { makeOutboxChecks } from './outbox_checks.mjs';
+import { makeBoardChecks } from './board_checks.mjs';
 
 const URL_ = required('TAOS_URL');
 const LOCAL_TOKEN = required('TAOS_LOCAL_TOKEN');
@@ -108,6 +109,7 @@ const screens = makeScreens({ page, desktop, browser, URL_, LOCAL_TOKEN, AGENT_B
 const tools = makeToolChecks({ page, desktop, URL_, assert, screenshot });
 const backups = makeBackupChecks({ page, URL_, DATA_DIR, assert, screenshot });
 const outbox = makeOutboxChecks({ page, URL_, SLUG, assert, screenshot });
+const board = makeBoardChecks({ page, desktop, browser, URL_, SLUG, assert, screenshot, watch });
 const checks = makeChatChecks({ page, desktop, URL_, LOCAL_TOKEN, AGENT_BIN, OUT, SLUG, REPLY, assert, screenshot });
 
 try {
@@ -532,6 +534,15 @@ try {
   await step('settings: loopback warning, a family account, a password change', async () => {
     PASSWORD = await screens.settings(PASSWORD);
   });
+
+  // Issue 19's screens (board_checks.mjs): Home, Disk, the recycle bin, archived agents in the chat list.
+  await step('home: the board at a glance shows the API figures for the same sample, and follows live', () => board.home());
+  await step('disk: usage against quota with the week of samples, and a resize from there', () => board.disk());
+  await step('recycle bin: a file deleted in the container is listed, restored, deleted again and purged; offline is said', () =>
+    board.recycleRoundTrip(),
+  );
+  await step("chat list: an archived agent's chat is greyed, with Restore and Delete there", () => board.archivedInChatList());
+  await step('home, disk and recycle bin at 390 px in light and dark', () => board.phoneAndThemes(PASSWORD));
 
   await step('phone, 390×844: every screen fits and works', async () => {
     const phone = await browser.newContext({

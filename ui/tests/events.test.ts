@@ -46,6 +46,26 @@ describe('the event feed resumes', () => {
     expect(statuses.slice(0, 3)).toEqual([true, false, true]);
   });
 
+  it('hands id-less figures to onTransient without moving the resume cursor', async () => {
+    const host = new FakeHost();
+    const figure = { id: null, event: 'host.overview', data: JSON.stringify({ host_name: 'pi', agents: [] }) };
+    host.streams.push({ after: null, messages: [ev(1), figure, ev(2)] });
+    host.streams.push({ after: '2', messages: [ev(3)] });
+    const seen: number[] = [];
+    const figures: [string, unknown][] = [];
+    const feed = new EventFeed(
+      host,
+      { onEvent: (e) => seen.push(e.id), onResync: () => {}, onTransient: (kind, data) => figures.push([kind, data]) },
+      null,
+      { sleep: async () => {} },
+    );
+    await new Promise((r) => setTimeout(r, 10));
+    await feed.stop();
+    expect(seen).toEqual([1, 2, 3]);
+    expect(figures).toEqual([['host.overview', { host_name: 'pi', agents: [] }]]);
+    expect(host.eventCalls.slice(0, 2)).toEqual([null, '2']);
+  });
+
   it('starts after a given id, resyncs when told, and stops on 401', async () => {
     const host = new FakeHost();
     host.streams.push({ after: '10', messages: [{ id: null, event: 'resync', data: '{}' }, ev(3)] });

@@ -159,6 +159,19 @@ pub async fn status(host: &AgentHost, slug: &str) -> Result<DiskStatus, QuotaErr
     Ok(status_of(&agent.slug, quota, used, disk_state, checked))
 }
 
+/// An agent's disk as of the monitor's last sample, without sampling; `None` for an agent
+/// it doesn't watch (external agents).
+pub async fn last_reading(
+    host: &AgentHost,
+    agent: &AgentRecord,
+) -> Result<Option<DiskStatus>, QuotaError> {
+    Ok(load(host, agent)
+        .await?
+        .map(|(quota, used, state, checked, _)| {
+            status_of(&agent.slug, quota, used, state, checked)
+        }))
+}
+
 /// Samples one agent, persists the result, and acts on a state change.
 pub async fn scan_agent(
     host: &AgentHost,

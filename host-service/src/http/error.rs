@@ -14,6 +14,7 @@ use crate::auth::AuthError;
 use crate::llm::budget::BudgetError;
 use crate::llm::providers::ProviderError;
 use crate::notify::NotifyError;
+use crate::overview::OverviewError;
 use crate::prompts::PromptError;
 
 #[derive(Debug)]
@@ -312,6 +313,18 @@ impl From<DeployError> for ApiError {
             DeployError::Agent(e) => e.into(),
             DeployError::Chat(e) => e.into(),
             e @ DeployError::Db(_) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<OverviewError> for ApiError {
+    fn from(e: OverviewError) -> Self {
+        match e {
+            OverviewError::BadInput(m) => ApiError::bad_request(m),
+            OverviewError::NoAgent => ApiError::not_found("no such agent"),
+            e @ (OverviewError::Db(_) | OverviewError::Agent(_) | OverviewError::Budget(_)) => {
+                ApiError::internal(e)
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod live;
 pub mod llm;
 pub mod notifications;
 pub mod ops;
+pub mod overview;
 pub mod prompts;
 pub mod quota;
 pub mod recycle;
@@ -167,6 +168,7 @@ impl Modify for SecuritySchemes {
 pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(ops::routes())
+        .merge(overview::routes())
         .merge(auth::routes())
         .merge(devices::routes())
         .merge(notifications::routes())

@@ -227,6 +227,15 @@ fn to_sse(event: &HostEvent) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unencodable event"))
 }
 
+/// A transient event: its kind and data, no id (it isn't stored, so there is nothing to
+/// resume from), and not a `HostEvent` body, so clients that track ids never take it for one.
+fn to_sse_transient(event: &HostEvent) -> Event {
+    Event::default()
+        .event(event.kind.clone())
+        .json_data(&event.data)
+        .unwrap_or_else(|_| Event::default().comment("unencodable event"))
+}
+
 fn unauthorized_event(ended: Ended) -> Event {
     Event::default()
         .event(EVENT_UNAUTHORIZED)
@@ -268,8 +277,13 @@ async fn pump_events(
         }
         tokio::select! {
             received = live.recv() => match received {
-                Ok(Published { event, .. }) if event.id <= cursor => {}
                 Ok(Published { audience, .. }) if !viewer.sees(audience) => {}
+                Ok(Published { event, transient: true, .. }) => {
+                    if tx.send(to_sse_transient(&event)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Published { event, .. }) if event.id <= cursor => {}
                 Ok(Published { event, .. }) => {
                     cursor = event.id;
                     if tx.send(to_sse(&event)).await.is_err() {

@@ -326,6 +326,36 @@ impl Docker {
         }))
     }
 
+    /// One memory reading of a running container from its cgroup (`stats`, one shot).
+    async fn memory_sample(&self, name: &str) -> Option<u64> {
+        let mut stats = self.client.stats(
+            name,
+            Some(StatsOptions {
+                stream: false,
+                one_shot: true,
+            }),
+        );
+        match stats.next().await {
+            Some(Ok(sample)) => sample.memory_stats.and_then(|m| m.usage),
+            _ => None,
+        }
+    }
+
+    /// A container's memory if it runs, without `state`'s size of the writable layer (which
+    /// Docker computes by walking the layer: too dear for the home screen's periodic sample).
+    pub async fn memory_used(&self, name: &str) -> Result<Option<u64>, RuntimeError> {
+        validate_name("container name", name)?;
+        let inspect = self
+            .client
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(refused)?;
+        if !inspect.state.and_then(|s| s.running).unwrap_or(false) {
+            return Ok(None);
+        }
+        Ok(self.memory_sample(name).await)
+    }
+
     /// The bytes in the container's writable layer: what the agent itself wrote.
     pub async fn disk_used(&self, name: &str) -> Result<Option<u64>, RuntimeError> {
         validate_name("container name", name)?;
@@ -590,17 +620,7 @@ impl Runtime for Docker {
         let state = inspect.state.unwrap_or_default();
         let running = state.running.unwrap_or(false);
         let memory_used_bytes = if running {
-            let mut stats = self.client.stats(
-                name,
-                Some(StatsOptions {
-                    stream: false,
-                    one_shot: true,
-                }),
-            );
-            match stats.next().await {
-                Some(Ok(sample)) => sample.memory_stats.and_then(|m| m.usage),
-                _ => None,
-            }
+            self.memory_sample(name).await
         } else {
             None
         };

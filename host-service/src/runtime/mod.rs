@@ -315,6 +315,19 @@ impl ContainerRuntime {
         }
     }
 
+    /// A container's memory use if it runs (`None` when stopped), as cheaply as the runtime
+    /// can say it: incus's state comes from cgroup counters; Docker's `state` would also size
+    /// the writable layer, so it asks for the memory alone.
+    pub async fn memory_used(&self, name: &str) -> Result<Option<u64>, RuntimeError> {
+        match self {
+            ContainerRuntime::Incus(rt) => {
+                let state = rt.state(name).await?;
+                Ok(state.memory_used_bytes.filter(|_| state.running))
+            }
+            ContainerRuntime::Docker(rt) => rt.memory_used(name).await,
+        }
+    }
+
     /// What counts toward a container's disk use, in bytes.
     pub async fn quota_usage(&self, name: &str) -> Result<Option<u64>, RuntimeError> {
         match self {

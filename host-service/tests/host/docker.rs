@@ -75,6 +75,11 @@ async fn a_docker_container_lives_and_dies_through_the_engine_api() {
     rt.create(&spec).await.unwrap();
     assert!(rt.exists(&name).await.unwrap());
     assert!(!rt.state(&name).await.unwrap().running);
+    assert_eq!(
+        rt.memory_used(&name).await.unwrap(),
+        None,
+        "stopped: no memory"
+    );
     // Files go in before the first start (how deploy hands over credentials).
     rt.push_file(&name, "/root/note.txt", b"first", 0o600)
         .await
@@ -83,6 +88,8 @@ async fn a_docker_container_lives_and_dies_through_the_engine_api() {
     let state = rt.state(&name).await.unwrap();
     assert!(state.running, "{state:?}");
     assert!(state.memory_used_bytes.is_some(), "{state:?}");
+    // The home screen's cheap reading (no size of the writable layer) sees it too.
+    assert!(rt.memory_used(&name).await.unwrap().is_some_and(|m| m > 0));
 
     assert_exec_keeps_data(&rt, &name).await;
     // The limits reached the container's cgroup (v2's files, or v1's where the host has v1)…

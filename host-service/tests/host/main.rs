@@ -39,6 +39,7 @@ mod lifecycle_crash;
 mod llm;
 mod openclaw;
 mod ops;
+mod overview;
 mod quota;
 mod recycle;
 mod revoke;

@@ -267,6 +267,19 @@ fn table(f: &Fixture) -> Vec<Route> {
             OWNER_SIDE,
             vec![no_body("/api/host".into(), Deny)],
         ),
+        // The home screen: the host's figures, every agent's, and today's spend.
+        route(
+            "GET",
+            "/api/host/overview",
+            OWNER_SIDE,
+            vec![no_body("/api/host/overview".into(), Deny)],
+        ),
+        route(
+            "GET",
+            "/api/host/samples",
+            OWNER_SIDE,
+            vec![no_body("/api/host/samples".into(), Deny)],
+        ),
         route(
             "GET",
             "/api/openapi.json",

@@ -139,7 +139,13 @@ async fn the_whole_app_in_chromium_against_the_real_host() {
     let _turn = LITELLM.lock().await;
     let key = "upstream-secret-ui-e2e";
     let fake = FakeLlm::start(key, &["fake-gpt", "fake-other"]).await;
-    let host = Host::start(BIN).await;
+    // Home's figures every 5 s, so the browser sees one arrive live without a long wait.
+    let host = Host::start_with(
+        BIN,
+        taos_e2e::HostOptions::with_env(&[("TAOS_OVERVIEW__SAMPLE_SECS", "5")]),
+    )
+    .await
+    .unwrap();
     let page = host.client().get(host.url("/")).send().await.unwrap();
     assert!(
         !page.text().await.unwrap().contains(NOT_BUILT),

@@ -91,6 +91,14 @@ export function onHostEvent(fn: (event: HostEvent) => void): () => void {
   return () => eventListeners.delete(fn);
 }
 
+const transientListeners = new Set<(kind: string, data: unknown) => void>();
+
+/** Live figures the host sends without storing them (`host.overview`); returns the unsubscribe function. */
+export function onHostFigure(fn: (kind: string, data: unknown) => void): () => void {
+  transientListeners.add(fn);
+  return () => transientListeners.delete(fn);
+}
+
 export const toasts = $state<{ id: number; text: string; level: string; href?: string }[]>([]);
 let toastId = 0;
 /** Shows `text` for a few seconds; `href` makes it a link (to the screen it is about). */
@@ -155,6 +163,9 @@ function startLive() {
   if (feed) return;
   feed = new EventFeed(host, {
     onEvent,
+    onTransient: (kind, data) => {
+      for (const fn of transientListeners) fn(kind, data);
+    },
     onResync: () => void loadNotifications(),
     onStatus: (c) => (live.connected = c),
     onUnauthorized: signedOut,

@@ -7,7 +7,9 @@ export interface Match {
 
 const ROUTES: [string, string][] = [
   ['/login', 'login'],
-  ['/', 'agents'],
+  ['/', 'home'],
+  ['/disk', 'disk'],
+  ['/recycle', 'recycle'],
   ['/agents', 'agents'],
   ['/agents/new', 'deploy'],
   ['/agents/:slug', 'agent'],

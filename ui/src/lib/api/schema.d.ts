@@ -1090,6 +1090,48 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/host/overview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The board at a glance: the newest host sample (CPU, memory, the data dir's disk, the
+         *     agents' storage), LiteLLM's and the runtime's state, each agent's state, memory, disk and
+         *     spend today. The same body follows on `/api/events` after each sample (`host.overview`,
+         *     sent live only, without an id).
+         */
+        get: operations["host_overview"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/host/samples": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Sampled history of the host and its agents, oldest first, averaged into buckets so each
+         *     series has at most `points` points.
+         */
+        get: operations["host_samples"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/llm/status": {
         parameters: {
             query?: never;
@@ -1433,6 +1475,11 @@ export interface components {
              */
             tool_policy?: components["schemas"]["ToolPolicy"];
         };
+        /** @description One agent's samples in `SampleHistory`. */
+        AgentHistory: {
+            samples: components["schemas"]["AgentSample"][];
+            slug: string;
+        };
         /** @enum {string} */
         AgentKind: "external" | "container";
         /**
@@ -1442,6 +1489,34 @@ export interface components {
          * @enum {string}
          */
         AgentNetwork: "internet" | "lan" | "none";
+        /** @description One agent on the home screen. */
+        AgentOverview: {
+            /** @description Whether its sidecar follows its stream now. */
+            connected: boolean;
+            /** Format: int64 */
+            disk_quota_bytes?: number | null;
+            disk_state?: null | components["schemas"]["DiskState"];
+            /**
+             * Format: int64
+             * @description Container agents only: the disk quota monitor's last reading and the quota.
+             */
+            disk_used_bytes?: number | null;
+            display_name: string;
+            emoji: string;
+            /**
+             * Format: int64
+             * @description Its container's memory at the last sample; `null` for external agents and stopped
+             *     containers.
+             */
+            memory_used_bytes?: number | null;
+            slug: string;
+            /**
+             * Format: double
+             * @description LLM spend in the current UTC day, in USD.
+             */
+            spend_today_usd: number;
+            status: components["schemas"]["AgentStatus"];
+        };
         AgentPatch: {
             color?: string | null;
             display_name?: string | null;
@@ -1456,6 +1531,23 @@ export interface components {
                 [key: string]: components["schemas"]["ToolPolicy"];
             } | null;
             tool_policy?: null | components["schemas"]["ToolPolicy"];
+        };
+        /** @description One sample of an agent's memory and disk. */
+        AgentSample: {
+            /** Format: date-time */
+            at: string;
+            /** Format: int64 */
+            disk_quota_bytes?: number | null;
+            /**
+             * Format: int64
+             * @description The disk quota monitor's last reading (what its quota is judged by).
+             */
+            disk_used_bytes?: number | null;
+            /**
+             * Format: int64
+             * @description From the runtime; `null` while the container is stopped.
+             */
+            memory_used_bytes?: number | null;
         };
         /**
          * @description Where an agent is in its life. Stored in the `agents.status` column as the same word.
@@ -1959,6 +2051,65 @@ export interface components {
              */
             pairing_reachable: boolean;
         };
+        /** @description `GET /api/host/overview`, and the data of the `host.overview` event: the board at a glance. */
+        HostOverview: {
+            agents: components["schemas"]["AgentOverview"][];
+            host_name: string;
+            llm: components["schemas"]["LlmState"];
+            /** @description Why LiteLLM is not ready, when it isn't. */
+            llm_error?: string | null;
+            /**
+             * @description The container runtime in words, as `/api/health` says it: `ok: incus 6.0.4 …`,
+             *     `disabled: …` or `error: …`.
+             */
+            runtime: string;
+            sample?: null | components["schemas"]["HostSample"];
+            /**
+             * Format: int64
+             * @description How often samples are taken, in seconds.
+             */
+            sample_secs: number;
+            /**
+             * Format: double
+             * @description All agents' LLM spend in the current UTC day, in USD.
+             */
+            spend_today_usd: number;
+        };
+        /**
+         * @description One sample of the host's own figures, taken every `[overview] sample_secs` and kept 7 days.
+         *     A figure the host could not read is `null`.
+         */
+        HostSample: {
+            /** Format: date-time */
+            at: string;
+            /**
+             * Format: double
+             * @description Share of CPU time spent busy since the previous sample, 0–100 (all cores together);
+             *     `null` for the first sample after a start, which has nothing to compare with.
+             */
+            cpu_percent?: number | null;
+            /** Format: int64 */
+            data_disk_total_bytes?: number | null;
+            /**
+             * Format: int64
+             * @description The filesystem holding the host's data dir (database, traces, archives).
+             */
+            data_disk_used_bytes?: number | null;
+            /** Format: int64 */
+            memory_total_bytes?: number | null;
+            /**
+             * Format: int64
+             * @description `MemTotal - MemAvailable`: memory the kernel can't hand out without swapping.
+             */
+            memory_used_bytes?: number | null;
+            /** Format: int64 */
+            pool_total_bytes?: number | null;
+            /**
+             * Format: int64
+             * @description Where agents' root disks live: the incus storage pool, or Docker's data root.
+             */
+            pool_used_bytes?: number | null;
+        };
         Install: {
             /** @description none | script */
             method: string;
@@ -2330,6 +2481,18 @@ export interface components {
         ResponseMode: "quiet" | "lively";
         RestoreItem: {
             id: string;
+        };
+        /**
+         * @description `GET /api/host/samples`: samples of the last `hours`, averaged into buckets of
+         *     `bucket_secs` (memory and CPU averaged, disk the bucket's highest), oldest first.
+         */
+        SampleHistory: {
+            agents: components["schemas"]["AgentHistory"][];
+            /** Format: int64 */
+            bucket_secs: number;
+            host: components["schemas"]["HostSample"][];
+            /** Format: int32 */
+            hours: number;
         };
         ScanResult: {
             results: components["schemas"]["DiskStatus"][];
@@ -5875,6 +6038,107 @@ export interface operations {
             };
             /** @description No credentials */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    host_overview: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The overview */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HostOverview"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    host_samples: {
+        parameters: {
+            query?: {
+                /** @description How far back, 1–168 hours (samples are kept 7 days); default 24. */
+                hours?: number;
+                /** @description At most this many points per series, 1–1000; default 200. */
+                points?: number;
+                /** @description Only this agent's series (and the host's). */
+                agent?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The samples */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SampleHistory"];
+                };
+            };
+            /** @description hours or points out of range, or an unknown parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such agent */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -4,6 +4,11 @@ import { HostError, type HostClient } from './HostClient';
 export interface FeedHandlers {
   /** A host event, in id order, each exactly once per feed. */
   onEvent(event: HostEvent): void;
+  /**
+   * A transient figure (`host.overview`): sent live only, never stored, so it has no id and does
+   * not move the resume cursor; `data` is the figure itself, not a `HostEvent`.
+   */
+  onTransient?(kind: string, data: unknown): void;
   /** The host no longer has the events we missed: reload state. */
   onResync(): void;
   /** Connected (true) or waiting to reconnect (false). */
@@ -75,6 +80,14 @@ export class EventFeed {
             // What we missed is gone: start over from what the host sends next.
             this.lastEventId = message.id;
             this.handlers.onResync();
+            continue;
+          }
+          if (message.id === null) {
+            try {
+              this.handlers.onTransient?.(message.event, JSON.parse(message.data));
+            } catch {
+              // Not JSON: nothing to show.
+            }
             continue;
           }
           let event: HostEvent;
