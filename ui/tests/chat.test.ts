@@ -251,7 +251,7 @@ describe('the outbox keeps unsent messages across reloads', () => {
     host.handler = () => new Promise((r) => (answer = r as (m: Message) => void));
     host.sockets[0].accept();
     await tick();
-    host.sockets[0].close(1006);
+    host.sockets[0].drop(1006);
     timers.splice(0).forEach((f) => f());
     host.sockets[1].accept();
     await tick();
