@@ -225,7 +225,146 @@ wait_active
 [ "$(in_ct systemctl show -p MainPID --value taos-host)" != "$BEFORE_PID" ] || fail "reinstalling did not restart the service"
 wait_healthy "after reinstalling"
 [ "$(in_ct taos-host fingerprint)" = "$FINGERPRINT" ] || fail "the TLS key changed on reinstall"
-pass "reinstalling restarts it on the same data and key"
+[ "$(in_ct taos-host update --status)" = "Done: 0.1.0-1 → 0.1.0-1" ] \
+    || fail "reinstalling did not go through the update's gates: $(in_ct taos-host update --status)"
+pass "reinstalling restarts it on the same data and key, through the update's backup and gates"
+
+# --- Updates that roll back (`taos-host update`, and apt upgrading the package) ---
+# Variants of the package just installed, repacked with dpkg-deb (no build): one whose binary
+# exits, one whose host comes up with another TLS key (a fresh data dir), one whose binary
+# never gets ready, and a good one (the same binary, a newer version). Each has its own
+# version, as releases do.
+VARIANTS="$(mktemp -d)"
+trap 'cleanup; rm -rf "$VARIANTS"' EXIT
+make_variant() { # VERSION KIND -> path of the .deb
+    local tree="$VARIANTS/tree-$1" out="$VARIANTS/taos-host_$1_amd64.deb"
+    dpkg-deb -R "$HOST_DEB" "$tree"
+    sed -i "s/^Version: .*/Version: $1/" "$tree/DEBIAN/control"
+    rm -f "$tree/DEBIAN/md5sums"
+    case "$2" in
+        exits) printf '#!/bin/sh\necho "taos-host: this build is broken on purpose" >&2\nexit 1\n' >"$tree/usr/bin/taos-host" ;;
+        migrates-then-exits)
+            # Applies a "newer migration" version N can't know (N refuses to open such a
+            # database), then exits: the rollback must put the database backup back.
+            cat >"$tree/usr/bin/taos-host" <<'SH'
+#!/bin/sh
+if [ "$*" = "--data-dir /var/lib/taos serve" ]; then
+    python3 -c 'import sqlite3
+db = sqlite3.connect("/var/lib/taos/taos.db")
+db.execute("CREATE TABLE newer_version (x)")
+db.execute("INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) VALUES (9999, ?, CURRENT_TIMESTAMP, 1, ?, 0)", ("newer", bytes(1)))
+db.commit()'
+fi
+echo "taos-host: this build is broken on purpose" >&2
+exit 1
+SH
+            ;;
+        hangs) printf '#!/bin/sh\n[ "$*" = "--data-dir /var/lib/taos serve" ] && exec sleep 3600\nexit 1\n' >"$tree/usr/bin/taos-host" ;;
+        other-key)
+            mkdir -p "$tree/usr/lib/taos-host"
+            mv "$tree/usr/bin/taos-host" "$tree/usr/lib/taos-host/taos-host"
+            # The service's own command line gets a fresh data dir: a new key on the same port.
+            printf '#!/bin/sh\nif [ "$*" = "--data-dir /var/lib/taos serve" ]; then exec /usr/lib/taos-host/taos-host --data-dir /var/lib/taos/other-key serve; fi\nexec /usr/lib/taos-host/taos-host "$@"\n' \
+                >"$tree/usr/bin/taos-host"
+            ;;
+        good) ;;
+    esac
+    chmod 755 "$tree/usr/bin/taos-host"
+    dpkg-deb --root-owner-group -Znone -b "$tree" "$out" >/dev/null
+    rm -rf "$tree"
+    echo "$out"
+}
+V_EXITS="$(make_variant 0.1.0-2 migrates-then-exits)"
+V_OTHER_KEY="$(make_variant 0.1.0-3 other-key)"
+V_KILLED="$(make_variant 0.1.0-4 exits)"
+V_APT="$(make_variant 0.1.0-5 hangs)"
+V_GOOD="$(make_variant 0.1.0-6 good)"
+incus file push -q "$V_EXITS" "$V_OTHER_KEY" "$V_KILLED" "$V_APT" "$V_GOOD" "$NAME/root/"
+
+# Chat messages written on version N must all be there after every rollback.
+in_ct sh -c 'printf "%s\n" "an owner password" | taos-host user create owner --password-stdin' >/dev/null \
+    || fail "cannot create the owner"
+CHANNEL="$(api /api/chat/channels '{"name":"before-update"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')" \
+    || fail "cannot create a channel"
+for i in 1 2 3; do
+    api /api/chat/messages "{\"channel_id\":\"$CHANNEL\",\"content\":\"message $i before the update\"}" >/dev/null \
+        || fail "cannot post message $i"
+done
+messages_intact() { # WHEN
+    local got
+    got="$(api "/api/chat/channels/$CHANNEL/messages" | grep -o 'message [0-9] before the update' | sort -u | wc -l)"
+    [ "$got" = 3 ] || fail "$1: $got of the 3 chat messages are left"
+}
+N_SUM="$(in_ct sha256sum /usr/bin/taos-host | cut -d' ' -f1)"
+back_on_n() { # WHEN
+    wait_active
+    [ "$(in_ct sha256sum /usr/bin/taos-host | cut -d' ' -f1)" = "$N_SUM" ] || fail "$1: /usr/bin/taos-host is not version N's"
+    wait_healthy "$1"
+    [ "$(in_ct taos-host fingerprint)" = "$FINGERPRINT" ] || fail "$1: the TLS key changed"
+    messages_intact "$1"
+    [ "$(in_ct taos-host update --status | cut -d: -f1)" = RolledBack ] || fail "$1: $(in_ct taos-host update --status)"
+}
+rolled_back_notice() { # VERSION WORDS
+    api "/api/notifications?limit=20" | python3 -c '
+import json, sys
+version, words = sys.argv[1], sys.argv[2]
+notes = json.load(sys.stdin)
+notes = notes.get("notifications", notes) if isinstance(notes, dict) else notes
+hit = [n for n in notes if n["title"] == f"Update to {version} rolled back" and words in n["message"]]
+sys.exit(0 if hit else 1)' "$1" "$2" || fail "no notification that the update to $1 was rolled back because $2"
+}
+
+T0=$(date +%s%N)
+OUT="$(in_ct taos-host update "/root/$(basename "$V_EXITS")" 2>&1)" && fail "an update to a binary that exits succeeded: $OUT"
+grep -q "failed and was rolled back: the new version exited" <<<"$OUT" || fail "taos-host update did not say why it rolled back: $OUT"
+back_on_n "after rolling back a binary that exits"
+rolled_back_notice 0.1.0-2 "the new version exited"
+rolled_back_notice 0.1.0-2 "The database was restored from the copy taken before the update"
+[ "$(in_ct python3 -c 'import sqlite3; print(sqlite3.connect("/var/lib/taos/taos.db").execute("SELECT count(*) FROM sqlite_master WHERE name = ?", ("newer_version",)).fetchone()[0])')" = 0 ] \
+    || fail "the new version's schema change is still in the database"
+pass "an update that migrates the database and exits is rolled back: version N runs on the restored database, same key, no message lost, the owner is notified"
+
+OUT="$(in_ct taos-host update "/root/$(basename "$V_OTHER_KEY")" 2>&1)" && fail "an update that changes the TLS key succeeded: $OUT"
+grep -q "the TLS key changed" <<<"$OUT" || fail "taos-host update did not say the key changed: $OUT"
+back_on_n "after rolling back a version with another key"
+rolled_back_notice 0.1.0-3 "the TLS key changed"
+pass "an update whose host presents another TLS key is rolled back"
+
+# SIGKILL the updater while apt installs: the next start of the service (the broken binary
+# exits, systemd restarts it) runs the previous binary's recovery first, which rolls back.
+sh_ct "setsid nohup taos-host update /root/$(basename "$V_KILLED") >/root/killed-update.log 2>&1 & echo \$! >/root/updater.pid"
+# Polled and killed inside the container: apt's install takes a few seconds, incus exec a tenth.
+# shellcheck disable=SC2016 # for the container's shell
+sh_ct 'for i in $(seq 1 600); do grep -q "\"phase\": \"installing\"" /var/lib/taos/update/state.json 2>/dev/null && break; sleep 0.05; done
+    grep -q "\"phase\": \"installing\"" /var/lib/taos/update/state.json && kill -KILL "$(cat /root/updater.pid)"' \
+    || fail "the updater never reached installing: $(in_ct cat /root/killed-update.log)"
+for _ in $(seq 1 120); do
+    [ "$(in_ct taos-host update --status 2>/dev/null | cut -d: -f1)" = RolledBack ] && break
+    sleep 1
+done
+back_on_n "after the updater was killed while installing"
+rolled_back_notice 0.1.0-4 "the updater stopped"
+in_ct taos-host logs --no-follow -n 400 | grep -q "rolled back an unfinished update" \
+    || fail "the service's start did not say it rolled back the unfinished update"
+pass "an updater killed mid-way is rolled back by the service's next start"
+
+# apt upgrading the package takes the same path (preinst backs up, postinst gates), here with
+# a binary that never gets ready: judged in the 60 s window, not at systemd's start timeout.
+OUT="$(incus exec "$NAME" --cwd /root -- env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "./$(basename "$V_APT")" 2>&1)" \
+    || fail "apt install of a failing upgrade failed outright: $OUT"
+grep -q "the update was rolled back" <<<"$OUT" || fail "apt's upgrade did not say it rolled back: $OUT"
+back_on_n "after apt upgraded to a binary that never gets ready"
+rolled_back_notice 0.1.0-5 "not healthy within 60 s"
+pass "apt upgrading to a version that never gets ready is rolled back within the 60 s window"
+
+OUT="$(in_ct taos-host update "/root/$(basename "$V_GOOD")" 2>&1)" || fail "a good update was refused: $OUT"
+# shellcheck disable=SC2016 # dpkg-query's field, not a variable
+[ "$(in_ct dpkg-query --show --showformat='${Version}' taos-host)" = 0.1.0-6 ] || fail "the good update is not installed"
+[ "$(in_ct taos-host update --status | cut -d: -f1)" = Done ] || fail "$(in_ct taos-host update --status)"
+wait_healthy "after a good update"
+messages_intact "after a good update"
+UPDATE_MS=$(( ($(date +%s%N) - T0) / 1000000 ))
+pass "a good update passes its gates and stays; the five update checks took $((UPDATE_MS / 1000)) s"
 
 in_ct env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q taos-host >/dev/null 2>&1 || fail "apt remove failed"
 [ "$(in_ct systemctl is-active taos-host 2>/dev/null || true)" != active ] || fail "the service still runs after apt remove"

@@ -34,3 +34,4 @@ pub mod setup;
 pub mod sys;
 pub mod tls;
 pub mod trace;
+pub mod update;
