@@ -314,6 +314,19 @@ hit = [n for n in notes if n["title"] == f"Update to {version} rolled back" and 
 sys.exit(0 if hit else 1)' "$1" "$2" || fail "no notification that the update to $1 was rolled back because $2"
 }
 
+# Bad input is refused before anything is stopped or written.
+BEFORE_PID="$(in_ct systemctl show -p MainPID --value taos-host)"
+BEFORE_STATE="$(in_ct taos-host update --status)"
+OUT="$(in_ct taos-host update "/root/$(basename "$AGENT_DEB")" 2>&1)" && fail "updating with the taos-agent package succeeded"
+grep -q "is the package taos-agent, not taos-host" <<<"$OUT" || fail "no clear refusal of the wrong package: $OUT"
+OUT="$(in_ct taos-host update /root/no-such.deb 2>&1)" && fail "updating with a missing file succeeded"
+grep -q "cannot read /root/no-such.deb" <<<"$OUT" || fail "no clear refusal of a missing file: $OUT"
+OUT="$(in_ct runuser -u nobody -- taos-host --data-dir /var/lib/taos update "/root/$(basename "$V_GOOD")" 2>&1)" && fail "a non-root update succeeded"
+grep -q "run it as root" <<<"$OUT" || fail "no clear refusal for a non-root user: $OUT"
+[ "$(in_ct systemctl show -p MainPID --value taos-host)" = "$BEFORE_PID" ] || fail "a refused update restarted the service"
+[ "$(in_ct taos-host update --status)" = "$BEFORE_STATE" ] || fail "a refused update changed the update state"
+pass "taos-host update refuses another package, a missing file and a non-root user, changing nothing"
+
 T0=$(date +%s%N)
 OUT="$(in_ct taos-host update "/root/$(basename "$V_EXITS")" 2>&1)" && fail "an update to a binary that exits succeeded: $OUT"
 grep -q "failed and was rolled back: the new version exited" <<<"$OUT" || fail "taos-host update did not say why it rolled back: $OUT"

@@ -98,6 +98,9 @@ pub struct UpdateState {
     pub failure: Option<String>,
     /// Whether the rollback put the database backup back.
     pub database_restored: Option<bool>,
+    /// The phase the rollback began from (a resumed rollback must undo the same things).
+    #[serde(default)]
+    pub rollback_from: Option<Phase>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -338,15 +341,26 @@ async fn prepare(paths: &Paths, to_version: &str) -> Result<UpdateState, UpdateE
         started_ms: db::now_ms(),
         failure: None,
         database_restored: None,
+        rollback_from: None,
     };
     write_state(paths, &state)?;
-    // Stopped first, so nothing is written after the backup's snapshot.
-    system::systemctl("stop")?;
-    state.schema_before = backup_database(paths).await?;
-    copy_binary(&paths.binary, &paths.previous())?;
-    state.phase = Phase::Prepared;
-    write_state(paths, &state)?;
-    Ok(state)
+    let steps = async {
+        // Stopped first, so nothing is written after the backup's snapshot.
+        system::systemctl("stop")?;
+        let schema = backup_database(paths).await?;
+        copy_binary(&paths.binary, &paths.previous())?;
+        Ok::<i64, UpdateError>(schema)
+    };
+    match steps.await {
+        Ok(schema) => {
+            state.schema_before = schema;
+            state.phase = Phase::Prepared;
+            write_state(paths, &state)?;
+            Ok(state)
+        }
+        // Nothing was installed: the rollback only starts the service again and says why.
+        Err(e) => Err(roll_back(paths, state, format!("the backup failed: {e}"), true).await),
+    }
 }
 
 /// `VACUUM INTO` the backup (temp name, then rename); returns the newest migration it holds.
@@ -441,7 +455,11 @@ async fn roll_back(
     failure: String,
     start: bool,
 ) -> UpdateError {
-    let from_phase = state.phase;
+    let from_phase = match (state.phase, state.rollback_from) {
+        (Phase::RollingBack, Some(from)) => from,
+        (phase, _) => phase,
+    };
+    state.rollback_from = Some(from_phase);
     state.phase = Phase::RollingBack;
     if state.failure.is_none() {
         state.failure = Some(failure.clone());
@@ -546,9 +564,13 @@ const DB_FILE_RESTORE: &str = "taos.db.restoring";
 /// rollback itself succeeded.
 async fn notify_owner(paths: &Paths, state: &UpdateState) {
     let failure = state.failure.clone().unwrap_or_default();
+    let what = if state.rollback_from == Some(Phase::Preparing) {
+        "was not installed"
+    } else {
+        "did not pass its checks and was rolled back"
+    };
     let message = format!(
-        "taos-host {} did not pass its checks and was rolled back; {} runs again. What failed: \
-         {failure}.{}",
+        "taos-host {} {what}; {} runs again. What failed: {failure}.{}",
         state.to_version,
         state.from_version,
         match state.database_restored {
