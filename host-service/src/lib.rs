@@ -15,6 +15,7 @@ pub mod failure;
 pub mod faults;
 pub mod fsutil;
 pub mod group_commit;
+pub mod host_firewall;
 pub mod http;
 pub mod isolation;
 #[cfg(test)]

@@ -97,6 +97,12 @@ enum Command {
         #[arg(long, group = "what", hide = true)]
         recover: bool,
     },
+    /// The host's nftables table (`inet taos`): the public port for the LAN only, the agent
+    /// listener for agents only.
+    Firewall {
+        #[command(subcommand)]
+        command: FirewallCommand,
+    },
     /// Check this machine for taos: RAM, free disk, cgroups, incus and Docker, and what setup
     /// would do. Changes nothing.
     Setup {
@@ -140,6 +146,24 @@ enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum FirewallCommand {
+    /// Load the rules and save them in the data dir (the service loads them at every start).
+    Apply {
+        /// A network allowed to reach the public port (repeat it); default: the private,
+        /// link-local and unique-local ranges.
+        #[arg(long = "lan", value_name = "ADDRESS/PREFIX")]
+        lan: Vec<String>,
+    },
+    /// Print the rules `apply` would load; changes nothing.
+    Show {
+        #[arg(long = "lan", value_name = "ADDRESS/PREFIX")]
+        lan: Vec<String>,
+    },
+    /// Delete the table and the saved rules.
+    Remove,
 }
 
 #[derive(Subcommand)]
@@ -205,6 +229,62 @@ fn logs(follow: bool, lines: u32) -> anyhow::Error {
         "cannot run journalctl: {error}. `taos-host logs` reads the systemd journal of the \
          installed service ({UNIT}); a host started by hand logs to its own standard error"
     )
+}
+
+/// `taos-host firewall`: the ports come from taos.toml as it is (nothing is written to it).
+fn firewall(data_dir: &std::path::Path, command: FirewallCommand) -> anyhow::Result<()> {
+    use taos_host::host_firewall::{self, Plan};
+    let plan = |lan: &[String]| -> anyhow::Result<Plan> {
+        let path = config::config_path(data_dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+        };
+        let config = config::parse(&path, &text, std::env::vars())?;
+        Ok(Plan::new(
+            config.server.bind.port(),
+            config.server.agent_bind.port(),
+            lan,
+        )?)
+    };
+    match command {
+        FirewallCommand::Show { lan } => {
+            print!("{}", host_firewall::ruleset(&plan(&lan)?));
+            Ok(())
+        }
+        FirewallCommand::Apply { lan } => {
+            let plan = plan(&lan)?;
+            anyhow::ensure!(
+                taos_host::sys::is_root(),
+                "`taos-host firewall apply` changes the machine's firewall: run it as root (sudo)"
+            );
+            let path = host_firewall::apply(data_dir, &plan)?;
+            let lan: Vec<String> = plan.lan.iter().map(ToString::to_string).collect();
+            println!(
+                "nftables table inet {} loaded and saved in {}: port {} open to {}; port {} to \
+                 this machine and the agents' bridges only",
+                host_firewall::TABLE,
+                path.display(),
+                plan.public_port,
+                lan.join(", "),
+                plan.agent_port
+            );
+            Ok(())
+        }
+        FirewallCommand::Remove => {
+            anyhow::ensure!(
+                taos_host::sys::is_root(),
+                "`taos-host firewall remove` changes the machine's firewall: run it as root (sudo)"
+            );
+            if host_firewall::remove(data_dir)? {
+                println!("removed the nftables table inet {}", host_firewall::TABLE);
+            } else {
+                println!("no taos firewall rules were in place");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// `taos-host update`: each mode of the updater (taos_host::update).
@@ -325,6 +405,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             finish,
             recover,
         } => update(&data_dir, package, resume, status, prepare, finish, recover).await,
+        Command::Firewall { command } => firewall(&data_dir, command),
         Command::Serve => {
             let opened = server::open(&data_dir).await?;
             init_logging(opened.config.log.format, &opened.config.log.level);
