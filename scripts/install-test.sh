@@ -278,8 +278,9 @@ V_EXITS="$(make_variant 0.1.0-2 migrates-then-exits)"
 V_OTHER_KEY="$(make_variant 0.1.0-3 other-key)"
 V_KILLED="$(make_variant 0.1.0-4 exits)"
 V_APT="$(make_variant 0.1.0-5 hangs)"
+V_RESUME="$(make_variant 0.1.0-5+resume hangs)"
 V_GOOD="$(make_variant 0.1.0-6 good)"
-incus file push -q "$V_EXITS" "$V_OTHER_KEY" "$V_KILLED" "$V_APT" "$V_GOOD" "$NAME/root/"
+incus file push -q "$V_EXITS" "$V_OTHER_KEY" "$V_KILLED" "$V_APT" "$V_RESUME" "$V_GOOD" "$NAME/root/"
 
 # Chat messages written on version N must all be there after every rollback.
 in_ct sh -c 'printf "%s\n" "an owner password" | taos-host user create owner --password-stdin' >/dev/null \
@@ -343,8 +344,9 @@ back_on_n "after rolling back a version with another key"
 rolled_back_notice 0.1.0-3 "the TLS key changed"
 pass "an update whose host presents another TLS key is rolled back"
 
-# SIGKILL the updater while apt installs: the next start of the service (the broken binary
-# exits, systemd restarts it) runs the previous binary's recovery first, which rolls back.
+# SIGKILL the updater while apt installs (apt goes on without it): the guard the updater armed
+# (a systemd timer running the previous binary's `update --resume` every 15 s) waits for apt
+# to finish, then rolls back.
 sh_ct "setsid nohup taos-host update /root/$(basename "$V_KILLED") >/root/killed-update.log 2>&1 & echo \$! >/root/updater.pid"
 # Polled and killed inside the container: apt's install takes a few seconds, incus exec a tenth.
 # shellcheck disable=SC2016 # for the container's shell
@@ -357,10 +359,10 @@ for _ in $(seq 1 120); do
 done
 back_on_n "after the updater was killed while installing"
 rolled_back_notice 0.1.0-4 "the updater stopped"
-LOGS="$(in_ct taos-host logs --no-follow -n 400)"
-grep -q "rolled back an unfinished update" <<<"$LOGS" \
-    || fail "the service's start did not say it rolled back the unfinished update"
-pass "an updater killed mid-way is rolled back by the service's next start"
+GUARD_LOG="$(in_ct journalctl --unit taos-host-update-guard.service --no-pager)"
+grep -q "the update to 0.1.0-4 failed and was rolled back: the updater stopped while installing" <<<"$GUARD_LOG" \
+    || fail "the guard did not say it rolled back: $GUARD_LOG"
+pass "an updater killed while apt installs is rolled back by its guard once apt is done"
 
 # apt upgrading the package takes the same path (preinst backs up, postinst gates), here with
 # a binary that never gets ready: judged in the 60 s window, not at systemd's start timeout.
@@ -371,14 +373,36 @@ back_on_n "after apt upgraded to a binary that never gets ready"
 rolled_back_notice 0.1.0-5 "not healthy within 60 s"
 pass "apt upgrading to a version that never gets ready is rolled back within the 60 s window"
 
+# SIGKILL the updater while it checks a version that never gets ready (so no start of the
+# service comes to the rescue before systemd's start timeout): `update --resume`, run with the
+# kept previous binary, rolls it back.
+sh_ct "setsid nohup taos-host update /root/$(basename "$V_RESUME") >/root/resume-update.log 2>&1 & echo \$! >/root/updater.pid"
+# shellcheck disable=SC2016 # for the container's shell
+sh_ct 'for i in $(seq 1 1200); do grep -q "\"phase\": \"gating\"" /var/lib/taos/update/state.json 2>/dev/null && break; sleep 0.05; done
+    grep -q "\"phase\": \"gating\"" /var/lib/taos/update/state.json && kill -KILL "$(cat /root/updater.pid)"' \
+    || fail "the updater never reached gating: $(in_ct cat /root/resume-update.log)"
+# The guard may be at it in the same second: then it is the one that resumes.
+for _ in $(seq 1 20); do
+    OUT="$(in_ct /var/lib/taos/update/taos-host.prev update --resume 2>&1)" && break
+    grep -q "another .taos-host update. is running" <<<"$OUT" || break
+    sleep 1
+done
+grep -q -e "rolled back: the updater stopped while checking the new version" \
+    -e "nothing to resume; the last update: RolledBack" <<<"$OUT" || fail "update --resume: $OUT"
+back_on_n "after resuming an update whose updater was killed while checking"
+rolled_back_notice 0.1.0-5+resume "the updater stopped while checking the new version"
+pass "an updater killed while checking is rolled back by update --resume"
+
 OUT="$(in_ct taos-host update "/root/$(basename "$V_GOOD")" 2>&1)" || fail "a good update was refused: $OUT"
 # shellcheck disable=SC2016 # dpkg-query's field, not a variable
 [ "$(in_ct dpkg-query --show --showformat='${Version}' taos-host)" = 0.1.0-6 ] || fail "the good update is not installed"
 [ "$(in_ct taos-host update --status | cut -d: -f1)" = Done ] || fail "$(in_ct taos-host update --status)"
 wait_healthy "after a good update"
 messages_intact "after a good update"
+[ "$(in_ct systemctl is-active taos-host-update-guard.timer 2>/dev/null || true)" != active ] \
+    || fail "the update guard's timer still runs after the update finished"
 UPDATE_MS=$(( ($(date +%s%N) - T0) / 1000000 ))
-pass "a good update passes its gates and stays; the five update checks took $((UPDATE_MS / 1000)) s"
+pass "a good update passes its gates and stays; the six update checks took $((UPDATE_MS / 1000)) s"
 
 # --- The host's firewall (`taos-host firewall`, nftables table inet taos) ---
 in_ct env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables >/dev/null 2>&1 \

@@ -280,11 +280,28 @@ pub async fn resume(paths: &Paths) -> Result<Option<UpdateState>, UpdateError> {
     let _lock = lock_or_refuse(paths)?;
     match read_state(paths)? {
         Some(state) if !state.phase.is_finished() => {
+            refuse_while_packages_change(&state)?;
             let reason = interrupted_reason(&state);
             Err(roll_back(paths, state, reason, true).await)
         }
-        other => Ok(other),
+        other => {
+            system::disarm_guard();
+            Ok(other)
+        }
     }
+}
+
+/// Between the backup and the gates, apt may still be unpacking the package (its updater
+/// died, apt did not): rolling back now would be overwritten. The guard tries again.
+fn refuse_while_packages_change(state: &UpdateState) -> Result<(), UpdateError> {
+    if matches!(state.phase, Phase::Prepared | Phase::Installing)
+        && system::package_manager_running()
+    {
+        return Err(UpdateError::Refused(
+            "apt or dpkg is still running; the rollback waits until it is done".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The unit's `ExecStartPre` hook: if an update is unfinished and its updater is gone, roll
@@ -297,6 +314,10 @@ pub async fn recover_before_start(paths: &Paths) -> Result<Option<String>, Updat
     };
     match read_state(paths)? {
         Some(state) if !state.phase.is_finished() => {
+            if refuse_while_packages_change(&state).is_err() {
+                // The package's postinst or the guard finishes it.
+                return Ok(None);
+            }
             let reason = interrupted_reason(&state);
             match roll_back(paths, state, reason.clone(), false).await {
                 UpdateError::RolledBack { .. } => Ok(Some(reason)),
@@ -345,10 +366,12 @@ async fn prepare(paths: &Paths, to_version: &str) -> Result<UpdateState, UpdateE
     };
     write_state(paths, &state)?;
     let steps = async {
-        // Stopped first, so nothing is written after the backup's snapshot.
+        // The binary first: the guard runs it if this process dies from here on.
+        copy_binary(&paths.binary, &paths.previous())?;
+        system::arm_guard(&paths.previous(), &paths.data_dir)?;
+        // Stopped before the copy, so nothing is written after the backup's snapshot.
         system::systemctl("stop")?;
         let schema = backup_database(paths).await?;
-        copy_binary(&paths.binary, &paths.previous())?;
         Ok::<i64, UpdateError>(schema)
     };
     match steps.await {
@@ -434,11 +457,20 @@ async fn gate_and_finish(
     write_state(paths, &state)?;
     // Not waiting for the start: a version that never gets ready must still be judged within
     // the window, and one that exits is seen by the gates.
-    system::start_no_block()?;
+    if let Err(e) = system::start_no_block() {
+        return Err(roll_back(
+            paths,
+            state,
+            format!("cannot start the new version: {e}"),
+            true,
+        )
+        .await);
+    }
     match gates::run(paths, &state, GATE_WINDOW).await {
         Ok(()) => {
             state.phase = Phase::Done;
             write_state(paths, &state)?;
+            system::disarm_guard();
             Ok(state)
         }
         Err(failure) => Err(roll_back(paths, state, failure.to_string(), true).await),
@@ -503,6 +535,7 @@ async fn restore(
     notify_owner(paths, state).await;
     state.phase = Phase::RolledBack;
     write_state(paths, state)?;
+    system::disarm_guard();
     if start {
         system::systemctl("start")?;
     }

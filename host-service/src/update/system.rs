@@ -59,6 +59,69 @@ pub fn systemctl(action: &str) -> Result<(), SystemError> {
     run("systemctl", &[action, UNIT], &[]).map(|_| ())
 }
 
+/// The guard's unit (a transient timer and service made with systemd-run).
+pub const GUARD: &str = "taos-host-update-guard";
+
+/// Arms the dead man's switch: every 15 s, `<previous binary> update --resume`. While the
+/// updater lives it holds the lock and the resume refuses; once the update is finished the
+/// resume finds nothing to do and disarms it; if the updater died, it rolls back.
+pub fn arm_guard(previous: &Path, data_dir: &Path) -> Result<(), SystemError> {
+    disarm_guard();
+    let _ = run(
+        "systemctl",
+        &[
+            "reset-failed",
+            &format!("{GUARD}.service"),
+            &format!("{GUARD}.timer"),
+        ],
+        &[],
+    );
+    let previous = previous.to_string_lossy();
+    let data_dir = data_dir.to_string_lossy();
+    run(
+        "systemd-run",
+        &[
+            "--unit",
+            GUARD,
+            "--description=taos-host update guard (rolls back an update whose updater died)",
+            "--on-active=15",
+            "--on-unit-active=15",
+            "--timer-property=AccuracySec=1s",
+            "--quiet",
+            &previous,
+            "--data-dir",
+            &data_dir,
+            "update",
+            "--resume",
+        ],
+        &[],
+    )
+    .map(|_| ())
+}
+
+/// Stops the guard's timer (without waiting: the guard itself may be the caller).
+pub fn disarm_guard() {
+    let _ = run(
+        "systemctl",
+        &["stop", "--no-block", &format!("{GUARD}.timer")],
+        &[],
+    );
+}
+
+/// Whether apt or dpkg is running: a package being unpacked or configured must not have its
+/// files rolled back under it (the rollback waits for the next try).
+pub fn package_manager_running() -> bool {
+    const NAMES: &[&str] = &["dpkg", "apt", "apt-get", "aptitude", "unattended-upgr"];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read_to_string(entry.path().join("comm"))
+            .map(|comm| NAMES.contains(&comm.trim()))
+            .unwrap_or(false)
+    })
+}
+
 /// Queues a start of the service without waiting for it to be ready.
 pub fn start_no_block() -> Result<(), SystemError> {
     run("systemctl", &["start", "--no-block", UNIT], &[]).map(|_| ())
