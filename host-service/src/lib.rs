@@ -15,6 +15,7 @@ pub mod failure;
 pub mod faults;
 pub mod fsutil;
 pub mod group_commit;
+pub mod host_firewall;
 pub mod http;
 pub mod isolation;
 #[cfg(test)]
@@ -36,3 +37,4 @@ pub mod snapshots;
 pub mod sys;
 pub mod tls;
 pub mod trace;
+pub mod update;

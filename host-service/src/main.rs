@@ -84,6 +84,35 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: u32,
     },
+    /// Install a new taos-host package, check it comes up healthy (health, TLS key, database,
+    /// agents) within 60 s, and roll back to the running version if it does not.
+    #[command(group(clap::ArgGroup::new("what").required(true)))]
+    Update {
+        /// The taos-host_<version>_<arch>.deb to install.
+        #[arg(group = "what")]
+        package: Option<PathBuf>,
+        /// Finish an interrupted update by rolling it back.
+        #[arg(long, group = "what")]
+        resume: bool,
+        /// Print the state of the last update.
+        #[arg(long, group = "what")]
+        status: bool,
+        /// For the package's preinst: back up and stop before dpkg unpacks <VERSION>.
+        #[arg(long, group = "what", value_name = "VERSION", hide = true)]
+        prepare: Option<String>,
+        /// For the package's postinst: start and gate what dpkg unpacked.
+        #[arg(long, group = "what", hide = true)]
+        finish: bool,
+        /// For the unit's ExecStartPre: roll back an update whose updater died.
+        #[arg(long, group = "what", hide = true)]
+        recover: bool,
+    },
+    /// The host's nftables table (`inet taos`): the public port for the LAN only, the agent
+    /// listener for agents only.
+    Firewall {
+        #[command(subcommand)]
+        command: FirewallCommand,
+    },
     /// Check this machine for taos: RAM, free disk, cgroups, incus and Docker, and what setup
     /// would do. Changes nothing.
     Setup {
@@ -127,6 +156,24 @@ enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum FirewallCommand {
+    /// Load the rules and save them in the data dir (the service loads them at every start).
+    Apply {
+        /// A network allowed to reach the public port (repeat it); default: the private,
+        /// link-local and unique-local ranges.
+        #[arg(long = "lan", value_name = "ADDRESS/PREFIX")]
+        lan: Vec<String>,
+    },
+    /// Print the rules `apply` would load; changes nothing.
+    Show {
+        #[arg(long = "lan", value_name = "ADDRESS/PREFIX")]
+        lan: Vec<String>,
+    },
+    /// Delete the table and the saved rules.
+    Remove,
 }
 
 #[derive(Subcommand)]
@@ -194,6 +241,142 @@ fn logs(follow: bool, lines: u32) -> anyhow::Error {
     )
 }
 
+/// `taos-host firewall`: the ports come from taos.toml as it is (nothing is written to it).
+fn firewall(data_dir: &std::path::Path, command: FirewallCommand) -> anyhow::Result<()> {
+    use taos_host::host_firewall::{self, Plan};
+    let plan = |lan: &[String]| -> anyhow::Result<Plan> {
+        let path = config::config_path(data_dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+        };
+        let config = config::parse(&path, &text, std::env::vars())?;
+        Ok(Plan::new(
+            config.server.bind.port(),
+            config.server.agent_bind.port(),
+            lan,
+        )?)
+    };
+    match command {
+        FirewallCommand::Show { lan } => {
+            print!("{}", host_firewall::ruleset(&plan(&lan)?));
+            Ok(())
+        }
+        FirewallCommand::Apply { lan } => {
+            let plan = plan(&lan)?;
+            anyhow::ensure!(
+                taos_host::sys::is_root(),
+                "`taos-host firewall apply` changes the machine's firewall: run it as root (sudo)"
+            );
+            let path = host_firewall::apply(data_dir, &plan)?;
+            let lan: Vec<String> = plan.lan.iter().map(ToString::to_string).collect();
+            println!(
+                "nftables table inet {} loaded and saved in {}: port {} open to {}; port {} to \
+                 this machine and the agents' bridges only",
+                host_firewall::TABLE,
+                path.display(),
+                plan.public_port,
+                lan.join(", "),
+                plan.agent_port
+            );
+            Ok(())
+        }
+        FirewallCommand::Remove => {
+            anyhow::ensure!(
+                taos_host::sys::is_root(),
+                "`taos-host firewall remove` changes the machine's firewall: run it as root (sudo)"
+            );
+            if host_firewall::remove(data_dir)? {
+                println!("removed the nftables table inet {}", host_firewall::TABLE);
+            } else {
+                println!("no taos firewall rules were in place");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `taos-host update`: each mode of the updater (taos_host::update).
+async fn update(
+    data_dir: &std::path::Path,
+    package: Option<PathBuf>,
+    resume: bool,
+    status: bool,
+    prepare: Option<String>,
+    finish: bool,
+    recover: bool,
+) -> anyhow::Result<()> {
+    use taos_host::update::{self, Paths};
+    let paths = Paths::new(data_dir);
+    let describe = |state: &update::UpdateState| {
+        format!(
+            "{:?}: {} → {}{}",
+            state.phase,
+            state.from_version,
+            state.to_version,
+            state
+                .failure
+                .as_deref()
+                .map(|f| format!(" (failed: {f})"))
+                .unwrap_or_default()
+        )
+    };
+    if status {
+        match update::read_state(&paths)? {
+            Some(state) => println!("{}", describe(&state)),
+            None => println!("no update has run on {}", data_dir.display()),
+        }
+        return Ok(());
+    }
+    // Not root: every step below needs it (systemctl, apt, /usr/bin, the data dir).
+    anyhow::ensure!(
+        taos_host::sys::is_root(),
+        "`taos-host update` changes the installed package and its service: run it as root (sudo)"
+    );
+    if recover {
+        // The unit's ExecStartPre: say what happened in the journal, never block the start.
+        match update::recover_before_start(&paths).await {
+            Ok(Some(reason)) => {
+                eprintln!("taos-host update: rolled back an unfinished update: {reason}")
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!("taos-host update: could not recover an unfinished update: {e}"),
+        }
+        return Ok(());
+    }
+    if let Some(version) = prepare {
+        update::prepare_for_package(&paths, &version).await?;
+        println!(
+            "taos-host: backed up the database and the running binary before installing {version}"
+        );
+        return Ok(());
+    }
+    if finish {
+        if let Some(state) = update::finish_for_package(&paths).await? {
+            println!(
+                "taos-host: updated, all checks passed ({})",
+                describe(&state)
+            );
+        }
+        return Ok(());
+    }
+    if resume {
+        match update::resume(&paths).await? {
+            Some(state) => println!("nothing to resume; the last update: {}", describe(&state)),
+            None => println!("nothing to resume; no update has run"),
+        }
+        return Ok(());
+    }
+    let package = package.ok_or_else(|| anyhow::anyhow!("name the package to install"))?;
+    let state = update::run(&paths, &package).await?;
+    println!(
+        "updated taos-host {} → {}; health, TLS key, database and agents checked",
+        state.from_version, state.to_version
+    );
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.unwrap_or_else(config::default_data_dir);
     match cli.command {
@@ -224,6 +407,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Update {
+            package,
+            resume,
+            status,
+            prepare,
+            finish,
+            recover,
+        } => update(&data_dir, package, resume, status, prepare, finish, recover).await,
+        Command::Firewall { command } => firewall(&data_dir, command),
         Command::Serve => {
             let opened = server::open(&data_dir).await?;
             init_logging(opened.config.log.format, &opened.config.log.level);

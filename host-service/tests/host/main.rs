@@ -37,6 +37,7 @@ mod input;
 mod isolation;
 mod lifecycle_crash;
 mod llm;
+mod migrations;
 mod openclaw;
 mod ops;
 mod overview;
