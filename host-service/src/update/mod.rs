@@ -372,6 +372,7 @@ async fn prepare(paths: &Paths, to_version: &str) -> Result<UpdateState, UpdateE
         // Stopped before the copy, so nothing is written after the backup's snapshot.
         system::systemctl("stop")?;
         let schema = backup_database(paths).await?;
+        snapshot_data_dir(&paths.data_dir).await;
         Ok::<i64, UpdateError>(schema)
     };
     match steps.await {
@@ -383,6 +384,28 @@ async fn prepare(paths: &Paths, to_version: &str) -> Result<UpdateState, UpdateE
         }
         // Nothing was installed: the rollback only starts the service again and says why.
         Err(e) => Err(roll_back(paths, state, format!("the backup failed: {e}"), true).await),
+    }
+}
+
+/// Where the data dir is a btrfs subvolume, a read-only snapshot of all of it (not only the
+/// database) with the service stopped. Best effort: the database backup above is what a
+/// rollback uses, so a snapshot that fails is logged, not a reason to stop the update.
+async fn snapshot_data_dir(data_dir: &Path) {
+    use crate::snapshots;
+    if !matches!(snapshots::support(data_dir), Ok(snapshots::Support::Ready)) {
+        return;
+    }
+    match snapshots::take(data_dir, snapshots::Reason::Update).await {
+        Ok(s) => {
+            tracing::info!(snapshot = %s.name, "snapshot taken before the update");
+            let keep = crate::config::load_or_init(data_dir)
+                .map(|c| c.snapshots.retention())
+                .unwrap_or_else(|_| crate::config::SnapshotsConfig::default().retention());
+            if let Err(e) = snapshots::prune(data_dir, keep).await {
+                tracing::warn!(error = %e, "could not delete old snapshots");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "no snapshot before the update"),
     }
 }
 
