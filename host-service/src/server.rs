@@ -382,6 +382,7 @@ async fn build(
         crate::secrets::SecretBox::load_or_create(&data_dir)?,
         hub.clone(),
         traces.clone(),
+        agents.clone(),
     );
     let approvals = Arc::new(crate::approvals::Approvals::new(
         db.clone(),
