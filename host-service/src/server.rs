@@ -208,6 +208,7 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     state.llm.reload().await?;
     // Before the API serves, so a new run can't be taken for one the last host left behind.
     state.backups.recover().await?;
+    state.backups.recover_drills().await?;
     let serving = start_serving(&state, &identity, bound, gateway_listeners)?;
     // A scheduled backup whose time passed while the host was off runs once now (recorded as
     // `missed`), and the schedule loop takes the next ones.

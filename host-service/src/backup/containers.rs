@@ -117,6 +117,7 @@ pub async fn stage(
                 error,
             })?;
         tracing::info!(agent = %agent.slug, %container, bytes, running = state.running, "exported the container for the backup");
+        let service = crate::agents::deploy::service_of(&agent);
         out.containers.push(StagedContainer {
             agent_id: agent.id.to_string(),
             slug: agent.slug,
@@ -124,6 +125,7 @@ pub async fn stage(
             file,
             bytes,
             running: state.running,
+            service,
         });
     }
     Ok(out)

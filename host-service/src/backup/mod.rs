@@ -13,6 +13,7 @@
 //! the next start (`recover`). Failures notify the owner with what to do.
 
 pub mod containers;
+pub mod drill;
 pub mod remote;
 pub mod restic;
 pub mod restore;
@@ -47,8 +48,8 @@ pub const BACKUP_DIR: &str = "backup";
 pub const STAGE_NAME: &str = "taos-data";
 const PASSWORD_FILE: &str = "repository-password";
 /// An SFTP destination's private key and pinned host key, 0600 files for the length of a run.
-const SSH_KEY_FILE: &str = "sftp-key";
-const KNOWN_HOSTS_FILE: &str = "sftp-known-hosts";
+pub(crate) const SSH_KEY_FILE: &str = "sftp-key";
+pub(crate) const KNOWN_HOSTS_FILE: &str = "sftp-known-hosts";
 pub(crate) const CACHE_DIR: &str = "cache";
 pub(crate) const TMP_DIR: &str = "tmp";
 /// Every snapshot the host makes carries this tag (and `taos-schema-<n>`, `taos-run-<id>`).
@@ -83,6 +84,8 @@ pub enum BackupError {
     Conflict(String),
     #[error("no such backup run")]
     NotFound,
+    #[error("no such restore drill")]
+    DrillNotFound,
     #[error("the destination {path} can't be used: {why}")]
     Unreachable { path: String, why: String },
     #[error(transparent)]
@@ -388,7 +391,8 @@ impl Backups {
         let inserted = sqlx::query(
             "INSERT INTO backup_runs (id, state, reason, destination, created_at) \
              SELECT ?, 'queued', ?, ?, ? WHERE NOT EXISTS \
-             (SELECT 1 FROM backup_runs WHERE state IN ('queued', 'running'))",
+             (SELECT 1 FROM backup_runs WHERE state IN ('queued', 'running')) AND NOT EXISTS \
+             (SELECT 1 FROM backup_drills WHERE state = 'running')",
         )
         .bind(&id)
         .bind(reason.as_str())
@@ -397,12 +401,17 @@ impl Backups {
         .execute(&self.0.db)
         .await?;
         if inserted.rows_affected() == 0 {
-            let busy: String = sqlx::query_scalar(
+            let busy: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM backup_runs WHERE state IN ('queued', 'running') LIMIT 1",
             )
-            .fetch_one(&self.0.db)
+            .fetch_optional(&self.0.db)
             .await?;
-            return Err(BackupError::AlreadyRunning(busy));
+            return Err(match busy {
+                Some(run) => BackupError::AlreadyRunning(run),
+                None => BackupError::Conflict(
+                    "a restore drill is running; wait for it to finish".into(),
+                ),
+            });
         }
         let run = self.get(&id).await?;
         let me = self.clone();

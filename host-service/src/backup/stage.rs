@@ -55,6 +55,13 @@ pub struct StagedContainer {
     pub bytes: u64,
     /// Whether it was running when exported (restore starts it again if so).
     pub running: bool,
+    /// The systemd unit of the agent inside (what a drill checks is up).
+    #[serde(default = "default_service")]
+    pub service: String,
+}
+
+fn default_service() -> String {
+    "taos-agent".into()
 }
 
 /// What was staged, for the log.

@@ -442,6 +442,7 @@ impl From<crate::backup::BackupError> for ApiError {
             }
             BackupError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             BackupError::NotFound => ApiError::not_found("no such backup run"),
+            BackupError::DrillNotFound => ApiError::not_found("no such restore drill"),
             e => ApiError::internal(e),
         }
     }

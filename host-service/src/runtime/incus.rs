@@ -921,6 +921,28 @@ impl Incus {
         }
     }
 
+    /// Cuts a (stopped) instance off for a restore drill: its proxy devices (which would
+    /// reach the live host's agent listener with the real agent's token) and its NIC are
+    /// removed, so the copy boots with loopback only.
+    pub async fn isolate_for_drill(&self, name: &str) -> Result<(), RuntimeError> {
+        let path = Self::instance(name)?;
+        let mut instance = self.call(Method::GET, &path, None).await?;
+        if let Some(devices) = instance["devices"].as_object_mut() {
+            devices.retain(|_, d| d["type"] != "proxy" && d["type"] != "nic");
+            // The profile's NIC too: a device of type none masks it.
+            devices.insert("eth0".into(), json!({"type": "none"}));
+        }
+        let body = json!({
+            "architecture": instance["architecture"],
+            "config": instance["config"],
+            "devices": instance["devices"],
+            "ephemeral": instance["ephemeral"],
+            "profiles": instance["profiles"],
+            "description": instance["description"],
+        });
+        self.call(Method::PUT, &path, Some(body)).await.map(|_| ())
+    }
+
     /// A project of its own for throwaway instances (restore drills): it shares the default
     /// project's profiles, images, networks and volumes, so an agent's container imported
     /// into it finds its profile, and nothing in it can clash with a live agent's name.

@@ -6,6 +6,10 @@
 //! Container names are unique per test run (other tests use incus at the same time), and
 //! every container is removed by a guard even when the test fails.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use taos_e2e::fixtures::{
@@ -13,7 +17,9 @@ use taos_e2e::fixtures::{
 };
 use taos_e2e::{Host, HostOptions};
 use taos_host::runtime::Runtime;
-use taos_proto::backup::{BackupRun, BackupState};
+use taos_proto::backup::{
+    BackupDrill, BackupRun, BackupSettings, BackupState, DrillReason, DrillState,
+};
 
 use crate::backup::{outside, run_backup, Outside};
 use crate::BIN;
@@ -157,6 +163,37 @@ async fn a_whole_host_restore_brings_an_incus_agents_container_back() {
     })
     .await;
 
+    step(
+        "a drill boots the agent's container in a throwaway project",
+        async {
+            let drill = run_drill(&restored).await;
+            assert_eq!(drill.state, DrillState::Passed, "{drill:?}");
+            let names: Vec<&str> = drill.checks.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "repository".to_string(),
+                    "restore".into(),
+                    "database".into(),
+                    format!("container:{container}")
+                ],
+                "{drill:?}"
+            );
+            assert!(drill.checks.iter().all(|c| c.ok), "{drill:?}");
+            // Torn down: no drill project is left, and the live agent was not disturbed.
+            let projects = std::process::Command::new("incus")
+                .args(["project", "list", "--format", "csv", "--columns", "n"])
+                .output()
+                .unwrap();
+            let projects = String::from_utf8_lossy(&projects.stdout);
+            assert!(!projects.contains("taos-drill-"), "{projects}");
+            assert!(rt.state(&container).await.unwrap().running);
+            let answer = ask_and_wait(&restored, &slug, "after the drill").await;
+            assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+        },
+    )
+    .await;
+
     // A second restore onto the same incus is refused: the container's name is taken, and
     // nothing is written.
     let again_temp = tempfile::tempdir().unwrap();
@@ -180,4 +217,321 @@ async fn a_whole_host_restore_brings_an_incus_agents_container_back() {
     assert!(!again.exists(), "the failed restore removed what it made");
     assert!(rt.state(&container).await.unwrap().running);
     drop(restored);
+}
+
+/// Starts a drill and waits for it to end; returns the finished drill.
+async fn run_drill(host: &Host) -> BackupDrill {
+    let drill: BackupDrill = host
+        .call(
+            Method::POST,
+            "/api/backups/drill",
+            None,
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    assert_eq!(drill.state, DrillState::Running);
+    wait_drill(host, &drill.id).await
+}
+
+async fn wait_drill(host: &Host, id: &str) -> BackupDrill {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let drill: BackupDrill = host.get(&format!("/api/backups/drills/{id}")).await;
+        if drill.state != DrillState::Running {
+            return drill;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "drill {id} never ended: {drill:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn no_litellm(data_dir: Option<PathBuf>, extra: &[(&str, &str)]) -> HostOptions {
+    let mut env = vec![(
+        taos_e2e::fixtures::NO_LITELLM.0.to_string(),
+        taos_e2e::fixtures::NO_LITELLM.1.to_string(),
+    )];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    HostOptions { data_dir, env }
+}
+
+/// Flips bytes in the middle of every pack file of a local restic repository.
+fn corrupt_packs(repo: &Path) -> usize {
+    let mut flipped = 0;
+    let mut stack = vec![repo.join("data")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let mut perms = std::fs::metadata(&path).unwrap().permissions();
+            perms.set_mode(0o600);
+            std::fs::set_permissions(&path, perms).unwrap();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            for b in bytes.iter_mut().skip(middle.saturating_sub(16)).take(32) {
+                *b ^= 0xa5;
+            }
+            std::fs::write(&path, bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    flipped
+}
+
+/// Drills without containers (no incus needed): bad requests are refused and change
+/// nothing; a good backup's drill passes every check; a drill falls due by the schedule while
+/// the host is off and runs at its next start; and after bytes are flipped in the
+/// repository's pack files the drill fails, says why, and notifies.
+#[tokio::test]
+async fn a_drill_passes_a_good_backup_and_catches_a_corrupted_one() {
+    let out = outside();
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let mut host = Host::start_with(BIN, no_litellm(Some(data_dir.clone()), &[]))
+        .await
+        .unwrap();
+    host.setup_owner().await;
+
+    step("bad drill requests are refused and change nothing", async {
+        host.expect_error(
+            Method::POST,
+            "/api/backups/drill",
+            None,
+            StatusCode::CONFLICT,
+            "not_configured",
+        )
+        .await;
+        configure(&host, &out).await;
+        // Set up, but nothing backed up yet: nothing to drill.
+        host.expect_error(
+            Method::POST,
+            "/api/backups/drill",
+            None,
+            StatusCode::CONFLICT,
+            "conflict",
+        )
+        .await;
+        for days in [91, 1000] {
+            host.expect_error(
+                Method::PUT,
+                "/api/backups/settings",
+                Some(&json!({
+                    "destination": {"kind": "local", "path": out.repo.display().to_string()},
+                    "drill_every_days": days,
+                })),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            )
+            .await;
+        }
+        host.expect_error(
+            Method::GET,
+            "/api/backups/drills/no-such-drill",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+        host.expect_error(
+            Method::GET,
+            "/api/backups/drills?limit=0",
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        )
+        .await;
+        let settings: BackupSettings = host.get("/api/backups/settings").await;
+        assert_eq!(settings.drill_every_days, 7, "unchanged");
+        let drills: Vec<BackupDrill> = host.get("/api/backups/drills").await;
+        assert!(drills.is_empty(), "{drills:?}");
+    })
+    .await;
+
+    let good = step("a good backup's drill passes", async {
+        let run = run_backup(&host).await;
+        assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+        let drill: BackupDrill = host
+            .call(
+                Method::POST,
+                "/api/backups/drill",
+                None,
+                StatusCode::ACCEPTED,
+            )
+            .await;
+        // One at a time, and no backup while a drill has the repository.
+        host.expect_error(
+            Method::POST,
+            "/api/backups/drill",
+            None,
+            StatusCode::CONFLICT,
+            "conflict",
+        )
+        .await;
+        host.expect_error(
+            Method::POST,
+            "/api/backups",
+            None,
+            StatusCode::CONFLICT,
+            "conflict",
+        )
+        .await;
+        let drill = wait_drill(&host, &drill.id).await;
+        assert_eq!(drill.state, DrillState::Passed, "{drill:?}");
+        assert_eq!(drill.reason, DrillReason::Manual);
+        assert_eq!(drill.snapshot_id, run.snapshot_id);
+        let names: Vec<&str> = drill.checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["repository", "restore", "database"], "{drill:?}");
+        assert!(drill.checks.iter().all(|c| c.ok), "{drill:?}");
+        assert!(drill.checks[2].detail.contains("integrity ok"), "{drill:?}");
+        assert!(!host.data_dir.join("backup/drill").exists());
+        assert!(!host.data_dir.join("backup/drill-password").exists());
+        drill
+    })
+    .await;
+
+    step(
+        "a drill that fell due while the host was off runs at its start",
+        async {
+            assert_eq!(host.terminate().await.unwrap(), Some(0));
+            let db = sqlx::SqlitePool::connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("taos.db")),
+            )
+            .await
+            .unwrap();
+            // The last drill was 8 days ago (the default interval is 7).
+            sqlx::query("UPDATE backup_drills SET created_at = created_at - 8 * 86400000")
+                .execute(&db)
+                .await
+                .unwrap();
+            db.close().await;
+            host = Host::start_with(BIN, no_litellm(Some(data_dir.clone()), &[]))
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let scheduled = loop {
+                let drills: Vec<BackupDrill> = host.get("/api/backups/drills").await;
+                if let Some(d) = drills.iter().find(|d| d.id != good.id) {
+                    break d.clone();
+                }
+                assert!(Instant::now() < deadline, "no scheduled drill: {drills:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            assert_eq!(scheduled.reason, DrillReason::Scheduled);
+            let scheduled = wait_drill(&host, &scheduled.id).await;
+            assert_eq!(scheduled.state, DrillState::Passed, "{scheduled:?}");
+            // Once: the next is due in 7 days.
+            let drills: Vec<BackupDrill> = host.get("/api/backups/drills").await;
+            assert_eq!(drills.len(), 2, "{drills:?}");
+        },
+    )
+    .await;
+
+    step(
+        "a corrupted repository fails the drill, which notifies",
+        async {
+            assert!(corrupt_packs(&out.repo) > 0);
+            let drill = run_drill(&host).await;
+            assert_eq!(drill.state, DrillState::Failed, "{drill:?}");
+            let error = drill.error.clone().unwrap();
+            assert!(!error.is_empty());
+            // Every pack is damaged: restic's check reads every tree, and the restore every blob
+            // the snapshot needs, so both fail (and the database is not reached).
+            let failed: Vec<&str> = drill
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| c.name.as_str())
+                .collect();
+            assert_eq!(failed, ["repository", "restore"], "{drill:?}");
+            assert!(error.contains("restic check failed"), "{error}");
+            assert!(error.contains("did not restore"), "{error}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let note = loop {
+                let notes: Vec<Value> = host.get("/api/notifications").await;
+                if let Some(n) = notes
+                    .into_iter()
+                    .find(|n| n["data"]["drill_id"] == drill.id.as_str())
+                {
+                    break n;
+                }
+                assert!(Instant::now() < deadline, "no drill notification");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(note["source"], "backup");
+            assert_eq!(note["level"], "error");
+            assert_eq!(note["title"], "Restore drill failed");
+            assert!(
+                note["message"].as_str().unwrap().contains(&error),
+                "the reason in words: {note}"
+            );
+            assert!(!host.data_dir.join("backup/drill").exists());
+        },
+    )
+    .await;
+}
+
+/// A host killed mid-drill marks the drill failed at its next start, says so, and removes
+/// what the drill left (the restored copy, its password file).
+#[tokio::test]
+async fn a_host_killed_mid_drill_marks_it_failed_at_its_next_start() {
+    let out = outside();
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let mut host = Host::start_with(
+        BIN,
+        no_litellm(
+            Some(data_dir.clone()),
+            &[(taos_host::faults::PAUSE_ENV, "drill:restored")],
+        ),
+    )
+    .await
+    .unwrap();
+    host.setup_owner().await;
+    configure(&host, &out).await;
+    let run = run_backup(&host).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    let drill: BackupDrill = host
+        .call(
+            Method::POST,
+            "/api/backups/drill",
+            None,
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&host.stderr_log)
+        .unwrap_or_default()
+        .contains("fault injection: paused at drill:restored")
+    {
+        assert!(Instant::now() < deadline, "the drill never restored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let private = data_dir.join("backup");
+    assert!(private.join("drill/restore/taos-data/taos.db").exists());
+    assert!(private.join("drill-password").exists());
+    host.kill9().await;
+
+    let host = Host::start_with(BIN, no_litellm(Some(data_dir.clone()), &[]))
+        .await
+        .unwrap();
+    let failed: BackupDrill = host.get(&format!("/api/backups/drills/{}", drill.id)).await;
+    assert_eq!(failed.state, DrillState::Failed);
+    assert!(
+        failed.error.as_deref().unwrap().contains("host stopped"),
+        "{failed:?}"
+    );
+    assert!(!private.join("drill").exists());
+    assert!(!private.join("drill-password").exists());
+    let notes: Vec<Value> = host.get("/api/notifications").await;
+    assert!(notes
+        .iter()
+        .any(|n| n["source"] == "backup" && n["data"]["drill_id"] == drill.id.as_str()));
+    // The repository is fine and the next drill passes.
+    let again = run_drill(&host).await;
+    assert_eq!(again.state, DrillState::Passed, "{again:?}");
 }
