@@ -260,6 +260,20 @@ pub struct BackupProgress {
     pub total_bytes: u64,
 }
 
+/// `POST /api/backups/agents`: one agent of a backup brought back into this (running) host,
+/// with its container, its DM history and its traces, under its old slug or `-2`, `-3`… if
+/// that is taken.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BackupAgentRestore {
+    /// The agent's slug in the backup.
+    pub agent: String,
+    /// A snapshot id or a prefix of it (hex); omitted: the newest.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
 /// Where a restore drill is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -159,7 +159,7 @@ impl ArchivePlan {
 
 /// The slug an archived agent's row takes, so its real one is free for a new agent (the
 /// archive remembers the real one). Unique because the agent id is.
-fn placeholder_slug(agent_id: Uuid) -> String {
+pub(crate) fn placeholder_slug(agent_id: Uuid) -> String {
     format!("x-{}", agent_id.simple())
 }
 

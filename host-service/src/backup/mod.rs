@@ -12,6 +12,7 @@
 //! and ends `succeeded` or `failed` with its reason; a run the host died in is marked failed at
 //! the next start (`recover`). Failures notify the owner with what to do.
 
+pub mod agent;
 pub mod containers;
 pub mod drill;
 pub mod remote;
@@ -86,6 +87,11 @@ pub enum BackupError {
     NotFound,
     #[error("no such restore drill")]
     DrillNotFound,
+    /// What was asked for is not in the backup (no such snapshot, agent or container).
+    #[error("{0}")]
+    NotInBackup(String),
+    #[error(transparent)]
+    Archive(#[from] crate::agents::archive::ArchiveError),
     #[error("the destination {path} can't be used: {why}")]
     Unreachable { path: String, why: String },
     #[error(transparent)]
@@ -152,6 +158,8 @@ struct Inner {
     traces: TraceStore,
     /// The agents and the container runtime, for the containers in a backup and drills.
     agents: crate::agents::AgentHost,
+    /// One single-agent restore at a time (each imports a container and writes the archive).
+    agent_restore: tokio::sync::Mutex<()>,
     restic_bin: PathBuf,
 }
 
@@ -184,6 +192,7 @@ impl Backups {
             hub,
             traces,
             agents,
+            agent_restore: tokio::sync::Mutex::new(()),
             restic_bin: PathBuf::from(restic::DEFAULT_BIN),
         }))
     }

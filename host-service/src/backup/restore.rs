@@ -287,7 +287,7 @@ fn repository(request: &RestoreRequest) -> Result<Repository, RestoreError> {
 }
 
 /// The snapshot asked for (by id or id prefix), else the newest.
-fn choose<'a>(
+pub(crate) fn choose<'a>(
     snapshots: &'a [Snapshot],
     wanted: Option<&str>,
 ) -> Result<&'a Snapshot, RestoreError> {

@@ -3,8 +3,10 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use taos_proto::agents::AgentWithToken;
 use taos_proto::backup::{
-    BackupDrill, BackupRun, BackupSettings, BackupSettingsSaved, BackupSettingsUpdate, DrillReason,
+    BackupAgentRestore, BackupDrill, BackupRun, BackupSettings, BackupSettingsSaved,
+    BackupSettingsUpdate, DrillReason,
 };
 use taos_proto::error::ErrorBody;
 use utoipa::IntoParams;
@@ -23,6 +25,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(start_drill))
         .routes(routes!(list_drills))
         .routes(routes!(get_drill))
+        .routes(routes!(restore_agent))
 }
 
 /// Where backups go and how many are kept. The passphrase is never returned.
@@ -162,4 +165,29 @@ async fn get_drill(
     Path(id): Path<String>,
 ) -> Result<Json<BackupDrill>, ApiError> {
     Ok(Json(state.backups.drill(&id).await?))
+}
+
+/// Brings one agent of a backup back into this host: its container (imported, started with
+/// new credentials, shown once), its DM history and its traces, under its old slug or, if that
+/// is taken, `-2`, `-3`… Answers when the agent is up (or why it isn't).
+#[utoipa::path(post, path = "/api/backups/agents", tag = "backups",
+    request_body = BackupAgentRestore,
+    responses((status = 200, description = "Restored and running", body = AgentWithToken),
+        (status = 400, description = "Bad slug or snapshot id; nothing changed", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 404, description = "No such snapshot, agent, or container in the backup; nothing changed", body = ErrorBody),
+        (status = 409, description = "Not set up, the agent is on this host already, another schema, no incus for its container, or another agent restore is running; nothing changed", body = ErrorBody)))]
+async fn restore_agent(
+    OwnerLike(principal): OwnerLike,
+    State(state): State<AppState>,
+    Json(body): Json<BackupAgentRestore>,
+) -> Result<Json<AgentWithToken>, ApiError> {
+    let restored = state.backups.restore_agent(&body).await?;
+    tracing::info!(agent = %restored.agent.slug, by = %principal.label(), "agent restored from a backup");
+    Ok(Json(AgentWithToken {
+        agent: crate::agents::view(&state.agents, &restored.agent).await?,
+        agent_token: restored.agent_token,
+        llm_key: Some(restored.llm_key),
+    }))
 }

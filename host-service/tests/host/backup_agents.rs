@@ -535,3 +535,170 @@ async fn a_host_killed_mid_drill_marks_it_failed_at_its_next_start() {
     let again = run_drill(&host).await;
     assert_eq!(again.state, DrillState::Passed, "{again:?}");
 }
+
+/// One agent back from a backup into the running host: the agent (an incus one, with a chat
+/// and traces) is backed up, then archived and purged (container, messages and traces gone),
+/// and its name taken by a new agent. Bad requests are refused first and change nothing; then
+/// the restore brings it back as `<slug>-2`, running in its own container with new
+/// credentials, with its DM history and traces, and it answers.
+#[tokio::test]
+async fn one_agent_comes_back_from_a_backup_under_a_new_slug_when_its_name_is_taken() {
+    require_image().await;
+    let out = outside();
+    let (_turn, host, _fake) = with_fake_provider(BIN, &[]).await;
+    let name = unique("one");
+    let (slug, _cleanup) = deploy(&host, &name).await;
+    let renamed = format!("{slug}-2");
+    let _cleanup_renamed = Remove(format!("taos-{renamed}"));
+    let answer = ask_and_wait(&host, &slug, "remember this").await;
+    assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+    let agent: Value = host.get(&format!("/api/agents/{slug}")).await;
+    let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
+    let before = messages(&host, &dm).await;
+    let traces_before: Value = host.get(&format!("/api/agents/{slug}/trace/totals")).await;
+    configure(&host, &out).await;
+    let run = run_backup(&host).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    assert_eq!(run.containers, Some(1));
+
+    step("bad requests are refused and change nothing", async {
+        let count = |v: Vec<Value>| v.len();
+        let agents_before = count(host.get("/api/agents").await);
+        for (body, status, code) in [
+            (
+                json!({"agent": "Not A Slug"}),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                json!({"agent": slug, "snapshot": "xyz"}),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                json!({"agent": slug, "snapshot": ""}),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                json!({"agent": "nobody-here"}),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                json!({"agent": slug, "snapshot": "0000000000000000000000000000"}),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            // The same agent is on this host.
+            (json!({"agent": slug}), StatusCode::CONFLICT, "conflict"),
+        ] {
+            host.expect_error(
+                Method::POST,
+                "/api/backups/agents",
+                Some(&body),
+                status,
+                code,
+            )
+            .await;
+        }
+        let r = host
+            .admin(Method::POST, "/api/backups/agents")
+            .json(&json!({"agent": slug, "as": "other"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_client_error(),
+            "unknown field: {}",
+            r.status()
+        );
+        assert_eq!(count(host.get("/api/agents").await), agents_before);
+        let archived: Vec<Value> = host.get("/api/agents/archived").await;
+        assert!(archived.is_empty(), "{archived:?}");
+        assert!(!host.data_dir.join("backup/agent-restore").exists());
+    })
+    .await;
+
+    step("the agent is archived, purged, and its name taken", async {
+        let archived: Value = host
+            .call(
+                Method::DELETE,
+                &format!("/api/agents/{slug}"),
+                None,
+                StatusCode::OK,
+            )
+            .await;
+        let id = archived["id"].as_str().unwrap().to_string();
+        let r = host
+            .admin(Method::DELETE, &format!("/api/agents/archived/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert!(!incus().exists(&format!("taos-{slug}")).await.unwrap());
+        let _: Value = host
+            .call(
+                Method::POST,
+                "/api/agents",
+                Some(&json!({"name": name})),
+                StatusCode::CREATED,
+            )
+            .await;
+        let taken: Value = host.get(&format!("/api/agents/{slug}")).await;
+        assert_eq!(taken["kind"], "external");
+    })
+    .await;
+
+    step(
+        "it comes back as <slug>-2 with its history, and answers",
+        async {
+            let restored: Value = host
+                .call(
+                    Method::POST,
+                    "/api/backups/agents",
+                    Some(&json!({"agent": slug})),
+                    StatusCode::OK,
+                )
+                .await;
+            assert_eq!(restored["agent"]["slug"], renamed.as_str(), "{restored}");
+            assert_eq!(restored["agent"]["id"], agent["id"], "the same agent");
+            assert_eq!(restored["agent"]["status"], "running", "{restored}");
+            assert!(restored["agent_token"]
+                .as_str()
+                .unwrap()
+                .starts_with("taos_ag_"));
+            assert!(
+                incus()
+                    .state(&format!("taos-{renamed}"))
+                    .await
+                    .unwrap()
+                    .running
+            );
+            assert_eq!(restored["agent"]["dm_channel_id"], dm.as_str());
+            assert_eq!(messages(&host, &dm).await, before, "its DM history is back");
+            let traces: Value = host
+                .get(&format!("/api/agents/{renamed}/trace/totals"))
+                .await;
+            let events = |t: &Value| -> u64 {
+                t["days"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["events"].as_u64().unwrap())
+                    .sum()
+            };
+            assert!(
+                events(&traces) >= events(&traces_before) && events(&traces_before) > 0,
+                "its traces are back: {traces} vs {traces_before}"
+            );
+            let answer = ask_and_wait(&host, &renamed, "are you back").await;
+            assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+            let archived: Vec<Value> = host.get("/api/agents/archived").await;
+            assert!(archived.is_empty(), "{archived:?}");
+            assert!(!host.data_dir.join("backup/agent-restore").exists());
+            assert!(!host.data_dir.join("backup/agent-restore-password").exists());
+        },
+    )
+    .await;
+}

@@ -361,6 +361,16 @@ fn table(f: &Fixture) -> Vec<Route> {
             vec![no_body("/api/backups/drills".into(), Deny)],
         ),
         route(
+            "POST",
+            "/api/backups/agents",
+            OWNER_SIDE,
+            vec![with(
+                "/api/backups/agents".into(),
+                json!({"agent": "nobody"}),
+                Deny,
+            )],
+        ),
+        route(
             "GET",
             "/api/backups/drills/{id}",
             OWNER_SIDE,
