@@ -31,6 +31,15 @@ use crate::runtime::{ContainerRuntime, Runtime};
 
 const WORK_DIR: &str = "agent-restore";
 const PASSWORD_FILE: &str = "agent-restore-password";
+/// What an agent restore is making before its transaction commits (the container's archive
+/// name and the archive folder), so a host killed meanwhile removes them at its next start.
+const PENDING_FILE: &str = "agent-restore.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Pending {
+    container: Option<String>,
+    dir: std::path::PathBuf,
+}
 const MAX_SNAPSHOT_CHARS: usize = 64;
 
 impl Backups {
@@ -218,6 +227,15 @@ impl Backups {
             .data_dir
             .join("archive")
             .join(format!("{}-{ts}", request.agent));
+        let pending = self.private_dir().join(PENDING_FILE);
+        let planned = Pending {
+            container: container.as_ref().map(|_| archived_name.clone()),
+            dir: dir.clone(),
+        };
+        fsutil::write_atomic(
+            &pending,
+            &serde_json::to_vec(&planned).map_err(|e| BackupError::Decode(e.to_string()))?,
+        )?;
         let made = async {
             if let (Some(c), Some(rt)) = (&container, rt) {
                 rt.import_container(
@@ -233,6 +251,9 @@ impl Backups {
                         BackupError::Stage(format!("cannot snapshot the container: {e}"))
                     })?;
             }
+            crate::faults::check("agent-restore", "imported")
+                .await
+                .map_err(BackupError::Stage)?;
             fsutil::ensure_private_dir(&dir)?;
             let traces = root
                 .join(crate::trace::legacy::STORE_DIR)
@@ -258,7 +279,11 @@ impl Backups {
         }
         .await;
         let archive_id = match made {
-            Ok(id) => id,
+            Ok(id) => {
+                // Committed: the archive entry owns the container and the folder now.
+                let _ = std::fs::remove_file(&pending);
+                id
+            }
             Err(e) => {
                 if let (Some(_), Some(rt)) = (&container, rt) {
                     if rt.exists(&archived_name).await.unwrap_or(false) {
@@ -268,12 +293,65 @@ impl Backups {
                     }
                 }
                 let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_file(&pending);
                 return Err(e);
             }
         };
         tracing::info!(agent = %request.agent, snapshot = %snapshot.short_id, archive = %archive_id, "agent taken from the backup into the archive; restoring it");
         // From here the archive's restore owns it (journal, crash recovery, new credentials).
         Ok(archive::restore(&self.0.agents, &archive_id).await?)
+    }
+}
+
+impl Backups {
+    /// At start-up: what a single-agent restore the last host died in made before its
+    /// transaction (the imported container, the archive folder) is removed, unless an archive
+    /// entry took it (then the archive owns it), and so are its working files.
+    pub async fn recover_agent_restore(&self) {
+        let private = self.private_dir();
+        let pending = private.join(PENDING_FILE);
+        if let Ok(bytes) = std::fs::read(&pending) {
+            match serde_json::from_slice::<Pending>(&bytes) {
+                Ok(p) => self.undo_pending(&p).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable record of an unfinished agent restore")
+                }
+            }
+        }
+        // Cleanup only: a working copy the next restore would replace anyway.
+        let _ = std::fs::remove_dir_all(private.join(WORK_DIR));
+        for leftover in [private.join(PASSWORD_FILE), pending] {
+            let _ = std::fs::remove_file(leftover);
+        }
+    }
+
+    async fn undo_pending(&self, p: &Pending) {
+        let dir = p.dir.display().to_string();
+        let owned: Option<String> =
+            match sqlx::query_scalar("SELECT id FROM archives WHERE dir = ?")
+                .bind(&dir)
+                .fetch_optional(&self.0.db)
+                .await
+            {
+                Ok(owned) => owned,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot look up an unfinished agent restore");
+                    return;
+                }
+            };
+        if owned.is_some() {
+            return;
+        }
+        if let (Some(name), Some(rt)) = (&p.container, self.0.agents.runtime.as_ref()) {
+            if rt.exists(name).await.unwrap_or(false) {
+                let _ = rt.stop(name, true).await;
+                if let Err(e) = rt.delete(name).await {
+                    tracing::error!(container = %name, error = %e, "cannot remove the container of an unfinished agent restore");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&p.dir);
+        tracing::warn!(folder = %dir, "removed what an agent restore the host died in had made");
     }
 }
 

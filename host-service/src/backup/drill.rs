@@ -2,6 +2,7 @@
 //! (`POST /api/backups/drill`) and every `drill_every_days` days (weekly by default). A backup
 //! nobody ever restored is a hope; a drill makes it a fact, or says in words why not.
 //!
+//! restic runs with a fresh cache in the drill's folder, so it reads the destination's copy.
 //! The checks, each recorded with what it found: **repository** (`restic check
 //! --read-data-subset`, the repository's structure and part of its data read back),
 //! **restore** (the snapshot restored into `<data>/backup/drill/`: every blob it needs is read
@@ -269,11 +270,14 @@ impl Backups {
             .secrets
             .open(&settings.sealed_passphrase)
             .map_err(|e| e.to_string())?;
+        // A fresh cache of the drill's own: restic then reads the index and every tree from
+        // the repository itself, not from the copies the backups left in the host's cache (a
+        // damaged pack at the destination must fail the drill).
         let restic = Restic {
             bin: self.0.restic_bin.clone(),
             repo,
             password_file: private.join(PASSWORD_FILE),
-            cache_dir: private.join(CACHE_DIR),
+            cache_dir: drill_dir.join(CACHE_DIR),
             tmp_dir: private.join(TMP_DIR),
         };
         for dir in [&restic.cache_dir, &restic.tmp_dir] {

@@ -702,3 +702,98 @@ async fn one_agent_comes_back_from_a_backup_under_a_new_slug_when_its_name_is_ta
     )
     .await;
 }
+
+/// A host killed in a single-agent restore after the container was imported, before anything
+/// was written to its database, removes that container and the archive folder at its next
+/// start: nothing of the half-made restore is left.
+#[tokio::test]
+async fn a_host_killed_mid_agent_restore_removes_what_it_made_at_its_next_start() {
+    require_image().await;
+    let out = outside();
+    let (_turn, mut host, _fake) = with_fake_provider(
+        BIN,
+        &[(taos_host::faults::PAUSE_ENV, "agent-restore:imported")],
+    )
+    .await;
+    let name = unique("cut");
+    let (slug, _cleanup) = deploy(&host, &name).await;
+    configure(&host, &out).await;
+    let run = run_backup(&host).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    let archived: Value = host
+        .call(
+            Method::DELETE,
+            &format!("/api/agents/{slug}"),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    let r = host
+        .admin(
+            Method::DELETE,
+            &format!("/api/agents/archived/{}", archived["id"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    let request = host
+        .admin(Method::POST, "/api/backups/agents")
+        .json(&json!({"agent": slug}))
+        .send();
+    let log = host.stderr_log.clone();
+    let paused = async {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("fault injection: paused at agent-restore:imported")
+        {
+            assert!(Instant::now() < deadline, "the restore never imported");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        answer = request => panic!("the paused restore answered: {:?}", answer.map(|r| r.status())),
+        () = paused => {}
+    }
+    let pending: Value = serde_json::from_slice(
+        &std::fs::read(host.data_dir.join("backup/agent-restore.json")).unwrap(),
+    )
+    .unwrap();
+    let imported = pending["container"].as_str().unwrap().to_string();
+    let _imported_cleanup = Remove(imported.clone());
+    assert!(incus().exists(&imported).await.unwrap(), "{pending}");
+    host.kill9().await;
+
+    let restarted = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(host.data_dir.clone()),
+            env: vec![(
+                taos_e2e::fixtures::NO_LITELLM.0.into(),
+                taos_e2e::fixtures::NO_LITELLM.1.into(),
+            )],
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        !incus().exists(&imported).await.unwrap(),
+        "the container is removed"
+    );
+    assert!(!Path::new(pending["dir"].as_str().unwrap()).exists());
+    assert!(!restarted
+        .data_dir
+        .join("backup/agent-restore.json")
+        .exists());
+    assert!(!restarted.data_dir.join("backup/agent-restore").exists());
+    let archived: Vec<Value> = restarted.get("/api/agents/archived").await;
+    assert!(archived.is_empty(), "{archived:?}");
+    let r = restarted
+        .admin(Method::GET, &format!("/api/agents/{slug}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
