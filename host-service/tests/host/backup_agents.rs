@@ -797,3 +797,68 @@ async fn a_host_killed_mid_agent_restore_removes_what_it_made_at_its_next_start(
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+/// What a backup can't export is not left out silently: an agent whose container no longer
+/// exists is named in the run's warnings and in a warning notification, and the rest of the
+/// host is backed up.
+#[tokio::test]
+async fn a_container_the_backup_cannot_export_is_a_warning_not_a_silent_gap() {
+    let out = outside();
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let mut host = Host::start_with(BIN, no_litellm(Some(data_dir.clone()), &[]))
+        .await
+        .unwrap();
+    host.setup_owner().await;
+    let name = unique("ghost");
+    let created: Value = host
+        .call(
+            Method::POST,
+            "/api/agents",
+            Some(&json!({"name": name})),
+            StatusCode::CREATED,
+        )
+        .await;
+    let slug = created["agent"]["slug"].as_str().unwrap().to_string();
+    assert_eq!(host.terminate().await.unwrap(), Some(0));
+    // Its container is gone (removed by hand, or lost with a pool).
+    let db = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("taos.db")),
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE agents SET container = ? WHERE slug = ?")
+        .bind(format!("taos-{slug}"))
+        .bind(&slug)
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let host = Host::start_with(BIN, no_litellm(Some(data_dir.clone()), &[]))
+        .await
+        .unwrap();
+    configure(&host, &out).await;
+    let run = run_backup(&host).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    assert_eq!(run.containers, Some(0), "{run:?}");
+    assert_eq!(run.warnings.len(), 1, "{run:?}");
+    assert!(
+        run.warnings[0].contains(&slug) && run.warnings[0].contains("no longer exists"),
+        "{run:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let note = loop {
+        let notes: Vec<Value> = host.get("/api/notifications").await;
+        if let Some(n) = notes
+            .into_iter()
+            .find(|n| n["data"]["run_id"] == run.id.as_str())
+        {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no warning notification");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(note["level"], "warning");
+    assert_eq!(note["source"], "backup");
+    assert!(note["message"].as_str().unwrap().contains(&slug), "{note}");
+}
