@@ -79,6 +79,7 @@ const TABLE_OWNERS: &[(&str, &str)] = &[
     ("tool_approvals", "approvals.rs"),
     ("backup_settings", "backup/"),
     ("backup_runs", "backup/"),
+    ("backup_drills", "backup/"),
 ];
 
 /// SQL that names another module's table on purpose: (file, table, why). Only a read inside a

@@ -181,12 +181,10 @@ impl Backups {
             .cloned();
         let has_container: bool = {
             let mut conn = open_readonly(&backup_db).await?;
-            let c: Option<String> = sqlx::query_scalar("SELECT container FROM agents WHERE id = ?")
-                .bind(agent_id.to_string())
-                .fetch_one(&mut conn)
-                .await?;
+            let found =
+                crate::agents::slug_and_container_in(&mut conn, &agent_id.to_string()).await?;
             let _ = conn.close().await;
-            c.is_some()
+            found.is_some_and(|(_, container)| container.is_some())
         };
         if has_container && container.is_none() {
             return Err(BackupError::NotInBackup(format!(
@@ -327,20 +325,13 @@ impl Backups {
 
     async fn undo_pending(&self, p: &Pending) {
         let dir = p.dir.display().to_string();
-        let owned: Option<String> =
-            match sqlx::query_scalar("SELECT id FROM archives WHERE dir = ?")
-                .bind(&dir)
-                .fetch_optional(&self.0.db)
-                .await
-            {
-                Ok(owned) => owned,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot look up an unfinished agent restore");
-                    return;
-                }
-            };
-        if owned.is_some() {
-            return;
+        match archive::dir_is_archived(&self.0.db, &p.dir).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot look up an unfinished agent restore");
+                return;
+            }
         }
         if let (Some(name), Some(rt)) = (&p.container, self.0.agents.runtime.as_ref()) {
             if rt.exists(name).await.unwrap_or(false) {
@@ -367,12 +358,7 @@ async fn open_readonly(file: &Path) -> Result<sqlx::SqliteConnection, BackupErro
 /// The (live, not archived) agent with this slug in the backup's database: its id and name.
 async fn find_agent(file: &Path, slug: &str) -> Result<Option<(Uuid, String)>, BackupError> {
     let mut conn = open_readonly(file).await?;
-    let row: Option<(String, String)> = sqlx::query_as(
-        "SELECT id, display_name FROM agents WHERE slug = ? AND status != 'archived'",
-    )
-    .bind(slug)
-    .fetch_optional(&mut conn)
-    .await?;
+    let row = crate::agents::find_live_in(&mut conn, slug).await?;
     let _ = conn.close().await;
     row.map(|(id, name)| {
         Uuid::parse_str(&id)
@@ -385,7 +371,8 @@ async fn find_agent(file: &Path, slug: &str) -> Result<Option<(Uuid, String)>, B
 /// In one transaction of this host's database: the backup's agent row (placeholder slug, no
 /// credentials, archived), its DM channels (archived) with their members and messages, and
 /// the archive entry that points at the container and the folder. The backup's copy is
-/// attached for the copy (the schemas are the same: checked by the caller).
+/// attached for the copy (the schemas are the same: checked by the caller); each table's
+/// owner does its part.
 #[allow(clippy::too_many_arguments)]
 async fn insert_as_archived(
     db: &crate::db::Db,
@@ -403,19 +390,10 @@ async fn insert_as_archived(
         .bind(backup_db.to_string_lossy().into_owned())
         .execute(&mut conn)
         .await?;
-    let id = agent_id.to_string();
     let placeholder = archive::placeholder_slug(agent_id);
     let mut tx = conn.begin().await?;
-    // The placeholder before the copy: the backup's slug may be taken here.
-    sqlx::query("UPDATE bk.agents SET slug = ? WHERE id = ?")
-        .bind(&placeholder)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO agents SELECT * FROM bk.agents WHERE id = ?")
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
+    // Under the placeholder: the backup's slug may be taken here.
+    crate::agents::copy_from_attached(&mut tx, agent_id, &placeholder).await?;
     crate::agents::mark_archived(
         &mut tx,
         agent_id,
@@ -425,37 +403,18 @@ async fn insert_as_archived(
         container.map(|(name, _)| name),
     )
     .await?;
-    sqlx::query("INSERT INTO channels SELECT * FROM bk.channels WHERE dm_agent_id = ?")
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    let dm = "(SELECT id FROM bk.channels WHERE dm_agent_id = ?)";
-    sqlx::query(&format!(
-        "INSERT INTO channel_members SELECT * FROM bk.channel_members WHERE channel_id IN {dm}"
-    ))
-    .bind(&id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(&format!(
-        "INSERT INTO messages SELECT * FROM bk.messages WHERE channel_id IN {dm}"
-    ))
-    .bind(&id)
-    .execute(&mut *tx)
-    .await?;
+    crate::chat::copy_dm_from_attached(&mut tx, agent_id).await?;
     crate::chat::archive_dm(&mut tx, agent_id, slug).await?;
-    sqlx::query(
-        "INSERT INTO archives (id, agent_id, slug, display_name, container, snapshot, dir, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    archive::insert_entry(
+        &mut tx,
+        archive_id,
+        agent_id,
+        slug,
+        display_name,
+        container.map(|(name, _)| name),
+        container.map(|(_, snapshot)| snapshot),
+        dir,
     )
-    .bind(archive_id)
-    .bind(&id)
-    .bind(slug)
-    .bind(display_name)
-    .bind(container.map(|(name, _)| name))
-    .bind(container.map(|(_, snapshot)| snapshot))
-    .bind(dir.display().to_string())
-    .bind(now_ms())
-    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     sqlx::query("DETACH DATABASE bk").execute(&mut conn).await?;

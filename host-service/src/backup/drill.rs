@@ -518,24 +518,20 @@ async fn check_database(root: &Path, manifest: &Manifest) -> Result<String, Stri
             ));
         }
         for container in &manifest.containers {
-            let row = sqlx::query("SELECT slug FROM agents WHERE id = ?")
-                .bind(&container.agent_id)
-                .fetch_optional(&mut conn)
+            let found = crate::agents::slug_and_container_in(&mut conn, &container.agent_id)
                 .await
                 .map_err(|e| e.to_string())?;
-            if row.map(|r| r.get::<String, _>("slug")).as_deref() != Some(container.slug.as_str()) {
+            if found.map(|(slug, _)| slug).as_deref() != Some(container.slug.as_str()) {
                 return Err(format!(
                     "agent {} ({}) of the manifest's containers is not in it",
                     container.slug, container.agent_id
                 ));
             }
         }
-        let agents: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents")
-            .fetch_one(&mut conn)
+        let agents = crate::agents::count_in(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
-        let messages: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages")
-            .fetch_one(&mut conn)
+        let messages = crate::chat::message_count_in(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
         Ok(format!(
