@@ -4,7 +4,9 @@
 //! `TAOS_TEST_FAIL=<operation>:<step>` makes that step of that operation fail as if the
 //! runtime had refused it; `TAOS_TEST_PAUSE=<operation>:<step>` stops there until the host is
 //! killed, so a test can SIGKILL the host at exactly that point. Operations are `deploy`,
-//! `archive`, `restore`, `purge`, `migrate-traces` (the start-up move of the old trace store;
+//! `archive`, `restore`, `purge`, `backup`, `drill` (step `restored`: the snapshot is
+//! restored into the drill's folder, not yet checked), `agent-restore` (step `imported`: the
+//! container imported from a backup, nothing in the database yet), `migrate-traces` (the start-up move of the old trace store;
 //! step `staged`: copied, not yet renamed into place), `trace-index` (step `committed`: a trace
 //! bucket's transaction committed, the agent's hour index not yet told), and `write` (for
 //! `fsutil::write_atomic`, whose "step" is the path being written: it pauses after the temp

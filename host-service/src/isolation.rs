@@ -56,6 +56,18 @@ fn subnets(config: &RuntimeConfig) -> AgentSubnets {
     }
 }
 
+/// incus: makes (or brings up to date) the agents' bridges, ACLs and profile now, for a
+/// restore that imports agents' containers before any host has run on this incus.
+pub async fn prepare_incus_now(
+    incus: &crate::runtime::incus::Incus,
+    config: &RuntimeConfig,
+) -> Result<(), String> {
+    incus
+        .prepare_agents(&subnets(config), &HostFacts::gather())
+        .await
+        .map_err(|e| format!("cannot set up the agents' networks and profile: {e}"))
+}
+
 /// At start, before the listeners serve: what must exist before then. Docker: the agent
 /// networks, the listener bound on each gateway and the firewall rules (an error: the host
 /// runs without a runtime rather than deploy agents with open networks). incus: nothing yet,

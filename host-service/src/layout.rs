@@ -81,6 +81,7 @@ const TABLE_OWNERS: &[(&str, &str)] = &[
     ("backup_runs", "backup/"),
     ("host_samples", "overview.rs"),
     ("agent_samples", "overview.rs"),
+    ("backup_drills", "backup/"),
 ];
 
 /// SQL that names another module's table on purpose: (file, table, why). Only a read inside a

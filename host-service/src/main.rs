@@ -566,6 +566,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 restored.schema_version,
                 data_dir.display()
             );
+            if restored.containers > 0 {
+                println!(
+                    "{} agent container(s) imported (those that were running started)",
+                    restored.containers
+                );
+            }
             if restored.archives_moved > 0 {
                 println!(
                     "{} archived agent(s) moved from {} to this data dir",

@@ -236,6 +236,8 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     state.llm.reload().await?;
     // Before the API serves, so a new run can't be taken for one the last host left behind.
     state.backups.recover().await?;
+    state.backups.recover_drills().await?;
+    state.backups.recover_agent_restore().await;
     let serving = start_serving(&state, &identity, bound, gateway_listeners)?;
     // A scheduled backup whose time passed while the host was off runs once now (recorded as
     // `missed`), and the schedule loop takes the next ones.
@@ -419,6 +421,7 @@ async fn build(
         crate::secrets::SecretBox::load_or_create(&data_dir)?,
         hub.clone(),
         traces.clone(),
+        agents.clone(),
     );
     let approvals = Arc::new(crate::approvals::Approvals::new(
         db.clone(),

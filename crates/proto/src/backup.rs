@@ -120,6 +120,10 @@ pub struct BackupSettings {
     pub retention: BackupRetention,
     #[serde(default)]
     pub schedule: BackupSchedule,
+    /// How often the host runs a restore drill on the newest backup by itself, in days
+    /// (0: only on request). Default 7.
+    #[serde(default = "default_drill_every_days")]
+    pub drill_every_days: u32,
     pub passphrase_set: bool,
     /// True when the SFTP or S3 destination's credentials are stored (never returned).
     #[serde(default)]
@@ -128,6 +132,13 @@ pub struct BackupSettings {
     /// on the passphrase can't be changed for this destination.
     pub repository_ready: bool,
     pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// Restore drills' default interval: weekly.
+pub const DEFAULT_DRILL_EVERY_DAYS: u32 = 7;
+
+fn default_drill_every_days() -> u32 {
+    DEFAULT_DRILL_EVERY_DAYS
 }
 
 /// `PUT /api/backups/settings`.
@@ -146,6 +157,10 @@ pub struct BackupSettingsUpdate {
     /// Omitted: unchanged (off at first).
     #[serde(default)]
     pub schedule: Option<BackupSchedule>,
+    /// Days between automatic restore drills (0–90, 0: only on request). Omitted: unchanged
+    /// (7 at first).
+    #[serde(default)]
+    pub drill_every_days: Option<u32>,
     /// The SFTP key or S3 keys, of the destination's kind. Required the first time an SFTP
     /// or S3 destination is saved; omitted later for a destination of the same kind, the
     /// stored ones stay. Refused for a folder.
@@ -202,6 +217,13 @@ pub struct BackupRun {
     pub total_files: Option<u64>,
     /// Why it failed, in words.
     pub error: Option<String>,
+    /// How many agents' containers the snapshot holds.
+    #[serde(default)]
+    pub containers: Option<u64>,
+    /// What a run that succeeded left out, in words (a container the runtime can't export,
+    /// an agent whose container is gone); each also posted as a warning notification.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// What a running backup is doing (`backup.progress` event, `phase` field).
@@ -211,6 +233,8 @@ pub struct BackupRun {
 pub enum BackupPhase {
     /// Copying the database, config, keys, traces and archives into the staging folder.
     Staging,
+    /// Exporting the agents' containers through the runtime into the staging folder.
+    Containers,
     /// restic is reading the staged copy and sending new data to the repository.
     Uploading,
     /// Old snapshots forgotten by the retention, unused data pruned, the repository checked.
@@ -219,6 +243,7 @@ pub enum BackupPhase {
 
 text_enum!(BackupPhase {
     Staging => "staging",
+    Containers => "containers",
     Uploading => "uploading",
     Retention => "retention",
 });
@@ -235,6 +260,83 @@ pub struct BackupProgress {
     pub total_bytes: u64,
 }
 
+/// `POST /api/backups/agents`: one agent of a backup brought back into this (running) host,
+/// with its container, its DM history and its traces, under its old slug or `-2`, `-3`… if
+/// that is taken.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BackupAgentRestore {
+    /// The agent's slug in the backup.
+    pub agent: String,
+    /// A snapshot id or a prefix of it (hex); omitted: the newest.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
+/// Where a restore drill is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DrillState {
+    Running,
+    /// Every check passed: the backup restores.
+    Passed,
+    /// A check failed (`error` says which and why); a notification was posted.
+    Failed,
+}
+
+text_enum!(DrillState {
+    Running => "running",
+    Passed => "passed",
+    Failed => "failed",
+});
+
+/// Why a drill was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DrillReason {
+    /// `POST /api/backups/drill`.
+    Manual,
+    /// `drill_every_days` passed since the last drill.
+    Scheduled,
+}
+
+text_enum!(DrillReason {
+    Manual => "manual",
+    Scheduled => "scheduled",
+});
+
+/// One check of a drill and what it found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DrillCheck {
+    /// `repository` (restic check with a read of part of the data), `restore` (the snapshot
+    /// restored into a throwaway folder), `database` (its integrity and its agents against the
+    /// manifest), `container:<name>` (imported into a throwaway incus project and started).
+    pub name: String,
+    pub ok: bool,
+    /// What was checked or why it failed, in words.
+    pub detail: String,
+}
+
+/// One restore drill (`POST /api/backups/drill`, `GET /api/backups/drills`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BackupDrill {
+    pub id: String,
+    pub state: DrillState,
+    pub reason: DrillReason,
+    /// The snapshot drilled (the newest), once known.
+    pub snapshot_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub checks: Vec<DrillCheck>,
+    /// Why it failed, in words.
+    pub error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +346,8 @@ mod tests {
         crate::text_enum::assert_text_matches_serde(BackupState::ALL);
         crate::text_enum::assert_text_matches_serde(BackupPhase::ALL);
         crate::text_enum::assert_text_matches_serde(BackupReason::ALL);
+        crate::text_enum::assert_text_matches_serde(DrillState::ALL);
+        crate::text_enum::assert_text_matches_serde(DrillReason::ALL);
     }
 
     #[test]

@@ -159,8 +159,47 @@ impl ArchivePlan {
 
 /// The slug an archived agent's row takes, so its real one is free for a new agent (the
 /// archive remembers the real one). Unique because the agent id is.
-fn placeholder_slug(agent_id: Uuid) -> String {
+pub(crate) fn placeholder_slug(agent_id: Uuid) -> String {
     format!("x-{}", agent_id.simple())
+}
+
+/// Records an archive entry for an agent made archived elsewhere (a single-agent restore from
+/// a backup), in the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_entry(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    agent_id: Uuid,
+    slug: &str,
+    display_name: &str,
+    container: Option<&str>,
+    snapshot: Option<&str>,
+    dir: &Path,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO archives (id, agent_id, slug, display_name, container, snapshot, dir, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(agent_id.to_string())
+    .bind(slug)
+    .bind(display_name)
+    .bind(container)
+    .bind(snapshot)
+    .bind(dir.display().to_string())
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether an archive entry has this folder (a single-agent restore's start-up recovery).
+pub async fn dir_is_archived(db: &Db, dir: &Path) -> Result<bool, sqlx::Error> {
+    let found: Option<String> = sqlx::query_scalar("SELECT id FROM archives WHERE dir = ?")
+        .bind(dir.display().to_string())
+        .fetch_optional(db)
+        .await?;
+    Ok(found.is_some())
 }
 
 /// Archives an agent. Any failure — or a crash, found at the next start — undoes what was

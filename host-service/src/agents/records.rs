@@ -736,6 +736,56 @@ pub async fn remove(db: &Db, id: Uuid) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// In a backup's copy of the database (a connection of its own): the live (not archived)
+/// agent with this slug, as its id and display name.
+pub async fn find_live_in(
+    conn: &mut sqlx::SqliteConnection,
+    slug: &str,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, display_name FROM agents WHERE slug = ? AND status != 'archived'")
+        .bind(slug)
+        .fetch_optional(conn)
+        .await
+}
+
+/// In a backup's copy: an agent's slug and container, if it is there.
+pub async fn slug_and_container_in(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as("SELECT slug, container FROM agents WHERE id = ?")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// In a backup's copy: how many agents it holds.
+pub async fn count_in(conn: &mut sqlx::SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM agents")
+        .fetch_one(conn)
+        .await
+}
+
+/// Copies an agent's row from the database attached as `bk` (a backup's copy of the same
+/// schema) into this one, under `placeholder` (its slug may be taken here), in the caller's
+/// transaction. The copy is changed too: it is a throwaway file.
+pub async fn copy_from_attached(
+    conn: &mut sqlx::SqliteConnection,
+    id: Uuid,
+    placeholder: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE bk.agents SET slug = ? WHERE id = ?")
+        .bind(placeholder)
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("INSERT INTO agents SELECT * FROM bk.agents WHERE id = ?")
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

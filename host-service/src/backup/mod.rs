@@ -12,11 +12,14 @@
 //! and ends `succeeded` or `failed` with its reason; a run the host died in is marked failed at
 //! the next start (`recover`). Failures notify the owner with what to do.
 
+pub mod agent;
+pub mod containers;
+pub mod drill;
 pub mod remote;
 pub mod restic;
 pub mod restore;
 pub mod schedule;
-mod stage;
+pub mod stage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,8 +49,8 @@ pub const BACKUP_DIR: &str = "backup";
 pub const STAGE_NAME: &str = "taos-data";
 const PASSWORD_FILE: &str = "repository-password";
 /// An SFTP destination's private key and pinned host key, 0600 files for the length of a run.
-const SSH_KEY_FILE: &str = "sftp-key";
-const KNOWN_HOSTS_FILE: &str = "sftp-known-hosts";
+pub(crate) const SSH_KEY_FILE: &str = "sftp-key";
+pub(crate) const KNOWN_HOSTS_FILE: &str = "sftp-known-hosts";
 pub(crate) const CACHE_DIR: &str = "cache";
 pub(crate) const TMP_DIR: &str = "tmp";
 /// Every snapshot the host makes carries this tag (and `taos-schema-<n>`, `taos-run-<id>`).
@@ -62,6 +65,7 @@ pub const MIN_PASSPHRASE_CHARS: usize = 8;
 const MAX_PASSPHRASE_CHARS: usize = 1024;
 const MAX_PATH_BYTES: usize = 4096;
 const MAX_KEEP: u32 = 1000;
+const MAX_DRILL_EVERY_DAYS: u32 = 90;
 pub const MAX_LIST_LIMIT: i64 = 500;
 /// Progress events at most this often (each is a row in the event log).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -81,6 +85,13 @@ pub enum BackupError {
     Conflict(String),
     #[error("no such backup run")]
     NotFound,
+    #[error("no such restore drill")]
+    DrillNotFound,
+    /// What was asked for is not in the backup (no such snapshot, agent or container).
+    #[error("{0}")]
+    NotInBackup(String),
+    #[error(transparent)]
+    Archive(#[from] crate::agents::archive::ArchiveError),
     #[error("the destination {path} can't be used: {why}")]
     Unreachable { path: String, why: String },
     #[error(transparent)]
@@ -128,6 +139,13 @@ impl BackupError {
     }
 }
 
+/// What a run that succeeded made.
+struct Done {
+    summary: restic::BackupSummary,
+    containers: u64,
+    warnings: Vec<String>,
+}
+
 /// The backup service: settings, runs, recovery. Cheap to clone.
 #[derive(Clone)]
 pub struct Backups(Arc<Inner>);
@@ -138,6 +156,10 @@ struct Inner {
     secrets: SecretBox,
     hub: Arc<EventHub>,
     traces: TraceStore,
+    /// The agents and the container runtime, for the containers in a backup and drills.
+    agents: crate::agents::AgentHost,
+    /// One single-agent restore at a time (each imports a container and writes the archive).
+    agent_restore: tokio::sync::Mutex<()>,
     restic_bin: PathBuf,
 }
 
@@ -149,6 +171,7 @@ struct Stored {
     sealed_credentials: Option<String>,
     retention: BackupRetention,
     schedule: BackupSchedule,
+    drill_every_days: u32,
     repository_ready: bool,
     updated_at: i64,
 }
@@ -160,6 +183,7 @@ impl Backups {
         secrets: SecretBox,
         hub: Arc<EventHub>,
         traces: TraceStore,
+        agents: crate::agents::AgentHost,
     ) -> Backups {
         Backups(Arc::new(Inner {
             db,
@@ -167,6 +191,8 @@ impl Backups {
             secrets,
             hub,
             traces,
+            agents,
+            agent_restore: tokio::sync::Mutex::new(()),
             restic_bin: PathBuf::from(restic::DEFAULT_BIN),
         }))
     }
@@ -178,7 +204,8 @@ impl Backups {
     async fn stored(&self) -> Result<Option<Stored>, BackupError> {
         let row = sqlx::query(
             "SELECT destination, passphrase, credentials, keep_daily, keep_weekly, keep_monthly, \
-             schedule, repository_ready, updated_at FROM backup_settings WHERE id = 1",
+             schedule, drill_every_days, repository_ready, updated_at FROM backup_settings \
+             WHERE id = 1",
         )
         .fetch_optional(&self.0.db)
         .await?;
@@ -202,6 +229,7 @@ impl Backups {
             },
             schedule: serde_json::from_str(&row.get::<String, _>("schedule"))
                 .map_err(|e| BackupError::Decode(format!("schedule: {e}")))?,
+            drill_every_days: keep("drill_every_days")?,
             repository_ready: row.get::<i64, _>("repository_ready") != 0,
             updated_at: row.get("updated_at"),
         }))
@@ -215,6 +243,7 @@ impl Backups {
                 destination: None,
                 retention: BackupRetention::default(),
                 schedule: BackupSchedule::Off,
+                drill_every_days: taos_proto::backup::DEFAULT_DRILL_EVERY_DAYS,
                 passphrase_set: false,
                 credentials_set: false,
                 repository_ready: false,
@@ -225,6 +254,7 @@ impl Backups {
                 destination: Some(s.destination),
                 retention: s.retention,
                 schedule: s.schedule,
+                drill_every_days: s.drill_every_days,
                 passphrase_set: true,
                 credentials_set: s.sealed_credentials.is_some(),
                 repository_ready: s.repository_ready,
@@ -248,6 +278,13 @@ impl Backups {
         }
         if let Some(schedule) = &update.schedule {
             schedule::validate(schedule)?;
+        }
+        if let Some(days) = update.drill_every_days {
+            if days > MAX_DRILL_EVERY_DAYS {
+                return Err(BackupError::BadInput(format!(
+                    "drill_every_days: must be 0 (only on request) to {MAX_DRILL_EVERY_DAYS}"
+                )));
+            }
         }
         if let Some(credentials) = &update.credentials {
             remote::validate_credentials(&update.destination, credentials)?;
@@ -310,18 +347,23 @@ impl Backups {
             .unwrap_or_default();
         let schedule =
             serde_json::to_string(&schedule).map_err(|e| BackupError::Decode(e.to_string()))?;
+        let drill_every_days = update
+            .drill_every_days
+            .or(current.as_ref().map(|c| c.drill_every_days))
+            .unwrap_or(taos_proto::backup::DEFAULT_DRILL_EVERY_DAYS);
         // A new destination is a new repository (made or opened by the next run).
         let ready = same_destination && current.as_ref().is_some_and(|c| c.repository_ready);
         let destination = serde_json::to_string(&update.destination)
             .map_err(|e| BackupError::Decode(e.to_string()))?;
         sqlx::query(
             "INSERT INTO backup_settings (id, destination, passphrase, credentials, keep_daily, \
-             keep_weekly, keep_monthly, schedule, repository_ready, updated_at) \
-             VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             keep_weekly, keep_monthly, schedule, drill_every_days, repository_ready, updated_at) \
+             VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET destination = excluded.destination, \
              passphrase = excluded.passphrase, credentials = excluded.credentials, keep_daily = excluded.keep_daily, \
              keep_weekly = excluded.keep_weekly, keep_monthly = excluded.keep_monthly, \
-             schedule = excluded.schedule, repository_ready = excluded.repository_ready, \
+             schedule = excluded.schedule, drill_every_days = excluded.drill_every_days, \
+             repository_ready = excluded.repository_ready, \
              updated_at = excluded.updated_at",
         )
         .bind(&destination)
@@ -331,6 +373,7 @@ impl Backups {
         .bind(i64::from(retention.keep_weekly))
         .bind(i64::from(retention.keep_monthly))
         .bind(&schedule)
+        .bind(i64::from(drill_every_days))
         .bind(i64::from(ready))
         .bind(now_ms())
         .execute(&self.0.db)
@@ -357,7 +400,8 @@ impl Backups {
         let inserted = sqlx::query(
             "INSERT INTO backup_runs (id, state, reason, destination, created_at) \
              SELECT ?, 'queued', ?, ?, ? WHERE NOT EXISTS \
-             (SELECT 1 FROM backup_runs WHERE state IN ('queued', 'running'))",
+             (SELECT 1 FROM backup_runs WHERE state IN ('queued', 'running')) AND NOT EXISTS \
+             (SELECT 1 FROM backup_drills WHERE state = 'running')",
         )
         .bind(&id)
         .bind(reason.as_str())
@@ -366,12 +410,17 @@ impl Backups {
         .execute(&self.0.db)
         .await?;
         if inserted.rows_affected() == 0 {
-            let busy: String = sqlx::query_scalar(
+            let busy: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM backup_runs WHERE state IN ('queued', 'running') LIMIT 1",
             )
-            .fetch_one(&self.0.db)
+            .fetch_optional(&self.0.db)
             .await?;
-            return Err(BackupError::AlreadyRunning(busy));
+            return Err(match busy {
+                Some(run) => BackupError::AlreadyRunning(run),
+                None => BackupError::Conflict(
+                    "a restore drill is running; wait for it to finish".into(),
+                ),
+            });
         }
         let run = self.get(&id).await?;
         let me = self.clone();
@@ -444,17 +493,23 @@ impl Backups {
         let outcome = self.run_steps(&id).await;
         self.remove_run_files();
         match outcome {
-            Ok(done) => {
+            Ok(Done {
+                summary: done,
+                containers,
+                warnings,
+            }) => {
                 let finished = sqlx::query(
                     "UPDATE backup_runs SET state = 'succeeded', finished_at = ?, snapshot_id = ?, \
-                     data_added = ?, total_bytes = ?, total_files = ? \
-                     WHERE id = ? AND state = 'running'",
+                     data_added = ?, total_bytes = ?, total_files = ?, containers = ?, \
+                     warnings = ? WHERE id = ? AND state = 'running'",
                 )
                 .bind(now_ms())
                 .bind(&done.snapshot_id)
                 .bind(i64::try_from(done.data_added).unwrap_or(i64::MAX))
                 .bind(i64::try_from(done.total_bytes_processed).unwrap_or(i64::MAX))
                 .bind(i64::try_from(done.total_files_processed).unwrap_or(i64::MAX))
+                .bind(i64::try_from(containers).unwrap_or(i64::MAX))
+                .bind(serde_json::to_string(&warnings).unwrap_or_else(|_| "[]".into()))
                 .bind(&id)
                 .execute(&self.0.db)
                 .await;
@@ -479,9 +534,26 @@ impl Backups {
                             "snapshot_id": done.snapshot_id,
                             "data_added": done.data_added,
                             "total_bytes": done.total_bytes_processed,
+                            "containers": containers,
+                            "warnings": warnings,
                         }),
                     )
                     .await;
+                if !warnings.is_empty() {
+                    let note = NewNotification {
+                        level: Level::Warning,
+                        title: "Backup finished without some containers".into(),
+                        message: format!(
+                            "{}. The rest of the host is in the backup.",
+                            warnings.join("; ")
+                        ),
+                        source: Some("backup".into()),
+                        data: Some(serde_json::json!({"run_id": id})),
+                    };
+                    if let Err(e) = self.0.hub.notify(note).await {
+                        tracing::warn!(error = %e, "cannot post the backup warning notification");
+                    }
+                }
             }
             Err(e) => {
                 let reason = e.to_string();
@@ -541,7 +613,7 @@ impl Backups {
             .await;
     }
 
-    async fn run_steps(&self, id: &str) -> Result<restic::BackupSummary, BackupError> {
+    async fn run_steps(&self, id: &str) -> Result<Done, BackupError> {
         let marked = sqlx::query(
             "UPDATE backup_runs SET state = 'running', started_at = ? \
              WHERE id = ? AND state = 'queued'",
@@ -590,10 +662,17 @@ impl Backups {
 
         self.progress(id, BackupPhase::Staging, None).await;
         let stage = private.join(STAGE_NAME);
-        let staged = stage::stage(&self.0.db, &self.0.data_dir, &self.0.traces, &stage, id)
+        let staged = stage::stage(&self.0.db, &self.0.data_dir, &self.0.traces, &stage)
             .await
             .map_err(|e| BackupError::Stage(e.to_string()))?;
         tracing::info!(run = %id, ?staged, "staged the host's data for the backup");
+        self.progress(id, BackupPhase::Containers, None).await;
+        let staged_containers = containers::stage(&self.0.agents, &stage)
+            .await
+            .map_err(|e| BackupError::Stage(e.to_string()))?;
+        let container_count = staged_containers.containers.len() as u64;
+        stage::write_manifest(&stage, &self.0.data_dir, id, staged_containers.containers)
+            .map_err(|e| BackupError::Stage(e.to_string()))?;
         crate::faults::check("backup", "staged")
             .await
             .map_err(BackupError::Stage)?;
@@ -648,7 +727,11 @@ impl Backups {
         let forgotten = restic.forget_prune(TAG, keep).await?;
         restic.check(Some(CHECK_SUBSET)).await?;
         tracing::info!(run = %id, kept = forgotten.kept, removed = forgotten.removed, "retention applied, repository checked");
-        Ok(summary)
+        Ok(Done {
+            summary,
+            containers: container_count,
+            warnings: staged_containers.warnings,
+        })
     }
 }
 
@@ -713,7 +796,7 @@ impl Backups {
 }
 
 const RUN_COLUMNS: &str = "id, state, reason, destination, created_at, started_at, finished_at, \
-     snapshot_id, data_added, total_bytes, total_files, error";
+     snapshot_id, data_added, total_bytes, total_files, error, containers, warnings";
 
 async fn get_run(db: &Db, id: &str) -> Result<BackupRun, BackupError> {
     let row = sqlx::query(&format!(
@@ -751,6 +834,9 @@ fn run_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BackupRun, BackupError>
         total_bytes: count("total_bytes"),
         total_files: count("total_files"),
         error: row.get("error"),
+        containers: count("containers"),
+        warnings: serde_json::from_str(&row.get::<String, _>("warnings"))
+            .map_err(|e| BackupError::Decode(format!("warnings: {e}")))?,
     })
 }
 

@@ -376,6 +376,21 @@ impl Restic {
     }
 
     /// Restores snapshot `id` into `target` (restic 0.14's `restore` has no JSON output).
+    /// Restores only the paths matching `includes` (restic's `--include` patterns).
+    pub async fn restore_including(
+        &self,
+        id: &str,
+        target: &Path,
+        includes: &[String],
+    ) -> Result<(), ResticError> {
+        let target = target.to_string_lossy().into_owned();
+        let mut args = vec!["restore", id, "--target", target.as_str()];
+        for include in includes {
+            args.extend(["--include", include.as_str()]);
+        }
+        self.run_ok("restore", &args).await.map(|_| ())
+    }
+
     pub async fn restore(&self, id: &str, target: &Path) -> Result<(), ResticError> {
         let target = target.to_string_lossy().into_owned();
         self.run_ok("restore", &["restore", id, "--target", target.as_str()])

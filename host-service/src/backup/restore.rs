@@ -13,7 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::restic::{Repository, Restic, ResticError, Snapshot};
-use super::stage::{Manifest, MANIFEST_FILE, MANIFEST_FORMAT};
+use super::stage::{Manifest, StagedContainer, CONTAINERS_DIR, MANIFEST_FILE, MANIFEST_FORMAT};
 use super::{BACKUP_DIR, SCHEMA_TAG_PREFIX, STAGE_NAME, TAG};
 use crate::fsutil;
 
@@ -52,6 +52,8 @@ pub enum RestoreError {
     Db(#[from] crate::db::DbError),
     #[error("cannot settle the restored database: {0}")]
     Settle(String),
+    #[error("cannot bring the agents' containers back: {0}")]
+    Containers(String),
 }
 
 /// What to restore, and from where.
@@ -78,6 +80,8 @@ pub struct Restored {
     pub schema_version: i64,
     pub old_data_dir: String,
     pub archives_moved: u64,
+    /// Agents' containers imported (and started if they were running).
+    pub containers: usize,
 }
 
 /// Restores a backup into an empty data dir.
@@ -171,12 +175,12 @@ async fn restore_into(request: &RestoreRequest) -> Result<Restored, RestoreError
     }
     for entry in fs::read_dir(&root)? {
         let entry = entry?;
-        if entry.file_name() == MANIFEST_FILE {
+        // The containers' tarballs are imported from where restic put them, then removed.
+        if entry.file_name() == MANIFEST_FILE || entry.file_name() == CONTAINERS_DIR {
             continue;
         }
         fs::rename(entry.path(), data_dir.join(entry.file_name()))?;
     }
-    fs::remove_dir_all(&target)?;
     fsutil::sync_dir(data_dir)?;
 
     let db = crate::db::open(data_dir).await?;
@@ -193,13 +197,46 @@ async fn restore_into(request: &RestoreRequest) -> Result<Restored, RestoreError
     .await;
     db.close().await;
     let archives_moved = settled.map_err(RestoreError::Settle)?;
+    let containers = manifest.containers.len();
+    if !manifest.containers.is_empty() {
+        import_containers(data_dir, &root.join(CONTAINERS_DIR), &manifest.containers).await?;
+    }
+    fs::remove_dir_all(&target)?;
     Ok(Restored {
         snapshot_id: snapshot.id.clone(),
         time: snapshot.time,
         schema_version: manifest.schema_version,
         old_data_dir: manifest.data_dir,
         archives_moved,
+        containers,
     })
+}
+
+/// The agents' containers back into the runtime the restored `taos.toml` names (its agents'
+/// profile and networks made first, as a host's first start would).
+async fn import_containers(
+    data_dir: &Path,
+    dir: &Path,
+    containers: &[StagedContainer],
+) -> Result<(), RestoreError> {
+    let failed = |why: String| RestoreError::Containers(why);
+    let config = crate::config::load_or_init(data_dir).map_err(|e| failed(e.to_string()))?;
+    let detected = crate::runtime::detect(&config.runtime).await;
+    let Some(rt) = detected.runtime else {
+        return Err(failed(format!(
+            "the backup holds {} agent container(s) and {}",
+            containers.len(),
+            detected.description
+        )));
+    };
+    if let crate::runtime::ContainerRuntime::Incus(incus) = &rt {
+        crate::isolation::prepare_incus_now(incus, &config.runtime)
+            .await
+            .map_err(failed)?;
+    }
+    super::containers::import_all(&rt, dir, containers)
+        .await
+        .map_err(failed)
 }
 
 /// restic's repository for `--from` and the files or keys that go with it.
@@ -250,7 +287,7 @@ fn repository(request: &RestoreRequest) -> Result<Repository, RestoreError> {
 }
 
 /// The snapshot asked for (by id or id prefix), else the newest.
-fn choose<'a>(
+pub(crate) fn choose<'a>(
     snapshots: &'a [Snapshot],
     wanted: Option<&str>,
 ) -> Result<&'a Snapshot, RestoreError> {

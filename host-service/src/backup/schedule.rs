@@ -7,7 +7,7 @@
 //! Slots are computed from a given `now`, so the tests drive time by passing it.
 
 use chrono::{DateTime, Duration, TimeZone, Timelike, Utc};
-use taos_proto::backup::{BackupReason, BackupSchedule};
+use taos_proto::backup::{BackupReason, BackupSchedule, DrillReason};
 
 use super::{BackupError, Backups};
 
@@ -100,6 +100,22 @@ impl Backups {
         Ok(())
     }
 
+    /// Starts a `scheduled` restore drill when `drill_every_days` have passed (checked on
+    /// every turn of the loop, so at least once a minute and once at start-up: a drill that
+    /// fell due while the host was off runs when it starts).
+    async fn drill_if_due(&self, now: DateTime<Utc>) {
+        match self.drill_due(now).await {
+            Ok(false) => {}
+            Ok(true) => match self.start_drill(DrillReason::Scheduled).await {
+                Ok(drill) => tracing::info!(drill = %drill.id, "scheduled restore drill started"),
+                // A backup is running: the drill waits for the next turn.
+                Err(BackupError::Conflict(why)) => tracing::debug!(%why, "scheduled drill waits"),
+                Err(e) => tracing::error!(error = %e, "cannot start the scheduled restore drill"),
+            },
+            Err(e) => tracing::error!(error = %e, "cannot tell whether a restore drill is due"),
+        }
+    }
+
     /// The host's schedule loop: sleeps to the next slot (re-reading the settings every
     /// minute) and starts a `scheduled` run there. Runs until the host stops.
     pub async fn schedule_loop(self) {
@@ -133,6 +149,7 @@ impl Backups {
                 }
                 (_, next) => due = next,
             }
+            self.drill_if_due(now).await;
             let wait = due
                 .and_then(|slot| (slot - now).to_std().ok())
                 .map_or(RECHECK, |until| until.min(RECHECK));

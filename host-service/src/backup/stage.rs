@@ -20,6 +20,7 @@ use crate::fsutil;
 use crate::trace::copy::{copy_agent_dir, Copied};
 use crate::trace::TraceStore;
 
+pub const CONTAINERS_DIR: &str = "containers";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The manifest's own format; restore refuses one it doesn't know.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -37,6 +38,30 @@ pub struct Manifest {
     pub run_id: String,
     /// Where the data dir was: archives record their folders by absolute path.
     pub data_dir: String,
+    /// The agents' containers in `containers/` (absent in backups made before they were).
+    #[serde(default)]
+    pub containers: Vec<StagedContainer>,
+}
+
+/// One agent's container in a backup: `containers/<file>`, an incus backup tarball.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StagedContainer {
+    pub agent_id: String,
+    pub slug: String,
+    /// The container's name (what restore makes it as again).
+    pub container: String,
+    /// The file's name inside `containers/`.
+    pub file: String,
+    pub bytes: u64,
+    /// Whether it was running when exported (restore starts it again if so).
+    pub running: bool,
+    /// The systemd unit of the agent inside (what a drill checks is up).
+    #[serde(default = "default_service")]
+    pub service: String,
+}
+
+fn default_service() -> String {
+    "taos-agent".into()
 }
 
 /// What was staged, for the log.
@@ -53,7 +78,6 @@ pub async fn stage(
     data_dir: &Path,
     traces: &TraceStore,
     stage: &Path,
-    run_id: &str,
 ) -> io::Result<Staged> {
     match fs::remove_dir_all(stage) {
         Ok(()) => {}
@@ -116,6 +140,16 @@ pub async fn stage(
         }
     }
 
+    Ok(staged)
+}
+
+/// Writes `manifest.json` last, once everything it describes is in the staged folder.
+pub fn write_manifest(
+    stage: &Path,
+    data_dir: &Path,
+    run_id: &str,
+    containers: Vec<StagedContainer>,
+) -> io::Result<()> {
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         schema_version: crate::db::schema_version(),
@@ -123,10 +157,10 @@ pub async fn stage(
         created_at: chrono::Utc::now(),
         run_id: run_id.to_string(),
         data_dir: data_dir.display().to_string(),
+        containers,
     };
     let text = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
-    fsutil::write_atomic(&stage.join(MANIFEST_FILE), &text)?;
-    Ok(staged)
+    fsutil::write_atomic(&stage.join(MANIFEST_FILE), &text)
 }
 
 /// Copies a plain file (never through a link) into a new 0600 file, if it exists.

@@ -1279,6 +1279,41 @@ fn cut_strings(value: &mut serde_json::Value, max: usize) {
     }
 }
 
+/// In a backup's copy of the database (a connection of its own): how many messages it holds.
+pub async fn message_count_in(conn: &mut sqlx::SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM messages")
+        .fetch_one(conn)
+        .await
+}
+
+/// Copies an agent's DM channels, their members and their messages from the database attached
+/// as `bk` (a backup's copy of the same schema), in the caller's transaction.
+pub async fn copy_dm_from_attached(
+    conn: &mut sqlx::SqliteConnection,
+    agent: Uuid,
+) -> Result<(), sqlx::Error> {
+    let id = agent.to_string();
+    sqlx::query("INSERT INTO channels SELECT * FROM bk.channels WHERE dm_agent_id = ?")
+        .bind(&id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO channel_members SELECT * FROM bk.channel_members WHERE channel_id IN \
+         (SELECT id FROM bk.channels WHERE dm_agent_id = ?)",
+    )
+    .bind(&id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO messages SELECT * FROM bk.messages WHERE channel_id IN \
+         (SELECT id FROM bk.channels WHERE dm_agent_id = ?)",
+    )
+    .bind(&id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tool_step_tests {
     use super::*;

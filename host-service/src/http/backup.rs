@@ -3,7 +3,11 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use taos_proto::backup::{BackupRun, BackupSettings, BackupSettingsSaved, BackupSettingsUpdate};
+use taos_proto::agents::AgentWithToken;
+use taos_proto::backup::{
+    BackupAgentRestore, BackupDrill, BackupRun, BackupSettings, BackupSettingsSaved,
+    BackupSettingsUpdate, DrillReason,
+};
 use taos_proto::error::ErrorBody;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -18,6 +22,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_settings, put_settings))
         .routes(routes!(list_runs, start_run))
         .routes(routes!(get_run))
+        .routes(routes!(start_drill))
+        .routes(routes!(list_drills))
+        .routes(routes!(get_drill))
+        .routes(routes!(restore_agent))
 }
 
 /// Where backups go and how many are kept. The passphrase is never returned.
@@ -106,4 +114,80 @@ async fn get_run(
     Path(id): Path<String>,
 ) -> Result<Json<BackupRun>, ApiError> {
     Ok(Json(state.backups.get(&id).await?))
+}
+
+/// Runs a restore drill on the newest backup now: `restic check --read-data-subset`, the
+/// snapshot restored into a throwaway folder, its database checked against its manifest, and
+/// each agent's container imported into a throwaway incus project and started. Answers at once
+/// (`running`); `backup.drill` follows on `/api/events`, and a failed drill notifies.
+#[utoipa::path(post, path = "/api/backups/drill", tag = "backups",
+    responses((status = 202, description = "Started", body = BackupDrill),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 409, description = "Not set up, no backup made yet, or a backup or drill is running", body = ErrorBody)))]
+async fn start_drill(
+    OwnerLike(principal): OwnerLike,
+    State(state): State<AppState>,
+) -> Result<(StatusCode, Json<BackupDrill>), ApiError> {
+    let drill = state.backups.start_drill(DrillReason::Manual).await?;
+    tracing::info!(drill = %drill.id, by = %principal.label(), "restore drill started");
+    Ok((StatusCode::ACCEPTED, Json(drill)))
+}
+
+/// Restore drills, newest first, with each check's finding.
+#[utoipa::path(get, path = "/api/backups/drills", tag = "backups", params(ListParams),
+    responses((status = 200, description = "Drills, newest first", body = Vec<BackupDrill>),
+        (status = 400, description = "Bad limit", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody)))]
+async fn list_drills(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Vec<BackupDrill>>, ApiError> {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=crate::backup::MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 500"));
+    }
+    Ok(Json(state.backups.drills(limit).await?))
+}
+
+/// One drill.
+#[utoipa::path(get, path = "/api/backups/drills/{id}", tag = "backups",
+    params(("id" = String, Path, description = "Drill id")),
+    responses((status = 200, description = "The drill", body = BackupDrill),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 404, description = "No such drill", body = ErrorBody)))]
+async fn get_drill(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<BackupDrill>, ApiError> {
+    Ok(Json(state.backups.drill(&id).await?))
+}
+
+/// Brings one agent of a backup back into this host: its container (imported, started with
+/// new credentials, shown once), its DM history and its traces, under its old slug or, if that
+/// is taken, `-2`, `-3`… Answers when the agent is up (or why it isn't).
+#[utoipa::path(post, path = "/api/backups/agents", tag = "backups",
+    request_body = BackupAgentRestore,
+    responses((status = 200, description = "Restored and running", body = AgentWithToken),
+        (status = 400, description = "Bad slug or snapshot id; nothing changed", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody),
+        (status = 404, description = "No such snapshot, agent, or container in the backup; nothing changed", body = ErrorBody),
+        (status = 409, description = "Not set up, the agent is on this host already, another schema, no incus for its container, or another agent restore is running; nothing changed", body = ErrorBody)))]
+async fn restore_agent(
+    OwnerLike(principal): OwnerLike,
+    State(state): State<AppState>,
+    Json(body): Json<BackupAgentRestore>,
+) -> Result<Json<AgentWithToken>, ApiError> {
+    let restored = state.backups.restore_agent(&body).await?;
+    tracing::info!(agent = %restored.agent.slug, by = %principal.label(), "agent restored from a backup");
+    Ok(Json(AgentWithToken {
+        agent: crate::agents::view(&state.agents, &restored.agent).await?,
+        agent_token: restored.agent_token,
+        llm_key: Some(restored.llm_key),
+    }))
 }

@@ -455,6 +455,9 @@ impl From<crate::backup::BackupError> for ApiError {
             }
             BackupError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             BackupError::NotFound => ApiError::not_found("no such backup run"),
+            BackupError::DrillNotFound => ApiError::not_found("no such restore drill"),
+            BackupError::NotInBackup(m) => ApiError::not_found(m),
+            BackupError::Archive(e) => e.into(),
             e => ApiError::internal(e),
         }
     }

@@ -85,6 +85,9 @@ pub struct Incus {
     /// Storage pool for root disks with a size.
     pool: String,
     pool_driver: std::sync::OnceLock<String>,
+    /// The incus project every call is made in; `None`: the default project. Restore drills
+    /// work in a throwaway project of their own (see `in_project`).
+    project: Option<String>,
 }
 
 /// An answer from incus, raw or JSON.
@@ -136,6 +139,30 @@ impl Incus {
             target,
             pool: pool.into(),
             pool_driver: std::sync::OnceLock::new(),
+            project: None,
+        }
+    }
+
+    /// The same incus, every call made in `project` (which must exist: `create_project`).
+    pub fn in_project(&self, project: &str) -> Result<Incus, RuntimeError> {
+        validate_name("project name", project)?;
+        Ok(Incus {
+            socket: self.socket.clone(),
+            target: self.target.clone(),
+            pool: self.pool.clone(),
+            pool_driver: std::sync::OnceLock::new(),
+            project: Some(project.to_string()),
+        })
+    }
+
+    /// `path` with this handle's project in its query string.
+    fn scoped(&self, path: &str) -> String {
+        match &self.project {
+            None => path.to_string(),
+            Some(project) => {
+                let join = if path.contains('?') { '&' } else { '?' };
+                format!("{path}{join}project={}", percent_encode(project))
+            }
         }
     }
 
@@ -553,6 +580,30 @@ impl Incus {
         body: Bytes,
         headers: &[(&str, String)],
     ) -> Result<Answer, RuntimeError> {
+        let response = self.send(method, path, Full::new(body), headers).await?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
+            .to_bytes();
+        Ok(Answer { status, body })
+    }
+
+    /// One request with any body (a file streamed for an import), the answer's body left to
+    /// the caller (streamed to a file for an export). `path` is scoped to the project here.
+    async fn send<B>(
+        &self,
+        method: Method,
+        path: &str,
+        body: B,
+        headers: &[(&str, String)],
+    ) -> Result<hyper::Response<hyper::body::Incoming>, RuntimeError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|e| RuntimeError::Unreachable(format!("{}: {e}", self.socket.display())))?;
@@ -565,26 +616,18 @@ impl Incus {
         });
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("http://incus{path}"))
+            .uri(format!("http://incus{}", self.scoped(path)))
             .header("host", "incus");
         for (k, v) in headers {
             request = request.header(*k, v);
         }
         let request = request
-            .body(Full::new(body))
+            .body(body)
             .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
-        let response = sender
+        sender
             .send_request(request)
             .await
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
-            .to_bytes();
-        Ok(Answer { status, body })
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))
     }
 
     /// A JSON call. Async operations are waited for; errors become typed errors carrying
@@ -709,6 +752,258 @@ impl Incus {
             }
             Err(_) => String::new(),
         }
+    }
+}
+
+/// incus's backup of an instance, the way backups carry it: without its snapshots (a backup
+/// is of the container as it is), a plain tarball (`optimized_storage` would tie it to the
+/// pool's driver), uncompressed, so restic's content-defined chunks of unchanged files are the
+/// same from one backup to the next and deduplicate (a gzip stream changes throughout).
+fn backup_request(name: &str) -> Value {
+    json!({
+        "name": name,
+        // incus removes the backup by itself if the host dies before it does.
+        "expires_at": (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339(),
+        "instance_only": true,
+        "optimized_storage": false,
+        "compression_algorithm": "none",
+    })
+}
+
+/// A readable file as a request body, 64 KiB at a time (an import never holds the tarball).
+fn file_body(
+    file: tokio::fs::File,
+) -> http_body_util::StreamBody<
+    impl futures_util::Stream<Item = Result<hyper::body::Frame<Bytes>, std::io::Error>>,
+> {
+    use tokio::io::AsyncReadExt;
+    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    http_body_util::StreamBody::new(chunks)
+}
+
+impl Incus {
+    /// Exports an instance as a backup tarball into `to` (a new 0600 file), streamed: one
+    /// frame in memory at a time. A running container is exported live (incus copies its file
+    /// system from a snapshot it takes for the purpose), so agents keep running. incus's own
+    /// copy of the backup is deleted afterwards, whatever happened. Returns the bytes written.
+    pub async fn export_to_file(
+        &self,
+        name: &str,
+        to: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<u64, RuntimeError> {
+        let instance = Self::instance(name)?;
+        let backup = format!("taos-backup-{}", chrono::Utc::now().timestamp_millis());
+        self.call_timeout(
+            Method::POST,
+            &format!("{instance}/backups"),
+            Some(backup_request(&backup)),
+            timeout,
+        )
+        .await?;
+        let written = self
+            .download(&format!("{instance}/backups/{backup}/export"), to)
+            .await;
+        let removed = self
+            .call(
+                Method::DELETE,
+                &format!("{instance}/backups/{backup}"),
+                None,
+            )
+            .await;
+        if let Err(e) = removed {
+            // incus expires it within a day in any case.
+            tracing::warn!(instance = name, backup, error = %e, "cannot delete incus's copy of a backup");
+        }
+        written
+    }
+
+    async fn download(&self, path: &str, to: &std::path::Path) -> Result<u64, RuntimeError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use tokio::io::AsyncWriteExt;
+        let response = self
+            .send(Method::GET, path, Full::new(Bytes::new()), &[])
+            .await?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        if status / 100 != 2 {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
+                .to_bytes();
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(error_of(&value, path));
+        }
+        let io = |e: std::io::Error| RuntimeError::Refused {
+            runtime: RUNTIME,
+            message: format!("cannot write {}: {e}", to.display()),
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(to)
+            .map_err(io)?;
+        let mut file = tokio::fs::File::from_std(file);
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                file.write_all(&data).await.map_err(io)?;
+                written += data.len() as u64;
+            }
+        }
+        file.sync_all().await.map_err(io)?;
+        Ok(written)
+    }
+
+    /// Makes instance `name` (stopped) from a backup tarball `export_to_file` wrote, streamed
+    /// from the file, on this handle's pool and in its project.
+    pub async fn import_from_file(
+        &self,
+        from: &std::path::Path,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        validate_name("container name", name)?;
+        let file = tokio::fs::File::open(from)
+            .await
+            .map_err(|e| RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: format!("cannot read {}: {e}", from.display()),
+            })?;
+        let path = match &self.target {
+            Some(member) => format!("/1.0/instances?target={}", percent_encode(member)),
+            None => "/1.0/instances".to_string(),
+        };
+        let response = self
+            .send(
+                Method::POST,
+                &path,
+                file_body(file),
+                &[
+                    ("content-type", "application/octet-stream".to_string()),
+                    ("x-incus-name", name.to_string()),
+                    ("x-incus-pool", self.pool.clone()),
+                ],
+            )
+            .await?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).map_err(|_| RuntimeError::Refused {
+            runtime: RUNTIME,
+            message: format!("unreadable answer to an import (HTTP {status})"),
+        })?;
+        match value["type"].as_str() {
+            Some("error") => Err(error_of(&value, name)),
+            Some("async") => {
+                let operation = value["operation"].as_str().unwrap_or_default().to_string();
+                self.wait(&operation, timeout).await.map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Cuts a (stopped) instance off for a restore drill: its proxy devices (which would
+    /// reach the live host's agent listener with the real agent's token) and its NIC are
+    /// removed, so the copy boots with loopback only.
+    pub async fn isolate_for_drill(&self, name: &str) -> Result<(), RuntimeError> {
+        let path = Self::instance(name)?;
+        let mut instance = self.call(Method::GET, &path, None).await?;
+        if let Some(devices) = instance["devices"].as_object_mut() {
+            devices.retain(|_, d| d["type"] != "proxy" && d["type"] != "nic");
+            // The profile's NIC too: a device of type none masks it.
+            devices.insert("eth0".into(), json!({"type": "none"}));
+        }
+        let body = json!({
+            "architecture": instance["architecture"],
+            "config": instance["config"],
+            "devices": instance["devices"],
+            "ephemeral": instance["ephemeral"],
+            "profiles": instance["profiles"],
+            "description": instance["description"],
+        });
+        self.call(Method::PUT, &path, Some(body)).await.map(|_| ())
+    }
+
+    /// A project of its own for throwaway instances (restore drills): it shares the default
+    /// project's profiles, images, networks and volumes, so an agent's container imported
+    /// into it finds its profile, and nothing in it can clash with a live agent's name.
+    pub async fn create_project(&self, project: &str) -> Result<(), RuntimeError> {
+        validate_name("project name", project)?;
+        self.call(
+            Method::POST,
+            "/1.0/projects",
+            Some(json!({
+                "name": project,
+                "description": "taos restore drill (throwaway)",
+                "config": {
+                    "features.images": "false",
+                    "features.profiles": "false",
+                    "features.storage.volumes": "false",
+                    "features.networks": "false",
+                },
+            })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Deletes a project (it must be empty).
+    pub async fn delete_project(&self, project: &str) -> Result<(), RuntimeError> {
+        validate_name("project name", project)?;
+        self.call(Method::DELETE, &format!("/1.0/projects/{project}"), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// The instances in this handle's project, by name.
+    pub async fn instance_names(&self) -> Result<Vec<String>, RuntimeError> {
+        let list = self.call(Method::GET, "/1.0/instances", None).await?;
+        Ok(list
+            .as_array()
+            .map(|urls| {
+                urls.iter()
+                    .filter_map(|u| u.as_str())
+                    .filter_map(|u| u.split('?').next())
+                    .filter_map(|u| u.rsplit('/').next())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Projects whose names start with `prefix` (drills left by a host that died mid-drill).
+    pub async fn projects_with_prefix(&self, prefix: &str) -> Result<Vec<String>, RuntimeError> {
+        let list = self.call(Method::GET, "/1.0/projects", None).await?;
+        Ok(list
+            .as_array()
+            .map(|urls| {
+                urls.iter()
+                    .filter_map(|u| u.as_str())
+                    .filter_map(|u| u.rsplit('/').next())
+                    .filter(|n| n.starts_with(prefix))
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 }
 

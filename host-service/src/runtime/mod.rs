@@ -229,6 +229,40 @@ impl Runtime for ContainerRuntime {
 }
 
 impl ContainerRuntime {
+    /// Exports a container (live, if it is running) into a new file at `to`, for a backup.
+    /// Docker has no equivalent here yet (`docker commit` + `docker save` would be it), so it
+    /// says so rather than back up nothing.
+    pub async fn export_container(
+        &self,
+        name: &str,
+        to: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<u64, RuntimeError> {
+        match self {
+            ContainerRuntime::Incus(rt) => rt.export_to_file(name, to, timeout).await,
+            ContainerRuntime::Docker(_) => Err(RuntimeError::Unsupported {
+                what: "exporting a container into a backup",
+                runtime: "docker",
+            }),
+        }
+    }
+
+    /// Makes container `name` (stopped) from a file `export_container` wrote.
+    pub async fn import_container(
+        &self,
+        from: &std::path::Path,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        match self {
+            ContainerRuntime::Incus(rt) => rt.import_from_file(from, name, timeout).await,
+            ContainerRuntime::Docker(_) => Err(RuntimeError::Unsupported {
+                what: "importing a container from a backup",
+                runtime: "docker",
+            }),
+        }
+    }
+
     /// Whether agents reach the host through proxy devices inside their containers (incus)
     /// or through the bridge gateway (Docker).
     pub fn has_proxy_devices(&self) -> bool {

@@ -19,6 +19,7 @@ mod agent_access;
 mod approvals;
 mod auth;
 mod backup;
+mod backup_agents;
 mod backup_remote;
 mod bridge_edges;
 mod chat;

@@ -120,6 +120,11 @@ const SEEDS: &[(i64, &str)] = &[
         16,
         "UPDATE deliveries SET cancelled_by = 'u-owner' WHERE agent_id = 'a-1' AND seq = 2;",
     ),
+    (
+        17,
+        "INSERT INTO host_samples VALUES (1700000030000, 12.5, 800000000, 4000000000, 5000000000, 30000000000, 200000000, 8000000000);
+         INSERT INTO agent_samples VALUES ('a-1', 1700000030000, 50000000, 120000000, 2000000000);",
+    ),
 ];
 
 fn migrations_dir() -> std::path::PathBuf {

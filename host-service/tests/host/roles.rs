@@ -360,6 +360,35 @@ fn table(f: &Fixture) -> Vec<Route> {
             OWNER_SIDE,
             vec![no_body(format!("/api/backups/{unknown}"), Deny)],
         ),
+        // Not configured in the fixture: the owner side gets 409, the guest 403.
+        route(
+            "POST",
+            "/api/backups/drill",
+            OWNER_SIDE,
+            vec![no_body("/api/backups/drill".into(), Deny)],
+        ),
+        route(
+            "GET",
+            "/api/backups/drills",
+            OWNER_SIDE,
+            vec![no_body("/api/backups/drills".into(), Deny)],
+        ),
+        route(
+            "POST",
+            "/api/backups/agents",
+            OWNER_SIDE,
+            vec![with(
+                "/api/backups/agents".into(),
+                json!({"agent": "nobody"}),
+                Deny,
+            )],
+        ),
+        route(
+            "GET",
+            "/api/backups/drills/{id}",
+            OWNER_SIDE,
+            vec![no_body(format!("/api/backups/drills/{unknown}"), Deny)],
+        ),
         // Agents: everyone sees them, only the owner side runs them.
         route(
             "GET",

@@ -698,6 +698,83 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/backups/agents": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Brings one agent of a backup back into this host: its container (imported, started with
+         *     new credentials, shown once), its DM history and its traces, under its old slug or, if that
+         *     is taken, `-2`, `-3`… Answers when the agent is up (or why it isn't).
+         */
+        post: operations["restore_agent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/backups/drill": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Runs a restore drill on the newest backup now: `restic check --read-data-subset`, the
+         *     snapshot restored into a throwaway folder, its database checked against its manifest, and
+         *     each agent's container imported into a throwaway incus project and started. Answers at once
+         *     (`running`); `backup.drill` follows on `/api/events`, and a failed drill notifies.
+         */
+        post: operations["start_drill"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/backups/drills": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Restore drills, newest first, with each check's finding. */
+        get: operations["list_drills"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/backups/drills/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One drill. */
+        get: operations["get_drill"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/backups/settings": {
         parameters: {
             query?: never;
@@ -1621,6 +1698,17 @@ export interface components {
         /** @enum {string} */
         AuthorType: "user" | "agent" | "system";
         /**
+         * @description `POST /api/backups/agents`: one agent of a backup brought back into this (running) host,
+         *     with its container, its DM history and its traces, under its old slug or `-2`, `-3`… if
+         *     that is taken.
+         */
+        BackupAgentRestore: {
+            /** @description The agent's slug in the backup. */
+            agent: string;
+            /** @description A snapshot id or a prefix of it (hex); omitted: the newest. */
+            snapshot?: string | null;
+        };
+        /**
          * @description The secrets of an SFTP or S3 destination, write-only: sealed like provider keys, given to
          *     restic only for a run (a 0600 key file that is removed after it, or restic's environment),
          *     never in an answer, argv or the log.
@@ -1664,6 +1752,21 @@ export interface components {
             /** @enum {string} */
             kind: "s3";
         };
+        /** @description One restore drill (`POST /api/backups/drill`, `GET /api/backups/drills`). */
+        BackupDrill: {
+            checks: components["schemas"]["DrillCheck"][];
+            /** Format: date-time */
+            created_at: string;
+            /** @description Why it failed, in words. */
+            error?: string | null;
+            /** Format: date-time */
+            finished_at?: string | null;
+            id: string;
+            reason: components["schemas"]["DrillReason"];
+            /** @description The snapshot drilled (the newest), once known. */
+            snapshot_id?: string | null;
+            state: components["schemas"]["DrillState"];
+        };
         /**
          * @description Why a run was made.
          * @enum {string}
@@ -1683,6 +1786,11 @@ export interface components {
         };
         /** @description One backup run (`GET /api/backups`, `POST /api/backups`). */
         BackupRun: {
+            /**
+             * Format: int64
+             * @description How many agents' containers the snapshot holds.
+             */
+            containers?: number | null;
             /** Format: date-time */
             created_at: string;
             /**
@@ -1710,6 +1818,11 @@ export interface components {
             total_bytes?: number | null;
             /** Format: int64 */
             total_files?: number | null;
+            /**
+             * @description What a run that succeeded left out, in words (a container the runtime can't export,
+             *     an agent whose container is gone); each also posted as a warning notification.
+             */
+            warnings?: string[];
         };
         /**
          * @description When the host backs up by itself. Two plain forms instead of cron syntax: "every night at
@@ -1739,6 +1852,12 @@ export interface components {
             /** @description True when the SFTP or S3 destination's credentials are stored (never returned). */
             credentials_set?: boolean;
             destination?: null | components["schemas"]["BackupDestination"];
+            /**
+             * Format: int32
+             * @description How often the host runs a restore drill on the newest backup by itself, in days
+             *     (0: only on request). Default 7.
+             */
+            drill_every_days?: number;
             passphrase_set: boolean;
             /**
              * @description True once a backup opened (or created) the repository with the passphrase; from then
@@ -1763,6 +1882,12 @@ export interface components {
         BackupSettingsUpdate: {
             credentials?: null | components["schemas"]["BackupCredentials"];
             destination: components["schemas"]["BackupDestination"];
+            /**
+             * Format: int32
+             * @description Days between automatic restore drills (0–90, 0: only on request). Omitted: unchanged
+             *     (7 at first).
+             */
+            drill_every_days?: number | null;
             /**
              * @description The repository passphrase (at least 8 characters). Omitted on the first save, the host
              *     makes a strong one and returns it once. Omitted later, the current one stays.
@@ -1967,6 +2092,28 @@ export interface components {
             /** Format: int64 */
             used_bytes?: number | null;
         };
+        /** @description One check of a drill and what it found. */
+        DrillCheck: {
+            /** @description What was checked or why it failed, in words. */
+            detail: string;
+            /**
+             * @description `repository` (restic check with a read of part of the data), `restore` (the snapshot
+             *     restored into a throwaway folder), `database` (its integrity and its agents against the
+             *     manifest), `container:<name>` (imported into a throwaway incus project and started).
+             */
+            name: string;
+            ok: boolean;
+        };
+        /**
+         * @description Why a drill was made.
+         * @enum {string}
+         */
+        DrillReason: "manual" | "scheduled";
+        /**
+         * @description Where a restore drill is.
+         * @enum {string}
+         */
+        DrillState: "running" | "passed" | "failed";
         /** @description Every error the host returns: `{"error": {"code": "<snake_case>", "message": "<human>"}}`. */
         ErrorBody: {
             error: components["schemas"]["ErrorDetail"];
@@ -4900,6 +5047,222 @@ export interface operations {
             };
             /** @description Not set up yet, or a backup is already running */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    restore_agent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BackupAgentRestore"];
+            };
+        };
+        responses: {
+            /** @description Restored and running */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AgentWithToken"];
+                };
+            };
+            /** @description Bad slug or snapshot id; nothing changed */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such snapshot, agent, or container in the backup; nothing changed */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not set up, the agent is on this host already, another schema, no incus for its container, or another agent restore is running; nothing changed */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    start_drill: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Started */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupDrill"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not set up, no backup made yet, or a backup or drill is running */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_drills: {
+        parameters: {
+            query?: {
+                /** @description 1-500, default 50. */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Drills, newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupDrill"][];
+                };
+            };
+            /** @description Bad limit */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_drill: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Drill id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The drill */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupDrill"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such drill */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

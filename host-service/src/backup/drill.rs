@@ -1,0 +1,627 @@
+//! Restore drills: the newest backup restored into a throwaway place and checked, on request
+//! (`POST /api/backups/drill`) and every `drill_every_days` days (weekly by default). A backup
+//! nobody ever restored is a hope; a drill makes it a fact, or says in words why not.
+//!
+//! restic runs with a fresh cache in the drill's folder, so it reads the destination's copy.
+//! The checks, each recorded with what it found: **repository** (`restic check
+//! --read-data-subset`, the repository's structure and part of its data read back),
+//! **restore** (the snapshot restored into `<data>/backup/drill/`: every blob it needs is read
+//! and authenticated, so damaged pack files fail here), **database** (the restored copy passes
+//! SQLite's integrity check, and its schema, its backup run and the agents of the manifest's
+//! containers are all in it), and per agent container **container:<name>** (imported into a
+//! throwaway incus project, cut off from the network and the live host's listener, started:
+//! its system boots and the agent's service runs). Everything is torn down after, whatever
+//! happened; a host that dies mid-drill marks it failed and tears down at its next start.
+//!
+//! What a drill does not do: a bridge round trip with the restored agent. The drilled copy
+//! holds the live agent's token, and connecting it to the live host would stand in for the
+//! real agent; a throwaway bridge for it is not built yet. "Its service runs" is the closest
+//! real check made without that.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::{ConnectOptions, Row};
+use taos_proto::backup::{BackupDrill, DrillCheck, DrillReason, DrillState};
+use taos_proto::events::{Level, NewNotification};
+use uuid::Uuid;
+
+use super::restic::Restic;
+use super::stage::{Manifest, StagedContainer, CONTAINERS_DIR, MANIFEST_FILE};
+use super::{
+    BackupError, Backups, CACHE_DIR, KNOWN_HOSTS_FILE, SSH_KEY_FILE, STAGE_NAME, TAG, TMP_DIR,
+};
+use crate::db::{from_ms, now_ms};
+use crate::fsutil;
+use crate::runtime::{ContainerRuntime, Runtime};
+
+/// The drill's folder in the module's private folder (the restored copy).
+pub const DRILL_DIR: &str = "drill";
+const PASSWORD_FILE: &str = "drill-password";
+/// incus projects of drills are named this and 8 random hex digits.
+pub const PROJECT_PREFIX: &str = "taos-drill-";
+/// How much of the repository's data a drill's `restic check` reads (a backup run reads 5 %;
+/// the drill's restore reads all the newest snapshot needs anyway).
+const CHECK_SUBSET: &str = "10%";
+/// How long the agent's service may take to be up in the drilled container.
+const SERVICE_WAIT: Duration = Duration::from_secs(60);
+
+const COLUMNS: &str = "id, state, reason, snapshot_id, created_at, finished_at, checks, error";
+
+impl Backups {
+    /// Records a drill (`running`) and starts it. Refused while a drill or a backup runs (both
+    /// use the repository; restic's check wants it alone), or before any backup was made.
+    pub async fn start_drill(&self, reason: DrillReason) -> Result<BackupDrill, BackupError> {
+        let Some(settings) = self.stored().await? else {
+            return Err(BackupError::NotConfigured);
+        };
+        if !settings.repository_ready {
+            return Err(BackupError::Conflict(
+                "no backup has been made at this destination yet: run one first, then drill it"
+                    .into(),
+            ));
+        }
+        let id = Uuid::now_v7().to_string();
+        let inserted = sqlx::query(
+            "INSERT INTO backup_drills (id, state, reason, created_at) \
+             SELECT ?, 'running', ?, ? WHERE NOT EXISTS \
+             (SELECT 1 FROM backup_drills WHERE state = 'running') AND NOT EXISTS \
+             (SELECT 1 FROM backup_runs WHERE state IN ('queued', 'running'))",
+        )
+        .bind(&id)
+        .bind(reason.as_str())
+        .bind(now_ms())
+        .execute(&self.0.db)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(BackupError::Conflict(
+                "a backup or a restore drill is running; wait for it to finish".into(),
+            ));
+        }
+        let drill = self.drill(&id).await?;
+        let me = self.clone();
+        tokio::spawn(async move { me.execute_drill(id).await });
+        Ok(drill)
+    }
+
+    /// Drills, newest first.
+    pub async fn drills(&self, limit: i64) -> Result<Vec<BackupDrill>, BackupError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM backup_drills ORDER BY created_at DESC, id DESC LIMIT ?"
+        ))
+        .bind(limit.clamp(1, super::MAX_LIST_LIMIT))
+        .fetch_all(&self.0.db)
+        .await?;
+        rows.iter().map(drill_from_row).collect()
+    }
+
+    pub async fn drill(&self, id: &str) -> Result<BackupDrill, BackupError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM backup_drills WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.0.db)
+            .await?
+            .ok_or(BackupError::DrillNotFound)?;
+        drill_from_row(&row)
+    }
+
+    /// At start-up: a drill the last host died in is marked failed (and notified), and what
+    /// it left is removed: the restored copy, and its incus project with the container in it.
+    pub async fn recover_drills(&self) -> Result<(), BackupError> {
+        let reason = "the host stopped while this restore drill was running, so it did not finish";
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE backup_drills SET state = 'failed', error = ?, finished_at = ? \
+             WHERE state = 'running' RETURNING id",
+        )
+        .bind(reason)
+        .bind(now_ms())
+        .fetch_all(&self.0.db)
+        .await?;
+        self.remove_drill_files();
+        if !ids.is_empty() {
+            if let Some(ContainerRuntime::Incus(incus)) = self.0.agents.runtime.as_ref() {
+                // Only projects this host's drills made are named in its log; on a shared incus
+                // another host's running drill has a project too, so only a host that died
+                // mid-drill clears the prefix.
+                match incus.projects_with_prefix(PROJECT_PREFIX).await {
+                    Ok(projects) => {
+                        for project in projects {
+                            tear_down(incus, &project).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot list leftover drill projects"),
+                }
+            }
+        }
+        for id in ids {
+            tracing::warn!(drill = %id, "{reason}");
+            self.announce_drill(&id, DrillState::Failed, Some(reason))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Whether the schedule wants a drill now: `drill_every_days` since the last drill, or
+    /// since the first backup when there was none.
+    pub async fn drill_due(&self, now: DateTime<Utc>) -> Result<bool, BackupError> {
+        let Some(settings) = self.stored().await? else {
+            return Ok(false);
+        };
+        let last_drill: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(created_at) FROM backup_drills")
+                .fetch_one(&self.0.db)
+                .await?;
+        let first_backup: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(finished_at) FROM backup_runs WHERE state = 'succeeded'",
+        )
+        .fetch_one(&self.0.db)
+        .await?;
+        Ok(settings.repository_ready
+            && drill_due(
+                now,
+                settings.drill_every_days,
+                last_drill.map(from_ms),
+                first_backup.map(from_ms),
+            ))
+    }
+
+    fn remove_drill_files(&self) {
+        let dir = self.private_dir();
+        match std::fs::remove_dir_all(dir.join(DRILL_DIR)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!(error = %e, "cannot remove a drill's restored copy"),
+        }
+        for file in [PASSWORD_FILE, SSH_KEY_FILE, KNOWN_HOSTS_FILE] {
+            match std::fs::remove_file(dir.join(file)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::error!(file, error = %e, "cannot remove a drill's file"),
+            }
+        }
+    }
+
+    async fn execute_drill(self, id: String) {
+        let started = Instant::now();
+        let mut checks = Vec::new();
+        let outcome = self.drill_steps(&id, &mut checks).await;
+        self.remove_drill_files();
+        let failed: Vec<String> = checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect();
+        let error = match outcome {
+            Err(e) => Some(e),
+            Ok(()) if !failed.is_empty() => Some(failed.join("; ")),
+            Ok(()) => None,
+        };
+        let state = if error.is_some() {
+            DrillState::Failed
+        } else {
+            DrillState::Passed
+        };
+        let recorded = sqlx::query(
+            "UPDATE backup_drills SET state = ?, finished_at = ?, checks = ?, error = ? \
+             WHERE id = ? AND state = 'running'",
+        )
+        .bind(state.as_str())
+        .bind(now_ms())
+        .bind(serde_json::to_string(&checks).unwrap_or_else(|_| "[]".into()))
+        .bind(&error)
+        .bind(&id)
+        .execute(&self.0.db)
+        .await;
+        if let Err(e) = recorded {
+            tracing::error!(drill = %id, error = %e, "cannot record a finished drill");
+        }
+        match &error {
+            None => {
+                tracing::info!(drill = %id, secs = started.elapsed().as_secs(), "restore drill passed")
+            }
+            Some(why) => tracing::warn!(drill = %id, error = %why, "restore drill failed"),
+        }
+        self.announce_drill(&id, state, error.as_deref()).await;
+    }
+
+    /// `backup.drill` on the event stream; for a failure also a notification with the reason.
+    async fn announce_drill(&self, id: &str, state: DrillState, error: Option<&str>) {
+        self.0
+            .hub
+            .announce(
+                "backup.drill",
+                serde_json::json!({"drill_id": id, "state": state, "error": error}),
+            )
+            .await;
+        if let Some(why) = error {
+            let note = NewNotification {
+                level: Level::Error,
+                title: "Restore drill failed".into(),
+                message: format!(
+                    "The newest backup did not restore cleanly: {why}. Run a new backup now, \
+                     and check the destination's disk (`restic check --read-data` on the \
+                     repository reads all of it)."
+                ),
+                source: Some("backup".into()),
+                data: Some(serde_json::json!({"drill_id": id})),
+            };
+            if let Err(e) = self.0.hub.notify(note).await {
+                tracing::warn!(error = %e, "cannot post the drill failure notification");
+            }
+        }
+    }
+
+    /// The drill's steps; each check is pushed as it ends. `Err` is a failure before any
+    /// check could run (the repository can't be opened, there is no snapshot).
+    async fn drill_steps(&self, id: &str, checks: &mut Vec<DrillCheck>) -> Result<(), String> {
+        let settings = self
+            .stored()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| BackupError::NotConfigured.to_string())?;
+        let private = self.private_dir();
+        fsutil::ensure_private_subdir(&private).map_err(|e| e.to_string())?;
+        let drill_dir = private.join(DRILL_DIR);
+        self.remove_drill_files();
+        fsutil::ensure_private_subdir(&drill_dir).map_err(|e| e.to_string())?;
+        let repo = self.repository(&settings).map_err(|e| e.to_string())?;
+        let passphrase = self
+            .0
+            .secrets
+            .open(&settings.sealed_passphrase)
+            .map_err(|e| e.to_string())?;
+        // A fresh cache of the drill's own: restic then reads the index and every tree from
+        // the repository itself, not from the copies the backups left in the host's cache (a
+        // damaged pack at the destination must fail the drill).
+        let restic = Restic {
+            bin: self.0.restic_bin.clone(),
+            repo,
+            password_file: private.join(PASSWORD_FILE),
+            cache_dir: drill_dir.join(CACHE_DIR),
+            tmp_dir: private.join(TMP_DIR),
+        };
+        for dir in [&restic.cache_dir, &restic.tmp_dir] {
+            fsutil::ensure_private_subdir(dir).map_err(|e| e.to_string())?;
+        }
+        fsutil::write_atomic(&restic.password_file, passphrase.as_bytes())
+            .map_err(|e| e.to_string())?;
+        drop(passphrase);
+
+        let snapshot = restic
+            .snapshots(&[TAG])
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .max_by_key(|s| s.time)
+            .ok_or("the repository holds no taos backup yet")?;
+        sqlx::query("UPDATE backup_drills SET snapshot_id = ? WHERE id = ?")
+            .bind(&snapshot.id)
+            .bind(id)
+            .execute(&self.0.db)
+            .await
+            .map_err(|e| e.to_string())?;
+
+        checks.push(match restic.check(Some(CHECK_SUBSET)).await {
+            Ok(()) => check_ok(
+                "repository",
+                format!("restic check read {CHECK_SUBSET} of the data back: no errors"),
+            ),
+            Err(e) => check_failed("repository", e.to_string()),
+        });
+
+        let target = drill_dir.join("restore");
+        if let Err(e) = restic.restore(&snapshot.id, &target).await {
+            checks.push(check_failed(
+                "restore",
+                format!("snapshot {} did not restore: {e}", snapshot.short_id),
+            ));
+            return Ok(());
+        }
+        crate::faults::check("drill", "restored").await?;
+        let root = target.join(STAGE_NAME);
+        let manifest = match read_manifest(&root) {
+            Ok(m) => m,
+            Err(why) => {
+                checks.push(check_failed("restore", why));
+                return Ok(());
+            }
+        };
+        checks.push(check_ok(
+            "restore",
+            format!(
+                "snapshot {} restored (made by taos {}, schema {}, {} container(s))",
+                snapshot.short_id,
+                manifest.taos_version,
+                manifest.schema_version,
+                manifest.containers.len()
+            ),
+        ));
+
+        checks.push(match check_database(&root, &manifest).await {
+            Ok(detail) => check_ok("database", detail),
+            Err(why) => check_failed("database", why),
+        });
+
+        for container in &manifest.containers {
+            let name = format!("container:{}", container.container);
+            checks.push(
+                match self
+                    .drill_container(&root.join(CONTAINERS_DIR), container)
+                    .await
+                {
+                    Ok(detail) => check_ok(&name, detail),
+                    Err(why) => check_failed(&name, why),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// One container: imported into a throwaway project, cut off, started, its agent's service
+    /// seen running; the project torn down whatever happened.
+    async fn drill_container(
+        &self,
+        dir: &Path,
+        container: &StagedContainer,
+    ) -> Result<String, String> {
+        let incus = match self.0.agents.runtime.as_ref() {
+            Some(ContainerRuntime::Incus(incus)) => incus,
+            Some(ContainerRuntime::Docker(_)) => {
+                return Err("this host runs Docker, which can't import an incus container".into())
+            }
+            None => return Err("the host has no container runtime to drill it in".into()),
+        };
+        if container.file != format!("{}.tar", container.container) {
+            return Err(format!(
+                "the manifest names an unexpected file {:?}",
+                container.file
+            ));
+        }
+        let project = format!("{PROJECT_PREFIX}{:08x}", rand::random::<u32>());
+        incus
+            .create_project(&project)
+            .await
+            .map_err(|e| format!("cannot make the throwaway incus project: {e}"))?;
+        let result = async {
+            let scoped = incus.in_project(&project).map_err(|e| e.to_string())?;
+            scoped
+                .import_from_file(
+                    &dir.join(&container.file),
+                    &container.container,
+                    super::containers::TRANSFER_TIMEOUT,
+                )
+                .await
+                .map_err(|e| format!("the container did not import: {e}"))?;
+            scoped
+                .isolate_for_drill(&container.container)
+                .await
+                .map_err(|e| format!("cannot cut the drilled copy off: {e}"))?;
+            let rt = ContainerRuntime::Incus(scoped);
+            rt.start(&container.container)
+                .await
+                .map_err(|e| format!("the container did not start: {e}"))?;
+            crate::agents::deploy::wait_for_boot(&rt, &container.container)
+                .await
+                .map_err(|e| format!("{e} (from the backup)"))?;
+            wait_service(&rt, &container.container, &container.service).await?;
+            Ok::<String, String>(format!(
+                "imported into a throwaway incus project, booted, and its {} service runs \
+                 (agent {}; no bridge round trip: see docs)",
+                container.service, container.slug
+            ))
+        }
+        .await;
+        tear_down(incus, &project).await;
+        result
+    }
+}
+
+/// The agent's service is `active` (polled: it may still be starting).
+async fn wait_service(rt: &ContainerRuntime, name: &str, service: &str) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let out = rt
+            .exec(
+                name,
+                &["systemctl", "is-active", service],
+                &Default::default(),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| format!("cannot ask systemd about {service}: {e}"))?;
+        let last = out.stdout.trim();
+        if last == "active" {
+            return Ok(());
+        }
+        if started.elapsed() > SERVICE_WAIT {
+            return Err(format!("its {service} service is {last:?}, not active"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Deletes a drill's project and every instance in it. Failures are logged (the next start's
+/// recovery tries again for a host that died; a live leftover is named in the log).
+async fn tear_down(incus: &crate::runtime::incus::Incus, project: &str) {
+    let Ok(scoped) = incus.in_project(project) else {
+        return;
+    };
+    match scoped.instance_names().await {
+        Ok(names) => {
+            for name in names {
+                let _ = scoped.stop(&name, true).await;
+                if let Err(e) = scoped.delete(&name).await {
+                    tracing::error!(project, container = %name, error = %e, "cannot delete a drilled container");
+                }
+            }
+        }
+        Err(e) => tracing::error!(project, error = %e, "cannot list a drill project's containers"),
+    }
+    if let Err(e) = incus.delete_project(project).await {
+        tracing::error!(project, error = %e, "cannot delete a drill's incus project");
+    }
+}
+
+fn read_manifest(root: &Path) -> Result<Manifest, String> {
+    let bytes = std::fs::read(root.join(MANIFEST_FILE))
+        .map_err(|e| format!("the snapshot has no readable {MANIFEST_FILE}: {e}"))?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("the snapshot's {MANIFEST_FILE} is unreadable: {e}"))?;
+    if manifest.format != super::stage::MANIFEST_FORMAT {
+        return Err(format!("manifest format {} is unknown", manifest.format));
+    }
+    Ok(manifest)
+}
+
+/// The restored database, opened read-only: SQLite's integrity check passes, its newest
+/// migration is the manifest's schema, and the run that made it and the agents of the
+/// manifest's containers are in it.
+async fn check_database(root: &Path, manifest: &Manifest) -> Result<String, String> {
+    let file: PathBuf = root.join(crate::db::DB_FILE);
+    if !file.is_file() {
+        return Err(format!("the snapshot holds no {}", crate::db::DB_FILE));
+    }
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file)
+        .read_only(true)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot open the restored database: {e}"))?;
+    let result = async {
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| format!("its integrity check did not run: {e}"))?;
+        if integrity != "ok" {
+            return Err(format!("its integrity check found: {integrity}"));
+        }
+        let schema: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| format!("its schema can't be read: {e}"))?;
+        if schema != manifest.schema_version {
+            return Err(format!(
+                "its schema is {schema}, the manifest says {}",
+                manifest.schema_version
+            ));
+        }
+        let run: Option<String> = sqlx::query_scalar("SELECT id FROM backup_runs WHERE id = ?")
+            .bind(&manifest.run_id)
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        if run.is_none() {
+            return Err(format!(
+                "the run {} that made it is not in it",
+                manifest.run_id
+            ));
+        }
+        for container in &manifest.containers {
+            let found = crate::agents::slug_and_container_in(&mut conn, &container.agent_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if found.map(|(slug, _)| slug).as_deref() != Some(container.slug.as_str()) {
+                return Err(format!(
+                    "agent {} ({}) of the manifest's containers is not in it",
+                    container.slug, container.agent_id
+                ));
+            }
+        }
+        let agents = crate::agents::count_in(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let messages = crate::chat::message_count_in(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(format!(
+            "integrity ok, schema {schema}, {agents} agent(s), {messages} message(s)"
+        ))
+    }
+    .await;
+    use sqlx::Connection;
+    let _ = conn.close().await;
+    result
+}
+
+fn check_ok(name: &str, detail: String) -> DrillCheck {
+    DrillCheck {
+        name: name.to_string(),
+        ok: true,
+        detail,
+    }
+}
+
+fn check_failed(name: &str, detail: String) -> DrillCheck {
+    DrillCheck {
+        name: name.to_string(),
+        ok: false,
+        detail,
+    }
+}
+
+/// Due when `every_days` (0: never by itself) have passed since the last drill, or since the
+/// first backup when there was no drill (and never before there is a backup).
+pub fn drill_due(
+    now: DateTime<Utc>,
+    every_days: u32,
+    last_drill: Option<DateTime<Utc>>,
+    first_backup: Option<DateTime<Utc>>,
+) -> bool {
+    if every_days == 0 {
+        return false;
+    }
+    let Some(since) = last_drill.or(first_backup) else {
+        return false;
+    };
+    now - since >= chrono::Duration::days(i64::from(every_days))
+}
+
+fn drill_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BackupDrill, BackupError> {
+    let decode = |e: taos_proto::text_enum::UnknownVariant| BackupError::Decode(e.to_string());
+    Ok(BackupDrill {
+        id: row.get("id"),
+        state: row.get::<String, _>("state").parse().map_err(decode)?,
+        reason: row.get::<String, _>("reason").parse().map_err(decode)?,
+        snapshot_id: row.get("snapshot_id"),
+        created_at: from_ms(row.get("created_at")),
+        finished_at: row.get::<Option<i64>, _>("finished_at").map(from_ms),
+        checks: serde_json::from_str(&row.get::<String, _>("checks"))
+            .map_err(|e| BackupError::Decode(format!("checks: {e}")))?,
+        error: row.get("error"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn drills_are_due_every_n_days_after_the_first_backup() {
+        let now = at("2026-12-10T12:00:00Z");
+        // No backup yet: nothing to drill.
+        assert!(!drill_due(now, 7, None, None));
+        // The first backup 3 days ago: not yet; 7 days ago: due.
+        assert!(!drill_due(now, 7, None, Some(at("2026-12-07T12:00:00Z"))));
+        assert!(drill_due(now, 7, None, Some(at("2026-12-03T12:00:00Z"))));
+        // The last drill counts over the first backup.
+        assert!(!drill_due(
+            now,
+            7,
+            Some(at("2026-12-09T12:00:00Z")),
+            Some(at("2026-11-01T00:00:00Z"))
+        ));
+        assert!(drill_due(
+            now,
+            1,
+            Some(at("2026-12-09T12:00:00Z")),
+            Some(at("2026-11-01T00:00:00Z"))
+        ));
+        // 0: only on request.
+        assert!(!drill_due(now, 0, None, Some(at("2020-01-01T00:00:00Z"))));
+    }
+}

@@ -1,0 +1,864 @@
+//! Backups with agents' containers (issue 18 items 2, 4, 6): an incus agent's container is
+//! exported into the snapshot and comes back with a whole-host restore; restore drills check
+//! the newest snapshot (and its containers, in a throwaway incus project) and notify when it
+//! doesn't restore. Real restic, real incus, the `taos-agent` image.
+//!
+//! Container names are unique per test run (other tests use incus at the same time), and
+//! every container is removed by a guard even when the test fails.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use taos_e2e::fixtures::{
+    ask_and_wait, deploy_succeeded, incus, require_image, step, with_fake_provider, Remove,
+};
+use taos_e2e::{Host, HostOptions};
+use taos_host::runtime::Runtime;
+use taos_proto::backup::{
+    BackupDrill, BackupRun, BackupSettings, BackupState, DrillReason, DrillState,
+};
+
+use crate::backup::{outside, run_backup, Outside};
+use crate::BIN;
+
+/// A name no other test (or earlier run) uses.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{:08x}", rand::random::<u32>())
+}
+
+async fn configure(host: &Host, out: &Outside) {
+    std::fs::create_dir_all(out.repo.parent().unwrap()).unwrap();
+    let _: Value = host
+        .call(
+            Method::PUT,
+            "/api/backups/settings",
+            Some(&json!({
+                "destination": {"kind": "local", "path": out.repo.display().to_string()},
+                "passphrase": crate::backup::PASSPHRASE,
+            })),
+            StatusCode::OK,
+        )
+        .await;
+}
+
+async fn deploy(host: &Host, name: &str) -> (String, Remove) {
+    deploy_succeeded(
+        host,
+        json!({"name": name, "framework": "direct", "model": "fake-gpt", "memory_limit_mib": 256, "disk_quota_gib": 2}),
+    )
+    .await
+}
+
+/// Every message of a channel, oldest first (the test's chats are short).
+async fn messages(host: &Host, channel: &str) -> Vec<Value> {
+    host.get(&format!(
+        "/api/chat/channels/{channel}/messages?after_seq=0&limit=500"
+    ))
+    .await
+}
+
+/// A host with an incus agent that has chatted is backed up (its container exported live into
+/// the snapshot), stopped, its data dir and its container removed (a new card, a fresh incus),
+/// restored with `taos-host restore` into a fresh data dir, and started there: the container
+/// is back and running, the agent answers again, and its chat history is the same.
+#[tokio::test]
+async fn a_whole_host_restore_brings_an_incus_agents_container_back() {
+    require_image().await;
+    let out = outside();
+    let (_turn, mut host, _fake) = with_fake_provider(BIN, &[]).await;
+    let name = unique("bk");
+    let (slug, _cleanup) = step("deploy an agent and chat", async {
+        let (slug, cleanup) = deploy(&host, &name).await;
+        let answer = ask_and_wait(&host, &slug, "before the backup").await;
+        assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+        (slug, cleanup)
+    })
+    .await;
+    let container = format!("taos-{slug}");
+    let agent: Value = host.get(&format!("/api/agents/{slug}")).await;
+    let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
+
+    let run = step("back up, the container exported live", async {
+        configure(&host, &out).await;
+        let run: BackupRun = run_backup(&host).await;
+        assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+        assert_eq!(run.containers, Some(1), "{run:?}");
+        assert!(run.warnings.is_empty(), "{run:?}");
+        // Exported while it ran: the agent was never stopped.
+        assert!(incus().state(&container).await.unwrap().running);
+        // The snapshot holds the container's tarball, as plain restic lists it.
+        let listed = std::process::Command::new("restic")
+            .arg("--repo")
+            .arg(&out.repo)
+            .arg("--password-file")
+            .arg(&out.password_file)
+            .args(["ls", "--no-cache", "latest"])
+            .output()
+            .unwrap();
+        assert!(listed.status.success(), "{listed:?}");
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        assert!(
+            listed.contains(&format!("/taos-data/containers/{container}.tar")),
+            "{listed}"
+        );
+        assert!(!host.data_dir.join("backup/taos-data").exists());
+        run
+    })
+    .await;
+
+    let before = messages(&host, &dm).await;
+    assert!(before.len() >= 2, "{before:?}");
+    assert_eq!(host.terminate().await.unwrap(), Some(0));
+    std::fs::remove_dir_all(&host.data_dir).unwrap();
+    // A fresh incus: the agent's container is gone too.
+    let rt = incus();
+    let _ = rt.stop(&container, true).await;
+    rt.delete(&container).await.unwrap();
+    assert!(!rt.exists(&container).await.unwrap());
+
+    let fresh_temp = tempfile::tempdir().unwrap();
+    let fresh = fresh_temp.path().join("data");
+    step("restore into a fresh data dir and a fresh incus", async {
+        let output = std::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&fresh)
+            .arg("restore")
+            .arg("--from")
+            .arg(&out.repo)
+            .arg("--password-file")
+            .arg(&out.password_file)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "restore: {said} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(said.contains(run.snapshot_id.as_deref().unwrap()), "{said}");
+        assert!(said.contains("1 agent container(s) imported"), "{said}");
+        assert!(rt.state(&container).await.unwrap().running, "started again");
+        assert!(!fresh.join("containers").exists());
+        assert!(!fresh.join(".restore").exists());
+    })
+    .await;
+
+    let restored = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(fresh.clone()),
+            env: Vec::new(),
+        },
+    )
+    .await
+    .expect("the restored host starts");
+    step("the restored agent answers", async {
+        taos_e2e::fixtures::wait_ready(&restored, &taos_e2e::fixtures::FAKE_MODELS).await;
+        assert_eq!(messages(&restored, &dm).await, before);
+        let answer = ask_and_wait(&restored, &slug, "after the restore").await;
+        assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+    })
+    .await;
+
+    step(
+        "a drill boots the agent's container in a throwaway project",
+        async {
+            let drill = run_drill(&restored).await;
+            assert_eq!(drill.state, DrillState::Passed, "{drill:?}");
+            let names: Vec<&str> = drill.checks.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "repository".to_string(),
+                    "restore".into(),
+                    "database".into(),
+                    format!("container:{container}")
+                ],
+                "{drill:?}"
+            );
+            assert!(drill.checks.iter().all(|c| c.ok), "{drill:?}");
+            // Torn down: no drill project is left, and the live agent was not disturbed.
+            let projects = std::process::Command::new("incus")
+                .args(["project", "list", "--format", "csv", "--columns", "n"])
+                .output()
+                .unwrap();
+            let projects = String::from_utf8_lossy(&projects.stdout);
+            assert!(!projects.contains("taos-drill-"), "{projects}");
+            assert!(rt.state(&container).await.unwrap().running);
+            let answer = ask_and_wait(&restored, &slug, "after the drill").await;
+            assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+        },
+    )
+    .await;
+
+    // A second restore onto the same incus is refused: the container's name is taken, and
+    // nothing is written.
+    let again_temp = tempfile::tempdir().unwrap();
+    let again = again_temp.path().join("data");
+    let output = std::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&again)
+        .arg("restore")
+        .arg("--from")
+        .arg(&out.repo)
+        .arg("--password-file")
+        .arg(&out.password_file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains(&format!("a container named {container} already exists")),
+        "{said}"
+    );
+    assert!(!again.exists(), "the failed restore removed what it made");
+    assert!(rt.state(&container).await.unwrap().running);
+    drop(restored);
+}
+
+/// Starts a drill and waits for it to end; returns the finished drill.
+async fn run_drill(host: &Host) -> BackupDrill {
+    let drill: BackupDrill = host
+        .call(
+            Method::POST,
+            "/api/backups/drill",
+            None,
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    assert_eq!(drill.state, DrillState::Running);
+    wait_drill(host, &drill.id).await
+}
+
+async fn wait_drill(host: &Host, id: &str) -> BackupDrill {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let drill: BackupDrill = host.get(&format!("/api/backups/drills/{id}")).await;
+        if drill.state != DrillState::Running {
+            return drill;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "drill {id} never ended: {drill:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn no_litellm(data_dir: Option<PathBuf>, extra: &[(&str, &str)]) -> HostOptions {
+    let mut env = vec![(
+        taos_e2e::fixtures::NO_LITELLM.0.to_string(),
+        taos_e2e::fixtures::NO_LITELLM.1.to_string(),
+    )];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    HostOptions { data_dir, env }
+}
+
+/// Flips bytes in the middle of every pack file of a local restic repository.
+fn corrupt_packs(repo: &Path) -> usize {
+    let mut flipped = 0;
+    let mut stack = vec![repo.join("data")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let mut perms = std::fs::metadata(&path).unwrap().permissions();
+            perms.set_mode(0o600);
+            std::fs::set_permissions(&path, perms).unwrap();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            for b in bytes.iter_mut().skip(middle.saturating_sub(16)).take(32) {
+                *b ^= 0xa5;
+            }
+            std::fs::write(&path, bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    flipped
+}
+
+/// Drills without containers (no incus needed): bad requests are refused and change
+/// nothing; a good backup's drill passes every check; a drill falls due by the schedule while
+/// the host is off and runs at its next start; and after bytes are flipped in the
+/// repository's pack files the drill fails, says why, and notifies.
+#[tokio::test]
+async fn a_drill_passes_a_good_backup_and_catches_a_corrupted_one() {
+    let out = outside();
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let mut host = Host::start_with(BIN, no_litellm(Some(data_dir.clone()), &[]))
+        .await
+        .unwrap();
+    host.setup_owner().await;
+
+    step("bad drill requests are refused and change nothing", async {
+        host.expect_error(
+            Method::POST,
+            "/api/backups/drill",
+            None,
+            StatusCode::CONFLICT,
+            "not_configured",
+        )
+        .await;
+        configure(&host, &out).await;
+        // Set up, but nothing backed up yet: nothing to drill.
+        host.expect_error(
+            Method::POST,
+            "/api/backups/drill",
+            None,
+            StatusCode::CONFLICT,
+            "conflict",
+        )
+        .await;
+        for days in [91, 1000] {
+            host.expect_error(
+                Method::PUT,
+                "/api/backups/settings",
+                Some(&json!({
+                    "destination": {"kind": "local", "path": out.repo.display().to_string()},
+                    "drill_every_days": days,
+                })),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            )
+            .await;
+        }
+        host.expect_error(
+            Method::GET,
+            "/api/backups/drills/no-such-drill",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+        host.expect_error(
+            Method::GET,
+            "/api/backups/drills?limit=0",
+            None,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        )
+        .await;
+        let settings: BackupSettings = host.get("/api/backups/settings").await;
+        assert_eq!(settings.drill_every_days, 7, "unchanged");
+        let drills: Vec<BackupDrill> = host.get("/api/backups/drills").await;
+        assert!(drills.is_empty(), "{drills:?}");
+    })
+    .await;
+
+    let good = step("a good backup's drill passes", async {
+        let run = run_backup(&host).await;
+        assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+        let drill: BackupDrill = host
+            .call(
+                Method::POST,
+                "/api/backups/drill",
+                None,
+                StatusCode::ACCEPTED,
+            )
+            .await;
+        // One at a time, and no backup while a drill has the repository.
+        host.expect_error(
+            Method::POST,
+            "/api/backups/drill",
+            None,
+            StatusCode::CONFLICT,
+            "conflict",
+        )
+        .await;
+        host.expect_error(
+            Method::POST,
+            "/api/backups",
+            None,
+            StatusCode::CONFLICT,
+            "conflict",
+        )
+        .await;
+        let drill = wait_drill(&host, &drill.id).await;
+        assert_eq!(drill.state, DrillState::Passed, "{drill:?}");
+        assert_eq!(drill.reason, DrillReason::Manual);
+        assert_eq!(drill.snapshot_id, run.snapshot_id);
+        let names: Vec<&str> = drill.checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["repository", "restore", "database"], "{drill:?}");
+        assert!(drill.checks.iter().all(|c| c.ok), "{drill:?}");
+        assert!(drill.checks[2].detail.contains("integrity ok"), "{drill:?}");
+        assert!(!host.data_dir.join("backup/drill").exists());
+        assert!(!host.data_dir.join("backup/drill-password").exists());
+        drill
+    })
+    .await;
+
+    step(
+        "a drill that fell due while the host was off runs at its start",
+        async {
+            assert_eq!(host.terminate().await.unwrap(), Some(0));
+            let db = sqlx::SqlitePool::connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("taos.db")),
+            )
+            .await
+            .unwrap();
+            // The last drill was 8 days ago (the default interval is 7).
+            sqlx::query("UPDATE backup_drills SET created_at = created_at - 8 * 86400000")
+                .execute(&db)
+                .await
+                .unwrap();
+            db.close().await;
+            host = Host::start_with(BIN, no_litellm(Some(data_dir.clone()), &[]))
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let scheduled = loop {
+                let drills: Vec<BackupDrill> = host.get("/api/backups/drills").await;
+                if let Some(d) = drills.iter().find(|d| d.id != good.id) {
+                    break d.clone();
+                }
+                assert!(Instant::now() < deadline, "no scheduled drill: {drills:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            assert_eq!(scheduled.reason, DrillReason::Scheduled);
+            let scheduled = wait_drill(&host, &scheduled.id).await;
+            assert_eq!(scheduled.state, DrillState::Passed, "{scheduled:?}");
+            // Once: the next is due in 7 days.
+            let drills: Vec<BackupDrill> = host.get("/api/backups/drills").await;
+            assert_eq!(drills.len(), 2, "{drills:?}");
+        },
+    )
+    .await;
+
+    step(
+        "a corrupted repository fails the drill, which notifies",
+        async {
+            assert!(corrupt_packs(&out.repo) > 0);
+            let drill = run_drill(&host).await;
+            assert_eq!(drill.state, DrillState::Failed, "{drill:?}");
+            let error = drill.error.clone().unwrap();
+            assert!(!error.is_empty());
+            // Every pack is damaged: restic's check reads every tree, and the restore every blob
+            // the snapshot needs, so both fail (and the database is not reached).
+            let failed: Vec<&str> = drill
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| c.name.as_str())
+                .collect();
+            assert_eq!(failed, ["repository", "restore"], "{drill:?}");
+            assert!(error.contains("restic check failed"), "{error}");
+            assert!(error.contains("did not restore"), "{error}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let note = loop {
+                let notes: Vec<Value> = host.get("/api/notifications").await;
+                if let Some(n) = notes
+                    .into_iter()
+                    .find(|n| n["data"]["drill_id"] == drill.id.as_str())
+                {
+                    break n;
+                }
+                assert!(Instant::now() < deadline, "no drill notification");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(note["source"], "backup");
+            assert_eq!(note["level"], "error");
+            assert_eq!(note["title"], "Restore drill failed");
+            assert!(
+                note["message"].as_str().unwrap().contains(&error),
+                "the reason in words: {note}"
+            );
+            assert!(!host.data_dir.join("backup/drill").exists());
+        },
+    )
+    .await;
+}
+
+/// A host killed mid-drill marks the drill failed at its next start, says so, and removes
+/// what the drill left (the restored copy, its password file).
+#[tokio::test]
+async fn a_host_killed_mid_drill_marks_it_failed_at_its_next_start() {
+    let out = outside();
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let mut host = Host::start_with(
+        BIN,
+        no_litellm(
+            Some(data_dir.clone()),
+            &[(taos_host::faults::PAUSE_ENV, "drill:restored")],
+        ),
+    )
+    .await
+    .unwrap();
+    host.setup_owner().await;
+    configure(&host, &out).await;
+    let run = run_backup(&host).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    let drill: BackupDrill = host
+        .call(
+            Method::POST,
+            "/api/backups/drill",
+            None,
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&host.stderr_log)
+        .unwrap_or_default()
+        .contains("fault injection: paused at drill:restored")
+    {
+        assert!(Instant::now() < deadline, "the drill never restored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let private = data_dir.join("backup");
+    assert!(private.join("drill/restore/taos-data/taos.db").exists());
+    assert!(private.join("drill-password").exists());
+    host.kill9().await;
+
+    let host = Host::start_with(BIN, no_litellm(Some(data_dir.clone()), &[]))
+        .await
+        .unwrap();
+    let failed: BackupDrill = host.get(&format!("/api/backups/drills/{}", drill.id)).await;
+    assert_eq!(failed.state, DrillState::Failed);
+    assert!(
+        failed.error.as_deref().unwrap().contains("host stopped"),
+        "{failed:?}"
+    );
+    assert!(!private.join("drill").exists());
+    assert!(!private.join("drill-password").exists());
+    let notes: Vec<Value> = host.get("/api/notifications").await;
+    assert!(notes
+        .iter()
+        .any(|n| n["source"] == "backup" && n["data"]["drill_id"] == drill.id.as_str()));
+    // The repository is fine and the next drill passes.
+    let again = run_drill(&host).await;
+    assert_eq!(again.state, DrillState::Passed, "{again:?}");
+}
+
+/// One agent back from a backup into the running host: the agent (an incus one, with a chat
+/// and traces) is backed up, then archived and purged (container, messages and traces gone),
+/// and its name taken by a new agent. Bad requests are refused first and change nothing; then
+/// the restore brings it back as `<slug>-2`, running in its own container with new
+/// credentials, with its DM history and traces, and it answers.
+#[tokio::test]
+async fn one_agent_comes_back_from_a_backup_under_a_new_slug_when_its_name_is_taken() {
+    require_image().await;
+    let out = outside();
+    let (_turn, host, _fake) = with_fake_provider(BIN, &[]).await;
+    let name = unique("one");
+    let (slug, _cleanup) = deploy(&host, &name).await;
+    let renamed = format!("{slug}-2");
+    let _cleanup_renamed = Remove(format!("taos-{renamed}"));
+    let answer = ask_and_wait(&host, &slug, "remember this").await;
+    assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+    let agent: Value = host.get(&format!("/api/agents/{slug}")).await;
+    let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
+    let before = messages(&host, &dm).await;
+    let traces_before: Value = host.get(&format!("/api/agents/{slug}/trace/totals")).await;
+    configure(&host, &out).await;
+    let run = run_backup(&host).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    assert_eq!(run.containers, Some(1));
+
+    step("bad requests are refused and change nothing", async {
+        let count = |v: Vec<Value>| v.len();
+        let agents_before = count(host.get("/api/agents").await);
+        for (body, status, code) in [
+            (
+                json!({"agent": "Not A Slug"}),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                json!({"agent": slug, "snapshot": "xyz"}),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                json!({"agent": slug, "snapshot": ""}),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                json!({"agent": "nobody-here"}),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                json!({"agent": slug, "snapshot": "0000000000000000000000000000"}),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            // The same agent is on this host.
+            (json!({"agent": slug}), StatusCode::CONFLICT, "conflict"),
+        ] {
+            host.expect_error(
+                Method::POST,
+                "/api/backups/agents",
+                Some(&body),
+                status,
+                code,
+            )
+            .await;
+        }
+        let r = host
+            .admin(Method::POST, "/api/backups/agents")
+            .json(&json!({"agent": slug, "as": "other"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_client_error(),
+            "unknown field: {}",
+            r.status()
+        );
+        assert_eq!(count(host.get("/api/agents").await), agents_before);
+        let archived: Vec<Value> = host.get("/api/agents/archived").await;
+        assert!(archived.is_empty(), "{archived:?}");
+        assert!(!host.data_dir.join("backup/agent-restore").exists());
+    })
+    .await;
+
+    step("the agent is archived, purged, and its name taken", async {
+        let archived: Value = host
+            .call(
+                Method::DELETE,
+                &format!("/api/agents/{slug}"),
+                None,
+                StatusCode::OK,
+            )
+            .await;
+        let id = archived["id"].as_str().unwrap().to_string();
+        let r = host
+            .admin(Method::DELETE, &format!("/api/agents/archived/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert!(!incus().exists(&format!("taos-{slug}")).await.unwrap());
+        let _: Value = host
+            .call(
+                Method::POST,
+                "/api/agents",
+                Some(&json!({"name": name})),
+                StatusCode::CREATED,
+            )
+            .await;
+        let taken: Value = host.get(&format!("/api/agents/{slug}")).await;
+        assert_eq!(taken["kind"], "external");
+    })
+    .await;
+
+    step(
+        "it comes back as <slug>-2 with its history, and answers",
+        async {
+            let restored: Value = host
+                .call(
+                    Method::POST,
+                    "/api/backups/agents",
+                    Some(&json!({"agent": slug})),
+                    StatusCode::OK,
+                )
+                .await;
+            assert_eq!(restored["agent"]["slug"], renamed.as_str(), "{restored}");
+            assert_eq!(restored["agent"]["id"], agent["id"], "the same agent");
+            assert_eq!(restored["agent"]["status"], "running", "{restored}");
+            assert!(restored["agent_token"]
+                .as_str()
+                .unwrap()
+                .starts_with("taos_ag_"));
+            assert!(
+                incus()
+                    .state(&format!("taos-{renamed}"))
+                    .await
+                    .unwrap()
+                    .running
+            );
+            assert_eq!(restored["agent"]["dm_channel_id"], dm.as_str());
+            assert_eq!(messages(&host, &dm).await, before, "its DM history is back");
+            let traces: Value = host
+                .get(&format!("/api/agents/{renamed}/trace/totals"))
+                .await;
+            let events = |t: &Value| -> u64 {
+                t["days"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["events"].as_u64().unwrap())
+                    .sum()
+            };
+            assert!(
+                events(&traces) >= events(&traces_before) && events(&traces_before) > 0,
+                "its traces are back: {traces} vs {traces_before}"
+            );
+            let answer = ask_and_wait(&host, &renamed, "are you back").await;
+            assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+            let archived: Vec<Value> = host.get("/api/agents/archived").await;
+            assert!(archived.is_empty(), "{archived:?}");
+            assert!(!host.data_dir.join("backup/agent-restore").exists());
+            assert!(!host.data_dir.join("backup/agent-restore-password").exists());
+        },
+    )
+    .await;
+}
+
+/// A host killed in a single-agent restore after the container was imported, before anything
+/// was written to its database, removes that container and the archive folder at its next
+/// start: nothing of the half-made restore is left.
+#[tokio::test]
+async fn a_host_killed_mid_agent_restore_removes_what_it_made_at_its_next_start() {
+    require_image().await;
+    let out = outside();
+    let (_turn, mut host, _fake) = with_fake_provider(
+        BIN,
+        &[(taos_host::faults::PAUSE_ENV, "agent-restore:imported")],
+    )
+    .await;
+    let name = unique("cut");
+    let (slug, _cleanup) = deploy(&host, &name).await;
+    configure(&host, &out).await;
+    let run = run_backup(&host).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    let archived: Value = host
+        .call(
+            Method::DELETE,
+            &format!("/api/agents/{slug}"),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    let r = host
+        .admin(
+            Method::DELETE,
+            &format!("/api/agents/archived/{}", archived["id"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    let request = host
+        .admin(Method::POST, "/api/backups/agents")
+        .json(&json!({"agent": slug}))
+        .send();
+    let log = host.stderr_log.clone();
+    let paused = async {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("fault injection: paused at agent-restore:imported")
+        {
+            assert!(Instant::now() < deadline, "the restore never imported");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        answer = request => panic!("the paused restore answered: {:?}", answer.map(|r| r.status())),
+        () = paused => {}
+    }
+    let pending: Value = serde_json::from_slice(
+        &std::fs::read(host.data_dir.join("backup/agent-restore.json")).unwrap(),
+    )
+    .unwrap();
+    let imported = pending["container"].as_str().unwrap().to_string();
+    let _imported_cleanup = Remove(imported.clone());
+    assert!(incus().exists(&imported).await.unwrap(), "{pending}");
+    host.kill9().await;
+
+    let restarted = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(host.data_dir.clone()),
+            env: vec![(
+                taos_e2e::fixtures::NO_LITELLM.0.into(),
+                taos_e2e::fixtures::NO_LITELLM.1.into(),
+            )],
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        !incus().exists(&imported).await.unwrap(),
+        "the container is removed"
+    );
+    assert!(!Path::new(pending["dir"].as_str().unwrap()).exists());
+    assert!(!restarted
+        .data_dir
+        .join("backup/agent-restore.json")
+        .exists());
+    assert!(!restarted.data_dir.join("backup/agent-restore").exists());
+    let archived: Vec<Value> = restarted.get("/api/agents/archived").await;
+    assert!(archived.is_empty(), "{archived:?}");
+    let r = restarted
+        .admin(Method::GET, &format!("/api/agents/{slug}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+/// What a backup can't export is not left out silently: an agent whose container no longer
+/// exists is named in the run's warnings and in a warning notification, and the rest of the
+/// host is backed up.
+#[tokio::test]
+async fn a_container_the_backup_cannot_export_is_a_warning_not_a_silent_gap() {
+    let out = outside();
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let mut host = Host::start_with(BIN, no_litellm(Some(data_dir.clone()), &[]))
+        .await
+        .unwrap();
+    host.setup_owner().await;
+    let name = unique("ghost");
+    let created: Value = host
+        .call(
+            Method::POST,
+            "/api/agents",
+            Some(&json!({"name": name})),
+            StatusCode::CREATED,
+        )
+        .await;
+    let slug = created["agent"]["slug"].as_str().unwrap().to_string();
+    assert_eq!(host.terminate().await.unwrap(), Some(0));
+    // Its container is gone (removed by hand, or lost with a pool).
+    let db = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("taos.db")),
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE agents SET container = ? WHERE slug = ?")
+        .bind(format!("taos-{slug}"))
+        .bind(&slug)
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let host = Host::start_with(BIN, no_litellm(Some(data_dir.clone()), &[]))
+        .await
+        .unwrap();
+    configure(&host, &out).await;
+    let run = run_backup(&host).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    assert_eq!(run.containers, Some(0), "{run:?}");
+    assert_eq!(run.warnings.len(), 1, "{run:?}");
+    assert!(
+        run.warnings[0].contains(&slug) && run.warnings[0].contains("no longer exists"),
+        "{run:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let note = loop {
+        let notes: Vec<Value> = host.get("/api/notifications").await;
+        if let Some(n) = notes
+            .into_iter()
+            .find(|n| n["data"]["run_id"] == run.id.as_str())
+        {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no warning notification");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(note["level"], "warning");
+    assert_eq!(note["source"], "backup");
+    assert!(note["message"].as_str().unwrap().contains(&slug), "{note}");
+}
