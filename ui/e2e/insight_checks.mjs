@@ -95,7 +95,7 @@ export function makeInsightChecks({ page, URL_, SLUG, assert, screenshot }) {
       const legend = await legendAt(page, chart, 0.995);
       for (const model of new Set(rows.filter((r) => r.day === today).map((r) => r.model))) {
         const v = rows.filter((r) => r.day === today && r.model === model).reduce((s, r) => s + r.cost_usd, 0);
-        assert(legend.includes(model) && legend.includes(usd(v)), `legend at today: ${legend} (wanted ${model} ${usd(v)})`);
+        assert(legend.replace(/\s+/g, '').includes(`${model}${usd(v)}`), `legend at today: ${legend} (wanted ${model} ${usd(v)})`);
       }
       await bothThemes(page, 'spend');
 
@@ -108,9 +108,11 @@ export function makeInsightChecks({ page, URL_, SLUG, assert, screenshot }) {
       assert((await page.getByTestId('budget-meter').locator('.mark').count()) === 3, 'three budget marks');
       await chart.locator('canvas').waitFor();
       await page.getByLabel('Tokens').check();
-      const tokens = budgeted.rows.filter((r) => r.day === today).reduce((s, r) => s + r.tokens_in + r.tokens_out, 0);
       const tokenLegend = await legendAt(page, chart, 0.995);
-      assert(tokenLegend.includes(`${tokens.toLocaleString()} tokens`), `token legend: ${tokenLegend} (wanted ${tokens})`);
+      for (const r of budgeted.rows.filter((x) => x.day === today)) {
+        const want = `${r.model}${(r.tokens_in + r.tokens_out).toLocaleString()} tokens`;
+        assert(tokenLegend.replace(/\s+/g, '').includes(want.replace(/\s+/g, '')), `token legend: ${tokenLegend} (wanted ${want})`);
+      }
       await page.getByTestId('spend-period').selectOption('7');
       await page.getByTestId('spend-summary').filter({ hasText: o.to_day }).waitFor();
       await bothThemes(page, 'spend-agent');
