@@ -33,7 +33,11 @@ export function makeInsightChecks({ page, URL_, SLUG, assert, screenshot }) {
     });
     checked.add(name);
     for (const v of result) {
-      if (BLOCKING.has(v.impact)) violations.push(`${name}: ${v.id} (${v.impact}) × ${v.count}: ${v.help} — ${v.targets.join(' | ')}`);
+      if (!BLOCKING.has(v.impact)) continue;
+      const line = `${name}: ${v.id} (${v.impact}) × ${v.count}: ${v.help} — ${v.targets.join(' | ')}`;
+      violations.push(line);
+      // Said at once too, so a run that stops early still shows what it found.
+      console.log(`     a11y ${line}`);
     }
   }
 

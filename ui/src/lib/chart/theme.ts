@@ -9,5 +9,5 @@ export function color(i: number): string {
 export function themeColors() {
   const css = getComputedStyle(document.documentElement);
   const v = (name: string, fallback: string) => css.getPropertyValue(name).trim() || fallback;
-  return { fg: v('--fg', '#1c2430'), muted: v('--muted', '#5b6675'), line: v('--line', '#d9dee5'), bad: v('--bad', '#c62828'), warn: v('--warn', '#9a6700') };
+  return { fg: v('--fg', '#1c2430'), muted: v('--muted', '#5b6675'), line: v('--line', '#d9dee5'), bad: v('--bad', '#c62828'), warn: v('--warn', '#875c00') };
 }
