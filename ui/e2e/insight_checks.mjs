@@ -101,6 +101,10 @@ export function makeInsightChecks({ page, URL_, SLUG, assert, screenshot }) {
         const v = rows.filter((r) => r.day === today && r.model === model).reduce((s, r) => s + r.cost_usd, 0);
         assert(legend.replace(/\s+/g, '').includes(`${model}${usd(v)}`), `legend at today: ${legend} (wanted ${model} ${usd(v)})`);
       }
+      // Requests and failures per day: the legend at today's bar.
+      const todayFailures = rows.filter((r) => r.day === today).reduce((s, r) => s + r.failures, 0);
+      const reqLegend = (await legendAt(page, page.getByTestId('requests-chart'), 0.995)).replace(/\s+/g, '');
+      assert(reqLegend.includes(`requests${todayRequests}failed${todayFailures}`), `requests legend: ${reqLegend} (wanted ${todayRequests} and ${todayFailures})`);
       await bothThemes(page, 'spend');
 
       // One agent with a budget: the meter says its period spend, with the 50/80/100 % marks.
