@@ -4140,6 +4140,8 @@ export interface operations {
         parameters: {
             query?: {
                 kind?: string;
+                /** @description Only this channel's events (read event by event: the hour index is not per channel). */
+                channel_id?: string;
                 /** @description Epoch seconds or RFC 3339, inclusive; default 24 hours before `until`. */
                 since?: string;
                 /** @description Epoch seconds or RFC 3339, inclusive; default now. At most 92 days after `since`. */
