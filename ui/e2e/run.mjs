@@ -15,6 +15,7 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { chromium, request } from 'playwright-core';
 import { makeChatChecks } from './chat_checks.mjs';
+import { makeInsightChecks } from './insight_checks.mjs';
 import { makeScreens } from './screens.mjs';
 import { makeToolChecks } from './tool_checks.mjs';
 import { makeBackupChecks } from './backup_checks.mjs';
@@ -62,6 +63,7 @@ const browser = await chromium.launch({
 const problems = []; // CSP violations and page errors, from every page
 let failed = false;
 let shot = 0;
+let insight = null; // issue 19's checks, made below; screenshot() runs its accessibility check
 
 function watch(page, label) {
   page.on('console', (m) => {
@@ -74,6 +76,8 @@ function watch(page, label) {
 async function screenshot(page, name) {
   const file = join(OUT, `${String(++shot).padStart(2, '0')}-${name}.png`);
   await page.screenshot({ path: file, fullPage: false });
+  // Every screen photographed is also checked for accessibility (issue 19).
+  if (insight && name !== 'FAILED') await insight.axe(page, name);
   return file;
 }
 
@@ -111,6 +115,7 @@ const backups = makeBackupChecks({ page, URL_, DATA_DIR, assert, screenshot });
 const outbox = makeOutboxChecks({ page, URL_, SLUG, assert, screenshot });
 const board = makeBoardChecks({ page, desktop, browser, URL_, SLUG, assert, screenshot, watch });
 const checks = makeChatChecks({ page, desktop, URL_, LOCAL_TOKEN, AGENT_BIN, OUT, SLUG, REPLY, assert, screenshot });
+insight = makeInsightChecks({ page, URL_, SLUG, assert, screenshot });
 
 try {
   await step('a page loaded without a session reaches no data and lands on login', async () => {
@@ -292,6 +297,7 @@ try {
     await screenshot(page, 'traces');
   });
 
+  await step('trace timeline: "Show trace" on an answer opens its waterfall with the API\'s tokens, cost and durations; the list\'s histogram', () => insight.traceTimeline());
   await step('traces: more than a page of events, paged; per-day totals from the host', () => screens.tracesPagesAndTotals());
 
   await step('archive: the chat turns read-only', async () => {
@@ -530,6 +536,7 @@ try {
   await step('edit an agent: name, emoji, color, model and fallbacks persist', () => screens.editAgent());
   await step('rotate the agent token, then the LLM key: the shown credentials work', () => screens.rotateCredentials());
   await step('a budget on an unpriced model warns; prices set in Providers make spend count', () => screens.budgetAndPrices());
+  await step('spend: the chart, tables and budget meter show /api/usage\'s figures; light and dark', () => insight.spendScreen());
   await step('archive and restore an external agent: the new credentials are shown and work', () => screens.archiveRestoreExternal());
   await step('settings: loopback warning, a family account, a password change', async () => {
     PASSWORD = await screens.settings(PASSWORD);
@@ -587,6 +594,7 @@ try {
     await p.getByRole('heading', { name: /^Traces/ }).waitFor();
     await p.getByTestId('trace-event').first().waitFor();
     await fits('traces');
+    await insight.phone(p, fits);
     await phone.close();
   });
 
@@ -619,6 +627,11 @@ try {
     assert(/Too many attempts\. Try again in \d+ s\./.test(text), `no rate-limit message: ${text}`);
     await screenshot(p, 'login-rate-limited');
     await ctx.close();
+  });
+
+  await step('accessibility: axe-core finds no serious or critical violation on any screen', async () => {
+    const screens = insight.assertAccessible();
+    console.log(`     axe checked ${screens} screens`);
   });
 
   await step('no CSP violations or page errors anywhere', async () => {

@@ -185,6 +185,32 @@ pub struct Usage {
     pub rows: Vec<UsageRow>,
 }
 
+/// One agent's spend over a range of days (`GET /api/usage`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentSpend {
+    pub agent_name: String,
+    pub display_name: String,
+    pub budget: Option<Budget>,
+    /// Spend in the budget's current period (this UTC month if there is no budget).
+    pub period_spend_usd: f64,
+    /// Per UTC day and model within the range, oldest day first.
+    pub rows: Vec<UsageRow>,
+}
+
+/// Every current agent's spend per UTC day and model over the last `days` days, for the
+/// spend screen (one call instead of one per agent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SpendOverview {
+    /// First UTC day of the range, `YYYY-MM-DD`.
+    pub from_day: String,
+    /// Last UTC day of the range (today), `YYYY-MM-DD`.
+    pub to_day: String,
+    /// Current agents (archived ones are left out), oldest first, with or without usage.
+    pub agents: Vec<AgentSpend>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LlmKey {

@@ -341,6 +341,8 @@ async fn agent_trace_totals(
 #[into_params(parameter_in = Query)]
 pub(crate) struct HistogramParams {
     kind: Option<String>,
+    /// Only this channel's events (read event by event: the hour index is not per channel).
+    channel_id: Option<String>,
     /// Epoch seconds or RFC 3339, inclusive; default 24 hours before `until`.
     since: Option<String>,
     /// Epoch seconds or RFC 3339, inclusive; default now. At most 92 days after `since`.
@@ -368,6 +370,7 @@ async fn agent_trace_histogram(
         parse_time_param("since", &params.since)?.unwrap_or(until - chrono::TimeDelta::hours(24));
     let query = TraceQuery {
         kind: parse_kind_param(&params.kind)?,
+        channel_id: params.channel_id.clone(),
         since: Some(since),
         until: Some(until),
         limit: trace::MAX_LIST_LIMIT,

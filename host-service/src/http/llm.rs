@@ -2,16 +2,18 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use serde::Deserialize;
 use taos_proto::error::ErrorBody;
 use taos_proto::llm::{
     Budget, LlmKey, LlmStatus, ModelInfo, NewProvider, Provider, ProviderModel, ProviderPatch,
-    ProviderTest, ProviderTestResult, Usage,
+    ProviderTest, ProviderTestResult, SpendOverview, Usage,
 };
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{Auth, Json, OwnerLike, Path};
+use super::extract::{Auth, Json, OwnerLike, Path, Query};
 use super::AppState;
 use crate::agents;
 use crate::llm::budget;
@@ -27,6 +29,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(refresh_models))
         .routes(routes!(set_budget))
         .routes(routes!(get_usage))
+        .routes(routes!(usage_overview))
         .routes(routes!(rotate_llm_key))
 }
 
@@ -270,6 +273,32 @@ async fn get_usage(
 ) -> Result<Json<Usage>, ApiError> {
     let agent = agents::get_by_slug(&state.db, &slug).await?;
     Ok(Json(budget::usage(&state.db, agent.id, &agent.slug).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct OverviewParams {
+    /// How many UTC days, ending today: 1-366, default 30.
+    days: Option<u32>,
+}
+
+/// Every current agent's spend per UTC day and model over the last `days` days, with budgets
+/// and current-period spend: what the spend screen draws.
+#[utoipa::path(get, path = "/api/usage", tag = "llm", params(OverviewParams),
+    responses((status = 200, description = "Spend per agent, day and model", body = SpendOverview),
+        (status = 400, description = "days out of range or not a number", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner", body = ErrorBody)))]
+async fn usage_overview(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Query(params): Query<OverviewParams>,
+) -> Result<Json<SpendOverview>, ApiError> {
+    let agents = agents::list(&state.db).await?;
+    let days = params.days.unwrap_or(30);
+    Ok(Json(
+        budget::overview(&state.db, agents, days, chrono::Utc::now()).await?,
+    ))
 }
 
 /// Issues a new LLM key for the agent; the old one stops working at once, and gateway calls

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use taos_proto::events::{Level, NewNotification};
-use taos_proto::llm::{Budget, BudgetPeriod, Usage, UsageRow};
+use taos_proto::llm::{AgentSpend, Budget, BudgetPeriod, SpendOverview, Usage, UsageRow};
 use uuid::Uuid;
 
+use crate::agents::AgentRecord;
 use crate::db::{now_ms, Db};
 use crate::notify::EventHub;
 
@@ -422,6 +423,66 @@ pub async fn usage(db: &Db, agent: Uuid, slug: &str) -> Result<Usage, BudgetErro
         period_spend_usd: spend(db, agent, period, Utc::now()).await?,
         budget,
         rows,
+    })
+}
+
+/// The longest range `overview` serves, in days.
+pub const MAX_OVERVIEW_DAYS: u32 = 366;
+
+/// The given agents' usage per day and model over the `days` UTC days ending with `now`'s day,
+/// with budgets and current-period spend. Rows of agents not given are left out.
+pub async fn overview(
+    db: &Db,
+    agents: Vec<AgentRecord>,
+    days: u32,
+    now: DateTime<Utc>,
+) -> Result<SpendOverview, BudgetError> {
+    if !(1..=MAX_OVERVIEW_DAYS).contains(&days) {
+        return Err(BudgetError::BadInput(format!(
+            "days must be between 1 and {MAX_OVERVIEW_DAYS}"
+        )));
+    }
+    let from = now - chrono::TimeDelta::days(i64::from(days) - 1);
+    let (from_day, to_day) = (day_key(from), day_key(now));
+    let rows = sqlx::query(
+        "SELECT agent_id, day, model, requests, failures, tokens_in, tokens_out, cost_usd \
+         FROM llm_usage WHERE day >= ? AND day <= ? ORDER BY day, model",
+    )
+    .bind(&from_day)
+    .bind(&to_day)
+    .fetch_all(db)
+    .await?;
+    let mut by_agent: HashMap<String, Vec<UsageRow>> = HashMap::new();
+    for r in &rows {
+        by_agent
+            .entry(r.try_get("agent_id")?)
+            .or_default()
+            .push(UsageRow {
+                day: r.try_get("day")?,
+                model: r.try_get("model")?,
+                requests: r.try_get("requests")?,
+                failures: r.try_get("failures")?,
+                tokens_in: r.try_get("tokens_in")?,
+                tokens_out: r.try_get("tokens_out")?,
+                cost_usd: r.try_get("cost_usd")?,
+            });
+    }
+    let mut out = Vec::with_capacity(agents.len());
+    for a in agents {
+        let budget = get_budget(db, a.id).await?;
+        let period = budget.as_ref().map_or(BudgetPeriod::Month, |b| b.period);
+        out.push(AgentSpend {
+            period_spend_usd: spend(db, a.id, period, now).await?,
+            rows: by_agent.remove(&a.id.to_string()).unwrap_or_default(),
+            agent_name: a.slug,
+            display_name: a.display_name,
+            budget,
+        });
+    }
+    Ok(SpendOverview {
+        from_day,
+        to_day,
+        agents: out,
     })
 }
 

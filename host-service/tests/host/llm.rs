@@ -2026,3 +2026,105 @@ async fn budget_alerts_when(host: &Host, done: impl Fn(&[i64]) -> bool) -> Vec<i
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+// ---- The spend screen's overview (issue 19) ----
+
+#[tokio::test]
+async fn the_usage_overview_matches_each_agents_usage_and_refuses_bad_ranges() {
+    let (_turn, host, _fake) = with_fake_provider(BIN, &[]).await;
+    let busy = agent_with_model(&host, "Busy", "fake-gpt", &[]).await;
+    let quiet = agent_with_model(&host, "Quiet", "fake-gpt", &[]).await;
+    let budget = host
+        .admin(Method::PUT, "/api/agents/quiet/budget")
+        .json(&json!({"limit_usd": 500.0, "period": "month"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(budget.status(), StatusCode::OK);
+    let ask = json!({"model": "fake-gpt", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
+    for (key, calls) in [(&busy, 2), (&quiet, 1)] {
+        for _ in 0..calls {
+            let r = gateway(&host, key, "/v1/chat/completions")
+                .json(&ask)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+    }
+    let busy_usage = usage_when(&host, "busy", |u| requests(u) == 2).await;
+    let quiet_usage = usage_when(&host, "quiet", |u| requests(u) == 1).await;
+
+    let r = host
+        .admin(Method::GET, "/api/usage?days=7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let overview: Value = r.json().await.unwrap();
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(overview["to_day"], today.as_str(), "{overview}");
+    let from = (chrono::Utc::now() - chrono::TimeDelta::days(6))
+        .format("%Y-%m-%d")
+        .to_string();
+    assert_eq!(overview["from_day"], from.as_str(), "{overview}");
+    let agents = overview["agents"].as_array().unwrap();
+    let names: Vec<&str> = agents
+        .iter()
+        .map(|a| a["agent_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["busy", "quiet"], "{overview}");
+    // The same rows and period spend as each agent's own usage route.
+    for (spend, usage) in agents.iter().zip([&busy_usage, &quiet_usage]) {
+        assert_eq!(spend["rows"], usage["rows"], "{overview}");
+        assert_eq!(spend["period_spend_usd"], usage["period_spend_usd"]);
+        assert_eq!(spend["budget"], usage["budget"]);
+        assert_eq!(requests(spend), requests(usage));
+    }
+    assert_eq!(agents[0]["display_name"], "Busy");
+    assert_eq!(agents[1]["budget"]["limit_usd"], 500.0);
+    assert_eq!(agents[0]["rows"][0]["model"], "fake-gpt");
+    assert_eq!(agents[0]["rows"][0]["day"], today.as_str());
+    assert_eq!(
+        agents[0]["rows"][0]["tokens_out"],
+        json!(2 * COMPLETION_TOKENS)
+    );
+    let default: Value = host
+        .admin(Method::GET, "/api/usage")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        default["agents"], overview["agents"],
+        "30 days hold today's"
+    );
+
+    for bad in ["days=0", "days=367", "days=abc", "days=-1"] {
+        let r = host
+            .admin(Method::GET, &format!("/api/usage?{bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("days")),
+            "{bad}: {body}"
+        );
+    }
+    // Refused calls change nothing: the same figures afterwards.
+    let after: Value = host
+        .admin(Method::GET, "/api/usage?days=7")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after, overview);
+}

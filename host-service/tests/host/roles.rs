@@ -504,6 +504,12 @@ fn table(f: &Fixture) -> Vec<Route> {
             vec![no_body(agent("/usage"), Deny)],
         ),
         route(
+            "GET",
+            "/api/usage",
+            OWNER_SIDE,
+            vec![no_body("/api/usage".into(), Deny)],
+        ),
+        route(
             "PUT",
             "/api/agents/{slug}/budget",
             OWNER_SIDE,

@@ -358,7 +358,8 @@ async fn trace_reads_filter_limit_and_refuse_path_tricks() {
     ] {
         assert_eq!(get(bad).await.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
-    // The per-hour histogram (from the hour index), newest hour first, with a kind too.
+    // The per-hour histogram (from the hour index), newest hour first, with a kind or a
+    // channel too (c1's ten events are all in the first hour).
     let histogram = |q: String| {
         let request = host.admin(
             Method::GET,
@@ -367,7 +368,18 @@ async fn trace_reads_filter_limit_and_refuse_path_tricks() {
         async move { request.send().await.unwrap() }
     };
     let range = format!("?since={}&until={}", urlencode(&at(0)), urlencode(&at(180)));
-    for (filter, per_hour) in [("", 15), ("&kind=llm_call", 5)] {
+    let hour = |h: i64| {
+        (base + chrono::TimeDelta::hours(h))
+            .format("%Y-%m-%dT%H")
+            .to_string()
+    };
+    for (filter, want) in [
+        ("", vec![(hour(1), 15), (hour(0), 15)]),
+        ("&kind=llm_call", vec![(hour(1), 5), (hour(0), 5)]),
+        ("&channel_id=c1", vec![(hour(0), 10)]),
+        ("&channel_id=c1&kind=llm_call", vec![(hour(0), 4)]),
+        ("&channel_id=nowhere", vec![]),
+    ] {
         let r = histogram(format!("{range}{filter}")).await;
         assert_eq!(r.status(), StatusCode::OK);
         let body: Value = r.json().await.unwrap();
@@ -382,12 +394,7 @@ async fn trace_reads_filter_limit_and_refuse_path_tricks() {
                 )
             })
             .collect();
-        let hour = |h: i64| {
-            (base + chrono::TimeDelta::hours(h))
-                .format("%Y-%m-%dT%H")
-                .to_string()
-        };
-        assert_eq!(hours, [(hour(1), per_hour), (hour(0), per_hour)], "{body}");
+        assert_eq!(hours, want, "{filter}: {body}");
     }
     let too_long = format!(
         "?since={}&until={}",

@@ -151,7 +151,19 @@ async fn the_whole_app_in_chromium_against_the_real_host() {
         !page.text().await.unwrap().contains(NOT_BUILT),
         "taos-host was built without ui/dist: run scripts/dev-browser.sh, then cargo test again"
     );
-    let _cleanup = Remove("taos-ui-helper".into());
+    // Another checkout running this test at the same time on this machine picks another name
+    // (TAOS_E2E_AGENT), so the two never share a container.
+    let agent = std::env::var("TAOS_E2E_AGENT").unwrap_or_else(|_| "UI Helper".into());
+    let container = format!(
+        "taos-{}",
+        agent
+            .to_lowercase()
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("-")
+    );
+    let _cleanup = Remove(container);
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../ui-e2e");
     let _ = std::fs::remove_dir_all(&out);
     eprintln!("screenshots go to {}", out.display());
@@ -165,7 +177,7 @@ async fn the_whole_app_in_chromium_against_the_real_host() {
         .env("TAOS_FAKE_URL", fake.url())
         .env("TAOS_FAKE_KEY", key)
         .env("TAOS_E2E_OUT", &out)
-        .env("TAOS_E2E_AGENT", "UI Helper")
+        .env("TAOS_E2E_AGENT", &agent)
         // "Connect an agent" is checked by running the real sidecar with what the page shows.
         .env("TAOS_AGENT_BIN", taos_e2e::workspace_binary("taos-agent"))
         .kill_on_drop(true)

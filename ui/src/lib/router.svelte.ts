@@ -14,6 +14,8 @@ const ROUTES: [string, string][] = [
   ['/agents/new', 'deploy'],
   ['/agents/:slug', 'agent'],
   ['/agents/:slug/traces', 'traces'],
+  ['/agents/:slug/traces/:trace', 'trace'],
+  ['/spend', 'spend'],
   ['/connect', 'connect'],
   ['/traces', 'traces-index'],
   ['/settings', 'settings'],

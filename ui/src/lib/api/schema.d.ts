@@ -1447,6 +1447,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Every current agent's spend per UTC day and model over the last `days` days, with budgets
+         *     and current-period spend: what the spend screen draws.
+         */
+        get: operations["usage_overview"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/users": {
         parameters: {
             query?: never;
@@ -1625,6 +1645,19 @@ export interface components {
              * @description From the runtime; `null` while the container is stopped.
              */
             memory_used_bytes?: number | null;
+        };
+        /** @description One agent's spend over a range of days (`GET /api/usage`). */
+        AgentSpend: {
+            agent_name: string;
+            budget?: null | components["schemas"]["Budget"];
+            display_name: string;
+            /**
+             * Format: double
+             * @description Spend in the budget's current period (this UTC month if there is no budget).
+             */
+            period_spend_usd: number;
+            /** @description Per UTC day and model within the range, oldest day first. */
+            rows: components["schemas"]["UsageRow"][];
         };
         /**
          * @description Where an agent is in its life. Stored in the `agents.status` column as the same word.
@@ -2720,6 +2753,18 @@ export interface components {
             message: string;
             /** @enum {string} */
             type: "error";
+        };
+        /**
+         * @description Every current agent's spend per UTC day and model over the last `days` days, for the
+         *     spend screen (one call instead of one per agent).
+         */
+        SpendOverview: {
+            /** @description Current agents (archived ones are left out), oldest first, with or without usage. */
+            agents: components["schemas"]["AgentSpend"][];
+            /** @description First UTC day of the range, `YYYY-MM-DD`. */
+            from_day: string;
+            /** @description Last UTC day of the range (today), `YYYY-MM-DD`. */
+            to_day: string;
         };
         /** @enum {string} */
         StepState: "pending" | "running" | "done" | "failed";
@@ -4405,6 +4450,8 @@ export interface operations {
         parameters: {
             query?: {
                 kind?: string;
+                /** @description Only this channel's events (read event by event: the hour index is not per channel). */
+                channel_id?: string;
                 /** @description Epoch seconds or RFC 3339, inclusive; default 24 hours before `until`. */
                 since?: string;
                 /** @description Epoch seconds or RFC 3339, inclusive; default now. At most 92 days after `since`. */
@@ -7263,6 +7310,56 @@ export interface operations {
             };
             /** @description The agent's trace quota is full and no closed hour is left to delete */
             507: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    usage_overview: {
+        parameters: {
+            query?: {
+                /** @description How many UTC days, ending today: 1-366, default 30. */
+                days?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Spend per agent, day and model */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SpendOverview"];
+                };
+            };
+            /** @description days out of range or not a number */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
