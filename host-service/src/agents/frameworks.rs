@@ -137,6 +137,8 @@ mod tests {
         assert_eq!(m.verification, "alpha");
         assert_eq!(m.image, "taos-opencode");
         assert_eq!(m.agent_mode(), "acp");
+        // opencode alone is ~0.6 GB resident; the container peaked at 735 MiB.
+        assert!(m.requires.ram_mb >= 1024, "{}", m.requires.ram_mb);
         let acp = m.acp.expect("an [acp] table");
         assert_eq!(acp.command, ["/opt/opencode/bin/opencode", "acp", "--pure"]);
         // Its configuration is JSON once the sidecar fills in the placeholders: one provider,

@@ -38,6 +38,7 @@ mod isolation;
 mod lifecycle_crash;
 mod llm;
 mod openclaw;
+mod opencode;
 mod ops;
 mod quota;
 mod recycle;
