@@ -15,6 +15,7 @@
 )]
 
 mod access;
+mod acp_image;
 mod agent_access;
 mod approvals;
 mod auth;
