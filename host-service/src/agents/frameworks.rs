@@ -137,16 +137,16 @@ mod tests {
         assert_eq!(m.verification, "alpha");
         assert_eq!(m.image, "taos-opencode");
         assert_eq!(m.agent_mode(), "acp");
-        // opencode alone is ~0.6 GB resident; the container peaked at 735 MiB.
+        // opencode alone is ~0.6 GB resident; the container peaked at 735-753 MiB.
         assert!(m.requires.ram_mb >= 1024, "{}", m.requires.ram_mb);
         let acp = m.acp.expect("an [acp] table");
         assert_eq!(acp.command, ["/opt/opencode/bin/opencode", "acp", "--pure"]);
         // Its configuration is JSON once the sidecar fills in the placeholders: one provider,
         // the agent's gateway with its key and model.
         let config = acp.env["OPENCODE_CONFIG_CONTENT"]
-            .replace("${OPENAI_BASE_URL}", "http://127.0.0.1:1/v1")
-            .replace("${OPENAI_API_KEY}", "sk-key")
-            .replace("${TAOS_MODEL}", "some/model");
+            .replace("${OPENAI_BASE_URL:json}", "http://127.0.0.1:1/v1")
+            .replace("${OPENAI_API_KEY:json}", "sk-key")
+            .replace("${TAOS_MODEL:json}", "some/model");
         let config: serde_json::Value = serde_json::from_str(&config).expect("JSON");
         assert_eq!(config["enabled_providers"], serde_json::json!(["taos"]));
         let provider = &config["provider"]["taos"];
