@@ -5,8 +5,9 @@
 #   - deploy → `running` from the local taos-agent image (target: ≤ 5 s)
 #   - the sidecar's idle RSS inside its container (target: ≤ 10 MiB)
 #   - what the host spends on one tool step, without the model (target: < 20 ms)
-# and the "openclaw" section: its deploy time (target: ≤ 30 s) and its container's memory, idle
-# and after a few turns (the manifest's ram_mb is the picker's requirement).
+# and the "openclaw" and "opencode" sections: deploy time (openclaw's target: ≤ 30 s) and the
+# container's memory, idle and after a few turns (the manifest's ram_mb is the picker's
+# requirement).
 # The machine's load average is written next to the figures: the two cores are often shared.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -106,3 +107,32 @@ for the anonymous figure after turns plus page cache.
 MD
 )"
 write_section "## openclaw (issue 16)" "$SECTION"
+
+"$REPO_ROOT/scripts/build-opencode-image.sh"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+log "opencode (load average $LOAD_BEFORE)"
+JSON="$("$CARGO_TARGET_DIR/release/taos-deploy-bench" "$BIN" opencode)"
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$JSON"
+REQUIRED_MIB="$(awk -F'= *' '/^ram_mb/ {print $2; exit}' manifests/opencode/*.toml)"
+SECTION="$(cat <<MD
+## opencode (issue 16)
+
+Measured $(date -u +%Y-%m-%d) with the load average (1, 5, 15 min) at $LOAD_BEFORE before and
+$LOAD_AFTER after, on $(nproc) cores.
+
+| what | result | target | |
+|---|---|---|---|
+| deploy → \`running\` (sidecar connected), \`opencode\` framework, local \`taos-opencode\` image (median of $(j opencode_deploys)) | $(j opencode_deploy_ms_median) ms (max $(j opencode_deploy_ms_max)) | ≤ 30 s (openclaw's) | $(verdict "$(j opencode_deploy_ms_median) <= 30000") |
+| container memory idle, 30 s after the deploy (opencode not started yet): anonymous / with page cache (median of $(j opencode_deploys)) | $(j opencode_idle_anon_mib_median) / $(j opencode_idle_current_mib_median) MiB | below the manifest's $REQUIRED_MIB MiB | $(verdict "$(j opencode_idle_anon_mib_median) < $REQUIRED_MIB") |
+| container memory after $(j opencode_turns) turns: anonymous / with page cache / peak | $(j opencode_turns_anon_mib) / $(j opencode_turns_current_mib) / $(j opencode_peak_mib) MiB | below the manifest's $REQUIRED_MIB MiB | $(verdict "$(j opencode_turns_anon_mib) < $REQUIRED_MIB") |
+| first answer after the deploy (starts opencode) / later answers (median), fake upstream answering at once | $(j opencode_first_answer_ms) / $(j opencode_later_answer_ms_median) ms | — | |
+
+How: \`taos-deploy-bench <taos-host> opencode\` (tests/src/bin), as for openclaw: a release host
+with real LiteLLM and the fake upstream, $(j opencode_deploys) opencode agents deployed one after
+another (each removed before the next), the container's memory read 30 s after each deploy and
+again after $(j opencode_turns) messages to the last one. The sidecar starts opencode on the first
+message, so the idle figure is the container without it and the first answer includes its start.
+MD
+)"
+write_section "## opencode (issue 16)" "$SECTION"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, skipping what is already there: the Rust
-# toolchain's components, shellcheck, LiteLLM, node and openclaw, incus, Docker (the fallback runtime),
+# toolchain's components, shellcheck, LiteLLM, node, openclaw and opencode, incus, Docker (the fallback runtime),
 # chromium and a built ui/dist for the UI, WebKitGTK, Xvfb and tauri-driver for the app, and restic for backups.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -40,6 +40,9 @@ fi
 # Node 24 and the pinned openclaw, for the sidecar's openclaw-mode tests (and copied into the
 # openclaw image).
 "$(dirname "$0")/install-openclaw.sh"
+# The pinned opencode (a real ACP agent), for the sidecar's acp-mode test (and copied into the
+# opencode image). Cold: one 60 MB package from the npm registry, a few seconds.
+"$(dirname "$0")/install-opencode.sh"
 "$(dirname "$0")/dev-incus.sh"
 # After incus, so dockerd finds forwarding on and leaves incus's bridge alone.
 "$(dirname "$0")/dev-docker.sh"

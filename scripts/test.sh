@@ -19,6 +19,9 @@ cargo build --workspace --bins --locked
 # The openclaw image: that image plus Node and openclaw from the host's install (both skip
 # when unchanged; cold, about a minute: ~50 s of npm, ~10 s for the image).
 "$REPO_ROOT/scripts/build-openclaw-image.sh"
+# The opencode image: the agent image plus opencode's binary from the host's install (skips
+# when unchanged; cold, about 10 s).
+"$REPO_ROOT/scripts/build-opencode-image.sh"
 # The .deb packages, from the debug binaries just built: `cargo test` relinks taos-host with its
 # test-only fault injection, so they are packaged before it. The install test runs below.
 log "packages (cargo-deb, from the debug build)"

@@ -123,8 +123,9 @@ pub struct AcpConfig {
     /// The agent's argv (never a shell string). Empty unless the mode is `acp`.
     pub command: Vec<String>,
     /// Extra environment for the agent. Values may name `${OPENAI_BASE_URL}`,
-    /// `${OPENAI_API_KEY}`, `${TAOS_MODEL}`, `${TAOS_AGENT_NAME}` and `${HOME}`, filled in
-    /// when it starts: the agent's model access is its own gateway key, nothing more.
+    /// `${OPENAI_API_KEY}`, `${TAOS_MODEL}`, `${TAOS_AGENT_NAME}` and `${HOME}` (or
+    /// `${NAME:json}`, escaped for a JSON string), filled in when it starts: the agent's model
+    /// access is its own gateway key, nothing more.
     pub env: std::collections::BTreeMap<String, String>,
     /// The sidecar's own state folder (the channel → session map lives there).
     pub state_dir: std::path::PathBuf,
@@ -214,6 +215,7 @@ pub fn parse_acp_env(text: &str) -> Result<std::collections::BTreeMap<String, St
                 .find('}')
                 .ok_or_else(|| format!("{name}: an unclosed ${{"))?;
             let placeholder = &after[..end];
+            let placeholder = placeholder.strip_suffix(":json").unwrap_or(placeholder);
             if !ACP_ENV_PLACEHOLDERS.contains(&placeholder) {
                 return Err(format!(
                     "{name}: unknown placeholder ${{{placeholder}}}; the known ones are {}",
@@ -227,6 +229,8 @@ pub fn parse_acp_env(text: &str) -> Result<std::collections::BTreeMap<String, St
 }
 
 /// `value` with each `${NAME}` replaced by `lookup(NAME)` (names checked by [`parse_acp_env`]).
+/// `${NAME:json}` is the same value escaped for the inside of a JSON string, for an agent
+/// configured by a JSON document in its environment (a model name may hold `"` or `\`).
 pub fn fill_placeholders(value: &str, lookup: impl Fn(&str) -> String) -> String {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
@@ -235,7 +239,14 @@ pub fn fill_placeholders(value: &str, lookup: impl Fn(&str) -> String) -> String
         let after = &rest[start + 2..];
         match after.find('}') {
             Some(end) => {
-                out.push_str(&lookup(&after[..end]));
+                let placeholder = &after[..end];
+                match placeholder.strip_suffix(":json") {
+                    Some(name) => {
+                        let quoted = serde_json::Value::String(lookup(name)).to_string();
+                        out.push_str(&quoted[1..quoted.len() - 1]);
+                    }
+                    None => out.push_str(&lookup(placeholder)),
+                }
                 rest = &after[end + 1..];
             }
             None => {
@@ -805,6 +816,15 @@ mod tests {
         assert_eq!(config.acp.env.len(), 2);
         let filled = fill_placeholders(&config.acp.env["X_1"], |name| format!("<{name}>"));
         assert_eq!(filled, "a <HOME> b");
+        // Inside a JSON document, `:json` keeps the document whole whatever the value holds.
+        env.insert(
+            ENV_ACP_ENV,
+            r#"{"CONFIG": "{\"model\": \"${TAOS_MODEL:json}\"}"}"#.to_string(),
+        );
+        let config = parse(&env).unwrap();
+        let filled = fill_placeholders(&config.acp.env["CONFIG"], |_| "a\"b\\c\n".to_string());
+        let parsed: serde_json::Value = serde_json::from_str(&filled).unwrap();
+        assert_eq!(parsed["model"], "a\"b\\c\n");
         for (name, bad) in [
             (ENV_ACP_COMMAND, "[]"),
             (ENV_ACP_COMMAND, "opencode acp"),
@@ -812,6 +832,7 @@ mod tests {
             (ENV_ACP_ENV, r#"{"lower": "x"}"#),
             (ENV_ACP_ENV, r#"{"X": "${TAOS_AGENT_TOKEN}"}"#),
             (ENV_ACP_ENV, r#"{"X": "${HOME"}"#),
+            (ENV_ACP_ENV, r#"{"X": "${HOME:yaml}"}"#),
             (ENV_ACP_ENV, r#"["X"]"#),
         ] {
             let mut env = env.clone();

@@ -102,6 +102,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             let framework = AcpMode::new(config.acp.clone(), &config.tools, placeholders)
                 .map_err(RunError::Acp)?;
             run_framework(&framework, config.mode, bridge, timings, shutdown).await;
+            framework.shutdown().await;
         }
     }
     Ok(())

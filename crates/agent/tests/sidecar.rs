@@ -17,6 +17,7 @@
 mod acp;
 mod fake;
 mod openclaw;
+mod opencode;
 mod tools;
 
 use std::collections::HashMap;
@@ -49,17 +50,21 @@ const BROKEN_TOO: &str = "broken-too";
 const BREAKS_OFF: &str = "breaks-off";
 /// Streams its first word, then nothing more, ever.
 const STALLS: &str = "stalls";
-const MODELS: [&str; 6 + tools::MODELS.len() + openclaw::MODELS.len()] = {
-    let mut all = [""; 6 + tools::MODELS.len() + openclaw::MODELS.len()];
+const MODELS: [&str; 6 + tools::MODELS.len() + openclaw::MODELS.len() + opencode::MODELS.len()] = {
+    let mut all = [""; 6 + tools::MODELS.len() + openclaw::MODELS.len() + opencode::MODELS.len()];
     let plain = [GOOD, OTHER, BROKEN, BROKEN_TOO, BREAKS_OFF, STALLS];
+    let claw = 6 + tools::MODELS.len();
+    let code = claw + openclaw::MODELS.len();
     let mut i = 0;
     while i < all.len() {
         all[i] = if i < 6 {
             plain[i]
-        } else if i < 6 + tools::MODELS.len() {
+        } else if i < claw {
             tools::MODELS[i - 6]
+        } else if i < code {
+            openclaw::MODELS[i - claw]
         } else {
-            openclaw::MODELS[i - 6 - tools::MODELS.len()]
+            opencode::MODELS[i - code]
         };
         i += 1;
     }

@@ -465,7 +465,8 @@ pub struct AcpAgent {
     pub command: Vec<String>,
     /// Extra environment for the agent. Values may use `${OPENAI_BASE_URL}`,
     /// `${OPENAI_API_KEY}` (the agent's own gateway key), `${TAOS_MODEL}`,
-    /// `${TAOS_AGENT_NAME}` and `${HOME}`.
+    /// `${TAOS_AGENT_NAME}` and `${HOME}`; `${NAME:json}` is the value escaped for the inside
+    /// of a JSON string.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }

@@ -9,6 +9,7 @@ const BUILT_IN: &[&str] = &[
     include_str!("../../../manifests/openclaw/manifest.toml"),
     include_str!("../../../manifests/direct/manifest.toml"),
     include_str!("../../../manifests/tools/manifest.toml"),
+    include_str!("../../../manifests/opencode/manifest.toml"),
 ];
 
 /// The sidecar modes a manifest may name (see `taos_agent::config::Mode`).
@@ -67,7 +68,7 @@ mod tests {
     #[test]
     fn openclaw_comes_first_in_the_picker_and_orders_are_unique() {
         let ids: Vec<String> = all().into_iter().map(|m| m.id).collect();
-        assert_eq!(ids, ["openclaw", "direct", "tools"]);
+        assert_eq!(ids, ["openclaw", "direct", "tools", "opencode"]);
         let mut orders: Vec<u32> = all().iter().map(|m| m.order).collect();
         orders.dedup();
         assert_eq!(orders.len(), BUILT_IN.len(), "two manifests share an order");
@@ -128,5 +129,44 @@ mod tests {
             "agent_mode = \"acp\"\n[acp]\ncommand = \"opencode acp\""
         )
         .is_err());
+    }
+
+    #[test]
+    fn opencode_is_an_acp_agent_on_the_agents_own_gateway_that_phones_nobody() {
+        let m = get("opencode").expect("the opencode manifest");
+        assert_eq!(m.verification, "alpha");
+        assert_eq!(m.image, "taos-opencode");
+        assert_eq!(m.agent_mode(), "acp");
+        // opencode alone is ~0.6 GB resident; the container peaked at 735-753 MiB.
+        assert!(m.requires.ram_mb >= 1024, "{}", m.requires.ram_mb);
+        let acp = m.acp.expect("an [acp] table");
+        assert_eq!(acp.command, ["/opt/opencode/bin/opencode", "acp", "--pure"]);
+        // Its configuration is JSON once the sidecar fills in the placeholders: one provider,
+        // the agent's gateway with its key and model.
+        let config = acp.env["OPENCODE_CONFIG_CONTENT"]
+            .replace("${OPENAI_BASE_URL:json}", "http://127.0.0.1:1/v1")
+            .replace("${OPENAI_API_KEY:json}", "sk-key")
+            .replace("${TAOS_MODEL:json}", "some/model");
+        let config: serde_json::Value = serde_json::from_str(&config).expect("JSON");
+        assert_eq!(config["enabled_providers"], serde_json::json!(["taos"]));
+        let provider = &config["provider"]["taos"];
+        assert_eq!(provider["options"]["baseURL"], "http://127.0.0.1:1/v1");
+        assert_eq!(provider["options"]["apiKey"], "sk-key");
+        assert_eq!(config["model"], "taos/some/model");
+        assert_eq!(config["autoupdate"], false);
+        assert_eq!(config["share"], "disabled");
+        // Whatever changes things asks, so the host's tool policy decides.
+        for tool in ["edit", "bash", "webfetch"] {
+            assert_eq!(config["permission"][tool], "ask", "{tool}");
+        }
+        for off in [
+            "OPENCODE_DISABLE_AUTOUPDATE",
+            "OPENCODE_DISABLE_MODELS_FETCH",
+            "OPENCODE_DISABLE_LSP_DOWNLOAD",
+            "OPENCODE_DISABLE_SHARE",
+            "OPENCODE_DISABLE_DEFAULT_PLUGINS",
+        ] {
+            assert_eq!(acp.env.get(off).map(String::as_str), Some("1"), "{off}");
+        }
     }
 }

@@ -15,6 +15,7 @@
 )]
 
 mod access;
+mod acp_image;
 mod agent_access;
 mod approvals;
 mod auth;
@@ -40,6 +41,7 @@ mod lifecycle_crash;
 mod llm;
 mod migrations;
 mod openclaw;
+mod opencode;
 mod ops;
 mod overview;
 mod quota;

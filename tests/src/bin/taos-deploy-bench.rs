@@ -5,11 +5,11 @@
 //! With `tools` instead of a count it measures the built-in tool agent instead (issue 16): its
 //! deploy time, the sidecar's idle RSS inside its container, and the host's cost per tool step.
 //!
-//! With `openclaw` it measures the openclaw framework (issue 16): deploy time from the local
-//! `taos-openclaw` image, the container's memory idle and after a few turns (through real
-//! LiteLLM and the fake upstream), and the first answer's latency.
+//! With `openclaw` or `opencode` it measures that framework (issue 16): deploy time from its
+//! local image (`taos-openclaw`, `taos-opencode`), the container's memory idle and after a few
+//! turns (through real LiteLLM and the fake upstream), and the first answer's latency.
 //!
-//! Usage: taos-deploy-bench <path to taos-host> [agents | tools | openclaw]
+//! Usage: taos-deploy-bench <path to taos-host> [agents | tools | openclaw | opencode]
 
 #![allow(
     clippy::unwrap_used,
@@ -325,10 +325,11 @@ async fn answer_ms(host: &Host, dm: &str, slug: &str, text: &str) -> f64 {
     }
 }
 
-/// openclaw: deploy time from the local image, the container's memory idle (30 s after the
-/// deploy) and after turns, and the answers' latency through LiteLLM and the fake upstream
-/// (whose reply is immediate, so the figure is openclaw's and the gateway's).
-async fn openclaw_agent(bin: &str) {
+/// A framework with an image of its own (openclaw, opencode): deploy time from the local
+/// image, the container's memory idle (30 s after the deploy) and after turns, and the answers'
+/// latency through LiteLLM and the fake upstream (whose reply is immediate, so the figure is
+/// the framework's and the gateway's). The JSON's keys start with the framework's id.
+async fn framework_agent(bin: &str, framework: &str) {
     const DEPLOYS: usize = 3;
     const TURNS: usize = 3;
     let (_turn, host, _fake) = taos_e2e::fixtures::with_fake_provider(bin, &[]).await;
@@ -340,7 +341,7 @@ async fn openclaw_agent(bin: &str) {
         let started = Instant::now();
         let accepted: Value = host
             .admin(Method::POST, "/api/agents/deploy")
-            .json(&json!({"name": format!("openclaw bench {i}"), "framework": "openclaw", "model": "fake-gpt"}))
+            .json(&json!({"name": format!("{framework} bench {i}"), "framework": framework, "model": "fake-gpt"}))
             .send()
             .await
             .expect("deploy")
@@ -378,29 +379,33 @@ async fn openclaw_agent(bin: &str) {
         .unwrap_or(f64::NAN));
     delete_container(&container);
     let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
-    println!(
-        "{}",
-        json!({
-            "openclaw_deploys": DEPLOYS,
-            "openclaw_deploy_ms_median": median(deploy_ms.clone()).round(),
-            "openclaw_deploy_ms_max": max(&deploy_ms).round(),
-            "openclaw_idle_current_mib_median": median(idle_current),
-            "openclaw_idle_anon_mib_median": median(idle_anon),
-            "openclaw_turns": TURNS,
-            "openclaw_first_answer_ms": answers[0].round(),
-            "openclaw_later_answer_ms_median": median(answers[1..].to_vec()).round(),
-            "openclaw_turns_current_mib": turns_current,
-            "openclaw_turns_anon_mib": turns_anon,
-            "openclaw_peak_mib": peak,
-        })
-    );
+    let figures = json!({
+        "deploys": DEPLOYS,
+        "deploy_ms_median": median(deploy_ms.clone()).round(),
+        "deploy_ms_max": max(&deploy_ms).round(),
+        "idle_current_mib_median": median(idle_current),
+        "idle_anon_mib_median": median(idle_anon),
+        "turns": TURNS,
+        "first_answer_ms": answers[0].round(),
+        "later_answer_ms_median": median(answers[1..].to_vec()).round(),
+        "turns_current_mib": turns_current,
+        "turns_anon_mib": turns_anon,
+        "peak_mib": peak,
+    });
+    let named: serde_json::Map<String, Value> = figures
+        .as_object()
+        .expect("an object")
+        .iter()
+        .map(|(k, v)| (format!("{framework}_{k}"), v.clone()))
+        .collect();
+    println!("{}", Value::Object(named));
 }
 
 #[tokio::main]
 async fn main() {
     let bin = std::env::args()
         .nth(1)
-        .expect("usage: taos-deploy-bench <taos-host> [agents | tools | openclaw]");
+        .expect("usage: taos-deploy-bench <taos-host> [agents | tools | openclaw | opencode]");
     let rt = Incus::new(DEFAULT_SOCKET, None, "default");
     assert!(
         rt.available().await,
@@ -419,6 +424,7 @@ async fn main() {
             format!("taos-bench-bare-{i}"),
             format!("taos-tools-bench-{i}"),
             format!("taos-openclaw-bench-{i}"),
+            format!("taos-opencode-bench-{i}"),
         ] {
             if !rt.exists(&name).await.unwrap_or(false) {
                 continue;
@@ -435,8 +441,8 @@ async fn main() {
         built_in_agent(&bin).await;
         return;
     }
-    if std::env::args().nth(2).as_deref() == Some("openclaw") {
-        openclaw_agent(&bin).await;
+    if let Some(framework @ ("openclaw" | "opencode")) = std::env::args().nth(2).as_deref() {
+        framework_agent(&bin, framework).await;
         return;
     }
 

@@ -53,6 +53,8 @@ const CANCEL_GRACE: Duration = Duration::from_secs(10);
 /// Restarts after a crash wait this long, doubling per crash in a row, up to the max.
 const RESTART_START: Duration = Duration::from_millis(500);
 const RESTART_MAX: Duration = Duration::from_secs(30);
+/// How long an agent the sidecar killed may take to be gone (SIGKILL: normally at once).
+const ENDING_WAIT: Duration = Duration::from_secs(10);
 /// The answer is kept under the host's message limit, with room for the note that it was cut.
 const MAX_ANSWER_CHARS: usize = taos_proto::chat::MAX_CONTENT_CHARS - 200;
 /// Thoughts are sent as one reasoning trace per run of thought chunks, cut at this size.
@@ -67,6 +69,10 @@ pub struct AcpMode {
 
 struct State {
     process: Option<Live>,
+    /// The last process ended by the sidecar, until it is gone: its watcher's last act is to
+    /// kill every process of the account, so a new one started before then could be killed
+    /// with it.
+    ending: Option<watch::Receiver<Option<String>>>,
     sessions: SessionStore,
     /// Crashes in a row, and when the last one was.
     failures: u32,
@@ -104,6 +110,7 @@ impl AcpMode {
             placeholders,
             state: Mutex::new(State {
                 process: None,
+                ending: None,
                 sessions,
                 failures: 0,
                 failed_at: None,
@@ -120,7 +127,7 @@ impl AcpMode {
         if let Some(live) = &state.process {
             if live.process.exited.borrow().is_some() {
                 tracing::warn!("the ACP agent exited between messages; starting it again");
-                state.process = None;
+                end_process(state);
                 state.failures += 1;
                 state.failed_at = Some(Instant::now());
             }
@@ -134,6 +141,7 @@ impl AcpMode {
                     tokio::time::sleep(left).await;
                 }
             }
+            wait_ended(state).await;
             match process::start(&self.config, &self.sandbox, &self.placeholders).await {
                 Ok(process) => {
                     state.process = Some(Live {
@@ -195,9 +203,40 @@ impl AcpMode {
     /// Ends the running agent (it crashed, or broke a limit): the next delivery starts it
     /// again after a pause.
     fn stop(&self, state: &mut State) {
-        state.process = None;
+        end_process(state);
         state.failures += 1;
         state.failed_at = Some(Instant::now());
+    }
+
+    /// Stops the agent for good (the sidecar is stopping) and waits until it and everything
+    /// of its account are gone, so nothing of it outlives the sidecar.
+    pub async fn shutdown(&self) {
+        let mut state = self.state.lock().await;
+        end_process(&mut state);
+        wait_ended(&mut state).await;
+    }
+}
+
+/// Drops the running agent (which kills it and its account's processes, in its watcher task)
+/// and remembers it until it is gone.
+fn end_process(state: &mut State) {
+    if let Some(live) = state.process.take() {
+        state.ending = Some(live.process.exited);
+    }
+}
+
+/// Waits (bounded) until the agent last ended is gone.
+async fn wait_ended(state: &mut State) {
+    if let Some(mut ending) = state.ending.take() {
+        if tokio::time::timeout(ENDING_WAIT, ending.wait_for(|e| e.is_some()))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the ACP agent the sidecar stopped has not ended after {} s",
+                ENDING_WAIT.as_secs()
+            );
+        }
     }
 }
 

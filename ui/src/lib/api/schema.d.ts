@@ -1536,7 +1536,8 @@ export interface components {
             /**
              * @description Extra environment for the agent. Values may use `${OPENAI_BASE_URL}`,
              *     `${OPENAI_API_KEY}` (the agent's own gateway key), `${TAOS_MODEL}`,
-             *     `${TAOS_AGENT_NAME}` and `${HOME}`.
+             *     `${TAOS_AGENT_NAME}` and `${HOME}`; `${NAME:json}` is the value escaped for the inside
+             *     of a JSON string.
              */
             env?: {
                 [key: string]: string;
