@@ -35,6 +35,8 @@ export function makeOutboxChecks(ctx) {
         await composer.press('Enter');
         const mine = page.locator('[data-testid=message][data-author="user:owner"]', { hasText: text });
         await mine.waitFor();
+        // It shows at once; the POST follows once the outbox has it.
+        for (let i = 0; i < 200 && blocked === 0; i++) await page.waitForTimeout(50);
         assert(blocked >= 1, 'the send was never tried');
         await page.reload();
         await mine.waitFor();
