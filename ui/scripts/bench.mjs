@@ -59,7 +59,7 @@ function bundle() {
 
 const result = { bundle: bundle() };
 
-// Issue 19's pictures: the spend screen's 30-day chart for 20 agents (3 models each), and a
+// Issue 19's pictures: Home with 20 agents, the spend screen's 30-day chart for 20 agents (3 models each), and a
 // 1 000-span trace waterfall, rendered from a warm cache (the app and the chart chunk loaded
 // once before). Their API answers are served by the page's router with data of the host's
 // shape, so what is timed is the screen: navigation → chart canvas / waterfall drawn.
@@ -87,6 +87,16 @@ async function pictures(browser, state) {
     kind: ['llm_call', 'tool_call', 'tool_result'][i % 3], created_at: new Date(t0 + i * 40 + 30).toISOString(),
     duration_ms: 30, tokens_in: 100, tokens_out: 20, cost_usd: 0.001, model: 'model-a', payload: { i },
   }));
+  const GIB = 1024 ** 3;
+  const overview = {
+    host_name: 'bench', llm: 'ready', runtime: 'ok: incus 6.0.4', sample_secs: 60, spend_today_usd: 3.21,
+    sample: { at: today.toISOString(), cpu_percent: 23.5, memory_used_bytes: 3 * GIB, memory_total_bytes: 8 * GIB, data_disk_used_bytes: 20 * GIB, data_disk_total_bytes: 64 * GIB, pool_used_bytes: 9 * GIB, pool_total_bytes: 32 * GIB },
+    agents: Array.from({ length: 20 }, (_, a) => ({
+      slug: `bench-${a}`, display_name: `Bench ${a}`, emoji: '🤖', status: a % 5 ? 'running' : 'stopped', connected: a % 5 !== 0,
+      memory_used_bytes: (40 + a) * 1024 ** 2, disk_used_bytes: (a + 1) * 100 * 1024 ** 2, disk_quota_bytes: 5 * GIB, disk_state: 'ok', spend_today_usd: 0.05 * a,
+    })),
+  };
+  await page.route('**/api/host/overview', (r) => r.fulfill({ json: overview }));
   await page.route('**/api/usage?**', (r) => r.fulfill({ json: usage }));
   await page.route('**/api/agents/bench/trace?**', (r) => r.fulfill({ json: { agent_name: 'bench', schema_version: 1, events: spans, next_cursor: null } }));
   const times = async (path, ready) => {
@@ -101,6 +111,7 @@ async function pictures(browser, state) {
     }
     return { runs: out.length, median_ms: round(median(out)), max_ms: round(Math.max(...out)) };
   };
+  const home = await times('/', () => page.locator('[data-testid=home-agent]').nth(19).waitFor());
   const spend = await times('/spend', () => page.getByTestId('spend-chart').locator('canvas').waitFor());
   const waterfall = await times('/agents/bench/traces/bench-trace', () => page.getByTestId('wf-bar').first().waitFor());
   // Scroll the 1 000 rows to the end, a step per frame.
@@ -120,7 +131,7 @@ async function pictures(browser, state) {
   });
   for (const k of Object.keys(scroll)) scroll[k] = round(scroll[k]);
   await ctx.close();
-  return { spend_chart_20_agents_30_days: spend, waterfall_1000_spans: { ...waterfall, scroll } };
+  return { home_20_agents: home, spend_chart_20_agents_30_days: spend, waterfall_1000_spans: { ...waterfall, scroll } };
 }
 
 if (URL_) {
