@@ -35,6 +35,7 @@ mod events;
 mod files;
 mod first_run;
 mod flood;
+mod framework_images;
 mod input;
 mod isolation;
 mod lifecycle_crash;

@@ -10,86 +10,14 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use taos_e2e::fake_llm::{Scripted, REPLY};
 use taos_e2e::fixtures::{incus, step, wait_deploy, with_fake_provider, Remove};
-use taos_e2e::Host;
 use taos_host::runtime::Runtime;
 use taos_proto::agents::ArchivedAgent;
 
+use crate::framework_images::{memory_of, require_image, say_and_settle, user_texts};
 use crate::BIN;
 
 /// Only there to stop a broken run from hanging (opencode starts in seconds).
 const WAIT_LONG: Duration = Duration::from_secs(300);
-
-/// Fails the test when the opencode image is missing.
-fn require_opencode_image() {
-    let out = std::process::Command::new("incus")
-        .args(["image", "show", "taos-opencode"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the taos-opencode image is missing: run scripts/build-opencode-image.sh (it installs opencode first)"
-    );
-}
-
-/// Says `text` in `dm` and waits for the agent's settled answer to it.
-async fn say_and_settle(host: &Host, dm: &str, slug: &str, text: &str) -> Value {
-    let sent: Value = host
-        .post(
-            "/api/chat/messages",
-            &json!({"channel_id": dm, "content": text}),
-        )
-        .await;
-    let trace_id = sent["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + WAIT_LONG;
-    loop {
-        let messages: Vec<Value> = host
-            .get(&format!(
-                "/api/chat/channels/{dm}/messages?after_seq={}&limit=500",
-                sent["seq"]
-            ))
-            .await;
-        if let Some(m) = messages.iter().find(|m| {
-            m["author_id"] == slug
-                && m["metadata"]["trace_id"] == trace_id.as_str()
-                && m["state"] != "streaming"
-        }) {
-            return m.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{slug} did not answer {text:?}: {messages:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Every user message of a chat request, as text (tests match a marker in any of them).
-fn user_texts(body: &Value) -> Vec<String> {
-    body["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["role"] == "user")
-        .map(|m| match &m["content"] {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .collect()
-}
-
-/// The container's memory use as `incus info` reports it (printed for the report).
-fn memory_of(container: &str) -> String {
-    let out = std::process::Command::new("incus")
-        .args(["info", container])
-        .output()
-        .unwrap();
-    let info = String::from_utf8_lossy(&out.stdout).to_string();
-    info.lines()
-        .skip_while(|l| !l.trim_start().starts_with("Memory"))
-        .take(4)
-        .collect::<Vec<_>>()
-        .join(" | ")
-}
 
 /// The resident memory of each process in the container, from /proc (printed for the report:
 /// `incus info`'s figure includes the page cache, which fills up to the limit).
@@ -112,7 +40,10 @@ async fn rss_of(container: &str) -> String {
 
 #[tokio::test]
 async fn opencode_deploys_answers_runs_a_tool_in_its_container_and_comes_back_from_the_archive() {
-    require_opencode_image();
+    require_image(
+        "taos-opencode",
+        "scripts/build-opencode-image.sh (it installs opencode first)",
+    );
     let (_turn, host, fake) = with_fake_provider(BIN, &[]).await;
     let host = &host;
     let name = taos_e2e::fixtures::unique("Coder");
@@ -165,7 +96,7 @@ async fn opencode_deploys_answers_runs_a_tool_in_its_container_and_comes_back_fr
 
     step("1. opencode answers through the gateway", async {
         let started = Instant::now();
-        let reply = say_and_settle(host, dm, slug, "hello coder, marker-one").await;
+        let reply = say_and_settle(host, dm, slug, "hello coder, marker-one", WAIT_LONG).await;
         eprintln!("opencode's first answer took {:?}", started.elapsed());
         assert_eq!(reply["state"], "complete", "{reply}");
         assert_eq!(reply["content"], REPLY);
@@ -191,7 +122,7 @@ async fn opencode_deploys_answers_runs_a_tool_in_its_container_and_comes_back_fr
                 Scripted::final_text("Done."),
             ],
         );
-        let reply = say_and_settle(host, dm, slug, "who are you, marker-tools").await;
+        let reply = say_and_settle(host, dm, slug, "who are you, marker-tools", WAIT_LONG).await;
         assert_eq!(reply["state"], "complete", "{reply}");
         assert_eq!(reply["content"], "Done.");
         let steps = reply["metadata"]["tools"]
@@ -266,7 +197,7 @@ async fn opencode_deploys_answers_runs_a_tool_in_its_container_and_comes_back_fr
             )
             .await;
         let before = fake.chat_requests(|b| b["model"] == "fake-gpt").len();
-        let reply = say_and_settle(host, dm, slug, "are you back? marker-three").await;
+        let reply = say_and_settle(host, dm, slug, "are you back? marker-three", WAIT_LONG).await;
         assert_eq!(reply["state"], "complete", "{reply}");
         assert_eq!(reply["content"], REPLY);
         let sent = fake.chat_requests(|b| b["model"] == "fake-gpt");
