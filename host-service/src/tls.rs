@@ -83,6 +83,14 @@ fn issue_certificate(
     Ok(params.self_signed(key)?.pem())
 }
 
+/// The host's certificate as PEM, for a person to install in their browser's trust store so the
+/// browser trusts the host itself (service workers, offline reading: docs/install.md). It is
+/// what every TLS handshake already shows, so it is no secret.
+pub fn certificate_pem(data_dir: &Path) -> Result<String, TlsError> {
+    let path = tls_dir(data_dir).join(CERT_FILE);
+    std::fs::read_to_string(&path).map_err(|source| TlsError::Io { path, source })
+}
+
 /// Loads the host identity, creating the key and certificate on first run (both 0600).
 /// The key is the identity: if the certificate is missing or was made for another key, a new
 /// one is issued for the existing key, so the pin never changes behind a paired app's back.

@@ -622,7 +622,7 @@ impl Chat {
     }
 
     /// The message as it will be stored, unless this author already posted its `client_id`;
-    /// checks that a thread's parent is in the channel.
+    /// checks that a thread's parent is in the channel and names the thread by its root.
     async fn draft(&self, post: Post<'_>, channel: Channel) -> Result<Drafted, ChatError> {
         if let Some(cid) = post.client_id {
             let existing = sqlx::query(&format!(
@@ -637,19 +637,28 @@ impl Chat {
                 return Ok(Drafted::Posted(message_from_row(&row)?));
             }
         }
-        if let Some(thread) = post.thread_id {
-            let parent: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE id = ? AND channel_id = ?")
-                    .bind(thread)
-                    .bind(post.channel_id)
-                    .fetch_one(&self.db)
-                    .await?;
-            if parent == 0 {
-                return Err(ChatError::BadInput(
-                    "thread_id is not a message in this channel".into(),
-                ));
+        // A reply to a reply joins its parent's thread: a thread is named by its root, so
+        // people, agents (one ACP session per thread) and the UI all see one conversation.
+        let thread_id = match post.thread_id {
+            None => None,
+            Some(thread) => {
+                let parent: Option<Option<String>> = sqlx::query_scalar(
+                    "SELECT thread_id FROM messages WHERE id = ? AND channel_id = ?",
+                )
+                .bind(thread)
+                .bind(post.channel_id)
+                .fetch_optional(&self.db)
+                .await?;
+                match parent {
+                    None => {
+                        return Err(ChatError::BadInput(
+                            "thread_id is not a message in this channel".into(),
+                        ))
+                    }
+                    Some(root) => Some(root.unwrap_or_else(|| thread.to_string())),
+                }
             }
-        }
+        };
         let now = now_ms();
         let message = Message {
             id: Uuid::now_v7().to_string(),
@@ -660,7 +669,7 @@ impl Chat {
             author_type: post.author_type,
             content: post.content.to_string(),
             content_type: "text".into(),
-            thread_id: post.thread_id.map(str::to_string),
+            thread_id,
             state: post.state,
             client_id: post.client_id.map(str::to_string),
             metadata: post.metadata,

@@ -22,6 +22,7 @@ use crate::auth::{devices, setup_code, users, AuthError, Principal};
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(status))
+        .routes(routes!(certificate))
         .routes(routes!(setup))
         .routes(routes!(login))
         .routes(routes!(logout))
@@ -85,6 +86,28 @@ async fn status(
         user,
         fingerprint: state.pin.to_string(),
     }))
+}
+
+/// The host's self-signed certificate (PEM), to install in a browser's or the system's trust
+/// store: a browser that trusts it lets the web UI keep chats for offline reading (service
+/// workers refuse certificates clicked through). Compare its key with the fingerprint
+/// (`taos-host fingerprint`) before trusting it. Needs no credentials: every handshake shows it.
+#[utoipa::path(get, path = "/api/auth/certificate", tag = "auth", security(()),
+    responses((status = 200, description = "The certificate, PEM", content_type = "application/x-pem-file", body = String),
+        (status = 500, description = "The certificate file is unreadable", body = ErrorBody)))]
+async fn certificate(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let pem = crate::tls::certificate_pem(&state.data_dir).map_err(ApiError::internal)?;
+    let mut response = pem.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-pem-file"),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"taos-host.crt\""),
+    );
+    Ok(response)
 }
 
 /// First-run setup: creates the owner and signs them in. Only while no user exists, and only

@@ -465,3 +465,182 @@ async fn websocket_auth_takes_subprotocol_bearer_and_refuses_foreign_origins() {
     let err = ws.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(err["code"], "invalid_json");
 }
+
+async fn channel(host: &taos_e2e::Host, id: &str) -> Value {
+    host.admin(Method::GET, &format!("/api/chat/channels/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The chat screen's channel settings (issue 19): rename, members, archive. Each bad request is
+/// refused with a 400 and leaves the channel as it was; the good ones then take effect.
+#[tokio::test]
+async fn channel_settings_refuse_bad_input_and_change_nothing() {
+    let host = start().await;
+    host.setup_owner().await;
+    AgentClient::create(&host, "Member").await;
+    let ch = group(&host, json!(["member"])).await;
+    let before = channel(&host, &ch).await;
+
+    for patch in [
+        json!({"name": ""}),
+        json!({"name": "   "}),
+        json!({"name": "x".repeat(101)}),
+        json!({"name": "bell\u{7}"}),
+        json!({"name": 5}),
+        json!({"archived": "yes"}),
+        json!({"colour": "red"}),
+    ] {
+        let r = host
+            .admin(Method::PATCH, &format!("/api/chat/channels/{ch}"))
+            .json(&patch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{patch}");
+    }
+    for change in [
+        json!({"action": "add", "member": "ghost"}),
+        json!({"action": "add", "member": "user:nobody"}),
+        json!({"action": "remove", "member": "user:nobody"}),
+        json!({"action": "promote", "member": "member"}),
+        json!({"action": "add"}),
+    ] {
+        let r = host
+            .admin(Method::POST, &format!("/api/chat/channels/{ch}/members"))
+            .json(&change)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{change}");
+    }
+    // A DM's members are its agent and its person, for good.
+    let dms: Vec<Value> = host
+        .admin(Method::GET, "/api/chat/channels?member=member")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dm = dms
+        .iter()
+        .find(|c| c["type"] == "dm")
+        .expect("the agent's DM");
+    let dm_id = dm["id"].as_str().unwrap();
+    for change in [
+        json!({"action": "add", "member": "user:owner"}),
+        json!({"action": "remove", "member": "member"}),
+    ] {
+        let r = host
+            .admin(Method::POST, &format!("/api/chat/channels/{dm_id}/members"))
+            .json(&change)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "DM {change}");
+    }
+    assert_eq!(channel(&host, dm_id).await["members"], dm["members"]);
+    let unchanged = channel(&host, &ch).await;
+    assert_eq!(unchanged["name"], before["name"]);
+    assert_eq!(unchanged["members"], before["members"]);
+    assert_eq!(unchanged["archived"], false);
+
+    // The good changes, as the settings panel makes them.
+    let renamed: Value = host
+        .admin(Method::PATCH, &format!("/api/chat/channels/{ch}"))
+        .json(&json!({"name": "  Planning  "}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(renamed["name"], "Planning");
+    let removed: Value = host
+        .admin(Method::POST, &format!("/api/chat/channels/{ch}/members"))
+        .json(&json!({"action": "remove", "member": "member"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(removed["members"], json!(["user:owner"]));
+    let archived = host
+        .admin(Method::PATCH, &format!("/api/chat/channels/{ch}"))
+        .json(&json!({"archived": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(archived.status(), StatusCode::OK);
+    assert_eq!(
+        post(&host, json!({"channel_id": ch, "content": "x"}))
+            .await
+            .status(),
+        StatusCode::CONFLICT
+    );
+    let unarchived: Value = host
+        .admin(Method::PATCH, &format!("/api/chat/channels/{ch}"))
+        .json(&json!({"archived": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unarchived["archived"], false);
+    assert_eq!(
+        post(&host, json!({"channel_id": ch, "content": "back"}))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+}
+
+/// A thread is named by its root: a reply to a reply joins the root's thread (so an agent's one
+/// session per thread sees one conversation), and a thread in another channel is refused.
+#[tokio::test]
+async fn replies_to_replies_join_the_root_thread() {
+    let host = start().await;
+    host.setup_owner().await;
+    let ch = group(&host, json!([])).await;
+    let other = group(&host, json!([])).await;
+    let root: Value = post(&host, json!({"channel_id": ch, "content": "root"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first: Value = post(
+        &host,
+        json!({"channel_id": ch, "content": "first", "thread_id": root["id"]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(first["thread_id"], root["id"]);
+    let nested: Value = post(
+        &host,
+        json!({"channel_id": ch, "content": "nested", "thread_id": first["id"]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(nested["thread_id"], root["id"], "stored under the root");
+    let listed = after(&host, &ch, 0).await;
+    assert_eq!(listed[2]["thread_id"], root["id"]);
+
+    let foreign = post(
+        &host,
+        json!({"channel_id": other, "content": "x", "thread_id": root["id"]}),
+    )
+    .await;
+    assert_eq!(foreign.status(), StatusCode::BAD_REQUEST);
+    assert!(after(&host, &other, 0).await.is_empty());
+}

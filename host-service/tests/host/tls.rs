@@ -106,3 +106,35 @@ async fn tls12_only_clients_are_refused() {
         "refused for its TLS version: {err:?}"
     );
 }
+
+/// The certificate a person installs so their browser trusts the host (offline reading):
+/// served without credentials, and it is the certificate of the pinned key.
+#[tokio::test]
+async fn the_certificate_download_is_the_pinned_key() {
+    let host = start().await;
+    let r = host
+        .client()
+        .get(host.url("/api/auth/certificate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/x-pem-file");
+    let pem = r.text().await.unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("a PEM certificate");
+    let status: Value = host
+        .client()
+        .get(host.url("/api/auth/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        SpkiPin::of_certificate(&der).unwrap().to_string(),
+        status["fingerprint"].as_str().unwrap()
+    );
+}

@@ -553,6 +553,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/auth/certificate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The host's self-signed certificate (PEM), to install in a browser's or the system's trust
+         *     store: a browser that trusts it lets the web UI keep chats for offline reading (service
+         *     workers refuse certificates clicked through). Compare its key with the fingerprint
+         *     (`taos-host fingerprint`) before trusting it. Needs no credentials: every handshake shows it.
+         */
+        get: operations["certificate"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/auth/login": {
         parameters: {
             query?: never;
@@ -4722,6 +4744,35 @@ export interface operations {
             };
             /** @description Already decided or expired */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    certificate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The certificate, PEM */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/x-pem-file": string;
+                };
+            };
+            /** @description The certificate file is unreadable */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
