@@ -21,6 +21,8 @@ import { makeToolChecks } from './tool_checks.mjs';
 import { makeBackupChecks } from './backup_checks.mjs';
 import { makeOutboxChecks } from './outbox_checks.mjs';
 import { makeBoardChecks } from './board_checks.mjs';
+import { makeChannelChecks } from './channel_checks.mjs';
+import { makeOfflineChecks } from './offline_checks.mjs';
 
 const URL_ = required('TAOS_URL');
 const LOCAL_TOKEN = required('TAOS_LOCAL_TOKEN');
@@ -46,18 +48,19 @@ function required(name) {
 
 mkdirSync(OUT, { recursive: true });
 // playwright-core gives every launch a fresh, empty profile (its own --user-data-dir).
+const LAUNCH_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  args: [
-    '--headless',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
+  args: LAUNCH_ARGS,
 });
 
 const problems = []; // CSP violations and page errors, from every page
@@ -116,6 +119,8 @@ const outbox = makeOutboxChecks({ page, URL_, SLUG, assert, screenshot });
 const board = makeBoardChecks({ page, desktop, browser, URL_, SLUG, assert, screenshot, watch });
 const checks = makeChatChecks({ page, desktop, URL_, LOCAL_TOKEN, AGENT_BIN, OUT, SLUG, REPLY, assert, screenshot });
 insight = makeInsightChecks({ page, URL_, SLUG, assert, screenshot });
+const channels = makeChannelChecks({ page, desktop, browser, URL_, SLUG, REPLY, PERSON: 'sam', assert, screenshot, watch });
+const offline = makeOfflineChecks({ page, URL_, SLUG, REPLY, LAUNCH_ARGS, assert, screenshot, watch });
 
 try {
   await step('a page loaded without a session reaches no data and lands on login', async () => {
@@ -605,9 +610,14 @@ try {
   await step('live: a device paired while Devices is open appears without a reload', () => checks.liveDevices());
   await step('live: a new alert pops a toast, not only the badge', () => checks.alertToast());
   await step('group chat with a person and an agent, made in the UI; the named agent answers', () => checks.groupChat());
+  await step('channel settings from the chat screen: rename, add and remove a person and an agent, archive and unarchive; a refused add says why', () => channels.settings());
+  await step('threads: replies under their root with a count, posted in the side panel; a named agent answers in the thread', () => channels.threads());
+  await step('channel settings and a thread at 390 px, light and dark: each takes the screen', () => channels.phone(PASSWORD));
   await step('chat: tool calls as collapsed cards from metadata.tools; Approve and Deny on approval requests, recorded by the host', () => tools.toolCardsAndApprovals());
   await step('backups: a folder set from Settings, the passphrase on a recovery sheet once, a backup run from the page with the host\'s figures', () => backups.backupFromTheScreen());
   await step('chat: a message whose send could not reach the host survives a reload and is sent once when it can', () => outbox.unsentSurvivesReload());
+  await step("offline reading: a browser that doesn't trust the host's certificate is told it is off, why, and how to turn it on", () => offline.untrustedSaysWhy());
+  await step("offline reading: with the host's certificate trusted (NSS), the worker keeps the chat; host away, a reload shows it with a banner; sign-out forgets it", () => offline.readsOffline(PASSWORD));
 
   // Last: it locks this address out of signing in for a minute.
   await step('repeated wrong passwords get the rate-limit message', async () => {

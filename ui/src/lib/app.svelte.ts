@@ -9,6 +9,7 @@ import { TauriHostClient, canScanPairingCode, forgetHost, hostStatus, isTauri, o
 import { EventFeed } from './host/events';
 import { HostError, type HostClient } from './host/HostClient';
 import { navigate, router } from './router.svelte';
+import { forgetOfflineCopies } from './pwa.svelte';
 
 /**
  * In the taos app (Tauri) the host is the paired one, reached through the shell; there is no
@@ -252,5 +253,7 @@ export async function logout() {
     // signed out either way
   }
   host.setCsrf(null);
+  // Chats kept for offline reading go with the session.
+  await forgetOfflineCopies();
   signedOut();
 }
