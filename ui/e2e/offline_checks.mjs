@@ -62,7 +62,10 @@ export function makeOfflineChecks(ctx) {
       assert((await link.getAttribute('href')) === '/api/auth/certificate', 'the certificate link');
       await screenshot(page, 'offline-reading-off');
       await page.getByRole('link', { name: 'Chat', exact: true }).click();
-      await page.getByTestId('offline-unavailable').getByRole('link', { name: 'Why, and how to turn it on' }).waitFor();
+      await page.getByTestId('offline-unavailable').getByRole('link', { name: 'Why, and how to turn it on' }).click();
+      await page.waitForURL(/\/settings\?show=offline-reading$/);
+      const box = await page.locator('[data-testid=offline-reading-settings] h2').boundingBox();
+      assert(box && box.y >= 0 && box.y < 800, `the chat list's link does not bring the section into view: ${JSON.stringify(box)}`);
     },
 
     /** A browser that trusts the host's certificate reads the last channel with the host away. */
