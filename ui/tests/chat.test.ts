@@ -262,3 +262,44 @@ describe('the outbox keeps unsent messages across reloads', () => {
     expect(outbox.entries.size).toBe(0);
   });
 });
+
+describe('thread replies', () => {
+  it('post with the thread, show under it at once, and keep the thread through the outbox', async () => {
+    const outbox = new MemoryOutbox();
+    const host = new FakeHost();
+    const timers: (() => void)[] = [];
+    const first = new ChatClient(host, 'user:owner', { outbox, setTimer: (fn) => timers.push(fn), newClientId: () => 'cid-t', sendRetries: 0 });
+    host.handler = async () => {
+      throw new HostError(0, 'unreachable', 'offline');
+    };
+    first.send('c1', 'in the thread', undefined, 'root-1');
+    expect(first.log('c1').get('local:cid-t')?.thread_id).toBe('root-1');
+    await tick();
+    expect(outbox.entries.get('cid-t')?.threadId).toBe('root-1');
+    expect((host.requests.find((r) => r.method === 'POST')?.init?.body as { thread_id?: string }).thread_id).toBe('root-1');
+    first.close();
+
+    // A reload sends it again into the same thread.
+    const again = new FakeHost();
+    again.handler = async (_m, _p, init) => {
+      const body = init?.body as { client_id: string; thread_id?: string };
+      return msg({ id: 'm1', seq: 2, content: 'in the thread', client_id: body.client_id, thread_id: body.thread_id ?? null, author_id: 'user:owner', author_type: 'user' });
+    };
+    const second = new ChatClient(again, 'user:owner', { outbox });
+    expect(second.log('c1').get('local:cid-t')).toBeUndefined();
+    await tick();
+    await tick();
+    const posts = again.requests.filter((r) => r.method === 'POST');
+    expect(posts.map((p) => (p.init?.body as { thread_id?: string }).thread_id)).toEqual(['root-1']);
+    expect(second.log('c1').get('m1')?.thread_id).toBe('root-1');
+  });
+
+  it('leave thread_id out of an ordinary message', async () => {
+    const { host, chat } = setup();
+    host.handler = async (_m, _p, init) => msg({ id: 'm1', seq: 1, client_id: (init?.body as { client_id: string }).client_id, author_id: 'user:owner', author_type: 'user' });
+    chat.send('c1', 'plain');
+    await tick();
+    const body = host.requests.find((r) => r.method === 'POST')?.init?.body as Record<string, unknown>;
+    expect('thread_id' in body).toBe(false);
+  });
+});

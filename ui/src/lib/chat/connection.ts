@@ -86,9 +86,9 @@ export class ChatClient {
     }
     for (const e of entries) {
       if (this.inFlight.has(e.clientId)) continue;
-      this.log(e.channelId).addLocal(e.clientId, e.content, this.me, new Date(e.createdAt));
+      this.log(e.channelId).addLocal(e.clientId, e.content, this.me, new Date(e.createdAt), e.threadId);
       this.emit(e.channelId, null);
-      void this.post(e.channelId, e.content, e.clientId, 0);
+      void this.post(e.channelId, e.content, e.clientId, 0, e.threadId);
     }
   }
 
@@ -216,21 +216,24 @@ export class ChatClient {
     }
   }
 
-  /** Sends a message: shown at once, stored once however many times it is retried. */
-  send(channelId: string, content: string, clientId = this.opts.newClientId()): string {
+  /**
+   * Sends a message (into the thread whose root is `threadId`, if given): shown at once, stored
+   * once however many times it is retried.
+   */
+  send(channelId: string, content: string, clientId = this.opts.newClientId(), threadId?: string): string {
     const log = this.log(channelId);
-    const shown = log.addLocal(clientId, content, this.me);
+    const shown = log.addLocal(clientId, content, this.me, new Date(), threadId);
     this.emit(channelId, null);
     this.inFlight.add(clientId);
     if (!this.outbox) {
-      void this.post(channelId, content, clientId, 0);
+      void this.post(channelId, content, clientId, 0, threadId);
       return clientId;
     }
     // Kept before it is posted, so a reload at any moment still has it.
     void this.outbox
-      .put({ clientId, channelId, author: this.me, content, createdAt: shown.created_at })
+      .put({ clientId, channelId, author: this.me, content, createdAt: shown.created_at, threadId })
       .catch(() => {})
-      .then(() => this.post(channelId, content, clientId, 0));
+      .then(() => this.post(channelId, content, clientId, 0, threadId));
     return clientId;
   }
 
@@ -238,15 +241,15 @@ export class ChatClient {
   retry(channelId: string, clientId: string): void {
     const m = this.log(channelId).get(`local:${clientId}`);
     if (!m) return;
-    this.send(channelId, m.content, clientId);
+    this.send(channelId, m.content, clientId, m.thread_id ?? undefined);
   }
 
-  private async post(channelId: string, content: string, clientId: string, attempt: number) {
+  private async post(channelId: string, content: string, clientId: string, attempt: number, threadId?: string) {
     const log = this.log(channelId);
     this.inFlight.add(clientId);
     try {
       const stored = await this.api.post('/api/chat/messages', {
-        body: { channel_id: channelId, content, client_id: clientId },
+        body: { channel_id: channelId, content, client_id: clientId, ...(threadId ? { thread_id: threadId } : {}) },
       });
       this.inFlight.delete(clientId);
       await this.outbox?.remove(clientId).catch(() => {});
@@ -256,7 +259,7 @@ export class ChatClient {
       const unreachable = e instanceof HostError && e.status === 0;
       if (unreachable && attempt < this.opts.sendRetries) {
         const wait = Math.min(this.opts.minDelayMs * 2 ** attempt, this.opts.maxDelayMs);
-        this.opts.setTimer(() => void this.post(channelId, content, clientId, attempt + 1), wait);
+        this.opts.setTimer(() => void this.post(channelId, content, clientId, attempt + 1, threadId), wait);
         return;
       }
       this.inFlight.delete(clientId);

@@ -182,7 +182,7 @@ export class ChannelLog {
   }
 
   /** Shows our own message at once, before the host has it. */
-  addLocal(clientId: string, content: string, authorId: string, now = new Date()): ChatMessage {
+  addLocal(clientId: string, content: string, authorId: string, now = new Date(), threadId?: string): ChatMessage {
     const existing = this.byId.get(localId(clientId));
     if (existing) {
       const retry = { ...existing, sendError: undefined, retryable: undefined, state: 'pending' as const };
@@ -202,6 +202,7 @@ export class ChannelLog {
       metadata: {},
       created_at: now.toISOString(),
       client_id: clientId,
+      thread_id: threadId ?? null,
       local: true,
     };
     this.insert(m);

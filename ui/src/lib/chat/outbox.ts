@@ -9,6 +9,8 @@ export interface OutboxEntry {
   author: string;
   content: string;
   createdAt: string;
+  /** The thread it replies in (its root), if any. */
+  threadId?: string;
 }
 
 export interface Outbox {
