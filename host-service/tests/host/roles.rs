@@ -200,6 +200,12 @@ fn table(f: &Fixture) -> Vec<Route> {
             vec![no_body("/api/auth/status".into(), Allow)],
         ),
         route(
+            "GET",
+            "/api/auth/certificate",
+            OWNER_SIDE,
+            vec![no_body("/api/auth/certificate".into(), Allow)],
+        ),
+        route(
             "POST",
             "/api/auth/login",
             OWNER_SIDE,

@@ -12,6 +12,9 @@ use crate::start;
 const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/api/health"),
     ("GET", "/api/auth/status"),
+    // The host's certificate, to install so a browser trusts the host (offline reading): every
+    // TLS handshake shows it anyway.
+    ("GET", "/api/auth/certificate"),
     ("POST", "/api/auth/login"),
     ("POST", "/api/auth/setup"),
     ("POST", "/api/devices/pair"),
@@ -164,6 +167,12 @@ async fn public_routes_answer_without_credentials() {
         .await
         .unwrap();
     assert_eq!(status.status(), StatusCode::OK);
+    let certificate = client
+        .get(host.url("/api/auth/certificate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(certificate.status(), StatusCode::OK);
     for path in ["/api/auth/login", "/api/devices/pair", "/api/auth/refresh"] {
         let r = client
             .post(host.url(path))
