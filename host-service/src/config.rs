@@ -927,6 +927,21 @@ mod tests {
     }
 
     #[test]
+    fn the_firewalls_lan_must_be_networks() {
+        let with = |lan: &[&str]| {
+            let mut config = Config::default();
+            config.firewall.lan = lan.iter().map(ToString::to_string).collect();
+            config.validate()
+        };
+        assert!(with(&[]).is_ok());
+        assert!(with(&["192.168.1.0/24", "fd00::/8"]).is_ok());
+        for bad in ["192.168.1.0", "10.0.0.0/33", "lan", "; flush ruleset"] {
+            let err = with(&["192.168.1.0/24", bad]).unwrap_err().to_string();
+            assert!(err.contains("[firewall] lan"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn trace_and_reply_limits_are_configurable_and_checked() {
         let config = parse(
             &p(),
