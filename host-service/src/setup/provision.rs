@@ -498,16 +498,16 @@ pub fn litellm(user: &str) -> Outcome {
     Outcome::Done(did.join("; "))
 }
 
-/// The agent image, imported from a file (never built here).
-pub async fn agent_image(socket: &str, file: &Path) -> Outcome {
+/// The agent image, imported from a file as `alias` ([`AGENT_IMAGE_ALIAS`]; never built here).
+pub async fn agent_image(socket: &str, file: &Path, alias: &str) -> Outcome {
     let client = crate::runtime::incus::Incus::new(socket, None, "default");
     if !client.available().await {
         return Outcome::NotDone(
             "no incus, so no agent image to import (see the incus step)".to_string(),
         );
     }
-    if succeeds("incus", &["image", "show", AGENT_IMAGE_ALIAS]) {
-        return Outcome::AlreadyDone(format!("incus has the image {AGENT_IMAGE_ALIAS}"));
+    if succeeds("incus", &["image", "show", alias]) {
+        return Outcome::AlreadyDone(format!("incus has the image {alias}"));
     }
     if !file.is_file() {
         return Outcome::NotDone(format!(
@@ -519,13 +519,10 @@ pub async fn agent_image(socket: &str, file: &Path) -> Outcome {
     let file_text = file.to_string_lossy().into_owned();
     match run(
         "incus",
-        &["image", "import", &file_text, "--alias", AGENT_IMAGE_ALIAS],
+        &["image", "import", &file_text, "--alias", alias],
         &[],
     ) {
-        Ok(_) => Outcome::Done(format!(
-            "imported {} as {AGENT_IMAGE_ALIAS}",
-            file.display()
-        )),
+        Ok(_) => Outcome::Done(format!("imported {} as {alias}", file.display())),
         Err(e) => Outcome::Failed(format!("cannot import the agent image: {e}")),
     }
 }
@@ -711,7 +708,7 @@ pub async fn run_all(
                     .agent_image
                     .clone()
                     .unwrap_or_else(default_image_path);
-                agent_image(&config.runtime.incus_socket, &file).await
+                agent_image(&config.runtime.incus_socket, &file, AGENT_IMAGE_ALIAS).await
             }
             Step::Firewall => tokio::task::block_in_place(|| firewall(data_dir, &config)),
             Step::Service => service(data_dir, &config, restart).await,

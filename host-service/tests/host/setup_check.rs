@@ -212,3 +212,90 @@ fn the_subnet_choice_sees_this_machines_real_networks() {
         "{lan:?}"
     );
 }
+
+/// Deletes the throwaway image alias (and the export) however the test ends.
+struct Image(String, tempfile::TempDir);
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = Command::new("incus")
+            .args(["image", "delete", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn the_image_step_imports_a_file_once_against_real_incus() {
+    use taos_host::setup::provision::{agent_image, Outcome};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let socket = taos_host::runtime::incus::DEFAULT_SOCKET;
+    let image = Image(
+        format!("setup-test-image-{}", std::process::id()),
+        tempfile::tempdir().unwrap(),
+    );
+    // A missing file: not provisioned, with what to do.
+    let missing = image.1.path().join("none.tar.gz");
+    match rt.block_on(agent_image(socket, &missing, &image.0)) {
+        Outcome::NotDone(words) => assert!(words.contains("--agent-image FILE"), "{words}"),
+        other => panic!("{other:?}"),
+    }
+    // A real image file: the busybox test image (scripts/dev-incus.sh), exported and re-packed
+    // with a marker file, so its fingerprint is new (incus refuses an image it already has).
+    let export = image.1.path().join("busybox");
+    let out = Command::new("incus")
+        .args(["image", "export", "busybox", export.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tarball = image.1.path().join("busybox.tar.gz");
+    let repacked = image.1.path().join("repacked.tar.gz");
+    let unpacked = image.1.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    let ok = |args: &[&str]| {
+        let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(&[
+        "tar",
+        "-C",
+        unpacked.to_str().unwrap(),
+        "-xzf",
+        tarball.to_str().unwrap(),
+    ]);
+    std::fs::write(
+        unpacked.join("marker"),
+        format!("setup test {}", std::process::id()),
+    )
+    .unwrap();
+    ok(&[
+        "tar",
+        "-C",
+        unpacked.to_str().unwrap(),
+        "-czf",
+        repacked.to_str().unwrap(),
+        "metadata.yaml",
+        "rootfs",
+        "marker",
+    ]);
+    match rt.block_on(agent_image(socket, &repacked, &image.0)) {
+        Outcome::Done(words) => assert!(words.contains(&image.0), "{words}"),
+        other => panic!("{other:?}"),
+    }
+    let show = Command::new("incus")
+        .args(["image", "show", &image.0])
+        .output()
+        .unwrap();
+    assert!(show.status.success());
+    // Again: found by its alias, nothing imported.
+    match rt.block_on(agent_image(socket, &repacked, &image.0)) {
+        Outcome::AlreadyDone(words) => assert!(words.contains(&image.0), "{words}"),
+        other => panic!("{other:?}"),
+    }
+}
