@@ -9,6 +9,9 @@
 #   - LiteLLM, started by the host once a provider has models, runs as taos-litellm with no
 #     capabilities in its own mount namespace, seeing none of the host's data;
 #   - `taos-host logs` shows the service's journal, which never holds the setup code;
+#   - `taos-host setup` says what it can't do in the container, derives the firewall's LAN from
+#     the container's network, prints the URL, fingerprint, setup code and a pairing QR, and a
+#     second run changes nothing;
 #   - `systemctl restart`, a reboot of the container and reinstalling the package bring it back
 #     with the same key;
 #   - `apt remove` keeps the data, `apt purge` says what goes and removes it (and the user).
@@ -21,7 +24,9 @@
 # Needs incus with the `taos-agent` image (scripts/build-agent-image.sh), a bridge with NAT to
 # the Debian mirror (scripts/dev-incus.sh), and LiteLLM's venv in /opt/taos/litellm
 # (scripts/dev-litellm.sh), which is lent to the container read-only. It does not run incus
-# inside the container: nested agents are a later part of issue 17.
+# inside the container (no nesting): `taos-host setup` runs here with what the container can
+# do (firewall, service, the printed URL, fingerprint, setup code and QR, a no-op re-run), and
+# its incus step is tested against the host's real incus in host-service/tests/host/.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -174,6 +179,52 @@ grep -q "setup-code is in /var/lib/taos/setup-code" <<<"$LOGS" || fail "the jour
 AGENT_OUT="$(in_ct taos-agent 2>&1 || true)"
 grep -q "TAOS_BRIDGE_URL is not set" <<<"$AGENT_OUT" || fail "taos-agent from its package: $AGENT_OUT"
 pass "taos-host logs shows the journal; taos-agent runs from its package"
+
+# --- `taos-host setup` on the freshly installed machine ---
+# What the container can do: no incus package in its apt sources (Debian 12 without
+# backports) and no nested incus, so the incus and image steps say so and the rest goes on;
+# LiteLLM is the lent venv (already there); the firewall is derived from the container's own
+# network; the service is already running. setup's incus step itself is tested against the
+# host's real incus (host-service/tests/host/setup_check.rs).
+SETUP_T0=$(date +%s%N)
+SETUP="$(in_ct taos-host setup 2>&1)" || fail "taos-host setup failed: $SETUP"
+SETUP_MS=$(( ($(date +%s%N) - SETUP_T0) / 1000000 ))
+NET="$(in_ct ip -4 -o addr show eth0 | awk '{print $4}')"
+NET="$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_interface(sys.argv[1]).network)' "$NET")"
+grep -q "^setup would:" <<<"$SETUP" || fail "setup did not print its check and plan first: $SETUP"
+grep -q "  - incus (agents' subnets, btrfs storage pool): not provisioned: incus is not running and this machine's apt sources have no incus package" <<<"$SETUP" \
+    || fail "setup did not say why incus is not provisioned: $SETUP"
+grep -q "  - LiteLLM (its own venv and user): already done: LiteLLM .* is in /opt/taos/litellm, runnable by taos-litellm" <<<"$SETUP" \
+    || fail "setup did not find the LiteLLM venv: $SETUP"
+grep -q "  - the agent image: not provisioned: no incus" <<<"$SETUP" || fail "setup's image step: $SETUP"
+grep -qF "  - the firewall: done: table inet taos: port 6969 open to $NET" <<<"$SETUP" \
+    || fail "setup's firewall is not the container's own network $NET: $SETUP"
+grep -q "  - the service: already done: taos-host.service is enabled and active; /api/health says ok" <<<"$SETUP" \
+    || fail "setup's service step: $SETUP"
+grep -qF "URL:         https://$ADDRESS:6969/" <<<"$SETUP" || fail "setup did not print the URL: $SETUP"
+grep -qF "Fingerprint: $FINGERPRINT" <<<"$SETUP" || fail "setup did not print the fingerprint: $SETUP"
+grep -qF "Setup code:  $CODE " <<<"$SETUP" || fail "setup did not print the setup code: $SETUP"
+grep -q "Pair the app: scan this code" <<<"$SETUP" || fail "setup did not offer pairing: $SETUP"
+grep -q '█' <<<"$SETUP" || fail "setup printed no pairing QR: $SETUP"
+grep -q "not provisioned (see the reasons above.*incus .*the agent image" <<<"$SETUP" \
+    || fail "setup did not sum up what is not provisioned: $SETUP"
+RULES="$(in_ct nft list table inet taos)" || fail "no table inet taos after setup"
+grep -qF "elements = { $NET" <<<"$RULES" || fail "the loaded rules lack $NET: $RULES"
+grep -q '"status"' <<<"$(curl -sS --max-time 5 -k --pinnedpubkey "${FINGERPRINT/sha256\//sha256//}" "https://$ADDRESS:6969/api/health" 2>&1)" \
+    || fail "the public port refuses this machine, which is on the container's network"
+in_ct grep -q '"firewall": {' /var/lib/taos/setup.json || fail "setup kept no record: $(in_ct cat /var/lib/taos/setup.json)"
+pass "taos-host setup ($((SETUP_MS / 1000)) s) says what it can't do here, sets the firewall to $NET, finds the service, prints the URL, fingerprint, setup code and a pairing QR"
+
+PID_BEFORE="$(in_ct systemctl show -p MainPID --value taos-host)"
+RULES_BEFORE="$(in_ct cat /var/lib/taos/firewall.nft)"
+AGAIN="$(in_ct taos-host setup 2>&1)" || fail "taos-host setup failed the second time: $AGAIN"
+! grep -q "^  - .*: done" <<<"$AGAIN" || fail "a re-run of setup changed something: $AGAIN"
+[ "$(grep -c "^  - .*: already done" <<<"$AGAIN")" = 3 ] || fail "a re-run did not find LiteLLM, the firewall and the service done: $AGAIN"
+[ "$(in_ct systemctl show -p MainPID --value taos-host)" = "$PID_BEFORE" ] || fail "a re-run of setup restarted the service"
+[ "$(in_ct cat /var/lib/taos/firewall.nft)" = "$RULES_BEFORE" ] || fail "a re-run of setup changed the rules"
+pass "re-running setup is a no-op: every step says already done (or why not), the service keeps running"
+# The firewall checks below start from no rules.
+in_ct taos-host firewall remove >/dev/null || fail "taos-host firewall remove failed"
 
 # LiteLLM: a provider with a model makes the host start it (the upstream is never called).
 api /api/providers '{"name":"local","type":"openai-compatible","url":"http://127.0.0.1:9/v1","models":[{"id":"m"}]}' >/dev/null \

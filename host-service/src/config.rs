@@ -123,6 +123,12 @@ keep_other = 5
 # and one runtime state per running container, so 60 s costs a Pi next to nothing.
 sample_secs = 60
 
+[firewall]
+# The networks allowed to reach the public port, as address/prefix (e.g. "192.168.1.0/24").
+# Empty: `taos-host setup` uses the networks of this machine's own interfaces (not loopback,
+# not container bridges); `taos-host firewall apply` without --lan uses the private ranges.
+lan = []
+
 [traces]
 # Trace events one agent may send per second (POST /api/trace and /api/trace/batch; a batch
 # counts its events), and how many it may send at once after a quiet spell. Beyond that: 429.
@@ -164,6 +170,7 @@ pub struct Config {
     pub quota: QuotaConfig,
     pub snapshots: SnapshotsConfig,
     pub overview: OverviewConfig,
+    pub firewall: FirewallConfig,
     pub traces: TracesConfig,
     pub bridge: BridgeConfig,
     pub tools: ToolsConfig,
@@ -289,6 +296,13 @@ impl Default for OverviewConfig {
     fn default() -> Self {
         OverviewConfig { sample_secs: 60 }
     }
+}
+
+/// `[firewall]`: who may reach the public port (see host_firewall and setup).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallConfig {
+    pub lan: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -567,6 +581,10 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "[traces] max_event_bytes must be between 1024 and 67108864".to_string(),
             ));
+        }
+        for network in &self.firewall.lan {
+            crate::host_firewall::Network::parse(network)
+                .map_err(|e| ConfigError::Invalid(format!("[firewall] lan: {e}")))?;
         }
         if !(1..=3600).contains(&self.overview.sample_secs) {
             return Err(ConfigError::Invalid(
@@ -906,6 +924,21 @@ mod tests {
             assert!(with(bad, "10.204.0.1/24").is_err(), "{bad}");
         }
         assert!(with("10.204.0.1/24", "10.204.0.1/24").is_err());
+    }
+
+    #[test]
+    fn the_firewalls_lan_must_be_networks() {
+        let with = |lan: &[&str]| {
+            let mut config = Config::default();
+            config.firewall.lan = lan.iter().map(ToString::to_string).collect();
+            config.validate()
+        };
+        assert!(with(&[]).is_ok());
+        assert!(with(&["192.168.1.0/24", "fd00::/8"]).is_ok());
+        for bad in ["192.168.1.0", "10.0.0.0/33", "lan", "; flush ruleset"] {
+            let err = with(&["192.168.1.0/24", bad]).unwrap_err().to_string();
+            assert!(err.contains("[firewall] lan"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -113,12 +113,21 @@ enum Command {
         #[command(subcommand)]
         command: FirewallCommand,
     },
-    /// Check this machine for taos: RAM, free disk, cgroups, incus and Docker, and what setup
-    /// would do. Changes nothing.
+    /// Check this machine, then provision it: incus (fixed, collision-checked subnets, a btrfs
+    /// pool), LiteLLM in its own venv and user, the agent image, the firewall, and the service;
+    /// ends with the URL, the key fingerprint, the setup code and a pairing QR. Safe to re-run.
     Setup {
-        /// Only report (provisioning is not built yet, so this is required).
+        /// Only report what this machine can run and what setup would do; change nothing.
         #[arg(long)]
         check: bool,
+        /// A partition (or disk) for the btrfs storage pool, instead of a loop file. Its
+        /// contents are lost.
+        #[arg(long, value_name = "DEVICE")]
+        pool_device: Option<PathBuf>,
+        /// The agent image (a unified tarball) to import; default:
+        /// /usr/share/taos-host/images/taos-agent_<arch>.tar.gz.
+        #[arg(long, value_name = "FILE")]
+        agent_image: Option<PathBuf>,
     },
 }
 
@@ -297,6 +306,149 @@ fn firewall(data_dir: &std::path::Path, command: FirewallCommand) -> anyhow::Res
     }
 }
 
+/// `taos-host setup [--check]`: the check first; then, unless only checking, the steps.
+async fn setup(
+    data_dir: &std::path::Path,
+    check: bool,
+    pool_device: Option<PathBuf>,
+    agent_image: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use taos_host::setup::provision::{self, Outcome};
+    // Read the config as it would be, without writing the defaults: a check changes nothing,
+    // not even the data dir.
+    let path = config::config_path(data_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    };
+    let config = config::parse(&path, &text, std::env::vars())?;
+    let report = taos_host::setup::check(&config, data_dir).await;
+    print!("{}", report.render());
+    let blockers = report.blockers();
+    anyhow::ensure!(
+        blockers.is_empty(),
+        "taos can't run on this machine: {}",
+        blockers.join("; ")
+    );
+    if check {
+        println!(
+            "\nThis was a check only: nothing was changed. `sudo taos-host setup` does the steps \
+             above."
+        );
+        return Ok(());
+    }
+    anyhow::ensure!(
+        taos_host::sys::is_root(),
+        "`taos-host setup` installs packages, makes a user, a storage pool and firewall rules, \
+         and starts the service: run it as root (sudo)"
+    );
+    if let Some(device) = &pool_device {
+        anyhow::ensure!(
+            device.exists(),
+            "--pool-device {}: no such device",
+            device.display()
+        );
+    }
+    if let Some(file) = &agent_image {
+        anyhow::ensure!(
+            file.is_file(),
+            "--agent-image {}: no such file",
+            file.display()
+        );
+    }
+    println!("\nsetting up:");
+    let options = provision::Options {
+        pool_device,
+        agent_image,
+    };
+    let outcomes = provision::run_all(
+        data_dir,
+        &options,
+        report.disk_free_mib.unwrap_or(0),
+        |step, outcome| {
+            println!(
+                "  - {}: {}{}",
+                step.title(),
+                outcome.label(),
+                if outcome.detail().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", outcome.detail())
+                }
+            )
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let service_up = outcomes.iter().any(|(step, o)| {
+        *step == provision::Step::Service && matches!(o, Outcome::Done(_) | Outcome::AlreadyDone(_))
+    });
+    if service_up {
+        print_welcome(data_dir).await?;
+    }
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Failed(_)))
+        .map(|(step, _)| step.title().to_string())
+        .collect();
+    let missing: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::NotDone(_)))
+        .map(|(step, _)| step.title().to_string())
+        .collect();
+    if !missing.is_empty() {
+        println!(
+            "\nnot provisioned (see the reasons above; run `sudo taos-host setup` again once \
+             fixed): {}",
+            missing.join(", ")
+        );
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "setup failed at: {} (the reasons are above; re-running is safe)",
+        failed.join(", ")
+    );
+    if provision::all_provisioned(&outcomes) {
+        println!("\nsetup is complete.");
+    }
+    Ok(())
+}
+
+/// The end of setup: where to go, how to trust it, how to become its owner, how to pair.
+async fn print_welcome(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let opened = server::open(data_dir).await?;
+    let addresses = server::pairing_addresses(opened.config.server.bind);
+    println!();
+    for address in &addresses {
+        println!("URL:         https://{address}/");
+    }
+    println!("Fingerprint: {}", opened.identity.pin);
+    match std::fs::read_to_string(auth::setup_code::path(data_dir)) {
+        Ok(code) => println!(
+            "Setup code:  {} (enter it at the URL to create the owner account)",
+            code.trim()
+        ),
+        Err(_) => println!("Setup code:  none: an owner exists; sign in at the URL"),
+    }
+    let (token, payload) = auth::devices::create_pairing_token(
+        &opened.db,
+        &server::host_name(&opened.config),
+        addresses,
+        &opened.identity.pin,
+        "setup",
+    )
+    .await?;
+    println!(
+        "\nPair the app: scan this code (single use, expires {}), or run `sudo taos-host pair` \
+         later:",
+        payload.expires_at
+    );
+    println!("{}", qr::terminal(&token)?);
+    opened.db.close().await;
+    Ok(())
+}
+
 /// `taos-host update`: each mode of the updater (taos_host::update).
 async fn update(
     data_dir: &std::path::Path,
@@ -381,32 +533,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.unwrap_or_else(config::default_data_dir);
     match cli.command {
         Command::Logs { no_follow, lines } => Err(logs(!no_follow, lines)),
-        Command::Setup { check } => {
-            anyhow::ensure!(
-                check,
-                "`taos-host setup` (provisioning incus, LiteLLM, the agent image and the \
-                 firewall) is not built yet; `taos-host setup --check` reports what this machine \
-                 can run and what setup would do. See docs/install.md."
-            );
-            // Read the config as it would be, without writing the defaults: a check changes
-            // nothing, not even the data dir.
-            let path = config::config_path(&data_dir);
-            let text = match std::fs::read_to_string(&path) {
-                Ok(text) => text,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
-            };
-            let config = config::parse(&path, &text, std::env::vars())?;
-            let report = taos_host::setup::check(&config, &data_dir).await;
-            print!("{}", report.render());
-            let blockers = report.blockers();
-            anyhow::ensure!(
-                blockers.is_empty(),
-                "taos can't run on this machine: {}",
-                blockers.join("; ")
-            );
-            Ok(())
-        }
+        Command::Setup {
+            check,
+            pool_device,
+            agent_image,
+        } => setup(&data_dir, check, pool_device, agent_image).await,
         Command::Update {
             package,
             resume,

@@ -2,7 +2,11 @@
 //!
 //! It only reads: /proc, /sys, the filesystem's free space, the container runtimes' sockets and
 //! the config (without writing the defaults, as the host's own start does). Provisioning itself
-//! (incus, the storage pool, LiteLLM, the agent image, the firewall) is a later part of issue 17.
+//! (incus, the storage pool, LiteLLM, the agent image, the firewall, the service) is
+//! [`provision`]; the network choices it makes are [`net`].
+
+pub mod net;
+pub mod provision;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -325,11 +329,6 @@ impl Report {
         for step in self.plan() {
             let _ = writeln!(s, "  - {step}");
         }
-        let _ = writeln!(
-            s,
-            "\nThis was a check only: nothing was changed. `taos-host setup` itself (the steps \
-             above) is not built yet; docs/install.md says what to do by hand meanwhile."
-        );
         s
     }
 

@@ -130,7 +130,7 @@ pub struct HostFacts {
 
 /// A Linux bridge with no physical port (only veths or taps, or none): a network of
 /// containers or VMs on this host. A bridge holding the uplink (br0 with eth0) is the LAN.
-fn is_internal_bridge(name: &str) -> bool {
+pub fn is_internal_bridge(name: &str) -> bool {
     let net = std::path::Path::new("/sys/class/net");
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         return false;

@@ -1,5 +1,7 @@
-//! `taos-host setup --check` on this machine: the facts it reports are the machine's, it
-//! changes nothing, and plain `setup` refuses clearly (provisioning is a later slice).
+//! `taos-host setup` on this machine: `--check` reports the machine's facts and changes
+//! nothing; bad arguments are refused before anything changes; the incus step's storage pool
+//! and subnet choice work against this machine's real incus and interfaces (with a throwaway
+//! pool). The whole of setup runs in a clean Debian container in scripts/install-test.sh.
 
 use std::path::Path;
 use std::process::Command;
@@ -94,20 +96,206 @@ fn the_check_reports_this_machine_and_changes_nothing() {
         }
     }
     assert!(
-        report.contains("nothing was changed") && report.contains("not built yet"),
-        "the check must say it changed nothing and that setup is not built: {report}"
+        report.contains("nothing was changed") && report.contains("`sudo taos-host setup` does"),
+        "the check must say it changed nothing and what setup does: {report}"
     );
 }
 
 #[test]
-fn setup_without_check_refuses_and_says_why() {
+fn setup_refuses_bad_arguments_and_changes_nothing() {
     let temp = tempfile::tempdir().unwrap();
     let data_dir = temp.path().join("data");
-    let (ok, stdout, stderr) = run(&["--data-dir", data_dir.to_str().unwrap(), "setup"]);
-    assert!(!ok, "setup must not pretend to provision: {stdout}");
+    let dir = data_dir.to_str().unwrap();
+    for (args, words) in [
+        (
+            vec!["--agent-image", "/nonexistent/taos-agent.tar.gz"],
+            "--agent-image /nonexistent/taos-agent.tar.gz: no such file",
+        ),
+        (
+            vec!["--pool-device", "/dev/no-such-disk"],
+            "--pool-device /dev/no-such-disk: no such device",
+        ),
+    ] {
+        let mut all = vec!["--data-dir", dir, "setup"];
+        all.extend(args);
+        let (ok, stdout, stderr) = run(&all);
+        assert!(!ok, "setup accepted {all:?}: {stdout}");
+        assert!(stderr.contains(words), "{stderr}");
+        assert!(!stdout.contains("setting up:"), "{stdout}");
+        assert!(!data_dir.exists(), "a refused setup made the data dir");
+    }
+}
+
+/// Deletes the throwaway pool however the test ends.
+struct Pool(String);
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = Command::new("incus")
+            .args(["storage", "delete", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn the_incus_step_makes_a_btrfs_pool_once_against_real_incus() {
+    use taos_host::setup::provision::IncusStep;
+    let pool = Pool(format!("setup-test-{}", std::process::id()));
+    let step = IncusStep {
+        socket: taos_host::runtime::incus::DEFAULT_SOCKET,
+        pool: &pool.0,
+        pool_device: None,
+        free_disk_mib: 4096,
+    };
+    let (made, words) = step.ensure_pool().expect("make the pool");
+    assert!(made, "{words}");
     assert!(
-        stderr.contains("not built yet") && stderr.contains("--check"),
-        "{stderr}"
+        words.contains("created the btrfs storage pool") && words.contains("2 GiB loop file"),
+        "{words}"
     );
-    assert!(!data_dir.exists());
+    let show = Command::new("incus")
+        .args(["storage", "show", &pool.0])
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("driver: btrfs"), "{show}");
+    assert!(show.contains("size: 2GiB"), "{show}");
+    // Again: found, left alone, said so.
+    let (made, words) = step.ensure_pool().expect("re-run");
+    assert!(!made, "{words}");
+    assert!(
+        words.contains("exists (agents' disk quotas are enforced)"),
+        "{words}"
+    );
+}
+
+#[test]
+fn the_subnet_choice_sees_this_machines_real_networks() {
+    use taos_host::setup::net;
+    let addresses = net::gather_addresses();
+    let routes = net::gather_routes().expect("ip route");
+    let taken = net::taken_ranges(&addresses, &routes);
+    // incus's own bridge here (scripts/dev-incus.sh) holds 10.200.0.1/24: asked for, it moves
+    // to the first candidate nothing on this machine uses.
+    let incusbr0 = addresses
+        .iter()
+        .find(|a| a.interface == "incusbr0" && a.address.is_ipv4())
+        .expect("incusbr0 has an IPv4 address on this machine (scripts/dev-incus.sh)");
+    let wanted = format!("{}/{}", incusbr0.address, incusbr0.prefix);
+    let chosen = net::choose_subnets(&[&wanted], net::SUBNET_CANDIDATES, &taken).unwrap();
+    assert_ne!(chosen[0], wanted);
+    assert!(net::SUBNET_CANDIDATES.contains(&chosen[0].as_str()));
+    // The host's own bridges (taos-inet, taos-lan) are not collisions: their subnets stay.
+    let chosen = net::choose_subnets(
+        &["10.203.0.1/24", "10.204.0.1/24"],
+        net::SUBNET_CANDIDATES,
+        &taken,
+    )
+    .unwrap();
+    assert_eq!(chosen, ["10.203.0.1/24", "10.204.0.1/24"]);
+    // The LAN: this machine's eth0 network is in it, no container bridge is.
+    let lan: Vec<String> = net::derive_lan(&addresses)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let eth0 = addresses
+        .iter()
+        .find(|a| a.interface == "eth0" && a.address.is_ipv4())
+        .expect("eth0 has an IPv4 address");
+    assert!(
+        lan.iter()
+            .any(|n| n.ends_with(&format!("/{}", eth0.prefix)) && n.contains('.')),
+        "{lan:?}"
+    );
+    assert!(
+        !lan.iter()
+            .any(|n| n.starts_with("10.200.0.") || n.starts_with("10.203.0.")),
+        "{lan:?}"
+    );
+}
+
+/// Deletes the throwaway image alias (and the export) however the test ends.
+struct Image(String, tempfile::TempDir);
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = Command::new("incus")
+            .args(["image", "delete", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn the_image_step_imports_a_file_once_against_real_incus() {
+    use taos_host::setup::provision::{agent_image, Outcome};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let socket = taos_host::runtime::incus::DEFAULT_SOCKET;
+    let image = Image(
+        format!("setup-test-image-{}", std::process::id()),
+        tempfile::tempdir().unwrap(),
+    );
+    // A missing file: not provisioned, with what to do.
+    let missing = image.1.path().join("none.tar.gz");
+    match rt.block_on(agent_image(socket, &missing, &image.0)) {
+        Outcome::NotDone(words) => assert!(words.contains("--agent-image FILE"), "{words}"),
+        other => panic!("{other:?}"),
+    }
+    // A real image file: the busybox test image (scripts/dev-incus.sh), exported and re-packed
+    // with a marker file, so its fingerprint is new (incus refuses an image it already has).
+    let export = image.1.path().join("busybox");
+    let out = Command::new("incus")
+        .args(["image", "export", "busybox", export.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tarball = image.1.path().join("busybox.tar.gz");
+    let repacked = image.1.path().join("repacked.tar.gz");
+    let unpacked = image.1.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    let ok = |args: &[&str]| {
+        let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(&[
+        "tar",
+        "-C",
+        unpacked.to_str().unwrap(),
+        "-xzf",
+        tarball.to_str().unwrap(),
+    ]);
+    std::fs::write(
+        unpacked.join("marker"),
+        format!("setup test {}", std::process::id()),
+    )
+    .unwrap();
+    ok(&[
+        "tar",
+        "-C",
+        unpacked.to_str().unwrap(),
+        "-czf",
+        repacked.to_str().unwrap(),
+        "metadata.yaml",
+        "rootfs",
+        "marker",
+    ]);
+    match rt.block_on(agent_image(socket, &repacked, &image.0)) {
+        Outcome::Done(words) => assert!(words.contains(&image.0), "{words}"),
+        other => panic!("{other:?}"),
+    }
+    let show = Command::new("incus")
+        .args(["image", "show", &image.0])
+        .output()
+        .unwrap();
+    assert!(show.status.success());
+    // Again: found by its alias, nothing imported.
+    match rt.block_on(agent_image(socket, &repacked, &image.0)) {
+        Outcome::AlreadyDone(words) => assert!(words.contains(&image.0), "{words}"),
+        other => panic!("{other:?}"),
+    }
 }
