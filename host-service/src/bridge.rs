@@ -478,7 +478,7 @@ impl Bridge {
             return Ok(());
         }
         let mut tx = self.db.begin().await?;
-        let queued = store_deliveries(&mut tx, message, &plan).await?;
+        let queued = store_deliveries(&mut tx, message, &plan, Stored::Earlier).await?;
         tx.commit().await?;
         self.delivered(chat, message, &plan, queued).await
     }
@@ -1127,12 +1127,21 @@ struct RoutePlan {
     context: Vec<ContextMessage>,
 }
 
+/// Whether the message of a delivery was stored in the same transaction (so no agent can have
+/// had it yet) or earlier (a re-send or a reply routed on, which an agent may already have).
+#[derive(Clone, Copy, PartialEq)]
+enum Stored {
+    JustNow,
+    Earlier,
+}
+
 /// Stores one delivery per recipient in the caller's transaction. Returns, per recipient,
 /// the delivery seq it got, or `None` if that agent already had this message.
 async fn store_deliveries(
     tx: &mut sqlx::SqliteConnection,
     message: &Message,
     plan: &RoutePlan,
+    stored: Stored,
 ) -> Result<Vec<Option<i64>>, BridgeError> {
     let mut queued = Vec::with_capacity(plan.recipients.len());
     for (agent, forced) in &plan.recipients {
@@ -1144,6 +1153,7 @@ async fn store_deliveries(
                 plan.hops_since_user + 1,
                 *forced,
                 &plan.context,
+                stored,
             )
             .await?,
         );
@@ -1179,7 +1189,7 @@ fn store_post(
                     return Ok(PostStored::Resent(earlier));
                 }
                 let message = post.insert(tx).await?;
-                let queued = store_deliveries(tx, &message, &plan).await?;
+                let queued = store_deliveries(tx, &message, &plan, Stored::JustNow).await?;
                 Ok::<_, BridgeError>(PostStored::New {
                     message,
                     plan,
@@ -1223,10 +1233,17 @@ async fn store_delivery(
     hops_since_user: u32,
     force_respond: bool,
     context: &[ContextMessage],
+    stored: Stored,
 ) -> Result<Option<i64>, BridgeError> {
     // A savepoint, so a delivery the agent already had leaves its delivery_seq untouched
-    // while the rest of the transaction goes on.
-    sqlx::query("SAVEPOINT delivery").execute(&mut *tx).await?;
+    // while the rest of the transaction goes on. A message stored in this transaction has a
+    // new id, so no agent can have had it: that needs no savepoint (two statements, each a
+    // round trip to SQLite's worker thread), and a clash would fail the insert, and with it
+    // the message, rather than be skipped.
+    let savepoint = stored == Stored::Earlier;
+    if savepoint {
+        sqlx::query("SAVEPOINT delivery").execute(&mut *tx).await?;
+    }
     let seq = crate::agents::next_delivery_seq(&mut *tx, agent).await?;
     let payload = UserMessageDelivery {
         id: message.id.clone(),
@@ -1241,21 +1258,28 @@ async fn store_delivery(
         context: context.to_vec(),
         thread_id: message.thread_id.clone(),
     };
-    let inserted = sqlx::query(
+    let insert = if savepoint {
         "INSERT OR IGNORE INTO deliveries (agent_id, seq, trace_id, message_id, channel_id, \
-         thread_id, hops_since_user, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(agent.to_string())
-    .bind(seq)
-    .bind(&payload.trace_id)
-    .bind(&message.id)
-    .bind(&message.channel_id)
-    .bind(&message.thread_id)
-    .bind(i64::from(hops_since_user))
-    .bind(serde_json::to_string(&payload).map_err(|e| BridgeError::Decode(e.to_string()))?)
-    .bind(now_ms())
-    .execute(&mut *tx)
-    .await?;
+         thread_id, hops_since_user, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    } else {
+        "INSERT INTO deliveries (agent_id, seq, trace_id, message_id, channel_id, \
+         thread_id, hops_since_user, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    };
+    let inserted = sqlx::query(insert)
+        .bind(agent.to_string())
+        .bind(seq)
+        .bind(&payload.trace_id)
+        .bind(&message.id)
+        .bind(&message.channel_id)
+        .bind(&message.thread_id)
+        .bind(i64::from(hops_since_user))
+        .bind(serde_json::to_string(&payload).map_err(|e| BridgeError::Decode(e.to_string()))?)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+    if !savepoint {
+        return Ok(Some(seq));
+    }
     if inserted.rows_affected() == 0 {
         sqlx::query("ROLLBACK TO delivery; RELEASE delivery")
             .execute(&mut *tx)

@@ -118,27 +118,44 @@ async fn commit_batch(db: &Db, batch: Vec<Piece>) {
     };
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
     let mut broken = None;
-    for piece in batch {
-        if broken.is_some() {
-            break;
-        }
-        if let Err(e) = sqlx::query("SAVEPOINT batched").execute(&mut *tx).await {
-            broken = Some(e);
-            break;
-        }
-        let kept = match (piece.work)(&mut tx).await {
-            Some(finish) => {
-                finishes.push(finish);
-                sqlx::query("RELEASE batched").execute(&mut *tx).await
+    // A piece alone needs no savepoint: taking it back is rolling the transaction back. Each
+    // statement is a round trip to SQLite's worker thread, and a writer posting alone (one
+    // person in a conversation) is the common case.
+    if batch.len() == 1 {
+        if let Some(piece) = batch.into_iter().next() {
+            match (piece.work)(&mut tx).await {
+                Some(finish) => finishes.push(finish),
+                None => {
+                    if let Err(e) = tx.rollback().await {
+                        tracing::error!("group commit: rollback failed: {e}");
+                    }
+                    return;
+                }
             }
-            None => {
-                sqlx::query("ROLLBACK TO batched; RELEASE batched")
-                    .execute(&mut *tx)
-                    .await
+        }
+    } else {
+        for piece in batch {
+            if broken.is_some() {
+                break;
             }
-        };
-        if let Err(e) = kept {
-            broken = Some(e);
+            if let Err(e) = sqlx::query("SAVEPOINT batched").execute(&mut *tx).await {
+                broken = Some(e);
+                break;
+            }
+            let kept = match (piece.work)(&mut tx).await {
+                Some(finish) => {
+                    finishes.push(finish);
+                    sqlx::query("RELEASE batched").execute(&mut *tx).await
+                }
+                None => {
+                    sqlx::query("ROLLBACK TO batched; RELEASE batched")
+                        .execute(&mut *tx)
+                        .await
+                }
+            };
+            if let Err(e) = kept {
+                broken = Some(e);
+            }
         }
     }
     let outcome = match broken {
@@ -227,6 +244,27 @@ mod tests {
             .map(|r| r.get(0))
             .collect();
         assert_eq!(rows, vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_piece_alone_that_fails_leaves_nothing_and_the_next_one_commits() {
+        let (_dir, db) = db().await;
+        let commits = GroupCommit::start(db.clone());
+        let order = Arc::new(Mutex::new(()));
+        for (n, ok) in [(5, true), (5, false), (6, true)] {
+            let (tx, rx) = oneshot::channel();
+            commits.submit("c", order.clone(), insert(n, tx)).unwrap();
+            let result = rx.await.unwrap();
+            assert_eq!(result.is_ok(), ok, "{n}: {result:?}");
+        }
+        let rows: Vec<i64> = sqlx::query("SELECT n FROM t ORDER BY rowid")
+            .fetch_all(&db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(rows, vec![5, 6]);
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 use sqlx::{Connection, SqliteConnection};
-use taos_proto::trace::TraceEvent;
+use taos_proto::trace::{TraceEvent, TraceKind};
 
 use super::bucket;
 use super::index::{kind_index, Hour, Planned};
@@ -24,17 +24,54 @@ use super::{jsonl, TraceError, TraceQuery, MAX_LIST_LIMIT};
 #[derive(Default)]
 pub(super) struct Pool {
     conns: std::sync::Mutex<Vec<Pooled>>,
+    /// Events of kinds that are rare in their hour (see [`Rare`]).
+    rare: std::sync::Mutex<Rare>,
     /// A sweeper task is running (see [`Pool::needs_sweeper`]).
     sweeping: std::sync::atomic::AtomicBool,
 }
 
 struct Pooled {
     path: PathBuf,
-    file: (u64, u64),
+    file: FileId,
     sealed: bool,
     used: Instant,
     conn: SqliteConnection,
 }
+
+/// The events of a kind that an hour holds few of ([`RARE_MAX`] at most), as its database holds
+/// them: "the newest 100 of a rare kind" needs every hour that has one, and a round trip to a
+/// SQLite worker thread per hour costs far more than the few events. An entry is only used for a
+/// query by kind (and time), on an hour without side files, for the same file (device, inode,
+/// change time) sealed as it was. The writer calls [`Pool::changed`] after every commit to an
+/// hour, and a read only stores what it found if no commit was reported since it began
+/// (`generation`), so an entry never misses a committed event. Bounded by [`RARE_BYTES`] and
+/// swept like the connections, so an idle host holds none.
+#[derive(Default)]
+struct Rare {
+    generation: u64,
+    bytes: usize,
+    entries: Vec<RareEntry>,
+}
+
+struct RareEntry {
+    path: PathBuf,
+    file: FileId,
+    sealed: bool,
+    kind: TraceKind,
+    /// Newest first.
+    events: Vec<TraceEvent>,
+    bytes: usize,
+    used: Instant,
+}
+
+/// Device, inode and change time of a bucket's database: a file deleted and another created in
+/// its place may get the inode back, not the change time.
+type FileId = (u64, u64, i64, i64);
+
+/// Most events of one kind an hour may hold for its events to be kept (see [`Rare`]).
+pub(super) const RARE_MAX: u64 = 8;
+/// Bytes of kept events at most (their JSON size), over all agents.
+const RARE_BYTES: usize = 512 * 1024;
 
 /// Connections kept at most, over all agents: a day of hours (a rare kind) and then some, so
 /// one query over a day does not evict its own connections.
@@ -42,12 +79,12 @@ const POOL_MAX: usize = 48;
 /// A connection unused this long is closed by the sweeper (or the next take or give).
 pub(super) const POOL_IDLE: Duration = Duration::from_secs(30);
 
-fn file_id(path: &Path) -> Option<((u64, u64), bool)> {
+fn file_id(path: &Path) -> Option<(FileId, bool)> {
     let meta = std::fs::symlink_metadata(path)
         .ok()
         .filter(|m| m.is_file())?;
     Some((
-        (meta.dev(), meta.ino()),
+        (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec()),
         meta.permissions().mode() & 0o222 == 0,
     ))
 }
@@ -59,7 +96,7 @@ impl Pool {
     }
 
     /// A pooled connection to the file at `path` as it is now, if there is one.
-    fn take(&self, path: &Path, now: (u64, u64), sealed: bool) -> Option<SqliteConnection> {
+    fn take(&self, path: &Path, now: FileId, sealed: bool) -> Option<SqliteConnection> {
         let mut conns = self.lock();
         conns.retain(|c| c.used.elapsed() < POOL_IDLE);
         let at = conns
@@ -68,7 +105,7 @@ impl Pool {
         Some(conns.swap_remove(at).conn)
     }
 
-    fn give(&self, path: &Path, file: (u64, u64), sealed: bool, conn: SqliteConnection) {
+    fn give(&self, path: &Path, file: FileId, sealed: bool, conn: SqliteConnection) {
         let mut conns = self.lock();
         conns.retain(|c| c.used.elapsed() < POOL_IDLE);
         if conns.len() >= POOL_MAX {
@@ -94,7 +131,8 @@ impl Pool {
     /// True once per idle period in which connections are pooled: the caller starts the task that
     /// calls [`Pool::sweep`] until it returns false.
     pub(super) fn needs_sweeper(&self) -> bool {
-        !self.lock().is_empty()
+        let idle = self.lock().is_empty() && self.lock_rare().entries.is_empty();
+        !idle
             && !self
                 .sweeping
                 .swap(true, std::sync::atomic::Ordering::AcqRel)
@@ -103,9 +141,14 @@ impl Pool {
     /// Closes connections idle for [`POOL_IDLE`]; false (and the sweeper stops) once none are
     /// left.
     pub(super) fn sweep(&self) -> bool {
+        let rare_left = {
+            let mut rare = self.lock_rare();
+            rare.retain(|e| e.used.elapsed() < POOL_IDLE);
+            !rare.entries.is_empty()
+        };
         let mut conns = self.lock();
         conns.retain(|c| c.used.elapsed() < POOL_IDLE);
-        if conns.is_empty() {
+        if conns.is_empty() && !rare_left {
             self.sweeping
                 .store(false, std::sync::atomic::Ordering::Release);
             return false;
@@ -116,11 +159,108 @@ impl Pool {
     /// Closes every pooled connection (dropping one closes it on its own worker thread).
     pub(super) fn evict_all(&self) {
         self.lock().clear();
+        let mut rare = self.lock_rare();
+        rare.generation += 1;
+        rare.retain(|_| false);
     }
 
-    /// Closes pooled connections to one bucket's database.
+    /// Closes pooled connections to one bucket's database and forgets its kept events.
     pub(super) fn evict_file(&self, path: &Path) {
         self.lock().retain(|c| c.path != path);
+        self.changed(path);
+    }
+
+    /// The writer committed to the bucket at `path`: its kept events are out of date, and so is
+    /// anything a read that began before now found there.
+    pub(super) fn changed(&self, path: &Path) {
+        let mut rare = self.lock_rare();
+        rare.generation += 1;
+        rare.retain(|e| e.path != path);
+    }
+
+    fn lock_rare(&self) -> std::sync::MutexGuard<'_, Rare> {
+        // As for `lock`: a panic can't leave it inconsistent.
+        self.rare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The kept events of `kind` in the file at `path` as it is now, newest first.
+    fn rare_get(
+        &self,
+        path: &Path,
+        file: FileId,
+        sealed: bool,
+        kind: TraceKind,
+    ) -> Option<Vec<TraceEvent>> {
+        let mut rare = self.lock_rare();
+        let entry = rare
+            .entries
+            .iter_mut()
+            .find(|e| e.path == path && e.file == file && e.sealed == sealed && e.kind == kind)?;
+        entry.used = Instant::now();
+        Some(entry.events.clone())
+    }
+
+    fn rare_generation(&self) -> u64 {
+        self.lock_rare().generation
+    }
+
+    /// Keeps what a read that began at `generation` found, unless a commit was reported since.
+    fn rare_put(
+        &self,
+        generation: u64,
+        path: &Path,
+        file: FileId,
+        sealed: bool,
+        kind: TraceKind,
+        events: &[TraceEvent],
+    ) {
+        let bytes: usize = events
+            .iter()
+            .map(|e| serde_json::to_vec(e).map_or(RARE_BYTES, |v| v.len()))
+            .sum();
+        let mut rare = self.lock_rare();
+        if rare.generation != generation || bytes > RARE_BYTES / 8 {
+            return;
+        }
+        rare.retain(|e| e.used.elapsed() < POOL_IDLE && !(e.path == path && e.kind == kind));
+        while rare.bytes + bytes > RARE_BYTES {
+            // The least recently used go.
+            let Some(oldest) = rare
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            let gone = rare.entries.swap_remove(oldest);
+            rare.bytes -= gone.bytes;
+        }
+        rare.bytes += bytes;
+        rare.entries.push(RareEntry {
+            path: path.to_path_buf(),
+            file,
+            sealed,
+            kind,
+            events: events.to_vec(),
+            bytes,
+            used: Instant::now(),
+        });
+    }
+}
+
+impl Rare {
+    fn retain(&mut self, mut keep: impl FnMut(&RareEntry) -> bool) {
+        let mut bytes = 0;
+        self.entries.retain(|e| {
+            let kept = keep(e);
+            if kept {
+                bytes += e.bytes;
+            }
+            kept
+        });
+        self.bytes = bytes;
     }
 }
 
@@ -162,14 +302,7 @@ pub(super) async fn list(
         for hours in plan[next..wave_end].chunks(READ_AHEAD) {
             let mut reads = Vec::with_capacity(hours.len());
             for hour in hours {
-                reads.push(read_bucket(
-                    pool,
-                    dir,
-                    &hour.bucket,
-                    query,
-                    want,
-                    hour.side_files,
-                ));
+                reads.push(read_bucket(pool, dir, hour, query, want));
             }
             for mut found in try_join_all(reads).await? {
                 events.append(&mut found);
@@ -231,17 +364,32 @@ pub(super) async fn summarize(dir: &Path, name: &str) -> Result<Hour, TraceError
 async fn read_bucket(
     pool: &Pool,
     dir: &Path,
-    name: &str,
+    hour: &Planned,
     query: &TraceQuery,
     limit: usize,
-    side_files: bool,
 ) -> Result<Vec<TraceEvent>, TraceError> {
     #[cfg(test)]
     HOURS_READ.with(|n| n.set(n.get() + 1));
+    let (name, side_files) = (hour.bucket.as_str(), hour.side_files);
     let db = bucket::db_path(dir, name);
     let mut events = Vec::new();
     let mut conn = None;
     if let Some((file, sealed)) = file_id(&db) {
+        // A kind the hour holds few of: its events, kept or read whole (see `Rare`).
+        let rare_kind = query.kind.filter(|_| {
+            !side_files
+                && hour.bound <= RARE_MAX
+                && query.channel_id.is_none()
+                && query.trace_id.is_none()
+        });
+        if let Some(kind) = rare_kind {
+            if let Some(all) = read_rare(pool, &db, file, sealed, kind).await {
+                let mut events: Vec<TraceEvent> =
+                    all.into_iter().filter(|e| matches(query, e)).collect();
+                events.truncate(limit);
+                return Ok(events);
+            }
+        }
         // A damaged database must not hide the events that were diverted to JSONL because of it,
         // so its errors are logged and the side files are still read.
         match read_db(pool, &db, file, sealed, query, limit).await {
@@ -287,12 +435,42 @@ async fn read_bucket(
     Ok(events)
 }
 
+/// Every event of `kind` in a bucket's database, newest first, kept or read (and then kept);
+/// `None` when it holds more than [`RARE_MAX`] of them or can't be read (the caller reads it the
+/// usual way, which reports the error).
+async fn read_rare(
+    pool: &Pool,
+    path: &Path,
+    file: FileId,
+    sealed: bool,
+    kind: TraceKind,
+) -> Option<Vec<TraceEvent>> {
+    if let Some(events) = pool.rare_get(path, file, sealed, kind) {
+        return Some(events);
+    }
+    let generation = pool.rare_generation();
+    let all = TraceQuery {
+        kind: Some(kind),
+        ..TraceQuery::default()
+    };
+    let max = usize::try_from(RARE_MAX).unwrap_or(usize::MAX);
+    let (events, conn) = read_db(pool, path, file, sealed, &all, max + 1)
+        .await
+        .ok()?;
+    pool.give(path, file, sealed, conn);
+    if events.len() > max {
+        return None;
+    }
+    pool.rare_put(generation, path, file, sealed, kind, &events);
+    Some(events)
+}
+
 /// The page from a bucket's database, on a pooled connection if there is one for this file
 /// (else a new one). A connection that failed is closed, never pooled.
 async fn read_db(
     pool: &Pool,
     path: &Path,
-    file: (u64, u64),
+    file: FileId,
     sealed: bool,
     query: &TraceQuery,
     limit: usize,

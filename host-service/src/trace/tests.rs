@@ -1237,3 +1237,63 @@ async fn a_moved_agent_folder_is_noticed() {
     fs::rename(dir.path().join("archived"), &agent).unwrap();
     assert_eq!(ids(&store.list(SLUG, &query(10)).await.unwrap()), ["first"]);
 }
+
+/// The events of a kind an hour holds few of are kept between reads (`read::Rare`); a commit to
+/// the hour, its seal and a late event must each show in the next read all the same.
+#[tokio::test]
+async fn kept_events_of_a_rare_kind_never_hide_newer_ones() {
+    let (_dir, store) = store();
+    let hour = this_hour();
+    let at = |m: i64| hour + TimeDelta::minutes(m);
+    let errors = TraceQuery {
+        kind: Some(TraceKind::Error),
+        ..query(100)
+    };
+    let mut events = vec![event("err-1", TraceKind::Error, at(1))];
+    events.extend((0..20).map(|i| event(&format!("tool-{i}"), TraceKind::ToolCall, at(2))));
+    store.append(SLUG, events).await.unwrap();
+    assert_eq!(ids(&store.list(SLUG, &errors).await.unwrap()), ["err-1"]);
+    // Read again (kept now), then a commit to the same hour.
+    assert_eq!(ids(&store.list(SLUG, &errors).await.unwrap()), ["err-1"]);
+    store
+        .append(SLUG, vec![event("err-2", TraceKind::Error, at(3))])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&store.list(SLUG, &errors).await.unwrap()),
+        ["err-2", "err-1"]
+    );
+    // A window inside the hour is answered from what is kept, filtered.
+    let window = TraceQuery {
+        since: Some(at(2)),
+        ..errors.clone()
+    };
+    assert_eq!(ids(&store.list(SLUG, &window).await.unwrap()), ["err-2"]);
+    let one = TraceQuery {
+        limit: 1,
+        ..errors.clone()
+    };
+    assert_eq!(ids(&store.list(SLUG, &one).await.unwrap()), ["err-2"]);
+
+    // Sealed: the same events, then a late one (a side file) shows too.
+    store
+        .seal_old_buckets(hour + TimeDelta::hours(4))
+        .await
+        .unwrap();
+    assert!(bucket::is_sealed(&db_path(
+        &store.root().join(SLUG),
+        &bucket_name(hour)
+    )));
+    assert_eq!(
+        ids(&store.list(SLUG, &errors).await.unwrap()),
+        ["err-2", "err-1"]
+    );
+    store
+        .append(SLUG, vec![event("err-3", TraceKind::Error, at(4))])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&store.list(SLUG, &errors).await.unwrap()),
+        ["err-3", "err-2", "err-1"]
+    );
+}

@@ -430,7 +430,12 @@ impl Writer {
             },
         };
         let mut conn = conn;
-        match bucket::insert(&mut conn, events).await {
+        let inserted = bucket::insert(&mut conn, events).await;
+        // Whether or not it committed, what readers kept of this hour may be out of date now.
+        if let Some(store) = self.store.upgrade() {
+            store.readers.changed(&bucket::db_path(&self.dir, name));
+        }
+        match inserted {
             Ok(all_new) => {
                 // A crash test stops here: the events are in the bucket, the index not told.
                 if let Err(e) = crate::faults::check("trace-index", "committed").await {

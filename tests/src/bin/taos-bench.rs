@@ -23,8 +23,13 @@ fn free_port() -> u16 {
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/<pid>/status` memory line in KiB (`VmRSS:`, `RssAnon:`, `RssFile:`).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -87,6 +92,9 @@ async fn main() {
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     let mut idle_rss = 0;
+    // The parts of the largest idle RSS: the heap and stacks (anonymous) and the binary's and
+    // libraries' pages (file-backed, clean: the kernel can drop them under pressure).
+    let (mut idle_anon, mut idle_file) = (0, 0);
     for _ in 0..runs {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
@@ -96,7 +104,12 @@ async fn main() {
         let (ms, child, _) = start(bin, &data).await;
         warm.push(ms);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        idle_rss = idle_rss.max(rss_kib(child.id()).unwrap_or(0));
+        let rss = rss_kib(child.id()).unwrap_or(0);
+        if rss >= idle_rss {
+            idle_rss = rss;
+            idle_anon = status_kib(child.id(), "RssAnon:").unwrap_or(0);
+            idle_file = status_kib(child.id(), "RssFile:").unwrap_or(0);
+        }
         stop(child);
     }
     println!(
@@ -108,6 +121,8 @@ async fn main() {
             "ready_ms_median": (median(warm.clone()) * 10.0).round() / 10.0,
             "ready_ms_max": (warm.iter().cloned().fold(0.0, f64::max) * 10.0).round() / 10.0,
             "idle_rss_kib_max": idle_rss,
+            "idle_rss_anon_kib": idle_anon,
+            "idle_rss_file_kib": idle_file,
         })
     );
 }

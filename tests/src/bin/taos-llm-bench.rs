@@ -37,6 +37,20 @@ fn rss_mib(pid: u32) -> f64 {
     (kib / 1024.0 * 10.0).round() / 10.0
 }
 
+/// The host's own CPU time so far (user + system, all its threads; not LiteLLM's), in ms.
+fn host_cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    ticks as f64 * 10.0
+}
+
 /// LiteLLM's port, read off the command line of the host's LiteLLM child.
 fn litellm_port(host: &Host) -> u16 {
     let host_pid = host.pid().expect("host pid").to_string();
@@ -168,6 +182,7 @@ async fn main() {
     let pid = host.pid().expect("pid");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = rss_mib(pid);
+    let cpu_before = host_cpu_ms(pid);
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -195,14 +210,21 @@ async fn main() {
     for t in tasks {
         t.await.expect("worker");
     }
+    let cpu_per_call_ms = (host_cpu_ms(pid) - cpu_before) / calls as f64;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = rss_mib(pid);
+    let (dp99, gp99) = (
+        percentile(d_total.clone(), 0.99),
+        percentile(g_total.clone(), 0.99),
+    );
     let (dp50, gp50) = (percentile(d_total, 0.5), percentile(g_total, 0.5));
     let (df50, gf50) = (percentile(d_first, 0.5), percentile(g_first, 0.5));
     println!(
         "{}",
         json!({
             "direct_p50_ms": dp50, "gateway_p50_ms": gp50, "added_p50_ms": ((gp50 - dp50) * 1000.0).round() / 1000.0,
+            "direct_p99_ms": dp99, "gateway_p99_ms": gp99, "added_p99_ms": ((gp99 - dp99) * 1000.0).round() / 1000.0,
+            "host_cpu_ms_per_call": (cpu_per_call_ms * 1000.0).round() / 1000.0,
             "direct_first_chunk_p50_ms": df50, "gateway_first_chunk_p50_ms": gf50,
             "added_first_chunk_ms": ((gf50 - df50) * 1000.0).round() / 1000.0,
             "calls": calls, "rss_mib_before": rss_before, "rss_mib_after": rss_after,

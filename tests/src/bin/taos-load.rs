@@ -212,6 +212,42 @@ async fn main() {
     }
     drop(ws);
 
+    // One WebSocket client in a channel of its own: a person's HTTP post until it arrives on
+    // the socket (issue 20's "HTTP post → WebSocket broadcast" row).
+    let channel: Value = admin(Method::POST, "/api/chat/channels")
+        .json(&json!({"name": "watched"}))
+        .send()
+        .await
+        .expect("channel")
+        .json()
+        .await
+        .expect("channel json");
+    let watched = channel["id"].as_str().expect("id").to_string();
+    let mut ws = WsClient::connect(&host, &token).await.expect("ws");
+    ws.subscribe(&watched, None).await;
+    let mut post_to_ws = Vec::new();
+    for i in 0..320 {
+        let content = format!("watched {i}");
+        let started = Instant::now();
+        let r = admin(Method::POST, "/api/chat/messages")
+            .json(&json!({"channel_id": watched, "content": content}))
+            .send()
+            .await
+            .expect("watched post");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        loop {
+            let event = ws.next(Duration::from_secs(10)).await.expect("ws event");
+            if event["type"] == "message" && event["message"]["content"] == content {
+                break;
+            }
+        }
+        // The first 20 warm up.
+        if i >= 20 {
+            post_to_ws.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    drop(ws);
+
     // 500 WebSocket clients in one channel.
     let channel: Value = admin(Method::POST, "/api/chat/channels")
         .json(&json!({"name": "crowd"}))
@@ -289,6 +325,8 @@ async fn main() {
             "delivery_ms_p99": percentile(delivery, 0.99),
             "delta_ms_p50": percentile(delta_latency.clone(), 0.5),
             "delta_ms_p99": percentile(delta_latency, 0.99),
+            "post_to_ws_ms_p50": percentile(post_to_ws.clone(), 0.5),
+            "post_to_ws_ms_p99": percentile(post_to_ws, 0.99),
             "broadcast_500_ms_p50": percentile(broadcast.clone(), 0.5),
             "broadcast_500_ms_p99": percentile(broadcast, 0.99),
             "rss_mib_before_clients": (rss_before_clients as f64 / 1024.0 * 10.0).round() / 10.0,

@@ -46,12 +46,28 @@ fn urlencode(text: &str) -> String {
         .collect()
 }
 
+/// The host's CPU time so far (user + system, all threads), in milliseconds: a figure that a
+/// busy machine moves much less than wall-clock latency.
+fn host_cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    ticks as f64 * 10.0
+}
+
 /// Owner reads on one kept-alive TLS connection.
 #[derive(Clone)]
 struct Reader {
     client: reqwest::Client,
     host_url: String,
     token: String,
+    pid: u32,
 }
 
 impl Reader {
@@ -70,9 +86,15 @@ impl Reader {
     /// Milliseconds per read of `path`, `rounds` times after a warm-up; checks each answer holds
     /// `expect` events.
     async fn time(&self, path: &str, rounds: usize, expect: usize) -> Vec<f64> {
+        self.time_cpu(path, rounds, expect).await.0
+    }
+
+    /// As [`Reader::time`], and the host's CPU time per read in microseconds (all threads).
+    async fn time_cpu(&self, path: &str, rounds: usize, expect: usize) -> (Vec<f64>, f64) {
         for _ in 0..20 {
             self.get(path).await;
         }
+        let cpu_before = host_cpu_ms(self.pid);
         let mut times = Vec::with_capacity(rounds);
         for _ in 0..rounds {
             let started = Instant::now();
@@ -81,7 +103,8 @@ impl Reader {
             let got = body["events"].as_array().map_or(0, Vec::len);
             assert_eq!(got, expect, "{path}");
         }
-        times
+        let cpu_us = (host_cpu_ms(self.pid) - cpu_before) * 1000.0 / rounds as f64;
+        (times, cpu_us.round())
     }
 }
 
@@ -148,21 +171,24 @@ async fn main() {
         client: host.client(),
         host_url: host.url(""),
         token: host.local_token(),
+        pid: host.pid().expect("host pid"),
     };
     let base = format!("/api/agents/{}/trace", agent.slug);
     let rare_total = (HOURS * PER_HOUR / RARE_EVERY) as usize;
-    let newest = reader.time(&format!("{base}?limit=100"), rounds, 100).await;
-    let common = reader
-        .time(&format!("{base}?kind=tool_call&limit=100"), rounds, 100)
+    let (newest, newest_cpu) = reader
+        .time_cpu(&format!("{base}?limit=100"), rounds, 100)
         .await;
-    let rare = reader
-        .time(&format!("{base}?kind=error&limit=100"), rounds, rare_total)
+    let (common, common_cpu) = reader
+        .time_cpu(&format!("{base}?kind=tool_call&limit=100"), rounds, 100)
+        .await;
+    let (rare, rare_cpu) = reader
+        .time_cpu(&format!("{base}?kind=error&limit=100"), rounds, rare_total)
         .await;
     // One hour in the middle of the day: 200 events, the newest 100 of them.
     let since = first + TimeDelta::hours(12) + TimeDelta::minutes(30);
     let until = since + TimeDelta::hours(1) - TimeDelta::milliseconds(1);
-    let window = reader
-        .time(
+    let (window, window_cpu) = reader
+        .time_cpu(
             &format!(
                 "{base}?since={}&until={}&limit=100",
                 urlencode(&since.to_rfc3339()),
@@ -222,6 +248,10 @@ async fn main() {
         json!({
             "events": HOURS * PER_HOUR,
             "rounds": rounds,
+            "newest_cpu_us": newest_cpu,
+            "common_cpu_us": common_cpu,
+            "rare_cpu_us": rare_cpu,
+            "window_cpu_us": window_cpu,
             "newest_ms_p50": percentile(newest.clone(), 0.5),
             "newest_ms_p99": percentile(newest, 0.99),
             "common_ms_p50": percentile(common.clone(), 0.5),
