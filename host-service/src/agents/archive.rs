@@ -384,6 +384,11 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ArchivedAgent, sqlx::Error>
         container: row.try_get("container")?,
         snapshot: row.try_get("snapshot")?,
         archived_at: from_ms(row.try_get("created_at")?),
+        location: row
+            .try_get::<String, _>("location")?
+            .parse()
+            .map_err(|e: taos_proto::text_enum::UnknownVariant| sqlx::Error::Decode(e.into()))?,
+        backup_snapshot: row.try_get("backup_snapshot")?,
     })
 }
 

@@ -408,6 +408,13 @@ impl Restic {
         self.run_ok("check", &args).await.map(|_| ())
     }
 
+    /// Forgets the snapshots `ids` (their data goes at the next prune).
+    pub async fn forget_ids(&self, ids: &[&str]) -> Result<(), ResticError> {
+        let mut args = vec!["forget"];
+        args.extend(ids);
+        self.run_ok("forget", &args).await.map(|_| ())
+    }
+
     /// Forgets snapshots tagged `tag` beyond `keep`, and prunes the data only they used.
     pub async fn forget_prune(
         &self,
