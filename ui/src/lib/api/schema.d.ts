@@ -1706,14 +1706,28 @@ export interface components {
          * @enum {string}
          */
         ApprovalState: "pending" | "approved" | "denied" | "expired" | "cancelled";
+        /**
+         * @description Where an archived agent's container is (see `archive_target` in the backup settings).
+         * @enum {string}
+         */
+        ArchiveLocation: "pool" | "moving_out" | "backup" | "moving_in";
+        /**
+         * @description Where archived agents' containers are kept (`archive.target`).
+         * @enum {string}
+         */
+        ArchiveTarget: "pool" | "backup";
         /** @description An archived agent: what restore brings back. */
         ArchivedAgent: {
             agent_id: string;
             /** Format: date-time */
             archived_at: string;
+            /** @description The backup repository's snapshot holding the container while it is there. */
+            backup_snapshot?: string | null;
             container?: string | null;
             display_name: string;
             id: string;
+            /** @description Where its container is kept now (`pool` for agents without one). */
+            location?: components["schemas"]["ArchiveLocation"];
             /** @description The slug it had; restore tries to give it back. */
             slug: string;
             snapshot?: string | null;
@@ -1881,6 +1895,8 @@ export interface components {
         };
         /** @description `GET /api/backups/settings`. The passphrase is never returned. */
         BackupSettings: {
+            /** @description Where archived agents' containers are kept (default `pool`). */
+            archive_target?: components["schemas"]["ArchiveTarget"];
             /** @description False until a destination and passphrase are set; backups can't run before. */
             configured: boolean;
             /** @description True when the SFTP or S3 destination's credentials are stored (never returned). */
@@ -1914,6 +1930,7 @@ export interface components {
         };
         /** @description `PUT /api/backups/settings`. */
         BackupSettingsUpdate: {
+            archive_target?: null | components["schemas"]["ArchiveTarget"];
             credentials?: null | components["schemas"]["BackupCredentials"];
             destination: components["schemas"]["BackupDestination"];
             /**
@@ -3237,6 +3254,15 @@ export interface operations {
             };
             /** @description No such archive */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Its container is in the backup repository and can't be brought back now (no incus, backups not set up, a move left unsettled) */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
