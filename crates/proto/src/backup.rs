@@ -192,6 +192,17 @@ pub struct BackupSettingsUpdate {
     pub credentials: Option<BackupCredentials>,
 }
 
+/// `POST /api/backups/passphrase`: the repository re-keyed to a new passphrase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BackupPassphraseChange {
+    /// The new passphrase (at least 8 characters, not the current one). Omitted, the host
+    /// makes a strong one and returns it once.
+    #[serde(default)]
+    pub passphrase: Option<String>,
+}
+
 /// The answer to `PUT /api/backups/settings`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

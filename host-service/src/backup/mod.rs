@@ -16,6 +16,7 @@ pub mod agent;
 pub mod archive_move;
 pub mod containers;
 pub mod drill;
+pub mod passphrase;
 pub mod remote;
 pub mod restic;
 pub mod restore;
@@ -163,6 +164,8 @@ struct Inner {
     agent_restore: tokio::sync::Mutex<()>,
     /// One archive container move (or archive restore or purge) at a time.
     archive_moves: Arc<tokio::sync::Mutex<()>>,
+    /// Held while the passphrase changes; runs and drills don't start meanwhile.
+    key_change: tokio::sync::Mutex<()>,
     restic_bin: PathBuf,
 }
 
@@ -198,6 +201,7 @@ impl Backups {
             agents,
             agent_restore: tokio::sync::Mutex::new(()),
             archive_moves: Arc::new(tokio::sync::Mutex::new(())),
+            key_change: tokio::sync::Mutex::new(()),
             restic_bin: PathBuf::from(restic::DEFAULT_BIN),
         }))
     }
@@ -345,8 +349,8 @@ impl Backups {
                 if *new != old && same_destination && c.repository_ready {
                     return Err(BackupError::Conflict(
                         "the repository at this destination is encrypted with the current \
-                         passphrase, and changing it is not supported yet; to start over with \
-                         a new passphrase, choose a new (empty) destination"
+                         passphrase: change it with POST /api/backups/passphrase (Backups → \
+                         Change passphrase), which re-keys the repository"
                             .into(),
                     ));
                 }
@@ -424,6 +428,11 @@ impl Backups {
         let Some(settings) = self.stored().await? else {
             return Err(BackupError::NotConfigured);
         };
+        if self.0.key_change.try_lock().is_err() {
+            return Err(BackupError::Conflict(
+                "the passphrase is being changed; start the backup when it has finished".into(),
+            ));
+        }
         let id = Uuid::now_v7().to_string();
         let inserted = sqlx::query(
             "INSERT INTO backup_runs (id, state, reason, destination, created_at) \
@@ -656,6 +665,8 @@ impl Backups {
         crate::faults::check("backup", "running")
             .await
             .map_err(BackupError::Stage)?;
+        // A passphrase change a killed host left is undone first (the old one is then stored).
+        self.recover_passphrase_change().await;
         let settings = self.stored().await?.ok_or(BackupError::NotConfigured)?;
         let private = self.private_dir();
         fsutil::ensure_private_subdir(&private)?;

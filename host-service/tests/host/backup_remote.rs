@@ -266,7 +266,10 @@ async fn moto_server(log: &Path, bucket: &str) -> S3 {
     .unwrap();
     let mut answer = String::new();
     std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "make the bucket: {answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "make the bucket: {answer}"
+    );
     S3 {
         _server: server,
         endpoint,
