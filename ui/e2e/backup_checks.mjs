@@ -2,7 +2,8 @@
 // destination from Settings, gets the passphrase the host made on a recovery sheet (once), runs a
 // backup from the page and sees it finish with the host's own figures; a destination the host
 // refuses shows the host's reason and changes nothing. A restore drill's result shows in words,
-// one line per check, and the archive target is saved from the form. The backup is real: restic writes an
+// one line per check, the archive target is saved from the form, and the passphrase changes
+// from the page onto a new recovery sheet. The backup is real: restic writes an
 // encrypted repository into the folder, which is checked on disk.
 import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 
@@ -101,6 +102,23 @@ export function makeBackupChecks(ctx) {
         }
         assert(s.archive_target === target, `archive target saved as ${s.archive_target}, wanted ${target}`);
       }
+
+      // The passphrase changes from the page: a short one is refused with the host's reason and
+      // changes nothing; an empty one gets a new passphrase the host made, on a new recovery sheet.
+      const change = page.getByTestId('passphrase-change');
+      const before = (await get('/api/backups/settings')).updated_at;
+      await change.locator('#b-newpass').fill('short');
+      await change.getByRole('button', { name: 'Change passphrase' }).click();
+      const why = await change.getByTestId('passphrase-change-error').innerText();
+      assert(/8 characters/.test(why), `a short passphrase is refused with the reason: ${why}`);
+      assert((await get('/api/backups/settings')).updated_at === before, 'the refused passphrase changed nothing');
+      await change.locator('#b-newpass').fill('');
+      await change.getByRole('button', { name: 'Change passphrase' }).click();
+      await sheet.waitFor();
+      const changed = await sheet.getByTestId('recovery-passphrase').innerText();
+      assert(changed.length >= 16 && changed !== passphrase, 'a new passphrase on a new recovery sheet');
+      await sheet.getByTestId('recovery-done').click();
+      await sheet.waitFor({ state: 'detached' });
 
       // At phone size the screen fits its width.
       const before = page.viewportSize();

@@ -775,6 +775,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/backups/passphrase": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Changes the repository's passphrase (restic `key add`, then `key remove` of the old key):
+         *     every backup stays readable with the new one, and the old one stops working. Without a
+         *     passphrase the host makes one and returns it this once. Only the owner's session or the
+         *     local admin.
+         */
+        post: operations["change_passphrase"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/backups/settings": {
         parameters: {
             query?: never;
@@ -1814,6 +1836,14 @@ export interface components {
             /** @description The snapshot drilled (the newest), once known. */
             snapshot_id?: string | null;
             state: components["schemas"]["DrillState"];
+        };
+        /** @description `POST /api/backups/passphrase`: the repository re-keyed to a new passphrase. */
+        BackupPassphraseChange: {
+            /**
+             * @description The new passphrase (at least 8 characters, not the current one). Omitted, the host
+             *     makes a strong one and returns it once.
+             */
+            passphrase?: string | null;
         };
         /**
          * @description Why a run was made.
@@ -5337,6 +5367,66 @@ export interface operations {
             };
             /** @description No such drill */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    change_passphrase: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BackupPassphraseChange"];
+            };
+        };
+        responses: {
+            /** @description Changed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupSettingsSaved"];
+                };
+            };
+            /** @description Bad passphrase (too short, control characters, the current one); nothing changed */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner's session or the local admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Backups not set up, or a backup, drill or other change is running */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
