@@ -254,18 +254,22 @@ async fn moto_server(log: &Path, bucket: &str) -> S3 {
     wait_listening(&mut server, port, "moto_server").await;
     let endpoint = format!("http://127.0.0.1:{port}");
     // One plain HTTP request (moto takes unsigned ones): PUT /<bucket> makes it.
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    std::io::Write::write_all(
-        &mut stream,
-        format!(
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\
-             Connection: close\r\n\r\n"
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            format!(
+                "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\
+                 Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
         )
-        .as_bytes(),
-    )
-    .unwrap();
+        .await
+        .unwrap();
     let mut answer = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    stream.read_to_string(&mut answer).await.unwrap();
     assert!(
         answer.starts_with("HTTP/1.1 200"),
         "make the bucket: {answer}"
