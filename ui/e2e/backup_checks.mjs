@@ -72,7 +72,8 @@ export function makeBackupChecks(ctx) {
       // The restore drill's result: none yet, then the host's own drill, in words, per check.
       const drillCard = page.getByTestId('backup-drill');
       await drillCard.getByText('No restore drill yet').waitFor();
-      const started = await page.request.post(`${URL_}/api/backups/drill`);
+      const csrf = (await page.context().cookies()).find((c) => c.name === '__Host-taos_csrf')?.value ?? '';
+      const started = await page.request.post(`${URL_}/api/backups/drill`, { headers: { 'x-csrf-token': csrf } });
       assert(started.status() === 202, `drill: ${started.status()}`);
       const drillId = (await started.json()).id;
       let drill;
@@ -106,12 +107,12 @@ export function makeBackupChecks(ctx) {
       // The passphrase changes from the page: a short one is refused with the host's reason and
       // changes nothing; an empty one gets a new passphrase the host made, on a new recovery sheet.
       const change = page.getByTestId('passphrase-change');
-      const before = (await get('/api/backups/settings')).updated_at;
+      const keyedAt = (await get('/api/backups/settings')).updated_at;
       await change.locator('#b-newpass').fill('short');
       await change.getByRole('button', { name: 'Change passphrase' }).click();
       const why = await change.getByTestId('passphrase-change-error').innerText();
       assert(/8 characters/.test(why), `a short passphrase is refused with the reason: ${why}`);
-      assert((await get('/api/backups/settings')).updated_at === before, 'the refused passphrase changed nothing');
+      assert((await get('/api/backups/settings')).updated_at === keyedAt, 'the refused passphrase changed nothing');
       await change.locator('#b-newpass').fill('');
       await change.getByRole('button', { name: 'Change passphrase' }).click();
       await sheet.waitFor();
