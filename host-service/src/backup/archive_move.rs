@@ -29,8 +29,7 @@ use taos_proto::agents::ArchiveLocation;
 use super::containers::TRANSFER_TIMEOUT;
 use super::restic::Restic;
 use super::{BackupError, Backups, CACHE_DIR, SNAPSHOT_HOST, TMP_DIR};
-use crate::agents::archive::{self, ArchivedAgent};
-use crate::db::Db;
+use crate::agents::archive::{self, set_location, settle, ArchivedAgent};
 use crate::fsutil;
 use crate::runtime::{ContainerRuntime, Runtime};
 
@@ -45,52 +44,6 @@ pub const ARCHIVE_TAG: &str = "taos-archive";
 
 /// Held while an archive's container moves, and by a restore or purge of an archive.
 pub type MoveGuard = tokio::sync::OwnedMutexGuard<()>;
-
-/// How many archives have their container in (or moving to or from) the backup repository.
-pub async fn in_repository(db: &Db) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM archives WHERE location != 'pool'")
-        .fetch_one(db)
-        .await
-}
-
-/// The agent ids whose archived container is not on the pool (a backup leaves them out of
-/// its container exports: they are in the repository already).
-pub async fn moved_agents(db: &Db) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT agent_id FROM archives WHERE location != 'pool'")
-        .fetch_all(db)
-        .await
-}
-
-/// Moves the archive from `from` to `to` if it is still at `from`; false if it was not.
-async fn set_location(
-    db: &Db,
-    id: &str,
-    from: ArchiveLocation,
-    to: ArchiveLocation,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE archives SET location = ? WHERE id = ? AND location = ?")
-        .bind(to.as_str())
-        .bind(id)
-        .bind(from.as_str())
-        .execute(db)
-        .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-async fn settle(
-    db: &Db,
-    id: &str,
-    to: ArchiveLocation,
-    snapshot: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE archives SET location = ?, backup_snapshot = ? WHERE id = ?")
-        .bind(to.as_str())
-        .bind(snapshot)
-        .bind(id)
-        .execute(db)
-        .await?;
-    Ok(())
-}
 
 fn remove_dir(dir: &std::path::Path) {
     match std::fs::remove_dir_all(dir) {
@@ -210,13 +163,7 @@ impl Backups {
                         summary.snapshot_id
                     ))
                 })?;
-            sqlx::query(
-                "UPDATE archives SET backup_snapshot = ? WHERE id = ? AND location = 'moving_out'",
-            )
-            .bind(&snapshot)
-            .bind(&archived.id)
-            .execute(&self.0.db)
-            .await?;
+            archive::record_backup_snapshot(&self.0.db, &archived.id, &snapshot).await?;
             Ok::<String, BackupError>(snapshot)
         }
         .await;

@@ -58,7 +58,7 @@ pub async fn stage(
         .map_err(|e| ContainerBackupError::Agents(e.to_string()))?;
     let mut out = StagedContainers::default();
     // Archived containers moved into the repository are there already (their own snapshot).
-    let moved = super::archive_move::moved_agents(&host.db)
+    let moved = crate::agents::archive::moved_agents(&host.db)
         .await
         .map_err(|e| ContainerBackupError::Agents(e.to_string()))?;
     let with_containers: Vec<_> = agents

@@ -334,7 +334,7 @@ impl Backups {
             .as_ref()
             .is_some_and(|c| c.destination == update.destination);
         if !same_destination && current.is_some() {
-            let moved = archive_move::in_repository(&self.0.db).await?;
+            let moved = crate::agents::archive::in_repository(&self.0.db).await?;
             if moved > 0 {
                 return Err(BackupError::Conflict(format!(
                     "{moved} archived agent(s) have their container in the backup repository \
