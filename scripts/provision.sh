@@ -33,6 +33,19 @@ if [ "$(cat "$S3S_FS_ROOT/version" 2>/dev/null)" != "$S3S_FS_VERSION" ]; then
         "s3s-fs@$S3S_FS_VERSION" --features binary
     echo "$S3S_FS_VERSION" >"$S3S_FS_ROOT/version"
 fi
+# ...and moto's S3 server (PyPI `moto[server]`), which the S3 round trip uses: s3s-fs lists no
+# objects for the empty `delimiter=` restic 0.14's minio-go sends, so `restic check` fails there.
+# A venv of its own, installed once per version (the stamp file).
+MOTO_VERSION=5.2.5
+MOTO_ROOT=/var/cache/taos/tools/moto
+if [ "$(cat "$MOTO_ROOT/version" 2>/dev/null)" != "$MOTO_VERSION" ]; then
+    log "installing moto[server] $MOTO_VERSION"
+    if [ -x /usr/bin/python3 ]; then MOTO_PYTHON=/usr/bin/python3; else MOTO_PYTHON=python3; fi
+    "$MOTO_PYTHON" -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+    "$MOTO_PYTHON" -m venv --clear "$MOTO_ROOT"
+    "$MOTO_ROOT/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+    echo "$MOTO_VERSION" >"$MOTO_ROOT/version"
+fi
 
 # LiteLLM for the LLM gateway tests, incus (with the busybox test image) for the runtime
 # tests. Both skip what is already there.

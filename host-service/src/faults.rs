@@ -6,7 +6,11 @@
 //! killed, so a test can SIGKILL the host at exactly that point. Operations are `deploy`,
 //! `archive`, `restore`, `purge`, `backup`, `drill` (step `restored`: the snapshot is
 //! restored into the drill's folder, not yet checked), `agent-restore` (step `imported`: the
-//! container imported from a backup, nothing in the database yet), `migrate-traces` (the start-up move of the old trace store;
+//! container imported from a backup, nothing in the database yet), `archive-move` (step
+//! `stored`: an archived container's repository snapshot committed, the container not yet
+//! deleted from the pool), `archive-return` (step `imported`: it is back in incus, without its
+//! archive snapshot), `passphrase` (step `committed`: the new passphrase stored, the old key
+//! not yet removed), `migrate-traces` (the start-up move of the old trace store;
 //! step `staged`: copied, not yet renamed into place), `trace-index` (step `committed`: a trace
 //! bucket's transaction committed, the agent's hour index not yet told), and `write` (for
 //! `fsutil::write_atomic`, whose "step" is the path being written: it pauses after the temp

@@ -238,6 +238,8 @@ pub async fn serve(opened: Opened) -> anyhow::Result<()> {
     state.backups.recover().await?;
     state.backups.recover_drills().await?;
     state.backups.recover_agent_restore().await;
+    state.backups.recover_archive_moves().await;
+    state.backups.recover_passphrase_change().await;
     let serving = start_serving(&state, &identity, bound, gateway_listeners)?;
     // A scheduled backup whose time passed while the host was off runs once now (recorded as
     // `missed`), and the schedule loop takes the next ones.

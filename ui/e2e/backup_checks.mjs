@@ -1,7 +1,9 @@
 // The end-to-end checks for issue 18 item 9: the Backups screen. The owner sets a folder as the
 // destination from Settings, gets the passphrase the host made on a recovery sheet (once), runs a
 // backup from the page and sees it finish with the host's own figures; a destination the host
-// refuses shows the host's reason and changes nothing. The backup is real: restic writes an
+// refuses shows the host's reason and changes nothing. A restore drill's result shows in words,
+// one line per check, the archive target is saved from the form, and the passphrase changes
+// from the page onto a new recovery sheet. The backup is real: restic writes an
 // encrypted repository into the folder, which is checked on disk.
 import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 
@@ -66,6 +68,58 @@ export function makeBackupChecks(ctx) {
       // A real restic repository is in the folder.
       assert(existsSync(`${folder}/config`) && readdirSync(`${folder}/snapshots`).length === 1, `no restic repository in ${folder}`);
       await screenshot(page, 'backups');
+
+      // The restore drill's result: none yet, then the host's own drill, in words, per check.
+      const drillCard = page.getByTestId('backup-drill');
+      await drillCard.getByText('No restore drill yet').waitFor();
+      const csrf = (await page.context().cookies()).find((c) => c.name === '__Host-taos_csrf')?.value ?? '';
+      const started = await page.request.post(`${URL_}/api/backups/drill`, { headers: { 'x-csrf-token': csrf } });
+      assert(started.status() === 202, `drill: ${started.status()}`);
+      const drillId = (await started.json()).id;
+      let drill;
+      for (let i = 0; i < 600; i++) {
+        drill = await get(`/api/backups/drills/${drillId}`);
+        if (drill.state !== 'running') break;
+        await page.waitForTimeout(500);
+      }
+      assert(drill.state === 'passed', `the drill passed: ${JSON.stringify(drill)}`);
+      await page.reload();
+      const outcome = drillCard.getByTestId('drill-outcome');
+      await outcome.waitFor();
+      assert((await outcome.innerText()).startsWith('Passed'), `drill outcome shown: ${await outcome.innerText()}`);
+      const checks = drillCard.getByTestId('drill-check');
+      assert((await checks.count()) === drill.checks.length, `one line per check: ${await checks.count()} of ${drill.checks.length}`);
+      assert((await drillCard.innerText()).includes(drill.snapshot_id.slice(0, 8)), 'the drill names its snapshot');
+
+      // The archive target is saved from the form, and back.
+      for (const [label, target] of [['Move their containers into the backup', 'backup'], ['Keep their containers on this board', 'pool']]) {
+        await form.getByLabel(label).check();
+        await form.getByRole('button', { name: 'Save' }).click();
+        let s;
+        for (let i = 0; i < 100; i++) {
+          s = await get('/api/backups/settings');
+          if (s.archive_target === target) break;
+          await page.waitForTimeout(100);
+        }
+        assert(s.archive_target === target, `archive target saved as ${s.archive_target}, wanted ${target}`);
+      }
+
+      // The passphrase changes from the page: a short one is refused with the host's reason and
+      // changes nothing; an empty one gets a new passphrase the host made, on a new recovery sheet.
+      const change = page.getByTestId('passphrase-change');
+      const keyedAt = (await get('/api/backups/settings')).updated_at;
+      await change.locator('#b-newpass').fill('short');
+      await change.getByRole('button', { name: 'Change passphrase' }).click();
+      const why = await change.getByTestId('passphrase-change-error').innerText();
+      assert(/8 characters/.test(why), `a short passphrase is refused with the reason: ${why}`);
+      assert((await get('/api/backups/settings')).updated_at === keyedAt, 'the refused passphrase changed nothing');
+      await change.locator('#b-newpass').fill('');
+      await change.getByRole('button', { name: 'Change passphrase' }).click();
+      await sheet.waitFor();
+      const changed = await sheet.getByTestId('recovery-passphrase').innerText();
+      assert(changed.length >= 16 && changed !== passphrase, 'a new passphrase on a new recovery sheet');
+      await sheet.getByTestId('recovery-done').click();
+      await sheet.waitFor({ state: 'detached' });
 
       // At phone size the screen fits its width.
       const before = page.viewportSize();

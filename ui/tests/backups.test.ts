@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import {
   bytes,
+  checkWords,
+  drillWords,
   describeDestination,
   describeSchedule,
   destinationOf,
@@ -83,5 +85,22 @@ describe('schedules, sizes and runs in words', () => {
     expect(progressOf({ phase: 'uploading' })).toBeNull();
     expect(progressOf({ run_id: 'r', phase: 'uploading', percent_done: 1.7 })?.percent_done).toBe(1);
     expect(progressOf({ run_id: 'r', phase: 'staging', percent_done: 'x' })?.percent_done).toBe(0);
+  });
+});
+
+describe('drill words', () => {
+  const drill = (state: 'running' | 'passed' | 'failed', error: string | null = null) => ({
+    id: 'd', state, reason: 'manual' as const, snapshot_id: 'abcdef0123', created_at: '2026-01-01T00:00:00Z', finished_at: null, checks: [], error,
+  });
+  it('says the outcome in words, with the reason when it failed', () => {
+    expect(drillWords(drill('passed'))).toBe('Passed: the backup restores');
+    expect(drillWords(drill('running'))).toBe('Running now');
+    expect(drillWords(drill('failed', 'restic check: pack damaged'))).toBe('Failed: restic check: pack damaged');
+    expect(drillWords(drill('failed'))).toBe('Failed: no reason given');
+  });
+  it('names each check, one agent container per line', () => {
+    expect(checkWords('container:taos-helper')).toBe('Agent container taos-helper boots');
+    expect(checkWords('repository')).toBe('Repository is readable');
+    expect(checkWords('something-new')).toBe('something-new');
   });
 });

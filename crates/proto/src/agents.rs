@@ -352,7 +352,36 @@ pub struct ArchivedAgent {
     pub container: Option<String>,
     pub snapshot: Option<String>,
     pub archived_at: DateTime<Utc>,
+    /// Where its container is kept now (`pool` for agents without one).
+    #[serde(default)]
+    pub location: ArchiveLocation,
+    /// The backup repository's snapshot holding the container while it is there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_snapshot: Option<String>,
 }
+
+/// Where an archived agent's container is (see `archive_target` in the backup settings).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ArchiveLocation {
+    /// On the runtime's storage pool.
+    #[default]
+    Pool,
+    /// Being exported into the backup repository.
+    MovingOut,
+    /// In the backup repository only; a restore brings it back first.
+    Backup,
+    /// Being brought back from the backup repository.
+    MovingIn,
+}
+
+text_enum!(ArchiveLocation {
+    Pool => "pool",
+    MovingOut => "moving_out",
+    Backup => "backup",
+    MovingIn => "moving_in",
+});
 
 /// One file or folder in an agent's recycle bin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -555,6 +584,7 @@ mod tests {
         assert_text_matches_serde(StepState::ALL);
         assert_text_matches_serde(DeployOutcome::ALL);
         assert_text_matches_serde(DiskState::ALL);
+        assert_text_matches_serde(ArchiveLocation::ALL);
     }
 
     #[test]

@@ -124,6 +124,9 @@ pub struct BackupSettings {
     /// (0: only on request). Default 7.
     #[serde(default = "default_drill_every_days")]
     pub drill_every_days: u32,
+    /// Where archived agents' containers are kept (default `pool`).
+    #[serde(default)]
+    pub archive_target: ArchiveTarget,
     pub passphrase_set: bool,
     /// True when the SFTP or S3 destination's credentials are stored (never returned).
     #[serde(default)]
@@ -133,6 +136,24 @@ pub struct BackupSettings {
     pub repository_ready: bool,
     pub updated_at: Option<DateTime<Utc>>,
 }
+
+/// Where archived agents' containers are kept (`archive.target`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ArchiveTarget {
+    /// On the container runtime's storage pool, stopped, with their archive snapshot.
+    #[default]
+    Pool,
+    /// Moved into the backup repository by the next successful backup run, and deleted from
+    /// the pool (freeing it); restoring the archive brings the container back from there.
+    Backup,
+}
+
+text_enum!(ArchiveTarget {
+    Pool => "pool",
+    Backup => "backup",
+});
 
 /// Restore drills' default interval: weekly.
 pub const DEFAULT_DRILL_EVERY_DAYS: u32 = 7;
@@ -161,11 +182,25 @@ pub struct BackupSettingsUpdate {
     /// (7 at first).
     #[serde(default)]
     pub drill_every_days: Option<u32>,
+    /// Where archived agents' containers go. Omitted: unchanged (`pool` at first).
+    #[serde(default)]
+    pub archive_target: Option<ArchiveTarget>,
     /// The SFTP key or S3 keys, of the destination's kind. Required the first time an SFTP
     /// or S3 destination is saved; omitted later for a destination of the same kind, the
     /// stored ones stay. Refused for a folder.
     #[serde(default)]
     pub credentials: Option<BackupCredentials>,
+}
+
+/// `POST /api/backups/passphrase`: the repository re-keyed to a new passphrase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BackupPassphraseChange {
+    /// The new passphrase (at least 8 characters, not the current one). Omitted, the host
+    /// makes a strong one and returns it once.
+    #[serde(default)]
+    pub passphrase: Option<String>,
 }
 
 /// The answer to `PUT /api/backups/settings`.
@@ -239,6 +274,8 @@ pub enum BackupPhase {
     Uploading,
     /// Old snapshots forgotten by the retention, unused data pruned, the repository checked.
     Retention,
+    /// Archived agents' containers moving into the repository (`archive_target = backup`).
+    Archives,
 }
 
 text_enum!(BackupPhase {
@@ -246,6 +283,7 @@ text_enum!(BackupPhase {
     Containers => "containers",
     Uploading => "uploading",
     Retention => "retention",
+    Archives => "archives",
 });
 
 /// The data of a `backup.progress` event.
@@ -344,6 +382,7 @@ mod tests {
     #[test]
     fn words_match_serde() {
         crate::text_enum::assert_text_matches_serde(BackupState::ALL);
+        crate::text_enum::assert_text_matches_serde(ArchiveTarget::ALL);
         crate::text_enum::assert_text_matches_serde(BackupPhase::ALL);
         crate::text_enum::assert_text_matches_serde(BackupReason::ALL);
         crate::text_enum::assert_text_matches_serde(DrillState::ALL);

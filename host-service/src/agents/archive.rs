@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use sqlx::Row;
-use taos_proto::agents::AgentStatus;
+use taos_proto::agents::{AgentStatus, ArchiveLocation};
 use taos_proto::chat::Message;
 use uuid::Uuid;
 
@@ -384,6 +384,11 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ArchivedAgent, sqlx::Error>
         container: row.try_get("container")?,
         snapshot: row.try_get("snapshot")?,
         archived_at: from_ms(row.try_get("created_at")?),
+        location: row
+            .try_get::<String, _>("location")?
+            .parse()
+            .map_err(|e: taos_proto::text_enum::UnknownVariant| sqlx::Error::Decode(e.into()))?,
+        backup_snapshot: row.try_get("backup_snapshot")?,
     })
 }
 
@@ -968,6 +973,65 @@ mod journal {
         }
         Ok(entries)
     }
+}
+
+// Where archived containers are (`backup/archive_move.rs` moves them; this module owns the table).
+
+/// How many archives have their container in (or moving to or from) the backup repository.
+pub async fn in_repository(db: &Db) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM archives WHERE location != 'pool'")
+        .fetch_one(db)
+        .await
+}
+
+/// The agent ids whose archived container is not on the pool (a backup leaves them out of
+/// its container exports: they are in the repository already).
+pub async fn moved_agents(db: &Db) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT agent_id FROM archives WHERE location != 'pool'")
+        .fetch_all(db)
+        .await
+}
+
+/// Moves an archive's container location from `from` to `to` if it is still at `from`; false if it was not.
+pub async fn set_location(
+    db: &Db,
+    id: &str,
+    from: ArchiveLocation,
+    to: ArchiveLocation,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE archives SET location = ? WHERE id = ? AND location = ?")
+        .bind(to.as_str())
+        .bind(id)
+        .bind(from.as_str())
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records the repository snapshot of an archive moving out (before its container is deleted).
+pub async fn record_backup_snapshot(db: &Db, id: &str, snapshot: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE archives SET backup_snapshot = ? WHERE id = ? AND location = 'moving_out'")
+        .bind(snapshot)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Sets an archive's container location and its repository snapshot.
+pub async fn settle(
+    db: &Db,
+    id: &str,
+    to: ArchiveLocation,
+    snapshot: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE archives SET location = ?, backup_snapshot = ? WHERE id = ?")
+        .bind(to.as_str())
+        .bind(snapshot)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

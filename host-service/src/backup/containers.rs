@@ -57,8 +57,13 @@ pub async fn stage(
         .await
         .map_err(|e| ContainerBackupError::Agents(e.to_string()))?;
     let mut out = StagedContainers::default();
+    // Archived containers moved into the repository are there already (their own snapshot).
+    let moved = crate::agents::archive::moved_agents(&host.db)
+        .await
+        .map_err(|e| ContainerBackupError::Agents(e.to_string()))?;
     let with_containers: Vec<_> = agents
         .into_iter()
+        .filter(|a| !moved.contains(&a.id.to_string()))
         .filter_map(|a| a.container.clone().map(|c| (a, c)))
         .collect();
     if with_containers.is_empty() {

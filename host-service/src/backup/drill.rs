@@ -56,6 +56,11 @@ impl Backups {
         let Some(settings) = self.stored().await? else {
             return Err(BackupError::NotConfigured);
         };
+        if self.0.key_change.try_lock().is_err() {
+            return Err(BackupError::Conflict(
+                "the passphrase is being changed; start the drill when it has finished".into(),
+            ));
+        }
         if !settings.repository_ready {
             return Err(BackupError::Conflict(
                 "no backup has been made at this destination yet: run one first, then drill it"

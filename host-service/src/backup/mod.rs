@@ -13,8 +13,10 @@
 //! the next start (`recover`). Failures notify the owner with what to do.
 
 pub mod agent;
+pub mod archive_move;
 pub mod containers;
 pub mod drill;
+pub mod passphrase;
 pub mod remote;
 pub mod restic;
 pub mod restore;
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use sqlx::Row;
 use taos_proto::backup::{
-    BackupCredentials, BackupDestination, BackupPhase, BackupProgress, BackupReason,
+    ArchiveTarget, BackupCredentials, BackupDestination, BackupPhase, BackupProgress, BackupReason,
     BackupRetention, BackupRun, BackupSchedule, BackupSettings, BackupSettingsSaved,
     BackupSettingsUpdate, BackupState,
 };
@@ -160,6 +162,10 @@ struct Inner {
     agents: crate::agents::AgentHost,
     /// One single-agent restore at a time (each imports a container and writes the archive).
     agent_restore: tokio::sync::Mutex<()>,
+    /// One archive container move (or archive restore or purge) at a time.
+    archive_moves: Arc<tokio::sync::Mutex<()>>,
+    /// Held while the passphrase changes; runs and drills don't start meanwhile.
+    key_change: tokio::sync::Mutex<()>,
     restic_bin: PathBuf,
 }
 
@@ -172,6 +178,7 @@ struct Stored {
     retention: BackupRetention,
     schedule: BackupSchedule,
     drill_every_days: u32,
+    archive_target: ArchiveTarget,
     repository_ready: bool,
     updated_at: i64,
 }
@@ -193,6 +200,8 @@ impl Backups {
             traces,
             agents,
             agent_restore: tokio::sync::Mutex::new(()),
+            archive_moves: Arc::new(tokio::sync::Mutex::new(())),
+            key_change: tokio::sync::Mutex::new(()),
             restic_bin: PathBuf::from(restic::DEFAULT_BIN),
         }))
     }
@@ -204,8 +213,8 @@ impl Backups {
     async fn stored(&self) -> Result<Option<Stored>, BackupError> {
         let row = sqlx::query(
             "SELECT destination, passphrase, credentials, keep_daily, keep_weekly, keep_monthly, \
-             schedule, drill_every_days, repository_ready, updated_at FROM backup_settings \
-             WHERE id = 1",
+             schedule, drill_every_days, archive_target, repository_ready, updated_at \
+             FROM backup_settings WHERE id = 1",
         )
         .fetch_optional(&self.0.db)
         .await?;
@@ -230,6 +239,11 @@ impl Backups {
             schedule: serde_json::from_str(&row.get::<String, _>("schedule"))
                 .map_err(|e| BackupError::Decode(format!("schedule: {e}")))?,
             drill_every_days: keep("drill_every_days")?,
+            archive_target: row.get::<String, _>("archive_target").parse().map_err(
+                |e: taos_proto::text_enum::UnknownVariant| {
+                    BackupError::Decode(format!("archive_target: {e}"))
+                },
+            )?,
             repository_ready: row.get::<i64, _>("repository_ready") != 0,
             updated_at: row.get("updated_at"),
         }))
@@ -244,6 +258,7 @@ impl Backups {
                 retention: BackupRetention::default(),
                 schedule: BackupSchedule::Off,
                 drill_every_days: taos_proto::backup::DEFAULT_DRILL_EVERY_DAYS,
+                archive_target: ArchiveTarget::Pool,
                 passphrase_set: false,
                 credentials_set: false,
                 repository_ready: false,
@@ -255,6 +270,7 @@ impl Backups {
                 retention: s.retention,
                 schedule: s.schedule,
                 drill_every_days: s.drill_every_days,
+                archive_target: s.archive_target,
                 passphrase_set: true,
                 credentials_set: s.sealed_credentials.is_some(),
                 repository_ready: s.repository_ready,
@@ -317,14 +333,24 @@ impl Backups {
         let same_destination = current
             .as_ref()
             .is_some_and(|c| c.destination == update.destination);
+        if !same_destination && current.is_some() {
+            let moved = crate::agents::archive::in_repository(&self.0.db).await?;
+            if moved > 0 {
+                return Err(BackupError::Conflict(format!(
+                    "{moved} archived agent(s) have their container in the backup repository \
+                     at the current destination: restore or purge them (or set archive_target \
+                     to pool and restore them) before choosing another destination"
+                )));
+            }
+        }
         let (sealed, generated) = match (&update.passphrase, &current) {
             (Some(new), Some(c)) => {
                 let old = self.0.secrets.open(&c.sealed_passphrase)?;
                 if *new != old && same_destination && c.repository_ready {
                     return Err(BackupError::Conflict(
                         "the repository at this destination is encrypted with the current \
-                         passphrase, and changing it is not supported yet; to start over with \
-                         a new passphrase, choose a new (empty) destination"
+                         passphrase: change it with POST /api/backups/passphrase (Backups → \
+                         Change passphrase), which re-keys the repository"
                             .into(),
                     ));
                 }
@@ -351,18 +377,23 @@ impl Backups {
             .drill_every_days
             .or(current.as_ref().map(|c| c.drill_every_days))
             .unwrap_or(taos_proto::backup::DEFAULT_DRILL_EVERY_DAYS);
+        let archive_target = update
+            .archive_target
+            .or(current.as_ref().map(|c| c.archive_target))
+            .unwrap_or_default();
         // A new destination is a new repository (made or opened by the next run).
         let ready = same_destination && current.as_ref().is_some_and(|c| c.repository_ready);
         let destination = serde_json::to_string(&update.destination)
             .map_err(|e| BackupError::Decode(e.to_string()))?;
         sqlx::query(
             "INSERT INTO backup_settings (id, destination, passphrase, credentials, keep_daily, \
-             keep_weekly, keep_monthly, schedule, drill_every_days, repository_ready, updated_at) \
-             VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             keep_weekly, keep_monthly, schedule, drill_every_days, archive_target, repository_ready, updated_at) \
+             VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET destination = excluded.destination, \
              passphrase = excluded.passphrase, credentials = excluded.credentials, keep_daily = excluded.keep_daily, \
              keep_weekly = excluded.keep_weekly, keep_monthly = excluded.keep_monthly, \
              schedule = excluded.schedule, drill_every_days = excluded.drill_every_days, \
+             archive_target = excluded.archive_target, \
              repository_ready = excluded.repository_ready, \
              updated_at = excluded.updated_at",
         )
@@ -374,6 +405,7 @@ impl Backups {
         .bind(i64::from(retention.keep_monthly))
         .bind(&schedule)
         .bind(i64::from(drill_every_days))
+        .bind(archive_target.as_str())
         .bind(i64::from(ready))
         .bind(now_ms())
         .execute(&self.0.db)
@@ -396,6 +428,11 @@ impl Backups {
         let Some(settings) = self.stored().await? else {
             return Err(BackupError::NotConfigured);
         };
+        if self.0.key_change.try_lock().is_err() {
+            return Err(BackupError::Conflict(
+                "the passphrase is being changed; start the backup when it has finished".into(),
+            ));
+        }
         let id = Uuid::now_v7().to_string();
         let inserted = sqlx::query(
             "INSERT INTO backup_runs (id, state, reason, destination, created_at) \
@@ -628,6 +665,8 @@ impl Backups {
         crate::faults::check("backup", "running")
             .await
             .map_err(BackupError::Stage)?;
+        // A passphrase change a killed host left is undone first (the old one is then stored).
+        self.recover_passphrase_change().await;
         let settings = self.stored().await?.ok_or(BackupError::NotConfigured)?;
         let private = self.private_dir();
         fsutil::ensure_private_subdir(&private)?;
@@ -727,10 +766,15 @@ impl Backups {
         let forgotten = restic.forget_prune(TAG, keep).await?;
         restic.check(Some(CHECK_SUBSET)).await?;
         tracing::info!(run = %id, kept = forgotten.kept, removed = forgotten.removed, "retention applied, repository checked");
+        let mut warnings = staged_containers.warnings;
+        if settings.archive_target == ArchiveTarget::Backup {
+            self.progress(id, BackupPhase::Archives, None).await;
+            warnings.extend(self.move_archives_out(&restic).await);
+        }
         Ok(Done {
             summary,
             containers: container_count,
-            warnings: staged_containers.warnings,
+            warnings,
         })
     }
 }

@@ -115,6 +115,14 @@ pub struct Snapshot {
     pub hostname: String,
 }
 
+/// One key of `restic key list --json`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Key {
+    pub id: String,
+    #[serde(default)]
+    pub current: bool,
+}
+
 /// restic's retention flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeepPolicy {
@@ -406,6 +414,53 @@ impl Restic {
             args.extend(["--read-data-subset", subset]);
         }
         self.run_ok("check", &args).await.map(|_| ())
+    }
+
+    /// The repository's keys; `current` is the one this password opened.
+    pub async fn keys(&self) -> Result<Vec<Key>, ResticError> {
+        let out = self.run_ok("key list", &["key", "list", "--json"]).await?;
+        serde_json::from_str(out.trim()).map_err(|e| ResticError::BadOutput {
+            command: "key list",
+            message: e.to_string(),
+        })
+    }
+
+    /// The id of the key this password opens.
+    pub async fn current_key(&self) -> Result<String, ResticError> {
+        self.keys()
+            .await?
+            .into_iter()
+            .find(|k| k.current)
+            .map(|k| k.id)
+            .ok_or_else(|| ResticError::BadOutput {
+                command: "key list",
+                message: "no key is marked current".into(),
+            })
+    }
+
+    /// Adds a key for the password in `new_password_file` (the current one stays).
+    pub async fn key_add(&self, new_password_file: &Path) -> Result<(), ResticError> {
+        let file = new_password_file.to_string_lossy().into_owned();
+        self.run_ok(
+            "key add",
+            &["key", "add", "--new-password-file", file.as_str()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes the key `id` (restic refuses to remove the current one).
+    pub async fn key_remove(&self, id: &str) -> Result<(), ResticError> {
+        self.run_ok("key remove", &["key", "remove", id])
+            .await
+            .map(|_| ())
+    }
+
+    /// Forgets the snapshots `ids` (their data goes at the next prune).
+    pub async fn forget_ids(&self, ids: &[&str]) -> Result<(), ResticError> {
+        let mut args = vec!["forget"];
+        args.extend(ids);
+        self.run_ok("forget", &args).await.map(|_| ())
     }
 
     /// Forgets snapshots tagged `tag` beyond `keep`, and prunes the data only they used.

@@ -39,12 +39,15 @@ async fn list_archived(
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 403, description = "Not the owner", body = ErrorBody),
         (status = 404, description = "No such archive", body = ErrorBody),
+        (status = 409, description = "Its container is in the backup repository and can't be brought back now (no incus, backups not set up, a move left unsettled)", body = ErrorBody),
         (status = 501, description = "The container runtime can't restore snapshots (Docker)", body = ErrorBody)))]
 async fn restore_archived(
     _auth: OwnerLike,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<AgentWithToken>, ApiError> {
+    // A container moved into the backup repository comes back to the pool first.
+    let _moves = state.backups.bring_back_archive(&id).await?;
     let restored = archive::restore(&state.agents, &id).await?;
     Ok(Json(AgentWithToken {
         agent: crate::agents::view(&state.agents, &restored.agent).await?,
@@ -65,6 +68,11 @@ async fn purge_archived(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let _moves = state.backups.lock_archive_moves().await;
+    let in_repository = archive::get(&state.db, &id).await?.backup_snapshot;
     archive::purge(&state.agents, &id).await?;
+    if let Some(snapshot) = in_repository {
+        state.backups.forget_archive_snapshot(&snapshot).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,8 +5,8 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use taos_proto::agents::AgentWithToken;
 use taos_proto::backup::{
-    BackupAgentRestore, BackupDrill, BackupRun, BackupSettings, BackupSettingsSaved,
-    BackupSettingsUpdate, DrillReason,
+    BackupAgentRestore, BackupDrill, BackupPassphraseChange, BackupRun, BackupSettings,
+    BackupSettingsSaved, BackupSettingsUpdate, DrillReason,
 };
 use taos_proto::error::ErrorBody;
 use utoipa::IntoParams;
@@ -20,6 +20,7 @@ use super::AppState;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(get_settings, put_settings))
+        .routes(routes!(change_passphrase))
         .routes(routes!(list_runs, start_run))
         .routes(routes!(get_run))
         .routes(routes!(start_drill))
@@ -57,6 +58,27 @@ async fn put_settings(
 ) -> Result<Json<BackupSettingsSaved>, ApiError> {
     let saved = state.backups.save_settings(body).await?;
     tracing::info!(by = %principal.label(), "backup settings changed");
+    Ok(Json(saved))
+}
+
+/// Changes the repository's passphrase (restic `key add`, then `key remove` of the old key):
+/// every backup stays readable with the new one, and the old one stops working. Without a
+/// passphrase the host makes one and returns it this once. Only the owner's session or the
+/// local admin.
+#[utoipa::path(post, path = "/api/backups/passphrase", tag = "backups",
+    request_body = BackupPassphraseChange,
+    responses((status = 200, description = "Changed", body = BackupSettingsSaved),
+        (status = 400, description = "Bad passphrase (too short, control characters, the current one); nothing changed", body = ErrorBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not the owner's session or the local admin", body = ErrorBody),
+        (status = 409, description = "Backups not set up, or a backup, drill or other change is running", body = ErrorBody)))]
+async fn change_passphrase(
+    OwnerOrAdmin(principal): OwnerOrAdmin,
+    State(state): State<AppState>,
+    Json(body): Json<BackupPassphraseChange>,
+) -> Result<Json<BackupSettingsSaved>, ApiError> {
+    let saved = state.backups.change_passphrase(body.passphrase).await?;
+    tracing::info!(by = %principal.label(), "backup passphrase changed");
     Ok(Json(saved))
 }
 

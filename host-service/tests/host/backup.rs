@@ -1115,3 +1115,242 @@ async fn a_scheduled_backup_missed_while_the_host_was_off_runs_once_at_start() {
         "the missed slot ran once: {runs:?}"
     );
 }
+
+/// plain restic's snapshots of the repository with the passphrase in `password`, or its
+/// error words.
+fn snapshots_with(repo: &Path, dir: &Path, password: &str) -> Result<Vec<Value>, String> {
+    let file = dir.join(format!("pw-{:08x}", rand::random::<u32>()));
+    std::fs::write(&file, password).unwrap();
+    let listed = std::process::Command::new("restic")
+        .arg("--repo")
+        .arg(repo)
+        .arg("--password-file")
+        .arg(&file)
+        .args(["snapshots", "--no-cache", "--json"])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    if listed.status.success() {
+        Ok(serde_json::from_slice(&listed.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&listed.stderr).into_owned())
+    }
+}
+
+/// The passphrase changes with restic's own key rotation: bad requests are refused and change
+/// nothing (the old passphrase still opens the repository); a passphrase the host makes is
+/// returned once, opens every earlier snapshot, and the old one stops working; the next run
+/// and a drill use the new one; a typed one works the same way.
+#[tokio::test]
+async fn the_passphrase_changes_and_the_old_one_stops_working() {
+    let host = Host::start_with(
+        BIN,
+        HostOptions::with_env(&[taos_e2e::fixtures::NO_LITELLM]),
+    )
+    .await
+    .unwrap();
+    host.setup_owner().await;
+    let out = outside();
+    host.expect_error(
+        Method::POST,
+        "/api/backups/passphrase",
+        Some(&json!({})),
+        StatusCode::CONFLICT,
+        "not_configured",
+    )
+    .await;
+    configure(&host, &out.repo).await;
+    let run = run_backup(&host).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+
+    step("bad passphrase changes are refused and change nothing", async {
+        for (body, status) in [
+            (json!({"passphrase": "short"}), StatusCode::BAD_REQUEST),
+            (json!({"passphrase": PASSPHRASE}), StatusCode::BAD_REQUEST),
+            (json!({"passphrase": " padded passphrase "}), StatusCode::BAD_REQUEST),
+            (json!({"passphrase": "line\nbreak passphrase"}), StatusCode::BAD_REQUEST),
+            (json!({"passphrase": 12345678}), StatusCode::BAD_REQUEST),
+            (json!({"new": "another passphrase"}), StatusCode::BAD_REQUEST),
+        ] {
+            let r = host
+                .admin(Method::POST, "/api/backups/passphrase")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), status, "{body}");
+        }
+        // Through the settings, a new passphrase for the made repository is still refused,
+        // pointing at the change.
+        let refused = host
+            .expect_error(
+                Method::PUT,
+                "/api/backups/settings",
+                Some(&json!({"destination": {"kind": "local", "path": out.repo.display().to_string()},
+                    "passphrase": "another long passphrase"})),
+                StatusCode::CONFLICT,
+                "conflict",
+            )
+            .await;
+        assert!(
+            refused.message.contains("/api/backups/passphrase"),
+            "{}",
+            refused.message
+        );
+        let snapshots = snapshots_with(&out.repo, &out.root, PASSPHRASE).unwrap();
+        assert_eq!(snapshots.len(), 1);
+    })
+    .await;
+
+    let made = step("a passphrase the host makes", async {
+        let saved: BackupSettingsSaved = host
+            .call(
+                Method::POST,
+                "/api/backups/passphrase",
+                Some(&json!({})),
+                StatusCode::OK,
+            )
+            .await;
+        let made = saved.generated_passphrase.expect("shown once");
+        assert!(made.len() >= 16, "{made}");
+        assert!(saved.settings.repository_ready);
+        let snapshots = snapshots_with(&out.repo, &out.root, &made).unwrap();
+        assert_eq!(snapshots.len(), 1, "the earlier snapshot opens");
+        let old = snapshots_with(&out.repo, &out.root, PASSPHRASE).unwrap_err();
+        assert!(old.contains("wrong password"), "{old}");
+        // It is not kept anywhere readable.
+        let settings: Value = host.get("/api/backups/settings").await;
+        assert!(!settings.to_string().contains(&made));
+        for file in ["passphrase-old", "passphrase-new", "passphrase-change.json"] {
+            assert!(!host.data_dir.join("backup").join(file).exists(), "{file}");
+        }
+        made
+    })
+    .await;
+
+    step("the next run and a drill use it", async {
+        let run = run_backup(&host).await;
+        assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+        // Retention keeps one a day: the new run's snapshot is the one left.
+        let listed = snapshots_with(&out.repo, &out.root, &made).unwrap();
+        assert!(
+            listed
+                .iter()
+                .any(|s| s["id"] == run.snapshot_id.as_deref().unwrap()),
+            "{listed:?}"
+        );
+        let drill: Value = host
+            .call(
+                Method::POST,
+                "/api/backups/drill",
+                None,
+                StatusCode::ACCEPTED,
+            )
+            .await;
+        let id = drill["id"].as_str().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let drill = loop {
+            let d: Value = host.get(&format!("/api/backups/drills/{id}")).await;
+            if d["state"] != "running" {
+                break d;
+            }
+            assert!(Instant::now() < deadline, "{d}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(drill["state"], "passed", "{drill}");
+    })
+    .await;
+
+    step("a typed one", async {
+        let typed = "a typed passphrase, long enough";
+        let saved: BackupSettingsSaved = host
+            .call(
+                Method::POST,
+                "/api/backups/passphrase",
+                Some(&json!({"passphrase": typed})),
+                StatusCode::OK,
+            )
+            .await;
+        assert!(saved.generated_passphrase.is_none());
+        assert!(!snapshots_with(&out.repo, &out.root, typed)
+            .unwrap()
+            .is_empty());
+        assert!(snapshots_with(&out.repo, &out.root, &made).is_err());
+        let run = run_backup(&host).await;
+        assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    })
+    .await;
+}
+
+/// A host killed in a passphrase change after the new passphrase was stored, before the old
+/// key was removed (so the new one was never shown to anyone) undoes the change at its next
+/// start: the old passphrase is stored again and opens the repository, the new one doesn't,
+/// and backups go on.
+#[tokio::test]
+async fn a_host_killed_mid_passphrase_change_keeps_the_old_passphrase() {
+    let mut host = Host::start_with(
+        BIN,
+        HostOptions::with_env(&[
+            taos_e2e::fixtures::NO_LITELLM,
+            (taos_host::faults::PAUSE_ENV, "passphrase:committed"),
+        ]),
+    )
+    .await
+    .unwrap();
+    host.setup_owner().await;
+    let out = outside();
+    configure(&host, &out.repo).await;
+    let run = run_backup(&host).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    let typed = "the passphrase nobody saw";
+    let request = host
+        .admin(Method::POST, "/api/backups/passphrase")
+        .json(&json!({"passphrase": typed}))
+        .send();
+    let log = host.stderr_log.clone();
+    let paused = async {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("fault injection: paused at passphrase:committed")
+        {
+            assert!(Instant::now() < deadline, "the change never paused");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        answer = request => panic!("the paused change answered: {:?}", answer.map(|r| r.status())),
+        () = paused => {}
+    }
+    // Both open the repository at this point.
+    assert!(snapshots_with(&out.repo, &out.root, typed).is_ok());
+    assert!(snapshots_with(&out.repo, &out.root, PASSPHRASE).is_ok());
+    host.kill9().await;
+
+    let restarted = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(host.data_dir.clone()),
+            env: vec![(
+                taos_e2e::fixtures::NO_LITELLM.0.into(),
+                taos_e2e::fixtures::NO_LITELLM.1.into(),
+            )],
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        snapshots_with(&out.repo, &out.root, PASSPHRASE)
+            .unwrap()
+            .len(),
+        1
+    );
+    let new = snapshots_with(&out.repo, &out.root, typed).unwrap_err();
+    assert!(new.contains("wrong password"), "{new}");
+    assert!(!restarted
+        .data_dir
+        .join("backup/passphrase-change.json")
+        .exists());
+    let run = run_backup(&restarted).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+}

@@ -862,3 +862,265 @@ async fn a_container_the_backup_cannot_export_is_a_warning_not_a_silent_gap() {
     assert_eq!(note["source"], "backup");
     assert!(note["message"].as_str().unwrap().contains(&slug), "{note}");
 }
+
+/// Waits until the host's log says it paused at a fault-injection step.
+async fn paused_at(host: &Host, step: &str) {
+    let needle = format!("fault injection: paused at {step}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !std::fs::read_to_string(&host.stderr_log)
+        .unwrap_or_default()
+        .contains(&needle)
+    {
+        assert!(Instant::now() < deadline, "never paused at {step}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The only archive of the host (the test made one).
+async fn the_archive(host: &Host) -> Value {
+    let archived: Vec<Value> = host.get("/api/agents/archived").await;
+    assert_eq!(archived.len(), 1, "{archived:?}");
+    archived[0].clone()
+}
+
+/// restic's snapshots of moved archived containers, as plain restic lists them.
+fn archive_snapshots(out: &Outside) -> Vec<Value> {
+    let listed = std::process::Command::new("restic")
+        .arg("--repo")
+        .arg(&out.repo)
+        .arg("--password-file")
+        .arg(&out.password_file)
+        .args(["snapshots", "--no-cache", "--json", "--tag", "taos-archive"])
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    serde_json::from_slice(&listed.stdout).unwrap()
+}
+
+/// `archive_target = backup` (issue 18 item 7), with a SIGKILL in each direction of the move.
+/// An archived incus agent's container leaves the storage pool for the backup repository in
+/// the next backup run and comes back when the archive is restored, answering again with
+/// its chat history. A host killed after the repository snapshot was made but before the
+/// container was deleted keeps the container on the pool (the next run moves it); a host
+/// killed after the container was imported back but before it was snapshotted removes the
+/// half-returned container and keeps the archive in the repository (the next restore
+/// works). A bad target and a destination change that would strand the archive are refused
+/// and change nothing.
+#[tokio::test]
+async fn archive_target_backup_moves_an_archived_container_off_the_pool_and_back() {
+    require_image().await;
+    let out = outside();
+    let (_turn, mut host, _fake) = with_fake_provider(
+        BIN,
+        &[(taos_host::faults::PAUSE_ENV, "archive-move:stored")],
+    )
+    .await;
+    let name = unique("mv");
+    let (slug, _cleanup) = step("deploy an agent and chat", async {
+        let (slug, cleanup) = deploy(&host, &name).await;
+        let answer = ask_and_wait(&host, &slug, "before the archive").await;
+        assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+        (slug, cleanup)
+    })
+    .await;
+    let agent: Value = host.get(&format!("/api/agents/{slug}")).await;
+    let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
+    let before = messages(&host, &dm).await;
+    assert!(before.len() >= 2, "{before:?}");
+    let destination = json!({"kind": "local", "path": out.repo.display().to_string()});
+
+    step(
+        "bad archive targets are refused and change nothing",
+        async {
+            configure(&host, &out).await;
+            for bad in [json!("usb"), json!(""), json!(1), json!({"kind": "backup"})] {
+                let r = host
+                    .admin(Method::PUT, "/api/backups/settings")
+                    .json(&json!({"destination": destination, "archive_target": bad}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_client_error(), "{bad}: {}", r.status());
+            }
+            let settings: BackupSettings = host.get("/api/backups/settings").await;
+            assert_eq!(
+                settings.archive_target,
+                taos_proto::backup::ArchiveTarget::Pool
+            );
+            let saved: Value = host
+                .call(
+                    Method::PUT,
+                    "/api/backups/settings",
+                    Some(&json!({"destination": destination, "archive_target": "backup"})),
+                    StatusCode::OK,
+                )
+                .await;
+            assert_eq!(saved["settings"]["archive_target"], "backup");
+        },
+    )
+    .await;
+
+    let archived: Value = host
+        .call(
+            Method::DELETE,
+            &format!("/api/agents/{slug}"),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    let archive_id = archived["id"].as_str().unwrap().to_string();
+    let archived_name = archived["container"].as_str().unwrap().to_string();
+    let _archived_cleanup = Remove(archived_name.clone());
+    assert_eq!(archived["location"], "pool", "{archived}");
+    assert!(incus().exists(&archived_name).await.unwrap());
+
+    step(
+        "killed after the repository snapshot, before the pool copy was deleted",
+        async {
+            let _: BackupRun = host
+                .call(Method::POST, "/api/backups", None, StatusCode::ACCEPTED)
+                .await;
+            paused_at(&host, "archive-move:stored").await;
+            let moving = the_archive(&host).await;
+            assert_eq!(moving["location"], "moving_out", "{moving}");
+            assert!(moving["backup_snapshot"].is_string(), "{moving}");
+            assert!(incus().exists(&archived_name).await.unwrap());
+            host.kill9().await;
+        },
+    )
+    .await;
+
+    let mut second = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(host.data_dir.clone()),
+            env: vec![(
+                taos_host::faults::PAUSE_ENV.into(),
+                "archive-return:imported".into(),
+            )],
+        },
+    )
+    .await
+    .expect("the host starts again");
+    step(
+        "the next start keeps the pool copy; the next run moves it",
+        async {
+            let settled = the_archive(&second).await;
+            assert_eq!(settled["location"], "pool", "{settled}");
+            assert!(settled.get("backup_snapshot").is_none(), "{settled}");
+            assert!(incus().exists(&archived_name).await.unwrap());
+            assert!(!second.data_dir.join("backup/archive-move").exists());
+
+            let run = run_backup(&second).await;
+            assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+            assert!(run.warnings.is_empty(), "{run:?}");
+            let moved = the_archive(&second).await;
+            assert_eq!(moved["location"], "backup", "{moved}");
+            let snapshot = moved["backup_snapshot"].as_str().unwrap().to_string();
+            assert!(
+                !incus().exists(&archived_name).await.unwrap(),
+                "the pool is freed"
+            );
+            let in_repo = archive_snapshots(&out);
+            assert!(
+                in_repo.iter().any(|s| s["id"] == snapshot.as_str()),
+                "{in_repo:?}"
+            );
+            // A later run leaves the moved container out of the host's snapshot, silently
+            // and rightly: it is in the repository already.
+            let run = run_backup(&second).await;
+            assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+            assert_eq!(run.containers, Some(0), "{run:?}");
+            assert!(run.warnings.is_empty(), "{run:?}");
+        },
+    )
+    .await;
+
+    step(
+        "a new destination, which would strand the archive, is refused",
+        async {
+            let elsewhere = out.root.join("other");
+            std::fs::create_dir_all(&elsewhere).unwrap();
+            second
+                .expect_error(
+                    Method::PUT,
+                    "/api/backups/settings",
+                    Some(&json!({"destination": {"kind": "local", "path": elsewhere.join("repo").display().to_string()}})),
+                    StatusCode::CONFLICT,
+                    "conflict",
+                )
+                .await;
+            let settings: BackupSettings = second.get("/api/backups/settings").await;
+            assert_eq!(
+                settings.destination,
+                Some(serde_json::from_value(destination.clone()).unwrap())
+            );
+            assert!(settings.repository_ready);
+        },
+    )
+    .await;
+
+    step(
+        "killed after the container came back, before its snapshot",
+        async {
+            let request = second
+                .admin(
+                    Method::POST,
+                    &format!("/api/agents/archived/{archive_id}/restore"),
+                )
+                .send();
+            tokio::select! {
+                answer = request => panic!("the paused restore answered: {:?}", answer.map(|r| r.status())),
+                () = paused_at(&second, "archive-return:imported") => {}
+            }
+            assert!(incus().exists(&archived_name).await.unwrap());
+            assert_eq!(the_archive(&second).await["location"], "moving_in");
+            second.kill9().await;
+        },
+    )
+    .await;
+
+    let third = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(host.data_dir.clone()),
+            env: Vec::new(),
+        },
+    )
+    .await
+    .expect("the host starts a third time");
+    step(
+        "the next start removes the half-returned container; the restore then works",
+        async {
+            let settled = the_archive(&third).await;
+            assert_eq!(settled["location"], "backup", "{settled}");
+            assert!(!incus().exists(&archived_name).await.unwrap());
+            assert!(!third.data_dir.join("backup/archive-return").exists());
+            taos_e2e::fixtures::wait_ready(&third, &taos_e2e::fixtures::FAKE_MODELS).await;
+            let restored: Value = third
+                .call(
+                    Method::POST,
+                    &format!("/api/agents/archived/{archive_id}/restore"),
+                    None,
+                    StatusCode::OK,
+                )
+                .await;
+            assert_eq!(restored["agent"]["slug"], slug.as_str(), "{restored}");
+            let archived: Vec<Value> = third.get("/api/agents/archived").await;
+            assert!(archived.is_empty(), "{archived:?}");
+            assert!(
+                incus()
+                    .state(&format!("taos-{slug}"))
+                    .await
+                    .unwrap()
+                    .running
+            );
+            assert_eq!(messages(&third, &dm).await, before);
+            let answer = ask_and_wait(&third, &slug, "after the return").await;
+            assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+            // Its snapshot in the repository is forgotten (its data goes at the next prune).
+            assert!(archive_snapshots(&out).is_empty());
+        },
+    )
+    .await;
+}

@@ -125,6 +125,12 @@ const SEEDS: &[(i64, &str)] = &[
         "INSERT INTO host_samples VALUES (1700000030000, 12.5, 800000000, 4000000000, 5000000000, 30000000000, 200000000, 8000000000);
          INSERT INTO agent_samples VALUES ('a-1', 1700000030000, 50000000, 120000000, 2000000000);",
     ),
+    (
+        18,
+        "UPDATE backup_runs SET containers = 1, warnings = '[\"agent x was left out\"]' WHERE id = 'run-1';
+         UPDATE backup_settings SET drill_every_days = 14 WHERE id = 1;
+         INSERT INTO backup_drills VALUES ('drill-1', 'passed', 'scheduled', 'abcd1234', 1700000031000, 1700000032000, '[{\"name\":\"restore\",\"ok\":true,\"detail\":\"\"}]', NULL);",
+    ),
 ];
 
 fn migrations_dir() -> std::path::PathBuf {

@@ -133,7 +133,28 @@ export function progressOf(data: unknown): Progress | null {
 
 export function phaseWords(phase: string): string {
   if (phase === 'staging') return 'Copying the database and files';
+  if (phase === 'containers') return "Exporting the agents' containers";
   if (phase === 'uploading') return 'Encrypting and sending';
   if (phase === 'retention') return 'Removing old backups';
+  if (phase === 'archives') return "Moving archived agents' containers into the backup";
   return phase;
+}
+
+export type BackupDrill = S['BackupDrill'];
+export type ArchiveTarget = S['ArchiveTarget'];
+
+/** A drill's outcome in words. */
+export function drillWords(d: BackupDrill): string {
+  if (d.state === 'running') return 'Running now';
+  if (d.state === 'passed') return 'Passed: the backup restores';
+  return `Failed: ${d.error ?? 'no reason given'}`;
+}
+
+/** A drill check's name in words; `container:<name>` is one agent's container. */
+export function checkWords(name: string): string {
+  if (name.startsWith('container:')) return `Agent container ${name.slice('container:'.length)} boots`;
+  if (name === 'repository') return 'Repository is readable';
+  if (name === 'restore') return 'Snapshot restores';
+  if (name === 'database') return 'Database and agents match';
+  return name;
 }

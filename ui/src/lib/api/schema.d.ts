@@ -797,6 +797,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/backups/passphrase": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Changes the repository's passphrase (restic `key add`, then `key remove` of the old key):
+         *     every backup stays readable with the new one, and the old one stops working. Without a
+         *     passphrase the host makes one and returns it this once. Only the owner's session or the
+         *     local admin.
+         */
+        post: operations["change_passphrase"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/backups/settings": {
         parameters: {
             query?: never;
@@ -1728,14 +1750,28 @@ export interface components {
          * @enum {string}
          */
         ApprovalState: "pending" | "approved" | "denied" | "expired" | "cancelled";
+        /**
+         * @description Where an archived agent's container is (see `archive_target` in the backup settings).
+         * @enum {string}
+         */
+        ArchiveLocation: "pool" | "moving_out" | "backup" | "moving_in";
+        /**
+         * @description Where archived agents' containers are kept (`archive.target`).
+         * @enum {string}
+         */
+        ArchiveTarget: "pool" | "backup";
         /** @description An archived agent: what restore brings back. */
         ArchivedAgent: {
             agent_id: string;
             /** Format: date-time */
             archived_at: string;
+            /** @description The backup repository's snapshot holding the container while it is there. */
+            backup_snapshot?: string | null;
             container?: string | null;
             display_name: string;
             id: string;
+            /** @description Where its container is kept now (`pool` for agents without one). */
+            location?: components["schemas"]["ArchiveLocation"];
             /** @description The slug it had; restore tries to give it back. */
             slug: string;
             snapshot?: string | null;
@@ -1823,6 +1859,14 @@ export interface components {
             snapshot_id?: string | null;
             state: components["schemas"]["DrillState"];
         };
+        /** @description `POST /api/backups/passphrase`: the repository re-keyed to a new passphrase. */
+        BackupPassphraseChange: {
+            /**
+             * @description The new passphrase (at least 8 characters, not the current one). Omitted, the host
+             *     makes a strong one and returns it once.
+             */
+            passphrase?: string | null;
+        };
         /**
          * @description Why a run was made.
          * @enum {string}
@@ -1903,6 +1947,8 @@ export interface components {
         };
         /** @description `GET /api/backups/settings`. The passphrase is never returned. */
         BackupSettings: {
+            /** @description Where archived agents' containers are kept (default `pool`). */
+            archive_target?: components["schemas"]["ArchiveTarget"];
             /** @description False until a destination and passphrase are set; backups can't run before. */
             configured: boolean;
             /** @description True when the SFTP or S3 destination's credentials are stored (never returned). */
@@ -1936,6 +1982,7 @@ export interface components {
         };
         /** @description `PUT /api/backups/settings`. */
         BackupSettingsUpdate: {
+            archive_target?: null | components["schemas"]["ArchiveTarget"];
             credentials?: null | components["schemas"]["BackupCredentials"];
             destination: components["schemas"]["BackupDestination"];
             /**
@@ -3259,6 +3306,15 @@ export interface operations {
             };
             /** @description No such archive */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Its container is in the backup repository and can't be brought back now (no incus, backups not set up, a move left unsettled) */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5362,6 +5418,66 @@ export interface operations {
             };
             /** @description No such drill */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    change_passphrase: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BackupPassphraseChange"];
+            };
+        };
+        responses: {
+            /** @description Changed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BackupSettingsSaved"];
+                };
+            };
+            /** @description Bad passphrase (too short, control characters, the current one); nothing changed */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not the owner's session or the local admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Backups not set up, or a backup, drill or other change is running */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
