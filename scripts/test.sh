@@ -26,10 +26,11 @@ cargo build --workspace --bins --locked
 # test-only fault injection, so they are packaged before it. The install test runs below.
 log "packages (cargo-deb, from the debug build)"
 "$REPO_ROOT/scripts/build-deb.sh" --debug
-# The same for arm64 boards, cross-compiled (cold: the aarch64 debug build of taos-host and
-# taos-agent, several minutes on two cores), and the arm64 agent image with that sidecar (cold:
-# debootstrap's second stage under qemu-user, cached in /var/cache/taos/images; afterwards a
-# changed sidecar costs seconds). Both skip when nothing changed. Checked below.
+# The same for arm64 boards, cross-compiled, and the arm64 agent image with that sidecar. Cold
+# (measured on two cores shared with other builds, load ~10): the aarch64 debug build of
+# taos-host and taos-agent 30 min wall (9.5 min of CPU), debootstrap's second stage under
+# qemu-user 22 min (cached in /var/cache/taos/images; afterwards a new sidecar costs ~15 s).
+# Warm, both skip in about a second. Checked below (about 12 s).
 log "arm64: packages (cross-compiled debug build) and the arm64 agent image"
 "$REPO_ROOT/scripts/build-deb.sh" --debug --arch arm64
 "$REPO_ROOT/scripts/build-agent-image.sh" --arch arm64 "$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/debug/taos-agent"
