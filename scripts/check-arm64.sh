@@ -12,8 +12,8 @@
 #   - taos-host --version and taos-agent --version (qemu-aarch64-static -L /usr/aarch64-linux-gnu:
 #     the cross toolchain's arm64 libc);
 #   - taos-host serve on a temporary data dir, with no container runtime: it prints its ready
-#     line and /api/health answers over its TLS listener (SQLite, rustls/ring and the embedded
-#     UI all run as arm64 code);
+#     line, /api/health answers over its TLS listener and / is the embedded web UI (SQLite,
+#     rustls/ring and the UI all run as arm64 code);
 #   - the arm64 agent image (incus alias taos-agent-arm64, scripts/build-agent-image.sh --arch
 #     arm64) is an aarch64 image whose own /usr/local/bin/taos-agent --version runs in a chroot
 #     of its rootfs under qemu-user (binfmt_misc). incus here refuses to start a container of
@@ -81,6 +81,11 @@ HEALTH="$(curl -sk --max-time 30 "$URL/api/health")" || fail "no answer from $UR
 # "degraded" only says LiteLLM (an x86_64 child here) is not ready yet: the host answered.
 grep -Eq '^\{"status":"(ok|degraded)"' <<<"$HEALTH" || fail "/api/health answered: $HEALTH"
 pass "taos-host serve under qemu-user: ready at $URL, /api/health answers $HEALTH"
+# The web UI is compiled into the binary: the package serves the built page, not the page that
+# says the UI was not built.
+PAGE="$(curl -sk --max-time 30 "$URL/")" || fail "no answer from $URL/"
+grep -q 'name="theme-color"' <<<"$PAGE" || fail "$URL/ is not the built web UI: $(head -c 300 <<<"$PAGE")"
+pass "taos-host serves the embedded web UI at $URL/"
 kill -TERM "$HOST_PID"
 wait "$HOST_PID" 2>/dev/null || true
 HOST_PID=""
