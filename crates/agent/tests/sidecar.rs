@@ -907,6 +907,22 @@ async fn missing_variable_exits_with_code_2_naming_it() {
 }
 
 #[tokio::test]
+async fn version_prints_the_version_with_no_configuration() {
+    // What the arm64 image check runs under qemu (scripts/check-arm64.sh): no host, no env.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_taos-agent"))
+        .arg("--version")
+        .env_clear()
+        .output()
+        .await
+        .expect("run taos-agent");
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("taos-agent {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
 async fn process_answers_then_stops_cleanly_on_sigterm() {
     let shared = shared().await;
     let host = &shared.host;
