@@ -50,31 +50,7 @@ crosses the LLM gateway, whose added latency is the LLM gateway section's figure
 MD
 )"
 
-# Replaces the section titled $1 with $2 if it is there, else puts it before the Web UI section
-# (or at the end).
-write_section() {
-    python3 - "$1" "$2" <<'PY'
-import re, sys
-path = "docs/benchmarks.md"
-doc = open(path).read()
-title, section = sys.argv[1], sys.argv[2].rstrip() + "\n"
-start = doc.find(title)
-if start >= 0:
-    rest = doc[start + 1:]
-    m = re.search(r"^## ", rest, re.M)
-    end = start + 1 + m.start() if m else len(doc)
-    doc = doc[:start] + section + ("\n" + doc[end:] if m else "")
-else:
-    ui = doc.find("## Web UI (issue 7)")
-    if ui >= 0:
-        doc = doc[:ui] + section + "\n" + doc[ui:]
-    else:
-        doc = doc.rstrip() + "\n\n" + section
-open(path, "w").write(doc)
-PY
-    log "wrote the ${1#\#\# } section of docs/benchmarks.md"
-}
-write_section "## Built-in tool agent (issue 16)" "$SECTION"
+write_bench_section "## Built-in tool agent (issue 16)" "$SECTION"
 
 "$REPO_ROOT/scripts/install-openclaw.sh"
 "$REPO_ROOT/scripts/build-openclaw-image.sh"
@@ -106,7 +82,7 @@ hold), then says $(j openclaw_turns) messages to the last one and reads it again
 for the anonymous figure after turns plus page cache.
 MD
 )"
-write_section "## openclaw (issue 16)" "$SECTION"
+write_bench_section "## openclaw (issue 16)" "$SECTION"
 
 "$REPO_ROOT/scripts/build-opencode-image.sh"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -135,4 +111,4 @@ again after $(j opencode_turns) messages to the last one. The sidecar starts ope
 message, so the idle figure is the container without it and the first answer includes its start.
 MD
 )"
-write_section "## opencode (issue 16)" "$SECTION"
+write_bench_section "## opencode (issue 16)" "$SECTION"

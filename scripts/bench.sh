@@ -270,6 +270,7 @@ if [[ "${TAOS_BENCH_HOST_ONLY:-}" == 1 ]]; then
     fi
     log "host only: kept the Web UI and Desktop app sections as they were"
     "$REPO_ROOT/scripts/bench-tools.sh"
+    "$REPO_ROOT/scripts/bench-backup.sh"
     exit 0
 fi
 # The web UI's section (bundle size, first screen, a 5 000-message channel), in real chromium.
@@ -282,3 +283,5 @@ fi
 "$REPO_ROOT/scripts/install-test.sh" "$CARGO_TARGET_DIR/debian" --write-benchmarks
 # The built-in tool agent (deploy, sidecar RSS, host cost per tool step), in real incus.
 "$REPO_ROOT/scripts/bench-tools.sh"
+# Backups: first and incremental, the host's responsiveness during one, a whole-host restore.
+"$REPO_ROOT/scripts/bench-backup.sh"

@@ -151,3 +151,29 @@ META
         log "imported incus image $alias ($sum, $(du -m "$work/image.tar.zst" | cut -f1) MB, rootfs $(du -sm "$rootfs" | cut -f1) MB) in $((SECONDS - started)) s"
     )
 }
+
+# write_bench_section TITLE SECTION replaces the section of docs/benchmarks.md titled TITLE
+# (e.g. "## Backups (issue 18)") with SECTION if it is there, else puts it before the Web UI
+# section (or at the end). The benchmark scripts that run after scripts/bench.sh rewrote the
+# file use it to add their own sections.
+write_bench_section() {
+    python3 - "$1" "$2" "$REPO_ROOT/docs/benchmarks.md" <<'PY'
+import re, sys
+title, section, path = sys.argv[1], sys.argv[2].rstrip() + "\n", sys.argv[3]
+doc = open(path).read()
+start = doc.find(title)
+if start >= 0:
+    rest = doc[start + 1:]
+    m = re.search(r"^## ", rest, re.M)
+    end = start + 1 + m.start() if m else len(doc)
+    doc = doc[:start] + section + ("\n" + doc[end:] if m else "")
+else:
+    ui = doc.find("## Web UI (issue 7)")
+    if ui >= 0:
+        doc = doc[:ui] + section + "\n" + doc[ui:]
+    else:
+        doc = doc.rstrip() + "\n\n" + section
+open(path, "w").write(doc)
+PY
+    log "wrote the ${1#\#\# } section of docs/benchmarks.md"
+}
