@@ -347,6 +347,13 @@ fn table(f: &Fixture) -> Vec<Route> {
             SESSION_OR_ADMIN,
             vec![with("/api/backups/settings".into(), json!({}), Deny)],
         ),
+        // A new passphrase is shown once, to a person: not from a device.
+        route(
+            "POST",
+            "/api/backups/passphrase",
+            SESSION_OR_ADMIN,
+            vec![with("/api/backups/passphrase".into(), json!({}), Deny)],
+        ),
         route(
             "GET",
             "/api/backups",
