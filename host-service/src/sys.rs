@@ -125,6 +125,27 @@ pub fn die_with_parent(command: &mut tokio::process::Command) {
     }
 }
 
+/// Runs a command's process at background priority: CPU niceness 10 and the idle I/O class,
+/// so a long batch job (a backup's restic) takes the cores and the disk only when the host's
+/// own requests don't want them. Lowering one's own priority needs no privilege; if the
+/// kernel or a seccomp filter refuses, the job runs at normal priority rather than not at all.
+#[allow(unsafe_code)]
+pub fn background_priority(command: &mut tokio::process::Command) {
+    // ioprio_set(2) has no libc wrapper: IOPRIO_WHO_PROCESS is 1, and the idle class (3) sits
+    // in the value's top bits (IOPRIO_CLASS_SHIFT is 13).
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_IDLE: libc::c_long = 3 << 13;
+    // SAFETY: the closure runs in the forked child before exec and makes two syscalls,
+    // setpriority(2) and ioprio_set(2), both async-signal-safe and touching no parent memory.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, IOPRIO_IDLE);
+            Ok(())
+        });
+    }
+}
+
 /// Raises this process's soft limit on open files towards `wanted` (at most to the hard
 /// limit). Distributions start services with a soft limit of 1024, fewer than the listeners'
 /// connection budgets: past it `accept` fails and the kernel's queue fills up behind it, so

@@ -181,6 +181,8 @@ impl Restic {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         crate::sys::die_with_parent(&mut command);
+        // A backup may take minutes; chat and the agents come first.
+        crate::sys::background_priority(&mut command);
         command
     }
 
