@@ -30,6 +30,7 @@ use tokio::process::{Child, Command};
 
 pub mod fake_llm;
 pub mod fixtures;
+pub mod procstat;
 
 pub const OWNER: &str = "owner";
 /// The browser session cookie's name (a `__Host-` cookie).

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use taos_e2e::fixtures::{ask_and_wait, deploy_succeeded, incus, require_image, wait_ready};
+use taos_e2e::procstat;
 use taos_e2e::{AgentClient, Host, HostOptions};
 use taos_host::runtime::Runtime;
 
@@ -54,19 +55,6 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
-}
-
-/// (utime + stime, cutime + cstime) of a process, in clock ticks (100 per second on Linux):
-/// its own CPU, and that of its children it has waited for (restic).
-fn cpu_ticks(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime, stime, cutime, cstime are 12th–15th.
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    (fields[11] + fields[12], fields[13] + fields[14])
 }
 
 /// The bytes under `path`, as `du` counts them (blocks on disk, what the user's disk loses).
@@ -297,12 +285,12 @@ async fn main() {
             during
         })
     };
-    let (cpu_before, children_before) = cpu_ticks(pid);
+    let (cpu_before, children_before) = procstat::cpu_ticks(pid);
     let started = Instant::now();
     let id = start_backup(&host).await;
     let first = wait_backup(&host, &id).await;
     let first_s = started.elapsed().as_secs_f64();
-    let (cpu_after, children_after) = cpu_ticks(pid);
+    let (cpu_after, children_after) = procstat::cpu_ticks(pid);
     running.store(false, Ordering::Relaxed);
     let rss_max = sampler.await.expect("sampler");
     let mut during = poster.await.expect("poster");
@@ -319,12 +307,12 @@ async fn main() {
         timed_post(&client, &post_url, &token, &probe, 100_000 + n).await;
     }
     // Nothing else asks the host anything while this one runs: its CPU is the backup's own.
-    let (inc_cpu_before, inc_children_before) = cpu_ticks(pid);
+    let (inc_cpu_before, inc_children_before) = procstat::cpu_ticks(pid);
     let started = Instant::now();
     let id = start_backup(&host).await;
     let second = wait_backup(&host, &id).await;
     let second_s = started.elapsed().as_secs_f64();
-    let (inc_cpu_after, inc_children_after) = cpu_ticks(pid);
+    let (inc_cpu_after, inc_children_after) = procstat::cpu_ticks(pid);
     let repo_second = du_bytes(&repo);
     eprintln!("incremental backup: {second}");
 

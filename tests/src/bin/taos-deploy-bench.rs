@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
+use taos_e2e::procstat;
 use taos_e2e::{AgentClient, Host, HostOptions};
 use taos_host::runtime::incus::{Incus, DEFAULT_SOCKET};
 use taos_host::runtime::{CreateSpec, Runtime};
@@ -40,17 +41,6 @@ fn rss_mib(pid: u32) -> f64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0.0);
     (kib / 1024.0 * 10.0).round() / 10.0
-}
-
-/// utime + stime of a process, in clock ticks (100 per second on Linux).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
-    let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    utime + stime
 }
 
 async fn wait_deploy(host: &Host, slug: &str) {
@@ -201,7 +191,7 @@ async fn built_in_agent(bin: &str) {
         };
         let delivery: Value = serde_json::from_str(&delivery.data).expect("delivery json");
         let trace_id = delivery["trace_id"].as_str().expect("trace_id").to_string();
-        let before = cpu_ticks(pid);
+        let before = procstat::cpu_ticks(pid).0;
         for n in 0..STEPS {
             let call_id = format!("call-{turn}-{n}");
             let started = Instant::now();
@@ -218,7 +208,7 @@ async fn built_in_agent(bin: &str) {
             .await;
             step_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         }
-        cpu_ticks_steps += cpu_ticks(pid) - before;
+        cpu_ticks_steps += procstat::cpu_ticks(pid).0 - before;
         reply(json!({"kind": "final", "trace_id": trace_id, "channel_id": dm, "content": "done"}))
             .await;
     }
@@ -491,11 +481,11 @@ async fn main() {
         assert_eq!(scan["scanned"].as_u64(), Some(count as u64), "{scan}");
         scan_ms.push(started.elapsed().as_secs_f64() * 1000.0);
     }
-    let cpu_before = cpu_ticks(pid);
+    let cpu_before = procstat::cpu_ticks(pid).0;
     let idle = Duration::from_secs(60);
     tokio::time::sleep(idle).await;
     let idle_cpu_percent =
-        (cpu_ticks(pid) - cpu_before) as f64 / 100.0 / idle.as_secs_f64() * 100.0;
+        (procstat::cpu_ticks(pid).0 - cpu_before) as f64 / 100.0 / idle.as_secs_f64() * 100.0;
 
     let mut archive_ms = Vec::new();
     let mut restore_ms = Vec::new();

@@ -37,6 +37,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::ConnectOptions;
+use taos_e2e::procstat;
 use taos_e2e::{AgentClient, Host, HostOptions};
 
 /// A ratio may fall to this fraction of its baseline before the guard fails: real regressions
@@ -78,20 +79,6 @@ where
         latencies.extend(t.await.expect("worker"));
     }
     (total as f64 / started.elapsed().as_secs_f64(), latencies)
-}
-
-/// The host's CPU time so far (user + system, all threads), in milliseconds.
-fn host_cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    ticks as f64 * 10.0
 }
 
 /// One-row commits per second with the host database's settings, in `dir`.
@@ -203,20 +190,20 @@ async fn measure(bin: &str) -> BTreeMap<String, f64> {
     drive(200, 8, empty.clone()).await;
     // The host's CPU time per request (µs) beside each rate: what a busy machine moves least.
     let pid = host.pid().expect("host pid");
-    let cpu = host_cpu_ms(pid);
+    let cpu = procstat::cpu_ms(pid);
     let (empty_rate, empty_latencies) = drive(2_000, 16, empty.clone()).await;
-    let empty_cpu_us = (host_cpu_ms(pid) - cpu) * 1000.0 / 2_000.0;
-    let cpu = host_cpu_ms(pid);
+    let empty_cpu_us = (procstat::cpu_ms(pid) - cpu) * 1000.0 / 2_000.0;
+    let cpu = procstat::cpu_ms(pid);
     let (single_rate, _) = drive(2_000, 16, single).await;
-    let single_cpu_us = (host_cpu_ms(pid) - cpu) * 1000.0 / 2_000.0;
+    let single_cpu_us = (procstat::cpu_ms(pid) - cpu) * 1000.0 / 2_000.0;
     let (_, query_latencies) = drive(200, 1, query).await;
     let (empty_sequential_rate, empty_sequential) = drive(300, 1, empty).await;
     let fsync_rate = sqlite_commits_per_s(&host.data_dir, 300).await;
     let request = host.admin(Method::POST, "/api/chat/messages");
-    let cpu = host_cpu_ms(pid);
+    let cpu = procstat::cpu_ms(pid);
     let (sequential_rate, _) =
         drive(300, 1, post(request.try_clone().expect("c"), dm.clone())).await;
-    let chat_cpu_us = (host_cpu_ms(pid) - cpu) * 1000.0 / 300.0;
+    let chat_cpu_us = (procstat::cpu_ms(pid) - cpu) * 1000.0 / 300.0;
     let (concurrent_rate, concurrent_latencies) = drive(800, 16, post(request, dm)).await;
 
     let ratio = |a: f64, b: f64| (a / b * 1000.0).round() / 1000.0;

@@ -18,6 +18,7 @@ use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
 use taos_e2e::fake_llm::FakeLlm;
+use taos_e2e::procstat;
 use taos_e2e::Host;
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
@@ -35,20 +36,6 @@ fn rss_mib(pid: u32) -> f64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0.0);
     (kib / 1024.0 * 10.0).round() / 10.0
-}
-
-/// The host's own CPU time so far (user + system, all its threads; not LiteLLM's), in ms.
-fn host_cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    ticks as f64 * 10.0
 }
 
 /// LiteLLM's port, read off the command line of the host's LiteLLM child.
@@ -182,7 +169,7 @@ async fn main() {
     let pid = host.pid().expect("pid");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = rss_mib(pid);
-    let cpu_before = host_cpu_ms(pid);
+    let cpu_before = procstat::cpu_ms(pid);
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -210,7 +197,7 @@ async fn main() {
     for t in tasks {
         t.await.expect("worker");
     }
-    let cpu_per_call_ms = (host_cpu_ms(pid) - cpu_before) / calls as f64;
+    let cpu_per_call_ms = (procstat::cpu_ms(pid) - cpu_before) / calls as f64;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = rss_mib(pid);
     let (dp99, gp99) = (

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::{DurationRound, TimeDelta, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use taos_e2e::procstat;
 use taos_e2e::{AgentClient, Host, HostOptions};
 
 const HOURS: i64 = 24;
@@ -44,21 +45,6 @@ fn urlencode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// The host's CPU time so far (user + system, all threads), in milliseconds: a figure that a
-/// busy machine moves much less than wall-clock latency.
-fn host_cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    ticks as f64 * 10.0
 }
 
 /// Owner reads on one kept-alive TLS connection.
@@ -94,7 +80,7 @@ impl Reader {
         for _ in 0..20 {
             self.get(path).await;
         }
-        let cpu_before = host_cpu_ms(self.pid);
+        let cpu_before = procstat::cpu_ms(self.pid);
         let mut times = Vec::with_capacity(rounds);
         for _ in 0..rounds {
             let started = Instant::now();
@@ -103,7 +89,7 @@ impl Reader {
             let got = body["events"].as_array().map_or(0, Vec::len);
             assert_eq!(got, expect, "{path}");
         }
-        let cpu_us = (host_cpu_ms(self.pid) - cpu_before) * 1000.0 / rounds as f64;
+        let cpu_us = (procstat::cpu_ms(self.pid) - cpu_before) * 1000.0 / rounds as f64;
         (times, cpu_us.round())
     }
 }
