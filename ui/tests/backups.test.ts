@@ -100,6 +100,9 @@ describe('drill words', () => {
   });
   it('names each check, one agent container per line', () => {
     expect(checkWords('container:taos-helper')).toBe('Agent container taos-helper boots');
+    expect(checkWords('bridge_round_trip:taos-helper')).toBe(
+      'Agent in taos-helper answers over the bridge',
+    );
     expect(checkWords('repository')).toBe('Repository is readable');
     expect(checkWords('something-new')).toBe('something-new');
   });

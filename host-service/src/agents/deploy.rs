@@ -40,10 +40,10 @@ pub const DOCKER_STEPS: &[DeployStepName] = &[Credentials, Container, Configure,
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 const BRIDGE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Inside the container, both proxy devices lead to the host's agent listener.
-const BRIDGE_PORT_INSIDE: u16 = 6969;
+pub(crate) const BRIDGE_PORT_INSIDE: u16 = 6969;
 const LLM_PORT_INSIDE: u16 = 4000;
 /// The agent's own credentials inside its container (0600), read by its service.
-const CREDENTIALS_PATH: &str = "/etc/taos/agent.env";
+pub(crate) const CREDENTIALS_PATH: &str = "/etc/taos/agent.env";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {

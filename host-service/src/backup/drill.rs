@@ -10,13 +10,10 @@
 //! SQLite's integrity check, and its schema, its backup run and the agents of the manifest's
 //! containers are all in it), and per agent container **container:<name>** (imported into a
 //! throwaway incus project, cut off from the network and the live host's listener, started:
-//! its system boots and the agent's service runs). Everything is torn down after, whatever
-//! happened; a host that dies mid-drill marks it failed and tears down at its next start.
-//!
-//! What a drill does not do: a bridge round trip with the restored agent. The drilled copy
-//! holds the live agent's token, and connecting it to the live host would stand in for the
-//! real agent; a throwaway bridge for it is not built yet. "Its service runs" is the closest
-//! real check made without that.
+//! its system boots and the agent's service runs), then **bridge_round_trip:<name>** (the copy,
+//! given a drill-only credential and bridge address in place of the live agent's, answers the
+//! drill's message: see `drill_bridge`). Everything is torn down after, whatever happened; a
+//! host that dies mid-drill marks it failed and tears down at its next start.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -46,6 +43,11 @@ pub const PROJECT_PREFIX: &str = "taos-drill-";
 const CHECK_SUBSET: &str = "10%";
 /// How long the agent's service may take to be up in the drilled container.
 const SERVICE_WAIT: Duration = Duration::from_secs(60);
+/// How long the drilled copy's sidecar may take to answer the drill's message.
+const ROUND_TRIP_WAIT: Duration = Duration::from_secs(90);
+/// The LLM address a drilled copy is given: nothing listens there (the discard port on its own
+/// loopback), so its sidecar answers the drill's message with an error, without a model.
+const NO_LLM_URL: &str = "http://127.0.0.1:9/v1";
 
 const COLUMNS: &str = "id, state, reason, snapshot_id, created_at, finished_at, checks, error";
 
@@ -348,27 +350,40 @@ impl Backups {
         });
 
         for container in &manifest.containers {
-            let name = format!("container:{}", container.container);
-            checks.push(
-                match self
-                    .drill_container(&root.join(CONTAINERS_DIR), container)
-                    .await
-                {
-                    Ok(detail) => check_ok(&name, detail),
-                    Err(why) => check_failed(&name, why),
-                },
-            );
+            self.drill_container(&root.join(CONTAINERS_DIR), container, checks)
+                .await;
         }
         Ok(())
     }
 
-    /// One container: imported into a throwaway project, cut off, started, its agent's service
-    /// seen running; the project torn down whatever happened.
+    /// One container: `container:<name>` (imported into a throwaway project, cut off, started,
+    /// its agent's service seen running) and, when that passed, `bridge_round_trip:<name>`;
+    /// the project torn down whatever happened.
     async fn drill_container(
         &self,
         dir: &Path,
         container: &StagedContainer,
-    ) -> Result<String, String> {
+        checks: &mut Vec<DrillCheck>,
+    ) {
+        let name = format!("container:{}", container.container);
+        let trip = format!("bridge_round_trip:{}", container.container);
+        match self.drill_container_steps(dir, container).await {
+            Err(why) => checks.push(check_failed(&name, why)),
+            Ok((detail, round_trip)) => {
+                checks.push(check_ok(&name, detail));
+                checks.push(match round_trip {
+                    Ok(detail) => check_ok(&trip, detail),
+                    Err(why) => check_failed(&trip, why),
+                });
+            }
+        }
+    }
+
+    async fn drill_container_steps(
+        &self,
+        dir: &Path,
+        container: &StagedContainer,
+    ) -> Result<(String, Result<String, String>), String> {
         let incus = match self.0.agents.runtime.as_ref() {
             Some(ContainerRuntime::Incus(incus)) => incus,
             Some(ContainerRuntime::Docker(_)) => {
@@ -409,16 +424,153 @@ impl Backups {
                 .await
                 .map_err(|e| format!("{e} (from the backup)"))?;
             wait_service(&rt, &container.container, &container.service).await?;
-            Ok::<String, String>(format!(
+            let booted = format!(
                 "imported into a throwaway incus project, booted, and its {} service runs \
-                 (agent {}; no bridge round trip: see docs)",
+                 (agent {})",
                 container.service, container.slug
-            ))
+            );
+            Ok::<_, String>((booted, self.round_trip(&rt, container).await))
         }
         .await;
         tear_down(incus, &project).await;
         result
     }
+}
+
+impl Backups {
+    /// The bridge round trip with the drilled copy, over its own drill session (see
+    /// `drill_bridge`): its service stopped, its credentials file rewritten (the drill's
+    /// credential and address; no LLM key, and an LLM address nothing answers at), only then a
+    /// proxy device to the agent listener added, the service started, and the drill's message
+    /// answered. The session closes when this returns, which revokes the credential.
+    async fn round_trip(
+        &self,
+        rt: &ContainerRuntime,
+        container: &StagedContainer,
+    ) -> Result<String, String> {
+        use crate::agents::deploy::{BRIDGE_PORT_INSIDE, CREDENTIALS_PATH};
+        let name = &container.container;
+        let exec = |argv: &'static [&'static str]| async move {
+            rt.exec(name, argv, &Default::default(), Duration::from_secs(30))
+                .await
+                .map_err(|e| format!("cannot run {} in the copy: {e}", argv.join(" ")))
+        };
+        let stopped = rt
+            .exec(
+                name,
+                &["systemctl", "stop", &container.service],
+                &Default::default(),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|e| format!("cannot stop the copy's {} service: {e}", container.service))?;
+        if stopped.exit_code != 0 {
+            return Err(format!(
+                "cannot stop the copy's {} service: {}",
+                container.service,
+                stopped.stderr.trim()
+            ));
+        }
+        // The copy's own file (hostile input: only its other lines are kept, as they are).
+        let current = exec(&["cat", CREDENTIALS_PATH]).await?;
+        let session = self.0.drill_bridge.open(&container.slug);
+        let bridge_url = format!("http://127.0.0.1:{BRIDGE_PORT_INSIDE}/drill/{}", session.id);
+        let env = drill_env(
+            &current.stdout,
+            &container.slug,
+            &bridge_url,
+            &session.token,
+        );
+        crate::agents::deploy::push_credentials(rt, name, &env)
+            .await
+            .map_err(|e| format!("cannot write the drill's credentials into the copy: {e}"))?;
+        rt.add_device(
+            name,
+            &crate::runtime::Device::Proxy {
+                name: "taos-drill-bridge".into(),
+                listen: format!("tcp:127.0.0.1:{BRIDGE_PORT_INSIDE}"),
+                connect: format!("tcp:{}", self.0.agents.agent_addr),
+            },
+        )
+        .await
+        .map_err(|e| format!("cannot give the copy a way to its drill session: {e}"))?;
+        crate::agents::deploy::restart_service(rt, name, &container.service)
+            .await
+            .map_err(|e| {
+                format!(
+                    "the copy's {} service did not start: {e}",
+                    container.service
+                )
+            })?;
+        let mut session = session;
+        match session.answer(ROUND_TRIP_WAIT).await {
+            Some(answer) => Ok(format!(
+                "its sidecar got the drill's message over a drill-only bridge session and \
+                 answered ({}: {:?}); the live agent's session was not used",
+                serde_json::to_value(answer.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                answer.text
+            )),
+            None => {
+                let log = rt
+                    .exec(
+                        name,
+                        &[
+                            "journalctl",
+                            "--no-pager",
+                            "-o",
+                            "cat",
+                            "-n",
+                            "3",
+                            "-u",
+                            &container.service,
+                        ],
+                        &Default::default(),
+                        Duration::from_secs(20),
+                    )
+                    .await
+                    .map(|o| o.stdout.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default();
+                let log: String = log.chars().take(300).collect();
+                Err(format!(
+                    "its sidecar did not answer the drill's message within {} s over its \
+                     drill bridge session (the {} service's last log lines: {:?})",
+                    ROUND_TRIP_WAIT.as_secs(),
+                    container.service,
+                    log
+                ))
+            }
+        }
+    }
+}
+
+/// The drilled copy's credentials file: its own lines kept, except where to reach the host,
+/// its token and the LLM's, which become the drill session's (and no LLM at all).
+fn drill_env(current: &str, slug: &str, bridge_url: &str, token: &str) -> String {
+    const REPLACED: [&str; 5] = [
+        "TAOS_BRIDGE_URL",
+        "TAOS_AGENT_NAME",
+        "TAOS_AGENT_TOKEN",
+        "OPENAI_BASE_URL",
+        "OPENAI_API_KEY",
+    ];
+    let mut env = format!(
+        "TAOS_BRIDGE_URL={bridge_url}\nTAOS_AGENT_NAME={slug}\nTAOS_AGENT_TOKEN={token}\n\
+         OPENAI_BASE_URL={NO_LLM_URL}\nOPENAI_API_KEY=none-in-a-restore-drill\n"
+    );
+    for line in current.lines().take(200) {
+        let key = line.split_once('=').map(|(k, _)| k.trim());
+        match key {
+            Some(key) if !REPLACED.contains(&key) && line.len() <= 64 * 1024 => {
+                env.push_str(line);
+                env.push('\n');
+            }
+            _ => {}
+        }
+    }
+    env
 }
 
 /// The agent's service is `active` (polled: it may still be starting).

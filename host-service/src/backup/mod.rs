@@ -16,6 +16,7 @@ pub mod agent;
 pub mod archive_move;
 pub mod containers;
 pub mod drill;
+pub mod drill_bridge;
 pub mod passphrase;
 pub mod remote;
 pub mod restic;
@@ -166,6 +167,8 @@ struct Inner {
     archive_moves: Arc<tokio::sync::Mutex<()>>,
     /// Held while the passphrase changes; runs and drills don't start meanwhile.
     key_change: tokio::sync::Mutex<()>,
+    /// The restore drill's own bridge session (see `drill_bridge`).
+    drill_bridge: drill_bridge::DrillBridge,
     restic_bin: PathBuf,
 }
 
@@ -202,8 +205,14 @@ impl Backups {
             agent_restore: tokio::sync::Mutex::new(()),
             archive_moves: Arc::new(tokio::sync::Mutex::new(())),
             key_change: tokio::sync::Mutex::new(()),
+            drill_bridge: Default::default(),
             restic_bin: PathBuf::from(restic::DEFAULT_BIN),
         }))
+    }
+
+    /// The restore drill's bridge session, for the agent listener's `/drill/...` routes.
+    pub fn drill_bridge(&self) -> &drill_bridge::DrillBridge {
+        &self.0.drill_bridge
     }
 
     fn private_dir(&self) -> PathBuf {

@@ -248,3 +248,75 @@ pub(crate) async fn own_trace(
         super::agents::trace_page(&state, &auth.0.slug, &params).await?,
     ))
 }
+
+impl From<crate::backup::drill_bridge::DrillBridgeError> for ApiError {
+    fn from(e: crate::backup::drill_bridge::DrillBridgeError) -> Self {
+        use crate::backup::drill_bridge::DrillBridgeError;
+        match e {
+            DrillBridgeError::NotFound => ApiError::not_found(e.to_string()),
+            DrillBridgeError::Unauthorized => ApiError::unauthorized(),
+            DrillBridgeError::BadInput(why) => ApiError::bad_request(why),
+        }
+    }
+}
+
+/// `GET /drill/{session}/api/openclaw/sessions/{agent}/events`: a restore drill's copy of an
+/// agent gets the drill's one message, with the drill's own credential (see
+/// `backup::drill_bridge`); the stream ends when the drill closes the session.
+pub async fn drill_events(
+    State(state): State<AppState>,
+    Path((session, agent)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let (delivery, closed) = state.backups.drill_bridge().delivery(
+        &session,
+        super::extract::authorization_bearer(&headers),
+        &agent,
+    )?;
+    tracing::info!(agent = %agent, "restore drill's copy connected to its drill session");
+    let first = Event::default()
+        .id(delivery.delivery_seq.to_string())
+        .event("user_message")
+        .json_data(&delivery)
+        .map_err(ApiError::internal)?;
+    let shutdown = state.shutdown.clone();
+    let stream = futures_util::stream::unfold((Some(first), closed), move |(first, mut closed)| {
+        let mut shutdown = shutdown.clone();
+        async move {
+            if let Some(event) = first {
+                return Some((Ok(event), (None, closed)));
+            }
+            // Held open until the drill closes the session (its sender drops) or the host
+            // stops; a second delivery never comes.
+            tokio::select! {
+                _ = async { while closed.changed().await.is_ok() {} } => {}
+                _ = shutdown.changed() => {}
+            }
+            None
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// `POST /drill/{session}/api/openclaw/sessions/{agent}/reply` → 202: the copy's reply to the
+/// drill's message (nothing is stored; the drill records the outcome).
+pub async fn drill_reply(
+    State(state): State<AppState>,
+    Path((session, agent)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Reply>,
+) -> Result<(StatusCode, Json<ReplyAccepted>), ApiError> {
+    state.backups.drill_bridge().reply(
+        &session,
+        super::extract::authorization_bearer(&headers),
+        &agent,
+        &body,
+    )?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ReplyAccepted {
+            accepted: true,
+            message_id: None,
+        }),
+    ))
+}

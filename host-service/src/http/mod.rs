@@ -347,6 +347,15 @@ pub fn agent_app(state: &AppState) -> Router {
             "/api/openclaw/sessions/{agent}/approvals",
             post(approvals::agent_request),
         )
+        // A restore drill's copy of an agent: its own session, never the live agent's.
+        .route(
+            "/drill/{session}/api/openclaw/sessions/{agent}/events",
+            get(agent_api::drill_events),
+        )
+        .route(
+            "/drill/{session}/api/openclaw/sessions/{agent}/reply",
+            post(agent_api::drill_reply),
+        )
         .route("/api/trace", post(agent_api::trace_one))
         .route("/api/trace/batch", post(agent_api::trace_batch))
         .route("/api/agents/{agent}/trace", get(agent_api::own_trace))

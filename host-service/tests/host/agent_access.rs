@@ -178,3 +178,47 @@ async fn every_agent_route_refuses_missing_bad_stale_and_wrong_kind_credentials(
         .unwrap();
     assert_eq!(models.status(), StatusCode::OK);
 }
+
+/// The restore drill's session routes (`/drill/{session}/…`) answer only the open drill
+/// session's own credential: with no drill running, every caller, the live agent's token
+/// included, gets 404 and nothing reaches the live agent's stream or chat. (The session's own
+/// credential, a wrong one, another agent and another trace id are covered by
+/// `backup::drill_bridge`'s unit test; the round trip itself by the whole-host backup test.)
+#[tokio::test]
+async fn drill_session_routes_refuse_everyone_when_no_drill_runs() {
+    let host = start().await;
+    host.setup_owner().await;
+    let (agent, _) = AgentClient::create(&host, "Drilled").await;
+    let client = taos_e2e::http_client();
+    let mut checked = 0;
+    for (method, path) in [
+        (
+            "GET",
+            "/drill/0123456789abcdef0123456789abcdef/api/openclaw/sessions/drilled/events",
+        ),
+        (
+            "POST",
+            "/drill/0123456789abcdef0123456789abcdef/api/openclaw/sessions/drilled/reply",
+        ),
+    ] {
+        for credential in [None, Some("taos_drill_garbage"), Some(agent.token.as_str())] {
+            let mut request =
+                client.request(method.parse::<Method>().unwrap(), host.agent_url(path));
+            if let Some(c) = credential {
+                request = request.bearer_auth(c);
+            }
+            if method == "POST" {
+                request = request.json(&json!({"kind": "final", "trace_id": "t", "content": "x"}));
+            }
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {path}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "not_found", "{body}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6);
+    // The live agent was not connected by any of it.
+    let record: Value = host.get("/api/agents/drilled").await;
+    assert_eq!(record["connected"], false, "{record}");
+}

@@ -166,7 +166,7 @@ async fn a_whole_host_restore_brings_an_incus_agents_container_back() {
     step(
         "a drill boots the agent's container in a throwaway project",
         async {
-            let drill = run_drill(&restored).await;
+            let drill = drill_watching_live(&restored, &slug).await;
             assert_eq!(drill.state, DrillState::Passed, "{drill:?}");
             let names: Vec<&str> = drill.checks.iter().map(|c| c.name.as_str()).collect();
             assert_eq!(
@@ -175,11 +175,22 @@ async fn a_whole_host_restore_brings_an_incus_agents_container_back() {
                     "repository".to_string(),
                     "restore".into(),
                     "database".into(),
-                    format!("container:{container}")
+                    format!("container:{container}"),
+                    format!("bridge_round_trip:{container}"),
                 ],
                 "{drill:?}"
             );
             assert!(drill.checks.iter().all(|c| c.ok), "{drill:?}");
+            // The copy answered over its drill session: with an error, as it has no LLM key.
+            let trip = &drill.checks[4].detail;
+            assert!(
+                trip.contains("drill-only bridge session and answered (error:"),
+                "{trip}"
+            );
+            assert!(
+                trip.contains("the live agent's session was not used"),
+                "{trip}"
+            );
             // Torn down: no drill project is left, and the live agent was not disturbed.
             let projects = std::process::Command::new("incus")
                 .args(["project", "list", "--format", "csv", "--columns", "n"])
@@ -189,6 +200,76 @@ async fn a_whole_host_restore_brings_an_incus_agents_container_back() {
             assert!(!projects.contains("taos-drill-"), "{projects}");
             assert!(rt.state(&container).await.unwrap().running);
             let answer = ask_and_wait(&restored, &slug, "after the drill").await;
+            assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+        },
+    )
+    .await;
+
+    step(
+        "a copy whose sidecar can't answer fails the drill, with the reason and a notification",
+        async {
+            // The sidecar's program on disk becomes one that never connects; the live sidecar
+            // runs on from the old file, so only the backup (and its drilled copy) is broken.
+            rt.push_file(
+                &container,
+                "/usr/local/bin/taos-agent.broken",
+                b"#!/bin/sh\nexec sleep infinity\n",
+                0o755,
+            )
+            .await
+            .unwrap();
+            let moved = rt
+                .exec(
+                    &container,
+                    &[
+                        "mv",
+                        "/usr/local/bin/taos-agent.broken",
+                        "/usr/local/bin/taos-agent",
+                    ],
+                    &Default::default(),
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap();
+            assert_eq!(moved.exit_code, 0, "{moved:?}");
+            let run = run_backup(&restored).await;
+            assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+            let drill = drill_watching_live(&restored, &slug).await;
+            assert_eq!(drill.state, DrillState::Failed, "{drill:?}");
+            let container_check = drill
+                .checks
+                .iter()
+                .find(|c| c.name == format!("container:{container}"))
+                .unwrap();
+            assert!(container_check.ok, "its service runs: {drill:?}");
+            let trip = drill
+                .checks
+                .iter()
+                .find(|c| c.name == format!("bridge_round_trip:{container}"))
+                .unwrap();
+            assert!(!trip.ok, "{drill:?}");
+            assert!(
+                trip.detail.contains("did not answer the drill's message"),
+                "{trip:?}"
+            );
+            let error = drill.error.clone().unwrap();
+            assert!(error.contains("bridge_round_trip"), "{error}");
+            let notes: Vec<Value> = restored.get("/api/notifications").await;
+            let note = notes
+                .iter()
+                .find(|n| n["data"]["drill_id"] == drill.id.as_str())
+                .expect("a notification for the failed drill");
+            assert!(
+                note["message"].as_str().unwrap().contains("did not answer"),
+                "{note}"
+            );
+            // Torn down, and the live agent still answers.
+            let projects = std::process::Command::new("incus")
+                .args(["project", "list", "--format", "csv", "--columns", "n"])
+                .output()
+                .unwrap();
+            assert!(!String::from_utf8_lossy(&projects.stdout).contains("taos-drill-"));
+            let answer = ask_and_wait(&restored, &slug, "after the failed drill").await;
             assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
         },
     )
@@ -217,6 +298,36 @@ async fn a_whole_host_restore_brings_an_incus_agents_container_back() {
     assert!(!again.exists(), "the failed restore removed what it made");
     assert!(rt.state(&container).await.unwrap().running);
     drop(restored);
+}
+
+/// Starts a drill and waits for it to end, checking all along that the live agent `slug`
+/// stays connected (the drilled copy never stands in for it); returns the finished drill.
+async fn drill_watching_live(host: &Host, slug: &str) -> BackupDrill {
+    let drill: BackupDrill = host
+        .call(
+            Method::POST,
+            "/api/backups/drill",
+            None,
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut looks = 0;
+    loop {
+        let agent: Value = host.get(&format!("/api/agents/{slug}")).await;
+        assert_eq!(
+            agent["connected"], true,
+            "the live agent during the drill: {agent}"
+        );
+        looks += 1;
+        let now: BackupDrill = host.get(&format!("/api/backups/drills/{}", drill.id)).await;
+        if now.state != DrillState::Running {
+            assert!(looks > 1, "the drill was watched while it ran");
+            return now;
+        }
+        assert!(Instant::now() < deadline, "drill never ended: {now:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Starts a drill and waits for it to end; returns the finished drill.

@@ -150,9 +150,12 @@ export function drillWords(d: BackupDrill): string {
   return `Failed: ${d.error ?? 'no reason given'}`;
 }
 
-/** A drill check's name in words; `container:<name>` is one agent's container. */
+/** A drill check's name in words; `container:<name>` is one agent's container, and
+ * `bridge_round_trip:<name>` its restored copy answering a message over the bridge. */
 export function checkWords(name: string): string {
   if (name.startsWith('container:')) return `Agent container ${name.slice('container:'.length)} boots`;
+  if (name.startsWith('bridge_round_trip:'))
+    return `Agent in ${name.slice('bridge_round_trip:'.length)} answers over the bridge`;
   if (name === 'repository') return 'Repository is readable';
   if (name === 'restore') return 'Snapshot restores';
   if (name === 'database') return 'Database and agents match';
