@@ -27,7 +27,7 @@ use crate::agents::AGENT_TOKEN_PREFIX;
 use crate::auth::{hash_token, new_secret};
 use crate::db::now_ms;
 use crate::fsutil;
-use crate::runtime::{ContainerRuntime, Runtime};
+use crate::runtime::Runtime;
 
 const WORK_DIR: &str = "agent-restore";
 const PASSWORD_FILE: &str = "agent-restore-password";
@@ -195,11 +195,28 @@ impl Backups {
         }
         let rt = match (&container, self.0.agents.runtime.as_ref()) {
             (None, _) => None,
-            (Some(_), Some(rt @ ContainerRuntime::Incus(_))) => Some(rt),
-            (Some(_), _) => {
-                return Err(BackupError::Conflict(
-                    "the agent's container needs incus, and this host has no incus runtime".into(),
-                ))
+            (Some(c), Some(_)) if c.runtime == "docker" => {
+                // It would go through an archive, whose restore needs a snapshot restore,
+                // which Docker lacks: refused before anything is made.
+                return Err(BackupError::Conflict(format!(
+                    "agent {}'s container is a Docker one, and restoring one agent's Docker \
+                     container is not supported (Docker can't restore the archive snapshot it \
+                     goes through); restore the whole host with `taos-host restore`",
+                    request.agent
+                )));
+            }
+            (Some(c), Some(rt)) if rt.kind() == c.runtime => Some(rt),
+            (Some(c), rt) => {
+                return Err(BackupError::Conflict(format!(
+                    "the agent's container was exported by {} and this host {}: only {} can \
+                     import it",
+                    c.runtime,
+                    match rt {
+                        Some(rt) => format!("runs {}", rt.kind()),
+                        None => "has no container runtime".into(),
+                    },
+                    c.runtime
+                )))
             }
         };
 

@@ -1,6 +1,7 @@
 //! Agents' containers in a backup: each container agent's container exported through the
-//! runtime into the staged folder's `containers/`, one uncompressed incus backup tarball each,
-//! and imported again by a restore.
+//! runtime into the staged folder's `containers/`, one uncompressed tarball each (an incus
+//! backup, or under Docker the container committed to an image and `docker save`d), and
+//! imported again by a restore, by the runtime that exported it.
 //!
 //! Why files in the staged folder and not `restic backup --stdin` per container: one snapshot
 //! then holds the whole host as it was at one moment (database, chats and the containers that
@@ -47,8 +48,8 @@ pub struct StagedContainers {
 }
 
 /// Exports every container agent's container into `<stage>/containers/`. A container that
-/// exists and can't be exported fails the run (the owner must know); agents the runtime can't
-/// export (Docker, no runtime) or whose container is gone are left out with a warning.
+/// exists and can't be exported fails the run (the owner must know); agents whose container is
+/// gone, or on a host without a runtime, are left out with a warning.
 pub async fn stage(
     host: &AgentHost,
     stage: &Path,
@@ -83,14 +84,6 @@ pub async fn stage(
         if agent.status == AgentStatus::Deploying {
             out.warnings.push(format!(
                 "agent {}'s container was not backed up: it was still being deployed",
-                agent.slug
-            ));
-            continue;
-        }
-        if let ContainerRuntime::Docker(_) = rt {
-            out.warnings.push(format!(
-                "agent {}'s container was not backed up: exporting Docker containers is not \
-                 supported yet (its chats, traces and settings are in the backup)",
                 agent.slug
             ));
             continue;
@@ -131,6 +124,7 @@ pub async fn stage(
             bytes,
             running: state.running,
             service,
+            runtime: rt.kind().to_string(),
         });
     }
     Ok(out)
@@ -146,6 +140,16 @@ pub async fn import_all(
 ) -> Result<(), String> {
     for c in containers {
         crate::runtime::validate_name("container name", &c.container).map_err(|e| e.to_string())?;
+        if c.runtime != rt.kind() {
+            return Err(format!(
+                "agent {}'s container was exported by {} and this host runs {}: only {} can \
+                 import it (install it, or restore onto a host that has it)",
+                c.slug,
+                c.runtime,
+                rt.kind(),
+                c.runtime
+            ));
+        }
         if c.file != format!("{}.tar", c.container) {
             return Err(format!(
                 "the manifest names an unexpected file {:?}",
@@ -157,8 +161,9 @@ pub async fn import_all(
             Ok(true) => {
                 return Err(format!(
                     "a container named {} already exists in {}: restoring would replace it; \
-                     delete it (`incus delete {}`) or restore on a fresh runtime",
+                     delete it (`{} rm {}`) or restore on a fresh runtime",
                     c.container,
+                    rt.kind(),
                     rt.kind(),
                     c.container
                 ))

@@ -229,10 +229,19 @@ async fn import_containers(
             detected.description
         )));
     };
-    if let crate::runtime::ContainerRuntime::Incus(incus) = &rt {
-        crate::isolation::prepare_incus_now(incus, &config.runtime)
-            .await
-            .map_err(failed)?;
+    match &rt {
+        crate::runtime::ContainerRuntime::Incus(incus) => {
+            crate::isolation::prepare_incus_now(incus, &config.runtime)
+                .await
+                .map_err(failed)?;
+        }
+        // The agents' networks the containers are created on (a fresh Docker has none).
+        crate::runtime::ContainerRuntime::Docker(docker) => {
+            docker
+                .prepare_agent_networks()
+                .await
+                .map_err(|e| failed(format!("cannot make the agents' Docker networks: {e}")))?;
+        }
     }
     super::containers::import_all(&rt, dir, containers)
         .await

@@ -43,7 +43,8 @@ pub struct Manifest {
     pub containers: Vec<StagedContainer>,
 }
 
-/// One agent's container in a backup: `containers/<file>`, an incus backup tarball.
+/// One agent's container in a backup: `containers/<file>`, an incus backup tarball, or under
+/// Docker the `docker save` tarball of the container committed to an image.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StagedContainer {
     pub agent_id: String,
@@ -58,10 +59,18 @@ pub struct StagedContainer {
     /// The systemd unit of the agent inside (what a drill checks is up).
     #[serde(default = "default_service")]
     pub service: String,
+    /// The runtime that exported it (`incus` or `docker`): only that one can import the file.
+    #[serde(default = "default_runtime")]
+    pub runtime: String,
 }
 
 fn default_service() -> String {
     "taos-agent".into()
+}
+
+/// Backups made before Docker containers were backed up held incus ones only.
+fn default_runtime() -> String {
+    "incus".into()
 }
 
 /// What was staged, for the log.

@@ -432,6 +432,232 @@ impl Docker {
     }
 }
 
+/// Backups: a container is committed to an image in this repository (tag: the container's
+/// name) and that image saved as a tarball; a restore loads it and creates the container again.
+const BACKUP_REPO: &str = "taos-backup";
+/// On the committed image: what the container was created with beyond the image (its limits
+/// and network), as JSON, so a restore creates it through `create` as deploy did.
+const BACKUP_SPEC_LABEL: &str = "taos.backup.spec";
+
+/// The container's settings a backup carries (the image config keeps env, command and files).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct BackupSpec {
+    memory_mib: Option<u64>,
+    cpus: Option<u32>,
+    processes: Option<u32>,
+    network: Option<AgentNetwork>,
+}
+
+impl Docker {
+    /// Commits container `name` (paused for the moment of the commit, so live) to an image and
+    /// saves that image into a new file at `to` (`docker commit` + `docker save`, through the
+    /// Engine API); the image is removed again. Returns the bytes written.
+    pub async fn export_to_file(
+        &self,
+        name: &str,
+        to: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<u64, RuntimeError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use tokio::io::AsyncWriteExt;
+        validate_name("container name", name)?;
+        let inspect = self
+            .client
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(refused)?;
+        let host = inspect.host_config.unwrap_or_default();
+        if host.binds.as_ref().is_some_and(|b| !b.is_empty()) {
+            // Agents have none; a bind mount's files live outside the container.
+            return Err(RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: format!("container {name} has bind mounts, which a backup cannot carry"),
+            });
+        }
+        let network = host.network_mode.as_deref().and_then(|mode| {
+            AGENT_NETWORKS
+                .iter()
+                .find(|(_, net, _)| *net == mode)
+                .map(|(m, _, _)| *m)
+        });
+        let spec = BackupSpec {
+            memory_mib: host
+                .memory
+                .and_then(|m| u64::try_from(m).ok())
+                .filter(|m| *m > 0)
+                .map(|m| m / (1024 * 1024)),
+            cpus: host
+                .nano_cpus
+                .filter(|n| *n > 0)
+                .and_then(|n| u32::try_from(n / 1_000_000_000).ok()),
+            processes: host
+                .pids_limit
+                .filter(|n| *n > 0)
+                .and_then(|n| u32::try_from(n).ok()),
+            network,
+        };
+        let spec = serde_json::to_string(&spec).map_err(|e| RuntimeError::Refused {
+            runtime: RUNTIME,
+            message: e.to_string(),
+        })?;
+        let image = format!("{BACKUP_REPO}:{name}");
+        self.client
+            .commit_container(
+                CommitContainerOptions {
+                    container: Some(name.to_string()),
+                    repo: Some(BACKUP_REPO.to_string()),
+                    tag: Some(name.to_string()),
+                    pause: true,
+                    ..Default::default()
+                },
+                ContainerConfig {
+                    labels: Some(HashMap::from([(BACKUP_SPEC_LABEL.to_string(), spec)])),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(refused)?;
+        let save = async {
+            let io = |e: std::io::Error| RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: format!("cannot write {}: {e}", to.display()),
+            };
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(to)
+                .map_err(io)?;
+            let mut file = tokio::fs::File::from_std(file);
+            let mut stream = self.client.export_image(&image);
+            let mut written = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(refused)?;
+                file.write_all(&chunk).await.map_err(io)?;
+                written += chunk.len() as u64;
+            }
+            file.sync_all().await.map_err(io)?;
+            Ok::<u64, RuntimeError>(written)
+        };
+        let written = match tokio::time::timeout(timeout, save).await {
+            Ok(result) => result,
+            Err(_) => Err(RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: format!("saving {image} took longer than {}s", timeout.as_secs()),
+            }),
+        };
+        // The image's layers stay with the container; only the tag goes.
+        if let Err(e) = self
+            .client
+            .remove_image(&image, None::<RemoveImageOptions>, None)
+            .await
+        {
+            tracing::warn!(%image, error = %e, "cannot remove the image a backup committed");
+        }
+        written
+    }
+
+    /// Loads a file `export_to_file` wrote and creates container `name` (stopped) from its
+    /// image with the limits and network it had, through `create` as deploy does.
+    pub async fn import_from_file(
+        &self,
+        from: &std::path::Path,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        validate_name("container name", name)?;
+        let file = tokio::fs::File::open(from)
+            .await
+            .map_err(|e| RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: format!("cannot read {}: {e}", from.display()),
+            })?;
+        let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+            use tokio::io::AsyncReadExt;
+            let mut file = file?;
+            let mut buf = vec![0u8; 64 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        let load = async {
+            let mut images = Vec::new();
+            let mut progress = self.client.import_image_stream(
+                bollard::query_parameters::ImportImageOptions {
+                    quiet: true,
+                    ..Default::default()
+                },
+                chunks,
+                None,
+            );
+            while let Some(info) = progress.next().await {
+                let info = info.map_err(refused)?;
+                // "Loaded image: taos-backup:<name>"
+                if let Some(loaded) = info
+                    .stream
+                    .as_deref()
+                    .and_then(|s| s.trim().strip_prefix("Loaded image: "))
+                {
+                    images.push(loaded.to_string());
+                }
+            }
+            Ok::<Vec<String>, RuntimeError>(images)
+        };
+        let images =
+            tokio::time::timeout(timeout, load)
+                .await
+                .map_err(|_| RuntimeError::Refused {
+                    runtime: RUNTIME,
+                    message: format!(
+                        "loading {} took longer than {}s",
+                        from.display(),
+                        timeout.as_secs()
+                    ),
+                })??;
+        let [image] = images.as_slice() else {
+            return Err(RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: format!(
+                    "{} held {} images, not the one a backup saves",
+                    from.display(),
+                    images.len()
+                ),
+            });
+        };
+        let inspect = self.client.inspect_image(image).await.map_err(refused)?;
+        let spec: BackupSpec = inspect
+            .config
+            .and_then(|c| c.labels)
+            .and_then(|l| l.get(BACKUP_SPEC_LABEL).cloned())
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .ok_or_else(|| RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: format!("{image} is not a container saved by a taos backup"),
+            })?;
+        self.create(&CreateSpec {
+            name: name.to_string(),
+            image: image.clone(),
+            limits: super::Limits {
+                memory_mib: spec.memory_mib,
+                cpus: spec.cpus,
+                processes: spec.processes,
+            },
+            root_disk_mib: None,
+            // The image's config carries the container's environment.
+            env: BTreeMap::new(),
+            devices: Vec::new(),
+            network: spec.network,
+        })
+        // The image stays (the container's base) until `delete` removes the container.
+        .await
+    }
+}
+
 impl Runtime for Docker {
     fn kind(&self) -> &'static str {
         RUNTIME
@@ -554,6 +780,12 @@ impl Runtime for Docker {
         // The container first: if it can't go, its snapshots must stay (an archive would lose
         // the one it is restored from). They are found by the id, which outlives the name.
         let snapshots = self.snapshots(name).await?;
+        let base = self
+            .client
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(refused)?
+            .image;
         self.client
             .remove_container(
                 name,
@@ -577,6 +809,22 @@ impl Runtime for Docker {
                 )
                 .await
                 .map_err(refused)?;
+        }
+        // A container a backup restored has that backup's image as its own: it goes too.
+        if let Some(base) = base {
+            let restored = self
+                .client
+                .inspect_image(&base)
+                .await
+                .ok()
+                .and_then(|image| image.config?.labels)
+                .is_some_and(|labels| labels.contains_key(BACKUP_SPEC_LABEL));
+            if restored {
+                self.client
+                    .remove_image(&base, None::<RemoveImageOptions>, None)
+                    .await
+                    .map_err(refused)?;
+            }
         }
         Ok(())
     }

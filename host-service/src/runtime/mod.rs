@@ -230,8 +230,7 @@ impl Runtime for ContainerRuntime {
 
 impl ContainerRuntime {
     /// Exports a container (live, if it is running) into a new file at `to`, for a backup.
-    /// Docker has no equivalent here yet (`docker commit` + `docker save` would be it), so it
-    /// says so rather than back up nothing.
+    /// Docker: `docker commit` + `docker save` of the container (paused for the commit).
     pub async fn export_container(
         &self,
         name: &str,
@@ -240,10 +239,7 @@ impl ContainerRuntime {
     ) -> Result<u64, RuntimeError> {
         match self {
             ContainerRuntime::Incus(rt) => rt.export_to_file(name, to, timeout).await,
-            ContainerRuntime::Docker(_) => Err(RuntimeError::Unsupported {
-                what: "exporting a container into a backup",
-                runtime: "docker",
-            }),
+            ContainerRuntime::Docker(rt) => rt.export_to_file(name, to, timeout).await,
         }
     }
 
@@ -256,10 +252,7 @@ impl ContainerRuntime {
     ) -> Result<(), RuntimeError> {
         match self {
             ContainerRuntime::Incus(rt) => rt.import_from_file(from, name, timeout).await,
-            ContainerRuntime::Docker(_) => Err(RuntimeError::Unsupported {
-                what: "importing a container from a backup",
-                runtime: "docker",
-            }),
+            ContainerRuntime::Docker(rt) => rt.import_from_file(from, name, timeout).await,
         }
     }
 

@@ -56,6 +56,8 @@ impl Drop for Remove {
             }
         }
         docker(&["rm", "--force", &self.0]);
+        // The image a backup's restore made it from.
+        docker(&["rmi", &format!("taos-backup:{}", self.0)]);
     }
 }
 
@@ -600,4 +602,211 @@ async fn tools_mode_on_docker_runs_as_agent_without_the_credentials() {
         assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "0", "{left:?}");
     })
     .await;
+}
+
+/// Issue 18 item 2 on Docker: a Docker agent's container is committed and saved into the
+/// backup while it runs; after the host and the container are wiped, `taos-host restore`
+/// loads it and creates the container again with its limits and network, the restored host's
+/// agent answers, and a file written inside the container before the backup is there. One
+/// agent's Docker container can't come back alone (its archive can't be restored on Docker):
+/// that is refused with the reason, and nothing is made.
+#[tokio::test]
+async fn a_whole_host_restore_brings_a_docker_agents_container_back() {
+    let Some(rt) = docker().await else { return };
+    let rt = &rt;
+    // Both hosts' agent listener on one port: the container's credentials file names it (the
+    // test kit's default, a random port per host, would move it; a real host keeps 6970).
+    let agent_bind = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let env = [
+        ("TAOS_RUNTIME__KIND", "docker"),
+        ("TAOS_SERVER__AGENT_BIND", agent_bind.as_str()),
+    ];
+    let out = crate::backup::outside();
+    let (_turn, mut host, _fake) = with_fake_provider(BIN, &env).await;
+    let slug = format!("dbk-{:06x}", rand::random::<u32>() & 0xffffff);
+    let slug = slug.as_str();
+    let container = format!("taos-{slug}");
+    let container = container.as_str();
+    let _cleanup = Remove(container.to_string());
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    step("deploy, chat, write a file inside", async {
+        deploy_with(
+            &host,
+            json!({"name": slug, "framework": "direct", "model": "fake-gpt", "memory_limit_mib": 256}),
+        )
+        .await;
+        let status = wait_deploy(&host, slug, finished).await;
+        assert_eq!(status["status"], "succeeded", "{status}");
+        assert_eq!(
+            ask_and_wait(&host, slug, "before the backup").await["content"],
+            REPLY
+        );
+        rt.push_file(container, "/root/kept.txt", b"written before the backup", 0o600)
+            .await
+            .unwrap();
+    })
+    .await;
+
+    let run = step("back up, the container committed and saved live", async {
+        std::fs::create_dir_all(out.repo.parent().unwrap()).unwrap();
+        let _: Value = host
+            .call(
+                Method::PUT,
+                "/api/backups/settings",
+                Some(&json!({
+                    "destination": {"kind": "local", "path": out.repo.display().to_string()},
+                    "passphrase": crate::backup::PASSPHRASE,
+                })),
+                StatusCode::OK,
+            )
+            .await;
+        let run = crate::backup::run_backup(&host).await;
+        assert_eq!(
+            run.state,
+            taos_proto::backup::BackupState::Succeeded,
+            "{run:?}"
+        );
+        assert_eq!(run.containers, Some(1), "{run:?}");
+        assert!(run.warnings.is_empty(), "{run:?}");
+        assert!(rt.state(container).await.unwrap().running, "never stopped");
+        // The commit's image went again (its tag only; the container keeps nothing of it).
+        assert_eq!(
+            docker(&["images", "-q", &format!("taos-backup:{container}")]),
+            ""
+        );
+        run
+    })
+    .await;
+
+    assert_eq!(host.terminate().await.unwrap(), Some(0));
+    std::fs::remove_dir_all(&host.data_dir).unwrap();
+    rt.delete(container).await.unwrap();
+    assert!(!rt.exists(container).await.unwrap());
+
+    let fresh_temp = tempfile::tempdir().unwrap();
+    let fresh = fresh_temp.path().join("data");
+    step("restore into a fresh data dir and a wiped Docker", async {
+        let output = std::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&fresh)
+            .arg("restore")
+            .arg("--from")
+            .arg(&out.repo)
+            .arg("--password-file")
+            .arg(&out.password_file)
+            .envs(env)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "restore: {said} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(said.contains(run.snapshot_id.as_deref().unwrap()), "{said}");
+        assert!(said.contains("1 agent container(s) imported"), "{said}");
+        assert!(rt.state(container).await.unwrap().running, "started again");
+        // Made as deploy makes it: its limits, its network, hardened.
+        assert_eq!(
+            docker(&[
+                "inspect",
+                "-f",
+                "{{.HostConfig.Memory}} {{.HostConfig.NetworkMode}} {{.HostConfig.CapDrop}} \
+                 {{.HostConfig.RestartPolicy.Name}}",
+                container
+            ]),
+            format!(
+                "{} taos-agents-internet [ALL] unless-stopped",
+                256u64 * 1024 * 1024
+            )
+        );
+        // Its image, the one the backup saved, is its base now.
+        assert_ne!(
+            docker(&["images", "-q", &format!("taos-backup:{container}")]),
+            ""
+        );
+    })
+    .await;
+
+    let restored = taos_e2e::Host::start_with(
+        BIN,
+        taos_e2e::HostOptions {
+            data_dir: Some(fresh.clone()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+    )
+    .await
+    .expect("the restored host starts");
+    step("the restored agent answers and keeps its file", async {
+        taos_e2e::fixtures::wait_ready(&restored, &taos_e2e::fixtures::FAKE_MODELS).await;
+        assert_eq!(
+            ask_and_wait(&restored, slug, "after the restore").await["content"],
+            REPLY
+        );
+        assert_eq!(
+            rt.pull_file(container, "/root/kept.txt").await.unwrap(),
+            b"written before the backup"
+        );
+    })
+    .await;
+
+    step("one agent's Docker container alone is refused", async {
+        let archived: ArchivedAgent = restored
+            .call(
+                Method::DELETE,
+                &format!("/api/agents/{slug}"),
+                None,
+                StatusCode::OK,
+            )
+            .await;
+        let r = restored
+            .admin(
+                Method::DELETE,
+                &format!("/api/agents/archived/{}", archived.id),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert!(!rt.exists(container).await.unwrap());
+        // Purged: the restored container's image went with it.
+        assert_eq!(
+            docker(&["images", "-q", &format!("taos-backup:{container}")]),
+            ""
+        );
+        let r = restored
+            .admin(Method::POST, "/api/backups/agents")
+            .json(&json!({"agent": slug}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        let body: Value = r.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("Docker") && message.contains("taos-host restore"),
+            "{body}"
+        );
+        let archived: Vec<Value> = restored.get("/api/agents/archived").await;
+        assert!(archived.is_empty(), "{archived:?}");
+        let names = docker(&["ps", "-a", "--format", "{{.Names}}"]);
+        assert!(!names.contains("taos-x-"), "{names}");
+        assert!(!restored.data_dir.join("backup/agent-restore").exists());
+    })
+    .await;
+    drop(restored);
 }
