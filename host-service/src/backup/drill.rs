@@ -366,6 +366,19 @@ impl Backups {
         checks: &mut Vec<DrillCheck>,
     ) {
         let name = format!("container:{}", container.container);
+        if container.runtime == "docker" {
+            // Drills boot copies in a throwaway incus project; a Docker agent's saved image is
+            // checked for being whole instead (its restore is tested by `taos-host restore`).
+            let path = dir.join(&container.file);
+            checks.push(
+                match tokio::task::spawn_blocking(move || docker_archive_is_whole(&path)).await {
+                    Ok(Ok(detail)) => check_ok(&name, detail),
+                    Ok(Err(why)) => check_failed(&name, why),
+                    Err(e) => check_failed(&name, format!("the check stopped: {e}")),
+                },
+            );
+            return;
+        }
         let trip = format!("bridge_round_trip:{}", container.container);
         match self.drill_container_steps(dir, container).await {
             Err(why) => checks.push(check_failed(&name, why)),
@@ -701,6 +714,56 @@ async fn check_database(root: &Path, manifest: &Manifest) -> Result<String, Stri
     result
 }
 
+/// A Docker agent's saved image (`docker save` format) is whole: a readable tar whose
+/// `manifest.json` names layers that are all in it. The restored copy was written by the
+/// host's own export; only entry names and the manifest are read, never unpacked.
+fn docker_archive_is_whole(path: &Path) -> Result<String, String> {
+    const MAX_MANIFEST: u64 = 1 << 20;
+    let file = std::fs::File::open(path).map_err(|e| format!("the saved image is missing: {e}"))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+    let mut names = std::collections::HashSet::new();
+    let mut manifest: Option<serde_json::Value> = None;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("the saved image is not a tar archive: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("the saved image is damaged: {e}"))?;
+        let name = entry
+            .path()
+            .map_err(|e| format!("the saved image has a bad entry name: {e}"))?
+            .to_string_lossy()
+            .into_owned();
+        if name == "manifest.json" {
+            if entry.size() > MAX_MANIFEST {
+                return Err("the saved image's manifest.json is too large".into());
+            }
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text)
+                .map_err(|e| format!("the saved image's manifest.json is unreadable: {e}"))?;
+            manifest = Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("the saved image's manifest.json is not JSON: {e}"))?,
+            );
+        }
+        names.insert(name);
+    }
+    let manifest = manifest.ok_or("the saved image has no manifest.json")?;
+    let layers: Vec<&str> = manifest
+        .as_array()
+        .and_then(|images| images.first())
+        .and_then(|image| image["Layers"].as_array())
+        .map(|layers| layers.iter().filter_map(|l| l.as_str()).collect())
+        .ok_or("the saved image's manifest.json lists no layers")?;
+    if let Some(missing) = layers.iter().find(|layer| !names.contains(**layer)) {
+        return Err(format!("the saved image lacks its layer {missing}"));
+    }
+    Ok(format!(
+        "the saved Docker image is whole ({} layers); drills start incus copies only, so it \
+         was not started",
+        layers.len()
+    ))
+}
+
 fn check_ok(name: &str, detail: String) -> DrillCheck {
     DrillCheck {
         name: name.to_string(),
@@ -752,6 +815,53 @@ fn drill_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BackupDrill, BackupEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `docker save`-shaped archive with `layers` listed in its manifest and `present` in it.
+    fn saved_image(dir: &Path, layers: &[&str], present: &[&str]) -> PathBuf {
+        let path = dir.join("agent.tar");
+        let mut archive = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            archive.append_data(&mut header, name, data).unwrap();
+        };
+        let manifest = serde_json::json!([{"Config": "c.json", "Layers": layers}]);
+        add("manifest.json", manifest.to_string().as_bytes());
+        for layer in present {
+            add(layer, b"layer bytes");
+        }
+        archive.finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn a_saved_docker_image_is_whole_only_with_every_layer_its_manifest_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = saved_image(
+            dir.path(),
+            &["a/layer.tar", "b/layer.tar"],
+            &["a/layer.tar", "b/layer.tar"],
+        );
+        let detail = docker_archive_is_whole(&good).unwrap();
+        assert!(detail.contains("2 layers"), "{detail}");
+
+        let short = saved_image(
+            dir.path(),
+            &["a/layer.tar", "b/layer.tar"],
+            &["a/layer.tar"],
+        );
+        let why = docker_archive_is_whole(&short).unwrap_err();
+        assert!(why.contains("b/layer.tar"), "{why}");
+
+        let not_tar = dir.path().join("junk.tar");
+        std::fs::write(&not_tar, b"not an archive at all").unwrap();
+        assert!(docker_archive_is_whole(&not_tar).is_err());
+        assert!(docker_archive_is_whole(&dir.path().join("missing.tar"))
+            .unwrap_err()
+            .contains("missing"));
+    }
 
     fn at(text: &str) -> DateTime<Utc> {
         text.parse().unwrap()

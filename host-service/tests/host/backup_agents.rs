@@ -331,7 +331,7 @@ async fn drill_watching_live(host: &Host, slug: &str) -> BackupDrill {
 }
 
 /// Starts a drill and waits for it to end; returns the finished drill.
-async fn run_drill(host: &Host) -> BackupDrill {
+pub(crate) async fn run_drill(host: &Host) -> BackupDrill {
     let drill: BackupDrill = host
         .call(
             Method::POST,

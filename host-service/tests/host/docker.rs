@@ -689,6 +689,25 @@ async fn a_whole_host_restore_brings_a_docker_agents_container_back() {
     })
     .await;
 
+    step(
+        "a restore drill checks the Docker agent's saved image",
+        async {
+            let drill = crate::backup_agents::run_drill(&host).await;
+            assert_eq!(
+                drill.state,
+                taos_proto::backup::DrillState::Passed,
+                "{drill:?}"
+            );
+            let check = drill
+                .checks
+                .iter()
+                .find(|c| c.name == format!("container:{container}"))
+                .unwrap_or_else(|| panic!("no check of the container: {drill:?}"));
+            assert!(check.ok && check.detail.contains("whole"), "{check:?}");
+        },
+    )
+    .await;
+
     assert_eq!(host.terminate().await.unwrap(), Some(0));
     std::fs::remove_dir_all(&host.data_dir).unwrap();
     rt.delete(container).await.unwrap();
