@@ -614,6 +614,7 @@ if [ "$WRITE_BENCHMARKS" = --write-benchmarks ]; then
 | \`apt install\` of both packages, up to the service answering (Type=notify) | $(secs "$INSTALL_MS" 1) s | — | |
 | \`systemctl restart taos-host\` (stop, start, ready) | $(secs "$RESTART_MS" 2) s | — | |
 | container reboot → service active | $(secs "$REBOOT_MS" 1) s | — | |
+| \`setup\` installing incus from backports nested in the container, a deploy, the agent's first answer | $(secs "$NESTED_MS" 0) s | — | |
 | \`systemd-analyze security taos-host.service\` | $EXPOSURE | as low as its runtime access allows | |
 | LiteLLM's exposure | no unit of its own: the host's child, as \`taos-litellm\` with no capabilities in its own mount namespace, inside the host's sandbox (checked on the process) | ≤ 4.0 | not measurable |
 
