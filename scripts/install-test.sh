@@ -14,6 +14,9 @@
 #     second run changes nothing;
 #   - `systemctl restart`, a reboot of the container and reinstalling the package bring it back
 #     with the same key;
+#   - with bookworm-backports, `taos-host setup --agent-image` installs incus nested in the
+#     container (security.nesting; a `dir` pool, as there is no loop device for btrfs) and an
+#     agent deployed through the API answers chat (a stand-in upstream behind real LiteLLM);
 #   - `apt remove` keeps the data, `apt purge` says what goes and removes it (and the user).
 #
 #   scripts/install-test.sh DIR [--write-benchmarks]
@@ -23,10 +26,10 @@
 #
 # Needs incus with the `taos-agent` image (scripts/build-agent-image.sh), a bridge with NAT to
 # the Debian mirror (scripts/dev-incus.sh), and LiteLLM's venv in /opt/taos/litellm
-# (scripts/dev-litellm.sh), which is lent to the container read-only. It does not run incus
-# inside the container (no nesting): `taos-host setup` runs here with what the container can
-# do (firewall, service, the printed URL, fingerprint, setup code and QR, a no-op re-run), and
-# its incus step is tested against the host's real incus in host-service/tests/host/.
+# (scripts/dev-litellm.sh), which is lent to the container read-only. `taos-host setup` runs
+# first without incus (no package in Debian 12's default sources), then, near the end, with
+# bookworm-backports: incus nested in the container. Its btrfs loop pool is tested against
+# the host's real incus in host-service/tests/host/.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -43,9 +46,17 @@ CAP_BND="00000000002030e0"
 LITELLM_VENV=/opt/taos/litellm
 # Other helpers and CI run incus tests at the same time: a name of our own.
 NAME="taos-install-$$-$(date +%s)"
+# The agents' subnets of the incus nested in the container: fixed, apart from this machine's
+# bridges (incusbr0 10.200, taos-inet/lan 10.203/10.204 by default) so nothing is guessed.
+NESTED_INET="10.213.0.1/24"
+NESTED_LAN="10.214.0.1/24"
+WORK="$(mktemp -d)"
 CHECKS=0
 
-cleanup() { incus delete --force "$NAME" >/dev/null 2>&1 || true; }
+cleanup() {
+    incus delete --force "$NAME" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 fail() {
@@ -115,7 +126,7 @@ wait_healthy() {
 }
 
 log "install test: launching $NAME from the $IMAGE image"
-incus launch -q "$IMAGE" "$NAME"
+incus launch -q "$IMAGE" "$NAME" -c security.nesting=true
 # LiteLLM's venv, lent read-only at the path the host looks for it (its python is the image's).
 incus config device add "$NAME" litellm disk source="$LITELLM_VENV" path="$LITELLM_VENV" readonly=true >/dev/null
 wait_booted
@@ -499,6 +510,74 @@ in_ct taos-host firewall apply >/dev/null || fail "taos-host firewall apply fail
 sh_ct 'kill "$(cat /root/agent-port.pid)"'
 pass "the LAN reaches the public port only; the rules survive a restart; remove takes them away"
 
+# --- A deployed agent answers chat (incus nested in the container: security.nesting) ---
+# With Debian 12's backports enabled, `taos-host setup` installs incus itself. The container
+# can't give incus a loop device, so the btrfs pool fails with incus's reason; a `dir` pool
+# (no disk quotas, which setup says) stands in and setup is re-run. The agents' subnets are
+# fixed, apart from this machine's bridges, before incus first starts. The provider is a
+# stand-in upstream inside the container (scripts/install-test-fake-llm.py) behind the real
+# LiteLLM, as in the host's own tests.
+NESTED_T0=$(date +%s%N)
+incus image export -q "$IMAGE" "$WORK/agent-image" >/dev/null || fail "cannot export the $IMAGE image"
+incus file push -q "$WORK/agent-image.tar.gz" "$NAME/root/agent-image.tar.gz"
+incus file push -q "$REPO_ROOT/scripts/install-test-fake-llm.py" "$NAME/root/fake-llm.py"
+in_ct taos-host config set runtime.incus_internet_subnet "$NESTED_INET" >/dev/null || fail "cannot set the agents' subnet"
+in_ct taos-host config set runtime.incus_lan_subnet "$NESTED_LAN" >/dev/null || fail "cannot set the agents' LAN subnet"
+sh_ct 'echo "deb http://deb.debian.org/debian bookworm-backports main" >/etc/apt/sources.list.d/backports.list
+    apt-get update -qq >/dev/null'
+SETUP="$(in_ct taos-host setup --agent-image /root/agent-image.tar.gz 2>&1)" && fail "setup made a btrfs pool without a loop device: $SETUP"
+grep -q "  - incus (agents' subnets, btrfs storage pool): FAILED: .*losetup: cannot find an unused loop device" <<<"$SETUP" \
+    || fail "setup did not say why the btrfs pool failed: $SETUP"
+grep -q "  - the agent image: done: imported /root/agent-image.tar.gz as taos-agent" <<<"$SETUP" || fail "setup's image step: $SETUP"
+grep -q "setup failed at: incus" <<<"$SETUP" || fail "setup did not sum up what failed: $SETUP"
+[ "$(in_ct systemctl is-active incus 2>/dev/null || true)" = active ] || fail "setup did not install and start incus"
+# This machine's kernel has cpu and cpuacct as two cgroup v1 hierarchies, which incus does not
+# mount into the container; nested LXC then can't start anything ("Failed to open 9/cpuacct").
+# Mounted here as a normal hybrid or cgroup v2 host would have them.
+# shellcheck disable=SC2016 # for the container's shell
+sh_ct 'if grep -qE "^[0-9]+:cpu:/$" /proc/self/cgroup && ! mountpoint -q /sys/fs/cgroup/cpu; then
+        mount -o remount,rw /sys/fs/cgroup
+        for c in cpu cpuacct; do rm -f /sys/fs/cgroup/$c; mkdir -p /sys/fs/cgroup/$c; mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c; done
+    fi' || fail "cannot mount the cpu and cpuacct cgroups in the container"
+in_ct incus storage create default dir >/dev/null || fail "cannot create a dir storage pool"
+SETUP="$(in_ct taos-host setup 2>&1)" || fail "setup failed with incus and a pool: $SETUP"
+grep -qF "  - incus (agents' subnets, btrfs storage pool): already done: agents' bridges $NESTED_INET and $NESTED_LAN; storage pool default exists (its driver is dir, which does not enforce agents' disk quotas" <<<"$SETUP" \
+    || fail "setup's incus step with a dir pool: $SETUP"
+grep -q "  - the agent image: already done: incus has the image taos-agent" <<<"$SETUP" || fail "setup's image step again: $SETUP"
+grep -q "setup is complete" <<<"$SETUP" || fail "setup is not complete: $SETUP"
+grep -q '"runtime":"ok: incus ' <<<"$(api /api/health)" || fail "health does not see incus: $(api /api/health)"
+[ "$(in_ct incus network get taos-inet ipv4.address)" = "$NESTED_INET" ] || fail "the agents' bridge is not on $NESTED_INET"
+
+sh_ct "setsid nohup python3 /root/fake-llm.py 9099 >/root/fake-llm.log 2>&1 &"
+api /api/providers '{"name":"fake","type":"openai-compatible","url":"http://127.0.0.1:9099/v1","models":[{"id":"fake-gpt"}]}' >/dev/null \
+    || fail "adding the fake provider failed"
+for _ in $(seq 1 180); do
+    LLM="$(api /api/llm/status)"
+    grep -q '"state":"ready".*"fake-gpt"' <<<"$LLM" && break
+    sleep 1
+done
+grep -q '"state":"ready".*"fake-gpt"' <<<"$LLM" || fail "LiteLLM is not ready with fake-gpt: ${LLM:0:400}"
+OUT="$(api /api/agents/deploy '{"name":"Nested","framework":"direct","model":"fake-gpt","memory_limit_mib":256,"disk_quota_gib":2}')" \
+    || fail "the deploy was refused: $OUT"
+for _ in $(seq 1 180); do
+    DEPLOY="$(api /api/agents/nested/deploy)"
+    grep -q '"status":"running"' <<<"$DEPLOY" || break
+    sleep 1
+done
+grep -q '"status":"succeeded"' <<<"$DEPLOY" || fail "the deploy inside the container did not succeed: $DEPLOY"
+DM="$(api /api/agents/nested | python3 -c 'import json, sys; print(json.load(sys.stdin)["dm_channel_id"])')"
+SEQ="$(api /api/chat/messages "{\"channel_id\":\"$DM\",\"content\":\"hello from the install test\"}" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["seq"])')" || fail "cannot write to the agent's DM"
+for _ in $(seq 1 90); do
+    ANSWER="$(api "/api/chat/channels/$DM/messages?after_seq=$SEQ")"
+    grep -q '"author_id":"nested".*"state":"complete"' <<<"$ANSWER" && break
+    sleep 1
+done
+grep -q "\"author_id\":\"nested\",\"author_type\":\"agent\",\"content\":\"Hello from the install test's fake model.\"" <<<"$ANSWER" \
+    || fail "the deployed agent did not answer: $ANSWER"
+NESTED_MS=$(( ($(date +%s%N) - NESTED_T0) / 1000000 ))
+pass "setup installs incus from backports (btrfs pool refused with the reason, a dir pool instead); an agent deployed through the API answers chat ($((NESTED_MS / 1000)) s)"
+
 in_ct env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q taos-host >/dev/null 2>&1 || fail "apt remove failed"
 [ "$(in_ct systemctl is-active taos-host 2>/dev/null || true)" != active ] || fail "the service still runs after apt remove"
 in_ct test ! -e /usr/bin/taos-host || fail "apt remove left the binary"
@@ -535,6 +614,7 @@ if [ "$WRITE_BENCHMARKS" = --write-benchmarks ]; then
 | \`apt install\` of both packages, up to the service answering (Type=notify) | $(secs "$INSTALL_MS" 1) s | — | |
 | \`systemctl restart taos-host\` (stop, start, ready) | $(secs "$RESTART_MS" 2) s | — | |
 | container reboot → service active | $(secs "$REBOOT_MS" 1) s | — | |
+| \`setup\` installing incus from backports nested in the container, a deploy, the agent's first answer | $(secs "$NESTED_MS" 0) s | — | |
 | \`systemd-analyze security taos-host.service\` | $EXPOSURE | as low as its runtime access allows | |
 | LiteLLM's exposure | no unit of its own: the host's child, as \`taos-litellm\` with no capabilities in its own mount namespace, inside the host's sandbox (checked on the process) | ≤ 4.0 | not measurable |
 
