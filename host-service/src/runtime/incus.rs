@@ -743,17 +743,34 @@ impl Incus {
         .map(|_| ())
     }
 
+    /// A command's recorded output, read up to [`EXEC_LOG_MAX`]: what runs in a container is
+    /// the agent's to choose, so its output is never read whole into the host's memory.
     async fn fetch_log(&self, url: &str) -> String {
-        match self.raw(Method::GET, url, Bytes::new(), &[]).await {
-            Ok(answer) => {
-                // Tidying only: incus drops the log with the instance in any case.
-                let _ = self.raw(Method::DELETE, url, Bytes::new(), &[]).await;
-                String::from_utf8_lossy(&answer.body).into_owned()
+        let text = match self
+            .send(Method::GET, url, Full::new(Bytes::new()), &[])
+            .await
+        {
+            Ok(response) => {
+                match http_body_util::Limited::new(response.into_body(), EXEC_LOG_MAX)
+                    .collect()
+                    .await
+                {
+                    Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+                    Err(_) => {
+                        format!("(the output was over {EXEC_LOG_MAX} bytes and was not read)")
+                    }
+                }
             }
             Err(_) => String::new(),
-        }
+        };
+        // Tidying only: incus drops the log with the instance in any case.
+        let _ = self.raw(Method::DELETE, url, Bytes::new(), &[]).await;
+        text
     }
 }
+
+/// The most of a command's stdout or stderr the host reads back from incus.
+const EXEC_LOG_MAX: usize = 1 << 20;
 
 /// incus's backup of an instance, the way backups carry it: without its snapshots (a backup
 /// is of the container as it is), a plain tarball (`optimized_storage` would tie it to the

@@ -64,6 +64,23 @@ async fn a_container_lives_and_dies_through_the_api() {
         "env changes apply to the next exec without a restart"
     );
 
+    // What runs inside is the agent's to choose: 3 MiB of output is not read into the host.
+    let flood = rt
+        .exec(
+            &name,
+            &["sh", "-c", "head -c 3145728 /dev/zero"],
+            &BTreeMap::new(),
+            30 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(flood.exit_code, 0, "{:?}", flood.stderr);
+    assert!(
+        flood.stdout.len() < 1024 && flood.stdout.contains("was not read"),
+        "an output over the cap is refused in words, not kept: {} bytes",
+        flood.stdout.len()
+    );
+
     rt.push_file(&name, "/root/note.txt", b"first", 0o600)
         .await
         .unwrap();
