@@ -572,19 +572,7 @@ impl Docker {
                 runtime: RUNTIME,
                 message: format!("cannot read {}: {e}", from.display()),
             })?;
-        let chunks = futures_util::stream::unfold(Some(file), |file| async move {
-            use tokio::io::AsyncReadExt;
-            let mut file = file?;
-            let mut buf = vec![0u8; 64 * 1024];
-            match file.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(bytes::Bytes::from(buf)), Some(file)))
-                }
-                Err(e) => Some((Err(e), None)),
-            }
-        });
+        let chunks = super::file_chunks(file);
         let load = async {
             let mut images = Vec::new();
             let mut progress = self.client.import_image_stream(

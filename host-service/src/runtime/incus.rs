@@ -793,20 +793,8 @@ fn file_body(
 ) -> http_body_util::StreamBody<
     impl futures_util::Stream<Item = Result<hyper::body::Frame<Bytes>, std::io::Error>>,
 > {
-    use tokio::io::AsyncReadExt;
-    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
-        let mut file = file?;
-        let mut buf = vec![0u8; 64 * 1024];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), Some(file)))
-            }
-            Err(e) => Some((Err(e), None)),
-        }
-    });
-    http_body_util::StreamBody::new(chunks)
+    use futures_util::TryStreamExt;
+    http_body_util::StreamBody::new(super::file_chunks(file).map_ok(hyper::body::Frame::data))
 }
 
 impl Incus {

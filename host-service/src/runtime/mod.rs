@@ -493,6 +493,26 @@ pub fn validate_env_key(key: &str) -> Result<(), RuntimeError> {
     }
 }
 
+/// A file as a stream of 64 KiB chunks, one in memory at a time: how a backup's container
+/// file goes to a runtime's import (incus's HTTP body, Docker's image load).
+pub(crate) fn file_chunks(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
