@@ -34,6 +34,25 @@ use taos_e2e::{Host, HostOptions, SseReader, WsClient};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+/// A test's own account: a uid no other process uses, and a home (its workspace) in /tmp that
+/// only it can enter. Every test of this binary takes one from here: the sidecar sweeps every
+/// process of its account when an agent ends, so two tests sharing a uid would kill each
+/// other's agents (an openclaw test's kill once took opencode's agent down mid-`initialize`).
+fn test_account(kind: &str) -> (u32, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    assert!(n < 100, "more than 100 test accounts in one run");
+    let uid = 3_800_000_000 + (std::process::id() % 100_000) * 100 + n;
+    let dir = std::env::temp_dir().join(format!("taos-{kind}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("home");
+    std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).expect("chown home");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod home");
+    (uid, dir)
+}
+
 /// How long a test waits for something before failing. It only keeps a broken run from hanging:
 /// nothing here depends on how fast the host answers.
 const WAIT: Duration = Duration::from_secs(90);

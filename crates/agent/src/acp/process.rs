@@ -22,6 +22,8 @@ use crate::tools::exec::{kill_all, Sandbox};
 /// How long the agent may take to start and answer `initialize` (a Node agent on a small
 /// machine takes seconds).
 const INIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a start that failed waits to learn how the process ended, for the error.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// A line of the agent's stderr kept for the log, and how many lines a process may log.
 const STDERR_LINE_BYTES: usize = 2048;
 const STDERR_LINES: u32 = 10_000;
@@ -225,6 +227,20 @@ pub async fn start(
         .and_then(|r| r.map_err(|e| StartError::Initialize(e.to_string())));
     let answer = match answer {
         Ok(answer) => answer,
+        Err(StartError::Initialize(reason)) => {
+            // A closed pipe says little; how the process ended (its exit code, or the signal
+            // that killed it) says why.
+            let mut ended = exited.clone();
+            let words = tokio::time::timeout(EXIT_GRACE, ended.wait_for(Option::is_some))
+                .await
+                .ok()
+                .and_then(|seen| seen.ok().and_then(|words| words.clone()));
+            kill_all(pid, uid);
+            return Err(StartError::Initialize(match words {
+                Some(words) => format!("{reason} (its process ended: {words})"),
+                None => reason,
+            }));
+        }
         Err(e) => {
             kill_all(pid, uid);
             return Err(e);
@@ -355,6 +371,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_exits_before_initialize_is_refused_with_how_it_ended() {
+        let tools = crate::config::ToolsConfig {
+            run_as: crate::config::RunAs::Current,
+            workdir: Some(std::env::temp_dir().display().to_string()),
+            ..Default::default()
+        };
+        let sandbox = Sandbox::new(&tools).expect("the sidecar's own account");
+        let config = AcpConfig {
+            command: ["/bin/sh", "-c", "exit 7"].map(String::from).to_vec(),
+            ..Default::default()
+        };
+        let values = Placeholders {
+            openai_base_url: String::new(),
+            openai_api_key: String::new(),
+            model: String::new(),
+            agent_name: "quitter".to_string(),
+        };
+        let error = start(&config, &sandbox, &values)
+            .await
+            .err()
+            .expect("no agent to talk to");
+        assert!(
+            matches!(&error, StartError::Initialize(words) if words.contains("exit status: 7")),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -10,18 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use taos_agent::config::{Mode, RunAs};
 
-use super::{of_kind, shared, start_agent, stop_agent, wait_for, Agent, GOOD};
-
-/// A test's own account for the agent: ids no other process uses and a workspace it owns.
-fn account(n: u32) -> (u32, PathBuf) {
-    let uid = 3_800_000_000 + (std::process::id() % 100_000) * 10 + n;
-    let dir = std::env::temp_dir().join(format!("taos-acp-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("workspace");
-    std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).expect("chown workspace");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    (uid, dir)
-}
+use super::{of_kind, shared, start_agent, stop_agent, test_account, wait_for, Agent, GOOD};
 
 fn record_path(dir: &Path) -> PathBuf {
     dir.join("record.txt")
@@ -88,7 +77,7 @@ async fn acp_chunks_thoughts_and_tools_show_in_chat_and_traces_and_sessions_surv
     let shared = shared().await;
     let host = &shared.host;
     let agent = Agent::create(host, "Acp Relay", &[GOOD]).await;
-    let (uid, dir) = account(1);
+    let (uid, dir) = test_account("acp");
     let (trigger, task) = start_agent(acp_config(&agent, host, uid, &dir));
     agent.wait_connected(host).await;
     let mut ws = taos_e2e::WsClient::connect(host, &host.local_token())
@@ -252,7 +241,7 @@ async fn acp_permission_requests_go_through_approvals_under_ask() {
     let host = &shared.host;
     let agent = Agent::create(host, "Acp Asker", &[GOOD]).await;
     set_policy(host, &agent, json!({"tool_policy": "ask"})).await;
-    let (uid, dir) = account(2);
+    let (uid, dir) = test_account("acp");
     let (trigger, task) = start_agent(acp_config(&agent, host, uid, &dir));
     agent.wait_connected(host).await;
 
@@ -289,7 +278,7 @@ async fn acp_a_cancel_from_the_chat_sends_session_cancel_and_the_session_goes_on
     let shared = shared().await;
     let host = &shared.host;
     let agent = Agent::create(host, "Acp Stoppable", &[GOOD]).await;
-    let (uid, dir) = account(3);
+    let (uid, dir) = test_account("acp");
     let (trigger, task) = start_agent(acp_config(&agent, host, uid, &dir));
     agent.wait_connected(host).await;
 
@@ -348,7 +337,7 @@ async fn acp_a_crash_mid_turn_is_an_error_and_the_next_message_restarts_and_load
     let shared = shared().await;
     let host = &shared.host;
     let agent = Agent::create(host, "Acp Crasher", &[GOOD]).await;
-    let (uid, dir) = account(4);
+    let (uid, dir) = test_account("acp");
     let (trigger, task) = start_agent(acp_config(&agent, host, uid, &dir));
     agent.wait_connected(host).await;
 
@@ -386,7 +375,7 @@ async fn acp_limits_cut_a_turn_visibly_before_more_work() {
     let shared = shared().await;
     let host = &shared.host;
     let agent = Agent::create(host, "Acp Flooder", &[GOOD]).await;
-    let (uid, dir) = account(5);
+    let (uid, dir) = test_account("acp");
     let mut config = acp_config(&agent, host, uid, &dir);
     config.acp.max_turn_updates = 100;
     config.acp.turn_time = std::time::Duration::from_secs(3);
@@ -441,7 +430,7 @@ async fn acp_an_agent_without_load_session_starts_a_new_session_after_a_restart(
     let shared = shared().await;
     let host = &shared.host;
     let agent = Agent::create(host, "Acp Forgetful", &[GOOD]).await;
-    let (uid, dir) = account(6);
+    let (uid, dir) = test_account("acp");
     let config = || {
         let mut config = acp_config(&agent, host, uid, &dir);
         config

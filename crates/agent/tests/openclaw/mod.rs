@@ -91,12 +91,11 @@ fn user_texts(body: &Value) -> Vec<String> {
 }
 
 /// Starts the sidecar in openclaw mode for `agent`, openclaw running as an account of the
-/// test's own (`n` tells the tests apart) with a home in /tmp. Returns the account's uid and
+/// test's own with a home in /tmp. Returns the account's uid and
 /// home, and the sidecar's handles.
 async fn start_openclaw(
     host: &taos_e2e::Host,
     agent: &Agent,
-    n: u32,
 ) -> (
     u32,
     PathBuf,
@@ -109,11 +108,7 @@ async fn start_openclaw(
         .with_env_filter("info,taos_agent=debug")
         .with_test_writer()
         .try_init();
-    let uid = 3_800_000_000 + (std::process::id() % 100_000) * 10 + n;
-    let home = std::env::temp_dir().join(format!("taos-openclaw-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&home);
-    std::fs::create_dir_all(&home).expect("home");
-    std::os::unix::fs::chown(&home, Some(uid), Some(uid)).expect("chown home");
+    let (uid, home) = super::test_account("openclaw");
     let mut config = agent.config(host);
     config.mode = Mode::Openclaw;
     config.tools.run_as = RunAs::Ids { uid, gid: uid };
@@ -132,7 +127,7 @@ async fn openclaw_answers_keeps_its_session_stops_on_cancel_and_comes_back_after
     let host = &shared.host;
     let upstream = &shared.upstream;
     let agent = Agent::create(host, "Claw", &[OPENCLAW]).await;
-    let (uid, home, trigger, task) = start_openclaw(host, &agent, 0).await;
+    let (uid, home, trigger, task) = start_openclaw(host, &agent).await;
 
     // openclaw's configuration: private to its account, the agent's key only by reference.
     let written = home.join(".openclaw/openclaw.json");
@@ -286,7 +281,7 @@ async fn openclaw_runs_a_command_as_its_account_and_the_step_shows_in_chat_and_t
             Scripted::final_text("Done."),
         ],
     );
-    let (uid, home, trigger, task) = start_openclaw(host, &agent, 1).await;
+    let (uid, home, trigger, task) = start_openclaw(host, &agent).await;
     let asked = agent.say(host, "note your uid, marker-tools").await;
     let reply = wait_long("the answer", async || {
         let replies = agent.replies_to(host, &asked).await;

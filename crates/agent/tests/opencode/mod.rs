@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use taos_agent::config::{Mode, RunAs};
 use taos_e2e::fake_llm::{Scripted, REPLY};
 
-use super::{of_kind, shared, start_agent, stop_agent, Agent};
+use super::{of_kind, shared, start_agent, stop_agent, test_account, Agent};
 
 /// The model the opencode agent uses.
 pub const OPENCODE: &str = "opencode-chat";
@@ -36,19 +36,6 @@ fn manifest_acp() -> taos_proto::agents::AcpAgent {
     let text = include_str!("../../../../manifests/opencode/manifest.toml");
     let manifest: taos_proto::agents::Manifest = toml::from_str(text).expect("the manifest");
     manifest.acp.expect("an [acp] table")
-}
-
-/// A test's own account for opencode: ids no other process uses and a home it owns (the
-/// sandbox's HOME and working directory for a numeric account).
-fn account(n: u32) -> (u32, PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
-    let uid = 3_800_000_000 + (std::process::id() % 100_000) * 10 + n;
-    let dir = std::env::temp_dir().join(format!("taos-opencode-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("home");
-    std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).expect("chown home");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    (uid, dir)
 }
 
 fn config(
@@ -110,7 +97,7 @@ async fn opencode_answers_runs_a_command_as_its_account_and_keeps_its_session_ac
         .with_test_writer()
         .try_init();
     let agent = Agent::create(host, "Coder", &[OPENCODE]).await;
-    let (uid, dir) = account(0);
+    let (uid, dir) = test_account("opencode");
     // The model first runs a command through opencode's `bash` tool, then answers.
     upstream.script(
         OPENCODE,

@@ -12,7 +12,7 @@ use taos_e2e::fake_llm::Scripted;
 
 use reqwest::{Method, StatusCode};
 
-use super::{of_kind, shared, start_agent, stop_agent, wait_for, Agent};
+use super::{of_kind, shared, start_agent, stop_agent, test_account, wait_for, Agent};
 
 /// Runs `shell`, `read_file` and `list_dir`, then answers.
 pub const DISK: &str = "scripted-disk";
@@ -34,18 +34,6 @@ pub const DIARY: &str = "scripted-diary";
 pub const MODELS: [&str; 10] = [
     DISK, LOOPS, SLOW, CHATTY, STOPPED, APPROVED, DENIED, RESTARTED, ABANDONED, DIARY,
 ];
-
-/// A test's own account for its tools: ids no other process uses (so the sweep of leftovers
-/// touches nothing else) and a workspace it owns in /tmp.
-fn account(n: u32) -> (u32, PathBuf) {
-    let uid = 3_900_000_000 + (std::process::id() % 100_000) * 10 + n;
-    let dir = std::env::temp_dir().join(format!("taos-tools-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("workspace");
-    std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).expect("chown workspace");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    (uid, dir)
-}
 
 fn tools_config(
     agent: &Agent,
@@ -86,7 +74,7 @@ async fn tools_run_as_their_own_account_and_every_step_shows_in_chat_and_traces(
     let shared = shared().await;
     let host = &shared.host;
     let agent = Agent::create(host, "Toolsmith", &[DISK]).await;
-    let (uid, dir) = account(1);
+    let (uid, dir) = test_account("tools");
     // Something only root may read, like the sidecar's credentials file.
     let secret = dir.with_extension("secret");
     std::fs::write(&secret, "TAOS_AGENT_TOKEN=hidden").expect("secret");
@@ -224,7 +212,7 @@ async fn read_trace_gives_the_model_the_agents_own_trace_from_the_host() {
     let shared = shared().await;
     let host = &shared.host;
     let agent = Agent::create(host, "Diarist", &[DIARY]).await;
-    let (uid, dir) = account(11);
+    let (uid, dir) = test_account("tools");
     shared.upstream.script(
         DIARY,
         vec![
@@ -284,7 +272,7 @@ async fn the_step_limit_stops_a_model_that_never_finishes() {
     let shared = shared().await;
     let host = &shared.host;
     let agent = Agent::create(host, "Looper", &[LOOPS]).await;
-    let (uid, dir) = account(2);
+    let (uid, dir) = test_account("tools");
     shared
         .upstream
         .script_forever(LOOPS, Scripted::call("shell", json!({"command": ["true"]})));
@@ -323,7 +311,7 @@ async fn a_tool_past_its_time_limit_is_killed_with_everything_it_started() {
     let shared = shared().await;
     let host = &shared.host;
     let agent = Agent::create(host, "Sleeper", &[SLOW]).await;
-    let (uid, dir) = account(3);
+    let (uid, dir) = test_account("tools");
     shared.upstream.script(
         SLOW,
         vec![
@@ -369,7 +357,7 @@ async fn output_past_the_cap_is_cut_visibly_keeping_its_start_and_end() {
     let shared = shared().await;
     let host = &shared.host;
     let agent = Agent::create(host, "Chatty", &[CHATTY]).await;
-    let (uid, dir) = account(4);
+    let (uid, dir) = test_account("tools");
     shared.upstream.script(
         CHATTY,
         vec![
@@ -413,7 +401,7 @@ async fn a_person_stops_an_answer_from_the_chat_and_its_tools_end() {
     let shared = shared().await;
     let host = &shared.host;
     let agent = Agent::create(host, "Stoppable", &[STOPPED]).await;
-    let (uid, dir) = account(5);
+    let (uid, dir) = test_account("tools");
     shared.upstream.script(
         STOPPED,
         vec![
@@ -542,7 +530,7 @@ async fn under_ask_a_command_runs_once_a_person_approves_it() {
     let host = &shared.host;
     let agent = Agent::create(host, "Careful", &[APPROVED]).await;
     set_policy(host, &agent, json!({"tool_policy": "ask"})).await;
-    let (uid, dir) = account(6);
+    let (uid, dir) = test_account("tools");
     shared.upstream.script(
         APPROVED,
         vec![
@@ -600,7 +588,7 @@ async fn a_denied_or_switched_off_tool_does_not_run_and_the_model_is_told_why() 
         json!({"tool_policy": "auto", "tool_overrides": {"shell": "ask", "write_file": "off"}}),
     )
     .await;
-    let (uid, dir) = account(7);
+    let (uid, dir) = test_account("tools");
     shared.upstream.script(
         DENIED,
         vec![
@@ -657,7 +645,7 @@ async fn a_sidecar_restarted_mid_approval_finds_the_answer_and_runs_the_command_
     let host = &shared.host;
     let agent = Agent::create(host, "Restarted", &[RESTARTED]).await;
     set_policy(host, &agent, json!({"tool_policy": "ask"})).await;
-    let (uid, dir) = account(8);
+    let (uid, dir) = test_account("tools");
     // The turn runs twice (before and after the restart); the model asks the same both times.
     let call = || Scripted::call("shell", json!({"command": "echo run >> count.txt"}));
     shared.upstream.script(
@@ -702,7 +690,7 @@ async fn stopping_the_answer_from_the_chat_ends_a_wait_for_approval() {
     let host = &shared.host;
     let agent = Agent::create(host, "Abandoned", &[ABANDONED]).await;
     set_policy(host, &agent, json!({"tool_policy": "ask"})).await;
-    let (uid, dir) = account(9);
+    let (uid, dir) = test_account("tools");
     shared.upstream.script(
         ABANDONED,
         vec![
@@ -776,7 +764,7 @@ async fn a_host_killed_mid_approval_still_holds_it_and_approving_it_finishes_the
     host.setup_owner().await;
     let agent = Agent::create(&host, "Survivor", &[MODEL]).await;
     set_policy(&host, &agent, json!({"tool_policy": "ask"})).await;
-    let (uid, dir) = account(10);
+    let (uid, dir) = test_account("tools");
     upstream.script(
         MODEL,
         vec![
@@ -904,7 +892,7 @@ async fn a_stop_made_while_the_sidecar_is_away_reaches_it_when_it_reconnects() {
         .expect("host starts");
     host.setup_owner().await;
     let agent = Agent::create(&host, "Away", &[MODEL]).await;
-    let (uid, dir) = account(12);
+    let (uid, dir) = test_account("tools");
     upstream.script(
         MODEL,
         vec![
