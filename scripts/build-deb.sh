@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian packages taos-host_<version>_<arch>.deb and taos-agent_<version>_<arch>.deb
-# with cargo-deb (installed once, pinned, into /var/cache/taos/tools; re-runs reuse it).
+# with cargo-deb (installed once, pinned, into /var/cache/taos/tools; re-runs reuse it), and
+# for users (release) taos-agent-image_<version>_<arch>.deb, the agent image `taos-host setup`
+# imports (scripts/build-image-deb.sh; building it needs incus and debootstrap here).
 #
 #   scripts/build-deb.sh [--arch amd64|arm64]            for users: builds the web UI and the
 #                                                         release binaries
@@ -91,6 +93,14 @@ for package in taos-host taos-agent; do
     }
 done
 
+# The agent image package, with the release sidecar just built (a debug build's image comes from
+# test.sh, which builds it for the tests anyway). Its own alias, so a developer's `taos-agent`
+# image (what the tests deploy) is left as it is.
+if [ "$MODE" = release ]; then
+    TAOS_AGENT_IMAGE_ALIAS=taos-agent-release "$REPO_ROOT/scripts/build-agent-image.sh" \
+        --arch "$ARCH" "$BIN_DIR/release/taos-agent"
+    TAOS_AGENT_IMAGE_ALIAS=taos-agent-release "$REPO_ROOT/scripts/build-image-deb.sh" --arch "$ARCH"
+fi
 # Packed again only when something that goes into the packages changed.
 SUM="$(cat "$BIN_DIR/$PROFILE_DIR/taos-host" "$BIN_DIR/$PROFILE_DIR/taos-agent" "$0" \
     host-service/Cargo.toml crates/agent/Cargo.toml Cargo.toml docs/install.md packaging/deb/*/* \

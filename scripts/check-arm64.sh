@@ -3,9 +3,11 @@
 # it can't: CI installs qemu-user-static and registers binfmt_misc itself, so a missing piece
 # is a broken machine, not a reason to skip.
 #
-#   scripts/check-arm64.sh [DIR]    DIR holds the arm64 taos-host_*.deb and taos-agent_*.deb
-#                                   (default $CARGO_TARGET_DIR/debian/arm64, made by
-#                                   scripts/build-deb.sh [--debug] --arch arm64)
+#   scripts/check-arm64.sh [DIR]    DIR holds the arm64 taos-host_*.deb, taos-agent_*.deb and
+#                                   taos-agent-image_*.deb (default
+#                                   $CARGO_TARGET_DIR/debian/arm64, made by
+#                                   scripts/build-deb.sh [--debug] --arch arm64 and
+#                                   scripts/build-image-deb.sh --arch arm64)
 #
 # Checks, with the binaries unpacked from the packages:
 #   - both packages say Architecture: arm64 and carry AArch64 binaries;
@@ -14,8 +16,9 @@
 #   - taos-host serve on a temporary data dir, with no container runtime: it prints its ready
 #     line, /api/health answers over its TLS listener and / is the embedded web UI (SQLite,
 #     rustls/ring and the UI all run as arm64 code);
-#   - the arm64 agent image (incus alias taos-agent-arm64, scripts/build-agent-image.sh --arch
-#     arm64) is an aarch64 image whose own /usr/local/bin/taos-agent --version runs in a chroot
+#   - the arm64 agent image, as the taos-agent-image package holds it for setup (packed from the
+#     incus image taos-agent-arm64, scripts/build-agent-image.sh --arch arm64), is an aarch64
+#     image of the same version whose own /usr/local/bin/taos-agent --version runs in a chroot
 #     of its rootfs under qemu-user (binfmt_misc). incus here refuses to start a container of
 #     another architecture ("Requested architecture isn't supported by this host"), so the
 #     chroot is as far as it boots on this machine;
@@ -90,13 +93,19 @@ kill -TERM "$HOST_PID"
 wait "$HOST_PID" 2>/dev/null || true
 HOST_PID=""
 
-# The agent image: as far as this machine can boot it.
+# The agent image, as a board gets it (the taos-agent-image package), as far as this machine
+# can boot it.
 binfmt_arm64 || fail "binfmt_misc can't run arm64 binaries here (see above), so the arm64 image can't be checked"
-{ command -v incus >/dev/null && incus info >/dev/null 2>&1; } || fail "incus is not running: no $IMAGE image to check"
-incus image show "$IMAGE" >/dev/null 2>&1 || fail "no incus image $IMAGE (scripts/build-agent-image.sh --arch arm64)"
-incus image export "$IMAGE" "$WORK/image" >/dev/null
+IMAGE_DEB="$(ls "$DIR"/taos-agent-image_*_arm64.deb 2>/dev/null)" || fail "no taos-agent-image arm64 package in $DIR (scripts/build-image-deb.sh --arch arm64)"
+[ "$(dpkg-deb -f "$IMAGE_DEB" Architecture)" = arm64 ] || fail "$IMAGE_DEB: Architecture is $(dpkg-deb -f "$IMAGE_DEB" Architecture)"
+[ "$(dpkg-deb -f "$IMAGE_DEB" Version)" = "$VERSION" ] || fail "$IMAGE_DEB is version $(dpkg-deb -f "$IMAGE_DEB" Version), taos-host is $VERSION"
+dpkg-deb -x "$IMAGE_DEB" "$WORK/image"
+# Where `taos-host setup` looks for it by default.
+TARBALL="$WORK/image/usr/share/taos-host/images/taos-agent_arm64.tar.gz"
+[ -f "$TARBALL" ] || fail "$IMAGE_DEB has no usr/share/taos-host/images/taos-agent_arm64.tar.gz"
 mkdir -p "$WORK/unpacked"
-tar -C "$WORK/unpacked" --numeric-owner -xf "$WORK"/image.tar*
+tar -C "$WORK/unpacked" --numeric-owner -xzf "$TARBALL"
+rm -rf "$WORK/image"
 grep -qx 'architecture: aarch64' "$WORK/unpacked/metadata.yaml" || fail "$IMAGE's metadata does not say aarch64: $(grep architecture "$WORK/unpacked/metadata.yaml")"
 ROOTFS="$WORK/unpacked/rootfs"
 readelf -h "$ROOTFS/usr/bin/systemctl" | grep -q 'Machine:.*AArch64' || fail "$IMAGE's systemd is not AArch64"
@@ -105,7 +114,7 @@ grep -q '^taos-agent ' <<<"$OUT" || fail "taos-agent --version in $IMAGE's rootf
 # The image's own userland runs too (its libc, its shell), not just a static-enough binary.
 OUT2="$(chroot "$ROOTFS" /bin/sh -c 'uname -m; id -u agent' 2>&1)" || fail "a shell in $IMAGE's rootfs: $OUT2"
 [ "$OUT2" = "$(printf 'aarch64\n1000')" ] || fail "in $IMAGE's rootfs uname -m / id -u agent say: $OUT2"
-pass "$IMAGE (aarch64): its taos-agent --version in a chroot under qemu-user says '$OUT'; its shell sees aarch64 and the agent user"
+pass "$(basename "$IMAGE_DEB") holds $IMAGE (aarch64): its taos-agent --version in a chroot under qemu-user says '$OUT'; its shell sees aarch64 and the agent user"
 # The packages on that arm64 Debian: dpkg resolves their dependencies (libc6:arm64, passwd,
 # systemd) against the image's own and runs the maintainer scripts (no systemd runs in a
 # chroot, so nothing starts); the installed taos-host then runs from /usr/bin. The unpacked

@@ -9,26 +9,28 @@
 #   - LiteLLM, started by the host once a provider has models, runs as taos-litellm with no
 #     capabilities in its own mount namespace, seeing none of the host's data;
 #   - `taos-host logs` shows the service's journal, which never holds the setup code;
-#   - `taos-host setup` says what it can't do in the container, derives the firewall's LAN from
+#   - `taos-host setup --no-backports` says what it can't do in the container, derives the firewall's LAN from
 #     the container's network, prints the URL, fingerprint, setup code and a pairing QR, and a
 #     second run changes nothing;
 #   - `systemctl restart`, a reboot of the container and reinstalling the package bring it back
 #     with the same key;
-#   - with bookworm-backports, `taos-host setup --agent-image` installs incus nested in the
-#     container (security.nesting; a `dir` pool, as there is no loop device for btrfs) and an
-#     agent deployed through the API answers chat (a stand-in upstream behind real LiteLLM);
+#   - `taos-host setup` adds bookworm-backports, installs incus nested in the container
+#     (security.nesting; a `dir` pool, as there is no loop device for btrfs), imports the agent
+#     image from the taos-agent-image package, and an agent deployed through the API answers
+#     chat (a stand-in upstream behind real LiteLLM);
 #   - `apt remove` keeps the data, `apt purge` says what goes and removes it (and the user).
 #
 #   scripts/install-test.sh DIR [--write-benchmarks]
-#       DIR holds taos-host_*.deb and taos-agent_*.deb (scripts/build-deb.sh [--debug] makes
-#       them). --write-benchmarks also writes the figures (package sizes, install, restart and
+#       DIR holds taos-host_*.deb, taos-agent_*.deb (scripts/build-deb.sh [--debug] makes
+#       them) and taos-agent-image_*.deb (scripts/build-image-deb.sh). --write-benchmarks also writes the figures (package sizes, install, restart and
 #       reboot times, the exposure) to the "Install and service" section of docs/benchmarks.md.
 #
 # Needs incus with the `taos-agent` image (scripts/build-agent-image.sh), a bridge with NAT to
 # the Debian mirror (scripts/dev-incus.sh), and LiteLLM's venv in /opt/taos/litellm
 # (scripts/dev-litellm.sh), which is lent to the container read-only. `taos-host setup` runs
-# first without incus (no package in Debian 12's default sources), then, near the end, with
-# bookworm-backports: incus nested in the container. Its btrfs loop pool is tested against
+# first without incus (--no-backports: no package in Debian 12's default sources), then, near
+# the end, as a user runs it: it adds bookworm-backports and installs incus nested in the
+# container. Its btrfs loop pool is tested against
 # the host's real incus in host-service/tests/host/.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -37,6 +39,7 @@ DIR="${1:?usage: scripts/install-test.sh DIR-with-the-debs [--write-benchmarks]}
 WRITE_BENCHMARKS="${2:-}"
 HOST_DEB="$(ls "$DIR"/taos-host_*.deb)"
 AGENT_DEB="$(ls "$DIR"/taos-agent_*.deb)"
+IMAGE_DEB="$(ls "$DIR"/taos-agent-image_*.deb)" || { echo "no taos-agent-image package in $DIR (scripts/build-image-deb.sh)" >&2; exit 1; }
 IMAGE="${TAOS_INSTALL_TEST_IMAGE:-taos-agent}"
 # `systemd-analyze security` for taos-host.service, measured in this image (docs/benchmarks.md).
 # Any loosening of the unit raises it and fails here.
@@ -192,13 +195,13 @@ grep -q "TAOS_BRIDGE_URL is not set" <<<"$AGENT_OUT" || fail "taos-agent from it
 pass "taos-host logs shows the journal; taos-agent runs from its package"
 
 # --- `taos-host setup` on the freshly installed machine ---
-# What the container can do: no incus package in its apt sources (Debian 12 without
-# backports) and no nested incus, so the incus and image steps say so and the rest goes on;
+# What the container can do, told to leave apt's sources alone: no incus package in them
+# (Debian 12 without backports) and no nested incus, so the incus and image steps say so and the rest goes on;
 # LiteLLM is the lent venv (already there); the firewall is derived from the container's own
 # network; the service is already running. setup's incus step itself is tested against the
 # host's real incus (host-service/tests/host/setup_check.rs).
 SETUP_T0=$(date +%s%N)
-SETUP="$(in_ct taos-host setup 2>&1)" || fail "taos-host setup failed: $SETUP"
+SETUP="$(in_ct taos-host setup --no-backports 2>&1)" || fail "taos-host setup failed: $SETUP"
 SETUP_MS=$(( ($(date +%s%N) - SETUP_T0) / 1000000 ))
 NET="$(in_ct ip -4 -o addr show eth0 | awk '{print $4}')"
 NET="$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_interface(sys.argv[1]).network)' "$NET")"
@@ -228,7 +231,7 @@ pass "taos-host setup ($((SETUP_MS / 1000)) s) says what it can't do here, sets 
 
 PID_BEFORE="$(in_ct systemctl show -p MainPID --value taos-host)"
 RULES_BEFORE="$(in_ct cat /var/lib/taos/firewall.nft)"
-AGAIN="$(in_ct taos-host setup 2>&1)" || fail "taos-host setup failed the second time: $AGAIN"
+AGAIN="$(in_ct taos-host setup --no-backports 2>&1)" || fail "taos-host setup failed the second time: $AGAIN"
 ! grep -q "^  - .*: done" <<<"$AGAIN" || fail "a re-run of setup changed something: $AGAIN"
 [ "$(grep -c "^  - .*: already done" <<<"$AGAIN")" = 3 ] || fail "a re-run did not find LiteLLM, the firewall and the service done: $AGAIN"
 [ "$(in_ct systemctl show -p MainPID --value taos-host)" = "$PID_BEFORE" ] || fail "a re-run of setup restarted the service"
@@ -511,24 +514,26 @@ sh_ct 'kill "$(cat /root/agent-port.pid)"'
 pass "the LAN reaches the public port only; the rules survive a restart; remove takes them away"
 
 # --- A deployed agent answers chat (incus nested in the container: security.nesting) ---
-# With Debian 12's backports enabled, `taos-host setup` installs incus itself. The container
+# As a user runs it: the image package installed beside the host, then `taos-host setup`,
+# which adds Debian 12's backports and installs incus itself. The container
 # can't give incus a loop device, so the btrfs pool fails with incus's reason; a `dir` pool
 # (no disk quotas, which setup says) stands in and setup is re-run. The agents' subnets are
 # fixed, apart from this machine's bridges, before incus first starts. The provider is a
 # stand-in upstream inside the container (scripts/install-test-fake-llm.py) behind the real
 # LiteLLM, as in the host's own tests.
 NESTED_T0=$(date +%s%N)
-incus image export -q "$IMAGE" "$WORK/agent-image" >/dev/null || fail "cannot export the $IMAGE image"
-incus file push -q "$WORK/agent-image.tar.gz" "$NAME/root/agent-image.tar.gz"
+incus file push -q "$IMAGE_DEB" "$NAME/root/"
+OUT="$(in_ct env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "./$(basename "$IMAGE_DEB")" 2>&1)" \
+    || fail "apt install of the image package failed: $OUT"
 incus file push -q "$REPO_ROOT/scripts/install-test-fake-llm.py" "$NAME/root/fake-llm.py"
 in_ct taos-host config set runtime.incus_internet_subnet "$NESTED_INET" >/dev/null || fail "cannot set the agents' subnet"
 in_ct taos-host config set runtime.incus_lan_subnet "$NESTED_LAN" >/dev/null || fail "cannot set the agents' LAN subnet"
-sh_ct 'echo "deb http://deb.debian.org/debian bookworm-backports main" >/etc/apt/sources.list.d/backports.list
-    apt-get update -qq >/dev/null'
-SETUP="$(in_ct taos-host setup --agent-image /root/agent-image.tar.gz 2>&1)" && fail "setup made a btrfs pool without a loop device: $SETUP"
+SETUP="$(in_ct taos-host setup 2>&1)" && fail "setup made a btrfs pool without a loop device: $SETUP"
+in_ct grep -q '^deb http.* bookworm-backports main$' /etc/apt/sources.list.d/taos-bookworm-backports.list \
+    || fail "setup did not add bookworm-backports: $SETUP"
 grep -q "  - incus (agents' subnets, btrfs storage pool): FAILED: .*losetup: cannot find an unused loop device" <<<"$SETUP" \
     || fail "setup did not say why the btrfs pool failed: $SETUP"
-grep -q "  - the agent image: done: imported /root/agent-image.tar.gz as taos-agent" <<<"$SETUP" || fail "setup's image step: $SETUP"
+grep -q "  - the agent image: done: imported /usr/share/taos-host/images/taos-agent_amd64.tar.gz as taos-agent" <<<"$SETUP" || fail "setup's image step: $SETUP"
 grep -q "setup failed at: incus" <<<"$SETUP" || fail "setup did not sum up what failed: $SETUP"
 [ "$(in_ct systemctl is-active incus 2>/dev/null || true)" = active ] || fail "setup did not install and start incus"
 # This machine's kernel has cpu and cpuacct as two cgroup v1 hierarchies, which incus does not
@@ -543,7 +548,7 @@ in_ct incus storage create default dir >/dev/null || fail "cannot create a dir s
 SETUP="$(in_ct taos-host setup 2>&1)" || fail "setup failed with incus and a pool: $SETUP"
 grep -qF "  - incus (agents' subnets, btrfs storage pool): already done: agents' bridges $NESTED_INET and $NESTED_LAN; storage pool default exists (its driver is dir, which does not enforce agents' disk quotas" <<<"$SETUP" \
     || fail "setup's incus step with a dir pool: $SETUP"
-grep -q "  - the agent image: already done: incus has the image taos-agent" <<<"$SETUP" || fail "setup's image step again: $SETUP"
+grep -q "  - the agent image: already done: incus has the image taos-agent from /usr/share/taos-host/images/taos-agent_amd64.tar.gz" <<<"$SETUP" || fail "setup's image step again: $SETUP"
 grep -q "setup is complete" <<<"$SETUP" || fail "setup is not complete: $SETUP"
 grep -q '"runtime":"ok: incus ' <<<"$(api /api/health)" || fail "health does not see incus: $(api /api/health)"
 [ "$(in_ct incus network get taos-inet ipv4.address)" = "$NESTED_INET" ] || fail "the agents' bridge is not on $NESTED_INET"
@@ -576,7 +581,7 @@ done
 grep -q "\"author_id\":\"nested\",\"author_type\":\"agent\",\"content\":\"Hello from the install test's fake model.\"" <<<"$ANSWER" \
     || fail "the deployed agent did not answer: $ANSWER"
 NESTED_MS=$(( ($(date +%s%N) - NESTED_T0) / 1000000 ))
-pass "setup installs incus from backports (btrfs pool refused with the reason, a dir pool instead); an agent deployed through the API answers chat ($((NESTED_MS / 1000)) s)"
+pass "setup adds backports and installs incus (btrfs pool refused with the reason, a dir pool instead), imports the image package's image; an agent deployed through the API answers chat ($((NESTED_MS / 1000)) s)"
 
 in_ct env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q taos-host >/dev/null 2>&1 || fail "apt remove failed"
 [ "$(in_ct systemctl is-active taos-host 2>/dev/null || true)" != active ] || fail "the service still runs after apt remove"
@@ -611,10 +616,11 @@ if [ "$WRITE_BENCHMARKS" = --write-benchmarks ]; then
 |---|---|---|---|
 | \`taos-host\` package ($(basename "$HOST_DEB")) | $(kib "$HOST_DEB") KiB, $BUILD KiB installed | — | |
 | \`taos-agent\` package ($(basename "$AGENT_DEB")) | $(kib "$AGENT_DEB") KiB | — | |
+| \`taos-agent-image\` package ($(basename "$IMAGE_DEB"); its sidecar is $BUILD_MODE, unstripped) | $(kib "$IMAGE_DEB") KiB | — | |
 | \`apt install\` of both packages, up to the service answering (Type=notify) | $(secs "$INSTALL_MS" 1) s | — | |
 | \`systemctl restart taos-host\` (stop, start, ready) | $(secs "$RESTART_MS" 2) s | — | |
 | container reboot → service active | $(secs "$REBOOT_MS" 1) s | — | |
-| \`setup\` installing incus from backports nested in the container, a deploy, the agent's first answer | $(secs "$NESTED_MS" 0) s | — | |
+| \`setup\` adding backports, installing incus nested in the container, importing the image package's image, a deploy, the agent's first answer | $(secs "$NESTED_MS" 0) s | — | |
 | \`systemd-analyze security taos-host.service\` | $EXPOSURE | as low as its runtime access allows | |
 | LiteLLM's exposure | no unit of its own: the host's child, as \`taos-litellm\` with no capabilities in its own mount namespace, inside the host's sandbox (checked on the process) | ≤ 4.0 | not measurable |
 

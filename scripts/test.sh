@@ -26,6 +26,9 @@ cargo build --workspace --bins --locked
 # test-only fault injection, so they are packaged before it. The install test runs below.
 log "packages (cargo-deb, from the debug build)"
 "$REPO_ROOT/scripts/build-deb.sh" --debug
+# The agent image as a package, for setup on a board (and the install test): packed from the
+# image just built (skips when the image did not change; cold, a few seconds).
+"$REPO_ROOT/scripts/build-image-deb.sh"
 # The same for arm64 boards, cross-compiled, and the arm64 agent image with that sidecar. Cold
 # (measured on two cores shared with other builds, load ~10): the aarch64 debug build of
 # taos-host and taos-agent 30 min wall (9.5 min of CPU), debootstrap's second stage under
@@ -34,6 +37,7 @@ log "packages (cargo-deb, from the debug build)"
 log "arm64: packages (cross-compiled debug build) and the arm64 agent image"
 "$REPO_ROOT/scripts/build-deb.sh" --debug --arch arm64
 "$REPO_ROOT/scripts/build-agent-image.sh" --arch arm64 "$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/debug/taos-agent"
+"$REPO_ROOT/scripts/build-image-deb.sh" --arch arm64
 log "ui: type check (svelte-check)"
 (cd ui && npm run --silent check)
 log "cargo test"

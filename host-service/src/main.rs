@@ -128,6 +128,10 @@ enum Command {
         /// /usr/share/taos-host/images/taos-agent_<arch>.tar.gz.
         #[arg(long, value_name = "FILE")]
         agent_image: Option<PathBuf>,
+        /// Leave apt's sources as they are: on Debian 12, setup otherwise adds
+        /// bookworm-backports, the only place incus is packaged for it.
+        #[arg(long)]
+        no_backports: bool,
     },
 }
 
@@ -310,8 +314,7 @@ fn firewall(data_dir: &std::path::Path, command: FirewallCommand) -> anyhow::Res
 async fn setup(
     data_dir: &std::path::Path,
     check: bool,
-    pool_device: Option<PathBuf>,
-    agent_image: Option<PathBuf>,
+    options: taos_host::setup::provision::Options,
 ) -> anyhow::Result<()> {
     use taos_host::setup::provision::{self, Outcome};
     // Read the config as it would be, without writing the defaults: a check changes nothing,
@@ -343,14 +346,14 @@ async fn setup(
         "`taos-host setup` installs packages, makes a user, a storage pool and firewall rules, \
          and starts the service: run it as root (sudo)"
     );
-    if let Some(device) = &pool_device {
+    if let Some(device) = &options.pool_device {
         anyhow::ensure!(
             device.exists(),
             "--pool-device {}: no such device",
             device.display()
         );
     }
-    if let Some(file) = &agent_image {
+    if let Some(file) = &options.agent_image {
         anyhow::ensure!(
             file.is_file(),
             "--agent-image {}: no such file",
@@ -358,10 +361,6 @@ async fn setup(
         );
     }
     println!("\nsetting up:");
-    let options = provision::Options {
-        pool_device,
-        agent_image,
-    };
     let outcomes = provision::run_all(
         data_dir,
         &options,
@@ -537,7 +536,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             check,
             pool_device,
             agent_image,
-        } => setup(&data_dir, check, pool_device, agent_image).await,
+            no_backports,
+        } => {
+            let options = taos_host::setup::provision::Options {
+                pool_device,
+                agent_image,
+                no_backports,
+            };
+            setup(&data_dir, check, options).await
+        }
         Command::Update {
             package,
             resume,

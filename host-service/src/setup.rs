@@ -344,8 +344,8 @@ impl Report {
                 "use docker {version} (the fallback: no disk quotas); install incus to get them"
             )),
             _ => steps.push(
-                "install incus (Debian 13 / Ubuntu 24.04: apt; Debian 12: bookworm-backports), \
-                 initialise it with fixed subnets and a btrfs pool on a loop file"
+                "install incus with apt (Debian 12: from bookworm-backports, which it adds to \
+                 apt's sources), initialise it with fixed subnets and a btrfs pool on a loop file"
                     .to_string(),
             ),
         }
@@ -362,7 +362,7 @@ impl Report {
             ));
         }
         steps.push(format!(
-            "import the taos agent image for {}",
+            "import the taos agent image for {} (the taos-agent-image package)",
             match self.arch.as_str() {
                 "aarch64" => "arm64",
                 "x86_64" => "amd64",

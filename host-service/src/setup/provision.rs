@@ -95,6 +95,9 @@ pub struct Options {
     pub pool_device: Option<PathBuf>,
     /// The agent image's unified tarball; default: [`default_image_path`].
     pub agent_image: Option<PathBuf>,
+    /// Never add bookworm-backports to apt's sources (the incus step then needs incus from
+    /// the sources there are).
+    pub no_backports: bool,
 }
 
 /// `<data dir>/setup.json`: each step's last outcome.
@@ -219,6 +222,7 @@ pub struct IncusStep<'a> {
     pub pool: &'a str,
     pub pool_device: Option<&'a Path>,
     pub free_disk_mib: u64,
+    pub no_backports: bool,
 }
 
 impl IncusStep<'_> {
@@ -226,7 +230,7 @@ impl IncusStep<'_> {
         let mut did = Vec::new();
         let client = crate::runtime::incus::Incus::new(self.socket, None, "default");
         if !client.available().await {
-            match install_incus() {
+            match install_incus(self.no_backports) {
                 Ok(words) => did.push(words),
                 Err(outcome) => return outcome,
             }
@@ -345,15 +349,125 @@ fn choose_agent_subnets(config: &Config) -> Result<Vec<String>, String> {
     .map_err(|e| e.to_string())
 }
 
+/// Where setup adds Debian 12's backports, the only place incus is packaged for it.
+const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/taos-bookworm-backports.list";
+const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// The apt source line for bookworm-backports when this is Debian 12 (or Raspberry Pi OS on
+/// it), from the same mirror as its bookworm sources; `None` on any other system. `sources`
+/// are the texts of sources.list and sources.list.d/*.list and *.sources (one-line and deb822).
+fn backports_line(os_release: &str, sources: &[String]) -> Option<String> {
+    let field = |name: &str| {
+        os_release.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.strip_prefix('='))
+                .map(|v| v.trim().trim_matches('"').to_string())
+        })
+    };
+    let id = field("ID").unwrap_or_default();
+    let like = field("ID_LIKE").unwrap_or_default();
+    let debian = id == "debian" || id == "raspbian" || like.split(' ').any(|l| l == "debian");
+    if !debian || field("VERSION_CODENAME").as_deref() != Some("bookworm") {
+        return None;
+    }
+    let mirror = sources
+        .iter()
+        .find_map(|text| bookworm_mirror(text))
+        .unwrap_or_else(|| DEBIAN_MIRROR.to_string());
+    Some(format!("deb {mirror} bookworm-backports main\n"))
+}
+
+/// The URI of a Debian `bookworm` main source in one sources file, either format.
+fn bookworm_mirror(text: &str) -> Option<String> {
+    let usable = |uri: &str| {
+        (uri.starts_with("http://") || uri.starts_with("https://"))
+            && !uri.contains("security")
+            && !uri.contains("raspberrypi")
+    };
+    // One-line: `deb [options] URI SUITE COMPONENT...`.
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("deb") {
+            continue;
+        }
+        let mut rest: Vec<&str> = words.collect();
+        if rest.first().is_some_and(|w| w.starts_with('[')) {
+            let close = rest.iter().position(|w| w.ends_with(']'))?;
+            rest.drain(..=close);
+        }
+        if let [uri, "bookworm", ..] = rest.as_slice() {
+            if usable(uri) {
+                return Some(uri.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    // deb822: stanzas of `Types:`, `URIs:`, `Suites:`.
+    for stanza in text.split("\n\n") {
+        let value = |key: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(key).map(str::trim))
+                .unwrap_or("")
+        };
+        let types = value("Types:");
+        let suites = value("Suites:");
+        if types.split_whitespace().any(|t| t == "deb")
+            && suites.split_whitespace().any(|s| s == "bookworm")
+        {
+            if let Some(uri) = value("URIs:").split_whitespace().find(|u| usable(u)) {
+                return Some(uri.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    None
+}
+
+/// On Debian 12 without incus in its sources: adds bookworm-backports (pinned below stable by
+/// Debian itself, so only what is asked for comes from it) and refreshes apt's lists.
+/// `Ok(None)`: not Debian 12, nothing changed.
+fn enable_backports() -> Result<Option<String>, String> {
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let mut sources = Vec::new();
+    sources.extend(std::fs::read_to_string("/etc/apt/sources.list").ok());
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut files: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+        files.sort();
+        sources.extend(
+            files
+                .iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "list" || e == "sources"))
+                .filter_map(|p| std::fs::read_to_string(p).ok()),
+        );
+    }
+    let Some(line) = backports_line(&os_release, &sources) else {
+        return Ok(None);
+    };
+    crate::fsutil::write_atomic(Path::new(BACKPORTS_LIST), line.as_bytes())
+        .map_err(|e| format!("cannot write {BACKPORTS_LIST}: {e}"))?;
+    run("apt-get", &["update", "-q"], APT_ENV)?;
+    Ok(Some(format!(
+        "added bookworm-backports to apt's sources ({BACKPORTS_LIST}: {})",
+        line.trim()
+    )))
+}
+
 /// incus from apt, started by systemd. No `incus admin init`: the host makes its own bridges
 /// and profile, setup makes the pool, so nothing probes for a free subnet.
-fn install_incus() -> Result<String, Outcome> {
+fn install_incus(no_backports: bool) -> Result<String, Outcome> {
+    let mut did = Vec::new();
+    if !no_backports && !apt_has("incus-base") && !apt_has("incus") {
+        match enable_backports() {
+            Ok(Some(words)) => did.push(words),
+            Ok(None) => {}
+            Err(e) => return Err(Outcome::Failed(e)),
+        }
+    }
     if !apt_has("incus-base") && !apt_has("incus") {
         return Err(Outcome::NotDone(
             "incus is not running and this machine's apt sources have no incus package (Debian \
-             12: enable bookworm-backports; Debian 13 and Ubuntu 24.04 have it). Agents need \
-             incus (or Docker with userns-remap, without disk quotas); run setup again once \
-             it can be installed"
+             12 gets it from bookworm-backports, which setup adds unless told --no-backports; \
+             Debian 13 and Ubuntu 24.04 have it). Agents need incus (or Docker with \
+             userns-remap, without disk quotas); run setup again once it can be installed"
                 .to_string(),
         ));
     }
@@ -380,7 +494,8 @@ fn install_incus() -> Result<String, Outcome> {
     .map_err(|e| Outcome::Failed(format!("cannot start incus: {e}")))?;
     run("incus", &["admin", "waitready", "--timeout=60"], &[])
         .map_err(|e| Outcome::Failed(format!("incus did not get ready: {e}")))?;
-    Ok(format!("installed and started {package}"))
+    did.push(format!("installed and started {package}"));
+    Ok(did.join("; "))
 }
 
 /// LiteLLM in its own venv at [`LITELLM_PREFIX`], runnable by its own user.
@@ -499,6 +614,9 @@ pub fn litellm(user: &str) -> Outcome {
 }
 
 /// The agent image, imported from a file as `alias` ([`AGENT_IMAGE_ALIAS`]; never built here).
+/// A unified tarball's sha256 is its incus fingerprint, so a newer file (the taos-agent-image
+/// package upgraded) replaces the image under the alias; agents already deployed keep theirs
+/// (a container is a copy), new deploys get the new one.
 pub async fn agent_image(socket: &str, file: &Path, alias: &str) -> Outcome {
     let client = crate::runtime::incus::Incus::new(socket, None, "default");
     if !client.available().await {
@@ -506,25 +624,92 @@ pub async fn agent_image(socket: &str, file: &Path, alias: &str) -> Outcome {
             "no incus, so no agent image to import (see the incus step)".to_string(),
         );
     }
-    if succeeds("incus", &["image", "show", alias]) {
-        return Outcome::AlreadyDone(format!("incus has the image {alias}"));
-    }
+    let current = image_fingerprint(alias);
     if !file.is_file() {
+        if current.is_some() {
+            return Outcome::AlreadyDone(format!(
+                "incus has the image {alias} (there is no image file at {} to compare)",
+                file.display()
+            ));
+        }
         return Outcome::NotDone(format!(
-            "no agent image file at {}: build one with scripts/build-agent-image.sh (from the \
-             taos repository) and run `sudo taos-host setup --agent-image FILE`",
+            "no agent image file at {}: install the taos-agent-image package for this machine \
+             (`sudo apt install ./taos-agent-image_<version>_<arch>.deb`) and run setup again, \
+             or build an image with scripts/build-agent-image.sh (from the taos repository) \
+             and run `sudo taos-host setup --agent-image FILE`",
             file.display()
         ));
     }
-    let file_text = file.to_string_lossy().into_owned();
-    match run(
-        "incus",
-        &["image", "import", &file_text, "--alias", alias],
-        &[],
-    ) {
-        Ok(_) => Outcome::Done(format!("imported {} as {alias}", file.display())),
+    let wanted = match sha256_file(file) {
+        Ok(sum) => sum,
+        Err(e) => return Outcome::Failed(format!("cannot read {}: {e}", file.display())),
+    };
+    if current.as_deref() == Some(wanted.as_str()) {
+        return Outcome::AlreadyDone(format!(
+            "incus has the image {alias} from {}",
+            file.display()
+        ));
+    }
+    match replace_image(file, &wanted, alias, current.as_deref()) {
+        Ok(words) => Outcome::Done(words),
         Err(e) => Outcome::Failed(format!("cannot import the agent image: {e}")),
     }
+}
+
+/// The fingerprint of the image `alias` names in incus's default project, if any.
+fn image_fingerprint(alias: &str) -> Option<String> {
+    let text = run("incus", &["image", "info", alias], &[]).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Fingerprint:"))
+        .map(|f| f.trim().to_string())
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Imports `file` (fingerprint `wanted`) and points `alias` at it, then deletes the image the
+/// alias named before (`old`): nothing runs from it, and it holds ~150 MB.
+fn replace_image(
+    file: &Path,
+    wanted: &str,
+    alias: &str,
+    old: Option<&str>,
+) -> Result<String, String> {
+    let file_text = file.to_string_lossy().into_owned();
+    // Imported earlier without the alias (a run stopped half-way): not imported twice.
+    if run("incus", &["image", "info", wanted], &[]).is_err() {
+        run("incus", &["image", "import", &file_text], &[])?;
+    }
+    if old.is_some() {
+        run("incus", &["image", "alias", "delete", alias], &[])?;
+    }
+    run("incus", &["image", "alias", "create", alias, wanted], &[])?;
+    let mut words = format!("imported {} as {alias}", file.display());
+    if let Some(old) = old {
+        let short = &old[..old.len().min(12)];
+        match run("incus", &["image", "delete", old], &[]) {
+            Ok(_) => words.push_str(&format!(" (replacing image {short}, now deleted)")),
+            Err(e) => words.push_str(&format!(" (replacing image {short}, not deleted: {e})")),
+        }
+    }
+    Ok(words)
 }
 
 /// The networks the public port opens to: `[firewall] lan`, else this machine's own networks,
@@ -698,6 +883,7 @@ pub async fn run_all(
                     pool: &config.runtime.incus_pool,
                     pool_device: options.pool_device.as_deref(),
                     free_disk_mib,
+                    no_backports: options.no_backports,
                 }
                 .run(data_dir, &config)
                 .await
@@ -748,6 +934,35 @@ pub fn all_provisioned(outcomes: &[(Step, Outcome)]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backports_come_from_the_bookworm_mirror_on_debian_12_only() {
+        let bookworm = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_CODENAME=bookworm\n";
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\nComponents: main\n".to_string();
+        assert_eq!(
+            backports_line(bookworm, std::slice::from_ref(&deb822)).as_deref(),
+            Some("deb http://mirror.example/debian bookworm-backports main\n")
+        );
+        // Raspberry Pi OS: its own archive is not Debian's; the Debian line is used.
+        let pi = [
+            "deb http://archive.raspberrypi.com/debian/ bookworm main\n".to_string(),
+            "# deb-src x\ndeb [arch=arm64 signed-by=/k.gpg] https://deb.debian.org/debian bookworm main contrib\n".to_string(),
+        ];
+        assert_eq!(
+            backports_line(bookworm, &pi).as_deref(),
+            Some("deb https://deb.debian.org/debian bookworm-backports main\n")
+        );
+        // No bookworm source found: Debian's own mirror.
+        assert_eq!(
+            backports_line(bookworm, &[]).as_deref(),
+            Some("deb http://deb.debian.org/debian bookworm-backports main\n")
+        );
+        // Debian 13 and Ubuntu have incus; nothing is added there.
+        let trixie = "ID=debian\nVERSION_CODENAME=trixie\n";
+        let noble = "ID=ubuntu\nID_LIKE=debian\nVERSION_CODENAME=noble\n";
+        assert_eq!(backports_line(trixie, std::slice::from_ref(&deb822)), None);
+        assert_eq!(backports_line(noble, &[]), None);
+    }
 
     #[test]
     fn the_pool_is_half_the_free_disk_within_bounds() {

@@ -145,6 +145,7 @@ fn the_incus_step_makes_a_btrfs_pool_once_against_real_incus() {
         pool: &pool.0,
         pool_device: None,
         free_disk_mib: 4096,
+        no_backports: true,
     };
     let (made, words) = step.ensure_pool().expect("make the pool");
     assert!(made, "{words}");
@@ -296,6 +297,45 @@ fn the_image_step_imports_a_file_once_against_real_incus() {
     // Again: found by its alias, nothing imported.
     match rt.block_on(agent_image(socket, &repacked, &image.0)) {
         Outcome::AlreadyDone(words) => assert!(words.contains(&image.0), "{words}"),
+        other => panic!("{other:?}"),
+    }
+    let fingerprint = |alias: &str| {
+        let out = Command::new("incus")
+            .args(["image", "info", alias])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Fingerprint:").map(|f| f.trim().to_string()))
+    };
+    let first = fingerprint(&image.0).expect("the alias names an image");
+    // A newer file (the image package upgraded): it replaces the image under the alias, and
+    // the old image goes.
+    std::fs::write(unpacked.join("marker"), "a newer image").unwrap();
+    let newer = image.1.path().join("newer.tar.gz");
+    ok(&[
+        "tar",
+        "-C",
+        unpacked.to_str().unwrap(),
+        "-czf",
+        newer.to_str().unwrap(),
+        "metadata.yaml",
+        "rootfs",
+        "marker",
+    ]);
+    match rt.block_on(agent_image(socket, &newer, &image.0)) {
+        Outcome::Done(words) => assert!(
+            words.contains(&format!("replacing image {}, now deleted", &first[..12])),
+            "{words}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let second = fingerprint(&image.0).expect("the alias names the new image");
+    assert_ne!(first, second);
+    assert_eq!(fingerprint(&first), None, "the old image is still there");
+    // No file any more, but the image is there: nothing to do.
+    match rt.block_on(agent_image(socket, &missing, &image.0)) {
+        Outcome::AlreadyDone(words) => assert!(words.contains("no image file"), "{words}"),
         other => panic!("{other:?}"),
     }
 }
