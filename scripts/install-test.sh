@@ -237,6 +237,31 @@ AGAIN="$(in_ct taos-host setup --no-backports 2>&1)" || fail "taos-host setup fa
 [ "$(in_ct systemctl show -p MainPID --value taos-host)" = "$PID_BEFORE" ] || fail "a re-run of setup restarted the service"
 [ "$(in_ct cat /var/lib/taos/firewall.nft)" = "$RULES_BEFORE" ] || fail "a re-run of setup changed the rules"
 pass "re-running setup is a no-op: every step says already done (or why not), the service keeps running"
+
+# The LAN setup derived follows this machine's networks: a new address range on eth0 opens the
+# public port to it within the host's 10 s check (and tells the owner); when it goes, so does
+# its rule.
+in_ct ip addr add 192.168.231.7/24 dev eth0 || fail "cannot add an address to the container's eth0"
+# Read whole before grep: `grep -q` quitting early would fail the pipe under pipefail.
+followed() {
+    local set
+    set="$(in_ct nft list set inet taos lan4 2>/dev/null)" || return 2
+    grep -qF "$1" <<<"$set"
+}
+for _ in $(seq 1 30); do followed 192.168.231.0/24 && break; sleep 1; done
+followed 192.168.231.0/24 || fail "the firewall did not follow a new network: $(in_ct cat /var/lib/taos/firewall.nft)"
+followed "$NET" || fail "following a new network dropped $NET: $(in_ct nft list set inet taos lan4)"
+NOTES="$(api /api/notifications)"
+grep -q "The firewall follows the new network.*192.168.231.0/24" <<<"$NOTES" || fail "no notification of the followed network: ${NOTES:0:600}"
+in_ct ip addr del 192.168.231.7/24 dev eth0
+for _ in $(seq 1 30); do
+    RC=0; followed 192.168.231.0/24 || RC=$?
+    [ "$RC" = 1 ] && break
+    sleep 1
+done
+[ "$RC" = 1 ] || fail "the firewall kept a network the machine left: $(in_ct nft list set inet taos lan4 2>&1)"
+[ "$(in_ct cat /var/lib/taos/firewall.nft)" = "$RULES_BEFORE" ] || fail "the rules are not back to the container's own network"
+pass "the firewall follows the machine's networks: a new range is let in and the owner told; a range it leaves is shut"
 # The firewall checks below start from no rules.
 in_ct taos-host firewall remove >/dev/null || fail "taos-host firewall remove failed"
 

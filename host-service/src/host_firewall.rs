@@ -88,7 +88,15 @@ pub struct Plan {
     pub public_port: u16,
     pub agent_port: u16,
     pub lan: Vec<Network>,
+    /// The LAN is this machine's own networks (setup derived it; no `[firewall] lan`): the
+    /// running host re-derives it and applies the rules again when they change, so a board
+    /// that gets another address range stays reachable from its LAN. Never for a LAN someone
+    /// gave.
+    pub follows_networks: bool,
 }
+
+/// The line that marks a saved ruleset whose LAN follows this machine's networks.
+const FOLLOWS_MARK: &str = "# lan: this machine's networks, followed by the running host";
 
 impl Plan {
     /// `lan` as given on the command line; empty means [`DEFAULT_LAN`].
@@ -111,7 +119,14 @@ impl Plan {
             public_port,
             agent_port,
             lan,
+            follows_networks: false,
         })
+    }
+
+    /// The same rules with the LAN marked as this machine's own networks.
+    pub fn following_networks(mut self) -> Plan {
+        self.follows_networks = true;
+        self
     }
 }
 
@@ -135,6 +150,9 @@ pub fn ruleset(plan: &Plan) -> String {
         out,
         "# Made by `taos-host firewall apply`; see docs/install.md."
     );
+    if plan.follows_networks {
+        let _ = writeln!(out, "{FOLLOWS_MARK}");
+    }
     let _ = writeln!(out, "table inet {TABLE}");
     let _ = writeln!(out, "delete table inet {TABLE}");
     let _ = writeln!(out, "table inet {TABLE} {{");
@@ -236,6 +254,30 @@ pub fn apply(data_dir: &Path, plan: &Plan) -> Result<PathBuf, FirewallError> {
     Ok(path)
 }
 
+/// When the saved rules' LAN follows this machine's networks (see [`Plan::follows_networks`])
+/// and `networks` (derived from the interfaces now) differ from it, applies the rules again
+/// with them. Returns the new LAN when it changed. No networks at all (every interface down
+/// for a moment) changes nothing: the board keeps the LAN it had rather than opening wider.
+pub fn follow_networks(
+    data_dir: &Path,
+    public_port: u16,
+    agent_port: u16,
+    networks: &[String],
+) -> Result<Option<Vec<Network>>, FirewallError> {
+    let Ok(saved) = std::fs::read_to_string(rules_path(data_dir)) else {
+        return Ok(None);
+    };
+    if networks.is_empty() || !saved.lines().any(|l| l == FOLLOWS_MARK) {
+        return Ok(None);
+    }
+    let plan = Plan::new(public_port, agent_port, networks)?.following_networks();
+    if ruleset(&plan) == saved {
+        return Ok(None);
+    }
+    apply(data_dir, &plan)?;
+    Ok(Some(plan.lan))
+}
+
 /// Deletes the table and the saved ruleset. Nothing to do is not an error.
 pub fn remove(data_dir: &Path) -> Result<bool, FirewallError> {
     let path = rules_path(data_dir);
@@ -256,6 +298,39 @@ pub fn remove(data_dir: &Path) -> Result<bool, FirewallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_rules_marked_as_following_the_networks_follow_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let lan = vec!["192.168.1.0/24".to_string()];
+        let other = vec!["10.9.0.0/16".to_string()];
+        // No saved rules: nothing to follow.
+        assert!(follow_networks(dir.path(), 6969, 6970, &other)
+            .unwrap()
+            .is_none());
+        // Rules someone gave a LAN: left alone whatever the networks are.
+        let given = Plan::new(6969, 6970, &lan).unwrap();
+        std::fs::write(rules_path(dir.path()), ruleset(&given)).unwrap();
+        assert!(follow_networks(dir.path(), 6969, 6970, &other)
+            .unwrap()
+            .is_none());
+        // Setup's derived rules, and the networks unchanged: nothing to do.
+        let derived = Plan::new(6969, 6970, &lan).unwrap().following_networks();
+        assert!(ruleset(&derived).contains(FOLLOWS_MARK));
+        std::fs::write(rules_path(dir.path()), ruleset(&derived)).unwrap();
+        assert!(follow_networks(dir.path(), 6969, 6970, &lan)
+            .unwrap()
+            .is_none());
+        // Every interface down for a moment: the LAN it had stays.
+        assert!(follow_networks(dir.path(), 6969, 6970, &[])
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            std::fs::read_to_string(rules_path(dir.path())).unwrap(),
+            ruleset(&derived)
+        );
+        // (A change loads rules with nft: the install test checks it in a container.)
+    }
 
     #[test]
     fn networks_are_checked() {

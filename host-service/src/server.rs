@@ -129,6 +129,93 @@ fn spawn_trace_sealer(state: AppState) {
     });
 }
 
+/// How often the host looks whether this machine's networks changed (for the firewall).
+const NETWORK_CHECK: Duration = Duration::from_secs(10);
+
+/// Keeps the public port open to this machine's LAN when its networks change (a new DHCP
+/// range, another network): setup derived the LAN from them, so the running host follows
+/// them and tells the owner. Only while `[firewall] lan` is unset and the saved rules are
+/// setup's derived ones (`host_firewall::follow_networks`).
+fn spawn_firewall_follower(state: AppState) {
+    use taos_proto::events::{Level, NewNotification};
+    if !state.config.firewall.lan.is_empty() || !crate::sys::is_root() {
+        return;
+    }
+    let public = state.config.server.bind.port();
+    let agent = state.config.server.agent_bind.port();
+    tokio::spawn(async move {
+        let mut shutdown = state.shutdown.clone();
+        let mut last_error: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(NETWORK_CHECK) => {}
+                _ = shutdown.changed() => return,
+            }
+            let dir = state.data_dir.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                let networks: Vec<String> =
+                    crate::setup::net::derive_lan(&crate::setup::net::gather_addresses())
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                crate::host_firewall::follow_networks(&dir, public, agent, &networks)
+            })
+            .await;
+            let note = match outcome {
+                Ok(Ok(None)) => {
+                    last_error = None;
+                    continue;
+                }
+                Ok(Ok(Some(lan))) => {
+                    last_error = None;
+                    let lan: Vec<String> = lan.iter().map(ToString::to_string).collect();
+                    tracing::info!(lan = %lan.join(", "), "this machine's networks changed: the firewall follows them");
+                    NewNotification {
+                        level: Level::Info,
+                        title: "The firewall follows the new network".into(),
+                        message: format!(
+                            "This machine's networks changed, so port {public} is now open to \
+                             {} (and no longer to the networks it left). To fix the LAN \
+                             instead, set [firewall] lan in taos.toml and run `sudo taos-host \
+                             firewall apply --lan …`.",
+                            lan.join(", ")
+                        ),
+                        source: Some("firewall".into()),
+                        data: Some(serde_json::json!({"lan": lan})),
+                    }
+                }
+                Ok(Err(e)) => {
+                    let why = e.to_string();
+                    tracing::warn!(error = %why, "cannot update the firewall for this machine's networks");
+                    // Once per distinct failure, not at every check.
+                    if last_error.as_deref() == Some(why.as_str()) {
+                        continue;
+                    }
+                    last_error = Some(why.clone());
+                    NewNotification {
+                        level: Level::Error,
+                        title: "The firewall could not follow the new network".into(),
+                        message: format!(
+                            "This machine's networks changed, but the rules for them could not \
+                             be loaded: {why}. The LAN may not reach the host; run `sudo \
+                             taos-host setup` on the machine."
+                        ),
+                        source: Some("firewall".into()),
+                        data: None,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the firewall check panicked");
+                    continue;
+                }
+            };
+            if let Err(e) = state.hub.notify(note).await {
+                tracing::error!(error = %e, "cannot store the firewall notification");
+            }
+        }
+    });
+}
+
 /// Tells the owner when an agent's trace quota costs data (oldest hours deleted) or refuses new
 /// events.
 fn spawn_quota_notices(
@@ -498,6 +585,7 @@ fn spawn_background(
         state.shutdown.clone(),
     );
     spawn_trace_sealer(state.clone());
+    spawn_firewall_follower(state.clone());
     state.approvals.spawn_sweeper(state.shutdown.clone());
     {
         let state = state.clone();

@@ -729,8 +729,11 @@ pub fn firewall_lan(config: &Config) -> (Vec<String>, &'static str) {
             .collect();
         return (default, "no network interface found: the private ranges");
     }
-    (derived, "this machine's networks")
+    (derived, NETWORKS_SOURCE)
 }
+
+/// What [`firewall_lan`] says when the LAN is this machine's own networks.
+const NETWORKS_SOURCE: &str = "this machine's networks";
 
 pub fn firewall(data_dir: &Path, config: &Config) -> Outcome {
     let (lan, source) = firewall_lan(config);
@@ -739,6 +742,7 @@ pub fn firewall(data_dir: &Path, config: &Config) -> Outcome {
         config.server.agent_bind.port(),
         &lan,
     ) {
+        Ok(plan) if source == NETWORKS_SOURCE => plan.following_networks(),
         Ok(plan) => plan,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
