@@ -606,7 +606,27 @@ done
 grep -q "\"author_id\":\"nested\",\"author_type\":\"agent\",\"content\":\"Hello from the install test's fake model.\"" <<<"$ANSWER" \
     || fail "the deployed agent did not answer: $ANSWER"
 NESTED_MS=$(( ($(date +%s%N) - NESTED_T0) / 1000000 ))
+
 pass "setup adds backports and installs incus (btrfs pool refused with the reason, a dir pool instead), imports the image package's image; an agent deployed through the API answers chat ($((NESTED_MS / 1000)) s)"
+
+# An update with that agent connected: its gates wait for the agent to reconnect to the new
+# version's bridge, and it answers again afterwards.
+V_GOOD2="$(make_variant 0.1.0-7 good)"
+incus file push -q "$V_GOOD2" "$NAME/root/"
+AGENT_ID="$(api /api/agents/nested | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')"
+OUT="$(in_ct taos-host update "/root/$(basename "$V_GOOD2")" 2>&1)" || fail "an update with an agent connected failed: $OUT"
+[ "$(in_ct taos-host update --status | cut -d: -f1)" = Done ] || fail "$(in_ct taos-host update --status)"
+in_ct python3 -c 'import json, sys; s = json.load(open("/var/lib/taos/update/state.json")); sys.exit(0 if sys.argv[1] in s["connected_before"] else 1)' "$AGENT_ID" \
+    || fail "the update did not wait for the connected agent: $(in_ct cat /var/lib/taos/update/state.json)"
+SEQ="$(api /api/chat/messages "{\"channel_id\":\"$DM\",\"content\":\"hello after the update\"}" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["seq"])')" || fail "cannot write to the agent's DM after the update"
+for _ in $(seq 1 90); do
+    ANSWER="$(api "/api/chat/channels/$DM/messages?after_seq=$SEQ")"
+    grep -q '"author_id":"nested".*"state":"complete"' <<<"$ANSWER" && break
+    sleep 1
+done
+grep -q '"author_id":"nested".*"state":"complete"' <<<"$ANSWER" || fail "the agent did not answer after the update: $ANSWER"
+pass "an update with an agent connected waits for it to reconnect, and it answers after"
 
 in_ct env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q taos-host >/dev/null 2>&1 || fail "apt remove failed"
 [ "$(in_ct systemctl is-active taos-host 2>/dev/null || true)" != active ] || fail "the service still runs after apt remove"

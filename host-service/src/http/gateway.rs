@@ -23,6 +23,10 @@ use crate::auth::live::{Credential, Ended, LiveGuard};
 use crate::llm::gateway::{self, CallContext, CallKind, GatewayError, Outcome};
 use taos_proto::llm::LlmState;
 
+/// How long a call waits for LiteLLM while it starts or restarts (it takes tens of seconds;
+/// more on a small board). The sidecar waits up to five minutes for a model's first byte.
+const LLM_START_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -209,9 +213,18 @@ async fn forward(
         ..Default::default()
     };
     // LiteLLM's listener belongs to the host for its whole life, so while LiteLLM is down a
-    // connection would wait in the backlog: answer at once instead.
+    // connection would wait in the backlog: answer at once instead. While it starts (after
+    // the host or an update of it started) or restarts, the call waits for it, a bounded
+    // time: that is seconds to a minute, and the agent's turn would otherwise fail.
     let send = async {
-        if supervisor.state() == LlmState::Ready {
+        let ready = match supervisor.state() {
+            LlmState::Ready => true,
+            LlmState::Starting | LlmState::Restarting => {
+                supervisor.wait_while_starting(LLM_START_WAIT).await == LlmState::Ready
+            }
+            LlmState::Unavailable | LlmState::Failed => false,
+        };
+        if ready {
             state
                 .llm
                 .client

@@ -63,6 +63,8 @@ struct Inner {
     master_key: String,
     status: Mutex<StatusData>,
     desired: watch::Sender<Option<Desired>>,
+    /// The state as it changes, for calls waiting while LiteLLM starts.
+    state_changed: watch::Sender<LlmState>,
     /// What LiteLLM's cost map says about the models it serves (`/model/info`), by name.
     facts: Mutex<HashMap<String, ModelFacts>>,
 }
@@ -160,6 +162,7 @@ impl Supervisor {
                     log_tail: VecDeque::new(),
                 }),
                 desired: watch::channel(None).0,
+                state_changed: watch::channel(state).0,
                 facts: Mutex::new(HashMap::new()),
             }),
         })
@@ -206,7 +209,25 @@ impl Supervisor {
             .state
     }
 
+    /// Waits while LiteLLM starts or restarts, at most `max`, and says the state then: a call
+    /// made just after the host (or an update of it) started waits for LiteLLM instead of
+    /// failing the agent's turn.
+    pub async fn wait_while_starting(&self, max: Duration) -> LlmState {
+        let mut changes = self.inner.state_changed.subscribe();
+        let settled = async {
+            changes
+                .wait_for(|s| !matches!(s, LlmState::Starting | LlmState::Restarting))
+                .await
+                .map(|state| *state)
+        };
+        match tokio::time::timeout(max, settled).await {
+            Ok(Ok(state)) => state,
+            _ => self.state(),
+        }
+    }
+
     fn set_state(&self, state: LlmState, error: Option<String>) {
+        self.inner.state_changed.send_replace(state);
         let mut s = self.inner.status.lock().unwrap_or_else(|p| p.into_inner());
         if s.state != state {
             tracing::info!(from = ?s.state, to = ?state, "LiteLLM state");

@@ -301,7 +301,7 @@ async fn the_gateway_enforces_models_and_budgets_and_records_every_call() {
 }
 
 #[tokio::test]
-async fn a_killed_litellm_gives_a_quick_503_and_comes_back() {
+async fn a_killed_litellm_comes_back_and_a_call_made_meanwhile_waits_for_it() {
     let (_turn, host, _fake) = with_fake_provider(BIN, &[]).await;
     let created = create_agent(&host, "Survivor").await;
     let key = created.llm_key.clone().unwrap();
@@ -326,43 +326,31 @@ async fn a_killed_litellm_gives_a_quick_503_and_comes_back() {
         .args(["-KILL", &pid])
         .status()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
+    // The supervisor restarts it, no host restart needed, and a call made meanwhile waits
+    // for it instead of failing the agent's turn for a crash the agent can't see.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while litellm_pid(&host).as_deref() == Some(pid.as_str()) {
+        assert!(Instant::now() < deadline, "the killed LiteLLM is still listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // (LiteLLM's start can take longer than the kit's usual 30 s on a busy machine.)
     let r = gateway(&host, &key, "/v1/chat/completions")
+        .timeout(Duration::from_secs(180))
         .json(&ask)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let error = r.json::<Value>().await.unwrap()["error"].clone();
-    assert_eq!(error["type"], "llm_unavailable");
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .contains("see /api/llm/status"),
-        "says where to look: {error}"
-    );
-
-    // The supervisor restarts it; no host restart needed.
-    wait_ready(&host, &["fake-gpt", "fake-other"]).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = gateway(&host, &key, "/v1/chat/completions")
-            .json(&ask)
-            .send()
-            .await
-            .unwrap();
-        if r.status() == StatusCode::OK {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "calls never recovered: {}",
-            r.status()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    assert_eq!(r.status(), StatusCode::OK);
+    let status: Value = host
+        .admin(Method::GET, "/api/llm/status")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "ready", "{status}");
+    assert_ne!(litellm_pid(&host), Some(pid), "a new LiteLLM serves");
 }
 
 #[tokio::test]
