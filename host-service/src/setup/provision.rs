@@ -27,6 +27,9 @@ pub enum Step {
     Litellm,
     AgentImage,
     Firewall,
+    /// Only after `setup --restore-from`: the backup's agents' containers, imported into the
+    /// runtime the steps above made, before the service starts (not in [`Step::ALL`]).
+    Containers,
     Service,
 }
 
@@ -45,6 +48,7 @@ impl Step {
             Step::Litellm => "LiteLLM (its own venv and user)",
             Step::AgentImage => "the agent image",
             Step::Firewall => "the firewall",
+            Step::Containers => "the restored agents' containers",
             Step::Service => "the service",
         }
     }
@@ -690,7 +694,23 @@ pub async fn run_all(
     let mut record = read_record(data_dir);
     let mut outcomes = Vec::new();
     let mut restart = false;
-    for step in Step::ALL {
+    // A restore's containers wait for the runtime (`setup --restore-from`, or a setup run
+    // again after one that stopped before importing them).
+    let steps: Vec<Step> = Step::ALL
+        .into_iter()
+        .flat_map(|step| {
+            let containers =
+                step == Step::Service && crate::backup::restore::has_deferred(data_dir);
+            containers
+                .then_some(Step::Containers)
+                .into_iter()
+                .chain([step])
+        })
+        .collect();
+    for step in steps {
+        let containers_failed = outcomes
+            .iter()
+            .any(|(s, o): &(Step, Outcome)| *s == Step::Containers && !o.is_provisioned());
         let outcome = match step {
             Step::Incus => {
                 IncusStep {
@@ -711,6 +731,16 @@ pub async fn run_all(
                 agent_image(&config.runtime.incus_socket, &file, AGENT_IMAGE_ALIAS).await
             }
             Step::Firewall => tokio::task::block_in_place(|| firewall(data_dir, &config)),
+            Step::Containers => match crate::backup::restore::import_deferred(data_dir).await {
+                Ok(n) => Outcome::Done(format!("{n} imported (those that were running started)")),
+                Err(e) => Outcome::Failed(format!(
+                    "{e}; their files are kept: fix that and run `sudo taos-host setup` again"
+                )),
+            },
+            // The host would start with agents whose containers are missing.
+            Step::Service if containers_failed => Outcome::NotDone(
+                "not started: the restored agents' containers are not imported yet (above)".into(),
+            ),
             Step::Service => service(data_dir, &config, restart).await,
         };
         if matches!(outcome, Outcome::Done(_)) && step != Step::Service {
