@@ -694,20 +694,7 @@ pub async fn run_all(
     let mut record = read_record(data_dir);
     let mut outcomes = Vec::new();
     let mut restart = false;
-    // A restore's containers wait for the runtime (`setup --restore-from`, or a setup run
-    // again after one that stopped before importing them).
-    let steps: Vec<Step> = Step::ALL
-        .into_iter()
-        .flat_map(|step| {
-            let containers =
-                step == Step::Service && crate::backup::restore::has_deferred(data_dir);
-            containers
-                .then_some(Step::Containers)
-                .into_iter()
-                .chain([step])
-        })
-        .collect();
-    for step in steps {
+    for step in steps(crate::backup::restore::has_deferred(data_dir)) {
         let containers_failed = outcomes
             .iter()
             .any(|(s, o): &(Step, Outcome)| *s == Step::Containers && !o.is_provisioned());
@@ -770,6 +757,22 @@ pub async fn run_all(
     Ok(outcomes)
 }
 
+/// The steps to run: [`Step::ALL`], with [`Step::Containers`] just before the service while a
+/// restore's containers wait for the runtime (`setup --restore-from`, or a setup run again
+/// after one that stopped before importing them).
+fn steps(restored_containers: bool) -> Vec<Step> {
+    Step::ALL
+        .into_iter()
+        .flat_map(|step| {
+            let containers = step == Step::Service && restored_containers;
+            containers
+                .then_some(Step::Containers)
+                .into_iter()
+                .chain([step])
+        })
+        .collect()
+}
+
 /// Whether every step ended provisioned (done now or before).
 pub fn all_provisioned(outcomes: &[(Step, Outcome)]) -> bool {
     outcomes.iter().all(|(_, o)| o.is_provisioned())
@@ -784,6 +787,22 @@ mod tests {
         assert_eq!(pool_size_gib(1024), 2);
         assert_eq!(pool_size_gib(40 * 1024), 20);
         assert_eq!(pool_size_gib(10 * 1024 * 1024), 100);
+    }
+
+    #[test]
+    fn a_restores_containers_come_back_after_the_runtime_and_before_the_service() {
+        assert_eq!(steps(false), Step::ALL);
+        assert_eq!(
+            steps(true),
+            [
+                Step::Incus,
+                Step::Litellm,
+                Step::AgentImage,
+                Step::Firewall,
+                Step::Containers,
+                Step::Service
+            ]
+        );
     }
 
     #[test]

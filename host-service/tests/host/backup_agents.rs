@@ -1372,6 +1372,29 @@ async fn setup_restore_from_restores_first_and_brings_the_containers_back_after_
                 assert!(!dir.exists(), "{args:?} made {}", dir.display());
             }
         }
+        // A check with a good request only says what setup would do.
+        let output = std::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "setup",
+                "--check",
+                "--restore-from",
+                &repo,
+                "--password-file",
+                &pass,
+            ])
+            .env_remove("TAOS_DATA_DIR")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{output:?}");
+        assert!(
+            stdout.contains("With --restore-from, setup first restores")
+                && stdout.contains("nothing was changed"),
+            "{stdout}"
+        );
+        assert!(!data.exists(), "a check made the data dir");
         // The repository is as it was: the one snapshot, still opened by the passphrase.
         let listed = std::process::Command::new("restic")
             .args(["-r", &repo, "--password-file", &pass, "snapshots", "--json"])
