@@ -132,6 +132,34 @@ enum Command {
         /// bookworm-backports, the only place incus is packaged for it.
         #[arg(long)]
         no_backports: bool,
+        /// A new board as the host a backup holds: restore the backup from this repository
+        /// into the (empty) data dir first, then provision with its taos.toml and bring its
+        /// agents' containers back. A folder (absolute path), `sftp://user@host[:port]/path`
+        /// (with --ssh-key and --known-hosts), or `s3:https://host[:port]/bucket` (with
+        /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment).
+        #[arg(long, value_name = "REPOSITORY", requires = "passphrase")]
+        restore_from: Option<String>,
+        /// With --restore-from: a file holding the backup passphrase, readable by its owner
+        /// only (mode 0600).
+        #[arg(
+            long,
+            value_name = "FILE",
+            group = "passphrase",
+            requires = "restore_from"
+        )]
+        password_file: Option<PathBuf>,
+        /// With --restore-from: read the backup passphrase from one line of standard input.
+        #[arg(long, group = "passphrase", requires = "restore_from")]
+        password_stdin: bool,
+        /// With --restore-from: the snapshot (its id or a prefix); default: the newest.
+        #[arg(long, requires = "restore_from")]
+        snapshot: Option<String>,
+        /// With an SFTP --restore-from: the private key file ssh signs in with.
+        #[arg(long, requires = "restore_from")]
+        ssh_key: Option<PathBuf>,
+        /// With an SFTP --restore-from: a known_hosts file holding the server's host key.
+        #[arg(long, requires = "restore_from")]
+        known_hosts: Option<PathBuf>,
     },
 }
 
@@ -310,13 +338,20 @@ fn firewall(data_dir: &std::path::Path, command: FirewallCommand) -> anyhow::Res
     }
 }
 
-/// `taos-host setup [--check]`: the check first; then, unless only checking, the steps.
+/// `taos-host setup [--check] [--restore-from …]`: the check first; then, unless only
+/// checking, the restore if asked (`setup::restore_from` says why it comes first), then the
+/// steps.
 async fn setup(
     data_dir: &std::path::Path,
     check: bool,
     options: taos_host::setup::provision::Options,
+    restore_from: Option<taos_host::setup::restore_from::RestoreFrom>,
 ) -> anyhow::Result<()> {
     use taos_host::setup::provision::{self, Outcome};
+    if let Some(request) = &restore_from {
+        // Bad input is refused before anything else, even a check.
+        taos_host::setup::restore_from::validate(data_dir, request)?;
+    }
     // Read the config as it would be, without writing the defaults: a check changes nothing,
     // not even the data dir.
     let path = config::config_path(data_dir);
@@ -335,6 +370,16 @@ async fn setup(
         blockers.join("; ")
     );
     if check {
+        if let Some(request) = &restore_from {
+            println!(
+                "\nWith --restore-from, setup first restores the newest backup (or the one \
+                 named) from {} into {}, then provisions with the restored taos.toml (its \
+                 subnets and ports may differ from the defaults above) and imports its agents' \
+                 containers.",
+                request.from,
+                data_dir.display()
+            );
+        }
         println!(
             "\nThis was a check only: nothing was changed. `sudo taos-host setup` does the steps \
              above."
@@ -358,6 +403,31 @@ async fn setup(
             file.is_file(),
             "--agent-image {}: no such file",
             file.display()
+        );
+    }
+    if let Some(request) = &restore_from {
+        println!("\nrestoring from {} first:", request.from);
+        let restored = taos_host::setup::restore_from::restore_first(
+            data_dir,
+            request,
+            s3_keys(),
+            std::io::stdin().lock(),
+        )
+        .await?;
+        println!(
+            "  restored snapshot {} of {} (database schema {}) into {}{}",
+            restored.snapshot_id,
+            restored.time.to_rfc3339(),
+            restored.schema_version,
+            data_dir.display(),
+            if restored.containers > 0 {
+                format!(
+                    "; its {} agent container(s) come back once the runtime is provisioned",
+                    restored.containers
+                )
+            } else {
+                String::new()
+            }
         );
     }
     println!("\nsetting up:");
@@ -528,6 +598,17 @@ async fn update(
     Ok(())
 }
 
+/// An S3 repository's keys, from the environment (never the command line).
+fn s3_keys() -> Option<(String, String)> {
+    match (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        (Ok(id), Ok(secret)) => Some((id, secret)),
+        _ => None,
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.unwrap_or_else(config::default_data_dir);
     match cli.command {
@@ -537,13 +618,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             pool_device,
             agent_image,
             no_backports,
+            restore_from,
+            password_file,
+            password_stdin,
+            snapshot,
+            ssh_key,
+            known_hosts,
         } => {
+            use taos_host::setup::restore_from::{Passphrase, RestoreFrom};
+            let restore_from = restore_from.map(|from| RestoreFrom {
+                from,
+                passphrase: match password_file {
+                    Some(file) => Passphrase::File(file),
+                    None => {
+                        debug_assert!(password_stdin, "clap requires one of the two");
+                        Passphrase::Stdin
+                    }
+                },
+                ssh_key,
+                known_hosts,
+                snapshot,
+            });
             let options = taos_host::setup::provision::Options {
                 pool_device,
                 agent_image,
                 no_backports,
             };
-            setup(&data_dir, check, options).await
+            setup(&data_dir, check, options, restore_from).await
         }
         Command::Update {
             package,
@@ -679,13 +780,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             password_file,
             snapshot,
         } => {
-            let s3_keys = match (
-                std::env::var("AWS_ACCESS_KEY_ID"),
-                std::env::var("AWS_SECRET_ACCESS_KEY"),
-            ) {
-                (Ok(id), Ok(secret)) => Some((id, secret)),
-                _ => None,
-            };
+            let s3_keys = s3_keys();
             let restored =
                 taos_host::backup::restore::restore(&taos_host::backup::restore::RestoreRequest {
                     data_dir: data_dir.clone(),
@@ -695,6 +790,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     s3_keys,
                     password_file,
                     snapshot,
+                    defer_containers: false,
                 })
                 .await?;
             println!(

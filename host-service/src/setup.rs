@@ -7,6 +7,7 @@
 
 pub mod net;
 pub mod provision;
+pub mod restore_from;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

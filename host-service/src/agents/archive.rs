@@ -536,14 +536,19 @@ async fn restore_until_commit(
             .await
             .map_err(ArchiveError::Failed)
     };
-    if let (Some(archived_name), Some(snapshot)) = (&plan.archived_name, &plan.snapshot) {
+    if let Some(archived_name) = &plan.archived_name {
         let rt = runtime(host)?;
         fault("rename").await?;
         rt.rename(archived_name, &plan.container).await?;
         journal::step(&host.db, agent_id, "renamed").await?;
-        fault("snapshot").await?;
-        rt.snapshot_restore(&plan.container, snapshot).await?;
-        journal::step(&host.db, agent_id, "snapshot_restored").await?;
+        // An archive a backup made has no snapshot: its container was made from the backup,
+        // never started, so it is as the snapshot would make it (Docker ones: Docker can't
+        // restore a snapshot in place).
+        if let Some(snapshot) = &plan.snapshot {
+            fault("snapshot").await?;
+            rt.snapshot_restore(&plan.container, snapshot).await?;
+            journal::step(&host.db, agent_id, "snapshot_restored").await?;
+        }
     }
     fault("trace").await?;
     // The trace folder comes home under the (possibly new) slug.

@@ -838,7 +838,8 @@ pub async fn recover(host: &AgentHost) {
 }
 
 /// At start-up: points every container agent's proxy devices at the agent listener as it is
-/// bound now (its address may have changed since the container was made).
+/// bound now (its address may have changed since the container was made). Under Docker,
+/// where agents dial their network's gateway, their credentials file is re-pointed instead.
 pub async fn reconcile_proxies(host: &AgentHost) {
     let Some(rt) = host.runtime.as_ref() else {
         return;
@@ -853,10 +854,100 @@ pub async fn reconcile_proxies(host: &AgentHost) {
         if !rt.exists(container).await.unwrap_or(false) {
             continue;
         }
+        if !rt.has_proxy_devices() {
+            match repoint_credentials(host, rt, &agent, container).await {
+                Ok(true) => {
+                    tracing::info!(agent = %agent.slug, "the agent's listener address changed; its credentials file now names the current one")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(agent = %agent.slug, error = %e, "could not re-point a Docker agent at the agent listener")
+                }
+            }
+            continue;
+        }
         if let Err(e) = repoint_proxies(host, rt, container).await {
             tracing::warn!(agent = %agent.slug, error = %e, "could not re-point a proxy device");
         }
     }
+}
+
+/// The largest credentials file the host reads back: the ones it writes are a few hundred
+/// bytes, and the agent can write this file (hostile input).
+const MAX_CREDENTIALS_BYTES: usize = 64 * 1024;
+
+/// Docker: an agent's credentials file names the host's listener at its network's gateway
+/// (`agent_env`). A host restored from a backup onto another Docker (or with another
+/// `agent_bind`) may listen elsewhere: the file's `TAOS_BRIDGE_URL` and `OPENAI_BASE_URL`
+/// are set to where deploy would point them now (its other lines, the credentials, kept),
+/// and a running container is restarted so its sidecar reads them. True if it changed.
+pub async fn repoint_credentials(
+    host: &AgentHost,
+    rt: &ContainerRuntime,
+    agent: &AgentRecord,
+    container: &str,
+) -> Result<bool, String> {
+    let (bridge_url, llm_url) = agent_endpoints(&host.agent_gateways, agent.network);
+    let bytes = rt
+        .pull_file(container, CREDENTIALS_PATH)
+        .await
+        .map_err(|e| format!("cannot read {CREDENTIALS_PATH}: {e}"))?;
+    if bytes.len() > MAX_CREDENTIALS_BYTES {
+        return Err(format!(
+            "{CREDENTIALS_PATH} is {} bytes, more than a credentials file can be",
+            bytes.len()
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("{CREDENTIALS_PATH} is not UTF-8"))?;
+    let Some(rewritten) = with_endpoints(&text, &bridge_url, &llm_url) else {
+        return Ok(false);
+    };
+    push_credentials(rt, container, &rewritten).await?;
+    if rt
+        .state(container)
+        .await
+        .map_err(|e| e.to_string())?
+        .running
+    {
+        restart_service(rt, container, &service_of(agent)).await?;
+    }
+    Ok(true)
+}
+
+/// The credentials file with its two addresses set (added if missing), or None if they are
+/// already those.
+fn with_endpoints(text: &str, bridge_url: &str, llm_url: &str) -> Option<String> {
+    let wanted = [
+        ("TAOS_BRIDGE_URL=", bridge_url),
+        ("OPENAI_BASE_URL=", llm_url),
+    ];
+    let mut seen = [false; 2];
+    let mut changed = false;
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines() {
+        match wanted.iter().position(|(key, _)| line.starts_with(key)) {
+            Some(i) => {
+                let line_wanted = format!("{}{}", wanted[i].0, wanted[i].1);
+                changed |= line != line_wanted || seen[i];
+                if !seen[i] {
+                    out.push_str(&line_wanted);
+                    out.push('\n');
+                }
+                seen[i] = true;
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    for (i, (key, value)) in wanted.iter().enumerate() {
+        if !seen[i] {
+            out.push_str(&format!("{key}{value}\n"));
+            changed = true;
+        }
+    }
+    changed.then_some(out)
 }
 
 /// Points a container's proxy devices at the agent listener as it is bound now (a restart may
@@ -934,6 +1025,35 @@ mod tests {
         }
         assert_eq!(steps(true), STEPS);
         assert_eq!(steps(false), DOCKER_STEPS);
+    }
+
+    #[test]
+    fn a_credentials_file_is_re_pointed_keeping_its_other_lines() {
+        let file = "TAOS_BRIDGE_URL=http://172.30.0.1:6970\nTAOS_AGENT_NAME=ada\n\
+                    TAOS_AGENT_TOKEN=taos_ag_x\nOPENAI_BASE_URL=http://172.30.0.1:6970/v1\n";
+        assert_eq!(
+            with_endpoints(file, "http://172.30.0.1:6970", "http://172.30.0.1:6970/v1"),
+            None,
+            "unchanged"
+        );
+        assert_eq!(
+            with_endpoints(file, "http://10.9.0.1:6970", "http://10.9.0.1:6970/v1").as_deref(),
+            Some(
+                "TAOS_BRIDGE_URL=http://10.9.0.1:6970\nTAOS_AGENT_NAME=ada\n\
+                 TAOS_AGENT_TOKEN=taos_ag_x\nOPENAI_BASE_URL=http://10.9.0.1:6970/v1\n"
+            )
+        );
+        // A second line of one key (the agent can write this file) is dropped, and a
+        // missing one added.
+        assert_eq!(
+            with_endpoints(
+                "TAOS_BRIDGE_URL=http://a\nTAOS_BRIDGE_URL=http://evil\nX=1\n",
+                "http://b",
+                "http://b/v1"
+            )
+            .as_deref(),
+            Some("TAOS_BRIDGE_URL=http://b\nX=1\nOPENAI_BASE_URL=http://b/v1\n")
+        );
     }
 
     #[test]

@@ -82,6 +82,24 @@ impl Backups {
         fsutil::ensure_private_subdir(&private)?;
         let work = private.join(WORK_DIR);
         let result = self.restore_agent_in(request, &settings, &work).await;
+        match &result {
+            Ok(restored) => {
+                self.agent_restore_progress(
+                    &request.agent,
+                    "finished",
+                    serde_json::json!({"slug": restored.agent.slug}),
+                )
+                .await
+            }
+            Err(e) => {
+                self.agent_restore_progress(
+                    &request.agent,
+                    "failed",
+                    serde_json::json!({"error": e.to_string()}),
+                )
+                .await
+            }
+        }
         for leftover in [work, private.join(PASSWORD_FILE)] {
             let removed = if leftover.is_dir() {
                 std::fs::remove_dir_all(&leftover)
@@ -121,6 +139,8 @@ impl Backups {
         fsutil::write_atomic(&restic.password_file, passphrase.as_bytes())?;
         drop(passphrase);
 
+        self.agent_restore_progress(&request.agent, "checking", serde_json::json!({}))
+            .await;
         let snapshots = restic.snapshots(&[TAG]).await?;
         let snapshot = super::restore::choose(&snapshots, request.snapshot.as_deref())
             .map_err(|e| BackupError::NotInBackup(e.to_string()))?
@@ -195,16 +215,6 @@ impl Backups {
         }
         let rt = match (&container, self.0.agents.runtime.as_ref()) {
             (None, _) => None,
-            (Some(c), Some(_)) if c.runtime == "docker" => {
-                // It would go through an archive, whose restore needs a snapshot restore,
-                // which Docker lacks: refused before anything is made.
-                return Err(BackupError::Conflict(format!(
-                    "agent {}'s container is a Docker one, and restoring one agent's Docker \
-                     container is not supported (Docker can't restore the archive snapshot it \
-                     goes through); restore the whole host with `taos-host restore`",
-                    request.agent
-                )));
-            }
             (Some(c), Some(rt)) if rt.kind() == c.runtime => Some(rt),
             (Some(c), rt) => {
                 return Err(BackupError::Conflict(format!(
@@ -221,6 +231,12 @@ impl Backups {
         };
 
         // Then its container and traces.
+        self.agent_restore_progress(
+            &request.agent,
+            "downloading",
+            serde_json::json!({"snapshot": snapshot.short_id}),
+        )
+        .await;
         let mut includes = vec![format!(
             "{top}/{}/{}",
             crate::trace::legacy::STORE_DIR,
@@ -236,7 +252,12 @@ impl Backups {
         let ts = now_ms();
         let unique = Uuid::now_v7();
         let archived_name = format!("taos-x-{}", &unique.simple().to_string()[20..]);
-        let archive_snapshot = format!("taos-archive-{ts}");
+        // incus: the archive snapshot its restore goes back to. Docker can't restore a
+        // snapshot in place, and needs none: the container is made from the backup's image
+        // and not started before the archive's restore starts it.
+        let archive_snapshot = rt
+            .filter(|rt| rt.has_proxy_devices())
+            .map(|_| format!("taos-archive-{ts}"));
         let dir = self
             .0
             .data_dir
@@ -253,6 +274,12 @@ impl Backups {
         )?;
         let made = async {
             if let (Some(c), Some(rt)) = (&container, rt) {
+                self.agent_restore_progress(
+                    &request.agent,
+                    "importing",
+                    serde_json::json!({"runtime": rt.kind()}),
+                )
+                .await;
                 rt.import_container(
                     &root.join(CONTAINERS_DIR).join(&c.file),
                     &archived_name,
@@ -260,11 +287,13 @@ impl Backups {
                 )
                 .await
                 .map_err(|e| BackupError::Stage(format!("cannot import the container: {e}")))?;
-                rt.snapshot_create(&archived_name, &archive_snapshot)
-                    .await
-                    .map_err(|e| {
-                        BackupError::Stage(format!("cannot snapshot the container: {e}"))
-                    })?;
+                if let Some(archive_snapshot) = &archive_snapshot {
+                    rt.snapshot_create(&archived_name, archive_snapshot)
+                        .await
+                        .map_err(|e| {
+                            BackupError::Stage(format!("cannot snapshot the container: {e}"))
+                        })?;
+                }
             }
             crate::faults::check("agent-restore", "imported")
                 .await
@@ -283,9 +312,8 @@ impl Backups {
                 agent_id,
                 &request.agent,
                 &display_name,
-                container
-                    .as_ref()
-                    .map(|_| (archived_name.as_str(), archive_snapshot.as_str())),
+                container.as_ref().map(|_| archived_name.as_str()),
+                archive_snapshot.as_deref(),
                 &dir,
                 &archive_id,
             )
@@ -314,7 +342,23 @@ impl Backups {
         };
         tracing::info!(agent = %request.agent, snapshot = %snapshot.short_id, archive = %archive_id, "agent taken from the backup into the archive; restoring it");
         // From here the archive's restore owns it (journal, crash recovery, new credentials).
+        self.agent_restore_progress(
+            &request.agent,
+            "starting",
+            serde_json::json!({"archive_id": archive_id}),
+        )
+        .await;
         Ok(archive::restore(&self.0.agents, &archive_id).await?)
+    }
+
+    /// `backup.agent_restore {agent, phase, …}` on `/api/events`: checking → downloading →
+    /// importing (when it has a container) → starting → finished | failed.
+    async fn agent_restore_progress(&self, agent: &str, phase: &str, detail: serde_json::Value) {
+        let mut event = serde_json::json!({"agent": agent, "phase": phase});
+        if let (Some(event), serde_json::Value::Object(detail)) = (event.as_object_mut(), detail) {
+            event.extend(detail);
+        }
+        self.0.hub.announce("backup.agent_restore", event).await;
     }
 }
 
@@ -397,7 +441,8 @@ async fn insert_as_archived(
     agent_id: Uuid,
     slug: &str,
     display_name: &str,
-    container: Option<(&str, &str)>,
+    container: Option<&str>,
+    snapshot: Option<&str>,
     dir: &Path,
     archive_id: &str,
 ) -> Result<(), BackupError> {
@@ -417,7 +462,7 @@ async fn insert_as_archived(
         &placeholder,
         // Revoked: the hash of a secret nobody has; the restore mints new ones.
         &hash_token(&new_secret(AGENT_TOKEN_PREFIX)),
-        container.map(|(name, _)| name),
+        container,
     )
     .await?;
     crate::chat::copy_dm_from_attached(&mut tx, agent_id).await?;
@@ -428,8 +473,8 @@ async fn insert_as_archived(
         agent_id,
         slug,
         display_name,
-        container.map(|(name, _)| name),
-        container.map(|(_, snapshot)| snapshot),
+        container,
+        snapshot,
         dir,
     )
     .await?;

@@ -19,6 +19,11 @@ use crate::fsutil;
 
 /// The folder inside the data dir restic restores into before the parts move into place.
 const RESTORE_DIR: &str = ".restore";
+/// `taos-host setup --restore-from`: the agents' containers wait here (in the backup module's
+/// private folder) until setup has provisioned the runtime, with the list of them in
+/// [`DEFERRED_LIST`]; a setup run again finds them and imports them then.
+pub const DEFERRED_DIR: &str = "restored-containers";
+const DEFERRED_LIST: &str = "containers.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -70,6 +75,10 @@ pub struct RestoreRequest {
     pub password_file: PathBuf,
     /// A snapshot id or its prefix (restic's short id); `None`: the newest.
     pub snapshot: Option<String>,
+    /// Leave the agents' containers for [`import_deferred`] (setup, which provisions the
+    /// runtime only after the restore brought back the `taos.toml` it is provisioned with),
+    /// instead of importing them now.
+    pub defer_containers: bool,
 }
 
 /// What was restored.
@@ -80,7 +89,8 @@ pub struct Restored {
     pub schema_version: i64,
     pub old_data_dir: String,
     pub archives_moved: u64,
-    /// Agents' containers imported (and started if they were running).
+    /// Agents' containers imported (and started if they were running), or, with
+    /// `defer_containers`, left for [`import_deferred`].
     pub containers: usize,
 }
 
@@ -198,7 +208,14 @@ async fn restore_into(request: &RestoreRequest) -> Result<Restored, RestoreError
     db.close().await;
     let archives_moved = settled.map_err(RestoreError::Settle)?;
     let containers = manifest.containers.len();
-    if !manifest.containers.is_empty() {
+    if !manifest.containers.is_empty() && request.defer_containers {
+        let deferred = private.join(DEFERRED_DIR);
+        fs::rename(root.join(CONTAINERS_DIR), &deferred)?;
+        let list = serde_json::to_vec(&manifest.containers)
+            .map_err(|e| RestoreError::Settle(e.to_string()))?;
+        // Written last: the list's presence says the tarballs are all there.
+        fsutil::write_atomic(&deferred.join(DEFERRED_LIST), &list)?;
+    } else if !manifest.containers.is_empty() {
         import_containers(data_dir, &root.join(CONTAINERS_DIR), &manifest.containers).await?;
     }
     fs::remove_dir_all(&target)?;
@@ -210,6 +227,32 @@ async fn restore_into(request: &RestoreRequest) -> Result<Restored, RestoreError
         archives_moved,
         containers,
     })
+}
+
+/// Whether a restore left agents' containers for [`import_deferred`].
+pub fn has_deferred(data_dir: &Path) -> bool {
+    data_dir
+        .join(BACKUP_DIR)
+        .join(DEFERRED_DIR)
+        .join(DEFERRED_LIST)
+        .is_file()
+}
+
+/// Imports the agents' containers a `defer_containers` restore left, into the runtime the
+/// restored `taos.toml` names, and removes their tarballs. Returns how many. A failure
+/// (say, an existing container of one's name) removes what it imported and keeps the
+/// tarballs, so it can run again.
+pub async fn import_deferred(data_dir: &Path) -> Result<usize, RestoreError> {
+    let dir = data_dir.join(BACKUP_DIR).join(DEFERRED_DIR);
+    let list: Vec<StagedContainer> = match fs::read(dir.join(DEFERRED_LIST)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| RestoreError::Containers(format!("unreadable {DEFERRED_LIST}: {e}")))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    import_containers(data_dir, &dir, &list).await?;
+    fs::remove_dir_all(&dir)?;
+    Ok(list.len())
 }
 
 /// The agents' containers back into the runtime the restored `taos.toml` names (its agents'

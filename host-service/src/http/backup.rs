@@ -199,7 +199,7 @@ async fn get_drill(
         (status = 401, description = "No credentials", body = ErrorBody),
         (status = 403, description = "Not the owner", body = ErrorBody),
         (status = 404, description = "No such snapshot, agent, or container in the backup; nothing changed", body = ErrorBody),
-        (status = 409, description = "Not set up, the agent is on this host already, another schema, no incus for its container, or another agent restore is running; nothing changed", body = ErrorBody)))]
+        (status = 409, description = "Not set up, the agent is on this host already, another schema, its container exported by another runtime than this host's (or none here), or another agent restore is running; nothing changed", body = ErrorBody)))]
 async fn restore_agent(
     OwnerLike(principal): OwnerLike,
     State(state): State<AppState>,

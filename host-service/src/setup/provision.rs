@@ -27,6 +27,9 @@ pub enum Step {
     Litellm,
     AgentImage,
     Firewall,
+    /// Only after `setup --restore-from`: the backup's agents' containers, imported into the
+    /// runtime the steps above made, before the service starts (not in [`Step::ALL`]).
+    Containers,
     Service,
 }
 
@@ -45,6 +48,7 @@ impl Step {
             Step::Litellm => "LiteLLM (its own venv and user)",
             Step::AgentImage => "the agent image",
             Step::Firewall => "the firewall",
+            Step::Containers => "the restored agents' containers",
             Step::Service => "the service",
         }
     }
@@ -879,7 +883,10 @@ pub async fn run_all(
     let mut record = read_record(data_dir);
     let mut outcomes = Vec::new();
     let mut restart = false;
-    for step in Step::ALL {
+    for step in steps(crate::backup::restore::has_deferred(data_dir)) {
+        let containers_failed = outcomes
+            .iter()
+            .any(|(s, o): &(Step, Outcome)| *s == Step::Containers && !o.is_provisioned());
         let outcome = match step {
             Step::Incus => {
                 IncusStep {
@@ -901,6 +908,16 @@ pub async fn run_all(
                 agent_image(&config.runtime.incus_socket, &file, AGENT_IMAGE_ALIAS).await
             }
             Step::Firewall => tokio::task::block_in_place(|| firewall(data_dir, &config)),
+            Step::Containers => match crate::backup::restore::import_deferred(data_dir).await {
+                Ok(n) => Outcome::Done(format!("{n} imported (those that were running started)")),
+                Err(e) => Outcome::Failed(format!(
+                    "{e}; their files are kept: fix that and run `sudo taos-host setup` again"
+                )),
+            },
+            // The host would start with agents whose containers are missing.
+            Step::Service if containers_failed => Outcome::NotDone(
+                "not started: the restored agents' containers are not imported yet (above)".into(),
+            ),
             Step::Service => service(data_dir, &config, restart).await,
         };
         if matches!(outcome, Outcome::Done(_)) && step != Step::Service {
@@ -928,6 +945,22 @@ pub async fn run_all(
         outcomes.push((step, outcome));
     }
     Ok(outcomes)
+}
+
+/// The steps to run: [`Step::ALL`], with [`Step::Containers`] just before the service while a
+/// restore's containers wait for the runtime (`setup --restore-from`, or a setup run again
+/// after one that stopped before importing them).
+fn steps(restored_containers: bool) -> Vec<Step> {
+    Step::ALL
+        .into_iter()
+        .flat_map(|step| {
+            let containers = step == Step::Service && restored_containers;
+            containers
+                .then_some(Step::Containers)
+                .into_iter()
+                .chain([step])
+        })
+        .collect()
 }
 
 /// Whether every step ended provisioned (done now or before).
@@ -973,6 +1006,22 @@ mod tests {
         assert_eq!(pool_size_gib(1024), 2);
         assert_eq!(pool_size_gib(40 * 1024), 20);
         assert_eq!(pool_size_gib(10 * 1024 * 1024), 100);
+    }
+
+    #[test]
+    fn a_restores_containers_come_back_after_the_runtime_and_before_the_service() {
+        assert_eq!(steps(false), Step::ALL);
+        assert_eq!(
+            steps(true),
+            [
+                Step::Incus,
+                Step::Litellm,
+                Step::AgentImage,
+                Step::Firewall,
+                Step::Containers,
+                Step::Service
+            ]
+        );
     }
 
     #[test]

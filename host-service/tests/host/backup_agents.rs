@@ -1235,3 +1235,250 @@ async fn archive_target_backup_moves_an_archived_container_off_the_pool_and_back
     )
     .await;
 }
+
+/// `taos-host setup --restore-from` on a new board (issue 18 item 5). Bad input is refused by
+/// the binary before anything is written (no data dir made, nothing provisioned): an unknown
+/// repository, a relative or `..` path, a passphrase on the command line (there is no such
+/// option) or from nowhere, a passphrase file others can read, a non-empty data dir, a data dir
+/// inside the repository, and a wrong passphrase. Then what setup does before provisioning,
+/// the passphrase on standard input: the backup of a host with an incus agent that chatted is
+/// restored into an empty data dir with the agent's container left aside (incus is not there
+/// yet on a new board), imported once the runtime is there (setup's `containers` step, just
+/// before the service), and the host started on it has the agent, its chat, and it answers.
+/// Provisioning itself (packages, the pool, the firewall, the systemd unit) is not run here: it
+/// would change this shared machine; scripts/install-test.sh runs setup in a clean container.
+#[tokio::test]
+async fn setup_restore_from_restores_first_and_brings_the_containers_back_after_provisioning() {
+    require_image().await;
+    let out = outside();
+    let (_turn, mut host, _fake) = with_fake_provider(BIN, &[]).await;
+    let name = unique("su");
+    let (slug, _cleanup) = deploy(&host, &name).await;
+    let container = format!("taos-{slug}");
+    let answer = ask_and_wait(&host, &slug, "before the new board").await;
+    assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+    let agent: Value = host.get(&format!("/api/agents/{slug}")).await;
+    let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
+    let before = messages(&host, &dm).await;
+    assert!(before.len() >= 2, "{before:?}");
+    configure(&host, &out).await;
+    let run = run_backup(&host).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    assert_eq!(host.terminate().await.unwrap(), Some(0));
+    let rt = incus();
+
+    step("bad input is refused and changes nothing", async {
+        let temp = tempfile::tempdir().unwrap();
+        let repo = out.repo.display().to_string();
+        let pass = out.password_file.display().to_string();
+        let open_pass = temp.path().join("readable");
+        std::fs::write(&open_pass, crate::backup::PASSPHRASE).unwrap();
+        std::fs::set_permissions(&open_pass, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let wrong_pass = temp.path().join("wrong");
+        std::fs::write(&wrong_pass, "not the passphrase").unwrap();
+        std::fs::set_permissions(&wrong_pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let dotted = format!("{}/../taos-backups", out.repo.display());
+        let inside = out.repo.join("restored-here");
+        let data = temp.path().join("data");
+        let used = temp.path().join("used");
+        std::fs::create_dir(&used).unwrap();
+        std::fs::write(used.join("keep.txt"), "mine").unwrap();
+        let missing = "/nonexistent/taos-backups".to_string();
+        let cases: Vec<(&Path, Vec<&str>, &str)> = vec![
+            (
+                &data,
+                vec!["--restore-from", &missing, "--password-file", &pass],
+                "is not a backup repository",
+            ),
+            (
+                &data,
+                vec![
+                    "--restore-from",
+                    "usb/taos-backups",
+                    "--password-file",
+                    &pass,
+                ],
+                "absolute path without `.` or `..`",
+            ),
+            (
+                &data,
+                vec!["--restore-from", &dotted, "--password-file", &pass],
+                "absolute path without `.` or `..`",
+            ),
+            (
+                &data,
+                vec![
+                    "--restore-from",
+                    &repo,
+                    "--password",
+                    crate::backup::PASSPHRASE,
+                ],
+                "unexpected argument '--password'",
+            ),
+            (&data, vec!["--restore-from", &repo], "--password-file"),
+            (
+                &data,
+                vec![
+                    "--restore-from",
+                    &repo,
+                    "--password-file",
+                    open_pass.to_str().unwrap(),
+                ],
+                "`chmod 600` it first",
+            ),
+            (
+                &used,
+                vec!["--restore-from", &repo, "--password-file", &pass],
+                "is not empty",
+            ),
+            (
+                &inside,
+                vec!["--restore-from", &repo, "--password-file", &pass],
+                "overlap",
+            ),
+            (
+                &data,
+                vec![
+                    "--restore-from",
+                    &repo,
+                    "--password-file",
+                    wrong_pass.to_str().unwrap(),
+                ],
+                "the passphrase does not open the restic repository",
+            ),
+        ];
+        for (dir, args, words) in cases {
+            let output = std::process::Command::new(BIN)
+                .arg("--data-dir")
+                .arg(dir)
+                .arg("setup")
+                .args(&args)
+                .env_remove("TAOS_DATA_DIR")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "accepted {args:?}: {stdout}");
+            assert!(stderr.contains(words), "{args:?}: {words:?} in {stderr}");
+            assert!(!stdout.contains("setting up:"), "{args:?}: {stdout}");
+            if dir == used.as_path() {
+                let left: Vec<_> = std::fs::read_dir(&used).unwrap().collect();
+                assert_eq!(left.len(), 1, "the data dir is as it was");
+                assert_eq!(
+                    std::fs::read_to_string(used.join("keep.txt")).unwrap(),
+                    "mine"
+                );
+            } else {
+                assert!(!dir.exists(), "{args:?} made {}", dir.display());
+            }
+        }
+        // A check with a good request only says what setup would do.
+        let output = std::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "setup",
+                "--check",
+                "--restore-from",
+                &repo,
+                "--password-file",
+                &pass,
+            ])
+            .env_remove("TAOS_DATA_DIR")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{output:?}");
+        assert!(
+            stdout.contains("With --restore-from, setup first restores")
+                && stdout.contains("nothing was changed"),
+            "{stdout}"
+        );
+        assert!(!data.exists(), "a check made the data dir");
+        // The repository is as it was: the one snapshot, still opened by the passphrase.
+        let listed = std::process::Command::new("restic")
+            .args(["-r", &repo, "--password-file", &pass, "snapshots", "--json"])
+            .env("RESTIC_CACHE_DIR", temp.path().join("cache"))
+            .output()
+            .unwrap();
+        assert!(listed.status.success(), "{listed:?}");
+        let snapshots: Vec<Value> = serde_json::from_slice(&listed.stdout).unwrap();
+        assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+        assert!(
+            rt.state(&container).await.unwrap().running,
+            "nothing provisioned"
+        );
+    })
+    .await;
+
+    // The new board: an empty data dir, and no container of the agent's.
+    let _ = rt.stop(&container, true).await;
+    rt.delete(&container).await.unwrap();
+    let fresh_temp = tempfile::tempdir().unwrap();
+    let fresh = fresh_temp.path().join("data");
+    step(
+        "restored first, the container left aside until the runtime is provisioned",
+        async {
+            use taos_host::setup::restore_from::{restore_first, Passphrase, RestoreFrom};
+            let restored = restore_first(
+                &fresh,
+                &RestoreFrom {
+                    from: out.repo.display().to_string(),
+                    passphrase: Passphrase::Stdin,
+                    ssh_key: None,
+                    known_hosts: None,
+                    snapshot: None,
+                },
+                None,
+                format!("{}\n", crate::backup::PASSPHRASE).as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(&restored.snapshot_id, run.snapshot_id.as_ref().unwrap());
+            assert_eq!(restored.containers, 1);
+            assert!(fresh.join("taos.toml").is_file(), "the old config is back");
+            assert!(taos_host::backup::restore::has_deferred(&fresh));
+            assert!(!rt.exists(&container).await.unwrap(), "not imported yet");
+            assert_eq!(
+                taos_host::backup::restore::import_deferred(&fresh)
+                    .await
+                    .unwrap(),
+                1
+            );
+            assert!(rt.state(&container).await.unwrap().running);
+            assert!(!taos_host::backup::restore::has_deferred(&fresh));
+            assert!(!fresh.join("backup/restored-containers").exists());
+            assert_eq!(
+                taos_host::backup::restore::import_deferred(&fresh)
+                    .await
+                    .unwrap(),
+                0,
+                "nothing left to import"
+            );
+        },
+    )
+    .await;
+
+    let restored = Host::start_with(
+        BIN,
+        HostOptions {
+            data_dir: Some(fresh.clone()),
+            env: Vec::new(),
+        },
+    )
+    .await
+    .expect("the restored host starts");
+    step(
+        "the host has the agent and its chat, and it answers",
+        async {
+            taos_e2e::fixtures::wait_ready(&restored, &taos_e2e::fixtures::FAKE_MODELS).await;
+            let back: Value = restored.get(&format!("/api/agents/{slug}")).await;
+            assert_eq!(back["id"], agent["id"]);
+            assert_eq!(messages(&restored, &dm).await, before);
+            let answer = ask_and_wait(&restored, &slug, "on the new board").await;
+            assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+        },
+    )
+    .await;
+    drop(restored);
+}

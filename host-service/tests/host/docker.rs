@@ -607,9 +607,12 @@ async fn tools_mode_on_docker_runs_as_agent_without_the_credentials() {
 /// Issue 18 item 2 on Docker: a Docker agent's container is committed and saved into the
 /// backup while it runs; after the host and the container are wiped, `taos-host restore`
 /// loads it and creates the container again with its limits and network, the restored host's
-/// agent answers, and a file written inside the container before the backup is there. One
-/// agent's Docker container can't come back alone (its archive can't be restored on Docker):
-/// that is refused with the reason, and nothing is made.
+/// agent answers, and a file written inside the container before the backup is there. A
+/// restored container whose credentials file names another gateway (a Docker whose agents'
+/// network has another subnet) is re-pointed at the current one when the host starts. Then the
+/// agent, archived and purged, comes back alone from the backup (`POST /api/backups/agents`):
+/// a host killed after its container was loaded and made removes both at its next start, and
+/// the next try brings it back running, with the file, reporting its phases on `/api/events`.
 #[tokio::test]
 async fn a_whole_host_restore_brings_a_docker_agents_container_back() {
     let Some(rt) = docker().await else { return };
@@ -758,32 +761,83 @@ async fn a_whole_host_restore_brings_a_docker_agents_container_back() {
     })
     .await;
 
-    let restored = taos_e2e::Host::start_with(
-        BIN,
-        taos_e2e::HostOptions {
-            data_dir: Some(fresh.clone()),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+    // A Docker whose agents' network has another gateway than the backed-up host's: the
+    // container's credentials file names an address nothing answers at (TEST-NET-1).
+    let credentials = "/etc/taos/agent.env";
+    let port = agent_bind.rsplit_once(':').unwrap().1;
+    step(
+        "the restored container names a gateway that is gone",
+        async {
+            let file =
+                String::from_utf8(rt.pull_file(container, credentials).await.unwrap()).unwrap();
+            let moved: String = file
+                .lines()
+                .map(|line| {
+                    if line.starts_with("TAOS_BRIDGE_URL=") {
+                        format!("TAOS_BRIDGE_URL=http://192.0.2.1:{port}\n")
+                    } else if line.starts_with("OPENAI_BASE_URL=") {
+                        format!("OPENAI_BASE_URL=http://192.0.2.1:{port}/v1\n")
+                    } else {
+                        format!("{line}\n")
+                    }
+                })
+                .collect();
+            assert_ne!(moved, file, "{file}");
+            rt.push_file(container, credentials, moved.as_bytes(), 0o600)
+                .await
+                .unwrap();
+            docker(&["restart", "-t", "5", container]);
         },
+    )
+    .await;
+
+    let restored_env = |extra: &[(&str, &str)]| taos_e2e::HostOptions {
+        data_dir: Some(fresh.clone()),
+        env: env
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let mut restored = taos_e2e::Host::start_with(
+        BIN,
+        restored_env(&[(taos_host::faults::PAUSE_ENV, "agent-restore:imported")]),
     )
     .await
     .expect("the restored host starts");
-    step("the restored agent answers and keeps its file", async {
-        taos_e2e::fixtures::wait_ready(&restored, &taos_e2e::fixtures::FAKE_MODELS).await;
-        assert_eq!(
-            ask_and_wait(&restored, slug, "after the restore").await["content"],
-            REPLY
-        );
-        assert_eq!(
-            rt.pull_file(container, "/root/kept.txt").await.unwrap(),
-            b"written before the backup"
-        );
-    })
+    step(
+        "the restored agent is re-pointed, answers and keeps its file",
+        async {
+            taos_e2e::fixtures::wait_ready(&restored, &taos_e2e::fixtures::FAKE_MODELS).await;
+            assert_eq!(
+                ask_and_wait(&restored, slug, "after the restore").await["content"],
+                REPLY
+            );
+            assert_eq!(
+                rt.pull_file(container, "/root/kept.txt").await.unwrap(),
+                b"written before the backup"
+            );
+            let gateway = docker(&[
+                "network",
+                "inspect",
+                "-f",
+                "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+                "taos-agents-internet",
+            ]);
+            let file =
+                String::from_utf8(rt.pull_file(container, credentials).await.unwrap()).unwrap();
+            assert!(
+                file.contains(&format!("TAOS_BRIDGE_URL=http://{gateway}:{port}\n"))
+                    && file.contains(&format!("OPENAI_BASE_URL=http://{gateway}:{port}/v1\n"))
+                    && !file.contains("192.0.2.1")
+                    && file.contains("TAOS_AGENT_TOKEN=taos_ag_"),
+                "re-pointed, its token kept"
+            );
+        },
+    )
     .await;
 
-    step("one agent's Docker container alone is refused", async {
+    step("the agent is archived and purged", async {
         let archived: ArchivedAgent = restored
             .call(
                 Method::DELETE,
@@ -807,25 +861,157 @@ async fn a_whole_host_restore_brings_a_docker_agents_container_back() {
             docker(&["images", "-q", &format!("taos-backup:{container}")]),
             ""
         );
-        let r = restored
-            .admin(Method::POST, "/api/backups/agents")
-            .json(&json!({"agent": slug}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CONFLICT);
-        let body: Value = r.json().await.unwrap();
-        let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains("Docker") && message.contains("taos-host restore"),
-            "{body}"
-        );
-        let archived: Vec<Value> = restored.get("/api/agents/archived").await;
-        assert!(archived.is_empty(), "{archived:?}");
-        let names = docker(&["ps", "-a", "--format", "{{.Names}}"]);
-        assert!(!names.contains("taos-x-"), "{names}");
-        assert!(!restored.data_dir.join("backup/agent-restore").exists());
     })
+    .await;
+
+    let imported = step(
+        "killed after its container was loaded and made, before it was taken in",
+        async {
+            let request = restored
+                .admin(Method::POST, "/api/backups/agents")
+                .json(&json!({"agent": slug}))
+                .send();
+            let log = restored.stderr_log.clone();
+            let paused = async {
+                let deadline = std::time::Instant::now() + Duration::from_secs(300);
+                while !std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("fault injection: paused at agent-restore:imported")
+                {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the restore never imported"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            tokio::select! {
+                answer = request => panic!("the paused restore answered: {:?}", answer.map(|r| r.status())),
+                () = paused => {}
+            }
+            let pending: Value = serde_json::from_slice(
+                &std::fs::read(restored.data_dir.join("backup/agent-restore.json")).unwrap(),
+            )
+            .unwrap();
+            let imported = pending["container"].as_str().unwrap().to_string();
+            assert!(imported.starts_with("taos-x-"), "{pending}");
+            assert!(!rt.state(&imported).await.unwrap().running, "made, not started");
+            assert_ne!(
+                docker(&["images", "-q", &format!("taos-backup:{container}")]),
+                "",
+                "its image loaded"
+            );
+            restored.kill9().await;
+            (imported, pending)
+        },
+    )
+    .await;
+    let _imported_cleanup = Remove(imported.0.clone());
+
+    let restored = taos_e2e::Host::start_with(BIN, restored_env(&[]))
+        .await
+        .expect("the restored host starts again");
+    step(
+        "the next start removed what the killed restore made",
+        async {
+            assert!(
+                !rt.exists(&imported.0).await.unwrap(),
+                "the container is removed"
+            );
+            assert_eq!(
+                docker(&["images", "-q", &format!("taos-backup:{container}")]),
+                "",
+                "and the image it was made from"
+            );
+            assert!(!std::path::Path::new(imported.1["dir"].as_str().unwrap()).exists());
+            assert!(!restored.data_dir.join("backup/agent-restore.json").exists());
+            assert!(!restored.data_dir.join("backup/agent-restore").exists());
+            let archived: Vec<Value> = restored.get("/api/agents/archived").await;
+            assert!(archived.is_empty(), "{archived:?}");
+            let r = restored
+                .admin(Method::GET, &format!("/api/agents/{slug}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        },
+    )
+    .await;
+
+    step(
+        "one Docker agent comes back from the backup, running, with its file",
+        async {
+            taos_e2e::fixtures::wait_ready(&restored, &taos_e2e::fixtures::FAKE_MODELS).await;
+            let mut events = taos_e2e::SseReader::new(
+                restored
+                    .admin(Method::GET, "/api/events")
+                    .send()
+                    .await
+                    .unwrap(),
+            );
+            let back: Value = restored
+                .call(
+                    Method::POST,
+                    "/api/backups/agents",
+                    Some(&json!({"agent": slug})),
+                    StatusCode::OK,
+                )
+                .await;
+            assert_eq!(back["agent"]["slug"], slug, "{back}");
+            assert_eq!(back["agent"]["status"], "running", "{back}");
+            assert!(rt.state(container).await.unwrap().running);
+            assert_eq!(
+                rt.pull_file(container, "/root/kept.txt").await.unwrap(),
+                b"written before the backup"
+            );
+            assert_eq!(
+                ask_and_wait(&restored, slug, "back alone").await["content"],
+                REPLY
+            );
+            // Made as deploy makes it, from the backup's image.
+            assert_eq!(
+                docker(&[
+                    "inspect",
+                    "-f",
+                    "{{.Config.Image}} {{.HostConfig.NetworkMode}} {{.HostConfig.CapDrop}}",
+                    container
+                ]),
+                format!("taos-backup:{container} taos-agents-internet [ALL]")
+            );
+            let mut phases = Vec::new();
+            loop {
+                let event = events
+                    .next(Duration::from_secs(30))
+                    .await
+                    .expect("agent restore events");
+                if event.event.as_deref() != Some("backup.agent_restore") {
+                    continue;
+                }
+                let data: Value = serde_json::from_str(&event.data).unwrap_or_default();
+                assert_eq!(data["data"]["agent"], slug, "{data}");
+                let phase = data["data"]["phase"].as_str().unwrap().to_string();
+                let done = phase == "finished" || phase == "failed";
+                phases.push(phase);
+                if done {
+                    break;
+                }
+            }
+            assert_eq!(
+                phases,
+                [
+                    "checking",
+                    "downloading",
+                    "importing",
+                    "starting",
+                    "finished"
+                ]
+            );
+            let names = docker(&["ps", "-a", "--format", "{{.Names}}"]);
+            assert!(!names.contains(&imported.0), "{names}");
+            assert!(!restored.data_dir.join("backup/agent-restore").exists());
+            assert!(!restored.data_dir.join("backup/agent-restore.json").exists());
+        },
+    )
     .await;
     drop(restored);
 }

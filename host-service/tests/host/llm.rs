@@ -330,7 +330,10 @@ async fn a_killed_litellm_comes_back_and_a_call_made_meanwhile_waits_for_it() {
     // for it instead of failing the agent's turn for a crash the agent can't see.
     let deadline = Instant::now() + Duration::from_secs(60);
     while litellm_pid(&host).as_deref() == Some(pid.as_str()) {
-        assert!(Instant::now() < deadline, "the killed LiteLLM is still listed");
+        assert!(
+            Instant::now() < deadline,
+            "the killed LiteLLM is still listed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // (LiteLLM's start can take longer than the kit's usual 30 s on a busy machine.)

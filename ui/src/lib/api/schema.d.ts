@@ -5269,7 +5269,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not set up, the agent is on this host already, another schema, no incus for its container, or another agent restore is running; nothing changed */
+            /** @description Not set up, the agent is on this host already, another schema, its container exported by another runtime than this host's (or none here), or another agent restore is running; nothing changed */
             409: {
                 headers: {
                     [name: string]: unknown;
