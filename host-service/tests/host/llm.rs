@@ -328,13 +328,23 @@ async fn a_killed_litellm_comes_back_and_a_call_made_meanwhile_waits_for_it() {
         .unwrap();
     // The supervisor restarts it, no host restart needed, and a call made meanwhile waits
     // for it instead of failing the agent's turn for a crash the agent can't see.
+    // (Once the supervisor saw it die: a call already on its way to the dying process fails
+    // with it.)
     let deadline = Instant::now() + Duration::from_secs(60);
-    while litellm_pid(&host).as_deref() == Some(pid.as_str()) {
-        assert!(
-            Instant::now() < deadline,
-            "the killed LiteLLM is still listed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    loop {
+        let status: Value = host
+            .admin(Method::GET, "/api/llm/status")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["state"] != "ready" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the kill was never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // (LiteLLM's start can take longer than the kit's usual 30 s on a busy machine.)
     let r = gateway(&host, &key, "/v1/chat/completions")
@@ -343,7 +353,14 @@ async fn a_killed_litellm_comes_back_and_a_call_made_meanwhile_waits_for_it() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    let code = r.status();
+    assert_eq!(
+        code,
+        StatusCode::OK,
+        "{}\nthe host's log:\n{}",
+        r.text().await.unwrap_or_default(),
+        std::fs::read_to_string(&host.stderr_log).unwrap_or_default()
+    );
     let status: Value = host
         .admin(Method::GET, "/api/llm/status")
         .send()
