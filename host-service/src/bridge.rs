@@ -406,26 +406,37 @@ impl Bridge {
         body: &NewMessage,
     ) -> Result<(Message, bool), BridgeError> {
         // Checked and routed without the channel's locks: only the queueing below orders it,
-        // so people posting to one channel at once only wait for the shared commit.
+        // so people posting to one channel at once only wait for the shared commit. Everything
+        // is read on one connection, given back before the commit is waited for.
+        let mut conn = self.db.acquire().await?;
         let drafted = chat
-            .check_post(Post {
-                channel_id: &body.channel_id,
-                author_id: author,
-                author_type: AuthorType::User,
-                content: &body.content,
-                client_id: body.client_id.as_deref(),
-                thread_id: body.thread_id.as_deref(),
-                state: MessageState::Complete,
-                metadata: serde_json::json!({}),
-            })
+            .check_post(
+                &mut conn,
+                Post {
+                    channel_id: &body.channel_id,
+                    author_id: author,
+                    author_type: AuthorType::User,
+                    content: &body.content,
+                    client_id: body.client_id.as_deref(),
+                    thread_id: body.thread_id.as_deref(),
+                    state: MessageState::Complete,
+                    metadata: serde_json::json!({}),
+                },
+            )
             .await?;
         let (channel, post) = match drafted {
-            Drafted::Posted(message) => return self.resent(chat, message).await,
+            Drafted::Posted(message) => {
+                drop(conn);
+                return self.resent(chat, message).await;
+            }
             Drafted::New { channel, post } => (channel, post),
         };
         // Context is the messages stored before it; one still in a batch may be missing, as
         // it would be had it been sent a moment later.
-        let plan = self.plan_route(chat, &channel, &post.message, 0).await?;
+        let plan = self
+            .plan_route(&mut conn, &channel, &post.message, 0)
+            .await?;
+        drop(conn);
         let (answer, answered) = oneshot::channel();
         let order = chat.hub.write_lock(&body.channel_id);
         self.commits.submit(
@@ -472,7 +483,12 @@ impl Bridge {
     ) -> Result<(), BridgeError> {
         let channel = chat.channel(&message.channel_id).await?;
         let plan = self
-            .plan_route(chat, &channel, message, hops_since_user)
+            .plan_route(
+                &mut *self.db.acquire().await?,
+                &channel,
+                message,
+                hops_since_user,
+            )
             .await?;
         if plan.recipients.is_empty() {
             return Ok(());
@@ -483,11 +499,11 @@ impl Bridge {
         self.delivered(chat, message, &plan, queued).await
     }
 
-    /// Who gets a message, and the context that travels with it. Reads only, from the pool:
-    /// called before the transaction that stores the deliveries begins.
+    /// Who gets a message, and the context that travels with it. Reads only, on `conn` (not
+    /// in a transaction): called before the transaction that stores the deliveries begins.
     async fn plan_route(
         &self,
-        chat: &Chat,
+        conn: &mut sqlx::SqliteConnection,
         channel: &Channel,
         message: &Message,
         hops_since_user: u32,
@@ -518,22 +534,15 @@ impl Bridge {
         }
         let cooldown = Duration::from_secs(u64::from(channel.settings.cooldown_seconds));
         // The messages before this one (it may or may not be stored yet).
-        let mut context: Vec<ContextMessage> = chat
-            .recent(&message.channel_id, CONTEXT_MESSAGES + 1)
-            .await?
-            .into_iter()
-            .filter(|m| m.id != message.id)
-            .map(|m| ContextMessage {
-                author_id: m.author_id,
-                author_type: m.author_type,
-                content: m.content,
-            })
-            .collect();
-        let surplus = context.len().saturating_sub(CONTEXT_MESSAGES as usize);
-        context.drain(..surplus);
-        plan.context = context;
+        plan.context = Chat::context(
+            &mut *conn,
+            &message.channel_id,
+            &message.id,
+            CONTEXT_MESSAGES,
+        )
+        .await?;
         for candidate in candidates {
-            let agent = match agents::get_by_slug(&self.db, &candidate.slug).await {
+            let agent = match agents::get_by_slug(&mut *conn, &candidate.slug).await {
                 Ok(agent) => agent,
                 Err(agents::AgentError::NotFound) => continue,
                 Err(e) => return Err(e.into()),
@@ -1241,14 +1250,11 @@ async fn store_delivery(
     // round trip to SQLite's worker thread), and a clash would fail the insert, and with it
     // the message, rather than be skipped.
     let savepoint = stored == Stored::Earlier;
-    if savepoint {
-        sqlx::query("SAVEPOINT delivery").execute(&mut *tx).await?;
-    }
-    let seq = crate::agents::next_delivery_seq(&mut *tx, agent).await?;
-    let payload = UserMessageDelivery {
+    let mut payload = UserMessageDelivery {
         id: message.id.clone(),
         trace_id: message.id.clone(),
-        delivery_seq: seq,
+        // Set below, once taken.
+        delivery_seq: 0,
         channel_id: message.channel_id.clone(),
         from: message.author_id.clone(),
         text: message.content.clone(),
@@ -1258,28 +1264,47 @@ async fn store_delivery(
         context: context.to_vec(),
         thread_id: message.thread_id.clone(),
     };
-    let insert = if savepoint {
-        "INSERT OR IGNORE INTO deliveries (agent_id, seq, trace_id, message_id, channel_id, \
-         thread_id, hops_since_user, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    } else {
-        "INSERT INTO deliveries (agent_id, seq, trace_id, message_id, channel_id, \
-         thread_id, hops_since_user, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    };
-    let inserted = sqlx::query(insert)
-        .bind(agent.to_string())
-        .bind(seq)
-        .bind(&payload.trace_id)
-        .bind(&message.id)
-        .bind(&message.channel_id)
-        .bind(&message.thread_id)
-        .bind(i64::from(hops_since_user))
-        .bind(serde_json::to_string(&payload).map_err(|e| BridgeError::Decode(e.to_string()))?)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
     if !savepoint {
+        // The agent's next number and the delivery in one round trip: the insert reads the
+        // number back from the agent's row and writes it into the stored payload too.
+        let statements = format!(
+            "{}; INSERT INTO deliveries (agent_id, seq, trace_id, message_id, channel_id, \
+             thread_id, hops_since_user, payload, created_at) \
+             SELECT ?1, delivery_seq, ?2, ?3, ?4, ?5, ?6, json_set(?7, '$.delivery_seq', delivery_seq), ?8 \
+             FROM agents WHERE id = ?1 RETURNING seq",
+            crate::agents::TAKE_DELIVERY_SEQ
+        );
+        let seq: i64 = sqlx::query_scalar(&statements)
+            .bind(agent.to_string())
+            .bind(&payload.trace_id)
+            .bind(&message.id)
+            .bind(&message.channel_id)
+            .bind(&message.thread_id)
+            .bind(i64::from(hops_since_user))
+            .bind(serde_json::to_string(&payload).map_err(|e| BridgeError::Decode(e.to_string()))?)
+            .bind(now_ms())
+            .fetch_one(&mut *tx)
+            .await?;
         return Ok(Some(seq));
     }
+    sqlx::query("SAVEPOINT delivery").execute(&mut *tx).await?;
+    let seq = crate::agents::next_delivery_seq(&mut *tx, agent).await?;
+    payload.delivery_seq = seq;
+    let inserted = sqlx::query(
+        "INSERT OR IGNORE INTO deliveries (agent_id, seq, trace_id, message_id, channel_id, \
+         thread_id, hops_since_user, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(agent.to_string())
+    .bind(seq)
+    .bind(&payload.trace_id)
+    .bind(&message.id)
+    .bind(&message.channel_id)
+    .bind(&message.thread_id)
+    .bind(i64::from(hops_since_user))
+    .bind(serde_json::to_string(&payload).map_err(|e| BridgeError::Decode(e.to_string()))?)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?;
     if inserted.rows_affected() == 0 {
         sqlx::query("ROLLBACK TO delivery; RELEASE delivery")
             .execute(&mut *tx)

@@ -49,6 +49,12 @@ pub async fn open(data_dir: &Path) -> Result<Db, DbError> {
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .min_connections(1)
+        // sqlx pings a pooled connection before handing it out (a round trip to the
+        // connection's worker thread: two thread wake-ups), to find network connections that
+        // died while idle. A SQLite connection is a file in this process: it doesn't die idle,
+        // and a crashed worker fails the statement that follows anyway. Each query on the pool
+        // would otherwise cost two round trips.
+        .test_before_acquire(false)
         .connect_with(options)
         .await?;
     sqlx::migrate!("./migrations").run(&pool).await?;

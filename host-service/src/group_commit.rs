@@ -12,17 +12,29 @@
 //! one step: a chat edit can't publish between a batched message's commit and its publish.
 //! A piece's place in the order is its place in the queue. A writer must not wait for its
 //! answer while it holds its order lock (the task may be waiting for that lock).
+//!
+//! The task keeps its pooled connection between batches that follow each other closely
+//! ([`KEEP_CONNECTION`]), and gives it back before it waits for an order lock someone holds
+//! (that holder may need a connection).
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use sqlx::SqliteConnection;
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::db::Db;
 
 /// Most pieces in one transaction: bounds how long the first waits behind the others.
 const MAX_BATCH: usize = 64;
+
+/// How long the task keeps its connection after a batch, for the next one. Taking a pooled
+/// connection and giving it back costs round trips to its worker thread, and a connection
+/// that comes back after others committed starts with an empty page cache; the writer's own
+/// commits leave its cache as it was. A person posting one message after another (or an
+/// agent streaming an answer) keeps the same connection; an idle host holds none.
+const KEEP_CONNECTION: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The batch could not be made durable; no piece of it is stored.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -82,7 +94,21 @@ impl GroupCommit {
 }
 
 async fn run(db: Db, mut pieces: mpsc::UnboundedReceiver<Piece>) {
-    while let Some(first) = pieces.recv().await {
+    let mut kept: Option<PoolConnection<Sqlite>> = None;
+    loop {
+        let next = match kept {
+            None => pieces.recv().await,
+            Some(_) => match tokio::time::timeout(KEEP_CONNECTION, pieces.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    kept = None;
+                    continue;
+                }
+            },
+        };
+        let Some(first) = next else {
+            break;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match pieces.try_recv() {
@@ -98,22 +124,45 @@ async fn run(db: Db, mut pieces: mpsc::UnboundedReceiver<Piece>) {
         locks.dedup_by(|a, b| a.0 == b.0);
         let mut held = Vec::with_capacity(locks.len());
         for (_, lock) in locks {
-            held.push(lock.lock_owned().await);
+            let guard = match lock.clone().try_lock_owned() {
+                Ok(guard) => guard,
+                Err(_) => {
+                    // Its holder may need a connection: don't sit on one while waiting.
+                    kept = None;
+                    lock.lock_owned().await
+                }
+            };
+            held.push(guard);
         }
-        commit_batch(&db, batch).await;
+        let mut conn = match kept.take() {
+            Some(conn) => conn,
+            None => match db.acquire().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Dropping the batch tells every writer (their reply channels close).
+                    tracing::error!("group commit: no database connection: {e}");
+                    continue;
+                }
+            },
+        };
+        // A batch that failed gives its connection back: it may be what failed.
+        if commit_batch(&mut conn, batch).await {
+            kept = Some(conn);
+        }
         drop(held);
     }
 }
 
-async fn commit_batch(db: &Db, batch: Vec<Piece>) {
+/// Runs and commits one batch on `conn`; whether it committed.
+async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Piece>) -> bool {
     // IMMEDIATE: take the write lock up front, so a piece that reads before it writes can't
     // find its snapshot outdated half way (SQLITE_BUSY_SNAPSHOT is not retried).
-    let mut tx = match db.begin_with("BEGIN IMMEDIATE").await {
+    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(e) => {
             // Dropping the batch tells every writer (their reply channels close).
             tracing::error!("group commit: cannot begin a transaction: {e}");
-            return;
+            return false;
         }
     };
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
@@ -128,8 +177,9 @@ async fn commit_batch(db: &Db, batch: Vec<Piece>) {
                 None => {
                     if let Err(e) = tx.rollback().await {
                         tracing::error!("group commit: rollback failed: {e}");
+                        return false;
                     }
-                    return;
+                    return true;
                 }
             }
         }
@@ -172,9 +222,11 @@ async fn commit_batch(db: &Db, batch: Vec<Piece>) {
         tracing::error!("group commit: the batch was not stored: {e}");
         CommitFailed(e.to_string())
     });
+    let committed = outcome.is_ok();
     for finish in finishes {
         finish(outcome.clone());
     }
+    committed
 }
 
 #[cfg(test)]

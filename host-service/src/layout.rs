@@ -98,6 +98,12 @@ const SHARED_READS: &[(&str, &str, &str)] = &[
         "usage is recorded only while the agent exists, checked in the same INSERT so a purge \
          racing the call leaves no orphan row",
     ),
+    (
+        "bridge.rs",
+        "agents",
+        "a new delivery reads the agent's delivery seq in the INSERT that stores it, sent in one \
+         round trip after `agents::TAKE_DELIVERY_SEQ` took it",
+    ),
 ];
 
 /// The tables each piece of SQL in `source` names: the word after `FROM`, `JOIN`, `INTO`,

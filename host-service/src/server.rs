@@ -539,6 +539,7 @@ async fn build(
         db,
         pin: identity.pin,
         local_token,
+        owner: crate::auth::users::OwnerCache::default(),
         host_name: host_name(&config),
         pairing_addresses: pairing_addresses(bound.public_addr),
         login_limiter: LoginLimiter::default(),

@@ -451,7 +451,12 @@ pub async fn list(db: &Db) -> Result<Vec<AgentRecord>, AgentError> {
     rows.iter().map(from_row).collect()
 }
 
-pub async fn get_by_slug(db: &Db, slug: &str) -> Result<AgentRecord, AgentError> {
+/// The live (not archived) agent with this slug, read with `db` (the pool, or a connection a
+/// caller reads several things on).
+pub async fn get_by_slug<'e>(
+    db: impl sqlx::SqliteExecutor<'e>,
+    slug: &str,
+) -> Result<AgentRecord, AgentError> {
     if !is_valid_slug(slug) {
         return Err(AgentError::NotFound);
     }
@@ -708,6 +713,12 @@ pub async fn delivery_seq(db: &Db, id: Uuid) -> Result<i64, sqlx::Error> {
             .unwrap_or(0),
     )
 }
+
+/// The statement that takes agent `?1`'s next delivery sequence number, for a caller that
+/// sends it together with the statement that stores the delivery (which reads the number back
+/// as `agents.delivery_seq`), in one transaction: one round trip to SQLite instead of two.
+pub const TAKE_DELIVERY_SEQ: &str =
+    "UPDATE agents SET delivery_seq = delivery_seq + 1 WHERE id = ?1";
 
 /// Takes the agent's next delivery sequence number, in the caller's transaction (the one that
 /// stores the delivery, so a number is never given twice or lost).

@@ -69,6 +69,28 @@ pub async fn exists(db: &Db, username: &str) -> Result<bool, sqlx::Error> {
 }
 
 /// The owner, for whom the owner's paired devices act.
+/// The owner, once there is one, kept in memory: the owner's account is made once (first-run
+/// setup), can't be deleted, and no username changes, so once found it stays right for the
+/// life of the process (a restore runs with the host stopped). Until setup, each call reads
+/// and finds none. Saves a statement (a round trip to SQLite's worker thread) on every
+/// request made as the owner by a device or the local admin, chat posts among them.
+#[derive(Debug, Default)]
+pub struct OwnerCache(std::sync::OnceLock<User>);
+
+impl OwnerCache {
+    pub async fn get(&self, db: &Db) -> Result<Option<User>, AuthError> {
+        if let Some(user) = self.0.get() {
+            return Ok(Some(user.clone()));
+        }
+        let found = owner(db).await?;
+        if let Some(user) = &found {
+            // Another request may have set it first: the same row, so either is right.
+            let _ = self.0.set(user.clone());
+        }
+        Ok(found)
+    }
+}
+
 pub async fn owner(db: &Db) -> Result<Option<User>, AuthError> {
     let row = sqlx::query(
         "SELECT id, username, is_owner, created_at FROM users WHERE is_owner = 1 ORDER BY created_at LIMIT 1",

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod router;
 
 use sqlx::Row;
+use taos_proto::bridge::ContextMessage;
 use taos_proto::chat::{
     AuthorType, Channel, ChannelPatch, ChannelSettings, ChannelSettingsPatch, ChannelType,
     MemberAction, Message, MessageState, NewChannel, ServerEvent, TurnFailure,
@@ -134,22 +135,43 @@ fn state_str(s: MessageState) -> &'static str {
     }
 }
 
+fn author_type_from_str(text: &str) -> Result<AuthorType, ChatError> {
+    match text {
+        "user" => Ok(AuthorType::User),
+        "agent" => Ok(AuthorType::Agent),
+        "system" => Ok(AuthorType::System),
+        other => Err(ChatError::Decode(format!("unknown author type {other:?}"))),
+    }
+}
+
+fn state_from_str(text: &str) -> Result<MessageState, ChatError> {
+    match text {
+        "pending" => Ok(MessageState::Pending),
+        "streaming" => Ok(MessageState::Streaming),
+        "complete" => Ok(MessageState::Complete),
+        "error" => Ok(MessageState::Error),
+        other => Err(ChatError::Decode(format!(
+            "unknown message state {other:?}"
+        ))),
+    }
+}
+
 fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Message, ChatError> {
-    let author_type: String = row.try_get("author_type")?;
-    let state: String = row.try_get("state")?;
-    let metadata: String = row.try_get("metadata")?;
+    let author_type: &str = row.try_get("author_type")?;
+    let state: &str = row.try_get("state")?;
+    let metadata: &str = row.try_get("metadata")?;
     Ok(Message {
         id: row.try_get("id")?,
         channel_id: row.try_get("channel_id")?,
         seq: row.try_get("seq")?,
         author_id: row.try_get("author_id")?,
-        author_type: json_decode(&format!("\"{author_type}\""))?,
+        author_type: author_type_from_str(author_type)?,
         content: row.try_get("content")?,
         content_type: row.try_get("content_type")?,
         thread_id: row.try_get("thread_id")?,
-        state: json_decode(&format!("\"{state}\""))?,
+        state: state_from_str(state)?,
         client_id: row.try_get("client_id")?,
-        metadata: json_decode(&metadata)?,
+        metadata: json_decode(metadata)?,
         created_at: from_ms(row.try_get("created_at")?),
         edited_at: row.try_get::<Option<i64>, _>("edited_at")?.map(from_ms),
         deleted_at: row.try_get::<Option<i64>, _>("deleted_at")?.map(from_ms),
@@ -242,15 +264,18 @@ impl QueuedPost {
             mut message,
             created_at,
         } = self;
-        let seq = next_seq(tx, &message.channel_id).await?;
-        sqlx::query(
-            "INSERT INTO messages (id, channel_id, seq, created_seq, author_id, author_type, content, \
-             thread_id, state, client_id, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        // Two statements sent as one (each statement on its own is a round trip to SQLite's
+        // worker thread): take the channel's next seq, and insert the message with it. No
+        // channel, no row: nothing is inserted, and RETURNING gives nothing.
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE channels SET last_seq = last_seq + 1 WHERE id = ?2; \
+             INSERT INTO messages (id, channel_id, seq, created_seq, author_id, author_type, content, \
+             thread_id, state, client_id, metadata, created_at) \
+             SELECT ?1, ?2, last_seq, last_seq, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM channels WHERE id = ?2 \
+             RETURNING seq",
         )
         .bind(&message.id)
         .bind(&message.channel_id)
-        .bind(seq)
-        .bind(seq)
         .bind(&message.author_id)
         .bind(author_type_str(message.author_type))
         .bind(&message.content)
@@ -259,8 +284,9 @@ impl QueuedPost {
         .bind(&message.client_id)
         .bind(message.metadata.to_string())
         .bind(created_at)
-        .execute(&mut *tx)
-        .await?;
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(ChatError::NotFound("no such channel"))?;
         message.seq = seq;
         Ok(message)
     }
@@ -300,37 +326,8 @@ impl Chat {
         }
     }
 
-    async fn members(&self, channel_id: &str) -> Result<Vec<String>, ChatError> {
-        Ok(sqlx::query_scalar(
-            "SELECT member FROM channel_members WHERE channel_id = ? ORDER BY added_at, member",
-        )
-        .bind(channel_id)
-        .fetch_all(&self.db)
-        .await?)
-    }
-
     pub async fn channel(&self, id: &str) -> Result<Channel, ChatError> {
-        let row = sqlx::query(
-            "SELECT id, name, type, settings, created_at, last_seq, archived, created_by \
-             FROM channels WHERE id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&self.db)
-        .await?
-        .ok_or(ChatError::NotFound("no such channel"))?;
-        let kind: String = row.try_get("type")?;
-        let settings: String = row.try_get("settings")?;
-        Ok(Channel {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            kind: json_decode(&format!("\"{kind}\""))?,
-            members: self.members(id).await?,
-            settings: json_decode(&settings)?,
-            created_at: from_ms(row.try_get("created_at")?),
-            last_seq: row.try_get("last_seq")?,
-            archived: row.try_get("archived")?,
-            created_by: row.try_get("created_by")?,
-        })
+        channel_on(&self.db, id).await
     }
 
     /// Checks that a member id names an existing agent or user.
@@ -536,18 +533,35 @@ impl Chat {
         rows.iter().map(message_from_row).collect()
     }
 
-    /// The last `n` visible messages of a channel, oldest first (context for agents).
-    pub async fn recent(&self, channel_id: &str, n: i64) -> Result<Vec<Message>, ChatError> {
-        let mut rows = sqlx::query(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND deleted_at IS NULL \
-             AND author_type != 'system' ORDER BY created_seq DESC LIMIT ?"
-        ))
+    /// The last `n` visible messages of a channel other than `except` (the message they are
+    /// context for, if it is stored already), oldest first: what an agent gets as context.
+    /// Only the columns the context carries are read.
+    pub async fn context(
+        conn: &mut sqlx::SqliteConnection,
+        channel_id: &str,
+        except: &str,
+        n: i64,
+    ) -> Result<Vec<ContextMessage>, ChatError> {
+        let rows = sqlx::query(
+            "SELECT author_id, author_type, content FROM messages WHERE channel_id = ? \
+             AND deleted_at IS NULL AND author_type != 'system' AND id != ? \
+             ORDER BY created_seq DESC LIMIT ?",
+        )
         .bind(channel_id)
+        .bind(except)
         .bind(n)
-        .fetch_all(&self.db)
+        .fetch_all(conn)
         .await?;
-        rows.reverse();
-        rows.iter().map(message_from_row).collect()
+        rows.iter()
+            .rev()
+            .map(|row| {
+                Ok(ContextMessage {
+                    author_id: row.try_get("author_id")?,
+                    author_type: author_type_from_str(row.try_get("author_type")?)?,
+                    content: row.try_get("content")?,
+                })
+            })
+            .collect()
     }
 
     /// Posts a message. Returns it and whether it is new (`false`: the same `client_id` was
@@ -572,9 +586,16 @@ impl Chat {
     /// begins: a transaction must not wait for a second pooled connection (with the pool
     /// full of writers waiting for the write lock, it would wait for itself).
     pub async fn prepare_post(&self, post: Post<'_>) -> Result<Prepared, ChatError> {
-        let channel = self.check_author(&post).await?;
+        // Each read on a connection of its own, given back before the lock is waited for
+        // (whoever holds it may need a connection).
+        let channel = self
+            .check_author(&mut *self.db.acquire().await?, &post)
+            .await?;
         let serial = self.hub.write_lock(post.channel_id).lock_owned().await;
-        Ok(match self.draft(post, channel).await? {
+        let drafted = self
+            .draft(&mut *self.db.acquire().await?, post, channel)
+            .await?;
+        Ok(match drafted {
             Drafted::Posted(message) => Prepared::Posted(message),
             Drafted::New { channel, post } => Prepared::Pending(PendingPost {
                 channel,
@@ -588,15 +609,26 @@ impl Chat {
     /// [`Chat::prepare_post`] without the channel's write lock, for a writer whose place in
     /// chat order is fixed elsewhere (the group commit, which takes the lock itself) and whose
     /// transaction checks `client_id` again ([`posted_with_client_id`]): a re-send racing its
-    /// original gets past the check here.
-    pub async fn check_post(&self, post: Post<'_>) -> Result<Drafted, ChatError> {
-        let channel = self.check_author(&post).await?;
-        self.draft(post, channel).await
+    /// original gets past the check here. Reads on `conn`: a caller with more to read before
+    /// its transaction reads it all on one connection (each connection taken from the pool
+    /// and given back costs round trips to its worker thread, and a connection that did not
+    /// make the latest commit starts its next read with an empty page cache).
+    pub async fn check_post(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        post: Post<'_>,
+    ) -> Result<Drafted, ChatError> {
+        let channel = self.check_author(&mut *conn, &post).await?;
+        self.draft(conn, post, channel).await
     }
 
     /// The checks that need no lock: content, client id, the channel (not archived) and
     /// that the author is a member. Returns the channel.
-    async fn check_author(&self, post: &Post<'_>) -> Result<Channel, ChatError> {
+    async fn check_author(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        post: &Post<'_>,
+    ) -> Result<Channel, ChatError> {
         // A streaming placeholder starts empty and fills in with deltas; a failed agent turn
         // may have said nothing (its reason is in `metadata.failure`).
         let may_be_empty = matches!(post.state, MessageState::Streaming | MessageState::Error);
@@ -606,7 +638,7 @@ impl Chat {
         if let Some(cid) = post.client_id {
             validate_client_id(cid)?;
         }
-        let channel = self.channel(post.channel_id).await?;
+        let channel = channel_on(conn, post.channel_id).await?;
         if channel.archived {
             return Err(ChatError::Conflict("the channel is archived".into()));
         }
@@ -623,7 +655,12 @@ impl Chat {
 
     /// The message as it will be stored, unless this author already posted its `client_id`;
     /// checks that a thread's parent is in the channel and names the thread by its root.
-    async fn draft(&self, post: Post<'_>, channel: Channel) -> Result<Drafted, ChatError> {
+    async fn draft(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        post: Post<'_>,
+        channel: Channel,
+    ) -> Result<Drafted, ChatError> {
         if let Some(cid) = post.client_id {
             let existing = sqlx::query(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND author_id = ? AND client_id = ?"
@@ -631,7 +668,7 @@ impl Chat {
             .bind(post.channel_id)
             .bind(post.author_id)
             .bind(cid)
-            .fetch_optional(&self.db)
+            .fetch_optional(&mut *conn)
             .await?;
             if let Some(row) = existing {
                 return Ok(Drafted::Posted(message_from_row(&row)?));
@@ -647,7 +684,7 @@ impl Chat {
                 )
                 .bind(thread)
                 .bind(post.channel_id)
-                .fetch_optional(&self.db)
+                .fetch_optional(&mut *conn)
                 .await?;
                 match parent {
                     None => {
@@ -984,6 +1021,44 @@ impl Chat {
                 .await?,
         )
     }
+}
+
+/// A channel with its members, read with `exec` (the pool, or a connection a caller reads
+/// several things on).
+async fn channel_on<'e>(
+    exec: impl sqlx::SqliteExecutor<'e>,
+    id: &str,
+) -> Result<Channel, ChatError> {
+    // The members come along as one JSON array: one statement, one round trip.
+    let row = sqlx::query(
+        "SELECT id, name, type, settings, created_at, last_seq, archived, created_by, \
+         (SELECT json_group_array(member ORDER BY added_at, member) FROM channel_members \
+          WHERE channel_id = c.id) AS members \
+         FROM channels c WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(exec)
+    .await?
+    .ok_or(ChatError::NotFound("no such channel"))?;
+    let kind: &str = row.try_get("type")?;
+    let settings: &str = row.try_get("settings")?;
+    let members: &str = row.try_get("members")?;
+    Ok(Channel {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        kind: match kind {
+            "dm" => ChannelType::Dm,
+            "group" => ChannelType::Group,
+            "topic" => ChannelType::Topic,
+            other => return Err(ChatError::Decode(format!("unknown channel type {other:?}"))),
+        },
+        members: json_decode(members)?,
+        settings: json_decode(settings)?,
+        created_at: from_ms(row.try_get("created_at")?),
+        last_seq: row.try_get("last_seq")?,
+        archived: row.try_get("archived")?,
+        created_by: row.try_get("created_by")?,
+    })
 }
 
 async fn next_seq(tx: &mut sqlx::SqliteConnection, channel_id: &str) -> Result<i64, ChatError> {

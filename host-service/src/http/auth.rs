@@ -77,7 +77,7 @@ async fn status(
         Some(Principal::User { user_id, .. }) => users::get(&state.db, *user_id).await?,
         // A paired device acts for the owner (its messages are the owner's), so the app
         // shows the owner as who is signed in.
-        Some(Principal::Device { .. }) => users::owner(&state.db).await?,
+        Some(Principal::Device { .. }) => state.owner.get(&state.db).await?,
         _ => None,
     };
     Ok(Json(AuthStatus {

@@ -384,7 +384,9 @@ pub async fn human_member(state: &AppState, principal: &Principal) -> Result<Str
     if let Principal::User { username, .. } = principal {
         return Ok(crate::chat::user_member(username));
     }
-    let owner = crate::auth::users::owner(&state.db)
+    let owner = state
+        .owner
+        .get(&state.db)
         .await
         .map_err(ApiError::internal)?;
     owner

@@ -67,6 +67,8 @@ pub struct AppInner {
     pub data_dir: PathBuf,
     pub pin: SpkiPin,
     pub local_token: String,
+    /// The owner, read once it exists (see [`crate::auth::users::OwnerCache`]).
+    pub owner: crate::auth::users::OwnerCache,
     pub host_name: String,
     /// `host:port` strings put in pairing tokens.
     pub pairing_addresses: Vec<String>,
