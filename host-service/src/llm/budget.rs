@@ -142,6 +142,9 @@ pub struct Ledger {
 struct Open {
     calls: i64,
     reserved: f64,
+    /// An admission of one of these calls found a budget: their settling must hold the lock
+    /// across its commit (see [`Ledger::settle`]).
+    budgeted: bool,
 }
 
 impl Ledger {
@@ -158,14 +161,18 @@ impl Ledger {
     ) -> Result<Result<f64, Refusal>, BudgetError> {
         let amount = amount.map(|a| if a.is_finite() { a.max(0.0) } else { f64::MAX });
         let mut open = self.open.lock().await;
-        let Open { calls, reserved } = open.get(&agent).copied().unwrap_or_default();
+        let Open {
+            calls, reserved, ..
+        } = open.get(&agent).copied().unwrap_or_default();
         if calls >= i64::from(max_concurrent) {
             return Ok(Err(Refusal::Concurrency {
                 open: calls,
                 cap: max_concurrent,
             }));
         }
-        if let Some(budget) = get_budget(db, agent).await? {
+        let budget = get_budget(db, agent).await?;
+        let budgeted = budget.is_some();
+        if let Some(budget) = budget {
             let Some(amount) = amount else {
                 return Ok(Err(Refusal::PriceUnknown));
             };
@@ -188,13 +195,21 @@ impl Ledger {
         let entry = open.entry(agent).or_default();
         entry.calls += 1;
         entry.reserved += amount;
+        entry.budgeted |= budgeted;
         Ok(Ok(amount))
     }
 
     /// Settles a finished call: commits its real usage in place of its reservation row and
-    /// gives its room back, both under the admission lock, then announces budget thresholds
-    /// the call crossed. The room is given back even if the commit fails (the reservation row
-    /// then stays and is charged at the next start).
+    /// gives its room back, then announces budget thresholds the call crossed. The room is
+    /// given back even if the commit fails (the reservation row then stays and is charged at the
+    /// next start).
+    ///
+    /// For an agent with a budget, both happen under the admission lock, so admission (which
+    /// reads the committed spend) never sees the call counted twice or not at all. Without one,
+    /// admission reads no spend, so the commit (an fsync) runs outside the lock, and the next
+    /// call's admission does not wait for it; the room is given back after the commit, so a
+    /// budget set meanwhile can at worst count the call twice for that moment (refuse early),
+    /// never not at all.
     pub async fn settle(
         &self,
         db: &Db,
@@ -204,10 +219,20 @@ impl Ledger {
         usage: &CallUsage,
     ) -> Result<(), BudgetError> {
         let (id, amount) = reservation;
-        let committed = {
+        let budgeted = self
+            .open
+            .lock()
+            .await
+            .get(&agent)
+            .is_some_and(|o| o.budgeted);
+        let committed = if budgeted {
             let mut open = self.open.lock().await;
             let committed = commit_usage(db, agent, id, usage).await;
             Self::release_locked(&mut open, agent, amount);
+            committed
+        } else {
+            let committed = commit_usage(db, agent, id, usage).await;
+            Self::release_locked(&mut *self.open.lock().await, agent, amount);
             committed
         };
         committed?;

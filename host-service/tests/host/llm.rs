@@ -1153,6 +1153,14 @@ async fn rotating_the_llm_key_or_archiving_the_agent_cuts_calls_in_flight() {
     let cut = rest_of(response).await;
     assert!(cut.is_err(), "the stream ended normally: {cut:?}");
     let new_key = rotated["llm_key"].as_str().unwrap().to_string();
+    // The very next call with the old key is refused.
+    let plain = json!({"model": "fake-gpt", "messages": [{"role": "user", "content": "old key"}]});
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&plain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     // A call on the new key is cut when the agent is archived.
     let (response, _) = open_stream(&host, &new_key).await;
@@ -1164,6 +1172,21 @@ async fn rotating_the_llm_key_or_archiving_the_agent_cuts_calls_in_flight() {
     assert!(archived.status().is_success(), "{}", archived.status());
     let cut = rest_of(response).await;
     assert!(cut.is_err(), "the stream ended normally: {cut:?}");
+    let r = gateway(&host, &new_key, "/v1/chat/completions")
+        .json(&plain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "archived: the key is dead"
+    );
+    assert_eq!(
+        fake.chat_requests(|body| body["messages"].to_string().contains("old key")),
+        Vec::<Value>::new(),
+        "nothing went upstream"
+    );
 
     // Nothing was cut by accident: an unheld stream on a live key completes.
     fake.set_holding(false);
@@ -1981,12 +2004,30 @@ async fn concurrent_calls_crossing_budget_thresholds_announce_each_once() {
         Vec::<Value>::new(),
         "nothing went upstream"
     );
+    // The owner prices it (free): the gateway's kept catalog is forgotten, so the very next
+    // call is admitted.
+    let priced = host
+        .admin(Method::PATCH, "/api/providers/fake")
+        .json(&json!({"models": [
+            {"id": "fake-gpt", "input_usd_per_mtok": 0.0, "output_usd_per_mtok": 4000.0},
+            {"id": "fake-other", "input_usd_per_mtok": 0.0, "output_usd_per_mtok": 0.0}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(priced.status(), StatusCode::OK);
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&json!({"model": "fake-other", "max_tokens": 5, "messages": [{"role": "user", "content": "priced now"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 
     // $0.02 a call, reserved exactly (see add_fake_provider): 50 calls fill the $1 budget.
     let call = json!({"model": "fake-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
     let ok = burst(&host, &key, &call, 80).await;
     assert_eq!(ok, 50, "the budget pays for exactly 50 calls");
-    let usage = usage_when(&host, "crowd", |u| requests(u) == 50).await;
+    // And the free call before them.
+    let usage = usage_when(&host, "crowd", |u| requests(u) == 51).await;
     assert!(
         (usage["period_spend_usd"].as_f64().unwrap() - 1.0).abs() < 1e-9,
         "each call charged once: {usage}"
