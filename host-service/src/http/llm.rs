@@ -262,7 +262,11 @@ async fn set_budget(
     Json(body): Json<Budget>,
 ) -> Result<Json<Budget>, ApiError> {
     let agent = agents::get_by_slug(&state.db, &slug).await?;
-    budget::set_budget(&state.db, agent.id, &body).await?;
+    state
+        .llm
+        .ledger
+        .set_budget(&state.db, agent.id, &body)
+        .await?;
     Ok(Json(body))
 }
 

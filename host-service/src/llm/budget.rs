@@ -53,7 +53,8 @@ pub async fn get_budget(db: &Db, agent: Uuid) -> Result<Option<Budget>, BudgetEr
     }))
 }
 
-pub async fn set_budget(db: &Db, agent: Uuid, budget: &Budget) -> Result<(), BudgetError> {
+/// Writes an agent's budget. Only through [`Ledger::set_budget`], which admission relies on.
+async fn write_budget(db: &Db, agent: Uuid, budget: &Budget) -> Result<(), BudgetError> {
     if !budget.limit_usd.is_finite() || budget.limit_usd < 0.0 || budget.limit_usd > 1e9 {
         return Err(BudgetError::BadInput(
             "limit_usd must be a number >= 0".into(),
@@ -133,9 +134,16 @@ pub enum Refusal {
 /// reservation is also written to `llm_reservations`, off the request path (a commit costs an
 /// fsync), so calls in flight when the host is killed are charged at its next start; see
 /// [`settle_stale`].
+///
+/// Each agent's budget is kept as admission last read it (`budgets`), so a call costs no read of
+/// it: budgets are only ever written by [`Ledger::set_budget`], which writes and forgets the
+/// agent's entry under the admission lock, and admission reads and keeps it under the same lock,
+/// so what it keeps is never older than the last write.
 #[derive(Default)]
 pub struct Ledger {
     open: tokio::sync::Mutex<HashMap<Uuid, Open>>,
+    /// Only touched with `open` held (it is a plain mutex to be usable from `&self` in sync code).
+    budgets: std::sync::Mutex<HashMap<Uuid, Option<Budget>>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -148,6 +156,35 @@ struct Open {
 }
 
 impl Ledger {
+    fn kept_budgets(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Option<Budget>>> {
+        // Only inserts and removals under it: a panic can't leave it inconsistent.
+        self.budgets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets an agent's budget; the next admission reads it back. Under the admission lock, so
+    /// no admission reading the old one at the same time can keep it after this.
+    pub async fn set_budget(
+        &self,
+        db: &Db,
+        agent: Uuid,
+        budget: &Budget,
+    ) -> Result<(), BudgetError> {
+        let _admission = self.open.lock().await;
+        // Forgotten whatever the write's outcome: a failed commit may still have landed.
+        let written = write_budget(db, agent, budget).await;
+        self.kept_budgets().remove(&agent);
+        written
+    }
+
+    /// The agent's budget, kept or read (and kept). Call with the admission lock held.
+    async fn budget_of(&self, db: &Db, agent: Uuid) -> Result<Option<Budget>, BudgetError> {
+        if let Some(kept) = self.kept_budgets().get(&agent) {
+            return Ok(kept.clone());
+        }
+        let budget = get_budget(db, agent).await?;
+        self.kept_budgets().insert(agent, budget.clone());
+        Ok(budget)
+    }
     /// Admits a call if the agent has fewer than `max_concurrent` calls in flight and, if it
     /// has a budget, spend + open reservations + `amount` stay within it. `amount` is the
     /// call's worst-case cost, `None` when the model has no known price: fine without a budget
@@ -170,7 +207,7 @@ impl Ledger {
                 cap: max_concurrent,
             }));
         }
-        let budget = get_budget(db, agent).await?;
+        let budget = self.budget_of(db, agent).await?;
         let budgeted = budget.is_some();
         if let Some(budget) = budget {
             let Some(amount) = amount else {

@@ -1983,6 +1983,14 @@ async fn concurrent_calls_crossing_budget_thresholds_announce_each_once() {
     let (_turn, host, fake) =
         with_fake_provider(BIN, &[("TAOS_LLM__MAX_CONCURRENT_CALLS", "1024")]).await;
     let key = agent_with_model(&host, "Crowd", "fake-gpt", &["fake-other"]).await;
+    // Without a budget an unpriced model is fine (and costs nothing here); the gateway keeps
+    // "no budget" for the agent until the owner sets one.
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&json!({"model": "fake-other", "max_tokens": 5, "messages": [{"role": "user", "content": "before the budget"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     let budget = host
         .admin(Method::PUT, "/api/agents/crowd/budget")
         .json(&json!({"limit_usd": 1.0, "period": "day"}))
@@ -1992,6 +2000,7 @@ async fn concurrent_calls_crossing_budget_thresholds_announce_each_once() {
     assert_eq!(budget.status(), StatusCode::OK);
 
     // fake-other has no price (see add_fake_provider): with a budget, the call can't be bounded.
+    // (So this also shows the budget set a moment ago counts for the very next call.)
     let r = gateway(&host, &key, "/v1/chat/completions")
         .json(&json!({"model": "fake-other", "max_tokens": 5, "messages": [{"role": "user", "content": "unpriced"}]}))
         .send()
@@ -2026,8 +2035,8 @@ async fn concurrent_calls_crossing_budget_thresholds_announce_each_once() {
     let call = json!({"model": "fake-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
     let ok = burst(&host, &key, &call, 80).await;
     assert_eq!(ok, 50, "the budget pays for exactly 50 calls");
-    // And the free call before them.
-    let usage = usage_when(&host, "crowd", |u| requests(u) == 51).await;
+    // And the two free calls before them.
+    let usage = usage_when(&host, "crowd", |u| requests(u) == 52).await;
     assert!(
         (usage["period_spend_usd"].as_f64().unwrap() - 1.0).abs() < 1e-9,
         "each call charged once: {usage}"
