@@ -89,6 +89,10 @@ struct Registry {
 #[derive(Default)]
 pub struct Live {
     registry: Mutex<Registry>,
+    /// How many times an agent's LLM key was ended in this process ([`Live::revoke_agent_llm`]):
+    /// a gateway call that read its key before registering knows from it, without reading the
+    /// key again, that no ending could have slipped between the two.
+    llm_revocations: std::sync::atomic::AtomicU64,
 }
 
 impl Live {
@@ -136,6 +140,42 @@ impl Live {
                 guard.deadline = until_ms.map(instant_at);
                 Ok(Some(guard))
             }
+            TokenState::Expired | TokenState::Revoked => Ok(None),
+        }
+    }
+
+    /// The count of LLM key endings so far: read it before reading an LLM key from the database,
+    /// and hand it to [`Live::open_llm_key`].
+    pub fn llm_revocations(&self) -> u64 {
+        self.llm_revocations
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// [`Live::open`] for an LLM key that was read from the database after `seen` was taken from
+    /// [`Live::llm_revocations`]. Every ending of an LLM key commits first and then calls
+    /// [`Live::revoke_agent_llm`], which counts before it ends connections. So if the count is
+    /// still `seen` once the call is registered, any ending after our read will reach the
+    /// registered call, and one before it was seen by the read: the key needs no second read.
+    /// Otherwise (a key ended somewhere meanwhile) it is read again, as `open` does.
+    pub async fn open_llm_key(
+        self: &Arc<Self>,
+        db: &Db,
+        policy: &SessionPolicy,
+        credential: Credential,
+        seen: u64,
+    ) -> Result<Option<LiveGuard>, sqlx::Error> {
+        if !matches!(credential, Credential::LlmKey { .. }) {
+            return self.open(db, policy, credential).await;
+        }
+        let guard = self.register(credential);
+        // Registered under the registry's lock, which `revoke_agent_llm` takes after counting:
+        // a count we don't see here belongs to an ending that will find our entry.
+        if self.llm_revocations() == seen {
+            // An LLM key has no deadline of its own.
+            return Ok(Some(guard));
+        }
+        match check_one(db, policy, &guard.credential).await? {
+            TokenState::Valid { .. } => Ok(Some(guard)),
             TokenState::Expired | TokenState::Revoked => Ok(None),
         }
     }
@@ -188,6 +228,9 @@ impl Live {
 
     /// An agent's LLM key was rotated or taken away (archive, removal): its gateway calls end.
     pub fn revoke_agent_llm(&self, agent_id: Uuid) -> usize {
+        // Counted before the registry is searched: see `open_llm_key`.
+        self.llm_revocations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.end_where(
             Ended::Revoked,
             |c| matches!(c, Credential::LlmKey { agent_id: a, .. } if *a == agent_id),
@@ -454,6 +497,33 @@ mod tests {
 
         drop((a, b, c, s1, s2, key, admin));
         assert!(live.is_empty(), "guards unregister when dropped");
+    }
+
+    /// A gateway call that read its key needs no second read unless an LLM key was ended in
+    /// between; if one was, it reads again (here: the empty database no longer has the key).
+    #[tokio::test]
+    async fn an_llm_key_is_read_again_only_if_a_key_ended_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).await.unwrap();
+        let policy = SessionPolicy::from_secs(3600, 86_400);
+        let live = Live::new();
+        let agent = Uuid::new_v4();
+        let key = || Credential::LlmKey {
+            agent_id: agent,
+            key_hash: "not-in-the-database".into(),
+        };
+        let seen = live.llm_revocations();
+        let call = live.open_llm_key(&db, &policy, key(), seen).await.unwrap();
+        let call = call.expect("nothing ended since the read: no second read");
+        // Another agent's key ends: this call goes on, but a call that read its key before that
+        // reads it again.
+        live.revoke_agent_llm(Uuid::new_v4());
+        assert_eq!(call.ended_now(), None);
+        let raced = live.open_llm_key(&db, &policy, key(), seen).await.unwrap();
+        assert!(raced.is_none(), "read again, and the key is gone");
+        // An ending after registering reaches the call.
+        live.revoke_agent_llm(agent);
+        assert_eq!(call.ended_now(), Some(Ended::Revoked));
     }
 
     #[tokio::test]

@@ -40,8 +40,9 @@ impl IntoResponse for GatewayError {
     }
 }
 
-/// An agent by its LLM key (`taos_llm_…`).
-pub struct LlmAuth(pub AgentRecord);
+/// An agent by its LLM key (`taos_llm_…`), and the count of LLM key endings taken before the
+/// key was read (see `Live::open_llm_key`).
+pub struct LlmAuth(pub AgentRecord, u64);
 
 impl FromRequestParts<AppState> for LlmAuth {
     type Rejection = GatewayError;
@@ -53,8 +54,9 @@ impl FromRequestParts<AppState> for LlmAuth {
         let unauthorized =
             || GatewayError::new(401, "invalid_api_key", "missing or invalid API key");
         let key = authorization_bearer(&parts.headers).ok_or_else(unauthorized)?;
+        let revocations = state.live.llm_revocations();
         match agents::authenticate_llm(&state.db, key).await {
-            Ok(Some(agent)) => Ok(LlmAuth(agent)),
+            Ok(Some(agent)) => Ok(LlmAuth(agent, revocations)),
             Ok(None) => Err(unauthorized()),
             Err(e) => {
                 tracing::error!(error = %e, "LLM key lookup failed");
@@ -92,22 +94,29 @@ fn context(state: &AppState, agent: AgentRecord, headers: &HeaderMap) -> CallCon
 
 /// `POST /v1/chat/completions` (also `/chat/completions`).
 pub async fn chat_completions(
-    LlmAuth(agent): LlmAuth,
+    LlmAuth(agent, revocations): LlmAuth,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    forward(state, agent, headers, body, CallKind::Chat).await
+    forward(state, (agent, revocations), headers, body, CallKind::Chat).await
 }
 
 /// `POST /v1/embeddings` (also `/embeddings`).
 pub async fn embeddings(
-    LlmAuth(agent): LlmAuth,
+    LlmAuth(agent, revocations): LlmAuth,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    forward(state, agent, headers, body, CallKind::Embeddings).await
+    forward(
+        state,
+        (agent, revocations),
+        headers,
+        body,
+        CallKind::Embeddings,
+    )
+    .await
 }
 
 fn key_ended(ended: Ended) -> GatewayError {
@@ -118,11 +127,11 @@ fn key_ended(ended: Ended) -> GatewayError {
     )
 }
 
-/// Registers the call under the key it was made with (checked again after registering, so a
-/// rotation that raced the authentication is not missed).
+/// Registers the call under the key it was made with (checked again after registering if a key
+/// ended since it was read, so a rotation that raced the authentication is not missed).
 async fn register_call(
     state: &AppState,
-    agent: &AgentRecord,
+    (agent, revocations): (&AgentRecord, u64),
     headers: &HeaderMap,
 ) -> Result<LiveGuard, GatewayError> {
     let key = authorization_bearer(headers).unwrap_or_default();
@@ -132,7 +141,7 @@ async fn register_call(
     };
     match state
         .live
-        .open(&state.db, &state.session_policy(), credential)
+        .open_llm_key(&state.db, &state.session_policy(), credential, revocations)
         .await
     {
         Ok(Some(guard)) => Ok(guard),
@@ -166,12 +175,12 @@ fn cut_when_key_ends(
 
 async fn forward(
     state: AppState,
-    agent: AgentRecord,
+    (agent, revocations): (AgentRecord, u64),
     headers: HeaderMap,
     body: Bytes,
     kind: CallKind,
 ) -> Response {
-    let mut guard = match register_call(&state, &agent, &headers).await {
+    let mut guard = match register_call(&state, (&agent, revocations), &headers).await {
         Ok(guard) => guard,
         Err(e) => return e.into_response(),
     };
@@ -198,11 +207,20 @@ async fn forward(
     }
     let mut ctx = context(&state, agent, &headers);
     let supervisor = &state.llm.supervisor;
-    let admitted =
-        match gateway::admit(&mut ctx, kind, &mut request, |m| supervisor.model_facts(m)).await {
-            Ok(admitted) => admitted,
-            Err(e) => return e.into_response(),
-        };
+    // Without the catalog a model has no owner's prices (an agent with a budget is then refused
+    // a model LiteLLM can't price either), as when it is not in the catalog.
+    let catalog = state.llm.catalog().await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "reading the provider catalog failed");
+        Default::default()
+    });
+    let admitted = match gateway::admit(&mut ctx, kind, &mut request, &catalog, |m| {
+        supervisor.model_facts(m)
+    })
+    .await
+    {
+        Ok(admitted) => admitted,
+        Err(e) => return e.into_response(),
+    };
     let (model, stream) = (admitted.model, admitted.stream);
     if stream {
         // Ask for usage in the last chunk, so streamed calls are accounted too.
@@ -320,7 +338,7 @@ async fn forward(
 }
 
 /// `GET /v1/models`: only the models this agent may use.
-pub async fn models(LlmAuth(agent): LlmAuth) -> axum::Json<serde_json::Value> {
+pub async fn models(LlmAuth(agent, _): LlmAuth) -> axum::Json<serde_json::Value> {
     let data: Vec<serde_json::Value> = gateway::allowed_models(&agent)
         .into_iter()
         .map(

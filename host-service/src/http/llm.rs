@@ -203,40 +203,47 @@ async fn refresh_models(
     _auth: OwnerLike,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<ModelInfo>>, ApiError> {
-    for provider in providers::list(&state.db).await? {
-        let key = provider.api_key(&state.llm.secrets);
-        let Ok((found, _)) = state
-            .llm
-            .discover(provider.kind, &provider.url, key.as_deref(), false)
-            .await
-        else {
-            continue;
-        };
-        // Keep the owner's prices for models that are still there.
-        let models: Vec<ProviderModel> = found
-            .into_iter()
-            .map(|id| {
-                provider
-                    .models
-                    .iter()
-                    .find(|m| m.id == id)
-                    .cloned()
-                    .unwrap_or(ProviderModel {
-                        id,
-                        input_usd_per_mtok: None,
-                        output_usd_per_mtok: None,
-                    })
-            })
-            .collect();
-        if models != provider.models {
-            let patch = ProviderPatch {
-                models: Some(models),
-                ..Default::default()
+    // Reloaded even if an update failed part way: those before it are committed, and the
+    // gateway's kept catalog must not outlive them.
+    let updated: Result<(), ApiError> = async {
+        for provider in providers::list(&state.db).await? {
+            let key = provider.api_key(&state.llm.secrets);
+            let Ok((found, _)) = state
+                .llm
+                .discover(provider.kind, &provider.url, key.as_deref(), false)
+                .await
+            else {
+                continue;
             };
-            providers::update(&state.db, &state.llm.secrets, &provider.name, &patch).await?;
+            // Keep the owner's prices for models that are still there.
+            let models: Vec<ProviderModel> = found
+                .into_iter()
+                .map(|id| {
+                    provider
+                        .models
+                        .iter()
+                        .find(|m| m.id == id)
+                        .cloned()
+                        .unwrap_or(ProviderModel {
+                            id,
+                            input_usd_per_mtok: None,
+                            output_usd_per_mtok: None,
+                        })
+                })
+                .collect();
+            if models != provider.models {
+                let patch = ProviderPatch {
+                    models: Some(models),
+                    ..Default::default()
+                };
+                providers::update(&state.db, &state.llm.secrets, &provider.name, &patch).await?;
+            }
         }
+        Ok(())
     }
+    .await;
     reload(&state).await;
+    updated?;
     Ok(Json(state.llm.models().await?))
 }
 
@@ -255,7 +262,11 @@ async fn set_budget(
     Json(body): Json<Budget>,
 ) -> Result<Json<Budget>, ApiError> {
     let agent = agents::get_by_slug(&state.db, &slug).await?;
-    budget::set_budget(&state.db, agent.id, &body).await?;
+    state
+        .llm
+        .ledger
+        .set_budget(&state.db, agent.id, &body)
+        .await?;
     Ok(Json(body))
 }
 

@@ -53,7 +53,8 @@ pub async fn get_budget(db: &Db, agent: Uuid) -> Result<Option<Budget>, BudgetEr
     }))
 }
 
-pub async fn set_budget(db: &Db, agent: Uuid, budget: &Budget) -> Result<(), BudgetError> {
+/// Writes an agent's budget. Only through [`Ledger::set_budget`], which admission relies on.
+async fn write_budget(db: &Db, agent: Uuid, budget: &Budget) -> Result<(), BudgetError> {
     if !budget.limit_usd.is_finite() || budget.limit_usd < 0.0 || budget.limit_usd > 1e9 {
         return Err(BudgetError::BadInput(
             "limit_usd must be a number >= 0".into(),
@@ -133,18 +134,57 @@ pub enum Refusal {
 /// reservation is also written to `llm_reservations`, off the request path (a commit costs an
 /// fsync), so calls in flight when the host is killed are charged at its next start; see
 /// [`settle_stale`].
+///
+/// Each agent's budget is kept as admission last read it (`budgets`), so a call costs no read of
+/// it: budgets are only ever written by [`Ledger::set_budget`], which writes and forgets the
+/// agent's entry under the admission lock, and admission reads and keeps it under the same lock,
+/// so what it keeps is never older than the last write.
 #[derive(Default)]
 pub struct Ledger {
     open: tokio::sync::Mutex<HashMap<Uuid, Open>>,
+    /// Only touched with `open` held (it is a plain mutex to be usable from `&self` in sync code).
+    budgets: std::sync::Mutex<HashMap<Uuid, Option<Budget>>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Open {
     calls: i64,
     reserved: f64,
+    /// An admission of one of these calls found a budget: their settling must hold the lock
+    /// across its commit (see [`Ledger::settle`]).
+    budgeted: bool,
 }
 
 impl Ledger {
+    fn kept_budgets(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Option<Budget>>> {
+        // Only inserts and removals under it: a panic can't leave it inconsistent.
+        self.budgets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets an agent's budget; the next admission reads it back. Under the admission lock, so
+    /// no admission reading the old one at the same time can keep it after this.
+    pub async fn set_budget(
+        &self,
+        db: &Db,
+        agent: Uuid,
+        budget: &Budget,
+    ) -> Result<(), BudgetError> {
+        let _admission = self.open.lock().await;
+        // Forgotten whatever the write's outcome: a failed commit may still have landed.
+        let written = write_budget(db, agent, budget).await;
+        self.kept_budgets().remove(&agent);
+        written
+    }
+
+    /// The agent's budget, kept or read (and kept). Call with the admission lock held.
+    async fn budget_of(&self, db: &Db, agent: Uuid) -> Result<Option<Budget>, BudgetError> {
+        if let Some(kept) = self.kept_budgets().get(&agent) {
+            return Ok(kept.clone());
+        }
+        let budget = get_budget(db, agent).await?;
+        self.kept_budgets().insert(agent, budget.clone());
+        Ok(budget)
+    }
     /// Admits a call if the agent has fewer than `max_concurrent` calls in flight and, if it
     /// has a budget, spend + open reservations + `amount` stay within it. `amount` is the
     /// call's worst-case cost, `None` when the model has no known price: fine without a budget
@@ -158,14 +198,18 @@ impl Ledger {
     ) -> Result<Result<f64, Refusal>, BudgetError> {
         let amount = amount.map(|a| if a.is_finite() { a.max(0.0) } else { f64::MAX });
         let mut open = self.open.lock().await;
-        let Open { calls, reserved } = open.get(&agent).copied().unwrap_or_default();
+        let Open {
+            calls, reserved, ..
+        } = open.get(&agent).copied().unwrap_or_default();
         if calls >= i64::from(max_concurrent) {
             return Ok(Err(Refusal::Concurrency {
                 open: calls,
                 cap: max_concurrent,
             }));
         }
-        if let Some(budget) = get_budget(db, agent).await? {
+        let budget = self.budget_of(db, agent).await?;
+        let budgeted = budget.is_some();
+        if let Some(budget) = budget {
             let Some(amount) = amount else {
                 return Ok(Err(Refusal::PriceUnknown));
             };
@@ -188,13 +232,21 @@ impl Ledger {
         let entry = open.entry(agent).or_default();
         entry.calls += 1;
         entry.reserved += amount;
+        entry.budgeted |= budgeted;
         Ok(Ok(amount))
     }
 
     /// Settles a finished call: commits its real usage in place of its reservation row and
-    /// gives its room back, both under the admission lock, then announces budget thresholds
-    /// the call crossed. The room is given back even if the commit fails (the reservation row
-    /// then stays and is charged at the next start).
+    /// gives its room back, then announces budget thresholds the call crossed. The room is
+    /// given back even if the commit fails (the reservation row then stays and is charged at the
+    /// next start).
+    ///
+    /// For an agent with a budget, both happen under the admission lock, so admission (which
+    /// reads the committed spend) never sees the call counted twice or not at all. Without one,
+    /// admission reads no spend, so the commit (an fsync) runs outside the lock, and the next
+    /// call's admission does not wait for it; the room is given back after the commit, so a
+    /// budget set meanwhile can at worst count the call twice for that moment (refuse early),
+    /// never not at all.
     pub async fn settle(
         &self,
         db: &Db,
@@ -204,10 +256,20 @@ impl Ledger {
         usage: &CallUsage,
     ) -> Result<(), BudgetError> {
         let (id, amount) = reservation;
-        let committed = {
+        let budgeted = self
+            .open
+            .lock()
+            .await
+            .get(&agent)
+            .is_some_and(|o| o.budgeted);
+        let committed = if budgeted {
             let mut open = self.open.lock().await;
             let committed = commit_usage(db, agent, id, usage).await;
             Self::release_locked(&mut open, agent, amount);
+            committed
+        } else {
+            let committed = commit_usage(db, agent, id, usage).await;
+            Self::release_locked(&mut *self.open.lock().await, agent, amount);
             committed
         };
         committed?;

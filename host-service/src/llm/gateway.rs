@@ -256,6 +256,7 @@ pub async fn admit(
     ctx: &mut CallContext,
     kind: CallKind,
     body: &mut serde_json::Value,
+    catalog: &[providers::CatalogModel],
     litellm_facts: impl FnOnce(&str) -> Option<ModelFacts>,
 ) -> Result<Admitted, GatewayError> {
     if ctx.agent.paused {
@@ -294,7 +295,7 @@ pub async fn admit(
             ),
         ));
     }
-    ctx.model = model_facts(&ctx.db, &model, litellm_facts).await;
+    ctx.model = model_facts(catalog, &model, litellm_facts);
 
     // The output bound: what the caller asked for, else the default cap (never above what the
     // model can write), which is then sent upstream so the provider stops there too.
@@ -423,30 +424,23 @@ fn refusal_error(ctx: &CallContext, model: &str, refusal: Refusal) -> GatewayErr
     }
 }
 
-/// The model's provider and prices (the owner's, else LiteLLM's) and output limit.
-async fn model_facts(
-    db: &Db,
+/// The model's provider and prices (the owner's, from the catalog, else LiteLLM's) and output
+/// limit.
+fn model_facts(
+    catalog: &[providers::CatalogModel],
     model: &str,
     litellm_facts: impl FnOnce(&str) -> Option<ModelFacts>,
 ) -> ModelFacts {
-    let entry = catalog_entry(db, model).await;
+    let entry = catalog.iter().find(|m| m.name == model);
     let litellm = litellm_facts(model).unwrap_or_default();
     let owner_prices = entry
         .as_ref()
         .and_then(|m| Some((m.input_usd_per_mtok?, m.output_usd_per_mtok?)));
     ModelFacts {
-        provider: entry.map(|m| m.provider),
+        provider: entry.map(|m| m.provider.clone()),
         prices: owner_prices.or(litellm.prices),
         max_output_tokens: litellm.max_output_tokens,
     }
-}
-
-/// The catalog entry of a model (its provider and prices), read once per call.
-async fn catalog_entry(db: &Db, model: &str) -> Option<providers::CatalogModel> {
-    let catalog = providers::list(db).await.ok()?;
-    providers::catalog_models(&catalog)
-        .into_iter()
-        .find(|m| m.name == model)
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -31,6 +31,18 @@ pub struct Llm {
     pub trace_content_bytes: usize,
     /// Calls in flight per agent, for budget and concurrency admission.
     pub ledger: std::sync::Arc<budget::Ledger>,
+    /// The catalog's models as the gateway prices them, kept between calls (see
+    /// [`Llm::catalog`]).
+    catalog: Mutex<KeptCatalog>,
+}
+
+/// The catalog the gateway last read, and how many times it was forgotten: a read keeps what it
+/// found only if the catalog was not forgotten since the read began, so a change that commits
+/// during a read is never hidden by it.
+#[derive(Default)]
+struct KeptCatalog {
+    forgotten: u64,
+    models: Option<std::sync::Arc<Vec<providers::CatalogModel>>>,
 }
 
 impl Llm {
@@ -59,12 +71,46 @@ impl Llm {
             cache_ttl,
             trace_content_bytes,
             ledger: Default::default(),
+            catalog: Mutex::new(KeptCatalog::default()),
         }
+    }
+
+    fn kept_catalog(&self) -> std::sync::MutexGuard<'_, KeptCatalog> {
+        // Only assignments under it: a panic can't leave it inconsistent.
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The catalog's models (provider and the owner's prices), for the gateway: read once and
+    /// kept until [`Llm::reload`], which every change to the providers table is followed by,
+    /// forgets it. Per call it would be a database read and the JSON of every provider's models.
+    pub async fn catalog(
+        &self,
+    ) -> Result<std::sync::Arc<Vec<providers::CatalogModel>>, ProviderError> {
+        let forgotten = {
+            let kept = self.kept_catalog();
+            if let Some(models) = &kept.models {
+                return Ok(models.clone());
+            }
+            kept.forgotten
+        };
+        let models =
+            std::sync::Arc::new(providers::catalog_models(&providers::list(&self.db).await?));
+        let mut kept = self.kept_catalog();
+        if kept.forgotten == forgotten {
+            kept.models = Some(models.clone());
+        }
+        Ok(models)
     }
 
     /// Regenerates LiteLLM's config from the catalog and hands it to the supervisor, which
     /// restarts LiteLLM only if it differs from what runs.
     pub async fn reload(&self) -> Result<(), ProviderError> {
+        // The providers changed (or may have): the gateway reads them again.
+        {
+            let mut kept = self.kept_catalog();
+            kept.forgotten += 1;
+            kept.models = None;
+        }
         let catalog = providers::list(&self.db).await?;
         let models = providers::catalog_models(&catalog)
             .into_iter()

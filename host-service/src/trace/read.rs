@@ -38,14 +38,15 @@ struct Pooled {
     conn: SqliteConnection,
 }
 
-/// The events of a kind that an hour holds few of ([`RARE_MAX`] at most), as its database holds
-/// them: "the newest 100 of a rare kind" needs every hour that has one, and a round trip to a
-/// SQLite worker thread per hour costs far more than the few events. An entry is only used for a
-/// query by kind (and time), on an hour without side files, for the same file (device, inode,
-/// change time) sealed as it was. The writer calls [`Pool::changed`] after every commit to an
-/// hour, and a read only stores what it found if no commit was reported since it began
-/// (`generation`), so an entry never misses a committed event. Bounded by [`RARE_BYTES`] and
-/// swept like the connections, so an idle host holds none.
+/// The events of a kind that an hour holds few of ([`RARE_MAX`] at most), as a read of the hour
+/// finds them (its database merged with its side files): "the newest 100 of a rare kind" needs
+/// every hour that has one, and a round trip to a SQLite worker thread per hour costs far more
+/// than the few events. An entry is only used for a query by kind (and time), for the same
+/// database file (device, inode, change time) sealed as it was, and an hour the index says has
+/// side files (or not) as it did. The writer calls [`Pool::changed`] after every commit to an
+/// hour and every append to its side files, and a read only stores what it found if no change
+/// was reported since it began (`generation`), so an entry never misses an acknowledged event.
+/// Bounded by [`RARE_BYTES`] and swept like the connections, so an idle host holds none.
 #[derive(Default)]
 struct Rare {
     generation: u64,
@@ -57,6 +58,7 @@ struct RareEntry {
     path: PathBuf,
     file: FileId,
     sealed: bool,
+    side_files: bool,
     kind: TraceKind,
     /// Newest first.
     events: Vec<TraceEvent>,
@@ -67,6 +69,10 @@ struct RareEntry {
 /// Device, inode and change time of a bucket's database: a file deleted and another created in
 /// its place may get the inode back, not the change time.
 type FileId = (u64, u64, i64, i64);
+
+/// What a kept entry is valid for: its database file, whether that was sealed, and whether the
+/// index said the hour has side files.
+type Kept = (FileId, bool, bool);
 
 /// Most events of one kind an hour may hold for its events to be kept (see [`Rare`]).
 pub(super) const RARE_MAX: u64 = 8;
@@ -170,8 +176,8 @@ impl Pool {
         self.changed(path);
     }
 
-    /// The writer committed to the bucket at `path`: its kept events are out of date, and so is
-    /// anything a read that began before now found there.
+    /// The writer committed to the bucket at `path` or appended to its side files: its kept
+    /// events are out of date, and so is anything a read that began before now found there.
     pub(super) fn changed(&self, path: &Path) {
         let mut rare = self.lock_rare();
         rare.generation += 1;
@@ -184,18 +190,11 @@ impl Pool {
     }
 
     /// The kept events of `kind` in the file at `path` as it is now, newest first.
-    fn rare_get(
-        &self,
-        path: &Path,
-        file: FileId,
-        sealed: bool,
-        kind: TraceKind,
-    ) -> Option<Vec<TraceEvent>> {
+    fn rare_get(&self, path: &Path, file: Kept, kind: TraceKind) -> Option<Vec<TraceEvent>> {
         let mut rare = self.lock_rare();
-        let entry = rare
-            .entries
-            .iter_mut()
-            .find(|e| e.path == path && e.file == file && e.sealed == sealed && e.kind == kind)?;
+        let entry = rare.entries.iter_mut().find(|e| {
+            e.path == path && (e.file, e.sealed, e.side_files) == file && e.kind == kind
+        })?;
         entry.used = Instant::now();
         Some(entry.events.clone())
     }
@@ -209,8 +208,7 @@ impl Pool {
         &self,
         generation: u64,
         path: &Path,
-        file: FileId,
-        sealed: bool,
+        (file, sealed, side_files): Kept,
         kind: TraceKind,
         events: &[TraceEvent],
     ) {
@@ -242,6 +240,7 @@ impl Pool {
             path: path.to_path_buf(),
             file,
             sealed,
+            side_files,
             kind,
             events: events.to_vec(),
             bytes,
@@ -268,6 +267,10 @@ impl Rare {
 thread_local! {
     /// Hours a read opened on this thread: what the tests of skipping and stopping count.
     pub(super) static HOURS_READ: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Queries a read sent to a bucket's database on this thread, and hours answered from the
+    /// kept events of a rare kind: what the tests of [`Rare`] count.
+    pub(super) static DB_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    pub(super) static RARE_HITS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Hours read at once. Each read waits on its own SQLite worker thread, so a query that needs
@@ -359,8 +362,8 @@ pub(super) async fn summarize(dir: &Path, name: &str) -> Result<Hour, TraceError
     Ok(hour)
 }
 
-/// The newest `limit` matching events of one bucket. The database copy of an event wins over a
-/// JSONL copy, and `.jsonl` wins over `.late.jsonl`.
+/// The newest `limit` matching events of one bucket: for a kind the hour holds few of, from
+/// what is kept of it (see [`Rare`]), else read from its files.
 async fn read_bucket(
     pool: &Pool,
     dir: &Path,
@@ -370,26 +373,36 @@ async fn read_bucket(
 ) -> Result<Vec<TraceEvent>, TraceError> {
     #[cfg(test)]
     HOURS_READ.with(|n| n.set(n.get() + 1));
+    let rare_kind = query.kind.filter(|_| {
+        hour.bound <= RARE_MAX && query.channel_id.is_none() && query.trace_id.is_none()
+    });
+    if let Some(kind) = rare_kind {
+        if let Some(all) = read_rare(pool, dir, hour, kind).await? {
+            let mut events: Vec<TraceEvent> =
+                all.into_iter().filter(|e| matches(query, e)).collect();
+            events.truncate(limit);
+            return Ok(events);
+        }
+    }
+    Ok(read_hour(pool, dir, hour, query, limit).await?.0)
+}
+
+/// The newest `limit` matching events of one bucket's files, and whether every query to its
+/// database worked (else what was found is only what could be read). The database copy of an
+/// event wins over a JSONL copy, and `.jsonl` wins over `.late.jsonl`.
+async fn read_hour(
+    pool: &Pool,
+    dir: &Path,
+    hour: &Planned,
+    query: &TraceQuery,
+    limit: usize,
+) -> Result<(Vec<TraceEvent>, bool), TraceError> {
     let (name, side_files) = (hour.bucket.as_str(), hour.side_files);
     let db = bucket::db_path(dir, name);
     let mut events = Vec::new();
     let mut conn = None;
+    let mut complete = true;
     if let Some((file, sealed)) = file_id(&db) {
-        // A kind the hour holds few of: its events, kept or read whole (see `Rare`).
-        let rare_kind = query.kind.filter(|_| {
-            !side_files
-                && hour.bound <= RARE_MAX
-                && query.channel_id.is_none()
-                && query.trace_id.is_none()
-        });
-        if let Some(kind) = rare_kind {
-            if let Some(all) = read_rare(pool, &db, file, sealed, kind).await {
-                let mut events: Vec<TraceEvent> =
-                    all.into_iter().filter(|e| matches(query, e)).collect();
-                events.truncate(limit);
-                return Ok(events);
-            }
-        }
         // A damaged database must not hide the events that were diverted to JSONL because of it,
         // so its errors are logged and the side files are still read.
         match read_db(pool, &db, file, sealed, query, limit).await {
@@ -397,7 +410,10 @@ async fn read_bucket(
                 events = found;
                 conn = Some((c, file, sealed));
             }
-            Err(e) => tracing::warn!(path = %db.display(), "cannot read trace bucket: {e}"),
+            Err(e) => {
+                complete = false;
+                tracing::warn!(path = %db.display(), "cannot read trace bucket: {e}");
+            }
         }
     }
 
@@ -409,19 +425,22 @@ async fn read_bucket(
     };
     let in_page: HashSet<String> = events.iter().map(|e| e.id.clone()).collect();
     for event in side {
-        if in_page.contains(&event.id) {
+        // Filtered first: each look-up below is a round trip to the database's worker thread.
+        if in_page.contains(&event.id) || !matches(query, &event) {
             continue;
         }
         // The database may hold this id outside the page we fetched (or filtered out); its copy
         // still wins, so the JSONL one is dropped.
         if let Some((c, _, _)) = conn.as_mut() {
-            if bucket::contains_id(c, &event.id).await.unwrap_or(false) {
-                continue;
+            #[cfg(test)]
+            DB_READS.with(|n| n.set(n.get() + 1));
+            match bucket::contains_id(c, &event.id).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(_) => complete = false,
             }
         }
-        if matches(query, &event) {
-            events.push(event);
-        }
+        events.push(event);
     }
     if let Some((c, file, sealed)) = conn {
         pool.give(&db, file, sealed, c);
@@ -432,37 +451,44 @@ async fn read_bucket(
             .then_with(|| b.id.cmp(&a.id))
     });
     events.truncate(limit);
-    Ok(events)
+    Ok((events, complete))
 }
 
-/// Every event of `kind` in a bucket's database, newest first, kept or read (and then kept);
-/// `None` when it holds more than [`RARE_MAX`] of them or can't be read (the caller reads it the
-/// usual way, which reports the error).
+/// Every event of `kind` in a bucket (its database merged with its side files), newest first,
+/// kept or read (and then kept); `None` when it holds more than [`RARE_MAX`] of them or has no
+/// database to key them by (the caller reads it the usual way).
 async fn read_rare(
     pool: &Pool,
-    path: &Path,
-    file: FileId,
-    sealed: bool,
+    dir: &Path,
+    hour: &Planned,
     kind: TraceKind,
-) -> Option<Vec<TraceEvent>> {
-    if let Some(events) = pool.rare_get(path, file, sealed, kind) {
-        return Some(events);
+) -> Result<Option<Vec<TraceEvent>>, TraceError> {
+    let db = bucket::db_path(dir, &hour.bucket);
+    let Some((file, sealed)) = file_id(&db) else {
+        return Ok(None);
+    };
+    let kept = (file, sealed, hour.side_files);
+    if let Some(events) = pool.rare_get(&db, kept, kind) {
+        #[cfg(test)]
+        RARE_HITS.with(|n| n.set(n.get() + 1));
+        return Ok(Some(events));
     }
+    // Before anything is read: a commit reported from here on makes what we find unkeepable.
     let generation = pool.rare_generation();
     let all = TraceQuery {
         kind: Some(kind),
         ..TraceQuery::default()
     };
     let max = usize::try_from(RARE_MAX).unwrap_or(usize::MAX);
-    let (events, conn) = read_db(pool, path, file, sealed, &all, max + 1)
-        .await
-        .ok()?;
-    pool.give(path, file, sealed, conn);
+    let (events, complete) = read_hour(pool, dir, hour, &all, max + 1).await?;
     if events.len() > max {
-        return None;
+        return Ok(None);
     }
-    pool.rare_put(generation, path, file, sealed, kind, &events);
-    Some(events)
+    // What a failed database query left out is not kept: the next read tries again.
+    if complete {
+        pool.rare_put(generation, &db, kept, kind, &events);
+    }
+    Ok(Some(events))
 }
 
 /// The page from a bucket's database, on a pooled connection if there is one for this file
@@ -475,6 +501,8 @@ async fn read_db(
     query: &TraceQuery,
     limit: usize,
 ) -> Result<(Vec<TraceEvent>, SqliteConnection), TraceError> {
+    #[cfg(test)]
+    DB_READS.with(|n| n.set(n.get() + 1));
     let mut conn = match pool.take(path, file, sealed) {
         Some(conn) => conn,
         None => bucket::open_for_read(path, sealed).await?,

@@ -1297,3 +1297,95 @@ async fn kept_events_of_a_rare_kind_never_hide_newer_ones() {
         ["err-3", "err-2", "err-1"]
     );
 }
+
+/// A second identical query for a rare kind over sealed hours, one of them with a late side
+/// file, is answered from the kept events (`read::Rare`) without a single query to a bucket
+/// database; a late event of that kind shows in the read after it all the same.
+#[tokio::test]
+async fn a_rare_kind_is_kept_between_reads_of_sealed_hours() {
+    let (_dir, store) = store();
+    // 6 hours of 50 events, one error in 50: one in each hour.
+    let mut events = day_of_events(6, 50, 50);
+    store.append(SLUG, events.clone()).await.unwrap();
+    store
+        .seal_old_buckets(this_hour() + TimeDelta::hours(12))
+        .await
+        .unwrap();
+    let dir = store.root().join(SLUG);
+    for hour in 0..6 {
+        let name = bucket_name(this_hour() - TimeDelta::hours(hour));
+        assert!(bucket::is_sealed(&db_path(&dir, &name)), "{name} sealed");
+    }
+    // Late events (into side files of sealed hours): one of another kind, one error.
+    let two_back = this_hour() - TimeDelta::hours(2);
+    let late = vec![
+        event(
+            "late-tool",
+            TraceKind::ToolCall,
+            two_back + TimeDelta::minutes(59),
+        ),
+        event(
+            "late-error-1",
+            TraceKind::Error,
+            two_back + TimeDelta::minutes(58),
+        ),
+    ];
+    store.append(SLUG, late.clone()).await.unwrap();
+    assert!(late_path(&dir, &bucket_name(two_back)).exists());
+    events.extend(late);
+    events.sort_by_key(|e| e.created_at);
+    let errors = TraceQuery {
+        kind: Some(TraceKind::Error),
+        ..query(100)
+    };
+    let expected = newest_first(&events, |e| e.kind == TraceKind::Error);
+    assert_eq!(expected.len(), 7);
+
+    let (first, reads, hits) = db_reads(store.list(SLUG, &errors)).await;
+    assert_eq!(ids(&first.unwrap()), expected);
+    assert!(reads >= 6, "the first read asks each hour's database");
+    assert_eq!(hits, 0);
+    let (second, reads, hits) = db_reads(store.list(SLUG, &errors)).await;
+    assert_eq!(ids(&second.unwrap()), expected);
+    assert_eq!(reads, 0, "the second read is answered from the kept events");
+    assert_eq!(hits, 6, "every hour with an error, side file or not");
+
+    // Another late error, into the hour that has a side file already and is kept: it shows.
+    let late = event(
+        "late-error-2",
+        TraceKind::Error,
+        two_back + TimeDelta::minutes(59),
+    );
+    store.append(SLUG, vec![late.clone()]).await.unwrap();
+    events.push(late);
+    events.sort_by_key(|e| e.created_at);
+    let expected = newest_first(&events, |e| e.kind == TraceKind::Error);
+    let (third, _, hits) = db_reads(store.list(SLUG, &errors)).await;
+    assert_eq!(ids(&third.unwrap()), expected);
+    assert_eq!(hits, 5, "only the changed hour is read again");
+    // And a late error into an hour that had no side file until now.
+    let five_back = this_hour() - TimeDelta::hours(5);
+    let late = event(
+        "late-error-3",
+        TraceKind::Error,
+        five_back + TimeDelta::minutes(59),
+    );
+    store.append(SLUG, vec![late.clone()]).await.unwrap();
+    events.push(late);
+    events.sort_by_key(|e| e.created_at);
+    let expected = newest_first(&events, |e| e.kind == TraceKind::Error);
+    let (fourth, _, _) = db_reads(store.list(SLUG, &errors)).await;
+    assert_eq!(ids(&fourth.unwrap()), expected);
+}
+
+/// Queries to bucket databases made by `f` on this thread, and hours answered from kept events.
+async fn db_reads<T>(f: impl std::future::Future<Output = T>) -> (T, usize, usize) {
+    read::DB_READS.with(|n| n.set(0));
+    read::RARE_HITS.with(|n| n.set(0));
+    let out = f.await;
+    (
+        out,
+        read::DB_READS.with(|n| n.get()),
+        read::RARE_HITS.with(|n| n.get()),
+    )
+}

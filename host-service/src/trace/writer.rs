@@ -401,6 +401,10 @@ impl Writer {
             .await
             .map_err(io::Error::other)
             .and_then(|r| r);
+        // Appended or not, what readers kept of this hour may be out of date now.
+        if let Some(store) = self.store.upgrade() {
+            store.readers.changed(&db);
+        }
         if let Err(e) = &written {
             tracing::error!(
                 slug = self.slug,

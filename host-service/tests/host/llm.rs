@@ -1161,6 +1161,14 @@ async fn rotating_the_llm_key_or_archiving_the_agent_cuts_calls_in_flight() {
     let cut = rest_of(response).await;
     assert!(cut.is_err(), "the stream ended normally: {cut:?}");
     let new_key = rotated["llm_key"].as_str().unwrap().to_string();
+    // The very next call with the old key is refused.
+    let plain = json!({"model": "fake-gpt", "messages": [{"role": "user", "content": "old key"}]});
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&plain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     // A call on the new key is cut when the agent is archived.
     let (response, _) = open_stream(&host, &new_key).await;
@@ -1172,6 +1180,21 @@ async fn rotating_the_llm_key_or_archiving_the_agent_cuts_calls_in_flight() {
     assert!(archived.status().is_success(), "{}", archived.status());
     let cut = rest_of(response).await;
     assert!(cut.is_err(), "the stream ended normally: {cut:?}");
+    let r = gateway(&host, &new_key, "/v1/chat/completions")
+        .json(&plain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "archived: the key is dead"
+    );
+    assert_eq!(
+        fake.chat_requests(|body| body["messages"].to_string().contains("old key")),
+        Vec::<Value>::new(),
+        "nothing went upstream"
+    );
 
     // Nothing was cut by accident: an unheld stream on a live key completes.
     fake.set_holding(false);
@@ -1968,6 +1991,14 @@ async fn concurrent_calls_crossing_budget_thresholds_announce_each_once() {
     let (_turn, host, fake) =
         with_fake_provider(BIN, &[("TAOS_LLM__MAX_CONCURRENT_CALLS", "1024")]).await;
     let key = agent_with_model(&host, "Crowd", "fake-gpt", &["fake-other"]).await;
+    // Without a budget an unpriced model is fine (and costs nothing here); the gateway keeps
+    // "no budget" for the agent until the owner sets one.
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&json!({"model": "fake-other", "max_tokens": 5, "messages": [{"role": "user", "content": "before the budget"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     let budget = host
         .admin(Method::PUT, "/api/agents/crowd/budget")
         .json(&json!({"limit_usd": 1.0, "period": "day"}))
@@ -1977,6 +2008,7 @@ async fn concurrent_calls_crossing_budget_thresholds_announce_each_once() {
     assert_eq!(budget.status(), StatusCode::OK);
 
     // fake-other has no price (see add_fake_provider): with a budget, the call can't be bounded.
+    // (So this also shows the budget set a moment ago counts for the very next call.)
     let r = gateway(&host, &key, "/v1/chat/completions")
         .json(&json!({"model": "fake-other", "max_tokens": 5, "messages": [{"role": "user", "content": "unpriced"}]}))
         .send()
@@ -1989,12 +2021,30 @@ async fn concurrent_calls_crossing_budget_thresholds_announce_each_once() {
         Vec::<Value>::new(),
         "nothing went upstream"
     );
+    // The owner prices it (free): the gateway's kept catalog is forgotten, so the very next
+    // call is admitted.
+    let priced = host
+        .admin(Method::PATCH, "/api/providers/fake")
+        .json(&json!({"models": [
+            {"id": "fake-gpt", "input_usd_per_mtok": 0.0, "output_usd_per_mtok": 4000.0},
+            {"id": "fake-other", "input_usd_per_mtok": 0.0, "output_usd_per_mtok": 0.0}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(priced.status(), StatusCode::OK);
+    let r = gateway(&host, &key, "/v1/chat/completions")
+        .json(&json!({"model": "fake-other", "max_tokens": 5, "messages": [{"role": "user", "content": "priced now"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 
     // $0.02 a call, reserved exactly (see add_fake_provider): 50 calls fill the $1 budget.
     let call = json!({"model": "fake-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
     let ok = burst(&host, &key, &call, 80).await;
     assert_eq!(ok, 50, "the budget pays for exactly 50 calls");
-    let usage = usage_when(&host, "crowd", |u| requests(u) == 50).await;
+    // And the two free calls before them.
+    let usage = usage_when(&host, "crowd", |u| requests(u) == 52).await;
     assert!(
         (usage["period_spend_usd"].as_f64().unwrap() - 1.0).abs() < 1e-9,
         "each call charged once: {usage}"
