@@ -228,6 +228,61 @@ pub fn ensure_private_subdir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A large file written front to back from a stream (a container's export for a backup), new
+/// and 0600 from its first byte. It goes to disk in [`WRITE_BEHIND_STEP`] pieces while it is
+/// written: a file of hundreds of MiB flushed only at its final fsync holds that much dirty
+/// data at once, and every other fsync on the filesystem (each chat message's commit) waits
+/// behind the flush of it.
+pub struct StreamedFile {
+    file: tokio::fs::File,
+    written: u64,
+    flushed: u64,
+}
+
+/// How much of a [`StreamedFile`] may wait in the page cache before it is sent to disk.
+pub const WRITE_BEHIND_STEP: u64 = 8 << 20;
+
+impl StreamedFile {
+    /// Creates `path`, which must not exist yet.
+    pub fn create_new(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(PRIVATE_FILE_MODE)
+            .open(path)?;
+        Ok(Self {
+            file: tokio::fs::File::from_std(file),
+            written: 0,
+            flushed: 0,
+        })
+    }
+
+    pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.file.write_all(data).await?;
+        self.written += data.len() as u64;
+        if self.written - self.flushed >= WRITE_BEHIND_STEP {
+            // tokio's file finishes its last write in the background: wait for it first.
+            self.file.flush().await?;
+            let file = self.file.try_clone().await?.into_std().await;
+            let (offset, len) = (self.flushed, self.written - self.flushed);
+            tokio::task::spawn_blocking(move || crate::sys::write_behind(&file, offset, len))
+                .await
+                .map_err(io::Error::other)??;
+            self.flushed = self.written;
+        }
+        Ok(())
+    }
+
+    /// Makes the whole file durable; how many bytes it holds.
+    pub async fn finish(mut self) -> io::Result<u64> {
+        use tokio::io::AsyncWriteExt;
+        self.file.flush().await?;
+        self.file.sync_all().await?;
+        Ok(self.written)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +320,25 @@ mod tests {
         fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
         ensure_private_dir(&data).unwrap();
         assert_eq!(mode_of(&data).unwrap(), 0o700);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_file_is_private_new_and_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("export.tar");
+        let mut file = StreamedFile::create_new(&target).unwrap();
+        // Pieces of odd sizes that cross the write-behind step several times.
+        let piece: Vec<u8> = (0..1_000_003u32).map(|i| (i % 251) as u8).collect();
+        let mut expected = Vec::new();
+        for _ in 0..20 {
+            file.write(&piece).await.unwrap();
+            expected.extend_from_slice(&piece);
+        }
+        assert_eq!(file.finish().await.unwrap(), expected.len() as u64);
+        assert!(expected.len() as u64 > 2 * WRITE_BEHIND_STEP);
+        assert_eq!(fs::read(&target).unwrap(), expected);
+        assert_eq!(mode_of(&target).unwrap(), 0o600);
+        // Never over a file that is there.
+        assert!(StreamedFile::create_new(&target).is_err());
     }
 }

@@ -230,6 +230,37 @@ pub fn filesystem_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
     ))
 }
 
+/// Starts writing `len` bytes of `file` at `offset` to disk, and waits until everything before
+/// `offset` is written (`sync_file_range(2)`). Durable only with a later fsync; what it buys is
+/// a large file leaving the page cache in steps while it is written, instead of all at once at
+/// its fsync.
+#[allow(unsafe_code)]
+pub fn write_behind(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let (Ok(at), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: sync_file_range(2) takes a descriptor the borrowed file keeps open and plain
+    // integers; it touches no memory of ours.
+    if unsafe { libc::sync_file_range(fd, at, n, libc::SYNC_FILE_RANGE_WRITE) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if at > 0 {
+        let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: as above.
+        if unsafe { libc::sync_file_range(fd, 0, at, wait) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

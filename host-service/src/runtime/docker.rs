@@ -458,8 +458,6 @@ impl Docker {
         to: &std::path::Path,
         timeout: Duration,
     ) -> Result<u64, RuntimeError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        use tokio::io::AsyncWriteExt;
         validate_name("container name", name)?;
         let inspect = self
             .client
@@ -522,22 +520,13 @@ impl Docker {
                 runtime: RUNTIME,
                 message: format!("cannot write {}: {e}", to.display()),
             };
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(to)
-                .map_err(io)?;
-            let mut file = tokio::fs::File::from_std(file);
+            let mut file = crate::fsutil::StreamedFile::create_new(to).map_err(io)?;
             let mut stream = self.client.export_image(&image);
-            let mut written = 0u64;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(refused)?;
-                file.write_all(&chunk).await.map_err(io)?;
-                written += chunk.len() as u64;
+                file.write(&chunk).await.map_err(io)?;
             }
-            file.sync_all().await.map_err(io)?;
-            Ok::<u64, RuntimeError>(written)
+            file.finish().await.map_err(io)
         };
         let written = match tokio::time::timeout(timeout, save).await {
             Ok(result) => result,

@@ -835,8 +835,6 @@ impl Incus {
     }
 
     async fn download(&self, path: &str, to: &std::path::Path) -> Result<u64, RuntimeError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        use tokio::io::AsyncWriteExt;
         let response = self
             .send(Method::GET, path, Full::new(Bytes::new()), &[])
             .await?;
@@ -855,23 +853,14 @@ impl Incus {
             runtime: RUNTIME,
             message: format!("cannot write {}: {e}", to.display()),
         };
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(to)
-            .map_err(io)?;
-        let mut file = tokio::fs::File::from_std(file);
-        let mut written = 0u64;
+        let mut file = crate::fsutil::StreamedFile::create_new(to).map_err(io)?;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
-                file.write_all(&data).await.map_err(io)?;
-                written += data.len() as u64;
+                file.write(&data).await.map_err(io)?;
             }
         }
-        file.sync_all().await.map_err(io)?;
-        Ok(written)
+        file.finish().await.map_err(io)
     }
 
     /// Makes instance `name` (stopped) from a backup tarball `export_to_file` wrote, streamed
