@@ -612,7 +612,7 @@ pub fn service_of(agent: &AgentRecord) -> String {
 
 /// Where, from inside its container, an agent reaches the host's bridge and LLM gateway:
 /// the proxy devices on its own loopback (incus), or its network's gateway (Docker).
-fn agent_endpoints(
+pub(crate) fn agent_endpoints(
     gateways: &[(AgentNetwork, SocketAddr)],
     network: AgentNetwork,
 ) -> (String, String) {

@@ -38,6 +38,9 @@ pub const DRILL_DIR: &str = "drill";
 const PASSWORD_FILE: &str = "drill-password";
 /// incus projects of drills are named this and 8 random hex digits.
 pub const PROJECT_PREFIX: &str = "taos-drill-";
+/// A drilled Docker copy's container name: agents' containers are `taos-<slug>`, so no agent's
+/// can start with it (recovery removes whatever does).
+const DOCKER_COPY_PREFIX: &str = "taosdrill-";
 /// How much of the repository's data a drill's `restic check` reads (a backup run reads 5 %;
 /// the drill's restore reads all the newest snapshot needs anyway).
 const CHECK_SUBSET: &str = "10%";
@@ -48,6 +51,9 @@ const ROUND_TRIP_WAIT: Duration = Duration::from_secs(90);
 /// The LLM address a drilled copy is given: nothing listens there (the discard port on its own
 /// loopback), so its sidecar answers the drill's message with an error, without a model.
 const NO_LLM_URL: &str = "http://127.0.0.1:9/v1";
+/// The largest credentials file a drill reads back from a copy (the host writes a few hundred
+/// bytes; the agent could have written anything there).
+const MAX_CREDENTIALS_BYTES: usize = 64 * 1024;
 
 const COLUMNS: &str = "id, state, reason, snapshot_id, created_at, finished_at, checks, error";
 
@@ -137,6 +143,18 @@ impl Backups {
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot list leftover drill projects"),
+                }
+            }
+            if let Some(rt @ ContainerRuntime::Docker(docker)) = self.0.agents.runtime.as_ref() {
+                match docker.containers_with_prefix(DOCKER_COPY_PREFIX).await {
+                    Ok(copies) => {
+                        for copy in copies {
+                            if let Err(e) = rt.delete(&copy).await {
+                                tracing::warn!(container = %copy, error = %e, "cannot remove a drill's Docker copy");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot list leftover drill containers"),
                 }
             }
         }
@@ -366,20 +384,37 @@ impl Backups {
         checks: &mut Vec<DrillCheck>,
     ) {
         let name = format!("container:{}", container.container);
+        let trip = format!("bridge_round_trip:{}", container.container);
         if container.runtime == "docker" {
-            // Drills boot copies in a throwaway incus project; a Docker agent's saved image is
-            // checked for being whole instead (its restore is tested by `taos-host restore`).
+            // The saved image is read through first: a damaged one says which layer it lacks.
             let path = dir.join(&container.file);
-            checks.push(
+            let whole =
                 match tokio::task::spawn_blocking(move || docker_archive_is_whole(&path)).await {
-                    Ok(Ok(detail)) => check_ok(&name, detail),
-                    Ok(Err(why)) => check_failed(&name, why),
-                    Err(e) => check_failed(&name, format!("the check stopped: {e}")),
-                },
-            );
+                    Ok(Ok(detail)) => detail,
+                    Ok(Err(why)) => return checks.push(check_failed(&name, why)),
+                    Err(e) => {
+                        return checks.push(check_failed(&name, format!("the check stopped: {e}")))
+                    }
+                };
+            let Some(rt @ ContainerRuntime::Docker(docker)) = self.0.agents.runtime.as_ref() else {
+                // A Docker agent's backup on a host without Docker (restored onto incus).
+                return checks.push(check_ok(
+                    &name,
+                    format!("{whole}; this host has no Docker to start it in"),
+                ));
+            };
+            match self.drill_docker_steps(rt, docker, dir, container).await {
+                Err(why) => checks.push(check_failed(&name, format!("{whole}; but {why}"))),
+                Ok((booted, round_trip)) => {
+                    checks.push(check_ok(&name, format!("{whole}; {booted}")));
+                    checks.push(match round_trip {
+                        Ok(detail) => check_ok(&trip, detail),
+                        Err(why) => check_failed(&trip, why),
+                    });
+                }
+            }
             return;
         }
-        let trip = format!("bridge_round_trip:{}", container.container);
         match self.drill_container_steps(dir, container).await {
             Err(why) => checks.push(check_failed(&name, why)),
             Ok((detail, round_trip)) => {
@@ -451,6 +486,108 @@ impl Backups {
 }
 
 impl Backups {
+    /// A Docker agent's container: loaded from the backup as a throwaway container on the
+    /// `none` agents' network (the host's agent listener and nothing else), its credentials
+    /// file rewritten for a drill session before it first starts, started, and the drill's
+    /// message answered. The container (and the image it was loaded as) removed whatever
+    /// happened.
+    async fn drill_docker_steps(
+        &self,
+        rt: &ContainerRuntime,
+        docker: &crate::runtime::docker::Docker,
+        dir: &Path,
+        container: &StagedContainer,
+    ) -> Result<(String, Result<String, String>), String> {
+        if container.file != format!("{}.tar", container.container) {
+            return Err(format!(
+                "the manifest names an unexpected file {:?}",
+                container.file
+            ));
+        }
+        let copy = format!("{DOCKER_COPY_PREFIX}{:08x}", rand::random::<u32>());
+        docker
+            .import_cut_off(
+                &dir.join(&container.file),
+                &copy,
+                super::containers::TRANSFER_TIMEOUT,
+            )
+            .await
+            .map_err(|e| format!("the saved container did not load into Docker: {e}"))?;
+        let booted = format!(
+            "loaded into Docker as the throwaway container {copy}, on the agents' network              that reaches only the host (agent {})",
+            container.slug
+        );
+        let round_trip = self.docker_round_trip(docker, rt, &copy, container).await;
+        if let Err(e) = rt.delete(&copy).await {
+            tracing::warn!(container = %copy, error = %e, "cannot remove a drill's Docker copy");
+        }
+        Ok((booted, round_trip))
+    }
+
+    /// The copy has never run: its own credentials file is read from the stopped container
+    /// (hostile input, as in `round_trip`), rewritten for the drill session, and only then is
+    /// it started.
+    async fn docker_round_trip(
+        &self,
+        docker: &crate::runtime::docker::Docker,
+        rt: &ContainerRuntime,
+        copy: &str,
+        container: &StagedContainer,
+    ) -> Result<String, String> {
+        use crate::agents::deploy::CREDENTIALS_PATH;
+        let current = rt
+            .pull_file(copy, CREDENTIALS_PATH)
+            .await
+            .map_err(|e| format!("cannot read the copy's {CREDENTIALS_PATH}: {e}"))?;
+        if current.len() > MAX_CREDENTIALS_BYTES {
+            return Err(format!(
+                "the copy's {CREDENTIALS_PATH} is {} bytes, more than a credentials file can be",
+                current.len()
+            ));
+        }
+        let current = String::from_utf8_lossy(&current);
+        let session = self.0.drill_bridge.open(&container.slug);
+        let (bridge, _) = crate::agents::deploy::agent_endpoints(
+            &self.0.agents.agent_gateways,
+            taos_proto::agents::AgentNetwork::None,
+        );
+        let bridge_url = format!("{bridge}/drill/{}", session.id);
+        let env = drill_env(&current, &container.slug, &bridge_url, &session.token);
+        crate::agents::deploy::push_credentials(rt, copy, &env)
+            .await
+            .map_err(|e| format!("cannot write the drill's credentials into the copy: {e}"))?;
+        rt.start(copy)
+            .await
+            .map_err(|e| format!("the copy did not start: {e}"))?;
+        let mut session = session;
+        match session.answer(ROUND_TRIP_WAIT).await {
+            Some(answer) => Ok(format!(
+                "its sidecar got the drill's message over a drill-only bridge session and \
+                 answered ({}: {:?}); the live agent's session was not used",
+                serde_json::to_value(answer.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                answer.text
+            )),
+            None => {
+                let log = docker.logs(copy, 3).await.unwrap_or_default();
+                let log: String = log
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .chars()
+                    .take(300)
+                    .collect();
+                Err(format!(
+                    "its sidecar did not answer the drill's message within {} s over its \
+                     drill bridge session (its last log lines: {log:?})",
+                    ROUND_TRIP_WAIT.as_secs(),
+                ))
+            }
+        }
+    }
+
     /// The bridge round trip with the drilled copy, over its own drill session (see
     /// `drill_bridge`): its service stopped, its credentials file rewritten (the drill's
     /// credential and address; no LLM key, and an LLM address nothing answers at), only then a
@@ -758,8 +895,7 @@ fn docker_archive_is_whole(path: &Path) -> Result<String, String> {
         return Err(format!("the saved image lacks its layer {missing}"));
     }
     Ok(format!(
-        "the saved Docker image is whole ({} layers); drills start incus copies only, so it \
-         was not started",
+        "the saved Docker image is whole ({} layers)",
         layers.len()
     ))
 }

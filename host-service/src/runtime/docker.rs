@@ -20,8 +20,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CommitContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
-    InspectContainerOptions, InspectNetworkOptions, ListImagesOptions, LogsOptions,
-    RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions, StatsOptions,
+    InspectContainerOptions, InspectNetworkOptions, ListContainersOptions, ListImagesOptions,
+    LogsOptions, RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions, StatsOptions,
     StopContainerOptions, UploadToContainerOptions,
 };
 use futures_util::StreamExt;
@@ -554,6 +554,52 @@ impl Docker {
         name: &str,
         timeout: Duration,
     ) -> Result<(), RuntimeError> {
+        self.load_and_create(from, name, timeout, None).await
+    }
+
+    /// Makes container `name` (stopped) from a backup's file as [`Self::import_from_file`]
+    /// does, but on the `none` agents' network whatever network it had: a restore drill's copy
+    /// reaches the host's agent listener and nothing else, as incus's drilled copies are cut off.
+    pub async fn import_cut_off(
+        &self,
+        from: &std::path::Path,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        self.load_and_create(from, name, timeout, Some(AgentNetwork::None))
+            .await
+    }
+
+    /// Containers whose names start with `prefix` (drills left by a host that died mid-drill).
+    pub async fn containers_with_prefix(&self, prefix: &str) -> Result<Vec<String>, RuntimeError> {
+        let containers = self
+            .client
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([(
+                    "name".to_string(),
+                    vec![prefix.to_string()],
+                )])),
+                ..Default::default()
+            }))
+            .await
+            .map_err(refused)?;
+        // Docker's name filter matches anywhere in the name: keep the true prefixes.
+        Ok(containers
+            .into_iter()
+            .flat_map(|c| c.names.unwrap_or_default())
+            .filter_map(|n| n.strip_prefix('/').map(str::to_string))
+            .filter(|n| n.starts_with(prefix))
+            .collect())
+    }
+
+    async fn load_and_create(
+        &self,
+        from: &std::path::Path,
+        name: &str,
+        timeout: Duration,
+        network: Option<AgentNetwork>,
+    ) -> Result<(), RuntimeError> {
         validate_name("container name", name)?;
         let file = tokio::fs::File::open(from)
             .await
@@ -628,7 +674,7 @@ impl Docker {
             // The image's config carries the container's environment.
             env: BTreeMap::new(),
             devices: Vec::new(),
-            network: spec.network,
+            network: network.or(spec.network),
         })
         // The image stays (the container's base) until `delete` removes the container.
         .await

@@ -605,7 +605,9 @@ async fn tools_mode_on_docker_runs_as_agent_without_the_credentials() {
 }
 
 /// Issue 18 item 2 on Docker: a Docker agent's container is committed and saved into the
-/// backup while it runs; after the host and the container are wiped, `taos-host restore`
+/// backup while it runs; a restore drill loads it as a throwaway container on the agents'
+/// network that reaches only the host, whose sidecar answers the drill's own bridge session
+/// (the live agent carries on); after the host and the container are wiped, `taos-host restore`
 /// loads it and creates the container again with its limits and network, the restored host's
 /// agent answers, and a file written inside the container before the backup is there. A
 /// restored container whose credentials file names another gateway (a Docker whose agents'
@@ -693,7 +695,7 @@ async fn a_whole_host_restore_brings_a_docker_agents_container_back() {
     .await;
 
     step(
-        "a restore drill checks the Docker agent's saved image",
+        "a restore drill starts a copy of the Docker agent, cut off, and it answers its own session",
         async {
             let drill = crate::backup_agents::run_drill(&host).await;
             assert_eq!(
@@ -701,12 +703,33 @@ async fn a_whole_host_restore_brings_a_docker_agents_container_back() {
                 taos_proto::backup::DrillState::Passed,
                 "{drill:?}"
             );
-            let check = drill
-                .checks
-                .iter()
-                .find(|c| c.name == format!("container:{container}"))
-                .unwrap_or_else(|| panic!("no check of the container: {drill:?}"));
-            assert!(check.ok && check.detail.contains("whole"), "{check:?}");
+            let check = |name: String| {
+                drill
+                    .checks
+                    .iter()
+                    .find(|c| c.name == name)
+                    .unwrap_or_else(|| panic!("no check {name}: {drill:?}"))
+                    .clone()
+            };
+            let loaded = check(format!("container:{container}"));
+            assert!(
+                loaded.ok && loaded.detail.contains("whole") && loaded.detail.contains("loaded into Docker"),
+                "{loaded:?}"
+            );
+            let trip = check(format!("bridge_round_trip:{container}"));
+            assert!(trip.ok && trip.detail.contains("answered"), "{trip:?}");
+            // The copy is gone, with the image it was loaded as; the agent never stopped and
+            // still answers over its own session.
+            assert_eq!(docker(&["ps", "-aq", "--filter", "name=taosdrill-"]), "");
+            assert_eq!(
+                docker(&["images", "-q", &format!("taos-backup:{container}")]),
+                ""
+            );
+            assert!(rt.state(container).await.unwrap().running);
+            assert_eq!(
+                ask_and_wait(&host, slug, "after the drill").await["content"],
+                REPLY
+            );
         },
     )
     .await;
