@@ -359,7 +359,7 @@ async fn wait_drill(host: &Host, id: &str) -> BackupDrill {
     }
 }
 
-fn no_litellm(data_dir: Option<PathBuf>, extra: &[(&str, &str)]) -> HostOptions {
+pub fn no_litellm(data_dir: Option<PathBuf>, extra: &[(&str, &str)]) -> HostOptions {
     let mut env = vec![(
         taos_e2e::fixtures::NO_LITELLM.0.to_string(),
         taos_e2e::fixtures::NO_LITELLM.1.to_string(),

@@ -734,8 +734,54 @@ async fn a_whole_host_restore_brings_a_docker_agents_container_back() {
     )
     .await;
 
+    // The killed host's data dir outlives it: the next host starts on it.
+    let mut kept_temp = None;
+    step(
+        "a host killed while a drill's Docker copy exists removes the copy at its next start",
+        async {
+            let drill: Value = host
+                .call(
+                    Method::POST,
+                    "/api/backups/drill",
+                    None,
+                    StatusCode::ACCEPTED,
+                )
+                .await;
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while docker(&["ps", "-aq", "--filter", "name=taosdrill-"]).is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the drill never loaded its copy"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            host.kill9().await;
+            kept_temp = host.take_temp();
+            host = taos_e2e::Host::start_with(
+                BIN,
+                crate::backup_agents::no_litellm(Some(host.data_dir.clone()), &env),
+            )
+            .await
+            .unwrap();
+            let failed: Value = host
+                .get(&format!(
+                    "/api/backups/drills/{}",
+                    drill["id"].as_str().unwrap()
+                ))
+                .await;
+            assert_eq!(failed["state"], "failed", "{failed}");
+            assert_eq!(docker(&["ps", "-aq", "--filter", "name=taosdrill-"]), "");
+            assert!(
+                rt.state(container).await.unwrap().running,
+                "the agent is untouched"
+            );
+        },
+    )
+    .await;
+
     assert_eq!(host.terminate().await.unwrap(), Some(0));
     std::fs::remove_dir_all(&host.data_dir).unwrap();
+    drop(kept_temp);
     rt.delete(container).await.unwrap();
     assert!(!rt.exists(container).await.unwrap());
 
