@@ -888,17 +888,7 @@ pub async fn repoint_credentials(
     container: &str,
 ) -> Result<bool, String> {
     let (bridge_url, llm_url) = agent_endpoints(&host.agent_gateways, agent.network);
-    let bytes = rt
-        .pull_file(container, CREDENTIALS_PATH)
-        .await
-        .map_err(|e| format!("cannot read {CREDENTIALS_PATH}: {e}"))?;
-    if bytes.len() > MAX_CREDENTIALS_BYTES {
-        return Err(format!(
-            "{CREDENTIALS_PATH} is {} bytes, more than a credentials file can be",
-            bytes.len()
-        ));
-    }
-    let text = String::from_utf8(bytes).map_err(|_| format!("{CREDENTIALS_PATH} is not UTF-8"))?;
+    let text = read_credentials(rt, container).await?;
     let Some(rewritten) = with_endpoints(&text, &bridge_url, &llm_url) else {
         return Ok(false);
     };
@@ -912,6 +902,25 @@ pub async fn repoint_credentials(
         restart_service(rt, container, &service_of(agent)).await?;
     }
     Ok(true)
+}
+
+/// A container's credentials file as text (the agent can write it: size-capped, and read
+/// through the runtime's API from the container, running or not).
+pub(crate) async fn read_credentials(
+    rt: &ContainerRuntime,
+    container: &str,
+) -> Result<String, String> {
+    let bytes = rt
+        .pull_file(container, CREDENTIALS_PATH)
+        .await
+        .map_err(|e| format!("cannot read {CREDENTIALS_PATH}: {e}"))?;
+    if bytes.len() > MAX_CREDENTIALS_BYTES {
+        return Err(format!(
+            "{CREDENTIALS_PATH} is {} bytes, more than a credentials file can be",
+            bytes.len()
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("{CREDENTIALS_PATH} is not UTF-8"))
 }
 
 /// The credentials file with its two addresses set (added if missing), or None if they are

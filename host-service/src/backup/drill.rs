@@ -51,9 +51,6 @@ const ROUND_TRIP_WAIT: Duration = Duration::from_secs(90);
 /// The LLM address a drilled copy is given: nothing listens there (the discard port on its own
 /// loopback), so its sidecar answers the drill's message with an error, without a model.
 const NO_LLM_URL: &str = "http://127.0.0.1:9/v1";
-/// The largest credentials file a drill reads back from a copy (the host writes a few hundred
-/// bytes; the agent could have written anything there).
-const MAX_CREDENTIALS_BYTES: usize = 64 * 1024;
 
 const COLUMNS: &str = "id, state, reason, snapshot_id, created_at, finished_at, checks, error";
 
@@ -534,18 +531,9 @@ impl Backups {
         copy: &str,
         container: &StagedContainer,
     ) -> Result<String, String> {
-        use crate::agents::deploy::CREDENTIALS_PATH;
-        let current = rt
-            .pull_file(copy, CREDENTIALS_PATH)
+        let current = crate::agents::deploy::read_credentials(rt, copy)
             .await
-            .map_err(|e| format!("cannot read the copy's {CREDENTIALS_PATH}: {e}"))?;
-        if current.len() > MAX_CREDENTIALS_BYTES {
-            return Err(format!(
-                "the copy's {CREDENTIALS_PATH} is {} bytes, more than a credentials file can be",
-                current.len()
-            ));
-        }
-        let current = String::from_utf8_lossy(&current);
+            .map_err(|e| format!("the copy's credentials: {e}"))?;
         let session = self.0.drill_bridge.open(&container.slug);
         let (bridge, _) = crate::agents::deploy::agent_endpoints(
             &self.0.agents.agent_gateways,
@@ -561,15 +549,7 @@ impl Backups {
             .map_err(|e| format!("the copy did not start: {e}"))?;
         let mut session = session;
         match session.answer(ROUND_TRIP_WAIT).await {
-            Some(answer) => Ok(format!(
-                "its sidecar got the drill's message over a drill-only bridge session and \
-                 answered ({}: {:?}); the live agent's session was not used",
-                serde_json::to_value(answer.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
-                answer.text
-            )),
+            Some(answer) => Ok(answered(&answer)),
             None => {
                 let log = docker.logs(copy, 3).await.unwrap_or_default();
                 let log: String = log
@@ -654,15 +634,7 @@ impl Backups {
             })?;
         let mut session = session;
         match session.answer(ROUND_TRIP_WAIT).await {
-            Some(answer) => Ok(format!(
-                "its sidecar got the drill's message over a drill-only bridge session and \
-                 answered ({}: {:?}); the live agent's session was not used",
-                serde_json::to_value(answer.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
-                answer.text
-            )),
+            Some(answer) => Ok(answered(&answer)),
             None => {
                 let log = rt
                     .exec(
@@ -694,6 +666,19 @@ impl Backups {
             }
         }
     }
+}
+
+/// What a drilled copy's answer says, for its check.
+fn answered(answer: &super::drill_bridge::DrillAnswer) -> String {
+    format!(
+        "its sidecar got the drill's message over a drill-only bridge session and answered \
+         ({}: {:?}); the live agent's session was not used",
+        serde_json::to_value(answer.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        answer.text
+    )
 }
 
 /// The drilled copy's credentials file: its own lines kept, except where to reach the host,
