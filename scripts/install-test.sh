@@ -17,7 +17,8 @@
 #   - `taos-host setup` adds bookworm-backports, installs incus nested in the container
 #     (security.nesting; a `dir` pool, as there is no loop device for btrfs), imports the agent
 #     image from the taos-agent-image package, and an agent deployed through the API answers
-#     chat (a stand-in upstream behind real LiteLLM);
+#     chat (a stand-in upstream behind real LiteLLM); an update with it connected does a round
+#     trip through its bridge;
 #   - `apt remove` keeps the data, `apt purge` says what goes and removes it (and the user).
 #
 #   scripts/install-test.sh DIR [--write-benchmarks]
@@ -610,14 +611,25 @@ NESTED_MS=$(( ($(date +%s%N) - NESTED_T0) / 1000000 ))
 pass "setup adds backports and installs incus (btrfs pool refused with the reason, a dir pool instead), imports the image package's image; an agent deployed through the API answers chat ($((NESTED_MS / 1000)) s)"
 
 # An update with that agent connected: its gates wait for the agent to reconnect to the new
-# version's bridge, and it answers again afterwards.
+# version's bridge and ask it for a round trip through it (a delivery outside the chat, its
+# reply back; the gateway refuses the model call, so the fake upstream is not called), and it
+# answers chat again afterwards.
 V_GOOD2="$(make_variant 0.1.0-7 good)"
 incus file push -q "$V_GOOD2" "$NAME/root/"
 AGENT_ID="$(api /api/agents/nested | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')"
+FAKE_CALLS_BEFORE="$(in_ct grep -c '^POST /v1/chat/completions' /root/fake-llm.log || true)"
 OUT="$(in_ct taos-host update "/root/$(basename "$V_GOOD2")" 2>&1)" || fail "an update with an agent connected failed: $OUT"
 [ "$(in_ct taos-host update --status | cut -d: -f1)" = Done ] || fail "$(in_ct taos-host update --status)"
 in_ct python3 -c 'import json, sys; s = json.load(open("/var/lib/taos/update/state.json")); sys.exit(0 if sys.argv[1] in s["connected_before"] else 1)' "$AGENT_ID" \
     || fail "the update did not wait for the connected agent: $(in_ct cat /var/lib/taos/update/state.json)"
+in_ct python3 -c 'import json, sys; s = json.load(open("/var/lib/taos/update/state.json")); sys.exit(0 if s.get("round_trips") == [sys.argv[1]] else 1)' "$AGENT_ID" \
+    || fail "the update's gate did no bridge round trip with the agent: $(in_ct cat /var/lib/taos/update/state.json)"
+grep -q "agent nested answered a bridge round trip in [0-9]* ms" <<<"$OUT" || fail "the updater did not say the agent answered its round trip: $OUT"
+grep -q "(1 of 1 agents connected before answered a bridge round trip)" <<<"$OUT" || fail "the update's summary: $OUT"
+in_ct journalctl -u taos-host --no-pager | grep -q 'bridge check answered agent=nested reply=Error' \
+    || fail "the host's journal lacks the bridge check: $(in_ct journalctl -u taos-host --no-pager -n 30)"
+[ "$(in_ct grep -c '^POST /v1/chat/completions' /root/fake-llm.log || true)" = "$FAKE_CALLS_BEFORE" ] \
+    || fail "the bridge round trip called the model: $(in_ct tail -5 /root/fake-llm.log)"
 SEQ="$(api /api/chat/messages "{\"channel_id\":\"$DM\",\"content\":\"hello after the update\"}" \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["seq"])')" || fail "cannot write to the agent's DM after the update"
 for _ in $(seq 1 90); do
@@ -626,7 +638,7 @@ for _ in $(seq 1 90); do
     sleep 1
 done
 grep -q '"author_id":"nested".*"state":"complete"' <<<"$ANSWER" || fail "the agent did not answer after the update: $ANSWER"
-pass "an update with an agent connected waits for it to reconnect, and it answers after"
+pass "an update with an agent connected waits for it to reconnect, does a bridge round trip with it (no model call), and it answers after"
 
 in_ct env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q taos-host >/dev/null 2>&1 || fail "apt remove failed"
 [ "$(in_ct systemctl is-active taos-host 2>/dev/null || true)" != active ] || fail "the service still runs after apt remove"
