@@ -18,7 +18,7 @@
 #     (security.nesting; a `dir` pool, as there is no loop device for btrfs), imports the agent
 #     image from the taos-agent-image package, and an agent deployed through the API answers
 #     chat (a stand-in upstream behind real LiteLLM); an update with it connected does a round
-#     trip through its bridge;
+#     trip through its bridge, and after a reboot of the container it runs and answers again;
 #   - `apt remove` keeps the data, `apt purge` says what goes and removes it (and the user).
 #
 #   scripts/install-test.sh DIR [--write-benchmarks]
@@ -626,8 +626,9 @@ in_ct python3 -c 'import json, sys; s = json.load(open("/var/lib/taos/update/sta
     || fail "the update's gate did no bridge round trip with the agent: $(in_ct cat /var/lib/taos/update/state.json)"
 grep -q "agent nested answered a bridge round trip in [0-9]* ms" <<<"$OUT" || fail "the updater did not say the agent answered its round trip: $OUT"
 grep -q "(1 of 1 agents connected before answered a bridge round trip)" <<<"$OUT" || fail "the update's summary: $OUT"
-in_ct journalctl -u taos-host --no-pager | grep -q 'bridge check answered agent=nested reply=Error' \
-    || fail "the host's journal lacks the bridge check: $(in_ct journalctl -u taos-host --no-pager -n 30)"
+JOURNAL="$(in_ct journalctl -u taos-host --no-pager)"
+grep -q 'bridge check answered agent=nested reply=Error' <<<"$JOURNAL" \
+    || fail "the host's journal lacks the bridge check: $(tail -30 <<<"$JOURNAL")"
 [ "$(in_ct grep -c '^POST /v1/chat/completions' /root/fake-llm.log || true)" = "$FAKE_CALLS_BEFORE" ] \
     || fail "the bridge round trip called the model: $(in_ct tail -5 /root/fake-llm.log)"
 SEQ="$(api /api/chat/messages "{\"channel_id\":\"$DM\",\"content\":\"hello after the update\"}" \
@@ -639,6 +640,53 @@ for _ in $(seq 1 90); do
 done
 grep -q '"author_id":"nested".*"state":"complete"' <<<"$ANSWER" || fail "the agent did not answer after the update: $ANSWER"
 pass "an update with an agent connected waits for it to reconnect, does a bridge round trip with it (no model call), and it answers after"
+# A reboot with that agent deployed: the service comes back, incus starts the agent's container
+# again, its sidecar reconnects to the bridge and it answers chat. The cpu and cpuacct cgroups
+# mounted above are gone with the boot: a unit of the test's own mounts them again before incus
+# starts, as a normal host has them at boot (only when this machine's kernel needs it). It is
+# outside the default dependencies: after basic.target and before incus.socket (which
+# sockets.target, before basic.target, pulls in) would be a cycle systemd breaks by dropping
+# incus's socket.
+# shellcheck disable=SC2016 # for the container's shell
+sh_ct 'if grep -qE "^[0-9]+:cpu:/$" /proc/self/cgroup; then
+        cat >/usr/local/sbin/taos-test-cgroups <<"SH"
+#!/bin/sh
+mountpoint -q /sys/fs/cgroup/cpu && exit 0
+mount -o remount,rw /sys/fs/cgroup
+for c in cpu cpuacct; do rm -f /sys/fs/cgroup/$c; mkdir -p /sys/fs/cgroup/$c; mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c; done
+SH
+        chmod 755 /usr/local/sbin/taos-test-cgroups
+        printf "[Unit]\nDefaultDependencies=no\nBefore=incus.socket incus.service\n[Service]\nType=oneshot\nExecStart=/usr/local/sbin/taos-test-cgroups\n[Install]\nWantedBy=sysinit.target\n" \
+            >/etc/systemd/system/taos-test-cgroups.service
+        systemctl enable -q taos-test-cgroups.service
+    fi' || fail "cannot set up the cpu and cpuacct cgroups for the next boot"
+# The stand-in upstream is not a service: it is started again after the boot.
+incus restart "$NAME"
+wait_booted
+sh_ct "setsid nohup python3 /root/fake-llm.py 9099 >/root/fake-llm.log 2>&1 &"
+wait_active
+wait_healthy "after a reboot with an agent deployed"
+for _ in $(seq 1 120); do
+    [ "$(in_ct incus list taos-nested --format csv --columns s 2>/dev/null || true)" = RUNNING ] && break
+    sleep 1
+done
+[ "$(in_ct incus list taos-nested --format csv --columns s 2>/dev/null || true)" = RUNNING ] \
+    || fail "the agent's container is not running after the reboot: $(in_ct incus list --format csv 2>&1)"
+for _ in $(seq 1 120); do
+    grep -q '"connected":true' <<<"$(api /api/agents/nested)" && break
+    sleep 1
+done
+grep -q '"connected":true' <<<"$(api /api/agents/nested)" || fail "the agent's sidecar did not reconnect after the reboot: $(api /api/agents/nested)"
+SEQ="$(api /api/chat/messages "{\"channel_id\":\"$DM\",\"content\":\"hello after the reboot\"}" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["seq"])')" || fail "cannot write to the agent's DM after the reboot"
+for _ in $(seq 1 120); do
+    ANSWER="$(api "/api/chat/channels/$DM/messages?after_seq=$SEQ")"
+    grep -q '"author_id":"nested".*"state":"\(complete\|error\)"' <<<"$ANSWER" && break
+    sleep 1
+done
+grep -q "\"author_id\":\"nested\",\"author_type\":\"agent\",\"content\":\"Hello from the install test's fake model.\"" <<<"$ANSWER" \
+    || fail "the agent did not answer after the reboot: $ANSWER"
+pass "a reboot with an agent deployed: the service is active, the agent's container runs again, its sidecar reconnects and it answers chat"
 
 in_ct env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q taos-host >/dev/null 2>&1 || fail "apt remove failed"
 [ "$(in_ct systemctl is-active taos-host 2>/dev/null || true)" != active ] || fail "the service still runs after apt remove"
