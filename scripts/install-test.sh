@@ -575,6 +575,31 @@ grep -q "removed the nftables table inet taos" <<<"$OUT" || fail "taos-host fire
 ! in_ct nft list table inet taos >/dev/null 2>&1 || fail "taos-host firewall remove left the table"
 in_ct test ! -e /var/lib/taos/firewall.nft || fail "taos-host firewall remove left the saved rules"
 in_ct taos-host firewall apply >/dev/null || fail "taos-host firewall apply failed again"
+# `[server] bind` moved to another port: at its next start the host loads the saved rules
+# again for the new port, with the same LAN, and tells the owner; moved back, the same.
+in_ct taos-host config set server.bind 0.0.0.0:6971 >/dev/null || fail "cannot set server.bind"
+in_ct systemctl restart taos-host
+wait_active
+# The host does it just after its start.
+for _ in $(seq 1 30); do
+    RULES="$(in_ct nft list table inet taos)" || fail "no table inet taos after the port changed"
+    grep -q 'tcp dport 6971 ip saddr @lan4 accept' <<<"$RULES" && break
+    sleep 0.5
+done
+grep -q 'tcp dport 6971 ip saddr @lan4 accept' <<<"$RULES" || fail "the loaded rules do not guard the new port 6971: $RULES"
+! grep -q 'dport 6969' <<<"$RULES" || fail "the loaded rules still name the old port: $RULES"
+grep -q 'tcp dport 6971 ip saddr @lan4 accept' <<<"$(in_ct cat /var/lib/taos/firewall.nft)" || fail "the saved rules do not name the new port"
+in_ct taos-host config set server.bind 0.0.0.0:6969 >/dev/null || fail "cannot set server.bind back"
+in_ct systemctl restart taos-host
+wait_active
+for _ in $(seq 1 30); do
+    grep -q 'tcp dport 6969 ip saddr @lan4 accept' <<<"$(in_ct nft list table inet taos)" && break
+    sleep 0.5
+done
+grep -q 'tcp dport 6969 ip saddr @lan4 accept' <<<"$(in_ct nft list table inet taos)" || fail "the rules did not follow the port back to 6969"
+NOTES="$(api /api/notifications)"
+grep -q "The firewall follows the new ports.*port 6971 (public, LAN only)" <<<"$NOTES" || fail "no notification of the followed port: ${NOTES:0:600}"
+pass "a changed [server] bind port: the host loads the firewall's rules again for it at start, and tells the owner"
 # shellcheck disable=SC2016 # for the container's shell
 sh_ct 'kill "$(cat /root/agent-port.pid)"'
 pass "the LAN reaches the public port only; the rules survive a restart; remove takes them away"
