@@ -34,6 +34,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/v1/chat/completions":
             self.send_error(404)
             return
+        # One line per call: the install test counts them (a bridge check must make none).
+        print("POST /v1/chat/completions", flush=True)
         usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body.get("model", MODEL)}
         if not body.get("stream"):

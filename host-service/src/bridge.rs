@@ -24,6 +24,7 @@ use crate::chat::{
 use crate::db::{from_ms, now_ms, Db};
 use crate::failure;
 use crate::group_commit::{CommitFailed, Finish, GroupCommit, Work};
+use crate::round_trip::{self, RoundTrip};
 use crate::trace::TraceStore;
 
 /// How many earlier messages travel with a delivery.
@@ -140,6 +141,31 @@ pub struct Bridge {
     presence: mpsc::UnboundedSender<Presence>,
     /// People's messages and their deliveries, committed together with others sent meanwhile.
     commits: GroupCommit,
+    /// Round trips asked for by an update's gate, one per agent at a time (see
+    /// [`Bridge::check_round_trip`]).
+    checks: Mutex<HashMap<Uuid, Check>>,
+}
+
+/// A round trip through an agent's live bridge, outside the chat.
+struct Check {
+    round_trip: RoundTrip,
+    /// The stream generation it was sent on: a newer stream (the agent reconnected) gets it
+    /// again.
+    sent_on: Option<u64>,
+}
+
+/// What the delivery of a bridge check says. The gateway refuses the model call it leads to
+/// (it is the check's trace), so no budget is spent and the agent answers with an error.
+pub const CHECK_TEXT: &str = "taos update check: please answer";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("agent {0} is not connected to the bridge")]
+    NotConnected(String),
+    #[error("a bridge check of agent {0} is already running")]
+    Busy(String),
+    #[error("agent {slug} did not answer within {seconds} s")]
+    NoAnswer { slug: String, seconds: u64 },
 }
 
 impl Bridge {
@@ -158,6 +184,7 @@ impl Bridge {
             notices: Mutex::new(HashSet::new()),
             presence,
             commits,
+            checks: Mutex::new(HashMap::new()),
         };
         (bridge, changes)
     }
@@ -188,6 +215,91 @@ impl Bridge {
 
     pub fn is_connected(&self, agent: Uuid) -> bool {
         self.with_live(agent, |l| l.connected)
+    }
+
+    /// A round trip through the agent's live bridge stream, for an update's gate: a delivery of
+    /// its own (no chat message, nothing stored) sent on the stream, and the agent's settled
+    /// reply to it on the reply route. The model call it leads to is refused by the gateway
+    /// ([`Bridge::is_check_trace`]), so the answer is an error reply naming that, and no budget
+    /// is spent. Sent even while the agent is paused: it costs nothing.
+    pub async fn check_round_trip(
+        &self,
+        agent: &AgentRecord,
+        wait: Duration,
+    ) -> Result<round_trip::Answer, CheckError> {
+        if !self.is_connected(agent.id) {
+            return Err(CheckError::NotConnected(agent.slug.clone()));
+        }
+        let mut answered = {
+            let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+            if checks.contains_key(&agent.id) {
+                return Err(CheckError::Busy(agent.slug.clone()));
+            }
+            let round_trip = RoundTrip::new(
+                "bridge check",
+                "taos-check-",
+                "user:taos-update",
+                CHECK_TEXT,
+            );
+            let answered = round_trip.subscribe();
+            checks.insert(
+                agent.id,
+                Check {
+                    round_trip,
+                    sent_on: None,
+                },
+            );
+            answered
+        };
+        // Removed however this ends (a dropped request too), so the next check can run.
+        struct Close<'a>(&'a Bridge, Uuid);
+        impl Drop for Close<'_> {
+            fn drop(&mut self) {
+                let mut checks = self.0.checks.lock().unwrap_or_else(|p| p.into_inner());
+                checks.remove(&self.1);
+            }
+        }
+        let _close = Close(self, agent.id);
+        self.wake(agent.id);
+        let answer = round_trip::wait_answer(&mut answered, wait).await;
+        match &answer {
+            Some(a) => {
+                tracing::info!(agent = %agent.slug, reply = ?a.kind, "bridge check answered")
+            }
+            None => tracing::warn!(agent = %agent.slug, "bridge check: no answer within {wait:?}"),
+        }
+        answer.ok_or_else(|| CheckError::NoAnswer {
+            slug: agent.slug.clone(),
+            seconds: wait.as_secs(),
+        })
+    }
+
+    /// The open check's delivery, if stream `generation` has not sent it yet.
+    pub fn check_delivery(&self, agent: Uuid, generation: u64) -> Option<UserMessageDelivery> {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        let check = checks.get_mut(&agent)?;
+        if check.sent_on == Some(generation) {
+            return None;
+        }
+        check.sent_on = Some(generation);
+        Some(check.round_trip.delivery.clone())
+    }
+
+    /// Whether `trace_id` is the agent's open check (its replies and model calls go no further).
+    pub fn is_check_trace(&self, agent: Uuid, trace_id: &str) -> bool {
+        let checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        checks
+            .get(&agent)
+            .is_some_and(|c| c.round_trip.is_for(trace_id))
+    }
+
+    /// Takes the agent's reply when it is about its open check (true); else leaves it (false).
+    pub fn check_reply(&self, agent: Uuid, reply: &Reply) -> bool {
+        let checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        match checks.get(&agent) {
+            Some(check) => check.round_trip.reply(reply).is_ok(),
+            None => false,
+        }
     }
 
     /// Wakes the agent's stream (new delivery, or pause state changed).

@@ -278,6 +278,60 @@ pub fn follow_networks(
     Ok(Some(plan.lan))
 }
 
+/// The saved rules again with the ports `taos.toml` names now, keeping their LAN (and whether it
+/// follows the networks); `None` when the ports are the ones they name. A `[server] bind` or
+/// `agent_bind` whose port changed would otherwise leave the new port unguarded (the table
+/// rejects only the ports it names) until someone ran `firewall apply` again.
+fn with_ports(
+    saved: &str,
+    public_port: u16,
+    agent_port: u16,
+) -> Result<Option<Plan>, FirewallError> {
+    let mut lan = Vec::new();
+    for line in saved.lines() {
+        let line = line.trim_start();
+        if !(line.starts_with("set lan4 ") || line.starts_with("set lan6 ")) {
+            continue;
+        }
+        let elements = line
+            .split_once("elements = {")
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map(|(inside, _)| inside);
+        for element in elements.into_iter().flat_map(|e| e.split(',')) {
+            lan.push(element.trim().to_string());
+        }
+    }
+    // An empty LAN would mean the default ranges: never widen rules that could not be read.
+    if lan.is_empty() {
+        return Err(FirewallError::BadInput(
+            "the saved rules name no LAN; run `sudo taos-host firewall apply` again".into(),
+        ));
+    }
+    let mut plan = Plan::new(public_port, agent_port, &lan)?;
+    if saved.lines().any(|l| l == FOLLOWS_MARK) {
+        plan = plan.following_networks();
+    }
+    Ok((ruleset(&plan) != saved).then_some(plan))
+}
+
+/// When the saved rules name other ports than `public_port` and `agent_port` (the config's
+/// now), applies them again with these ports and the same LAN. Returns the plan loaded, if
+/// any. No saved rules: nothing to follow.
+pub fn follow_ports(
+    data_dir: &Path,
+    public_port: u16,
+    agent_port: u16,
+) -> Result<Option<Plan>, FirewallError> {
+    let Ok(saved) = std::fs::read_to_string(rules_path(data_dir)) else {
+        return Ok(None);
+    };
+    let Some(plan) = with_ports(&saved, public_port, agent_port)? else {
+        return Ok(None);
+    };
+    apply(data_dir, &plan)?;
+    Ok(Some(plan))
+}
+
 /// Deletes the table and the saved ruleset. Nothing to do is not an error.
 pub fn remove(data_dir: &Path) -> Result<bool, FirewallError> {
     let path = rules_path(data_dir);
@@ -330,6 +384,52 @@ mod tests {
             ruleset(&derived)
         );
         // (A change loads rules with nft: the install test checks it in a container.)
+    }
+
+    /// A changed `[server] bind` port: the saved rules come back with the new port and the
+    /// same LAN (and mark); the same ports change nothing; rules whose LAN can't be read are
+    /// refused rather than widened to the default ranges.
+    #[test]
+    fn saved_rules_follow_a_changed_port_with_their_lan() {
+        let lan = vec!["192.168.1.0/24".to_string(), "fd00::/8".to_string()];
+        let derived = Plan::new(6969, 6970, &lan).unwrap().following_networks();
+        let saved = ruleset(&derived);
+        assert!(with_ports(&saved, 6969, 6970).unwrap().is_none());
+        let moved = with_ports(&saved, 7443, 6970)
+            .unwrap()
+            .expect("the port changed");
+        assert_eq!(moved.public_port, 7443);
+        assert_eq!(moved.agent_port, 6970);
+        assert_eq!(moved.lan, derived.lan);
+        assert!(moved.follows_networks, "a followed LAN stays followed");
+        let text = ruleset(&moved);
+        assert!(
+            text.contains("tcp dport 7443 ip saddr @lan4 accept"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcp dport 7443 ip6 saddr @lan6 accept"),
+            "{text}"
+        );
+        assert!(!text.contains("6969"), "{text}");
+        let agent = with_ports(&saved, 6969, 7001)
+            .unwrap()
+            .expect("the agent port changed");
+        assert!(ruleset(&agent).contains("tcp dport 7001 counter reject"));
+        // A LAN someone gave stays theirs, unmarked.
+        let given = Plan::new(6969, 6970, &lan[..1]).unwrap();
+        let moved = with_ports(&ruleset(&given), 7443, 6970).unwrap().unwrap();
+        assert!(!moved.follows_networks);
+        assert_eq!(moved.lan, given.lan);
+        // The same port for both is refused, as `firewall apply` refuses it.
+        assert!(matches!(
+            with_ports(&saved, 6970, 6970),
+            Err(FirewallError::BadInput(_))
+        ));
+        assert!(matches!(
+            with_ports("# not ours\n", 7443, 6970),
+            Err(FirewallError::BadInput(_))
+        ));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod peer;
 pub mod prompts;
 pub mod qr;
 pub mod ratelimit;
+pub mod round_trip;
 pub mod runtime;
 pub mod secrets;
 pub mod server;

@@ -592,8 +592,12 @@ async fn update(
     let package = package.ok_or_else(|| anyhow::anyhow!("name the package to install"))?;
     let state = update::run(&paths, &package).await?;
     println!(
-        "updated taos-host {} → {}; health, TLS key, database and agents checked",
-        state.from_version, state.to_version
+        "updated taos-host {} → {}; health, TLS key, database and agents checked ({} of {} \
+         agents connected before answered a bridge round trip)",
+        state.from_version,
+        state.to_version,
+        state.round_trips.len(),
+        state.connected_before.len()
     );
     Ok(())
 }

@@ -136,6 +136,65 @@ const NETWORK_CHECK: Duration = Duration::from_secs(10);
 /// range, another network): setup derived the LAN from them, so the running host follows
 /// them and tells the owner. Only while `[firewall] lan` is unset and the saved rules are
 /// setup's derived ones (`host_firewall::follow_networks`).
+/// At start: saved firewall rules that name other ports than `taos.toml`'s (its `[server]
+/// bind` or `agent_bind` changed) are loaded again with the new ports and the same LAN, and
+/// the owner is told. Only root can load rules.
+async fn follow_firewall_ports(state: &AppState) {
+    use taos_proto::events::{Level, NewNotification};
+    if !crate::sys::is_root() {
+        return;
+    }
+    let public = state.config.server.bind.port();
+    let agent = state.config.server.agent_bind.port();
+    let dir = state.data_dir.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        crate::host_firewall::follow_ports(&dir, public, agent)
+    })
+    .await;
+    let note = match outcome {
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(_))) => {
+            tracing::info!(
+                public,
+                agent,
+                "the ports changed: the firewall follows them"
+            );
+            NewNotification {
+                level: Level::Info,
+                title: "The firewall follows the new ports".into(),
+                message: format!(
+                    "taos.toml names other ports than the saved firewall rules did, so the \
+                     rules were loaded again for port {public} (public, LAN only) and {agent} \
+                     (agents only), with the same LAN."
+                ),
+                source: Some("firewall".into()),
+                data: Some(serde_json::json!({"public_port": public, "agent_port": agent})),
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot move the firewall to the configured ports");
+            NewNotification {
+                level: Level::Error,
+                title: "The firewall does not guard the configured ports".into(),
+                message: format!(
+                    "taos.toml names other ports than the saved firewall rules, and the rules \
+                     could not be loaded again for port {public} and {agent}: {e}. Run `sudo \
+                     taos-host firewall apply` on the machine."
+                ),
+                source: Some("firewall".into()),
+                data: None,
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the firewall's port check panicked");
+            return;
+        }
+    };
+    if let Err(e) = state.hub.notify(note).await {
+        tracing::error!(error = %e, "cannot store the firewall notification");
+    }
+}
+
 fn spawn_firewall_follower(state: AppState) {
     use taos_proto::events::{Level, NewNotification};
     if !state.config.firewall.lan.is_empty() || !crate::sys::is_root() {
@@ -586,6 +645,11 @@ fn spawn_background(
         state.shutdown.clone(),
     );
     spawn_trace_sealer(state.clone());
+    {
+        // Before the network follower's first look (10 s in), so it sees the ports in force.
+        let state = state.clone();
+        tokio::spawn(async move { follow_firewall_ports(&state).await });
+    }
     spawn_firewall_follower(state.clone());
     state.approvals.spawn_sweeper(state.shutdown.clone());
     {

@@ -126,3 +126,18 @@ pub struct ReplyAccepted {
     /// The chat message this reply created or updated, if any.
     pub message_id: Option<String>,
 }
+
+/// `POST /api/agents/{slug}/bridge-check`: how the agent answered a round trip through its
+/// live bridge (the check an update's gate runs; no model is called for it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BridgeCheck {
+    /// The kind of the agent's settled reply: `error` when it answered as it should (the
+    /// gateway refuses the check's model call), `final` from a framework that answers without
+    /// one.
+    pub reply: ReplyKind,
+    /// The reply's text or error, at most 200 characters.
+    pub text: String,
+    /// From sending the delivery to the settled reply.
+    pub elapsed_ms: u64,
+}

@@ -11,14 +11,18 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chrono::Utc;
-use taos_proto::bridge::{Reply, ReplyKind, UserMessageDelivery};
+use taos_proto::bridge::{Reply, UserMessageDelivery};
 use tokio::sync::watch;
 use uuid::Uuid;
+
+use crate::round_trip::{self, RoundTrip};
 
 /// What the drill's message says; any final or error reply to it completes the round trip (the
 /// copy has no LLM key in a drill, so a healthy sidecar answers with an error naming that).
 pub const DRILL_TEXT: &str = "taos restore drill: please answer";
+
+/// How the copy answered.
+pub type DrillAnswer = round_trip::Answer;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DrillBridgeError {
@@ -31,20 +35,11 @@ pub enum DrillBridgeError {
     BadInput(String),
 }
 
-/// How the copy answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DrillAnswer {
-    pub kind: ReplyKind,
-    /// The reply's text or error, shortened.
-    pub text: String,
-}
-
 struct Session {
     id: String,
     token: String,
     slug: String,
-    delivery: UserMessageDelivery,
-    answered: watch::Sender<Option<DrillAnswer>>,
+    round_trip: RoundTrip,
 }
 
 /// At most one session at a time (drills run one at a time).
@@ -64,11 +59,7 @@ pub struct DrillSession<'a> {
 impl DrillSession<'_> {
     /// The copy's answer, or `None` when none came within `wait`.
     pub async fn answer(&mut self, wait: Duration) -> Option<DrillAnswer> {
-        let answered = self.answered.wait_for(|a| a.is_some());
-        match tokio::time::timeout(wait, answered).await {
-            Ok(Ok(answer)) => answer.clone(),
-            _ => None,
-        }
+        round_trip::wait_answer(&mut self.answered, wait).await
     }
 }
 
@@ -86,33 +77,19 @@ impl DrillBridge {
     pub fn open(&self, slug: &str) -> DrillSession<'_> {
         let id = Uuid::new_v4().simple().to_string();
         let token = crate::auth::new_secret("taos_drill_");
-        let trace_id = Uuid::now_v7().to_string();
-        let delivery = UserMessageDelivery {
-            id: format!("drill-{id}"),
-            trace_id,
-            delivery_seq: 1,
-            channel_id: format!("drill-{id}"),
-            from: "user:taos-drill".into(),
-            text: DRILL_TEXT.into(),
-            created_at: Utc::now(),
-            hops_since_user: 0,
-            force_respond: true,
-            context: Vec::new(),
-            thread_id: None,
-        };
-        let (answered, rx) = watch::channel(None);
+        let round_trip = RoundTrip::new("drill message", "drill-", "user:taos-drill", DRILL_TEXT);
+        let answered = round_trip.subscribe();
         *self.open.lock().unwrap_or_else(|e| e.into_inner()) = Some(Session {
             id: id.clone(),
             token: token.clone(),
             slug: slug.to_string(),
-            delivery,
-            answered,
+            round_trip,
         });
         DrillSession {
             bridge: self,
             id,
             token,
-            answered: rx,
+            answered,
         }
     }
 
@@ -149,7 +126,7 @@ impl DrillBridge {
         agent: &str,
     ) -> Result<(UserMessageDelivery, watch::Receiver<Option<DrillAnswer>>), DrillBridgeError> {
         self.with_session(session, token, agent, |s| {
-            Ok((s.delivery.clone(), s.answered.subscribe()))
+            Ok((s.round_trip.delivery.clone(), s.round_trip.subscribe()))
         })
     }
 
@@ -163,30 +140,9 @@ impl DrillBridge {
         reply: &Reply,
     ) -> Result<(), DrillBridgeError> {
         self.with_session(session, token, agent, |s| {
-            if reply.trace_id != s.delivery.trace_id {
-                return Err(DrillBridgeError::BadInput(
-                    "trace_id is not the drill message's".into(),
-                ));
-            }
-            if matches!(reply.kind, ReplyKind::Final | ReplyKind::Error) {
-                let text = reply
-                    .content
-                    .as_deref()
-                    .or(reply.error.as_deref())
-                    .unwrap_or_default();
-                let text: String = text.chars().take(200).collect();
-                s.answered.send_if_modified(|a| {
-                    if a.is_some() {
-                        return false;
-                    }
-                    *a = Some(DrillAnswer {
-                        kind: reply.kind,
-                        text,
-                    });
-                    true
-                });
-            }
-            Ok(())
+            s.round_trip
+                .reply(reply)
+                .map_err(|e| DrillBridgeError::BadInput(e.to_string()))
         })
     }
 }
@@ -194,6 +150,7 @@ impl DrillBridge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use taos_proto::bridge::ReplyKind;
 
     fn reply(kind: ReplyKind, trace_id: &str) -> Reply {
         serde_json::from_value(serde_json::json!({

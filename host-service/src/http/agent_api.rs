@@ -103,6 +103,16 @@ async fn pump(
         if !state.bridge.is_current(agent.id, generation) {
             break; // a newer stream took over
         }
+        // An update's bridge check: without an id, as it is no stored delivery.
+        if let Some(check) = state.bridge.check_delivery(agent.id, generation) {
+            let event = Event::default()
+                .event("user_message")
+                .json_data(&check)
+                .unwrap_or_else(|_| Event::default().comment("unencodable delivery"));
+            if tx.send(event).await.is_err() {
+                break;
+            }
+        }
         let paused = crate::agents::get_by_id(&state.db, agent.id)
             .await
             .map(|a| a.paused)
@@ -181,6 +191,16 @@ pub async fn reply(
 ) -> Result<(StatusCode, Json<ReplyAccepted>), ApiError> {
     auth.require_self(&agent)?;
     state.reply_limiter.take(auth.0.id, 1)?;
+    // The answer to an update's bridge check goes to the check, not the chat.
+    if state.bridge.check_reply(auth.0.id, &body) {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(ReplyAccepted {
+                accepted: true,
+                message_id: None,
+            }),
+        ));
+    }
     if matches!(
         body.kind,
         ReplyKind::ToolCall | ReplyKind::ToolResult | ReplyKind::Reasoning

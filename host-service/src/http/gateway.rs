@@ -206,6 +206,17 @@ async fn forward(
         .into_response();
     }
     let mut ctx = context(&state, agent, &headers);
+    // An update's bridge check ends here: the round trip is the bridge's, not the model's.
+    if let Some(trace_id) = &ctx.trace_id {
+        if state.bridge.is_check_trace(ctx.agent.id, trace_id) {
+            return GatewayError::new(
+                409,
+                "bridge_check",
+                "this is taos's bridge check after an update: no model is called for it",
+            )
+            .into_response();
+        }
+    }
     let supervisor = &state.llm.supervisor;
     // Without the catalog a model has no owner's prices (an agent with a budget is then refused
     // a model LiteLLM can't price either), as when it is not in the catalog.

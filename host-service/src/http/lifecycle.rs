@@ -1,7 +1,8 @@
-//! Lifecycle actions on agents: start, stop, restart, pause, resume, logs.
+//! Lifecycle actions on agents: start, stop, restart, pause, resume, logs, and the bridge check
+//! an update's gate runs.
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use taos_proto::agents::Agent;
@@ -23,6 +24,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pause_agent))
         .routes(routes!(resume_agent))
         .routes(routes!(agent_logs))
+        .routes(routes!(bridge_check))
 }
 
 async fn act(state: AppState, slug: String, action: Action) -> Result<Json<Agent>, ApiError> {
@@ -120,4 +122,45 @@ async fn agent_logs(
     }
     let text = lifecycle::logs(&state.agents, &slug, lines).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
+
+/// How long a bridge check waits for the agent's answer.
+const BRIDGE_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A round trip through the agent's live bridge: a delivery outside the chat (nothing is
+/// stored) and the agent's settled reply. The model call it leads to is refused by the
+/// gateway, so no budget is spent. An update's gate runs it for each agent connected before
+/// the update.
+#[utoipa::path(post, path = "/api/agents/{slug}/bridge-check", tag = "agents",
+    params(("slug" = String, Path, description = "Agent slug")),
+    responses((status = 200, description = "The agent answered", body = taos_proto::bridge::BridgeCheck),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody),
+        (status = 409, description = "The agent is not connected, or a check of it is running", body = ErrorBody),
+        (status = 504, description = "No answer within 20 s", body = ErrorBody)))]
+async fn bridge_check(
+    _auth: OwnerLike,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<taos_proto::bridge::BridgeCheck>, ApiError> {
+    use crate::bridge::CheckError;
+    let agent = crate::agents::get_by_slug(&state.db, &slug).await?;
+    let started = std::time::Instant::now();
+    let answer = state
+        .bridge
+        .check_round_trip(&agent, BRIDGE_CHECK_WAIT)
+        .await
+        .map_err(|e| match e {
+            CheckError::NotConnected(_) | CheckError::Busy(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            CheckError::NoAnswer { .. } => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "no_answer", e.to_string())
+            }
+        })?;
+    Ok(Json(taos_proto::bridge::BridgeCheck {
+        reply: answer.kind,
+        text: answer.text,
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }))
 }

@@ -6,6 +6,7 @@ pub mod gateway;
 pub mod providers;
 pub mod sandbox;
 pub mod supervisor;
+pub mod unit;
 pub mod validate;
 
 use std::collections::HashMap;

@@ -35,8 +35,14 @@ pub const PRIVATE_TMP: &str = "/tmp";
 
 /// Runs LiteLLM's own CLI entry point, but when the host passed a listening socket, makes
 /// uvicorn serve on that socket instead of binding host:port itself. Run as `python3 -c`.
+/// As a systemd unit (`llm/unit.rs`), the keys come as a credential (a JSON object of
+/// environment variables) rather than in the environment.
 pub const LAUNCHER: &str = r#"
-import os, socket, sys
+import json, os, socket, sys
+credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+if credentials and os.path.exists(os.path.join(credentials, "secrets")):
+    with open(os.path.join(credentials, "secrets")) as f:
+        os.environ.update(json.load(f))
 fd = os.environ.pop("TAOS_LITELLM_LISTEN_FD", None)
 if fd is not None:
     import uvicorn

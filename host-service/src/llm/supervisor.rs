@@ -2,7 +2,8 @@
 //! restart with backoff when it dies, validated restarts when the catalog changes.
 //!
 //! LiteLLM serves on a 127.0.0.1 socket the host binds once and hands over (see `sandbox`),
-//! confined as `sandbox` describes. Its config names provider keys as `os.environ/NAME`, and
+//! confined as `sandbox` describes; or, when the host runs as root under systemd, as the
+//! transient unit `taos-litellm.service` in systemd's own sandbox (see `unit`). Its config names provider keys as `os.environ/NAME`, and
 //! the keys themselves reach it only through its environment, which starts empty: nothing of
 //! the host's own environment leaks into it.
 
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 
 use super::gateway::ModelFacts;
 use super::sandbox::{self, RunAs};
+use super::unit::{self, UnitLaunch};
 use crate::{fsutil, sys};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
@@ -55,6 +57,8 @@ struct Inner {
     dir: PathBuf,
     /// Who LiteLLM runs as, or why it can't run.
     run_as: Result<RunAs, String>,
+    /// Set when the serving LiteLLM runs as a systemd unit rather than as the host's child.
+    unit: Option<UnitLaunch>,
     port: u16,
     /// The socket LiteLLM serves on, bound by the host and kept for the host's whole life, so
     /// no other process can take the port between LiteLLM's restarts. `None` until binding
@@ -125,6 +129,15 @@ impl Supervisor {
             fsutil::ensure_private_dir(home)?;
             fsutil::ensure_private_dir(tmp)?;
         }
+        // Only a root host confines LiteLLM in another user; under systemd, systemd does it.
+        let unit = match &run_as {
+            Ok(RunAs::Dedicated { .. }) => UnitLaunch::detect(),
+            _ => None,
+        };
+        if let Some(unit) = &unit {
+            tracing::info!(unit = unit::UNIT, "LiteLLM will run as a systemd unit");
+            remove_secrets(unit);
+        }
         let master_key = load_or_create_master_key(&dir)?;
         let (listener, port) = match bind_loopback(port) {
             Ok(listener) => {
@@ -151,6 +164,7 @@ impl Supervisor {
                 bin,
                 dir,
                 run_as,
+                unit,
                 port,
                 listener: Mutex::new(listener),
                 master_key,
@@ -333,6 +347,10 @@ impl Supervisor {
                 _ = desired_rx.changed() => { self.stop(&mut child).await; continue }
                 _ = shutdown.changed() => { self.stop(&mut child).await; return }
             };
+            // Serving (or failed), it has read its keys: their file goes.
+            if let Some(unit) = &self.inner.unit {
+                remove_secrets(unit);
+            }
             if let Err(e) = ready {
                 self.stop(&mut child).await;
                 self.set_state(LlmState::Failed, Some(e));
@@ -439,11 +457,7 @@ impl Supervisor {
             .arg(sandbox::LAUNCHER)
             .args(args)
             .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("LANG", "C.UTF-8")
-            .env("PYTHONUNBUFFERED", "1")
-            // Without it LiteLLM tries to download its cost map at every start.
-            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            .envs(Self::ENV)
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some(desired) = desired {
@@ -487,34 +501,73 @@ impl Supervisor {
         }
     }
 
+    /// The environment the serving LiteLLM gets besides its keys.
+    const ENV: [(&'static str, &'static str); 4] = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("LANG", "C.UTF-8"),
+        ("PYTHONUNBUFFERED", "1"),
+        // Without it LiteLLM tries to download its cost map at every start.
+        ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
+    ];
+
+    /// Starts LiteLLM as the unit: the keys in the secrets file (deleted once it has started),
+    /// the config as a credential from the host's copy, the listening socket as its stdin.
+    async fn start_unit(
+        &self,
+        unit: &UnitLaunch,
+        bin: &Path,
+        desired: &Desired,
+    ) -> std::io::Result<Child> {
+        let Ok(RunAs::Dedicated { name, data_dir, .. }) = &self.inner.run_as else {
+            return Err(std::io::Error::other("LiteLLM's unit needs its own user"));
+        };
+        // One a host that died hard left behind would hold the unit's name.
+        unit.stop().await;
+        let mut secrets = serde_json::Map::new();
+        secrets.insert(
+            "TAOS_LITELLM_MASTER_KEY".into(),
+            self.inner.master_key.clone().into(),
+        );
+        for (k, v) in &desired.env {
+            secrets.insert(k.clone(), v.clone().into());
+        }
+        fsutil::write_atomic(&unit.secrets_path(), &serde_json::to_vec(&secrets)?)?;
+        let python = sandbox::python_of(bin).map_err(std::io::Error::other)?;
+        let listener = std::os::fd::OwnedFd::from(self.listener()?);
+        let port = self.inner.port.to_string();
+        let config_arg = format!("{}/config", unit::CREDENTIALS_DIR);
+        let listen_fd = "0";
+        let mut env = Self::ENV.to_vec();
+        env.push((sandbox::LISTEN_FD_ENV, listen_fd));
+        let mut args = vec!["-c", sandbox::LAUNCHER];
+        args.extend(serve_args(&config_arg, &port));
+        let config = self.config_path();
+        let start = unit::Start {
+            user: name,
+            data_dir,
+            python: &python,
+            args: &args,
+            env: &env,
+            config: &config,
+        };
+        let mut command = unit.command(&start, listener);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.spawn().inspect_err(|_| remove_secrets(unit))
+    }
+
     async fn start(&self, bin: &Path, desired: &Desired) -> std::io::Result<Child> {
         let text = serde_json::to_vec_pretty(&desired.config)?;
-        // The host's copy, for people to read; LiteLLM reads the memfd.
+        // The host's copy, for people to read; LiteLLM reads the memfd (or, as a unit, its
+        // credential made from this copy).
         fsutil::write_atomic(&self.config_path(), &text)?;
-        let config = sandbox::memfd("litellm.json", &text)?;
-        let listener = self.listener()?;
-        let port = self.inner.port.to_string();
-        let config_arg = format!("/proc/self/fd/{}", sandbox::CONFIG_FD);
-        let mut command = self.command(
-            bin,
-            &[
-                "--config",
-                &config_arg,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port,
-            ],
-            Some(desired),
-            Some(&config),
-            Some(&listener),
-        )?;
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn()?;
-        drop(command);
+        let mut child = match &self.inner.unit {
+            Some(unit) => self.start_unit(unit, bin, desired).await?,
+            None => self.start_child(bin, desired, &text)?,
+        };
         tracing::info!(
             port = self.inner.port,
             models = desired.models.len(),
+            unit = self.inner.unit.as_ref().map(|_| unit::UNIT),
             "starting LiteLLM"
         );
         if let Some(out) = child.stdout.take() {
@@ -524,6 +577,24 @@ impl Supervisor {
             self.pump_log(err);
         }
         Ok(child)
+    }
+
+    /// Starts LiteLLM as the host's confined child: the config as a memfd at fd 3, the
+    /// listening socket at fd 4.
+    fn start_child(&self, bin: &Path, desired: &Desired, text: &[u8]) -> std::io::Result<Child> {
+        let config = sandbox::memfd("litellm.json", text)?;
+        let listener = self.listener()?;
+        let port = self.inner.port.to_string();
+        let config_arg = format!("/proc/self/fd/{}", sandbox::CONFIG_FD);
+        let mut command = self.command(
+            bin,
+            &serve_args(&config_arg, &port),
+            Some(desired),
+            Some(&config),
+            Some(&listener),
+        )?;
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.spawn()
     }
 
     /// Copies LiteLLM's output to a size-capped log file and keeps its tail in memory.
@@ -598,6 +669,18 @@ impl Supervisor {
     }
 
     async fn stop(&self, child: &mut Child) {
+        if let Some(unit) = &self.inner.unit {
+            // `child` is `systemd-run --wait`, which ends with the unit.
+            unit.stop().await;
+            remove_secrets(unit);
+            if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+            return;
+        }
         if let Some(pid) = child.id() {
             sys::terminate(pid);
             if tokio::time::timeout(STOP_TIMEOUT, child.wait())
@@ -695,6 +778,21 @@ fn parse_model_info(body: &serde_json::Value) -> HashMap<String, ModelFacts> {
         );
     }
     facts
+}
+
+/// LiteLLM's arguments to serve with `config` on 127.0.0.1:`port` (the launcher serves on the
+/// host's socket instead of binding it).
+fn serve_args<'a>(config: &'a str, port: &'a str) -> [&'a str; 6] {
+    ["--config", config, "--host", "127.0.0.1", "--port", port]
+}
+
+/// Deletes the keys' file of LiteLLM's unit (systemd has copied it by the time LiteLLM runs).
+fn remove_secrets(unit: &UnitLaunch) {
+    match std::fs::remove_file(unit.secrets_path()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::error!(error = %e, "cannot delete LiteLLM's keys file"),
+    }
 }
 
 /// Appends a line to the log, moving it to `.1` once it passes the size cap.

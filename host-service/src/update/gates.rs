@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use taos_pin::SpkiPin;
 use taos_proto::agents::Agent;
+use taos_proto::bridge::BridgeCheck;
 use taos_proto::ops::Health;
 
 use super::{open_plain, Paths, UpdateState};
@@ -49,6 +50,8 @@ pub struct Observation {
     tls: Tls,
     health: Result<Health, String>,
     agents: Result<Vec<Agent>, String>,
+    /// The pinned client and the listener's base URL, for the bridge round trips.
+    client: Option<(reqwest::Client, String, String)>,
 }
 
 impl Observation {
@@ -102,6 +105,7 @@ pub async fn observe(data_dir: &Path, config: &Config, pin: Option<&str>) -> Obs
             tls: Tls::NoAnswer(missing.clone()),
             health: Err(missing.clone()),
             agents: Err(missing),
+            client: None,
         };
     };
     let tls = probe_tls(address, pin).await;
@@ -112,21 +116,53 @@ pub async fn observe(data_dir: &Path, config: &Config, pin: Option<&str>) -> Obs
         .use_preconfigured_tls(taos_pin::pinned_client_config(pin))
         .timeout(Duration::from_secs(5))
         .build();
-    let (health, agents) = match client {
+    let (health, agents, client) = match client {
         Ok(client) => {
             let base = format!("https://{address}");
             (
                 get_json::<Health>(&client, &format!("{base}/api/health"), &token).await,
                 get_json::<Vec<Agent>>(&client, &format!("{base}/api/agents"), &token).await,
+                Some((client, base, token)),
             )
         }
-        Err(e) => (Err(e.to_string()), Err(e.to_string())),
+        Err(e) => (Err(e.to_string()), Err(e.to_string()), None),
     };
     Observation {
         tls,
         health,
         agents,
+        client,
     }
+}
+
+/// A round trip through the agent's bridge on the running host (`POST
+/// /api/agents/{slug}/bridge-check`): `Ok` with how it answered, else why not in words.
+async fn bridge_round_trip(seen: &Observation, slug: &str) -> Result<BridgeCheck, String> {
+    let Some((client, base, token)) = &seen.client else {
+        return Err("no connection to the host".into());
+    };
+    let url = format!("{base}/api/agents/{slug}/bridge-check");
+    // The host waits up to 20 s for the agent's answer.
+    let response = client
+        .post(&url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(25))
+        .send()
+        .await
+        .map_err(|e| format!("no answer at {url}: {}", error_chain(&e)))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(String::from))
+            .unwrap_or(body);
+        return Err(format!("{status}: {message}"));
+    }
+    response
+        .json::<BridgeCheck>()
+        .await
+        .map_err(|e| format!("{url} answered something unreadable: {e}"))
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(
@@ -205,15 +241,21 @@ async fn probe_tls(address: SocketAddr, pin: SpkiPin) -> Tls {
     }
 }
 
-/// Runs the gates until they all pass or `window` ends.
-pub async fn run(paths: &Paths, state: &UpdateState, window: Duration) -> Result<(), GateFailure> {
+/// Runs the gates until they all pass or `window` ends. Returns the agents (ids) that answered
+/// a round trip through their bridge.
+pub async fn run(
+    paths: &Paths,
+    state: &UpdateState,
+    window: Duration,
+) -> Result<Vec<String>, GateFailure> {
     let config = crate::config::load_or_init(&paths.data_dir)
         .map_err(|e| GateFailure::Setup(format!("cannot read taos.toml: {e}")))?;
     let deadline = Instant::now() + window;
+    let mut round_trips = Vec::new();
     loop {
-        let pending = check_once(paths, &config, state).await?;
+        let pending = check_once(paths, &config, state, &mut round_trips).await?;
         if pending.is_empty() {
-            return Ok(());
+            return Ok(round_trips);
         }
         if Instant::now() >= deadline {
             return Err(GateFailure::Timeout {
@@ -226,11 +268,13 @@ pub async fn run(paths: &Paths, state: &UpdateState, window: Duration) -> Result
 }
 
 /// One round of the gates: `Err` for a definite failure, else what is still open (empty: all
-/// passed).
+/// passed). `round_trips` holds the agents that already answered a bridge round trip; each is
+/// asked once.
 async fn check_once(
     paths: &Paths,
     config: &Config,
     state: &UpdateState,
+    round_trips: &mut Vec<String>,
 ) -> Result<Vec<String>, GateFailure> {
     let mut pending = Vec::new();
     if super::system::service_exited() {
@@ -278,6 +322,31 @@ async fn check_once(
                         "agents not connected to the bridge again: {}",
                         missing.join(", ")
                     ));
+                }
+                // Connected is not yet working: a round trip through each agent's bridge (a
+                // delivery out on its stream, its reply back on the reply route). No model is
+                // called for it, so it costs no budget.
+                for agent in seen.agents.iter().flatten() {
+                    let id = agent.id.to_string();
+                    if !agent.connected
+                        || !state.connected_before.contains(&id)
+                        || round_trips.contains(&id)
+                    {
+                        continue;
+                    }
+                    match bridge_round_trip(&seen, &agent.slug).await {
+                        Ok(check) => {
+                            eprintln!(
+                                "taos-host update: agent {} answered a bridge round trip in {} ms",
+                                agent.slug, check.elapsed_ms
+                            );
+                            round_trips.push(id);
+                        }
+                        Err(why) => pending.push(format!(
+                            "agent {} answered no bridge round trip: {why}",
+                            agent.slug
+                        )),
+                    }
                 }
             }
             Err(why) => pending.push(format!("agents: {why}")),

@@ -93,6 +93,10 @@ pub struct UpdateState {
     pub ok_before: Vec<String>,
     /// The agents whose bridge stream was connected before the update.
     pub connected_before: Vec<String>,
+    /// The agents (of `connected_before`) that answered a round trip through their bridge on
+    /// the new version.
+    #[serde(default)]
+    pub round_trips: Vec<String>,
     pub started_ms: i64,
     /// Why it rolled back.
     pub failure: Option<String>,
@@ -359,6 +363,7 @@ async fn prepare(paths: &Paths, to_version: &str) -> Result<UpdateState, UpdateE
         schema_before: 0,
         ok_before: before.ok_subsystems(),
         connected_before: before.connected_agents(),
+        round_trips: Vec::new(),
         started_ms: db::now_ms(),
         failure: None,
         database_restored: None,
@@ -490,7 +495,8 @@ async fn gate_and_finish(
         .await);
     }
     match gates::run(paths, &state, GATE_WINDOW).await {
-        Ok(()) => {
+        Ok(round_trips) => {
+            state.round_trips = round_trips;
             state.phase = Phase::Done;
             write_state(paths, &state)?;
             system::disarm_guard();

@@ -2186,3 +2186,82 @@ async fn the_usage_overview_matches_each_agents_usage_and_refuses_bad_ranges() {
         .unwrap();
     assert_eq!(after, overview);
 }
+
+/// An update's gate asks each agent connected before for a round trip through its bridge
+/// (`POST /api/agents/{slug}/bridge-check`), through the real sidecar: the delivery goes out on
+/// its stream and its settled reply comes back, without a model call (the gateway refuses the
+/// check's trace, so the fake upstream is never called and no budget is spent) and without
+/// anything in the chat. An agent not connected, or no such agent, is refused in words.
+#[tokio::test]
+async fn a_bridge_check_is_a_round_trip_through_the_sidecar_without_a_model_call() {
+    let (_turn, host, fake) = with_fake_provider(BIN, &[]).await;
+    let created: Value = host
+        .admin(Method::POST, "/api/agents")
+        .json(&json!({"name": "Checked", "model": "fake-gpt"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dm = created["agent"]["dm_channel_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let check = |slug: &str| {
+        host.admin(Method::POST, &format!("/api/agents/{slug}/bridge-check"))
+            .send()
+    };
+    let missing = check("no-such-agent").await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let away = check("checked").await.unwrap();
+    assert_eq!(away.status(), StatusCode::CONFLICT);
+    let body: Value = away.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"], "agent checked is not connected to the bridge",
+        "{body}"
+    );
+
+    let _sidecar = spawn_sidecar(&host, &created, "fake-gpt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let agent: Value = host.get("/api/agents/checked").await;
+        if agent["connected"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never connected: {agent}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls_before = fake.calls();
+    let answered = check("checked").await.unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
+    let answered: Value = answered.json().await.unwrap();
+    assert_eq!(answered["reply"], "error", "{answered}");
+    assert!(
+        answered["text"].as_str().unwrap().contains("bridge check"),
+        "the sidecar passed on the gateway's refusal: {answered}"
+    );
+    assert!(answered["elapsed_ms"].as_u64().is_some(), "{answered}");
+    assert_eq!(fake.calls(), calls_before, "no model call was made");
+    let messages: Vec<Value> = host.get(&format!("/api/chat/channels/{dm}/messages")).await;
+    assert!(
+        messages.is_empty(),
+        "nothing went to the chat: {messages:?}"
+    );
+
+    // The agent's chat is unaffected: a message after the check is answered by the model.
+    let mut ws = taos_e2e::WsClient::connect(&host, &host.local_token())
+        .await
+        .unwrap();
+    ws.subscribe(&dm, Some(0)).await;
+    let after = ask_over_ws(&mut ws, &dm, "checked", "hello after the check").await;
+    assert_eq!(after["state"], "complete", "{after}");
+    assert_eq!(after["content"], REPLY);
+    assert_eq!(fake.calls(), calls_before + 1);
+    // And a second check runs (the first one closed).
+    let again = check("checked").await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+}

@@ -511,6 +511,12 @@ fn table(f: &Fixture) -> Vec<Route> {
             vec![no_body(agent("/logs"), Deny)],
         ),
         route(
+            "POST",
+            "/api/agents/{slug}/bridge-check",
+            OWNER_SIDE,
+            vec![no_body(agent("/bridge-check"), Deny)],
+        ),
+        route(
             "GET",
             "/api/agents/{slug}/usage",
             OWNER_SIDE,

@@ -175,6 +175,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/agents/{slug}/bridge-check": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A round trip through the agent's live bridge: a delivery outside the chat (nothing is
+         *     stored) and the agent's settled reply. The model call it leads to is refused by the
+         *     gateway, so no budget is spent. An update's gate runs it for each agent connected before
+         *     the update.
+         */
+        post: operations["bridge_check"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/agents/{slug}/budget": {
         parameters: {
             query?: never;
@@ -2001,6 +2023,25 @@ export interface components {
         };
         /** @enum {string} */
         BackupState: "queued" | "running" | "succeeded" | "failed";
+        /**
+         * @description `POST /api/agents/{slug}/bridge-check`: how the agent answered a round trip through its
+         *     live bridge (the check an update's gate runs; no model is called for it).
+         */
+        BridgeCheck: {
+            /**
+             * Format: int64
+             * @description From sending the delivery to the settled reply.
+             */
+            elapsed_ms: number;
+            /**
+             * @description The kind of the agent's settled reply: `error` when it answered as it should (the
+             *     gateway refuses the check's model call), `final` from a framework that answers without
+             *     one.
+             */
+            reply: components["schemas"]["ReplyKind"];
+            /** @description The reply's text or error, at most 200 characters. */
+            text: string;
+        };
         Budget: {
             /** Format: double */
             limit_usd: number;
@@ -2705,6 +2746,8 @@ export interface components {
         RefreshRequest: {
             refresh_token: string;
         };
+        /** @enum {string} */
+        ReplyKind: "delta" | "final" | "error" | "tool_call" | "tool_result" | "reasoning";
         Requires: {
             /**
              * Format: int32
@@ -3628,6 +3671,65 @@ export interface operations {
             };
             /** @description No such agent or prompt */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    bridge_check: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Agent slug */
+                slug: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The agent answered */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BridgeCheck"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such agent */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The agent is not connected, or a check of it is running */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No answer within 20 s */
+            504: {
                 headers: {
                     [name: string]: unknown;
                 };
