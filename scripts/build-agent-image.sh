@@ -20,23 +20,13 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
-NATIVE_ARCH="$(dpkg --print-architecture)"
-ARCH="$NATIVE_ARCH"
-if [ "${1:-}" = --arch ]; then
-    ARCH="${2:-}"
-    shift 2
-fi
+arch_from_args "$@"
+shift "$ARCH_SHIFT"
 ALIAS="${TAOS_AGENT_IMAGE_ALIAS:-taos-agent}"
 BIN="${1:-}"
-FOREIGN=""
 TARGET_ARGS=()
 BUILT_DIR="$CARGO_TARGET_DIR/release"
-if [ "$ARCH" != "$NATIVE_ARCH" ]; then
-    if [ "$ARCH" != arm64 ] || [ "$NATIVE_ARCH" != amd64 ]; then
-        log "--arch $ARCH on an $NATIVE_ARCH machine is not supported (amd64 builds amd64 and arm64)"
-        exit 2
-    fi
-    FOREIGN=1
+if [ -n "$FOREIGN" ]; then
     ALIAS="$ALIAS-arm64"
     cross_env_arm64
     TARGET_ARGS=(--target "$ARM64_TARGET")

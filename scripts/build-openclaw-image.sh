@@ -3,7 +3,12 @@
 # older one): the Debian agent image (scripts/build-agent-image.sh: the sidecar, its service and
 # the unprivileged `agent` user) plus Node at /opt/node and openclaw at /opt/openclaw.
 #
-#   scripts/build-openclaw-image.sh
+#   scripts/build-openclaw-image.sh [--arch amd64|arm64]
+#
+# --arch arm64 on an amd64 machine builds `taos-openclaw-arm64` from `taos-agent-arm64`
+# (scripts/build-agent-image.sh --arch arm64) and the arm64 install in $PREFIX-arm64
+# (scripts/install-openclaw.sh --arch arm64, which fetches the arm64 builds from the npm registry);
+# incus stores it but can't start it here: scripts/check-arm64.sh runs it in a chroot under qemu.
 #
 # Node and openclaw come from the host's install (scripts/install-openclaw.sh, run first; it
 # skips when already done) and are copied in, so nothing is fetched inside a container, at build
@@ -18,7 +23,9 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
+arch_from_args "$@"
 PREFIX="${TAOS_OPENCLAW_PREFIX:-/var/cache/taos/openclaw}"
+[ -z "$FOREIGN" ] || PREFIX="$PREFIX-$ARCH"
 
 # Called by derived_image (lib.sh) with the unpacked agent image's rootfs.
 add_openclaw() {
@@ -59,4 +66,4 @@ DROPIN
 }
 
 derived_image openclaw "${TAOS_OPENCLAW_IMAGE_ALIAS:-taos-openclaw}" "$PREFIX" \
-    "$REPO_ROOT/scripts/install-openclaw.sh" add_openclaw
+    "$REPO_ROOT/scripts/install-openclaw.sh" add_openclaw "$ARCH"

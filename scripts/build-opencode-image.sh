@@ -3,7 +3,12 @@
 # older one): the Debian agent image (scripts/build-agent-image.sh: the sidecar, its service and
 # the unprivileged `agent` user) plus opencode's native binary at /opt/opencode/bin/opencode.
 #
-#   scripts/build-opencode-image.sh
+#   scripts/build-opencode-image.sh [--arch amd64|arm64]
+#
+# --arch arm64 on an amd64 machine builds `taos-opencode-arm64` from `taos-agent-arm64`
+# (scripts/build-agent-image.sh --arch arm64) and the arm64 install in $PREFIX-arm64
+# (scripts/install-opencode.sh --arch arm64, which fetches the arm64 builds from the npm registry);
+# incus stores it but can't start it here: scripts/check-arm64.sh runs it in a chroot under qemu.
 #
 # The binary comes from the host's install (scripts/install-opencode.sh, run first; it skips
 # when already done) and is copied in, so nothing is fetched inside a container, at build or at
@@ -16,7 +21,9 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
+arch_from_args "$@"
 PREFIX="${TAOS_OPENCODE_PREFIX:-/var/cache/taos/opencode}"
+[ -z "$FOREIGN" ] || PREFIX="$PREFIX-$ARCH"
 
 # Called by derived_image (lib.sh) with the unpacked agent image's rootfs.
 add_opencode() {
@@ -32,4 +39,4 @@ add_opencode() {
 }
 
 derived_image opencode "${TAOS_OPENCODE_IMAGE_ALIAS:-taos-opencode}" "$PREFIX" \
-    "$REPO_ROOT/scripts/install-opencode.sh" add_opencode
+    "$REPO_ROOT/scripts/install-opencode.sh" add_opencode "$ARCH"

