@@ -231,6 +231,32 @@ impl Backups {
         self.announce_drill(&id, state, error.as_deref()).await;
     }
 
+    /// While a drill runs: the checks done so far go into its row (so `GET` shows them before
+    /// it ends), and [`Self::announce_drill_step`] says which check starts now.
+    async fn drill_progress(&self, id: &str, checks: &[DrillCheck], step: &str) {
+        let recorded =
+            sqlx::query("UPDATE backup_drills SET checks = ? WHERE id = ? AND state = 'running'")
+                .bind(serde_json::to_string(checks).unwrap_or_else(|_| "[]".into()))
+                .bind(id)
+                .execute(&self.0.db)
+                .await;
+        if let Err(e) = recorded {
+            tracing::warn!(drill = %id, error = %e, "cannot record a drill's checks so far");
+        }
+        self.announce_drill_step(id, step).await;
+    }
+
+    /// `backup.drill_progress {drill_id, step}`: the check (named as in `checks`) that starts.
+    async fn announce_drill_step(&self, id: &str, step: &str) {
+        self.0
+            .hub
+            .announce(
+                "backup.drill_progress",
+                serde_json::json!({"drill_id": id, "step": step}),
+            )
+            .await;
+    }
+
     /// `backup.drill` on the event stream; for a failure also a notification with the reason.
     async fn announce_drill(&self, id: &str, state: DrillState, error: Option<&str>) {
         self.0
@@ -308,6 +334,7 @@ impl Backups {
             .await
             .map_err(|e| e.to_string())?;
 
+        self.drill_progress(id, checks, "repository").await;
         checks.push(match restic.check(Some(CHECK_SUBSET)).await {
             Ok(()) => check_ok(
                 "repository",
@@ -316,6 +343,7 @@ impl Backups {
             Err(e) => check_failed("repository", e.to_string()),
         });
 
+        self.drill_progress(id, checks, "restore").await;
         let target = drill_dir.join("restore");
         if let Err(e) = restic.restore(&snapshot.id, &target).await {
             checks.push(check_failed(
@@ -344,13 +372,14 @@ impl Backups {
             ),
         ));
 
+        self.drill_progress(id, checks, "database").await;
         checks.push(match check_database(&root, &manifest).await {
             Ok(detail) => check_ok("database", detail),
             Err(why) => check_failed("database", why),
         });
 
         for container in &manifest.containers {
-            self.drill_container(&root.join(CONTAINERS_DIR), container, checks)
+            self.drill_container(id, &root.join(CONTAINERS_DIR), container, checks)
                 .await;
         }
         Ok(())
@@ -361,11 +390,13 @@ impl Backups {
     /// the project torn down whatever happened.
     async fn drill_container(
         &self,
+        id: &str,
         dir: &Path,
         container: &StagedContainer,
         checks: &mut Vec<DrillCheck>,
     ) {
         let name = format!("container:{}", container.container);
+        self.drill_progress(id, checks, &name).await;
         if container.runtime == "docker" {
             // Drills boot copies in a throwaway incus project; a Docker agent's saved image is
             // checked for being whole instead (its restore is tested by `taos-host restore`).
@@ -380,7 +411,7 @@ impl Backups {
             return;
         }
         let trip = format!("bridge_round_trip:{}", container.container);
-        match self.drill_container_steps(dir, container).await {
+        match self.drill_container_steps(id, dir, container).await {
             Err(why) => checks.push(check_failed(&name, why)),
             Ok((detail, round_trip)) => {
                 checks.push(check_ok(&name, detail));
@@ -394,6 +425,7 @@ impl Backups {
 
     async fn drill_container_steps(
         &self,
+        id: &str,
         dir: &Path,
         container: &StagedContainer,
     ) -> Result<(String, Result<String, String>), String> {
@@ -442,6 +474,8 @@ impl Backups {
                  (agent {})",
                 container.service, container.slug
             );
+            let trip = format!("bridge_round_trip:{}", container.container);
+            self.announce_drill_step(id, &trip).await;
             Ok::<_, String>((booted, self.round_trip(&rt, container).await))
         }
         .await;
