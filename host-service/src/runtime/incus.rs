@@ -542,7 +542,7 @@ impl Incus {
     /// may name it (no instance can have run on it); the profile goes too, and
     /// [`Incus::prepare_agents`] makes it again after the networks. Anything else using it is
     /// left alone and the reason returned.
-    async fn remove_pending_network(
+    pub async fn remove_pending_network(
         &self,
         name: &str,
         current: &Value,
@@ -570,8 +570,17 @@ impl Incus {
             // incus refuses this if an instance uses the profile, and then so do we.
             self.call(Method::DELETE, &profile, None).await?;
         }
-        self.call(Method::DELETE, &format!("/1.0/networks/{name}"), None)
-            .await?;
+        let path = format!("/1.0/networks/{name}");
+        self.call(Method::DELETE, &path, None).await?;
+        // The cut-off creation may have made the kernel's bridge, which incus then shows as
+        // an unmanaged network of that name until its teardown ends; a new one of the same
+        // name can only be made after that.
+        for _ in 0..40 {
+            match self.call(Method::GET, &path, None).await {
+                Err(RuntimeError::NotFound(_)) => break,
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
         tracing::warn!(
             network = name,
             "removed an agents' network incus had left half-made (its creation was cut off); \
