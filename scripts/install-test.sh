@@ -21,7 +21,11 @@
 #     image from the taos-agent-image package, and an agent deployed through the API answers
 #     chat (a stand-in upstream behind real LiteLLM); an update with it connected does a round
 #     trip through its bridge, and after a reboot of the container it runs and answers again;
-#   - `apt remove` keeps the data, `apt purge` says what goes and removes it (and the user).
+#   - `apt remove` keeps the data, `apt purge` says what goes and removes it (and the user);
+#   - a backup through the API to a folder under /mnt survives the purge, and on the wiped
+#     board `apt install` then `taos-host setup --restore-from` bring the host back: same TLS
+#     key, the owner's password, chat history and traces counted, the agent's container
+#     running and answering a new message through LiteLLM.
 #
 #   scripts/install-test.sh DIR [--write-benchmarks]
 #       DIR holds taos-host_*.deb, taos-agent_*.deb (scripts/build-deb.sh [--debug] makes
@@ -753,6 +757,57 @@ grep -q "\"author_id\":\"nested\",\"author_type\":\"agent\",\"content\":\"Hello 
     || fail "the agent did not answer after the reboot: $ANSWER"
 pass "a reboot with an agent deployed: the service is active, the agent's container runs again, its sidecar reconnects and it answers chat"
 
+# --- A backup to a folder, for `setup --restore-from` on the wiped board at the end ---
+# The owner's password set on the host (made, if no section above made the owner), then a
+# backup through the API to a folder under /mnt, where a USB disk would be mounted: outside
+# /var/lib/taos, so it survives the purge below. The counts taken here are what the restored
+# host must have.
+RESTORE_T0=$(date +%s%N)
+OWNER_PASSWORD="install test owner password"
+sh_ct "printf '%s\n' '$OWNER_PASSWORD' | taos-host user create owner --password-stdin >/dev/null 2>&1 \
+    || printf '%s\n' '$OWNER_PASSWORD' | taos-host user reset-password owner --password-stdin >/dev/null" \
+    || fail "cannot set the owner's password with taos-host user"
+# The API with a method of its own (the `api` helper above only GETs and POSTs).
+# shellcheck disable=SC2016 # the single quotes are for the container's shell; $1-$3 expand here
+api_method() {
+    sh_ct "pin=\$(taos-host fingerprint | sed 's#^sha256/#sha256//#')
+        curl -sS --fail-with-body -k --pinnedpubkey \"\$pin\" -X $1 \
+            -H \"Authorization: Bearer \$(cat /var/lib/taos/local-token)\" \
+            -H 'content-type: application/json' -d '$3' https://127.0.0.1:6969$2"
+}
+# The owner's password login (no token): its HTTP status.
+login_status() {
+    sh_ct "curl -sS -o /dev/null -w '%{http_code}' --retry 20 --retry-delay 1 --retry-connrefused -k \
+        -H 'content-type: application/json' \
+        -d '{\"username\":\"owner\",\"password\":\"$1\"}' https://127.0.0.1:6969/api/auth/login"
+}
+count_messages() { api "/api/chat/channels/$DM/messages?after_seq=0" | python3 -c 'import json, sys; print(len(json.load(sys.stdin)))'; }
+count_traces() { api /api/agents/nested/trace/totals | python3 -c 'import json, sys; print(sum(d["events"] for d in json.load(sys.stdin)["days"]))'; }
+[ "$(login_status "$OWNER_PASSWORD")" = 200 ] || fail "the owner cannot log in before the backup"
+MESSAGES_BEFORE="$(count_messages)"
+TRACES_BEFORE="$(count_traces)"
+[ "$MESSAGES_BEFORE" -ge 4 ] || fail "the agent's DM holds $MESSAGES_BEFORE messages, wanted the two exchanges above"
+[ "$TRACES_BEFORE" -gt 0 ] || fail "the agent has no traces to back up"
+CONTAINERS_BEFORE="$(in_ct incus list --format csv -c n)"
+[ -n "$CONTAINERS_BEFORE" ] || fail "no agent container in the nested incus"
+in_ct mkdir -p /mnt/usb
+OUT="$(api_method PUT /api/backups/settings '{"destination":{"kind":"local","path":"/mnt/usb/taos-backups"},"passphrase":"install test backup passphrase"}')" \
+    || fail "the backup settings were refused: $OUT"
+RUN="$(api /api/backups '{}' | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')" || fail "the backup did not start"
+for _ in $(seq 1 600); do
+    BACKUP="$(api "/api/backups/$RUN")"
+    grep -q '"state":"\(queued\|running\)"' <<<"$BACKUP" || break
+    sleep 1
+done
+grep -q '"state":"succeeded"' <<<"$BACKUP" || fail "the backup did not succeed: $BACKUP"
+python3 -c 'import json, sys; b = json.loads(sys.argv[1]); sys.exit(0 if b["containers"] == 1 and not b["warnings"] else 1)' "$BACKUP" \
+    || fail "the backup does not hold the agent's container without warnings: $BACKUP"
+in_ct test -f /mnt/usb/taos-backups/config || fail "no restic repository in /mnt/usb/taos-backups"
+# The passphrase as the user keeps it for the restore: a file only root can read.
+sh_ct "umask 077; printf '%s\n' 'install test backup passphrase' >/root/backup-passphrase"
+BACKUP_MS=$(( ($(date +%s%N) - RESTORE_T0) / 1000000 ))
+pass "a backup through the API to a folder under /mnt holds the host and its agent's container ($((BACKUP_MS / 1000)) s; $MESSAGES_BEFORE messages, $TRACES_BEFORE traces)"
+
 in_ct env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q taos-host >/dev/null 2>&1 || fail "apt remove failed"
 [ "$(in_ct systemctl is-active taos-host 2>/dev/null || true)" != active ] || fail "the service still runs after apt remove"
 in_ct test ! -e /usr/bin/taos-host || fail "apt remove left the binary"
@@ -771,6 +826,69 @@ in_ct test ! -e /usr/lib/systemd/system/taos-host.service -a ! -e /lib/systemd/s
     || fail "apt purge left the unit"
 [ -z "$(in_ct find /etc/systemd -name 'taos-host*')" ] || fail "apt purge left unit links in /etc/systemd"
 pass "apt purge says what goes and removes the data, the user, the firewall table and the unit"
+
+# --- `taos-host setup --restore-from` on the wiped board ---
+# The purge above took everything taos-host owns; incus stays (setup installed it, not the
+# package), so what taos made in it goes too: the agent's container, its profile, bridges and
+# ACLs. That is a new board on which incus, its pool and the agent image are already there
+# (a second fresh container would repeat the backports install and the pool workaround above
+# for nothing the restore depends on). Then the user's path: install both packages (the
+# service starts on a fresh data dir) and `setup --restore-from` the folder with the
+# passphrase's file.
+RESTORE_T0=$(date +%s%N)
+for c in $CONTAINERS_BEFORE; do in_ct incus delete --force "$c" || fail "cannot delete $c"; done
+in_ct incus profile delete taos-agent || fail "cannot delete the taos-agent profile"
+for n in taos-inet taos-lan; do in_ct incus network delete "$n" || fail "cannot delete the $n network"; done
+for a in taos-agents-internet taos-agents-lan; do in_ct incus network acl delete "$a" || fail "cannot delete the $a ACL"; done
+OUT="$(incus exec "$NAME" --cwd /root -- env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "./$(basename "$HOST_DEB")" "./$(basename "$IMAGE_DEB")" 2>&1)" || fail "apt install after the purge failed: $OUT"
+wait_active
+in_ct test -s /var/lib/taos/taos.db || fail "the new service made no data dir"
+SETUP="$(in_ct taos-host setup --restore-from /mnt/usb/taos-backups --password-file /root/backup-passphrase 2>&1)" \
+    || fail "taos-host setup --restore-from failed: $SETUP
+the nested incus's log: $(in_ct journalctl -u incus --no-pager -n 40 2>&1)"
+grep -q "stopped taos-host.service and moved the unused data dir of its first start to /var/lib/taos.unused-" <<<"$SETUP" \
+    || fail "setup did not set the new service's unused data dir aside: $SETUP"
+grep -q "restored snapshot .*its 1 agent container(s) come back once the runtime is provisioned" <<<"$SETUP" \
+    || fail "setup did not restore the snapshot with its container: $SETUP"
+grep -q "  - the restored agents' containers: done: 1 imported" <<<"$SETUP" || fail "setup did not import the container: $SETUP"
+grep -q "setup is complete" <<<"$SETUP" || fail "setup --restore-from is not complete: $SETUP"
+pass "setup --restore-from sets the new service's unused data dir aside, restores, provisions and imports the agent's container"
+
+wait_active
+wait_healthy "after setup --restore-from"
+[ "$(in_ct systemctl is-enabled taos-host)" = enabled ] || fail "the service is not enabled after the restore"
+[ "$(in_ct taos-host fingerprint)" = "$FINGERPRINT" ] || fail "the restored host has another TLS key"
+[ "$(login_status "$OWNER_PASSWORD")" = 200 ] || fail "the owner cannot log in with the old password after the restore"
+[ "$(login_status "not the owner password")" = 401 ] || fail "a wrong password is not refused after the restore"
+[ "$(in_ct incus network get taos-inet ipv4.address)" = "$NESTED_INET" ] \
+    || fail "the agents' bridge is not on the restored config's $NESTED_INET"
+pass "the restored host runs under systemd with the same TLS key; the owner logs in with the old password; the bridges follow the restored taos.toml"
+
+[ "$(count_messages)" = "$MESSAGES_BEFORE" ] || fail "the DM holds $(count_messages) messages after the restore, $MESSAGES_BEFORE before"
+[ "$(count_traces)" = "$TRACES_BEFORE" ] || fail "the agent has $(count_traces) traces after the restore, $TRACES_BEFORE before"
+for c in $CONTAINERS_BEFORE; do
+    [ "$(in_ct incus list --format csv -c s "^$c\$")" = RUNNING ] || fail "the agent's container $c is not running after the restore"
+done
+pass "chat history ($MESSAGES_BEFORE messages) and traces ($TRACES_BEFORE) are all back; the agent's container runs"
+
+for _ in $(seq 1 180); do
+    LLM="$(api /api/llm/status)"
+    grep -q '"state":"ready".*"fake-gpt"' <<<"$LLM" && break
+    sleep 1
+done
+grep -q '"state":"ready".*"fake-gpt"' <<<"$LLM" || fail "LiteLLM is not ready with the restored provider: ${LLM:0:400}"
+SEQ="$(api /api/chat/messages "{\"channel_id\":\"$DM\",\"content\":\"hello after the restore\"}" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["seq"])')" || fail "cannot write to the agent's DM after the restore"
+for _ in $(seq 1 120); do
+    ANSWER="$(api "/api/chat/channels/$DM/messages?after_seq=$SEQ")"
+    grep -q '"author_id":"nested".*"state":"complete"' <<<"$ANSWER" && break
+    sleep 1
+done
+grep -q "\"author_id\":\"nested\",\"author_type\":\"agent\",\"content\":\"Hello from the install test's fake model.\"" <<<"$ANSWER" \
+    || fail "the restored agent did not answer through LiteLLM and the restored provider key: $ANSWER"
+RESTORE_MS=$(( ($(date +%s%N) - RESTORE_T0) / 1000000 ))
+pass "the restored agent answers a new message through LiteLLM with the restored provider key (restore to answer: $((RESTORE_MS / 1000)) s)"
 
 log "install test: $CHECKS checks passed"
 

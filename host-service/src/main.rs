@@ -348,9 +348,11 @@ async fn setup(
     restore_from: Option<taos_host::setup::restore_from::RestoreFrom>,
 ) -> anyhow::Result<()> {
     use taos_host::setup::provision::{self, Outcome};
+    use taos_host::setup::restore_from::DataDir;
+    let mut data_dir_state = DataDir::Empty;
     if let Some(request) = &restore_from {
         // Bad input is refused before anything else, even a check.
-        taos_host::setup::restore_from::validate(data_dir, request)?;
+        data_dir_state = taos_host::setup::restore_from::validate(data_dir, request).await?;
     }
     // Read the config as it would be, without writing the defaults: a check changes nothing,
     // not even the data dir.
@@ -379,6 +381,13 @@ async fn setup(
                 request.from,
                 data_dir.display()
             );
+            if data_dir_state == DataDir::UnusedFirstStart {
+                println!(
+                    "{} is the data dir the service made at its first start, unused: setup \
+                     stops the service and moves it aside first.",
+                    data_dir.display()
+                );
+            }
         }
         println!(
             "\nThis was a check only: nothing was changed. `sudo taos-host setup` does the steps \
@@ -407,6 +416,14 @@ async fn setup(
     }
     if let Some(request) = &restore_from {
         println!("\nrestoring from {} first:", request.from);
+        if data_dir_state == DataDir::UnusedFirstStart {
+            let aside = taos_host::setup::restore_from::set_aside_unused(data_dir).await?;
+            println!(
+                "  stopped taos-host.service and moved the unused data dir of its first start \
+                 to {}",
+                aside.display()
+            );
+        }
         let restored = taos_host::setup::restore_from::restore_first(
             data_dir,
             request,

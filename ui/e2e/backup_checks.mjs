@@ -55,6 +55,11 @@ export function makeBackupChecks(ctx) {
       await sheet.waitFor({ state: 'detached' });
       assert((await status.innerText()).includes('every day at 03:30 UTC'), `status: ${await status.innerText()}`);
 
+      // Before any backup the drill button says why it waits.
+      const drillCard = page.getByTestId('backup-drill');
+      assert(await drillCard.getByTestId('drill-now').isDisabled(), 'a drill before any backup is offered');
+      assert(/back up first/.test(await drillCard.getByTestId('drill-blocked').innerText()), 'the drill button says why it waits');
+
       await page.getByTestId('backup-now').click();
       const run = page.locator('[data-testid=backup-run]').first();
       await run.and(page.locator('[data-state=succeeded]')).waitFor({ timeout: 180_000 });
@@ -69,22 +74,34 @@ export function makeBackupChecks(ctx) {
       assert(existsSync(`${folder}/config`) && readdirSync(`${folder}/snapshots`).length === 1, `no restic repository in ${folder}`);
       await screenshot(page, 'backups');
 
-      // The restore drill's result: none yet, then the host's own drill, in words, per check.
-      const drillCard = page.getByTestId('backup-drill');
+      // The restore drill: none yet; started from the page's button, its progress shows the
+      // check it is on (from /api/events; every state the card goes through is recorded, as a
+      // short drill may pass a step faster than a poll), then its result in words, per check.
       await drillCard.getByText('No restore drill yet').waitFor();
-      const csrf = (await page.context().cookies()).find((c) => c.name === '__Host-taos_csrf')?.value ?? '';
-      const started = await page.request.post(`${URL_}/api/backups/drill`, { headers: { 'x-csrf-token': csrf } });
-      assert(started.status() === 202, `drill: ${started.status()}`);
-      const drillId = (await started.json()).id;
-      let drill;
-      for (let i = 0; i < 600; i++) {
-        drill = await get(`/api/backups/drills/${drillId}`);
-        if (drill.state !== 'running') break;
-        await page.waitForTimeout(500);
-      }
-      assert(drill.state === 'passed', `the drill passed: ${JSON.stringify(drill)}`);
-      await page.reload();
+      await page.evaluate(() => {
+        window.__drillSeen = [];
+        const card = document.querySelector('[data-testid=backup-drill]');
+        const note = () => {
+          const label = card.querySelector('[data-testid=drill-progress] label');
+          const button = card.querySelector('[data-testid=drill-now]');
+          if (label) window.__drillSeen.push({ label: label.textContent, disabled: button.disabled });
+        };
+        new MutationObserver(note).observe(card, { subtree: true, childList: true, characterData: true, attributes: true });
+      });
+      await drillCard.getByTestId('drill-now').click();
       const outcome = drillCard.getByTestId('drill-outcome');
+      await outcome.and(page.locator(':text-matches("^(Passed|Failed)")')).waitFor({ timeout: 300_000 });
+      const drills = await get('/api/backups/drills');
+      const drill = drills[0];
+      assert(drills.length === 1 && drill.reason === 'manual', `the button started one drill: ${JSON.stringify(drills)}`);
+      assert(drill.state === 'passed', `the drill passed: ${JSON.stringify(drill)}`);
+      const seen = await page.evaluate(() => window.__drillSeen);
+      const steps = seen.filter((s) => s.label.startsWith('Checking: '));
+      assert(steps.length > 0 && steps.every((s) => s.disabled), `the running drill's steps shown, the button disabled meanwhile: ${JSON.stringify(seen)}`);
+      assert(steps.some((s) => s.label === 'Checking: Repository is readable…'), `the repository step shown: ${JSON.stringify(seen)}`);
+      assert(!(await drillCard.getByTestId('drill-progress').isVisible()), 'the progress is gone once the drill ended');
+      assert(await drillCard.getByTestId('drill-now').isEnabled(), 'a new drill can be started after one ended');
+      await page.reload();
       await outcome.waitFor();
       assert((await outcome.innerText()).startsWith('Passed'), `drill outcome shown: ${await outcome.innerText()}`);
       const checks = drillCard.getByTestId('drill-check');

@@ -2,6 +2,8 @@ import { describe, expect, it } from 'vitest';
 import {
   bytes,
   checkWords,
+  drillBlocked,
+  drillStepOf,
   drillWords,
   describeDestination,
   describeSchedule,
@@ -105,5 +107,21 @@ describe('drill words', () => {
     );
     expect(checkWords('repository')).toBe('Repository is readable');
     expect(checkWords('something-new')).toBe('something-new');
+  });
+  it("follows the shown drill's step from its progress events only", () => {
+    expect(drillStepOf({ drill_id: 'd', step: 'restore' }, 'd')).toBe('restore');
+    expect(drillStepOf({ drill_id: 'other', step: 'restore' }, 'd')).toBeNull();
+    expect(drillStepOf({ drill_id: 'd' }, 'd')).toBeNull();
+    expect(drillStepOf({ drill_id: 'd', step: 3 }, 'd')).toBeNull();
+    expect(drillStepOf(null, 'd')).toBeNull();
+    expect(drillStepOf({ drill_id: 'd', step: 'restore' }, undefined)).toBeNull();
+  });
+  it('a drill can start only after a backup, with no backup or drill running', () => {
+    const good = run('r', 'succeeded');
+    expect(drillBlocked({ lastGood: good, backupRunning: false, drill: null })).toBeNull();
+    expect(drillBlocked({ lastGood: good, backupRunning: false, drill: drill('passed') })).toBeNull();
+    expect(drillBlocked({ lastGood: null, backupRunning: false, drill: null })).toMatch(/back up first/);
+    expect(drillBlocked({ lastGood: good, backupRunning: true, drill: null })).toMatch(/backup is running/);
+    expect(drillBlocked({ lastGood: good, backupRunning: false, drill: drill('running') })).toMatch(/drill is running/);
   });
 });

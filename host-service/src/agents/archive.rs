@@ -1023,6 +1023,17 @@ pub async fn record_backup_snapshot(db: &Db, id: &str, snapshot: &str) -> Result
     Ok(())
 }
 
+/// Drops the archive snapshot's name from an archive whose container was made again without
+/// it (a Docker one back from the backup repository: made from an export of the archived,
+/// never-started container, it is as the snapshot would make it, so its restore needs none).
+pub async fn forget_snapshot(db: &Db, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE archives SET snapshot = NULL WHERE id = ?")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// Sets an archive's container location and its repository snapshot.
 pub async fn settle(
     db: &Db,

@@ -12,6 +12,16 @@
 //! snapshot again (exports are instance-only, and the container is unchanged since it was
 //! taken), then the archive's own restore runs as for any archive.
 //!
+//! Docker archives move the same way through the runtime's own export and import (the
+//! stopped container committed and saved; loaded and created again with the limits and
+//! network it had). Docker can't restore a snapshot in place, which is why an archived Docker
+//! agent on the pool can't be restored; one that went through the repository can: the export
+//! was of the archived container, stopped at its archive snapshot and never started since, so
+//! the container made again is as that snapshot would make it, and its archive loses the
+//! snapshot's name (`archive::forget_snapshot`), so the restore needs none. A Docker container
+//! that exists after a killed return is whole: `create` made it in one call from the loaded
+//! image.
+//!
 //! The archive's `location` column is the move's persisted state: `pool` → `moving_out` →
 //! `backup` → `moving_in` → `pool`. A host killed mid-move settles it at its next start from
 //! what exists, so the container is always in one of the two places: a `moving_out` archive
@@ -55,11 +65,8 @@ fn remove_dir(dir: &std::path::Path) {
 }
 
 impl Backups {
-    fn incus(&self) -> Option<&ContainerRuntime> {
-        match self.0.agents.runtime.as_ref() {
-            Some(rt @ ContainerRuntime::Incus(_)) => Some(rt),
-            _ => None,
-        }
+    fn runtime(&self) -> Option<&ContainerRuntime> {
+        self.0.agents.runtime.as_ref()
     }
 
     /// Waits for any archive move to end and keeps others out until the guard is dropped.
@@ -83,10 +90,10 @@ impl Backups {
         if to_move.is_empty() {
             return warnings;
         }
-        let Some(rt) = self.incus() else {
+        let Some(rt) = self.runtime() else {
             warnings.push(format!(
                 "{} archived agent(s) stay on the storage pool: moving containers into the \
-                 backup needs incus",
+                 backup needs the container runtime, which this host does not have now",
                 to_move.len()
             ));
             return warnings;
@@ -213,23 +220,31 @@ impl Backups {
                 ));
             }
         }
-        let (Some(container), Some(snapshot), Some(snapshot_id)) = (
-            archived.container.clone(),
-            archived.snapshot.clone(),
-            archived.backup_snapshot.clone(),
-        ) else {
+        let (Some(container), Some(snapshot_id)) =
+            (archived.container.clone(), archived.backup_snapshot.clone())
+        else {
             return Err(BackupError::Decode(
-                "an archive in the backup repository without its container, snapshot or \
-                 repository snapshot"
+                "an archive in the backup repository without its container or repository \
+                 snapshot"
                     .into(),
             ));
         };
-        let Some(rt) = self.incus() else {
+        let Some(rt) = self.runtime() else {
             return Err(BackupError::Conflict(
                 "the archive's container is in the backup repository and bringing it back \
-                 needs incus, which this host does not have"
+                 needs a container runtime, which this host does not have"
                     .into(),
             ));
+        };
+        // incus archives go back to their archive snapshot; Docker ones have none.
+        let snapshot = match (rt, archived.snapshot.clone()) {
+            (ContainerRuntime::Docker(_), _) => None,
+            (ContainerRuntime::Incus(_), Some(snapshot)) => Some(snapshot),
+            (ContainerRuntime::Incus(_), None) => {
+                return Err(BackupError::Decode(
+                    "an incus archive in the backup repository without its archive snapshot".into(),
+                ))
+            }
         };
         let Some(settings) = self.stored().await? else {
             return Err(BackupError::NotConfigured);
@@ -271,12 +286,19 @@ impl Backups {
             rt.import_container(&file, &container, TRANSFER_TIMEOUT)
                 .await
                 .map_err(|e| BackupError::Stage(format!("cannot import the container: {e}")))?;
+            if snapshot.is_none() {
+                archive::forget_snapshot(&self.0.db, id).await?;
+            }
             crate::faults::check("archive-return", "imported")
                 .await
                 .map_err(BackupError::Stage)?;
-            rt.snapshot_create(&container, &snapshot)
-                .await
-                .map_err(|e| BackupError::Stage(format!("cannot snapshot the container: {e}")))?;
+            if let Some(snapshot) = &snapshot {
+                rt.snapshot_create(&container, snapshot)
+                    .await
+                    .map_err(|e| {
+                        BackupError::Stage(format!("cannot snapshot the container: {e}"))
+                    })?;
+            }
             settle(&self.0.db, id, ArchiveLocation::Pool, None).await?;
             Ok::<(), BackupError>(())
         }
@@ -325,8 +347,8 @@ impl Backups {
             ) {
                 continue;
             }
-            let (Some(container), Some(rt)) = (&a.container, self.incus()) else {
-                tracing::error!(archive = %a.id, "an archive move to settle, and no incus to look at its container: left as it is");
+            let (Some(container), Some(rt)) = (&a.container, self.runtime()) else {
+                tracing::error!(archive = %a.id, "an archive move to settle, and no container runtime to look at its container: left as it is");
                 continue;
             };
             let exists = match rt.exists(container).await {
@@ -353,12 +375,24 @@ impl Backups {
                     }
                 },
                 (_, true) => {
-                    let whole = match (&a.snapshot, rt.snapshot_list(container).await) {
-                        (Some(s), Ok(list)) => list.contains(s),
-                        _ => false,
+                    let whole = match rt {
+                        // Made in one `create` from the loaded image: it exists whole or not.
+                        ContainerRuntime::Docker(_) => true,
+                        ContainerRuntime::Incus(_) => {
+                            match (&a.snapshot, rt.snapshot_list(container).await) {
+                                (Some(s), Ok(list)) => list.contains(s),
+                                _ => false,
+                            }
+                        }
                     };
                     if whole {
-                        settle(&self.0.db, &a.id, ArchiveLocation::Pool, None).await
+                        // Back on the pool: its repository snapshot is unused now, as after a
+                        // return that finished.
+                        let settled = settle(&self.0.db, &a.id, ArchiveLocation::Pool, None).await;
+                        if let (Ok(()), Some(unused)) = (&settled, &a.backup_snapshot) {
+                            self.forget_archive_snapshot(unused).await;
+                        }
+                        settled
                     } else {
                         let _ = rt.stop(container, true).await;
                         if let Err(e) = rt.delete(container).await {

@@ -246,6 +246,32 @@ impl Backups {
         self.announce_drill(&id, state, error.as_deref()).await;
     }
 
+    /// While a drill runs: the checks done so far go into its row (so `GET` shows them before
+    /// it ends), and [`Self::announce_drill_step`] says which check starts now.
+    async fn drill_progress(&self, id: &str, checks: &[DrillCheck], step: &str) {
+        let recorded =
+            sqlx::query("UPDATE backup_drills SET checks = ? WHERE id = ? AND state = 'running'")
+                .bind(serde_json::to_string(checks).unwrap_or_else(|_| "[]".into()))
+                .bind(id)
+                .execute(&self.0.db)
+                .await;
+        if let Err(e) = recorded {
+            tracing::warn!(drill = %id, error = %e, "cannot record a drill's checks so far");
+        }
+        self.announce_drill_step(id, step).await;
+    }
+
+    /// `backup.drill_progress {drill_id, step}`: the check (named as in `checks`) that starts.
+    async fn announce_drill_step(&self, id: &str, step: &str) {
+        self.0
+            .hub
+            .announce(
+                "backup.drill_progress",
+                serde_json::json!({"drill_id": id, "step": step}),
+            )
+            .await;
+    }
+
     /// `backup.drill` on the event stream; for a failure also a notification with the reason.
     async fn announce_drill(&self, id: &str, state: DrillState, error: Option<&str>) {
         self.0
@@ -323,6 +349,7 @@ impl Backups {
             .await
             .map_err(|e| e.to_string())?;
 
+        self.drill_progress(id, checks, "repository").await;
         checks.push(match restic.check(Some(CHECK_SUBSET)).await {
             Ok(()) => check_ok(
                 "repository",
@@ -331,6 +358,7 @@ impl Backups {
             Err(e) => check_failed("repository", e.to_string()),
         });
 
+        self.drill_progress(id, checks, "restore").await;
         let target = drill_dir.join("restore");
         if let Err(e) = restic.restore(&snapshot.id, &target).await {
             checks.push(check_failed(
@@ -359,13 +387,14 @@ impl Backups {
             ),
         ));
 
+        self.drill_progress(id, checks, "database").await;
         checks.push(match check_database(&root, &manifest).await {
             Ok(detail) => check_ok("database", detail),
             Err(why) => check_failed("database", why),
         });
 
         for container in &manifest.containers {
-            self.drill_container(&root.join(CONTAINERS_DIR), container, checks)
+            self.drill_container(id, &root.join(CONTAINERS_DIR), container, checks)
                 .await;
         }
         Ok(())
@@ -376,12 +405,14 @@ impl Backups {
     /// the project torn down whatever happened.
     async fn drill_container(
         &self,
+        id: &str,
         dir: &Path,
         container: &StagedContainer,
         checks: &mut Vec<DrillCheck>,
     ) {
         let name = format!("container:{}", container.container);
         let trip = format!("bridge_round_trip:{}", container.container);
+        self.drill_progress(id, checks, &name).await;
         if container.runtime == "docker" {
             // The saved image is read through first: a damaged one says which layer it lacks.
             let path = dir.join(&container.file);
@@ -400,7 +431,10 @@ impl Backups {
                     format!("{whole}; this host has no Docker to start it in"),
                 ));
             };
-            match self.drill_docker_steps(rt, docker, dir, container).await {
+            match self
+                .drill_docker_steps(id, rt, docker, dir, container)
+                .await
+            {
                 Err(why) => checks.push(check_failed(&name, format!("{whole}; but {why}"))),
                 Ok((booted, round_trip)) => {
                     checks.push(check_ok(&name, format!("{whole}; {booted}")));
@@ -412,7 +446,7 @@ impl Backups {
             }
             return;
         }
-        match self.drill_container_steps(dir, container).await {
+        match self.drill_container_steps(id, dir, container).await {
             Err(why) => checks.push(check_failed(&name, why)),
             Ok((detail, round_trip)) => {
                 checks.push(check_ok(&name, detail));
@@ -426,6 +460,7 @@ impl Backups {
 
     async fn drill_container_steps(
         &self,
+        id: &str,
         dir: &Path,
         container: &StagedContainer,
     ) -> Result<(String, Result<String, String>), String> {
@@ -474,6 +509,8 @@ impl Backups {
                  (agent {})",
                 container.service, container.slug
             );
+            let trip = format!("bridge_round_trip:{}", container.container);
+            self.announce_drill_step(id, &trip).await;
             Ok::<_, String>((booted, self.round_trip(&rt, container).await))
         }
         .await;
@@ -490,6 +527,7 @@ impl Backups {
     /// happened.
     async fn drill_docker_steps(
         &self,
+        id: &str,
         rt: &ContainerRuntime,
         docker: &crate::runtime::docker::Docker,
         dir: &Path,
@@ -514,6 +552,8 @@ impl Backups {
             "loaded into Docker as the throwaway container {copy}, on the agents' network              that reaches only the host (agent {})",
             container.slug
         );
+        self.announce_drill_step(id, &format!("bridge_round_trip:{}", container.container))
+            .await;
         let round_trip = self.docker_round_trip(docker, rt, &copy, container).await;
         if let Err(e) = rt.delete(&copy).await {
             tracing::warn!(container = %copy, error = %e, "cannot remove a drill's Docker copy");

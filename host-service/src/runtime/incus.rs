@@ -495,6 +495,13 @@ impl Incus {
             "security.acls.default.ingress.action": "reject",
         });
         let path = format!("/1.0/networks/{name}");
+        let current = match current {
+            Some(c) if c["status"].as_str() == Some("Pending") => {
+                self.remove_pending_network(name, c).await?;
+                None
+            }
+            other => other,
+        };
         match current {
             Some(current) => {
                 let differs = config
@@ -526,6 +533,60 @@ impl Incus {
                 }
             }
         }
+    }
+
+    /// A network incus left half-made (status `Pending`: its creation was cut off, as when
+    /// the host is stopped during the agents' networks' first creation, which
+    /// `setup --restore-from` does right after `apt install` started the service) can be
+    /// neither used nor made again, so it is removed to be made anew. Only the agents' profile
+    /// may name it (no instance can have run on it); the profile goes too, and
+    /// [`Incus::prepare_agents`] makes it again after the networks. Anything else using it is
+    /// left alone and the reason returned.
+    pub async fn remove_pending_network(
+        &self,
+        name: &str,
+        current: &Value,
+    ) -> Result<(), RuntimeError> {
+        let profile = format!("/1.0/profiles/{AGENT_PROFILE}");
+        let users: Vec<&str> = current["used_by"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if let Some(other) = users
+            .iter()
+            .find(|u| **u != profile && **u != format!("{profile}?project=default"))
+        {
+            return Err(RuntimeError::Refused {
+                runtime: RUNTIME,
+                message: format!(
+                    "incus's network {name} was left half-made (status Pending) and {other} \
+                     uses it: remove that use, then start the host again"
+                ),
+            });
+        }
+        if !users.is_empty() {
+            // incus refuses this if an instance uses the profile, and then so do we.
+            self.call(Method::DELETE, &profile, None).await?;
+        }
+        let path = format!("/1.0/networks/{name}");
+        self.call(Method::DELETE, &path, None).await?;
+        // The cut-off creation may have made the kernel's bridge, which incus then shows as
+        // an unmanaged network of that name until its teardown ends; a new one of the same
+        // name can only be made after that.
+        for _ in 0..40 {
+            match self.call(Method::GET, &path, None).await {
+                Err(RuntimeError::NotFound(_)) => break,
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+        tracing::warn!(
+            network = name,
+            "removed an agents' network incus had left half-made (its creation was cut off); \
+             making it again"
+        );
+        Ok(())
     }
 
     /// Puts a container on the agent profile with the NIC for its network choice (at start for

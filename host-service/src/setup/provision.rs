@@ -886,6 +886,17 @@ pub async fn service(data_dir: &Path, config: &Config, restart: bool) -> Outcome
     }
 }
 
+/// Stops the service, for `setup --restore-from` setting aside the data dir its first start
+/// made: the host must not hold it open while it moves. `Ok(false)`: it was not running (or
+/// systemd does not run here).
+pub fn stop_service() -> Result<bool, String> {
+    if !systemd_runs() || !succeeds("systemctl", &["is-active", "--quiet", UNIT]) {
+        return Ok(false);
+    }
+    run("systemctl", &["stop", UNIT], &[])?;
+    Ok(true)
+}
+
 /// Polls the public listener on loopback, pinned to the host's key, until /api/health answers.
 async fn wait_healthy(
     data_dir: &Path,

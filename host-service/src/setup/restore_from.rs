@@ -53,10 +53,36 @@ fn refused(why: impl Into<String>) -> SetupRestoreError {
     SetupRestoreError::Refused(why.into())
 }
 
+/// What [`validate`] found in the data dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataDir {
+    /// Empty or missing: the restore writes into it.
+    Empty,
+    /// The one the package's service made at its first start on this new board, never used
+    /// (see [`USED_TABLES`]): [`set_aside_unused`] stops the service and moves it away first,
+    /// since `apt install` then `setup --restore-from` is the path on a new board.
+    UnusedFirstStart,
+}
+
+/// The tables a host that anyone used has rows in (an owner, a paired device, an agent, a
+/// provider, a message, backup settings, an archive); a first start writes none of them.
+const USED_TABLES: [&str; 7] = [
+    "users",
+    "devices",
+    "agents",
+    "providers",
+    "messages",
+    "backup_settings",
+    "archives",
+];
+
 /// Checks everything that can be checked without writing: the repository's form (and, for a
 /// folder, that it is a restic repository), the passphrase's file, and that the data dir is
-/// empty (or missing) and apart from the repository.
-pub fn validate(data_dir: &Path, request: &RestoreFrom) -> Result<(), SetupRestoreError> {
+/// empty (or missing), or an unused first start's, and apart from the repository.
+pub async fn validate(
+    data_dir: &Path,
+    request: &RestoreFrom,
+) -> Result<DataDir, SetupRestoreError> {
     let from = request.from.as_str();
     let local = !(from.starts_with("sftp:") || from.starts_with("s3:"));
     if local {
@@ -115,23 +141,89 @@ pub fn validate(data_dir: &Path, request: &RestoreFrom) -> Result<(), SetupResto
     }
     match std::fs::read_dir(data_dir) {
         Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(refused(format!(
-                    "the data dir {} is not empty: a restore only writes into an empty (or \
-                     missing) data dir, since it brings the whole host back. If it is the one \
-                     the package's service made on this new board, stop the service and move \
-                     it away first (`systemctl stop taos-host`, `mv {} {}.unused`); or pass \
-                     another --data-dir",
+            if entries.next().is_none() {
+                return Ok(DataDir::Empty);
+            }
+            match unused_first_start(data_dir).await {
+                Ok(()) => Ok(DataDir::UnusedFirstStart),
+                Err(why) => Err(refused(format!(
+                    "the data dir {} is not empty and {why}: a restore only writes into an \
+                     empty (or missing) data dir, or the one the package's service made at its \
+                     first start and nobody used, since it brings the whole host back. Move it \
+                     away first (`systemctl stop taos-host`, `mv {} {}.old`), or pass another \
+                     --data-dir",
                     data_dir.display(),
                     data_dir.display(),
                     data_dir.display()
-                )));
+                ))),
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(refused(format!("{}: {e}", data_dir.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DataDir::Empty),
+        Err(e) => Err(refused(format!("{}: {e}", data_dir.display()))),
     }
-    Ok(())
+}
+
+/// `Ok` when the data dir's database has no row in any of [`USED_TABLES`]; else why not, in
+/// words (no database, one that can't be read, or what it holds).
+async fn unused_first_start(data_dir: &Path) -> Result<(), String> {
+    use sqlx::{ConnectOptions, Connection};
+    let file = crate::db::db_path(data_dir);
+    if !file.is_file() {
+        return Err(format!("has no {}", crate::db::DB_FILE));
+    }
+    // Read-only: a check changes nothing, and the service may still be running on it.
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file)
+        .read_only(true)
+        .connect()
+        .await
+        .map_err(|e| format!("its database can't be read ({e})"))?;
+    let mut used = Vec::new();
+    for table in USED_TABLES {
+        // The names are the constants above, never input.
+        let any: bool = sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {table})"))
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| format!("its database can't be read ({e})"))?;
+        if any {
+            used.push(table);
+        }
+    }
+    let _ = conn.close().await;
+    if used.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("was used (its database has {})", used.join(", ")))
+    }
+}
+
+/// Stops the service and moves the unused data dir of its first start (checked again once the
+/// service is stopped, so nothing was added meanwhile) to `<data dir>.unused-<unix time>`
+/// beside it, which it returns. Nothing in it is needed (a TLS key no app was paired with, a
+/// setup code nobody used), but it is moved, not deleted, so nothing is lost unseen.
+pub async fn set_aside_unused(data_dir: &Path) -> Result<PathBuf, SetupRestoreError> {
+    crate::setup::provision::stop_service().map_err(|e| {
+        refused(format!(
+            "cannot stop the service to set its data dir aside: {e}"
+        ))
+    })?;
+    unused_first_start(data_dir).await.map_err(|why| {
+        refused(format!(
+            "the data dir {} {why} once the service was stopped: nothing was moved",
+            data_dir.display()
+        ))
+    })?;
+    let mut aside = data_dir.as_os_str().to_owned();
+    aside.push(format!(".unused-{}", chrono::Utc::now().timestamp()));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(data_dir, &aside).map_err(|e| {
+        refused(format!(
+            "cannot move the unused data dir {} to {}: {e}",
+            data_dir.display(),
+            aside.display()
+        ))
+    })?;
+    Ok(aside)
 }
 
 /// The path with its existing part resolved (symlinks followed), the rest kept.
@@ -210,7 +302,12 @@ pub async fn restore_first(
     s3_keys: Option<(String, String)>,
     stdin: impl BufRead,
 ) -> Result<Restored, SetupRestoreError> {
-    validate(data_dir, request)?;
+    if validate(data_dir, request).await? != DataDir::Empty {
+        return Err(refused(format!(
+            "the data dir {} is not empty: set the unused one aside first (set_aside_unused)",
+            data_dir.display()
+        )));
+    }
     let held;
     let password_file = match &request.passphrase {
         Passphrase::File(file) => file.clone(),
@@ -258,8 +355,49 @@ mod tests {
         assert!(StdinPassword::read("".as_bytes()).is_err());
     }
 
-    #[test]
-    fn repository_paths_must_be_plain_and_absolute() {
+    /// `apt install` starts the service, which makes the data dir; `setup --restore-from` right
+    /// after must accept that one, and nothing anyone used.
+    #[tokio::test]
+    async fn only_an_empty_or_unused_first_start_data_dir_is_restored_into() {
+        let temp = tempfile::tempdir().unwrap();
+        let repo = temp.path().join("repo");
+        std::fs::create_dir_all(repo.join("keys")).unwrap();
+        std::fs::write(repo.join("config"), "x").unwrap();
+        let pass = temp.path().join("pass");
+        std::fs::write(&pass, "x").unwrap();
+        std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let req = request(repo.to_str().unwrap(), Passphrase::File(pass));
+        let data = temp.path().join("data");
+        assert_eq!(validate(&data, &req).await.unwrap(), DataDir::Empty);
+        std::fs::create_dir(&data).unwrap();
+        assert_eq!(validate(&data, &req).await.unwrap(), DataDir::Empty);
+
+        std::fs::write(data.join("notes"), "x").unwrap();
+        let e = validate(&data, &req).await.unwrap_err().to_string();
+        assert!(e.contains("has no taos.db"), "{e}");
+
+        // What a first start leaves: a migrated database with nothing anyone added.
+        let db = crate::db::open(&data).await.unwrap();
+        assert_eq!(
+            validate(&data, &req).await.unwrap(),
+            DataDir::UnusedFirstStart
+        );
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, is_owner, created_at) \
+             VALUES ('u', 'owner', 'x', 1, 0)",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+        let e = validate(&data, &req).await.unwrap_err().to_string();
+        assert!(e.contains("was used (its database has users)"), "{e}");
+        db.close().await;
+        assert!(data.join("notes").exists(), "a check changes nothing");
+    }
+
+    #[tokio::test]
+    async fn repository_paths_must_be_plain_and_absolute() {
         let temp = tempfile::tempdir().unwrap();
         let data = temp.path().join("data");
         let pass = temp.path().join("pass");
@@ -274,7 +412,9 @@ mod tests {
             "rclone:remote:x",
             "-o=x",
         ] {
-            let e = validate(&data, &request(from, Passphrase::File(pass.clone()))).unwrap_err();
+            let e = validate(&data, &request(from, Passphrase::File(pass.clone())))
+                .await
+                .unwrap_err();
             assert!(e.to_string().contains("absolute path"), "{from}: {e}");
         }
     }

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use taos_e2e::fixtures::{
     ask_and_wait, deploy_succeeded, incus, require_image, step, with_fake_provider, Remove,
 };
-use taos_e2e::{Host, HostOptions};
+use taos_e2e::{Host, HostOptions, SseReader};
 use taos_host::runtime::Runtime;
 use taos_proto::backup::{
     BackupDrill, BackupRun, BackupSettings, BackupState, DrillReason, DrillState,
@@ -53,7 +53,7 @@ async fn deploy(host: &Host, name: &str) -> (String, Remove) {
 }
 
 /// Every message of a channel, oldest first (the test's chats are short).
-async fn messages(host: &Host, channel: &str) -> Vec<Value> {
+pub(crate) async fn messages(host: &Host, channel: &str) -> Vec<Value> {
     host.get(&format!(
         "/api/chat/channels/{channel}/messages?after_seq=0&limit=500"
     ))
@@ -466,6 +466,8 @@ async fn a_drill_passes_a_good_backup_and_catches_a_corrupted_one() {
     let good = step("a good backup's drill passes", async {
         let run = run_backup(&host).await;
         assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+        let mut events =
+            SseReader::new(host.admin(Method::GET, "/api/events").send().await.unwrap());
         let drill: BackupDrill = host
             .call(
                 Method::POST,
@@ -499,6 +501,27 @@ async fn a_drill_passes_a_good_backup_and_catches_a_corrupted_one() {
         assert_eq!(names, ["repository", "restore", "database"], "{drill:?}");
         assert!(drill.checks.iter().all(|c| c.ok), "{drill:?}");
         assert!(drill.checks[2].detail.contains("integrity ok"), "{drill:?}");
+        // Its progress on /api/events: each check as it starts, then the outcome.
+        let mut steps = Vec::new();
+        loop {
+            let event = events
+                .next(Duration::from_secs(30))
+                .await
+                .expect("drill events");
+            let data: Value = serde_json::from_str(&event.data).unwrap_or_default();
+            match event.event.as_deref() {
+                Some("backup.drill_progress") => {
+                    assert_eq!(data["data"]["drill_id"], drill.id.as_str());
+                    steps.push(data["data"]["step"].as_str().unwrap().to_string());
+                }
+                Some("backup.drill") => {
+                    assert_eq!(data["data"]["state"], "passed");
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(steps, names, "every check announced as it starts, in order");
         assert!(!host.data_dir.join("backup/drill").exists());
         assert!(!host.data_dir.join("backup/drill-password").exists());
         drill
@@ -975,7 +998,7 @@ async fn a_container_the_backup_cannot_export_is_a_warning_not_a_silent_gap() {
 }
 
 /// Waits until the host's log says it paused at a fault-injection step.
-async fn paused_at(host: &Host, step: &str) {
+pub(crate) async fn paused_at(host: &Host, step: &str) {
     let needle = format!("fault injection: paused at {step}");
     let deadline = Instant::now() + Duration::from_secs(300);
     while !std::fs::read_to_string(&host.stderr_log)
@@ -988,14 +1011,14 @@ async fn paused_at(host: &Host, step: &str) {
 }
 
 /// The only archive of the host (the test made one).
-async fn the_archive(host: &Host) -> Value {
+pub(crate) async fn the_archive(host: &Host) -> Value {
     let archived: Vec<Value> = host.get("/api/agents/archived").await;
     assert_eq!(archived.len(), 1, "{archived:?}");
     archived[0].clone()
 }
 
 /// restic's snapshots of moved archived containers, as plain restic lists them.
-fn archive_snapshots(out: &Outside) -> Vec<Value> {
+pub(crate) fn archive_snapshots(out: &Outside) -> Vec<Value> {
     let listed = std::process::Command::new("restic")
         .arg("--repo")
         .arg(&out.repo)

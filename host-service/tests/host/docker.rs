@@ -1084,3 +1084,176 @@ async fn a_whole_host_restore_brings_a_docker_agents_container_back() {
     .await;
     drop(restored);
 }
+
+/// Issue 18 item 7 on Docker: with `archive_target = backup`, an archived Docker agent's
+/// container (committed and saved, as a backup does) leaves Docker for the backup repository
+/// in the next run, and comes back when the archive is restored: loaded and created again,
+/// without an archive snapshot (Docker has none), answering with its chat history and a file
+/// written before. A host killed after the container was made again, before the archive was
+/// settled, finds it whole at its next start (Docker makes it in one call) and keeps it; the
+/// restore then goes on from there.
+#[tokio::test]
+async fn archive_target_backup_moves_a_docker_archive_off_and_back() {
+    use crate::backup_agents::{archive_snapshots, messages, paused_at, the_archive};
+    let Some(rt) = docker().await else { return };
+    let rt = &rt;
+    let agent_bind = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let env = [
+        ("TAOS_RUNTIME__KIND", "docker"),
+        ("TAOS_SERVER__AGENT_BIND", agent_bind.as_str()),
+        (taos_host::faults::PAUSE_ENV, "archive-return:imported"),
+    ];
+    let out = crate::backup::outside();
+    let (_turn, mut host, _fake) = with_fake_provider(BIN, &env).await;
+    let slug = format!("dmv-{:06x}", rand::random::<u32>() & 0xffffff);
+    let slug = slug.as_str();
+    let container = format!("taos-{slug}");
+    let _cleanup = Remove(container.clone());
+    let exists = |name: &str| {
+        std::process::Command::new("docker")
+            .args(["inspect", "--type", "container", name])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+
+    step("deploy, chat, write a file inside", async {
+        deploy_with(
+            &host,
+            json!({"name": slug, "framework": "direct", "model": "fake-gpt", "memory_limit_mib": 256}),
+        )
+        .await;
+        let status = wait_deploy(&host, slug, finished).await;
+        assert_eq!(status["status"], "succeeded", "{status}");
+        assert_eq!(
+            ask_and_wait(&host, slug, "before the archive").await["content"],
+            REPLY
+        );
+        rt.push_file(&container, "/root/kept.txt", b"written before the archive", 0o600)
+            .await
+            .unwrap();
+    })
+    .await;
+    let agent: Value = host.get(&format!("/api/agents/{slug}")).await;
+    let dm = agent["dm_channel_id"].as_str().unwrap().to_string();
+    let before = messages(&host, &dm).await;
+    assert!(before.len() >= 2, "{before:?}");
+
+    std::fs::create_dir_all(out.repo.parent().unwrap()).unwrap();
+    let _: Value = host
+        .call(
+            Method::PUT,
+            "/api/backups/settings",
+            Some(&json!({
+                "destination": {"kind": "local", "path": out.repo.display().to_string()},
+                "passphrase": crate::backup::PASSPHRASE,
+                "archive_target": "backup",
+            })),
+            StatusCode::OK,
+        )
+        .await;
+    let archived: Value = host
+        .call(
+            Method::DELETE,
+            &format!("/api/agents/{slug}"),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    let archive_id = archived["id"].as_str().unwrap().to_string();
+    let archived_name = archived["container"].as_str().unwrap().to_string();
+    let _archived_cleanup = Remove(archived_name.clone());
+    assert_eq!(archived["location"], "pool", "{archived}");
+    assert!(exists(&archived_name));
+
+    step(
+        "the next run moves the archived container out of Docker",
+        async {
+            let run = crate::backup::run_backup(&host).await;
+            assert_eq!(
+                run.state,
+                taos_proto::backup::BackupState::Succeeded,
+                "{run:?}"
+            );
+            assert!(run.warnings.is_empty(), "{run:?}");
+            let moved = the_archive(&host).await;
+            assert_eq!(moved["location"], "backup", "{moved}");
+            let snapshot = moved["backup_snapshot"].as_str().unwrap().to_string();
+            assert!(!exists(&archived_name), "Docker is freed of it");
+            assert!(
+                archive_snapshots(&out)
+                    .iter()
+                    .any(|s| s["id"] == snapshot.as_str()),
+                "its own snapshot is in the repository"
+            );
+        },
+    )
+    .await;
+
+    step(
+        "killed after the container was made again, before the archive settled",
+        async {
+            let request = host
+                .admin(
+                    Method::POST,
+                    &format!("/api/agents/archived/{archive_id}/restore"),
+                )
+                .send();
+            tokio::select! {
+                answer = request => panic!("the paused restore answered: {:?}", answer.map(|r| r.status())),
+                () = paused_at(&host, "archive-return:imported") => {}
+            }
+            assert!(exists(&archived_name));
+            assert_eq!(the_archive(&host).await["location"], "moving_in");
+            host.kill9().await;
+        },
+    )
+    .await;
+
+    let again = taos_e2e::Host::start_with(
+        BIN,
+        taos_e2e::HostOptions {
+            data_dir: Some(host.data_dir.clone()),
+            env: env[..2]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+    )
+    .await
+    .expect("the host starts again");
+    step(
+        "the next start keeps the whole container; the restore brings the agent back",
+        async {
+            let settled = the_archive(&again).await;
+            assert_eq!(settled["location"], "pool", "{settled}");
+            assert!(exists(&archived_name));
+            assert!(!again.data_dir.join("backup/archive-return").exists());
+            taos_e2e::fixtures::wait_ready(&again, &taos_e2e::fixtures::FAKE_MODELS).await;
+            let restored: Value = again
+                .call(
+                    Method::POST,
+                    &format!("/api/agents/archived/{archive_id}/restore"),
+                    None,
+                    StatusCode::OK,
+                )
+                .await;
+            assert_eq!(restored["agent"]["slug"], slug, "{restored}");
+            assert!(rt.state(&container).await.unwrap().running);
+            let kept = rt.pull_file(&container, "/root/kept.txt").await.unwrap();
+            assert_eq!(kept, b"written before the archive");
+            assert_eq!(messages(&again, &dm).await, before);
+            assert_eq!(
+                ask_and_wait(&again, slug, "after the return").await["content"],
+                REPLY
+            );
+            // Its snapshot in the repository is forgotten (its data goes at the next prune).
+            assert!(archive_snapshots(&out).is_empty());
+        },
+    )
+    .await;
+}

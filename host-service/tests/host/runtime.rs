@@ -279,3 +279,103 @@ async fn the_root_disk_quota_is_enforced() {
     rt.stop(&name, true).await.unwrap();
     rt.delete(&name).await.unwrap();
 }
+
+/// A bridge whose creation was cut off (the host stopped mid-request, as `setup
+/// --restore-from` stopping the service `apt install` just started did in the install test)
+/// is left by incus `Pending`: neither usable nor made again. `prepare_agents` removes such a
+/// bridge of its own to make it anew; one that something other than the agents' profile uses
+/// is refused with the reason and left alone. (The agents' own `taos-inet`/`taos-lan` are
+/// shared by every test on this machine, so bridges of this test's own names stand in.)
+#[tokio::test]
+async fn a_bridge_incus_left_pending_is_removed_to_be_made_again() {
+    let rt = incus().await;
+    let cli = incus_cli;
+    let suffix = format!("{:04x}", rand::random::<u16>());
+    let name = format!("tpend{suffix}");
+    let network = cut_off_network(&name)
+        .await
+        .expect("incus left a cut-off network Pending");
+    rt.remove_pending_network(&name, &network).await.unwrap();
+    let left = cli(&["query", &format!("/1.0/networks/{name}")]);
+    cli(&["network", "delete", &name]);
+    assert!(!left.0, "it is gone, the interface too: {}", left.1);
+    // And it can be made again under that name.
+    let (made, _) = cli(&[
+        "network",
+        "create",
+        &name,
+        "ipv4.address=10.232.99.1/24",
+        "ipv6.address=none",
+    ]);
+    let status = cli(&["query", &format!("/1.0/networks/{name}")]).1;
+    cli(&["network", "delete", &name]);
+    assert!(made && status.contains("\"Created\""), "{status}");
+
+    // Used by something that is not the agents' profile: refused in words, nothing removed.
+    let other = format!("tpend{suffix}b");
+    cut_off_network(&other)
+        .await
+        .expect("incus left a cut-off network Pending");
+    let profile = format!("tpend-profile-{suffix}");
+    assert!(cli(&["profile", "create", &profile]).0);
+    let nic = format!("network={other}");
+    let added = cli(&["profile", "device", "add", &profile, "eth0", "nic", &nic]).0;
+    let (_, text) = cli(&["query", &format!("/1.0/networks/{other}")]);
+    let network: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let said = rt
+        .remove_pending_network(&other, &network)
+        .await
+        .map_err(|e| e.to_string());
+    cli(&["profile", "delete", &profile]);
+    let still = cli(&["query", &format!("/1.0/networks/{other}")]).0;
+    cli(&["network", "delete", &other]);
+    assert!(added, "a profile can name a Pending network");
+    let said = said.unwrap_err();
+    assert!(
+        said.contains("left half-made (status Pending)") && said.contains(&profile),
+        "{said}"
+    );
+    assert!(still, "a network something else uses is left alone");
+}
+
+fn incus_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("incus")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+/// A network POST whose client goes away at once: incus records the network and stops there,
+/// `Pending`. Tried again (under new subnets) when incus made it whole before the cut.
+async fn cut_off_network(name: &str) -> Option<serde_json::Value> {
+    use tokio::io::AsyncWriteExt;
+    for attempt in 0..20 {
+        let body = format!(
+            r#"{{"name":"{name}","type":"bridge","config":{{"ipv4.address":"10.232.{attempt}.1/24","ipv6.address":"none"}}}}"#
+        );
+        let mut socket = tokio::net::UnixStream::connect(DEFAULT_SOCKET)
+            .await
+            .unwrap();
+        let request = format!(
+            "POST /1.0/networks HTTP/1.1\r\nHost: incus\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(socket);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (ok, text) = incus_cli(&["query", &format!("/1.0/networks/{name}")]);
+        if ok {
+            let network: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if network["status"] == "Pending" {
+                return Some(network);
+            }
+            incus_cli(&["network", "delete", name]);
+        }
+    }
+    None
+}

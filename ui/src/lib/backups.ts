@@ -161,3 +161,24 @@ export function checkWords(name: string): string {
   if (name === 'database') return 'Database and agents match';
   return name;
 }
+
+/** A `backup.drill_progress` event's check that starts now, for the drill shown (else null). */
+export function drillStepOf(data: unknown, drillId: string | undefined): string | null {
+  if (typeof data !== 'object' || data === null || !drillId) return null;
+  const d = data as Record<string, unknown>;
+  if (d.drill_id !== drillId || typeof d.step !== 'string') return null;
+  return d.step;
+}
+
+/** Why "Run a restore drill now" can't be pressed, in words; null when it can. The host
+ * refuses the same cases (409); saying so here saves a failed click. */
+export function drillBlocked(o: {
+  lastGood: BackupRun | null;
+  backupRunning: boolean;
+  drill: BackupDrill | null;
+}): string | null {
+  if (o.drill?.state === 'running') return 'A restore drill is running.';
+  if (o.backupRunning) return 'A backup is running; drill when it has finished.';
+  if (!o.lastGood) return 'A drill restores the newest backup: back up first.';
+  return null;
+}
