@@ -83,6 +83,21 @@ pass() {
 in_ct() { incus exec "$NAME" -- "$@"; }
 # A root shell in the container for the checks that read /proc or pipe (the script is ours).
 sh_ct() { incus exec "$NAME" -- sh -ec "$1"; }
+# ask_nested CONTENT: posts CONTENT into the nested agent's DM ($DM) and waits up to 2 min for
+# its answer, which must be the fake model's; the answer is left in $ANSWER.
+ask_nested() {
+    local content="$1" at
+    at="$(api /api/chat/messages "{\"channel_id\":\"$DM\",\"content\":\"$content\"}" \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["seq"])')" \
+        || fail "cannot write \"$content\" to the agent's DM"
+    for _ in $(seq 1 120); do
+        ANSWER="$(api "/api/chat/channels/$DM/messages?after_seq=$at")"
+        grep -q '"author_id":"nested".*"state":"\(complete\|error\)"' <<<"$ANSWER" && break
+        sleep 1
+    done
+    grep -q "\"author_id\":\"nested\",\"author_type\":\"agent\",\"content\":\"Hello from the install test's fake model.\"" <<<"$ANSWER" \
+        || fail "the agent did not answer \"$content\": $ANSWER"
+}
 
 [ -x "$LITELLM_VENV/bin/litellm" ] || fail "no LiteLLM at $LITELLM_VENV (scripts/dev-litellm.sh)"
 incus image show "$IMAGE" >/dev/null 2>&1 || fail "no incus image $IMAGE (scripts/build-agent-image.sh)"
@@ -666,15 +681,7 @@ for _ in $(seq 1 180); do
 done
 grep -q '"status":"succeeded"' <<<"$DEPLOY" || fail "the deploy inside the container did not succeed: $DEPLOY"
 DM="$(api /api/agents/nested | python3 -c 'import json, sys; print(json.load(sys.stdin)["dm_channel_id"])')"
-SEQ="$(api /api/chat/messages "{\"channel_id\":\"$DM\",\"content\":\"hello from the install test\"}" \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["seq"])')" || fail "cannot write to the agent's DM"
-for _ in $(seq 1 90); do
-    ANSWER="$(api "/api/chat/channels/$DM/messages?after_seq=$SEQ")"
-    grep -q '"author_id":"nested".*"state":"complete"' <<<"$ANSWER" && break
-    sleep 1
-done
-grep -q "\"author_id\":\"nested\",\"author_type\":\"agent\",\"content\":\"Hello from the install test's fake model.\"" <<<"$ANSWER" \
-    || fail "the deployed agent did not answer: $ANSWER"
+ask_nested "hello from the install test"
 NESTED_MS=$(( ($(date +%s%N) - NESTED_T0) / 1000000 ))
 
 pass "setup adds backports and installs incus (btrfs pool refused with the reason, a dir pool instead), imports the image package's image; an agent deployed through the API answers chat ($((NESTED_MS / 1000)) s)"
@@ -746,15 +753,7 @@ for _ in $(seq 1 120); do
     sleep 1
 done
 grep -q '"connected":true' <<<"$(api /api/agents/nested)" || fail "the agent's sidecar did not reconnect after the reboot: $(api /api/agents/nested)"
-SEQ="$(api /api/chat/messages "{\"channel_id\":\"$DM\",\"content\":\"hello after the reboot\"}" \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["seq"])')" || fail "cannot write to the agent's DM after the reboot"
-for _ in $(seq 1 120); do
-    ANSWER="$(api "/api/chat/channels/$DM/messages?after_seq=$SEQ")"
-    grep -q '"author_id":"nested".*"state":"\(complete\|error\)"' <<<"$ANSWER" && break
-    sleep 1
-done
-grep -q "\"author_id\":\"nested\",\"author_type\":\"agent\",\"content\":\"Hello from the install test's fake model.\"" <<<"$ANSWER" \
-    || fail "the agent did not answer after the reboot: $ANSWER"
+ask_nested "hello after the reboot"
 pass "a reboot with an agent deployed: the service is active, the agent's container runs again, its sidecar reconnects and it answers chat"
 
 # --- A backup to a folder, for `setup --restore-from` on the wiped board at the end ---
@@ -878,15 +877,7 @@ for _ in $(seq 1 180); do
     sleep 1
 done
 grep -q '"state":"ready".*"fake-gpt"' <<<"$LLM" || fail "LiteLLM is not ready with the restored provider: ${LLM:0:400}"
-SEQ="$(api /api/chat/messages "{\"channel_id\":\"$DM\",\"content\":\"hello after the restore\"}" \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["seq"])')" || fail "cannot write to the agent's DM after the restore"
-for _ in $(seq 1 120); do
-    ANSWER="$(api "/api/chat/channels/$DM/messages?after_seq=$SEQ")"
-    grep -q '"author_id":"nested".*"state":"complete"' <<<"$ANSWER" && break
-    sleep 1
-done
-grep -q "\"author_id\":\"nested\",\"author_type\":\"agent\",\"content\":\"Hello from the install test's fake model.\"" <<<"$ANSWER" \
-    || fail "the restored agent did not answer through LiteLLM and the restored provider key: $ANSWER"
+ask_nested "hello after the restore"
 RESTORE_MS=$(( ($(date +%s%N) - RESTORE_T0) / 1000000 ))
 pass "the restored agent answers a new message through LiteLLM with the restored provider key (restore to answer: $((RESTORE_MS / 1000)) s)"
 
