@@ -230,6 +230,25 @@ pub fn filesystem_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
     ))
 }
 
+/// Whether the filesystem holding `path` is mounted read-only (statvfs's `ST_RDONLY`). Under
+/// the service's sandbox every folder outside its `ReadWritePaths` is such a mount.
+#[allow(unsafe_code)]
+// f_flag is an unsigned long of the target's width (32 bits on armhf).
+#[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+pub fn is_read_only(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs reads the NUL-terminated path we own and writes only into `st`, which
+    // outlives the call.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_flag as u64) & (libc::ST_RDONLY as u64) != 0)
+}
+
 /// Starts writing `len` bytes of `file` at `offset` to disk, and waits until everything before
 /// `offset` is written (`sync_file_range(2)`). Durable only with a later fsync; what it buys is
 /// a large file leaving the page cache in steps while it is written, instead of all at once at

@@ -1009,6 +1009,20 @@ pub fn validate_destination(
                     data_dir.display()
                 )));
             }
+            // Found now, not at the first run: under the service's sandbox every folder but
+            // its data dir, /mnt, /media and /srv is read-only, and a USB disk may be mounted
+            // read-only.
+            if let Some(existing) = nearest_existing(target) {
+                if crate::sys::is_read_only(&existing).unwrap_or(false) {
+                    return Err(bad(&format!(
+                        "{} is on a file system this host can't write to (read-only). The \
+                         taos-host service may write only its data dir and folders under /mnt, \
+                         /media and /srv: choose a folder there (mount a USB disk under /media \
+                         or /mnt), or remount the disk read-write",
+                        existing.display()
+                    )));
+                }
+            }
             Ok(())
         }
         BackupDestination::Sftp { .. } | BackupDestination::S3 { .. } => {
@@ -1038,6 +1052,13 @@ fn resolve_existing(path: &Path) -> PathBuf {
             _ => return path.to_path_buf(),
         }
     }
+}
+
+/// The longest prefix of `path` that exists (the folder a new destination would be made in).
+fn nearest_existing(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .find(|at| std::fs::symlink_metadata(at).is_ok())
+        .map(Path::to_path_buf)
 }
 
 fn validate_retention(retention: &BackupRetention) -> Result<(), BackupError> {

@@ -832,6 +832,27 @@ async fn bad_backup_settings_are_refused_and_change_nothing() {
         let now: BackupSettings = host.get("/api/backups/settings").await;
         assert_eq!(now, settings, "{schedule} changed nothing");
     }
+    // A folder on a read-only file system, as every folder but /mnt, /media and /srv is to the
+    // service in its sandbox: refused when saved, with where it may write, not at the first run.
+    let read_only = ReadOnlyMount::new(&out.root.join("ro"));
+    let error = host
+        .expect_error(
+            Method::PUT,
+            "/api/backups/settings",
+            Some(&json!({"destination": {"kind": "local",
+                "path": read_only.0.join("usb").join("taos").display().to_string()}})),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        )
+        .await;
+    assert!(
+        error.message.contains("read-only") && error.message.contains("/media"),
+        "{}",
+        error.message
+    );
+    let now: BackupSettings = host.get("/api/backups/settings").await;
+    assert_eq!(now, settings, "a read-only destination changed nothing");
+    drop(read_only);
     host.expect_error(
         Method::GET,
         "/api/backups/nope",
@@ -862,6 +883,32 @@ async fn bad_backup_settings_are_refused_and_change_nothing() {
         .as_str()
         .unwrap()
         .contains("Plug in and mount the disk"));
+}
+
+/// An empty tmpfs mounted read-only at a new folder, unmounted when dropped (CI runs as root).
+struct ReadOnlyMount(PathBuf);
+
+impl ReadOnlyMount {
+    fn new(at: &Path) -> ReadOnlyMount {
+        assert!(
+            taos_host::sys::is_root(),
+            "this test mounts a read-only tmpfs and needs root (CI runs as root)"
+        );
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "taos-test-ro"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot mount a read-only tmpfs at {at:?}");
+        ReadOnlyMount(at.to_path_buf())
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
 }
 
 /// A host SIGKILLed in the middle of a backup finds the run at its next start and marks it
