@@ -22,8 +22,11 @@
 #     chat (a stand-in upstream behind real LiteLLM); an update with it connected does a round
 #     trip through its bridge, and after a reboot of the container it runs and answers again;
 #   - `apt remove` keeps the data, `apt purge` says what goes and removes it (and the user);
-#   - a backup through the API to a folder under /mnt survives the purge, and on the wiped
-#     board `apt install` then `taos-host setup --restore-from` bring the host back: same TLS
+#   - a backup folder the service can't write (outside /mnt, /media, /srv) is refused when
+#     saved; a backup through the API to a folder under /mnt survives the purge, and on the
+#     wiped board, incus purged too, `apt install` then `taos-host setup --restore-from` (which
+#     installs incus and keeps the agent's container until incus has a pool; `setup` again
+#     imports it) bring the host back: same TLS
 #     key, the owner's password, chat history and traces counted, the agent's container
 #     running and answering a new message through LiteLLM.
 #
@@ -789,6 +792,11 @@ TRACES_BEFORE="$(count_traces)"
 [ "$TRACES_BEFORE" -gt 0 ] || fail "the agent has no traces to back up"
 CONTAINERS_BEFORE="$(in_ct incus list --format csv -c n)"
 [ -n "$CONTAINERS_BEFORE" ] || fail "no agent container in the nested incus"
+# Outside /mnt, /media and /srv the service's sandbox is read-only: refused when saved, with
+# where it may write, not at the first run.
+OUT="$(api_method PUT /api/backups/settings '{"destination":{"kind":"local","path":"/opt/taos-backups"}}' 2>&1)" \
+    && fail "a backup folder the service can't write was accepted: $OUT"
+grep -q "read-only.*/mnt, /media and /srv" <<<"$OUT" || fail "a read-only backup folder was refused without the reason: $OUT"
 in_ct mkdir -p /mnt/usb
 OUT="$(api_method PUT /api/backups/settings '{"destination":{"kind":"local","path":"/mnt/usb/taos-backups"},"passphrase":"install test backup passphrase"}')" \
     || fail "the backup settings were refused: $OUT"
@@ -805,7 +813,7 @@ in_ct test -f /mnt/usb/taos-backups/config || fail "no restic repository in /mnt
 # The passphrase as the user keeps it for the restore: a file only root can read.
 sh_ct "umask 077; printf '%s\n' 'install test backup passphrase' >/root/backup-passphrase"
 BACKUP_MS=$(( ($(date +%s%N) - RESTORE_T0) / 1000000 ))
-pass "a backup through the API to a folder under /mnt holds the host and its agent's container ($((BACKUP_MS / 1000)) s; $MESSAGES_BEFORE messages, $TRACES_BEFORE traces)"
+pass "a backup folder the service can't write is refused when saved; a backup through the API to a folder under /mnt holds the host and its agent's container ($((BACKUP_MS / 1000)) s; $MESSAGES_BEFORE messages, $TRACES_BEFORE traces)"
 
 in_ct env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q taos-host >/dev/null 2>&1 || fail "apt remove failed"
 [ "$(in_ct systemctl is-active taos-host 2>/dev/null || true)" != active ] || fail "the service still runs after apt remove"
@@ -826,33 +834,50 @@ in_ct test ! -e /usr/lib/systemd/system/taos-host.service -a ! -e /lib/systemd/s
 [ -z "$(in_ct find /etc/systemd -name 'taos-host*')" ] || fail "apt purge left unit links in /etc/systemd"
 pass "apt purge says what goes and removes the data, the user, the firewall table and the unit"
 
-# --- `taos-host setup --restore-from` on the wiped board ---
-# The purge above took everything taos-host owns; incus stays (setup installed it, not the
-# package), so what taos made in it goes too: the agent's container, its profile, bridges and
-# ACLs. That is a new board on which incus, its pool and the agent image are already there
-# (a second fresh container would repeat the backports install and the pool workaround above
-# for nothing the restore depends on). Then the user's path: install both packages (the
-# service starts on a fresh data dir) and `setup --restore-from` the folder with the
-# passphrase's file.
+# --- `taos-host setup --restore-from` on a wiped board without incus ---
+# The purge above took everything taos-host owns. incus goes too (setup installed it, not the
+# package: a new board has none), with its data, and the container reboots so no bridge of it
+# is left in the kernel. Then the user's path: install both packages (the service starts on a
+# fresh data dir) and `setup --restore-from` the folder with the passphrase's file. setup
+# restores first, then installs incus again; the btrfs pool fails here as above (no loop
+# device), so the agent's container can't be imported yet: setup keeps it, says why and does
+# not start the service on agents without containers. With a `dir` pool made, `setup` run
+# again imports the container and starts the service.
 RESTORE_T0=$(date +%s%N)
-for c in $CONTAINERS_BEFORE; do in_ct incus delete --force "$c" || fail "cannot delete $c"; done
-in_ct incus profile delete taos-agent || fail "cannot delete the taos-agent profile"
-for n in taos-inet taos-lan; do in_ct incus network delete "$n" || fail "cannot delete the $n network"; done
-for a in taos-agents-internet taos-agents-lan; do in_ct incus network acl delete "$a" || fail "cannot delete the $a ACL"; done
+# shellcheck disable=SC2016 # dpkg-query's format, not the shell's
+INCUS_PACKAGES="$(in_ct dpkg-query -W -f '${Package} ${Status}\n' 'incus*' | awk '$NF == "installed" {print $1}' | tr '\n' ' ')"
+[ -n "$INCUS_PACKAGES" ] || fail "no incus package to purge"
+# shellcheck disable=SC2086 # one word per package
+OUT="$(in_ct env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q $INCUS_PACKAGES 2>&1)" || fail "apt purge of incus failed: $OUT"
+in_ct rm -rf /var/lib/incus /var/cache/incus /var/log/incus
+incus restart "$NAME"
+wait_booted
+in_ct test ! -e /var/lib/incus || fail "incus's data is still there"
+! in_ct ip link show taos-inet >/dev/null 2>&1 || fail "the agents' bridge is still there after the reboot"
 OUT="$(incus exec "$NAME" --cwd /root -- env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     "./$(basename "$HOST_DEB")" "./$(basename "$IMAGE_DEB")" 2>&1)" || fail "apt install after the purge failed: $OUT"
 wait_active
 in_ct test -s /var/lib/taos/taos.db || fail "the new service made no data dir"
 SETUP="$(in_ct taos-host setup --restore-from /mnt/usb/taos-backups --password-file /root/backup-passphrase 2>&1)" \
-    || fail "taos-host setup --restore-from failed: $SETUP
-the nested incus's log: $(in_ct journalctl -u incus --no-pager -n 40 2>&1)"
+    && fail "setup --restore-from made a btrfs pool without a loop device: $SETUP"
 grep -q "stopped taos-host.service and moved the unused data dir of its first start to /var/lib/taos.unused-" <<<"$SETUP" \
     || fail "setup did not set the new service's unused data dir aside: $SETUP"
 grep -q "restored snapshot .*its 1 agent container(s) come back once the runtime is provisioned" <<<"$SETUP" \
     || fail "setup did not restore the snapshot with its container: $SETUP"
-grep -q "  - the restored agents' containers: done: 1 imported" <<<"$SETUP" || fail "setup did not import the container: $SETUP"
-grep -q "setup is complete" <<<"$SETUP" || fail "setup --restore-from is not complete: $SETUP"
-pass "setup --restore-from sets the new service's unused data dir aside, restores, provisions and imports the agent's container"
+grep -q "  - incus (agents' subnets, btrfs storage pool): FAILED: .*losetup: cannot find an unused loop device" <<<"$SETUP" \
+    || fail "setup --restore-from did not install incus or say why its pool failed: $SETUP"
+[ "$(in_ct systemctl is-active incus 2>/dev/null || true)" = active ] || fail "setup --restore-from did not install and start incus"
+grep -q "  - the restored agents' containers: FAILED: .*their files are kept: fix that and run \`sudo taos-host setup\` again" <<<"$SETUP" \
+    || fail "setup did not keep the container for later with the reason: $SETUP"
+grep -q "  - the service: not provisioned: not started: the restored agents' containers are not imported yet" <<<"$SETUP" \
+    || fail "setup started the service without the agent's container: $SETUP"
+[ "$(in_ct systemctl is-active taos-host 2>/dev/null || true)" != active ] || fail "the service runs without the agent's container"
+in_ct incus storage create default dir >/dev/null || fail "cannot create a dir storage pool"
+SETUP="$(in_ct taos-host setup 2>&1)" || fail "setup after the pool was made failed: $SETUP
+the nested incus's log: $(in_ct journalctl -u incus --no-pager -n 40 2>&1)"
+grep -q "  - the restored agents' containers: done: 1 imported" <<<"$SETUP" || fail "setup did not import the kept container: $SETUP"
+grep -q "setup is complete" <<<"$SETUP" || fail "setup after setup --restore-from is not complete: $SETUP"
+pass "setup --restore-from on a board without incus: sets the new service's unused data dir aside, restores, installs incus, keeps the agent's container while incus has no pool (service not started, with the reason); setup again imports it"
 
 wait_active
 wait_healthy "after setup --restore-from"
