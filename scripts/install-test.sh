@@ -852,6 +852,8 @@ OUT="$(in_ct env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q $INCUS_PACKA
 in_ct rm -rf /var/lib/incus /var/cache/incus /var/log/incus
 incus restart "$NAME"
 wait_booted
+# The stand-in upstream is not a service: started again after the boot.
+sh_ct "setsid nohup python3 /root/fake-llm.py 9099 >/root/fake-llm.log 2>&1 &"
 in_ct test ! -e /var/lib/incus || fail "incus's data is still there"
 ! in_ct ip link show taos-inet >/dev/null 2>&1 || fail "the agents' bridge is still there after the reboot"
 OUT="$(incus exec "$NAME" --cwd /root -- env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
