@@ -36,6 +36,17 @@ verdict() { python3 -c "import sys; print('met' if eval(sys.argv[1]) else 'NOT m
 RATIO="$(python3 -c "import sys; print(round(float(sys.argv[1]) / float(sys.argv[2]), 2))" \
     "$(j during_post_ms_p99)" "$(j idle_post_ms_p99)")"
 
+# The p99 during each phase of the first backup, in the order the phases ran.
+PHASES="$(python3 -c '
+import json, sys
+phases = json.loads(sys.argv[1])["during_by_phase"]
+parts = []
+for key, v in phases.items():
+    name = key.split(":", 1)[1]
+    parts.append("%s %s ms (%s s, %s posts)" % (name, v["p99"], v["s"], v["posts"]))
+print("; ".join(parts))
+' "$JSON")"
+
 SECTION="$(cat <<MD
 ## Backups (issue 18)
 
@@ -52,6 +63,7 @@ $LOAD_AFTER after, on $(nproc) cores; restic $(restic version | cut -d' ' -f2).
 | host CPU during the first backup: the host's threads (serving the chat posts too) / restic (its child) | $(j host_cpu_s) s ($(j host_cpu_percent) % of one core) / $(j restic_cpu_s) s | — | |
 | chat post p50 / p99, idle for 20 s before the backup ($(j idle_posts) posts) | $(j idle_post_ms_p50) / $(j idle_post_ms_p99) ms | — | |
 | chat post p50 / p99 during the first backup ($(j during_posts) posts) | $(j during_post_ms_p50) / $(j during_post_ms_p99) ms ($RATIO× idle p99) | p99 ≤ 2× idle | $(verdict "$(j during_post_ms_p99) <= 2 * $(j idle_post_ms_p99)") |
+| chat post p99 during each phase of the first backup (its length, posts sent in it) | $PHASES | — | |
 | whole-host restore: \`taos-host restore\` (fresh data dir, $(j agents) containers imported) | $(j restore_cmd_s) s | — | |
 | restore → LiteLLM ready / all $(j agents) agents answered (the host itself starts in $(j restore_host_start_ms) ms) | $(j restore_llm_ready_s) / $(j restore_to_answers_s) s | answers ≤ 10 min | $(verdict "$(j restore_to_answers_s) <= 600") |
 
@@ -64,6 +76,7 @@ disk. Before the first backup, one client posts chat messages one after another 
 of no agent and times each; during the backup the same client keeps posting, while the host's
 \`VmRSS\` is sampled and its utime + stime (and its waited-for children's, restic's) are read
 before and after; incus exports the containers in its own daemon, which neither counts. The
+phase each post was sent in is the one the run's last \`backup.progress\` event on \`/api/events\` named. The
 incremental follows a little more chat, with nothing else asking the host anything (its CPU
 figure is the backup's own); every backup exports each container in full again (restic
 deduplicates the tarballs), so an incremental's time is mostly incus's exports. Then the host is stopped, its data dir and its agents'

@@ -102,6 +102,37 @@ async fn timed_post(
     started.elapsed().as_secs_f64() * 1000.0
 }
 
+/// The posts timed during a backup grouped by the phase the backup was in when each was sent
+/// (the host's `backup.progress` events): per phase, its seconds, posts, p50, p99 and worst.
+fn by_phase(timed: &[(Instant, f64)], phases: &[(Instant, String)], started: Instant) -> Value {
+    let mut out = serde_json::Map::new();
+    for (i, (from, phase)) in phases.iter().enumerate() {
+        let until = phases.get(i + 1).map(|(t, _)| *t);
+        let mut ms: Vec<f64> = timed
+            .iter()
+            .filter(|(sent, _)| sent >= from && until.map(|u| *sent < u).unwrap_or(true))
+            .map(|(_, ms)| *ms)
+            .collect();
+        if ms.is_empty() {
+            continue;
+        }
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let end = until.unwrap_or_else(|| timed.last().map(|(t, _)| *t).unwrap_or(*from));
+        out.insert(
+            format!("{i}:{phase}"),
+            json!({
+                "from_s": round1(from.duration_since(started).as_secs_f64()),
+                "s": round1(end.duration_since(*from).as_secs_f64()),
+                "posts": ms.len(),
+                "p50": round2(percentile(&ms, 50)),
+                "p99": round2(percentile(&ms, 99)),
+                "max": round2(*ms.last().unwrap()),
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
 /// Starts a backup; returns its id.
 async fn start_backup(host: &Host) -> String {
     let run: Value = host
@@ -282,15 +313,41 @@ async fn main() {
             probe.clone(),
         );
         tokio::spawn(async move {
+            // (when it was sent, since the backup started; its milliseconds)
             let mut during = Vec::new();
             let mut n = 1_000_000;
             while running.load(Ordering::Relaxed) {
-                during.push(timed_post(&client, &url, &token, &probe, n).await);
+                let sent = Instant::now();
+                during.push((sent, timed_post(&client, &url, &token, &probe, n).await));
                 n += 1;
             }
             during
         })
     };
+    // The backup's phases as /api/events tells them, to see which part the slow posts fall in.
+    let mut events = taos_e2e::SseReader::new(
+        host.admin(Method::GET, "/api/events")
+            .send()
+            .await
+            .expect("events"),
+    );
+    let phases = tokio::spawn(async move {
+        let mut phases: Vec<(Instant, String)> = Vec::new();
+        while let Some(event) = events.next(Duration::from_secs(1800)).await {
+            let data: Value = serde_json::from_str(&event.data).unwrap_or_default();
+            match event.event.as_deref() {
+                Some("backup.progress") => {
+                    let phase = data["data"]["phase"].as_str().unwrap_or("?").to_string();
+                    if phases.last().map(|(_, p)| p != &phase).unwrap_or(true) {
+                        phases.push((Instant::now(), phase));
+                    }
+                }
+                Some("backup.finished") => break,
+                _ => {}
+            }
+        }
+        phases
+    });
     let (cpu_before, children_before) = procstat::cpu_ticks(pid);
     let started = Instant::now();
     let id = start_backup(&host).await;
@@ -299,7 +356,10 @@ async fn main() {
     let (cpu_after, children_after) = procstat::cpu_ticks(pid);
     running.store(false, Ordering::Relaxed);
     let rss_max = sampler.await.expect("sampler");
-    let mut during = poster.await.expect("poster");
+    let timed = poster.await.expect("poster");
+    let phases = phases.await.expect("phases");
+    let by_phase = by_phase(&timed, &phases, started);
+    let mut during: Vec<f64> = timed.iter().map(|(_, ms)| *ms).collect();
     during.sort_by(|a, b| a.total_cmp(b));
     let repo_first = du_bytes(&repo);
     eprintln!("first backup: {first}");
@@ -424,6 +484,7 @@ async fn main() {
             "during_posts": during.len(),
             "during_post_ms_p50": round2(percentile(&during, 50)),
             "during_post_ms_p99": round2(percentile(&during, 99)),
+            "during_by_phase": by_phase,
             "restore_cmd_s": round1(restore_cmd_s),
             "restore_host_start_ms": ((host_ready_s - restore_cmd_s) * 1000.0).round(),
             "restore_llm_ready_s": round1(llm_ready_s),
