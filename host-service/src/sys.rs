@@ -207,12 +207,9 @@ pub fn filesystem_type(path: &std::path::Path) -> std::io::Result<i64> {
     Ok(st.f_type as i64)
 }
 
-/// Space on the filesystem holding `path`, in bytes: `(free to unprivileged users, total)`.
+/// statvfs(2) of the filesystem holding `path`.
 #[allow(unsafe_code)]
-// The statvfs fields are u64 here but 32 bits on 32-bit ARM boards (armhf), where the
-// conversions are real.
-#[allow(clippy::useless_conversion)]
-pub fn filesystem_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+fn statvfs(path: &std::path::Path) -> std::io::Result<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -223,6 +220,15 @@ pub fn filesystem_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
     if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(st)
+}
+
+/// Space on the filesystem holding `path`, in bytes: `(free to unprivileged users, total)`.
+// The statvfs fields are u64 here but 32 bits on 32-bit ARM boards (armhf), where the
+// conversions are real.
+#[allow(clippy::useless_conversion)]
+pub fn filesystem_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    let st = statvfs(path)?;
     let block = u64::from(st.f_frsize);
     Ok((
         u64::from(st.f_bavail).saturating_mul(block),
@@ -232,21 +238,10 @@ pub fn filesystem_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
 
 /// Whether the filesystem holding `path` is mounted read-only (statvfs's `ST_RDONLY`). Under
 /// the service's sandbox every folder outside its `ReadWritePaths` is such a mount.
-#[allow(unsafe_code)]
 // f_flag is an unsigned long of the target's width (32 bits on armhf).
 #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
 pub fn is_read_only(path: &std::path::Path) -> std::io::Result<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statvfs reads the NUL-terminated path we own and writes only into `st`, which
-    // outlives the call.
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((st.f_flag as u64) & (libc::ST_RDONLY as u64) != 0)
+    Ok((statvfs(path)?.f_flag as u64) & (libc::ST_RDONLY as u64) != 0)
 }
 
 /// Starts writing `len` bytes of `file` at `offset` to disk, and waits until everything before
