@@ -175,8 +175,7 @@ impl Restic {
             .env("HOME", &self.cache_dir)
             // Status lines twice a second in --json mode (not only at the end).
             .env("RESTIC_PROGRESS_FPS", "2")
-            // Half the cores at most: niceness yields the CPU only when the scheduler gets to
-            // choose, and a board's chat answers in milliseconds (docs/benchmarks.md, backup).
+            // As many threads as the cores it is kept on (`background_priority`).
             .env("GOMAXPROCS", restic_threads().to_string())
             .envs(self.repo.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -571,9 +570,10 @@ fn clip(text: &str) -> String {
     }
 }
 
-/// The OS threads restic's Go runtime may run at once: half this machine's cores, at least one.
+/// The OS threads restic's Go runtime may run at once: one per core it is kept on (half this
+/// machine's, at least one).
 fn restic_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    crate::sys::background_cpus().len().max(1)
 }
 
 #[cfg(test)]
