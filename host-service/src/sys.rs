@@ -135,8 +135,8 @@ pub fn die_with_parent(command: &mut tokio::process::Command) {
 /// and this project's test machines run `PREEMPT_NONE` or voluntary), a job's time inside the
 /// kernel (reading its files, copying pages) is not cut short for a chat request that wakes
 /// up, whatever the job's niceness or scheduling class. Measured on two cores, restic at
-/// niceness 10 or in `SCHED_IDLE` left chat's p99 at 3× idle while it read and uploaded;
-/// kept on one core, 1.9× (docs/benchmarks.md, backups).
+/// niceness 10 or in `SCHED_IDLE` left chat's p99 at about 3× idle while it read and
+/// uploaded; kept on one core, about 2.2× (docs/benchmarks.md, backups).
 #[allow(unsafe_code)]
 pub fn background_priority(command: &mut tokio::process::Command) {
     // ioprio_set(2) has no libc wrapper: IOPRIO_WHO_PROCESS is 1, and the idle class (3) sits
