@@ -131,8 +131,8 @@ pub fn die_with_parent(command: &mut tokio::process::Command) {
 /// requests don't want them. Lowering one's own priority needs no privilege; if the kernel
 /// or a seccomp filter refuses, the job runs at normal priority rather than not at all.
 ///
-/// Why the CPUs and not only niceness: on a kernel without full preemption (Debian's kernels
-/// and this project's test machines run `PREEMPT_NONE` or voluntary), a job's time inside the
+/// Why the CPUs and not only niceness: on a kernel without full preemption (the test machines
+/// run `preempt=none`, Debian's kernels voluntary preemption), a job's time inside the
 /// kernel (reading its files, copying pages) is not cut short for a chat request that wakes
 /// up, whatever the job's niceness or scheduling class. Measured on two cores, restic at
 /// niceness 10 or in `SCHED_IDLE` left chat's p99 at about 3× idle while it read and
