@@ -228,6 +228,14 @@ pub fn ensure_private_subdir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The first of `path` and its parents that exists (following symlinks): where a folder not
+/// made yet would be made. None for a relative path none of whose parents exist.
+pub fn nearest_existing(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .find(|at| !at.as_os_str().is_empty() && at.exists())
+        .map(Path::to_path_buf)
+}
+
 /// A large file written front to back from a stream (a container's export for a backup), new
 /// and 0600 from its first byte. It goes to disk in [`WRITE_BEHIND_STEP`] pieces while it is
 /// written: a file of hundreds of MiB flushed only at its final fsync holds that much dirty

@@ -70,7 +70,8 @@ pub struct Report {
 /// Gathers the report. Changes nothing.
 pub async fn check(config: &Config, data_dir: &Path) -> Report {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let disk_path = nearest_existing(data_dir);
+    // The data dir may not exist yet.
+    let disk_path = crate::fsutil::nearest_existing(data_dir).unwrap_or_else(|| PathBuf::from("."));
     Report {
         arch: std::env::consts::ARCH.to_string(),
         os: os_name(&std::fs::read_to_string("/etc/os-release").unwrap_or_default()),
@@ -152,20 +153,6 @@ fn not_root_hint() -> &'static str {
         ""
     } else {
         " to this user (run the check as root)"
-    }
-}
-
-/// The first of `path` and its parents that exists (the data dir may not yet).
-fn nearest_existing(path: &Path) -> PathBuf {
-    let mut current = path;
-    loop {
-        if current.exists() {
-            return current.to_path_buf();
-        }
-        match current.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => current = parent,
-            _ => return PathBuf::from("."),
-        }
     }
 }
 

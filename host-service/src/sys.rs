@@ -174,8 +174,7 @@ fn upper_half(allowed: &[usize]) -> Vec<usize> {
     if allowed.len() < 2 {
         return Vec::new();
     }
-    let keep = (allowed.len() / 2).max(1);
-    allowed[allowed.len() - keep..].to_vec()
+    allowed[allowed.len() - allowed.len() / 2..].to_vec()
 }
 
 /// The CPUs this process may run on (its affinity mask: a container's or a service's

@@ -1012,7 +1012,7 @@ pub fn validate_destination(
             // Found now, not at the first run: under the service's sandbox every folder but
             // its data dir, /mnt, /media and /srv is read-only, and a USB disk may be mounted
             // read-only.
-            if let Some(existing) = nearest_existing(target) {
+            if let Some(existing) = crate::fsutil::nearest_existing(target) {
                 if crate::sys::is_read_only(&existing).unwrap_or(false) {
                     return Err(bad(&format!(
                         "{} is on a file system this host can't write to (read-only). The \
@@ -1052,13 +1052,6 @@ fn resolve_existing(path: &Path) -> PathBuf {
             _ => return path.to_path_buf(),
         }
     }
-}
-
-/// The longest prefix of `path` that exists (the folder a new destination would be made in).
-fn nearest_existing(path: &Path) -> Option<PathBuf> {
-    path.ancestors()
-        .find(|at| std::fs::symlink_metadata(at).is_ok())
-        .map(Path::to_path_buf)
 }
 
 fn validate_retention(retention: &BackupRetention) -> Result<(), BackupError> {
