@@ -327,6 +327,9 @@ async fn main() {
     // The backup's phases as /api/events tells them, to see which part the slow posts fall in.
     let mut events = taos_e2e::SseReader::new(
         host.admin(Method::GET, "/api/events")
+            // The client's 30 s would end the stream while a backup that gives way to
+            // chat is still running.
+            .timeout(Duration::from_secs(1800))
             .send()
             .await
             .expect("events"),
