@@ -570,6 +570,7 @@ async fn build(
         hub.clone(),
         traces.clone(),
         agents.clone(),
+        chat.hub.activity(),
     );
     let approvals = Arc::new(crate::approvals::Approvals::new(
         db.clone(),

@@ -11,6 +11,7 @@ import {
   emptyFields,
   fieldsOf,
   lastRuns,
+  phaseWords,
   progressOf,
   repositoryOf,
   type BackupRun,
@@ -87,6 +88,11 @@ describe('schedules, sizes and runs in words', () => {
     expect(progressOf({ phase: 'uploading' })).toBeNull();
     expect(progressOf({ run_id: 'r', phase: 'uploading', percent_done: 1.7 })?.percent_done).toBe(1);
     expect(progressOf({ run_id: 'r', phase: 'staging', percent_done: 'x' })?.percent_done).toBe(0);
+  });
+  it('says every phase in words, the pause for chat with when it goes on', () => {
+    const phases = ['staging', 'containers', 'paused_for_chat', 'uploading', 'retention', 'archives'];
+    for (const phase of phases) expect(phaseWords(phase)).not.toBe(phase);
+    expect(phaseWords('paused_for_chat')).toContain('quiet for a minute');
   });
 });
 

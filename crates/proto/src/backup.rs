@@ -270,6 +270,9 @@ pub enum BackupPhase {
     Staging,
     /// Exporting the agents' containers through the runtime into the staging folder.
     Containers,
+    /// Between two exports, waiting while people chat (an export slows chat's commits): it
+    /// goes on when chat has been quiet for a minute, or after nine times the last export.
+    PausedForChat,
     /// restic is reading the staged copy and sending new data to the repository.
     Uploading,
     /// Old snapshots forgotten by the retention, unused data pruned, the repository checked.
@@ -281,6 +284,7 @@ pub enum BackupPhase {
 text_enum!(BackupPhase {
     Staging => "staging",
     Containers => "containers",
+    PausedForChat => "paused_for_chat",
     Uploading => "uploading",
     Retention => "retention",
     Archives => "archives",

@@ -161,6 +161,8 @@ struct Inner {
     traces: TraceStore,
     /// The agents and the container runtime, for the containers in a backup and drills.
     agents: crate::agents::AgentHost,
+    /// When chat was last written: container exports give way to it.
+    chat: crate::chat::hub::ChatActivity,
     /// One single-agent restore at a time (each imports a container and writes the archive).
     agent_restore: tokio::sync::Mutex<()>,
     /// One archive container move (or archive restore or purge) at a time.
@@ -194,6 +196,7 @@ impl Backups {
         hub: Arc<EventHub>,
         traces: TraceStore,
         agents: crate::agents::AgentHost,
+        chat: crate::chat::hub::ChatActivity,
     ) -> Backups {
         Backups(Arc::new(Inner {
             db,
@@ -202,6 +205,7 @@ impl Backups {
             hub,
             traces,
             agents,
+            chat,
             agent_restore: tokio::sync::Mutex::new(()),
             archive_moves: Arc::new(tokio::sync::Mutex::new(())),
             key_change: tokio::sync::Mutex::new(()),
@@ -715,9 +719,11 @@ impl Backups {
             .map_err(|e| BackupError::Stage(e.to_string()))?;
         tracing::info!(run = %id, ?staged, "staged the host's data for the backup");
         self.progress(id, BackupPhase::Containers, None).await;
-        let staged_containers = containers::stage(&self.0.agents, &stage)
-            .await
-            .map_err(|e| BackupError::Stage(e.to_string()))?;
+        let staged_containers = containers::stage(&self.0.agents, &stage, &self.0.chat, |phase| {
+            self.progress(id, phase, None)
+        })
+        .await
+        .map_err(|e| BackupError::Stage(e.to_string()))?;
         let container_count = staged_containers.containers.len() as u64;
         stage::write_manifest(&stage, &self.0.data_dir, id, staged_containers.containers)
             .map_err(|e| BackupError::Stage(e.to_string()))?;

@@ -5,6 +5,7 @@
 //! slow phone can't stall everyone else.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use taos_proto::chat::ServerEvent;
@@ -20,14 +21,53 @@ pub struct Published {
     pub json: String,
 }
 
+/// When chat last published something, for background work that gives way to people
+/// chatting (a backup's container exports: see `backup::containers`). Clones share it.
+#[derive(Clone)]
+pub struct ChatActivity {
+    since: tokio::time::Instant,
+    /// Milliseconds after `since` of the last event, plus one; 0 is "none yet".
+    last: Arc<AtomicU64>,
+}
+
+impl Default for ChatActivity {
+    fn default() -> Self {
+        ChatActivity {
+            since: tokio::time::Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl ChatActivity {
+    pub fn touch(&self) {
+        let ms = self.since.elapsed().as_millis() as u64 + 1;
+        self.last.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When chat last published something (to the millisecond), if ever.
+    pub fn last(&self) -> Option<tokio::time::Instant> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.since + std::time::Duration::from_millis(ms - 1)),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct ChatHub {
     channels: Mutex<HashMap<String, broadcast::Sender<Arc<Published>>>>,
     /// Serializes writers per channel so events reach subscribers in seq order.
     write_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    activity: ChatActivity,
 }
 
 impl ChatHub {
+    /// The clock every publish sets, whether anyone listens or not.
+    pub fn activity(&self) -> ChatActivity {
+        self.activity.clone()
+    }
+
     pub fn subscribe(&self, channel_id: &str) -> broadcast::Receiver<Arc<Published>> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if !channels.contains_key(channel_id) {
@@ -41,6 +81,7 @@ impl ChatHub {
     }
 
     pub fn publish(&self, channel_id: &str, event: &ServerEvent) {
+        self.activity.touch();
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sender) = channels.get(channel_id) {
             let published = Published {

@@ -997,6 +997,66 @@ async fn a_container_the_backup_cannot_export_is_a_warning_not_a_silent_gap() {
     assert!(note["message"].as_str().unwrap().contains(&slug), "{note}");
 }
 
+/// A backup started while people chat gives way to them between two containers' exports (each
+/// export slows chat's commits, see `backup::containers`), says so on `/api/events` with the
+/// `paused_for_chat` phase, and goes on by itself: both containers are in the snapshot.
+#[tokio::test]
+async fn a_backup_while_people_chat_pauses_between_exports_and_says_so() {
+    require_image().await;
+    let out = outside();
+    let (_turn, host, _fake) = with_fake_provider(BIN, &[]).await;
+    let (first, second) = (unique("chatty"), unique("chatty"));
+    let (slug, _first) = deploy(&host, &first).await;
+    let (_, _second) = deploy(&host, &second).await;
+    configure(&host, &out).await;
+    // The events of the whole run: the pause outlasts the client's usual 30 s.
+    let mut events = SseReader::new(
+        host.admin(Method::GET, "/api/events")
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await
+            .unwrap(),
+    );
+    let answer = ask_and_wait(&host, &slug, "a word before the backup").await;
+    assert_eq!(answer["content"], taos_e2e::fake_llm::REPLY);
+    let run: BackupRun = host
+        .call(Method::POST, "/api/backups", None, StatusCode::ACCEPTED)
+        .await;
+    let mut phases: Vec<String> = Vec::new();
+    loop {
+        let event = events
+            .next(Duration::from_secs(300))
+            .await
+            .expect("backup events");
+        let data: Value = serde_json::from_str(&event.data).unwrap_or_default();
+        match event.event.as_deref() {
+            Some("backup.progress") if data["data"]["run_id"] == run.id.as_str() => {
+                let phase = data["data"]["phase"].as_str().unwrap().to_string();
+                if phases.last() != Some(&phase) {
+                    phases.push(phase);
+                }
+            }
+            Some("backup.finished") if data["data"]["run_id"] == run.id.as_str() => {
+                assert_eq!(data["data"]["state"], "succeeded", "{data}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    let at = |phase: &str| phases.iter().position(|p| p == phase);
+    let paused = at("paused_for_chat").unwrap_or_else(|| panic!("no pause in {phases:?}"));
+    assert_eq!(phases[paused - 1], "containers", "{phases:?}");
+    assert_eq!(
+        phases[paused + 1],
+        "containers",
+        "went on after the pause: {phases:?}"
+    );
+    assert!(at("uploading").unwrap() > paused, "{phases:?}");
+    let run: BackupRun = host.get(&format!("/api/backups/{}", run.id)).await;
+    assert_eq!(run.state, BackupState::Succeeded, "{run:?}");
+    assert_eq!(run.containers, Some(2), "{run:?}");
+}
+
 /// Waits until the host's log says it paused at a fault-injection step.
 pub(crate) async fn paused_at(host: &Host, step: &str) {
     let needle = format!("fault injection: paused at {step}");

@@ -134,6 +134,8 @@ export function progressOf(data: unknown): Progress | null {
 export function phaseWords(phase: string): string {
   if (phase === 'staging') return 'Copying the database and files';
   if (phase === 'containers') return "Exporting the agents' containers";
+  if (phase === 'paused_for_chat')
+    return 'Paused while people chat: it goes on once chat has been quiet for a minute';
   if (phase === 'uploading') return 'Encrypting and sending';
   if (phase === 'retention') return 'Removing old backups';
   if (phase === 'archives') return "Moving archived agents' containers into the backup";
