@@ -59,7 +59,7 @@ fn chat_going_on(activity: &ChatActivity) -> bool {
 /// After an export that took `took`: while chat goes on, waits for `YIELD_FACTOR` times as
 /// long, or until chat has been quiet for [`CONVERSATION_GAP`] (see the module docs).
 /// Returns how long it waited.
-pub async fn give_way_to_chat(activity: &ChatActivity, took: Duration) -> Duration {
+async fn give_way_to_chat(activity: &ChatActivity, took: Duration) -> Duration {
     let began = Instant::now();
     let deadline = began + (took * YIELD_FACTOR).min(MAX_YIELD);
     loop {
