@@ -69,6 +69,32 @@ pub(crate) async fn run_backup(host: &Host) -> BackupRun {
     wait_run(host, &run.id).await
 }
 
+/// Run `run_id`'s phases as `/api/events` told them (a phase repeated back to back once), and
+/// its `backup.finished` data.
+pub(crate) async fn backup_phases(events: &mut SseReader, run_id: &str) -> (Vec<String>, Value) {
+    let mut phases: Vec<String> = Vec::new();
+    loop {
+        let event = events
+            .next(Duration::from_secs(300))
+            .await
+            .expect("backup events");
+        let data: Value = serde_json::from_str(&event.data).unwrap_or_default();
+        if data["data"]["run_id"] != run_id {
+            continue;
+        }
+        match event.event.as_deref() {
+            Some("backup.progress") => {
+                let phase = data["data"]["phase"].as_str().unwrap().to_string();
+                if phases.last() != Some(&phase) {
+                    phases.push(phase);
+                }
+            }
+            Some("backup.finished") => return (phases, data["data"].clone()),
+            _ => {}
+        }
+    }
+}
+
 async fn wait_run(host: &Host, id: &str) -> BackupRun {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -360,25 +386,9 @@ pub(crate) async fn round_trip(out: &Outside, target: &Target) {
         let snapshot = first.snapshot_id.clone().unwrap();
         assert_eq!(snapshot.len(), 64, "the full snapshot id: {snapshot}");
         // What was said on /api/events while it ran.
-        let mut phases = Vec::new();
-        loop {
-            let event = events
-                .next(Duration::from_secs(30))
-                .await
-                .expect("backup events");
-            let data: Value = serde_json::from_str(&event.data).unwrap_or_default();
-            match event.event.as_deref() {
-                Some("backup.progress") => {
-                    phases.push(data["data"]["phase"].as_str().unwrap().to_string())
-                }
-                Some("backup.finished") => {
-                    assert_eq!(data["data"]["state"], "succeeded");
-                    assert_eq!(data["data"]["snapshot_id"], snapshot.as_str());
-                    break;
-                }
-                _ => {}
-            }
-        }
+        let (phases, finished) = backup_phases(&mut events, &first.id).await;
+        assert_eq!(finished["state"], "succeeded", "{finished}");
+        assert_eq!(finished["snapshot_id"], snapshot.as_str());
         for phase in ["staging", "uploading", "retention"] {
             assert!(phases.iter().any(|p| p == phase), "{phase} in {phases:?}");
         }

@@ -21,7 +21,7 @@ use taos_proto::backup::{
     BackupDrill, BackupRun, BackupSettings, BackupState, DrillReason, DrillState,
 };
 
-use crate::backup::{outside, run_backup, Outside};
+use crate::backup::{backup_phases, outside, run_backup, Outside};
 use crate::BIN;
 
 /// A name no other test (or earlier run) uses.
@@ -1022,27 +1022,8 @@ async fn a_backup_while_people_chat_pauses_between_exports_and_says_so() {
     let run: BackupRun = host
         .call(Method::POST, "/api/backups", None, StatusCode::ACCEPTED)
         .await;
-    let mut phases: Vec<String> = Vec::new();
-    loop {
-        let event = events
-            .next(Duration::from_secs(300))
-            .await
-            .expect("backup events");
-        let data: Value = serde_json::from_str(&event.data).unwrap_or_default();
-        match event.event.as_deref() {
-            Some("backup.progress") if data["data"]["run_id"] == run.id.as_str() => {
-                let phase = data["data"]["phase"].as_str().unwrap().to_string();
-                if phases.last() != Some(&phase) {
-                    phases.push(phase);
-                }
-            }
-            Some("backup.finished") if data["data"]["run_id"] == run.id.as_str() => {
-                assert_eq!(data["data"]["state"], "succeeded", "{data}");
-                break;
-            }
-            _ => {}
-        }
-    }
+    let (phases, finished) = backup_phases(&mut events, &run.id).await;
+    assert_eq!(finished["state"], "succeeded", "{finished}");
     let at = |phase: &str| phases.iter().position(|p| p == phase);
     let paused = at("paused_for_chat").unwrap_or_else(|| panic!("no pause in {phases:?}"));
     assert_eq!(phases[paused - 1], "containers", "{phases:?}");
