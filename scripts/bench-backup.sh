@@ -79,9 +79,9 @@ before and after; incus exports the containers in its own daemon, which neither 
 phase each post was sent in is the one the run's last \`backup.progress\` event on \`/api/events\` named. The
 incremental follows a little more chat, with nothing else asking the host anything (its CPU
 figure is the backup's own); every backup exports each container in full again (restic
-deduplicates the tarballs), so an incremental's time is mostly incus's exports. While chat was
-written in the last minute, exports give way to it (\`paused_for_chat\`: after each, the next
-waits nine times as long, or until chat is quiet for a minute), so both backups' times include
+deduplicates the tarballs), so an incremental's time is mostly incus's exports. While a person
+posted in the last minute, exports give way to chat (\`paused_for_chat\`: after each, the next
+waits nine times as long, or until nobody posts for a minute), so both backups' times include
 those waits: the first one's client never stops posting, and the incremental starts within a
 minute of the last answer. Then the host is stopped, its data dir and its agents'
 containers deleted, \`taos-host restore --from <folder>\` run into a fresh data dir (it imports

@@ -517,6 +517,7 @@ impl Bridge {
         author: &str,
         body: &NewMessage,
     ) -> Result<(Message, bool), BridgeError> {
+        chat.hub.person_posted();
         // Checked and routed without the channel's locks: only the queueing below orders it,
         // so people posting to one channel at once only wait for the shared commit. Everything
         // is read on one connection, given back before the commit is waited for.

@@ -20,7 +20,8 @@
 //! a tenth of the time: after each one, the next waits [`YIELD_FACTOR`] times as long as it
 //! took, or until chat has been quiet for [`CONVERSATION_GAP`]. A post meets an export a
 //! tenth as often; a backup while people chat takes up to ten times as long in its export
-//! phase; a backup at night doesn't wait.
+//! phase; a backup at night doesn't wait. Only people's posts count ([`ChatActivity`]): an
+//! agent talking without a break can't hold backups back.
 
 use std::path::Path;
 use std::time::Duration;
@@ -49,7 +50,7 @@ const CONVERSATION_GAP: Duration = Duration::from_secs(60);
 /// The longest wait after one export, however long it took.
 const MAX_YIELD: Duration = Duration::from_secs(600);
 
-/// Whether people are chatting: chat was written less than [`CONVERSATION_GAP`] ago.
+/// Whether people are chatting: a person posted less than [`CONVERSATION_GAP`] ago.
 fn chat_going_on(activity: &ChatActivity) -> bool {
     activity
         .last()

@@ -21,8 +21,9 @@ pub struct Published {
     pub json: String,
 }
 
-/// When chat last published something, for background work that gives way to people
-/// chatting (a backup's container exports: see `backup::containers`). Clones share it.
+/// When a person last posted to chat, for background work that gives way to people chatting
+/// (a backup's container exports: see `backup::containers`). Agents' posts don't set it, so
+/// an agent can't hold a backup back. Clones share it.
 #[derive(Clone)]
 pub struct ChatActivity {
     since: tokio::time::Instant,
@@ -45,7 +46,7 @@ impl ChatActivity {
         self.last.fetch_max(ms, Ordering::Relaxed);
     }
 
-    /// When chat last published something (to the millisecond), if ever.
+    /// When a person last posted (to the millisecond), if ever.
     pub fn last(&self) -> Option<tokio::time::Instant> {
         match self.last.load(Ordering::Relaxed) {
             0 => None,
@@ -63,9 +64,14 @@ pub struct ChatHub {
 }
 
 impl ChatHub {
-    /// The clock every publish sets, whether anyone listens or not.
+    /// The clock people's posts set ([`ChatHub::person_posted`]).
     pub fn activity(&self) -> ChatActivity {
         self.activity.clone()
+    }
+
+    /// A person posts (through the API or a WebSocket): background work gives way for a while.
+    pub fn person_posted(&self) {
+        self.activity.touch();
     }
 
     pub fn subscribe(&self, channel_id: &str) -> broadcast::Receiver<Arc<Published>> {
@@ -81,7 +87,6 @@ impl ChatHub {
     }
 
     pub fn publish(&self, channel_id: &str, event: &ServerEvent) {
-        self.activity.touch();
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sender) = channels.get(channel_id) {
             let published = Published {
@@ -106,5 +111,29 @@ impl ChatHub {
     pub fn forget(&self, channel_id: &str) {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         channels.remove(channel_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_persons_post_sets_the_activity_clock() {
+        let hub = ChatHub::default();
+        let activity = hub.activity();
+        let _listening = hub.subscribe("c");
+        // What agents' answers and everything else go through.
+        hub.publish(
+            "c",
+            &ServerEvent::Typing {
+                channel_id: "c".into(),
+                member: "agent-x".into(),
+            },
+        );
+        assert_eq!(activity.last(), None);
+        hub.person_posted();
+        let last = activity.last().expect("set by the person's post");
+        assert!(last <= tokio::time::Instant::now());
     }
 }
